@@ -1,0 +1,93 @@
+//! What a migration is: endpoints, mode, filters and tuning.
+//!
+//! [`MigrationConfig`] is plain data (serde, `Default`) so a library caller can
+//! build it in code or load it from a file; the CLI fills it from flags.
+
+pub(crate) mod conninfo;
+pub mod endpoint;
+pub mod filter;
+
+use std::path::PathBuf;
+
+pub use endpoint::{EndpointConfig, Host, Secret, SslMode};
+pub use filter::Filters;
+
+/// Offline (copy a quiet database) or online (copy, then replicate changes until cutover).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MigrationMode {
+    #[default]
+    Offline,
+    Online,
+}
+
+/// Wire format of the COPY streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CopyFormat {
+    /// Binary when both servers have the same major version and the table's
+    /// column types allow it; text otherwise.
+    #[default]
+    Auto,
+    /// Binary wherever the column types allow it, even across majors.
+    Binary,
+    /// Always text.
+    Text,
+}
+
+/// How much `verify` checks after a migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyLevel {
+    None,
+    Count,
+    #[default]
+    Checksum,
+}
+
+/// Everything that defines and tunes one migration.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct MigrationConfig {
+    pub source: Option<EndpointConfig>,
+    pub target: Option<EndpointConfig>,
+    pub mode: MigrationMode,
+    /// Copy rows only, into a target whose schema already exists.
+    pub data_only: bool,
+    /// Parallel COPY workers (each one source and one target session).
+    pub jobs: usize,
+    pub filters: Filters,
+    pub copy_format: CopyFormat,
+    /// Copy large objects (ids, contents, owners).
+    pub large_objects: bool,
+    pub verify: VerifyLevel,
+    /// Work directory; the resume token is `<dump_path>.resume.json`.
+    /// `None`: a new directory under the temp dir.
+    pub dump_path: Option<PathBuf>,
+    /// Continue the run recorded in the resume token.
+    pub resume: bool,
+    /// Discard the resume token and erase half-built target data, then start over.
+    pub force_clean: bool,
+    /// Names the slot, publication and work files; generated when absent.
+    pub migration_id: Option<String>,
+}
+
+impl Default for MigrationConfig {
+    fn default() -> Self {
+        MigrationConfig {
+            source: None,
+            target: None,
+            mode: MigrationMode::Offline,
+            data_only: false,
+            jobs: 4,
+            filters: Filters::default(),
+            copy_format: CopyFormat::Auto,
+            large_objects: true,
+            verify: VerifyLevel::Checksum,
+            dump_path: None,
+            resume: false,
+            force_clean: false,
+            migration_id: None,
+        }
+    }
+}

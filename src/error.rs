@@ -1,0 +1,182 @@
+//! The one error type of the library.
+//!
+//! Every failure a caller can see is a [`MigrationError`]. Server errors keep
+//! their SQLSTATE, message, detail and hint so a DBA gets what psql would have
+//! shown. Each variant maps to one documented exit code of the binary
+//! ([`MigrationError::exit_code`]). No variant ever carries a password: errors
+//! from connection strings describe the offending part, never echo the input.
+
+use std::fmt;
+
+/// Exit codes of the `pg_dbmigrator` binary, documented in the README.
+pub mod exit_code {
+    /// Success.
+    pub const OK: i32 = 0;
+    /// The migration failed (server error, I/O error, bug).
+    pub const FAILED: i32 = 1;
+    /// Usage or configuration error: bad flags, malformed conninfo,
+    /// unreachable host, authentication failure, mismatched resume state.
+    pub const CONFIG: i32 = 2;
+    /// `verify` found differences between source and target.
+    pub const VERIFY_DIFFERENCES: i32 = 3;
+    /// Interrupted by Ctrl-C / SIGTERM; the resume token was saved.
+    pub const INTERRUPTED: i32 = 130;
+}
+
+/// A server-reported error, as libpq would print it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbErrorInfo {
+    pub severity: String,
+    pub sqlstate: String,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for DbErrorInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {} (SQLSTATE {})", self.severity, self.message, self.sqlstate)?;
+        if let Some(d) = &self.detail {
+            write!(f, "; DETAIL: {d}")?;
+        }
+        if let Some(h) = &self.hint {
+            write!(f, "; HINT: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    /// Bad configuration or flags; nothing was changed.
+    #[error("configuration error: {0}")]
+    Config(String),
+
+    /// A connection string could not be parsed. The message names the part
+    /// that is wrong; the string itself is never repeated (it may hold a password).
+    #[error("invalid connection string for {endpoint}: {reason}")]
+    ConnInfo { endpoint: String, reason: String },
+
+    /// Could not connect or authenticate (unreachable host, timeout, wrong password, TLS).
+    #[error("cannot connect to {endpoint} ({target}): {reason}")]
+    Connect {
+        endpoint: String,
+        /// Redacted description: host, port, user, dbname; never the password.
+        target: String,
+        reason: String,
+        db: Option<DbErrorInfo>,
+    },
+
+    /// The server reported an error while we were doing `context`.
+    #[error("{context}: {info}")]
+    Db { context: String, info: DbErrorInfo },
+
+    /// Any other error from the client library (broken connection, protocol).
+    #[error("{context}: {message}")]
+    Client { context: String, message: String },
+
+    /// The resume token does not match this run, or is damaged.
+    #[error("resume refused: {0}")]
+    Resume(String),
+
+    /// The target is not in a state we may write to (non-empty, missing tables).
+    #[error("target not ready: {0}")]
+    TargetNotReady(String),
+
+    /// A feature that is not built yet.
+    #[error("not supported yet: {0}")]
+    Unsupported(String),
+
+    /// Verification found differences (the report lists them).
+    #[error("verification found {0} difference(s)")]
+    VerifyDifferences(usize),
+
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Cancelled by the caller (Ctrl-C, SIGTERM, cancellation token).
+    #[error("interrupted")]
+    Cancelled,
+
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = MigrationError> = std::result::Result<T, E>;
+
+impl MigrationError {
+    /// The binary's exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            MigrationError::Config(_)
+            | MigrationError::ConnInfo { .. }
+            | MigrationError::Connect { .. }
+            | MigrationError::Resume(_)
+            | MigrationError::TargetNotReady(_)
+            | MigrationError::Unsupported(_) => exit_code::CONFIG,
+            MigrationError::VerifyDifferences(_) => exit_code::VERIFY_DIFFERENCES,
+            MigrationError::Cancelled => exit_code::INTERRUPTED,
+            _ => exit_code::FAILED,
+        }
+    }
+
+    /// The server's SQLSTATE when the error came from a server.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            MigrationError::Db { info, .. } => Some(&info.sqlstate),
+            MigrationError::Connect { db: Some(info), .. } => Some(&info.sqlstate),
+            _ => None,
+        }
+    }
+
+    /// Wrap a tokio-postgres error with what we were doing, keeping the
+    /// server's SQLSTATE, detail and hint when there are some.
+    pub fn db(context: impl Into<String>, err: tokio_postgres::Error) -> Self {
+        let context = context.into();
+        match db_info(&err) {
+            Some(info) => MigrationError::Db { context, info },
+            None => MigrationError::Client {
+                context,
+                message: client_message(&err),
+            },
+        }
+    }
+
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        MigrationError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Extract the server's error fields from a tokio-postgres error.
+pub fn db_info(err: &tokio_postgres::Error) -> Option<DbErrorInfo> {
+    err.as_db_error().map(|e| DbErrorInfo {
+        severity: e.severity().to_string(),
+        sqlstate: e.code().code().to_string(),
+        message: e.message().to_string(),
+        detail: e.detail().map(str::to_string),
+        hint: e.hint().map(str::to_string),
+    })
+}
+
+/// A one-line message for a client-side error, including its cause chain
+/// (tokio-postgres puts the useful part, e.g. "Connection refused", in the source).
+pub fn client_message(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = err.to_string();
+    let mut cur = err.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        cur = s.source();
+    }
+    msg
+}

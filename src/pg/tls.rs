@@ -1,0 +1,1 @@
+//! TLS for tokio-postgres on rustls. (Being written.)
