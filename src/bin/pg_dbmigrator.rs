@@ -1,1 +1,391 @@
-fn main() {}
+//! The `pg_dbmigrator` command: a thin layer over the library.
+//!
+//! Results go to stdout, logs to stderr. Exit codes: 0 ok, 1 failed,
+//! 2 usage or configuration error, 3 verification differences,
+//! 130 interrupted (the resume token was saved).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use pg_dbmigrator::error::exit_code;
+use pg_dbmigrator::{
+    CopyFormat, EndpointConfig, Filters, MigrationConfig, MigrationError, MigrationMode, Migrator, ResumeToken,
+    VerifyLevel, VerifyOptions,
+};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(name = "pg_dbmigrator", version, about = "Move a PostgreSQL database between servers, natively (no pg_dump, pg_restore or psql)")]
+struct Cli {
+    /// More log output on stderr (-v debug, -vv trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Less log output (-q warnings only, -qq errors only).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    quiet: u8,
+    /// Log line format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Copy a database from --source to --target.
+    Migrate(MigrateArgs),
+    /// Compare source and target: row counts, checksums, sequences, large objects.
+    Verify(VerifyArgs),
+    /// Show the state recorded in a migration's resume token.
+    Status(StatusArgs),
+}
+
+#[derive(Args, Debug)]
+struct Endpoints {
+    /// Source connection string (URI or key=value, as libpq). Passwords are
+    /// best given through PGPASSWORD or ~/.pgpass.
+    #[arg(long, env = "PG_DBMIGRATOR_SOURCE", hide_env_values = true)]
+    source: String,
+    /// Target connection string.
+    #[arg(long, env = "PG_DBMIGRATOR_TARGET", hide_env_values = true)]
+    target: String,
+}
+
+#[derive(Args, Debug)]
+struct FilterArgs {
+    /// Only schemas matching this pattern (pg_dump syntax; repeatable).
+    #[arg(short = 'n', long = "schema")]
+    schema: Vec<String>,
+    /// Leave out schemas matching this pattern (repeatable).
+    #[arg(short = 'N', long = "exclude-schema")]
+    exclude_schema: Vec<String>,
+    /// Only tables matching this pattern (repeatable). A partitioned table brings its partitions.
+    #[arg(short = 't', long = "table")]
+    table: Vec<String>,
+    /// Leave out tables matching this pattern (repeatable).
+    #[arg(short = 'T', long = "exclude-table")]
+    exclude_table: Vec<String>,
+}
+
+impl FilterArgs {
+    fn filters(&self) -> Filters {
+        Filters {
+            schemas: self.schema.clone(),
+            exclude_schemas: self.exclude_schema.clone(),
+            tables: self.table.clone(),
+            exclude_tables: self.exclude_table.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ModeArg {
+    Offline,
+    Online,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum CopyFormatArg {
+    Auto,
+    Binary,
+    Text,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum VerifyArg {
+    None,
+    Count,
+    Checksum,
+}
+
+impl From<VerifyArg> for VerifyLevel {
+    fn from(v: VerifyArg) -> Self {
+        match v {
+            VerifyArg::None => VerifyLevel::None,
+            VerifyArg::Count => VerifyLevel::Count,
+            VerifyArg::Checksum => VerifyLevel::Checksum,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+struct MigrateArgs {
+    #[command(flatten)]
+    endpoints: Endpoints,
+    #[arg(long, value_enum, default_value_t = ModeArg::Offline)]
+    mode: ModeArg,
+    /// Copy rows only, into a target whose schema already exists.
+    #[arg(long)]
+    data_only: bool,
+    /// Parallel copy workers.
+    #[arg(short = 'j', long, default_value_t = 4)]
+    jobs: usize,
+    #[command(flatten)]
+    filters: FilterArgs,
+    /// COPY wire format: auto is binary between servers of the same major version.
+    #[arg(long, value_enum, default_value_t = CopyFormatArg::Auto)]
+    copy_format: CopyFormatArg,
+    /// Do not copy large objects.
+    #[arg(long)]
+    no_large_objects: bool,
+    /// What to verify after the copy.
+    #[arg(long, value_enum, default_value_t = VerifyArg::Checksum)]
+    verify: VerifyArg,
+    /// Work directory; the resume token is <dump-path>.resume.json.
+    /// Default: a directory under the temp dir named after the migration.
+    #[arg(long)]
+    dump_path: Option<PathBuf>,
+    /// Continue an interrupted migration (same flags as the first run).
+    #[arg(long, conflicts_with = "force_clean")]
+    resume: bool,
+    /// Discard the resume token and erase half-built target data, then start over.
+    #[arg(long)]
+    force_clean: bool,
+    /// Name of this migration (default: derived from source, target and filters).
+    #[arg(long)]
+    migration_id: Option<String>,
+    /// Print the final report as JSON on stdout instead of the text summary.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct VerifyArgs {
+    #[command(flatten)]
+    endpoints: Endpoints,
+    #[command(flatten)]
+    filters: FilterArgs,
+    /// Parallel workers per side.
+    #[arg(short = 'j', long, default_value_t = 4)]
+    jobs: usize,
+    /// count: row counts only; checksum: row counts and content checksums.
+    #[arg(long, value_enum, default_value_t = VerifyArg::Checksum)]
+    level: VerifyArg,
+    /// Do not compare large objects.
+    #[arg(long)]
+    no_large_objects: bool,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    /// The migration's work directory (as given to migrate --dump-path).
+    #[arg(long, required_unless_present = "token")]
+    dump_path: Option<PathBuf>,
+    /// The resume token file itself.
+    #[arg(long)]
+    token: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+fn init_logging(cli: &Cli) {
+    let level = match (cli.verbose as i32) - (cli.quiet as i32) {
+        i32::MIN..=-2 => "error",
+        -1 => "warn",
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PG_DBMIGRATOR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("pg_dbmigrator={level},warn")));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Ctrl-C or SIGTERM cancels the run; the library saves the token and returns.
+fn cancel_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {}
+        }
+        tracing::warn!("interrupted: stopping workers and saving the resume token");
+        t.cancel();
+    });
+    token
+}
+
+fn endpoint(label: &str, s: &str) -> Result<EndpointConfig, MigrationError> {
+    EndpointConfig::parse(s).map_err(|e| match e {
+        MigrationError::ConnInfo { reason, .. } => MigrationError::ConnInfo {
+            endpoint: format!("--{label}"),
+            reason,
+        },
+        other => other,
+    })
+}
+
+async fn migrate(args: MigrateArgs, cancel: CancellationToken) -> Result<i32, MigrationError> {
+    let config = MigrationConfig {
+        source: Some(endpoint("source", &args.endpoints.source)?),
+        target: Some(endpoint("target", &args.endpoints.target)?),
+        mode: match args.mode {
+            ModeArg::Offline => MigrationMode::Offline,
+            ModeArg::Online => MigrationMode::Online,
+        },
+        data_only: args.data_only,
+        jobs: args.jobs,
+        filters: args.filters.filters(),
+        copy_format: match args.copy_format {
+            CopyFormatArg::Auto => CopyFormat::Auto,
+            CopyFormatArg::Binary => CopyFormat::Binary,
+            CopyFormatArg::Text => CopyFormat::Text,
+        },
+        large_objects: !args.no_large_objects,
+        verify: args.verify.into(),
+        dump_path: args.dump_path,
+        resume: args.resume,
+        force_clean: args.force_clean,
+        migration_id: args.migration_id,
+    };
+    let migrator = Migrator::new(config);
+    let token_path = migrator.token_path()?;
+    let report = match migrator.run(cancel).await {
+        Ok(r) => r,
+        Err(MigrationError::Cancelled) => {
+            eprintln!(
+                "pg_dbmigrator: interrupted; the resume token is {}. Run the same command with --resume to continue.",
+                token_path.display()
+            );
+            return Ok(exit_code::INTERRUPTED);
+        }
+        Err(e) => return Err(e),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));
+    } else {
+        print!("{}", report.summary());
+    }
+    Ok(match &report.verify {
+        Some(v) if !v.is_clean() => exit_code::VERIFY_DIFFERENCES,
+        _ => exit_code::OK,
+    })
+}
+
+async fn verify(args: VerifyArgs, cancel: CancellationToken) -> Result<i32, MigrationError> {
+    let source = endpoint("source", &args.endpoints.source)?;
+    let target = endpoint("target", &args.endpoints.target)?;
+    let opts = VerifyOptions {
+        level: args.level.into(),
+        jobs: args.jobs.max(1),
+        large_objects: !args.no_large_objects,
+    };
+    let report = pg_dbmigrator::verify(&source, &target, &args.filters.filters(), &opts, &cancel).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));
+    } else if report.is_clean() {
+        println!(
+            "verify: 0 differences ({} tables, {} sequences, {} large objects checked in {:.1}s)",
+            report.tables.len(),
+            report.sequences,
+            report.large_objects,
+            report.seconds
+        );
+    } else {
+        println!("verify: {} difference(s)", report.differences.len());
+        print!("{}", report.differences_table());
+    }
+    Ok(if report.is_clean() {
+        exit_code::OK
+    } else {
+        exit_code::VERIFY_DIFFERENCES
+    })
+}
+
+fn status(args: StatusArgs) -> Result<i32, MigrationError> {
+    let path = match (&args.token, &args.dump_path) {
+        (Some(t), _) => t.clone(),
+        (None, Some(d)) => ResumeToken::path_for(d),
+        (None, None) => unreachable!("clap requires one"),
+    };
+    let Some(token) = ResumeToken::load(&path)? else {
+        return Err(MigrationError::Config(format!(
+            "no resume token at {}: no migration has run with that --dump-path",
+            path.display()
+        )));
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&token).expect("token serializes"));
+        return Ok(exit_code::OK);
+    }
+    println!("migration   {}", token.migration_id);
+    println!("mode        {:?}", token.mode);
+    println!(
+        "state       {}",
+        if token.completed {
+            "completed".to_string()
+        } else {
+            format!(
+                "incomplete (at stage {}); continue with migrate ... --resume",
+                token.current_stage().map_or("none", |s| s.stage.as_str())
+            )
+        }
+    );
+    println!("source      {}", token.definition.source);
+    println!("target      {}", token.definition.target);
+    println!("started     {}", token.created_at.to_rfc3339());
+    println!("updated     {}", token.updated_at.to_rfc3339());
+    for s in &token.stages {
+        println!(
+            "  {:<15} {:?}{}",
+            s.stage.as_str(),
+            s.status,
+            s.finished_at
+                .map(|f| format!(" ({:.1}s)", (f - s.started_at).num_milliseconds() as f64 / 1000.0))
+                .unwrap_or_default()
+        );
+    }
+    let rows: u64 = token.copied.values().map(|c| c.rows).sum();
+    println!("tables done {} ({} rows)", token.copied.len(), rows);
+    Ok(exit_code::OK)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pg_dbmigrator: error: cannot start the runtime: {e}");
+            return ExitCode::from(exit_code::FAILED as u8);
+        }
+    };
+    let code = rt.block_on(async move {
+        let result = match cli.command {
+            Command::Migrate(a) => migrate(a, cancel_on_signals()).await,
+            Command::Verify(a) => verify(a, cancel_on_signals()).await,
+            Command::Status(a) => status(a),
+        };
+        match result {
+            Ok(code) => code,
+            Err(MigrationError::Cancelled) => {
+                eprintln!("pg_dbmigrator: interrupted");
+                exit_code::INTERRUPTED
+            }
+            Err(e) => {
+                eprintln!("pg_dbmigrator: error: {e}");
+                e.exit_code()
+            }
+        }
+    });
+    ExitCode::from(code as u8)
+}

@@ -14,3 +14,21 @@ pub struct Filters {
     /// `--exclude-table`.
     pub exclude_tables: Vec<String>,
 }
+
+// TEMPORARY until the pattern compiler lands.
+use crate::error::Result;
+#[derive(Debug, Clone, Default)]
+pub struct CompiledFilters {
+    pub schemas: Vec<String>,
+    pub exclude_schemas: Vec<String>,
+    pub tables: Vec<(Option<String>, String)>,
+    pub exclude_tables: Vec<(Option<String>, String)>,
+}
+impl Filters {
+    pub fn normalized(&self) -> Filters {
+        self.clone()
+    }
+    pub fn compile(&self) -> Result<CompiledFilters> {
+        Ok(CompiledFilters::default())
+    }
+}

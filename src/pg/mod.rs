@@ -1,5 +1,9 @@
-//! Everything that talks to PostgreSQL: connections (TLS), quoting, catalog queries.
+//! Everything that talks to PostgreSQL: connections (TLS), session settings,
+//! quoting and catalog queries. All SQL of the crate lives under this module
+//! or next to the stage that owns it, built with [`quote`].
 
+pub mod catalog;
 pub mod connect;
 pub mod quote;
+pub mod session;
 pub mod tls;

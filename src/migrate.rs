@@ -1,0 +1,521 @@
+//! The offline migration, stage by stage.
+//!
+//! Order: validate the configuration and the resume token (before touching
+//! any server), preflight both servers (changing nothing), prepare the
+//! target's bookkeeping, export the snapshot, copy tables, sequences and
+//! large objects, finalize (remove our bookkeeping), verify. Each stage is
+//! recorded in the resume token when it finishes; a resumed run skips
+//! finished stages and finished tables.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::filter::CompiledFilters;
+use crate::config::{CopyFormat, MigrationConfig, MigrationMode, VerifyLevel};
+use crate::copy::{self, CopyContext, TableResult};
+use crate::error::{MigrationError, Result};
+use crate::pg::catalog::{self, TableInfo};
+use crate::pg::{connect, quote, session};
+use crate::resume::{Definition, ResumeToken, Stage, TokenStore};
+use crate::verify::{self, VerifyOptions, VerifyReport};
+
+/// What a finished migration did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MigrationReport {
+    pub migration_id: String,
+    pub dump_path: PathBuf,
+    pub token_path: PathBuf,
+    pub resumed: bool,
+    pub snapshot_id: Option<String>,
+    pub source_version: i32,
+    pub target_version: i32,
+    /// Tables copied in this run (tables finished by an earlier attempt are
+    /// in `skipped_tables`).
+    pub tables: Vec<TableResult>,
+    pub skipped_tables: Vec<String>,
+    pub sequences: usize,
+    pub large_objects: usize,
+    pub large_object_bytes: u64,
+    pub rows: u64,
+    pub bytes: u64,
+    pub stages: Vec<(String, f64)>,
+    pub seconds: f64,
+    pub verify: Option<VerifyReport>,
+}
+
+impl MigrationReport {
+    /// Bytes per second over the copy stage.
+    pub fn throughput(&self) -> f64 {
+        let copy = self
+            .stages
+            .iter()
+            .find(|(s, _)| s == Stage::CopyData.as_str())
+            .map(|s| s.1)
+            .unwrap_or(self.seconds);
+        if copy > 0.0 {
+            self.bytes as f64 / copy
+        } else {
+            0.0
+        }
+    }
+
+    /// A human summary for the terminal.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        s.push_str(&format!(
+            "migration {} {} in {:.1}s\n",
+            self.migration_id,
+            if self.resumed { "resumed and finished" } else { "finished" },
+            self.seconds
+        ));
+        s.push_str(&format!(
+            "  tables: {} copied ({} rows, {}), {} already done; sequences: {}; large objects: {} ({})\n",
+            self.tables.len(),
+            self.rows,
+            human_bytes(self.bytes),
+            self.skipped_tables.len(),
+            self.sequences,
+            self.large_objects,
+            human_bytes(self.large_object_bytes)
+        ));
+        s.push_str(&format!("  throughput: {}/s\n", human_bytes(self.throughput() as u64)));
+        for (name, secs) in &self.stages {
+            s.push_str(&format!("  stage {name:<14} {secs:>8.2}s\n"));
+        }
+        let mut largest: Vec<&TableResult> = self.tables.iter().collect();
+        largest.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+        for t in largest.iter().take(5) {
+            s.push_str(&format!(
+                "  {:<40} {:>10} rows {:>10} {:>7.2}s {:?}\n",
+                t.table,
+                t.rows,
+                human_bytes(t.bytes),
+                t.seconds,
+                t.format
+            ));
+        }
+        match &self.verify {
+            Some(v) if v.is_clean() => s.push_str(&format!(
+                "  verify ({:?}): 0 differences in {} tables, {} sequences, {} large objects\n",
+                v.level.unwrap_or_default(),
+                v.tables.len(),
+                v.sequences,
+                v.large_objects
+            )),
+            Some(v) => {
+                s.push_str(&format!("  verify: {} difference(s)\n", v.differences.len()));
+                s.push_str(&v.differences_table());
+            }
+            None => s.push_str("  verify: skipped\n"),
+        }
+        s.push_str(&format!("  resume token: {}\n", self.token_path.display()));
+        s
+    }
+}
+
+pub fn human_bytes(b: u64) -> String {
+    const U: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}
+
+/// Where a migration keeps its files, and its id, derived from what defines
+/// it: running the same migration again finds the same token.
+pub fn work_location(cfg: &MigrationConfig, def: &Definition) -> (String, PathBuf) {
+    let id = cfg
+        .migration_id
+        .clone()
+        .unwrap_or_else(|| format!("m{}", &def.hash()[..12]));
+    let path = cfg
+        .dump_path
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("pg_dbmigrator-{id}")));
+    (id, path)
+}
+
+pub(crate) async fn run(cfg: &MigrationConfig, cancel: CancellationToken) -> Result<MigrationReport> {
+    let started = Instant::now();
+    if cfg.mode == MigrationMode::Online {
+        return Err(MigrationError::Unsupported(
+            "online migrations (--mode online) are not built yet; run an offline migration".into(),
+        ));
+    }
+    if !cfg.data_only {
+        return Err(MigrationError::Unsupported(
+            "schema reproduction is not built yet: create the schema on the target and run with --data-only".into(),
+        ));
+    }
+    if cfg.jobs == 0 {
+        return Err(MigrationError::Config("--jobs must be at least 1".into()));
+    }
+    let def = Definition::from_config(cfg)?;
+    let filters = cfg.filters.compile()?;
+    let source_ep = cfg.source.clone().expect("checked by Definition");
+    let target_ep = cfg.target.clone().expect("checked by Definition");
+    let (migration_id, dump_path) = work_location(cfg, &def);
+    let token_path = ResumeToken::path_for(&dump_path);
+
+    // The token decides everything before any server is touched.
+    let existing = if cfg.force_clean {
+        None
+    } else {
+        ResumeToken::load(&token_path)?
+    };
+    let resumed = match (&existing, cfg.resume) {
+        (Some(t), true) => {
+            t.check_matches(&def, &token_path)?;
+            if t.completed {
+                return Err(MigrationError::Resume(format!(
+                    "the migration recorded in {} already completed; nothing to resume (use --force-clean to run it again)",
+                    token_path.display()
+                )));
+            }
+            true
+        }
+        (Some(t), false) => {
+            return Err(MigrationError::Resume(format!(
+                "a resume token for this migration exists at {} (stage {}{}): pass --resume to continue it, or --force-clean to discard it and start over",
+                token_path.display(),
+                t.current_stage().map_or("none", |s| s.stage.as_str()),
+                if t.completed { ", completed" } else { "" }
+            )))
+        }
+        (None, true) => {
+            return Err(MigrationError::Resume(format!(
+                "nothing to resume: no resume token at {} (pass the --dump-path of the interrupted run, or run without --resume)",
+                token_path.display()
+            )))
+        }
+        (None, false) => false,
+    };
+
+    // Preflight: connect, check, change nothing.
+    let src = connect::connect(&source_ep, "source").await?;
+    session::setup_source(&src).await?;
+    let dst = connect::connect(&target_ep, "target").await?;
+    let replica_role = session::setup_target(&dst).await?;
+    let source_version = catalog::server_version_num(&src).await?;
+    let target_version = catalog::server_version_num(&dst).await?;
+    let binary = match cfg.copy_format {
+        CopyFormat::Text => false,
+        CopyFormat::Binary => true,
+        CopyFormat::Auto => source_version / 10000 == target_version / 10000,
+    };
+    info!(
+        source = %source_ep, target = %target_ep,
+        source_version, target_version, binary,
+        migration = %migration_id, token = %token_path.display(),
+        "starting offline data migration"
+    );
+
+    let mut token = match existing {
+        Some(t) if resumed => t,
+        _ => ResumeToken::new(migration_id.clone(), def.clone(), dump_path.clone()),
+    };
+    if cfg.force_clean {
+        force_clean(&src, &dst, &filters, cfg.large_objects).await?;
+        let _ = std::fs::remove_file(&token_path);
+    }
+
+    // Snapshot first: the table list and the data come from the same instant.
+    let (snapshot_id, coordinator_snapshot) = session::begin_exported_snapshot(&src).await?;
+    let tables = catalog::list_tables(&src, &filters).await?;
+    let seqs = catalog::list_sequences(&src, &filters).await?;
+    let los = if cfg.large_objects {
+        catalog::list_large_objects(&src).await?
+    } else {
+        Vec::new()
+    };
+    let done_on_target = copy::committed_items(&dst, &migration_id).await?;
+    preflight_target(&dst, &tables, &seqs, &los, resumed, &done_on_target).await?;
+    if !replica_role {
+        warn!("cannot set session_replication_role = replica on the target (needs superuser); triggers and foreign keys fire during the copy, so tables referenced by foreign keys may fail to load");
+    }
+
+    std::fs::create_dir_all(&dump_path)
+        .map_err(|e| MigrationError::io(format!("creating work directory {}", dump_path.display()), e))?;
+    let mut stages = Vec::new();
+    token.stage_done(Stage::Preflight);
+    token.snapshot_name = Some(snapshot_id.clone());
+    token.save(&token_path)?;
+    let store = Arc::new(TokenStore::new(token_path.clone(), token));
+
+    let t0 = Instant::now();
+    if !store.snapshot().is_done(Stage::PrepareTarget) {
+        store.update(|t| t.stage_started(Stage::PrepareTarget))?;
+        copy::prepare_target_state(&dst).await?;
+        store.update(|t| t.stage_done(Stage::PrepareTarget))?;
+    }
+    stages.push((Stage::PrepareTarget.as_str().to_string(), t0.elapsed().as_secs_f64()));
+
+    // Tables.
+    let t0 = Instant::now();
+    let mut skipped = Vec::new();
+    let mut results = Vec::new();
+    if !store.snapshot().is_done(Stage::CopyData) {
+        store.update(|t| t.stage_started(Stage::CopyData))?;
+        let token_done: BTreeSet<String> = store.snapshot().copied.keys().cloned().collect();
+        let (done, todo): (Vec<TableInfo>, Vec<TableInfo>) = tables.into_iter().partition(|t| {
+            // The target's own record is the truth; the token may lag one table behind.
+            done_on_target.contains(&t.qualified())
+        });
+        for t in &done {
+            if !token_done.contains(&t.qualified()) {
+                info!(table = %t.qualified(), "copy had committed before the interruption; recording it");
+            }
+            info!(table = %t.qualified(), "already copied, skipping");
+            skipped.push(t.qualified());
+        }
+        let ctx = Arc::new(CopyContext {
+            source: source_ep.clone(),
+            target: target_ep.clone(),
+            snapshot_id: snapshot_id.clone(),
+            migration_id: migration_id.clone(),
+            jobs: cfg.jobs,
+            binary,
+            redo: resumed,
+            token: store.clone(),
+        });
+        results = copy::copy_tables(ctx, todo, cancel.clone()).await?;
+        store.update(|t| t.stage_done(Stage::CopyData))?;
+    }
+    stages.push((Stage::CopyData.as_str().to_string(), t0.elapsed().as_secs_f64()));
+
+    // Sequences: cheap and idempotent, always redone.
+    let t0 = Instant::now();
+    store.update(|t| t.stage_started(Stage::Sequences))?;
+    let nseq = copy::copy_sequences(&src, &dst, &seqs).await?;
+    store.update(|t| t.stage_done(Stage::Sequences))?;
+    stages.push((Stage::Sequences.as_str().to_string(), t0.elapsed().as_secs_f64()));
+
+    // Large objects: a half-done stage is erased and redone.
+    let t0 = Instant::now();
+    let mut lo_bytes = 0;
+    if !store.snapshot().is_done(Stage::LargeObjects) {
+        if cancel.is_cancelled() {
+            return Err(MigrationError::Cancelled);
+        }
+        store.update(|t| t.stage_started(Stage::LargeObjects))?;
+        if resumed {
+            let oids: Vec<u32> = los.iter().map(|l| l.oid).collect();
+            copy::erase_large_objects(&dst, &oids).await?;
+        }
+        let (_, b) = copy::copy_large_objects(&src, &dst, &los, &cancel).await?;
+        lo_bytes = b;
+        store.update(|t| t.stage_done(Stage::LargeObjects))?;
+    }
+    stages.push((Stage::LargeObjects.as_str().to_string(), t0.elapsed().as_secs_f64()));
+    let _ = src.batch_execute("COMMIT").await;
+    info!(snapshot = %coordinator_snapshot, "snapshot released");
+
+    // Finalize: nothing of ours stays on the target.
+    let t0 = Instant::now();
+    store.update(|t| t.stage_started(Stage::Finalize))?;
+    copy::drop_target_state(&dst).await?;
+    store.update(|t| t.stage_done(Stage::Finalize))?;
+    stages.push((Stage::Finalize.as_str().to_string(), t0.elapsed().as_secs_f64()));
+
+    // Verify.
+    let mut verify_report = None;
+    if cfg.verify != VerifyLevel::None {
+        let t0 = Instant::now();
+        store.update(|t| t.stage_started(Stage::Verify))?;
+        let v = verify::verify(
+            &source_ep,
+            &target_ep,
+            &filters,
+            &VerifyOptions {
+                level: cfg.verify,
+                jobs: cfg.jobs,
+                large_objects: cfg.large_objects,
+            },
+            &cancel,
+        )
+        .await?;
+        store.update(|t| t.stage_done(Stage::Verify))?;
+        stages.push((Stage::Verify.as_str().to_string(), t0.elapsed().as_secs_f64()));
+        verify_report = Some(v);
+    }
+    store.update(|t| t.completed = true)?;
+
+    let rows = results.iter().map(|r| r.rows).sum();
+    let bytes = results.iter().map(|r| r.bytes).sum();
+    Ok(MigrationReport {
+        migration_id,
+        dump_path,
+        token_path,
+        resumed,
+        snapshot_id: Some(snapshot_id),
+        source_version,
+        target_version,
+        tables: results,
+        skipped_tables: skipped,
+        sequences: nseq,
+        large_objects: los.len(),
+        large_object_bytes: lo_bytes,
+        rows,
+        bytes,
+        stages,
+        seconds: started.elapsed().as_secs_f64(),
+        verify: verify_report,
+    })
+}
+
+/// The target must have every table with every column we copy, every
+/// sequence, and (unless resuming) no rows or large objects in the way.
+async fn preflight_target(
+    dst: &Client,
+    tables: &[TableInfo],
+    seqs: &[catalog::SequenceInfo],
+    los: &[catalog::LargeObjectInfo],
+    resumed: bool,
+    done_on_target: &BTreeSet<String>,
+) -> Result<()> {
+    let schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
+    let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+    let rows = dst
+        .query(
+            "SELECT u.ord, c.relkind::text,
+                    (SELECT pg_catalog.array_agg(a.attname::text) FROM pg_catalog.pg_attribute a
+                      WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '')
+               FROM pg_catalog.unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(s, r, ord)
+               LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = u.s
+               LEFT JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = u.r",
+            &[&schemas, &names],
+        )
+        .await
+        .map_err(|e| MigrationError::db("checking tables on the target", e))?;
+    let mut problems = Vec::new();
+    for r in rows {
+        let t = &tables[(r.get::<_, i64>(0) - 1) as usize];
+        let kind: Option<String> = r.get(1);
+        match kind.as_deref() {
+            None => problems.push(format!("table {} does not exist", t.qualified())),
+            Some("r") => {
+                let cols: Vec<String> = r.get::<_, Option<Vec<String>>>(2).unwrap_or_default();
+                let missing: Vec<&String> = t.columns.iter().filter(|c| !cols.contains(c)).collect();
+                if !missing.is_empty() {
+                    problems.push(format!(
+                        "table {} lacks column(s) {}",
+                        t.qualified(),
+                        missing.iter().map(|c| quote::ident(c)).collect::<Vec<_>>().join(", ")
+                    ));
+                }
+            }
+            Some(k) => problems.push(format!("{} is not a plain table on the target (relkind {k})", t.qualified())),
+        }
+    }
+    for s in seqs {
+        let ok: bool = dst
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                                 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind = 'S')",
+                &[&s.schema, &s.name],
+            )
+            .await
+            .map_err(|e| MigrationError::db("checking sequences on the target", e))?
+            .get(0);
+        if !ok {
+            problems.push(format!("sequence {} does not exist", s.qualified()));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(MigrationError::TargetNotReady(format!(
+            "the target schema does not match the source: {}. A data-only migration needs the schema created on the target first",
+            problems.join("; ")
+        )));
+    }
+    if resumed {
+        return Ok(());
+    }
+    let _ = done_on_target;
+    // Rows already there would be duplicated: refuse.
+    let mut non_empty = Vec::new();
+    for chunk in tables.chunks(200) {
+        let sql = chunk
+            .iter()
+            .map(|t| {
+                format!(
+                    "SELECT {} WHERE EXISTS (SELECT 1 FROM ONLY {})",
+                    quote::literal(&t.qualified()),
+                    t.qualified()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ");
+        for r in dst
+            .query(&sql, &[])
+            .await
+            .map_err(|e| MigrationError::db("checking that target tables are empty", e))?
+        {
+            non_empty.push(r.get::<_, String>(0));
+        }
+    }
+    if !non_empty.is_empty() {
+        return Err(MigrationError::TargetNotReady(format!(
+            "target table(s) already contain rows: {}. Empty them, or pass --force-clean to erase them",
+            non_empty.join(", ")
+        )));
+    }
+    if !los.is_empty() {
+        let oids: Vec<u32> = los.iter().map(|l| l.oid).collect();
+        let clash: i64 = dst
+            .query_one(
+                "SELECT pg_catalog.count(*) FROM pg_catalog.pg_largeobject_metadata WHERE oid = ANY($1)",
+                &[&oids],
+            )
+            .await
+            .map_err(|e| MigrationError::db("checking large objects on the target", e))?
+            .get(0);
+        if clash > 0 {
+            return Err(MigrationError::TargetNotReady(format!(
+                "{clash} large object(s) with the source's ids already exist on the target; remove them, or pass --force-clean to erase them"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `--force-clean`: erase what a previous attempt (or anyone) left in the
+/// target tables in scope, the large objects with the source's ids, and our
+/// bookkeeping.
+async fn force_clean(src: &Client, dst: &Client, filters: &CompiledFilters, large_objects: bool) -> Result<()> {
+    let tables = catalog::list_tables(src, filters).await?;
+    warn!(tables = tables.len(), "--force-clean: erasing target rows of every table in scope");
+    for t in &tables {
+        let exists: bool = dst
+            .query_one("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[&t.qualified()])
+            .await
+            .map_err(|e| MigrationError::db("looking up a table on the target", e))?
+            .get(0);
+        if exists {
+            dst.batch_execute("BEGIN")
+                .await
+                .map_err(|e| MigrationError::db("erasing target data", e))?;
+            crate::copy::empty_table_pub(dst, &t.qualified()).await?;
+            dst.batch_execute("COMMIT")
+                .await
+                .map_err(|e| MigrationError::db("erasing target data", e))?;
+        }
+    }
+    if large_objects {
+        let oids: Vec<u32> = catalog::list_large_objects(src).await?.iter().map(|l| l.oid).collect();
+        copy::erase_large_objects(dst, &oids).await?;
+    }
+    copy::drop_target_state(dst).await
+}

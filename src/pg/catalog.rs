@@ -1,0 +1,351 @@
+//! Catalog queries the copier and verifier need: which tables, sequences and
+//! large objects are in scope, and which COPY format each table can use.
+//!
+//! Filters are matched server-side with the POSIX regexes that
+//! [`crate::config::filter`] builds from pg_dump-style patterns, as pg_dump
+//! itself does. All queries work on PostgreSQL 12 and later.
+
+use std::collections::HashMap;
+
+use tokio_postgres::Client;
+
+use crate::config::filter::CompiledFilters;
+use crate::error::{MigrationError, Result};
+use crate::pg::quote;
+
+/// First OID handed to user objects; below it everything is built in and has
+/// the same OID on every server.
+pub const FIRST_NORMAL_OID: u32 = 16384;
+
+/// A table whose rows are copied.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TableInfo {
+    pub oid: u32,
+    pub schema: String,
+    pub name: String,
+    /// Columns that carry data, in source order (generated columns left out:
+    /// the target computes them).
+    pub columns: Vec<String>,
+    /// Every column, generated ones included, in source order.
+    pub all_columns: Vec<String>,
+    /// On-disk size of the heap (bytes), for ordering and progress.
+    pub bytes: i64,
+    /// The planner's row estimate (-1 when never analyzed).
+    pub row_estimate: f64,
+    /// True when every column's binary form is safe to move between servers
+    /// (no user-defined OIDs embedded, binary I/O functions present).
+    pub binary_safe: bool,
+    /// The top-most partitioned table, for partitions.
+    pub partition_root: Option<String>,
+}
+
+impl TableInfo {
+    /// `schema.name`, quoted: the key used in the resume token and in reports.
+    pub fn qualified(&self) -> String {
+        quote::qualified(&self.schema, &self.name)
+    }
+}
+
+/// A sequence and its current state.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SequenceInfo {
+    pub schema: String,
+    pub name: String,
+}
+
+impl SequenceInfo {
+    pub fn qualified(&self) -> String {
+        quote::qualified(&self.schema, &self.name)
+    }
+}
+
+/// A large object's id and owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LargeObjectInfo {
+    pub oid: u32,
+    pub owner: String,
+}
+
+/// The WHERE-clause fragment and parameters that restrict `pg_class c` joined
+/// with `pg_namespace n` to user objects in scope. Parameters $1..$6.
+const SCOPE_SQL: &str = r#"
+    n.nspname NOT IN ('pg_catalog', 'information_schema', '_pg_dbmigrator')
+    AND n.nspname NOT LIKE 'pg\_toast%'
+    AND n.nspname NOT LIKE 'pg\_temp\_%'
+    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                    WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                      AND d.objid = c.oid AND d.deptype = 'e')
+    AND (cardinality($1::text[]) = 0 OR n.nspname ~ ANY ($1::text[]))
+    AND NOT (n.nspname ~ ANY ($2::text[]))
+    AND (cardinality($4::text[]) = 0 OR EXISTS (
+          SELECT 1 FROM pg_catalog.unnest($3::text[], $4::text[]) AS p(sre, nre),
+               LATERAL (SELECT c.oid AS o UNION ALL
+                        SELECT r.oid FROM pg_catalog.pg_class r
+                        WHERE r.oid = pg_catalog.pg_partition_root(c.oid) AND r.oid <> c.oid) cand
+               JOIN pg_catalog.pg_class cc ON cc.oid = cand.o
+               JOIN pg_catalog.pg_namespace cn ON cn.oid = cc.relnamespace
+          WHERE (p.sre IS NULL OR cn.nspname ~ p.sre) AND cc.relname ~ p.nre))
+    AND NOT EXISTS (
+          SELECT 1 FROM pg_catalog.unnest($5::text[], $6::text[]) AS p(sre, nre),
+               LATERAL (SELECT c.oid AS o UNION ALL
+                        SELECT r.oid FROM pg_catalog.pg_class r
+                        WHERE r.oid = pg_catalog.pg_partition_root(c.oid) AND r.oid <> c.oid) cand
+               JOIN pg_catalog.pg_class cc ON cc.oid = cand.o
+               JOIN pg_catalog.pg_namespace cn ON cn.oid = cc.relnamespace
+          WHERE (p.sre IS NULL OR cn.nspname ~ p.sre) AND cc.relname ~ p.nre)
+"#;
+
+/// Bind parameters for [`SCOPE_SQL`].
+struct ScopeParams {
+    schemas: Vec<String>,
+    exclude_schemas: Vec<String>,
+    t_schema: Vec<Option<String>>,
+    t_name: Vec<String>,
+    x_schema: Vec<Option<String>>,
+    x_name: Vec<String>,
+}
+
+impl ScopeParams {
+    fn new(f: &CompiledFilters) -> Self {
+        ScopeParams {
+            schemas: f.schemas.clone(),
+            exclude_schemas: f.exclude_schemas.clone(),
+            t_schema: f.tables.iter().map(|t| t.0.clone()).collect(),
+            t_name: f.tables.iter().map(|t| t.1.clone()).collect(),
+            x_schema: f.exclude_tables.iter().map(|t| t.0.clone()).collect(),
+            x_name: f.exclude_tables.iter().map(|t| t.1.clone()).collect(),
+        }
+    }
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 6] {
+        [
+            &self.schemas,
+            &self.exclude_schemas,
+            &self.t_schema,
+            &self.t_name,
+            &self.x_schema,
+            &self.x_name,
+        ]
+    }
+}
+
+/// Tables whose rows are copied: ordinary tables, partitions and inheritance
+/// children (relkind `r`), permanent or unlogged, not owned by an extension,
+/// largest first. Partitioned parents hold no rows and are reached through
+/// their leaves.
+pub async fn list_tables(client: &Client, filters: &CompiledFilters) -> Result<Vec<TableInfo>> {
+    let sql = format!(
+        r#"
+        SELECT c.oid, n.nspname::text, c.relname::text,
+               pg_catalog.pg_relation_size(c.oid) AS bytes,
+               c.reltuples::float8,
+               (SELECT pg_catalog.array_agg(a.attname::text ORDER BY a.attnum)
+                  FROM pg_catalog.pg_attribute a
+                 WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                   AND a.attgenerated = '') AS cols,
+               (SELECT pg_catalog.array_agg(a.attname::text ORDER BY a.attnum)
+                  FROM pg_catalog.pg_attribute a
+                 WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) AS allcols,
+               (SELECT pg_catalog.array_agg(a.atttypid ORDER BY a.attnum)
+                  FROM pg_catalog.pg_attribute a
+                 WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                   AND a.attgenerated = '') AS coltypes,
+               CASE WHEN c.relispartition THEN
+                    (SELECT pg_catalog.format('%I.%I', rn.nspname, r.relname)
+                       FROM pg_catalog.pg_class r JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace
+                      WHERE r.oid = pg_catalog.pg_partition_root(c.oid)) END AS root
+          FROM pg_catalog.pg_class c
+          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relkind = 'r' AND c.relpersistence IN ('p', 'u') AND {SCOPE_SQL}
+         ORDER BY bytes DESC, n.nspname, c.relname"#
+    );
+    let scope = ScopeParams::new(filters);
+    let rows = client
+        .query(&sql, &scope.params())
+        .await
+        .map_err(|e| MigrationError::db("listing tables on the source", e))?;
+    let types = load_user_types(client).await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let coltypes: Vec<u32> = r.get::<_, Option<Vec<u32>>>(7).unwrap_or_default();
+        let binary_safe = coltypes.iter().all(|t| binary_safe(*t, &types, 0));
+        out.push(TableInfo {
+            oid: r.get(0),
+            schema: r.get(1),
+            name: r.get(2),
+            bytes: r.get(3),
+            row_estimate: r.get(4),
+            columns: r.get::<_, Option<Vec<String>>>(5).unwrap_or_default(),
+            all_columns: r.get::<_, Option<Vec<String>>>(6).unwrap_or_default(),
+            binary_safe,
+            partition_root: r.get(8),
+        });
+    }
+    Ok(out)
+}
+
+/// Every relation in scope that a target must have (tables, partitioned
+/// tables), as quoted `schema.name`, sorted. Used by verify to compare sets.
+pub async fn list_relation_names(client: &Client, filters: &CompiledFilters) -> Result<Vec<String>> {
+    let sql = format!(
+        r#"SELECT pg_catalog.format('%I.%I', n.nspname, c.relname)
+             FROM pg_catalog.pg_class c
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.relkind IN ('r', 'p') AND c.relpersistence IN ('p', 'u') AND {SCOPE_SQL}
+            ORDER BY 1"#
+    );
+    let scope = ScopeParams::new(filters);
+    let rows = client
+        .query(&sql, &scope.params())
+        .await
+        .map_err(|e| MigrationError::db("listing relations", e))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Sequences in scope: in the included schemas, not owned by an extension;
+/// with table filters, those owned by (or named like) an included table.
+pub async fn list_sequences(client: &Client, filters: &CompiledFilters) -> Result<Vec<SequenceInfo>> {
+    // A sequence is in scope when it passes the filters itself, or when a
+    // table it belongs to (serial / identity) does.
+    let sql = format!(
+        r#"
+        WITH seqs AS (
+          SELECT s.oid AS seqoid, n.nspname::text AS nsp, s.relname::text AS rel
+            FROM pg_catalog.pg_class s JOIN pg_catalog.pg_namespace n ON n.oid = s.relnamespace
+           WHERE s.relkind = 'S'
+             AND n.nspname NOT IN ('pg_catalog', 'information_schema', '_pg_dbmigrator')
+             AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                              WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                                AND d.objid = s.oid AND d.deptype = 'e')
+        ), in_scope AS (
+          SELECT c.oid FROM pg_catalog.pg_class c
+            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+           WHERE c.relkind IN ('r', 'p', 'S') AND {SCOPE_SQL}
+        )
+        SELECT nsp, rel FROM seqs
+         WHERE seqoid IN (SELECT oid FROM in_scope)
+            OR EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                        WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                          AND d.objid = seqs.seqoid
+                          AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                          AND d.deptype IN ('a', 'i')
+                          AND d.refobjid IN (SELECT oid FROM in_scope))
+         ORDER BY nsp, rel"#
+    );
+    let scope = ScopeParams::new(filters);
+    let rows = client
+        .query(&sql, &scope.params())
+        .await
+        .map_err(|e| MigrationError::db("listing sequences on the source", e))?;
+    Ok(rows
+        .iter()
+        .map(|r| SequenceInfo {
+            schema: r.get(0),
+            name: r.get(1),
+        })
+        .collect())
+}
+
+/// A sequence's `(last_value, is_called)`, read from the sequence itself
+/// (`pg_sequences` hides the value of a sequence never called).
+pub async fn sequence_state(client: &Client, seq: &SequenceInfo) -> Result<(i64, bool)> {
+    let sql = format!("SELECT last_value, is_called FROM {}", seq.qualified());
+    let row = client
+        .query_one(&sql, &[])
+        .await
+        .map_err(|e| MigrationError::db(format!("reading sequence {}", seq.qualified()), e))?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// All large objects with their owners, by id.
+pub async fn list_large_objects(client: &Client) -> Result<Vec<LargeObjectInfo>> {
+    let rows = client
+        .query(
+            "SELECT l.oid, pg_catalog.pg_get_userbyid(l.lomowner)::text
+               FROM pg_catalog.pg_largeobject_metadata l ORDER BY l.oid",
+            &[],
+        )
+        .await
+        .map_err(|e| MigrationError::db("listing large objects", e))?;
+    Ok(rows
+        .iter()
+        .map(|r| LargeObjectInfo {
+            oid: r.get(0),
+            owner: r.get(1),
+        })
+        .collect())
+}
+
+/// What we need to know about a user-defined type to decide on binary COPY.
+#[derive(Debug, Clone)]
+struct UserType {
+    typtype: i8,
+    basetype: u32,
+    category: i8,
+    has_binary_io: bool,
+    range_subtype: Option<u32>,
+}
+
+async fn load_user_types(client: &Client) -> Result<HashMap<u32, UserType>> {
+    let rows = client
+        .query(
+            "SELECT t.oid, t.typtype, t.typbasetype, t.typcategory,
+                    (t.typsend <> 0 AND t.typreceive <> 0), r.rngsubtype
+               FROM pg_catalog.pg_type t
+               LEFT JOIN pg_catalog.pg_range r ON r.rngtypid = t.oid
+              WHERE t.oid >= 16384",
+            &[],
+        )
+        .await
+        .map_err(|e| MigrationError::db("reading user-defined types", e))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                r.get::<_, u32>(0),
+                UserType {
+                    typtype: r.get(1),
+                    basetype: r.get(2),
+                    category: r.get(3),
+                    has_binary_io: r.get(4),
+                    range_subtype: r.get(5),
+                },
+            )
+        })
+        .collect())
+}
+
+/// Whether values of type `oid` survive a binary COPY between two servers.
+/// Binary arrays and composites embed their element/field type OIDs, and
+/// user-defined types get different OIDs on the target, so those must go as
+/// text. Scalars of user types (enums, domains, ranges over safe subtypes,
+/// extension types with send/receive functions) are fine.
+fn binary_safe(oid: u32, types: &HashMap<u32, UserType>, depth: u32) -> bool {
+    if oid < FIRST_NORMAL_OID {
+        return true;
+    }
+    if depth > 16 {
+        return false;
+    }
+    let Some(t) = types.get(&oid) else {
+        return false;
+    };
+    match t.typtype as u8 {
+        b'd' => binary_safe(t.basetype, types, depth + 1),
+        b'e' => true,
+        b'r' => t
+            .range_subtype
+            .is_some_and(|s| binary_safe(s, types, depth + 1)),
+        b'b' => t.category as u8 != b'A' && t.has_binary_io,
+        // composite, multirange, pseudo: text
+        _ => false,
+    }
+}
+
+/// `server_version_num` of a session (e.g. 150004).
+pub async fn server_version_num(client: &Client) -> Result<i32> {
+    let row = client
+        .query_one("SELECT pg_catalog.current_setting('server_version_num')::int4", &[])
+        .await
+        .map_err(|e| MigrationError::db("reading server_version_num", e))?;
+    Ok(row.get(0))
+}

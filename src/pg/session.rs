@@ -1,0 +1,90 @@
+//! Session settings and snapshot handling shared by every stage.
+//!
+//! Text forms of dates, intervals, floats and bytea depend on session
+//! settings; pinning them on both sides makes COPY text streams parse the
+//! same everywhere and verify checksums deterministic.
+
+use tokio_postgres::Client;
+
+use crate::error::{MigrationError, Result};
+use crate::pg::quote;
+
+/// Settings every session of ours runs with: no timeouts that would kill a
+/// long COPY, and deterministic text output.
+const COMMON_SETTINGS: &str = "SET statement_timeout = 0; \
+     SET lock_timeout = 0; \
+     SET idle_in_transaction_session_timeout = 0; \
+     SET DateStyle = 'ISO, YMD'; \
+     SET IntervalStyle = 'postgres'; \
+     SET extra_float_digits = 3; \
+     SET TimeZone = 'UTC'; \
+     SET bytea_output = 'hex'; \
+     SET row_security = off";
+
+/// Prepare a source session. `row_security = off` makes a COPY fail loudly
+/// instead of silently skipping rows hidden by a policy (as pg_dump does).
+pub async fn setup_source(client: &Client) -> Result<()> {
+    client
+        .batch_execute(COMMON_SETTINGS)
+        .await
+        .map_err(|e| MigrationError::db("configuring the source session", e))
+}
+
+/// Prepare a target session for bulk loading. Returns whether triggers and
+/// foreign-key checks are off (`session_replication_role = replica`, which
+/// needs superuser or, on PG15+, a granted SET privilege): with them off,
+/// tables can be loaded in any order and user triggers do not fire twice.
+pub async fn setup_target(client: &Client) -> Result<bool> {
+    client
+        .batch_execute(COMMON_SETTINGS)
+        .await
+        .map_err(|e| MigrationError::db("configuring the target session", e))?;
+    client
+        .batch_execute("SET synchronous_commit = off")
+        .await
+        .map_err(|e| MigrationError::db("configuring the target session", e))?;
+    Ok(client
+        .batch_execute("SET session_replication_role = replica")
+        .await
+        .is_ok())
+}
+
+/// Open a REPEATABLE READ, READ ONLY transaction and export its snapshot.
+/// Returns `(snapshot_id, txid_snapshot_text)`.
+pub async fn begin_exported_snapshot(client: &Client) -> Result<(String, String)> {
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .await
+        .map_err(|e| MigrationError::db("opening the snapshot transaction", e))?;
+    let row = client
+        .query_one(
+            "SELECT pg_catalog.pg_export_snapshot(), pg_catalog.txid_current_snapshot()::text",
+            &[],
+        )
+        .await
+        .map_err(|e| MigrationError::db("exporting the snapshot", e))?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// Open a REPEATABLE READ, READ ONLY transaction on an exported snapshot.
+/// Returns the transaction's visible snapshot (`txid_current_snapshot()`),
+/// which is identical for every session that imported the same snapshot.
+pub async fn import_snapshot(client: &Client, snapshot_id: &str) -> Result<String> {
+    client
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            quote::literal(snapshot_id)
+        ))
+        .await
+        .map_err(|e| {
+            MigrationError::db(
+                format!("importing snapshot {snapshot_id} (it lives only while the migration's coordinator session is open)"),
+                e,
+            )
+        })?;
+    let row = client
+        .query_one("SELECT pg_catalog.txid_current_snapshot()::text", &[])
+        .await
+        .map_err(|e| MigrationError::db("reading the imported snapshot", e))?;
+    Ok(row.get(0))
+}

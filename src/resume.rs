@@ -1,0 +1,509 @@
+//! The resume token: a small JSON file that records what a migration has
+//! finished, so a crashed or interrupted run continues where it stopped.
+//!
+//! It lives at `<dump_path>.resume.json`. Every save is atomic (sibling temp
+//! file, fsync, rename, fsync of the directory), so a crash leaves either the
+//! old or the new token, never half of one. The config hash binds a token to
+//! the migration that wrote it: resuming with another target or other filters
+//! is refused before anything is touched. No password is ever written here.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::{EndpointConfig, Filters, MigrationConfig, MigrationMode};
+use crate::error::{MigrationError, Result};
+
+/// Bumped whenever the token's layout changes incompatibly.
+pub const TOKEN_SCHEMA_VERSION: u32 = 1;
+
+/// The stages of a migration, in order. Each is recorded when it finishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Preflight,
+    PrepareTarget,
+    CopyData,
+    Sequences,
+    LargeObjects,
+    Finalize,
+    Verify,
+}
+
+impl Stage {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Stage::Preflight => "preflight",
+            Stage::PrepareTarget => "prepare_target",
+            Stage::CopyData => "copy_data",
+            Stage::Sequences => "sequences",
+            Stage::LargeObjects => "large_objects",
+            Stage::Finalize => "finalize",
+            Stage::Verify => "verify",
+        }
+    }
+}
+
+/// Where one endpoint is, without credentials: what identifies "the same
+/// server and database" across runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointIdentity {
+    pub hosts: Vec<String>,
+    pub ports: Vec<u16>,
+    pub dbname: String,
+}
+
+impl EndpointIdentity {
+    pub fn of(ep: &EndpointConfig) -> Self {
+        EndpointIdentity {
+            hosts: ep.hosts.iter().map(|h| h.to_string()).collect(),
+            ports: ep.ports.clone(),
+            dbname: ep.dbname.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for EndpointIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ports: Vec<String> = self.ports.iter().map(|p| p.to_string()).collect();
+        write!(
+            f,
+            "host={} port={} dbname={}",
+            self.hosts.join(","),
+            ports.join(","),
+            self.dbname
+        )
+    }
+}
+
+/// What defines a migration; hashed into the token's config hash. Tuning
+/// (jobs, formats, verify level) is left out: it may change between attempts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Definition {
+    pub mode: MigrationMode,
+    pub data_only: bool,
+    pub source: EndpointIdentity,
+    pub target: EndpointIdentity,
+    /// Sorted and deduplicated, so flag order does not matter.
+    pub filters: Filters,
+    pub large_objects: bool,
+    /// Names of what an online migration creates on the source.
+    pub slot_name: Option<String>,
+    pub publication_name: Option<String>,
+}
+
+impl Definition {
+    pub fn from_config(cfg: &MigrationConfig) -> Result<Self> {
+        let source = cfg
+            .source
+            .as_ref()
+            .ok_or_else(|| MigrationError::Config("no source given (--source)".into()))?;
+        let target = cfg
+            .target
+            .as_ref()
+            .ok_or_else(|| MigrationError::Config("no target given (--target)".into()))?;
+        Ok(Definition {
+            mode: cfg.mode,
+            data_only: cfg.data_only,
+            source: EndpointIdentity::of(source),
+            target: EndpointIdentity::of(target),
+            filters: cfg.filters.normalized(),
+            large_objects: cfg.large_objects,
+            slot_name: None,
+            publication_name: None,
+        })
+    }
+
+    /// SHA-256 over a canonical JSON form: stable across processes, machines
+    /// and Rust versions (serde_json writes struct fields in declaration order).
+    pub fn hash(&self) -> String {
+        let json = serde_json::to_vec(self).expect("definition serializes");
+        hex::encode(Sha256::digest(&json))
+    }
+
+    /// Human-readable differences against an earlier definition, naming the
+    /// flags to restore.
+    pub fn differences(&self, earlier: &Definition) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.mode != earlier.mode {
+            out.push(format!("--mode was {:?}, now {:?}", earlier.mode, self.mode));
+        }
+        if self.data_only != earlier.data_only {
+            out.push(format!(
+                "--data-only was {}, now {}",
+                if earlier.data_only { "given" } else { "not given" },
+                if self.data_only { "given" } else { "not given" }
+            ));
+        }
+        if self.source != earlier.source {
+            out.push(format!("--source was {}, now {}", earlier.source, self.source));
+        }
+        if self.target != earlier.target {
+            out.push(format!("--target was {}, now {}", earlier.target, self.target));
+        }
+        let f = (&self.filters, &earlier.filters);
+        for (flag, now, was) in [
+            ("--schema", &f.0.schemas, &f.1.schemas),
+            ("--exclude-schema", &f.0.exclude_schemas, &f.1.exclude_schemas),
+            ("--table", &f.0.tables, &f.1.tables),
+            ("--exclude-table", &f.0.exclude_tables, &f.1.exclude_tables),
+        ] {
+            if now != was {
+                out.push(format!("{flag} was {was:?}, now {now:?}"));
+            }
+        }
+        if self.large_objects != earlier.large_objects {
+            out.push("--no-large-objects differs".to_string());
+        }
+        if self.slot_name != earlier.slot_name || self.publication_name != earlier.publication_name {
+            out.push("the migration id (slot / publication names) differs".to_string());
+        }
+        out
+    }
+}
+
+/// Status of a stage in the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageStatus {
+    Running,
+    Done,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageRecord {
+    pub stage: Stage,
+    pub status: StageStatus,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A table (or, later, a chunk) whose copy committed on the target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CopyMarker {
+    pub rows: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub done_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResumeToken {
+    pub schema_version: u32,
+    pub migration_id: String,
+    pub mode: MigrationMode,
+    pub config_hash: String,
+    /// The definition the hash was computed from (no secrets), kept so a
+    /// refusal can say which flag changed.
+    pub definition: Definition,
+    pub dump_path: PathBuf,
+    pub stages: Vec<StageRecord>,
+    /// Finished tables, keyed by quoted `schema.table`.
+    pub copied: BTreeMap<String, CopyMarker>,
+    pub snapshot_name: Option<String>,
+    pub slot_name: Option<String>,
+    pub publication_name: Option<String>,
+    pub last_applied_lsn: Option<String>,
+    /// Set when the whole migration finished.
+    pub completed: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl ResumeToken {
+    pub fn new(migration_id: String, definition: Definition, dump_path: PathBuf) -> Self {
+        let now = Utc::now();
+        ResumeToken {
+            schema_version: TOKEN_SCHEMA_VERSION,
+            migration_id,
+            mode: definition.mode,
+            config_hash: definition.hash(),
+            slot_name: definition.slot_name.clone(),
+            publication_name: definition.publication_name.clone(),
+            definition,
+            dump_path,
+            stages: Vec::new(),
+            copied: BTreeMap::new(),
+            snapshot_name: None,
+            last_applied_lsn: None,
+            completed: false,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// The token's path for a work directory: `<dump_path>.resume.json`.
+    pub fn path_for(dump_path: &Path) -> PathBuf {
+        let mut s = dump_path.as_os_str().to_owned();
+        s.push(".resume.json");
+        PathBuf::from(s)
+    }
+
+    pub fn is_done(&self, stage: Stage) -> bool {
+        self.stages
+            .iter()
+            .any(|s| s.stage == stage && s.status == StageStatus::Done)
+    }
+
+    pub fn stage_started(&mut self, stage: Stage) {
+        let now = Utc::now();
+        if let Some(s) = self.stages.iter_mut().find(|s| s.stage == stage) {
+            s.status = StageStatus::Running;
+            s.started_at = now;
+            s.finished_at = None;
+        } else {
+            self.stages.push(StageRecord {
+                stage,
+                status: StageStatus::Running,
+                started_at: now,
+                finished_at: None,
+            });
+        }
+    }
+
+    pub fn stage_done(&mut self, stage: Stage) {
+        let now = Utc::now();
+        match self.stages.iter_mut().find(|s| s.stage == stage) {
+            Some(s) => {
+                s.status = StageStatus::Done;
+                s.finished_at = Some(now);
+            }
+            None => self.stages.push(StageRecord {
+                stage,
+                status: StageStatus::Done,
+                started_at: now,
+                finished_at: Some(now),
+            }),
+        }
+    }
+
+    /// The stage in progress, or the last one finished.
+    pub fn current_stage(&self) -> Option<&StageRecord> {
+        self.stages
+            .iter()
+            .find(|s| s.status == StageStatus::Running)
+            .or_else(|| self.stages.last())
+    }
+
+    /// Read a token. A missing file is `Ok(None)`; a damaged one is an error
+    /// that says how to recover.
+    pub fn load(path: &Path) -> Result<Option<Self>> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(MigrationError::io(
+                    format!("reading resume token {}", path.display()),
+                    e,
+                ))
+            }
+        };
+        // Read the version first so an incompatible token gets a precise message.
+        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+            MigrationError::Resume(format!(
+                "resume token {} is damaged ({e}); use --force-clean to start over",
+                path.display()
+            ))
+        })?;
+        let version = value.get("schema_version").and_then(|v| v.as_u64());
+        if version != Some(TOKEN_SCHEMA_VERSION as u64) {
+            return Err(MigrationError::Resume(format!(
+                "resume token {} has schema version {}, this pg_dbmigrator writes version {}; \
+                 finish it with the version that started it, or use --force-clean to start over",
+                path.display(),
+                version.map_or("(none)".to_string(), |v| v.to_string()),
+                TOKEN_SCHEMA_VERSION
+            )));
+        }
+        serde_json::from_value(value).map(Some).map_err(|e| {
+            MigrationError::Resume(format!(
+                "resume token {} is damaged ({e}); use --force-clean to start over",
+                path.display()
+            ))
+        })
+    }
+
+    /// Refuse to continue a token written for another migration.
+    pub fn check_matches(&self, definition: &Definition, path: &Path) -> Result<()> {
+        if self.config_hash == definition.hash() {
+            return Ok(());
+        }
+        let diffs = definition.differences(&self.definition);
+        let what = if diffs.is_empty() {
+            "the migration's definition changed".to_string()
+        } else {
+            diffs.join("; ")
+        };
+        Err(MigrationError::Resume(format!(
+            "the resume token {} was written for another migration: {what}. \
+             Run again with the original flags to resume, or pass --force-clean to discard it and start over",
+            path.display()
+        )))
+    }
+
+    /// Write the token atomically: temp file in the same directory, fsync,
+    /// rename over the old one, fsync the directory.
+    pub fn save(&mut self, path: &Path) -> Result<()> {
+        self.updated_at = Utc::now();
+        let json = serde_json::to_vec_pretty(self).expect("token serializes");
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| Path::new("."));
+        let ctx = |what: &str| format!("{what} resume token {}", path.display());
+        std::fs::create_dir_all(dir).map_err(|e| MigrationError::io(ctx("creating the directory of"), e))?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".resume-")
+            .suffix(".tmp")
+            .tempfile_in(dir)
+            .map_err(|e| MigrationError::io(ctx("writing"), e))?;
+        tmp.write_all(&json)
+            .and_then(|_| tmp.write_all(b"\n"))
+            .and_then(|_| tmp.as_file().sync_all())
+            .map_err(|e| MigrationError::io(ctx("writing"), e))?;
+        tmp.persist(path)
+            .map_err(|e| MigrationError::io(ctx("renaming"), e.error))?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}
+
+/// A token shared by concurrent workers: every update is saved before the
+/// caller moves on, under one lock, so saves never interleave.
+pub struct TokenStore {
+    path: PathBuf,
+    token: std::sync::Mutex<ResumeToken>,
+}
+
+impl TokenStore {
+    pub fn new(path: PathBuf, token: ResumeToken) -> Self {
+        TokenStore {
+            path,
+            token: std::sync::Mutex::new(token),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Change the token and save it.
+    pub fn update<R>(&self, f: impl FnOnce(&mut ResumeToken) -> R) -> Result<R> {
+        let mut t = self.token.lock().unwrap_or_else(|p| p.into_inner());
+        let r = f(&mut t);
+        t.save(&self.path)?;
+        Ok(r)
+    }
+
+    pub fn snapshot(&self) -> ResumeToken {
+        self.token.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Host, SslMode};
+    use std::time::Duration;
+
+    fn ep(host: &str, db: &str) -> EndpointConfig {
+        EndpointConfig {
+            hosts: vec![Host::Tcp(host.into())],
+            ports: vec![5432],
+            user: "u".into(),
+            password: Some(crate::config::Secret::new("hunter2-secret")),
+            dbname: db.into(),
+            sslmode: SslMode::Prefer,
+            sslrootcert: None,
+            sslcert: None,
+            sslkey: None,
+            application_name: None,
+            connect_timeout: Duration::from_secs(10),
+            options: None,
+        }
+    }
+
+    fn cfg() -> MigrationConfig {
+        MigrationConfig {
+            source: Some(ep("a", "src")),
+            target: Some(ep("b", "dst")),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn hash_is_stable_and_order_independent() {
+        let mut c1 = cfg();
+        c1.filters.tables = vec!["x".into(), "y".into()];
+        let mut c2 = cfg();
+        c2.filters.tables = vec!["y".into(), "x".into(), "x".into()];
+        c2.jobs = 17;
+        let h1 = Definition::from_config(&c1).unwrap().hash();
+        let h2 = Definition::from_config(&c2).unwrap().hash();
+        assert_eq!(h1, h2);
+        assert_eq!(h1.len(), 64);
+        let mut c3 = cfg();
+        c3.target = Some(ep("c", "dst"));
+        assert_ne!(h1, Definition::from_config(&c3).unwrap().hash());
+    }
+
+    #[test]
+    fn password_never_in_token_and_save_roundtrips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = ResumeToken::path_for(&dir.path().join("work"));
+        assert!(path.to_string_lossy().ends_with("work.resume.json"));
+        let def = Definition::from_config(&cfg()).unwrap();
+        let mut t = ResumeToken::new("m1".into(), def.clone(), dir.path().join("work"));
+        t.stage_started(Stage::CopyData);
+        t.copied.insert(
+            "public.t".into(),
+            CopyMarker {
+                rows: 3,
+                bytes: 10,
+                seconds: 0.1,
+                done_at: Utc::now(),
+            },
+        );
+        t.save(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("hunter2"));
+        let back = ResumeToken::load(&path).unwrap().unwrap();
+        assert_eq!(back.copied.len(), 1);
+        assert!(!back.is_done(Stage::CopyData));
+        back.check_matches(&def, &path).unwrap();
+    }
+
+    #[test]
+    fn mismatch_names_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let def = Definition::from_config(&cfg()).unwrap();
+        let t = ResumeToken::new("m1".into(), def, dir.path().join("w"));
+        let mut other = cfg();
+        other.target = Some(ep("elsewhere", "dst"));
+        other.filters.exclude_tables = vec!["big".into()];
+        let err = t
+            .check_matches(&Definition::from_config(&other).unwrap(), Path::new("x"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--target was host=b"), "{err}");
+        assert!(err.contains("--exclude-table"), "{err}");
+        assert!(err.contains("--force-clean"), "{err}");
+    }
+
+    #[test]
+    fn damaged_and_foreign_version_tokens_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.json");
+        std::fs::write(&p, b"{ not json").unwrap();
+        assert!(ResumeToken::load(&p).unwrap_err().to_string().contains("damaged"));
+        std::fs::write(&p, br#"{"schema_version": 99}"#).unwrap();
+        assert!(ResumeToken::load(&p).unwrap_err().to_string().contains("version 99"));
+        assert!(ResumeToken::load(&dir.path().join("none")).unwrap().is_none());
+    }
+}

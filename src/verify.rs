@@ -1,0 +1,433 @@
+//! Verify: prove that the target holds what the source holds.
+//!
+//! Each side is read in one consistent snapshot (a coordinator exports it,
+//! `jobs` workers import it). Per table a row count and an order-independent
+//! content checksum: the sum, as numeric, of the first 64 bits of each row's
+//! md5. A sum (unlike XOR) counts duplicate rows of tables without a key.
+//! Session settings are pinned so text forms are the same on both servers.
+//! Sequences, large objects (ids, owners, contents) and the set of tables are
+//! compared too.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::filter::CompiledFilters;
+use crate::config::{EndpointConfig, VerifyLevel};
+use crate::error::{MigrationError, Result};
+use crate::pg::catalog::{self, TableInfo};
+use crate::pg::{connect, quote, session};
+
+/// What kind of difference was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiffKind {
+    MissingTable,
+    ExtraTable,
+    RowCount,
+    Checksum,
+    Error,
+    MissingSequence,
+    Sequence,
+    MissingLargeObject,
+    ExtraLargeObject,
+    LargeObjectContent,
+    LargeObjectOwner,
+}
+
+impl DiffKind {
+    fn label(&self) -> &'static str {
+        match self {
+            DiffKind::MissingTable => "table missing on target",
+            DiffKind::ExtraTable => "table only on target",
+            DiffKind::RowCount => "row count",
+            DiffKind::Checksum => "content checksum",
+            DiffKind::Error => "could not compare",
+            DiffKind::MissingSequence => "sequence missing on target",
+            DiffKind::Sequence => "sequence value",
+            DiffKind::MissingLargeObject => "large object missing on target",
+            DiffKind::ExtraLargeObject => "large object only on target",
+            DiffKind::LargeObjectContent => "large object content",
+            DiffKind::LargeObjectOwner => "large object owner",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Difference {
+    pub kind: DiffKind,
+    pub object: String,
+    pub source: String,
+    pub target: String,
+}
+
+/// One table's comparison.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TableCheck {
+    pub table: String,
+    pub source_rows: i64,
+    pub target_rows: Option<i64>,
+    pub source_checksum: Option<String>,
+    pub target_checksum: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct VerifyReport {
+    pub level: Option<VerifyLevel>,
+    pub tables: Vec<TableCheck>,
+    pub sequences: usize,
+    pub large_objects: usize,
+    pub differences: Vec<Difference>,
+    pub seconds: f64,
+}
+
+impl VerifyReport {
+    pub fn is_clean(&self) -> bool {
+        self.differences.is_empty()
+    }
+
+    /// The differences as an aligned text table (empty when clean).
+    pub fn differences_table(&self) -> String {
+        if self.differences.is_empty() {
+            return String::new();
+        }
+        let headers = ["object", "difference", "source", "target"];
+        let rows: Vec<[String; 4]> = self
+            .differences
+            .iter()
+            .map(|d| {
+                [
+                    d.object.clone(),
+                    d.kind.label().to_string(),
+                    d.source.clone(),
+                    d.target.clone(),
+                ]
+            })
+            .collect();
+        let mut w = headers.map(|h| h.len());
+        for r in &rows {
+            for (i, c) in r.iter().enumerate() {
+                w[i] = w[i].max(c.chars().count()).min(60);
+            }
+        }
+        let line = |cells: [&str; 4]| {
+            let mut s = String::new();
+            for (i, c) in cells.iter().enumerate() {
+                let c: String = c.chars().take(60).collect();
+                s.push_str(&format!("{:<width$}", c, width = w[i]));
+                if i < 3 {
+                    s.push_str(" | ");
+                }
+            }
+            s.trim_end().to_string()
+        };
+        let mut out = line(headers);
+        out.push('\n');
+        out.push_str(&w.iter().map(|n| "-".repeat(*n)).collect::<Vec<_>>().join("-+-"));
+        out.push('\n');
+        for r in &rows {
+            out.push_str(&line([&r[0], &r[1], &r[2], &r[3]]));
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// What to verify.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    pub level: VerifyLevel,
+    pub jobs: usize,
+    pub large_objects: bool,
+}
+
+/// Compare source and target. Differences are in the report; an `Err` means
+/// the comparison itself could not run.
+pub async fn verify(
+    source: &EndpointConfig,
+    target: &EndpointConfig,
+    filters: &CompiledFilters,
+    opts: &VerifyOptions,
+    cancel: &CancellationToken,
+) -> Result<VerifyReport> {
+    let started = std::time::Instant::now();
+    let mut report = VerifyReport {
+        level: Some(opts.level),
+        ..Default::default()
+    };
+    if opts.level == VerifyLevel::None {
+        return Ok(report);
+    }
+    let src = connect::connect(source, "source").await?;
+    session::setup_source(&src).await?;
+    let (src_snap, _) = session::begin_exported_snapshot(&src).await?;
+    let dst = connect::connect(target, "target").await?;
+    session::setup_source(&dst).await?;
+    let (dst_snap, _) = session::begin_exported_snapshot(&dst).await?;
+
+    // The set of tables.
+    let src_rels: BTreeSet<String> = catalog::list_relation_names(&src, filters).await?.into_iter().collect();
+    let dst_rels: BTreeSet<String> = catalog::list_relation_names(&dst, filters).await?.into_iter().collect();
+    for missing in src_rels.difference(&dst_rels) {
+        report.differences.push(Difference {
+            kind: DiffKind::MissingTable,
+            object: missing.clone(),
+            source: "present".into(),
+            target: "absent".into(),
+        });
+    }
+    for extra in dst_rels.difference(&src_rels) {
+        report.differences.push(Difference {
+            kind: DiffKind::ExtraTable,
+            object: extra.clone(),
+            source: "absent".into(),
+            target: "present".into(),
+        });
+    }
+
+    // Rows, in parallel.
+    let tables: Vec<TableInfo> = catalog::list_tables(&src, filters)
+        .await?
+        .into_iter()
+        .filter(|t| dst_rels.contains(&t.qualified()))
+        .collect();
+    let checks = check_tables(source, target, &src_snap, &dst_snap, tables, opts, cancel).await?;
+    for c in &checks {
+        match c.target_rows {
+            None => report.differences.push(Difference {
+                kind: DiffKind::Error,
+                object: c.table.clone(),
+                source: c.source_rows.to_string(),
+                target: c.target_checksum.clone().unwrap_or_default(),
+            }),
+            Some(n) if n != c.source_rows => report.differences.push(Difference {
+                kind: DiffKind::RowCount,
+                object: c.table.clone(),
+                source: c.source_rows.to_string(),
+                target: n.to_string(),
+            }),
+            Some(_) if c.source_checksum != c.target_checksum => report.differences.push(Difference {
+                kind: DiffKind::Checksum,
+                object: c.table.clone(),
+                source: c.source_checksum.clone().unwrap_or_default(),
+                target: c.target_checksum.clone().unwrap_or_default(),
+            }),
+            _ => {}
+        }
+    }
+    report.tables = checks;
+
+    // Sequences.
+    let seqs = catalog::list_sequences(&src, filters).await?;
+    for s in &seqs {
+        let sv = catalog::sequence_state(&src, s).await?;
+        let exists: bool = dst
+            .query_one("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[&s.qualified()])
+            .await
+            .map_err(|e| MigrationError::db("looking up a sequence on the target", e))?
+            .get(0);
+        if !exists {
+            report.differences.push(Difference {
+                kind: DiffKind::MissingSequence,
+                object: s.qualified(),
+                source: fmt_seq(sv),
+                target: "absent".into(),
+            });
+            continue;
+        }
+        let tv = catalog::sequence_state(&dst, s).await?;
+        if sv != tv {
+            let behind = if tv.0 < sv.0 { " (behind)" } else { "" };
+            report.differences.push(Difference {
+                kind: DiffKind::Sequence,
+                object: s.qualified(),
+                source: fmt_seq(sv),
+                target: format!("{}{behind}", fmt_seq(tv)),
+            });
+        }
+    }
+    report.sequences = seqs.len();
+
+    // Large objects.
+    if opts.large_objects {
+        let s = large_object_digests(&src).await?;
+        let t = large_object_digests(&dst).await?;
+        for (oid, (owner, digest)) in &s {
+            match t.get(oid) {
+                None => report.differences.push(Difference {
+                    kind: DiffKind::MissingLargeObject,
+                    object: format!("large object {oid}"),
+                    source: "present".into(),
+                    target: "absent".into(),
+                }),
+                Some((towner, tdigest)) => {
+                    if tdigest != digest {
+                        report.differences.push(Difference {
+                            kind: DiffKind::LargeObjectContent,
+                            object: format!("large object {oid}"),
+                            source: digest.clone(),
+                            target: tdigest.clone(),
+                        });
+                    }
+                    if towner != owner {
+                        report.differences.push(Difference {
+                            kind: DiffKind::LargeObjectOwner,
+                            object: format!("large object {oid}"),
+                            source: owner.clone(),
+                            target: towner.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        for oid in t.keys().filter(|o| !s.contains_key(o)) {
+            report.differences.push(Difference {
+                kind: DiffKind::ExtraLargeObject,
+                object: format!("large object {oid}"),
+                source: "absent".into(),
+                target: "present".into(),
+            });
+        }
+        report.large_objects = s.len();
+    }
+    let _ = src.batch_execute("COMMIT").await;
+    let _ = dst.batch_execute("COMMIT").await;
+    report.seconds = started.elapsed().as_secs_f64();
+    info!(
+        tables = report.tables.len(),
+        sequences = report.sequences,
+        large_objects = report.large_objects,
+        differences = report.differences.len(),
+        "verify finished"
+    );
+    Ok(report)
+}
+
+fn fmt_seq((last, called): (i64, bool)) -> String {
+    format!("last_value={last} is_called={called}")
+}
+
+async fn large_object_digests(c: &Client) -> Result<BTreeMap<u32, (String, String)>> {
+    let rows = c
+        .query(
+            "SELECT l.oid, pg_catalog.pg_get_userbyid(l.lomowner)::text, pg_catalog.md5(pg_catalog.lo_get(l.oid))
+               FROM pg_catalog.pg_largeobject_metadata l",
+            &[],
+        )
+        .await
+        .map_err(|e| MigrationError::db("reading large objects", e))?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get::<_, u32>(0), (r.get(1), r.get(2))))
+        .collect())
+}
+
+async fn check_tables(
+    source: &EndpointConfig,
+    target: &EndpointConfig,
+    src_snap: &str,
+    dst_snap: &str,
+    tables: Vec<TableInfo>,
+    opts: &VerifyOptions,
+    cancel: &CancellationToken,
+) -> Result<Vec<TableCheck>> {
+    if tables.is_empty() {
+        return Ok(Vec::new());
+    }
+    let n = opts.jobs.max(1).min(tables.len());
+    let queue = Arc::new(Mutex::new(VecDeque::from(tables)));
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let stop = cancel.child_token();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let (source, target) = (source.clone(), target.clone());
+        let (src_snap, dst_snap) = (src_snap.to_string(), dst_snap.to_string());
+        let (queue, out, stop, level) = (queue.clone(), out.clone(), stop.clone(), opts.level);
+        set.spawn(async move {
+            let r: Result<()> = async {
+                let s = connect::connect(&source, "source").await?;
+                session::setup_source(&s).await?;
+                session::import_snapshot(&s, &src_snap).await?;
+                let t = connect::connect(&target, "target").await?;
+                session::setup_source(&t).await?;
+                session::import_snapshot(&t, &dst_snap).await?;
+                loop {
+                    if stop.is_cancelled() {
+                        return Err(MigrationError::Cancelled);
+                    }
+                    let Some(table) = queue.lock().unwrap().pop_front() else {
+                        return Ok(());
+                    };
+                    let sql = table_digest_sql(&table, level);
+                    let (sr, tr) = tokio::join!(s.query_one(&sql, &[]), t.query_one(&sql, &[]));
+                    let sr = sr.map_err(|e| MigrationError::db(format!("checksumming {} on the source", table.qualified()), e))?;
+                    let check = match tr {
+                        Ok(tr) => TableCheck {
+                            table: table.qualified(),
+                            source_rows: sr.get(0),
+                            target_rows: Some(tr.get(0)),
+                            source_checksum: sr.get(1),
+                            target_checksum: tr.get(1),
+                        },
+                        Err(e) => {
+                            // The transaction is aborted: report and restart it on the snapshot.
+                            let msg = crate::error::db_info(&e)
+                                .map(|i| i.message)
+                                .unwrap_or_else(|| crate::error::client_message(&e));
+                            let _ = t.batch_execute("ROLLBACK").await;
+                            session::import_snapshot(&t, &dst_snap).await?;
+                            TableCheck {
+                                table: table.qualified(),
+                                source_rows: sr.get(0),
+                                target_rows: None,
+                                source_checksum: sr.get(1),
+                                target_checksum: Some(msg),
+                            }
+                        }
+                    };
+                    out.lock().unwrap().push(check);
+                }
+            }
+            .await;
+            if r.is_err() {
+                stop.cancel();
+            }
+            r
+        });
+    }
+    let mut first_err = None;
+    while let Some(j) = set.join_next().await {
+        let r = j.unwrap_or_else(|e| Err(MigrationError::Internal(format!("verify worker panicked: {e}"))));
+        if let Err(e) = r {
+            if first_err.is_none() || matches!(first_err, Some(MigrationError::Cancelled)) {
+                first_err = Some(e);
+            }
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    let mut v = std::mem::take(&mut *out.lock().unwrap());
+    v.sort_by(|a: &TableCheck, b| a.table.cmp(&b.table));
+    Ok(v)
+}
+
+/// Row count and, for `Checksum`, the order-independent content digest.
+/// Every column counts, generated ones included (they must agree too).
+fn table_digest_sql(t: &TableInfo, level: VerifyLevel) -> String {
+    let name = t.qualified();
+    match level {
+        VerifyLevel::Checksum => {
+            let cols = quote::ident_list(&t.all_columns);
+            format!(
+                "SELECT pg_catalog.count(*)::int8, \
+                 COALESCE(pg_catalog.sum(('x' || pg_catalog.substr(pg_catalog.md5(ROW({cols})::text), 1, 16))::bit(64)::int8::numeric), 0)::text \
+                 FROM ONLY {name}"
+            )
+        }
+        _ => format!("SELECT pg_catalog.count(*)::int8, NULL::text FROM ONLY {name}"),
+    }
+}
