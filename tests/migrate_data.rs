@@ -1,0 +1,204 @@
+//! Data-only migrations between real servers: the rich fixture in binary and
+//! text COPY modes, snapshot consistency, and the binary without client tools.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use pg_dbmigrator::testkit;
+use pg_dbmigrator::{CopyFormat, EndpointConfig, MigrationConfig, Migrator, VerifyLevel};
+use tokio_util::sync::CancellationToken;
+
+fn config(db: &testkit::TestDb, dump: &std::path::Path) -> MigrationConfig {
+    MigrationConfig {
+        source: Some(EndpointConfig::parse(&db.source).unwrap()),
+        target: Some(EndpointConfig::parse(&db.target).unwrap()),
+        data_only: true,
+        jobs: 3,
+        dump_path: Some(dump.to_path_buf()),
+        ..Default::default()
+    }
+}
+
+async fn rich_roundtrip(format: CopyFormat) {
+    let db = rich_db(&format!("rich_{format:?}").to_lowercase()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&db, &dir.path().join("work"));
+    cfg.copy_format = format;
+    let report = Migrator::new(cfg).run(CancellationToken::new()).await.expect("migration");
+    let v = report.verify.as_ref().expect("verify ran");
+    assert!(v.is_clean(), "verify differences:\n{}", v.differences_table());
+    assert!(report.tables.len() >= 20, "tables copied: {}", report.tables.len());
+    assert!(v.sequences >= 5, "sequences compared: {}", v.sequences);
+    assert!(v.large_objects >= 3, "large objects compared: {}", v.large_objects);
+    let formats: std::collections::BTreeSet<_> = report.tables.iter().map(|t| format!("{:?}", t.format)).collect();
+    match format {
+        CopyFormat::Text => assert_eq!(formats.len(), 1, "{formats:?}"),
+        // Same major: binary, except tables whose types embed user OIDs.
+        _ => assert!(formats.contains("Binary") && formats.contains("Text"), "{formats:?}"),
+    }
+    // An oracle independent of our verify: sorted row texts of every table.
+    assert_eq!(content_digest(&db.source).await, content_digest(&db.target).await);
+    // Nothing of ours is left on the target.
+    let left = testkit::query_scalar(
+        &db.target,
+        "SELECT count(*) FROM pg_namespace WHERE nspname = '_pg_dbmigrator'",
+    )
+    .await;
+    assert_eq!(left, "0");
+}
+
+#[tokio::test]
+async fn rich_fixture_binary() {
+    rich_roundtrip(CopyFormat::Auto).await;
+}
+
+#[tokio::test]
+async fn rich_fixture_text() {
+    rich_roundtrip(CopyFormat::Text).await;
+}
+
+/// Rows written on the source after the snapshot are not copied, and every
+/// worker reads the same snapshot.
+#[tokio::test]
+async fn snapshot_consistency() {
+    let db = demo_db("snap").await;
+    let setup = "CREATE TABLE public.lockme (id int PRIMARY KEY, v text);
+                 CREATE TABLE public.early (id int PRIMARY KEY, v text);";
+    testkit::execute(&db.source, setup).await.unwrap();
+    testkit::execute(&db.target, setup).await.unwrap();
+    testkit::execute(
+        &db.source,
+        "INSERT INTO public.lockme SELECT g, 'before' FROM generate_series(1, 1000) g;
+         INSERT INTO public.early SELECT g, 'before' FROM generate_series(1, 1000) g;",
+    )
+    .await
+    .unwrap();
+    let expected_lockme = testkit::query_scalar(&db.source, "SELECT md5(string_agg(id||v, ',' ORDER BY id)) FROM public.lockme").await;
+    let expected_early = testkit::query_scalar(&db.source, "SELECT md5(string_agg(id||v, ',' ORDER BY id)) FROM public.early").await;
+
+    // Hold a lock that lets reads through but blocks COPY FROM into lockme.
+    let blocker = testkit::client(&db.target).await;
+    blocker.batch_execute("BEGIN; LOCK TABLE public.lockme IN SHARE MODE").await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&db, &dir.path().join("work"));
+    cfg.jobs = 3;
+    cfg.verify = VerifyLevel::None;
+    let token_path = Migrator::new(cfg.clone()).token_path().unwrap();
+    let run = tokio::spawn(async move { Migrator::new(cfg).run(CancellationToken::new()).await });
+
+    // Wait until every other table is copied: the snapshot is long taken.
+    let total_other: usize = testkit::query_scalar(
+        &db.source,
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg_toast%'",
+    )
+    .await
+    .parse::<usize>()
+    .unwrap()
+        - 1;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Some(t)) = pg_dbmigrator::ResumeToken::load(&token_path) {
+            if t.copied.len() >= total_other {
+                assert!(!t.copied.contains_key("public.lockme"));
+                break;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "copy did not progress");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Write on the source after the snapshot: insert, update, delete, in tables copied and not yet copied.
+    testkit::execute(
+        &db.source,
+        "INSERT INTO public.lockme VALUES (5000, 'after'); UPDATE public.lockme SET v = 'after' WHERE id <= 10;
+         DELETE FROM public.lockme WHERE id BETWEEN 500 AND 600;
+         INSERT INTO public.early VALUES (5000, 'after'); DELETE FROM public.early WHERE id = 1;",
+    )
+    .await
+    .unwrap();
+    blocker.batch_execute("COMMIT").await.unwrap();
+    let report = run.await.unwrap().expect("migration");
+
+    let got_lockme = testkit::query_scalar(&db.target, "SELECT md5(string_agg(id||v, ',' ORDER BY id)) FROM public.lockme").await;
+    let got_early = testkit::query_scalar(&db.target, "SELECT md5(string_agg(id||v, ',' ORDER BY id)) FROM public.early").await;
+    assert_eq!(got_lockme, expected_lockme, "lockme must hold the snapshot's rows");
+    assert_eq!(got_early, expected_early, "early must hold the snapshot's rows");
+    // Every worker saw exactly the same snapshot.
+    let snaps: std::collections::BTreeSet<&str> = report.tables.iter().map(|t| t.snapshot.as_str()).collect();
+    assert_eq!(snaps.len(), 1, "workers saw different snapshots: {snaps:?}");
+}
+
+/// The binary needs no PostgreSQL client program: PATH points nowhere.
+#[tokio::test]
+async fn binary_runs_without_client_tools() {
+    let db = demo_db("nopath").await;
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("work");
+    let out = run(&[
+        "migrate",
+        "--source",
+        &db.source,
+        "--target",
+        &db.target,
+        "--data-only",
+        "--dump-path",
+        dump.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("0 differences"), "{stdout}");
+    assert_eq!(content_digest(&db.source).await, content_digest(&db.target).await);
+
+    // status reads the token.
+    let st = run(&["status", "--dump-path", dump.to_str().unwrap(), "--json"]);
+    assert_eq!(st.status.code(), Some(0), "{}", text(&st.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(v["completed"], true);
+
+    // Running the same migration again is refused: the token says it completed.
+    let again = run(&[
+        "migrate", "--source", &db.source, "--target", &db.target, "--data-only", "--dump-path", dump.to_str().unwrap(),
+    ]);
+    assert_eq!(again.status.code(), Some(2), "{}", text(&again.stderr));
+    assert!(text(&again.stderr).contains("--force-clean"), "{}", text(&again.stderr));
+}
+
+/// A target whose tables already hold rows is refused, and nothing changes.
+#[tokio::test]
+async fn non_empty_target_refused() {
+    let db = demo_db("nonempty").await;
+    testkit::execute(&db.target, "CREATE TABLE public.t_extra (id int); CREATE TABLE public.busy (id int); INSERT INTO public.busy VALUES (1)").await.unwrap();
+    testkit::execute(&db.source, "CREATE TABLE public.t_extra (id int); CREATE TABLE public.busy (id int); INSERT INTO public.busy VALUES (7)").await.unwrap();
+    let before = content_digest(&db.target).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&[
+        "-q", "migrate", "--source", &db.source, "--target", &db.target, "--data-only",
+        "--dump-path", dir.path().join("w").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("already contain rows") && err.contains("public.busy"), "{err}");
+    assert_eq!(content_digest(&db.target).await, before);
+
+    // --force-clean erases and migrates.
+    let out = run(&[
+        "-q", "migrate", "--source", &db.source, "--target", &db.target, "--data-only", "--force-clean",
+        "--dump-path", dir.path().join("w").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(testkit::query_scalar(&db.target, "SELECT string_agg(id::text, ',') FROM public.busy").await, "7");
+}
+
+#[tokio::test]
+async fn online_and_schema_modes_are_refused_clearly() {
+    let db = testkit::shared_pair().fresh_db("modes").await;
+    let out = run(&["-q", "migrate", "--source", &db.source, "--target", &db.target, "--mode", "online"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("online migrations"), "{}", text(&out.stderr));
+    let out = run(&["-q", "migrate", "--source", &db.source, "--target", &db.target]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--data-only"), "{}", text(&out.stderr));
+}
