@@ -902,3 +902,561 @@ fn unescape_passfile_password(field: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::io::Write;
+
+    /// An environment holding only `pairs` (no HOME: the real ~/.pgpass stays out).
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| map.get(k).cloned()
+    }
+
+    fn p(s: &str) -> EndpointConfig {
+        parse(s, &env_of(&[("USER", "alice")])).unwrap_or_else(|e| panic!("{s:?}: {e}"))
+    }
+
+    fn p_env(s: &str, pairs: &[(&str, &str)]) -> EndpointConfig {
+        parse(s, &env_of(pairs)).unwrap_or_else(|e| panic!("{s:?}: {e}"))
+    }
+
+    fn reason(s: &str) -> String {
+        match parse(s, &env_of(&[("USER", "alice")])) {
+            Err(MigrationError::ConnInfo { endpoint, reason }) => {
+                assert_eq!(endpoint, ENDPOINT_LABEL);
+                reason
+            }
+            Err(e) => panic!("{s:?}: wrong error kind {e:?}"),
+            Ok(c) => panic!("{s:?}: parsed as {c:?}"),
+        }
+    }
+
+    fn tcp(h: &str) -> Host {
+        Host::Tcp(h.to_string())
+    }
+
+    fn pw(c: &EndpointConfig) -> Option<&str> {
+        c.password.as_ref().map(Secret::expose)
+    }
+
+    // ---- defaults and environment ----
+
+    #[test]
+    fn empty_string_gives_libpq_defaults() {
+        let c = p("");
+        assert_eq!(c.hosts, vec![Host::Unix(default_socket_dir())]);
+        assert_eq!(c.ports, vec![5432]);
+        assert_eq!(c.user, "alice");
+        assert_eq!(c.dbname, "alice");
+        assert_eq!(c.password, None);
+        assert_eq!(c.sslmode, SslMode::Prefer);
+        assert_eq!(c.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(c.application_name, None);
+        assert_eq!(c.options, None);
+        assert!(["/var/run/postgresql", "/tmp"].contains(&default_socket_dir().to_str().unwrap()));
+    }
+
+    #[test]
+    fn user_falls_back_to_logname_then_postgres() {
+        assert_eq!(p_env("", &[("LOGNAME", "bob")]).user, "bob");
+        let c = p_env("", &[]);
+        assert_eq!((c.user.as_str(), c.dbname.as_str()), ("postgres", "postgres"));
+    }
+
+    #[test]
+    fn environment_fills_what_the_string_leaves_out() {
+        let env = [
+            ("PGHOST", "envhost"),
+            ("PGPORT", "6000"),
+            ("PGUSER", "envuser"),
+            ("PGDATABASE", "envdb"),
+            ("PGPASSWORD", "envpw"),
+            ("PGSSLMODE", "require"),
+            ("PGSSLROOTCERT", "/ca.pem"),
+            ("PGSSLCERT", "/c.pem"),
+            ("PGSSLKEY", "/k.pem"),
+            ("PGAPPNAME", "envapp"),
+            ("PGCONNECT_TIMEOUT", "30"),
+            ("PGOPTIONS", "-c work_mem=64MB"),
+        ];
+        let c = p_env("", &env);
+        assert_eq!(c.hosts, vec![tcp("envhost")]);
+        assert_eq!(c.ports, vec![6000]);
+        assert_eq!(c.user, "envuser");
+        assert_eq!(c.dbname, "envdb");
+        assert_eq!(pw(&c), Some("envpw"));
+        assert_eq!(c.sslmode, SslMode::Require);
+        assert_eq!(c.sslrootcert.as_deref(), Some("/ca.pem"));
+        assert_eq!(c.sslcert, Some(PathBuf::from("/c.pem")));
+        assert_eq!(c.sslkey, Some(PathBuf::from("/k.pem")));
+        assert_eq!(c.application_name.as_deref(), Some("envapp"));
+        assert_eq!(c.connect_timeout, Duration::from_secs(30));
+        assert_eq!(c.options.as_deref(), Some("-c work_mem=64MB"));
+
+        // The string wins over the environment.
+        let c = p_env("host=h port=7 user=u dbname=d password=x sslmode=disable", &env);
+        assert_eq!((c.hosts[0].clone(), c.ports[0]), (tcp("h"), 7));
+        assert_eq!((c.user.as_str(), c.dbname.as_str(), pw(&c)), ("u", "d", Some("x")));
+        assert_eq!(c.sslmode, SslMode::Disable);
+    }
+
+    #[test]
+    fn explicit_empty_value_hides_the_environment() {
+        let c = p_env("host='' user=''", &[("PGHOST", "envhost"), ("PGUSER", "envuser"), ("USER", "os")]);
+        assert_eq!(c.hosts, vec![Host::Unix(default_socket_dir())]);
+        assert_eq!(c.user, "os");
+    }
+
+    #[test]
+    fn hostaddr_is_the_host_when_no_host_is_given() {
+        assert_eq!(p("hostaddr=10.0.0.1").hosts, vec![tcp("10.0.0.1")]);
+        assert_eq!(p("host=db hostaddr=10.0.0.1").hosts, vec![tcp("db")]);
+        assert_eq!(p_env("", &[("PGHOSTADDR", "::1")]).hosts, vec![tcp("::1")]);
+        assert_eq!(p_env("hostaddr=10.0.0.2", &[("PGHOST", "envhost")]).hosts, vec![tcp("10.0.0.2")]);
+        assert!(reason("hostaddr=db.example.com").contains("invalid hostaddr \"db.example.com\""));
+        assert!(reason("host=a,b hostaddr=10.0.0.1").contains("could not match 2 host names to 1 hostaddr"));
+    }
+
+    #[test]
+    fn fallback_application_name_only_when_no_application_name() {
+        assert_eq!(p("fallback_application_name=fb").application_name.as_deref(), Some("fb"));
+        let c = p("application_name=app fallback_application_name=fb");
+        assert_eq!(c.application_name.as_deref(), Some("app"));
+        let c = p_env("fallback_application_name=fb", &[("PGAPPNAME", "envapp")]);
+        assert_eq!(c.application_name.as_deref(), Some("envapp"));
+    }
+
+    #[test]
+    fn connect_timeout_rules() {
+        assert_eq!(p("connect_timeout=5").connect_timeout, Duration::from_secs(5));
+        assert_eq!(p("connect_timeout=1").connect_timeout, Duration::from_secs(2));
+        assert_eq!(p("connect_timeout=0").connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(p("connect_timeout=-3").connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(p("connect_timeout=' 7 '").connect_timeout, Duration::from_secs(7));
+        assert!(reason("connect_timeout=ten").contains("invalid integer value \"ten\""));
+        let e = parse("", &env_of(&[("PGCONNECT_TIMEOUT", "x")])).unwrap_err().to_string();
+        assert!(e.contains("PGCONNECT_TIMEOUT"), "{e}");
+    }
+
+    #[test]
+    fn sslmode_values() {
+        for (s, m) in [
+            ("disable", SslMode::Disable),
+            ("allow", SslMode::Allow),
+            ("prefer", SslMode::Prefer),
+            ("require", SslMode::Require),
+            ("verify-ca", SslMode::VerifyCa),
+            ("verify-full", SslMode::VerifyFull),
+        ] {
+            assert_eq!(p(&format!("sslmode={s}")).sslmode, m);
+            assert_eq!(p(&format!("postgresql:///?sslmode={s}")).sslmode, m);
+        }
+        assert_eq!(reason("sslmode=verify"), "invalid sslmode value \"verify\"");
+        assert!(reason("sslmode=REQUIRE").contains("invalid sslmode"));
+        let e = parse("", &env_of(&[("PGSSLMODE", "bogus")])).unwrap_err().to_string();
+        assert!(e.contains("invalid sslmode value \"bogus\"") && e.contains("PGSSLMODE"), "{e}");
+    }
+
+    #[test]
+    fn sslrootcert_system_means_verify_full() {
+        assert_eq!(p("sslrootcert=system").sslmode, SslMode::VerifyFull);
+        assert!(reason("sslrootcert=system sslmode=require").contains("weak sslmode"));
+    }
+
+    #[test]
+    fn ports() {
+        assert_eq!(p("port=' 6543 '").ports, vec![6543]);
+        assert_eq!(reason("port=abc"), "invalid port number \"abc\"");
+        assert!(reason("port=0").contains("invalid port number \"0\""));
+        assert!(reason("port=65536").contains("invalid port number"));
+        assert!(reason("port=-1").contains("invalid port number"));
+        assert!(reason("postgresql://h:99999/db").contains("invalid port number \"99999\""));
+        let e = parse("", &env_of(&[("PGPORT", "x")])).unwrap_err().to_string();
+        assert!(e.contains("PGPORT"), "{e}");
+    }
+
+    // ---- key=value syntax ----
+
+    #[test]
+    fn key_value_basics() {
+        let c = p("host=db.example.com port=5433 user=bob dbname=sales password=secret");
+        assert_eq!(c.hosts, vec![tcp("db.example.com")]);
+        assert_eq!(c.ports, vec![5433]);
+        assert_eq!((c.user.as_str(), c.dbname.as_str()), ("bob", "sales"));
+        assert_eq!(pw(&c), Some("secret"));
+    }
+
+    #[test]
+    fn key_value_whitespace_around_equals() {
+        let c = p("  host = h\tport=\n5433   user =bob  ");
+        assert_eq!((c.hosts[0].clone(), c.ports[0], c.user.as_str()), (tcp("h"), 5433, "bob"));
+    }
+
+    #[test]
+    fn key_value_quoting_and_escapes() {
+        let c = p(r"password='a b\'c\\d' application_name='' user=x\ y options='-c a=b -c c=d'");
+        assert_eq!(pw(&c), Some(r"a b'c\d"));
+        assert_eq!(c.user, "x y");
+        assert_eq!(c.application_name, None);
+        assert_eq!(c.options.as_deref(), Some("-c a=b -c c=d"));
+        // A quoted value may be followed directly by the next keyword.
+        let c = p("user='u1'dbname='d1'");
+        assert_eq!((c.user.as_str(), c.dbname.as_str()), ("u1", "d1"));
+        // Unquoted backslash escapes.
+        assert_eq!(pw(&p(r"password=a\'b\\c")), Some(r"a'b\c"));
+        // Later values override earlier ones.
+        assert_eq!(p("port=1 port=2").ports, vec![2]);
+    }
+
+    #[test]
+    fn key_value_password_with_special_characters() {
+        let c = p(r"host=h password='p@ss %:w ord'");
+        assert_eq!(pw(&c), Some("p@ss %:w ord"));
+        let c = p(r"host=h password=p@ss%:w\ ord");
+        assert_eq!(pw(&c), Some("p@ss%:w ord"));
+    }
+
+    #[test]
+    fn key_value_errors() {
+        assert_eq!(reason("host=h foo"), "missing \"=\" after \"foo\" in connection info string");
+        assert_eq!(reason("hostx=h"), "invalid connection option \"hostx\"");
+        assert_eq!(reason("Host=h"), "invalid connection option \"Host\"");
+        assert_eq!(reason("password='abc"), "unterminated quoted string in connection info string");
+        assert_eq!(reason(r"password='abc\'"), "unterminated quoted string in connection info string");
+        assert!(reason("service=prod").contains("\"service\" is not supported"));
+        assert!(reason("=x").contains("invalid connection option \"\""));
+    }
+
+    #[test]
+    fn dbname_holding_a_connection_string_is_expanded() {
+        let c = p("dbname='host=h2 port=6000 dbname=real'");
+        assert_eq!((c.hosts[0].clone(), c.ports[0], c.dbname.as_str()), (tcp("h2"), 6000, "real"));
+        // Values before it are overridden, values after it override it.
+        let c = p("host=h1 dbname='host=h2 user=u2' user=u3");
+        assert_eq!((c.hosts[0].clone(), c.user.as_str()), (tcp("h2"), "u3"));
+        let c = p("dbname=postgresql://u:p%40ss@h3:7000/db3 port=7001");
+        assert_eq!((c.hosts[0].clone(), c.ports[0], c.dbname.as_str()), (tcp("h3"), 7001, "db3"));
+        assert_eq!(pw(&c), Some("p@ss"));
+        // Only the first dbname is expanded; a nested dbname stays literal.
+        assert_eq!(p("dbname=a dbname='x=y'").dbname, "x=y");
+        assert_eq!(p(r"dbname='dbname=\'k=v\''").dbname, "k=v");
+        assert_eq!(p("dbname=plain").dbname, "plain");
+    }
+
+    #[test]
+    fn ignored_keywords_are_validated() {
+        let c = p("host=h keepalives=1 keepalives_idle=30 keepalives_interval=5 keepalives_count=3 \
+                   target_session_attrs=any gssencmode=disable channel_binding=prefer \
+                   sslcompression=0 sslsni=1 client_encoding=UTF8");
+        assert_eq!(c.hosts, vec![tcp("h")]);
+        p("client_encoding=utf8");
+        p("client_encoding=utf-8");
+        assert!(reason("keepalives=yes").contains("invalid integer value \"yes\" for connection option \"keepalives\""));
+        assert!(reason("target_session_attrs=primaryish").contains("invalid target_session_attrs value"));
+        assert!(reason("gssencmode=maybe").contains("invalid gssencmode value"));
+        assert!(reason("gssencmode=require").contains("not supported"));
+        assert!(reason("channel_binding=require").contains("not supported"));
+        assert!(reason("sslsni=2").contains("invalid sslsni value"));
+        assert!(reason("client_encoding=LATIN1").contains("unsupported client_encoding \"LATIN1\""));
+    }
+
+    // ---- URIs ----
+
+    #[test]
+    fn uri_full() {
+        let c = p("postgresql://bob:secret@db.example.com:5433/sales?sslmode=require&application_name=mig");
+        assert_eq!(c.hosts, vec![tcp("db.example.com")]);
+        assert_eq!(c.ports, vec![5433]);
+        assert_eq!((c.user.as_str(), c.dbname.as_str()), ("bob", "sales"));
+        assert_eq!(pw(&c), Some("secret"));
+        assert_eq!(c.sslmode, SslMode::Require);
+        assert_eq!(c.application_name.as_deref(), Some("mig"));
+        assert_eq!(p("postgres://h/d").hosts, vec![tcp("h")]);
+    }
+
+    #[test]
+    fn uri_minimal_forms() {
+        let c = p("postgresql://");
+        assert_eq!((c.hosts.clone(), c.dbname.as_str()), (vec![Host::Unix(default_socket_dir())], "alice"));
+        assert_eq!(p("postgresql://localhost").hosts, vec![tcp("localhost")]);
+        assert_eq!(p("postgresql://localhost:5433").ports, vec![5433]);
+        let c = p("postgresql:///mydb");
+        assert_eq!((c.hosts.clone(), c.dbname.as_str()), (vec![Host::Unix(default_socket_dir())], "mydb"));
+        assert_eq!(p("postgresql://u@h").user, "u");
+        assert_eq!(p("postgresql://h/").dbname, "alice");
+        assert_eq!(p_env("postgresql://h/", &[("PGDATABASE", "envdb")]).dbname, "envdb");
+        assert_eq!(p("postgresql://h?").hosts, vec![tcp("h")]);
+        assert_eq!(p("postgresql://h/d?sslmode=disable&").sslmode, SslMode::Disable);
+    }
+
+    #[test]
+    fn uri_percent_decoding() {
+        let c = p("postgresql://us%65r:p%40ss%3Aw%25rd%20x@h/my%20db");
+        assert_eq!(c.user, "user");
+        assert_eq!(pw(&c), Some("p@ss:w%rd x"));
+        assert_eq!(c.dbname, "my db");
+        let c = p("postgresql://u:p%40ss@h");
+        assert_eq!(pw(&c), Some("p@ss"));
+        // A password may hold a raw ":" after the first one.
+        assert_eq!(pw(&p("postgresql://u:a:b@h")), Some("a:b"));
+        // As in libpq, only "/" ends the credentials early; "?" may appear raw.
+        assert_eq!(pw(&p("postgresql://u:a?b@h/db")), Some("a?b"));
+        assert_eq!(p("postgresql://h/d?application_name=caf%C3%A9").application_name.as_deref(), Some("café"));
+    }
+
+    #[test]
+    fn uri_socket_directory_host() {
+        let c = p("postgresql://%2Fvar%2Frun%2Fpostgresql/db");
+        assert_eq!(c.hosts, vec![Host::Unix(PathBuf::from("/var/run/postgresql"))]);
+        assert_eq!(c.dbname, "db");
+        let c = p("postgresql:///db?host=/socket/dir&port=5433");
+        assert_eq!(c.hosts, vec![Host::Unix(PathBuf::from("/socket/dir"))]);
+        assert_eq!(c.ports, vec![5433]);
+        let c = p("postgresql://u@h/db?host=%2Fother");
+        assert_eq!(c.hosts, vec![Host::Unix(PathBuf::from("/other"))]);
+        assert_eq!(p("host=/run/pg").hosts, vec![Host::Unix(PathBuf::from("/run/pg"))]);
+    }
+
+    #[test]
+    fn uri_ipv6() {
+        let c = p("postgresql://[::1]:5433/db");
+        assert_eq!((c.hosts.clone(), c.ports.clone()), (vec![tcp("::1")], vec![5433]));
+        assert_eq!(p("postgresql://[2001:db8::1234]/db").hosts, vec![tcp("2001:db8::1234")]);
+        assert_eq!(p("postgresql://u:pw@[fe80::1%25eth0]").hosts, vec![tcp("fe80::1%eth0")]);
+        assert_eq!(p("postgresql://[::1]").hosts, vec![tcp("::1")]);
+        assert!(reason("postgresql://[::1/db").contains("missing \"]\""));
+        assert!(reason("postgresql://[]/db").contains("may not be empty"));
+        assert!(reason("postgresql://[::1]x/db").contains("unexpected character \"x\""));
+    }
+
+    #[test]
+    fn multiple_hosts() {
+        let c = p("postgresql://h1:5433,h2:5434,[::1]:5435/db");
+        assert_eq!(c.hosts, vec![tcp("h1"), tcp("h2"), tcp("::1")]);
+        assert_eq!(c.ports, vec![5433, 5434, 5435]);
+        // A missing port means the default for that host.
+        let c = p("postgresql://h1:6000,h2/db");
+        assert_eq!((c.ports.clone(), c.port_for(1)), (vec![6000, 5432], 5432));
+        let c = p("host=a,b,/sock port=7000");
+        assert_eq!(c.hosts, vec![tcp("a"), tcp("b"), Host::Unix(PathBuf::from("/sock"))]);
+        assert_eq!((c.port_for(0), c.port_for(2)), (7000, 7000));
+        let c = p("host=a,b port=1,2");
+        assert_eq!(c.ports, vec![1, 2]);
+        let c = p("host=a, port=1,");
+        assert_eq!(c.hosts, vec![tcp("a"), Host::Unix(default_socket_dir())]);
+        assert_eq!(c.ports, vec![1, 5432]);
+        assert_eq!(reason("host=a,b,c port=1,2"), "could not match 2 port numbers to 3 hosts");
+        let c = p_env("", &[("PGHOST", "x,y"), ("PGPORT", "1,2")]);
+        assert_eq!((c.hosts.len(), c.ports.clone()), (2, vec![1, 2]));
+    }
+
+    #[test]
+    fn uri_ssl_true_is_sslmode_require() {
+        assert_eq!(p("postgresql://h/d?ssl=true").sslmode, SslMode::Require);
+        assert!(reason("postgresql://h/d?ssl=false").contains("invalid URI query parameter \"ssl\""));
+    }
+
+    #[test]
+    fn uri_query_accepts_any_keyword() {
+        let c = p("postgresql://h/d?user=q&password=p%26w&connect_timeout=3&options=-c%20a%3Db&dbname=qd&port=9");
+        assert_eq!((c.user.as_str(), pw(&c), c.dbname.as_str()), ("q", Some("p&w"), "qd"));
+        assert_eq!(c.connect_timeout, Duration::from_secs(3));
+        assert_eq!(c.options.as_deref(), Some("-c a=b"));
+        assert_eq!(c.ports, vec![9]);
+    }
+
+    #[test]
+    fn uri_errors() {
+        assert_eq!(reason("postgresql://h/d?foo=1"), "invalid URI query parameter \"foo\"");
+        assert!(reason("postgresql://h/d?sslmode").contains("missing key/value separator"));
+        assert!(reason("postgresql://h/d?sslmode=a=b").contains("extra key/value separator"));
+        assert!(reason("postgresql://h/d?&sslmode=require").contains("missing key/value separator"));
+        assert!(reason("postgresql://h/d%zz").contains("invalid percent-encoded token in URI database name"));
+        assert!(reason("postgresql://h/d%2").contains("invalid percent-encoded token"));
+        assert!(reason("postgresql://h/d%00").contains("forbidden value %00"));
+        assert!(reason("postgresql://h/d%FF").contains("not valid UTF-8"));
+        assert!(reason("postgresql://h/my db").contains("unexpected spaces"));
+        assert!(reason("postgresql://h/d?service=x").contains("not supported"));
+        assert!(reason("postgresql://h:abc/d").contains("invalid port number \"abc\""));
+    }
+
+    // ---- secrets stay secret ----
+
+    /// Every failing string holds the password "Sekr1t" (or a fragment of it);
+    /// no message may show it.
+    #[test]
+    fn errors_never_contain_the_password() {
+        let cases = [
+            "host=h password=Sekr1t port=abc",
+            "host=h password='Sekr1t",
+            "host=h password=Sek r1t",
+            "host=h password=Sek r1t=x",
+            "host=h password=Sekr1t bogus=1",
+            "postgresql://u:Sekr1t@h:abc/db",
+            "postgresql://u:Sekr1t@h/db?bogus=1",
+            "postgresql://u:Sek%zzr1t@h/db",
+            "postgresql://u:Sek r1t@h/db",
+            "postgresql://u:Sek%00r1t@h/db",
+            "postgresql://u:Sek/r1t@h/db",
+            "postgresql://u:Sek?r1t@h:abc/db",
+            "postgresql://u:Sek/r?1t@h/db",
+            "postgresql://h/db?password=Sek&r1t",
+            "postgresql://h/db?password=Sek&r1t=x",
+            "postgresql://h/db?password=Sek=r1t",
+            "postgresql://h/db?password=Sek%zzr1t",
+            "dbname='password=Sekr1t port=abc'",
+            "dbname='host=h password=Sek r1t'",
+        ];
+        for s in cases {
+            let e = parse(s, &env_of(&[])).expect_err(s);
+            let (shown, dbg) = (e.to_string(), format!("{e:?}"));
+            for secret in ["Sekr1t", "Sek", "r1t"] {
+                assert!(!shown.contains(secret) && !dbg.contains(secret), "{s:?} leaked: {shown} / {dbg}");
+            }
+        }
+    }
+
+    #[test]
+    fn debug_and_display_hide_the_password() {
+        let c = p("postgresql://bob:Sekr1t@h:5433/db");
+        assert_eq!(pw(&c), Some("Sekr1t"));
+        for shown in [format!("{c:?}"), format!("{c}"), c.redacted(), serde_json::to_string(&c).unwrap()] {
+            assert!(!shown.contains("Sekr1t"), "{shown}");
+        }
+        assert!(format!("{c:?}").contains("***"));
+        assert_eq!(c.to_string(), "host=h port=5433 user=bob dbname=db");
+    }
+
+    // ---- password file ----
+
+    fn passfile(content: &str, mode: u32) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(content.as_bytes()).unwrap();
+        f.flush().unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        #[cfg(not(unix))]
+        let _ = mode;
+        f
+    }
+
+    fn pw_from_file(conninfo: &str, content: &str) -> Option<String> {
+        let f = passfile(content, 0o600);
+        let path = f.path().to_str().unwrap().to_string();
+        let c = p_env(conninfo, &[("USER", "alice"), ("PGPASSFILE", &path)]);
+        c.password.map(|s| s.expose().to_string())
+    }
+
+    #[test]
+    fn passfile_exact_and_wildcard_matches() {
+        let file = "\
+# comment line: h:5432:db:u:nope
+other:5432:db:u:wrong
+h:5432:db:u:exact
+h:*:*:u:wild
+*:*:*:*:any
+";
+        assert_eq!(pw_from_file("host=h dbname=db user=u", file).as_deref(), Some("exact"));
+        assert_eq!(pw_from_file("host=h port=6000 dbname=x user=u", file).as_deref(), Some("wild"));
+        assert_eq!(pw_from_file("host=z user=v", file).as_deref(), Some("any"));
+        assert_eq!(pw_from_file("host=h user=u", "h:5432:db:u:only-db\n"), None);
+    }
+
+    #[test]
+    fn passfile_first_match_wins() {
+        let file = "*:*:*:u:first\nh:5432:db:u:second\n";
+        assert_eq!(pw_from_file("host=h dbname=db user=u", file).as_deref(), Some("first"));
+    }
+
+    #[test]
+    fn passfile_escapes() {
+        let file = "h:5432:d\\:b:u\\\\x:p\\:a\\\\ss:ignored\n";
+        assert_eq!(pw_from_file(r"host=h dbname=d:b user=u\\x", file).as_deref(), Some(r"p:a\ss"));
+        // An unescaped ":" in the database field does not match "d:b".
+        assert_eq!(pw_from_file("host=h dbname=d:b user=u", "h:5432:d:b:u:pw\n"), None);
+        // "*" is a wildcard only as the whole field.
+        assert_eq!(pw_from_file("host=h dbname=db user=u", "h:5432:d*:u:pw\n"), None);
+    }
+
+    #[test]
+    fn passfile_crlf_comments_and_short_lines() {
+        let file = "#h:5432:db:u:commented\r\nh:5432\r\n\r\nh:5432:db:u:crlf\r\n";
+        assert_eq!(pw_from_file("host=h dbname=db user=u", file).as_deref(), Some("crlf"));
+        assert_eq!(pw_from_file("host=h dbname=db user=u", "h:5432:db:u:last-no-newline").as_deref(), Some("last-no-newline"));
+    }
+
+    #[test]
+    fn passfile_localhost_matches_the_default_socket() {
+        let file = "localhost:5432:db:u:local\n/custom/dir:5432:db:u:custom\n";
+        assert_eq!(pw_from_file("dbname=db user=u", file).as_deref(), Some("local"));
+        assert_eq!(pw_from_file("host=/tmp dbname=db user=u", file).as_deref(), Some("local"));
+        assert_eq!(pw_from_file("host=localhost dbname=db user=u", file).as_deref(), Some("local"));
+        assert_eq!(pw_from_file("host=/custom/dir dbname=db user=u", file).as_deref(), Some("custom"));
+    }
+
+    #[test]
+    fn passfile_uses_the_first_host_and_its_port() {
+        let file = "b:2:db:u:for-b\na:1:db:u:for-a\n";
+        assert_eq!(pw_from_file("host=a,b port=1,2 dbname=db user=u", file).as_deref(), Some("for-a"));
+        assert_eq!(pw_from_file("postgresql://u@b:2,a:1/db", file).as_deref(), Some("for-b"));
+    }
+
+    #[test]
+    fn passfile_only_when_no_password_given() {
+        let file = "*:*:*:*:fromfile\n";
+        assert_eq!(pw_from_file("password=given", file).as_deref(), Some("given"));
+        assert_eq!(pw_from_file("password=''", file).as_deref(), Some("fromfile"));
+        let f = passfile(file, 0o600);
+        let path = f.path().to_str().unwrap();
+        let c = p_env("", &[("PGPASSFILE", path), ("PGPASSWORD", "envpw")]);
+        assert_eq!(pw(&c), Some("envpw"));
+        // The passfile keyword beats PGPASSFILE.
+        let c = p_env(&format!("passfile='{path}'"), &[("PGPASSFILE", "/nonexistent")]);
+        assert_eq!(pw(&c), Some("fromfile"));
+    }
+
+    #[test]
+    fn passfile_default_is_home_pgpass() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".pgpass");
+        std::fs::write(&path, "*:*:*:*:homepw\n").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let c = p_env("host=h", &[("HOME", dir.path().to_str().unwrap())]);
+        assert_eq!(pw(&c), Some("homepw"));
+    }
+
+    #[test]
+    fn passfile_missing_is_fine() {
+        let c = p_env("host=h", &[("PGPASSFILE", "/nonexistent/pgpass")]);
+        assert_eq!(c.password, None);
+        let dir = tempfile::tempdir().unwrap();
+        let c = p_env("host=h", &[("HOME", dir.path().to_str().unwrap())]);
+        assert_eq!(c.password, None);
+        // A directory is not a password file.
+        let c = p_env("host=h", &[("PGPASSFILE", dir.path().to_str().unwrap())]);
+        assert_eq!(c.password, None);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn passfile_with_group_or_world_access_is_ignored() {
+        for mode in [0o640, 0o604, 0o660, 0o610, 0o601] {
+            let f = passfile("*:*:*:*:pw\n", mode);
+            let c = p_env("host=h", &[("PGPASSFILE", f.path().to_str().unwrap())]);
+            assert_eq!(c.password, None, "mode {mode:o}");
+        }
+        let f = passfile("*:*:*:*:pw\n", 0o400);
+        let c = p_env("host=h", &[("PGPASSFILE", f.path().to_str().unwrap())]);
+        assert_eq!(pw(&c), Some("pw"));
+    }
+}
