@@ -4,6 +4,7 @@
 pub mod config;
 pub mod error;
 pub mod pg;
+pub mod testkit;
 
 pub use config::{CopyFormat, EndpointConfig, Filters, MigrationConfig, MigrationMode, VerifyLevel};
 pub use error::{MigrationError, Result};
