@@ -1,1 +1,897 @@
-//! placeholder (being written)
+//! Throwaway real PostgreSQL clusters for tests, examples and benchmarks.
+//!
+//! A migrator is only as good as its behaviour against a real server, so the
+//! tests run `initdb` + `pg_ctl` on the local PostgreSQL binaries instead of
+//! mocking the protocol. Clusters live in a fresh directory under `/tmp`, on
+//! a free port, with durability switched off for speed, and are torn down by
+//! a watchdog process even when the test process panics or is killed (shared
+//! clusters sit in statics, which Rust never drops).
+//!
+//! `PG_DBMIGRATOR_TEST_SOURCE` / `PG_DBMIGRATOR_TEST_TARGET` point the shared
+//! pair at existing servers instead; `PG_DBMIGRATOR_PG_BIN` picks the binaries.
+
+use std::fmt::Write as _;
+use std::io::{self, Read as _, Seek as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio_postgres::NoTls;
+
+use crate::config::{EndpointConfig, Host, Secret, SslMode};
+
+/// Env var naming the directory with `initdb`, `pg_ctl` and `postgres`.
+pub const ENV_PG_BIN: &str = "PG_DBMIGRATOR_PG_BIN";
+/// Env var with an admin conninfo (key=value, existing `dbname`) for the source server.
+pub const ENV_TEST_SOURCE: &str = "PG_DBMIGRATOR_TEST_SOURCE";
+/// Env var with an admin conninfo (key=value, existing `dbname`) for the target server.
+pub const ENV_TEST_TARGET: &str = "PG_DBMIGRATOR_TEST_TARGET";
+
+/// The server binaries: `$PG_DBMIGRATOR_PG_BIN`, else the newest
+/// `/usr/lib/postgresql/<major>/bin` that has `initdb` (Debian layout).
+pub fn find_bin_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os(ENV_PG_BIN).filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(dir));
+    }
+    let mut best: Option<(u32, PathBuf)> = None;
+    for entry in std::fs::read_dir("/usr/lib/postgresql").ok()?.flatten() {
+        let Some(major) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let bin = entry.path().join("bin");
+        if bin.join("initdb").is_file() && best.as_ref().is_none_or(|(m, _)| major > *m) {
+            best = Some((major, bin));
+        }
+    }
+    best.map(|(_, b)| b)
+}
+
+/// Find the server binaries, installing Debian's `postgresql` package when
+/// they are missing, so a fresh CI machine needs no manual setup.
+pub fn ensure_server_installed() -> io::Result<PathBuf> {
+    if let Some(dir) = find_bin_dir() {
+        return Ok(dir);
+    }
+    let run = |args: &[&str]| -> io::Result<()> {
+        let out = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null())
+            .output()?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!(
+                "apt-get {} failed: {}",
+                args.join(" "),
+                tail(&String::from_utf8_lossy(&out.stderr), 20)
+            )))
+        }
+    };
+    run(&["update"])?;
+    run(&["install", "-y", "--no-install-recommends", "postgresql"])?;
+    find_bin_dir().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            "postgresql installed but no /usr/lib/postgresql/<major>/bin/initdb found",
+        )
+    })
+}
+
+/// How to build a cluster.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterOptions {
+    /// Server binaries; `None` means [`ensure_server_installed`].
+    pub bin_dir: Option<PathBuf>,
+    /// `wal_level=logical` plus slots and senders, for online migrations.
+    pub logical: bool,
+    /// Server certificate and key (PEM); turns `ssl=on`.
+    pub ssl: Option<(PathBuf, PathBuf)>,
+    /// Extra `postgresql.conf` settings, written verbatim as `name = value`.
+    pub extra_conf: Vec<(String, String)>,
+    /// Replaces the generated `pg_hba.conf` entirely (e.g. hostssl-only).
+    pub hba: Option<String>,
+}
+
+/// A running throwaway cluster. Stopped and deleted by [`Cluster::stop`], on
+/// drop, or by its watchdog when the process dies.
+pub struct Cluster {
+    pub major: u32,
+    pub port: u16,
+    pub host: String,
+    pub socket_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub bin_dir: PathBuf,
+    pub superuser: String,
+    pub password: String,
+    root: PathBuf,
+    as_postgres: bool,
+    state: Mutex<ClusterState>,
+}
+
+struct ClusterState {
+    stopped: bool,
+    watchdog: Option<Child>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("major", &self.major)
+            .field("port", &self.port)
+            .field("data_dir", &self.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+const START_ATTEMPTS: usize = 5;
+
+impl Cluster {
+    /// initdb + start. Blocking; takes a second or two.
+    pub fn start(opts: &ClusterOptions) -> io::Result<Cluster> {
+        let bin_dir = match &opts.bin_dir {
+            Some(b) => b.clone(),
+            None => ensure_server_installed()?,
+        };
+        // initdb refuses to run as root, so as root everything server-side
+        // runs as the `postgres` OS user, who must own the directory.
+        let owner = if effective_uid()? == 0 {
+            Some(passwd_ids("postgres")?.ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "running as root but there is no `postgres` OS user to run the server as",
+                )
+            })?)
+        } else {
+            None
+        };
+        let root = tempfile::Builder::new()
+            .prefix("pg_dbmigrator-test-")
+            .tempdir_in("/tmp")?
+            .keep();
+        let chown = |p: &Path| -> io::Result<()> {
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::chown(p, Some(uid), Some(gid))?;
+            }
+            Ok(())
+        };
+        let mut cluster = Cluster {
+            major: 0,
+            port: 0,
+            host: "127.0.0.1".into(),
+            socket_dir: root.join("sock"),
+            data_dir: root.join("data"),
+            bin_dir,
+            superuser: "postgres".into(),
+            password: uuid::Uuid::new_v4().simple().to_string(),
+            root: root.clone(),
+            as_postgres: owner.is_some(),
+            state: Mutex::new(ClusterState {
+                stopped: false,
+                watchdog: None,
+            }),
+        };
+        // From here on, dropping `cluster` cleans up whatever exists.
+        chown(&root)?;
+        cluster.state.lock().unwrap().watchdog = Some(cluster.spawn_watchdog()?);
+        std::fs::create_dir(&cluster.socket_dir)?;
+        chown(&cluster.socket_dir)?;
+        let pwfile = root.join("pwfile");
+        std::fs::write(&pwfile, format!("{}\n", cluster.password))?;
+        chown(&pwfile)?;
+
+        let mut initdb = cluster.pg_command("initdb");
+        initdb
+            .arg("-D")
+            .arg(&cluster.data_dir)
+            .args(["-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256"])
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .args(["-E", "UTF8", "--locale=C", "--no-sync"]);
+        run_checked(&mut initdb, "initdb")?;
+        std::fs::remove_file(&pwfile)?;
+
+        let version = std::fs::read_to_string(cluster.data_dir.join("PG_VERSION"))?;
+        cluster.major = version.trim().parse().map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("odd PG_VERSION {version:?}"))
+        })?;
+
+        cluster.write_config(opts, &chown)?;
+
+        let mut last_err = None;
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port()?;
+            match cluster.pg_ctl_start(port) {
+                Ok(()) => {
+                    cluster.port = port;
+                    return Ok(cluster);
+                }
+                Err(e) => {
+                    // Another process may have taken the port between our
+                    // probe and the server's bind; anything else is fatal.
+                    let port_taken = e.to_string().contains("already in use");
+                    last_err = Some(e);
+                    if !port_taken {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last_err.expect("start attempted"))
+    }
+
+    fn write_config(
+        &self,
+        opts: &ClusterOptions,
+        chown: &dyn Fn(&Path) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let mut conf = String::from("\n# pg_dbmigrator testkit\n");
+        let mut set = |k: &str, v: &str| {
+            let _ = writeln!(conf, "{k} = {v}");
+        };
+        set("listen_addresses", "'127.0.0.1'");
+        set(
+            "unix_socket_directories",
+            &conf_quote(&self.socket_dir.display().to_string()),
+        );
+        set("fsync", "off");
+        set("synchronous_commit", "off");
+        set("full_page_writes", "off");
+        set("max_connections", "100");
+        set("shared_buffers", "128MB");
+        if opts.logical {
+            set("wal_level", "logical");
+            set("max_replication_slots", "10");
+            set("max_wal_senders", "10");
+        }
+        if let Some((cert, key)) = &opts.ssl {
+            for (src, name) in [(cert, "server.crt"), (key, "server.key")] {
+                let dst = self.data_dir.join(name);
+                std::fs::copy(src, &dst)?;
+                std::fs::set_permissions(
+                    &dst,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o600),
+                )?;
+                chown(&dst)?;
+            }
+            set("ssl", "on");
+            set("ssl_cert_file", "'server.crt'");
+            set("ssl_key_file", "'server.key'");
+        }
+        for (k, v) in &opts.extra_conf {
+            set(k, v);
+        }
+        append(&self.data_dir.join("postgresql.conf"), &conf)?;
+
+        let hba = match &opts.hba {
+            Some(h) => h.clone(),
+            None => {
+                let mut h = String::from(
+                    "local all all trust\n\
+                     local replication all trust\n\
+                     host all all 127.0.0.1/32 scram-sha-256\n\
+                     host replication all 127.0.0.1/32 scram-sha-256\n",
+                );
+                if opts.ssl.is_some() {
+                    h.push_str(
+                        "hostssl all all 127.0.0.1/32 scram-sha-256\n\
+                         hostssl replication all 127.0.0.1/32 scram-sha-256\n",
+                    );
+                }
+                h
+            }
+        };
+        // Overwriting keeps the file's owner, so no chown is needed.
+        std::fs::write(self.data_dir.join("pg_hba.conf"), hba)
+    }
+
+    fn pg_ctl_start(&self, port: u16) -> io::Result<()> {
+        let log = self.log_path();
+        let mut cmd = self.pg_command("pg_ctl");
+        cmd.arg("-D")
+            .arg(&self.data_dir)
+            .arg("-l")
+            .arg(&log)
+            .args(["-w", "-t", "60", "-o"])
+            .arg(format!("-p {port}"))
+            .arg("start");
+        let out = cmd.output()?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let log_tail = read_tail(&log, 4096);
+        Err(io::Error::other(format!(
+            "PostgreSQL {} in {} did not start on port {port}: {}\n--- server log tail ---\n{}",
+            self.major,
+            self.data_dir.display(),
+            String::from_utf8_lossy(&out.stderr).trim(),
+            log_tail.trim_end()
+        )))
+    }
+
+    /// The server log, useful when a test wants to show why something failed.
+    pub fn log_path(&self) -> PathBuf {
+        self.root.join("server.log")
+    }
+
+    /// Last `bytes` of the server log.
+    pub fn log_tail(&self, bytes: u64) -> String {
+        read_tail(&self.log_path(), bytes)
+    }
+
+    /// A command for a server binary, run as `postgres` when we are root.
+    fn pg_command(&self, program: &str) -> Command {
+        let exe = self.bin_dir.join(program);
+        let mut cmd = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(exe);
+            c
+        } else {
+            Command::new(exe)
+        };
+        // The caller's cwd may be unreadable for `postgres`.
+        cmd.current_dir(&self.root).stdin(Stdio::null());
+        cmd
+    }
+
+    /// A shell that waits for EOF on its stdin, then stops the server and
+    /// deletes the directory. We hold the only write end of that pipe (Rust
+    /// opens it close-on-exec), so it fires when this process exits in any
+    /// way, including SIGKILL and panics in static-held clusters.
+    fn spawn_watchdog(&self) -> io::Result<Child> {
+        const SCRIPT: &str = r#"trap '' INT TERM HUP QUIT
+read _line
+if [ "$4" = yes ]; then
+  runuser -u postgres -- "$1/pg_ctl" -D "$2" -m immediate -w -t 30 stop
+else
+  "$1/pg_ctl" -D "$2" -m immediate -w -t 30 stop
+fi
+rm -rf "$3""#;
+        Command::new("sh")
+            .arg("-c")
+            .arg(SCRIPT)
+            .arg("pg_dbmigrator-watchdog")
+            .arg(&self.bin_dir)
+            .arg(&self.data_dir)
+            .arg(&self.root)
+            .arg(if self.as_postgres { "yes" } else { "no" })
+            .current_dir("/")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+    }
+
+    /// key=value conninfo over TCP with the superuser password.
+    pub fn conninfo(&self, dbname: &str) -> String {
+        format!(
+            "host={} port={} user={} password={} dbname={} sslmode=disable",
+            self.host,
+            self.port,
+            self.superuser,
+            conninfo_quote(&self.password),
+            conninfo_quote(dbname)
+        )
+    }
+
+    /// key=value conninfo over the Unix socket (trust auth, no password).
+    pub fn socket_conninfo(&self, dbname: &str) -> String {
+        format!(
+            "host={} port={} user={} dbname={}",
+            conninfo_quote(&self.socket_dir.display().to_string()),
+            self.port,
+            self.superuser,
+            conninfo_quote(dbname)
+        )
+    }
+
+    /// The same as [`conninfo`](Self::conninfo), already resolved, for code
+    /// that takes an [`EndpointConfig`].
+    pub fn endpoint(&self, dbname: &str) -> EndpointConfig {
+        EndpointConfig {
+            hosts: vec![Host::Tcp(self.host.clone())],
+            ports: vec![self.port],
+            user: self.superuser.clone(),
+            password: Some(Secret::new(self.password.clone())),
+            dbname: dbname.to_string(),
+            sslmode: SslMode::Disable,
+            sslrootcert: None,
+            sslcert: None,
+            sslkey: None,
+            application_name: None,
+            connect_timeout: Duration::from_secs(10),
+            options: None,
+        }
+    }
+
+    /// Stop (fast) and delete the cluster. Safe to call more than once.
+    pub fn stop(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.stopped {
+            return;
+        }
+        state.stopped = true;
+        if self.data_dir.join("postmaster.pid").exists() {
+            let mut cmd = self.pg_command("pg_ctl");
+            cmd.arg("-D")
+                .arg(&self.data_dir)
+                .args(["-m", "fast", "-w", "-t", "60", "stop"]);
+            if !cmd.output().is_ok_and(|o| o.status.success()) {
+                let mut cmd = self.pg_command("pg_ctl");
+                cmd.arg("-D")
+                    .arg(&self.data_dir)
+                    .args(["-m", "immediate", "-w", "stop"]);
+                let _ = cmd.output();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+        if let Some(mut child) = state.watchdog.take() {
+            drop(child.stdin.take());
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One of the two servers of a [`Pair`]: a cluster we own, or an existing
+/// server named by an environment variable.
+#[derive(Debug)]
+pub struct Server {
+    kind: ServerKind,
+}
+
+#[derive(Debug)]
+enum ServerKind {
+    Owned(Cluster),
+    External { conninfo: String, major: u32 },
+}
+
+impl Server {
+    pub fn from_cluster(c: Cluster) -> Server {
+        Server {
+            kind: ServerKind::Owned(c),
+        }
+    }
+
+    /// An existing server; `admin_conninfo` must name an existing database.
+    pub fn external(admin_conninfo: &str) -> io::Result<Server> {
+        let ci = admin_conninfo.to_string();
+        let version = blocking(async move {
+            let rows = client_result(&ci)
+                .await?
+                .simple_query("SHOW server_version_num")
+                .await?;
+            Ok::<_, tokio_postgres::Error>(first_value(&rows))
+        })
+        .map_err(|e| {
+            io::Error::other(format!(
+                "cannot reach test server: {}",
+                crate::error::client_message(&e)
+            ))
+        })?;
+        let num: u32 = version.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0);
+        Ok(Server {
+            kind: ServerKind::External {
+                conninfo: admin_conninfo.to_string(),
+                major: num / 10000,
+            },
+        })
+    }
+
+    /// Admin conninfo for database `dbname` on this server.
+    pub fn conninfo(&self, dbname: &str) -> String {
+        match &self.kind {
+            ServerKind::Owned(c) => c.conninfo(dbname),
+            ServerKind::External { conninfo, .. } => with_dbname(conninfo, dbname),
+        }
+    }
+
+    /// The database admin sessions use when no test database is involved.
+    pub fn admin_conninfo(&self) -> String {
+        match &self.kind {
+            ServerKind::Owned(c) => c.conninfo("postgres"),
+            ServerKind::External { conninfo, .. } => conninfo.clone(),
+        }
+    }
+
+    pub fn major(&self) -> u32 {
+        match &self.kind {
+            ServerKind::Owned(c) => c.major,
+            ServerKind::External { major, .. } => *major,
+        }
+    }
+
+    /// The cluster, when we own it (not for env-provided servers).
+    pub fn cluster(&self) -> Option<&Cluster> {
+        match &self.kind {
+            ServerKind::Owned(c) => Some(c),
+            ServerKind::External { .. } => None,
+        }
+    }
+}
+
+/// A source and a target server, shared by every test of a process.
+#[derive(Debug)]
+pub struct Pair {
+    pub source: Server,
+    pub target: Server,
+}
+
+/// A database created for one test on both servers.
+#[derive(Debug, Clone)]
+pub struct TestDb {
+    pub name: String,
+    /// Admin conninfo for the database on the source.
+    pub source: String,
+    /// Admin conninfo for the database on the target.
+    pub target: String,
+}
+
+static DB_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl Pair {
+    /// Start (or attach to) both servers. Most callers want [`shared_pair`].
+    pub fn start() -> io::Result<Pair> {
+        let src = std::env::var(ENV_TEST_SOURCE).ok().filter(|s| !s.is_empty());
+        let tgt = std::env::var(ENV_TEST_TARGET).ok().filter(|s| !s.is_empty());
+        let (source, target) = std::thread::scope(|s| {
+            let a = s.spawn(|| match &src {
+                Some(ci) => Server::external(ci),
+                None => Cluster::start(&ClusterOptions {
+                    logical: true,
+                    ..Default::default()
+                })
+                .map(Server::from_cluster),
+            });
+            let b = s.spawn(|| match &tgt {
+                Some(ci) => Server::external(ci),
+                None => Cluster::start(&ClusterOptions::default()).map(Server::from_cluster),
+            });
+            (
+                a.join().expect("source start panicked"),
+                b.join().expect("target start panicked"),
+            )
+        });
+        Ok(Pair {
+            source: source?,
+            target: target?,
+        })
+    }
+
+    /// A new, empty database with the same name on both servers. Names are
+    /// unique per process (pid + counter) so tests can run in parallel, also
+    /// against shared external servers.
+    pub async fn fresh_db(&self, prefix: &str) -> TestDb {
+        let mut name: String = prefix
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        if !name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_') {
+            name.insert_str(0, "db_");
+        }
+        name.truncate(40);
+        let n = DB_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{name}_{}_{n}", std::process::id());
+        let sql = format!("CREATE DATABASE {}", crate::pg::quote::ident(&name));
+        let (src, tgt) = (self.source.admin_conninfo(), self.target.admin_conninfo());
+        let (a, b) = tokio::join!(execute(&src, &sql), execute(&tgt, &sql));
+        for (side, r) in [("source", a), ("target", b)] {
+            if let Err(e) = r {
+                panic!(
+                    "creating test database {name} on {side}: {}",
+                    crate::error::client_message(&e)
+                );
+            }
+        }
+        TestDb {
+            source: self.source.conninfo(&name),
+            target: self.target.conninfo(&name),
+            name,
+        }
+    }
+
+    /// Drop a test database on both servers (useful against external servers,
+    /// where nothing else cleans up).
+    pub async fn drop_db(&self, db: &TestDb) {
+        let sql = format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            crate::pg::quote::ident(&db.name)
+        );
+        let (src, tgt) = (self.source.admin_conninfo(), self.target.admin_conninfo());
+        let _ = tokio::join!(execute(&src, &sql), execute(&tgt, &sql));
+    }
+}
+
+/// The process-wide pair: started on first use, clusters in parallel. The
+/// source has `wal_level=logical`.
+pub fn shared_pair() -> &'static Pair {
+    static PAIR: OnceLock<Pair> = OnceLock::new();
+    PAIR.get_or_init(|| Pair::start().unwrap_or_else(|e| panic!("test servers: {e}")))
+}
+
+/// Run a batch of statements (simple query protocol) in one session.
+pub async fn execute(conninfo: &str, sql: &str) -> Result<(), tokio_postgres::Error> {
+    client_result(conninfo).await?.batch_execute(sql).await
+}
+
+/// First column of the first row, as text. Panics on errors and on NULL
+/// (wrap the expression in `coalesce` when NULL is an expected answer).
+pub async fn query_scalar(conninfo: &str, sql: &str) -> String {
+    let rows = client(conninfo)
+        .await
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {}", crate::error::client_message(&e)));
+    first_value(&rows).unwrap_or_else(|| panic!("{sql}: no row or NULL"))
+}
+
+/// A plain (no TLS) session for test setup and checks. Panics when it cannot connect.
+pub async fn client(conninfo: &str) -> tokio_postgres::Client {
+    client_result(conninfo)
+        .await
+        .unwrap_or_else(|e| panic!("test connection: {}", crate::error::client_message(&e)))
+}
+
+async fn client_result(conninfo: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::connect(conninfo, NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+fn first_value(rows: &[tokio_postgres::SimpleQueryMessage]) -> Option<String> {
+    rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_string)),
+        _ => None,
+    })?
+}
+
+/// Run a future to completion from sync code that may itself be inside a
+/// tokio runtime (where `block_on` would panic): use a private runtime on a
+/// scoped thread.
+fn blocking<F>(fut: F) -> F::Output
+where
+    F: std::future::Future + Send,
+    F::Output: Send,
+{
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime")
+                .block_on(fut)
+        })
+        .join()
+        .expect("helper thread panicked")
+    })
+}
+
+/// Point a conninfo at another database: appended `dbname` wins in key=value
+/// strings (libpq and tokio-postgres take the last value); URIs get a new path.
+fn with_dbname(conninfo: &str, dbname: &str) -> String {
+    for scheme in ["postgresql://", "postgres://"] {
+        if let Some(rest) = conninfo.strip_prefix(scheme) {
+            let end = rest.find(['/', '?']).unwrap_or(rest.len());
+            let (authority, tail) = rest.split_at(end);
+            let query = tail.find('?').map(|i| &tail[i..]).unwrap_or("");
+            let enc =
+                percent_encoding::utf8_percent_encode(dbname, percent_encoding::NON_ALPHANUMERIC);
+            return format!("{scheme}{authority}/{enc}{query}");
+        }
+    }
+    format!("{conninfo} dbname={}", conninfo_quote(dbname))
+}
+
+/// Quote a value for a key=value conninfo when it needs it.
+pub fn conninfo_quote(v: &str) -> String {
+    if !v.is_empty() && !v.contains(|c: char| c.is_whitespace() || c == '\'' || c == '\\') {
+        return v.to_string();
+    }
+    let mut s = String::with_capacity(v.len() + 2);
+    s.push('\'');
+    for c in v.chars() {
+        if c == '\'' || c == '\\' {
+            s.push('\\');
+        }
+        s.push(c);
+    }
+    s.push('\'');
+    s
+}
+
+fn conf_quote(v: &str) -> String {
+    format!("'{}'", v.replace('\'', "''"))
+}
+
+fn run_checked(cmd: &mut Command, what: &str) -> io::Result<()> {
+    let out = cmd.output()?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(io::Error::other(format!(
+        "{what} failed ({}): {}{}",
+        out.status,
+        tail(&String::from_utf8_lossy(&out.stdout), 20),
+        tail(&String::from_utf8_lossy(&out.stderr), 20)
+    )))
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+fn read_tail(path: &Path, bytes: u64) -> String {
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::from("(no server log)");
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(io::SeekFrom::Start(len.saturating_sub(bytes)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+fn append(path: &Path, text: &str) -> io::Result<()> {
+    use std::io::Write as _;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)?
+        .write_all(text.as_bytes())
+}
+
+fn free_port() -> io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The effective uid, from /proc (the crate forbids the `unsafe` a libc call needs).
+fn effective_uid() -> io::Result<u32> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| io::Error::other("no Uid line in /proc/self/status"))
+}
+
+/// uid and gid of an OS user, from /etc/passwd.
+fn passwd_ids(user: &str) -> io::Result<Option<(u32, u32)>> {
+    let passwd = std::fs::read_to_string("/etc/passwd")?;
+    Ok(passwd.lines().find_map(|line| {
+        let mut f = line.split(':');
+        if f.next()? != user {
+            return None;
+        }
+        let _pw = f.next()?;
+        let uid = f.next()?.parse().ok()?;
+        let gid = f.next()?.parse().ok()?;
+        Some((uid, gid))
+    }))
+}
+
+/// A certificate and its private key, as PEM files.
+#[derive(Debug, Clone)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A self-signed CA (EC P-256) in `dir`, for TLS tests. Uses the `openssl` CLI.
+pub fn make_test_ca(dir: &Path, name: &str) -> io::Result<CertFiles> {
+    let cnf = dir.join(format!("{name}-ca.cnf"));
+    std::fs::write(
+        &cnf,
+        format!(
+            "[req]\ndistinguished_name = dn\nprompt = no\n[dn]\nCN = {name}\n\
+             [v3_ca]\nbasicConstraints = critical,CA:TRUE\n\
+             keyUsage = critical,keyCertSign,cRLSign\nsubjectKeyIdentifier = hash\n"
+        ),
+    )?;
+    let files = CertFiles {
+        cert: dir.join(format!("{name}.crt")),
+        key: dir.join(format!("{name}.key")),
+    };
+    let mut cmd = Command::new("openssl");
+    cmd.args(["req", "-x509", "-config"])
+        .arg(&cnf)
+        .args(["-extensions", "v3_ca", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "3650", "-keyout"])
+        .arg(&files.key)
+        .arg("-out")
+        .arg(&files.cert);
+    run_checked(&mut cmd, "openssl req (CA)")?;
+    Ok(files)
+}
+
+/// A leaf certificate signed by `ca`, with `sans` as subjectAltName entries
+/// (`DNS:localhost`, `IP:127.0.0.1`); usable for servers and clients.
+pub fn make_test_cert(
+    dir: &Path,
+    ca: &CertFiles,
+    name: &str,
+    cn: &str,
+    sans: &[&str],
+) -> io::Result<CertFiles> {
+    let files = CertFiles {
+        cert: dir.join(format!("{name}.crt")),
+        key: dir.join(format!("{name}.key")),
+    };
+    let csr = dir.join(format!("{name}.csr"));
+    let ext = dir.join(format!("{name}.ext"));
+    let mut ext_text = String::from(
+        "basicConstraints = CA:FALSE\nkeyUsage = critical,digitalSignature,keyEncipherment\n\
+         extendedKeyUsage = serverAuth,clientAuth\n",
+    );
+    if !sans.is_empty() {
+        let _ = writeln!(ext_text, "subjectAltName = {}", sans.join(","));
+    }
+    std::fs::write(&ext, ext_text)?;
+    let mut req = Command::new("openssl");
+    req.args(["req", "-new", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-subj"])
+        .arg(format!("/CN={cn}"))
+        .arg("-keyout")
+        .arg(&files.key)
+        .arg("-out")
+        .arg(&csr);
+    run_checked(&mut req, "openssl req (leaf)")?;
+    let mut sign = Command::new("openssl");
+    sign.args(["x509", "-req", "-in"])
+        .arg(&csr)
+        .arg("-CA")
+        .arg(&ca.cert)
+        .arg("-CAkey")
+        .arg(&ca.key)
+        .args(["-CAcreateserial", "-days", "3650", "-extfile"])
+        .arg(&ext)
+        .arg("-out")
+        .arg(&files.cert);
+    run_checked(&mut sign, "openssl x509 (sign)")?;
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(conninfo_quote("abc"), "abc");
+        assert_eq!(conninfo_quote(""), "''");
+        assert_eq!(conninfo_quote("a b'c\\"), "'a b\\'c\\\\'");
+    }
+
+    #[test]
+    fn dbname_replacement() {
+        assert_eq!(
+            with_dbname("host=h dbname=postgres", "x y"),
+            "host=h dbname=postgres dbname='x y'"
+        );
+        assert_eq!(
+            with_dbname("postgresql://u:p@h:5/postgres?sslmode=disable", "t1"),
+            "postgresql://u:p@h:5/t1?sslmode=disable"
+        );
+        assert_eq!(with_dbname("postgres://h", "t1"), "postgres://h/t1");
+    }
+
+    #[test]
+    fn passwd_lookup() {
+        assert_eq!(passwd_ids("root").unwrap(), Some((0, 0)));
+        assert_eq!(passwd_ids("no-such-user-xyz").unwrap(), None);
+    }
+}

@@ -1,37 +1,257 @@
-//! TEMPORARY stand-in until the TLS-capable connector lands.
-use crate::config::{EndpointConfig, Host};
-use crate::error::{MigrationError, Result};
+//! Opening sessions the way libpq would.
+//!
+//! An [`EndpointConfig`] is turned into tokio-postgres sessions here: hosts
+//! are tried in order, `sslmode` keeps its libpq meaning (including `allow`,
+//! which tokio-postgres lacks), and every attempt is bounded as a whole by
+//! `connect_timeout`, because tokio-postgres only bounds the TCP connect and a
+//! server that accepts but never answers would otherwise hang us forever.
+//! Failures become one-line [`MigrationError::Connect`] reasons a DBA can act
+//! on; the password never appears in them.
 
-pub async fn connect(ep: &EndpointConfig, label: &str) -> Result<tokio_postgres::Client> {
-    let mut c = tokio_postgres::Config::new();
-    for (i, h) in ep.hosts.iter().enumerate() {
-        match h {
-            Host::Tcp(s) => c.host(s),
-            Host::Unix(p) => c.host_path(p),
+use std::io;
+use std::time::Duration;
+
+use tokio_postgres::config::SslMode as PgSslMode;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{Client, NoTls, Socket};
+
+use crate::config::{EndpointConfig, Host, SslMode};
+use crate::error::{client_message, db_info, DbErrorInfo, MigrationError, Result};
+use crate::pg::tls::MakeRustlsConnect;
+
+/// The `application_name` shown in `pg_stat_activity` when none is configured,
+/// so a DBA can tell our sessions apart.
+pub const DEFAULT_APPLICATION_NAME: &str = "pg_dbmigrator";
+
+/// Why one host could not be reached.
+struct Failure {
+    reason: String,
+    db: Option<DbErrorInfo>,
+}
+
+/// Open a session to `ep`. `label` ("source", "target") names the endpoint in
+/// errors so a two-server run says which side failed.
+pub async fn connect(ep: &EndpointConfig, label: &str) -> Result<Client> {
+    let fail = |reason: String, db: Option<DbErrorInfo>| MigrationError::Connect {
+        endpoint: label.to_string(),
+        target: ep.redacted(),
+        reason,
+        db,
+    };
+    if ep.hosts.is_empty() {
+        return Err(fail("no host given".into(), None));
+    }
+
+    // Certificate files are read only when TLS can actually be used, so a
+    // broken sslrootcert does not break `sslmode=disable` or Unix sockets.
+    let needs_tls =
+        ep.sslmode != SslMode::Disable && ep.hosts.iter().any(|h| matches!(h, Host::Tcp(_)));
+    let tls = if needs_tls {
+        Some(MakeRustlsConnect::for_endpoint(ep).map_err(|e| fail(e.to_string(), None))?)
+    } else {
+        None
+    };
+
+    let many = ep.hosts.len() > 1;
+    let mut last: Option<Failure> = None;
+    for (i, host) in ep.hosts.iter().enumerate() {
+        let port = ep.port_for(i);
+        let attempt = connect_host(ep, host, port, tls.as_ref(), label);
+        // libpq applies connect_timeout per host; so do we.
+        let outcome = if ep.connect_timeout.is_zero() {
+            attempt.await
+        } else {
+            match tokio::time::timeout(ep.connect_timeout, attempt).await {
+                Ok(r) => r,
+                Err(_) => Err(Failure {
+                    reason: format!("timed out after {}", human_duration(ep.connect_timeout)),
+                    db: None,
+                }),
+            }
         };
-        c.port(ep.port_for(i));
+        match outcome {
+            Ok(client) => return Ok(client),
+            Err(mut f) => {
+                tracing::debug!(endpoint = label, host = %host, port, reason = %f.reason, "connection attempt failed");
+                if many {
+                    f.reason = format!("{}: {}", where_(host, port), f.reason);
+                }
+                last = Some(f);
+            }
+        }
     }
-    c.user(&ep.user).dbname(&ep.dbname);
-    if let Some(p) = &ep.password {
-        c.password(p.expose());
-    }
-    c.application_name("pg_dbmigrator");
-    let (client, conn) = tokio::time::timeout(ep.connect_timeout, c.connect(tokio_postgres::NoTls))
+    let f = last.expect("at least one host was tried");
+    Err(fail(f.reason, f.db))
+}
+
+/// `SHOW server_version_num`, e.g. 150004; callers branch on it for catalog
+/// differences between majors.
+pub async fn server_version_num(client: &Client) -> Result<i32> {
+    let rows = client
+        .simple_query("SHOW server_version_num")
         .await
-        .map_err(|_| MigrationError::Connect {
-            endpoint: label.into(),
-            target: ep.redacted(),
-            reason: "timeout".into(),
-            db: None,
-        })?
-        .map_err(|e| MigrationError::Connect {
-            endpoint: label.into(),
-            target: ep.redacted(),
-            reason: crate::error::client_message(&e),
-            db: crate::error::db_info(&e),
-        })?;
+        .map_err(|e| MigrationError::db("reading server_version_num", e))?;
+    let text = rows
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .ok_or_else(|| MigrationError::Internal("SHOW server_version_num returned no row".into()))?;
+    text.trim()
+        .parse()
+        .map_err(|_| MigrationError::Internal(format!("unexpected server_version_num {text:?}")))
+}
+
+fn where_(host: &Host, port: u16) -> String {
+    match host {
+        Host::Tcp(h) if h.contains(':') => format!("[{h}]:{port}"),
+        Host::Tcp(h) => format!("{h}:{port}"),
+        Host::Unix(dir) => dir.join(format!(".s.PGSQL.{port}")).display().to_string(),
+    }
+}
+
+fn human_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+async fn connect_host(
+    ep: &EndpointConfig,
+    host: &Host,
+    port: u16,
+    tls: Option<&MakeRustlsConnect>,
+    label: &str,
+) -> std::result::Result<Client, Failure> {
+    let mut cfg = tokio_postgres::Config::new();
+    match host {
+        Host::Tcp(h) => cfg.host(h),
+        Host::Unix(dir) => cfg.host_path(dir),
+    };
+    cfg.port(port)
+        .user(&ep.user)
+        .dbname(&ep.dbname)
+        .application_name(
+            ep.application_name
+                .as_deref()
+                .unwrap_or(DEFAULT_APPLICATION_NAME),
+        );
+    if let Some(pw) = &ep.password {
+        cfg.password(pw.expose());
+    }
+    if let Some(o) = ep.options.as_deref().filter(|o| !o.is_empty()) {
+        cfg.options(o);
+    }
+
+    // libpq ignores sslmode on Unix sockets: the server never offers TLS there.
+    let tls = match (host, tls) {
+        (Host::Tcp(_), Some(t)) => t.clone(),
+        _ => return attempt(cfg.ssl_mode(PgSslMode::Disable), NoTls, label).await,
+    };
+    match ep.sslmode {
+        SslMode::Disable => attempt(cfg.ssl_mode(PgSslMode::Disable), NoTls, label).await,
+        SslMode::Allow => {
+            // Plain first; only if the server itself turns us away (e.g. a
+            // hostssl-only pg_hba) is TLS worth a second try.
+            match attempt(cfg.ssl_mode(PgSslMode::Disable), NoTls, label).await {
+                Err(f) if f.db.is_some() => {
+                    attempt(cfg.ssl_mode(PgSslMode::Require), tls, label).await
+                }
+                other => other,
+            }
+        }
+        SslMode::Prefer => attempt(cfg.ssl_mode(PgSslMode::Prefer), tls, label).await,
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+            attempt(cfg.ssl_mode(PgSslMode::Require), tls, label).await
+        }
+    }
+}
+
+async fn attempt<T>(
+    cfg: &tokio_postgres::Config,
+    tls: T,
+    label: &str,
+) -> std::result::Result<Client, Failure>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+    T::TlsConnect: Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    let (client, connection) = cfg.connect(tls).await.map_err(|e| describe(&e))?;
+    let label = label.to_string();
     tokio::spawn(async move {
-        let _ = conn.await;
+        if let Err(e) = connection.await {
+            tracing::debug!(endpoint = %label, error = %client_message(&e), "connection closed with error");
+        }
     });
     Ok(client)
+}
+
+/// One line a DBA can act on, from a tokio-postgres connect error.
+fn describe(err: &tokio_postgres::Error) -> Failure {
+    if let Some(info) = db_info(err) {
+        let mut reason = info.message.clone();
+        if let Some(h) = &info.hint {
+            reason.push_str(" (HINT: ");
+            reason.push_str(h);
+            reason.push(')');
+        }
+        return Failure {
+            reason,
+            db: Some(info),
+        };
+    }
+    let is_tls = err.to_string().contains("TLS");
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(ioe) = e.downcast_ref::<io::Error>() {
+            let reason = match ioe.kind() {
+                io::ErrorKind::ConnectionRefused => {
+                    "connection refused (is the server running on that host and accepting TCP/IP connections?)"
+                        .to_string()
+                }
+                io::ErrorKind::NotFound => {
+                    "no such file or directory (is the server running locally and accepting connections on that socket?)"
+                        .to_string()
+                }
+                io::ErrorKind::TimedOut => "timed out".to_string(),
+                io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset => {
+                    "server closed the connection unexpectedly".to_string()
+                }
+                _ if is_tls => format!("TLS handshake failed: {ioe}"),
+                _ => ioe.to_string(),
+            };
+            return Failure { reason, db: None };
+        }
+        cur = e.source();
+    }
+    Failure {
+        reason: client_message(err),
+        db: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(human_duration(Duration::from_secs(10)), "10s");
+        assert_eq!(human_duration(Duration::from_millis(1500)), "1500ms");
+    }
+
+    #[test]
+    fn host_labels() {
+        assert_eq!(where_(&Host::Tcp("db".into()), 5432), "db:5432");
+        assert_eq!(where_(&Host::Tcp("::1".into()), 5432), "[::1]:5432");
+        assert_eq!(
+            where_(&Host::Unix("/run/pg".into()), 5433),
+            "/run/pg/.s.PGSQL.5433"
+        );
+    }
 }
