@@ -393,7 +393,7 @@ async fn preflight_target(
             "SELECT u.ord, c.relkind::text,
                     (SELECT pg_catalog.array_agg(a.attname::text) FROM pg_catalog.pg_attribute a
                       WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '')
-               FROM pg_catalog.unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(s, r, ord)
+               FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) WITH ORDINALITY AS u(s, r, ord)
                LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = u.s
                LEFT JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = u.r",
             &[&schemas, &names],

@@ -78,7 +78,7 @@ const SCOPE_SQL: &str = r#"
     AND (cardinality($1::text[]) = 0 OR n.nspname ~ ANY ($1::text[]))
     AND NOT (n.nspname ~ ANY ($2::text[]))
     AND (cardinality($4::text[]) = 0 OR EXISTS (
-          SELECT 1 FROM pg_catalog.unnest($3::text[], $4::text[]) AS p(sre, nre),
+          SELECT 1 FROM ROWS FROM (pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[])) AS p(sre, nre),
                LATERAL (SELECT c.oid AS o UNION ALL
                         SELECT r.oid FROM pg_catalog.pg_class r
                         WHERE r.oid = pg_catalog.pg_partition_root(c.oid) AND r.oid <> c.oid) cand
@@ -86,7 +86,7 @@ const SCOPE_SQL: &str = r#"
                JOIN pg_catalog.pg_namespace cn ON cn.oid = cc.relnamespace
           WHERE (p.sre IS NULL OR cn.nspname ~ p.sre) AND cc.relname ~ p.nre))
     AND NOT EXISTS (
-          SELECT 1 FROM pg_catalog.unnest($5::text[], $6::text[]) AS p(sre, nre),
+          SELECT 1 FROM ROWS FROM (pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::text[])) AS p(sre, nre),
                LATERAL (SELECT c.oid AS o UNION ALL
                         SELECT r.oid FROM pg_catalog.pg_class r
                         WHERE r.oid = pg_catalog.pg_partition_root(c.oid) AND r.oid <> c.oid) cand
