@@ -89,6 +89,8 @@ pub struct ClusterOptions {
     pub logical: bool,
     /// Server certificate and key (PEM); turns `ssl=on`.
     pub ssl: Option<(PathBuf, PathBuf)>,
+    /// CA that signs client certificates (`ssl_ca_file`), for `cert` auth.
+    pub ssl_ca: Option<PathBuf>,
     /// Extra `postgresql.conf` settings, written verbatim as `name = value`.
     pub extra_conf: Vec<(String, String)>,
     /// Replaces the generated `pg_hba.conf` entirely (e.g. hostssl-only).
@@ -258,6 +260,12 @@ impl Cluster {
             set("ssl", "on");
             set("ssl_cert_file", "'server.crt'");
             set("ssl_key_file", "'server.key'");
+            if let Some(ca) = &opts.ssl_ca {
+                let dst = self.data_dir.join("client_ca.crt");
+                std::fs::copy(ca, &dst)?;
+                chown(&dst)?;
+                set("ssl_ca_file", "'client_ca.crt'");
+            }
         }
         for (k, v) in &opts.extra_conf {
             set(k, v);

@@ -12,6 +12,7 @@ use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -354,6 +355,7 @@ impl ServerCertVerifier for IgnoreHostName {
 #[derive(Clone)]
 pub struct MakeRustlsConnect {
     config: Arc<ClientConfig>,
+    started: Option<Arc<AtomicBool>>,
 }
 
 impl fmt::Debug for MakeRustlsConnect {
@@ -364,7 +366,20 @@ impl fmt::Debug for MakeRustlsConnect {
 
 impl MakeRustlsConnect {
     pub fn new(config: Arc<ClientConfig>) -> Self {
-        MakeRustlsConnect { config }
+        MakeRustlsConnect {
+            config,
+            started: None,
+        }
+    }
+
+    /// A copy that raises `flag` when a handshake begins, i.e. when the
+    /// server accepted the SSLRequest. libpq's `prefer` retries without TLS
+    /// only when TLS was actually tried, and tokio-postgres does not say.
+    pub fn observed(&self, flag: Arc<AtomicBool>) -> Self {
+        MakeRustlsConnect {
+            config: self.config.clone(),
+            started: Some(flag),
+        }
     }
 
     /// The connector for an endpoint, or why its TLS settings are unusable.
@@ -393,6 +408,7 @@ where
         Ok(RustlsConnect {
             config: self.config.clone(),
             name,
+            started: self.started.clone(),
         })
     }
 }
@@ -401,6 +417,7 @@ where
 pub struct RustlsConnect {
     config: Arc<ClientConfig>,
     name: ServerName<'static>,
+    started: Option<Arc<AtomicBool>>,
 }
 
 impl<S> TlsConnect<S> for RustlsConnect
@@ -412,6 +429,9 @@ where
     type Future = Pin<Box<dyn Future<Output = io::Result<RustlsStream<S>>> + Send>>;
 
     fn connect(self, stream: S) -> Self::Future {
+        if let Some(flag) = &self.started {
+            flag.store(true, Ordering::Relaxed);
+        }
         Box::pin(async move {
             let tls = tokio_rustls::TlsConnector::from(self.config)
                 .connect(self.name, stream)
@@ -618,6 +638,19 @@ mod tests {
         // A file that is not PEM is reported, not silently ignored.
         let err = client_config(&ep(SslMode::VerifyCa, Some(f))).unwrap_err().to_string();
         assert!(err.contains("no PEM certificate"), "{err}");
+    }
+
+    #[test]
+    fn channel_binding_hash_of_a_real_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::testkit::make_test_ca(dir.path(), "ca").unwrap();
+        let certs = read_certs(&ca.cert, "test certificate").unwrap();
+        let der = certs[0].as_ref();
+        // ecdsa-with-SHA256 -> SHA-256 of the whole certificate.
+        assert_eq!(
+            end_point_hash(der),
+            Some(sha2::Sha256::digest(der).to_vec())
+        );
     }
 
     #[test]
