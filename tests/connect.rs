@@ -36,7 +36,10 @@ async fn fails(ep: &EndpointConfig) -> MigrationError {
     if let Some(pw) = &ep.password {
         let pw = pw.expose();
         assert!(!err.to_string().contains(pw), "password in error: {err}");
-        assert!(!format!("{err:?}").contains(pw), "password in error: {err:?}");
+        assert!(
+            !format!("{err:?}").contains(pw),
+            "password in error: {err:?}"
+        );
     }
     err
 }
@@ -80,7 +83,10 @@ async fn tcp_with_password() {
     let client = ok(&c.endpoint("postgres")).await;
     let v = server_version_num(&client).await.unwrap();
     assert_eq!((v / 10000) as u32, c.major, "{v}");
-    let row = client.query_one("SHOW application_name", &[]).await.unwrap();
+    let row = client
+        .query_one("SHOW application_name", &[])
+        .await
+        .unwrap();
     assert_eq!(row.get::<_, String>(0), "pg_dbmigrator");
 }
 
@@ -110,7 +116,10 @@ async fn wrong_password_keeps_sqlstate_and_hides_password() {
         reason(&err).contains("password authentication failed for user \"postgres\""),
         "{err}"
     );
-    assert!(err.to_string().contains("cannot connect to target"), "{err}");
+    assert!(
+        err.to_string().contains("cannot connect to target"),
+        "{err}"
+    );
     assert!(
         err.to_string().contains(&format!("port={}", c.port)),
         "{err}"
@@ -313,12 +322,30 @@ async fn tls_require_encrypts_without_verification() {
 #[tokio::test]
 async fn tls_verify_ca_checks_chain_not_name() {
     let env = tls_env();
-    let client = ok(&tls_ep(&env.good, "127.0.0.1", SslMode::VerifyCa, Some(&env.ca.cert))).await;
+    let client = ok(&tls_ep(
+        &env.good,
+        "127.0.0.1",
+        SslMode::VerifyCa,
+        Some(&env.ca.cert),
+    ))
+    .await;
     assert!(is_ssl(&client).await);
     // Name does not match, but verify-ca does not care.
-    ok(&tls_ep(&env.misnamed, "127.0.0.1", SslMode::VerifyCa, Some(&env.ca.cert))).await;
+    ok(&tls_ep(
+        &env.misnamed,
+        "127.0.0.1",
+        SslMode::VerifyCa,
+        Some(&env.ca.cert),
+    ))
+    .await;
 
-    let err = fails(&tls_ep(&env.good, "127.0.0.1", SslMode::VerifyCa, Some(&env.other_ca.cert))).await;
+    let err = fails(&tls_ep(
+        &env.good,
+        "127.0.0.1",
+        SslMode::VerifyCa,
+        Some(&env.other_ca.cert),
+    ))
+    .await;
     assert!(reason(&err).contains("TLS handshake failed"), "{err}");
     assert!(reason(&err).contains("UnknownIssuer"), "{err}");
 }
@@ -326,18 +353,40 @@ async fn tls_verify_ca_checks_chain_not_name() {
 #[tokio::test]
 async fn tls_verify_full_checks_name() {
     let env = tls_env();
-    let client = ok(&tls_ep(&env.good, "localhost", SslMode::VerifyFull, Some(&env.ca.cert))).await;
+    let client = ok(&tls_ep(
+        &env.good,
+        "localhost",
+        SslMode::VerifyFull,
+        Some(&env.ca.cert),
+    ))
+    .await;
     assert!(is_ssl(&client).await);
     // The IP SAN matches too.
-    ok(&tls_ep(&env.good, "127.0.0.1", SslMode::VerifyFull, Some(&env.ca.cert))).await;
+    ok(&tls_ep(
+        &env.good,
+        "127.0.0.1",
+        SslMode::VerifyFull,
+        Some(&env.ca.cert),
+    ))
+    .await;
 
     for host in ["localhost", "127.0.0.1"] {
-        let err =
-            fails(&tls_ep(&env.misnamed, host, SslMode::VerifyFull, Some(&env.ca.cert))).await;
+        let err = fails(&tls_ep(
+            &env.misnamed,
+            host,
+            SslMode::VerifyFull,
+            Some(&env.ca.cert),
+        ))
+        .await;
         assert!(reason(&err).contains("not valid for name"), "{err}");
     }
-    let err =
-        fails(&tls_ep(&env.good, "localhost", SslMode::VerifyFull, Some(&env.other_ca.cert))).await;
+    let err = fails(&tls_ep(
+        &env.good,
+        "localhost",
+        SslMode::VerifyFull,
+        Some(&env.other_ca.cert),
+    ))
+    .await;
     assert!(reason(&err).contains("UnknownIssuer"), "{err}");
 }
 
@@ -345,9 +394,20 @@ async fn tls_verify_full_checks_name() {
 async fn tls_require_with_root_cert_verifies_chain() {
     // libpq: a root certificate file makes `require` behave as `verify-ca`.
     let env = tls_env();
-    ok(&tls_ep(&env.misnamed, "127.0.0.1", SslMode::Require, Some(&env.ca.cert))).await;
-    let err =
-        fails(&tls_ep(&env.good, "127.0.0.1", SslMode::Require, Some(&env.other_ca.cert))).await;
+    ok(&tls_ep(
+        &env.misnamed,
+        "127.0.0.1",
+        SslMode::Require,
+        Some(&env.ca.cert),
+    ))
+    .await;
+    let err = fails(&tls_ep(
+        &env.good,
+        "127.0.0.1",
+        SslMode::Require,
+        Some(&env.other_ca.cert),
+    ))
+    .await;
     assert!(reason(&err).contains("UnknownIssuer"), "{err}");
 }
 
@@ -385,7 +445,10 @@ async fn sslmodes_against_server_without_tls() {
         assert!(!is_ssl(&client).await, "{mode:?}");
     }
     let err = fails(&tls_ep(c, "127.0.0.1", SslMode::Require, None)).await;
-    assert!(reason(&err).starts_with("server does not support TLS"), "{err}");
+    assert!(
+        reason(&err).starts_with("server does not support TLS"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -397,7 +460,12 @@ async fn tls_client_certificate_authentication() {
     )
     .await
     .unwrap();
-    let mut ep = tls_ep(&env.good, "localhost", SslMode::VerifyFull, Some(&env.ca.cert));
+    let mut ep = tls_ep(
+        &env.good,
+        "localhost",
+        SslMode::VerifyFull,
+        Some(&env.ca.cert),
+    );
     ep.user = "certuser".into();
     ep.password = None;
     let err = fails(&ep).await;
@@ -406,7 +474,10 @@ async fn tls_client_certificate_authentication() {
     ep.sslcert = Some(env.client.cert.clone());
     ep.sslkey = Some(env.client.key.clone());
     let client = ok(&ep).await;
-    let row = client.query_one("SELECT current_user::text", &[]).await.unwrap();
+    let row = client
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap();
     assert_eq!(row.get::<_, String>(0), "certuser");
 
     ep.sslcert = Some(env.dir.join("missing-client.crt"));
@@ -418,7 +489,12 @@ async fn tls_client_certificate_authentication() {
 async fn prefer_falls_back_to_plain_like_libpq() {
     let env = tls_env();
     // Handshake fails (untrusted issuer): retried without TLS.
-    let ep = tls_ep(&env.misnamed, "127.0.0.1", SslMode::Prefer, Some(&env.other_ca.cert));
+    let ep = tls_ep(
+        &env.misnamed,
+        "127.0.0.1",
+        SslMode::Prefer,
+        Some(&env.other_ca.cert),
+    );
     let client = ok(&ep).await;
     assert!(!is_ssl(&client).await);
 
@@ -438,7 +514,12 @@ async fn prefer_falls_back_to_plain_like_libpq() {
 
     // Both attempts fail: the TLS failure is reported, not the pg_hba
     // rejection of the plain retry.
-    let ep = tls_ep(&env.good, "127.0.0.1", SslMode::Prefer, Some(&env.other_ca.cert));
+    let ep = tls_ep(
+        &env.good,
+        "127.0.0.1",
+        SslMode::Prefer,
+        Some(&env.other_ca.cert),
+    );
     let err = fails(&ep).await;
     assert!(reason(&err).contains("UnknownIssuer"), "{err}");
 }

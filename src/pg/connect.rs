@@ -99,7 +99,9 @@ pub async fn server_version_num(client: &Client) -> Result<i32> {
             tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
             _ => None,
         })
-        .ok_or_else(|| MigrationError::Internal("SHOW server_version_num returned no row".into()))?;
+        .ok_or_else(|| {
+            MigrationError::Internal("SHOW server_version_num returned no row".into())
+        })?;
     text.trim()
         .parse()
         .map_err(|_| MigrationError::Internal(format!("unexpected server_version_num {text:?}")))
@@ -271,7 +273,10 @@ fn describe(err: &tokio_postgres::Error) -> Failure {
 /// What a rustls certificate verdict means for someone holding an sslrootcert.
 fn tls_hint(err: &io::Error) -> &'static str {
     use rustls::CertificateError as C;
-    match err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+    match err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
         Some(rustls::Error::InvalidCertificate(C::UnknownIssuer)) => {
             " (the server certificate is not signed by a CA in sslrootcert)"
         }

@@ -21,7 +21,9 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{ring, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 use sha2::Digest;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
@@ -102,12 +104,16 @@ fn resolve_verification(ep: &EndpointConfig) -> Result<(Verification, Roots), Tl
 }
 
 fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        TlsSetupError(format!("could not read {what} \"{}\": {e}", path.display()))
-    })?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| TlsSetupError(format!("could not read {what} \"{}\": {e}", path.display())))?;
     let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<_, _>>()
-        .map_err(|e| TlsSetupError(format!("could not parse {what} \"{}\": {e}", path.display())))?;
+        .map_err(|e| {
+            TlsSetupError(format!(
+                "could not parse {what} \"{}\": {e}",
+                path.display()
+            ))
+        })?;
     if certs.is_empty() {
         return Err(TlsSetupError(format!(
             "{what} \"{}\" contains no PEM certificate",
@@ -317,10 +323,13 @@ impl ServerCertVerifier for IgnoreHostName {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        match self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -593,7 +602,9 @@ mod tests {
     fn strict_modes_need_a_root_file() {
         let missing = "/nonexistent/pg_dbmigrator/root.crt";
         for mode in [SslMode::VerifyCa, SslMode::VerifyFull] {
-            let err = client_config(&ep(mode, Some(missing))).unwrap_err().to_string();
+            let err = client_config(&ep(mode, Some(missing)))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("does not exist"), "{err}");
             assert!(err.contains(missing), "{err}");
             assert!(err.contains("change sslmode"), "{err}");
@@ -636,7 +647,9 @@ mod tests {
             Verification::Full
         );
         // A file that is not PEM is reported, not silently ignored.
-        let err = client_config(&ep(SslMode::VerifyCa, Some(f))).unwrap_err().to_string();
+        let err = client_config(&ep(SslMode::VerifyCa, Some(f)))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no PEM certificate"), "{err}");
     }
 
