@@ -37,7 +37,11 @@ pub fn find_bin_dir() -> Option<PathBuf> {
     }
     let mut best: Option<(u32, PathBuf)> = None;
     for entry in std::fs::read_dir("/usr/lib/postgresql").ok()?.flatten() {
-        let Some(major) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(major) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let bin = entry.path().join("bin");
@@ -89,6 +93,8 @@ pub struct ClusterOptions {
     pub logical: bool,
     /// Server certificate and key (PEM); turns `ssl=on`.
     pub ssl: Option<(PathBuf, PathBuf)>,
+    /// CA that signs client certificates (`ssl_ca_file`), for `cert` auth.
+    pub ssl_ca: Option<PathBuf>,
     /// Extra `postgresql.conf` settings, written verbatim as `name = value`.
     pub extra_conf: Vec<(String, String)>,
     /// Replaces the generated `pg_hba.conf` entirely (e.g. hostssl-only).
@@ -186,7 +192,12 @@ impl Cluster {
         initdb
             .arg("-D")
             .arg(&cluster.data_dir)
-            .args(["-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256"])
+            .args([
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+            ])
             .arg(format!("--pwfile={}", pwfile.display()))
             .args(["-E", "UTF8", "--locale=C", "--no-sync"]);
         run_checked(&mut initdb, "initdb")?;
@@ -194,7 +205,10 @@ impl Cluster {
 
         let version = std::fs::read_to_string(cluster.data_dir.join("PG_VERSION"))?;
         cluster.major = version.trim().parse().map_err(|_| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("odd PG_VERSION {version:?}"))
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("odd PG_VERSION {version:?}"),
+            )
         })?;
 
         cluster.write_config(opts, &chown)?;
@@ -258,6 +272,12 @@ impl Cluster {
             set("ssl", "on");
             set("ssl_cert_file", "'server.crt'");
             set("ssl_key_file", "'server.key'");
+            if let Some(ca) = &opts.ssl_ca {
+                let dst = self.data_dir.join("client_ca.crt");
+                std::fs::copy(ca, &dst)?;
+                chown(&dst)?;
+                set("ssl_ca_file", "'client_ca.crt'");
+            }
         }
         for (k, v) in &opts.extra_conf {
             set(k, v);
@@ -441,12 +461,24 @@ impl Drop for Cluster {
 
 /// One of the two servers of a [`Pair`]: a cluster we own, or an existing
 /// server named by an environment variable.
-#[derive(Debug)]
 pub struct Server {
     kind: ServerKind,
 }
 
-#[derive(Debug)]
+/// An env-provided conninfo may hold a real password, so it is not shown.
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.kind {
+            ServerKind::Owned(c) => f.debug_tuple("Server").field(c).finish(),
+            ServerKind::External { major, .. } => f
+                .debug_struct("Server")
+                .field("external", &true)
+                .field("major", major)
+                .finish(),
+        }
+    }
+}
+
 enum ServerKind {
     Owned(Cluster),
     External { conninfo: String, major: u32 },
@@ -538,8 +570,12 @@ static DB_COUNTER: AtomicU64 = AtomicU64::new(0);
 impl Pair {
     /// Start (or attach to) both servers. Most callers want [`shared_pair`].
     pub fn start() -> io::Result<Pair> {
-        let src = std::env::var(ENV_TEST_SOURCE).ok().filter(|s| !s.is_empty());
-        let tgt = std::env::var(ENV_TEST_TARGET).ok().filter(|s| !s.is_empty());
+        let src = std::env::var(ENV_TEST_SOURCE)
+            .ok()
+            .filter(|s| !s.is_empty());
+        let tgt = std::env::var(ENV_TEST_TARGET)
+            .ok()
+            .filter(|s| !s.is_empty());
         let (source, target) = std::thread::scope(|s| {
             let a = s.spawn(|| match &src {
                 Some(ci) => Server::external(ci),
@@ -755,7 +791,9 @@ fn append(path: &Path, text: &str) -> io::Result<()> {
 }
 
 fn free_port() -> io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// The effective uid, from /proc (the crate forbids the `unsafe` a libc call needs).
@@ -810,7 +848,13 @@ pub fn make_test_ca(dir: &Path, name: &str) -> io::Result<CertFiles> {
     cmd.args(["req", "-x509", "-config"])
         .arg(&cnf)
         .args(["-extensions", "v3_ca", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "3650", "-keyout"])
+        .args([
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "3650",
+            "-keyout",
+        ])
         .arg(&files.key)
         .arg("-out")
         .arg(&files.cert);

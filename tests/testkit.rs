@@ -12,11 +12,16 @@ async fn shared_pair_starts_with_logical_source() {
     let pair = testkit::shared_pair();
     let src = pair.source.conninfo("postgres");
     let tgt = pair.target.conninfo("postgres");
-    assert_eq!(testkit::query_scalar(&src, "SHOW wal_level").await, "logical");
+    assert_eq!(
+        testkit::query_scalar(&src, "SHOW wal_level").await,
+        "logical"
+    );
     assert_eq!(testkit::query_scalar(&tgt, "SELECT 1").await, "1");
     assert!(pair.source.major() >= 10, "major {}", pair.source.major());
     assert_eq!(
-        testkit::query_scalar(&src, "SHOW server_version_num").await[..2].parse::<u32>().ok(),
+        testkit::query_scalar(&src, "SHOW server_version_num").await[..2]
+            .parse::<u32>()
+            .ok(),
         Some(pair.source.major()).filter(|m| *m >= 10)
     );
 }
@@ -43,15 +48,21 @@ async fn fresh_db_gives_distinct_databases_on_both_servers() {
         );
     }
     // Separate databases: a table made in one is not visible in the other.
-    testkit::execute(&a.source, "CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2)")
-        .await
-        .unwrap();
+    testkit::execute(
+        &a.source,
+        "CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2)",
+    )
+    .await
+    .unwrap();
     assert_eq!(
         testkit::query_scalar(&a.source, "SELECT count(*) FROM t").await,
         "2"
     );
-    let n = testkit::query_scalar(&b.source, "SELECT count(*) FROM pg_class WHERE relname = 't'")
-        .await;
+    let n = testkit::query_scalar(
+        &b.source,
+        "SELECT count(*) FROM pg_class WHERE relname = 't'",
+    )
+    .await;
     assert_eq!(n, "0");
     pair.drop_db(&b).await;
     let left = testkit::query_scalar(
@@ -112,7 +123,32 @@ async fn extra_conf_is_applied() {
         testkit::query_scalar(&cluster.conninfo("postgres"), "SHOW work_mem").await,
         "7MB"
     );
-    tokio::task::spawn_blocking(move || drop(cluster)).await.unwrap();
+    tokio::task::spawn_blocking(move || drop(cluster))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn external_server_by_conninfo() {
+    // What PG_DBMIGRATOR_TEST_SOURCE/TARGET do: attach to a running server.
+    let pair = testkit::shared_pair();
+    let owned = pair.target.cluster().expect("owned cluster");
+    let ci = owned.conninfo("postgres");
+    let server = tokio::task::spawn_blocking(move || testkit::Server::external(&ci))
+        .await
+        .unwrap()
+        .expect("external server reachable");
+    assert_eq!(server.major(), owned.major);
+    assert!(!format!("{server:?}").contains(&owned.password));
+    let other = pair.fresh_db("ext").await;
+    assert_eq!(
+        testkit::query_scalar(&server.conninfo(&other.name), "SELECT current_database()").await,
+        other.name
+    );
+    let bad = tokio::task::spawn_blocking(|| testkit::Server::external("host=127.0.0.1 port=1"))
+        .await
+        .unwrap();
+    assert!(bad.is_err());
 }
 
 const CHILD_ENV: &str = "PG_DBMIGRATOR_TESTKIT_ABORT_CHILD";

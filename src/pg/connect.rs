@@ -9,6 +9,8 @@
 //! on; the password never appears in them.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_postgres::config::SslMode as PgSslMode;
@@ -97,7 +99,9 @@ pub async fn server_version_num(client: &Client) -> Result<i32> {
             tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
             _ => None,
         })
-        .ok_or_else(|| MigrationError::Internal("SHOW server_version_num returned no row".into()))?;
+        .ok_or_else(|| {
+            MigrationError::Internal("SHOW server_version_num returned no row".into())
+        })?;
     text.trim()
         .parse()
         .map_err(|_| MigrationError::Internal(format!("unexpected server_version_num {text:?}")))
@@ -157,16 +161,44 @@ async fn connect_host(
             // Plain first; only if the server itself turns us away (e.g. a
             // hostssl-only pg_hba) is TLS worth a second try.
             match attempt(cfg.ssl_mode(PgSslMode::Disable), NoTls, label).await {
-                Err(f) if f.db.is_some() => {
-                    attempt(cfg.ssl_mode(PgSslMode::Require), tls, label).await
+                Err(first) if first.db.is_some() => {
+                    attempt(cfg.ssl_mode(PgSslMode::Require), tls, label)
+                        .await
+                        .map_err(|second| more_telling(first, second))
                 }
                 other => other,
             }
         }
-        SslMode::Prefer => attempt(cfg.ssl_mode(PgSslMode::Prefer), tls, label).await,
+        SslMode::Prefer => {
+            // libpq: when TLS was tried and failed (handshake, or the server
+            // rejected the TLS session), try once more without TLS.
+            let tried = Arc::new(AtomicBool::new(false));
+            let observed = tls.observed(tried.clone());
+            match attempt(cfg.ssl_mode(PgSslMode::Prefer), observed, label).await {
+                Err(first) if tried.load(Ordering::Relaxed) => {
+                    attempt(cfg.ssl_mode(PgSslMode::Disable), NoTls, label)
+                        .await
+                        .map_err(|second| more_telling(first, second))
+                }
+                other => other,
+            }
+        }
         SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
             attempt(cfg.ssl_mode(PgSslMode::Require), tls, label).await
         }
+    }
+}
+
+/// Of two failed attempts with and without TLS, the one to report: a
+/// pg_hba rejection (28000) on the retry only says that transport is not
+/// allowed, so the first failure (wrong password, bad certificate) is what
+/// the user needs to see.
+fn more_telling(first: Failure, second: Failure) -> Failure {
+    let hba = |f: &Failure| f.db.as_ref().is_some_and(|d| d.sqlstate == "28000");
+    if hba(&second) && !hba(&first) {
+        first
+    } else {
+        second
     }
 }
 
@@ -222,16 +254,39 @@ fn describe(err: &tokio_postgres::Error) -> Failure {
                 io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset => {
                     "server closed the connection unexpectedly".to_string()
                 }
-                _ if is_tls => format!("TLS handshake failed: {ioe}"),
+                _ if is_tls => format!("TLS handshake failed: {ioe}{}", tls_hint(ioe)),
                 _ => ioe.to_string(),
             };
             return Failure { reason, db: None };
         }
         cur = e.source();
     }
-    Failure {
-        reason: client_message(err),
-        db: None,
+    let msg = client_message(err);
+    let reason = if msg.contains("server does not support TLS") {
+        "server does not support TLS, but the sslmode requires it".to_string()
+    } else {
+        msg
+    };
+    Failure { reason, db: None }
+}
+
+/// What a rustls certificate verdict means for someone holding an sslrootcert.
+fn tls_hint(err: &io::Error) -> &'static str {
+    use rustls::CertificateError as C;
+    match err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::InvalidCertificate(C::UnknownIssuer)) => {
+            " (the server certificate is not signed by a CA in sslrootcert)"
+        }
+        Some(rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. })) => {
+            " (the server certificate has expired)"
+        }
+        Some(rustls::Error::InvalidCertificate(
+            C::NotValidForName | C::NotValidForNameContext { .. },
+        )) => " (sslmode=verify-full checks the host name; verify-ca does not)",
+        _ => "",
     }
 }
 

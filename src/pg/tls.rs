@@ -12,6 +12,7 @@ use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -20,7 +21,9 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{ring, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 use sha2::Digest;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
@@ -101,12 +104,16 @@ fn resolve_verification(ep: &EndpointConfig) -> Result<(Verification, Roots), Tl
 }
 
 fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        TlsSetupError(format!("could not read {what} \"{}\": {e}", path.display()))
-    })?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| TlsSetupError(format!("could not read {what} \"{}\": {e}", path.display())))?;
     let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<_, _>>()
-        .map_err(|e| TlsSetupError(format!("could not parse {what} \"{}\": {e}", path.display())))?;
+        .map_err(|e| {
+            TlsSetupError(format!(
+                "could not parse {what} \"{}\": {e}",
+                path.display()
+            ))
+        })?;
     if certs.is_empty() {
         return Err(TlsSetupError(format!(
             "{what} \"{}\" contains no PEM certificate",
@@ -316,10 +323,13 @@ impl ServerCertVerifier for IgnoreHostName {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        match self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -354,6 +364,7 @@ impl ServerCertVerifier for IgnoreHostName {
 #[derive(Clone)]
 pub struct MakeRustlsConnect {
     config: Arc<ClientConfig>,
+    started: Option<Arc<AtomicBool>>,
 }
 
 impl fmt::Debug for MakeRustlsConnect {
@@ -364,7 +375,20 @@ impl fmt::Debug for MakeRustlsConnect {
 
 impl MakeRustlsConnect {
     pub fn new(config: Arc<ClientConfig>) -> Self {
-        MakeRustlsConnect { config }
+        MakeRustlsConnect {
+            config,
+            started: None,
+        }
+    }
+
+    /// A copy that raises `flag` when a handshake begins, i.e. when the
+    /// server accepted the SSLRequest. libpq's `prefer` retries without TLS
+    /// only when TLS was actually tried, and tokio-postgres does not say.
+    pub fn observed(&self, flag: Arc<AtomicBool>) -> Self {
+        MakeRustlsConnect {
+            config: self.config.clone(),
+            started: Some(flag),
+        }
     }
 
     /// The connector for an endpoint, or why its TLS settings are unusable.
@@ -393,6 +417,7 @@ where
         Ok(RustlsConnect {
             config: self.config.clone(),
             name,
+            started: self.started.clone(),
         })
     }
 }
@@ -401,6 +426,7 @@ where
 pub struct RustlsConnect {
     config: Arc<ClientConfig>,
     name: ServerName<'static>,
+    started: Option<Arc<AtomicBool>>,
 }
 
 impl<S> TlsConnect<S> for RustlsConnect
@@ -412,6 +438,9 @@ where
     type Future = Pin<Box<dyn Future<Output = io::Result<RustlsStream<S>>> + Send>>;
 
     fn connect(self, stream: S) -> Self::Future {
+        if let Some(flag) = &self.started {
+            flag.store(true, Ordering::Relaxed);
+        }
         Box::pin(async move {
             let tls = tokio_rustls::TlsConnector::from(self.config)
                 .connect(self.name, stream)
@@ -573,7 +602,9 @@ mod tests {
     fn strict_modes_need_a_root_file() {
         let missing = "/nonexistent/pg_dbmigrator/root.crt";
         for mode in [SslMode::VerifyCa, SslMode::VerifyFull] {
-            let err = client_config(&ep(mode, Some(missing))).unwrap_err().to_string();
+            let err = client_config(&ep(mode, Some(missing)))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("does not exist"), "{err}");
             assert!(err.contains(missing), "{err}");
             assert!(err.contains("change sslmode"), "{err}");
@@ -616,8 +647,23 @@ mod tests {
             Verification::Full
         );
         // A file that is not PEM is reported, not silently ignored.
-        let err = client_config(&ep(SslMode::VerifyCa, Some(f))).unwrap_err().to_string();
+        let err = client_config(&ep(SslMode::VerifyCa, Some(f)))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no PEM certificate"), "{err}");
+    }
+
+    #[test]
+    fn channel_binding_hash_of_a_real_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::testkit::make_test_ca(dir.path(), "ca").unwrap();
+        let certs = read_certs(&ca.cert, "test certificate").unwrap();
+        let der = certs[0].as_ref();
+        // ecdsa-with-SHA256 -> SHA-256 of the whole certificate.
+        assert_eq!(
+            end_point_hash(der),
+            Some(sha2::Sha256::digest(der).to_vec())
+        );
     }
 
     #[test]
