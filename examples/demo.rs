@@ -11,7 +11,9 @@ use pg_dbmigrator::{EndpointConfig, MigrationConfig, Migrator};
 use tokio_util::sync::CancellationToken;
 
 fn fixture(name: &str) -> String {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name);
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
 }
 
@@ -29,8 +31,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         bin_dir: Some(bin),
         ..Default::default()
     })?;
-    println!("  source: 127.0.0.1:{} (PostgreSQL {})", source.port, source.major);
-    println!("  target: 127.0.0.1:{} (PostgreSQL {})", target.port, target.major);
+    println!(
+        "  source: 127.0.0.1:{} (PostgreSQL {})",
+        source.port, source.major
+    );
+    println!(
+        "  target: 127.0.0.1:{} (PostgreSQL {})",
+        target.port, target.major
+    );
 
     for c in [&source, &target] {
         testkit::execute(&c.conninfo("postgres"), "CREATE DATABASE shop").await?;

@@ -35,7 +35,11 @@ pub struct DbErrorInfo {
 
 impl fmt::Display for DbErrorInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {} (SQLSTATE {})", self.severity, self.message, self.sqlstate)?;
+        write!(
+            f,
+            "{}: {} (SQLSTATE {})",
+            self.severity, self.message, self.sqlstate
+        )?;
         if let Some(d) = &self.detail {
             write!(f, "; DETAIL: {d}")?;
         }
@@ -64,12 +68,15 @@ pub enum MigrationError {
         /// Redacted description: host, port, user, dbname; never the password.
         target: String,
         reason: String,
-        db: Option<DbErrorInfo>,
+        db: Option<Box<DbErrorInfo>>,
     },
 
     /// The server reported an error while we were doing `context`.
     #[error("{context}: {info}")]
-    Db { context: String, info: DbErrorInfo },
+    Db {
+        context: String,
+        info: Box<DbErrorInfo>,
+    },
 
     /// Any other error from the client library (broken connection, protocol).
     #[error("{context}: {message}")]
@@ -138,7 +145,10 @@ impl MigrationError {
     pub fn db(context: impl Into<String>, err: tokio_postgres::Error) -> Self {
         let context = context.into();
         match db_info(&err) {
-            Some(info) => MigrationError::Db { context, info },
+            Some(info) => MigrationError::Db {
+                context,
+                info: Box::new(info),
+            },
             None => MigrationError::Client {
                 context,
                 message: client_message(&err),

@@ -44,7 +44,9 @@ pub mod verify;
 
 use tokio_util::sync::CancellationToken;
 
-pub use config::{CopyFormat, EndpointConfig, Filters, MigrationConfig, MigrationMode, VerifyLevel};
+pub use config::{
+    CopyFormat, EndpointConfig, Filters, MigrationConfig, MigrationMode, VerifyLevel,
+};
 pub use error::{MigrationError, Result};
 pub use migrate::{human_bytes, MigrationReport};
 pub use resume::{ResumeToken, Stage};

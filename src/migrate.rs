@@ -71,7 +71,11 @@ impl MigrationReport {
         s.push_str(&format!(
             "migration {} {} in {:.1}s\n",
             self.migration_id,
-            if self.resumed { "resumed and finished" } else { "finished" },
+            if self.resumed {
+                "resumed and finished"
+            } else {
+                "finished"
+            },
             self.seconds
         ));
         s.push_str(&format!(
@@ -84,12 +88,15 @@ impl MigrationReport {
             self.large_objects,
             human_bytes(self.large_object_bytes)
         ));
-        s.push_str(&format!("  throughput: {}/s\n", human_bytes(self.throughput() as u64)));
+        s.push_str(&format!(
+            "  throughput: {}/s\n",
+            human_bytes(self.throughput() as u64)
+        ));
         for (name, secs) in &self.stages {
             s.push_str(&format!("  stage {name:<14} {secs:>8.2}s\n"));
         }
         let mut largest: Vec<&TableResult> = self.tables.iter().collect();
-        largest.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+        largest.sort_by_key(|t| std::cmp::Reverse(t.bytes));
         for t in largest.iter().take(5) {
             s.push_str(&format!(
                 "  {:<40} {:>10} rows {:>10} {:>7.2}s {:?}\n",
@@ -109,7 +116,10 @@ impl MigrationReport {
                 v.large_objects
             )),
             Some(v) => {
-                s.push_str(&format!("  verify: {} difference(s)\n", v.differences.len()));
+                s.push_str(&format!(
+                    "  verify: {} difference(s)\n",
+                    v.differences.len()
+                ));
                 s.push_str(&v.differences_table());
             }
             None => s.push_str("  verify: skipped\n"),
@@ -148,7 +158,10 @@ pub fn work_location(cfg: &MigrationConfig, def: &Definition) -> (String, PathBu
     (id, path)
 }
 
-pub(crate) async fn run(cfg: &MigrationConfig, cancel: CancellationToken) -> Result<MigrationReport> {
+pub(crate) async fn run(
+    cfg: &MigrationConfig,
+    cancel: CancellationToken,
+) -> Result<MigrationReport> {
     let started = Instant::now();
     if cfg.mode == MigrationMode::Online {
         return Err(MigrationError::Unsupported(
@@ -247,8 +260,12 @@ pub(crate) async fn run(cfg: &MigrationConfig, cancel: CancellationToken) -> Res
         warn!("cannot set session_replication_role = replica on the target (needs superuser); triggers and foreign keys fire during the copy, so tables referenced by foreign keys may fail to load");
     }
 
-    std::fs::create_dir_all(&dump_path)
-        .map_err(|e| MigrationError::io(format!("creating work directory {}", dump_path.display()), e))?;
+    std::fs::create_dir_all(&dump_path).map_err(|e| {
+        MigrationError::io(
+            format!("creating work directory {}", dump_path.display()),
+            e,
+        )
+    })?;
     let mut stages = Vec::new();
     token.stage_done(Stage::Preflight);
     token.snapshot_name = Some(snapshot_id.clone());
@@ -261,7 +278,10 @@ pub(crate) async fn run(cfg: &MigrationConfig, cancel: CancellationToken) -> Res
         copy::prepare_target_state(&dst).await?;
         store.update(|t| t.stage_done(Stage::PrepareTarget))?;
     }
-    stages.push((Stage::PrepareTarget.as_str().to_string(), t0.elapsed().as_secs_f64()));
+    stages.push((
+        Stage::PrepareTarget.as_str().to_string(),
+        t0.elapsed().as_secs_f64(),
+    ));
 
     // Tables.
     let t0 = Instant::now();
@@ -294,14 +314,20 @@ pub(crate) async fn run(cfg: &MigrationConfig, cancel: CancellationToken) -> Res
         results = copy::copy_tables(ctx, todo, cancel.clone()).await?;
         store.update(|t| t.stage_done(Stage::CopyData))?;
     }
-    stages.push((Stage::CopyData.as_str().to_string(), t0.elapsed().as_secs_f64()));
+    stages.push((
+        Stage::CopyData.as_str().to_string(),
+        t0.elapsed().as_secs_f64(),
+    ));
 
     // Sequences: cheap and idempotent, always redone.
     let t0 = Instant::now();
     store.update(|t| t.stage_started(Stage::Sequences))?;
     let nseq = copy::copy_sequences(&src, &dst, &seqs).await?;
     store.update(|t| t.stage_done(Stage::Sequences))?;
-    stages.push((Stage::Sequences.as_str().to_string(), t0.elapsed().as_secs_f64()));
+    stages.push((
+        Stage::Sequences.as_str().to_string(),
+        t0.elapsed().as_secs_f64(),
+    ));
 
     // Large objects: a half-done stage is erased and redone.
     let t0 = Instant::now();
@@ -319,7 +345,10 @@ pub(crate) async fn run(cfg: &MigrationConfig, cancel: CancellationToken) -> Res
         lo_bytes = b;
         store.update(|t| t.stage_done(Stage::LargeObjects))?;
     }
-    stages.push((Stage::LargeObjects.as_str().to_string(), t0.elapsed().as_secs_f64()));
+    stages.push((
+        Stage::LargeObjects.as_str().to_string(),
+        t0.elapsed().as_secs_f64(),
+    ));
     let _ = src.batch_execute("COMMIT").await;
     info!(snapshot = %coordinator_snapshot, "snapshot released");
 
@@ -328,7 +357,10 @@ pub(crate) async fn run(cfg: &MigrationConfig, cancel: CancellationToken) -> Res
     store.update(|t| t.stage_started(Stage::Finalize))?;
     copy::drop_target_state(&dst).await?;
     store.update(|t| t.stage_done(Stage::Finalize))?;
-    stages.push((Stage::Finalize.as_str().to_string(), t0.elapsed().as_secs_f64()));
+    stages.push((
+        Stage::Finalize.as_str().to_string(),
+        t0.elapsed().as_secs_f64(),
+    ));
 
     // Verify.
     let mut verify_report = None;
@@ -348,7 +380,10 @@ pub(crate) async fn run(cfg: &MigrationConfig, cancel: CancellationToken) -> Res
         )
         .await?;
         store.update(|t| t.stage_done(Stage::Verify))?;
-        stages.push((Stage::Verify.as_str().to_string(), t0.elapsed().as_secs_f64()));
+        stages.push((
+            Stage::Verify.as_str().to_string(),
+            t0.elapsed().as_secs_f64(),
+        ));
         verify_report = Some(v);
     }
     store.update(|t| t.completed = true)?;
@@ -408,16 +443,24 @@ async fn preflight_target(
             None => problems.push(format!("table {} does not exist", t.qualified())),
             Some("r") => {
                 let cols: Vec<String> = r.get::<_, Option<Vec<String>>>(2).unwrap_or_default();
-                let missing: Vec<&String> = t.columns.iter().filter(|c| !cols.contains(c)).collect();
+                let missing: Vec<&String> =
+                    t.columns.iter().filter(|c| !cols.contains(c)).collect();
                 if !missing.is_empty() {
                     problems.push(format!(
                         "table {} lacks column(s) {}",
                         t.qualified(),
-                        missing.iter().map(|c| quote::ident(c)).collect::<Vec<_>>().join(", ")
+                        missing
+                            .iter()
+                            .map(|c| quote::ident(c))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ));
                 }
             }
-            Some(k) => problems.push(format!("{} is not a plain table on the target (relkind {k})", t.qualified())),
+            Some(k) => problems.push(format!(
+                "{} is not a plain table on the target (relkind {k})",
+                t.qualified()
+            )),
         }
     }
     for s in seqs {
@@ -494,12 +537,23 @@ async fn preflight_target(
 /// `--force-clean`: erase what a previous attempt (or anyone) left in the
 /// target tables in scope, the large objects with the source's ids, and our
 /// bookkeeping.
-async fn force_clean(src: &Client, dst: &Client, filters: &CompiledFilters, large_objects: bool) -> Result<()> {
+async fn force_clean(
+    src: &Client,
+    dst: &Client,
+    filters: &CompiledFilters,
+    large_objects: bool,
+) -> Result<()> {
     let tables = catalog::list_tables(src, filters).await?;
-    warn!(tables = tables.len(), "--force-clean: erasing target rows of every table in scope");
+    warn!(
+        tables = tables.len(),
+        "--force-clean: erasing target rows of every table in scope"
+    );
     for t in &tables {
         let exists: bool = dst
-            .query_one("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[&t.qualified()])
+            .query_one(
+                "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
+                &[&t.qualified()],
+            )
             .await
             .map_err(|e| MigrationError::db("looking up a table on the target", e))?
             .get(0);
@@ -514,7 +568,11 @@ async fn force_clean(src: &Client, dst: &Client, filters: &CompiledFilters, larg
         }
     }
     if large_objects {
-        let oids: Vec<u32> = catalog::list_large_objects(src).await?.iter().map(|l| l.oid).collect();
+        let oids: Vec<u32> = catalog::list_large_objects(src)
+            .await?
+            .iter()
+            .map(|l| l.oid)
+            .collect();
         copy::erase_large_objects(dst, &oids).await?;
     }
     copy::drop_target_state(dst).await

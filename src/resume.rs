@@ -130,25 +130,42 @@ impl Definition {
     pub fn differences(&self, earlier: &Definition) -> Vec<String> {
         let mut out = Vec::new();
         if self.mode != earlier.mode {
-            out.push(format!("--mode was {:?}, now {:?}", earlier.mode, self.mode));
+            out.push(format!(
+                "--mode was {:?}, now {:?}",
+                earlier.mode, self.mode
+            ));
         }
         if self.data_only != earlier.data_only {
             out.push(format!(
                 "--data-only was {}, now {}",
-                if earlier.data_only { "given" } else { "not given" },
+                if earlier.data_only {
+                    "given"
+                } else {
+                    "not given"
+                },
                 if self.data_only { "given" } else { "not given" }
             ));
         }
         if self.source != earlier.source {
-            out.push(format!("--source was {}, now {}", earlier.source, self.source));
+            out.push(format!(
+                "--source was {}, now {}",
+                earlier.source, self.source
+            ));
         }
         if self.target != earlier.target {
-            out.push(format!("--target was {}, now {}", earlier.target, self.target));
+            out.push(format!(
+                "--target was {}, now {}",
+                earlier.target, self.target
+            ));
         }
         let f = (&self.filters, &earlier.filters);
         for (flag, now, was) in [
             ("--schema", &f.0.schemas, &f.1.schemas),
-            ("--exclude-schema", &f.0.exclude_schemas, &f.1.exclude_schemas),
+            (
+                "--exclude-schema",
+                &f.0.exclude_schemas,
+                &f.1.exclude_schemas,
+            ),
             ("--table", &f.0.tables, &f.1.tables),
             ("--exclude-table", &f.0.exclude_tables, &f.1.exclude_tables),
         ] {
@@ -159,7 +176,8 @@ impl Definition {
         if self.large_objects != earlier.large_objects {
             out.push("--no-large-objects differs".to_string());
         }
-        if self.slot_name != earlier.slot_name || self.publication_name != earlier.publication_name {
+        if self.slot_name != earlier.slot_name || self.publication_name != earlier.publication_name
+        {
             out.push("the migration id (slot / publication names) differs".to_string());
         }
         out
@@ -355,7 +373,8 @@ impl ResumeToken {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or_else(|| Path::new("."));
         let ctx = |what: &str| format!("{what} resume token {}", path.display());
-        std::fs::create_dir_all(dir).map_err(|e| MigrationError::io(ctx("creating the directory of"), e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| MigrationError::io(ctx("creating the directory of"), e))?;
         let mut tmp = tempfile::Builder::new()
             .prefix(".resume-")
             .suffix(".tmp")
@@ -501,9 +520,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("t.json");
         std::fs::write(&p, b"{ not json").unwrap();
-        assert!(ResumeToken::load(&p).unwrap_err().to_string().contains("damaged"));
+        assert!(ResumeToken::load(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("damaged"));
         std::fs::write(&p, br#"{"schema_version": 99}"#).unwrap();
-        assert!(ResumeToken::load(&p).unwrap_err().to_string().contains("version 99"));
-        assert!(ResumeToken::load(&dir.path().join("none")).unwrap().is_none());
+        assert!(ResumeToken::load(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("version 99"));
+        assert!(ResumeToken::load(&dir.path().join("none"))
+            .unwrap()
+            .is_none());
     }
 }

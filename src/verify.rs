@@ -126,7 +126,12 @@ impl VerifyReport {
         };
         let mut out = line(headers);
         out.push('\n');
-        out.push_str(&w.iter().map(|n| "-".repeat(*n)).collect::<Vec<_>>().join("-+-"));
+        out.push_str(
+            &w.iter()
+                .map(|n| "-".repeat(*n))
+                .collect::<Vec<_>>()
+                .join("-+-"),
+        );
         out.push('\n');
         for r in &rows {
             out.push_str(&line([&r[0], &r[1], &r[2], &r[3]]));
@@ -169,8 +174,14 @@ pub async fn verify(
     let (dst_snap, _) = session::begin_exported_snapshot(&dst).await?;
 
     // The set of tables.
-    let src_rels: BTreeSet<String> = catalog::list_relation_names(&src, filters).await?.into_iter().collect();
-    let dst_rels: BTreeSet<String> = catalog::list_relation_names(&dst, filters).await?.into_iter().collect();
+    let src_rels: BTreeSet<String> = catalog::list_relation_names(&src, filters)
+        .await?
+        .into_iter()
+        .collect();
+    let dst_rels: BTreeSet<String> = catalog::list_relation_names(&dst, filters)
+        .await?
+        .into_iter()
+        .collect();
     for missing in src_rels.difference(&dst_rels) {
         report.differences.push(Difference {
             kind: DiffKind::MissingTable,
@@ -209,12 +220,14 @@ pub async fn verify(
                 source: c.source_rows.to_string(),
                 target: n.to_string(),
             }),
-            Some(_) if c.source_checksum != c.target_checksum => report.differences.push(Difference {
-                kind: DiffKind::Checksum,
-                object: c.table.clone(),
-                source: c.source_checksum.clone().unwrap_or_default(),
-                target: c.target_checksum.clone().unwrap_or_default(),
-            }),
+            Some(_) if c.source_checksum != c.target_checksum => {
+                report.differences.push(Difference {
+                    kind: DiffKind::Checksum,
+                    object: c.table.clone(),
+                    source: c.source_checksum.clone().unwrap_or_default(),
+                    target: c.target_checksum.clone().unwrap_or_default(),
+                })
+            }
             _ => {}
         }
     }
@@ -225,7 +238,10 @@ pub async fn verify(
     for s in &seqs {
         let sv = catalog::sequence_state(&src, s).await?;
         let exists: bool = dst
-            .query_one("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[&s.qualified()])
+            .query_one(
+                "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
+                &[&s.qualified()],
+            )
             .await
             .map_err(|e| MigrationError::db("looking up a sequence on the target", e))?
             .get(0);
@@ -347,7 +363,7 @@ async fn check_tables(
         let (src_snap, dst_snap) = (src_snap.to_string(), dst_snap.to_string());
         let (queue, out, stop, level) = (queue.clone(), out.clone(), stop.clone(), opts.level);
         set.spawn(async move {
-            let r: Result<()> = async {
+            let work = async {
                 let s = connect::connect(&source, "source").await?;
                 session::setup_source(&s).await?;
                 session::import_snapshot(&s, &src_snap).await?;
@@ -363,7 +379,12 @@ async fn check_tables(
                     };
                     let sql = table_digest_sql(&table, level);
                     let (sr, tr) = tokio::join!(s.query_one(&sql, &[]), t.query_one(&sql, &[]));
-                    let sr = sr.map_err(|e| MigrationError::db(format!("checksumming {} on the source", table.qualified()), e))?;
+                    let sr = sr.map_err(|e| {
+                        MigrationError::db(
+                            format!("checksumming {} on the source", table.qualified()),
+                            e,
+                        )
+                    })?;
                     let check = match tr {
                         Ok(tr) => TableCheck {
                             table: table.qualified(),
@@ -390,8 +411,11 @@ async fn check_tables(
                     };
                     out.lock().unwrap().push(check);
                 }
-            }
-            .await;
+            };
+            let r: Result<()> = tokio::select! {
+                _ = stop.cancelled() => Err(MigrationError::Cancelled),
+                r = work => r,
+            };
             if r.is_err() {
                 stop.cancel();
             }
@@ -400,7 +424,11 @@ async fn check_tables(
     }
     let mut first_err = None;
     while let Some(j) = set.join_next().await {
-        let r = j.unwrap_or_else(|e| Err(MigrationError::Internal(format!("verify worker panicked: {e}"))));
+        let r = j.unwrap_or_else(|e| {
+            Err(MigrationError::Internal(format!(
+                "verify worker panicked: {e}"
+            )))
+        });
         if let Err(e) = r {
             if first_err.is_none() || matches!(first_err, Some(MigrationError::Cancelled)) {
                 first_err = Some(e);

@@ -11,21 +11,55 @@ use pg_dbmigrator::testkit;
 fn assert_one_line_exit_2(out: &std::process::Output, needle: &str) {
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "stderr: {err}");
-    assert_eq!(err.trim().lines().count(), 1, "expected one line, got: {err}");
-    assert!(err.to_lowercase().contains(&needle.to_lowercase()), "expected {needle:?} in: {err}");
-    assert!(text(&out.stdout).is_empty(), "stdout must stay empty on errors");
+    assert_eq!(
+        err.trim().lines().count(),
+        1,
+        "expected one line, got: {err}"
+    );
+    assert!(
+        err.to_lowercase().contains(&needle.to_lowercase()),
+        "expected {needle:?} in: {err}"
+    );
+    assert!(
+        text(&out.stdout).is_empty(),
+        "stdout must stay empty on errors"
+    );
 }
 
 #[tokio::test]
 async fn malformed_conninfo() {
     let db = testkit::shared_pair().fresh_db("malformed").await;
-    let out = run(&["-q", "migrate", "--data-only", "--source", "postgresql://u:s3cr3t@host:notaport/db", "--target", &db.target]);
+    let out = run(&[
+        "-q",
+        "migrate",
+        "--data-only",
+        "--source",
+        "postgresql://u:s3cr3t@host:notaport/db",
+        "--target",
+        &db.target,
+    ]);
     assert_one_line_exit_2(&out, "port");
     assert!(!text(&out.stderr).contains("s3cr3t"));
-    let out = run(&["-q", "migrate", "--data-only", "--source", "host=x password='s3cr3t", "--target", &db.target]);
+    let out = run(&[
+        "-q",
+        "migrate",
+        "--data-only",
+        "--source",
+        "host=x password='s3cr3t",
+        "--target",
+        &db.target,
+    ]);
     assert_one_line_exit_2(&out, "--source");
     assert!(!text(&out.stderr).contains("s3cr3t"));
-    let out = run(&["-q", "migrate", "--data-only", "--source", "host=x bogus_key=1", "--target", &db.target]);
+    let out = run(&[
+        "-q",
+        "migrate",
+        "--data-only",
+        "--source",
+        "host=x bogus_key=1",
+        "--target",
+        &db.target,
+    ]);
     assert_one_line_exit_2(&out, "bogus_key");
 }
 
@@ -38,8 +72,18 @@ async fn unreachable_host_is_quick_and_clear() {
         l.local_addr().unwrap().port()
     };
     let started = Instant::now();
-    let src = format!("host=127.0.0.1 port={port} user=postgres dbname=x password=s3cr3t connect_timeout=3");
-    let out = run(&["-q", "migrate", "--data-only", "--source", &src, "--target", &db.target]);
+    let src = format!(
+        "host=127.0.0.1 port={port} user=postgres dbname=x password=s3cr3t connect_timeout=3"
+    );
+    let out = run(&[
+        "-q",
+        "migrate",
+        "--data-only",
+        "--source",
+        &src,
+        "--target",
+        &db.target,
+    ]);
     assert_one_line_exit_2(&out, "source");
     assert!(started.elapsed() < Duration::from_secs(10));
     assert!(!text(&out.stderr).contains("s3cr3t"));
@@ -54,11 +98,25 @@ async fn unreachable_host_is_quick_and_clear() {
         }
         std::thread::sleep(Duration::from_secs(20));
     });
-    let src = format!("postgresql://postgres:s3cr3t@127.0.0.1:{port}/x?connect_timeout=2&sslmode=disable");
+    let src = format!(
+        "postgresql://postgres:s3cr3t@127.0.0.1:{port}/x?connect_timeout=2&sslmode=disable"
+    );
     let started = Instant::now();
-    let out = run(&["-q", "migrate", "--data-only", "--source", &src, "--target", &db.target]);
+    let out = run(&[
+        "-q",
+        "migrate",
+        "--data-only",
+        "--source",
+        &src,
+        "--target",
+        &db.target,
+    ]);
     assert_one_line_exit_2(&out, "timed out");
-    assert!(started.elapsed() < Duration::from_secs(8), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
     assert!(!text(&out.stderr).contains("s3cr3t"));
     drop(hold);
 }
@@ -67,7 +125,15 @@ async fn unreachable_host_is_quick_and_clear() {
 async fn wrong_password() {
     let db = testkit::shared_pair().fresh_db("wrongpw").await;
     let bad = format!("{} password=definitely-wrong-pw", db.source);
-    let out = run(&["-q", "migrate", "--data-only", "--source", &bad, "--target", &db.target]);
+    let out = run(&[
+        "-q",
+        "migrate",
+        "--data-only",
+        "--source",
+        &bad,
+        "--target",
+        &db.target,
+    ]);
     assert_one_line_exit_2(&out, "password authentication failed");
     assert!(!text(&out.stderr).contains("definitely-wrong-pw"));
 }
@@ -101,24 +167,46 @@ async fn awkward_password_works_and_never_shows() {
     let (sh, sp) = hostport(&src_ep);
     let (th, tp) = hostport(&dst_ep);
     let encoded = "p%40ss%3Aw%25rd%20with%20spaces";
-    let uri = format!("postgresql://dbm_pw_user:{encoded}@{sh}:{sp}/{}?sslmode=disable", db.name);
-    let kv = format!("host={th} port={tp} user=dbm_pw_user dbname={} password='{pw}' sslmode=disable", db.name);
+    let uri = format!(
+        "postgresql://dbm_pw_user:{encoded}@{sh}:{sp}/{}?sslmode=disable",
+        db.name
+    );
+    let kv = format!(
+        "host={th} port={tp} user=dbm_pw_user dbname={} password='{pw}' sslmode=disable",
+        db.name
+    );
     let dir = tempfile::tempdir().unwrap();
     let dump = dir.path().join("w");
-    let out = run(&["-vv", "migrate", "--data-only", "--source", &uri, "--target", &kv, "--dump-path", dump.to_str().unwrap()]);
+    let out = run(&[
+        "-vv",
+        "migrate",
+        "--data-only",
+        "--source",
+        &uri,
+        "--target",
+        &kv,
+        "--dump-path",
+        dump.to_str().unwrap(),
+    ]);
     let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert_eq!(out.status.code(), Some(0), "{all}");
     let token = std::fs::read_to_string(pg_dbmigrator::ResumeToken::path_for(&dump)).unwrap();
     for needle in [pw, encoded, "w%rd", "p@ss"] {
         assert!(!all.contains(needle), "password leaked in output: {needle}");
-        assert!(!token.contains(needle), "password leaked in token: {needle}");
+        assert!(
+            !token.contains(needle),
+            "password leaked in token: {needle}"
+        );
     }
     // And a wrong one through the same route: the message names the user, not the password.
     let bad = uri.replace("spaces", "spaceX");
     let out = run(&["-q", "verify", "--source", &bad, "--target", &kv]);
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
-    assert!(err.contains("dbm_pw_user") && !err.contains("p@ss") && !err.contains("spaceX"), "{err}");
+    assert!(
+        err.contains("dbm_pw_user") && !err.contains("p@ss") && !err.contains("spaceX"),
+        "{err}"
+    );
     // Debug and Display of the parsed endpoint hide it too.
     let ep = pg_dbmigrator::EndpointConfig::parse(&kv).unwrap();
     assert!(!format!("{ep:?} {ep}").contains("p@ss"));

@@ -26,20 +26,45 @@ async fn rich_roundtrip(format: CopyFormat) {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(&db, &dir.path().join("work"));
     cfg.copy_format = format;
-    let report = Migrator::new(cfg).run(CancellationToken::new()).await.expect("migration");
+    let report = Migrator::new(cfg)
+        .run(CancellationToken::new())
+        .await
+        .expect("migration");
     let v = report.verify.as_ref().expect("verify ran");
-    assert!(v.is_clean(), "verify differences:\n{}", v.differences_table());
-    assert!(report.tables.len() >= 20, "tables copied: {}", report.tables.len());
+    assert!(
+        v.is_clean(),
+        "verify differences:\n{}",
+        v.differences_table()
+    );
+    assert!(
+        report.tables.len() >= 20,
+        "tables copied: {}",
+        report.tables.len()
+    );
     assert!(v.sequences >= 5, "sequences compared: {}", v.sequences);
-    assert!(v.large_objects >= 3, "large objects compared: {}", v.large_objects);
-    let formats: std::collections::BTreeSet<_> = report.tables.iter().map(|t| format!("{:?}", t.format)).collect();
+    assert!(
+        v.large_objects >= 3,
+        "large objects compared: {}",
+        v.large_objects
+    );
+    let formats: std::collections::BTreeSet<_> = report
+        .tables
+        .iter()
+        .map(|t| format!("{:?}", t.format))
+        .collect();
     match format {
         CopyFormat::Text => assert_eq!(formats.len(), 1, "{formats:?}"),
         // Same major: binary, except tables whose types embed user OIDs.
-        _ => assert!(formats.contains("Binary") && formats.contains("Text"), "{formats:?}"),
+        _ => assert!(
+            formats.contains("Binary") && formats.contains("Text"),
+            "{formats:?}"
+        ),
     }
     // An oracle independent of our verify: sorted row texts of every table.
-    assert_eq!(content_digest(&db.source).await, content_digest(&db.target).await);
+    assert_eq!(
+        content_digest(&db.source).await,
+        content_digest(&db.target).await
+    );
     // Nothing of ours is left on the target.
     let left = testkit::query_scalar(
         &db.target,
@@ -75,12 +100,23 @@ async fn snapshot_consistency() {
     )
     .await
     .unwrap();
-    let expected_lockme = testkit::query_scalar(&db.source, "SELECT md5(string_agg(id||v, ',' ORDER BY id)) FROM public.lockme").await;
-    let expected_early = testkit::query_scalar(&db.source, "SELECT md5(string_agg(id||v, ',' ORDER BY id)) FROM public.early").await;
+    let expected_lockme = testkit::query_scalar(
+        &db.source,
+        "SELECT md5(string_agg(id||v, ',' ORDER BY id)) FROM public.lockme",
+    )
+    .await;
+    let expected_early = testkit::query_scalar(
+        &db.source,
+        "SELECT md5(string_agg(id||v, ',' ORDER BY id)) FROM public.early",
+    )
+    .await;
 
     // Hold a lock that lets reads through but blocks COPY FROM into lockme.
     let blocker = testkit::client(&db.target).await;
-    blocker.batch_execute("BEGIN; LOCK TABLE public.lockme IN SHARE MODE").await.unwrap();
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE public.lockme IN SHARE MODE")
+        .await
+        .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(&db, &dir.path().join("work"));
@@ -107,7 +143,10 @@ async fn snapshot_consistency() {
                 break;
             }
         }
-        assert!(std::time::Instant::now() < deadline, "copy did not progress");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "copy did not progress"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Write on the source after the snapshot: insert, update, delete, in tables copied and not yet copied.
@@ -122,12 +161,27 @@ async fn snapshot_consistency() {
     blocker.batch_execute("COMMIT").await.unwrap();
     let report = run.await.unwrap().expect("migration");
 
-    let got_lockme = testkit::query_scalar(&db.target, "SELECT md5(string_agg(id||v, ',' ORDER BY id)) FROM public.lockme").await;
-    let got_early = testkit::query_scalar(&db.target, "SELECT md5(string_agg(id||v, ',' ORDER BY id)) FROM public.early").await;
-    assert_eq!(got_lockme, expected_lockme, "lockme must hold the snapshot's rows");
-    assert_eq!(got_early, expected_early, "early must hold the snapshot's rows");
+    let got_lockme = testkit::query_scalar(
+        &db.target,
+        "SELECT md5(string_agg(id||v, ',' ORDER BY id)) FROM public.lockme",
+    )
+    .await;
+    let got_early = testkit::query_scalar(
+        &db.target,
+        "SELECT md5(string_agg(id||v, ',' ORDER BY id)) FROM public.early",
+    )
+    .await;
+    assert_eq!(
+        got_lockme, expected_lockme,
+        "lockme must hold the snapshot's rows"
+    );
+    assert_eq!(
+        got_early, expected_early,
+        "early must hold the snapshot's rows"
+    );
     // Every worker saw exactly the same snapshot.
-    let snaps: std::collections::BTreeSet<&str> = report.tables.iter().map(|t| t.snapshot.as_str()).collect();
+    let snaps: std::collections::BTreeSet<&str> =
+        report.tables.iter().map(|t| t.snapshot.as_str()).collect();
     assert_eq!(snaps.len(), 1, "workers saw different snapshots: {snaps:?}");
 }
 
@@ -150,7 +204,10 @@ async fn binary_runs_without_client_tools() {
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(stdout.contains("0 differences"), "{stdout}");
-    assert_eq!(content_digest(&db.source).await, content_digest(&db.target).await);
+    assert_eq!(
+        content_digest(&db.source).await,
+        content_digest(&db.target).await
+    );
 
     // status reads the token.
     let st = run(&["status", "--dump-path", dump.to_str().unwrap(), "--json"]);
@@ -160,10 +217,21 @@ async fn binary_runs_without_client_tools() {
 
     // Running the same migration again is refused: the token says it completed.
     let again = run(&[
-        "migrate", "--source", &db.source, "--target", &db.target, "--data-only", "--dump-path", dump.to_str().unwrap(),
+        "migrate",
+        "--source",
+        &db.source,
+        "--target",
+        &db.target,
+        "--data-only",
+        "--dump-path",
+        dump.to_str().unwrap(),
     ]);
     assert_eq!(again.status.code(), Some(2), "{}", text(&again.stderr));
-    assert!(text(&again.stderr).contains("--force-clean"), "{}", text(&again.stderr));
+    assert!(
+        text(&again.stderr).contains("--force-clean"),
+        "{}",
+        text(&again.stderr)
+    );
 }
 
 /// A target whose tables already hold rows is refused, and nothing changes.
@@ -175,30 +243,67 @@ async fn non_empty_target_refused() {
     let before = content_digest(&db.target).await;
     let dir = tempfile::tempdir().unwrap();
     let out = run(&[
-        "-q", "migrate", "--source", &db.source, "--target", &db.target, "--data-only",
-        "--dump-path", dir.path().join("w").to_str().unwrap(),
+        "-q",
+        "migrate",
+        "--source",
+        &db.source,
+        "--target",
+        &db.target,
+        "--data-only",
+        "--dump-path",
+        dir.path().join("w").to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
-    assert!(err.contains("already contain rows") && err.contains("public.busy"), "{err}");
+    assert!(
+        err.contains("already contain rows") && err.contains("public.busy"),
+        "{err}"
+    );
     assert_eq!(content_digest(&db.target).await, before);
 
     // --force-clean erases and migrates.
     let out = run(&[
-        "-q", "migrate", "--source", &db.source, "--target", &db.target, "--data-only", "--force-clean",
-        "--dump-path", dir.path().join("w").to_str().unwrap(),
+        "-q",
+        "migrate",
+        "--source",
+        &db.source,
+        "--target",
+        &db.target,
+        "--data-only",
+        "--force-clean",
+        "--dump-path",
+        dir.path().join("w").to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert_eq!(testkit::query_scalar(&db.target, "SELECT string_agg(id::text, ',') FROM public.busy").await, "7");
+    assert_eq!(
+        testkit::query_scalar(
+            &db.target,
+            "SELECT string_agg(id::text, ',') FROM public.busy"
+        )
+        .await,
+        "7"
+    );
 }
 
 #[tokio::test]
 async fn online_and_schema_modes_are_refused_clearly() {
     let db = testkit::shared_pair().fresh_db("modes").await;
-    let out = run(&["-q", "migrate", "--source", &db.source, "--target", &db.target, "--mode", "online"]);
+    let out = run(&[
+        "-q", "migrate", "--source", &db.source, "--target", &db.target, "--mode", "online",
+    ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("online migrations"), "{}", text(&out.stderr));
-    let out = run(&["-q", "migrate", "--source", &db.source, "--target", &db.target]);
+    assert!(
+        text(&out.stderr).contains("online migrations"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(&[
+        "-q", "migrate", "--source", &db.source, "--target", &db.target,
+    ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("--data-only"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--data-only"),
+        "{}",
+        text(&out.stderr)
+    );
 }

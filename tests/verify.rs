@@ -17,18 +17,36 @@ async fn verify_detects_each_kind_of_difference() {
     )
     .await
     .unwrap();
-    testkit::execute(&db.target, "CREATE SEQUENCE public.vseq; CREATE TABLE public.vt (id int PRIMARY KEY, v text);")
-        .await
-        .unwrap();
+    testkit::execute(
+        &db.target,
+        "CREATE SEQUENCE public.vseq; CREATE TABLE public.vt (id int PRIMARY KEY, v text);",
+    )
+    .await
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let out = run(&[
-        "-q", "migrate", "--data-only", "--source", &db.source, "--target", &db.target,
-        "--dump-path", dir.path().join("w").to_str().unwrap(),
+        "-q",
+        "migrate",
+        "--data-only",
+        "--source",
+        &db.source,
+        "--target",
+        &db.target,
+        "--dump-path",
+        dir.path().join("w").to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 
-    let clean = run(&["-q", "verify", "--source", &db.source, "--target", &db.target]);
-    assert_eq!(clean.status.code(), Some(0), "{}{}", text(&clean.stdout), text(&clean.stderr));
+    let clean = run(&[
+        "-q", "verify", "--source", &db.source, "--target", &db.target,
+    ]);
+    assert_eq!(
+        clean.status.code(),
+        Some(0),
+        "{}{}",
+        text(&clean.stdout),
+        text(&clean.stderr)
+    );
     assert!(text(&clean.stdout).contains("0 differences"));
 
     testkit::execute(
@@ -39,25 +57,51 @@ async fn verify_detects_each_kind_of_difference() {
     )
     .await
     .unwrap();
-    let out = run(&["-q", "verify", "--source", &db.source, "--target", &db.target, "--json"]);
+    let out = run(&[
+        "-q", "verify", "--source", &db.source, "--target", &db.target, "--json",
+    ]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let kinds: Vec<(String, String)> = v["differences"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|d| (d["kind"].as_str().unwrap().to_string(), d["object"].as_str().unwrap().to_string()))
+        .map(|d| {
+            (
+                d["kind"].as_str().unwrap().to_string(),
+                d["object"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
-    assert!(kinds.contains(&("checksum".into(), "public.vt".into())), "{kinds:?}");
-    assert!(kinds.contains(&("sequence".into(), "public.vseq".into())), "{kinds:?}");
-    assert!(kinds.contains(&("large_object_content".into(), "large object 4242".into())), "{kinds:?}");
+    assert!(
+        kinds.contains(&("checksum".into(), "public.vt".into())),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&("sequence".into(), "public.vseq".into())),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&("large_object_content".into(), "large object 4242".into())),
+        "{kinds:?}"
+    );
     assert_eq!(kinds.len(), 3, "{kinds:?}");
 
     // A missing row: the count differs. The text report names it.
-    testkit::execute(&db.target, "DELETE FROM public.vt WHERE id = 8").await.unwrap();
-    let out = run(&["-q", "verify", "--source", &db.source, "--target", &db.target, "--level", "count"]);
+    testkit::execute(&db.target, "DELETE FROM public.vt WHERE id = 8")
+        .await
+        .unwrap();
+    let out = run(&[
+        "-q", "verify", "--source", &db.source, "--target", &db.target, "--level", "count",
+    ]);
     assert_eq!(out.status.code(), Some(3));
     let s = text(&out.stdout);
-    assert!(s.contains("public.vt") && s.contains("row count") && s.contains("100") && s.contains("99"), "{s}");
-    assert!(s.contains("sequence value") && s.contains("(behind)"), "{s}");
+    assert!(
+        s.contains("public.vt") && s.contains("row count") && s.contains("100") && s.contains("99"),
+        "{s}"
+    );
+    assert!(
+        s.contains("sequence value") && s.contains("(behind)"),
+        "{s}"
+    );
 }

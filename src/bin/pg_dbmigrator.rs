@@ -10,13 +10,17 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use pg_dbmigrator::error::exit_code;
 use pg_dbmigrator::{
-    CopyFormat, EndpointConfig, Filters, MigrationConfig, MigrationError, MigrationMode, Migrator, ResumeToken,
-    VerifyLevel, VerifyOptions,
+    CopyFormat, EndpointConfig, Filters, MigrationConfig, MigrationError, MigrationMode, Migrator,
+    ResumeToken, VerifyLevel, VerifyOptions,
 };
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
-#[command(name = "pg_dbmigrator", version, about = "Move a PostgreSQL database between servers, natively (no pg_dump, pg_restore or psql)")]
+#[command(
+    name = "pg_dbmigrator",
+    version,
+    about = "Move a PostgreSQL database between servers, natively (no pg_dump, pg_restore or psql)"
+)]
 struct Cli {
     /// More log output on stderr (-v debug, -vv trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -196,8 +200,10 @@ fn init_logging(cli: &Cli) {
         1 => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PG_DBMIGRATOR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("pg_dbmigrator={level},warn")));
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("PG_DBMIGRATOR_LOG").unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(format!("pg_dbmigrator={level},warn"))
+        });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -213,7 +219,8 @@ fn cancel_on_signals() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = async { match term.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {}
@@ -271,7 +278,10 @@ async fn migrate(args: MigrateArgs, cancel: CancellationToken) -> Result<i32, Mi
         Err(e) => return Err(e),
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("report serializes")
+        );
     } else {
         print!("{}", report.summary());
     }
@@ -289,9 +299,13 @@ async fn verify(args: VerifyArgs, cancel: CancellationToken) -> Result<i32, Migr
         jobs: args.jobs.max(1),
         large_objects: !args.no_large_objects,
     };
-    let report = pg_dbmigrator::verify(&source, &target, &args.filters.filters(), &opts, &cancel).await?;
+    let report =
+        pg_dbmigrator::verify(&source, &target, &args.filters.filters(), &opts, &cancel).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("report serializes")
+        );
     } else if report.is_clean() {
         println!(
             "verify: 0 differences ({} tables, {} sequences, {} large objects checked in {:.1}s)",
@@ -324,7 +338,10 @@ fn status(args: StatusArgs) -> Result<i32, MigrationError> {
         )));
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&token).expect("token serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&token).expect("token serializes")
+        );
         return Ok(exit_code::OK);
     }
     println!("migration   {}", token.migration_id);
@@ -350,7 +367,10 @@ fn status(args: StatusArgs) -> Result<i32, MigrationError> {
             s.stage.as_str(),
             s.status,
             s.finished_at
-                .map(|f| format!(" ({:.1}s)", (f - s.started_at).num_milliseconds() as f64 / 1000.0))
+                .map(|f| format!(
+                    " ({:.1}s)",
+                    (f - s.started_at).num_milliseconds() as f64 / 1000.0
+                ))
                 .unwrap_or_default()
         );
     }
@@ -362,7 +382,10 @@ fn status(args: StatusArgs) -> Result<i32, MigrationError> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("pg_dbmigrator: error: cannot start the runtime: {e}");

@@ -11,7 +11,6 @@
 
 // MigrationError is large by design (it keeps the server's full error
 // report); boxing it is a crate-wide change to error.rs, not one for here.
-#![allow(clippy::result_large_err)]
 
 use std::fmt;
 use std::path::PathBuf;

@@ -7,7 +7,6 @@
 
 // MigrationError is large by design (it keeps the server's full error
 // report); boxing it is a crate-wide change to error.rs, not one for here.
-#![allow(clippy::result_large_err)]
 
 use crate::error::{MigrationError, Result};
 

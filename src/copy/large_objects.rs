@@ -37,7 +37,8 @@ pub async fn copy_large_objects(
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let tdb = |oid: u32, e| MigrationError::db(format!("writing large object {oid} on the target"), e);
+    let tdb =
+        |oid: u32, e| MigrationError::db(format!("writing large object {oid} on the target"), e);
     let mut total: u64 = 0;
     let mut in_batch = (0usize, 0u64);
     let mut missing_roles = HashSet::new();
@@ -53,16 +54,27 @@ pub async fn copy_large_objects(
         let mut offset: i64 = 0;
         loop {
             let data: Vec<u8> = src
-                .query_one("SELECT pg_catalog.lo_get($1, $2, $3)", &[&lo.oid, &offset, &CHUNK])
+                .query_one(
+                    "SELECT pg_catalog.lo_get($1, $2, $3)",
+                    &[&lo.oid, &offset, &CHUNK],
+                )
                 .await
-                .map_err(|e| MigrationError::db(format!("reading large object {} from the source", lo.oid), e))?
+                .map_err(|e| {
+                    MigrationError::db(
+                        format!("reading large object {} from the source", lo.oid),
+                        e,
+                    )
+                })?
                 .get(0);
             if data.is_empty() {
                 break;
             }
-            dst.query_one("SELECT pg_catalog.lo_put($1, $2, $3)", &[&lo.oid, &offset, &data])
-                .await
-                .map_err(|e| tdb(lo.oid, e))?;
+            dst.query_one(
+                "SELECT pg_catalog.lo_put($1, $2, $3)",
+                &[&lo.oid, &offset, &data],
+            )
+            .await
+            .map_err(|e| tdb(lo.oid, e))?;
             offset += data.len() as i64;
             in_batch.1 += data.len() as u64;
             if (data.len() as i32) < CHUNK {
@@ -86,7 +98,9 @@ pub async fn copy_large_objects(
         }
         in_batch.0 += 1;
         if in_batch.0 >= BATCH_OBJECTS || in_batch.1 >= BATCH_BYTES {
-            dst.batch_execute("COMMIT; BEGIN").await.map_err(|e| tdb(lo.oid, e))?;
+            dst.batch_execute("COMMIT; BEGIN")
+                .await
+                .map_err(|e| tdb(lo.oid, e))?;
             in_batch = (0, 0);
         }
     }

@@ -129,9 +129,17 @@ pub async fn copy_tables(
     let n = ctx.jobs.max(1).min(queue.lock().unwrap().len());
     let mut set = tokio::task::JoinSet::new();
     for id in 0..n {
-        let (ctx, queue, results, stop) = (ctx.clone(), queue.clone(), results.clone(), stop.clone());
+        let (ctx, queue, results, stop) =
+            (ctx.clone(), queue.clone(), results.clone(), stop.clone());
         set.spawn(async move {
-            let r = worker::run(id, &ctx, &queue, &results, &stop).await;
+            // Race the whole worker against cancellation: a worker blocked on
+            // a lock or a slow server must not hold up Ctrl-C. Dropping it
+            // closes its sessions, which rolls back its open transaction;
+            // `_pg_dbmigrator.copied` tells what had committed.
+            let r = tokio::select! {
+                _ = stop.cancelled() => Err(MigrationError::Cancelled),
+                r = worker::run(id, &ctx, &queue, &results, &stop) => r,
+            };
             if r.is_err() {
                 // Stop the siblings: the migration has failed.
                 stop.cancel();
@@ -141,7 +149,11 @@ pub async fn copy_tables(
     }
     let mut first_err: Option<MigrationError> = None;
     while let Some(joined) = set.join_next().await {
-        let r = joined.unwrap_or_else(|e| Err(MigrationError::Internal(format!("copy worker panicked: {e}"))));
+        let r = joined.unwrap_or_else(|e| {
+            Err(MigrationError::Internal(format!(
+                "copy worker panicked: {e}"
+            )))
+        });
         if let Err(e) = r {
             // Prefer the root cause over the "cancelled" of the siblings it stopped.
             let replace = match (&first_err, &e) {
@@ -161,7 +173,7 @@ pub async fn copy_tables(
         return Err(MigrationError::Cancelled);
     }
     let mut out = std::mem::take(&mut *results.lock().unwrap());
-    out.sort_by(|a: &TableResult, b| b.bytes.cmp(&a.bytes));
+    out.sort_by_key(|r: &TableResult| std::cmp::Reverse(r.bytes));
     Ok(out)
 }
 

@@ -19,7 +19,12 @@ pub async fn copy_sequences(src: &Client, dst: &Client, seqs: &[SequenceInfo]) -
             &[&s.qualified(), &last, &called],
         )
         .await
-        .map_err(|e| MigrationError::db(format!("setting sequence {} on the target", s.qualified()), e))?;
+        .map_err(|e| {
+            MigrationError::db(
+                format!("setting sequence {} on the target", s.qualified()),
+                e,
+            )
+        })?;
         debug!(sequence = %s.qualified(), last, called, "sequence set");
     }
     Ok(seqs.len())

@@ -102,7 +102,9 @@ async fn copy_table(
     let copy_in = format!("COPY {name}{col_list} FROM STDIN{opts}");
     let tdb = |what: &str, e| MigrationError::db(format!("{what} {name} on the target"), e);
 
-    dst.batch_execute("BEGIN").await.map_err(|e| tdb("starting the copy of", e))?;
+    dst.batch_execute("BEGIN")
+        .await
+        .map_err(|e| tdb("starting the copy of", e))?;
     if ctx.redo {
         empty_table(dst, &name).await?;
     }
@@ -125,7 +127,12 @@ async fn copy_table(
         };
         match next {
             None => break,
-            Some(Err(e)) => return Err(MigrationError::db(format!("reading {name} from the source"), e)),
+            Some(Err(e)) => {
+                return Err(MigrationError::db(
+                    format!("reading {name} from the source"),
+                    e,
+                ))
+            }
             Some(Ok(chunk)) => {
                 bytes += chunk.len() as u64;
                 // `feed` does not flush per row; the sink flushes as its buffer fills.
@@ -137,14 +144,20 @@ async fn copy_table(
             }
         }
     }
-    let rows = sink.as_mut().finish().await.map_err(|e| tdb("finishing COPY into", e))?;
+    let rows = sink
+        .as_mut()
+        .finish()
+        .await
+        .map_err(|e| tdb("finishing COPY into", e))?;
     dst.execute(
         &format!("INSERT INTO {STATE_SCHEMA}.copied (migration_id, item, rows, bytes) VALUES ($1, $2, $3, $4)"),
         &[&ctx.migration_id, &name, &(rows as i64), &(bytes as i64)],
     )
     .await
     .map_err(|e| tdb("recording the copy of", e))?;
-    dst.batch_execute("COMMIT").await.map_err(|e| tdb("committing", e))?;
+    dst.batch_execute("COMMIT")
+        .await
+        .map_err(|e| tdb("committing", e))?;
     Ok(TableResult {
         table: name,
         rows,
@@ -160,7 +173,9 @@ async fn copy_table(
 /// refused on a table other tables reference by foreign key; DELETE then.
 pub(crate) async fn empty_table(dst: &Client, name: &str) -> Result<()> {
     let r = dst
-        .batch_execute(&format!("SAVEPOINT dbm_empty; TRUNCATE ONLY {name}; RELEASE SAVEPOINT dbm_empty"))
+        .batch_execute(&format!(
+            "SAVEPOINT dbm_empty; TRUNCATE ONLY {name}; RELEASE SAVEPOINT dbm_empty"
+        ))
         .await;
     if r.is_err() {
         dst.batch_execute(&format!(

@@ -185,7 +185,10 @@ pub async fn list_tables(client: &Client, filters: &CompiledFilters) -> Result<V
 
 /// Every relation in scope that a target must have (tables, partitioned
 /// tables), as quoted `schema.name`, sorted. Used by verify to compare sets.
-pub async fn list_relation_names(client: &Client, filters: &CompiledFilters) -> Result<Vec<String>> {
+pub async fn list_relation_names(
+    client: &Client,
+    filters: &CompiledFilters,
+) -> Result<Vec<String>> {
     let sql = format!(
         r#"SELECT pg_catalog.format('%I.%I', n.nspname, c.relname)
              FROM pg_catalog.pg_class c
@@ -203,7 +206,10 @@ pub async fn list_relation_names(client: &Client, filters: &CompiledFilters) -> 
 
 /// Sequences in scope: in the included schemas, not owned by an extension;
 /// with table filters, those owned by (or named like) an included table.
-pub async fn list_sequences(client: &Client, filters: &CompiledFilters) -> Result<Vec<SequenceInfo>> {
+pub async fn list_sequences(
+    client: &Client,
+    filters: &CompiledFilters,
+) -> Result<Vec<SequenceInfo>> {
     // A sequence is in scope when it passes the filters itself, or when a
     // table it belongs to (serial / identity) does.
     let sql = format!(
@@ -344,7 +350,10 @@ fn binary_safe(oid: u32, types: &HashMap<u32, UserType>, depth: u32) -> bool {
 /// `server_version_num` of a session (e.g. 150004).
 pub async fn server_version_num(client: &Client) -> Result<i32> {
     let row = client
-        .query_one("SELECT pg_catalog.current_setting('server_version_num')::int4", &[])
+        .query_one(
+            "SELECT pg_catalog.current_setting('server_version_num')::int4",
+            &[],
+        )
         .await
         .map_err(|e| MigrationError::db("reading server_version_num", e))?;
     Ok(row.get(0))

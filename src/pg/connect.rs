@@ -38,7 +38,7 @@ pub async fn connect(ep: &EndpointConfig, label: &str) -> Result<Client> {
         endpoint: label.to_string(),
         target: ep.redacted(),
         reason,
-        db,
+        db: db.map(Box::new),
     };
     if ep.hosts.is_empty() {
         return Err(fail("no host given".into(), None));

@@ -8,7 +8,9 @@ use std::process::{Command, Output};
 use pg_dbmigrator::testkit::{self, TestDb};
 
 pub fn fixture(name: &str) -> String {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
 }
 
@@ -16,8 +18,12 @@ pub fn fixture(name: &str) -> String {
 pub async fn rich_db(prefix: &str) -> TestDb {
     let db = testkit::shared_pair().fresh_db(prefix).await;
     let schema = fixture("rich_schema.sql");
-    testkit::execute(&db.source, &schema).await.expect("rich schema on source");
-    testkit::execute(&db.target, &schema).await.expect("rich schema on target");
+    testkit::execute(&db.source, &schema)
+        .await
+        .expect("rich schema on source");
+    testkit::execute(&db.target, &schema)
+        .await
+        .expect("rich schema on target");
     testkit::execute(&db.source, &fixture("rich_data.sql"))
         .await
         .expect("rich data on source");
@@ -28,8 +34,12 @@ pub async fn rich_db(prefix: &str) -> TestDb {
 pub async fn demo_db(prefix: &str) -> TestDb {
     let db = testkit::shared_pair().fresh_db(prefix).await;
     let schema = fixture("demo_schema.sql");
-    testkit::execute(&db.source, &schema).await.expect("demo schema on source");
-    testkit::execute(&db.target, &schema).await.expect("demo schema on target");
+    testkit::execute(&db.source, &schema)
+        .await
+        .expect("demo schema on source");
+    testkit::execute(&db.target, &schema)
+        .await
+        .expect("demo schema on target");
     testkit::execute(&db.source, &fixture("demo_data.sql"))
         .await
         .expect("demo data on source");
