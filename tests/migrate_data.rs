@@ -307,3 +307,62 @@ async fn online_and_schema_modes_are_refused_clearly() {
         text(&out.stderr)
     );
 }
+
+/// pg_dump-style filters: a quoted schema with a wildcard brings a
+/// partitioned table with all its (sub-)partitions; excludes win.
+#[tokio::test]
+async fn filters_select_tables_like_pg_dump() {
+    let db = rich_db("filters").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&db, &dir.path().join("work"));
+    cfg.filters.tables = vec!["\"Sales Data\".meas*".into(), "app.inh_*".into()];
+    cfg.filters.exclude_tables = vec!["app.inh_child_b".into()];
+    cfg.large_objects = false;
+    let report = Migrator::new(cfg)
+        .run(CancellationToken::new())
+        .await
+        .expect("migration");
+    assert!(
+        report.verify.as_ref().unwrap().is_clean(),
+        "{}",
+        report.verify.as_ref().unwrap().differences_table()
+    );
+    let mut copied: Vec<String> = report.tables.iter().map(|t| t.table.clone()).collect();
+    copied.sort();
+    let expected = [
+        "\"Sales Data\".\"measurements 2024 EU\"",
+        "\"Sales Data\".measurements_2023",
+        "\"Sales Data\".measurements_2024_other",
+        "\"Sales Data\".measurements_2024_us",
+        "\"Sales Data\".measurements_2025_h0",
+        "\"Sales Data\".measurements_2025_h1",
+        "\"Sales Data\".measurements_default",
+        "app.inh_child_a",
+        "app.inh_parent",
+    ];
+    assert_eq!(copied, expected);
+    // The target agrees: only those tables have rows.
+    let non_empty = testkit::query_scalar(
+        &db.target,
+        "SELECT string_agg(format('%I.%I', n.nspname, c.relname), ',' ORDER BY 1)
+           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+            AND (xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM ONLY %I.%I', n.nspname, c.relname), false, true, '')))[1]::text::int > 0",
+    )
+    .await;
+    let mut expected_sorted: Vec<&str> = expected.to_vec();
+    expected_sorted.sort_by_key(|s| s.replace('"', ""));
+    let mut got: Vec<&str> = non_empty.split(',').collect();
+    got.sort_by_key(|s| s.replace('"', ""));
+    assert_eq!(got, expected_sorted);
+    assert_eq!(report.large_objects, 0);
+
+    // A pattern with two dots is a usage error, before anything is touched.
+    let mut bad = config(&db, &dir.path().join("other"));
+    bad.filters.tables = vec!["a.b.c".into()];
+    let err = Migrator::new(bad)
+        .run(CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 2, "{err}");
+}

@@ -104,4 +104,18 @@ async fn verify_detects_each_kind_of_difference() {
         s.contains("sequence value") && s.contains("(behind)"),
         "{s}"
     );
+
+    // A table the target lacks.
+    testkit::execute(&db.source, "CREATE TABLE public.only_on_source (id int)")
+        .await
+        .unwrap();
+    let out = run(&[
+        "-q", "verify", "--source", &db.source, "--target", &db.target, "--level", "count",
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    let s = text(&out.stdout);
+    assert!(
+        s.contains("public.only_on_source") && s.contains("table missing on target"),
+        "{s}"
+    );
 }
