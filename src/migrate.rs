@@ -247,7 +247,8 @@ pub(crate) async fn run(
 
     // Snapshot first: the table list and the data come from the same instant.
     let (snapshot_id, coordinator_snapshot) = session::begin_exported_snapshot(&src).await?;
-    let tables = catalog::list_tables(&src, &filters).await?;
+    let mut tables = catalog::list_tables(&src, &filters).await?;
+    catalog::lock_tables(&src, &tables).await?;
     let seqs = catalog::list_sequences(&src, &filters).await?;
     let los = if cfg.large_objects {
         catalog::list_large_objects(&src).await?
@@ -255,7 +256,7 @@ pub(crate) async fn run(
         Vec::new()
     };
     let done_on_target = copy::committed_items(&dst, &migration_id).await?;
-    preflight_target(&dst, &tables, &seqs, &los, resumed, &done_on_target).await?;
+    preflight_target(&dst, &mut tables, &seqs, &los, resumed).await?;
     if !replica_role {
         warn!("cannot set session_replication_role = replica on the target (needs superuser); triggers and foreign keys fire during the copy, so tables referenced by foreign keys may fail to load");
     }
@@ -415,18 +416,19 @@ pub(crate) async fn run(
 /// sequence, and (unless resuming) no rows or large objects in the way.
 async fn preflight_target(
     dst: &Client,
-    tables: &[TableInfo],
+    tables: &mut [TableInfo],
     seqs: &[catalog::SequenceInfo],
     los: &[catalog::LargeObjectInfo],
     resumed: bool,
-    done_on_target: &BTreeSet<String>,
 ) -> Result<()> {
     let schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
     let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
     let rows = dst
         .query(
             "SELECT u.ord, c.relkind::text,
-                    (SELECT pg_catalog.array_agg(a.attname::text) FROM pg_catalog.pg_attribute a
+                    (SELECT pg_catalog.array_agg(a.attname::text ORDER BY a.attnum) FROM pg_catalog.pg_attribute a
+                      WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''),
+                    (SELECT pg_catalog.array_agg(pg_catalog.format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum) FROM pg_catalog.pg_attribute a
                       WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '')
                FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) WITH ORDINALITY AS u(s, r, ord)
                LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = u.s
@@ -437,12 +439,21 @@ async fn preflight_target(
         .map_err(|e| MigrationError::db("checking tables on the target", e))?;
     let mut problems = Vec::new();
     for r in rows {
-        let t = &tables[(r.get::<_, i64>(0) - 1) as usize];
+        let t = &mut tables[(r.get::<_, i64>(0) - 1) as usize];
         let kind: Option<String> = r.get(1);
         match kind.as_deref() {
             None => problems.push(format!("table {} does not exist", t.qualified())),
             Some("r") => {
                 let cols: Vec<String> = r.get::<_, Option<Vec<String>>>(2).unwrap_or_default();
+                let types: Vec<String> = r.get::<_, Option<Vec<String>>>(3).unwrap_or_default();
+                // Binary COPY needs identical column types; text converts.
+                let same_types = t.columns.iter().zip(&t.column_types).all(|(c, ty)| {
+                    cols.iter().position(|x| x == c).and_then(|i| types.get(i)) == Some(ty)
+                });
+                if !same_types && t.binary_safe {
+                    info!(table = %t.qualified(), "column types differ on the target; copying as text");
+                    t.binary_safe = false;
+                }
                 let missing: Vec<&String> =
                     t.columns.iter().filter(|c| !cols.contains(c)).collect();
                 if !missing.is_empty() {
@@ -486,7 +497,6 @@ async fn preflight_target(
     if resumed {
         return Ok(());
     }
-    let _ = done_on_target;
     // Rows already there would be duplicated: refuse.
     let mut non_empty = Vec::new();
     for chunk in tables.chunks(200) {

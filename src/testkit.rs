@@ -58,6 +58,12 @@ pub fn ensure_server_installed() -> io::Result<PathBuf> {
     if let Some(dir) = find_bin_dir() {
         return Ok(dir);
     }
+    // Source and target start on two threads: one apt-get at a time.
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(dir) = find_bin_dir() {
+        return Ok(dir);
+    }
     let run = |args: &[&str]| -> io::Result<()> {
         let out = Command::new("apt-get")
             .args(args)

@@ -366,3 +366,49 @@ async fn filters_select_tables_like_pg_dump() {
         .unwrap_err();
     assert_eq!(err.exit_code(), 2, "{err}");
 }
+
+/// A target whose column types differ from the source's (a widened key, a
+/// text column turned varchar) still loads: that table goes as text COPY.
+#[tokio::test]
+async fn differing_column_types_fall_back_to_text() {
+    let db = testkit::shared_pair().fresh_db("typediff").await;
+    testkit::execute(
+        &db.source,
+        "CREATE TABLE public.widened (id int4 PRIMARY KEY, note text, at timestamptz);
+         INSERT INTO public.widened SELECT g, 'n' || g, '2024-01-01'::timestamptz + g * interval '1 hour' FROM generate_series(1, 500) g;
+         CREATE TABLE public.same (id int4 PRIMARY KEY); INSERT INTO public.same SELECT generate_series(1, 10);",
+    )
+    .await
+    .unwrap();
+    testkit::execute(
+        &db.target,
+        "CREATE TABLE public.widened (id int8 PRIMARY KEY, note varchar(20), at timestamptz);
+         CREATE TABLE public.same (id int4 PRIMARY KEY);",
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&db, &dir.path().join("work"));
+    cfg.verify = VerifyLevel::Count;
+    let report = Migrator::new(cfg)
+        .run(CancellationToken::new())
+        .await
+        .expect("migration");
+    let fmt = |name: &str| {
+        report
+            .tables
+            .iter()
+            .find(|t| t.table == name)
+            .map(|t| format!("{:?}", t.format))
+            .unwrap()
+    };
+    assert_eq!(fmt("public.widened"), "Text");
+    assert_eq!(fmt("public.same"), "Binary");
+    assert!(report.verify.as_ref().unwrap().is_clean());
+    let sum = testkit::query_scalar(
+        &db.target,
+        "SELECT sum(id)::text || '/' || max(note) FROM public.widened",
+    )
+    .await;
+    assert_eq!(sum, "125250/n99");
+}

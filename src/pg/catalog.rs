@@ -37,6 +37,9 @@ pub struct TableInfo {
     pub binary_safe: bool,
     /// The top-most partitioned table, for partitions.
     pub partition_root: Option<String>,
+    /// `format_type()` of each column in `columns`: the target must agree
+    /// for binary COPY to work.
+    pub column_types: Vec<String>,
 }
 
 impl TableInfo {
@@ -149,6 +152,10 @@ pub async fn list_tables(client: &Client, filters: &CompiledFilters) -> Result<V
                   FROM pg_catalog.pg_attribute a
                  WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
                    AND a.attgenerated = '') AS coltypes,
+               (SELECT pg_catalog.array_agg(pg_catalog.format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum)
+                  FROM pg_catalog.pg_attribute a
+                 WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                   AND a.attgenerated = '') AS coltypnames,
                CASE WHEN c.relispartition THEN
                     (SELECT pg_catalog.format('%I.%I', rn.nspname, r.relname)
                        FROM pg_catalog.pg_class r JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace
@@ -177,10 +184,28 @@ pub async fn list_tables(client: &Client, filters: &CompiledFilters) -> Result<V
             columns: r.get::<_, Option<Vec<String>>>(5).unwrap_or_default(),
             all_columns: r.get::<_, Option<Vec<String>>>(6).unwrap_or_default(),
             binary_safe,
-            partition_root: r.get(8),
+            partition_root: r.get(9),
+            column_types: r.get::<_, Option<Vec<String>>>(8).unwrap_or_default(),
         });
     }
     Ok(out)
+}
+
+/// Take ACCESS SHARE locks on the tables, as pg_dump does: concurrent
+/// DROP, TRUNCATE or ALTER TABLE then wait for the migration instead of
+/// breaking it halfway. Must run inside the snapshot transaction.
+pub async fn lock_tables(client: &Client, tables: &[TableInfo]) -> Result<()> {
+    for chunk in tables.chunks(500) {
+        let names: Vec<String> = chunk.iter().map(|t| t.qualified()).collect();
+        client
+            .batch_execute(&format!(
+                "LOCK TABLE {} IN ACCESS SHARE MODE",
+                names.join(", ")
+            ))
+            .await
+            .map_err(|e| MigrationError::db("locking the source tables in ACCESS SHARE mode", e))?;
+    }
+    Ok(())
 }
 
 /// Every relation in scope that a target must have (tables, partitioned
