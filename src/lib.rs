@@ -10,20 +10,33 @@
 //! stage and table so an interrupted run continues where it stopped, and
 //! `verify` proves with counts and checksums that nothing was lost.
 //!
-//! ```no_run
+//! ```
 //! use pg_dbmigrator::{EndpointConfig, MigrationConfig, Migrator};
 //! use tokio_util::sync::CancellationToken;
 //!
-//! # async fn demo() -> pg_dbmigrator::Result<()> {
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # // Two throwaway servers stand in for production ones here.
+//! # use pg_dbmigrator::testkit;
+//! # let db = testkit::shared_pair().fresh_db("doc").await;
+//! # let schema = "CREATE TABLE shop_items (id int PRIMARY KEY, name text)";
+//! # testkit::execute(&db.target, schema).await?;
+//! # testkit::execute(&db.source, schema).await?;
+//! # testkit::execute(&db.source, "INSERT INTO shop_items SELECT g, 'item ' || g FROM generate_series(1, 1000) g").await?;
+//! # let (source_conninfo, target_conninfo) = (db.source.clone(), db.target.clone());
+//! # let work = tempfile::tempdir()?;
+//! // Connection strings as libpq takes them, e.g. "postgresql://app@old-host/shop".
 //! let config = MigrationConfig {
-//!     source: Some(EndpointConfig::parse("postgresql://app@old-host/shop")?),
-//!     target: Some(EndpointConfig::parse("host=new-host dbname=shop user=app")?),
-//!     data_only: true,
+//!     source: Some(EndpointConfig::parse(&source_conninfo)?),
+//!     target: Some(EndpointConfig::parse(&target_conninfo)?),
+//!     data_only: true, // the target's schema exists already
 //!     jobs: 4,
+//! #   dump_path: Some(work.path().join("m")),
 //!     ..Default::default()
 //! };
 //! let report = Migrator::new(config).run(CancellationToken::new()).await?;
 //! println!("{}", report.summary());
+//! assert_eq!(report.rows, 1000);
 //! assert!(report.verify.as_ref().is_some_and(|v| v.is_clean()));
 //! # Ok(())
 //! # }
