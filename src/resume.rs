@@ -498,6 +498,27 @@ mod tests {
         back.check_matches(&def, &path).unwrap();
     }
 
+    /// The hash must not change between processes, machines or compiler
+    /// versions, or every saved token would be refused after an upgrade. A
+    /// change of `Definition`'s layout must bump TOKEN_SCHEMA_VERSION and
+    /// this value together.
+    #[test]
+    fn hash_is_pinned() {
+        let mut c = cfg();
+        c.filters.schemas = vec!["app".into()];
+        let h = Definition::from_config(&c).unwrap().hash();
+        let json = serde_json::to_string(&Definition::from_config(&c).unwrap()).unwrap();
+        assert_eq!(
+            json,
+            r#"{"mode":"offline","data_only":false,"source":{"hosts":["a"],"ports":[5432],"dbname":"src"},"target":{"hosts":["b"],"ports":[5432],"dbname":"dst"},"filters":{"schemas":["app"],"exclude_schemas":[],"tables":[],"exclude_tables":[]},"large_objects":true,"slot_name":null,"publication_name":null}"#
+        );
+        assert_eq!(h, hex::encode(Sha256::digest(json.as_bytes())));
+        assert_eq!(
+            h,
+            "319a6bcc837ad7427df3a1fca4061f5866aa173879bddb09cd53548f3dea6f1e"
+        );
+    }
+
     #[test]
     fn mismatch_names_the_flag() {
         let dir = tempfile::tempdir().unwrap();
