@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use pg_dbmigrator::testkit;
 use pg_dbmigrator::{CopyFormat, EndpointConfig, MigrationConfig, Migrator, VerifyLevel};
@@ -89,34 +87,19 @@ async fn rich_fixture_text() {
 #[tokio::test]
 async fn snapshot_consistency() {
     let db = demo_db("snap").await;
-    let setup = "CREATE TABLE public.lockme (id int PRIMARY KEY, v text);
-                 CREATE TABLE public.early (id int PRIMARY KEY, v text);";
-    testkit::execute(&db.source, setup).await.unwrap();
-    testkit::execute(&db.target, setup).await.unwrap();
-    testkit::execute(
-        &db.source,
+    add_table(
+        &db,
+        "CREATE TABLE public.lockme (id int PRIMARY KEY, v text);
+         CREATE TABLE public.early (id int PRIMARY KEY, v text);",
         "INSERT INTO public.lockme SELECT g, 'before' FROM generate_series(1, 1000) g;
          INSERT INTO public.early SELECT g, 'before' FROM generate_series(1, 1000) g;",
     )
-    .await
-    .unwrap();
-    let expected_lockme = testkit::query_scalar(
-        &db.source,
-        "SELECT md5(string_agg(id||v, ',' ORDER BY id)) FROM public.lockme",
-    )
     .await;
-    let expected_early = testkit::query_scalar(
-        &db.source,
-        "SELECT md5(string_agg(id||v, ',' ORDER BY id)) FROM public.early",
-    )
-    .await;
-
-    // Hold a lock that lets reads through but blocks COPY FROM into lockme.
-    let blocker = testkit::client(&db.target).await;
-    blocker
-        .batch_execute("BEGIN; LOCK TABLE public.lockme IN SHARE MODE")
-        .await
-        .unwrap();
+    let digest =
+        |t: &str| format!("SELECT md5(string_agg(id||v, ',' ORDER BY id)) FROM public.{t}");
+    let expected_lockme = testkit::query_scalar(&db.source, &digest("lockme")).await;
+    let expected_early = testkit::query_scalar(&db.source, &digest("early")).await;
+    let blocker = block_copies_into(&db, "public.lockme").await;
 
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(&db, &dir.path().join("work"));
@@ -135,20 +118,8 @@ async fn snapshot_consistency() {
     .parse::<usize>()
     .unwrap()
         - 1;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(Some(t)) = pg_dbmigrator::ResumeToken::load(&token_path) {
-            if t.copied.len() >= total_other {
-                assert!(!t.copied.contains_key("public.lockme"));
-                break;
-            }
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "copy did not progress"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let t = wait_for_copied(&token_path, total_other).await;
+    assert!(!t.copied.contains_key("public.lockme"));
     // Write on the source after the snapshot: insert, update, delete, in tables copied and not yet copied.
     testkit::execute(
         &db.source,
@@ -161,16 +132,8 @@ async fn snapshot_consistency() {
     blocker.batch_execute("COMMIT").await.unwrap();
     let report = run.await.unwrap().expect("migration");
 
-    let got_lockme = testkit::query_scalar(
-        &db.target,
-        "SELECT md5(string_agg(id||v, ',' ORDER BY id)) FROM public.lockme",
-    )
-    .await;
-    let got_early = testkit::query_scalar(
-        &db.target,
-        "SELECT md5(string_agg(id||v, ',' ORDER BY id)) FROM public.early",
-    )
-    .await;
+    let got_lockme = testkit::query_scalar(&db.target, &digest("lockme")).await;
+    let got_early = testkit::query_scalar(&db.target, &digest("early")).await;
     assert_eq!(
         got_lockme, expected_lockme,
         "lockme must hold the snapshot's rows"

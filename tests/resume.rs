@@ -1,10 +1,10 @@
 //! Crash and resume: kill -9 in the middle of a migration, refuse a resume
 //! with other flags (changing nothing), then resume and finish without
-//! copying finished tables again.
+//! copying finished tables again. SIGTERM stops cleanly with exit 130.
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::process::Stdio;
 
 use common::*;
 use pg_dbmigrator::testkit;
@@ -19,58 +19,46 @@ async fn xmins(conninfo: &str, table: &str) -> String {
     .await
 }
 
+fn with(base: &[String], extra: &[&str]) -> Vec<String> {
+    let mut v = base.to_vec();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+fn run_s(args: &[String]) -> std::process::Output {
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    run(&a)
+}
+
 #[tokio::test]
 async fn kill_9_then_resume() {
     let db = rich_db("resume").await;
-    let setup = "CREATE TABLE public.lockme (id int PRIMARY KEY, v text);";
-    testkit::execute(&db.source, setup).await.unwrap();
-    testkit::execute(&db.target, setup).await.unwrap();
-    testkit::execute(
-        &db.source,
+    add_table(
+        &db,
+        "CREATE TABLE public.lockme (id int PRIMARY KEY, v text)",
         "INSERT INTO public.lockme SELECT g, md5(g::text) FROM generate_series(1, 20000) g",
     )
-    .await
-    .unwrap();
-
-    let blocker = testkit::client(&db.target).await;
-    blocker
-        .batch_execute("BEGIN; LOCK TABLE public.lockme IN SHARE MODE")
-        .await
-        .unwrap();
+    .await;
+    let blocker = block_copies_into(&db, "public.lockme").await;
 
     let dir = tempfile::tempdir().unwrap();
     let dump = dir.path().join("work");
-    let dump_s = dump.to_str().unwrap().to_string();
     let token_path = ResumeToken::path_for(&dump);
-    let base = [
-        "migrate",
-        "--source",
-        &db.source,
-        "--target",
-        &db.target,
-        "--data-only",
-        "--jobs",
-        "2",
-        "--dump-path",
-        &dump_s,
-    ];
-    let mut child = command(&base)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+    let base = migrate_args(&db, dump.to_str().unwrap());
+    let a: Vec<&str> = base.iter().map(String::as_str).collect();
+    let mut child = command(&a)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
 
     // Wait for some finished tables, then kill -9.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let done_before_kill = loop {
-        if let Ok(Some(t)) = ResumeToken::load(&token_path) {
-            if t.copied.len() >= 5 {
-                break t.copied.keys().cloned().collect::<Vec<_>>();
-            }
-        }
-        assert!(Instant::now() < deadline, "copy did not progress");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let done_before_kill: Vec<String> = wait_for_copied(&token_path, 5)
+        .await
+        .copied
+        .keys()
+        .cloned()
+        .collect();
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     blocker.batch_execute("COMMIT").await.unwrap();
@@ -85,9 +73,10 @@ async fn kill_9_then_resume() {
     let token_bytes = std::fs::read(&token_path).unwrap();
 
     // A resume with other filters, or against another target, is refused and changes nothing.
-    let mut other_filter: Vec<&str> = base.to_vec();
-    other_filter.extend(["--resume", "--exclude-table", "public.lockme", "-q"]);
-    let out = run(&other_filter);
+    let out = run_s(&with(
+        &base,
+        &["--resume", "--exclude-table", "public.lockme", "-q"],
+    ));
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(
@@ -101,10 +90,9 @@ async fn kill_9_then_resume() {
         other_target, db.target,
         "conninfo shape changed; fix the test"
     );
-    let mut other_tgt: Vec<&str> = base.to_vec();
-    other_tgt[4] = &other_target;
-    other_tgt.extend(["--resume", "-q"]);
-    let out = run(&other_tgt);
+    let mut other = with(&base, &["--resume", "-q"]);
+    other[4] = other_target;
+    let out = run_s(&other);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out.stderr).contains("--target was"),
@@ -112,7 +100,7 @@ async fn kill_9_then_resume() {
         text(&out.stderr)
     );
     // Without --resume, the existing token is not silently overwritten.
-    let out = run(&base);
+    let out = run_s(&base);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out.stderr).contains("--resume"),
@@ -131,9 +119,7 @@ async fn kill_9_then_resume() {
     );
 
     // The real resume.
-    let mut resume: Vec<&str> = base.to_vec();
-    resume.extend(["--resume", "--json"]);
-    let out = run(&resume);
+    let out = run_s(&with(&base, &["--resume", "--json"]));
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["resumed"], true);
@@ -142,15 +128,15 @@ async fn kill_9_then_resume() {
         0,
         "{report:#}"
     );
-    let skipped: Vec<String> = report["skipped_tables"]
+    let skipped: Vec<&str> = report["skipped_tables"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|v| v.as_str().unwrap().to_string())
+        .map(|v| v.as_str().unwrap())
         .collect();
     for t in &done_before_kill {
         assert!(
-            skipped.contains(t),
+            skipped.contains(&t.as_str()),
             "{t} was copied again (skipped: {skipped:?})"
         );
     }
@@ -175,56 +161,29 @@ async fn kill_9_then_resume() {
     assert!(ResumeToken::load(&token_path).unwrap().unwrap().completed);
 }
 
-/// Cancellation through the library (what Ctrl-C / SIGTERM do in the binary):
-/// the run stops, the token is saved, and a resume finishes the job.
+/// SIGTERM (like Ctrl-C): workers stop even while blocked, the token is
+/// saved, exit 130, and a resume finishes the job.
 #[tokio::test]
 async fn sigterm_saves_token_and_exits_130() {
     let db = demo_db("sigterm").await;
-    let setup = "CREATE TABLE public.lockme (id int PRIMARY KEY);";
-    testkit::execute(&db.source, setup).await.unwrap();
-    testkit::execute(&db.target, setup).await.unwrap();
-    testkit::execute(
-        &db.source,
+    add_table(
+        &db,
+        "CREATE TABLE public.lockme (id int PRIMARY KEY)",
         "INSERT INTO public.lockme SELECT generate_series(1, 100)",
     )
-    .await
-    .unwrap();
-    let blocker = testkit::client(&db.target).await;
-    blocker
-        .batch_execute("BEGIN; LOCK TABLE public.lockme IN SHARE MODE")
-        .await
-        .unwrap();
+    .await;
+    let blocker = block_copies_into(&db, "public.lockme").await;
     let dir = tempfile::tempdir().unwrap();
     let dump = dir.path().join("work");
-    let dump_s = dump.to_str().unwrap().to_string();
     let token_path = ResumeToken::path_for(&dump);
-    let base = [
-        "migrate",
-        "--source",
-        &db.source,
-        "--target",
-        &db.target,
-        "--data-only",
-        "--jobs",
-        "2",
-        "--dump-path",
-        &dump_s,
-    ];
-    let child = command(&base)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+    let base = migrate_args(&db, dump.to_str().unwrap());
+    let a: Vec<&str> = base.iter().map(String::as_str).collect();
+    let child = command(&a)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(Some(t)) = ResumeToken::load(&token_path) {
-            if !t.copied.is_empty() {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "copy did not progress");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_copied(&token_path, 1).await;
     let pid = child.id().to_string();
     assert!(std::process::Command::new("kill")
         .args(["-TERM", &pid])
@@ -246,9 +205,7 @@ async fn sigterm_saves_token_and_exits_130() {
     );
     let t = ResumeToken::load(&token_path).unwrap().unwrap();
     assert!(!t.completed && !t.copied.is_empty());
-    let mut resume: Vec<&str> = base.to_vec();
-    resume.push("--resume");
-    let out = run(&resume);
+    let out = run_s(&with(&base, &["--resume"]));
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
     assert_eq!(
         content_digest(&db.source).await,

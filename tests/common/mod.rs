@@ -14,36 +14,85 @@ pub fn fixture(name: &str) -> String {
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
 }
 
-/// A fresh database pair with the rich fixture: schema on both sides, data on the source.
-pub async fn rich_db(prefix: &str) -> TestDb {
+/// A fresh database pair loaded with `fixtures/<name>_schema.sql` on both
+/// sides and `fixtures/<name>_data.sql` on the source (two separate calls:
+/// see fixtures/README.md).
+pub async fn fixture_db(prefix: &str, name: &str) -> TestDb {
     let db = testkit::shared_pair().fresh_db(prefix).await;
-    let schema = fixture("rich_schema.sql");
-    testkit::execute(&db.source, &schema)
+    let schema = fixture(&format!("{name}_schema.sql"));
+    for side in [&db.source, &db.target] {
+        testkit::execute(side, &schema)
+            .await
+            .unwrap_or_else(|e| panic!("{name} schema: {e}"));
+    }
+    testkit::execute(&db.source, &fixture(&format!("{name}_data.sql")))
         .await
-        .expect("rich schema on source");
-    testkit::execute(&db.target, &schema)
-        .await
-        .expect("rich schema on target");
-    testkit::execute(&db.source, &fixture("rich_data.sql"))
-        .await
-        .expect("rich data on source");
+        .unwrap_or_else(|e| panic!("{name} data: {e}"));
     db
 }
 
-/// A fresh database pair with the demo fixture.
+/// The rich fixture: every type and shape a copier gets wrong.
+pub async fn rich_db(prefix: &str) -> TestDb {
+    fixture_db(prefix, "rich").await
+}
+
+/// The small demo shop.
 pub async fn demo_db(prefix: &str) -> TestDb {
-    let db = testkit::shared_pair().fresh_db(prefix).await;
-    let schema = fixture("demo_schema.sql");
-    testkit::execute(&db.source, &schema)
+    fixture_db(prefix, "demo").await
+}
+
+/// Run `ddl` on both sides, then `rows` on the source.
+pub async fn add_table(db: &TestDb, ddl: &str, rows: &str) {
+    testkit::execute(&db.source, ddl).await.unwrap();
+    testkit::execute(&db.target, ddl).await.unwrap();
+    testkit::execute(&db.source, rows).await.unwrap();
+}
+
+/// Hold a SHARE lock on a target table: reads go through, but COPY into it
+/// waits until the returned session commits. Makes "mid-copy" deterministic.
+pub async fn block_copies_into(db: &TestDb, table: &str) -> tokio_postgres::Client {
+    let blocker = testkit::client(&db.target).await;
+    blocker
+        .batch_execute(&format!("BEGIN; LOCK TABLE {table} IN SHARE MODE"))
         .await
-        .expect("demo schema on source");
-    testkit::execute(&db.target, &schema)
-        .await
-        .expect("demo schema on target");
-    testkit::execute(&db.source, &fixture("demo_data.sql"))
-        .await
-        .expect("demo data on source");
-    db
+        .unwrap();
+    blocker
+}
+
+/// Poll the resume token until at least `n` tables are recorded as copied.
+pub async fn wait_for_copied(token_path: &Path, n: usize) -> pg_dbmigrator::ResumeToken {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Ok(Some(t)) = pg_dbmigrator::ResumeToken::load(token_path) {
+            if t.copied.len() >= n {
+                return t;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "copy did not reach {n} tables"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// `migrate --data-only --jobs 2 --dump-path <dump>` arguments for a test database.
+pub fn migrate_args(db: &TestDb, dump: &str) -> Vec<String> {
+    [
+        "migrate",
+        "--source",
+        &db.source,
+        "--target",
+        &db.target,
+        "--data-only",
+        "--jobs",
+        "2",
+        "--dump-path",
+        dump,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 pub fn bin() -> PathBuf {
