@@ -20,6 +20,9 @@ use crate::error::{MigrationError, Result};
 use crate::pg::catalog::TableInfo;
 use crate::pg::{connect, quote, session};
 
+/// How often a long table copy logs its progress.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The COPY wire format used for a table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -119,6 +122,7 @@ async fn copy_table(
     futures::pin_mut!(out);
     futures::pin_mut!(sink);
     let mut bytes: u64 = 0;
+    let mut last_log = Instant::now();
     loop {
         let next = tokio::select! {
             biased;
@@ -135,6 +139,17 @@ async fn copy_table(
             }
             Some(Ok(chunk)) => {
                 bytes += chunk.len() as u64;
+                if last_log.elapsed() >= PROGRESS_EVERY {
+                    last_log = Instant::now();
+                    let secs = started.elapsed().as_secs_f64();
+                    info!(
+                        table = %name,
+                        bytes,
+                        mb_per_s = format!("{:.1}", bytes as f64 / secs / 1e6),
+                        estimated_total = t.bytes,
+                        "copying"
+                    );
+                }
                 // `feed` does not flush per row; the sink flushes as its buffer fills.
                 tokio::select! {
                     biased;
