@@ -50,6 +50,7 @@ pub mod config;
 pub mod copy;
 pub mod error;
 mod migrate;
+pub mod schema;
 pub mod pg;
 pub mod resume;
 pub mod testkit;

@@ -1,0 +1,1 @@
+//! ACL commands (being written).

@@ -1,0 +1,1 @@
+//! Dependency ordering (being written).
