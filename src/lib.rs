@@ -50,9 +50,9 @@ pub mod config;
 pub mod copy;
 pub mod error;
 mod migrate;
-pub mod schema;
 pub mod pg;
 pub mod resume;
+pub mod schema;
 pub mod testkit;
 pub mod verify;
 

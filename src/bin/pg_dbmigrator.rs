@@ -49,6 +49,25 @@ enum Command {
     Verify(VerifyArgs),
     /// Show the state recorded in a migration's resume token.
     Status(StatusArgs),
+    /// Print the source's schema as SQL (read from its catalogs).
+    Schema(SchemaArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum SectionArg {
+    PreData,
+    PostData,
+}
+
+#[derive(Args, Debug)]
+struct SchemaArgs {
+    /// Source connection string (URI or key=value, as libpq).
+    #[arg(long, env = "PG_DBMIGRATOR_SOURCE", hide_env_values = true)]
+    source: String,
+    /// Only this section (pre-data: before the rows; post-data: indexes,
+    /// constraints, privileges and refreshes, after them). Default: everything.
+    #[arg(long, value_enum)]
+    section: Option<SectionArg>,
 }
 
 #[derive(Args, Debug)]
@@ -325,6 +344,19 @@ async fn verify(args: VerifyArgs, cancel: CancellationToken) -> Result<i32, Migr
     })
 }
 
+async fn schema(args: SchemaArgs) -> Result<i32, MigrationError> {
+    use pg_dbmigrator::schema::Part;
+    let source = endpoint("source", &args.source)?;
+    let script = pg_dbmigrator::schema::read(&source, None).await?;
+    let parts: &[Part] = match args.section {
+        Some(SectionArg::PreData) => &[Part::PreData],
+        Some(SectionArg::PostData) => &[Part::PostData, Part::Acl, Part::Last],
+        None => &[Part::PreData, Part::PostData, Part::Acl, Part::Last],
+    };
+    print!("{}", script.to_sql(parts));
+    Ok(exit_code::OK)
+}
+
 fn status(args: StatusArgs) -> Result<i32, MigrationError> {
     let path = match (&args.token, &args.dump_path) {
         (Some(t), _) => t.clone(),
@@ -397,6 +429,7 @@ fn main() -> ExitCode {
             Command::Migrate(a) => migrate(a, cancel_on_signals()).await,
             Command::Verify(a) => verify(a, cancel_on_signals()).await,
             Command::Status(a) => status(a),
+            Command::Schema(a) => schema(a).await,
         };
         match result {
             Ok(code) => code,

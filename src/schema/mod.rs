@@ -3,9 +3,52 @@
 //! priority and name with a stable topological sort, repair the known
 //! dependency loops, and emit pre-data and post-data DDL.
 //!
-//! Being built (issue 3). Pieces that stand on their own land first:
-//! [`sort`] (ordering and loop detection) and [`acl`] (GRANT/REVOKE
-//! commands from aclitem arrays).
+//! Being built (issue 3): see [`load`] for the object kinds covered so far.
 
 pub mod acl;
+pub mod emit;
+pub mod load;
+pub mod model;
 pub mod sort;
+
+pub use emit::{Part, SchemaScript, Step};
+
+use crate::config::EndpointConfig;
+use crate::error::{MigrationError, Result};
+use crate::pg::{catalog, connect};
+
+/// Read the source's schema in one REPEATABLE READ snapshot and plan it.
+/// `snapshot` imports an exported snapshot (the data copy's) when given.
+pub async fn read(source: &EndpointConfig, snapshot: Option<&str>) -> Result<SchemaScript> {
+    let c = connect::connect(source, "source").await?;
+    let major = (catalog::server_version_num(&c).await? / 10000) as u32;
+    match snapshot {
+        Some(id) => crate::pg::session::import_snapshot(&c, id)
+            .await
+            .map(|_| ())?,
+        None => c
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await
+            .map_err(|e| MigrationError::db("opening the schema snapshot", e))?,
+    }
+    load::setup_session(&c).await?;
+    let model = load::load(&c, major).await?;
+    let _ = c.batch_execute("COMMIT").await;
+    let script = SchemaScript::plan(model)?;
+    for w in &script.warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(script)
+}
+
+/// Apply a whole script to a target database (all parts, in order).
+pub async fn apply_all(target: &EndpointConfig, script: &SchemaScript) -> Result<()> {
+    let c = connect::connect(target, "target").await?;
+    c.batch_execute(emit::APPLY_SETTINGS)
+        .await
+        .map_err(|e| MigrationError::db("configuring the target session", e))?;
+    for part in [Part::PreData, Part::PostData, Part::Acl, Part::Last] {
+        emit::apply(&c, script.part(part), &mut |_| Ok(())).await?;
+    }
+    Ok(())
+}

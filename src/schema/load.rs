@@ -1,0 +1,1088 @@
+//! Reading the schema from the source's catalogs into a [`SchemaModel`].
+//!
+//! Runs on one session inside the migration's snapshot, with pg_dump's
+//! settings (`search_path = ''`, so every deparse function schema-qualifies
+//! names). Relations are locked in ACCESS SHARE mode before any `pg_get_*`
+//! function touches them: those read the current catalog cache, not the
+//! snapshot. One bulk query per catalog; per-kind builders turn the rows
+//! into statements.
+//!
+//! First slice (issue 3 in progress): schemas, enum / domain / composite /
+//! range types, functions and procedures, sequences (OWNED BY, identity),
+//! tables (columns, defaults, generated and identity columns, NOT NULL,
+//! inheritance, partitions created standalone then attached, reloptions,
+//! UNLOGGED), CHECK / PRIMARY KEY / UNIQUE / EXCLUDE / FOREIGN KEY
+//! constraints, indexes (with partition attach), views and materialized
+//! views, owners and comments. Not yet: aggregates, triggers, rules,
+//! policies, statistics, extensions, collations, ACLs.
+
+use std::collections::HashMap;
+
+use tokio_postgres::Client;
+
+use super::model::{class, SchemaModel, SchemaObject};
+use super::sort::ObjectKind;
+use crate::error::{MigrationError, Result};
+use crate::pg::quote::{ident, literal, qualified};
+
+/// pg_dump's session settings for introspection.
+pub async fn setup_session(client: &Client) -> Result<()> {
+    client
+        .batch_execute(
+            "SELECT pg_catalog.set_config('search_path', '', false); \
+             SET DateStyle = ISO; SET IntervalStyle = postgres; SET extra_float_digits = 3; \
+             SET row_security = off; SET statement_timeout = 0; SET lock_timeout = 0; \
+             SET idle_in_transaction_session_timeout = 0",
+        )
+        .await
+        .map_err(|e| MigrationError::db("configuring the schema session", e))
+}
+
+/// The WHERE fragment that keeps user objects of namespace alias `n` whose
+/// catalog row (class `$cls`, oid expression `$oid`) is not an extension member.
+fn user_object(n: &str, cls: u32, oid: &str) -> String {
+    format!(
+        "{n}.nspname NOT IN ('pg_catalog', 'information_schema', '_pg_dbmigrator') \
+         AND {n}.nspname !~ '^pg_(toast|temp_|toast_temp_)' \
+         AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = {cls} \
+                         AND e.objid = {oid} AND e.deptype = 'e')"
+    )
+}
+
+async fn query(c: &Client, what: &str, sql: &str) -> Result<Vec<tokio_postgres::Row>> {
+    c.query(sql, &[])
+        .await
+        .map_err(|e| MigrationError::db(format!("reading {what} from the source catalogs"), e))
+}
+
+/// Comments, keyed by `(classoid, objoid, objsubid)`.
+type Comments = HashMap<(u32, u32, i32), String>;
+
+fn comment_on(comments: &Comments, key: (u32, u32, i32), what: &str) -> Option<String> {
+    comments
+        .get(&key)
+        .map(|c| format!("COMMENT ON {what} IS {};", literal(c)))
+}
+
+/// Load the schema. `server_major` gates catalog columns that changed.
+pub async fn load(c: &Client, server_major: u32) -> Result<SchemaModel> {
+    let mut m = SchemaModel::default();
+    let comments: Comments = query(
+        c,
+        "comments",
+        "SELECT classoid, objoid, objsubid, description FROM pg_catalog.pg_description",
+    )
+    .await?
+    .iter()
+    .map(|r| ((r.get(0), r.get(1), r.get(2)), r.get(3)))
+    .collect();
+
+    load_namespaces(c, &mut m, &comments).await?;
+    load_types(c, &mut m, &comments, server_major).await?;
+    load_functions(c, &mut m, &comments).await?;
+    let rels = load_relations(c, &mut m, &comments, server_major).await?;
+    load_sequences(c, &mut m, &comments, &rels).await?;
+    load_constraints_and_indexes(c, &mut m, &comments, &rels, server_major).await?;
+
+    // Catalog dependencies, minus pins and extension membership.
+    for r in query(
+        c,
+        "dependencies",
+        "SELECT classid, objid, refclassid, refobjid FROM pg_catalog.pg_depend \
+          WHERE deptype NOT IN ('p', 'e') AND classid <> 0",
+    )
+    .await?
+    {
+        m.catalog_deps
+            .push(((r.get(0), r.get(1)), (r.get(2), r.get(3))));
+    }
+    Ok(m)
+}
+
+async fn load_namespaces(c: &Client, m: &mut SchemaModel, comments: &Comments) -> Result<()> {
+    let sql = format!(
+        "SELECT n.oid, n.nspname::text, pg_catalog.pg_get_userbyid(n.nspowner)::text \
+           FROM pg_catalog.pg_namespace n WHERE {} ORDER BY 2",
+        user_object("n", class::PG_NAMESPACE, "n.oid")
+    );
+    for r in query(c, "schemas", &sql).await? {
+        let (oid, name, owner): (u32, String, String) = (r.get(0), r.get(1), r.get(2));
+        let q = ident(&name);
+        let mut o = SchemaObject::new(ObjectKind::Namespace, "", &name, oid, format!("SCHEMA {q}"));
+        if name != "public" {
+            o.create.push(format!("CREATE SCHEMA {q};"));
+            o.owner = Some(format!("ALTER SCHEMA {q} OWNER TO {};", ident(&owner)));
+        }
+        if let Some(cm) = comment_on(
+            comments,
+            (class::PG_NAMESPACE, oid, 0),
+            &format!("SCHEMA {q}"),
+        ) {
+            if !(name == "public"
+                && comments
+                    .get(&(class::PG_NAMESPACE, oid, 0))
+                    .map(String::as_str)
+                    == Some("standard public schema"))
+            {
+                o.comments.push(cm);
+            }
+        }
+        m.add(o, &[(class::PG_NAMESPACE, oid)]);
+    }
+    Ok(())
+}
+
+async fn load_types(
+    c: &Client,
+    m: &mut SchemaModel,
+    comments: &Comments,
+    major: u32,
+) -> Result<()> {
+    let enum_labels: HashMap<u32, Vec<String>> = {
+        let mut h: HashMap<u32, Vec<String>> = HashMap::new();
+        for r in query(
+            c,
+            "enum labels",
+            "SELECT enumtypid, enumlabel::text FROM pg_catalog.pg_enum ORDER BY enumtypid, enumsortorder",
+        )
+        .await?
+        {
+            h.entry(r.get(0)).or_default().push(r.get(1));
+        }
+        h
+    };
+    let sql = format!(
+        "SELECT t.oid, n.nspname::text, t.typname::text, t.typtype::text,
+                pg_catalog.pg_get_userbyid(t.typowner)::text,
+                pg_catalog.format_type(t.typbasetype, t.typtypmod), t.typnotnull,
+                pg_catalog.pg_get_expr(t.typdefaultbin, 'pg_catalog.pg_type'::pg_catalog.regclass), t.typdefault,
+                CASE WHEN t.typtype = 'd' AND t.typcollation <> 0
+                          AND t.typcollation IS DISTINCT FROM (SELECT b.typcollation FROM pg_catalog.pg_type b WHERE b.oid = t.typbasetype)
+                     THEN (SELECT pg_catalog.format('%I.%I', cn.nspname, co.collname) FROM pg_catalog.pg_collation co
+                             JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace WHERE co.oid = t.typcollation) END,
+                t.typrelid
+           FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+          WHERE t.typtype IN ('e', 'd', 'c', 'r')
+            AND (t.typtype <> 'c' OR (SELECT k.relkind FROM pg_catalog.pg_class k WHERE k.oid = t.typrelid) = 'c')
+            AND {}",
+        user_object("n", class::PG_TYPE, "t.oid")
+    );
+    let types = query(c, "types", &sql).await?;
+    let domain_checks = query(
+        c,
+        "domain constraints",
+        "SELECT contypid, oid, conname::text, pg_catalog.pg_get_constraintdef(oid), convalidated
+           FROM pg_catalog.pg_constraint WHERE contypid <> 0 AND contype = 'c' ORDER BY contypid, conname",
+    )
+    .await?;
+    let comp_attrs = query(
+        c,
+        "composite type attributes",
+        "SELECT a.attrelid, a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod),
+                CASE WHEN a.attcollation <> 0 AND a.attcollation IS DISTINCT FROM (SELECT ty.typcollation FROM pg_catalog.pg_type ty WHERE ty.oid = a.atttypid)
+                     THEN (SELECT pg_catalog.format('%I.%I', cn.nspname, co.collname) FROM pg_catalog.pg_collation co
+                             JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace WHERE co.oid = a.attcollation) END
+           FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class k ON k.oid = a.attrelid
+          WHERE k.relkind = 'c' AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attrelid, a.attnum",
+    )
+    .await?;
+    let multirange = if major >= 14 {
+        "(SELECT pg_catalog.format('%I.%I', mn.nspname, mt.typname) FROM pg_catalog.pg_type mt JOIN pg_catalog.pg_namespace mn ON mn.oid = mt.typnamespace WHERE mt.oid = r.rngmultitypid)"
+    } else {
+        "NULL::text"
+    };
+    let ranges = query(
+        c,
+        "range types",
+        &format!(
+            "SELECT r.rngtypid, pg_catalog.format_type(r.rngsubtype, NULL), {multirange},
+                    CASE WHEN NOT oc.opcdefault THEN pg_catalog.format('%I.%I', ocn.nspname, oc.opcname) END,
+                    CASE WHEN r.rngcollation <> 0 AND r.rngcollation IS DISTINCT FROM (SELECT st.typcollation FROM pg_catalog.pg_type st WHERE st.oid = r.rngsubtype)
+                         THEN (SELECT pg_catalog.format('%I.%I', cn.nspname, co.collname) FROM pg_catalog.pg_collation co
+                                 JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace WHERE co.oid = r.rngcollation) END,
+                    CASE WHEN r.rngcanonical <> 0 THEN r.rngcanonical::pg_catalog.regproc::text END,
+                    CASE WHEN r.rngsubdiff <> 0 THEN r.rngsubdiff::pg_catalog.regproc::text END,
+                    (SELECT t.typname::text FROM pg_catalog.pg_type t WHERE t.oid = r.rngtypid)
+               FROM pg_catalog.pg_range r
+               JOIN pg_catalog.pg_opclass oc ON oc.oid = r.rngsubopc
+               JOIN pg_catalog.pg_namespace ocn ON ocn.oid = oc.opcnamespace"
+        ),
+    )
+    .await?;
+    let ranges: HashMap<u32, &tokio_postgres::Row> = ranges.iter().map(|r| (r.get(0), r)).collect();
+
+    for r in &types {
+        let (oid, nsp, name, typtype, owner): (u32, String, String, String, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        let q = qualified(&nsp, &name);
+        let (word, body) = match typtype.as_str() {
+            "e" => {
+                let labels = enum_labels.get(&oid).cloned().unwrap_or_default();
+                let list: Vec<String> = labels
+                    .iter()
+                    .map(|l| format!("\n    {}", literal(l)))
+                    .collect();
+                (
+                    "TYPE",
+                    format!("CREATE TYPE {q} AS ENUM ({}\n);", list.join(",")),
+                )
+            }
+            "d" => {
+                let mut s = format!("CREATE DOMAIN {q} AS {}", r.get::<_, String>(5));
+                if let Some(coll) = r.get::<_, Option<String>>(9) {
+                    s.push_str(&format!(" COLLATE {coll}"));
+                }
+                let default: Option<String> = r
+                    .get::<_, Option<String>>(7)
+                    .or(r.get::<_, Option<String>>(8));
+                if let Some(d) = default {
+                    s.push_str(&format!(" DEFAULT {d}"));
+                }
+                if r.get::<_, bool>(6) {
+                    s.push_str(" NOT NULL");
+                }
+                for ck in domain_checks.iter().filter(|k| k.get::<_, u32>(0) == oid) {
+                    if ck.get::<_, bool>(4) {
+                        s.push_str(&format!(
+                            "\n\tCONSTRAINT {} {}",
+                            ident(&ck.get::<_, String>(2)),
+                            ck.get::<_, String>(3)
+                        ));
+                    }
+                }
+                s.push(';');
+                ("DOMAIN", s)
+            }
+            "c" => {
+                let relid: u32 = r.get(10);
+                let attrs: Vec<String> = comp_attrs
+                    .iter()
+                    .filter(|a| a.get::<_, u32>(0) == relid)
+                    .map(|a| {
+                        let mut s = format!(
+                            "\n\t{} {}",
+                            ident(&a.get::<_, String>(1)),
+                            a.get::<_, String>(2)
+                        );
+                        if let Some(coll) = a.get::<_, Option<String>>(3) {
+                            s.push_str(&format!(" COLLATE {coll}"));
+                        }
+                        s
+                    })
+                    .collect();
+                (
+                    "TYPE",
+                    format!("CREATE TYPE {q} AS ({}\n);", attrs.join(",")),
+                )
+            }
+            _ => {
+                let Some(rg) = ranges.get(&oid) else { continue };
+                let mut opts = vec![format!("subtype = {}", rg.get::<_, String>(1))];
+                if let Some(mr) = rg.get::<_, Option<String>>(2) {
+                    // Only when not the automatic name (<range name> with "range" → "multirange").
+                    let auto = {
+                        let tn: String = rg.get(7);
+                        let base = if tn.contains("range") {
+                            tn.replacen("range", "multirange", 1)
+                        } else {
+                            format!("{tn}_multirange")
+                        };
+                        qualified(&nsp, &base)
+                    };
+                    if mr != auto {
+                        opts.push(format!("multirange_type_name = {mr}"));
+                    }
+                }
+                if let Some(opc) = rg.get::<_, Option<String>>(3) {
+                    opts.push(format!("subtype_opclass = {opc}"));
+                }
+                if let Some(coll) = rg.get::<_, Option<String>>(4) {
+                    opts.push(format!("collation = {coll}"));
+                }
+                if let Some(f) = rg.get::<_, Option<String>>(5) {
+                    opts.push(format!("canonical = {f}"));
+                }
+                if let Some(f) = rg.get::<_, Option<String>>(6) {
+                    opts.push(format!("subtype_diff = {f}"));
+                }
+                (
+                    "TYPE",
+                    format!(
+                        "CREATE TYPE {q} AS RANGE (\n    {}\n);",
+                        opts.join(",\n    ")
+                    ),
+                )
+            }
+        };
+        let mut o = SchemaObject::new(ObjectKind::Type, &nsp, &name, oid, format!("{word} {q}"));
+        o.create.push(body);
+        o.owner = Some(format!("ALTER {word} {q} OWNER TO {};", ident(&owner)));
+        if let Some(cm) = comment_on(comments, (class::PG_TYPE, oid, 0), &format!("{word} {q}")) {
+            o.comments.push(cm);
+        }
+        let relid: u32 = r.get(10);
+        let i = m.add(o, &[(class::PG_TYPE, oid)]);
+        if relid != 0 {
+            m.alias((class::PG_CLASS, relid), i);
+        }
+        // Unvalidated domain checks come after the data, like pg_dump.
+        if typtype == "d" {
+            for ck in domain_checks.iter().filter(|k| k.get::<_, u32>(0) == oid) {
+                let coid: u32 = ck.get(1);
+                let cname: String = ck.get(2);
+                if ck.get::<_, bool>(4) {
+                    m.alias((class::PG_CONSTRAINT, coid), i);
+                    if let Some(cm) = comment_on(
+                        comments,
+                        (class::PG_CONSTRAINT, coid, 0),
+                        &format!("CONSTRAINT {} ON DOMAIN {q}", ident(&cname)),
+                    ) {
+                        m.objects[i].comments.push(cm);
+                    }
+                    continue;
+                }
+                let mut co = SchemaObject::new(
+                    ObjectKind::Constraint,
+                    &nsp,
+                    &cname,
+                    coid,
+                    format!("CONSTRAINT {} ON DOMAIN {q}", ident(&cname)),
+                );
+                co.create.push(format!(
+                    "ALTER DOMAIN {q}\n    ADD CONSTRAINT {} {};",
+                    ident(&cname),
+                    ck.get::<_, String>(3)
+                ));
+                co.deps.push(i);
+                m.add(co, &[(class::PG_CONSTRAINT, coid)]);
+            }
+        }
+    }
+    // Array types stand for their element type (dependencies through `int[]` columns).
+    for r in query(
+        c,
+        "array types",
+        "SELECT t.oid, t.typelem FROM pg_catalog.pg_type t WHERE t.typelem <> 0 AND t.oid >= 16384
+            AND (SELECT e.typarray FROM pg_catalog.pg_type e WHERE e.oid = t.typelem) = t.oid",
+    )
+    .await?
+    {
+        let (arr, elem): (u32, u32) = (r.get(0), r.get(1));
+        if let Some(&i) = m.by_ref.get(&(class::PG_TYPE, elem)) {
+            m.alias((class::PG_TYPE, arr), i);
+        }
+    }
+    Ok(())
+}
+
+async fn load_functions(c: &Client, m: &mut SchemaModel, comments: &Comments) -> Result<()> {
+    let sql = format!(
+        "SELECT p.oid, n.nspname::text, p.proname::text, pg_catalog.pg_get_function_identity_arguments(p.oid),
+                p.prokind::text, pg_catalog.pg_get_userbyid(p.proowner)::text,
+                CASE WHEN p.prokind IN ('f', 'p', 'w') THEN pg_catalog.pg_get_functiondef(p.oid) END
+           FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+          WHERE {} AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = {} AND d.objid = p.oid AND d.deptype = 'i')",
+        user_object("n", class::PG_PROC, "p.oid"),
+        class::PG_PROC
+    );
+    for r in query(c, "functions", &sql).await? {
+        let (oid, nsp, name, args, kind, owner): (u32, String, String, String, String, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
+        let Some(def) = r.get::<_, Option<String>>(6) else {
+            tracing::warn!(function = %qualified(&nsp, &name), "aggregates are not reproduced yet; skipped");
+            continue;
+        };
+        let word = if kind == "p" { "PROCEDURE" } else { "FUNCTION" };
+        let sig = format!("{}({args})", qualified(&nsp, &name));
+        let mut o = SchemaObject::new(ObjectKind::Func, &nsp, &name, oid, format!("{word} {sig}"));
+        o.key.tiebreak.push(args.clone());
+        let def = def.trim_end().to_string();
+        o.create.push(format!("{def};"));
+        o.owner = Some(format!("ALTER {word} {sig} OWNER TO {};", ident(&owner)));
+        if let Some(cm) = comment_on(comments, (class::PG_PROC, oid, 0), &format!("{word} {sig}")) {
+            o.comments.push(cm);
+        }
+        m.add(o, &[(class::PG_PROC, oid)]);
+    }
+    Ok(())
+}
+
+/// What later loaders need to know about a relation.
+#[derive(Debug, Clone)]
+pub(crate) struct Rel {
+    pub index: usize,
+    pub oid: u32,
+    pub qname: String,
+    pub namespace: String,
+    pub kind: char,
+}
+
+fn reloptions_clause(opts: &Option<Vec<String>>) -> Option<String> {
+    let opts = opts.as_ref().filter(|o| !o.is_empty())?;
+    let items: Vec<String> = opts
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => format!("{k}={}", literal(v)),
+            None => kv.clone(),
+        })
+        .collect();
+    Some(format!("WITH ({})", items.join(", ")))
+}
+
+async fn load_relations(
+    c: &Client,
+    m: &mut SchemaModel,
+    comments: &Comments,
+    major: u32,
+) -> Result<HashMap<u32, Rel>> {
+    // Names first, no server functions: then lock, then deparse.
+    let sql = format!(
+        "SELECT c.oid, pg_catalog.format('%I.%I', n.nspname, c.relname)
+           FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't' AND {}",
+        user_object("n", class::PG_CLASS, "c.oid")
+    );
+    // Tables only: LOCK refuses materialized views, and views and
+    // materialized views are protected through the tables they read.
+    let names = query(c, "relations", &sql).await?;
+    for chunk in names.chunks(500) {
+        let list: Vec<String> = chunk.iter().map(|r| r.get::<_, String>(1)).collect();
+        if !list.is_empty() {
+            c.batch_execute(&format!(
+                "LOCK TABLE {} IN ACCESS SHARE MODE",
+                list.join(", ")
+            ))
+            .await
+            .map_err(|e| MigrationError::db("locking relations for schema reading", e))?;
+        }
+    }
+    let sql = format!(
+        "SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::text, c.relpersistence::text,
+                pg_catalog.pg_get_userbyid(c.relowner)::text,
+                pg_catalog.array_remove(pg_catalog.array_remove(c.reloptions, NULL), NULL)::text[],
+                c.relispartition,
+                CASE WHEN c.relispartition THEN pg_catalog.pg_get_expr(c.relpartbound, c.oid) END,
+                CASE WHEN c.relkind = 'p' THEN pg_catalog.pg_get_partkeydef(c.oid) END,
+                c.relreplident::text, c.relforcerowsecurity, c.relispopulated,
+                CASE WHEN c.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(c.oid) END
+           FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          WHERE c.relkind IN ('r', 'p', 'v', 'm') AND c.relpersistence <> 't' AND {}",
+        user_object("n", class::PG_CLASS, "c.oid")
+    );
+    let rows = query(c, "relation definitions", &sql).await?;
+    let compression = if major >= 14 {
+        "a.attcompression::text"
+    } else {
+        "''::text"
+    };
+    let cols = query(
+        c,
+        "columns",
+        &format!(
+            "SELECT a.attrelid, a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull,
+                    a.attislocal, a.attidentity::text, a.attgenerated::text,
+                    pg_catalog.pg_get_expr(d.adbin, d.adrelid), d.oid,
+                    CASE WHEN a.attcollation <> 0 AND a.attcollation IS DISTINCT FROM (SELECT ty.typcollation FROM pg_catalog.pg_type ty WHERE ty.oid = a.atttypid)
+                         THEN (SELECT pg_catalog.format('%I.%I', cn.nspname, co.collname) FROM pg_catalog.pg_collation co
+                                 JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace WHERE co.oid = a.attcollation) END,
+                    a.attnum, {compression}
+               FROM pg_catalog.pg_attribute a
+               JOIN pg_catalog.pg_class k ON k.oid = a.attrelid
+               LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+              WHERE k.relkind IN ('r', 'p', 'v', 'm') AND a.attnum > 0 AND NOT a.attisdropped
+              ORDER BY a.attrelid, a.attnum"
+        ),
+    )
+    .await?;
+    let mut cols_by_rel: HashMap<u32, Vec<&tokio_postgres::Row>> = HashMap::new();
+    for r in &cols {
+        cols_by_rel.entry(r.get(0)).or_default().push(r);
+    }
+    let checks = query(
+        c,
+        "check constraints",
+        "SELECT conrelid, oid, conname::text, pg_catalog.pg_get_constraintdef(oid), conislocal, convalidated
+           FROM pg_catalog.pg_constraint WHERE contype = 'c' AND conrelid <> 0 ORDER BY conrelid, conname",
+    )
+    .await?;
+    let parents = query(
+        c,
+        "inheritance",
+        "SELECT i.inhrelid, pg_catalog.format('%I.%I', pn.nspname, p.relname), i.inhparent
+           FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class p ON p.oid = i.inhparent
+           JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace
+          WHERE p.relkind IN ('r', 'p') ORDER BY i.inhrelid, i.inhseqno",
+    )
+    .await?;
+    let mut parents_of: HashMap<u32, Vec<(String, u32)>> = HashMap::new();
+    for r in &parents {
+        parents_of
+            .entry(r.get(0))
+            .or_default()
+            .push((r.get(1), r.get(2)));
+    }
+
+    let mut rels = HashMap::new();
+    for r in &rows {
+        let (oid, nsp, name, kind, persistence, owner): (
+            u32,
+            String,
+            String,
+            String,
+            String,
+            String,
+        ) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
+        let kind = kind.chars().next().unwrap_or('r');
+        let q = qualified(&nsp, &name);
+        let is_partition: bool = r.get(7);
+        let reloptions: Option<Vec<String>> = r.get(6);
+        let word = match kind {
+            'v' => "VIEW",
+            'm' => "MATERIALIZED VIEW",
+            _ => "TABLE",
+        };
+        let mut o = SchemaObject::new(ObjectKind::Table, &nsp, &name, oid, format!("{word} {q}"));
+        let mut extra = Vec::new();
+        match kind {
+            'v' | 'm' => {
+                let def: String = r.get(13);
+                let def = def.trim_end().trim_end_matches(';').to_string();
+                let (with_opts, check): (Vec<String>, Option<String>) = {
+                    let mut w = Vec::new();
+                    let mut ck = None;
+                    for kv in reloptions.clone().unwrap_or_default() {
+                        if let Some(v) = kv.strip_prefix("check_option=") {
+                            ck = Some(v.to_uppercase());
+                        } else {
+                            w.push(kv);
+                        }
+                    }
+                    (w, ck)
+                };
+                let with = reloptions_clause(&Some(with_opts))
+                    .map(|w| format!(" {w}"))
+                    .unwrap_or_default();
+                if kind == 'v' {
+                    let check = check
+                        .map(|c| format!("\n  WITH {c} CHECK OPTION"))
+                        .unwrap_or_default();
+                    o.create
+                        .push(format!("CREATE VIEW {q}{with} AS\n{def}{check};"));
+                    // Stand-in with the same columns, for when the real definition
+                    // needs something created after the data (pg_dump's dummy view).
+                    let cols: Vec<String> = cols_by_rel
+                        .get(&oid)
+                        .map(|v| {
+                            v.iter()
+                                .map(|col| {
+                                    let coll = col
+                                        .get::<_, Option<String>>(9)
+                                        .map(|c| format!(" COLLATE {c}"))
+                                        .unwrap_or_default();
+                                    format!(
+                                        "\n    NULL::{}{coll} AS {}",
+                                        col.get::<_, String>(2),
+                                        ident(&col.get::<_, String>(1))
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    o.placeholder = Some(format!("CREATE VIEW {q} AS\n SELECT{};", cols.join(",")));
+                } else {
+                    o.create.push(format!(
+                        "CREATE MATERIALIZED VIEW {q}{with} AS\n{def}\n  WITH NO DATA;"
+                    ));
+                }
+            }
+            _ => {
+                let own_cols = cols_by_rel.get(&oid).cloned().unwrap_or_default();
+                let mut lines = Vec::new();
+                for col in &own_cols {
+                    let local: bool = col.get(4);
+                    if !local && !is_partition {
+                        continue;
+                    }
+                    let cname: String = col.get(1);
+                    let mut s = format!("    {} {}", ident(&cname), col.get::<_, String>(2));
+                    if let Some(coll) = col.get::<_, Option<String>>(9) {
+                        s.push_str(&format!(" COLLATE {coll}"));
+                    }
+                    let generated: String = col.get(6);
+                    let def: Option<String> = col.get(7);
+                    if let Some(d) = &def {
+                        if generated == "s" {
+                            s.push_str(&format!(" GENERATED ALWAYS AS ({d}) STORED"));
+                        } else {
+                            s.push_str(&format!(" DEFAULT {d}"));
+                        }
+                    }
+                    if col.get::<_, bool>(3) {
+                        s.push_str(" NOT NULL");
+                    }
+                    lines.push(s);
+                    let comp: String = col.get(11);
+                    if !comp.is_empty() {
+                        let method = match comp.as_str() {
+                            "p" => "pglz",
+                            "l" => "lz4",
+                            other => other,
+                        };
+                        extra.push(format!(
+                            "ALTER TABLE ONLY {q} ALTER COLUMN {} SET COMPRESSION {method};",
+                            ident(&cname)
+                        ));
+                    }
+                }
+                for ck in checks.iter().filter(|k| k.get::<_, u32>(0) == oid) {
+                    let (local, valid): (bool, bool) = (ck.get(4), ck.get(5));
+                    if valid && (local || is_partition) {
+                        lines.push(format!(
+                            "    CONSTRAINT {} {}",
+                            ident(&ck.get::<_, String>(2)),
+                            ck.get::<_, String>(3)
+                        ));
+                    }
+                }
+                let unlogged = if persistence == "u" { "UNLOGGED " } else { "" };
+                let mut s = format!("CREATE {unlogged}TABLE {q} (\n{}\n)", lines.join(",\n"));
+                if !is_partition {
+                    if let Some(ps) = parents_of.get(&oid) {
+                        let names: Vec<&str> = ps.iter().map(|p| p.0.as_str()).collect();
+                        s.push_str(&format!("\nINHERITS ({})", names.join(", ")));
+                    }
+                }
+                if let Some(pk) = r.get::<_, Option<String>>(9) {
+                    s.push_str(&format!("\nPARTITION BY {pk}"));
+                }
+                if let Some(w) = reloptions_clause(&reloptions) {
+                    s.push_str(&format!("\n{w}"));
+                }
+                s.push(';');
+                o.create.push(s);
+                o.create.extend(extra);
+                match r.get::<_, String>(10).as_str() {
+                    "f" => o
+                        .create
+                        .push(format!("ALTER TABLE ONLY {q} REPLICA IDENTITY FULL;")),
+                    "n" => o
+                        .create
+                        .push(format!("ALTER TABLE ONLY {q} REPLICA IDENTITY NOTHING;")),
+                    _ => {}
+                }
+                if r.get::<_, bool>(11) {
+                    o.create
+                        .push(format!("ALTER TABLE ONLY {q} FORCE ROW LEVEL SECURITY;"));
+                }
+            }
+        }
+        o.owner = Some(format!("ALTER {word} {q} OWNER TO {};", ident(&owner)));
+        let kw = word;
+        if let Some(cm) = comment_on(comments, (class::PG_CLASS, oid, 0), &format!("{kw} {q}")) {
+            o.comments.push(cm);
+        }
+        for col in cols_by_rel.get(&oid).cloned().unwrap_or_default() {
+            let attnum: i16 = col.get(10);
+            let cname: String = col.get(1);
+            if let Some(cm) = comment_on(
+                comments,
+                (class::PG_CLASS, oid, attnum as i32),
+                &format!("COLUMN {q}.{}", ident(&cname)),
+            ) {
+                o.comments.push(cm);
+            }
+        }
+        let i = m.add(o, &[(class::PG_CLASS, oid)]);
+        // Inline defaults and CHECKs stand for the table.
+        for col in cols_by_rel.get(&oid).cloned().unwrap_or_default() {
+            if let Some(adoid) = col.get::<_, Option<u32>>(8) {
+                m.alias((class::PG_ATTRDEF, adoid), i);
+            }
+        }
+        for ck in checks.iter().filter(|k| k.get::<_, u32>(0) == oid) {
+            let (coid, cname, def, local, valid): (u32, String, String, bool, bool) =
+                (ck.get(1), ck.get(2), ck.get(3), ck.get(4), ck.get(5));
+            if valid && (local || is_partition) {
+                m.alias((class::PG_CONSTRAINT, coid), i);
+                if let Some(cm) = comment_on(
+                    comments,
+                    (class::PG_CONSTRAINT, coid, 0),
+                    &format!("CONSTRAINT {} ON {q}", ident(&cname)),
+                ) {
+                    m.objects[i].comments.push(cm);
+                }
+            } else if local {
+                // NOT VALID: after the data, so the load is not checked.
+                let mut co = SchemaObject::new(
+                    ObjectKind::Constraint,
+                    &nsp,
+                    &cname,
+                    coid,
+                    format!("CONSTRAINT {} ON {q}", ident(&cname)),
+                );
+                co.key.tiebreak.push(name.clone());
+                co.create.push(format!(
+                    "ALTER TABLE {q}\n    ADD CONSTRAINT {} {def};",
+                    ident(&cname)
+                ));
+                co.deps.push(i);
+                if let Some(cm) = comment_on(
+                    comments,
+                    (class::PG_CONSTRAINT, coid, 0),
+                    &format!("CONSTRAINT {} ON {q}", ident(&cname)),
+                ) {
+                    co.comments.push(cm);
+                }
+                m.add(co, &[(class::PG_CONSTRAINT, coid)]);
+            }
+        }
+        // A view's _RETURN rule is part of the view.
+        rels.insert(
+            oid,
+            Rel {
+                index: i,
+                oid,
+                qname: q.clone(),
+                namespace: nsp.clone(),
+                kind,
+            },
+        );
+        if is_partition {
+            if let (Some(bound), Some(ps)) = (r.get::<_, Option<String>>(8), parents_of.get(&oid)) {
+                let (pname, poid) = ps[0].clone();
+                let mut a = SchemaObject::new(
+                    ObjectKind::TableAttach,
+                    &nsp,
+                    &name,
+                    oid,
+                    format!("TABLE ATTACH {q}"),
+                );
+                a.create.push(format!(
+                    "ALTER TABLE ONLY {pname} ATTACH PARTITION {q} {bound};"
+                ));
+                a.deps.push(i);
+                a.needs.push((class::PG_CLASS, poid));
+                m.add(a, &[]);
+            }
+        }
+        if kind == 'm' && r.get::<_, bool>(12) {
+            let mut rf = SchemaObject::new(
+                ObjectKind::RefreshMatview,
+                &nsp,
+                &name,
+                oid,
+                format!("MATERIALIZED VIEW DATA {q}"),
+            );
+            rf.create.push(format!("REFRESH MATERIALIZED VIEW {q};"));
+            rf.deps.push(i);
+            m.add(rf, &[]);
+        }
+    }
+    for r in query(
+        c,
+        "view rules",
+        "SELECT oid, ev_class FROM pg_catalog.pg_rewrite WHERE rulename = '_RETURN'",
+    )
+    .await?
+    {
+        let (rule, rel): (u32, u32) = (r.get(0), r.get(1));
+        if let Some(rl) = rels.get(&rel) {
+            m.alias((class::PG_REWRITE, rule), rl.index);
+        }
+    }
+    Ok(rels)
+}
+
+async fn load_sequences(
+    c: &Client,
+    m: &mut SchemaModel,
+    comments: &Comments,
+    rels: &HashMap<u32, Rel>,
+) -> Result<()> {
+    let sql = format!(
+        "SELECT c.oid, n.nspname::text, c.relname::text, c.relpersistence::text, pg_catalog.pg_get_userbyid(c.relowner)::text,
+                pg_catalog.format_type(s.seqtypid, NULL), s.seqstart, s.seqincrement, s.seqmin, s.seqmax, s.seqcache, s.seqcycle,
+                d.refobjid, d.deptype::text, a.attname::text, a.attidentity::text
+           FROM pg_catalog.pg_sequence s
+           JOIN pg_catalog.pg_class c ON c.oid = s.seqrelid
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+           LEFT JOIN pg_catalog.pg_depend d ON d.classid = {pc} AND d.objid = c.oid AND d.refclassid = {pc}
+                AND d.deptype IN ('a', 'i') AND d.refobjsubid > 0
+           LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+          WHERE {}",
+        user_object("n", class::PG_CLASS, "c.oid"),
+        pc = class::PG_CLASS
+    );
+    for r in query(c, "sequences", &sql).await? {
+        let (oid, nsp, name, persistence, owner, typ): (
+            u32,
+            String,
+            String,
+            String,
+            String,
+            String,
+        ) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
+        let (start, inc, min, max, cache, cycle): (i64, i64, i64, i64, i64, bool) =
+            (r.get(6), r.get(7), r.get(8), r.get(9), r.get(10), r.get(11));
+        let q = qualified(&nsp, &name);
+        let (tmin, tmax) = match typ.as_str() {
+            "smallint" => (i16::MIN as i64, i16::MAX as i64),
+            "integer" => (i32::MIN as i64, i32::MAX as i64),
+            _ => (i64::MIN, i64::MAX),
+        };
+        let (dmin, dmax) = if inc > 0 { (1, tmax) } else { (tmin, -1) };
+        let identity = r.get::<_, Option<String>>(13).as_deref() == Some("i");
+        let mut opts = String::new();
+        // An identity sequence takes its type from the column.
+        if typ != "bigint" && !identity {
+            opts.push_str(&format!("\n    AS {typ}"));
+        }
+        opts.push_str(&format!("\n    START WITH {start}\n    INCREMENT BY {inc}"));
+        opts.push_str(&if min == dmin {
+            "\n    NO MINVALUE".to_string()
+        } else {
+            format!("\n    MINVALUE {min}")
+        });
+        opts.push_str(&if max == dmax {
+            "\n    NO MAXVALUE".to_string()
+        } else {
+            format!("\n    MAXVALUE {max}")
+        });
+        opts.push_str(&format!("\n    CACHE {cache}"));
+        if cycle {
+            opts.push_str("\n    CYCLE");
+        }
+        let owner_rel: Option<u32> = r.get(12);
+        let deptype: Option<String> = r.get(13);
+        let col: Option<String> = r.get(14);
+        if deptype.as_deref() == Some("i") {
+            // Identity: created by the column, with these exact options.
+            let (Some(trel), Some(col)) = (owner_rel.and_then(|t| rels.get(&t)), col) else {
+                continue;
+            };
+            let how = if r.get::<_, Option<String>>(15).as_deref() == Some("a") {
+                "ALWAYS"
+            } else {
+                "BY DEFAULT"
+            };
+            let unlogged = if persistence == "u" {
+                "\n    UNLOGGED"
+            } else {
+                ""
+            };
+            let stmt = format!(
+                "ALTER TABLE {} ALTER COLUMN {} ADD GENERATED {how} AS IDENTITY (\n    SEQUENCE NAME {q}{opts}{unlogged}\n);",
+                trel.qname,
+                ident(&col)
+            );
+            m.objects[trel.index].create.push(stmt);
+            m.alias((class::PG_CLASS, oid), trel.index);
+            continue;
+        }
+        let unlogged = if persistence == "u" { "UNLOGGED " } else { "" };
+        let mut o = SchemaObject::new(ObjectKind::Table, &nsp, &name, oid, format!("SEQUENCE {q}"));
+        o.create
+            .push(format!("CREATE {unlogged}SEQUENCE {q}{opts};"));
+        o.owner = Some(format!("ALTER SEQUENCE {q} OWNER TO {};", ident(&owner)));
+        if let Some(cm) = comment_on(
+            comments,
+            (class::PG_CLASS, oid, 0),
+            &format!("SEQUENCE {q}"),
+        ) {
+            o.comments.push(cm);
+        }
+        let i = m.add(o, &[(class::PG_CLASS, oid)]);
+        if let (Some(trel), Some(col)) = (owner_rel.and_then(|t| rels.get(&t)), col) {
+            // OWNED BY is its own step: the table's default needs the sequence first.
+            let mut ob = SchemaObject::new(
+                ObjectKind::Table,
+                &nsp,
+                &name,
+                oid,
+                format!("SEQUENCE OWNED BY {q}"),
+            );
+            ob.key.tiebreak.push("owned by".into());
+            ob.create.push(format!(
+                "ALTER SEQUENCE {q} OWNED BY {}.{};",
+                trel.qname,
+                ident(&col)
+            ));
+            ob.deps.extend([i, trel.index]);
+            m.add(ob, &[]);
+            // The sequence's 'a' dependency on the column belongs to OWNED BY:
+            // the sequence itself must come before the table whose default uses it.
+            m.skip_deps
+                .insert(((class::PG_CLASS, oid), (class::PG_CLASS, trel.oid)));
+        }
+    }
+    Ok(())
+}
+
+async fn load_constraints_and_indexes(
+    c: &Client,
+    m: &mut SchemaModel,
+    comments: &Comments,
+    rels: &HashMap<u32, Rel>,
+    major: u32,
+) -> Result<()> {
+    let _ = major;
+    // PRIMARY KEY / UNIQUE / EXCLUDE / FOREIGN KEY.
+    let cons = query(
+        c,
+        "constraints",
+        "SELECT co.oid, co.conrelid, co.conname::text, co.contype::text, pg_catalog.pg_get_constraintdef(co.oid),
+                co.conindid, co.conparentid,
+                (SELECT pg_catalog.array_remove(ic.reloptions, NULL)::text[] FROM pg_catalog.pg_class ic WHERE ic.oid = co.conindid)
+           FROM pg_catalog.pg_constraint co
+          WHERE co.contype IN ('p', 'u', 'x', 'f') AND co.conrelid <> 0
+          ORDER BY co.conrelid, co.conname",
+    )
+    .await?;
+    let mut index_owner: HashMap<u32, usize> = HashMap::new();
+    for r in &cons {
+        let (oid, relid, name, contype, def, indid, parentid): (
+            u32,
+            u32,
+            String,
+            String,
+            String,
+            u32,
+            u32,
+        ) = (
+            r.get(0),
+            r.get(1),
+            r.get(2),
+            r.get(3),
+            r.get(4),
+            r.get(5),
+            r.get(6),
+        );
+        let Some(rel) = rels.get(&relid) else {
+            continue;
+        };
+        if contype == "f" && parentid != 0 {
+            continue; // cloned onto partitions automatically
+        }
+        let only = if rel.kind == 'p' && contype == "f" {
+            ""
+        } else {
+            "ONLY "
+        };
+        let mut def = def;
+        if contype != "f" && contype != "x" {
+            if let Some(w) = reloptions_clause(&r.get(7)) {
+                match def.find(" DEFERRABLE") {
+                    Some(p) => def.insert_str(p, &format!(" {w}")),
+                    None => def.push_str(&format!(" {w}")),
+                }
+            }
+        }
+        let kind = if contype == "f" {
+            ObjectKind::FkConstraint
+        } else {
+            ObjectKind::Constraint
+        };
+        let mut o = SchemaObject::new(
+            kind,
+            &rel.namespace,
+            &name,
+            oid,
+            format!("CONSTRAINT {} ON {}", ident(&name), rel.qname),
+        );
+        o.key.tiebreak.push(rel.qname.clone());
+        o.create.push(format!(
+            "ALTER TABLE {only}{}\n    ADD CONSTRAINT {} {def};",
+            rel.qname,
+            ident(&name)
+        ));
+        o.deps.push(rel.index);
+        if let Some(cm) = comment_on(
+            comments,
+            (class::PG_CONSTRAINT, oid, 0),
+            &format!("CONSTRAINT {} ON {}", ident(&name), rel.qname),
+        ) {
+            o.comments.push(cm);
+        }
+        let i = m.add(o, &[(class::PG_CONSTRAINT, oid)]);
+        if contype != "f" && indid != 0 {
+            m.alias((class::PG_CLASS, indid), i);
+            index_owner.insert(indid, i);
+        }
+    }
+    // Indexes not backing a constraint, and partition index attachments.
+    let idx = query(
+        c,
+        "indexes",
+        "SELECT i.indexrelid, i.indrelid, ic.relname::text, pg_catalog.pg_get_indexdef(i.indexrelid),
+                i.indisclustered, i.indisreplident,
+                (SELECT pg_catalog.format('%I.%I', pn.nspname, p.relname) FROM pg_catalog.pg_inherits h
+                   JOIN pg_catalog.pg_class p ON p.oid = h.inhparent JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace
+                  WHERE h.inhrelid = i.indexrelid),
+                (SELECT h.inhparent FROM pg_catalog.pg_inherits h WHERE h.inhrelid = i.indexrelid),
+                pg_catalog.format('%I.%I', n.nspname, ic.relname)
+           FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+           JOIN pg_catalog.pg_namespace n ON n.oid = ic.relnamespace
+          WHERE i.indisready",
+    )
+    .await?;
+    for r in &idx {
+        let (oid, relid, name, def): (u32, u32, String, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        let Some(rel) = rels.get(&relid) else {
+            continue;
+        };
+        let iq: String = r.get(8);
+        let owner_obj = match index_owner.get(&oid) {
+            Some(&i) => i,
+            None => {
+                let mut o = SchemaObject::new(
+                    ObjectKind::Index,
+                    &rel.namespace,
+                    &name,
+                    oid,
+                    format!("INDEX {iq}"),
+                );
+                o.key.tiebreak.push(rel.qname.clone());
+                o.create.push(format!("{def};"));
+                o.deps.push(rel.index);
+                if let Some(cm) =
+                    comment_on(comments, (class::PG_CLASS, oid, 0), &format!("INDEX {iq}"))
+                {
+                    o.comments.push(cm);
+                }
+                m.add(o, &[(class::PG_CLASS, oid)])
+            }
+        };
+        if r.get::<_, bool>(4) {
+            m.objects[owner_obj].create.push(format!(
+                "ALTER TABLE {} CLUSTER ON {};",
+                rel.qname,
+                ident(&name)
+            ));
+        }
+        if r.get::<_, bool>(5) {
+            m.objects[owner_obj].create.push(format!(
+                "ALTER TABLE ONLY {} REPLICA IDENTITY USING INDEX {};",
+                rel.qname,
+                ident(&name)
+            ));
+        }
+        if let (Some(parent), Some(poid)) =
+            (r.get::<_, Option<String>>(6), r.get::<_, Option<u32>>(7))
+        {
+            let mut a = SchemaObject::new(
+                ObjectKind::IndexAttach,
+                &rel.namespace,
+                &name,
+                oid,
+                format!("INDEX ATTACH {iq}"),
+            );
+            a.create
+                .push(format!("ALTER INDEX {parent} ATTACH PARTITION {iq};"));
+            a.deps.push(owner_obj);
+            a.needs.push((class::PG_CLASS, poid));
+            m.add(a, &[]);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,142 @@
+//! The in-memory schema: one [`SchemaObject`] per thing pg_dump would print
+//! as a TOC entry, with the statements that create it and the catalog
+//! objects it depends on. Loading fills it; sorting orders it; emitting
+//! prints it as pre-data / post-data SQL.
+
+use std::collections::{HashMap, HashSet};
+
+use super::sort::{ObjectKind, Section, SortKey};
+
+/// Catalog class OIDs (fixed in every PostgreSQL version), the first half of
+/// the `(classid, objid)` pairs `pg_depend` speaks in.
+pub mod class {
+    pub const PG_CLASS: u32 = 1259;
+    pub const PG_TYPE: u32 = 1247;
+    pub const PG_PROC: u32 = 1255;
+    pub const PG_NAMESPACE: u32 = 2615;
+    pub const PG_CONSTRAINT: u32 = 2606;
+    pub const PG_ATTRDEF: u32 = 2604;
+    pub const PG_REWRITE: u32 = 2618;
+    pub const PG_TRIGGER: u32 = 2620;
+    pub const PG_EXTENSION: u32 = 3079;
+    pub const PG_COLLATION: u32 = 3456;
+}
+
+/// A catalog object: `(classid, objid)`.
+pub type CatalogRef = (u32, u32);
+
+/// One dumpable object.
+#[derive(Debug, Clone)]
+pub struct SchemaObject {
+    pub key: SortKey,
+    /// What it is, for messages and resume markers: `TABLE public.t`.
+    pub describe: String,
+    /// Statements that create it, in order, each ending with `;`.
+    pub create: Vec<String>,
+    /// `ALTER ... OWNER TO ...`, emitted right after `create`.
+    pub owner: Option<String>,
+    /// `COMMENT ON ...` statements.
+    pub comments: Vec<String>,
+    /// GRANT / REVOKE statements, applied after the data (pg_restore's ACL pass).
+    pub acl: Vec<String>,
+    /// Catalog objects this one needs first; resolved to indices by [`SchemaModel::resolve`].
+    pub needs: Vec<CatalogRef>,
+    /// Objects of this model it needs first (indices), beyond `needs`.
+    pub deps: Vec<usize>,
+    /// For a view: a stand-in with the same columns, created in pre-data when
+    /// the real definition depends on something post-data (a primary key
+    /// used through GROUP BY); the real one then follows as CREATE OR REPLACE.
+    pub placeholder: Option<String>,
+    /// Moved to post-data because it depends on something there (a
+    /// materialized view reading through a unique index, say).
+    pub postponed: bool,
+}
+
+impl SchemaObject {
+    pub fn new(kind: ObjectKind, namespace: &str, name: &str, oid: u32, describe: String) -> Self {
+        SchemaObject {
+            key: SortKey {
+                kind,
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                tiebreak: Vec::new(),
+                oid,
+            },
+            describe,
+            create: Vec::new(),
+            owner: None,
+            comments: Vec::new(),
+            acl: Vec::new(),
+            needs: Vec::new(),
+            deps: Vec::new(),
+            placeholder: None,
+            postponed: false,
+        }
+    }
+
+    pub fn section(&self) -> Section {
+        self.key.kind.section()
+    }
+}
+
+/// All objects, and which object answers for which catalog row.
+#[derive(Debug, Default)]
+pub struct SchemaModel {
+    pub objects: Vec<SchemaObject>,
+    /// Catalog rows that stand for an object: the object itself, and rows
+    /// folded into it (a table's row type, a view's `_RETURN` rule, a
+    /// column default printed inline, an index backing a constraint).
+    pub by_ref: HashMap<CatalogRef, usize>,
+    /// `pg_depend` edges `(dependent, referenced)` between catalog rows.
+    pub catalog_deps: Vec<(CatalogRef, CatalogRef)>,
+    /// Catalog edges a loader has taken over (e.g. a sequence's ownership,
+    /// which becomes a separate OWNED BY step).
+    pub skip_deps: HashSet<(CatalogRef, CatalogRef)>,
+}
+
+impl SchemaModel {
+    pub fn add(&mut self, obj: SchemaObject, refs: &[CatalogRef]) -> usize {
+        let i = self.objects.len();
+        self.objects.push(obj);
+        for r in refs {
+            self.by_ref.insert(*r, i);
+        }
+        i
+    }
+
+    /// Let another catalog row stand for object `i` (a folded row).
+    pub fn alias(&mut self, r: CatalogRef, i: usize) {
+        self.by_ref.entry(r).or_insert(i);
+    }
+
+    /// Turn catalog dependencies into object dependencies: an edge between
+    /// two rows becomes an edge between the objects that answer for them;
+    /// edges to rows outside the model (built-ins, extension members) drop.
+    pub fn resolve(&mut self) -> Vec<Vec<usize>> {
+        let mut deps: Vec<Vec<usize>> = self.objects.iter().map(|o| o.deps.clone()).collect();
+        for (i, o) in self.objects.iter().enumerate() {
+            for r in &o.needs {
+                if let Some(&j) = self.by_ref.get(r) {
+                    if j != i {
+                        deps[i].push(j);
+                    }
+                }
+            }
+        }
+        for (from, to) in &self.catalog_deps {
+            if self.skip_deps.contains(&(*from, *to)) {
+                continue;
+            }
+            if let (Some(&a), Some(&b)) = (self.by_ref.get(from), self.by_ref.get(to)) {
+                if a != b {
+                    deps[a].push(b);
+                }
+            }
+        }
+        for d in deps.iter_mut() {
+            d.sort_unstable();
+            d.dedup();
+        }
+        deps
+    }
+}
