@@ -23,6 +23,7 @@ use crate::error::{MigrationError, Result};
 use crate::pg::catalog::{self, TableInfo};
 use crate::pg::{connect, quote, session};
 use crate::resume::{Definition, ResumeToken, Stage, TokenStore};
+use crate::schema::{self, Step};
 use crate::verify::{self, VerifyOptions, VerifyReport};
 
 /// What a finished migration did.
@@ -44,6 +45,8 @@ pub struct MigrationReport {
     pub large_object_bytes: u64,
     pub rows: u64,
     pub bytes: u64,
+    /// Schema objects created on the target in this run (full migrations).
+    pub schema_steps: usize,
     pub stages: Vec<(String, f64)>,
     pub seconds: f64,
     pub verify: Option<VerifyReport>,
@@ -168,11 +171,6 @@ pub(crate) async fn run(
             "online migrations (--mode online) are not built yet; run an offline migration".into(),
         ));
     }
-    if !cfg.data_only {
-        return Err(MigrationError::Unsupported(
-            "schema reproduction is not built yet: create the schema on the target and run with --data-only".into(),
-        ));
-    }
     if cfg.jobs == 0 {
         return Err(MigrationError::Config("--jobs must be at least 1".into()));
     }
@@ -218,11 +216,28 @@ pub(crate) async fn run(
     };
 
     // Preflight: connect, check, change nothing.
+    let full = !cfg.data_only;
     let src = connect::connect(&source_ep, "source").await?;
     session::setup_source(&src).await?;
+    let source_version = catalog::server_version_num(&src).await?;
+    // Snapshot first: the schema, the table list and the data come from the same instant.
+    let (snapshot_id, coordinator_snapshot) = session::begin_exported_snapshot(&src).await?;
+    let script = if full {
+        let script = schema::read(&source_ep, Some(&snapshot_id)).await?;
+        if !script.unsupported.is_empty() {
+            return Err(MigrationError::Unsupported(format!(
+                "the source has objects that schema reproduction does not cover yet: {}. \
+                 Create the schema on the target yourself and run with --data-only",
+                summarize(&script.unsupported)
+            )));
+        }
+        prepare_target_database(&src, &target_ep, source_version, resumed, cfg.force_clean).await?;
+        Some(script)
+    } else {
+        None
+    };
     let dst = connect::connect(&target_ep, "target").await?;
     let replica_role = session::setup_target(&dst).await?;
-    let source_version = catalog::server_version_num(&src).await?;
     let target_version = catalog::server_version_num(&dst).await?;
     let binary = match cfg.copy_format {
         CopyFormat::Text => false,
@@ -233,7 +248,7 @@ pub(crate) async fn run(
         source = %source_ep, target = %target_ep,
         source_version, target_version, binary,
         migration = %migration_id, token = %token_path.display(),
-        "starting offline data migration"
+        "starting offline {}migration", if full { "" } else { "data-only " }
     );
 
     let mut token = match existing {
@@ -241,12 +256,16 @@ pub(crate) async fn run(
         _ => ResumeToken::new(migration_id.clone(), def.clone(), dump_path.clone()),
     };
     if cfg.force_clean {
-        force_clean(&src, &dst, &filters, cfg.large_objects).await?;
+        if !full {
+            force_clean(&src, &dst, &filters, cfg.large_objects).await?;
+        }
         let _ = std::fs::remove_file(&token_path);
     }
+    if !resumed {
+        // Bookkeeping left by an attempt whose token is gone must not count.
+        copy::drop_target_state(&dst).await?;
+    }
 
-    // Snapshot first: the table list and the data come from the same instant.
-    let (snapshot_id, coordinator_snapshot) = session::begin_exported_snapshot(&src).await?;
     let mut tables = catalog::list_tables(&src, &filters).await?;
     catalog::lock_tables(&src, &tables).await?;
     let seqs = catalog::list_sequences(&src, &filters).await?;
@@ -256,8 +275,10 @@ pub(crate) async fn run(
         Vec::new()
     };
     let done_on_target = copy::committed_items(&dst, &migration_id).await?;
-    preflight_target(&dst, &mut tables, &seqs, &los, resumed).await?;
-    if !replica_role {
+    if !full {
+        preflight_target(&dst, &mut tables, &seqs, &los, resumed).await?;
+    }
+    if !replica_role && !full {
         warn!("cannot set session_replication_role = replica on the target (needs superuser); triggers and foreign keys fire during the copy, so tables referenced by foreign keys may fail to load");
     }
 
@@ -283,6 +304,24 @@ pub(crate) async fn run(
         Stage::PrepareTarget.as_str().to_string(),
         t0.elapsed().as_secs_f64(),
     ));
+
+    // Schema before the data: tables, types, functions, views.
+    let mut schema_steps = 0;
+    if let Some(script) = &script {
+        let t0 = Instant::now();
+        if !store.snapshot().is_done(Stage::SchemaPreData) {
+            store.update(|t| t.stage_started(Stage::SchemaPreData))?;
+            schema_steps +=
+                apply_steps(&dst, &migration_id, "pre", &script.pre_data, &cancel).await?;
+            store.update(|t| t.stage_done(Stage::SchemaPreData))?;
+        }
+        stages.push((
+            Stage::SchemaPreData.as_str().to_string(),
+            t0.elapsed().as_secs_f64(),
+        ));
+        // The tables exist now: the same checks as a data-only run.
+        preflight_target(&dst, &mut tables, &seqs, &los, resumed).await?;
+    }
 
     // Tables.
     let t0 = Instant::now();
@@ -319,6 +358,23 @@ pub(crate) async fn run(
         Stage::CopyData.as_str().to_string(),
         t0.elapsed().as_secs_f64(),
     ));
+
+    // Schema after the data: indexes, constraints, then privileges and refreshes.
+    if let Some(script) = &script {
+        let t0 = Instant::now();
+        if !store.snapshot().is_done(Stage::SchemaPostData) {
+            store.update(|t| t.stage_started(Stage::SchemaPostData))?;
+            schema_steps +=
+                apply_steps(&dst, &migration_id, "post", &script.post_data, &cancel).await?;
+            schema_steps += apply_steps(&dst, &migration_id, "acl", &script.acl, &cancel).await?;
+            schema_steps += apply_steps(&dst, &migration_id, "last", &script.last, &cancel).await?;
+            store.update(|t| t.stage_done(Stage::SchemaPostData))?;
+        }
+        stages.push((
+            Stage::SchemaPostData.as_str().to_string(),
+            t0.elapsed().as_secs_f64(),
+        ));
+    }
 
     // Sequences: cheap and idempotent, always redone.
     let t0 = Instant::now();
@@ -406,6 +462,7 @@ pub(crate) async fn run(
         large_object_bytes: lo_bytes,
         rows,
         bytes,
+        schema_steps,
         stages,
         seconds: started.elapsed().as_secs_f64(),
         verify: verify_report,
@@ -586,4 +643,180 @@ async fn force_clean(
         copy::erase_large_objects(dst, &oids).await?;
     }
     copy::drop_target_state(dst).await
+}
+
+/// A long list shortened for a one-line message.
+fn summarize(items: &[String]) -> String {
+    const SHOWN: usize = 8;
+    let mut s = items
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if items.len() > SHOWN {
+        s.push_str(&format!(" and {} more", items.len() - SHOWN));
+    }
+    s
+}
+
+/// Apply schema steps, each in one implicit transaction together with its
+/// marker row in `_pg_dbmigrator.steps`, so a crash never leaves a step
+/// half-applied or applied twice. Returns how many were applied now.
+async fn apply_steps(
+    dst: &Client,
+    migration_id: &str,
+    part: &str,
+    steps: &[Step],
+    cancel: &CancellationToken,
+) -> Result<usize> {
+    let done = copy::committed_steps(dst, migration_id).await?;
+    let mut n = 0;
+    for step in steps {
+        let item = format!("{part}:{}", step.describe);
+        if done.contains(&item) {
+            continue;
+        }
+        if cancel.is_cancelled() {
+            return Err(MigrationError::Cancelled);
+        }
+        let mut sql = step.sql.join("\n");
+        sql.push_str(&format!(
+            "\nINSERT INTO {}.steps (migration_id, item) VALUES ({}, {});",
+            copy::STATE_SCHEMA,
+            quote::literal(migration_id),
+            quote::literal(&item)
+        ));
+        dst.batch_execute(&sql).await.map_err(|e| {
+            MigrationError::db(format!("creating {} on the target", step.describe), e)
+        })?;
+        n += 1;
+    }
+    info!(
+        part,
+        applied = n,
+        total = steps.len(),
+        "schema steps applied"
+    );
+    Ok(n)
+}
+
+/// For a full migration: the target database must be absent (it is
+/// created like the source's: encoding and locale) or empty; the roles
+/// owning the source's objects must exist on the target server; the target
+/// major must not be older than the source's. `--force-clean` drops and
+/// recreates a non-empty target database.
+async fn prepare_target_database(
+    src: &Client,
+    target: &crate::config::EndpointConfig,
+    source_version: i32,
+    resumed: bool,
+    force_clean: bool,
+) -> Result<()> {
+    let dbname = target.dbname.clone();
+    let admin = match connect::connect(&target.with_dbname("postgres"), "target").await {
+        Ok(c) => c,
+        Err(_) => connect::connect(&target.with_dbname("template1"), "target").await?,
+    };
+    let target_version = catalog::server_version_num(&admin).await?;
+    if target_version / 10000 < source_version / 10000 {
+        return Err(MigrationError::Config(format!(
+            "the target runs PostgreSQL {} and the source {}: migrating to an older major is not supported",
+            target_version / 10000,
+            source_version / 10000
+        )));
+    }
+    let owners = schema::load::owner_roles(src).await?;
+    let present: Vec<String> = admin
+        .query("SELECT rolname::text FROM pg_catalog.pg_roles", &[])
+        .await
+        .map_err(|e| MigrationError::db("listing roles on the target", e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let missing: Vec<String> = owners
+        .into_iter()
+        .filter(|r| !present.contains(r))
+        .collect();
+    if !missing.is_empty() {
+        return Err(MigrationError::TargetNotReady(format!(
+            "role(s) owning objects on the source do not exist on the target: {}. Create them on the target first",
+            missing.join(", ")
+        )));
+    }
+    let exists: bool = admin
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1)",
+            &[&dbname],
+        )
+        .await
+        .map_err(|e| MigrationError::db("looking up the target database", e))?
+        .get(0);
+    if exists && !resumed {
+        let objects = {
+            let t = connect::connect(target, "target").await?;
+            schema::load::user_object_count(&t).await?
+        };
+        if objects > 0 && !force_clean {
+            return Err(MigrationError::TargetNotReady(format!(
+                "target database {} is not empty ({objects} objects): migrate into a new or empty database, or pass --force-clean to drop and recreate it",
+                quote::ident(&dbname)
+            )));
+        }
+        if objects > 0 {
+            warn!(database = %dbname, "--force-clean: dropping and recreating the target database");
+            // Our own inspection session may still be closing: retry briefly,
+            // but never terminate anyone else's session.
+            let mut tries = 0;
+            loop {
+                let r = admin
+                    .batch_execute(&format!("DROP DATABASE {}", quote::ident(&dbname)))
+                    .await;
+                match r {
+                    Ok(()) => break,
+                    Err(e)
+                        if e.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE)
+                            && tries < 20 =>
+                    {
+                        tries += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                    }
+                    Err(e) => {
+                        return Err(MigrationError::db(
+                            "dropping the target database (--force-clean; disconnect other sessions from it first)",
+                            e,
+                        ))
+                    }
+                }
+            }
+        } else {
+            return Ok(());
+        }
+    } else if exists {
+        return Ok(());
+    }
+    let row = src
+        .query_one(
+            "SELECT pg_catalog.pg_encoding_to_char(encoding), datcollate::text, datctype::text
+               FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()",
+            &[],
+        )
+        .await
+        .map_err(|e| MigrationError::db("reading the source database's encoding", e))?;
+    let (enc, collate, ctype): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+    let sql = format!(
+        "CREATE DATABASE {} WITH TEMPLATE = template0 ENCODING = {} LC_COLLATE = {} LC_CTYPE = {}",
+        quote::ident(&dbname),
+        quote::literal(&enc),
+        quote::literal(&collate),
+        quote::literal(&ctype)
+    );
+    admin.batch_execute(&sql).await.map_err(|e| {
+        MigrationError::db(
+            format!("creating the target database {}", quote::ident(&dbname)),
+            e,
+        )
+    })?;
+    info!(database = %dbname, encoding = %enc, "created the target database");
+    Ok(())
 }

@@ -27,7 +27,9 @@ pub const TOKEN_SCHEMA_VERSION: u32 = 1;
 pub enum Stage {
     Preflight,
     PrepareTarget,
+    SchemaPreData,
     CopyData,
+    SchemaPostData,
     Sequences,
     LargeObjects,
     Finalize,
@@ -39,7 +41,9 @@ impl Stage {
         match self {
             Stage::Preflight => "preflight",
             Stage::PrepareTarget => "prepare_target",
+            Stage::SchemaPreData => "schema_pre_data",
             Stage::CopyData => "copy_data",
+            Stage::SchemaPostData => "schema_post_data",
             Stage::Sequences => "sequences",
             Stage::LargeObjects => "large_objects",
             Stage::Finalize => "finalize",

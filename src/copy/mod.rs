@@ -68,6 +68,11 @@ pub async fn prepare_target_state(target: &Client) -> Result<()> {
                  rows bigint NOT NULL,
                  bytes bigint NOT NULL,
                  copied_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+                 PRIMARY KEY (migration_id, item));
+             CREATE TABLE IF NOT EXISTS {s}.steps (
+                 migration_id text NOT NULL,
+                 item text NOT NULL,
+                 done_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
                  PRIMARY KEY (migration_id, item))",
             s = STATE_SCHEMA
         ))
@@ -100,6 +105,18 @@ pub async fn committed_items(target: &Client, migration_id: &str) -> Result<BTre
         )
         .await
         .map_err(|e| MigrationError::db("reading copy progress on the target", e))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Schema steps the target says are committed for this migration.
+pub async fn committed_steps(target: &Client, migration_id: &str) -> Result<BTreeSet<String>> {
+    let rows = target
+        .query(
+            &format!("SELECT item FROM {STATE_SCHEMA}.steps WHERE migration_id = $1"),
+            &[&migration_id],
+        )
+        .await
+        .map_err(|e| MigrationError::db("reading schema progress on the target", e))?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 

@@ -29,6 +29,8 @@ pub struct SchemaScript {
     pub last: Vec<Step>,
     /// Dependency loops that had to be broken arbitrarily.
     pub warnings: Vec<String>,
+    /// Source objects this version cannot reproduce yet (see `load::unsupported`).
+    pub unsupported: Vec<String>,
 }
 
 /// Which part of a script.

@@ -1086,3 +1086,116 @@ async fn load_constraints_and_indexes(
     }
     Ok(())
 }
+
+/// Objects in the source that this version cannot reproduce yet. A full
+/// migration refuses to start while any exist, rather than silently
+/// leaving out a trigger, a policy or a grant; each entry names the object.
+pub async fn unsupported(c: &Client, major: u32) -> Result<Vec<String>> {
+    let tgparent = if major >= 13 {
+        "AND t.tgparentid = 0"
+    } else {
+        ""
+    };
+    let ext = |cls: u32, oid: &str| {
+        format!("NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = {cls} AND e.objid = {oid} AND e.deptype = 'e')")
+    };
+    let user_ns = "n.nspname NOT IN ('pg_catalog', 'information_schema', '_pg_dbmigrator') AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)'";
+    let stattarget = if major >= 17 {
+        "a.attstattarget IS NOT NULL"
+    } else {
+        "a.attstattarget >= 0"
+    };
+    let checks: Vec<(&str, String)> = vec![
+        ("trigger", format!(
+            "SELECT pg_catalog.format('%I on %I.%I', t.tgname, n.nspname, c.relname) FROM pg_catalog.pg_trigger t
+               JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE NOT t.tgisinternal {tgparent} AND {user_ns}")),
+        ("rule", format!(
+            "SELECT pg_catalog.format('%I on %I.%I', r.rulename, n.nspname, c.relname) FROM pg_catalog.pg_rewrite r
+               JOIN pg_catalog.pg_class c ON c.oid = r.ev_class JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE r.rulename <> '_RETURN' AND {user_ns}")),
+        ("row-level security", format!(
+            "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE (c.relrowsecurity OR EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid)) AND {user_ns}")),
+        ("extended statistics", format!(
+            "SELECT pg_catalog.format('%I.%I', n.nspname, s.stxname) FROM pg_catalog.pg_statistic_ext s
+               JOIN pg_catalog.pg_namespace n ON n.oid = s.stxnamespace WHERE {user_ns}")),
+        ("aggregate", format!(
+            "SELECT pg_catalog.format('%I.%I', n.nspname, p.proname) FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+              WHERE p.prokind = 'a' AND {user_ns} AND {}", ext(class::PG_PROC, "p.oid"))),
+        ("extension", "SELECT extname::text FROM pg_catalog.pg_extension WHERE extname <> 'plpgsql'".to_string()),
+        ("event trigger", "SELECT evtname::text FROM pg_catalog.pg_event_trigger".to_string()),
+        ("collation", format!(
+            "SELECT pg_catalog.format('%I.%I', n.nspname, co.collname) FROM pg_catalog.pg_collation co JOIN pg_catalog.pg_namespace n ON n.oid = co.collnamespace
+              WHERE co.oid >= 16384 AND {user_ns} AND {}", ext(class::PG_COLLATION, "co.oid"))),
+        ("privileges on", format!(
+            "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE (c.relacl IS NOT NULL OR EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attacl IS NOT NULL)) AND {user_ns}
+             UNION ALL SELECT pg_catalog.format('function %I.%I', n.nspname, p.proname) FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+              WHERE p.proacl IS NOT NULL AND {user_ns}
+             UNION ALL SELECT pg_catalog.format('type %I.%I', n.nspname, t.typname) FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+              WHERE t.typacl IS NOT NULL AND {user_ns}
+             UNION ALL SELECT pg_catalog.format('schema %I', n.nspname) FROM pg_catalog.pg_namespace n
+              WHERE n.nspacl IS NOT NULL AND {user_ns} AND n.nspname <> 'public'
+             UNION ALL SELECT 'default privileges' FROM pg_catalog.pg_default_acl
+             UNION ALL SELECT pg_catalog.format('large object %s', l.oid) FROM pg_catalog.pg_largeobject_metadata l WHERE l.lomacl IS NOT NULL")),
+        ("column storage or statistics settings on", format!(
+            "SELECT DISTINCT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_attribute a
+               JOIN pg_catalog.pg_class c ON c.oid = a.attrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+               JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+              WHERE c.relkind IN ('r', 'p', 'm') AND a.attnum > 0 AND NOT a.attisdropped
+                AND ({stattarget} OR a.attstorage <> t.typstorage OR a.attoptions IS NOT NULL) AND {user_ns}")),
+        ("table kind not reproduced yet (foreign or typed table, or non-default access method/tablespace)", format!(
+            "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE (c.relkind = 'f' OR c.reloftype <> 0 OR c.reltablespace <> 0
+                     OR (c.relkind IN ('r', 'm') AND c.relam <> (SELECT oid FROM pg_catalog.pg_am WHERE amname = 'heap'))) AND {user_ns}")),
+        ("user-defined operator, cast or text-search object", format!(
+            "SELECT pg_catalog.format('operator %s', o.oid::pg_catalog.regoperator) FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
+              WHERE o.oid >= 16384 AND {user_ns} AND {}
+             UNION ALL SELECT pg_catalog.format('cast %s', c.oid) FROM pg_catalog.pg_cast c WHERE c.oid >= 16384 AND {}
+                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend i WHERE i.classid = 2605 AND i.objid = c.oid AND i.deptype = 'i')
+             UNION ALL SELECT pg_catalog.format('text search configuration %I.%I', n.nspname, t.cfgname) FROM pg_catalog.pg_ts_config t JOIN pg_catalog.pg_namespace n ON n.oid = t.cfgnamespace
+              WHERE t.oid >= 16384 AND {user_ns}",
+            ext(2617, "o.oid"), ext(2605, "c.oid"))),
+        ("publication", "SELECT pubname::text FROM pg_catalog.pg_publication".to_string()),
+    ];
+    let mut out = Vec::new();
+    for (what, sql) in checks {
+        for r in query(c, what, &sql).await? {
+            out.push(format!("{what} {}", r.get::<_, String>(0)));
+        }
+    }
+    // Owners that are not the same role everywhere are fine; comments on
+    // kinds we do not load are not checked.
+    Ok(out)
+}
+
+/// Roles owning the objects a full migration creates.
+pub async fn owner_roles(c: &Client) -> Result<Vec<String>> {
+    let user_ns = "n.nspname NOT IN ('pg_catalog', 'information_schema', '_pg_dbmigrator') AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)'";
+    let sql = format!(
+        "SELECT DISTINCT pg_catalog.pg_get_userbyid(o)::text FROM (
+            SELECT c.relowner AS o FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE {user_ns}
+            UNION SELECT p.proowner FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE {user_ns}
+            UNION SELECT t.typowner FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace WHERE {user_ns}
+            UNION SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE {user_ns} AND n.nspname <> 'public') x ORDER BY 1"
+    );
+    Ok(query(c, "object owners", &sql)
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// How many user objects (relations, types, functions, non-public schemas)
+/// a database holds: a full migration wants an empty target.
+pub async fn user_object_count(c: &Client) -> Result<i64> {
+    let user_ns = "n.nspname NOT IN ('pg_catalog', 'information_schema', '_pg_dbmigrator') AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)'";
+    let sql = format!(
+        "SELECT (SELECT pg_catalog.count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE {user_ns})
+              + (SELECT pg_catalog.count(*) FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE {user_ns})
+              + (SELECT pg_catalog.count(*) FROM pg_catalog.pg_namespace n WHERE {user_ns} AND n.nspname <> 'public')
+              + (SELECT pg_catalog.count(*) FROM pg_catalog.pg_extension WHERE extname <> 'plpgsql')"
+    );
+    Ok(query(c, "target objects", &sql).await?[0].get(0))
+}

@@ -33,8 +33,10 @@ pub async fn read(source: &EndpointConfig, snapshot: Option<&str>) -> Result<Sch
     }
     load::setup_session(&c).await?;
     let model = load::load(&c, major).await?;
+    let unsupported = load::unsupported(&c, major).await?;
     let _ = c.batch_execute("COMMIT").await;
-    let script = SchemaScript::plan(model)?;
+    let mut script = SchemaScript::plan(model)?;
+    script.unsupported = unsupported;
     for w in &script.warnings {
         tracing::warn!("{w}");
     }

@@ -115,6 +115,18 @@ pub fn run(args: &[&str]) -> Output {
     command(args).output().expect("running pg_dbmigrator")
 }
 
+/// Run the binary off the test's runtime thread, so the runtime keeps
+/// driving (and closing) the test's own connections meanwhile.
+pub async fn run_async(args: &[&str]) -> Output {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(&a)
+    })
+    .await
+    .expect("running pg_dbmigrator")
+}
+
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }

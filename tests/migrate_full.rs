@@ -1,0 +1,232 @@
+//! Full offline migrations: schema from the catalogs, data, post-data,
+//! verify; pg_dump --schema-only of source and target identical. And the
+//! refusals that keep a user from losing objects silently.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use pg_dbmigrator::testkit;
+
+fn schema_dump(conninfo: &str) -> String {
+    let bin = testkit::find_bin_dir()
+        .expect("server binaries")
+        .join("pg_dump");
+    let out = Command::new(bin)
+        .args(["--schema-only", "--restrict-key=pgdbmtest", "-d", conninfo])
+        .output()
+        .expect("running pg_dump");
+    assert!(
+        out.status.success(),
+        "pg_dump failed: {}",
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+const CORE_DATA: &str = "
+    INSERT INTO core.customers (code, name, mood, qty, pair, span, tags)
+         SELECT 'C' || g, 'name ' || g, (ARRAY['sad','ok','happy','meh'])[1 + g % 4]::core.mood, 1 + g % 400,
+                ROW(g, 'p' || g)::core.pair, core.floatrange(g, g + 1), ARRAY['t' || g]
+           FROM generate_series(1, 300) g;
+    INSERT INTO core.orders (customer_id, placed)
+         SELECT c.id, tstzrange('2024-01-01'::timestamptz + c.id * interval '1 day', '2024-01-01'::timestamptz + c.id * interval '1 day' + interval '1 hour')
+           FROM core.customers c;
+    INSERT INTO core.events SELECT g, '2024-01-01'::date + g, CASE WHEN g % 2 = 0 THEN 'a' ELSE 'b' END, jsonb_build_object('g', g)
+           FROM generate_series(1, 700) g;
+    BEGIN; INSERT INTO core.a VALUES (1, 1); INSERT INTO core.b VALUES (1, 1); COMMIT;
+    INSERT INTO core.vehicle VALUES (1, 4); INSERT INTO core.car VALUES (2, 4, 5);
+    INSERT INTO \"Odd Schema\".\"Mixed Case\" VALUES ('x', 1);
+    REFRESH MATERIALIZED VIEW core.order_counts;";
+
+#[tokio::test]
+async fn full_migration_into_a_new_database() {
+    let db = testkit::shared_pair().fresh_db("full").await;
+    testkit::execute(&db.source, &fixture("schema_core.sql"))
+        .await
+        .unwrap();
+    testkit::execute(&db.source, CORE_DATA).await.unwrap();
+    // A target database that does not exist yet: the tool creates it.
+    let new_name = format!("{}_new", db.name);
+    let target = db.target.replace(
+        &format!("dbname={}", db.name),
+        &format!("dbname={new_name}"),
+    );
+    assert_ne!(target, db.target);
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&[
+        "migrate",
+        "--source",
+        &db.source,
+        "--target",
+        &target,
+        "--json",
+        "--dump-path",
+        dir.path().join("w").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["verify"]["differences"].as_array().unwrap().len(),
+        0,
+        "{report:#}"
+    );
+    assert!(report["schema_steps"].as_u64().unwrap() > 30, "{report:#}");
+    let (a, b) = (schema_dump(&db.source), schema_dump(&target));
+    assert!(a == b, "schema dumps differ:\n{}", diff_hint(&a, &b));
+    assert_eq!(
+        content_digest(&db.source).await,
+        content_digest(&target).await
+    );
+    // The populated materialized view was refreshed after the data; the other stays unpopulated.
+    assert_eq!(
+        testkit::query_scalar(&target, "SELECT count(*) FROM core.order_counts").await,
+        "300"
+    );
+    assert_eq!(
+        testkit::query_scalar(
+            &target,
+            "SELECT relispopulated::text FROM pg_class WHERE relname = 'empty_mv'"
+        )
+        .await,
+        "false"
+    );
+    // Identity continues where the source's did.
+    assert_eq!(
+        testkit::query_scalar(&target, "SELECT (nextval('core.customers_id_seq') = (SELECT max(id) FROM core.customers) + 5)::text").await,
+        "true"
+    );
+}
+
+fn diff_hint(a: &str, b: &str) -> String {
+    let (al, bl): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
+    match al.iter().zip(&bl).position(|(x, y)| x != y) {
+        Some(i) => format!(
+            "source:\n{}\ntarget:\n{}",
+            al[i.saturating_sub(5)..(i + 5).min(al.len())].join("\n"),
+            bl[i.saturating_sub(5)..(i + 5).min(bl.len())].join("\n")
+        ),
+        None => format!("{} vs {} lines", al.len(), bl.len()),
+    }
+}
+
+/// Objects the engine cannot reproduce yet stop the migration before
+/// anything is created on the target.
+#[tokio::test]
+async fn unsupported_objects_refuse_and_change_nothing() {
+    let db = testkit::shared_pair().fresh_db("unsup").await;
+    testkit::execute(
+        &db.source,
+        "CREATE TABLE public.t (id int);
+         CREATE FUNCTION public.tf() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+         CREATE TRIGGER audit BEFORE INSERT ON public.t FOR EACH ROW EXECUTE FUNCTION public.tf();",
+    )
+    .await
+    .unwrap();
+    let target = db.target.replace(
+        &format!("dbname={}", db.name),
+        &format!("dbname={}_never", db.name),
+    );
+    let out = run(&["-q", "migrate", "--source", &db.source, "--target", &target]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("trigger audit on public.t") && err.contains("--data-only"),
+        "{err}"
+    );
+    let admin = db
+        .target
+        .replace(&format!("dbname={}", db.name), "dbname=postgres");
+    let exists = testkit::query_scalar(
+        &admin,
+        &format!(
+            "SELECT count(*) FROM pg_database WHERE datname = '{}_never'",
+            db.name
+        ),
+    )
+    .await;
+    assert_eq!(
+        exists, "0",
+        "the target database must not have been created"
+    );
+}
+
+/// A non-empty target database is refused; --force-clean drops and recreates it.
+#[tokio::test]
+async fn non_empty_target_database() {
+    let db = testkit::shared_pair().fresh_db("fullne").await;
+    testkit::execute(
+        &db.source,
+        "CREATE TABLE public.src_only (id int); INSERT INTO public.src_only VALUES (1);",
+    )
+    .await
+    .unwrap();
+    testkit::execute(
+        &db.target,
+        "CREATE TABLE public.precious (id int); INSERT INTO public.precious VALUES (42);",
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("w");
+    let out = run_async(&[
+        "-q",
+        "migrate",
+        "--source",
+        &db.source,
+        "--target",
+        &db.target,
+        "--dump-path",
+        dump.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("is not empty"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        testkit::query_scalar(&db.target, "SELECT id::text FROM public.precious").await,
+        "42"
+    );
+    let out = run_async(&[
+        "-q",
+        "migrate",
+        "--source",
+        &db.source,
+        "--target",
+        &db.target,
+        "--force-clean",
+        "--dump-path",
+        dump.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(schema_dump(&db.source), schema_dump(&db.target));
+}
+
+/// Objects owned by a role the target server lacks: refused, naming the role.
+#[tokio::test]
+async fn missing_owner_role_is_refused() {
+    let db = testkit::shared_pair().fresh_db("roles").await;
+    testkit::execute(
+        &db.source,
+        "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'dbm_src_only_role') THEN CREATE ROLE dbm_src_only_role; END IF; END $$;
+         CREATE TABLE public.owned (id int); ALTER TABLE public.owned OWNER TO dbm_src_only_role;",
+    )
+    .await
+    .unwrap();
+    let target = db.target.replace(
+        &format!("dbname={}", db.name),
+        &format!("dbname={}_r", db.name),
+    );
+    let out = run(&["-q", "migrate", "--source", &db.source, "--target", &target]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("dbm_src_only_role"),
+        "{}",
+        text(&out.stderr)
+    );
+}
