@@ -230,3 +230,92 @@ async fn missing_owner_role_is_refused() {
         text(&out.stderr)
     );
 }
+
+/// kill -9 during post-data, then --resume: finished steps are not redone
+/// (a second CREATE INDEX would fail) and the schemas end up identical.
+#[tokio::test]
+async fn kill_9_during_post_data_then_resume() {
+    let db = testkit::shared_pair().fresh_db("fullkill").await;
+    testkit::execute(&db.source, &fixture("schema_core.sql"))
+        .await
+        .unwrap();
+    testkit::execute(&db.source, CORE_DATA).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("w");
+    let token_path = pg_dbmigrator::ResumeToken::path_for(&dump);
+    let args = [
+        "migrate",
+        "--source",
+        &db.source,
+        "--target",
+        &db.target,
+        "--jobs",
+        "2",
+        "--dump-path",
+        dump.to_str().unwrap(),
+    ];
+    let mut child = command(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // As soon as core.orders exists on the target, hold a lock that lets its
+    // COPY through but blocks index and constraint builds on it.
+    let blocker = testkit::client(&db.target).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let r = blocker
+            .batch_execute("BEGIN; LOCK TABLE core.orders IN ROW EXCLUSIVE MODE")
+            .await;
+        if r.is_ok() {
+            break;
+        }
+        let _ = blocker.batch_execute("ROLLBACK").await;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "core.orders never appeared"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Wait until post-data has started and committed some steps.
+    loop {
+        let steps: i64 = blocker
+            .query_one(
+                "SELECT count(*) FROM _pg_dbmigrator.steps WHERE item LIKE 'post:%'",
+                &[],
+            )
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(0);
+        if steps > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "post-data did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    blocker.batch_execute("COMMIT").await.unwrap();
+    let t = pg_dbmigrator::ResumeToken::load(&token_path)
+        .unwrap()
+        .unwrap();
+    assert!(
+        t.is_done(pg_dbmigrator::Stage::CopyData)
+            && !t.is_done(pg_dbmigrator::Stage::SchemaPostData)
+    );
+
+    let mut resume: Vec<&str> = args.to_vec();
+    resume.push("--resume");
+    let out = run_async(&resume).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("0 differences"),
+        "{}",
+        text(&out.stdout)
+    );
+    let (a, b) = (schema_dump(&db.source), schema_dump(&db.target));
+    assert!(a == b, "schema dumps differ:\n{}", diff_hint(&a, &b));
+}
