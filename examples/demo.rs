@@ -1,6 +1,6 @@
 //! A self-contained demo: two throwaway local PostgreSQL servers, a sample
-//! shop database loaded into the first, migrated to the second with
-//! pg_dbmigrator, verified, and the summary printed. Installs the
+//! shop database loaded into the first, migrated (schema and data) to the
+//! second with pg_dbmigrator, verified, and the summary printed. Installs the
 //! PostgreSQL server package (Debian) when it is missing. Nothing is left
 //! behind: both servers are stopped and removed at the end.
 //!
@@ -40,32 +40,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         target.port, target.major
     );
 
-    for c in [&source, &target] {
-        testkit::execute(&c.conninfo("postgres"), "CREATE DATABASE shop").await?;
-    }
-    let schema = fixture("demo_schema.sql");
-    testkit::execute(&source.conninfo("shop"), &schema).await?;
-    testkit::execute(&target.conninfo("shop"), &schema).await?;
+    testkit::execute(&source.conninfo("postgres"), "CREATE DATABASE shop").await?;
+    testkit::execute(&source.conninfo("shop"), &fixture("demo_schema.sql")).await?;
     testkit::execute(&source.conninfo("shop"), &fixture("demo_data.sql")).await?;
-    println!("loaded fixtures/demo_*.sql into the source; schema only on the target\n");
+    println!("loaded fixtures/demo_*.sql into the source; the target has no database 'shop' yet\n");
 
     let work = tempfile::tempdir()?;
     let config = MigrationConfig {
         source: Some(EndpointConfig::parse(&source.conninfo("shop"))?),
         target: Some(EndpointConfig::parse(&target.conninfo("shop"))?),
-        data_only: true,
         jobs: 4,
         dump_path: Some(work.path().join("demo")),
         ..Default::default()
     };
-    println!("migrating: pg_dbmigrator migrate --data-only --jobs 4 --source ... --target ...");
+    println!("migrating: pg_dbmigrator migrate --jobs 4 --source ... --target ...");
     let report = Migrator::new(config).run(CancellationToken::new()).await?;
     println!("\n{}", report.summary());
     let clean = report.verify.as_ref().is_some_and(|v| v.is_clean());
     source.stop();
     target.stop();
     if clean {
-        println!("demo finished: the target holds exactly the source's data");
+        println!("demo finished: the target holds the source's schema and exactly its data");
         Ok(())
     } else {
         Err("verify found differences".into())

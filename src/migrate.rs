@@ -96,7 +96,7 @@ impl MigrationReport {
             human_bytes(self.throughput() as u64)
         ));
         for (name, secs) in &self.stages {
-            s.push_str(&format!("  stage {name:<14} {secs:>8.2}s\n"));
+            s.push_str(&format!("  stage {name:<17} {secs:>8.2}s\n"));
         }
         let mut largest: Vec<&TableResult> = self.tables.iter().collect();
         largest.sort_by_key(|t| std::cmp::Reverse(t.bytes));
