@@ -325,7 +325,7 @@ fn grantee_sql(item: &AclItem) -> String {
 }
 
 /// pg_dump's diff between an ACL and its baseline. `on` is what follows `ON`
-/// (`TABLE s.t`, or `TABLES` for default privileges), `prefix` goes before
+/// (`TABLE s.t`, or `TABLES ` for default privileges), `prefix` goes before
 /// each GRANT/REVOKE (`ALTER DEFAULT PRIVILEGES ...`).
 fn diff_commands(
     set: &[(char, &str)],
@@ -336,8 +336,9 @@ fn diff_commands(
     baseline: &[AclItem],
     owner: Option<&str>,
 ) -> Vec<String> {
-    // REVOKEs and the owner's own grants come first: the owner's privileges
-    // are the base every later grant with grant option may rest on.
+    // REVOKEs and the owner's own grants come first, wherever the owner's
+    // item sits in the ACL: pg_dump does so (old servers listed PUBLIC before
+    // the owner), and the owner's privileges are what later grants rest on.
     let mut first = Vec::new();
     let mut second = Vec::new();
     for item in baseline.iter().filter(|b| !acl.contains(b)) {
@@ -416,7 +417,12 @@ pub fn build_acl_commands(
                 "column privileges on {target} without a column name"
             )))
         }
-        (_, Some(_)) => AclObjectKind::Column,
+        (AclObjectKind::Table | AclObjectKind::Column, Some(_)) => AclObjectKind::Column,
+        (k, Some(_)) => {
+            return Err(MigrationError::Internal(format!(
+                "column privileges on {target}, which is a {k:?}"
+            )))
+        }
         (k, None) => k,
     };
     let acl = parse_acl(acl)?;
@@ -471,9 +477,12 @@ pub fn build_default_acl_commands(
     }
     let acl = parse_acl(acl)?;
     let baseline = parse_acl(baseline)?;
+    // pg_dump writes `ON <type> <name> TO` with an empty name here, so its
+    // lines read `ON TABLES  TO`; the extra space keeps them identical.
+    let on = format!("{on} ");
     Ok(diff_commands(
         kind.privileges(server_major),
-        on,
+        &on,
         None,
         &prefix,
         &acl,
@@ -821,7 +830,7 @@ mod tests {
             build_default_acl_commands("o", None, 'f', "{o=X/o}", "{=X/o,o=X/o}", 15).unwrap();
         assert_eq!(
             global,
-            vec!["ALTER DEFAULT PRIVILEGES FOR ROLE o REVOKE ALL ON FUNCTIONS FROM PUBLIC;"]
+            vec!["ALTER DEFAULT PRIVILEGES FOR ROLE o REVOKE ALL ON FUNCTIONS  FROM PUBLIC;"]
         );
         let tables = build_default_acl_commands(
             "Odd Owner",
@@ -834,29 +843,29 @@ mod tests {
         .unwrap();
         assert_eq!(
             tables,
-            vec!["ALTER DEFAULT PRIVILEGES FOR ROLE \"Odd Owner\" GRANT SELECT ON TABLES TO r;"]
+            vec!["ALTER DEFAULT PRIVILEGES FOR ROLE \"Odd Owner\" GRANT SELECT ON TABLES  TO r;"]
         );
         let in_schema =
             build_default_acl_commands("o", Some("S"), 'S', "{r=U/o,w=rwU*/o}", "{}", 15).unwrap();
         assert_eq!(
             in_schema,
             vec![
-                "ALTER DEFAULT PRIVILEGES FOR ROLE o IN SCHEMA \"S\" GRANT USAGE ON SEQUENCES TO r;",
-                "ALTER DEFAULT PRIVILEGES FOR ROLE o IN SCHEMA \"S\" GRANT SELECT,UPDATE ON SEQUENCES TO w;",
-                "ALTER DEFAULT PRIVILEGES FOR ROLE o IN SCHEMA \"S\" GRANT USAGE ON SEQUENCES TO w WITH GRANT OPTION;",
+                "ALTER DEFAULT PRIVILEGES FOR ROLE o IN SCHEMA \"S\" GRANT USAGE ON SEQUENCES  TO r;",
+                "ALTER DEFAULT PRIVILEGES FOR ROLE o IN SCHEMA \"S\" GRANT SELECT,UPDATE ON SEQUENCES  TO w;",
+                "ALTER DEFAULT PRIVILEGES FOR ROLE o IN SCHEMA \"S\" GRANT USAGE ON SEQUENCES  TO w WITH GRANT OPTION;",
             ]
         );
         let types =
             build_default_acl_commands("o", None, 'T', "{o=U/o}", "{=U/o,o=U/o}", 15).unwrap();
         assert_eq!(
             types,
-            vec!["ALTER DEFAULT PRIVILEGES FOR ROLE o REVOKE ALL ON TYPES FROM PUBLIC;"]
+            vec!["ALTER DEFAULT PRIVILEGES FOR ROLE o REVOKE ALL ON TYPES  FROM PUBLIC;"]
         );
         let schemas =
             build_default_acl_commands("o", None, 'n', "{o=UC/o,r=C/o}", "{o=UC/o}", 15).unwrap();
         assert_eq!(
             schemas,
-            vec!["ALTER DEFAULT PRIVILEGES FOR ROLE o GRANT CREATE ON SCHEMAS TO r;"]
+            vec!["ALTER DEFAULT PRIVILEGES FOR ROLE o GRANT CREATE ON SCHEMAS  TO r;"]
         );
         assert!(build_default_acl_commands("o", None, 'x', "{}", "{}", 15).is_err());
     }
