@@ -83,6 +83,7 @@ pub async fn load(c: &Client, server_major: u32) -> Result<SchemaModel> {
     let rels = load_relations(c, &mut m, &comments, server_major).await?;
     load_sequences(c, &mut m, &comments, &rels).await?;
     load_constraints_and_indexes(c, &mut m, &comments, &rels, server_major).await?;
+    load_acls(c, &mut m, server_major).await?;
 
     // Catalog dependencies, minus pins and extension membership.
     for r in query(
@@ -1128,16 +1129,11 @@ pub async fn unsupported(c: &Client, major: u32) -> Result<Vec<String>> {
         ("collation", format!(
             "SELECT pg_catalog.format('%I.%I', n.nspname, co.collname) FROM pg_catalog.pg_collation co JOIN pg_catalog.pg_namespace n ON n.oid = co.collnamespace
               WHERE co.oid >= 16384 AND {user_ns} AND {}", ext(class::PG_COLLATION, "co.oid"))),
-        ("privileges on", format!(
-            "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              WHERE (c.relacl IS NOT NULL OR EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attacl IS NOT NULL)) AND {user_ns}
-             UNION ALL SELECT pg_catalog.format('function %I.%I', n.nspname, p.proname) FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-              WHERE p.proacl IS NOT NULL AND {user_ns}
-             UNION ALL SELECT pg_catalog.format('type %I.%I', n.nspname, t.typname) FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
-              WHERE t.typacl IS NOT NULL AND {user_ns}
-             UNION ALL SELECT pg_catalog.format('schema %I', n.nspname) FROM pg_catalog.pg_namespace n
-              WHERE n.nspacl IS NOT NULL AND {user_ns} AND n.nspname <> 'public'
-             UNION ALL SELECT 'default privileges' FROM pg_catalog.pg_default_acl
+        ("privileges not reproduced yet on", format!(
+            "SELECT 'schema public' FROM pg_catalog.pg_namespace n
+              WHERE n.nspname = 'public' AND n.nspacl IS NOT NULL
+                AND n.nspacl::text <> pg_catalog.format('{{%s=UC/%s,=U/%s}}', n.nspowner::pg_catalog.regrole, n.nspowner::pg_catalog.regrole, n.nspowner::pg_catalog.regrole)
+                AND n.nspacl::text <> pg_catalog.format('{{%s=UC/%s,=UC/%s}}', n.nspowner::pg_catalog.regrole, n.nspowner::pg_catalog.regrole, n.nspowner::pg_catalog.regrole)
              UNION ALL SELECT pg_catalog.format('large object %s', l.oid) FROM pg_catalog.pg_largeobject_metadata l WHERE l.lomacl IS NOT NULL")),
         ("column storage or statistics settings on", format!(
             "SELECT DISTINCT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_attribute a
@@ -1198,4 +1194,122 @@ pub async fn user_object_count(c: &Client) -> Result<i64> {
               + (SELECT pg_catalog.count(*) FROM pg_catalog.pg_extension WHERE extname <> 'plpgsql')"
     );
     Ok(query(c, "target objects", &sql).await?[0].get(0))
+}
+
+/// The baseline an ACL is compared with: `pg_init_privs` when the object
+/// has initial privileges, else the built-in default for its kind and owner.
+fn baseline_sql(classid: u32, oid_expr: &str, kind: char, owner_expr: &str) -> String {
+    format!(
+        "COALESCE((SELECT ip.initprivs::text FROM pg_catalog.pg_init_privs ip
+                    WHERE ip.classoid = {classid} AND ip.objoid = {oid_expr} AND ip.objsubid = 0),
+                  pg_catalog.acldefault('{kind}', {owner_expr})::text)"
+    )
+}
+
+/// Privileges (GRANT / REVOKE against the default) of tables, views,
+/// sequences, columns, functions, types, schemas, and default privileges.
+/// They land in the script's ACL part, after every object and the data.
+async fn load_acls(c: &Client, m: &mut SchemaModel, major: u32) -> Result<()> {
+    use super::acl::{build_acl_commands, build_default_acl_commands, AclObjectKind};
+    let err = |e: MigrationError| e;
+    let add = |m: &mut SchemaModel, cls: u32, oid: u32, cmds: Vec<String>| {
+        if let Some(&i) = m.by_ref.get(&(cls, oid)) {
+            m.objects[i].acl.extend(cmds);
+        }
+    };
+    // Relations and sequences.
+    let sql = format!(
+        "SELECT c.oid, pg_catalog.format('%I.%I', n.nspname, c.relname), c.relkind::text, c.relacl::text,
+                {}, pg_catalog.pg_get_userbyid(c.relowner)::text
+           FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S') AND c.relacl IS NOT NULL AND {}",
+        baseline_sql(class::PG_CLASS, "c.oid", 'r', "c.relowner").replace("acldefault('r'", "acldefault(CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END::\"char\""),
+        user_object("n", class::PG_CLASS, "c.oid")
+    );
+    for r in query(c, "relation privileges", &sql).await? {
+        let (oid, q, kind, acl, base, owner): (u32, String, String, String, String, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
+        let (k, word) = if kind == "S" { (AclObjectKind::Sequence, "SEQUENCE") } else { (AclObjectKind::Table, "TABLE") };
+        let cmds = build_acl_commands(k, &format!("{word} {q}"), None, Some(&acl), &base, &owner, major).map_err(err)?;
+        add(m, class::PG_CLASS, oid, cmds);
+    }
+    // Columns: compared with no privileges at all.
+    let sql = format!(
+        "SELECT c.oid, pg_catalog.format('%I.%I', n.nspname, c.relname), pg_catalog.quote_ident(a.attname), a.attacl::text,
+                pg_catalog.pg_get_userbyid(c.relowner)::text
+           FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          WHERE a.attacl IS NOT NULL AND a.attnum > 0 AND NOT a.attisdropped AND {}
+          ORDER BY c.oid, a.attnum",
+        user_object("n", class::PG_CLASS, "c.oid")
+    );
+    for r in query(c, "column privileges", &sql).await? {
+        let (oid, q, col, acl, owner): (u32, String, String, String, String) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        let cmds = build_acl_commands(AclObjectKind::Column, &format!("TABLE {q}"), Some(&col), Some(&acl), "{}", &owner, major).map_err(err)?;
+        add(m, class::PG_CLASS, oid, cmds);
+    }
+    // Functions and procedures.
+    let sql = format!(
+        "SELECT p.oid, pg_catalog.format('%I.%I', n.nspname, p.proname) || '(' || pg_catalog.pg_get_function_identity_arguments(p.oid) || ')',
+                p.prokind::text, p.proacl::text, {}, pg_catalog.pg_get_userbyid(p.proowner)::text
+           FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+          WHERE p.proacl IS NOT NULL AND {}",
+        baseline_sql(class::PG_PROC, "p.oid", 'f', "p.proowner"),
+        user_object("n", class::PG_PROC, "p.oid")
+    );
+    for r in query(c, "function privileges", &sql).await? {
+        let (oid, sig, kind, acl, base, owner): (u32, String, String, String, String, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
+        let word = if kind == "p" { "PROCEDURE" } else { "FUNCTION" };
+        let cmds = build_acl_commands(AclObjectKind::Function, &format!("{word} {sig}"), None, Some(&acl), &base, &owner, major).map_err(err)?;
+        add(m, class::PG_PROC, oid, cmds);
+    }
+    // Types and domains.
+    let sql = format!(
+        "SELECT t.oid, pg_catalog.format('%I.%I', n.nspname, t.typname), t.typtype::text, t.typacl::text, {},
+                pg_catalog.pg_get_userbyid(t.typowner)::text
+           FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+          WHERE t.typacl IS NOT NULL AND t.typtype IN ('e', 'd', 'c', 'r') AND {}",
+        baseline_sql(class::PG_TYPE, "t.oid", 'T', "t.typowner"),
+        user_object("n", class::PG_TYPE, "t.oid")
+    );
+    for r in query(c, "type privileges", &sql).await? {
+        let (oid, q, kind, acl, base, owner): (u32, String, String, String, String, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
+        let word = if kind == "d" { "DOMAIN" } else { "TYPE" };
+        let cmds = build_acl_commands(AclObjectKind::Type, &format!("{word} {q}"), None, Some(&acl), &base, &owner, major).map_err(err)?;
+        add(m, class::PG_TYPE, oid, cmds);
+    }
+    // Schemas (public has a default of its own; left to `unsupported`).
+    let sql = format!(
+        "SELECT n.oid, pg_catalog.quote_ident(n.nspname), n.nspacl::text, {}, pg_catalog.pg_get_userbyid(n.nspowner)::text
+           FROM pg_catalog.pg_namespace n
+          WHERE n.nspacl IS NOT NULL AND n.nspname <> 'public' AND {}",
+        baseline_sql(class::PG_NAMESPACE, "n.oid", 'n', "n.nspowner"),
+        user_object("n", class::PG_NAMESPACE, "n.oid")
+    );
+    for r in query(c, "schema privileges", &sql).await? {
+        let (oid, q, acl, base, owner): (u32, String, String, String, String) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        let cmds = build_acl_commands(AclObjectKind::Schema, &format!("SCHEMA {q}"), None, Some(&acl), &base, &owner, major).map_err(err)?;
+        add(m, class::PG_NAMESPACE, oid, cmds);
+    }
+    // Default privileges: after everything else, or new objects on the
+    // target would pick up grants their source twins do not have.
+    let sql = "SELECT d.oid, pg_catalog.pg_get_userbyid(d.defaclrole)::text, n.nspname::text, d.defaclobjtype::text, d.defaclacl::text,
+                      CASE WHEN d.defaclnamespace = 0
+                           THEN pg_catalog.acldefault(CASE WHEN d.defaclobjtype = 'S' THEN 's' ELSE d.defaclobjtype END::\"char\", d.defaclrole)::text
+                           ELSE '{}' END
+                 FROM pg_catalog.pg_default_acl d LEFT JOIN pg_catalog.pg_namespace n ON n.oid = d.defaclnamespace
+                ORDER BY 2, 3 NULLS FIRST, 4";
+    for r in query(c, "default privileges", sql).await? {
+        let (oid, role, nsp, objtype, acl, base): (u32, String, Option<String>, String, String, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
+        let t = objtype.chars().next().unwrap_or('r');
+        let cmds = build_default_acl_commands(&role, nsp.as_deref(), t, &acl, &base, major).map_err(err)?;
+        let mut o = SchemaObject::new(ObjectKind::DefaultAcl, nsp.as_deref().unwrap_or(""), &role, oid, format!("DEFAULT PRIVILEGES FOR ROLE {}", ident(&role)));
+        o.key.tiebreak.push(objtype.clone());
+        o.acl = cmds;
+        m.add(o, &[]);
+    }
+    Ok(())
 }
