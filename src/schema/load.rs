@@ -1229,8 +1229,21 @@ async fn load_acls(c: &Client, m: &mut SchemaModel, major: u32) -> Result<()> {
     for r in query(c, "relation privileges", &sql).await? {
         let (oid, q, kind, acl, base, owner): (u32, String, String, String, String, String) =
             (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
-        let (k, word) = if kind == "S" { (AclObjectKind::Sequence, "SEQUENCE") } else { (AclObjectKind::Table, "TABLE") };
-        let cmds = build_acl_commands(k, &format!("{word} {q}"), None, Some(&acl), &base, &owner, major).map_err(err)?;
+        let (k, word) = if kind == "S" {
+            (AclObjectKind::Sequence, "SEQUENCE")
+        } else {
+            (AclObjectKind::Table, "TABLE")
+        };
+        let cmds = build_acl_commands(
+            k,
+            &format!("{word} {q}"),
+            None,
+            Some(&acl),
+            &base,
+            &owner,
+            major,
+        )
+        .map_err(err)?;
         add(m, class::PG_CLASS, oid, cmds);
     }
     // Columns: compared with no privileges at all.
@@ -1244,8 +1257,18 @@ async fn load_acls(c: &Client, m: &mut SchemaModel, major: u32) -> Result<()> {
         user_object("n", class::PG_CLASS, "c.oid")
     );
     for r in query(c, "column privileges", &sql).await? {
-        let (oid, q, col, acl, owner): (u32, String, String, String, String) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
-        let cmds = build_acl_commands(AclObjectKind::Column, &format!("TABLE {q}"), Some(&col), Some(&acl), "{}", &owner, major).map_err(err)?;
+        let (oid, q, col, acl, owner): (u32, String, String, String, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        let cmds = build_acl_commands(
+            AclObjectKind::Column,
+            &format!("TABLE {q}"),
+            Some(&col),
+            Some(&acl),
+            "{}",
+            &owner,
+            major,
+        )
+        .map_err(err)?;
         add(m, class::PG_CLASS, oid, cmds);
     }
     // Functions and procedures.
@@ -1261,7 +1284,16 @@ async fn load_acls(c: &Client, m: &mut SchemaModel, major: u32) -> Result<()> {
         let (oid, sig, kind, acl, base, owner): (u32, String, String, String, String, String) =
             (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
         let word = if kind == "p" { "PROCEDURE" } else { "FUNCTION" };
-        let cmds = build_acl_commands(AclObjectKind::Function, &format!("{word} {sig}"), None, Some(&acl), &base, &owner, major).map_err(err)?;
+        let cmds = build_acl_commands(
+            AclObjectKind::Function,
+            &format!("{word} {sig}"),
+            None,
+            Some(&acl),
+            &base,
+            &owner,
+            major,
+        )
+        .map_err(err)?;
         add(m, class::PG_PROC, oid, cmds);
     }
     // Types and domains.
@@ -1277,7 +1309,16 @@ async fn load_acls(c: &Client, m: &mut SchemaModel, major: u32) -> Result<()> {
         let (oid, q, kind, acl, base, owner): (u32, String, String, String, String, String) =
             (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
         let word = if kind == "d" { "DOMAIN" } else { "TYPE" };
-        let cmds = build_acl_commands(AclObjectKind::Type, &format!("{word} {q}"), None, Some(&acl), &base, &owner, major).map_err(err)?;
+        let cmds = build_acl_commands(
+            AclObjectKind::Type,
+            &format!("{word} {q}"),
+            None,
+            Some(&acl),
+            &base,
+            &owner,
+            major,
+        )
+        .map_err(err)?;
         add(m, class::PG_TYPE, oid, cmds);
     }
     // Schemas (public has a default of its own; left to `unsupported`).
@@ -1289,8 +1330,18 @@ async fn load_acls(c: &Client, m: &mut SchemaModel, major: u32) -> Result<()> {
         user_object("n", class::PG_NAMESPACE, "n.oid")
     );
     for r in query(c, "schema privileges", &sql).await? {
-        let (oid, q, acl, base, owner): (u32, String, String, String, String) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
-        let cmds = build_acl_commands(AclObjectKind::Schema, &format!("SCHEMA {q}"), None, Some(&acl), &base, &owner, major).map_err(err)?;
+        let (oid, q, acl, base, owner): (u32, String, String, String, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        let cmds = build_acl_commands(
+            AclObjectKind::Schema,
+            &format!("SCHEMA {q}"),
+            None,
+            Some(&acl),
+            &base,
+            &owner,
+            major,
+        )
+        .map_err(err)?;
         add(m, class::PG_NAMESPACE, oid, cmds);
     }
     // Default privileges: after everything else, or new objects on the
@@ -1302,11 +1353,24 @@ async fn load_acls(c: &Client, m: &mut SchemaModel, major: u32) -> Result<()> {
                  FROM pg_catalog.pg_default_acl d LEFT JOIN pg_catalog.pg_namespace n ON n.oid = d.defaclnamespace
                 ORDER BY 2, 3 NULLS FIRST, 4";
     for r in query(c, "default privileges", sql).await? {
-        let (oid, role, nsp, objtype, acl, base): (u32, String, Option<String>, String, String, String) =
-            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
+        let (oid, role, nsp, objtype, acl, base): (
+            u32,
+            String,
+            Option<String>,
+            String,
+            String,
+            String,
+        ) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
         let t = objtype.chars().next().unwrap_or('r');
-        let cmds = build_default_acl_commands(&role, nsp.as_deref(), t, &acl, &base, major).map_err(err)?;
-        let mut o = SchemaObject::new(ObjectKind::DefaultAcl, nsp.as_deref().unwrap_or(""), &role, oid, format!("DEFAULT PRIVILEGES FOR ROLE {}", ident(&role)));
+        let cmds = build_default_acl_commands(&role, nsp.as_deref(), t, &acl, &base, major)
+            .map_err(err)?;
+        let mut o = SchemaObject::new(
+            ObjectKind::DefaultAcl,
+            nsp.as_deref().unwrap_or(""),
+            &role,
+            oid,
+            format!("DEFAULT PRIVILEGES FOR ROLE {}", ident(&role)),
+        );
         o.key.tiebreak.push(objtype.clone());
         o.acl = cmds;
         m.add(o, &[]);
