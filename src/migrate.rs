@@ -744,6 +744,35 @@ async fn prepare_target_database(
             missing.join(", ")
         )));
     }
+    // Every extension must be installable on the target at the source's version.
+    let mut unavailable = Vec::new();
+    for r in src
+        .query(
+            "SELECT extname::text, extversion FROM pg_catalog.pg_extension WHERE extname <> 'plpgsql' ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(|e| MigrationError::db("listing the source's extensions", e))?
+    {
+        let (name, version): (String, String) = (r.get(0), r.get(1));
+        let ok: bool = admin
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_available_extension_versions WHERE name = $1 AND version = $2)",
+                &[&name, &version],
+            )
+            .await
+            .map_err(|e| MigrationError::db("checking extensions on the target", e))?
+            .get(0);
+        if !ok {
+            unavailable.push(format!("{name} {version}"));
+        }
+    }
+    if !unavailable.is_empty() {
+        return Err(MigrationError::TargetNotReady(format!(
+            "extension(s) not available on the target server at the source's version: {}. Install the extension packages on the target first",
+            unavailable.join(", ")
+        )));
+    }
     let exists: bool = admin
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1)",

@@ -176,3 +176,50 @@ async fn privileges_rebuild_identically() {
     "#;
     assert_rebuilds("sch_priv", sql).await;
 }
+
+/// Extensions (at their version, with a table using their types), triggers
+/// in every enabled state, rules, row-level security with policies, and
+/// extended statistics.
+#[tokio::test]
+async fn triggers_rules_policies_statistics_extensions_rebuild_identically() {
+    let roles = "DO $$ BEGIN
+        IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'dbm_pol_role') THEN CREATE ROLE dbm_pol_role; END IF;
+      EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;";
+    let pair = testkit::shared_pair();
+    testkit::execute(&pair.source.conninfo("postgres"), roles)
+        .await
+        .unwrap();
+    testkit::execute(&pair.target.conninfo("postgres"), roles)
+        .await
+        .unwrap();
+    let sql = r#"
+        CREATE SCHEMA ext; CREATE EXTENSION citext WITH SCHEMA ext; CREATE EXTENSION hstore WITH SCHEMA ext;
+        CREATE SCHEMA app;
+        CREATE TABLE app.users (id int PRIMARY KEY, email ext.citext UNIQUE, attrs ext.hstore, owner_name text, a int, b int);
+        CREATE FUNCTION app.touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+        CREATE TRIGGER t_before BEFORE INSERT OR UPDATE ON app.users FOR EACH ROW EXECUTE FUNCTION app.touch();
+        CREATE TRIGGER t_disabled AFTER DELETE ON app.users FOR EACH STATEMENT EXECUTE FUNCTION app.touch();
+        ALTER TABLE app.users DISABLE TRIGGER t_disabled;
+        CREATE TRIGGER t_replica BEFORE UPDATE ON app.users FOR EACH ROW WHEN (OLD.a IS DISTINCT FROM NEW.a) EXECUTE FUNCTION app.touch();
+        ALTER TABLE app.users ENABLE REPLICA TRIGGER t_replica;
+        CREATE TRIGGER t_always BEFORE INSERT ON app.users FOR EACH ROW EXECUTE FUNCTION app.touch();
+        ALTER TABLE app.users ENABLE ALWAYS TRIGGER t_always;
+        CREATE CONSTRAINT TRIGGER t_constraint AFTER INSERT ON app.users DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION app.touch();
+        COMMENT ON TRIGGER t_before ON app.users IS 'touches';
+        CREATE TABLE app.log (msg text);
+        CREATE RULE log_delete AS ON DELETE TO app.users DO ALSO INSERT INTO app.log VALUES ('deleted ' || OLD.id);
+        CREATE RULE r_off AS ON UPDATE TO app.log DO INSTEAD NOTHING;
+        ALTER TABLE app.log DISABLE RULE r_off;
+        ALTER TABLE app.users ENABLE ROW LEVEL SECURITY;
+        ALTER TABLE app.log ENABLE ROW LEVEL SECURITY; ALTER TABLE app.log FORCE ROW LEVEL SECURITY;
+        CREATE POLICY own ON app.users FOR SELECT TO dbm_pol_role USING (owner_name = current_user);
+        CREATE POLICY ins ON app.users AS RESTRICTIVE FOR INSERT WITH CHECK (a > 0);
+        CREATE POLICY everything ON app.log USING (true) WITH CHECK (msg <> '');
+        COMMENT ON POLICY own ON app.users IS 'only your rows';
+        CREATE STATISTICS app.users_ab (ndistinct, dependencies) ON a, b FROM app.users;
+        ALTER STATISTICS app.users_ab SET STATISTICS 500;
+        CREATE STATISTICS app.users_mcv (mcv) ON a, (b + 1) FROM app.users;
+        COMMENT ON STATISTICS app.users_mcv IS 'expression stats';
+    "#;
+    assert_rebuilds("sch_trig", sql).await;
+}

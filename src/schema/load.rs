@@ -83,6 +83,9 @@ pub async fn load(c: &Client, server_major: u32) -> Result<SchemaModel> {
     let rels = load_relations(c, &mut m, &comments, server_major).await?;
     load_sequences(c, &mut m, &comments, &rels).await?;
     load_constraints_and_indexes(c, &mut m, &comments, &rels, server_major).await?;
+    load_extensions(c, &mut m, &comments).await?;
+    load_rules_triggers_policies(c, &mut m, &comments, &rels, server_major).await?;
+    load_statistics(c, &mut m, &comments, server_major).await?;
     load_acls(c, &mut m, server_major).await?;
 
     // Catalog dependencies, minus pins and extension membership.
@@ -1092,11 +1095,6 @@ async fn load_constraints_and_indexes(
 /// migration refuses to start while any exist, rather than silently
 /// leaving out a trigger, a policy or a grant; each entry names the object.
 pub async fn unsupported(c: &Client, major: u32) -> Result<Vec<String>> {
-    let tgparent = if major >= 13 {
-        "AND t.tgparentid = 0"
-    } else {
-        ""
-    };
     let ext = |cls: u32, oid: &str| {
         format!("NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = {cls} AND e.objid = {oid} AND e.deptype = 'e')")
     };
@@ -1107,24 +1105,9 @@ pub async fn unsupported(c: &Client, major: u32) -> Result<Vec<String>> {
         "a.attstattarget >= 0"
     };
     let checks: Vec<(&str, String)> = vec![
-        ("trigger", format!(
-            "SELECT pg_catalog.format('%I on %I.%I', t.tgname, n.nspname, c.relname) FROM pg_catalog.pg_trigger t
-               JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              WHERE NOT t.tgisinternal {tgparent} AND {user_ns}")),
-        ("rule", format!(
-            "SELECT pg_catalog.format('%I on %I.%I', r.rulename, n.nspname, c.relname) FROM pg_catalog.pg_rewrite r
-               JOIN pg_catalog.pg_class c ON c.oid = r.ev_class JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              WHERE r.rulename <> '_RETURN' AND {user_ns}")),
-        ("row-level security", format!(
-            "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              WHERE (c.relrowsecurity OR EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid)) AND {user_ns}")),
-        ("extended statistics", format!(
-            "SELECT pg_catalog.format('%I.%I', n.nspname, s.stxname) FROM pg_catalog.pg_statistic_ext s
-               JOIN pg_catalog.pg_namespace n ON n.oid = s.stxnamespace WHERE {user_ns}")),
         ("aggregate", format!(
             "SELECT pg_catalog.format('%I.%I', n.nspname, p.proname) FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
               WHERE p.prokind = 'a' AND {user_ns} AND {}", ext(class::PG_PROC, "p.oid"))),
-        ("extension", "SELECT extname::text FROM pg_catalog.pg_extension WHERE extname <> 'plpgsql'".to_string()),
         ("event trigger", "SELECT evtname::text FROM pg_catalog.pg_event_trigger".to_string()),
         ("collation", format!(
             "SELECT pg_catalog.format('%I.%I', n.nspname, co.collname) FROM pg_catalog.pg_collation co JOIN pg_catalog.pg_namespace n ON n.oid = co.collnamespace
@@ -1374,6 +1357,262 @@ async fn load_acls(c: &Client, m: &mut SchemaModel, major: u32) -> Result<()> {
         o.key.tiebreak.push(objtype.clone());
         o.acl = cmds;
         m.add(o, &[]);
+    }
+    Ok(())
+}
+
+/// Extensions, at their source version; their member objects are not
+/// created one by one, and anything depending on a member depends on the
+/// extension.
+async fn load_extensions(c: &Client, m: &mut SchemaModel, comments: &Comments) -> Result<()> {
+    for r in query(
+        c,
+        "extensions",
+        "SELECT e.oid, e.extname::text, n.nspname::text, e.extversion
+           FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+          WHERE e.extname <> 'plpgsql'",
+    )
+    .await?
+    {
+        let (oid, name, nsp, version): (u32, String, String, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        let q = ident(&name);
+        let mut o = SchemaObject::new(
+            ObjectKind::Extension,
+            "",
+            &name,
+            oid,
+            format!("EXTENSION {q}"),
+        );
+        o.create.push(format!(
+            "CREATE EXTENSION IF NOT EXISTS {q} WITH SCHEMA {} VERSION {};",
+            ident(&nsp),
+            literal(&version)
+        ));
+        if let Some(cm) = comment_on(
+            comments,
+            (class::PG_EXTENSION, oid, 0),
+            &format!("EXTENSION {q}"),
+        ) {
+            o.comments.push(cm);
+        }
+        m.add(o, &[(class::PG_EXTENSION, oid)]);
+    }
+    for r in query(
+        c,
+        "extension members",
+        "SELECT classid, objid, refobjid FROM pg_catalog.pg_depend WHERE deptype = 'e' AND refclassid = 3079",
+    )
+    .await?
+    {
+        let (cls, obj, ext): (u32, u32, u32) = (r.get(0), r.get(1), r.get(2));
+        if let Some(&i) = m.by_ref.get(&(class::PG_EXTENSION, ext)) {
+            m.alias((cls, obj), i);
+        }
+    }
+    Ok(())
+}
+
+/// Triggers (with their enabled state), rules, row-level security and
+/// policies: all post-data, like pg_dump.
+async fn load_rules_triggers_policies(
+    c: &Client,
+    m: &mut SchemaModel,
+    comments: &Comments,
+    rels: &HashMap<u32, Rel>,
+    major: u32,
+) -> Result<()> {
+    let clone_filter = if major >= 13 {
+        "AND t.tgparentid = 0"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "SELECT t.oid, t.tgrelid, t.tgname::text, pg_catalog.pg_get_triggerdef(t.oid, false), t.tgenabled::text
+           FROM pg_catalog.pg_trigger t WHERE NOT t.tgisinternal {clone_filter} ORDER BY t.tgrelid, t.tgname"
+    );
+    for r in query(c, "triggers", &sql).await? {
+        let (oid, relid, name, def, enabled): (u32, u32, String, String, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        let Some(rel) = rels.get(&relid) else {
+            continue;
+        };
+        let mut o = SchemaObject::new(
+            ObjectKind::Trigger,
+            &rel.namespace,
+            &name,
+            oid,
+            format!("TRIGGER {} ON {}", ident(&name), rel.qname),
+        );
+        o.key.tiebreak.push(rel.qname.clone());
+        o.create.push(format!("{def};"));
+        let word = if rel.kind == 'v' { "VIEW" } else { "TABLE" };
+        match enabled.as_str() {
+            "D" => o.create.push(format!(
+                "ALTER {word} {} DISABLE TRIGGER {};",
+                rel.qname,
+                ident(&name)
+            )),
+            "R" => o.create.push(format!(
+                "ALTER {word} {} ENABLE REPLICA TRIGGER {};",
+                rel.qname,
+                ident(&name)
+            )),
+            "A" => o.create.push(format!(
+                "ALTER {word} {} ENABLE ALWAYS TRIGGER {};",
+                rel.qname,
+                ident(&name)
+            )),
+            _ => {}
+        }
+        if let Some(cm) = comment_on(
+            comments,
+            (class::PG_TRIGGER, oid, 0),
+            &format!("TRIGGER {} ON {}", ident(&name), rel.qname),
+        ) {
+            o.comments.push(cm);
+        }
+        o.deps.push(rel.index);
+        m.add(o, &[(class::PG_TRIGGER, oid)]);
+    }
+    for r in query(
+        c,
+        "rules",
+        "SELECT r.oid, r.ev_class, r.rulename::text, pg_catalog.pg_get_ruledef(r.oid), r.ev_enabled::text
+           FROM pg_catalog.pg_rewrite r WHERE r.rulename <> '_RETURN' ORDER BY r.ev_class, r.rulename",
+    )
+    .await?
+    {
+        let (oid, relid, name, def, enabled): (u32, u32, String, String, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        let Some(rel) = rels.get(&relid) else { continue };
+        let mut o = SchemaObject::new(ObjectKind::Rule, &rel.namespace, &name, oid, format!("RULE {} ON {}", ident(&name), rel.qname));
+        o.key.tiebreak.push(rel.qname.clone());
+        let def = def.trim_end().trim_end_matches(';').to_string();
+        o.create.push(format!("{def};"));
+        let word = if rel.kind == 'v' { "VIEW" } else { "TABLE" };
+        match enabled.as_str() {
+            "D" => o.create.push(format!("ALTER {word} {} DISABLE RULE {};", rel.qname, ident(&name))),
+            "R" => o.create.push(format!("ALTER {word} {} ENABLE REPLICA RULE {};", rel.qname, ident(&name))),
+            "A" => o.create.push(format!("ALTER {word} {} ENABLE ALWAYS RULE {};", rel.qname, ident(&name))),
+            _ => {}
+        }
+        if let Some(cm) = comment_on(comments, (class::PG_REWRITE, oid, 0), &format!("RULE {} ON {}", ident(&name), rel.qname)) {
+            o.comments.push(cm);
+        }
+        o.deps.push(rel.index);
+        m.add(o, &[(class::PG_REWRITE, oid)]);
+    }
+    // ENABLE ROW LEVEL SECURITY is its own post-data step (FORCE goes with the table).
+    for r in query(
+        c,
+        "row-level security",
+        "SELECT c.oid FROM pg_catalog.pg_class c WHERE c.relrowsecurity",
+    )
+    .await?
+    {
+        let oid: u32 = r.get(0);
+        let Some(rel) = rels.get(&oid) else { continue };
+        let name = rel.qname.clone();
+        let mut o = SchemaObject::new(
+            ObjectKind::Policy,
+            &rel.namespace,
+            "",
+            oid,
+            format!("ROW SECURITY {name}"),
+        );
+        o.key.tiebreak.push(name.clone());
+        o.create
+            .push(format!("ALTER TABLE {name} ENABLE ROW LEVEL SECURITY;"));
+        o.deps.push(rel.index);
+        m.add(o, &[]);
+    }
+    for r in query(
+        c,
+        "policies",
+        "SELECT p.oid, p.polrelid, p.polname::text, p.polcmd::text, p.polpermissive,
+                CASE WHEN p.polroles = '{0}' THEN NULL ELSE pg_catalog.array_to_string(ARRAY(
+                    SELECT pg_catalog.quote_ident(ro.rolname) FROM pg_catalog.pg_roles ro WHERE ro.oid = ANY (p.polroles) ORDER BY ro.rolname), ', ') END,
+                pg_catalog.pg_get_expr(p.polqual, p.polrelid), pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid)
+           FROM pg_catalog.pg_policy p ORDER BY p.polrelid, p.polname",
+    )
+    .await?
+    {
+        let (oid, relid, name, cmd, permissive): (u32, u32, String, String, bool) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        let Some(rel) = rels.get(&relid) else { continue };
+        let mut s = format!("CREATE POLICY {} ON {}", ident(&name), rel.qname);
+        if !permissive {
+            s.push_str(" AS RESTRICTIVE");
+        }
+        match cmd.as_str() {
+            "r" => s.push_str(" FOR SELECT"),
+            "a" => s.push_str(" FOR INSERT"),
+            "w" => s.push_str(" FOR UPDATE"),
+            "d" => s.push_str(" FOR DELETE"),
+            _ => {}
+        }
+        if let Some(roles) = r.get::<_, Option<String>>(5) {
+            s.push_str(&format!(" TO {roles}"));
+        }
+        if let Some(q) = r.get::<_, Option<String>>(6) {
+            s.push_str(&format!(" USING ({q})"));
+        }
+        if let Some(wc) = r.get::<_, Option<String>>(7) {
+            s.push_str(&format!(" WITH CHECK ({wc})"));
+        }
+        s.push(';');
+        let mut o = SchemaObject::new(ObjectKind::Policy, &rel.namespace, &name, oid, format!("POLICY {} ON {}", ident(&name), rel.qname));
+        o.key.tiebreak.push(rel.qname.clone());
+        o.create.push(s);
+        if let Some(cm) = comment_on(comments, (3256, oid, 0), &format!("POLICY {} ON {}", ident(&name), rel.qname)) {
+            o.comments.push(cm);
+        }
+        o.deps.push(rel.index);
+        m.add(o, &[(3256, oid)]);
+    }
+    Ok(())
+}
+
+/// Extended statistics objects.
+async fn load_statistics(
+    c: &Client,
+    m: &mut SchemaModel,
+    comments: &Comments,
+    major: u32,
+) -> Result<()> {
+    let target = match major {
+        17.. => "s.stxstattarget::int4",
+        13..=16 => "NULLIF(s.stxstattarget, -1)::int4",
+        _ => "NULL::int4",
+    };
+    let sql = format!(
+        "SELECT s.oid, n.nspname::text, s.stxname::text, pg_catalog.pg_get_statisticsobjdef(s.oid), {target},
+                pg_catalog.pg_get_userbyid(s.stxowner)::text
+           FROM pg_catalog.pg_statistic_ext s JOIN pg_catalog.pg_namespace n ON n.oid = s.stxnamespace
+          WHERE {}",
+        user_object("n", 3381, "s.oid")
+    );
+    for r in query(c, "extended statistics", &sql).await? {
+        let (oid, nsp, name, def, owner): (u32, String, String, String, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(5));
+        let q = qualified(&nsp, &name);
+        let mut o = SchemaObject::new(
+            ObjectKind::StatsExt,
+            &nsp,
+            &name,
+            oid,
+            format!("STATISTICS {q}"),
+        );
+        o.create.push(format!("{def};"));
+        if let Some(t) = r.get::<_, Option<i32>>(4) {
+            o.create
+                .push(format!("ALTER STATISTICS {q} SET STATISTICS {t};"));
+        }
+        o.owner = Some(format!("ALTER STATISTICS {q} OWNER TO {};", ident(&owner)));
+        if let Some(cm) = comment_on(comments, (3381, oid, 0), &format!("STATISTICS {q}")) {
+            o.comments.push(cm);
+        }
+        m.add(o, &[(3381, oid)]);
     }
     Ok(())
 }
