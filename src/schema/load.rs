@@ -1112,12 +1112,12 @@ pub async fn unsupported(c: &Client, major: u32) -> Result<Vec<String>> {
         ("collation", format!(
             "SELECT pg_catalog.format('%I.%I', n.nspname, co.collname) FROM pg_catalog.pg_collation co JOIN pg_catalog.pg_namespace n ON n.oid = co.collnamespace
               WHERE co.oid >= 16384 AND {user_ns} AND {}", ext(class::PG_COLLATION, "co.oid"))),
-        ("privileges not reproduced yet on", format!(
+        ("privileges not reproduced yet on", 
             "SELECT 'schema public' FROM pg_catalog.pg_namespace n
               WHERE n.nspname = 'public' AND n.nspacl IS NOT NULL
-                AND n.nspacl::text <> pg_catalog.format('{{%s=UC/%s,=U/%s}}', n.nspowner::pg_catalog.regrole, n.nspowner::pg_catalog.regrole, n.nspowner::pg_catalog.regrole)
-                AND n.nspacl::text <> pg_catalog.format('{{%s=UC/%s,=UC/%s}}', n.nspowner::pg_catalog.regrole, n.nspowner::pg_catalog.regrole, n.nspowner::pg_catalog.regrole)
-             UNION ALL SELECT pg_catalog.format('large object %s', l.oid) FROM pg_catalog.pg_largeobject_metadata l WHERE l.lomacl IS NOT NULL")),
+                AND n.nspacl::text <> pg_catalog.format('{%s=UC/%s,=U/%s}', n.nspowner::pg_catalog.regrole, n.nspowner::pg_catalog.regrole, n.nspowner::pg_catalog.regrole)
+                AND n.nspacl::text <> pg_catalog.format('{%s=UC/%s,=UC/%s}', n.nspowner::pg_catalog.regrole, n.nspowner::pg_catalog.regrole, n.nspowner::pg_catalog.regrole)
+             UNION ALL SELECT pg_catalog.format('large object %s', l.oid) FROM pg_catalog.pg_largeobject_metadata l WHERE l.lomacl IS NOT NULL".to_string()),
         ("column storage or statistics settings on", format!(
             "SELECT DISTINCT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_attribute a
                JOIN pg_catalog.pg_class c ON c.oid = a.attrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
