@@ -740,7 +740,7 @@ async fn prepare_target_database(
         .collect();
     if !missing.is_empty() {
         return Err(MigrationError::TargetNotReady(format!(
-            "role(s) owning objects on the source do not exist on the target: {}. Create them on the target first",
+            "role(s) that own or are granted objects on the source do not exist on the target: {}. Create them on the target first",
             missing.join(", ")
         )));
     }

@@ -1149,7 +1149,8 @@ pub async fn unsupported(c: &Client, major: u32) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// Roles owning the objects a full migration creates.
+/// Roles a full migration's DDL names: owners, grantees and grantors,
+/// default-privilege roles and policy roles. They must exist on the target.
 pub async fn owner_roles(c: &Client) -> Result<Vec<String>> {
     let user_ns = "n.nspname NOT IN ('pg_catalog', 'information_schema', '_pg_dbmigrator') AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)'";
     let sql = format!(
@@ -1157,7 +1158,18 @@ pub async fn owner_roles(c: &Client) -> Result<Vec<String>> {
             SELECT c.relowner AS o FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE {user_ns}
             UNION SELECT p.proowner FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE {user_ns}
             UNION SELECT t.typowner FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace WHERE {user_ns}
-            UNION SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE {user_ns} AND n.nspname <> 'public') x ORDER BY 1"
+            UNION SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE {user_ns} AND n.nspname <> 'public'
+            UNION SELECT a.r FROM (
+                SELECT (pg_catalog.aclexplode(c.relacl)).grantee AS r FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relacl IS NOT NULL AND {user_ns}
+                UNION SELECT (pg_catalog.aclexplode(c.relacl)).grantor FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relacl IS NOT NULL AND {user_ns}
+                UNION SELECT (pg_catalog.aclexplode(at.attacl)).grantee FROM pg_catalog.pg_attribute at JOIN pg_catalog.pg_class c ON c.oid = at.attrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE at.attacl IS NOT NULL AND {user_ns}
+                UNION SELECT (pg_catalog.aclexplode(p.proacl)).grantee FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE p.proacl IS NOT NULL AND {user_ns}
+                UNION SELECT (pg_catalog.aclexplode(t.typacl)).grantee FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace WHERE t.typacl IS NOT NULL AND {user_ns}
+                UNION SELECT (pg_catalog.aclexplode(n.nspacl)).grantee FROM pg_catalog.pg_namespace n WHERE n.nspacl IS NOT NULL AND {user_ns}
+                UNION SELECT d.defaclrole FROM pg_catalog.pg_default_acl d
+                UNION SELECT (pg_catalog.aclexplode(d.defaclacl)).grantee FROM pg_catalog.pg_default_acl d
+                UNION SELECT pg_catalog.unnest(pol.polroles) FROM pg_catalog.pg_policy pol
+            ) a WHERE a.r <> 0) x ORDER BY 1"
     );
     Ok(query(c, "object owners", &sql)
         .await?
