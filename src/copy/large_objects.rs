@@ -96,6 +96,29 @@ pub async fn copy_large_objects(
                 "role owning large objects does not exist on the target; they keep the migrating role as owner (create the role and rerun, or ALTER LARGE OBJECT ... OWNER TO afterwards)"
             );
         }
+        if let Some(c) = &lo.comment {
+            dst.batch_execute(&format!(
+                "COMMENT ON LARGE OBJECT {} IS {}",
+                lo.oid,
+                quote::literal(c)
+            ))
+            .await
+            .map_err(|e| tdb(lo.oid, e))?;
+        }
+        let grants = crate::schema::acl::build_acl_commands(
+            crate::schema::acl::AclObjectKind::LargeObject,
+            &format!("LARGE OBJECT {}", lo.oid),
+            None,
+            lo.acl.as_deref(),
+            &lo.acl_default,
+            &lo.owner,
+            15,
+        )?;
+        if !grants.is_empty() {
+            dst.batch_execute(&grants.join("\n"))
+                .await
+                .map_err(|e| tdb(lo.oid, e))?;
+        }
         in_batch.0 += 1;
         if in_batch.0 >= BATCH_OBJECTS || in_batch.1 >= BATCH_BYTES {
             dst.batch_execute("COMMIT; BEGIN")

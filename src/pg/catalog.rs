@@ -67,6 +67,10 @@ impl SequenceInfo {
 pub struct LargeObjectInfo {
     pub oid: u32,
     pub owner: String,
+    /// `lomacl` as text, and the default it is compared with.
+    pub acl: Option<String>,
+    pub acl_default: String,
+    pub comment: Option<String>,
 }
 
 /// The WHERE-clause fragment and parameters that restrict `pg_class c` joined
@@ -291,7 +295,9 @@ pub async fn sequence_state(client: &Client, seq: &SequenceInfo) -> Result<(i64,
 pub async fn list_large_objects(client: &Client) -> Result<Vec<LargeObjectInfo>> {
     let rows = client
         .query(
-            "SELECT l.oid, pg_catalog.pg_get_userbyid(l.lomowner)::text
+            "SELECT l.oid, pg_catalog.pg_get_userbyid(l.lomowner)::text, l.lomacl::text,
+                    pg_catalog.acldefault('L', l.lomowner)::text,
+                    pg_catalog.obj_description(l.oid, 'pg_largeobject')
                FROM pg_catalog.pg_largeobject_metadata l ORDER BY l.oid",
             &[],
         )
@@ -302,6 +308,9 @@ pub async fn list_large_objects(client: &Client) -> Result<Vec<LargeObjectInfo>>
         .map(|r| LargeObjectInfo {
             oid: r.get(0),
             owner: r.get(1),
+            acl: r.get(2),
+            acl_default: r.get(3),
+            comment: r.get(4),
         })
         .collect())
 }

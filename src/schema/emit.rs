@@ -53,7 +53,23 @@ impl SchemaScript {
     /// Order the model and split it into parts.
     pub fn plan(mut model: SchemaModel) -> Result<SchemaScript> {
         let mut deps = model.resolve();
+        // A refresh reads other materialized views: they must be refreshed first.
+        let refresh_of: std::collections::HashMap<usize, usize> = model
+            .objects
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.key.kind == ObjectKind::RefreshMatview)
+            .filter_map(|(r, o)| o.deps.first().map(|&mv| (mv, r)))
+            .collect();
+        for (&mv, &r) in &refresh_of {
+            let extra: Vec<usize> = deps[mv]
+                .iter()
+                .filter_map(|d| refresh_of.get(d).copied())
+                .collect();
+            deps[r].extend(extra);
+        }
         split_pre_data_loops(&mut model, &mut deps);
+        split_view_loops(&mut model, &mut deps);
         let keys: Vec<SortKey> = model.objects.iter().map(|o| o.key.clone()).collect();
         // Nothing in pre-data may wait for post-data: such an edge is a loop
         // pg_dump repairs (dummy view, postponed function); until those
@@ -89,6 +105,22 @@ impl SchemaScript {
                 _ if o.postponed => script.post_data.push(step),
                 k if k.section() == Section::PostData => script.post_data.push(step),
                 _ => script.pre_data.push(step),
+            }
+        }
+        // Step names are resume markers: they must be unique.
+        let mut seen = std::collections::HashMap::new();
+        for part in [
+            &mut script.pre_data,
+            &mut script.post_data,
+            &mut script.acl,
+            &mut script.last,
+        ] {
+            for step in part.iter_mut() {
+                let n = seen.entry(step.describe.clone()).or_insert(0u32);
+                *n += 1;
+                if *n > 1 {
+                    step.describe = format!("{} #{n}", step.describe);
+                }
             }
         }
         Ok(script)
@@ -157,38 +189,76 @@ fn split_pre_data_loops(model: &mut SchemaModel, deps: &mut Vec<Vec<usize>>) {
                 continue;
             }
             changed = true;
-            if let Some(placeholder) = model.objects[i].placeholder.take() {
-                let o = &mut model.objects[i];
-                let real: Vec<String> = o
-                    .create
-                    .iter()
-                    .map(|s| s.replacen("CREATE VIEW", "CREATE OR REPLACE VIEW", 1))
+            if model.objects[i].placeholder.is_some() {
+                let post_set: Vec<bool> = (0..model.objects.len())
+                    .map(|d| is_post(model, d))
                     .collect();
-                o.create = vec![placeholder];
-                let mut rule = super::model::SchemaObject::new(
-                    ObjectKind::Rule,
-                    &o.key.namespace,
-                    &o.key.name,
-                    o.key.oid,
-                    format!("VIEW DEFINITION {}", o.describe.trim_start_matches("VIEW ")),
-                );
-                rule.create = real;
-                rule.postponed = true;
-                let mut rdeps = std::mem::take(&mut deps[i]);
-                deps[i] = rdeps
-                    .iter()
-                    .copied()
-                    .filter(|&d| !is_post(model, d))
-                    .collect();
-                rdeps.push(i);
-                model.objects.push(rule);
-                deps.push(rdeps);
+                split_view(model, deps, i, &|d| post_set[d]);
             } else {
                 model.objects[i].postponed = true;
             }
         }
         if !changed {
             break;
+        }
+    }
+}
+
+/// Turn view `v` into its placeholder (same columns, no dependencies on
+/// objects for which `drop_dep` holds) and add its real definition as a
+/// post-data `CREATE OR REPLACE VIEW` that keeps every original dependency.
+fn split_view(
+    model: &mut SchemaModel,
+    deps: &mut Vec<Vec<usize>>,
+    v: usize,
+    drop_dep: &dyn Fn(usize) -> bool,
+) {
+    let Some(placeholder) = model.objects[v].placeholder.take() else {
+        return;
+    };
+    let o = &mut model.objects[v];
+    let real: Vec<String> = o
+        .create
+        .iter()
+        .map(|s| s.replacen("CREATE VIEW", "CREATE OR REPLACE VIEW", 1))
+        .collect();
+    o.create = vec![placeholder];
+    let mut rule = super::model::SchemaObject::new(
+        ObjectKind::Rule,
+        &o.key.namespace,
+        &o.key.name,
+        o.key.oid,
+        format!("VIEW DEFINITION {}", o.describe.trim_start_matches("VIEW ")),
+    );
+    rule.create = real;
+    rule.postponed = true;
+    let mut rdeps = std::mem::take(&mut deps[v]);
+    deps[v] = rdeps.iter().copied().filter(|&d| !drop_dep(d)).collect();
+    rdeps.push(v);
+    model.objects.push(rule);
+    deps.push(rdeps);
+}
+
+/// Dependency loops through a view (a view calling a function whose
+/// SQL-standard body reads that view): pg_dump's repair is a placeholder
+/// view with the same columns, the real definition coming after the loop.
+fn split_view_loops(model: &mut SchemaModel, deps: &mut Vec<Vec<usize>>) {
+    for _ in 0..64 {
+        let keys: Vec<SortKey> = model.objects.iter().map(|o| o.key.clone()).collect();
+        let loops = match sort::topo_sort(&keys, deps) {
+            Ok(_) => return,
+            Err(loops) => loops,
+        };
+        let mut split_any = false;
+        for lp in loops {
+            if let Some(&v) = lp.iter().find(|&&i| model.objects[i].placeholder.is_some()) {
+                let members = lp.clone();
+                split_view(model, deps, v, &|d| members.contains(&d));
+                split_any = true;
+            }
+        }
+        if !split_any {
+            return;
         }
     }
 }

@@ -83,6 +83,9 @@ pub async fn load(c: &Client, server_major: u32) -> Result<SchemaModel> {
     let rels = load_relations(c, &mut m, &comments, server_major).await?;
     load_sequences(c, &mut m, &comments, &rels).await?;
     load_constraints_and_indexes(c, &mut m, &comments, &rels, server_major).await?;
+    load_aggregates(c, &mut m, &comments).await?;
+    load_collations(c, &mut m, &comments, server_major).await?;
+    load_event_triggers(c, &mut m, &comments).await?;
     load_extensions(c, &mut m, &comments).await?;
     load_rules_triggers_policies(c, &mut m, &comments, &rels, server_major).await?;
     load_statistics(c, &mut m, &comments, server_major).await?;
@@ -185,7 +188,8 @@ async fn load_types(
         "SELECT a.attrelid, a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod),
                 CASE WHEN a.attcollation <> 0 AND a.attcollation IS DISTINCT FROM (SELECT ty.typcollation FROM pg_catalog.pg_type ty WHERE ty.oid = a.atttypid)
                      THEN (SELECT pg_catalog.format('%I.%I', cn.nspname, co.collname) FROM pg_catalog.pg_collation co
-                             JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace WHERE co.oid = a.attcollation) END
+                             JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace WHERE co.oid = a.attcollation) END,
+                a.attnum::int4
            FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class k ON k.oid = a.attrelid
           WHERE k.relkind = 'c' AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attrelid, a.attnum",
     )
@@ -325,6 +329,18 @@ async fn load_types(
             o.comments.push(cm);
         }
         let relid: u32 = r.get(10);
+        if typtype == "c" {
+            for a in comp_attrs.iter().filter(|a| a.get::<_, u32>(0) == relid) {
+                let what = format!("COLUMN {q}.{}", ident(&a.get::<_, String>(1)));
+                if let Some(cm) = comment_on(
+                    comments,
+                    (class::PG_CLASS, relid, a.get::<_, i32>(4)),
+                    &what,
+                ) {
+                    o.comments.push(cm);
+                }
+            }
+        }
         let i = m.add(o, &[(class::PG_TYPE, oid)]);
         if relid != 0 {
             m.alias((class::PG_CLASS, relid), i);
@@ -393,8 +409,7 @@ async fn load_functions(c: &Client, m: &mut SchemaModel, comments: &Comments) ->
         let (oid, nsp, name, args, kind, owner): (u32, String, String, String, String, String) =
             (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
         let Some(def) = r.get::<_, Option<String>>(6) else {
-            tracing::warn!(function = %qualified(&nsp, &name), "aggregates are not reproduced yet; skipped");
-            continue;
+            continue; // aggregates: load_aggregates
         };
         let word = if kind == "p" { "PROCEDURE" } else { "FUNCTION" };
         let sig = format!("{}({args})", qualified(&nsp, &name));
@@ -463,12 +478,15 @@ async fn load_relations(
     let sql = format!(
         "SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::text, c.relpersistence::text,
                 pg_catalog.pg_get_userbyid(c.relowner)::text,
-                pg_catalog.array_remove(pg_catalog.array_remove(c.reloptions, NULL), NULL)::text[],
+                (pg_catalog.array_remove(c.reloptions, NULL)::text[]
+                 || COALESCE((SELECT pg_catalog.array_agg('toast.' || x) FROM pg_catalog.pg_class tc, pg_catalog.unnest(tc.reloptions) x
+                               WHERE tc.oid = c.reltoastrelid), '{{}}'::text[]))::text[],
                 c.relispartition,
                 CASE WHEN c.relispartition THEN pg_catalog.pg_get_expr(c.relpartbound, c.oid) END,
                 CASE WHEN c.relkind = 'p' THEN pg_catalog.pg_get_partkeydef(c.oid) END,
                 c.relreplident::text, c.relforcerowsecurity, c.relispopulated,
-                CASE WHEN c.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(c.oid) END
+                CASE WHEN c.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(c.oid) END,
+                CASE WHEN c.reloftype <> 0 THEN pg_catalog.format_type(c.reloftype, NULL) END
            FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
           WHERE c.relkind IN ('r', 'p', 'v', 'm') AND c.relpersistence <> 't' AND {}",
         user_object("n", class::PG_CLASS, "c.oid")
@@ -478,6 +496,11 @@ async fn load_relations(
         "a.attcompression::text"
     } else {
         "''::text"
+    };
+    let stattarget = if major >= 17 {
+        "a.attstattarget::int4"
+    } else {
+        "NULLIF(a.attstattarget, -1)::int4"
     };
     let cols = query(
         c,
@@ -489,9 +512,12 @@ async fn load_relations(
                     CASE WHEN a.attcollation <> 0 AND a.attcollation IS DISTINCT FROM (SELECT ty.typcollation FROM pg_catalog.pg_type ty WHERE ty.oid = a.atttypid)
                          THEN (SELECT pg_catalog.format('%I.%I', cn.nspname, co.collname) FROM pg_catalog.pg_collation co
                                  JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace WHERE co.oid = a.attcollation) END,
-                    a.attnum, {compression}
+                    a.attnum, {compression}, {stattarget},
+                    CASE WHEN a.attstorage <> ty.typstorage THEN a.attstorage::text END,
+                    a.attoptions::text[]
                FROM pg_catalog.pg_attribute a
                JOIN pg_catalog.pg_class k ON k.oid = a.attrelid
+               JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid
                LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
               WHERE k.relkind IN ('r', 'p', 'v', 'm') AND a.attnum > 0 AND NOT a.attisdropped
               ORDER BY a.attrelid, a.attnum"
@@ -572,6 +598,14 @@ async fn load_relations(
                         .unwrap_or_default();
                     o.create
                         .push(format!("CREATE VIEW {q}{with} AS\n{def}{check};"));
+                    for col in cols_by_rel.get(&oid).into_iter().flatten() {
+                        if let Some(d) = col.get::<_, Option<String>>(7) {
+                            o.create.push(format!(
+                                "ALTER VIEW {q} ALTER COLUMN {} SET DEFAULT {d};",
+                                ident(&col.get::<_, String>(1))
+                            ));
+                        }
+                    }
                     // Stand-in with the same columns, for when the real definition
                     // needs something created after the data (pg_dump's dummy view).
                     let cols: Vec<String> = cols_by_rel
@@ -602,13 +636,26 @@ async fn load_relations(
             _ => {
                 let own_cols = cols_by_rel.get(&oid).cloned().unwrap_or_default();
                 let mut lines = Vec::new();
+                let of_type: Option<String> = r.get(14);
                 for col in &own_cols {
                     let local: bool = col.get(4);
                     if !local && !is_partition {
                         continue;
                     }
                     let cname: String = col.get(1);
-                    let mut s = format!("    {} {}", ident(&cname), col.get::<_, String>(2));
+                    // A typed table's columns come from its type: only their
+                    // options are printed.
+                    if of_type.is_some()
+                        && col.get::<_, Option<String>>(7).is_none()
+                        && !col.get::<_, bool>(3)
+                    {
+                        continue;
+                    }
+                    let mut s = if of_type.is_some() {
+                        format!("    {} WITH OPTIONS", ident(&cname))
+                    } else {
+                        format!("    {} {}", ident(&cname), col.get::<_, String>(2))
+                    };
                     if let Some(coll) = col.get::<_, Option<String>>(9) {
                         s.push_str(&format!(" COLLATE {coll}"));
                     }
@@ -638,6 +685,55 @@ async fn load_relations(
                         ));
                     }
                 }
+                // An inherited column NOT NULL in the child only.
+                if !is_partition {
+                    for col in own_cols
+                        .iter()
+                        .filter(|c| !c.get::<_, bool>(4) && c.get::<_, bool>(3))
+                    {
+                        let cname: String = col.get(1);
+                        let parent_nn =
+                            parents_of.get(&oid).into_iter().flatten().any(|(_, poid)| {
+                                cols_by_rel.get(poid).into_iter().flatten().any(|pc| {
+                                    pc.get::<_, String>(1) == cname && pc.get::<_, bool>(3)
+                                })
+                            });
+                        if !parent_nn {
+                            extra.push(format!(
+                                "ALTER TABLE ONLY {q} ALTER COLUMN {} SET NOT NULL;",
+                                ident(&cname)
+                            ));
+                        }
+                    }
+                }
+                // Per-column settings pg_dump prints, for every column.
+                for col in &own_cols {
+                    let cname = ident(&col.get::<_, String>(1));
+                    if let Some(t) = col.get::<_, Option<i32>>(12) {
+                        extra.push(format!(
+                            "ALTER TABLE ONLY {q} ALTER COLUMN {cname} SET STATISTICS {t};"
+                        ));
+                    }
+                    if let Some(st) = col.get::<_, Option<String>>(13) {
+                        let word = match st.as_str() {
+                            "p" => "PLAIN",
+                            "e" => "EXTERNAL",
+                            "m" => "MAIN",
+                            _ => "EXTENDED",
+                        };
+                        extra.push(format!(
+                            "ALTER TABLE ONLY {q} ALTER COLUMN {cname} SET STORAGE {word};"
+                        ));
+                    }
+                    if let Some(opts) = col.get::<_, Option<Vec<String>>>(14) {
+                        if !opts.is_empty() {
+                            extra.push(format!(
+                                "ALTER TABLE ONLY {q} ALTER COLUMN {cname} SET ({});",
+                                opts.join(", ")
+                            ));
+                        }
+                    }
+                }
                 for ck in checks.iter().filter(|k| k.get::<_, u32>(0) == oid) {
                     let (local, valid): (bool, bool) = (ck.get(4), ck.get(5));
                     if valid && (local || is_partition) {
@@ -649,7 +745,14 @@ async fn load_relations(
                     }
                 }
                 let unlogged = if persistence == "u" { "UNLOGGED " } else { "" };
-                let mut s = format!("CREATE {unlogged}TABLE {q} (\n{}\n)", lines.join(",\n"));
+                let mut s = match &of_type {
+                    Some(t) if lines.is_empty() => format!("CREATE {unlogged}TABLE {q} OF {t}"),
+                    Some(t) => format!(
+                        "CREATE {unlogged}TABLE {q} OF {t} (\n{}\n)",
+                        lines.join(",\n")
+                    ),
+                    None => format!("CREATE {unlogged}TABLE {q} (\n{}\n)", lines.join(",\n")),
+                };
                 if !is_partition {
                     if let Some(ps) = parents_of.get(&oid) {
                         let names: Vec<&str> = ps.iter().map(|p| p.0.as_str()).collect();
@@ -880,6 +983,13 @@ async fn load_sequences(
                 ident(&col)
             );
             m.objects[trel.index].create.push(stmt);
+            if let Some(cm) = comment_on(
+                comments,
+                (class::PG_CLASS, oid, 0),
+                &format!("SEQUENCE {q}"),
+            ) {
+                m.objects[trel.index].comments.push(cm);
+            }
             m.alias((class::PG_CLASS, oid), trel.index);
             continue;
         }
@@ -1023,7 +1133,9 @@ async fn load_constraints_and_indexes(
                    JOIN pg_catalog.pg_class p ON p.oid = h.inhparent JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace
                   WHERE h.inhrelid = i.indexrelid),
                 (SELECT h.inhparent FROM pg_catalog.pg_inherits h WHERE h.inhrelid = i.indexrelid),
-                pg_catalog.format('%I.%I', n.nspname, ic.relname)
+                pg_catalog.format('%I.%I', n.nspname, ic.relname),
+                (SELECT pg_catalog.array_agg(a.attnum::text || ' ' || a.attstattarget::text ORDER BY a.attnum)
+                   FROM pg_catalog.pg_attribute a WHERE a.attrelid = i.indexrelid AND a.attstattarget >= 0)
            FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
            JOIN pg_catalog.pg_namespace n ON n.oid = ic.relnamespace
           WHERE i.indisready",
@@ -1057,6 +1169,13 @@ async fn load_constraints_and_indexes(
                 m.add(o, &[(class::PG_CLASS, oid)])
             }
         };
+        for st in r.get::<_, Option<Vec<String>>>(9).unwrap_or_default() {
+            if let Some((num, target)) = st.split_once(' ') {
+                m.objects[owner_obj].create.push(format!(
+                    "ALTER INDEX {iq} ALTER COLUMN {num} SET STATISTICS {target};"
+                ));
+            }
+        }
         if r.get::<_, bool>(4) {
             m.objects[owner_obj].create.push(format!(
                 "ALTER TABLE {} CLUSTER ON {};",
@@ -1095,38 +1214,24 @@ async fn load_constraints_and_indexes(
 /// migration refuses to start while any exist, rather than silently
 /// leaving out a trigger, a policy or a grant; each entry names the object.
 pub async fn unsupported(c: &Client, major: u32) -> Result<Vec<String>> {
+    let _ = major; // checks are version-gated as object kinds need it
     let ext = |cls: u32, oid: &str| {
         format!("NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = {cls} AND e.objid = {oid} AND e.deptype = 'e')")
     };
     let user_ns = "n.nspname NOT IN ('pg_catalog', 'information_schema', '_pg_dbmigrator') AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)'";
-    let stattarget = if major >= 17 {
-        "a.attstattarget IS NOT NULL"
-    } else {
-        "a.attstattarget >= 0"
-    };
     let checks: Vec<(&str, String)> = vec![
-        ("aggregate", format!(
+        ("ordered-set or hypothetical-set aggregate", format!(
             "SELECT pg_catalog.format('%I.%I', n.nspname, p.proname) FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-              WHERE p.prokind = 'a' AND {user_ns} AND {}", ext(class::PG_PROC, "p.oid"))),
-        ("event trigger", "SELECT evtname::text FROM pg_catalog.pg_event_trigger".to_string()),
-        ("collation", format!(
-            "SELECT pg_catalog.format('%I.%I', n.nspname, co.collname) FROM pg_catalog.pg_collation co JOIN pg_catalog.pg_namespace n ON n.oid = co.collnamespace
-              WHERE co.oid >= 16384 AND {user_ns} AND {}", ext(class::PG_COLLATION, "co.oid"))),
+              WHERE p.prokind = 'a' AND (SELECT ag.aggkind FROM pg_catalog.pg_aggregate ag WHERE ag.aggfnoid = p.oid) <> 'n'
+                AND {user_ns} AND {}", ext(class::PG_PROC, "p.oid"))),
         ("privileges not reproduced yet on", 
             "SELECT 'schema public' FROM pg_catalog.pg_namespace n
               WHERE n.nspname = 'public' AND n.nspacl IS NOT NULL
                 AND n.nspacl::text <> pg_catalog.format('{%s=UC/%s,=U/%s}', n.nspowner::pg_catalog.regrole, n.nspowner::pg_catalog.regrole, n.nspowner::pg_catalog.regrole)
-                AND n.nspacl::text <> pg_catalog.format('{%s=UC/%s,=UC/%s}', n.nspowner::pg_catalog.regrole, n.nspowner::pg_catalog.regrole, n.nspowner::pg_catalog.regrole)
-             UNION ALL SELECT pg_catalog.format('large object %s', l.oid) FROM pg_catalog.pg_largeobject_metadata l WHERE l.lomacl IS NOT NULL".to_string()),
-        ("column storage or statistics settings on", format!(
-            "SELECT DISTINCT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_attribute a
-               JOIN pg_catalog.pg_class c ON c.oid = a.attrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-               JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
-              WHERE c.relkind IN ('r', 'p', 'm') AND a.attnum > 0 AND NOT a.attisdropped
-                AND ({stattarget} OR a.attstorage <> t.typstorage OR a.attoptions IS NOT NULL) AND {user_ns}")),
-        ("table kind not reproduced yet (foreign or typed table, or non-default access method/tablespace)", format!(
+                AND n.nspacl::text <> pg_catalog.format('{%s=UC/%s,=UC/%s}', n.nspowner::pg_catalog.regrole, n.nspowner::pg_catalog.regrole, n.nspowner::pg_catalog.regrole)".to_string()),
+        ("table kind not reproduced yet (foreign table, or non-default access method/tablespace)", format!(
             "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              WHERE (c.relkind = 'f' OR c.reloftype <> 0 OR c.reltablespace <> 0
+              WHERE (c.relkind = 'f' OR c.reltablespace <> 0
                      OR (c.relkind IN ('r', 'm') AND c.relam <> (SELECT oid FROM pg_catalog.pg_am WHERE amname = 'heap'))) AND {user_ns}")),
         ("user-defined operator, cast or text-search object", format!(
             "SELECT pg_catalog.format('operator %s', o.oid::pg_catalog.regoperator) FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
@@ -1364,7 +1469,20 @@ async fn load_acls(c: &Client, m: &mut SchemaModel, major: u32) -> Result<()> {
             nsp.as_deref().unwrap_or(""),
             &role,
             oid,
-            format!("DEFAULT PRIVILEGES FOR ROLE {}", ident(&role)),
+            format!(
+                "DEFAULT PRIVILEGES FOR ROLE {}{} ON {}",
+                ident(&role),
+                nsp.as_deref()
+                    .map(|n| format!(" IN SCHEMA {}", ident(n)))
+                    .unwrap_or_default(),
+                match t {
+                    'r' => "TABLES",
+                    'S' => "SEQUENCES",
+                    'f' => "FUNCTIONS",
+                    'T' => "TYPES",
+                    _ => "SCHEMAS",
+                }
+            ),
         );
         o.key.tiebreak.push(objtype.clone());
         o.acl = cmds;
@@ -1486,6 +1604,47 @@ async fn load_rules_triggers_policies(
         }
         o.deps.push(rel.index);
         m.add(o, &[(class::PG_TRIGGER, oid)]);
+    }
+    if major >= 13 {
+        // A partition's clone of a parent trigger is created by the parent's;
+        // only a differing enabled state needs a statement.
+        for r in query(
+            c,
+            "partition trigger states",
+            "SELECT t.oid, t.tgrelid, t.tgname::text, t.tgenabled::text, t.tgparentid
+               FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_trigger p ON p.oid = t.tgparentid
+              WHERE t.tgparentid <> 0 AND t.tgenabled <> p.tgenabled",
+        )
+        .await?
+        {
+            let (oid, relid, name, enabled, parent): (u32, u32, String, String, u32) =
+                (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+            let Some(rel) = rels.get(&relid) else {
+                continue;
+            };
+            let action = match enabled.as_str() {
+                "D" => "DISABLE TRIGGER",
+                "R" => "ENABLE REPLICA TRIGGER",
+                "A" => "ENABLE ALWAYS TRIGGER",
+                _ => "ENABLE TRIGGER",
+            };
+            let mut o = SchemaObject::new(
+                ObjectKind::Trigger,
+                &rel.namespace,
+                &name,
+                oid,
+                format!("TRIGGER {} ON {}", ident(&name), rel.qname),
+            );
+            o.key.tiebreak.push(rel.qname.clone());
+            o.create.push(format!(
+                "ALTER TABLE {} {action} {};",
+                rel.qname,
+                ident(&name)
+            ));
+            o.deps.push(rel.index);
+            o.needs.push((class::PG_TRIGGER, parent));
+            m.add(o, &[]);
+        }
     }
     for r in query(
         c,
@@ -1625,6 +1784,251 @@ async fn load_statistics(
             o.comments.push(cm);
         }
         m.add(o, &[(3381, oid)]);
+    }
+    Ok(())
+}
+
+/// Plain aggregates (ordered-set and hypothetical ones are refused by
+/// `unsupported`), composed from `pg_aggregate` as pg_dump does:
+/// `pg_get_functiondef` does not work on aggregates.
+async fn load_aggregates(c: &Client, m: &mut SchemaModel, comments: &Comments) -> Result<()> {
+    let sql = format!(
+        "SELECT p.oid, n.nspname::text, p.proname::text, pg_catalog.pg_get_function_identity_arguments(p.oid),
+                pg_catalog.pg_get_userbyid(p.proowner)::text,
+                a.aggtransfn::pg_catalog.regproc::text, pg_catalog.format_type(a.aggtranstype, NULL), a.aggtransspace,
+                NULLIF(a.aggfinalfn, 0)::pg_catalog.regproc::text, a.aggfinalextra, a.aggfinalmodify::text,
+                NULLIF(a.aggcombinefn, 0)::pg_catalog.regproc::text, NULLIF(a.aggserialfn, 0)::pg_catalog.regproc::text,
+                NULLIF(a.aggdeserialfn, 0)::pg_catalog.regproc::text, a.agginitval,
+                NULLIF(a.aggmtransfn, 0)::pg_catalog.regproc::text, NULLIF(a.aggminvtransfn, 0)::pg_catalog.regproc::text,
+                CASE WHEN a.aggmtranstype <> 0 THEN pg_catalog.format_type(a.aggmtranstype, NULL) END, a.aggmtransspace,
+                NULLIF(a.aggmfinalfn, 0)::pg_catalog.regproc::text, a.aggmfinalextra, a.aggmfinalmodify::text, a.aggminitval,
+                NULLIF(a.aggsortop, 0)::pg_catalog.regoperator::text, p.proparallel::text
+           FROM pg_catalog.pg_aggregate a JOIN pg_catalog.pg_proc p ON p.oid = a.aggfnoid
+           JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+          WHERE a.aggkind = 'n' AND {}",
+        user_object("n", class::PG_PROC, "p.oid")
+    );
+    for r in query(c, "aggregates", &sql).await? {
+        let (oid, nsp, name, args, owner): (u32, String, String, String, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        let args = if args.is_empty() {
+            "*".to_string()
+        } else {
+            args
+        };
+        let sig = format!("{}({args})", qualified(&nsp, &name));
+        let mut opts = vec![
+            format!("SFUNC = {}", r.get::<_, String>(5)),
+            format!("STYPE = {}", r.get::<_, String>(6)),
+        ];
+        let sspace: i32 = r.get(7);
+        if sspace != 0 {
+            opts.push(format!("SSPACE = {sspace}"));
+        }
+        if let Some(v) = r.get::<_, Option<String>>(14) {
+            opts.push(format!("INITCOND = {}", literal(&v)));
+        }
+        if let Some(f) = r.get::<_, Option<String>>(8) {
+            opts.push(format!("FINALFUNC = {f}"));
+            if r.get::<_, bool>(9) {
+                opts.push("FINALFUNC_EXTRA".into());
+            }
+            match r.get::<_, String>(10).as_str() {
+                "s" => opts.push("FINALFUNC_MODIFY = SHAREABLE".into()),
+                "w" => opts.push("FINALFUNC_MODIFY = READ_WRITE".into()),
+                _ => {}
+            }
+        }
+        for (i, key) in [
+            (11, "COMBINEFUNC"),
+            (12, "SERIALFUNC"),
+            (13, "DESERIALFUNC"),
+        ] {
+            if let Some(f) = r.get::<_, Option<String>>(i) {
+                opts.push(format!("{key} = {f}"));
+            }
+        }
+        if let Some(f) = r.get::<_, Option<String>>(15) {
+            opts.push(format!("MSFUNC = {f}"));
+            if let Some(f) = r.get::<_, Option<String>>(16) {
+                opts.push(format!("MINVFUNC = {f}"));
+            }
+            if let Some(t) = r.get::<_, Option<String>>(17) {
+                opts.push(format!("MSTYPE = {t}"));
+            }
+            let ms: i32 = r.get(18);
+            if ms != 0 {
+                opts.push(format!("MSSPACE = {ms}"));
+            }
+            if let Some(f) = r.get::<_, Option<String>>(19) {
+                opts.push(format!("MFINALFUNC = {f}"));
+                if r.get::<_, bool>(20) {
+                    opts.push("MFINALFUNC_EXTRA".into());
+                }
+                match r.get::<_, String>(21).as_str() {
+                    "s" => opts.push("MFINALFUNC_MODIFY = SHAREABLE".into()),
+                    "w" => opts.push("MFINALFUNC_MODIFY = READ_WRITE".into()),
+                    _ => {}
+                }
+            }
+            if let Some(v) = r.get::<_, Option<String>>(22) {
+                opts.push(format!("MINITCOND = {}", literal(&v)));
+            }
+        }
+        if let Some(op) = r.get::<_, Option<String>>(23) {
+            // regoperator prints `<(integer,integer)`; SORTOP wants the bare name.
+            let bare = op.split('(').next().unwrap_or(&op).to_string();
+            opts.push(format!("SORTOP = {bare}"));
+        }
+        match r.get::<_, String>(24).as_str() {
+            "s" => opts.push("PARALLEL = safe".into()),
+            "r" => opts.push("PARALLEL = restricted".into()),
+            _ => {}
+        }
+        let mut o = SchemaObject::new(
+            ObjectKind::Agg,
+            &nsp,
+            &name,
+            oid,
+            format!("AGGREGATE {sig}"),
+        );
+        o.key.tiebreak.push(args.clone());
+        o.create.push(format!(
+            "CREATE AGGREGATE {sig} (\n    {}\n);",
+            opts.join(",\n    ")
+        ));
+        o.owner = Some(format!("ALTER AGGREGATE {sig} OWNER TO {};", ident(&owner)));
+        if let Some(cm) = comment_on(
+            comments,
+            (class::PG_PROC, oid, 0),
+            &format!("AGGREGATE {sig}"),
+        ) {
+            o.comments.push(cm);
+        }
+        m.add(o, &[(class::PG_PROC, oid)]);
+    }
+    Ok(())
+}
+
+/// User-defined collations (the version is left for the target to compute).
+async fn load_collations(
+    c: &Client,
+    m: &mut SchemaModel,
+    comments: &Comments,
+    major: u32,
+) -> Result<()> {
+    let icu_locale = match major {
+        17.. => "co.colllocale",
+        15 | 16 => "co.colliculocale",
+        _ => "NULL::text",
+    };
+    let sql = format!(
+        "SELECT co.oid, n.nspname::text, co.collname::text, co.collprovider::text, co.collisdeterministic,
+                co.collcollate::text, co.collctype::text, {icu_locale}, pg_catalog.pg_get_userbyid(co.collowner)::text
+           FROM pg_catalog.pg_collation co JOIN pg_catalog.pg_namespace n ON n.oid = co.collnamespace
+          WHERE co.oid >= 16384 AND {}",
+        user_object("n", class::PG_COLLATION, "co.oid")
+    );
+    for r in query(c, "collations", &sql).await? {
+        let (oid, nsp, name, provider, deterministic, owner): (
+            u32,
+            String,
+            String,
+            String,
+            bool,
+            String,
+        ) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(8));
+        let q = qualified(&nsp, &name);
+        let mut opts = Vec::new();
+        match provider.as_str() {
+            "i" => {
+                opts.push("provider = icu".to_string());
+                let loc: Option<String> = r
+                    .get::<_, Option<String>>(7)
+                    .or(r.get::<_, Option<String>>(5));
+                if let Some(l) = loc {
+                    opts.push(format!("locale = {}", literal(&l)));
+                }
+            }
+            "c" => {
+                opts.push("provider = libc".to_string());
+                let (coll, ctype): (Option<String>, Option<String>) = (r.get(5), r.get(6));
+                if coll == ctype {
+                    opts.push(format!("locale = {}", literal(&coll.unwrap_or_default())));
+                } else {
+                    opts.push(format!(
+                        "lc_collate = {}",
+                        literal(&coll.unwrap_or_default())
+                    ));
+                    opts.push(format!(
+                        "lc_ctype = {}",
+                        literal(&ctype.unwrap_or_default())
+                    ));
+                }
+            }
+            other => {
+                tracing::warn!(collation = %q, provider = other, "collation provider not reproduced; skipped");
+                continue;
+            }
+        }
+        if !deterministic {
+            opts.push("deterministic = false".into());
+        }
+        let mut o = SchemaObject::new(
+            ObjectKind::Collation,
+            &nsp,
+            &name,
+            oid,
+            format!("COLLATION {q}"),
+        );
+        o.create
+            .push(format!("CREATE COLLATION {q} ({});", opts.join(", ")));
+        o.owner = Some(format!("ALTER COLLATION {q} OWNER TO {};", ident(&owner)));
+        if let Some(cm) = comment_on(
+            comments,
+            (class::PG_COLLATION, oid, 0),
+            &format!("COLLATION {q}"),
+        ) {
+            o.comments.push(cm);
+        }
+        m.add(o, &[(class::PG_COLLATION, oid)]);
+    }
+    Ok(())
+}
+
+/// Event triggers: created last, so they never fire during the migration's own DDL.
+async fn load_event_triggers(c: &Client, m: &mut SchemaModel, comments: &Comments) -> Result<()> {
+    for r in query(
+        c,
+        "event triggers",
+        "SELECT e.oid, e.evtname::text, e.evtevent::text, e.evtfoid::pg_catalog.regproc::text, e.evtenabled::text,
+                (SELECT pg_catalog.string_agg(pg_catalog.quote_literal(t), ', ') FROM pg_catalog.unnest(e.evttags) t),
+                pg_catalog.pg_get_userbyid(e.evtowner)::text
+           FROM pg_catalog.pg_event_trigger e",
+    )
+    .await?
+    {
+        let (oid, name, event, func, enabled, owner): (u32, String, String, String, String, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(6));
+        let q = ident(&name);
+        let mut s = format!("CREATE EVENT TRIGGER {q} ON {}", ident(&event));
+        if let Some(tags) = r.get::<_, Option<String>>(5) {
+            s.push_str(&format!("\n         WHEN TAG IN ({tags})"));
+        }
+        s.push_str(&format!("\n   EXECUTE FUNCTION {func}();"));
+        let mut o = SchemaObject::new(ObjectKind::EventTrigger, "", &name, oid, format!("EVENT TRIGGER {q}"));
+        o.create.push(s);
+        match enabled.as_str() {
+            "D" => o.create.push(format!("ALTER EVENT TRIGGER {q} DISABLE;")),
+            "R" => o.create.push(format!("ALTER EVENT TRIGGER {q} ENABLE REPLICA;")),
+            "A" => o.create.push(format!("ALTER EVENT TRIGGER {q} ENABLE ALWAYS;")),
+            _ => {}
+        }
+        o.owner = Some(format!("ALTER EVENT TRIGGER {q} OWNER TO {};", ident(&owner)));
+        if let Some(cm) = comment_on(comments, (3466, oid, 0), &format!("EVENT TRIGGER {q}")) {
+            o.comments.push(cm);
+        }
+        m.add(o, &[(3466, oid)]);
     }
     Ok(())
 }
