@@ -119,6 +119,10 @@ async fn load_namespaces(c: &Client, m: &mut SchemaModel, comments: &Comments) -
         if name != "public" {
             o.create.push(format!("CREATE SCHEMA {q};"));
             o.owner = Some(format!("ALTER SCHEMA {q} OWNER TO {};", ident(&owner)));
+        } else if owner != "pg_database_owner" {
+            // Before PostgreSQL 15 public belongs to the bootstrap superuser;
+            // pg_dump keeps that owner, and so do we.
+            o.owner = Some(format!("ALTER SCHEMA public OWNER TO {};", ident(&owner)));
         }
         if let Some(cm) = comment_on(
             comments,
@@ -1224,11 +1228,6 @@ pub async fn unsupported(c: &Client, major: u32) -> Result<Vec<String>> {
             "SELECT pg_catalog.format('%I.%I', n.nspname, p.proname) FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
               WHERE p.prokind = 'a' AND (SELECT ag.aggkind FROM pg_catalog.pg_aggregate ag WHERE ag.aggfnoid = p.oid) <> 'n'
                 AND {user_ns} AND {}", ext(class::PG_PROC, "p.oid"))),
-        ("privileges not reproduced yet on", 
-            "SELECT 'schema public' FROM pg_catalog.pg_namespace n
-              WHERE n.nspname = 'public' AND n.nspacl IS NOT NULL
-                AND n.nspacl::text <> pg_catalog.format('{%s=UC/%s,=U/%s}', n.nspowner::pg_catalog.regrole, n.nspowner::pg_catalog.regrole, n.nspowner::pg_catalog.regrole)
-                AND n.nspacl::text <> pg_catalog.format('{%s=UC/%s,=UC/%s}', n.nspowner::pg_catalog.regrole, n.nspowner::pg_catalog.regrole, n.nspowner::pg_catalog.regrole)".to_string()),
         ("table kind not reproduced yet (foreign table, or non-default access method/tablespace)", format!(
             "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
               WHERE (c.relkind = 'f' OR c.reltablespace <> 0
@@ -1435,6 +1434,31 @@ async fn load_acls(c: &Client, m: &mut SchemaModel, major: u32) -> Result<()> {
         let cmds = build_acl_commands(
             AclObjectKind::Schema,
             &format!("SCHEMA {q}"),
+            None,
+            Some(&acl),
+            &base,
+            &owner,
+            major,
+        )
+        .map_err(err)?;
+        add(m, class::PG_NAMESPACE, oid, cmds);
+    }
+    // public: pg_dump compares its ACL with PostgreSQL 15's default for it
+    // (owner: USAGE and CREATE; PUBLIC: USAGE), whatever the source's major.
+    for r in query(
+        c,
+        "public schema privileges",
+        "SELECT n.oid, n.nspacl::text, pg_catalog.pg_get_userbyid(n.nspowner)::text,
+                pg_catalog.format('{%1$s=UC/%1$s,=U/%1$s}', n.nspowner::pg_catalog.regrole)
+           FROM pg_catalog.pg_namespace n WHERE n.nspname = 'public' AND n.nspacl IS NOT NULL",
+    )
+    .await?
+    {
+        let (oid, acl, owner, base): (u32, String, String, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        let cmds = build_acl_commands(
+            AclObjectKind::Schema,
+            "SCHEMA public",
             None,
             Some(&acl),
             &base,
