@@ -176,6 +176,11 @@ pub(crate) async fn run(
     }
     let def = Definition::from_config(cfg)?;
     let filters = cfg.filters.compile()?;
+    if !cfg.data_only && !cfg.filters.is_empty() {
+        return Err(MigrationError::Unsupported(
+            "--schema / --table filters select the data of a --data-only migration; a full migration copies the whole database for now".into(),
+        ));
+    }
     let source_ep = cfg.source.clone().expect("checked by Definition");
     let target_ep = cfg.target.clone().expect("checked by Definition");
     let (migration_id, dump_path) = work_location(cfg, &def);

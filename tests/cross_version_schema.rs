@@ -125,3 +125,75 @@ async fn full_migration_from_pg13() {
 async fn full_migration_from_pg14() {
     older_major_into_15(14).await;
 }
+
+/// PostgreSQL 17 into 17 with the rich fixture. No pg_dump 17 can be
+/// installed on this machine, so the oracle is the catalogs read back from
+/// both sides (deparsed by the same server version) plus verify.
+#[tokio::test]
+async fn rich_full_migration_pg17_to_pg17() {
+    let start = || {
+        tokio::task::spawn_blocking(|| {
+            let bin =
+                testkit::ensure_embedded_major(17).unwrap_or_else(|e| panic!("PostgreSQL 17: {e}"));
+            Cluster::start(&ClusterOptions {
+                bin_dir: Some(bin),
+                ..Default::default()
+            })
+            .unwrap_or_else(|e| panic!("PostgreSQL 17 cluster: {e}"))
+        })
+    };
+    let (a, b) = (start().await.unwrap(), start().await.unwrap());
+    let (source, target) = (Server::from_cluster(a), Server::from_cluster(b));
+    let db = testkit::fresh_db_on(&source, &target, "rich17").await;
+    let schema = fixture("rich_schema.sql");
+    testkit::execute(&db.source, &schema)
+        .await
+        .expect("rich schema on 17");
+    // The fixture's roles, on the target server too (loading the schema there creates them).
+    testkit::execute(&db.target, &schema)
+        .await
+        .expect("rich roles on the target");
+    testkit::execute(&db.source, &fixture("rich_data.sql"))
+        .await
+        .expect("rich data on 17");
+    let new_target = db.target.replace(
+        &format!("dbname={}", db.name),
+        &format!("dbname={}_full", db.name),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_async(&[
+        "migrate",
+        "--source",
+        &db.source,
+        "--target",
+        &new_target,
+        "--json",
+        "--dump-path",
+        dir.path().join("w").to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["source_version"].as_i64().unwrap() / 10000, 17);
+    assert_eq!(
+        report["verify"]["differences"].as_array().unwrap().len(),
+        0,
+        "{report:#}"
+    );
+    let read = |ci: String| async move {
+        let out = run_async(&["-q", "schema", "--source", &ci]).await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let (sa, sb) = (
+        read(db.source.clone()).await,
+        read(new_target.clone()).await,
+    );
+    assert!(
+        sa == sb,
+        "schemas read back differ:\n{}",
+        diff_hint(&sa, &sb)
+    );
+    source.cluster().unwrap().stop();
+    target.cluster().unwrap().stop();
+}

@@ -355,3 +355,20 @@ async fn rich_fixture_full_migration() {
     let (a, b) = (schema_dump(&db.source), schema_dump(&target));
     assert!(a == b, "schema dumps differ:\n{}", diff_hint(&a, &b));
 }
+
+/// Filters select data only for now: a full migration with them is refused
+/// rather than silently copying the whole schema.
+#[tokio::test]
+async fn full_migration_with_filters_is_refused() {
+    let db = testkit::shared_pair().fresh_db("fullfilt").await;
+    let out = run_async(&[
+        "-q", "migrate", "--source", &db.source, "--target", &db.target, "--table", "x",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--data-only"),
+        "{}",
+        text(&out.stderr)
+    );
+}
