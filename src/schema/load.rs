@@ -1310,40 +1310,83 @@ fn baseline_sql(classid: u32, oid_expr: &str, kind: char, owner_expr: &str) -> S
 /// They land in the script's ACL part, after every object and the data.
 async fn load_acls(c: &Client, m: &mut SchemaModel, major: u32) -> Result<()> {
     use super::acl::{build_acl_commands, build_default_acl_commands, AclObjectKind};
-    let err = |e: MigrationError| e;
     let add = |m: &mut SchemaModel, cls: u32, oid: u32, cmds: Vec<String>| {
         if let Some(&i) = m.by_ref.get(&(cls, oid)) {
             m.objects[i].acl.extend(cmds);
         }
     };
-    // Relations and sequences.
-    let sql = format!(
-        "SELECT c.oid, pg_catalog.format('%I.%I', n.nspname, c.relname), c.relkind::text, c.relacl::text,
-                {}, pg_catalog.pg_get_userbyid(c.relowner)::text
-           FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-          WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S') AND c.relacl IS NOT NULL AND {}",
-        baseline_sql(class::PG_CLASS, "c.oid", 'r', "c.relowner").replace("acldefault('r'", "acldefault(CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END::\"char\""),
-        user_object("n", class::PG_CLASS, "c.oid")
-    );
-    for r in query(c, "relation privileges", &sql).await? {
-        let (oid, q, kind, acl, base, owner): (u32, String, String, String, String, String) =
-            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
-        let (k, word) = if kind == "S" {
-            (AclObjectKind::Sequence, "SEQUENCE")
-        } else {
-            (AclObjectKind::Table, "TABLE")
-        };
-        let cmds = build_acl_commands(
-            k,
-            &format!("{word} {q}"),
-            None,
-            Some(&acl),
-            &base,
-            &owner,
-            major,
+    // One query per kind, each returning (oid, target, acl, baseline, owner).
+    let rel = |kinds: &str, word: &str, acl_kind: char| {
+        format!(
+            "SELECT c.oid, '{word} ' || pg_catalog.format('%I.%I', n.nspname, c.relname), c.relacl::text, {}, pg_catalog.pg_get_userbyid(c.relowner)::text
+               FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relkind IN ({kinds}) AND c.relacl IS NOT NULL AND {}",
+            baseline_sql(class::PG_CLASS, "c.oid", acl_kind, "c.relowner"),
+            user_object("n", class::PG_CLASS, "c.oid")
         )
-        .map_err(err)?;
-        add(m, class::PG_CLASS, oid, cmds);
+    };
+    let specs: Vec<(&str, AclObjectKind, u32, String)> = vec![
+        ("table privileges", AclObjectKind::Table, class::PG_CLASS, rel("'r', 'p', 'v', 'm'", "TABLE", 'r')),
+        ("sequence privileges", AclObjectKind::Sequence, class::PG_CLASS, rel("'S'", "SEQUENCE", 's')),
+        (
+            "function privileges",
+            AclObjectKind::Function,
+            class::PG_PROC,
+            format!(
+                "SELECT p.oid, CASE p.prokind WHEN 'p' THEN 'PROCEDURE ' ELSE 'FUNCTION ' END
+                        || pg_catalog.format('%I.%I', n.nspname, p.proname) || '(' || pg_catalog.pg_get_function_identity_arguments(p.oid) || ')',
+                        p.proacl::text, {}, pg_catalog.pg_get_userbyid(p.proowner)::text
+                   FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+                  WHERE p.proacl IS NOT NULL AND {}",
+                baseline_sql(class::PG_PROC, "p.oid", 'f', "p.proowner"),
+                user_object("n", class::PG_PROC, "p.oid")
+            ),
+        ),
+        (
+            "type privileges",
+            AclObjectKind::Type,
+            class::PG_TYPE,
+            format!(
+                "SELECT t.oid, CASE t.typtype WHEN 'd' THEN 'DOMAIN ' ELSE 'TYPE ' END || pg_catalog.format('%I.%I', n.nspname, t.typname),
+                        t.typacl::text, {}, pg_catalog.pg_get_userbyid(t.typowner)::text
+                   FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+                  WHERE t.typacl IS NOT NULL AND t.typtype IN ('e', 'd', 'c', 'r') AND {}",
+                baseline_sql(class::PG_TYPE, "t.oid", 'T', "t.typowner"),
+                user_object("n", class::PG_TYPE, "t.oid")
+            ),
+        ),
+        (
+            "schema privileges",
+            AclObjectKind::Schema,
+            class::PG_NAMESPACE,
+            format!(
+                "SELECT n.oid, 'SCHEMA ' || pg_catalog.quote_ident(n.nspname), n.nspacl::text, {}, pg_catalog.pg_get_userbyid(n.nspowner)::text
+                   FROM pg_catalog.pg_namespace n
+                  WHERE n.nspacl IS NOT NULL AND n.nspname <> 'public' AND {}",
+                baseline_sql(class::PG_NAMESPACE, "n.oid", 'n', "n.nspowner"),
+                user_object("n", class::PG_NAMESPACE, "n.oid")
+            ),
+        ),
+        (
+            // public: pg_dump compares its ACL with PostgreSQL 15's default for
+            // it (owner: USAGE and CREATE; PUBLIC: USAGE), whatever the major.
+            "public schema privileges",
+            AclObjectKind::Schema,
+            class::PG_NAMESPACE,
+            "SELECT n.oid, 'SCHEMA public', n.nspacl::text,
+                    pg_catalog.format('{%1$s=UC/%1$s,=U/%1$s}', n.nspowner::pg_catalog.regrole),
+                    pg_catalog.pg_get_userbyid(n.nspowner)::text
+               FROM pg_catalog.pg_namespace n WHERE n.nspname = 'public' AND n.nspacl IS NOT NULL"
+                .to_string(),
+        ),
+    ];
+    for (what, kind, cls, sql) in specs {
+        for r in query(c, what, &sql).await? {
+            let (oid, target, acl, base, owner): (u32, String, String, String, String) =
+                (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+            let cmds = build_acl_commands(kind, &target, None, Some(&acl), &base, &owner, major)?;
+            add(m, cls, oid, cmds);
+        }
     }
     // Columns: compared with no privileges at all.
     let sql = format!(
@@ -1366,107 +1409,8 @@ async fn load_acls(c: &Client, m: &mut SchemaModel, major: u32) -> Result<()> {
             "{}",
             &owner,
             major,
-        )
-        .map_err(err)?;
+        )?;
         add(m, class::PG_CLASS, oid, cmds);
-    }
-    // Functions and procedures.
-    let sql = format!(
-        "SELECT p.oid, pg_catalog.format('%I.%I', n.nspname, p.proname) || '(' || pg_catalog.pg_get_function_identity_arguments(p.oid) || ')',
-                p.prokind::text, p.proacl::text, {}, pg_catalog.pg_get_userbyid(p.proowner)::text
-           FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-          WHERE p.proacl IS NOT NULL AND {}",
-        baseline_sql(class::PG_PROC, "p.oid", 'f', "p.proowner"),
-        user_object("n", class::PG_PROC, "p.oid")
-    );
-    for r in query(c, "function privileges", &sql).await? {
-        let (oid, sig, kind, acl, base, owner): (u32, String, String, String, String, String) =
-            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
-        let word = if kind == "p" { "PROCEDURE" } else { "FUNCTION" };
-        let cmds = build_acl_commands(
-            AclObjectKind::Function,
-            &format!("{word} {sig}"),
-            None,
-            Some(&acl),
-            &base,
-            &owner,
-            major,
-        )
-        .map_err(err)?;
-        add(m, class::PG_PROC, oid, cmds);
-    }
-    // Types and domains.
-    let sql = format!(
-        "SELECT t.oid, pg_catalog.format('%I.%I', n.nspname, t.typname), t.typtype::text, t.typacl::text, {},
-                pg_catalog.pg_get_userbyid(t.typowner)::text
-           FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
-          WHERE t.typacl IS NOT NULL AND t.typtype IN ('e', 'd', 'c', 'r') AND {}",
-        baseline_sql(class::PG_TYPE, "t.oid", 'T', "t.typowner"),
-        user_object("n", class::PG_TYPE, "t.oid")
-    );
-    for r in query(c, "type privileges", &sql).await? {
-        let (oid, q, kind, acl, base, owner): (u32, String, String, String, String, String) =
-            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
-        let word = if kind == "d" { "DOMAIN" } else { "TYPE" };
-        let cmds = build_acl_commands(
-            AclObjectKind::Type,
-            &format!("{word} {q}"),
-            None,
-            Some(&acl),
-            &base,
-            &owner,
-            major,
-        )
-        .map_err(err)?;
-        add(m, class::PG_TYPE, oid, cmds);
-    }
-    // Schemas (public has a default of its own; left to `unsupported`).
-    let sql = format!(
-        "SELECT n.oid, pg_catalog.quote_ident(n.nspname), n.nspacl::text, {}, pg_catalog.pg_get_userbyid(n.nspowner)::text
-           FROM pg_catalog.pg_namespace n
-          WHERE n.nspacl IS NOT NULL AND n.nspname <> 'public' AND {}",
-        baseline_sql(class::PG_NAMESPACE, "n.oid", 'n', "n.nspowner"),
-        user_object("n", class::PG_NAMESPACE, "n.oid")
-    );
-    for r in query(c, "schema privileges", &sql).await? {
-        let (oid, q, acl, base, owner): (u32, String, String, String, String) =
-            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
-        let cmds = build_acl_commands(
-            AclObjectKind::Schema,
-            &format!("SCHEMA {q}"),
-            None,
-            Some(&acl),
-            &base,
-            &owner,
-            major,
-        )
-        .map_err(err)?;
-        add(m, class::PG_NAMESPACE, oid, cmds);
-    }
-    // public: pg_dump compares its ACL with PostgreSQL 15's default for it
-    // (owner: USAGE and CREATE; PUBLIC: USAGE), whatever the source's major.
-    for r in query(
-        c,
-        "public schema privileges",
-        "SELECT n.oid, n.nspacl::text, pg_catalog.pg_get_userbyid(n.nspowner)::text,
-                pg_catalog.format('{%1$s=UC/%1$s,=U/%1$s}', n.nspowner::pg_catalog.regrole)
-           FROM pg_catalog.pg_namespace n WHERE n.nspname = 'public' AND n.nspacl IS NOT NULL",
-    )
-    .await?
-    {
-        let (oid, acl, owner, base): (u32, String, String, String) =
-            (r.get(0), r.get(1), r.get(2), r.get(3));
-        let cmds = build_acl_commands(
-            AclObjectKind::Schema,
-            "SCHEMA public",
-            None,
-            Some(&acl),
-            &base,
-            &owner,
-            major,
-        )
-        .map_err(err)?;
-        add(m, class::PG_NAMESPACE, oid, cmds);
     }
     // Default privileges: after everything else, or new objects on the
     // target would pick up grants their source twins do not have.
@@ -1486,8 +1430,7 @@ async fn load_acls(c: &Client, m: &mut SchemaModel, major: u32) -> Result<()> {
             String,
         ) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
         let t = objtype.chars().next().unwrap_or('r');
-        let cmds = build_default_acl_commands(&role, nsp.as_deref(), t, &acl, &base, major)
-            .map_err(err)?;
+        let cmds = build_default_acl_commands(&role, nsp.as_deref(), t, &acl, &base, major)?;
         let mut o = SchemaObject::new(
             ObjectKind::DefaultAcl,
             nsp.as_deref().unwrap_or(""),
