@@ -4,43 +4,8 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use pg_dbmigrator::testkit::{self, Cluster, ClusterOptions, Server};
-
-/// `pg_dump --schema-only` minus the header line naming the server version.
-fn schema_dump(conninfo: &str) -> String {
-    let bin = testkit::find_bin_dir()
-        .expect("server binaries")
-        .join("pg_dump");
-    let out = Command::new(bin)
-        .args(["--schema-only", "--restrict-key=pgdbmtest", "-d", conninfo])
-        .output()
-        .expect("running pg_dump");
-    assert!(
-        out.status.success(),
-        "pg_dump failed: {}",
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-        .lines()
-        .filter(|l| !l.starts_with("-- Dumped from database version"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-fn diff_hint(a: &str, b: &str) -> String {
-    let (al, bl): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
-    match al.iter().zip(&bl).position(|(x, y)| x != y) {
-        Some(i) => format!(
-            "source:\n{}\ntarget:\n{}",
-            al[i.saturating_sub(5)..(i + 8).min(al.len())].join("\n"),
-            bl[i.saturating_sub(5)..(i + 8).min(bl.len())].join("\n")
-        ),
-        None => format!("{} vs {} lines", al.len(), bl.len()),
-    }
-}
 
 const DATA: &str = "
     INSERT INTO core.customers (code, name, mood, qty, pair, span, tags)

@@ -4,26 +4,8 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use pg_dbmigrator::testkit;
-
-fn schema_dump(conninfo: &str) -> String {
-    let bin = testkit::find_bin_dir()
-        .expect("server binaries")
-        .join("pg_dump");
-    let out = Command::new(bin)
-        .args(["--schema-only", "--restrict-key=pgdbmtest", "-d", conninfo])
-        .output()
-        .expect("running pg_dump");
-    assert!(
-        out.status.success(),
-        "pg_dump failed: {}",
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
 
 const CORE_DATA: &str = "
     INSERT INTO core.customers (code, name, mood, qty, pair, span, tags)
@@ -97,18 +79,6 @@ async fn full_migration_into_a_new_database() {
         testkit::query_scalar(&target, "SELECT (nextval('core.customers_id_seq') = (SELECT max(id) FROM core.customers) + 5)::text").await,
         "true"
     );
-}
-
-fn diff_hint(a: &str, b: &str) -> String {
-    let (al, bl): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
-    match al.iter().zip(&bl).position(|(x, y)| x != y) {
-        Some(i) => format!(
-            "source:\n{}\ntarget:\n{}",
-            al[i.saturating_sub(5)..(i + 5).min(al.len())].join("\n"),
-            bl[i.saturating_sub(5)..(i + 5).min(bl.len())].join("\n")
-        ),
-        None => format!("{} vs {} lines", al.len(), bl.len()),
-    }
 }
 
 /// Objects the engine cannot reproduce yet stop the migration before

@@ -4,43 +4,9 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use pg_dbmigrator::testkit;
 use pg_dbmigrator::EndpointConfig;
-
-/// `pg_dump --schema-only` with a fixed restrict key, from the server's own bin dir.
-fn schema_dump(conninfo: &str) -> String {
-    let bin = testkit::find_bin_dir()
-        .expect("server binaries")
-        .join("pg_dump");
-    let out = Command::new(bin)
-        .args(["--schema-only", "--restrict-key=pgdbmtest", "-d", conninfo])
-        .output()
-        .expect("running pg_dump");
-    assert!(
-        out.status.success(),
-        "pg_dump failed: {}",
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
-fn first_difference(a: &str, b: &str) -> String {
-    let (al, bl): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
-    for (i, (x, y)) in al.iter().zip(bl.iter()).enumerate() {
-        if x != y {
-            let from = i.saturating_sub(8);
-            return format!(
-                "line {i}:\n--- source\n{}\n--- target\n{}",
-                al[from..(i + 8).min(al.len())].join("\n"),
-                bl[from..(i + 8).min(bl.len())].join("\n")
-            );
-        }
-    }
-    format!("lengths differ: {} vs {} lines", al.len(), bl.len())
-}
 
 async fn assert_rebuilds(prefix: &str, sql: &str) {
     let db = testkit::shared_pair().fresh_db(prefix).await;
@@ -65,7 +31,7 @@ async fn assert_rebuilds(prefix: &str, sql: &str) {
             )
         });
     let (a, b) = (schema_dump(&db.source), schema_dump(&db.target));
-    assert!(a == b, "schema dumps differ: {}", first_difference(&a, &b));
+    assert!(a == b, "schema dumps differ: {}", diff_hint(&a, &b));
 }
 
 #[tokio::test]
@@ -90,7 +56,7 @@ async fn schema_command_output_applies_with_psql() {
     let sql = text(&out.stdout);
     assert!(sql.contains("CREATE TABLE core.customers"), "{sql}");
     let psql = testkit::find_bin_dir().unwrap().join("psql");
-    let applied = Command::new(psql)
+    let applied = std::process::Command::new(psql)
         .args([
             "-X",
             "-q",
@@ -105,7 +71,7 @@ async fn schema_command_output_applies_with_psql() {
         .unwrap();
     assert!(applied.status.success(), "psql: {}", text(&applied.stderr));
     let (a, b) = (schema_dump(&db.source), schema_dump(&db.target));
-    assert!(a == b, "schema dumps differ: {}", first_difference(&a, &b));
+    assert!(a == b, "schema dumps differ: {}", diff_hint(&a, &b));
 
     // --section pre-data has no indexes; post-data has no CREATE TABLE.
     let pre = text(

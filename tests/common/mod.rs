@@ -163,3 +163,39 @@ pub async fn content_digest(conninfo: &str) -> Vec<(String, i64, String)> {
     }
     out
 }
+
+/// `pg_dump --schema-only` with a fixed restrict key, by the installed
+/// server's pg_dump (the oracle for schema fidelity), minus the header line
+/// naming the server version (it differs between majors by design).
+pub fn schema_dump(conninfo: &str) -> String {
+    let bin = testkit::find_bin_dir()
+        .expect("server binaries")
+        .join("pg_dump");
+    let out = std::process::Command::new(bin)
+        .args(["--schema-only", "--restrict-key=pgdbmtest", "-d", conninfo])
+        .output()
+        .expect("running pg_dump");
+    assert!(
+        out.status.success(),
+        "pg_dump failed: {}",
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with("-- Dumped from database version"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The neighbourhood of the first differing line of two dumps.
+pub fn diff_hint(a: &str, b: &str) -> String {
+    let (al, bl): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
+    match al.iter().zip(&bl).position(|(x, y)| x != y) {
+        Some(i) => format!(
+            "line {i}:\n--- source\n{}\n--- target\n{}",
+            al[i.saturating_sub(8)..(i + 8).min(al.len())].join("\n"),
+            bl[i.saturating_sub(8)..(i + 8).min(bl.len())].join("\n")
+        ),
+        None => format!("lengths differ: {} vs {} lines", al.len(), bl.len()),
+    }
+}
