@@ -1100,20 +1100,18 @@ async fn load_constraints_and_indexes(
         } else {
             ObjectKind::Constraint
         };
-        let mut o = SchemaObject::new(
+        let mut o = on_table(
             kind,
-            &rel.namespace,
             &name,
             oid,
             format!("CONSTRAINT {} ON {}", ident(&name), rel.qname),
+            rel,
         );
-        o.key.tiebreak.push(rel.qname.clone());
         o.create.push(format!(
             "ALTER TABLE {only}{}\n    ADD CONSTRAINT {} {def};",
             rel.qname,
             ident(&name)
         ));
-        o.deps.push(rel.index);
         if let Some(cm) = comment_on(
             comments,
             (class::PG_CONSTRAINT, oid, 0),
@@ -1155,16 +1153,8 @@ async fn load_constraints_and_indexes(
         let owner_obj = match index_owner.get(&oid) {
             Some(&i) => i,
             None => {
-                let mut o = SchemaObject::new(
-                    ObjectKind::Index,
-                    &rel.namespace,
-                    &name,
-                    oid,
-                    format!("INDEX {iq}"),
-                );
-                o.key.tiebreak.push(rel.qname.clone());
+                let mut o = on_table(ObjectKind::Index, &name, oid, format!("INDEX {iq}"), rel);
                 o.create.push(format!("{def};"));
-                o.deps.push(rel.index);
                 if let Some(cm) =
                     comment_on(comments, (class::PG_CLASS, oid, 0), &format!("INDEX {iq}"))
                 {
@@ -1534,14 +1524,13 @@ async fn load_rules_triggers_policies(
         let Some(rel) = rels.get(&relid) else {
             continue;
         };
-        let mut o = SchemaObject::new(
+        let mut o = on_table(
             ObjectKind::Trigger,
-            &rel.namespace,
             &name,
             oid,
             format!("TRIGGER {} ON {}", ident(&name), rel.qname),
+            rel,
         );
-        o.key.tiebreak.push(rel.qname.clone());
         o.create.push(format!("{def};"));
         let word = if rel.kind == 'v' { "VIEW" } else { "TABLE" };
         match enabled.as_str() {
@@ -1569,7 +1558,6 @@ async fn load_rules_triggers_policies(
         ) {
             o.comments.push(cm);
         }
-        o.deps.push(rel.index);
         m.add(o, &[(class::PG_TRIGGER, oid)]);
     }
     if major >= 13 {
@@ -1595,20 +1583,18 @@ async fn load_rules_triggers_policies(
                 "A" => "ENABLE ALWAYS TRIGGER",
                 _ => "ENABLE TRIGGER",
             };
-            let mut o = SchemaObject::new(
+            let mut o = on_table(
                 ObjectKind::Trigger,
-                &rel.namespace,
                 &name,
                 oid,
                 format!("TRIGGER {} ON {}", ident(&name), rel.qname),
+                rel,
             );
-            o.key.tiebreak.push(rel.qname.clone());
             o.create.push(format!(
                 "ALTER TABLE {} {action} {};",
                 rel.qname,
                 ident(&name)
             ));
-            o.deps.push(rel.index);
             o.needs.push((class::PG_TRIGGER, parent));
             m.add(o, &[]);
         }
@@ -1624,8 +1610,7 @@ async fn load_rules_triggers_policies(
         let (oid, relid, name, def, enabled): (u32, u32, String, String, String) =
             (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
         let Some(rel) = rels.get(&relid) else { continue };
-        let mut o = SchemaObject::new(ObjectKind::Rule, &rel.namespace, &name, oid, format!("RULE {} ON {}", ident(&name), rel.qname));
-        o.key.tiebreak.push(rel.qname.clone());
+        let mut o = on_table(ObjectKind::Rule, &name, oid, format!("RULE {} ON {}", ident(&name), rel.qname), rel);
         let def = def.trim_end().trim_end_matches(';').to_string();
         o.create.push(format!("{def};"));
         let word = if rel.kind == 'v' { "VIEW" } else { "TABLE" };
@@ -1638,7 +1623,6 @@ async fn load_rules_triggers_policies(
         if let Some(cm) = comment_on(comments, (class::PG_REWRITE, oid, 0), &format!("RULE {} ON {}", ident(&name), rel.qname)) {
             o.comments.push(cm);
         }
-        o.deps.push(rel.index);
         m.add(o, &[(class::PG_REWRITE, oid)]);
     }
     // ENABLE ROW LEVEL SECURITY is its own post-data step (FORCE goes with the table).
@@ -1699,13 +1683,11 @@ async fn load_rules_triggers_policies(
             s.push_str(&format!(" WITH CHECK ({wc})"));
         }
         s.push(';');
-        let mut o = SchemaObject::new(ObjectKind::Policy, &rel.namespace, &name, oid, format!("POLICY {} ON {}", ident(&name), rel.qname));
-        o.key.tiebreak.push(rel.qname.clone());
+        let mut o = on_table(ObjectKind::Policy, &name, oid, format!("POLICY {} ON {}", ident(&name), rel.qname), rel);
         o.create.push(s);
         if let Some(cm) = comment_on(comments, (3256, oid, 0), &format!("POLICY {} ON {}", ident(&name), rel.qname)) {
             o.comments.push(cm);
         }
-        o.deps.push(rel.index);
         m.add(o, &[(3256, oid)]);
     }
     Ok(())
@@ -1998,4 +1980,14 @@ async fn load_event_triggers(c: &Client, m: &mut SchemaModel, comments: &Comment
         m.add(o, &[(3466, oid)]);
     }
     Ok(())
+}
+
+/// An object that belongs to a table (constraint, index, trigger, rule,
+/// policy): named after the table in messages, sorted by it like pg_dump
+/// does, and created after it.
+fn on_table(kind: ObjectKind, name: &str, oid: u32, describe: String, rel: &Rel) -> SchemaObject {
+    let mut o = SchemaObject::new(kind, &rel.namespace, name, oid, describe);
+    o.key.tiebreak.push(rel.qname.clone());
+    o.deps.push(rel.index);
+    o
 }
