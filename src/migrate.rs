@@ -228,7 +228,11 @@ pub(crate) async fn run(
     // Snapshot first: the schema, the table list and the data come from the same instant.
     let (snapshot_id, coordinator_snapshot) = session::begin_exported_snapshot(&src).await?;
     let script = if full {
-        let script = schema::read(&source_ep, Some(&snapshot_id)).await?;
+        let opts = schema::ReadOptions {
+            no_owner: cfg.no_owner,
+            no_acl: cfg.no_acl,
+        };
+        let script = schema::read_with(&source_ep, Some(&snapshot_id), &opts).await?;
         if !script.unsupported.is_empty() {
             return Err(MigrationError::Unsupported(format!(
                 "the source has objects that schema reproduction does not cover yet: {}. \
@@ -236,7 +240,7 @@ pub(crate) async fn run(
                 summarize(&script.unsupported)
             )));
         }
-        prepare_target_database(&src, &target_ep, source_version, resumed, cfg.force_clean).await?;
+        prepare_target_database(&src, &target_ep, source_version, resumed, cfg).await?;
         Some(script)
     } else {
         None
@@ -716,8 +720,9 @@ async fn prepare_target_database(
     target: &crate::config::EndpointConfig,
     source_version: i32,
     resumed: bool,
-    force_clean: bool,
+    cfg: &MigrationConfig,
 ) -> Result<()> {
+    let force_clean = cfg.force_clean;
     let dbname = target.dbname.clone();
     let admin = match connect::connect(&target.with_dbname("postgres"), "target").await {
         Ok(c) => c,
@@ -731,7 +736,7 @@ async fn prepare_target_database(
             source_version / 10000
         )));
     }
-    let owners = schema::load::owner_roles(src).await?;
+    let owners = schema::load::owner_roles(src, !cfg.no_owner, !cfg.no_acl).await?;
     let present: Vec<String> = admin
         .query("SELECT rolname::text FROM pg_catalog.pg_roles", &[])
         .await
@@ -743,9 +748,24 @@ async fn prepare_target_database(
         .into_iter()
         .filter(|r| !present.contains(r))
         .collect();
-    if !missing.is_empty() {
+    if !missing.is_empty() && cfg.roles {
+        // Roles are cluster-wide: created once, before the database, and
+        // left in place (a resumed run needs them too).
+        let stmts =
+            schema::load::role_definitions(src, &missing, &present, cfg.role_passwords).await?;
+        for (i, stmt) in stmts.iter().enumerate() {
+            admin.batch_execute(stmt).await.map_err(|e| {
+                let what = missing
+                    .get(i)
+                    .map(|r| format!("role {}", quote::ident(r)))
+                    .unwrap_or_else(|| "a role membership".into());
+                MigrationError::db(format!("creating {what} on the target (--roles)"), e)
+            })?;
+        }
+        info!(roles = ?missing, "created the roles the schema needs on the target");
+    } else if !missing.is_empty() {
         return Err(MigrationError::TargetNotReady(format!(
-            "role(s) that own or are granted objects on the source do not exist on the target: {}. Create them on the target first",
+            "role(s) that own or are granted objects on the source do not exist on the target: {}. Create them on the target first, or pass --roles (or --no-owner / --no-acl)",
             missing.join(", ")
         )));
     }

@@ -342,3 +342,112 @@ async fn full_migration_with_filters_is_refused() {
         text(&out.stderr)
     );
 }
+
+/// --roles creates what the target lacks: attributes, memberships, and with
+/// --role-passwords the password hash, which is never printed.
+#[tokio::test]
+async fn roles_are_created_on_the_target() {
+    let db = testkit::shared_pair().fresh_db("mkroles").await;
+    let (owner, reader, group) = ("dbm_mk_owner", "dbm_mk_reader", "dbm_mk_group");
+    testkit::execute(
+        &db.source,
+        &format!(
+            "CREATE ROLE {group} NOLOGIN;
+             CREATE ROLE {owner} LOGIN CONNECTION LIMIT 7 PASSWORD 'owner-secret-pw';
+             CREATE ROLE {reader} LOGIN IN ROLE {group};
+             CREATE SCHEMA mk AUTHORIZATION {owner};
+             CREATE TABLE mk.t (id int); ALTER TABLE mk.t OWNER TO {owner};
+             GRANT SELECT ON mk.t TO {group}; GRANT INSERT ON mk.t TO {reader};"
+        ),
+    )
+    .await
+    .unwrap();
+    let target = db.target.replace(
+        &format!("dbname={}", db.name),
+        &format!("dbname={}_r", db.name),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("w");
+    let out = run_async(&[
+        "-vv",
+        "migrate",
+        "--source",
+        &db.source,
+        "--target",
+        &target,
+        "--roles",
+        "--role-passwords",
+        "--dump-path",
+        dump.to_str().unwrap(),
+    ])
+    .await;
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert_eq!(schema_dump(&db.source), schema_dump(&target));
+    let q = |ci: &str| {
+        let ci = ci.to_string();
+        async move {
+            testkit::query_scalar(
+                &ci,
+                &format!(
+                    "SELECT r.rolcanlogin::text || r.rolconnlimit || coalesce(a.rolpassword, '-')
+                       || (SELECT string_agg(pg_get_userbyid(m.roleid), ',') FROM pg_auth_members m WHERE m.member = '{reader}'::regrole)
+                       FROM pg_roles r JOIN pg_authid a ON a.oid = r.oid WHERE r.rolname = '{owner}'"
+                ),
+            )
+            .await
+        }
+    };
+    assert_eq!(
+        q(&db.source).await,
+        q(&target).await,
+        "role attributes, hash and membership"
+    );
+    let hash = testkit::query_scalar(
+        &db.source,
+        &format!("SELECT rolpassword FROM pg_authid WHERE rolname = '{owner}'"),
+    )
+    .await;
+    let token = std::fs::read_to_string(pg_dbmigrator::ResumeToken::path_for(&dump)).unwrap();
+    for needle in [hash.as_str(), "owner-secret-pw"] {
+        assert!(
+            !all.contains(needle) && !token.contains(needle),
+            "a password leaked"
+        );
+    }
+}
+
+/// --no-owner --no-acl: roles the target lacks do not matter; objects
+/// belong to the migrating role and carry no grants.
+#[tokio::test]
+async fn no_owner_no_acl() {
+    let db = testkit::shared_pair().fresh_db("noowner").await;
+    testkit::execute(
+        &db.source,
+        "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'dbm_src_only_x') THEN CREATE ROLE dbm_src_only_x; END IF; END $$;
+         CREATE TABLE public.o (id int); ALTER TABLE public.o OWNER TO dbm_src_only_x;
+         GRANT SELECT ON public.o TO PUBLIC; INSERT INTO public.o VALUES (1), (2);",
+    )
+    .await
+    .unwrap();
+    let target = db.target.replace(
+        &format!("dbname={}", db.name),
+        &format!("dbname={}_n", db.name),
+    );
+    let out = run_async(&[
+        "-q",
+        "migrate",
+        "--source",
+        &db.source,
+        "--target",
+        &target,
+        "--no-owner",
+        "--no-acl",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        testkit::query_scalar(&target, "SELECT pg_get_userbyid(relowner)::text || ':' || coalesce(relacl::text, 'none') || ':' || (SELECT count(*) FROM public.o) FROM pg_class WHERE oid = 'public.o'::regclass").await,
+        "postgres:none:2"
+    );
+}

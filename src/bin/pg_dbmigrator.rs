@@ -174,6 +174,19 @@ struct MigrateArgs {
     /// Name of this migration (default: derived from source, target and filters).
     #[arg(long)]
     migration_id: Option<String>,
+    /// Full migrations: create the roles the schema names that the target lacks
+    /// (attributes and memberships; existing roles are left as they are).
+    #[arg(long)]
+    roles: bool,
+    /// With --roles: copy the roles' password hashes too (needs a superuser source role).
+    #[arg(long, requires = "roles")]
+    role_passwords: bool,
+    /// Leave owners out: objects belong to the target role that creates them.
+    #[arg(long)]
+    no_owner: bool,
+    /// Leave privileges (GRANT/REVOKE, default privileges) out.
+    #[arg(long)]
+    no_acl: bool,
     /// Print the final report as JSON on stdout instead of the text summary.
     #[arg(long)]
     json: bool,
@@ -282,6 +295,10 @@ async fn migrate(args: MigrateArgs, cancel: CancellationToken) -> Result<i32, Mi
         resume: args.resume,
         force_clean: args.force_clean,
         migration_id: args.migration_id,
+        roles: args.roles,
+        role_passwords: args.role_passwords,
+        no_owner: args.no_owner,
+        no_acl: args.no_acl,
     };
     let migrator = Migrator::new(config);
     let token_path = migrator.token_path()?;

@@ -70,6 +70,14 @@ pub struct MigrationConfig {
     pub force_clean: bool,
     /// Names the slot, publication and work files; generated when absent.
     pub migration_id: Option<String>,
+    /// Full migrations: create the roles the schema names that the target lacks.
+    pub roles: bool,
+    /// With `roles`: copy their password hashes (needs a superuser source role).
+    pub role_passwords: bool,
+    /// Leave owners out: every object belongs to the migrating target role.
+    pub no_owner: bool,
+    /// Leave privileges (GRANT/REVOKE, default privileges) out.
+    pub no_acl: bool,
 }
 
 impl Default for MigrationConfig {
@@ -88,6 +96,10 @@ impl Default for MigrationConfig {
             resume: false,
             force_clean: false,
             migration_id: None,
+            roles: false,
+            role_passwords: false,
+            no_owner: false,
+            no_acl: false,
         }
     }
 }

@@ -51,7 +51,21 @@ pub const APPLY_SETTINGS: &str = "SET statement_timeout = 0; SET lock_timeout = 
 
 impl SchemaScript {
     /// Order the model and split it into parts.
-    pub fn plan(mut model: SchemaModel) -> Result<SchemaScript> {
+    pub fn plan(model: SchemaModel) -> Result<SchemaScript> {
+        Self::plan_with(model, &super::ReadOptions::default())
+    }
+
+    /// As [`plan`](Self::plan), leaving out owners (`--no-owner`) or
+    /// privileges (`--no-acl`) as asked.
+    pub fn plan_with(mut model: SchemaModel, opts: &super::ReadOptions) -> Result<SchemaScript> {
+        for o in model.objects.iter_mut() {
+            if opts.no_owner {
+                o.owner = None;
+            }
+            if opts.no_acl {
+                o.acl.clear();
+            }
+        }
         let mut deps = model.resolve();
         // A refresh reads other materialized views: they must be refreshed first.
         let refresh_of: std::collections::HashMap<usize, usize> = model

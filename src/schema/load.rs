@@ -1245,14 +1245,19 @@ pub async fn unsupported(c: &Client, major: u32) -> Result<Vec<String>> {
 
 /// Roles a full migration's DDL names: owners, grantees and grantors,
 /// default-privilege roles and policy roles. They must exist on the target.
-pub async fn owner_roles(c: &Client) -> Result<Vec<String>> {
+pub async fn owner_roles(c: &Client, owners: bool, acls: bool) -> Result<Vec<String>> {
     let user_ns = "n.nspname NOT IN ('pg_catalog', 'information_schema', '_pg_dbmigrator') AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)'";
+    let (owner_cond, acl_cond) = (
+        if owners { "true" } else { "false" },
+        if acls { "true" } else { "false" },
+    );
     let sql = format!(
         "SELECT DISTINCT pg_catalog.pg_get_userbyid(o)::text FROM (
-            SELECT c.relowner AS o FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE {user_ns}
-            UNION SELECT p.proowner FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE {user_ns}
-            UNION SELECT t.typowner FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace WHERE {user_ns}
-            UNION SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE {user_ns} AND n.nspname <> 'public'
+            SELECT c.relowner AS o FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE {owner_cond} AND {user_ns}
+            UNION SELECT p.proowner FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE {owner_cond} AND {user_ns}
+            UNION SELECT t.typowner FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace WHERE {owner_cond} AND {user_ns}
+            UNION SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE {owner_cond} AND {user_ns} AND n.nspname <> 'public'
+            UNION SELECT pg_catalog.unnest(pol.polroles) FROM pg_catalog.pg_policy pol
             UNION SELECT a.r FROM (
                 SELECT (pg_catalog.aclexplode(c.relacl)).grantee AS r FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relacl IS NOT NULL AND {user_ns}
                 UNION SELECT (pg_catalog.aclexplode(c.relacl)).grantor FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relacl IS NOT NULL AND {user_ns}
@@ -1262,8 +1267,7 @@ pub async fn owner_roles(c: &Client) -> Result<Vec<String>> {
                 UNION SELECT (pg_catalog.aclexplode(n.nspacl)).grantee FROM pg_catalog.pg_namespace n WHERE n.nspacl IS NOT NULL AND {user_ns}
                 UNION SELECT d.defaclrole FROM pg_catalog.pg_default_acl d
                 UNION SELECT (pg_catalog.aclexplode(d.defaclacl)).grantee FROM pg_catalog.pg_default_acl d
-                UNION SELECT pg_catalog.unnest(pol.polroles) FROM pg_catalog.pg_policy pol
-            ) a WHERE a.r <> 0) x ORDER BY 1"
+            ) a WHERE {acl_cond} AND a.r <> 0) x WHERE o <> 0 ORDER BY 1"
     );
     Ok(query(c, "object owners", &sql)
         .await?
@@ -1990,4 +1994,102 @@ fn on_table(kind: ObjectKind, name: &str, oid: u32, describe: String, rel: &Rel)
     o.key.tiebreak.push(rel.qname.clone());
     o.deps.push(rel.index);
     o
+}
+
+/// `CREATE ROLE` (with the source's attributes) for each of `names`, and
+/// the memberships among the roles that will exist on the target. With
+/// `passwords`, the stored password hash goes along when this session may
+/// read `pg_authid` (a superuser); the statements then hold a secret and
+/// are never logged.
+pub async fn role_definitions(
+    c: &Client,
+    names: &[String],
+    existing: &[String],
+    passwords: bool,
+) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let can_read_hash = passwords
+        && c.query_one(
+            "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .map(|r| r.get::<_, bool>(0))
+        .unwrap_or(false);
+    if passwords && !can_read_hash {
+        tracing::warn!("--role-passwords: the source role cannot read password hashes (needs superuser); roles are created without passwords");
+    }
+    let pw = if can_read_hash {
+        "(SELECT a.rolpassword FROM pg_catalog.pg_authid a WHERE a.oid = r.oid)"
+    } else {
+        "NULL::text"
+    };
+    let sql = format!(
+        "SELECT r.rolname::text, r.rolsuper, r.rolinherit, r.rolcreaterole, r.rolcreatedb, r.rolcanlogin,
+                r.rolreplication, r.rolbypassrls, r.rolconnlimit, r.rolvaliduntil::text, {pw}
+           FROM pg_catalog.pg_roles r WHERE r.rolname = ANY ($1) ORDER BY 1"
+    );
+    let rows = c
+        .query(&sql, &[&names])
+        .await
+        .map_err(|e| MigrationError::db("reading role definitions from the source", e))?;
+    let flag = |on: bool, word: &str| {
+        if on {
+            word.to_string()
+        } else {
+            format!("NO{word}")
+        }
+    };
+    for r in &rows {
+        let name: String = r.get(0);
+        let mut s = format!(
+            "CREATE ROLE {} WITH {} {} {} {} {} {} {}",
+            ident(&name),
+            flag(r.get(1), "SUPERUSER"),
+            flag(r.get(2), "INHERIT"),
+            flag(r.get(3), "CREATEROLE"),
+            flag(r.get(4), "CREATEDB"),
+            flag(r.get(5), "LOGIN"),
+            flag(r.get(6), "REPLICATION"),
+            flag(r.get(7), "BYPASSRLS"),
+        );
+        let limit: i32 = r.get(8);
+        if limit >= 0 {
+            s.push_str(&format!(" CONNECTION LIMIT {limit}"));
+        }
+        if let Some(v) = r.get::<_, Option<String>>(9) {
+            s.push_str(&format!(" VALID UNTIL {}", literal(&v)));
+        }
+        if let Some(h) = r.get::<_, Option<String>>(10) {
+            s.push_str(&format!(" PASSWORD {}", literal(&h)));
+        }
+        s.push(';');
+        out.push(s);
+    }
+    // Memberships involving a created role, among roles the target will have.
+    let will_exist: Vec<String> = names.iter().chain(existing.iter()).cloned().collect();
+    let rows = c
+        .query(
+            "SELECT pg_catalog.pg_get_userbyid(m.roleid)::text, pg_catalog.pg_get_userbyid(m.member)::text, m.admin_option
+               FROM pg_catalog.pg_auth_members m
+              WHERE (pg_catalog.pg_get_userbyid(m.roleid) = ANY ($1) OR pg_catalog.pg_get_userbyid(m.member) = ANY ($1))
+                AND pg_catalog.pg_get_userbyid(m.roleid) = ANY ($2) AND pg_catalog.pg_get_userbyid(m.member) = ANY ($2)
+              ORDER BY 1, 2",
+            &[&names, &will_exist],
+        )
+        .await
+        .map_err(|e| MigrationError::db("reading role memberships from the source", e))?;
+    for r in &rows {
+        let admin = if r.get::<_, bool>(2) {
+            " WITH ADMIN OPTION"
+        } else {
+            ""
+        };
+        out.push(format!(
+            "GRANT {} TO {}{admin};",
+            ident(&r.get::<_, String>(0)),
+            ident(&r.get::<_, String>(1))
+        ));
+    }
+    Ok(out)
 }

@@ -17,9 +17,25 @@ use crate::config::EndpointConfig;
 use crate::error::{MigrationError, Result};
 use crate::pg::{catalog, connect};
 
+/// What to leave out of a schema (pg_dump's `--no-owner`, `--no-acl`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadOptions {
+    pub no_owner: bool,
+    pub no_acl: bool,
+}
+
 /// Read the source's schema in one REPEATABLE READ snapshot and plan it.
 /// `snapshot` imports an exported snapshot (the data copy's) when given.
 pub async fn read(source: &EndpointConfig, snapshot: Option<&str>) -> Result<SchemaScript> {
+    read_with(source, snapshot, &ReadOptions::default()).await
+}
+
+/// As [`read`], with options.
+pub async fn read_with(
+    source: &EndpointConfig,
+    snapshot: Option<&str>,
+    opts: &ReadOptions,
+) -> Result<SchemaScript> {
     let c = connect::connect(source, "source").await?;
     let major = (catalog::server_version_num(&c).await? / 10000) as u32;
     match snapshot {
@@ -35,7 +51,7 @@ pub async fn read(source: &EndpointConfig, snapshot: Option<&str>) -> Result<Sch
     let model = load::load(&c, major).await?;
     let unsupported = load::unsupported(&c, major).await?;
     let _ = c.batch_execute("COMMIT").await;
-    let mut script = SchemaScript::plan(model)?;
+    let mut script = SchemaScript::plan_with(model, opts)?;
     script.unsupported = unsupported;
     for w in &script.warnings {
         tracing::warn!("{w}");
