@@ -240,7 +240,7 @@ pub(crate) async fn run(
                 summarize(&script.unsupported)
             )));
         }
-        prepare_target_database(&src, &target_ep, source_version, resumed, cfg).await?;
+        prepare_target_database(&src, &target_ep, source_version, resumed, cfg, &script).await?;
         Some(script)
     } else {
         None
@@ -721,6 +721,7 @@ async fn prepare_target_database(
     source_version: i32,
     resumed: bool,
     cfg: &MigrationConfig,
+    script: &schema::SchemaScript,
 ) -> Result<()> {
     let force_clean = cfg.force_clean;
     let dbname = target.dbname.clone();
@@ -767,6 +768,26 @@ async fn prepare_target_database(
         return Err(MigrationError::TargetNotReady(format!(
             "role(s) that own or are granted objects on the source do not exist on the target: {}. Create them on the target first, or pass --roles (or --no-owner / --no-acl)",
             missing.join(", ")
+        )));
+    }
+    // Every collation must be creatable there (ICU support, OS locales): try
+    // each one as a temporary object in a transaction that is rolled back.
+    let mut bad_collations = Vec::new();
+    for step in script.pre_data.iter().filter(|s| s.describe.starts_with("COLLATION ")) {
+        let name = step.describe.trim_start_matches("COLLATION ");
+        let Some(create) = step.sql.first() else { continue };
+        let probe = create.replacen(name, "pg_temp.dbm_collation_probe", 1);
+        let r = admin.batch_execute(&format!("BEGIN; {probe} ROLLBACK;")).await;
+        if let Err(e) = r {
+            let _ = admin.batch_execute("ROLLBACK").await;
+            let msg = crate::error::db_info(&e).map(|i| i.message).unwrap_or_else(|| e.to_string());
+            bad_collations.push(format!("{name} ({msg})"));
+        }
+    }
+    if !bad_collations.is_empty() {
+        return Err(MigrationError::TargetNotReady(format!(
+            "collation(s) cannot be created on the target server: {}. Install the locales or an ICU-enabled build on the target first",
+            bad_collations.join(", ")
         )));
     }
     // Every extension must be installable on the target at the source's version.
