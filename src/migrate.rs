@@ -773,14 +773,24 @@ async fn prepare_target_database(
     // Every collation must be creatable there (ICU support, OS locales): try
     // each one as a temporary object in a transaction that is rolled back.
     let mut bad_collations = Vec::new();
-    for step in script.pre_data.iter().filter(|s| s.describe.starts_with("COLLATION ")) {
+    for step in script
+        .pre_data
+        .iter()
+        .filter(|s| s.describe.starts_with("COLLATION "))
+    {
         let name = step.describe.trim_start_matches("COLLATION ");
-        let Some(create) = step.sql.first() else { continue };
+        let Some(create) = step.sql.first() else {
+            continue;
+        };
         let probe = create.replacen(name, "pg_temp.dbm_collation_probe", 1);
-        let r = admin.batch_execute(&format!("BEGIN; {probe} ROLLBACK;")).await;
+        let r = admin
+            .batch_execute(&format!("BEGIN; {probe} ROLLBACK;"))
+            .await;
         if let Err(e) = r {
             let _ = admin.batch_execute("ROLLBACK").await;
-            let msg = crate::error::db_info(&e).map(|i| i.message).unwrap_or_else(|| e.to_string());
+            let msg = crate::error::db_info(&e)
+                .map(|i| i.message)
+                .unwrap_or_else(|| e.to_string());
             bad_collations.push(format!("{name} ({msg})"));
         }
     }
