@@ -668,6 +668,9 @@ async fn load_relations(
                     if let Some(d) = &def {
                         if generated == "s" {
                             s.push_str(&format!(" GENERATED ALWAYS AS ({d}) STORED"));
+                        } else if generated == "v" {
+                            // PostgreSQL 18's virtual generated columns.
+                            s.push_str(&format!(" GENERATED ALWAYS AS ({d}) VIRTUAL"));
                         } else {
                             s.push_str(&format!(" DEFAULT {d}"));
                         }
@@ -1208,7 +1211,6 @@ async fn load_constraints_and_indexes(
 /// migration refuses to start while any exist, rather than silently
 /// leaving out a trigger, a policy or a grant; each entry names the object.
 pub async fn unsupported(c: &Client, major: u32) -> Result<Vec<String>> {
-    let _ = major; // checks are version-gated as object kinds need it
     let ext = |cls: u32, oid: &str| {
         format!("NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = {cls} AND e.objid = {oid} AND e.deptype = 'e')")
     };
@@ -1233,6 +1235,24 @@ pub async fn unsupported(c: &Client, major: u32) -> Result<Vec<String>> {
         ("publication", "SELECT pubname::text FROM pg_catalog.pg_publication".to_string()),
     ];
     let mut out = Vec::new();
+    if major >= 18 {
+        // PostgreSQL 18 keeps NOT NULL constraints in pg_constraint with
+        // names; only the default-named, valid, inheritable ones are
+        // reproduced by a plain NOT NULL so far.
+        let sql = "SELECT pg_catalog.format('%I on %I.%I', co.conname, n.nspname, c.relname)
+                     FROM pg_catalog.pg_constraint co JOIN pg_catalog.pg_class c ON c.oid = co.conrelid
+                     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                     JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = co.conkey[1]
+                    WHERE co.contype = 'n' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+                      AND (NOT co.convalidated OR co.connoinherit
+                           OR co.conname <> pg_catalog.format('%s_%s_not_null', c.relname, a.attname))";
+        for r in query(c, "named NOT NULL constraints", sql).await? {
+            out.push(format!(
+                "named, NOT VALID or NO INHERIT NOT NULL constraint {}",
+                r.get::<_, String>(0)
+            ));
+        }
+    }
     for (what, sql) in checks {
         for r in query(c, what, &sql).await? {
             out.push(format!("{what} {}", r.get::<_, String>(0)));
