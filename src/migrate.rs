@@ -540,19 +540,21 @@ async fn preflight_target(
             )),
         }
     }
-    for s in seqs {
-        let ok: bool = dst
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                                 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind = 'S')",
-                &[&s.schema, &s.name],
-            )
-            .await
-            .map_err(|e| MigrationError::db("checking sequences on the target", e))?
-            .get(0);
-        if !ok {
-            problems.push(format!("sequence {} does not exist", s.qualified()));
-        }
+    // One query for all sequences: those the target lacks.
+    let seq_schemas: Vec<&str> = seqs.iter().map(|s| s.schema.as_str()).collect();
+    let seq_names: Vec<&str> = seqs.iter().map(|s| s.name.as_str()).collect();
+    for r in dst
+        .query(
+            "SELECT pg_catalog.format('%I.%I', u.s, u.r)
+               FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) AS u(s, r)
+              WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                                 WHERE n.nspname = u.s AND c.relname = u.r AND c.relkind = 'S')",
+            &[&seq_schemas, &seq_names],
+        )
+        .await
+        .map_err(|e| MigrationError::db("checking sequences on the target", e))?
+    {
+        problems.push(format!("sequence {} does not exist", r.get::<_, String>(0)));
     }
     if !problems.is_empty() {
         return Err(MigrationError::TargetNotReady(format!(
@@ -637,7 +639,7 @@ async fn force_clean(
             dst.batch_execute("BEGIN")
                 .await
                 .map_err(|e| MigrationError::db("erasing target data", e))?;
-            crate::copy::empty_table_pub(dst, &t.qualified()).await?;
+            copy::empty_table(dst, &t.qualified()).await?;
             dst.batch_execute("COMMIT")
                 .await
                 .map_err(|e| MigrationError::db("erasing target data", e))?;
@@ -801,28 +803,29 @@ async fn prepare_target_database(
         )));
     }
     // Every extension must be installable on the target at the source's version.
-    let mut unavailable = Vec::new();
-    for r in src
+    let exts = src
         .query(
             "SELECT extname::text, extversion FROM pg_catalog.pg_extension WHERE extname <> 'plpgsql' ORDER BY 1",
             &[],
         )
         .await
-        .map_err(|e| MigrationError::db("listing the source's extensions", e))?
-    {
-        let (name, version): (String, String) = (r.get(0), r.get(1));
-        let ok: bool = admin
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_available_extension_versions WHERE name = $1 AND version = $2)",
-                &[&name, &version],
-            )
-            .await
-            .map_err(|e| MigrationError::db("checking extensions on the target", e))?
-            .get(0);
-        if !ok {
-            unavailable.push(format!("{name} {version}"));
-        }
-    }
+        .map_err(|e| MigrationError::db("listing the source's extensions", e))?;
+    let ext_names: Vec<String> = exts.iter().map(|r| r.get(0)).collect();
+    let ext_versions: Vec<String> = exts.iter().map(|r| r.get(1)).collect();
+    let unavailable: Vec<String> = admin
+        .query(
+            "SELECT u.n || ' ' || u.v
+               FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) AS u(n, v)
+              WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_available_extension_versions a
+                                 WHERE a.name = u.n AND a.version = u.v)
+              ORDER BY 1",
+            &[&ext_names, &ext_versions],
+        )
+        .await
+        .map_err(|e| MigrationError::db("checking extensions on the target", e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     if !unavailable.is_empty() {
         return Err(MigrationError::TargetNotReady(format!(
             "extension(s) not available on the target server at the source's version: {}. Install the extension packages on the target first",

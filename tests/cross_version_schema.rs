@@ -37,32 +37,11 @@ async fn older_major_into_15(major: u32) {
         .await
         .unwrap();
     testkit::execute(&db.source, DATA).await.unwrap();
-    let target = db.target.replace(
-        &format!("dbname={}", db.name),
-        &format!("dbname={}_up", db.name),
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let out = run_async(&[
-        "migrate",
-        "--source",
-        &db.source,
-        "--target",
-        &target,
-        "--json",
-        "--dump-path",
-        dir.path().join("w").to_str().unwrap(),
-    ])
-    .await;
-    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let target = other_target_db(&db, "up");
+    let report = migrate_clean(&db.source, &target, &[]).await;
     assert_eq!(
         report["source_version"].as_i64().unwrap() / 10000,
         major as i64
-    );
-    assert_eq!(
-        report["verify"]["differences"].as_array().unwrap().len(),
-        0,
-        "{report:#}"
     );
     let (mut a, mut b) = (schema_dump(&db.source), schema_dump(&target));
     if major < 14 {
@@ -121,30 +100,9 @@ async fn rich_full_migration_pg17_to_pg17() {
     testkit::execute(&db.source, &fixture("rich_data.sql"))
         .await
         .expect("rich data on 17");
-    let new_target = db.target.replace(
-        &format!("dbname={}", db.name),
-        &format!("dbname={}_full", db.name),
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let out = run_async(&[
-        "migrate",
-        "--source",
-        &db.source,
-        "--target",
-        &new_target,
-        "--json",
-        "--dump-path",
-        dir.path().join("w").to_str().unwrap(),
-    ])
-    .await;
-    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let new_target = other_target_db(&db, "full");
+    let report = migrate_clean(&db.source, &new_target, &[]).await;
     assert_eq!(report["source_version"].as_i64().unwrap() / 10000, 17);
-    assert_eq!(
-        report["verify"]["differences"].as_array().unwrap().len(),
-        0,
-        "{report:#}"
-    );
     let read = |ci: String| async move {
         let out = run_async(&["-q", "schema", "--source", &ci]).await;
         assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -161,4 +119,49 @@ async fn rich_full_migration_pg17_to_pg17() {
     );
     source.cluster().unwrap().stop();
     target.cluster().unwrap().stop();
+}
+
+/// Preflight refuses an extension the target server cannot install at the
+/// source's version (adminpack left PostgreSQL in 17), before anything is
+/// created on the target.
+#[tokio::test]
+async fn extension_missing_on_target_is_refused() {
+    let cluster = tokio::task::spawn_blocking(|| {
+        let bin =
+            testkit::ensure_embedded_major(17).unwrap_or_else(|e| panic!("PostgreSQL 17: {e}"));
+        Cluster::start(&ClusterOptions {
+            bin_dir: Some(bin),
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("PostgreSQL 17 cluster: {e}"))
+    })
+    .await
+    .unwrap();
+    let target_server = Server::from_cluster(cluster);
+    let pair = testkit::shared_pair();
+    let db = testkit::fresh_db_on(&pair.source, &target_server, "extmiss").await;
+    testkit::execute(
+        &db.source,
+        "CREATE EXTENSION adminpack; CREATE TABLE public.t (id int);",
+    )
+    .await
+    .unwrap();
+    let target = other_target_db(&db, "x");
+    let out = run_async(&["-q", "migrate", "--source", &db.source, "--target", &target]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("not available on the target") && err.contains("adminpack"),
+        "{err}"
+    );
+    let exists = testkit::query_scalar(
+        &target_server.conninfo("postgres"),
+        &format!(
+            "SELECT count(*) FROM pg_database WHERE datname = '{}_x'",
+            db.name
+        ),
+    )
+    .await;
+    assert_eq!(exists, "0", "nothing may be created on a refused target");
+    target_server.cluster().unwrap().stop();
 }

@@ -30,30 +30,8 @@ async fn full_migration_into_a_new_database() {
         .unwrap();
     testkit::execute(&db.source, CORE_DATA).await.unwrap();
     // A target database that does not exist yet: the tool creates it.
-    let new_name = format!("{}_new", db.name);
-    let target = db.target.replace(
-        &format!("dbname={}", db.name),
-        &format!("dbname={new_name}"),
-    );
-    assert_ne!(target, db.target);
-    let dir = tempfile::tempdir().unwrap();
-    let out = run(&[
-        "migrate",
-        "--source",
-        &db.source,
-        "--target",
-        &target,
-        "--json",
-        "--dump-path",
-        dir.path().join("w").to_str().unwrap(),
-    ]);
-    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(
-        report["verify"]["differences"].as_array().unwrap().len(),
-        0,
-        "{report:#}"
-    );
+    let target = other_target_db(&db, "new");
+    let report = migrate_clean(&db.source, &target, &[]).await;
     assert!(report["schema_steps"].as_u64().unwrap() > 30, "{report:#}");
     let (a, b) = (schema_dump(&db.source), schema_dump(&target));
     assert!(a == b, "schema dumps differ:\n{}", diff_hint(&a, &b));
@@ -93,10 +71,7 @@ async fn unsupported_objects_refuse_and_change_nothing() {
     )
     .await
     .unwrap();
-    let target = db.target.replace(
-        &format!("dbname={}", db.name),
-        &format!("dbname={}_never", db.name),
-    );
+    let target = other_target_db(&db, "never");
     let out = run(&["-q", "migrate", "--source", &db.source, "--target", &target]);
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
@@ -189,10 +164,7 @@ async fn missing_owner_role_is_refused() {
     )
     .await
     .unwrap();
-    let target = db.target.replace(
-        &format!("dbname={}", db.name),
-        &format!("dbname={}_r", db.name),
-    );
+    let target = other_target_db(&db, "r");
     let out = run(&["-q", "migrate", "--source", &db.source, "--target", &target]);
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
@@ -299,29 +271,8 @@ async fn rich_fixture_full_migration() {
     let db = rich_db("fullrich").await;
     // rich_db also loaded the schema into the target's test database, which
     // created the fixture's (cluster-wide) roles there; migrate into a new one.
-    let target = db.target.replace(
-        &format!("dbname={}", db.name),
-        &format!("dbname={}_full", db.name),
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let out = run_async(&[
-        "migrate",
-        "--source",
-        &db.source,
-        "--target",
-        &target,
-        "--json",
-        "--dump-path",
-        dir.path().join("w").to_str().unwrap(),
-    ])
-    .await;
-    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(
-        report["verify"]["differences"].as_array().unwrap().len(),
-        0,
-        "{report:#}"
-    );
+    let target = other_target_db(&db, "full");
+    migrate_clean(&db.source, &target, &[]).await;
     let (a, b) = (schema_dump(&db.source), schema_dump(&target));
     assert!(a == b, "schema dumps differ:\n{}", diff_hint(&a, &b));
 }
@@ -362,10 +313,7 @@ async fn roles_are_created_on_the_target() {
     )
     .await
     .unwrap();
-    let target = db.target.replace(
-        &format!("dbname={}", db.name),
-        &format!("dbname={}_r", db.name),
-    );
+    let target = other_target_db(&db, "r");
     let dir = tempfile::tempdir().unwrap();
     let dump = dir.path().join("w");
     let out = run_async(&[
@@ -430,10 +378,7 @@ async fn no_owner_no_acl() {
     )
     .await
     .unwrap();
-    let target = db.target.replace(
-        &format!("dbname={}", db.name),
-        &format!("dbname={}_n", db.name),
-    );
+    let target = other_target_db(&db, "n");
     let out = run_async(&[
         "-q",
         "migrate",

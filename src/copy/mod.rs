@@ -25,6 +25,7 @@ use crate::resume::{CopyMarker, TokenStore};
 
 pub use large_objects::{copy_large_objects, erase_large_objects};
 pub use sequences::copy_sequences;
+pub(crate) use worker::empty_table;
 pub use worker::WireFormat;
 
 /// Schema on the target holding our bookkeeping; dropped when the migration completes.
@@ -206,9 +207,4 @@ fn record_done(ctx: &CopyContext, r: &TableResult) -> Result<()> {
             },
         );
     })
-}
-
-/// Empty one target table inside the caller's transaction.
-pub async fn empty_table_pub(dst: &Client, name: &str) -> Result<()> {
-    worker::empty_table(dst, name).await
 }

@@ -38,14 +38,17 @@ pub async fn setup_session(client: &Client) -> Result<()> {
         .map_err(|e| MigrationError::db("configuring the schema session", e))
 }
 
+/// The WHERE fragment keeping namespaces (alias `n`) that hold user objects.
+const USER_NAMESPACE: &str =
+    "n.nspname NOT IN ('pg_catalog', 'information_schema', '_pg_dbmigrator') \
+     AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)'";
+
 /// The WHERE fragment that keeps user objects of namespace alias `n` whose
-/// catalog row (class `$cls`, oid expression `$oid`) is not an extension member.
-fn user_object(n: &str, cls: u32, oid: &str) -> String {
+/// catalog row (class `cls`, oid expression `oid`) is not an extension member.
+fn user_object(cls: u32, oid: &str) -> String {
     format!(
-        "{n}.nspname NOT IN ('pg_catalog', 'information_schema', '_pg_dbmigrator') \
-         AND {n}.nspname !~ '^pg_(toast|temp_|toast_temp_)' \
-         AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = {cls} \
-                         AND e.objid = {oid} AND e.deptype = 'e')"
+        "{USER_NAMESPACE} AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = {cls} \
+         AND e.objid = {oid} AND e.deptype = 'e')"
     )
 }
 
@@ -110,7 +113,7 @@ async fn load_namespaces(c: &Client, m: &mut SchemaModel, comments: &Comments) -
     let sql = format!(
         "SELECT n.oid, n.nspname::text, pg_catalog.pg_get_userbyid(n.nspowner)::text \
            FROM pg_catalog.pg_namespace n WHERE {} ORDER BY 2",
-        user_object("n", class::PG_NAMESPACE, "n.oid")
+        user_object(class::PG_NAMESPACE, "n.oid")
     );
     for r in query(c, "schemas", &sql).await? {
         let (oid, name, owner): (u32, String, String) = (r.get(0), r.get(1), r.get(2));
@@ -124,19 +127,13 @@ async fn load_namespaces(c: &Client, m: &mut SchemaModel, comments: &Comments) -
             // pg_dump keeps that owner, and so do we.
             o.owner = Some(format!("ALTER SCHEMA public OWNER TO {};", ident(&owner)));
         }
-        if let Some(cm) = comment_on(
-            comments,
-            (class::PG_NAMESPACE, oid, 0),
-            &format!("SCHEMA {q}"),
-        ) {
-            if !(name == "public"
-                && comments
-                    .get(&(class::PG_NAMESPACE, oid, 0))
-                    .map(String::as_str)
-                    == Some("standard public schema"))
-            {
-                o.comments.push(cm);
-            }
+        // public's initdb comment is not a change to carry over.
+        let key = (class::PG_NAMESPACE, oid, 0);
+        let initdb_comment = name == "public"
+            && comments.get(&key).map(String::as_str) == Some("standard public schema");
+        if !initdb_comment {
+            o.comments
+                .extend(comment_on(comments, key, &format!("SCHEMA {q}")));
         }
         m.add(o, &[(class::PG_NAMESPACE, oid)]);
     }
@@ -176,7 +173,7 @@ async fn load_types(
           WHERE t.typtype IN ('e', 'd', 'c', 'r')
             AND (t.typtype <> 'c' OR (SELECT k.relkind FROM pg_catalog.pg_class k WHERE k.oid = t.typrelid) = 'c')
             AND {}",
-        user_object("n", class::PG_TYPE, "t.oid")
+        user_object(class::PG_TYPE, "t.oid")
     );
     let types = query(c, "types", &sql).await?;
     let domain_checks = query(
@@ -329,20 +326,20 @@ async fn load_types(
         let mut o = SchemaObject::new(ObjectKind::Type, &nsp, &name, oid, format!("{word} {q}"));
         o.create.push(body);
         o.owner = Some(format!("ALTER {word} {q} OWNER TO {};", ident(&owner)));
-        if let Some(cm) = comment_on(comments, (class::PG_TYPE, oid, 0), &format!("{word} {q}")) {
-            o.comments.push(cm);
-        }
+        o.comments.extend(comment_on(
+            comments,
+            (class::PG_TYPE, oid, 0),
+            &format!("{word} {q}"),
+        ));
         let relid: u32 = r.get(10);
         if typtype == "c" {
             for a in comp_attrs.iter().filter(|a| a.get::<_, u32>(0) == relid) {
                 let what = format!("COLUMN {q}.{}", ident(&a.get::<_, String>(1)));
-                if let Some(cm) = comment_on(
+                o.comments.extend(comment_on(
                     comments,
                     (class::PG_CLASS, relid, a.get::<_, i32>(4)),
                     &what,
-                ) {
-                    o.comments.push(cm);
-                }
+                ));
             }
         }
         let i = m.add(o, &[(class::PG_TYPE, oid)]);
@@ -356,13 +353,11 @@ async fn load_types(
                 let cname: String = ck.get(2);
                 if ck.get::<_, bool>(4) {
                     m.alias((class::PG_CONSTRAINT, coid), i);
-                    if let Some(cm) = comment_on(
+                    m.objects[i].comments.extend(comment_on(
                         comments,
                         (class::PG_CONSTRAINT, coid, 0),
                         &format!("CONSTRAINT {} ON DOMAIN {q}", ident(&cname)),
-                    ) {
-                        m.objects[i].comments.push(cm);
-                    }
+                    ));
                     continue;
                 }
                 let mut co = SchemaObject::new(
@@ -406,7 +401,7 @@ async fn load_functions(c: &Client, m: &mut SchemaModel, comments: &Comments) ->
                 CASE WHEN p.prokind IN ('f', 'p', 'w') THEN pg_catalog.pg_get_functiondef(p.oid) END
            FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
           WHERE {} AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = {} AND d.objid = p.oid AND d.deptype = 'i')",
-        user_object("n", class::PG_PROC, "p.oid"),
+        user_object(class::PG_PROC, "p.oid"),
         class::PG_PROC
     );
     for r in query(c, "functions", &sql).await? {
@@ -422,9 +417,11 @@ async fn load_functions(c: &Client, m: &mut SchemaModel, comments: &Comments) ->
         let def = def.trim_end().to_string();
         o.create.push(format!("{def};"));
         o.owner = Some(format!("ALTER {word} {sig} OWNER TO {};", ident(&owner)));
-        if let Some(cm) = comment_on(comments, (class::PG_PROC, oid, 0), &format!("{word} {sig}")) {
-            o.comments.push(cm);
-        }
+        o.comments.extend(comment_on(
+            comments,
+            (class::PG_PROC, oid, 0),
+            &format!("{word} {sig}"),
+        ));
         m.add(o, &[(class::PG_PROC, oid)]);
     }
     Ok(())
@@ -463,7 +460,7 @@ async fn load_relations(
         "SELECT c.oid, pg_catalog.format('%I.%I', n.nspname, c.relname)
            FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
           WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't' AND {}",
-        user_object("n", class::PG_CLASS, "c.oid")
+        user_object(class::PG_CLASS, "c.oid")
     );
     // Tables only: LOCK refuses materialized views, and views and
     // materialized views are protected through the tables they read.
@@ -493,7 +490,7 @@ async fn load_relations(
                 CASE WHEN c.reloftype <> 0 THEN pg_catalog.format_type(c.reloftype, NULL) END
            FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
           WHERE c.relkind IN ('r', 'p', 'v', 'm') AND c.relpersistence <> 't' AND {}",
-        user_object("n", class::PG_CLASS, "c.oid")
+        user_object(class::PG_CLASS, "c.oid")
     );
     let rows = query(c, "relation definitions", &sql).await?;
     let compression = if major >= 14 {
@@ -792,19 +789,19 @@ async fn load_relations(
         }
         o.owner = Some(format!("ALTER {word} {q} OWNER TO {};", ident(&owner)));
         let kw = word;
-        if let Some(cm) = comment_on(comments, (class::PG_CLASS, oid, 0), &format!("{kw} {q}")) {
-            o.comments.push(cm);
-        }
+        o.comments.extend(comment_on(
+            comments,
+            (class::PG_CLASS, oid, 0),
+            &format!("{kw} {q}"),
+        ));
         for col in cols_by_rel.get(&oid).cloned().unwrap_or_default() {
             let attnum: i16 = col.get(10);
             let cname: String = col.get(1);
-            if let Some(cm) = comment_on(
+            o.comments.extend(comment_on(
                 comments,
                 (class::PG_CLASS, oid, attnum as i32),
                 &format!("COLUMN {q}.{}", ident(&cname)),
-            ) {
-                o.comments.push(cm);
-            }
+            ));
         }
         let i = m.add(o, &[(class::PG_CLASS, oid)]);
         // Inline defaults and CHECKs stand for the table.
@@ -818,13 +815,11 @@ async fn load_relations(
                 (ck.get(1), ck.get(2), ck.get(3), ck.get(4), ck.get(5));
             if valid && (local || is_partition) {
                 m.alias((class::PG_CONSTRAINT, coid), i);
-                if let Some(cm) = comment_on(
+                m.objects[i].comments.extend(comment_on(
                     comments,
                     (class::PG_CONSTRAINT, coid, 0),
                     &format!("CONSTRAINT {} ON {q}", ident(&cname)),
-                ) {
-                    m.objects[i].comments.push(cm);
-                }
+                ));
             } else if local {
                 // NOT VALID: after the data, so the load is not checked.
                 let mut co = SchemaObject::new(
@@ -840,13 +835,11 @@ async fn load_relations(
                     ident(&cname)
                 ));
                 co.deps.push(i);
-                if let Some(cm) = comment_on(
+                co.comments.extend(comment_on(
                     comments,
                     (class::PG_CONSTRAINT, coid, 0),
                     &format!("CONSTRAINT {} ON {q}", ident(&cname)),
-                ) {
-                    co.comments.push(cm);
-                }
+                ));
                 m.add(co, &[(class::PG_CONSTRAINT, coid)]);
             }
         }
@@ -924,7 +917,7 @@ async fn load_sequences(
                 AND d.deptype IN ('a', 'i') AND d.refobjsubid > 0
            LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
           WHERE {}",
-        user_object("n", class::PG_CLASS, "c.oid"),
+        user_object(class::PG_CLASS, "c.oid"),
         pc = class::PG_CLASS
     );
     for r in query(c, "sequences", &sql).await? {
@@ -990,13 +983,11 @@ async fn load_sequences(
                 ident(&col)
             );
             m.objects[trel.index].create.push(stmt);
-            if let Some(cm) = comment_on(
+            m.objects[trel.index].comments.extend(comment_on(
                 comments,
                 (class::PG_CLASS, oid, 0),
                 &format!("SEQUENCE {q}"),
-            ) {
-                m.objects[trel.index].comments.push(cm);
-            }
+            ));
             m.alias((class::PG_CLASS, oid), trel.index);
             continue;
         }
@@ -1005,13 +996,11 @@ async fn load_sequences(
         o.create
             .push(format!("CREATE {unlogged}SEQUENCE {q}{opts};"));
         o.owner = Some(format!("ALTER SEQUENCE {q} OWNER TO {};", ident(&owner)));
-        if let Some(cm) = comment_on(
+        o.comments.extend(comment_on(
             comments,
             (class::PG_CLASS, oid, 0),
             &format!("SEQUENCE {q}"),
-        ) {
-            o.comments.push(cm);
-        }
+        ));
         let i = m.add(o, &[(class::PG_CLASS, oid)]);
         if let (Some(trel), Some(col)) = (owner_rel.and_then(|t| rels.get(&t)), col) {
             // OWNED BY is its own step: the table's default needs the sequence first.
@@ -1115,13 +1104,11 @@ async fn load_constraints_and_indexes(
             rel.qname,
             ident(&name)
         ));
-        if let Some(cm) = comment_on(
+        o.comments.extend(comment_on(
             comments,
             (class::PG_CONSTRAINT, oid, 0),
             &format!("CONSTRAINT {} ON {}", ident(&name), rel.qname),
-        ) {
-            o.comments.push(cm);
-        }
+        ));
         let i = m.add(o, &[(class::PG_CONSTRAINT, oid)]);
         if contype != "f" && indid != 0 {
             m.alias((class::PG_CLASS, indid), i);
@@ -1214,7 +1201,7 @@ pub async fn unsupported(c: &Client, major: u32) -> Result<Vec<String>> {
     let ext = |cls: u32, oid: &str| {
         format!("NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = {cls} AND e.objid = {oid} AND e.deptype = 'e')")
     };
-    let user_ns = "n.nspname NOT IN ('pg_catalog', 'information_schema', '_pg_dbmigrator') AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)'";
+    let user_ns = USER_NAMESPACE;
     let checks: Vec<(&str, String)> = vec![
         ("ordered-set or hypothetical-set aggregate", format!(
             "SELECT pg_catalog.format('%I.%I', n.nspname, p.proname) FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
@@ -1266,7 +1253,7 @@ pub async fn unsupported(c: &Client, major: u32) -> Result<Vec<String>> {
 /// Roles a full migration's DDL names: owners, grantees and grantors,
 /// default-privilege roles and policy roles. They must exist on the target.
 pub async fn owner_roles(c: &Client, owners: bool, acls: bool) -> Result<Vec<String>> {
-    let user_ns = "n.nspname NOT IN ('pg_catalog', 'information_schema', '_pg_dbmigrator') AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)'";
+    let user_ns = USER_NAMESPACE;
     let (owner_cond, acl_cond) = (
         if owners { "true" } else { "false" },
         if acls { "true" } else { "false" },
@@ -1299,7 +1286,7 @@ pub async fn owner_roles(c: &Client, owners: bool, acls: bool) -> Result<Vec<Str
 /// How many user objects (relations, types, functions, non-public schemas)
 /// a database holds: a full migration wants an empty target.
 pub async fn user_object_count(c: &Client) -> Result<i64> {
-    let user_ns = "n.nspname NOT IN ('pg_catalog', 'information_schema', '_pg_dbmigrator') AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)'";
+    let user_ns = USER_NAMESPACE;
     let sql = format!(
         "SELECT (SELECT pg_catalog.count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE {user_ns})
               + (SELECT pg_catalog.count(*) FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE {user_ns})
@@ -1336,7 +1323,7 @@ async fn load_acls(c: &Client, m: &mut SchemaModel, major: u32) -> Result<()> {
                FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
               WHERE c.relkind IN ({kinds}) AND c.relacl IS NOT NULL AND {}",
             baseline_sql(class::PG_CLASS, "c.oid", acl_kind, "c.relowner"),
-            user_object("n", class::PG_CLASS, "c.oid")
+            user_object(class::PG_CLASS, "c.oid")
         )
     };
     let specs: Vec<(&str, AclObjectKind, u32, String)> = vec![
@@ -1353,7 +1340,7 @@ async fn load_acls(c: &Client, m: &mut SchemaModel, major: u32) -> Result<()> {
                    FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
                   WHERE p.proacl IS NOT NULL AND {}",
                 baseline_sql(class::PG_PROC, "p.oid", 'f', "p.proowner"),
-                user_object("n", class::PG_PROC, "p.oid")
+                user_object(class::PG_PROC, "p.oid")
             ),
         ),
         (
@@ -1366,7 +1353,7 @@ async fn load_acls(c: &Client, m: &mut SchemaModel, major: u32) -> Result<()> {
                    FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
                   WHERE t.typacl IS NOT NULL AND t.typtype IN ('e', 'd', 'c', 'r') AND {}",
                 baseline_sql(class::PG_TYPE, "t.oid", 'T', "t.typowner"),
-                user_object("n", class::PG_TYPE, "t.oid")
+                user_object(class::PG_TYPE, "t.oid")
             ),
         ),
         (
@@ -1378,7 +1365,7 @@ async fn load_acls(c: &Client, m: &mut SchemaModel, major: u32) -> Result<()> {
                    FROM pg_catalog.pg_namespace n
                   WHERE n.nspacl IS NOT NULL AND n.nspname <> 'public' AND {}",
                 baseline_sql(class::PG_NAMESPACE, "n.oid", 'n', "n.nspowner"),
-                user_object("n", class::PG_NAMESPACE, "n.oid")
+                user_object(class::PG_NAMESPACE, "n.oid")
             ),
         ),
         (
@@ -1410,7 +1397,7 @@ async fn load_acls(c: &Client, m: &mut SchemaModel, major: u32) -> Result<()> {
            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
           WHERE a.attacl IS NOT NULL AND a.attnum > 0 AND NOT a.attisdropped AND {}
           ORDER BY c.oid, a.attnum",
-        user_object("n", class::PG_CLASS, "c.oid")
+        user_object(class::PG_CLASS, "c.oid")
     );
     for r in query(c, "column privileges", &sql).await? {
         let (oid, q, col, acl, owner): (u32, String, String, String, String) =
@@ -1500,13 +1487,11 @@ async fn load_extensions(c: &Client, m: &mut SchemaModel, comments: &Comments) -
             ident(&nsp),
             literal(&version)
         ));
-        if let Some(cm) = comment_on(
+        o.comments.extend(comment_on(
             comments,
             (class::PG_EXTENSION, oid, 0),
             &format!("EXTENSION {q}"),
-        ) {
-            o.comments.push(cm);
-        }
+        ));
         m.add(o, &[(class::PG_EXTENSION, oid)]);
     }
     for r in query(
@@ -1575,13 +1560,11 @@ async fn load_rules_triggers_policies(
             )),
             _ => {}
         }
-        if let Some(cm) = comment_on(
+        o.comments.extend(comment_on(
             comments,
             (class::PG_TRIGGER, oid, 0),
             &format!("TRIGGER {} ON {}", ident(&name), rel.qname),
-        ) {
-            o.comments.push(cm);
-        }
+        ));
         m.add(o, &[(class::PG_TRIGGER, oid)]);
     }
     if major >= 13 {
@@ -1644,9 +1627,7 @@ async fn load_rules_triggers_policies(
             "A" => o.create.push(format!("ALTER {word} {} ENABLE ALWAYS RULE {};", rel.qname, ident(&name))),
             _ => {}
         }
-        if let Some(cm) = comment_on(comments, (class::PG_REWRITE, oid, 0), &format!("RULE {} ON {}", ident(&name), rel.qname)) {
-            o.comments.push(cm);
-        }
+        o.comments.extend(comment_on(comments, (class::PG_REWRITE, oid, 0), &format!("RULE {} ON {}", ident(&name), rel.qname)));
         m.add(o, &[(class::PG_REWRITE, oid)]);
     }
     // ENABLE ROW LEVEL SECURITY is its own post-data step (FORCE goes with the table).
@@ -1709,9 +1690,7 @@ async fn load_rules_triggers_policies(
         s.push(';');
         let mut o = on_table(ObjectKind::Policy, &name, oid, format!("POLICY {} ON {}", ident(&name), rel.qname), rel);
         o.create.push(s);
-        if let Some(cm) = comment_on(comments, (3256, oid, 0), &format!("POLICY {} ON {}", ident(&name), rel.qname)) {
-            o.comments.push(cm);
-        }
+        o.comments.extend(comment_on(comments, (3256, oid, 0), &format!("POLICY {} ON {}", ident(&name), rel.qname)));
         m.add(o, &[(3256, oid)]);
     }
     Ok(())
@@ -1734,7 +1713,7 @@ async fn load_statistics(
                 pg_catalog.pg_get_userbyid(s.stxowner)::text
            FROM pg_catalog.pg_statistic_ext s JOIN pg_catalog.pg_namespace n ON n.oid = s.stxnamespace
           WHERE {}",
-        user_object("n", 3381, "s.oid")
+        user_object(3381, "s.oid")
     );
     for r in query(c, "extended statistics", &sql).await? {
         let (oid, nsp, name, def, owner): (u32, String, String, String, String) =
@@ -1753,9 +1732,11 @@ async fn load_statistics(
                 .push(format!("ALTER STATISTICS {q} SET STATISTICS {t};"));
         }
         o.owner = Some(format!("ALTER STATISTICS {q} OWNER TO {};", ident(&owner)));
-        if let Some(cm) = comment_on(comments, (3381, oid, 0), &format!("STATISTICS {q}")) {
-            o.comments.push(cm);
-        }
+        o.comments.extend(comment_on(
+            comments,
+            (3381, oid, 0),
+            &format!("STATISTICS {q}"),
+        ));
         m.add(o, &[(3381, oid)]);
     }
     Ok(())
@@ -1779,7 +1760,7 @@ async fn load_aggregates(c: &Client, m: &mut SchemaModel, comments: &Comments) -
            FROM pg_catalog.pg_aggregate a JOIN pg_catalog.pg_proc p ON p.oid = a.aggfnoid
            JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
           WHERE a.aggkind = 'n' AND {}",
-        user_object("n", class::PG_PROC, "p.oid")
+        user_object(class::PG_PROC, "p.oid")
     );
     for r in query(c, "aggregates", &sql).await? {
         let (oid, nsp, name, args, owner): (u32, String, String, String, String) =
@@ -1871,13 +1852,11 @@ async fn load_aggregates(c: &Client, m: &mut SchemaModel, comments: &Comments) -
             opts.join(",\n    ")
         ));
         o.owner = Some(format!("ALTER AGGREGATE {sig} OWNER TO {};", ident(&owner)));
-        if let Some(cm) = comment_on(
+        o.comments.extend(comment_on(
             comments,
             (class::PG_PROC, oid, 0),
             &format!("AGGREGATE {sig}"),
-        ) {
-            o.comments.push(cm);
-        }
+        ));
         m.add(o, &[(class::PG_PROC, oid)]);
     }
     Ok(())
@@ -1900,7 +1879,7 @@ async fn load_collations(
                 co.collcollate::text, co.collctype::text, {icu_locale}, pg_catalog.pg_get_userbyid(co.collowner)::text
            FROM pg_catalog.pg_collation co JOIN pg_catalog.pg_namespace n ON n.oid = co.collnamespace
           WHERE co.oid >= 16384 AND {}",
-        user_object("n", class::PG_COLLATION, "co.oid")
+        user_object(class::PG_COLLATION, "co.oid")
     );
     for r in query(c, "collations", &sql).await? {
         let (oid, nsp, name, provider, deterministic, owner): (
@@ -1957,13 +1936,11 @@ async fn load_collations(
         o.create
             .push(format!("CREATE COLLATION {q} ({});", opts.join(", ")));
         o.owner = Some(format!("ALTER COLLATION {q} OWNER TO {};", ident(&owner)));
-        if let Some(cm) = comment_on(
+        o.comments.extend(comment_on(
             comments,
             (class::PG_COLLATION, oid, 0),
             &format!("COLLATION {q}"),
-        ) {
-            o.comments.push(cm);
-        }
+        ));
         m.add(o, &[(class::PG_COLLATION, oid)]);
     }
     Ok(())
@@ -1998,9 +1975,7 @@ async fn load_event_triggers(c: &Client, m: &mut SchemaModel, comments: &Comment
             _ => {}
         }
         o.owner = Some(format!("ALTER EVENT TRIGGER {q} OWNER TO {};", ident(&owner)));
-        if let Some(cm) = comment_on(comments, (3466, oid, 0), &format!("EVENT TRIGGER {q}")) {
-            o.comments.push(cm);
-        }
+        o.comments.extend(comment_on(comments, (3466, oid, 0), &format!("EVENT TRIGGER {q}")));
         m.add(o, &[(3466, oid)]);
     }
     Ok(())

@@ -199,3 +199,41 @@ pub fn diff_hint(a: &str, b: &str) -> String {
         None => format!("lengths differ: {} vs {} lines", al.len(), bl.len()),
     }
 }
+
+/// The connection string of another (possibly not yet existing) database on
+/// the target server of `db`: full migrations create their target database.
+pub fn other_target_db(db: &TestDb, suffix: &str) -> String {
+    let ci = db.target.replace(
+        &format!("dbname={}", db.name),
+        &format!("dbname={}_{suffix}", db.name),
+    );
+    assert_ne!(ci, db.target, "conninfo shape changed; fix the test helper");
+    ci
+}
+
+/// `migrate --json` from `source` to `target` (work files under a temp dir),
+/// which must succeed with a clean verify; returns the report.
+pub async fn migrate_clean(source: &str, target: &str, extra: &[&str]) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("w");
+    let mut args = vec![
+        "migrate",
+        "--source",
+        source,
+        "--target",
+        target,
+        "--json",
+        "--dump-path",
+        dump.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let out = run_async(&args).await;
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["verify"]["differences"].as_array().unwrap().len(),
+        0,
+        "{report:#}"
+    );
+    report
+}
