@@ -332,41 +332,77 @@ pub(crate) async fn run(
         preflight_target(&dst, &mut tables, &seqs, &los, resumed).await?;
     }
 
-    // Tables.
+    // Tables, and beside them each loaded table's indexes and keys.
     let t0 = Instant::now();
     let mut skipped = Vec::new();
-    let mut results = Vec::new();
+    let mut outcome = copy::CopyOutcome::default();
     if !store.snapshot().is_done(Stage::CopyData) {
         store.update(|t| t.stage_started(Stage::CopyData))?;
+        let block_size = catalog::block_size(&src).await?;
+        let total: u64 = tables.iter().map(|t| t.bytes.max(0) as u64).sum();
+        let split = cfg
+            .split_bytes
+            .unwrap_or_else(|| copy::plan::default_split_bytes(total, cfg.jobs));
+        // TID range scans arrived in PostgreSQL 14; before, a range would
+        // scan the whole table once per chunk.
+        let tid_range = source_version >= 140000;
+        let stored = store.snapshot().chunk_plan.clone();
+        let (items, chunk_plan) = copy::plan::plan(&tables, split, block_size, tid_range, &stored);
+        // The plan is durable before the first chunk can commit.
+        store.update(|t| t.chunk_plan = chunk_plan)?;
         let token_done: BTreeSet<String> = store.snapshot().copied.keys().cloned().collect();
-        let (done, todo): (Vec<TableInfo>, Vec<TableInfo>) = tables.into_iter().partition(|t| {
-            // The target's own record is the truth; the token may lag one table behind.
-            done_on_target.contains(&t.qualified())
-        });
-        for t in &done {
-            if !token_done.contains(&t.qualified()) {
-                info!(table = %t.qualified(), "copy had committed before the interruption; recording it");
+        let mut todo = Vec::new();
+        let mut pending_tables = BTreeSet::new();
+        for item in items {
+            let name = item.name(&tables[item.table]);
+            // The target's own record is the truth; the token may lag one item behind.
+            if done_on_target.contains(&name) {
+                if !token_done.contains(&name) {
+                    info!(item = %name, "copy had committed before the interruption; recording it");
+                }
+                continue;
             }
-            info!(table = %t.qualified(), "already copied, skipping");
-            skipped.push(t.qualified());
+            pending_tables.insert(item.table);
+            todo.push(item);
         }
+        for (i, t) in tables.iter().enumerate() {
+            if !pending_tables.contains(&i) {
+                info!(table = %t.qualified(), "already copied, skipping");
+                skipped.push(t.qualified());
+            }
+        }
+        let early: Vec<Step> = match &script {
+            Some(script) => {
+                let done = copy::committed_steps(&dst, &migration_id).await?;
+                script
+                    .post_data
+                    .iter()
+                    .filter(|s| s.table.is_some() && !done.contains(&copy::step_marker("post", s)))
+                    .cloned()
+                    .collect()
+            }
+            None => Vec::new(),
+        };
         let ctx = Arc::new(CopyContext {
             source: source_ep.clone(),
             target: target_ep.clone(),
             snapshot_id: snapshot_id.clone(),
             migration_id: migration_id.clone(),
             jobs: cfg.jobs,
+            index_jobs: cfg.index_jobs.unwrap_or(cfg.jobs),
             binary,
-            redo: resumed,
+            analyze: cfg.analyze,
             token: store.clone(),
         });
-        results = copy::copy_tables(ctx, todo, cancel.clone()).await?;
+        outcome = copy::copy_tables(ctx, tables.clone(), todo, early, cancel.clone()).await?;
+        schema_steps += outcome.index_steps;
         store.update(|t| t.stage_done(Stage::CopyData))?;
     }
     stages.push((
         Stage::CopyData.as_str().to_string(),
         t0.elapsed().as_secs_f64(),
     ));
+    let results = std::mem::take(&mut outcome.tables);
 
     // Schema after the data: indexes, constraints, then privileges and refreshes.
     if let Some(script) = &script {
@@ -684,23 +720,13 @@ async fn apply_steps(
     let done = copy::committed_steps(dst, migration_id).await?;
     let mut n = 0;
     for step in steps {
-        let item = format!("{part}:{}", step.describe);
-        if done.contains(&item) {
+        if done.contains(&copy::step_marker(part, step)) {
             continue;
         }
         if cancel.is_cancelled() {
             return Err(MigrationError::Cancelled);
         }
-        let mut sql = step.sql.join("\n");
-        sql.push_str(&format!(
-            "\nINSERT INTO {}.steps (migration_id, item) VALUES ({}, {});",
-            copy::STATE_SCHEMA,
-            quote::literal(migration_id),
-            quote::literal(&item)
-        ));
-        dst.batch_execute(&sql).await.map_err(|e| {
-            MigrationError::db(format!("creating {} on the target", step.describe), e)
-        })?;
+        copy::apply_step(dst, migration_id, part, step).await?;
         n += 1;
     }
     info!(

@@ -224,8 +224,13 @@ pub struct ResumeToken {
     pub definition: Definition,
     pub dump_path: PathBuf,
     pub stages: Vec<StageRecord>,
-    /// Finished tables, keyed by quoted `schema.table`.
+    /// Finished copy items: whole tables keyed by quoted `schema.table`,
+    /// chunks as `schema.table#i/n`.
     pub copied: BTreeMap<String, CopyMarker>,
+    /// How big tables were cut into page ranges; reused on resume so chunk
+    /// names keep meaning the same pages.
+    #[serde(default)]
+    pub chunk_plan: BTreeMap<String, Vec<crate::copy::plan::PageRange>>,
     pub snapshot_name: Option<String>,
     pub slot_name: Option<String>,
     pub publication_name: Option<String>,
@@ -250,6 +255,7 @@ impl ResumeToken {
             dump_path,
             stages: Vec::new(),
             copied: BTreeMap::new(),
+            chunk_plan: BTreeMap::new(),
             snapshot_name: None,
             last_applied_lsn: None,
             completed: false,

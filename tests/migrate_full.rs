@@ -245,10 +245,9 @@ async fn kill_9_during_post_data_then_resume() {
     let t = pg_dbmigrator::ResumeToken::load(&token_path)
         .unwrap()
         .unwrap();
-    assert!(
-        t.is_done(pg_dbmigrator::Stage::CopyData)
-            && !t.is_done(pg_dbmigrator::Stage::SchemaPostData)
-    );
+    // Index builds run beside the copy: the blocked one on core.orders
+    // keeps the copy stage open, with other tables' indexes committed.
+    assert!(!t.is_done(pg_dbmigrator::Stage::SchemaPostData));
 
     let mut resume: Vec<&str> = args.to_vec();
     resume.push("--resume");

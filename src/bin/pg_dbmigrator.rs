@@ -150,6 +150,18 @@ struct MigrateArgs {
     /// Parallel copy workers.
     #[arg(short = 'j', long, default_value_t = 4)]
     jobs: usize,
+    /// Sessions building indexes and keys while other tables still copy
+    /// (default: as --jobs).
+    #[arg(long)]
+    index_jobs: Option<usize>,
+    /// Cut tables bigger than this into page ranges copied in parallel
+    /// (e.g. 256MB, 1GB; 0 never splits; PostgreSQL 14+ sources).
+    /// Default: from the database size and --jobs, at least 64MB.
+    #[arg(long, value_parser = parse_size)]
+    split_size: Option<u64>,
+    /// Do not ANALYZE the tables after loading them.
+    #[arg(long)]
+    skip_analyze: bool,
     #[command(flatten)]
     filters: FilterArgs,
     /// COPY wire format: auto is binary between servers of the same major version.
@@ -263,6 +275,26 @@ fn cancel_on_signals() -> CancellationToken {
     token
 }
 
+/// A size as PostgreSQL writes them: `512kB`, `64MB`, `1GB`, `1TB`, or bytes.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size: use a number with kB, MB, GB or TB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" | "k" => 1 << 10,
+        "mb" | "m" => 1 << 20,
+        "gb" | "g" => 1 << 30,
+        "tb" | "t" => 1 << 40,
+        _ => return Err(format!("{s:?}: unknown unit (use kB, MB, GB or TB)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
 fn endpoint(label: &str, s: &str) -> Result<EndpointConfig, MigrationError> {
     EndpointConfig::parse(s).map_err(|e| match e {
         MigrationError::ConnInfo { reason, .. } => MigrationError::ConnInfo {
@@ -283,6 +315,9 @@ async fn migrate(args: MigrateArgs, cancel: CancellationToken) -> Result<i32, Mi
         },
         data_only: args.data_only,
         jobs: args.jobs,
+        index_jobs: args.index_jobs,
+        split_bytes: args.split_size,
+        analyze: !args.skip_analyze,
         filters: args.filters.filters(),
         copy_format: match args.copy_format {
             CopyFormatArg::Auto => CopyFormat::Auto,

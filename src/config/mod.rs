@@ -56,6 +56,14 @@ pub struct MigrationConfig {
     pub data_only: bool,
     /// Parallel COPY workers (each one source and one target session).
     pub jobs: usize,
+    /// Sessions building indexes and keys beside the copy; `None`: as `jobs`.
+    pub index_jobs: Option<usize>,
+    /// Tables bigger than this are cut into page ranges of about this size
+    /// (PostgreSQL 14+ sources). `None`: from the database size and `jobs`;
+    /// `Some(0)`: never split.
+    pub split_bytes: Option<u64>,
+    /// ANALYZE each table once loaded and indexed.
+    pub analyze: bool,
     pub filters: Filters,
     pub copy_format: CopyFormat,
     /// Copy large objects (ids, contents, owners).
@@ -88,6 +96,9 @@ impl Default for MigrationConfig {
             mode: MigrationMode::Offline,
             data_only: false,
             jobs: 4,
+            index_jobs: None,
+            split_bytes: None,
+            analyze: true,
             filters: Filters::default(),
             copy_format: CopyFormat::Auto,
             large_objects: true,

@@ -2,26 +2,38 @@
 //! read under one exported snapshot and streamed straight into the target.
 //!
 //! A coordinator session on the source exports a REPEATABLE READ snapshot and
-//! stays open until every worker has imported it; `jobs` workers then each
-//! hold one source and one target session and take tables largest-first from
-//! a shared queue. A table is copied in one target transaction that also
-//! records the table in `_pg_dbmigrator.copied`, so after a crash the target
-//! itself says which tables committed: none is ever loaded twice.
+//! stays open until every worker has imported it; `jobs` copy workers then
+//! each hold one source and one target session and take work items (whole
+//! tables, or page ranges of big ones, see [`plan`]) largest-first from a
+//! shared queue. An item is copied in one target transaction that also
+//! records it in `_pg_dbmigrator.copied`, so after a crash the target itself
+//! says which items committed: none is ever loaded twice.
+//!
+//! Beside them, `index_jobs` index workers build a table's indexes and keys
+//! as soon as its last item is in (while other tables still copy), attach
+//! key constraints to the built indexes, then ANALYZE the table.
 
 mod large_objects;
+pub mod plan;
 mod sequences;
 mod worker;
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
 
 use crate::config::EndpointConfig;
 use crate::error::{MigrationError, Result};
 use crate::pg::catalog::TableInfo;
+use crate::pg::{connect, quote, session};
 use crate::resume::{CopyMarker, TokenStore};
+use crate::schema::Step;
+use plan::WorkItem;
+use worker::ItemResult;
 
 pub use large_objects::{copy_large_objects, erase_large_objects};
 pub use sequences::copy_sequences;
@@ -31,13 +43,18 @@ pub use worker::WireFormat;
 /// Schema on the target holding our bookkeeping; dropped when the migration completes.
 pub const STATE_SCHEMA: &str = "_pg_dbmigrator";
 
-/// What one table's copy did.
+/// What one table's copy did (all its chunks together).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TableResult {
     pub table: String,
     pub rows: u64,
     pub bytes: u64,
+    /// From the start of its first chunk to the end of its last.
     pub seconds: f64,
+    /// Items copied in this run (a table split in chunks has several).
+    pub chunks: u32,
+    /// Loaded with COPY FREEZE (whole tables the target could truncate).
+    pub freeze: bool,
     pub format: WireFormat,
     /// `txid_current_snapshot()` as the worker saw it: identical for every
     /// worker, because all imported the coordinator's snapshot.
@@ -51,11 +68,47 @@ pub struct CopyContext {
     pub snapshot_id: String,
     pub migration_id: String,
     pub jobs: usize,
+    /// Sessions building indexes and keys beside the copy.
+    pub index_jobs: usize,
     /// Binary COPY allowed for tables whose types allow it.
     pub binary: bool,
-    /// Tables may hold rows from an interrupted attempt: empty them first.
-    pub redo: bool,
+    /// ANALYZE each table once its indexes are built.
+    pub analyze: bool,
     pub token: Arc<TokenStore>,
+}
+
+/// Per-session settings of index workers: a bigger sort memory than the
+/// server default and parallel workers for a single big index build.
+/// Never lowered below what the server already has.
+const INDEX_SESSION_SETTINGS: &str = "
+    SELECT pg_catalog.set_config('maintenance_work_mem',
+             CASE WHEN pg_catalog.pg_size_bytes(pg_catalog.current_setting('maintenance_work_mem')) >= 536870912
+                  THEN pg_catalog.current_setting('maintenance_work_mem') ELSE '512MB' END, false),
+           pg_catalog.set_config('max_parallel_maintenance_workers',
+             GREATEST(pg_catalog.current_setting('max_parallel_maintenance_workers')::int, 4)::text, false)";
+
+/// The marker of a schema step in `_pg_dbmigrator.steps`.
+pub(crate) fn step_marker(part: &str, step: &Step) -> String {
+    format!("{part}:{}", step.describe)
+}
+
+/// Apply one schema step in one implicit transaction together with its
+/// marker row, so a crash never leaves it half-applied or applied twice.
+pub(crate) async fn apply_step(
+    dst: &Client,
+    migration_id: &str,
+    part: &str,
+    step: &Step,
+) -> Result<()> {
+    let mut sql = step.sql.join("\n");
+    sql.push_str(&format!(
+        "\nINSERT INTO {STATE_SCHEMA}.steps (migration_id, item) VALUES ({}, {});",
+        quote::literal(migration_id),
+        quote::literal(&step_marker(part, step))
+    ));
+    dst.batch_execute(&sql)
+        .await
+        .map_err(|e| MigrationError::db(format!("creating {} on the target", step.describe), e))
 }
 
 /// Create the bookkeeping table on the target (idempotent).
@@ -129,26 +182,181 @@ pub async fn drop_target_state(target: &Client) -> Result<()> {
         .map_err(|e| MigrationError::db("removing the bookkeeping schema from the target", e))
 }
 
-/// Copy `tables` with `ctx.jobs` workers. Each finished table is recorded in
-/// the resume token before the worker takes the next one. On the first
-/// error, or on cancellation, every worker stops and the error is returned
-/// once all have been joined.
+/// What the copy stage did.
+#[derive(Debug, Default)]
+pub struct CopyOutcome {
+    /// Tables with at least one item copied in this run, largest first.
+    pub tables: Vec<TableResult>,
+    /// Post-data steps (indexes, keys) applied beside the copy.
+    pub index_steps: usize,
+    pub analyzed: usize,
+}
+
+/// Work for an index worker.
+enum IndexTask {
+    /// Build one index of a loaded table.
+    Build(Step),
+    /// Attach keys to the built indexes, then ANALYZE.
+    Finish { table: String, steps: Vec<Step> },
+}
+
+#[derive(Default)]
+struct State {
+    items: VecDeque<WorkItem>,
+    index_tasks: VecDeque<IndexTask>,
+    /// Per table: items not yet committed (queued or running).
+    items_left: Vec<u32>,
+    /// Per table name: index builds not yet done, and the steps to run after them.
+    builds_left: HashMap<String, u32>,
+    builds: HashMap<String, Vec<Step>>,
+    after: HashMap<String, Vec<Step>>,
+    copies_running: usize,
+    index_running: usize,
+    done: Vec<(usize, ItemResult)>,
+    index_steps: usize,
+    analyzed: usize,
+}
+
+/// The shared queues of one copy stage.
+pub(crate) struct Scheduler {
+    ctx: Arc<CopyContext>,
+    tables: Vec<TableInfo>,
+    state: Mutex<State>,
+    wake: tokio::sync::Notify,
+}
+
+impl Scheduler {
+    fn next_item(&self) -> Option<WorkItem> {
+        let mut s = self.state.lock().unwrap();
+        let item = s.items.pop_front();
+        if item.is_some() {
+            s.copies_running += 1;
+        }
+        item
+    }
+
+    fn item_done(&self, item: &WorkItem, r: ItemResult) {
+        let mut s = self.state.lock().unwrap();
+        s.copies_running -= 1;
+        s.items_left[item.table] -= 1;
+        s.done.push((item.table, r));
+        if s.items_left[item.table] == 0 {
+            let name = self.tables[item.table].qualified();
+            Self::table_loaded(&mut s, name);
+        }
+        drop(s);
+        self.wake.notify_waiters();
+    }
+
+    /// A table's rows are all in: queue its index builds, or its finish.
+    fn table_loaded(s: &mut State, table: String) {
+        let builds = s.builds.remove(&table).unwrap_or_default();
+        if builds.is_empty() {
+            let steps = s.after.remove(&table).unwrap_or_default();
+            s.index_tasks.push_back(IndexTask::Finish { table, steps });
+        } else {
+            s.builds_left.insert(table, builds.len() as u32);
+            s.index_tasks
+                .extend(builds.into_iter().map(IndexTask::Build));
+        }
+    }
+
+    /// The next index task; `None` when no more can come.
+    async fn next_index_task(&self, stop: &CancellationToken) -> Option<IndexTask> {
+        loop {
+            let notified = self.wake.notified();
+            futures::pin_mut!(notified);
+            notified.as_mut().enable();
+            {
+                let mut s = self.state.lock().unwrap();
+                if let Some(t) = s.index_tasks.pop_front() {
+                    s.index_running += 1;
+                    return Some(t);
+                }
+                let copies_over = s.items.is_empty() && s.copies_running == 0;
+                if copies_over && s.index_running == 0 {
+                    return None;
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return None,
+                _ = notified => {}
+            }
+        }
+    }
+
+    fn index_task_done(&self, built: Option<String>, steps: usize, analyzed: bool) {
+        let mut s = self.state.lock().unwrap();
+        s.index_running -= 1;
+        s.index_steps += steps;
+        s.analyzed += analyzed as usize;
+        if let Some(table) = built {
+            let left = s.builds_left.get_mut(&table).expect("counted build");
+            *left -= 1;
+            if *left == 0 {
+                s.builds_left.remove(&table);
+                let steps = s.after.remove(&table).unwrap_or_default();
+                s.index_tasks.push_back(IndexTask::Finish { table, steps });
+            }
+        }
+        drop(s);
+        self.wake.notify_waiters();
+    }
+}
+
+/// Copy the pending `items` of `tables` with `ctx.jobs` workers, and apply
+/// the pending `early` post-data steps (those with [`Step::table`] set)
+/// with `ctx.index_jobs` workers as each table is loaded. Each committed
+/// item is recorded in the resume token before its worker takes the next.
+/// On the first error, or on cancellation, every worker stops and the
+/// error is returned once all have been joined.
 pub async fn copy_tables(
     ctx: Arc<CopyContext>,
     tables: Vec<TableInfo>,
+    items: Vec<WorkItem>,
+    early: Vec<Step>,
     cancel: CancellationToken,
-) -> Result<Vec<TableResult>> {
-    if tables.is_empty() {
-        return Ok(Vec::new());
+) -> Result<CopyOutcome> {
+    let mut st = State {
+        items_left: vec![0; tables.len()],
+        ..Default::default()
+    };
+    for i in &items {
+        st.items_left[i.table] += 1;
     }
-    let queue = Arc::new(Mutex::new(VecDeque::from(tables)));
-    let results = Arc::new(Mutex::new(Vec::new()));
+    for step in early {
+        let table = step.table.clone().expect("early steps name their table");
+        if step.after_indexes {
+            st.after.entry(table).or_default().push(step);
+        } else {
+            st.builds.entry(table).or_default().push(step);
+        }
+    }
+    // Tables loaded by an earlier attempt (or not copied at all) are ready now.
+    let copied: BTreeSet<String> = tables
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| st.items_left[*i] > 0)
+        .map(|(_, t)| t.qualified())
+        .collect();
+    let mut ready: BTreeSet<String> = st.builds.keys().chain(st.after.keys()).cloned().collect();
+    ready.retain(|t| !copied.contains(t));
+    for t in ready {
+        Scheduler::table_loaded(&mut st, t);
+    }
+    let n_items = items.len();
+    st.items = VecDeque::from(items);
+    let sched = Arc::new(Scheduler {
+        ctx: ctx.clone(),
+        tables,
+        state: Mutex::new(st),
+        wake: tokio::sync::Notify::new(),
+    });
     let stop = cancel.child_token();
-    let n = ctx.jobs.max(1).min(queue.lock().unwrap().len());
     let mut set = tokio::task::JoinSet::new();
-    for id in 0..n {
-        let (ctx, queue, results, stop) =
-            (ctx.clone(), queue.clone(), results.clone(), stop.clone());
+    let copy_workers = ctx.jobs.max(1).min(n_items);
+    for id in 0..copy_workers {
+        let (sched, stop) = (sched.clone(), stop.clone());
         set.spawn(async move {
             // Race the whole worker against cancellation: a worker blocked on
             // a lock or a slow server must not hold up Ctrl-C. Dropping it
@@ -156,14 +364,35 @@ pub async fn copy_tables(
             // `_pg_dbmigrator.copied` tells what had committed.
             let r = tokio::select! {
                 _ = stop.cancelled() => Err(MigrationError::Cancelled),
-                r = worker::run(id, &ctx, &queue, &results, &stop) => r,
+                r = worker::run(id, &sched, &stop) => r,
             };
             if r.is_err() {
                 // Stop the siblings: the migration has failed.
                 stop.cancel();
             }
+            // Index workers may be waiting for the last copy.
+            sched.wake.notify_waiters();
             r
         });
+    }
+    let has_index_work = {
+        let s = sched.state.lock().unwrap();
+        !s.index_tasks.is_empty() || !s.builds.is_empty() || !s.after.is_empty()
+    } || (ctx.analyze && n_items > 0);
+    if has_index_work {
+        for id in 0..ctx.index_jobs.max(1) {
+            let (sched, stop, copied) = (sched.clone(), stop.clone(), copied.clone());
+            set.spawn(async move {
+                let r = tokio::select! {
+                    _ = stop.cancelled() => Err(MigrationError::Cancelled),
+                    r = index_worker(id, &sched, &copied, &stop) => r,
+                };
+                if r.is_err() {
+                    stop.cancel();
+                }
+                r
+            });
+        }
     }
     let mut first_err: Option<MigrationError> = None;
     while let Some(joined) = set.join_next().await {
@@ -190,19 +419,104 @@ pub async fn copy_tables(
     if cancel.is_cancelled() {
         return Err(MigrationError::Cancelled);
     }
-    let mut out = std::mem::take(&mut *results.lock().unwrap());
-    out.sort_by_key(|r: &TableResult| std::cmp::Reverse(r.bytes));
-    Ok(out)
+    let mut s = sched.state.lock().unwrap();
+    if !s.index_tasks.is_empty() || !s.builds.is_empty() || !s.builds_left.is_empty() {
+        return Err(MigrationError::Internal(
+            "index builds left over after the copy".into(),
+        ));
+    }
+    let mut by_table: HashMap<usize, TableResult> = HashMap::new();
+    let mut spans: HashMap<usize, (Instant, Instant)> = HashMap::new();
+    for (i, r) in std::mem::take(&mut s.done) {
+        let t = by_table.entry(i).or_insert_with(|| TableResult {
+            table: sched.tables[i].qualified(),
+            rows: 0,
+            bytes: 0,
+            seconds: 0.0,
+            chunks: 0,
+            freeze: r.freeze,
+            format: r.format,
+            snapshot: r.snapshot.clone(),
+        });
+        t.rows += r.rows;
+        t.bytes += r.bytes;
+        t.chunks += 1;
+        t.freeze &= r.freeze;
+        let span = spans.entry(i).or_insert((r.started, r.finished));
+        span.0 = span.0.min(r.started);
+        span.1 = span.1.max(r.finished);
+    }
+    let mut tables: Vec<TableResult> = by_table
+        .into_iter()
+        .map(|(i, mut t)| {
+            let (a, b) = spans[&i];
+            t.seconds = b.duration_since(a).as_secs_f64();
+            t
+        })
+        .collect();
+    tables.sort_by_key(|r| std::cmp::Reverse(r.bytes));
+    Ok(CopyOutcome {
+        tables,
+        index_steps: s.index_steps,
+        analyzed: s.analyzed,
+    })
 }
 
-fn record_done(ctx: &CopyContext, r: &TableResult) -> Result<()> {
+/// One index worker: a target session applying early post-data steps.
+async fn index_worker(
+    id: usize,
+    sched: &Scheduler,
+    copied: &BTreeSet<String>,
+    stop: &CancellationToken,
+) -> Result<()> {
+    let ctx = &sched.ctx;
+    let dst = connect::connect(&ctx.target, "target").await?;
+    session::setup_target(&dst).await?;
+    dst.batch_execute(crate::schema::emit::APPLY_SETTINGS)
+        .await
+        .map_err(|e| MigrationError::db("configuring the target session", e))?;
+    dst.batch_execute(INDEX_SESSION_SETTINGS)
+        .await
+        .map_err(|e| MigrationError::db("configuring the target session", e))?;
+    debug!(worker = id, "index worker ready");
+    while let Some(task) = sched.next_index_task(stop).await {
+        match task {
+            IndexTask::Build(step) => {
+                let t0 = Instant::now();
+                apply_step(&dst, &ctx.migration_id, "post", &step).await?;
+                info!(step = %step.describe, seconds = format!("{:.2}", t0.elapsed().as_secs_f64()), "built");
+                sched.index_task_done(step.table.clone(), 1, false);
+            }
+            IndexTask::Finish { table, steps } => {
+                for step in &steps {
+                    apply_step(&dst, &ctx.migration_id, "post", step).await?;
+                }
+                // Fresh statistics for the planner; only for tables loaded now.
+                let analyze = ctx.analyze && copied.contains(&table);
+                if analyze {
+                    let t0 = Instant::now();
+                    dst.batch_execute(&format!("ANALYZE {table}"))
+                        .await
+                        .map_err(|e| {
+                            MigrationError::db(format!("analyzing {table} on the target"), e)
+                        })?;
+                    debug!(%table, seconds = format!("{:.2}", t0.elapsed().as_secs_f64()), "analyzed");
+                }
+                sched.index_task_done(None, steps.len(), analyze);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn record_done(ctx: &CopyContext, item: &str, r: &ItemResult) -> Result<()> {
     ctx.token.update(|t| {
         t.copied.insert(
-            r.table.clone(),
+            item.to_string(),
             CopyMarker {
                 rows: r.rows,
                 bytes: r.bytes,
-                seconds: r.seconds,
+                seconds: r.finished.duration_since(r.started).as_secs_f64(),
                 done_at: chrono::Utc::now(),
             },
         );

@@ -6,8 +6,6 @@
 //! backpressure on both ends (it stops reading the source socket while the
 //! target is slow), so memory stays flat whatever the table size.
 
-use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::time::Instant;
 
 use futures::{SinkExt, StreamExt};
@@ -15,7 +13,8 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use super::{record_done, CopyContext, TableResult, STATE_SCHEMA};
+use super::plan::WorkItem;
+use super::{record_done, CopyContext, Scheduler, STATE_SCHEMA};
 use crate::error::{MigrationError, Result};
 use crate::pg::catalog::TableInfo;
 use crate::pg::{connect, quote, session};
@@ -31,28 +30,21 @@ pub enum WireFormat {
     Text,
 }
 
-pub(super) async fn run(
-    id: usize,
-    ctx: &CopyContext,
-    queue: &Mutex<VecDeque<TableInfo>>,
-    results: &Mutex<Vec<TableResult>>,
-    stop: &CancellationToken,
-) -> Result<()> {
+/// One copy worker: takes items from the shared queue until it is empty.
+pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) -> Result<()> {
+    let ctx = &sched.ctx;
     let src = connect::connect(&ctx.source, "source").await?;
     session::setup_source(&src).await?;
     let snapshot = session::import_snapshot(&src, &ctx.snapshot_id).await?;
     let dst = connect::connect(&ctx.target, "target").await?;
     session::setup_target(&dst).await?;
     debug!(worker = id, %snapshot, "copy worker ready");
-    loop {
+    while let Some(item) = sched.next_item() {
         if stop.is_cancelled() {
             return Err(MigrationError::Cancelled);
         }
-        let Some(table) = queue.lock().unwrap().pop_front() else {
-            break;
-        };
-        let r = copy_table(ctx, &src, &dst, &table, &snapshot, stop).await;
-        let r = match r {
+        let t = &sched.tables[item.table];
+        let r = match copy_item(ctx, &src, &dst, t, &item, &snapshot, stop).await {
             Ok(r) => r,
             Err(e) => {
                 let _ = dst.batch_execute("ROLLBACK").await;
@@ -60,61 +52,105 @@ pub(super) async fn run(
             }
         };
         info!(
-            table = %r.table,
+            item = %item.name(t),
             rows = r.rows,
             bytes = r.bytes,
-            seconds = format!("{:.2}", r.seconds),
+            seconds = format!("{:.2}", r.finished.duration_since(r.started).as_secs_f64()),
             format = ?r.format,
-            "table copied"
+            freeze = r.freeze,
+            "copied"
         );
-        record_done(ctx, &r)?;
-        results.lock().unwrap().push(r);
+        record_done(ctx, &item.name(t), &r)?;
+        sched.item_done(&item, r);
     }
     let _ = src.batch_execute("COMMIT").await;
     Ok(())
 }
 
-async fn copy_table(
+/// What one item's copy did.
+#[derive(Debug, Clone)]
+pub(super) struct ItemResult {
+    pub rows: u64,
+    pub bytes: u64,
+    pub started: Instant,
+    pub finished: Instant,
+    pub format: WireFormat,
+    pub freeze: bool,
+    pub snapshot: String,
+}
+
+/// Copy one item in one target transaction that also records it in
+/// `_pg_dbmigrator.copied`: it lands wholly or not at all. A whole table
+/// is emptied first in the same transaction, which both makes a redo after
+/// a crash safe and lets COPY FREEZE write the rows already frozen (no
+/// hint-bit rewrite, no anti-wraparound vacuum later). Chunks cannot be
+/// emptied (their rows are mixed with other chunks'), and need not be:
+/// an uncommitted chunk left nothing behind.
+async fn copy_item(
     ctx: &CopyContext,
     src: &Client,
     dst: &Client,
     t: &TableInfo,
+    item: &WorkItem,
     snapshot: &str,
     stop: &CancellationToken,
-) -> Result<TableResult> {
+) -> Result<ItemResult> {
     let started = Instant::now();
     let name = t.qualified();
+    let item_name = item.name(t);
     let format = if ctx.binary && t.binary_safe {
         WireFormat::Binary
     } else {
         WireFormat::Text
     };
-    let opts = match format {
+    let cols = quote::ident_list(&t.columns);
+    let out_opts = match format {
         WireFormat::Binary => " (FORMAT binary)",
         WireFormat::Text => "",
     };
     // A table whose columns are all generated (or that has none) is copied
     // with an empty select list and no column list.
-    let (select_list, col_list) = if t.columns.is_empty() {
-        (String::new(), String::new())
-    } else {
-        let l = quote::ident_list(&t.columns);
-        (l.clone(), format!(" ({l})"))
+    let copy_out = match (&item.pages, t.columns.is_empty()) {
+        (None, false) => format!("COPY {name} ({cols}) TO STDOUT{out_opts}"),
+        (None, true) => format!("COPY (SELECT FROM ONLY {name}) TO STDOUT{out_opts}"),
+        (Some(p), _) => format!(
+            "COPY (SELECT {cols} FROM ONLY {name} WHERE {}) TO STDOUT{out_opts}",
+            p.predicate()
+        ),
     };
-    let copy_out = format!("COPY (SELECT {select_list} FROM ONLY {name}) TO STDOUT{opts}");
-    let copy_in = format!("COPY {name}{col_list} FROM STDIN{opts}");
-    let tdb = |what: &str, e| MigrationError::db(format!("{what} {name} on the target"), e);
+    let tdb = |what: &str, e| MigrationError::db(format!("{what} {item_name} on the target"), e);
 
     dst.batch_execute("BEGIN")
         .await
         .map_err(|e| tdb("starting the copy of", e))?;
-    if ctx.redo {
-        empty_table(dst, &name).await?;
+    let freeze = if item.is_whole() {
+        empty_table(dst, &name).await?
+    } else {
+        false
+    };
+    let mut in_opts = Vec::new();
+    if format == WireFormat::Binary {
+        in_opts.push("FORMAT binary");
     }
+    if freeze {
+        in_opts.push("FREEZE");
+    }
+    let in_opts = if in_opts.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", in_opts.join(", "))
+    };
+    let col_list = if t.columns.is_empty() {
+        String::new()
+    } else {
+        format!(" ({cols})")
+    };
+    let copy_in = format!("COPY {name}{col_list} FROM STDIN{in_opts}");
+
     let out = src
         .copy_out(copy_out.as_str())
         .await
-        .map_err(|e| MigrationError::db(format!("reading {name} from the source"), e))?;
+        .map_err(|e| MigrationError::db(format!("reading {item_name} from the source"), e))?;
     let sink = dst
         .copy_in::<_, bytes::Bytes>(copy_in.as_str())
         .await
@@ -133,7 +169,7 @@ async fn copy_table(
             None => break,
             Some(Err(e)) => {
                 return Err(MigrationError::db(
-                    format!("reading {name} from the source"),
+                    format!("reading {item_name} from the source"),
                     e,
                 ))
             }
@@ -143,10 +179,10 @@ async fn copy_table(
                     last_log = Instant::now();
                     let secs = started.elapsed().as_secs_f64();
                     info!(
-                        table = %name,
+                        item = %item_name,
                         bytes,
                         mb_per_s = format!("{:.1}", bytes as f64 / secs / 1e6),
-                        estimated_total = t.bytes,
+                        estimated_total = item.est_bytes,
                         "copying"
                     );
                 }
@@ -166,27 +202,29 @@ async fn copy_table(
         .map_err(|e| tdb("finishing COPY into", e))?;
     dst.execute(
         &format!("INSERT INTO {STATE_SCHEMA}.copied (migration_id, item, rows, bytes) VALUES ($1, $2, $3, $4)"),
-        &[&ctx.migration_id, &name, &(rows as i64), &(bytes as i64)],
+        &[&ctx.migration_id, &item_name, &(rows as i64), &(bytes as i64)],
     )
     .await
     .map_err(|e| tdb("recording the copy of", e))?;
     dst.batch_execute("COMMIT")
         .await
         .map_err(|e| tdb("committing", e))?;
-    Ok(TableResult {
-        table: name,
+    Ok(ItemResult {
         rows,
         bytes,
-        seconds: started.elapsed().as_secs_f64(),
+        started,
+        finished: Instant::now(),
         format,
+        freeze,
         snapshot: snapshot.to_string(),
     })
 }
 
-/// Remove rows an interrupted attempt may have left (none can have
-/// committed, but a resumed table is emptied to be sure). TRUNCATE is
-/// refused on a table other tables reference by foreign key; DELETE then.
-pub(crate) async fn empty_table(dst: &Client, name: &str) -> Result<()> {
+/// Empty a table inside the caller's transaction. TRUNCATE is refused on a
+/// table other tables reference by foreign key (or without the privilege);
+/// DELETE then. Returns whether it was truncated, which is what allows
+/// COPY FREEZE in the same transaction.
+pub(crate) async fn empty_table(dst: &Client, name: &str) -> Result<bool> {
     let r = dst
         .batch_execute(&format!(
             "SAVEPOINT dbm_empty; TRUNCATE ONLY {name}; RELEASE SAVEPOINT dbm_empty"
@@ -198,6 +236,7 @@ pub(crate) async fn empty_table(dst: &Client, name: &str) -> Result<()> {
         ))
         .await
         .map_err(|e| MigrationError::db(format!("emptying {name} on the target"), e))?;
+        return Ok(false);
     }
-    Ok(())
+    Ok(true)
 }

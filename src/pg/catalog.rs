@@ -392,3 +392,12 @@ pub async fn server_version_num(client: &Client) -> Result<i32> {
         .map_err(|e| MigrationError::db("reading server_version_num", e))?;
     Ok(row.get(0))
 }
+
+/// The server's heap page size, for turning table sizes into page ranges.
+pub async fn block_size(client: &Client) -> Result<u64> {
+    let row = client
+        .query_one("SELECT pg_catalog.current_setting('block_size')::int8", &[])
+        .await
+        .map_err(|e| MigrationError::db("reading block_size", e))?;
+    Ok(row.get::<_, i64>(0) as u64)
+}

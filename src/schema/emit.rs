@@ -18,6 +18,15 @@ pub struct Step {
     /// What it creates, e.g. `TABLE public.t`; also its resume marker.
     pub describe: String,
     pub sql: Vec<String>,
+    /// Set on post-data steps that only need this table's rows (index
+    /// builds, key constraints): the copier runs them as soon as the table
+    /// is loaded, several at once, while other tables are still copying.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+    /// Among a table's steps: wait until its index builds are done (the
+    /// `ADD CONSTRAINT ... USING INDEX` that attaches a built index).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub after_indexes: bool,
 }
 
 /// The whole schema as ordered steps.
@@ -95,29 +104,70 @@ impl SchemaScript {
             warnings,
             ..Default::default()
         };
+        let section_of = |o: &super::model::SchemaObject| match o.key.kind {
+            ObjectKind::RefreshMatview | ObjectKind::EventTrigger => Part::Last,
+            _ if o.postponed => Part::PostData,
+            k if k.section() == Section::PostData => Part::PostData,
+            _ => Part::PreData,
+        };
+        // An object runs early, beside the copy, only when it is post-data and
+        // everything it needs is pre-data or runs early on the same table.
+        let sections: Vec<Part> = model.objects.iter().map(section_of).collect();
+        for &i in &order {
+            let o = &model.objects[i];
+            let early = o.data_of.is_some()
+                && sections[i] == Part::PostData
+                && deps[i].iter().all(|&d| {
+                    sections[d] == Part::PreData || model.objects[d].data_of == o.data_of
+                });
+            if !early {
+                model.objects[i].data_of = None;
+            }
+        }
         for i in order {
+            let section = sections[i];
             let o = &mut model.objects[i];
             let mut sql = std::mem::take(&mut o.create);
             sql.extend(o.owner.take());
             sql.extend(std::mem::take(&mut o.comments));
+            let table = o.data_of.take();
+            let mut index_first = o.index_first.take();
+            if table.is_none() {
+                // Applied in order: build and attach in one step.
+                if let Some(index) = index_first.take() {
+                    sql.insert(0, index);
+                }
+            }
+            let after_indexes = index_first.is_some();
+            if let Some(index) = index_first {
+                script.post_data.push(Step {
+                    describe: format!("INDEX FOR {}", o.describe),
+                    sql: vec![index],
+                    table: table.clone(),
+                    after_indexes: false,
+                });
+            }
             let step = Step {
                 describe: o.describe.clone(),
                 sql,
+                table,
+                after_indexes,
             };
             let acl = std::mem::take(&mut o.acl);
             if !acl.is_empty() {
                 script.acl.push(Step {
                     describe: format!("ACL {}", o.describe),
                     sql: acl,
+                    table: None,
+                    after_indexes: false,
                 });
             }
             if step.sql.is_empty() {
                 continue;
             }
-            match o.key.kind {
-                ObjectKind::RefreshMatview | ObjectKind::EventTrigger => script.last.push(step),
-                _ if o.postponed => script.post_data.push(step),
-                k if k.section() == Section::PostData => script.post_data.push(step),
+            match section {
+                Part::Last => script.last.push(step),
+                Part::PostData => script.post_data.push(step),
                 _ => script.pre_data.push(step),
             }
         }

@@ -1042,7 +1042,9 @@ async fn load_constraints_and_indexes(
         "constraints",
         "SELECT co.oid, co.conrelid, co.conname::text, co.contype::text, pg_catalog.pg_get_constraintdef(co.oid),
                 co.conindid, co.conparentid,
-                (SELECT pg_catalog.array_remove(ic.reloptions, NULL)::text[] FROM pg_catalog.pg_class ic WHERE ic.oid = co.conindid)
+                (SELECT pg_catalog.array_remove(ic.reloptions, NULL)::text[] FROM pg_catalog.pg_class ic WHERE ic.oid = co.conindid),
+                CASE WHEN co.conindid <> 0 THEN pg_catalog.pg_get_indexdef(co.conindid) END,
+                co.condeferrable
            FROM pg_catalog.pg_constraint co
           WHERE co.contype IN ('p', 'u', 'x', 'f') AND co.conrelid <> 0
           ORDER BY co.conrelid, co.conname",
@@ -1099,11 +1101,38 @@ async fn load_constraints_and_indexes(
             format!("CONSTRAINT {} ON {}", ident(&name), rel.qname),
             rel,
         );
-        o.create.push(format!(
-            "ALTER TABLE {only}{}\n    ADD CONSTRAINT {} {def};",
-            rel.qname,
-            ident(&name)
-        ));
+        // A key of a plain table is built as a unique index, then attached:
+        // see `SchemaObject::index_first`. Deferrable keys and temporal
+        // (WITHOUT OVERLAPS) keys cannot be attached that way.
+        let indexdef: Option<String> = r.get(8);
+        let attachable = matches!(contype.as_str(), "p" | "u")
+            && rel.kind == 'r'
+            && !r.get::<_, bool>(9)
+            && !def.contains("WITHOUT OVERLAPS");
+        match indexdef.filter(|d| attachable && d.starts_with("CREATE UNIQUE INDEX ")) {
+            Some(indexdef) => {
+                let word = if contype == "p" {
+                    "PRIMARY KEY"
+                } else {
+                    "UNIQUE"
+                };
+                o.index_first = Some(format!("{indexdef};"));
+                o.create.push(format!(
+                    "ALTER TABLE ONLY {}\n    ADD CONSTRAINT {} {word} USING INDEX {};",
+                    rel.qname,
+                    ident(&name),
+                    ident(&name)
+                ));
+            }
+            None => o.create.push(format!(
+                "ALTER TABLE {only}{}\n    ADD CONSTRAINT {} {def};",
+                rel.qname,
+                ident(&name)
+            )),
+        }
+        if contype != "f" && rel.kind == 'r' {
+            o.data_of = Some(rel.qname.clone());
+        }
         o.comments.extend(comment_on(
             comments,
             (class::PG_CONSTRAINT, oid, 0),
@@ -1145,6 +1174,9 @@ async fn load_constraints_and_indexes(
             None => {
                 let mut o = on_table(ObjectKind::Index, &name, oid, format!("INDEX {iq}"), rel);
                 o.create.push(format!("{def};"));
+                if rel.kind == 'r' {
+                    o.data_of = Some(rel.qname.clone());
+                }
                 if let Some(cm) =
                     comment_on(comments, (class::PG_CLASS, oid, 0), &format!("INDEX {iq}"))
                 {

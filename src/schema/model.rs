@@ -50,6 +50,14 @@ pub struct SchemaObject {
     /// Moved to post-data because it depends on something there (a
     /// materialized view reading through a unique index, say).
     pub postponed: bool,
+    /// Post-data object built from the rows of this table (quoted name): it
+    /// may run as soon as that table is loaded, beside other tables' copies.
+    pub data_of: Option<String>,
+    /// For a primary key or unique constraint: the `CREATE UNIQUE INDEX`
+    /// that builds its index first, so the constraint is attached `USING
+    /// INDEX`. Index builds take SHARE locks and run several at once on one
+    /// table; `ADD CONSTRAINT` would hold ACCESS EXCLUSIVE for the whole build.
+    pub index_first: Option<String>,
 }
 
 impl SchemaObject {
@@ -71,6 +79,8 @@ impl SchemaObject {
             deps: Vec::new(),
             placeholder: None,
             postponed: false,
+            data_of: None,
+            index_first: None,
         }
     }
 
