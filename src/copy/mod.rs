@@ -13,6 +13,7 @@
 //! as soon as its last item is in (while other tables still copy), attach
 //! key constraints to the built indexes, then ANALYZE the table.
 
+mod batch;
 mod large_objects;
 pub mod plan;
 mod sequences;

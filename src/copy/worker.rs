@@ -155,6 +155,7 @@ async fn copy_item(
         .copy_in::<_, bytes::Bytes>(copy_in.as_str())
         .await
         .map_err(|e| tdb("starting COPY into", e))?;
+    let out = super::batch::batched(out);
     futures::pin_mut!(out);
     futures::pin_mut!(sink);
     let mut bytes: u64 = 0;
@@ -186,11 +187,10 @@ async fn copy_item(
                         "copying"
                     );
                 }
-                // `feed` does not flush per row; the sink flushes as its buffer fills.
                 tokio::select! {
                     biased;
                     _ = stop.cancelled() => return Err(MigrationError::Cancelled),
-                    r = sink.feed(chunk) => r.map_err(|e| tdb("writing", e))?,
+                    r = sink.send(chunk) => r.map_err(|e| tdb("writing", e))?,
                 }
             }
         }
