@@ -32,6 +32,9 @@ mod manifest;
 mod reader;
 mod writer;
 
+#[cfg(test)]
+mod tests;
+
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
