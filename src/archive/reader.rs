@@ -333,7 +333,8 @@ impl Archive {
 
 /// The decompressed contents of one data file; see [`Archive::open_data`].
 ///
-/// Dropping it stops the reading thread.
+/// Poll it inside a Tokio runtime (its reading thread is a blocking task).
+/// Dropping it stops that thread.
 pub struct DataStream {
     start: Option<Producer>,
     rx: mpsc::Receiver<Result<Bytes>>,

@@ -690,6 +690,8 @@ fn level_one_compresses_repetitive_text_well_and_checksums_frames() {
 async fn unusable_paths_and_levels_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
+    manifest(vec![]).write(dir).unwrap();
+    let archive = Archive::open(dir).unwrap();
     for bad in [
         "../x",
         "/etc/passwd",
@@ -701,8 +703,18 @@ async fn unusable_paths_and_levels_are_refused() {
         MANIFEST_FILE,
     ] {
         let e = DataWriter::create(dir, bad, 1).err().expect(bad);
-        assert!(archive_message(&e).contains("unusable file"), "{bad}: {e}");
+        assert!(matches!(e, MigrationError::Internal(_)), "{bad}: {e}");
         assert!(write_small_file(dir, bad, b"x").is_err(), "{bad}");
+        let entry = FileEntry {
+            path: bad.to_string(),
+            size: 1,
+            sha256: "0".repeat(64),
+        };
+        let e = archive.verify_file(&entry).unwrap_err();
+        assert!(
+            archive_message(&e).contains("names an unusable file"),
+            "{bad}: {e}"
+        );
     }
     assert!(!tmp.path().parent().unwrap().join("x").exists());
 
@@ -743,4 +755,54 @@ async fn dropping_a_stream_early_stops_the_reader() {
     drop(s);
     // Not polled at all: no thread, nothing to stop.
     drop(a.open_data(&the_data_file(&a)).unwrap());
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_failing_disk_is_reported_by_write_or_finish() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // Every write to /dev/full fails with ENOSPC, as on a full disk.
+    std::fs::create_dir(dir.join("data")).unwrap();
+    std::os::unix::fs::symlink("/dev/full", dir.join("data/00001.0000.copy.zst.partial")).unwrap();
+    let mut w = AsyncDataWriter::create(dir, data_file_path(1, 0), 1)
+        .await
+        .unwrap();
+    // Incompressible, so compressed output reaches the disk early.
+    let mut x = 0x1234_5678_9abc_def0u64;
+    let mut failure = None;
+    for _ in 0..64 {
+        let chunk: Vec<u8> = (0..64 * 1024)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        if let Err(e) = w.write(Bytes::from(chunk)).await {
+            failure = Some(e);
+            break;
+        }
+    }
+    let e = match failure {
+        Some(e) => e,
+        None => w.finish().await.unwrap_err(),
+    };
+    assert!(matches!(e, MigrationError::Io { .. }), "{e}");
+    assert!(e.to_string().contains("00001.0000.copy.zst.partial"), "{e}");
+    assert!(!dir.join(data_file_path(1, 0)).exists());
+}
+
+#[tokio::test]
+async fn a_rename_failure_is_reported_by_finish() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut w = AsyncDataWriter::create(dir, data_file_path(1, 0), 1)
+        .await
+        .unwrap();
+    w.write(Bytes::from(row(1))).await.unwrap();
+    std::fs::remove_dir_all(dir.join("data")).unwrap();
+    let e = w.finish().await.unwrap_err();
+    assert!(matches!(e, MigrationError::Io { .. }), "{e}");
 }

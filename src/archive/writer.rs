@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{ensure_parent, partial_path, resolve, sync_dir, FileEntry};
+use super::{check_relative_path, ensure_parent, partial_path, sync_dir, FileEntry};
 use crate::error::{MigrationError, Result};
 
 /// The async writer sends the blocking thread batches of about this size:
@@ -79,7 +79,8 @@ impl DataWriter {
     /// ([`super::DEFAULT_ZSTD_LEVEL`] unless the user asked otherwise).
     ///
     /// Missing directories are created. A file already under the final name
-    /// is replaced only when this one finishes.
+    /// is replaced only when this one finishes. Two writers must not write
+    /// the same path at once: they would share the `.partial` file.
     pub fn create(archive_dir: impl AsRef<Path>, relative_path: &str, level: i32) -> Result<Self> {
         let dir = archive_dir.as_ref().to_path_buf();
         let range = zstd::compression_level_range();
@@ -91,7 +92,7 @@ impl DataWriter {
                 range.end()
             )));
         }
-        let path = resolve(&dir, relative_path)?;
+        let path = target_path(&dir, relative_path)?;
         ensure_parent(&dir, &path)?;
         let partial = partial_path(&path);
         let file = File::create(&partial)
@@ -197,6 +198,17 @@ impl Write for DataWriter {
     }
 }
 
+/// Where to write `rel`. Names come from the dump code, not from users, so a
+/// bad one is a bug: refusing it keeps the archive readable by restore.
+fn target_path(dir: &Path, rel: &str) -> Result<PathBuf> {
+    check_relative_path(rel).map_err(|why| {
+        MigrationError::Internal(format!("refusing to write archive file {rel:?}: {why}"))
+    })?;
+    Ok(rel
+        .split('/')
+        .fold(dir.to_path_buf(), |p, part| p.join(part)))
+}
+
 /// Rename the finished `partial` to `path` and make the rename durable.
 fn commit(dir: &Path, partial: &Path, path: &Path) -> Result<()> {
     std::fs::rename(partial, path).map_err(|e| {
@@ -229,7 +241,7 @@ pub fn write_small_file(
     data: &[u8],
 ) -> Result<FileEntry> {
     let dir = archive_dir.as_ref();
-    let path = resolve(dir, relative_path)?;
+    let path = target_path(dir, relative_path)?;
     ensure_parent(dir, &path)?;
     let partial = partial_path(&path);
     let ctx = || format!("writing {}", partial.display());
