@@ -15,7 +15,8 @@ pub mod exit_code {
     /// The migration failed (server error, I/O error, bug).
     pub const FAILED: i32 = 1;
     /// Usage or configuration error: bad flags, malformed conninfo,
-    /// unreachable host, authentication failure, mismatched resume state.
+    /// unreachable host, authentication failure, mismatched resume state,
+    /// an incomplete or damaged dump archive.
     pub const CONFIG: i32 = 2;
     /// `verify` found differences between source and target.
     pub const VERIFY_DIFFERENCES: i32 = 3;
@@ -90,6 +91,11 @@ pub enum MigrationError {
     #[error("target not ready: {0}")]
     TargetNotReady(String),
 
+    /// A dump archive is incomplete, damaged or from a newer version. The
+    /// message names the file and says what to do about it.
+    #[error("{0}")]
+    Archive(String),
+
     /// A feature that is not built yet.
     #[error("not supported yet: {0}")]
     Unsupported(String),
@@ -124,6 +130,7 @@ impl MigrationError {
             | MigrationError::Connect { .. }
             | MigrationError::Resume(_)
             | MigrationError::TargetNotReady(_)
+            | MigrationError::Archive(_)
             | MigrationError::Unsupported(_) => exit_code::CONFIG,
             MigrationError::VerifyDifferences(_) => exit_code::VERIFY_DIFFERENCES,
             MigrationError::Cancelled => exit_code::INTERRUPTED,

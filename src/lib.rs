@@ -46,6 +46,7 @@
 //! migration between two throwaway local servers.
 #![forbid(unsafe_code)]
 
+pub mod archive;
 pub mod config;
 pub mod copy;
 pub mod error;
