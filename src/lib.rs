@@ -60,7 +60,7 @@ pub mod verify;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{
-    CopyFormat, EndpointConfig, Filters, MigrationConfig, MigrationMode, VerifyLevel,
+    CopyFormat, CopyMethod, EndpointConfig, Filters, MigrationConfig, MigrationMode, VerifyLevel,
 };
 pub use error::{MigrationError, Result};
 pub use migrate::{human_bytes, MigrationReport};

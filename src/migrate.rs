@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::filter::CompiledFilters;
-use crate::config::{CopyFormat, MigrationConfig, MigrationMode, VerifyLevel};
+use crate::config::{CopyFormat, CopyMethod, MigrationConfig, MigrationMode, VerifyLevel};
 use crate::copy::{self, CopyContext, TableResult};
 use crate::error::{MigrationError, Result};
 use crate::pg::catalog::{self, TableInfo};
@@ -174,6 +174,9 @@ pub(crate) async fn run(
     if cfg.jobs == 0 {
         return Err(MigrationError::Config("--jobs must be at least 1".into()));
     }
+    if cfg.copy_method == CopyMethod::Dump {
+        return run_via_archive(cfg, cancel).await;
+    }
     let def = Definition::from_config(cfg)?;
     let filters = cfg.filters.compile()?;
     if !cfg.data_only && !cfg.filters.is_empty() {
@@ -187,38 +190,7 @@ pub(crate) async fn run(
     let token_path = ResumeToken::path_for(&dump_path);
 
     // The token decides everything before any server is touched.
-    let existing = if cfg.force_clean {
-        None
-    } else {
-        ResumeToken::load(&token_path)?
-    };
-    let resumed = match (&existing, cfg.resume) {
-        (Some(t), true) => {
-            t.check_matches(&def, &token_path)?;
-            if t.completed {
-                return Err(MigrationError::Resume(format!(
-                    "the migration recorded in {} already completed; nothing to resume (use --force-clean to run it again)",
-                    token_path.display()
-                )));
-            }
-            true
-        }
-        (Some(t), false) => {
-            return Err(MigrationError::Resume(format!(
-                "a resume token for this migration exists at {} (stage {}{}): pass --resume to continue it, or --force-clean to discard it and start over",
-                token_path.display(),
-                t.current_stage().map_or("none", |s| s.stage.as_str()),
-                if t.completed { ", completed" } else { "" }
-            )))
-        }
-        (None, true) => {
-            return Err(MigrationError::Resume(format!(
-                "nothing to resume: no resume token at {} (pass the --dump-path of the interrupted run, or run without --resume)",
-                token_path.display()
-            )))
-        }
-        (None, false) => false,
-    };
+    let (existing, resumed) = resolve_token(cfg, &def, &token_path, "migration")?;
 
     // Preflight: connect, check, change nothing.
     let full = !cfg.data_only;
@@ -240,7 +212,8 @@ pub(crate) async fn run(
                 summarize(&script.unsupported)
             )));
         }
-        prepare_target_database(&src, &target_ep, source_version, resumed, cfg, &script).await?;
+        let needs = TargetNeeds::read(&src, source_version, cfg).await?;
+        prepare_target_database(Some(&src), &target_ep, &needs, resumed, cfg, &script).await?;
         Some(script)
     } else {
         None
@@ -384,9 +357,11 @@ pub(crate) async fn run(
             None => Vec::new(),
         };
         let ctx = Arc::new(CopyContext {
-            source: source_ep.clone(),
-            target: target_ep.clone(),
-            snapshot_id: snapshot_id.clone(),
+            input: copy::Input::Server {
+                endpoint: source_ep.clone(),
+                snapshot_id: snapshot_id.clone(),
+            },
+            output: copy::Output::Target(target_ep.clone()),
             migration_id: migration_id.clone(),
             jobs: cfg.jobs,
             index_jobs: cfg.index_jobs.unwrap_or(cfg.jobs),
@@ -514,9 +489,142 @@ pub(crate) async fn run(
     })
 }
 
+/// `migrate --copy-method dump`: dump into `dump_path`, restore from it,
+/// verify against the source. Each half keeps its own resume token; a
+/// resumed run skips a finished dump.
+async fn run_via_archive(
+    cfg: &MigrationConfig,
+    cancel: CancellationToken,
+) -> Result<MigrationReport> {
+    let started = Instant::now();
+    let def = Definition::from_config(cfg)?;
+    let (_, dir) = work_location(cfg, &def);
+    let mut cfg = cfg.clone();
+    cfg.dump_path = Some(dir.clone());
+    let source_ep = cfg.source.clone().expect("checked by Definition");
+    let target_ep = cfg.target.clone().expect("checked by Definition");
+    let binary = match cfg.copy_format {
+        CopyFormat::Text => false,
+        CopyFormat::Binary => true,
+        CopyFormat::Auto => {
+            let s = connect::connect(&source_ep, "source").await?;
+            let sv = catalog::server_version_num(&s).await?;
+            let tv = server_version_of(&target_ep).await?;
+            sv / 10000 == tv / 10000
+        }
+    };
+    let dump_token = ResumeToken::path_for(&dir);
+    let dump_done = cfg.resume
+        && !cfg.force_clean
+        && ResumeToken::load(&dump_token)?.is_some_and(|t| {
+            t.completed
+                && crate::archive::dump::definition(&cfg, &dir)
+                    .is_ok_and(|d| t.check_matches(&d, &dump_token).is_ok())
+        });
+    let t0 = Instant::now();
+    if dump_done {
+        info!(archive = %dir.display(), "the dump had finished; restoring it");
+    } else {
+        let mut dcfg = cfg.clone();
+        dcfg.resume = cfg.resume && dump_token.exists();
+        let d = crate::archive::dump::run_with(&dcfg, binary, cancel.clone()).await?;
+        info!(
+            files = d.files_written,
+            raw = %human_bytes(d.raw_bytes),
+            archive = %human_bytes(d.archive_bytes),
+            "dumped"
+        );
+    }
+    let dump_secs = t0.elapsed().as_secs_f64();
+    let mut rcfg = cfg.clone();
+    rcfg.resume = cfg.resume && ResumeToken::restore_path_for(&dir).exists();
+    let mut report = crate::archive::restore::run(&rcfg, cancel.clone()).await?;
+    report.stages.insert(0, (Stage::Dump.as_str().to_string(), dump_secs));
+    report.resumed |= cfg.resume;
+    if cfg.verify != VerifyLevel::None {
+        let t0 = Instant::now();
+        let v = verify::verify(
+            &source_ep,
+            &target_ep,
+            &cfg.filters.compile()?,
+            &VerifyOptions {
+                level: cfg.verify,
+                jobs: cfg.jobs,
+                large_objects: cfg.large_objects,
+            },
+            &cancel,
+        )
+        .await?;
+        report
+            .stages
+            .push((Stage::Verify.as_str().to_string(), t0.elapsed().as_secs_f64()));
+        report.verify = Some(v);
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// The server version of an endpoint whose database may not exist yet.
+async fn server_version_of(ep: &crate::config::EndpointConfig) -> Result<i32> {
+    let c = match connect::connect(ep, "target").await {
+        Ok(c) => c,
+        Err(first) => match connect::connect(&ep.with_dbname("postgres"), "target").await {
+            Ok(c) => c,
+            Err(_) => connect::connect(&ep.with_dbname("template1"), "target")
+                .await
+                .map_err(|_| first)?,
+        },
+    };
+    catalog::server_version_num(&c).await
+}
+
+/// Decide from the resume token at `path` whether this run resumes:
+/// `--resume` needs a matching, unfinished token; without it, an existing
+/// token is never silently overwritten; `--force-clean` ignores it.
+pub(crate) fn resolve_token(
+    cfg: &MigrationConfig,
+    def: &Definition,
+    token_path: &std::path::Path,
+    what: &str,
+) -> Result<(Option<ResumeToken>, bool)> {
+    let existing = if cfg.force_clean {
+        None
+    } else {
+        ResumeToken::load(token_path)?
+    };
+    let resumed = match (&existing, cfg.resume) {
+        (Some(t), true) => {
+            t.check_matches(def, token_path)?;
+            if t.completed {
+                return Err(MigrationError::Resume(format!(
+                    "the {what} recorded in {} already completed; nothing to resume (use --force-clean to run it again)",
+                    token_path.display()
+                )));
+            }
+            true
+        }
+        (Some(t), false) => {
+            return Err(MigrationError::Resume(format!(
+                "a resume token for this {what} exists at {} (stage {}{}): pass --resume to continue it, or --force-clean to discard it and start over",
+                token_path.display(),
+                t.current_stage().map_or("none", |s| s.stage.as_str()),
+                if t.completed { ", completed" } else { "" }
+            )))
+        }
+        (None, true) => {
+            return Err(MigrationError::Resume(format!(
+                "nothing to resume: no resume token at {} (pass the --dump-path of the interrupted run, or run without --resume)",
+                token_path.display()
+            )))
+        }
+        (None, false) => false,
+    };
+    Ok((existing, resumed))
+}
+
 /// The target must have every table with every column we copy, every
 /// sequence, and (unless resuming) no rows or large objects in the way.
-async fn preflight_target(
+pub(crate) async fn preflight_target(
     dst: &Client,
     tables: &mut [TableInfo],
     seqs: &[catalog::SequenceInfo],
@@ -693,7 +801,7 @@ async fn force_clean(
 }
 
 /// A long list shortened for a one-line message.
-fn summarize(items: &[String]) -> String {
+pub(crate) fn summarize(items: &[String]) -> String {
     const SHOWN: usize = 8;
     let mut s = items
         .iter()
@@ -710,7 +818,7 @@ fn summarize(items: &[String]) -> String {
 /// Apply schema steps, each in one implicit transaction together with its
 /// marker row in `_pg_dbmigrator.steps`, so a crash never leaves a step
 /// half-applied or applied twice. Returns how many were applied now.
-async fn apply_steps(
+pub(crate) async fn apply_steps(
     dst: &Client,
     migration_id: &str,
     part: &str,
@@ -743,14 +851,60 @@ async fn apply_steps(
 /// owning the source's objects must exist on the target server; the target
 /// major must not be older than the source's. `--force-clean` drops and
 /// recreates a non-empty target database.
-async fn prepare_target_database(
-    src: &Client,
+/// What a full migration needs of the target server, read from the source
+/// (or from an archive's manifest).
+pub(crate) struct TargetNeeds {
+    pub source_version: i32,
+    /// Roles owning or granted objects.
+    pub roles: Vec<String>,
+    pub encoding: String,
+    pub lc_collate: String,
+    pub lc_ctype: String,
+    /// Extensions (name, version), plpgsql left out.
+    pub extensions: Vec<(String, String)>,
+}
+
+impl TargetNeeds {
+    pub async fn read(src: &Client, source_version: i32, cfg: &MigrationConfig) -> Result<Self> {
+        let roles = schema::load::owner_roles(src, !cfg.no_owner, !cfg.no_acl).await?;
+        let row = src
+            .query_one(
+                "SELECT pg_catalog.pg_encoding_to_char(encoding), datcollate::text, datctype::text
+                   FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()",
+                &[],
+            )
+            .await
+            .map_err(|e| MigrationError::db("reading the source database's encoding", e))?;
+        let extensions = src
+            .query(
+                "SELECT extname::text, extversion FROM pg_catalog.pg_extension WHERE extname <> 'plpgsql' ORDER BY 1",
+                &[],
+            )
+            .await
+            .map_err(|e| MigrationError::db("listing the source's extensions", e))?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        Ok(TargetNeeds {
+            source_version,
+            roles,
+            encoding: row.get(0),
+            lc_collate: row.get(1),
+            lc_ctype: row.get(2),
+            extensions,
+        })
+    }
+}
+
+pub(crate) async fn prepare_target_database(
+    src: Option<&Client>,
     target: &crate::config::EndpointConfig,
-    source_version: i32,
+    needs: &TargetNeeds,
     resumed: bool,
     cfg: &MigrationConfig,
     script: &schema::SchemaScript,
 ) -> Result<()> {
+    let source_version = needs.source_version;
     let force_clean = cfg.force_clean;
     let dbname = target.dbname.clone();
     let admin = match connect::connect(&target.with_dbname("postgres"), "target").await {
@@ -765,7 +919,7 @@ async fn prepare_target_database(
             source_version / 10000
         )));
     }
-    let owners = schema::load::owner_roles(src, !cfg.no_owner, !cfg.no_acl).await?;
+    let owners = needs.roles.clone();
     let present: Vec<String> = admin
         .query("SELECT rolname::text FROM pg_catalog.pg_roles", &[])
         .await
@@ -777,7 +931,7 @@ async fn prepare_target_database(
         .into_iter()
         .filter(|r| !present.contains(r))
         .collect();
-    if !missing.is_empty() && cfg.roles {
+    if let (false, true, Some(src)) = (missing.is_empty(), cfg.roles, src) {
         // Roles are cluster-wide: created once, before the database, and
         // left in place (a resumed run needs them too).
         let stmts =
@@ -829,15 +983,8 @@ async fn prepare_target_database(
         )));
     }
     // Every extension must be installable on the target at the source's version.
-    let exts = src
-        .query(
-            "SELECT extname::text, extversion FROM pg_catalog.pg_extension WHERE extname <> 'plpgsql' ORDER BY 1",
-            &[],
-        )
-        .await
-        .map_err(|e| MigrationError::db("listing the source's extensions", e))?;
-    let ext_names: Vec<String> = exts.iter().map(|r| r.get(0)).collect();
-    let ext_versions: Vec<String> = exts.iter().map(|r| r.get(1)).collect();
+    let ext_names: Vec<&str> = needs.extensions.iter().map(|e| e.0.as_str()).collect();
+    let ext_versions: Vec<&str> = needs.extensions.iter().map(|e| e.1.as_str()).collect();
     let unavailable: Vec<String> = admin
         .query(
             "SELECT u.n || ' ' || u.v
@@ -909,15 +1056,7 @@ async fn prepare_target_database(
     } else if exists {
         return Ok(());
     }
-    let row = src
-        .query_one(
-            "SELECT pg_catalog.pg_encoding_to_char(encoding), datcollate::text, datctype::text
-               FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()",
-            &[],
-        )
-        .await
-        .map_err(|e| MigrationError::db("reading the source database's encoding", e))?;
-    let (enc, collate, ctype): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+    let (enc, collate, ctype) = (&needs.encoding, &needs.lc_collate, &needs.lc_ctype);
     let sql = format!(
         "CREATE DATABASE {} WITH TEMPLATE = template0 ENCODING = {} LC_COLLATE = {} LC_CTYPE = {}",
         quote::ident(&dbname),

@@ -34,6 +34,10 @@ pub enum Stage {
     LargeObjects,
     Finalize,
     Verify,
+    /// Writing a dump archive (per-file markers in `dumped`).
+    Dump,
+    /// Loading a dump archive into the target.
+    Restore,
 }
 
 impl Stage {
@@ -48,6 +52,8 @@ impl Stage {
             Stage::LargeObjects => "large_objects",
             Stage::Finalize => "finalize",
             Stage::Verify => "verify",
+            Stage::Dump => "dump",
+            Stage::Restore => "restore",
         }
     }
 }
@@ -67,6 +73,17 @@ impl EndpointIdentity {
             hosts: ep.hosts.iter().map(|h| h.to_string()).collect(),
             ports: ep.ports.clone(),
             dbname: ep.dbname.clone(),
+        }
+    }
+}
+
+impl EndpointIdentity {
+    /// An archive directory standing in for a server (dump and restore).
+    pub fn archive(dir: &Path) -> Self {
+        EndpointIdentity {
+            hosts: vec!["archive".into()],
+            ports: Vec::new(),
+            dbname: dir.display().to_string(),
         }
     }
 }
@@ -229,6 +246,9 @@ pub struct ResumeToken {
     pub copied: BTreeMap<String, CopyMarker>,
     /// How big tables were cut into page ranges; reused on resume so chunk
     /// names keep meaning the same pages.
+    /// Dumps: the archive files finished so far, by item name.
+    #[serde(default)]
+    pub dumped: BTreeMap<String, crate::archive::DataFile>,
     #[serde(default)]
     pub chunk_plan: BTreeMap<String, Vec<crate::copy::plan::PageRange>>,
     pub snapshot_name: Option<String>,
@@ -256,6 +276,7 @@ impl ResumeToken {
             stages: Vec::new(),
             copied: BTreeMap::new(),
             chunk_plan: BTreeMap::new(),
+            dumped: BTreeMap::new(),
             snapshot_name: None,
             last_applied_lsn: None,
             completed: false,
@@ -268,6 +289,14 @@ impl ResumeToken {
     pub fn path_for(dump_path: &Path) -> PathBuf {
         let mut s = dump_path.as_os_str().to_owned();
         s.push(".resume.json");
+        PathBuf::from(s)
+    }
+
+    /// The token of a restore from the archive at `dump_path`: beside the
+    /// archive, apart from the dump's own token.
+    pub fn restore_path_for(dump_path: &Path) -> PathBuf {
+        let mut s = dump_path.as_os_str().to_owned();
+        s.push(".restore.resume.json");
         PathBuf::from(s)
     }
 

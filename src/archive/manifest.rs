@@ -106,9 +106,26 @@ pub struct Manifest {
     pub schema: Vec<FileEntry>,
     #[serde(default)]
     pub tables: Vec<TableEntry>,
-    /// Reserved: a small JSON file describing large objects.
+    /// A small JSON file describing large objects (ids, owners, ACLs, comments).
     #[serde(default)]
     pub large_objects: Option<FileEntry>,
+    /// Their contents: a binary COPY stream of `(oid, data bytea)` rows.
+    #[serde(default)]
+    pub large_object_data: Option<DataFile>,
+    /// Roles the schema names (owners, grantees): they must exist on the target.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// The source database's locale, to create the target database alike.
+    #[serde(default)]
+    pub lc_collate: Option<String>,
+    #[serde(default)]
+    pub lc_ctype: Option<String>,
+    /// Extensions (name, version) the schema creates: they must be installable on the target.
+    #[serde(default)]
+    pub extensions: Vec<(String, String)>,
+    /// Whether the archive holds the schema (a `--data-only` dump does not).
+    #[serde(default)]
+    pub data_only: bool,
     /// Reserved: a small JSON file with sequence values.
     #[serde(default)]
     pub sequences: Option<FileEntry>,
@@ -150,6 +167,12 @@ impl Manifest {
             schema: Vec::new(),
             tables: Vec::new(),
             large_objects: None,
+            large_object_data: None,
+            roles: Vec::new(),
+            lc_collate: None,
+            lc_ctype: None,
+            extensions: Vec::new(),
+            data_only: false,
             sequences: None,
         }
     }
@@ -164,6 +187,7 @@ impl Manifest {
                     .flat_map(|t| t.files.iter().map(|f| &f.file)),
             )
             .chain(self.large_objects.iter())
+            .chain(self.large_object_data.iter().map(|d| &d.file))
             .chain(self.sequences.iter())
     }
 

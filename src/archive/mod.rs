@@ -28,8 +28,10 @@
 //! DIR/data/00007.0002.copy.zst   (table 7 of the dump, chunk 2)
 //! ```
 
+pub mod dump;
 mod manifest;
 mod reader;
+pub mod restore;
 mod writer;
 
 #[cfg(test)]

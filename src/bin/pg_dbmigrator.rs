@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use pg_dbmigrator::error::exit_code;
 use pg_dbmigrator::{
-    CopyFormat, EndpointConfig, Filters, MigrationConfig, MigrationError, MigrationMode, Migrator,
+    CopyFormat, CopyMethod, EndpointConfig, Filters, MigrationConfig, MigrationError, MigrationMode, Migrator,
     ResumeToken, VerifyLevel, VerifyOptions,
 };
 use tokio_util::sync::CancellationToken;
@@ -51,6 +51,97 @@ enum Command {
     Status(StatusArgs),
     /// Print the source's schema as SQL (read from its catalogs).
     Schema(SchemaArgs),
+    /// Dump the source into an archive directory (zstd COPY streams, schema,
+    /// manifest with SHA-256 of every file), to carry and restore elsewhere.
+    Dump(DumpArgs),
+    /// Load an archive made by `dump` into the target.
+    Restore(RestoreArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum CopyMethodArg {
+    /// COPY streams straight from the source into the target.
+    Stream,
+    /// Dump into --dump-path, then restore from it.
+    Dump,
+}
+
+#[derive(Args, Debug)]
+struct DumpArgs {
+    /// Source connection string (URI or key=value, as libpq).
+    #[arg(long, env = "PG_DBMIGRATOR_SOURCE", hide_env_values = true)]
+    source: String,
+    /// The archive directory (new or empty); its resume token is <dump-path>.resume.json.
+    #[arg(long)]
+    dump_path: PathBuf,
+    /// Parallel dump workers.
+    #[arg(short = 'j', long, default_value_t = 4)]
+    jobs: usize,
+    /// Cut tables bigger than this into page ranges dumped in parallel (as migrate).
+    #[arg(long, value_parser = parse_size)]
+    split_size: Option<u64>,
+    /// zstd level: 1 (fastest) to 22 (smallest).
+    #[arg(long, default_value_t = pg_dbmigrator::archive::DEFAULT_ZSTD_LEVEL)]
+    compress_level: i32,
+    /// COPY format of the data files: text restores into any major version;
+    /// binary is faster but restores only into the source's major (auto = text).
+    #[arg(long, value_enum, default_value_t = CopyFormatArg::Auto)]
+    copy_format: CopyFormatArg,
+    /// Rows only, no schema.
+    #[arg(long)]
+    data_only: bool,
+    #[command(flatten)]
+    filters: FilterArgs,
+    /// Leave large objects out.
+    #[arg(long)]
+    no_large_objects: bool,
+    /// Leave owners out of the schema.
+    #[arg(long)]
+    no_owner: bool,
+    /// Leave privileges out of the schema.
+    #[arg(long)]
+    no_acl: bool,
+    /// Continue an interrupted dump: finished files are kept.
+    #[arg(long, conflicts_with = "force_clean")]
+    resume: bool,
+    /// Replace the contents of a non-empty --dump-path.
+    #[arg(long)]
+    force_clean: bool,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct RestoreArgs {
+    /// Target connection string. A full archive creates the database when absent.
+    #[arg(long, env = "PG_DBMIGRATOR_TARGET", hide_env_values = true)]
+    target: String,
+    /// The archive directory written by `dump`.
+    #[arg(long)]
+    dump_path: PathBuf,
+    /// Parallel load workers.
+    #[arg(short = 'j', long, default_value_t = 4)]
+    jobs: usize,
+    /// Sessions building indexes while other tables still load (default: as --jobs).
+    #[arg(long)]
+    index_jobs: Option<usize>,
+    /// Do not ANALYZE the tables after loading them.
+    #[arg(long)]
+    skip_analyze: bool,
+    /// Leave large objects out.
+    #[arg(long)]
+    no_large_objects: bool,
+    /// Continue an interrupted restore: files already loaded are kept.
+    #[arg(long, conflicts_with = "force_clean")]
+    resume: bool,
+    /// Drop and recreate a non-empty target database (full archives), or
+    /// erase the rows of the tables in the archive (--data-only archives).
+    #[arg(long)]
+    force_clean: bool,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -162,6 +253,13 @@ struct MigrateArgs {
     /// Do not ANALYZE the tables after loading them.
     #[arg(long)]
     skip_analyze: bool,
+    /// stream: server to server; dump: through an archive in --dump-path
+    /// (dumped, then restored).
+    #[arg(long, value_enum, default_value_t = CopyMethodArg::Stream)]
+    copy_method: CopyMethodArg,
+    /// zstd level of the archive with --copy-method dump: 1 (fastest) to 22.
+    #[arg(long, default_value_t = pg_dbmigrator::archive::DEFAULT_ZSTD_LEVEL)]
+    compress_level: i32,
     #[command(flatten)]
     filters: FilterArgs,
     /// COPY wire format: auto is binary between servers of the same major version.
@@ -318,6 +416,11 @@ async fn migrate(args: MigrateArgs, cancel: CancellationToken) -> Result<i32, Mi
         index_jobs: args.index_jobs,
         split_bytes: args.split_size,
         analyze: !args.skip_analyze,
+        copy_method: match args.copy_method {
+            CopyMethodArg::Stream => CopyMethod::Stream,
+            CopyMethodArg::Dump => CopyMethod::Dump,
+        },
+        compress_level: args.compress_level,
         filters: args.filters.filters(),
         copy_format: match args.copy_format {
             CopyFormatArg::Auto => CopyFormat::Auto,
@@ -360,6 +463,86 @@ async fn migrate(args: MigrateArgs, cancel: CancellationToken) -> Result<i32, Mi
         Some(v) if !v.is_clean() => exit_code::VERIFY_DIFFERENCES,
         _ => exit_code::OK,
     })
+}
+
+async fn dump(args: DumpArgs, cancel: CancellationToken) -> Result<i32, MigrationError> {
+    let config = MigrationConfig {
+        source: Some(endpoint("source", &args.source)?),
+        data_only: args.data_only,
+        jobs: args.jobs,
+        split_bytes: args.split_size,
+        compress_level: args.compress_level,
+        copy_format: match args.copy_format {
+            CopyFormatArg::Auto | CopyFormatArg::Text => CopyFormat::Text,
+            CopyFormatArg::Binary => CopyFormat::Binary,
+        },
+        filters: args.filters.filters(),
+        large_objects: !args.no_large_objects,
+        no_owner: args.no_owner,
+        no_acl: args.no_acl,
+        dump_path: Some(args.dump_path.clone()),
+        resume: args.resume,
+        force_clean: args.force_clean,
+        ..MigrationConfig::default()
+    };
+    let token = pg_dbmigrator::ResumeToken::path_for(&args.dump_path);
+    match pg_dbmigrator::archive::dump::run(&config, cancel).await {
+        Ok(report) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("report serializes")
+                );
+            } else {
+                print!("{}", report.summary());
+            }
+            Ok(exit_code::OK)
+        }
+        Err(MigrationError::Cancelled) => {
+            eprintln!(
+                "pg_dbmigrator: interrupted; the resume token is {}. Run the same command with --resume to continue.",
+                token.display()
+            );
+            Ok(exit_code::INTERRUPTED)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn restore(args: RestoreArgs, cancel: CancellationToken) -> Result<i32, MigrationError> {
+    let config = MigrationConfig {
+        target: Some(endpoint("target", &args.target)?),
+        jobs: args.jobs,
+        index_jobs: args.index_jobs,
+        analyze: !args.skip_analyze,
+        large_objects: !args.no_large_objects,
+        dump_path: Some(args.dump_path.clone()),
+        resume: args.resume,
+        force_clean: args.force_clean,
+        ..MigrationConfig::default()
+    };
+    let token = pg_dbmigrator::ResumeToken::restore_path_for(&args.dump_path);
+    match pg_dbmigrator::archive::restore::run(&config, cancel).await {
+        Ok(report) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("report serializes")
+                );
+            } else {
+                print!("{}", report.summary());
+            }
+            Ok(exit_code::OK)
+        }
+        Err(MigrationError::Cancelled) => {
+            eprintln!(
+                "pg_dbmigrator: interrupted; the resume token is {}. Run the same command with --resume to continue.",
+                token.display()
+            );
+            Ok(exit_code::INTERRUPTED)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 async fn verify(args: VerifyArgs, cancel: CancellationToken) -> Result<i32, MigrationError> {
@@ -485,6 +668,8 @@ fn main() -> ExitCode {
             Command::Verify(a) => verify(a, cancel_on_signals()).await,
             Command::Status(a) => status(a),
             Command::Schema(a) => schema(a).await,
+            Command::Dump(a) => dump(a, cancel_on_signals()).await,
+            Command::Restore(a) => restore(a, cancel_on_signals()).await,
         };
         match result {
             Ok(code) => code,

@@ -45,6 +45,17 @@ pub enum VerifyLevel {
     Checksum,
 }
 
+/// How a migration moves the rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CopyMethod {
+    /// COPY streams straight from the source into the target.
+    #[default]
+    Stream,
+    /// A dump archive in `dump_path`, then a restore from it.
+    Dump,
+}
+
 /// Everything that defines and tunes one migration.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
@@ -64,6 +75,11 @@ pub struct MigrationConfig {
     pub split_bytes: Option<u64>,
     /// ANALYZE each table once loaded and indexed.
     pub analyze: bool,
+    /// How the data travels: straight from server to server, or through
+    /// an archive in `dump_path` (dumped, then restored).
+    pub copy_method: CopyMethod,
+    /// zstd level of archive files (1 fastest … 22 smallest).
+    pub compress_level: i32,
     pub filters: Filters,
     pub copy_format: CopyFormat,
     /// Copy large objects (ids, contents, owners).
@@ -99,6 +115,8 @@ impl Default for MigrationConfig {
             index_jobs: None,
             split_bytes: None,
             analyze: true,
+            copy_method: CopyMethod::Stream,
+            compress_level: crate::archive::DEFAULT_ZSTD_LEVEL,
             filters: Filters::default(),
             copy_format: CopyFormat::Auto,
             large_objects: true,

@@ -30,13 +30,7 @@ pub async fn copy_large_objects(
     if los.is_empty() {
         return Ok((0, 0));
     }
-    let roles: HashSet<String> = dst
-        .query("SELECT rolname::text FROM pg_catalog.pg_roles", &[])
-        .await
-        .map_err(|e| MigrationError::db("listing roles on the target", e))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let roles = target_roles(dst).await?;
     let tdb =
         |oid: u32, e| MigrationError::db(format!("writing large object {oid} on the target"), e);
     let mut total: u64 = 0;
@@ -82,43 +76,7 @@ pub async fn copy_large_objects(
             }
         }
         total += offset as u64;
-        if roles.contains(&lo.owner) {
-            dst.batch_execute(&format!(
-                "ALTER LARGE OBJECT {} OWNER TO {}",
-                lo.oid,
-                quote::ident(&lo.owner)
-            ))
-            .await
-            .map_err(|e| tdb(lo.oid, e))?;
-        } else if missing_roles.insert(lo.owner.clone()) {
-            warn!(
-                role = %lo.owner,
-                "role owning large objects does not exist on the target; they keep the migrating role as owner (create the role and rerun, or ALTER LARGE OBJECT ... OWNER TO afterwards)"
-            );
-        }
-        if let Some(c) = &lo.comment {
-            dst.batch_execute(&format!(
-                "COMMENT ON LARGE OBJECT {} IS {}",
-                lo.oid,
-                quote::literal(c)
-            ))
-            .await
-            .map_err(|e| tdb(lo.oid, e))?;
-        }
-        let grants = crate::schema::acl::build_acl_commands(
-            crate::schema::acl::AclObjectKind::LargeObject,
-            &format!("LARGE OBJECT {}", lo.oid),
-            None,
-            lo.acl.as_deref(),
-            &lo.acl_default,
-            &lo.owner,
-            15,
-        )?;
-        if !grants.is_empty() {
-            dst.batch_execute(&grants.join("\n"))
-                .await
-                .map_err(|e| tdb(lo.oid, e))?;
-        }
+        apply_metadata(dst, lo, &roles, &mut missing_roles).await?;
         in_batch.0 += 1;
         if in_batch.0 >= BATCH_OBJECTS || in_batch.1 >= BATCH_BYTES {
             dst.batch_execute("COMMIT; BEGIN")
@@ -129,6 +87,75 @@ pub async fn copy_large_objects(
     }
     dst.batch_execute("COMMIT").await.map_err(|e| tdb(0, e))?;
     Ok((los.len(), total))
+}
+
+/// Owners, comments and privileges of large objects that exist on the
+/// target (restored from an archive).
+pub async fn large_object_metadata(dst: &Client, los: &[LargeObjectInfo]) -> Result<()> {
+    let roles = target_roles(dst).await?;
+    let mut missing_roles = HashSet::new();
+    for lo in los {
+        apply_metadata(dst, lo, &roles, &mut missing_roles).await?;
+    }
+    Ok(())
+}
+
+async fn target_roles(dst: &Client) -> Result<HashSet<String>> {
+    Ok(dst
+        .query("SELECT rolname::text FROM pg_catalog.pg_roles", &[])
+        .await
+        .map_err(|e| MigrationError::db("listing roles on the target", e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+async fn apply_metadata(
+    dst: &Client,
+    lo: &LargeObjectInfo,
+    roles: &HashSet<String>,
+    missing_roles: &mut HashSet<String>,
+) -> Result<()> {
+    let tdb =
+        |oid: u32, e| MigrationError::db(format!("writing large object {oid} on the target"), e);
+    if roles.contains(&lo.owner) {
+        dst.batch_execute(&format!(
+            "ALTER LARGE OBJECT {} OWNER TO {}",
+            lo.oid,
+            quote::ident(&lo.owner)
+        ))
+        .await
+        .map_err(|e| tdb(lo.oid, e))?;
+    } else if missing_roles.insert(lo.owner.clone()) {
+        warn!(
+            role = %lo.owner,
+            "role owning large objects does not exist on the target; they keep the migrating role as owner (create the role and rerun, or ALTER LARGE OBJECT ... OWNER TO afterwards)"
+        );
+    }
+    if let Some(c) = &lo.comment {
+        dst.batch_execute(&format!(
+            "COMMENT ON LARGE OBJECT {} IS {}",
+            lo.oid,
+            quote::literal(c)
+        ))
+        .await
+        .map_err(|e| tdb(lo.oid, e))?;
+    }
+    let grants = crate::schema::acl::build_acl_commands(
+        crate::schema::acl::AclObjectKind::LargeObject,
+        &format!("LARGE OBJECT {}", lo.oid),
+        None,
+        lo.acl.as_deref(),
+        &lo.acl_default,
+        &lo.owner,
+        15,
+    )?;
+    if !grants.is_empty() {
+        dst.batch_execute(&grants.join("\n"))
+            .await
+            .map_err(|e| tdb(lo.oid, e))?;
+    }
+    Ok(())
 }
 
 /// Unlink those of `oids` that exist on the target (a half-done attempt, or --force-clean).

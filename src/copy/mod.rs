@@ -14,6 +14,7 @@
 //! key constraints to the built indexes, then ANALYZE the table.
 
 mod batch;
+mod rows;
 mod large_objects;
 pub mod plan;
 mod sequences;
@@ -36,8 +37,9 @@ use crate::schema::Step;
 use plan::WorkItem;
 use worker::ItemResult;
 
-pub use large_objects::{copy_large_objects, erase_large_objects};
+pub use large_objects::{copy_large_objects, erase_large_objects, large_object_metadata};
 pub use sequences::copy_sequences;
+pub(crate) use rows::RowCounter;
 pub(crate) use worker::empty_table;
 pub use worker::WireFormat;
 
@@ -64,9 +66,8 @@ pub struct TableResult {
 
 /// Shared by all workers of one copy.
 pub struct CopyContext {
-    pub source: EndpointConfig,
-    pub target: EndpointConfig,
-    pub snapshot_id: String,
+    pub input: Input,
+    pub output: Output,
     pub migration_id: String,
     pub jobs: usize,
     /// Sessions building indexes and keys beside the copy.
@@ -76,6 +77,33 @@ pub struct CopyContext {
     /// ANALYZE each table once its indexes are built.
     pub analyze: bool,
     pub token: Arc<TokenStore>,
+}
+
+/// Where the rows come from.
+pub enum Input {
+    /// The source server, on the exported snapshot.
+    Server {
+        endpoint: EndpointConfig,
+        snapshot_id: String,
+    },
+    /// A dump archive (restore): each item names its file.
+    Archive(Arc<crate::archive::Archive>),
+}
+
+/// Where the rows go.
+pub enum Output {
+    Target(EndpointConfig),
+    /// A dump archive directory, zstd at this level.
+    Archive { dir: std::path::PathBuf, level: i32 },
+}
+
+impl CopyContext {
+    fn target(&self) -> Option<&EndpointConfig> {
+        match &self.output {
+            Output::Target(t) => Some(t),
+            Output::Archive { .. } => None,
+        }
+    }
 }
 
 /// Per-session settings of index workers: a bigger sort memory than the
@@ -380,7 +408,7 @@ pub async fn copy_tables(
         let s = sched.state.lock().unwrap();
         !s.index_tasks.is_empty() || !s.builds.is_empty() || !s.after.is_empty()
     } || (ctx.analyze && n_items > 0);
-    if has_index_work {
+    if has_index_work && ctx.target().is_some() {
         for id in 0..ctx.index_jobs.max(1) {
             let (sched, stop, copied) = (sched.clone(), stop.clone(), copied.clone());
             set.spawn(async move {
@@ -471,7 +499,8 @@ async fn index_worker(
     stop: &CancellationToken,
 ) -> Result<()> {
     let ctx = &sched.ctx;
-    let dst = connect::connect(&ctx.target, "target").await?;
+    let target = ctx.target().expect("index workers run against a target");
+    let dst = connect::connect(target, "target").await?;
     session::setup_target(&dst).await?;
     dst.batch_execute(crate::schema::emit::APPLY_SETTINGS)
         .await
@@ -512,6 +541,10 @@ async fn index_worker(
 
 fn record_done(ctx: &CopyContext, item: &str, r: &ItemResult) -> Result<()> {
     ctx.token.update(|t| {
+        if let Some(file) = &r.file {
+            t.dumped.insert(item.to_string(), file.clone());
+            return;
+        }
         t.copied.insert(
             item.to_string(),
             CopyMarker {

@@ -49,6 +49,8 @@ pub struct WorkItem {
     pub pages: Option<PageRange>,
     /// Expected heap bytes, for ordering (largest first).
     pub est_bytes: u64,
+    /// Restoring: the archive file holding the item's rows.
+    pub file: Option<crate::archive::DataFile>,
 }
 
 impl WorkItem {
@@ -132,6 +134,7 @@ pub fn plan(
                         chunks: n,
                         pages: Some(*r),
                         est_bytes: pages * block_size,
+                        file: None,
                     });
                 }
                 out_plan.insert(q, ranges);
@@ -142,6 +145,7 @@ pub fn plan(
                 chunks: 1,
                 pages: None,
                 est_bytes: bytes,
+                file: None,
             }),
         }
     }

@@ -1,20 +1,25 @@
-//! One copy worker: a source session on the shared snapshot and a target
-//! session, streaming COPY bytes from one to the other.
+//! One copy worker: streaming COPY bytes from the source (a session on the
+//! shared snapshot) or an archive file, into the target or an archive file.
 //!
 //! The bytes are passed through untouched: `COPY ... TO STDOUT` on the
-//! source feeds `COPY ... FROM STDIN` on the target. tokio-postgres applies
-//! backpressure on both ends (it stops reading the source socket while the
-//! target is slow), so memory stays flat whatever the table size.
+//! source feeds `COPY ... FROM STDIN` on the target, or a zstd file.
+//! Backpressure holds on every path (tokio-postgres stops reading the source
+//! socket while the target is slow; the archive's bounded channels do the
+//! same), so memory stays flat whatever the table size.
 
+use std::pin::Pin;
 use std::time::Instant;
 
-use futures::{SinkExt, StreamExt};
+use bytes::Bytes;
+use futures::{SinkExt, Stream, StreamExt};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::plan::WorkItem;
-use super::{record_done, CopyContext, Scheduler, STATE_SCHEMA};
+use super::rows::RowCounter;
+use super::{record_done, CopyContext, Input, Output, Scheduler, STATE_SCHEMA};
+use crate::archive::{self, AsyncDataWriter, DataFile, DataFormat};
 use crate::error::{MigrationError, Result};
 use crate::pg::catalog::TableInfo;
 use crate::pg::{connect, quote, session};
@@ -31,28 +36,61 @@ pub enum WireFormat {
 }
 
 /// One copy worker: takes items from the shared queue until it is empty.
+/// Reads from the source (on the shared snapshot) or an archive, writes to
+/// the target or an archive, as the context says.
 pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) -> Result<()> {
     let ctx = &sched.ctx;
-    let src = connect::connect(&ctx.source, "source").await?;
-    session::setup_source(&src).await?;
-    let snapshot = session::import_snapshot(&src, &ctx.snapshot_id).await?;
-    let dst = connect::connect(&ctx.target, "target").await?;
-    session::setup_target(&dst).await?;
-    debug!(worker = id, %snapshot, "copy worker ready");
+    let src = match &ctx.input {
+        Input::Server {
+            endpoint,
+            snapshot_id,
+        } => {
+            let src = connect::connect(endpoint, "source").await?;
+            session::setup_source(&src).await?;
+            let snapshot = session::import_snapshot(&src, snapshot_id).await?;
+            Some((src, snapshot))
+        }
+        Input::Archive(_) => None,
+    };
+    let dst = match &ctx.output {
+        Output::Target(endpoint) => {
+            let dst = connect::connect(endpoint, "target").await?;
+            session::setup_target(&dst).await?;
+            Some(dst)
+        }
+        Output::Archive { .. } => None,
+    };
+    debug!(worker = id, "copy worker ready");
     while let Some(item) = sched.next_item() {
         if stop.is_cancelled() {
             return Err(MigrationError::Cancelled);
         }
         let t = &sched.tables[item.table];
-        let r = match copy_item(ctx, &src, &dst, t, &item, &snapshot, stop).await {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = dst.batch_execute("ROLLBACK").await;
-                return Err(e);
+        let name = item.name(t);
+        let started = Instant::now();
+        let (format, input) = open_input(ctx, src.as_ref(), t, &item).await?;
+        let r = match (&ctx.output, &dst) {
+            (Output::Target(_), Some(dst)) => {
+                match load_item(ctx, dst, t, &item, format, input, stop).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = dst.batch_execute("ROLLBACK").await;
+                        return Err(e);
+                    }
+                }
             }
+            (Output::Archive { dir, level, .. }, _) => {
+                dump_item(dir, *level, t.oid, &item, format, input, stop).await?
+            }
+            (Output::Target(_), None) => unreachable!("target workers have a session"),
+        };
+        let r = ItemResult {
+            started,
+            snapshot: src.as_ref().map(|s| s.1.clone()).unwrap_or_default(),
+            ..r
         };
         info!(
-            item = %item.name(t),
+            item = %name,
             rows = r.rows,
             bytes = r.bytes,
             seconds = format!("{:.2}", r.finished.duration_since(r.started).as_secs_f64()),
@@ -60,12 +98,17 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
             freeze = r.freeze,
             "copied"
         );
-        record_done(ctx, &item.name(t), &r)?;
+        record_done(ctx, &name, &r)?;
         sched.item_done(&item, r);
     }
-    let _ = src.batch_execute("COMMIT").await;
+    if let Some((src, _)) = src {
+        let _ = src.batch_execute("COMMIT").await;
+    }
     Ok(())
 }
+
+/// A COPY data stream, whatever it comes from.
+type Rows = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
 
 /// What one item's copy did.
 #[derive(Debug, Clone)]
@@ -77,49 +120,81 @@ pub(super) struct ItemResult {
     pub format: WireFormat,
     pub freeze: bool,
     pub snapshot: String,
+    /// For a dump: the file written.
+    pub file: Option<DataFile>,
 }
 
-/// Copy one item in one target transaction that also records it in
-/// `_pg_dbmigrator.copied`: it lands wholly or not at all. A whole table
-/// is emptied first in the same transaction, which both makes a redo after
-/// a crash safe and lets COPY FREEZE write the rows already frozen (no
-/// hint-bit rewrite, no anti-wraparound vacuum later). Chunks cannot be
-/// emptied (their rows are mixed with other chunks'), and need not be:
-/// an uncommitted chunk left nothing behind.
-async fn copy_item(
+/// Start reading an item: `COPY ... TO STDOUT` on the source, or its
+/// archive file.
+async fn open_input(
     ctx: &CopyContext,
-    src: &Client,
-    dst: &Client,
+    src: Option<&(Client, String)>,
     t: &TableInfo,
     item: &WorkItem,
-    snapshot: &str,
-    stop: &CancellationToken,
-) -> Result<ItemResult> {
-    let started = Instant::now();
+) -> Result<(WireFormat, Rows)> {
+    if let Input::Archive(archive) = &ctx.input {
+        let file = item
+            .file
+            .as_ref()
+            .expect("archive items name their file");
+        let format = match file.format {
+            DataFormat::Binary => WireFormat::Binary,
+            DataFormat::Text => WireFormat::Text,
+        };
+        return Ok((format, Box::pin(archive.open_data(file)?)));
+    }
+    let (src, _) = src.expect("server input has a session");
     let name = t.qualified();
-    let item_name = item.name(t);
     let format = if ctx.binary && t.binary_safe {
         WireFormat::Binary
     } else {
         WireFormat::Text
     };
     let cols = quote::ident_list(&t.columns);
-    let out_opts = match format {
+    let opts = match format {
         WireFormat::Binary => " (FORMAT binary)",
         WireFormat::Text => "",
     };
     // A table whose columns are all generated (or that has none) is copied
     // with an empty select list and no column list.
-    let copy_out = match (&item.pages, t.columns.is_empty()) {
-        (None, false) => format!("COPY {name} ({cols}) TO STDOUT{out_opts}"),
-        (None, true) => format!("COPY (SELECT FROM ONLY {name}) TO STDOUT{out_opts}"),
+    let sql = match (&item.pages, t.columns.is_empty()) {
+        (None, false) => format!("COPY {name} ({cols}) TO STDOUT{opts}"),
+        (None, true) => format!("COPY (SELECT FROM ONLY {name}) TO STDOUT{opts}"),
         (Some(p), _) => format!(
-            "COPY (SELECT {cols} FROM ONLY {name} WHERE {}) TO STDOUT{out_opts}",
+            "COPY (SELECT {cols} FROM ONLY {name} WHERE {}) TO STDOUT{opts}",
             p.predicate()
         ),
     };
-    let tdb = |what: &str, e| MigrationError::db(format!("{what} {item_name} on the target"), e);
+    let item_name = item.name(t);
+    let out = src
+        .copy_out(sql.as_str())
+        .await
+        .map_err(|e| MigrationError::db(format!("reading {item_name} from the source"), e))?;
+    let rows = super::batch::batched(out).map(move |r| {
+        r.map_err(|e| MigrationError::db(format!("reading {item_name} from the source"), e))
+    });
+    Ok((format, Box::pin(rows)))
+}
 
+/// Load one item in one target transaction that also records it in
+/// `_pg_dbmigrator.copied`: it lands wholly or not at all. A whole table
+/// is emptied first in the same transaction, which both makes a redo after
+/// a crash safe and lets COPY FREEZE write the rows already frozen (no
+/// hint-bit rewrite, no anti-wraparound vacuum later). Chunks cannot be
+/// emptied (their rows are mixed with other chunks'), and need not be:
+/// an uncommitted chunk left nothing behind.
+async fn load_item(
+    ctx: &CopyContext,
+    dst: &Client,
+    t: &TableInfo,
+    item: &WorkItem,
+    format: WireFormat,
+    input: Rows,
+    stop: &CancellationToken,
+) -> Result<ItemResult> {
+    let name = t.qualified();
+    let item_name = item.name(t);
+    let tdb = |what: &str, e| MigrationError::db(format!("{what} {item_name} on the target"), e);
     dst.batch_execute("BEGIN")
         .await
         .map_err(|e| tdb("starting the copy of", e))?;
@@ -128,78 +203,51 @@ async fn copy_item(
     } else {
         false
     };
-    let mut in_opts = Vec::new();
+    let mut opts = Vec::new();
     if format == WireFormat::Binary {
-        in_opts.push("FORMAT binary");
+        opts.push("FORMAT binary");
     }
     if freeze {
-        in_opts.push("FREEZE");
+        opts.push("FREEZE");
     }
-    let in_opts = if in_opts.is_empty() {
+    let opts = if opts.is_empty() {
         String::new()
     } else {
-        format!(" ({})", in_opts.join(", "))
+        format!(" ({})", opts.join(", "))
     };
     let col_list = if t.columns.is_empty() {
         String::new()
     } else {
-        format!(" ({cols})")
+        format!(" ({})", quote::ident_list(&t.columns))
     };
-    let copy_in = format!("COPY {name}{col_list} FROM STDIN{in_opts}");
-
-    let out = src
-        .copy_out(copy_out.as_str())
-        .await
-        .map_err(|e| MigrationError::db(format!("reading {item_name} from the source"), e))?;
+    let copy_in = format!("COPY {name}{col_list} FROM STDIN{opts}");
     let sink = dst
-        .copy_in::<_, bytes::Bytes>(copy_in.as_str())
+        .copy_in::<_, Bytes>(copy_in.as_str())
         .await
         .map_err(|e| tdb("starting COPY into", e))?;
-    let out = super::batch::batched(out);
-    futures::pin_mut!(out);
     futures::pin_mut!(sink);
-    let mut bytes: u64 = 0;
-    let mut last_log = Instant::now();
-    loop {
-        let next = tokio::select! {
-            biased;
-            _ = stop.cancelled() => return Err(MigrationError::Cancelled),
-            n = out.next() => n,
-        };
-        match next {
-            None => break,
-            Some(Err(e)) => {
-                return Err(MigrationError::db(
-                    format!("reading {item_name} from the source"),
-                    e,
-                ))
-            }
-            Some(Ok(chunk)) => {
-                bytes += chunk.len() as u64;
-                if last_log.elapsed() >= PROGRESS_EVERY {
-                    last_log = Instant::now();
-                    let secs = started.elapsed().as_secs_f64();
-                    info!(
-                        item = %item_name,
-                        bytes,
-                        mb_per_s = format!("{:.1}", bytes as f64 / secs / 1e6),
-                        estimated_total = item.est_bytes,
-                        "copying"
-                    );
-                }
-                tokio::select! {
-                    biased;
-                    _ = stop.cancelled() => return Err(MigrationError::Cancelled),
-                    r = sink.send(chunk) => r.map_err(|e| tdb("writing", e))?,
-                }
-            }
-        }
-    }
+    let bytes = pump(
+        input,
+        &item_name,
+        item.est_bytes,
+        stop,
+        Sink::Copy(sink.as_mut(), &|e| tdb("writing", e)),
+    )
+    .await?;
     let rows = sink
         .as_mut()
         .finish()
         .await
         .map_err(|e| tdb("finishing COPY into", e))?;
+    if let Some(file) = &item.file {
+        // The end-to-end check of a restore: the rows the dump counted.
+        if rows != file.rows {
+            return Err(MigrationError::Archive(format!(
+                "archive file {} of {item_name} loaded {rows} rows but the manifest says {}: the archive does not match its manifest — dump again",
+                file.file.path, file.rows
+            )));
+        }
+    }
     dst.execute(
         &format!("INSERT INTO {STATE_SCHEMA}.copied (migration_id, item, rows, bytes) VALUES ($1, $2, $3, $4)"),
         &[&ctx.migration_id, &item_name, &(rows as i64), &(bytes as i64)],
@@ -212,12 +260,124 @@ async fn copy_item(
     Ok(ItemResult {
         rows,
         bytes,
-        started,
+        started: Instant::now(),
         finished: Instant::now(),
         format,
         freeze,
-        snapshot: snapshot.to_string(),
+        snapshot: String::new(),
+        file: None,
     })
+}
+
+/// Write one item to its archive file; the file gets its final name only
+/// once complete (see [`AsyncDataWriter`]).
+/// Files are named by table OID and chunk: stable across attempts of the
+/// same dump, whatever order the tables come in.
+async fn dump_item(
+    dir: &std::path::Path,
+    level: i32,
+    oid: u32,
+    item: &WorkItem,
+    format: WireFormat,
+    input: Rows,
+    stop: &CancellationToken,
+) -> Result<ItemResult> {
+    let path = archive::data_file_path(oid, item.chunk);
+    let mut writer = AsyncDataWriter::create(dir.to_path_buf(), path.clone(), level).await?;
+    let mut counter = RowCounter::new(format == WireFormat::Binary);
+    let bytes = pump(
+        input,
+        &path,
+        item.est_bytes,
+        stop,
+        Sink::File(&mut writer, &mut counter),
+    )
+    .await?;
+    let written = writer.finish().await?;
+    let rows = counter.rows();
+    Ok(ItemResult {
+        rows,
+        bytes,
+        started: Instant::now(),
+        finished: Instant::now(),
+        format,
+        freeze: false,
+        snapshot: String::new(),
+        file: Some(DataFile {
+            file: written.entry,
+            chunk: item.chunk,
+            chunks: item.chunks,
+            pages: item.pages.map(|p| (p.start, p.end)),
+            rows,
+            format: match format {
+                WireFormat::Binary => DataFormat::Binary,
+                WireFormat::Text => DataFormat::Text,
+            },
+            raw_bytes: written.raw_bytes,
+        }),
+    })
+}
+
+/// Where [`pump`] puts the bytes.
+enum Sink<'a> {
+    Copy(
+        Pin<&'a mut tokio_postgres::CopyInSink<Bytes>>,
+        &'a (dyn Fn(tokio_postgres::Error) -> MigrationError + Sync),
+    ),
+    File(&'a mut AsyncDataWriter, &'a mut RowCounter),
+}
+
+impl Sink<'_> {
+    async fn send(&mut self, chunk: Bytes) -> Result<()> {
+        match self {
+            Sink::Copy(sink, err) => sink.as_mut().send(chunk).await.map_err(err),
+            Sink::File(w, rows) => {
+                rows.feed(&chunk);
+                w.write(chunk).await
+            }
+        }
+    }
+}
+
+/// Move a COPY stream into `sink`, logging progress on long items and
+/// stopping at once on cancellation. Returns the bytes moved.
+async fn pump(
+    mut input: Rows,
+    what: &str,
+    estimated: u64,
+    stop: &CancellationToken,
+    mut sink: Sink<'_>,
+) -> Result<u64> {
+    let started = Instant::now();
+    let mut bytes: u64 = 0;
+    let mut last_log = Instant::now();
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return Err(MigrationError::Cancelled),
+            n = input.next() => n,
+        };
+        let Some(chunk) = next.transpose()? else {
+            return Ok(bytes);
+        };
+        bytes += chunk.len() as u64;
+        if last_log.elapsed() >= PROGRESS_EVERY {
+            last_log = Instant::now();
+            let secs = started.elapsed().as_secs_f64();
+            info!(
+                item = %what,
+                bytes,
+                mb_per_s = format!("{:.1}", bytes as f64 / secs / 1e6),
+                estimated_total = estimated,
+                "copying"
+            );
+        }
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return Err(MigrationError::Cancelled),
+            r = sink.send(chunk) => r?,
+        }
+    }
 }
 
 /// Empty a table inside the caller's transaction. TRUNCATE is refused on a

@@ -1,0 +1,443 @@
+//! `pg_dbmigrator dump`: the source database into an archive directory.
+//!
+//! One exported snapshot for everything, as in a direct migration: the
+//! schema (as SQL for people and as steps for restore), each table or chunk
+//! as a zstd COPY stream written by `jobs` workers, sequences and large
+//! objects. Every finished file is recorded in the resume token with its
+//! digest before the next starts; a resumed dump keeps those and redoes the
+//! rest (the `.partial` leftovers of the crash are removed first). The
+//! manifest is written last: its presence says the archive is complete.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::StreamExt;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use super::{
+    AsyncDataWriter, DataFile, DataFormat, Manifest, TableEntry, LARGE_OBJECTS_FILE,
+    POST_DATA_FILE, PRE_DATA_FILE, SEQUENCES_FILE, STEPS_FILE,
+};
+use crate::config::{CopyFormat, MigrationConfig};
+use crate::copy::{self, CopyContext};
+use crate::error::{MigrationError, Result};
+use crate::migrate::{self, TargetNeeds};
+use crate::pg::catalog::{self, LargeObjectInfo};
+use crate::pg::{connect, session};
+use crate::resume::{Definition, EndpointIdentity, ResumeToken, Stage, TokenStore};
+use crate::schema::{self, Part};
+
+/// What a finished dump wrote.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DumpReport {
+    pub dump_path: PathBuf,
+    pub token_path: PathBuf,
+    pub resumed: bool,
+    pub tables: usize,
+    /// Files written in this run (files of an interrupted run are kept).
+    pub files_written: usize,
+    pub files_kept: usize,
+    pub rows: u64,
+    /// COPY bytes before compression, and the archive's size on disk.
+    pub raw_bytes: u64,
+    pub archive_bytes: u64,
+    pub sequences: usize,
+    pub large_objects: usize,
+    pub seconds: f64,
+}
+
+impl DumpReport {
+    pub fn summary(&self) -> String {
+        format!(
+            "dump {} in {:.1}s: {} tables ({} rows), {} files written, {} kept from the interrupted run; \
+             {} of COPY data in {} on disk ({:.1}x); sequences: {}; large objects: {}\n  archive: {}\n",
+            if self.resumed { "resumed and finished" } else { "finished" },
+            self.seconds,
+            self.tables,
+            self.rows,
+            self.files_written,
+            self.files_kept,
+            migrate::human_bytes(self.raw_bytes),
+            migrate::human_bytes(self.archive_bytes),
+            if self.archive_bytes > 0 { self.raw_bytes as f64 / self.archive_bytes as f64 } else { 0.0 },
+            self.sequences,
+            self.large_objects,
+            self.dump_path.display()
+        )
+    }
+}
+
+/// A sequence's value as dumped.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct SequenceValue {
+    pub schema: String,
+    pub name: String,
+    pub last_value: i64,
+    pub is_called: bool,
+}
+
+/// A large object's metadata as dumped (contents are in a data file).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct LargeObjectMeta {
+    pub oid: u32,
+    pub owner: String,
+    pub acl: Option<String>,
+    pub acl_default: String,
+    pub comment: Option<String>,
+}
+
+impl From<&LargeObjectInfo> for LargeObjectMeta {
+    fn from(l: &LargeObjectInfo) -> Self {
+        LargeObjectMeta {
+            oid: l.oid,
+            owner: l.owner.clone(),
+            acl: l.acl.clone(),
+            acl_default: l.acl_default.clone(),
+            comment: l.comment.clone(),
+        }
+    }
+}
+
+impl From<LargeObjectMeta> for LargeObjectInfo {
+    fn from(l: LargeObjectMeta) -> Self {
+        LargeObjectInfo {
+            oid: l.oid,
+            owner: l.owner,
+            acl: l.acl,
+            acl_default: l.acl_default,
+            comment: l.comment,
+        }
+    }
+}
+
+/// The definition of a dump: the archive stands in for the target.
+pub(crate) fn definition(cfg: &MigrationConfig, dir: &Path) -> Result<Definition> {
+    let source = cfg
+        .source
+        .as_ref()
+        .ok_or_else(|| MigrationError::Config("no source given (--source)".into()))?;
+    Ok(Definition {
+        mode: cfg.mode,
+        data_only: cfg.data_only,
+        source: EndpointIdentity::of(source),
+        target: EndpointIdentity::archive(dir),
+        filters: cfg.filters.normalized(),
+        large_objects: cfg.large_objects,
+        slot_name: None,
+        publication_name: None,
+    })
+}
+
+/// The archive directory a dump or restore works on: `--dump-path`, required.
+pub(crate) fn archive_dir(cfg: &MigrationConfig, what: &str) -> Result<PathBuf> {
+    cfg.dump_path.clone().ok_or_else(|| {
+        MigrationError::Config(format!("{what} needs --dump-path: the archive directory"))
+    })
+}
+
+/// Dump the source into the archive directory `cfg.dump_path`. `binary`
+/// allows binary COPY for tables whose types allow it (only when the
+/// archive will be restored into the same major version).
+pub async fn run(cfg: &MigrationConfig, cancel: CancellationToken) -> Result<DumpReport> {
+    let binary = cfg.copy_format == CopyFormat::Binary;
+    run_with(cfg, binary, cancel).await
+}
+
+pub(crate) async fn run_with(
+    cfg: &MigrationConfig,
+    binary: bool,
+    cancel: CancellationToken,
+) -> Result<DumpReport> {
+    let started = Instant::now();
+    if cfg.jobs == 0 {
+        return Err(MigrationError::Config("--jobs must be at least 1".into()));
+    }
+    let dir = archive_dir(cfg, "dump")?;
+    let def = definition(cfg, &dir)?;
+    let filters = cfg.filters.compile()?;
+    if !cfg.data_only && !cfg.filters.is_empty() {
+        return Err(MigrationError::Unsupported(
+            "--schema / --table filters select the data of a --data-only dump; a full dump holds the whole database for now".into(),
+        ));
+    }
+    let level = cfg.compress_level;
+    if !(1..=22).contains(&level) {
+        return Err(MigrationError::Config(format!(
+            "--compress-level {level} is out of range: zstd levels are 1 (fastest) to 22 (smallest)"
+        )));
+    }
+    let source_ep = cfg.source.clone().expect("checked by definition");
+    let token_path = ResumeToken::path_for(&dir);
+    let (existing, resumed) = migrate::resolve_token(cfg, &def, &token_path, "dump")?;
+    if !resumed {
+        prepare_empty_dir(&dir, cfg.force_clean)?;
+    } else {
+        let removed = super::remove_partial_files(&dir)?;
+        if !removed.is_empty() {
+            info!(files = removed.len(), "removed unfinished files of the interrupted dump");
+        }
+    }
+
+    let src = connect::connect(&source_ep, "source").await?;
+    session::setup_source(&src).await?;
+    let source_version = catalog::server_version_num(&src).await?;
+    let (snapshot_id, _) = session::begin_exported_snapshot(&src).await?;
+    let snapshot_time = chrono::Utc::now();
+    let script = if cfg.data_only {
+        None
+    } else {
+        let opts = schema::ReadOptions {
+            no_owner: cfg.no_owner,
+            no_acl: cfg.no_acl,
+        };
+        let script = schema::read_with(&source_ep, Some(&snapshot_id), &opts).await?;
+        if !script.unsupported.is_empty() {
+            return Err(MigrationError::Unsupported(format!(
+                "the source has objects that schema reproduction does not cover yet: {}. \
+                 Dump with --data-only and create the schema on the target yourself",
+                migrate::summarize(&script.unsupported)
+            )));
+        }
+        Some(script)
+    };
+    let needs = TargetNeeds::read(&src, source_version, cfg).await?;
+    let tables = catalog::list_tables(&src, &filters).await?;
+    catalog::lock_tables(&src, &tables).await?;
+    let seqs = catalog::list_sequences(&src, &filters).await?;
+    let los = if cfg.large_objects {
+        catalog::list_large_objects(&src).await?
+    } else {
+        Vec::new()
+    };
+    let dbname: String = src
+        .query_one("SELECT pg_catalog.current_database()::text", &[])
+        .await
+        .map_err(|e| MigrationError::db("reading the source database's name", e))?
+        .get(0);
+    info!(source = %source_ep, archive = %dir.display(), tables = tables.len(), binary, "starting dump");
+
+    let mut token = match existing {
+        Some(t) if resumed => t,
+        _ => ResumeToken::new(
+            cfg.migration_id.clone().unwrap_or_else(|| format!("d{}", &def.hash()[..12])),
+            def.clone(),
+            dir.clone(),
+        ),
+    };
+    token.snapshot_name = Some(snapshot_id.clone());
+    token.stage_started(Stage::Dump);
+    token.save(&token_path)?;
+    let store = Arc::new(TokenStore::new(token_path.clone(), token));
+
+    let mut manifest = Manifest::new(dbname, source_version, needs.encoding.clone(), snapshot_time);
+    manifest.snapshot_id = Some(snapshot_id.clone());
+    manifest.copy_format = if binary { "binary" } else { "text" }.to_string();
+    manifest.compression.level = level;
+    manifest.roles = needs.roles.clone();
+    manifest.lc_collate = Some(needs.lc_collate.clone());
+    manifest.lc_ctype = Some(needs.lc_ctype.clone());
+    manifest.extensions = needs.extensions.clone();
+    manifest.data_only = cfg.data_only;
+    if let Some(script) = &script {
+        let steps = serde_json::to_vec_pretty(script).expect("schema script serializes");
+        manifest.schema = vec![
+            super::write_small_file_async(dir.clone(), PRE_DATA_FILE, script.to_sql(&[Part::PreData]).into_bytes()).await?,
+            super::write_small_file_async(
+                dir.clone(),
+                POST_DATA_FILE,
+                script.to_sql(&[Part::PostData, Part::Acl, Part::Last]).into_bytes(),
+            )
+            .await?,
+            super::write_small_file_async(dir.clone(), STEPS_FILE, steps).await?,
+        ];
+    }
+
+    // Tables: the same plan as a direct copy, each item into its own file.
+    let block_size = catalog::block_size(&src).await?;
+    let total: u64 = tables.iter().map(|t| t.bytes.max(0) as u64).sum();
+    let split = cfg
+        .split_bytes
+        .unwrap_or_else(|| copy::plan::default_split_bytes(total, cfg.jobs));
+    let stored = store.snapshot().chunk_plan.clone();
+    let (items, chunk_plan) =
+        copy::plan::plan(&tables, split, block_size, source_version >= 140000, &stored);
+    store.update(|t| t.chunk_plan = chunk_plan)?;
+    let done = store.snapshot().dumped.clone();
+    let mut todo = Vec::new();
+    let mut kept = 0;
+    for item in items {
+        let name = item.name(&tables[item.table]);
+        match done.get(&name) {
+            Some(f) if dir.join(&f.file.path).metadata().ok().map(|m| m.len()) == Some(f.file.size) => {
+                kept += 1
+            }
+            _ => todo.push(item),
+        }
+    }
+    let ctx = Arc::new(CopyContext {
+        input: copy::Input::Server {
+            endpoint: source_ep.clone(),
+            snapshot_id: snapshot_id.clone(),
+        },
+        output: copy::Output::Archive {
+            dir: dir.clone(),
+            level,
+        },
+        migration_id: store.snapshot().migration_id.clone(),
+        jobs: cfg.jobs,
+        index_jobs: 0,
+        binary,
+        analyze: false,
+        token: store.clone(),
+    });
+    let written = todo.len();
+    copy::copy_tables(ctx, tables.clone(), todo, Vec::new(), cancel.clone()).await?;
+
+    // Sequences (current values, as pg_dump) and large objects, on the snapshot session.
+    let mut seq_values = Vec::new();
+    for s in &seqs {
+        let (last_value, is_called) = catalog::sequence_state(&src, s).await?;
+        seq_values.push(SequenceValue {
+            schema: s.schema.clone(),
+            name: s.name.clone(),
+            last_value,
+            is_called,
+        });
+    }
+    manifest.sequences = Some(
+        super::write_small_file_async(
+            dir.clone(),
+            SEQUENCES_FILE,
+            serde_json::to_vec_pretty(&seq_values).expect("sequences serialize"),
+        )
+        .await?,
+    );
+    if !los.is_empty() {
+        let meta: Vec<LargeObjectMeta> = los.iter().map(LargeObjectMeta::from).collect();
+        manifest.large_objects = Some(
+            super::write_small_file_async(
+                dir.clone(),
+                LARGE_OBJECTS_FILE,
+                serde_json::to_vec_pretty(&meta).expect("large objects serialize"),
+            )
+            .await?,
+        );
+        manifest.large_object_data = Some(dump_large_objects(&src, &dir, level, &cancel).await?);
+    }
+    let _ = src.batch_execute("COMMIT").await;
+
+    // The manifest, last.
+    let dumped = store.snapshot().dumped.clone();
+    let mut rows = 0;
+    let mut raw = 0;
+    for t in &tables {
+        let q = t.qualified();
+        let n = store.snapshot().chunk_plan.get(&q).map_or(1, |p| p.len() as u32);
+        let mut files = Vec::new();
+        for c in 0..n {
+            let name = copy::plan::item_name(&q, c, n);
+            let f = dumped.get(&name).cloned().ok_or_else(|| {
+                MigrationError::Internal(format!("dump finished without a file for {name}"))
+            })?;
+            files.push(f);
+        }
+        let t_rows = files.iter().map(|f| f.rows).sum();
+        rows += t_rows;
+        raw += files.iter().map(|f| f.raw_bytes).sum::<u64>();
+        manifest.tables.push(TableEntry {
+            schema: t.schema.clone(),
+            name: t.name.clone(),
+            qualified: q,
+            columns: t.columns.clone(),
+            rows: t_rows,
+            files,
+        });
+    }
+    manifest.write(&dir)?;
+    store.update(|t| {
+        t.stage_done(Stage::Dump);
+        t.completed = true;
+    })?;
+    info!(archive = %dir.display(), "dump complete");
+    Ok(DumpReport {
+        dump_path: dir,
+        token_path,
+        resumed,
+        tables: tables.len(),
+        files_written: written,
+        files_kept: kept,
+        rows,
+        raw_bytes: raw,
+        archive_bytes: manifest.total_size(),
+        sequences: seqs.len(),
+        large_objects: los.len(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// A new dump needs an empty (or absent) directory: never mix two dumps.
+fn prepare_empty_dir(dir: &Path, force_clean: bool) -> Result<()> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                if !force_clean {
+                    return Err(MigrationError::Config(format!(
+                        "dump directory {} is not empty: dump into a new directory, or pass --force-clean to replace its contents",
+                        dir.display()
+                    )));
+                }
+                std::fs::remove_dir_all(dir).map_err(|e| {
+                    MigrationError::io(format!("emptying {} (--force-clean)", dir.display()), e)
+                })?;
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(MigrationError::io(format!("reading {}", dir.display()), e));
+        }
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| MigrationError::io(format!("creating {}", dir.display()), e))
+}
+
+/// Large object contents as one binary COPY stream of `(oid, data)`, read
+/// on the snapshot session.
+async fn dump_large_objects(
+    src: &Client,
+    dir: &Path,
+    level: i32,
+    cancel: &CancellationToken,
+) -> Result<DataFile> {
+    let path = "data/large_objects.copy.zst".to_string();
+    let mut w = AsyncDataWriter::create(dir.to_path_buf(), path, level).await?;
+    let out = src
+        .copy_out(
+            "COPY (SELECT oid, pg_catalog.lo_get(oid) FROM pg_catalog.pg_largeobject_metadata ORDER BY oid) TO STDOUT (FORMAT binary)",
+        )
+        .await
+        .map_err(|e| MigrationError::db("reading large objects from the source", e))?;
+    futures::pin_mut!(out);
+    let mut rows = copy::RowCounter::new(true);
+    while let Some(chunk) = out.next().await {
+        if cancel.is_cancelled() {
+            return Err(MigrationError::Cancelled);
+        }
+        let chunk =
+            chunk.map_err(|e| MigrationError::db("reading large objects from the source", e))?;
+        rows.feed(&chunk);
+        w.write(chunk).await?;
+    }
+    let written = w.finish().await?;
+    Ok(DataFile {
+        file: written.entry,
+        chunk: 0,
+        chunks: 1,
+        pages: None,
+        rows: rows.rows(),
+        format: DataFormat::Binary,
+        raw_bytes: written.raw_bytes,
+    })
+}
