@@ -539,7 +539,9 @@ async fn run_via_archive(
     let mut rcfg = cfg.clone();
     rcfg.resume = cfg.resume && ResumeToken::restore_path_for(&dir).exists();
     let mut report = crate::archive::restore::run(&rcfg, cancel.clone()).await?;
-    report.stages.insert(0, (Stage::Dump.as_str().to_string(), dump_secs));
+    report
+        .stages
+        .insert(0, (Stage::Dump.as_str().to_string(), dump_secs));
     report.resumed |= cfg.resume;
     if cfg.verify != VerifyLevel::None {
         let t0 = Instant::now();
@@ -555,9 +557,10 @@ async fn run_via_archive(
             &cancel,
         )
         .await?;
-        report
-            .stages
-            .push((Stage::Verify.as_str().to_string(), t0.elapsed().as_secs_f64()));
+        report.stages.push((
+            Stage::Verify.as_str().to_string(),
+            t0.elapsed().as_secs_f64(),
+        ));
         report.verify = Some(v);
     }
     report.seconds = started.elapsed().as_secs_f64();
@@ -862,6 +865,8 @@ pub(crate) struct TargetNeeds {
     pub lc_ctype: String,
     /// Extensions (name, version), plpgsql left out.
     pub extensions: Vec<(String, String)>,
+    /// What to do about missing roles, for the refusal.
+    pub roles_hint: &'static str,
 }
 
 impl TargetNeeds {
@@ -892,6 +897,8 @@ impl TargetNeeds {
             lc_collate: row.get(1),
             lc_ctype: row.get(2),
             extensions,
+            roles_hint:
+                "Create them on the target first, or pass --roles (or --no-owner / --no-acl)",
         })
     }
 }
@@ -948,8 +955,9 @@ pub(crate) async fn prepare_target_database(
         info!(roles = ?missing, "created the roles the schema needs on the target");
     } else if !missing.is_empty() {
         return Err(MigrationError::TargetNotReady(format!(
-            "role(s) that own or are granted objects on the source do not exist on the target: {}. Create them on the target first, or pass --roles (or --no-owner / --no-acl)",
-            missing.join(", ")
+            "role(s) that own or are granted objects on the source do not exist on the target: {}. {}",
+            missing.join(", "),
+            needs.roles_hint
         )));
     }
     // Every collation must be creatable there (ICU support, OS locales): try

@@ -1029,6 +1029,11 @@ pub async fn client(conninfo: &str) -> tokio_postgres::Client {
         .unwrap_or_else(|e| panic!("test connection: {}", crate::error::client_message(&e)))
 }
 
+/// A test connection, or the error (a database that does not exist yet, say).
+pub async fn try_client(conninfo: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    client_result(conninfo).await
+}
+
 async fn client_result(conninfo: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let (client, conn) = tokio_postgres::connect(conninfo, NoTls).await?;
     tokio::spawn(async move {

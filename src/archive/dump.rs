@@ -177,7 +177,10 @@ pub(crate) async fn run_with(
     } else {
         let removed = super::remove_partial_files(&dir)?;
         if !removed.is_empty() {
-            info!(files = removed.len(), "removed unfinished files of the interrupted dump");
+            info!(
+                files = removed.len(),
+                "removed unfinished files of the interrupted dump"
+            );
         }
     }
 
@@ -222,7 +225,9 @@ pub(crate) async fn run_with(
     let mut token = match existing {
         Some(t) if resumed => t,
         _ => ResumeToken::new(
-            cfg.migration_id.clone().unwrap_or_else(|| format!("d{}", &def.hash()[..12])),
+            cfg.migration_id
+                .clone()
+                .unwrap_or_else(|| format!("d{}", &def.hash()[..12])),
             def.clone(),
             dir.clone(),
         ),
@@ -232,7 +237,12 @@ pub(crate) async fn run_with(
     token.save(&token_path)?;
     let store = Arc::new(TokenStore::new(token_path.clone(), token));
 
-    let mut manifest = Manifest::new(dbname, source_version, needs.encoding.clone(), snapshot_time);
+    let mut manifest = Manifest::new(
+        dbname,
+        source_version,
+        needs.encoding.clone(),
+        snapshot_time,
+    );
     manifest.snapshot_id = Some(snapshot_id.clone());
     manifest.copy_format = if binary { "binary" } else { "text" }.to_string();
     manifest.compression.level = level;
@@ -244,11 +254,18 @@ pub(crate) async fn run_with(
     if let Some(script) = &script {
         let steps = serde_json::to_vec_pretty(script).expect("schema script serializes");
         manifest.schema = vec![
-            super::write_small_file_async(dir.clone(), PRE_DATA_FILE, script.to_sql(&[Part::PreData]).into_bytes()).await?,
+            super::write_small_file_async(
+                dir.clone(),
+                PRE_DATA_FILE,
+                script.to_sql(&[Part::PreData]).into_bytes(),
+            )
+            .await?,
             super::write_small_file_async(
                 dir.clone(),
                 POST_DATA_FILE,
-                script.to_sql(&[Part::PostData, Part::Acl, Part::Last]).into_bytes(),
+                script
+                    .to_sql(&[Part::PostData, Part::Acl, Part::Last])
+                    .into_bytes(),
             )
             .await?,
             super::write_small_file_async(dir.clone(), STEPS_FILE, steps).await?,
@@ -262,8 +279,13 @@ pub(crate) async fn run_with(
         .split_bytes
         .unwrap_or_else(|| copy::plan::default_split_bytes(total, cfg.jobs));
     let stored = store.snapshot().chunk_plan.clone();
-    let (items, chunk_plan) =
-        copy::plan::plan(&tables, split, block_size, source_version >= 140000, &stored);
+    let (items, chunk_plan) = copy::plan::plan(
+        &tables,
+        split,
+        block_size,
+        source_version >= 140000,
+        &stored,
+    );
     store.update(|t| t.chunk_plan = chunk_plan)?;
     let done = store.snapshot().dumped.clone();
     let mut todo = Vec::new();
@@ -271,7 +293,9 @@ pub(crate) async fn run_with(
     for item in items {
         let name = item.name(&tables[item.table]);
         match done.get(&name) {
-            Some(f) if dir.join(&f.file.path).metadata().ok().map(|m| m.len()) == Some(f.file.size) => {
+            Some(f)
+                if dir.join(&f.file.path).metadata().ok().map(|m| m.len()) == Some(f.file.size) =>
+            {
                 kept += 1
             }
             _ => todo.push(item),
@@ -335,7 +359,11 @@ pub(crate) async fn run_with(
     let mut raw = 0;
     for t in &tables {
         let q = t.qualified();
-        let n = store.snapshot().chunk_plan.get(&q).map_or(1, |p| p.len() as u32);
+        let n = store
+            .snapshot()
+            .chunk_plan
+            .get(&q)
+            .map_or(1, |p| p.len() as u32);
         let mut files = Vec::new();
         for c in 0..n {
             let name = copy::plan::item_name(&q, c, n);

@@ -88,6 +88,7 @@ pub async fn run(cfg: &MigrationConfig, cancel: CancellationToken) -> Result<Mig
             lc_collate: m.lc_collate.clone().unwrap_or_default(),
             lc_ctype: m.lc_ctype.clone().unwrap_or_default(),
             extensions: m.extensions.clone(),
+            roles_hint: "Create them on the target first (the archive holds no role definitions), or dump again with --no-owner / --no-acl",
         };
         let mut cfg = cfg.clone();
         cfg.roles = false; // role definitions are not in the archive
@@ -144,7 +145,9 @@ pub async fn run(cfg: &MigrationConfig, cancel: CancellationToken) -> Result<Mig
     let los: Vec<LargeObjectInfo> = match &m.large_objects {
         Some(e) if cfg.large_objects => {
             let metas: Vec<LargeObjectMeta> = serde_json::from_slice(&archive.read_small_file(e)?)
-                .map_err(|e| MigrationError::Archive(format!("large_objects.json cannot be read: {e}")))?;
+                .map_err(|e| {
+                    MigrationError::Archive(format!("large_objects.json cannot be read: {e}"))
+                })?;
             metas.into_iter().map(LargeObjectInfo::from).collect()
         }
         _ => Vec::new(),
@@ -153,7 +156,10 @@ pub async fn run(cfg: &MigrationConfig, cancel: CancellationToken) -> Result<Mig
         let t0 = Instant::now();
         schema_steps +=
             migrate::apply_steps(&dst, &migration_id, "pre", &script.pre_data, &cancel).await?;
-        stages.push((Stage::SchemaPreData.as_str().to_string(), t0.elapsed().as_secs_f64()));
+        stages.push((
+            Stage::SchemaPreData.as_str().to_string(),
+            t0.elapsed().as_secs_f64(),
+        ));
     }
     migrate::preflight_target(&dst, &mut tables, &[], &los, resumed).await?;
 
@@ -169,7 +175,9 @@ pub async fn run(cfg: &MigrationConfig, cancel: CancellationToken) -> Result<Mig
                 table: i,
                 chunk: f.chunk,
                 chunks: f.chunks,
-                pages: f.pages.map(|(start, end)| copy::plan::PageRange { start, end }),
+                pages: f
+                    .pages
+                    .map(|(start, end)| copy::plan::PageRange { start, end }),
                 est_bytes: f.raw_bytes,
                 file: Some(f.clone()),
             };
@@ -208,16 +216,23 @@ pub async fn run(cfg: &MigrationConfig, cancel: CancellationToken) -> Result<Mig
     });
     let outcome = copy::copy_tables(ctx, tables.clone(), items, early, cancel.clone()).await?;
     schema_steps += outcome.index_steps;
-    stages.push((Stage::CopyData.as_str().to_string(), t0.elapsed().as_secs_f64()));
+    stages.push((
+        Stage::CopyData.as_str().to_string(),
+        t0.elapsed().as_secs_f64(),
+    ));
 
     if let Some(script) = &script {
         let t0 = Instant::now();
         schema_steps +=
             migrate::apply_steps(&dst, &migration_id, "post", &script.post_data, &cancel).await?;
-        schema_steps += migrate::apply_steps(&dst, &migration_id, "acl", &script.acl, &cancel).await?;
+        schema_steps +=
+            migrate::apply_steps(&dst, &migration_id, "acl", &script.acl, &cancel).await?;
         schema_steps +=
             migrate::apply_steps(&dst, &migration_id, "last", &script.last, &cancel).await?;
-        stages.push((Stage::SchemaPostData.as_str().to_string(), t0.elapsed().as_secs_f64()));
+        stages.push((
+            Stage::SchemaPostData.as_str().to_string(),
+            t0.elapsed().as_secs_f64(),
+        ));
     }
 
     // Sequences: idempotent, always redone.
@@ -237,7 +252,10 @@ pub async fn run(cfg: &MigrationConfig, cancel: CancellationToken) -> Result<Mig
         }
         nseq = values.len();
     }
-    stages.push((Stage::Sequences.as_str().to_string(), t0.elapsed().as_secs_f64()));
+    stages.push((
+        Stage::Sequences.as_str().to_string(),
+        t0.elapsed().as_secs_f64(),
+    ));
 
     // Large objects: a half-done stage is erased and redone.
     let t0 = Instant::now();
@@ -255,11 +273,17 @@ pub async fn run(cfg: &MigrationConfig, cancel: CancellationToken) -> Result<Mig
         lo_bytes = restore_large_objects(&dst, &archive, data, &los, &cancel).await?;
         store.update(|t| t.stage_done(Stage::LargeObjects))?;
     }
-    stages.push((Stage::LargeObjects.as_str().to_string(), t0.elapsed().as_secs_f64()));
+    stages.push((
+        Stage::LargeObjects.as_str().to_string(),
+        t0.elapsed().as_secs_f64(),
+    ));
 
     let t0 = Instant::now();
     copy::drop_target_state(&dst).await?;
-    stages.push((Stage::Finalize.as_str().to_string(), t0.elapsed().as_secs_f64()));
+    stages.push((
+        Stage::Finalize.as_str().to_string(),
+        t0.elapsed().as_secs_f64(),
+    ));
     store.update(|t| {
         t.stage_done(Stage::Restore);
         t.completed = true;

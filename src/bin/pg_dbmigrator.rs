@@ -10,8 +10,8 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use pg_dbmigrator::error::exit_code;
 use pg_dbmigrator::{
-    CopyFormat, CopyMethod, EndpointConfig, Filters, MigrationConfig, MigrationError, MigrationMode, Migrator,
-    ResumeToken, VerifyLevel, VerifyOptions,
+    CopyFormat, CopyMethod, EndpointConfig, Filters, MigrationConfig, MigrationError,
+    MigrationMode, Migrator, ResumeToken, VerifyLevel, VerifyOptions,
 };
 use tokio_util::sync::CancellationToken;
 

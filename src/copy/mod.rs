@@ -14,9 +14,9 @@
 //! key constraints to the built indexes, then ANALYZE the table.
 
 mod batch;
-mod rows;
 mod large_objects;
 pub mod plan;
+mod rows;
 mod sequences;
 mod worker;
 
@@ -38,8 +38,8 @@ use plan::WorkItem;
 use worker::ItemResult;
 
 pub use large_objects::{copy_large_objects, erase_large_objects, large_object_metadata};
-pub use sequences::copy_sequences;
 pub(crate) use rows::RowCounter;
+pub use sequences::copy_sequences;
 pub(crate) use worker::empty_table;
 pub use worker::WireFormat;
 
@@ -94,7 +94,10 @@ pub enum Input {
 pub enum Output {
     Target(EndpointConfig),
     /// A dump archive directory, zstd at this level.
-    Archive { dir: std::path::PathBuf, level: i32 },
+    Archive {
+        dir: std::path::PathBuf,
+        level: i32,
+    },
 }
 
 impl CopyContext {
@@ -231,6 +234,8 @@ enum IndexTask {
 
 #[derive(Default)]
 struct State {
+    /// Index workers run: loaded tables get index and finish tasks.
+    indexing: bool,
     items: VecDeque<WorkItem>,
     index_tasks: VecDeque<IndexTask>,
     /// Per table: items not yet committed (queued or running).
@@ -279,6 +284,9 @@ impl Scheduler {
 
     /// A table's rows are all in: queue its index builds, or its finish.
     fn table_loaded(s: &mut State, table: String) {
+        if !s.indexing {
+            return;
+        }
         let builds = s.builds.remove(&table).unwrap_or_default();
         if builds.is_empty() {
             let steps = s.after.remove(&table).unwrap_or_default();
@@ -361,6 +369,8 @@ pub async fn copy_tables(
             st.builds.entry(table).or_default().push(step);
         }
     }
+    st.indexing = ctx.target().is_some()
+        && (!st.builds.is_empty() || !st.after.is_empty() || (ctx.analyze && !items.is_empty()));
     // Tables loaded by an earlier attempt (or not copied at all) are ready now.
     let copied: BTreeSet<String> = tables
         .iter()
@@ -404,11 +414,8 @@ pub async fn copy_tables(
             r
         });
     }
-    let has_index_work = {
-        let s = sched.state.lock().unwrap();
-        !s.index_tasks.is_empty() || !s.builds.is_empty() || !s.after.is_empty()
-    } || (ctx.analyze && n_items > 0);
-    if has_index_work && ctx.target().is_some() {
+    let indexing = sched.state.lock().unwrap().indexing;
+    if indexing {
         for id in 0..ctx.index_jobs.max(1) {
             let (sched, stop, copied) = (sched.clone(), stop.clone(), copied.clone());
             set.spawn(async move {

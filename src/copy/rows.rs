@@ -30,8 +30,12 @@ pub enum BinState {
     HeaderExtLen,
     HeaderExt,
     FieldCount,
-    FieldLen { left: u16 },
-    FieldData { left: u16 },
+    FieldLen {
+        left: u16,
+    },
+    FieldData {
+        left: u16,
+    },
     Trailer,
 }
 
@@ -79,14 +83,17 @@ impl RowCounter {
                                     BinState::FieldData { left } => BinState::FieldLen { left },
                                     _ => BinState::FieldCount,
                                 };
-                                if *state == BinState::HeaderExtLen || *state == BinState::FieldCount
+                                if *state == BinState::HeaderExtLen
+                                    || *state == BinState::FieldCount
                                 {
                                     partial.clear();
                                 }
                             }
                         }
                         BinState::Trailer => return,
-                        BinState::HeaderExtLen | BinState::FieldCount | BinState::FieldLen { .. } => {
+                        BinState::HeaderExtLen
+                        | BinState::FieldCount
+                        | BinState::FieldLen { .. } => {
                             let width = if *state == BinState::FieldCount { 2 } else { 4 };
                             let need = width - partial.len();
                             let n = need.min(data.len());

@@ -133,10 +133,7 @@ async fn open_input(
     item: &WorkItem,
 ) -> Result<(WireFormat, Rows)> {
     if let Input::Archive(archive) = &ctx.input {
-        let file = item
-            .file
-            .as_ref()
-            .expect("archive items name their file");
+        let file = item.file.as_ref().expect("archive items name their file");
         let format = match file.format {
             DataFormat::Binary => WireFormat::Binary,
             DataFormat::Text => WireFormat::Text,
