@@ -358,10 +358,10 @@ pub(crate) async fn run(
         };
         let ctx = Arc::new(CopyContext {
             input: copy::Input::Server {
-                endpoint: source_ep.clone(),
+                endpoint: Box::new(source_ep.clone()),
                 snapshot_id: snapshot_id.clone(),
             },
-            output: copy::Output::Target(target_ep.clone()),
+            output: copy::Output::Target(Box::new(target_ep.clone())),
             migration_id: migration_id.clone(),
             jobs: cfg.jobs,
             index_jobs: cfg.index_jobs.unwrap_or(cfg.jobs),
@@ -1068,9 +1068,9 @@ pub(crate) async fn prepare_target_database(
     let sql = format!(
         "CREATE DATABASE {} WITH TEMPLATE = template0 ENCODING = {} LC_COLLATE = {} LC_CTYPE = {}",
         quote::ident(&dbname),
-        quote::literal(&enc),
-        quote::literal(&collate),
-        quote::literal(&ctype)
+        quote::literal(enc),
+        quote::literal(collate),
+        quote::literal(ctype)
     );
     admin.batch_execute(&sql).await.map_err(|e| {
         MigrationError::db(

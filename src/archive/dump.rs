@@ -303,7 +303,7 @@ pub(crate) async fn run_with(
     }
     let ctx = Arc::new(CopyContext {
         input: copy::Input::Server {
-            endpoint: source_ep.clone(),
+            endpoint: Box::new(source_ep.clone()),
             snapshot_id: snapshot_id.clone(),
         },
         output: copy::Output::Archive {

@@ -191,7 +191,7 @@ pub async fn run(cfg: &MigrationConfig, cancel: CancellationToken) -> Result<Mig
             skipped.push(t.qualified.clone());
         }
     }
-    items.sort_by(|a, b| b.est_bytes.cmp(&a.est_bytes));
+    items.sort_by_key(|i| std::cmp::Reverse(i.est_bytes));
     let early: Vec<Step> = match &script {
         Some(script) => {
             let done = copy::committed_steps(&dst, &migration_id).await?;
@@ -206,7 +206,7 @@ pub async fn run(cfg: &MigrationConfig, cancel: CancellationToken) -> Result<Mig
     };
     let ctx = Arc::new(CopyContext {
         input: copy::Input::Archive(archive.clone()),
-        output: copy::Output::Target(target_ep.clone()),
+        output: copy::Output::Target(Box::new(target_ep.clone())),
         migration_id: migration_id.clone(),
         jobs: cfg.jobs,
         index_jobs: cfg.index_jobs.unwrap_or(cfg.jobs),

@@ -83,7 +83,7 @@ pub struct CopyContext {
 pub enum Input {
     /// The source server, on the exported snapshot.
     Server {
-        endpoint: EndpointConfig,
+        endpoint: Box<EndpointConfig>,
         snapshot_id: String,
     },
     /// A dump archive (restore): each item names its file.
@@ -92,7 +92,7 @@ pub enum Input {
 
 /// Where the rows go.
 pub enum Output {
-    Target(EndpointConfig),
+    Target(Box<EndpointConfig>),
     /// A dump archive directory, zstd at this level.
     Archive {
         dir: std::path::PathBuf,
