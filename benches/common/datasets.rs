@@ -78,8 +78,9 @@ pub fn build(ctx: &Ctx, ds: Dataset) -> Result<()> {
     let admin = ctx.src.conninfo("postgres");
     exec(
         &admin,
-        &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE); CREATE DATABASE {db}"),
+        &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
     )?;
+    exec(&admin, &format!("CREATE DATABASE {db}"))?;
     let ci = ctx.src.conninfo(&db);
     match ds {
         Dataset::Pgbench => {
@@ -190,7 +191,9 @@ fn build_many(ci: &str, k: u32) -> Result<()> {
                 indexes.push(format!(
                     "CREATE INDEX {short}_customer_idx ON {n} (customer_id)"
                 ));
-                indexes.push(format!("CREATE INDEX {short}_created_idx ON {n} (created_at)"));
+                indexes.push(format!(
+                    "CREATE INDEX {short}_created_idx ON {n} (created_at)"
+                ));
                 if let Some(p) = t.parent {
                     fks.push(format!(
                         "ALTER TABLE {n} ADD CONSTRAINT {short}_customer_fk \

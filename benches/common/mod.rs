@@ -42,12 +42,8 @@ impl Config {
             .filter(|s| !s.trim().is_empty())
             .map(Dataset::parse)
             .collect::<Result<Vec<_>>>()?;
-        let runs: usize = env_or("BENCH_RUNS", "3")
-            .parse()
-            .context("BENCH_RUNS")?;
-        let jobs: usize = env_or("BENCH_JOBS", "2")
-            .parse()
-            .context("BENCH_JOBS")?;
+        let runs: usize = env_or("BENCH_RUNS", "3").parse().context("BENCH_RUNS")?;
+        let jobs: usize = env_or("BENCH_JOBS", "2").parse().context("BENCH_JOBS")?;
         if runs == 0 || jobs == 0 {
             bail!("BENCH_RUNS and BENCH_JOBS must be at least 1");
         }
@@ -138,7 +134,13 @@ fn locate_binary() -> Result<PathBuf> {
     eprintln!("building the release binary ...");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
-        .args(["build", "--release", "--bin", "pg_dbmigrator", "--manifest-path"])
+        .args([
+            "build",
+            "--release",
+            "--bin",
+            "pg_dbmigrator",
+            "--manifest-path",
+        ])
         .arg(manifest_dir().join("Cargo.toml"))
         .status()?;
     if !status.success() {
@@ -221,7 +223,9 @@ pub fn run() -> Result<()> {
     let work_root = match std::env::var_os("BENCH_WORKDIR").filter(|d| !d.is_empty()) {
         Some(d) => {
             std::fs::create_dir_all(&d)?;
-            tempfile::Builder::new().prefix("pg_dbmigrator-bench-").tempdir_in(d)?
+            tempfile::Builder::new()
+                .prefix("pg_dbmigrator-bench-")
+                .tempdir_in(d)?
         }
         None => tempfile::Builder::new()
             .prefix("pg_dbmigrator-bench-")
@@ -314,17 +318,23 @@ pub fn run() -> Result<()> {
                     free >> 30,
                     need >> 30
                 );
-                report.skipped.push((ds.name(), "not enough free disk".into()));
+                report
+                    .skipped
+                    .push((ds.name(), "not enough free disk".into()));
                 continue;
             }
         }
-        eprintln!("[{:>6.0}s] building dataset {} ...", started.elapsed().as_secs_f64(), ds.name());
+        eprintln!(
+            "[{:>6.0}s] building dataset {} ...",
+            started.elapsed().as_secs_f64(),
+            ds.name()
+        );
         let t0 = Instant::now();
         datasets::build(&ctx, ds).with_context(|| format!("building {}", ds.name()))?;
         let build_secs = t0.elapsed().as_secs_f64();
         let src_ci = ctx.src.conninfo(&ds.db());
-        let size_bytes: u64 = query_one(&src_ci, "SELECT pg_database_size(current_database())::text")?
-            .parse()?;
+        let size_bytes: u64 =
+            query_one(&src_ci, "SELECT pg_database_size(current_database())::text")?.parse()?;
         let tables = verify::table_list(&src_ci)?;
         let want = verify::snapshot(&src_ci, &tables)?;
         eprintln!(
@@ -430,8 +440,15 @@ fn git_commit() -> String {
     let Some(head) = git(&["rev-parse", "--short=12", "HEAD"]) else {
         return "unknown (not a git checkout)".into();
     };
-    let dirty = git(&["status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock"])
-        .is_some_and(|s| !s.is_empty());
+    let dirty = git(&[
+        "status",
+        "--porcelain",
+        "--",
+        "src",
+        "Cargo.toml",
+        "Cargo.lock",
+    ])
+    .is_some_and(|s| !s.is_empty());
     if dirty {
         format!("{head} (+ uncommitted changes in src/)")
     } else {

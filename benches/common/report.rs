@@ -88,7 +88,10 @@ impl Report {
         let mut parts = Vec::new();
         if let Some(first) = ok.first() {
             for (k, (name, _)) in first.parts.iter().enumerate() {
-                let v: Vec<f64> = ok.iter().filter_map(|r| r.parts.get(k).map(|p| p.1)).collect();
+                let v: Vec<f64> = ok
+                    .iter()
+                    .filter_map(|r| r.parts.get(k).map(|p| p.1))
+                    .collect();
                 if let Some(m) = median(&v) {
                     parts.push((*name, m));
                 }
@@ -128,9 +131,7 @@ impl Report {
              |---|--:|---|--:|--:|--:|--:|--:|--:|--:|---|\n",
         );
         for d in &self.datasets {
-            let ours = self
-                .summary(&d.name, Tool::Stream)
-                .and_then(|s| s.median);
+            let ours = self.summary(&d.name, Tool::Stream).and_then(|s| s.median);
             let mb = d.size_bytes as f64 / 1e6;
             for tool in ALL_TOOLS.into_iter().filter(|t| !t.is_archive()) {
                 if let Some(why) = self.unavailable_reason(tool) {
@@ -195,7 +196,11 @@ impl Report {
                 ),
             ] {
                 if let Some(why) = self.unavailable_reason(tool) {
-                    let _ = writeln!(s, "| {} | {mb:.0} | {label} | – | n/a | | | {why} |", d.name);
+                    let _ = writeln!(
+                        s,
+                        "| {} | {mb:.0} | {label} | – | n/a | | | {why} |",
+                        d.name
+                    );
                     continue;
                 }
                 let Some(sm) = self.summary(&d.name, tool) else {
@@ -269,7 +274,10 @@ impl Report {
             self.elapsed_secs / 60.0
         );
         let _ = writeln!(s, "Datasets (size = `pg_database_size` of the source):\n");
-        let _ = writeln!(s, "| dataset | size MB | tables | build s | what |\n|---|--:|--:|--:|---|");
+        let _ = writeln!(
+            s,
+            "| dataset | size MB | tables | build s | what |\n|---|--:|--:|--:|---|"
+        );
         for d in &self.datasets {
             let _ = writeln!(
                 s,
@@ -291,7 +299,10 @@ impl Report {
              `pg_dbmigrator migrate`'s; MB/s = source size / median):\n"
         );
         s += &self.migrations_table();
-        let _ = writeln!(s, "\nArchives (dump alone, then restore alone into an empty database):\n");
+        let _ = writeln!(
+            s,
+            "\nArchives (dump alone, then restore alone into an empty database):\n"
+        );
         s += &self.archives_table();
         let failures: Vec<&RunRecord> = self.runs.iter().filter(|r| r.result.is_err()).collect();
         if !failures.is_empty() {

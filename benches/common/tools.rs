@@ -134,7 +134,12 @@ pub fn fresh_target(ctx: &Ctx) -> Result<()> {
 
 /// One timed run of `tool` on `ds` into a fresh target, verified after.
 pub fn run_one(ctx: &Ctx, ds: &mut DatasetState, tool: Tool, round: usize) -> Result<RunOk> {
-    let tag = format!("{}-{}-r{}", ds.name, tool.name().replace(['|', '+'], "_"), round);
+    let tag = format!(
+        "{}-{}-r{}",
+        ds.name,
+        tool.name().replace(['|', '+'], "_"),
+        round
+    );
     let log = ctx.logs.join(format!("{tag}.log"));
     let _ = std::fs::remove_file(&log);
     let scratch = ctx.work.join(&tag);
@@ -147,8 +152,8 @@ pub fn run_one(ctx: &Ctx, ds: &mut DatasetState, tool: Tool, round: usize) -> Re
     let _ = std::fs::remove_dir_all(&scratch);
     let _ = std::fs::remove_file(scratch.with_extension("resume.json"));
     let ok = result?;
-    let got = snapshot(&ctx.tgt.conninfo(TARGET_DB), &ds.tables)
-        .context("reading the target back")?;
+    let got =
+        snapshot(&ctx.tgt.conninfo(TARGET_DB), &ds.tables).context("reading the target back")?;
     compare(&ds.want, &got)?;
     Ok(ok)
 }

@@ -58,7 +58,11 @@ pub fn query(conninfo: &str, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
             .with_context(|| format!("querying {}", short(sql)))?;
         Ok(rows
             .iter()
-            .map(|r| (0..r.len()).map(|i| r.get::<_, Option<String>>(i)).collect())
+            .map(|r| {
+                (0..r.len())
+                    .map(|i| r.get::<_, Option<String>>(i))
+                    .collect()
+            })
             .collect())
     })
 }
