@@ -1,0 +1,457 @@
+//! The benchmark harness behind `cargo bench --bench migrate`.
+
+pub mod datasets;
+pub mod report;
+pub mod tools;
+pub mod util;
+pub mod verify;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context as _, Result};
+use pg_dbmigrator::testkit::{Cluster, ClusterOptions};
+
+use datasets::Dataset;
+use report::{Report, RunRecord};
+use tools::{DatasetState, Tool, ALL_TOOLS};
+use util::{first_line, free_bytes, machine_facts, query_one, RssProbe};
+
+/// What to run, from the environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub datasets: Vec<Dataset>,
+    pub runs: usize,
+    pub jobs: usize,
+    pub tools: Option<Vec<String>>,
+    pub pgbench_scale: u32,
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| default.to_string())
+}
+
+impl Config {
+    fn from_env() -> Result<Config> {
+        let datasets = env_or("BENCH_DATASETS", "pgbench,many1,many3,many10")
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(Dataset::parse)
+            .collect::<Result<Vec<_>>>()?;
+        let runs: usize = env_or("BENCH_RUNS", "3").parse().context("BENCH_RUNS")?;
+        let jobs: usize = env_or("BENCH_JOBS", "2").parse().context("BENCH_JOBS")?;
+        if runs == 0 || jobs == 0 {
+            bail!("BENCH_RUNS and BENCH_JOBS must be at least 1");
+        }
+        let tools = std::env::var("BENCH_TOOLS")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| v.split(',').map(|s| s.trim().to_string()).collect());
+        let pgbench_scale = env_or("BENCH_PGBENCH_SCALE", "30")
+            .parse()
+            .context("BENCH_PGBENCH_SCALE")?;
+        Ok(Config {
+            datasets,
+            runs,
+            jobs,
+            tools,
+            pgbench_scale,
+        })
+    }
+}
+
+/// Settings both servers get (on top of the testkit's, which turn
+/// durability off: fsync, synchronous_commit and full_page_writes are put
+/// back to their defaults here).
+pub const SERVER_CONF: &[(&str, &str)] = &[
+    ("fsync", "on"),
+    ("synchronous_commit", "on"),
+    ("full_page_writes", "on"),
+    ("shared_buffers", "1GB"),
+    ("max_wal_size", "8GB"),
+    ("checkpoint_timeout", "30min"),
+    ("maintenance_work_mem", "512MB"),
+    ("max_parallel_maintenance_workers", "2"),
+    ("max_connections", "100"),
+];
+
+/// Shared state of a benchmark session.
+pub struct Ctx {
+    pub cfg: Config,
+    pub src: Cluster,
+    pub tgt: Cluster,
+    /// The pg_dbmigrator binary under test.
+    pub bin: PathBuf,
+    pub rss_probe: RssProbe,
+    /// Scratch space: dumps, staging files.
+    pub work: PathBuf,
+    /// Per-run logs of the tools.
+    pub logs: PathBuf,
+}
+
+impl Ctx {
+    fn uri(c: &Cluster, db: &str) -> String {
+        format!(
+            "postgres://{}:{}@{}:{}/{}?sslmode=disable",
+            c.superuser, c.password, c.host, c.port, db
+        )
+    }
+    pub fn src_uri(&self, db: &str) -> String {
+        Ctx::uri(&self.src, db)
+    }
+    pub fn tgt_uri(&self, db: &str) -> String {
+        Ctx::uri(&self.tgt, db)
+    }
+}
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `$CARGO_TARGET_DIR` (relative to the package) or the package's `target/`.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
+        Some(t) => manifest_dir().join(t),
+        None => manifest_dir().join("target"),
+    }
+}
+
+/// The binary under test: `$BENCH_BIN`, else the one cargo built for this
+/// bench (`CARGO_BIN_EXE_*`, release profile), else `cargo build --release`.
+fn locate_binary() -> Result<PathBuf> {
+    if let Some(b) = std::env::var_os("BENCH_BIN").filter(|b| !b.is_empty()) {
+        return Ok(PathBuf::from(b));
+    }
+    if let Some(b) = option_env!("CARGO_BIN_EXE_pg_dbmigrator") {
+        if Path::new(b).is_file() {
+            return Ok(PathBuf::from(b));
+        }
+    }
+    eprintln!("building the release binary ...");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--bin",
+            "pg_dbmigrator",
+            "--manifest-path",
+        ])
+        .arg(manifest_dir().join("Cargo.toml"))
+        .status()?;
+    if !status.success() {
+        bail!("cargo build --release failed");
+    }
+    Ok(target_dir().join("release").join("pg_dbmigrator"))
+}
+
+fn help_has(bin: &Path, args: &[&str], needle: &str) -> bool {
+    Command::new(bin)
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(needle))
+}
+
+/// `pgcopydb`, installed from Debian's package when missing.
+fn ensure_pgcopydb() -> std::result::Result<String, String> {
+    let version = || {
+        Command::new("pgcopydb")
+            .arg("--version")
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| first_line(&String::from_utf8_lossy(&o.stdout)))
+    };
+    if let Some(v) = version() {
+        return Ok(v);
+    }
+    eprintln!("pgcopydb missing: apt-get install -y pgcopydb ...");
+    for args in [&["update"][..], &["install", "-y", "pgcopydb"][..]] {
+        let _ = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .output();
+    }
+    version().ok_or_else(|| "pgcopydb not installed and apt-get install pgcopydb failed".into())
+}
+
+/// Why a tool cannot run here, if it cannot.
+fn availability(
+    tool: Tool,
+    bin: &Path,
+    pgcopydb: &std::result::Result<String, String>,
+    pg_dump_major: u32,
+) -> Option<String> {
+    match tool {
+        Tool::DumpMethod if !help_has(bin, &["migrate", "--help"], "--copy-method") => {
+            Some("n/a: `migrate --copy-method` not in this build".into())
+        }
+        Tool::Archive
+            if !(help_has(bin, &["dump", "--help"], "--dump-path")
+                && help_has(bin, &["restore", "--help"], "--dump-path")) =>
+        {
+            Some("n/a: `dump`/`restore` commands not in this build".into())
+        }
+        Tool::Pgcopydb => pgcopydb.as_ref().err().map(|e| format!("n/a: {e}")),
+        Tool::PgDumpZstd if pg_dump_major < 16 => Some(format!(
+            "n/a: pg_dump {pg_dump_major} has no zstd (16+); the gzip archive of pg_dump+pg_restore is shown instead"
+        )),
+        _ => None,
+    }
+}
+
+pub fn run() -> Result<()> {
+    let started = Instant::now();
+    let cfg = Config::from_env()?;
+    let bin = locate_binary()?;
+    let bin_version = Command::new(&bin)
+        .arg("--version")
+        .output()
+        .map(|o| first_line(&String::from_utf8_lossy(&o.stdout)))
+        .with_context(|| format!("running {}", bin.display()))?;
+    let rss_probe = RssProbe::detect();
+    let pgcopydb = ensure_pgcopydb();
+
+    let target = target_dir();
+    let logs = target.join("bench-logs");
+    let _ = std::fs::remove_dir_all(&logs);
+    std::fs::create_dir_all(&logs)?;
+    let work_root = match std::env::var_os("BENCH_WORKDIR").filter(|d| !d.is_empty()) {
+        Some(d) => {
+            std::fs::create_dir_all(&d)?;
+            tempfile::Builder::new()
+                .prefix("pg_dbmigrator-bench-")
+                .tempdir_in(d)?
+        }
+        None => tempfile::Builder::new()
+            .prefix("pg_dbmigrator-bench-")
+            .tempdir()?,
+    };
+    // The servers (running as `postgres`) read and write staging files here.
+    util::make_server_dir(work_root.path())?;
+
+    eprintln!("starting source and target PostgreSQL servers ...");
+    let extra_conf: Vec<(String, String)> = SERVER_CONF
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let src = Cluster::start(&ClusterOptions {
+        logical: true,
+        extra_conf: extra_conf.clone(),
+        ..Default::default()
+    })
+    .context("starting the source server")?;
+    let tgt = Cluster::start(&ClusterOptions {
+        extra_conf,
+        ..Default::default()
+    })
+    .context("starting the target server")?;
+    let pg_version = query_one(&src.conninfo("postgres"), "SELECT version()")?;
+    let pg_dump_version = Command::new(src.bin_dir.join("pg_dump"))
+        .arg("--version")
+        .output()
+        .map(|o| first_line(&String::from_utf8_lossy(&o.stdout)))
+        .unwrap_or_default();
+    let pg_dump_major: u32 = pg_dump_version
+        .split_whitespace()
+        .last()
+        .and_then(|v| v.split('.').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+
+    let ctx = Ctx {
+        cfg: cfg.clone(),
+        src,
+        tgt,
+        bin: bin.clone(),
+        rss_probe,
+        work: work_root.path().to_path_buf(),
+        logs,
+    };
+
+    let wanted = |t: Tool| {
+        cfg.tools
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|n| n == t.name()))
+    };
+    let mut tools = Vec::new();
+    let mut unavailable = Vec::new();
+    for t in ALL_TOOLS.into_iter().filter(|t| wanted(*t)) {
+        match availability(t, &bin, &pgcopydb, pg_dump_major) {
+            None => tools.push(t),
+            Some(why) => {
+                eprintln!("{}: {why}", t.name());
+                unavailable.push((t, why));
+            }
+        }
+    }
+
+    let mut report = Report::new(report::Header {
+        started: chrono::Local::now(),
+        machine: machine_facts(),
+        pg_version,
+        pg_dump_version,
+        pgcopydb_version: pgcopydb.clone().unwrap_or_else(|e| e.clone()),
+        bin_path: bin.display().to_string(),
+        bin_version,
+        commit: git_commit(),
+        jobs: cfg.jobs,
+        runs: cfg.runs,
+        rss_probe: rss_probe.describe().to_string(),
+    });
+    report.unavailable = unavailable;
+
+    let results_md = target.join("bench-results.md");
+    let results_csv = target.join("bench-runs.csv");
+
+    for ds in cfg.datasets.iter().copied() {
+        let need = ds.estimated_bytes(cfg.pgbench_scale) * 4 + (12 << 30);
+        if let Some(free) = free_bytes(&ctx.work) {
+            if free < need {
+                eprintln!(
+                    "skipping {}: {} GiB free, about {} GiB needed (source, target, dumps, WAL)",
+                    ds.name(),
+                    free >> 30,
+                    need >> 30
+                );
+                report
+                    .skipped
+                    .push((ds.name(), "not enough free disk".into()));
+                continue;
+            }
+        }
+        eprintln!(
+            "[{:>6.0}s] building dataset {} ...",
+            started.elapsed().as_secs_f64(),
+            ds.name()
+        );
+        let t0 = Instant::now();
+        datasets::build(&ctx, ds).with_context(|| format!("building {}", ds.name()))?;
+        let build_secs = t0.elapsed().as_secs_f64();
+        let src_ci = ctx.src.conninfo(&ds.db());
+        let size_bytes: u64 =
+            query_one(&src_ci, "SELECT pg_database_size(current_database())::text")?.parse()?;
+        let tables = verify::table_list(&src_ci)?;
+        let want = verify::snapshot(&src_ci, &tables)?;
+        eprintln!(
+            "  {} built in {build_secs:.0}s: {} tables, {:.0} MB",
+            ds.name(),
+            tables.len(),
+            size_bytes as f64 / 1e6
+        );
+        report.datasets.push(report::DatasetInfo {
+            name: ds.name(),
+            description: ds.describe(cfg.pgbench_scale),
+            size_bytes,
+            tables: tables.len(),
+            build_secs,
+        });
+        let mut state = DatasetState {
+            name: ds.name(),
+            db: ds.db(),
+            size_bytes,
+            tables,
+            want,
+            floor: None,
+        };
+        for round in 1..=cfg.runs {
+            // Alternate the tools within a round and rotate the starting
+            // tool between rounds, so slow drift hits everyone alike.
+            let k = tools.len();
+            for j in 0..k {
+                let tool = tools[(j + round - 1) % k];
+                let t0 = Instant::now();
+                let result = tools::run_one(&ctx, &mut state, tool, round);
+                match &result {
+                    Ok(ok) => eprintln!(
+                        "[{:>6.0}s] {} round {round}: {:<20} {:>8.2}s{}",
+                        started.elapsed().as_secs_f64(),
+                        state.name,
+                        tool.name(),
+                        ok.secs,
+                        ok.parts
+                            .iter()
+                            .map(|(n, s)| format!(" {n}={s:.2}"))
+                            .collect::<String>()
+                    ),
+                    Err(e) => eprintln!(
+                        "[{:>6.0}s] {} round {round}: {:<20} FAILED after {:.1}s: {e:#}",
+                        started.elapsed().as_secs_f64(),
+                        state.name,
+                        tool.name(),
+                        t0.elapsed().as_secs_f64()
+                    ),
+                }
+                report.runs.push(RunRecord {
+                    dataset: state.name.clone(),
+                    size_bytes: state.size_bytes,
+                    tool,
+                    round,
+                    result: result.map_err(|e| format!("{e:#}")),
+                });
+            }
+        }
+        tools::drop_floor(&mut state);
+        let _ = util::exec(
+            &ctx.src.conninfo("postgres"),
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", state.db),
+        );
+        report.elapsed_secs = started.elapsed().as_secs_f64();
+        std::fs::write(&results_md, report.markdown())?;
+        std::fs::write(&results_csv, report.csv())?;
+    }
+    let _ = util::exec(
+        &ctx.tgt.conninfo("postgres"),
+        &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", tools::TARGET_DB),
+    );
+    report.elapsed_secs = started.elapsed().as_secs_f64();
+    let md = report.markdown();
+    std::fs::write(&results_md, &md)?;
+    std::fs::write(&results_csv, report.csv())?;
+    println!("{}", report.text_table());
+    println!(
+        "full results: {}\nper-run CSV: {}\ntool logs: {}\ntotal time: {:.0}s",
+        results_md.display(),
+        results_csv.display(),
+        ctx.logs.display(),
+        report.elapsed_secs
+    );
+    // Servers stop (testkit) and the work dir goes away on drop.
+    drop(ctx);
+    drop(work_root);
+    Ok(())
+}
+
+fn git_commit() -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(manifest_dir())
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let Some(head) = git(&["rev-parse", "--short=12", "HEAD"]) else {
+        return "unknown (not a git checkout)".into();
+    };
+    let dirty = git(&[
+        "status",
+        "--porcelain",
+        "--",
+        "src",
+        "Cargo.toml",
+        "Cargo.lock",
+    ])
+    .is_some_and(|s| !s.is_empty());
+    if dirty {
+        format!("{head} (+ uncommitted changes in src/)")
+    } else {
+        head
+    }
+}

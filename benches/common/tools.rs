@@ -1,0 +1,379 @@
+//! The contenders and how one timed run of each goes.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, Result};
+
+use super::util::{
+    du_bytes, exec, literal, make_server_dir, query, run_measured, run_parallel, run_quiet, Cmd,
+    Measured,
+};
+use super::verify::{compare, snapshot, Snapshot, Table};
+use super::Ctx;
+
+/// Target database every run writes into (dropped and created before each).
+pub const TARGET_DB: &str = "bench_target";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Tool {
+    Stream,
+    DumpMethod,
+    PgDumpRestore,
+    PgDumpPsql,
+    Pgcopydb,
+    Archive,
+    PgDumpZstd,
+    Floor,
+}
+
+pub const ALL_TOOLS: [Tool; 8] = [
+    Tool::Stream,
+    Tool::DumpMethod,
+    Tool::PgDumpRestore,
+    Tool::PgDumpPsql,
+    Tool::Pgcopydb,
+    Tool::Archive,
+    Tool::PgDumpZstd,
+    Tool::Floor,
+];
+
+impl Tool {
+    /// Short name (BENCH_TOOLS, CSV).
+    pub fn name(self) -> &'static str {
+        match self {
+            Tool::Stream => "stream",
+            Tool::DumpMethod => "dump-method",
+            Tool::PgDumpRestore => "pg_dump+pg_restore",
+            Tool::PgDumpPsql => "pg_dump|psql",
+            Tool::Pgcopydb => "pgcopydb",
+            Tool::Archive => "archive",
+            Tool::PgDumpZstd => "pg_dump-zstd",
+            Tool::Floor => "floor",
+        }
+    }
+
+    /// What the report calls it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Tool::Stream => "pg_dbmigrator migrate (stream)",
+            Tool::DumpMethod => "pg_dbmigrator migrate --copy-method dump",
+            Tool::PgDumpRestore => "pg_dump -Fd -j N + pg_restore -j N",
+            Tool::PgDumpPsql => "pg_dump \\| psql",
+            Tool::Pgcopydb => "pgcopydb clone",
+            Tool::Archive => "pg_dbmigrator dump + restore",
+            Tool::PgDumpZstd => "pg_dump -Fd --compress=zstd + pg_restore",
+            Tool::Floor => "lower bound (COPY out + COPY in + indexes)",
+        }
+    }
+
+    /// Whether the tool is one of the migrations compared in the main table
+    /// (the archive tools go to their own table).
+    pub fn is_archive(self) -> bool {
+        matches!(self, Tool::Archive | Tool::PgDumpZstd)
+    }
+}
+
+/// Everything a run of one dataset needs, gathered once.
+pub struct DatasetState {
+    pub name: String,
+    pub db: String,
+    pub size_bytes: u64,
+    pub tables: Vec<Table>,
+    pub want: Snapshot,
+    pub floor: Option<FloorStage>,
+}
+
+/// The floor's inputs, prepared (untimed) before its first run.
+pub struct FloorStage {
+    dir: PathBuf,
+    pre_data: PathBuf,
+    /// (table, staged binary COPY file), largest first.
+    files: Vec<(Table, PathBuf)>,
+    indexes: Vec<String>,
+    fks: Vec<String>,
+}
+
+/// A successful run.
+#[derive(Debug, Clone)]
+pub struct RunOk {
+    pub secs: f64,
+    /// Named phases, e.g. dump and restore.
+    pub parts: Vec<(&'static str, f64)>,
+    pub rss_kib: Option<u64>,
+    pub archive_bytes: Option<u64>,
+}
+
+impl RunOk {
+    fn from_phases(phases: Vec<(&'static str, Measured)>, archive_bytes: Option<u64>) -> RunOk {
+        RunOk {
+            secs: phases.iter().map(|(_, m)| m.elapsed.as_secs_f64()).sum(),
+            parts: phases
+                .iter()
+                .map(|(n, m)| (*n, m.elapsed.as_secs_f64()))
+                .collect(),
+            rss_kib: phases.iter().filter_map(|(_, m)| m.max_rss_kib).max(),
+            archive_bytes,
+        }
+    }
+}
+
+/// Drop and recreate the target database, then CHECKPOINT both servers so a
+/// run does not pay for the previous one's dirty buffers. Not timed.
+pub fn fresh_target(ctx: &Ctx) -> Result<()> {
+    let admin = ctx.tgt.conninfo("postgres");
+    exec(
+        &admin,
+        &format!("DROP DATABASE IF EXISTS {TARGET_DB} WITH (FORCE)"),
+    )?;
+    exec(&admin, &format!("CREATE DATABASE {TARGET_DB}"))?;
+    exec(&admin, "CHECKPOINT")?;
+    exec(&ctx.src.conninfo("postgres"), "CHECKPOINT")?;
+    Ok(())
+}
+
+/// One timed run of `tool` on `ds` into a fresh target, verified after.
+pub fn run_one(ctx: &Ctx, ds: &mut DatasetState, tool: Tool, round: usize) -> Result<RunOk> {
+    let tag = format!(
+        "{}-{}-r{}",
+        ds.name,
+        tool.name().replace(['|', '+'], "_"),
+        round
+    );
+    let log = ctx.logs.join(format!("{tag}.log"));
+    let _ = std::fs::remove_file(&log);
+    let scratch = ctx.work.join(&tag);
+    let _ = std::fs::remove_dir_all(&scratch);
+    if tool == Tool::Floor && ds.floor.is_none() {
+        ds.floor = Some(prepare_floor(ctx, ds)?);
+    }
+    fresh_target(ctx)?;
+    let result = run_tool(ctx, ds, tool, &scratch, &log);
+    let _ = std::fs::remove_dir_all(&scratch);
+    let _ = std::fs::remove_file(scratch.with_extension("resume.json"));
+    let ok = result?;
+    let got =
+        snapshot(&ctx.tgt.conninfo(TARGET_DB), &ds.tables).context("reading the target back")?;
+    compare(&ds.want, &got)?;
+    Ok(ok)
+}
+
+fn run_tool(ctx: &Ctx, ds: &DatasetState, tool: Tool, scratch: &Path, log: &Path) -> Result<RunOk> {
+    let jobs = ctx.cfg.jobs.to_string();
+    let src = ctx.src.conninfo(&ds.db);
+    let tgt = ctx.tgt.conninfo(TARGET_DB);
+    let pgbin = &ctx.src.bin_dir;
+    let measure = |cmd: &Cmd| run_measured(cmd, log, ctx.rss_probe);
+    match tool {
+        Tool::Stream | Tool::DumpMethod => {
+            let mut cmd = Cmd::new(&ctx.bin)
+                .args(["migrate", "--source", &src, "--target", &tgt])
+                .args(["--jobs", &jobs, "--verify", "none", "--dump-path"])
+                .arg(scratch);
+            if tool == Tool::DumpMethod {
+                cmd = cmd.args(["--copy-method", "dump"]);
+            }
+            Ok(RunOk::from_phases(vec![("migrate", measure(&cmd)?)], None))
+        }
+        Tool::PgDumpRestore | Tool::PgDumpZstd => {
+            let mut dump = Cmd::new(pgbin.join("pg_dump")).args(["-Fd", "-j", &jobs]);
+            if tool == Tool::PgDumpZstd {
+                dump = dump.arg("--compress=zstd");
+            }
+            let dump = dump.arg("-f").arg(scratch).args(["-d", &src]);
+            let d = measure(&dump)?;
+            let bytes = du_bytes(scratch);
+            let restore = Cmd::new(pgbin.join("pg_restore"))
+                .args(["-j", &jobs, "-d", &tgt])
+                .arg(scratch);
+            let r = measure(&restore)?;
+            Ok(RunOk::from_phases(
+                vec![("dump", d), ("restore", r)],
+                Some(bytes),
+            ))
+        }
+        Tool::PgDumpPsql => {
+            let script = r#"set -o pipefail; "$0/pg_dump" -d "$1" | "$0/psql" -X -q -v ON_ERROR_STOP=1 -d "$2" >/dev/null"#;
+            let cmd = Cmd::new("bash")
+                .args(["-c", script])
+                .arg(pgbin)
+                .args([&src, &tgt]);
+            Ok(RunOk::from_phases(vec![("pipe", measure(&cmd)?)], None))
+        }
+        Tool::Pgcopydb => {
+            let path = format!(
+                "{}:{}",
+                pgbin.display(),
+                std::env::var("PATH").unwrap_or_default()
+            );
+            let cmd = Cmd::new("pgcopydb")
+                .args(["clone", "--source", &ctx.src_uri(&ds.db)])
+                .args(["--target", &ctx.tgt_uri(TARGET_DB)])
+                .args(["--table-jobs", &jobs, "--index-jobs", &jobs])
+                .args(PGCOPYDB_FLAGS.iter().copied())
+                .arg("--dir")
+                .arg(scratch)
+                .env("PATH", path);
+            Ok(RunOk::from_phases(vec![("clone", measure(&cmd)?)], None))
+        }
+        Tool::Archive => {
+            let dump = Cmd::new(&ctx.bin)
+                .args(["dump", "--source", &src, "--jobs", &jobs, "--dump-path"])
+                .arg(scratch);
+            let d = measure(&dump)?;
+            let bytes = du_bytes(scratch);
+            let restore = Cmd::new(&ctx.bin)
+                .args(["restore", "--target", &tgt, "--jobs", &jobs, "--dump-path"])
+                .arg(scratch);
+            let r = measure(&restore)?;
+            Ok(RunOk::from_phases(
+                vec![("dump", d), ("restore", r)],
+                Some(bytes),
+            ))
+        }
+        Tool::Floor => run_floor(ctx, ds, &src, &tgt),
+    }
+}
+
+/// Extra `pgcopydb clone` flags (see BENCHMARKS.md for why).
+pub const PGCOPYDB_FLAGS: &[&str] = &[];
+
+fn prepare_floor(ctx: &Ctx, ds: &DatasetState) -> Result<FloorStage> {
+    let dir = ctx.work.join(format!("stage-{}", ds.name));
+    let _ = std::fs::remove_dir_all(&dir);
+    make_server_dir(&dir)?;
+    let src = ctx.src.conninfo(&ds.db);
+    let files: Vec<(Table, PathBuf)> = ds
+        .tables
+        .iter()
+        .enumerate()
+        .map(|(k, t)| (t.clone(), dir.join(format!("{k}.bin"))))
+        .collect();
+    let outs = files
+        .iter()
+        .map(|(t, f)| {
+            format!(
+                "COPY {} TO {} (FORMAT binary)",
+                t.qualified(),
+                literal(&f.display().to_string())
+            )
+        })
+        .collect();
+    run_parallel(&src, outs, ctx.cfg.jobs)?;
+    let pre_data = ctx.work.join(format!("stage-{}-pre.sql", ds.name));
+    run_quiet(
+        Command::new(ctx.src.bin_dir.join("pg_dump"))
+            .args(["-s", "--section=pre-data", "-d", &src, "-f"])
+            .arg(&pre_data),
+        "pg_dump --section=pre-data",
+    )?;
+    const USER: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                        AND n.nspname NOT LIKE 'pg\\_toast%'";
+    // Indexes that back no constraint, then primary/unique/exclusion
+    // constraints, then foreign keys: the post-data a restore builds.
+    let indexes = query(
+        &src,
+        &format!(
+            "SELECT stmt FROM ( \
+               SELECT pg_get_indexdef(i.indexrelid) AS stmt, pg_relation_size(i.indrelid) AS sz \
+               FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid \
+               JOIN pg_namespace n ON n.oid = c.relnamespace \
+               WHERE {USER} AND NOT EXISTS (SELECT 1 FROM pg_constraint k \
+                 WHERE k.conindid = i.indexrelid AND k.contype IN ('p', 'u', 'x')) \
+               UNION ALL \
+               SELECT format('ALTER TABLE ONLY %s ADD CONSTRAINT %I %s', \
+                        k.conrelid::regclass, k.conname, pg_get_constraintdef(k.oid)), \
+                      pg_relation_size(k.conrelid) \
+               FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid \
+               JOIN pg_namespace n ON n.oid = c.relnamespace \
+               WHERE {USER} AND k.contype IN ('p', 'u', 'x')) s \
+             ORDER BY sz DESC, stmt"
+        ),
+    )?;
+    let fks = query(
+        &src,
+        &format!(
+            "SELECT format('ALTER TABLE ONLY %s ADD CONSTRAINT %I %s', \
+                      k.conrelid::regclass, k.conname, pg_get_constraintdef(k.oid)) \
+             FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE {USER} AND k.contype = 'f' \
+             ORDER BY pg_relation_size(k.conrelid) DESC, 1"
+        ),
+    )?;
+    let col = |rows: Vec<Vec<Option<String>>>| -> Vec<String> {
+        rows.into_iter()
+            .filter_map(|r| r.into_iter().next().flatten())
+            .collect()
+    };
+    Ok(FloorStage {
+        dir,
+        pre_data,
+        files,
+        indexes: col(indexes),
+        fks: col(fks),
+    })
+}
+
+/// The rough floor: parallel `COPY … TO '/dev/null'` on the source, then
+/// parallel `COPY … FROM` the staged files on the target (tables created
+/// from pre-data beforehand, untimed), then the index and constraint builds,
+/// then the foreign keys. The phases run one after the other; the sum is the
+/// floor.
+fn run_floor(ctx: &Ctx, ds: &DatasetState, src: &str, tgt: &str) -> Result<RunOk> {
+    let stage = ds.floor.as_ref().expect("prepared");
+    run_quiet(
+        Command::new(ctx.tgt.bin_dir.join("psql"))
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", tgt, "-f"])
+            .arg(&stage.pre_data),
+        "psql -f pre-data",
+    )?;
+    exec(&ctx.tgt.conninfo("postgres"), "CHECKPOINT")?;
+    let n = ctx.cfg.jobs;
+    let read = run_parallel(
+        src,
+        stage
+            .files
+            .iter()
+            .map(|(t, _)| format!("COPY {} TO '/dev/null' (FORMAT binary)", t.qualified()))
+            .collect(),
+        n,
+    )?;
+    let ingest = run_parallel(
+        tgt,
+        stage
+            .files
+            .iter()
+            .map(|(t, f)| {
+                format!(
+                    "COPY {} FROM {} (FORMAT binary)",
+                    t.qualified(),
+                    literal(&f.display().to_string())
+                )
+            })
+            .collect(),
+        n,
+    )?;
+    let indexes = run_parallel(tgt, stage.indexes.clone(), n)?;
+    let fks = run_parallel(tgt, stage.fks.clone(), n)?;
+    let parts = vec![
+        ("read", read.as_secs_f64()),
+        ("ingest", ingest.as_secs_f64()),
+        ("indexes", indexes.as_secs_f64()),
+        ("fks", fks.as_secs_f64()),
+    ];
+    Ok(RunOk {
+        secs: parts.iter().map(|(_, s)| s).sum(),
+        parts,
+        rss_kib: None,
+        archive_bytes: None,
+    })
+}
+
+/// Delete the floor's staged files.
+pub fn drop_floor(ds: &mut DatasetState) {
+    if let Some(stage) = ds.floor.take() {
+        let _ = std::fs::remove_dir_all(&stage.dir);
+        let _ = std::fs::remove_file(&stage.pre_data);
+    }
+}
