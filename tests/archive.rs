@@ -328,3 +328,41 @@ async fn kill_9_during_dump_and_during_restore_then_resume() {
     verify_clean(&db.source, &target).await;
     assert_eq!(schema_dump(&db.source), schema_dump(&target));
 }
+
+#[tokio::test]
+async fn data_only_restore_refuses_rows_in_the_way_and_force_clean_replaces_them() {
+    let db = demo_db("archdata").await;
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("a");
+    let a = archive.to_str().unwrap();
+    let out = run_async(&[dump_args(&db.source, a), vec!["--data-only"]].concat()).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        !archive.join("schema").exists(),
+        "a data-only dump holds no schema"
+    );
+
+    // Into the existing (empty) schema on the target.
+    let out = run_async(&restore_args(&db.target, a)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    verify_clean(&db.source, &db.target).await;
+
+    // Again, with the rows now in the way: refused, and no token written.
+    let token = ResumeToken::restore_path_for(&archive);
+    std::fs::remove_file(&token).unwrap();
+    let before = content_digest(&db.target).await;
+    let out = run_async(&restore_args(&db.target, a)).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("already contain rows"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!token.exists(), "a refused restore wrote its token");
+    assert_eq!(content_digest(&db.target).await, before);
+
+    // --force-clean erases them and loads the archive again.
+    let out = run_async(&[restore_args(&db.target, a), vec!["--force-clean"]].concat()).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    verify_clean(&db.source, &db.target).await;
+}

@@ -129,6 +129,35 @@ pub async fn run(cfg: &MigrationConfig, cancel: CancellationToken) -> Result<Mig
             column_types: Vec::new(),
         })
         .collect();
+    let los: Vec<LargeObjectInfo> = match &m.large_objects {
+        Some(e) if cfg.large_objects => {
+            let metas: Vec<LargeObjectMeta> = serde_json::from_slice(&archive.read_small_file(e)?)
+                .map_err(|e| {
+                    MigrationError::Archive(format!("large_objects.json cannot be read: {e}"))
+                })?;
+            metas.into_iter().map(LargeObjectInfo::from).collect()
+        }
+        _ => Vec::new(),
+    };
+    if m.data_only && !resumed {
+        if cfg.force_clean {
+            // Erase what is in the way: the rows of the archive's tables,
+            // the large objects with its ids, our bookkeeping.
+            for t in &tables {
+                dst.batch_execute("BEGIN")
+                    .await
+                    .map_err(|e| MigrationError::db("erasing target data", e))?;
+                copy::empty_table(&dst, &t.qualified()).await?;
+                dst.batch_execute("COMMIT")
+                    .await
+                    .map_err(|e| MigrationError::db("erasing target data", e))?;
+            }
+            let oids: Vec<u32> = los.iter().map(|l| l.oid).collect();
+            copy::erase_large_objects(&dst, &oids).await?;
+        }
+        // Refused before anything of ours is written (token included).
+        migrate::preflight_target(&dst, &mut tables, &[], &los, false).await?;
+    }
     let mut token = match existing {
         Some(t) if resumed => t,
         _ => ResumeToken::new(migration_id.clone(), def.clone(), dir.clone()),
@@ -142,16 +171,6 @@ pub async fn run(cfg: &MigrationConfig, cancel: CancellationToken) -> Result<Mig
     copy::prepare_target_state(&dst).await?;
     let mut stages = Vec::new();
     let mut schema_steps = 0;
-    let los: Vec<LargeObjectInfo> = match &m.large_objects {
-        Some(e) if cfg.large_objects => {
-            let metas: Vec<LargeObjectMeta> = serde_json::from_slice(&archive.read_small_file(e)?)
-                .map_err(|e| {
-                    MigrationError::Archive(format!("large_objects.json cannot be read: {e}"))
-                })?;
-            metas.into_iter().map(LargeObjectInfo::from).collect()
-        }
-        _ => Vec::new(),
-    };
     if let Some(script) = &script {
         let t0 = Instant::now();
         schema_steps +=

@@ -247,7 +247,7 @@ struct MigrateArgs {
     index_jobs: Option<usize>,
     /// Cut tables bigger than this into page ranges copied in parallel
     /// (e.g. 256MB, 1GB; 0 never splits; PostgreSQL 14+ sources).
-    /// Default: from the database size and --jobs, at least 64MB.
+    /// Default: the database size divided by --jobs, between 64MB and 1GB.
     #[arg(long, value_parser = parse_size)]
     split_size: Option<u64>,
     /// Do not ANALYZE the tables after loading them.

@@ -73,10 +73,15 @@ pub fn item_name(qualified: &str, chunk: u32, chunks: u32) -> String {
     }
 }
 
-/// The split size when the user does not give one: about four chunks per
-/// worker over the whole copy, within [64 MB, 1 GB].
+/// The split size when the user does not give one: one worker's fair share
+/// of the whole copy, within [64 MB, 1 GB]. Only a table bigger than that
+/// would leave the other workers idle at the end; smaller tables are better
+/// copied whole, in parallel with each other: several sessions loading one
+/// table contend for its relation extension lock (much more before
+/// PostgreSQL 16), and only a whole table can be loaded with COPY FREEZE.
+/// The 1 GB cap keeps a resumed run from redoing more than that per chunk.
 pub fn default_split_bytes(total_bytes: u64, jobs: usize) -> u64 {
-    (total_bytes / (jobs.max(1) as u64 * 4)).clamp(MIN_SPLIT_BYTES, MAX_SPLIT_BYTES)
+    (total_bytes / jobs.max(1) as u64).clamp(MIN_SPLIT_BYTES, MAX_SPLIT_BYTES)
 }
 
 /// Page ranges for a table of `bytes` on disk: `None` keeps it whole.
@@ -245,6 +250,6 @@ mod tests {
     fn default_split_size_is_bounded() {
         assert_eq!(default_split_bytes(0, 4), MIN_SPLIT_BYTES);
         assert_eq!(default_split_bytes(1 << 40, 2), MAX_SPLIT_BYTES);
-        assert_eq!(default_split_bytes(4 << 30, 4), 256 << 20);
+        assert_eq!(default_split_bytes(1 << 30, 4), 256 << 20);
     }
 }
