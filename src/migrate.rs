@@ -386,6 +386,20 @@ pub(crate) async fn run(
             store.update(|t| t.stage_started(Stage::SchemaPostData))?;
             schema_steps +=
                 apply_steps(&dst, &migration_id, "post", &script.post_data, &cancel).await?;
+            schema_steps += copy::apply_parallel(
+                &target_ep,
+                &migration_id,
+                "post",
+                script
+                    .post_data
+                    .iter()
+                    .filter(|s| s.parallel)
+                    .cloned()
+                    .collect(),
+                cfg.jobs,
+                &cancel,
+            )
+            .await?;
             schema_steps += apply_steps(&dst, &migration_id, "acl", &script.acl, &cancel).await?;
             schema_steps += apply_steps(&dst, &migration_id, "last", &script.last, &cancel).await?;
             store.update(|t| t.stage_done(Stage::SchemaPostData))?;
@@ -831,7 +845,8 @@ pub(crate) async fn apply_steps(
     let done = copy::committed_steps(dst, migration_id).await?;
     let mut n = 0;
     for step in steps {
-        if done.contains(&copy::step_marker(part, step)) {
+        // Foreign key validations run afterwards, in parallel (apply_parallel).
+        if step.parallel || done.contains(&copy::step_marker(part, step)) {
             continue;
         }
         if cancel.is_cancelled() {

@@ -244,6 +244,20 @@ pub async fn run(cfg: &MigrationConfig, cancel: CancellationToken) -> Result<Mig
         let t0 = Instant::now();
         schema_steps +=
             migrate::apply_steps(&dst, &migration_id, "post", &script.post_data, &cancel).await?;
+        schema_steps += copy::apply_parallel(
+            &target_ep,
+            &migration_id,
+            "post",
+            script
+                .post_data
+                .iter()
+                .filter(|s| s.parallel)
+                .cloned()
+                .collect(),
+            cfg.jobs,
+            &cancel,
+        )
+        .await?;
         schema_steps +=
             migrate::apply_steps(&dst, &migration_id, "acl", &script.acl, &cancel).await?;
         schema_steps +=

@@ -143,6 +143,79 @@ pub(crate) async fn apply_step(
         .map_err(|e| MigrationError::db(format!("creating {} on the target", step.describe), e))
 }
 
+/// Apply independent steps (foreign key validations) with up to `jobs`
+/// sessions, each step with its marker; steps already marked are skipped.
+/// Returns how many were applied now.
+pub(crate) async fn apply_parallel(
+    target: &EndpointConfig,
+    migration_id: &str,
+    part: &str,
+    steps: Vec<Step>,
+    jobs: usize,
+    cancel: &CancellationToken,
+) -> Result<usize> {
+    if steps.is_empty() {
+        return Ok(0);
+    }
+    let first = connect::connect(target, "target").await?;
+    let done = committed_steps(&first, migration_id).await?;
+    let todo: VecDeque<Step> = steps
+        .into_iter()
+        .filter(|s| !done.contains(&step_marker(part, s)))
+        .collect();
+    let n = todo.len();
+    let queue = Arc::new(Mutex::new(todo));
+    let stop = cancel.child_token();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..jobs.max(1).min(n) {
+        let (queue, stop, target) = (queue.clone(), stop.clone(), target.clone());
+        let (migration_id, part) = (migration_id.to_string(), part.to_string());
+        set.spawn(async move {
+            let run = async {
+                let dst = connect::connect(&target, "target").await?;
+                session::setup_target(&dst).await?;
+                dst.batch_execute(crate::schema::emit::APPLY_SETTINGS)
+                    .await
+                    .map_err(|e| MigrationError::db("configuring the target session", e))?;
+                loop {
+                    let Some(step) = queue.lock().unwrap().pop_front() else {
+                        return Ok(());
+                    };
+                    let t0 = Instant::now();
+                    apply_step(&dst, &migration_id, &part, &step).await?;
+                    info!(step = %step.describe, seconds = format!("{:.2}", t0.elapsed().as_secs_f64()), "applied");
+                }
+            };
+            let r = tokio::select! {
+                _ = stop.cancelled() => Err(MigrationError::Cancelled),
+                r = run => r,
+            };
+            if r.is_err() {
+                stop.cancel();
+            }
+            r
+        });
+    }
+    let mut first_err = None;
+    while let Some(j) = set.join_next().await {
+        let r = j.unwrap_or_else(|e| {
+            Err(MigrationError::Internal(format!(
+                "step worker panicked: {e}"
+            )))
+        });
+        if let Err(e) = r {
+            if first_err.is_none() || matches!(first_err, Some(MigrationError::Cancelled)) {
+                first_err = Some(e);
+            }
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None if cancel.is_cancelled() => Err(MigrationError::Cancelled),
+        None => Ok(n),
+    }
+}
+
 /// Create the bookkeeping table on the target (idempotent).
 pub async fn prepare_target_state(target: &Client) -> Result<()> {
     target

@@ -27,6 +27,10 @@ pub struct Step {
     /// `ADD CONSTRAINT ... USING INDEX` that attaches a built index).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub after_indexes: bool,
+    /// A foreign key validation: the migration runs these last, several at
+    /// once (see `SchemaObject::validate_later`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub parallel: bool,
 }
 
 /// The whole schema as ordered steps.
@@ -145,13 +149,22 @@ impl SchemaScript {
                     sql: vec![index],
                     table: table.clone(),
                     after_indexes: false,
+                    parallel: false,
                 });
             }
+            let validate = o.validate_later.take().map(|v| Step {
+                describe: format!("VALIDATE {}", o.describe),
+                sql: vec![v],
+                table: None,
+                after_indexes: false,
+                parallel: true,
+            });
             let step = Step {
                 describe: o.describe.clone(),
                 sql,
                 table,
                 after_indexes,
+                parallel: false,
             };
             let acl = std::mem::take(&mut o.acl);
             if !acl.is_empty() {
@@ -160,6 +173,7 @@ impl SchemaScript {
                     sql: acl,
                     table: None,
                     after_indexes: false,
+                    parallel: false,
                 });
             }
             if step.sql.is_empty() {
@@ -167,7 +181,9 @@ impl SchemaScript {
             }
             match section {
                 Part::Last => script.last.push(step),
-                Part::PostData => script.post_data.push(step),
+                Part::PostData => script
+                    .post_data
+                    .extend([Some(step), validate].into_iter().flatten()),
                 _ => script.pre_data.push(step),
             }
         }

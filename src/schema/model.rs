@@ -58,6 +58,11 @@ pub struct SchemaObject {
     /// INDEX`. Index builds take SHARE locks and run several at once on one
     /// table; `ADD CONSTRAINT` would hold ACCESS EXCLUSIVE for the whole build.
     pub index_first: Option<String>,
+    /// For a foreign key added `NOT VALID`: the `VALIDATE CONSTRAINT` that
+    /// checks the rows. Validations take only SHARE UPDATE EXCLUSIVE on the
+    /// referencing table, so several run at once, unlike `ADD FOREIGN KEY`
+    /// whose SHARE ROW EXCLUSIVE locks on both tables serialize (or deadlock).
+    pub validate_later: Option<String>,
 }
 
 impl SchemaObject {
@@ -81,6 +86,7 @@ impl SchemaObject {
             postponed: false,
             data_of: None,
             index_first: None,
+            validate_later: None,
         }
     }
 
