@@ -622,7 +622,7 @@ fn status(args: StatusArgs) -> Result<i32, MigrationError> {
             "completed".to_string()
         } else {
             format!(
-                "incomplete (at stage {}); continue with migrate ... --resume",
+                "incomplete (at stage {}); continue with the same command and --resume",
                 token.current_stage().map_or("none", |s| s.stage.as_str())
             )
         }
@@ -645,7 +645,21 @@ fn status(args: StatusArgs) -> Result<i32, MigrationError> {
         );
     }
     let rows: u64 = token.copied.values().map(|c| c.rows).sum();
-    println!("tables done {} ({} rows)", token.copied.len(), rows);
+    println!(
+        "items done  {} tables or chunks ({} rows)",
+        token.copied.len(),
+        rows
+    );
+    if !token.dumped.is_empty() {
+        let rows: u64 = token.dumped.values().map(|f| f.rows).sum();
+        let size: u64 = token.dumped.values().map(|f| f.file.size).sum();
+        println!(
+            "dumped      {} files ({} rows, {} on disk)",
+            token.dumped.len(),
+            rows,
+            pg_dbmigrator::human_bytes(size)
+        );
+    }
     Ok(exit_code::OK)
 }
 
