@@ -90,6 +90,9 @@ impl EndpointIdentity {
 
 impl std::fmt::Display for EndpointIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.ports.is_empty() && self.hosts == ["archive"] {
+            return write!(f, "archive {}", self.dbname);
+        }
         let ports: Vec<String> = self.ports.iter().map(|p| p.to_string()).collect();
         write!(
             f,
