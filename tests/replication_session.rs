@@ -158,9 +158,7 @@ fn show_old(o: &OldTuple) -> String {
 /// One line per message; relation oids become names.
 fn show(m: &Message, rels: &mut HashMap<u32, String>) -> String {
     let rel = |rels: &HashMap<u32, String>, oid: u32| {
-        rels.get(&oid)
-            .cloned()
-            .unwrap_or_else(|| format!("?{oid}"))
+        rels.get(&oid).cloned().unwrap_or_else(|| format!("?{oid}"))
     };
     match m {
         Message::Begin(_) => "BEGIN".into(),
@@ -255,7 +253,8 @@ async fn trust_over_unix_socket_identify_system_and_sql() {
     };
     // Unix socket with trust; the first host does not exist (multi-host).
     let mut ep = EndpointConfig::parse(&cluster.socket_conninfo(&db.name)).unwrap();
-    ep.hosts.insert(0, Host::Unix("/nonexistent-dbm-dir".into()));
+    ep.hosts
+        .insert(0, Host::Unix("/nonexistent-dbm-dir".into()));
     ep.ports = vec![cluster.port];
     ep.application_name = Some("dbm_repl_test".into());
     let mut s = ReplicationSession::connect(&ep).await.unwrap();
@@ -277,7 +276,11 @@ async fn trust_over_unix_socket_identify_system_and_sql() {
         .await
         .parse()
         .unwrap();
-    assert!(id.xlogpos.is_valid() && id.xlogpos <= now, "{} vs {now}", id.xlogpos);
+    assert!(
+        id.xlogpos.is_valid() && id.xlogpos <= now,
+        "{} vs {now}",
+        id.xlogpos
+    );
 
     // A logical walsender runs SQL too, with NULLs kept apart from text.
     let rows = s
@@ -300,7 +303,10 @@ async fn trust_over_unix_socket_identify_system_and_sql() {
     // Server errors keep their SQLSTATE and leave the session usable.
     let e = s.simple_query("SELECT 1/0").await.unwrap_err();
     assert_eq!(e.sqlstate(), Some("22012"), "{e}");
-    let e = s.simple_query("DROP_REPLICATION_SLOT \"no_such_slot_dbm\"").await.unwrap_err();
+    let e = s
+        .simple_query("DROP_REPLICATION_SLOT \"no_such_slot_dbm\"")
+        .await
+        .unwrap_err();
     assert_eq!(e.sqlstate(), Some("42704"), "{e}");
     s.identify_system().await.unwrap();
 
@@ -373,7 +379,10 @@ async fn scram_login_and_failed_logins_never_show_the_password() {
     assert_eq!(e.exit_code(), pg_dbmigrator::error::exit_code::CONFIG);
     let shown = format!("{e} {e:?}");
     assert!(shown.contains("password authentication failed"), "{shown}");
-    assert!(!shown.contains(password) && !shown.contains(wrong), "{shown}");
+    assert!(
+        !shown.contains(password) && !shown.contains(wrong),
+        "{shown}"
+    );
 
     let mut none = ep.clone();
     none.password = None;
@@ -457,15 +466,19 @@ async fn tls_channel_binding_md5_and_cleartext() {
     };
 
     // verify-full by name: SCRAM bound to the certificate.
-    let mut s = ReplicationSession::connect(&ep("dbm_scram", "localhost", SslMode::VerifyFull, &ca.cert))
-        .await
-        .unwrap();
+    let mut s =
+        ReplicationSession::connect(&ep("dbm_scram", "localhost", SslMode::VerifyFull, &ca.cert))
+            .await
+            .unwrap();
     assert!(s.is_tls());
     assert_eq!(s.auth_method(), AuthMethod::ScramSha256Plus);
     s.identify_system().await.unwrap();
     let ssl = scalar(
         &admin,
-        &format!("SELECT ssl::text FROM pg_stat_ssl WHERE pid = {}", s.backend_pid()),
+        &format!(
+            "SELECT ssl::text FROM pg_stat_ssl WHERE pid = {}",
+            s.backend_pid()
+        ),
     )
     .await;
     assert_eq!(ssl, "true");
@@ -485,15 +498,21 @@ async fn tls_channel_binding_md5_and_cleartext() {
     drop(s);
 
     // A certificate from the wrong CA is refused during the handshake.
-    let e = ReplicationSession::connect(&ep("dbm_scram", "localhost", SslMode::VerifyCa, &other_ca.cert))
-        .await
-        .unwrap_err();
+    let e = ReplicationSession::connect(&ep(
+        "dbm_scram",
+        "localhost",
+        SslMode::VerifyCa,
+        &other_ca.cert,
+    ))
+    .await
+    .unwrap_err();
     assert!(e.to_string().contains("TLS handshake failed"), "{e}");
     assert!(!format!("{e:?}").contains(pw));
 
-    let mut s = ReplicationSession::connect(&ep("dbm_md5", "127.0.0.1", SslMode::Disable, &ca.cert))
-        .await
-        .unwrap();
+    let mut s =
+        ReplicationSession::connect(&ep("dbm_md5", "127.0.0.1", SslMode::Disable, &ca.cert))
+            .await
+            .unwrap();
     assert_eq!(s.auth_method(), AuthMethod::Md5);
     s.identify_system().await.unwrap();
     drop(s);
@@ -503,9 +522,10 @@ async fn tls_channel_binding_md5_and_cleartext() {
     assert_eq!(e.sqlstate(), Some("28P01"), "{e}");
     assert!(!format!("{e} {e:?}").contains("not-the-Pw"));
 
-    let mut s = ReplicationSession::connect(&ep("dbm_clear", "127.0.0.1", SslMode::Disable, &ca.cert))
-        .await
-        .unwrap();
+    let mut s =
+        ReplicationSession::connect(&ep("dbm_clear", "127.0.0.1", SslMode::Disable, &ca.cert))
+            .await
+            .unwrap();
     assert_eq!(s.auth_method(), AuthMethod::Cleartext);
     s.identify_system().await.unwrap();
     drop(s);
@@ -560,7 +580,11 @@ async fn slot_stream_and_feedback(conninfo: &str, proto: Option<u32>) {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(ids, [1, 2], "the snapshot shows the rows from before the slot");
+    assert_eq!(
+        ids,
+        [1, 2],
+        "the snapshot shows the rows from before the slot"
+    );
     c.batch_execute("COMMIT").await.unwrap();
 
     for sql in [
@@ -602,7 +626,11 @@ async fn slot_stream_and_feedback(conninfo: &str, proto: Option<u32>) {
     let mut open_begin = None;
     let mut last_end = Lsn::INVALID;
     let mut commits = 0;
-    while !(commits == 6 && lines.last().is_some_and(|l: &String| l.starts_with("MESSAGE nontx"))) {
+    while !(commits == 6
+        && lines
+            .last()
+            .is_some_and(|l: &String| l.starts_with("MESSAGE nontx")))
+    {
         let m = next(&mut reader).await;
         if answer_keepalive(&m, &writer, received, Lsn::INVALID).await {
             continue;
@@ -622,7 +650,10 @@ async fn slot_stream_and_feedback(conninfo: &str, proto: Option<u32>) {
                 assert_eq!(b.final_lsn, cm.commit_lsn);
                 assert_eq!(b.commit_time, cm.commit_time);
                 assert!(cm.end_lsn > cm.commit_lsn && cm.end_lsn > last_end);
-                assert_eq!(x.wal_start, cm.end_lsn, "a Commit's XLogData starts at its end LSN");
+                assert_eq!(
+                    x.wal_start, cm.end_lsn,
+                    "a Commit's XLogData starts at its end LSN"
+                );
                 last_end = cm.end_lsn;
                 // Before 15, transactions of other databases on a shared
                 // server arrive as empty Begin/Commit pairs.
@@ -660,6 +691,9 @@ async fn slot_stream_and_feedback(conninfo: &str, proto: Option<u32>) {
         "DELETE items old=K(1,NULL,NULL,NULL)".into(),
         "COMMIT".into(),
         "BEGIN".into(),
+        // TRUNCATE gives the table a new relfilenode; the relcache
+        // invalidation makes the server describe the table again.
+        format!("RELATION public.items Default id:{int4}:key name:{text} qty:{int4} note:{text}"),
         "TRUNCATE items options=0".into(),
         "COMMIT".into(),
         "MESSAGE nontx nt bye".into(),
@@ -706,14 +740,30 @@ async fn slot_stream_and_feedback(conninfo: &str, proto: Option<u32>) {
     // Back in command mode on the same session.
     s.identify_system().await.unwrap();
 
-    // Restarting from 0/0 resumes at confirmed_flush_lsn: the six confirmed
-    // transactions are skipped; only the later non-transactional message comes again.
+    // The server cannot stream twice on one connection; we say so.
+    let e = s
+        .start_replication(&name, Lsn::INVALID, "pub", proto, false)
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("once per replication session"),
+        "{e}"
+    );
+
+    // Restarting from 0/0 on a new session resumes at confirmed_flush_lsn:
+    // the six confirmed transactions are not sent again, but the
+    // non-transactional message written after that point is.
+    let s = ReplicationSession::connect(&ep).await.unwrap();
     let stream = s
         .start_replication(&name, Lsn::INVALID, "pub", proto, false)
         .await
         .unwrap();
+    testkit::execute(conninfo, "INSERT INTO items VALUES (40, 'd', 1, NULL)")
+        .await
+        .unwrap();
     let (mut reader, writer) = stream.split();
-    let first = loop {
+    let mut again = Vec::new();
+    loop {
         let m = next(&mut reader).await;
         if answer_keepalive(&m, &writer, Lsn::INVALID, last_end).await {
             continue;
@@ -721,9 +771,27 @@ async fn slot_stream_and_feedback(conninfo: &str, proto: Option<u32>) {
         let ReplicationMessage::XLogData(x) = m else {
             unreachable!()
         };
-        break pgoutput::decode_bytes(x.data, false).unwrap();
-    };
-    assert_eq!(show(&first, &mut rels), "MESSAGE nontx nt bye");
+        let msg = pgoutput::decode_bytes(x.data, false).unwrap();
+        if let Message::Begin(b) = &msg {
+            assert!(b.final_lsn > last_end);
+        }
+        again.push(show(&msg, &mut rels));
+        if matches!(msg, Message::Commit(_)) {
+            break;
+        }
+    }
+    assert_eq!(
+        again,
+        [
+            "MESSAGE nontx nt bye".to_string(),
+            "BEGIN".into(),
+            format!(
+                "RELATION public.items Default id:{int4}:key name:{text} qty:{int4} note:{text}"
+            ),
+            "INSERT items new=(40,d,1,NULL)".into(),
+            "COMMIT".into(),
+        ]
+    );
     let mut s = ReplicationStream::unsplit(reader, writer)
         .await
         .unwrap()
@@ -865,7 +933,10 @@ async fn streamed_transactions(conninfo: &str) {
     let committed: u32 = ends[0]["commit ".len()..].parse().unwrap();
     let aborted: u32 = ends[1]["abort ".len()..].parse().unwrap();
     let (blocks, firsts, inserts) = &per_xid[&committed];
-    assert!(*blocks >= 2, "2000 rows of 200 bytes exceed 64kB several times");
+    assert!(
+        *blocks >= 2,
+        "2000 rows of 200 bytes exceed 64kB several times"
+    );
     assert!(firsts[0], "the first block is marked as such");
     assert!(firsts[1..].iter().all(|f| !f));
     assert_eq!(*inserts, 2000);
@@ -920,9 +991,12 @@ async fn proto_4_on_postgres_17() {
     .unwrap()
     .unwrap_or_else(|e| panic!("PostgreSQL 17: {e}"));
     for db in ["flow", "streamed"] {
-        testkit::execute(&cluster.conninfo("postgres"), &format!("CREATE DATABASE {db}"))
-            .await
-            .unwrap();
+        testkit::execute(
+            &cluster.conninfo("postgres"),
+            &format!("CREATE DATABASE {db}"),
+        )
+        .await
+        .unwrap();
     }
     let s = ReplicationSession::connect(&cluster.endpoint("flow"))
         .await

@@ -25,13 +25,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tokio_postgres::fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::sasl::{self, ChannelBinding, ScramSha256};
 use postgres_protocol::message::backend::{ErrorFields, Message};
 use postgres_protocol::message::frontend;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::Mutex;
+use tokio_postgres::fallible_iterator::FallibleIterator;
 
 use crate::config::{EndpointConfig, Host, SslMode};
 use crate::error::{DbErrorInfo, MigrationError, Result};
@@ -280,7 +280,7 @@ const STREAM_OPTIONS: &str = "-c datestyle=ISO -c intervalstyle=postgres -c extr
 /// Why one host could not be used.
 struct Failure {
     reason: String,
-    db: Option<DbErrorInfo>,
+    db: Option<Box<DbErrorInfo>>,
     /// The server accepted the SSLRequest, so a `prefer` retry is allowed.
     tls_tried: bool,
 }
@@ -326,7 +326,7 @@ impl Failure {
         }
         Failure {
             reason,
-            db: Some(info),
+            db: Some(Box::new(info)),
             tls_tried: false,
         }
     }
@@ -351,6 +351,8 @@ pub struct ReplicationSession {
     backend_pid: i32,
     auth: AuthMethod,
     tls: bool,
+    /// START_REPLICATION already ran on this connection (see start_replication).
+    streamed: bool,
 }
 
 impl fmt::Debug for ReplicationSession {
@@ -365,33 +367,19 @@ impl fmt::Debug for ReplicationSession {
 }
 
 impl ReplicationSession {
-    /// Open a `replication=database` session to `ep` (named "source" in errors).
+    /// Open a `replication=database` session to `ep` (named "source
+    /// (replication)" in errors: the slot always lives on the source).
     pub async fn connect(ep: &EndpointConfig) -> Result<Self> {
-        Self::connect_labeled(ep, "source")
-            .await
-            .map_err(|e| match e {
-                MigrationError::Connect {
-                    endpoint,
-                    target,
-                    reason,
-                    db,
-                } => MigrationError::Connect {
-                    endpoint: format!("{endpoint} (replication)"),
-                    target,
-                    reason,
-                    db,
-                },
-                other => other,
-            })
+        Self::connect_labeled(ep, "source (replication)").await
     }
 
     /// As [`connect`](Self::connect), naming the endpoint `label` in errors.
     pub async fn connect_labeled(ep: &EndpointConfig, label: &str) -> Result<Self> {
-        let fail = |reason: String, db: Option<DbErrorInfo>| MigrationError::Connect {
+        let fail = |reason: String, db: Option<Box<DbErrorInfo>>| MigrationError::Connect {
             endpoint: label.to_string(),
             target: ep.redacted(),
             reason,
-            db: db.map(Box::new),
+            db,
         };
         if ep.hosts.is_empty() {
             return Err(fail("no host given".into(), None));
@@ -571,9 +559,8 @@ impl ReplicationSession {
         );
         let rows = self.simple_query(&sql).await?;
         let row = single_row(rows, "CREATE_REPLICATION_SLOT", 4)?;
-        let bad = |what: &str| {
-            protocol_error("CREATE_REPLICATION_SLOT", format!("unexpected {what}"))
-        };
+        let bad =
+            |what: &str| protocol_error("CREATE_REPLICATION_SLOT", format!("unexpected {what}"));
         Ok(CreatedSlot {
             slot_name: row[0].clone().ok_or_else(|| bad("NULL slot_name"))?,
             consistent_point: row[1]
@@ -598,7 +585,9 @@ impl ReplicationSession {
     }
 
     /// `START_REPLICATION SLOT "slot" LOGICAL <start_lsn> (...)` with pgoutput,
-    /// entering CopyBoth mode.
+    /// entering CopyBoth mode. Once per session: after [`ReplicationStream::finish`]
+    /// the session runs commands (DROP_REPLICATION_SLOT, say), but streaming
+    /// again needs a new session.
     ///
     /// Options sent: `proto_version`, `publication_names`, `messages 'true'`
     /// on 14+ (so `pg_logical_emit_message` arrives; 12 and 13 reject the
@@ -614,6 +603,15 @@ impl ReplicationSession {
         streaming: bool,
     ) -> Result<ReplicationStream> {
         const CONTEXT: &str = "starting logical replication";
+        if self.streamed {
+            // A logical walsender does not reset its end-of-streaming flags
+            // (PostgreSQL 15 and 17 at least): a second START_REPLICATION on
+            // the same connection ends at once, without an error.
+            return Err(MigrationError::Internal(
+                "START_REPLICATION runs once per replication session; open a new session to stream again"
+                    .into(),
+            ));
+        }
         if !(1..=4).contains(&proto_version) {
             return Err(MigrationError::Config(format!(
                 "pgoutput proto_version {proto_version} is not one of 1, 2, 3, 4"
@@ -663,16 +661,15 @@ impl ReplicationSession {
                 Message::ErrorResponse(body) => error = Some(error_info(body.fields())),
                 Message::NoticeResponse(body) => log_notice(error_info(body.fields())),
                 Message::ReadyForQuery(_) => {
-                    let info = error.unwrap_or_else(|| DbErrorInfo {
-                        severity: "ERROR".into(),
-                        sqlstate: String::new(),
-                        message: "START_REPLICATION ended without entering COPY mode".into(),
-                        detail: None,
-                        hint: None,
-                    });
-                    return Err(MigrationError::Db {
-                        context: CONTEXT.into(),
-                        info: Box::new(info),
+                    return Err(match error {
+                        Some(info) => MigrationError::Db {
+                            context: CONTEXT.into(),
+                            info: Box::new(info),
+                        },
+                        None => protocol_error(
+                            CONTEXT,
+                            "START_REPLICATION ended without entering COPY mode",
+                        ),
                     });
                 }
                 _ => {}
@@ -685,13 +682,14 @@ impl ReplicationSession {
             backend_pid,
             auth,
             tls,
+            streamed: _,
         } = self;
         let (rd, wr) = tokio::io::split(io);
         Ok(ReplicationStream {
             reader: ReplicationReader {
                 rd,
                 buf: rbuf,
-                done: false,
+                state: StreamState::Streaming,
                 meta: SessionMeta {
                     params,
                     backend_pid,
@@ -763,8 +761,14 @@ fn single_row(
     Ok(rows.remove(0))
 }
 
+/// Notices matter here: a missing publication is only a WARNING on recent
+/// servers ("skipped loading publication"), and then nothing is streamed.
 fn log_notice(info: DbErrorInfo) {
-    tracing::info!(severity = %info.severity, sqlstate = %info.sqlstate, "replication source: {}", info.message);
+    if info.severity == "WARNING" {
+        tracing::warn!(sqlstate = %info.sqlstate, "replication source: {}", info.message);
+    } else {
+        tracing::info!(severity = %info.severity, sqlstate = %info.sqlstate, "replication source: {}", info.message);
+    }
 }
 
 fn where_(host: &Host, port: u16) -> String {
@@ -792,11 +796,9 @@ async fn connect_host(
         SslMode::Allow => match attempt(ep, host, port, None, TlsWant::Off).await {
             // Plain first; only if the server itself turned us away (e.g. a
             // hostssl-only pg_hba) is TLS worth a second try.
-            Err(first) if first.db.is_some() => {
-                attempt(ep, host, port, Some(tls), TlsWant::Must)
-                    .await
-                    .map_err(|second| more_telling(first, second))
-            }
+            Err(first) if first.db.is_some() => attempt(ep, host, port, Some(tls), TlsWant::Must)
+                .await
+                .map_err(|second| more_telling(first, second)),
             other => other,
         },
         SslMode::Prefer => match attempt(ep, host, port, Some(tls), TlsWant::Try).await {
@@ -1061,6 +1063,7 @@ async fn startup(
                     backend_pid,
                     auth,
                     tls: tls.is_some(),
+                    streamed: false,
                 });
             }
             _ => return Err(Failure::msg("unexpected message during startup")),
@@ -1205,9 +1208,13 @@ impl ReplicationStream {
                 "ReplicationStream::finish: other writer handles are still alive".into(),
             ));
         }
-        writer.copy_done().await?;
         let mut error = None;
-        loop {
+        if reader.state != StreamState::Ready {
+            // Harmless when the server already left COPY mode: outside COPY
+            // it ignores CopyDone, as the protocol says.
+            writer.copy_done().await?;
+        }
+        while reader.state != StreamState::Ready {
             let mut frame = read_frame(&mut reader.rd, &mut reader.buf)
                 .await
                 .map_err(|e| MigrationError::io(CONTEXT, e))?;
@@ -1219,7 +1226,7 @@ impl ReplicationStream {
             match parse_message(&mut frame).map_err(|e| MigrationError::io(CONTEXT, e))? {
                 Message::ErrorResponse(body) => error = Some(error_info(body.fields())),
                 Message::NoticeResponse(body) => log_notice(error_info(body.fields())),
-                Message::ReadyForQuery(_) => break,
+                Message::ReadyForQuery(_) => reader.state = StreamState::Ready,
                 _ => {}
             }
         }
@@ -1245,24 +1252,63 @@ impl ReplicationStream {
             backend_pid: meta.backend_pid,
             auth: meta.auth,
             tls: meta.tls,
+            streamed: true,
         })
     }
+}
+
+/// How far the server has taken the end of streaming.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamState {
+    Streaming,
+    /// The server sent CopyDone and waits for ours.
+    CopyDone,
+    /// The server left COPY mode by itself (CommandComplete or an error);
+    /// ReadyForQuery is still to come.
+    Ended,
+    /// ReadyForQuery seen: the session is in command mode again.
+    Ready,
 }
 
 /// The receiving half of a [`ReplicationStream`].
 pub struct ReplicationReader {
     rd: ReadHalf<BoxIo>,
     buf: BytesMut,
-    done: bool,
+    state: StreamState,
     meta: SessionMeta,
 }
 
+impl fmt::Debug for ReplicationReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplicationReader")
+            .field("backend_pid", &self.meta.backend_pid)
+            .field("state", &self.state)
+            .field("buffered", &self.buf.len())
+            .finish()
+    }
+}
+
+impl fmt::Debug for ReplicationWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ReplicationWriter")
+    }
+}
+
+impl fmt::Debug for ReplicationStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplicationStream")
+            .field("reader", &self.reader)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ReplicationReader {
-    /// The next XLogData or keepalive; `None` once the server sent CopyDone.
+    /// The next XLogData or keepalive; `None` once the server has ended the
+    /// stream (CopyDone, or CommandComplete when it stops on its own).
     /// Cancel-safe: a dropped call loses no bytes (they stay in the buffer).
     pub async fn next_message(&mut self) -> Result<Option<ReplicationMessage>> {
         const CONTEXT: &str = "reading the replication stream";
-        if self.done {
+        if self.state != StreamState::Streaming {
             return Ok(None);
         }
         loop {
@@ -1277,18 +1323,29 @@ impl ReplicationReader {
                     }
                 }
                 b'c' => {
-                    self.done = true;
+                    self.state = StreamState::CopyDone;
                     return Ok(None);
                 }
                 _ => {
                     let mut frame = frame;
                     match parse_message(&mut frame).map_err(|e| MigrationError::io(CONTEXT, e))? {
                         Message::ErrorResponse(body) => {
-                            self.done = true;
+                            self.state = StreamState::Ended;
                             return Err(MigrationError::Db {
                                 context: CONTEXT.into(),
                                 info: Box::new(error_info(body.fields())),
                             });
+                        }
+                        // The server left COPY mode without CopyDone; the
+                        // ReadyForQuery that follows is read by the next call
+                        // or by finish().
+                        Message::CommandComplete(_) => {
+                            self.state = StreamState::Ended;
+                            return Ok(None);
+                        }
+                        Message::ReadyForQuery(_) => {
+                            self.state = StreamState::Ready;
+                            return Ok(None);
                         }
                         Message::NoticeResponse(body) => log_notice(error_info(body.fields())),
                         // ParameterStatus and the like may arrive at any time.
@@ -1341,7 +1398,7 @@ fn parse_copy_data(body: &mut Bytes) -> Result<Option<ReplicationMessage>> {
         }
         other => {
             tracing::debug!(
-                kind = other as char,
+                kind = %(other as char),
                 "skipping unknown replication stream message"
             );
             Ok(None)
@@ -1416,10 +1473,24 @@ mod tests {
             assert_eq!(l.to_string(), s);
         }
         assert_eq!("16/b374d848".parse::<Lsn>().unwrap(), Lsn(0x16_B374_D848));
-        assert_eq!("00000001/00000002".parse::<Lsn>().unwrap(), Lsn((1 << 32) | 2));
+        assert_eq!(
+            "00000001/00000002".parse::<Lsn>().unwrap(),
+            Lsn((1 << 32) | 2)
+        );
         for bad in [
-            "", "/", "0/", "/0", "0", "0/0/0", "g/0", "123456789/0", "0/123456789", " 0/0",
-            "0/0 ", "-1/0", "+1/0",
+            "",
+            "/",
+            "0/",
+            "/0",
+            "0",
+            "0/0/0",
+            "g/0",
+            "123456789/0",
+            "0/123456789",
+            " 0/0",
+            "0/0 ",
+            "-1/0",
+            "+1/0",
         ] {
             assert!(bad.parse::<Lsn>().is_err(), "{bad:?} should not parse");
         }
@@ -1445,7 +1516,10 @@ mod tests {
         assert_eq!(PgTimestamp::from_system_time(later), PgTimestamp(1_500_000));
         assert_eq!(PgTimestamp(1_500_000).to_system_time(), later);
         let before = y2k - Duration::from_secs(1);
-        assert_eq!(PgTimestamp::from_system_time(before), PgTimestamp(-1_000_000));
+        assert_eq!(
+            PgTimestamp::from_system_time(before),
+            PgTimestamp(-1_000_000)
+        );
         assert_eq!(PgTimestamp(-1_000_000).to_system_time(), before);
         assert!(PgTimestamp::now().0 > 800_000_000_000_000); // after 2025
     }

@@ -1058,11 +1058,7 @@ mod tests {
 
         let no_new = W::new(b'U').u32(1).u8(b'K').tuple(&[(b't', b"1")]);
         assert!(no_new.fails(false).contains("truncated"));
-        let wrong = W::new(b'U')
-            .u32(1)
-            .u8(b'K')
-            .tuple(&[(b't', b"1")])
-            .u8(b'X');
+        let wrong = W::new(b'U').u32(1).u8(b'K').tuple(&[(b't', b"1")]).u8(b'X');
         assert!(wrong.fails(false).contains("expected new tuple marker"));
         let bad_marker = W::new(b'U').u32(1).u8(b'Q');
         assert!(bad_marker.fails(false).contains("tuple marker"));
@@ -1124,12 +1120,7 @@ mod tests {
 
     #[test]
     fn logical_message() {
-        let w = W::new(b'M')
-            .u8(1)
-            .u64(0x20)
-            .s("pfx")
-            .u32(5)
-            .raw(b"hello");
+        let w = W::new(b'M').u8(1).u64(0x20).s("pfx").u32(5).raw(b"hello");
         assert_eq!(
             w.decode(false),
             Message::LogicalMessage(LogicalMessage {
@@ -1296,7 +1287,11 @@ mod tests {
         assert!(e.contains("unterminated origin name"), "{e}");
         let e = W::new(b'O').u64(1).raw(b"\xff\0").fails(false);
         assert!(e.contains("UTF-8"), "{e}");
-        let e = W::new(b'I').u32(1).u8(b'N').tuple(&[(b'x', b"")]).fails(false);
+        let e = W::new(b'I')
+            .u32(1)
+            .u8(b'N')
+            .tuple(&[(b'x', b"")])
+            .fails(false);
         assert!(e.contains("column kind 'x'"), "{e}");
         let e = W::new(b'I')
             .u32(1)
@@ -1328,6 +1323,9 @@ mod tests {
         };
         let start = payload.as_ptr() as usize;
         let at = v.as_ptr() as usize;
-        assert!(at > start && at < start + payload.len(), "value is a slice of the payload");
+        assert!(
+            at > start && at < start + payload.len(),
+            "value is a slice of the payload"
+        );
     }
 }
