@@ -821,8 +821,9 @@ async fn slot_snapshot_stream_and_feedback_highest_proto() {
 }
 
 /// In-progress transactions larger than `logical_decoding_work_mem` arrive
-/// in Stream Start … Stream Stop blocks whose data messages carry the xid;
-/// they end in Stream Commit or Stream Abort.
+/// in Stream Start … Stream Stop blocks whose data messages carry the xid of
+/// their (sub)transaction; they end in Stream Commit or Stream Abort, and a
+/// rolled-back subtransaction gets a Stream Abort of its own.
 async fn streamed_transactions(conninfo: &str) {
     testkit::execute(
         conninfo,
@@ -854,19 +855,40 @@ async fn streamed_transactions(conninfo: &str) {
     )
     .await
     .unwrap();
+    // A streamed transaction whose subtransaction rolls back: changes carry
+    // the subtransaction's xid, and a Stream Abort names it.
+    testkit::execute(
+        conninfo,
+        "BEGIN;
+         INSERT INTO big VALUES (20000, 'top');
+         SAVEPOINT s;
+         INSERT INTO big SELECT g, repeat('s', 200) FROM generate_series(20001, 22000) g;
+         ROLLBACK TO SAVEPOINT s;
+         INSERT INTO big VALUES (30000, 'after');
+         COMMIT;",
+    )
+    .await
+    .unwrap();
     testkit::execute(conninfo, "INSERT INTO big VALUES (0, 'small')")
         .await
         .unwrap();
 
+    #[derive(Debug, PartialEq)]
+    enum End {
+        Commit(u32),
+        Abort { xid: u32, subxid: u32 },
+    }
     let stream = s
         .start_replication(&name, slot.consistent_point, "pub", proto, true)
         .await
         .unwrap();
     let (mut reader, writer) = stream.split();
     let mut in_stream = false;
-    let mut stream_xid = None;
-    // Per streamed xid: (blocks, first-segment flags, inserts).
-    let mut per_xid: HashMap<u32, (u32, Vec<bool>, u32)> = HashMap::new();
+    let mut stream_xid = 0;
+    // Per top-level xid: the first-segment flag of each block.
+    let mut blocks: HashMap<u32, Vec<bool>> = HashMap::new();
+    // Per change xid: (top-level xid, first id, inserts).
+    let mut changes: HashMap<u32, (u32, String, u32)> = HashMap::new();
     let mut ends = Vec::new();
     let mut small = Vec::new();
     let mut received = Lsn::INVALID;
@@ -884,10 +906,8 @@ async fn streamed_transactions(conninfo: &str) {
             Message::StreamStart(st) => {
                 assert!(!in_stream);
                 in_stream = true;
-                stream_xid = Some(st.xid);
-                let e = per_xid.entry(st.xid).or_default();
-                e.0 += 1;
-                e.1.push(st.first_segment);
+                stream_xid = st.xid;
+                blocks.entry(st.xid).or_default().push(st.first_segment);
             }
             Message::StreamStop => {
                 assert!(in_stream);
@@ -898,9 +918,15 @@ async fn streamed_transactions(conninfo: &str) {
                 assert_eq!(r.name, "big");
             }
             Message::Insert(i) if in_stream => {
-                // No subtransactions here: every change carries the top xid.
-                assert_eq!(i.xid, stream_xid);
-                per_xid.get_mut(&i.xid.unwrap()).unwrap().2 += 1;
+                let xid = i.xid.expect("changes in a stream carry their xid");
+                let e = changes
+                    .entry(xid)
+                    .or_insert_with(|| (stream_xid, show_value(&i.new.0[0]), 0));
+                assert_eq!(
+                    e.0, stream_xid,
+                    "a subtransaction stays in its top-level stream"
+                );
+                e.2 += 1;
             }
             Message::Insert(i) => {
                 assert_eq!(i.xid, None);
@@ -908,18 +934,20 @@ async fn streamed_transactions(conninfo: &str) {
             }
             Message::StreamCommit(c) => {
                 assert!(!in_stream && c.end_lsn > c.commit_lsn);
-                ends.push(format!("commit {}", c.xid));
+                ends.push(End::Commit(c.xid));
             }
             Message::StreamAbort(a) => {
                 assert!(!in_stream);
-                assert_eq!(a.xid, a.subxid, "the whole transaction aborted");
                 // Only streaming 'parallel' (proto 4) reports where.
                 assert_eq!(a.abort_lsn.is_some(), proto >= 4, "{a:?}");
                 assert_eq!(a.abort_time.is_some(), proto >= 4, "{a:?}");
                 if let Some(l) = a.abort_lsn {
                     assert!(l > slot.consistent_point);
                 }
-                ends.push(format!("abort {}", a.xid));
+                ends.push(End::Abort {
+                    xid: a.xid,
+                    subxid: a.subxid,
+                });
             }
             Message::Begin(_) => assert!(!in_stream),
             // (Before 15, other databases' transactions come as empty pairs.)
@@ -929,19 +957,54 @@ async fn streamed_transactions(conninfo: &str) {
         }
     };
     assert_eq!(small, ["(0,small)"]);
-    assert_eq!(ends.len(), 2, "{ends:?}");
-    let committed: u32 = ends[0]["commit ".len()..].parse().unwrap();
-    let aborted: u32 = ends[1]["abort ".len()..].parse().unwrap();
-    let (blocks, firsts, inserts) = &per_xid[&committed];
+    assert_eq!(blocks.len(), 3, "three streamed transactions: {blocks:?}");
+    let by_first = |id: &str| {
+        changes
+            .iter()
+            .find(|(_, c)| c.1 == id)
+            .map(|(x, c)| (*x, c.0, c.2))
+            .unwrap_or_else(|| panic!("no streamed change starting at id {id}: {changes:?}"))
+    };
+    // 1..2000 committed: one xid, every row, several blocks.
+    let (t1, top1, n1) = by_first("1");
+    assert_eq!(t1, top1);
+    assert_eq!(n1, 2000);
     assert!(
-        *blocks >= 2,
+        blocks[&t1].len() >= 2,
         "2000 rows of 200 bytes exceed 64kB several times"
     );
-    assert!(firsts[0], "the first block is marked as such");
-    assert!(firsts[1..].iter().all(|f| !f));
-    assert_eq!(*inserts, 2000);
-    let (_, _, aborted_inserts) = &per_xid[&aborted];
-    assert!(*aborted_inserts > 0 && *aborted_inserts <= 2000);
+    assert!(blocks[&t1][0], "the first block is marked as such");
+    assert!(blocks[&t1][1..].iter().all(|f| !f));
+    // 10001..12000 rolled back: whatever was streamed before the abort.
+    let (t2, top2, n2) = by_first("10001");
+    assert_eq!(t2, top2);
+    assert!(n2 > 0 && n2 <= 2000);
+    // The savepoint transaction: the top xid, the rolled-back subxact, and
+    // the subxact that followed ROLLBACK TO SAVEPOINT.
+    let (t4, top4, n4) = by_first("20000");
+    assert_eq!((t4, n4), (top4, 1));
+    let (sub, sub_top, n_sub) = by_first("20001");
+    assert_eq!(sub_top, t4);
+    assert_ne!(sub, t4);
+    assert!(n_sub > 0 && n_sub <= 2000);
+    let (after, after_top, n_after) = by_first("30000");
+    assert_eq!((after_top, n_after), (t4, 1));
+    assert!(after != sub && after != t4);
+    assert_eq!(
+        ends,
+        [
+            End::Commit(t1),
+            End::Abort {
+                xid: t2,
+                subxid: t2
+            },
+            End::Abort {
+                xid: t4,
+                subxid: sub
+            },
+            End::Commit(t4),
+        ]
+    );
 
     writer
         .send_status(StandbyStatus::new(received, last_end))
