@@ -1070,3 +1070,36 @@ async fn proto_4_on_postgres_17() {
     streamed_transactions(&cluster.conninfo("streamed")).await;
     cluster.stop();
 }
+
+/// A server that accepts but never answers must not hang us: the attempt
+/// is bounded by connect_timeout, and the next host is tried.
+#[tokio::test]
+async fn connect_timeout_bounds_a_silent_server() {
+    let pair = testkit::shared_pair();
+    let db = pair.fresh_db("repl_timeout").await;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = silent.accept().await {
+            held.push(sock);
+        }
+    });
+    let real = EndpointConfig::parse(&db.source).unwrap();
+    let mut ep = real.clone();
+    ep.hosts = vec![Host::Tcp("127.0.0.1".into())];
+    ep.ports = vec![silent_port];
+    ep.connect_timeout = Duration::from_millis(300);
+    let started = std::time::Instant::now();
+    let e = ReplicationSession::connect(&ep).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(e.to_string().contains("timed out"), "{e}");
+
+    // Multi-host: the silent one first, then the real server.
+    ep.hosts = vec![Host::Tcp("127.0.0.1".into()), real.hosts[0].clone()];
+    ep.ports = vec![silent_port, real.port_for(0)];
+    let mut s = ReplicationSession::connect(&ep).await.unwrap();
+    s.identify_system().await.unwrap();
+    holder.abort();
+    pair.drop_db(&db).await;
+}
