@@ -52,6 +52,7 @@ pub mod copy;
 pub mod error;
 mod migrate;
 pub mod pg;
+pub mod replication;
 pub mod resume;
 pub mod schema;
 pub mod testkit;

@@ -5,5 +5,6 @@
 pub mod catalog;
 pub mod connect;
 pub mod quote;
+pub mod replication;
 pub mod session;
 pub mod tls;

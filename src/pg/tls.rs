@@ -517,7 +517,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for RustlsStream<S> {
 /// hash (MD5 and SHA-1 upgraded to SHA-256). For algorithms the RFC does not
 /// cover (Ed25519, RSA-PSS with parameters) we offer no binding, and SCRAM
 /// falls back to the unbound mechanism instead of failing authentication.
-fn end_point_hash(der: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn end_point_hash(der: &[u8]) -> Option<Vec<u8>> {
     const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
     const ECDSA: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03];
     const ECDSA_SHA1: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x01];
