@@ -57,6 +57,7 @@ pub mod resume;
 pub mod schema;
 pub mod testkit;
 pub mod verify;
+mod workers;
 
 use tokio_util::sync::CancellationToken;
 

@@ -344,18 +344,7 @@ pub(crate) async fn run(
                 skipped.push(t.qualified());
             }
         }
-        let early: Vec<Step> = match &script {
-            Some(script) => {
-                let done = copy::committed_steps(&dst, &migration_id).await?;
-                script
-                    .post_data
-                    .iter()
-                    .filter(|s| s.table.is_some() && !done.contains(&copy::step_marker("post", s)))
-                    .cloned()
-                    .collect()
-            }
-            None => Vec::new(),
-        };
+        let early = early_steps(&dst, &migration_id, script.as_ref()).await?;
         let ctx = Arc::new(CopyContext {
             input: copy::Input::Server {
                 endpoint: Box::new(source_ep.clone()),
@@ -385,23 +374,8 @@ pub(crate) async fn run(
         if !store.snapshot().is_done(Stage::SchemaPostData) {
             store.update(|t| t.stage_started(Stage::SchemaPostData))?;
             schema_steps +=
-                apply_steps(&dst, &migration_id, "post", &script.post_data, &cancel).await?;
-            schema_steps += copy::apply_parallel(
-                &target_ep,
-                &migration_id,
-                "post",
-                script
-                    .post_data
-                    .iter()
-                    .filter(|s| s.parallel)
-                    .cloned()
-                    .collect(),
-                cfg.jobs,
-                &cancel,
-            )
-            .await?;
-            schema_steps += apply_steps(&dst, &migration_id, "acl", &script.acl, &cancel).await?;
-            schema_steps += apply_steps(&dst, &migration_id, "last", &script.last, &cancel).await?;
+                apply_after_data(&dst, &target_ep, &migration_id, script, cfg.jobs, &cancel)
+                    .await?;
             store.update(|t| t.stage_done(Stage::SchemaPostData))?;
         }
         stages.push((
@@ -593,6 +567,52 @@ async fn server_version_of(ep: &crate::config::EndpointConfig) -> Result<i32> {
         },
     };
     catalog::server_version_num(&c).await
+}
+
+/// The post-data steps still to run beside the copy (index builds and keys,
+/// see [`Step::table`]).
+pub(crate) async fn early_steps(
+    dst: &Client,
+    migration_id: &str,
+    script: Option<&schema::SchemaScript>,
+) -> Result<Vec<Step>> {
+    let Some(script) = script else {
+        return Ok(Vec::new());
+    };
+    let done = copy::committed_steps(dst, migration_id).await?;
+    Ok(script
+        .post_data
+        .iter()
+        .filter(|s| s.table.is_some() && !done.contains(&copy::step_marker("post", s)))
+        .cloned()
+        .collect())
+}
+
+/// Everything after the rows: the rest of post-data in order, then the
+/// foreign key validations in parallel, privileges, and the last steps.
+/// Returns how many steps were applied now.
+pub(crate) async fn apply_after_data(
+    dst: &Client,
+    target: &crate::config::EndpointConfig,
+    migration_id: &str,
+    script: &schema::SchemaScript,
+    jobs: usize,
+    cancel: &CancellationToken,
+) -> Result<usize> {
+    let mut n = apply_steps(dst, migration_id, "post", &script.post_data, cancel).await?;
+    let validations = script.post_data.iter().filter(|s| s.parallel).cloned();
+    n += copy::apply_parallel(
+        target,
+        migration_id,
+        "post",
+        validations.collect(),
+        jobs,
+        cancel,
+    )
+    .await?;
+    n += apply_steps(dst, migration_id, "acl", &script.acl, cancel).await?;
+    n += apply_steps(dst, migration_id, "last", &script.last, cancel).await?;
+    Ok(n)
 }
 
 /// Decide from the resume token at `path` whether this run resumes:

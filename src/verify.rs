@@ -20,6 +20,7 @@ use crate::config::{EndpointConfig, VerifyLevel};
 use crate::error::{MigrationError, Result};
 use crate::pg::catalog::{self, TableInfo};
 use crate::pg::{connect, quote, session};
+use crate::workers::Workers;
 
 /// What kind of difference was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -356,88 +357,63 @@ async fn check_tables(
     let n = opts.jobs.max(1).min(tables.len());
     let queue = Arc::new(Mutex::new(VecDeque::from(tables)));
     let out = Arc::new(Mutex::new(Vec::new()));
-    let stop = cancel.child_token();
-    let mut set = tokio::task::JoinSet::new();
+    let mut workers = Workers::new(cancel, "verify");
+    let stop = workers.stop_token();
     for _ in 0..n {
         let (source, target) = (source.clone(), target.clone());
         let (src_snap, dst_snap) = (src_snap.to_string(), dst_snap.to_string());
         let (queue, out, stop, level) = (queue.clone(), out.clone(), stop.clone(), opts.level);
-        set.spawn(async move {
-            let work = async {
-                let s = connect::connect(&source, "source").await?;
-                session::setup_source(&s).await?;
-                session::import_snapshot(&s, &src_snap).await?;
-                let t = connect::connect(&target, "target").await?;
-                session::setup_source(&t).await?;
-                session::import_snapshot(&t, &dst_snap).await?;
-                loop {
-                    if stop.is_cancelled() {
-                        return Err(MigrationError::Cancelled);
-                    }
-                    let Some(table) = queue.lock().unwrap().pop_front() else {
-                        return Ok(());
-                    };
-                    let sql = table_digest_sql(&table, level);
-                    let (sr, tr) = tokio::join!(s.query_one(&sql, &[]), t.query_one(&sql, &[]));
-                    let sr = sr.map_err(|e| {
-                        MigrationError::db(
-                            format!("checksumming {} on the source", table.qualified()),
-                            e,
-                        )
-                    })?;
-                    let check = match tr {
-                        Ok(tr) => TableCheck {
+        workers.spawn(async move {
+            let s = connect::connect(&source, "source").await?;
+            session::setup_source(&s).await?;
+            session::import_snapshot(&s, &src_snap).await?;
+            let t = connect::connect(&target, "target").await?;
+            session::setup_source(&t).await?;
+            session::import_snapshot(&t, &dst_snap).await?;
+            loop {
+                if stop.is_cancelled() {
+                    return Err(MigrationError::Cancelled);
+                }
+                let Some(table) = queue.lock().unwrap().pop_front() else {
+                    return Ok(());
+                };
+                let sql = table_digest_sql(&table, level);
+                let (sr, tr) = tokio::join!(s.query_one(&sql, &[]), t.query_one(&sql, &[]));
+                let sr = sr.map_err(|e| {
+                    MigrationError::db(
+                        format!("checksumming {} on the source", table.qualified()),
+                        e,
+                    )
+                })?;
+                let check = match tr {
+                    Ok(tr) => TableCheck {
+                        table: table.qualified(),
+                        source_rows: sr.get(0),
+                        target_rows: Some(tr.get(0)),
+                        source_checksum: sr.get(1),
+                        target_checksum: tr.get(1),
+                    },
+                    Err(e) => {
+                        // The transaction is aborted: report and restart it on the snapshot.
+                        let msg = crate::error::db_info(&e)
+                            .map(|i| i.message)
+                            .unwrap_or_else(|| crate::error::client_message(&e));
+                        let _ = t.batch_execute("ROLLBACK").await;
+                        session::import_snapshot(&t, &dst_snap).await?;
+                        TableCheck {
                             table: table.qualified(),
                             source_rows: sr.get(0),
-                            target_rows: Some(tr.get(0)),
+                            target_rows: None,
                             source_checksum: sr.get(1),
-                            target_checksum: tr.get(1),
-                        },
-                        Err(e) => {
-                            // The transaction is aborted: report and restart it on the snapshot.
-                            let msg = crate::error::db_info(&e)
-                                .map(|i| i.message)
-                                .unwrap_or_else(|| crate::error::client_message(&e));
-                            let _ = t.batch_execute("ROLLBACK").await;
-                            session::import_snapshot(&t, &dst_snap).await?;
-                            TableCheck {
-                                table: table.qualified(),
-                                source_rows: sr.get(0),
-                                target_rows: None,
-                                source_checksum: sr.get(1),
-                                target_checksum: Some(msg),
-                            }
+                            target_checksum: Some(msg),
                         }
-                    };
-                    out.lock().unwrap().push(check);
-                }
-            };
-            let r: Result<()> = tokio::select! {
-                _ = stop.cancelled() => Err(MigrationError::Cancelled),
-                r = work => r,
-            };
-            if r.is_err() {
-                stop.cancel();
+                    }
+                };
+                out.lock().unwrap().push(check);
             }
-            r
         });
     }
-    let mut first_err = None;
-    while let Some(j) = set.join_next().await {
-        let r = j.unwrap_or_else(|e| {
-            Err(MigrationError::Internal(format!(
-                "verify worker panicked: {e}"
-            )))
-        });
-        if let Err(e) = r {
-            if first_err.is_none() || matches!(first_err, Some(MigrationError::Cancelled)) {
-                first_err = Some(e);
-            }
-        }
-    }
-    if let Some(e) = first_err {
-        return Err(e);
-    }
+    workers.join(cancel).await?;
     let mut v = std::mem::take(&mut *out.lock().unwrap());
     v.sort_by(|a: &TableCheck, b| a.table.cmp(&b.table));
     Ok(v)

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use pg_dbmigrator::config::{EndpointConfig, Host, Secret, SslMode};
 use pg_dbmigrator::error::exit_code;
-use pg_dbmigrator::pg::connect::{connect, server_version_num};
+use pg_dbmigrator::pg::catalog::server_version_num;
+use pg_dbmigrator::pg::connect::connect;
 use pg_dbmigrator::pg::quote;
 use pg_dbmigrator::testkit::{self, CertFiles, Cluster, ClusterOptions};
 use pg_dbmigrator::MigrationError;

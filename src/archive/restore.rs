@@ -27,7 +27,7 @@ use crate::migrate::{self, MigrationReport, TargetNeeds};
 use crate::pg::catalog::{self, LargeObjectInfo, TableInfo};
 use crate::pg::{connect, quote, session};
 use crate::resume::{Definition, EndpointIdentity, ResumeToken, Stage, TokenStore};
-use crate::schema::{SchemaScript, Step};
+use crate::schema::SchemaScript;
 
 /// Restore the archive in `cfg.dump_path` into `cfg.target`.
 pub async fn run(cfg: &MigrationConfig, cancel: CancellationToken) -> Result<MigrationReport> {
@@ -211,18 +211,7 @@ pub async fn run(cfg: &MigrationConfig, cancel: CancellationToken) -> Result<Mig
         }
     }
     items.sort_by_key(|i| std::cmp::Reverse(i.est_bytes));
-    let early: Vec<Step> = match &script {
-        Some(script) => {
-            let done = copy::committed_steps(&dst, &migration_id).await?;
-            script
-                .post_data
-                .iter()
-                .filter(|s| s.table.is_some() && !done.contains(&copy::step_marker("post", s)))
-                .cloned()
-                .collect()
-        }
-        None => Vec::new(),
-    };
+    let early = migrate::early_steps(&dst, &migration_id, script.as_ref()).await?;
     let ctx = Arc::new(CopyContext {
         input: copy::Input::Archive(archive.clone()),
         output: copy::Output::Target(Box::new(target_ep.clone())),
@@ -243,25 +232,8 @@ pub async fn run(cfg: &MigrationConfig, cancel: CancellationToken) -> Result<Mig
     if let Some(script) = &script {
         let t0 = Instant::now();
         schema_steps +=
-            migrate::apply_steps(&dst, &migration_id, "post", &script.post_data, &cancel).await?;
-        schema_steps += copy::apply_parallel(
-            &target_ep,
-            &migration_id,
-            "post",
-            script
-                .post_data
-                .iter()
-                .filter(|s| s.parallel)
-                .cloned()
-                .collect(),
-            cfg.jobs,
-            &cancel,
-        )
-        .await?;
-        schema_steps +=
-            migrate::apply_steps(&dst, &migration_id, "acl", &script.acl, &cancel).await?;
-        schema_steps +=
-            migrate::apply_steps(&dst, &migration_id, "last", &script.last, &cancel).await?;
+            migrate::apply_after_data(&dst, &target_ep, &migration_id, script, cfg.jobs, &cancel)
+                .await?;
         stages.push((
             Stage::SchemaPostData.as_str().to_string(),
             t0.elapsed().as_secs_f64(),

@@ -440,29 +440,44 @@ async fn migrate(args: MigrateArgs, cancel: CancellationToken) -> Result<i32, Mi
     };
     let migrator = Migrator::new(config);
     let token_path = migrator.token_path()?;
-    let report = match migrator.run(cancel).await {
-        Ok(r) => r,
-        Err(MigrationError::Cancelled) => {
-            eprintln!(
-                "pg_dbmigrator: interrupted; the resume token is {}. Run the same command with --resume to continue.",
-                token_path.display()
-            );
-            return Ok(exit_code::INTERRUPTED);
-        }
-        Err(e) => return Err(e),
+    let Some(report) = interrupted(migrator.run(cancel).await, &token_path)? else {
+        return Ok(exit_code::INTERRUPTED);
     };
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("report serializes")
-        );
-    } else {
-        print!("{}", report.summary());
-    }
+    print_report(&report, args.json, || report.summary());
     Ok(match &report.verify {
         Some(v) if !v.is_clean() => exit_code::VERIFY_DIFFERENCES,
         _ => exit_code::OK,
     })
+}
+
+/// `Ok(None)` after telling the user how to resume an interrupted run.
+fn interrupted<R>(
+    r: Result<R, MigrationError>,
+    token: &std::path::Path,
+) -> Result<Option<R>, MigrationError> {
+    match r {
+        Ok(report) => Ok(Some(report)),
+        Err(MigrationError::Cancelled) => {
+            eprintln!(
+                "pg_dbmigrator: interrupted; the resume token is {}. Run the same command with --resume to continue.",
+                token.display()
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A report on stdout: JSON for scripts, or the human summary.
+fn print_report<R: serde::Serialize>(report: &R, json: bool, summary: impl FnOnce() -> String) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(report).expect("report serializes")
+        );
+    } else {
+        print!("{}", summary());
+    }
 }
 
 async fn dump(args: DumpArgs, cancel: CancellationToken) -> Result<i32, MigrationError> {
@@ -486,27 +501,15 @@ async fn dump(args: DumpArgs, cancel: CancellationToken) -> Result<i32, Migratio
         ..MigrationConfig::default()
     };
     let token = pg_dbmigrator::ResumeToken::path_for(&args.dump_path);
-    match pg_dbmigrator::archive::dump::run(&config, cancel).await {
-        Ok(report) => {
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).expect("report serializes")
-                );
-            } else {
-                print!("{}", report.summary());
-            }
-            Ok(exit_code::OK)
-        }
-        Err(MigrationError::Cancelled) => {
-            eprintln!(
-                "pg_dbmigrator: interrupted; the resume token is {}. Run the same command with --resume to continue.",
-                token.display()
-            );
-            Ok(exit_code::INTERRUPTED)
-        }
-        Err(e) => Err(e),
-    }
+    let Some(report) = interrupted(
+        pg_dbmigrator::archive::dump::run(&config, cancel).await,
+        &token,
+    )?
+    else {
+        return Ok(exit_code::INTERRUPTED);
+    };
+    print_report(&report, args.json, || report.summary());
+    Ok(exit_code::OK)
 }
 
 async fn restore(args: RestoreArgs, cancel: CancellationToken) -> Result<i32, MigrationError> {
@@ -522,27 +525,15 @@ async fn restore(args: RestoreArgs, cancel: CancellationToken) -> Result<i32, Mi
         ..MigrationConfig::default()
     };
     let token = pg_dbmigrator::ResumeToken::restore_path_for(&args.dump_path);
-    match pg_dbmigrator::archive::restore::run(&config, cancel).await {
-        Ok(report) => {
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).expect("report serializes")
-                );
-            } else {
-                print!("{}", report.summary());
-            }
-            Ok(exit_code::OK)
-        }
-        Err(MigrationError::Cancelled) => {
-            eprintln!(
-                "pg_dbmigrator: interrupted; the resume token is {}. Run the same command with --resume to continue.",
-                token.display()
-            );
-            Ok(exit_code::INTERRUPTED)
-        }
-        Err(e) => Err(e),
-    }
+    let Some(report) = interrupted(
+        pg_dbmigrator::archive::restore::run(&config, cancel).await,
+        &token,
+    )?
+    else {
+        return Ok(exit_code::INTERRUPTED);
+    };
+    print_report(&report, args.json, || report.summary());
+    Ok(exit_code::OK)
 }
 
 async fn verify(args: VerifyArgs, cancel: CancellationToken) -> Result<i32, MigrationError> {

@@ -34,6 +34,7 @@ use crate::pg::catalog::TableInfo;
 use crate::pg::{connect, quote, session};
 use crate::resume::{CopyMarker, TokenStore};
 use crate::schema::Step;
+use crate::workers::Workers;
 use plan::WorkItem;
 use worker::ItemResult;
 
@@ -165,55 +166,28 @@ pub(crate) async fn apply_parallel(
         .collect();
     let n = todo.len();
     let queue = Arc::new(Mutex::new(todo));
-    let stop = cancel.child_token();
-    let mut set = tokio::task::JoinSet::new();
+    let mut workers = Workers::new(cancel, "schema step");
     for _ in 0..jobs.max(1).min(n) {
-        let (queue, stop, target) = (queue.clone(), stop.clone(), target.clone());
+        let (queue, target) = (queue.clone(), target.clone());
         let (migration_id, part) = (migration_id.to_string(), part.to_string());
-        set.spawn(async move {
-            let run = async {
-                let dst = connect::connect(&target, "target").await?;
-                session::setup_target(&dst).await?;
-                dst.batch_execute(crate::schema::emit::APPLY_SETTINGS)
-                    .await
-                    .map_err(|e| MigrationError::db("configuring the target session", e))?;
-                loop {
-                    let Some(step) = queue.lock().unwrap().pop_front() else {
-                        return Ok(());
-                    };
-                    let t0 = Instant::now();
-                    apply_step(&dst, &migration_id, &part, &step).await?;
-                    info!(step = %step.describe, seconds = format!("{:.2}", t0.elapsed().as_secs_f64()), "applied");
-                }
-            };
-            let r = tokio::select! {
-                _ = stop.cancelled() => Err(MigrationError::Cancelled),
-                r = run => r,
-            };
-            if r.is_err() {
-                stop.cancel();
+        workers.spawn(async move {
+            let dst = connect::connect(&target, "target").await?;
+            session::setup_target(&dst).await?;
+            dst.batch_execute(crate::schema::emit::APPLY_SETTINGS)
+                .await
+                .map_err(|e| MigrationError::db("configuring the target session", e))?;
+            loop {
+                let Some(step) = queue.lock().unwrap().pop_front() else {
+                    return Ok(());
+                };
+                let t0 = Instant::now();
+                apply_step(&dst, &migration_id, &part, &step).await?;
+                info!(step = %step.describe, seconds = format!("{:.2}", t0.elapsed().as_secs_f64()), "applied");
             }
-            r
         });
     }
-    let mut first_err = None;
-    while let Some(j) = set.join_next().await {
-        let r = j.unwrap_or_else(|e| {
-            Err(MigrationError::Internal(format!(
-                "step worker panicked: {e}"
-            )))
-        });
-        if let Err(e) = r {
-            if first_err.is_none() || matches!(first_err, Some(MigrationError::Cancelled)) {
-                first_err = Some(e);
-            }
-        }
-    }
-    match first_err {
-        Some(e) => Err(e),
-        None if cancel.is_cancelled() => Err(MigrationError::Cancelled),
-        None => Ok(n),
-    }
+    workers.join(cancel).await?;
+    Ok(n)
 }
 
 /// Create the bookkeeping table on the target (idempotent).
@@ -464,70 +438,27 @@ pub async fn copy_tables(
         state: Mutex::new(st),
         wake: tokio::sync::Notify::new(),
     });
-    let stop = cancel.child_token();
-    let mut set = tokio::task::JoinSet::new();
-    let copy_workers = ctx.jobs.max(1).min(n_items);
-    for id in 0..copy_workers {
+    // A worker blocked on a lock or a slow server must not hold up Ctrl-C:
+    // dropping it closes its sessions, which rolls back its open
+    // transaction; `_pg_dbmigrator.copied` tells what had committed.
+    let mut workers = Workers::new(&cancel, "copy");
+    let stop = workers.stop_token();
+    for id in 0..ctx.jobs.max(1).min(n_items) {
         let (sched, stop) = (sched.clone(), stop.clone());
-        set.spawn(async move {
-            // Race the whole worker against cancellation: a worker blocked on
-            // a lock or a slow server must not hold up Ctrl-C. Dropping it
-            // closes its sessions, which rolls back its open transaction;
-            // `_pg_dbmigrator.copied` tells what had committed.
-            let r = tokio::select! {
-                _ = stop.cancelled() => Err(MigrationError::Cancelled),
-                r = worker::run(id, &sched, &stop) => r,
-            };
-            if r.is_err() {
-                // Stop the siblings: the migration has failed.
-                stop.cancel();
-            }
+        workers.spawn(async move {
+            let r = worker::run(id, &sched, &stop).await;
             // Index workers may be waiting for the last copy.
             sched.wake.notify_waiters();
             r
         });
     }
-    let indexing = sched.state.lock().unwrap().indexing;
-    if indexing {
+    if sched.state.lock().unwrap().indexing {
         for id in 0..ctx.index_jobs.max(1) {
             let (sched, stop, copied) = (sched.clone(), stop.clone(), copied.clone());
-            set.spawn(async move {
-                let r = tokio::select! {
-                    _ = stop.cancelled() => Err(MigrationError::Cancelled),
-                    r = index_worker(id, &sched, &copied, &stop) => r,
-                };
-                if r.is_err() {
-                    stop.cancel();
-                }
-                r
-            });
+            workers.spawn(async move { index_worker(id, &sched, &copied, &stop).await });
         }
     }
-    let mut first_err: Option<MigrationError> = None;
-    while let Some(joined) = set.join_next().await {
-        let r = joined.unwrap_or_else(|e| {
-            Err(MigrationError::Internal(format!(
-                "copy worker panicked: {e}"
-            )))
-        });
-        if let Err(e) = r {
-            // Prefer the root cause over the "cancelled" of the siblings it stopped.
-            let replace = match (&first_err, &e) {
-                (None, _) => true,
-                (Some(MigrationError::Cancelled), e) => !matches!(e, MigrationError::Cancelled),
-                _ => false,
-            };
-            if replace {
-                first_err = Some(e);
-            }
-        }
-    }
-    if let Some(e) = first_err {
-        return Err(e);
-    }
-    if cancel.is_cancelled() {
-        return Err(MigrationError::Cancelled);
-    }
+    workers.join(&cancel).await?;
     let mut s = sched.state.lock().unwrap();
     if !s.index_tasks.is_empty() || !s.builds.is_empty() || !s.builds_left.is_empty() {
         return Err(MigrationError::Internal(

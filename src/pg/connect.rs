@@ -26,9 +26,9 @@ use crate::pg::tls::MakeRustlsConnect;
 pub const DEFAULT_APPLICATION_NAME: &str = "pg_dbmigrator";
 
 /// Why one host could not be reached.
-struct Failure {
-    reason: String,
-    db: Option<DbErrorInfo>,
+pub(crate) struct Failure {
+    pub reason: String,
+    pub db: Option<DbErrorInfo>,
 }
 
 /// Open a session to `ep`. `label` ("source", "target") names the endpoint in
@@ -54,11 +54,30 @@ pub async fn connect(ep: &EndpointConfig, label: &str) -> Result<Client> {
         None
     };
 
+    each_host(ep, label, "connection", |host, port| {
+        connect_host(ep, host, port, tls.as_ref(), label)
+    })
+    .await
+}
+
+/// Try `ep`'s hosts in order, as libpq does: each attempt bounded by
+/// `connect_timeout`, the first success wins; when all fail, one
+/// [`MigrationError::Connect`] with each host's reason (the last one's server
+/// error kept). `what` names the kind of session in debug logs.
+pub(crate) async fn each_host<'a, T, Fut>(
+    ep: &'a EndpointConfig,
+    label: &str,
+    what: &str,
+    mut attempt: impl FnMut(&'a Host, u16) -> Fut,
+) -> Result<T>
+where
+    Fut: std::future::Future<Output = std::result::Result<T, Failure>>,
+{
     let many = ep.hosts.len() > 1;
     let mut last: Option<Failure> = None;
     for (i, host) in ep.hosts.iter().enumerate() {
         let port = ep.port_for(i);
-        let attempt = connect_host(ep, host, port, tls.as_ref(), label);
+        let attempt = attempt(host, port);
         // libpq applies connect_timeout per host; so do we.
         let outcome = if ep.connect_timeout.is_zero() {
             attempt.await
@@ -74,7 +93,7 @@ pub async fn connect(ep: &EndpointConfig, label: &str) -> Result<Client> {
         match outcome {
             Ok(client) => return Ok(client),
             Err(mut f) => {
-                tracing::debug!(endpoint = label, host = %host, port, reason = %f.reason, "connection attempt failed");
+                tracing::debug!(endpoint = label, host = %host, port, reason = %f.reason, "{what} attempt failed");
                 if many {
                     f.reason = format!("{}: {}", where_(host, port), f.reason);
                 }
@@ -82,32 +101,21 @@ pub async fn connect(ep: &EndpointConfig, label: &str) -> Result<Client> {
             }
         }
     }
-    let f = last.expect("at least one host was tried");
-    Err(fail(f.reason, f.db))
+    let f = last.ok_or_else(|| MigrationError::Connect {
+        endpoint: label.to_string(),
+        target: ep.redacted(),
+        reason: "no host given".into(),
+        db: None,
+    })?;
+    Err(MigrationError::Connect {
+        endpoint: label.to_string(),
+        target: ep.redacted(),
+        reason: f.reason,
+        db: f.db.map(Box::new),
+    })
 }
 
-/// `SHOW server_version_num`, e.g. 150004; callers branch on it for catalog
-/// differences between majors.
-pub async fn server_version_num(client: &Client) -> Result<i32> {
-    let rows = client
-        .simple_query("SHOW server_version_num")
-        .await
-        .map_err(|e| MigrationError::db("reading server_version_num", e))?;
-    let text = rows
-        .iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-            _ => None,
-        })
-        .ok_or_else(|| {
-            MigrationError::Internal("SHOW server_version_num returned no row".into())
-        })?;
-    text.trim()
-        .parse()
-        .map_err(|_| MigrationError::Internal(format!("unexpected server_version_num {text:?}")))
-}
-
-fn where_(host: &Host, port: u16) -> String {
+pub(crate) fn where_(host: &Host, port: u16) -> String {
     match host {
         Host::Tcp(h) if h.contains(':') => format!("[{h}]:{port}"),
         Host::Tcp(h) => format!("{h}:{port}"),

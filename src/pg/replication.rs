@@ -393,36 +393,16 @@ impl ReplicationSession {
         } else {
             None
         };
-        let many = ep.hosts.len() > 1;
-        let mut last: Option<Failure> = None;
-        for (i, host) in ep.hosts.iter().enumerate() {
-            let port = ep.port_for(i);
+        crate::pg::connect::each_host(ep, label, "replication connection", |host, port| {
             let attempt = connect_host(ep, host, port, tls.as_ref());
-            // libpq applies connect_timeout per host; so do we.
-            let outcome = if ep.connect_timeout.is_zero() {
-                attempt.await
-            } else {
-                match tokio::time::timeout(ep.connect_timeout, attempt).await {
-                    Ok(r) => r,
-                    Err(_) => Err(Failure::msg(format!(
-                        "timed out after {:?}",
-                        ep.connect_timeout
-                    ))),
-                }
-            };
-            match outcome {
-                Ok(s) => return Ok(s),
-                Err(mut f) => {
-                    tracing::debug!(endpoint = label, host = %host, port, reason = %f.reason, "replication connection attempt failed");
-                    if many {
-                        f.reason = format!("{}: {}", where_(host, port), f.reason);
-                    }
-                    last = Some(f);
-                }
+            async move {
+                attempt.await.map_err(|f| crate::pg::connect::Failure {
+                    reason: f.reason,
+                    db: f.db.map(|d| *d),
+                })
             }
-        }
-        let f = last.expect("at least one host was tried");
-        Err(fail(f.reason, f.db))
+        })
+        .await
     }
 
     /// A server parameter reported at startup (`server_version`, `server_encoding`, ...).
@@ -768,14 +748,6 @@ fn log_notice(info: DbErrorInfo) {
         tracing::warn!(sqlstate = %info.sqlstate, "replication source: {}", info.message);
     } else {
         tracing::info!(severity = %info.severity, sqlstate = %info.sqlstate, "replication source: {}", info.message);
-    }
-}
-
-fn where_(host: &Host, port: u16) -> String {
-    match host {
-        Host::Tcp(h) if h.contains(':') => format!("[{h}]:{port}"),
-        Host::Tcp(h) => format!("{h}:{port}"),
-        Host::Unix(dir) => dir.join(format!(".s.PGSQL.{port}")).display().to_string(),
     }
 }
 
