@@ -96,6 +96,11 @@ pub enum MigrationError {
     #[error("{0}")]
     Archive(String),
 
+    /// An online-migration preflight check failed; nothing was created on
+    /// either server. The message lists every problem and its fix.
+    #[error("preflight failed: {0}")]
+    Preflight(String),
+
     /// A feature that is not built yet.
     #[error("not supported yet: {0}")]
     Unsupported(String),
@@ -131,6 +136,7 @@ impl MigrationError {
             | MigrationError::Resume(_)
             | MigrationError::TargetNotReady(_)
             | MigrationError::Archive(_)
+            | MigrationError::Preflight(_)
             | MigrationError::Unsupported(_) => exit_code::CONFIG,
             MigrationError::VerifyDifferences(_) => exit_code::VERIFY_DIFFERENCES,
             MigrationError::Cancelled => exit_code::INTERRUPTED,

@@ -62,7 +62,8 @@ mod workers;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{
-    CopyFormat, CopyMethod, EndpointConfig, Filters, MigrationConfig, MigrationMode, VerifyLevel,
+    CopyFormat, CopyMethod, CutoverMode, EndpointConfig, Filters, MigrationConfig, MigrationMode,
+    VerifyLevel,
 };
 pub use error::{MigrationError, Result};
 pub use migrate::{human_bytes, MigrationReport};

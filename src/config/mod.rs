@@ -56,6 +56,17 @@ pub enum CopyMethod {
     Dump,
 }
 
+/// When an online migration cuts over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CutoverMode {
+    /// Stay in sync until asked (`pg_dbmigrator cutover`, or a [`crate::CutoverHandle`]).
+    #[default]
+    Manual,
+    /// As soon as the lag has stayed under `cutover_lag_bytes` for a moment.
+    Auto,
+}
+
 /// Everything that defines and tunes one migration.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
@@ -102,6 +113,22 @@ pub struct MigrationConfig {
     pub no_owner: bool,
     /// Leave privileges (GRANT/REVOKE, default privileges) out.
     pub no_acl: bool,
+    /// Online: when to cut over.
+    pub cutover: CutoverMode,
+    /// Online, `cutover = auto`: the lag (bytes of source WAL not yet
+    /// applied) under which the target counts as caught up.
+    pub cutover_lag_bytes: u64,
+    /// Online: give tables without a usable replica identity one (USING
+    /// INDEX when a suitable unique index exists, else FULL) on the source,
+    /// restored at cleanup. Without it such tables stop the preflight.
+    pub fix_replica_identity: bool,
+    /// Online: at cutover, make the source database read-only for every
+    /// other session. Off for operators who stop writes themselves.
+    pub fence: bool,
+    /// Online: leave the replication slot on the source after cutover.
+    pub keep_slot: bool,
+    /// Online: leave the publication on the source after cutover.
+    pub keep_publication: bool,
 }
 
 impl Default for MigrationConfig {
@@ -129,6 +156,12 @@ impl Default for MigrationConfig {
             role_passwords: false,
             no_owner: false,
             no_acl: false,
+            cutover: CutoverMode::Manual,
+            cutover_lag_bytes: 1024 * 1024,
+            fix_replica_identity: false,
+            fence: true,
+            keep_slot: false,
+            keep_publication: false,
         }
     }
 }

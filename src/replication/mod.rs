@@ -1,11 +1,56 @@
-//! Online migration building blocks: what the source's logical replication
-//! sends, decoded.
+//! Online migration: what the source's logical replication sends, decoded,
+//! and everything built on it (preflight, apply, cutover).
 //!
 //! The session that receives the stream lives in [`crate::pg::replication`]
-//! (it is wire protocol, like the rest of `pg`); this module turns its
+//! (it is wire protocol, like the rest of `pg`); [`pgoutput`] turns its
 //! payloads into typed changes. [`pgoutput`] is a pure decoder with no I/O,
 //! so it can be tested byte by byte and used from any task.
 
 pub mod pgoutput;
+pub mod preflight;
 
 pub use crate::pg::replication::{Lsn, PgTimestamp};
+
+/// The replication slot and the publication of a migration share one name,
+/// derived from the migration id, so a rerun (or `cleanup`) finds them.
+/// Slot names allow only lower-case letters, digits and underscores, at
+/// most 63 bytes.
+pub fn object_name(migration_id: &str) -> String {
+    let mut s: String = format!("pg_dbmigrator_{migration_id}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    s.truncate(63);
+    s
+}
+
+/// Test hook: when `PG_DBMIGRATOR_TEST_STOP_AT` names `point`, say so on
+/// stderr and wait forever, so a test can kill -9 the process at exactly
+/// this point. Points: `after_slot`, `mid_copy`, `after_copy`,
+/// `after_apply_commit`, `mid_cutover`.
+pub(crate) async fn test_stop_at(point: &str) {
+    if std::env::var("PG_DBMIGRATOR_TEST_STOP_AT").is_ok_and(|v| v == point) {
+        eprintln!("TEST_STOP_AT {point}");
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_names_are_valid_slot_names() {
+        assert_eq!(object_name("m0123abc"), "pg_dbmigrator_m0123abc");
+        assert_eq!(object_name("My-Run.1"), "pg_dbmigrator_my_run_1");
+        assert_eq!(object_name(&"x".repeat(80)).len(), 63);
+    }
+}

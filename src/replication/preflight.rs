@@ -1,0 +1,1 @@
+//! Online preflight (placeholder; being written).
