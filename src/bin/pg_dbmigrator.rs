@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use pg_dbmigrator::error::exit_code;
 use pg_dbmigrator::{
-    CopyFormat, CopyMethod, EndpointConfig, Filters, MigrationConfig, MigrationError,
+    CopyFormat, CopyMethod, CutoverMode, EndpointConfig, Filters, MigrationConfig, MigrationError,
     MigrationMode, Migrator, ResumeToken, VerifyLevel, VerifyOptions,
 };
 use tokio_util::sync::CancellationToken;
@@ -297,9 +297,38 @@ struct MigrateArgs {
     /// Leave privileges (GRANT/REVOKE, default privileges) out.
     #[arg(long)]
     no_acl: bool,
+    /// Online: cut over automatically once caught up, or (manual) stay in
+    /// sync until `pg_dbmigrator cutover --dump-path <same path>`.
+    #[arg(long, value_enum, default_value_t = CutoverArg::Manual)]
+    cutover: CutoverArg,
+    /// Online, --cutover auto: the lag (source WAL bytes not yet applied)
+    /// under which the target counts as caught up (e.g. 1MB).
+    #[arg(long, value_parser = parse_size, default_value = "1MB")]
+    cutover_lag_bytes: u64,
+    /// Online: give tables without a usable replica identity one on the
+    /// source (USING INDEX of a suitable unique index, else FULL); the
+    /// original is restored at cleanup.
+    #[arg(long)]
+    fix_replica_identity: bool,
+    /// Online: do not make the source read-only at cutover (you stop the
+    /// writes yourself).
+    #[arg(long)]
+    no_fence: bool,
+    /// Online: keep the replication slot after cutover.
+    #[arg(long)]
+    keep_slot: bool,
+    /// Online: keep the publication after cutover.
+    #[arg(long)]
+    keep_publication: bool,
     /// Print the final report as JSON on stdout instead of the text summary.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum CutoverArg {
+    Auto,
+    Manual,
 }
 
 #[derive(Args, Debug)]
@@ -437,6 +466,15 @@ async fn migrate(args: MigrateArgs, cancel: CancellationToken) -> Result<i32, Mi
         role_passwords: args.role_passwords,
         no_owner: args.no_owner,
         no_acl: args.no_acl,
+        cutover: match args.cutover {
+            CutoverArg::Auto => CutoverMode::Auto,
+            CutoverArg::Manual => CutoverMode::Manual,
+        },
+        cutover_lag_bytes: args.cutover_lag_bytes,
+        fix_replica_identity: args.fix_replica_identity,
+        fence: !args.no_fence,
+        keep_slot: args.keep_slot,
+        keep_publication: args.keep_publication,
     };
     let migrator = Migrator::new(config);
     let token_path = migrator.token_path()?;
