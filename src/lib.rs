@@ -67,23 +67,34 @@ pub use config::{
 };
 pub use error::{MigrationError, Result};
 pub use migrate::{human_bytes, MigrationReport};
+pub use replication::online::{cleanup, unfence, CleanupReport, CutoverHandle, OnlineReport};
 pub use resume::{ResumeToken, Stage};
 pub use verify::{VerifyOptions, VerifyReport};
 
 /// Runs one migration described by a [`MigrationConfig`].
 pub struct Migrator {
     config: MigrationConfig,
+    cutover: std::sync::Arc<replication::online::CutoverSignal>,
 }
 
 impl Migrator {
     pub fn new(config: MigrationConfig) -> Self {
-        Migrator { config }
+        Migrator {
+            config,
+            cutover: Default::default(),
+        }
+    }
+
+    /// A handle that asks this migration (online, `--cutover manual`) to
+    /// cut over while [`Migrator::run`] is streaming.
+    pub fn cutover_handle(&self) -> CutoverHandle {
+        CutoverHandle(self.cutover.clone())
     }
 
     /// Run the migration to the end, or until `cancel` fires (then the resume
     /// token is saved and [`MigrationError::Cancelled`] returned).
     pub async fn run(&self, cancel: CancellationToken) -> Result<MigrationReport> {
-        migrate::run(&self.config, cancel).await
+        migrate::run(&self.config, cancel, &self.cutover).await
     }
 
     /// Where this migration's resume token is (or will be).

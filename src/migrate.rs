@@ -50,6 +50,8 @@ pub struct MigrationReport {
     pub stages: Vec<(String, f64)>,
     pub seconds: f64,
     pub verify: Option<VerifyReport>,
+    /// Online migrations: the streaming and the cutover.
+    pub online: Option<crate::replication::online::OnlineReport>,
 }
 
 impl MigrationReport {
@@ -127,6 +129,9 @@ impl MigrationReport {
             }
             None => s.push_str("  verify: skipped\n"),
         }
+        if let Some(o) = &self.online {
+            s.push_str(&o.summary());
+        }
         s.push_str(&format!("  resume token: {}\n", self.token_path.display()));
         s
     }
@@ -164,19 +169,56 @@ pub fn work_location(cfg: &MigrationConfig, def: &Definition) -> (String, PathBu
 pub(crate) async fn run(
     cfg: &MigrationConfig,
     cancel: CancellationToken,
+    cutover: &crate::replication::online::CutoverSignal,
 ) -> Result<MigrationReport> {
-    let started = Instant::now();
-    if cfg.mode == MigrationMode::Online {
-        return Err(MigrationError::Unsupported(
-            "online migrations (--mode online) are not built yet; run an offline migration".into(),
-        ));
-    }
     if cfg.jobs == 0 {
         return Err(MigrationError::Config("--jobs must be at least 1".into()));
+    }
+    if cfg.mode == MigrationMode::Online {
+        return crate::replication::online::run(cfg, cancel, cutover).await;
     }
     if cfg.copy_method == CopyMethod::Dump {
         return run_via_archive(cfg, cancel).await;
     }
+    let phase = copy_phase(cfg, &cancel, None).await?;
+    finish(cfg, phase, &cancel).await
+}
+
+/// Everything the copy stages produced, for the stages after them.
+pub(crate) struct CopyPhase {
+    pub started: Instant,
+    pub migration_id: String,
+    pub dump_path: PathBuf,
+    pub token_path: PathBuf,
+    pub resumed: bool,
+    pub snapshot_id: String,
+    pub source_version: i32,
+    pub target_version: i32,
+    pub results: Vec<TableResult>,
+    pub skipped: Vec<String>,
+    pub sequences: usize,
+    pub large_objects: usize,
+    pub large_object_bytes: u64,
+    pub schema_steps: usize,
+    pub stages: Vec<(String, f64)>,
+    pub store: Arc<TokenStore>,
+    pub filters: CompiledFilters,
+    pub source: crate::config::EndpointConfig,
+    pub target: crate::config::EndpointConfig,
+    pub tables: Vec<TableInfo>,
+    pub seqs: Vec<catalog::SequenceInfo>,
+}
+
+/// Validate, preflight, snapshot, schema, data, sequences, large objects.
+/// For an online migration `online` creates the publication and the slot
+/// and the snapshot is the slot's.
+pub(crate) async fn copy_phase(
+    cfg: &MigrationConfig,
+    cancel: &CancellationToken,
+    mut online: Option<&mut crate::replication::online::OnlinePrep>,
+) -> Result<CopyPhase> {
+    let cancel = cancel.clone();
+    let started = Instant::now();
     let def = Definition::from_config(cfg)?;
     let filters = cfg.filters.compile()?;
     if !cfg.data_only && !cfg.filters.is_empty() {
@@ -191,14 +233,25 @@ pub(crate) async fn run(
 
     // The token decides everything before any server is touched.
     let (existing, resumed) = resolve_token(cfg, &def, &token_path, "migration")?;
+    let mut token = match existing {
+        Some(t) if resumed => t,
+        _ => ResumeToken::new(migration_id.clone(), def.clone(), dump_path.clone()),
+    };
 
     // Preflight: connect, check, change nothing.
     let full = !cfg.data_only;
     let src = connect::connect(&source_ep, "source").await?;
     session::setup_source(&src).await?;
     let source_version = catalog::server_version_num(&src).await?;
-    // Snapshot first: the schema, the table list and the data come from the same instant.
-    let (snapshot_id, coordinator_snapshot) = session::begin_exported_snapshot(&src).await?;
+    // Snapshot first: the schema, the table list and the data come from the
+    // same instant. Online, it is the replication slot's snapshot.
+    let (snapshot_id, coordinator_snapshot) = match online.as_deref_mut() {
+        Some(o) => {
+            crate::replication::online::prepare_source(cfg, &src, &filters, o, &mut token, &token_path)
+                .await?
+        }
+        None => session::begin_exported_snapshot(&src).await?,
+    };
     let script = if full {
         let opts = schema::ReadOptions {
             no_owner: cfg.no_owner,
@@ -233,15 +286,13 @@ pub(crate) async fn run(
         "starting offline {}migration", if full { "" } else { "data-only " }
     );
 
-    let mut token = match existing {
-        Some(t) if resumed => t,
-        _ => ResumeToken::new(migration_id.clone(), def.clone(), dump_path.clone()),
-    };
     if cfg.force_clean {
         if !full {
             force_clean(&src, &dst, &filters, cfg.large_objects).await?;
         }
-        let _ = std::fs::remove_file(&token_path);
+        if online.is_none() {
+            let _ = std::fs::remove_file(&token_path);
+        }
     }
     if !resumed {
         // Bookkeeping left by an attempt whose token is gone must not count.
@@ -417,6 +468,60 @@ pub(crate) async fn run(
     let _ = src.batch_execute("COMMIT").await;
     info!(snapshot = %coordinator_snapshot, "snapshot released");
 
+    Ok(CopyPhase {
+        started,
+        migration_id,
+        dump_path,
+        token_path,
+        resumed,
+        snapshot_id,
+        source_version,
+        target_version,
+        results,
+        skipped,
+        sequences: nseq,
+        large_objects: los.len(),
+        large_object_bytes: lo_bytes,
+        schema_steps,
+        stages,
+        store,
+        filters,
+        source: source_ep,
+        target: target_ep,
+        tables,
+        seqs,
+    })
+}
+
+/// Finalize (remove our bookkeeping from the target) and verify.
+pub(crate) async fn finish(
+    cfg: &MigrationConfig,
+    phase: CopyPhase,
+    cancel: &CancellationToken,
+) -> Result<MigrationReport> {
+    let CopyPhase {
+        started,
+        migration_id,
+        dump_path,
+        token_path,
+        resumed,
+        snapshot_id,
+        source_version,
+        target_version,
+        results,
+        skipped,
+        sequences: nseq,
+        large_objects,
+        large_object_bytes: lo_bytes,
+        schema_steps,
+        mut stages,
+        store,
+        filters,
+        source: source_ep,
+        target: target_ep,
+        ..
+    } = phase;
+    let dst = connect::connect(&target_ep, "target").await?;
     // Finalize: nothing of ours stays on the target.
     let t0 = Instant::now();
     store.update(|t| t.stage_started(Stage::Finalize))?;
@@ -441,7 +546,7 @@ pub(crate) async fn run(
                 jobs: cfg.jobs,
                 large_objects: cfg.large_objects,
             },
-            &cancel,
+            cancel,
         )
         .await?;
         store.update(|t| t.stage_done(Stage::Verify))?;
@@ -466,7 +571,7 @@ pub(crate) async fn run(
         tables: results,
         skipped_tables: skipped,
         sequences: nseq,
-        large_objects: los.len(),
+        large_objects,
         large_object_bytes: lo_bytes,
         rows,
         bytes,
@@ -474,6 +579,7 @@ pub(crate) async fn run(
         stages,
         seconds: started.elapsed().as_secs_f64(),
         verify: verify_report,
+        online: None,
     })
 }
 

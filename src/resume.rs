@@ -38,6 +38,10 @@ pub enum Stage {
     Dump,
     /// Loading a dump archive into the target.
     Restore,
+    /// Online: applying the source's changes to the target.
+    Stream,
+    /// Online: fence, drain, sequences, cleanup.
+    Cutover,
 }
 
 impl Stage {
@@ -54,6 +58,8 @@ impl Stage {
             Stage::Verify => "verify",
             Stage::Dump => "dump",
             Stage::Restore => "restore",
+            Stage::Stream => "stream",
+            Stage::Cutover => "cutover",
         }
     }
 }
@@ -208,6 +214,42 @@ impl Definition {
     }
 }
 
+/// The source-side state of an online migration. Each change is recorded
+/// before it is made (and each removal after it is done), so a crash at any
+/// point leaves a record `cleanup` can finish.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct OnlineState {
+    pub slot_name: String,
+    pub publication_name: String,
+    /// We created the publication (and must drop it).
+    pub publication_created: bool,
+    /// We created the slot (and must drop it).
+    pub slot_created: bool,
+    /// Where the slot's snapshot sits: the copy shows exactly the
+    /// transactions committed before it; streaming starts here.
+    pub consistent_point: Option<crate::replication::Lsn>,
+    /// Replica identities changed by --fix-replica-identity (restored at cleanup).
+    #[serde(default)]
+    pub replica_identity_fixes: Vec<crate::replication::preflight::ReplicaIdentityFix>,
+    /// The source database is fenced (read-only for other sessions).
+    #[serde(default)]
+    pub fenced: bool,
+    #[serde(default)]
+    pub cutover: Option<CutoverRecord>,
+}
+
+/// What the cutover did, for the report and for `pg_dbmigrator cutover`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct CutoverRecord {
+    pub started_at: Option<DateTime<Utc>>,
+    pub fence_lsn: Option<crate::replication::Lsn>,
+    /// Writes blocked: from the fence to the end of the cutover.
+    pub downtime_seconds: Option<f64>,
+    pub completed: bool,
+    /// The last failed attempt, if any (the fence was lifted).
+    pub error: Option<String>,
+}
+
 /// Status of a stage in the token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -258,6 +300,10 @@ pub struct ResumeToken {
     pub slot_name: Option<String>,
     pub publication_name: Option<String>,
     pub last_applied_lsn: Option<String>,
+    /// Online migrations: what was created or changed on the source, so
+    /// resume, cutover and cleanup know what to continue and to undo.
+    #[serde(default)]
+    pub online: Option<OnlineState>,
     /// Set when the whole migration finished.
     pub completed: bool,
     pub created_at: DateTime<Utc>,
@@ -282,6 +328,7 @@ impl ResumeToken {
             dumped: BTreeMap::new(),
             snapshot_name: None,
             last_applied_lsn: None,
+            online: None,
             completed: false,
             created_at: now,
             updated_at: now,

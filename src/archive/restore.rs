@@ -313,6 +313,7 @@ pub async fn run(cfg: &MigrationConfig, cancel: CancellationToken) -> Result<Mig
         stages,
         seconds: started.elapsed().as_secs_f64(),
         verify: None,
+        online: None,
     })
 }
 

@@ -99,6 +99,7 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
             "copied"
         );
         record_done(ctx, &name, &r)?;
+        crate::replication::test_stop_at("mid_copy").await;
         sched.item_done(&item, r);
     }
     if let Some((src, _)) = src {

@@ -1159,7 +1159,11 @@ impl ReplicationStream {
     /// Rejoin the halves [`split`](Self::split) returned. Halves of two
     /// different streams are refused.
     pub async fn unsplit(reader: ReplicationReader, writer: ReplicationWriter) -> Result<Self> {
-        if !reader.rd.is_pair_of(&writer.inner.lock().await.wr) {
+        let same = {
+            let guard = writer.inner.lock().await;
+            reader.rd.is_pair_of(&guard.wr)
+        };
+        if !same {
             return Err(MigrationError::Internal(
                 "ReplicationStream::unsplit: the halves belong to different streams".into(),
             ));

@@ -6,8 +6,16 @@
 //! payloads into typed changes. [`pgoutput`] is a pure decoder with no I/O,
 //! so it can be tested byte by byte and used from any task.
 
+pub mod apply;
+pub mod online;
 pub mod pgoutput;
 pub mod preflight;
+pub mod stream;
+
+/// The prefix of the logical message our cutover writes on the source
+/// after the fence: when the applier has committed the transaction holding
+/// it, everything before the fence is on the target.
+pub const FENCE_MESSAGE_PREFIX: &str = "pg_dbmigrator.fence";
 
 pub use crate::pg::replication::{Lsn, PgTimestamp};
 

@@ -1,0 +1,968 @@
+//! The applier: replays decoded pgoutput changes on one target session, in
+//! source commit order, exactly once.
+//!
+//! Exactly once: every target transaction ends by moving our progress row
+//! (`_pg_dbmigrator.progress`, the end LSN of the last source transaction in
+//! it) in the same transaction as the changes, so a crash keeps both or
+//! neither. A restart starts from that row and skips any source transaction
+//! whose commit lies before it.
+//!
+//! Speed: one prepared statement per (relation, operation, column set),
+//! values passed through as text parameters (the source's output functions
+//! wrote them; the target's input functions read them; nothing is decoded
+//! here), statements pipelined with a bound on what is in flight, and
+//! several source transactions grouped per target commit, cut only at
+//! source commit boundaries. The session runs with `synchronous_commit =
+//! off`; what may be reported to the source as flushed is tracked against
+//! the target's WAL flush position (see [`Applier::durable`]).
+
+use std::collections::{HashMap, VecDeque};
+use std::error::Error as StdError;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio_postgres::types::{Format, IsNull, ToSql, Type};
+use tokio_postgres::{Client, Statement};
+use tracing::{debug, warn};
+
+use super::pgoutput::{self, OldTuple, ReplicaIdentity, Tuple, Value};
+use super::Lsn;
+use crate::error::{MigrationError, Result};
+use crate::pg::quote;
+
+/// Statements in flight before we wait for the oldest one.
+const MAX_IN_FLIGHT: usize = 512;
+/// Parameter bytes in flight before we wait (bounds memory and server buffers).
+const MAX_IN_FLIGHT_BYTES: usize = 8 << 20;
+
+/// The progress table (in our bookkeeping schema, removed at cutover).
+pub const PROGRESS_DDL: &str = "CREATE TABLE IF NOT EXISTS _pg_dbmigrator.progress (
+    migration_id text PRIMARY KEY,
+    end_lsn pg_catalog.pg_lsn NOT NULL,
+    commit_time timestamptz,
+    applied_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+) WITH (fillfactor = 50)";
+
+/// A pgoutput value handed to the target as a text-format parameter.
+#[derive(Debug, Clone)]
+struct TextParam(Option<Bytes>);
+
+impl ToSql for TextParam {
+    fn to_sql(
+        &self,
+        _ty: &Type,
+        out: &mut BytesMut,
+    ) -> std::result::Result<IsNull, Box<dyn StdError + Sync + Send>> {
+        match &self.0 {
+            Some(b) => {
+                out.put_slice(b);
+                Ok(IsNull::No)
+            }
+            None => Ok(IsNull::Yes),
+        }
+    }
+
+    fn accepts(_ty: &Type) -> bool {
+        true
+    }
+
+    fn encode_format(&self, _ty: &Type) -> Format {
+        Format::Text
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+/// What we know of a source relation: its target table and columns.
+#[derive(Debug, Clone)]
+struct RelInfo {
+    /// Quoted `schema.table`.
+    target: String,
+    /// Quoted column names, in the Relation's order.
+    columns: Vec<String>,
+    key: Vec<bool>,
+    identity: ReplicaIdentity,
+    /// The target column is GENERATED ALWAYS AS IDENTITY (cannot be SET).
+    identity_always: Vec<bool>,
+    /// The type has no equality operator (json, point, …): compare as text.
+    compare_as_text: Vec<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum StmtKey {
+    Insert(u32, Vec<bool>),
+    /// Relation, columns SET, columns in the WHERE.
+    Update(u32, Vec<bool>, Vec<bool>),
+    Delete(u32, Vec<bool>),
+}
+
+type Pending = Pin<Box<dyn Future<Output = (std::result::Result<u64, tokio_postgres::Error>, Ctx)> + Send>>;
+
+/// What a statement was for, to say so when it fails.
+#[derive(Debug, Clone)]
+struct Ctx {
+    what: &'static str,
+    relation: String,
+    commit_lsn: Lsn,
+}
+
+/// Counters for lag and rate reporting.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApplyStats {
+    pub transactions: u64,
+    pub rows: u64,
+    pub target_commits: u64,
+}
+
+/// Applies source transactions to the target. Feed it the decoded messages
+/// in stream order; call [`Applier::commit_batch`] at a source commit
+/// boundary when it is time to commit on the target.
+pub struct Applier {
+    client: Arc<Client>,
+    migration_id: String,
+    relations: HashMap<u32, RelInfo>,
+    statements: HashMap<StmtKey, Statement>,
+    progress_stmt: Statement,
+    in_flight: VecDeque<Pending>,
+    in_flight_bytes: usize,
+    /// A target transaction is open.
+    in_target_txn: bool,
+    /// The source transaction being applied (its commit LSN), if any.
+    source_txn: Option<Lsn>,
+    /// Skip the changes of the current source transaction (applied before).
+    skipping: bool,
+    /// Everything with a commit before this was applied by an earlier run.
+    progress: Lsn,
+    /// End LSN (and commit time) of the last source transaction in the open batch.
+    batch_end: Option<(Lsn, pgoutput::Begin)>,
+    batch_txns: u64,
+    batch_rows: u64,
+    /// (source end LSN, target WAL position after its commit): not yet known durable.
+    unflushed: VecDeque<(Lsn, Lsn)>,
+    durable: Lsn,
+    /// The end LSN of the last source transaction committed on the target.
+    committed: Lsn,
+    /// Our fence marker's transaction, once its end is known.
+    marker_prefix: String,
+    marker_seen_in_txn: bool,
+    pub marker_end: Option<Lsn>,
+    pub stats: ApplyStats,
+    missing_warned: std::collections::HashSet<u32>,
+}
+
+impl Applier {
+    /// Set up the apply session: the progress row must exist (see
+    /// [`init_progress`]); its value is where this run starts.
+    pub async fn new(client: Arc<Client>, migration_id: &str) -> Result<Self> {
+        crate::pg::session::setup_target(&client).await?;
+        client
+            .batch_execute("SET session_replication_role = replica; SET lock_timeout = 0; SET statement_timeout = 0")
+            .await
+            .map_err(|e| MigrationError::db("configuring the apply session (session_replication_role = replica needs superuser, or on PostgreSQL 15+ GRANT SET ON PARAMETER session_replication_role)", e))?;
+        let progress = read_progress(&client, migration_id).await?.ok_or_else(|| {
+            MigrationError::Internal("the apply progress row is missing on the target".into())
+        })?;
+        let progress_stmt = client
+            .prepare(
+                "UPDATE _pg_dbmigrator.progress SET end_lsn = $1::text::pg_catalog.pg_lsn, commit_time = $2::text::timestamptz, applied_at = pg_catalog.now() WHERE migration_id = $3::text",
+            )
+            .await
+            .map_err(|e| MigrationError::db("preparing the progress update", e))?;
+        Ok(Applier {
+            client,
+            migration_id: migration_id.to_string(),
+            relations: HashMap::new(),
+            statements: HashMap::new(),
+            progress_stmt,
+            in_flight: VecDeque::new(),
+            in_flight_bytes: 0,
+            in_target_txn: false,
+            source_txn: None,
+            skipping: false,
+            progress,
+            batch_end: None,
+            batch_txns: 0,
+            batch_rows: 0,
+            unflushed: VecDeque::new(),
+            durable: progress,
+            committed: progress,
+            marker_prefix: crate::replication::FENCE_MESSAGE_PREFIX.to_string(),
+            marker_seen_in_txn: false,
+            marker_end: None,
+            stats: ApplyStats::default(),
+            missing_warned: Default::default(),
+        })
+    }
+
+    /// Where this run started: the end of the last source transaction
+    /// applied by any earlier run.
+    pub fn start_lsn(&self) -> Lsn {
+        self.progress
+    }
+
+    /// The end LSN of the newest source transaction whose target commit is
+    /// known to be on the target's disk: the only value that may be
+    /// reported to the source as flushed.
+    pub fn durable(&self) -> Lsn {
+        self.durable
+    }
+
+    /// The end LSN of the last source transaction committed on the target
+    /// (durable or not yet).
+    pub fn committed(&self) -> Lsn {
+        self.committed
+    }
+
+    /// Source transactions in the open target transaction.
+    pub fn pending_txns(&self) -> u64 {
+        self.batch_txns
+    }
+
+    /// Inside a source transaction (between Begin and Commit)?
+    pub fn in_source_txn(&self) -> bool {
+        self.source_txn.is_some()
+    }
+
+    /// Is a target transaction open (changes applied but not committed)?
+    pub fn has_open_batch(&self) -> bool {
+        self.in_target_txn
+    }
+
+    /// Whether target commits remain whose durability is not yet known.
+    pub fn has_unflushed(&self) -> bool {
+        !self.unflushed.is_empty()
+    }
+
+    /// Apply one decoded message outside of stream blocks. Returns true at
+    /// a source commit (a point where the batch may be committed).
+    pub async fn apply(&mut self, msg: pgoutput::Message) -> Result<bool> {
+        use pgoutput::Message as M;
+        match msg {
+            M::Begin(b) => {
+                self.begin(b).await?;
+                Ok(false)
+            }
+            M::Commit(c) => {
+                self.commit_source(c.commit_lsn, c.end_lsn).await?;
+                Ok(true)
+            }
+            M::Relation(r) => {
+                self.relation(r).await?;
+                Ok(false)
+            }
+            M::Insert(i) => {
+                self.insert(i.relation_oid, i.new).await?;
+                Ok(false)
+            }
+            M::Update(u) => {
+                self.update(u.relation_oid, u.old, u.new).await?;
+                Ok(false)
+            }
+            M::Delete(d) => {
+                self.delete(d.relation_oid, d.old).await?;
+                Ok(false)
+            }
+            M::Truncate(t) => {
+                self.truncate(&t).await?;
+                Ok(false)
+            }
+            M::LogicalMessage(m) => {
+                if m.transactional && m.prefix == self.marker_prefix && !self.skipping {
+                    self.marker_seen_in_txn = true;
+                }
+                Ok(false)
+            }
+            M::Type(_) | M::Origin(_) => Ok(false),
+            other => Err(MigrationError::Internal(format!(
+                "unexpected pgoutput message outside a stream: {other:?}"
+            ))),
+        }
+    }
+
+    /// A streamed transaction's commit: replay its spooled changes as one
+    /// source transaction.
+    pub async fn apply_streamed(
+        &mut self,
+        commit: &pgoutput::StreamCommit,
+        changes: Vec<pgoutput::Message>,
+    ) -> Result<()> {
+        self.begin(pgoutput::Begin {
+            final_lsn: commit.commit_lsn,
+            commit_time: commit.commit_time,
+            xid: commit.xid,
+        })
+        .await?;
+        for m in changes {
+            match m {
+                pgoutput::Message::Relation(_)
+                | pgoutput::Message::Insert(_)
+                | pgoutput::Message::Update(_)
+                | pgoutput::Message::Delete(_)
+                | pgoutput::Message::Truncate(_)
+                | pgoutput::Message::LogicalMessage(_)
+                | pgoutput::Message::Type(_)
+                | pgoutput::Message::Origin(_) => {
+                    self.apply(m).await?;
+                }
+                _ => {}
+            }
+        }
+        self.commit_source(commit.commit_lsn, commit.end_lsn).await
+    }
+
+    async fn begin(&mut self, b: pgoutput::Begin) -> Result<()> {
+        if self.source_txn.is_some() {
+            return Err(MigrationError::Internal(
+                "Begin inside an open source transaction".into(),
+            ));
+        }
+        self.source_txn = Some(b.final_lsn);
+        self.marker_seen_in_txn = false;
+        // Applied by an earlier run (the source may resend after its own crash).
+        self.skipping = b.final_lsn < self.progress;
+        if self.skipping {
+            debug!(commit_lsn = %b.final_lsn, "skipping a transaction applied before");
+            return Ok(());
+        }
+        if !self.in_target_txn {
+            self.push("BEGIN", "", b.final_lsn, None, Vec::new()).await?;
+            self.in_target_txn = true;
+        }
+        self.batch_end = Some((b.final_lsn, b));
+        Ok(())
+    }
+
+    async fn commit_source(&mut self, commit_lsn: Lsn, end_lsn: Lsn) -> Result<()> {
+        let Some(start) = self.source_txn.take() else {
+            return Err(MigrationError::Internal(
+                "Commit without a source transaction".into(),
+            ));
+        };
+        if start != commit_lsn {
+            return Err(MigrationError::Internal(format!(
+                "Commit at {commit_lsn} does not match its Begin ({start})"
+            )));
+        }
+        if self.skipping {
+            self.skipping = false;
+            return Ok(());
+        }
+        if let Some((_, b)) = self.batch_end.take() {
+            self.batch_end = Some((end_lsn, b));
+        }
+        if self.marker_seen_in_txn {
+            self.marker_end = Some(end_lsn);
+            self.marker_seen_in_txn = false;
+        }
+        self.batch_txns += 1;
+        self.stats.transactions += 1;
+        Ok(())
+    }
+
+    /// Commit the open target transaction (at a source commit boundary):
+    /// the progress row moves in it. Returns the number of source
+    /// transactions it held.
+    pub async fn commit_batch(&mut self) -> Result<u64> {
+        if !self.in_target_txn {
+            return Ok(0);
+        }
+        if self.source_txn.is_some() {
+            return Err(MigrationError::Internal(
+                "target commit requested inside a source transaction".into(),
+            ));
+        }
+        let Some((end, begin)) = self.batch_end.take() else {
+            return Err(MigrationError::Internal("empty batch".into()));
+        };
+        let commit_time = chrono::DateTime::<chrono::Utc>::from(begin.commit_time.to_system_time())
+            .to_rfc3339();
+        let params = vec![
+            TextParam(Some(Bytes::from(end.to_string()))),
+            TextParam(Some(Bytes::from(commit_time))),
+            TextParam(Some(Bytes::from(self.migration_id.clone()))),
+        ];
+        let stmt = self.progress_stmt.clone();
+        self.push_stmt(stmt, params, "recording progress", "", begin.final_lsn)
+            .await?;
+        self.drain(0).await?;
+        let rows = self
+            .client
+            .simple_query("COMMIT; SELECT pg_catalog.pg_current_wal_insert_lsn()::text")
+            .await
+            .map_err(|e| MigrationError::db(format!("committing applied changes up to {end}"), e))?;
+        self.in_target_txn = false;
+        let local = rows
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).and_then(|s| s.parse().ok()),
+                _ => None,
+            })
+            .unwrap_or(Lsn(u64::MAX));
+        self.unflushed.push_back((end, local));
+        self.committed = end;
+        self.progress = end;
+        let n = self.batch_txns;
+        self.stats.rows += self.batch_rows;
+        self.stats.target_commits += 1;
+        self.batch_txns = 0;
+        self.batch_rows = 0;
+        Ok(n)
+    }
+
+    /// Ask the target how far its WAL is on disk and release the target
+    /// commits below it: their source end LSNs become durable.
+    pub async fn refresh_durable(&mut self) -> Result<Lsn> {
+        if self.unflushed.is_empty() {
+            return Ok(self.durable);
+        }
+        let row = self
+            .client
+            .query_one("SELECT pg_catalog.pg_current_wal_flush_lsn()::text", &[])
+            .await
+            .map_err(|e| MigrationError::db("reading the target's WAL flush position", e))?;
+        let flushed: Lsn = row
+            .get::<_, String>(0)
+            .parse()
+            .map_err(|_| MigrationError::Internal("bad pg_lsn from the target".into()))?;
+        while let Some(&(end, local)) = self.unflushed.front() {
+            if local > flushed {
+                break;
+            }
+            self.durable = self.durable.max(end);
+            self.unflushed.pop_front();
+        }
+        Ok(self.durable)
+    }
+
+    async fn relation(&mut self, r: pgoutput::Relation) -> Result<()> {
+        let schema = if r.namespace.is_empty() {
+            "pg_catalog".to_string()
+        } else {
+            r.namespace.clone()
+        };
+        let target = quote::qualified(&schema, &r.name);
+        let names: Vec<String> = r.columns.iter().map(|c| c.name.clone()).collect();
+        // The target's view of the columns: identity kind, equality.
+        let rows = self
+            .client
+            .query(
+                "SELECT u.n,
+                        a.attidentity::text = 'a',
+                        NOT EXISTS (SELECT 1 FROM pg_catalog.pg_operator o
+                                     WHERE o.oprname = '=' AND o.oprleft = a.atttypid AND o.oprright = a.atttypid)
+                        AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_type t WHERE t.oid = a.atttypid AND (t.typelem <> 0 AND t.typlen = -1 OR t.typtype IN ('e', 'd', 'r', 'm')))
+                   FROM pg_catalog.unnest($2::text[]) WITH ORDINALITY AS u(n, ord)
+                   LEFT JOIN pg_catalog.pg_attribute a
+                          ON a.attrelid = pg_catalog.to_regclass($1) AND a.attname = u.n AND NOT a.attisdropped
+                  ORDER BY u.ord",
+                &[&target, &names],
+            )
+            .await
+            .map_err(|e| MigrationError::db(format!("looking up {target} on the target"), e))?;
+        let mut identity_always = Vec::new();
+        let mut compare_as_text = Vec::new();
+        let mut missing = Vec::new();
+        for (row, name) in rows.iter().zip(&names) {
+            match row.get::<_, Option<bool>>(1) {
+                Some(a) => {
+                    identity_always.push(a);
+                    compare_as_text.push(row.get::<_, Option<bool>>(2).unwrap_or(false));
+                }
+                None => missing.push(name.clone()),
+            }
+        }
+        if !missing.is_empty() {
+            return Err(MigrationError::TargetNotReady(format!(
+                "table {target} on the target lacks column(s) {} that the source publishes (the schema changed during the migration?)",
+                missing.join(", ")
+            )));
+        }
+        let info = RelInfo {
+            target,
+            columns: names.iter().map(|n| quote::ident(n)).collect(),
+            key: r.columns.iter().map(|c| c.is_key()).collect(),
+            identity: r.replica_identity,
+            identity_always,
+            compare_as_text,
+        };
+        let changed = self.relations.get(&r.oid).is_none_or(|old| {
+            old.target != info.target
+                || old.columns != info.columns
+                || old.key != info.key
+                || old.identity != info.identity
+        });
+        if changed {
+            self.statements.retain(|k, _| match k {
+                StmtKey::Insert(o, _) | StmtKey::Update(o, _, _) | StmtKey::Delete(o, _) => {
+                    *o != r.oid
+                }
+            });
+        }
+        self.relations.insert(r.oid, info);
+        Ok(())
+    }
+
+    fn rel(&self, oid: u32) -> Result<&RelInfo> {
+        self.relations.get(&oid).ok_or_else(|| {
+            MigrationError::Internal(format!(
+                "a change for relation {oid} arrived before its Relation message"
+            ))
+        })
+    }
+
+    async fn insert(&mut self, oid: u32, new: Tuple) -> Result<()> {
+        if self.skipping {
+            return Ok(());
+        }
+        let rel = self.rel(oid)?.clone();
+        let mask: Vec<bool> = new.0.iter().map(|v| !matches!(v, Value::UnchangedToast)).collect();
+        let key = StmtKey::Insert(oid, mask.clone());
+        let stmt = match self.statements.get(&key) {
+            Some(s) => s.clone(),
+            None => {
+                let cols: Vec<&str> = rel
+                    .columns
+                    .iter()
+                    .zip(&mask)
+                    .filter(|(_, m)| **m)
+                    .map(|(c, _)| c.as_str())
+                    .collect();
+                let vals: Vec<String> = (1..=cols.len()).map(|i| format!("${i}")).collect();
+                let sql = format!(
+                    "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE VALUES ({})",
+                    rel.target,
+                    cols.join(", "),
+                    vals.join(", ")
+                );
+                self.prepare(key, &sql).await?
+            }
+        };
+        let params = new
+            .0
+            .into_iter()
+            .filter(|v| !matches!(v, Value::UnchangedToast))
+            .map(param)
+            .collect::<Result<Vec<_>>>()?;
+        let commit = self.source_txn.unwrap_or_default();
+        self.push_stmt(stmt, params, "INSERT", &rel.target, commit).await?;
+        self.batch_rows += 1;
+        Ok(())
+    }
+
+    async fn update(&mut self, oid: u32, old: Option<OldTuple>, new: Tuple) -> Result<()> {
+        if self.skipping {
+            return Ok(());
+        }
+        let rel = self.rel(oid)?.clone();
+        // SET: the columns sent (unchanged TOAST is not), and where the old
+        // value is known, only those that changed.
+        let old_vals = old.as_ref().map(|o| o.tuple().0.clone());
+        let set: Vec<bool> = new
+            .0
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                if matches!(v, Value::UnchangedToast) {
+                    return false;
+                }
+                let known_old = match (&old, old_vals.as_ref().and_then(|o| o.get(i))) {
+                    (Some(OldTuple::Full(_)), Some(ov)) => Some(ov),
+                    (Some(OldTuple::Key(_)), Some(ov)) if rel.key[i] => Some(ov),
+                    _ => None,
+                };
+                match known_old {
+                    Some(ov) => ov != v,
+                    // Unknown old value: set it, unless the target forbids it
+                    // (identity ALWAYS columns only change with the key).
+                    None => !(rel.identity_always[i] || (old.is_none() && rel.key[i])),
+                }
+            })
+            .collect();
+        let (where_mask, where_vals) = self.where_values(&rel, old.as_ref(), Some(&new))?;
+        if !set.iter().any(|s| *s) {
+            // Nothing changed in what we can see (e.g. only TOAST untouched): no-op.
+            return Ok(());
+        }
+        let key = StmtKey::Update(oid, set.clone(), where_mask.clone());
+        let stmt = match self.statements.get(&key) {
+            Some(s) => s.clone(),
+            None => {
+                let mut n = 0;
+                let sets: Vec<String> = rel
+                    .columns
+                    .iter()
+                    .zip(&set)
+                    .filter(|(_, s)| **s)
+                    .map(|(c, _)| {
+                        n += 1;
+                        format!("{c} = ${n}")
+                    })
+                    .collect();
+                let cond = where_clause(&rel, &where_mask, n);
+                let sql = format!("UPDATE ONLY {} SET {} WHERE {}", rel.target, sets.join(", "), cond);
+                self.prepare(key, &sql).await?
+            }
+        };
+        let mut params = new
+            .0
+            .into_iter()
+            .zip(&set)
+            .filter(|(_, s)| **s)
+            .map(|(v, _)| param(v))
+            .collect::<Result<Vec<_>>>()?;
+        params.extend(where_vals);
+        let commit = self.source_txn.unwrap_or_default();
+        self.push_stmt(stmt, params, "UPDATE", &rel.target, commit).await?;
+        self.batch_rows += 1;
+        Ok(())
+    }
+
+    async fn delete(&mut self, oid: u32, old: OldTuple) -> Result<()> {
+        if self.skipping {
+            return Ok(());
+        }
+        let rel = self.rel(oid)?.clone();
+        let (where_mask, where_vals) = self.where_values(&rel, Some(&old), None)?;
+        let key = StmtKey::Delete(oid, where_mask.clone());
+        let stmt = match self.statements.get(&key) {
+            Some(s) => s.clone(),
+            None => {
+                let sql = format!(
+                    "DELETE FROM ONLY {} WHERE {}",
+                    rel.target,
+                    where_clause(&rel, &where_mask, 0)
+                );
+                self.prepare(key, &sql).await?
+            }
+        };
+        let commit = self.source_txn.unwrap_or_default();
+        self.push_stmt(stmt, where_vals, "DELETE", &rel.target, commit).await?;
+        self.batch_rows += 1;
+        Ok(())
+    }
+
+    /// The row to change: by key (old key tuple when the key changed, else
+    /// the new tuple's key columns) or, under REPLICA IDENTITY FULL, by
+    /// every column of the old row.
+    fn where_values(
+        &self,
+        rel: &RelInfo,
+        old: Option<&OldTuple>,
+        new: Option<&Tuple>,
+    ) -> Result<(Vec<bool>, Vec<TextParam>)> {
+        let source = match (old, new) {
+            (Some(o), _) => o.tuple(),
+            (None, Some(n)) => n,
+            (None, None) => unreachable!(),
+        };
+        let full = matches!(old, Some(OldTuple::Full(_)));
+        if !full && !rel.key.iter().any(|k| *k) {
+            return Err(MigrationError::Preflight(format!(
+                "table {} has no replica identity on the source: its updates and deletes cannot be applied (run with --fix-replica-identity)",
+                rel.target
+            )));
+        }
+        let mut mask = Vec::with_capacity(source.0.len());
+        let mut vals = Vec::new();
+        for (i, v) in source.0.iter().enumerate() {
+            let use_it = if full {
+                !matches!(v, Value::UnchangedToast)
+            } else {
+                rel.key[i]
+            };
+            mask.push(use_it);
+            if use_it {
+                if matches!(v, Value::UnchangedToast) {
+                    return Err(MigrationError::Internal(format!(
+                        "a key column of {} arrived as unchanged TOAST",
+                        rel.target
+                    )));
+                }
+                vals.push(param(v.clone())?);
+            }
+        }
+        Ok((mask, vals))
+    }
+
+    async fn truncate(&mut self, t: &pgoutput::Truncate) -> Result<()> {
+        if self.skipping {
+            return Ok(());
+        }
+        let mut names = Vec::new();
+        for oid in &t.relation_oids {
+            names.push(self.rel(*oid)?.target.clone());
+        }
+        // One statement for all, never CASCADE (as PostgreSQL's own apply).
+        let sql = format!(
+            "TRUNCATE ONLY {}{}",
+            names.join(", "),
+            if t.restart_identity() {
+                " RESTART IDENTITY"
+            } else {
+                ""
+            }
+        );
+        let commit = self.source_txn.unwrap_or_default();
+        self.push("TRUNCATE", &names.join(", "), commit, Some(sql), Vec::new())
+            .await
+    }
+
+    async fn prepare(&mut self, key: StmtKey, sql: &str) -> Result<Statement> {
+        // The pipeline must be empty: a prepare failing in an aborted
+        // transaction would hide the first error.
+        self.drain(0).await?;
+        let stmt = self
+            .client
+            .prepare(sql)
+            .await
+            .map_err(|e| MigrationError::db(format!("preparing `{sql}` on the target"), e))?;
+        self.statements.insert(key, stmt.clone());
+        Ok(stmt)
+    }
+
+    /// Send a statement without waiting for its result.
+    async fn push_stmt(
+        &mut self,
+        stmt: Statement,
+        params: Vec<TextParam>,
+        what: &'static str,
+        relation: &str,
+        commit_lsn: Lsn,
+    ) -> Result<()> {
+        let bytes: usize = params
+            .iter()
+            .map(|p| p.0.as_ref().map_or(0, |b| b.len()) + 8)
+            .sum();
+        let client = self.client.clone();
+        let ctx = Ctx {
+            what,
+            relation: relation.to_string(),
+            commit_lsn,
+        };
+        let mut fut: Pending = Box::pin(async move {
+            let r = client.execute_raw(&stmt, params).await;
+            (r, ctx)
+        });
+        // The first poll sends the request (tokio-postgres queues it on the
+        // connection in call order); the answer is collected later.
+        if let std::task::Poll::Ready((r, ctx)) = futures::poll!(&mut fut) {
+            check(r, &ctx)?;
+        } else {
+            self.in_flight.push_back(fut);
+            self.in_flight_bytes += bytes;
+        }
+        self.drain(MAX_IN_FLIGHT).await
+    }
+
+    /// A statement without parameters (BEGIN, TRUNCATE), pipelined too.
+    async fn push(
+        &mut self,
+        what: &'static str,
+        relation: &str,
+        commit_lsn: Lsn,
+        sql: Option<String>,
+        _params: Vec<TextParam>,
+    ) -> Result<()> {
+        let sql = sql.unwrap_or_else(|| what.to_string());
+        let client = self.client.clone();
+        let ctx = Ctx {
+            what,
+            relation: relation.to_string(),
+            commit_lsn,
+        };
+        // Simple query: sent whole on the first poll (a `&str` through
+        // execute_raw would prepare first and lose its place in the pipeline).
+        let mut fut: Pending = Box::pin(async move {
+            let r = client.batch_execute(&sql).await.map(|_| 0);
+            (r, ctx)
+        });
+        if let std::task::Poll::Ready((r, ctx)) = futures::poll!(&mut fut) {
+            check(r, &ctx)?;
+        } else {
+            self.in_flight.push_back(fut);
+        }
+        Ok(())
+    }
+
+    /// Wait for answers until at most `keep` statements are in flight.
+    async fn drain(&mut self, keep: usize) -> Result<()> {
+        while self.in_flight.len() > keep
+            || (keep > 0 && self.in_flight_bytes > MAX_IN_FLIGHT_BYTES && !self.in_flight.is_empty())
+        {
+            let fut = self.in_flight.pop_front().expect("non-empty");
+            let (r, ctx) = fut.await;
+            check(r, &ctx)?;
+            if self.in_flight.is_empty() {
+                self.in_flight_bytes = 0;
+            }
+        }
+        if keep == 0 {
+            self.in_flight_bytes = 0;
+        }
+        Ok(())
+    }
+
+    /// After a failure: drop what is in flight and roll back, so the session
+    /// can be reused or closed cleanly.
+    pub async fn abort(&mut self) {
+        while let Some(f) = self.in_flight.pop_front() {
+            let _ = f.await;
+        }
+        self.in_flight_bytes = 0;
+        if self.in_target_txn {
+            let _ = self.client.batch_execute("ROLLBACK").await;
+            self.in_target_txn = false;
+        }
+        self.source_txn = None;
+        self.batch_end = None;
+        self.batch_txns = 0;
+        self.batch_rows = 0;
+    }
+
+    /// Rows affected that did not exist on the target (logged once per table).
+    fn _missing(&mut self, oid: u32) {
+        if self.missing_warned.insert(oid) {
+            warn!(relation = oid, "a change found no row to update or delete on the target");
+        }
+    }
+}
+
+fn check(r: std::result::Result<u64, tokio_postgres::Error>, ctx: &Ctx) -> Result<()> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) => Err(MigrationError::db(
+            format!(
+                "applying the source transaction committed at {} ({} {}){}",
+                ctx.commit_lsn,
+                ctx.what,
+                ctx.relation,
+                if e.as_db_error().is_some() {
+                    ""
+                } else {
+                    ": the target connection failed"
+                }
+            ),
+            e,
+        )),
+    }
+}
+
+fn param(v: Value) -> Result<TextParam> {
+    match v {
+        Value::Null => Ok(TextParam(None)),
+        Value::Text(b) => Ok(TextParam(Some(b))),
+        Value::Binary(_) => Err(MigrationError::Internal(
+            "binary pgoutput values are not requested".into(),
+        )),
+        Value::UnchangedToast => Err(MigrationError::Internal(
+            "an unchanged TOAST value cannot be a parameter".into(),
+        )),
+    }
+}
+
+/// `WHERE` for the row to change, parameters numbered after `offset`.
+fn where_clause(rel: &RelInfo, mask: &[bool], offset: usize) -> String {
+    let mut n = offset;
+    let mut conds = Vec::new();
+    for (i, used) in mask.iter().enumerate() {
+        if !used {
+            continue;
+        }
+        n += 1;
+        let c = &rel.columns[i];
+        conds.push(if rel.identity == ReplicaIdentity::Full {
+            if rel.compare_as_text[i] {
+                format!("{c}::text IS NOT DISTINCT FROM ${n}::text")
+            } else {
+                format!("{c} IS NOT DISTINCT FROM ${n}")
+            }
+        } else {
+            format!("{c} = ${n}")
+        });
+    }
+    if rel.identity == ReplicaIdentity::Full {
+        // Duplicate rows are possible without a key: change exactly one.
+        format!(
+            "ctid = (SELECT ctid FROM ONLY {} WHERE {} LIMIT 1)",
+            rel.target,
+            conds.join(" AND ")
+        )
+    } else {
+        conds.join(" AND ")
+    }
+}
+
+/// Create the progress table and row at `start` (the slot's consistent
+/// point) unless it exists. Runs once, right after the copy is durable.
+pub async fn init_progress(client: &Client, migration_id: &str, start: Lsn) -> Result<Lsn> {
+    client
+        .batch_execute(PROGRESS_DDL)
+        .await
+        .map_err(|e| MigrationError::db("creating the apply progress table on the target", e))?;
+    client
+        .execute(
+            "INSERT INTO _pg_dbmigrator.progress (migration_id, end_lsn) VALUES ($1, $2::text::pg_catalog.pg_lsn) ON CONFLICT (migration_id) DO NOTHING",
+            &[&migration_id, &start.to_string()],
+        )
+        .await
+        .map_err(|e| MigrationError::db("recording the apply start on the target", e))?;
+    read_progress(client, migration_id)
+        .await?
+        .ok_or_else(|| MigrationError::Internal("progress row vanished".into()))
+}
+
+/// The end LSN of the last source transaction applied, if streaming began.
+pub async fn read_progress(client: &Client, migration_id: &str) -> Result<Option<Lsn>> {
+    let exists: bool = client
+        .query_one(
+            "SELECT pg_catalog.to_regclass('_pg_dbmigrator.progress') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(|e| MigrationError::db("looking for the apply progress on the target", e))?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
+    let row = client
+        .query_opt(
+            "SELECT end_lsn::text FROM _pg_dbmigrator.progress WHERE migration_id = $1",
+            &[&migration_id],
+        )
+        .await
+        .map_err(|e| MigrationError::db("reading the apply progress on the target", e))?;
+    Ok(row.and_then(|r| r.get::<_, String>(0).parse().ok()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rel(identity: ReplicaIdentity) -> RelInfo {
+        RelInfo {
+            target: "public.t".into(),
+            columns: vec!["id".into(), "\"Val\"".into(), "doc".into()],
+            key: vec![true, identity == ReplicaIdentity::Full, identity == ReplicaIdentity::Full],
+            identity,
+            identity_always: vec![false; 3],
+            compare_as_text: vec![false, false, true],
+        }
+    }
+
+    #[test]
+    fn where_by_key() {
+        let r = rel(ReplicaIdentity::Default);
+        assert_eq!(where_clause(&r, &[true, false, false], 2), "id = $3");
+    }
+
+    #[test]
+    fn where_full_changes_one_row_and_compares_without_equality_as_text() {
+        let r = rel(ReplicaIdentity::Full);
+        assert_eq!(
+            where_clause(&r, &[true, true, true], 0),
+            "ctid = (SELECT ctid FROM ONLY public.t WHERE id IS NOT DISTINCT FROM $1 AND \"Val\" IS NOT DISTINCT FROM $2 AND doc::text IS NOT DISTINCT FROM $3::text LIMIT 1)"
+        );
+    }
+}

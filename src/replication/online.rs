@@ -1,0 +1,1093 @@
+//! The online migration: preflight, publication and slot, a copy of the
+//! slot's snapshot, streaming until cutover, the cutover itself, and the
+//! commands that undo what it changed on the source (`cleanup`, `unfence`).
+//!
+//! Everything created or changed on the source is recorded in the resume
+//! token *before* it is made, so a crash at any point leaves a record that
+//! `--resume` or `cleanup` can finish. Resume rules: a slot whose copy did
+//! not finish is useless (its snapshot died with the session), so the run
+//! starts over from a new slot; after the copy, streaming continues from
+//! the progress stored on the target; a cutover that was interrupted is
+//! finished.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::preflight::{self, ReplicaIdentityFix, SourceChecks};
+use super::stream::{self, StreamShared, StreamTarget};
+use super::{object_name, test_stop_at, Lsn, FENCE_MESSAGE_PREFIX};
+use crate::config::filter::CompiledFilters;
+use crate::config::{CutoverMode, EndpointConfig, MigrationConfig, VerifyLevel};
+use crate::copy;
+use crate::error::{MigrationError, Result};
+use crate::migrate::{self, human_bytes, CopyPhase, MigrationReport};
+use crate::pg::catalog::{self, TableInfo};
+use crate::pg::replication::ReplicationSession;
+use crate::pg::{connect, quote, session};
+use crate::resume::{CutoverRecord, Definition, OnlineState, ResumeToken, Stage};
+use crate::verify::{self, VerifyOptions};
+
+/// Asks a running online migration to cut over (see [`CutoverHandle`]).
+#[derive(Debug, Default)]
+pub struct CutoverSignal {
+    requested: AtomicBool,
+    notify: Notify,
+}
+
+impl CutoverSignal {
+    fn take(&self) -> bool {
+        self.requested.swap(false, Ordering::AcqRel)
+    }
+}
+
+/// A library caller's way to trigger the cutover of a running
+/// `--cutover manual` migration (the CLI's `pg_dbmigrator cutover`).
+#[derive(Debug, Clone)]
+pub struct CutoverHandle(pub(crate) Arc<CutoverSignal>);
+
+impl CutoverHandle {
+    /// Request the cutover; the migration starts it within a second.
+    pub fn request(&self) {
+        self.0.requested.store(true, Ordering::Release);
+        self.0.notify.notify_one();
+    }
+}
+
+/// The file `pg_dbmigrator cutover` creates to ask the migration using the
+/// same work directory to cut over.
+pub fn request_path(dump_path: &std::path::Path) -> std::path::PathBuf {
+    let mut s = dump_path.as_os_str().to_owned();
+    s.push(".cutover");
+    std::path::PathBuf::from(s)
+}
+
+/// What the online part of a migration did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct OnlineReport {
+    pub slot: String,
+    pub publication: String,
+    pub cutover: CutoverSummary,
+    pub apply: ApplySummary,
+    pub replica_identity_fixes: Vec<ReplicaIdentityFix>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CutoverSummary {
+    /// The source's WAL position after the fence: everything before it is on the target.
+    pub fence_lsn: Option<String>,
+    /// Writes blocked on the source: from the fence to the end of the cutover.
+    pub downtime_seconds: f64,
+    pub fenced: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ApplySummary {
+    pub transactions: u64,
+    pub rows: u64,
+    pub seconds: f64,
+    pub transactions_per_second: f64,
+    /// Streaming sessions after the first (dropped connections).
+    pub reconnects: u64,
+}
+
+impl OnlineReport {
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "  applied: {} transactions, {} rows in {:.1}s ({:.0} transactions/s), {} reconnect(s)\n",
+            self.apply.transactions,
+            self.apply.rows,
+            self.apply.seconds,
+            self.apply.transactions_per_second,
+            self.apply.reconnects
+        );
+        s.push_str(&format!(
+            "  write downtime: {:.3}s{}\n",
+            self.cutover.downtime_seconds,
+            if self.cutover.fenced {
+                ""
+            } else {
+                " (no fence: writes were stopped by the operator)"
+            }
+        ));
+        if let Some(l) = &self.cutover.fence_lsn {
+            s.push_str(&format!("  fence LSN: {l}\n"));
+        }
+        if self.cutover.fenced {
+            s.push_str("  the source stays read-only; `pg_dbmigrator unfence --source ...` lifts it (rollback)\n");
+        }
+        s
+    }
+}
+
+/// What the copy phase needs to create on the source, and what it created.
+#[derive(Debug, Default)]
+pub(crate) struct OnlinePrep {
+    pub state: OnlineState,
+    /// This run created source objects (undone if it fails before copying).
+    pub created_now: bool,
+    pub unlogged: Vec<String>,
+}
+
+fn names(cfg_id: &str) -> (String, String) {
+    let n = object_name(cfg_id);
+    (n.clone(), n)
+}
+
+/// Preflight the source, then create (recording each first) the replica
+/// identity fixes, the publication and the slot; import the slot's
+/// snapshot on the coordinator session `src` and export it again for the
+/// copy workers. Returns `(snapshot_id, txid_snapshot)`.
+pub(crate) async fn prepare_source(
+    cfg: &MigrationConfig,
+    src: &Client,
+    filters: &CompiledFilters,
+    o: &mut OnlinePrep,
+    token: &mut ResumeToken,
+    token_path: &std::path::Path,
+) -> Result<(String, String)> {
+    let tables = catalog::list_tables(src, filters).await?;
+    let resuming = o.state.publication_created || o.state.slot_created;
+    let report = preflight::check_source(
+        src,
+        &SourceChecks {
+            tables: &tables,
+            slot_name: &o.state.slot_name,
+            publication_name: &o.state.publication_name,
+            resuming,
+            fix_replica_identity: cfg.fix_replica_identity,
+            large_objects: cfg.large_objects,
+        },
+    )
+    .await?;
+    o.unlogged = report.unlogged.clone();
+    for f in &report.fixes {
+        if !o.state.replica_identity_fixes.contains(f) {
+            o.state.replica_identity_fixes.push(f.clone());
+        }
+    }
+    let save = |token: &mut ResumeToken, state: &OnlineState| -> Result<()> {
+        token.online = Some(state.clone());
+        token.slot_name = Some(state.slot_name.clone());
+        token.publication_name = Some(state.publication_name.clone());
+        token.save(token_path)
+    };
+    // Recorded before made: a crash in between leaves a record to undo.
+    save(token, &o.state)?;
+    o.created_now = true;
+    if !report.fixes.is_empty() {
+        preflight::apply_replica_identity_fixes(src, &report.fixes).await?;
+        for f in &report.fixes {
+            info!(table = %quote::qualified(&f.schema, &f.name), identity = ?f.new, "replica identity set (--fix-replica-identity; restored at cleanup)");
+        }
+    }
+    let published: Vec<String> = tables
+        .iter()
+        .map(TableInfo::qualified)
+        .filter(|t| !o.unlogged.contains(t))
+        .collect();
+    let pub_exists: bool = src
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1)",
+            &[&o.state.publication_name],
+        )
+        .await
+        .map_err(|e| MigrationError::db("looking up the publication", e))?
+        .get(0);
+    if !pub_exists {
+        o.state.publication_created = true;
+        save(token, &o.state)?;
+        let sql = if published.is_empty() {
+            format!("CREATE PUBLICATION {}", quote::ident(&o.state.publication_name))
+        } else {
+            format!(
+                "CREATE PUBLICATION {} FOR TABLE {}",
+                quote::ident(&o.state.publication_name),
+                published.join(", ")
+            )
+        };
+        src.batch_execute(&sql)
+            .await
+            .map_err(|e| MigrationError::db("creating the publication on the source", e))?;
+        info!(publication = %o.state.publication_name, tables = published.len(), "publication created");
+    }
+    o.state.slot_created = true;
+    o.state.consistent_point = None;
+    save(token, &o.state)?;
+    let source = cfg.source.as_ref().expect("checked");
+    let mut repl = ReplicationSession::connect_labeled(source, "source").await?;
+    info!(slot = %o.state.slot_name, "creating the replication slot (waits for transactions running on the source to finish)");
+    let slot = repl.create_logical_slot(&o.state.slot_name, true).await?;
+    let name = slot.snapshot_name.clone().ok_or_else(|| {
+        MigrationError::Internal("CREATE_REPLICATION_SLOT exported no snapshot".into())
+    })?;
+    o.state.consistent_point = Some(slot.consistent_point);
+    save(token, &o.state)?;
+    info!(slot = %o.state.slot_name, consistent_point = %slot.consistent_point, snapshot = %name, "replication slot created");
+    test_stop_at("after_slot").await;
+    // The slot session must stay idle until the snapshot is imported; the
+    // coordinator then holds it (and exports it again) for the whole copy.
+    session::import_snapshot(src, &name).await?;
+    let row = src
+        .query_one(
+            "SELECT pg_catalog.pg_export_snapshot(), pg_catalog.txid_current_snapshot()::text",
+            &[],
+        )
+        .await
+        .map_err(|e| MigrationError::db("exporting the slot's snapshot again", e))?;
+    let _ = repl.close().await;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// An online migration from start (or resume) to the end of the cutover.
+pub(crate) async fn run(
+    cfg: &MigrationConfig,
+    cancel: CancellationToken,
+    signal: &CutoverSignal,
+) -> Result<MigrationReport> {
+    if cfg.copy_method != crate::config::CopyMethod::Stream {
+        return Err(MigrationError::Config(
+            "--mode online copies server to server: --copy-method dump is for offline migrations"
+                .into(),
+        ));
+    }
+    let def = Definition::from_config(cfg)?;
+    let (migration_id, dump_path) = migrate::work_location(cfg, &def);
+    let token_path = ResumeToken::path_for(&dump_path);
+    let (slot_name, publication_name) = names(&migration_id);
+    let (existing, resumed) = migrate::resolve_token(cfg, &def, &token_path, "migration")?;
+    let source_ep = cfg.source.clone().expect("checked by Definition");
+
+    let mut prep = OnlinePrep {
+        state: OnlineState {
+            slot_name: slot_name.clone(),
+            publication_name: publication_name.clone(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut copy_cfg = cfg.clone();
+    let mut streaming_resume = false;
+    if cfg.force_clean {
+        // Start over: whatever an earlier attempt left on the source goes first.
+        let old = ResumeToken::load(&token_path).ok().flatten();
+        let mut state = old.and_then(|t| t.online).unwrap_or_else(|| prep.state.clone());
+        state.slot_name = slot_name.clone();
+        state.publication_name = publication_name.clone();
+        state.slot_created = true;
+        state.publication_created = true;
+        let src = connect::connect(&source_ep, "source").await?;
+        undo_source(&src, &mut state, true).await?;
+    } else if resumed {
+        let t = existing.expect("resumed");
+        let state = t.online.clone().unwrap_or_else(|| prep.state.clone());
+        if t.stages.iter().any(|s| s.stage == Stage::Stream) {
+            streaming_resume = true;
+            prep.state = state;
+        } else {
+            // The copy did not finish: its snapshot died with the slot's
+            // session. Never pair the old slot with a new snapshot.
+            warn!("the copy had not finished: dropping the old slot, cleaning the target and starting over from a new slot");
+            let src = connect::connect(&source_ep, "source").await?;
+            let mut state = state;
+            drop_slot(&src, &state.slot_name).await?;
+            state.slot_created = false;
+            state.consistent_point = None;
+            prep.state = state;
+            copy_cfg.resume = false;
+            copy_cfg.force_clean = true;
+        }
+    }
+
+    let (phase, consistent_point) = if streaming_resume {
+        let phase = resume_phase(cfg, &migration_id, &dump_path, &token_path).await?;
+        let cp = prep.state.consistent_point;
+        (phase, cp)
+    } else {
+        let r = migrate::copy_phase(&copy_cfg, &cancel, Some(&mut prep)).await;
+        match r {
+            Ok(p) => {
+                let cp = prep.state.consistent_point;
+                (p, cp)
+            }
+            Err(e) => {
+                // Refused before the copy began: undo what this run created.
+                let copy_began = ResumeToken::load(&token_path)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|t| t.stages.iter().any(|s| s.stage == Stage::CopyData));
+                if prep.created_now && !copy_began && !matches!(e, MigrationError::Cancelled) {
+                    if let Ok(src) = connect::connect(&source_ep, "source").await {
+                        if undo_source(&src, &mut prep.state, true).await.is_ok() {
+                            let _ = std::fs::remove_file(&token_path);
+                        }
+                    }
+                }
+                return Err(e);
+            }
+        }
+    };
+    let consistent_point = consistent_point.ok_or_else(|| {
+        MigrationError::Resume(format!(
+            "the resume token {} records no slot position; run again with --force-clean",
+            token_path.display()
+        ))
+    })?;
+    stream_and_cutover(cfg, phase, prep, consistent_point, cancel, signal).await
+}
+
+/// The state of a migration whose copy finished, rebuilt for streaming.
+async fn resume_phase(
+    cfg: &MigrationConfig,
+    migration_id: &str,
+    dump_path: &std::path::Path,
+    token_path: &std::path::Path,
+) -> Result<CopyPhase> {
+    let token = ResumeToken::load(token_path)?.expect("resumed");
+    let source = cfg.source.clone().expect("checked");
+    let target = cfg.target.clone().expect("checked");
+    let src = connect::connect(&source, "source").await?;
+    let dst = connect::connect(&target, "target").await?;
+    let filters = cfg.filters.compile()?;
+    let tables = catalog::list_tables(&src, &filters).await?;
+    let seqs = catalog::list_sequences(&src, &filters).await?;
+    Ok(CopyPhase {
+        started: Instant::now(),
+        migration_id: migration_id.to_string(),
+        dump_path: dump_path.to_path_buf(),
+        token_path: token_path.to_path_buf(),
+        resumed: true,
+        snapshot_id: token.snapshot_name.clone().unwrap_or_default(),
+        source_version: catalog::server_version_num(&src).await?,
+        target_version: catalog::server_version_num(&dst).await?,
+        results: Vec::new(),
+        skipped: token.copied.keys().cloned().collect(),
+        sequences: seqs.len(),
+        large_objects: 0,
+        large_object_bytes: 0,
+        schema_steps: 0,
+        stages: Vec::new(),
+        store: Arc::new(crate::resume::TokenStore::new(token_path.to_path_buf(), token)),
+        filters,
+        source,
+        target,
+        tables,
+        seqs,
+    })
+}
+
+/// A source connection for control statements (lag, fence, sequences): set
+/// up before the fence, and explicitly writable so a reconnect after the
+/// fence still works.
+async fn control(ep: &EndpointConfig) -> Result<Client> {
+    let c = connect::connect(ep, "source").await?;
+    session::setup_source(&c).await?;
+    c.batch_execute("SET default_transaction_read_only = off; SET statement_timeout = 0")
+        .await
+        .map_err(|e| MigrationError::db("configuring the control session", e))?;
+    Ok(c)
+}
+
+async fn current_wal(c: &Client) -> Result<Lsn> {
+    let s: String = c
+        .query_one("SELECT pg_catalog.pg_current_wal_lsn()::text", &[])
+        .await
+        .map_err(|e| MigrationError::db("reading the source's WAL position", e))?
+        .get(0);
+    s.parse()
+        .map_err(|_| MigrationError::Internal(format!("bad LSN {s}")))
+}
+
+async fn stream_and_cutover(
+    cfg: &MigrationConfig,
+    mut phase: CopyPhase,
+    prep: OnlinePrep,
+    consistent_point: Lsn,
+    cancel: CancellationToken,
+    signal: &CutoverSignal,
+) -> Result<MigrationReport> {
+    let store = phase.store.clone();
+    let state = prep.state.clone();
+    let dst = connect::connect(&phase.target, "target").await?;
+    // The copy is durable: streaming starts at the slot's consistent point.
+    if !store.snapshot().is_done(Stage::Stream) {
+        copy::prepare_target_state(&dst).await?;
+        let start = super::apply::init_progress(&dst, &phase.migration_id, consistent_point).await?;
+        store.update(|t| t.stage_started(Stage::Stream))?;
+        info!(start = %start, "copy finished; streaming changes from the slot");
+    }
+    test_stop_at("after_copy").await;
+    let cutover_interrupted = store
+        .snapshot()
+        .online
+        .as_ref()
+        .and_then(|o| o.cutover.as_ref())
+        .is_some_and(|c| c.started_at.is_some() && !c.completed);
+
+    let mut ctl = control(&phase.source).await?;
+    let source_version = catalog::server_version_num(&ctl).await?;
+    // The slot must still be there, and usable: otherwise changes since the
+    // snapshot are lost.
+    let slot_ok: Option<(bool, Option<String>)> = ctl
+        .query_opt(
+            "SELECT true, wal_status FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+            &[&state.slot_name],
+        )
+        .await
+        .map_err(|e| MigrationError::db("looking up the replication slot", e))?
+        .map(|r| (r.get(0), r.get(1)));
+    let slot_gone = !matches!(&slot_ok, Some((_, s)) if s.as_deref() != Some("lost"));
+    if slot_gone && !(cutover_interrupted && !state.slot_created) {
+        return Err(MigrationError::Resume(format!(
+            "the replication slot {} is missing or lost on the source: the changes made since the copy cannot be recovered. Start over with --force-clean",
+            quote::ident(&state.slot_name)
+        )));
+    }
+
+    let shared = Arc::new(StreamShared::default());
+    let target = StreamTarget {
+        source: phase.source.clone(),
+        target: phase.target.clone(),
+        slot: state.slot_name.clone(),
+        publication: state.publication_name.clone(),
+        migration_id: phase.migration_id.clone(),
+        spool_dir: phase.dump_path.join("spool"),
+    };
+    let stream_started = Instant::now();
+    let mut stop = cancel.child_token();
+    let mut streamer = if slot_gone {
+        None
+    } else {
+        Some(tokio::spawn(stream::run(target.clone(), shared.clone(), stop.clone())))
+    };
+    let request_file = request_path(&phase.dump_path);
+    let mut mode = cfg.cutover;
+    let mut below_since: Option<Instant> = None;
+    let mut last_log = Instant::now();
+    let mut want_cutover = cutover_interrupted;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let outcome = loop {
+        if want_cutover {
+            want_cutover = false;
+            let _ = std::fs::remove_file(&request_file);
+            match cutover(cfg, &phase, &prep, &mut ctl, &dst, &shared, &mut stop, &mut streamer, source_version).await {
+                Ok(c) => break c,
+                Err(e) => {
+                    error!(error = %e, "cutover failed; the fence is lifted and streaming goes on. Fix the cause, then run `pg_dbmigrator cutover --dump-path {}` again", phase.dump_path.display());
+                    let msg = e.to_string();
+                    let _ = store.update(|t| {
+                        if let Some(o) = t.online.as_mut() {
+                            o.cutover.get_or_insert_with(Default::default).error = Some(msg.clone());
+                        }
+                    });
+                    mode = CutoverMode::Manual;
+                    if streamer.is_none() {
+                        stop = cancel.child_token();
+                        streamer = Some(tokio::spawn(stream::run(target.clone(), shared.clone(), stop.clone())));
+                    }
+                    continue;
+                }
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => {
+                stop.cancel();
+                if let Some(h) = streamer.take() { let _ = h.await; }
+                info!(slot = %state.slot_name, "stopped before cutover; the slot is kept: continue with --resume, or remove everything with `pg_dbmigrator cleanup`");
+                return Err(MigrationError::Cancelled);
+            }
+            r = async { streamer.as_mut().expect("streaming").await }, if streamer.is_some() => {
+                streamer = None;
+                return Err(match r {
+                    Ok(Err(e)) => e,
+                    Ok(Ok(())) => MigrationError::Internal("streaming stopped unexpectedly".into()),
+                    Err(e) => MigrationError::Internal(format!("streaming task failed: {e}")),
+                });
+            }
+            _ = signal.notify.notified() => {}
+            _ = tick.tick() => {}
+        }
+        if signal.take() || request_file.exists() {
+            info!("cutover requested");
+            want_cutover = true;
+            continue;
+        }
+        // Lag: the source's WAL position minus what is applied.
+        let wal = match current_wal(&ctl).await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "cannot read the source's WAL position; reconnecting the control session");
+                if let Ok(c) = control(&phase.source).await {
+                    ctl = c;
+                }
+                continue;
+            }
+        };
+        let applied = shared.applied_position();
+        let lag = wal.0.saturating_sub(applied.0);
+        let caught_up = shared.streaming.load(Ordering::Acquire) && lag <= cfg.cutover_lag_bytes;
+        if last_log.elapsed() >= Duration::from_secs(10) {
+            last_log = Instant::now();
+            let secs = stream_started.elapsed().as_secs_f64();
+            let tx = shared.transactions.load(Ordering::Acquire);
+            info!(
+                lag = %human_bytes(lag),
+                lag_seconds = format!("{:.1}", if lag == 0 { 0.0 } else { stream::seconds_since(shared.last_commit_time.load(Ordering::Acquire)) }),
+                applied = %applied,
+                transactions = tx,
+                tx_per_s = format!("{:.0}", tx as f64 / secs.max(0.001)),
+                ready = caught_up,
+                "streaming"
+            );
+        }
+        if mode == CutoverMode::Auto {
+            if caught_up {
+                if below_since.get_or_insert_with(Instant::now).elapsed() >= Duration::from_secs(1) {
+                    info!(lag = %human_bytes(lag), "caught up: cutting over");
+                    want_cutover = true;
+                }
+            } else {
+                below_since = None;
+            }
+        }
+    };
+    let cut = outcome;
+    let apply_secs = stream_started.elapsed().as_secs_f64();
+    phase
+        .stages
+        .push((Stage::Stream.as_str().to_string(), apply_secs - cut.total_seconds));
+    phase
+        .stages
+        .push((Stage::Cutover.as_str().to_string(), cut.total_seconds));
+    let transactions = shared.transactions.load(Ordering::Acquire);
+    let online = OnlineReport {
+        slot: state.slot_name.clone(),
+        publication: state.publication_name.clone(),
+        cutover: CutoverSummary {
+            fence_lsn: cut.fence_lsn.map(|l| l.to_string()),
+            downtime_seconds: cut.downtime,
+            fenced: cut.fenced,
+        },
+        apply: ApplySummary {
+            transactions,
+            rows: shared.rows.load(Ordering::Acquire),
+            seconds: apply_secs,
+            transactions_per_second: transactions as f64 / apply_secs.max(0.001),
+            reconnects: shared.sessions.load(Ordering::Acquire).saturating_sub(1),
+        },
+        replica_identity_fixes: state.replica_identity_fixes.clone(),
+    };
+    let mut verify_report = None;
+    if cfg.verify != VerifyLevel::None {
+        let t0 = Instant::now();
+        store.update(|t| t.stage_started(Stage::Verify))?;
+        let v = verify::verify(
+            &phase.source,
+            &phase.target,
+            &phase.filters,
+            &VerifyOptions {
+                level: cfg.verify,
+                jobs: cfg.jobs,
+                large_objects: cfg.large_objects,
+            },
+            &cancel,
+        )
+        .await?;
+        store.update(|t| t.stage_done(Stage::Verify))?;
+        phase
+            .stages
+            .push((Stage::Verify.as_str().to_string(), t0.elapsed().as_secs_f64()));
+        verify_report = Some(v);
+    }
+    store.update(|t| t.completed = true)?;
+    let rows = phase.results.iter().map(|r| r.rows).sum();
+    let bytes = phase.results.iter().map(|r| r.bytes).sum();
+    Ok(MigrationReport {
+        migration_id: phase.migration_id,
+        dump_path: phase.dump_path,
+        token_path: phase.token_path,
+        resumed: phase.resumed,
+        snapshot_id: Some(phase.snapshot_id),
+        source_version: phase.source_version,
+        target_version: phase.target_version,
+        tables: phase.results,
+        skipped_tables: phase.skipped,
+        sequences: phase.sequences,
+        large_objects: phase.large_objects,
+        large_object_bytes: phase.large_object_bytes,
+        rows,
+        bytes,
+        schema_steps: phase.schema_steps,
+        stages: phase.stages,
+        seconds: phase.started.elapsed().as_secs_f64(),
+        verify: verify_report,
+        online: Some(online),
+    })
+}
+
+struct CutoverOutcome {
+    fence_lsn: Option<Lsn>,
+    downtime: f64,
+    total_seconds: f64,
+    fenced: bool,
+}
+
+/// The cutover, in order: fence, drain to the fence, sequences, unlogged
+/// tables, large objects and materialized views, then remove what we
+/// created. On failure the fence is lifted (the caller keeps streaming).
+#[allow(clippy::too_many_arguments)]
+async fn cutover(
+    cfg: &MigrationConfig,
+    phase: &CopyPhase,
+    prep: &OnlinePrep,
+    ctl: &mut Client,
+    dst: &Client,
+    shared: &Arc<StreamShared>,
+    stop: &mut CancellationToken,
+    streamer: &mut Option<tokio::task::JoinHandle<Result<()>>>,
+    source_version: i32,
+) -> Result<CutoverOutcome> {
+    let store = phase.store.clone();
+    let t0 = Instant::now();
+    store.update(|t| {
+        t.stage_started(Stage::Cutover);
+        let o = t.online.get_or_insert_with(Default::default);
+        let c = o.cutover.get_or_insert_with(CutoverRecord::default);
+        c.started_at.get_or_insert_with(chrono::Utc::now);
+        c.error = None;
+    })?;
+    let fence = cfg.fence;
+    if fence {
+        store.update(|t| {
+            if let Some(o) = t.online.as_mut() {
+                o.fenced = true;
+            }
+        })?;
+    }
+    let r = cutover_steps(cfg, phase, prep, ctl, dst, shared, stop, streamer, source_version, t0).await;
+    match r {
+        Ok(mut out) => {
+            out.total_seconds = t0.elapsed().as_secs_f64();
+            store.update(|t| {
+                t.stage_done(Stage::Cutover);
+                if let Some(o) = t.online.as_mut() {
+                    let c = o.cutover.get_or_insert_with(Default::default);
+                    c.completed = true;
+                    c.fence_lsn = out.fence_lsn;
+                    c.downtime_seconds = Some(out.downtime);
+                }
+            })?;
+            info!(
+                downtime = format!("{:.3}s", out.downtime),
+                fence_lsn = %out.fence_lsn.map(|l| l.to_string()).unwrap_or_default(),
+                "cutover done"
+            );
+            Ok(out)
+        }
+        Err(e) => {
+            if fence {
+                if let Err(u) = unfence_db(ctl).await {
+                    error!(error = %u, "lifting the fence failed: run `pg_dbmigrator unfence --source ...`");
+                } else {
+                    let _ = store.update(|t| {
+                        if let Some(o) = t.online.as_mut() {
+                            o.fenced = false;
+                        }
+                    });
+                }
+            }
+            shared.eager.store(false, Ordering::Release);
+            Err(e)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn cutover_steps(
+    cfg: &MigrationConfig,
+    phase: &CopyPhase,
+    prep: &OnlinePrep,
+    ctl: &Client,
+    dst: &Client,
+    shared: &Arc<StreamShared>,
+    stop: &mut CancellationToken,
+    streamer: &mut Option<tokio::task::JoinHandle<Result<()>>>,
+    source_version: i32,
+    _t0: Instant,
+) -> Result<CutoverOutcome> {
+    let store = phase.store.clone();
+    let state = store.snapshot().online.clone().unwrap_or_else(|| prep.state.clone());
+    // (1) The fence.
+    let fenced_at = Instant::now();
+    if cfg.fence {
+        fence_db(ctl).await?;
+        info!("source fenced: read-only for every other session");
+    }
+    // (2) Drain up to the fence.
+    let mut fence_lsn = None;
+    if let Some(h) = streamer.take() {
+        shared.eager.store(true, Ordering::Release);
+        shared.wake();
+        let target_end: Lsn;
+        if source_version >= 140000 {
+            let id = format!("{} {}", phase.migration_id, chrono::Utc::now().timestamp_micros());
+            ctl.query_one(
+                "SELECT pg_catalog.pg_logical_emit_message(true, $1, $2)::text",
+                &[&FENCE_MESSAGE_PREFIX, &id],
+            )
+            .await
+            .map_err(|e| MigrationError::db("writing the fence marker on the source", e))?;
+            let wal = current_wal(ctl).await?;
+            fence_lsn = Some(wal);
+            target_end = wal;
+        } else {
+            let wal = current_wal(ctl).await?;
+            fence_lsn = Some(wal);
+            target_end = wal;
+        }
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let mut h = h;
+        loop {
+            let marker = Lsn(shared.marker_end.load(Ordering::Acquire));
+            let durable = Lsn(shared.durable.load(Ordering::Acquire));
+            let done = if source_version >= 140000 {
+                marker.is_valid() && durable >= marker
+            } else {
+                shared.applied_position() >= target_end && durable >= Lsn(shared.committed.load(Ordering::Acquire))
+            };
+            if done {
+                break;
+            }
+            if Instant::now() > deadline {
+                *streamer = Some(h);
+                return Err(MigrationError::Internal(format!(
+                    "the target did not catch up with the fence ({target_end}) within 5 minutes"
+                )));
+            }
+            tokio::select! {
+                r = &mut h => {
+                    return Err(match r {
+                        Ok(Err(e)) => e,
+                        _ => MigrationError::Internal("streaming stopped during the cutover".into()),
+                    });
+                }
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+        stop.cancel();
+        match h.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(e) => return Err(MigrationError::Internal(format!("streaming task failed: {e}"))),
+        }
+        info!(fence_lsn = %target_end, applied = %Lsn(shared.durable.load(Ordering::Acquire)), "drained to the fence");
+    }
+    test_stop_at("mid_cutover").await;
+    // (3) Sequences.
+    let seqs = catalog::list_sequences(ctl, &phase.filters).await?;
+    let nseq = copy::copy_sequences(ctl, dst, &seqs).await?;
+    info!(sequences = nseq, "sequences copied");
+    // (4) Unlogged tables, large objects, materialized views.
+    let unlogged_names: Vec<String> = ctl
+        .query(
+            "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relkind = 'r' AND c.relpersistence = 'u'",
+            &[],
+        )
+        .await
+        .map_err(|e| MigrationError::db("listing unlogged tables", e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let unlogged: Vec<TableInfo> = catalog::list_tables(ctl, &phase.filters)
+        .await?
+        .into_iter()
+        .filter(|t| prep.unlogged.contains(&t.qualified()) || unlogged_names.contains(&t.qualified()))
+        .collect();
+    recopy_unlogged(ctl, dst, &unlogged).await?;
+    if cfg.large_objects {
+        let los = catalog::list_large_objects(ctl).await?;
+        let mut oids: Vec<u32> = los.iter().map(|l| l.oid).collect();
+        if !cfg.data_only {
+            for r in dst
+                .query("SELECT oid FROM pg_catalog.pg_largeobject_metadata", &[])
+                .await
+                .map_err(|e| MigrationError::db("listing large objects on the target", e))?
+            {
+                oids.push(r.get(0));
+            }
+            oids.sort_unstable();
+            oids.dedup();
+        }
+        if !oids.is_empty() {
+            copy::erase_large_objects(dst, &oids).await?;
+            copy::copy_large_objects(ctl, dst, &los, &CancellationToken::new()).await?;
+            info!(large_objects = los.len(), "large objects copied again under the fence");
+        }
+    }
+    refresh_matviews(dst).await?;
+    // (5) Remove what we created.
+    let mut st = state.clone();
+    if !cfg.keep_slot {
+        drop_slot(ctl, &st.slot_name).await?;
+        st.slot_created = false;
+        store.update(|t| {
+            if let Some(o) = t.online.as_mut() {
+                o.slot_created = false;
+            }
+        })?;
+    }
+    if !cfg.keep_publication {
+        ctl.batch_execute(&format!(
+            "DROP PUBLICATION IF EXISTS {}",
+            quote::ident(&st.publication_name)
+        ))
+        .await
+        .map_err(|e| MigrationError::db("dropping the publication", e))?;
+        store.update(|t| {
+            if let Some(o) = t.online.as_mut() {
+                o.publication_created = false;
+            }
+        })?;
+    }
+    preflight::restore_replica_identities(ctl, &st.replica_identity_fixes).await?;
+    preflight::restore_replica_identities(dst, &st.replica_identity_fixes).await?;
+    copy::drop_target_state(dst).await?;
+    store.update(|t| t.stage_done(Stage::Finalize))?;
+    let downtime = fenced_at.elapsed().as_secs_f64();
+    Ok(CutoverOutcome {
+        fence_lsn,
+        downtime,
+        total_seconds: 0.0,
+        fenced: cfg.fence,
+    })
+}
+
+/// Copy unlogged tables again (logical replication cannot carry them).
+async fn recopy_unlogged(src: &Client, dst: &Client, tables: &[TableInfo]) -> Result<()> {
+    use futures::{SinkExt, StreamExt};
+    for t in tables {
+        let cols = t
+            .columns
+            .iter()
+            .map(|c| quote::ident(c))
+            .collect::<Vec<_>>()
+            .join(", ");
+        dst.batch_execute("BEGIN")
+            .await
+            .map_err(|e| MigrationError::db("copying an unlogged table", e))?;
+        copy::empty_table(dst, &t.qualified()).await?;
+        let out = src
+            .copy_out(&format!("COPY {} ({cols}) TO STDOUT", t.qualified()))
+            .await
+            .map_err(|e| MigrationError::db(format!("reading unlogged table {}", t.qualified()), e))?;
+        let sink = dst
+            .copy_in(&format!("COPY {} ({cols}) FROM STDIN", t.qualified()))
+            .await
+            .map_err(|e| MigrationError::db(format!("loading unlogged table {}", t.qualified()), e))?;
+        futures::pin_mut!(out);
+        futures::pin_mut!(sink);
+        while let Some(chunk) = out.next().await {
+            let chunk = chunk.map_err(|e| MigrationError::db("reading an unlogged table", e))?;
+            sink.send(chunk)
+                .await
+                .map_err(|e| MigrationError::db("loading an unlogged table", e))?;
+        }
+        sink.as_mut()
+            .finish()
+            .await
+            .map_err(|e| MigrationError::db("loading an unlogged table", e))?;
+        dst.batch_execute("COMMIT")
+            .await
+            .map_err(|e| MigrationError::db("copying an unlogged table", e))?;
+        info!(table = %t.qualified(), "unlogged table copied again under the fence");
+    }
+    Ok(())
+}
+
+async fn refresh_matviews(dst: &Client) -> Result<()> {
+    let rows = dst
+        .query(
+            "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname)
+               FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relkind = 'm' AND c.relispopulated ORDER BY c.oid",
+            &[],
+        )
+        .await
+        .map_err(|e| MigrationError::db("listing materialized views on the target", e))?;
+    for r in rows {
+        let name: String = r.get(0);
+        dst.batch_execute(&format!("REFRESH MATERIALIZED VIEW {name}"))
+            .await
+            .map_err(|e| MigrationError::db(format!("refreshing {name}"), e))?;
+    }
+    Ok(())
+}
+
+/// Make the current database read-only for new sessions and end the other
+/// client sessions connected to it.
+async fn fence_db(ctl: &Client) -> Result<()> {
+    let db: String = ctl
+        .query_one("SELECT pg_catalog.current_database()::text", &[])
+        .await
+        .map_err(|e| MigrationError::db("fencing the source", e))?
+        .get(0);
+    ctl.batch_execute(&format!(
+        "ALTER DATABASE {} SET default_transaction_read_only = on",
+        quote::ident(&db)
+    ))
+    .await
+    .map_err(|e| MigrationError::db("fencing the source (ALTER DATABASE needs the database owner or a superuser; or stop the writes yourself and pass --no-fence)", e))?;
+    ctl.query(
+        "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity
+          WHERE datname = pg_catalog.current_database() AND pid <> pg_catalog.pg_backend_pid()
+            AND backend_type = 'client backend'",
+        &[],
+    )
+    .await
+    .map_err(|e| MigrationError::db("ending the other sessions of the source database (fence)", e))?;
+    Ok(())
+}
+
+async fn unfence_db(ctl: &Client) -> Result<()> {
+    let db: String = ctl
+        .query_one("SELECT pg_catalog.current_database()::text", &[])
+        .await
+        .map_err(|e| MigrationError::db("lifting the fence", e))?
+        .get(0);
+    ctl.batch_execute(&format!(
+        "ALTER DATABASE {} RESET default_transaction_read_only",
+        quote::ident(&db)
+    ))
+    .await
+    .map_err(|e| MigrationError::db("lifting the fence", e))
+}
+
+/// Drop a logical slot, waiting briefly for its walsender to let go.
+async fn drop_slot(ctl: &Client, slot: &str) -> Result<()> {
+    for _ in 0..100 {
+        let row = ctl
+            .query_opt(
+                "SELECT active, active_pid FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .map_err(|e| MigrationError::db("looking up the replication slot", e))?;
+        match row {
+            None => return Ok(()),
+            Some(r) if !r.get::<_, bool>(0) => {
+                return ctl
+                    .execute("SELECT pg_catalog.pg_drop_replication_slot($1)", &[&slot])
+                    .await
+                    .map(drop)
+                    .map_err(|e| MigrationError::db("dropping the replication slot", e));
+            }
+            Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    Err(MigrationError::Config(format!(
+        "the replication slot {} is in use by another session: stop the migration using it first",
+        quote::ident(slot)
+    )))
+}
+
+/// Undo on the source what `state` records: slot, publication, replica
+/// identities, fence. Idempotent.
+async fn undo_source(src: &Client, state: &mut OnlineState, unfence: bool) -> Result<()> {
+    if state.slot_created {
+        drop_slot(src, &state.slot_name).await?;
+        state.slot_created = false;
+    }
+    if state.publication_created {
+        src.batch_execute(&format!(
+            "DROP PUBLICATION IF EXISTS {}",
+            quote::ident(&state.publication_name)
+        ))
+        .await
+        .map_err(|e| MigrationError::db("dropping the publication", e))?;
+        state.publication_created = false;
+    }
+    preflight::restore_replica_identities(src, &state.replica_identity_fixes).await?;
+    if unfence && state.fenced {
+        unfence_db(src).await?;
+        state.fenced = false;
+    }
+    Ok(())
+}
+
+/// What `cleanup` removed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CleanupReport {
+    pub slot: String,
+    pub publication: String,
+    pub replica_identities_restored: usize,
+    pub unfenced: bool,
+    pub target_bookkeeping_dropped: bool,
+}
+
+/// Remove everything an online migration created: the slot and the
+/// publication on the source, replica identity changes (source and
+/// target), the fence, and our bookkeeping on the target. The resume token
+/// is deleted last. Refuses while the migration is still streaming.
+pub async fn cleanup(cfg: &MigrationConfig) -> Result<CleanupReport> {
+    let def = Definition::from_config(cfg)?;
+    let (migration_id, dump_path) = migrate::work_location(cfg, &def);
+    let token_path = ResumeToken::path_for(&dump_path);
+    let token = ResumeToken::load(&token_path)?;
+    if let Some(t) = &token {
+        t.check_matches(&def, &token_path)?;
+    }
+    let (slot, publication) = names(&migration_id);
+    let mut state = token
+        .as_ref()
+        .and_then(|t| t.online.clone())
+        .unwrap_or_else(|| OnlineState {
+            slot_name: slot.clone(),
+            publication_name: publication.clone(),
+            ..Default::default()
+        });
+    // Whatever carries our names is ours.
+    state.slot_created = true;
+    state.publication_created = true;
+    let fixes = state.replica_identity_fixes.clone();
+    let was_fenced = state.fenced || token.is_none();
+    let src = connect::connect(cfg.source.as_ref().expect("checked"), "source").await?;
+    undo_source(&src, &mut state, true).await?;
+    if token.is_none() {
+        // Without a record, lift a fence only if there is one.
+        let _ = unfence_db(&src).await;
+    }
+    let mut dropped = false;
+    let target = cfg.target.as_ref().expect("checked");
+    match connect::connect(target, "target").await {
+        Ok(dst) => {
+            preflight::restore_replica_identities(&dst, &fixes).await?;
+            copy::drop_target_state(&dst).await?;
+            dropped = true;
+        }
+        Err(e) => warn!(error = %e, "target not reachable (or its database was never created): nothing to remove there"),
+    }
+    let _ = std::fs::remove_file(&token_path);
+    let _ = std::fs::remove_file(request_path(&dump_path));
+    let _ = std::fs::remove_dir_all(dump_path.join("spool"));
+    Ok(CleanupReport {
+        slot: state.slot_name,
+        publication: state.publication_name,
+        replica_identities_restored: fixes.len(),
+        unfenced: was_fenced,
+        target_bookkeeping_dropped: dropped,
+    })
+}
+
+/// Lift the write fence of a source database (rollback after a cutover).
+pub async fn unfence(source: &EndpointConfig) -> Result<()> {
+    let c = connect::connect(source, "source").await?;
+    unfence_db(&c).await
+}
