@@ -248,6 +248,10 @@ pub struct CutoverRecord {
     pub completed: bool,
     /// The last failed attempt, if any (the fence was lifted).
     pub error: Option<String>,
+    /// Cutover attempts started (so `pg_dbmigrator cutover` can tell its
+    /// own attempt from an earlier one).
+    #[serde(default)]
+    pub attempts: u32,
 }
 
 /// Status of a stage in the token.

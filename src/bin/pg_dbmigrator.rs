@@ -56,6 +56,58 @@ enum Command {
     Dump(DumpArgs),
     /// Load an archive made by `dump` into the target.
     Restore(RestoreArgs),
+    /// Ask the running online migration that uses --dump-path to cut over
+    /// now, and wait until it has (prints the write downtime).
+    Cutover(CutoverArgs),
+    /// Remove everything an online migration created: slot, publication,
+    /// replica identity changes, write fence, and our bookkeeping on the target.
+    Cleanup(CleanupArgs),
+    /// Make a fenced source database writable again (rollback after a cutover).
+    Unfence(UnfenceArgs),
+}
+
+#[derive(Args, Debug)]
+struct CutoverArgs {
+    /// The work directory of the running migration (as given to migrate --dump-path).
+    #[arg(long)]
+    dump_path: PathBuf,
+    /// Give up waiting for the cutover to finish after this many seconds
+    /// (the cutover itself goes on).
+    #[arg(long, default_value_t = 600)]
+    wait_seconds: u64,
+    /// Print the outcome as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct CleanupArgs {
+    #[command(flatten)]
+    endpoints: Endpoints,
+    /// The migration's work directory (default: derived as by migrate).
+    #[arg(long)]
+    dump_path: Option<PathBuf>,
+    /// The migration's name, when migrate was given --migration-id.
+    #[arg(long)]
+    migration_id: Option<String>,
+    #[command(flatten)]
+    filters: FilterArgs,
+    /// As given to migrate (only needed to find the default work directory).
+    #[arg(long)]
+    data_only: bool,
+    /// As given to migrate (only needed to find the default work directory).
+    #[arg(long)]
+    no_large_objects: bool,
+    /// Print what was removed as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct UnfenceArgs {
+    /// Source connection string (the database that was fenced).
+    #[arg(long, env = "PG_DBMIGRATOR_SOURCE", hide_env_values = true)]
+    source: String,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -692,6 +744,117 @@ fn status(args: StatusArgs) -> Result<i32, MigrationError> {
     Ok(exit_code::OK)
 }
 
+/// `pg_dbmigrator cutover`: leave a request file beside the token, wait
+/// for the running migration to take it, then for its cutover to end.
+async fn cutover(args: CutoverArgs) -> Result<i32, MigrationError> {
+    use std::time::{Duration, Instant};
+    let token_path = ResumeToken::path_for(&args.dump_path);
+    let load = || -> Result<ResumeToken, MigrationError> {
+        ResumeToken::load(&token_path)?.ok_or_else(|| {
+            MigrationError::Config(format!(
+                "no resume token at {}: no migration has run with --dump-path {}",
+                token_path.display(),
+                args.dump_path.display()
+            ))
+        })
+    };
+    let token = load()?;
+    if token.mode != MigrationMode::Online {
+        return Err(MigrationError::Config(format!(
+            "the migration at {} is offline: there is nothing to cut over",
+            args.dump_path.display()
+        )));
+    }
+    let record = |t: &ResumeToken| t.online.as_ref().and_then(|o| o.cutover.clone());
+    let before = record(&token);
+    if before.as_ref().is_some_and(|c| c.completed) || token.completed {
+        println!("cutover: already done");
+        return Ok(exit_code::OK);
+    }
+    let attempts_before = before.as_ref().map_or(0, |c| c.attempts);
+    let request = pg_dbmigrator::replication::online::request_path(&args.dump_path);
+    std::fs::write(&request, chrono::Utc::now().to_rfc3339())
+        .map_err(|e| MigrationError::io(format!("writing {}", request.display()), e))?;
+    // The migration checks for the request several times a second.
+    let picked_deadline = Instant::now() + Duration::from_secs(15);
+    while request.exists() {
+        if Instant::now() > picked_deadline {
+            let _ = std::fs::remove_file(&request);
+            return Err(MigrationError::Config(format!(
+                "no running migration picked up the cutover request: is `pg_dbmigrator migrate --mode online ... --dump-path {}` running? (after a crash, rerun it with --resume)",
+                args.dump_path.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("pg_dbmigrator: cutover started");
+    let deadline = Instant::now() + Duration::from_secs(args.wait_seconds);
+    loop {
+        let t = load()?;
+        if let Some(c) = record(&t).filter(|c| c.attempts > attempts_before) {
+            if c.completed {
+                if args.json {
+                    println!("{}", serde_json::to_string_pretty(&c).expect("serializes"));
+                } else {
+                    println!(
+                        "cutover: done; writes were blocked for {:.3}s; fence LSN {}",
+                        c.downtime_seconds.unwrap_or_default(),
+                        c.fence_lsn.map(|l| l.to_string()).unwrap_or_default()
+                    );
+                }
+                return Ok(exit_code::OK);
+            }
+            if let Some(e) = c.error {
+                return Err(MigrationError::Internal(format!(
+                    "the cutover failed and was rolled back (the fence is lifted, streaming goes on): {e}"
+                )));
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(MigrationError::Internal(format!(
+                "the cutover has not finished after {}s; it goes on: see the migration's log or `pg_dbmigrator status --dump-path {}`",
+                args.wait_seconds,
+                args.dump_path.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn cleanup(args: CleanupArgs) -> Result<i32, MigrationError> {
+    let config = MigrationConfig {
+        source: Some(endpoint("source", &args.endpoints.source)?),
+        target: Some(endpoint("target", &args.endpoints.target)?),
+        mode: MigrationMode::Online,
+        data_only: args.data_only,
+        filters: args.filters.filters(),
+        large_objects: !args.no_large_objects,
+        dump_path: args.dump_path,
+        migration_id: args.migration_id,
+        ..MigrationConfig::default()
+    };
+    let report = pg_dbmigrator::cleanup(&config).await?;
+    print_report(&report, args.json, || {
+        format!(
+            "cleanup: slot {} and publication {} removed (if present), {} replica identit{} restored, fence {}, target bookkeeping {}\n",
+            report.slot,
+            report.publication,
+            report.replica_identities_restored,
+            if report.replica_identities_restored == 1 { "y" } else { "ies" },
+            if report.unfenced { "lifted" } else { "not set" },
+            if report.target_bookkeeping_dropped { "dropped" } else { "not reachable" }
+        )
+    });
+    Ok(exit_code::OK)
+}
+
+async fn unfence(args: UnfenceArgs) -> Result<i32, MigrationError> {
+    let source = endpoint("source", &args.source)?;
+    pg_dbmigrator::unfence(&source).await?;
+    println!("unfence: the source database accepts writes again (new sessions)");
+    Ok(exit_code::OK)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
@@ -713,6 +876,9 @@ fn main() -> ExitCode {
             Command::Schema(a) => schema(a).await,
             Command::Dump(a) => dump(a, cancel_on_signals()).await,
             Command::Restore(a) => restore(a, cancel_on_signals()).await,
+            Command::Cutover(a) => cutover(a).await,
+            Command::Cleanup(a) => cleanup(a).await,
+            Command::Unfence(a) => unfence(a).await,
         };
         match result {
             Ok(code) => code,

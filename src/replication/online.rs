@@ -661,6 +661,7 @@ async fn cutover(
         let c = o.cutover.get_or_insert_with(CutoverRecord::default);
         c.started_at.get_or_insert_with(chrono::Utc::now);
         c.error = None;
+        c.attempts += 1;
     })?;
     let fence = cfg.fence;
     if fence {
@@ -931,6 +932,13 @@ async fn refresh_matviews(dst: &Client) -> Result<()> {
     Ok(())
 }
 
+/// A fenced database opens new sessions read-only: ours must write.
+async fn writable(c: &Client) -> Result<()> {
+    c.batch_execute("SET default_transaction_read_only = off")
+        .await
+        .map_err(|e| MigrationError::db("configuring a source session", e))
+}
+
 /// Make the current database read-only for new sessions and end the other
 /// client sessions connected to it.
 async fn fence_db(ctl: &Client) -> Result<()> {
@@ -957,6 +965,7 @@ async fn fence_db(ctl: &Client) -> Result<()> {
 }
 
 async fn unfence_db(ctl: &Client) -> Result<()> {
+    writable(ctl).await?;
     let db: String = ctl
         .query_one("SELECT pg_catalog.current_database()::text", &[])
         .await
@@ -1001,6 +1010,7 @@ async fn drop_slot(ctl: &Client, slot: &str) -> Result<()> {
 /// Undo on the source what `state` records: slot, publication, replica
 /// identities, fence. Idempotent.
 async fn undo_source(src: &Client, state: &mut OnlineState, unfence: bool) -> Result<()> {
+    writable(src).await?;
     if state.slot_created {
         drop_slot(src, &state.slot_name).await?;
         state.slot_created = false;
@@ -1038,11 +1048,20 @@ pub struct CleanupReport {
 /// is deleted last. Refuses while the migration is still streaming.
 pub async fn cleanup(cfg: &MigrationConfig) -> Result<CleanupReport> {
     let def = Definition::from_config(cfg)?;
-    let (migration_id, dump_path) = migrate::work_location(cfg, &def);
+    let (mut migration_id, dump_path) = migrate::work_location(cfg, &def);
     let token_path = ResumeToken::path_for(&dump_path);
     let token = ResumeToken::load(&token_path)?;
     if let Some(t) = &token {
-        t.check_matches(&def, &token_path)?;
+        // Filters and flags need not be repeated; the servers must be the same.
+        if t.definition.source != def.source || t.definition.target != def.target {
+            return Err(MigrationError::Resume(format!(
+                "the resume token {} belongs to a migration from {} to {}, not between the servers given: pass the same --source and --target",
+                token_path.display(),
+                t.definition.source,
+                t.definition.target
+            )));
+        }
+        migration_id = t.migration_id.clone();
     }
     let (slot, publication) = names(&migration_id);
     let mut state = token

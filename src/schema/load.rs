@@ -1266,7 +1266,8 @@ pub async fn unsupported(c: &Client, major: u32) -> Result<Vec<String>> {
              UNION ALL SELECT pg_catalog.format('text search configuration %I.%I', n.nspname, t.cfgname) FROM pg_catalog.pg_ts_config t JOIN pg_catalog.pg_namespace n ON n.oid = t.cfgnamespace
               WHERE t.oid >= 16384 AND {user_ns}",
             ext(2617, "o.oid"), ext(2605, "c.oid"))),
-        ("publication", "SELECT pubname::text FROM pg_catalog.pg_publication".to_string()),
+        // Our own (an online migration's, named after it) is never migrated.
+        ("publication", "SELECT pubname::text FROM pg_catalog.pg_publication WHERE pubname NOT LIKE 'pg\\_dbmigrator\\_%'".to_string()),
     ];
     let mut out = Vec::new();
     if major >= 18 {
