@@ -205,8 +205,6 @@ pub(crate) struct CopyPhase {
     pub filters: CompiledFilters,
     pub source: crate::config::EndpointConfig,
     pub target: crate::config::EndpointConfig,
-    pub tables: Vec<TableInfo>,
-    pub seqs: Vec<catalog::SequenceInfo>,
 }
 
 /// Validate, preflight, snapshot, schema, data, sequences, large objects.
@@ -247,8 +245,15 @@ pub(crate) async fn copy_phase(
     // same instant. Online, it is the replication slot's snapshot.
     let (snapshot_id, coordinator_snapshot) = match online.as_deref_mut() {
         Some(o) => {
-            crate::replication::online::prepare_source(cfg, &src, &filters, o, &mut token, &token_path)
-                .await?
+            crate::replication::online::prepare_source(
+                cfg,
+                &src,
+                &filters,
+                o,
+                &mut token,
+                &token_path,
+            )
+            .await?
         }
         None => session::begin_exported_snapshot(&src).await?,
     };
@@ -283,7 +288,9 @@ pub(crate) async fn copy_phase(
         source = %source_ep, target = %target_ep,
         source_version, target_version, binary,
         migration = %migration_id, token = %token_path.display(),
-        "starting offline {}migration", if full { "" } else { "data-only " }
+        "starting {} {}migration",
+        if online.is_some() { "online" } else { "offline" },
+        if full { "" } else { "data-only " }
     );
 
     if cfg.force_clean {
@@ -488,8 +495,6 @@ pub(crate) async fn copy_phase(
         filters,
         source: source_ep,
         target: target_ep,
-        tables,
-        seqs,
     })
 }
 

@@ -768,6 +768,28 @@ rm -rf "$3""#;
         }
     }
 
+    /// Restart the server on the same port: `fast` (clean shutdown) or, with
+    /// `crash`, `immediate` (no shutdown checkpoint: crash recovery at start).
+    pub fn restart(&self, crash: bool) -> io::Result<()> {
+        let mut cmd = self.pg_command("pg_ctl");
+        cmd.arg("-D").arg(&self.data_dir).args([
+            "-m",
+            if crash { "immediate" } else { "fast" },
+            "-w",
+            "-t",
+            "60",
+            "stop",
+        ]);
+        let out = cmd.output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "pg_ctl stop: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        self.pg_ctl_start(self.port)
+    }
+
     /// Stop (fast) and delete the cluster. Safe to call more than once.
     pub fn stop(&self) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());

@@ -76,6 +76,7 @@ fn fence_error(e: &tokio_postgres::Error) -> bool {
 
 struct Workload {
     stop: Arc<AtomicBool>,
+    /// Transactions the workload committed.
     committed: Arc<AtomicU64>,
     /// Errors that were not caused by the fence.
     bad: Arc<Mutex<Vec<String>>>,
@@ -90,8 +91,12 @@ impl Workload {
         let bad = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
         for w in 0..4u32 {
-            let (source, stop, committed, bad) =
-                (source.to_string(), stop.clone(), committed.clone(), bad.clone());
+            let (source, stop, committed, bad) = (
+                source.to_string(),
+                stop.clone(),
+                committed.clone(),
+                bad.clone(),
+            );
             tasks.push(tokio::spawn(async move {
                 let c = testkit::client(&source).await;
                 let mut i: i64 = 0;
@@ -104,7 +109,9 @@ impl Workload {
                         }
                         Err(e) => {
                             if !fence_error(&e) {
-                                bad.lock().unwrap().push(format!("writer {w} step {i}: {e:?}"));
+                                bad.lock()
+                                    .unwrap()
+                                    .push(format!("writer {w} step {i}: {e:?}"));
                             }
                             return;
                         }
@@ -191,10 +198,13 @@ fn step(w: u32, i: i64) -> String {
     }
 }
 
-fn spawn_migrate(args: &[&str], log: &std::path::Path) -> Child {
+fn spawn_migrate(args: &[&str], log: &std::path::Path, env: &[(&str, &str)]) -> Child {
     let err = std::fs::File::create(log).unwrap();
-    common::command(args)
-        .stdout(Stdio::piped())
+    let mut c = common::command(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.stdout(Stdio::piped())
         .stderr(err)
         .spawn()
         .expect("starting pg_dbmigrator")
@@ -207,7 +217,12 @@ async fn wait_child(mut child: Child, limit: Duration) -> (Option<i32>, String) 
             if let Some(s) = child.try_wait().unwrap() {
                 let mut out = String::new();
                 use std::io::Read;
-                child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+                child
+                    .stdout
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut out)
+                    .unwrap();
                 return (s.code(), out);
             }
             if Instant::now() > deadline {
@@ -276,7 +291,10 @@ async fn assert_nothing_left(db: &TestDb) {
             .await
             .unwrap()
             .get(0);
-        assert_eq!(ri, "accounts=d,events=d,keyed=d", "replica identities on {side}");
+        assert_eq!(
+            ri, "accounts=d,events=d,keyed=d",
+            "replica identities on {side}"
+        );
     }
     let tgt = testkit::client(&db.target).await;
     let ours: i64 = tgt
@@ -307,75 +325,292 @@ async fn assert_fenced(db: &TestDb) {
     assert_eq!(e.code().map(|c| c.code()), Some("25006"), "{e:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn auto_cutover_under_load_loses_nothing() {
-    let db = online_db("online_auto").await;
-    let dir = tempfile::tempdir().unwrap();
-    let dump = dir.path().join("w");
-    let log = dir.path().join("migrate.log");
-    let load = Workload::start(&db.source);
-    // A TRUNCATE and a transaction big enough to be streamed, with a
-    // subtransaction rolled back inside it.
-    let big = tokio::spawn({
-        let source = db.source.clone();
-        async move {
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            let c = testkit::client(&source).await;
-            c.batch_execute("TRUNCATE scratch").await.unwrap();
-            c.batch_execute(
-                "BEGIN;
-                 INSERT INTO scratch SELECT g, repeat('x', 200) FROM generate_series(1, 4000) g;
-                 SAVEPOINT s1;
-                 INSERT INTO scratch SELECT g, 'rolled back' FROM generate_series(10001, 12000) g;
-                 ROLLBACK TO SAVEPOINT s1;
-                 UPDATE scratch SET v = 'updated' WHERE id % 10 = 0;
-                 COMMIT;",
-            )
-            .await
-            .unwrap();
+/// A test database, its work directory, and the migrate command line.
+struct Run {
+    db: TestDb,
+    dir: tempfile::TempDir,
+}
+
+impl Run {
+    async fn new(prefix: &str) -> Run {
+        Run {
+            db: online_db(prefix).await,
+            dir: tempfile::tempdir().unwrap(),
         }
-    });
-    let child = spawn_migrate(
-        &[
+    }
+
+    fn dump(&self) -> String {
+        self.dir.path().join("w").to_str().unwrap().to_string()
+    }
+
+    fn token_path(&self) -> std::path::PathBuf {
+        pg_dbmigrator::ResumeToken::path_for(std::path::Path::new(&self.dump()))
+    }
+
+    fn log(&self, n: &str) -> std::path::PathBuf {
+        self.dir.path().join(format!("{n}.log"))
+    }
+
+    fn args(&self, extra: &[&str]) -> Vec<String> {
+        let mut v: Vec<String> = [
             "migrate",
             "--mode",
             "online",
-            "--cutover",
-            "auto",
             "--fix-replica-identity",
             "--source",
-            &db.source,
+            &self.db.source,
             "--target",
-            &db.target,
+            &self.db.target,
             "--jobs",
             "2",
             "--dump-path",
-            dump.to_str().unwrap(),
+            &self.dump(),
             "--json",
-        ],
-        &log,
-    );
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    }
+
+    /// Start migrate; `stop_at` makes it wait at that test point (to be killed).
+    fn spawn(&self, extra: &[&str], log: &str, stop_at: Option<&str>) -> Child {
+        let args = self.args(extra);
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut env = vec![("PG_DBMIGRATOR_TEST_MIN_STREAM_SECS", "3")];
+        if let Some(p) = stop_at {
+            env.push(("PG_DBMIGRATOR_TEST_STOP_AT", p));
+        }
+        spawn_migrate(&a, &self.log(log), &env)
+    }
+
+    fn stderr(&self, log: &str) -> String {
+        std::fs::read_to_string(self.log(log)).unwrap_or_default()
+    }
+
+    /// Wait until the process logs that it reached test stop point `p`.
+    async fn wait_stop_point(&self, log: &str, p: &str) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !self.stderr(log).contains(&format!("TEST_STOP_AT {p}")) {
+            assert!(
+                Instant::now() < deadline,
+                "never reached {p}: {}",
+                self.stderr(log)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Wait until the token says streaming began.
+    async fn wait_streaming(&self, log: &str) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(Some(t)) = pg_dbmigrator::ResumeToken::load(&self.token_path()) {
+                if t.stages
+                    .iter()
+                    .any(|s| s.stage == pg_dbmigrator::Stage::Stream)
+                {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never streamed: {}",
+                self.stderr(log)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The migration's result: exit 0 with a clean verify; the target
+    /// equals the source; nothing of ours is left; the source is fenced.
+    async fn assert_success(&self, code: Option<i32>, out: &str, log: &str) -> serde_json::Value {
+        assert_eq!(code, Some(0), "stderr: {}", self.stderr(log));
+        let report: serde_json::Value = serde_json::from_str(out).unwrap();
+        assert_eq!(
+            report["verify"]["differences"].as_array().unwrap().len(),
+            0,
+            "{report:#}"
+        );
+        assert!(
+            report["online"]["cutover"]["fence_lsn"].is_string(),
+            "{report:#}"
+        );
+        assert_same(&self.db).await;
+        assert_nothing_left(&self.db).await;
+        assert_fenced(&self.db).await;
+        report
+    }
+}
+
+/// A TRUNCATE, then a transaction big enough to be streamed while in
+/// progress, with a subtransaction rolled back inside it.
+fn big_transactions(source: &str, after: Duration) -> tokio::task::JoinHandle<()> {
+    let source = source.to_string();
+    tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        let c = testkit::client(&source).await;
+        c.batch_execute("TRUNCATE scratch").await.unwrap();
+        c.batch_execute(
+            "BEGIN;
+             INSERT INTO scratch SELECT g, repeat('x', 200) FROM generate_series(1, 4000) g;
+             SAVEPOINT s1;
+             INSERT INTO scratch SELECT g, 'rolled back' FROM generate_series(10001, 12000) g;
+             ROLLBACK TO SAVEPOINT s1;
+             UPDATE scratch SET v = 'updated' WHERE id % 10 = 0;
+             COMMIT;",
+        )
+        .await
+        .unwrap();
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn auto_cutover_under_load_loses_nothing() {
+    let r = Run::new("online_auto").await;
+    let load = Workload::start(&r.db.source);
+    let big = big_transactions(&r.db.source, Duration::from_millis(1500));
+    // (Auto cutover waits for 3 s of streaming in tests, so the stream
+    // carries the big transaction too.)
+    let child = r.spawn(&["--cutover", "auto"], "m", None);
     let (code, out) = wait_child(child, Duration::from_secs(240)).await;
     let bad = load.finish().await;
     big.await.unwrap();
-    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
-    assert_eq!(code, Some(0), "stderr: {stderr}");
-    eprintln!("BAD {bad:?}"); //TEMP
-    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(
-        report["verify"]["differences"].as_array().unwrap().len(),
-        0,
+    let report = r.assert_success(code, &out, "m").await;
+    assert!(
+        bad.is_empty(),
+        "the workload failed before the fence: {bad:?}"
+    );
+    assert!(
+        report["online"]["apply"]["transactions"].as_u64().unwrap() > 0,
         "{report:#}"
     );
-    assert!(report["online"]["apply"]["transactions"].as_u64().unwrap() > 0, "{report:#}");
-    assert!(report["online"]["cutover"]["fence_lsn"].is_string(), "{report:#}");
-    eprintln!("LOG {stderr}\nREPORT {report:#}"); //TEMP2
-    assert_same(&db).await;
-    assert_nothing_left(&db).await;
-    assert_fenced(&db).await;
-    let un = common::run_async(&["unfence", "--source", &db.source]).await;
+    let un = common::run_async(&["unfence", "--source", &r.db.source]).await;
     assert_eq!(un.status.code(), Some(0), "{}", text(&un.stderr));
-    testkit::execute(&db.source, "INSERT INTO scratch VALUES (-1, 'after unfence')")
+    testkit::execute(
+        &r.db.source,
+        "INSERT INTO scratch VALUES (-1, 'after unfence')",
+    )
+    .await
+    .expect("writable again after unfence");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn manual_cutover_from_another_process() {
+    let r = Run::new("online_manual").await;
+    let load = Workload::start(&r.db.source);
+    let child = r.spawn(&[], "m", None);
+    r.wait_streaming("m").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let c = common::run_async(&["cutover", "--dump-path", &r.dump()]).await;
+    assert_eq!(
+        c.status.code(),
+        Some(0),
+        "cutover: {}\nmigrate: {}",
+        text(&c.stderr),
+        r.stderr("m")
+    );
+    assert!(
+        text(&c.stdout).contains("writes were blocked for"),
+        "{}",
+        text(&c.stdout)
+    );
+    let (code, out) = wait_child(child, Duration::from_secs(120)).await;
+    let bad = load.finish().await;
+    r.assert_success(code, &out, "m").await;
+    assert!(
+        bad.is_empty(),
+        "the workload failed before the fence: {bad:?}"
+    );
+    // Nothing is running any more: a second request is answered, not lost.
+    let again = common::run_async(&["cutover", "--dump-path", &r.dump()]).await;
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
+    assert!(text(&again.stdout).contains("already done"));
+}
+
+/// kill -9 at `point`, then `--resume` completes with every row exactly once.
+async fn kill_then_resume(point: &str) {
+    let r = Run::new(&format!("online_kill_{point}")).await;
+    let load = Workload::start(&r.db.source);
+    let mut child = r.spawn(&["--cutover", "auto"], "m1", Some(point));
+    r.wait_stop_point("m1", point).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let child = r.spawn(&["--cutover", "auto", "--resume"], "m2", None);
+    let (code, out) = wait_child(child, Duration::from_secs(240)).await;
+    let bad = load.finish().await;
+    r.assert_success(code, &out, "m2").await;
+    assert!(
+        bad.is_empty(),
+        "the workload failed before the fence: {bad:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_after_slot_creation_then_resume() {
+    kill_then_resume("after_slot").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_mid_copy_then_resume() {
+    kill_then_resume("mid_copy").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_after_copy_then_resume() {
+    kill_then_resume("after_copy").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_between_apply_commit_and_status_update_then_resume() {
+    kill_then_resume("after_apply_commit").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_mid_cutover_then_resume() {
+    kill_then_resume("mid_cutover").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ctrl_c_during_copy_then_cleanup_leaves_nothing() {
+    let r = Run::new("online_ctrlc").await;
+    let mut child = r.spawn(&["--cutover", "auto"], "m", Some("mid_copy"));
+    r.wait_stop_point("m", "mid_copy").await;
+    let pid = child.id() as i32;
+    assert_eq!(unsafe_kill(pid, 2), 0);
+    let code = tokio::task::spawn_blocking(move || child.wait().unwrap().code())
         .await
-        .expect("writable again after unfence");
+        .unwrap();
+    assert_eq!(code, Some(130), "stderr: {}", r.stderr("m"));
+    // No cutover: the source still takes writes.
+    testkit::execute(
+        &r.db.source,
+        "INSERT INTO scratch VALUES (-5, 'not fenced')",
+    )
+    .await
+    .expect("no fence after Ctrl-C");
+    let out = common::run_async(&[
+        "cleanup",
+        "--source",
+        &r.db.source,
+        "--target",
+        &r.db.target,
+        "--dump-path",
+        &r.dump(),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_nothing_left(&r.db).await;
+    assert!(!r.token_path().exists(), "cleanup removes the resume token");
+}
+
+fn unsafe_kill(pid: i32, sig: i32) -> i32 {
+    std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .map(|s| if s.success() { 0 } else { 1 })
+        .unwrap_or(1)
 }

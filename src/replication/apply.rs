@@ -25,7 +25,7 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio_postgres::types::{Format, IsNull, ToSql, Type};
 use tokio_postgres::{Client, Statement};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::pgoutput::{self, OldTuple, ReplicaIdentity, Tuple, Value};
 use super::Lsn;
@@ -98,7 +98,8 @@ enum StmtKey {
     Delete(u32, Vec<bool>),
 }
 
-type Pending = Pin<Box<dyn Future<Output = (std::result::Result<u64, tokio_postgres::Error>, Ctx)> + Send>>;
+type Pending =
+    Pin<Box<dyn Future<Output = (std::result::Result<u64, tokio_postgres::Error>, Ctx)> + Send>>;
 
 /// What a statement was for, to say so when it fails.
 #[derive(Debug, Clone)]
@@ -149,7 +150,10 @@ pub struct Applier {
     marker_seen_in_txn: bool,
     pub marker_end: Option<Lsn>,
     pub stats: ApplyStats,
-    missing_warned: std::collections::HashSet<u32>,
+    /// Commit with `synchronous_commit = on` (during the cutover: the
+    /// drain waits for durability, and a flush per commit is cheaper than
+    /// waiting for the WAL writer).
+    pub sync_commit: bool,
 }
 
 impl Applier {
@@ -192,7 +196,7 @@ impl Applier {
             marker_seen_in_txn: false,
             marker_end: None,
             stats: ApplyStats::default(),
-            missing_warned: Default::default(),
+            sync_commit: false,
         })
     }
 
@@ -327,7 +331,8 @@ impl Applier {
             return Ok(());
         }
         if !self.in_target_txn {
-            self.push("BEGIN", "", b.final_lsn, None, Vec::new()).await?;
+            self.push("BEGIN", "", b.final_lsn, None, Vec::new())
+                .await?;
             self.in_target_txn = true;
         }
         self.batch_end = Some((b.final_lsn, b));
@@ -376,8 +381,8 @@ impl Applier {
         let Some((end, begin)) = self.batch_end.take() else {
             return Err(MigrationError::Internal("empty batch".into()));
         };
-        let commit_time = chrono::DateTime::<chrono::Utc>::from(begin.commit_time.to_system_time())
-            .to_rfc3339();
+        let commit_time =
+            chrono::DateTime::<chrono::Utc>::from(begin.commit_time.to_system_time()).to_rfc3339();
         let params = vec![
             TextParam(Some(Bytes::from(end.to_string()))),
             TextParam(Some(Bytes::from(commit_time))),
@@ -387,11 +392,14 @@ impl Applier {
         self.push_stmt(stmt, params, "recording progress", "", begin.final_lsn)
             .await?;
         self.drain(0).await?;
-        let rows = self
-            .client
-            .simple_query("COMMIT; SELECT pg_catalog.pg_current_wal_insert_lsn()::text")
-            .await
-            .map_err(|e| MigrationError::db(format!("committing applied changes up to {end}"), e))?;
+        let sql = if self.sync_commit {
+            "SET LOCAL synchronous_commit = on; COMMIT; SELECT pg_catalog.pg_current_wal_insert_lsn()::text"
+        } else {
+            "COMMIT; SELECT pg_catalog.pg_current_wal_insert_lsn()::text"
+        };
+        let rows = self.client.simple_query(sql).await.map_err(|e| {
+            MigrationError::db(format!("committing applied changes up to {end}"), e)
+        })?;
         self.in_target_txn = false;
         let local = rows
             .iter()
@@ -400,7 +408,13 @@ impl Applier {
                 _ => None,
             })
             .unwrap_or(Lsn(u64::MAX));
-        self.unflushed.push_back((end, local));
+        if self.sync_commit {
+            // On disk once COMMIT returned; so is every earlier commit.
+            self.unflushed.clear();
+            self.durable = self.durable.max(end);
+        } else {
+            self.unflushed.push_back((end, local));
+        }
         self.committed = end;
         self.progress = end;
         let n = self.batch_txns;
@@ -517,7 +531,11 @@ impl Applier {
             return Ok(());
         }
         let rel = self.rel(oid)?.clone();
-        let mask: Vec<bool> = new.0.iter().map(|v| !matches!(v, Value::UnchangedToast)).collect();
+        let mask: Vec<bool> = new
+            .0
+            .iter()
+            .map(|v| !matches!(v, Value::UnchangedToast))
+            .collect();
         let key = StmtKey::Insert(oid, mask.clone());
         let stmt = match self.statements.get(&key) {
             Some(s) => s.clone(),
@@ -546,7 +564,8 @@ impl Applier {
             .map(param)
             .collect::<Result<Vec<_>>>()?;
         let commit = self.source_txn.unwrap_or_default();
-        self.push_stmt(stmt, params, "INSERT", &rel.target, commit).await?;
+        self.push_stmt(stmt, params, "INSERT", &rel.target, commit)
+            .await?;
         self.batch_rows += 1;
         Ok(())
     }
@@ -601,7 +620,12 @@ impl Applier {
                     })
                     .collect();
                 let cond = where_clause(&rel, &where_mask, n);
-                let sql = format!("UPDATE ONLY {} SET {} WHERE {}", rel.target, sets.join(", "), cond);
+                let sql = format!(
+                    "UPDATE ONLY {} SET {} WHERE {}",
+                    rel.target,
+                    sets.join(", "),
+                    cond
+                );
                 self.prepare(key, &sql).await?
             }
         };
@@ -614,7 +638,8 @@ impl Applier {
             .collect::<Result<Vec<_>>>()?;
         params.extend(where_vals);
         let commit = self.source_txn.unwrap_or_default();
-        self.push_stmt(stmt, params, "UPDATE", &rel.target, commit).await?;
+        self.push_stmt(stmt, params, "UPDATE", &rel.target, commit)
+            .await?;
         self.batch_rows += 1;
         Ok(())
     }
@@ -638,7 +663,8 @@ impl Applier {
             }
         };
         let commit = self.source_txn.unwrap_or_default();
-        self.push_stmt(stmt, where_vals, "DELETE", &rel.target, commit).await?;
+        self.push_stmt(stmt, where_vals, "DELETE", &rel.target, commit)
+            .await?;
         self.batch_rows += 1;
         Ok(())
     }
@@ -789,7 +815,9 @@ impl Applier {
     /// Wait for answers until at most `keep` statements are in flight.
     async fn drain(&mut self, keep: usize) -> Result<()> {
         while self.in_flight.len() > keep
-            || (keep > 0 && self.in_flight_bytes > MAX_IN_FLIGHT_BYTES && !self.in_flight.is_empty())
+            || (keep > 0
+                && self.in_flight_bytes > MAX_IN_FLIGHT_BYTES
+                && !self.in_flight.is_empty())
         {
             let fut = self.in_flight.pop_front().expect("non-empty");
             let (r, ctx) = fut.await;
@@ -819,13 +847,6 @@ impl Applier {
         self.batch_end = None;
         self.batch_txns = 0;
         self.batch_rows = 0;
-    }
-
-    /// Rows affected that did not exist on the target (logged once per table).
-    fn _missing(&mut self, oid: u32) {
-        if self.missing_warned.insert(oid) {
-            warn!(relation = oid, "a change found no row to update or delete on the target");
-        }
     }
 }
 
@@ -944,7 +965,11 @@ mod tests {
         RelInfo {
             target: "public.t".into(),
             columns: vec!["id".into(), "\"Val\"".into(), "doc".into()],
-            key: vec![true, identity == ReplicaIdentity::Full, identity == ReplicaIdentity::Full],
+            key: vec![
+                true,
+                identity == ReplicaIdentity::Full,
+                identity == ReplicaIdentity::Full,
+            ],
             identity,
             identity_always: vec![false; 3],
             compare_as_text: vec![false, false, true],

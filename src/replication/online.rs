@@ -204,7 +204,10 @@ pub(crate) async fn prepare_source(
         o.state.publication_created = true;
         save(token, &o.state)?;
         let sql = if published.is_empty() {
-            format!("CREATE PUBLICATION {}", quote::ident(&o.state.publication_name))
+            format!(
+                "CREATE PUBLICATION {}",
+                quote::ident(&o.state.publication_name)
+            )
         } else {
             format!(
                 "CREATE PUBLICATION {} FOR TABLE {}",
@@ -277,7 +280,9 @@ pub(crate) async fn run(
     if cfg.force_clean {
         // Start over: whatever an earlier attempt left on the source goes first.
         let old = ResumeToken::load(&token_path).ok().flatten();
-        let mut state = old.and_then(|t| t.online).unwrap_or_else(|| prep.state.clone());
+        let mut state = old
+            .and_then(|t| t.online)
+            .unwrap_or_else(|| prep.state.clone());
         state.slot_name = slot_name.clone();
         state.publication_name = publication_name.clone();
         state.slot_created = true;
@@ -355,7 +360,6 @@ async fn resume_phase(
     let src = connect::connect(&source, "source").await?;
     let dst = connect::connect(&target, "target").await?;
     let filters = cfg.filters.compile()?;
-    let tables = catalog::list_tables(&src, &filters).await?;
     let seqs = catalog::list_sequences(&src, &filters).await?;
     Ok(CopyPhase {
         started: Instant::now(),
@@ -373,12 +377,13 @@ async fn resume_phase(
         large_object_bytes: 0,
         schema_steps: 0,
         stages: Vec::new(),
-        store: Arc::new(crate::resume::TokenStore::new(token_path.to_path_buf(), token)),
+        store: Arc::new(crate::resume::TokenStore::new(
+            token_path.to_path_buf(),
+            token,
+        )),
         filters,
         source,
         target,
-        tables,
-        seqs,
     })
 }
 
@@ -418,7 +423,8 @@ async fn stream_and_cutover(
     // The copy is durable: streaming starts at the slot's consistent point.
     if !store.snapshot().is_done(Stage::Stream) {
         copy::prepare_target_state(&dst).await?;
-        let start = super::apply::init_progress(&dst, &phase.migration_id, consistent_point).await?;
+        let start =
+            super::apply::init_progress(&dst, &phase.migration_id, consistent_point).await?;
         store.update(|t| t.stage_started(Stage::Stream))?;
         info!(start = %start, "copy finished; streaming changes from the slot");
     }
@@ -464,7 +470,11 @@ async fn stream_and_cutover(
     let mut streamer = if slot_gone {
         None
     } else {
-        Some(tokio::spawn(stream::run(target.clone(), shared.clone(), stop.clone())))
+        Some(tokio::spawn(stream::run(
+            target.clone(),
+            shared.clone(),
+            stop.clone(),
+        )))
     };
     let request_file = request_path(&phase.dump_path);
     let mut mode = cfg.cutover;
@@ -472,24 +482,48 @@ async fn stream_and_cutover(
     let mut last_log = Instant::now();
     let mut want_cutover = cutover_interrupted;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    // Test hook: stream at least this long before an automatic cutover.
+    let min_stream = Duration::from_secs(
+        std::env::var("PG_DBMIGRATOR_TEST_MIN_STREAM_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    );
     let outcome = loop {
         if want_cutover {
             want_cutover = false;
             let _ = std::fs::remove_file(&request_file);
-            match cutover(cfg, &phase, &prep, &mut ctl, &dst, &shared, &mut stop, &mut streamer, source_version).await {
+            match cutover(
+                cfg,
+                &phase,
+                &prep,
+                &mut ctl,
+                &dst,
+                &shared,
+                &mut stop,
+                &mut streamer,
+                source_version,
+            )
+            .await
+            {
                 Ok(c) => break c,
                 Err(e) => {
                     error!(error = %e, "cutover failed; the fence is lifted and streaming goes on. Fix the cause, then run `pg_dbmigrator cutover --dump-path {}` again", phase.dump_path.display());
                     let msg = e.to_string();
                     let _ = store.update(|t| {
                         if let Some(o) = t.online.as_mut() {
-                            o.cutover.get_or_insert_with(Default::default).error = Some(msg.clone());
+                            o.cutover.get_or_insert_with(Default::default).error =
+                                Some(msg.clone());
                         }
                     });
                     mode = CutoverMode::Manual;
                     if streamer.is_none() {
                         stop = cancel.child_token();
-                        streamer = Some(tokio::spawn(stream::run(target.clone(), shared.clone(), stop.clone())));
+                        streamer = Some(tokio::spawn(stream::run(
+                            target.clone(),
+                            shared.clone(),
+                            stop.clone(),
+                        )));
                     }
                     continue;
                 }
@@ -503,7 +537,6 @@ async fn stream_and_cutover(
                 return Err(MigrationError::Cancelled);
             }
             r = async { streamer.as_mut().expect("streaming").await }, if streamer.is_some() => {
-                streamer = None;
                 return Err(match r {
                     Ok(Err(e)) => e,
                     Ok(Ok(())) => MigrationError::Internal("streaming stopped unexpectedly".into()),
@@ -546,9 +579,10 @@ async fn stream_and_cutover(
                 "streaming"
             );
         }
-        if mode == CutoverMode::Auto {
+        if mode == CutoverMode::Auto && stream_started.elapsed() >= min_stream {
             if caught_up {
-                if below_since.get_or_insert_with(Instant::now).elapsed() >= Duration::from_secs(1) {
+                if below_since.get_or_insert_with(Instant::now).elapsed() >= Duration::from_secs(1)
+                {
                     info!(lag = %human_bytes(lag), "caught up: cutting over");
                     want_cutover = true;
                 }
@@ -559,9 +593,10 @@ async fn stream_and_cutover(
     };
     let cut = outcome;
     let apply_secs = stream_started.elapsed().as_secs_f64();
-    phase
-        .stages
-        .push((Stage::Stream.as_str().to_string(), apply_secs - cut.total_seconds));
+    phase.stages.push((
+        Stage::Stream.as_str().to_string(),
+        apply_secs - cut.total_seconds,
+    ));
     phase
         .stages
         .push((Stage::Cutover.as_str().to_string(), cut.total_seconds));
@@ -600,9 +635,10 @@ async fn stream_and_cutover(
         )
         .await?;
         store.update(|t| t.stage_done(Stage::Verify))?;
-        phase
-            .stages
-            .push((Stage::Verify.as_str().to_string(), t0.elapsed().as_secs_f64()));
+        phase.stages.push((
+            Stage::Verify.as_str().to_string(),
+            t0.elapsed().as_secs_f64(),
+        ));
         verify_report = Some(v);
     }
     store.update(|t| t.completed = true)?;
@@ -671,7 +707,19 @@ async fn cutover(
             }
         })?;
     }
-    let r = cutover_steps(cfg, phase, prep, ctl, dst, shared, stop, streamer, source_version, t0).await;
+    let r = cutover_steps(
+        cfg,
+        phase,
+        prep,
+        ctl,
+        dst,
+        shared,
+        stop,
+        streamer,
+        source_version,
+        t0,
+    )
+    .await;
     match r {
         Ok(mut out) => {
             out.total_seconds = t0.elapsed().as_secs_f64();
@@ -723,7 +771,11 @@ async fn cutover_steps(
     _t0: Instant,
 ) -> Result<CutoverOutcome> {
     let store = phase.store.clone();
-    let state = store.snapshot().online.clone().unwrap_or_else(|| prep.state.clone());
+    let state = store
+        .snapshot()
+        .online
+        .clone()
+        .unwrap_or_else(|| prep.state.clone());
     // (1) The fence.
     let fenced_at = Instant::now();
     if cfg.fence {
@@ -737,7 +789,11 @@ async fn cutover_steps(
         shared.wake();
         let target_end: Lsn;
         if source_version >= 140000 {
-            let id = format!("{} {}", phase.migration_id, chrono::Utc::now().timestamp_micros());
+            let id = format!(
+                "{} {}",
+                phase.migration_id,
+                chrono::Utc::now().timestamp_micros()
+            );
             ctl.query_one(
                 "SELECT pg_catalog.pg_logical_emit_message(true, $1, $2)::text",
                 &[&FENCE_MESSAGE_PREFIX, &id],
@@ -760,7 +816,8 @@ async fn cutover_steps(
             let done = if source_version >= 140000 {
                 marker.is_valid() && durable >= marker
             } else {
-                shared.applied_position() >= target_end && durable >= Lsn(shared.committed.load(Ordering::Acquire))
+                shared.applied_position() >= target_end
+                    && durable >= Lsn(shared.committed.load(Ordering::Acquire))
             };
             if done {
                 break;
@@ -785,7 +842,11 @@ async fn cutover_steps(
         match h.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(e),
-            Err(e) => return Err(MigrationError::Internal(format!("streaming task failed: {e}"))),
+            Err(e) => {
+                return Err(MigrationError::Internal(format!(
+                    "streaming task failed: {e}"
+                )))
+            }
         }
         info!(fence_lsn = %target_end, applied = %Lsn(shared.durable.load(Ordering::Acquire)), "drained to the fence");
     }
@@ -810,7 +871,9 @@ async fn cutover_steps(
     let unlogged: Vec<TableInfo> = catalog::list_tables(ctl, &phase.filters)
         .await?
         .into_iter()
-        .filter(|t| prep.unlogged.contains(&t.qualified()) || unlogged_names.contains(&t.qualified()))
+        .filter(|t| {
+            prep.unlogged.contains(&t.qualified()) || unlogged_names.contains(&t.qualified())
+        })
         .collect();
     recopy_unlogged(ctl, dst, &unlogged).await?;
     if cfg.large_objects {
@@ -830,7 +893,10 @@ async fn cutover_steps(
         if !oids.is_empty() {
             copy::erase_large_objects(dst, &oids).await?;
             copy::copy_large_objects(ctl, dst, &los, &CancellationToken::new()).await?;
-            info!(large_objects = los.len(), "large objects copied again under the fence");
+            info!(
+                large_objects = los.len(),
+                "large objects copied again under the fence"
+            );
         }
     }
     refresh_matviews(dst).await?;
@@ -888,11 +954,15 @@ async fn recopy_unlogged(src: &Client, dst: &Client, tables: &[TableInfo]) -> Re
         let out = src
             .copy_out(&format!("COPY {} ({cols}) TO STDOUT", t.qualified()))
             .await
-            .map_err(|e| MigrationError::db(format!("reading unlogged table {}", t.qualified()), e))?;
+            .map_err(|e| {
+                MigrationError::db(format!("reading unlogged table {}", t.qualified()), e)
+            })?;
         let sink = dst
             .copy_in(&format!("COPY {} ({cols}) FROM STDIN", t.qualified()))
             .await
-            .map_err(|e| MigrationError::db(format!("loading unlogged table {}", t.qualified()), e))?;
+            .map_err(|e| {
+                MigrationError::db(format!("loading unlogged table {}", t.qualified()), e)
+            })?;
         futures::pin_mut!(out);
         futures::pin_mut!(sink);
         while let Some(chunk) = out.next().await {
@@ -960,7 +1030,12 @@ async fn fence_db(ctl: &Client) -> Result<()> {
         &[],
     )
     .await
-    .map_err(|e| MigrationError::db("ending the other sessions of the source database (fence)", e))?;
+    .map_err(|e| {
+        MigrationError::db(
+            "ending the other sessions of the source database (fence)",
+            e,
+        )
+    })?;
     Ok(())
 }
 
@@ -1091,7 +1166,9 @@ pub async fn cleanup(cfg: &MigrationConfig) -> Result<CleanupReport> {
             copy::drop_target_state(&dst).await?;
             dropped = true;
         }
-        Err(e) => warn!(error = %e, "target not reachable (or its database was never created): nothing to remove there"),
+        Err(e) => {
+            warn!(error = %e, "target not reachable (or its database was never created): nothing to remove there")
+        }
     }
     let _ = std::fs::remove_file(&token_path);
     let _ = std::fs::remove_file(request_path(&dump_path));

@@ -110,7 +110,11 @@ pub struct StreamTarget {
 /// Stream and apply until `stop` fires, reconnecting after dropped
 /// connections. Returns Ok after a clean stop (the last durable position
 /// has been reported to the source).
-pub async fn run(t: StreamTarget, shared: Arc<StreamShared>, stop: CancellationToken) -> Result<()> {
+pub async fn run(
+    t: StreamTarget,
+    shared: Arc<StreamShared>,
+    stop: CancellationToken,
+) -> Result<()> {
     let mut failures_since = None::<Instant>;
     let mut backoff = Duration::from_millis(500);
     loop {
@@ -143,7 +147,9 @@ pub async fn run(t: StreamTarget, shared: Arc<StreamShared>, stop: CancellationT
 /// shutting down or starting up.
 pub fn is_transient(e: &MigrationError) -> bool {
     match e {
-        MigrationError::Client { .. } | MigrationError::Io { .. } | MigrationError::Connect { .. } => true,
+        MigrationError::Client { .. }
+        | MigrationError::Io { .. }
+        | MigrationError::Connect { .. } => true,
         MigrationError::Db { info, .. } => {
             info.sqlstate.starts_with("08") || info.sqlstate.starts_with("57")
         }
@@ -163,8 +169,9 @@ struct Spool {
 impl Spool {
     fn open(dir: &Path, xid: u32) -> Result<Self> {
         let path = dir.join(format!("stream-{xid}.spool"));
-        let f = std::fs::File::create(&path)
-            .map_err(|e| MigrationError::io(format!("creating spool file {}", path.display()), e))?;
+        let f = std::fs::File::create(&path).map_err(|e| {
+            MigrationError::io(format!("creating spool file {}", path.display()), e)
+        })?;
         Ok(Spool {
             path,
             out: BufWriter::new(f),
@@ -178,7 +185,9 @@ impl Spool {
             self.subxacts.push((subxid, self.len));
         }
         let io = |e| MigrationError::io(format!("writing spool file {}", self.path.display()), e);
-        self.out.write_all(&(payload.len() as u32).to_be_bytes()).map_err(io)?;
+        self.out
+            .write_all(&(payload.len() as u32).to_be_bytes())
+            .map_err(io)?;
         self.out.write_all(payload).map_err(|e| {
             MigrationError::io(format!("writing spool file {}", self.path.display()), e)
         })?;
@@ -230,7 +239,11 @@ const BATCH_TIME: Duration = Duration::from_millis(300);
 const BATCH_TXNS: u64 = 2000;
 
 /// One connected session: returns Ok on stop, Err on failure.
-async fn session(t: &StreamTarget, shared: &Arc<StreamShared>, stop: &CancellationToken) -> Result<()> {
+async fn session(
+    t: &StreamTarget,
+    shared: &Arc<StreamShared>,
+    stop: &CancellationToken,
+) -> Result<()> {
     let target = Arc::new(connect::connect(&t.target, "target").await?);
     let mut applier = Applier::new(target.clone(), &t.migration_id).await?;
     let start = applier.start_lsn();
@@ -260,7 +273,9 @@ async fn session(t: &StreamTarget, shared: &Arc<StreamShared>, stop: &Cancellati
             match m {
                 Ok(Some(msg)) => {
                     if let ReplicationMessage::PrimaryKeepalive(k) = &msg {
-                        reader_shared.received.fetch_max(k.wal_end.0, Ordering::AcqRel);
+                        reader_shared
+                            .received
+                            .fetch_max(k.wal_end.0, Ordering::AcqRel);
                         if k.reply_requested {
                             reader_shared.wake();
                         }
@@ -334,7 +349,9 @@ async fn session(t: &StreamTarget, shared: &Arc<StreamShared>, stop: &Cancellati
             let write = Lsn(shared.received.load(Ordering::Acquire).max(flush.0));
             let _ = writer.send_status(StandbyStatus::new(write, flush)).await;
             if let Some(reader) = reader {
-                if let Ok(s) = crate::pg::replication::ReplicationStream::unsplit(reader, writer).await {
+                if let Ok(s) =
+                    crate::pg::replication::ReplicationStream::unsplit(reader, writer).await
+                {
                     let _ = tokio::time::timeout(Duration::from_secs(5), async {
                         if let Ok(sess) = s.finish().await {
                             let _ = sess.close().await;
@@ -461,6 +478,7 @@ async fn apply_loop(
                 other => applier.apply(other).await?,
             };
             if at_commit {
+                applier.sync_commit = shared.eager.load(Ordering::Acquire);
                 let started = *batch_started.get_or_insert_with(Instant::now);
                 let st = applier.stats;
                 shared.transactions.store(st.transactions, Ordering::Release);
@@ -485,6 +503,9 @@ async fn apply_loop(
 
 async fn commit(applier: &mut Applier, shared: &StreamShared) -> Result<()> {
     if applier.commit_batch().await? > 0 || applier.committed().0 > 0 {
+        shared
+            .durable
+            .fetch_max(applier.durable().0, Ordering::AcqRel);
         shared
             .committed
             .fetch_max(applier.committed().0, Ordering::AcqRel);
@@ -547,7 +568,10 @@ mod tests {
         while let Some(b) = read_record(&mut r).unwrap() {
             got.push(b);
         }
-        assert_eq!(got, vec![Bytes::from_static(b"a"), Bytes::from_static(b"e")]);
+        assert_eq!(
+            got,
+            vec![Bytes::from_static(b"a"), Bytes::from_static(b"e")]
+        );
     }
 
     #[test]
