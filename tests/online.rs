@@ -46,7 +46,11 @@ SELECT nextval('down_seq') FROM generate_series(1, 10);
 ";
 
 async fn online_db(prefix: &str) -> TestDb {
-    let db = testkit::shared_pair().fresh_db(prefix).await;
+    online_db_on(testkit::shared_pair(), prefix).await
+}
+
+async fn online_db_on(pair: &testkit::Pair, prefix: &str) -> TestDb {
+    let db = pair.fresh_db(prefix).await;
     testkit::execute(&db.source, SCHEMA).await.unwrap();
     testkit::execute(&db.source, DATA).await.unwrap();
     // Force big transactions to be streamed while in progress.
@@ -74,6 +78,14 @@ fn fence_error(e: &tokio_postgres::Error) -> bool {
     }
 }
 
+/// Errors of a session whose server went away (not the fence).
+fn restart_error(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        Some(c) => c.code().starts_with("08") || c.code() == "57P02" || c.code() == "57P03",
+        None => true,
+    }
+}
+
 struct Workload {
     stop: Arc<AtomicBool>,
     /// Transactions the workload committed.
@@ -86,6 +98,11 @@ struct Workload {
 impl Workload {
     /// Several sessions writing on the source until stopped or fenced.
     fn start(source: &str) -> Workload {
+        Self::start_with(source, false)
+    }
+
+    /// With `reconnect`, sessions lost to a server restart connect again.
+    fn start_with(source: &str, reconnect: bool) -> Workload {
         let stop = Arc::new(AtomicBool::new(false));
         let committed = Arc::new(AtomicU64::new(0));
         let bad = Arc::new(Mutex::new(Vec::new()));
@@ -98,7 +115,7 @@ impl Workload {
                 bad.clone(),
             );
             tasks.push(tokio::spawn(async move {
-                let c = testkit::client(&source).await;
+                let mut c = testkit::client(&source).await;
                 let mut i: i64 = 0;
                 while !stop.load(Ordering::Relaxed) {
                     i += 1;
@@ -107,6 +124,16 @@ impl Workload {
                         Ok(()) => {
                             committed.fetch_add(1, Ordering::Relaxed);
                         }
+                        Err(e) if reconnect && restart_error(&e) => loop {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            if stop.load(Ordering::Relaxed) {
+                                return;
+                            }
+                            if let Ok(n) = testkit::try_client(&source).await {
+                                c = n;
+                                break;
+                            }
+                        },
                         Err(e) => {
                             if !fence_error(&e) {
                                 bad.lock()
@@ -335,6 +362,13 @@ impl Run {
     async fn new(prefix: &str) -> Run {
         Run {
             db: online_db(prefix).await,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    async fn on(pair: &testkit::Pair, prefix: &str) -> Run {
+        Run {
+            db: online_db_on(pair, prefix).await,
             dir: tempfile::tempdir().unwrap(),
         }
     }
@@ -613,4 +647,80 @@ fn unsafe_kill(pid: i32, sig: i32) -> i32 {
         .status()
         .map(|s| if s.success() { 0 } else { 1 })
         .unwrap_or(1)
+}
+
+/// The source, then the target, crash and restart while changes stream;
+/// the migration reconnects to each and completes without loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn source_and_target_restart_while_streaming() {
+    // Servers of this test's own: restarting the shared ones would break
+    // the tests running beside it.
+    let pair: &'static testkit::Pair = Box::leak(Box::new(
+        tokio::task::spawn_blocking(testkit::Pair::start)
+            .await
+            .unwrap()
+            .expect("starting a pair of servers"),
+    ));
+    let r = Run::on(pair, "online_restart").await;
+    let load = Workload::start_with(&r.db.source, true);
+    let child = r.spawn(&[], "m", None);
+    r.wait_streaming("m").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let target = r.db.target.clone();
+    let progress = move || {
+        let target = target.clone();
+        async move {
+            match testkit::try_client(&target).await {
+                Ok(c) => c
+                    .query_one("SELECT end_lsn::text FROM _pg_dbmigrator.progress", &[])
+                    .await
+                    .map(|row| row.get::<_, String>(0))
+                    .unwrap_or_default(),
+                Err(_) => String::new(),
+            }
+        }
+    };
+    for (side, cluster) in [
+        ("source", pair.source.cluster().unwrap()),
+        ("target", pair.target.cluster().unwrap()),
+    ] {
+        let before = progress().await;
+        tokio::task::spawn_blocking(move || cluster.restart(true))
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("restarting the {side}: {e}"));
+        // Applying goes on after the restart.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = progress().await;
+            if !now.is_empty() && now != before {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no progress after the {side} restarted: {}",
+                r.stderr("m")
+            );
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let c = common::run_async(&["cutover", "--dump-path", &r.dump()]).await;
+    assert_eq!(
+        c.status.code(),
+        Some(0),
+        "cutover: {}\nmigrate: {}",
+        text(&c.stderr),
+        r.stderr("m")
+    );
+    let (code, out) = wait_child(child, Duration::from_secs(120)).await;
+    let bad = load.finish().await;
+    let report = r.assert_success(code, &out, "m").await;
+    assert!(bad.is_empty(), "the workload failed: {bad:?}");
+    assert!(
+        report["online"]["apply"]["reconnects"].as_u64().unwrap() >= 2,
+        "{report:#}"
+    );
+    pair.source.cluster().unwrap().stop();
+    pair.target.cluster().unwrap().stop();
 }

@@ -498,7 +498,6 @@ async fn stream_and_cutover(
                 &phase,
                 &prep,
                 &mut ctl,
-                &dst,
                 &shared,
                 &mut stop,
                 &mut streamer,
@@ -683,7 +682,6 @@ async fn cutover(
     phase: &CopyPhase,
     prep: &OnlinePrep,
     ctl: &mut Client,
-    dst: &Client,
     shared: &Arc<StreamShared>,
     stop: &mut CancellationToken,
     streamer: &mut Option<tokio::task::JoinHandle<Result<()>>>,
@@ -691,6 +689,11 @@ async fn cutover(
 ) -> Result<CutoverOutcome> {
     let store = phase.store.clone();
     let t0 = Instant::now();
+    // Fresh sessions: either server may have restarted while we streamed.
+    if ctl.is_closed() {
+        *ctl = control(&phase.source).await?;
+    }
+    let dst = &connect::connect(&phase.target, "target").await?;
     store.update(|t| {
         t.stage_started(Stage::Cutover);
         let o = t.online.get_or_insert_with(Default::default);
