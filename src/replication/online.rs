@@ -310,6 +310,14 @@ pub(crate) async fn run(
         }
     }
 
+    // The apply session's privileges, before anything is created. A target
+    // database that does not exist yet is created by us (and so ours).
+    match connect::connect(cfg.target.as_ref().expect("checked"), "target").await {
+        Ok(dst) => preflight::check_target(&dst).await?,
+        Err(e) if e.sqlstate() == Some("3D000") => {}
+        Err(e) => return Err(e),
+    }
+
     let (phase, consistent_point) = if streaming_resume {
         let phase = resume_phase(cfg, &migration_id, &dump_path, &token_path).await?;
         let cp = prep.state.consistent_point;
@@ -783,6 +791,8 @@ async fn cutover_steps(
     let fenced_at = Instant::now();
     if cfg.fence {
         fence_db(ctl).await?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        end_other_sessions(ctl).await?;
         info!("source fenced: read-only for every other session");
     }
     // (2) Drain up to the fence.
@@ -791,6 +801,9 @@ async fn cutover_steps(
         shared.eager.store(true, Ordering::Release);
         shared.wake();
         let target_end: Lsn;
+        // Only a marker written now counts (not one of a failed attempt).
+        shared.marker_end.store(0, Ordering::Release);
+        let before = current_wal(ctl).await?;
         if source_version >= 140000 {
             let id = format!(
                 "{} {}",
@@ -817,7 +830,7 @@ async fn cutover_steps(
             let marker = Lsn(shared.marker_end.load(Ordering::Acquire));
             let durable = Lsn(shared.durable.load(Ordering::Acquire));
             let done = if source_version >= 140000 {
-                marker.is_valid() && durable >= marker
+                marker > before && durable >= marker
             } else {
                 shared.applied_position() >= target_end
                     && durable >= Lsn(shared.committed.load(Ordering::Acquire))
@@ -1026,6 +1039,13 @@ async fn fence_db(ctl: &Client) -> Result<()> {
     ))
     .await
     .map_err(|e| MigrationError::db("fencing the source (ALTER DATABASE needs the database owner or a superuser; or stop the writes yourself and pass --no-fence)", e))?;
+    end_other_sessions(ctl).await
+}
+
+/// End the other client sessions of the source database. Run twice: a
+/// session that was still logging in while the fence went up opened
+/// writable.
+async fn end_other_sessions(ctl: &Client) -> Result<()> {
     ctl.query(
         "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity
           WHERE datname = pg_catalog.current_database() AND pid <> pg_catalog.pg_backend_pid()
