@@ -724,3 +724,54 @@ async fn source_and_target_restart_while_streaming() {
     pair.source.cluster().unwrap().stop();
     pair.target.cluster().unwrap().stop();
 }
+
+/// Without --fix-replica-identity, tables that could not publish their
+/// UPDATEs and DELETEs stop the migration before anything is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn missing_replica_identity_refused_before_anything_is_created() {
+    let r = Run::new("online_noident").await;
+    let args: Vec<String> = r
+        .args(&[])
+        .into_iter()
+        .filter(|a| a != "--fix-replica-identity")
+        .collect();
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = common::run_async(&a).await;
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for needle in ["events", "keyed", "--fix-replica-identity", "REPLICA IDENTITY"] {
+        assert!(err.contains(needle), "the message must name {needle}: {err}");
+    }
+    assert!(!err.contains("accounts"), "tables with a key are fine: {err}");
+    let src = testkit::client(&r.db.source).await;
+    let created: i64 = src
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_replication_slots) + (SELECT count(*) FROM pg_publication)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(created, 0, "nothing may be created on the source");
+    let ri: String = src
+        .query_one(
+            "SELECT string_agg(relname || '=' || relreplident::text, ',' ORDER BY relname) FROM pg_class WHERE relname IN ('events', 'keyed')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ri, "events=d,keyed=d");
+    let tgt = testkit::client(&r.db.target).await;
+    let objects: i64 = tgt
+        .query_one(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(objects, 0, "nothing may be created on the target");
+    assert!(!r.token_path().exists(), "no resume token for a refused run");
+}
