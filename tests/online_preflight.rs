@@ -54,7 +54,7 @@ async fn identity(conninfo: &str, table: &str) -> String {
     testkit::query_scalar(
         conninfo,
         &format!(
-            "SELECT c.relreplident || coalesce(':' || (SELECT ic.relname FROM pg_index i \
+            "SELECT c.relreplident::text || coalesce(':' || (SELECT ic.relname FROM pg_index i \
                JOIN pg_class ic ON ic.oid = i.indexrelid \
               WHERE i.indrelid = c.oid AND i.indisreplident), '') \
                FROM pg_class c WHERE c.oid = '{table}'::regclass"
@@ -116,7 +116,7 @@ async fn missing_replica_identity_is_refused_and_nothing_changes() {
     let t = tables(&src).await;
     let before = testkit::query_scalar(
         &db.source,
-        "SELECT string_agg(relname || '=' || relreplident, ',' ORDER BY relname) FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace",
+        "SELECT string_agg(relname || '=' || relreplident::text, ',' ORDER BY relname) FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace",
     )
     .await;
 
@@ -126,8 +126,10 @@ async fn missing_replica_identity_is_refused_and_nothing_changes() {
         "public.\"Nothing\"",
         "public.parted_1",
         // A deferrable primary key cannot identify rows for logical replication.
-        "public.deferred_pk",
-        "REPLICA IDENTITY FULL",
+        "public.deferred_pk (REPLICA IDENTITY DEFAULT, but the primary key is deferrable",
+        "ALTER TABLE public.no_pk REPLICA IDENTITY FULL;",
+        // The primary key serves once the identity is DEFAULT again.
+        "ALTER TABLE public.\"Nothing\" REPLICA IDENTITY DEFAULT;",
         "--fix-replica-identity",
     ] {
         assert!(msg.contains(needle), "{needle:?} missing from:\n{msg}");
@@ -137,7 +139,7 @@ async fn missing_replica_identity_is_refused_and_nothing_changes() {
 
     let after = testkit::query_scalar(
         &db.source,
-        "SELECT string_agg(relname || '=' || relreplident, ',' ORDER BY relname) FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace",
+        "SELECT string_agg(relname || '=' || relreplident::text, ',' ORDER BY relname) FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace",
     )
     .await;
     assert_eq!(before, after, "check_source changed nothing");
@@ -345,6 +347,8 @@ async fn a_role_that_may_not_replicate_is_refused() {
         format!("GRANT CREATE ON DATABASE {} TO {plain}", db.name),
         "public.theirs (owner".to_string(),
         "public.mine (owner".to_string(),
+        format!("GRANT {repl} TO {plain};"),
+        format!("ALTER TABLE public.theirs OWNER TO {plain};"),
         "3 problem(s)".to_string(),
     ] {
         assert!(msg.contains(&needle), "{needle:?} missing from:\n{msg}");
@@ -356,6 +360,9 @@ async fn a_role_that_may_not_replicate_is_refused() {
     let msg = preflight_message(check(&c, &all, "pf_role", false, false).await);
     assert!(msg.contains("1 problem(s)"), "{msg}");
     assert!(msg.contains("public.theirs (owner") && !msg.contains("public.mine"), "{msg}");
+    // `theirs` belongs to a superuser: never suggest joining that role.
+    assert!(msg.contains(&format!("ALTER TABLE public.theirs OWNER TO {repl};")), "{msg}");
+    assert!(!msg.contains("GRANT "), "{msg}");
     let mine: Vec<TableInfo> = all.iter().filter(|t| t.name == "mine").cloned().collect();
     let report = check(&c, &mine, "pf_role", false, false).await.expect("may replicate");
     assert!(report.server_version >= 120000);
@@ -450,5 +457,31 @@ async fn unlogged_tables_are_reported_not_refused() {
         );
     }
     assert_eq!(identity(&db.source, "scratch").await, "d");
+    pair.drop_db(&db).await;
+}
+
+#[tokio::test]
+async fn every_problem_comes_in_one_error() {
+    let pair = testkit::shared_pair();
+    // The shared target runs with the default wal_level: a source unfit for logical decoding.
+    let db = pair.fresh_db("pf_all").await;
+    if testkit::query_scalar(&db.target, "SHOW wal_level").await == "logical" {
+        eprintln!("skipped: the target server has wal_level=logical");
+        return;
+    }
+    testkit::execute(&db.target, "CREATE TABLE no_pk (a int)")
+        .await
+        .unwrap();
+    let c = testkit::client(&db.target).await;
+    let t = tables(&c).await;
+    let msg = preflight_message(check(&c, &t, "pf_all", false, false).await);
+    for needle in [
+        "wal_level is `replica`",
+        "ALTER SYSTEM SET wal_level = logical",
+        "public.no_pk (no primary key",
+        "2 problem(s)",
+    ] {
+        assert!(msg.contains(needle), "{needle:?} missing from:\n{msg}");
+    }
     pair.drop_db(&db).await;
 }

@@ -220,6 +220,9 @@ pub async fn check_source(src: &Client, c: &SourceChecks<'_>) -> Result<SourceRe
                     EXISTS (SELECT 1 FROM pg_catalog.pg_index i
                              WHERE i.indrelid = c.oid AND i.indisprimary
                                AND i.indisvalid AND i.indimmediate) AS usable_pk,
+                    EXISTS (SELECT 1 FROM pg_catalog.pg_index i
+                             WHERE i.indrelid = c.oid AND i.indisprimary) AS has_pk,
+                    (SELECT o.rolsuper FROM pg_catalog.pg_roles o WHERE o.oid = c.relowner),
                     (SELECT ic.relname::text FROM pg_catalog.pg_index i
                        JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
                       WHERE i.indrelid = c.oid AND i.indisreplident) AS ident_index,
@@ -247,7 +250,8 @@ pub async fn check_source(src: &Client, c: &SourceChecks<'_>) -> Result<SourceRe
     let by_oid: std::collections::HashMap<u32, &tokio_postgres::Row> =
         rows.iter().map(|r| (r.get::<_, u32>(0), r)).collect();
     let mut missing_identity: Vec<String> = Vec::new();
-    let mut not_owned: Vec<(String, String)> = Vec::new();
+    // (owner, owner is superuser, table)
+    let mut not_owned: Vec<(String, bool, String)> = Vec::new();
     for t in c.tables {
         // Dropped since it was listed: nothing to check (the copy will say).
         let Some(r) = by_oid.get(&t.oid) else {
@@ -262,15 +266,20 @@ pub async fn check_source(src: &Client, c: &SourceChecks<'_>) -> Result<SourceRe
         let owned: bool = r.get(3);
         let owner: String = r.get(4);
         let usable_pk: bool = r.get(5);
-        let ident_index: Option<String> = r.get(6);
-        let usable_ident: bool = r.get(7);
-        let candidate: Option<String> = r.get(8);
+        let has_pk: bool = r.get(6);
+        let owner_super: bool = r.get::<_, Option<bool>>(7).unwrap_or(false);
+        let ident_index: Option<String> = r.get(8);
+        let usable_ident: bool = r.get(9);
+        let candidate: Option<String> = r.get(10);
         if !owned && !superuser {
-            not_owned.push((owner, t.qualified()));
+            not_owned.push((owner, owner_super, t.qualified()));
         }
         let why = match replident.as_str() {
             "f" => None,
             "d" if usable_pk => None,
+            "d" if has_pk => Some(
+                "REPLICA IDENTITY DEFAULT, but the primary key is deferrable or not valid".to_string(),
+            ),
             "d" => Some("no primary key, REPLICA IDENTITY DEFAULT".to_string()),
             "n" => Some("REPLICA IDENTITY NOTHING".to_string()),
             "i" if usable_ident => None,
@@ -296,11 +305,16 @@ pub async fn check_source(src: &Client, c: &SourceChecks<'_>) -> Result<SourceRe
                 new,
             });
         } else {
-            missing_identity.push(format!(
-                "{} ({why}): ALTER TABLE {} REPLICA IDENTITY {};",
-                t.qualified(),
-                t.qualified(),
+            // What --fix-replica-identity would do; DEFAULT when the primary key serves.
+            let clause = if usable_pk {
+                "DEFAULT".to_string()
+            } else {
                 identity_clause(&new)
+            };
+            missing_identity.push(format!(
+                "{} ({why}): ALTER TABLE {} REPLICA IDENTITY {clause};",
+                t.qualified(),
+                t.qualified(),
             ));
         }
     }
@@ -316,19 +330,31 @@ pub async fn check_source(src: &Client, c: &SourceChecks<'_>) -> Result<SourceRe
     }
     if !not_owned.is_empty() {
         not_owned.sort();
-        let mut owners: Vec<&str> = not_owned.iter().map(|(o, _)| o.as_str()).collect();
+        let r = ident(&role);
+        let mut fixes: Vec<String> = Vec::new();
+        let mut owners: Vec<String> = not_owned
+            .iter()
+            .filter(|(_, sup, _)| !sup)
+            .map(|(o, _, _)| ident(o))
+            .collect();
         owners.dedup();
+        if !owners.is_empty() {
+            fixes.push(format!("GRANT {} TO {r};", owners.join(", ")));
+        }
+        // Membership in a superuser role gives nothing here (and too much elsewhere).
+        for (_, _, t) in not_owned.iter().filter(|(_, sup, _)| *sup) {
+            fixes.push(format!("ALTER TABLE {t} OWNER TO {r};"));
+        }
         problems.push(format!(
             "the role {r} does not own {} table(s) it must publish (CREATE PUBLICATION ... FOR TABLE \
-             needs ownership unless superuser): {}. Fix: GRANT {} TO {r}; or run as the owner or a superuser",
+             needs ownership unless superuser): {}. Fix: run as a superuser, or {}",
             not_owned.len(),
             not_owned
                 .iter()
-                .map(|(o, t)| format!("{t} (owner {})", ident(o)))
+                .map(|(o, _, t)| format!("{t} (owner {})", ident(o)))
                 .collect::<Vec<_>>()
                 .join(", "),
-            owners.iter().map(|o| ident(o)).collect::<Vec<_>>().join(", "),
-            r = ident(&role)
+            fixes.join(" ")
         ));
     }
 
