@@ -79,10 +79,7 @@ async fn make_role(conninfo: &str, db: &TestDb, suffix: &str, attrs: &str) -> St
     let role = format!("{}_{suffix}", db.name);
     testkit::execute(
         conninfo,
-        &format!(
-            "CREATE ROLE {} LOGIN PASSWORD 'pw' {attrs}",
-            ident(&role)
-        ),
+        &format!("CREATE ROLE {} LOGIN PASSWORD 'pw' {attrs}", ident(&role)),
     )
     .await
     .unwrap();
@@ -135,7 +132,10 @@ async fn missing_replica_identity_is_refused_and_nothing_changes() {
         assert!(msg.contains(needle), "{needle:?} missing from:\n{msg}");
     }
     assert!(!msg.contains("ok_pk") && !msg.contains("ok_full"), "{msg}");
-    assert!(msg.contains("1 problem(s)"), "one problem, all tables:\n{msg}");
+    assert!(
+        msg.contains("1 problem(s)"),
+        "one problem, all tables:\n{msg}"
+    );
 
     let after = testkit::query_scalar(
         &db.source,
@@ -143,7 +143,10 @@ async fn missing_replica_identity_is_refused_and_nothing_changes() {
     )
     .await;
     assert_eq!(before, after, "check_source changed nothing");
-    assert!(after.contains("no_pk=d") && after.contains("Nothing=n"), "{after}");
+    assert!(
+        after.contains("no_pk=d") && after.contains("Nothing=n"),
+        "{after}"
+    );
     pair.drop_db(&db).await;
 }
 
@@ -173,7 +176,9 @@ async fn fixes_are_chosen_applied_and_restored() {
     .unwrap();
     let src = testkit::client(&db.source).await;
     let t = tables(&src).await;
-    let report = check(&src, &t, "pf_fix", false, true).await.expect("preflight passes with fixes");
+    let report = check(&src, &t, "pf_fix", false, true)
+        .await
+        .expect("preflight passes with fixes");
     let mut fixes = report.fixes.clone();
     fixes.sort_by(|a, b| a.name.cmp(&b.name));
     let fix = |name: &str, original: &str, new: NewIdentity| ReplicaIdentityFix {
@@ -190,19 +195,30 @@ async fn fixes_are_chosen_applied_and_restored() {
             fix("nothing", "n", NewIdentity::UsingIndex("nothing_a".into())),
             fix("nullable_key", "d", NewIdentity::Full),
             // Fewest columns first: with_key_c beats with_key_ab; partial and expression indexes never qualify.
-            fix("with_key", "d", NewIdentity::UsingIndex("with_key_c".into())),
+            fix(
+                "with_key",
+                "d",
+                NewIdentity::UsingIndex("with_key_c".into())
+            ),
         ]
     );
     assert!(
-        report.warnings.iter().any(|w| w.contains("public.nullable_key gets REPLICA IDENTITY FULL")),
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("public.nullable_key gets REPLICA IDENTITY FULL")),
         "{:?}",
         report.warnings
     );
     // Chosen, not applied.
     assert_eq!(identity(&db.source, "with_key").await, "d");
 
-    preflight::apply_replica_identity_fixes(&src, &fixes).await.unwrap();
-    preflight::apply_replica_identity_fixes(&src, &fixes).await.unwrap();
+    preflight::apply_replica_identity_fixes(&src, &fixes)
+        .await
+        .unwrap();
+    preflight::apply_replica_identity_fixes(&src, &fixes)
+        .await
+        .unwrap();
     assert_eq!(identity(&db.source, "with_key").await, "i:with_key_c");
     assert_eq!(identity(&db.source, "nothing").await, "i:nothing_a");
     assert_eq!(identity(&db.source, "nullable_key").await, "f");
@@ -227,8 +243,12 @@ async fn fixes_are_chosen_applied_and_restored() {
     .unwrap();
     let dst = testkit::client(&db.target).await;
     for _ in 0..2 {
-        preflight::restore_replica_identities(&src, &fixes).await.unwrap();
-        preflight::restore_replica_identities(&dst, &fixes).await.unwrap();
+        preflight::restore_replica_identities(&src, &fixes)
+            .await
+            .unwrap();
+        preflight::restore_replica_identities(&dst, &fixes)
+            .await
+            .unwrap();
         for conninfo in [&db.source, &db.target] {
             assert_eq!(identity(conninfo, "with_key").await, "d");
             assert_eq!(identity(conninfo, "nothing").await, "n");
@@ -289,7 +309,10 @@ async fn names_already_taken_are_refused_unless_resuming() {
         msg.contains(&format!("a publication named {name} already exists")),
         "{msg}"
     );
-    assert!(msg.contains("--force-clean") && msg.contains("cleanup"), "{msg}");
+    assert!(
+        msg.contains("--force-clean") && msg.contains("cleanup"),
+        "{msg}"
+    );
     check(&src, &t, &name, true, false)
         .await
         .expect("resuming: the publication is ours");
@@ -359,12 +382,20 @@ async fn a_role_that_may_not_replicate_is_refused() {
     let c = connect_as(&db.source, &repl, "pw").await;
     let msg = preflight_message(check(&c, &all, "pf_role", false, false).await);
     assert!(msg.contains("1 problem(s)"), "{msg}");
-    assert!(msg.contains("public.theirs (owner") && !msg.contains("public.mine"), "{msg}");
+    assert!(
+        msg.contains("public.theirs (owner") && !msg.contains("public.mine"),
+        "{msg}"
+    );
     // `theirs` belongs to a superuser: never suggest joining that role.
-    assert!(msg.contains(&format!("ALTER TABLE public.theirs OWNER TO {repl};")), "{msg}");
+    assert!(
+        msg.contains(&format!("ALTER TABLE public.theirs OWNER TO {repl};")),
+        "{msg}"
+    );
     assert!(!msg.contains("GRANT "), "{msg}");
     let mine: Vec<TableInfo> = all.iter().filter(|t| t.name == "mine").cloned().collect();
-    let report = check(&c, &mine, "pf_role", false, false).await.expect("may replicate");
+    let report = check(&c, &mine, "pf_role", false, false)
+        .await
+        .expect("may replicate");
     assert!(report.server_version >= 120000);
     drop(c);
 
@@ -381,10 +412,14 @@ async fn target_needs_session_replication_role_and_create() {
     let role = make_role(&admin, &db, "apply", "").await;
 
     let su = testkit::client(&db.target).await;
-    preflight::check_target(&su).await.expect("a superuser passes");
+    preflight::check_target(&su)
+        .await
+        .expect("a superuser passes");
 
     let c = connect_as(&db.target, &role, "pw").await;
-    let err = preflight::check_target(&c).await.expect_err("a plain role fails");
+    let err = preflight::check_target(&c)
+        .await
+        .expect_err("a plain role fails");
     let MigrationError::Preflight(msg) = err else {
         panic!("expected a preflight error, got {err}");
     };
@@ -444,7 +479,9 @@ async fn unlogged_tables_are_reported_not_refused() {
     let t = tables(&src).await;
     assert_eq!(t.len(), 2);
     for fix in [false, true] {
-        let report = check(&src, &t, "pf_unlogged", false, fix).await.expect("passes");
+        let report = check(&src, &t, "pf_unlogged", false, fix)
+            .await
+            .expect("passes");
         assert_eq!(report.unlogged, vec!["public.scratch".to_string()]);
         assert!(report.fixes.is_empty(), "{:?}", report.fixes);
         assert!(

@@ -278,7 +278,8 @@ pub async fn check_source(src: &Client, c: &SourceChecks<'_>) -> Result<SourceRe
             "f" => None,
             "d" if usable_pk => None,
             "d" if has_pk => Some(
-                "REPLICA IDENTITY DEFAULT, but the primary key is deferrable or not valid".to_string(),
+                "REPLICA IDENTITY DEFAULT, but the primary key is deferrable or not valid"
+                    .to_string(),
             ),
             "d" => Some("no primary key, REPLICA IDENTITY DEFAULT".to_string()),
             "n" => Some("REPLICA IDENTITY NOTHING".to_string()),
@@ -596,7 +597,10 @@ async fn alter_identity(c: &Client, table: &str, clause: &str) -> Result<()> {
                 let _ = c.batch_execute("ROLLBACK").await;
                 let busy = e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE);
                 if busy && attempt < LOCK_ATTEMPTS {
-                    warn!(table, attempt, "table busy: setting its replica identity again in a second");
+                    warn!(
+                        table,
+                        attempt, "table busy: setting its replica identity again in a second"
+                    );
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     attempt += 1;
                     continue;
@@ -617,7 +621,9 @@ pub async fn apply_replica_identity_fixes(src: &Client, f: &[ReplicaIdentityFix]
         let table = qualified(&fix.schema, &fix.name);
         let want = Identity::of(&fix.new);
         match current_identity(src, &table).await? {
-            None => warn!(table = %table, "table dropped since the preflight: replica identity not set"),
+            None => {
+                warn!(table = %table, "table dropped since the preflight: replica identity not set")
+            }
             Some((_, cur)) if cur == want => debug!(table = %table, "replica identity already set"),
             Some(_) => alter_identity(src, &table, &want.clause()?).await?,
         }
@@ -791,7 +797,10 @@ mod tests {
         assert_eq!(id("d", None).clause().unwrap(), "DEFAULT");
         assert_eq!(id("n", None).clause().unwrap(), "NOTHING");
         assert_eq!(id("f", None).clause().unwrap(), "FULL");
-        assert_eq!(id("i", Some("a b")).clause().unwrap(), "USING INDEX \"a b\"");
+        assert_eq!(
+            id("i", Some("a b")).clause().unwrap(),
+            "USING INDEX \"a b\""
+        );
         assert!(id("i", None).clause().is_err());
         assert!(id("x", None).clause().is_err());
         assert_eq!(Identity::of(&NewIdentity::Full), id("f", None));
