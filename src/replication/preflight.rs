@@ -118,9 +118,9 @@ pub async fn check_source(src: &Client, c: &SourceChecks<'_>) -> Result<SourceRe
     if used_slots >= max_slots {
         problems.push(format!(
             "no free replication slot: {used_slots} in use, max_replication_slots = {max_slots}; \
-             the migration needs one. Fix: drop an unused slot \
-             (SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE NOT active AND ...) \
-             or ALTER SYSTEM SET max_replication_slots = {}; and restart PostgreSQL",
+             the migration needs one. Fix: drop a slot nothing uses any more (they are listed by \
+             SELECT slot_name, database, active FROM pg_replication_slots; then \
+             SELECT pg_drop_replication_slot('<name>');) or ALTER SYSTEM SET max_replication_slots = {}; and restart PostgreSQL",
             used_slots + 1
         ));
     }
@@ -694,7 +694,9 @@ pub async fn restore_replica_identities(c: &Client, f: &[ReplicaIdentityFix]) ->
 /// Check the target for the apply session: it runs with
 /// `session_replication_role = replica` (so replicated rows fire no
 /// triggers and no foreign-key checks), and keeps its progress in our
-/// bookkeeping schema, which needs CREATE on the database.
+/// bookkeeping schema, which needs CREATE on the database. Changes nothing
+/// (the SET is tried in a transaction rolled back); `dst` must not be
+/// inside a transaction.
 pub async fn check_target(dst: &Client) -> Result<()> {
     let db = |e| MigrationError::db("checking the target for an online migration", e);
     let row = dst
