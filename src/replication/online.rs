@@ -457,7 +457,9 @@ async fn stream_and_cutover(
         .map_err(|e| MigrationError::db("looking up the replication slot", e))?
         .map(|r| (r.get(0), r.get(1)));
     let slot_gone = !matches!(&slot_ok, Some((_, s)) if s.as_deref() != Some("lost"));
-    if slot_gone && !(cutover_interrupted && !state.slot_created) {
+    // An interrupted cutover may have dropped the slot already: that is fine.
+    let dropped_by_cutover = cutover_interrupted && !state.slot_created;
+    if slot_gone && !dropped_by_cutover {
         return Err(MigrationError::Resume(format!(
             "the replication slot {} is missing or lost on the source: the changes made since the copy cannot be recovered. Start over with --force-clean",
             quote::ident(&state.slot_name)
