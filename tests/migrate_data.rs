@@ -249,17 +249,26 @@ async fn non_empty_target_refused() {
 }
 
 #[tokio::test]
-async fn online_mode_is_refused_clearly() {
+async fn online_mode_needs_logical_wal_on_the_source() {
+    // The test target runs with wal_level=replica: as a source it is refused
+    // in the online preflight, with the fix, and nothing is created.
     let db = testkit::shared_pair().fresh_db("modes").await;
     let out = run(&[
-        "-q", "migrate", "--source", &db.source, "--target", &db.target, "--mode", "online",
+        "-q", "migrate", "--source", &db.target, "--target", &db.source, "--mode", "online",
     ]);
     assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
     assert!(
-        text(&out.stderr).contains("online migrations"),
-        "{}",
-        text(&out.stderr)
+        err.contains("wal_level") && err.contains("logical"),
+        "{err}"
     );
+    let c = testkit::client(&db.target).await;
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM pg_publication", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "no publication may be created by a refused run");
 }
 
 /// pg_dump-style filters: a quoted schema with a wildcard brings a

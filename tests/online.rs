@@ -796,3 +796,53 @@ async fn missing_replica_identity_refused_before_anything_is_created() {
         "no resume token for a refused run"
     );
 }
+
+/// The library: a data-only online migration into a schema made by hand,
+/// cut over through a `CutoverHandle` after the application stopped its
+/// writes itself (`fence: false`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn library_cutover_handle_data_only_without_fence() {
+    use pg_dbmigrator::{CutoverMode, EndpointConfig, MigrationConfig, MigrationMode, Migrator};
+    let r = Run::new("online_lib").await;
+    testkit::execute(&r.db.target, SCHEMA).await.unwrap();
+    let load = Workload::start(&r.db.source);
+    let config = MigrationConfig {
+        source: Some(EndpointConfig::parse(&r.db.source).unwrap()),
+        target: Some(EndpointConfig::parse(&r.db.target).unwrap()),
+        mode: MigrationMode::Online,
+        data_only: true,
+        jobs: 2,
+        cutover: CutoverMode::Manual,
+        fix_replica_identity: true,
+        fence: false,
+        dump_path: Some(r.dir.path().join("w")),
+        ..Default::default()
+    };
+    let migrator = Migrator::new(config);
+    let handle = migrator.cutover_handle();
+    let run = tokio::spawn(async move {
+        migrator
+            .run(tokio_util::sync::CancellationToken::new())
+            .await
+    });
+    r.wait_streaming("none").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The application stops writing; then the cutover.
+    let bad = load.finish().await;
+    assert!(bad.is_empty(), "the workload failed: {bad:?}");
+    handle.request();
+    let report = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the cutover finishes")
+        .unwrap()
+        .expect("the migration succeeds");
+    let online = report.online.as_ref().expect("an online report");
+    assert!(!online.cutover.fenced);
+    assert!(online.cutover.fence_lsn.is_some());
+    assert!(report.verify.as_ref().unwrap().is_clean());
+    assert_same(&r.db).await;
+    // No fence: the source takes writes.
+    testkit::execute(&r.db.source, "INSERT INTO scratch VALUES (-7, 'no fence')")
+        .await
+        .expect("the source stays writable with fence: false");
+}

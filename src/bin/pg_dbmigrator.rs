@@ -731,6 +731,50 @@ fn status(args: StatusArgs) -> Result<i32, MigrationError> {
         token.copied.len(),
         rows
     );
+    if let Some(o) = &token.online {
+        println!(
+            "slot        {}{}",
+            o.slot_name,
+            if o.slot_created { "" } else { " (dropped)" }
+        );
+        println!(
+            "publication {}{}",
+            o.publication_name,
+            if o.publication_created {
+                ""
+            } else {
+                " (dropped)"
+            }
+        );
+        if let Some(p) = o.consistent_point {
+            println!("snapshot at {p} (streaming starts there)");
+        }
+        for f in &o.replica_identity_fixes {
+            println!(
+                "replica identity of {}.{} changed (restored at cleanup)",
+                f.schema, f.name
+            );
+        }
+        println!(
+            "fence       {}",
+            if o.fenced {
+                "the source is read-only (`pg_dbmigrator unfence` lifts it)"
+            } else {
+                "none"
+            }
+        );
+        if let Some(c) = &o.cutover {
+            match (c.completed, &c.error) {
+                (true, _) => println!(
+                    "cutover     done: writes blocked {:.3}s, fence LSN {}",
+                    c.downtime_seconds.unwrap_or_default(),
+                    c.fence_lsn.map(|l| l.to_string()).unwrap_or_default()
+                ),
+                (false, Some(e)) => println!("cutover     failed (fence lifted): {e}"),
+                (false, None) => println!("cutover     started, not finished: rerun with --resume"),
+            }
+        }
+    }
     if !token.dumped.is_empty() {
         let rows: u64 = token.dumped.values().map(|f| f.rows).sum();
         let size: u64 = token.dumped.values().map(|f| f.file.size).sum();
