@@ -846,3 +846,44 @@ async fn library_cutover_handle_data_only_without_fence() {
         .await
         .expect("the source stays writable with fence: false");
 }
+
+/// A cutover step that fails lifts the fence, streaming goes on, and a
+/// second request (after the cause is fixed) completes the migration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failed_cutover_lifts_the_fence_and_streaming_goes_on() {
+    let r = Run::new("online_cutfail").await;
+    let child = r.spawn(&[], "m", None);
+    r.wait_streaming("m").await;
+    // The sequence step will fail: the target lost a sequence.
+    testkit::execute(&r.db.target, "DROP SEQUENCE counter_seq")
+        .await
+        .unwrap();
+    let c = common::run_async(&["cutover", "--dump-path", &r.dump()]).await;
+    let err = text(&c.stderr);
+    assert_ne!(c.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("fence is lifted") && err.contains("counter_seq"),
+        "{err}"
+    );
+    // Writable again, and still streaming: these rows reach the target.
+    testkit::execute(
+        &r.db.source,
+        "INSERT INTO scratch SELECT g, 'after the failed cutover' FROM generate_series(500, 600) g;
+         SELECT nextval('counter_seq')",
+    )
+    .await
+    .expect("the fence is lifted after a failed cutover");
+    testkit::execute(&r.db.target, "CREATE SEQUENCE counter_seq")
+        .await
+        .unwrap();
+    let c = common::run_async(&["cutover", "--dump-path", &r.dump()]).await;
+    assert_eq!(
+        c.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&c.stderr),
+        r.stderr("m")
+    );
+    let (code, out) = wait_child(child, Duration::from_secs(120)).await;
+    r.assert_success(code, &out, "m").await;
+}
