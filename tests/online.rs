@@ -887,3 +887,50 @@ async fn failed_cutover_lifts_the_fence_and_streaming_goes_on() {
     let (code, out) = wait_child(child, Duration::from_secs(120)).await;
     r.assert_success(code, &out, "m").await;
 }
+
+/// Rows swapping a unique value within one batch: one set-wise UPDATE
+/// would trip over the unique index, so the applier replays that stretch
+/// one statement at a time, and the target still ends up equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unique_swaps_fall_back_to_one_statement_at_a_time() {
+    let r = Run::new("online_swap").await;
+    testkit::execute(
+        &r.db.source,
+        "CREATE TABLE uniq (id int PRIMARY KEY, code int NOT NULL UNIQUE, note text);
+         INSERT INTO uniq SELECT g, g, 'n' FROM generate_series(1, 20) g;",
+    )
+    .await
+    .unwrap();
+    let child = r.spawn(&[], "m", None);
+    r.wait_streaming("m").await;
+    let c = testkit::client(&r.db.source).await;
+    for round in 0..5 {
+        c.batch_execute(&format!(
+            "BEGIN;
+             UPDATE uniq SET code = -1 WHERE id = 1;
+             UPDATE uniq SET code = 1000 WHERE id = 2;
+             UPDATE uniq SET code = (CASE WHEN {round} % 2 = 0 THEN 2 ELSE 1 END) WHERE id = 1;
+             UPDATE uniq SET code = (CASE WHEN {round} % 2 = 0 THEN 1 ELSE 2 END) WHERE id = 2;
+             UPDATE uniq SET note = note || 'x';
+             COMMIT;"
+        ))
+        .await
+        .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let cut = common::run_async(&["cutover", "--dump-path", &r.dump()]).await;
+    assert_eq!(
+        cut.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&cut.stderr),
+        r.stderr("m")
+    );
+    let (code, out) = wait_child(child, Duration::from_secs(120)).await;
+    r.assert_success(code, &out, "m").await;
+    assert!(
+        r.stderr("m").contains("one statement at a time"),
+        "the swap should have needed the fallback: {}",
+        r.stderr("m")
+    );
+}

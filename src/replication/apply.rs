@@ -27,11 +27,18 @@ use tokio_postgres::types::{Format, IsNull, ToSql, Type};
 use tokio_postgres::{Client, Statement};
 use tracing::debug;
 
+use super::batch::{self, SegKind};
 use super::pgoutput::{self, OldTuple, ReplicaIdentity, Tuple, Value};
 use super::Lsn;
 use crate::error::{MigrationError, Result};
 use crate::pg::quote;
 
+/// Held-back changes are applied once they reach this size (memory bound,
+/// and the size of one set statement).
+const MAX_PENDING_BYTES: usize = 16 << 20;
+const MAX_PENDING_ROWS: usize = 50_000;
+/// Runs of inserts at least this long go as one COPY.
+const COPY_MIN_ROWS: usize = 8;
 /// Statements in flight before we wait for the oldest one.
 const MAX_IN_FLIGHT: usize = 512;
 /// Parameter bytes in flight before we wait (bounds memory and server buffers).
@@ -45,9 +52,34 @@ pub const PROGRESS_DDL: &str = "CREATE TABLE IF NOT EXISTS _pg_dbmigrator.progre
     applied_at timestamptz NOT NULL DEFAULT pg_catalog.now()
 ) WITH (fillfactor = 50)";
 
-/// A pgoutput value handed to the target as a text-format parameter.
+/// A statement parameter: a pgoutput value handed to the target in text
+/// form (its input function parses it), or a text array of such values
+/// (binary array format) for the set statements of [`super::batch`].
 #[derive(Debug, Clone)]
-struct TextParam(Option<Bytes>);
+enum TextParam {
+    Text(Option<Bytes>),
+    Array(Vec<Option<Bytes>>),
+}
+
+impl TextParam {
+    /// Bytes it takes on the wire (roughly), to bound what is in flight.
+    fn len(&self) -> usize {
+        match self {
+            TextParam::Text(v) => v.as_ref().map_or(0, |b| b.len()) + 8,
+            TextParam::Array(vs) => vs
+                .iter()
+                .map(|v| v.as_ref().map_or(0, |b| b.len()) + 8)
+                .sum(),
+        }
+    }
+
+    fn into_text(self) -> Option<Bytes> {
+        match self {
+            TextParam::Text(v) => v,
+            TextParam::Array(_) => unreachable!("arrays are built from texts, not the reverse"),
+        }
+    }
+}
 
 impl ToSql for TextParam {
     fn to_sql(
@@ -55,12 +87,32 @@ impl ToSql for TextParam {
         _ty: &Type,
         out: &mut BytesMut,
     ) -> std::result::Result<IsNull, Box<dyn StdError + Sync + Send>> {
-        match &self.0 {
-            Some(b) => {
+        match self {
+            TextParam::Text(Some(b)) => {
                 out.put_slice(b);
                 Ok(IsNull::No)
             }
-            None => Ok(IsNull::Yes),
+            TextParam::Text(None) => Ok(IsNull::Yes),
+            TextParam::Array(vals) => {
+                let dim = postgres_protocol::types::ArrayDimension {
+                    len: i32::try_from(vals.len())?,
+                    lower_bound: 1,
+                };
+                postgres_protocol::types::array_to_sql(
+                    Some(dim),
+                    Type::TEXT.oid(),
+                    vals.iter(),
+                    |v, buf| match v {
+                        Some(b) => {
+                            buf.put_slice(b);
+                            Ok(postgres_protocol::IsNull::No)
+                        }
+                        None => Ok(postgres_protocol::IsNull::Yes),
+                    },
+                    out,
+                )?;
+                Ok(IsNull::No)
+            }
         }
     }
 
@@ -69,7 +121,10 @@ impl ToSql for TextParam {
     }
 
     fn encode_format(&self, _ty: &Type) -> Format {
-        Format::Text
+        match self {
+            TextParam::Text(_) => Format::Text,
+            TextParam::Array(_) => Format::Binary,
+        }
     }
 
     tokio_postgres::types::to_sql_checked!();
@@ -88,11 +143,19 @@ struct RelInfo {
     identity_always: Vec<bool>,
     /// The type has no equality operator (json, point, …): compare as text.
     compare_as_text: Vec<bool>,
+    /// The target column's type (`format_type`), for set statements.
+    types: Vec<String>,
+    /// Changes may be held back and applied set-wise (no trigger fires
+    /// on the target under the replica role, not REPLICA IDENTITY FULL).
+    set_ok: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum StmtKey {
     Insert(u32, Vec<bool>),
+    Copy(u32),
+    SetUpdate(u32, Vec<bool>),
+    SetDelete(u32),
     /// Relation, columns SET, columns in the WHERE.
     Update(u32, Vec<bool>, Vec<bool>),
     Delete(u32, Vec<bool>),
@@ -154,6 +217,18 @@ pub struct Applier {
     /// drain waits for durability, and a flush per commit is cheaper than
     /// waiting for the WAL writer).
     pub sync_commit: bool,
+    /// Changes held back for set-wise application (see [`super::batch`]).
+    pending: batch::Pending,
+    /// Set-wise application is allowed at all.
+    set_enabled: bool,
+    /// Source transactions committed at or before this are applied one
+    /// statement at a time (after a set statement failed there).
+    safe_until: Lsn,
+    /// The current source transaction is applied set-wise.
+    txn_set_mode: bool,
+    /// The open target transaction holds set-wise changes: if it fails,
+    /// replaying it one statement at a time may succeed.
+    batch_used_sets: bool,
 }
 
 impl Applier {
@@ -197,7 +272,24 @@ impl Applier {
             marker_end: None,
             stats: ApplyStats::default(),
             sync_commit: false,
+            pending: batch::Pending::default(),
+            set_enabled: std::env::var("PG_DBMIGRATOR_APPLY").map_or(true, |v| v != "sequential"),
+            safe_until: Lsn(0),
+            txn_set_mode: false,
+            batch_used_sets: false,
         })
+    }
+
+    /// Apply the source transactions committed at or before `lsn` one
+    /// statement at a time.
+    pub fn set_safe_until(&mut self, lsn: Lsn) {
+        self.safe_until = lsn;
+    }
+
+    /// Whether the open target transaction held set-wise changes (a failure
+    /// in it may be a set statement's: replay one statement at a time).
+    pub fn batch_used_sets(&self) -> bool {
+        self.batch_used_sets
     }
 
     /// Where this run started: the end of the last source transaction
@@ -335,6 +427,7 @@ impl Applier {
                 .await?;
             self.in_target_txn = true;
         }
+        self.txn_set_mode = self.set_enabled && b.final_lsn > self.safe_until;
         self.batch_end = Some((b.final_lsn, b));
         Ok(())
     }
@@ -378,15 +471,16 @@ impl Applier {
                 "target commit requested inside a source transaction".into(),
             ));
         }
+        self.flush_pending().await?;
         let Some((end, begin)) = self.batch_end.take() else {
             return Err(MigrationError::Internal("empty batch".into()));
         };
         let commit_time =
             chrono::DateTime::<chrono::Utc>::from(begin.commit_time.to_system_time()).to_rfc3339();
         let params = vec![
-            TextParam(Some(Bytes::from(end.to_string()))),
-            TextParam(Some(Bytes::from(commit_time))),
-            TextParam(Some(Bytes::from(self.migration_id.clone()))),
+            TextParam::Text(Some(Bytes::from(end.to_string()))),
+            TextParam::Text(Some(Bytes::from(commit_time))),
+            TextParam::Text(Some(Bytes::from(self.migration_id.clone()))),
         ];
         let stmt = self.progress_stmt.clone();
         self.push_stmt(stmt, params, "recording progress", "", begin.final_lsn)
@@ -422,6 +516,7 @@ impl Applier {
         self.stats.target_commits += 1;
         self.batch_txns = 0;
         self.batch_rows = 0;
+        self.batch_used_sets = false;
         Ok(n)
     }
 
@@ -458,7 +553,11 @@ impl Applier {
         };
         let target = quote::qualified(&schema, &r.name);
         let names: Vec<String> = r.columns.iter().map(|c| c.name.clone()).collect();
-        // The target's view of the columns: identity kind, equality.
+        // An error of a pipelined statement must surface as itself, not as
+        // "current transaction is aborted" on this lookup.
+        self.drain(0).await?;
+        // The target's view of the columns: identity kind, equality, type;
+        // and whether triggers fire there under the replica role.
         let rows = self
             .client
             .query(
@@ -466,7 +565,10 @@ impl Applier {
                         a.attidentity::text = 'a',
                         NOT EXISTS (SELECT 1 FROM pg_catalog.pg_operator o
                                      WHERE o.oprname = '=' AND o.oprleft = a.atttypid AND o.oprright = a.atttypid)
-                        AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_type t WHERE t.oid = a.atttypid AND (t.typelem <> 0 AND t.typlen = -1 OR t.typtype IN ('e', 'd', 'r', 'm')))
+                        AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_type t WHERE t.oid = a.atttypid AND (t.typelem <> 0 AND t.typlen = -1 OR t.typtype IN ('e', 'd', 'r', 'm'))),
+                        pg_catalog.format_type(a.atttypid, a.atttypmod),
+                        EXISTS (SELECT 1 FROM pg_catalog.pg_trigger g
+                                 WHERE g.tgrelid = pg_catalog.to_regclass($1) AND g.tgenabled IN ('A', 'R'))
                    FROM pg_catalog.unnest($2::text[]) WITH ORDINALITY AS u(n, ord)
                    LEFT JOIN pg_catalog.pg_attribute a
                           ON a.attrelid = pg_catalog.to_regclass($1) AND a.attname = u.n AND NOT a.attisdropped
@@ -477,12 +579,16 @@ impl Applier {
             .map_err(|e| MigrationError::db(format!("looking up {target} on the target"), e))?;
         let mut identity_always = Vec::new();
         let mut compare_as_text = Vec::new();
+        let mut types = Vec::new();
+        let mut replica_triggers = false;
         let mut missing = Vec::new();
         for (row, name) in rows.iter().zip(&names) {
             match row.get::<_, Option<bool>>(1) {
                 Some(a) => {
                     identity_always.push(a);
                     compare_as_text.push(row.get::<_, Option<bool>>(2).unwrap_or(false));
+                    types.push(row.get::<_, Option<String>>(3).unwrap_or_default());
+                    replica_triggers |= row.get::<_, Option<bool>>(4).unwrap_or(false);
                 }
                 None => missing.push(name.clone()),
             }
@@ -500,6 +606,8 @@ impl Applier {
             identity: r.replica_identity,
             identity_always,
             compare_as_text,
+            types,
+            set_ok: r.replica_identity != ReplicaIdentity::Full && !replica_triggers,
         };
         let changed = self.relations.get(&r.oid).is_none_or(|old| {
             old.target != info.target
@@ -507,11 +615,18 @@ impl Applier {
                 || old.key != info.key
                 || old.identity != info.identity
         });
+        if changed && self.pending.has(r.oid) {
+            // Held-back changes were decoded against the old shape.
+            self.flush_pending().await?;
+        }
         if changed {
             self.statements.retain(|k, _| match k {
-                StmtKey::Insert(o, _) | StmtKey::Update(o, _, _) | StmtKey::Delete(o, _) => {
-                    *o != r.oid
-                }
+                StmtKey::Insert(o, _)
+                | StmtKey::Update(o, _, _)
+                | StmtKey::Delete(o, _)
+                | StmtKey::Copy(o)
+                | StmtKey::SetUpdate(o, _)
+                | StmtKey::SetDelete(o) => *o != r.oid,
             });
         }
         self.relations.insert(r.oid, info);
@@ -531,6 +646,22 @@ impl Applier {
             return Ok(());
         }
         let rel = self.rel(oid)?.clone();
+        if self.txn_set_mode && rel.set_ok {
+            let row = new
+                .0
+                .into_iter()
+                .map(|v| param(v).map(|p| p.into_text()))
+                .collect::<Result<Vec<_>>>()?;
+            self.pending.insert(oid, row);
+            self.batch_rows += 1;
+            return self.hold_back_done().await;
+        }
+        self.flush_pending().await?;
+        self.batch_rows += 1;
+        self.insert_now(oid, &rel, new).await
+    }
+
+    async fn insert_now(&mut self, oid: u32, rel: &RelInfo, new: Tuple) -> Result<()> {
         let mask: Vec<bool> = new
             .0
             .iter()
@@ -565,9 +696,7 @@ impl Applier {
             .collect::<Result<Vec<_>>>()?;
         let commit = self.source_txn.unwrap_or_default();
         self.push_stmt(stmt, params, "INSERT", &rel.target, commit)
-            .await?;
-        self.batch_rows += 1;
-        Ok(())
+            .await
     }
 
     async fn update(&mut self, oid: u32, old: Option<OldTuple>, new: Tuple) -> Result<()> {
@@ -604,6 +733,36 @@ impl Applier {
             // Nothing changed in what we can see (e.g. only TOAST untouched): no-op.
             return Ok(());
         }
+        let set_vals = new
+            .0
+            .into_iter()
+            .zip(&set)
+            .filter(|(_, s)| **s)
+            .map(|(v, _)| param(v))
+            .collect::<Result<Vec<_>>>()?;
+        self.batch_rows += 1;
+        // Held back only when the key stays (else a row could move between
+        // the keys of one set statement).
+        if self.txn_set_mode && rel.set_ok && old.is_none() {
+            let set_vals = set_vals.into_iter().map(TextParam::into_text).collect();
+            let key_vals = where_vals.into_iter().map(TextParam::into_text).collect();
+            self.pending.update(oid, set, set_vals, key_vals);
+            return self.hold_back_done().await;
+        }
+        self.flush_pending().await?;
+        self.update_now(oid, &rel, set, set_vals, where_mask, where_vals)
+            .await
+    }
+
+    async fn update_now(
+        &mut self,
+        oid: u32,
+        rel: &RelInfo,
+        set: Vec<bool>,
+        set_vals: Vec<TextParam>,
+        where_mask: Vec<bool>,
+        where_vals: Vec<TextParam>,
+    ) -> Result<()> {
         let key = StmtKey::Update(oid, set.clone(), where_mask.clone());
         let stmt = match self.statements.get(&key) {
             Some(s) => s.clone(),
@@ -619,7 +778,7 @@ impl Applier {
                         format!("{c} = ${n}")
                     })
                     .collect();
-                let cond = where_clause(&rel, &where_mask, n);
+                let cond = where_clause(rel, &where_mask, n);
                 let sql = format!(
                     "UPDATE ONLY {} SET {} WHERE {}",
                     rel.target,
@@ -629,19 +788,11 @@ impl Applier {
                 self.prepare(key, &sql).await?
             }
         };
-        let mut params = new
-            .0
-            .into_iter()
-            .zip(&set)
-            .filter(|(_, s)| **s)
-            .map(|(v, _)| param(v))
-            .collect::<Result<Vec<_>>>()?;
+        let mut params = set_vals;
         params.extend(where_vals);
         let commit = self.source_txn.unwrap_or_default();
         self.push_stmt(stmt, params, "UPDATE", &rel.target, commit)
-            .await?;
-        self.batch_rows += 1;
-        Ok(())
+            .await
     }
 
     async fn delete(&mut self, oid: u32, old: OldTuple) -> Result<()> {
@@ -650,6 +801,23 @@ impl Applier {
         }
         let rel = self.rel(oid)?.clone();
         let (where_mask, where_vals) = self.where_values(&rel, Some(&old), None)?;
+        self.batch_rows += 1;
+        if self.txn_set_mode && rel.set_ok && matches!(old, OldTuple::Key(_)) {
+            let key_vals = where_vals.into_iter().map(TextParam::into_text).collect();
+            self.pending.delete(oid, key_vals);
+            return self.hold_back_done().await;
+        }
+        self.flush_pending().await?;
+        self.delete_now(oid, &rel, where_mask, where_vals).await
+    }
+
+    async fn delete_now(
+        &mut self,
+        oid: u32,
+        rel: &RelInfo,
+        where_mask: Vec<bool>,
+        where_vals: Vec<TextParam>,
+    ) -> Result<()> {
         let key = StmtKey::Delete(oid, where_mask.clone());
         let stmt = match self.statements.get(&key) {
             Some(s) => s.clone(),
@@ -657,15 +825,161 @@ impl Applier {
                 let sql = format!(
                     "DELETE FROM ONLY {} WHERE {}",
                     rel.target,
-                    where_clause(&rel, &where_mask, 0)
+                    where_clause(rel, &where_mask, 0)
                 );
                 self.prepare(key, &sql).await?
             }
         };
         let commit = self.source_txn.unwrap_or_default();
         self.push_stmt(stmt, where_vals, "DELETE", &rel.target, commit)
-            .await?;
-        self.batch_rows += 1;
+            .await
+    }
+
+    /// After holding a change back: bound what is held (memory, and the
+    /// size of one set statement).
+    async fn hold_back_done(&mut self) -> Result<()> {
+        if self.pending.bytes > MAX_PENDING_BYTES || self.pending.rows > MAX_PENDING_ROWS {
+            self.flush_pending().await?;
+        }
+        Ok(())
+    }
+
+    /// Apply what is held back: per table, its segments in order.
+    async fn flush_pending(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.batch_used_sets = true;
+        let commit = self
+            .source_txn
+            .or(self.batch_end.as_ref().map(|(l, _)| *l))
+            .unwrap_or_default();
+        for (oid, segs) in self.pending.take() {
+            let rel = self.rel(oid)?.clone();
+            let key_cols: Vec<usize> = (0..rel.key.len()).filter(|i| rel.key[*i]).collect();
+            for seg in segs {
+                match seg.kind {
+                    SegKind::Insert if seg.rows.len() >= COPY_MIN_ROWS => {
+                        self.copy_rows(oid, &rel, seg.rows, commit).await?;
+                    }
+                    SegKind::Insert => {
+                        for row in seg.rows {
+                            let t = Tuple(row.into_iter().map(value).collect());
+                            self.insert_now(oid, &rel, t).await?;
+                        }
+                    }
+                    SegKind::Update(mask) if seg.rows.len() == 1 => {
+                        let mut row = seg.rows.into_iter().next().expect("one row");
+                        let key = row.split_off(seg.nset);
+                        self.update_now(
+                            oid,
+                            &rel,
+                            mask,
+                            row.into_iter().map(TextParam::Text).collect(),
+                            rel.key.clone(),
+                            key.into_iter().map(TextParam::Text).collect(),
+                        )
+                        .await?;
+                    }
+                    SegKind::Update(mask) => {
+                        let stmt_key = StmtKey::SetUpdate(oid, mask.clone());
+                        let stmt = match self.statements.get(&stmt_key) {
+                            Some(s) => s.clone(),
+                            None => {
+                                let set: Vec<(&str, &str)> = (0..mask.len())
+                                    .filter(|i| mask[*i])
+                                    .map(|i| (rel.columns[i].as_str(), rel.types[i].as_str()))
+                                    .collect();
+                                let key: Vec<(&str, &str)> = key_cols
+                                    .iter()
+                                    .map(|&i| (rel.columns[i].as_str(), rel.types[i].as_str()))
+                                    .collect();
+                                let sql = batch::update_sql(&rel.target, &set, &key);
+                                self.prepare(stmt_key, &sql).await?
+                            }
+                        };
+                        let params = columns_of(seg.rows);
+                        self.push_stmt(stmt, params, "UPDATE (set-wise)", &rel.target, commit)
+                            .await?;
+                    }
+                    SegKind::Delete if seg.rows.len() == 1 => {
+                        let key = seg.rows.into_iter().next().expect("one row");
+                        self.delete_now(
+                            oid,
+                            &rel,
+                            rel.key.clone(),
+                            key.into_iter().map(TextParam::Text).collect(),
+                        )
+                        .await?;
+                    }
+                    SegKind::Delete => {
+                        let stmt_key = StmtKey::SetDelete(oid);
+                        let stmt = match self.statements.get(&stmt_key) {
+                            Some(s) => s.clone(),
+                            None => {
+                                let key: Vec<(&str, &str)> = key_cols
+                                    .iter()
+                                    .map(|&i| (rel.columns[i].as_str(), rel.types[i].as_str()))
+                                    .collect();
+                                let sql = batch::delete_sql(&rel.target, &key);
+                                self.prepare(stmt_key, &sql).await?
+                            }
+                        };
+                        let params = columns_of(seg.rows);
+                        self.push_stmt(stmt, params, "DELETE (set-wise)", &rel.target, commit)
+                            .await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A run of inserts as one COPY (text format: pgoutput's values are
+    /// exactly the output-function text COPY reads).
+    async fn copy_rows(
+        &mut self,
+        oid: u32,
+        rel: &RelInfo,
+        rows: Vec<Vec<batch::Val>>,
+        commit: Lsn,
+    ) -> Result<()> {
+        use futures::SinkExt;
+        let stmt_key = StmtKey::Copy(oid);
+        let stmt = match self.statements.get(&stmt_key) {
+            Some(s) => s.clone(),
+            None => {
+                let sql = format!(
+                    "COPY {} ({}) FROM STDIN",
+                    rel.target,
+                    rel.columns.join(", ")
+                );
+                self.prepare(stmt_key, &sql).await?
+            }
+        };
+        self.drain(0).await?;
+        let ctx = |e| {
+            MigrationError::db(
+                format!(
+                    "applying the source transactions up to {commit} (COPY into {})",
+                    rel.target
+                ),
+                e,
+            )
+        };
+        let sink = self.client.copy_in::<_, Bytes>(&stmt).await.map_err(ctx)?;
+        futures::pin_mut!(sink);
+        let mut buf = BytesMut::with_capacity(64 << 10);
+        for row in &rows {
+            batch::copy_text_row(&mut buf, row);
+            if buf.len() >= 1 << 20 {
+                sink.send(buf.split().freeze()).await.map_err(ctx)?;
+            }
+        }
+        if !buf.is_empty() {
+            sink.send(buf.freeze()).await.map_err(ctx)?;
+        }
+        sink.as_mut().finish().await.map_err(ctx)?;
         Ok(())
     }
 
@@ -716,6 +1030,7 @@ impl Applier {
         if self.skipping {
             return Ok(());
         }
+        self.flush_pending().await?;
         let mut names = Vec::new();
         for oid in &t.relation_oids {
             names.push(self.rel(*oid)?.target.clone());
@@ -757,10 +1072,7 @@ impl Applier {
         relation: &str,
         commit_lsn: Lsn,
     ) -> Result<()> {
-        let bytes: usize = params
-            .iter()
-            .map(|p| p.0.as_ref().map_or(0, |b| b.len()) + 8)
-            .sum();
+        let bytes: usize = params.iter().map(TextParam::len).sum();
         let client = self.client.clone();
         let ctx = Ctx {
             what,
@@ -843,6 +1155,7 @@ impl Applier {
             let _ = self.client.batch_execute("ROLLBACK").await;
             self.in_target_txn = false;
         }
+        self.pending.take();
         self.source_txn = None;
         self.batch_end = None;
         self.batch_txns = 0;
@@ -872,8 +1185,8 @@ fn check(r: std::result::Result<u64, tokio_postgres::Error>, ctx: &Ctx) -> Resul
 
 fn param(v: Value) -> Result<TextParam> {
     match v {
-        Value::Null => Ok(TextParam(None)),
-        Value::Text(b) => Ok(TextParam(Some(b))),
+        Value::Null => Ok(TextParam::Text(None)),
+        Value::Text(b) => Ok(TextParam::Text(Some(b))),
         Value::Binary(_) => Err(MigrationError::Internal(
             "binary pgoutput values are not requested".into(),
         )),
@@ -881,6 +1194,26 @@ fn param(v: Value) -> Result<TextParam> {
             "an unchanged TOAST value cannot be a parameter".into(),
         )),
     }
+}
+
+/// A pgoutput value back from what was held.
+fn value(v: batch::Val) -> Value {
+    match v {
+        Some(b) => Value::Text(b),
+        None => Value::Null,
+    }
+}
+
+/// Rows of held-back values as one text array per column.
+fn columns_of(rows: Vec<Vec<batch::Val>>) -> Vec<TextParam> {
+    let n = rows.first().map_or(0, |r| r.len());
+    let mut cols: Vec<Vec<batch::Val>> = (0..n).map(|_| Vec::with_capacity(rows.len())).collect();
+    for row in rows {
+        for (c, v) in cols.iter_mut().zip(row) {
+            c.push(v);
+        }
+    }
+    cols.into_iter().map(TextParam::Array).collect()
 }
 
 /// `WHERE` for the row to change, parameters numbered after `offset`.
@@ -973,6 +1306,8 @@ mod tests {
             identity,
             identity_always: vec![false; 3],
             compare_as_text: vec![false, false, true],
+            types: vec!["integer".into(), "text".into(), "json".into()],
+            set_ok: identity != ReplicaIdentity::Full,
         }
     }
 

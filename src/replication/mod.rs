@@ -7,6 +7,7 @@
 //! so it can be tested byte by byte and used from any task.
 
 pub mod apply;
+pub mod batch;
 pub mod online;
 pub mod pgoutput;
 pub mod preflight;

@@ -62,6 +62,9 @@ pub struct StreamShared {
     pub sessions: AtomicU64,
     /// A session is connected and streaming.
     pub streaming: AtomicBool,
+    /// Source transactions up to here are applied one statement at a time
+    /// (a set-wise apply failed in them).
+    pub safe_until: AtomicU64,
     wake: Notify,
 }
 
@@ -122,7 +125,13 @@ pub async fn run(
             return Ok(());
         }
         shared.sessions.fetch_add(1, Ordering::Relaxed);
+        let began = Instant::now();
         let r = session(&t, &shared, &stop).await;
+        if began.elapsed() > Duration::from_secs(60) {
+            // A session that ran a while: count failures afresh.
+            failures_since = None;
+            backoff = Duration::from_millis(500);
+        }
         shared.streaming.store(false, Ordering::Release);
         match r {
             Ok(()) => return Ok(()),
@@ -246,6 +255,7 @@ async fn session(
 ) -> Result<()> {
     let target = Arc::new(connect::connect(&t.target, "target").await?);
     let mut applier = Applier::new(target.clone(), &t.migration_id).await?;
+    applier.set_safe_until(Lsn(shared.safe_until.load(Ordering::Acquire)));
     let start = applier.start_lsn();
     shared.committed.fetch_max(start.0, Ordering::AcqRel);
     shared.durable.fetch_max(start.0, Ordering::AcqRel);
@@ -361,7 +371,22 @@ async fn session(
                 }
             }
         }
-        Err(_) => applier.abort().await,
+        Err(e) => {
+            let set_wise = applier.batch_used_sets() && matches!(e, MigrationError::Db { .. });
+            applier.abort().await;
+            if set_wise {
+                // A set statement can fail where single statements would
+                // not (two rows swapping a unique value): replay this
+                // stretch one statement at a time.
+                let upto = shared.received.load(Ordering::Acquire);
+                shared.safe_until.fetch_max(upto, Ordering::AcqRel);
+                warn!(error = %e, until = %Lsn(upto), "a set-wise apply failed; replaying those transactions one statement at a time");
+                return Err(MigrationError::Client {
+                    context: "applying changes set-wise".into(),
+                    message: e.to_string(),
+                });
+            }
+        }
     }
     result
 }
