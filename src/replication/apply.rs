@@ -148,6 +148,9 @@ struct RelInfo {
     /// Changes may be held back and applied set-wise (no trigger fires
     /// on the target under the replica role, not REPLICA IDENTITY FULL).
     set_ok: bool,
+    /// Inserts may be held back: no trigger fires on the target under the
+    /// replica role (any replica identity).
+    set_insert_ok: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -608,6 +611,7 @@ impl Applier {
             compare_as_text,
             types,
             set_ok: r.replica_identity != ReplicaIdentity::Full && !replica_triggers,
+            set_insert_ok: !replica_triggers,
         };
         let changed = self.relations.get(&r.oid).is_none_or(|old| {
             old.target != info.target
@@ -617,7 +621,7 @@ impl Applier {
         });
         if changed && self.pending.has(r.oid) {
             // Held-back changes were decoded against the old shape.
-            self.flush_pending().await?;
+            self.flush_table(r.oid).await?;
         }
         if changed {
             self.statements.retain(|k, _| match k {
@@ -646,7 +650,7 @@ impl Applier {
             return Ok(());
         }
         let rel = self.rel(oid)?.clone();
-        if self.txn_set_mode && rel.set_ok {
+        if self.txn_set_mode && rel.set_insert_ok {
             let row = new
                 .0
                 .into_iter()
@@ -656,7 +660,7 @@ impl Applier {
             self.batch_rows += 1;
             return self.hold_back_done().await;
         }
-        self.flush_pending().await?;
+        self.barrier(oid).await?;
         self.batch_rows += 1;
         self.insert_now(oid, &rel, new).await
     }
@@ -749,7 +753,7 @@ impl Applier {
             self.pending.update(oid, set, set_vals, key_vals);
             return self.hold_back_done().await;
         }
-        self.flush_pending().await?;
+        self.barrier(oid).await?;
         self.update_now(oid, &rel, set, set_vals, where_mask, where_vals)
             .await
     }
@@ -807,7 +811,7 @@ impl Applier {
             self.pending.delete(oid, key_vals);
             return self.hold_back_done().await;
         }
-        self.flush_pending().await?;
+        self.barrier(oid).await?;
         self.delete_now(oid, &rel, where_mask, where_vals).await
     }
 
@@ -844,91 +848,116 @@ impl Applier {
         Ok(())
     }
 
+    /// Before a change applied at once to table `oid`: what is held back
+    /// for that table goes first (other tables may wait: their order
+    /// relative to this one is not observable, see [`super::batch`]). A
+    /// transaction applied one statement at a time flushes everything.
+    async fn barrier(&mut self, oid: u32) -> Result<()> {
+        if self.txn_set_mode {
+            self.flush_table(oid).await
+        } else {
+            self.flush_pending().await
+        }
+    }
+
     /// Apply what is held back: per table, its segments in order.
     async fn flush_pending(&mut self) -> Result<()> {
         if self.pending.is_empty() {
             return Ok(());
         }
+        for (oid, segs) in self.pending.take() {
+            self.flush_segments(oid, segs).await?;
+        }
+        Ok(())
+    }
+
+    /// Apply what is held back for one table.
+    async fn flush_table(&mut self, oid: u32) -> Result<()> {
+        if let Some(segs) = self.pending.take_table(oid) {
+            self.flush_segments(oid, segs).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush_segments(&mut self, oid: u32, segs: Vec<batch::Segment>) -> Result<()> {
         self.batch_used_sets = true;
         let commit = self
             .source_txn
             .or(self.batch_end.as_ref().map(|(l, _)| *l))
             .unwrap_or_default();
-        for (oid, segs) in self.pending.take() {
-            let rel = self.rel(oid)?.clone();
-            let key_cols: Vec<usize> = (0..rel.key.len()).filter(|i| rel.key[*i]).collect();
-            for seg in segs {
-                match seg.kind {
-                    SegKind::Insert if seg.rows.len() >= COPY_MIN_ROWS => {
-                        self.copy_rows(oid, &rel, seg.rows, commit).await?;
+        let rel = self.rel(oid)?.clone();
+        let key_cols: Vec<usize> = (0..rel.key.len()).filter(|i| rel.key[*i]).collect();
+        for seg in segs {
+            match seg.kind {
+                SegKind::Insert if seg.rows.len() >= COPY_MIN_ROWS => {
+                    self.copy_rows(oid, &rel, seg.rows, commit).await?;
+                }
+                SegKind::Insert => {
+                    for row in seg.rows {
+                        let t = Tuple(row.into_iter().map(value).collect());
+                        self.insert_now(oid, &rel, t).await?;
                     }
-                    SegKind::Insert => {
-                        for row in seg.rows {
-                            let t = Tuple(row.into_iter().map(value).collect());
-                            self.insert_now(oid, &rel, t).await?;
+                }
+                SegKind::Update(mask) if seg.rows.len() == 1 => {
+                    let mut row = seg.rows.into_iter().next().expect("one row");
+                    let key = row.split_off(seg.nset);
+                    self.update_now(
+                        oid,
+                        &rel,
+                        mask,
+                        row.into_iter().map(TextParam::Text).collect(),
+                        rel.key.clone(),
+                        key.into_iter().map(TextParam::Text).collect(),
+                    )
+                    .await?;
+                }
+                SegKind::Update(mask) => {
+                    let stmt_key = StmtKey::SetUpdate(oid, mask.clone());
+                    let stmt = match self.statements.get(&stmt_key) {
+                        Some(s) => s.clone(),
+                        None => {
+                            let set: Vec<(&str, &str)> = (0..mask.len())
+                                .filter(|i| mask[*i])
+                                .map(|i| (rel.columns[i].as_str(), rel.types[i].as_str()))
+                                .collect();
+                            let key: Vec<(&str, &str)> = key_cols
+                                .iter()
+                                .map(|&i| (rel.columns[i].as_str(), rel.types[i].as_str()))
+                                .collect();
+                            let sql = batch::update_sql(&rel.target, &set, &key);
+                            self.prepare(stmt_key, &sql).await?
                         }
-                    }
-                    SegKind::Update(mask) if seg.rows.len() == 1 => {
-                        let mut row = seg.rows.into_iter().next().expect("one row");
-                        let key = row.split_off(seg.nset);
-                        self.update_now(
-                            oid,
-                            &rel,
-                            mask,
-                            row.into_iter().map(TextParam::Text).collect(),
-                            rel.key.clone(),
-                            key.into_iter().map(TextParam::Text).collect(),
-                        )
+                    };
+                    let params = columns_of(seg.rows);
+                    self.push_stmt(stmt, params, "UPDATE (set-wise)", &rel.target, commit)
                         .await?;
-                    }
-                    SegKind::Update(mask) => {
-                        let stmt_key = StmtKey::SetUpdate(oid, mask.clone());
-                        let stmt = match self.statements.get(&stmt_key) {
-                            Some(s) => s.clone(),
-                            None => {
-                                let set: Vec<(&str, &str)> = (0..mask.len())
-                                    .filter(|i| mask[*i])
-                                    .map(|i| (rel.columns[i].as_str(), rel.types[i].as_str()))
-                                    .collect();
-                                let key: Vec<(&str, &str)> = key_cols
-                                    .iter()
-                                    .map(|&i| (rel.columns[i].as_str(), rel.types[i].as_str()))
-                                    .collect();
-                                let sql = batch::update_sql(&rel.target, &set, &key);
-                                self.prepare(stmt_key, &sql).await?
-                            }
-                        };
-                        let params = columns_of(seg.rows);
-                        self.push_stmt(stmt, params, "UPDATE (set-wise)", &rel.target, commit)
-                            .await?;
-                    }
-                    SegKind::Delete if seg.rows.len() == 1 => {
-                        let key = seg.rows.into_iter().next().expect("one row");
-                        self.delete_now(
-                            oid,
-                            &rel,
-                            rel.key.clone(),
-                            key.into_iter().map(TextParam::Text).collect(),
-                        )
+                }
+                SegKind::Delete if seg.rows.len() == 1 => {
+                    let key = seg.rows.into_iter().next().expect("one row");
+                    self.delete_now(
+                        oid,
+                        &rel,
+                        rel.key.clone(),
+                        key.into_iter().map(TextParam::Text).collect(),
+                    )
+                    .await?;
+                }
+                SegKind::Delete => {
+                    let stmt_key = StmtKey::SetDelete(oid);
+                    let stmt = match self.statements.get(&stmt_key) {
+                        Some(s) => s.clone(),
+                        None => {
+                            let key: Vec<(&str, &str)> = key_cols
+                                .iter()
+                                .map(|&i| (rel.columns[i].as_str(), rel.types[i].as_str()))
+                                .collect();
+                            let sql = batch::delete_sql(&rel.target, &key);
+                            self.prepare(stmt_key, &sql).await?
+                        }
+                    };
+                    let params = columns_of(seg.rows);
+                    self.push_stmt(stmt, params, "DELETE (set-wise)", &rel.target, commit)
                         .await?;
-                    }
-                    SegKind::Delete => {
-                        let stmt_key = StmtKey::SetDelete(oid);
-                        let stmt = match self.statements.get(&stmt_key) {
-                            Some(s) => s.clone(),
-                            None => {
-                                let key: Vec<(&str, &str)> = key_cols
-                                    .iter()
-                                    .map(|&i| (rel.columns[i].as_str(), rel.types[i].as_str()))
-                                    .collect();
-                                let sql = batch::delete_sql(&rel.target, &key);
-                                self.prepare(stmt_key, &sql).await?
-                            }
-                        };
-                        let params = columns_of(seg.rows);
-                        self.push_stmt(stmt, params, "DELETE (set-wise)", &rel.target, commit)
-                            .await?;
-                    }
                 }
             }
         }
@@ -1030,7 +1059,9 @@ impl Applier {
         if self.skipping {
             return Ok(());
         }
-        self.flush_pending().await?;
+        for oid in &t.relation_oids {
+            self.flush_table(*oid).await?;
+        }
         let mut names = Vec::new();
         for oid in &t.relation_oids {
             names.push(self.rel(*oid)?.target.clone());
@@ -1308,6 +1339,7 @@ mod tests {
             compare_as_text: vec![false, false, true],
             types: vec!["integer".into(), "text".into(), "json".into()],
             set_ok: identity != ReplicaIdentity::Full,
+            set_insert_ok: true,
         }
     }
 

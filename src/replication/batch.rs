@@ -114,6 +114,19 @@ impl Pending {
         self.tables.contains_key(&oid)
     }
 
+    /// Take what is held for one relation.
+    pub fn take_table(&mut self, oid: u32) -> Option<Vec<Segment>> {
+        let segs = self.tables.remove(&oid)?;
+        self.order.retain(|o| *o != oid);
+        for seg in &segs {
+            self.rows -= seg.rows.len();
+            self.bytes = self
+                .bytes
+                .saturating_sub(seg.rows.iter().map(|r| size(r)).sum::<usize>());
+        }
+        Some(segs)
+    }
+
     /// Take everything, in first-touched order of the relations.
     pub fn take(&mut self) -> Vec<(u32, Vec<Segment>)> {
         let mut tables = std::mem::take(&mut self.tables);
@@ -151,7 +164,7 @@ pub fn copy_text_row(out: &mut BytesMut, row: &[Val]) {
     out.put_u8(b'\n');
 }
 
-/// `(SELECT u.p1::type1 AS p1, ... FROM unnest($o+1::text[], ...) AS u(p1, ...)) AS v`
+/// `(SELECT u.p1::type1 AS p1, ... FROM ROWS FROM (unnest($1::text[]), ...) AS u(p1, ...)) AS v`
 fn unnest_source(types: &[&str], offset: usize) -> String {
     let n = types.len();
     let casts: Vec<String> = types
@@ -159,12 +172,14 @@ fn unnest_source(types: &[&str], offset: usize) -> String {
         .enumerate()
         .map(|(i, t)| format!("u.p{}::{t} AS p{}", i + 1, i + 1))
         .collect();
+    // ROWS FROM: the multi-argument unnest is special syntax only when
+    // written unqualified.
     let params: Vec<String> = (1..=n)
-        .map(|i| format!("${}::text[]", offset + i))
+        .map(|i| format!("pg_catalog.unnest(${}::text[])", offset + i))
         .collect();
     let names: Vec<String> = (1..=n).map(|i| format!("p{i}")).collect();
     format!(
-        "(SELECT {} FROM pg_catalog.unnest({}) AS u({})) AS v",
+        "(SELECT {} FROM ROWS FROM ({}) AS u({})) AS v",
         casts.join(", "),
         params.join(", "),
         names.join(", ")
@@ -268,11 +283,11 @@ mod tests {
     fn set_statements() {
         assert_eq!(
             update_sql("public.t", &[("v", "text")], &[("id", "integer")]),
-            "UPDATE ONLY public.t AS t SET v = v.p1 FROM (SELECT u.p1::text AS p1, u.p2::integer AS p2 FROM pg_catalog.unnest($1::text[], $2::text[]) AS u(p1, p2)) AS v WHERE t.id = v.p2"
+            "UPDATE ONLY public.t AS t SET v = v.p1 FROM (SELECT u.p1::text AS p1, u.p2::integer AS p2 FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) AS u(p1, p2)) AS v WHERE t.id = v.p2"
         );
         assert_eq!(
             delete_sql("public.t", &[("a", "integer"), ("\"B\"", "text")]),
-            "DELETE FROM ONLY public.t AS t USING (SELECT u.p1::integer AS p1, u.p2::text AS p2 FROM pg_catalog.unnest($1::text[], $2::text[]) AS u(p1, p2)) AS v WHERE t.a = v.p1 AND t.\"B\" = v.p2"
+            "DELETE FROM ONLY public.t AS t USING (SELECT u.p1::integer AS p1, u.p2::text AS p2 FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) AS u(p1, p2)) AS v WHERE t.a = v.p1 AND t.\"B\" = v.p2"
         );
     }
 }

@@ -294,7 +294,13 @@ async fn session(
                             .received
                             .fetch_max(x.wal_end.0.max(x.wal_start.0), Ordering::AcqRel);
                     }
-                    if tx.send(Ok(msg)).await.is_err() {
+                    // Never block on a full queue once the session stops
+                    // (the apply loop may have failed and stopped reading).
+                    let sent = tokio::select! {
+                        _ = reader_stop.cancelled() => false,
+                        r = tx.send(Ok(msg)) => r.is_ok(),
+                    };
+                    if !sent {
                         break;
                     }
                 }
@@ -346,6 +352,7 @@ async fn session(
 
     let result = apply_loop(t, shared, &mut applier, &mut rx, stop).await;
     session_stop.cancel();
+    drop(rx);
     let _ = feedback_task.await;
     let reader = reader_task.await.ok();
     match &result {
