@@ -29,6 +29,8 @@ CREATE TABLE parted_1 PARTITION OF parted FOR VALUES IN (1);
 CREATE TABLE parted_2 PARTITION OF parted FOR VALUES IN (2);
 CREATE TABLE ident (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text);
 CREATE TABLE scratch (id int PRIMARY KEY, v text);
+CREATE UNLOGGED TABLE cache (k int PRIMARY KEY, v text);
+CREATE MATERIALIZED VIEW account_count AS SELECT count(*) AS n FROM accounts;
 CREATE SEQUENCE counter_seq;
 CREATE SEQUENCE down_seq INCREMENT BY -1 MINVALUE -1000000 MAXVALUE 0 START 0;
 ";
@@ -41,6 +43,8 @@ INSERT INTO keyed SELECT 'c' || g, g FROM generate_series(1, 300) g;
 INSERT INTO parted SELECT g, 1 + g % 2, 'v' || g FROM generate_series(1, 1000) g;
 INSERT INTO ident (v) SELECT 'i' || g FROM generate_series(1, 100) g;
 INSERT INTO scratch SELECT g, 's' || g FROM generate_series(1, 100) g;
+INSERT INTO cache SELECT g, 'c' || g FROM generate_series(1, 50) g;
+SELECT lo_from_bytea(0, 'a large object from before the snapshot');
 SELECT nextval('counter_seq') FROM generate_series(1, 10);
 SELECT nextval('down_seq') FROM generate_series(1, 10);
 ";
@@ -182,6 +186,8 @@ fn step(w: u32, i: i64) -> String {
              UPDATE accounts SET balance = balance + 1 WHERE id = {};
              DELETE FROM accounts WHERE id = {};
              SELECT nextval('counter_seq'); SELECT nextval('down_seq');
+             INSERT INTO cache VALUES ({k} % 200, 'w{k}') ON CONFLICT (k) DO UPDATE SET v = excluded.v;
+             SELECT CASE WHEN {k} % 40 = 0 THEN lo_from_bytea(0, 'written while streaming') END;
              COMMIT;",
             1 + (k * 7) % 2000,
             1 + (k * 13) % 2000
@@ -341,11 +347,26 @@ async fn assert_nothing_left(db: &TestDb) {
     assert_eq!(ours, 0, "our bookkeeping schema was left on the target");
 }
 
+async fn large_objects(conninfo: &str) -> Vec<(u32, String)> {
+    let c = testkit::client(conninfo).await;
+    c.query(
+        "SELECT oid, md5(lo_get(oid)) FROM pg_largeobject_metadata ORDER BY oid",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}
+
 async fn assert_same(db: &TestDb) {
     let (a, b) = tokio::join!(content_digest(&db.source), content_digest(&db.target));
     assert_eq!(a, b, "source and target rows differ");
     let (a, b) = tokio::join!(sequences(&db.source), sequences(&db.target));
     assert_eq!(a, b, "sequences differ");
+    let (a, b) = tokio::join!(large_objects(&db.source), large_objects(&db.target));
+    assert_eq!(a, b, "large objects differ");
 }
 
 /// A new session on the source may not write (the fence).
@@ -494,6 +515,22 @@ impl Run {
             "{report:#}"
         );
         assert_same(&self.db).await;
+        // Materialized views are refreshed on the target at the cutover.
+        let tgt = testkit::client(&self.db.target).await;
+        let (mv, n): (i64, i64) = {
+            let r = tgt
+                .query_one(
+                    "SELECT (SELECT n FROM account_count), (SELECT count(*) FROM accounts)",
+                    &[],
+                )
+                .await
+                .unwrap();
+            (r.get(0), r.get(1))
+        };
+        assert_eq!(
+            mv, n,
+            "the materialized view was not refreshed on the target"
+        );
         assert_nothing_left(&self.db).await;
         assert_fenced(&self.db).await;
         report
@@ -950,4 +987,44 @@ async fn unique_swaps_fall_back_to_one_statement_at_a_time() {
         "the swap should have needed the fallback: {}",
         r.stderr("m")
     );
+}
+
+/// A change the target cannot take (a row in the way) stops the migration
+/// with the source transaction's position, the table and the server's
+/// error; `cleanup` then removes everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn apply_conflict_stops_with_the_transaction_table_and_error() {
+    let r = Run::new("online_conflict").await;
+    let child = r.spawn(&[], "m", None);
+    r.wait_streaming("m").await;
+    testkit::execute(
+        &r.db.target,
+        "INSERT INTO scratch VALUES (777777, 'in the way')",
+    )
+    .await
+    .unwrap();
+    testkit::execute(
+        &r.db.source,
+        "INSERT INTO scratch VALUES (777777, 'from the source')",
+    )
+    .await
+    .unwrap();
+    let (code, _) = wait_child(child, Duration::from_secs(120)).await;
+    let err = r.stderr("m");
+    assert_eq!(code, Some(1), "{err}");
+    for needle in ["committed at", "public.scratch", "duplicate key", "777777"] {
+        assert!(err.contains(needle), "the error must name {needle}: {err}");
+    }
+    let out = common::run_async(&[
+        "cleanup",
+        "--source",
+        &r.db.source,
+        "--target",
+        &r.db.target,
+        "--dump-path",
+        &r.dump(),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_nothing_left(&r.db).await;
 }
