@@ -504,6 +504,21 @@ impl Run {
         log: &str,
     ) -> serde_json::Value {
         assert_eq!(code, Some(0), "stderr: {}", self.stderr(log));
+        // Passwords appear nowhere: not in the log, the report or the token.
+        let token = std::fs::read_to_string(self.token_path()).unwrap();
+        for ci in [&self.db.source, &self.db.target] {
+            let pw = ci
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix("password="))
+                .expect("the test servers use passwords");
+            for (what, text) in [
+                ("log", self.stderr(log)),
+                ("report", out.to_string()),
+                ("token", token.clone()),
+            ] {
+                assert!(!text.contains(pw), "a password leaked into the {what}");
+            }
+        }
         let report: serde_json::Value = serde_json::from_str(out).unwrap();
         assert_eq!(
             report["verify"]["differences"].as_array().unwrap().len(),
@@ -1027,4 +1042,44 @@ async fn apply_conflict_stops_with_the_transaction_table_and_error() {
     .await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_nothing_left(&r.db).await;
+}
+
+/// After the copy the slot is the only record of the changes since the
+/// snapshot: if it is gone, `--resume` refuses (pointing to
+/// `--force-clean`), and `--force-clean` starts over and completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slot_lost_after_the_copy_refuses_resume_then_force_clean_starts_over() {
+    let r = Run::new("online_slotlost").await;
+    let mut child = r.spawn(&[], "m1", Some("after_copy"));
+    r.wait_stop_point("m1", "after_copy").await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let slot: String = pg_dbmigrator::ResumeToken::load(&r.token_path())
+        .unwrap()
+        .unwrap()
+        .online
+        .unwrap()
+        .slot_name;
+    let src = testkit::client(&r.db.source).await;
+    src.execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await
+        .unwrap();
+    testkit::execute(
+        &r.db.source,
+        "INSERT INTO scratch VALUES (-3, 'lost with the slot')",
+    )
+    .await
+    .unwrap();
+    let args = r.args(&["--cutover", "auto", "--resume"]);
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = common::run_async(&a).await;
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--force-clean") && err.contains("slot"),
+        "{err}"
+    );
+    let child = r.spawn(&["--cutover", "auto", "--force-clean"], "m3", None);
+    let (code, out) = wait_child(child, Duration::from_secs(240)).await;
+    r.assert_success(code, &out, "m3").await;
 }

@@ -578,12 +578,14 @@ async fn stream_and_cutover(
             last_log = Instant::now();
             let secs = stream_started.elapsed().as_secs_f64();
             let tx = shared.transactions.load(Ordering::Acquire);
+            let rows = shared.rows.load(Ordering::Acquire);
             info!(
                 lag = %human_bytes(lag),
                 lag_seconds = format!("{:.1}", if lag == 0 { 0.0 } else { stream::seconds_since(shared.last_commit_time.load(Ordering::Acquire)) }),
                 applied = %applied,
                 transactions = tx,
                 tx_per_s = format!("{:.0}", tx as f64 / secs.max(0.001)),
+                rows_per_s = format!("{:.0}", rows as f64 / secs.max(0.001)),
                 ready = caught_up,
                 "streaming"
             );
