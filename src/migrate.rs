@@ -538,29 +538,16 @@ pub(crate) async fn finish(
     ));
 
     // Verify.
-    let mut verify_report = None;
-    if cfg.verify != VerifyLevel::None {
-        let t0 = Instant::now();
-        store.update(|t| t.stage_started(Stage::Verify))?;
-        let v = verify::verify(
-            &source_ep,
-            &target_ep,
-            &filters,
-            &VerifyOptions {
-                level: cfg.verify,
-                jobs: cfg.jobs,
-                large_objects: cfg.large_objects,
-            },
-            cancel,
-        )
-        .await?;
-        store.update(|t| t.stage_done(Stage::Verify))?;
-        stages.push((
-            Stage::Verify.as_str().to_string(),
-            t0.elapsed().as_secs_f64(),
-        ));
-        verify_report = Some(v);
-    }
+    let verify_report = verify_stage(
+        cfg,
+        &source_ep,
+        &target_ep,
+        &filters,
+        &store,
+        &mut stages,
+        cancel,
+    )
+    .await?;
     store.update(|t| t.completed = true)?;
 
     let rows = results.iter().map(|r| r.rows).sum();
@@ -664,6 +651,42 @@ async fn run_via_archive(
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The verify stage (unless `--verify none`), recorded in the token and
+/// in `stages`.
+pub(crate) async fn verify_stage(
+    cfg: &MigrationConfig,
+    source: &crate::config::EndpointConfig,
+    target: &crate::config::EndpointConfig,
+    filters: &CompiledFilters,
+    store: &TokenStore,
+    stages: &mut Vec<(String, f64)>,
+    cancel: &CancellationToken,
+) -> Result<Option<VerifyReport>> {
+    if cfg.verify == VerifyLevel::None {
+        return Ok(None);
+    }
+    let t0 = Instant::now();
+    store.update(|t| t.stage_started(Stage::Verify))?;
+    let v = verify::verify(
+        source,
+        target,
+        filters,
+        &VerifyOptions {
+            level: cfg.verify,
+            jobs: cfg.jobs,
+            large_objects: cfg.large_objects,
+        },
+        cancel,
+    )
+    .await?;
+    store.update(|t| t.stage_done(Stage::Verify))?;
+    stages.push((
+        Stage::Verify.as_str().to_string(),
+        t0.elapsed().as_secs_f64(),
+    ));
+    Ok(Some(v))
 }
 
 /// The server version of an endpoint whose database may not exist yet.

@@ -446,6 +446,22 @@ impl Run {
         spawn_migrate(&a, &self.log(log), &env)
     }
 
+    /// `pg_dbmigrator cleanup`, which must succeed and leave nothing of ours.
+    async fn cleanup(&self) {
+        let out = common::run_async(&[
+            "cleanup",
+            "--source",
+            &self.db.source,
+            "--target",
+            &self.db.target,
+            "--dump-path",
+            &self.dump(),
+        ])
+        .await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert_nothing_left(&self.db).await;
+    }
+
     fn stderr(&self, log: &str) -> String {
         std::fs::read_to_string(self.log(log)).unwrap_or_default()
     }
@@ -699,18 +715,7 @@ async fn ctrl_c_during_copy_then_cleanup_leaves_nothing() {
     )
     .await
     .expect("no fence after Ctrl-C");
-    let out = common::run_async(&[
-        "cleanup",
-        "--source",
-        &r.db.source,
-        "--target",
-        &r.db.target,
-        "--dump-path",
-        &r.dump(),
-    ])
-    .await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert_nothing_left(&r.db).await;
+    r.cleanup().await;
     assert!(!r.token_path().exists(), "cleanup removes the resume token");
 }
 
@@ -1030,18 +1035,7 @@ async fn apply_conflict_stops_with_the_transaction_table_and_error() {
     for needle in ["committed at", "public.scratch", "duplicate key", "777777"] {
         assert!(err.contains(needle), "the error must name {needle}: {err}");
     }
-    let out = common::run_async(&[
-        "cleanup",
-        "--source",
-        &r.db.source,
-        "--target",
-        &r.db.target,
-        "--dump-path",
-        &r.dump(),
-    ])
-    .await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert_nothing_left(&r.db).await;
+    r.cleanup().await;
 }
 
 /// After the copy the slot is the only record of the changes since the

@@ -24,7 +24,7 @@ use super::preflight::{self, ReplicaIdentityFix, SourceChecks};
 use super::stream::{self, StreamShared, StreamTarget};
 use super::{object_name, test_stop_at, Lsn, FENCE_MESSAGE_PREFIX};
 use crate::config::filter::CompiledFilters;
-use crate::config::{CutoverMode, EndpointConfig, MigrationConfig, VerifyLevel};
+use crate::config::{CutoverMode, EndpointConfig, MigrationConfig};
 use crate::copy;
 use crate::error::{MigrationError, Result};
 use crate::migrate::{self, human_bytes, CopyPhase, MigrationReport};
@@ -32,7 +32,6 @@ use crate::pg::catalog::{self, TableInfo};
 use crate::pg::replication::ReplicationSession;
 use crate::pg::{connect, quote, session};
 use crate::resume::{CutoverRecord, Definition, OnlineState, ResumeToken, Stage};
-use crate::verify::{self, VerifyOptions};
 
 /// Asks a running online migration to cut over (see [`CutoverHandle`]).
 #[derive(Debug, Default)]
@@ -629,29 +628,16 @@ async fn stream_and_cutover(
         },
         replica_identity_fixes: state.replica_identity_fixes.clone(),
     };
-    let mut verify_report = None;
-    if cfg.verify != VerifyLevel::None {
-        let t0 = Instant::now();
-        store.update(|t| t.stage_started(Stage::Verify))?;
-        let v = verify::verify(
-            &phase.source,
-            &phase.target,
-            &phase.filters,
-            &VerifyOptions {
-                level: cfg.verify,
-                jobs: cfg.jobs,
-                large_objects: cfg.large_objects,
-            },
-            &cancel,
-        )
-        .await?;
-        store.update(|t| t.stage_done(Stage::Verify))?;
-        phase.stages.push((
-            Stage::Verify.as_str().to_string(),
-            t0.elapsed().as_secs_f64(),
-        ));
-        verify_report = Some(v);
-    }
+    let verify_report = migrate::verify_stage(
+        cfg,
+        &phase.source,
+        &phase.target,
+        &phase.filters,
+        &store,
+        &mut phase.stages,
+        &cancel,
+    )
+    .await?;
     store.update(|t| t.completed = true)?;
     let rows = phase.results.iter().map(|r| r.rows).sum();
     let bytes = phase.results.iter().map(|r| r.bytes).sum();
