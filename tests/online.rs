@@ -610,6 +610,11 @@ async fn auto_cutover_under_load_loses_nothing() {
         report["online"]["apply"]["transactions"].as_u64().unwrap() > 0,
         "{report:#}"
     );
+    assert!(
+        r.stderr("m").contains("streamed while it was in progress"),
+        "the big transaction should have been streamed: {}",
+        r.stderr("m")
+    );
     let un = common::run_async(&["unfence", "--source", &r.db.source]).await;
     assert_eq!(un.status.code(), Some(0), "{}", text(&un.stderr));
     testkit::execute(

@@ -487,9 +487,11 @@ async fn apply_loop(
                             xid: c.xid,
                         }))
                         .await?;
+                    let mut changes = 0u64;
                     while let Some(rec) = read_record(&mut r)? {
                         let m = pgoutput::decode_bytes(rec, true)?;
                         applier.apply(m).await?;
+                        changes += 1;
                     }
                     applier
                         .apply(Message::Commit(pgoutput::Commit {
@@ -500,6 +502,7 @@ async fn apply_loop(
                         }))
                         .await?;
                     let _ = std::fs::remove_file(path);
+                    info!(xid = c.xid, messages = changes, commit_lsn = %c.commit_lsn, "applied a large transaction the source streamed while it was in progress");
                     shared.last_commit_time.store(c.commit_time.0, Ordering::Release);
                     true
                 }
