@@ -23,6 +23,7 @@ async fn older_major_into_15(major: u32) {
             .unwrap_or_else(|e| panic!("PostgreSQL {major}: {e}"));
         Cluster::start(&ClusterOptions {
             bin_dir: Some(bin),
+            logical: true,
             ..Default::default()
         })
         .unwrap_or_else(|e| panic!("PostgreSQL {major} cluster: {e}"))
@@ -57,7 +58,65 @@ async fn older_major_into_15(major: u32) {
         b = strip(&b);
     }
     assert!(a == b, "schema dumps differ:\n{}", diff_hint(&a, &b));
+    online_from_older_major(&db.source, &other_target_db(&db, "online"), major).await;
     source.cluster().unwrap().stop();
+}
+
+/// The same source moved online into another database under writes:
+/// PostgreSQL 13 speaks pgoutput protocol 1 (no streaming, no logical
+/// messages: the cutover drains to the fence by WAL position), 14 protocol 2.
+async fn online_from_older_major(source: &str, target: &str, major: u32) {
+    use pg_dbmigrator::{CutoverMode, EndpointConfig, MigrationConfig, MigrationMode, Migrator};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    testkit::execute(
+        source,
+        "CREATE TABLE public.online_extra (id bigserial PRIMARY KEY, v text, n int NOT NULL DEFAULT 0)",
+    )
+    .await
+    .unwrap();
+    let written = Arc::new(AtomicU64::new(0));
+    let writer = tokio::spawn({
+        let (source, written) = (source.to_string(), written.clone());
+        async move {
+            let c = testkit::client(&source).await;
+            for i in 1u64.. {
+                let sql = format!(
+                    "INSERT INTO public.online_extra (v) VALUES ('row {i}'); UPDATE public.online_extra SET n = n + 1 WHERE id = {}",
+                    1 + i / 2
+                );
+                // Ends at the fence.
+                if c.batch_execute(&sql).await.is_err() {
+                    return;
+                }
+                written.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let report = Migrator::new(MigrationConfig {
+        source: Some(EndpointConfig::parse(source).unwrap()),
+        target: Some(EndpointConfig::parse(target).unwrap()),
+        mode: MigrationMode::Online,
+        cutover: CutoverMode::Auto,
+        fix_replica_identity: true,
+        jobs: 2,
+        dump_path: Some(dir.path().join("work")),
+        ..Default::default()
+    })
+    .run(tokio_util::sync::CancellationToken::new())
+    .await
+    .unwrap_or_else(|e| panic!("online migration from PostgreSQL {major}: {e}"));
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(30), writer).await;
+    assert!(
+        written.load(Ordering::Relaxed) > 0,
+        "the writer never wrote"
+    );
+    let v = report.verify.as_ref().expect("verify ran");
+    assert!(v.is_clean(), "{}", v.differences_table());
+    assert!(report.online.as_ref().unwrap().apply.transactions > 0);
+    assert_eq!(content_digest(source).await, content_digest(target).await);
 }
 
 #[tokio::test]
