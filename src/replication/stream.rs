@@ -244,6 +244,8 @@ fn read_record(r: &mut impl Read) -> Result<Option<Bytes>> {
 
 /// Group source transactions into one target commit for at most this long.
 const BATCH_TIME: Duration = Duration::from_millis(300);
+/// …during the cutover.
+const EAGER_BATCH_TIME: Duration = Duration::from_millis(30);
 /// …or this many source transactions.
 const BATCH_TXNS: u64 = 2000;
 
@@ -513,11 +515,22 @@ async fn apply_loop(
                 other => applier.apply(other).await?,
             };
             if at_commit {
-                applier.sync_commit = shared.eager.load(Ordering::Acquire);
+                let eager = shared.eager.load(Ordering::Acquire);
+                applier.sync_commit = eager;
                 let started = *batch_started.get_or_insert_with(Instant::now);
                 let st = applier.stats;
                 shared.transactions.store(st.transactions, Ordering::Release);
-                if rx.is_empty() || started.elapsed() >= BATCH_TIME || applier.pending_txns() >= BATCH_TXNS {
+                // During the cutover, the fence marker's transaction is
+                // committed at once (the writes wait for it), and batches
+                // are short (keepalives the cutover asks for keep the
+                // queue from ever looking empty).
+                let marker = applier.marker_end.is_some_and(|m| m.0 > shared.marker_end.load(Ordering::Acquire));
+                let batch_time = if eager { EAGER_BATCH_TIME } else { BATCH_TIME };
+                if marker
+                    || rx.is_empty()
+                    || started.elapsed() >= batch_time
+                    || applier.pending_txns() >= BATCH_TXNS
+                {
                     commit(applier, shared).await?;
                     batch_started = None;
                     crate::replication::test_stop_at("after_apply_commit").await;
