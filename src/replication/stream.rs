@@ -156,11 +156,18 @@ pub async fn run(
 /// shutting down or starting up.
 pub fn is_transient(e: &MigrationError) -> bool {
     match e {
+        // A refused login (wrong password, pg_hba) will not heal by itself.
+        MigrationError::Connect { db: Some(info), .. } if info.sqlstate.starts_with("28") => false,
         MigrationError::Client { .. }
         | MigrationError::Io { .. }
         | MigrationError::Connect { .. } => true,
+        // 55006: the slot is still held by the walsender of a session
+        // that died (it lets go once it notices, at worst after
+        // wal_sender_timeout).
         MigrationError::Db { info, .. } => {
-            info.sqlstate.starts_with("08") || info.sqlstate.starts_with("57")
+            info.sqlstate.starts_with("08")
+                || info.sqlstate.starts_with("57")
+                || info.sqlstate == "55006"
         }
         _ => false,
     }
@@ -620,6 +627,46 @@ mod tests {
             got,
             vec![Bytes::from_static(b"a"), Bytes::from_static(b"e")]
         );
+    }
+
+    fn db(state: &str) -> Box<crate::error::DbErrorInfo> {
+        Box::new(crate::error::DbErrorInfo {
+            severity: "ERROR".into(),
+            sqlstate: state.into(),
+            message: "m".into(),
+            detail: None,
+            hint: None,
+        })
+    }
+
+    #[test]
+    fn reconnect_after_lost_sessions_not_after_refusals() {
+        let dberr = |s: &str| MigrationError::Db {
+            context: "c".into(),
+            info: db(s),
+        };
+        let connect = |s: &str| MigrationError::Connect {
+            endpoint: "source".into(),
+            target: "t".into(),
+            reason: "r".into(),
+            db: Some(db(s)),
+        };
+        for e in [
+            dberr("57P01"),
+            dberr("08006"),
+            dberr("55006"),
+            connect("57P03"),
+        ] {
+            assert!(is_transient(&e), "{e:?}");
+        }
+        for e in [
+            dberr("23505"),
+            dberr("55000"),
+            connect("28P01"),
+            connect("28000"),
+        ] {
+            assert!(!is_transient(&e), "{e:?}");
+        }
     }
 
     #[test]
