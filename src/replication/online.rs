@@ -1164,12 +1164,26 @@ pub async fn cleanup(cfg: &MigrationConfig) -> Result<CleanupReport> {
     state.slot_created = true;
     state.publication_created = true;
     let fixes = state.replica_identity_fixes.clone();
-    let was_fenced = state.fenced || token.is_none();
+    let was_fenced = state.fenced;
     let src = connect::connect(cfg.source.as_ref().expect("checked"), "source").await?;
     undo_source(&src, &mut state, true).await?;
     if token.is_none() {
-        // Without a record, lift a fence only if there is one.
-        let _ = unfence_db(&src).await;
+        // Without a record we cannot tell whose a read-only setting is:
+        // say so rather than change it.
+        let read_only: bool = src
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_db_role_setting s
+                          JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase
+                         WHERE d.datname = pg_catalog.current_database() AND s.setrole = 0
+                           AND 'default_transaction_read_only=on' = ANY (s.setconfig))",
+                &[],
+            )
+            .await
+            .map_err(|e| MigrationError::db("reading the source database's settings", e))?
+            .get(0);
+        if read_only {
+            warn!("the source database is read-only for new sessions (default_transaction_read_only = on) and no resume token says why: if it is a pg_dbmigrator fence, lift it with `pg_dbmigrator unfence --source ...`");
+        }
     }
     let mut dropped = false;
     let target = cfg.target.as_ref().expect("checked");
