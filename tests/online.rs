@@ -1132,3 +1132,32 @@ async fn quiet_publication_does_not_pin_wal() {
     let (code, out) = wait_child(child, Duration::from_secs(120)).await;
     r.assert_success(code, &out, "m").await;
 }
+
+/// `--keep-slot --keep-publication` leave both on the source after the
+/// cutover (for a fall-back replication the operator sets up); `cleanup`
+/// removes them later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keep_slot_and_publication_then_cleanup() {
+    let r = Run::new("online_keep").await;
+    let child = r.spawn(
+        &["--cutover", "auto", "--keep-slot", "--keep-publication"],
+        "m",
+        None,
+    );
+    let (code, out) = wait_child(child, Duration::from_secs(120)).await;
+    assert_eq!(code, Some(0), "{}", r.stderr("m"));
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["verify"]["differences"].as_array().unwrap().len(), 0);
+    let src = testkit::client(&r.db.source).await;
+    let kept: i64 = src
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_replication_slots WHERE database = current_database())
+                  + (SELECT count(*) FROM pg_publication)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 2, "the slot and the publication are kept");
+    r.cleanup().await;
+}
