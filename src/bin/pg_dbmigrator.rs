@@ -8,6 +8,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[path = "pg_dbmigrator/config_file.rs"]
+mod config_file;
 use pg_dbmigrator::error::exit_code;
 use pg_dbmigrator::{
     CopyFormat, CopyMethod, CutoverMode, EndpointConfig, Filters, MigrationConfig, MigrationError,
@@ -31,6 +34,11 @@ struct Cli {
     /// Log line format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
+    /// Read flags from this TOML file (long flag names as keys, at the top
+    /// level or in a [command] table); the command line and
+    /// PG_DBMIGRATOR_<FLAG> variables win over it. Also PG_DBMIGRATOR_CONFIG.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -64,6 +72,13 @@ enum Command {
     Cleanup(CleanupArgs),
     /// Make a fenced source database writable again (rollback after a cutover).
     Unfence(UnfenceArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `pg_dbmigrator man > pg_dbmigrator.1`.
+    Man,
 }
 
 #[derive(Args, Debug)]
@@ -899,8 +914,40 @@ async fn unfence(args: UnfenceArgs) -> Result<i32, MigrationError> {
     Ok(exit_code::OK)
 }
 
+/// The command line, with `--config` and `PG_DBMIGRATOR_*` applied.
+fn parse_cli() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let cmd = config_file::with_env_vars(Cli::command());
+    let args = match config_file::expand(&cmd, std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(msg) => {
+            eprintln!("pg_dbmigrator: error: {msg}");
+            std::process::exit(exit_code::CONFIG);
+        }
+    };
+    let matches = cmd.get_matches_from(args);
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_cli();
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut cmd = config_file::with_env_vars(<Cli as clap::CommandFactory>::command());
+            clap_complete::generate(*shell, &mut cmd, "pg_dbmigrator", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Command::Man => {
+            let cmd = config_file::with_env_vars(<Cli as clap::CommandFactory>::command());
+            let mut out = std::io::stdout();
+            if let Err(e) = clap_mangen::Man::new(cmd).render(&mut out) {
+                eprintln!("pg_dbmigrator: error: writing the manual page: {e}");
+                return ExitCode::from(exit_code::FAILED as u8);
+            }
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
     init_logging(&cli);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -923,6 +970,9 @@ fn main() -> ExitCode {
             Command::Cutover(a) => cutover(a).await,
             Command::Cleanup(a) => cleanup(a).await,
             Command::Unfence(a) => unfence(a).await,
+            Command::Completions { .. } | Command::Man => {
+                unreachable!("handled before the runtime")
+            }
         };
         match result {
             Ok(code) => code,

@@ -1,0 +1,150 @@
+//! `--config FILE` and `PG_DBMIGRATOR_<FLAG>`: flags from a TOML file and
+//! from the environment, with the command line winning over the
+//! environment and the environment over the file; shell completions and
+//! the manual page generated from the CLI definition.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use common::{command, text};
+use pg_dbmigrator::testkit;
+
+fn write_config(dir: &Path, body: &str, mode: u32) -> String {
+    let p = dir.join("migration.toml");
+    std::fs::write(&p, body).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+/// `status` names the token it looked for: which --dump-path won.
+fn status_path(config: &str, env: Option<&str>, cli: Option<&str>) -> String {
+    let mut args = vec!["status", "--config", config];
+    if let Some(c) = cli {
+        args.extend(["--dump-path", c]);
+    }
+    let mut cmd = command(&args);
+    if let Some(e) = env {
+        cmd.env("PG_DBMIGRATOR_DUMP_PATH", e);
+    }
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    for who in ["from-section", "from-top", "from-env", "from-cli"] {
+        if err.contains(&format!("/nonexistent/{who}.resume.json")) {
+            return who.to_string();
+        }
+    }
+    panic!("no token path in: {err}");
+}
+
+#[test]
+fn command_line_beats_environment_beats_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let top_only = write_config(dir.path(), "dump-path = \"/nonexistent/from-top\"\n", 0o600);
+    assert_eq!(status_path(&top_only, None, None), "from-top");
+    let cfg = write_config(
+        dir.path(),
+        "dump_path = \"/nonexistent/from-top\"\n[status]\ndump-path = \"/nonexistent/from-section\"\n",
+        0o600,
+    );
+    assert_eq!(status_path(&cfg, None, None), "from-section");
+    assert_eq!(
+        status_path(&cfg, Some("/nonexistent/from-env"), None),
+        "from-env"
+    );
+    assert_eq!(
+        status_path(
+            &cfg,
+            Some("/nonexistent/from-env"),
+            Some("/nonexistent/from-cli")
+        ),
+        "from-cli"
+    );
+}
+
+#[test]
+fn unknown_settings_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    for (body, needle) in [
+        ("jobz = 4\n", "`jobz`"),
+        ("[migrat]\njobs = 4\n", "[migrat]"),
+        ("[status]\njobs = 4\n", "`status.jobs`"),
+        ("jobs = [\n", "not valid TOML"),
+    ] {
+        let cfg = write_config(dir.path(), body, 0o600);
+        let out = command(&["status", "--config", &cfg, "--dump-path", "/nonexistent/x"])
+            .output()
+            .unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{body}: {err}");
+        assert!(err.contains(needle) && err.contains(&cfg), "{body}: {err}");
+    }
+}
+
+/// Connection strings and flags from the file drive a real command; a file
+/// that holds a password and is readable by others gets a warning.
+#[tokio::test]
+async fn verify_with_everything_in_the_file() {
+    let db = testkit::shared_pair().fresh_db("cfgfile").await;
+    testkit::execute(
+        &db.source,
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2)",
+    )
+    .await
+    .unwrap();
+    testkit::execute(
+        &db.target,
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2)",
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let body = format!(
+        "source = \"{}\"\ntarget = \"{}\"\n[verify]\njobs = 2\nlevel = \"count\"\nno-large-objects = true\n",
+        db.source, db.target
+    );
+    for (mode, warned) in [(0o600, false), (0o644, true)] {
+        let cfg = write_config(dir.path(), &body, mode);
+        let out = common::run_async(&["verify", "--config", &cfg]).await;
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        assert!(stdout.contains("0 differences"), "{stdout}");
+        assert_eq!(
+            stderr.contains("readable by other users"),
+            warned,
+            "mode {mode:o}: {stderr}"
+        );
+        let pw = db
+            .source
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("password="))
+            .unwrap();
+        assert!(
+            !stderr.contains(pw),
+            "the warning must not print the password"
+        );
+    }
+}
+
+#[test]
+fn completions_and_manual_page_come_from_the_cli_definition() {
+    let out = command(&["completions", "bash"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let script = text(&out.stdout);
+    for sub in [
+        "migrate",
+        "cutover",
+        "cleanup",
+        "unfence",
+        "--fix-replica-identity",
+    ] {
+        assert!(script.contains(sub), "completion lacks {sub}");
+    }
+    let out = command(&["man"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let man = text(&out.stdout);
+    assert!(man.contains(".TH pg_dbmigrator"), "{man}");
+    assert!(man.contains("migrate"), "{man}");
+}
