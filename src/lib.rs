@@ -94,7 +94,9 @@ impl Migrator {
     /// Run the migration to the end, or until `cancel` fires (then the resume
     /// token is saved and [`MigrationError::Cancelled`] returned).
     pub async fn run(&self, cancel: CancellationToken) -> Result<MigrationReport> {
-        migrate::run(&self.config, cancel, &self.cutover).await
+        let report = migrate::run(&self.config, cancel, &self.cutover).await?;
+        report.save_summary()?;
+        Ok(report)
     }
 
     /// Where this migration's resume token is (or will be).

@@ -55,6 +55,25 @@ pub struct MigrationReport {
 }
 
 impl MigrationReport {
+    /// Where the report is kept as JSON: beside the resume token,
+    /// `<dump-path>.summary.json`.
+    pub fn summary_path(&self) -> PathBuf {
+        let mut s = self.dump_path.as_os_str().to_owned();
+        s.push(".summary.json");
+        PathBuf::from(s)
+    }
+
+    /// Write the report as JSON to [`summary_path`](Self::summary_path)
+    /// (atomically: a reader never sees half of it).
+    pub fn save_summary(&self) -> Result<()> {
+        let path = self.summary_path();
+        let json = serde_json::to_vec_pretty(self).expect("report serializes");
+        let tmp = path.with_extension("json.partial");
+        std::fs::write(&tmp, json)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| MigrationError::io(format!("writing the summary {}", path.display()), e))
+    }
+
     /// Bytes per second over the copy stage.
     pub fn throughput(&self) -> f64 {
         let copy = self
@@ -102,13 +121,22 @@ impl MigrationReport {
         }
         let mut largest: Vec<&TableResult> = self.tables.iter().collect();
         largest.sort_by_key(|t| std::cmp::Reverse(t.bytes));
+        if !largest.is_empty() {
+            s.push_str("  largest tables:\n");
+        }
         for t in largest.iter().take(5) {
+            let rate = if t.seconds > 0.0 {
+                t.bytes as f64 / t.seconds / 1e6
+            } else {
+                0.0
+            };
             s.push_str(&format!(
-                "  {:<40} {:>10} rows {:>10} {:>7.2}s {:?}\n",
+                "    {:<40} {:>10} rows {:>10} {:>7.2}s {:>8.1} MB/s {:?}\n",
                 t.table,
                 t.rows,
                 human_bytes(t.bytes),
                 t.seconds,
+                rate,
                 t.format
             ));
         }
@@ -133,6 +161,10 @@ impl MigrationReport {
             s.push_str(&o.summary());
         }
         s.push_str(&format!("  resume token: {}\n", self.token_path.display()));
+        s.push_str(&format!(
+            "  summary (JSON): {}\n",
+            self.summary_path().display()
+        ));
         s
     }
 }

@@ -541,6 +541,16 @@ impl Run {
             0,
             "{report:#}"
         );
+        // The same report is kept as JSON beside the resume token.
+        let kept: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(format!("{}.summary.json", self.dump())).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(kept["migration_id"], report["migration_id"]);
+        assert_eq!(
+            kept["online"]["cutover"]["downtime_seconds"],
+            report["online"]["cutover"]["downtime_seconds"]
+        );
         assert!(
             report["online"]["cutover"]["fence_lsn"].is_string(),
             "{report:#}"
