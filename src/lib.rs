@@ -52,6 +52,7 @@ pub mod copy;
 pub mod error;
 mod migrate;
 pub mod pg;
+pub mod plan;
 pub mod replication;
 pub mod resume;
 pub mod schema;
@@ -67,6 +68,7 @@ pub use config::{
 };
 pub use error::{MigrationError, Result};
 pub use migrate::{human_bytes, MigrationReport};
+pub use plan::{plan, Plan};
 pub use replication::online::{cleanup, unfence, CleanupReport, CutoverHandle, OnlineReport};
 pub use resume::{ResumeToken, Stage};
 pub use verify::{VerifyOptions, VerifyReport};

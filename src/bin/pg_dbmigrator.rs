@@ -53,6 +53,12 @@ enum LogFormat {
 enum Command {
     /// Copy a database from --source to --target.
     Migrate(MigrateArgs),
+    /// Say what `migrate` with the same flags would do (tables, sizes,
+    /// splits, what it creates on each side, every preflight problem with
+    /// its fix, an estimated copy time from a measured sample), changing
+    /// nothing on either server. Exit 0 when ready, 2 when something would
+    /// stop it. Same as `migrate --dry-run`.
+    Plan(MigrateArgs),
     /// Compare source and target: row counts, checksums, sequences, large objects.
     Verify(VerifyArgs),
     /// Show the state recorded in a migration's resume token.
@@ -390,6 +396,9 @@ struct MigrateArgs {
     /// Print the final report as JSON on stdout instead of the text summary.
     #[arg(long)]
     json: bool,
+    /// Change nothing: print the plan (as `pg_dbmigrator plan`).
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -500,7 +509,35 @@ fn endpoint(label: &str, s: &str) -> Result<EndpointConfig, MigrationError> {
 }
 
 async fn migrate(args: MigrateArgs, cancel: CancellationToken) -> Result<i32, MigrationError> {
-    let config = MigrationConfig {
+    if args.dry_run {
+        return plan(args).await;
+    }
+    let config = migrate_config(&args)?;
+    let migrator = Migrator::new(config);
+    let token_path = migrator.token_path()?;
+    let Some(report) = interrupted(migrator.run(cancel).await, &token_path)? else {
+        return Ok(exit_code::INTERRUPTED);
+    };
+    print_report(&report, args.json, || report.summary());
+    Ok(match &report.verify {
+        Some(v) if !v.is_clean() => exit_code::VERIFY_DIFFERENCES,
+        _ => exit_code::OK,
+    })
+}
+
+async fn plan(args: MigrateArgs) -> Result<i32, MigrationError> {
+    let config = migrate_config(&args)?;
+    let plan = pg_dbmigrator::plan(&config).await?;
+    print_report(&plan, args.json, || plan.summary());
+    Ok(if plan.ready() {
+        exit_code::OK
+    } else {
+        exit_code::CONFIG
+    })
+}
+
+fn migrate_config(args: &MigrateArgs) -> Result<MigrationConfig, MigrationError> {
+    Ok(MigrationConfig {
         source: Some(endpoint("source", &args.endpoints.source)?),
         target: Some(endpoint("target", &args.endpoints.target)?),
         mode: match args.mode {
@@ -525,10 +562,10 @@ async fn migrate(args: MigrateArgs, cancel: CancellationToken) -> Result<i32, Mi
         },
         large_objects: !args.no_large_objects,
         verify: args.verify.into(),
-        dump_path: args.dump_path,
+        dump_path: args.dump_path.clone(),
         resume: args.resume,
         force_clean: args.force_clean,
-        migration_id: args.migration_id,
+        migration_id: args.migration_id.clone(),
         roles: args.roles,
         role_passwords: args.role_passwords,
         no_owner: args.no_owner,
@@ -542,16 +579,6 @@ async fn migrate(args: MigrateArgs, cancel: CancellationToken) -> Result<i32, Mi
         fence: !args.no_fence,
         keep_slot: args.keep_slot,
         keep_publication: args.keep_publication,
-    };
-    let migrator = Migrator::new(config);
-    let token_path = migrator.token_path()?;
-    let Some(report) = interrupted(migrator.run(cancel).await, &token_path)? else {
-        return Ok(exit_code::INTERRUPTED);
-    };
-    print_report(&report, args.json, || report.summary());
-    Ok(match &report.verify {
-        Some(v) if !v.is_clean() => exit_code::VERIFY_DIFFERENCES,
-        _ => exit_code::OK,
     })
 }
 
@@ -888,8 +915,8 @@ async fn cleanup(args: CleanupArgs) -> Result<i32, MigrationError> {
         data_only: args.data_only,
         filters: args.filters.filters(),
         large_objects: !args.no_large_objects,
-        dump_path: args.dump_path,
-        migration_id: args.migration_id,
+        dump_path: args.dump_path.clone(),
+        migration_id: args.migration_id.clone(),
         ..MigrationConfig::default()
     };
     let report = pg_dbmigrator::cleanup(&config).await?;
@@ -962,6 +989,7 @@ fn main() -> ExitCode {
     let code = rt.block_on(async move {
         let result = match cli.command {
             Command::Migrate(a) => migrate(a, cancel_on_signals()).await,
+            Command::Plan(a) => plan(a).await,
             Command::Verify(a) => verify(a, cancel_on_signals()).await,
             Command::Status(a) => status(a),
             Command::Schema(a) => schema(a).await,
