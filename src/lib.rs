@@ -53,6 +53,7 @@ pub mod error;
 mod migrate;
 pub mod pg;
 pub mod plan;
+pub mod progress;
 pub mod replication;
 pub mod resume;
 pub mod schema;

@@ -364,7 +364,7 @@ pub(crate) async fn copy_phase(
     token.stage_done(Stage::Preflight);
     token.snapshot_name = Some(snapshot_id.clone());
     token.save(&token_path)?;
-    let store = Arc::new(TokenStore::new(token_path.clone(), token));
+    let store = Arc::new(TokenStore::new(token_path.clone(), token).observed(cfg.progress.clone()));
 
     let t0 = Instant::now();
     if !store.snapshot().is_done(Stage::PrepareTarget) {
@@ -411,6 +411,12 @@ pub(crate) async fn copy_phase(
         let tid_range = source_version >= 140000;
         let stored = store.snapshot().chunk_plan.clone();
         let (items, chunk_plan) = copy::plan::plan(&tables, split, block_size, tid_range, &stored);
+        if let Some(p) = &cfg.progress {
+            p.set_totals(
+                items.len() as u64,
+                tables.iter().map(|t| t.bytes.max(0) as u64).sum(),
+            );
+        }
         // The plan is durable before the first chunk can commit.
         store.update(|t| t.chunk_plan = chunk_plan)?;
         let token_done: BTreeSet<String> = store.snapshot().copied.keys().cloned().collect();

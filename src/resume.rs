@@ -491,6 +491,8 @@ impl ResumeToken {
 pub struct TokenStore {
     path: PathBuf,
     token: std::sync::Mutex<ResumeToken>,
+    /// Told of every saved state (stages, copied items, cutover).
+    progress: Option<std::sync::Arc<crate::progress::Progress>>,
 }
 
 impl TokenStore {
@@ -498,7 +500,17 @@ impl TokenStore {
         TokenStore {
             path,
             token: std::sync::Mutex::new(token),
+            progress: None,
         }
+    }
+
+    /// Keep `progress` up to date with every change.
+    pub fn observed(mut self, progress: Option<std::sync::Arc<crate::progress::Progress>>) -> Self {
+        if let Some(p) = &progress {
+            p.observe_token(&self.token.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+        self.progress = progress;
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -510,6 +522,9 @@ impl TokenStore {
         let mut t = self.token.lock().unwrap_or_else(|p| p.into_inner());
         let r = f(&mut t);
         t.save(&self.path)?;
+        if let Some(p) = &self.progress {
+            p.observe_token(&t);
+        }
         Ok(r)
     }
 

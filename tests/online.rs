@@ -1171,3 +1171,82 @@ async fn keep_slot_and_publication_then_cleanup() {
     assert_eq!(kept, 2, "the slot and the publication are kept");
     r.cleanup().await;
 }
+
+fn http_get(addr: &str, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("pg_dbmigrator_{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+/// `--http`: Prometheus metrics and the JSON status, scraped over real HTTP
+/// while an online migration runs: the copy's counters, then the applied
+/// transactions growing with the source's writes, and the lag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_and_status_over_http_while_streaming() {
+    let r = Run::new("online_http").await;
+    let child = r.spawn(&["--http", "127.0.0.1:0"], "m", None);
+    r.wait_streaming("m").await;
+    let log = r.stderr("m");
+    let addr = log
+        .split("metrics=http://")
+        .nth(1)
+        .and_then(|s| s.split('/').next())
+        .unwrap_or_else(|| panic!("no metrics address logged: {log}"))
+        .to_string();
+    let (status, m1) = http_get(&addr, "/metrics");
+    assert!(status.contains("200"), "{status}");
+    let total = metric(&m1, "items_total");
+    assert!(total > 0.0 && metric(&m1, "items_done") == total, "{m1}");
+    assert!(metric(&m1, "bytes_copied") > 0.0, "{m1}");
+    assert!(
+        m1.contains("pg_dbmigrator_stage{stage=\"stream\"} 1"),
+        "{m1}"
+    );
+    // Writes on the source show up as applied transactions and a lag value.
+    testkit::execute(
+        &r.db.source,
+        "INSERT INTO scratch SELECT g, 'x' FROM generate_series(1000, 1100) g",
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let m2 = loop {
+        let (_, m) = http_get(&addr, "/metrics");
+        if m.contains("pg_dbmigrator_applied_transactions")
+            && metric(&m, "applied_transactions") >= 1.0
+        {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "no applied transactions: {m}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    metric(&m2, "lag_bytes");
+    metric(&m2, "lag_seconds");
+    let (status, body) = http_get(&addr, "/status");
+    assert!(status.contains("200"), "{status}");
+    let st: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let token = pg_dbmigrator::ResumeToken::load(&r.token_path())
+        .unwrap()
+        .unwrap();
+    assert_eq!(st["migration_id"], token.migration_id.as_str());
+    assert_eq!(st["stage"], "stream");
+    assert!(http_get(&addr, "/nope").0.contains("404"));
+    let c = common::run_async(&["cutover", "--dump-path", &r.dump()]).await;
+    assert_eq!(c.status.code(), Some(0), "{}", text(&c.stderr));
+    let (code, out) = wait_child(child, Duration::from_secs(120)).await;
+    r.assert_success(code, &out, "m").await;
+}

@@ -399,6 +399,11 @@ struct MigrateArgs {
     /// Change nothing: print the plan (as `pg_dbmigrator plan`).
     #[arg(long)]
     dry_run: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics and the status as
+    /// JSON at /status while the migration runs (e.g. 127.0.0.1:9187; port
+    /// 0 picks a free one; the address is logged).
+    #[arg(long, value_name = "ADDR")]
+    http: Option<std::net::SocketAddr>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -454,6 +459,8 @@ fn init_logging(cli: &Cli) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only for a terminal: never escape codes in a log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     match cli.log_format {
         LogFormat::Text => builder.init(),
@@ -512,7 +519,23 @@ async fn migrate(args: MigrateArgs, cancel: CancellationToken) -> Result<i32, Mi
     if args.dry_run {
         return plan(args).await;
     }
-    let config = migrate_config(&args)?;
+    let mut config = migrate_config(&args)?;
+    let _http = match args.http {
+        Some(addr) => {
+            let progress = pg_dbmigrator::progress::Progress::new();
+            let stop = CancellationToken::new();
+            let bound =
+                pg_dbmigrator::progress::serve(addr, progress.clone(), stop.clone()).await?;
+            tracing::info!(
+                metrics = %format!("http://{bound}/metrics"),
+                status = %format!("http://{bound}/status"),
+                "serving the migration's progress"
+            );
+            config.progress = Some(progress);
+            Some(stop.drop_guard())
+        }
+        None => None,
+    };
     let migrator = Migrator::new(config);
     let token_path = migrator.token_path()?;
     let Some(report) = interrupted(migrator.run(cancel).await, &token_path)? else {
@@ -579,6 +602,7 @@ fn migrate_config(args: &MigrateArgs) -> Result<MigrationConfig, MigrationError>
         fence: !args.no_fence,
         keep_slot: args.keep_slot,
         keep_publication: args.keep_publication,
+        progress: None,
     })
 }
 

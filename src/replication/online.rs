@@ -384,9 +384,9 @@ async fn resume_phase(
         large_object_bytes: 0,
         schema_steps: 0,
         stages: Vec::new(),
-        store: Arc::new(crate::resume::TokenStore::new(
-            token_path.to_path_buf(),
-            token,
+        store: Arc::new(crate::resume::TokenStore::observed(
+            crate::resume::TokenStore::new(token_path.to_path_buf(), token),
+            cfg.progress.clone(),
         )),
         filters,
         source,
@@ -573,6 +573,25 @@ async fn stream_and_cutover(
         let applied = shared.applied_position();
         let lag = wal.0.saturating_sub(applied.0);
         let caught_up = shared.streaming.load(Ordering::Acquire) && lag <= cfg.cutover_lag_bytes;
+        if let Some(p) = &cfg.progress {
+            let secs = stream_started.elapsed().as_secs_f64().max(0.001);
+            let tx = shared.transactions.load(Ordering::Acquire);
+            let rows = shared.rows.load(Ordering::Acquire);
+            p.set_online(|o| {
+                o.lag_bytes = lag;
+                o.lag_seconds = if lag == 0 {
+                    0.0
+                } else {
+                    stream::seconds_since(shared.last_commit_time.load(Ordering::Acquire))
+                };
+                o.applied_lsn = applied.to_string();
+                o.transactions = tx;
+                o.rows = rows;
+                o.transactions_per_second = tx as f64 / secs;
+                o.rows_per_second = rows as f64 / secs;
+                o.ready_to_cut_over = caught_up;
+            });
+        }
         if last_log.elapsed() >= Duration::from_secs(10) {
             last_log = Instant::now();
             let secs = stream_started.elapsed().as_secs_f64();

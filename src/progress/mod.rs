@@ -1,0 +1,339 @@
+//! Where a running migration stands, for people and for monitoring: a
+//! snapshot kept up to date from the resume token (every stage change and
+//! every copied table or chunk goes through it) and from the online loop
+//! (lag, apply rate, cutover), served over HTTP as Prometheus metrics at
+//! `/metrics` and as JSON at `/status` (`--http ADDR`).
+//!
+//! The HTTP side is a few lines of HTTP/1.1 on a tokio listener: two
+//! read-only GET endpoints need no framework. It binds to loopback unless
+//! told otherwise.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::error::{MigrationError, Result};
+use crate::resume::{ResumeToken, StageStatus};
+
+/// The online part of the snapshot.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct OnlineSnapshot {
+    /// Source WAL bytes not yet applied on the target.
+    pub lag_bytes: u64,
+    /// Seconds since the commit of the last applied source transaction
+    /// (0 when caught up).
+    pub lag_seconds: f64,
+    pub applied_lsn: String,
+    pub transactions: u64,
+    pub rows: u64,
+    pub transactions_per_second: f64,
+    pub rows_per_second: f64,
+    /// Caught up: an automatic cutover would start.
+    pub ready_to_cut_over: bool,
+    pub cutover_downtime_seconds: Option<f64>,
+    pub fence_lsn: Option<String>,
+}
+
+/// Where the migration stands.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Snapshot {
+    pub migration_id: String,
+    /// The stage running now (or the last one).
+    pub stage: Option<String>,
+    pub stages_done: Vec<String>,
+    /// Tables (or chunks of split tables) copied, and how many there are.
+    pub items_done: u64,
+    pub items_total: u64,
+    pub rows_copied: u64,
+    pub bytes_copied: u64,
+    /// Heap size of everything to copy (from the catalogs).
+    pub bytes_total: u64,
+    pub online: Option<OnlineSnapshot>,
+    pub completed: bool,
+    pub elapsed_seconds: f64,
+}
+
+/// Shared by the migration (which updates it) and the HTTP server (which
+/// reads it).
+#[derive(Debug)]
+pub struct Progress {
+    state: Mutex<Snapshot>,
+    started: Instant,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            state: Mutex::new(Snapshot::default()),
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Progress {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Progress::default())
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Snapshot) -> R) -> R {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut s)
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut s = self.with(|s| s.clone());
+        s.elapsed_seconds = self.started.elapsed().as_secs_f64();
+        s
+    }
+
+    /// Take stages and copied items from the token (called on every save).
+    pub fn observe_token(&self, t: &ResumeToken) {
+        self.with(|s| {
+            s.migration_id = t.migration_id.clone();
+            s.stage = t.current_stage().map(|r| r.stage.as_str().to_string());
+            s.stages_done = t
+                .stages
+                .iter()
+                .filter(|r| r.status == StageStatus::Done)
+                .map(|r| r.stage.as_str().to_string())
+                .collect();
+            s.items_done = t.copied.len() as u64;
+            s.rows_copied = t.copied.values().map(|c| c.rows).sum();
+            s.bytes_copied = t.copied.values().map(|c| c.bytes).sum();
+            s.completed = t.completed;
+            if let Some(c) = t.online.as_ref().and_then(|o| o.cutover.as_ref()) {
+                let o = s.online.get_or_insert_with(Default::default);
+                o.cutover_downtime_seconds = c.downtime_seconds;
+                o.fence_lsn = c.fence_lsn.map(|l| l.to_string());
+            }
+        });
+    }
+
+    /// What is to be copied: known once the copy is planned.
+    pub fn set_totals(&self, items: u64, bytes: u64) {
+        self.with(|s| {
+            s.items_total = items;
+            s.bytes_total = bytes;
+        });
+    }
+
+    /// A lag sample of the online loop.
+    pub fn set_online(&self, f: impl FnOnce(&mut OnlineSnapshot)) {
+        self.with(|s| f(s.online.get_or_insert_with(Default::default)));
+    }
+}
+
+/// The snapshot in the Prometheus text format, names prefixed
+/// `pg_dbmigrator_`.
+pub fn metrics_text(s: &Snapshot) -> String {
+    let mut out = String::new();
+    let mut metric = |name: &str, help: &str, kind: &str, value: f64| {
+        out.push_str(&format!(
+            "# HELP pg_dbmigrator_{name} {help}\n# TYPE pg_dbmigrator_{name} {kind}\npg_dbmigrator_{name} {value}\n"
+        ));
+    };
+    metric(
+        "items_done",
+        "Tables or chunks copied.",
+        "gauge",
+        s.items_done as f64,
+    );
+    metric(
+        "items_total",
+        "Tables or chunks to copy.",
+        "gauge",
+        s.items_total as f64,
+    );
+    metric(
+        "rows_copied",
+        "Rows copied by the initial copy.",
+        "counter",
+        s.rows_copied as f64,
+    );
+    metric(
+        "bytes_copied",
+        "Bytes of COPY data moved by the initial copy.",
+        "counter",
+        s.bytes_copied as f64,
+    );
+    metric(
+        "bytes_total",
+        "Heap size of everything to copy.",
+        "gauge",
+        s.bytes_total as f64,
+    );
+    metric(
+        "completed",
+        "1 once the migration finished.",
+        "gauge",
+        if s.completed { 1.0 } else { 0.0 },
+    );
+    metric(
+        "elapsed_seconds",
+        "Seconds since the migration started.",
+        "gauge",
+        s.elapsed_seconds,
+    );
+    if let Some(o) = &s.online {
+        metric(
+            "lag_bytes",
+            "Source WAL bytes not yet applied on the target.",
+            "gauge",
+            o.lag_bytes as f64,
+        );
+        metric(
+            "lag_seconds",
+            "Seconds since the commit of the last applied source transaction.",
+            "gauge",
+            o.lag_seconds,
+        );
+        metric(
+            "applied_transactions",
+            "Source transactions applied on the target.",
+            "counter",
+            o.transactions as f64,
+        );
+        metric(
+            "applied_rows",
+            "Row changes applied on the target.",
+            "counter",
+            o.rows as f64,
+        );
+        metric(
+            "apply_transactions_per_second",
+            "Apply rate since streaming began.",
+            "gauge",
+            o.transactions_per_second,
+        );
+        metric(
+            "ready_to_cut_over",
+            "1 when the target has caught up.",
+            "gauge",
+            if o.ready_to_cut_over { 1.0 } else { 0.0 },
+        );
+        if let Some(d) = o.cutover_downtime_seconds {
+            metric(
+                "cutover_downtime_seconds",
+                "Writes blocked on the source by the cutover.",
+                "gauge",
+                d,
+            );
+        }
+    }
+    if let Some(stage) = &s.stage {
+        out.push_str(&format!(
+            "# HELP pg_dbmigrator_stage The stage running now.\n# TYPE pg_dbmigrator_stage gauge\npg_dbmigrator_stage{{stage=\"{stage}\"}} 1\n"
+        ));
+    }
+    out
+}
+
+/// Serve `/metrics` and `/status` on `addr` until `stop`; returns the bound
+/// address (port 0 picks a free one).
+pub async fn serve(
+    addr: SocketAddr,
+    progress: Arc<Progress>,
+    stop: CancellationToken,
+) -> Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| MigrationError::io(format!("listening on {addr} (--http)"), e))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| MigrationError::io("reading the listening address", e))?;
+    tokio::spawn(async move {
+        loop {
+            let (mut sock, peer) = tokio::select! {
+                _ = stop.cancelled() => break,
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(_) => continue,
+                },
+            };
+            let progress = progress.clone();
+            tokio::spawn(async move {
+                // The request head, which may come in several pieces.
+                let mut buf = Vec::with_capacity(1024);
+                let read_head = async {
+                    let mut chunk = [0u8; 1024];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16384 {
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                };
+                if tokio::time::timeout(std::time::Duration::from_secs(5), read_head)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let req = String::from_utf8_lossy(&buf);
+                let path = req.split_whitespace().nth(1).unwrap_or("/");
+                let method = req.split_whitespace().next().unwrap_or("");
+                debug!(%peer, method, path, "http request");
+                let (status, ctype, body) = match (method, path) {
+                    ("GET", "/metrics") => (
+                        "200 OK",
+                        "text/plain; version=0.0.4",
+                        metrics_text(&progress.snapshot()),
+                    ),
+                    ("GET", "/status") => (
+                        "200 OK",
+                        "application/json",
+                        serde_json::to_string_pretty(&progress.snapshot())
+                            .expect("snapshot serializes"),
+                    ),
+                    ("GET", _) => ("404 Not Found", "text/plain", "not found\n".into()),
+                    _ => ("405 Method Not Allowed", "text/plain", "only GET\n".into()),
+                };
+                let head = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = sock.write_all(head.as_bytes()).await;
+                let _ = sock.write_all(body.as_bytes()).await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_are_prometheus_text() {
+        let s = Snapshot {
+            items_done: 3,
+            bytes_copied: 1024,
+            stage: Some("copy_data".into()),
+            online: Some(OnlineSnapshot {
+                lag_bytes: 7,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let m = metrics_text(&s);
+        assert!(m.contains("pg_dbmigrator_items_done 3\n"), "{m}");
+        assert!(m.contains("pg_dbmigrator_bytes_copied 1024\n"), "{m}");
+        assert!(m.contains("pg_dbmigrator_lag_bytes 7\n"), "{m}");
+        assert!(
+            m.contains("pg_dbmigrator_stage{stage=\"copy_data\"} 1\n"),
+            "{m}"
+        );
+        for line in m.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.starts_with("pg_dbmigrator_"), "{line}");
+        }
+    }
+}
