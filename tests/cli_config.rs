@@ -148,3 +148,40 @@ fn completions_and_manual_page_come_from_the_cli_definition() {
     assert!(man.contains(".TH pg_dbmigrator"), "{man}");
     assert!(man.contains("migrate"), "{man}");
 }
+
+/// `--progress always` draws the live line on stderr (cleared before the
+/// report); without a terminal the default writes no escape codes at all.
+#[tokio::test]
+async fn progress_line_only_when_asked_or_on_a_terminal() {
+    let db = common::demo_db("progress").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = common::migrate_args(&db, dir.path().join("a").to_str().unwrap());
+    args.extend(["--progress", "always"].map(String::from));
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = common::run_async(&a).await;
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("\r\x1b[2K["),
+        "no progress line drawn: {err:?}"
+    );
+    // Log records are whole lines between redraws, and the line is gone at
+    // the end (what follows the last clear is nothing or a whole record).
+    let tail = err.rsplit("\r\x1b[2K").next().unwrap();
+    assert!(
+        tail.is_empty() || tail.ends_with('\n'),
+        "the line was left: {err:?}"
+    );
+
+    // Default, stderr not a terminal: plain log lines.
+    let db = common::demo_db("progress_auto").await;
+    let args = common::migrate_args(&db, dir.path().join("b").to_str().unwrap());
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = common::run_async(&a).await;
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        !err.contains('\x1b'),
+        "escape codes without a terminal: {err:?}"
+    );
+}

@@ -11,6 +11,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[path = "pg_dbmigrator/config_file.rs"]
 mod config_file;
+#[path = "pg_dbmigrator/console.rs"]
+mod console;
 use pg_dbmigrator::error::exit_code;
 use pg_dbmigrator::{
     CopyFormat, CopyMethod, CutoverMode, EndpointConfig, Filters, MigrationConfig, MigrationError,
@@ -39,8 +41,20 @@ struct Cli {
     /// PG_DBMIGRATOR_<FLAG> variables win over it. Also PG_DBMIGRATOR_CONFIG.
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Live progress on stderr: auto (a line redrawn in place on a
+    /// terminal, else a progress log line every few seconds), always (the
+    /// line even without a terminal), never.
+    #[arg(long, value_enum, default_value_t = ProgressArg::Auto, global = true)]
+    progress: ProgressArg,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ProgressArg {
+    Auto,
+    Always,
+    Never,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -458,7 +472,7 @@ fn init_logging(cli: &Cli) {
         });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(console::LogWriter)
         // Colours only for a terminal: never escape codes in a log file.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
@@ -515,14 +529,20 @@ fn endpoint(label: &str, s: &str) -> Result<EndpointConfig, MigrationError> {
     })
 }
 
-async fn migrate(args: MigrateArgs, cancel: CancellationToken) -> Result<i32, MigrationError> {
+async fn migrate(
+    args: MigrateArgs,
+    cancel: CancellationToken,
+    show_mode: console::Mode,
+) -> Result<i32, MigrationError> {
     if args.dry_run {
         return plan(args).await;
     }
     let mut config = migrate_config(&args)?;
+    let progress = pg_dbmigrator::progress::Progress::new();
+    config.progress = Some(progress.clone());
+    let shown = console::show(progress.clone(), show_mode);
     let _http = match args.http {
         Some(addr) => {
-            let progress = pg_dbmigrator::progress::Progress::new();
             let stop = CancellationToken::new();
             let bound =
                 pg_dbmigrator::progress::serve(addr, progress.clone(), stop.clone()).await?;
@@ -531,14 +551,16 @@ async fn migrate(args: MigrateArgs, cancel: CancellationToken) -> Result<i32, Mi
                 status = %format!("http://{bound}/status"),
                 "serving the migration's progress"
             );
-            config.progress = Some(progress);
             Some(stop.drop_guard())
         }
         None => None,
     };
     let migrator = Migrator::new(config);
     let token_path = migrator.token_path()?;
-    let Some(report) = interrupted(migrator.run(cancel).await, &token_path)? else {
+    let result = migrator.run(cancel).await;
+    // The progress line goes before the report is printed.
+    drop(shown);
+    let Some(report) = interrupted(result, &token_path)? else {
         return Ok(exit_code::INTERRUPTED);
     };
     print_report(&report, args.json, || report.summary());
@@ -982,6 +1004,14 @@ fn parse_cli() -> Cli {
 
 fn main() -> ExitCode {
     let cli = parse_cli();
+    let show_mode = match cli.progress {
+        ProgressArg::Never => console::Mode::Off,
+        ProgressArg::Always => console::Mode::Bar,
+        ProgressArg::Auto if std::io::IsTerminal::is_terminal(&std::io::stderr()) => {
+            console::Mode::Bar
+        }
+        ProgressArg::Auto => console::Mode::Log,
+    };
     match &cli.command {
         Command::Completions { shell } => {
             let mut cmd = config_file::with_env_vars(<Cli as clap::CommandFactory>::command());
@@ -1012,7 +1042,7 @@ fn main() -> ExitCode {
     };
     let code = rt.block_on(async move {
         let result = match cli.command {
-            Command::Migrate(a) => migrate(a, cancel_on_signals()).await,
+            Command::Migrate(a) => migrate(a, cancel_on_signals(), show_mode).await,
             Command::Plan(a) => plan(a).await,
             Command::Verify(a) => verify(a, cancel_on_signals()).await,
             Command::Status(a) => status(a),

@@ -1,0 +1,208 @@
+//! The live progress line on stderr (`--progress`), and the log writer that
+//! keeps log lines from tearing it: every log record first clears the line,
+//! then the line is drawn again below the record.
+//!
+//! On a terminal (or with `--progress always`) the line is redrawn four
+//! times a second; without one (`auto`), a progress log line is written
+//! every few seconds instead; `never` shows neither.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use pg_dbmigrator::human_bytes;
+use pg_dbmigrator::progress::{Progress, Snapshot};
+use tokio_util::sync::CancellationToken;
+
+/// The line as last drawn ("" when none is shown), and whether it may be
+/// drawn (false once the run is over).
+struct Bar {
+    text: String,
+    active: bool,
+}
+
+fn bar() -> &'static Mutex<Bar> {
+    static BAR: OnceLock<Mutex<Bar>> = OnceLock::new();
+    BAR.get_or_init(|| {
+        Mutex::new(Bar {
+            text: String::new(),
+            active: false,
+        })
+    })
+}
+
+const CLEAR: &str = "\r\x1b[2K";
+
+/// `tracing`'s writer: one record at a time, around the progress line.
+pub struct LogWriter;
+
+pub struct Record(Vec<u8>);
+
+impl Write for Record {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        let bar = bar().lock().unwrap_or_else(|p| p.into_inner());
+        let mut err = std::io::stderr().lock();
+        if bar.text.is_empty() {
+            let _ = err.write_all(&self.0);
+        } else {
+            let _ = write!(err, "{CLEAR}");
+            let _ = err.write_all(&self.0);
+            let _ = write!(err, "{}", bar.text);
+        }
+        let _ = err.flush();
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = Record;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        Record(Vec::with_capacity(256))
+    }
+}
+
+fn draw(text: &str) {
+    let mut bar = bar().lock().unwrap_or_else(|p| p.into_inner());
+    if !bar.active {
+        return;
+    }
+    bar.text = text.to_string();
+    let mut err = std::io::stderr().lock();
+    let _ = write!(err, "{CLEAR}{text}");
+    let _ = err.flush();
+}
+
+fn clear() {
+    let mut bar = bar().lock().unwrap_or_else(|p| p.into_inner());
+    bar.active = false;
+    if !bar.text.is_empty() {
+        bar.text.clear();
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "{CLEAR}");
+        let _ = err.flush();
+    }
+}
+
+/// One line: stage, items, bytes with percentage, rate and ETA of the
+/// copy; lag and apply rate while streaming.
+pub fn line(s: &Snapshot) -> String {
+    let stage = s.stage.as_deref().unwrap_or("starting");
+    let mut out = format!("[{stage}]");
+    if s.items_total > 0 || s.items_done > 0 {
+        out.push_str(&format!(" {}/{} items", s.items_done, s.items_total));
+    }
+    if s.bytes_total > 0 {
+        let pct = (s.bytes_copied as f64 / s.bytes_total as f64 * 100.0).min(100.0);
+        out.push_str(&format!(
+            " {} / {} ({pct:.0}%)",
+            human_bytes(s.bytes_copied),
+            human_bytes(s.bytes_total)
+        ));
+        let rate = s.bytes_copied as f64 / s.elapsed_seconds.max(0.001);
+        if stage == "copy_data" && rate > 0.0 {
+            let left = s.bytes_total.saturating_sub(s.bytes_copied) as f64 / rate;
+            out.push_str(&format!(" {}/s ETA {:.0}s", human_bytes(rate as u64), left));
+        }
+    }
+    if let Some(o) = &s.online {
+        out.push_str(&format!(
+            " | lag {} ({:.1}s), {:.0} tx/s, {:.0} rows/s{}",
+            human_bytes(o.lag_bytes),
+            o.lag_seconds,
+            o.transactions_per_second,
+            o.rows_per_second,
+            if o.ready_to_cut_over {
+                ", ready to cut over"
+            } else {
+                ""
+            }
+        ));
+    }
+    out
+}
+
+/// How progress is shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// A line redrawn in place.
+    Bar,
+    /// A log line every few seconds.
+    Log,
+    Off,
+}
+
+/// Shows progress until dropped; the line is gone when it is.
+pub struct Shown(CancellationToken);
+
+impl Drop for Shown {
+    fn drop(&mut self) {
+        self.0.cancel();
+        clear();
+    }
+}
+
+/// Show `progress` until the returned guard is dropped.
+pub fn show(progress: Arc<Progress>, mode: Mode) -> Option<Shown> {
+    if mode == Mode::Off {
+        return None;
+    }
+    if mode == Mode::Bar {
+        bar().lock().unwrap_or_else(|p| p.into_inner()).active = true;
+    }
+    let stop = CancellationToken::new();
+    let guard = Shown(stop.clone());
+    tokio::spawn(async move {
+        let period = match mode {
+            Mode::Bar => Duration::from_millis(250),
+            _ => Duration::from_secs(5),
+        };
+        let mut tick = tokio::time::interval(period);
+        if mode == Mode::Log {
+            tick.tick().await; // nothing to say at the very start
+        }
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let text = line(&progress.snapshot());
+            match mode {
+                Mode::Bar => draw(&text),
+                _ => tracing::info!("progress: {text}"),
+            }
+        }
+    });
+    Some(guard)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_line_says_where_the_copy_is() {
+        let s = Snapshot {
+            stage: Some("copy_data".into()),
+            items_done: 3,
+            items_total: 8,
+            bytes_copied: 50 << 20,
+            bytes_total: 200 << 20,
+            elapsed_seconds: 5.0,
+            ..Default::default()
+        };
+        let l = line(&s);
+        assert!(l.starts_with("[copy_data] 3/8 items"), "{l}");
+        assert!(l.contains("(25%)") && l.contains("ETA 15s"), "{l}");
+    }
+}
