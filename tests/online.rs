@@ -1245,6 +1245,27 @@ async fn metrics_and_status_over_http_while_streaming() {
     assert_eq!(st["migration_id"], token.migration_id.as_str());
     assert_eq!(st["stage"], "stream");
     assert!(http_get(&addr, "/nope").0.contains("404"));
+    // `status` shows the same live state while the migration runs.
+    // (The live file is rewritten every half second.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let st = loop {
+        let st = common::run_async(&["status", "--dump-path", &r.dump(), "--json"]).await;
+        assert_eq!(st.status.code(), Some(0), "{}", text(&st.stderr));
+        let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+        if st["live"]["stage"] == "stream" || Instant::now() > deadline {
+            break st;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(st["live"]["migration_id"], token.migration_id.as_str());
+    assert_eq!(st["live"]["stage"], "stream");
+    assert_eq!(st["live"]["items_total"].as_f64().unwrap(), total);
+    let st = common::run_async(&["status", "--dump-path", &r.dump()]).await;
+    assert!(
+        text(&st.stdout).contains("live        running: [stream]"),
+        "{}",
+        text(&st.stdout)
+    );
     let c = common::run_async(&["cutover", "--dump-path", &r.dump()]).await;
     assert_eq!(c.status.code(), Some(0), "{}", text(&c.stderr));
     let (code, out) = wait_child(child, Duration::from_secs(120)).await;

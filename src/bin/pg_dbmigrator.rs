@@ -557,7 +557,9 @@ async fn migrate(
     };
     let migrator = Migrator::new(config);
     let token_path = migrator.token_path()?;
+    let published = console::publish(progress.clone(), console::live_path(&token_path));
     let result = migrator.run(cancel).await;
+    drop(published);
     // The progress line goes before the report is printed.
     drop(shown);
     let Some(report) = interrupted(result, &token_path)? else {
@@ -776,14 +778,17 @@ fn status(args: StatusArgs) -> Result<i32, MigrationError> {
             path.display()
         )));
     };
+    let live = console::read_live(&path);
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&token).expect("token serializes")
-        );
+        let mut v = serde_json::to_value(&token).expect("token serializes");
+        v["live"] = serde_json::to_value(&live).expect("snapshot serializes");
+        println!("{}", serde_json::to_string_pretty(&v).expect("serializes"));
         return Ok(exit_code::OK);
     }
     println!("migration   {}", token.migration_id);
+    if let Some(l) = &live {
+        println!("live        running: {}", console::line(l));
+    }
     println!("mode        {:?}", token.mode);
     println!(
         "state       {}",

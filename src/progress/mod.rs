@@ -22,7 +22,7 @@ use crate::error::{MigrationError, Result};
 use crate::resume::{ResumeToken, StageStatus};
 
 /// The online part of the snapshot.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct OnlineSnapshot {
     /// Source WAL bytes not yet applied on the target.
     pub lag_bytes: u64,
@@ -41,7 +41,7 @@ pub struct OnlineSnapshot {
 }
 
 /// Where the migration stands.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct Snapshot {
     pub migration_id: String,
     /// The stage running now (or the last one).

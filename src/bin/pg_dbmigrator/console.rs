@@ -132,6 +132,63 @@ pub fn line(s: &Snapshot) -> String {
     out
 }
 
+/// The live-state file beside a resume token (`<dump-path>.progress.json`),
+/// which `status` reads while the migration runs.
+pub fn live_path(token_path: &std::path::Path) -> std::path::PathBuf {
+    let s = token_path.to_string_lossy();
+    let base = s.strip_suffix(".resume.json").unwrap_or(&s);
+    std::path::PathBuf::from(format!("{base}.progress.json"))
+}
+
+/// Keeps the live-state file fresh (twice a second) until dropped; then
+/// removes it.
+pub struct Published(CancellationToken, std::path::PathBuf);
+
+impl Drop for Published {
+    fn drop(&mut self) {
+        self.0.cancel();
+        let _ = std::fs::remove_file(&self.1);
+    }
+}
+
+pub fn publish(progress: Arc<Progress>, path: std::path::PathBuf) -> Published {
+    let stop = CancellationToken::new();
+    let guard = Published(stop.clone(), path.clone());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let tmp = path.with_extension("json.partial");
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let json = serde_json::to_vec(&progress.snapshot()).expect("snapshot serializes");
+            if std::fs::write(&tmp, json)
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .is_err()
+            {
+                let _ = std::fs::remove_file(&tmp);
+            }
+        }
+    });
+    guard
+}
+
+/// The live state of a running migration, if its file is fresh.
+pub fn read_live(token_path: &std::path::Path) -> Option<Snapshot> {
+    let path = live_path(token_path);
+    let age = std::fs::metadata(&path)
+        .ok()?
+        .modified()
+        .ok()?
+        .elapsed()
+        .ok()?;
+    if age > Duration::from_secs(5) {
+        return None; // left by a process that died
+    }
+    serde_json::from_slice(&std::fs::read(&path).ok()?).ok()
+}
+
 /// How progress is shown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
