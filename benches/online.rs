@@ -699,7 +699,7 @@ fn catchup_ours(ctx: &Ctx, round: usize, db: &str) -> Result<CatchUp> {
         );
     }
     let report: serde_json::Value =
-        serde_json::from_str(&report).with_context(|| format!("the report {}", json.display()))?;
+        report_of(&report).with_context(|| format!("the report {}", json.display()))?;
     let diffs = report["verify"]["differences"]
         .as_array()
         .map_or(usize::MAX, Vec::len);
@@ -943,7 +943,7 @@ fn downtime_run(ctx: &Ctx, round: usize, db: &str) -> Result<Downtime> {
         );
     }
     let report: serde_json::Value =
-        serde_json::from_str(&report).with_context(|| format!("the report {}", json.display()))?;
+        report_of(&report).with_context(|| format!("the report {}", json.display()))?;
     let diffs = report["verify"]["differences"]
         .as_array()
         .map_or(usize::MAX, Vec::len);
@@ -1499,4 +1499,19 @@ fn main() {
         eprintln!("bench failed: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// The report in `migrate --json`'s output: NDJSON events, the last one
+/// `summary` holding it.
+fn report_of(stdout: &str) -> Result<serde_json::Value> {
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .context("no output")?;
+    let e: serde_json::Value = serde_json::from_str(last)?;
+    if e["event"] != "summary" {
+        bail!("the last event is not the summary: {last}");
+    }
+    Ok(e["report"].clone())
 }

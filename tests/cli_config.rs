@@ -185,3 +185,27 @@ async fn progress_line_only_when_asked_or_on_a_terminal() {
         "escape codes without a terminal: {err:?}"
     );
 }
+
+/// `migrate --json` writes NDJSON events under the documented schema:
+/// every stage started and finished, each copied table, and the report last.
+#[tokio::test]
+async fn json_events_of_an_offline_run() {
+    let db = common::demo_db("events").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = common::migrate_args(&db, dir.path().join("w").to_str().unwrap());
+    args.push("--json".into());
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = common::run_async(&a).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let events = common::check_events(&out.stdout);
+    let report = common::report_of(&out.stdout);
+    let copied = events
+        .iter()
+        .filter(|e| e["event"] == "item_copied")
+        .count();
+    assert_eq!(
+        copied,
+        report["tables"].as_array().unwrap().len(),
+        "{events:#?}"
+    );
+}

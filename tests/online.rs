@@ -535,7 +535,7 @@ impl Run {
                 assert!(!text.contains(pw), "a password leaked into the {what}");
             }
         }
-        let report: serde_json::Value = serde_json::from_str(out).unwrap();
+        let report = common::report_of(out.as_bytes());
         assert_eq!(
             report["verify"]["differences"].as_array().unwrap().len(),
             0,
@@ -616,6 +616,20 @@ async fn auto_cutover_under_load_loses_nothing() {
         bad.is_empty(),
         "the workload failed before the fence: {bad:?}"
     );
+    // The NDJSON events of an online run: stages, the cutover, warnings.
+    let events = common::check_events(out.as_bytes());
+    for kind in [
+        "cutover_started",
+        "cutover_finished",
+        "item_copied",
+        "warning",
+        "lag",
+    ] {
+        assert!(
+            events.iter().any(|e| e["event"] == kind),
+            "no {kind} event: {events:#?}"
+        );
+    }
     assert!(
         report["online"]["apply"]["transactions"].as_u64().unwrap() > 0,
         "{report:#}"
@@ -1156,7 +1170,7 @@ async fn keep_slot_and_publication_then_cleanup() {
     );
     let (code, out) = wait_child(child, Duration::from_secs(120)).await;
     assert_eq!(code, Some(0), "{}", r.stderr("m"));
-    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let report = common::report_of(out.as_bytes());
     assert_eq!(report["verify"]["differences"].as_array().unwrap().len(), 0);
     let src = testkit::client(&r.db.source).await;
     let kept: i64 = src

@@ -121,7 +121,7 @@ async fn kill_9_then_resume() {
     // The real resume.
     let out = run_s(&with(&base, &["--resume", "--json"]));
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = common::report_of(&out.stdout);
     assert_eq!(report["resumed"], true);
     assert_eq!(
         report["verify"]["differences"].as_array().unwrap().len(),

@@ -53,7 +53,7 @@ async fn split_table_with_dead_tuples_arrives_complete() {
     ])
     .await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = common::report_of(&out.stdout);
     assert_eq!(
         report["verify"]["differences"].as_array().unwrap().len(),
         0,
@@ -177,7 +177,7 @@ async fn kill_9_mid_split_table_then_resume_copies_no_chunk_twice() {
     resume.extend(["--resume", "--json"]);
     let out = run_async(&resume).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = common::report_of(&out.stdout);
     assert_eq!(
         report["verify"]["differences"].as_array().unwrap().len(),
         0,

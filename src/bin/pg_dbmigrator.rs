@@ -470,15 +470,19 @@ fn init_logging(cli: &Cli) {
         tracing_subscriber::EnvFilter::try_from_env("PG_DBMIGRATOR_LOG").unwrap_or_else(|_| {
             tracing_subscriber::EnvFilter::new(format!("pg_dbmigrator={level},warn"))
         });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(console::LogWriter)
         // Colours only for a terminal: never escape codes in a log file.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(console::EventLayer);
     match cli.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => registry.with(fmt).init(),
+        LogFormat::Json => registry.with(fmt.json()).init(),
     }
 }
 
@@ -540,6 +544,10 @@ async fn migrate(
     let mut config = migrate_config(&args)?;
     let progress = pg_dbmigrator::progress::Progress::new();
     config.progress = Some(progress.clone());
+    if args.json {
+        // NDJSON events on stdout; the report is the last one.
+        console::events_to_stdout(&progress);
+    }
     let shown = console::show(progress.clone(), show_mode);
     let _http = match args.http {
         Some(addr) => {
@@ -562,10 +570,23 @@ async fn migrate(
     drop(published);
     // The progress line goes before the report is printed.
     drop(shown);
+    if let (true, Err(e)) = (args.json, &result) {
+        progress.emit(
+            "error",
+            serde_json::json!({ "message": e.to_string(), "exit_code": e.exit_code() }),
+        );
+    }
     let Some(report) = interrupted(result, &token_path)? else {
         return Ok(exit_code::INTERRUPTED);
     };
-    print_report(&report, args.json, || report.summary());
+    if args.json {
+        progress.emit(
+            "summary",
+            serde_json::json!({ "report": serde_json::to_value(&report).expect("report serializes") }),
+        );
+    } else {
+        print!("{}", report.summary());
+    }
     Ok(match &report.verify {
         Some(v) if !v.is_clean() => exit_code::VERIFY_DIFFERENCES,
         _ => exit_code::OK,

@@ -4,6 +4,11 @@
 //! (lag, apply rate, cutover), served over HTTP as Prometheus metrics at
 //! `/metrics` and as JSON at `/status` (`--http ADDR`).
 //!
+//! It also turns those changes into events (stage started and finished,
+//! item copied, lag sample, cutover started, finished or failed) for a sink
+//! the caller installs: the CLI prints them as NDJSON (`migrate --json`),
+//! one object a line, under the versioned schema [`EVENT_SCHEMA`].
+//!
 //! The HTTP side is a few lines of HTTP/1.1 on a tokio listener: two
 //! read-only GET endpoints need no framework. It binds to loopback unless
 //! told otherwise.
@@ -59,26 +64,145 @@ pub struct Snapshot {
     pub elapsed_seconds: f64,
 }
 
+/// The schema every event names in its `schema` field. Version 1:
+/// `{"schema", "ts" (RFC 3339), "event", ...}` with `event` one of
+/// `stage_started {stage}`, `stage_finished {stage, seconds}`,
+/// `item_copied {item, rows, bytes, seconds}`, `lag {lag_bytes,
+/// lag_seconds, applied_lsn, transactions_per_second, rows_per_second,
+/// ready_to_cut_over}`, `cutover_started {attempt}`, `cutover_finished
+/// {downtime_seconds, fence_lsn}`, `cutover_failed {error}`, `warning
+/// {message}`, `error {message}`, `summary {report}` (the last line of a
+/// successful run).
+pub const EVENT_SCHEMA: &str = "pg_dbmigrator.events/1";
+
+/// Where events go.
+pub type EventSink = Box<dyn Fn(serde_json::Value) + Send + Sync>;
+
+/// What the previous token looked like, to see what changed.
+#[derive(Debug, Default)]
+struct Seen {
+    stages: std::collections::BTreeMap<String, StageStatus>,
+    items: std::collections::BTreeSet<String>,
+    cutover_attempts: u32,
+    cutover_done: bool,
+    cutover_error: Option<String>,
+    last_lag_event: Option<Instant>,
+}
+
 /// Shared by the migration (which updates it) and the HTTP server (which
 /// reads it).
-#[derive(Debug)]
 pub struct Progress {
     state: Mutex<Snapshot>,
+    seen: Mutex<Seen>,
+    sink: Mutex<Option<EventSink>>,
     started: Instant,
+}
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Progress").finish_non_exhaustive()
+    }
 }
 
 impl Default for Progress {
     fn default() -> Self {
         Progress {
             state: Mutex::new(Snapshot::default()),
+            seen: Mutex::new(Seen::default()),
+            sink: Mutex::new(None),
             started: Instant::now(),
         }
     }
 }
 
+/// An event object: schema, time, type, then `fields`.
+pub fn event(kind: &str, fields: serde_json::Value) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "schema": EVENT_SCHEMA,
+        "ts": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "event": kind,
+    });
+    if let (Some(o), serde_json::Value::Object(f)) = (v.as_object_mut(), fields) {
+        o.extend(f);
+    }
+    v
+}
+
 impl Progress {
     pub fn new() -> Arc<Self> {
         Arc::new(Progress::default())
+    }
+
+    /// Send every event to `sink` from now on.
+    pub fn set_sink(&self, sink: EventSink) {
+        *self.sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink);
+    }
+
+    /// Emit one event to the sink, if there is one.
+    pub fn emit(&self, kind: &str, fields: serde_json::Value) {
+        if let Some(s) = self.sink.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            s(event(kind, fields));
+        }
+    }
+
+    /// Events for what changed in the token since the last call.
+    fn events_from_token(&self, t: &ResumeToken) {
+        let mut out = Vec::new();
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            for r in &t.stages {
+                let name = r.stage.as_str().to_string();
+                let before = seen.stages.insert(name.clone(), r.status);
+                if before != Some(r.status) {
+                    match r.status {
+                        StageStatus::Running => {
+                            out.push(("stage_started", serde_json::json!({ "stage": name })))
+                        }
+                        StageStatus::Done => out.push((
+                            "stage_finished",
+                            serde_json::json!({
+                                "stage": name,
+                                "seconds": r.finished_at.map(|f| (f - r.started_at).num_milliseconds() as f64 / 1000.0),
+                            }),
+                        )),
+                    }
+                }
+            }
+            for (item, m) in &t.copied {
+                if seen.items.insert(item.clone()) {
+                    out.push((
+                        "item_copied",
+                        serde_json::json!({ "item": item, "rows": m.rows, "bytes": m.bytes, "seconds": m.seconds }),
+                    ));
+                }
+            }
+            if let Some(c) = t.online.as_ref().and_then(|o| o.cutover.as_ref()) {
+                if c.attempts > seen.cutover_attempts {
+                    seen.cutover_attempts = c.attempts;
+                    out.push((
+                        "cutover_started",
+                        serde_json::json!({ "attempt": c.attempts }),
+                    ));
+                }
+                if c.completed && !seen.cutover_done {
+                    seen.cutover_done = true;
+                    out.push((
+                        "cutover_finished",
+                        serde_json::json!({
+                            "downtime_seconds": c.downtime_seconds,
+                            "fence_lsn": c.fence_lsn.map(|l| l.to_string()),
+                        }),
+                    ));
+                }
+                if c.error.is_some() && c.error != seen.cutover_error {
+                    seen.cutover_error = c.error.clone();
+                    out.push(("cutover_failed", serde_json::json!({ "error": c.error })));
+                }
+            }
+        }
+        for (kind, fields) in out {
+            self.emit(kind, fields);
+        }
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut Snapshot) -> R) -> R {
@@ -95,6 +219,7 @@ impl Progress {
 
     /// Take stages and copied items from the token (called on every save).
     pub fn observe_token(&self, t: &ResumeToken) {
+        self.events_from_token(t);
         self.with(|s| {
             s.migration_id = t.migration_id.clone();
             s.stage = t.current_stage().map(|r| r.stage.as_str().to_string());
@@ -124,9 +249,36 @@ impl Progress {
         });
     }
 
-    /// A lag sample of the online loop.
+    /// A lag sample of the online loop (an event every 5 seconds).
     pub fn set_online(&self, f: impl FnOnce(&mut OnlineSnapshot)) {
-        self.with(|s| f(s.online.get_or_insert_with(Default::default)));
+        let o = self.with(|s| {
+            let o = s.online.get_or_insert_with(Default::default);
+            f(o);
+            o.clone()
+        });
+        let due = {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            let due = seen
+                .last_lag_event
+                .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(5));
+            if due {
+                seen.last_lag_event = Some(Instant::now());
+            }
+            due
+        };
+        if due {
+            self.emit(
+                "lag",
+                serde_json::json!({
+                    "lag_bytes": o.lag_bytes,
+                    "lag_seconds": o.lag_seconds,
+                    "applied_lsn": o.applied_lsn,
+                    "transactions_per_second": o.transactions_per_second,
+                    "rows_per_second": o.rows_per_second,
+                    "ready_to_cut_over": o.ready_to_cut_over,
+                }),
+            );
+        }
     }
 }
 

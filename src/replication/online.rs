@@ -744,6 +744,7 @@ async fn cutover(
         Ok(mut out) => {
             out.total_seconds = t0.elapsed().as_secs_f64();
             store.update(|t| {
+                t.stage_done(Stage::Stream);
                 t.stage_done(Stage::Cutover);
                 if let Some(o) = t.online.as_mut() {
                     let c = o.cutover.get_or_insert_with(Default::default);

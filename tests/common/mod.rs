@@ -229,11 +229,81 @@ pub async fn migrate_clean(source: &str, target: &str, extra: &[&str]) -> serde_
     args.extend_from_slice(extra);
     let out = run_async(&args).await;
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = report_of(&out.stdout);
     assert_eq!(
         report["verify"]["differences"].as_array().unwrap().len(),
         0,
         "{report:#}"
     );
     report
+}
+
+/// Every event of `migrate --json`, checked against the schema: each has
+/// `schema`, `ts` and `event`, and every stage of the report was started
+/// and finished, in order, before the summary.
+pub fn check_events(stdout: &[u8]) -> Vec<serde_json::Value> {
+    let text = String::from_utf8_lossy(stdout);
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let known = [
+        "stage_started",
+        "stage_finished",
+        "item_copied",
+        "lag",
+        "cutover_started",
+        "cutover_finished",
+        "cutover_failed",
+        "warning",
+        "error",
+        "summary",
+    ];
+    for e in &events {
+        assert_eq!(e["schema"], "pg_dbmigrator.events/1", "{e}");
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(e["ts"].as_str().unwrap()).is_ok(),
+            "{e}"
+        );
+        assert!(
+            known.contains(&e["event"].as_str().unwrap()),
+            "unknown event: {e}"
+        );
+    }
+    let report = report_of(stdout);
+    for st in report["stages"].as_array().unwrap() {
+        let name = st[0].as_str().unwrap();
+        for kind in ["stage_started", "stage_finished"] {
+            assert!(
+                events
+                    .iter()
+                    .any(|e| e["event"] == kind && e["stage"] == name),
+                "no {kind} event for stage {name}: {text}"
+            );
+        }
+    }
+    events
+}
+
+/// The report of `migrate --json`: its stdout is NDJSON events (schema
+/// `pg_dbmigrator.events/1`), the last one `summary` with the report.
+pub fn report_of(stdout: &[u8]) -> serde_json::Value {
+    let text = String::from_utf8_lossy(stdout);
+    let mut events = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let e: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|err| panic!("not an NDJSON event ({err}): {line}"));
+        assert_eq!(e["schema"], "pg_dbmigrator.events/1", "{line}");
+        assert!(e["ts"].is_string() && e["event"].is_string(), "{line}");
+        events.push(e);
+    }
+    let last = events
+        .pop()
+        .unwrap_or_else(|| panic!("no events on stdout"));
+    assert_eq!(
+        last["event"], "summary",
+        "the last event must be the summary: {last}"
+    );
+    last["report"].clone()
 }

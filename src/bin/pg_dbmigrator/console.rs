@@ -189,6 +189,65 @@ pub fn read_live(token_path: &std::path::Path) -> Option<Snapshot> {
     serde_json::from_slice(&std::fs::read(&path).ok()?).ok()
 }
 
+/// Where warnings and errors logged by the library also go as events
+/// (`migrate --json`).
+fn event_target() -> &'static Mutex<Option<Arc<Progress>>> {
+    static T: OnceLock<Mutex<Option<Arc<Progress>>>> = OnceLock::new();
+    T.get_or_init(|| Mutex::new(None))
+}
+
+/// Print every event of `progress` as one JSON line on stdout, warnings and
+/// errors from the log included.
+pub fn events_to_stdout(progress: &Arc<Progress>) {
+    progress.set_sink(Box::new(|e| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{e}");
+        let _ = out.flush();
+    }));
+    *event_target().lock().unwrap_or_else(|p| p.into_inner()) = Some(progress.clone());
+}
+
+/// A `tracing` layer: WARN and ERROR records become `warning` / `error`
+/// events when events are on.
+pub struct EventLayer;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for EventLayer {
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let level = *event.metadata().level();
+        let kind = if level == tracing::Level::ERROR {
+            "error"
+        } else if level == tracing::Level::WARN {
+            "warning"
+        } else {
+            return;
+        };
+        let Some(p) = event_target()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        else {
+            return;
+        };
+        struct Msg(String);
+        impl tracing::field::Visit for Msg {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}");
+                } else {
+                    self.0.push_str(&format!(" {}={value:?}", field.name()));
+                }
+            }
+        }
+        let mut m = Msg(String::new());
+        event.record(&mut m);
+        p.emit(kind, serde_json::json!({ "message": m.0.trim() }));
+    }
+}
+
 /// How progress is shown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
