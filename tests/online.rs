@@ -1198,6 +1198,22 @@ fn http_get(addr: &str, path: &str) -> (String, String) {
     (head.lines().next().unwrap().to_string(), body.to_string())
 }
 
+fn http_post(addr: &str, path: &str, token: Option<&str>) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let header = token.map_or(String::new(), |t| format!("X-Cutover-Token: {t}\r\n"));
+    s.write_all(
+        format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\n{header}Content-Length: 0\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("pg_dbmigrator_{name} ")))
@@ -1280,8 +1296,40 @@ async fn metrics_and_status_over_http_while_streaming() {
         "{}",
         text(&st.stdout)
     );
-    let c = common::run_async(&["cutover", "--dump-path", &r.dump()]).await;
-    assert_eq!(c.status.code(), Some(0), "{}", text(&c.stderr));
+    // The status page: self-contained, with a Cutover button that works
+    // only with the token printed at start-up.
+    let (status, page) = http_get(&addr, "/");
+    assert!(status.contains("200"), "{status}");
+    assert!(
+        page.contains("<button id=\"cutover\"") && page.contains("/status"),
+        "{page}"
+    );
+    assert!(
+        !page.contains("src=\"http") && !page.contains("href=\"http"),
+        "the page must not load external assets"
+    );
+    assert!(http_post(&addr, "/cutover", None).0.contains("403"));
+    assert!(http_post(&addr, "/cutover", Some("wrong"))
+        .0
+        .contains("403"));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        !r.stderr("m").contains("cutover requested"),
+        "a refused request must not cut over"
+    );
+    let log = r.stderr("m");
+    let token = log
+        .split("cutover token for the status page: ")
+        .nth(1)
+        .and_then(|s| s.lines().next())
+        .unwrap_or_else(|| panic!("no cutover token printed: {log}"))
+        .trim()
+        .to_string();
+    let (status, _) = http_post(&addr, "/cutover", Some(&token));
+    assert!(status.contains("200"), "{status}");
     let (code, out) = wait_child(child, Duration::from_secs(120)).await;
-    r.assert_success(code, &out, "m").await;
+    let report = r.assert_success(code, &out, "m").await;
+    assert!(report["online"]["cutover"]["downtime_seconds"]
+        .as_f64()
+        .is_some());
 }

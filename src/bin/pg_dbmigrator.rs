@@ -544,17 +544,39 @@ async fn migrate(
     let mut config = migrate_config(&args)?;
     let progress = pg_dbmigrator::progress::Progress::new();
     config.progress = Some(progress.clone());
+    console::log_into(&progress);
     if args.json {
         // NDJSON events on stdout; the report is the last one.
         console::events_to_stdout(&progress);
     }
+    let online = config.mode == MigrationMode::Online;
+    let migrator = Migrator::new(config);
     let shown = console::show(progress.clone(), show_mode);
     let _http = match args.http {
         Some(addr) => {
+            if !addr.ip().is_loopback() {
+                tracing::warn!(%addr, "the status page and its cutover button are served beyond this host: anyone who can reach it and holds the token can cut over");
+            }
             let stop = CancellationToken::new();
+            let control = online.then(|| {
+                let handle = migrator.cutover_handle();
+                pg_dbmigrator::progress::CutoverControl {
+                    token: uuid::Uuid::new_v4().simple().to_string(),
+                    request: Box::new(move || handle.request()),
+                }
+            });
+            if let Some(c) = &control {
+                // Once, on stderr: the page's Cutover button needs it.
+                eprintln!(
+                    "pg_dbmigrator: cutover token for the status page: {}",
+                    c.token
+                );
+            }
             let bound =
-                pg_dbmigrator::progress::serve(addr, progress.clone(), stop.clone()).await?;
+                pg_dbmigrator::progress::serve(addr, progress.clone(), control, stop.clone())
+                    .await?;
             tracing::info!(
+                page = %format!("http://{bound}/"),
                 metrics = %format!("http://{bound}/metrics"),
                 status = %format!("http://{bound}/status"),
                 "serving the migration's progress"
@@ -563,7 +585,6 @@ async fn migrate(
         }
         None => None,
     };
-    let migrator = Migrator::new(config);
     let token_path = migrator.token_path()?;
     let published = console::publish(progress.clone(), console::live_path(&token_path));
     let result = migrator.run(cancel).await;

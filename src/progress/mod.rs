@@ -60,6 +60,9 @@ pub struct Snapshot {
     /// Heap size of everything to copy (from the catalogs).
     pub bytes_total: u64,
     pub online: Option<OnlineSnapshot>,
+    /// Warnings logged so far (the last 50).
+    #[serde(default)]
+    pub warnings: Vec<String>,
     pub completed: bool,
     pub elapsed_seconds: f64,
 }
@@ -131,6 +134,16 @@ pub fn event(kind: &str, fields: serde_json::Value) -> serde_json::Value {
 impl Progress {
     pub fn new() -> Arc<Self> {
         Arc::new(Progress::default())
+    }
+
+    /// Keep a warning for the status (the last 50).
+    pub fn add_warning(&self, message: &str) {
+        self.with(|s| {
+            s.warnings.push(message.to_string());
+            if s.warnings.len() > 50 {
+                s.warnings.remove(0);
+            }
+        });
     }
 
     /// Send every event to `sink` from now on.
@@ -387,13 +400,26 @@ pub fn metrics_text(s: &Snapshot) -> String {
     out
 }
 
-/// Serve `/metrics` and `/status` on `addr` until `stop`; returns the bound
-/// address (port 0 picks a free one).
+/// The status page: one self-contained HTML file (no external assets).
+pub const PAGE: &str = include_str!("page.html");
+
+/// Who may cut over from the page: the holder of `token` (printed once at
+/// start-up), through `request`.
+pub struct CutoverControl {
+    pub token: String,
+    pub request: Box<dyn Fn() + Send + Sync>,
+}
+
+/// Serve the page at `/`, `/metrics`, `/status` and `POST /cutover` (with
+/// the header `X-Cutover-Token`; 403 without the right one) on `addr` until
+/// `stop`; returns the bound address (port 0 picks a free one).
 pub async fn serve(
     addr: SocketAddr,
     progress: Arc<Progress>,
+    cutover: Option<CutoverControl>,
     stop: CancellationToken,
 ) -> Result<SocketAddr> {
+    let cutover = Arc::new(cutover);
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| MigrationError::io(format!("listening on {addr} (--http)"), e))?;
@@ -410,6 +436,7 @@ pub async fn serve(
                 },
             };
             let progress = progress.clone();
+            let cutover = cutover.clone();
             tokio::spawn(async move {
                 // The request head, which may come in several pieces.
                 let mut buf = Vec::with_capacity(1024);
@@ -444,8 +471,37 @@ pub async fn serve(
                         serde_json::to_string_pretty(&progress.snapshot())
                             .expect("snapshot serializes"),
                     ),
+                    ("GET", "/") => ("200 OK", "text/html; charset=utf-8", PAGE.to_string()),
+                    ("POST", "/cutover") => {
+                        let given = req.lines().find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.trim()
+                                .eq_ignore_ascii_case("x-cutover-token")
+                                .then(|| v.trim().to_string())
+                        });
+                        match cutover.as_ref() {
+                            None => (
+                                "404 Not Found",
+                                "text/plain",
+                                "this migration has no cutover (offline)\n".into(),
+                            ),
+                            Some(c) if given.as_deref().is_some_and(|g| constant_eq(g, &c.token)) => {
+                                (c.request)();
+                                ("200 OK", "text/plain", "cutover requested\n".into())
+                            }
+                            Some(_) => (
+                                "403 Forbidden",
+                                "text/plain",
+                                "a valid X-Cutover-Token is needed (printed when the migration started)\n".into(),
+                            ),
+                        }
+                    }
                     ("GET", _) => ("404 Not Found", "text/plain", "not found\n".into()),
-                    _ => ("405 Method Not Allowed", "text/plain", "only GET\n".into()),
+                    _ => (
+                        "405 Method Not Allowed",
+                        "text/plain",
+                        "GET, or POST /cutover\n".into(),
+                    ),
                 };
                 let head = format!(
                     "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -458,6 +514,15 @@ pub async fn serve(
         }
     });
     Ok(bound)
+}
+
+/// Compare without returning early on the first difference.
+fn constant_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 #[cfg(test)]

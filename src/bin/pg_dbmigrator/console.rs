@@ -204,6 +204,11 @@ pub fn events_to_stdout(progress: &Arc<Progress>) {
         let _ = writeln!(out, "{e}");
         let _ = out.flush();
     }));
+}
+
+/// Warnings and errors of the log also go to `progress` (its status, and
+/// its events when a sink is set).
+pub fn log_into(progress: &Arc<Progress>) {
     *event_target().lock().unwrap_or_else(|p| p.into_inner()) = Some(progress.clone());
 }
 
@@ -244,6 +249,9 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for EventLayer {
         }
         let mut m = Msg(String::new());
         event.record(&mut m);
+        if kind == "warning" {
+            p.add_warning(m.0.trim());
+        }
         p.emit(kind, serde_json::json!({ "message": m.0.trim() }));
     }
 }
