@@ -414,7 +414,10 @@ pub(crate) async fn copy_phase(
         if let Some(p) = &cfg.progress {
             p.set_totals(
                 items.len() as u64,
-                tables.iter().map(|t| t.bytes.max(0) as u64).sum(),
+                tables
+                    .iter()
+                    .map(|t| (t.qualified(), t.bytes.max(0) as u64))
+                    .collect(),
             );
         }
         // The plan is durable before the first chunk can commit.

@@ -1333,3 +1333,70 @@ async fn metrics_and_status_over_http_while_streaming() {
         .as_f64()
         .is_some());
 }
+
+/// The status page in a real headless Chromium: it renders the live state
+/// of an online run (screenshot kept in `target/status-page.png`), its
+/// Cutover button is refused with a wrong token and cuts over with the
+/// right one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn status_page_in_headless_chromium() {
+    let modules = tokio::task::spawn_blocking(testkit::ensure_browser_tools)
+        .await
+        .unwrap()
+        .expect("Chromium and playwright-core");
+    let r = Run::new("online_page").await;
+    let load = Workload::start(&r.db.source);
+    let child = r.spawn(&["--http", "127.0.0.1:0"], "m", None);
+    r.wait_streaming("m").await;
+    let log = r.stderr("m");
+    let addr = log
+        .split("page=http://")
+        .nth(1)
+        .and_then(|s| s.split('/').next())
+        .unwrap_or_else(|| panic!("no page address logged: {log}"))
+        .to_string();
+    let token = log
+        .split("cutover token for the status page: ")
+        .nth(1)
+        .and_then(|s| s.lines().next())
+        .unwrap_or_else(|| panic!("no cutover token printed: {log}"))
+        .trim()
+        .to_string();
+    let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join("status-page.png");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("browser")
+        .join("status_page.js");
+    let out = tokio::process::Command::new("node")
+        .arg(&script)
+        .arg(format!("http://{addr}/"))
+        .arg(&token)
+        .arg(&shot)
+        .env("NODE_PATH", &modules)
+        .output()
+        .await
+        .expect("running node");
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "browser script failed: {stdout}\n{}\nmigrate: {}",
+        text(&out.stderr),
+        r.stderr("m")
+    );
+    assert!(stdout.contains("refused without the token") && stdout.contains("cutover requested"));
+    let png = std::fs::read(&shot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "screenshot: {} bytes",
+        png.len()
+    );
+    let (code, out) = wait_child(child, Duration::from_secs(120)).await;
+    let bad = load.finish().await;
+    r.assert_success(code, &out, "m").await;
+    assert!(
+        bad.is_empty(),
+        "the workload failed before the fence: {bad:?}"
+    );
+}

@@ -59,6 +59,10 @@ pub struct Snapshot {
     pub bytes_copied: u64,
     /// Heap size of everything to copy (from the catalogs).
     pub bytes_total: u64,
+    /// Heap size of the tables and chunks copied so far (what the
+    /// percentage and the ETA count; COPY data is bigger or smaller).
+    #[serde(default)]
+    pub heap_bytes_done: u64,
     pub online: Option<OnlineSnapshot>,
     /// Warnings logged so far (the last 50).
     #[serde(default)]
@@ -98,6 +102,8 @@ pub struct Progress {
     state: Mutex<Snapshot>,
     seen: Mutex<Seen>,
     sink: Mutex<Option<EventSink>>,
+    /// Heap bytes of each table to copy (quoted `schema.table`).
+    table_bytes: Mutex<std::collections::HashMap<String, u64>>,
     started: Instant,
 }
 
@@ -113,6 +119,7 @@ impl Default for Progress {
             state: Mutex::new(Snapshot::default()),
             seen: Mutex::new(Seen::default()),
             sink: Mutex::new(None),
+            table_bytes: Mutex::new(Default::default()),
             started: Instant::now(),
         }
     }
@@ -233,7 +240,25 @@ impl Progress {
     /// Take stages and copied items from the token (called on every save).
     pub fn observe_token(&self, t: &ResumeToken) {
         self.events_from_token(t);
+        // A chunk `schema.table#i/n` counts for 1/n of its table's heap.
+        let heap_done: u64 = {
+            let sizes = self.table_bytes.lock().unwrap_or_else(|p| p.into_inner());
+            t.copied
+                .keys()
+                .map(|k| match k.split_once('#') {
+                    None => sizes.get(k).copied().unwrap_or(0),
+                    Some((table, part)) => {
+                        let n: u64 = part
+                            .split_once('/')
+                            .and_then(|(_, n)| n.parse().ok())
+                            .unwrap_or(1);
+                        sizes.get(table).copied().unwrap_or(0) / n.max(1)
+                    }
+                })
+                .sum()
+        };
         self.with(|s| {
+            s.heap_bytes_done = heap_done;
             s.migration_id = t.migration_id.clone();
             s.stage = t.current_stage().map(|r| r.stage.as_str().to_string());
             s.stages_done = t
@@ -254,8 +279,11 @@ impl Progress {
         });
     }
 
-    /// What is to be copied: known once the copy is planned.
-    pub fn set_totals(&self, items: u64, bytes: u64) {
+    /// What is to be copied: known once the copy is planned. `tables`:
+    /// each table's heap size by quoted `schema.table`.
+    pub fn set_totals(&self, items: u64, tables: Vec<(String, u64)>) {
+        let bytes = tables.iter().map(|(_, b)| b).sum();
+        *self.table_bytes.lock().unwrap_or_else(|p| p.into_inner()) = tables.into_iter().collect();
         self.with(|s| {
             s.items_total = items;
             s.bytes_total = bytes;
@@ -333,6 +361,12 @@ pub fn metrics_text(s: &Snapshot) -> String {
         "Heap size of everything to copy.",
         "gauge",
         s.bytes_total as f64,
+    );
+    metric(
+        "heap_bytes_done",
+        "Heap size of the tables and chunks copied so far.",
+        "gauge",
+        s.heap_bytes_done as f64,
     );
     metric(
         "completed",

@@ -103,15 +103,15 @@ pub fn line(s: &Snapshot) -> String {
         out.push_str(&format!(" {}/{} items", s.items_done, s.items_total));
     }
     if s.bytes_total > 0 {
-        let pct = (s.bytes_copied as f64 / s.bytes_total as f64 * 100.0).min(100.0);
+        let pct = (s.heap_bytes_done as f64 / s.bytes_total as f64 * 100.0).min(100.0);
         out.push_str(&format!(
             " {} / {} ({pct:.0}%)",
-            human_bytes(s.bytes_copied),
+            human_bytes(s.heap_bytes_done),
             human_bytes(s.bytes_total)
         ));
-        let rate = s.bytes_copied as f64 / s.elapsed_seconds.max(0.001);
+        let rate = s.heap_bytes_done as f64 / s.elapsed_seconds.max(0.001);
         if stage == "copy_data" && rate > 0.0 {
-            let left = s.bytes_total.saturating_sub(s.bytes_copied) as f64 / rate;
+            let left = s.bytes_total.saturating_sub(s.heap_bytes_done) as f64 / rate;
             out.push_str(&format!(" {}/s ETA {:.0}s", human_bytes(rate as u64), left));
         }
     }
@@ -320,7 +320,7 @@ mod tests {
             stage: Some("copy_data".into()),
             items_done: 3,
             items_total: 8,
-            bytes_copied: 50 << 20,
+            heap_bytes_done: 50 << 20,
             bytes_total: 200 << 20,
             elapsed_seconds: 5.0,
             ..Default::default()
