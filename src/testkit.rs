@@ -1285,6 +1285,66 @@ pub fn make_test_cert(
     Ok(files)
 }
 
+/// Debian's Chromium and the npm package `playwright-core` (which drives
+/// it; no browser download) for the status page's browser test: installed
+/// on first use (Chromium with apt-get, playwright-core into
+/// `<target dir>/browser-tools`). Returns the `node_modules` directory.
+pub fn ensure_browser_tools() -> io::Result<PathBuf> {
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
+    if !Path::new("/usr/bin/chromium").is_file() {
+        for args in [
+            &["update"][..],
+            &["install", "-y", "--no-install-recommends", "chromium"][..],
+        ] {
+            let out = Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .stdin(Stdio::null())
+                .output()?;
+            if !out.status.success() {
+                return Err(io::Error::other(format!(
+                    "apt-get {} failed: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr)
+                )));
+            }
+        }
+    }
+    ensure_npm()?;
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target = match std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
+        Some(t) => manifest.join(t),
+        None => manifest.join("target"),
+    };
+    let dir = target.join("browser-tools");
+    let modules = dir.join("node_modules");
+    if !modules.join("playwright-core").is_dir() {
+        std::fs::create_dir_all(&dir)?;
+        let out = Command::new("npm")
+            .args([
+                "install",
+                "--no-save",
+                "--no-package-lock",
+                "--no-audit",
+                "--no-fund",
+                "--loglevel=error",
+                "--prefix",
+            ])
+            .arg(&dir)
+            .arg("playwright-core@1")
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "npm install playwright-core failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+    }
+    Ok(modules)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1344,64 +1404,4 @@ mod tests {
         assert_eq!(passwd_ids("root").unwrap(), Some((0, 0)));
         assert_eq!(passwd_ids("no-such-user-xyz").unwrap(), None);
     }
-}
-
-/// Debian's Chromium and the npm package `playwright-core` (which drives
-/// it; no browser download) for the status page's browser test: installed
-/// on first use (Chromium with apt-get, playwright-core into
-/// `<target dir>/browser-tools`). Returns the `node_modules` directory.
-pub fn ensure_browser_tools() -> io::Result<PathBuf> {
-    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
-    if !Path::new("/usr/bin/chromium").is_file() {
-        for args in [
-            &["update"][..],
-            &["install", "-y", "--no-install-recommends", "chromium"][..],
-        ] {
-            let out = Command::new("apt-get")
-                .args(args)
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .stdin(Stdio::null())
-                .output()?;
-            if !out.status.success() {
-                return Err(io::Error::other(format!(
-                    "apt-get {} failed: {}",
-                    args.join(" "),
-                    String::from_utf8_lossy(&out.stderr)
-                )));
-            }
-        }
-    }
-    ensure_npm()?;
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let target = match std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
-        Some(t) => manifest.join(t),
-        None => manifest.join("target"),
-    };
-    let dir = target.join("browser-tools");
-    let modules = dir.join("node_modules");
-    if !modules.join("playwright-core").is_dir() {
-        std::fs::create_dir_all(&dir)?;
-        let out = Command::new("npm")
-            .args([
-                "install",
-                "--no-save",
-                "--no-package-lock",
-                "--no-audit",
-                "--no-fund",
-                "--loglevel=error",
-                "--prefix",
-            ])
-            .arg(&dir)
-            .arg("playwright-core@1")
-            .stdin(Stdio::null())
-            .output()?;
-        if !out.status.success() {
-            return Err(io::Error::other(format!(
-                "npm install playwright-core failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )));
-        }
-    }
-    Ok(modules)
 }
