@@ -517,6 +517,11 @@ impl TokenStore {
         &self.path
     }
 
+    /// Where progress is published, if anywhere.
+    pub fn progress(&self) -> Option<&std::sync::Arc<crate::progress::Progress>> {
+        self.progress.as_ref()
+    }
+
     /// Change the token and save it.
     pub fn update<R>(&self, f: impl FnOnce(&mut ResumeToken) -> R) -> Result<R> {
         let mut t = self.token.lock().unwrap_or_else(|p| p.into_inner());

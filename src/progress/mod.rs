@@ -45,6 +45,15 @@ pub struct OnlineSnapshot {
     pub fence_lsn: Option<String>,
 }
 
+/// What one copy worker is doing.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct WorkerSnapshot {
+    pub worker: usize,
+    /// The table, or `table#i/n` for a chunk.
+    pub item: String,
+    pub seconds: f64,
+}
+
 /// Where the migration stands.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct Snapshot {
@@ -67,6 +76,9 @@ pub struct Snapshot {
     /// Warnings logged so far (the last 50).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// Copy workers busy with an item right now.
+    #[serde(default)]
+    pub workers: Vec<WorkerSnapshot>,
     pub completed: bool,
     pub elapsed_seconds: f64,
 }
@@ -104,6 +116,8 @@ pub struct Progress {
     sink: Mutex<Option<EventSink>>,
     /// Heap bytes of each table to copy (quoted `schema.table`).
     table_bytes: Mutex<std::collections::HashMap<String, u64>>,
+    /// Busy copy workers: item and start.
+    workers: Mutex<std::collections::BTreeMap<usize, (String, Instant)>>,
     started: Instant,
 }
 
@@ -120,6 +134,7 @@ impl Default for Progress {
             seen: Mutex::new(Seen::default()),
             sink: Mutex::new(None),
             table_bytes: Mutex::new(Default::default()),
+            workers: Mutex::new(Default::default()),
             started: Instant::now(),
         }
     }
@@ -234,7 +249,31 @@ impl Progress {
     pub fn snapshot(&self) -> Snapshot {
         let mut s = self.with(|s| s.clone());
         s.elapsed_seconds = self.started.elapsed().as_secs_f64();
+        s.workers = self
+            .workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(w, (item, since))| WorkerSnapshot {
+                worker: *w,
+                item: item.clone(),
+                seconds: since.elapsed().as_secs_f64(),
+            })
+            .collect();
         s
+    }
+
+    /// Copy worker `worker` started on `item` (`None`: it is idle).
+    pub fn worker(&self, worker: usize, item: Option<&str>) {
+        let mut w = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        match item {
+            Some(i) => {
+                w.insert(worker, (i.to_string(), Instant::now()));
+            }
+            None => {
+                w.remove(&worker);
+            }
+        }
     }
 
     /// Take stages and copied items from the token (called on every save).

@@ -21,6 +21,17 @@ struct Bar {
     active: bool,
 }
 
+/// Erase the `text` drawn last (its lines; the cursor ends at the start of
+/// the first).
+fn erase(text: &str) -> String {
+    let lines = text.lines().count().max(1);
+    let mut s = String::from(CLEAR);
+    for _ in 1..lines {
+        s.push_str("\x1b[1A\x1b[2K");
+    }
+    s
+}
+
 fn bar() -> &'static Mutex<Bar> {
     static BAR: OnceLock<Mutex<Bar>> = OnceLock::new();
     BAR.get_or_init(|| {
@@ -56,7 +67,7 @@ impl Drop for Record {
         if bar.text.is_empty() {
             let _ = err.write_all(&self.0);
         } else {
-            let _ = write!(err, "{CLEAR}");
+            let _ = write!(err, "{}", erase(&bar.text));
             let _ = err.write_all(&self.0);
             let _ = write!(err, "{}", bar.text);
         }
@@ -77,9 +88,17 @@ fn draw(text: &str) {
     if !bar.active {
         return;
     }
-    bar.text = text.to_string();
+    let old = std::mem::replace(&mut bar.text, text.to_string());
     let mut err = std::io::stderr().lock();
-    let _ = write!(err, "{CLEAR}{text}");
+    let _ = write!(
+        err,
+        "{}{text}",
+        if old.is_empty() {
+            CLEAR.to_string()
+        } else {
+            erase(&old)
+        }
+    );
     let _ = err.flush();
 }
 
@@ -87,9 +106,9 @@ fn clear() {
     let mut bar = bar().lock().unwrap_or_else(|p| p.into_inner());
     bar.active = false;
     if !bar.text.is_empty() {
-        bar.text.clear();
+        let old = std::mem::take(&mut bar.text);
         let mut err = std::io::stderr().lock();
-        let _ = write!(err, "{CLEAR}");
+        let _ = write!(err, "{}", erase(&old));
         let _ = err.flush();
     }
 }
@@ -127,6 +146,13 @@ pub fn line(s: &Snapshot) -> String {
             } else {
                 ""
             }
+        ));
+    }
+    // One line per busy copy worker.
+    for w in &s.workers {
+        out.push_str(&format!(
+            "\n  worker {}: {} ({:.1}s)",
+            w.worker, w.item, w.seconds
         ));
     }
     out
@@ -303,7 +329,7 @@ pub fn show(progress: Arc<Progress>, mode: Mode) -> Option<Shown> {
             let text = line(&progress.snapshot());
             match mode {
                 Mode::Bar => draw(&text),
-                _ => tracing::info!("progress: {text}"),
+                _ => tracing::info!("progress: {}", text.replace("\n  ", "; ")),
             }
         }
     });
@@ -328,5 +354,29 @@ mod tests {
         let l = line(&s);
         assert!(l.starts_with("[copy_data] 3/8 items"), "{l}");
         assert!(l.contains("(25%)") && l.contains("ETA 15s"), "{l}");
+    }
+
+    #[test]
+    fn one_line_per_busy_worker_and_all_of_them_erased() {
+        let s = Snapshot {
+            stage: Some("copy_data".into()),
+            workers: vec![
+                pg_dbmigrator::progress::WorkerSnapshot {
+                    worker: 0,
+                    item: "public.a#1/4".into(),
+                    seconds: 1.25,
+                },
+                pg_dbmigrator::progress::WorkerSnapshot {
+                    worker: 1,
+                    item: "public.b".into(),
+                    seconds: 0.5,
+                },
+            ],
+            ..Default::default()
+        };
+        let l = line(&s);
+        assert_eq!(l.lines().count(), 3, "{l}");
+        assert!(l.contains("\n  worker 0: public.a#1/4 (1.2s)"), "{l}");
+        assert_eq!(erase(&l), format!("{CLEAR}\x1b[1A\x1b[2K\x1b[1A\x1b[2K"));
     }
 }
