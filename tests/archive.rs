@@ -66,7 +66,7 @@ async fn rich_fixture_round_trip() {
 
     let out = run_async(&[dump_args(&db.source, a), vec!["--json"]].concat()).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = common::report_of(&out.stdout);
     assert!(report["large_objects"].as_u64().unwrap() > 0, "{report}");
     // The manifest lists every file with its size and digest; big was split.
     let manifest: serde_json::Value =
@@ -244,7 +244,7 @@ async fn kill_9_during_dump_and_during_restore_then_resume() {
         .collect();
     let out = run_async(&[dump.clone(), vec!["--resume", "--json"]].concat()).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = common::report_of(&out.stdout);
     assert_eq!(report["resumed"], true);
     assert_eq!(report["files_kept"].as_u64().unwrap() as usize, kept.len());
     // Finished files were kept as they were.
@@ -312,7 +312,7 @@ async fn kill_9_during_dump_and_during_restore_then_resume() {
     assert!(!t.copied.keys().any(|k| k.starts_with("public.big")));
     let out = run_async(&[restore.clone(), vec!["--resume", "--json"]].concat()).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = common::report_of(&out.stdout);
     let again: Vec<&str> = report["tables"]
         .as_array()
         .unwrap()

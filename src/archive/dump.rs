@@ -235,7 +235,7 @@ pub(crate) async fn run_with(
     token.snapshot_name = Some(snapshot_id.clone());
     token.stage_started(Stage::Dump);
     token.save(&token_path)?;
-    let store = Arc::new(TokenStore::new(token_path.clone(), token));
+    let store = Arc::new(TokenStore::new(token_path.clone(), token).observed(cfg.progress.clone()));
 
     let mut manifest = Manifest::new(
         dbname,

@@ -164,7 +164,7 @@ pub async fn run(cfg: &MigrationConfig, cancel: CancellationToken) -> Result<Mig
     };
     token.stage_started(Stage::Restore);
     token.save(&token_path)?;
-    let store = Arc::new(TokenStore::new(token_path.clone(), token));
+    let store = Arc::new(TokenStore::new(token_path.clone(), token).observed(cfg.progress.clone()));
     if !resumed {
         copy::drop_target_state(&dst).await?;
     }

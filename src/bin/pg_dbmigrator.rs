@@ -542,16 +542,11 @@ async fn migrate(
         return plan(args).await;
     }
     let mut config = migrate_config(&args)?;
-    let progress = pg_dbmigrator::progress::Progress::new();
+    // NDJSON events on stdout with --json; the report is the last one.
+    let (progress, shown) = start_progress(args.json, show_mode);
     config.progress = Some(progress.clone());
-    console::log_into(&progress);
-    if args.json {
-        // NDJSON events on stdout; the report is the last one.
-        console::events_to_stdout(&progress);
-    }
     let online = config.mode == MigrationMode::Online;
     let migrator = Migrator::new(config);
-    let shown = console::show(progress.clone(), show_mode);
     let _http = match args.http {
         Some(addr) => {
             if !addr.ip().is_loopback() {
@@ -591,23 +586,10 @@ async fn migrate(
     drop(published);
     // The progress line goes before the report is printed.
     drop(shown);
-    if let (true, Err(e)) = (args.json, &result) {
-        progress.emit(
-            "error",
-            serde_json::json!({ "message": e.to_string(), "exit_code": e.exit_code() }),
-        );
-    }
+    finish_run(&progress, args.json, &result, |r| r.summary());
     let Some(report) = interrupted(result, &token_path)? else {
         return Ok(exit_code::INTERRUPTED);
     };
-    if args.json {
-        progress.emit(
-            "summary",
-            serde_json::json!({ "report": serde_json::to_value(&report).expect("report serializes") }),
-        );
-    } else {
-        print!("{}", report.summary());
-    }
     Ok(match &report.verify {
         Some(v) if !v.is_clean() => exit_code::VERIFY_DIFFERENCES,
         _ => exit_code::OK,
@@ -691,6 +673,47 @@ fn interrupted<R>(
 }
 
 /// A report on stdout: JSON for scripts, or the human summary.
+/// Progress for a run: log warnings into it, NDJSON events on stdout with
+/// `--json`, the live line per `--progress`.
+fn start_progress(
+    json: bool,
+    show_mode: console::Mode,
+) -> (
+    std::sync::Arc<pg_dbmigrator::progress::Progress>,
+    Option<console::Shown>,
+) {
+    let progress = pg_dbmigrator::progress::Progress::new();
+    console::log_into(&progress);
+    if json {
+        console::events_to_stdout(&progress);
+    }
+    let shown = console::show(progress.clone(), show_mode);
+    (progress, shown)
+}
+
+/// The end of a run with `--json`: an `error` event for a failure, the
+/// `summary` event (holding the report) for a success; without `--json`
+/// the report's text summary.
+fn finish_run<R: serde::Serialize>(
+    progress: &pg_dbmigrator::progress::Progress,
+    json: bool,
+    result: &Result<R, MigrationError>,
+    summary: impl FnOnce(&R) -> String,
+) {
+    match (json, result) {
+        (true, Err(e)) => progress.emit(
+            "error",
+            serde_json::json!({ "message": e.to_string(), "exit_code": e.exit_code() }),
+        ),
+        (true, Ok(r)) => progress.emit(
+            "summary",
+            serde_json::json!({ "report": serde_json::to_value(r).expect("report serializes") }),
+        ),
+        (false, Ok(r)) => print!("{}", summary(r)),
+        (false, Err(_)) => {}
+    }
+}
+
 fn print_report<R: serde::Serialize>(report: &R, json: bool, summary: impl FnOnce() -> String) {
     if json {
         println!(
@@ -702,8 +725,14 @@ fn print_report<R: serde::Serialize>(report: &R, json: bool, summary: impl FnOnc
     }
 }
 
-async fn dump(args: DumpArgs, cancel: CancellationToken) -> Result<i32, MigrationError> {
+async fn dump(
+    args: DumpArgs,
+    cancel: CancellationToken,
+    show_mode: console::Mode,
+) -> Result<i32, MigrationError> {
+    let (progress, shown) = start_progress(args.json, show_mode);
     let config = MigrationConfig {
+        progress: Some(progress.clone()),
         source: Some(endpoint("source", &args.source)?),
         data_only: args.data_only,
         jobs: args.jobs,
@@ -723,19 +752,23 @@ async fn dump(args: DumpArgs, cancel: CancellationToken) -> Result<i32, Migratio
         ..MigrationConfig::default()
     };
     let token = pg_dbmigrator::ResumeToken::path_for(&args.dump_path);
-    let Some(report) = interrupted(
-        pg_dbmigrator::archive::dump::run(&config, cancel).await,
-        &token,
-    )?
-    else {
-        return Ok(exit_code::INTERRUPTED);
-    };
-    print_report(&report, args.json, || report.summary());
-    Ok(exit_code::OK)
+    let result = pg_dbmigrator::archive::dump::run(&config, cancel).await;
+    drop(shown);
+    finish_run(&progress, args.json, &result, |r| r.summary());
+    match interrupted(result, &token)? {
+        Some(_) => Ok(exit_code::OK),
+        None => Ok(exit_code::INTERRUPTED),
+    }
 }
 
-async fn restore(args: RestoreArgs, cancel: CancellationToken) -> Result<i32, MigrationError> {
+async fn restore(
+    args: RestoreArgs,
+    cancel: CancellationToken,
+    show_mode: console::Mode,
+) -> Result<i32, MigrationError> {
+    let (progress, shown) = start_progress(args.json, show_mode);
     let config = MigrationConfig {
+        progress: Some(progress.clone()),
         target: Some(endpoint("target", &args.target)?),
         jobs: args.jobs,
         index_jobs: args.index_jobs,
@@ -747,15 +780,13 @@ async fn restore(args: RestoreArgs, cancel: CancellationToken) -> Result<i32, Mi
         ..MigrationConfig::default()
     };
     let token = pg_dbmigrator::ResumeToken::restore_path_for(&args.dump_path);
-    let Some(report) = interrupted(
-        pg_dbmigrator::archive::restore::run(&config, cancel).await,
-        &token,
-    )?
-    else {
-        return Ok(exit_code::INTERRUPTED);
-    };
-    print_report(&report, args.json, || report.summary());
-    Ok(exit_code::OK)
+    let result = pg_dbmigrator::archive::restore::run(&config, cancel).await;
+    drop(shown);
+    finish_run(&progress, args.json, &result, |r| r.summary());
+    match interrupted(result, &token)? {
+        Some(_) => Ok(exit_code::OK),
+        None => Ok(exit_code::INTERRUPTED),
+    }
 }
 
 async fn verify(args: VerifyArgs, cancel: CancellationToken) -> Result<i32, MigrationError> {
@@ -1094,8 +1125,8 @@ fn main() -> ExitCode {
             Command::Verify(a) => verify(a, cancel_on_signals()).await,
             Command::Status(a) => status(a),
             Command::Schema(a) => schema(a).await,
-            Command::Dump(a) => dump(a, cancel_on_signals()).await,
-            Command::Restore(a) => restore(a, cancel_on_signals()).await,
+            Command::Dump(a) => dump(a, cancel_on_signals(), show_mode).await,
+            Command::Restore(a) => restore(a, cancel_on_signals(), show_mode).await,
             Command::Cutover(a) => cutover(a).await,
             Command::Cleanup(a) => cleanup(a).await,
             Command::Unfence(a) => unfence(a).await,
