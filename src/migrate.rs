@@ -694,6 +694,30 @@ async fn run_via_archive(
     Ok(report)
 }
 
+/// The source's extensions (`name version`) the target server cannot
+/// install at the same version.
+pub(crate) async fn unavailable_extensions(
+    admin: &Client,
+    needs: &TargetNeeds,
+) -> Result<Vec<String>> {
+    let ext_names: Vec<&str> = needs.extensions.iter().map(|e| e.0.as_str()).collect();
+    let ext_versions: Vec<&str> = needs.extensions.iter().map(|e| e.1.as_str()).collect();
+    Ok(admin
+        .query(
+            "SELECT u.n || ' ' || u.v
+               FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) AS u(n, v)
+              WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_available_extension_versions a
+                                 WHERE a.name = u.n AND a.version = u.v)
+              ORDER BY 1",
+            &[&ext_names, &ext_versions],
+        )
+        .await
+        .map_err(|e| MigrationError::db("checking extensions on the target", e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
 /// The verify stage (unless `--verify none`), recorded in the token and
 /// in `stages`.
 pub(crate) async fn verify_stage(
@@ -1201,22 +1225,7 @@ pub(crate) async fn prepare_target_database(
         )));
     }
     // Every extension must be installable on the target at the source's version.
-    let ext_names: Vec<&str> = needs.extensions.iter().map(|e| e.0.as_str()).collect();
-    let ext_versions: Vec<&str> = needs.extensions.iter().map(|e| e.1.as_str()).collect();
-    let unavailable: Vec<String> = admin
-        .query(
-            "SELECT u.n || ' ' || u.v
-               FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) AS u(n, v)
-              WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_available_extension_versions a
-                                 WHERE a.name = u.n AND a.version = u.v)
-              ORDER BY 1",
-            &[&ext_names, &ext_versions],
-        )
-        .await
-        .map_err(|e| MigrationError::db("checking extensions on the target", e))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let unavailable = unavailable_extensions(&admin, needs).await?;
     if !unavailable.is_empty() {
         return Err(MigrationError::TargetNotReady(format!(
             "extension(s) not available on the target server at the source's version: {}. Install the extension packages on the target first",

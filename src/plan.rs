@@ -337,6 +337,13 @@ pub async fn plan(cfg: &MigrationConfig) -> Result<Plan> {
             .iter()
             .map(|r| r.get(0))
             .collect();
+        let unavailable = crate::migrate::unavailable_extensions(tc, &needs).await?;
+        if !unavailable.is_empty() {
+            p.refusals.push(format!(
+                "extension(s) not available on the target server at the source's version: {}. Install the extension packages on the target first",
+                unavailable.join(", ")
+            ));
+        }
         let missing: Vec<String> = needs
             .roles
             .iter()
