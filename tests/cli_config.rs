@@ -209,3 +209,92 @@ async fn json_events_of_an_offline_run() {
         "{events:#?}"
     );
 }
+
+/// `/metrics` during an offline copy: one table held back by a lock on the
+/// target, the counters show the rest; once it is released, they grow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_grow_during_the_copy() {
+    let db = common::demo_db("metrics_copy").await;
+    let blocker = common::block_copies_into(&db, "shop.documents").await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("m.log");
+    let mut args = common::migrate_args(&db, dir.path().join("w").to_str().unwrap());
+    args.extend(["--http", "127.0.0.1:0"].map(String::from));
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut child = common::command(&a)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let scrape = |addr: &str| -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut r = String::new();
+        s.read_to_string(&mut r).unwrap();
+        r
+    };
+    let value = |m: &str, name: &str| -> f64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(&format!("pg_dbmigrator_{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in {m}"))
+            .parse()
+            .unwrap()
+    };
+    // Wait for the address, then for every table but the blocked one.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let (addr, before) = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(addr) = text
+            .split("metrics=http://")
+            .nth(1)
+            .and_then(|s| s.split('/').next())
+        {
+            let m = scrape(addr);
+            let total = value(&m, "items_total");
+            if total > 0.0 && value(&m, "items_done") == total - 1.0 {
+                break (addr.to_string(), m);
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "copy never got there: {text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(
+        before.contains("pg_dbmigrator_stage{stage=\"copy_data\"} 1"),
+        "{before}"
+    );
+    // Let the blocked table go, and hold the run after its copy (a lock on
+    // a table already copied stops the steps after the copy) so the grown
+    // counters can be read before the process ends.
+    blocker
+        .batch_execute("COMMIT; BEGIN; LOCK TABLE shop.customers IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let after = loop {
+        let m = scrape(&addr);
+        if value(&m, "items_done") == value(&m, "items_total") {
+            break m;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the copy did not finish: {m}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(value(&after, "bytes_copied") > value(&before, "bytes_copied"));
+    assert!(value(&after, "heap_bytes_done") > value(&before, "heap_bytes_done"));
+    blocker.batch_execute("COMMIT").await.unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+}
