@@ -79,6 +79,10 @@ pub struct Snapshot {
     /// Copy workers busy with an item right now.
     #[serde(default)]
     pub workers: Vec<WorkerSnapshot>,
+    /// Errors logged so far (a failed cutover attempt, a lost connection
+    /// retried, the run's own failure).
+    #[serde(default)]
+    pub errors: u64,
     pub completed: bool,
     pub elapsed_seconds: f64,
 }
@@ -156,6 +160,11 @@ pub fn event(kind: &str, fields: serde_json::Value) -> serde_json::Value {
 impl Progress {
     pub fn new() -> Arc<Self> {
         Arc::new(Progress::default())
+    }
+
+    /// Count an error logged.
+    pub fn add_error(&self) {
+        self.with(|s| s.errors += 1);
     }
 
     /// Keep a warning for the status (the last 50).
@@ -412,6 +421,18 @@ pub fn metrics_text(s: &Snapshot) -> String {
         "1 once the migration finished.",
         "gauge",
         if s.completed { 1.0 } else { 0.0 },
+    );
+    metric(
+        "errors",
+        "Errors logged so far.",
+        "counter",
+        s.errors as f64,
+    );
+    metric(
+        "warnings",
+        "Warnings logged so far (the status keeps the last 50).",
+        "gauge",
+        s.warnings.len() as f64,
     );
     metric(
         "elapsed_seconds",

@@ -277,6 +277,8 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for EventLayer {
         event.record(&mut m);
         if kind == "warning" {
             p.add_warning(m.0.trim());
+        } else {
+            p.add_error();
         }
         p.emit(kind, serde_json::json!({ "message": m.0.trim() }));
     }
