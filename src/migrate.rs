@@ -694,6 +694,28 @@ async fn run_via_archive(
     Ok(report)
 }
 
+/// The roles the schema names that the target server lacks, and every
+/// role it has.
+pub(crate) async fn missing_roles(
+    admin: &Client,
+    needs: &TargetNeeds,
+) -> Result<(Vec<String>, Vec<String>)> {
+    let present: Vec<String> = admin
+        .query("SELECT rolname::text FROM pg_catalog.pg_roles", &[])
+        .await
+        .map_err(|e| MigrationError::db("listing roles on the target", e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let missing = needs
+        .roles
+        .iter()
+        .filter(|r| !present.contains(r))
+        .cloned()
+        .collect();
+    Ok((missing, present))
+}
+
 /// The source's extensions (`name version`) the target server cannot
 /// install at the same version.
 pub(crate) async fn unavailable_extensions(
@@ -1160,18 +1182,7 @@ pub(crate) async fn prepare_target_database(
             source_version / 10000
         )));
     }
-    let owners = needs.roles.clone();
-    let present: Vec<String> = admin
-        .query("SELECT rolname::text FROM pg_catalog.pg_roles", &[])
-        .await
-        .map_err(|e| MigrationError::db("listing roles on the target", e))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let missing: Vec<String> = owners
-        .into_iter()
-        .filter(|r| !present.contains(r))
-        .collect();
+    let (missing, present) = missing_roles(&admin, needs).await?;
     if let (false, true, Some(src)) = (missing.is_empty(), cfg.roles, src) {
         // Roles are cluster-wide: created once, before the database, and
         // left in place (a resumed run needs them too).

@@ -330,13 +330,6 @@ pub async fn plan(cfg: &MigrationConfig) -> Result<Plan> {
             script.last.len()
         ));
         let needs = TargetNeeds::read(&src, p.source_version, cfg).await?;
-        let present: Vec<String> = tc
-            .query("SELECT rolname::text FROM pg_catalog.pg_roles", &[])
-            .await
-            .map_err(|e| MigrationError::db("listing roles on the target", e))?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
         let unavailable = crate::migrate::unavailable_extensions(tc, &needs).await?;
         if !unavailable.is_empty() {
             p.refusals.push(format!(
@@ -344,12 +337,7 @@ pub async fn plan(cfg: &MigrationConfig) -> Result<Plan> {
                 unavailable.join(", ")
             ));
         }
-        let missing: Vec<String> = needs
-            .roles
-            .iter()
-            .filter(|r| !present.contains(r))
-            .cloned()
-            .collect();
+        let (missing, _) = crate::migrate::missing_roles(tc, &needs).await?;
         if !missing.is_empty() {
             if cfg.roles {
                 p.target_changes

@@ -137,13 +137,17 @@ fn embedded_bin_dir(install: &Path) -> PathBuf {
         .join("bin")
 }
 
-fn embedded_cache_dir() -> io::Result<PathBuf> {
+/// Cargo's target directory (where test tools are cached).
+fn target_dir() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let target = match std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
+    match std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
         Some(t) => manifest.join(t), // `join` keeps an absolute path as is
         None => manifest.join("target"),
-    };
-    let preferred = target.join("pg-embedded");
+    }
+}
+
+fn embedded_cache_dir() -> io::Result<PathBuf> {
+    let preferred = target_dir().join("pg-embedded");
     if effective_uid()? != 0 || others_can_traverse(&preferred)? {
         return Ok(preferred);
     }
@@ -207,10 +211,15 @@ fn ensure_npm() -> io::Result<()> {
     if has("npm") && has("node") {
         return Ok(());
     }
-    for args in [
-        &["update"][..],
-        &["install", "-y", "--no-install-recommends", "nodejs", "npm"][..],
-    ] {
+    apt_install(&["nodejs", "npm"])
+}
+
+/// `apt-get update` and install `packages` from Debian (tests run as root
+/// on a fresh machine that may lack them).
+fn apt_install(packages: &[&str]) -> io::Result<()> {
+    let mut install = vec!["install", "-y", "--no-install-recommends"];
+    install.extend_from_slice(packages);
+    for args in [&["update"][..], &install[..]] {
         let out = Command::new("apt-get")
             .args(args)
             .env("DEBIAN_FRONTEND", "noninteractive")
@@ -1293,31 +1302,10 @@ pub fn ensure_browser_tools() -> io::Result<PathBuf> {
     static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
     if !Path::new("/usr/bin/chromium").is_file() {
-        for args in [
-            &["update"][..],
-            &["install", "-y", "--no-install-recommends", "chromium"][..],
-        ] {
-            let out = Command::new("apt-get")
-                .args(args)
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .stdin(Stdio::null())
-                .output()?;
-            if !out.status.success() {
-                return Err(io::Error::other(format!(
-                    "apt-get {} failed: {}",
-                    args.join(" "),
-                    String::from_utf8_lossy(&out.stderr)
-                )));
-            }
-        }
+        apt_install(&["chromium"])?;
     }
     ensure_npm()?;
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let target = match std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
-        Some(t) => manifest.join(t),
-        None => manifest.join("target"),
-    };
-    let dir = target.join("browser-tools");
+    let dir = target_dir().join("browser-tools");
     let modules = dir.join("node_modules");
     if !modules.join("playwright-core").is_dir() {
         std::fs::create_dir_all(&dir)?;

@@ -226,22 +226,8 @@ async fn metrics_grow_during_the_copy() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let scrape = |addr: &str| -> String {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
-            .unwrap();
-        let mut r = String::new();
-        s.read_to_string(&mut r).unwrap();
-        r
-    };
-    let value = |m: &str, name: &str| -> f64 {
-        m.lines()
-            .find_map(|l| l.strip_prefix(&format!("pg_dbmigrator_{name} ")))
-            .unwrap_or_else(|| panic!("no {name} in {m}"))
-            .parse()
-            .unwrap()
-    };
+    let scrape = |addr: &str| common::http_get(addr, "/metrics").1;
+    let value = common::metric;
     // Wait for the address, then for every table but the blocked one.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let (addr, before) = loop {

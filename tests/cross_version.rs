@@ -146,8 +146,7 @@ async fn rich_fixture_across_majors_both_directions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn online_upgrade_into_pg17_under_writes() {
     use pg_dbmigrator::{CutoverMode, MigrationMode};
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
     let pair = testkit::shared_pair();
     let other = Server::from_cluster(
         tokio::task::spawn_blocking(start_other_major)
@@ -161,34 +160,8 @@ async fn online_upgrade_into_pg17_under_writes() {
     testkit::execute(&db.source, &fixture("rich_data.sql"))
         .await
         .expect("rich data on source");
-    testkit::execute(
-        &db.source,
-        "CREATE TABLE online_extra (id bigserial PRIMARY KEY, v text, n int NOT NULL DEFAULT 0)",
-    )
-    .await
-    .unwrap();
     // A writer until the fence ends its session.
-    let stop = Arc::new(AtomicBool::new(false));
-    let written = Arc::new(AtomicU64::new(0));
-    let writer = tokio::spawn({
-        let (source, stop, written) = (db.source.clone(), stop.clone(), written.clone());
-        async move {
-            let c = testkit::client(&source).await;
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                i += 1;
-                let sql = format!(
-                    "INSERT INTO online_extra (v) VALUES ('row {i}'); UPDATE online_extra SET n = n + 1 WHERE id = {}",
-                    1 + i / 2
-                );
-                if c.batch_execute(&sql).await.is_err() {
-                    return;
-                }
-                written.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-            }
-        }
-    });
+    let (writer, written) = common::fence_ended_writer(&db.source).await;
     let dir = tempfile::tempdir().unwrap();
     let report = Migrator::new(MigrationConfig {
         source: Some(EndpointConfig::parse(&db.source).unwrap()),
@@ -204,8 +177,8 @@ async fn online_upgrade_into_pg17_under_writes() {
     .run(CancellationToken::new())
     .await
     .expect("online migration into PostgreSQL 17");
-    stop.store(true, Ordering::Relaxed);
-    let _ = writer.await;
+    // The fence ended the writer's session.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(30), writer).await;
     assert!(
         written.load(Ordering::Relaxed) > 0,
         "the writer never wrote"

@@ -67,33 +67,8 @@ async fn older_major_into_15(major: u32) {
 /// messages: the cutover drains to the fence by WAL position), 14 protocol 2.
 async fn online_from_older_major(source: &str, target: &str, major: u32) {
     use pg_dbmigrator::{CutoverMode, EndpointConfig, MigrationConfig, MigrationMode, Migrator};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::Arc;
-    testkit::execute(
-        source,
-        "CREATE TABLE public.online_extra (id bigserial PRIMARY KEY, v text, n int NOT NULL DEFAULT 0)",
-    )
-    .await
-    .unwrap();
-    let written = Arc::new(AtomicU64::new(0));
-    let writer = tokio::spawn({
-        let (source, written) = (source.to_string(), written.clone());
-        async move {
-            let c = testkit::client(&source).await;
-            for i in 1u64.. {
-                let sql = format!(
-                    "INSERT INTO public.online_extra (v) VALUES ('row {i}'); UPDATE public.online_extra SET n = n + 1 WHERE id = {}",
-                    1 + i / 2
-                );
-                // Ends at the fence.
-                if c.batch_execute(&sql).await.is_err() {
-                    return;
-                }
-                written.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-            }
-        }
-    });
+    use std::sync::atomic::Ordering;
+    let (writer, written) = fence_ended_writer(source).await;
     let dir = tempfile::tempdir().unwrap();
     let report = Migrator::new(MigrationConfig {
         source: Some(EndpointConfig::parse(source).unwrap()),

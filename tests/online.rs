@@ -360,6 +360,20 @@ async fn large_objects(conninfo: &str) -> Vec<(u32, String)> {
     .collect()
 }
 
+/// Replication slots of this database plus publications, on the source.
+async fn slots_and_publications(db: &TestDb) -> i64 {
+    testkit::client(&db.source)
+        .await
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_replication_slots WHERE database = current_database())
+                  + (SELECT count(*) FROM pg_publication)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 async fn assert_same(db: &TestDb) {
     let (a, b) = tokio::join!(content_digest(&db.source), content_digest(&db.target));
     assert_eq!(a, b, "source and target rows differ");
@@ -863,15 +877,7 @@ async fn missing_replica_identity_refused_before_anything_is_created() {
         "tables with a key are fine: {err}"
     );
     let src = testkit::client(&r.db.source).await;
-    let created: i64 = src
-        .query_one(
-            "SELECT (SELECT count(*) FROM pg_replication_slots WHERE database = current_database())
-                  + (SELECT count(*) FROM pg_publication)",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let created = slots_and_publications(&r.db).await;
     assert_eq!(created, 0, "nothing may be created on the source");
     let ri: String = src
         .query_one(
@@ -1172,54 +1178,9 @@ async fn keep_slot_and_publication_then_cleanup() {
     assert_eq!(code, Some(0), "{}", r.stderr("m"));
     let report = common::report_of(out.as_bytes());
     assert_eq!(report["verify"]["differences"].as_array().unwrap().len(), 0);
-    let src = testkit::client(&r.db.source).await;
-    let kept: i64 = src
-        .query_one(
-            "SELECT (SELECT count(*) FROM pg_replication_slots WHERE database = current_database())
-                  + (SELECT count(*) FROM pg_publication)",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let kept = slots_and_publications(&r.db).await;
     assert_eq!(kept, 2, "the slot and the publication are kept");
     r.cleanup().await;
-}
-
-fn http_get(addr: &str, path: &str) -> (String, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
-    (head.lines().next().unwrap().to_string(), body.to_string())
-}
-
-fn http_post(addr: &str, path: &str, token: Option<&str>) -> (String, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let header = token.map_or(String::new(), |t| format!("X-Cutover-Token: {t}\r\n"));
-    s.write_all(
-        format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\n{header}Content-Length: 0\r\n\r\n")
-            .as_bytes(),
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
-    (head.lines().next().unwrap().to_string(), body.to_string())
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("pg_dbmigrator_{name} ")))
-        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
-        .parse()
-        .unwrap()
 }
 
 /// `--http`: Prometheus metrics and the JSON status, scraped over real HTTP
@@ -1237,11 +1198,14 @@ async fn metrics_and_status_over_http_while_streaming() {
         .and_then(|s| s.split('/').next())
         .unwrap_or_else(|| panic!("no metrics address logged: {log}"))
         .to_string();
-    let (status, m1) = http_get(&addr, "/metrics");
+    let (status, m1) = common::http_get(&addr, "/metrics");
     assert!(status.contains("200"), "{status}");
-    let total = metric(&m1, "items_total");
-    assert!(total > 0.0 && metric(&m1, "items_done") == total, "{m1}");
-    assert!(metric(&m1, "bytes_copied") > 0.0, "{m1}");
+    let total = common::metric(&m1, "items_total");
+    assert!(
+        total > 0.0 && common::metric(&m1, "items_done") == total,
+        "{m1}"
+    );
+    assert!(common::metric(&m1, "bytes_copied") > 0.0, "{m1}");
     assert!(
         m1.contains("pg_dbmigrator_stage{stage=\"stream\"} 1"),
         "{m1}"
@@ -1255,18 +1219,18 @@ async fn metrics_and_status_over_http_while_streaming() {
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let m2 = loop {
-        let (_, m) = http_get(&addr, "/metrics");
+        let (_, m) = common::http_get(&addr, "/metrics");
         if m.contains("pg_dbmigrator_applied_transactions")
-            && metric(&m, "applied_transactions") >= 1.0
+            && common::metric(&m, "applied_transactions") >= 1.0
         {
             break m;
         }
         assert!(Instant::now() < deadline, "no applied transactions: {m}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
-    metric(&m2, "lag_bytes");
-    metric(&m2, "lag_seconds");
-    let (status, body) = http_get(&addr, "/status");
+    common::metric(&m2, "lag_bytes");
+    common::metric(&m2, "lag_seconds");
+    let (status, body) = common::http_get(&addr, "/status");
     assert!(status.contains("200"), "{status}");
     let st: serde_json::Value = serde_json::from_str(&body).unwrap();
     let token = pg_dbmigrator::ResumeToken::load(&r.token_path())
@@ -1274,7 +1238,7 @@ async fn metrics_and_status_over_http_while_streaming() {
         .unwrap();
     assert_eq!(st["migration_id"], token.migration_id.as_str());
     assert_eq!(st["stage"], "stream");
-    assert!(http_get(&addr, "/nope").0.contains("404"));
+    assert!(common::http_get(&addr, "/nope").0.contains("404"));
     // `status` shows the same live state while the migration runs.
     // (The live file is rewritten every half second.)
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -1298,7 +1262,7 @@ async fn metrics_and_status_over_http_while_streaming() {
     );
     // The status page: self-contained, with a Cutover button that works
     // only with the token printed at start-up.
-    let (status, page) = http_get(&addr, "/");
+    let (status, page) = common::http_get(&addr, "/");
     assert!(status.contains("200"), "{status}");
     assert!(
         page.contains("<button id=\"cutover\"") && page.contains("/status"),
@@ -1308,8 +1272,8 @@ async fn metrics_and_status_over_http_while_streaming() {
         !page.contains("src=\"http") && !page.contains("href=\"http"),
         "the page must not load external assets"
     );
-    assert!(http_post(&addr, "/cutover", None).0.contains("403"));
-    assert!(http_post(&addr, "/cutover", Some("wrong"))
+    assert!(common::http_post(&addr, "/cutover", None).0.contains("403"));
+    assert!(common::http_post(&addr, "/cutover", Some("wrong"))
         .0
         .contains("403"));
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -1325,7 +1289,7 @@ async fn metrics_and_status_over_http_while_streaming() {
         .unwrap_or_else(|| panic!("no cutover token printed: {log}"))
         .trim()
         .to_string();
-    let (status, _) = http_post(&addr, "/cutover", Some(&token));
+    let (status, _) = common::http_post(&addr, "/cutover", Some(&token));
     assert!(status.contains("200"), "{status}");
     let (code, out) = wait_child(child, Duration::from_secs(120)).await;
     let report = r.assert_success(code, &out, "m").await;

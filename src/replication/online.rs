@@ -1038,18 +1038,33 @@ async fn writable(c: &Client) -> Result<()> {
 /// Make the current database read-only for new sessions and end the other
 /// client sessions connected to it.
 async fn fence_db(ctl: &Client) -> Result<()> {
+    set_read_only(
+        ctl,
+        true,
+        "fencing the source (ALTER DATABASE needs the database owner or a superuser; or stop the writes yourself and pass --no-fence)",
+    )
+    .await?;
+    end_other_sessions(ctl).await
+}
+
+/// `default_transaction_read_only` of the current database: the fence.
+async fn set_read_only(ctl: &Client, on: bool, what: &str) -> Result<()> {
     let db: String = ctl
         .query_one("SELECT pg_catalog.current_database()::text", &[])
         .await
-        .map_err(|e| MigrationError::db("fencing the source", e))?
+        .map_err(|e| MigrationError::db(what, e))?
         .get(0);
     ctl.batch_execute(&format!(
-        "ALTER DATABASE {} SET default_transaction_read_only = on",
-        quote::ident(&db)
+        "ALTER DATABASE {} {}",
+        quote::ident(&db),
+        if on {
+            "SET default_transaction_read_only = on"
+        } else {
+            "RESET default_transaction_read_only"
+        }
     ))
     .await
-    .map_err(|e| MigrationError::db("fencing the source (ALTER DATABASE needs the database owner or a superuser; or stop the writes yourself and pass --no-fence)", e))?;
-    end_other_sessions(ctl).await
+    .map_err(|e| MigrationError::db(what, e))
 }
 
 /// End the other client sessions of the source database. Run twice: a
@@ -1074,17 +1089,7 @@ async fn end_other_sessions(ctl: &Client) -> Result<()> {
 
 async fn unfence_db(ctl: &Client) -> Result<()> {
     writable(ctl).await?;
-    let db: String = ctl
-        .query_one("SELECT pg_catalog.current_database()::text", &[])
-        .await
-        .map_err(|e| MigrationError::db("lifting the fence", e))?
-        .get(0);
-    ctl.batch_execute(&format!(
-        "ALTER DATABASE {} RESET default_transaction_read_only",
-        quote::ident(&db)
-    ))
-    .await
-    .map_err(|e| MigrationError::db("lifting the fence", e))
+    set_read_only(ctl, false, "lifting the fence").await
 }
 
 /// Drop a logical slot, waiting briefly for its walsender to let go.

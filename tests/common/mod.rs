@@ -307,3 +307,80 @@ pub fn report_of(stdout: &[u8]) -> serde_json::Value {
     );
     last["report"].clone()
 }
+
+/// GET over a plain TCP connection (the `--http` listener): (status line, body).
+pub fn http_get(addr: &str, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+/// POST with an optional `X-Cutover-Token`: (status line, body).
+pub fn http_post(addr: &str, path: &str, token: Option<&str>) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let header = token.map_or(String::new(), |t| format!("X-Cutover-Token: {t}\r\n"));
+    s.write_all(
+        format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\n{header}Content-Length: 0\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+/// A value of `pg_dbmigrator_<name>` in Prometheus text.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("pg_dbmigrator_{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+/// A session writing to `online_extra` (created here) on `source` until the
+/// fence ends it; returns the task and how many transactions it committed.
+pub async fn fence_ended_writer(
+    source: &str,
+) -> (
+    tokio::task::JoinHandle<()>,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    testkit::execute(
+        source,
+        "CREATE TABLE public.online_extra (id bigserial PRIMARY KEY, v text, n int NOT NULL DEFAULT 0)",
+    )
+    .await
+    .unwrap();
+    let written = std::sync::Arc::new(AtomicU64::new(0));
+    let task = tokio::spawn({
+        let (source, written) = (source.to_string(), written.clone());
+        async move {
+            let c = testkit::client(&source).await;
+            for i in 1u64.. {
+                let sql = format!(
+                    "INSERT INTO public.online_extra (v) VALUES ('row {i}'); UPDATE public.online_extra SET n = n + 1 WHERE id = {}",
+                    1 + i / 2
+                );
+                if c.batch_execute(&sql).await.is_err() {
+                    return;
+                }
+                written.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+    });
+    (task, written)
+}
