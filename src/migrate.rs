@@ -309,7 +309,7 @@ pub(crate) async fn copy_phase(
         None
     };
     let dst = connect::connect(&target_ep, "target").await?;
-    let replica_role = session::setup_target(&dst).await?;
+    let replica_role = session::setup_ddl_target(&dst).await?;
     let target_version = catalog::server_version_num(&dst).await?;
     let binary = match cfg.copy_format {
         CopyFormat::Text => false,

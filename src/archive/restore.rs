@@ -95,7 +95,7 @@ pub async fn run(cfg: &MigrationConfig, cancel: CancellationToken) -> Result<Mig
         migrate::prepare_target_database(None, &target_ep, &needs, resumed, &cfg, script).await?;
     }
     let dst = connect::connect(&target_ep, "target").await?;
-    session::setup_target(&dst).await?;
+    session::setup_ddl_target(&dst).await?;
     let target_version = catalog::server_version_num(&dst).await?;
     let binary_files = m
         .tables

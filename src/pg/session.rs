@@ -49,6 +49,27 @@ pub async fn setup_target(client: &Client) -> Result<bool> {
         .is_ok())
 }
 
+/// What pg_dump's scripts set before any DDL, for every session that
+/// creates schema objects on the target: function bodies are not validated
+/// (an SQL function may name a table created later, as pagila's do), names
+/// resolve only when qualified, and no timeout cuts a long index build.
+pub const DDL_SETTINGS: &str = "SET statement_timeout = 0; SET lock_timeout = 0; \
+     SET idle_in_transaction_session_timeout = 0; SET client_encoding = 'UTF8'; \
+     SET standard_conforming_strings = on; SELECT pg_catalog.set_config('search_path', '', false); \
+     SET check_function_bodies = false; SET xmloption = content; SET client_min_messages = warning; \
+     SET row_security = off";
+
+/// [`setup_target`] plus [`DDL_SETTINGS`]: for a session that applies
+/// schema steps as well as loading rows.
+pub async fn setup_ddl_target(client: &Client) -> Result<bool> {
+    let replica = setup_target(client).await?;
+    client
+        .batch_execute(DDL_SETTINGS)
+        .await
+        .map_err(|e| MigrationError::db("configuring the target session", e))?;
+    Ok(replica)
+}
+
 /// Open a REPEATABLE READ, READ ONLY transaction and export its snapshot.
 /// Returns `(snapshot_id, txid_snapshot_text)`.
 pub async fn begin_exported_snapshot(client: &Client) -> Result<(String, String)> {

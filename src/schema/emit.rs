@@ -56,11 +56,7 @@ pub enum Part {
 }
 
 /// Settings for a session that applies a script, as pg_dump's script header sets them.
-pub const APPLY_SETTINGS: &str = "SET statement_timeout = 0; SET lock_timeout = 0; \
-     SET idle_in_transaction_session_timeout = 0; SET client_encoding = 'UTF8'; \
-     SET standard_conforming_strings = on; SELECT pg_catalog.set_config('search_path', '', false); \
-     SET check_function_bodies = false; SET xmloption = content; SET client_min_messages = warning; \
-     SET row_security = off";
+pub const APPLY_SETTINGS: &str = crate::pg::session::DDL_SETTINGS;
 
 impl SchemaScript {
     /// Order the model and split it into parts.
