@@ -25,6 +25,8 @@ use super::sort::ObjectKind;
 use crate::error::{MigrationError, Result};
 use crate::pg::quote::{ident, literal, qualified};
 
+mod types;
+
 /// pg_dump's session settings for introspection.
 pub async fn setup_session(client: &Client) -> Result<()> {
     client
@@ -83,7 +85,11 @@ pub async fn load(c: &Client, server_major: u32) -> Result<SchemaModel> {
     load_namespaces(c, &mut m, &comments).await?;
     load_types(c, &mut m, &comments, server_major).await?;
     load_functions(c, &mut m, &comments).await?;
+    types::load_base_types(c, &mut m, &comments, server_major).await?;
+    types::range_shells(c, &mut m).await?;
     let rels = load_relations(c, &mut m, &comments, server_major).await?;
+    types::alias_row_types(c, &mut m).await?;
+    types::split_row_type_defaults(c, &mut m).await?;
     load_sequences(c, &mut m, &comments, &rels).await?;
     load_constraints_and_indexes(c, &mut m, &comments, &rels, server_major).await?;
     load_aggregates(c, &mut m, &comments).await?;
@@ -163,7 +169,10 @@ async fn load_types(
         "SELECT t.oid, n.nspname::text, t.typname::text, t.typtype::text,
                 pg_catalog.pg_get_userbyid(t.typowner)::text,
                 pg_catalog.format_type(t.typbasetype, t.typtypmod), t.typnotnull,
-                pg_catalog.pg_get_expr(t.typdefaultbin, 'pg_catalog.pg_type'::pg_catalog.regclass), t.typdefault,
+                pg_catalog.pg_get_expr(t.typdefaultbin, 'pg_catalog.pg_type'::pg_catalog.regclass),
+                -- A domain over a base type with a DEFAULT inherits it unbound: not ours to print.
+                CASE WHEN t.typdefaultbin IS NULL AND t.typdefault IS NOT DISTINCT FROM
+                          (SELECT b.typdefault FROM pg_catalog.pg_type b WHERE b.oid = t.typbasetype) THEN NULL ELSE t.typdefault END,
                 CASE WHEN t.typtype = 'd' AND t.typcollation <> 0
                           AND t.typcollation IS DISTINCT FROM (SELECT b.typcollation FROM pg_catalog.pg_type b WHERE b.oid = t.typbasetype)
                      THEN (SELECT pg_catalog.format('%I.%I', cn.nspname, co.collname) FROM pg_catalog.pg_collation co
@@ -243,7 +252,7 @@ async fn load_types(
                 }
                 let default: Option<String> = r
                     .get::<_, Option<String>>(7)
-                    .or(r.get::<_, Option<String>>(8));
+                    .or(r.get::<_, Option<String>>(8).map(|d| literal(&d)));
                 if let Some(d) = default {
                     s.push_str(&format!(" DEFAULT {d}"));
                 }
@@ -1399,7 +1408,7 @@ async fn load_acls(c: &Client, m: &mut SchemaModel, major: u32) -> Result<()> {
                 "SELECT t.oid, CASE t.typtype WHEN 'd' THEN 'DOMAIN ' ELSE 'TYPE ' END || pg_catalog.format('%I.%I', n.nspname, t.typname),
                         t.typacl::text, {}, pg_catalog.pg_get_userbyid(t.typowner)::text
                    FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
-                  WHERE t.typacl IS NOT NULL AND t.typtype IN ('e', 'd', 'c', 'r') AND {}",
+                  WHERE t.typacl IS NOT NULL AND t.typtype IN ('e', 'd', 'c', 'r', 'b') AND {}",
                 baseline_sql(class::PG_TYPE, "t.oid", 'T', "t.typowner"),
                 user_object(class::PG_TYPE, "t.oid")
             ),
