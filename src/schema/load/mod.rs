@@ -25,6 +25,9 @@ use super::sort::ObjectKind;
 use crate::error::{MigrationError, Result};
 use crate::pg::quote::{ident, literal, qualified};
 
+mod aggregates;
+mod casts;
+mod operators;
 mod types;
 
 /// pg_dump's session settings for introspection.
@@ -93,6 +96,15 @@ pub async fn load(c: &Client, server_major: u32) -> Result<SchemaModel> {
     load_sequences(c, &mut m, &comments, &rels).await?;
     load_constraints_and_indexes(c, &mut m, &comments, &rels, server_major).await?;
     load_aggregates(c, &mut m, &comments).await?;
+    aggregates::load_ordered_set_aggregates(c, &mut m, &comments).await?;
+    operators::load_operators(c, &mut m, &comments).await?;
+    operators::load_opfamilies_and_classes(c, &mut m, &comments).await?;
+    casts::load_casts(c, &mut m, &comments).await?;
+    casts::load_conversions(c, &mut m, &comments).await?;
+    casts::load_transforms(c, &mut m, &comments).await?;
+    casts::load_languages(c, &mut m, &comments, server_major).await?;
+    casts::load_access_methods(c, &mut m, &comments).await?;
+    casts::table_access_methods(c, &mut m).await?;
     load_collations(c, &mut m, &comments, server_major).await?;
     load_event_triggers(c, &mut m, &comments).await?;
     load_extensions(c, &mut m, &comments).await?;
@@ -1259,22 +1271,12 @@ pub async fn unsupported(c: &Client, major: u32) -> Result<Vec<String>> {
     };
     let user_ns = USER_NAMESPACE;
     let checks: Vec<(&str, String)> = vec![
-        ("ordered-set or hypothetical-set aggregate", format!(
-            "SELECT pg_catalog.format('%I.%I', n.nspname, p.proname) FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-              WHERE p.prokind = 'a' AND (SELECT ag.aggkind FROM pg_catalog.pg_aggregate ag WHERE ag.aggfnoid = p.oid) <> 'n'
-                AND {user_ns} AND {}", ext(class::PG_PROC, "p.oid"))),
-        ("table kind not reproduced yet (foreign table, or non-default access method/tablespace)", format!(
+        ("table kind not reproduced yet (foreign table, or non-default tablespace)", format!(
             "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              WHERE (c.relkind = 'f' OR c.reltablespace <> 0
-                     OR (c.relkind IN ('r', 'm') AND c.relam <> (SELECT oid FROM pg_catalog.pg_am WHERE amname = 'heap'))) AND {user_ns}")),
-        ("user-defined operator, cast or text-search object", format!(
-            "SELECT pg_catalog.format('operator %s', o.oid::pg_catalog.regoperator) FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
-              WHERE o.oid >= 16384 AND {user_ns} AND {}
-             UNION ALL SELECT pg_catalog.format('cast %s', c.oid) FROM pg_catalog.pg_cast c WHERE c.oid >= 16384 AND {}
-                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend i WHERE i.classid = 2605 AND i.objid = c.oid AND i.deptype = 'i')
-             UNION ALL SELECT pg_catalog.format('text search configuration %I.%I', n.nspname, t.cfgname) FROM pg_catalog.pg_ts_config t JOIN pg_catalog.pg_namespace n ON n.oid = t.cfgnamespace
-              WHERE t.oid >= 16384 AND {user_ns}",
-            ext(2617, "o.oid"), ext(2605, "c.oid"))),
+              WHERE (c.relkind = 'f' OR c.reltablespace <> 0) AND {user_ns}")),
+        ("text-search object", format!(
+            "SELECT pg_catalog.format('text search configuration %I.%I', n.nspname, t.cfgname) FROM pg_catalog.pg_ts_config t JOIN pg_catalog.pg_namespace n ON n.oid = t.cfgnamespace
+              WHERE t.oid >= 16384 AND {user_ns} AND {}", ext(3602, "t.oid"))),
         // Our own (an online migration's, named after it) is never migrated.
         ("publication", "SELECT pubname::text FROM pg_catalog.pg_publication WHERE pubname NOT LIKE 'pg\\_dbmigrator\\_%'".to_string()),
     ];
@@ -1355,7 +1357,7 @@ pub async fn user_object_count(c: &Client) -> Result<i64> {
 
 /// The baseline an ACL is compared with: `pg_init_privs` when the object
 /// has initial privileges, else the built-in default for its kind and owner.
-fn baseline_sql(classid: u32, oid_expr: &str, kind: char, owner_expr: &str) -> String {
+pub(super) fn baseline_sql(classid: u32, oid_expr: &str, kind: char, owner_expr: &str) -> String {
     format!(
         "COALESCE((SELECT ip.initprivs::text FROM pg_catalog.pg_init_privs ip
                     WHERE ip.classoid = {classid} AND ip.objoid = {oid_expr} AND ip.objsubid = 0),
@@ -1799,8 +1801,7 @@ async fn load_statistics(
     Ok(())
 }
 
-/// Plain aggregates (ordered-set and hypothetical ones are refused by
-/// `unsupported`), composed from `pg_aggregate` as pg_dump does:
+/// Plain aggregates (ordered-set and hypothetical ones: `aggregates.rs`), composed from `pg_aggregate` as pg_dump does:
 /// `pg_get_functiondef` does not work on aggregates.
 async fn load_aggregates(c: &Client, m: &mut SchemaModel, comments: &Comments) -> Result<()> {
     let sql = format!(
