@@ -150,3 +150,148 @@ GRANT EXECUTE ON FUNCTION app.a_full_name(app.users) TO dbm_kt_user;
 async fn functions_over_row_types_of_later_tables_rebuild() {
     assert_rebuilds("kt_rowtype", ROW_TYPE).await;
 }
+
+/// A composite money type with its own operators (prefix too), a default
+/// btree and hash class, a reverse class in a family of another name,
+/// loose cross-type members added to a family, and an index using a class.
+const OPERATORS: &str = "
+CREATE SCHEMA ops;
+CREATE TYPE ops.money2 AS (amount numeric, currency text);
+CREATE FUNCTION ops.m_lt(ops.money2, ops.money2) RETURNS bool LANGUAGE sql IMMUTABLE AS 'SELECT ($1).amount < ($2).amount';
+CREATE FUNCTION ops.m_le(ops.money2, ops.money2) RETURNS bool LANGUAGE sql IMMUTABLE AS 'SELECT ($1).amount <= ($2).amount';
+CREATE FUNCTION ops.m_eq(ops.money2, ops.money2) RETURNS bool LANGUAGE sql IMMUTABLE AS 'SELECT ($1).amount = ($2).amount';
+CREATE FUNCTION ops.m_ne(ops.money2, ops.money2) RETURNS bool LANGUAGE sql IMMUTABLE AS 'SELECT ($1).amount <> ($2).amount';
+CREATE FUNCTION ops.m_ge(ops.money2, ops.money2) RETURNS bool LANGUAGE sql IMMUTABLE AS 'SELECT ($1).amount >= ($2).amount';
+CREATE FUNCTION ops.m_gt(ops.money2, ops.money2) RETURNS bool LANGUAGE sql IMMUTABLE AS 'SELECT ($1).amount > ($2).amount';
+CREATE FUNCTION ops.m_cmp(ops.money2, ops.money2) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT CASE WHEN ($1).amount < ($2).amount THEN -1 WHEN ($1).amount > ($2).amount THEN 1 ELSE 0 END';
+CREATE FUNCTION ops.m_rcmp(ops.money2, ops.money2) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT ops.m_cmp($2, $1)';
+CREATE FUNCTION ops.m_hash(ops.money2) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT hashtext(($1).amount::text)';
+CREATE FUNCTION ops.m_neg(ops.money2) RETURNS ops.money2 LANGUAGE sql IMMUTABLE AS 'SELECT ROW(-($1).amount, ($1).currency)::ops.money2';
+CREATE FUNCTION ops.mn_lt(ops.money2, numeric) RETURNS bool LANGUAGE sql IMMUTABLE AS 'SELECT ($1).amount < $2';
+CREATE FUNCTION ops.mn_cmp(ops.money2, numeric) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT CASE WHEN ($1).amount < $2 THEN -1 WHEN ($1).amount > $2 THEN 1 ELSE 0 END';
+CREATE OPERATOR ops.< (FUNCTION = ops.m_lt, LEFTARG = ops.money2, RIGHTARG = ops.money2,
+    COMMUTATOR = OPERATOR(ops.>), NEGATOR = OPERATOR(ops.>=), RESTRICT = scalarltsel, JOIN = scalarltjoinsel);
+CREATE OPERATOR ops.<= (FUNCTION = ops.m_le, LEFTARG = ops.money2, RIGHTARG = ops.money2,
+    COMMUTATOR = OPERATOR(ops.>=), NEGATOR = OPERATOR(ops.>), RESTRICT = scalarlesel, JOIN = scalarlejoinsel);
+CREATE OPERATOR ops.= (FUNCTION = ops.m_eq, LEFTARG = ops.money2, RIGHTARG = ops.money2,
+    COMMUTATOR = OPERATOR(ops.=), NEGATOR = OPERATOR(ops.<>), RESTRICT = eqsel, JOIN = eqjoinsel, HASHES, MERGES);
+CREATE OPERATOR ops.<> (FUNCTION = ops.m_ne, LEFTARG = ops.money2, RIGHTARG = ops.money2,
+    COMMUTATOR = OPERATOR(ops.<>), NEGATOR = OPERATOR(ops.=), RESTRICT = neqsel, JOIN = neqjoinsel);
+CREATE OPERATOR ops.>= (FUNCTION = ops.m_ge, LEFTARG = ops.money2, RIGHTARG = ops.money2,
+    COMMUTATOR = OPERATOR(ops.<=), NEGATOR = OPERATOR(ops.<), RESTRICT = scalargesel, JOIN = scalargejoinsel);
+CREATE OPERATOR ops.> (FUNCTION = ops.m_gt, LEFTARG = ops.money2, RIGHTARG = ops.money2,
+    COMMUTATOR = OPERATOR(ops.<), NEGATOR = OPERATOR(ops.<=), RESTRICT = scalargtsel, JOIN = scalargtjoinsel);
+CREATE OPERATOR ops.~- (FUNCTION = ops.m_neg, RIGHTARG = ops.money2);
+CREATE OPERATOR ops.< (FUNCTION = ops.mn_lt, LEFTARG = ops.money2, RIGHTARG = numeric);
+COMMENT ON OPERATOR ops.< (ops.money2, ops.money2) IS 'less money';
+COMMENT ON OPERATOR ops.~- (NONE, ops.money2) IS 'owed';
+ALTER OPERATOR ops.~- (NONE, ops.money2) OWNER TO dbm_kt_owner;
+CREATE OPERATOR CLASS ops.money2_ops DEFAULT FOR TYPE ops.money2 USING btree AS
+    OPERATOR 1 ops.<, OPERATOR 2 ops.<=, OPERATOR 3 ops.=, OPERATOR 4 ops.>=, OPERATOR 5 ops.>,
+    FUNCTION 1 ops.m_cmp(ops.money2, ops.money2);
+ALTER OPERATOR FAMILY ops.money2_ops USING btree ADD
+    OPERATOR 1 ops.< (ops.money2, numeric),
+    FUNCTION 1 (ops.money2, numeric) ops.mn_cmp(ops.money2, numeric);
+COMMENT ON OPERATOR FAMILY ops.money2_ops USING btree IS 'money order';
+COMMENT ON OPERATOR CLASS ops.money2_ops USING btree IS 'by amount';
+ALTER OPERATOR CLASS ops.money2_ops USING btree OWNER TO dbm_kt_owner;
+CREATE OPERATOR CLASS ops.money2_hash DEFAULT FOR TYPE ops.money2 USING hash AS
+    OPERATOR 1 ops.=, FUNCTION 1 ops.m_hash(ops.money2);
+CREATE OPERATOR FAMILY ops.reverse_fam USING btree;
+ALTER OPERATOR FAMILY ops.reverse_fam USING btree OWNER TO dbm_kt_owner;
+CREATE OPERATOR CLASS ops.money2_rev FOR TYPE ops.money2 USING btree FAMILY ops.reverse_fam AS
+    OPERATOR 1 ops.>, OPERATOR 2 ops.>=, OPERATOR 3 ops.=, OPERATOR 4 ops.<=, OPERATOR 5 ops.<,
+    FUNCTION 1 ops.m_rcmp(ops.money2, ops.money2);
+CREATE TABLE ops.wallet (id int PRIMARY KEY, m ops.money2);
+CREATE INDEX wallet_m_rev ON ops.wallet (m ops.money2_rev);
+CREATE INDEX wallet_m_hash ON ops.wallet USING hash (m);
+";
+
+#[tokio::test]
+async fn operators_families_and_classes_rebuild() {
+    assert_rebuilds("kt_ops", OPERATORS).await;
+}
+
+/// Casts of every method and context, a conversion, a language that is not
+/// an extension (over plpgsql's handlers) with a function in it and a
+/// transform for it, index and table access methods with a class and a
+/// table and materialized view stored through the new table method.
+const CASTS_AND_MORE: &str = "
+CREATE SCHEMA cx;
+CREATE TYPE cx.tag AS (v text);
+CREATE FUNCTION cx.tag_len(cx.tag) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT length(($1).v)';
+CREATE CAST (cx.tag AS int4) WITH FUNCTION cx.tag_len(cx.tag) AS ASSIGNMENT;
+CREATE CAST (cx.tag AS text) WITH INOUT AS IMPLICIT;
+CREATE TYPE cx.mood AS ENUM ('sad', 'happy');
+CREATE CAST (cx.mood AS varchar) WITH INOUT;
+CREATE TYPE cx.word;
+CREATE FUNCTION cx.word_in(cstring) RETURNS cx.word LANGUAGE internal IMMUTABLE STRICT AS 'int4in';
+CREATE FUNCTION cx.word_out(cx.word) RETURNS cstring LANGUAGE internal IMMUTABLE STRICT AS 'int4out';
+CREATE TYPE cx.word (INPUT = cx.word_in, OUTPUT = cx.word_out, INTERNALLENGTH = 4, PASSEDBYVALUE);
+CREATE CAST (cx.word AS int4) WITHOUT FUNCTION AS IMPLICIT;
+CREATE CAST (int4 AS cx.word) WITHOUT FUNCTION;
+COMMENT ON CAST (cx.tag AS int4) IS 'length of the tag';
+CREATE CONVERSION cx.latin_up FOR 'LATIN1' TO 'UTF8' FROM iso8859_1_to_utf8;
+COMMENT ON CONVERSION cx.latin_up IS 'mine';
+ALTER CONVERSION cx.latin_up OWNER TO dbm_kt_owner;
+CREATE TRUSTED LANGUAGE plkt HANDLER plpgsql_call_handler INLINE plpgsql_inline_handler VALIDATOR plpgsql_validator;
+COMMENT ON LANGUAGE plkt IS 'plpgsql under another name';
+ALTER LANGUAGE plkt OWNER TO dbm_kt_owner;
+REVOKE USAGE ON LANGUAGE plkt FROM PUBLIC;
+GRANT USAGE ON LANGUAGE plkt TO dbm_kt_user;
+CREATE LANGUAGE plkt_bare HANDLER plpgsql_call_handler;
+CREATE FUNCTION cx.one() RETURNS int LANGUAGE plkt AS $$BEGIN RETURN 1; END$$;
+CREATE FUNCTION cx.tag_from_sql(internal) RETURNS internal LANGUAGE internal IMMUTABLE STRICT AS 'int4recv';
+CREATE FUNCTION cx.tag_to_sql(internal) RETURNS cx.tag LANGUAGE internal IMMUTABLE STRICT AS 'int4recv';
+CREATE TRANSFORM FOR cx.tag LANGUAGE plkt (FROM SQL WITH FUNCTION cx.tag_from_sql(internal), TO SQL WITH FUNCTION cx.tag_to_sql(internal));
+CREATE TRANSFORM FOR cx.mood LANGUAGE plkt (FROM SQL WITH FUNCTION cx.tag_from_sql(internal));
+COMMENT ON TRANSFORM FOR cx.tag LANGUAGE plkt IS 'tags in plkt';
+CREATE ACCESS METHOD heap2 TYPE TABLE HANDLER heap_tableam_handler;
+CREATE ACCESS METHOD bt2 TYPE INDEX HANDLER bthandler;
+COMMENT ON ACCESS METHOD heap2 IS 'heap again';
+CREATE OPERATOR CLASS cx.int4_bt2 DEFAULT FOR TYPE int4 USING bt2 AS
+    OPERATOR 1 <, OPERATOR 2 <=, OPERATOR 3 =, OPERATOR 4 >=, OPERATOR 5 >, FUNCTION 1 btint4cmp(int4, int4);
+CREATE TABLE cx.stored (id int, t cx.tag) USING heap2 WITH (fillfactor = 80);
+CREATE MATERIALIZED VIEW cx.stored_ids USING heap2 AS SELECT id FROM cx.stored WITH NO DATA;
+CREATE TABLE cx.plain (id int);
+";
+
+#[tokio::test]
+async fn casts_conversions_transforms_languages_access_methods_rebuild() {
+    assert_rebuilds("kt_casts", CASTS_AND_MORE).await;
+}
+
+/// Aggregates: every plain option (moving-aggregate ones, serialization,
+/// SORTOP, PARALLEL), ordered-set and hypothetical-set ones.
+const AGGREGATES: &str = "
+CREATE SCHEMA agg;
+CREATE AGGREGATE agg.avg4(int4) (
+    SFUNC = int4_avg_accum, STYPE = int8[], SSPACE = 16, INITCOND = '{0,0}',
+    FINALFUNC = int8_avg, FINALFUNC_MODIFY = READ_ONLY, COMBINEFUNC = int4_avg_combine,
+    MSFUNC = int4_avg_accum, MINVFUNC = int4_avg_accum_inv, MSTYPE = int8[], MSSPACE = 16,
+    MFINALFUNC = int8_avg, MFINALFUNC_MODIFY = SHAREABLE, MINITCOND = '{0,0}', PARALLEL = SAFE);
+CREATE AGGREGATE agg.sum8(int8) (
+    SFUNC = int8_avg_accum, STYPE = internal, SSPACE = 48, FINALFUNC = numeric_poly_sum,
+    COMBINEFUNC = int8_avg_combine, SERIALFUNC = int8_avg_serialize, DESERIALFUNC = int8_avg_deserialize,
+    MSFUNC = int8_avg_accum, MINVFUNC = int8_avg_accum_inv, MSTYPE = internal, MSSPACE = 48,
+    MFINALFUNC = numeric_poly_sum, PARALLEL = RESTRICTED);
+CREATE AGGREGATE agg.biggest(int4) (SFUNC = int4larger, STYPE = int4, SORTOP = >, COMBINEFUNC = int4larger);
+CREATE AGGREGATE agg.pick(float8 ORDER BY anyelement) (
+    SFUNC = ordered_set_transition, STYPE = internal, FINALFUNC = percentile_disc_final, FINALFUNC_EXTRA);
+CREATE AGGREGATE agg.where_would(VARIADIC \"any\" ORDER BY VARIADIC \"any\") (
+    SFUNC = ordered_set_transition_multi, STYPE = internal, FINALFUNC = rank_final, FINALFUNC_EXTRA,
+    FINALFUNC_MODIFY = SHAREABLE, HYPOTHETICAL, PARALLEL = SAFE);
+CREATE AGGREGATE agg.most_common(ORDER BY anyelement) (
+    SFUNC = ordered_set_transition, STYPE = internal, FINALFUNC = mode_final, FINALFUNC_EXTRA,
+    FINALFUNC_MODIFY = READ_ONLY);
+COMMENT ON AGGREGATE agg.pick(float8 ORDER BY anyelement) IS 'a percentile';
+ALTER AGGREGATE agg.pick(float8 ORDER BY anyelement) OWNER TO dbm_kt_owner;
+ALTER AGGREGATE agg.biggest(int4) OWNER TO dbm_kt_owner;
+REVOKE EXECUTE ON FUNCTION agg.biggest(int4) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION agg.biggest(int4) TO dbm_kt_user;
+";
+
+#[tokio::test]
+async fn aggregates_of_every_kind_rebuild() {
+    assert_rebuilds("kt_aggs", AGGREGATES).await;
+}
