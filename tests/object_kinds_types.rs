@@ -98,10 +98,10 @@ CREATE FUNCTION kt.label_out(kt.label) RETURNS cstring LANGUAGE internal IMMUTAB
 CREATE TYPE kt.label (INPUT = kt.label_in, OUTPUT = kt.label_out, INTERNALLENGTH = VARIABLE,
     STORAGE = extended, COLLATABLE = true, CATEGORY = 'S', PREFERRED = true, ALIGNMENT = int4);
 CREATE TYPE kt.pair;
-CREATE FUNCTION kt.pair_in(cstring) RETURNS kt.pair LANGUAGE internal IMMUTABLE STRICT AS 'int8in';
-CREATE FUNCTION kt.pair_out(kt.pair) RETURNS cstring LANGUAGE internal IMMUTABLE STRICT AS 'int8out';
-CREATE TYPE kt.pair (INPUT = kt.pair_in, OUTPUT = kt.pair_out, INTERNALLENGTH = 8,
-    ALIGNMENT = double, ELEMENT = int4, STORAGE = plain);
+CREATE FUNCTION kt.pair_in(cstring) RETURNS kt.pair LANGUAGE internal IMMUTABLE STRICT AS 'point_in';
+CREATE FUNCTION kt.pair_out(kt.pair) RETURNS cstring LANGUAGE internal IMMUTABLE STRICT AS 'point_out';
+CREATE TYPE kt.pair (INPUT = kt.pair_in, OUTPUT = kt.pair_out, INTERNALLENGTH = 16,
+    ALIGNMENT = double, ELEMENT = float8, STORAGE = plain);
 CREATE DOMAIN kt.small_code AS kt.code;
 CREATE FUNCTION kt.code_diff(kt.code, kt.code) RETURNS float8 LANGUAGE sql IMMUTABLE
     AS 'SELECT ($1::text::int4 - $2::text::int4)::float8';
@@ -294,4 +294,54 @@ GRANT EXECUTE ON FUNCTION agg.biggest(int4) TO dbm_kt_user;
 #[tokio::test]
 async fn aggregates_of_every_kind_rebuild() {
     assert_rebuilds("kt_aggs", AGGREGATES).await;
+}
+
+/// Rows in a table of base-type columns (one without binary I/O) and a
+/// table whose defaults call functions over its own row type.
+const DATA: &str = "
+INSERT INTO kt.items VALUES
+    (1, '7', '{1;2;3}', 'first', '(1,2)', '[1,5)'),
+    (2, '-3', NULL, 'zweite', NULL, 'empty'),
+    (3, NULL, '{}', NULL, '(3.5,-4)', NULL);
+INSERT INTO app.users VALUES (1, 'Ada', 'Lovelace'), (2, 'Alan', 'Turing');
+INSERT INTO app.zz_things (id) VALUES (1), (2);
+INSERT INTO app.c_log VALUES (1, ROW(1, 'Ada', 'Lovelace')::app.users);
+";
+
+async fn migrate_types_and_row_functions(prefix: &str, extra: &[&str]) {
+    let db = fresh(prefix, &format!("{BASE_TYPE}{ROW_TYPE}{DATA}")).await;
+    let target = other_target_db(&db, "m");
+    let report = migrate_clean(&db.source, &target, extra).await;
+    assert!(report["schema_steps"].as_u64().unwrap() > 20, "{report:#}");
+    let (a, b) = (schema_dump(&db.source), schema_dump(&target));
+    assert!(a == b, "schema dumps differ: {}", diff_hint(&a, &b));
+    assert_eq!(
+        content_digest(&db.source).await,
+        content_digest(&target).await
+    );
+    // The row-type defaults and functions work on the target.
+    testkit::execute(&target, "INSERT INTO app.zz_things (id) VALUES (3)")
+        .await
+        .unwrap();
+    let got = testkit::query_scalar(
+        &target,
+        "SELECT string_agg(app.a_full_name(u) || '/' || app.a_initials(u), ',' ORDER BY id) FROM app.users u",
+    )
+    .await;
+    assert_eq!(got, "Ada Lovelace/AL,Alan Turing/AT");
+    let ranks =
+        testkit::query_scalar(&target, "SELECT string_agg(rank || ':' || seed, ',' ORDER BY id) FROM app.zz_things").await;
+    let src_ranks =
+        testkit::query_scalar(&db.source, "SELECT string_agg(rank || ':' || seed, ',' ORDER BY id) FROM app.zz_things").await;
+    assert_eq!(ranks, format!("{src_ranks},9:7"));
+}
+
+#[tokio::test]
+async fn migrate_base_types_and_row_type_functions_binary_copy() {
+    migrate_types_and_row_functions("kt_mig_bin", &[]).await;
+}
+
+#[tokio::test]
+async fn migrate_base_types_and_row_type_functions_text_copy() {
+    migrate_types_and_row_functions("kt_mig_txt", &["--copy-format", "text"]).await;
 }
