@@ -103,13 +103,29 @@ CREATE FUNCTION kt.pair_out(kt.pair) RETURNS cstring LANGUAGE internal IMMUTABLE
 CREATE TYPE kt.pair (INPUT = kt.pair_in, OUTPUT = kt.pair_out, INTERNALLENGTH = 16,
     ALIGNMENT = double, ELEMENT = float8, STORAGE = plain);
 CREATE DOMAIN kt.small_code AS kt.code;
-CREATE FUNCTION kt.code_diff(kt.code, kt.code) RETURNS float8 LANGUAGE sql IMMUTABLE
-    AS 'SELECT ($1::text::int4 - $2::text::int4)::float8';
-CREATE TYPE kt.coderange AS RANGE (subtype = int4, subtype_diff = int4range_subdiff);
+-- Operators and a btree class over the base type, so a range can be built on it.
+CREATE FUNCTION kt.code_lt(kt.code, kt.code) RETURNS bool LANGUAGE internal IMMUTABLE STRICT AS 'int4lt';
+CREATE FUNCTION kt.code_le(kt.code, kt.code) RETURNS bool LANGUAGE internal IMMUTABLE STRICT AS 'int4le';
+CREATE FUNCTION kt.code_eq(kt.code, kt.code) RETURNS bool LANGUAGE internal IMMUTABLE STRICT AS 'int4eq';
+CREATE FUNCTION kt.code_ge(kt.code, kt.code) RETURNS bool LANGUAGE internal IMMUTABLE STRICT AS 'int4ge';
+CREATE FUNCTION kt.code_gt(kt.code, kt.code) RETURNS bool LANGUAGE internal IMMUTABLE STRICT AS 'int4gt';
+CREATE FUNCTION kt.code_cmp(kt.code, kt.code) RETURNS int LANGUAGE internal IMMUTABLE STRICT AS 'btint4cmp';
+CREATE FUNCTION kt.code_diff(kt.code, kt.code) RETURNS float8 LANGUAGE internal IMMUTABLE STRICT AS 'int4range_subdiff';
+CREATE OPERATOR kt.< (FUNCTION = kt.code_lt, LEFTARG = kt.code, RIGHTARG = kt.code);
+CREATE OPERATOR kt.<= (FUNCTION = kt.code_le, LEFTARG = kt.code, RIGHTARG = kt.code);
+CREATE OPERATOR kt.= (FUNCTION = kt.code_eq, LEFTARG = kt.code, RIGHTARG = kt.code, MERGES);
+CREATE OPERATOR kt.>= (FUNCTION = kt.code_ge, LEFTARG = kt.code, RIGHTARG = kt.code);
+CREATE OPERATOR kt.> (FUNCTION = kt.code_gt, LEFTARG = kt.code, RIGHTARG = kt.code);
+CREATE OPERATOR CLASS kt.code_ops DEFAULT FOR TYPE kt.code USING btree AS
+    OPERATOR 1 kt.<, OPERATOR 2 kt.<=, OPERATOR 3 kt.=, OPERATOR 4 kt.>=, OPERATOR 5 kt.>,
+    FUNCTION 1 kt.code_cmp(kt.code, kt.code);
+CREATE TYPE kt.coderange AS RANGE (subtype = kt.code, subtype_diff = kt.code_diff, multirange_type_name = kt.codes);
+COMMENT ON TYPE kt.coderange IS 'ranges of codes';
 CREATE TYPE kt.ir;
 CREATE FUNCTION kt.ir_canon(kt.ir) RETURNS kt.ir LANGUAGE internal IMMUTABLE STRICT AS 'int4range_canonical';
 CREATE TYPE kt.ir AS RANGE (subtype = int4, canonical = kt.ir_canon);
-CREATE TABLE kt.items (id int PRIMARY KEY, c kt.code, cs kt.code[], l kt.label, p kt.pair, r kt.ir);
+CREATE TABLE kt.items (id int PRIMARY KEY, c kt.code, cs kt.code[], l kt.label, p kt.pair, r kt.ir, cr kt.coderange);
+CREATE INDEX items_c ON kt.items (c);
 ";
 
 #[tokio::test]
@@ -137,6 +153,9 @@ CREATE FUNCTION app.a_next_rank() RETURNS int LANGUAGE plpgsql AS $$
 BEGIN RETURN app.a_seed(NULL::app.zz_things) + (SELECT count(*) FROM app.zz_things); END $$;
 ALTER TABLE app.zz_things ALTER COLUMN rank SET DEFAULT app.a_next_rank(),
     ALTER COLUMN seed SET DEFAULT app.a_seed(NULL::app.zz_things);
+CREATE FUNCTION app.a_valid(app.zz_things) RETURNS bool LANGUAGE sql IMMUTABLE AS 'SELECT $1.id > 0';
+ALTER TABLE app.zz_things ADD CONSTRAINT zz_things_valid CHECK (app.a_valid(zz_things));
+COMMENT ON CONSTRAINT zz_things_valid ON app.zz_things IS 'checked through the row type';
 CREATE VIEW app.b_names AS SELECT app.a_full_name(u) AS n FROM app.users u;
 CREATE DOMAIN app.user_list AS app.users[];
 CREATE TABLE app.c_log (id int, who app.users);
@@ -300,9 +319,9 @@ async fn aggregates_of_every_kind_rebuild() {
 /// table whose defaults call functions over its own row type.
 const DATA: &str = "
 INSERT INTO kt.items VALUES
-    (1, '7', '{1;2;3}', 'first', '(1,2)', '[1,5)'),
-    (2, '-3', NULL, 'zweite', NULL, 'empty'),
-    (3, NULL, '{}', NULL, '(3.5,-4)', NULL);
+    (1, '7', '{1;2;3}', 'first', '(1,2)', '[1,5)', '[2,9)'),
+    (2, '-3', NULL, 'zweite', NULL, 'empty', NULL),
+    (3, NULL, '{}', NULL, '(3.5,-4)', NULL, 'empty');
 INSERT INTO app.users VALUES (1, 'Ada', 'Lovelace'), (2, 'Alan', 'Turing');
 INSERT INTO app.zz_things (id) VALUES (1), (2);
 INSERT INTO app.c_log VALUES (1, ROW(1, 'Ada', 'Lovelace')::app.users);

@@ -93,6 +93,7 @@ pub async fn load(c: &Client, server_major: u32) -> Result<SchemaModel> {
     let rels = load_relations(c, &mut m, &comments, server_major).await?;
     types::alias_row_types(c, &mut m).await?;
     types::split_row_type_defaults(c, &mut m).await?;
+    types::split_row_type_checks(c, &mut m, &comments).await?;
     load_sequences(c, &mut m, &comments, &rels).await?;
     load_constraints_and_indexes(c, &mut m, &comments, &rels, server_major).await?;
     load_aggregates(c, &mut m, &comments).await?;
@@ -1323,6 +1324,11 @@ pub async fn owner_roles(c: &Client, owners: bool, acls: bool) -> Result<Vec<Str
             UNION SELECT p.proowner FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE {owner_cond} AND {user_ns}
             UNION SELECT t.typowner FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace WHERE {owner_cond} AND {user_ns}
             UNION SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE {owner_cond} AND {user_ns} AND n.nspname <> 'public'
+            UNION SELECT o.oprowner FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace WHERE {owner_cond} AND {user_ns}
+            UNION SELECT f.opfowner FROM pg_catalog.pg_opfamily f JOIN pg_catalog.pg_namespace n ON n.oid = f.opfnamespace WHERE {owner_cond} AND {user_ns}
+            UNION SELECT oc.opcowner FROM pg_catalog.pg_opclass oc JOIN pg_catalog.pg_namespace n ON n.oid = oc.opcnamespace WHERE {owner_cond} AND {user_ns}
+            UNION SELECT cv.conowner FROM pg_catalog.pg_conversion cv JOIN pg_catalog.pg_namespace n ON n.oid = cv.connamespace WHERE {owner_cond} AND {user_ns}
+            UNION SELECT l.lanowner FROM pg_catalog.pg_language l WHERE {owner_cond} AND l.oid >= 16384
             UNION SELECT pg_catalog.unnest(pol.polroles) FROM pg_catalog.pg_policy pol
             UNION SELECT a.r FROM (
                 SELECT (pg_catalog.aclexplode(c.relacl)).grantee AS r FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relacl IS NOT NULL AND {user_ns}
@@ -1331,6 +1337,7 @@ pub async fn owner_roles(c: &Client, owners: bool, acls: bool) -> Result<Vec<Str
                 UNION SELECT (pg_catalog.aclexplode(p.proacl)).grantee FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE p.proacl IS NOT NULL AND {user_ns}
                 UNION SELECT (pg_catalog.aclexplode(t.typacl)).grantee FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace WHERE t.typacl IS NOT NULL AND {user_ns}
                 UNION SELECT (pg_catalog.aclexplode(n.nspacl)).grantee FROM pg_catalog.pg_namespace n WHERE n.nspacl IS NOT NULL AND {user_ns}
+                UNION SELECT (pg_catalog.aclexplode(l.lanacl)).grantee FROM pg_catalog.pg_language l WHERE l.lanacl IS NOT NULL AND l.oid >= 16384
                 UNION SELECT d.defaclrole FROM pg_catalog.pg_default_acl d
                 UNION SELECT (pg_catalog.aclexplode(d.defaclacl)).grantee FROM pg_catalog.pg_default_acl d
             ) a WHERE {acl_cond} AND a.r <> 0) x WHERE o <> 0 ORDER BY 1"

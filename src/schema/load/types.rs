@@ -268,3 +268,74 @@ pub(super) async fn range_shells(c: &Client, m: &mut SchemaModel) -> Result<()> 
     }
     Ok(())
 }
+
+/// A CHECK constraint calling a function over its own table's row type is
+/// the same loop; pg_dump's repair makes the CHECK a separate constraint,
+/// added after the data.
+pub(super) async fn split_row_type_checks(
+    c: &Client,
+    m: &mut SchemaModel,
+    comments: &Comments,
+) -> Result<()> {
+    let rows = query(
+        c,
+        "checks over row types",
+        "SELECT DISTINCT co.oid, co.conrelid, co.conname::text, pg_catalog.pg_get_constraintdef(co.oid)
+           FROM pg_catalog.pg_constraint co
+           JOIN pg_catalog.pg_class k ON k.oid = co.conrelid
+           JOIN pg_catalog.pg_type rt ON rt.oid = k.reltype
+           JOIN pg_catalog.pg_depend dd ON dd.classid = 2606 AND dd.objid = co.oid AND dd.refclassid = 1255
+           JOIN pg_catalog.pg_depend fd ON fd.classid = 1255 AND fd.objid = dd.refobjid AND fd.refclassid = 1247
+                                        AND fd.refobjid IN (rt.oid, rt.typarray)
+          WHERE co.contype = 'c' AND co.convalidated AND co.conislocal AND co.coninhcount = 0
+            AND k.relkind = 'r' AND NOT k.relispartition
+            AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhparent = k.oid)",
+    )
+    .await?;
+    for r in rows {
+        let (coid, rel, name, def): (u32, u32, String, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        let Some(&ti) = m.by_ref.get(&(class::PG_CLASS, rel)) else {
+            continue;
+        };
+        let line = format!("    CONSTRAINT {} {def}", ident(&name));
+        let Some(create) = m.objects[ti].create.first_mut() else {
+            continue;
+        };
+        let mut lines: Vec<String> = create.split('\n').map(str::to_string).collect();
+        let Some(at) = lines
+            .iter()
+            .position(|l| l == &line || *l == format!("{line},"))
+        else {
+            continue;
+        };
+        let last = !lines[at].ends_with(',');
+        lines.remove(at);
+        if last && at > 0 {
+            if let Some(prev) = lines[at - 1].strip_suffix(',') {
+                lines[at - 1] = prev.to_string();
+            }
+        }
+        *create = lines.join("\n");
+        let t = &m.objects[ti];
+        let q = t.describe.trim_start_matches("TABLE ").to_string();
+        let (nsp, tname) = (t.key.namespace.clone(), t.key.name.clone());
+        // The comment moves with the constraint.
+        let what = format!("CONSTRAINT {} ON {q}", ident(&name));
+        let comment = comment_on(comments, (class::PG_CONSTRAINT, coid, 0), &what);
+        if let Some(cm) = &comment {
+            m.objects[ti].comments.retain(|x| x != cm);
+        }
+        let mut o = SchemaObject::new(ObjectKind::Constraint, &nsp, &name, coid, what);
+        o.key.tiebreak.push(tname);
+        o.create.push(format!(
+            "ALTER TABLE {q}\n    ADD CONSTRAINT {} {def};",
+            ident(&name)
+        ));
+        o.comments.extend(comment);
+        o.deps.push(ti);
+        let i = m.add(o, &[]);
+        m.by_ref.insert((class::PG_CONSTRAINT, coid), i);
+    }
+    Ok(())
+}
