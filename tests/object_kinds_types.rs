@@ -348,10 +348,16 @@ async fn migrate_types_and_row_functions(prefix: &str, extra: &[&str]) {
     )
     .await;
     assert_eq!(got, "Ada Lovelace/AL,Alan Turing/AT");
-    let ranks =
-        testkit::query_scalar(&target, "SELECT string_agg(rank || ':' || seed, ',' ORDER BY id) FROM app.zz_things").await;
-    let src_ranks =
-        testkit::query_scalar(&db.source, "SELECT string_agg(rank || ':' || seed, ',' ORDER BY id) FROM app.zz_things").await;
+    let ranks = testkit::query_scalar(
+        &target,
+        "SELECT string_agg(rank || ':' || seed, ',' ORDER BY id) FROM app.zz_things",
+    )
+    .await;
+    let src_ranks = testkit::query_scalar(
+        &db.source,
+        "SELECT string_agg(rank || ':' || seed, ',' ORDER BY id) FROM app.zz_things",
+    )
+    .await;
     assert_eq!(ranks, format!("{src_ranks},9:7"));
 }
 

@@ -60,7 +60,11 @@ pub(super) async fn load_ordered_set_aggregates(
                 modify(&r.get::<_, String>(11))
             ));
         }
-        for (i, key) in [(12, "COMBINEFUNC"), (13, "SERIALFUNC"), (14, "DESERIALFUNC")] {
+        for (i, key) in [
+            (12, "COMBINEFUNC"),
+            (13, "SERIALFUNC"),
+            (14, "DESERIALFUNC"),
+        ] {
             if let Some(f) = r.get::<_, Option<String>>(i) {
                 opts.push(format!("{key} = {f}"));
             }
@@ -73,7 +77,13 @@ pub(super) async fn load_ordered_set_aggregates(
         if kind == "h" {
             opts.push("HYPOTHETICAL".into());
         }
-        let mut o = SchemaObject::new(ObjectKind::Agg, &nsp, &name, oid, format!("AGGREGATE {sig}"));
+        let mut o = SchemaObject::new(
+            ObjectKind::Agg,
+            &nsp,
+            &name,
+            oid,
+            format!("AGGREGATE {sig}"),
+        );
         o.key.tiebreak.push(args.clone());
         o.create.push(format!(
             "CREATE AGGREGATE {sig} (\n    {}\n);",

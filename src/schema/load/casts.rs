@@ -49,9 +49,16 @@ pub(super) async fn load_casts(c: &Client, m: &mut SchemaModel, comments: &Comme
             "i" => " AS IMPLICIT",
             _ => "",
         };
-        let mut o = SchemaObject::new(ObjectKind::Cast, "", &format!("{src} {dst}"), oid, what.clone());
+        let mut o = SchemaObject::new(
+            ObjectKind::Cast,
+            "",
+            &format!("{src} {dst}"),
+            oid,
+            what.clone(),
+        );
         o.create.push(format!("CREATE {what} {how}{ctx};"));
-        o.comments.extend(comment_on(comments, (PG_CAST, oid, 0), &what));
+        o.comments
+            .extend(comment_on(comments, (PG_CAST, oid, 0), &what));
         m.add(o, &[(PG_CAST, oid)]);
     }
     Ok(())
@@ -138,7 +145,13 @@ pub(super) async fn load_transforms(
         if let Some(f) = r.get::<_, Option<String>>(4) {
             parts.push(format!("TO SQL WITH FUNCTION {f}"));
         }
-        let mut o = SchemaObject::new(ObjectKind::Transform, "", &format!("{ty} {lang}"), oid, what.clone());
+        let mut o = SchemaObject::new(
+            ObjectKind::Transform,
+            "",
+            &format!("{ty} {lang}"),
+            oid,
+            what.clone(),
+        );
         o.create
             .push(format!("CREATE {what} ({});", parts.join(", ")));
         o.comments
@@ -180,7 +193,13 @@ pub(super) async fn load_languages(
             s.push_str(&format!(" VALIDATOR {f}"));
         }
         s.push(';');
-        let mut o = SchemaObject::new(ObjectKind::ProcLang, "", &name, oid, format!("LANGUAGE {q}"));
+        let mut o = SchemaObject::new(
+            ObjectKind::ProcLang,
+            "",
+            &name,
+            oid,
+            format!("LANGUAGE {q}"),
+        );
         o.create.push(s);
         o.owner = Some(format!("ALTER LANGUAGE {q} OWNER TO {};", ident(&owner)));
         o.comments.extend(comment_on(
@@ -226,8 +245,9 @@ pub(super) async fn load_access_methods(
             oid,
             format!("ACCESS METHOD {q}"),
         );
-        o.create
-            .push(format!("CREATE ACCESS METHOD {q} TYPE {ty} HANDLER {handler};"));
+        o.create.push(format!(
+            "CREATE ACCESS METHOD {q} TYPE {ty} HANDLER {handler};"
+        ));
         o.comments.extend(comment_on(
             comments,
             (PG_AM, oid, 0),

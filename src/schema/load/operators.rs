@@ -21,7 +21,11 @@ pub(super) const PG_OPCLASS: u32 = 2616;
 pub(super) const PG_AMOP: u32 = 2602;
 pub(super) const PG_AMPROC: u32 = 2603;
 
-pub(super) async fn load_operators(c: &Client, m: &mut SchemaModel, comments: &Comments) -> Result<()> {
+pub(super) async fn load_operators(
+    c: &Client,
+    m: &mut SchemaModel,
+    comments: &Comments,
+) -> Result<()> {
     let sql = format!(
         "SELECT o.oid, n.nspname::text, o.oprname::text, o.oid::pg_catalog.regoperator::text,
                 pg_catalog.pg_get_userbyid(o.oprowner)::text, o.oprkind::text,
@@ -158,22 +162,27 @@ pub(super) async fn load_opfamilies_and_classes(
     for r in query(c, "operator families", &sql).await? {
         let (oid, nsp, name, am, owner): (u32, String, String, String, String) =
             (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
-        let what = format!("OPERATOR FAMILY {} USING {}", qualified(&nsp, &name), ident(&am));
+        let what = format!(
+            "OPERATOR FAMILY {} USING {}",
+            qualified(&nsp, &name),
+            ident(&am)
+        );
         let mut o = SchemaObject::new(ObjectKind::OpFamily, &nsp, &name, oid, what.clone());
         o.key.tiebreak.push(am.clone());
         o.create.push(format!("CREATE {what};"));
         let ops = ops_of.get(&(PG_OPFAMILY, oid)).cloned().unwrap_or_default();
-        let procs = procs_of.get(&(PG_OPFAMILY, oid)).cloned().unwrap_or_default();
+        let procs = procs_of
+            .get(&(PG_OPFAMILY, oid))
+            .cloned()
+            .unwrap_or_default();
         let items: Vec<String> = ops
             .iter()
             .map(|r| amop_item(r))
             .chain(procs.iter().map(|r| amproc_item(r)))
             .collect();
         if !items.is_empty() {
-            o.create.push(format!(
-                "ALTER {what} ADD\n    {};",
-                items.join(",\n    ")
-            ));
+            o.create
+                .push(format!("ALTER {what} ADD\n    {};", items.join(",\n    ")));
         }
         o.owner = Some(format!("ALTER {what} OWNER TO {};", ident(&owner)));
         o.comments
@@ -217,7 +226,10 @@ pub(super) async fn load_opfamilies_and_classes(
             s.push_str(&format!(" FAMILY {f}"));
         }
         let ops = ops_of.get(&(PG_OPCLASS, oid)).cloned().unwrap_or_default();
-        let procs = procs_of.get(&(PG_OPCLASS, oid)).cloned().unwrap_or_default();
+        let procs = procs_of
+            .get(&(PG_OPCLASS, oid))
+            .cloned()
+            .unwrap_or_default();
         let mut items: Vec<String> = Vec::new();
         if let Some(k) = r.get::<_, Option<String>>(7) {
             items.push(format!("STORAGE {k}"));

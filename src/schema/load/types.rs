@@ -104,7 +104,14 @@ pub(super) async fn split_row_type_defaults(c: &Client, m: &mut SchemaModel) -> 
 
 /// A shell type (`CREATE TYPE x;`) that the listed functions depend on
 /// instead of the type itself, which breaks the type ↔ function loop.
-fn add_shell(m: &mut SchemaModel, type_oid: u32, nsp: &str, name: &str, nsp_oid: u32, funcs: &[u32]) {
+fn add_shell(
+    m: &mut SchemaModel,
+    type_oid: u32,
+    nsp: &str,
+    name: &str,
+    nsp_oid: u32,
+    funcs: &[u32],
+) {
     let q = qualified(nsp, name);
     let mut shell = SchemaObject::new(
         ObjectKind::ShellType,
