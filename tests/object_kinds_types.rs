@@ -221,7 +221,19 @@ ALTER OPERATOR FAMILY ops.reverse_fam USING btree OWNER TO dbm_kt_owner;
 CREATE OPERATOR CLASS ops.money2_rev FOR TYPE ops.money2 USING btree FAMILY ops.reverse_fam AS
     OPERATOR 1 ops.>, OPERATOR 2 ops.>=, OPERATOR 3 ops.=, OPERATOR 4 ops.<=, OPERATOR 5 ops.<,
     FUNCTION 1 ops.m_rcmp(ops.money2, ops.money2);
-CREATE TABLE ops.wallet (id int PRIMARY KEY, m ops.money2);
+-- A GiST class with STORAGE and an ordering operator, over built-in support functions.
+CREATE OPERATOR CLASS ops.box_overlap FOR TYPE box USING gist AS
+    STORAGE box,
+    OPERATOR 3 &&, OPERATOR 7 @>,
+    OPERATOR 15 <->(box, point) FOR ORDER BY pg_catalog.float_ops,
+    FUNCTION 1 gist_box_consistent(internal, box, smallint, oid, internal),
+    FUNCTION 2 gist_box_union(internal, internal),
+    FUNCTION 5 gist_box_penalty(internal, internal, internal),
+    FUNCTION 6 gist_box_picksplit(internal, internal),
+    FUNCTION 7 gist_box_same(box, box, internal),
+    FUNCTION 8 gist_box_distance(internal, box, smallint, oid, internal);
+CREATE TABLE ops.wallet (id int PRIMARY KEY, m ops.money2, area box);
+CREATE INDEX wallet_area ON ops.wallet USING gist (area ops.box_overlap);
 CREATE INDEX wallet_m_rev ON ops.wallet (m ops.money2_rev);
 CREATE INDEX wallet_m_hash ON ops.wallet USING hash (m);
 ";
