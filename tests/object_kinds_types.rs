@@ -382,3 +382,29 @@ async fn migrate_base_types_and_row_type_functions_binary_copy() {
 async fn migrate_base_types_and_row_type_functions_text_copy() {
     migrate_types_and_row_functions("kt_mig_txt", &["--copy-format", "text"]).await;
 }
+
+/// Extensions bring operators, classes, families, casts and types of their
+/// own: those come with CREATE EXTENSION and are never created one by one;
+/// user objects built on them (a cast, an operator, a class, a function
+/// over an extension type) still are, after the extension.
+const ON_EXTENSIONS: &str = "
+CREATE EXTENSION citext;
+CREATE EXTENSION cube;
+CREATE SCHEMA ux;
+CREATE TYPE ux.handle AS (name citext);
+CREATE FUNCTION ux.handle_of(citext) RETURNS ux.handle LANGUAGE sql IMMUTABLE AS 'SELECT ROW($1)::ux.handle';
+CREATE CAST (citext AS ux.handle) WITH FUNCTION ux.handle_of(citext);
+CREATE FUNCTION ux.cube_far(cube, cube) RETURNS bool LANGUAGE sql IMMUTABLE AS 'SELECT cube_distance($1, $2) > 10';
+CREATE OPERATOR ux.<<>> (FUNCTION = ux.cube_far, LEFTARG = cube, RIGHTARG = cube, COMMUTATOR = OPERATOR(ux.<<>>));
+CREATE FUNCTION ux.ci_cmp_rev(citext, citext) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT citext_cmp($2, $1)';
+CREATE OPERATOR CLASS ux.citext_rev FOR TYPE citext USING btree AS
+    OPERATOR 1 >(citext, citext), OPERATOR 3 =(citext, citext), OPERATOR 5 <(citext, citext),
+    FUNCTION 1 ux.ci_cmp_rev(citext, citext);
+CREATE TABLE ux.people (id int, nick citext, spot cube);
+CREATE INDEX people_nick_rev ON ux.people (nick ux.citext_rev);
+";
+
+#[tokio::test]
+async fn user_objects_on_extension_kinds_rebuild_without_the_members() {
+    assert_rebuilds("kt_ext", ON_EXTENSIONS).await;
+}

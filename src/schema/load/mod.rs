@@ -91,7 +91,6 @@ pub async fn load(c: &Client, server_major: u32) -> Result<SchemaModel> {
     types::load_base_types(c, &mut m, &comments, server_major).await?;
     types::range_shells(c, &mut m).await?;
     let rels = load_relations(c, &mut m, &comments, server_major).await?;
-    types::alias_row_types(c, &mut m).await?;
     types::split_row_type_defaults(c, &mut m).await?;
     types::split_row_type_checks(c, &mut m, &comments).await?;
     load_sequences(c, &mut m, &comments, &rels).await?;
@@ -109,6 +108,8 @@ pub async fn load(c: &Client, server_major: u32) -> Result<SchemaModel> {
     load_collations(c, &mut m, &comments, server_major).await?;
     load_event_triggers(c, &mut m, &comments).await?;
     load_extensions(c, &mut m, &comments).await?;
+    // After extensions: an extension table's row type stands for the extension.
+    types::alias_row_types(c, &mut m).await?;
     load_rules_triggers_policies(c, &mut m, &comments, &rels, server_major).await?;
     load_statistics(c, &mut m, &comments, server_major).await?;
     load_acls(c, &mut m, server_major).await?;
