@@ -151,6 +151,9 @@ CREATE FUNCTION app.a_count(app.users[]) RETURNS int LANGUAGE sql AS 'SELECT car
 CREATE FUNCTION app.a_seed(app.zz_things) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT 7';
 CREATE FUNCTION app.a_next_rank() RETURNS int LANGUAGE plpgsql AS $$
 BEGIN RETURN app.a_seed(NULL::app.zz_things) + (SELECT count(*) FROM app.zz_things); END $$;
+CREATE FUNCTION app.a_things_count() RETURNS bigint LANGUAGE sql STABLE
+    BEGIN ATOMIC SELECT count(*) FROM app.zz_things; END;
+ALTER TABLE app.zz_things ADD COLUMN seen bigint DEFAULT app.a_things_count();
 ALTER TABLE app.zz_things ALTER COLUMN rank SET DEFAULT app.a_next_rank(),
     ALTER COLUMN seed SET DEFAULT app.a_seed(NULL::app.zz_things);
 CREATE FUNCTION app.a_valid(app.zz_things) RETURNS bool LANGUAGE sql IMMUTABLE AS 'SELECT $1.id > 0';

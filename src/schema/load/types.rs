@@ -36,8 +36,9 @@ pub(super) async fn alias_row_types(c: &Client, m: &mut SchemaModel) -> Result<(
     Ok(())
 }
 
-/// A column default calling a function over its own table's row type is a
-/// loop (table → default → function → row type → table). pg_dump's repair:
+/// A column default calling a function over its own table's row type (or
+/// one whose SQL-standard body reads the table) is a loop (table → default
+/// → function → row type → table). pg_dump's repair:
 /// the default becomes a separate `ALTER TABLE ... SET DEFAULT` after both.
 pub(super) async fn split_row_type_defaults(c: &Client, m: &mut SchemaModel) -> Result<()> {
     let rows = query(
@@ -49,8 +50,9 @@ pub(super) async fn split_row_type_defaults(c: &Client, m: &mut SchemaModel) -> 
            JOIN pg_catalog.pg_class k ON k.oid = d.adrelid
            JOIN pg_catalog.pg_type rt ON rt.oid = k.reltype
            JOIN pg_catalog.pg_depend dd ON dd.classid = 2604 AND dd.objid = d.oid AND dd.refclassid = 1255
-           JOIN pg_catalog.pg_depend fd ON fd.classid = 1255 AND fd.objid = dd.refobjid AND fd.refclassid = 1247
-                                        AND fd.refobjid IN (rt.oid, rt.typarray)
+           JOIN pg_catalog.pg_depend fd ON fd.classid = 1255 AND fd.objid = dd.refobjid
+                                        AND ((fd.refclassid = 1247 AND fd.refobjid IN (rt.oid, rt.typarray))
+                                             OR (fd.refclassid = 1259 AND fd.refobjid = k.oid))
           WHERE a.attgenerated = '' AND k.relkind IN ('r', 'p')",
     )
     .await?;
@@ -292,8 +294,9 @@ pub(super) async fn split_row_type_checks(
            JOIN pg_catalog.pg_class k ON k.oid = co.conrelid
            JOIN pg_catalog.pg_type rt ON rt.oid = k.reltype
            JOIN pg_catalog.pg_depend dd ON dd.classid = 2606 AND dd.objid = co.oid AND dd.refclassid = 1255
-           JOIN pg_catalog.pg_depend fd ON fd.classid = 1255 AND fd.objid = dd.refobjid AND fd.refclassid = 1247
-                                        AND fd.refobjid IN (rt.oid, rt.typarray)
+           JOIN pg_catalog.pg_depend fd ON fd.classid = 1255 AND fd.objid = dd.refobjid
+                                        AND ((fd.refclassid = 1247 AND fd.refobjid IN (rt.oid, rt.typarray))
+                                             OR (fd.refclassid = 1259 AND fd.refobjid = k.oid))
           WHERE co.contype = 'c' AND co.convalidated AND co.conislocal AND co.coninhcount = 0
             AND k.relkind = 'r' AND NOT k.relispartition
             AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhparent = k.oid)",
