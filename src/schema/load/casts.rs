@@ -259,17 +259,23 @@ pub(super) async fn load_access_methods(
 }
 
 /// Tables and materialized views on another table access method than heap
-/// are created with that method as the default, as pg_dump's scripts do.
+/// are created with that method as the default, as pg_dump's scripts do;
+/// a partitioned table (PostgreSQL 17) does not take the default and gets
+/// `ALTER TABLE ... SET ACCESS METHOD`, as pg_dump 17 prints it.
 pub(super) async fn table_access_methods(c: &Client, m: &mut SchemaModel) -> Result<()> {
     let rows = query(
         c,
         "table access methods",
-        "SELECT c.oid, a.oid, a.amname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_am a ON a.oid = c.relam
+        "SELECT c.oid, a.oid, a.amname::text, c.relkind::text,
+                pg_catalog.format('%I.%I', n.nspname, c.relname)
+           FROM pg_catalog.pg_class c JOIN pg_catalog.pg_am a ON a.oid = c.relam
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
           WHERE c.relkind IN ('r', 'p', 'm') AND a.amtype = 't' AND a.amname <> 'heap'",
     )
     .await?;
     for r in rows {
-        let (rel, am, name): (u32, u32, String) = (r.get(0), r.get(1), r.get(2));
+        let (rel, am, name, kind, q): (u32, u32, String, String, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
         let Some(&i) = m.by_ref.get(&(class::PG_CLASS, rel)) else {
             continue;
         };
@@ -277,12 +283,19 @@ pub(super) async fn table_access_methods(c: &Client, m: &mut SchemaModel) -> Res
         if o.create.is_empty() {
             continue;
         }
-        o.create.insert(
-            0,
-            format!("SET default_table_access_method = {};", ident(&name)),
-        );
-        o.create
-            .insert(2, "SET default_table_access_method = heap;".to_string());
+        if kind == "p" {
+            o.create.insert(
+                1,
+                format!("ALTER TABLE {q} SET ACCESS METHOD {};", ident(&name)),
+            );
+        } else {
+            o.create.insert(
+                0,
+                format!("SET default_table_access_method = {};", ident(&name)),
+            );
+            o.create
+                .insert(2, "SET default_table_access_method = heap;".to_string());
+        }
         o.needs.push((PG_AM, am));
     }
     Ok(())
