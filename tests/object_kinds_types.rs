@@ -411,3 +411,53 @@ CREATE INDEX people_nick_rev ON ux.people (nick ux.citext_rev);
 async fn user_objects_on_extension_kinds_rebuild_without_the_members() {
     assert_rebuilds("kt_ext", ON_EXTENSIONS).await;
 }
+
+/// Owners of these kinds (and a language's grantees) are roles the
+/// migration needs: missing on the target, they are named before anything
+/// is written.
+#[tokio::test]
+async fn missing_owners_of_these_kinds_are_refused() {
+    let only_source = [
+        "dbm_kt_src_family_owner",
+        "dbm_kt_src_operator_owner",
+        "dbm_kt_src_language_owner",
+        "dbm_kt_src_language_user",
+        "dbm_kt_src_conversion_owner",
+    ];
+    let db = testkit::shared_pair().fresh_db("kt_roles").await;
+    let create: String = only_source
+        .iter()
+        .map(|r| {
+            format!(
+                "DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {}) THEN CREATE ROLE {}; END IF;
+                 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END$$;",
+                literal(r),
+                ident(r)
+            )
+        })
+        .collect();
+    testkit::execute(&db.source, &create).await.unwrap();
+    testkit::execute(
+        &db.source,
+        "CREATE SCHEMA o;
+         CREATE OPERATOR FAMILY o.fam USING hash;
+         ALTER OPERATOR FAMILY o.fam USING hash OWNER TO dbm_kt_src_family_owner;
+         CREATE FUNCTION o.f(int, int) RETURNS bool LANGUAGE sql AS 'SELECT $1 = $2';
+         CREATE OPERATOR o.=== (FUNCTION = o.f, LEFTARG = int, RIGHTARG = int);
+         ALTER OPERATOR o.=== (int, int) OWNER TO dbm_kt_src_operator_owner;
+         CREATE TRUSTED LANGUAGE plo HANDLER plpgsql_call_handler;
+         ALTER LANGUAGE plo OWNER TO dbm_kt_src_language_owner;
+         GRANT USAGE ON LANGUAGE plo TO dbm_kt_src_language_user;
+         CREATE CONVERSION o.conv FOR 'LATIN1' TO 'UTF8' FROM iso8859_1_to_utf8;
+         ALTER CONVERSION o.conv OWNER TO dbm_kt_src_conversion_owner;",
+    )
+    .await
+    .unwrap();
+    let target = other_target_db(&db, "r");
+    let out = run_async(&["-q", "migrate", "--source", &db.source, "--target", &target]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    for r in only_source {
+        assert!(err.contains(r), "{r} not named: {err}");
+    }
+}
