@@ -235,6 +235,10 @@ CREATE OPERATOR CLASS ops.box_overlap FOR TYPE box USING gist AS
     FUNCTION 6 gist_box_picksplit(internal, internal),
     FUNCTION 7 gist_box_same(box, box, internal),
     FUNCTION 8 gist_box_distance(internal, box, smallint, oid, internal);
+-- An aggregate sorting by a user operator (created before operators by priority).
+CREATE FUNCTION ops.m_larger(ops.money2, ops.money2) RETURNS ops.money2 LANGUAGE sql IMMUTABLE
+    AS 'SELECT CASE WHEN ($1).amount >= ($2).amount THEN $1 ELSE $2 END';
+CREATE AGGREGATE ops.max_money(ops.money2) (SFUNC = ops.m_larger, STYPE = ops.money2, SORTOP = OPERATOR(ops.>));
 CREATE TABLE ops.wallet (id int PRIMARY KEY, m ops.money2, area box);
 CREATE INDEX wallet_area ON ops.wallet USING gist (area ops.box_overlap);
 CREATE INDEX wallet_m_rev ON ops.wallet (m ops.money2_rev);

@@ -1822,7 +1822,8 @@ async fn load_aggregates(c: &Client, m: &mut SchemaModel, comments: &Comments) -
                 NULLIF(a.aggmtransfn, 0)::pg_catalog.regproc::text, NULLIF(a.aggminvtransfn, 0)::pg_catalog.regproc::text,
                 CASE WHEN a.aggmtranstype <> 0 THEN pg_catalog.format_type(a.aggmtranstype, NULL) END, a.aggmtransspace,
                 NULLIF(a.aggmfinalfn, 0)::pg_catalog.regproc::text, a.aggmfinalextra, a.aggmfinalmodify::text, a.aggminitval,
-                NULLIF(a.aggsortop, 0)::pg_catalog.regoperator::text, p.proparallel::text
+                (SELECT pg_catalog.format('OPERATOR(%I.%s)', son.nspname, so.oprname) FROM pg_catalog.pg_operator so
+                   JOIN pg_catalog.pg_namespace son ON son.oid = so.oprnamespace WHERE so.oid = a.aggsortop), p.proparallel::text
            FROM pg_catalog.pg_aggregate a JOIN pg_catalog.pg_proc p ON p.oid = a.aggfnoid
            JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
           WHERE a.aggkind = 'n' AND {}",
@@ -1896,9 +1897,8 @@ async fn load_aggregates(c: &Client, m: &mut SchemaModel, comments: &Comments) -
             }
         }
         if let Some(op) = r.get::<_, Option<String>>(23) {
-            // regoperator prints `<(integer,integer)`; SORTOP wants the bare name.
-            let bare = op.split('(').next().unwrap_or(&op).to_string();
-            opts.push(format!("SORTOP = {bare}"));
+            // `OPERATOR(schema.name)`: a bare qualified operator does not parse.
+            opts.push(format!("SORTOP = {op}"));
         }
         match r.get::<_, String>(24).as_str() {
             "s" => opts.push("PARALLEL = safe".into()),
