@@ -239,7 +239,20 @@ CREATE OPERATOR CLASS ops.box_overlap FOR TYPE box USING gist AS
 CREATE FUNCTION ops.m_larger(ops.money2, ops.money2) RETURNS ops.money2 LANGUAGE sql IMMUTABLE
     AS 'SELECT CASE WHEN ($1).amount >= ($2).amount THEN $1 ELSE $2 END';
 CREATE AGGREGATE ops.max_money(ops.money2) (SFUNC = ops.m_larger, STYPE = ops.money2, SORTOP = OPERATOR(ops.>));
-CREATE TABLE ops.wallet (id int PRIMARY KEY, m ops.money2, area box);
+-- Names that need quoting; a family with loose members and no class.
+CREATE SCHEMA \"My Ops\";
+CREATE FUNCTION \"My Ops\".eq_ci(text, text) RETURNS bool LANGUAGE sql IMMUTABLE AS 'SELECT lower($1) = lower($2)';
+CREATE FUNCTION \"My Ops\".\"Hash CI\"(text) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT hashtext(lower($1))';
+CREATE OPERATOR \"My Ops\".=~= (FUNCTION = \"My Ops\".eq_ci, LEFTARG = text, RIGHTARG = text,
+    COMMUTATOR = OPERATOR(\"My Ops\".=~=), HASHES);
+CREATE OPERATOR CLASS \"My Ops\".\"Text CI\" FOR TYPE text USING hash AS
+    OPERATOR 1 \"My Ops\".=~=, FUNCTION 1 \"My Ops\".\"Hash CI\"(text);
+CREATE OPERATOR FAMILY \"My Ops\".\"Loose Only\" USING hash;
+ALTER OPERATOR FAMILY \"My Ops\".\"Loose Only\" USING hash ADD
+    OPERATOR 1 \"My Ops\".=~= (text, text), FUNCTION 1 \"My Ops\".\"Hash CI\"(text);
+COMMENT ON OPERATOR FAMILY \"My Ops\".\"Loose Only\" USING hash IS 'no class';
+CREATE TABLE ops.wallet (id int PRIMARY KEY, m ops.money2, area box, note text);
+CREATE INDEX wallet_note_ci ON ops.wallet USING hash (note \"My Ops\".\"Text CI\");
 CREATE INDEX wallet_area ON ops.wallet USING gist (area ops.box_overlap);
 CREATE INDEX wallet_m_rev ON ops.wallet (m ops.money2_rev);
 CREATE INDEX wallet_m_hash ON ops.wallet USING hash (m);
