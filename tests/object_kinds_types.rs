@@ -95,8 +95,29 @@ GRANT USAGE ON TYPE kt.code TO dbm_kt_user;
 CREATE TYPE kt.label;
 CREATE FUNCTION kt.label_in(cstring) RETURNS kt.label LANGUAGE internal IMMUTABLE STRICT AS 'textin';
 CREATE FUNCTION kt.label_out(kt.label) RETURNS cstring LANGUAGE internal IMMUTABLE STRICT AS 'textout';
+CREATE FUNCTION kt.label_recv(internal) RETURNS kt.label LANGUAGE internal STABLE STRICT AS 'textrecv';
+CREATE FUNCTION kt.label_send(kt.label) RETURNS bytea LANGUAGE internal STABLE STRICT AS 'textsend';
+CREATE FUNCTION kt.label_tmin(cstring[]) RETURNS int4 LANGUAGE internal IMMUTABLE STRICT AS 'varchartypmodin';
+CREATE FUNCTION kt.label_tmout(int4) RETURNS cstring LANGUAGE internal IMMUTABLE STRICT AS 'varchartypmodout';
+CREATE FUNCTION kt.label_analyze(internal) RETURNS bool LANGUAGE internal STRICT AS 'array_typanalyze';
 CREATE TYPE kt.label (INPUT = kt.label_in, OUTPUT = kt.label_out, INTERNALLENGTH = VARIABLE,
     STORAGE = extended, COLLATABLE = true, CATEGORY = 'S', PREFERRED = true, ALIGNMENT = int4);
+-- The same I/O with binary, typmod and analyze functions, under a quoted name.
+CREATE TYPE kt.\"Long Label\";
+CREATE FUNCTION kt.\"Long Label In\"(cstring) RETURNS kt.\"Long Label\" LANGUAGE internal IMMUTABLE STRICT AS 'textin';
+CREATE FUNCTION kt.long_out(kt.\"Long Label\") RETURNS cstring LANGUAGE internal IMMUTABLE STRICT AS 'textout';
+CREATE FUNCTION kt.long_recv(internal) RETURNS kt.\"Long Label\" LANGUAGE internal STABLE STRICT AS 'textrecv';
+CREATE FUNCTION kt.long_send(kt.\"Long Label\") RETURNS bytea LANGUAGE internal STABLE STRICT AS 'textsend';
+CREATE TYPE kt.\"Long Label\" (INPUT = kt.\"Long Label In\", OUTPUT = kt.long_out,
+    RECEIVE = kt.long_recv, SEND = kt.long_send, TYPMOD_IN = kt.label_tmin, TYPMOD_OUT = kt.label_tmout,
+    STORAGE = main, ALIGNMENT = double);
+-- An analyze function (never run: no table stores this one).
+CREATE TYPE kt.analyzed;
+CREATE FUNCTION kt.analyzed_in(cstring) RETURNS kt.analyzed LANGUAGE internal IMMUTABLE STRICT AS 'int4in';
+CREATE FUNCTION kt.analyzed_out(kt.analyzed) RETURNS cstring LANGUAGE internal IMMUTABLE STRICT AS 'int4out';
+CREATE TYPE kt.analyzed (INPUT = kt.analyzed_in, OUTPUT = kt.analyzed_out, INTERNALLENGTH = 4,
+    PASSEDBYVALUE, ANALYZE = kt.label_analyze);
+COMMENT ON TYPE kt.\"Long Label\" IS 'with every function';
 CREATE TYPE kt.pair;
 CREATE FUNCTION kt.pair_in(cstring) RETURNS kt.pair LANGUAGE internal IMMUTABLE STRICT AS 'point_in';
 CREATE FUNCTION kt.pair_out(kt.pair) RETURNS cstring LANGUAGE internal IMMUTABLE STRICT AS 'point_out';
@@ -124,7 +145,8 @@ COMMENT ON TYPE kt.coderange IS 'ranges of codes';
 CREATE TYPE kt.ir;
 CREATE FUNCTION kt.ir_canon(kt.ir) RETURNS kt.ir LANGUAGE internal IMMUTABLE STRICT AS 'int4range_canonical';
 CREATE TYPE kt.ir AS RANGE (subtype = int4, canonical = kt.ir_canon);
-CREATE TABLE kt.items (id int PRIMARY KEY, c kt.code, cs kt.code[], l kt.label, p kt.pair, r kt.ir, cr kt.coderange);
+CREATE TABLE kt.items (id int PRIMARY KEY, c kt.code, cs kt.code[], l kt.label, p kt.pair, r kt.ir, cr kt.coderange,
+    ll kt.\"Long Label\"(12));
 CREATE INDEX items_c ON kt.items (c);
 ";
 
@@ -351,7 +373,7 @@ async fn aggregates_of_every_kind_rebuild() {
 /// table whose defaults call functions over its own row type.
 const DATA: &str = "
 INSERT INTO kt.items VALUES
-    (1, '7', '{1;2;3}', 'first', '(1,2)', '[1,5)', '[2,9)'),
+    (1, '7', '{1;2;3}', 'first', '(1,2)', '[1,5)', '[2,9)', 'twelve chars'),
     (2, '-3', NULL, 'zweite', NULL, 'empty', NULL),
     (3, NULL, '{}', NULL, '(3.5,-4)', NULL, 'empty');
 INSERT INTO app.users VALUES (1, 'Ada', 'Lovelace'), (2, 'Alan', 'Turing');
