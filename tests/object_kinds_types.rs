@@ -374,8 +374,8 @@ async fn aggregates_of_every_kind_rebuild() {
 const DATA: &str = "
 INSERT INTO kt.items VALUES
     (1, '7', '{1;2;3}', 'first', '(1,2)', '[1,5)', '[2,9)', 'twelve chars'),
-    (2, '-3', NULL, 'zweite', NULL, 'empty', NULL),
-    (3, NULL, '{}', NULL, '(3.5,-4)', NULL, 'empty');
+    (2, '-3', NULL, 'zweite', NULL, 'empty', NULL, NULL),
+    (3, NULL, '{}', NULL, '(3.5,-4)', NULL, 'empty', 'short');
 INSERT INTO app.users VALUES (1, 'Ada', 'Lovelace'), (2, 'Alan', 'Turing');
 INSERT INTO app.zz_things (id) VALUES (1), (2);
 INSERT INTO app.c_log VALUES (1, ROW(1, 'Ada', 'Lovelace')::app.users);
