@@ -181,6 +181,10 @@ ALTER TABLE app.zz_things ALTER COLUMN rank SET DEFAULT app.a_next_rank(),
 CREATE FUNCTION app.a_valid(app.zz_things) RETURNS bool LANGUAGE sql IMMUTABLE AS 'SELECT $1.id > 0';
 ALTER TABLE app.zz_things ADD CONSTRAINT zz_things_valid CHECK (app.a_valid(zz_things));
 COMMENT ON CONSTRAINT zz_things_valid ON app.zz_things IS 'checked through the row type';
+CREATE FUNCTION app.a_key(app.users) RETURNS text LANGUAGE sql IMMUTABLE AS 'SELECT lower($1.last)';
+CREATE INDEX users_key ON app.users (app.a_key(users));
+ALTER TABLE app.users ENABLE ROW LEVEL SECURITY;
+CREATE POLICY users_named ON app.users USING (app.a_key(users) <> '');
 CREATE VIEW app.b_names AS SELECT app.a_full_name(u) AS n FROM app.users u;
 CREATE DOMAIN app.user_list AS app.users[];
 CREATE TABLE app.c_log (id int, who app.users);
