@@ -176,6 +176,9 @@ BEGIN RETURN app.a_seed(NULL::app.zz_things) + (SELECT count(*) FROM app.zz_thin
 CREATE FUNCTION app.a_things_count() RETURNS bigint LANGUAGE sql STABLE
     BEGIN ATOMIC SELECT count(*) FROM app.zz_things; END;
 ALTER TABLE app.zz_things ADD COLUMN seen bigint DEFAULT app.a_things_count();
+CREATE FUNCTION app.a_outer() RETURNS bigint LANGUAGE sql STABLE
+    BEGIN ATOMIC SELECT app.a_things_count() + 1; END;
+ALTER TABLE app.zz_things ADD COLUMN hops bigint DEFAULT app.a_outer();
 ALTER TABLE app.zz_things ALTER COLUMN rank SET DEFAULT app.a_next_rank(),
     ALTER COLUMN seed SET DEFAULT app.a_seed(NULL::app.zz_things);
 CREATE FUNCTION app.a_valid(app.zz_things) RETURNS bool LANGUAGE sql IMMUTABLE AS 'SELECT $1.id > 0';

@@ -36,6 +36,18 @@ pub(super) async fn alias_row_types(c: &Client, m: &mut SchemaModel) -> Result<(
     Ok(())
 }
 
+/// `(src, fn)`: the functions an object of catalog `cls` calls, directly or
+/// through SQL-standard bodies calling further functions.
+fn reached_functions(cls: u32) -> String {
+    format!(
+        "WITH RECURSIVE reach(src, fn) AS (
+             SELECT dd.objid, dd.refobjid FROM pg_catalog.pg_depend dd WHERE dd.classid = {cls} AND dd.refclassid = 1255
+             UNION
+             SELECT r.src, d.refobjid FROM reach r JOIN pg_catalog.pg_depend d
+                 ON d.classid = 1255 AND d.objid = r.fn AND d.refclassid = 1255)"
+    )
+}
+
 /// A column default calling a function over its own table's row type (or
 /// one whose SQL-standard body reads the table) is a loop (table → default
 /// → function → row type → table). pg_dump's repair:
@@ -44,16 +56,19 @@ pub(super) async fn split_row_type_defaults(c: &Client, m: &mut SchemaModel) -> 
     let rows = query(
         c,
         "defaults over row types",
-        "SELECT DISTINCT d.oid, d.adrelid, a.attname::text, pg_catalog.pg_get_expr(d.adbin, d.adrelid)
+        &format!(
+            "{} SELECT DISTINCT d.oid, d.adrelid, a.attname::text, pg_catalog.pg_get_expr(d.adbin, d.adrelid)
            FROM pg_catalog.pg_attrdef d
            JOIN pg_catalog.pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
            JOIN pg_catalog.pg_class k ON k.oid = d.adrelid
            JOIN pg_catalog.pg_type rt ON rt.oid = k.reltype
-           JOIN pg_catalog.pg_depend dd ON dd.classid = 2604 AND dd.objid = d.oid AND dd.refclassid = 1255
-           JOIN pg_catalog.pg_depend fd ON fd.classid = 1255 AND fd.objid = dd.refobjid
+           JOIN reach ON reach.src = d.oid
+           JOIN pg_catalog.pg_depend fd ON fd.classid = 1255 AND fd.objid = reach.fn
                                         AND ((fd.refclassid = 1247 AND fd.refobjid IN (rt.oid, rt.typarray))
                                              OR (fd.refclassid = 1259 AND fd.refobjid = k.oid))
           WHERE a.attgenerated = '' AND k.relkind IN ('r', 'p')",
+            reached_functions(class::PG_ATTRDEF)
+        ),
     )
     .await?;
     for r in rows {
@@ -289,17 +304,20 @@ pub(super) async fn split_row_type_checks(
     let rows = query(
         c,
         "checks over row types",
-        "SELECT DISTINCT co.oid, co.conrelid, co.conname::text, pg_catalog.pg_get_constraintdef(co.oid)
+        &format!(
+            "{} SELECT DISTINCT co.oid, co.conrelid, co.conname::text, pg_catalog.pg_get_constraintdef(co.oid)
            FROM pg_catalog.pg_constraint co
            JOIN pg_catalog.pg_class k ON k.oid = co.conrelid
            JOIN pg_catalog.pg_type rt ON rt.oid = k.reltype
-           JOIN pg_catalog.pg_depend dd ON dd.classid = 2606 AND dd.objid = co.oid AND dd.refclassid = 1255
-           JOIN pg_catalog.pg_depend fd ON fd.classid = 1255 AND fd.objid = dd.refobjid
+           JOIN reach ON reach.src = co.oid
+           JOIN pg_catalog.pg_depend fd ON fd.classid = 1255 AND fd.objid = reach.fn
                                         AND ((fd.refclassid = 1247 AND fd.refobjid IN (rt.oid, rt.typarray))
                                              OR (fd.refclassid = 1259 AND fd.refobjid = k.oid))
           WHERE co.contype = 'c' AND co.convalidated AND co.conislocal AND co.coninhcount = 0
             AND k.relkind = 'r' AND NOT k.relispartition
             AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhparent = k.oid)",
+            reached_functions(class::PG_CONSTRAINT)
+        ),
     )
     .await?;
     for r in rows {
