@@ -273,6 +273,7 @@ pub(crate) async fn copy_phase(
     let src = connect::connect(&source_ep, "source").await?;
     session::setup_source(&src).await?;
     let source_version = catalog::server_version_num(&src).await?;
+    refuse_bad_scope(&src, cfg, &target_ep).await?;
     // Snapshot first: the schema, the table list and the data come from the
     // same instant. Online, it is the replication slot's snapshot.
     let (snapshot_id, coordinator_snapshot) = match online.as_deref_mut() {
@@ -1071,6 +1072,42 @@ pub(crate) fn summarize(items: &[String]) -> String {
         s.push_str(&format!(" and {} more", items.len() - SHOWN));
     }
     s
+}
+
+/// Checks that need only the source and a look at the target, before
+/// anything is created anywhere: every `--schema` / `--table` pattern must
+/// match something (as in pg_dump), and the target must not be the source
+/// itself under another spelling (socket and TCP, two host names), which
+/// `--force-clean` would otherwise try to drop.
+pub(crate) async fn refuse_bad_scope(
+    src: &Client,
+    cfg: &MigrationConfig,
+    target_ep: &crate::config::EndpointConfig,
+) -> Result<()> {
+    let unmatched = catalog::unmatched_patterns(src, &cfg.filters).await?;
+    if !unmatched.is_empty() {
+        return Err(MigrationError::Config(format!(
+            "no matching {} found on the source for {}; check the spelling (patterns fold to lower case unless quoted)",
+            if cfg.filters.tables.is_empty() { "schemas were" } else { "tables were" },
+            unmatched.join(", ")
+        )));
+    }
+    // A target database that cannot be reached yet (absent, to be created)
+    // cannot be the source; other connection problems surface later with
+    // their own message.
+    if let Ok(dst) = connect::connect(target_ep, "target").await {
+        let (a, b) = (
+            catalog::database_identity(src).await?,
+            catalog::database_identity(&dst).await?,
+        );
+        if a == b {
+            return Err(MigrationError::Config(format!(
+                "the source and the target are the same database ({target_ep}); nothing was changed. \
+                 Point --target at another database or server"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Apply schema steps, each in one implicit transaction together with its

@@ -890,6 +890,15 @@ impl Server {
         })
     }
 
+    /// Admin conninfo for database `dbname` over the Unix socket, when this
+    /// test run owns the server (another spelling of the same database).
+    pub fn socket_conninfo(&self, dbname: &str) -> Option<String> {
+        match &self.kind {
+            ServerKind::Owned(c) => Some(c.socket_conninfo(dbname)),
+            ServerKind::External { .. } => None,
+        }
+    }
+
     /// Admin conninfo for database `dbname` on this server.
     pub fn conninfo(&self, dbname: &str) -> String {
         match &self.kind {

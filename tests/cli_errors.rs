@@ -211,3 +211,94 @@ async fn awkward_password_works_and_never_shows() {
     let ep = pg_dbmigrator::EndpointConfig::parse(&kv).unwrap();
     assert!(!format!("{ep:?} {ep}").contains("p@ss"));
 }
+
+/// The same database spelt twice (TCP and Unix socket) is refused before
+/// anything, with and without --force-clean: the source keeps its rows and
+/// no bookkeeping schema appears on it.
+#[tokio::test]
+async fn same_database_under_two_spellings_is_refused() {
+    let pair = testkit::shared_pair();
+    let db = pair.fresh_db("same_db").await;
+    testkit::execute(
+        &db.source,
+        "CREATE TABLE keep (id int PRIMARY KEY); INSERT INTO keep SELECT generate_series(1, 10)",
+    )
+    .await
+    .unwrap();
+    let Some(socket) = pair.source.socket_conninfo(&db.name) else {
+        return; // an external server: no second spelling to try
+    };
+    for extra in [&[][..], &["--force-clean"][..], &["--data-only"][..]] {
+        let dump = tempfile::tempdir().unwrap();
+        let mut args = vec![
+            "-q",
+            "migrate",
+            "--source",
+            &db.source,
+            "--target",
+            &socket,
+            "--dump-path",
+            dump.path().to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = run(&args);
+        assert_one_line_exit_2(&out, "same database");
+        let n = testkit::query_scalar(&db.source, "SELECT count(*) FROM keep").await;
+        assert_eq!(n, "10", "{extra:?}: the source lost rows");
+        let state = testkit::query_scalar(
+            &db.source,
+            "SELECT count(*) FROM pg_namespace WHERE nspname = '_pg_dbmigrator'",
+        )
+        .await;
+        assert_eq!(state, "0", "{extra:?}: bookkeeping created on the source");
+    }
+}
+
+/// A --table or --schema pattern that matches nothing is an error naming
+/// it, as in pg_dump, rather than a run that copies nothing and exits 0.
+#[tokio::test]
+async fn pattern_matching_nothing_is_refused() {
+    let db = testkit::shared_pair().fresh_db("no_match").await;
+    testkit::execute(&db.source, "CREATE TABLE orders (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    testkit::execute(&db.target, "CREATE TABLE orders (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    for (flag, pattern) in [("--table", "ordrs"), ("--schema", "nosuchschema")] {
+        let dump = tempfile::tempdir().unwrap();
+        let out = run(&[
+            "-q",
+            "migrate",
+            "--data-only",
+            "--source",
+            &db.source,
+            "--target",
+            &db.target,
+            "--dump-path",
+            dump.path().to_str().unwrap(),
+            flag,
+            pattern,
+        ]);
+        assert_one_line_exit_2(&out, pattern);
+        assert!(text(&out.stderr).contains(flag), "{}", text(&out.stderr));
+    }
+    // One pattern that matches and one that does not: still refused.
+    let dump = tempfile::tempdir().unwrap();
+    let out = run(&[
+        "-q",
+        "migrate",
+        "--data-only",
+        "--source",
+        &db.source,
+        "--target",
+        &db.target,
+        "--dump-path",
+        dump.path().to_str().unwrap(),
+        "-t",
+        "orders",
+        "-t",
+        "missing_*",
+    ]);
+    assert_one_line_exit_2(&out, "missing_*");
+}

@@ -195,6 +195,76 @@ pub async fn list_tables(client: &Client, filters: &CompiledFilters) -> Result<V
     Ok(out)
 }
 
+/// The `--schema` and `--table` patterns that match nothing on the source.
+/// pg_dump stops on them ("no matching tables were found"): a run that
+/// silently copies nothing because of a typo looks like a success.
+pub async fn unmatched_patterns(
+    client: &Client,
+    filters: &crate::config::filter::Filters,
+) -> Result<Vec<String>> {
+    let compiled = filters.compile()?;
+    let mut out = Vec::new();
+    for (pattern, re) in filters.schemas.iter().zip(&compiled.schemas) {
+        let found: bool = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace n WHERE n.nspname ~ $1)",
+                &[re],
+            )
+            .await
+            .map_err(|e| MigrationError::db("matching --schema patterns on the source", e))?
+            .get(0);
+        if !found {
+            out.push(format!("--schema \"{pattern}\""));
+        }
+    }
+    for (pattern, (sre, nre)) in filters.tables.iter().zip(&compiled.tables) {
+        let found: bool = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c
+                                  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                                 WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+                                   AND c.relname ~ $2
+                                   AND CASE WHEN $1::text IS NULL THEN pg_catalog.pg_table_is_visible(c.oid)
+                                            ELSE n.nspname ~ $1 END)",
+                &[sre, nre],
+            )
+            .await
+            .map_err(|e| MigrationError::db("matching --table patterns on the source", e))?
+            .get(0);
+        if !found {
+            out.push(format!("--table \"{pattern}\""));
+        }
+    }
+    Ok(out)
+}
+
+/// Which database of which cluster a session is on, however its
+/// connection string was spelt: the cluster's system identifier (or, when
+/// the role may not read it, the postmaster's start time and port) and the
+/// database's oid. Two equal identities are one database.
+pub async fn database_identity(client: &Client) -> Result<String> {
+    let row = client
+        .query_one(
+            "SELECT (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database())::text,
+                    pg_catalog.pg_postmaster_start_time()::text, pg_catalog.current_setting('port')",
+            &[],
+        )
+        .await
+        .map_err(|e| MigrationError::db("reading which database this is", e))?;
+    let (db, started, port): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+    let system = match client
+        .query_one(
+            "SELECT system_identifier::text FROM pg_catalog.pg_control_system()",
+            &[],
+        )
+        .await
+    {
+        Ok(r) => r.get::<_, String>(0),
+        Err(_) => format!("started {started} on port {port}"),
+    };
+    Ok(format!("{system}/{db}"))
+}
+
 /// Take ACCESS SHARE locks on the tables, as pg_dump does: concurrent
 /// DROP, TRUNCATE or ALTER TABLE then wait for the migration instead of
 /// breaking it halfway. Must run inside the snapshot transaction.
