@@ -395,3 +395,48 @@ async fn no_owner_no_acl() {
         "postgres:none:2"
     );
 }
+
+/// pagila's shape: SQL and PL/pgSQL function bodies that name tables and
+/// types created after them (in name order and by dependency). The target
+/// session must not validate bodies (pg_dump's check_function_bodies =
+/// false), or the first such function fails with "relation does not exist".
+#[tokio::test]
+async fn function_bodies_naming_later_objects_migrate() {
+    let db = testkit::shared_pair().fresh_db("bodies").await;
+    testkit::execute(
+        &db.source,
+        "SET check_function_bodies = false;
+         CREATE FUNCTION public.a_in_stock(p_film int) RETURNS SETOF int LANGUAGE sql AS
+             $$ SELECT id FROM public.z_inventory WHERE film = $1 AND public.z_available(id) $$;
+         CREATE TYPE public.z_money AS (amount numeric, currency text);
+         CREATE FUNCTION public.a_total() RETURNS public.z_money LANGUAGE sql STABLE AS
+             $$ SELECT ROW(sum(amount), 'EUR')::public.z_money FROM public.z_payment $$;
+         CREATE FUNCTION public.a_touch() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN INSERT INTO public.z_log VALUES (NEW.id); RETURN NEW; END $$;
+         CREATE TABLE public.z_inventory (id int PRIMARY KEY, film int NOT NULL);
+         CREATE TABLE public.z_payment (id int PRIMARY KEY, amount numeric NOT NULL);
+         CREATE TABLE public.z_log (id int);
+         CREATE FUNCTION public.z_available(int) RETURNS boolean LANGUAGE sql AS
+             $$ SELECT NOT EXISTS (SELECT 1 FROM public.z_log WHERE id = $1) $$;
+         CREATE TRIGGER z_touch AFTER INSERT ON public.z_inventory FOR EACH ROW EXECUTE FUNCTION public.a_touch();
+         INSERT INTO public.z_payment SELECT g, g * 1.5 FROM generate_series(1, 20) g;
+         INSERT INTO public.z_inventory SELECT g, g % 3 FROM generate_series(1, 30) g;",
+    )
+    .await
+    .unwrap();
+    let target = other_target_db(&db, "bodies");
+    migrate_clean(&db.source, &target, &[]).await;
+    let (a, b) = (schema_dump(&db.source), schema_dump(&target));
+    assert!(a == b, "schema dumps differ: {}", diff_hint(&a, &b));
+    // The functions work on the target, over the migrated rows.
+    for sql in [
+        "SELECT count(*) FROM public.a_in_stock(1)",
+        "SELECT (public.a_total()).amount::text",
+    ] {
+        assert_eq!(
+            testkit::query_scalar(&db.source, sql).await,
+            testkit::query_scalar(&target, sql).await,
+            "{sql}"
+        );
+    }
+}
