@@ -25,6 +25,8 @@ use super::sort::ObjectKind;
 use crate::error::{MigrationError, Result};
 use crate::pg::quote::{ident, literal, qualified};
 
+mod text_search;
+
 /// pg_dump's session settings for introspection.
 pub async fn setup_session(client: &Client) -> Result<()> {
     client
@@ -88,6 +90,7 @@ pub async fn load(c: &Client, server_major: u32) -> Result<SchemaModel> {
     load_constraints_and_indexes(c, &mut m, &comments, &rels, server_major).await?;
     load_aggregates(c, &mut m, &comments).await?;
     load_collations(c, &mut m, &comments, server_major).await?;
+    text_search::load_text_search(c, &mut m, &comments).await?;
     load_event_triggers(c, &mut m, &comments).await?;
     load_extensions(c, &mut m, &comments).await?;
     load_rules_triggers_policies(c, &mut m, &comments, &rels, server_major).await?;
@@ -1258,13 +1261,11 @@ pub async fn unsupported(c: &Client, major: u32) -> Result<Vec<String>> {
             "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
               WHERE (c.relkind = 'f' OR c.reltablespace <> 0
                      OR (c.relkind IN ('r', 'm') AND c.relam <> (SELECT oid FROM pg_catalog.pg_am WHERE amname = 'heap'))) AND {user_ns}")),
-        ("user-defined operator, cast or text-search object", format!(
+        ("user-defined operator or cast", format!(
             "SELECT pg_catalog.format('operator %s', o.oid::pg_catalog.regoperator) FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
               WHERE o.oid >= 16384 AND {user_ns} AND {}
              UNION ALL SELECT pg_catalog.format('cast %s', c.oid) FROM pg_catalog.pg_cast c WHERE c.oid >= 16384 AND {}
-                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend i WHERE i.classid = 2605 AND i.objid = c.oid AND i.deptype = 'i')
-             UNION ALL SELECT pg_catalog.format('text search configuration %I.%I', n.nspname, t.cfgname) FROM pg_catalog.pg_ts_config t JOIN pg_catalog.pg_namespace n ON n.oid = t.cfgnamespace
-              WHERE t.oid >= 16384 AND {user_ns}",
+                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend i WHERE i.classid = 2605 AND i.objid = c.oid AND i.deptype = 'i')",
             ext(2617, "o.oid"), ext(2605, "c.oid"))),
         // Our own (an online migration's, named after it) is never migrated.
         ("publication", "SELECT pubname::text FROM pg_catalog.pg_publication WHERE pubname NOT LIKE 'pg\\_dbmigrator\\_%'".to_string()),
