@@ -87,3 +87,37 @@ async fn text_search_objects_rebuild_identically() {
         assert!(dump.contains(needle), "{needle} missing from:\n{dump}");
     }
 }
+
+const FOREIGN: &str = "
+CREATE EXTENSION postgres_fdw;
+CREATE FOREIGN DATA WRAPPER okc_wrapper HANDLER public.postgres_fdw_handler OPTIONS (debug 'true', mode 'fast');
+COMMENT ON FOREIGN DATA WRAPPER okc_wrapper IS 'a wrapper of our own';
+GRANT USAGE ON FOREIGN DATA WRAPPER okc_wrapper TO PUBLIC;
+CREATE FOREIGN DATA WRAPPER okc_bare VALIDATOR pg_catalog.postgresql_fdw_validator;
+CREATE SERVER okc_remote TYPE 'postgresql' VERSION '15' FOREIGN DATA WRAPPER postgres_fdw
+    OPTIONS (host 'db.example', port '5433', dbname 'remote db');
+COMMENT ON SERVER okc_remote IS 'the remote side';
+GRANT USAGE ON FOREIGN SERVER okc_remote TO okc_owner WITH GRANT OPTION;
+CREATE SERVER okc_other FOREIGN DATA WRAPPER okc_wrapper;
+ALTER SERVER okc_other OWNER TO okc_owner;
+CREATE USER MAPPING FOR PUBLIC SERVER okc_remote OPTIONS (user 'reader', password 'it''s secret');
+CREATE USER MAPPING FOR okc_owner SERVER okc_remote OPTIONS (user 'owner');
+CREATE USER MAPPING FOR okc_owner SERVER okc_other;
+";
+
+#[tokio::test]
+async fn foreign_wrappers_servers_and_user_mappings_rebuild_identically() {
+    let (dump, _) = assert_rebuilds("okc_fdw", FOREIGN).await;
+    for needle in [
+        "CREATE FOREIGN DATA WRAPPER okc_wrapper HANDLER public.postgres_fdw_handler OPTIONS (",
+        "CREATE FOREIGN DATA WRAPPER okc_bare VALIDATOR postgresql_fdw_validator;",
+        "GRANT ALL ON FOREIGN DATA WRAPPER okc_wrapper TO PUBLIC;",
+        "CREATE SERVER okc_remote TYPE 'postgresql' VERSION '15' FOREIGN DATA WRAPPER postgres_fdw OPTIONS (",
+        "GRANT ALL ON FOREIGN SERVER okc_remote TO okc_owner WITH GRANT OPTION;",
+        "CREATE USER MAPPING FOR public SERVER okc_remote OPTIONS (",
+        "password 'it''s secret'",
+        "CREATE USER MAPPING FOR okc_owner SERVER okc_other;",
+    ] {
+        assert!(dump.contains(needle), "{needle} missing from:\n{dump}");
+    }
+}

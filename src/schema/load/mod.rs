@@ -25,6 +25,7 @@ use super::sort::ObjectKind;
 use crate::error::{MigrationError, Result};
 use crate::pg::quote::{ident, literal, qualified};
 
+mod foreign;
 mod text_search;
 
 /// pg_dump's session settings for introspection.
@@ -91,6 +92,7 @@ pub async fn load(c: &Client, server_major: u32) -> Result<SchemaModel> {
     load_aggregates(c, &mut m, &comments).await?;
     load_collations(c, &mut m, &comments, server_major).await?;
     text_search::load_text_search(c, &mut m, &comments).await?;
+    foreign::load_foreign(c, &mut m, &comments, server_major).await?;
     load_event_triggers(c, &mut m, &comments).await?;
     load_extensions(c, &mut m, &comments).await?;
     load_rules_triggers_policies(c, &mut m, &comments, &rels, server_major).await?;
