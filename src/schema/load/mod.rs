@@ -27,7 +27,9 @@ use crate::pg::quote::{ident, literal, qualified};
 
 mod aggregates;
 mod casts;
+mod foreign;
 mod operators;
+mod text_search;
 mod types;
 
 /// pg_dump's session settings for introspection.
@@ -106,6 +108,8 @@ pub async fn load(c: &Client, server_major: u32) -> Result<SchemaModel> {
     casts::load_access_methods(c, &mut m, &comments).await?;
     casts::table_access_methods(c, &mut m).await?;
     load_collations(c, &mut m, &comments, server_major).await?;
+    text_search::load_text_search(c, &mut m, &comments).await?;
+    foreign::load_foreign(c, &mut m, &comments, server_major).await?;
     load_event_triggers(c, &mut m, &comments).await?;
     load_extensions(c, &mut m, &comments).await?;
     // After extensions: an extension table's row type stands for the extension.
@@ -1268,17 +1272,11 @@ async fn load_constraints_and_indexes(
 /// migration refuses to start while any exist, rather than silently
 /// leaving out a trigger, a policy or a grant; each entry names the object.
 pub async fn unsupported(c: &Client, major: u32) -> Result<Vec<String>> {
-    let ext = |cls: u32, oid: &str| {
-        format!("NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = {cls} AND e.objid = {oid} AND e.deptype = 'e')")
-    };
     let user_ns = USER_NAMESPACE;
     let checks: Vec<(&str, String)> = vec![
         ("table kind not reproduced yet (foreign table, or non-default tablespace)", format!(
             "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
               WHERE (c.relkind = 'f' OR c.reltablespace <> 0) AND {user_ns}")),
-        ("text-search object", format!(
-            "SELECT pg_catalog.format('text search configuration %I.%I', n.nspname, t.cfgname) FROM pg_catalog.pg_ts_config t JOIN pg_catalog.pg_namespace n ON n.oid = t.cfgnamespace
-              WHERE t.oid >= 16384 AND {user_ns} AND {}", ext(3602, "t.oid"))),
         // Our own (an online migration's, named after it) is never migrated.
         ("publication", "SELECT pubname::text FROM pg_catalog.pg_publication WHERE pubname NOT LIKE 'pg\\_dbmigrator\\_%'".to_string()),
     ];
