@@ -340,8 +340,15 @@ pub(crate) async fn copy_phase(
     }
 
     let mut tables = catalog::list_tables(&src, &filters).await?;
+    let mut seqs = catalog::list_sequences(&src, &filters).await?;
+    if full {
+        // The user's rows in extensions' configuration tables, and their
+        // sequences, as pg_dump carries them (CREATE EXTENSION on the
+        // target brings only the extension's own rows).
+        tables.extend(catalog::list_extension_config_tables(&src).await?);
+        seqs.extend(catalog::list_extension_config_sequences(&src).await?);
+    }
     catalog::lock_tables(&src, &tables).await?;
-    let seqs = catalog::list_sequences(&src, &filters).await?;
     let los = if cfg.large_objects {
         catalog::list_large_objects(&src).await?
     } else {
@@ -975,9 +982,10 @@ pub(crate) async fn preflight_target(
             .iter()
             .map(|t| {
                 format!(
-                    "SELECT {} WHERE EXISTS (SELECT 1 FROM ONLY {})",
+                    "SELECT {} WHERE EXISTS (SELECT 1 FROM ONLY {} {})",
                     quote::literal(&t.qualified()),
-                    t.qualified()
+                    t.qualified(),
+                    t.row_filter.as_deref().unwrap_or_default()
                 )
             })
             .collect::<Vec<_>>()

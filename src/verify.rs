@@ -201,11 +201,31 @@ pub async fn verify(
     }
 
     // Rows, in parallel.
-    let tables: Vec<TableInfo> = catalog::list_tables(&src, filters)
+    let mut tables: Vec<TableInfo> = catalog::list_tables(&src, filters)
         .await?
         .into_iter()
         .filter(|t| dst_rels.contains(&t.qualified()))
         .collect();
+    // Extensions' configuration tables: the user's rows (those matching
+    // extcondition) must be on the target too; the extension's own rows
+    // are not compared.
+    let whole_database = filters == &crate::config::filter::CompiledFilters::default();
+    let mut ext_seqs = Vec::new();
+    if whole_database {
+        for t in catalog::list_extension_config_tables(&src).await? {
+            if relation_exists(&dst, &t.qualified()).await? {
+                tables.push(t);
+            } else {
+                report.differences.push(Difference {
+                    kind: DiffKind::MissingTable,
+                    object: t.qualified(),
+                    source: "extension configuration table".into(),
+                    target: "absent".into(),
+                });
+            }
+        }
+        ext_seqs = catalog::list_extension_config_sequences(&src).await?;
+    }
     let checks = check_tables(source, target, &src_snap, &dst_snap, tables, opts, cancel).await?;
     for c in &checks {
         match c.target_rows {
@@ -235,7 +255,8 @@ pub async fn verify(
     report.tables = checks;
 
     // Sequences.
-    let seqs = catalog::list_sequences(&src, filters).await?;
+    let mut seqs = catalog::list_sequences(&src, filters).await?;
+    seqs.extend(ext_seqs);
     for s in &seqs {
         let sv = catalog::sequence_state(&src, s).await?;
         let exists: bool = dst
@@ -423,15 +444,26 @@ async fn check_tables(
 /// Every column counts, generated ones included (they must agree too).
 fn table_digest_sql(t: &TableInfo, level: VerifyLevel) -> String {
     let name = t.qualified();
+    let filter = t.row_filter.as_deref().unwrap_or_default();
     match level {
         VerifyLevel::Checksum => {
             let cols = quote::ident_list(&t.all_columns);
             format!(
                 "SELECT pg_catalog.count(*)::int8, \
                  COALESCE(pg_catalog.sum(('x' || pg_catalog.substr(pg_catalog.md5(ROW({cols})::text), 1, 16))::bit(64)::int8::numeric), 0)::text \
-                 FROM ONLY {name}"
+                 FROM ONLY {name} {filter}"
             )
         }
-        _ => format!("SELECT pg_catalog.count(*)::int8, NULL::text FROM ONLY {name}"),
+        _ => format!("SELECT pg_catalog.count(*)::int8, NULL::text FROM ONLY {name} {filter}"),
     }
+}
+
+async fn relation_exists(c: &Client, qualified: &str) -> Result<bool> {
+    Ok(c.query_one(
+        "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
+        &[&qualified],
+    )
+    .await
+    .map_err(|e| MigrationError::db("looking up a table on the target", e))?
+    .get(0))
 }

@@ -127,6 +127,7 @@ pub async fn run(cfg: &MigrationConfig, cancel: CancellationToken) -> Result<Mig
             binary_safe: false,
             partition_root: None,
             column_types: Vec::new(),
+            row_filter: None,
         })
         .collect();
     let los: Vec<LargeObjectInfo> = match &m.large_objects {

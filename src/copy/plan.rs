@@ -180,6 +180,7 @@ mod tests {
             binary_safe: true,
             partition_root: None,
             column_types: vec!["integer".into()],
+            row_filter: None,
         }
     }
 

@@ -162,6 +162,15 @@ async fn open_input(
     // A table whose columns are all generated (or that has none) is copied
     // with an empty select list and no column list.
     let sql = match (&item.pages, t.columns.is_empty()) {
+        _ if t.row_filter.is_some() => format!(
+            "COPY (SELECT {} FROM ONLY {name} {}) TO STDOUT{opts}",
+            if t.columns.is_empty() {
+                String::new()
+            } else {
+                cols.clone()
+            },
+            t.row_filter.as_deref().unwrap_or_default()
+        ),
         (None, false) => format!("COPY {name} ({cols}) TO STDOUT{opts}"),
         (None, true) => format!("COPY (SELECT FROM ONLY {name}) TO STDOUT{opts}"),
         (Some(p), _) => format!(
@@ -202,7 +211,9 @@ async fn load_item(
     dst.batch_execute("BEGIN")
         .await
         .map_err(|e| tdb("starting the copy of", e))?;
-    let freeze = if item.is_whole() {
+    // An extension's configuration table holds the extension's own rows
+    // already: append the user's, never empty it.
+    let freeze = if item.is_whole() && t.row_filter.is_none() {
         empty_table(dst, &name).await?
     } else {
         false

@@ -40,6 +40,11 @@ pub struct TableInfo {
     /// `format_type()` of each column in `columns`: the target must agree
     /// for binary COPY to work.
     pub column_types: Vec<String>,
+    /// For an extension's configuration table (`pg_extension_config_dump`):
+    /// its `extcondition`, the `WHERE ...` that selects the user's rows
+    /// (empty: all rows). Such a table already exists on the target with
+    /// the extension's own rows, so it is appended to, never emptied.
+    pub row_filter: Option<String>,
 }
 
 impl TableInfo {
@@ -140,6 +145,58 @@ impl ScopeParams {
 /// largest first. Partitioned parents hold no rows and are reached through
 /// their leaves.
 pub async fn list_tables(client: &Client, filters: &CompiledFilters) -> Result<Vec<TableInfo>> {
+    read_tables(
+        client,
+        &format!("c.relkind = 'r' AND c.relpersistence IN ('p', 'u') AND {SCOPE_SQL}"),
+        "NULL::text",
+        &ScopeParams::new(filters).params(),
+    )
+    .await
+}
+
+/// Extensions' configuration tables (`pg_extension.extconfig`), each with
+/// its `extcondition`. pg_dump dumps the rows that match it: rows the user
+/// added (a custom SRID in PostGIS's `spatial_ref_sys`, pg_partman's
+/// `part_config`), which `CREATE EXTENSION` on the target does not bring.
+pub async fn list_extension_config_tables(client: &Client) -> Result<Vec<TableInfo>> {
+    read_tables(
+        client,
+        "c.relkind = 'r' AND EXISTS (SELECT 1 FROM pg_catalog.pg_extension x, \
+           pg_catalog.unnest(x.extconfig) WITH ORDINALITY AS u(oid, i) WHERE u.oid = c.oid)",
+        "(SELECT COALESCE(x.extcondition[u.i], '') FROM pg_catalog.pg_extension x, \
+           pg_catalog.unnest(x.extconfig) WITH ORDINALITY AS u(oid, i) WHERE u.oid = c.oid LIMIT 1)",
+        &[],
+    )
+    .await
+}
+
+/// Extensions' configuration sequences: pg_dump sets their values too.
+pub async fn list_extension_config_sequences(client: &Client) -> Result<Vec<SequenceInfo>> {
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_class c
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relkind = 'S' AND c.oid IN (SELECT pg_catalog.unnest(x.extconfig) FROM pg_catalog.pg_extension x)
+              ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .map_err(|e| MigrationError::db("listing extension configuration sequences", e))?;
+    Ok(rows
+        .iter()
+        .map(|r| SequenceInfo {
+            schema: r.get(0),
+            name: r.get(1),
+        })
+        .collect())
+}
+
+async fn read_tables(
+    client: &Client,
+    where_sql: &str,
+    filter_sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Vec<TableInfo>> {
     let sql = format!(
         r#"
         SELECT c.oid, n.nspname::text, c.relname::text,
@@ -163,15 +220,15 @@ pub async fn list_tables(client: &Client, filters: &CompiledFilters) -> Result<V
                CASE WHEN c.relispartition THEN
                     (SELECT pg_catalog.format('%I.%I', rn.nspname, r.relname)
                        FROM pg_catalog.pg_class r JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace
-                      WHERE r.oid = pg_catalog.pg_partition_root(c.oid)) END AS root
+                      WHERE r.oid = pg_catalog.pg_partition_root(c.oid)) END AS root,
+               {filter_sql} AS row_filter
           FROM pg_catalog.pg_class c
           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-         WHERE c.relkind = 'r' AND c.relpersistence IN ('p', 'u') AND {SCOPE_SQL}
+         WHERE {where_sql}
          ORDER BY bytes DESC, n.nspname, c.relname"#
     );
-    let scope = ScopeParams::new(filters);
     let rows = client
-        .query(&sql, &scope.params())
+        .query(&sql, params)
         .await
         .map_err(|e| MigrationError::db("listing tables on the source", e))?;
     let types = load_user_types(client).await?;
@@ -190,6 +247,7 @@ pub async fn list_tables(client: &Client, filters: &CompiledFilters) -> Result<V
             binary_safe,
             partition_root: r.get(9),
             column_types: r.get::<_, Option<Vec<String>>>(8).unwrap_or_default(),
+            row_filter: r.get(10),
         });
     }
     Ok(out)
