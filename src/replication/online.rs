@@ -1070,21 +1070,57 @@ async fn set_read_only(ctl: &Client, on: bool, what: &str) -> Result<()> {
 /// End the other client sessions of the source database. Run twice: a
 /// session that was still logging in while the fence went up opened
 /// writable.
+///
+/// `pg_terminate_backend` only sends the signal: a backend inside its
+/// commit finishes it first. So wait until every ended session is gone;
+/// otherwise its last commit can land after the fence position we read
+/// next, and the drain would stop short of it.
 async fn end_other_sessions(ctl: &Client) -> Result<()> {
+    let ctx = "ending the other sessions of the source database (fence)";
+    // Pick the sessions first, then signal them: a volatile call inside
+    // the view's WHERE could run before the filters.
+    let pids: Vec<i32> = ctl
+        .query(
+            "SELECT pid FROM pg_catalog.pg_stat_activity
+              WHERE datname = pg_catalog.current_database() AND pid <> pg_catalog.pg_backend_pid()
+                AND backend_type = 'client backend'",
+            &[],
+        )
+        .await
+        .map_err(|e| MigrationError::db(ctx, e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if pids.is_empty() {
+        return Ok(());
+    }
     ctl.query(
-        "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity
-          WHERE datname = pg_catalog.current_database() AND pid <> pg_catalog.pg_backend_pid()
-            AND backend_type = 'client backend'",
-        &[],
+        "SELECT pg_catalog.pg_terminate_backend(p) FROM pg_catalog.unnest($1::int4[]) AS p",
+        &[&pids],
     )
     .await
-    .map_err(|e| {
-        MigrationError::db(
-            "ending the other sessions of the source database (fence)",
-            e,
-        )
-    })?;
-    Ok(())
+    .map_err(|e| MigrationError::db(ctx, e))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let alive: i64 = ctl
+            .query_one(
+                "SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity WHERE pid = ANY($1::int4[])",
+                &[&pids],
+            )
+            .await
+            .map_err(|e| MigrationError::db(ctx, e))?
+            .get(0);
+        if alive == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(MigrationError::Internal(format!(
+                "{alive} session(s) of the source database did not end within 30 s of pg_terminate_backend; \
+                 the fence is not complete (end them yourself, or stop the writes and pass --no-fence)"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 async fn unfence_db(ctl: &Client) -> Result<()> {
