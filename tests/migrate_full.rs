@@ -67,7 +67,9 @@ async fn unsupported_objects_refuse_and_change_nothing() {
     testkit::execute(
         &db.source,
         "CREATE TABLE public.t (id int);
-         CREATE PUBLICATION dbm_unsup_pub FOR TABLE public.t;",
+         CREATE FOREIGN DATA WRAPPER dbm_unsup_fdw;
+         CREATE SERVER dbm_unsup_srv FOREIGN DATA WRAPPER dbm_unsup_fdw;
+         CREATE FOREIGN TABLE public.dbm_unsup_ft (id int) SERVER dbm_unsup_srv;",
     )
     .await
     .unwrap();
@@ -76,7 +78,7 @@ async fn unsupported_objects_refuse_and_change_nothing() {
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(
-        err.contains("publication dbm_unsup_pub") && err.contains("--data-only"),
+        err.contains("public.dbm_unsup_ft") && err.contains("--data-only"),
         "{err}"
     );
     let admin = db

@@ -121,3 +121,37 @@ async fn foreign_wrappers_servers_and_user_mappings_rebuild_identically() {
         assert!(dump.contains(needle), "{needle} missing from:\n{dump}");
     }
 }
+
+const PUBLICATIONS: &str = "
+CREATE SCHEMA okc_pub;
+CREATE TABLE okc_pub.orders (id int PRIMARY KEY, region text, total numeric, secret text);
+CREATE TABLE okc_pub.parted (id int, at date) PARTITION BY RANGE (at);
+CREATE TABLE okc_pub.parted_2026 PARTITION OF okc_pub.parted FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+CREATE SCHEMA okc_pub_all;
+CREATE TABLE okc_pub_all.log (id int);
+CREATE PUBLICATION okc_filtered FOR TABLE okc_pub.orders (id, region, total) WHERE (region = 'eu' AND total > 10)
+    WITH (publish = 'insert, update');
+COMMENT ON PUBLICATION okc_filtered IS 'EU orders, no secrets';
+ALTER PUBLICATION okc_filtered OWNER TO okc_owner;
+CREATE PUBLICATION okc_rooted FOR TABLE okc_pub.parted WITH (publish_via_partition_root = true);
+CREATE PUBLICATION okc_schema FOR TABLES IN SCHEMA okc_pub_all, TABLE okc_pub.orders WITH (publish = 'delete, truncate');
+CREATE PUBLICATION okc_everything FOR ALL TABLES;
+CREATE PUBLICATION okc_empty;
+";
+
+#[tokio::test]
+async fn publications_rebuild_identically() {
+    let (dump, _) = assert_rebuilds("okc_pub", PUBLICATIONS).await;
+    for needle in [
+        "CREATE PUBLICATION okc_filtered WITH (publish = 'insert, update');",
+        "ALTER PUBLICATION okc_filtered ADD TABLE ONLY okc_pub.orders (id, region, total) WHERE (",
+        "COMMENT ON PUBLICATION okc_filtered IS 'EU orders, no secrets';",
+        "ALTER PUBLICATION okc_filtered OWNER TO okc_owner;",
+        "publish_via_partition_root = true",
+        "ALTER PUBLICATION okc_schema ADD TABLES IN SCHEMA okc_pub_all;",
+        "CREATE PUBLICATION okc_everything FOR ALL TABLES WITH (publish = 'insert, update, delete, truncate');",
+        "CREATE PUBLICATION okc_empty WITH (",
+    ] {
+        assert!(dump.contains(needle), "{needle} missing from:\n{dump}");
+    }
+}

@@ -29,6 +29,7 @@ mod aggregates;
 mod casts;
 mod foreign;
 mod operators;
+mod publications;
 mod text_search;
 mod types;
 
@@ -116,6 +117,7 @@ pub async fn load(c: &Client, server_major: u32) -> Result<SchemaModel> {
     types::alias_row_types(c, &mut m).await?;
     load_rules_triggers_policies(c, &mut m, &comments, &rels, server_major).await?;
     load_statistics(c, &mut m, &comments, server_major).await?;
+    publications::load_publications(c, &mut m, &comments, server_major).await?;
     load_acls(c, &mut m, server_major).await?;
 
     // Catalog dependencies, minus pins and extension membership.
@@ -1277,8 +1279,6 @@ pub async fn unsupported(c: &Client, major: u32) -> Result<Vec<String>> {
         ("table kind not reproduced yet (foreign table, or non-default tablespace)", format!(
             "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
               WHERE (c.relkind = 'f' OR c.reltablespace <> 0) AND {user_ns}")),
-        // Our own (an online migration's, named after it) is never migrated.
-        ("publication", "SELECT pubname::text FROM pg_catalog.pg_publication WHERE pubname NOT LIKE 'pg\\_dbmigrator\\_%'".to_string()),
     ];
     let mut out = Vec::new();
     if major >= 18 {
