@@ -294,6 +294,7 @@ pub(crate) async fn copy_phase(
         let opts = schema::ReadOptions {
             no_owner: cfg.no_owner,
             no_acl: cfg.no_acl,
+            no_subscriptions: cfg.no_subscriptions,
         };
         let script = schema::read_with(&source_ep, Some(&snapshot_id), &opts).await?;
         if !script.unsupported.is_empty() {

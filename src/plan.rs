@@ -281,6 +281,7 @@ pub async fn plan(cfg: &MigrationConfig) -> Result<Plan> {
             &crate::schema::ReadOptions {
                 no_owner: cfg.no_owner,
                 no_acl: cfg.no_acl,
+                no_subscriptions: cfg.no_subscriptions,
             },
         )
         .await?;

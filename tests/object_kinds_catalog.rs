@@ -155,3 +155,71 @@ async fn publications_rebuild_identically() {
         assert!(dump.contains(needle), "{needle} missing from:\n{dump}");
     }
 }
+
+const SUBSCRIPTIONS: &str = "
+CREATE SUBSCRIPTION okc_sub CONNECTION 'host=okc.invalid dbname=shop user=repl'
+    PUBLICATION okc_a, \"okc B\"
+    WITH (connect = false, slot_name = 'okc_slot', binary = true, streaming = on, synchronous_commit = 'local');
+COMMENT ON SUBSCRIPTION okc_sub IS 'from the shop';
+CREATE SUBSCRIPTION okc_bare CONNECTION 'host=okc.invalid' PUBLICATION okc_a WITH (connect = false);
+";
+
+async fn drop_subscriptions(conninfo: &str) {
+    let _ = testkit::execute(
+        conninfo,
+        "ALTER SUBSCRIPTION okc_sub SET (slot_name = NONE); DROP SUBSCRIPTION okc_sub;
+         DROP SUBSCRIPTION okc_bare;",
+    )
+    .await;
+}
+
+/// Subscriptions come over disabled and unconnected (as pg_dump makes
+/// them); `--no-subscriptions` leaves them out.
+#[tokio::test]
+async fn subscriptions_rebuild_disabled_or_are_left_out() {
+    let db = testkit::shared_pair().fresh_db("okc_sub").await;
+    testkit::execute(&db.source, SUBSCRIPTIONS)
+        .await
+        .expect("subscriptions on the source");
+    let source = EndpointConfig::parse(&db.source).unwrap();
+    let target = EndpointConfig::parse(&db.target).unwrap();
+    let without = pg_dbmigrator::schema::read_with(
+        &source,
+        None,
+        &pg_dbmigrator::schema::ReadOptions {
+            no_subscriptions: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("reading the schema");
+    let sql = without.to_sql(&[
+        pg_dbmigrator::schema::Part::PreData,
+        pg_dbmigrator::schema::Part::PostData,
+    ]);
+    assert!(!sql.contains("SUBSCRIPTION"), "{sql}");
+    let script = pg_dbmigrator::schema::read(&source, None)
+        .await
+        .expect("reading the schema");
+    assert!(script.unsupported.is_empty(), "{:?}", script.unsupported);
+    let applied = pg_dbmigrator::schema::apply_all(&target, &script).await;
+    let (a, b) = (schema_dump(&db.source), schema_dump(&db.target));
+    let enabled = testkit::query_scalar(
+        &db.target,
+        "SELECT string_agg(subname || ':' || subenabled, ',' ORDER BY subname) FROM pg_subscription
+          WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .await;
+    drop_subscriptions(&db.source).await;
+    drop_subscriptions(&db.target).await;
+    applied.expect("applying the schema");
+    assert!(a == b, "schema dumps differ: {}", diff_hint(&a, &b));
+    assert_eq!(enabled, "okc_bare:false,okc_sub:false");
+    for needle in [
+        "CREATE SUBSCRIPTION okc_sub CONNECTION 'host=okc.invalid dbname=shop user=repl' PUBLICATION okc_a, \"okc B\" WITH (connect = false, slot_name = 'okc_slot', binary = true, streaming = on, synchronous_commit = local);",
+        "COMMENT ON SUBSCRIPTION okc_sub IS 'from the shop';",
+        "CREATE SUBSCRIPTION okc_bare CONNECTION 'host=okc.invalid' PUBLICATION okc_a WITH (connect = false, slot_name = 'okc_bare');",
+    ] {
+        assert!(a.contains(needle), "{needle} missing from:\n{a}");
+    }
+}

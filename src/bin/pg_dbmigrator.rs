@@ -188,6 +188,9 @@ struct DumpArgs {
     /// Leave privileges out of the schema.
     #[arg(long)]
     no_acl: bool,
+    /// Leave subscriptions out of the schema.
+    #[arg(long)]
+    no_subscriptions: bool,
     /// Continue an interrupted dump: finished files are kept.
     #[arg(long, conflicts_with = "force_clean")]
     resume: bool,
@@ -384,6 +387,9 @@ struct MigrateArgs {
     /// Leave privileges (GRANT/REVOKE, default privileges) out.
     #[arg(long)]
     no_acl: bool,
+    /// Leave subscriptions out of the schema.
+    #[arg(long)]
+    no_subscriptions: bool,
     /// Online: cut over automatically once caught up, or (manual) stay in
     /// sync until `pg_dbmigrator cutover --dump-path <same path>`.
     #[arg(long, value_enum, default_value_t = CutoverArg::Manual)]
@@ -641,6 +647,7 @@ fn migrate_config(args: &MigrateArgs) -> Result<MigrationConfig, MigrationError>
         role_passwords: args.role_passwords,
         no_owner: args.no_owner,
         no_acl: args.no_acl,
+        no_subscriptions: args.no_subscriptions,
         cutover: match args.cutover {
             CutoverArg::Auto => CutoverMode::Auto,
             CutoverArg::Manual => CutoverMode::Manual,
@@ -746,6 +753,7 @@ async fn dump(
         large_objects: !args.no_large_objects,
         no_owner: args.no_owner,
         no_acl: args.no_acl,
+        no_subscriptions: args.no_subscriptions,
         dump_path: Some(args.dump_path.clone()),
         resume: args.resume,
         force_clean: args.force_clean,

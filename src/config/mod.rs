@@ -113,6 +113,8 @@ pub struct MigrationConfig {
     pub no_owner: bool,
     /// Leave privileges (GRANT/REVOKE, default privileges) out.
     pub no_acl: bool,
+    /// Leave subscriptions out of the schema (pg_dump's `--no-subscriptions`).
+    pub no_subscriptions: bool,
     /// Online: when to cut over.
     pub cutover: CutoverMode,
     /// Online, `cutover = auto`: the lag (bytes of source WAL not yet
@@ -159,6 +161,7 @@ impl Default for MigrationConfig {
             roles: false,
             role_passwords: false,
             no_owner: false,
+            no_subscriptions: false,
             no_acl: false,
             cutover: CutoverMode::Manual,
             cutover_lag_bytes: 1024 * 1024,

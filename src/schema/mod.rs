@@ -22,6 +22,8 @@ use crate::pg::{catalog, connect};
 pub struct ReadOptions {
     pub no_owner: bool,
     pub no_acl: bool,
+    /// Leave subscriptions out (pg_dump's `--no-subscriptions`).
+    pub no_subscriptions: bool,
 }
 
 /// Read the source's schema in one REPEATABLE READ snapshot and plan it.
@@ -48,8 +50,8 @@ pub async fn read_with(
             .map_err(|e| MigrationError::db("opening the schema snapshot", e))?,
     }
     load::setup_session(&c).await?;
-    let model = load::load(&c, major).await?;
-    let unsupported = load::unsupported(&c, major).await?;
+    let model = load::load(&c, major, opts).await?;
+    let unsupported = load::unsupported(&c, major, opts).await?;
     let _ = c.batch_execute("COMMIT").await;
     let mut script = SchemaScript::plan_with(model, opts)?;
     script.unsupported = unsupported;

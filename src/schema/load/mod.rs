@@ -30,6 +30,7 @@ mod casts;
 mod foreign;
 mod operators;
 mod publications;
+mod subscriptions;
 mod text_search;
 mod types;
 
@@ -76,7 +77,7 @@ fn comment_on(comments: &Comments, key: (u32, u32, i32), what: &str) -> Option<S
 }
 
 /// Load the schema. `server_major` gates catalog columns that changed.
-pub async fn load(c: &Client, server_major: u32) -> Result<SchemaModel> {
+pub async fn load(c: &Client, server_major: u32, opts: &super::ReadOptions) -> Result<SchemaModel> {
     let mut m = SchemaModel::default();
     let comments: Comments = query(
         c,
@@ -118,6 +119,9 @@ pub async fn load(c: &Client, server_major: u32) -> Result<SchemaModel> {
     load_rules_triggers_policies(c, &mut m, &comments, &rels, server_major).await?;
     load_statistics(c, &mut m, &comments, server_major).await?;
     publications::load_publications(c, &mut m, &comments, server_major).await?;
+    if !opts.no_subscriptions {
+        subscriptions::load_subscriptions(c, &mut m, &comments, server_major).await?;
+    }
     load_acls(c, &mut m, server_major).await?;
 
     // Catalog dependencies, minus pins and extension membership.
@@ -1273,7 +1277,7 @@ async fn load_constraints_and_indexes(
 /// Objects in the source that this version cannot reproduce yet. A full
 /// migration refuses to start while any exist, rather than silently
 /// leaving out a trigger, a policy or a grant; each entry names the object.
-pub async fn unsupported(c: &Client, major: u32) -> Result<Vec<String>> {
+pub async fn unsupported(c: &Client, major: u32, opts: &super::ReadOptions) -> Result<Vec<String>> {
     let user_ns = USER_NAMESPACE;
     let checks: Vec<(&str, String)> = vec![
         ("table kind not reproduced yet (foreign table, or non-default tablespace)", format!(
@@ -1281,6 +1285,9 @@ pub async fn unsupported(c: &Client, major: u32) -> Result<Vec<String>> {
               WHERE (c.relkind = 'f' OR c.reltablespace <> 0) AND {user_ns}")),
     ];
     let mut out = Vec::new();
+    if !opts.no_subscriptions {
+        out.extend(subscriptions::unreadable(c).await?);
+    }
     if major >= 18 {
         // PostgreSQL 18 keeps NOT NULL constraints in pg_constraint with
         // names; only the default-named, valid, inheritable ones are
