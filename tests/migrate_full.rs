@@ -67,18 +67,46 @@ async fn unsupported_objects_refuse_and_change_nothing() {
     testkit::execute(
         &db.source,
         "CREATE TABLE public.t (id int);
-         CREATE FOREIGN DATA WRAPPER dbm_unsup_fdw;
-         CREATE SERVER dbm_unsup_srv FOREIGN DATA WRAPPER dbm_unsup_fdw;
-         CREATE FOREIGN TABLE public.dbm_unsup_ft (id int) SERVER dbm_unsup_srv;",
+         DO $$BEGIN
+            IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'dbm_unsup_reader') THEN
+              CREATE ROLE dbm_unsup_reader LOGIN PASSWORD 'reader-pw';
+            END IF;
+          EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+          END$$;
+         GRANT SELECT ON public.t TO dbm_unsup_reader;
+         CREATE SUBSCRIPTION dbm_unsup_sub CONNECTION 'host=unsup.invalid' PUBLICATION p
+           WITH (connect = false, slot_name = NONE);",
     )
     .await
     .unwrap();
+    // A subscription's connection string is readable only by a superuser:
+    // a plain source role is refused with the way out named.
+    let reader = db
+        .source
+        .split_whitespace()
+        .map(|kv| {
+            if kv.starts_with("user=") {
+                "user=dbm_unsup_reader".to_string()
+            } else if kv.starts_with("password=") {
+                "password=reader-pw".to_string()
+            } else {
+                kv.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let reader = if reader.contains("password=") {
+        reader
+    } else {
+        format!("{reader} password=reader-pw")
+    };
     let target = other_target_db(&db, "never");
-    let out = run(&["-q", "migrate", "--source", &db.source, "--target", &target]);
-    assert_eq!(out.status.code(), Some(2));
+    let out = run(&["-q", "migrate", "--source", &reader, "--target", &target]);
+    let _ = testkit::execute(&db.source, "DROP SUBSCRIPTION dbm_unsup_sub").await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     let err = text(&out.stderr);
     assert!(
-        err.contains("public.dbm_unsup_ft") && err.contains("--data-only"),
+        err.contains("subscription dbm_unsup_sub") && err.contains("--no-subscriptions"),
         "{err}"
     );
     let admin = db

@@ -223,3 +223,63 @@ async fn subscriptions_rebuild_disabled_or_are_left_out() {
         assert!(a.contains(needle), "{needle} missing from:\n{a}");
     }
 }
+
+const FOREIGN_TABLES: &str = "
+CREATE SCHEMA okc_ft;
+CREATE FOREIGN DATA WRAPPER okc_ftw;
+CREATE SERVER okc_fts FOREIGN DATA WRAPPER okc_ftw OPTIONS (host 'remote.invalid');
+CREATE FOREIGN TABLE okc_ft.remote_orders (
+    id int OPTIONS (column_name 'order_id') NOT NULL,
+    note text COLLATE \"C\" DEFAULT 'none',
+    qty int CHECK (qty > 0)
+) SERVER okc_fts OPTIONS (schema_name 'shop', table_name 'orders');
+COMMENT ON FOREIGN TABLE okc_ft.remote_orders IS 'orders, read through the wrapper';
+COMMENT ON COLUMN okc_ft.remote_orders.qty IS 'how many';
+ALTER FOREIGN TABLE okc_ft.remote_orders OWNER TO okc_owner;
+GRANT SELECT ON okc_ft.remote_orders TO PUBLIC;
+CREATE FOREIGN TABLE okc_ft.bare () SERVER okc_fts;
+CREATE TABLE okc_ft.measure (id int, at date) PARTITION BY RANGE (at);
+CREATE TABLE okc_ft.measure_new PARTITION OF okc_ft.measure FOR VALUES FROM ('2020-01-01') TO ('2030-01-01');
+CREATE FOREIGN TABLE okc_ft.measure_old PARTITION OF okc_ft.measure
+    FOR VALUES FROM ('2000-01-01') TO ('2020-01-01') SERVER okc_fts OPTIONS (table_name 'measure_archive');
+INSERT INTO okc_ft.measure VALUES (1, '2024-05-01'), (2, '2025-06-01');
+";
+
+#[tokio::test]
+async fn foreign_tables_rebuild_identically() {
+    let (dump, _) = assert_rebuilds("okc_ftab", FOREIGN_TABLES).await;
+    for needle in [
+        "CREATE FOREIGN TABLE okc_ft.remote_orders (",
+        "SERVER okc_fts",
+        "table_name 'orders'",
+        "column_name 'order_id'",
+        "COMMENT ON FOREIGN TABLE okc_ft.remote_orders IS",
+        "ALTER FOREIGN TABLE okc_ft.remote_orders OWNER TO okc_owner;",
+        "GRANT SELECT ON TABLE okc_ft.remote_orders TO PUBLIC;",
+        "ATTACH PARTITION okc_ft.measure_old FOR VALUES FROM ('2000-01-01') TO ('2020-01-01');",
+    ] {
+        assert!(dump.contains(needle), "{needle} missing from:\n{dump}");
+    }
+}
+
+/// A full migration copies the local rows and not the foreign ones (they
+/// live on the remote server), and verify is clean.
+#[tokio::test]
+async fn full_migration_with_foreign_tables_copies_local_rows_only() {
+    let db = testkit::shared_pair().fresh_db("okc_ftm").await;
+    for side in [&db.source, &db.target] {
+        testkit::execute(side, OWNER_SQL).await.expect("owner role");
+    }
+    testkit::execute(&db.source, FOREIGN_TABLES)
+        .await
+        .expect("fixture");
+    let target = other_target_db(&db, "new");
+    let report = migrate_clean(&db.source, &target, &[]).await;
+    assert_eq!(
+        testkit::query_scalar(&target, "SELECT count(*) FROM ONLY okc_ft.measure_new").await,
+        "2"
+    );
+    let (a, b) = (schema_dump(&db.source), schema_dump(&target));
+    assert!(a == b, "schema dumps differ: {}", diff_hint(&a, &b));
+    assert!(report.is_object(), "{report}");
+}

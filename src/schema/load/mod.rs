@@ -520,9 +520,13 @@ async fn load_relations(
                 CASE WHEN c.relkind = 'p' THEN pg_catalog.pg_get_partkeydef(c.oid) END,
                 c.relreplident::text, c.relforcerowsecurity, c.relispopulated,
                 CASE WHEN c.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(c.oid) END,
-                CASE WHEN c.reloftype <> 0 THEN pg_catalog.format_type(c.reloftype, NULL) END
+                CASE WHEN c.reloftype <> 0 THEN pg_catalog.format_type(c.reloftype, NULL) END,
+                (SELECT pg_catalog.quote_ident(fs.srvname) FROM pg_catalog.pg_foreign_table ft
+                   JOIN pg_catalog.pg_foreign_server fs ON fs.oid = ft.ftserver WHERE ft.ftrelid = c.oid),
+                (SELECT {} FROM pg_catalog.pg_foreign_table ft WHERE ft.ftrelid = c.oid)
            FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-          WHERE c.relkind IN ('r', 'p', 'v', 'm') AND c.relpersistence <> 't' AND {}",
+          WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND c.relpersistence <> 't' AND {}",
+        foreign::options_sql("ft.ftoptions"),
         user_object(class::PG_CLASS, "c.oid")
     );
     let rows = query(c, "relation definitions", &sql).await?;
@@ -548,13 +552,14 @@ async fn load_relations(
                                  JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace WHERE co.oid = a.attcollation) END,
                     a.attnum, {compression}, {stattarget},
                     CASE WHEN a.attstorage <> ty.typstorage THEN a.attstorage::text END,
-                    a.attoptions::text[]
+                    a.attoptions::text[], {fdw_options}
                FROM pg_catalog.pg_attribute a
                JOIN pg_catalog.pg_class k ON k.oid = a.attrelid
                JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid
                LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-              WHERE k.relkind IN ('r', 'p', 'v', 'm') AND a.attnum > 0 AND NOT a.attisdropped
-              ORDER BY a.attrelid, a.attnum"
+              WHERE k.relkind IN ('r', 'p', 'v', 'm', 'f') AND a.attnum > 0 AND NOT a.attisdropped
+              ORDER BY a.attrelid, a.attnum",
+            fdw_options = foreign::options_sql("a.attfdwoptions")
         ),
     )
     .await?;
@@ -603,6 +608,7 @@ async fn load_relations(
         let word = match kind {
             'v' => "VIEW",
             'm' => "MATERIALIZED VIEW",
+            'f' => "FOREIGN TABLE",
             _ => "TABLE",
         };
         let mut o = SchemaObject::new(ObjectKind::Table, &nsp, &name, oid, format!("{word} {q}"));
@@ -770,6 +776,11 @@ async fn load_relations(
                             ));
                         }
                     }
+                    if let Some(opts) = col.get::<_, Option<String>>(15) {
+                        extra.push(format!(
+                            "ALTER FOREIGN TABLE ONLY {q} ALTER COLUMN {cname} OPTIONS (\n    {opts}\n);"
+                        ));
+                    }
                 }
                 for ck in checks.iter().filter(|k| k.get::<_, u32>(0) == oid) {
                     let (local, valid): (bool, bool) = (ck.get(4), ck.get(5));
@@ -781,7 +792,11 @@ async fn load_relations(
                         ));
                     }
                 }
-                let unlogged = if persistence == "u" { "UNLOGGED " } else { "" };
+                let unlogged = match (persistence.as_str(), kind) {
+                    (_, 'f') => "FOREIGN ",
+                    ("u", _) => "UNLOGGED ",
+                    _ => "",
+                };
                 let mut s = match &of_type {
                     Some(t) if lines.is_empty() => format!("CREATE {unlogged}TABLE {q} OF {t}"),
                     Some(t) => format!(
@@ -799,13 +814,21 @@ async fn load_relations(
                 if let Some(pk) = r.get::<_, Option<String>>(9) {
                     s.push_str(&format!("\nPARTITION BY {pk}"));
                 }
+                if let Some(server) = r.get::<_, Option<String>>(15) {
+                    s.push_str(&format!("\nSERVER {server}"));
+                    if let Some(opts) = r.get::<_, Option<String>>(16) {
+                        s.push_str(&format!("\nOPTIONS (\n    {opts}\n)"));
+                    }
+                }
                 if let Some(w) = reloptions_clause(&reloptions) {
                     s.push_str(&format!("\n{w}"));
                 }
                 s.push(';');
                 o.create.push(s);
                 o.create.extend(extra);
+                // A foreign table has no replica identity (always 'n').
                 match r.get::<_, String>(10).as_str() {
+                    _ if kind == 'f' => {}
                     "f" => o
                         .create
                         .push(format!("ALTER TABLE ONLY {q} REPLICA IDENTITY FULL;")),
@@ -1280,9 +1303,9 @@ async fn load_constraints_and_indexes(
 pub async fn unsupported(c: &Client, major: u32, opts: &super::ReadOptions) -> Result<Vec<String>> {
     let user_ns = USER_NAMESPACE;
     let checks: Vec<(&str, String)> = vec![
-        ("table kind not reproduced yet (foreign table, or non-default tablespace)", format!(
+        ("relation in a non-default tablespace (not reproduced yet)", format!(
             "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              WHERE (c.relkind = 'f' OR c.reltablespace <> 0) AND {user_ns}")),
+              WHERE c.reltablespace <> 0 AND {user_ns}")),
     ];
     let mut out = Vec::new();
     if !opts.no_subscriptions {
@@ -1399,7 +1422,7 @@ async fn load_acls(c: &Client, m: &mut SchemaModel, major: u32) -> Result<()> {
         )
     };
     let specs: Vec<(&str, AclObjectKind, u32, String)> = vec![
-        ("table privileges", AclObjectKind::Table, class::PG_CLASS, rel("'r', 'p', 'v', 'm'", "TABLE", 'r')),
+        ("table privileges", AclObjectKind::Table, class::PG_CLASS, rel("'r', 'p', 'v', 'm', 'f'", "TABLE", 'r')),
         ("sequence privileges", AclObjectKind::Sequence, class::PG_CLASS, rel("'S'", "SEQUENCE", 's')),
         (
             "function privileges",
