@@ -470,3 +470,64 @@ async fn function_bodies_naming_later_objects_migrate() {
         );
     }
 }
+
+/// The database's own settings, per-role settings, comment, owner and
+/// privileges come over as `pg_dump --create` carries them, onto a target
+/// database of another name.
+#[tokio::test]
+async fn database_properties_are_carried() {
+    let db = testkit::shared_pair().fresh_db("dbprops").await;
+    let role_sql = "DO $$BEGIN
+          IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'dbm_props_app') THEN CREATE ROLE dbm_props_app; END IF;
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+        END$$;";
+    for side in [&db.source, &db.target] {
+        testkit::execute(side, role_sql).await.unwrap();
+    }
+    let name = db.name.clone();
+    testkit::execute(
+        &db.source,
+        &format!(
+            "CREATE TABLE public.t (id int PRIMARY KEY); INSERT INTO public.t VALUES (1);
+             ALTER DATABASE \"{name}\" SET work_mem TO '64MB';
+             ALTER DATABASE \"{name}\" SET search_path TO \"$user\", public, app;
+             ALTER DATABASE \"{name}\" SET statement_timeout TO '5min';
+             ALTER ROLE dbm_props_app IN DATABASE \"{name}\" SET lock_timeout TO '3s';
+             COMMENT ON DATABASE \"{name}\" IS 'the shop''s data';
+             REVOKE ALL ON DATABASE \"{name}\" FROM PUBLIC;
+             GRANT CONNECT, TEMPORARY ON DATABASE \"{name}\" TO dbm_props_app;"
+        ),
+    )
+    .await
+    .unwrap();
+    let target = other_target_db(&db, "new");
+    migrate_clean(&db.source, &target, &[]).await;
+    let props = |ci: String| async move {
+        testkit::query_scalar(
+            &ci,
+            "SELECT concat_ws(' | ',
+                    (SELECT string_agg(coalesce(pg_get_userbyid(s.setrole), '-') || ':' || array_to_string(s.setconfig, ','), ';' ORDER BY s.setrole)
+                       FROM pg_db_role_setting s WHERE s.setdatabase = d.oid),
+                    shobj_description(d.oid, 'pg_database'),
+                    pg_get_userbyid(d.datdba),
+                    regexp_replace(d.datacl::text, '=[^/]*/', '=x/', 'g'),
+                    has_database_privilege('dbm_props_app', d.oid, 'TEMPORARY')::text,
+                    has_database_privilege('public', d.oid, 'CONNECT')::text)
+               FROM pg_database d WHERE d.datname = current_database()",
+        )
+        .await
+    };
+    let (a, b) = (props(db.source.clone()).await, props(target.clone()).await);
+    assert_eq!(a, b);
+    assert!(
+        a.contains("work_mem=64MB")
+            && a.contains("lock_timeout=3s")
+            && a.contains("the shop's data"),
+        "{a}"
+    );
+    let _ = testkit::execute(
+        &db.source,
+        &format!("ALTER ROLE dbm_props_app IN DATABASE \"{name}\" RESET ALL"),
+    )
+    .await;
+}

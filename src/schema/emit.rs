@@ -105,7 +105,9 @@ impl SchemaScript {
             ..Default::default()
         };
         let section_of = |o: &super::model::SchemaObject| match o.key.kind {
-            ObjectKind::RefreshMatview | ObjectKind::EventTrigger => Part::Last,
+            ObjectKind::RefreshMatview
+            | ObjectKind::EventTrigger
+            | ObjectKind::DatabaseProperties => Part::Last,
             _ if o.postponed => Part::PostData,
             k if k.section() == Section::PostData => Part::PostData,
             _ => Part::PreData,

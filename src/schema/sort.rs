@@ -92,11 +92,14 @@ pub enum ObjectKind {
     DefaultAcl,
     EventTrigger,
     RefreshMatview,
+    /// The database's owner, comment, privileges and settings
+    /// (pg_dump `--create`'s DATABASE PROPERTIES).
+    DatabaseProperties,
 }
 
 impl ObjectKind {
     /// All kinds in priority order; handy for exhaustive tests and tables.
-    pub const ALL: [ObjectKind; 48] = [
+    pub const ALL: [ObjectKind; 49] = [
         ObjectKind::Namespace,
         ObjectKind::ProcLang,
         ObjectKind::Collation,
@@ -145,6 +148,7 @@ impl ObjectKind {
         ObjectKind::DefaultAcl,
         ObjectKind::EventTrigger,
         ObjectKind::RefreshMatview,
+        ObjectKind::DatabaseProperties,
     ];
 
     /// pg_dump's sort priority (`PRIO_*`, starting at 1).
@@ -201,6 +205,7 @@ impl ObjectKind {
             DefaultAcl => 44,
             EventTrigger => 45,
             RefreshMatview => 46,
+            DatabaseProperties => 47,
         }
     }
 
@@ -260,6 +265,7 @@ impl ObjectKind {
             RelStats => 45,
             Subscription => 46,
             SubscriptionRel => 47,
+            DatabaseProperties => 48,
         }
     }
 
@@ -299,7 +305,8 @@ impl ObjectKind {
             | SubscriptionRel
             | DefaultAcl
             | EventTrigger
-            | RefreshMatview => Section::PostData,
+            | RefreshMatview
+            | DatabaseProperties => Section::PostData,
         }
     }
 
@@ -355,6 +362,7 @@ impl ObjectKind {
             DefaultAcl => "DEFAULT ACL",
             EventTrigger => "EVENT TRIGGER",
             RefreshMatview => "REFRESH MATERIALIZED VIEW",
+            DatabaseProperties => "DATABASE PROPERTIES",
         }
     }
 }
@@ -1017,7 +1025,7 @@ mod tests {
         ordinals.sort_unstable();
         assert_eq!(
             ordinals,
-            (0..48).collect::<Vec<_>>(),
+            (0..49).collect::<Vec<_>>(),
             "ordinals are a permutation"
         );
     }

@@ -27,6 +27,7 @@ use crate::pg::quote::{ident, literal, qualified};
 
 mod aggregates;
 mod casts;
+mod database;
 mod foreign;
 mod operators;
 mod publications;
@@ -123,6 +124,7 @@ pub async fn load(c: &Client, server_major: u32, opts: &super::ReadOptions) -> R
         subscriptions::load_subscriptions(c, &mut m, &comments, server_major).await?;
     }
     load_acls(c, &mut m, server_major).await?;
+    database::load_database(c, &mut m, server_major).await?;
 
     // Catalog dependencies, minus pins and extension membership.
     for r in query(
@@ -1359,6 +1361,9 @@ pub async fn owner_roles(c: &Client, owners: bool, acls: bool) -> Result<Vec<Str
             UNION SELECT cv.conowner FROM pg_catalog.pg_conversion cv JOIN pg_catalog.pg_namespace n ON n.oid = cv.connamespace WHERE {owner_cond} AND {user_ns}
             UNION SELECT l.lanowner FROM pg_catalog.pg_language l WHERE {owner_cond} AND l.oid >= 16384
             UNION SELECT pg_catalog.unnest(pol.polroles) FROM pg_catalog.pg_policy pol
+            UNION SELECT s.setrole FROM pg_catalog.pg_db_role_setting s JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase
+                   WHERE d.datname = pg_catalog.current_database()
+            UNION SELECT d.datdba FROM pg_catalog.pg_database d WHERE {owner_cond} AND d.datname = pg_catalog.current_database()
             UNION SELECT a.r FROM (
                 SELECT (pg_catalog.aclexplode(c.relacl)).grantee AS r FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relacl IS NOT NULL AND {user_ns}
                 UNION SELECT (pg_catalog.aclexplode(c.relacl)).grantor FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relacl IS NOT NULL AND {user_ns}
