@@ -17,6 +17,15 @@ const DATA: &str = "
     INSERT INTO core.events SELECT g, '2024-01-01'::date + g, 'a', jsonb_build_object('g', g) FROM generate_series(1, 500) g;
     REFRESH MATERIALIZED VIEW core.order_counts;";
 
+/// Kinds added after the fixture was written, in their older-major forms.
+const NEWER_KINDS: &str = "
+    CREATE PUBLICATION xv_pub FOR TABLE core.events, core.customers WITH (publish = 'insert, delete');
+    COMMENT ON PUBLICATION xv_pub IS 'events out';
+    CREATE FOREIGN DATA WRAPPER xv_fdw;
+    CREATE SERVER xv_srv FOREIGN DATA WRAPPER xv_fdw OPTIONS (host 'remote.invalid');
+    CREATE FOREIGN TABLE core.xv_remote (id int OPTIONS (column_name 'rid') NOT NULL, note text)
+        SERVER xv_srv OPTIONS (table_name 'remote');";
+
 async fn older_major_into_15(major: u32) {
     let cluster = tokio::task::spawn_blocking(move || {
         let bin = testkit::ensure_embedded_major(major)
@@ -38,6 +47,7 @@ async fn older_major_into_15(major: u32) {
         .await
         .unwrap();
     testkit::execute(&db.source, DATA).await.unwrap();
+    testkit::execute(&db.source, NEWER_KINDS).await.unwrap();
     let target = other_target_db(&db, "up");
     let report = migrate_clean(&db.source, &target, &[]).await;
     assert_eq!(
