@@ -77,6 +77,19 @@ fn comment_on(comments: &Comments, key: (u32, u32, i32), what: &str) -> Option<S
         .map(|c| format!("COMMENT ON {what} IS {};", literal(c)))
 }
 
+/// Whether the session's role is a superuser: only one may read password
+/// hashes and subscriptions' connection strings.
+async fn is_superuser(c: &Client) -> Result<bool> {
+    Ok(query(
+        c,
+        "the source role",
+        "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user",
+    )
+    .await?
+    .first()
+    .is_some_and(|r| r.get::<_, bool>(0)))
+}
+
 /// Load the schema. `server_major` gates catalog columns that changed.
 pub async fn load(c: &Client, server_major: u32, opts: &super::ReadOptions) -> Result<SchemaModel> {
     let mut m = SchemaModel::default();
@@ -2102,14 +2115,7 @@ pub async fn role_definitions(
     passwords: bool,
 ) -> Result<Vec<String>> {
     let mut out = Vec::new();
-    let can_read_hash = passwords
-        && c.query_one(
-            "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user",
-            &[],
-        )
-        .await
-        .map(|r| r.get::<_, bool>(0))
-        .unwrap_or(false);
+    let can_read_hash = passwords && is_superuser(c).await.unwrap_or(false);
     if passwords && !can_read_hash {
         tracing::warn!("--role-passwords: the source role cannot read password hashes (needs superuser); roles are created without passwords");
     }

@@ -6,25 +6,13 @@
 
 use tokio_postgres::Client;
 
-use super::{comment_on, query, Comments};
+use super::{comment_on, is_superuser, query, Comments};
 use crate::error::Result;
 use crate::pg::quote::{ident, literal};
 use crate::schema::model::{SchemaModel, SchemaObject};
 use crate::schema::sort::ObjectKind;
 
 const PG_SUBSCRIPTION: u32 = 6100;
-
-async fn is_superuser(c: &Client) -> Result<bool> {
-    Ok(query(
-        c,
-        "the source role",
-        "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user",
-    )
-    .await?
-    .first()
-    .map(|r| r.get::<_, bool>(0))
-    .unwrap_or(false))
-}
 
 /// Subscriptions of this database the role cannot read (not a superuser).
 pub(super) async fn unreadable(c: &Client) -> Result<Vec<String>> {
