@@ -291,11 +291,7 @@ pub(crate) async fn copy_phase(
         None => session::begin_exported_snapshot(&src).await?,
     };
     let script = if full {
-        let opts = schema::ReadOptions {
-            no_owner: cfg.no_owner,
-            no_acl: cfg.no_acl,
-            no_subscriptions: cfg.no_subscriptions,
-        };
+        let opts = schema::ReadOptions::of(cfg);
         let script = schema::read_with(&source_ep, Some(&snapshot_id), &opts).await?;
         if !script.unsupported.is_empty() {
             return Err(MigrationError::Unsupported(format!(
@@ -312,6 +308,11 @@ pub(crate) async fn copy_phase(
     };
     let dst = connect::connect(&target_ep, "target").await?;
     let replica_role = session::setup_ddl_target(&dst).await?;
+    let mut script = script;
+    if let Some(script) = script.as_mut() {
+        let default = catalog::database_tablespace(&dst).await?;
+        schema::tablespace::database_default(script, &default);
+    }
     let target_version = catalog::server_version_num(&dst).await?;
     let binary = match cfg.copy_format {
         CopyFormat::Text => false,
@@ -749,6 +750,62 @@ pub(crate) async fn unavailable_extensions(
         .collect())
 }
 
+/// Why the target cannot hold the tablespaces the schema places objects in
+/// (after `--tablespace-mapping` / `--no-tablespaces`), or `None` when it can.
+pub(crate) async fn tablespace_refusal(
+    admin: &Client,
+    needs: &TargetNeeds,
+    script: &schema::SchemaScript,
+) -> Result<Option<String>> {
+    let mut names = schema::tablespace::used(script);
+    names.extend(needs.tablespace.clone());
+    if names.is_empty() {
+        return Ok(None);
+    }
+    let names: Vec<String> = names.into_iter().collect();
+    // pg_default needs no CREATE privilege; any other tablespace does.
+    let rows = admin
+        .query(
+            "SELECT u.n, t.oid IS NOT NULL
+               FROM pg_catalog.unnest($1::text[]) AS u(n)
+               LEFT JOIN pg_catalog.pg_tablespace t ON t.spcname = u.n
+              WHERE t.oid IS NULL
+                 OR (t.spcname <> 'pg_default' AND NOT pg_catalog.has_tablespace_privilege(t.oid, 'CREATE'))
+              ORDER BY 1",
+            &[&names],
+        )
+        .await
+        .map_err(|e| MigrationError::db("checking tablespaces on the target", e))?;
+    let (mut missing, mut denied) = (Vec::new(), Vec::new());
+    for r in rows {
+        let name = quote::ident(&r.get::<_, String>(0));
+        if r.get::<_, bool>(1) {
+            denied.push(name);
+        } else {
+            missing.push(name);
+        }
+    }
+    let mut why = Vec::new();
+    if !missing.is_empty() {
+        why.push(format!(
+            "tablespace(s) the source places objects in do not exist on the target server: {}",
+            missing.join(", ")
+        ));
+    }
+    if !denied.is_empty() {
+        why.push(format!(
+            "the target role may not create objects in tablespace(s) {} (GRANT CREATE ON TABLESPACE)",
+            denied.join(", ")
+        ));
+    }
+    Ok((!why.is_empty()).then(|| {
+        format!(
+            "{}. Create them on the target first, map them with --tablespace-mapping OLD=NEW, or pass --no-tablespaces",
+            why.join("; ")
+        )
+    }))
+}
+
 /// The verify stage (unless `--verify none`), recorded in the token and
 /// in `stages`.
 pub(crate) async fn verify_stage(
@@ -1169,6 +1226,9 @@ pub(crate) struct TargetNeeds {
     pub extensions: Vec<(String, String)>,
     /// What to do about missing roles, for the refusal.
     pub roles_hint: &'static str,
+    /// The database's default tablespace when not `pg_default`, placed as
+    /// the user asked (`None` also under `--no-tablespaces`).
+    pub tablespace: Option<String>,
 }
 
 impl TargetNeeds {
@@ -1176,8 +1236,10 @@ impl TargetNeeds {
         let roles = schema::load::owner_roles(src, !cfg.no_owner, !cfg.no_acl).await?;
         let row = src
             .query_one(
-                "SELECT pg_catalog.pg_encoding_to_char(encoding), datcollate::text, datctype::text
-                   FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()",
+                "SELECT pg_catalog.pg_encoding_to_char(d.encoding), d.datcollate::text, d.datctype::text,
+                        NULLIF(t.spcname::text, 'pg_default')
+                   FROM pg_catalog.pg_database d JOIN pg_catalog.pg_tablespace t ON t.oid = d.dattablespace
+                  WHERE d.datname = pg_catalog.current_database()",
                 &[],
             )
             .await
@@ -1201,6 +1263,9 @@ impl TargetNeeds {
             extensions,
             roles_hint:
                 "Create them on the target first, or pass --roles (or --no-owner / --no-acl)",
+            tablespace: row
+                .get::<_, Option<String>>(3)
+                .and_then(|t| schema::tablespace::Placement::of(cfg).map(&t)),
         })
     }
 }
@@ -1289,6 +1354,9 @@ pub(crate) async fn prepare_target_database(
             unavailable.join(", ")
         )));
     }
+    if let Some(why) = tablespace_refusal(&admin, needs, script).await? {
+        return Err(MigrationError::TargetNotReady(why));
+    }
     let exists: bool = admin
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1)",
@@ -1341,13 +1409,16 @@ pub(crate) async fn prepare_target_database(
         return Ok(());
     }
     let (enc, collate, ctype) = (&needs.encoding, &needs.lc_collate, &needs.lc_ctype);
-    let sql = format!(
+    let mut sql = format!(
         "CREATE DATABASE {} WITH TEMPLATE = template0 ENCODING = {} LC_COLLATE = {} LC_CTYPE = {}",
         quote::ident(&dbname),
         quote::literal(enc),
         quote::literal(collate),
         quote::literal(ctype)
     );
+    if let Some(ts) = &needs.tablespace {
+        sql.push_str(&format!(" TABLESPACE = {}", quote::ident(ts)));
+    }
     admin.batch_execute(&sql).await.map_err(|e| {
         MigrationError::db(
             format!("creating the target database {}", quote::ident(&dbname)),

@@ -275,16 +275,9 @@ pub async fn plan(cfg: &MigrationConfig) -> Result<Plan> {
     }
 
     if full {
-        let script = crate::schema::read_with(
-            &source_ep,
-            None,
-            &crate::schema::ReadOptions {
-                no_owner: cfg.no_owner,
-                no_acl: cfg.no_acl,
-                no_subscriptions: cfg.no_subscriptions,
-            },
-        )
-        .await?;
+        let script =
+            crate::schema::read_with(&source_ep, None, &crate::schema::ReadOptions::of(cfg))
+                .await?;
         let steps =
             script.pre_data.len() + script.post_data.len() + script.acl.len() + script.last.len();
         p.schema_steps = Some(steps);
@@ -337,6 +330,9 @@ pub async fn plan(cfg: &MigrationConfig) -> Result<Plan> {
                 "extension(s) not available on the target server at the source's version: {}. Install the extension packages on the target first",
                 unavailable.join(", ")
             ));
+        }
+        if let Some(why) = crate::migrate::tablespace_refusal(tc, &needs, &script).await? {
+            p.refusals.push(why);
         }
         let (missing, _) = crate::migrate::missing_roles(tc, &needs).await?;
         if !missing.is_empty() {

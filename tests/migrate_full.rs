@@ -531,3 +531,186 @@ async fn database_properties_are_carried() {
     )
     .await;
 }
+
+/// A tablespace directory beside the cluster's data directory (the
+/// servers run as this user, so they may use it); `None` against external
+/// servers, whose file systems the test cannot reach.
+fn tablespace_dir(server: &testkit::Server, name: &str) -> Option<String> {
+    let data = &server.cluster()?.data_dir;
+    let dir = data.with_file_name(format!("{}-ts-{name}", data.file_name()?.to_string_lossy()));
+    std::fs::create_dir_all(&dir).ok()?;
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(data).ok()?;
+    std::os::unix::fs::chown(&dir, Some(owner.uid()), Some(owner.gid())).ok()?;
+    Some(dir.to_string_lossy().into_owned())
+}
+
+/// `(relation, tablespace)` of every user relation, `-` for the default.
+async fn placements(ci: &str) -> String {
+    testkit::query_scalar(
+        ci,
+        "SELECT string_agg(c.relname || '=' || coalesce(t.spcname, '-'), ' ' ORDER BY c.relname)
+           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           LEFT JOIN pg_tablespace t ON t.oid = c.reltablespace
+          WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'm', 'i', 'I')",
+    )
+    .await
+}
+
+#[tokio::test]
+async fn tablespaces_are_kept_mapped_or_left_out() {
+    let pair = testkit::shared_pair();
+    let (Some(src_a), Some(src_b), Some(dst_a), Some(dst_n)) = (
+        tablespace_dir(&pair.source, "a"),
+        tablespace_dir(&pair.source, "b"),
+        tablespace_dir(&pair.target, "a"),
+        tablespace_dir(&pair.target, "n"),
+    ) else {
+        eprintln!("external servers: tablespace directories cannot be made; skipped");
+        return;
+    };
+    let db = pair.fresh_db("tblspc").await;
+    // CREATE TABLESPACE runs outside a transaction: one statement each; a
+    // rerun against the same servers finds them made.
+    for (server, name, dir) in [
+        (&pair.source, "dbm_ts_a", &src_a),
+        (&pair.source, "dbm_ts_b", &src_b),
+        (&pair.target, "dbm_ts_a", &dst_a),
+        (&pair.target, "dbm_ts_new", &dst_n),
+    ] {
+        let r = testkit::execute(
+            &server.admin_conninfo(),
+            &format!("CREATE TABLESPACE {name} LOCATION '{dir}'"),
+        )
+        .await;
+        if let Err(e) = r {
+            assert!(format!("{e:?}").contains("already exists"), "{e:?}");
+        }
+    }
+    // The database's own default tablespace travels too (CREATE DATABASE ... TABLESPACE).
+    testkit::execute(
+        &pair.source.admin_conninfo(),
+        &format!("ALTER DATABASE \"{}\" SET TABLESPACE dbm_ts_b", db.name),
+    )
+    .await
+    .unwrap();
+    let db_space = |ci: String| async move {
+        testkit::query_scalar(
+            &ci,
+            "SELECT t.spcname FROM pg_database d JOIN pg_tablespace t ON t.oid = d.dattablespace WHERE d.datname = current_database()",
+        )
+        .await
+    };
+    testkit::execute(
+        &db.source,
+        "CREATE TABLE public.orders (id int, note text, CONSTRAINT orders_pkey PRIMARY KEY (id) USING INDEX TABLESPACE dbm_ts_b) TABLESPACE dbm_ts_a;
+         CREATE INDEX orders_note ON public.orders (note) TABLESPACE pg_default WHERE note <> 'x';
+         CREATE TABLE public.codes (c text, CONSTRAINT codes_c_key UNIQUE (c) USING INDEX TABLESPACE dbm_ts_a DEFERRABLE);
+         CREATE TABLE public.events (at date, v int) PARTITION BY RANGE (at) TABLESPACE dbm_ts_a;
+         CREATE TABLE public.events_2026 PARTITION OF public.events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01') TABLESPACE dbm_ts_b;
+         CREATE INDEX events_v ON public.events (v) TABLESPACE dbm_ts_a;
+         CREATE MATERIALIZED VIEW public.order_notes TABLESPACE dbm_ts_b AS SELECT note FROM public.orders;
+         INSERT INTO public.orders SELECT g, 'n' || g FROM generate_series(1, 50) g;
+         INSERT INTO public.codes VALUES ('a'), ('b');
+         INSERT INTO public.events VALUES ('2026-03-01', 1);
+         REFRESH MATERIALIZED VIEW public.order_notes;",
+    )
+    .await
+    .unwrap();
+    let source_places = placements(&db.source).await;
+    assert!(
+        source_places.contains("orders=dbm_ts_a")
+            && source_places.contains("codes_c_key=dbm_ts_a")
+            && source_places.contains("orders_pkey=-")
+            && source_places.contains("orders_note=pg_default")
+            && source_places.contains("events=dbm_ts_a"),
+        "{source_places}"
+    );
+
+    // dbm_ts_b does not exist on the target: refused, nothing created.
+    let refused = other_target_db(&db, "refused");
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("w");
+    let out = run_async(&[
+        "migrate",
+        "--source",
+        &db.source,
+        "--target",
+        &refused,
+        "--dump-path",
+        dump.to_str().unwrap(),
+    ])
+    .await;
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("dbm_ts_b")
+            && err.contains("--tablespace-mapping")
+            && !err.contains("dbm_ts_a,"),
+        "{err}"
+    );
+    let exists = testkit::query_scalar(
+        &pair.target.admin_conninfo(),
+        &format!(
+            "SELECT count(*) FROM pg_database WHERE datname = '{}_refused'",
+            db.name
+        ),
+    )
+    .await;
+    assert_eq!(exists, "0");
+
+    // Mapped: dbm_ts_b becomes dbm_ts_new, dbm_ts_a is kept by name.
+    let mapped = other_target_db(&db, "mapped");
+    migrate_clean(
+        &db.source,
+        &mapped,
+        &["--tablespace-mapping", "dbm_ts_b=dbm_ts_new"],
+    )
+    .await;
+    assert_eq!(placements(&mapped).await, source_places);
+    assert_eq!(db_space(mapped.clone()).await, "dbm_ts_new");
+    let (a, b) = (schema_dump(&db.source), schema_dump(&mapped));
+    assert!(a == b, "schema dumps differ: {}", diff_hint(&a, &b));
+
+    // Through an archive, mapped at restore time: dbm_ts_a onto the new
+    // database's own default (a partitioned table cannot name it).
+    let everything_default = source_places
+        .split(' ')
+        .map(|p| format!("{}=-", p.split('=').next().unwrap()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let archive = dir.path().join("archive");
+    let out = run_async(&[
+        "dump",
+        "--source",
+        &db.source,
+        "--dump-path",
+        archive.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let restored = other_target_db(&db, "restored");
+    let out = run_async(&[
+        "restore",
+        "--target",
+        &restored,
+        "--dump-path",
+        archive.to_str().unwrap(),
+        "--tablespace-mapping",
+        "dbm_ts_b=dbm_ts_new",
+        "--tablespace-mapping",
+        "dbm_ts_a=dbm_ts_new",
+        "--tablespace-mapping",
+        "pg_default=dbm_ts_new",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(db_space(restored.clone()).await, "dbm_ts_new");
+    assert_eq!(placements(&restored).await, everything_default);
+
+    // --no-tablespaces: everything in the default.
+    let plain = other_target_db(&db, "plain");
+    migrate_clean(&db.source, &plain, &["--no-tablespaces"]).await;
+    assert_eq!(placements(&plain).await, everything_default);
+    assert_eq!(db_space(plain.clone()).await, "pg_default");
+}

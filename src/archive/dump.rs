@@ -192,11 +192,7 @@ pub(crate) async fn run_with(
     let script = if cfg.data_only {
         None
     } else {
-        let opts = schema::ReadOptions {
-            no_owner: cfg.no_owner,
-            no_acl: cfg.no_acl,
-            no_subscriptions: cfg.no_subscriptions,
-        };
+        let opts = schema::ReadOptions::of(cfg);
         let script = schema::read_with(&source_ep, Some(&snapshot_id), &opts).await?;
         if !script.unsupported.is_empty() {
             return Err(MigrationError::Unsupported(format!(
@@ -251,6 +247,7 @@ pub(crate) async fn run_with(
     manifest.lc_collate = Some(needs.lc_collate.clone());
     manifest.lc_ctype = Some(needs.lc_ctype.clone());
     manifest.extensions = needs.extensions.clone();
+    manifest.database_tablespace = needs.tablespace.clone();
     manifest.data_only = cfg.data_only;
     if let Some(script) = &script {
         let steps = serde_json::to_vec_pretty(script).expect("schema script serializes");

@@ -123,6 +123,9 @@ pub struct Manifest {
     /// Extensions (name, version) the schema creates: they must be installable on the target.
     #[serde(default)]
     pub extensions: Vec<(String, String)>,
+    /// The source database's default tablespace when not `pg_default`.
+    #[serde(default)]
+    pub database_tablespace: Option<String>,
     /// Whether the archive holds the schema (a `--data-only` dump does not).
     #[serde(default)]
     pub data_only: bool,
@@ -172,6 +175,7 @@ impl Manifest {
             lc_collate: None,
             lc_ctype: None,
             extensions: Vec::new(),
+            database_tablespace: None,
             data_only: false,
             sequences: None,
         }

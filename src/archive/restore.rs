@@ -63,6 +63,7 @@ pub async fn run(cfg: &MigrationConfig, cancel: CancellationToken) -> Result<Mig
         .clone()
         .unwrap_or_else(|| format!("r{}", &def.hash()[..12]));
 
+    let placement = crate::schema::tablespace::Placement::of(cfg);
     let script: Option<SchemaScript> = if m.data_only {
         None
     } else {
@@ -73,12 +74,14 @@ pub async fn run(cfg: &MigrationConfig, cancel: CancellationToken) -> Result<Mig
             ))
         })?;
         let text = archive.read_text(entry)?;
-        Some(serde_json::from_str(&text).map_err(|e| {
+        let mut script: SchemaScript = serde_json::from_str(&text).map_err(|e| {
             MigrationError::Archive(format!(
                 "{STEPS_FILE} in {} cannot be read ({e}): it was written by an incompatible version — dump again with this version",
                 dir.display()
             ))
-        })?)
+        })?;
+        crate::schema::tablespace::place(&mut script, &placement);
+        Some(script)
     };
     if let Some(script) = &script {
         let needs = TargetNeeds {
@@ -89,6 +92,7 @@ pub async fn run(cfg: &MigrationConfig, cancel: CancellationToken) -> Result<Mig
             lc_ctype: m.lc_ctype.clone().unwrap_or_default(),
             extensions: m.extensions.clone(),
             roles_hint: "Create them on the target first (the archive holds no role definitions), or dump again with --no-owner / --no-acl",
+            tablespace: m.database_tablespace.as_deref().and_then(|t| placement.map(t)),
         };
         let mut cfg = cfg.clone();
         cfg.roles = false; // role definitions are not in the archive
@@ -96,6 +100,11 @@ pub async fn run(cfg: &MigrationConfig, cancel: CancellationToken) -> Result<Mig
     }
     let dst = connect::connect(&target_ep, "target").await?;
     session::setup_ddl_target(&dst).await?;
+    let mut script = script;
+    if let Some(script) = script.as_mut() {
+        let default = catalog::database_tablespace(&dst).await?;
+        crate::schema::tablespace::database_default(script, &default);
+    }
     let target_version = catalog::server_version_num(&dst).await?;
     let binary_files = m
         .tables

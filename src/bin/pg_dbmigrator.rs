@@ -191,6 +191,8 @@ struct DumpArgs {
     /// Leave subscriptions out of the schema.
     #[arg(long)]
     no_subscriptions: bool,
+    #[command(flatten)]
+    tablespaces: TablespaceArgs,
     /// Continue an interrupted dump: finished files are kept.
     #[arg(long, conflicts_with = "force_clean")]
     resume: bool,
@@ -222,6 +224,8 @@ struct RestoreArgs {
     /// Leave large objects out.
     #[arg(long)]
     no_large_objects: bool,
+    #[command(flatten)]
+    tablespaces: TablespaceArgs,
     /// Continue an interrupted restore: files already loaded are kept.
     #[arg(long, conflicts_with = "force_clean")]
     resume: bool,
@@ -286,6 +290,46 @@ impl FilterArgs {
             tables: self.table.clone(),
             exclude_tables: self.exclude_table.clone(),
         }
+    }
+}
+
+#[derive(Args, Debug)]
+struct TablespaceArgs {
+    /// Put every object in the target database's default tablespace.
+    #[arg(long, conflicts_with = "tablespace_mapping")]
+    no_tablespaces: bool,
+    /// OLD=NEW: objects in the source's tablespace OLD go to the target's
+    /// NEW (repeatable). Unmapped tablespaces keep their name and must
+    /// exist on the target.
+    #[arg(long, value_name = "OLD=NEW", value_parser = parse_tablespace_mapping)]
+    tablespace_mapping: Vec<(String, String)>,
+}
+
+/// `OLD=NEW`, both names non-empty.
+fn parse_tablespace_mapping(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((old, new)) if !old.is_empty() && !new.is_empty() && !new.contains('=') => {
+            Ok((old.to_string(), new.to_string()))
+        }
+        _ => Err(format!(
+            "{s:?}: give a source and a target tablespace name as OLD=NEW"
+        )),
+    }
+}
+
+impl TablespaceArgs {
+    /// Into `config`; a tablespace mapped twice is an error.
+    fn apply(&self, config: &mut MigrationConfig) -> Result<(), MigrationError> {
+        for (i, (old, _)) in self.tablespace_mapping.iter().enumerate() {
+            if self.tablespace_mapping[..i].iter().any(|(o, _)| o == old) {
+                return Err(MigrationError::Config(format!(
+                    "--tablespace-mapping names tablespace {old:?} twice: map each source tablespace once"
+                )));
+            }
+        }
+        config.no_tablespaces = self.no_tablespaces;
+        config.tablespace_mapping = self.tablespace_mapping.clone();
+        Ok(())
     }
 }
 
@@ -390,6 +434,8 @@ struct MigrateArgs {
     /// Leave subscriptions out of the schema.
     #[arg(long)]
     no_subscriptions: bool,
+    #[command(flatten)]
+    tablespaces: TablespaceArgs,
     /// Online: cut over automatically once caught up, or (manual) stay in
     /// sync until `pg_dbmigrator cutover --dump-path <same path>`.
     #[arg(long, value_enum, default_value_t = CutoverArg::Manual)]
@@ -614,7 +660,7 @@ async fn plan(args: MigrateArgs) -> Result<i32, MigrationError> {
 }
 
 fn migrate_config(args: &MigrateArgs) -> Result<MigrationConfig, MigrationError> {
-    Ok(MigrationConfig {
+    let mut config = MigrationConfig {
         source: Some(endpoint("source", &args.endpoints.source)?),
         target: Some(endpoint("target", &args.endpoints.target)?),
         mode: match args.mode {
@@ -657,8 +703,10 @@ fn migrate_config(args: &MigrateArgs) -> Result<MigrationConfig, MigrationError>
         fence: !args.no_fence,
         keep_slot: args.keep_slot,
         keep_publication: args.keep_publication,
-        progress: None,
-    })
+        ..MigrationConfig::default()
+    };
+    args.tablespaces.apply(&mut config)?;
+    Ok(config)
 }
 
 /// `Ok(None)` after telling the user how to resume an interrupted run.
@@ -738,7 +786,7 @@ async fn dump(
     show_mode: console::Mode,
 ) -> Result<i32, MigrationError> {
     let (progress, shown) = start_progress(args.json, show_mode);
-    let config = MigrationConfig {
+    let mut config = MigrationConfig {
         progress: Some(progress.clone()),
         source: Some(endpoint("source", &args.source)?),
         data_only: args.data_only,
@@ -759,6 +807,7 @@ async fn dump(
         force_clean: args.force_clean,
         ..MigrationConfig::default()
     };
+    args.tablespaces.apply(&mut config)?;
     let token = pg_dbmigrator::ResumeToken::path_for(&args.dump_path);
     let result = pg_dbmigrator::archive::dump::run(&config, cancel).await;
     drop(shown);
@@ -775,7 +824,7 @@ async fn restore(
     show_mode: console::Mode,
 ) -> Result<i32, MigrationError> {
     let (progress, shown) = start_progress(args.json, show_mode);
-    let config = MigrationConfig {
+    let mut config = MigrationConfig {
         progress: Some(progress.clone()),
         target: Some(endpoint("target", &args.target)?),
         jobs: args.jobs,
@@ -787,6 +836,7 @@ async fn restore(
         force_clean: args.force_clean,
         ..MigrationConfig::default()
     };
+    args.tablespaces.apply(&mut config)?;
     let token = pg_dbmigrator::ResumeToken::restore_path_for(&args.dump_path);
     let result = pg_dbmigrator::archive::restore::run(&config, cancel).await;
     drop(shown);

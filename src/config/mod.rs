@@ -115,6 +115,12 @@ pub struct MigrationConfig {
     pub no_acl: bool,
     /// Leave subscriptions out of the schema (pg_dump's `--no-subscriptions`).
     pub no_subscriptions: bool,
+    /// Put every object in the target database's default tablespace
+    /// (pg_dump's `--no-tablespaces`).
+    pub no_tablespaces: bool,
+    /// `OLD=NEW` pairs: objects in the source's tablespace OLD go to the
+    /// target's NEW; other names are kept and must exist on the target.
+    pub tablespace_mapping: Vec<(String, String)>,
     /// Online: when to cut over.
     pub cutover: CutoverMode,
     /// Online, `cutover = auto`: the lag (bytes of source WAL not yet
@@ -162,6 +168,8 @@ impl Default for MigrationConfig {
             role_passwords: false,
             no_owner: false,
             no_subscriptions: false,
+            no_tablespaces: false,
+            tablespace_mapping: Vec::new(),
             no_acl: false,
             cutover: CutoverMode::Manual,
             cutover_lag_bytes: 1024 * 1024,

@@ -521,6 +521,20 @@ pub async fn server_version_num(client: &Client) -> Result<i32> {
     Ok(row.get(0))
 }
 
+/// The connected database's default tablespace.
+pub async fn database_tablespace(client: &Client) -> Result<String> {
+    let row = client
+        .query_one(
+            "SELECT t.spcname::text FROM pg_catalog.pg_database d
+               JOIN pg_catalog.pg_tablespace t ON t.oid = d.dattablespace
+              WHERE d.datname = pg_catalog.current_database()",
+            &[],
+        )
+        .await
+        .map_err(|e| MigrationError::db("reading the database's default tablespace", e))?;
+    Ok(row.get(0))
+}
+
 /// The server's heap page size, for turning table sizes into page ranges.
 pub async fn block_size(client: &Client) -> Result<u64> {
     let row = client

@@ -191,6 +191,23 @@ pub fn ident(name: &str) -> String {
 }
 
 /// `schema.name`, each part quoted.
+/// The name an [`ident`] output stands for: `"a""b"` is `a"b`, a bare
+/// word is itself (already folded to lower case, as `ident` leaves it).
+/// `None` for text `ident` cannot have written.
+pub fn unquote_ident(quoted: &str) -> Option<String> {
+    match quoted.strip_prefix('"') {
+        Some(rest) => {
+            let body = rest.strip_suffix('"')?;
+            if body.replace("\"\"", "").contains('"') {
+                return None;
+            }
+            Some(body.replace("\"\"", "\""))
+        }
+        None if !quoted.is_empty() && !quoted.contains(['"', ' ', ';']) => Some(quoted.to_string()),
+        None => None,
+    }
+}
+
 pub fn qualified(schema: &str, name: &str) -> String {
     format!("{}.{}", ident(schema), ident(name))
 }
@@ -233,6 +250,15 @@ mod tests {
         assert_eq!(ident("with space"), "\"with space\"");
         assert_eq!(qualified("public", "T"), "public.\"T\"");
         assert_eq!(ident_list(&["a", "B"]), "a, \"B\"");
+    }
+
+    #[test]
+    fn unquoting_reverses_ident() {
+        for name in ["abc", "Fast Disk", "a\"b", "select", "x;y", "ü"] {
+            assert_eq!(unquote_ident(&ident(name)).as_deref(), Some(name));
+        }
+        assert_eq!(unquote_ident("\"a\"b\""), None);
+        assert_eq!(unquote_ident(""), None);
     }
 
     #[test]

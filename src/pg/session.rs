@@ -19,7 +19,7 @@ const COMMON_SETTINGS: &str = "SET statement_timeout = 0; \
      SET extra_float_digits = 3; \
      SET TimeZone = 'UTC'; \
      SET bytea_output = 'hex'; \
-     SET row_security = off";
+     SET row_security = off; SET default_tablespace = ''";
 
 /// Prepare a source session. `row_security = off` makes a COPY fail loudly
 /// instead of silently skipping rows hidden by a policy (as pg_dump does).
@@ -52,7 +52,10 @@ pub async fn setup_target(client: &Client) -> Result<bool> {
 /// What pg_dump's scripts set before any DDL, for every session that
 /// creates schema objects on the target: function bodies are not validated
 /// (an SQL function may name a table created later, as pagila's do), names
-/// resolve only when qualified, and no timeout cuts a long index build.
+/// resolve only when qualified, no timeout cuts a long index build, and
+/// objects go to the database's default tablespace unless their statement
+/// names another (a target's `ALTER DATABASE SET default_tablespace` must
+/// not move them).
 pub const DDL_SETTINGS: &str = "SET statement_timeout = 0; SET lock_timeout = 0; \
      SET idle_in_transaction_session_timeout = 0; SET client_encoding = 'UTF8'; \
      SET standard_conforming_strings = on; SELECT pg_catalog.set_config('search_path', '', false); \

@@ -10,6 +10,7 @@ pub mod emit;
 pub mod load;
 pub mod model;
 pub mod sort;
+pub mod tablespace;
 
 pub use emit::{Part, SchemaScript, Step};
 
@@ -17,13 +18,28 @@ use crate::config::EndpointConfig;
 use crate::error::{MigrationError, Result};
 use crate::pg::{catalog, connect};
 
-/// What to leave out of a schema (pg_dump's `--no-owner`, `--no-acl`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// What to leave out of a schema (pg_dump's `--no-owner`, `--no-acl`), and
+/// where its objects go.
+#[derive(Debug, Clone, Default)]
 pub struct ReadOptions {
     pub no_owner: bool,
     pub no_acl: bool,
     /// Leave subscriptions out (pg_dump's `--no-subscriptions`).
     pub no_subscriptions: bool,
+    /// `--tablespace-mapping` / `--no-tablespaces`.
+    pub tablespaces: tablespace::Placement,
+}
+
+impl ReadOptions {
+    /// The options a migration or dump described by `cfg` reads with.
+    pub fn of(cfg: &crate::config::MigrationConfig) -> Self {
+        ReadOptions {
+            no_owner: cfg.no_owner,
+            no_acl: cfg.no_acl,
+            no_subscriptions: cfg.no_subscriptions,
+            tablespaces: tablespace::Placement::of(cfg),
+        }
+    }
 }
 
 /// Read the source's schema in one REPEATABLE READ snapshot and plan it.
@@ -54,6 +70,7 @@ pub async fn read_with(
     let unsupported = load::unsupported(&c, major, opts).await?;
     let _ = c.batch_execute("COMMIT").await;
     let mut script = SchemaScript::plan_with(model, opts)?;
+    tablespace::place(&mut script, &opts.tablespaces);
     script.unsupported = unsupported;
     for w in &script.warnings {
         tracing::warn!("{w}");

@@ -22,6 +22,7 @@ use tokio_postgres::Client;
 
 use super::model::{class, SchemaModel, SchemaObject};
 use super::sort::ObjectKind;
+use super::tablespace;
 use crate::error::{MigrationError, Result};
 use crate::pg::quote::{ident, literal, qualified};
 
@@ -538,7 +539,8 @@ async fn load_relations(
                 CASE WHEN c.reloftype <> 0 THEN pg_catalog.format_type(c.reloftype, NULL) END,
                 (SELECT pg_catalog.quote_ident(fs.srvname) FROM pg_catalog.pg_foreign_table ft
                    JOIN pg_catalog.pg_foreign_server fs ON fs.oid = ft.ftserver WHERE ft.ftrelid = c.oid),
-                (SELECT {} FROM pg_catalog.pg_foreign_table ft WHERE ft.ftrelid = c.oid)
+                (SELECT {} FROM pg_catalog.pg_foreign_table ft WHERE ft.ftrelid = c.oid),
+                (SELECT t.spcname::text FROM pg_catalog.pg_tablespace t WHERE t.oid = c.reltablespace)
            FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
           WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND c.relpersistence <> 't' AND {}",
         foreign::options_sql("ft.ftoptions"),
@@ -683,8 +685,9 @@ async fn load_relations(
                         .unwrap_or_default();
                     o.placeholder = Some(format!("CREATE VIEW {q} AS\n SELECT{};", cols.join(",")));
                 } else {
-                    o.create.push(format!(
-                        "CREATE MATERIALIZED VIEW {q}{with} AS\n{def}\n  WITH NO DATA;"
+                    o.create.push(tablespace::wrap(
+                        r.get::<_, Option<String>>(17).as_deref(),
+                        format!("CREATE MATERIALIZED VIEW {q}{with} AS\n{def}\n  WITH NO DATA;"),
                     ));
                 }
             }
@@ -839,7 +842,10 @@ async fn load_relations(
                     s.push_str(&format!("\n{w}"));
                 }
                 s.push(';');
-                o.create.push(s);
+                o.create.push(tablespace::wrap(
+                    r.get::<_, Option<String>>(17).as_deref(),
+                    s,
+                ));
                 o.create.extend(extra);
                 // A foreign table has no replica identity (always 'n').
                 match r.get::<_, String>(10).as_str() {
@@ -1115,7 +1121,9 @@ async fn load_constraints_and_indexes(
                 co.conindid, co.conparentid,
                 (SELECT pg_catalog.array_remove(ic.reloptions, NULL)::text[] FROM pg_catalog.pg_class ic WHERE ic.oid = co.conindid),
                 CASE WHEN co.conindid <> 0 THEN pg_catalog.pg_get_indexdef(co.conindid) END,
-                co.condeferrable
+                co.condeferrable,
+                (SELECT t.spcname::text FROM pg_catalog.pg_class ic JOIN pg_catalog.pg_tablespace t ON t.oid = ic.reltablespace
+                  WHERE ic.oid = co.conindid)
            FROM pg_catalog.pg_constraint co
           WHERE co.contype IN ('p', 'u', 'x', 'f') AND co.conrelid <> 0
           ORDER BY co.conrelid, co.conname",
@@ -1187,7 +1195,10 @@ async fn load_constraints_and_indexes(
                 } else {
                     "UNIQUE"
                 };
-                o.index_first = Some(format!("{indexdef};"));
+                o.index_first = Some(tablespace::wrap(
+                    r.get::<_, Option<String>>(10).as_deref(),
+                    format!("{indexdef};"),
+                ));
                 o.create.push(format!(
                     "ALTER TABLE ONLY {}\n    ADD CONSTRAINT {} {word} USING INDEX {};",
                     rel.qname,
@@ -1210,10 +1221,13 @@ async fn load_constraints_and_indexes(
                     ident(&name)
                 ));
             }
-            None => o.create.push(format!(
-                "ALTER TABLE {only}{}\n    ADD CONSTRAINT {} {def};",
-                rel.qname,
-                ident(&name)
+            None => o.create.push(tablespace::wrap(
+                r.get::<_, Option<String>>(10).as_deref(),
+                format!(
+                    "ALTER TABLE {only}{}\n    ADD CONSTRAINT {} {def};",
+                    rel.qname,
+                    ident(&name)
+                ),
             )),
         }
         if contype != "f" && rel.kind == 'r' {
@@ -1242,7 +1256,8 @@ async fn load_constraints_and_indexes(
                 (SELECT h.inhparent FROM pg_catalog.pg_inherits h WHERE h.inhrelid = i.indexrelid),
                 pg_catalog.format('%I.%I', n.nspname, ic.relname),
                 (SELECT pg_catalog.array_agg(a.attnum::text || ' ' || a.attstattarget::text ORDER BY a.attnum)
-                   FROM pg_catalog.pg_attribute a WHERE a.attrelid = i.indexrelid AND a.attstattarget >= 0)
+                   FROM pg_catalog.pg_attribute a WHERE a.attrelid = i.indexrelid AND a.attstattarget >= 0),
+                (SELECT t.spcname::text FROM pg_catalog.pg_tablespace t WHERE t.oid = ic.reltablespace)
            FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
            JOIN pg_catalog.pg_namespace n ON n.oid = ic.relnamespace
           WHERE i.indisready",
@@ -1259,7 +1274,10 @@ async fn load_constraints_and_indexes(
             Some(&i) => i,
             None => {
                 let mut o = on_table(ObjectKind::Index, &name, oid, format!("INDEX {iq}"), rel);
-                o.create.push(format!("{def};"));
+                o.create.push(tablespace::wrap(
+                    r.get::<_, Option<String>>(10).as_deref(),
+                    format!("{def};"),
+                ));
                 if rel.kind == 'r' {
                     o.data_of = Some(rel.qname.clone());
                 }
@@ -1316,12 +1334,6 @@ async fn load_constraints_and_indexes(
 /// migration refuses to start while any exist, rather than silently
 /// leaving out a trigger, a policy or a grant; each entry names the object.
 pub async fn unsupported(c: &Client, major: u32, opts: &super::ReadOptions) -> Result<Vec<String>> {
-    let user_ns = USER_NAMESPACE;
-    let checks: Vec<(&str, String)> = vec![
-        ("relation in a non-default tablespace (not reproduced yet)", format!(
-            "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              WHERE c.reltablespace <> 0 AND {user_ns}")),
-    ];
     let mut out = Vec::new();
     if !opts.no_subscriptions {
         out.extend(subscriptions::unreadable(c).await?);
@@ -1342,11 +1354,6 @@ pub async fn unsupported(c: &Client, major: u32, opts: &super::ReadOptions) -> R
                 "named, NOT VALID or NO INHERIT NOT NULL constraint {}",
                 r.get::<_, String>(0)
             ));
-        }
-    }
-    for (what, sql) in checks {
-        for r in query(c, what, &sql).await? {
-            out.push(format!("{what} {}", r.get::<_, String>(0)));
         }
     }
     // Owners that are not the same role everywhere are fine; comments on
