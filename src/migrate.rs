@@ -157,6 +157,12 @@ impl MigrationReport {
             }
             None => s.push_str("  verify: skipped\n"),
         }
+        if let Some(v) = &self.verify {
+            let line = v.outside_filters_line();
+            if !line.is_empty() {
+                s.push_str(&format!("  {line}"));
+            }
+        }
         if let Some(o) = &self.online {
             s.push_str(&o.summary());
         }

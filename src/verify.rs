@@ -28,6 +28,7 @@ use crate::workers::Workers;
 pub enum DiffKind {
     MissingTable,
     ExtraTable,
+    NotCompared,
     RowCount,
     Checksum,
     Error,
@@ -44,6 +45,7 @@ impl DiffKind {
         match self {
             DiffKind::MissingTable => "table missing on target",
             DiffKind::ExtraTable => "table only on target",
+            DiffKind::NotCompared => "source table with rows not compared",
             DiffKind::RowCount => "row count",
             DiffKind::Checksum => "content checksum",
             DiffKind::Error => "could not compare",
@@ -82,12 +84,34 @@ pub struct VerifyReport {
     pub sequences: usize,
     pub large_objects: usize,
     pub differences: Vec<Difference>,
+    /// Source tables holding rows that the filters (`-n`/`-t`/...) left out
+    /// of this comparison: named so nobody mistakes a clean verify of a
+    /// part for one of the whole database.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outside_filters: Vec<String>,
     pub seconds: f64,
 }
 
 impl VerifyReport {
     pub fn is_clean(&self) -> bool {
         self.differences.is_empty()
+    }
+
+    /// One line naming the source tables with rows outside the filters
+    /// (empty when there are none); the JSON report has them all.
+    pub fn outside_filters_line(&self) -> String {
+        const SHOWN: usize = 20;
+        let n = self.outside_filters.len();
+        if n == 0 {
+            return String::new();
+        }
+        let names = self.outside_filters[..n.min(SHOWN)].join(", ");
+        let rest = if n > SHOWN {
+            format!(" (the first {SHOWN}; all in the JSON report)")
+        } else {
+            String::new()
+        };
+        format!("not compared: {n} source table(s) with rows outside the filters: {names}{rest}\n")
     }
 
     /// The differences as an aligned text table (empty when clean).
@@ -225,6 +249,29 @@ pub async fn verify(
             }
         }
         ext_seqs = catalog::list_extension_config_sequences(&src).await?;
+    }
+    // Every other source table with rows: outside the filters it is named;
+    // with no filters nothing may be left out (a table missing on the
+    // target is already a difference).
+    let mut accounted: Vec<String> = tables.iter().map(|t| t.qualified()).collect();
+    accounted.extend(
+        report
+            .differences
+            .iter()
+            .filter(|d| d.kind == DiffKind::MissingTable)
+            .map(|d| d.object.clone()),
+    );
+    for name in catalog::tables_with_rows_outside(&src, &accounted).await? {
+        if whole_database {
+            report.differences.push(Difference {
+                kind: DiffKind::NotCompared,
+                object: name,
+                source: "has rows".into(),
+                target: "not compared".into(),
+            });
+        } else {
+            report.outside_filters.push(name);
+        }
     }
     let checks = check_tables(source, target, &src_snap, &dst_snap, tables, opts, cancel).await?;
     for c in &checks {

@@ -119,3 +119,49 @@ async fn verify_detects_each_kind_of_difference() {
         "{s}"
     );
 }
+
+/// A verify of part of a database names the source tables with rows it
+/// left out, so a clean result is not mistaken for the whole database's.
+#[tokio::test]
+async fn verify_names_the_source_tables_with_rows_it_did_not_compare() {
+    let db = testkit::shared_pair().fresh_db("verifyout").await;
+    let ddl = "CREATE TABLE public.kept (id int PRIMARY KEY);
+               CREATE TABLE public.left_out (id int);
+               CREATE TABLE public.emptied (id int);
+               CREATE SCHEMA other; CREATE TABLE other.far (id int);";
+    testkit::execute(&db.source, ddl).await.unwrap();
+    testkit::execute(&db.target, ddl).await.unwrap();
+    testkit::execute(
+        &db.source,
+        "INSERT INTO public.kept VALUES (1), (2); INSERT INTO public.left_out VALUES (1);
+         INSERT INTO public.emptied VALUES (1); DELETE FROM public.emptied;
+         INSERT INTO other.far VALUES (3);",
+    )
+    .await
+    .unwrap();
+    testkit::execute(&db.target, "INSERT INTO public.kept VALUES (1), (2)")
+        .await
+        .unwrap();
+    let out = run(&[
+        "-q", "verify", "--source", &db.source, "--target", &db.target, "-t", "kept", "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["differences"].as_array().unwrap().len(), 0, "{v:#}");
+    assert_eq!(
+        v["outside_filters"],
+        serde_json::json!(["other.far", "public.left_out"]),
+        "{v:#}"
+    );
+    let out = run(&[
+        "-q", "verify", "--source", &db.source, "--target", &db.target, "-n", "public", "-T",
+        "left_out",
+    ]);
+    let s = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{s}{}", text(&out.stderr));
+    assert!(
+        s.contains("0 differences")
+            && s.contains("not compared: 2 source table(s) with rows outside the filters: other.far, public.left_out"),
+        "{s}"
+    );
+}

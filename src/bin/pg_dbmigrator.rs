@@ -874,6 +874,9 @@ async fn verify(args: VerifyArgs, cancel: CancellationToken) -> Result<i32, Migr
         println!("verify: {} difference(s)", report.differences.len());
         print!("{}", report.differences_table());
     }
+    if !args.json {
+        print!("{}", report.outside_filters_line());
+    }
     Ok(if report.is_clean() {
         exit_code::OK
     } else {

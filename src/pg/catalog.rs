@@ -170,6 +170,52 @@ pub async fn list_extension_config_tables(client: &Client) -> Result<Vec<TableIn
     .await
 }
 
+/// Source tables that hold rows and are not among `compared` (qualified
+/// names): what a verify would otherwise pass over in silence. Every table
+/// that can hold user rows counts, whatever the filters say; extensions'
+/// own tables count only as far as their `extcondition` selects user rows.
+/// Runs in the caller's transaction (its snapshot).
+pub async fn tables_with_rows_outside(client: &Client, compared: &[String]) -> Result<Vec<String>> {
+    let rows = client
+        .query(
+            r#"SELECT pg_catalog.format('%I.%I', n.nspname, c.relname),
+                      (SELECT COALESCE(x.extcondition[u.i], '') FROM pg_catalog.pg_extension x,
+                              pg_catalog.unnest(x.extconfig) WITH ORDINALITY AS u(oid, i) WHERE u.oid = c.oid LIMIT 1)
+                 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                WHERE c.relkind = 'r' AND c.relpersistence IN ('p', 'u')
+                  AND n.nspname NOT IN ('pg_catalog', 'information_schema', '_pg_dbmigrator')
+                  AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp\_%'
+                  AND (NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                                    WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                                      AND d.objid = c.oid AND d.deptype = 'e')
+                       OR c.oid IN (SELECT pg_catalog.unnest(x.extconfig) FROM pg_catalog.pg_extension x))
+                  AND pg_catalog.pg_relation_size(c.oid) > 0
+                  AND pg_catalog.format('%I.%I', n.nspname, c.relname) <> ALL ($1::text[])
+                ORDER BY 1"#,
+            &[&compared],
+        )
+        .await
+        .map_err(|e| MigrationError::db("listing the source's tables", e))?;
+    let mut out = Vec::new();
+    for r in rows {
+        let (name, condition): (String, Option<String>) = (r.get(0), r.get(1));
+        // Pages are no proof of rows (deleted rows, a failed load): look.
+        let sql = format!(
+            "SELECT EXISTS (SELECT 1 FROM ONLY {name} {})",
+            condition.unwrap_or_default()
+        );
+        let has_rows: bool = client
+            .query_one(&sql, &[])
+            .await
+            .map_err(|e| MigrationError::db(format!("looking for rows in {name}"), e))?
+            .get(0);
+        if has_rows {
+            out.push(name);
+        }
+    }
+    Ok(out)
+}
+
 /// Extensions' configuration sequences: pg_dump sets their values too.
 pub async fn list_extension_config_sequences(client: &Client) -> Result<Vec<SequenceInfo>> {
     let rows = client
