@@ -47,6 +47,9 @@ pub struct MigrationReport {
     pub bytes: u64,
     /// Schema objects created on the target in this run (full migrations).
     pub schema_steps: usize,
+    /// What the filters brought along or left out of the schema.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schema_notes: Vec<String>,
     pub stages: Vec<(String, f64)>,
     pub seconds: f64,
     pub verify: Option<VerifyReport>,
@@ -116,6 +119,9 @@ impl MigrationReport {
             "  throughput: {}/s\n",
             human_bytes(self.throughput() as u64)
         ));
+        for note in &self.schema_notes {
+            s.push_str(&format!("  filters: {note}\n"));
+        }
         for (name, secs) in &self.stages {
             s.push_str(&format!("  stage {name:<17} {secs:>8.2}s\n"));
         }
@@ -238,6 +244,7 @@ pub(crate) struct CopyPhase {
     pub large_objects: usize,
     pub large_object_bytes: u64,
     pub schema_steps: usize,
+    pub schema_notes: Vec<String>,
     pub stages: Vec<(String, f64)>,
     pub store: Arc<TokenStore>,
     pub filters: CompiledFilters,
@@ -257,11 +264,6 @@ pub(crate) async fn copy_phase(
     let started = Instant::now();
     let def = Definition::from_config(cfg)?;
     let filters = cfg.filters.compile()?;
-    if !cfg.data_only && !cfg.filters.is_empty() {
-        return Err(MigrationError::Unsupported(
-            "--schema / --table filters select the data of a --data-only migration; a full migration copies the whole database for now".into(),
-        ));
-    }
     let source_ep = cfg.source.clone().expect("checked by Definition");
     let target_ep = cfg.target.clone().expect("checked by Definition");
     let (migration_id, dump_path) = work_location(cfg, &def);
@@ -395,6 +397,10 @@ pub(crate) async fn copy_phase(
 
     // Schema before the data: tables, types, functions, views.
     let mut schema_steps = 0;
+    let schema_notes = script
+        .as_ref()
+        .map(|s| s.filter_notes.clone())
+        .unwrap_or_default();
     if let Some(script) = &script {
         let t0 = Instant::now();
         if !store.snapshot().is_done(Stage::SchemaPreData) {
@@ -547,6 +553,7 @@ pub(crate) async fn copy_phase(
         large_objects: los.len(),
         large_object_bytes: lo_bytes,
         schema_steps,
+        schema_notes,
         stages,
         store,
         filters,
@@ -576,6 +583,7 @@ pub(crate) async fn finish(
         large_objects,
         large_object_bytes: lo_bytes,
         schema_steps,
+        schema_notes,
         mut stages,
         store,
         filters,
@@ -625,6 +633,7 @@ pub(crate) async fn finish(
         rows,
         bytes,
         schema_steps,
+        schema_notes,
         stages,
         seconds: started.elapsed().as_secs_f64(),
         verify: verify_report,
@@ -696,6 +705,7 @@ async fn run_via_archive(
                 level: cfg.verify,
                 jobs: cfg.jobs,
                 large_objects: cfg.large_objects,
+                extension_data: !cfg.data_only,
             },
             &cancel,
         )
@@ -836,6 +846,7 @@ pub(crate) async fn verify_stage(
             level: cfg.verify,
             jobs: cfg.jobs,
             large_objects: cfg.large_objects,
+            extension_data: !cfg.data_only,
         },
         cancel,
     )

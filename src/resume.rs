@@ -198,6 +198,11 @@ impl Definition {
             ),
             ("--table", &f.0.tables, &f.1.tables),
             ("--exclude-table", &f.0.exclude_tables, &f.1.exclude_tables),
+            (
+                "--exclude-table-data",
+                &f.0.exclude_table_data,
+                &f.1.exclude_table_data,
+            ),
         ] {
             if now != was {
                 out.push(format!("{flag} was {was:?}, now {now:?}"));

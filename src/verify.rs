@@ -172,6 +172,9 @@ pub struct VerifyOptions {
     pub level: VerifyLevel,
     pub jobs: usize,
     pub large_objects: bool,
+    /// Compare extensions' configuration tables even under filters: a full
+    /// migration creates every extension and copies their user rows.
+    pub extension_data: bool,
 }
 
 /// Compare source and target. Differences are in the report; an `Err` means
@@ -235,7 +238,7 @@ pub async fn verify(
     // are not compared.
     let whole_database = filters == &crate::config::filter::CompiledFilters::default();
     let mut ext_seqs = Vec::new();
-    if whole_database {
+    if whole_database || opts.extension_data {
         for t in catalog::list_extension_config_tables(&src).await? {
             if relation_exists(&dst, &t.qualified()).await? {
                 tables.push(t);

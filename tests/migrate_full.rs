@@ -306,21 +306,37 @@ async fn rich_fixture_full_migration() {
     assert!(a == b, "schema dumps differ:\n{}", diff_hint(&a, &b));
 }
 
-/// Filters select data only for now: a full migration with them is refused
-/// rather than silently copying the whole schema.
+/// A full migration whose pattern matches nothing stops before anything,
+/// naming the pattern, as pg_dump does ("no matching tables were found").
 #[tokio::test]
-async fn full_migration_with_filters_is_refused() {
+async fn full_migration_with_a_pattern_matching_nothing_is_refused() {
     let db = testkit::shared_pair().fresh_db("fullfilt").await;
+    testkit::execute(&db.source, "CREATE TABLE public.t (id int)")
+        .await
+        .unwrap();
+    let target = other_target_db(&db, "new");
     let out = run_async(&[
-        "-q", "migrate", "--source", &db.source, "--target", &db.target, "--table", "x",
+        "-q", "migrate", "--source", &db.source, "--target", &target, "--table", "t", "--table",
+        "x",
     ])
     .await;
-    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
-        text(&out.stderr).contains("--data-only"),
-        "{}",
-        text(&out.stderr)
+        err.contains("no matching tables")
+            && err.contains("--table \"x\"")
+            && !err.contains("\"t\""),
+        "{err}"
     );
+    let exists = testkit::query_scalar(
+        &testkit::shared_pair().target.admin_conninfo(),
+        &format!(
+            "SELECT count(*) FROM pg_database WHERE datname = '{}_new'",
+            db.name
+        ),
+    )
+    .await;
+    assert_eq!(exists, "0");
 }
 
 /// --roles creates what the target lacks: attributes, memberships, and with
@@ -713,4 +729,216 @@ async fn tablespaces_are_kept_mapped_or_left_out() {
     migrate_clean(&db.source, &plain, &["--no-tablespaces"]).await;
     assert_eq!(placements(&plain).await, everything_default);
     assert_eq!(db_space(plain.clone()).await, "pg_default");
+}
+
+const FILTER_FIXTURE: &str = "
+CREATE SCHEMA app;
+CREATE DOMAIN app.email AS text CHECK (VALUE LIKE '%@%');
+CREATE TABLE app.customers (id serial PRIMARY KEY, name text NOT NULL, email app.email);
+CREATE TABLE app.orders (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    customer_id int REFERENCES app.customers, note text, touched timestamptz);
+CREATE INDEX orders_customer ON app.orders (customer_id);
+CREATE FUNCTION app.touch() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN NEW.touched := now(); RETURN NEW; END$$;
+CREATE TRIGGER orders_touch BEFORE INSERT OR UPDATE ON app.orders FOR EACH ROW EXECUTE FUNCTION app.touch();
+ALTER TABLE app.orders ENABLE ROW LEVEL SECURITY;
+CREATE POLICY orders_all ON app.orders USING (true);
+COMMENT ON TABLE app.orders IS 'the orders';
+CREATE VIEW app.order_view AS SELECT o.id, c.name FROM app.orders o JOIN app.customers c ON c.id = o.customer_id;
+CREATE TABLE app.events (at date NOT NULL, what text) PARTITION BY RANGE (at);
+CREATE TABLE app.events_2026 PARTITION OF app.events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+CREATE SCHEMA audit;
+CREATE TABLE audit.log (id int, line text);
+CREATE TABLE public.big (id int PRIMARY KEY, pad text);
+CREATE TABLE public.lookup (code text PRIMARY KEY);
+INSERT INTO app.customers (name, email) SELECT 'c' || g, 'c' || g || '@x' FROM generate_series(1, 20) g;
+INSERT INTO app.orders (customer_id, note) SELECT 1 + g % 20, 'o' || g FROM generate_series(1, 60) g;
+INSERT INTO app.events VALUES ('2026-05-01', 'launch');
+INSERT INTO audit.log VALUES (1, 'kept on the source');
+INSERT INTO public.big SELECT g, 'x' FROM generate_series(1, 30) g;
+INSERT INTO public.lookup VALUES ('a'), ('b');
+";
+
+async fn relations_of(ci: &str) -> String {
+    testkit::query_scalar(
+        ci,
+        "SELECT coalesce(string_agg(format('%s.%s', n.nspname, c.relname), ' ' ORDER BY n.nspname, c.relname), '')
+           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname IN ('app', 'audit', 'public') AND c.relkind IN ('r', 'p', 'v', 'S')",
+    )
+    .await
+}
+
+/// `-n/-N/-t/-T` and `--exclude-table-data` on a full migration, with
+/// pg_dump's meaning: the selected objects and their pieces, rows of the
+/// selected tables only, verify clean and naming what it did not compare.
+#[tokio::test]
+async fn filters_select_what_a_full_migration_creates() {
+    let db = testkit::shared_pair().fresh_db("filters").await;
+    testkit::execute(&db.source, FILTER_FIXTURE).await.unwrap();
+
+    // -n app: the schema and everything in it, nothing else.
+    let only_app = other_target_db(&db, "app");
+    let report = migrate_clean(&db.source, &only_app, &["-n", "app"]).await;
+    let (a, b) = (
+        schema_dump_with(&db.source, &["-n", "app"]),
+        schema_dump(&only_app),
+    );
+    assert!(a == b, "schema dumps differ: {}", diff_hint(&a, &b));
+    assert_eq!(
+        relations_of(&only_app).await,
+        "app.customers app.customers_id_seq app.events app.events_2026 app.order_view app.orders app.orders_id_seq"
+    );
+    assert_eq!(
+        report["verify"]["outside_filters"],
+        serde_json::json!(["audit.log", "public.big", "public.lookup"]),
+        "{report:#}"
+    );
+    let rows = testkit::query_scalar(
+        &only_app,
+        "SELECT (SELECT count(*) FROM app.orders) || ' ' || (SELECT max(id) FROM app.orders) || ' ' || nextval('app.customers_id_seq')",
+    )
+    .await;
+    assert_eq!(rows, "60 60 21");
+
+    // The same through an archive: dump -n app, restore.
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    let out = run_async(&[
+        "dump",
+        "--source",
+        &db.source,
+        "-n",
+        "app",
+        "--dump-path",
+        archive.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let restored = other_target_db(&db, "apprestored");
+    let out = run_async(&[
+        "restore",
+        "--target",
+        &restored,
+        "--dump-path",
+        archive.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(schema_dump(&restored), b);
+    assert_eq!(
+        content_digest(&restored).await,
+        content_digest(&only_app).await
+    );
+
+    // -t app.orders: the table with its index, trigger, policy, comment
+    // and identity; its trigger function and schema come along; the
+    // foreign key to a table left out is left out, and said so.
+    let orders = other_target_db(&db, "orders");
+    let report = migrate_clean(&db.source, &orders, &["-t", "app.orders"]).await;
+    assert_eq!(relations_of(&orders).await, "app.orders app.orders_id_seq");
+    let notes = report["schema_notes"].to_string();
+    assert!(
+        notes.contains("left out CONSTRAINT orders_customer_id_fkey ON app.orders")
+            && notes.contains("also created FUNCTION app.touch()"),
+        "{notes}"
+    );
+    let pieces = testkit::query_scalar(
+        &orders,
+        "SELECT (SELECT count(*) FROM app.orders) || ' ' ||
+                (SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE schemaname = 'app') || ' ' ||
+                (SELECT count(*) FROM pg_trigger WHERE tgname = 'orders_touch') ||
+                (SELECT count(*) FROM pg_policy WHERE polname = 'orders_all') || ' ' ||
+                obj_description('app.orders'::regclass, 'pg_class')",
+    )
+    .await;
+    assert_eq!(pieces, "60 orders_customer,orders_pkey 11 the orders");
+
+    // -N audit -T big --exclude-table-data lookup: lookup is created empty.
+    let rest = other_target_db(&db, "rest");
+    let report = migrate_clean(
+        &db.source,
+        &rest,
+        &[
+            "-N",
+            "audit",
+            "-T",
+            "public.big",
+            "--exclude-table-data",
+            "public.lookup",
+        ],
+    )
+    .await;
+    assert_eq!(
+        relations_of(&rest).await,
+        "app.customers app.customers_id_seq app.events app.events_2026 app.order_view app.orders app.orders_id_seq public.lookup"
+    );
+    assert_eq!(
+        testkit::query_scalar(&rest, "SELECT count(*) FROM public.lookup").await,
+        "0"
+    );
+    assert_eq!(
+        report["verify"]["outside_filters"],
+        serde_json::json!(["audit.log", "public.big", "public.lookup"]),
+        "{report:#}"
+    );
+}
+
+/// A selection that needs an object the filters leave out is refused
+/// before anything is created, naming both.
+#[tokio::test]
+async fn filters_that_break_a_dependency_are_refused() {
+    let db = testkit::shared_pair().fresh_db("filterbad").await;
+    testkit::execute(&db.source, FILTER_FIXTURE).await.unwrap();
+    testkit::execute(
+        &db.source,
+        "CREATE VIEW public.lookup_view AS SELECT code FROM public.lookup;
+         CREATE SEQUENCE public.free_seq;
+         ALTER TABLE public.big ALTER COLUMN id SET DEFAULT nextval('public.free_seq');",
+    )
+    .await
+    .unwrap();
+    let target = other_target_db(&db, "new");
+    let dir = tempfile::tempdir().unwrap();
+    for (args, needle) in [
+        (
+            vec!["-t", "app.order_view", "-t", "app.customers"],
+            "VIEW app.order_view needs TABLE app.orders",
+        ),
+        (
+            vec!["-T", "public.lookup"],
+            "VIEW public.lookup_view needs TABLE public.lookup",
+        ),
+        (
+            vec!["-t", "public.big"],
+            "TABLE public.big needs SEQUENCE public.free_seq",
+        ),
+    ] {
+        let dump = dir.path().join("w");
+        let mut cmd = vec![
+            "migrate",
+            "--source",
+            &db.source,
+            "--target",
+            &target,
+            "--dump-path",
+            dump.to_str().unwrap(),
+        ];
+        cmd.extend(args.iter().copied());
+        let out = run_async(&cmd).await;
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains(needle) && err.contains("--exclude-table"),
+            "{err}"
+        );
+        let exists = testkit::query_scalar(
+            &testkit::shared_pair().target.admin_conninfo(),
+            &format!(
+                "SELECT count(*) FROM pg_database WHERE datname = '{}_new'",
+                db.name
+            ),
+        )
+        .await;
+        assert_eq!(exists, "0");
+    }
 }

@@ -88,6 +88,8 @@ async fn postgis_with_a_user_srid() {
     ];
     migrate_and_compare(&db, "bin", &[], &checks).await;
     migrate_and_compare(&db, "txt", &["--copy-format", "text"], &checks).await;
+    // Through the archive: dump writes the user's configuration rows too.
+    migrate_and_compare(&db, "arc", &["--copy-method", "dump"], &checks).await;
 }
 
 #[tokio::test]
@@ -116,6 +118,8 @@ async fn pg_partman_with_create_parent() {
     ];
     migrate_and_compare(&db, "bin", &[], &checks).await;
     migrate_and_compare(&db, "txt", &["--copy-format", "text"], &checks).await;
+    // Through the archive: dump writes the user's configuration rows too.
+    migrate_and_compare(&db, "arc", &["--copy-method", "dump"], &checks).await;
 }
 
 /// Extensions with their own types, operators and index support.

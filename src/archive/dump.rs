@@ -158,11 +158,6 @@ pub(crate) async fn run_with(
     let dir = archive_dir(cfg, "dump")?;
     let def = definition(cfg, &dir)?;
     let filters = cfg.filters.compile()?;
-    if !cfg.data_only && !cfg.filters.is_empty() {
-        return Err(MigrationError::Unsupported(
-            "--schema / --table filters select the data of a --data-only dump; a full dump holds the whole database for now".into(),
-        ));
-    }
     let level = cfg.compress_level;
     if !(1..=22).contains(&level) {
         return Err(MigrationError::Config(format!(
@@ -204,9 +199,15 @@ pub(crate) async fn run_with(
         Some(script)
     };
     let needs = TargetNeeds::read(&src, source_version, cfg).await?;
-    let tables = catalog::list_tables(&src, &filters).await?;
+    let mut tables = catalog::list_tables(&src, &filters).await?;
+    let mut seqs = catalog::list_sequences(&src, &filters).await?;
+    if !cfg.data_only {
+        // The user's rows in extensions' configuration tables, and their
+        // sequences, as a direct migration copies them.
+        tables.extend(catalog::list_extension_config_tables(&src).await?);
+        seqs.extend(catalog::list_extension_config_sequences(&src).await?);
+    }
     catalog::lock_tables(&src, &tables).await?;
-    let seqs = catalog::list_sequences(&src, &filters).await?;
     let los = if cfg.large_objects {
         catalog::list_large_objects(&src).await?
     } else {
@@ -380,6 +381,7 @@ pub(crate) async fn run_with(
             columns: t.columns.clone(),
             rows: t_rows,
             files,
+            row_filter: t.row_filter.clone(),
         });
     }
     manifest.write(&dir)?;

@@ -69,6 +69,11 @@ pub struct TableEntry {
     pub rows: u64,
     #[serde(default)]
     pub files: Vec<DataFile>,
+    /// An extension's configuration table: the `WHERE` clause (its
+    /// `extcondition`) that picked the user's rows. Restore appends them to
+    /// the rows `CREATE EXTENSION` put there and never empties the table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row_filter: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -136,7 +136,7 @@ pub async fn run(cfg: &MigrationConfig, cancel: CancellationToken) -> Result<Mig
             binary_safe: false,
             partition_root: None,
             column_types: Vec::new(),
-            row_filter: None,
+            row_filter: t.row_filter.clone(),
         })
         .collect();
     let los: Vec<LargeObjectInfo> = match &m.large_objects {
@@ -181,6 +181,10 @@ pub async fn run(cfg: &MigrationConfig, cancel: CancellationToken) -> Result<Mig
     copy::prepare_target_state(&dst).await?;
     let mut stages = Vec::new();
     let mut schema_steps = 0;
+    let schema_notes = script
+        .as_ref()
+        .map(|s| s.filter_notes.clone())
+        .unwrap_or_default();
     if let Some(script) = &script {
         let t0 = Instant::now();
         schema_steps +=
@@ -320,6 +324,7 @@ pub async fn run(cfg: &MigrationConfig, cancel: CancellationToken) -> Result<Mig
         large_objects: los.len(),
         large_object_bytes: lo_bytes,
         schema_steps,
+        schema_notes,
         stages,
         seconds: started.elapsed().as_secs_f64(),
         verify: None,

@@ -87,6 +87,7 @@ fn table(ordinal: u32, files: Vec<DataFile>) -> TableEntry {
         columns: vec!["id".into(), "name".into()],
         rows: files.iter().map(|f| f.rows).sum(),
         files,
+        row_filter: None,
     }
 }
 

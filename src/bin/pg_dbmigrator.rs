@@ -280,6 +280,9 @@ struct FilterArgs {
     /// Leave out tables matching this pattern (repeatable).
     #[arg(short = 'T', long = "exclude-table")]
     exclude_table: Vec<String>,
+    /// Create these tables but copy (and compare) none of their rows (repeatable).
+    #[arg(long = "exclude-table-data")]
+    exclude_table_data: Vec<String>,
 }
 
 impl FilterArgs {
@@ -289,6 +292,7 @@ impl FilterArgs {
             exclude_schemas: self.exclude_schema.clone(),
             tables: self.table.clone(),
             exclude_tables: self.exclude_table.clone(),
+            exclude_table_data: self.exclude_table_data.clone(),
         }
     }
 }
@@ -854,6 +858,7 @@ async fn verify(args: VerifyArgs, cancel: CancellationToken) -> Result<i32, Migr
         level: args.level.into(),
         jobs: args.jobs.max(1),
         large_objects: !args.no_large_objects,
+        extension_data: false,
     };
     let report =
         pg_dbmigrator::verify(&source, &target, &args.filters.filters(), &opts, &cancel).await?;

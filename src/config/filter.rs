@@ -22,6 +22,11 @@ pub struct Filters {
     pub tables: Vec<String>,
     /// `--exclude-table`.
     pub exclude_tables: Vec<String>,
+    /// `--exclude-table-data`: the table is created, its rows are not copied.
+    /// Left out of the serialized form when empty, so the resume token's
+    /// definition hash of a run without it stays what it was.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_table_data: Vec<String>,
 }
 
 /// [`Filters`] as server-side regexes, ready for `nspname ~ $1`.
@@ -34,6 +39,7 @@ pub struct CompiledFilters {
     pub exclude_schemas: Vec<String>,
     pub tables: Vec<(Option<String>, String)>,
     pub exclude_tables: Vec<(Option<String>, String)>,
+    pub exclude_table_data: Vec<(Option<String>, String)>,
 }
 
 impl Filters {
@@ -43,6 +49,15 @@ impl Filters {
             && self.exclude_schemas.is_empty()
             && self.tables.is_empty()
             && self.exclude_tables.is_empty()
+            && self.exclude_table_data.is_empty()
+    }
+
+    /// Whether the filters select objects (anything but `--exclude-table-data`).
+    pub fn selects_objects(&self) -> bool {
+        !(self.schemas.is_empty()
+            && self.exclude_schemas.is_empty()
+            && self.tables.is_empty()
+            && self.exclude_tables.is_empty())
     }
 
     /// Each list sorted and deduplicated, so that two runs given the same
@@ -59,6 +74,7 @@ impl Filters {
             exclude_schemas: norm(&self.exclude_schemas),
             tables: norm(&self.tables),
             exclude_tables: norm(&self.exclude_tables),
+            exclude_table_data: norm(&self.exclude_table_data),
         }
     }
 
@@ -79,6 +95,7 @@ impl Filters {
             exclude_schemas: schemas("--exclude-schema", &self.exclude_schemas)?,
             tables: tables("--table", &self.tables)?,
             exclude_tables: tables("--exclude-table", &self.exclude_tables)?,
+            exclude_table_data: tables("--exclude-table-data", &self.exclude_table_data)?,
         })
     }
 }
@@ -275,8 +292,13 @@ mod tests {
             exclude_schemas: vec!["tmp".into()],
             tables: vec!["public.t1".into(), "t2".into()],
             exclude_tables: vec!["*.log".into()],
+            exclude_table_data: vec!["audit.*".into()],
         };
         let c = f.compile().unwrap();
+        assert_eq!(
+            c.exclude_table_data,
+            vec![(Some("^(audit)$".into()), "^(.*)$".into())]
+        );
         assert_eq!(c.schemas, vec!["^(app.*)$"]);
         assert_eq!(c.exclude_schemas, vec!["^(tmp)$"]);
         assert_eq!(

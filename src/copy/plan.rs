@@ -122,7 +122,11 @@ pub fn plan(
         let bytes = t.bytes.max(0) as u64;
         let ranges = match stored.get(&q) {
             Some(r) => Some(r.clone()),
-            None if tid_range_scans => split_table(bytes, block_size, split_bytes),
+            // A filtered table (an extension's configuration rows) is read
+            // through one SELECT: page ranges would each read all of it.
+            None if tid_range_scans && t.row_filter.is_none() => {
+                split_table(bytes, block_size, split_bytes)
+            }
             None => None,
         };
         match ranges {

@@ -144,14 +144,114 @@ impl ScopeParams {
 /// children (relkind `r`), permanent or unlogged, not owned by an extension,
 /// largest first. Partitioned parents hold no rows and are reached through
 /// their leaves.
+/// `--exclude-table-data` leaves a table (or a partitioned table's
+/// partitions) out of this list, not out of the schema.
 pub async fn list_tables(client: &Client, filters: &CompiledFilters) -> Result<Vec<TableInfo>> {
+    let scope = ScopeParams::new(filters);
+    let d_schema: Vec<Option<String>> = filters
+        .exclude_table_data
+        .iter()
+        .map(|t| t.0.clone())
+        .collect();
+    let d_name: Vec<String> = filters
+        .exclude_table_data
+        .iter()
+        .map(|t| t.1.clone())
+        .collect();
+    let [a, b, c, d, e, f] = scope.params();
     read_tables(
         client,
-        &format!("c.relkind = 'r' AND c.relpersistence IN ('p', 'u') AND {SCOPE_SQL}"),
+        &format!(
+            "c.relkind = 'r' AND c.relpersistence IN ('p', 'u') AND {SCOPE_SQL}
+             AND NOT EXISTS (
+                 SELECT 1 FROM ROWS FROM (pg_catalog.unnest($7::text[]), pg_catalog.unnest($8::text[])) AS p(sre, nre),
+                      LATERAL (SELECT c.oid AS o UNION ALL
+                               SELECT r.oid FROM pg_catalog.pg_class r
+                               WHERE r.oid = pg_catalog.pg_partition_root(c.oid) AND r.oid <> c.oid) cand
+                      JOIN pg_catalog.pg_class cc ON cc.oid = cand.o
+                      JOIN pg_catalog.pg_namespace cn ON cn.oid = cc.relnamespace
+                 WHERE (p.sre IS NULL OR cn.nspname ~ p.sre) AND cc.relname ~ p.nre)"
+        ),
         "NULL::text",
-        &ScopeParams::new(filters).params(),
+        &[a, b, c, d, e, f, &d_schema, &d_name],
     )
     .await
+}
+
+/// The relations a full migration's schema covers under `filters` (pg_dump
+/// `-n/-N/-t/-T`, with `-t` bringing a partitioned table's partitions as
+/// for the data): tables, views, materialized views, foreign tables and
+/// sequences in scope, and the sequences a table in scope owns.
+pub async fn selected_relations(
+    client: &Client,
+    filters: &CompiledFilters,
+) -> Result<std::collections::HashSet<u32>> {
+    let sql = format!(
+        "SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND c.relpersistence <> 't' AND {SCOPE_SQL}"
+    );
+    let scope = ScopeParams::new(filters);
+    let mut out: std::collections::HashSet<u32> = client
+        .query(&sql, &scope.params())
+        .await
+        .map_err(|e| MigrationError::db("listing the relations the filters select", e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let owned = client
+        .query(
+            "SELECT d.objid, d.refobjid FROM pg_catalog.pg_depend d
+               JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+              WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                AND d.deptype IN ('a', 'i')",
+            &[],
+        )
+        .await
+        .map_err(|e| MigrationError::db("listing owned sequences", e))?;
+    for r in owned {
+        if out.contains(&r.get::<_, u32>(1)) {
+            out.insert(r.get(0));
+        }
+    }
+    Ok(out)
+}
+
+/// The schemas any of the regexes `patterns` matches (none for no pattern).
+pub async fn schemas_matching(
+    client: &Client,
+    patterns: &[String],
+) -> Result<std::collections::HashSet<String>> {
+    Ok(client
+        .query(
+            "SELECT n.nspname::text FROM pg_catalog.pg_namespace n WHERE n.nspname ~ ANY ($1::text[])",
+            &[&patterns],
+        )
+        .await
+        .map_err(|e| MigrationError::db("listing the schemas the filters exclude", e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// The schemas `--schema` / `--exclude-schema` leave in scope (all of
+/// them without either), by name.
+pub async fn schemas_in_scope(
+    client: &Client,
+    filters: &CompiledFilters,
+) -> Result<std::collections::HashSet<String>> {
+    Ok(client
+        .query(
+            "SELECT n.nspname::text FROM pg_catalog.pg_namespace n
+              WHERE (cardinality($1::text[]) = 0 OR n.nspname ~ ANY ($1::text[]))
+                AND NOT (n.nspname ~ ANY ($2::text[]))",
+            &[&filters.schemas, &filters.exclude_schemas],
+        )
+        .await
+        .map_err(|e| MigrationError::db("listing the schemas the filters select", e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
 }
 
 /// Extensions' configuration tables (`pg_extension.extconfig`), each with

@@ -44,6 +44,9 @@ pub struct SchemaScript {
     pub warnings: Vec<String>,
     /// Source objects this version cannot reproduce yet (see `load::unsupported`).
     pub unsupported: Vec<String>,
+    /// What the filters brought along or left out (see [`super::filter`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filter_notes: Vec<String>,
 }
 
 /// Which part of a script.

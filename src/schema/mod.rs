@@ -7,6 +7,7 @@
 
 pub mod acl;
 pub mod emit;
+pub mod filter;
 pub mod load;
 pub mod model;
 pub mod sort;
@@ -28,6 +29,8 @@ pub struct ReadOptions {
     pub no_subscriptions: bool,
     /// `--tablespace-mapping` / `--no-tablespaces`.
     pub tablespaces: tablespace::Placement,
+    /// `-n/-N/-t/-T`: only the objects they select (see [`filter`]).
+    pub filters: crate::config::filter::Filters,
 }
 
 impl ReadOptions {
@@ -38,6 +41,7 @@ impl ReadOptions {
             no_acl: cfg.no_acl,
             no_subscriptions: cfg.no_subscriptions,
             tablespaces: tablespace::Placement::of(cfg),
+            filters: cfg.filters.clone(),
         }
     }
 }
@@ -66,7 +70,19 @@ pub async fn read_with(
             .map_err(|e| MigrationError::db("opening the schema snapshot", e))?,
     }
     load::setup_session(&c).await?;
-    let model = load::load(&c, major, opts).await?;
+    let mut model = load::load(&c, major, opts).await?;
+    let mut notes = Vec::new();
+    if opts.filters.selects_objects() {
+        let compiled = opts.filters.compile()?;
+        let selection = filter::Selection {
+            relations: catalog::selected_relations(&c, &compiled).await?,
+            schemas: catalog::schemas_in_scope(&c, &compiled).await?,
+            excluded_schemas: catalog::schemas_matching(&c, &compiled.exclude_schemas).await?,
+            tables_only: !opts.filters.tables.is_empty(),
+            everything: opts.filters.schemas.is_empty() && opts.filters.tables.is_empty(),
+        };
+        notes = filter::apply(&mut model, &selection)?;
+    }
     let unsupported = load::unsupported(&c, major, opts).await?;
     let _ = c.batch_execute("COMMIT").await;
     let mut script = SchemaScript::plan_with(model, opts)?;
@@ -75,6 +91,10 @@ pub async fn read_with(
     for w in &script.warnings {
         tracing::warn!("{w}");
     }
+    for note in &notes {
+        tracing::info!("filters: {note}");
+    }
+    script.filter_notes = notes;
     Ok(script)
 }
 

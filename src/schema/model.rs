@@ -63,6 +63,10 @@ pub struct SchemaObject {
     /// referencing table, so several run at once, unlike `ADD FOREIGN KEY`
     /// whose SHARE ROW EXCLUSIVE locks on both tables serialize (or deadlock).
     pub validate_later: Option<String>,
+    /// The objects this one is a piece of (a table's index, trigger or
+    /// default; a partition's ATTACH; a sequence's OWNED BY): it exists
+    /// only when all of them do, so filters that leave one out leave it out.
+    pub part_of: Vec<usize>,
 }
 
 impl SchemaObject {
@@ -87,6 +91,7 @@ impl SchemaObject {
             data_of: None,
             index_first: None,
             validate_later: None,
+            part_of: Vec::new(),
         }
     }
 
@@ -118,6 +123,37 @@ impl SchemaModel {
             self.by_ref.insert(*r, i);
         }
         i
+    }
+
+    /// Drop every object `i` with `!keep[i]`, renumbering the rest (their
+    /// edges to dropped objects go with them).
+    pub fn retain(&mut self, keep: &[bool]) {
+        let mut new_index = vec![usize::MAX; self.objects.len()];
+        let mut next = 0;
+        for (i, k) in keep.iter().enumerate() {
+            if *k {
+                new_index[i] = next;
+                next += 1;
+            }
+        }
+        let remap = |v: &mut Vec<usize>| {
+            v.retain(|&d| new_index[d] != usize::MAX);
+            for d in v.iter_mut() {
+                *d = new_index[*d];
+            }
+        };
+        let objects = std::mem::take(&mut self.objects);
+        for (i, mut o) in objects.into_iter().enumerate() {
+            if keep[i] {
+                remap(&mut o.deps);
+                remap(&mut o.part_of);
+                self.objects.push(o);
+            }
+        }
+        self.by_ref.retain(|_, i| new_index[*i] != usize::MAX);
+        for i in self.by_ref.values_mut() {
+            *i = new_index[*i];
+        }
     }
 
     /// Let another catalog row stand for object `i` (a folded row).

@@ -168,11 +168,17 @@ pub async fn content_digest(conninfo: &str) -> Vec<(String, i64, String)> {
 /// server's pg_dump (the oracle for schema fidelity), minus the header line
 /// naming the server version (it differs between majors by design).
 pub fn schema_dump(conninfo: &str) -> String {
+    schema_dump_with(conninfo, &[])
+}
+
+/// [`schema_dump`] with more pg_dump options (`-n app`, say).
+pub fn schema_dump_with(conninfo: &str, extra: &[&str]) -> String {
     let bin = testkit::find_bin_dir()
         .expect("server binaries")
         .join("pg_dump");
     let out = std::process::Command::new(bin)
         .args(["--schema-only", "--restrict-key=pgdbmtest", "-d", conninfo])
+        .args(extra)
         .output()
         .expect("running pg_dump");
     assert!(

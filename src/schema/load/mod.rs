@@ -422,6 +422,7 @@ async fn load_types(
                     ck.get::<_, String>(3)
                 ));
                 co.deps.push(i);
+                co.part_of.push(i);
                 m.add(co, &[(class::PG_CONSTRAINT, coid)]);
             }
         }
@@ -912,6 +913,7 @@ async fn load_relations(
                     ident(&cname)
                 ));
                 co.deps.push(i);
+                co.part_of.push(i);
                 co.comments.extend(comment_on(
                     comments,
                     (class::PG_CONSTRAINT, coid, 0),
@@ -945,6 +947,7 @@ async fn load_relations(
                     "ALTER TABLE ONLY {pname} ATTACH PARTITION {q} {bound};"
                 ));
                 a.deps.push(i);
+                a.part_of.push(i);
                 a.needs.push((class::PG_CLASS, poid));
                 m.add(a, &[]);
             }
@@ -959,6 +962,7 @@ async fn load_relations(
             );
             rf.create.push(format!("REFRESH MATERIALIZED VIEW {q};"));
             rf.deps.push(i);
+            rf.part_of.push(i);
             m.add(rf, &[]);
         }
     }
@@ -1095,6 +1099,7 @@ async fn load_sequences(
                 ident(&col)
             ));
             ob.deps.extend([i, trel.index]);
+            ob.part_of.extend([i, trel.index]);
             m.add(ob, &[]);
             // The sequence's 'a' dependency on the column belongs to OWNED BY:
             // the sequence itself must come before the table whose default uses it.
@@ -1323,6 +1328,7 @@ async fn load_constraints_and_indexes(
             a.create
                 .push(format!("ALTER INDEX {parent} ATTACH PARTITION {iq};"));
             a.deps.push(owner_obj);
+            a.part_of.push(owner_obj);
             a.needs.push((class::PG_CLASS, poid));
             m.add(a, &[]);
         }
@@ -1772,6 +1778,7 @@ async fn load_rules_triggers_policies(
         o.create
             .push(format!("ALTER TABLE {name} ENABLE ROW LEVEL SECURITY;"));
         o.deps.push(rel.index);
+        o.part_of.push(rel.index);
         m.add(o, &[]);
     }
     for r in query(
@@ -1830,7 +1837,7 @@ async fn load_statistics(
     };
     let sql = format!(
         "SELECT s.oid, n.nspname::text, s.stxname::text, pg_catalog.pg_get_statisticsobjdef(s.oid), {target},
-                pg_catalog.pg_get_userbyid(s.stxowner)::text
+                pg_catalog.pg_get_userbyid(s.stxowner)::text, s.stxrelid
            FROM pg_catalog.pg_statistic_ext s JOIN pg_catalog.pg_namespace n ON n.oid = s.stxnamespace
           WHERE {}",
         user_object(3381, "s.oid")
@@ -1857,6 +1864,9 @@ async fn load_statistics(
             (3381, oid, 0),
             &format!("STATISTICS {q}"),
         ));
+        if let Some(&t) = m.by_ref.get(&(class::PG_CLASS, r.get::<_, u32>(6))) {
+            o.part_of.push(t);
+        }
         m.add(o, &[(3381, oid)]);
     }
     Ok(())
@@ -2107,6 +2117,7 @@ fn on_table(kind: ObjectKind, name: &str, oid: u32, describe: String, rel: &Rel)
     let mut o = SchemaObject::new(kind, &rel.namespace, name, oid, describe);
     o.key.tiebreak.push(rel.qname.clone());
     o.deps.push(rel.index);
+    o.part_of.push(rel.index);
     o
 }
 

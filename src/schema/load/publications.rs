@@ -103,6 +103,10 @@ pub(super) async fn load_publications(
         o.key.tiebreak.push(pubname.clone());
         o.create.push(s);
         o.deps.push(*pi);
+        o.part_of.push(*pi);
+        if let Some(&t) = m.by_ref.get(&(class::PG_CLASS, relid)) {
+            o.part_of.push(t);
+        }
         o.needs.push((class::PG_CLASS, relid));
         m.add(o, &[(PG_PUBLICATION_REL, oid)]);
     }
@@ -137,6 +141,10 @@ pub(super) async fn load_publications(
                 ident(&nsp)
             ));
             o.deps.push(*pi);
+            o.part_of.push(*pi);
+            if let Some(&n) = m.by_ref.get(&(class::PG_NAMESPACE, nspid)) {
+                o.part_of.push(n);
+            }
             o.needs.push((class::PG_NAMESPACE, nspid));
             m.add(o, &[(PG_PUBLICATION_NAMESPACE, oid)]);
         }

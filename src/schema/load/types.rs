@@ -113,6 +113,7 @@ pub(super) async fn split_row_type_defaults(c: &Client, m: &mut SchemaModel) -> 
             ident(&col)
         ));
         o.deps.push(ti);
+        o.part_of.push(ti);
         let i = m.add(o, &[]);
         m.by_ref.insert((class::PG_ATTRDEF, adoid), i);
     }
@@ -362,6 +363,7 @@ pub(super) async fn split_row_type_checks(
         ));
         o.comments.extend(comment);
         o.deps.push(ti);
+        o.part_of.push(ti);
         let i = m.add(o, &[]);
         m.by_ref.insert((class::PG_CONSTRAINT, coid), i);
     }
