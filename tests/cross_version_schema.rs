@@ -209,3 +209,85 @@ async fn extension_missing_on_target_is_refused() {
     assert_eq!(exists, "0", "nothing may be created on a refused target");
     target_server.cluster().unwrap().stop();
 }
+
+/// PostgreSQL 18 keeps NOT NULL constraints in pg_constraint: named ones,
+/// NO INHERIT ones and NOT VALID ones (over rows that hold NULLs) come out
+/// the same on the target, read from the catalogs of both sides.
+#[tokio::test]
+async fn pg18_not_null_constraints_rebuild() {
+    let start = || {
+        tokio::task::spawn_blocking(|| {
+            let bin =
+                testkit::ensure_embedded_major(18).unwrap_or_else(|e| panic!("PostgreSQL 18: {e}"));
+            Cluster::start(&ClusterOptions {
+                bin_dir: Some(bin),
+                ..Default::default()
+            })
+            .unwrap_or_else(|e| panic!("PostgreSQL 18 cluster: {e}"))
+        })
+    };
+    let (a, b) = (start().await.unwrap(), start().await.unwrap());
+    let (source, target) = (Server::from_cluster(a), Server::from_cluster(b));
+    let db = testkit::fresh_db_on(&source, &target, "nn18").await;
+    testkit::execute(
+        &db.source,
+        "CREATE TABLE public.parent (
+             a int CONSTRAINT a_is_required NOT NULL,
+             b int NOT NULL NO INHERIT,
+             c int,
+             d int NOT NULL,
+             \"Odd Col\" text CONSTRAINT \"Odd Name\" NOT NULL);
+         INSERT INTO public.parent VALUES (1, 1, NULL, 1, 'x'), (2, 2, 3, 2, 'y');
+         ALTER TABLE public.parent ADD CONSTRAINT c_later NOT NULL c NOT VALID;
+         CREATE TABLE public.child (e int) INHERITS (public.parent);
+         INSERT INTO public.child VALUES (3, NULL, 4, 3, 'z', 5);
+         CREATE TABLE public.parts (k int NOT NULL, v text CONSTRAINT v_set NOT NULL) PARTITION BY LIST (k);
+         CREATE TABLE public.parts_1 PARTITION OF public.parts FOR VALUES IN (1);
+         INSERT INTO public.parts VALUES (1, 'one');",
+    )
+    .await
+    .unwrap();
+    let new_target = other_target_db(&db, "full");
+    let report = migrate_clean(&db.source, &new_target, &[]).await;
+    assert_eq!(report["source_version"].as_i64().unwrap() / 10000, 18);
+    let constraints = |ci: String| async move {
+        testkit::query_scalar(
+            &ci,
+            "SELECT string_agg(format('%s %s valid=%s noinherit=%s local=%s inh=%s', conrelid::regclass, conname,
+                                      convalidated, connoinherit, conislocal, coninhcount), E'\\n'
+                                      ORDER BY conrelid::regclass::text, conname)
+               FROM pg_constraint WHERE contype = 'n' AND connamespace = 'public'::regnamespace",
+        )
+        .await
+    };
+    let (sa, sb) = (
+        constraints(db.source.clone()).await,
+        constraints(new_target.clone()).await,
+    );
+    assert_eq!(sa, sb);
+    for needle in [
+        "parent a_is_required valid=t",
+        "parent c_later valid=f",
+        "parent parent_b_not_null valid=t noinherit=t",
+        "parent Odd Name valid=t",
+        "child c_later valid=t noinherit=f local=f inh=1",
+    ] {
+        assert!(sa.contains(needle), "{needle}:\n{sa}");
+    }
+    let read = |ci: String| async move {
+        let out = run_async(&["-q", "schema", "--source", &ci]).await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let (ra, rb) = (
+        read(db.source.clone()).await,
+        read(new_target.clone()).await,
+    );
+    assert!(
+        ra == rb,
+        "schemas read back differ:\n{}",
+        diff_hint(&ra, &rb)
+    );
+    source.cluster().unwrap().stop();
+    target.cluster().unwrap().stop();
+}

@@ -283,3 +283,31 @@ async fn full_migration_with_foreign_tables_copies_local_rows_only() {
     assert!(a == b, "schema dumps differ: {}", diff_hint(&a, &b));
     assert!(report.is_object(), "{report}");
 }
+
+/// A child created after its parent's NOT VALID check inherited it valid:
+/// the target's copy is valid too (the catalogs say so; pg_dump -s does
+/// not print inherited constraints).
+#[tokio::test]
+async fn inherited_constraints_keep_their_validity() {
+    let sql = "CREATE TABLE public.ip (a int, b int);
+               INSERT INTO public.ip VALUES (-1, 1);
+               ALTER TABLE public.ip ADD CONSTRAINT a_positive CHECK (a > 0) NOT VALID;
+               CREATE TABLE public.ic () INHERITS (public.ip);
+               INSERT INTO public.ic VALUES (2, 2);";
+    let db = testkit::shared_pair().fresh_db("okc_inhvalid").await;
+    testkit::execute(&db.source, sql).await.unwrap();
+    let target = other_target_db(&db, "new");
+    migrate_clean(&db.source, &target, &[]).await;
+    let validity = |ci: String| async move {
+        testkit::query_scalar(
+            &ci,
+            "SELECT string_agg(conrelid::regclass || ' ' || conname || ' ' || convalidated, ', '
+                               ORDER BY conrelid::regclass::text)
+               FROM pg_constraint WHERE contype = 'c' AND connamespace = 'public'::regnamespace",
+        )
+        .await
+    };
+    let (a, b) = (validity(db.source.clone()).await, validity(target).await);
+    assert_eq!(a, "ic a_positive true, ip a_positive false");
+    assert_eq!(a, b);
+}

@@ -83,7 +83,7 @@ pub async fn read_with(
         };
         notes = filter::apply(&mut model, &selection)?;
     }
-    let unsupported = load::unsupported(&c, major, opts).await?;
+    let unsupported = load::unsupported(&c, opts).await?;
     let _ = c.batch_execute("COMMIT").await;
     let mut script = SchemaScript::plan_with(model, opts)?;
     tablespace::place(&mut script, &opts.tablespaces);

@@ -553,6 +553,18 @@ async fn load_relations(
     } else {
         "''::text"
     };
+    // PostgreSQL 18 keeps NOT NULL constraints in pg_constraint, with a
+    // name, NO INHERIT and NOT VALID.
+    let not_null = if major >= 18 {
+        "(SELECT co.conname::text FROM pg_catalog.pg_constraint co
+           WHERE co.conrelid = a.attrelid AND co.contype = 'n' AND co.conkey[1] = a.attnum),
+         (SELECT co.convalidated FROM pg_catalog.pg_constraint co
+           WHERE co.conrelid = a.attrelid AND co.contype = 'n' AND co.conkey[1] = a.attnum),
+         (SELECT co.connoinherit FROM pg_catalog.pg_constraint co
+           WHERE co.conrelid = a.attrelid AND co.contype = 'n' AND co.conkey[1] = a.attnum)"
+    } else {
+        "NULL::text, NULL::bool, NULL::bool"
+    };
     let stattarget = if major >= 17 {
         "a.attstattarget::int4"
     } else {
@@ -570,7 +582,7 @@ async fn load_relations(
                                  JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace WHERE co.oid = a.attcollation) END,
                     a.attnum, {compression}, {stattarget},
                     CASE WHEN a.attstorage <> ty.typstorage THEN a.attstorage::text END,
-                    a.attoptions::text[], {fdw_options}
+                    a.attoptions::text[], {fdw_options}, {not_null}
                FROM pg_catalog.pg_attribute a
                JOIN pg_catalog.pg_class k ON k.oid = a.attrelid
                JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid
@@ -585,11 +597,15 @@ async fn load_relations(
     for r in &cols {
         cols_by_rel.entry(r.get(0)).or_default().push(r);
     }
+    // NOT VALID NOT NULL constraints (PostgreSQL 18) are added after the
+    // data like NOT VALID checks; valid ones are part of the column.
     let checks = query(
         c,
         "check constraints",
         "SELECT conrelid, oid, conname::text, pg_catalog.pg_get_constraintdef(oid), conislocal, convalidated
-           FROM pg_catalog.pg_constraint WHERE contype = 'c' AND conrelid <> 0 ORDER BY conrelid, conname",
+           FROM pg_catalog.pg_constraint
+          WHERE (contype = 'c' OR (contype = 'n' AND NOT convalidated)) AND conrelid <> 0
+          ORDER BY conrelid, conname",
     )
     .await?;
     let parents = query(
@@ -730,8 +746,17 @@ async fn load_relations(
                             s.push_str(&format!(" DEFAULT {d}"));
                         }
                     }
-                    if col.get::<_, bool>(3) {
+                    if col.get::<_, bool>(3) && col.get::<_, Option<bool>>(17) != Some(false) {
+                        // pg_dump names the constraint unless the name is the default.
+                        if let Some(nn) = col.get::<_, Option<String>>(16) {
+                            if nn != format!("{name}_{cname}_not_null") {
+                                s.push_str(&format!(" CONSTRAINT {}", ident(&nn)));
+                            }
+                        }
                         s.push_str(" NOT NULL");
+                        if col.get::<_, Option<bool>>(18) == Some(true) {
+                            s.push_str(" NO INHERIT");
+                        }
                     }
                     lines.push(s);
                     let comp: String = col.get(11);
@@ -977,6 +1002,40 @@ async fn load_relations(
         if let Some(rl) = rels.get(&rel) {
             m.alias((class::PG_REWRITE, rule), rl.index);
         }
+    }
+    // A child created after its parent's NOT VALID constraint inherited it
+    // valid; adding the constraint after the data makes every copy NOT
+    // VALID, so validate the child's afterwards (its rows passed already).
+    for r in query(
+        c,
+        "inherited constraints valid below a NOT VALID parent",
+        "SELECT DISTINCT ch.conrelid, ch.conname::text, pa.oid
+           FROM pg_catalog.pg_constraint ch
+           JOIN pg_catalog.pg_inherits i ON i.inhrelid = ch.conrelid
+           JOIN pg_catalog.pg_constraint pa ON pa.conrelid = i.inhparent AND pa.conname = ch.conname
+                                           AND pa.contype = ch.contype
+          WHERE ch.contype IN ('c', 'n') AND NOT ch.conislocal AND ch.convalidated AND NOT pa.convalidated",
+    )
+    .await?
+    {
+        let (relid, cname, parent_con): (u32, String, u32) = (r.get(0), r.get(1), r.get(2));
+        let Some(rel) = rels.get(&relid) else {
+            continue;
+        };
+        let mut o = on_table(
+            ObjectKind::Constraint,
+            &cname,
+            relid,
+            format!("VALIDATE CONSTRAINT {} ON {}", ident(&cname), rel.qname),
+            rel,
+        );
+        o.create.push(format!(
+            "ALTER TABLE {} VALIDATE CONSTRAINT {};",
+            rel.qname,
+            ident(&cname)
+        ));
+        o.needs.push((class::PG_CONSTRAINT, parent_con));
+        m.add(o, &[]);
     }
     Ok(rels)
 }
@@ -1339,28 +1398,12 @@ async fn load_constraints_and_indexes(
 /// Objects in the source that this version cannot reproduce yet. A full
 /// migration refuses to start while any exist, rather than silently
 /// leaving out a trigger, a policy or a grant; each entry names the object.
-pub async fn unsupported(c: &Client, major: u32, opts: &super::ReadOptions) -> Result<Vec<String>> {
+pub async fn unsupported(c: &Client, opts: &super::ReadOptions) -> Result<Vec<String>> {
     let mut out = Vec::new();
-    if !opts.no_subscriptions {
+    // Filters by schema or table leave subscriptions out (as pg_dump's do).
+    let subscriptions = opts.filters.schemas.is_empty() && opts.filters.tables.is_empty();
+    if !opts.no_subscriptions && subscriptions {
         out.extend(subscriptions::unreadable(c).await?);
-    }
-    if major >= 18 {
-        // PostgreSQL 18 keeps NOT NULL constraints in pg_constraint with
-        // names; only the default-named, valid, inheritable ones are
-        // reproduced by a plain NOT NULL so far.
-        let sql = "SELECT pg_catalog.format('%I on %I.%I', co.conname, n.nspname, c.relname)
-                     FROM pg_catalog.pg_constraint co JOIN pg_catalog.pg_class c ON c.oid = co.conrelid
-                     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                     JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = co.conkey[1]
-                    WHERE co.contype = 'n' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-                      AND (NOT co.convalidated OR co.connoinherit
-                           OR co.conname <> pg_catalog.format('%s_%s_not_null', c.relname, a.attname))";
-        for r in query(c, "named NOT NULL constraints", sql).await? {
-            out.push(format!(
-                "named, NOT VALID or NO INHERIT NOT NULL constraint {}",
-                r.get::<_, String>(0)
-            ));
-        }
     }
     // Owners that are not the same role everywhere are fine; comments on
     // kinds we do not load are not checked.
