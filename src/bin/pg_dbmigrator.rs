@@ -191,6 +191,9 @@ struct DumpArgs {
     /// Leave subscriptions out of the schema.
     #[arg(long)]
     no_subscriptions: bool,
+    /// Leave security labels out of the schema (a target without the label provider).
+    #[arg(long)]
+    no_security_labels: bool,
     #[command(flatten)]
     tablespaces: TablespaceArgs,
     /// Continue an interrupted dump: finished files are kept.
@@ -438,6 +441,9 @@ struct MigrateArgs {
     /// Leave subscriptions out of the schema.
     #[arg(long)]
     no_subscriptions: bool,
+    /// Leave security labels out of the schema (a target without the label provider).
+    #[arg(long)]
+    no_security_labels: bool,
     #[command(flatten)]
     tablespaces: TablespaceArgs,
     /// Online: cut over automatically once caught up, or (manual) stay in
@@ -698,6 +704,7 @@ fn migrate_config(args: &MigrateArgs) -> Result<MigrationConfig, MigrationError>
         no_owner: args.no_owner,
         no_acl: args.no_acl,
         no_subscriptions: args.no_subscriptions,
+        no_security_labels: args.no_security_labels,
         cutover: match args.cutover {
             CutoverArg::Auto => CutoverMode::Auto,
             CutoverArg::Manual => CutoverMode::Manual,
@@ -806,6 +813,7 @@ async fn dump(
         no_owner: args.no_owner,
         no_acl: args.no_acl,
         no_subscriptions: args.no_subscriptions,
+        no_security_labels: args.no_security_labels,
         dump_path: Some(args.dump_path.clone()),
         resume: args.resume,
         force_clean: args.force_clean,

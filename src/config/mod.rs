@@ -115,6 +115,9 @@ pub struct MigrationConfig {
     pub no_acl: bool,
     /// Leave subscriptions out of the schema (pg_dump's `--no-subscriptions`).
     pub no_subscriptions: bool,
+    /// Leave security labels out of the schema (pg_dump's
+    /// `--no-security-labels`): for a target without the label provider.
+    pub no_security_labels: bool,
     /// Put every object in the target database's default tablespace
     /// (pg_dump's `--no-tablespaces`).
     pub no_tablespaces: bool,
@@ -168,6 +171,7 @@ impl Default for MigrationConfig {
             role_passwords: false,
             no_owner: false,
             no_subscriptions: false,
+            no_security_labels: false,
             no_tablespaces: false,
             tablespace_mapping: Vec::new(),
             no_acl: false,

@@ -27,6 +27,8 @@ pub struct ReadOptions {
     pub no_acl: bool,
     /// Leave subscriptions out (pg_dump's `--no-subscriptions`).
     pub no_subscriptions: bool,
+    /// Leave security labels out (pg_dump's `--no-security-labels`).
+    pub no_security_labels: bool,
     /// `--tablespace-mapping` / `--no-tablespaces`.
     pub tablespaces: tablespace::Placement,
     /// `-n/-N/-t/-T`: only the objects they select (see [`filter`]).
@@ -40,6 +42,7 @@ impl ReadOptions {
             no_owner: cfg.no_owner,
             no_acl: cfg.no_acl,
             no_subscriptions: cfg.no_subscriptions,
+            no_security_labels: cfg.no_security_labels,
             tablespaces: tablespace::Placement::of(cfg),
             filters: cfg.filters.clone(),
         }

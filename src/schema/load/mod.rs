@@ -32,6 +32,7 @@ mod database;
 mod foreign;
 mod operators;
 mod publications;
+mod security_labels;
 mod subscriptions;
 mod text_search;
 mod types;
@@ -136,6 +137,9 @@ pub async fn load(c: &Client, server_major: u32, opts: &super::ReadOptions) -> R
     publications::load_publications(c, &mut m, &comments, server_major).await?;
     if !opts.no_subscriptions {
         subscriptions::load_subscriptions(c, &mut m, &comments, server_major).await?;
+    }
+    if !opts.no_security_labels {
+        security_labels::load_security_labels(c, &mut m).await?;
     }
     load_acls(c, &mut m, server_major).await?;
     database::load_database(c, &mut m, server_major).await?;
