@@ -26,13 +26,15 @@ const NEWER_KINDS: &str = "
     CREATE FOREIGN TABLE core.xv_remote (id int OPTIONS (column_name 'rid') NOT NULL, note text)
         SERVER xv_srv OPTIONS (table_name 'remote');";
 
-async fn older_major_into_15(major: u32) {
+/// A throwaway cluster of `major` from the npm binaries (`logical`: with
+/// `wal_level = logical`, for an online source).
+async fn start_major(major: u32, logical: bool) -> Server {
     let cluster = tokio::task::spawn_blocking(move || {
         let bin = testkit::ensure_embedded_major(major)
             .unwrap_or_else(|e| panic!("PostgreSQL {major}: {e}"));
         Cluster::start(&ClusterOptions {
             bin_dir: Some(bin),
-            logical: true,
+            logical,
             ..Default::default()
         })
         .unwrap_or_else(|e| panic!("PostgreSQL {major} cluster: {e}"))
@@ -40,7 +42,18 @@ async fn older_major_into_15(major: u32) {
     .await
     .unwrap();
     assert_eq!(cluster.major, major);
-    let source = Server::from_cluster(cluster);
+    Server::from_cluster(cluster)
+}
+
+/// The schema as `pg_dbmigrator schema` reads it back from a database.
+async fn read_back(ci: &str) -> String {
+    let out = run_async(&["-q", "schema", "--source", ci]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+async fn older_major_into_15(major: u32) {
+    let source = start_major(major, true).await;
     let pair = testkit::shared_pair();
     let db = testkit::fresh_db_on(&source, &pair.target, &format!("from{major}")).await;
     testkit::execute(&db.source, &fixture("schema_core.sql"))
@@ -119,19 +132,7 @@ async fn full_migration_from_pg14() {
 /// both sides (deparsed by the same server version) plus verify.
 #[tokio::test]
 async fn rich_full_migration_pg17_to_pg17() {
-    let start = || {
-        tokio::task::spawn_blocking(|| {
-            let bin =
-                testkit::ensure_embedded_major(17).unwrap_or_else(|e| panic!("PostgreSQL 17: {e}"));
-            Cluster::start(&ClusterOptions {
-                bin_dir: Some(bin),
-                ..Default::default()
-            })
-            .unwrap_or_else(|e| panic!("PostgreSQL 17 cluster: {e}"))
-        })
-    };
-    let (a, b) = (start().await.unwrap(), start().await.unwrap());
-    let (source, target) = (Server::from_cluster(a), Server::from_cluster(b));
+    let (source, target) = tokio::join!(start_major(17, false), start_major(17, false));
     let db = testkit::fresh_db_on(&source, &target, "rich17").await;
     let schema = fixture("rich_schema.sql");
     testkit::execute(&db.source, &schema)
@@ -147,15 +148,7 @@ async fn rich_full_migration_pg17_to_pg17() {
     let new_target = other_target_db(&db, "full");
     let report = migrate_clean(&db.source, &new_target, &[]).await;
     assert_eq!(report["source_version"].as_i64().unwrap() / 10000, 17);
-    let read = |ci: String| async move {
-        let out = run_async(&["-q", "schema", "--source", &ci]).await;
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-        text(&out.stdout)
-    };
-    let (sa, sb) = (
-        read(db.source.clone()).await,
-        read(new_target.clone()).await,
-    );
+    let (sa, sb) = (read_back(&db.source).await, read_back(&new_target).await);
     assert!(
         sa == sb,
         "schemas read back differ:\n{}",
@@ -170,18 +163,7 @@ async fn rich_full_migration_pg17_to_pg17() {
 /// created on the target.
 #[tokio::test]
 async fn extension_missing_on_target_is_refused() {
-    let cluster = tokio::task::spawn_blocking(|| {
-        let bin =
-            testkit::ensure_embedded_major(17).unwrap_or_else(|e| panic!("PostgreSQL 17: {e}"));
-        Cluster::start(&ClusterOptions {
-            bin_dir: Some(bin),
-            ..Default::default()
-        })
-        .unwrap_or_else(|e| panic!("PostgreSQL 17 cluster: {e}"))
-    })
-    .await
-    .unwrap();
-    let target_server = Server::from_cluster(cluster);
+    let target_server = start_major(17, false).await;
     let pair = testkit::shared_pair();
     let db = testkit::fresh_db_on(&pair.source, &target_server, "extmiss").await;
     testkit::execute(
@@ -215,19 +197,7 @@ async fn extension_missing_on_target_is_refused() {
 /// the same on the target, read from the catalogs of both sides.
 #[tokio::test]
 async fn pg18_not_null_constraints_rebuild() {
-    let start = || {
-        tokio::task::spawn_blocking(|| {
-            let bin =
-                testkit::ensure_embedded_major(18).unwrap_or_else(|e| panic!("PostgreSQL 18: {e}"));
-            Cluster::start(&ClusterOptions {
-                bin_dir: Some(bin),
-                ..Default::default()
-            })
-            .unwrap_or_else(|e| panic!("PostgreSQL 18 cluster: {e}"))
-        })
-    };
-    let (a, b) = (start().await.unwrap(), start().await.unwrap());
-    let (source, target) = (Server::from_cluster(a), Server::from_cluster(b));
+    let (source, target) = tokio::join!(start_major(18, false), start_major(18, false));
     let db = testkit::fresh_db_on(&source, &target, "nn18").await;
     testkit::execute(
         &db.source,
@@ -274,15 +244,7 @@ async fn pg18_not_null_constraints_rebuild() {
     ] {
         assert!(sa.contains(needle), "{needle}:\n{sa}");
     }
-    let read = |ci: String| async move {
-        let out = run_async(&["-q", "schema", "--source", &ci]).await;
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-        text(&out.stdout)
-    };
-    let (ra, rb) = (
-        read(db.source.clone()).await,
-        read(new_target.clone()).await,
-    );
+    let (ra, rb) = (read_back(&db.source).await, read_back(&new_target).await);
     assert!(
         ra == rb,
         "schemas read back differ:\n{}",
@@ -298,38 +260,14 @@ async fn pg18_not_null_constraints_rebuild() {
 /// text output.
 #[tokio::test]
 async fn application_database_15_into_17() {
-    let cluster = tokio::task::spawn_blocking(|| {
-        let bin =
-            testkit::ensure_embedded_major(17).unwrap_or_else(|e| panic!("PostgreSQL 17: {e}"));
-        Cluster::start(&ClusterOptions {
-            bin_dir: Some(bin),
-            ..Default::default()
-        })
-        .unwrap_or_else(|e| panic!("PostgreSQL 17 cluster: {e}"))
-    })
-    .await
-    .unwrap();
-    let target = Server::from_cluster(cluster);
+    let target = start_major(17, false).await;
     let pair = testkit::shared_pair();
     let db = testkit::fresh_db_on(&pair.source, &target, "app15to17").await;
-    testkit::execute(&db.source, &fixture("app_schema.sql"))
-        .await
-        .expect("app schema");
-    testkit::execute(&db.source, &fixture("app_data.sql"))
-        .await
-        .expect("app data");
+    load_app_fixture(&db.source).await;
     let new_target = other_target_db(&db, "up");
     let report = migrate_clean(&db.source, &new_target, &["--roles"]).await;
     assert_eq!(report["target_version"].as_i64().unwrap() / 10000, 17);
-    let read = |ci: String| async move {
-        let out = run_async(&["-q", "schema", "--source", &ci]).await;
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-        text(&out.stdout)
-    };
-    let (sa, sb) = (
-        read(db.source.clone()).await,
-        read(new_target.clone()).await,
-    );
+    let (sa, sb) = (read_back(&db.source).await, read_back(&new_target).await);
     assert!(
         sa == sb,
         "schemas read back differ:\n{}",

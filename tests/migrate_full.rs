@@ -328,15 +328,7 @@ async fn full_migration_with_a_pattern_matching_nothing_is_refused() {
             && !err.contains("\"t\""),
         "{err}"
     );
-    let exists = testkit::query_scalar(
-        &testkit::shared_pair().target.admin_conninfo(),
-        &format!(
-            "SELECT count(*) FROM pg_database WHERE datname = '{}_new'",
-            db.name
-        ),
-    )
-    .await;
-    assert_eq!(exists, "0");
+    assert!(!target_database_exists(&format!("{}_new", db.name)).await);
 }
 
 /// --roles creates what the target lacks: attributes, memberships, and with
@@ -665,15 +657,7 @@ async fn tablespaces_are_kept_mapped_or_left_out() {
             && !err.contains("dbm_ts_a,"),
         "{err}"
     );
-    let exists = testkit::query_scalar(
-        &pair.target.admin_conninfo(),
-        &format!(
-            "SELECT count(*) FROM pg_database WHERE datname = '{}_refused'",
-            db.name
-        ),
-    )
-    .await;
-    assert_eq!(exists, "0");
+    assert!(!target_database_exists(&format!("{}_refused", db.name)).await);
 
     // Mapped: dbm_ts_b becomes dbm_ts_new, dbm_ts_a is kept by name.
     let mapped = other_target_db(&db, "mapped");
@@ -931,15 +915,7 @@ async fn filters_that_break_a_dependency_are_refused() {
             err.contains(needle) && err.contains("--exclude-table"),
             "{err}"
         );
-        let exists = testkit::query_scalar(
-            &testkit::shared_pair().target.admin_conninfo(),
-            &format!(
-                "SELECT count(*) FROM pg_database WHERE datname = '{}_new'",
-                db.name
-            ),
-        )
-        .await;
-        assert_eq!(exists, "0");
+        assert!(!target_database_exists(&format!("{}_new", db.name)).await);
     }
 }
 
@@ -953,12 +929,7 @@ async fn filters_that_break_a_dependency_are_refused() {
 #[tokio::test]
 async fn application_database_migrates_whole() {
     let db = testkit::shared_pair().fresh_db("appdb").await;
-    testkit::execute(&db.source, &fixture("app_schema.sql"))
-        .await
-        .expect("app schema");
-    testkit::execute(&db.source, &fixture("app_data.sql"))
-        .await
-        .expect("app data");
+    load_app_fixture(&db.source).await;
     for (suffix, extra) in [
         ("bin", vec!["--roles"]),
         ("txt", vec!["--roles", "--copy-format", "text"]),

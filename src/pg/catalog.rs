@@ -78,9 +78,26 @@ pub struct LargeObjectInfo {
     pub comment: Option<String>,
 }
 
+/// `EXISTS` over the pattern pairs bound at `$schemas` / `$names`: the
+/// relation `c`, or the root of its partition tree, matches one of them.
+fn matches_patterns(schemas: u8, names: u8) -> String {
+    format!(
+        "EXISTS (
+          SELECT 1 FROM ROWS FROM (pg_catalog.unnest(${schemas}::text[]), pg_catalog.unnest(${names}::text[])) AS p(sre, nre),
+               LATERAL (SELECT c.oid AS o UNION ALL
+                        SELECT r.oid FROM pg_catalog.pg_class r
+                        WHERE r.oid = pg_catalog.pg_partition_root(c.oid) AND r.oid <> c.oid) cand
+               JOIN pg_catalog.pg_class cc ON cc.oid = cand.o
+               JOIN pg_catalog.pg_namespace cn ON cn.oid = cc.relnamespace
+          WHERE (p.sre IS NULL OR cn.nspname ~ p.sre) AND cc.relname ~ p.nre)"
+    )
+}
+
 /// The WHERE-clause fragment and parameters that restrict `pg_class c` joined
 /// with `pg_namespace n` to user objects in scope. Parameters $1..$6.
-const SCOPE_SQL: &str = r#"
+static SCOPE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        r#"
     n.nspname NOT IN ('pg_catalog', 'information_schema', '_pg_dbmigrator')
     AND n.nspname NOT LIKE 'pg\_toast%'
     AND n.nspname NOT LIKE 'pg\_temp\_%'
@@ -89,23 +106,13 @@ const SCOPE_SQL: &str = r#"
                       AND d.objid = c.oid AND d.deptype = 'e')
     AND (cardinality($1::text[]) = 0 OR n.nspname ~ ANY ($1::text[]))
     AND NOT (n.nspname ~ ANY ($2::text[]))
-    AND (cardinality($4::text[]) = 0 OR EXISTS (
-          SELECT 1 FROM ROWS FROM (pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[])) AS p(sre, nre),
-               LATERAL (SELECT c.oid AS o UNION ALL
-                        SELECT r.oid FROM pg_catalog.pg_class r
-                        WHERE r.oid = pg_catalog.pg_partition_root(c.oid) AND r.oid <> c.oid) cand
-               JOIN pg_catalog.pg_class cc ON cc.oid = cand.o
-               JOIN pg_catalog.pg_namespace cn ON cn.oid = cc.relnamespace
-          WHERE (p.sre IS NULL OR cn.nspname ~ p.sre) AND cc.relname ~ p.nre))
-    AND NOT EXISTS (
-          SELECT 1 FROM ROWS FROM (pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::text[])) AS p(sre, nre),
-               LATERAL (SELECT c.oid AS o UNION ALL
-                        SELECT r.oid FROM pg_catalog.pg_class r
-                        WHERE r.oid = pg_catalog.pg_partition_root(c.oid) AND r.oid <> c.oid) cand
-               JOIN pg_catalog.pg_class cc ON cc.oid = cand.o
-               JOIN pg_catalog.pg_namespace cn ON cn.oid = cc.relnamespace
-          WHERE (p.sre IS NULL OR cn.nspname ~ p.sre) AND cc.relname ~ p.nre)
-"#;
+    AND (cardinality($4::text[]) = 0 OR {})
+    AND NOT {}
+"#,
+        matches_patterns(3, 4),
+        matches_patterns(5, 6)
+    )
+});
 
 /// Bind parameters for [`SCOPE_SQL`].
 struct ScopeParams {
@@ -162,15 +169,9 @@ pub async fn list_tables(client: &Client, filters: &CompiledFilters) -> Result<V
     read_tables(
         client,
         &format!(
-            "c.relkind = 'r' AND c.relpersistence IN ('p', 'u') AND {SCOPE_SQL}
-             AND NOT EXISTS (
-                 SELECT 1 FROM ROWS FROM (pg_catalog.unnest($7::text[]), pg_catalog.unnest($8::text[])) AS p(sre, nre),
-                      LATERAL (SELECT c.oid AS o UNION ALL
-                               SELECT r.oid FROM pg_catalog.pg_class r
-                               WHERE r.oid = pg_catalog.pg_partition_root(c.oid) AND r.oid <> c.oid) cand
-                      JOIN pg_catalog.pg_class cc ON cc.oid = cand.o
-                      JOIN pg_catalog.pg_namespace cn ON cn.oid = cc.relnamespace
-                 WHERE (p.sre IS NULL OR cn.nspname ~ p.sre) AND cc.relname ~ p.nre)"
+            "c.relkind = 'r' AND c.relpersistence IN ('p', 'u') AND {} AND NOT {}",
+            &*SCOPE_SQL,
+            matches_patterns(7, 8)
         ),
         "NULL::text",
         &[a, b, c, d, e, f, &d_schema, &d_name],
@@ -188,7 +189,8 @@ pub async fn selected_relations(
 ) -> Result<std::collections::HashSet<u32>> {
     let sql = format!(
         "SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-          WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND c.relpersistence <> 't' AND {SCOPE_SQL}"
+          WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND c.relpersistence <> 't' AND {}",
+        &*SCOPE_SQL
     );
     let scope = ScopeParams::new(filters);
     let mut out: std::collections::HashSet<u32> = client
@@ -496,8 +498,9 @@ pub async fn list_relation_names(
         r#"SELECT pg_catalog.format('%I.%I', n.nspname, c.relname)
              FROM pg_catalog.pg_class c
              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-            WHERE c.relkind IN ('r', 'p') AND c.relpersistence IN ('p', 'u') AND {SCOPE_SQL}
-            ORDER BY 1"#
+            WHERE c.relkind IN ('r', 'p') AND c.relpersistence IN ('p', 'u') AND {}
+            ORDER BY 1"#,
+        &*SCOPE_SQL
     );
     let scope = ScopeParams::new(filters);
     let rows = client
@@ -528,7 +531,7 @@ pub async fn list_sequences(
         ), in_scope AS (
           SELECT c.oid FROM pg_catalog.pg_class c
             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-           WHERE c.relkind IN ('r', 'p', 'S') AND {SCOPE_SQL}
+           WHERE c.relkind IN ('r', 'p', 'S') AND {}
         )
         SELECT nsp, rel FROM seqs
          WHERE seqoid IN (SELECT oid FROM in_scope)
@@ -538,7 +541,8 @@ pub async fn list_sequences(
                           AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
                           AND d.deptype IN ('a', 'i')
                           AND d.refobjid IN (SELECT oid FROM in_scope))
-         ORDER BY nsp, rel"#
+         ORDER BY nsp, rel"#,
+        &*SCOPE_SQL
     );
     let scope = ScopeParams::new(filters);
     let rows = client

@@ -390,3 +390,26 @@ pub async fn fence_ended_writer(
     });
     (task, written)
 }
+
+/// Whether a database of this name exists on the shared target server.
+pub async fn target_database_exists(name: &str) -> bool {
+    let n = testkit::query_scalar(
+        &testkit::shared_pair().target.admin_conninfo(),
+        &format!(
+            "SELECT count(*) FROM pg_database WHERE datname = {}",
+            pg_dbmigrator::pg::quote::literal(name)
+        ),
+    )
+    .await;
+    n != "0"
+}
+
+/// The application-shaped fixture (fixtures/app_*.sql) on a source.
+pub async fn load_app_fixture(conninfo: &str) {
+    testkit::execute(conninfo, &fixture("app_schema.sql"))
+        .await
+        .expect("app schema");
+    testkit::execute(conninfo, &fixture("app_data.sql"))
+        .await
+        .expect("app data");
+}
