@@ -18,6 +18,66 @@ use sha2::{Digest, Sha256};
 use crate::config::{EndpointConfig, Filters, MigrationConfig, MigrationMode};
 use crate::error::{MigrationError, Result};
 
+// What the token records of the stages' outputs: defined here, below the
+// stages that write them (the archive, the replica identity fixes).
+
+/// One file of the archive, as it is on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Relative to the archive root, `/`-separated.
+    pub path: String,
+    /// Bytes on disk (compressed, for data files).
+    pub size: u64,
+    /// Lowercase hex SHA-256 of the bytes on disk.
+    pub sha256: String,
+}
+
+/// The COPY format a data file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataFormat {
+    Text,
+    Binary,
+}
+
+/// One data file: the COPY output of one table, or of one chunk of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataFile {
+    pub file: FileEntry,
+    /// 0-based position of this chunk in the table.
+    pub chunk: u32,
+    /// How many chunks the table was split into.
+    pub chunks: u32,
+    /// The heap pages this chunk covers, `[first, end)`; `None` when the table
+    /// was not split by pages, an `end` of `None` runs to the table's end.
+    #[serde(default)]
+    pub pages: Option<(u64, Option<u64>)>,
+    /// Rows COPY reported for this file.
+    pub rows: u64,
+    pub format: DataFormat,
+    /// Bytes of the COPY stream before compression.
+    pub raw_bytes: u64,
+}
+
+/// What --fix-replica-identity changed on one table, recorded in the resume token so cleanup can undo it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaIdentityFix {
+    pub schema: String,
+    pub name: String,
+    /// pg_class.relreplident before: 'd', 'n', 'f' or 'i' (as a String of one char).
+    pub original: String,
+    /// For original 'i': the index that was the identity.
+    pub original_index: Option<String>,
+    /// What we set.
+    pub new: NewIdentity,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NewIdentity {
+    UsingIndex(String),
+    Full,
+}
+
 /// Bumped whenever the token's layout changes incompatibly.
 pub const TOKEN_SCHEMA_VERSION: u32 = 1;
 
@@ -232,10 +292,10 @@ pub struct OnlineState {
     pub slot_created: bool,
     /// Where the slot's snapshot sits: the copy shows exactly the
     /// transactions committed before it; streaming starts here.
-    pub consistent_point: Option<crate::replication::Lsn>,
+    pub consistent_point: Option<crate::pg::replication::Lsn>,
     /// Replica identities changed by --fix-replica-identity (restored at cleanup).
     #[serde(default)]
-    pub replica_identity_fixes: Vec<crate::replication::preflight::ReplicaIdentityFix>,
+    pub replica_identity_fixes: Vec<ReplicaIdentityFix>,
     /// The source database is fenced (read-only for other sessions).
     #[serde(default)]
     pub fenced: bool,
@@ -247,7 +307,7 @@ pub struct OnlineState {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct CutoverRecord {
     pub started_at: Option<DateTime<Utc>>,
-    pub fence_lsn: Option<crate::replication::Lsn>,
+    pub fence_lsn: Option<crate::pg::replication::Lsn>,
     /// Writes blocked: from the fence to the end of the cutover.
     pub downtime_seconds: Option<f64>,
     pub completed: bool,
@@ -302,9 +362,9 @@ pub struct ResumeToken {
     /// names keep meaning the same pages.
     /// Dumps: the archive files finished so far, by item name.
     #[serde(default)]
-    pub dumped: BTreeMap<String, crate::archive::DataFile>,
+    pub dumped: BTreeMap<String, DataFile>,
     #[serde(default)]
-    pub chunk_plan: BTreeMap<String, Vec<crate::copy::plan::PageRange>>,
+    pub chunk_plan: BTreeMap<String, Vec<crate::pg::catalog::PageRange>>,
     pub snapshot_name: Option<String>,
     pub slot_name: Option<String>,
     pub publication_name: Option<String>,

@@ -18,43 +18,7 @@ use super::{
 };
 use crate::error::{MigrationError, Result};
 
-/// One file of the archive, as it is on disk.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileEntry {
-    /// Relative to the archive root, `/`-separated.
-    pub path: String,
-    /// Bytes on disk (compressed, for data files).
-    pub size: u64,
-    /// Lowercase hex SHA-256 of the bytes on disk.
-    pub sha256: String,
-}
-
-/// The COPY format a data file holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DataFormat {
-    Text,
-    Binary,
-}
-
-/// One data file: the COPY output of one table, or of one chunk of it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DataFile {
-    pub file: FileEntry,
-    /// 0-based position of this chunk in the table.
-    pub chunk: u32,
-    /// How many chunks the table was split into.
-    pub chunks: u32,
-    /// The heap pages this chunk covers, `[first, end)`; `None` when the table
-    /// was not split by pages, an `end` of `None` runs to the table's end.
-    #[serde(default)]
-    pub pages: Option<(u64, Option<u64>)>,
-    /// Rows COPY reported for this file.
-    pub rows: u64,
-    pub format: DataFormat,
-    /// Bytes of the COPY stream before compression.
-    pub raw_bytes: u64,
-}
+pub use crate::resume::{DataFile, DataFormat, FileEntry};
 
 /// One table and its data files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -59,9 +59,7 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const PARTIAL_SUFFIX: &str = ".partial";
 /// Where the manifest is written before it is renamed into place.
 pub const MANIFEST_TMP_FILE: &str = "manifest.json.tmp";
-/// zstd level 1: compression must keep up with COPY from a fast server;
-/// COPY text still shrinks several times at this level.
-pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
+pub use crate::config::DEFAULT_ZSTD_LEVEL;
 
 /// Schema objects created before the data is loaded (tables, types, functions).
 pub const PRE_DATA_FILE: &str = "schema/pre-data.sql";

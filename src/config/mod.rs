@@ -67,6 +67,11 @@ pub enum CutoverMode {
     Auto,
 }
 
+/// The archive's zstd level unless the user asks otherwise. Level 1:
+/// compression must keep up with COPY from a fast server; COPY text still
+/// shrinks several times at this level.
+pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
+
 /// Everything that defines and tunes one migration.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
@@ -158,7 +163,7 @@ impl Default for MigrationConfig {
             split_bytes: None,
             analyze: true,
             copy_method: CopyMethod::Stream,
-            compress_level: crate::archive::DEFAULT_ZSTD_LEVEL,
+            compress_level: DEFAULT_ZSTD_LEVEL,
             filters: Filters::default(),
             copy_format: CopyFormat::Auto,
             large_objects: true,

@@ -11,7 +11,6 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
 
 use crate::pg::catalog::TableInfo;
 
@@ -20,23 +19,7 @@ use crate::pg::catalog::TableInfo;
 pub const MIN_SPLIT_BYTES: u64 = 64 * 1024 * 1024;
 const MAX_SPLIT_BYTES: u64 = 1024 * 1024 * 1024;
 
-/// Heap pages `[start, end)`; `end = None` reads to the end of the table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PageRange {
-    pub start: u64,
-    pub end: Option<u64>,
-}
-
-impl PageRange {
-    /// The `WHERE` condition selecting these pages (a TID range scan).
-    pub fn predicate(&self) -> String {
-        let lo = format!("ctid >= '({},0)'::pg_catalog.tid", self.start);
-        match self.end {
-            Some(end) => format!("{lo} AND ctid < '({end},0)'::pg_catalog.tid"),
-            None => lo,
-        }
-    }
-}
+pub use crate::pg::catalog::PageRange;
 
 /// One unit of copy work: a whole table, or one page range of it.
 #[derive(Debug, Clone, PartialEq)]

@@ -78,6 +78,24 @@ pub struct LargeObjectInfo {
     pub comment: Option<String>,
 }
 
+/// Heap pages `[start, end)`; `end = None` reads to the end of the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PageRange {
+    pub start: u64,
+    pub end: Option<u64>,
+}
+
+impl PageRange {
+    /// The `WHERE` condition selecting these pages (a TID range scan).
+    pub fn predicate(&self) -> String {
+        let lo = format!("ctid >= '({},0)'::pg_catalog.tid", self.start);
+        match self.end {
+            Some(end) => format!("{lo} AND ctid < '({end},0)'::pg_catalog.tid"),
+            None => lo,
+        }
+    }
+}
+
 /// `EXISTS` over the pattern pairs bound at `$schemas` / `$names`: the
 /// relation `c`, or the root of its partition tree, matches one of them.
 fn matches_patterns(schemas: u8, names: u8) -> String {

@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 use tracing::{debug, info, warn};
 
@@ -14,24 +13,7 @@ use crate::error::{MigrationError, Result};
 use crate::pg::catalog::TableInfo;
 use crate::pg::quote::{ident, literal, qualified};
 
-/// What --fix-replica-identity changed on one table, recorded in the resume token so cleanup can undo it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReplicaIdentityFix {
-    pub schema: String,
-    pub name: String,
-    /// pg_class.relreplident before: 'd', 'n', 'f' or 'i' (as a String of one char).
-    pub original: String,
-    /// For original 'i': the index that was the identity.
-    pub original_index: Option<String>,
-    /// What we set.
-    pub new: NewIdentity,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum NewIdentity {
-    UsingIndex(String),
-    Full,
-}
+pub use crate::resume::{NewIdentity, ReplicaIdentityFix};
 
 /// What [`check_source`] looks at.
 pub struct SourceChecks<'a> {
