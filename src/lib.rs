@@ -48,6 +48,7 @@
 
 pub mod archive;
 pub mod config;
+pub mod context;
 pub mod copy;
 pub mod error;
 mod migrate;
@@ -67,17 +68,19 @@ pub use config::{
     CopyFormat, CopyMethod, CutoverMode, EndpointConfig, Filters, MigrationConfig, MigrationMode,
     VerifyLevel,
 };
+pub use context::{CutoverHandle, RunContext};
 pub use error::{MigrationError, Result};
 pub use migrate::{human_bytes, MigrationReport};
 pub use plan::{plan, Plan};
-pub use replication::online::{cleanup, unfence, CleanupReport, CutoverHandle, OnlineReport};
+pub use replication::online::{cleanup, unfence, CleanupReport, OnlineReport};
 pub use resume::{ResumeToken, Stage};
 pub use verify::{VerifyOptions, VerifyReport};
 
 /// Runs one migration described by a [`MigrationConfig`].
 pub struct Migrator {
     config: MigrationConfig,
-    cutover: std::sync::Arc<replication::online::CutoverSignal>,
+    cutover: std::sync::Arc<context::CutoverSignal>,
+    progress: Option<std::sync::Arc<progress::Progress>>,
 }
 
 impl Migrator {
@@ -85,7 +88,14 @@ impl Migrator {
         Migrator {
             config,
             cutover: Default::default(),
+            progress: None,
         }
+    }
+
+    /// Publish the run's progress there (the status page, metrics, events).
+    pub fn with_progress(mut self, progress: std::sync::Arc<progress::Progress>) -> Self {
+        self.progress = Some(progress);
+        self
     }
 
     /// A handle that asks this migration (online, `--cutover manual`) to
@@ -97,7 +107,12 @@ impl Migrator {
     /// Run the migration to the end, or until `cancel` fires (then the resume
     /// token is saved and [`MigrationError::Cancelled`] returned).
     pub async fn run(&self, cancel: CancellationToken) -> Result<MigrationReport> {
-        let report = migrate::run(&self.config, cancel, &self.cutover).await?;
+        let run = context::RunContext {
+            cancel,
+            progress: self.progress.clone(),
+            cutover: self.cutover.clone(),
+        };
+        let report = migrate::run(&self.config, &run).await?;
         report.save_summary()?;
         Ok(report)
     }

@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use crate::config::filter::CompiledFilters;
 use crate::config::{CopyFormat, CopyMethod, MigrationConfig, MigrationMode, VerifyLevel};
+use crate::context::RunContext;
 use crate::copy::{self, CopyContext, TableResult};
 use crate::error::{MigrationError, Result};
 use crate::pg::catalog::{self, TableInfo};
@@ -210,22 +211,18 @@ pub fn work_location(cfg: &MigrationConfig, def: &Definition) -> (String, PathBu
     (id, path)
 }
 
-pub(crate) async fn run(
-    cfg: &MigrationConfig,
-    cancel: CancellationToken,
-    cutover: &crate::replication::online::CutoverSignal,
-) -> Result<MigrationReport> {
+pub(crate) async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<MigrationReport> {
     if cfg.jobs == 0 {
         return Err(MigrationError::Config("--jobs must be at least 1".into()));
     }
     if cfg.mode == MigrationMode::Online {
-        return crate::replication::online::run(cfg, cancel, cutover).await;
+        return crate::replication::online::run(cfg, run).await;
     }
     if cfg.copy_method == CopyMethod::Dump {
-        return run_via_archive(cfg, cancel).await;
+        return run_via_archive(cfg, run).await;
     }
-    let phase = copy_phase(cfg, &cancel, None).await?;
-    finish(cfg, phase, &cancel).await
+    let phase = copy_phase(cfg, run, None).await?;
+    finish(cfg, phase, &run.cancel).await
 }
 
 /// Everything the copy stages produced, for the stages after them.
@@ -257,10 +254,10 @@ pub(crate) struct CopyPhase {
 /// and the snapshot is the slot's.
 pub(crate) async fn copy_phase(
     cfg: &MigrationConfig,
-    cancel: &CancellationToken,
+    run: &RunContext,
     mut online: Option<&mut crate::replication::online::OnlinePrep>,
 ) -> Result<CopyPhase> {
-    let cancel = cancel.clone();
+    let cancel = run.cancel.clone();
     let started = Instant::now();
     let def = Definition::from_config(cfg)?;
     let filters = cfg.filters.compile()?;
@@ -382,7 +379,7 @@ pub(crate) async fn copy_phase(
     token.stage_done(Stage::Preflight);
     token.snapshot_name = Some(snapshot_id.clone());
     token.save(&token_path)?;
-    let store = Arc::new(TokenStore::new(token_path.clone(), token).observed(cfg.progress.clone()));
+    let store = Arc::new(TokenStore::new(token_path.clone(), token).observed(run.token_observer()));
 
     let t0 = Instant::now();
     if !store.snapshot().is_done(Stage::PrepareTarget) {
@@ -433,7 +430,7 @@ pub(crate) async fn copy_phase(
         let tid_range = source_version >= 140000;
         let stored = store.snapshot().chunk_plan.clone();
         let (items, chunk_plan) = copy::plan::plan(&tables, split, block_size, tid_range, &stored);
-        if let Some(p) = &cfg.progress {
+        if let Some(p) = &run.progress {
             p.set_totals(
                 items.len() as u64,
                 tables
@@ -478,6 +475,7 @@ pub(crate) async fn copy_phase(
             binary,
             analyze: cfg.analyze,
             token: store.clone(),
+            progress: run.progress.clone(),
         });
         outcome = copy::copy_tables(ctx, tables.clone(), todo, early, cancel.clone()).await?;
         schema_steps += outcome.index_steps;
@@ -644,10 +642,8 @@ pub(crate) async fn finish(
 /// `migrate --copy-method dump`: dump into `dump_path`, restore from it,
 /// verify against the source. Each half keeps its own resume token; a
 /// resumed run skips a finished dump.
-async fn run_via_archive(
-    cfg: &MigrationConfig,
-    cancel: CancellationToken,
-) -> Result<MigrationReport> {
+async fn run_via_archive(cfg: &MigrationConfig, run: &RunContext) -> Result<MigrationReport> {
+    let cancel = run.cancel.clone();
     let started = Instant::now();
     let def = Definition::from_config(cfg)?;
     let (_, dir) = work_location(cfg, &def);
@@ -679,7 +675,7 @@ async fn run_via_archive(
     } else {
         let mut dcfg = cfg.clone();
         dcfg.resume = cfg.resume && dump_token.exists();
-        let d = crate::archive::dump::run_with(&dcfg, binary, cancel.clone()).await?;
+        let d = crate::archive::dump::run_with(&dcfg, binary, run).await?;
         info!(
             files = d.files_written,
             raw = %human_bytes(d.raw_bytes),
@@ -690,7 +686,7 @@ async fn run_via_archive(
     let dump_secs = t0.elapsed().as_secs_f64();
     let mut rcfg = cfg.clone();
     rcfg.resume = cfg.resume && ResumeToken::restore_path_for(&dir).exists();
-    let mut report = crate::archive::restore::run(&rcfg, cancel.clone()).await?;
+    let mut report = crate::archive::restore::run(&rcfg, run).await?;
     report
         .stages
         .insert(0, (Stage::Dump.as_str().to_string(), dump_secs));

@@ -551,13 +551,18 @@ impl ResumeToken {
     }
 }
 
+/// Told of every state a [`TokenStore`] saves (stages, copied items,
+/// cutover): the progress reporting, which stands above this module.
+pub trait TokenObserver: Send + Sync {
+    fn observe_token(&self, token: &ResumeToken);
+}
+
 /// A token shared by concurrent workers: every update is saved before the
 /// caller moves on, under one lock, so saves never interleave.
 pub struct TokenStore {
     path: PathBuf,
     token: std::sync::Mutex<ResumeToken>,
-    /// Told of every saved state (stages, copied items, cutover).
-    progress: Option<std::sync::Arc<crate::progress::Progress>>,
+    observer: Option<std::sync::Arc<dyn TokenObserver>>,
 }
 
 impl TokenStore {
@@ -565,16 +570,16 @@ impl TokenStore {
         TokenStore {
             path,
             token: std::sync::Mutex::new(token),
-            progress: None,
+            observer: None,
         }
     }
 
-    /// Keep `progress` up to date with every change.
-    pub fn observed(mut self, progress: Option<std::sync::Arc<crate::progress::Progress>>) -> Self {
-        if let Some(p) = &progress {
-            p.observe_token(&self.token.lock().unwrap_or_else(|p| p.into_inner()));
+    /// Keep `observer` up to date with every change.
+    pub fn observed(mut self, observer: Option<std::sync::Arc<dyn TokenObserver>>) -> Self {
+        if let Some(o) = &observer {
+            o.observe_token(&self.token.lock().unwrap_or_else(|p| p.into_inner()));
         }
-        self.progress = progress;
+        self.observer = observer;
         self
     }
 
@@ -582,18 +587,13 @@ impl TokenStore {
         &self.path
     }
 
-    /// Where progress is published, if anywhere.
-    pub fn progress(&self) -> Option<&std::sync::Arc<crate::progress::Progress>> {
-        self.progress.as_ref()
-    }
-
     /// Change the token and save it.
     pub fn update<R>(&self, f: impl FnOnce(&mut ResumeToken) -> R) -> Result<R> {
         let mut t = self.token.lock().unwrap_or_else(|p| p.into_inner());
         let r = f(&mut t);
         t.save(&self.path)?;
-        if let Some(p) = &self.progress {
-            p.observe_token(&t);
+        if let Some(o) = &self.observer {
+            o.observe_token(&t);
         }
         Ok(r)
     }

@@ -22,6 +22,7 @@ use super::{
     POST_DATA_FILE, PRE_DATA_FILE, SEQUENCES_FILE, STEPS_FILE,
 };
 use crate::config::{CopyFormat, MigrationConfig};
+use crate::context::RunContext;
 use crate::copy::{self, CopyContext};
 use crate::error::{MigrationError, Result};
 use crate::migrate::{self, TargetNeeds};
@@ -141,16 +142,17 @@ pub(crate) fn archive_dir(cfg: &MigrationConfig, what: &str) -> Result<PathBuf> 
 /// Dump the source into the archive directory `cfg.dump_path`. `binary`
 /// allows binary COPY for tables whose types allow it (only when the
 /// archive will be restored into the same major version).
-pub async fn run(cfg: &MigrationConfig, cancel: CancellationToken) -> Result<DumpReport> {
+pub async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<DumpReport> {
     let binary = cfg.copy_format == CopyFormat::Binary;
-    run_with(cfg, binary, cancel).await
+    run_with(cfg, binary, run).await
 }
 
 pub(crate) async fn run_with(
     cfg: &MigrationConfig,
     binary: bool,
-    cancel: CancellationToken,
+    run: &RunContext,
 ) -> Result<DumpReport> {
+    let cancel = run.cancel.clone();
     let started = Instant::now();
     if cfg.jobs == 0 {
         return Err(MigrationError::Config("--jobs must be at least 1".into()));
@@ -233,7 +235,7 @@ pub(crate) async fn run_with(
     token.snapshot_name = Some(snapshot_id.clone());
     token.stage_started(Stage::Dump);
     token.save(&token_path)?;
-    let store = Arc::new(TokenStore::new(token_path.clone(), token).observed(cfg.progress.clone()));
+    let store = Arc::new(TokenStore::new(token_path.clone(), token).observed(run.token_observer()));
 
     let mut manifest = Manifest::new(
         dbname,
@@ -315,6 +317,7 @@ pub(crate) async fn run_with(
         binary,
         analyze: false,
         token: store.clone(),
+        progress: run.progress.clone(),
     });
     let written = todo.len();
     copy::copy_tables(ctx, tables.clone(), todo, Vec::new(), cancel.clone()).await?;

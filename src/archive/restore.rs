@@ -21,6 +21,7 @@ use tracing::info;
 use super::dump::{LargeObjectMeta, SequenceValue};
 use super::{Archive, DataFormat, STEPS_FILE};
 use crate::config::MigrationConfig;
+use crate::context::RunContext;
 use crate::copy::{self, CopyContext, TableResult};
 use crate::error::{MigrationError, Result};
 use crate::migrate::{self, MigrationReport, TargetNeeds};
@@ -30,7 +31,8 @@ use crate::resume::{Definition, EndpointIdentity, ResumeToken, Stage, TokenStore
 use crate::schema::SchemaScript;
 
 /// Restore the archive in `cfg.dump_path` into `cfg.target`.
-pub async fn run(cfg: &MigrationConfig, cancel: CancellationToken) -> Result<MigrationReport> {
+pub async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<MigrationReport> {
+    let cancel = run.cancel.clone();
     let started = Instant::now();
     if cfg.jobs == 0 {
         return Err(MigrationError::Config("--jobs must be at least 1".into()));
@@ -174,7 +176,7 @@ pub async fn run(cfg: &MigrationConfig, cancel: CancellationToken) -> Result<Mig
     };
     token.stage_started(Stage::Restore);
     token.save(&token_path)?;
-    let store = Arc::new(TokenStore::new(token_path.clone(), token).observed(cfg.progress.clone()));
+    let store = Arc::new(TokenStore::new(token_path.clone(), token).observed(run.token_observer()));
     if !resumed {
         copy::drop_target_state(&dst).await?;
     }
@@ -235,6 +237,7 @@ pub async fn run(cfg: &MigrationConfig, cancel: CancellationToken) -> Result<Mig
         binary: true,
         analyze: cfg.analyze,
         token: store.clone(),
+        progress: run.progress.clone(),
     });
     let outcome = copy::copy_tables(ctx, tables.clone(), items, early, cancel.clone()).await?;
     schema_steps += outcome.index_steps;

@@ -603,12 +603,11 @@ async fn migrate(
     if args.dry_run {
         return plan(args).await;
     }
-    let mut config = migrate_config(&args)?;
+    let config = migrate_config(&args)?;
     // NDJSON events on stdout with --json; the report is the last one.
     let (progress, shown) = start_progress(args.json, show_mode);
-    config.progress = Some(progress.clone());
     let online = config.mode == MigrationMode::Online;
-    let migrator = Migrator::new(config);
+    let migrator = Migrator::new(config).with_progress(progress.clone());
     let _http = match args.http {
         Some(addr) => {
             if !addr.ip().is_loopback() {
@@ -720,6 +719,17 @@ fn migrate_config(args: &MigrateArgs) -> Result<MigrationConfig, MigrationError>
     Ok(config)
 }
 
+/// The running state of a dump or restore: its cancellation and progress.
+fn run_context(
+    cancel: CancellationToken,
+    progress: &std::sync::Arc<pg_dbmigrator::progress::Progress>,
+) -> pg_dbmigrator::RunContext {
+    pg_dbmigrator::RunContext {
+        progress: Some(progress.clone()),
+        ..pg_dbmigrator::RunContext::new(cancel)
+    }
+}
+
 /// `Ok(None)` after telling the user how to resume an interrupted run.
 fn interrupted<R>(
     r: Result<R, MigrationError>,
@@ -798,7 +808,6 @@ async fn dump(
 ) -> Result<i32, MigrationError> {
     let (progress, shown) = start_progress(args.json, show_mode);
     let mut config = MigrationConfig {
-        progress: Some(progress.clone()),
         source: Some(endpoint("source", &args.source)?),
         data_only: args.data_only,
         jobs: args.jobs,
@@ -821,7 +830,7 @@ async fn dump(
     };
     args.tablespaces.apply(&mut config)?;
     let token = pg_dbmigrator::ResumeToken::path_for(&args.dump_path);
-    let result = pg_dbmigrator::archive::dump::run(&config, cancel).await;
+    let result = pg_dbmigrator::archive::dump::run(&config, &run_context(cancel, &progress)).await;
     drop(shown);
     finish_run(&progress, args.json, &result, |r| r.summary());
     match interrupted(result, &token)? {
@@ -837,7 +846,6 @@ async fn restore(
 ) -> Result<i32, MigrationError> {
     let (progress, shown) = start_progress(args.json, show_mode);
     let mut config = MigrationConfig {
-        progress: Some(progress.clone()),
         target: Some(endpoint("target", &args.target)?),
         jobs: args.jobs,
         index_jobs: args.index_jobs,
@@ -850,7 +858,8 @@ async fn restore(
     };
     args.tablespaces.apply(&mut config)?;
     let token = pg_dbmigrator::ResumeToken::restore_path_for(&args.dump_path);
-    let result = pg_dbmigrator::archive::restore::run(&config, cancel).await;
+    let result =
+        pg_dbmigrator::archive::restore::run(&config, &run_context(cancel, &progress)).await;
     drop(shown);
     finish_run(&progress, args.json, &result, |r| r.summary());
     match interrupted(result, &token)? {

@@ -145,10 +145,6 @@ pub struct MigrationConfig {
     pub keep_slot: bool,
     /// Online: leave the publication on the source after cutover.
     pub keep_publication: bool,
-    /// Where a running migration publishes its progress (`--http`); not
-    /// part of what defines the migration.
-    #[serde(skip)]
-    pub progress: Option<std::sync::Arc<crate::progress::Progress>>,
 }
 
 impl Default for MigrationConfig {
@@ -186,7 +182,6 @@ impl Default for MigrationConfig {
             fence: true,
             keep_slot: false,
             keep_publication: false,
-            progress: None,
         }
     }
 }

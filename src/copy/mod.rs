@@ -78,6 +78,8 @@ pub struct CopyContext {
     /// ANALYZE each table once its indexes are built.
     pub analyze: bool,
     pub token: Arc<TokenStore>,
+    /// Where each worker's current item is shown, if anywhere.
+    pub progress: Option<Arc<crate::progress::Progress>>,
 }
 
 /// Where the rows come from.

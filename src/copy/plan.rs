@@ -11,7 +11,6 @@
 
 use std::collections::BTreeMap;
 
-
 use crate::pg::catalog::TableInfo;
 
 /// Tables are never split below this size: a chunk costs a transaction and

@@ -68,7 +68,7 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
         let t = &sched.tables[item.table];
         let name = item.name(t);
         let started = Instant::now();
-        if let Some(p) = ctx.token.progress() {
+        if let Some(p) = &ctx.progress {
             p.worker(id, Some(&name));
         }
         let (format, input) = open_input(ctx, src.as_ref(), t, &item).await?;
@@ -102,7 +102,7 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
             "copied"
         );
         record_done(ctx, &name, &r)?;
-        if let Some(p) = ctx.token.progress() {
+        if let Some(p) = &ctx.progress {
             p.worker(id, None);
         }
         crate::replication::test_stop_at("mid_copy").await;

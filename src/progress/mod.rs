@@ -648,3 +648,9 @@ mod tests {
         }
     }
 }
+
+impl crate::resume::TokenObserver for Progress {
+    fn observe_token(&self, token: &ResumeToken) {
+        Progress::observe_token(self, token)
+    }
+}

@@ -10,12 +10,11 @@
 //! the progress stored on the target; a cutover that was interrupted is
 //! finished.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::sync::Notify;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -25,6 +24,7 @@ use super::stream::{self, StreamShared, StreamTarget};
 use super::{object_name, test_stop_at, Lsn, FENCE_MESSAGE_PREFIX};
 use crate::config::filter::CompiledFilters;
 use crate::config::{CutoverMode, EndpointConfig, MigrationConfig};
+use crate::context::RunContext;
 use crate::copy;
 use crate::error::{MigrationError, Result};
 use crate::migrate::{self, human_bytes, CopyPhase, MigrationReport};
@@ -33,31 +33,7 @@ use crate::pg::replication::ReplicationSession;
 use crate::pg::{connect, quote, session};
 use crate::resume::{CutoverRecord, Definition, OnlineState, ResumeToken, Stage};
 
-/// Asks a running online migration to cut over (see [`CutoverHandle`]).
-#[derive(Debug, Default)]
-pub struct CutoverSignal {
-    requested: AtomicBool,
-    notify: Notify,
-}
-
-impl CutoverSignal {
-    fn take(&self) -> bool {
-        self.requested.swap(false, Ordering::AcqRel)
-    }
-}
-
-/// A library caller's way to trigger the cutover of a running
-/// `--cutover manual` migration (the CLI's `pg_dbmigrator cutover`).
-#[derive(Debug, Clone)]
-pub struct CutoverHandle(pub(crate) Arc<CutoverSignal>);
-
-impl CutoverHandle {
-    /// Request the cutover; the migration starts it within a second.
-    pub fn request(&self) {
-        self.0.requested.store(true, Ordering::Release);
-        self.0.notify.notify_one();
-    }
-}
+pub use crate::context::{CutoverHandle, CutoverSignal};
 
 /// The file `pg_dbmigrator cutover` creates to ask the migration using the
 /// same work directory to cut over.
@@ -248,11 +224,7 @@ pub(crate) async fn prepare_source(
 }
 
 /// An online migration from start (or resume) to the end of the cutover.
-pub(crate) async fn run(
-    cfg: &MigrationConfig,
-    cancel: CancellationToken,
-    signal: &CutoverSignal,
-) -> Result<MigrationReport> {
+pub(crate) async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<MigrationReport> {
     if cfg.copy_method != crate::config::CopyMethod::Stream {
         return Err(MigrationError::Config(
             "--mode online copies server to server: --copy-method dump is for offline migrations"
@@ -318,11 +290,11 @@ pub(crate) async fn run(
     }
 
     let (phase, consistent_point) = if streaming_resume {
-        let phase = resume_phase(cfg, &migration_id, &dump_path, &token_path).await?;
+        let phase = resume_phase(cfg, &migration_id, &dump_path, &token_path, run).await?;
         let cp = prep.state.consistent_point;
         (phase, cp)
     } else {
-        let r = migrate::copy_phase(&copy_cfg, &cancel, Some(&mut prep)).await;
+        let r = migrate::copy_phase(&copy_cfg, run, Some(&mut prep)).await;
         match r {
             Ok(p) => {
                 let cp = prep.state.consistent_point;
@@ -351,7 +323,7 @@ pub(crate) async fn run(
             token_path.display()
         ))
     })?;
-    stream_and_cutover(cfg, phase, prep, consistent_point, cancel, signal).await
+    stream_and_cutover(cfg, phase, prep, consistent_point, run).await
 }
 
 /// The state of a migration whose copy finished, rebuilt for streaming.
@@ -360,6 +332,7 @@ async fn resume_phase(
     migration_id: &str,
     dump_path: &std::path::Path,
     token_path: &std::path::Path,
+    run: &RunContext,
 ) -> Result<CopyPhase> {
     let token = ResumeToken::load(token_path)?.expect("resumed");
     let source = cfg.source.clone().expect("checked");
@@ -387,7 +360,7 @@ async fn resume_phase(
         stages: Vec::new(),
         store: Arc::new(crate::resume::TokenStore::observed(
             crate::resume::TokenStore::new(token_path.to_path_buf(), token),
-            cfg.progress.clone(),
+            run.token_observer(),
         )),
         filters,
         source,
@@ -422,9 +395,9 @@ async fn stream_and_cutover(
     mut phase: CopyPhase,
     prep: OnlinePrep,
     consistent_point: Lsn,
-    cancel: CancellationToken,
-    signal: &CutoverSignal,
+    run: &RunContext,
 ) -> Result<MigrationReport> {
+    let (cancel, signal) = (run.cancel.clone(), &*run.cutover);
     let store = phase.store.clone();
     let state = prep.state.clone();
     let dst = connect::connect(&phase.target, "target").await?;
@@ -552,7 +525,7 @@ async fn stream_and_cutover(
                     Err(e) => MigrationError::Internal(format!("streaming task failed: {e}")),
                 });
             }
-            _ = signal.notify.notified() => {}
+            _ = signal.notified() => {}
             _ = tick.tick() => {}
         }
         if signal.take() || request_file.exists() {
@@ -574,7 +547,7 @@ async fn stream_and_cutover(
         let applied = shared.applied_position();
         let lag = wal.0.saturating_sub(applied.0);
         let caught_up = shared.streaming.load(Ordering::Acquire) && lag <= cfg.cutover_lag_bytes;
-        if let Some(p) = &cfg.progress {
+        if let Some(p) = &run.progress {
             let secs = stream_started.elapsed().as_secs_f64().max(0.001);
             let tx = shared.transactions.load(Ordering::Acquire);
             let rows = shared.rows.load(Ordering::Acquire);
