@@ -619,6 +619,12 @@ fn constant_eq(a: &str, b: &str) -> bool {
             == 0
 }
 
+impl crate::resume::TokenObserver for Progress {
+    fn observe_token(&self, token: &ResumeToken) {
+        Progress::observe_token(self, token)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -646,11 +652,5 @@ mod tests {
         for line in m.lines().filter(|l| !l.starts_with('#')) {
             assert!(line.starts_with("pg_dbmigrator_"), "{line}");
         }
-    }
-}
-
-impl crate::resume::TokenObserver for Progress {
-    fn observe_token(&self, token: &ResumeToken) {
-        Progress::observe_token(self, token)
     }
 }
