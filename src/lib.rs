@@ -56,8 +56,10 @@ pub mod pg;
 pub mod plan;
 pub mod progress;
 pub mod replication;
+pub mod report;
 pub mod resume;
 pub mod schema;
+pub mod target;
 pub mod testkit;
 pub mod verify;
 mod workers;
@@ -70,9 +72,10 @@ pub use config::{
 };
 pub use context::{CutoverHandle, RunContext};
 pub use error::{MigrationError, Result};
-pub use migrate::{human_bytes, MigrationReport};
 pub use plan::{plan, Plan};
-pub use replication::online::{cleanup, unfence, CleanupReport, OnlineReport};
+pub use progress::human_bytes;
+pub use replication::online::{cleanup, unfence, CleanupReport};
+pub use report::{MigrationReport, OnlineReport};
 pub use resume::{ResumeToken, Stage};
 pub use verify::{VerifyOptions, VerifyReport};
 
@@ -120,7 +123,7 @@ impl Migrator {
     /// Where this migration's resume token is (or will be).
     pub fn token_path(&self) -> Result<std::path::PathBuf> {
         let def = resume::Definition::from_config(&self.config)?;
-        let (_, path) = migrate::work_location(&self.config, &def);
+        let (_, path) = resume::work_location(&self.config, &def);
         Ok(ResumeToken::path_for(&path))
     }
 }

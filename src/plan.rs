@@ -18,11 +18,13 @@ use tokio_postgres::Client;
 use crate::config::{MigrationConfig, MigrationMode};
 use crate::copy::plan::default_split_bytes;
 use crate::error::{MigrationError, Result};
-use crate::migrate::{human_bytes, work_location, TargetNeeds};
 use crate::pg::catalog::{self, TableInfo};
 use crate::pg::{connect, quote, session};
+use crate::progress::human_bytes;
 use crate::replication::{object_name, preflight};
+use crate::resume::work_location;
 use crate::resume::Definition;
+use crate::target::TargetNeeds;
 
 /// A table as the migration would copy it.
 #[derive(Debug, Clone, Serialize)]
@@ -324,17 +326,17 @@ pub async fn plan(cfg: &MigrationConfig) -> Result<Plan> {
             script.last.len()
         ));
         let needs = TargetNeeds::read(&src, p.source_version, cfg).await?;
-        let unavailable = crate::migrate::unavailable_extensions(tc, &needs).await?;
+        let unavailable = crate::target::unavailable_extensions(tc, &needs).await?;
         if !unavailable.is_empty() {
             p.refusals.push(format!(
                 "extension(s) not available on the target server at the source's version: {}. Install the extension packages on the target first",
                 unavailable.join(", ")
             ));
         }
-        if let Some(why) = crate::migrate::tablespace_refusal(tc, &needs, &script).await? {
+        if let Some(why) = crate::target::tablespace_refusal(tc, &needs, &script).await? {
             p.refusals.push(why);
         }
-        let (missing, _) = crate::migrate::missing_roles(tc, &needs).await?;
+        let (missing, _) = crate::target::missing_roles(tc, &needs).await?;
         if !missing.is_empty() {
             if cfg.roles {
                 p.target_changes
@@ -348,7 +350,7 @@ pub async fn plan(cfg: &MigrationConfig) -> Result<Plan> {
             }
         }
     } else if let Some(d) = &dst {
-        let r = crate::migrate::preflight_target(d, &mut tables, &seqs, &los, false).await;
+        let r = crate::target::preflight_target(d, &mut tables, &seqs, &los, false).await;
         collect(&mut p.refusals, r)?;
     }
     p.target_changes.push(

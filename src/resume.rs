@@ -603,6 +603,64 @@ impl TokenStore {
     }
 }
 
+/// Where a migration keeps its files, and its id, derived from what defines
+/// it: running the same migration again finds the same token.
+pub fn work_location(cfg: &MigrationConfig, def: &Definition) -> (String, PathBuf) {
+    let id = cfg
+        .migration_id
+        .clone()
+        .unwrap_or_else(|| format!("m{}", &def.hash()[..12]));
+    let path = cfg
+        .dump_path
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("pg_dbmigrator-{id}")));
+    (id, path)
+}
+
+/// Decide from the resume token at `path` whether this run resumes:
+/// `--resume` needs a matching, unfinished token; without it, an existing
+/// token is never silently overwritten; `--force-clean` ignores it.
+pub(crate) fn resolve_token(
+    cfg: &MigrationConfig,
+    def: &Definition,
+    token_path: &std::path::Path,
+    what: &str,
+) -> Result<(Option<ResumeToken>, bool)> {
+    let existing = if cfg.force_clean {
+        None
+    } else {
+        ResumeToken::load(token_path)?
+    };
+    let resumed = match (&existing, cfg.resume) {
+        (Some(t), true) => {
+            t.check_matches(def, token_path)?;
+            if t.completed {
+                return Err(MigrationError::Resume(format!(
+                    "the {what} recorded in {} already completed; nothing to resume (use --force-clean to run it again)",
+                    token_path.display()
+                )));
+            }
+            true
+        }
+        (Some(t), false) => {
+            return Err(MigrationError::Resume(format!(
+                "a resume token for this {what} exists at {} (stage {}{}): pass --resume to continue it, or --force-clean to discard it and start over",
+                token_path.display(),
+                t.current_stage().map_or("none", |s| s.stage.as_str()),
+                if t.completed { ", completed" } else { "" }
+            )))
+        }
+        (None, true) => {
+            return Err(MigrationError::Resume(format!(
+                "nothing to resume: no resume token at {} (pass the --dump-path of the interrupted run, or run without --resume)",
+                token_path.display()
+            )))
+        }
+        (None, false) => false,
+    };
+    Ok((existing, resumed))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,11 +25,11 @@ use crate::config::{CopyFormat, MigrationConfig};
 use crate::context::RunContext;
 use crate::copy::{self, CopyContext};
 use crate::error::{MigrationError, Result};
-use crate::migrate::{self, TargetNeeds};
 use crate::pg::catalog::{self, LargeObjectInfo};
 use crate::pg::{connect, session};
 use crate::resume::{Definition, EndpointIdentity, ResumeToken, Stage, TokenStore};
 use crate::schema::{self, Part};
+use crate::target::TargetNeeds;
 
 /// What a finished dump wrote.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -61,8 +61,8 @@ impl DumpReport {
             self.rows,
             self.files_written,
             self.files_kept,
-            migrate::human_bytes(self.raw_bytes),
-            migrate::human_bytes(self.archive_bytes),
+            crate::progress::human_bytes(self.raw_bytes),
+            crate::progress::human_bytes(self.archive_bytes),
             if self.archive_bytes > 0 { self.raw_bytes as f64 / self.archive_bytes as f64 } else { 0.0 },
             self.sequences,
             self.large_objects,
@@ -168,7 +168,7 @@ pub(crate) async fn run_with(
     }
     let source_ep = cfg.source.clone().expect("checked by definition");
     let token_path = ResumeToken::path_for(&dir);
-    let (existing, resumed) = migrate::resolve_token(cfg, &def, &token_path, "dump")?;
+    let (existing, resumed) = crate::resume::resolve_token(cfg, &def, &token_path, "dump")?;
     if !resumed {
         prepare_empty_dir(&dir, cfg.force_clean)?;
     } else {
@@ -195,7 +195,7 @@ pub(crate) async fn run_with(
             return Err(MigrationError::Unsupported(format!(
                 "the source has objects that schema reproduction does not cover yet: {}. \
                  Dump with --data-only and create the schema on the target yourself",
-                migrate::summarize(&script.unsupported)
+                crate::progress::summarize(&script.unsupported)
             )));
         }
         Some(script)

@@ -24,11 +24,12 @@ use crate::config::MigrationConfig;
 use crate::context::RunContext;
 use crate::copy::{self, CopyContext, TableResult};
 use crate::error::{MigrationError, Result};
-use crate::migrate::{self, MigrationReport, TargetNeeds};
 use crate::pg::catalog::{self, LargeObjectInfo, TableInfo};
 use crate::pg::{connect, quote, session};
+use crate::report::MigrationReport;
 use crate::resume::{Definition, EndpointIdentity, ResumeToken, Stage, TokenStore};
 use crate::schema::SchemaScript;
+use crate::target::TargetNeeds;
 
 /// Restore the archive in `cfg.dump_path` into `cfg.target`.
 pub async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<MigrationReport> {
@@ -59,7 +60,7 @@ pub async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<MigrationRep
         publication_name: None,
     };
     let token_path = ResumeToken::restore_path_for(&dir);
-    let (existing, resumed) = migrate::resolve_token(cfg, &def, &token_path, "restore")?;
+    let (existing, resumed) = crate::resume::resolve_token(cfg, &def, &token_path, "restore")?;
     let migration_id = cfg
         .migration_id
         .clone()
@@ -98,7 +99,8 @@ pub async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<MigrationRep
         };
         let mut cfg = cfg.clone();
         cfg.roles = false; // role definitions are not in the archive
-        migrate::prepare_target_database(None, &target_ep, &needs, resumed, &cfg, script).await?;
+        crate::target::prepare_target_database(None, &target_ep, &needs, resumed, &cfg, script)
+            .await?;
     }
     let dst = connect::connect(&target_ep, "target").await?;
     session::setup_ddl_target(&dst).await?;
@@ -168,7 +170,7 @@ pub async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<MigrationRep
             copy::erase_large_objects(&dst, &oids).await?;
         }
         // Refused before anything of ours is written (token included).
-        migrate::preflight_target(&dst, &mut tables, &[], &los, false).await?;
+        crate::target::preflight_target(&dst, &mut tables, &[], &los, false).await?;
     }
     let mut token = match existing {
         Some(t) if resumed => t,
@@ -190,13 +192,13 @@ pub async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<MigrationRep
     if let Some(script) = &script {
         let t0 = Instant::now();
         schema_steps +=
-            migrate::apply_steps(&dst, &migration_id, "pre", &script.pre_data, &cancel).await?;
+            crate::copy::apply_steps(&dst, &migration_id, "pre", &script.pre_data, &cancel).await?;
         stages.push((
             Stage::SchemaPreData.as_str().to_string(),
             t0.elapsed().as_secs_f64(),
         ));
     }
-    migrate::preflight_target(&dst, &mut tables, &[], &los, resumed).await?;
+    crate::target::preflight_target(&dst, &mut tables, &[], &los, resumed).await?;
 
     // Data files, and beside them the index builds of loaded tables.
     let t0 = Instant::now();
@@ -227,7 +229,7 @@ pub async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<MigrationRep
         }
     }
     items.sort_by_key(|i| std::cmp::Reverse(i.est_bytes));
-    let early = migrate::early_steps(&dst, &migration_id, script.as_ref()).await?;
+    let early = crate::copy::early_steps(&dst, &migration_id, script.as_ref()).await?;
     let ctx = Arc::new(CopyContext {
         input: copy::Input::Archive(archive.clone()),
         output: copy::Output::Target(Box::new(target_ep.clone())),
@@ -248,9 +250,15 @@ pub async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<MigrationRep
 
     if let Some(script) = &script {
         let t0 = Instant::now();
-        schema_steps +=
-            migrate::apply_after_data(&dst, &target_ep, &migration_id, script, cfg.jobs, &cancel)
-                .await?;
+        schema_steps += crate::copy::apply_after_data(
+            &dst,
+            &target_ep,
+            &migration_id,
+            script,
+            cfg.jobs,
+            &cancel,
+        )
+        .await?;
         stages.push((
             Stage::SchemaPostData.as_str().to_string(),
             t0.elapsed().as_secs_f64(),

@@ -15,6 +15,8 @@
 
 mod batch;
 mod large_objects;
+pub mod steps;
+pub(crate) use steps::{apply_after_data, apply_steps, early_steps};
 pub mod plan;
 mod rows;
 mod sequences;

@@ -19,7 +19,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::preflight::{self, ReplicaIdentityFix, SourceChecks};
+use super::preflight::{self, SourceChecks};
 use super::stream::{self, StreamShared, StreamTarget};
 use super::{object_name, test_stop_at, Lsn, FENCE_MESSAGE_PREFIX};
 use crate::config::filter::CompiledFilters;
@@ -27,10 +27,12 @@ use crate::config::{CutoverMode, EndpointConfig, MigrationConfig};
 use crate::context::RunContext;
 use crate::copy;
 use crate::error::{MigrationError, Result};
-use crate::migrate::{self, human_bytes, CopyPhase, MigrationReport};
+use crate::migrate::{self, CopyPhase};
 use crate::pg::catalog::{self, TableInfo};
 use crate::pg::replication::ReplicationSession;
 use crate::pg::{connect, quote, session};
+use crate::progress::human_bytes;
+use crate::report::{ApplySummary, CutoverSummary, MigrationReport, OnlineReport};
 use crate::resume::{CutoverRecord, Definition, OnlineState, ResumeToken, Stage};
 
 pub use crate::context::{CutoverHandle, CutoverSignal};
@@ -41,64 +43,6 @@ pub fn request_path(dump_path: &std::path::Path) -> std::path::PathBuf {
     let mut s = dump_path.as_os_str().to_owned();
     s.push(".cutover");
     std::path::PathBuf::from(s)
-}
-
-/// What the online part of a migration did.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct OnlineReport {
-    pub slot: String,
-    pub publication: String,
-    pub cutover: CutoverSummary,
-    pub apply: ApplySummary,
-    pub replica_identity_fixes: Vec<ReplicaIdentityFix>,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct CutoverSummary {
-    /// The source's WAL position after the fence: everything before it is on the target.
-    pub fence_lsn: Option<String>,
-    /// Writes blocked on the source: from the fence to the end of the cutover.
-    pub downtime_seconds: f64,
-    pub fenced: bool,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ApplySummary {
-    pub transactions: u64,
-    pub rows: u64,
-    pub seconds: f64,
-    pub transactions_per_second: f64,
-    /// Streaming sessions after the first (dropped connections).
-    pub reconnects: u64,
-}
-
-impl OnlineReport {
-    pub fn summary(&self) -> String {
-        let mut s = format!(
-            "  applied: {} transactions, {} rows in {:.1}s ({:.0} transactions/s), {} reconnect(s)\n",
-            self.apply.transactions,
-            self.apply.rows,
-            self.apply.seconds,
-            self.apply.transactions_per_second,
-            self.apply.reconnects
-        );
-        s.push_str(&format!(
-            "  write downtime: {:.3}s{}\n",
-            self.cutover.downtime_seconds,
-            if self.cutover.fenced {
-                ""
-            } else {
-                " (no fence: writes were stopped by the operator)"
-            }
-        ));
-        if let Some(l) = &self.cutover.fence_lsn {
-            s.push_str(&format!("  fence LSN: {l}\n"));
-        }
-        if self.cutover.fenced {
-            s.push_str("  the source stays read-only; `pg_dbmigrator unfence --source ...` lifts it (rollback)\n");
-        }
-        s
-    }
 }
 
 /// What the copy phase needs to create on the source, and what it created.
@@ -232,10 +176,10 @@ pub(crate) async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<Migra
         ));
     }
     let def = Definition::from_config(cfg)?;
-    let (migration_id, dump_path) = migrate::work_location(cfg, &def);
+    let (migration_id, dump_path) = crate::resume::work_location(cfg, &def);
     let token_path = ResumeToken::path_for(&dump_path);
     let (slot_name, publication_name) = names(&migration_id);
-    let (existing, resumed) = migrate::resolve_token(cfg, &def, &token_path, "migration")?;
+    let (existing, resumed) = crate::resume::resolve_token(cfg, &def, &token_path, "migration")?;
     let source_ep = cfg.source.clone().expect("checked by Definition");
 
     let mut prep = OnlinePrep {
@@ -1172,7 +1116,7 @@ pub struct CleanupReport {
 /// is deleted last. Refuses while the migration is still streaming.
 pub async fn cleanup(cfg: &MigrationConfig) -> Result<CleanupReport> {
     let def = Definition::from_config(cfg)?;
-    let (mut migration_id, dump_path) = migrate::work_location(cfg, &def);
+    let (mut migration_id, dump_path) = crate::resume::work_location(cfg, &def);
     let token_path = ResumeToken::path_for(&dump_path);
     let token = ResumeToken::load(&token_path)?;
     if let Some(t) = &token {

@@ -470,7 +470,7 @@ async fn wal_headroom(src: &Client, version: i32, warnings: &mut Vec<String>) ->
         None
     };
     let bytes = |b: Option<i64>| match b {
-        Some(b) => crate::migrate::human_bytes(b.max(0) as u64),
+        Some(b) => crate::progress::human_bytes(b.max(0) as u64),
         None => "unknown (needs pg_monitor)".into(),
     };
     let held = format!(
@@ -482,7 +482,7 @@ async fn wal_headroom(src: &Client, version: i32, warnings: &mut Vec<String>) ->
         Some(k) if k >= 0 => warnings.push(format!(
             "max_slot_wal_keep_size = {}: the server invalidates the migration's slot (and the \
              migration must start over) when it falls that far behind; {held}",
-            crate::migrate::human_bytes(k as u64)
+            crate::progress::human_bytes(k as u64)
         )),
         Some(_) => info!(
             "max_slot_wal_keep_size = -1 (unlimited): the slot holds WAL until the migration \

@@ -1,0 +1,226 @@
+//! What a run reports: the offline, online, dump and restore orchestrators
+//! fill a [`MigrationReport`] from their stages' results; the binary prints
+//! its summary and `--json` emits it. Formatting only: no database work.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::copy::TableResult;
+use crate::error::{MigrationError, Result};
+use crate::progress::human_bytes;
+use crate::resume::{ReplicaIdentityFix, Stage};
+use crate::verify::VerifyReport;
+
+/// What a finished migration did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MigrationReport {
+    pub migration_id: String,
+    pub dump_path: PathBuf,
+    pub token_path: PathBuf,
+    pub resumed: bool,
+    pub snapshot_id: Option<String>,
+    pub source_version: i32,
+    pub target_version: i32,
+    /// Tables copied in this run (tables finished by an earlier attempt are
+    /// in `skipped_tables`).
+    pub tables: Vec<TableResult>,
+    pub skipped_tables: Vec<String>,
+    pub sequences: usize,
+    pub large_objects: usize,
+    pub large_object_bytes: u64,
+    pub rows: u64,
+    pub bytes: u64,
+    /// Schema objects created on the target in this run (full migrations).
+    pub schema_steps: usize,
+    /// What the filters brought along or left out of the schema.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schema_notes: Vec<String>,
+    pub stages: Vec<(String, f64)>,
+    pub seconds: f64,
+    pub verify: Option<VerifyReport>,
+    /// Online migrations: the streaming and the cutover.
+    pub online: Option<OnlineReport>,
+}
+
+impl MigrationReport {
+    /// Where the report is kept as JSON: beside the resume token,
+    /// `<dump-path>.summary.json`.
+    pub fn summary_path(&self) -> PathBuf {
+        let mut s = self.dump_path.as_os_str().to_owned();
+        s.push(".summary.json");
+        PathBuf::from(s)
+    }
+
+    /// Write the report as JSON to [`summary_path`](Self::summary_path)
+    /// (atomically: a reader never sees half of it).
+    pub fn save_summary(&self) -> Result<()> {
+        let path = self.summary_path();
+        let json = serde_json::to_vec_pretty(self).expect("report serializes");
+        let tmp = path.with_extension("json.partial");
+        std::fs::write(&tmp, json)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| MigrationError::io(format!("writing the summary {}", path.display()), e))
+    }
+
+    /// Bytes per second over the copy stage.
+    pub fn throughput(&self) -> f64 {
+        let copy = self
+            .stages
+            .iter()
+            .find(|(s, _)| s == Stage::CopyData.as_str())
+            .map(|s| s.1)
+            .unwrap_or(self.seconds);
+        if copy > 0.0 {
+            self.bytes as f64 / copy
+        } else {
+            0.0
+        }
+    }
+
+    /// A human summary for the terminal.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        s.push_str(&format!(
+            "migration {} {} in {:.1}s\n",
+            self.migration_id,
+            if self.resumed {
+                "resumed and finished"
+            } else {
+                "finished"
+            },
+            self.seconds
+        ));
+        s.push_str(&format!(
+            "  tables: {} copied ({} rows, {}), {} already done; sequences: {}; large objects: {} ({})\n",
+            self.tables.len(),
+            self.rows,
+            human_bytes(self.bytes),
+            self.skipped_tables.len(),
+            self.sequences,
+            self.large_objects,
+            human_bytes(self.large_object_bytes)
+        ));
+        s.push_str(&format!(
+            "  throughput: {}/s\n",
+            human_bytes(self.throughput() as u64)
+        ));
+        for note in &self.schema_notes {
+            s.push_str(&format!("  filters: {note}\n"));
+        }
+        for (name, secs) in &self.stages {
+            s.push_str(&format!("  stage {name:<17} {secs:>8.2}s\n"));
+        }
+        let mut largest: Vec<&TableResult> = self.tables.iter().collect();
+        largest.sort_by_key(|t| std::cmp::Reverse(t.bytes));
+        if !largest.is_empty() {
+            s.push_str("  largest tables:\n");
+        }
+        for t in largest.iter().take(5) {
+            let rate = if t.seconds > 0.0 {
+                t.bytes as f64 / t.seconds / 1e6
+            } else {
+                0.0
+            };
+            s.push_str(&format!(
+                "    {:<40} {:>10} rows {:>10} {:>7.2}s {:>8.1} MB/s {:?}\n",
+                t.table,
+                t.rows,
+                human_bytes(t.bytes),
+                t.seconds,
+                rate,
+                t.format
+            ));
+        }
+        match &self.verify {
+            Some(v) if v.is_clean() => s.push_str(&format!(
+                "  verify ({:?}): 0 differences in {} tables, {} sequences, {} large objects\n",
+                v.level.unwrap_or_default(),
+                v.tables.len(),
+                v.sequences,
+                v.large_objects
+            )),
+            Some(v) => {
+                s.push_str(&format!(
+                    "  verify: {} difference(s)\n",
+                    v.differences.len()
+                ));
+                s.push_str(&v.differences_table());
+            }
+            None => s.push_str("  verify: skipped\n"),
+        }
+        if let Some(v) = &self.verify {
+            let line = v.outside_filters_line();
+            if !line.is_empty() {
+                s.push_str(&format!("  {line}"));
+            }
+        }
+        if let Some(o) = &self.online {
+            s.push_str(&o.summary());
+        }
+        s.push_str(&format!("  resume token: {}\n", self.token_path.display()));
+        s.push_str(&format!(
+            "  summary (JSON): {}\n",
+            self.summary_path().display()
+        ));
+        s
+    }
+}
+
+/// What the online part of a migration did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct OnlineReport {
+    pub slot: String,
+    pub publication: String,
+    pub cutover: CutoverSummary,
+    pub apply: ApplySummary,
+    pub replica_identity_fixes: Vec<ReplicaIdentityFix>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CutoverSummary {
+    /// The source's WAL position after the fence: everything before it is on the target.
+    pub fence_lsn: Option<String>,
+    /// Writes blocked on the source: from the fence to the end of the cutover.
+    pub downtime_seconds: f64,
+    pub fenced: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ApplySummary {
+    pub transactions: u64,
+    pub rows: u64,
+    pub seconds: f64,
+    pub transactions_per_second: f64,
+    /// Streaming sessions after the first (dropped connections).
+    pub reconnects: u64,
+}
+
+impl OnlineReport {
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "  applied: {} transactions, {} rows in {:.1}s ({:.0} transactions/s), {} reconnect(s)\n",
+            self.apply.transactions,
+            self.apply.rows,
+            self.apply.seconds,
+            self.apply.transactions_per_second,
+            self.apply.reconnects
+        );
+        s.push_str(&format!(
+            "  write downtime: {:.3}s{}\n",
+            self.cutover.downtime_seconds,
+            if self.cutover.fenced {
+                ""
+            } else {
+                " (no fence: writes were stopped by the operator)"
+            }
+        ));
+        if let Some(l) = &self.cutover.fence_lsn {
+            s.push_str(&format!("  fence LSN: {l}\n"));
+        }
+        if self.cutover.fenced {
+            s.push_str("  the source stays read-only; `pg_dbmigrator unfence --source ...` lifts it (rollback)\n");
+        }
+        s
+    }
+}

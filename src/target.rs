@@ -1,0 +1,569 @@
+//! Target preparation and its refusals, for every orchestrator: what a run
+//! needs of the target server (roles, extensions, collations, tablespaces,
+//! an empty or absent database, no rows in the way) is checked before
+//! anything is written, and the target database is created here. The only
+//! module that creates or drops the target database; it changes nothing on
+//! the source.
+
+use tokio_postgres::Client;
+use tracing::{info, warn};
+
+use crate::config::filter::CompiledFilters;
+use crate::config::MigrationConfig;
+use crate::copy;
+use crate::error::{MigrationError, Result};
+use crate::pg::catalog::{self, TableInfo};
+use crate::pg::{connect, quote};
+use crate::schema;
+
+/// The roles the schema names that the target server lacks, and every
+/// role it has.
+pub(crate) async fn missing_roles(
+    admin: &Client,
+    needs: &TargetNeeds,
+) -> Result<(Vec<String>, Vec<String>)> {
+    let present: Vec<String> = admin
+        .query("SELECT rolname::text FROM pg_catalog.pg_roles", &[])
+        .await
+        .map_err(|e| MigrationError::db("listing roles on the target", e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let missing = needs
+        .roles
+        .iter()
+        .filter(|r| !present.contains(r))
+        .cloned()
+        .collect();
+    Ok((missing, present))
+}
+
+/// The source's extensions (`name version`) the target server cannot
+/// install at the same version.
+pub(crate) async fn unavailable_extensions(
+    admin: &Client,
+    needs: &TargetNeeds,
+) -> Result<Vec<String>> {
+    let ext_names: Vec<&str> = needs.extensions.iter().map(|e| e.0.as_str()).collect();
+    let ext_versions: Vec<&str> = needs.extensions.iter().map(|e| e.1.as_str()).collect();
+    Ok(admin
+        .query(
+            "SELECT u.n || ' ' || u.v
+               FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) AS u(n, v)
+              WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_available_extension_versions a
+                                 WHERE a.name = u.n AND a.version = u.v)
+              ORDER BY 1",
+            &[&ext_names, &ext_versions],
+        )
+        .await
+        .map_err(|e| MigrationError::db("checking extensions on the target", e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// Why the target cannot hold the tablespaces the schema places objects in
+/// (after `--tablespace-mapping` / `--no-tablespaces`), or `None` when it can.
+pub(crate) async fn tablespace_refusal(
+    admin: &Client,
+    needs: &TargetNeeds,
+    script: &schema::SchemaScript,
+) -> Result<Option<String>> {
+    let mut names = schema::tablespace::used(script);
+    names.extend(needs.tablespace.clone());
+    if names.is_empty() {
+        return Ok(None);
+    }
+    let names: Vec<String> = names.into_iter().collect();
+    // pg_default needs no CREATE privilege; any other tablespace does.
+    let rows = admin
+        .query(
+            "SELECT u.n, t.oid IS NOT NULL
+               FROM pg_catalog.unnest($1::text[]) AS u(n)
+               LEFT JOIN pg_catalog.pg_tablespace t ON t.spcname = u.n
+              WHERE t.oid IS NULL
+                 OR (t.spcname <> 'pg_default' AND NOT pg_catalog.has_tablespace_privilege(t.oid, 'CREATE'))
+              ORDER BY 1",
+            &[&names],
+        )
+        .await
+        .map_err(|e| MigrationError::db("checking tablespaces on the target", e))?;
+    let (mut missing, mut denied) = (Vec::new(), Vec::new());
+    for r in rows {
+        let name = quote::ident(&r.get::<_, String>(0));
+        if r.get::<_, bool>(1) {
+            denied.push(name);
+        } else {
+            missing.push(name);
+        }
+    }
+    let mut why = Vec::new();
+    if !missing.is_empty() {
+        why.push(format!(
+            "tablespace(s) the source places objects in do not exist on the target server: {}",
+            missing.join(", ")
+        ));
+    }
+    if !denied.is_empty() {
+        why.push(format!(
+            "the target role may not create objects in tablespace(s) {} (GRANT CREATE ON TABLESPACE)",
+            denied.join(", ")
+        ));
+    }
+    Ok((!why.is_empty()).then(|| {
+        format!(
+            "{}. Create them on the target first, map them with --tablespace-mapping OLD=NEW, or pass --no-tablespaces",
+            why.join("; ")
+        )
+    }))
+}
+
+/// The target must have every table with every column we copy, every
+/// sequence, and (unless resuming) no rows or large objects in the way.
+pub(crate) async fn preflight_target(
+    dst: &Client,
+    tables: &mut [TableInfo],
+    seqs: &[catalog::SequenceInfo],
+    los: &[catalog::LargeObjectInfo],
+    resumed: bool,
+) -> Result<()> {
+    let schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
+    let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+    let rows = dst
+        .query(
+            "SELECT u.ord, c.relkind::text,
+                    (SELECT pg_catalog.array_agg(a.attname::text ORDER BY a.attnum) FROM pg_catalog.pg_attribute a
+                      WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''),
+                    (SELECT pg_catalog.array_agg(pg_catalog.format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum) FROM pg_catalog.pg_attribute a
+                      WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '')
+               FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) WITH ORDINALITY AS u(s, r, ord)
+               LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = u.s
+               LEFT JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = u.r",
+            &[&schemas, &names],
+        )
+        .await
+        .map_err(|e| MigrationError::db("checking tables on the target", e))?;
+    let mut problems = Vec::new();
+    for r in rows {
+        let t = &mut tables[(r.get::<_, i64>(0) - 1) as usize];
+        let kind: Option<String> = r.get(1);
+        match kind.as_deref() {
+            None => problems.push(format!("table {} does not exist", t.qualified())),
+            Some("r") => {
+                let cols: Vec<String> = r.get::<_, Option<Vec<String>>>(2).unwrap_or_default();
+                let types: Vec<String> = r.get::<_, Option<Vec<String>>>(3).unwrap_or_default();
+                // Binary COPY needs identical column types; text converts.
+                let same_types = t.columns.iter().zip(&t.column_types).all(|(c, ty)| {
+                    cols.iter().position(|x| x == c).and_then(|i| types.get(i)) == Some(ty)
+                });
+                if !same_types && t.binary_safe {
+                    info!(table = %t.qualified(), "column types differ on the target; copying as text");
+                    t.binary_safe = false;
+                }
+                let missing: Vec<&String> =
+                    t.columns.iter().filter(|c| !cols.contains(c)).collect();
+                if !missing.is_empty() {
+                    problems.push(format!(
+                        "table {} lacks column(s) {}",
+                        t.qualified(),
+                        missing
+                            .iter()
+                            .map(|c| quote::ident(c))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+            }
+            Some(k) => problems.push(format!(
+                "{} is not a plain table on the target (relkind {k})",
+                t.qualified()
+            )),
+        }
+    }
+    // One query for all sequences: those the target lacks.
+    let seq_schemas: Vec<&str> = seqs.iter().map(|s| s.schema.as_str()).collect();
+    let seq_names: Vec<&str> = seqs.iter().map(|s| s.name.as_str()).collect();
+    for r in dst
+        .query(
+            "SELECT pg_catalog.format('%I.%I', u.s, u.r)
+               FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) AS u(s, r)
+              WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                                 WHERE n.nspname = u.s AND c.relname = u.r AND c.relkind = 'S')",
+            &[&seq_schemas, &seq_names],
+        )
+        .await
+        .map_err(|e| MigrationError::db("checking sequences on the target", e))?
+    {
+        problems.push(format!("sequence {} does not exist", r.get::<_, String>(0)));
+    }
+    if !problems.is_empty() {
+        return Err(MigrationError::TargetNotReady(format!(
+            "the target schema does not match the source: {}. A data-only migration needs the schema created on the target first",
+            problems.join("; ")
+        )));
+    }
+    if resumed {
+        return Ok(());
+    }
+    // Rows already there would be duplicated: refuse.
+    let mut non_empty = Vec::new();
+    for chunk in tables.chunks(200) {
+        let sql = chunk
+            .iter()
+            .map(|t| {
+                format!(
+                    "SELECT {} WHERE EXISTS (SELECT 1 FROM ONLY {} {})",
+                    quote::literal(&t.qualified()),
+                    t.qualified(),
+                    t.row_filter.as_deref().unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ");
+        for r in dst
+            .query(&sql, &[])
+            .await
+            .map_err(|e| MigrationError::db("checking that target tables are empty", e))?
+        {
+            non_empty.push(r.get::<_, String>(0));
+        }
+    }
+    if !non_empty.is_empty() {
+        return Err(MigrationError::TargetNotReady(format!(
+            "target table(s) already contain rows: {}. Empty them, or pass --force-clean to erase them",
+            non_empty.join(", ")
+        )));
+    }
+    if !los.is_empty() {
+        let oids: Vec<u32> = los.iter().map(|l| l.oid).collect();
+        let clash: i64 = dst
+            .query_one(
+                "SELECT pg_catalog.count(*) FROM pg_catalog.pg_largeobject_metadata WHERE oid = ANY($1)",
+                &[&oids],
+            )
+            .await
+            .map_err(|e| MigrationError::db("checking large objects on the target", e))?
+            .get(0);
+        if clash > 0 {
+            return Err(MigrationError::TargetNotReady(format!(
+                "{clash} large object(s) with the source's ids already exist on the target; remove them, or pass --force-clean to erase them"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `--force-clean`: erase what a previous attempt (or anyone) left in the
+/// target tables in scope, the large objects with the source's ids, and our
+/// bookkeeping.
+pub(crate) async fn force_clean(
+    src: &Client,
+    dst: &Client,
+    filters: &CompiledFilters,
+    large_objects: bool,
+) -> Result<()> {
+    let tables = catalog::list_tables(src, filters).await?;
+    warn!(
+        tables = tables.len(),
+        "--force-clean: erasing target rows of every table in scope"
+    );
+    for t in &tables {
+        let exists: bool = dst
+            .query_one(
+                "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
+                &[&t.qualified()],
+            )
+            .await
+            .map_err(|e| MigrationError::db("looking up a table on the target", e))?
+            .get(0);
+        if exists {
+            dst.batch_execute("BEGIN")
+                .await
+                .map_err(|e| MigrationError::db("erasing target data", e))?;
+            copy::empty_table(dst, &t.qualified()).await?;
+            dst.batch_execute("COMMIT")
+                .await
+                .map_err(|e| MigrationError::db("erasing target data", e))?;
+        }
+    }
+    if large_objects {
+        let oids: Vec<u32> = catalog::list_large_objects(src)
+            .await?
+            .iter()
+            .map(|l| l.oid)
+            .collect();
+        copy::erase_large_objects(dst, &oids).await?;
+    }
+    copy::drop_target_state(dst).await
+}
+
+/// Checks that need only the source and a look at the target, before
+/// anything is created anywhere: every `--schema` / `--table` pattern must
+/// match something (as in pg_dump), and the target must not be the source
+/// itself under another spelling (socket and TCP, two host names), which
+/// `--force-clean` would otherwise try to drop.
+pub(crate) async fn refuse_bad_scope(
+    src: &Client,
+    cfg: &MigrationConfig,
+    target_ep: &crate::config::EndpointConfig,
+) -> Result<()> {
+    let unmatched = catalog::unmatched_patterns(src, &cfg.filters).await?;
+    if !unmatched.is_empty() {
+        return Err(MigrationError::Config(format!(
+            "no matching {} found on the source for {}; check the spelling (patterns fold to lower case unless quoted)",
+            if cfg.filters.tables.is_empty() { "schemas were" } else { "tables were" },
+            unmatched.join(", ")
+        )));
+    }
+    // A target database that cannot be reached yet (absent, to be created)
+    // cannot be the source; other connection problems surface later with
+    // their own message.
+    if let Ok(dst) = connect::connect(target_ep, "target").await {
+        let (a, b) = (
+            catalog::database_identity(src).await?,
+            catalog::database_identity(&dst).await?,
+        );
+        if a == b {
+            return Err(MigrationError::Config(format!(
+                "the source and the target are the same database ({target_ep}); nothing was changed. \
+                 Point --target at another database or server"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What a full migration needs of the target server, read from the source
+/// (or from an archive's manifest).
+pub(crate) struct TargetNeeds {
+    pub source_version: i32,
+    /// Roles owning or granted objects.
+    pub roles: Vec<String>,
+    pub encoding: String,
+    pub lc_collate: String,
+    pub lc_ctype: String,
+    /// Extensions (name, version), plpgsql left out.
+    pub extensions: Vec<(String, String)>,
+    /// What to do about missing roles, for the refusal.
+    pub roles_hint: &'static str,
+    /// The database's default tablespace when not `pg_default`, placed as
+    /// the user asked (`None` also under `--no-tablespaces`).
+    pub tablespace: Option<String>,
+}
+
+impl TargetNeeds {
+    pub async fn read(src: &Client, source_version: i32, cfg: &MigrationConfig) -> Result<Self> {
+        let roles = schema::load::owner_roles(src, !cfg.no_owner, !cfg.no_acl).await?;
+        let row = src
+            .query_one(
+                "SELECT pg_catalog.pg_encoding_to_char(d.encoding), d.datcollate::text, d.datctype::text,
+                        NULLIF(t.spcname::text, 'pg_default')
+                   FROM pg_catalog.pg_database d JOIN pg_catalog.pg_tablespace t ON t.oid = d.dattablespace
+                  WHERE d.datname = pg_catalog.current_database()",
+                &[],
+            )
+            .await
+            .map_err(|e| MigrationError::db("reading the source database's encoding", e))?;
+        let extensions = src
+            .query(
+                "SELECT extname::text, extversion FROM pg_catalog.pg_extension WHERE extname <> 'plpgsql' ORDER BY 1",
+                &[],
+            )
+            .await
+            .map_err(|e| MigrationError::db("listing the source's extensions", e))?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        Ok(TargetNeeds {
+            source_version,
+            roles,
+            encoding: row.get(0),
+            lc_collate: row.get(1),
+            lc_ctype: row.get(2),
+            extensions,
+            roles_hint:
+                "Create them on the target first, or pass --roles (or --no-owner / --no-acl)",
+            tablespace: row
+                .get::<_, Option<String>>(3)
+                .and_then(|t| schema::tablespace::Placement::of(cfg).map(&t)),
+        })
+    }
+}
+
+/// For a full migration: the target database must be absent (it is
+/// created like the source's: encoding and locale) or empty; the roles
+/// owning the source's objects must exist on the target server; the target
+/// major must not be older than the source's. `--force-clean` drops and
+/// recreates a non-empty target database.
+pub(crate) async fn prepare_target_database(
+    src: Option<&Client>,
+    target: &crate::config::EndpointConfig,
+    needs: &TargetNeeds,
+    resumed: bool,
+    cfg: &MigrationConfig,
+    script: &schema::SchemaScript,
+) -> Result<()> {
+    let source_version = needs.source_version;
+    let force_clean = cfg.force_clean;
+    let dbname = target.dbname.clone();
+    let admin = match connect::connect(&target.with_dbname("postgres"), "target").await {
+        Ok(c) => c,
+        Err(_) => connect::connect(&target.with_dbname("template1"), "target").await?,
+    };
+    let target_version = catalog::server_version_num(&admin).await?;
+    if target_version / 10000 < source_version / 10000 {
+        return Err(MigrationError::Config(format!(
+            "the target runs PostgreSQL {} and the source {}: migrating to an older major is not supported",
+            target_version / 10000,
+            source_version / 10000
+        )));
+    }
+    let (missing, present) = missing_roles(&admin, needs).await?;
+    if let (false, true, Some(src)) = (missing.is_empty(), cfg.roles, src) {
+        // Roles are cluster-wide: created once, before the database, and
+        // left in place (a resumed run needs them too).
+        let stmts =
+            schema::load::role_definitions(src, &missing, &present, cfg.role_passwords).await?;
+        for (i, stmt) in stmts.iter().enumerate() {
+            admin.batch_execute(stmt).await.map_err(|e| {
+                let what = missing
+                    .get(i)
+                    .map(|r| format!("role {}", quote::ident(r)))
+                    .unwrap_or_else(|| "a role membership".into());
+                MigrationError::db(format!("creating {what} on the target (--roles)"), e)
+            })?;
+        }
+        info!(roles = ?missing, "created the roles the schema needs on the target");
+    } else if !missing.is_empty() {
+        return Err(MigrationError::TargetNotReady(format!(
+            "role(s) that own or are granted objects on the source do not exist on the target: {}. {}",
+            missing.join(", "),
+            needs.roles_hint
+        )));
+    }
+    // Every collation must be creatable there (ICU support, OS locales): try
+    // each one as a temporary object in a transaction that is rolled back.
+    let mut bad_collations = Vec::new();
+    for step in script
+        .pre_data
+        .iter()
+        .filter(|s| s.describe.starts_with("COLLATION "))
+    {
+        let name = step.describe.trim_start_matches("COLLATION ");
+        let Some(create) = step.sql.first() else {
+            continue;
+        };
+        let probe = create.replacen(name, "pg_temp.dbm_collation_probe", 1);
+        let r = admin
+            .batch_execute(&format!("BEGIN; {probe} ROLLBACK;"))
+            .await;
+        if let Err(e) = r {
+            let _ = admin.batch_execute("ROLLBACK").await;
+            let msg = crate::error::db_info(&e)
+                .map(|i| i.message)
+                .unwrap_or_else(|| e.to_string());
+            bad_collations.push(format!("{name} ({msg})"));
+        }
+    }
+    if !bad_collations.is_empty() {
+        return Err(MigrationError::TargetNotReady(format!(
+            "collation(s) cannot be created on the target server: {}. Install the locales or an ICU-enabled build on the target first",
+            bad_collations.join(", ")
+        )));
+    }
+    // Every extension must be installable on the target at the source's version.
+    let unavailable = unavailable_extensions(&admin, needs).await?;
+    if !unavailable.is_empty() {
+        return Err(MigrationError::TargetNotReady(format!(
+            "extension(s) not available on the target server at the source's version: {}. Install the extension packages on the target first",
+            unavailable.join(", ")
+        )));
+    }
+    if let Some(why) = tablespace_refusal(&admin, needs, script).await? {
+        return Err(MigrationError::TargetNotReady(why));
+    }
+    let exists: bool = admin
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1)",
+            &[&dbname],
+        )
+        .await
+        .map_err(|e| MigrationError::db("looking up the target database", e))?
+        .get(0);
+    if exists && !resumed {
+        let objects = {
+            let t = connect::connect(target, "target").await?;
+            schema::load::user_object_count(&t).await?
+        };
+        if objects > 0 && !force_clean {
+            return Err(MigrationError::TargetNotReady(format!(
+                "target database {} is not empty ({objects} objects): migrate into a new or empty database, or pass --force-clean to drop and recreate it",
+                quote::ident(&dbname)
+            )));
+        }
+        if objects > 0 {
+            warn!(database = %dbname, "--force-clean: dropping and recreating the target database");
+            // Our own inspection session may still be closing: retry briefly,
+            // but never terminate anyone else's session.
+            let mut tries = 0;
+            loop {
+                let r = admin
+                    .batch_execute(&format!("DROP DATABASE {}", quote::ident(&dbname)))
+                    .await;
+                match r {
+                    Ok(()) => break,
+                    Err(e)
+                        if e.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE)
+                            && tries < 20 =>
+                    {
+                        tries += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                    }
+                    Err(e) => {
+                        return Err(MigrationError::db(
+                            "dropping the target database (--force-clean; disconnect other sessions from it first)",
+                            e,
+                        ))
+                    }
+                }
+            }
+        } else {
+            return Ok(());
+        }
+    } else if exists {
+        return Ok(());
+    }
+    let (enc, collate, ctype) = (&needs.encoding, &needs.lc_collate, &needs.lc_ctype);
+    let mut sql = format!(
+        "CREATE DATABASE {} WITH TEMPLATE = template0 ENCODING = {} LC_COLLATE = {} LC_CTYPE = {}",
+        quote::ident(&dbname),
+        quote::literal(enc),
+        quote::literal(collate),
+        quote::literal(ctype)
+    );
+    if let Some(ts) = &needs.tablespace {
+        sql.push_str(&format!(" TABLESPACE = {}", quote::ident(ts)));
+    }
+    admin.batch_execute(&sql).await.map_err(|e| {
+        MigrationError::db(
+            format!("creating the target database {}", quote::ident(&dbname)),
+            e,
+        )
+    })?;
+    info!(database = %dbname, encoding = %enc, "created the target database");
+    Ok(())
+}
+
+/// The server version of an endpoint whose database may not exist yet.
+pub(crate) async fn server_version_of(ep: &crate::config::EndpointConfig) -> Result<i32> {
+    let c = match connect::connect(ep, "target").await {
+        Ok(c) => c,
+        Err(first) => match connect::connect(&ep.with_dbname("postgres"), "target").await {
+            Ok(c) => c,
+            Err(_) => connect::connect(&ep.with_dbname("template1"), "target")
+                .await
+                .map_err(|_| first)?,
+        },
+    };
+    catalog::server_version_num(&c).await
+}
