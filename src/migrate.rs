@@ -39,7 +39,7 @@ pub(crate) async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<Migra
         return Err(MigrationError::Config("--jobs must be at least 1".into()));
     }
     if cfg.mode == MigrationMode::Online {
-        return crate::replication::online::run(cfg, run).await;
+        return crate::online::run(cfg, run).await;
     }
     if cfg.copy_method == CopyMethod::Dump {
         return run_via_archive(cfg, run).await;
@@ -78,7 +78,7 @@ pub(crate) struct CopyPhase {
 pub(crate) async fn copy_phase(
     cfg: &MigrationConfig,
     run: &RunContext,
-    mut online: Option<&mut crate::replication::online::OnlinePrep>,
+    mut online: Option<&mut crate::online::OnlinePrep>,
 ) -> Result<CopyPhase> {
     let cancel = run.cancel.clone();
     let started = Instant::now();
@@ -106,7 +106,7 @@ pub(crate) async fn copy_phase(
     // same instant. Online, it is the replication slot's snapshot.
     let (snapshot_id, coordinator_snapshot) = match online.as_deref_mut() {
         Some(o) => {
-            crate::replication::online::prepare_source(
+            crate::online::prepare_source(
                 cfg,
                 &src,
                 &filters,
@@ -489,7 +489,7 @@ async fn run_via_archive(cfg: &MigrationConfig, run: &RunContext) -> Result<Migr
         && !cfg.force_clean
         && ResumeToken::load(&dump_token)?.is_some_and(|t| {
             t.completed
-                && crate::archive::dump::definition(&cfg, &dir)
+                && crate::dump::definition(&cfg, &dir)
                     .is_ok_and(|d| t.check_matches(&d, &dump_token).is_ok())
         });
     let t0 = Instant::now();
@@ -498,7 +498,7 @@ async fn run_via_archive(cfg: &MigrationConfig, run: &RunContext) -> Result<Migr
     } else {
         let mut dcfg = cfg.clone();
         dcfg.resume = cfg.resume && dump_token.exists();
-        let d = crate::archive::dump::run_with(&dcfg, binary, run).await?;
+        let d = crate::dump::run_with(&dcfg, binary, run).await?;
         info!(
             files = d.files_written,
             raw = %human_bytes(d.raw_bytes),
@@ -509,7 +509,7 @@ async fn run_via_archive(cfg: &MigrationConfig, run: &RunContext) -> Result<Migr
     let dump_secs = t0.elapsed().as_secs_f64();
     let mut rcfg = cfg.clone();
     rcfg.resume = cfg.resume && ResumeToken::restore_path_for(&dir).exists();
-    let mut report = crate::archive::restore::run(&rcfg, run).await?;
+    let mut report = crate::restore::run(&rcfg, run).await?;
     report
         .stages
         .insert(0, (Stage::Dump.as_str().to_string(), dump_secs));

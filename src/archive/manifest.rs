@@ -17,6 +17,7 @@ use super::{
     check_relative_path, sync_dir, FORMAT_NAME, FORMAT_VERSION, MANIFEST_FILE, MANIFEST_TMP_FILE,
 };
 use crate::error::{MigrationError, Result};
+use crate::pg::catalog::LargeObjectInfo;
 
 pub use crate::resume::{DataFile, DataFormat, FileEntry};
 
@@ -302,3 +303,47 @@ impl Manifest {
         Ok(manifest)
     }
 }
+
+/// A sequence's value as dumped.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SequenceValue {
+    pub schema: String,
+    pub name: String,
+    pub last_value: i64,
+    pub is_called: bool,
+}
+
+/// A large object's metadata as dumped (contents are in a data file).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct LargeObjectMeta {
+    pub oid: u32,
+    pub owner: String,
+    pub acl: Option<String>,
+    pub acl_default: String,
+    pub comment: Option<String>,
+}
+
+impl From<&LargeObjectInfo> for LargeObjectMeta {
+    fn from(l: &LargeObjectInfo) -> Self {
+        LargeObjectMeta {
+            oid: l.oid,
+            owner: l.owner.clone(),
+            acl: l.acl.clone(),
+            acl_default: l.acl_default.clone(),
+            comment: l.comment.clone(),
+        }
+    }
+}
+
+impl From<LargeObjectMeta> for LargeObjectInfo {
+    fn from(l: LargeObjectMeta) -> Self {
+        LargeObjectInfo {
+            oid: l.oid,
+            owner: l.owner,
+            acl: l.acl,
+            acl_default: l.acl_default,
+            comment: l.comment,
+        }
+    }
+}
+

@@ -28,10 +28,8 @@
 //! DIR/data/00007.0002.copy.zst   (table 7 of the dump, chunk 2)
 //! ```
 
-pub mod dump;
 mod manifest;
 mod reader;
-pub mod restore;
 mod writer;
 
 #[cfg(test)]
@@ -43,7 +41,10 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{MigrationError, Result};
 
-pub use manifest::{Compression, DataFile, DataFormat, FileEntry, Manifest, TableEntry};
+pub use manifest::{
+    Compression, DataFile, DataFormat, FileEntry, LargeObjectMeta, Manifest, SequenceValue,
+    TableEntry,
+};
 pub use reader::{Archive, DataStream, VerifySummary};
 pub use writer::{
     write_small_file, write_small_file_async, AsyncDataWriter, DataWriter, WrittenFile,
@@ -245,3 +246,11 @@ pub fn remove_partial_files(dir: impl AsRef<Path>) -> Result<Vec<PathBuf>> {
     }
     Ok(found)
 }
+
+/// The archive directory a dump or restore works on: `--dump-path`, required.
+pub(crate) fn archive_dir(cfg: &crate::config::MigrationConfig, what: &str) -> Result<PathBuf> {
+    cfg.dump_path.clone().ok_or_else(|| {
+        MigrationError::Config(format!("{what} needs --dump-path: the archive directory"))
+    })
+}
+

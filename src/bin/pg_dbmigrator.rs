@@ -830,7 +830,7 @@ async fn dump(
     };
     args.tablespaces.apply(&mut config)?;
     let token = pg_dbmigrator::ResumeToken::path_for(&args.dump_path);
-    let result = pg_dbmigrator::archive::dump::run(&config, &run_context(cancel, &progress)).await;
+    let result = pg_dbmigrator::dump::run(&config, &run_context(cancel, &progress)).await;
     drop(shown);
     finish_run(&progress, args.json, &result, |r| r.summary());
     match interrupted(result, &token)? {
@@ -859,7 +859,7 @@ async fn restore(
     args.tablespaces.apply(&mut config)?;
     let token = pg_dbmigrator::ResumeToken::restore_path_for(&args.dump_path);
     let result =
-        pg_dbmigrator::archive::restore::run(&config, &run_context(cancel, &progress)).await;
+        pg_dbmigrator::restore::run(&config, &run_context(cancel, &progress)).await;
     drop(shown);
     finish_run(&progress, args.json, &result, |r| r.summary());
     match interrupted(result, &token)? {
@@ -1065,7 +1065,7 @@ async fn cutover(args: CutoverArgs) -> Result<i32, MigrationError> {
         return Ok(exit_code::OK);
     }
     let attempts_before = before.as_ref().map_or(0, |c| c.attempts);
-    let request = pg_dbmigrator::replication::online::request_path(&args.dump_path);
+    let request = pg_dbmigrator::online::request_path(&args.dump_path);
     std::fs::write(&request, chrono::Utc::now().to_rfc3339())
         .map_err(|e| MigrationError::io(format!("writing {}", request.display()), e))?;
     // The migration checks for the request several times a second.

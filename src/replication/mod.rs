@@ -8,7 +8,6 @@
 
 pub mod apply;
 pub mod batch;
-pub mod online;
 pub mod pgoutput;
 pub mod preflight;
 pub mod stream;

@@ -18,8 +18,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use super::dump::{LargeObjectMeta, SequenceValue};
-use super::{Archive, DataFormat, STEPS_FILE};
+use crate::archive::{archive_dir, Archive, DataFormat, LargeObjectMeta, SequenceValue, STEPS_FILE};
 use crate::config::MigrationConfig;
 use crate::context::RunContext;
 use crate::copy::{self, CopyContext, TableResult};
@@ -38,7 +37,7 @@ pub async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<MigrationRep
     if cfg.jobs == 0 {
         return Err(MigrationError::Config("--jobs must be at least 1".into()));
     }
-    let dir = super::dump::archive_dir(cfg, "restore")?;
+    let dir = archive_dir(cfg, "restore")?;
     let target_ep = cfg
         .target
         .clone()
@@ -349,7 +348,7 @@ pub async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<MigrationRep
 async fn restore_large_objects(
     dst: &Client,
     archive: &Archive,
-    data: &super::DataFile,
+    data: &crate::archive::DataFile,
     los: &[LargeObjectInfo],
     cancel: &CancellationToken,
 ) -> Result<u64> {

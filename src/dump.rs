@@ -17,15 +17,16 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use super::{
-    AsyncDataWriter, DataFile, DataFormat, Manifest, TableEntry, LARGE_OBJECTS_FILE,
-    POST_DATA_FILE, PRE_DATA_FILE, SEQUENCES_FILE, STEPS_FILE,
+use crate::archive::{
+    self, archive_dir, AsyncDataWriter, DataFile, DataFormat, LargeObjectMeta, Manifest,
+    SequenceValue, TableEntry, LARGE_OBJECTS_FILE, POST_DATA_FILE, PRE_DATA_FILE, SEQUENCES_FILE,
+    STEPS_FILE,
 };
 use crate::config::{CopyFormat, MigrationConfig};
 use crate::context::RunContext;
 use crate::copy::{self, CopyContext};
 use crate::error::{MigrationError, Result};
-use crate::pg::catalog::{self, LargeObjectInfo};
+use crate::pg::catalog;
 use crate::pg::{connect, session};
 use crate::resume::{Definition, EndpointIdentity, ResumeToken, Stage, TokenStore};
 use crate::schema::{self, Part};
@@ -71,49 +72,6 @@ impl DumpReport {
     }
 }
 
-/// A sequence's value as dumped.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub(crate) struct SequenceValue {
-    pub schema: String,
-    pub name: String,
-    pub last_value: i64,
-    pub is_called: bool,
-}
-
-/// A large object's metadata as dumped (contents are in a data file).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub(crate) struct LargeObjectMeta {
-    pub oid: u32,
-    pub owner: String,
-    pub acl: Option<String>,
-    pub acl_default: String,
-    pub comment: Option<String>,
-}
-
-impl From<&LargeObjectInfo> for LargeObjectMeta {
-    fn from(l: &LargeObjectInfo) -> Self {
-        LargeObjectMeta {
-            oid: l.oid,
-            owner: l.owner.clone(),
-            acl: l.acl.clone(),
-            acl_default: l.acl_default.clone(),
-            comment: l.comment.clone(),
-        }
-    }
-}
-
-impl From<LargeObjectMeta> for LargeObjectInfo {
-    fn from(l: LargeObjectMeta) -> Self {
-        LargeObjectInfo {
-            oid: l.oid,
-            owner: l.owner,
-            acl: l.acl,
-            acl_default: l.acl_default,
-            comment: l.comment,
-        }
-    }
-}
-
 /// The definition of a dump: the archive stands in for the target.
 pub(crate) fn definition(cfg: &MigrationConfig, dir: &Path) -> Result<Definition> {
     let source = cfg
@@ -129,13 +87,6 @@ pub(crate) fn definition(cfg: &MigrationConfig, dir: &Path) -> Result<Definition
         large_objects: cfg.large_objects,
         slot_name: None,
         publication_name: None,
-    })
-}
-
-/// The archive directory a dump or restore works on: `--dump-path`, required.
-pub(crate) fn archive_dir(cfg: &MigrationConfig, what: &str) -> Result<PathBuf> {
-    cfg.dump_path.clone().ok_or_else(|| {
-        MigrationError::Config(format!("{what} needs --dump-path: the archive directory"))
     })
 }
 
@@ -172,7 +123,7 @@ pub(crate) async fn run_with(
     if !resumed {
         prepare_empty_dir(&dir, cfg.force_clean)?;
     } else {
-        let removed = super::remove_partial_files(&dir)?;
+        let removed = archive::remove_partial_files(&dir)?;
         if !removed.is_empty() {
             info!(
                 files = removed.len(),
@@ -255,13 +206,13 @@ pub(crate) async fn run_with(
     if let Some(script) = &script {
         let steps = serde_json::to_vec_pretty(script).expect("schema script serializes");
         manifest.schema = vec![
-            super::write_small_file_async(
+            archive::write_small_file_async(
                 dir.clone(),
                 PRE_DATA_FILE,
                 script.to_sql(&[Part::PreData]).into_bytes(),
             )
             .await?,
-            super::write_small_file_async(
+            archive::write_small_file_async(
                 dir.clone(),
                 POST_DATA_FILE,
                 script
@@ -269,7 +220,7 @@ pub(crate) async fn run_with(
                     .into_bytes(),
             )
             .await?,
-            super::write_small_file_async(dir.clone(), STEPS_FILE, steps).await?,
+            archive::write_small_file_async(dir.clone(), STEPS_FILE, steps).await?,
         ];
     }
 
@@ -334,7 +285,7 @@ pub(crate) async fn run_with(
         });
     }
     manifest.sequences = Some(
-        super::write_small_file_async(
+        archive::write_small_file_async(
             dir.clone(),
             SEQUENCES_FILE,
             serde_json::to_vec_pretty(&seq_values).expect("sequences serialize"),
@@ -344,7 +295,7 @@ pub(crate) async fn run_with(
     if !los.is_empty() {
         let meta: Vec<LargeObjectMeta> = los.iter().map(LargeObjectMeta::from).collect();
         manifest.large_objects = Some(
-            super::write_small_file_async(
+            archive::write_small_file_async(
                 dir.clone(),
                 LARGE_OBJECTS_FILE,
                 serde_json::to_vec_pretty(&meta).expect("large objects serialize"),

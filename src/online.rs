@@ -19,9 +19,9 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::preflight::{self, SourceChecks};
-use super::stream::{self, StreamShared, StreamTarget};
-use super::{object_name, test_stop_at, Lsn, FENCE_MESSAGE_PREFIX};
+use crate::replication::preflight::{self, SourceChecks};
+use crate::replication::stream::{self, StreamShared, StreamTarget};
+use crate::replication::{object_name, test_stop_at, Lsn, FENCE_MESSAGE_PREFIX};
 use crate::config::filter::CompiledFilters;
 use crate::config::{CutoverMode, EndpointConfig, MigrationConfig};
 use crate::context::RunContext;
@@ -349,7 +349,7 @@ async fn stream_and_cutover(
     if !store.snapshot().is_done(Stage::Stream) {
         copy::prepare_target_state(&dst).await?;
         let start =
-            super::apply::init_progress(&dst, &phase.migration_id, consistent_point).await?;
+            crate::replication::apply::init_progress(&dst, &phase.migration_id, consistent_point).await?;
         store.update(|t| t.stage_started(Stage::Stream))?;
         info!(start = %start, "copy finished; streaming changes from the slot");
     }
