@@ -52,14 +52,15 @@ pub mod context;
 pub mod copy;
 pub mod dump;
 pub mod error;
+mod faults;
 mod migrate;
 pub mod online;
 pub mod pg;
 pub mod plan;
 pub mod progress;
 pub mod replication;
-pub mod restore;
 pub mod report;
+pub mod restore;
 pub mod resume;
 pub mod schema;
 pub mod target;
@@ -75,9 +76,9 @@ pub use config::{
 };
 pub use context::{CutoverHandle, RunContext};
 pub use error::{MigrationError, Result};
+pub use online::{cleanup, unfence, CleanupReport};
 pub use plan::{plan, Plan};
 pub use progress::human_bytes;
-pub use online::{cleanup, unfence, CleanupReport};
 pub use report::{MigrationReport, OnlineReport};
 pub use resume::{ResumeToken, Stage};
 pub use verify::{VerifyOptions, VerifyReport};
@@ -118,7 +119,10 @@ impl Migrator {
             progress: self.progress.clone(),
             cutover: self.cutover.clone(),
         };
-        let report = migrate::run(&self.config, &run).await?;
+        let report = match self.config.mode {
+            MigrationMode::Online => online::run(&self.config, &run).await?,
+            MigrationMode::Offline => migrate::run(&self.config, &run).await?,
+        };
         report.save_summary()?;
         Ok(report)
     }

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::filter::CompiledFilters;
-use crate::config::{CopyFormat, CopyMethod, MigrationConfig, MigrationMode, VerifyLevel};
+use crate::config::{CopyFormat, CopyMethod, MigrationConfig, VerifyLevel};
 use crate::context::RunContext;
 use crate::copy::{self, CopyContext, TableResult};
 use crate::copy::{apply_after_data, apply_steps, early_steps};
@@ -34,12 +34,13 @@ use crate::target::{
 };
 use crate::verify::{self, VerifyOptions, VerifyReport};
 
+/// The offline migration: preflight, snapshot, schema, data beside the
+/// index builds, sequences, large objects, the rest of the schema, verify
+/// ([`copy_phase`] then [`finish`]); or, with `--copy-method dump`, a dump
+/// and a restore.
 pub(crate) async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<MigrationReport> {
     if cfg.jobs == 0 {
         return Err(MigrationError::Config("--jobs must be at least 1".into()));
-    }
-    if cfg.mode == MigrationMode::Online {
-        return crate::online::run(cfg, run).await;
     }
     if cfg.copy_method == CopyMethod::Dump {
         return run_via_archive(cfg, run).await;
@@ -78,7 +79,7 @@ pub(crate) struct CopyPhase {
 pub(crate) async fn copy_phase(
     cfg: &MigrationConfig,
     run: &RunContext,
-    mut online: Option<&mut crate::online::OnlinePrep>,
+    mut online: Option<&mut crate::replication::source::OnlinePrep>,
 ) -> Result<CopyPhase> {
     let cancel = run.cancel.clone();
     let started = Instant::now();
@@ -106,7 +107,7 @@ pub(crate) async fn copy_phase(
     // same instant. Online, it is the replication slot's snapshot.
     let (snapshot_id, coordinator_snapshot) = match online.as_deref_mut() {
         Some(o) => {
-            crate::online::prepare_source(
+            crate::replication::source::prepare_source(
                 cfg,
                 &src,
                 &filters,

@@ -14,161 +14,37 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::replication::preflight::{self, SourceChecks};
-use crate::replication::stream::{self, StreamShared, StreamTarget};
-use crate::replication::{object_name, test_stop_at, Lsn, FENCE_MESSAGE_PREFIX};
-use crate::config::filter::CompiledFilters;
-use crate::config::{CutoverMode, EndpointConfig, MigrationConfig};
+use crate::config::{CutoverMode, MigrationConfig};
 use crate::context::RunContext;
 use crate::copy;
 use crate::error::{MigrationError, Result};
 use crate::migrate::{self, CopyPhase};
 use crate::pg::catalog::{self, TableInfo};
-use crate::pg::replication::ReplicationSession;
-use crate::pg::{connect, quote, session};
+use crate::pg::{connect, quote};
 use crate::progress::human_bytes;
+use crate::replication::preflight::{self};
+pub use crate::replication::source::{cleanup, unfence, CleanupReport};
+use crate::replication::source::{
+    control, current_wal, drop_slot, end_other_sessions, fence_db, names, undo_source, unfence_db,
+    OnlinePrep,
+};
+use crate::replication::stream::{self, StreamShared, StreamTarget};
+use crate::replication::{test_stop_at, Lsn, FENCE_MESSAGE_PREFIX};
 use crate::report::{ApplySummary, CutoverSummary, MigrationReport, OnlineReport};
+pub use crate::resume::cutover_request_path as request_path;
 use crate::resume::{CutoverRecord, Definition, OnlineState, ResumeToken, Stage};
 
 pub use crate::context::{CutoverHandle, CutoverSignal};
 
-/// The file `pg_dbmigrator cutover` creates to ask the migration using the
-/// same work directory to cut over.
-pub fn request_path(dump_path: &std::path::Path) -> std::path::PathBuf {
-    let mut s = dump_path.as_os_str().to_owned();
-    s.push(".cutover");
-    std::path::PathBuf::from(s)
-}
-
-/// What the copy phase needs to create on the source, and what it created.
-#[derive(Debug, Default)]
-pub(crate) struct OnlinePrep {
-    pub state: OnlineState,
-    /// This run created source objects (undone if it fails before copying).
-    pub created_now: bool,
-    pub unlogged: Vec<String>,
-}
-
-fn names(cfg_id: &str) -> (String, String) {
-    let n = object_name(cfg_id);
-    (n.clone(), n)
-}
-
-/// Preflight the source, then create (recording each first) the replica
-/// identity fixes, the publication and the slot; import the slot's
-/// snapshot on the coordinator session `src` and export it again for the
-/// copy workers. Returns `(snapshot_id, txid_snapshot)`.
-pub(crate) async fn prepare_source(
-    cfg: &MigrationConfig,
-    src: &Client,
-    filters: &CompiledFilters,
-    o: &mut OnlinePrep,
-    token: &mut ResumeToken,
-    token_path: &std::path::Path,
-) -> Result<(String, String)> {
-    let tables = catalog::list_tables(src, filters).await?;
-    let resuming = o.state.publication_created || o.state.slot_created;
-    let report = preflight::check_source(
-        src,
-        &SourceChecks {
-            tables: &tables,
-            slot_name: &o.state.slot_name,
-            publication_name: &o.state.publication_name,
-            resuming,
-            fix_replica_identity: cfg.fix_replica_identity,
-            large_objects: cfg.large_objects,
-        },
-    )
-    .await?;
-    o.unlogged = report.unlogged.clone();
-    for f in &report.fixes {
-        if !o.state.replica_identity_fixes.contains(f) {
-            o.state.replica_identity_fixes.push(f.clone());
-        }
-    }
-    let save = |token: &mut ResumeToken, state: &OnlineState| -> Result<()> {
-        token.online = Some(state.clone());
-        token.slot_name = Some(state.slot_name.clone());
-        token.publication_name = Some(state.publication_name.clone());
-        token.save(token_path)
-    };
-    // Recorded before made: a crash in between leaves a record to undo.
-    save(token, &o.state)?;
-    o.created_now = true;
-    if !report.fixes.is_empty() {
-        preflight::apply_replica_identity_fixes(src, &report.fixes).await?;
-        for f in &report.fixes {
-            info!(table = %quote::qualified(&f.schema, &f.name), identity = ?f.new, "replica identity set (--fix-replica-identity; restored at cleanup)");
-        }
-    }
-    let published: Vec<String> = tables
-        .iter()
-        .map(TableInfo::qualified)
-        .filter(|t| !o.unlogged.contains(t))
-        .collect();
-    let pub_exists: bool = src
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1)",
-            &[&o.state.publication_name],
-        )
-        .await
-        .map_err(|e| MigrationError::db("looking up the publication", e))?
-        .get(0);
-    if !pub_exists {
-        o.state.publication_created = true;
-        save(token, &o.state)?;
-        let sql = if published.is_empty() {
-            format!(
-                "CREATE PUBLICATION {}",
-                quote::ident(&o.state.publication_name)
-            )
-        } else {
-            format!(
-                "CREATE PUBLICATION {} FOR TABLE {}",
-                quote::ident(&o.state.publication_name),
-                published.join(", ")
-            )
-        };
-        src.batch_execute(&sql)
-            .await
-            .map_err(|e| MigrationError::db("creating the publication on the source", e))?;
-        info!(publication = %o.state.publication_name, tables = published.len(), "publication created");
-    }
-    o.state.slot_created = true;
-    o.state.consistent_point = None;
-    save(token, &o.state)?;
-    let source = cfg.source.as_ref().expect("checked");
-    let mut repl = ReplicationSession::connect_labeled(source, "source").await?;
-    info!(slot = %o.state.slot_name, "creating the replication slot (waits for transactions running on the source to finish)");
-    let slot = repl.create_logical_slot(&o.state.slot_name, true).await?;
-    let name = slot.snapshot_name.clone().ok_or_else(|| {
-        MigrationError::Internal("CREATE_REPLICATION_SLOT exported no snapshot".into())
-    })?;
-    o.state.consistent_point = Some(slot.consistent_point);
-    save(token, &o.state)?;
-    info!(slot = %o.state.slot_name, consistent_point = %slot.consistent_point, snapshot = %name, "replication slot created");
-    test_stop_at("after_slot").await;
-    // The slot session must stay idle until the snapshot is imported; the
-    // coordinator then holds it (and exports it again) for the whole copy.
-    session::import_snapshot(src, &name).await?;
-    let row = src
-        .query_one(
-            "SELECT pg_catalog.pg_export_snapshot(), pg_catalog.txid_current_snapshot()::text",
-            &[],
-        )
-        .await
-        .map_err(|e| MigrationError::db("exporting the slot's snapshot again", e))?;
-    let _ = repl.close().await;
-    Ok((row.get(0), row.get(1)))
-}
-
 /// An online migration from start (or resume) to the end of the cutover.
 pub(crate) async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<MigrationReport> {
+    if cfg.jobs == 0 {
+        return Err(MigrationError::Config("--jobs must be at least 1".into()));
+    }
     if cfg.copy_method != crate::config::CopyMethod::Stream {
         return Err(MigrationError::Config(
             "--mode online copies server to server: --copy-method dump is for offline migrations"
@@ -312,28 +188,6 @@ async fn resume_phase(
     })
 }
 
-/// A source connection for control statements (lag, fence, sequences): set
-/// up before the fence, and explicitly writable so a reconnect after the
-/// fence still works.
-async fn control(ep: &EndpointConfig) -> Result<Client> {
-    let c = connect::connect(ep, "source").await?;
-    session::setup_source(&c).await?;
-    c.batch_execute("SET default_transaction_read_only = off; SET statement_timeout = 0")
-        .await
-        .map_err(|e| MigrationError::db("configuring the control session", e))?;
-    Ok(c)
-}
-
-async fn current_wal(c: &Client) -> Result<Lsn> {
-    let s: String = c
-        .query_one("SELECT pg_catalog.pg_current_wal_lsn()::text", &[])
-        .await
-        .map_err(|e| MigrationError::db("reading the source's WAL position", e))?
-        .get(0);
-    s.parse()
-        .map_err(|_| MigrationError::Internal(format!("bad LSN {s}")))
-}
-
 async fn stream_and_cutover(
     cfg: &MigrationConfig,
     mut phase: CopyPhase,
@@ -349,7 +203,8 @@ async fn stream_and_cutover(
     if !store.snapshot().is_done(Stage::Stream) {
         copy::prepare_target_state(&dst).await?;
         let start =
-            crate::replication::apply::init_progress(&dst, &phase.migration_id, consistent_point).await?;
+            crate::replication::apply::init_progress(&dst, &phase.migration_id, consistent_point)
+                .await?;
         store.update(|t| t.stage_started(Stage::Stream))?;
         info!(start = %start, "copy finished; streaming changes from the slot");
     }
@@ -945,252 +800,4 @@ async fn refresh_matviews(dst: &Client) -> Result<()> {
             .map_err(|e| MigrationError::db(format!("refreshing {name}"), e))?;
     }
     Ok(())
-}
-
-/// A fenced database opens new sessions read-only: ours must write.
-async fn writable(c: &Client) -> Result<()> {
-    c.batch_execute("SET default_transaction_read_only = off")
-        .await
-        .map_err(|e| MigrationError::db("configuring a source session", e))
-}
-
-/// Make the current database read-only for new sessions and end the other
-/// client sessions connected to it.
-async fn fence_db(ctl: &Client) -> Result<()> {
-    set_read_only(
-        ctl,
-        true,
-        "fencing the source (ALTER DATABASE needs the database owner or a superuser; or stop the writes yourself and pass --no-fence)",
-    )
-    .await?;
-    end_other_sessions(ctl).await
-}
-
-/// `default_transaction_read_only` of the current database: the fence.
-async fn set_read_only(ctl: &Client, on: bool, what: &str) -> Result<()> {
-    let db: String = ctl
-        .query_one("SELECT pg_catalog.current_database()::text", &[])
-        .await
-        .map_err(|e| MigrationError::db(what, e))?
-        .get(0);
-    ctl.batch_execute(&format!(
-        "ALTER DATABASE {} {}",
-        quote::ident(&db),
-        if on {
-            "SET default_transaction_read_only = on"
-        } else {
-            "RESET default_transaction_read_only"
-        }
-    ))
-    .await
-    .map_err(|e| MigrationError::db(what, e))
-}
-
-/// End the other client sessions of the source database. Run twice: a
-/// session that was still logging in while the fence went up opened
-/// writable.
-///
-/// `pg_terminate_backend` only sends the signal: a backend inside its
-/// commit finishes it first. So wait until every ended session is gone;
-/// otherwise its last commit can land after the fence position we read
-/// next, and the drain would stop short of it.
-async fn end_other_sessions(ctl: &Client) -> Result<()> {
-    let ctx = "ending the other sessions of the source database (fence)";
-    // Pick the sessions first, then signal them: a volatile call inside
-    // the view's WHERE could run before the filters.
-    let pids: Vec<i32> = ctl
-        .query(
-            "SELECT pid FROM pg_catalog.pg_stat_activity
-              WHERE datname = pg_catalog.current_database() AND pid <> pg_catalog.pg_backend_pid()
-                AND backend_type = 'client backend'",
-            &[],
-        )
-        .await
-        .map_err(|e| MigrationError::db(ctx, e))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    if pids.is_empty() {
-        return Ok(());
-    }
-    ctl.query(
-        "SELECT pg_catalog.pg_terminate_backend(p) FROM pg_catalog.unnest($1::int4[]) AS p",
-        &[&pids],
-    )
-    .await
-    .map_err(|e| MigrationError::db(ctx, e))?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let alive: i64 = ctl
-            .query_one(
-                "SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity WHERE pid = ANY($1::int4[])",
-                &[&pids],
-            )
-            .await
-            .map_err(|e| MigrationError::db(ctx, e))?
-            .get(0);
-        if alive == 0 {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(MigrationError::Internal(format!(
-                "{alive} session(s) of the source database did not end within 30 s of pg_terminate_backend; \
-                 the fence is not complete (end them yourself, or stop the writes and pass --no-fence)"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-async fn unfence_db(ctl: &Client) -> Result<()> {
-    writable(ctl).await?;
-    set_read_only(ctl, false, "lifting the fence").await
-}
-
-/// Drop a logical slot, waiting briefly for its walsender to let go.
-async fn drop_slot(ctl: &Client, slot: &str) -> Result<()> {
-    for _ in 0..100 {
-        let row = ctl
-            .query_opt(
-                "SELECT active, active_pid FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await
-            .map_err(|e| MigrationError::db("looking up the replication slot", e))?;
-        match row {
-            None => return Ok(()),
-            Some(r) if !r.get::<_, bool>(0) => {
-                return ctl
-                    .execute("SELECT pg_catalog.pg_drop_replication_slot($1)", &[&slot])
-                    .await
-                    .map(drop)
-                    .map_err(|e| MigrationError::db("dropping the replication slot", e));
-            }
-            Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-    Err(MigrationError::Config(format!(
-        "the replication slot {} is in use by another session: stop the migration using it first",
-        quote::ident(slot)
-    )))
-}
-
-/// Undo on the source what `state` records: slot, publication, replica
-/// identities, fence. Idempotent.
-async fn undo_source(src: &Client, state: &mut OnlineState, unfence: bool) -> Result<()> {
-    writable(src).await?;
-    if state.slot_created {
-        drop_slot(src, &state.slot_name).await?;
-        state.slot_created = false;
-    }
-    if state.publication_created {
-        src.batch_execute(&format!(
-            "DROP PUBLICATION IF EXISTS {}",
-            quote::ident(&state.publication_name)
-        ))
-        .await
-        .map_err(|e| MigrationError::db("dropping the publication", e))?;
-        state.publication_created = false;
-    }
-    preflight::restore_replica_identities(src, &state.replica_identity_fixes).await?;
-    if unfence && state.fenced {
-        unfence_db(src).await?;
-        state.fenced = false;
-    }
-    Ok(())
-}
-
-/// What `cleanup` removed.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct CleanupReport {
-    pub slot: String,
-    pub publication: String,
-    pub replica_identities_restored: usize,
-    pub unfenced: bool,
-    pub target_bookkeeping_dropped: bool,
-}
-
-/// Remove everything an online migration created: the slot and the
-/// publication on the source, replica identity changes (source and
-/// target), the fence, and our bookkeeping on the target. The resume token
-/// is deleted last. Refuses while the migration is still streaming.
-pub async fn cleanup(cfg: &MigrationConfig) -> Result<CleanupReport> {
-    let def = Definition::from_config(cfg)?;
-    let (mut migration_id, dump_path) = crate::resume::work_location(cfg, &def);
-    let token_path = ResumeToken::path_for(&dump_path);
-    let token = ResumeToken::load(&token_path)?;
-    if let Some(t) = &token {
-        // Filters and flags need not be repeated; the servers must be the same.
-        if t.definition.source != def.source || t.definition.target != def.target {
-            return Err(MigrationError::Resume(format!(
-                "the resume token {} belongs to a migration from {} to {}, not between the servers given: pass the same --source and --target",
-                token_path.display(),
-                t.definition.source,
-                t.definition.target
-            )));
-        }
-        migration_id = t.migration_id.clone();
-    }
-    let (slot, publication) = names(&migration_id);
-    let mut state = token
-        .as_ref()
-        .and_then(|t| t.online.clone())
-        .unwrap_or_else(|| OnlineState {
-            slot_name: slot.clone(),
-            publication_name: publication.clone(),
-            ..Default::default()
-        });
-    // Whatever carries our names is ours.
-    state.slot_created = true;
-    state.publication_created = true;
-    let fixes = state.replica_identity_fixes.clone();
-    let was_fenced = state.fenced;
-    let src = connect::connect(cfg.source.as_ref().expect("checked"), "source").await?;
-    undo_source(&src, &mut state, true).await?;
-    if token.is_none() {
-        // Without a record we cannot tell whose a read-only setting is:
-        // say so rather than change it.
-        let read_only: bool = src
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_db_role_setting s
-                          JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase
-                         WHERE d.datname = pg_catalog.current_database() AND s.setrole = 0
-                           AND 'default_transaction_read_only=on' = ANY (s.setconfig))",
-                &[],
-            )
-            .await
-            .map_err(|e| MigrationError::db("reading the source database's settings", e))?
-            .get(0);
-        if read_only {
-            warn!("the source database is read-only for new sessions (default_transaction_read_only = on) and no resume token says why: if it is a pg_dbmigrator fence, lift it with `pg_dbmigrator unfence --source ...`");
-        }
-    }
-    let mut dropped = false;
-    let target = cfg.target.as_ref().expect("checked");
-    match connect::connect(target, "target").await {
-        Ok(dst) => {
-            preflight::restore_replica_identities(&dst, &fixes).await?;
-            copy::drop_target_state(&dst).await?;
-            dropped = true;
-        }
-        Err(e) => {
-            warn!(error = %e, "target not reachable (or its database was never created): nothing to remove there")
-        }
-    }
-    let _ = std::fs::remove_file(&token_path);
-    let _ = std::fs::remove_file(request_path(&dump_path));
-    let _ = std::fs::remove_dir_all(dump_path.join("spool"));
-    Ok(CleanupReport {
-        slot: state.slot_name,
-        publication: state.publication_name,
-        replica_identities_restored: fixes.len(),
-        unfenced: was_fenced,
-        target_bookkeeping_dropped: dropped,
-    })
-}
-
-/// Lift the write fence of a source database (rollback after a cutover).
-pub async fn unfence(source: &EndpointConfig) -> Result<()> {
-    let c = connect::connect(source, "source").await?;
-    unfence_db(&c).await
 }

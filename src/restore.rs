@@ -18,7 +18,9 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::archive::{archive_dir, Archive, DataFormat, LargeObjectMeta, SequenceValue, STEPS_FILE};
+use crate::archive::{
+    archive_dir, Archive, DataFormat, LargeObjectMeta, SequenceValue, STEPS_FILE,
+};
 use crate::config::MigrationConfig;
 use crate::context::RunContext;
 use crate::copy::{self, CopyContext, TableResult};

@@ -661,6 +661,14 @@ pub(crate) fn resolve_token(
     Ok((existing, resumed))
 }
 
+/// The file `pg_dbmigrator cutover` creates to ask the migration using the
+/// same work directory to cut over.
+pub fn cutover_request_path(dump_path: &std::path::Path) -> std::path::PathBuf {
+    let mut s = dump_path.as_os_str().to_owned();
+    s.push(".cutover");
+    std::path::PathBuf::from(s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -346,4 +346,3 @@ impl From<LargeObjectMeta> for LargeObjectInfo {
         }
     }
 }
-

@@ -253,4 +253,3 @@ pub(crate) fn archive_dir(cfg: &crate::config::MigrationConfig, what: &str) -> R
         MigrationError::Config(format!("{what} needs --dump-path: the archive directory"))
     })
 }
-

@@ -858,8 +858,7 @@ async fn restore(
     };
     args.tablespaces.apply(&mut config)?;
     let token = pg_dbmigrator::ResumeToken::restore_path_for(&args.dump_path);
-    let result =
-        pg_dbmigrator::restore::run(&config, &run_context(cancel, &progress)).await;
+    let result = pg_dbmigrator::restore::run(&config, &run_context(cancel, &progress)).await;
     drop(shown);
     finish_run(&progress, args.json, &result, |r| r.summary());
     match interrupted(result, &token)? {

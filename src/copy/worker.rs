@@ -105,7 +105,7 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
         if let Some(p) = &ctx.progress {
             p.worker(id, None);
         }
-        crate::replication::test_stop_at("mid_copy").await;
+        crate::faults::test_stop_at("mid_copy").await;
         sched.item_done(&item, r);
     }
     if let Some((src, _)) = src {

@@ -10,6 +10,7 @@ pub mod apply;
 pub mod batch;
 pub mod pgoutput;
 pub mod preflight;
+pub mod source;
 pub mod stream;
 
 /// The prefix of the logical message our cutover writes on the source
@@ -17,6 +18,7 @@ pub mod stream;
 /// it, everything before the fence is on the target.
 pub const FENCE_MESSAGE_PREFIX: &str = "pg_dbmigrator.fence";
 
+pub(crate) use crate::faults::test_stop_at;
 pub use crate::pg::replication::{Lsn, PgTimestamp};
 
 /// The replication slot and the publication of a migration share one name,
@@ -36,19 +38,6 @@ pub fn object_name(migration_id: &str) -> String {
         .collect();
     s.truncate(63);
     s
-}
-
-/// Test hook: when `PG_DBMIGRATOR_TEST_STOP_AT` names `point`, say so on
-/// stderr and wait forever, so a test can kill -9 the process at exactly
-/// this point. Points: `after_slot`, `mid_copy`, `after_copy`,
-/// `after_apply_commit`, `mid_cutover`.
-pub(crate) async fn test_stop_at(point: &str) {
-    if std::env::var("PG_DBMIGRATOR_TEST_STOP_AT").is_ok_and(|v| v == point) {
-        eprintln!("TEST_STOP_AT {point}");
-        loop {
-            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
-        }
-    }
 }
 
 #[cfg(test)]
