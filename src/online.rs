@@ -1,6 +1,8 @@
-//! The online migration: preflight, publication and slot, a copy of the
-//! slot's snapshot, streaming until cutover, the cutover itself, and the
-//! commands that undo what it changed on the source (`cleanup`, `unfence`).
+//! The online migration, an orchestrator: preflight, publication and slot
+//! (`replication::source`), a copy of the slot's snapshot (the offline
+//! stages, `migrate::copy_phase`), streaming until cutover, the cutover
+//! itself. `cleanup` and `unfence` are re-exported from
+//! `replication::source`, which owns every change made on the source.
 //!
 //! Everything created or changed on the source is recorded in the resume
 //! token *before* it is made, so a crash at any point leaves a record that

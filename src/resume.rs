@@ -6,6 +6,9 @@
 //! old or the new token, never half of one. The config hash binds a token to
 //! the migration that wrote it: resuming with another target or other filters
 //! is refused before anything is touched. No password is ever written here.
+//!
+//! A foundation: it stores what stages record (their record types are
+//! defined here, below them) and imports no stage.
 
 use std::collections::BTreeMap;
 use std::io::Write;

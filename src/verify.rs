@@ -7,6 +7,8 @@
 //! Session settings are pinned so text forms are the same on both servers.
 //! Sequences, large objects (ids, owners, contents) and the set of tables are
 //! compared too.
+//!
+//! A stage: reads both sides, changes neither.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};

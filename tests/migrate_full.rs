@@ -679,32 +679,21 @@ async fn tablespaces_are_kept_mapped_or_left_out() {
         .map(|p| format!("{}=-", p.split('=').next().unwrap()))
         .collect::<Vec<_>>()
         .join(" ");
-    let archive = dir.path().join("archive");
-    let out = run_async(&[
-        "dump",
-        "--source",
-        &db.source,
-        "--dump-path",
-        archive.to_str().unwrap(),
-    ])
-    .await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let restored = other_target_db(&db, "restored");
-    let out = run_async(&[
-        "restore",
-        "--target",
+    dump_and_restore(
+        &db.source,
         &restored,
-        "--dump-path",
-        archive.to_str().unwrap(),
-        "--tablespace-mapping",
-        "dbm_ts_b=dbm_ts_new",
-        "--tablespace-mapping",
-        "dbm_ts_a=dbm_ts_new",
-        "--tablespace-mapping",
-        "pg_default=dbm_ts_new",
-    ])
+        &[],
+        &[
+            "--tablespace-mapping",
+            "dbm_ts_b=dbm_ts_new",
+            "--tablespace-mapping",
+            "dbm_ts_a=dbm_ts_new",
+            "--tablespace-mapping",
+            "pg_default=dbm_ts_new",
+        ],
+    )
     .await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(db_space(restored.clone()).await, "dbm_ts_new");
     assert_eq!(placements(&restored).await, everything_default);
 
@@ -785,29 +774,8 @@ async fn filters_select_what_a_full_migration_creates() {
     assert_eq!(rows, "60 60 21");
 
     // The same through an archive: dump -n app, restore.
-    let dir = tempfile::tempdir().unwrap();
-    let archive = dir.path().join("archive");
-    let out = run_async(&[
-        "dump",
-        "--source",
-        &db.source,
-        "-n",
-        "app",
-        "--dump-path",
-        archive.to_str().unwrap(),
-    ])
-    .await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let restored = other_target_db(&db, "apprestored");
-    let out = run_async(&[
-        "restore",
-        "--target",
-        &restored,
-        "--dump-path",
-        archive.to_str().unwrap(),
-    ])
-    .await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    dump_and_restore(&db.source, &restored, &["-n", "app"], &[]).await;
     assert_eq!(schema_dump(&restored), b);
     assert_eq!(
         content_digest(&restored).await,

@@ -27,6 +27,9 @@
 //! DIR/schema/steps.json
 //! DIR/data/00007.0002.copy.zst   (table 7 of the dump, chunk 2)
 //! ```
+//!
+//! A stage: the on-disk format (manifest, writer, reader) and nothing else;
+//! it talks to no server. The `dump` and `restore` orchestrators drive it.
 
 mod manifest;
 mod reader;

@@ -2,6 +2,8 @@
 //!
 //! [`MigrationConfig`] is plain data (serde, `Default`) so a library caller can
 //! build it in code or load it from a file; the CLI fills it from flags.
+//! A foundation and a pure description: no runtime handles (progress,
+//! cancellation and the cutover signal travel in [`crate::context`]), no I/O.
 
 pub(crate) mod conninfo;
 pub mod endpoint;

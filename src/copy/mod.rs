@@ -12,6 +12,9 @@
 //! Beside them, `index_jobs` index workers build a table's indexes and keys
 //! as soon as its last item is in (while other tables still copy), attach
 //! key constraints to the built indexes, then ANALYZE the table.
+//!
+//! A stage: writes only to the target (or to an archive); reads the source
+//! on the snapshot it is given and never changes it; imports no orchestrator.
 
 mod batch;
 mod large_objects;

@@ -5,6 +5,10 @@
 //! (it is wire protocol, like the rest of `pg`); [`pgoutput`] turns its
 //! payloads into typed changes. [`pgoutput`] is a pure decoder with no I/O,
 //! so it can be tested byte by byte and used from any task.
+//!
+//! Stages of the online mode: preflight (reads), [`source`] (the only module
+//! that changes the source), [`stream`] and [`apply`] (the target). The
+//! `online` orchestrator drives them.
 
 pub mod apply;
 pub mod batch;

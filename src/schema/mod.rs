@@ -4,6 +4,9 @@
 //! dependency loops, and emit pre-data and post-data DDL.
 //!
 //! Being built (issue 3): see [`load`] for the object kinds covered so far.
+//! A stage: reads the source's catalogs (never writes there) and plans DDL
+//! as data; applying it with markers is `copy::steps`. A new object kind goes
+//! into [`load`] (one loader file per family) and [`sort::ObjectKind`].
 
 pub mod acl;
 pub mod emit;

@@ -413,3 +413,24 @@ pub async fn load_app_fixture(conninfo: &str) {
         .await
         .expect("app data");
 }
+
+/// `dump` of `source` (with `dump_extra`) into a fresh archive, then
+/// `restore` of it into `target` (with `restore_extra`); both must succeed.
+pub async fn dump_and_restore(
+    source: &str,
+    target: &str,
+    dump_extra: &[&str],
+    restore_extra: &[&str],
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    let archive = archive.to_str().unwrap();
+    let mut args = vec!["dump", "--source", source, "--dump-path", archive];
+    args.extend_from_slice(dump_extra);
+    let out = run_async(&args).await;
+    assert_eq!(out.status.code(), Some(0), "dump: {}", text(&out.stderr));
+    let mut args = vec!["restore", "--target", target, "--dump-path", archive];
+    args.extend_from_slice(restore_extra);
+    let out = run_async(&args).await;
+    assert_eq!(out.status.code(), Some(0), "restore: {}", text(&out.stderr));
+}
