@@ -152,20 +152,8 @@ pub(crate) async fn run_with(
         Some(script)
     };
     let needs = TargetNeeds::read(&src, source_version, cfg).await?;
-    let mut tables = catalog::list_tables(&src, &filters).await?;
-    let mut seqs = catalog::list_sequences(&src, &filters).await?;
-    if !cfg.data_only {
-        // The user's rows in extensions' configuration tables, and their
-        // sequences, as a direct migration copies them.
-        tables.extend(catalog::list_extension_config_tables(&src).await?);
-        seqs.extend(catalog::list_extension_config_sequences(&src).await?);
-    }
-    catalog::lock_tables(&src, &tables).await?;
-    let los = if cfg.large_objects {
-        catalog::list_large_objects(&src).await?
-    } else {
-        Vec::new()
-    };
+    let (tables, seqs, los) =
+        catalog::data_in_scope(&src, &filters, !cfg.data_only, cfg.large_objects).await?;
     let dbname: String = src
         .query_one("SELECT pg_catalog.current_database()::text", &[])
         .await

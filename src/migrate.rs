@@ -170,21 +170,8 @@ pub(crate) async fn copy_phase(
         copy::drop_target_state(&dst).await?;
     }
 
-    let mut tables = catalog::list_tables(&src, &filters).await?;
-    let mut seqs = catalog::list_sequences(&src, &filters).await?;
-    if full {
-        // The user's rows in extensions' configuration tables, and their
-        // sequences, as pg_dump carries them (CREATE EXTENSION on the
-        // target brings only the extension's own rows).
-        tables.extend(catalog::list_extension_config_tables(&src).await?);
-        seqs.extend(catalog::list_extension_config_sequences(&src).await?);
-    }
-    catalog::lock_tables(&src, &tables).await?;
-    let los = if cfg.large_objects {
-        catalog::list_large_objects(&src).await?
-    } else {
-        Vec::new()
-    };
+    let (mut tables, seqs, los) =
+        catalog::data_in_scope(&src, &filters, full, cfg.large_objects).await?;
     let done_on_target = copy::committed_items(&dst, &migration_id).await?;
     if !full {
         preflight_target(&dst, &mut tables, &seqs, &los, resumed).await?;
@@ -218,10 +205,7 @@ pub(crate) async fn copy_phase(
 
     // Schema before the data: tables, types, functions, views.
     let mut schema_steps = 0;
-    let schema_notes = script
-        .as_ref()
-        .map(|s| s.filter_notes.clone())
-        .unwrap_or_default();
+    let schema_notes = schema::filter_notes(script.as_ref());
     if let Some(script) = &script {
         let t0 = Instant::now();
         if !store.snapshot().is_done(Stage::SchemaPreData) {

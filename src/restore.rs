@@ -186,10 +186,7 @@ pub async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<MigrationRep
     copy::prepare_target_state(&dst).await?;
     let mut stages = Vec::new();
     let mut schema_steps = 0;
-    let schema_notes = script
-        .as_ref()
-        .map(|s| s.filter_notes.clone())
-        .unwrap_or_default();
+    let schema_notes = crate::schema::filter_notes(script.as_ref());
     if let Some(script) = &script {
         let t0 = Instant::now();
         schema_steps +=

@@ -637,20 +637,7 @@ async fn tablespaces_are_kept_mapped_or_left_out() {
 
     // dbm_ts_b does not exist on the target: refused, nothing created.
     let refused = other_target_db(&db, "refused");
-    let dir = tempfile::tempdir().unwrap();
-    let dump = dir.path().join("w");
-    let out = run_async(&[
-        "migrate",
-        "--source",
-        &db.source,
-        "--target",
-        &refused,
-        "--dump-path",
-        dump.to_str().unwrap(),
-    ])
-    .await;
-    let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let err = migrate_refused(&db.source, &refused, &[]).await;
     assert!(
         err.contains("dbm_ts_b")
             && err.contains("--tablespace-mapping")
@@ -850,7 +837,6 @@ async fn filters_that_break_a_dependency_are_refused() {
     .await
     .unwrap();
     let target = other_target_db(&db, "new");
-    let dir = tempfile::tempdir().unwrap();
     for (args, needle) in [
         (
             vec!["-t", "app.order_view", "-t", "app.customers"],
@@ -865,20 +851,7 @@ async fn filters_that_break_a_dependency_are_refused() {
             "TABLE public.big needs SEQUENCE public.free_seq",
         ),
     ] {
-        let dump = dir.path().join("w");
-        let mut cmd = vec![
-            "migrate",
-            "--source",
-            &db.source,
-            "--target",
-            &target,
-            "--dump-path",
-            dump.to_str().unwrap(),
-        ];
-        cmd.extend(args.iter().copied());
-        let out = run_async(&cmd).await;
-        let err = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{err}");
+        let err = migrate_refused(&db.source, &target, &args).await;
         assert!(
             err.contains(needle) && err.contains("--exclude-table"),
             "{err}"

@@ -274,6 +274,32 @@ pub async fn schemas_in_scope(
         .collect())
 }
 
+/// The data a run copies, locked on the snapshot session: the tables and
+/// sequences in scope, with `extension_data` the user's rows in extensions'
+/// configuration tables and their sequences (as pg_dump carries them;
+/// `CREATE EXTENSION` on the target brings only the extension's own rows),
+/// and with `large_objects` the large objects.
+pub async fn data_in_scope(
+    client: &Client,
+    filters: &CompiledFilters,
+    extension_data: bool,
+    large_objects: bool,
+) -> Result<(Vec<TableInfo>, Vec<SequenceInfo>, Vec<LargeObjectInfo>)> {
+    let mut tables = list_tables(client, filters).await?;
+    let mut seqs = list_sequences(client, filters).await?;
+    if extension_data {
+        tables.extend(list_extension_config_tables(client).await?);
+        seqs.extend(list_extension_config_sequences(client).await?);
+    }
+    lock_tables(client, &tables).await?;
+    let los = if large_objects {
+        list_large_objects(client).await?
+    } else {
+        Vec::new()
+    };
+    Ok((tables, seqs, los))
+}
+
 /// Extensions' configuration tables (`pg_extension.extconfig`), each with
 /// its `extcondition`. pg_dump dumps the rows that match it: rows the user
 /// added (a custom SRID in PostGIS's `spatial_ref_sys`, pg_partman's

@@ -104,6 +104,11 @@ pub async fn read_with(
     Ok(script)
 }
 
+/// What the filters brought along or left out, for the report.
+pub fn filter_notes(script: Option<&SchemaScript>) -> Vec<String> {
+    script.map(|s| s.filter_notes.clone()).unwrap_or_default()
+}
+
 /// Apply a whole script to a target database (all parts, in order).
 pub async fn apply_all(target: &EndpointConfig, script: &SchemaScript) -> Result<()> {
     let c = connect::connect(target, "target").await?;

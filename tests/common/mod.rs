@@ -217,6 +217,27 @@ pub fn other_target_db(db: &TestDb, suffix: &str) -> String {
     ci
 }
 
+/// A migration from `source` to `target` expected to be refused with exit
+/// 2 before anything is created; returns its stderr.
+pub async fn migrate_refused(source: &str, target: &str, extra: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("w");
+    let mut args = vec![
+        "migrate",
+        "--source",
+        source,
+        "--target",
+        target,
+        "--dump-path",
+        dump.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let out = run_async(&args).await;
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    err
+}
+
 /// `migrate --json` from `source` to `target` (work files under a temp dir),
 /// which must succeed with a clean verify; returns the report.
 pub async fn migrate_clean(source: &str, target: &str, extra: &[&str]) -> serde_json::Value {
