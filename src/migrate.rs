@@ -192,42 +192,30 @@ pub(crate) async fn copy_phase(
     token.save(&token_path)?;
     let store = Arc::new(TokenStore::new(token_path.clone(), token).observed(run.token_observer()));
 
-    let t0 = Instant::now();
-    if !store.snapshot().is_done(Stage::PrepareTarget) {
-        store.update(|t| t.stage_started(Stage::PrepareTarget))?;
-        copy::prepare_target_state(&dst).await?;
-        store.update(|t| t.stage_done(Stage::PrepareTarget))?;
-    }
-    stages.push((
-        Stage::PrepareTarget.as_str().to_string(),
-        t0.elapsed().as_secs_f64(),
-    ));
+    store
+        .run_stage(
+            Stage::PrepareTarget,
+            &mut stages,
+            copy::prepare_target_state(&dst),
+        )
+        .await?;
 
     // Schema before the data: tables, types, functions, views.
     let mut schema_steps = 0;
     let schema_notes = schema::filter_notes(script.as_ref());
     if let Some(script) = &script {
-        let t0 = Instant::now();
-        if !store.snapshot().is_done(Stage::SchemaPreData) {
-            store.update(|t| t.stage_started(Stage::SchemaPreData))?;
-            schema_steps +=
-                apply_steps(&dst, &migration_id, "pre", &script.pre_data, &cancel).await?;
-            store.update(|t| t.stage_done(Stage::SchemaPreData))?;
-        }
-        stages.push((
-            Stage::SchemaPreData.as_str().to_string(),
-            t0.elapsed().as_secs_f64(),
-        ));
+        let pre = apply_steps(&dst, &migration_id, "pre", &script.pre_data, &cancel);
+        schema_steps += store
+            .run_stage(Stage::SchemaPreData, &mut stages, pre)
+            .await?
+            .unwrap_or(0);
         // The tables exist now: the same checks as a data-only run.
         preflight_target(&dst, &mut tables, &seqs, &los, resumed).await?;
     }
 
     // Tables, and beside them each loaded table's indexes and keys.
-    let t0 = Instant::now();
     let mut skipped = Vec::new();
-    let mut outcome = copy::CopyOutcome::default();
-    if !store.snapshot().is_done(Stage::CopyData) {
-        store.update(|t| t.stage_started(Stage::CopyData))?;
+    let copy_data = async {
         let block_size = catalog::block_size(&src).await?;
         let total: u64 = tables.iter().map(|t| t.bytes.max(0) as u64).sum();
         let split = cfg
@@ -285,30 +273,22 @@ pub(crate) async fn copy_phase(
             token: store.clone(),
             progress: run.progress.clone(),
         });
-        outcome = copy::copy_tables(ctx, tables.clone(), todo, early, cancel.clone()).await?;
-        schema_steps += outcome.index_steps;
-        store.update(|t| t.stage_done(Stage::CopyData))?;
-    }
-    stages.push((
-        Stage::CopyData.as_str().to_string(),
-        t0.elapsed().as_secs_f64(),
-    ));
-    let results = std::mem::take(&mut outcome.tables);
+        copy::copy_tables(ctx, tables.clone(), todo, early, cancel.clone()).await
+    };
+    let outcome = store
+        .run_stage(Stage::CopyData, &mut stages, copy_data)
+        .await?
+        .unwrap_or_default();
+    schema_steps += outcome.index_steps;
+    let results = outcome.tables;
 
     // Schema after the data: indexes, constraints, then privileges and refreshes.
     if let Some(script) = &script {
-        let t0 = Instant::now();
-        if !store.snapshot().is_done(Stage::SchemaPostData) {
-            store.update(|t| t.stage_started(Stage::SchemaPostData))?;
-            schema_steps +=
-                apply_after_data(&dst, &target_ep, &migration_id, script, cfg.jobs, &cancel)
-                    .await?;
-            store.update(|t| t.stage_done(Stage::SchemaPostData))?;
-        }
-        stages.push((
-            Stage::SchemaPostData.as_str().to_string(),
-            t0.elapsed().as_secs_f64(),
-        ));
+        let post = apply_after_data(&dst, &target_ep, &migration_id, script, cfg.jobs, &cancel);
+        schema_steps += store
+            .run_stage(Stage::SchemaPostData, &mut stages, post)
+            .await?
+            .unwrap_or(0);
     }
 
     // Sequences: cheap and idempotent, always redone.
@@ -322,25 +302,20 @@ pub(crate) async fn copy_phase(
     ));
 
     // Large objects: a half-done stage is erased and redone.
-    let t0 = Instant::now();
-    let mut lo_bytes = 0;
-    if !store.snapshot().is_done(Stage::LargeObjects) {
-        if cancel.is_cancelled() {
-            return Err(MigrationError::Cancelled);
-        }
-        store.update(|t| t.stage_started(Stage::LargeObjects))?;
+    if cancel.is_cancelled() {
+        return Err(MigrationError::Cancelled);
+    }
+    let large_objects = async {
         if resumed {
             let oids: Vec<u32> = los.iter().map(|l| l.oid).collect();
             copy::erase_large_objects(&dst, &oids).await?;
         }
-        let (_, b) = copy::copy_large_objects(&src, &dst, &los, &cancel).await?;
-        lo_bytes = b;
-        store.update(|t| t.stage_done(Stage::LargeObjects))?;
-    }
-    stages.push((
-        Stage::LargeObjects.as_str().to_string(),
-        t0.elapsed().as_secs_f64(),
-    ));
+        Ok(copy::copy_large_objects(&src, &dst, &los, &cancel).await?.1)
+    };
+    let lo_bytes = store
+        .run_stage(Stage::LargeObjects, &mut stages, large_objects)
+        .await?
+        .unwrap_or(0);
     let _ = src.batch_execute("COMMIT").await;
     info!(snapshot = %coordinator_snapshot, "snapshot released");
 
@@ -399,14 +374,9 @@ pub(crate) async fn finish(
     } = phase;
     let dst = connect::connect(&target_ep, "target").await?;
     // Finalize: nothing of ours stays on the target.
-    let t0 = Instant::now();
-    store.update(|t| t.stage_started(Stage::Finalize))?;
-    copy::drop_target_state(&dst).await?;
-    store.update(|t| t.stage_done(Stage::Finalize))?;
-    stages.push((
-        Stage::Finalize.as_str().to_string(),
-        t0.elapsed().as_secs_f64(),
-    ));
+    store
+        .run_stage(Stage::Finalize, &mut stages, copy::drop_target_state(&dst))
+        .await?;
 
     // Verify.
     let verify_report = verify_stage(

@@ -604,6 +604,28 @@ impl TokenStore {
     pub fn snapshot(&self) -> ResumeToken {
         self.token.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
+
+    /// Run `work` as `stage` unless the token records it done: marked
+    /// started, then done once `work` returns; its time is appended to
+    /// `timings` either way. `None` when it had been done already.
+    pub async fn run_stage<T>(
+        &self,
+        stage: Stage,
+        timings: &mut Vec<(String, f64)>,
+        work: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<Option<T>> {
+        let t0 = std::time::Instant::now();
+        let out = if self.snapshot().is_done(stage) {
+            None
+        } else {
+            self.update(|t| t.stage_started(stage))?;
+            let v = work.await?;
+            self.update(|t| t.stage_done(stage))?;
+            Some(v)
+        };
+        timings.push((stage.as_str().to_string(), t0.elapsed().as_secs_f64()));
+        Ok(out)
+    }
 }
 
 /// Where a migration keeps its files, and its id, derived from what defines
