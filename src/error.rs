@@ -96,8 +96,8 @@ pub enum MigrationError {
     #[error("{0}")]
     Archive(String),
 
-    /// An online-migration preflight check failed; nothing was created on
-    /// either server. The message lists every problem and its fix.
+    /// A preflight check failed (online replication needs, the source's
+    /// lock table); nothing was created on either server. The message lists every problem and its fix.
     #[error("preflight failed: {0}")]
     Preflight(String),
 

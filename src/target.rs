@@ -315,6 +315,7 @@ pub(crate) async fn refuse_bad_scope(
             unmatched.join(", ")
         )));
     }
+    refuse_small_lock_table(src, &cfg.filters.compile()?).await?;
     // A target database that cannot be reached yet (absent, to be created)
     // cannot be the source; other connection problems surface later with
     // their own message.
@@ -331,6 +332,31 @@ pub(crate) async fn refuse_bad_scope(
         }
     }
     Ok(())
+}
+
+/// A run locks every table in scope twice on the source, in one
+/// transaction each: the coordinator holding the snapshot, and the copy
+/// workers (each keeps the locks of what it copied until its snapshot
+/// transaction ends). PostgreSQL fails with "out of shared memory" when its
+/// lock table fills, minutes into the copy; say so before anything starts,
+/// with the setting that fixes it.
+pub(crate) async fn refuse_small_lock_table(src: &Client, filters: &CompiledFilters) -> Result<()> {
+    let tables = catalog::list_relation_names(src, filters).await?.len() as i64;
+    let (slots, per, procs) = catalog::lock_table_size(src).await?;
+    // A tenth of the table stays for everyone else's sessions.
+    let usable = slots - slots / 10;
+    if 2 * tables <= usable {
+        return Ok(());
+    }
+    let enough = (2 * tables * 10 / 9 + procs) / procs;
+    Err(MigrationError::Preflight(format!(
+        "the source's lock table is too small for {tables} tables: a migration holds about {} table locks at once \
+         (each table in the snapshot session and in a copy worker), and the server has room for {slots} \
+         (max_locks_per_transaction = {per} for each of {procs} server processes). \
+         Set max_locks_per_transaction to at least {enough} on the source and restart it, \
+         or migrate fewer tables per run (--schema / --table)",
+        2 * tables
+    )))
 }
 
 /// What a full migration needs of the target server, read from the source

@@ -302,3 +302,60 @@ async fn pattern_matching_nothing_is_refused() {
     ]);
     assert_one_line_exit_2(&out, "missing_*");
 }
+
+/// A source whose lock table cannot hold a lock per table twice (snapshot
+/// session and copy workers) is refused before anything is created, with
+/// the max_locks_per_transaction that would do; fewer tables pass.
+#[tokio::test]
+async fn a_lock_table_too_small_for_the_tables_is_refused_with_the_setting() {
+    let cluster = tokio::task::spawn_blocking(|| {
+        testkit::Cluster::start(&testkit::ClusterOptions {
+            extra_conf: [
+                ("max_locks_per_transaction", "10"),
+                ("max_connections", "20"),
+                ("max_worker_processes", "2"),
+                ("autovacuum_max_workers", "1"),
+                ("max_wal_senders", "0"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .to_vec(),
+            ..Default::default()
+        })
+        .expect("a small source cluster")
+    })
+    .await
+    .unwrap();
+    let source = testkit::Server::from_cluster(cluster);
+    let pair = testkit::shared_pair();
+    let db = testkit::fresh_db_on(&source, &pair.target, "locks").await;
+    // 10 x (20 + 1 + 2 + 0 + 0 + 1) = 240 slots; 2 x 600 tables + headroom do not fit.
+    testkit::execute(
+        &db.source,
+        "DO $$BEGIN FOR i IN 1..600 LOOP EXECUTE format('CREATE TABLE t%s (id int)', i); COMMIT; END LOOP; END$$",
+    )
+    .await
+    .unwrap();
+    let target = other_target_db(&db, "new");
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_async(&[
+        "-q",
+        "migrate",
+        "--source",
+        &db.source,
+        "--target",
+        &target,
+        "--dump-path",
+        dir.path().join("w").to_str().unwrap(),
+    ])
+    .await;
+    assert_one_line_exit_2(&out, "max_locks_per_transaction to at least");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("600 tables") && err.contains("room for 240"),
+        "{err}"
+    );
+    assert!(!target_database_exists(&format!("{}_new", db.name)).await);
+    // The same limit, a table selection that fits: it migrates.
+    migrate_clean(&db.source, &target, &["-t", "t1", "-t", "t2"]).await;
+    source.cluster().unwrap().stop();
+}

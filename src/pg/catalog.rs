@@ -729,6 +729,24 @@ pub async fn database_tablespace(client: &Client) -> Result<String> {
     Ok(row.get(0))
 }
 
+/// The server's shared lock table: `(slots, max_locks_per_transaction,
+/// server processes)`. PostgreSQL sizes it as max_locks_per_transaction
+/// objects per server process or prepared transaction, shared by all.
+pub async fn lock_table_size(client: &Client) -> Result<(i64, i64, i64)> {
+    let row = client
+        .query_one(
+            "SELECT current_setting('max_locks_per_transaction')::int8,
+                    current_setting('max_connections')::int8 + current_setting('max_prepared_transactions')::int8
+                    + current_setting('autovacuum_max_workers')::int8 + current_setting('max_worker_processes')::int8
+                    + current_setting('max_wal_senders')::int8 + 1",
+            &[],
+        )
+        .await
+        .map_err(|e| MigrationError::db("reading the lock table's size", e))?;
+    let (per, procs): (i64, i64) = (row.get(0), row.get(1));
+    Ok((per * procs, per, procs))
+}
+
 /// The server's heap page size, for turning table sizes into page ranges.
 pub async fn block_size(client: &Client) -> Result<u64> {
     let row = client

@@ -76,19 +76,25 @@ pub async fn read_with(
             .map_err(|e| MigrationError::db("opening the schema snapshot", e))?,
     }
     load::setup_session(&c).await?;
-    let mut model = load::load(&c, major, opts).await?;
-    let mut notes = Vec::new();
-    if opts.filters.selects_objects() {
+    // With filters, only the selected relations are locked (as pg_dump
+    // does): the rest of a large database stays out of the lock table.
+    let selection = if opts.filters.selects_objects() {
         let compiled = opts.filters.compile()?;
-        let selection = filter::Selection {
+        Some(filter::Selection {
             relations: catalog::selected_relations(&c, &compiled).await?,
             schemas: catalog::schemas_in_scope(&c, &compiled).await?,
             excluded_schemas: catalog::schemas_matching(&c, &compiled.exclude_schemas).await?,
             tables_only: !opts.filters.tables.is_empty(),
             everything: opts.filters.schemas.is_empty() && opts.filters.tables.is_empty(),
-        };
-        notes = filter::apply(&mut model, &selection)?;
-    }
+        })
+    } else {
+        None
+    };
+    let mut model = load::load(&c, major, opts, selection.as_ref().map(|s| &s.relations)).await?;
+    let notes = match &selection {
+        Some(selection) => filter::apply(&mut model, selection)?,
+        None => Vec::new(),
+    };
     let unsupported = load::unsupported(&c, opts).await?;
     let _ = c.batch_execute("COMMIT").await;
     let mut script = SchemaScript::plan_with(model, opts)?;

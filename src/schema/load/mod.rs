@@ -93,7 +93,13 @@ async fn is_superuser(c: &Client) -> Result<bool> {
 }
 
 /// Load the schema. `server_major` gates catalog columns that changed.
-pub async fn load(c: &Client, server_major: u32, opts: &super::ReadOptions) -> Result<SchemaModel> {
+/// `lock_only`: the relations to lock while reading (all user tables when `None`).
+pub async fn load(
+    c: &Client,
+    server_major: u32,
+    opts: &super::ReadOptions,
+    lock_only: Option<&std::collections::HashSet<u32>>,
+) -> Result<SchemaModel> {
     let mut m = SchemaModel::default();
     let comments: Comments = query(
         c,
@@ -110,7 +116,7 @@ pub async fn load(c: &Client, server_major: u32, opts: &super::ReadOptions) -> R
     load_functions(c, &mut m, &comments).await?;
     types::load_base_types(c, &mut m, &comments, server_major).await?;
     types::range_shells(c, &mut m).await?;
-    let rels = load_relations(c, &mut m, &comments, server_major).await?;
+    let rels = load_relations(c, &mut m, &comments, server_major, lock_only).await?;
     types::split_row_type_defaults(c, &mut m).await?;
     types::split_row_type_checks(c, &mut m, &comments).await?;
     load_sequences(c, &mut m, &comments, &rels).await?;
@@ -508,6 +514,7 @@ async fn load_relations(
     m: &mut SchemaModel,
     comments: &Comments,
     major: u32,
+    lock_only: Option<&std::collections::HashSet<u32>>,
 ) -> Result<HashMap<u32, Rel>> {
     // Names first, no server functions: then lock, then deparse.
     let sql = format!(
@@ -518,7 +525,11 @@ async fn load_relations(
     );
     // Tables only: LOCK refuses materialized views, and views and
     // materialized views are protected through the tables they read.
-    let names = query(c, "relations", &sql).await?;
+    let names: Vec<tokio_postgres::Row> = query(c, "relations", &sql)
+        .await?
+        .into_iter()
+        .filter(|r| lock_only.is_none_or(|only| only.contains(&r.get::<_, u32>(0))))
+        .collect();
     for chunk in names.chunks(500) {
         let list: Vec<String> = chunk.iter().map(|r| r.get::<_, String>(1)).collect();
         if !list.is_empty() {
