@@ -12,8 +12,10 @@ use crate::progress::human_bytes;
 use crate::resume::{ReplicaIdentityFix, Stage};
 use crate::verify::VerifyReport;
 
+pub use crate::progress::{largest, OtherTables, LISTED_TABLES};
+
 /// What a finished migration did.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct MigrationReport {
     pub migration_id: String,
     pub dump_path: PathBuf,
@@ -34,13 +36,77 @@ pub struct MigrationReport {
     /// Schema objects created on the target in this run (full migrations).
     pub schema_steps: usize,
     /// What the filters brought along or left out of the schema.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub schema_notes: Vec<String>,
     pub stages: Vec<(String, f64)>,
     pub seconds: f64,
     pub verify: Option<VerifyReport>,
     /// Online migrations: the streaming and the cutover.
     pub online: Option<OnlineReport>,
+}
+
+impl Serialize for MigrationReport {
+    /// As the fields, but with the [`LISTED_TABLES`] largest tables listed
+    /// and the others in `other_tables`.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Repr<'a> {
+            migration_id: &'a str,
+            dump_path: &'a PathBuf,
+            token_path: &'a PathBuf,
+            resumed: bool,
+            snapshot_id: &'a Option<String>,
+            source_version: i32,
+            target_version: i32,
+            tables: Vec<&'a TableResult>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            other_tables: Option<OtherTables>,
+            skipped_tables: &'a [String],
+            sequences: usize,
+            large_objects: usize,
+            large_object_bytes: u64,
+            rows: u64,
+            bytes: u64,
+            schema_steps: usize,
+            #[serde(skip_serializing_if = "<[String]>::is_empty")]
+            schema_notes: &'a [String],
+            stages: &'a [(String, f64)],
+            seconds: f64,
+            verify: &'a Option<VerifyReport>,
+            online: &'a Option<OnlineReport>,
+        }
+        let (tables, other_tables) = largest(
+            &self.tables,
+            |t| t.bytes,
+            |o, t| {
+                o.rows += t.rows;
+                o.bytes += t.bytes;
+            },
+        );
+        Repr {
+            migration_id: &self.migration_id,
+            dump_path: &self.dump_path,
+            token_path: &self.token_path,
+            resumed: self.resumed,
+            snapshot_id: &self.snapshot_id,
+            source_version: self.source_version,
+            target_version: self.target_version,
+            tables,
+            other_tables,
+            skipped_tables: &self.skipped_tables,
+            sequences: self.sequences,
+            large_objects: self.large_objects,
+            large_object_bytes: self.large_object_bytes,
+            rows: self.rows,
+            bytes: self.bytes,
+            schema_steps: self.schema_steps,
+            schema_notes: &self.schema_notes,
+            stages: &self.stages,
+            seconds: self.seconds,
+            verify: &self.verify,
+            online: &self.online,
+        }
+        .serialize(s)
+    }
 }
 
 impl MigrationReport {

@@ -79,7 +79,7 @@ pub struct TableCheck {
     pub target_checksum: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default)]
 pub struct VerifyReport {
     pub level: Option<VerifyLevel>,
     pub tables: Vec<TableCheck>,
@@ -89,9 +89,44 @@ pub struct VerifyReport {
     /// Source tables holding rows that the filters (`-n`/`-t`/...) left out
     /// of this comparison: named so nobody mistakes a clean verify of a
     /// part for one of the whole database.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outside_filters: Vec<String>,
     pub seconds: f64,
+}
+
+impl serde::Serialize for VerifyReport {
+    /// As the fields, with only the largest tables' checks listed (see
+    /// [`crate::progress::LISTED_TABLES`]); the differences are all there.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        #[derive(serde::Serialize)]
+        struct Repr<'a> {
+            level: Option<VerifyLevel>,
+            tables: Vec<&'a TableCheck>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            other_tables: Option<crate::progress::OtherTables>,
+            sequences: usize,
+            large_objects: usize,
+            differences: &'a [Difference],
+            #[serde(skip_serializing_if = "<[String]>::is_empty")]
+            outside_filters: &'a [String],
+            seconds: f64,
+        }
+        let (tables, other_tables) = crate::progress::largest(
+            &self.tables,
+            |t| t.source_rows.max(0) as u64,
+            |o, t| o.rows += t.source_rows.max(0) as u64,
+        );
+        Repr {
+            level: self.level,
+            tables,
+            other_tables,
+            sequences: self.sequences,
+            large_objects: self.large_objects,
+            differences: &self.differences,
+            outside_filters: &self.outside_filters,
+            seconds: self.seconds,
+        }
+        .serialize(s)
+    }
 }
 
 impl VerifyReport {

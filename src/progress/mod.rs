@@ -655,8 +655,68 @@ pub(crate) fn summarize(items: &[String]) -> String {
     s
 }
 
+/// How many tables the JSON forms of a report (the summary file, `--json`)
+/// list one by one: the largest; the rest are added up in `other_tables`,
+/// so a 10,000-table migration writes a summary of kilobytes, not megabytes.
+/// The in-memory report keeps every table.
+pub const LISTED_TABLES: usize = 100;
+
+/// What the JSON form adds up instead of listing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct OtherTables {
+    pub count: usize,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+/// The `LISTED_TABLES` largest by `size`, in their order, and the rest added
+/// up by `add`.
+pub fn largest<T>(
+    items: &[T],
+    size: impl Fn(&T) -> u64,
+    add: impl Fn(&mut OtherTables, &T),
+) -> (Vec<&T>, Option<OtherTables>) {
+    if items.len() <= LISTED_TABLES {
+        return (items.iter().collect(), None);
+    }
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(size(&items[i])));
+    let mut keep: Vec<usize> = order[..LISTED_TABLES].to_vec();
+    keep.sort_unstable();
+    let mut other = OtherTables::default();
+    for &i in &order[LISTED_TABLES..] {
+        other.count += 1;
+        add(&mut other, &items[i]);
+    }
+    (keep.into_iter().map(|i| &items[i]).collect(), Some(other))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_the_largest_are_listed_and_the_rest_added_up() {
+        let sizes: Vec<u64> = (0..(LISTED_TABLES as u64 + 5)).collect();
+        let (kept, other) = largest(&sizes, |s| *s, |o, s| o.bytes += *s);
+        assert_eq!(kept.len(), LISTED_TABLES);
+        assert_eq!(
+            **kept.first().unwrap(),
+            5,
+            "order kept, smallest five left out"
+        );
+        assert_eq!(
+            other,
+            Some(OtherTables {
+                count: 5,
+                rows: 0,
+                bytes: 1 + 2 + 3 + 4
+            })
+        );
+        let few = [3u64, 1, 2];
+        let (kept, other) = largest(&few, |s| *s, |_, _| {});
+        assert_eq!(kept, vec![&3, &1, &2]);
+        assert_eq!(other, None);
+    }
+
     use super::*;
 
     #[test]
