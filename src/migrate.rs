@@ -138,10 +138,7 @@ pub(crate) async fn copy_phase(
     let dst = connect::connect(&target_ep, "target").await?;
     let replica_role = session::setup_ddl_target(&dst).await?;
     let mut script = script;
-    if let Some(script) = script.as_mut() {
-        let default = catalog::database_tablespace(&dst).await?;
-        schema::tablespace::database_default(script, &default);
-    }
+    crate::target::fit_to_database_default(&dst, script.as_mut()).await?;
     let target_version = catalog::server_version_num(&dst).await?;
     let binary = match cfg.copy_format {
         CopyFormat::Text => false,

@@ -106,10 +106,7 @@ pub async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<MigrationRep
     let dst = connect::connect(&target_ep, "target").await?;
     session::setup_ddl_target(&dst).await?;
     let mut script = script;
-    if let Some(script) = script.as_mut() {
-        let default = catalog::database_tablespace(&dst).await?;
-        crate::schema::tablespace::database_default(script, &default);
-    }
+    crate::target::fit_to_database_default(&dst, script.as_mut()).await?;
     let target_version = catalog::server_version_num(&dst).await?;
     let binary_files = m
         .tables

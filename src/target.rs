@@ -359,6 +359,20 @@ pub(crate) async fn refuse_small_lock_table(src: &Client, filters: &CompiledFilt
     )))
 }
 
+/// Drop the placement of statements naming the target database's own
+/// default tablespace (see [`schema::tablespace::database_default`]); run
+/// once the target database exists.
+pub(crate) async fn fit_to_database_default(
+    dst: &Client,
+    script: Option<&mut schema::SchemaScript>,
+) -> Result<()> {
+    if let Some(script) = script {
+        let default = catalog::database_tablespace(dst).await?;
+        schema::tablespace::database_default(script, &default);
+    }
+    Ok(())
+}
+
 /// What a full migration needs of the target server, read from the source
 /// (or from an archive's manifest).
 pub(crate) struct TargetNeeds {

@@ -336,18 +336,7 @@ async fn a_lock_table_too_small_for_the_tables_is_refused_with_the_setting() {
     .await
     .unwrap();
     let target = other_target_db(&db, "new");
-    let dir = tempfile::tempdir().unwrap();
-    let out = run_async(&[
-        "-q",
-        "migrate",
-        "--source",
-        &db.source,
-        "--target",
-        &target,
-        "--dump-path",
-        dir.path().join("w").to_str().unwrap(),
-    ])
-    .await;
+    let out = run_migrate(&db.source, &target, &["-q"]).await;
     assert_one_line_exit_2(&out, "max_locks_per_transaction to at least");
     let err = text(&out.stderr);
     assert!(

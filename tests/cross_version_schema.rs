@@ -52,6 +52,16 @@ async fn read_back(ci: &str) -> String {
     text(&out.stdout)
 }
 
+/// Both databases' schemas, read back, are the same.
+async fn assert_same_schema(a: &str, b: &str) {
+    let (sa, sb) = (read_back(a).await, read_back(b).await);
+    assert!(
+        sa == sb,
+        "schemas read back differ:\n{}",
+        diff_hint(&sa, &sb)
+    );
+}
+
 async fn older_major_into_15(major: u32) {
     let source = start_major(major, true).await;
     let pair = testkit::shared_pair();
@@ -148,12 +158,7 @@ async fn rich_full_migration_pg17_to_pg17() {
     let new_target = other_target_db(&db, "full");
     let report = migrate_clean(&db.source, &new_target, &[]).await;
     assert_eq!(report["source_version"].as_i64().unwrap() / 10000, 17);
-    let (sa, sb) = (read_back(&db.source).await, read_back(&new_target).await);
-    assert!(
-        sa == sb,
-        "schemas read back differ:\n{}",
-        diff_hint(&sa, &sb)
-    );
+    assert_same_schema(&db.source, &new_target).await;
     source.cluster().unwrap().stop();
     target.cluster().unwrap().stop();
 }
@@ -244,12 +249,7 @@ async fn pg18_not_null_constraints_rebuild() {
     ] {
         assert!(sa.contains(needle), "{needle}:\n{sa}");
     }
-    let (ra, rb) = (read_back(&db.source).await, read_back(&new_target).await);
-    assert!(
-        ra == rb,
-        "schemas read back differ:\n{}",
-        diff_hint(&ra, &rb)
-    );
+    assert_same_schema(&db.source, &new_target).await;
     source.cluster().unwrap().stop();
     target.cluster().unwrap().stop();
 }
@@ -267,12 +267,7 @@ async fn application_database_15_into_17() {
     let new_target = other_target_db(&db, "up");
     let report = migrate_clean(&db.source, &new_target, &["--roles"]).await;
     assert_eq!(report["target_version"].as_i64().unwrap() / 10000, 17);
-    let (sa, sb) = (read_back(&db.source).await, read_back(&new_target).await);
-    assert!(
-        sa == sb,
-        "schemas read back differ:\n{}",
-        diff_hint(&sa, &sb)
-    );
+    assert_same_schema(&db.source, &new_target).await;
     assert_eq!(
         content_digest(&db.source).await,
         content_digest(&new_target).await

@@ -113,15 +113,26 @@ fn matches_patterns(schemas: u8, names: u8) -> String {
 
 /// The WHERE-clause fragment and parameters that restrict `pg_class c` joined
 /// with `pg_namespace n` to user objects in scope. Parameters $1..$6.
+/// `n` is a schema of the user's (not a system, TOAST, temporary or our own one).
+const USER_SCHEMA_SQL: &str = r#"n.nspname NOT IN ('pg_catalog', 'information_schema', '_pg_dbmigrator')
+    AND n.nspname NOT LIKE 'pg\_toast%'
+    AND n.nspname NOT LIKE 'pg\_temp\_%'"#;
+
+/// `c` belongs to an extension.
+const EXTENSION_MEMBER_SQL: &str = "EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                    WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                      AND d.objid = c.oid AND d.deptype = 'e')";
+
+/// `c`'s `extcondition` when it is an extension's configuration table
+/// (`''` for all rows), NULL otherwise.
+const EXTCONDITION_SQL: &str = "(SELECT COALESCE(x.extcondition[u.i], '') FROM pg_catalog.pg_extension x, \
+           pg_catalog.unnest(x.extconfig) WITH ORDINALITY AS u(oid, i) WHERE u.oid = c.oid LIMIT 1)";
+
 static SCOPE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         r#"
-    n.nspname NOT IN ('pg_catalog', 'information_schema', '_pg_dbmigrator')
-    AND n.nspname NOT LIKE 'pg\_toast%'
-    AND n.nspname NOT LIKE 'pg\_temp\_%'
-    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
-                    WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
-                      AND d.objid = c.oid AND d.deptype = 'e')
+    {USER_SCHEMA_SQL}
+    AND NOT {EXTENSION_MEMBER_SQL}
     AND (cardinality($1::text[]) = 0 OR n.nspname ~ ANY ($1::text[]))
     AND NOT (n.nspname ~ ANY ($2::text[]))
     AND (cardinality($4::text[]) = 0 OR {})
@@ -131,6 +142,11 @@ static SCOPE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         matches_patterns(5, 6)
     )
 });
+
+/// The regexes of pattern pairs as two parallel bind parameters.
+fn split_pairs(pairs: &[(Option<String>, String)]) -> (Vec<Option<String>>, Vec<String>) {
+    pairs.iter().cloned().unzip()
+}
 
 /// Bind parameters for [`SCOPE_SQL`].
 struct ScopeParams {
@@ -144,13 +160,15 @@ struct ScopeParams {
 
 impl ScopeParams {
     fn new(f: &CompiledFilters) -> Self {
+        let (t_schema, t_name) = split_pairs(&f.tables);
+        let (x_schema, x_name) = split_pairs(&f.exclude_tables);
         ScopeParams {
             schemas: f.schemas.clone(),
             exclude_schemas: f.exclude_schemas.clone(),
-            t_schema: f.tables.iter().map(|t| t.0.clone()).collect(),
-            t_name: f.tables.iter().map(|t| t.1.clone()).collect(),
-            x_schema: f.exclude_tables.iter().map(|t| t.0.clone()).collect(),
-            x_name: f.exclude_tables.iter().map(|t| t.1.clone()).collect(),
+            t_schema,
+            t_name,
+            x_schema,
+            x_name,
         }
     }
     fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 6] {
@@ -173,16 +191,7 @@ impl ScopeParams {
 /// partitions) out of this list, not out of the schema.
 pub async fn list_tables(client: &Client, filters: &CompiledFilters) -> Result<Vec<TableInfo>> {
     let scope = ScopeParams::new(filters);
-    let d_schema: Vec<Option<String>> = filters
-        .exclude_table_data
-        .iter()
-        .map(|t| t.0.clone())
-        .collect();
-    let d_name: Vec<String> = filters
-        .exclude_table_data
-        .iter()
-        .map(|t| t.1.clone())
-        .collect();
+    let (d_schema, d_name) = split_pairs(&filters.exclude_table_data);
     let [a, b, c, d, e, f] = scope.params();
     read_tables(
         client,
@@ -309,8 +318,7 @@ pub async fn list_extension_config_tables(client: &Client) -> Result<Vec<TableIn
         client,
         "c.relkind = 'r' AND EXISTS (SELECT 1 FROM pg_catalog.pg_extension x, \
            pg_catalog.unnest(x.extconfig) WITH ORDINALITY AS u(oid, i) WHERE u.oid = c.oid)",
-        "(SELECT COALESCE(x.extcondition[u.i], '') FROM pg_catalog.pg_extension x, \
-           pg_catalog.unnest(x.extconfig) WITH ORDINALITY AS u(oid, i) WHERE u.oid = c.oid LIMIT 1)",
+        EXTCONDITION_SQL,
         &[],
     )
     .await
@@ -324,20 +332,16 @@ pub async fn list_extension_config_tables(client: &Client) -> Result<Vec<TableIn
 pub async fn tables_with_rows_outside(client: &Client, compared: &[String]) -> Result<Vec<String>> {
     let rows = client
         .query(
-            r#"SELECT pg_catalog.format('%I.%I', n.nspname, c.relname),
-                      (SELECT COALESCE(x.extcondition[u.i], '') FROM pg_catalog.pg_extension x,
-                              pg_catalog.unnest(x.extconfig) WITH ORDINALITY AS u(oid, i) WHERE u.oid = c.oid LIMIT 1)
-                 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                WHERE c.relkind = 'r' AND c.relpersistence IN ('p', 'u')
-                  AND n.nspname NOT IN ('pg_catalog', 'information_schema', '_pg_dbmigrator')
-                  AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp\_%'
-                  AND (NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
-                                    WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
-                                      AND d.objid = c.oid AND d.deptype = 'e')
-                       OR c.oid IN (SELECT pg_catalog.unnest(x.extconfig) FROM pg_catalog.pg_extension x))
-                  AND pg_catalog.pg_relation_size(c.oid) > 0
-                  AND pg_catalog.format('%I.%I', n.nspname, c.relname) <> ALL ($1::text[])
-                ORDER BY 1"#,
+            &format!(
+                "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname), {EXTCONDITION_SQL}
+                   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                  WHERE c.relkind = 'r' AND c.relpersistence IN ('p', 'u') AND {USER_SCHEMA_SQL}
+                    AND (NOT {EXTENSION_MEMBER_SQL}
+                         OR c.oid IN (SELECT pg_catalog.unnest(x.extconfig) FROM pg_catalog.pg_extension x))
+                    AND pg_catalog.pg_relation_size(c.oid) > 0
+                    AND pg_catalog.format('%I.%I', n.nspname, c.relname) <> ALL ($1::text[])
+                  ORDER BY 1"
+            ),
             &[&compared],
         )
         .await

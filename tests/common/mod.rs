@@ -217,9 +217,8 @@ pub fn other_target_db(db: &TestDb, suffix: &str) -> String {
     ci
 }
 
-/// A migration from `source` to `target` expected to be refused with exit
-/// 2 before anything is created; returns its stderr.
-pub async fn migrate_refused(source: &str, target: &str, extra: &[&str]) -> String {
+/// `migrate` from `source` to `target` with work files under a temp dir.
+pub async fn run_migrate(source: &str, target: &str, extra: &[&str]) -> Output {
     let dir = tempfile::tempdir().unwrap();
     let dump = dir.path().join("w");
     let mut args = vec![
@@ -232,7 +231,13 @@ pub async fn migrate_refused(source: &str, target: &str, extra: &[&str]) -> Stri
         dump.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    let out = run_async(&args).await;
+    run_async(&args).await
+}
+
+/// A migration from `source` to `target` expected to be refused with exit
+/// 2 before anything is created; returns its stderr.
+pub async fn migrate_refused(source: &str, target: &str, extra: &[&str]) -> String {
+    let out = run_migrate(source, target, extra).await;
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     err
@@ -241,20 +246,9 @@ pub async fn migrate_refused(source: &str, target: &str, extra: &[&str]) -> Stri
 /// `migrate --json` from `source` to `target` (work files under a temp dir),
 /// which must succeed with a clean verify; returns the report.
 pub async fn migrate_clean(source: &str, target: &str, extra: &[&str]) -> serde_json::Value {
-    let dir = tempfile::tempdir().unwrap();
-    let dump = dir.path().join("w");
-    let mut args = vec![
-        "migrate",
-        "--source",
-        source,
-        "--target",
-        target,
-        "--json",
-        "--dump-path",
-        dump.to_str().unwrap(),
-    ];
+    let mut args = vec!["--json"];
     args.extend_from_slice(extra);
-    let out = run_async(&args).await;
+    let out = run_migrate(source, target, &args).await;
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
     let report = report_of(&out.stdout);
     assert_eq!(
