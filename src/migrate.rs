@@ -159,7 +159,7 @@ pub(crate) async fn copy_phase(
             force_clean(&src, &dst, &filters, cfg.large_objects).await?;
         }
         if online.is_none() {
-            let _ = std::fs::remove_file(&token_path);
+            ResumeToken::remove(&token_path);
         }
     }
     if !resumed {

@@ -131,7 +131,7 @@ pub(crate) async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<Migra
                 if prep.created_now && !copy_began && !matches!(e, MigrationError::Cancelled) {
                     if let Ok(src) = connect::connect(&source_ep, "source").await {
                         if undo_source(&src, &mut prep.state, true).await.is_ok() {
-                            let _ = std::fs::remove_file(&token_path);
+                            ResumeToken::remove(&token_path);
                         }
                     }
                 }

@@ -21,6 +21,8 @@ use sha2::{Digest, Sha256};
 use crate::config::{EndpointConfig, Filters, MigrationConfig, MigrationMode};
 use crate::error::{MigrationError, Result};
 
+mod journal;
+
 // What the token records of the stages' outputs: defined here, below the
 // stages that write them (the archive, the replica identity fixes).
 
@@ -498,12 +500,23 @@ impl ResumeToken {
                 TOKEN_SCHEMA_VERSION
             )));
         }
-        serde_json::from_value(value).map(Some).map_err(|e| {
+        let mut token: ResumeToken = serde_json::from_value(value).map_err(|e| {
             MigrationError::Resume(format!(
                 "resume token {} is damaged ({e}); use --force-clean to start over",
                 path.display()
             ))
-        })
+        })?;
+        let replay = journal::read(&journal::path_for(path), &token)?;
+        for r in replay.records {
+            r.apply(&mut token);
+        }
+        Ok(Some(token))
+    }
+
+    /// Remove the token and its journal (a missing one is fine).
+    pub fn remove(path: &Path) {
+        let _ = std::fs::remove_file(path);
+        let _ = std::fs::remove_file(journal::path_for(path));
     }
 
     /// Refuse to continue a token written for another migration.
@@ -525,7 +538,9 @@ impl ResumeToken {
     }
 
     /// Write the token atomically: temp file in the same directory, fsync,
-    /// rename over the old one, fsync the directory.
+    /// rename over the old one, fsync the directory; then start its journal
+    /// afresh. A crash between the two leaves records the token already
+    /// holds, which replay again harmlessly.
     pub fn save(&mut self, path: &Path) -> Result<()> {
         self.updated_at = Utc::now();
         let json = serde_json::to_vec_pretty(self).expect("token serializes");
@@ -550,7 +565,8 @@ impl ResumeToken {
         if let Ok(d) = std::fs::File::open(dir) {
             let _ = d.sync_all();
         }
-        Ok(())
+        // Everything the journal held is in the token now.
+        journal::reset(&journal::path_for(path), self)
     }
 }
 
@@ -558,13 +574,18 @@ impl ResumeToken {
 /// cutover): the progress reporting, which stands above this module.
 pub trait TokenObserver: Send + Sync {
     fn observe_token(&self, token: &ResumeToken);
+    /// One item recorded through the journal (the token was not saved whole).
+    fn observe_copied(&self, item: &str, marker: &CopyMarker);
 }
 
 /// A token shared by concurrent workers: every update is saved before the
-/// caller moves on, under one lock, so saves never interleave.
+/// caller moves on, under one lock, so saves never interleave. Per-item
+/// markers go to the journal, one durable append each.
 pub struct TokenStore {
     path: PathBuf,
     token: std::sync::Mutex<ResumeToken>,
+    /// Opened at the first record (it may have a torn tail to cut off).
+    journal: std::sync::Mutex<Option<journal::Appender>>,
     observer: Option<std::sync::Arc<dyn TokenObserver>>,
 }
 
@@ -573,8 +594,44 @@ impl TokenStore {
         TokenStore {
             path,
             token: std::sync::Mutex::new(token),
+            journal: std::sync::Mutex::new(None),
             observer: None,
         }
+    }
+
+    /// Record a copied item: durable in the journal before this returns.
+    pub fn record_copied(&self, item: &str, marker: CopyMarker) -> Result<()> {
+        let record = journal::Record::Copied {
+            item: item.to_string(),
+            marker: marker.clone(),
+        };
+        self.append(record)?;
+        if let Some(o) = &self.observer {
+            o.observe_copied(item, &marker);
+        }
+        Ok(())
+    }
+
+    /// Record an archive file written: durable in the journal before this returns.
+    pub fn record_dumped(&self, item: &str, file: DataFile) -> Result<()> {
+        self.append(journal::Record::Dumped {
+            item: item.to_string(),
+            file,
+        })
+    }
+
+    /// Append under the token's lock, so a full save (which folds the
+    /// journal in and resets it) never runs between the append and the
+    /// in-memory update.
+    fn append(&self, record: journal::Record) -> Result<()> {
+        let mut t = self.token.lock().unwrap_or_else(|p| p.into_inner());
+        let mut j = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        if j.is_none() {
+            *j = Some(journal::Appender::open(&journal::path_for(&self.path), &t)?);
+        }
+        j.as_mut().expect("opened above").append(&record)?;
+        record.apply(&mut t);
+        Ok(())
     }
 
     /// Keep `observer` up to date with every change.
@@ -765,6 +822,57 @@ mod tests {
         assert_eq!(back.copied.len(), 1);
         assert!(!back.is_done(Stage::CopyData));
         back.check_matches(&def, &path).unwrap();
+    }
+
+    /// Items recorded through the store are one journal line each (the
+    /// token is not rewritten), read back by `load`, and folded into the
+    /// token by the next full save.
+    #[test]
+    fn recorded_items_go_to_the_journal_and_fold_into_the_next_save() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = ResumeToken::path_for(&dir.path().join("work"));
+        let def = Definition::from_config(&cfg()).unwrap();
+        let mut t = ResumeToken::new("m1".into(), def, dir.path().join("work"));
+        t.save(&path).unwrap();
+        let token_bytes = std::fs::read(&path).unwrap();
+        let store = TokenStore::new(path.clone(), t);
+        for i in 0..50u64 {
+            let m = CopyMarker {
+                rows: i,
+                bytes: i,
+                seconds: 0.0,
+                done_at: Utc::now(),
+            };
+            store.record_copied(&format!("public.t{i}"), m).unwrap();
+        }
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            token_bytes,
+            "token untouched"
+        );
+        let journal = journal::path_for(&path);
+        let lines = std::fs::read_to_string(&journal).unwrap().lines().count();
+        assert_eq!(lines, 51, "a header and one line per item");
+        assert_eq!(ResumeToken::load(&path).unwrap().unwrap().copied.len(), 50);
+        store.update(|t| t.stage_done(Stage::CopyData)).unwrap();
+        let lines = std::fs::read_to_string(&journal).unwrap().lines().count();
+        assert_eq!(lines, 1, "folded into the token");
+        let back = ResumeToken::load(&path).unwrap().unwrap();
+        assert_eq!(back.copied.len(), 50);
+        assert!(back.is_done(Stage::CopyData));
+        // Records after the fold append to the fresh journal.
+        store
+            .record_copied(
+                "public.late",
+                CopyMarker {
+                    rows: 1,
+                    bytes: 1,
+                    seconds: 0.0,
+                    done_at: Utc::now(),
+                },
+            )
+            .unwrap();
+        assert_eq!(ResumeToken::load(&path).unwrap().unwrap().copied.len(), 51);
     }
 
     /// The hash must not change between processes, machines or compiler

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
-use pg_dbmigrator::testkit::{Cluster, ClusterOptions};
+use pg_dbmigrator::testkit::{ensure_embedded_major, Cluster, ClusterOptions};
 
 use datasets::Dataset;
 use report::{Report, RunRecord};
@@ -26,6 +26,14 @@ pub struct Config {
     pub jobs: usize,
     pub tools: Option<Vec<String>>,
     pub pgbench_scale: u32,
+    /// Server settings to measure under, in order; datasets are built under
+    /// the first.
+    pub configs: Vec<ServerConfig>,
+    /// Major of the target server; `None` is the source's.
+    pub target_major: Option<u32>,
+    /// `max_locks_per_transaction` of both servers, when the datasets need
+    /// more than PostgreSQL's default.
+    pub max_locks: Option<u32>,
 }
 
 fn env_or(name: &str, default: &str) -> String {
@@ -54,13 +62,92 @@ impl Config {
         let pgbench_scale = env_or("BENCH_PGBENCH_SCALE", "30")
             .parse()
             .context("BENCH_PGBENCH_SCALE")?;
+        let configs = match env_or("BENCH_CONFIG", "both").trim() {
+            "both" => vec![ServerConfig::Production, ServerConfig::Test],
+            "production" => vec![ServerConfig::Production],
+            "test" => vec![ServerConfig::Test],
+            other => bail!("BENCH_CONFIG={other:?}: expected production, test or both"),
+        };
+        let target_major = std::env::var("BENCH_TARGET_MAJOR")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| v.trim().parse::<u32>())
+            .transpose()
+            .context("BENCH_TARGET_MAJOR")?;
+        // Only the tenants sets have tables by the thousand; the others keep
+        // PostgreSQL's default, as in the reports before them.
+        let max_locks = datasets
+            .iter()
+            .filter_map(|d| match d {
+                Dataset::Tenants(n) => Some(*n as u64 * datasets::TENANT_TABLES),
+                _ => None,
+            })
+            .max()
+            .map(max_locks_for);
         Ok(Config {
             datasets,
             runs,
             jobs,
             tools,
             pgbench_scale,
+            configs,
+            target_major,
+            max_locks,
         })
+    }
+}
+
+/// `max_locks_per_transaction` for a database of `tables` tables. pg_dump
+/// -j N locks every table in its leader and again in the workers (each
+/// keeps what it dumped until it ends), and pg_dbmigrator likewise in its
+/// snapshot session and copy workers: about 2 × tables locks at once, in a
+/// lock table shared by all sessions and sized max_locks_per_transaction ×
+/// max_connections (plus a few background processes). A quarter to spare,
+/// and never below 512, so runs fail on what they measure and not on
+/// "out of shared memory".
+pub fn max_locks_for(tables: u64) -> u32 {
+    let need = (2 * tables * 5 / 4).div_ceil(100);
+    need.next_power_of_two().max(512) as u32
+}
+
+/// The server settings a round runs under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ServerConfig {
+    /// [`SERVER_CONF`]: durable, sized like a small production server.
+    Production,
+    /// [`TEST_CONF`]: the testkit's throwaway settings, no durability.
+    Test,
+}
+
+impl ServerConfig {
+    pub fn name(self) -> &'static str {
+        match self {
+            ServerConfig::Production => "production",
+            ServerConfig::Test => "test",
+        }
+    }
+
+    pub fn settings(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            ServerConfig::Production => SERVER_CONF,
+            ServerConfig::Test => TEST_CONF,
+        }
+    }
+
+    /// `name=value, ...` for the report.
+    pub fn describe(self) -> String {
+        let conf = self
+            .settings()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        match self {
+            ServerConfig::Production => conf,
+            ServerConfig::Test => {
+                format!("{conf} (the testkit's defaults; everything else PostgreSQL's defaults)")
+            }
+        }
     }
 }
 
@@ -78,6 +165,65 @@ pub const SERVER_CONF: &[(&str, &str)] = &[
     ("max_parallel_maintenance_workers", "2"),
     ("max_connections", "100"),
 ];
+
+/// The testkit's own settings (what the test suite runs with), written out
+/// rather than left to the testkit so that what the report names is what
+/// the servers ran with even if the testkit's defaults move.
+pub const TEST_CONF: &[(&str, &str)] = &[
+    ("fsync", "off"),
+    ("synchronous_commit", "off"),
+    ("full_page_writes", "off"),
+    ("shared_buffers", "128MB"),
+    ("max_connections", "100"),
+];
+
+/// Put `sc`'s settings on both servers and restart them, then check they
+/// took. ALTER SYSTEM RESET ALL first, so nothing of the other
+/// configuration lingers; what the clusters were started with
+/// (postgresql.conf: the testkit's settings, wal_level, the lock table)
+/// stays underneath. Always a restart, also when nothing changes, so every
+/// configuration's rounds start alike: cold shared_buffers, warm OS cache.
+pub fn apply_server_config(ctx: &Ctx, sc: ServerConfig) -> Result<()> {
+    for (side, c) in [("source", &ctx.src), ("target", &ctx.tgt)] {
+        let admin = c.conninfo("postgres");
+        // ALTER SYSTEM refuses to run in a transaction block, which a
+        // multi-statement batch is: one statement per call.
+        util::exec(&admin, "ALTER SYSTEM RESET ALL")
+            .with_context(|| format!("ALTER SYSTEM on the {side}"))?;
+        for (k, v) in sc.settings() {
+            util::exec(
+                &admin,
+                &format!("ALTER SYSTEM SET {k} = {}", util::literal(v)),
+            )
+            .with_context(|| format!("ALTER SYSTEM SET {k} on the {side}"))?;
+        }
+        c.restart(false).with_context(|| {
+            format!(
+                "restarting the {side} with the {} settings; server log:\n{}",
+                sc.name(),
+                c.log_tail(2000)
+            )
+        })?;
+        let mut want: Vec<(&str, String)> = sc
+            .settings()
+            .iter()
+            .map(|(k, v)| (*k, v.to_string()))
+            .collect();
+        if let Some(n) = ctx.cfg.max_locks {
+            want.push(("max_locks_per_transaction", n.to_string()));
+        }
+        for (k, v) in want {
+            let got = query_one(&admin, &format!("SELECT current_setting('{k}')"))?;
+            if got != v {
+                bail!(
+                    "the {side} runs with {k}={got} after the restart, not {v} ({} settings)",
+                    sc.name()
+                );
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Shared state of a benchmark session.
 pub struct Ctx {

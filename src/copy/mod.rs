@@ -558,19 +558,16 @@ async fn index_worker(
 }
 
 fn record_done(ctx: &CopyContext, item: &str, r: &ItemResult) -> Result<()> {
-    ctx.token.update(|t| {
-        if let Some(file) = &r.file {
-            t.dumped.insert(item.to_string(), file.clone());
-            return;
-        }
-        t.copied.insert(
-            item.to_string(),
-            CopyMarker {
-                rows: r.rows,
-                bytes: r.bytes,
-                seconds: r.finished.duration_since(r.started).as_secs_f64(),
-                done_at: chrono::Utc::now(),
-            },
-        );
-    })
+    if let Some(file) = &r.file {
+        return ctx.token.record_dumped(item, file.clone());
+    }
+    ctx.token.record_copied(
+        item,
+        CopyMarker {
+            rows: r.rows,
+            bytes: r.bytes,
+            seconds: r.finished.duration_since(r.started).as_secs_f64(),
+            done_at: chrono::Utc::now(),
+        },
+    )
 }

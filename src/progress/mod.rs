@@ -285,26 +285,49 @@ impl Progress {
         }
     }
 
-    /// Take stages and copied items from the token (called on every save).
+    /// One more item copied: counted in O(1), without reading the token.
+    pub fn observe_copied(&self, item: &str, m: &crate::resume::CopyMarker) {
+        let new = {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            seen.items.insert(item.to_string())
+        };
+        if !new {
+            return;
+        }
+        self.emit(
+            "item_copied",
+            serde_json::json!({ "item": item, "rows": m.rows, "bytes": m.bytes, "seconds": m.seconds }),
+        );
+        let heap = self.heap_share(item);
+        self.with(|s| {
+            s.heap_bytes_done += heap;
+            s.items_done += 1;
+            s.rows_copied += m.rows;
+            s.bytes_copied += m.bytes;
+        });
+    }
+
+    /// The part of its table's heap an item stands for: a chunk
+    /// `schema.table#i/n` counts for 1/n.
+    fn heap_share(&self, item: &str) -> u64 {
+        let sizes = self.table_bytes.lock().unwrap_or_else(|p| p.into_inner());
+        match item.split_once('#') {
+            None => sizes.get(item).copied().unwrap_or(0),
+            Some((table, part)) => {
+                let n: u64 = part
+                    .split_once('/')
+                    .and_then(|(_, n)| n.parse().ok())
+                    .unwrap_or(1);
+                sizes.get(table).copied().unwrap_or(0) / n.max(1)
+            }
+        }
+    }
+
+    /// Take stages and copied items from the token (called on every full save).
     pub fn observe_token(&self, t: &ResumeToken) {
         self.events_from_token(t);
         // A chunk `schema.table#i/n` counts for 1/n of its table's heap.
-        let heap_done: u64 = {
-            let sizes = self.table_bytes.lock().unwrap_or_else(|p| p.into_inner());
-            t.copied
-                .keys()
-                .map(|k| match k.split_once('#') {
-                    None => sizes.get(k).copied().unwrap_or(0),
-                    Some((table, part)) => {
-                        let n: u64 = part
-                            .split_once('/')
-                            .and_then(|(_, n)| n.parse().ok())
-                            .unwrap_or(1);
-                        sizes.get(table).copied().unwrap_or(0) / n.max(1)
-                    }
-                })
-                .sum()
-        };
+        let heap_done: u64 = t.copied.keys().map(|k| self.heap_share(k)).sum();
         self.with(|s| {
             s.heap_bytes_done = heap_done;
             s.migration_id = t.migration_id.clone();
@@ -622,6 +645,9 @@ fn constant_eq(a: &str, b: &str) -> bool {
 impl crate::resume::TokenObserver for Progress {
     fn observe_token(&self, token: &ResumeToken) {
         Progress::observe_token(self, token)
+    }
+    fn observe_copied(&self, item: &str, m: &crate::resume::CopyMarker) {
+        Progress::observe_copied(self, item, m)
     }
 }
 

@@ -400,7 +400,7 @@ pub async fn cleanup(cfg: &MigrationConfig) -> Result<CleanupReport> {
             warn!(error = %e, "target not reachable (or its database was never created): nothing to remove there")
         }
     }
-    let _ = std::fs::remove_file(&token_path);
+    ResumeToken::remove(&token_path);
     let _ = std::fs::remove_file(crate::resume::cutover_request_path(&dump_path));
     let _ = std::fs::remove_dir_all(dump_path.join("spool"));
     Ok(CleanupReport {
