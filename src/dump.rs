@@ -95,6 +95,8 @@ pub(crate) fn definition(cfg: &MigrationConfig, dir: &Path) -> Result<Definition
 /// archive will be restored into the same major version).
 pub async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<DumpReport> {
     let binary = cfg.copy_format == CopyFormat::Binary;
+    let dir = archive_dir(cfg, "dump")?;
+    let _lock = crate::resume::RunLock::acquire(&ResumeToken::path_for(&dir))?;
     run_with(cfg, binary, run).await
 }
 
@@ -117,9 +119,15 @@ pub(crate) async fn run_with(
             "--compress-level {level} is out of range: zstd levels are 1 (fastest) to 22 (smallest)"
         )));
     }
-    let source_ep = cfg.source.clone().expect("checked by definition");
     let token_path = ResumeToken::path_for(&dir);
     let (existing, resumed) = crate::resume::resolve_token(cfg, &def, &token_path, "dump")?;
+    let migration_id = cfg
+        .migration_id
+        .clone()
+        .unwrap_or_else(|| format!("d{}", &def.hash()[..12]));
+    let cfg = &crate::pg::sessions::tagged(cfg, &migration_id);
+    let source_ep = cfg.source.clone().expect("checked by definition");
+    crate::pg::sessions::end_earlier(&source_ep, "source").await?;
     if !resumed {
         prepare_empty_dir(&dir, cfg.force_clean)?;
     } else {
@@ -164,13 +172,7 @@ pub(crate) async fn run_with(
 
     let mut token = match existing {
         Some(t) if resumed => t,
-        _ => ResumeToken::new(
-            cfg.migration_id
-                .clone()
-                .unwrap_or_else(|| format!("d{}", &def.hash()[..12])),
-            def.clone(),
-            dir.clone(),
-        ),
+        _ => ResumeToken::new(migration_id.clone(), def.clone(), dir.clone()),
     };
     token.snapshot_name = Some(snapshot_id.clone());
     token.stage_started(Stage::Dump);

@@ -119,9 +119,14 @@ impl Migrator {
             progress: self.progress.clone(),
             cutover: self.cutover.clone(),
         };
-        let report = match self.config.mode {
-            MigrationMode::Online => online::run(&self.config, &run).await?,
-            MigrationMode::Offline => migrate::run(&self.config, &run).await?,
+        // One run of a migration at a time; its sessions carry its id.
+        let def = resume::Definition::from_config(&self.config)?;
+        let (id, path) = resume::work_location(&self.config, &def);
+        let _lock = resume::RunLock::acquire(&ResumeToken::path_for(&path))?;
+        let cfg = pg::sessions::tagged(&self.config, &id);
+        let report = match cfg.mode {
+            MigrationMode::Online => online::run(&cfg, &run).await?,
+            MigrationMode::Offline => migrate::run(&cfg, &run).await?,
         };
         report.save_summary()?;
         Ok(report)

@@ -92,6 +92,10 @@ pub(crate) async fn copy_phase(
 
     // The token decides everything before any server is touched.
     let (existing, resumed) = resolve_token(cfg, &def, &token_path, "migration")?;
+    if online.is_none() {
+        // A killed run's sessions end before this run touches anything.
+        crate::pg::sessions::end_earlier_runs(cfg).await?;
+    }
     let mut token = match existing {
         Some(t) if resumed => t,
         _ => ResumeToken::new(migration_id.clone(), def.clone(), dump_path.clone()),
@@ -461,7 +465,7 @@ async fn run_via_archive(cfg: &MigrationConfig, run: &RunContext) -> Result<Migr
     let dump_secs = t0.elapsed().as_secs_f64();
     let mut rcfg = cfg.clone();
     rcfg.resume = cfg.resume && ResumeToken::restore_path_for(&dir).exists();
-    let mut report = crate::restore::run(&rcfg, run).await?;
+    let mut report = crate::restore::run_locked(&rcfg, run).await?;
     report
         .stages
         .insert(0, (Stage::Dump.as_str().to_string(), dump_secs));

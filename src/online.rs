@@ -59,6 +59,9 @@ pub(crate) async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<Migra
     let (slot_name, publication_name) = names(&migration_id);
     let (existing, resumed) = crate::resume::resolve_token(cfg, &def, &token_path, "migration")?;
     let source_ep = cfg.source.clone().expect("checked by Definition");
+    // A killed run's sessions (its walsender holding the slot, a statement
+    // still committing) end before this run touches anything.
+    crate::pg::sessions::end_earlier_runs(cfg).await?;
 
     let mut prep = OnlinePrep {
         state: OnlineState {

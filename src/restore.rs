@@ -34,6 +34,13 @@ use crate::target::TargetNeeds;
 
 /// Restore the archive in `cfg.dump_path` into `cfg.target`.
 pub async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<MigrationReport> {
+    let dir = archive_dir(cfg, "restore")?;
+    let _lock = crate::resume::RunLock::acquire(&ResumeToken::restore_path_for(&dir))?;
+    run_locked(cfg, run).await
+}
+
+/// [`run`] for a caller that holds the run's lock (`migrate --copy-method dump`).
+pub(crate) async fn run_locked(cfg: &MigrationConfig, run: &RunContext) -> Result<MigrationReport> {
     let cancel = run.cancel.clone();
     let started = Instant::now();
     if cfg.jobs == 0 {
@@ -66,6 +73,9 @@ pub async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<MigrationRep
         .migration_id
         .clone()
         .unwrap_or_else(|| format!("r{}", &def.hash()[..12]));
+    let cfg = &crate::pg::sessions::tagged(cfg, &migration_id);
+    let target_ep = cfg.target.clone().expect("checked above");
+    crate::pg::sessions::end_earlier(&target_ep, "target").await?;
 
     let placement = crate::schema::tablespace::Placement::of(cfg);
     let script: Option<SchemaScript> = if m.data_only {

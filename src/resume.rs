@@ -570,6 +570,88 @@ impl ResumeToken {
     }
 }
 
+/// Held by a run for its whole life (an advisory lock on `<token>.lock`):
+/// one run of a migration at a time, and a later run, `cutover` or
+/// `cleanup` can tell that the run which wrote the token is gone.
+pub struct RunLock {
+    file: Option<std::fs::File>,
+    token_path: PathBuf,
+}
+
+impl Drop for RunLock {
+    /// A run refused before it wrote a token leaves no lock file behind.
+    /// Removed while still held, so no other run can hold the old file.
+    fn drop(&mut self) {
+        if !self.token_path.exists() {
+            let _ = std::fs::remove_file(Self::path_for(&self.token_path));
+        }
+        self.file.take();
+    }
+}
+
+impl RunLock {
+    pub fn path_for(token_path: &Path) -> PathBuf {
+        let mut s = token_path.as_os_str().to_owned();
+        s.push(".lock");
+        PathBuf::from(s)
+    }
+
+    /// Take the lock of the migration whose token is at `token_path`, or
+    /// refuse because another live process holds it.
+    pub fn acquire(token_path: &Path) -> Result<RunLock> {
+        let path = Self::path_for(token_path);
+        if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                MigrationError::io(format!("creating the directory of {}", path.display()), e)
+            })?;
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| MigrationError::io(format!("opening {}", path.display()), e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                return Err(MigrationError::Resume(format!(
+                    "another run of this migration is in progress ({}; lock {}).                      Wait for it to finish, or stop it first",
+                    holder.trim().trim_end_matches('.'),
+                    path.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(MigrationError::io(format!("locking {}", path.display()), e))
+            }
+        }
+        let _ = file.set_len(0).and_then(|_| {
+            writeln!(
+                file,
+                "pid {} since {}",
+                std::process::id(),
+                Utc::now().format("%Y-%m-%d %H:%M:%S UTC")
+            )
+        });
+        Ok(RunLock {
+            file: Some(file),
+            token_path: token_path.to_path_buf(),
+        })
+    }
+
+    /// Whether a live process holds the lock of the token at `token_path`.
+    pub fn is_held(token_path: &Path) -> bool {
+        let Ok(file) = std::fs::File::open(Self::path_for(token_path)) else {
+            return false;
+        };
+        matches!(
+            file.try_lock_shared(),
+            Err(std::fs::TryLockError::WouldBlock)
+        )
+    }
+}
+
 /// Told of every state a [`TokenStore`] saves (stages, copied items,
 /// cutover): the progress reporting, which stands above this module.
 pub trait TokenObserver: Send + Sync {
@@ -873,6 +955,29 @@ mod tests {
             )
             .unwrap();
         assert_eq!(ResumeToken::load(&path).unwrap().unwrap().copied.len(), 51);
+    }
+
+    #[test]
+    fn one_run_at_a_time_and_a_dead_run_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("w.resume.json");
+        assert!(!RunLock::is_held(&token));
+        let lock = RunLock::acquire(&token).unwrap();
+        assert!(RunLock::is_held(&token));
+        let e = RunLock::acquire(&token).err().unwrap().to_string();
+        assert!(
+            e.contains("another run of this migration is in progress"),
+            "{e}"
+        );
+        assert!(e.contains(&format!("pid {}", std::process::id())), "{e}");
+        drop(lock);
+        assert!(!RunLock::is_held(&token));
+        // No token was written: no lock file is left either.
+        assert!(!RunLock::path_for(&token).exists());
+        std::fs::write(&token, "{}").unwrap();
+        drop(RunLock::acquire(&token).unwrap());
+        assert!(RunLock::path_for(&token).exists());
+        assert!(!RunLock::is_held(&token));
     }
 
     /// The hash must not change between processes, machines or compiler

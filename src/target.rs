@@ -596,14 +596,6 @@ pub(crate) async fn prepare_target_database(
 
 /// The server version of an endpoint whose database may not exist yet.
 pub(crate) async fn server_version_of(ep: &crate::config::EndpointConfig) -> Result<i32> {
-    let c = match connect::connect(ep, "target").await {
-        Ok(c) => c,
-        Err(first) => match connect::connect(&ep.with_dbname("postgres"), "target").await {
-            Ok(c) => c,
-            Err(_) => connect::connect(&ep.with_dbname("template1"), "target")
-                .await
-                .map_err(|_| first)?,
-        },
-    };
+    let c = connect::connect_server(ep, "target").await?;
     catalog::server_version_num(&c).await
 }

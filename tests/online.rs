@@ -704,6 +704,19 @@ async fn kill_then_resume(point: &str) {
     r.wait_stop_point("m1", point).await;
     child.kill().unwrap();
     child.wait().unwrap();
+    if point == "mid_cutover" {
+        // Asked of a dead migration, `cutover` says so at once.
+        let t0 = std::time::Instant::now();
+        let out = common::run_async(&["cutover", "--dump-path", &r.dump()]).await;
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        assert!(
+            err.contains("is not running (it died in the middle of its cutover)")
+                && err.contains("--resume"),
+            "{err}"
+        );
+    }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let child = r.spawn(&["--cutover", "auto", "--resume"], "m2", None);
     let (code, out) = wait_child(child, Duration::from_secs(240)).await;

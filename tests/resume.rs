@@ -212,3 +212,100 @@ async fn sigterm_saves_token_and_exits_130() {
         content_digest(&db.target).await
     );
 }
+
+/// kill -9 while an index is built beside the copy, then `--resume` at
+/// once: the killed run's `CREATE INDEX` (sent with its marker) lives on in
+/// its server session and would commit behind the resumed run's back. The
+/// resume waits for it or ends it, and finishes on the first try.
+#[tokio::test]
+async fn resume_right_after_a_kill_during_an_index_build() {
+    let db = testkit::shared_pair().fresh_db("idxkill").await;
+    testkit::execute(
+        &db.source,
+        // An index whose build takes seconds whatever the machine: its key
+        // function sleeps 2 ms a row.
+        "CREATE FUNCTION public.slow_key(int) RETURNS int LANGUAGE plpgsql IMMUTABLE
+           AS $$ BEGIN PERFORM pg_sleep(0.002); RETURN $1; END $$;
+         CREATE TABLE public.events (id int PRIMARY KEY, payload jsonb NOT NULL);
+         INSERT INTO public.events
+              SELECT g, jsonb_build_object('k', g % 1000, 'tags', jsonb_build_array(g % 7, md5(g::text)))
+                FROM generate_series(1, 2500) g;
+         CREATE INDEX events_slow ON public.events (public.slow_key(id));
+         CREATE TABLE public.other (id int PRIMARY KEY, v text);
+         INSERT INTO public.other SELECT g, md5(g::text) FROM generate_series(1, 1000) g;",
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("work");
+    let base: Vec<String> = [
+        "migrate",
+        "--source",
+        &db.source,
+        "--target",
+        &db.target,
+        "--jobs",
+        "2",
+        "--dump-path",
+        dump.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let a: Vec<&str> = base.iter().map(String::as_str).collect();
+    let mut child = command(&a)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let watcher = testkit::client(&db.target).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let building: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE state = 'active' AND application_name LIKE 'pg_dbmigrator %'
+                    AND query LIKE '%CREATE INDEX events_slow%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if building > 0 {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the migration ended before the index build was seen"
+        );
+        assert!(std::time::Instant::now() < deadline, "no index build seen");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap(); // SIGKILL, the CREATE INDEX still running
+    child.wait().unwrap();
+
+    let out = run_s(&with(&base, &["--resume", "--json"]));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr: {err}");
+    assert!(
+        err.contains("waiting for a session of the interrupted run"),
+        "{err}"
+    );
+    let report = common::report_of(&out.stdout);
+    assert_eq!(
+        report["verify"]["differences"].as_array().unwrap().len(),
+        0,
+        "{report:#}"
+    );
+    assert_eq!(schema_dump(&db.source), schema_dump(&db.target));
+    // No session of either run is left on the target.
+    let left: i64 = watcher
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pg_dbmigrator %'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+}

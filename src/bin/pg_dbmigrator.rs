@@ -1064,12 +1064,31 @@ async fn cutover(args: CutoverArgs) -> Result<i32, MigrationError> {
         return Ok(exit_code::OK);
     }
     let attempts_before = before.as_ref().map_or(0, |c| c.attempts);
+    // A request to a dead migration would wait for nothing: the running
+    // process holds the run lock, so its absence says at once that none is.
+    let not_running = |t: &ResumeToken| {
+        let interrupted = record(t).filter(|c| c.started_at.is_some() && !c.completed);
+        MigrationError::Config(format!(
+            "the migration at {} is not running{}: run the same `pg_dbmigrator migrate --mode online ... --dump-path {}` command again with --resume{}",
+            args.dump_path.display(),
+            if interrupted.is_some() { " (it died in the middle of its cutover)" } else { "" },
+            args.dump_path.display(),
+            if interrupted.is_some() { ", which finishes the interrupted cutover" } else { ", then ask for the cutover again" },
+        ))
+    };
+    if !pg_dbmigrator::resume::RunLock::is_held(&token_path) {
+        return Err(not_running(&token));
+    }
     let request = pg_dbmigrator::online::request_path(&args.dump_path);
     std::fs::write(&request, chrono::Utc::now().to_rfc3339())
         .map_err(|e| MigrationError::io(format!("writing {}", request.display()), e))?;
     // The migration checks for the request several times a second.
     let picked_deadline = Instant::now() + Duration::from_secs(15);
     while request.exists() {
+        if !pg_dbmigrator::resume::RunLock::is_held(&token_path) {
+            let _ = std::fs::remove_file(&request);
+            return Err(not_running(&load()?));
+        }
         if Instant::now() > picked_deadline {
             let _ = std::fs::remove_file(&request);
             return Err(MigrationError::Config(format!(
@@ -1101,6 +1120,14 @@ async fn cutover(args: CutoverArgs) -> Result<i32, MigrationError> {
                     "the cutover failed and was rolled back (the fence is lifted, streaming goes on): {e}"
                 )));
             }
+        }
+        if !pg_dbmigrator::resume::RunLock::is_held(&token_path) {
+            // Gone in the middle: a last look, in case it finished first.
+            let t = load()?;
+            if record(&t).is_some_and(|c| c.completed && c.attempts > attempts_before) {
+                continue;
+            }
+            return Err(not_running(&t));
         }
         if Instant::now() > deadline {
             return Err(MigrationError::Internal(format!(

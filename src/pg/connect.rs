@@ -60,6 +60,20 @@ pub async fn connect(ep: &EndpointConfig, label: &str) -> Result<Client> {
     .await
 }
 
+/// A session on `ep`'s server whose database may not exist yet: its own
+/// database, else `postgres`, else `template1` (as createdb does).
+pub async fn connect_server(ep: &EndpointConfig, label: &str) -> Result<Client> {
+    match connect(ep, label).await {
+        Ok(c) => Ok(c),
+        Err(first) => match connect(&ep.with_dbname("postgres"), label).await {
+            Ok(c) => Ok(c),
+            Err(_) => connect(&ep.with_dbname("template1"), label)
+                .await
+                .map_err(|_| first),
+        },
+    }
+}
+
 /// Try `ep`'s hosts in order, as libpq does: each attempt bounded by
 /// `connect_timeout`, the first success wins; when all fail, one
 /// [`MigrationError::Connect`] with each host's reason (the last one's server

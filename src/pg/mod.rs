@@ -7,4 +7,5 @@ pub mod connect;
 pub mod quote;
 pub mod replication;
 pub mod session;
+pub mod sessions;
 pub mod tls;

@@ -354,6 +354,11 @@ pub async fn cleanup(cfg: &MigrationConfig) -> Result<CleanupReport> {
         }
         migration_id = t.migration_id.clone();
     }
+    // Never beside a live run; a dead one's sessions end first (its
+    // walsender would keep the slot, a statement could still commit).
+    let _lock = crate::resume::RunLock::acquire(&token_path)?;
+    let cfg = &crate::pg::sessions::tagged(cfg, &migration_id);
+    crate::pg::sessions::end_earlier_runs(cfg).await?;
     let (slot, publication) = names(&migration_id);
     let mut state = token
         .as_ref()
