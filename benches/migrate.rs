@@ -2,9 +2,25 @@
 //! throwaway PostgreSQL servers. See BENCHMARKS.md for what is measured and
 //! how; the environment variables below pick a subset for a quick run.
 //!
-//! * `BENCH_DATASETS` — comma list of `pgbench` and `many<k>` (the many-table
-//!   set at scale k); default `pgbench,many1,many3,many10`.
-//! * `BENCH_RUNS` — rounds per dataset (default 3).
+//! * `BENCH_DATASETS` — comma list of `pgbench`, `many<k>` (the many-table
+//!   set at scale k) and `tenants<n>` (n schemas of 5 small tables, a
+//!   trigger and its function each: schema-per-tenant apps, where catalog
+//!   work rather than data dominates); default `pgbench,many1,many3,many10`.
+//!   A tenants set raises max_locks_per_transaction on both servers (512,
+//!   more past 4000 tenants), since pg_dump locks every table.
+//! * `BENCH_CONFIG` — server settings to measure under: `production`
+//!   (durable: fsync, synchronous_commit and full_page_writes on,
+//!   shared_buffers 1GB, ...), `test` (the testkit's: durability off,
+//!   shared_buffers 128MB) or `both` (default: each dataset under one, then
+//!   the other, the servers restarted in between; one table per
+//!   configuration in the report).
+//! * `BENCH_TARGET_MAJOR` — PostgreSQL major of the target server (default:
+//!   the source's, i.e. the installed one); another major's server comes
+//!   from the testkit's embedded builds (`ensure_embedded_major`), while
+//!   every client tool (pg_dump, pg_restore, psql, pgcopydb's) stays the
+//!   source's, as when upgrading with the old server's tools. pgcopydb is
+//!   tried once on a probe database and shown n/a when it refuses.
+//! * `BENCH_RUNS` — rounds per dataset and configuration (default 3).
 //! * `BENCH_JOBS` — `--jobs` for every tool (default 2).
 //! * `BENCH_TOOLS` — comma list to restrict the tools (names as in the
 //!   report: stream, dump-method, pg_dump+pg_restore, pg_dump|psql, pgcopydb,

@@ -143,7 +143,7 @@ pub(crate) async fn run_with(
     let src = connect::connect(&source_ep, "source").await?;
     session::setup_source(&src).await?;
     let source_version = catalog::server_version_num(&src).await?;
-    crate::target::refuse_small_lock_table(&src, &filters).await?;
+    crate::target::refuse_small_lock_table(&src, &filters, cfg.jobs).await?;
     let (snapshot_id, _) = session::begin_exported_snapshot(&src).await?;
     let snapshot_time = chrono::Utc::now();
     let script = if cfg.data_only {

@@ -221,7 +221,7 @@ pub async fn plan(cfg: &MigrationConfig) -> Result<Plan> {
         .await
         .map_err(|e| MigrationError::db("making the plan's source session read-only", e))?;
     p.source_version = catalog::server_version_num(&src).await?;
-    let r = crate::target::refuse_small_lock_table(&src, &filters).await;
+    let r = crate::target::refuse_small_lock_table(&src, &filters, cfg.jobs).await;
     collect(&mut p.refusals, r)?;
     let mut tables = catalog::list_tables(&src, &filters).await?;
     let seqs = catalog::list_sequences(&src, &filters).await?;

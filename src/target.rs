@@ -315,7 +315,7 @@ pub(crate) async fn refuse_bad_scope(
             unmatched.join(", ")
         )));
     }
-    refuse_small_lock_table(src, &cfg.filters.compile()?).await?;
+    refuse_small_lock_table(src, &cfg.filters.compile()?, cfg.jobs).await?;
     // A target database that cannot be reached yet (absent, to be created)
     // cannot be the source; other connection problems surface later with
     // their own message.
@@ -334,28 +334,45 @@ pub(crate) async fn refuse_bad_scope(
     Ok(())
 }
 
-/// A run locks every table in scope twice on the source, in one
-/// transaction each: the coordinator holding the snapshot, and the copy
-/// workers (each keeps the locks of what it copied until its snapshot
-/// transaction ends). PostgreSQL fails with "out of shared memory" when its
-/// lock table fills, minutes into the copy; say so before anything starts,
-/// with the setting that fixes it.
-pub(crate) async fn refuse_small_lock_table(src: &Client, filters: &CompiledFilters) -> Result<()> {
+/// A run locks every table in scope once on the source, in the
+/// coordinator's snapshot transaction (as pg_dump does, so nobody drops or
+/// alters one mid-copy); each copy worker takes one table at a time in its
+/// own transaction (the table, its TOAST table and index: a few locks).
+/// Reading the schema holds every table and the catalogs at once.
+/// PostgreSQL fails with "out of shared memory" when its lock table fills,
+/// minutes into the copy; say so before anything starts, with the setting
+/// that fixes it.
+pub(crate) async fn refuse_small_lock_table(
+    src: &Client,
+    filters: &CompiledFilters,
+    jobs: usize,
+) -> Result<()> {
     let tables = catalog::list_relation_names(src, filters).await?.len() as i64;
     let (slots, per, procs) = catalog::lock_table_size(src).await?;
+    // Reading the schema also locks the system catalogs it reads (and their
+    // indexes) beside every table: count them all, an upper bound.
+    let catalogs: i64 = src
+        .query_one(
+            "SELECT count(*) FROM pg_catalog.pg_class
+              WHERE relnamespace = 'pg_catalog'::pg_catalog.regnamespace AND relkind IN ('r', 'i')",
+            &[],
+        )
+        .await
+        .map_err(|e| MigrationError::db("counting the system catalogs", e))?
+        .get(0);
+    let need = tables + catalogs + 4 * jobs as i64;
     // A tenth of the table stays for everyone else's sessions.
     let usable = slots - slots / 10;
-    if 2 * tables <= usable {
+    if need <= usable {
         return Ok(());
     }
-    let enough = (2 * tables * 10 / 9 + procs) / procs;
+    let enough = (need * 10 / 9 + procs) / procs;
     Err(MigrationError::Preflight(format!(
-        "the source's lock table is too small for {tables} tables: a migration holds about {} table locks at once \
-         (each table in the snapshot session and in a copy worker), and the server has room for {slots} \
+        "the source's lock table is too small for {tables} tables: a migration holds about {need} locks at once \
+         (each table and the system catalogs while the schema is read, a few per copy worker), and the server has room for {slots} \
          (max_locks_per_transaction = {per} for each of {procs} server processes). \
          Set max_locks_per_transaction to at least {enough} on the source and restart it, \
-         or migrate fewer tables per run (--schema / --table)",
-        2 * tables
+         or migrate fewer tables per run (--schema / --table)"
     )))
 }
 

@@ -360,7 +360,17 @@ pub fn run() -> Result<()> {
         .map(|o| first_line(&String::from_utf8_lossy(&o.stdout)))
         .with_context(|| format!("running {}", bin.display()))?;
     let rss_probe = RssProbe::detect();
-    let pgcopydb = ensure_pgcopydb();
+    let wanted = |t: Tool| {
+        cfg.tools
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|n| n == t.name()))
+    };
+    // No apt-get for a tool nobody asked for.
+    let pgcopydb = if wanted(Tool::Pgcopydb) {
+        ensure_pgcopydb()
+    } else {
+        Err("not selected (BENCH_TOOLS)".into())
+    };
 
     let target = target_dir();
     let logs = target.join("bench-logs");
@@ -381,9 +391,13 @@ pub fn run() -> Result<()> {
     util::make_server_dir(work_root.path())?;
 
     eprintln!("starting source and target PostgreSQL servers ...");
-    let extra_conf: Vec<(String, String)> = SERVER_CONF
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
+    // Only what needs the clusters' own postgresql.conf goes in at start
+    // (max_locks_per_transaction survives ALTER SYSTEM RESET ALL); the
+    // configuration's settings come with apply_server_config.
+    let extra_conf: Vec<(String, String)> = cfg
+        .max_locks
+        .map(|n| ("max_locks_per_transaction".to_string(), n.to_string()))
+        .into_iter()
         .collect();
     let src = Cluster::start(&ClusterOptions {
         logical: true,
@@ -391,12 +405,32 @@ pub fn run() -> Result<()> {
         ..Default::default()
     })
     .context("starting the source server")?;
+    let target_major = cfg.target_major.unwrap_or(src.major);
+    // Another major comes from the testkit's embedded builds (server
+    // binaries only): every client tool stays the source's.
+    let tgt_bin =
+        if target_major == src.major {
+            None
+        } else {
+            eprintln!("fetching PostgreSQL {target_major} server binaries for the target ...");
+            Some(ensure_embedded_major(target_major).with_context(|| {
+                format!("PostgreSQL {target_major} binaries (BENCH_TARGET_MAJOR)")
+            })?)
+        };
     let tgt = Cluster::start(&ClusterOptions {
+        bin_dir: tgt_bin,
         extra_conf,
         ..Default::default()
     })
     .context("starting the target server")?;
+    if tgt.major != target_major {
+        bail!(
+            "the target server is PostgreSQL {}, not the {target_major} asked for",
+            tgt.major
+        );
+    }
     let pg_version = query_one(&src.conninfo("postgres"), "SELECT version()")?;
+    let tgt_pg_version = query_one(&tgt.conninfo("postgres"), "SELECT version()")?;
     let pg_dump_version = Command::new(src.bin_dir.join("pg_dump"))
         .arg("--version")
         .output()
@@ -419,15 +453,18 @@ pub fn run() -> Result<()> {
         logs,
     };
 
-    let wanted = |t: Tool| {
-        cfg.tools
-            .as_ref()
-            .is_none_or(|list| list.iter().any(|n| n == t.name()))
-    };
     let mut tools = Vec::new();
     let mut unavailable = Vec::new();
     for t in ALL_TOOLS.into_iter().filter(|t| wanted(*t)) {
-        match availability(t, &bin, &pgcopydb, pg_dump_major) {
+        let mut why = availability(t, &bin, &pgcopydb, pg_dump_major);
+        if why.is_none() && t == Tool::Pgcopydb && ctx.tgt.major != ctx.src.major {
+            eprintln!(
+                "trying pgcopydb against the PostgreSQL {} target ...",
+                ctx.tgt.major
+            );
+            why = tools::pgcopydb_cross_major_probe(&ctx).err();
+        }
+        match why {
             None => tools.push(t),
             Some(why) => {
                 eprintln!("{}: {why}", t.name());
@@ -440,6 +477,9 @@ pub fn run() -> Result<()> {
         started: chrono::Local::now(),
         machine: machine_facts(),
         pg_version,
+        tgt_pg_version,
+        src_major: ctx.src.major,
+        tgt_major: ctx.tgt.major,
         pg_dump_version,
         pgcopydb_version: pgcopydb.clone().unwrap_or_else(|e| e.clone()),
         bin_path: bin.display().to_string(),
@@ -448,6 +488,8 @@ pub fn run() -> Result<()> {
         jobs: cfg.jobs,
         runs: cfg.runs,
         rss_probe: rss_probe.describe().to_string(),
+        configs: cfg.configs.clone(),
+        max_locks: cfg.max_locks,
     });
     report.unavailable = unavailable;
 
@@ -470,10 +512,14 @@ pub fn run() -> Result<()> {
                 continue;
             }
         }
+        // Every dataset is built under the first configuration, so build
+        // times compare across reports whatever else was selected.
+        apply_server_config(&ctx, cfg.configs[0])?;
         eprintln!(
-            "[{:>6.0}s] building dataset {} ...",
+            "[{:>6.0}s] building dataset {} ({} settings) ...",
             started.elapsed().as_secs_f64(),
-            ds.name()
+            ds.name(),
+            cfg.configs[0].name()
         );
         let t0 = Instant::now();
         datasets::build(&ctx, ds).with_context(|| format!("building {}", ds.name()))?;
@@ -504,51 +550,57 @@ pub fn run() -> Result<()> {
             want,
             floor: None,
         };
-        for round in 1..=cfg.runs {
-            // Alternate the tools within a round and rotate the starting
-            // tool between rounds, so slow drift hits everyone alike.
-            let k = tools.len();
-            for j in 0..k {
-                let tool = tools[(j + round - 1) % k];
-                let t0 = Instant::now();
-                let result = tools::run_one(&ctx, &mut state, tool, round);
-                match &result {
-                    Ok(ok) => eprintln!(
-                        "[{:>6.0}s] {} round {round}: {:<20} {:>8.2}s{}",
-                        started.elapsed().as_secs_f64(),
-                        state.name,
-                        tool.name(),
-                        ok.secs,
-                        ok.parts
-                            .iter()
-                            .map(|(n, s)| format!(" {n}={s:.2}"))
-                            .collect::<String>()
-                    ),
-                    Err(e) => eprintln!(
-                        "[{:>6.0}s] {} round {round}: {:<20} FAILED after {:.1}s: {e:#}",
-                        started.elapsed().as_secs_f64(),
-                        state.name,
-                        tool.name(),
-                        t0.elapsed().as_secs_f64()
-                    ),
+        for &sc in &cfg.configs {
+            apply_server_config(&ctx, sc)?;
+            for round in 1..=cfg.runs {
+                // Alternate the tools within a round and rotate the starting
+                // tool between rounds, so slow drift hits everyone alike.
+                let k = tools.len();
+                for j in 0..k {
+                    let tool = tools[(j + round - 1) % k];
+                    let t0 = Instant::now();
+                    let result = tools::run_one(&ctx, &mut state, tool, round);
+                    match &result {
+                        Ok(ok) => eprintln!(
+                            "[{:>6.0}s] {} {} round {round}: {:<20} {:>8.2}s{}",
+                            started.elapsed().as_secs_f64(),
+                            state.name,
+                            sc.name(),
+                            tool.name(),
+                            ok.secs,
+                            ok.parts
+                                .iter()
+                                .map(|(n, s)| format!(" {n}={s:.2}"))
+                                .collect::<String>()
+                        ),
+                        Err(e) => eprintln!(
+                            "[{:>6.0}s] {} {} round {round}: {:<20} FAILED after {:.1}s: {e:#}",
+                            started.elapsed().as_secs_f64(),
+                            state.name,
+                            sc.name(),
+                            tool.name(),
+                            t0.elapsed().as_secs_f64()
+                        ),
+                    }
+                    report.runs.push(RunRecord {
+                        dataset: state.name.clone(),
+                        size_bytes: state.size_bytes,
+                        config: sc,
+                        tool,
+                        round,
+                        result: result.map_err(|e| format!("{e:#}")),
+                    });
                 }
-                report.runs.push(RunRecord {
-                    dataset: state.name.clone(),
-                    size_bytes: state.size_bytes,
-                    tool,
-                    round,
-                    result: result.map_err(|e| format!("{e:#}")),
-                });
             }
+            report.elapsed_secs = started.elapsed().as_secs_f64();
+            std::fs::write(&results_md, report.markdown())?;
+            std::fs::write(&results_csv, report.csv())?;
         }
         tools::drop_floor(&mut state);
         let _ = util::exec(
             &ctx.src.conninfo("postgres"),
             &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", state.db),
         );
-        report.elapsed_secs = started.elapsed().as_secs_f64();
-        std::fs::write(&results_md, report.markdown())?;
-        std::fs::write(&results_csv, report.csv())?;
     }
     let _ = util::exec(
         &ctx.tgt.conninfo("postgres"),

@@ -4,12 +4,15 @@ use std::fmt::Write as _;
 
 use super::tools::{RunOk, Tool, ALL_TOOLS};
 use super::util::median;
-use super::SERVER_CONF;
+use super::ServerConfig;
 
 pub struct Header {
     pub started: chrono::DateTime<chrono::Local>,
     pub machine: Vec<(String, String)>,
     pub pg_version: String,
+    pub tgt_pg_version: String,
+    pub src_major: u32,
+    pub tgt_major: u32,
     pub pg_dump_version: String,
     pub pgcopydb_version: String,
     pub bin_path: String,
@@ -18,6 +21,8 @@ pub struct Header {
     pub jobs: usize,
     pub runs: usize,
     pub rss_probe: String,
+    pub configs: Vec<ServerConfig>,
+    pub max_locks: Option<u32>,
 }
 
 pub struct DatasetInfo {
@@ -31,6 +36,7 @@ pub struct DatasetInfo {
 pub struct RunRecord {
     pub dataset: String,
     pub size_bytes: u64,
+    pub config: ServerConfig,
     pub tool: Tool,
     pub round: usize,
     pub result: Result<RunOk, String>,
@@ -74,11 +80,11 @@ impl Report {
         }
     }
 
-    fn summary(&self, dataset: &str, tool: Tool) -> Option<Summary> {
+    fn summary(&self, dataset: &str, sc: ServerConfig, tool: Tool) -> Option<Summary> {
         let runs: Vec<&RunRecord> = self
             .runs
             .iter()
-            .filter(|r| r.dataset == dataset && r.tool == tool)
+            .filter(|r| r.dataset == dataset && r.config == sc && r.tool == tool)
             .collect();
         if runs.is_empty() {
             return None;
@@ -124,14 +130,16 @@ impl Report {
             .map(|(_, w)| w.as_str())
     }
 
-    /// The main table: every migration tool on every dataset.
-    pub fn migrations_table(&self) -> String {
+    /// The main table: every migration tool on every dataset, under `sc`.
+    pub fn migrations_table(&self, sc: ServerConfig) -> String {
         let mut s = String::from(
             "| dataset | size MB | tool | ok runs | median s | min s | max s | peer ÷ ours | peak RSS MiB | MB/s | phases (median s) |\n\
              |---|--:|---|--:|--:|--:|--:|--:|--:|--:|---|\n",
         );
         for d in &self.datasets {
-            let ours = self.summary(&d.name, Tool::Stream).and_then(|s| s.median);
+            let ours = self
+                .summary(&d.name, sc, Tool::Stream)
+                .and_then(|s| s.median);
             let mb = d.size_bytes as f64 / 1e6;
             for tool in ALL_TOOLS.into_iter().filter(|t| !t.is_archive()) {
                 if let Some(why) = self.unavailable_reason(tool) {
@@ -143,7 +151,7 @@ impl Report {
                     );
                     continue;
                 }
-                let Some(sm) = self.summary(&d.name, tool) else {
+                let Some(sm) = self.summary(&d.name, sc, tool) else {
                     continue;
                 };
                 let ratio = match (sm.median, ours) {
@@ -179,8 +187,8 @@ impl Report {
         s
     }
 
-    /// Dump alone and restore alone, with the archive's size.
-    pub fn archives_table(&self) -> String {
+    /// Dump alone and restore alone, with the archive's size, under `sc`.
+    pub fn archives_table(&self, sc: ServerConfig) -> String {
         let mut s = String::from(
             "| dataset | size MB | archive tool | ok runs | dump s | restore s | archive MiB | peak RSS MiB |\n\
              |---|--:|---|--:|--:|--:|--:|--:|\n",
@@ -203,7 +211,7 @@ impl Report {
                     );
                     continue;
                 }
-                let Some(sm) = self.summary(&d.name, tool) else {
+                let Some(sm) = self.summary(&d.name, sc, tool) else {
                     continue;
                 };
                 let part = |n: &str| sm.parts.iter().find(|(p, _)| *p == n).map(|(_, v)| *v);
@@ -227,13 +235,22 @@ impl Report {
     }
 
     pub fn text_table(&self) -> String {
-        format!(
-            "Migrations (median of {} rounds, --jobs {}):\n\n{}\nArchives:\n\n{}",
-            self.header.runs,
-            self.header.jobs,
-            self.migrations_table(),
-            self.archives_table()
-        )
+        self.header
+            .configs
+            .iter()
+            .map(|&sc| {
+                format!(
+                    "Migrations, {} settings (median of {} rounds, --jobs {}):\n\n{}\nArchives, {} settings:\n\n{}",
+                    sc.name(),
+                    self.header.runs,
+                    self.header.jobs,
+                    self.migrations_table(sc),
+                    sc.name(),
+                    self.archives_table(sc)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     pub fn markdown(&self) -> String {
@@ -250,23 +267,51 @@ impl Report {
         for (k, v) in &h.machine {
             let _ = writeln!(s, "- {k}: {v}");
         }
-        let _ = writeln!(s, "- PostgreSQL (source and target): {}", h.pg_version);
-        let _ = writeln!(s, "- pg_dump / pg_restore / psql: {}", h.pg_dump_version);
+        if h.src_major == h.tgt_major {
+            let _ = writeln!(s, "- PostgreSQL (source and target): {}", h.pg_version);
+            let _ = writeln!(s, "- pg_dump / pg_restore / psql: {}", h.pg_dump_version);
+        } else {
+            let _ = writeln!(s, "- PostgreSQL source ({}): {}", h.src_major, h.pg_version);
+            let _ = writeln!(
+                s,
+                "- PostgreSQL target ({}): {}",
+                h.tgt_major, h.tgt_pg_version
+            );
+            let _ = writeln!(
+                s,
+                "- pg_dump / pg_restore / psql: {} (the source's, writing into the {} target)",
+                h.pg_dump_version, h.tgt_major
+            );
+        }
         let _ = writeln!(s, "- pgcopydb: {}", h.pgcopydb_version);
         let _ = writeln!(
             s,
             "- pg_dbmigrator: {} (checkout at commit {}; binary {})",
             h.bin_version, h.commit, h.bin_path
         );
-        let conf = SERVER_CONF
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let _ = writeln!(
-            s,
-            "- server settings (both): {conf}; source also wal_level=logical"
-        );
+        for sc in &h.configs {
+            let _ = writeln!(
+                s,
+                "- server settings `{}` (both servers): {}; source also wal_level=logical",
+                sc.name(),
+                sc.describe()
+            );
+        }
+        if h.configs.len() > 1 {
+            let _ = writeln!(
+                s,
+                "- every dataset is built under the `{}` settings, then measured under each \
+                 configuration in turn (ALTER SYSTEM and a restart of both servers before each)",
+                h.configs[0].name()
+            );
+        }
+        if let Some(n) = h.max_locks {
+            let _ = writeln!(
+                s,
+                "- max_locks_per_transaction={n} on both servers (PostgreSQL's default is 64): \
+                 pg_dump -j and pg_dbmigrator lock every table twice at once"
+            );
+        }
         let _ = writeln!(s, "- peak RSS: {}", h.rss_probe);
         let _ = writeln!(
             s,
@@ -292,18 +337,23 @@ impl Report {
         for (d, why) in &self.skipped {
             let _ = writeln!(s, "| {d} | – | – | – | skipped: {why} |");
         }
-        let _ = writeln!(
-            s,
-            "\nMigrations, source database → freshly created empty target database \
-             (median of the successful runs; \"peer ÷ ours\" = that tool's median over \
-             `pg_dbmigrator migrate`'s; MB/s = source size / median):\n"
-        );
-        s += &self.migrations_table();
-        let _ = writeln!(
-            s,
-            "\nArchives (dump alone, then restore alone into an empty database):\n"
-        );
-        s += &self.archives_table();
+        for &sc in &h.configs {
+            if h.configs.len() > 1 {
+                let _ = writeln!(s, "\n### `{}` settings: {}", sc.name(), sc.describe());
+            }
+            let _ = writeln!(
+                s,
+                "\nMigrations, source database → freshly created empty target database \
+                 (median of the successful runs; \"peer ÷ ours\" = that tool's median over \
+                 `pg_dbmigrator migrate`'s; MB/s = source size / median):\n"
+            );
+            s += &self.migrations_table(sc);
+            let _ = writeln!(
+                s,
+                "\nArchives (dump alone, then restore alone into an empty database):\n"
+            );
+            s += &self.archives_table(sc);
+        }
         let failures: Vec<&RunRecord> = self.runs.iter().filter(|r| r.result.is_err()).collect();
         if !failures.is_empty() {
             let _ = writeln!(s, "\nFailed runs (not timed):\n");
@@ -312,8 +362,9 @@ impl Report {
                 let e: String = e.chars().take(400).collect();
                 let _ = writeln!(
                     s,
-                    "- {} {} round {}: {}",
+                    "- {} {} {} round {}: {}",
                     r.dataset,
+                    r.config.name(),
                     r.tool.name(),
                     r.round,
                     e.replace('\n', " ")
@@ -325,7 +376,7 @@ impl Report {
 
     pub fn csv(&self) -> String {
         let mut s = String::from(
-            "dataset,size_bytes,tool,round,ok,secs,phases,max_rss_kib,archive_bytes,error\n",
+            "dataset,config,size_bytes,tool,round,ok,secs,phases,max_rss_kib,archive_bytes,error\n",
         );
         for r in &self.runs {
             let (ok, secs, parts, rss, arch, err) = match &r.result {
@@ -353,8 +404,9 @@ impl Report {
             let err = err.replace(['"', '\n', ','], " ");
             let _ = writeln!(
                 s,
-                "{},{},{},{},{ok},{secs},{parts},{rss},{arch},\"{err}\"",
+                "{},{},{},{},{},{ok},{secs},{parts},{rss},{arch},\"{err}\"",
                 r.dataset,
+                r.config.name(),
                 r.size_bytes,
                 r.tool.name(),
                 r.round

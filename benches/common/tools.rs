@@ -201,19 +201,7 @@ fn run_tool(ctx: &Ctx, ds: &DatasetState, tool: Tool, scratch: &Path, log: &Path
             Ok(RunOk::from_phases(vec![("pipe", measure(&cmd)?)], None))
         }
         Tool::Pgcopydb => {
-            let path = format!(
-                "{}:{}",
-                pgbin.display(),
-                std::env::var("PATH").unwrap_or_default()
-            );
-            let cmd = Cmd::new("pgcopydb")
-                .args(["clone", "--source", &ctx.src_uri(&ds.db)])
-                .args(["--target", &ctx.tgt_uri(TARGET_DB)])
-                .args(["--table-jobs", &jobs, "--index-jobs", &jobs])
-                .args(PGCOPYDB_FLAGS.iter().copied())
-                .arg("--dir")
-                .arg(scratch)
-                .env("PATH", path);
+            let cmd = pgcopydb_clone(ctx, &ds.db, scratch);
             Ok(RunOk::from_phases(vec![("clone", measure(&cmd)?)], None))
         }
         Tool::Archive => {
@@ -237,6 +225,82 @@ fn run_tool(ctx: &Ctx, ds: &DatasetState, tool: Tool, scratch: &Path, log: &Path
 
 /// Extra `pgcopydb clone` flags (see BENCHMARKS.md for why).
 pub const PGCOPYDB_FLAGS: &[&str] = &[];
+
+/// `pgcopydb clone` of source database `db` into [`TARGET_DB`]. pgcopydb
+/// runs the pg_dump and pg_restore it finds on PATH: the source's, like
+/// every other peer's client tools.
+fn pgcopydb_clone(ctx: &Ctx, db: &str, scratch: &Path) -> Cmd {
+    let jobs = ctx.cfg.jobs.to_string();
+    let path = format!(
+        "{}:{}",
+        ctx.src.bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    Cmd::new("pgcopydb")
+        .args(["clone", "--source", &ctx.src_uri(db)])
+        .args(["--target", &ctx.tgt_uri(TARGET_DB)])
+        .args(["--table-jobs", &jobs, "--index-jobs", &jobs])
+        .args(PGCOPYDB_FLAGS.iter().copied())
+        .arg("--dir")
+        .arg(scratch)
+        .env("PATH", path)
+}
+
+/// Whether pgcopydb copes with a target of another major than its client
+/// tools: whether it does depends on its version's checks, not on the
+/// data, so one clone of a one-table database settles it before the
+/// rounds, and a refusal makes the tool n/a (with pgcopydb's reason)
+/// instead of a column of failed runs.
+pub fn pgcopydb_cross_major_probe(ctx: &Ctx) -> std::result::Result<(), String> {
+    const PROBE_DB: &str = "bench_pgcopydb_probe";
+    let admin = ctx.src.conninfo("postgres");
+    let setup = || -> Result<()> {
+        exec(
+            &admin,
+            &format!("DROP DATABASE IF EXISTS {PROBE_DB} WITH (FORCE)"),
+        )?;
+        exec(&admin, &format!("CREATE DATABASE {PROBE_DB}"))?;
+        exec(
+            &ctx.src.conninfo(PROBE_DB),
+            "CREATE TABLE probe (id integer PRIMARY KEY, v text); \
+             INSERT INTO probe SELECT g, 'v' || g FROM generate_series(1, 3) g",
+        )?;
+        fresh_target(ctx)
+    };
+    let log = ctx.logs.join("pgcopydb-probe.log");
+    let scratch = ctx.work.join("pgcopydb-probe");
+    let result = setup()
+        .map_err(|e| format!("n/a: setting up the pgcopydb probe failed: {e:#}"))
+        .and_then(|()| {
+            run_measured(&pgcopydb_clone(ctx, PROBE_DB, &scratch), &log, ctx.rss_probe)
+                .map_err(|_| {
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    let reason = text
+                        .lines()
+                        .find(|l| l.contains("ERROR") || l.contains("FATAL"))
+                        .or_else(|| text.lines().rev().find(|l| !l.trim().is_empty()))
+                        .unwrap_or("no output")
+                        .trim()
+                        .chars()
+                        .take(300)
+                        .collect::<String>();
+                    format!(
+                        "n/a: pgcopydb clone into the PostgreSQL {} target (with pg_dump/pg_restore {}) \
+                         failed on a one-table probe database: {reason} (log {})",
+                        ctx.tgt.major,
+                        ctx.src.major,
+                        log.display()
+                    )
+                })
+        })
+        .map(|_| ());
+    let _ = std::fs::remove_dir_all(&scratch);
+    let _ = exec(
+        &admin,
+        &format!("DROP DATABASE IF EXISTS {PROBE_DB} WITH (FORCE)"),
+    );
+    result
+}
 
 fn prepare_floor(ctx: &Ctx, ds: &DatasetState) -> Result<FloorStage> {
     let dir = ctx.work.join(format!("stage-{}", ds.name));
@@ -322,8 +386,9 @@ fn prepare_floor(ctx: &Ctx, ds: &DatasetState) -> Result<FloorStage> {
 /// floor.
 fn run_floor(ctx: &Ctx, ds: &DatasetState, src: &str, tgt: &str) -> Result<RunOk> {
     let stage = ds.floor.as_ref().expect("prepared");
+    // The source's psql: a target of another major may come without one.
     run_quiet(
-        Command::new(ctx.tgt.bin_dir.join("psql"))
+        Command::new(ctx.src.bin_dir.join("psql"))
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", tgt, "-f"])
             .arg(&stage.pre_data),
         "psql -f pre-data",

@@ -3,9 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 
-use super::util::{ident, query};
+use super::util::{block, connect, ident, query};
 
 #[derive(Debug, Clone)]
 pub struct Table {
@@ -74,23 +74,39 @@ pub fn snapshot(ci: &str, tables: &[Table]) -> Result<Snapshot> {
         .filter(|t| present.contains_key(&format!("{}.{}", t.schema, t.name)))
         .collect();
     let mut snap = Snapshot::new();
-    // One UNION ALL per 50 tables keeps the statements short.
-    for chunk in wanted.chunks(50) {
-        let sql = chunk
-            .iter()
-            .enumerate()
-            .map(|(k, t)| format!("SELECT {k}, count(*)::text FROM {}", t.qualified()))
-            .collect::<Vec<_>>()
-            .join(" UNION ALL ");
-        for r in query(ci, &format!("SELECT k::text, c FROM ({sql}) AS x(k, c)"))? {
-            let k: usize = r[0].as_deref().and_then(|v| v.parse().ok()).unwrap_or(0);
-            let t = chunk[k];
-            let key = format!("{}.{}", t.schema, t.name);
-            let rows = r[1].as_deref().and_then(|v| v.parse().ok()).unwrap_or(-1);
-            let (idx, con) = present[&key];
-            snap.insert(key, (rows, idx, con));
+    // One UNION ALL per 50 tables keeps the statements short; one session
+    // for all of them, as a connection costs more than a chunk of small
+    // tables (tens of thousands of tables in the tenants sets).
+    block(async {
+        let c = connect(ci).await?;
+        for chunk in wanted.chunks(50) {
+            let sql = chunk
+                .iter()
+                .enumerate()
+                .map(|(k, t)| format!("SELECT {k}, count(*)::text FROM {}", t.qualified()))
+                .collect::<Vec<_>>()
+                .join(" UNION ALL ");
+            let rows = c
+                .query(&format!("SELECT k::text, c FROM ({sql}) AS x(k, c)"), &[])
+                .await
+                .context("counting rows")?;
+            for r in rows {
+                let k: usize = r
+                    .get::<_, Option<String>>(0)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                let t = chunk[k];
+                let key = format!("{}.{}", t.schema, t.name);
+                let rows = r
+                    .get::<_, Option<String>>(1)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(-1);
+                let (idx, con) = present[&key];
+                snap.insert(key, (rows, idx, con));
+            }
         }
-    }
+        Ok::<(), anyhow::Error>(())
+    })?;
     Ok(snap)
 }
 

@@ -61,10 +61,19 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
         Output::Archive { .. } => None,
     };
     debug!(worker = id, "copy worker ready");
+    let mut first = true;
     while let Some(item) = sched.next_item() {
         if stop.is_cancelled() {
             return Err(MigrationError::Cancelled);
         }
+        // Each item in its own snapshot transaction: the worker holds the
+        // locks of one table at a time, not of all it copied.
+        if let (Some((src, _)), Input::Server { snapshot_id, .. }) = (&src, &ctx.input) {
+            if !first {
+                session::reimport_snapshot(src, snapshot_id).await?;
+            }
+        }
+        first = false;
         let t = &sched.tables[item.table];
         let name = item.name(t);
         let started = Instant::now();

@@ -90,6 +90,25 @@ pub async fn begin_exported_snapshot(client: &Client) -> Result<(String, String)
     Ok((row.get(0), row.get(1)))
 }
 
+/// End the session's snapshot transaction and begin another on the same
+/// exported snapshot, in one round trip: a copy worker takes each item in
+/// its own transaction, so it never holds more than one table's locks and
+/// a database of thousands of tables fits the server's lock table.
+pub async fn reimport_snapshot(client: &Client, snapshot_id: &str) -> Result<()> {
+    client
+        .batch_execute(&format!(
+            "COMMIT; BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            quote::literal(snapshot_id)
+        ))
+        .await
+        .map_err(|e| {
+            MigrationError::db(
+                format!("importing snapshot {snapshot_id} again (it lives only while the migration's coordinator session is open)"),
+                e,
+            )
+        })
+}
+
 /// Open a REPEATABLE READ, READ ONLY transaction on an exported snapshot.
 /// Returns the transaction's visible snapshot (`txid_current_snapshot()`),
 /// which is identical for every session that imported the same snapshot.
