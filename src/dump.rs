@@ -218,9 +218,9 @@ pub(crate) async fn run_with(
     // Tables: the same plan as a direct copy, each item into its own file.
     let block_size = catalog::block_size(&src).await?;
     let total: u64 = tables.iter().map(|t| t.bytes.max(0) as u64).sum();
-    let split = cfg
-        .split_bytes
-        .unwrap_or_else(|| copy::plan::default_split_bytes(total, cfg.jobs));
+    let decision = copy::plan::decide_split(cfg.split_bytes, total, cfg.jobs, source_version, None);
+    info!(split_bytes = decision.bytes, "split: {}", decision.reason);
+    let split = decision.bytes;
     let stored = store.snapshot().chunk_plan.clone();
     let (items, chunk_plan) = copy::plan::plan(
         &tables,

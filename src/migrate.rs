@@ -219,9 +219,15 @@ pub(crate) async fn copy_phase(
     let copy_data = async {
         let block_size = catalog::block_size(&src).await?;
         let total: u64 = tables.iter().map(|t| t.bytes.max(0) as u64).sum();
-        let split = cfg
-            .split_bytes
-            .unwrap_or_else(|| copy::plan::default_split_bytes(total, cfg.jobs));
+        let decision = copy::plan::decide_split(
+            cfg.split_bytes,
+            total,
+            cfg.jobs,
+            source_version,
+            Some(target_version),
+        );
+        info!(split_bytes = decision.bytes, "split: {}", decision.reason);
+        let split = decision.bytes;
         // TID range scans arrived in PostgreSQL 14; before, a range would
         // scan the whole table once per chunk.
         let tid_range = source_version >= 140000;

@@ -16,7 +16,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::config::{MigrationConfig, MigrationMode};
-use crate::copy::plan::default_split_bytes;
+use crate::copy::plan::decide_split;
 use crate::error::{MigrationError, Result};
 use crate::pg::catalog::{self, TableInfo};
 use crate::pg::{connect, quote, session};
@@ -58,6 +58,8 @@ pub struct Plan {
     pub tables: Vec<PlannedTable>,
     pub total_bytes: u64,
     pub split_bytes: u64,
+    /// Why tables are (or are not) cut into page ranges.
+    pub split_reason: String,
     pub sequences: usize,
     pub large_objects: usize,
     pub schema_steps: Option<usize>,
@@ -101,9 +103,9 @@ impl Plan {
         ));
         let split: Vec<&PlannedTable> = self.tables.iter().filter(|t| t.chunks > 1).collect();
         s.push_str(&format!(
-            "  split size {}: {} table(s) cut into page ranges\n",
-            human_bytes(self.split_bytes),
-            split.len()
+            "  split: {} table(s) cut into page ranges ({})\n",
+            split.len(),
+            self.split_reason
         ));
         for t in self.tables.iter().take(20) {
             s.push_str(&format!(
@@ -233,24 +235,7 @@ pub async fn plan(cfg: &MigrationConfig) -> Result<Plan> {
     p.sequences = seqs.len();
     p.large_objects = los.len();
     p.total_bytes = tables.iter().map(|t| t.bytes.max(0) as u64).sum();
-    p.split_bytes = cfg
-        .split_bytes
-        .unwrap_or_else(|| default_split_bytes(p.total_bytes, cfg.jobs));
-    let can_split = p.source_version >= 140000 && p.split_bytes > 0;
     tables.sort_by_key(|t| std::cmp::Reverse(t.bytes));
-    p.tables = tables
-        .iter()
-        .map(|t| PlannedTable {
-            table: t.qualified(),
-            bytes: t.bytes.max(0) as u64,
-            row_estimate: t.row_estimate as i64,
-            chunks: if can_split && t.bytes.max(0) as u64 > p.split_bytes {
-                (t.bytes as u64).div_ceil(p.split_bytes)
-            } else {
-                1
-            },
-        })
-        .collect();
 
     // The target: reachable? database present? its version.
     let dst = match connect::connect(&target_ep, "target").await {
@@ -270,6 +255,28 @@ pub async fn plan(cfg: &MigrationConfig) -> Result<Plan> {
     let tc = dst.as_ref().or(admin.as_ref()).expect("one of them");
     let target_version = catalog::server_version_num(tc).await?;
     p.target_version = Some(target_version);
+    let split = decide_split(
+        cfg.split_bytes,
+        p.total_bytes,
+        cfg.jobs,
+        p.source_version,
+        Some(target_version),
+    );
+    p.split_bytes = split.bytes;
+    p.split_reason = split.reason;
+    p.tables = tables
+        .iter()
+        .map(|t| PlannedTable {
+            table: t.qualified(),
+            bytes: t.bytes.max(0) as u64,
+            row_estimate: t.row_estimate as i64,
+            chunks: if p.split_bytes > 0 && t.bytes.max(0) as u64 > p.split_bytes {
+                (t.bytes as u64).div_ceil(p.split_bytes)
+            } else {
+                1
+            },
+        })
+        .collect();
     if target_version / 10000 < p.source_version / 10000 && full {
         p.refusals.push(format!(
             "the target runs PostgreSQL {} and the source {}: migrating to an older major is not supported",

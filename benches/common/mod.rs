@@ -98,13 +98,13 @@ impl Config {
 }
 
 /// `max_locks_per_transaction` for a database of `tables` tables. pg_dump
-/// -j N locks every table in its leader and again in the workers (each
-/// keeps what it dumped until it ends), and pg_dbmigrator likewise in its
-/// snapshot session and copy workers: about 2 × tables locks at once, in a
-/// lock table shared by all sessions and sized max_locks_per_transaction ×
-/// max_connections (plus a few background processes). A quarter to spare,
-/// and never below 512, so runs fail on what they measure and not on
-/// "out of shared memory".
+/// -j N locks every table in its leader and again in its workers (each
+/// keeps what it dumped until it ends): about 2 × tables locks at once, in
+/// a lock table shared by all sessions and sized max_locks_per_transaction
+/// × max_connections (plus a few background processes). pg_dbmigrator
+/// needs less (each table once, while it reads the schema) and refuses to
+/// start when even that does not fit. A quarter to spare, and never below
+/// 512, so runs fail on what they measure and not on "out of shared memory".
 pub fn max_locks_for(tables: u64) -> u32 {
     let need = (2 * tables * 5 / 4).div_ceil(100);
     need.next_power_of_two().max(512) as u32

@@ -309,7 +309,7 @@ impl Report {
             let _ = writeln!(
                 s,
                 "- max_locks_per_transaction={n} on both servers (PostgreSQL's default is 64): \
-                 pg_dump -j and pg_dbmigrator lock every table twice at once"
+                 pg_dump -j holds a lock on every table twice at once (leader and workers)"
             );
         }
         let _ = writeln!(s, "- peak RSS: {}", h.rss_probe);

@@ -66,6 +66,67 @@ pub fn default_split_bytes(total_bytes: u64, jobs: usize) -> u64 {
     (total_bytes / jobs.max(1) as u64).clamp(MIN_SPLIT_BYTES, MAX_SPLIT_BYTES)
 }
 
+/// How big tables are cut into page ranges, and why: logged by a run and
+/// shown by `plan`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitDecision {
+    /// 0: no table is split.
+    pub bytes: u64,
+    pub reason: String,
+}
+
+/// Decide the split from what the target can absorb. Before PostgreSQL
+/// 16 a relation grows one page at a time under its extension lock, so
+/// sessions loading one table queue behind each other, and only a whole
+/// table can be loaded with COPY FREEZE: measured, two concurrent ranges
+/// of pgbench_accounts into 15 lost 11% to one FREEZE stream at test
+/// settings (BENCHMARKS.md). From 16 the relation is extended many pages
+/// at a time and concurrent loads scale. A dump (`target_version` `None`)
+/// splits for parallel reading and compression.
+pub fn decide_split(
+    given: Option<u64>,
+    total_bytes: u64,
+    jobs: usize,
+    source_version: i32,
+    target_version: Option<i32>,
+) -> SplitDecision {
+    let default = default_split_bytes(total_bytes, jobs);
+    let (bytes, reason) = match (given, target_version) {
+        (Some(0), _) => (0, "--split-size 0: every table is copied whole".to_string()),
+        (Some(b), _) => (b, format!("--split-size {}", crate::progress::human_bytes(b))),
+        _ if source_version < 140000 => (
+            0,
+            format!(
+                "the source is PostgreSQL {}: without TID range scans (14+) each page range would read the whole table; every table is copied whole",
+                source_version / 10000
+            ),
+        ),
+        (None, Some(t)) if t < 160000 => (
+            0,
+            format!(
+                "the target is PostgreSQL {}: concurrent loads into one table queue on its extension lock (bulk extension came in 16) and lose COPY FREEZE; every table is one FREEZE stream",
+                t / 10000
+            ),
+        ),
+        (None, Some(t)) => (
+            default,
+            format!(
+                "the target is PostgreSQL {}: it extends a table in bulk, so concurrent loads into one table scale; a table over {} is cut into page ranges",
+                t / 10000,
+                crate::progress::human_bytes(default)
+            ),
+        ),
+        (None, None) => (
+            default,
+            format!(
+                "a dump: page ranges of a table over {} are read and compressed in parallel",
+                crate::progress::human_bytes(default)
+            ),
+        ),
+    };
+    SplitDecision { bytes, reason }
+}
+
 /// Page ranges for a table of `bytes` on disk: `None` keeps it whole.
 pub fn split_table(bytes: u64, block_size: u64, split_bytes: u64) -> Option<Vec<PageRange>> {
     if split_bytes == 0 || bytes <= split_bytes || block_size == 0 {
@@ -152,6 +213,36 @@ pub fn plan(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_split_follows_the_target() {
+        let gb = 1 << 30;
+        let d = super::decide_split(None, 4 * gb, 2, 150000, Some(150000));
+        assert_eq!(d.bytes, 0);
+        assert!(
+            d.reason.contains("PostgreSQL 15") && d.reason.contains("FREEZE"),
+            "{}",
+            d.reason
+        );
+        let d = super::decide_split(None, 4 * gb, 2, 150000, Some(170000));
+        assert_eq!(d.bytes, super::default_split_bytes(4 * gb, 2));
+        assert!(d.reason.contains("PostgreSQL 17"), "{}", d.reason);
+        // What the user says wins, in both directions.
+        assert_eq!(
+            super::decide_split(Some(gb), 4 * gb, 2, 150000, Some(150000)).bytes,
+            gb
+        );
+        assert_eq!(
+            super::decide_split(Some(0), 4 * gb, 2, 170000, Some(170000)).bytes,
+            0
+        );
+        // No TID range scans before 14; dumps split for parallel reading.
+        assert_eq!(
+            super::decide_split(None, 4 * gb, 2, 130000, Some(170000)).bytes,
+            0
+        );
+        assert!(super::decide_split(None, 4 * gb, 2, 150000, None).bytes > 0);
+    }
+
     use super::*;
 
     fn table(name: &str, bytes: i64) -> TableInfo {
