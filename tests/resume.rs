@@ -309,3 +309,150 @@ async fn resume_right_after_a_kill_during_an_index_build() {
         .get(0);
     assert_eq!(left, 0);
 }
+
+/// Start a full migration of `db` that stops at fault point `point`, and
+/// kill -9 it there.
+async fn kill_at(db: &testkit::TestDb, dump: &std::path::Path, point: &str) -> Vec<String> {
+    let base: Vec<String> = [
+        "migrate",
+        "--source",
+        &db.source,
+        "--target",
+        &db.target,
+        "--jobs",
+        "2",
+        "--dump-path",
+        dump.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let log = dump.with_extension("log");
+    let a: Vec<&str> = base.iter().map(String::as_str).collect();
+    let mut child = command(&a)
+        .env("PG_DBMIGRATOR_TEST_STOP_AT", point)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains(&format!("TEST_STOP_AT {point}"))
+    {
+        assert!(
+            child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline,
+            "never reached {point}: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    base
+}
+
+/// Tables with a handful of rows each (and a sequence, an index and a
+/// comment, so the schema has several steps per table).
+async fn many_small_tables(prefix: &str, n: usize) -> testkit::TestDb {
+    let db = testkit::shared_pair().fresh_db(prefix).await;
+    testkit::execute(
+        &db.source,
+        &format!(
+            "DO $$BEGIN FOR i IN 1..{n} LOOP
+               EXECUTE format('CREATE TABLE public.s%s (id serial PRIMARY KEY, v text)', i);
+               EXECUTE format('CREATE INDEX ON public.s%s (v)', i);
+               EXECUTE format('COMMENT ON TABLE public.s%s IS %L', i, 'small ' || i);
+               EXECUTE format('INSERT INTO public.s%s (v) SELECT md5(g::text) FROM generate_series(1, 1 + %s %% 7) g', i, i);
+             END LOOP; END$$"
+        ),
+    )
+    .await
+    .unwrap();
+    db
+}
+
+/// kill -9 between two batches of schema steps: what committed is exactly
+/// the first batch with its markers, and the resume applies the rest once.
+#[tokio::test]
+async fn kill_9_between_schema_batches_then_resume() {
+    let db = many_small_tables("schemakill", 150).await;
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("work");
+    let base = kill_at(&db, &dump, "mid_schema").await;
+    // A batch is all or nothing: every marker's object exists, and no
+    // table exists without its marker.
+    let marked = testkit::query_scalar(
+        &db.target,
+        "SELECT count(*)::text || ' ' || count(*) FILTER (WHERE item LIKE 'pre:TABLE %')::text FROM _pg_dbmigrator.steps",
+    )
+    .await;
+    let tables = testkit::query_scalar(
+        &db.target,
+        "SELECT count(*)::text FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace",
+    )
+    .await;
+    let (markers, table_markers) = marked.split_once(' ').unwrap();
+    assert_eq!(markers, "100", "one batch of 100 steps committed");
+    assert_eq!(
+        table_markers, tables,
+        "tables and their markers committed together"
+    );
+
+    let out = run_s(&with(&base, &["--resume", "--json"]));
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let report = common::report_of(&out.stdout);
+    assert_eq!(report["verify"]["differences"].as_array().unwrap().len(), 0);
+    assert_eq!(schema_dump(&db.source), schema_dump(&db.target));
+    assert_eq!(
+        content_digest(&db.source).await,
+        content_digest(&db.target).await
+    );
+}
+
+/// kill -9 inside a transaction that loads several small tables: none of
+/// the group is on the target, and the resume copies each table once,
+/// leaving the tables committed before the kill untouched.
+#[tokio::test]
+async fn kill_9_inside_a_group_of_small_tables_then_resume() {
+    let db = many_small_tables("groupkill", 120).await;
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("work");
+    let base = kill_at(&db, &dump, "mid_batch").await;
+    let rows_by_table = testkit::query_scalar(
+        &db.target,
+        "SELECT coalesce(string_agg(relname, ',' ORDER BY relname), '') FROM pg_class c
+          WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace
+            AND (xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM public.%I', relname), false, true, '')))[1]::text::int > 0",
+    )
+    .await;
+    let marked = testkit::query_scalar(
+        &db.target,
+        "SELECT coalesce(string_agg(substr(item, 8), ',' ORDER BY substr(item, 8)), '') FROM _pg_dbmigrator.copied",
+    )
+    .await;
+    assert_eq!(
+        rows_by_table, marked,
+        "only tables with their marker have rows"
+    );
+    assert!(
+        marked.split(',').count() >= 32,
+        "a group committed before the kill: {marked}"
+    );
+    let mut before = Vec::new();
+    for t in marked.split(',').filter(|t| !t.is_empty()) {
+        let t = format!("public.{t}");
+        before.push((t.clone(), xmins(&db.target, &t).await));
+    }
+    let out = run_s(&with(&base, &["--resume", "--json"]));
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let report = common::report_of(&out.stdout);
+    assert_eq!(report["verify"]["differences"].as_array().unwrap().len(), 0);
+    for (t, x) in &before {
+        assert_eq!(&xmins(&db.target, t).await, x, "{t} was copied again");
+    }
+    assert_eq!(
+        content_digest(&db.source).await,
+        content_digest(&db.target).await
+    );
+}

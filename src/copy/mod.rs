@@ -132,6 +132,24 @@ pub(crate) fn step_marker(part: &str, step: &Step) -> String {
     format!("{part}:{}", step.describe)
 }
 
+/// One INSERT of the marker rows of `steps`.
+pub(crate) fn markers_insert(migration_id: &str, part: &str, steps: &[&Step]) -> String {
+    let rows: Vec<String> = steps
+        .iter()
+        .map(|s| {
+            format!(
+                "({}, {})",
+                quote::literal(migration_id),
+                quote::literal(&step_marker(part, s))
+            )
+        })
+        .collect();
+    format!(
+        "INSERT INTO {STATE_SCHEMA}.steps (migration_id, item) VALUES {};",
+        rows.join(", ")
+    )
+}
+
 /// Apply one schema step in one implicit transaction together with its
 /// marker row, so a crash never leaves it half-applied or applied twice.
 pub(crate) async fn apply_step(
@@ -141,11 +159,8 @@ pub(crate) async fn apply_step(
     step: &Step,
 ) -> Result<()> {
     let mut sql = step.sql.join("\n");
-    sql.push_str(&format!(
-        "\nINSERT INTO {STATE_SCHEMA}.steps (migration_id, item) VALUES ({}, {});",
-        quote::literal(migration_id),
-        quote::literal(&step_marker(part, step))
-    ));
+    sql.push('\n');
+    sql.push_str(&markers_insert(migration_id, part, &[step]));
     dst.batch_execute(&sql)
         .await
         .map_err(|e| MigrationError::db(format!("creating {} on the target", step.describe), e))
@@ -314,13 +329,33 @@ pub(crate) struct Scheduler {
 }
 
 impl Scheduler {
-    fn next_item(&self) -> Option<WorkItem> {
+    /// The next item, and when it is a small whole table, the small whole
+    /// tables after it (up to `max` items and `max_bytes`), to be loaded in
+    /// one transaction.
+    fn next_items(&self, max: usize, small: u64, max_bytes: u64) -> Vec<WorkItem> {
         let mut s = self.state.lock().unwrap();
-        let item = s.items.pop_front();
-        if item.is_some() {
-            s.copies_running += 1;
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        while out.len() < max.max(1) {
+            let take = match s.items.front() {
+                None => false,
+                Some(_) if out.is_empty() => true,
+                // Chunks are cut to be loaded in parallel: never grouped.
+                Some(i) => i.is_whole() && i.est_bytes < small && bytes + i.est_bytes <= max_bytes,
+            };
+            if !take {
+                break;
+            }
+            let item = s.items.pop_front().expect("checked");
+            bytes += item.est_bytes;
+            let alone = item.est_bytes >= small || !item.is_whole();
+            out.push(item);
+            if alone {
+                break;
+            }
         }
-        item
+        s.copies_running += out.len();
+        out
     }
 
     fn item_done(&self, item: &WorkItem, r: ItemResult) {

@@ -1,11 +1,12 @@
-//! Schema steps applied on the target with their markers: each step commits
-//! together with its marker row, so a resumed run never applies one twice.
+//! Schema steps applied on the target with their markers: steps commit
+//! together with their marker rows (many per transaction), so a resumed
+//! run never applies one twice.
 //! The post-data steps that need only one table's rows run beside the copy
 //! (see [`crate::schema::Step::table`]); the rest follow the data.
 
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::error::{MigrationError, Result};
 use crate::schema::{self, Step};
@@ -56,9 +57,19 @@ pub(crate) async fn apply_after_data(
     Ok(n)
 }
 
-/// Apply schema steps, each in one implicit transaction together with its
-/// marker row in `_pg_dbmigrator.steps`, so a crash never leaves a step
-/// half-applied or applied twice. Returns how many were applied now.
+/// At most this many steps, or this much SQL, commit together: enough to
+/// make 10,000 small objects a few hundred round trips, few enough that a
+/// batch's locks fit any target's lock table and a failed batch is cheap
+/// to replay one step at a time.
+const BATCH_STEPS: usize = 100;
+const BATCH_SQL_BYTES: usize = 512 * 1024;
+
+/// Apply schema steps in batches: each batch is one implicit transaction
+/// holding its steps and their marker rows in `_pg_dbmigrator.steps`, so a
+/// crash leaves a batch wholly applied and recorded or not at all, and a
+/// resumed run never applies a step twice. A failing batch is replayed one
+/// step at a time (it had rolled back wholly), which applies the steps
+/// before the bad one and names it exactly. Returns how many were applied.
 pub(crate) async fn apply_steps(
     dst: &Client,
     migration_id: &str,
@@ -67,17 +78,36 @@ pub(crate) async fn apply_steps(
     cancel: &CancellationToken,
 ) -> Result<usize> {
     let done = super::committed_steps(dst, migration_id).await?;
+    // Foreign key validations run afterwards, in parallel (apply_parallel).
+    let todo: Vec<&Step> = steps
+        .iter()
+        .filter(|s| !s.parallel && !done.contains(&super::step_marker(part, s)))
+        .collect();
     let mut n = 0;
-    for step in steps {
-        // Foreign key validations run afterwards, in parallel (apply_parallel).
-        if step.parallel || done.contains(&super::step_marker(part, step)) {
-            continue;
-        }
+    for batch in &batches(&todo) {
         if cancel.is_cancelled() {
             return Err(MigrationError::Cancelled);
         }
-        super::apply_step(dst, migration_id, part, step).await?;
-        n += 1;
+        let mut sql = String::new();
+        for step in batch {
+            sql.push_str(&step.sql.join("\n"));
+            sql.push('\n');
+        }
+        sql.push_str(&super::markers_insert(migration_id, part, batch));
+        if let Err(e) = dst.batch_execute(&sql).await {
+            if batch.len() == 1 {
+                return Err(MigrationError::db(
+                    format!("creating {} on the target", batch[0].describe),
+                    e,
+                ));
+            }
+            debug!(part, steps = batch.len(), error = %e, "a batch of schema steps failed: replaying it one step at a time");
+            for step in batch {
+                super::apply_step(dst, migration_id, part, step).await?;
+            }
+        }
+        n += batch.len();
+        crate::faults::test_stop_at("mid_schema").await;
     }
     info!(
         part,
@@ -86,4 +116,24 @@ pub(crate) async fn apply_steps(
         "schema steps applied"
     );
     Ok(n)
+}
+
+/// Consecutive runs of steps within the batch limits (order kept).
+fn batches<'a>(steps: &[&'a Step]) -> Vec<Vec<&'a Step>> {
+    let mut out: Vec<Vec<&Step>> = Vec::new();
+    let mut bytes = 0;
+    for &s in steps {
+        let size: usize = s.sql.iter().map(|q| q.len() + 1).sum();
+        match out.last_mut() {
+            Some(b) if b.len() < BATCH_STEPS && bytes + size <= BATCH_SQL_BYTES => {
+                b.push(s);
+                bytes += size;
+            }
+            _ => {
+                out.push(vec![s]);
+                bytes = size;
+            }
+        }
+    }
+    out
 }

@@ -62,64 +62,118 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
     };
     debug!(worker = id, "copy worker ready");
     let mut first = true;
-    while let Some(item) = sched.next_item() {
+    let mut groups_committed = 0;
+    // Small tables travel several per target transaction: one commit (one
+    // WAL flush) and one marker round trip for the group instead of each.
+    let group_limit = if dst.is_some() { GROUP_ITEMS } else { 1 };
+    loop {
+        let group = sched.next_items(group_limit, SMALL_ITEM_BYTES, GROUP_BYTES);
+        if group.is_empty() {
+            break;
+        }
         if stop.is_cancelled() {
             return Err(MigrationError::Cancelled);
         }
-        // Each item in its own snapshot transaction: the worker holds the
-        // locks of one table at a time, not of all it copied.
-        if let (Some((src, _)), Input::Server { snapshot_id, .. }) = (&src, &ctx.input) {
-            if !first {
-                session::reimport_snapshot(src, snapshot_id).await?;
-            }
-        }
-        first = false;
-        let t = &sched.tables[item.table];
-        let name = item.name(t);
-        let started = Instant::now();
-        if let Some(p) = &ctx.progress {
-            p.worker(id, Some(&name));
-        }
-        let (format, input) = open_input(ctx, src.as_ref(), t, &item).await?;
-        let r = match (&ctx.output, &dst) {
-            (Output::Target(_), Some(dst)) => {
-                match load_item(ctx, dst, t, &item, format, input, stop).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let _ = dst.batch_execute("ROLLBACK").await;
-                        return Err(e);
+        let mut results = Vec::with_capacity(group.len());
+        if let (Output::Target(_), Some(dst)) = (&ctx.output, &dst) {
+            let loaded = async {
+                dst.batch_execute("BEGIN").await.map_err(|e| {
+                    MigrationError::db("starting a copy transaction on the target", e)
+                })?;
+                for (i, item) in group.iter().enumerate() {
+                    let t = &sched.tables[item.table];
+                    reimport(ctx, src.as_ref(), &mut first).await?;
+                    let started = Instant::now();
+                    if let Some(p) = &ctx.progress {
+                        p.worker(id, Some(&item.name(t)));
+                    }
+                    let (format, input) = open_input(ctx, src.as_ref(), t, item).await?;
+                    let r = load_item(ctx, dst, t, item, format, input, stop).await?;
+                    results.push(ItemResult { started, ..r });
+                    // After a group of this worker committed, inside the next.
+                    if i == 0 && group.len() > 1 && groups_committed > 0 {
+                        crate::faults::test_stop_at("mid_batch").await;
                     }
                 }
+                dst.batch_execute("COMMIT").await.map_err(|e| {
+                    MigrationError::db("committing a copy transaction on the target", e)
+                })
+            };
+            if let Err(e) = loaded.await {
+                let _ = dst.batch_execute("ROLLBACK").await;
+                return Err(e);
             }
-            (Output::Archive { dir, level, .. }, _) => {
-                dump_item(dir, *level, t.oid, &item, format, input, stop).await?
+            groups_committed += 1;
+        } else if let Output::Archive { dir, level } = &ctx.output {
+            for item in &group {
+                let t = &sched.tables[item.table];
+                reimport(ctx, src.as_ref(), &mut first).await?;
+                let started = Instant::now();
+                if let Some(p) = &ctx.progress {
+                    p.worker(id, Some(&item.name(t)));
+                }
+                let (format, input) = open_input(ctx, src.as_ref(), t, item).await?;
+                let r = dump_item(dir, *level, t.oid, item, format, input, stop).await?;
+                results.push(ItemResult { started, ..r });
             }
-            (Output::Target(_), None) => unreachable!("target workers have a session"),
-        };
-        let r = ItemResult {
-            started,
-            snapshot: src.as_ref().map(|s| s.1.clone()).unwrap_or_default(),
-            ..r
-        };
-        info!(
-            item = %name,
-            rows = r.rows,
-            bytes = r.bytes,
-            seconds = format!("{:.2}", r.finished.duration_since(r.started).as_secs_f64()),
-            format = ?r.format,
-            freeze = r.freeze,
-            "copied"
-        );
-        record_done(ctx, &name, &r)?;
+        } else {
+            unreachable!("target workers have a session");
+        }
+        let finished = Instant::now();
+        for (item, r) in group.iter().zip(results) {
+            let t = &sched.tables[item.table];
+            let name = item.name(t);
+            let r = ItemResult {
+                finished: if group.len() > 1 {
+                    finished
+                } else {
+                    r.finished
+                },
+                snapshot: src.as_ref().map(|s| s.1.clone()).unwrap_or_default(),
+                ..r
+            };
+            info!(
+                item = %name,
+                rows = r.rows,
+                bytes = r.bytes,
+                seconds = format!("{:.2}", r.finished.duration_since(r.started).as_secs_f64()),
+                format = ?r.format,
+                freeze = r.freeze,
+                "copied"
+            );
+            record_done(ctx, &name, &r)?;
+            crate::faults::test_stop_at("mid_copy").await;
+            sched.item_done(item, r);
+        }
         if let Some(p) = &ctx.progress {
             p.worker(id, None);
         }
-        crate::faults::test_stop_at("mid_copy").await;
-        sched.item_done(&item, r);
     }
     if let Some((src, _)) = src {
         let _ = src.batch_execute("COMMIT").await;
     }
+    Ok(())
+}
+
+/// Tables under this size (estimated heap bytes) may share a transaction.
+const SMALL_ITEM_BYTES: u64 = 1 << 20;
+/// At most this many items, and this many bytes, per shared transaction.
+const GROUP_ITEMS: usize = 32;
+const GROUP_BYTES: u64 = 8 << 20;
+
+/// Before each item after the first: a new snapshot transaction on the
+/// same snapshot, so a worker holds one source table's locks at a time.
+async fn reimport(
+    ctx: &CopyContext,
+    src: Option<&(Client, String)>,
+    first: &mut bool,
+) -> Result<()> {
+    if let (Some((src, _)), Input::Server { snapshot_id, .. }) = (src, &ctx.input) {
+        if !*first {
+            session::reimport_snapshot(src, snapshot_id).await?;
+        }
+    }
+    *first = false;
     Ok(())
 }
 
@@ -198,8 +252,8 @@ async fn open_input(
     Ok((format, Box::pin(rows)))
 }
 
-/// Load one item in one target transaction that also records it in
-/// `_pg_dbmigrator.copied`: it lands wholly or not at all. A whole table
+/// Load one item inside the caller's target transaction, which also
+/// records it in `_pg_dbmigrator.copied`: it lands wholly or not at all. A whole table
 /// is emptied first in the same transaction, which both makes a redo after
 /// a crash safe and lets COPY FREEZE write the rows already frozen (no
 /// hint-bit rewrite, no anti-wraparound vacuum later). Chunks cannot be
@@ -217,9 +271,6 @@ async fn load_item(
     let name = t.qualified();
     let item_name = item.name(t);
     let tdb = |what: &str, e| MigrationError::db(format!("{what} {item_name} on the target"), e);
-    dst.batch_execute("BEGIN")
-        .await
-        .map_err(|e| tdb("starting the copy of", e))?;
     // An extension's configuration table holds the extension's own rows
     // already: append the user's, never empty it.
     let freeze = if item.is_whole() && t.row_filter.is_none() {
@@ -272,15 +323,13 @@ async fn load_item(
             )));
         }
     }
-    dst.execute(
-        &format!("INSERT INTO {STATE_SCHEMA}.copied (migration_id, item, rows, bytes) VALUES ($1, $2, $3, $4)"),
-        &[&ctx.migration_id, &item_name, &(rows as i64), &(bytes as i64)],
-    )
+    dst.batch_execute(&format!(
+        "INSERT INTO {STATE_SCHEMA}.copied (migration_id, item, rows, bytes) VALUES ({}, {}, {rows}, {bytes})",
+        quote::literal(&ctx.migration_id),
+        quote::literal(&item_name)
+    ))
     .await
     .map_err(|e| tdb("recording the copy of", e))?;
-    dst.batch_execute("COMMIT")
-        .await
-        .map_err(|e| tdb("committing", e))?;
     Ok(ItemResult {
         rows,
         bytes,
