@@ -436,7 +436,7 @@ async fn kill_9_inside_a_group_of_small_tables_then_resume() {
         "only tables with their marker have rows"
     );
     assert!(
-        marked.split(',').count() >= 32,
+        marked.split(',').count() >= 10,
         "a group committed before the kill: {marked}"
     );
     let mut before = Vec::new();

@@ -171,7 +171,7 @@ async fn round_trip_of_several_files() {
     let mut hasher = Sha256::new();
     let mut i = 0u64;
     while big.raw_bytes() < 8 << 20 {
-        if i % 50_000 == 0 {
+        if i.is_multiple_of(50_000) {
             let mut chunk = String::new();
             for _ in 0..5_000 {
                 chunk.push_str(&row(i));

@@ -297,8 +297,13 @@ pub struct CopyOutcome {
 enum IndexTask {
     /// Build one index of a loaded table.
     Build(Step),
-    /// Attach keys to the built indexes, then ANALYZE.
-    Finish { table: String, steps: Vec<Step> },
+    /// Attach keys to the built indexes (a small table's builds too, all
+    /// in one transaction), then ANALYZE a table of more than a few rows.
+    Finish {
+        table: String,
+        steps: Vec<Step>,
+        rows: u64,
+    },
 }
 
 #[derive(Default)]
@@ -316,6 +321,8 @@ struct State {
     copies_running: usize,
     index_running: usize,
     done: Vec<(usize, ItemResult)>,
+    /// Rows loaded now, per table name.
+    rows: HashMap<String, u64>,
     index_steps: usize,
     analyzed: usize,
 }
@@ -332,11 +339,16 @@ impl Scheduler {
     /// The next item, and when it is a small whole table, the small whole
     /// tables after it (up to `max` items and `max_bytes`), to be loaded in
     /// one transaction.
+    /// Groups shrink as the queue does (a quarter of each worker's share of
+    /// what is left), so a short queue is still spread over every worker
+    /// and one slow table holds back few others.
     fn next_items(&self, max: usize, small: u64, max_bytes: u64) -> Vec<WorkItem> {
         let mut s = self.state.lock().unwrap();
+        let share = s.items.len() / (4 * self.ctx.jobs.max(1));
+        let max = max.min(share).max(1);
         let mut out = Vec::new();
         let mut bytes = 0;
-        while out.len() < max.max(1) {
+        while out.len() < max {
             let take = match s.items.front() {
                 None => false,
                 Some(_) if out.is_empty() => true,
@@ -362,24 +374,33 @@ impl Scheduler {
         let mut s = self.state.lock().unwrap();
         s.copies_running -= 1;
         s.items_left[item.table] -= 1;
+        let t = &self.tables[item.table];
+        *s.rows.entry(t.qualified()).or_default() += r.rows;
         s.done.push((item.table, r));
         if s.items_left[item.table] == 0 {
-            let name = self.tables[item.table].qualified();
-            Self::table_loaded(&mut s, name);
+            Self::table_loaded(&mut s, t.qualified(), is_small(t));
         }
         drop(s);
         self.wake.notify_waiters();
     }
 
     /// A table's rows are all in: queue its index builds, or its finish.
-    fn table_loaded(s: &mut State, table: String) {
+    /// A small table's builds and keys are one task, one transaction: on
+    /// 10,000 tiny tables, a round trip and a commit per index is most of
+    /// the work, and there is nothing to build in parallel.
+    fn table_loaded(s: &mut State, table: String, small: bool) {
         if !s.indexing {
             return;
         }
-        let builds = s.builds.remove(&table).unwrap_or_default();
-        if builds.is_empty() {
-            let steps = s.after.remove(&table).unwrap_or_default();
-            s.index_tasks.push_back(IndexTask::Finish { table, steps });
+        let mut builds = s.builds.remove(&table).unwrap_or_default();
+        let rows = s.rows.get(&table).copied().unwrap_or(0);
+        if builds.is_empty() || small {
+            builds.extend(s.after.remove(&table).unwrap_or_default());
+            s.index_tasks.push_back(IndexTask::Finish {
+                table,
+                steps: builds,
+                rows,
+            });
         } else {
             s.builds_left.insert(table, builds.len() as u32);
             s.index_tasks
@@ -422,7 +443,9 @@ impl Scheduler {
             if *left == 0 {
                 s.builds_left.remove(&table);
                 let steps = s.after.remove(&table).unwrap_or_default();
-                s.index_tasks.push_back(IndexTask::Finish { table, steps });
+                let rows = s.rows.get(&table).copied().unwrap_or(0);
+                s.index_tasks
+                    .push_back(IndexTask::Finish { table, steps, rows });
             }
         }
         drop(s);
@@ -469,8 +492,14 @@ pub async fn copy_tables(
         .collect();
     let mut ready: BTreeSet<String> = st.builds.keys().chain(st.after.keys()).cloned().collect();
     ready.retain(|t| !copied.contains(t));
+    let small: BTreeSet<String> = tables
+        .iter()
+        .filter(|t| is_small(t))
+        .map(|t| t.qualified())
+        .collect();
     for t in ready {
-        Scheduler::table_loaded(&mut st, t);
+        let s = small.contains(&t);
+        Scheduler::table_loaded(&mut st, t, s);
     }
     let n_items = items.len();
     st.items = VecDeque::from(items);
@@ -544,6 +573,16 @@ pub async fn copy_tables(
     })
 }
 
+/// Tables smaller than this (on the source's disk) have their index
+/// builds and keys applied in one transaction.
+const SMALL_TABLE_BYTES: i64 = 1 << 20;
+/// Tables loaded with fewer rows are not analyzed by the migration.
+const ANALYZE_MIN_ROWS: u64 = 1000;
+
+fn is_small(t: &TableInfo) -> bool {
+    t.bytes < SMALL_TABLE_BYTES
+}
+
 /// One index worker: a target session applying early post-data steps.
 async fn index_worker(
     id: usize,
@@ -570,12 +609,18 @@ async fn index_worker(
                 info!(step = %step.describe, seconds = format!("{:.2}", t0.elapsed().as_secs_f64()), "built");
                 sched.index_task_done(step.table.clone(), 1, false);
             }
-            IndexTask::Finish { table, steps } => {
-                for step in &steps {
-                    apply_step(&dst, &ctx.migration_id, "post", step).await?;
+            IndexTask::Finish { table, steps, rows } => {
+                let t0 = Instant::now();
+                let batch: Vec<&Step> = steps.iter().collect();
+                steps::apply_batch(&dst, &ctx.migration_id, "post", &batch).await?;
+                if !steps.is_empty() {
+                    debug!(%table, steps = steps.len(), seconds = format!("{:.2}", t0.elapsed().as_secs_f64()), "indexes and keys");
                 }
-                // Fresh statistics for the planner; only for tables loaded now.
-                let analyze = ctx.analyze && copied.contains(&table);
+                // Fresh statistics for the planner; only for tables loaded
+                // now, and not for a few rows: the planner does well on them
+                // without, and autovacuum analyzes any table of more than
+                // 50 rows soon after the load anyway.
+                let analyze = ctx.analyze && copied.contains(&table) && rows >= ANALYZE_MIN_ROWS;
                 if analyze {
                     let t0 = Instant::now();
                     dst.batch_execute(&format!("ANALYZE {table}"))

@@ -88,24 +88,7 @@ pub(crate) async fn apply_steps(
         if cancel.is_cancelled() {
             return Err(MigrationError::Cancelled);
         }
-        let mut sql = String::new();
-        for step in batch {
-            sql.push_str(&step.sql.join("\n"));
-            sql.push('\n');
-        }
-        sql.push_str(&super::markers_insert(migration_id, part, batch));
-        if let Err(e) = dst.batch_execute(&sql).await {
-            if batch.len() == 1 {
-                return Err(MigrationError::db(
-                    format!("creating {} on the target", batch[0].describe),
-                    e,
-                ));
-            }
-            debug!(part, steps = batch.len(), error = %e, "a batch of schema steps failed: replaying it one step at a time");
-            for step in batch {
-                super::apply_step(dst, migration_id, part, step).await?;
-            }
-        }
+        apply_batch(dst, migration_id, part, batch).await?;
         n += batch.len();
         crate::faults::test_stop_at("mid_schema").await;
     }
@@ -116,6 +99,35 @@ pub(crate) async fn apply_steps(
         "schema steps applied"
     );
     Ok(n)
+}
+
+/// Apply `batch` in one implicit transaction with its markers; when it
+/// fails, one step at a time, so the error names the step.
+pub(crate) async fn apply_batch(
+    dst: &Client,
+    migration_id: &str,
+    part: &str,
+    batch: &[&Step],
+) -> Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    if batch.len() == 1 {
+        return super::apply_step(dst, migration_id, part, batch[0]).await;
+    }
+    let mut sql = String::new();
+    for step in batch {
+        sql.push_str(&step.sql.join("\n"));
+        sql.push('\n');
+    }
+    sql.push_str(&super::markers_insert(migration_id, part, batch));
+    if let Err(e) = dst.batch_execute(&sql).await {
+        debug!(part, steps = batch.len(), error = %e, "a batch of schema steps failed: replaying it one step at a time");
+        for step in batch {
+            super::apply_step(dst, migration_id, part, step).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Consecutive runs of steps within the batch limits (order kept).
