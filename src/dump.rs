@@ -266,8 +266,8 @@ pub(crate) async fn run_with(
 
     // Sequences (current values, as pg_dump) and large objects, on the snapshot session.
     let mut seq_values = Vec::new();
-    for s in &seqs {
-        let (last_value, is_called) = catalog::sequence_state(&src, s).await?;
+    let states = catalog::sequence_states(&src, &seqs).await?;
+    for (s, (last_value, is_called)) in seqs.iter().zip(states) {
         seq_values.push(SequenceValue {
             schema: s.schema.clone(),
             name: s.name.clone(),

@@ -683,36 +683,48 @@ impl TokenStore {
 
     /// Record a copied item: durable in the journal before this returns.
     pub fn record_copied(&self, item: &str, marker: CopyMarker) -> Result<()> {
-        let record = journal::Record::Copied {
-            item: item.to_string(),
-            marker: marker.clone(),
-        };
-        self.append(record)?;
+        self.record_copied_many(vec![(item.to_string(), marker)])
+    }
+
+    /// Record items that committed together: one append, one fsync.
+    pub fn record_copied_many(&self, items: Vec<(String, CopyMarker)>) -> Result<()> {
+        let records: Vec<journal::Record> = items
+            .iter()
+            .map(|(item, marker)| journal::Record::Copied {
+                item: item.clone(),
+                marker: marker.clone(),
+            })
+            .collect();
+        self.append(records)?;
         if let Some(o) = &self.observer {
-            o.observe_copied(item, &marker);
+            for (item, marker) in &items {
+                o.observe_copied(item, marker);
+            }
         }
         Ok(())
     }
 
     /// Record an archive file written: durable in the journal before this returns.
     pub fn record_dumped(&self, item: &str, file: DataFile) -> Result<()> {
-        self.append(journal::Record::Dumped {
+        self.append(vec![journal::Record::Dumped {
             item: item.to_string(),
             file,
-        })
+        }])
     }
 
     /// Append under the token's lock, so a full save (which folds the
     /// journal in and resets it) never runs between the append and the
     /// in-memory update.
-    fn append(&self, record: journal::Record) -> Result<()> {
+    fn append(&self, records: Vec<journal::Record>) -> Result<()> {
         let mut t = self.token.lock().unwrap_or_else(|p| p.into_inner());
         let mut j = self.journal.lock().unwrap_or_else(|p| p.into_inner());
         if j.is_none() {
             *j = Some(journal::Appender::open(&journal::path_for(&self.path), &t)?);
         }
-        j.as_mut().expect("opened above").append(&record)?;
-        record.apply(&mut t);
+        j.as_mut().expect("opened above").append(&records)?;
+        for r in records {
+            r.apply(&mut t);
+        }
         Ok(())
     }
 

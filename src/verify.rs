@@ -344,16 +344,17 @@ pub async fn verify(
     // Sequences.
     let mut seqs = catalog::list_sequences(&src, filters).await?;
     seqs.extend(ext_seqs);
-    for s in &seqs {
-        let sv = catalog::sequence_state(&src, s).await?;
-        let exists: bool = dst
-            .query_one(
-                "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
-                &[&s.qualified()],
-            )
-            .await
-            .map_err(|e| MigrationError::db("looking up a sequence on the target", e))?
-            .get(0);
+    let source_states = catalog::sequence_states(&src, &seqs).await?;
+    let names: Vec<String> = seqs.iter().map(|s| s.qualified()).collect();
+    let on_target = catalog::relations_exist(&dst, &names).await?;
+    let present: Vec<catalog::SequenceInfo> = seqs
+        .iter()
+        .zip(&on_target)
+        .filter(|(_, e)| **e)
+        .map(|(s, _)| s.clone())
+        .collect();
+    let mut target_states = catalog::sequence_states(&dst, &present).await?.into_iter();
+    for ((s, sv), exists) in seqs.iter().zip(source_states).zip(on_target) {
         if !exists {
             report.differences.push(Difference {
                 kind: DiffKind::MissingSequence,
@@ -363,7 +364,9 @@ pub async fn verify(
             });
             continue;
         }
-        let tv = catalog::sequence_state(&dst, s).await?;
+        let tv = target_states
+            .next()
+            .expect("one state per sequence present");
         if sv != tv {
             let behind = if tv.0 < sv.0 { " (behind)" } else { "" };
             report.differences.push(Difference {

@@ -637,17 +637,24 @@ async fn index_worker(
     Ok(())
 }
 
-fn record_done(ctx: &CopyContext, item: &str, r: &ItemResult) -> Result<()> {
-    if let Some(file) = &r.file {
-        return ctx.token.record_dumped(item, file.clone());
+fn record_done(ctx: &CopyContext, done: &[(String, ItemResult)]) -> Result<()> {
+    let mut copied = Vec::new();
+    for (item, r) in done {
+        match &r.file {
+            Some(file) => ctx.token.record_dumped(item, file.clone())?,
+            None => copied.push((
+                item.clone(),
+                CopyMarker {
+                    rows: r.rows,
+                    bytes: r.bytes,
+                    seconds: r.finished.duration_since(r.started).as_secs_f64(),
+                    done_at: chrono::Utc::now(),
+                },
+            )),
+        }
     }
-    ctx.token.record_copied(
-        item,
-        CopyMarker {
-            rows: r.rows,
-            bytes: r.bytes,
-            seconds: r.finished.duration_since(r.started).as_secs_f64(),
-            done_at: chrono::Utc::now(),
-        },
-    )
+    if copied.is_empty() {
+        return Ok(());
+    }
+    ctx.token.record_copied_many(copied)
 }

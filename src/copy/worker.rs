@@ -120,6 +120,7 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
             unreachable!("target workers have a session");
         }
         let finished = Instant::now();
+        let mut done = Vec::with_capacity(group.len());
         for (item, r) in group.iter().zip(results) {
             let t = &sched.tables[item.table];
             let name = item.name(t);
@@ -141,8 +142,12 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
                 freeze = r.freeze,
                 "copied"
             );
-            record_done(ctx, &name, &r)?;
-            crate::faults::test_stop_at("mid_copy").await;
+            done.push((name, r));
+        }
+        // Items that committed together are recorded together (one fsync).
+        record_done(ctx, &done)?;
+        crate::faults::test_stop_at("mid_copy").await;
+        for (item, (_, r)) in group.iter().zip(done) {
             sched.item_done(item, r);
         }
         if let Some(p) = &ctx.progress {
@@ -253,10 +258,10 @@ async fn open_input(
 }
 
 /// Load one item inside the caller's target transaction, which also
-/// records it in `_pg_dbmigrator.copied`: it lands wholly or not at all. A whole table
-/// is emptied first in the same transaction, which both makes a redo after
-/// a crash safe and lets COPY FREEZE write the rows already frozen (no
-/// hint-bit rewrite, no anti-wraparound vacuum later). Chunks cannot be
+/// records it in `_pg_dbmigrator.copied`: it lands wholly or not at all. A
+/// whole table of 1 MB or more is emptied first in the same transaction,
+/// which lets COPY FREEZE write the rows already frozen (no hint-bit
+/// rewrite, no anti-wraparound vacuum later). Chunks cannot be
 /// emptied (their rows are mixed with other chunks'), and need not be:
 /// an uncommitted chunk left nothing behind.
 async fn load_item(
@@ -272,8 +277,12 @@ async fn load_item(
     let item_name = item.name(t);
     let tdb = |what: &str, e| MigrationError::db(format!("{what} {item_name} on the target"), e);
     // An extension's configuration table holds the extension's own rows
-    // already: append the user's, never empty it.
-    let freeze = if item.is_whole() && t.row_filter.is_none() {
+    // already: append the user's, never empty it. A small table is not
+    // emptied either: nothing can be in it (an uncommitted load left
+    // nothing), and TRUNCATE's new files cost three times its whole load,
+    // far more than FREEZE saves on a few pages.
+    let freeze = if item.is_whole() && t.row_filter.is_none() && t.bytes >= SMALL_ITEM_BYTES as i64
+    {
         empty_table(dst, &name).await?
     } else {
         false

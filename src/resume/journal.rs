@@ -225,10 +225,11 @@ impl Appender {
         })
     }
 
-    /// Append one record and make it durable before returning.
-    pub(crate) fn append(&mut self, r: &Record) -> Result<()> {
+    /// Append records and make them durable (one fsync) before returning.
+    pub(crate) fn append(&mut self, records: &[Record]) -> Result<()> {
+        let bytes: Vec<u8> = records.iter().flat_map(encode).collect();
         self.file
-            .write_all(&encode(r))
+            .write_all(&bytes)
             .and_then(|_| self.file.sync_data())
             .map_err(|e| {
                 MigrationError::io(
@@ -282,7 +283,7 @@ mod tests {
         reset(&path, t).unwrap();
         let mut a = Appender::open(&path, t).unwrap();
         for r in records {
-            a.append(r).unwrap();
+            a.append(std::slice::from_ref(r)).unwrap();
         }
         (dir, path)
     }
@@ -317,7 +318,7 @@ mod tests {
         }
         // Appending after a tear leaves a journal that reads back whole.
         let mut a = Appender::open(&path, &t).unwrap();
-        a.append(&copied("c", 3)).unwrap();
+        a.append(&[copied("c", 3)]).unwrap();
         let r = read(&path, &t).unwrap();
         assert_eq!(r.records, [copied("a", 1), copied("c", 3)]);
         assert!(!r.torn_tail);
@@ -358,7 +359,7 @@ mod tests {
         assert!(r.stale && r.records.is_empty());
         // Opened for the new token, it starts afresh.
         let mut a = Appender::open(&path, &other).unwrap();
-        a.append(&copied("z", 9)).unwrap();
+        a.append(&[copied("z", 9)]).unwrap();
         assert_eq!(read(&path, &other).unwrap().records, [copied("z", 9)]);
     }
 }
