@@ -238,20 +238,7 @@ async fn resume_right_after_a_kill_during_an_index_build() {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let dump = dir.path().join("work");
-    let base: Vec<String> = [
-        "migrate",
-        "--source",
-        &db.source,
-        "--target",
-        &db.target,
-        "--jobs",
-        "2",
-        "--dump-path",
-        dump.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let base = full_args(&db, &dump);
     let a: Vec<&str> = base.iter().map(String::as_str).collect();
     let mut child = command(&a)
         .stdout(Stdio::null())
@@ -313,20 +300,7 @@ async fn resume_right_after_a_kill_during_an_index_build() {
 /// Start a full migration of `db` that stops at fault point `point`, and
 /// kill -9 it there.
 async fn kill_at(db: &testkit::TestDb, dump: &std::path::Path, point: &str) -> Vec<String> {
-    let base: Vec<String> = [
-        "migrate",
-        "--source",
-        &db.source,
-        "--target",
-        &db.target,
-        "--jobs",
-        "2",
-        "--dump-path",
-        dump.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let base = full_args(db, dump);
     let log = dump.with_extension("log");
     let a: Vec<&str> = base.iter().map(String::as_str).collect();
     let mut child = command(&a)
@@ -455,4 +429,22 @@ async fn kill_9_inside_a_group_of_small_tables_then_resume() {
         content_digest(&db.source).await,
         content_digest(&db.target).await
     );
+}
+
+/// `migrate --jobs 2 --dump-path <dump>` of a whole database (schema too).
+fn full_args(db: &testkit::TestDb, dump: &std::path::Path) -> Vec<String> {
+    [
+        "migrate",
+        "--source",
+        &db.source,
+        "--target",
+        &db.target,
+        "--jobs",
+        "2",
+        "--dump-path",
+        dump.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }

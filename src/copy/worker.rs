@@ -82,12 +82,8 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
                 })?;
                 for (i, item) in group.iter().enumerate() {
                     let t = &sched.tables[item.table];
-                    reimport(ctx, src.as_ref(), &mut first).await?;
-                    let started = Instant::now();
-                    if let Some(p) = &ctx.progress {
-                        p.worker(id, Some(&item.name(t)));
-                    }
-                    let (format, input) = open_input(ctx, src.as_ref(), t, item).await?;
+                    let (started, format, input) =
+                        start_item(ctx, src.as_ref(), id, t, item, &mut first).await?;
                     let r = load_item(ctx, dst, t, item, format, input, stop).await?;
                     results.push(ItemResult { started, ..r });
                     // After a group of this worker committed, inside the next.
@@ -107,12 +103,8 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
         } else if let Output::Archive { dir, level } = &ctx.output {
             for item in &group {
                 let t = &sched.tables[item.table];
-                reimport(ctx, src.as_ref(), &mut first).await?;
-                let started = Instant::now();
-                if let Some(p) = &ctx.progress {
-                    p.worker(id, Some(&item.name(t)));
-                }
-                let (format, input) = open_input(ctx, src.as_ref(), t, item).await?;
+                let (started, format, input) =
+                    start_item(ctx, src.as_ref(), id, t, item, &mut first).await?;
                 let r = dump_item(dir, *level, t.oid, item, format, input, stop).await?;
                 results.push(ItemResult { started, ..r });
             }
@@ -166,20 +158,29 @@ const SMALL_ITEM_BYTES: u64 = 1 << 20;
 const GROUP_ITEMS: usize = 32;
 const GROUP_BYTES: u64 = 8 << 20;
 
-/// Before each item after the first: a new snapshot transaction on the
-/// same snapshot, so a worker holds one source table's locks at a time.
-async fn reimport(
+/// Start reading one item: before each item after the first, a new
+/// snapshot transaction on the same snapshot (so a worker holds one source
+/// table's locks at a time); then show it and open its input.
+async fn start_item(
     ctx: &CopyContext,
     src: Option<&(Client, String)>,
+    worker: usize,
+    t: &TableInfo,
+    item: &WorkItem,
     first: &mut bool,
-) -> Result<()> {
+) -> Result<(Instant, WireFormat, Rows)> {
     if let (Some((src, _)), Input::Server { snapshot_id, .. }) = (src, &ctx.input) {
         if !*first {
             session::reimport_snapshot(src, snapshot_id).await?;
         }
     }
     *first = false;
-    Ok(())
+    let started = Instant::now();
+    if let Some(p) = &ctx.progress {
+        p.worker(worker, Some(&item.name(t)));
+    }
+    let (format, input) = open_input(ctx, src, t, item).await?;
+    Ok((started, format, input))
 }
 
 /// A COPY data stream, whatever it comes from.
