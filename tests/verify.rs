@@ -165,3 +165,63 @@ async fn verify_names_the_source_tables_with_rows_it_did_not_compare() {
         "{s}"
     );
 }
+
+/// Small tables are compared many per query; a difference in one of them
+/// is still named on that table alone, and a table the target cannot
+/// answer (a column missing) is reported without hiding its neighbours.
+#[tokio::test]
+async fn verify_in_bulk_names_each_differing_table() {
+    let db = testkit::shared_pair().fresh_db("verifybulk").await;
+    let ddl = "DO $$ BEGIN FOR i IN 0..149 LOOP
+                 EXECUTE format('CREATE TABLE public.t%s (id int PRIMARY KEY, v text)', i);
+                 EXECUTE format('INSERT INTO public.t%s SELECT g, %L || g FROM generate_series(1, 3) g', i, 'r' || i);
+               END LOOP; END $$;";
+    testkit::execute(&db.source, ddl).await.unwrap();
+    testkit::execute(&db.target, ddl).await.unwrap();
+    let clean = run(&[
+        "-q", "verify", "--source", &db.source, "--target", &db.target, "--jobs", "2",
+    ]);
+    assert_eq!(
+        clean.status.code(),
+        Some(0),
+        "{}{}",
+        text(&clean.stdout),
+        text(&clean.stderr)
+    );
+    assert!(text(&clean.stdout).contains("0 differences"));
+
+    testkit::execute(
+        &db.target,
+        "UPDATE public.t10 SET v = 'changed' WHERE id = 2;
+         DELETE FROM public.t75 WHERE id = 3;
+         ALTER TABLE public.t120 RENAME COLUMN v TO w;",
+    )
+    .await
+    .unwrap();
+    let out = run(&[
+        "-q", "verify", "--source", &db.source, "--target", &db.target, "--jobs", "2", "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut kinds: Vec<(String, String)> = v["differences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["kind"].as_str().unwrap().to_string(),
+                d["object"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        vec![
+            ("checksum".to_string(), "public.t10".to_string()),
+            ("error".to_string(), "public.t120".to_string()),
+            ("row_count".to_string(), "public.t75".to_string()),
+        ],
+        "{v:#}"
+    );
+}

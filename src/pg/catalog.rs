@@ -339,7 +339,8 @@ pub async fn tables_with_rows_outside(client: &Client, compared: &[String]) -> R
                     AND (NOT {EXTENSION_MEMBER_SQL}
                          OR c.oid IN (SELECT pg_catalog.unnest(x.extconfig) FROM pg_catalog.pg_extension x))
                     AND pg_catalog.pg_relation_size(c.oid) > 0
-                    AND pg_catalog.format('%I.%I', n.nspname, c.relname) <> ALL ($1::text[])
+                    AND pg_catalog.format('%I.%I', n.nspname, c.relname)
+                        NOT IN (SELECT pg_catalog.unnest($1::text[]))
                   ORDER BY 1"
             ),
             &[&compared],
