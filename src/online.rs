@@ -28,11 +28,12 @@ use crate::migrate::{self, CopyPhase};
 use crate::pg::catalog::{self, TableInfo};
 use crate::pg::{connect, quote};
 use crate::progress::human_bytes;
+use crate::replication::ddl;
 use crate::replication::preflight::{self};
 pub use crate::replication::source::{cleanup, unfence, CleanupReport};
 use crate::replication::source::{
-    control, current_wal, drop_slot, end_other_sessions, fence_db, names, undo_source, unfence_db,
-    OnlinePrep,
+    control, current_wal, drop_slot, end_other_sessions, fence_db, fingerprint_scope, names,
+    remove_capture, undo_source, unfence_db, OnlinePrep,
 };
 use crate::replication::stream::{self, StreamShared, StreamTarget};
 use crate::replication::{test_stop_at, Lsn, FENCE_MESSAGE_PREFIX};
@@ -576,6 +577,11 @@ async fn cutover_steps(
         .online
         .clone()
         .unwrap_or_else(|| prep.state.clone());
+    // (0) Schema changes that did not reach the target refuse the cutover
+    // before the fence (and again under it, below).
+    let whole = phase.filters == crate::config::filter::CompiledFilters::default();
+    let scope = fingerprint_scope(ctl, &phase.filters, whole).await?;
+    ddl::cutover_guard(ctl, dst, &state, scope.as_deref()).await?;
     // (1) The fence.
     let fenced_at = Instant::now();
     if cfg.fence {
@@ -655,6 +661,7 @@ async fn cutover_steps(
         }
         info!(fence_lsn = %target_end, applied = %Lsn(shared.durable.load(Ordering::Acquire)), "drained to the fence");
     }
+    ddl::cutover_guard(ctl, dst, &state, scope.as_deref()).await?;
     test_stop_at("mid_cutover").await;
     // (3) Sequences.
     let seqs = catalog::list_sequences(ctl, &phase.filters).await?;
@@ -707,6 +714,12 @@ async fn cutover_steps(
     refresh_matviews(dst).await?;
     // (5) Remove what we created.
     let mut st = state.clone();
+    remove_capture(ctl, &mut st).await?;
+    store.update(|t| {
+        if let Some(o) = t.online.as_mut() {
+            o.ddl_capture = false;
+        }
+    })?;
     if !cfg.keep_slot {
         drop_slot(ctl, &st.slot_name).await?;
         st.slot_created = false;

@@ -397,6 +397,16 @@ pub async fn plan(cfg: &MigrationConfig) -> Result<Plan> {
                 "create the logical replication slot {} (it holds WAL until the cutover)",
                 quote::ident(&name)
             ));
+            let whole = filters == crate::config::filter::CompiledFilters::default();
+            match crate::replication::ddl::capture_possible(&src, whole, cfg.data_only).await? {
+                Ok(()) => p.source_changes.push(format!(
+                    "create the schema _pg_dbmigrator and the event triggers {t} and {t}_drop: schema changes made while streaming are captured and replayed on the target (removed at the cutover)",
+                    t = crate::replication::ddl::trigger_name(&name)
+                )),
+                Err(why) => p.warnings.push(format!(
+                    "schema changes on the source cannot be captured ({why}): keep the schema frozen until the cutover; a fingerprint taken at the snapshot refuses the cutover if it changed"
+                )),
+            }
             for f in &r.fixes {
                 let what = match &f.new {
                     preflight::NewIdentity::UsingIndex(i) => {

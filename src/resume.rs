@@ -306,6 +306,14 @@ pub struct OnlineState {
     pub fenced: bool,
     #[serde(default)]
     pub cutover: Option<CutoverRecord>,
+    /// Our DDL capture (event trigger and its functions) is, or may be,
+    /// on the source: removed at the cutover and by cleanup.
+    #[serde(default)]
+    pub ddl_capture: bool,
+    /// Without capture: the schema fingerprint of the migrated objects at
+    /// the snapshot (object -> digest), compared under the fence.
+    #[serde(default)]
+    pub fingerprint: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// What the cutover did, for the report and for `pg_dbmigrator cutover`.

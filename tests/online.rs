@@ -319,6 +319,19 @@ async fn assert_nothing_left(db: &TestDb) {
         .unwrap()
         .get(0);
     assert_eq!(pubs, 0, "a publication was left on the source");
+    let capture: i64 = src
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_event_trigger)
+                  + (SELECT count(*) FROM pg_namespace WHERE nspname = '_pg_dbmigrator')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        capture, 0,
+        "our DDL capture (event trigger, schema) was left on the source"
+    );
     for side in [&db.source, &db.target] {
         let c = testkit::client(side).await;
         let ri: String = c
@@ -387,7 +400,7 @@ async fn assert_same(db: &TestDb) {
 async fn assert_fenced(db: &TestDb) {
     let c = testkit::client(&db.source).await;
     let e = c
-        .batch_execute("INSERT INTO scratch VALUES (-1, 'after the fence')")
+        .batch_execute("INSERT INTO accounts (owner) VALUES ('after the fence')")
         .await
         .expect_err("the source must be read-only after the cutover");
     assert_eq!(e.code().map(|c| c.code()), Some("25006"), "{e:?}");
@@ -1375,5 +1388,196 @@ async fn status_page_in_headless_chromium() {
     assert!(
         bad.is_empty(),
         "the workload failed before the fence: {bad:?}"
+    );
+}
+
+/// A deploy on the source while it streams: each statement in its own
+/// transaction, writes in between, and the workload running throughout.
+const DEPLOY: &[&str] = &[
+    "ALTER TABLE scratch ADD COLUMN flag int NOT NULL DEFAULT 7",
+    "UPDATE scratch SET flag = id WHERE id <= 20",
+    "CREATE TABLE orders (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, item text NOT NULL, qty int)",
+    "INSERT INTO orders (item, qty) SELECT 'i' || g, g FROM generate_series(1, 50) g",
+    "CREATE INDEX CONCURRENTLY orders_item ON orders (item)",
+    "INSERT INTO orders (item, qty) VALUES ('after the index', 1)",
+    "ALTER TABLE scratch DROP COLUMN v",
+    "UPDATE scratch SET flag = flag + 1 WHERE id % 3 = 0",
+    "CREATE VIEW big_orders AS SELECT id, item FROM orders WHERE qty > 25",
+    "BEGIN; ALTER TABLE orders ADD COLUMN note text; UPDATE orders SET note = 'n' || id WHERE id <= 10; COMMIT",
+    "ALTER TABLE orders RENAME COLUMN qty TO quantity",
+    "INSERT INTO orders (item, quantity) VALUES ('after the rename', 99)",
+    "CREATE TABLE doomed (id int PRIMARY KEY, v text)",
+    "INSERT INTO doomed VALUES (1, 'one'), (2, 'two')",
+    "CREATE VIEW doomed_view AS SELECT v FROM doomed",
+    "DROP TABLE doomed CASCADE",
+    "CREATE FUNCTION order_label(o orders) RETURNS text LANGUAGE sql AS $$ SELECT o.item || ':' || o.quantity $$",
+    "COMMENT ON TABLE orders IS 'created while streaming'",
+    "INSERT INTO orders (item, quantity) VALUES ('last', 5)",
+];
+
+async fn run_deploy(source: &str) {
+    let c = testkit::client(source).await;
+    for stmt in DEPLOY {
+        c.batch_execute(stmt)
+            .await
+            .unwrap_or_else(|e| panic!("{stmt}: {e:?}"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn schema_changes_while_streaming_are_replayed_in_place() {
+    let r = Run::new("online_ddl").await;
+    let load = Workload::start(&r.db.source);
+    let child = r.spawn(&[], "m", None);
+    r.wait_streaming("m").await;
+    run_deploy(&r.db.source).await;
+    let c = common::run_async(&["cutover", "--dump-path", &r.dump()]).await;
+    assert_eq!(
+        c.status.code(),
+        Some(0),
+        "cutover: {}\nmigrate: {}",
+        text(&c.stderr),
+        r.stderr("m")
+    );
+    let (code, out) = wait_child(child, Duration::from_secs(180)).await;
+    let bad = load.finish().await;
+    r.assert_success(code, &out, "m").await;
+    assert!(
+        bad.is_empty(),
+        "the workload failed before the fence: {bad:?}"
+    );
+    assert_eq!(
+        common::schema_dump(&r.db.source),
+        common::schema_dump(&r.db.target),
+        "pg_dump -s of source and target differ"
+    );
+    let log = r.stderr("m");
+    assert!(
+        log.matches("schema change replayed on the target").count() >= 12,
+        "{log}"
+    );
+    // The new table's rows arrived through the stream (it joined the
+    // publication in the transaction that created it).
+    let n = testkit::query_scalar(&r.db.target, "SELECT count(*)::text FROM orders").await;
+    assert_eq!(n, "53");
+}
+
+/// Where capture is not possible (here: a filtered run), the schema is
+/// fingerprinted at the snapshot; a change refuses the cutover, naming the
+/// objects, and the source stays writable and streaming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn uncaptured_schema_changes_refuse_the_cutover() {
+    let r = Run::new("online_fp").await;
+    let mut child = r.spawn(&["-n", "public"], "m", None);
+    r.wait_streaming("m").await;
+    assert!(
+        r.stderr("m").contains("cannot be captured"),
+        "{}",
+        r.stderr("m")
+    );
+    testkit::execute(
+        &r.db.source,
+        "ALTER TABLE scratch ADD COLUMN flag int NOT NULL DEFAULT 7;
+         CREATE TABLE orders (id int PRIMARY KEY);",
+    )
+    .await
+    .unwrap();
+    let c = common::run_async(&["cutover", "--dump-path", &r.dump()]).await;
+    let err = text(&c.stderr);
+    assert_ne!(c.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("the schema changed on the source")
+            && err.contains("relation public.scratch (changed)")
+            && err.contains("relation public.orders (created)"),
+        "{err}\nmigrate: {}",
+        r.stderr("m")
+    );
+    // Unfenced, and still streaming: a new row reaches the target.
+    testkit::execute(
+        &r.db.source,
+        "INSERT INTO accounts (owner) VALUES ('after the refusal')",
+    )
+    .await
+    .expect("the source is writable after a refused cutover");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let n = testkit::query_scalar(
+            &r.db.target,
+            "SELECT count(*)::text FROM accounts WHERE owner = 'after the refusal'",
+        )
+        .await;
+        if n == "1" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "streaming stopped: {}",
+            r.stderr("m")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    unsafe_kill(child.id() as i32, 2);
+    let _ = child.wait();
+    r.cleanup().await;
+}
+
+/// A table created while streaming without a key cannot stream its
+/// changes: the cutover is refused while its rows differ, and goes
+/// through once the user has given it a key and copied the rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_table_created_without_a_key_refuses_the_cutover_until_its_rows_match() {
+    let r = Run::new("online_nokey").await;
+    let child = r.spawn(&[], "m", None);
+    r.wait_streaming("m").await;
+    for stmt in [
+        "CREATE TABLE loose (a int NOT NULL, b text)",
+        "INSERT INTO loose VALUES (1, 'x'), (2, 'y')",
+    ] {
+        testkit::execute(&r.db.source, stmt).await.unwrap();
+    }
+    let refused = |needle: &'static str| {
+        let dump = r.dump();
+        async move {
+            let c = common::run_async(&["cutover", "--dump-path", &dump]).await;
+            let err = text(&c.stderr);
+            assert_ne!(c.status.code(), Some(0), "{err}");
+            assert!(
+                err.contains("public.loose: 2 row(s) on the source, 0 on the target")
+                    && err.contains(needle),
+                "{err}"
+            );
+        }
+    };
+    refused("created without a primary key").await;
+    // A key now: the table joins the publication, but its first rows never streamed.
+    testkit::execute(&r.db.source, "ALTER TABLE loose ADD PRIMARY KEY (a)")
+        .await
+        .unwrap();
+    refused("only after rows were written into it").await;
+    // The user copies them; later rows stream.
+    testkit::execute(&r.db.target, "INSERT INTO loose VALUES (1, 'x'), (2, 'y')")
+        .await
+        .unwrap();
+    testkit::execute(&r.db.source, "INSERT INTO loose VALUES (3, 'z')")
+        .await
+        .unwrap();
+    let c = common::run_async(&["cutover", "--dump-path", &r.dump()]).await;
+    assert_eq!(
+        c.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&c.stderr),
+        r.stderr("m")
+    );
+    let (code, out) = wait_child(child, Duration::from_secs(120)).await;
+    r.assert_success(code, &out, "m").await;
+    assert_eq!(
+        testkit::query_scalar(
+            &r.db.target,
+            "SELECT string_agg(a::text, ',' ORDER BY a) FROM loose"
+        )
+        .await,
+        "1,2,3"
     );
 }

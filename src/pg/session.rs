@@ -19,7 +19,8 @@ const COMMON_SETTINGS: &str = "SET statement_timeout = 0; \
      SET extra_float_digits = 3; \
      SET TimeZone = 'UTC'; \
      SET bytea_output = 'hex'; \
-     SET row_security = off; SET default_tablespace = ''";
+     SET row_security = off; SET default_tablespace = ''; \
+     SET pg_dbmigrator.capture = off";
 
 /// Prepare a source session. `row_security = off` makes a COPY fail loudly
 /// instead of silently skipping rows hidden by a policy (as pg_dump does).

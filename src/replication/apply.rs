@@ -28,6 +28,7 @@ use tokio_postgres::{Client, Statement};
 use tracing::debug;
 
 use super::batch::{self, SegKind};
+use super::ddl;
 use super::pgoutput::{self, OldTuple, ReplicaIdentity, Tuple, Value};
 use super::Lsn;
 use crate::error::{MigrationError, Result};
@@ -43,6 +44,11 @@ const COPY_MIN_ROWS: usize = 8;
 const MAX_IN_FLIGHT: usize = 512;
 /// Parameter bytes in flight before we wait (bounds memory and server buffers).
 const MAX_IN_FLIGHT_BYTES: usize = 8 << 20;
+
+/// Tables created on the source during the run whose changes cannot
+/// stream (no replica identity), with why.
+pub const UNSTREAMED_DDL: &str =
+    "CREATE TABLE IF NOT EXISTS _pg_dbmigrator.unstreamed (name text PRIMARY KEY, reason text NOT NULL)";
 
 /// The progress table (in our bookkeeping schema, removed at cutover).
 pub const PROGRESS_DDL: &str = "CREATE TABLE IF NOT EXISTS _pg_dbmigrator.progress (
@@ -181,6 +187,8 @@ pub struct ApplyStats {
     pub transactions: u64,
     pub rows: u64,
     pub target_commits: u64,
+    /// Schema changes captured on the source and replayed here.
+    pub schema_changes: u64,
 }
 
 /// Applies source transactions to the target. Feed it the decoded messages
@@ -232,6 +240,10 @@ pub struct Applier {
     /// The open target transaction holds set-wise changes: if it fails,
     /// replaying it one statement at a time may succeed.
     batch_used_sets: bool,
+    /// The last schema change: its source transaction, its query string,
+    /// and the index of the next firing with that string (one query string
+    /// of several DDL statements fires the trigger once for each).
+    ddl_repeat: Option<(Lsn, String, usize)>,
 }
 
 impl Applier {
@@ -280,6 +292,7 @@ impl Applier {
             safe_until: Lsn(0),
             txn_set_mode: false,
             batch_used_sets: false,
+            ddl_repeat: None,
         })
     }
 
@@ -370,6 +383,9 @@ impl Applier {
             M::LogicalMessage(m) => {
                 if m.transactional && m.prefix == self.marker_prefix && !self.skipping {
                     self.marker_seen_in_txn = true;
+                }
+                if m.transactional && m.prefix == ddl::DDL_MESSAGE_PREFIX && !self.skipping {
+                    self.schema_change(&m).await?;
                 }
                 Ok(false)
             }
@@ -618,6 +634,7 @@ impl Applier {
                 || old.columns != info.columns
                 || old.key != info.key
                 || old.identity != info.identity
+                || old.types != info.types
         });
         if changed && self.pending.has(r.oid) {
             // Held-back changes were decoded against the old shape.
@@ -634,6 +651,119 @@ impl Applier {
             });
         }
         self.relations.insert(r.oid, info);
+        Ok(())
+    }
+
+    /// A schema change captured on the source: replayed here, at its place
+    /// in the stream, as the role and with the search_path it ran under.
+    /// Everything before it is applied first; the changes after it arrive
+    /// with a fresh Relation message (pgoutput sends one after DDL).
+    async fn schema_change(&mut self, m: &pgoutput::LogicalMessage) -> Result<()> {
+        let txn = self.source_txn.unwrap_or(m.lsn);
+        let msg = ddl::DdlMessage::parse(&m.content)?;
+        // The k-th firing with the same query string in one transaction is
+        // its k-th DDL statement.
+        let index = match &self.ddl_repeat {
+            Some((t, text, next)) if *t == txn && *text == msg.sql => *next,
+            _ => 0,
+        };
+        self.ddl_repeat = Some((txn, msg.sql.clone(), index + 1));
+        let replay = ddl::replay_plan(&msg, index).map_err(|why| {
+            MigrationError::Unsupported(format!(
+                "{why} (source transaction committed at {txn}). The migration stops here, before the target drifts: \
+                 make such changes with plain DDL statements, or run `pg_dbmigrator cleanup` and migrate again after the change"
+            ))
+        })?;
+        if replay.is_empty() {
+            return Ok(());
+        }
+        self.flush_pending().await?;
+        self.drain(0).await?;
+        let mut sql = format!(
+            "SELECT pg_catalog.set_config('search_path', {}, true);
+             SELECT pg_catalog.set_config('role', r.rolname, true) FROM pg_catalog.pg_roles r
+              WHERE r.rolname = {} AND pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER');
+             {};
+             RESET ROLE; RESET search_path;",
+            quote::literal(&msg.search_path),
+            quote::literal(&msg.role),
+            replay
+        );
+        // Tables whose changes do not stream are remembered on the target,
+        // with the change: the cutover refuses while their rows differ.
+        if !(msg.unpublished.is_empty() && msg.published.is_empty()) {
+            sql.push_str(UNSTREAMED_DDL);
+            sql.push(';');
+        }
+        for t in &msg.published {
+            if !msg.published_with_rows.contains(t) {
+                sql.push_str(&format!(
+                    "DELETE FROM _pg_dbmigrator.unstreamed WHERE name = {};",
+                    quote::literal(t)
+                ));
+            }
+        }
+        for (t, why) in msg
+            .unpublished
+            .iter()
+            .map(|t| (t, "created without a primary key or replica identity: its changes are not streamed"))
+            .chain(msg.published_with_rows.iter().map(|t| {
+                (t, "given a replica identity only after rows were written into it: those rows were not streamed")
+            }))
+        {
+            sql.push_str(&format!(
+                "INSERT INTO _pg_dbmigrator.unstreamed (name, reason) VALUES ({}, {}) ON CONFLICT (name) DO UPDATE SET reason = EXCLUDED.reason;",
+                quote::literal(t),
+                quote::literal(why)
+            ));
+        }
+        // A DROP takes the same objects here as on the source (CASCADE).
+        let still: Vec<String> = msg
+            .dropped
+            .iter()
+            .filter_map(|d| {
+                d.exists_sql().map(|e| {
+                    format!(
+                        "SELECT {} WHERE {e}",
+                        quote::literal(&format!("{} {}", d.kind, d.identity))
+                    )
+                })
+            })
+            .collect();
+        let check = (!still.is_empty()).then(|| still.join(" UNION ALL "));
+        let one_line: String = replay.split_whitespace().collect::<Vec<_>>().join(" ");
+        self.client.batch_execute(&sql).await.map_err(|e| {
+            MigrationError::db(
+                format!(
+                    "replaying the source's schema change `{}` (as role {}, source transaction committed at {txn}) on the target",
+                    one_line.chars().take(300).collect::<String>(),
+                    msg.role
+                ),
+                e,
+            )
+        })?;
+        if let Some(check) = check {
+            let left: Vec<String> = self
+                .client
+                .query(&check, &[])
+                .await
+                .map_err(|e| {
+                    MigrationError::db("checking what the replayed DROP removed on the target", e)
+                })?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            if !left.is_empty() {
+                return Err(MigrationError::Unsupported(format!(
+                    "the source's `{}` (source transaction committed at {txn}) dropped {} there, but not on the target: \
+                     the two schemas differ; the migration stops before the target drifts",
+                    one_line.chars().take(300).collect::<String>(),
+                    left.join(", ")
+                )));
+            }
+        }
+        self.stats.schema_changes += 1;
+        tracing::info!(statement = %one_line.chars().take(200).collect::<String>(), role = %msg.role, commit_lsn = %txn, "schema change replayed on the target");
         Ok(())
     }
 

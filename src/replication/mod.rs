@@ -12,6 +12,7 @@
 
 pub mod apply;
 pub mod batch;
+pub mod ddl;
 pub mod pgoutput;
 pub mod preflight;
 pub mod source;

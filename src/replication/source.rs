@@ -11,6 +11,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 use tracing::{info, warn};
 
+use super::ddl;
 use super::preflight::{self, SourceChecks};
 use super::{object_name, test_stop_at, Lsn};
 use crate::config::filter::CompiledFilters;
@@ -116,6 +117,21 @@ pub(crate) async fn prepare_source(
             .map_err(|e| MigrationError::db("creating the publication on the source", e))?;
         info!(publication = %o.state.publication_name, tables = published.len(), "publication created");
     }
+    // Schema changes: captured from before the slot (so every change after
+    // its snapshot is in the stream), or guarded by a fingerprint.
+    let whole = filters == &CompiledFilters::default();
+    let capture = ddl::capture_possible(src, whole, cfg.data_only).await?;
+    match &capture {
+        Ok(()) => {
+            o.state.ddl_capture = true;
+            save(token, &o.state)?;
+            install_capture(src, &o.state).await?;
+            info!("schema changes on the source are captured and replayed on the target at their place in the stream");
+        }
+        Err(why) => {
+            info!(reason = %why, "schema changes on the source cannot be captured: a schema fingerprint taken at the snapshot is compared under the fence, and any change refuses the cutover");
+        }
+    }
     o.state.slot_created = true;
     o.state.consistent_point = None;
     save(token, &o.state)?;
@@ -133,6 +149,11 @@ pub(crate) async fn prepare_source(
     // The slot session must stay idle until the snapshot is imported; the
     // coordinator then holds it (and exports it again) for the whole copy.
     session::import_snapshot(src, &name).await?;
+    if capture.is_err() {
+        let names = fingerprint_scope(src, filters, whole).await?;
+        o.state.fingerprint = Some(ddl::fingerprint(src, names.as_deref()).await?);
+        save(token, &o.state)?;
+    }
     let row = src
         .query_one(
             "SELECT pg_catalog.pg_export_snapshot(), pg_catalog.txid_current_snapshot()::text",
@@ -142,6 +163,57 @@ pub(crate) async fn prepare_source(
         .map_err(|e| MigrationError::db("exporting the slot's snapshot again", e))?;
     let _ = repl.close().await;
     Ok((row.get(0), row.get(1)))
+}
+
+/// Install the event trigger and its functions (idempotent).
+async fn install_capture(src: &Client, state: &OnlineState) -> Result<()> {
+    src.batch_execute(&ddl::install_sql(
+        &state.publication_name,
+        &ddl::trigger_name(&state.slot_name),
+    ))
+    .await
+    .map_err(|e| {
+        MigrationError::db(
+            "installing the schema change capture (event trigger) on the source",
+            e,
+        )
+    })
+}
+
+/// Remove our event trigger and its functions from the source.
+pub(crate) async fn remove_capture(src: &Client, state: &mut OnlineState) -> Result<()> {
+    if !state.ddl_capture {
+        return Ok(());
+    }
+    src.batch_execute(&ddl::remove_sql(&ddl::trigger_name(&state.slot_name)))
+        .await
+        .map_err(|e| {
+            MigrationError::db(
+                "removing the schema change capture (event trigger) from the source",
+                e,
+            )
+        })?;
+    state.ddl_capture = false;
+    Ok(())
+}
+
+/// The tables a fingerprint covers: all (None) for a whole database, else
+/// the tables the filters select.
+pub(crate) async fn fingerprint_scope(
+    c: &Client,
+    filters: &CompiledFilters,
+    whole: bool,
+) -> Result<Option<Vec<String>>> {
+    if whole {
+        return Ok(None);
+    }
+    Ok(Some(
+        catalog::list_tables(c, filters)
+            .await?
+            .iter()
+            .map(TableInfo::qualified)
+            .collect(),
+    ))
 }
 
 /// A source connection for control statements (lag, fence, sequences): set
@@ -302,6 +374,7 @@ pub(crate) async fn undo_source(
     unfence: bool,
 ) -> Result<()> {
     writable(src).await?;
+    remove_capture(src, state).await?;
     if state.slot_created {
         drop_slot(src, &state.slot_name).await?;
         state.slot_created = false;
@@ -371,6 +444,7 @@ pub async fn cleanup(cfg: &MigrationConfig) -> Result<CleanupReport> {
     // Whatever carries our names is ours.
     state.slot_created = true;
     state.publication_created = true;
+    state.ddl_capture = true;
     let fixes = state.replica_identity_fixes.clone();
     let was_fenced = state.fenced;
     let src = connect::connect(cfg.source.as_ref().expect("checked"), "source").await?;

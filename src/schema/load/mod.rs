@@ -2141,7 +2141,8 @@ async fn load_event_triggers(c: &Client, m: &mut SchemaModel, comments: &Comment
         "SELECT e.oid, e.evtname::text, e.evtevent::text, e.evtfoid::pg_catalog.regproc::text, e.evtenabled::text,
                 (SELECT pg_catalog.string_agg(pg_catalog.quote_literal(t), ', ') FROM pg_catalog.unnest(e.evttags) t),
                 pg_catalog.pg_get_userbyid(e.evtowner)::text
-           FROM pg_catalog.pg_event_trigger e",
+           FROM pg_catalog.pg_event_trigger e
+          WHERE e.evtname NOT LIKE 'pg\\_dbmigrator\\_%'",
     )
     .await?
     {
