@@ -581,7 +581,7 @@ async fn cutover_steps(
     // before the fence (and again under it, below).
     let whole = phase.filters == crate::config::filter::CompiledFilters::default();
     let scope = fingerprint_scope(ctl, &phase.filters, whole).await?;
-    ddl::cutover_guard(ctl, dst, &state, scope.as_deref()).await?;
+    ddl::cutover_guard(ctl, dst, &state, scope.as_deref(), false).await?;
     // (1) The fence.
     let fenced_at = Instant::now();
     if cfg.fence {
@@ -661,7 +661,7 @@ async fn cutover_steps(
         }
         info!(fence_lsn = %target_end, applied = %Lsn(shared.durable.load(Ordering::Acquire)), "drained to the fence");
     }
-    ddl::cutover_guard(ctl, dst, &state, scope.as_deref()).await?;
+    ddl::cutover_guard(ctl, dst, &state, scope.as_deref(), true).await?;
     test_stop_at("mid_cutover").await;
     // (3) Sequences.
     let seqs = catalog::list_sequences(ctl, &phase.filters).await?;

@@ -678,7 +678,8 @@ pub fn fingerprint_changes(
     out
 }
 
-/// The cutover's schema check, run before the fence and again under it.
+/// The cutover's schema check, run before the fence and again under it
+/// (`drained`: after the drain to the fence).
 ///
 /// With capture: every table created during the run whose changes could
 /// not stream must hold the same rows on both sides. Without: the
@@ -690,8 +691,14 @@ pub(crate) async fn cutover_guard(
     dst: &Client,
     state: &crate::resume::OnlineState,
     scope: Option<&[String]>,
+    drained: bool,
 ) -> Result<()> {
     if state.ddl_capture {
+        // Rows compare only once the stream is drained (before, the
+        // target is merely behind).
+        if !drained {
+            return Ok(());
+        }
         let exists: bool = dst
             .query_one(
                 "SELECT pg_catalog.to_regclass('_pg_dbmigrator.unstreamed') IS NOT NULL",
