@@ -1581,3 +1581,49 @@ async fn a_table_created_without_a_key_refuses_the_cutover_until_its_rows_match(
         "1,2,3"
     );
 }
+
+/// kill -9 with schema changes on both sides of the kill: after
+/// `--resume`, each was replayed exactly once (a second ADD COLUMN or
+/// CREATE TABLE would fail) and source and target agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_between_schema_changes_then_resume() {
+    let r = Run::new("online_ddl_kill").await;
+    let load = Workload::start(&r.db.source);
+    let mut child = r.spawn(&[], "m1", None);
+    r.wait_streaming("m1").await;
+    let (first, second) = DEPLOY.split_at(9);
+    let c = testkit::client(&r.db.source).await;
+    for stmt in first {
+        c.batch_execute(stmt).await.unwrap();
+    }
+    // The first part is on the target before the kill.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while testkit::query_scalar(
+        &r.db.target,
+        "SELECT count(*)::text FROM pg_views WHERE viewname = 'big_orders'",
+    )
+    .await
+        != "1"
+    {
+        assert!(Instant::now() < deadline, "{}", r.stderr("m1"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for stmt in second {
+        c.batch_execute(stmt).await.unwrap();
+    }
+    let child = r.spawn(&["--cutover", "auto", "--resume"], "m2", None);
+    let (code, out) = wait_child(child, Duration::from_secs(180)).await;
+    let bad = load.finish().await;
+    r.assert_success(code, &out, "m2").await;
+    assert!(
+        bad.is_empty(),
+        "the workload failed before the fence: {bad:?}"
+    );
+    assert_eq!(
+        common::schema_dump(&r.db.source),
+        common::schema_dump(&r.db.target),
+        "pg_dump -s of source and target differ"
+    );
+}
