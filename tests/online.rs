@@ -1412,6 +1412,14 @@ const DEPLOY: &[&str] = &[
     "DROP TABLE doomed CASCADE",
     "CREATE FUNCTION order_label(o orders) RETURNS text LANGUAGE sql AS $$ SELECT o.item || ':' || o.quantity $$",
     "COMMENT ON TABLE orders IS 'created while streaming'",
+    // An extension: its script's own commands are not replayed one by one.
+    "CREATE EXTENSION IF NOT EXISTS pg_trgm",
+    "CREATE INDEX orders_item_trgm ON orders USING gin (item gin_trgm_ops)",
+    // A rewrite of the whole table under a new relfilenode.
+    "ALTER TABLE scratch ALTER COLUMN flag TYPE bigint",
+    "UPDATE scratch SET flag = 6000000000 WHERE id = 1",
+    // Several statements, DDL and not, in one query string.
+    "ALTER TABLE scratch ADD COLUMN extra text; UPDATE scratch SET extra = 'e' || id WHERE id < 5; ALTER TABLE scratch ADD COLUMN more int",
     "INSERT INTO orders (item, quantity) VALUES ('last', 5)",
 ];
 
