@@ -423,6 +423,7 @@ async fn stream_and_cutover(
             seconds: apply_secs,
             transactions_per_second: transactions as f64 / apply_secs.max(0.001),
             reconnects: shared.sessions.load(Ordering::Acquire).saturating_sub(1),
+            schema_changes: shared.schema_changes.load(Ordering::Acquire),
         },
         replica_identity_fixes: state.replica_identity_fixes.clone(),
     };

@@ -260,17 +260,20 @@ pub struct ApplySummary {
     pub transactions_per_second: f64,
     /// Streaming sessions after the first (dropped connections).
     pub reconnects: u64,
+    /// Schema changes made on the source while streaming, replayed here.
+    pub schema_changes: u64,
 }
 
 impl OnlineReport {
     pub fn summary(&self) -> String {
         let mut s = format!(
-            "  applied: {} transactions, {} rows in {:.1}s ({:.0} transactions/s), {} reconnect(s)\n",
+            "  applied: {} transactions, {} rows in {:.1}s ({:.0} transactions/s), {} reconnect(s), {} schema change(s)\n",
             self.apply.transactions,
             self.apply.rows,
             self.apply.seconds,
             self.apply.transactions_per_second,
-            self.apply.reconnects
+            self.apply.reconnects,
+            self.apply.schema_changes
         );
         s.push_str(&format!(
             "  write downtime: {:.3}s{}\n",

@@ -54,6 +54,8 @@ pub struct StreamShared {
     pub last_commit_time: AtomicI64,
     pub transactions: AtomicU64,
     pub rows: AtomicU64,
+    /// Schema changes captured on the source and replayed on the target.
+    pub schema_changes: AtomicU64,
     /// End LSN of the transaction carrying our fence marker (0: not seen).
     pub marker_end: AtomicU64,
     /// Ask the server for keepalives on every update (during cutover).
@@ -565,6 +567,9 @@ async fn commit(applier: &mut Applier, shared: &StreamShared) -> Result<()> {
             .committed
             .fetch_max(applier.committed().0, Ordering::AcqRel);
         shared.rows.store(applier.stats.rows, Ordering::Release);
+        shared
+            .schema_changes
+            .store(applier.stats.schema_changes, Ordering::Release);
         shared
             .transactions
             .store(applier.stats.transactions, Ordering::Release);
