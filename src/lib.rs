@@ -52,6 +52,7 @@ pub mod context;
 pub mod copy;
 pub mod dump;
 pub mod error;
+mod fallback;
 mod faults;
 mod migrate;
 pub mod online;

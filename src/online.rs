@@ -110,8 +110,20 @@ pub(crate) async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<Migra
     // The apply session's privileges, before anything is created. A target
     // database that does not exist yet is created by us (and so ours).
     match connect::connect(cfg.target.as_ref().expect("checked"), "target").await {
-        Ok(dst) => preflight::check_target(&dst).await?,
-        Err(e) if e.sqlstate() == Some("3D000") => {}
+        Ok(dst) => {
+            preflight::check_target(&dst).await?;
+            if cfg.fallback {
+                preflight::check_fallback_target(&dst).await?;
+            }
+        }
+        Err(e) if e.sqlstate() == Some("3D000") => {
+            if cfg.fallback {
+                // The server's settings, through its maintenance database.
+                let ep = cfg.target.as_ref().expect("checked");
+                let c = crate::pg::connect::connect_server(ep, "target").await?;
+                preflight::check_fallback_target(&c).await?;
+            }
+        }
         Err(e) => return Err(e),
     }
 
@@ -215,6 +227,25 @@ async fn stream_and_cutover(
         info!(start = %start, "copy finished; streaming changes from the slot");
     }
     test_stop_at("after_copy").await;
+    // Resumed after the cutover, during a --fallback: only the reverse
+    // stream (or its interrupted rollback) remains.
+    let cut_record = store.snapshot().online.and_then(|o| o.cutover);
+    if cut_record.as_ref().is_some_and(|c| c.completed) && crate::fallback::active(&store) {
+        let c = cut_record.unwrap_or_default();
+        let online = OnlineReport {
+            slot: state.slot_name.clone(),
+            publication: state.publication_name.clone(),
+            cutover: CutoverSummary {
+                fence_lsn: c.fence_lsn.map(|l| l.to_string()),
+                downtime_seconds: c.downtime_seconds.unwrap_or_default(),
+                fenced: cfg.fence,
+            },
+            apply: ApplySummary::default(),
+            replica_identity_fixes: state.replica_identity_fixes.clone(),
+            fallback: Some(crate::fallback::run(cfg, &phase, run).await?),
+        };
+        return finish_report(cfg, phase, online, &cancel).await;
+    }
     let cutover_interrupted = store
         .snapshot()
         .online
@@ -409,7 +440,7 @@ async fn stream_and_cutover(
         .stages
         .push((Stage::Cutover.as_str().to_string(), cut.total_seconds));
     let transactions = shared.transactions.load(Ordering::Acquire);
-    let online = OnlineReport {
+    let mut online = OnlineReport {
         slot: state.slot_name.clone(),
         publication: state.publication_name.clone(),
         cutover: CutoverSummary {
@@ -426,17 +457,43 @@ async fn stream_and_cutover(
             schema_changes: shared.schema_changes.load(Ordering::Acquire),
         },
         replica_identity_fixes: state.replica_identity_fixes.clone(),
+        fallback: None,
     };
-    let verify_report = migrate::verify_stage(
-        cfg,
-        &phase.source,
-        &phase.target,
-        &phase.filters,
-        &store,
-        &mut phase.stages,
-        &cancel,
-    )
-    .await?;
+    if cfg.fallback {
+        online.fallback = Some(crate::fallback::run(cfg, &phase, run).await?);
+    }
+    finish_report(cfg, phase, online, &cancel).await
+}
+
+/// Verify (after a fallback only when it rolled back: after `finish` the
+/// new server has writes the old source never gets), mark the migration
+/// complete, and build its report.
+async fn finish_report(
+    cfg: &MigrationConfig,
+    mut phase: CopyPhase,
+    online: OnlineReport,
+    cancel: &CancellationToken,
+) -> Result<MigrationReport> {
+    let store = phase.store.clone();
+    let verify_report = if online
+        .fallback
+        .as_ref()
+        .is_some_and(|f| f.ended_by != "rollback")
+    {
+        info!("verify skipped: after `finish` the new server holds writes the old source does not");
+        None
+    } else {
+        migrate::verify_stage(
+            cfg,
+            &phase.source,
+            &phase.target,
+            &phase.filters,
+            &store,
+            &mut phase.stages,
+            cancel,
+        )
+        .await?
+    };
     store.update(|t| t.completed = true)?;
     let rows = phase.results.iter().map(|r| r.rows).sum();
     let bytes = phase.results.iter().map(|r| r.bytes).sum();
@@ -744,8 +801,17 @@ async fn cutover_steps(
         })?;
     }
     preflight::restore_replica_identities(ctl, &st.replica_identity_fixes).await?;
-    preflight::restore_replica_identities(dst, &st.replica_identity_fixes).await?;
+    if !cfg.fallback {
+        // With --fallback the new server streams back: its tables keep the
+        // identities until `rollback` or `finish`.
+        preflight::restore_replica_identities(dst, &st.replica_identity_fixes).await?;
+    }
     copy::drop_target_state(dst).await?;
+    if cfg.fallback {
+        // The old source is still fenced and nobody writes on the new
+        // server yet: the reverse slot starts where both are equal.
+        crate::fallback::start(phase, dst, ctl, &st.slot_name).await?;
+    }
     store.update(|t| t.stage_done(Stage::Finalize))?;
     let downtime = fenced_at.elapsed().as_secs_f64();
     Ok(CutoverOutcome {
@@ -757,7 +823,11 @@ async fn cutover_steps(
 }
 
 /// Copy unlogged tables again (logical replication cannot carry them).
-async fn recopy_unlogged(src: &Client, dst: &Client, tables: &[TableInfo]) -> Result<()> {
+pub(crate) async fn recopy_unlogged(
+    src: &Client,
+    dst: &Client,
+    tables: &[TableInfo],
+) -> Result<()> {
     use futures::{SinkExt, StreamExt};
     for t in tables {
         let cols = t
@@ -802,7 +872,7 @@ async fn recopy_unlogged(src: &Client, dst: &Client, tables: &[TableInfo]) -> Re
     Ok(())
 }
 
-async fn refresh_matviews(dst: &Client) -> Result<()> {
+pub(crate) async fn refresh_matviews(dst: &Client) -> Result<()> {
     let rows = dst
         .query(
             "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname)

@@ -241,6 +241,19 @@ pub struct OnlineReport {
     pub cutover: CutoverSummary,
     pub apply: ApplySummary,
     pub replica_identity_fixes: Vec<ReplicaIdentityFix>,
+    /// `--fallback`: how the reverse stream ended.
+    pub fallback: Option<FallbackSummary>,
+}
+
+/// How a `--fallback` ended.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FallbackSummary {
+    /// `rollback` or `finish`.
+    pub ended_by: String,
+    /// Rollback: writes blocked on the new server until the old source
+    /// was writable again.
+    pub rollback_downtime_seconds: Option<f64>,
+    pub transactions_streamed_back: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

@@ -314,6 +314,30 @@ pub struct OnlineState {
     /// the snapshot (object -> digest), compared under the fence.
     #[serde(default)]
     pub fingerprint: Option<std::collections::BTreeMap<String, String>>,
+    /// `--fallback`: the reverse stream (new server -> old source) started
+    /// at the cutover, and how it ended.
+    #[serde(default)]
+    pub fallback: Option<FallbackState>,
+}
+
+/// The reverse direction of a `--fallback` migration. Each object is
+/// recorded before it is made, like the forward ones.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct FallbackState {
+    /// Slot and publication on the target (the new server).
+    pub slot_name: String,
+    pub publication_name: String,
+    pub slot_created: bool,
+    pub publication_created: bool,
+    /// The reverse slot's consistent point: the old source has everything
+    /// the new server committed before it.
+    pub start_lsn: Option<crate::pg::replication::Lsn>,
+    /// `rollback`: the cutover in the opposite direction.
+    #[serde(default)]
+    pub rollback: Option<CutoverRecord>,
+    /// The fallback ended (by `rollback` or `finish`); nothing of it is left.
+    #[serde(default)]
+    pub ended: bool,
 }
 
 /// What the cutover did, for the report and for `pg_dbmigrator cutover`.
@@ -848,8 +872,14 @@ pub(crate) fn resolve_token(
 /// The file `pg_dbmigrator cutover` creates to ask the migration using the
 /// same work directory to cut over.
 pub fn cutover_request_path(dump_path: &std::path::Path) -> std::path::PathBuf {
+    request_path(dump_path, "cutover")
+}
+
+/// A request file beside the token (`<dump-path>.<what>`): `cutover`,
+/// `rollback`, `finish`. The running migration takes it and removes it.
+pub fn request_path(dump_path: &std::path::Path, what: &str) -> std::path::PathBuf {
     let mut s = dump_path.as_os_str().to_owned();
-    s.push(".cutover");
+    s.push(format!(".{what}"));
     std::path::PathBuf::from(s)
 }
 

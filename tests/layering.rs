@@ -28,6 +28,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("report", 1),
     ("migrate", 2),
     ("online", 2),
+    ("fallback", 2),
     ("dump", 2),
     ("restore", 2),
     ("plan", 2),

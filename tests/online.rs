@@ -1635,3 +1635,188 @@ async fn kill_9_between_schema_changes_then_resume() {
         "pg_dump -s of source and target differ"
     );
 }
+
+/// Both servers with `wal_level = logical`, for `--fallback` (the new
+/// server streams back).
+fn logical_pair() -> &'static testkit::Pair {
+    static PAIR: std::sync::OnceLock<testkit::Pair> = std::sync::OnceLock::new();
+    PAIR.get_or_init(|| {
+        let start = || {
+            testkit::Cluster::start(&testkit::ClusterOptions {
+                logical: true,
+                ..Default::default()
+            })
+            .map(testkit::Server::from_cluster)
+            .expect("a logical test server")
+        };
+        let (source, target) = std::thread::scope(|s| {
+            let a = s.spawn(start);
+            let b = s.spawn(start);
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        testkit::Pair { source, target }
+    })
+}
+
+/// Writes of every kind on the new server after a `--fallback` cutover.
+const WRITES_ON_THE_NEW_SERVER: &str = "
+INSERT INTO accounts (owner, balance) SELECT 'after ' || g, g FROM generate_series(1, 100) g;
+UPDATE accounts SET balance = balance + 5 WHERE id % 7 = 0;
+DELETE FROM accounts WHERE id % 11 = 0;
+SELECT nextval('counter_seq') FROM generate_series(1, 25);
+SELECT nextval('down_seq');
+SELECT lo_from_bytea(0, 'written on the new server');
+INSERT INTO cache VALUES (9999, 'unlogged, on the new server') ON CONFLICT (k) DO UPDATE SET v = excluded.v;
+INSERT INTO ident (v) VALUES ('on the new server');
+UPDATE keyed SET qty = qty + 100 WHERE code = 'c1';
+INSERT INTO events (kind) VALUES ('on the new server');
+";
+
+/// A `--fallback` migration: cutover under load, then returns `until` the
+/// fallback streams back.
+async fn fallback_cutover(r: &Run) -> Child {
+    let load = Workload::start(&r.db.source);
+    let child = r.spawn(&["--fallback"], "m", None);
+    r.wait_streaming("m").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let c = common::run_async(&["cutover", "--dump-path", &r.dump()]).await;
+    assert_eq!(
+        c.status.code(),
+        Some(0),
+        "cutover: {}\nmigrate: {}",
+        text(&c.stderr),
+        r.stderr("m")
+    );
+    let bad = load.finish().await;
+    assert!(
+        bad.is_empty(),
+        "the workload failed before the fence: {bad:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !r
+        .stderr("m")
+        .contains("fallback: streaming the new server's changes back")
+    {
+        assert!(Instant::now() < deadline, "{}", r.stderr("m"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child
+}
+
+/// Nothing of the fallback on the new server: no slot, no publication.
+async fn assert_nothing_left_on_the_new_server(db: &TestDb) {
+    let n = testkit::query_scalar(
+        &db.target,
+        "SELECT ((SELECT count(*) FROM pg_replication_slots WHERE database = current_database())
+                 + (SELECT count(*) FROM pg_publication))::text",
+    )
+    .await;
+    assert_eq!(n, "0", "a slot or publication was left on the new server");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fallback_then_rollback_returns_every_write_to_the_old_source() {
+    let r = Run::on(logical_pair(), "fb_rollback").await;
+    let child = fallback_cutover(&r).await;
+    testkit::execute(&r.db.target, WRITES_ON_THE_NEW_SERVER)
+        .await
+        .unwrap();
+    let rb = common::run_async(&["rollback", "--dump-path", &r.dump()]).await;
+    assert_eq!(
+        rb.status.code(),
+        Some(0),
+        "rollback: {}\nmigrate: {}",
+        text(&rb.stderr),
+        r.stderr("m")
+    );
+    assert!(
+        text(&rb.stdout).contains("writes were blocked for"),
+        "{}",
+        text(&rb.stdout)
+    );
+    let (code, out) = wait_child(child, Duration::from_secs(120)).await;
+    assert_eq!(code, Some(0), "{}", r.stderr("m"));
+    let report = common::report_of(out.as_bytes());
+    assert_eq!(
+        report["online"]["fallback"]["ended_by"], "rollback",
+        "{report:#}"
+    );
+    assert_eq!(
+        report["verify"]["differences"].as_array().unwrap().len(),
+        0,
+        "{report:#}"
+    );
+    // The old source has every write of the new server, and takes writes again.
+    assert_same(&r.db).await;
+    assert_eq!(
+        testkit::query_scalar(
+            &r.db.source,
+            "SELECT count(*)::text FROM accounts WHERE owner LIKE 'after %'"
+        )
+        .await,
+        testkit::query_scalar(
+            &r.db.target,
+            "SELECT count(*)::text FROM accounts WHERE owner LIKE 'after %'"
+        )
+        .await,
+    );
+    testkit::execute(
+        &r.db.source,
+        "INSERT INTO accounts (owner) VALUES ('back on the old source')",
+    )
+    .await
+    .expect("the old source is writable after the rollback");
+    // The new server is fenced now.
+    let e = testkit::client(&r.db.target)
+        .await
+        .batch_execute("INSERT INTO accounts (owner) VALUES ('split brain')")
+        .await
+        .expect_err("the new server must be read-only after the rollback");
+    assert_eq!(e.code().map(|c| c.code()), Some("25006"), "{e:?}");
+    assert_nothing_left(&r.db).await;
+    assert_nothing_left_on_the_new_server(&r.db).await;
+    // Asked again, it says so.
+    let again = common::run_async(&["rollback", "--dump-path", &r.dump()]).await;
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
+    assert!(
+        text(&again.stdout).contains("already rolled back"),
+        "{}",
+        text(&again.stdout)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fallback_then_finish_leaves_nothing_on_either_side() {
+    let r = Run::on(logical_pair(), "fb_finish").await;
+    let child = fallback_cutover(&r).await;
+    testkit::execute(
+        &r.db.target,
+        "INSERT INTO accounts (owner) VALUES ('kept on the new server')",
+    )
+    .await
+    .unwrap();
+    let f = common::run_async(&["finish", "--dump-path", &r.dump()]).await;
+    assert_eq!(
+        f.status.code(),
+        Some(0),
+        "finish: {}\nmigrate: {}",
+        text(&f.stderr),
+        r.stderr("m")
+    );
+    let (code, out) = wait_child(child, Duration::from_secs(120)).await;
+    assert_eq!(code, Some(0), "{}", r.stderr("m"));
+    let report = common::report_of(out.as_bytes());
+    assert_eq!(
+        report["online"]["fallback"]["ended_by"], "finish",
+        "{report:#}"
+    );
+    assert_nothing_left(&r.db).await;
+    assert_nothing_left_on_the_new_server(&r.db).await;
+    assert_fenced(&r.db).await;
+    testkit::execute(
+        &r.db.target,
+        "INSERT INTO accounts (owner) VALUES ('still writable')",
+    )
+    .await
+    .expect("the new server stays writable after finish");
+}

@@ -87,6 +87,14 @@ enum Command {
     /// Ask the running online migration that uses --dump-path to cut over
     /// now, and wait until it has (prints the write downtime).
     Cutover(CutoverArgs),
+    /// After a `--fallback` cutover: return to the old source. Fences the
+    /// new server, drains its changes back, syncs sequences, large objects
+    /// and unlogged tables, and makes the old source writable again (prints
+    /// the write downtime).
+    Rollback(CutoverArgs),
+    /// After a `--fallback` cutover: end the fallback and remove the
+    /// reverse slot, publication and bookkeeping from both servers.
+    Finish(CutoverArgs),
     /// Remove everything an online migration created: slot, publication,
     /// replica identity changes, write fence, and our bookkeeping on the target.
     Cleanup(CleanupArgs),
@@ -469,6 +477,12 @@ struct MigrateArgs {
     /// Online: keep the publication after cutover.
     #[arg(long)]
     keep_publication: bool,
+    /// Online: at the cutover, stream the new server's changes back to the
+    /// old source, so `pg_dbmigrator rollback` can return to it with nothing
+    /// lost (`pg_dbmigrator finish` ends the fallback). Needs
+    /// `wal_level = logical` on the target.
+    #[arg(long)]
+    fallback: bool,
     /// Print the final report as JSON on stdout instead of the text summary.
     #[arg(long)]
     json: bool,
@@ -713,6 +727,7 @@ fn migrate_config(args: &MigrateArgs) -> Result<MigrationConfig, MigrationError>
         fence: !args.no_fence,
         keep_slot: args.keep_slot,
         keep_publication: args.keep_publication,
+        fallback: args.fallback,
         ..MigrationConfig::default()
     };
     args.tablespaces.apply(&mut config)?;
@@ -1036,6 +1051,106 @@ fn status(args: StatusArgs) -> Result<i32, MigrationError> {
     Ok(exit_code::OK)
 }
 
+/// `pg_dbmigrator rollback` / `finish`: like `cutover`, a request file the
+/// running migration takes, then a wait for the token to say it is done.
+async fn end_fallback(args: CutoverArgs, what: &str) -> Result<i32, MigrationError> {
+    use std::time::{Duration, Instant};
+    let token_path = ResumeToken::path_for(&args.dump_path);
+    let load = || -> Result<ResumeToken, MigrationError> {
+        ResumeToken::load(&token_path)?.ok_or_else(|| {
+            MigrationError::Config(format!(
+                "no resume token at {}: no migration has run with --dump-path {}",
+                token_path.display(),
+                args.dump_path.display()
+            ))
+        })
+    };
+    let fallback = |t: &ResumeToken| t.online.as_ref().and_then(|o| o.fallback.clone());
+    let token = load()?;
+    let Some(before) = fallback(&token).filter(|f| f.start_lsn.is_some()) else {
+        return Err(MigrationError::Config(format!(
+            "the migration at {} has no fallback under way: `{what}` follows a cutover of `migrate --mode online --fallback`",
+            args.dump_path.display()
+        )));
+    };
+    if before.ended {
+        let how = if before.rollback.as_ref().is_some_and(|r| r.completed) {
+            "rolled back"
+        } else {
+            "finished"
+        };
+        println!("{what}: nothing to do, the fallback was already {how}");
+        return Ok(exit_code::OK);
+    }
+    let attempts_before = before.rollback.as_ref().map_or(0, |r| r.attempts);
+    let not_running = |t: &ResumeToken| {
+        let interrupted = fallback(t)
+            .and_then(|f| f.rollback)
+            .is_some_and(|r| r.started_at.is_some() && !r.completed);
+        MigrationError::Config(format!(
+            "the migration at {} is not running{}: run the same `pg_dbmigrator migrate --mode online --fallback ... --dump-path {}` command again with --resume{}",
+            args.dump_path.display(),
+            if interrupted { " (it died in the middle of its rollback)" } else { "" },
+            args.dump_path.display(),
+            if interrupted { ", which finishes the interrupted rollback".to_string() } else { format!(", then run `pg_dbmigrator {what}` again") },
+        ))
+    };
+    if !pg_dbmigrator::resume::RunLock::is_held(&token_path) {
+        return Err(not_running(&token));
+    }
+    let request = pg_dbmigrator::resume::request_path(&args.dump_path, what);
+    std::fs::write(&request, chrono::Utc::now().to_rfc3339())
+        .map_err(|e| MigrationError::io(format!("writing {}", request.display()), e))?;
+    eprintln!("pg_dbmigrator: {what} requested");
+    let deadline = Instant::now() + Duration::from_secs(args.wait_seconds);
+    loop {
+        let t = load()?;
+        if let Some(f) = fallback(&t) {
+            let r = f.rollback.clone().filter(|r| r.attempts > attempts_before);
+            if f.ended {
+                match (what, r) {
+                    ("rollback", Some(r)) if r.completed => {
+                        if args.json {
+                            println!("{}", serde_json::to_string_pretty(&r).expect("serializes"));
+                        } else {
+                            println!(
+                                "rollback: done; writes were blocked for {:.3}s; the old source is writable again, the new server stays read-only",
+                                r.downtime_seconds.unwrap_or_default()
+                            );
+                        }
+                    }
+                    _ => println!(
+                        "{what}: done; the reverse slot, publication and bookkeeping are removed"
+                    ),
+                }
+                return Ok(exit_code::OK);
+            }
+            if let Some(e) = r.and_then(|r| r.error) {
+                let _ = std::fs::remove_file(&request);
+                return Err(MigrationError::Internal(format!(
+                    "the rollback failed and was undone (the new server's fence is lifted, the fallback stream goes on): {e}"
+                )));
+            }
+        }
+        if !pg_dbmigrator::resume::RunLock::is_held(&token_path) {
+            let t = load()?;
+            if fallback(&t).is_some_and(|f| f.ended) {
+                continue;
+            }
+            let _ = std::fs::remove_file(&request);
+            return Err(not_running(&t));
+        }
+        if Instant::now() > deadline {
+            return Err(MigrationError::Internal(format!(
+                "the {what} has not finished after {}s; it goes on: see the migration's log or `pg_dbmigrator status --dump-path {}`",
+                args.wait_seconds,
+                args.dump_path.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// `pg_dbmigrator cutover`: leave a request file beside the token, wait
 /// for the running migration to take it, then for its cutover to end.
 async fn cutover(args: CutoverArgs) -> Result<i32, MigrationError> {
@@ -1237,6 +1352,8 @@ fn main() -> ExitCode {
             Command::Dump(a) => dump(a, cancel_on_signals(), show_mode).await,
             Command::Restore(a) => restore(a, cancel_on_signals(), show_mode).await,
             Command::Cutover(a) => cutover(a).await,
+            Command::Rollback(a) => end_fallback(a, "rollback").await,
+            Command::Finish(a) => end_fallback(a, "finish").await,
             Command::Cleanup(a) => cleanup(a).await,
             Command::Unfence(a) => unfence(a).await,
             Command::Completions { .. } | Command::Man => {

@@ -147,6 +147,9 @@ pub struct MigrationConfig {
     pub keep_slot: bool,
     /// Online: leave the publication on the source after cutover.
     pub keep_publication: bool,
+    /// Online: at the cutover, start streaming the new server's changes
+    /// back to the old source (`rollback` returns to it, `finish` ends it).
+    pub fallback: bool,
 }
 
 impl Default for MigrationConfig {
@@ -184,6 +187,7 @@ impl Default for MigrationConfig {
             fence: true,
             keep_slot: false,
             keep_publication: false,
+            fallback: false,
         }
     }
 }

@@ -43,6 +43,10 @@ pub struct OnlineSnapshot {
     pub ready_to_cut_over: bool,
     pub cutover_downtime_seconds: Option<f64>,
     pub fence_lsn: Option<String>,
+    /// `--fallback` after the cutover: the new server's WAL bytes not yet
+    /// applied on the old source.
+    #[serde(default)]
+    pub fallback_lag_bytes: Option<u64>,
 }
 
 /// What one copy worker is doing.
@@ -470,6 +474,14 @@ pub fn metrics_text(s: &Snapshot) -> String {
             "gauge",
             o.lag_bytes as f64,
         );
+        if let Some(l) = o.fallback_lag_bytes {
+            metric(
+                "fallback_lag_bytes",
+                "After a --fallback cutover: the new server's WAL bytes not yet applied on the old source.",
+                "gauge",
+                l as f64,
+            );
+        }
         metric(
             "lag_seconds",
             "Seconds since the commit of the last applied source transaction.",

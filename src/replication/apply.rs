@@ -252,7 +252,7 @@ impl Applier {
     pub async fn new(client: Arc<Client>, migration_id: &str) -> Result<Self> {
         crate::pg::session::setup_target(&client).await?;
         client
-            .batch_execute("SET session_replication_role = replica; SET lock_timeout = 0; SET statement_timeout = 0")
+            .batch_execute("SET session_replication_role = replica; SET lock_timeout = 0; SET statement_timeout = 0; SET default_transaction_read_only = off")
             .await
             .map_err(|e| MigrationError::db("configuring the apply session (session_replication_role = replica needs superuser, or on PostgreSQL 15+ GRANT SET ON PARAMETER session_replication_role)", e))?;
         let progress = read_progress(&client, migration_id).await?.ok_or_else(|| {

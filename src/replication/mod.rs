@@ -15,6 +15,7 @@ pub mod batch;
 pub mod ddl;
 pub mod pgoutput;
 pub mod preflight;
+pub mod reverse;
 pub mod source;
 pub mod stream;
 

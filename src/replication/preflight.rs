@@ -679,6 +679,54 @@ pub async fn restore_replica_identities(c: &Client, f: &[ReplicaIdentityFix]) ->
 /// bookkeeping schema, which needs CREATE on the database. Changes nothing
 /// (the SET is tried in a transaction rolled back); `dst` must not be
 /// inside a transaction.
+/// `--fallback`: the target must be able to stream back (checked before
+/// the forward migration starts, so a cutover never finds out too late).
+pub async fn check_fallback_target(dst: &Client) -> Result<()> {
+    let row = dst
+        .query_one(
+            "SELECT pg_catalog.current_setting('wal_level'),
+                    (SELECT rolsuper OR rolreplication FROM pg_catalog.pg_roles WHERE rolname = current_user),
+                    pg_catalog.current_setting('max_replication_slots')::int
+                      - (SELECT pg_catalog.count(*) FROM pg_catalog.pg_replication_slots)::int,
+                    pg_catalog.current_setting('max_wal_senders')::int",
+            &[],
+        )
+        .await
+        .map_err(|e| MigrationError::db("checking the target for --fallback", e))?;
+    let (wal_level, replication, free_slots, senders): (String, bool, i32, i32) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    let mut problems = Vec::new();
+    if wal_level != "logical" {
+        problems.push(format!(
+            "the target's wal_level is {wal_level}: set wal_level = logical (ALTER SYSTEM SET wal_level = logical; then restart the target)"
+        ));
+    }
+    if !replication {
+        problems.push(
+            "the target role may not replicate: ALTER ROLE ... REPLICATION (or use a superuser)"
+                .into(),
+        );
+    }
+    if free_slots < 1 {
+        problems.push(
+            "the target has no free replication slot: raise max_replication_slots (restart needed)"
+                .into(),
+        );
+    }
+    if senders < 1 {
+        problems
+            .push("the target allows no WAL sender: raise max_wal_senders (restart needed)".into());
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(MigrationError::Preflight(format!(
+            "--fallback needs the target to stream its changes back after the cutover: {}",
+            problems.join("; ")
+        )))
+    }
+}
+
 pub async fn check_target(dst: &Client) -> Result<()> {
     let db = |e| MigrationError::db("checking the target for an online migration", e);
     let row = dst

@@ -471,6 +471,17 @@ pub async fn cleanup(cfg: &MigrationConfig) -> Result<CleanupReport> {
     let target = cfg.target.as_ref().expect("checked");
     match connect::connect(target, "target").await {
         Ok(dst) => {
+            // A --fallback's reverse slot and publication: whatever carries
+            // their names is ours.
+            let back = super::reverse::object_name(&state.slot_name);
+            let mut fb = crate::resume::FallbackState {
+                slot_name: back.clone(),
+                publication_name: back,
+                slot_created: true,
+                publication_created: true,
+                ..Default::default()
+            };
+            super::reverse::remove(&dst, None, &mut fb).await?;
             preflight::restore_replica_identities(&dst, &fixes).await?;
             copy::drop_target_state(&dst).await?;
             dropped = true;

@@ -1,0 +1,385 @@
+//! `--fallback`, an orchestrator: after the cutover, the new server's
+//! changes stream back to the old source until `rollback` returns to it or
+//! `finish` ends the fallback.
+//!
+//! Stages, in order: [`start`] at the cutover (reverse publication and
+//! slot on the new server while the old source is fenced, see
+//! `replication::reverse`); [`run`]: the forward streamer and applier with
+//! the endpoints swapped; then either the rollback (the cutover's steps in
+//! the opposite direction: fence the new server, drain to its fence,
+//! sequences, unlogged tables, large objects, materialized views, remove
+//! the reverse objects, unfence the old source) or the finish (remove the
+//! reverse objects). Every step is recorded in the resume token first, so
+//! `--resume` after a crash continues the stream or the rollback.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+use tracing::{error, info, warn};
+
+use crate::config::MigrationConfig;
+use crate::context::RunContext;
+use crate::copy;
+use crate::error::{MigrationError, Result};
+use crate::migrate::CopyPhase;
+use crate::pg::{catalog, connect, session};
+use crate::progress::human_bytes;
+use crate::replication::source::{current_wal, end_other_sessions, fence_db, unfence_db};
+use crate::replication::stream::{self, StreamShared, StreamTarget};
+use crate::replication::{preflight, reverse, test_stop_at, Lsn, FENCE_MESSAGE_PREFIX};
+pub use crate::report::FallbackSummary;
+use crate::resume::{request_path, CutoverRecord, FallbackState, TokenStore};
+
+fn state_of(store: &TokenStore) -> Option<FallbackState> {
+    store.snapshot().online.and_then(|o| o.fallback)
+}
+
+fn save(store: &TokenStore, st: &FallbackState) -> Result<()> {
+    store.update(|t| {
+        if let Some(o) = t.online.as_mut() {
+            o.fallback = Some(st.clone());
+        }
+    })
+}
+
+/// A session for control statements on either server, writable even when
+/// its database is fenced.
+async fn control(ep: &crate::config::EndpointConfig, label: &str) -> Result<Client> {
+    let c = connect::connect(ep, label).await?;
+    session::setup_source(&c).await?;
+    c.batch_execute("SET default_transaction_read_only = off; SET statement_timeout = 0")
+        .await
+        .map_err(|e| MigrationError::db(format!("configuring a {label} control session"), e))?;
+    Ok(c)
+}
+
+/// At the cutover, under the fence: create the reverse direction.
+pub(crate) async fn start(phase: &CopyPhase, dst: &Client, src: &Client, slot: &str) -> Result<()> {
+    let store = &phase.store;
+    let mut st = state_of(store).unwrap_or_else(|| FallbackState {
+        slot_name: reverse::object_name(slot),
+        publication_name: reverse::object_name(slot),
+        ..Default::default()
+    });
+    let tables = reverse::tables(dst, &phase.filters).await?;
+    reverse::create(
+        &phase.target,
+        dst,
+        src,
+        &tables,
+        &phase.migration_id,
+        &mut st,
+        &mut |s| save(store, s),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Whether this migration's fallback is under way (the cutover is done,
+/// the reverse stream not ended).
+pub(crate) fn active(store: &TokenStore) -> bool {
+    state_of(store).is_some_and(|f| !f.ended && f.start_lsn.is_some())
+}
+
+/// Stream back until `rollback` or `finish` is asked (or a resumed
+/// rollback is due), then do it.
+pub(crate) async fn run(
+    cfg: &MigrationConfig,
+    phase: &CopyPhase,
+    run: &RunContext,
+) -> Result<FallbackSummary> {
+    let store = phase.store.clone();
+    let cancel = run.cancel.clone();
+    let mut st = state_of(&store).ok_or_else(|| {
+        MigrationError::Internal("no fallback is recorded in the resume token".into())
+    })?;
+    let shared = Arc::new(StreamShared::default());
+    let target = StreamTarget {
+        source: phase.target.clone(),
+        target: phase.source.clone(),
+        slot: st.slot_name.clone(),
+        publication: st.publication_name.clone(),
+        migration_id: reverse::progress_id(&phase.migration_id),
+        spool_dir: phase.dump_path.join("spool_back"),
+    };
+    let rollback_file = request_path(&phase.dump_path, "rollback");
+    let finish_file = request_path(&phase.dump_path, "finish");
+    // A rollback a crash interrupted is finished first.
+    let mut want_rollback = st
+        .rollback
+        .as_ref()
+        .is_some_and(|r| r.started_at.is_some() && !r.completed);
+    let mut tctl = control(&phase.target, "target").await?;
+    let mut stop = cancel.child_token();
+    let mut streamer = Some(tokio::spawn(stream::run(
+        target.clone(),
+        shared.clone(),
+        stop.clone(),
+    )));
+    info!(
+        "fallback: streaming the new server's changes back to the old source; `pg_dbmigrator rollback --dump-path {d}` returns to it, `pg_dbmigrator finish --dump-path {d}` ends the fallback",
+        d = phase.dump_path.display()
+    );
+    let started = Instant::now();
+    let mut last_log = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        if want_rollback {
+            want_rollback = false;
+            let _ = std::fs::remove_file(&rollback_file);
+            match rollback(
+                cfg,
+                phase,
+                &mut st,
+                &tctl,
+                &shared,
+                &mut stop,
+                &mut streamer,
+            )
+            .await
+            {
+                Ok(downtime) => {
+                    return Ok(FallbackSummary {
+                        ended_by: "rollback".into(),
+                        rollback_downtime_seconds: Some(downtime),
+                        transactions_streamed_back: shared.transactions.load(Ordering::Acquire),
+                    })
+                }
+                Err(e) => {
+                    error!(error = %e, "rollback failed; the new server's fence is lifted and the fallback stream goes on. Fix the cause, then run `pg_dbmigrator rollback --dump-path {}` again", phase.dump_path.display());
+                    if let Err(u) = unfence_db(&tctl).await {
+                        error!(error = %u, "lifting the new server's fence failed: run `pg_dbmigrator unfence --source <the new server>`");
+                    }
+                    let msg = e.to_string();
+                    if let Some(r) = st.rollback.as_mut() {
+                        r.error = Some(msg);
+                    }
+                    save(&store, &st)?;
+                    shared.eager.store(false, Ordering::Release);
+                    if streamer.is_none() {
+                        stop = cancel.child_token();
+                        streamer = Some(tokio::spawn(stream::run(
+                            target.clone(),
+                            shared.clone(),
+                            stop.clone(),
+                        )));
+                    }
+                    continue;
+                }
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => {
+                stop.cancel();
+                if let Some(h) = streamer.take() { let _ = h.await; }
+                info!("stopped during the fallback; the reverse slot is kept: continue with --resume, or remove everything with `pg_dbmigrator cleanup`");
+                return Err(MigrationError::Cancelled);
+            }
+            r = async { streamer.as_mut().expect("streaming").await }, if streamer.is_some() => {
+                return Err(match r {
+                    Ok(Err(e)) => e,
+                    Ok(Ok(())) => MigrationError::Internal("the fallback stream stopped unexpectedly".into()),
+                    Err(e) => MigrationError::Internal(format!("fallback streaming task failed: {e}")),
+                });
+            }
+            _ = tick.tick() => {}
+        }
+        if rollback_file.exists() {
+            info!("rollback requested");
+            want_rollback = true;
+            continue;
+        }
+        if finish_file.exists() {
+            info!("finish requested: ending the fallback");
+            stop.cancel();
+            if let Some(h) = streamer.take() {
+                let _ = h.await;
+            }
+            let src = control(&phase.source, "source").await?;
+            reverse::remove(&tctl, Some(&src), &mut st).await?;
+            let fixes = store
+                .snapshot()
+                .online
+                .map(|o| o.replica_identity_fixes)
+                .unwrap_or_default();
+            preflight::restore_replica_identities(&tctl, &fixes).await?;
+            st.ended = true;
+            save(&store, &st)?;
+            let _ = std::fs::remove_file(&finish_file);
+            info!("fallback finished: nothing of ours is left on either server");
+            return Ok(FallbackSummary {
+                ended_by: "finish".into(),
+                rollback_downtime_seconds: None,
+                transactions_streamed_back: shared.transactions.load(Ordering::Acquire),
+            });
+        }
+        // Reverse lag: the new server's WAL position minus what the old
+        // source has applied.
+        let wal = match current_wal(&tctl).await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "cannot read the new server's WAL position; reconnecting");
+                if let Ok(c) = control(&phase.target, "target").await {
+                    tctl = c;
+                }
+                continue;
+            }
+        };
+        let applied = shared.applied_position();
+        let lag = wal.0.saturating_sub(applied.0);
+        if let Some(p) = &run.progress {
+            p.set_online(|o| o.fallback_lag_bytes = Some(lag));
+        }
+        if last_log.elapsed() >= Duration::from_secs(10) {
+            last_log = Instant::now();
+            let secs = started.elapsed().as_secs_f64().max(0.001);
+            let tx = shared.transactions.load(Ordering::Acquire);
+            info!(lag = %human_bytes(lag), applied = %applied, transactions = tx, tx_per_s = format!("{:.0}", tx as f64 / secs), "fallback streaming");
+        }
+    }
+}
+
+/// The cutover in the opposite direction. Returns the write downtime.
+async fn rollback(
+    cfg: &MigrationConfig,
+    phase: &CopyPhase,
+    st: &mut FallbackState,
+    tctl: &Client,
+    shared: &Arc<StreamShared>,
+    stop: &mut tokio_util::sync::CancellationToken,
+    streamer: &mut Option<tokio::task::JoinHandle<Result<()>>>,
+) -> Result<f64> {
+    let store = &phase.store;
+    let r = st.rollback.get_or_insert_with(CutoverRecord::default);
+    r.started_at.get_or_insert_with(chrono::Utc::now);
+    r.error = None;
+    r.attempts += 1;
+    save(store, st)?;
+    // (1) Fence the new server.
+    let fenced_at = Instant::now();
+    fence_db(tctl).await?;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    end_other_sessions(tctl).await?;
+    info!("new server fenced: read-only for every other session");
+    // (2) Drain the reverse stream to the fence.
+    if let Some(mut h) = streamer.take() {
+        shared.eager.store(true, Ordering::Release);
+        shared.wake();
+        shared.marker_end.store(0, Ordering::Release);
+        let before = current_wal(tctl).await?;
+        let id = format!(
+            "{} rollback {}",
+            phase.migration_id,
+            chrono::Utc::now().timestamp_micros()
+        );
+        tctl.query_one(
+            "SELECT pg_catalog.pg_logical_emit_message(true, $1, $2)::text",
+            &[&FENCE_MESSAGE_PREFIX, &id],
+        )
+        .await
+        .map_err(|e| {
+            MigrationError::db("writing the rollback fence marker on the new server", e)
+        })?;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let marker = Lsn(shared.marker_end.load(Ordering::Acquire));
+            let durable = Lsn(shared.durable.load(Ordering::Acquire));
+            if marker > before && durable >= marker {
+                break;
+            }
+            if Instant::now() > deadline {
+                *streamer = Some(h);
+                return Err(MigrationError::Internal(
+                    "the old source did not catch up with the new server's fence within 5 minutes"
+                        .into(),
+                ));
+            }
+            tokio::select! {
+                r = &mut h => {
+                    return Err(match r {
+                        Ok(Err(e)) => e,
+                        _ => MigrationError::Internal("the fallback stream stopped during the rollback".into()),
+                    });
+                }
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+        stop.cancel();
+        match h.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(e) => {
+                return Err(MigrationError::Internal(format!(
+                    "fallback streaming task failed: {e}"
+                )))
+            }
+        }
+        info!("drained the new server's changes to its fence");
+    }
+    test_stop_at("mid_rollback").await;
+    let src = control(&phase.source, "source").await?;
+    // (3) Sequences, unlogged tables, large objects, materialized views.
+    let seqs = catalog::list_sequences(tctl, &phase.filters).await?;
+    let nseq = copy::copy_sequences(tctl, &src, &seqs).await?;
+    info!(sequences = nseq, "sequences copied back");
+    let unlogged_names = reverse::unlogged_tables(tctl).await?;
+    let unlogged: Vec<_> = catalog::list_tables(tctl, &phase.filters)
+        .await?
+        .into_iter()
+        .filter(|t| unlogged_names.contains(&t.qualified()))
+        .collect();
+    crate::online::recopy_unlogged(tctl, &src, &unlogged).await?;
+    if cfg.large_objects {
+        let los = catalog::list_large_objects(tctl).await?;
+        let mut oids: Vec<u32> = los.iter().map(|l| l.oid).collect();
+        for r in src
+            .query("SELECT oid FROM pg_catalog.pg_largeobject_metadata", &[])
+            .await
+            .map_err(|e| MigrationError::db("listing large objects on the old source", e))?
+        {
+            oids.push(r.get(0));
+        }
+        oids.sort_unstable();
+        oids.dedup();
+        if !oids.is_empty() {
+            copy::erase_large_objects(&src, &oids).await?;
+            copy::copy_large_objects(
+                tctl,
+                &src,
+                &los,
+                &tokio_util::sync::CancellationToken::new(),
+            )
+            .await?;
+            info!(large_objects = los.len(), "large objects copied back");
+        }
+    }
+    crate::online::refresh_matviews(&src).await?;
+    // (4) Remove the reverse objects, restore identities, open the old source.
+    reverse::remove(tctl, Some(&src), st).await?;
+    let fixes = store
+        .snapshot()
+        .online
+        .map(|o| o.replica_identity_fixes)
+        .unwrap_or_default();
+    preflight::restore_replica_identities(tctl, &fixes).await?;
+    unfence_db(&src).await?;
+    let downtime = fenced_at.elapsed().as_secs_f64();
+    if let Some(r) = st.rollback.as_mut() {
+        r.completed = true;
+        r.downtime_seconds = Some(downtime);
+    }
+    st.ended = true;
+    save(store, st)?;
+    store.update(|t| {
+        if let Some(o) = t.online.as_mut() {
+            o.fenced = false;
+        }
+    })?;
+    info!(
+        downtime = format!("{downtime:.3}s"),
+        "rollback done: the old source is writable again and has every write of the new server; the new server stays read-only (`pg_dbmigrator unfence --source <new server>` lifts it)"
+    );
+    Ok(downtime)
+}
