@@ -434,6 +434,16 @@ pub async fn plan(cfg: &MigrationConfig) -> Result<Plan> {
         if let Some(d) = &dst {
             let r = preflight::check_target(d).await;
             collect(&mut p.refusals, r)?;
+            if cfg.fallback {
+                let r = preflight::check_fallback_target(d).await;
+                collect(&mut p.refusals, r)?;
+            }
+        }
+        if cfg.fallback {
+            let back = crate::replication::reverse::object_name(&name);
+            p.target_changes.push(format!(
+                "--fallback, at the cutover: create the publication and the logical slot {back} (the new server's changes stream back to the old source until `rollback` or `finish`)"
+            ));
         }
         p.target_changes.push(
             "create the apply progress table _pg_dbmigrator.progress (dropped at the cutover)"

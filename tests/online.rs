@@ -1820,3 +1820,108 @@ async fn fallback_then_finish_leaves_nothing_on_either_side() {
     .await
     .expect("the new server stays writable after finish");
 }
+
+/// kill -9 while the new server streams back, and again in the middle of
+/// the rollback: each `--resume` continues where the run died, `rollback`
+/// asked of the dead run says so at once, and the old source ends with
+/// every write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_during_the_fallback_and_mid_rollback_then_resume() {
+    let r = Run::on(logical_pair(), "fb_kill").await;
+    let mut child = fallback_cutover(&r).await;
+    testkit::execute(&r.db.target, WRITES_ON_THE_NEW_SERVER)
+        .await
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Written while nothing streams back.
+    testkit::execute(
+        &r.db.target,
+        "INSERT INTO accounts (owner) VALUES ('while it was dead')",
+    )
+    .await
+    .unwrap();
+    let mut child = r.spawn(&["--fallback", "--resume"], "m2", Some("mid_rollback"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !r
+        .stderr("m2")
+        .contains("fallback: streaming the new server's changes back")
+    {
+        assert!(Instant::now() < deadline, "{}", r.stderr("m2"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rb = {
+        let dump = r.dump();
+        tokio::spawn(async move { common::run_async(&["rollback", "--dump-path", &dump]).await })
+    };
+    r.wait_stop_point("m2", "mid_rollback").await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let out = rb.await.unwrap();
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    let t0 = Instant::now();
+    let again = common::run_async(&["rollback", "--dump-path", &r.dump()]).await;
+    let err = text(&again.stderr);
+    assert_eq!(again.status.code(), Some(2), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert!(
+        err.contains("died in the middle of its rollback") && err.contains("--resume"),
+        "{err}"
+    );
+    let child = r.spawn(&["--fallback", "--resume"], "m3", None);
+    let (code, out) = wait_child(child, Duration::from_secs(120)).await;
+    assert_eq!(code, Some(0), "{}", r.stderr("m3"));
+    let report = common::report_of(out.as_bytes());
+    assert_eq!(
+        report["online"]["fallback"]["ended_by"], "rollback",
+        "{report:#}"
+    );
+    assert_eq!(
+        report["verify"]["differences"].as_array().unwrap().len(),
+        0,
+        "{report:#}"
+    );
+    assert_same(&r.db).await;
+    assert_eq!(
+        testkit::query_scalar(
+            &r.db.source,
+            "SELECT count(*)::text FROM accounts WHERE owner = 'while it was dead'"
+        )
+        .await,
+        "1"
+    );
+    testkit::execute(
+        &r.db.source,
+        "INSERT INTO accounts (owner) VALUES ('back on the old source')",
+    )
+    .await
+    .expect("the old source is writable after the rollback");
+    assert_nothing_left(&r.db).await;
+    assert_nothing_left_on_the_new_server(&r.db).await;
+}
+
+/// `--fallback` into a target that cannot stream back is refused before
+/// anything is created on either side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fallback_into_a_target_without_logical_wal_is_refused_first() {
+    let r = Run::new("fb_refused").await;
+    let args = r.args(&["--fallback"]);
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = common::run_async(&a).await;
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--fallback needs the target") && err.contains("wal_level = logical"),
+        "{err}"
+    );
+    assert_eq!(slots_and_publications(&r.db).await, 0);
+    assert_eq!(
+        testkit::query_scalar(
+            &r.db.target,
+            "SELECT count(*)::text FROM pg_class WHERE relnamespace = 'public'::regnamespace"
+        )
+        .await,
+        "0",
+        "nothing may be created on the target"
+    );
+}
