@@ -18,7 +18,11 @@
 //! * `BENCH_RUNS` — rounds of each measurement (default 3).
 //! * `BENCH_ONLINE_RATE` — pgbench `-R` during the downtime runs (default 1000).
 //! * `BENCH_ONLINE_LOAD_SECS` — pgbench `-T` during the downtime runs (default 60).
-//! * `BENCH_ONLINE_PARTS` — `catchup`, `downtime` or both (default `catchup,downtime`).
+//! * `BENCH_ONLINE_PARTS` — `catchup`, `downtime`, `rollback` (default
+//!   `catchup,downtime`). `rollback`: a `--fallback` migration with an
+//!   automatic cutover, then pgbench `-R` on the *new* server while
+//!   `pg_dbmigrator rollback` returns to the old one; the target then runs
+//!   with `wal_level = logical`.
 //! * `BENCH_JOBS` — `--jobs` of our migrate (default 2).
 //! * `BENCH_BIN` — benchmark this pg_dbmigrator binary instead of the one
 //!   cargo builds from this checkout.
@@ -74,6 +78,7 @@ struct Config {
     jobs: usize,
     catchup: bool,
     downtime: bool,
+    rollback: bool,
 }
 
 impl Config {
@@ -95,8 +100,8 @@ impl Config {
         let parts = env_or("BENCH_ONLINE_PARTS", "catchup,downtime");
         let parts: Vec<&str> = parts.split(',').map(str::trim).collect();
         for p in &parts {
-            if !matches!(*p, "catchup" | "downtime" | "") {
-                bail!("BENCH_ONLINE_PARTS: unknown part {p:?} (catchup, downtime)");
+            if !matches!(*p, "catchup" | "downtime" | "rollback" | "") {
+                bail!("BENCH_ONLINE_PARTS: unknown part {p:?} (catchup, downtime, rollback)");
             }
         }
         if txns < PGBENCH_CLIENTS as u64 || scale == 0 || runs == 0 || rate == 0 || jobs == 0 {
@@ -111,6 +116,7 @@ impl Config {
             jobs,
             catchup: parts.contains(&"catchup"),
             downtime: parts.contains(&"downtime"),
+            rollback: parts.contains(&"rollback"),
         })
     }
 
@@ -997,6 +1003,149 @@ fn downtime_run(ctx: &Ctx, round: usize, db: &str) -> Result<Downtime> {
     })
 }
 
+/// One rollback run.
+#[derive(Debug, Clone)]
+struct Rollback {
+    round: usize,
+    /// Writes blocked on the new server until the old source was writable.
+    tool_secs: f64,
+    streamed_back: Option<u64>,
+    pgbench_processed: Option<u64>,
+    pgbench_failed: Option<u64>,
+    aborted_clients: usize,
+}
+
+/// `--fallback`: an automatic cutover, then rate-limited pgbench on the new
+/// server, and `rollback` while it runs.
+fn rollback_run(ctx: &Ctx, round: usize, db: &str) -> Result<Rollback> {
+    ctx.fresh_pair(db)?;
+    let dump = ctx.work.join(format!("rollback-{round}"));
+    let log = ctx.logs.join(format!("rollback-{round}.log"));
+    let json = ctx.logs.join(format!("rollback-{round}.json"));
+    let mut cmd = ctx.migrate_cmd(db, &dump, "auto");
+    cmd.arg("--fallback");
+    let mut m = Proc::spawn(cmd, "pg_dbmigrator migrate --mode online --fallback", &json, &log)?;
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("fallback: streaming the new server's changes back")
+    {
+        m.still_running()?;
+        if Instant::now() > deadline {
+            bail!("no fallback stream after 900 s:\n{}", tail_of(&log, 3000));
+        }
+        std::thread::sleep(POLL);
+    }
+    let mut load = ctx.pgbench(&ctx.tgt);
+    load.args([
+        "-n",
+        "-c",
+        &PGBENCH_CLIENTS.to_string(),
+        "-j",
+        &PGBENCH_THREADS.to_string(),
+        "-T",
+        &ctx.cfg.load_secs.to_string(),
+        "-R",
+        &ctx.cfg.rate.to_string(),
+    ])
+    .arg(db);
+    let pgb_out = ctx.logs.join(format!("rollback-{round}.pgbench"));
+    let pgb_err = ctx.logs.join(format!("rollback-{round}.pgbench.err"));
+    let t_load = Instant::now();
+    let mut pgb = Proc::spawn(load, "pgbench -R (new server)", &pgb_out, &pgb_err)?;
+    std::thread::sleep(Duration::from_secs((ctx.cfg.load_secs as u64 / 2).clamp(2, 10)));
+    pgb.still_running()?;
+    let out = Command::new(&ctx.bin)
+        .args(["rollback", "--json", "--dump-path"])
+        .arg(&dump)
+        .output()
+        .context("running pg_dbmigrator rollback")?;
+    if !out.status.success() {
+        bail!(
+            "rollback exited with {}: {}\nmigrate log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            tail_of(&log, 3000)
+        );
+    }
+    let status = m.wait(Duration::from_secs(600))?;
+    let load_limit = Duration::from_secs(ctx.cfg.load_secs as u64 + 60)
+        .saturating_sub(t_load.elapsed())
+        .max(Duration::from_secs(5));
+    let _ = pgb.wait(load_limit)?;
+    if !status.success() {
+        bail!("migrate exited with {status}; log {}:\n{}", log.display(), tail_of(&log, 3000));
+    }
+    let report: serde_json::Value = report_of(&std::fs::read_to_string(&json).unwrap_or_default())
+        .with_context(|| format!("the report {}", json.display()))?;
+    let diffs = report["verify"]["differences"].as_array().map_or(usize::MAX, Vec::len);
+    if diffs != 0 {
+        bail!("verify after the rollback found {diffs} difference(s): {}", report["verify"]);
+    }
+    let fb = &report["online"]["fallback"];
+    let tool_secs = fb["rollback_downtime_seconds"]
+        .as_f64()
+        .ok_or_else(|| anyhow!("no online.fallback.rollback_downtime_seconds in {report}"))?;
+    let text = format!(
+        "{}{}",
+        std::fs::read_to_string(&pgb_out).unwrap_or_default(),
+        std::fs::read_to_string(&pgb_err).unwrap_or_default()
+    );
+    let num = |key: &str| {
+        pgbench_field(&text, key)
+            .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let _ = std::fs::remove_dir_all(&dump);
+    Ok(Rollback {
+        round,
+        tool_secs,
+        streamed_back: fb["transactions_streamed_back"].as_u64(),
+        pgbench_processed: num("number of transactions actually processed:"),
+        pgbench_failed: num("number of failed transactions:"),
+        aborted_clients: text
+            .lines()
+            .filter(|l| l.contains("client") && l.contains("aborted"))
+            .count(),
+    })
+}
+
+/// The rollback runs as a Markdown section.
+fn rollback_report(cfg: &Config, runs: &[Result<Rollback, (usize, String)>]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\n### Rollback (`--fallback`): pgbench -R {} on the new server, `pg_dbmigrator rollback` while it runs\n",
+        cfg.rate
+    );
+    let _ = writeln!(s, "| round | rollback downtime s | transactions streamed back | pgbench processed | failed | aborted clients |");
+    let _ = writeln!(s, "|--:|--:|--:|--:|--:|--:|");
+    for r in runs {
+        match r {
+            Ok(r) => {
+                let _ = writeln!(
+                    s,
+                    "| {} | {:.3} | {} | {} | {} | {} |",
+                    r.round,
+                    r.tool_secs,
+                    r.streamed_back.map_or("–".into(), |v| v.to_string()),
+                    r.pgbench_processed.map_or("–".into(), |v| v.to_string()),
+                    r.pgbench_failed.map_or("–".into(), |v| v.to_string()),
+                    r.aborted_clients
+                );
+            }
+            Err((round, e)) => {
+                let _ = writeln!(s, "| {round} | FAILED: {} | | | | |", first_line(e));
+            }
+        }
+    }
+    let ok: Vec<f64> = runs.iter().filter_map(|r| r.as_ref().ok()).map(|r| r.tool_secs).collect();
+    if let Some(m) = median(&ok) {
+        let _ = writeln!(s, "\nmedian rollback downtime: {m:.3} s");
+    }
+    s
+}
+
 /// Completion time (Unix seconds) of the last successful transaction in the
 /// pgbench per-transaction logs of `dir` (`client tx time script epoch us
 /// [lag]`; `time` is "failed" or "skipped" for the others).
@@ -1354,6 +1503,8 @@ fn run() -> Result<()> {
     .context("starting the source server")?;
     let tgt = Cluster::start(&ClusterOptions {
         extra_conf: both,
+        // The new server streams back for the rollback part.
+        logical: cfg.rollback,
         ..Default::default()
     })
     .context("starting the target server")?;
@@ -1465,13 +1616,33 @@ fn run() -> Result<()> {
             )?;
         }
     }
-    let md = report(
+    let mut back = Vec::new();
+    if cfg.rollback {
+        for round in 1..=cfg.runs {
+            ctx.say(format!("rollback round {round} ..."));
+            let db = format!("bench_online_back_{round}");
+            let r = rollback_run(&ctx, round, &db);
+            ctx.drop_pair(&db);
+            match &r {
+                Ok(b) => ctx.say(format!(
+                    "rollback round {round}: downtime {:.3}s, streamed back {:?}, pgbench processed {:?}, failed {:?}, aborted clients {}",
+                    b.tool_secs, b.streamed_back, b.pgbench_processed, b.pgbench_failed, b.aborted_clients
+                )),
+                Err(e) => ctx.say(format!("rollback round {round} FAILED: {e:#}")),
+            }
+            back.push(r.map_err(|e| (round, format!("{e:#}"))));
+        }
+    }
+    let mut md = report(
         &cfg,
         &header,
         &catch,
         &down,
         started.elapsed().as_secs_f64(),
     );
+    if cfg.rollback {
+        md.push_str(&rollback_report(&cfg, &back));
+    }
     std::fs::write(&results_md, &md)?;
     println!("{md}");
     println!(
@@ -1480,8 +1651,9 @@ fn run() -> Result<()> {
         ctx.logs.display(),
         started.elapsed().as_secs_f64()
     );
-    let failed =
-        catch.iter().filter(|r| r.is_err()).count() + down.iter().filter(|r| r.is_err()).count();
+    let failed = catch.iter().filter(|r| r.is_err()).count()
+        + down.iter().filter(|r| r.is_err()).count()
+        + back.iter().filter(|r| r.is_err()).count();
     // Servers stop (testkit) and the work dir goes away on drop.
     drop(ctx);
     drop(work_root);
