@@ -1925,3 +1925,127 @@ async fn fallback_into_a_target_without_logical_wal_is_refused_first() {
         "nothing may be created on the target"
     );
 }
+
+/// A source role that may not create event triggers (not a superuser, but
+/// owner of the database and its tables, with REPLICATION): schema changes
+/// are fingerprinted instead, and a deploy refuses the cutover, naming
+/// what changed; the source is unfenced and still streaming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_role_without_event_triggers_gets_the_fingerprint_refusal() {
+    let db = testkit::shared_pair().fresh_db("online_fp_role").await;
+    let role = format!("{}_owner", db.name);
+    let q = pg_dbmigrator::pg::quote::ident;
+    testkit::execute(
+        &db.source,
+        &format!(
+            "CREATE ROLE {r} LOGIN REPLICATION PASSWORD 'pw';
+             ALTER DATABASE {d} OWNER TO {r};
+             ALTER SCHEMA public OWNER TO {r};
+             SET ROLE {r};
+             CREATE TABLE items (id int PRIMARY KEY, v text);
+             INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 100) g;
+             CREATE TABLE notes (id int PRIMARY KEY, body text);
+             RESET ROLE;",
+            r = q(&role),
+            d = q(&db.name)
+        ),
+    )
+    .await
+    .unwrap();
+    let mut cfg: tokio_postgres::Config = db.source.parse().unwrap();
+    cfg.user(&role).password("pw");
+    let host = match &cfg.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        #[allow(unreachable_patterns)]
+        _ => panic!("the test servers listen on TCP"),
+    };
+    let source = format!(
+        "host={host} port={} user={role} password=pw dbname={} sslmode=disable",
+        cfg.get_ports()[0],
+        db.name
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("w").to_str().unwrap().to_string();
+    let log = dir.path().join("m.log");
+    let mut child = spawn_migrate(
+        &[
+            "migrate",
+            "--mode",
+            "online",
+            "--roles",
+            "--source",
+            &source,
+            "--target",
+            &db.target,
+            "--dump-path",
+            &dump,
+            "--json",
+        ],
+        &log,
+        &[],
+    );
+    let stderr = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !stderr().contains("cannot be captured") || !stderr().contains("streaming") {
+        assert!(Instant::now() < deadline, "{}", stderr());
+        assert!(child.try_wait().unwrap().is_none(), "{}", stderr());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(stderr().contains("not a superuser"), "{}", stderr());
+    testkit::execute(
+        &source,
+        "ALTER TABLE items ADD COLUMN flag int NOT NULL DEFAULT 7;
+         CREATE TABLE orders (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY);
+         COMMENT ON TABLE notes IS 'changed';",
+    )
+    .await
+    .unwrap();
+    let c = common::run_async(&["cutover", "--dump-path", &dump]).await;
+    let err = text(&c.stderr);
+    assert_ne!(c.status.code(), Some(0), "{err}");
+    for needle in [
+        "relation public.items (changed)",
+        "relation public.orders (created)",
+        "relation public.notes (changed)",
+    ] {
+        assert!(err.contains(needle), "{needle}: {err}\n{}", stderr());
+    }
+    testkit::execute(&source, "INSERT INTO notes VALUES (1, 'after the refusal')")
+        .await
+        .expect("the source is writable after a refused cutover");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while testkit::query_scalar(&db.target, "SELECT count(*)::text FROM notes").await != "1" {
+        assert!(Instant::now() < deadline, "streaming stopped: {}", stderr());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    unsafe_kill(child.id() as i32, 2);
+    let _ = child.wait();
+    let out = common::run_async(&[
+        "cleanup",
+        "--source",
+        &source,
+        "--target",
+        &db.target,
+        "--dump-path",
+        &dump,
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(slots_and_publications(&db).await, 0);
+    let _ = testkit::execute(
+        &db.source,
+        &format!(
+            "REASSIGN OWNED BY {r} TO CURRENT_USER; DROP OWNED BY {r}",
+            r = q(&role)
+        ),
+    )
+    .await;
+    let _ = testkit::execute(
+        &db.target,
+        &format!(
+            "REASSIGN OWNED BY {r} TO CURRENT_USER; DROP OWNED BY {r}",
+            r = q(&role)
+        ),
+    )
+    .await;
+}
