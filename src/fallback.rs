@@ -111,13 +111,14 @@ pub(crate) async fn run(
         .rollback
         .as_ref()
         .is_some_and(|r| r.started_at.is_some() && !r.completed);
+    let mut want_finish = st.finishing;
     let mut tctl = control(&phase.target, "target").await?;
     let mut stop = cancel.child_token();
-    let mut streamer = Some(tokio::spawn(stream::run(
-        target.clone(),
-        shared.clone(),
-        stop.clone(),
-    )));
+    // A slot already removed (a crash late in a rollback or finish) has
+    // nothing left to stream: everything before its removal was drained.
+    let mut streamer = st
+        .slot_created
+        .then(|| tokio::spawn(stream::run(target.clone(), shared.clone(), stop.clone())));
     info!(
         "fallback: streaming the new server's changes back to the old source; `pg_dbmigrator rollback --dump-path {d}` returns to it, `pg_dbmigrator finish --dump-path {d}` ends the fallback",
         d = phase.dump_path.display()
@@ -158,7 +159,7 @@ pub(crate) async fn run(
                     }
                     save(&store, &st)?;
                     shared.eager.store(false, Ordering::Release);
-                    if streamer.is_none() {
+                    if streamer.is_none() && st.slot_created {
                         stop = cancel.child_token();
                         streamer = Some(tokio::spawn(stream::run(
                             target.clone(),
@@ -169,6 +170,33 @@ pub(crate) async fn run(
                     continue;
                 }
             }
+        }
+        if want_finish || finish_file.exists() {
+            info!("finish requested: ending the fallback");
+            st.finishing = true;
+            save(&store, &st)?;
+            stop.cancel();
+            if let Some(h) = streamer.take() {
+                let _ = h.await;
+            }
+            let src = control(&phase.source, "source").await?;
+            reverse::remove(&tctl, Some(&src), &mut st).await?;
+            save(&store, &st)?;
+            let fixes = store
+                .snapshot()
+                .online
+                .map(|o| o.replica_identity_fixes)
+                .unwrap_or_default();
+            preflight::restore_replica_identities(&tctl, &fixes).await?;
+            st.ended = true;
+            save(&store, &st)?;
+            let _ = std::fs::remove_file(&finish_file);
+            info!("fallback finished: nothing of ours is left on either server");
+            return Ok(FallbackSummary {
+                ended_by: "finish".into(),
+                rollback_downtime_seconds: None,
+                transactions_streamed_back: shared.transactions.load(Ordering::Acquire),
+            });
         }
         tokio::select! {
             _ = cancel.cancelled() => {
@@ -192,28 +220,8 @@ pub(crate) async fn run(
             continue;
         }
         if finish_file.exists() {
-            info!("finish requested: ending the fallback");
-            stop.cancel();
-            if let Some(h) = streamer.take() {
-                let _ = h.await;
-            }
-            let src = control(&phase.source, "source").await?;
-            reverse::remove(&tctl, Some(&src), &mut st).await?;
-            let fixes = store
-                .snapshot()
-                .online
-                .map(|o| o.replica_identity_fixes)
-                .unwrap_or_default();
-            preflight::restore_replica_identities(&tctl, &fixes).await?;
-            st.ended = true;
-            save(&store, &st)?;
-            let _ = std::fs::remove_file(&finish_file);
-            info!("fallback finished: nothing of ours is left on either server");
-            return Ok(FallbackSummary {
-                ended_by: "finish".into(),
-                rollback_downtime_seconds: None,
-                transactions_streamed_back: shared.transactions.load(Ordering::Acquire),
-            });
+            want_finish = true;
+            continue;
         }
         // Reverse lag: the new server's WAL position minus what the old
         // source has applied.
@@ -330,7 +338,7 @@ async fn rollback(
         .into_iter()
         .filter(|t| unlogged_names.contains(&t.qualified()))
         .collect();
-    crate::online::recopy_unlogged(tctl, &src, &unlogged).await?;
+    copy::recopy_unlogged(tctl, &src, &unlogged).await?;
     if cfg.large_objects {
         let los = catalog::list_large_objects(tctl).await?;
         let mut oids: Vec<u32> = los.iter().map(|l| l.oid).collect();
@@ -355,9 +363,10 @@ async fn rollback(
             info!(large_objects = los.len(), "large objects copied back");
         }
     }
-    crate::online::refresh_matviews(&src).await?;
+    copy::refresh_matviews(&src).await?;
     // (4) Remove the reverse objects, restore identities, open the old source.
     reverse::remove(tctl, Some(&src), st).await?;
+    save(store, st)?;
     let fixes = store
         .snapshot()
         .online

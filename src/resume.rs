@@ -335,6 +335,9 @@ pub struct FallbackState {
     /// `rollback`: the cutover in the opposite direction.
     #[serde(default)]
     pub rollback: Option<CutoverRecord>,
+    /// `finish` began (a resumed run finishes it before anything else).
+    #[serde(default)]
+    pub finishing: bool,
     /// The fallback ended (by `rollback` or `finish`); nothing of it is left.
     #[serde(default)]
     pub ended: bool,

@@ -18,6 +18,7 @@
 
 mod batch;
 mod large_objects;
+mod recopy;
 pub mod steps;
 pub(crate) use steps::{apply_after_data, apply_steps, early_steps};
 pub mod plan;
@@ -44,6 +45,7 @@ use plan::WorkItem;
 use worker::ItemResult;
 
 pub use large_objects::{copy_large_objects, erase_large_objects, large_object_metadata};
+pub use recopy::{recopy_unlogged, refresh_matviews};
 pub(crate) use rows::RowCounter;
 pub use sequences::copy_sequences;
 pub(crate) use worker::empty_table;

@@ -148,7 +148,10 @@ pub fn line(s: &Snapshot) -> String {
             }
         ));
         if let Some(l) = o.fallback_lag_bytes {
-            out.push_str(&format!(" | fallback: new server -> old source lag {}", human_bytes(l)));
+            out.push_str(&format!(
+                " | fallback: new server -> old source lag {}",
+                human_bytes(l)
+            ));
         }
     }
     // One line per busy copy worker.
