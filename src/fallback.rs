@@ -272,7 +272,7 @@ async fn rollback(
     end_other_sessions(tctl).await?;
     info!("new server fenced: read-only for every other session");
     // (2) Drain the reverse stream to the fence.
-    if let Some(mut h) = streamer.take() {
+    if let Some(h) = streamer.take() {
         shared.eager.store(true, Ordering::Release);
         shared.wake();
         shared.marker_end.store(0, Ordering::Release);
@@ -290,39 +290,16 @@ async fn rollback(
         .map_err(|e| {
             MigrationError::db("writing the rollback fence marker on the new server", e)
         })?;
-        let deadline = Instant::now() + Duration::from_secs(300);
-        loop {
+        let done = || {
             let marker = Lsn(shared.marker_end.load(Ordering::Acquire));
-            let durable = Lsn(shared.durable.load(Ordering::Acquire));
-            if marker > before && durable >= marker {
-                break;
-            }
-            if Instant::now() > deadline {
-                *streamer = Some(h);
-                return Err(MigrationError::Internal(
-                    "the old source did not catch up with the new server's fence within 5 minutes"
-                        .into(),
-                ));
-            }
-            tokio::select! {
-                r = &mut h => {
-                    return Err(match r {
-                        Ok(Err(e)) => e,
-                        _ => MigrationError::Internal("the fallback stream stopped during the rollback".into()),
-                    });
-                }
-                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-            }
-        }
-        stop.cancel();
-        match h.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(e) => {
-                return Err(MigrationError::Internal(format!(
-                    "fallback streaming task failed: {e}"
-                )))
-            }
+            marker > before && Lsn(shared.durable.load(Ordering::Acquire)) >= marker
+        };
+        if let Some(h) = stream::drain(h, stop, Duration::from_secs(300), done).await? {
+            *streamer = Some(h);
+            return Err(MigrationError::Internal(
+                "the old source did not catch up with the new server's fence within 5 minutes"
+                    .into(),
+            ));
         }
         info!("drained the new server's changes to its fence");
     }
@@ -332,7 +309,7 @@ async fn rollback(
     let seqs = catalog::list_sequences(tctl, &phase.filters).await?;
     let nseq = copy::copy_sequences(tctl, &src, &seqs).await?;
     info!(sequences = nseq, "sequences copied back");
-    let unlogged_names = reverse::unlogged_tables(tctl).await?;
+    let unlogged_names = catalog::unlogged_tables(tctl).await?;
     let unlogged: Vec<_> = catalog::list_tables(tctl, &phase.filters)
         .await?
         .into_iter()
@@ -340,27 +317,9 @@ async fn rollback(
         .collect();
     copy::recopy_unlogged(tctl, &src, &unlogged).await?;
     if cfg.large_objects {
-        let los = catalog::list_large_objects(tctl).await?;
-        let mut oids: Vec<u32> = los.iter().map(|l| l.oid).collect();
-        for r in src
-            .query("SELECT oid FROM pg_catalog.pg_largeobject_metadata", &[])
-            .await
-            .map_err(|e| MigrationError::db("listing large objects on the old source", e))?
-        {
-            oids.push(r.get(0));
-        }
-        oids.sort_unstable();
-        oids.dedup();
-        if !oids.is_empty() {
-            copy::erase_large_objects(&src, &oids).await?;
-            copy::copy_large_objects(
-                tctl,
-                &src,
-                &los,
-                &tokio_util::sync::CancellationToken::new(),
-            )
-            .await?;
-            info!(large_objects = los.len(), "large objects copied back");
+        let n = copy::recopy_large_objects(tctl, &src, true).await?;
+        if n > 0 {
+            info!(large_objects = n, "large objects copied back");
         }
     }
     copy::refresh_matviews(&src).await?;

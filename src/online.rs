@@ -677,45 +677,21 @@ async fn cutover_steps(
             fence_lsn = Some(wal);
             target_end = wal;
         }
-        let deadline = Instant::now() + Duration::from_secs(300);
-        let mut h = h;
-        loop {
+        let done = || {
             let marker = Lsn(shared.marker_end.load(Ordering::Acquire));
             let durable = Lsn(shared.durable.load(Ordering::Acquire));
-            let done = if source_version >= 140000 {
+            if source_version >= 140000 {
                 marker > before && durable >= marker
             } else {
                 shared.applied_position() >= target_end
                     && durable >= Lsn(shared.committed.load(Ordering::Acquire))
-            };
-            if done {
-                break;
             }
-            if Instant::now() > deadline {
-                *streamer = Some(h);
-                return Err(MigrationError::Internal(format!(
-                    "the target did not catch up with the fence ({target_end}) within 5 minutes"
-                )));
-            }
-            tokio::select! {
-                r = &mut h => {
-                    return Err(match r {
-                        Ok(Err(e)) => e,
-                        _ => MigrationError::Internal("streaming stopped during the cutover".into()),
-                    });
-                }
-                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-            }
-        }
-        stop.cancel();
-        match h.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(e) => {
-                return Err(MigrationError::Internal(format!(
-                    "streaming task failed: {e}"
-                )))
-            }
+        };
+        if let Some(h) = stream::drain(h, stop, Duration::from_secs(300), done).await? {
+            *streamer = Some(h);
+            return Err(MigrationError::Internal(format!(
+                "the target did not catch up with the fence ({target_end}) within 5 minutes"
+            )));
         }
         info!(fence_lsn = %target_end, applied = %Lsn(shared.durable.load(Ordering::Acquire)), "drained to the fence");
     }
@@ -726,18 +702,7 @@ async fn cutover_steps(
     let nseq = copy::copy_sequences(ctl, dst, &seqs).await?;
     info!(sequences = nseq, "sequences copied");
     // (4) Unlogged tables, large objects, materialized views.
-    let unlogged_names: Vec<String> = ctl
-        .query(
-            "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c
-               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              WHERE c.relkind = 'r' AND c.relpersistence = 'u'",
-            &[],
-        )
-        .await
-        .map_err(|e| MigrationError::db("listing unlogged tables", e))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let unlogged_names = catalog::unlogged_tables(ctl).await?;
     let unlogged: Vec<TableInfo> = catalog::list_tables(ctl, &phase.filters)
         .await?
         .into_iter()
@@ -747,24 +712,11 @@ async fn cutover_steps(
         .collect();
     copy::recopy_unlogged(ctl, dst, &unlogged).await?;
     if cfg.large_objects {
-        let los = catalog::list_large_objects(ctl).await?;
-        let mut oids: Vec<u32> = los.iter().map(|l| l.oid).collect();
-        if !cfg.data_only {
-            for r in dst
-                .query("SELECT oid FROM pg_catalog.pg_largeobject_metadata", &[])
-                .await
-                .map_err(|e| MigrationError::db("listing large objects on the target", e))?
-            {
-                oids.push(r.get(0));
-            }
-            oids.sort_unstable();
-            oids.dedup();
-        }
-        if !oids.is_empty() {
-            copy::erase_large_objects(dst, &oids).await?;
-            copy::copy_large_objects(ctl, dst, &los, &CancellationToken::new()).await?;
+        // With the schema migrated, the target's large objects are all ours.
+        let n = copy::recopy_large_objects(ctl, dst, !cfg.data_only).await?;
+        if n > 0 {
             info!(
-                large_objects = los.len(),
+                large_objects = n,
                 "large objects copied again under the fence"
             );
         }

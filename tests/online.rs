@@ -495,11 +495,16 @@ impl Run {
 
     /// Wait until the process logs that it reached test stop point `p`.
     async fn wait_stop_point(&self, log: &str, p: &str) {
+        self.wait_log(log, &format!("TEST_STOP_AT {p}")).await;
+    }
+
+    /// Wait until the process's log holds `needle`.
+    async fn wait_log(&self, log: &str, needle: &str) {
         let deadline = Instant::now() + Duration::from_secs(120);
-        while !self.stderr(log).contains(&format!("TEST_STOP_AT {p}")) {
+        while !self.stderr(log).contains(needle) {
             assert!(
                 Instant::now() < deadline,
-                "never reached {p}: {}",
+                "never logged {needle:?}: {}",
                 self.stderr(log)
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1692,14 +1697,8 @@ async fn fallback_cutover(r: &Run) -> Child {
         bad.is_empty(),
         "the workload failed before the fence: {bad:?}"
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !r
-        .stderr("m")
-        .contains("fallback: streaming the new server's changes back")
-    {
-        assert!(Instant::now() < deadline, "{}", r.stderr("m"));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    r.wait_log("m", "fallback: streaming the new server's changes back")
+        .await;
     child
 }
 
@@ -1712,6 +1711,38 @@ async fn assert_nothing_left_on_the_new_server(db: &TestDb) {
     )
     .await;
     assert_eq!(n, "0", "a slot or publication was left on the new server");
+}
+
+/// After `rollback`: the run ended well and verify found nothing; the old
+/// source has every write of the new server and takes writes again; the
+/// new server is fenced; nothing of ours is left on either.
+async fn assert_rolled_back(r: &Run, code: Option<i32>, out: &str, log: &str) {
+    assert_eq!(code, Some(0), "{}", r.stderr(log));
+    let report = common::report_of(out.as_bytes());
+    assert_eq!(
+        report["online"]["fallback"]["ended_by"], "rollback",
+        "{report:#}"
+    );
+    assert_eq!(
+        report["verify"]["differences"].as_array().unwrap().len(),
+        0,
+        "{report:#}"
+    );
+    assert_same(&r.db).await;
+    testkit::execute(
+        &r.db.source,
+        "INSERT INTO accounts (owner) VALUES ('back on the old source')",
+    )
+    .await
+    .expect("the old source is writable after the rollback");
+    let e = testkit::client(&r.db.target)
+        .await
+        .batch_execute("INSERT INTO accounts (owner) VALUES ('split brain')")
+        .await
+        .expect_err("the new server must be read-only after the rollback");
+    assert_eq!(e.code().map(|c| c.code()), Some("25006"), "{e:?}");
+    assert_nothing_left(&r.db).await;
+    assert_nothing_left_on_the_new_server(&r.db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1735,46 +1766,7 @@ async fn fallback_then_rollback_returns_every_write_to_the_old_source() {
         text(&rb.stdout)
     );
     let (code, out) = wait_child(child, Duration::from_secs(120)).await;
-    assert_eq!(code, Some(0), "{}", r.stderr("m"));
-    let report = common::report_of(out.as_bytes());
-    assert_eq!(
-        report["online"]["fallback"]["ended_by"], "rollback",
-        "{report:#}"
-    );
-    assert_eq!(
-        report["verify"]["differences"].as_array().unwrap().len(),
-        0,
-        "{report:#}"
-    );
-    // The old source has every write of the new server, and takes writes again.
-    assert_same(&r.db).await;
-    assert_eq!(
-        testkit::query_scalar(
-            &r.db.source,
-            "SELECT count(*)::text FROM accounts WHERE owner LIKE 'after %'"
-        )
-        .await,
-        testkit::query_scalar(
-            &r.db.target,
-            "SELECT count(*)::text FROM accounts WHERE owner LIKE 'after %'"
-        )
-        .await,
-    );
-    testkit::execute(
-        &r.db.source,
-        "INSERT INTO accounts (owner) VALUES ('back on the old source')",
-    )
-    .await
-    .expect("the old source is writable after the rollback");
-    // The new server is fenced now.
-    let e = testkit::client(&r.db.target)
-        .await
-        .batch_execute("INSERT INTO accounts (owner) VALUES ('split brain')")
-        .await
-        .expect_err("the new server must be read-only after the rollback");
-    assert_eq!(e.code().map(|c| c.code()), Some("25006"), "{e:?}");
-    assert_nothing_left(&r.db).await;
-    assert_nothing_left_on_the_new_server(&r.db).await;
+    assert_rolled_back(&r, code, &out, "m").await;
     // Asked again, it says so.
     let again = common::run_async(&["rollback", "--dump-path", &r.dump()]).await;
     assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
@@ -1842,14 +1834,8 @@ async fn kill_9_during_the_fallback_and_mid_rollback_then_resume() {
     .await
     .unwrap();
     let mut child = r.spawn(&["--fallback", "--resume"], "m2", Some("mid_rollback"));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !r
-        .stderr("m2")
-        .contains("fallback: streaming the new server's changes back")
-    {
-        assert!(Instant::now() < deadline, "{}", r.stderr("m2"));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    r.wait_log("m2", "fallback: streaming the new server's changes back")
+        .await;
     let rb = {
         let dump = r.dump();
         tokio::spawn(async move { common::run_async(&["rollback", "--dump-path", &dump]).await })
@@ -1870,18 +1856,7 @@ async fn kill_9_during_the_fallback_and_mid_rollback_then_resume() {
     );
     let child = r.spawn(&["--fallback", "--resume"], "m3", None);
     let (code, out) = wait_child(child, Duration::from_secs(120)).await;
-    assert_eq!(code, Some(0), "{}", r.stderr("m3"));
-    let report = common::report_of(out.as_bytes());
-    assert_eq!(
-        report["online"]["fallback"]["ended_by"], "rollback",
-        "{report:#}"
-    );
-    assert_eq!(
-        report["verify"]["differences"].as_array().unwrap().len(),
-        0,
-        "{report:#}"
-    );
-    assert_same(&r.db).await;
+    assert_rolled_back(&r, code, &out, "m3").await;
     assert_eq!(
         testkit::query_scalar(
             &r.db.source,
@@ -1890,14 +1865,6 @@ async fn kill_9_during_the_fallback_and_mid_rollback_then_resume() {
         .await,
         "1"
     );
-    testkit::execute(
-        &r.db.source,
-        "INSERT INTO accounts (owner) VALUES ('back on the old source')",
-    )
-    .await
-    .expect("the old source is writable after the rollback");
-    assert_nothing_left(&r.db).await;
-    assert_nothing_left_on_the_new_server(&r.db).await;
 }
 
 /// `--fallback` into a target that cannot stream back is refused before

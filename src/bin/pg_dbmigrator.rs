@@ -1051,20 +1051,24 @@ fn status(args: StatusArgs) -> Result<i32, MigrationError> {
     Ok(exit_code::OK)
 }
 
+/// The resume token of the migration working in `dump_path`, which must exist.
+fn load_token(dump_path: &std::path::Path) -> Result<ResumeToken, MigrationError> {
+    let token_path = ResumeToken::path_for(dump_path);
+    ResumeToken::load(&token_path)?.ok_or_else(|| {
+        MigrationError::Config(format!(
+            "no resume token at {}: no migration has run with --dump-path {}",
+            token_path.display(),
+            dump_path.display()
+        ))
+    })
+}
+
 /// `pg_dbmigrator rollback` / `finish`: like `cutover`, a request file the
 /// running migration takes, then a wait for the token to say it is done.
 async fn end_fallback(args: CutoverArgs, what: &str) -> Result<i32, MigrationError> {
     use std::time::{Duration, Instant};
     let token_path = ResumeToken::path_for(&args.dump_path);
-    let load = || -> Result<ResumeToken, MigrationError> {
-        ResumeToken::load(&token_path)?.ok_or_else(|| {
-            MigrationError::Config(format!(
-                "no resume token at {}: no migration has run with --dump-path {}",
-                token_path.display(),
-                args.dump_path.display()
-            ))
-        })
-    };
+    let load = || load_token(&args.dump_path);
     let fallback = |t: &ResumeToken| t.online.as_ref().and_then(|o| o.fallback.clone());
     let token = load()?;
     let Some(before) = fallback(&token).filter(|f| f.start_lsn.is_some()) else {
@@ -1156,15 +1160,7 @@ async fn end_fallback(args: CutoverArgs, what: &str) -> Result<i32, MigrationErr
 async fn cutover(args: CutoverArgs) -> Result<i32, MigrationError> {
     use std::time::{Duration, Instant};
     let token_path = ResumeToken::path_for(&args.dump_path);
-    let load = || -> Result<ResumeToken, MigrationError> {
-        ResumeToken::load(&token_path)?.ok_or_else(|| {
-            MigrationError::Config(format!(
-                "no resume token at {}: no migration has run with --dump-path {}",
-                token_path.display(),
-                args.dump_path.display()
-            ))
-        })
-    };
+    let load = || load_token(&args.dump_path);
     let token = load()?;
     if token.mode != MigrationMode::Online {
         return Err(MigrationError::Config(format!(

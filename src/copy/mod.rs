@@ -45,7 +45,7 @@ use plan::WorkItem;
 use worker::ItemResult;
 
 pub use large_objects::{copy_large_objects, erase_large_objects, large_object_metadata};
-pub use recopy::{recopy_unlogged, refresh_matviews};
+pub use recopy::{recopy_large_objects, recopy_unlogged, refresh_matviews};
 pub(crate) use rows::RowCounter;
 pub use sequences::copy_sequences;
 pub(crate) use worker::empty_table;

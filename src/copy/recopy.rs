@@ -76,3 +76,28 @@ pub async fn refresh_matviews(dst: &Client) -> Result<()> {
     }
     Ok(())
 }
+
+/// Make the large objects of `dst` those of `src`: every one `src` has is
+/// written again, and with `drop_extra` those only `dst` has are removed.
+/// Returns how many were copied.
+pub async fn recopy_large_objects(src: &Client, dst: &Client, drop_extra: bool) -> Result<usize> {
+    let los = crate::pg::catalog::list_large_objects(src).await?;
+    let mut oids: Vec<u32> = los.iter().map(|l| l.oid).collect();
+    if drop_extra {
+        for r in dst
+            .query("SELECT oid FROM pg_catalog.pg_largeobject_metadata", &[])
+            .await
+            .map_err(|e| MigrationError::db("listing large objects", e))?
+        {
+            oids.push(r.get(0));
+        }
+        oids.sort_unstable();
+        oids.dedup();
+    }
+    if oids.is_empty() {
+        return Ok(0);
+    }
+    super::erase_large_objects(dst, &oids).await?;
+    super::copy_large_objects(src, dst, &los, &tokio_util::sync::CancellationToken::new()).await?;
+    Ok(los.len())
+}

@@ -367,6 +367,22 @@ pub async fn tables_with_rows_outside(client: &Client, compared: &[String]) -> R
     Ok(out)
 }
 
+/// Unlogged tables of the database, `schema.name` quoted (logical
+/// replication cannot carry them: they are copied again under a fence).
+pub async fn unlogged_tables(c: &Client) -> Result<Vec<String>> {
+    Ok(c.query(
+        "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relkind = 'r' AND c.relpersistence = 'u'",
+        &[],
+    )
+    .await
+    .map_err(|e| MigrationError::db("listing unlogged tables", e))?
+    .iter()
+    .map(|r| r.get(0))
+    .collect())
+}
+
 /// Extensions' configuration sequences: pg_dump sets their values too.
 pub async fn list_extension_config_sequences(client: &Client) -> Result<Vec<SequenceInfo>> {
     let rows = client

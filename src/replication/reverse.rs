@@ -98,27 +98,12 @@ pub async fn tables(
     dst: &Client,
     filters: &crate::config::filter::CompiledFilters,
 ) -> Result<Vec<TableInfo>> {
-    let unlogged = unlogged_tables(dst).await?;
+    let unlogged = catalog::unlogged_tables(dst).await?;
     Ok(catalog::list_tables(dst, filters)
         .await?
         .into_iter()
         .filter(|t| t.row_filter.is_none() && !unlogged.contains(&t.qualified()))
         .collect())
-}
-
-/// Unlogged tables of the database (logical replication cannot carry them).
-pub async fn unlogged_tables(c: &Client) -> Result<Vec<String>> {
-    Ok(c.query(
-        "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c
-               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              WHERE c.relkind = 'r' AND c.relpersistence = 'u'",
-        &[],
-    )
-    .await
-    .map_err(|e| MigrationError::db("listing unlogged tables", e))?
-    .iter()
-    .map(|r| r.get(0))
-    .collect())
 }
 
 /// Drop the reverse slot and publication (idempotent) and the progress

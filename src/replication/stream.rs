@@ -112,6 +112,41 @@ pub struct StreamTarget {
     pub spool_dir: PathBuf,
 }
 
+/// The end of a drain: wait until `done()` (polled every 20 ms) while the
+/// streaming task `h` runs, then stop it (`stop`) and wait for its clean
+/// end. If `limit` passes first, the task is handed back still running
+/// (`Ok(Some(h))`); if it ends first, its error.
+pub async fn drain(
+    mut h: tokio::task::JoinHandle<Result<()>>,
+    stop: &CancellationToken,
+    limit: Duration,
+    done: impl Fn() -> bool,
+) -> Result<Option<tokio::task::JoinHandle<Result<()>>>> {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        if Instant::now() > deadline {
+            return Ok(Some(h));
+        }
+        tokio::select! {
+            r = &mut h => {
+                return Err(match r {
+                    Ok(Err(e)) => e,
+                    _ => MigrationError::Internal("streaming stopped during the drain".into()),
+                });
+            }
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+    stop.cancel();
+    match h.await {
+        Ok(Ok(())) => Ok(None),
+        Ok(Err(e)) => Err(e),
+        Err(e) => Err(MigrationError::Internal(format!(
+            "streaming task failed: {e}"
+        ))),
+    }
+}
+
 /// Stream and apply until `stop` fires, reconnecting after dropped
 /// connections. Returns Ok after a clean stop (the last durable position
 /// has been reported to the source).
