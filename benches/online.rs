@@ -1024,7 +1024,12 @@ fn rollback_run(ctx: &Ctx, round: usize, db: &str) -> Result<Rollback> {
     let json = ctx.logs.join(format!("rollback-{round}.json"));
     let mut cmd = ctx.migrate_cmd(db, &dump, "auto");
     cmd.arg("--fallback");
-    let mut m = Proc::spawn(cmd, "pg_dbmigrator migrate --mode online --fallback", &json, &log)?;
+    let mut m = Proc::spawn(
+        cmd,
+        "pg_dbmigrator migrate --mode online --fallback",
+        &json,
+        &log,
+    )?;
     let deadline = Instant::now() + Duration::from_secs(900);
     while !std::fs::read_to_string(&log)
         .unwrap_or_default()
@@ -1053,7 +1058,9 @@ fn rollback_run(ctx: &Ctx, round: usize, db: &str) -> Result<Rollback> {
     let pgb_err = ctx.logs.join(format!("rollback-{round}.pgbench.err"));
     let t_load = Instant::now();
     let mut pgb = Proc::spawn(load, "pgbench -R (new server)", &pgb_out, &pgb_err)?;
-    std::thread::sleep(Duration::from_secs((ctx.cfg.load_secs as u64 / 2).clamp(2, 10)));
+    std::thread::sleep(Duration::from_secs(
+        (ctx.cfg.load_secs as u64 / 2).clamp(2, 10),
+    ));
     pgb.still_running()?;
     let out = Command::new(&ctx.bin)
         .args(["rollback", "--json", "--dump-path"])
@@ -1074,13 +1081,22 @@ fn rollback_run(ctx: &Ctx, round: usize, db: &str) -> Result<Rollback> {
         .max(Duration::from_secs(5));
     let _ = pgb.wait(load_limit)?;
     if !status.success() {
-        bail!("migrate exited with {status}; log {}:\n{}", log.display(), tail_of(&log, 3000));
+        bail!(
+            "migrate exited with {status}; log {}:\n{}",
+            log.display(),
+            tail_of(&log, 3000)
+        );
     }
     let report: serde_json::Value = report_of(&std::fs::read_to_string(&json).unwrap_or_default())
         .with_context(|| format!("the report {}", json.display()))?;
-    let diffs = report["verify"]["differences"].as_array().map_or(usize::MAX, Vec::len);
+    let diffs = report["verify"]["differences"]
+        .as_array()
+        .map_or(usize::MAX, Vec::len);
     if diffs != 0 {
-        bail!("verify after the rollback found {diffs} difference(s): {}", report["verify"]);
+        bail!(
+            "verify after the rollback found {diffs} difference(s): {}",
+            report["verify"]
+        );
     }
     let fb = &report["online"]["fallback"];
     let tool_secs = fb["rollback_downtime_seconds"]
@@ -1139,7 +1155,11 @@ fn rollback_report(cfg: &Config, runs: &[Result<Rollback, (usize, String)>]) -> 
             }
         }
     }
-    let ok: Vec<f64> = runs.iter().filter_map(|r| r.as_ref().ok()).map(|r| r.tool_secs).collect();
+    let ok: Vec<f64> = runs
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .map(|r| r.tool_secs)
+        .collect();
     if let Some(m) = median(&ok) {
         let _ = writeln!(s, "\nmedian rollback downtime: {m:.3} s");
     }
