@@ -173,6 +173,10 @@ fn run_tool(ctx: &Ctx, ds: &DatasetState, tool: Tool, scratch: &Path, log: &Path
             if tool == Tool::DumpMethod {
                 cmd = cmd.args(["--copy-method", "dump"]);
             }
+            // BENCH_MIGRATE_ARGS: more flags for our migrate (e.g. --skip-analyze).
+            if let Ok(extra) = std::env::var("BENCH_MIGRATE_ARGS") {
+                cmd = cmd.args(extra.split_whitespace());
+            }
             Ok(RunOk::from_phases(vec![("migrate", measure(&cmd)?)], None))
         }
         Tool::PgDumpRestore | Tool::PgDumpZstd => {
