@@ -2015,4 +2015,7 @@ async fn a_role_without_event_triggers_gets_the_fingerprint_refusal() {
         ),
     )
     .await;
+    for side in [&db.source, &db.target] {
+        let _ = testkit::execute(side, &format!("DROP ROLE IF EXISTS {}", q(&role))).await;
+    }
 }
