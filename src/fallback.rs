@@ -28,7 +28,7 @@ use crate::pg::{catalog, connect, session};
 use crate::progress::human_bytes;
 use crate::replication::source::{current_wal, end_other_sessions, fence_db, unfence_db};
 use crate::replication::stream::{self, StreamShared, StreamTarget};
-use crate::replication::{preflight, reverse, test_stop_at, Lsn, FENCE_MESSAGE_PREFIX};
+use crate::replication::{ddl, preflight, reverse, test_stop_at, Lsn, FENCE_MESSAGE_PREFIX};
 pub use crate::report::FallbackSummary;
 use crate::resume::{request_path, CutoverRecord, FallbackState, TokenStore};
 
@@ -56,7 +56,13 @@ async fn control(ep: &crate::config::EndpointConfig, label: &str) -> Result<Clie
 }
 
 /// At the cutover, under the fence: create the reverse direction.
-pub(crate) async fn start(phase: &CopyPhase, dst: &Client, src: &Client, slot: &str) -> Result<()> {
+pub(crate) async fn start(
+    cfg: &MigrationConfig,
+    phase: &CopyPhase,
+    dst: &Client,
+    src: &Client,
+    slot: &str,
+) -> Result<()> {
     let store = &phase.store;
     let mut st = state_of(store).unwrap_or_else(|| FallbackState {
         slot_name: reverse::object_name(slot),
@@ -74,6 +80,39 @@ pub(crate) async fn start(phase: &CopyPhase, dst: &Client, src: &Client, slot: &
         &mut |s| save(store, s),
     )
     .await?;
+    // Schema changes on the new server stream back too, when it allows
+    // capture (nobody writes there before the cutover ends).
+    let whole = phase.filters == crate::config::filter::CompiledFilters::default();
+    match ddl::capture_possible(dst, whole, cfg.data_only).await? {
+        Ok(()) => {
+            st.ddl_capture = true;
+            save(store, &st)?;
+            dst.batch_execute(&ddl::install_sql(
+                &st.publication_name,
+                &ddl::trigger_name(&st.slot_name),
+            ))
+            .await
+            .map_err(|e| {
+                MigrationError::db("installing the schema change capture on the new server", e)
+            })?;
+        }
+        Err(why) => {
+            warn!(reason = %why, "schema changes on the new server cannot be captured during the fallback: keep its schema frozen until `rollback` or `finish`");
+        }
+    }
+    Ok(())
+}
+
+/// Remove our DDL capture from the new server.
+async fn remove_capture(tctl: &Client, st: &mut FallbackState) -> Result<()> {
+    if st.ddl_capture {
+        tctl.batch_execute(&ddl::remove_sql(&ddl::trigger_name(&st.slot_name)))
+            .await
+            .map_err(|e| {
+                MigrationError::db("removing the schema change capture from the new server", e)
+            })?;
+        st.ddl_capture = false;
+    }
     Ok(())
 }
 
@@ -180,6 +219,7 @@ pub(crate) async fn run(
                 let _ = h.await;
             }
             let src = control(&phase.source, "source").await?;
+            remove_capture(&tctl, &mut st).await?;
             reverse::remove(&tctl, Some(&src), &mut st).await?;
             save(&store, &st)?;
             let fixes = store
@@ -305,6 +345,14 @@ async fn rollback(
     }
     test_stop_at("mid_rollback").await;
     let src = control(&phase.source, "source").await?;
+    // Tables created on the new server that could not stream back.
+    if st.ddl_capture {
+        let guard = crate::resume::OnlineState {
+            ddl_capture: true,
+            ..Default::default()
+        };
+        ddl::cutover_guard(tctl, &src, &guard, None, true).await?;
+    }
     // (3) Sequences, unlogged tables, large objects, materialized views.
     let seqs = catalog::list_sequences(tctl, &phase.filters).await?;
     let nseq = copy::copy_sequences(tctl, &src, &seqs).await?;
@@ -324,6 +372,7 @@ async fn rollback(
     }
     copy::refresh_matviews(&src).await?;
     // (4) Remove the reverse objects, restore identities, open the old source.
+    remove_capture(tctl, st).await?;
     reverse::remove(tctl, Some(&src), st).await?;
     save(store, st)?;
     let fixes = store

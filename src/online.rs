@@ -762,7 +762,7 @@ async fn cutover_steps(
     if cfg.fallback {
         // The old source is still fenced and nobody writes on the new
         // server yet: the reverse slot starts where both are equal.
-        crate::fallback::start(phase, dst, ctl, &st.slot_name).await?;
+        crate::fallback::start(cfg, phase, dst, ctl, &st.slot_name).await?;
     }
     store.update(|t| t.stage_done(Stage::Finalize))?;
     let downtime = fenced_at.elapsed().as_secs_f64();

@@ -335,6 +335,9 @@ pub struct FallbackState {
     /// `rollback`: the cutover in the opposite direction.
     #[serde(default)]
     pub rollback: Option<CutoverRecord>,
+    /// Our DDL capture is (or may be) installed on the new server.
+    #[serde(default)]
+    pub ddl_capture: bool,
     /// `finish` began (a resumed run finishes it before anything else).
     #[serde(default)]
     pub finishing: bool,

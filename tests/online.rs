@@ -1675,6 +1675,10 @@ INSERT INTO cache VALUES (9999, 'unlogged, on the new server') ON CONFLICT (k) D
 INSERT INTO ident (v) VALUES ('on the new server');
 UPDATE keyed SET qty = qty + 100 WHERE code = 'c1';
 INSERT INTO events (kind) VALUES ('on the new server');
+ALTER TABLE scratch ADD COLUMN added_on_the_new_server int NOT NULL DEFAULT 1;
+UPDATE scratch SET added_on_the_new_server = id WHERE id < 10;
+CREATE TABLE made_on_the_new_server (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text);
+INSERT INTO made_on_the_new_server (v) VALUES ('a'), ('b');
 ";
 
 /// A `--fallback` migration: cutover under load, then returns `until` the
@@ -1711,6 +1715,13 @@ async fn assert_nothing_left_on_the_new_server(db: &TestDb) {
     )
     .await;
     assert_eq!(n, "0", "a slot or publication was left on the new server");
+    let n = testkit::query_scalar(
+        &db.target,
+        "SELECT ((SELECT count(*) FROM pg_event_trigger)
+                 + (SELECT count(*) FROM pg_namespace WHERE nspname = '_pg_dbmigrator'))::text",
+    )
+    .await;
+    assert_eq!(n, "0", "our DDL capture was left on the new server");
 }
 
 /// After `rollback`: the run ended well and verify found nothing; the old
@@ -1743,6 +1754,12 @@ async fn assert_rolled_back(r: &Run, code: Option<i32>, out: &str, log: &str) {
     assert_eq!(e.code().map(|c| c.code()), Some("25006"), "{e:?}");
     assert_nothing_left(&r.db).await;
     assert_nothing_left_on_the_new_server(&r.db).await;
+    // Schema changes made on the new server came back too.
+    assert_eq!(
+        common::schema_dump(&r.db.source),
+        common::schema_dump(&r.db.target),
+        "pg_dump -s of the old source and the new server differ"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -482,6 +482,12 @@ pub async fn cleanup(cfg: &MigrationConfig) -> Result<CleanupReport> {
                 ..Default::default()
             };
             super::reverse::remove(&dst, None, &mut fb).await?;
+            // And a --fallback's DDL capture on the new server.
+            dst.batch_execute(&ddl::remove_sql(&ddl::trigger_name(&fb.slot_name)))
+                .await
+                .map_err(|e| {
+                    MigrationError::db("removing the schema change capture from the target", e)
+                })?;
             preflight::restore_replica_identities(&dst, &fixes).await?;
             copy::drop_target_state(&dst).await?;
             dropped = true;
