@@ -438,35 +438,9 @@ fn tokens(s: &str) -> Vec<(usize, usize, Tok<'_>)> {
             }
         } else if c == b'\'' || ((c == b'E' || c == b'e') && b.get(i + 1) == Some(&b'\'')) {
             let escapes = c != b'\'';
-            i += if escapes { 2 } else { 1 };
-            while i < b.len() {
-                if escapes && b[i] == b'\\' {
-                    i += 2;
-                } else if b[i] == b'\'' {
-                    if b.get(i + 1) == Some(&b'\'') {
-                        i += 2;
-                    } else {
-                        i += 1;
-                        break;
-                    }
-                } else {
-                    i += 1;
-                }
-            }
+            i = skip_quoted(b, i + if escapes { 2 } else { 1 }, b'\'', escapes);
         } else if c == b'"' {
-            i += 1;
-            while i < b.len() {
-                if b[i] == b'"' {
-                    if b.get(i + 1) == Some(&b'"') {
-                        i += 2;
-                    } else {
-                        i += 1;
-                        break;
-                    }
-                } else {
-                    i += 1;
-                }
-            }
+            i = skip_quoted(b, i + 1, b'"', false);
         } else if c == b'$' {
             // $tag$ ... $tag$ (a tag of letters, digits, underscores).
             let mut j = i + 1;
@@ -496,6 +470,25 @@ fn tokens(s: &str) -> Vec<(usize, usize, Tok<'_>)> {
         out.push((start, i.min(b.len()), Tok::Other(&s[start..i.min(b.len())])));
     }
     out
+}
+
+/// The end of a quoted token whose body starts at `i`: a doubled quote is
+/// part of it, and with `escapes` (E'...') a backslash takes the next byte.
+fn skip_quoted(b: &[u8], mut i: usize, quote: u8, escapes: bool) -> usize {
+    while i < b.len() {
+        if escapes && b[i] == b'\\' {
+            i += 2;
+        } else if b[i] == quote {
+            if b.get(i + 1) == Some(&quote) {
+                i += 2;
+            } else {
+                return i + 1;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    b.len()
 }
 
 /// Split a query string into its statements (trimmed, empty ones left
