@@ -246,6 +246,73 @@ pub async fn selected_relations(
     Ok(out)
 }
 
+/// What decides whether and when a materialized view is refreshed.
+#[derive(Debug, Default)]
+pub struct MatviewRefresh {
+    /// Materialized views that stay unpopulated on the target, as pg_dump
+    /// leaves them: those unpopulated on the source, those whose data
+    /// `--exclude-table-data` leaves out, and every materialized view that
+    /// reads one of those (directly or through views), which could not be
+    /// refreshed.
+    pub unpopulated: std::collections::HashSet<u32>,
+    /// `(reader, read)`: materialized view `reader` reads materialized view
+    /// `read`, directly or through views, so its refresh must come after.
+    pub reads: Vec<(u32, u32)>,
+}
+
+/// The relations each view or materialized view reads (its `_RETURN` rule's
+/// dependencies), as a CTE `reads(reader, rel)`.
+const VIEW_READS_CTE: &str = "reads(reader, rel) AS (
+             SELECT DISTINCT r.ev_class, d.refobjid
+               FROM pg_catalog.pg_rewrite r
+               JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass
+                AND d.objid = r.oid AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                AND d.refobjid <> r.ev_class
+         )";
+
+/// See [`MatviewRefresh`].
+pub async fn matview_refresh(client: &Client, filters: &CompiledFilters) -> Result<MatviewRefresh> {
+    let (d_schema, d_name) = split_pairs(&filters.exclude_table_data);
+    let unpopulated_sql = format!(
+        "WITH RECURSIVE {VIEW_READS_CTE}, empty(oid) AS (
+             SELECT c.oid FROM pg_catalog.pg_class c
+              WHERE c.relkind = 'm' AND (NOT c.relispopulated OR {})
+             UNION
+             SELECT rd.reader FROM reads rd JOIN empty e ON rd.rel = e.oid
+         )
+         SELECT e.oid FROM empty e JOIN pg_catalog.pg_class c ON c.oid = e.oid WHERE c.relkind = 'm'",
+        matches_patterns(1, 2)
+    );
+    let reads_sql = format!(
+        "WITH RECURSIVE {VIEW_READS_CTE}, through(mv, rel) AS (
+             SELECT rd.reader, rd.rel FROM reads rd
+               JOIN pg_catalog.pg_class c ON c.oid = rd.reader AND c.relkind = 'm'
+             UNION
+             SELECT t.mv, rd.rel FROM through t
+               JOIN pg_catalog.pg_class v ON v.oid = t.rel AND v.relkind = 'v'
+               JOIN reads rd ON rd.reader = t.rel
+         )
+         SELECT t.mv, t.rel FROM through t
+           JOIN pg_catalog.pg_class c ON c.oid = t.rel AND c.relkind = 'm'"
+    );
+    let what = "reading which materialized views read others";
+    let unpopulated = client
+        .query(&unpopulated_sql, &[&d_schema, &d_name])
+        .await
+        .map_err(|e| MigrationError::db(what, e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let reads = client
+        .query(&reads_sql, &[])
+        .await
+        .map_err(|e| MigrationError::db(what, e))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    Ok(MatviewRefresh { unpopulated, reads })
+}
+
 /// The schemas any of the regexes `patterns` matches (none for no pattern).
 pub async fn schemas_matching(
     client: &Client,
@@ -712,16 +779,22 @@ struct UserType {
     category: i8,
     has_binary_io: bool,
     range_subtype: Option<u32>,
+    /// The element type of an array (`typelem` where `typsubscript` is
+    /// `array_subscript_handler`, or category 'A' before 14).
+    element: Option<u32>,
 }
 
 async fn load_user_types(client: &Client) -> Result<HashMap<u32, UserType>> {
     let rows = client
         .query(
+            // Built-in types too: a few have no binary I/O (aclitem, and
+            // arrays of it), and COPY BINARY refuses those.
             "SELECT t.oid, t.typtype, t.typbasetype, t.typcategory,
-                    (t.typsend <> 0 AND t.typreceive <> 0), r.rngsubtype
+                    (t.typsend <> 0 AND t.typreceive <> 0), r.rngsubtype,
+                    CASE WHEN t.typcategory = 'A' AND t.typelem <> 0 THEN t.typelem END
                FROM pg_catalog.pg_type t
                LEFT JOIN pg_catalog.pg_range r ON r.rngtypid = t.oid
-              WHERE t.oid >= 16384",
+              WHERE t.oid >= 16384 OR t.typcategory = 'A' OR t.typsend = 0 OR t.typreceive = 0",
             &[],
         )
         .await
@@ -737,6 +810,7 @@ async fn load_user_types(client: &Client) -> Result<HashMap<u32, UserType>> {
                     category: r.get(3),
                     has_binary_io: r.get(4),
                     range_subtype: r.get(5),
+                    element: r.get(6),
                 },
             )
         })
@@ -749,15 +823,18 @@ async fn load_user_types(client: &Client) -> Result<HashMap<u32, UserType>> {
 /// text. Scalars of user types (enums, domains, ranges over safe subtypes,
 /// extension types with send/receive functions) are fine.
 fn binary_safe(oid: u32, types: &HashMap<u32, UserType>, depth: u32) -> bool {
-    if oid < FIRST_NORMAL_OID {
-        return true;
-    }
     if depth > 16 {
         return false;
     }
     let Some(t) = types.get(&oid) else {
-        return false;
+        // Built-in types not listed have binary I/O.
+        return oid < FIRST_NORMAL_OID;
     };
+    if oid < FIRST_NORMAL_OID {
+        // Built-in OIDs are the same on every server; only the I/O
+        // functions (of the type or its element) matter.
+        return t.has_binary_io && t.element.is_none_or(|e| binary_safe(e, types, depth + 1));
+    }
     match t.typtype as u8 {
         b'd' => binary_safe(t.basetype, types, depth + 1),
         b'e' => true,

@@ -116,7 +116,16 @@ pub async fn load(
     load_functions(c, &mut m, &comments).await?;
     types::load_base_types(c, &mut m, &comments, server_major).await?;
     types::range_shells(c, &mut m).await?;
-    let rels = load_relations(c, &mut m, &comments, server_major, lock_only).await?;
+    let refresh = crate::pg::catalog::matview_refresh(c, &opts.filters.compile()?).await?;
+    let rels = load_relations(
+        c,
+        &mut m,
+        &comments,
+        server_major,
+        lock_only,
+        &refresh,
+    )
+    .await?;
     types::split_row_type_defaults(c, &mut m).await?;
     types::split_row_type_checks(c, &mut m, &comments).await?;
     load_sequences(c, &mut m, &comments, &rels).await?;
@@ -515,6 +524,7 @@ async fn load_relations(
     comments: &Comments,
     major: u32,
     lock_only: Option<&std::collections::HashSet<u32>>,
+    refresh: &crate::pg::catalog::MatviewRefresh,
 ) -> Result<HashMap<u32, Rel>> {
     // Names first, no server functions: then lock, then deparse.
     let sql = format!(
@@ -641,6 +651,7 @@ async fn load_relations(
     }
 
     let mut rels = HashMap::new();
+    let mut refresh_of: HashMap<u32, usize> = HashMap::new();
     for r in &rows {
         let (oid, nsp, name, kind, persistence, owner): (
             u32,
@@ -721,6 +732,8 @@ async fn load_relations(
                         r.get::<_, Option<String>>(17).as_deref(),
                         format!("CREATE MATERIALIZED VIEW {q}{with} AS\n{def}\n  WITH NO DATA;"),
                     ));
+                    let own_cols = cols_by_rel.get(&oid).cloned().unwrap_or_default();
+                    o.create.extend(column_settings(&q, &own_cols));
                 }
             }
             _ => {
@@ -750,7 +763,18 @@ async fn load_relations(
                         s.push_str(&format!(" COLLATE {coll}"));
                     }
                     let generated: String = col.get(6);
-                    let def: Option<String> = col.get(7);
+                    let mut def: Option<String> = col.get(7);
+                    // An inheritance child that declares a column its parent
+                    // generates takes the parent's expression: printing its
+                    // own is refused ("child column specifies generation
+                    // expression"), so pg_dump leaves it out. Partitions are
+                    // created on their own and attached, so they keep theirs.
+                    if !generated.is_empty()
+                        && !is_partition
+                        && parent_generates(&parents_of, &cols_by_rel, oid, &cname)
+                    {
+                        def = None;
+                    }
                     if let Some(d) = &def {
                         if generated == "s" {
                             s.push_str(&format!(" GENERATED ALWAYS AS ({d}) STORED"));
@@ -774,18 +798,6 @@ async fn load_relations(
                         }
                     }
                     lines.push(s);
-                    let comp: String = col.get(11);
-                    if !comp.is_empty() {
-                        let method = match comp.as_str() {
-                            "p" => "pglz",
-                            "l" => "lz4",
-                            other => other,
-                        };
-                        extra.push(format!(
-                            "ALTER TABLE ONLY {q} ALTER COLUMN {} SET COMPRESSION {method};",
-                            ident(&cname)
-                        ));
-                    }
                 }
                 // An inherited column NOT NULL in the child only.
                 if !is_partition {
@@ -808,39 +820,7 @@ async fn load_relations(
                         }
                     }
                 }
-                // Per-column settings pg_dump prints, for every column.
-                for col in &own_cols {
-                    let cname = ident(&col.get::<_, String>(1));
-                    if let Some(t) = col.get::<_, Option<i32>>(12) {
-                        extra.push(format!(
-                            "ALTER TABLE ONLY {q} ALTER COLUMN {cname} SET STATISTICS {t};"
-                        ));
-                    }
-                    if let Some(st) = col.get::<_, Option<String>>(13) {
-                        let word = match st.as_str() {
-                            "p" => "PLAIN",
-                            "e" => "EXTERNAL",
-                            "m" => "MAIN",
-                            _ => "EXTENDED",
-                        };
-                        extra.push(format!(
-                            "ALTER TABLE ONLY {q} ALTER COLUMN {cname} SET STORAGE {word};"
-                        ));
-                    }
-                    if let Some(opts) = col.get::<_, Option<Vec<String>>>(14) {
-                        if !opts.is_empty() {
-                            extra.push(format!(
-                                "ALTER TABLE ONLY {q} ALTER COLUMN {cname} SET ({});",
-                                opts.join(", ")
-                            ));
-                        }
-                    }
-                    if let Some(opts) = col.get::<_, Option<String>>(15) {
-                        extra.push(format!(
-                            "ALTER FOREIGN TABLE ONLY {q} ALTER COLUMN {cname} OPTIONS (\n    {opts}\n);"
-                        ));
-                    }
-                }
+                extra.extend(column_settings(&q, &own_cols));
                 for ck in checks.iter().filter(|k| k.get::<_, u32>(0) == oid) {
                     let (local, valid): (bool, bool) = (ck.get(4), ck.get(5));
                     if valid && (local || is_partition) {
@@ -992,7 +972,7 @@ async fn load_relations(
                 m.add(a, &[]);
             }
         }
-        if kind == 'm' && r.get::<_, bool>(12) {
+        if kind == 'm' && !refresh.unpopulated.contains(&oid) {
             let mut rf = SchemaObject::new(
                 ObjectKind::RefreshMatview,
                 &nsp,
@@ -1003,7 +983,14 @@ async fn load_relations(
             rf.create.push(format!("REFRESH MATERIALIZED VIEW {q};"));
             rf.deps.push(i);
             rf.part_of.push(i);
-            m.add(rf, &[]);
+            refresh_of.insert(oid, m.add(rf, &[]));
+        }
+    }
+    // A refresh reads the materialized views below it: they come first
+    // (pg_dump's buildMatViewRefreshDependencies).
+    for (reader, read) in &refresh.reads {
+        if let (Some(&a), Some(&b)) = (refresh_of.get(reader), refresh_of.get(read)) {
+            m.objects[a].deps.push(b);
         }
     }
     for r in query(
@@ -1317,6 +1304,16 @@ async fn load_constraints_and_indexes(
             (class::PG_CONSTRAINT, oid, 0),
             &format!("CONSTRAINT {} ON {}", ident(&name), rel.qname),
         ));
+        if contype != "f" && indid != 0 {
+            // The index backing the key may have a comment of its own
+            // (pg_dump prints it with the constraint). PostgreSQL keeps the
+            // index's name equal to the constraint's.
+            o.comments.extend(comment_on(
+                comments,
+                (class::PG_CLASS, indid, 0),
+                &format!("INDEX {}", qualified(&rel.namespace, &name)),
+            ));
+        }
         let i = m.add(o, &[(class::PG_CONSTRAINT, oid)]);
         if contype != "f" && indid != 0 {
             m.alias((class::PG_CLASS, indid), i);
@@ -2172,6 +2169,72 @@ async fn load_event_triggers(c: &Client, m: &mut SchemaModel, comments: &Comment
 /// An object that belongs to a table (constraint, index, trigger, rule,
 /// policy): named after the table in messages, sorted by it like pg_dump
 /// does, and created after it.
+/// The per-column settings pg_dump prints after a table's or materialized
+/// view's CREATE, for every column, inherited ones included (their own
+/// setting may differ from the parent's they were created with): statistics
+/// target, storage, options, compression, foreign-data options. `cols` are
+/// rows of the column query in `load_relations`.
+fn column_settings(q: &str, cols: &[&tokio_postgres::Row]) -> Vec<String> {
+    let mut out = Vec::new();
+    for col in cols {
+        let cname = ident(&col.get::<_, String>(1));
+        if let Some(t) = col.get::<_, Option<i32>>(12) {
+            out.push(format!(
+                "ALTER TABLE ONLY {q} ALTER COLUMN {cname} SET STATISTICS {t};"
+            ));
+        }
+        if let Some(st) = col.get::<_, Option<String>>(13) {
+            let word = match st.as_str() {
+                "p" => "PLAIN",
+                "e" => "EXTERNAL",
+                "m" => "MAIN",
+                _ => "EXTENDED",
+            };
+            out.push(format!(
+                "ALTER TABLE ONLY {q} ALTER COLUMN {cname} SET STORAGE {word};"
+            ));
+        }
+        let method = match col.get::<_, String>(11).as_str() {
+            "p" => Some("pglz"),
+            "l" => Some("lz4"),
+            _ => None,
+        };
+        if let Some(method) = method {
+            out.push(format!(
+                "ALTER TABLE ONLY {q} ALTER COLUMN {cname} SET COMPRESSION {method};"
+            ));
+        }
+        if let Some(opts) = col.get::<_, Option<Vec<String>>>(14) {
+            if !opts.is_empty() {
+                out.push(format!(
+                    "ALTER TABLE ONLY {q} ALTER COLUMN {cname} SET ({});",
+                    opts.join(", ")
+                ));
+            }
+        }
+        if let Some(opts) = col.get::<_, Option<String>>(15) {
+            out.push(format!(
+                "ALTER FOREIGN TABLE ONLY {q} ALTER COLUMN {cname} OPTIONS (\n    {opts}\n);"
+            ));
+        }
+    }
+    out
+}
+
+/// Whether a parent of table `oid` (any level up) generates column `cname`.
+fn parent_generates(
+    parents_of: &HashMap<u32, Vec<(String, u32)>>,
+    cols_by_rel: &HashMap<u32, Vec<&tokio_postgres::Row>>,
+    oid: u32,
+    cname: &str,
+) -> bool {
+    parents_of.get(&oid).into_iter().flatten().any(|(_, poid)| {
+        cols_by_rel.get(poid).into_iter().flatten().any(|pc| {
+            pc.get::<_, String>(1) == cname && !pc.get::<_, String>(6).is_empty()
+        })
+    })
+}
+
 fn on_table(kind: ObjectKind, name: &str, oid: u32, describe: String, rel: &Rel) -> SchemaObject {
     let mut o = SchemaObject::new(kind, &rel.namespace, name, oid, describe);
     o.key.tiebreak.push(rel.qname.clone());

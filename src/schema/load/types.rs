@@ -267,6 +267,29 @@ pub(super) async fn load_base_types(
         funcs.retain(|&f| f >= 16384);
         add_shell(m, oid, &nsp, &name, nsp_oid, &funcs);
     }
+    // A shell type nothing ever defined (`CREATE TYPE x;` alone) is an
+    // object of its own, with its owner and comment (pg_dump's
+    // dumpUndefinedType).
+    let sql = format!(
+        "SELECT t.oid, n.nspname::text, t.typname::text, pg_catalog.pg_get_userbyid(t.typowner)::text
+           FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+          WHERE t.typtype = 'p' AND t.oid >= 16384 AND {}",
+        user_object(class::PG_TYPE, "t.oid")
+    );
+    for r in query(c, "shell types", &sql).await? {
+        let (oid, nsp, name, owner): (u32, String, String, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        let q = qualified(&nsp, &name);
+        let mut o = SchemaObject::new(ObjectKind::Type, &nsp, &name, oid, format!("TYPE {q}"));
+        o.create.push(format!("CREATE TYPE {q};"));
+        o.owner = Some(format!("ALTER TYPE {q} OWNER TO {};", ident(&owner)));
+        o.comments.extend(comment_on(
+            comments,
+            (class::PG_TYPE, oid, 0),
+            &format!("TYPE {q}"),
+        ));
+        m.add(o, &[(class::PG_TYPE, oid)]);
+    }
     Ok(())
 }
 
