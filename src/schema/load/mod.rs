@@ -117,15 +117,7 @@ pub async fn load(
     types::load_base_types(c, &mut m, &comments, server_major).await?;
     types::range_shells(c, &mut m).await?;
     let refresh = crate::pg::catalog::matview_refresh(c, &opts.filters.compile()?).await?;
-    let rels = load_relations(
-        c,
-        &mut m,
-        &comments,
-        server_major,
-        lock_only,
-        &refresh,
-    )
-    .await?;
+    let rels = load_relations(c, &mut m, &comments, server_major, lock_only, &refresh).await?;
     types::split_row_type_defaults(c, &mut m).await?;
     types::split_row_type_checks(c, &mut m, &comments).await?;
     load_sequences(c, &mut m, &comments, &rels).await?;
@@ -156,7 +148,7 @@ pub async fn load(
     if !opts.no_security_labels {
         security_labels::load_security_labels(c, &mut m).await?;
     }
-    load_acls(c, &mut m, server_major).await?;
+    load_acls(c, &mut m, server_major, opts.filters.selects_objects()).await?;
     database::load_database(c, &mut m, server_major).await?;
 
     // Catalog dependencies, minus pins and extension membership.
@@ -1490,7 +1482,7 @@ pub(super) fn baseline_sql(classid: u32, oid_expr: &str, kind: char, owner_expr:
 /// Privileges (GRANT / REVOKE against the default) of tables, views,
 /// sequences, columns, functions, types, schemas, and default privileges.
 /// They land in the script's ACL part, after every object and the data.
-async fn load_acls(c: &Client, m: &mut SchemaModel, major: u32) -> Result<()> {
+async fn load_acls(c: &Client, m: &mut SchemaModel, major: u32, filtered: bool) -> Result<()> {
     use super::acl::{build_acl_commands, build_default_acl_commands, AclObjectKind};
     let add = |m: &mut SchemaModel, cls: u32, oid: u32, cmds: Vec<String>| {
         if let Some(&i) = m.by_ref.get(&(cls, oid)) {
@@ -1556,7 +1548,8 @@ async fn load_acls(c: &Client, m: &mut SchemaModel, major: u32) -> Result<()> {
             AclObjectKind::Schema,
             class::PG_NAMESPACE,
             "SELECT n.oid, 'SCHEMA public', n.nspacl::text,
-                    pg_catalog.format('{%1$s=UC/%1$s,=U/%1$s}', n.nspowner::pg_catalog.regrole),
+                    pg_catalog.array_append(pg_catalog.acldefault('n', n.nspowner),
+                                            pg_catalog.makeaclitem(0, n.nspowner, 'USAGE', false))::text,
                     pg_catalog.pg_get_userbyid(n.nspowner)::text
                FROM pg_catalog.pg_namespace n WHERE n.nspname = 'public' AND n.nspacl IS NOT NULL"
                 .to_string(),
@@ -1593,6 +1586,9 @@ async fn load_acls(c: &Client, m: &mut SchemaModel, major: u32) -> Result<()> {
             major,
         )?;
         add(m, class::PG_CLASS, oid, cmds);
+    }
+    if !filtered {
+        load_builtin_acls(c, m, major).await?;
     }
     // Default privileges: after everything else, or new objects on the
     // target would pick up grants their source twins do not have.
@@ -1643,6 +1639,263 @@ async fn load_acls(c: &Client, m: &mut SchemaModel, major: u32) -> Result<()> {
 /// Extensions, at their source version; their member objects are not
 /// created one by one, and anything depending on a member depends on the
 /// extension.
+/// Privileges changed on objects the system or an extension created: pg_dump
+/// compares each one's ACL with what `pg_init_privs` recorded when it was
+/// created (initdb, CREATE EXTENSION) and replays the difference, for
+/// `pg_catalog` and its objects, built-in languages and every extension
+/// member. Such objects are not in the model (the target has them already),
+/// so each gets an object of its own that holds only its privileges.
+async fn load_builtin_acls(c: &Client, m: &mut SchemaModel, major: u32) -> Result<()> {
+    use super::acl::{build_acl_commands, AclObjectKind};
+    // Created by the system or an extension: not ours to create, but
+    // privileges granted or revoked on it since are the user's.
+    let builtin = |cls: u32, oid: &str, created_by_system: &str| {
+        format!(
+            "({created_by_system} OR EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = {cls}
+                AND e.objid = {oid} AND e.deptype = 'e'))"
+        )
+    };
+    let in_catalog = |nsp: &str| format!("{nsp} = 'pg_catalog'::pg_catalog.regnamespace");
+    let init = |cls: u32, oid: &str, acl: &str, kind: char, owner: &str| {
+        (
+            format!("COALESCE({acl}, pg_catalog.acldefault('{kind}', {owner}))"),
+            baseline_sql(cls, oid, kind, owner),
+        )
+    };
+    struct Spec {
+        what: &'static str,
+        acl_kind: AclObjectKind,
+        kind: ObjectKind,
+        sql: String,
+    }
+    let select = |target: &str,
+                  (acl, base): (String, String),
+                  owner: &str,
+                  nsp: &str,
+                  name: &str,
+                  from: &str,
+                  cond: String| {
+        format!(
+            "SELECT {target}, {acl}::text, {base}, pg_catalog.pg_get_userbyid({owner})::text, {nsp}, {name}, x.oid
+               FROM {from}
+              WHERE {cond} AND {acl} IS DISTINCT FROM ({base})::pg_catalog.aclitem[]"
+        )
+    };
+    let specs = [
+        Spec {
+            what: "privileges on built-in and extension relations",
+            acl_kind: AclObjectKind::Table,
+            kind: ObjectKind::Table,
+            sql: select(
+                "CASE x.relkind WHEN 'S' THEN 'SEQUENCE ' ELSE 'TABLE ' END || pg_catalog.format('%I.%I', n.nspname, x.relname)",
+                init(class::PG_CLASS, "x.oid", "x.relacl", 'r', "x.relowner"),
+                "x.relowner",
+                "n.nspname::text",
+                "x.relname::text",
+                "pg_catalog.pg_class x JOIN pg_catalog.pg_namespace n ON n.oid = x.relnamespace",
+                format!(
+                    "x.relkind IN ('r', 'p', 'v', 'm', 'f') AND {}",
+                    builtin(class::PG_CLASS, "x.oid", &in_catalog("x.relnamespace"))
+                ),
+            ),
+        },
+        Spec {
+            what: "privileges on extension sequences",
+            acl_kind: AclObjectKind::Sequence,
+            kind: ObjectKind::Table,
+            sql: select(
+                "'SEQUENCE ' || pg_catalog.format('%I.%I', n.nspname, x.relname)",
+                init(class::PG_CLASS, "x.oid", "x.relacl", 's', "x.relowner"),
+                "x.relowner",
+                "n.nspname::text",
+                "x.relname::text",
+                "pg_catalog.pg_class x JOIN pg_catalog.pg_namespace n ON n.oid = x.relnamespace",
+                format!(
+                    "x.relkind = 'S' AND {}",
+                    builtin(class::PG_CLASS, "x.oid", &in_catalog("x.relnamespace"))
+                ),
+            ),
+        },
+        Spec {
+            what: "privileges on built-in and extension functions",
+            acl_kind: AclObjectKind::Function,
+            kind: ObjectKind::Func,
+            sql: select(
+                "CASE x.prokind WHEN 'p' THEN 'PROCEDURE ' ELSE 'FUNCTION ' END
+                    || pg_catalog.format('%I.%I', n.nspname, x.proname) || '(' || pg_catalog.pg_get_function_identity_arguments(x.oid) || ')'",
+                init(class::PG_PROC, "x.oid", "x.proacl", 'f', "x.proowner"),
+                "x.proowner",
+                "n.nspname::text",
+                "x.proname::text",
+                "pg_catalog.pg_proc x JOIN pg_catalog.pg_namespace n ON n.oid = x.pronamespace",
+                builtin(class::PG_PROC, "x.oid", &in_catalog("x.pronamespace")),
+            ),
+        },
+        Spec {
+            what: "privileges on built-in and extension types",
+            acl_kind: AclObjectKind::Type,
+            kind: ObjectKind::Type,
+            sql: select(
+                "CASE x.typtype WHEN 'd' THEN 'DOMAIN ' ELSE 'TYPE ' END || pg_catalog.format('%I.%I', n.nspname, x.typname)",
+                init(class::PG_TYPE, "x.oid", "x.typacl", 'T', "x.typowner"),
+                "x.typowner",
+                "n.nspname::text",
+                "x.typname::text",
+                "pg_catalog.pg_type x JOIN pg_catalog.pg_namespace n ON n.oid = x.typnamespace",
+                builtin(class::PG_TYPE, "x.oid", &in_catalog("x.typnamespace")),
+            ),
+        },
+        Spec {
+            what: "privileges on pg_catalog and extension schemas",
+            acl_kind: AclObjectKind::Schema,
+            kind: ObjectKind::Namespace,
+            sql: select(
+                "'SCHEMA ' || pg_catalog.quote_ident(x.nspname)",
+                init(class::PG_NAMESPACE, "x.oid", "x.nspacl", 'n', "x.nspowner"),
+                "x.nspowner",
+                "''::text",
+                "x.nspname::text",
+                "pg_catalog.pg_namespace x",
+                builtin(class::PG_NAMESPACE, "x.oid", "x.nspname = 'pg_catalog'"),
+            ),
+        },
+        Spec {
+            what: "privileges on built-in and extension languages",
+            acl_kind: AclObjectKind::Language,
+            kind: ObjectKind::ProcLang,
+            sql: select(
+                "'LANGUAGE ' || pg_catalog.quote_ident(x.lanname)",
+                init(2612, "x.oid", "x.lanacl", 'l', "x.lanowner"),
+                "x.lanowner",
+                "''::text",
+                "x.lanname::text",
+                "pg_catalog.pg_language x",
+                format!("x.lanpltrusted AND {}", builtin(2612, "x.oid", "x.oid < 16384")),
+            ),
+        },
+        Spec {
+            what: "privileges on extension foreign-data wrappers",
+            acl_kind: AclObjectKind::ForeignDataWrapper,
+            kind: ObjectKind::Fdw,
+            sql: select(
+                "'FOREIGN DATA WRAPPER ' || pg_catalog.quote_ident(x.fdwname)",
+                init(2328, "x.oid", "x.fdwacl", 'F', "x.fdwowner"),
+                "x.fdwowner",
+                "''::text",
+                "x.fdwname::text",
+                "pg_catalog.pg_foreign_data_wrapper x",
+                builtin(2328, "x.oid", "false"),
+            ),
+        },
+    ];
+    for spec in specs {
+        for r in query(c, spec.what, &spec.sql).await? {
+            let (target, acl, base, owner, nsp, name, oid): (
+                String,
+                String,
+                String,
+                String,
+                String,
+                String,
+                u32,
+            ) = (
+                r.get(0),
+                r.get(1),
+                r.get(2),
+                r.get(3),
+                r.get(4),
+                r.get(5),
+                r.get(6),
+            );
+            let cmds = build_acl_commands(
+                spec.acl_kind,
+                &target,
+                None,
+                Some(&acl),
+                &base,
+                &owner,
+                major,
+            )?;
+            if cmds.is_empty() {
+                continue;
+            }
+            let mut o = SchemaObject::new(spec.kind, &nsp, &name, oid, target);
+            o.acl = cmds;
+            m.add(o, &[]);
+        }
+    }
+    // Columns of built-in and extension tables, compared with what
+    // pg_init_privs holds for the column (no privileges when nothing).
+    let sql = format!(
+        "SELECT pg_catalog.format('%I.%I', n.nspname, x.relname), pg_catalog.quote_ident(a.attname),
+                COALESCE(a.attacl, '{{}}')::text,
+                COALESCE((SELECT ip.initprivs FROM pg_catalog.pg_init_privs ip
+                           WHERE ip.classoid = {cls} AND ip.objoid = x.oid AND ip.objsubid = a.attnum), '{{}}')::text,
+                pg_catalog.pg_get_userbyid(x.relowner)::text, n.nspname::text, x.relname::text, x.oid, a.attnum::int4
+           FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class x ON x.oid = a.attrelid
+           JOIN pg_catalog.pg_namespace n ON n.oid = x.relnamespace
+          WHERE a.attnum > 0 AND NOT a.attisdropped AND x.relkind IN ('r', 'p', 'v', 'm', 'f') AND {}
+            AND COALESCE(a.attacl, '{{}}') IS DISTINCT FROM
+                COALESCE((SELECT ip.initprivs FROM pg_catalog.pg_init_privs ip
+                           WHERE ip.classoid = {cls} AND ip.objoid = x.oid AND ip.objsubid = a.attnum), '{{}}')
+          ORDER BY x.oid, a.attnum",
+        builtin(class::PG_CLASS, "x.oid", &in_catalog("x.relnamespace")),
+        cls = class::PG_CLASS
+    );
+    for r in query(
+        c,
+        "privileges on columns of built-in and extension tables",
+        &sql,
+    )
+    .await?
+    {
+        let (q, col, acl, base, owner, nsp, name, oid, attnum): (
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            u32,
+            i32,
+        ) = (
+            r.get(0),
+            r.get(1),
+            r.get(2),
+            r.get(3),
+            r.get(4),
+            r.get(5),
+            r.get(6),
+            r.get(7),
+            r.get(8),
+        );
+        let cmds = build_acl_commands(
+            AclObjectKind::Column,
+            &format!("TABLE {q}"),
+            Some(&col),
+            Some(&acl),
+            &base,
+            &owner,
+            major,
+        )?;
+        if cmds.is_empty() {
+            continue;
+        }
+        let mut o = SchemaObject::new(
+            ObjectKind::Table,
+            &nsp,
+            &name,
+            oid,
+            format!("COLUMN {q}.{col}"),
+        );
+        o.key.tiebreak.push(format!("{attnum:05}"));
+        o.acl = cmds;
+        m.add(o, &[]);
+    }
+    Ok(())
+}
+
 async fn load_extensions(c: &Client, m: &mut SchemaModel, comments: &Comments) -> Result<()> {
     for r in query(
         c,
@@ -2229,9 +2482,11 @@ fn parent_generates(
     cname: &str,
 ) -> bool {
     parents_of.get(&oid).into_iter().flatten().any(|(_, poid)| {
-        cols_by_rel.get(poid).into_iter().flatten().any(|pc| {
-            pc.get::<_, String>(1) == cname && !pc.get::<_, String>(6).is_empty()
-        })
+        cols_by_rel
+            .get(poid)
+            .into_iter()
+            .flatten()
+            .any(|pc| pc.get::<_, String>(1) == cname && !pc.get::<_, String>(6).is_empty())
     })
 }
 
