@@ -345,6 +345,15 @@ pub async fn plan(cfg: &MigrationConfig) -> Result<Plan> {
         if let Some(why) = crate::target::tablespace_refusal(tc, &needs, &script).await? {
             p.refusals.push(why);
         }
+        if let Some(why) = crate::target::compression_refusal(tc, &script).await? {
+            p.refusals.push(why);
+        }
+        if let Some(why) = crate::target::generated_columns_refusal(
+            crate::pg::catalog::server_version_num(tc).await?,
+            &needs,
+        ) {
+            p.refusals.push(why);
+        }
         let (missing, _) = crate::target::missing_roles(tc, &needs).await?;
         if !missing.is_empty() {
             if cfg.roles {

@@ -107,6 +107,8 @@ pub(crate) async fn run_locked(cfg: &MigrationConfig, run: &RunContext) -> Resul
             extensions: m.extensions.clone(),
             roles_hint: "Create them on the target first (the archive holds no role definitions), or dump again with --no-owner / --no-acl",
             tablespace: m.database_tablespace.as_deref().and_then(|t| placement.map(t)),
+            // Not in the manifest: a 16+ target refuses such a column itself.
+            generated_under_plain_parents: Vec::new(),
         };
         let mut cfg = cfg.clone();
         cfg.roles = false; // role definitions are not in the archive

@@ -118,6 +118,62 @@ pub(crate) async fn tablespace_refusal(
     }))
 }
 
+/// Why a PostgreSQL 16+ target cannot hold the source's generated columns
+/// of child tables under plain parent columns, or `None`.
+pub(crate) fn generated_columns_refusal(
+    target_version: i32,
+    needs: &TargetNeeds,
+) -> Option<String> {
+    let cols = &needs.generated_under_plain_parents;
+    (target_version >= 160000 && !cols.is_empty()).then(|| {
+        format!(
+            "PostgreSQL {} does not allow a generated column in a child table whose parent's \
+             column is not generated, and the source (PostgreSQL {}) has {}: {}. On the source, \
+             detach the child from that parent (ALTER TABLE child NO INHERIT parent) or drop \
+             the column, then run again",
+            target_version / 10000,
+            needs.source_version / 10000,
+            if cols.len() == 1 { "one" } else { "these" },
+            crate::progress::summarize(cols)
+        )
+    })
+}
+
+/// Why the target cannot create the schema's lz4-compressed columns (a
+/// server built without lz4), or `None` when it can or none are asked for.
+pub(crate) async fn compression_refusal(
+    admin: &Client,
+    script: &schema::SchemaScript,
+) -> Result<Option<String>> {
+    let lz4 = schema::lz4_columns(script);
+    if lz4.is_empty() {
+        return Ok(None);
+    }
+    let supported: bool = admin
+        .query_one(
+            "SELECT 'lz4' = ANY (enumvals) FROM pg_catalog.pg_settings WHERE name = 'default_toast_compression'",
+            &[],
+        )
+        .await
+        .map_err(|e| MigrationError::db("checking the target's compression methods", e))?
+        .get(0);
+    if supported {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "the target server was built without lz4, which {} on the source use{}: {}. \
+         Pass --no-toast-compression to give every column the target's default compression, \
+         or migrate to a server built with lz4",
+        if lz4.len() == 1 {
+            "this column"
+        } else {
+            "these columns"
+        },
+        if lz4.len() == 1 { "s" } else { "" },
+        crate::progress::summarize(&lz4)
+    )))
+}
+
 /// The target must have every table with every column we copy, every
 /// sequence, and (unless resuming) no rows or large objects in the way.
 pub(crate) async fn preflight_target(
@@ -406,6 +462,9 @@ pub(crate) struct TargetNeeds {
     /// The database's default tablespace when not `pg_default`, placed as
     /// the user asked (`None` also under `--no-tablespaces`).
     pub tablespace: Option<String>,
+    /// Generated columns of child tables under a parent column that is not
+    /// generated (possible before PostgreSQL 16, refused from 16 on).
+    pub generated_under_plain_parents: Vec<String>,
 }
 
 impl TargetNeeds {
@@ -443,6 +502,11 @@ impl TargetNeeds {
             tablespace: row
                 .get::<_, Option<String>>(3)
                 .and_then(|t| schema::tablespace::Placement::of(cfg).map(&t)),
+            generated_under_plain_parents: if source_version < 160000 && !cfg.data_only {
+                catalog::generated_columns_under_plain_parents(src).await?
+            } else {
+                Vec::new()
+            },
         })
     }
 }
@@ -474,6 +538,9 @@ pub(crate) async fn prepare_target_database(
             target_version / 10000,
             source_version / 10000
         )));
+    }
+    if let Some(why) = generated_columns_refusal(target_version, needs) {
+        return Err(MigrationError::Preflight(why));
     }
     let (missing, present) = missing_roles(&admin, needs).await?;
     if let (false, true, Some(src)) = (missing.is_empty(), cfg.roles, src) {
@@ -537,6 +604,9 @@ pub(crate) async fn prepare_target_database(
         )));
     }
     if let Some(why) = tablespace_refusal(&admin, needs, script).await? {
+        return Err(MigrationError::TargetNotReady(why));
+    }
+    if let Some(why) = compression_refusal(&admin, script).await? {
         return Err(MigrationError::TargetNotReady(why));
     }
     let exists: bool = admin

@@ -1342,6 +1342,73 @@ pub fn ensure_browser_tools() -> io::Result<PathBuf> {
     Ok(modules)
 }
 
+/// The pglast release whose source distribution carries PostgreSQL 15's
+/// regression scripts (`libpg_query/test/sql/postgres_regress`).
+const PGLAST_RELEASE: &str = "5.10";
+
+/// PostgreSQL 15's core regression scripts, from the PyPI source
+/// distribution of pglast (downloaded with pip on first use, cached in the
+/// target dir, never copied into the repository). Installs pip from Debian
+/// when it is missing; fails naming the command otherwise.
+pub fn ensure_regression_scripts() -> io::Result<PathBuf> {
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
+    let cache = target_dir().join("regress-corpus");
+    let scripts = cache
+        .join(format!("pglast-{PGLAST_RELEASE}"))
+        .join("libpg_query/test/sql/postgres_regress");
+    if scripts.join("test_setup.sql").is_file() {
+        return Ok(scripts);
+    }
+    let pip_works = || {
+        Command::new("python3")
+            .args(["-m", "pip", "--version"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !pip_works() {
+        apt_install(&["python3-pip"]).map_err(|e| {
+            io::Error::other(format!(
+                "pip is needed to fetch PostgreSQL's regression scripts \
+                 (apt-get install python3-pip): {e}"
+            ))
+        })?;
+    }
+    std::fs::create_dir_all(&cache)?;
+    let sdist = cache.join(format!("pglast-{PGLAST_RELEASE}.tar.gz"));
+    if !sdist.is_file() {
+        let out = Command::new("python3")
+            .args(["-m", "pip", "download", "--no-deps", "--no-binary", ":all:"])
+            .arg(format!("pglast=={PGLAST_RELEASE}"))
+            .arg("-d")
+            .arg(&cache)
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "python3 -m pip download pglast=={PGLAST_RELEASE} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+    }
+    let out = Command::new("tar")
+        .arg("xzf")
+        .arg(&sdist)
+        .arg("-C")
+        .arg(&cache)
+        .output()?;
+    if !out.status.success() || !scripts.join("test_setup.sql").is_file() {
+        return Err(io::Error::other(format!(
+            "unpacking {} gave no regression scripts: {}",
+            sdist.display(),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(scripts)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

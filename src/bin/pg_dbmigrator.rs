@@ -202,6 +202,10 @@ struct DumpArgs {
     /// Leave security labels out of the schema (a target without the label provider).
     #[arg(long)]
     no_security_labels: bool,
+    /// Leave columns' compression methods out: every column takes the
+    /// target's default (a target built without lz4).
+    #[arg(long)]
+    no_toast_compression: bool,
     #[command(flatten)]
     tablespaces: TablespaceArgs,
     /// Continue an interrupted dump: finished files are kept.
@@ -452,6 +456,10 @@ struct MigrateArgs {
     /// Leave security labels out of the schema (a target without the label provider).
     #[arg(long)]
     no_security_labels: bool,
+    /// Leave columns' compression methods out: every column takes the
+    /// target's default (a target built without lz4).
+    #[arg(long)]
+    no_toast_compression: bool,
     #[command(flatten)]
     tablespaces: TablespaceArgs,
     /// Online: cut over automatically once caught up, or (manual) stay in
@@ -718,6 +726,7 @@ fn migrate_config(args: &MigrateArgs) -> Result<MigrationConfig, MigrationError>
         no_acl: args.no_acl,
         no_subscriptions: args.no_subscriptions,
         no_security_labels: args.no_security_labels,
+        no_toast_compression: args.no_toast_compression,
         cutover: match args.cutover {
             CutoverArg::Auto => CutoverMode::Auto,
             CutoverArg::Manual => CutoverMode::Manual,
@@ -838,6 +847,7 @@ async fn dump(
         no_acl: args.no_acl,
         no_subscriptions: args.no_subscriptions,
         no_security_labels: args.no_security_labels,
+        no_toast_compression: args.no_toast_compression,
         dump_path: Some(args.dump_path.clone()),
         resume: args.resume,
         force_clean: args.force_clean,

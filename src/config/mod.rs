@@ -125,6 +125,9 @@ pub struct MigrationConfig {
     /// Leave security labels out of the schema (pg_dump's
     /// `--no-security-labels`): for a target without the label provider.
     pub no_security_labels: bool,
+    /// Leave columns' compression methods out (pg_dump's
+    /// `--no-toast-compression`): for a target built without lz4.
+    pub no_toast_compression: bool,
     /// Put every object in the target database's default tablespace
     /// (pg_dump's `--no-tablespaces`).
     pub no_tablespaces: bool,
@@ -178,6 +181,7 @@ impl Default for MigrationConfig {
             no_owner: false,
             no_subscriptions: false,
             no_security_labels: false,
+            no_toast_compression: false,
             no_tablespaces: false,
             tablespace_mapping: Vec::new(),
             no_acl: false,

@@ -246,6 +246,31 @@ pub async fn selected_relations(
     Ok(out)
 }
 
+/// Generated columns of child tables (inheritance children and partitions)
+/// whose parent's column is not generated (`schema.table.column`), which
+/// PostgreSQL 16 and later refuse to create.
+pub async fn generated_columns_under_plain_parents(client: &Client) -> Result<Vec<String>> {
+    Ok(client
+        .query(
+            "SELECT DISTINCT pg_catalog.format('%I.%I.%I', n.nspname, c.relname, a.attname)
+               FROM pg_catalog.pg_attribute a
+               JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+               JOIN pg_catalog.pg_inherits i ON i.inhrelid = c.oid
+               JOIN pg_catalog.pg_attribute pa ON pa.attrelid = i.inhparent AND pa.attname = a.attname
+                                              AND NOT pa.attisdropped
+              WHERE a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated <> '' AND pa.attgenerated = ''
+                AND c.relkind IN ('r', 'p')
+              ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(|e| MigrationError::db("listing generated columns of child tables", e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
 /// What decides whether and when a materialized view is refreshed.
 #[derive(Debug, Default)]
 pub struct MatviewRefresh {

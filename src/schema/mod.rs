@@ -32,6 +32,9 @@ pub struct ReadOptions {
     pub no_subscriptions: bool,
     /// Leave security labels out (pg_dump's `--no-security-labels`).
     pub no_security_labels: bool,
+    /// Leave columns' compression methods out (pg_dump's
+    /// `--no-toast-compression`): every column takes the target's default.
+    pub no_toast_compression: bool,
     /// `--tablespace-mapping` / `--no-tablespaces`.
     pub tablespaces: tablespace::Placement,
     /// `-n/-N/-t/-T`: only the objects they select (see [`filter`]).
@@ -46,6 +49,7 @@ impl ReadOptions {
             no_acl: cfg.no_acl,
             no_subscriptions: cfg.no_subscriptions,
             no_security_labels: cfg.no_security_labels,
+            no_toast_compression: cfg.no_toast_compression,
             tablespaces: tablespace::Placement::of(cfg),
             filters: cfg.filters.clone(),
         }
@@ -108,6 +112,23 @@ pub async fn read_with(
     }
     script.filter_notes = notes;
     Ok(script)
+}
+
+/// The columns the script gives lz4 compression (`schema.table.column`),
+/// which a server built without lz4 cannot create.
+pub fn lz4_columns(script: &SchemaScript) -> Vec<String> {
+    const SET_LZ4: &str = " SET COMPRESSION lz4;";
+    [&script.pre_data, &script.post_data]
+        .into_iter()
+        .flatten()
+        .flat_map(|step| step.sql.iter())
+        .filter(|s| s.ends_with(SET_LZ4))
+        .filter_map(|s| {
+            let rest = s.strip_prefix("ALTER TABLE ONLY ")?;
+            let (table, column) = rest.strip_suffix(SET_LZ4)?.split_once(" ALTER COLUMN ")?;
+            Some(format!("{table}.{column}"))
+        })
+        .collect()
 }
 
 /// What the filters brought along or left out, for the report.

@@ -117,10 +117,19 @@ pub async fn load(
     types::load_base_types(c, &mut m, &comments, server_major).await?;
     types::range_shells(c, &mut m).await?;
     let refresh = crate::pg::catalog::matview_refresh(c, &opts.filters.compile()?).await?;
-    let rels = load_relations(c, &mut m, &comments, server_major, lock_only, &refresh).await?;
+    let rels = load_relations(
+        c,
+        &mut m,
+        &comments,
+        server_major,
+        lock_only,
+        &refresh,
+        !opts.no_toast_compression,
+    )
+    .await?;
     types::split_row_type_defaults(c, &mut m).await?;
     types::split_row_type_checks(c, &mut m, &comments).await?;
-    load_sequences(c, &mut m, &comments, &rels).await?;
+    load_sequences(c, &mut m, &comments, &rels, server_major).await?;
     load_constraints_and_indexes(c, &mut m, &comments, &rels, server_major).await?;
     load_aggregates(c, &mut m, &comments).await?;
     aggregates::load_ordered_set_aggregates(c, &mut m, &comments).await?;
@@ -434,6 +443,11 @@ async fn load_types(
                 ));
                 co.deps.push(i);
                 co.part_of.push(i);
+                co.comments.extend(comment_on(
+                    comments,
+                    (class::PG_CONSTRAINT, coid, 0),
+                    &format!("CONSTRAINT {} ON DOMAIN {q}", ident(&cname)),
+                ));
                 m.add(co, &[(class::PG_CONSTRAINT, coid)]);
             }
         }
@@ -496,6 +510,7 @@ pub(crate) struct Rel {
     pub qname: String,
     pub namespace: String,
     pub kind: char,
+    pub unlogged: bool,
 }
 
 fn reloptions_clause(opts: &Option<Vec<String>>) -> Option<String> {
@@ -517,6 +532,7 @@ async fn load_relations(
     major: u32,
     lock_only: Option<&std::collections::HashSet<u32>>,
     refresh: &crate::pg::catalog::MatviewRefresh,
+    with_compression: bool,
 ) -> Result<HashMap<u32, Rel>> {
     // Names first, no server functions: then lock, then deparse.
     let sql = format!(
@@ -725,13 +741,16 @@ async fn load_relations(
                         format!("CREATE MATERIALIZED VIEW {q}{with} AS\n{def}\n  WITH NO DATA;"),
                     ));
                     let own_cols = cols_by_rel.get(&oid).cloned().unwrap_or_default();
-                    o.create.extend(column_settings(&q, &own_cols));
+                    o.create
+                        .extend(column_settings(&q, &own_cols, with_compression));
                 }
             }
             _ => {
                 let own_cols = cols_by_rel.get(&oid).cloned().unwrap_or_default();
                 let mut lines = Vec::new();
                 let of_type: Option<String> = r.get(14);
+                let inherit_later =
+                    !is_partition && inherits_out_of_order(&parents_of, &cols_by_rel, &checks, oid);
                 for col in &own_cols {
                     let local: bool = col.get(4);
                     if !local && !is_partition {
@@ -763,6 +782,7 @@ async fn load_relations(
                     // created on their own and attached, so they keep theirs.
                     if !generated.is_empty()
                         && !is_partition
+                        && !inherit_later
                         && parent_generates(&parents_of, &cols_by_rel, oid, &cname)
                     {
                         def = None;
@@ -812,7 +832,7 @@ async fn load_relations(
                         }
                     }
                 }
-                extra.extend(column_settings(&q, &own_cols));
+                extra.extend(column_settings(&q, &own_cols, with_compression));
                 for ck in checks.iter().filter(|k| k.get::<_, u32>(0) == oid) {
                     let (local, valid): (bool, bool) = (ck.get(4), ck.get(5));
                     if valid && (local || is_partition) {
@@ -836,7 +856,13 @@ async fn load_relations(
                     ),
                     None => format!("CREATE {unlogged}TABLE {q} (\n{}\n)", lines.join(",\n")),
                 };
-                if !is_partition {
+                if inherit_later {
+                    // Created with its own column order, then made a child:
+                    // INHERITS would put the parents' columns first.
+                    for (k, (parent, _)) in parents_of[&oid].iter().enumerate() {
+                        extra.insert(k, format!("ALTER TABLE ONLY {q} INHERIT {parent};"));
+                    }
+                } else if !is_partition {
                     if let Some(ps) = parents_of.get(&oid) {
                         let names: Vec<&str> = ps.iter().map(|p| p.0.as_str()).collect();
                         s.push_str(&format!("\nINHERITS ({})", names.join(", ")));
@@ -943,6 +969,7 @@ async fn load_relations(
                 qname: q.clone(),
                 namespace: nsp.clone(),
                 kind,
+                unlogged: persistence == "u",
             },
         );
         if is_partition {
@@ -1039,6 +1066,7 @@ async fn load_sequences(
     m: &mut SchemaModel,
     comments: &Comments,
     rels: &HashMap<u32, Rel>,
+    major: u32,
 ) -> Result<()> {
     let sql = format!(
         "SELECT c.oid, n.nspname::text, c.relname::text, c.relpersistence::text, pg_catalog.pg_get_userbyid(c.relowner)::text,
@@ -1106,17 +1134,21 @@ async fn load_sequences(
             } else {
                 "BY DEFAULT"
             };
-            let unlogged = if persistence == "u" {
-                "\n    UNLOGGED"
-            } else {
-                ""
-            };
             let stmt = format!(
-                "ALTER TABLE {} ALTER COLUMN {} ADD GENERATED {how} AS IDENTITY (\n    SEQUENCE NAME {q}{opts}{unlogged}\n);",
+                "ALTER TABLE {} ALTER COLUMN {} ADD GENERATED {how} AS IDENTITY (\n    SEQUENCE NAME {q}{opts}\n);",
                 trel.qname,
                 ident(&col)
             );
             m.objects[trel.index].create.push(stmt);
+            // The sequence takes its table's persistence; since 15 either
+            // can be changed on its own (pg_dump prints the difference).
+            let seq_unlogged = persistence == "u";
+            if major >= 15 && seq_unlogged != trel.unlogged {
+                let word = if seq_unlogged { "UNLOGGED" } else { "LOGGED" };
+                m.objects[trel.index]
+                    .create
+                    .push(format!("ALTER SEQUENCE {q} SET {word};"));
+            }
             m.objects[trel.index].comments.extend(comment_on(
                 comments,
                 (class::PG_CLASS, oid, 0),
@@ -2427,7 +2459,7 @@ async fn load_event_triggers(c: &Client, m: &mut SchemaModel, comments: &Comment
 /// setting may differ from the parent's they were created with): statistics
 /// target, storage, options, compression, foreign-data options. `cols` are
 /// rows of the column query in `load_relations`.
-fn column_settings(q: &str, cols: &[&tokio_postgres::Row]) -> Vec<String> {
+fn column_settings(q: &str, cols: &[&tokio_postgres::Row], compression: bool) -> Vec<String> {
     let mut out = Vec::new();
     for col in cols {
         let cname = ident(&col.get::<_, String>(1));
@@ -2448,6 +2480,7 @@ fn column_settings(q: &str, cols: &[&tokio_postgres::Row]) -> Vec<String> {
             ));
         }
         let method = match col.get::<_, String>(11).as_str() {
+            _ if !compression => None,
             "p" => Some("pglz"),
             "l" => Some("lz4"),
             _ => None,
@@ -2472,6 +2505,50 @@ fn column_settings(q: &str, cols: &[&tokio_postgres::Row]) -> Vec<String> {
         }
     }
     out
+}
+
+/// Whether an inheritance child's columns stand in another order than
+/// `CREATE TABLE ... INHERITS` gives them (the parents' columns first, then
+/// its own), as when a table was created on its own and then made a child
+/// with `ALTER TABLE ... INHERIT`, and it can be rebuilt that way: every
+/// column and CHECK constraint of it is its own (`attislocal`,
+/// `conislocal`), which `INHERIT` requires and leaves as it finds. pg_dump
+/// loses such an order; creating the table with its own columns and then
+/// `INHERIT` keeps it.
+fn inherits_out_of_order(
+    parents_of: &HashMap<u32, Vec<(String, u32)>>,
+    cols_by_rel: &HashMap<u32, Vec<&tokio_postgres::Row>>,
+    checks: &[tokio_postgres::Row],
+    oid: u32,
+) -> bool {
+    let Some(parents) = parents_of.get(&oid) else {
+        return false;
+    };
+    let own = cols_by_rel.get(&oid).map(Vec::as_slice).unwrap_or_default();
+    if own.iter().any(|c| !c.get::<_, bool>(4))
+        || checks
+            .iter()
+            .any(|k| k.get::<_, u32>(0) == oid && !k.get::<_, bool>(4))
+    {
+        return false;
+    }
+    let mut natural: Vec<String> = Vec::new();
+    for (_, poid) in parents {
+        for pc in cols_by_rel.get(poid).into_iter().flatten() {
+            let name: String = pc.get(1);
+            if !natural.contains(&name) {
+                natural.push(name);
+            }
+        }
+    }
+    for c in own {
+        let name: String = c.get(1);
+        if !natural.contains(&name) {
+            natural.push(name);
+        }
+    }
+    let actual: Vec<String> = own.iter().map(|c| c.get(1)).collect();
+    natural != actual
 }
 
 /// Whether a parent of table `oid` (any level up) generates column `cname`.
