@@ -246,6 +246,29 @@ pub async fn selected_relations(
     Ok(out)
 }
 
+/// The relations an `--exclude-table` pattern names (partitions through
+/// their root, as for the data): the schema filter never brings them along.
+pub async fn excluded_relations(
+    client: &Client,
+    filters: &CompiledFilters,
+) -> Result<std::collections::HashSet<u32>> {
+    if filters.exclude_tables.is_empty() {
+        return Ok(Default::default());
+    }
+    let (x_schema, x_name) = split_pairs(&filters.exclude_tables);
+    let sql = format!(
+        "SELECT c.oid FROM pg_catalog.pg_class c WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND {}",
+        matches_patterns(1, 2)
+    );
+    Ok(client
+        .query(&sql, &[&x_schema, &x_name])
+        .await
+        .map_err(|e| MigrationError::db("listing the relations --exclude-table names", e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
 /// The schemas any of the regexes `patterns` matches (none for no pattern).
 pub async fn schemas_matching(
     client: &Client,
@@ -576,7 +599,10 @@ pub async fn list_relation_names(
 }
 
 /// Sequences in scope: in the included schemas, not owned by an extension;
-/// with table filters, those owned by (or named like) an included table.
+/// with table filters, those owned by (or named like) an included table;
+/// and those a column default of a table in scope calls (`nextval`) without
+/// owning them, unless `--exclude-table` or `--exclude-schema` names them
+/// (the schema filter brings the same ones along, see `schema::filter`).
 pub async fn list_sequences(
     client: &Client,
     filters: &CompiledFilters,
@@ -586,13 +612,14 @@ pub async fn list_sequences(
     let sql = format!(
         r#"
         WITH seqs AS (
-          SELECT s.oid AS seqoid, n.nspname::text AS nsp, s.relname::text AS rel
-            FROM pg_catalog.pg_class s JOIN pg_catalog.pg_namespace n ON n.oid = s.relnamespace
-           WHERE s.relkind = 'S'
+          SELECT c.oid AS seqoid, n.nspname::text AS nsp, c.relname::text AS rel,
+                 NOT (n.nspname ~ ANY ($2::text[])) AND NOT {excluded} AS not_excluded
+            FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+           WHERE c.relkind = 'S'
              AND n.nspname NOT IN ('pg_catalog', 'information_schema', '_pg_dbmigrator')
              AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
                               WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
-                                AND d.objid = s.oid AND d.deptype = 'e')
+                                AND d.objid = c.oid AND d.deptype = 'e')
         ), in_scope AS (
           SELECT c.oid FROM pg_catalog.pg_class c
             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -604,12 +631,21 @@ pub async fn list_sequences(
            WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
              AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
              AND d.deptype IN ('a', 'i')
+        ), called AS (
+          -- Sequences a default of a table in scope calls.
+          SELECT d.refobjid AS objid FROM pg_catalog.pg_depend d
+            JOIN pg_catalog.pg_attrdef ad ON ad.oid = d.objid
+            JOIN in_scope i ON i.oid = ad.adrelid
+           WHERE d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass
+             AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
         )
         SELECT nsp, rel FROM seqs
          WHERE seqoid IN (SELECT oid FROM in_scope)
             OR seqoid IN (SELECT objid FROM owned)
+            OR (not_excluded AND seqoid IN (SELECT objid FROM called))
          ORDER BY nsp, rel"#,
-        &*SCOPE_SQL
+        &*SCOPE_SQL,
+        excluded = matches_patterns(5, 6)
     );
     let scope = ScopeParams::new(filters);
     let rows = client
