@@ -194,3 +194,220 @@ async fn a_refusal_names_its_cause_and_flag_first() {
         assert!(!target_database_exists(&format!("{}_new", db.name)).await);
     }
 }
+
+/// A digest of a relation's rows (with its partitions), ordered by `key`,
+/// independent of the tool's verify.
+async fn rows_digest(ci: &str, rel: &str, key: &str) -> String {
+    testkit::query_scalar(
+        ci,
+        &format!("SELECT count(*) || ' ' || md5(coalesce(string_agg(t::text, '|' ORDER BY {key}), '')) FROM {rel} t"),
+    )
+    .await
+}
+
+/// The report's entry for a copied source table.
+fn copied<'a>(report: &'a serde_json::Value, table: &str) -> &'a serde_json::Value {
+    report["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == table)
+        .unwrap_or_else(|| panic!("{table} not in {report:#}"))
+}
+
+/// Plain source tables into tables the user partitioned on the target: a
+/// data-only run COPYs into the partitioned parent, which routes each row
+/// (range with a default partition; list with a hash-partitioned
+/// sub-tree), in binary, never with FREEZE; verify compares each source
+/// table with the whole partition tree.
+#[tokio::test]
+async fn plain_source_tables_load_into_partitioned_targets() {
+    let db = testkit::shared_pair().fresh_db("toparted").await;
+    testkit::execute(
+        &db.source,
+        "CREATE TABLE public.events (id int PRIMARY KEY, at date NOT NULL, what text);
+         CREATE TABLE public.orders (id int NOT NULL, region text NOT NULL, amount numeric(10,2));
+         -- Over 1 MB: a plain load of it would empty it and COPY FREEZE.
+         INSERT INTO public.events SELECT g, date '2023-06-01' + (g % 1200), repeat('e', 60) || g
+           FROM generate_series(1, 30000) g;
+         INSERT INTO public.orders SELECT g, (ARRAY['eu', 'us', 'apac'])[1 + g % 3], g * 1.25
+           FROM generate_series(1, 900) g;",
+    )
+    .await
+    .unwrap();
+    testkit::execute(
+        &db.target,
+        "CREATE TABLE public.events (id int, at date NOT NULL, what text, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+         CREATE TABLE public.events_2024 PARTITION OF public.events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+         CREATE TABLE public.events_2025 PARTITION OF public.events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+         CREATE TABLE public.events_other PARTITION OF public.events DEFAULT;
+         CREATE TABLE public.orders (id int NOT NULL, region text NOT NULL, amount numeric(10,2)) PARTITION BY LIST (region);
+         CREATE TABLE public.orders_eu PARTITION OF public.orders FOR VALUES IN ('eu');
+         CREATE TABLE public.orders_rest PARTITION OF public.orders FOR VALUES IN ('us', 'apac') PARTITION BY HASH (id);
+         CREATE TABLE public.orders_rest_0 PARTITION OF public.orders_rest FOR VALUES WITH (MODULUS 2, REMAINDER 0);
+         CREATE TABLE public.orders_rest_1 PARTITION OF public.orders_rest FOR VALUES WITH (MODULUS 2, REMAINDER 1);",
+    )
+    .await
+    .unwrap();
+
+    let report = migrate_clean(&db.source, &db.target, &["--data-only"]).await;
+    for (table, rows) in [("public.events", 30000), ("public.orders", 900)] {
+        let t = copied(&report, table);
+        assert_eq!(t["loaded_into"], table, "{t}");
+        assert_eq!(t["rows"], rows, "{t}");
+        assert_eq!(t["format"], "binary", "{t}");
+        assert_eq!(t["freeze"], false, "{t}");
+    }
+    for (rel, key) in [("public.events", "id"), ("public.orders", "id")] {
+        assert_eq!(
+            rows_digest(&db.target, rel, key).await,
+            rows_digest(&db.source, rel, key).await,
+            "{rel}"
+        );
+    }
+    // The rows went where the bounds say.
+    assert_eq!(
+        testkit::query_scalar(
+            &db.target,
+            "SELECT (SELECT count(*) FROM ONLY public.events_2025) || ' ' ||
+                    (SELECT count(*) FROM public.events_other WHERE at >= '2025-01-01' AND at < '2026-01-01') || ' ' ||
+                    (SELECT count(*) FROM public.orders_eu) || ' ' ||
+                    (SELECT count(*) FROM public.orders_rest_0) + (SELECT count(*) FROM public.orders_rest_1)",
+        )
+        .await,
+        testkit::query_scalar(
+            &db.source,
+            "SELECT (SELECT count(*) FROM public.events WHERE at >= '2025-01-01' AND at < '2026-01-01') || ' 0 ' ||
+                    (SELECT count(*) FROM public.orders WHERE region = 'eu') || ' ' ||
+                    (SELECT count(*) FROM public.orders WHERE region <> 'eu')",
+        )
+        .await
+    );
+    let verify = &report["verify"];
+    assert_eq!(verify["tables"].as_array().unwrap().len(), 2, "{verify:#}");
+
+    // Again: the rows already there are refused, naming the partitioned
+    // table; --force-clean empties its partitions, and the rows are there once.
+    let err = text(
+        &run_migrate(&db.source, &db.target, &["--data-only"])
+            .await
+            .stderr,
+    );
+    assert!(
+        err.contains("target table(s) already contain rows: public.events, public.orders"),
+        "{err}"
+    );
+    migrate_clean(&db.source, &db.target, &["--data-only", "--force-clean"]).await;
+    assert_eq!(
+        rows_digest(&db.target, "public.events", "id").await,
+        rows_digest(&db.source, "public.events", "id").await
+    );
+}
+
+/// A partitioned source table into a plain target table of the same name
+/// (a multi-level range tree with a default partition; a list tree whose
+/// partitions list their columns in another order), and a list-partitioned
+/// one into a hash-partitioned target: each partition's rows load once
+/// into the target relation, the source's partitions are neither refused
+/// nor missed, and verify compares the whole tree with the target.
+#[tokio::test]
+async fn partitioned_source_tables_load_into_other_shapes() {
+    let db = testkit::shared_pair().fresh_db("fromparted").await;
+    testkit::execute(
+        &db.source,
+        "CREATE TABLE public.measurements (id int NOT NULL, at date NOT NULL, v double precision) PARTITION BY RANGE (at);
+         CREATE TABLE public.m_2024 PARTITION OF public.measurements FOR VALUES FROM ('2024-01-01') TO ('2025-01-01')
+                PARTITION BY HASH (id);
+         CREATE TABLE public.m_2024_a PARTITION OF public.m_2024 FOR VALUES WITH (MODULUS 2, REMAINDER 0);
+         CREATE TABLE public.m_2024_b PARTITION OF public.m_2024 FOR VALUES WITH (MODULUS 2, REMAINDER 1);
+         CREATE TABLE public.m_2025 PARTITION OF public.measurements FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+         CREATE TABLE public.m_other PARTITION OF public.measurements DEFAULT;
+         INSERT INTO public.measurements SELECT g, date '2023-10-01' + (g % 900), g / 7.0 FROM generate_series(1, 5000) g;
+
+         CREATE TABLE public.tickets (id int NOT NULL, kind text NOT NULL, note text) PARTITION BY LIST (kind);
+         CREATE TABLE public.tickets_bug (note text, kind text NOT NULL, id int NOT NULL);
+         ALTER TABLE public.tickets ATTACH PARTITION public.tickets_bug FOR VALUES IN ('bug');
+         CREATE TABLE public.tickets_other PARTITION OF public.tickets DEFAULT;
+         INSERT INTO public.tickets SELECT g, (ARRAY['bug', 'idea', 'question'])[1 + g % 3], 'n' || g FROM generate_series(1, 600) g;
+
+         CREATE TABLE public.logs (id int NOT NULL, level text NOT NULL, line text) PARTITION BY LIST (level);
+         CREATE TABLE public.logs_error PARTITION OF public.logs FOR VALUES IN ('error');
+         CREATE TABLE public.logs_info PARTITION OF public.logs FOR VALUES IN ('info');
+         INSERT INTO public.logs SELECT g, CASE WHEN g % 5 = 0 THEN 'error' ELSE 'info' END, 'l' || g FROM generate_series(1, 700) g;",
+    )
+    .await
+    .unwrap();
+    testkit::execute(
+        &db.target,
+        "CREATE TABLE public.measurements (id int NOT NULL, at date NOT NULL, v double precision);
+         CREATE TABLE public.tickets (id int NOT NULL, kind text NOT NULL, note text);
+         CREATE TABLE public.logs (id int NOT NULL, level text NOT NULL, line text) PARTITION BY HASH (id);
+         CREATE TABLE public.logs_0 PARTITION OF public.logs FOR VALUES WITH (MODULUS 3, REMAINDER 0);
+         CREATE TABLE public.logs_1 PARTITION OF public.logs FOR VALUES WITH (MODULUS 3, REMAINDER 1);
+         CREATE TABLE public.logs_2 PARTITION OF public.logs FOR VALUES WITH (MODULUS 3, REMAINDER 2);",
+    )
+    .await
+    .unwrap();
+
+    let report = migrate_clean(&db.source, &db.target, &["--data-only"]).await;
+    // Each source partition holding rows loaded into the target relation.
+    for (leaf, into) in [
+        ("public.m_2024_a", "public.measurements"),
+        ("public.m_2024_b", "public.measurements"),
+        ("public.m_2025", "public.measurements"),
+        ("public.m_other", "public.measurements"),
+        ("public.tickets_bug", "public.tickets"),
+        ("public.tickets_other", "public.tickets"),
+        ("public.logs_error", "public.logs"),
+        ("public.logs_info", "public.logs"),
+    ] {
+        assert_eq!(copied(&report, leaf)["loaded_into"], into, "{report:#}");
+    }
+    assert_eq!(report["rows"], 5000 + 600 + 700, "{report:#}");
+    for (rel, key) in [
+        ("public.measurements", "id"),
+        ("public.tickets", "id"),
+        ("public.logs", "id"),
+    ] {
+        assert_eq!(
+            rows_digest(&db.target, rel, key).await,
+            rows_digest(&db.source, rel, key).await,
+            "{rel}"
+        );
+    }
+    // Verify compared each tree with its target relation, as one table.
+    let checks: Vec<(String, i64)> = report["verify"]["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["table"].as_str().unwrap().to_string(),
+                t["target_rows"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        checks,
+        [
+            ("public.logs".to_string(), 700),
+            ("public.measurements".to_string(), 5000),
+            ("public.tickets".to_string(), 600),
+        ]
+    );
+
+    // A row missing on the target is found, on the tree it belongs to.
+    testkit::execute(&db.target, "DELETE FROM public.tickets WHERE id = 7")
+        .await
+        .unwrap();
+    let out = run_async(&[
+        "-q", "verify", "--source", &db.source, "--target", &db.target, "--json",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let diffs = report["differences"].as_array().unwrap();
+    assert_eq!(diffs.len(), 1, "{report:#}");
+    assert_eq!(diffs[0]["object"], "public.tickets", "{report:#}");
+    assert_eq!(diffs[0]["kind"], "row_count", "{report:#}");
+}
