@@ -33,6 +33,9 @@ CREATE TABLE public.owner_t (id serial PRIMARY KEY);
 CREATE TABLE public.borrower (id integer DEFAULT nextval('public.owner_t_id_seq') PRIMARY KEY, x text);
 INSERT INTO public.owner_t DEFAULT VALUES; INSERT INTO public.owner_t DEFAULT VALUES;
 INSERT INTO public.borrower (x) SELECT 'b' || g FROM generate_series(1, 4) g;
+
+CREATE SCHEMA reports;
+CREATE VIEW reports.actor_count AS SELECT count(*) AS n FROM public.actor;
 ";
 
 /// User relations of a database, `schema.name` in order.
@@ -182,6 +185,11 @@ async fn a_refusal_names_its_cause_and_flag_first() {
              drop that --exclude-schema or leave TABLE public.film out with --exclude-table public.film",
         ),
         (
+            vec!["-n", "reports"],
+            "TABLE public.actor is outside the selection, and VIEW reports.actor_count needs it: \
+             add its schema with --schema public or leave VIEW reports.actor_count out with --exclude-table reports.actor_count",
+        ),
+        (
             vec!["-t", "public.actor_names"],
             "TABLE public.actor is outside the selection, and VIEW public.actor_names needs it: \
              add it with --table public.actor or leave VIEW public.actor_names out with --exclude-table public.actor_names",
@@ -297,7 +305,15 @@ async fn plain_source_tables_load_into_partitioned_targets() {
         err.contains("target table(s) already contain rows: public.events, public.orders"),
         "{err}"
     );
-    migrate_clean(&db.source, &db.target, &["--data-only", "--force-clean"]).await;
+    let out = run_migrate(&db.source, &db.target, &["--data-only", "--force-clean"]).await;
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    // The summary says where the rows went, and in which format.
+    assert!(
+        stdout.contains("re-shaped: public.events loaded into public.events on the target (Binary COPY, no FREEZE)")
+            && stdout.contains("0 differences"),
+        "{stdout}"
+    );
     assert_eq!(
         rows_digest(&db.target, "public.events", "id").await,
         rows_digest(&db.source, "public.events", "id").await

@@ -235,11 +235,18 @@ fn refusal_message(model: &SchemaModel, sel: &Selection, mut refusals: Vec<Refus
                 "--exclude-table"
             }
         ),
-        None => format!(
+        // -n and -t both narrow: under -n, it is its schema that is missing.
+        None if sel.tables_only => format!(
             "{} is outside the selection, and {} needs it: add it with --table {} ",
             cause.describe,
             d(first.by),
             pattern(cause)
+        ),
+        None => format!(
+            "{} is outside the selection, and {} needs it: add its schema with --schema {} ",
+            cause.describe,
+            d(first.by),
+            quote::ident(&cause.key.namespace)
         ),
     };
     let by_obj = &model.objects[by];
