@@ -176,6 +176,19 @@ pub(crate) async fn copy_phase(
     let done_on_target = copy::committed_items(&dst, &migration_id).await?;
     if !full {
         preflight_target(&dst, &mut tables, &seqs, &los, resumed).await?;
+        if let (Some(t), true) = (
+            tables.iter().find(|t| t.load_into.is_some()),
+            online.is_some(),
+        ) {
+            // The stream names the source's tables; nothing maps them yet.
+            return Err(MigrationError::Config(format!(
+                "{} would load into {} on the target, whose shape differs (re-shaping); an online migration \
+                 replicates into tables of the same shape only. Migrate with --mode offline, or create \
+                 the table on the target in the source's shape",
+                t.qualified(),
+                t.target_name()
+            )));
+        }
     }
     if !replica_role && !full {
         warn!("cannot set session_replication_role = replica on the target (needs superuser); triggers and foreign keys fire during the copy, so tables referenced by foreign keys may fail to load");

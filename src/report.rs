@@ -174,6 +174,14 @@ impl MigrationReport {
         for note in &self.schema_notes {
             s.push_str(&format!("  filters: {note}\n"));
         }
+        for t in self.tables.iter().filter(|t| t.loaded_into.is_some()) {
+            s.push_str(&format!(
+                "  re-shaped: {} loaded into {} on the target ({:?} COPY, no FREEZE)\n",
+                t.table,
+                t.loaded_into.as_deref().unwrap_or_default(),
+                t.format
+            ));
+        }
         for (name, secs) in &self.stages {
             s.push_str(&format!("  stage {name:<17} {secs:>8.2}s\n"));
         }

@@ -149,6 +149,7 @@ pub(crate) async fn run_locked(cfg: &MigrationConfig, run: &RunContext) -> Resul
             // Column types are not in the archive: no binary-type check.
             binary_safe: false,
             partition_root: None,
+            load_into: None,
             column_types: Vec::new(),
             row_filter: t.row_filter.clone(),
         })

@@ -183,57 +183,65 @@ pub(crate) async fn preflight_target(
     los: &[catalog::LargeObjectInfo],
     resumed: bool,
 ) -> Result<()> {
-    let schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
-    let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
-    let rows = dst
-        .query(
-            "SELECT u.ord, c.relkind::text,
-                    (SELECT pg_catalog.array_agg(a.attname::text ORDER BY a.attnum) FROM pg_catalog.pg_attribute a
-                      WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''),
-                    (SELECT pg_catalog.array_agg(pg_catalog.format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum) FROM pg_catalog.pg_attribute a
-                      WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '')
-               FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) WITH ORDINALITY AS u(s, r, ord)
-               LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = u.s
-               LEFT JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = u.r",
-            &[&schemas, &names],
-        )
-        .await
-        .map_err(|e| MigrationError::db("checking tables on the target", e))?;
+    let shapes = catalog::target_shapes(dst, tables).await?;
     let mut problems = Vec::new();
-    for r in rows {
-        let t = &mut tables[(r.get::<_, i64>(0) - 1) as usize];
-        let kind: Option<String> = r.get(1);
-        match kind.as_deref() {
-            None => problems.push(format!("table {} does not exist", t.qualified())),
-            Some("r") => {
-                let cols: Vec<String> = r.get::<_, Option<Vec<String>>>(2).unwrap_or_default();
-                let types: Vec<String> = r.get::<_, Option<Vec<String>>>(3).unwrap_or_default();
-                // Binary COPY needs identical column types; text converts.
-                let same_types = t.columns.iter().zip(&t.column_types).all(|(c, ty)| {
-                    cols.iter().position(|x| x == c).and_then(|i| types.get(i)) == Some(ty)
-                });
-                if !same_types && t.binary_safe {
-                    info!(table = %t.qualified(), "column types differ on the target; copying as text");
-                    t.binary_safe = false;
-                }
-                let missing: Vec<&String> =
-                    t.columns.iter().filter(|c| !cols.contains(c)).collect();
-                if !missing.is_empty() {
-                    problems.push(format!(
-                        "table {} lacks column(s) {}",
-                        t.qualified(),
-                        missing
-                            .iter()
-                            .map(|c| quote::ident(c))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ));
-                }
+    for (t, shape) in tables.iter_mut().zip(shapes) {
+        let (cols, types) = match shape {
+            catalog::TargetShape::Missing => {
+                problems.push(format!("table {} does not exist", t.qualified()));
+                continue;
             }
-            Some(k) => problems.push(format!(
-                "{} is not a plain table on the target (relkind {k})",
-                t.qualified()
-            )),
+            catalog::TargetShape::Other(k) => {
+                problems.push(format!(
+                    "{} is neither a plain nor a partitioned table on the target (relkind {k})",
+                    t.qualified()
+                ));
+                continue;
+            }
+            catalog::TargetShape::Plain { columns, types } => (columns, types),
+            catalog::TargetShape::Into {
+                into,
+                columns,
+                types,
+            } => {
+                t.load_into = Some(into);
+                (columns, types)
+            }
+        };
+        // Binary COPY needs identical column types; text converts.
+        let same_types =
+            t.columns.iter().zip(&t.column_types).all(|(c, ty)| {
+                cols.iter().position(|x| x == c).and_then(|i| types.get(i)) == Some(ty)
+            });
+        if !same_types && t.binary_safe {
+            info!(table = %t.qualified(), "column types differ on the target; copying as text");
+            t.binary_safe = false;
+        }
+        if let Some(into) = &t.load_into {
+            info!(
+                table = %t.qualified(),
+                into = %into.relation,
+                "re-shaping: rows load into {} ({}), in binary COPY format when the run copies in binary and the column types match, else text{}",
+                into.relation,
+                if into.partitioned {
+                    "partitioned on the target: COPY routes each row to its partition"
+                } else {
+                    "a plain table on the target, holding the rows of the source's partitions"
+                },
+                if into.partitioned { "; never with FREEZE" } else { "" }
+            );
+        }
+        let missing: Vec<&String> = t.columns.iter().filter(|c| !cols.contains(c)).collect();
+        if !missing.is_empty() {
+            problems.push(format!(
+                "table {} lacks column(s) {}",
+                t.target_name(),
+                missing
+                    .iter()
+                    .map(|c| quote::ident(c))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
         }
     }
     // One query for all sequences: those the target lacks.
@@ -267,10 +275,15 @@ pub(crate) async fn preflight_target(
         let sql = chunk
             .iter()
             .map(|t| {
+                // A partitioned target holds its rows in its partitions.
+                let only = match &t.load_into {
+                    Some(l) if l.partitioned => "",
+                    _ => "ONLY ",
+                };
                 format!(
-                    "SELECT {} WHERE EXISTS (SELECT 1 FROM ONLY {} {})",
-                    quote::literal(&t.qualified()),
-                    t.qualified(),
+                    "SELECT {} WHERE EXISTS (SELECT 1 FROM {only}{} {})",
+                    quote::literal(&t.target_name()),
+                    t.target_name(),
                     t.row_filter.as_deref().unwrap_or_default()
                 )
             })
@@ -284,6 +297,8 @@ pub(crate) async fn preflight_target(
             non_empty.push(r.get::<_, String>(0));
         }
     }
+    non_empty.sort();
+    non_empty.dedup();
     if !non_empty.is_empty() {
         return Err(MigrationError::TargetNotReady(format!(
             "target table(s) already contain rows: {}. Empty them, or pass --force-clean to erase them",
@@ -323,24 +338,32 @@ pub(crate) async fn force_clean(
         tables = tables.len(),
         "--force-clean: erasing target rows of every table in scope"
     );
-    for t in &tables {
-        let exists: bool = dst
-            .query_one(
-                "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
-                &[&t.qualified()],
-            )
-            .await
-            .map_err(|e| MigrationError::db("looking up a table on the target", e))?
-            .get(0);
-        if exists {
-            dst.batch_execute("BEGIN")
-                .await
-                .map_err(|e| MigrationError::db("erasing target data", e))?;
-            copy::empty_table(dst, &t.qualified()).await?;
-            dst.batch_execute("COMMIT")
-                .await
-                .map_err(|e| MigrationError::db("erasing target data", e))?;
+    // Where each table's rows went: itself, or the relation a re-shaped
+    // load fills (emptied once, with its partitions when partitioned).
+    let mut emptied = std::collections::HashSet::new();
+    for (t, shape) in tables
+        .iter()
+        .zip(catalog::target_shapes(dst, &tables).await?)
+    {
+        let (name, tree) = match shape {
+            catalog::TargetShape::Plain { .. } => (t.qualified(), false),
+            catalog::TargetShape::Into { into, .. } => (into.relation, into.partitioned),
+            catalog::TargetShape::Missing | catalog::TargetShape::Other(_) => continue,
+        };
+        if !emptied.insert(name.clone()) {
+            continue;
         }
+        dst.batch_execute("BEGIN")
+            .await
+            .map_err(|e| MigrationError::db("erasing target data", e))?;
+        if tree {
+            copy::empty_partitioned(dst, &name).await?;
+        } else {
+            copy::empty_table(dst, &name).await?;
+        }
+        dst.batch_execute("COMMIT")
+            .await
+            .map_err(|e| MigrationError::db("erasing target data", e))?;
     }
     if large_objects {
         let oids: Vec<u32> = catalog::list_large_objects(src)

@@ -247,7 +247,46 @@ pub async fn verify(
         .await?
         .into_iter()
         .collect();
+    // Where each source table's rows are on the target: the same table,
+    // or, re-shaped by a data-only run, a partitioned one of the same name
+    // or the root of its partition tree. The rows that went into one
+    // target relation are compared as one.
+    let listed = catalog::list_tables(&src, filters).await?;
+    let shapes = catalog::target_shapes(&dst, &listed).await?;
+    let mut tables: Vec<Unit> = Vec::new();
+    let mut reshaped: BTreeMap<String, usize> = BTreeMap::new();
+    for (t, shape) in listed.into_iter().zip(shapes) {
+        match shape {
+            catalog::TargetShape::Plain { .. } if dst_rels.contains(&t.qualified()) => {
+                tables.push(Unit::same(t))
+            }
+            catalog::TargetShape::Into { into, .. } => match reshaped.get(&into.relation) {
+                Some(&u) => tables[u].add_source(t),
+                None => {
+                    reshaped.insert(into.relation.clone(), tables.len());
+                    tables.push(Unit::into(t, into));
+                }
+            },
+            _ => {}
+        }
+    }
+    // A partition on one side only, under a re-shaped table, is compared
+    // through it: neither missing nor extra.
+    let (src_roots, dst_roots) = if reshaped.is_empty() {
+        Default::default()
+    } else {
+        (
+            catalog::partition_roots(&src).await?,
+            catalog::partition_roots(&dst).await?,
+        )
+    };
+    let under_reshaped = |roots: &std::collections::HashMap<String, String>, name: &String| {
+        roots.get(name).is_some_and(|r| reshaped.contains_key(r))
+    };
     for missing in src_rels.difference(&dst_rels) {
+        if under_reshaped(&src_roots, missing) {
+            continue;
+        }
         report.differences.push(Difference {
             kind: DiffKind::MissingTable,
             object: missing.clone(),
@@ -256,6 +295,9 @@ pub async fn verify(
         });
     }
     for extra in dst_rels.difference(&src_rels) {
+        if under_reshaped(&dst_roots, extra) {
+            continue;
+        }
         report.differences.push(Difference {
             kind: DiffKind::ExtraTable,
             object: extra.clone(),
@@ -264,12 +306,6 @@ pub async fn verify(
         });
     }
 
-    // Rows, in parallel.
-    let mut tables: Vec<TableInfo> = catalog::list_tables(&src, filters)
-        .await?
-        .into_iter()
-        .filter(|t| dst_rels.contains(&t.qualified()))
-        .collect();
     // Extensions' configuration tables: the user's rows (those matching
     // extcondition) must be on the target too; the extension's own rows
     // are not compared.
@@ -278,7 +314,7 @@ pub async fn verify(
     if whole_database || opts.extension_data {
         for t in catalog::list_extension_config_tables(&src).await? {
             if relation_exists(&dst, &t.qualified()).await? {
-                tables.push(t);
+                tables.push(Unit::same(t));
             } else {
                 report.differences.push(Difference {
                     kind: DiffKind::MissingTable,
@@ -293,7 +329,7 @@ pub async fn verify(
     // Every other source table with rows: outside the filters it is named;
     // with no filters nothing may be left out (a table missing on the
     // target is already a difference).
-    let mut accounted: Vec<String> = tables.iter().map(|t| t.qualified()).collect();
+    let mut accounted: Vec<String> = tables.iter().flat_map(|u| u.sources.clone()).collect();
     accounted.extend(
         report
             .differences
@@ -313,6 +349,7 @@ pub async fn verify(
             report.outside_filters.push(name);
         }
     }
+    // Rows, in parallel.
     let checks = check_tables(source, target, &src_snap, &dst_snap, tables, opts, cancel).await?;
     for c in &checks {
         match c.target_rows {
@@ -458,7 +495,7 @@ async fn check_tables(
     target: &EndpointConfig,
     src_snap: &str,
     dst_snap: &str,
-    tables: Vec<TableInfo>,
+    tables: Vec<Unit>,
     opts: &VerifyOptions,
     cancel: &CancellationToken,
 ) -> Result<Vec<TableCheck>> {
@@ -518,11 +555,57 @@ const BULK_TABLE_BYTES: i64 = 1 << 20;
 /// than the round trips it saves.
 const BULK_TABLES: usize = 16;
 
+/// One comparison: the rows of `sources` on the source (each read
+/// `ONLY`, with `table`'s columns and row filter) against those of
+/// `target` on the target.
+#[derive(Debug, Clone)]
+struct Unit {
+    /// The first source table: columns, row filter.
+    table: TableInfo,
+    /// The source tables read, quoted.
+    sources: Vec<String>,
+    /// The target relation, quoted; the name in the report.
+    target: String,
+    /// Read with its partitions (partitioned on the target).
+    target_tree: bool,
+    bytes: i64,
+}
+
+impl Unit {
+    /// A table compared with the same one on the target.
+    fn same(t: TableInfo) -> Unit {
+        Unit {
+            sources: vec![t.qualified()],
+            target: t.qualified(),
+            target_tree: false,
+            bytes: t.bytes,
+            table: t,
+        }
+    }
+
+    /// A table whose rows went into `into` on the target.
+    fn into(t: TableInfo, into: catalog::LoadInto) -> Unit {
+        Unit {
+            sources: vec![t.qualified()],
+            target: into.relation,
+            target_tree: into.partitioned,
+            bytes: t.bytes,
+            table: t,
+        }
+    }
+
+    /// Another source table (a partition) loaded into the same relation.
+    fn add_source(&mut self, t: TableInfo) {
+        self.sources.push(t.qualified());
+        self.bytes += t.bytes;
+    }
+}
+
 /// Small tables in groups of [`BULK_TABLES`], every other table alone.
-fn verify_groups(tables: Vec<TableInfo>) -> Vec<Vec<TableInfo>> {
+fn verify_groups(tables: Vec<Unit>) -> Vec<Vec<Unit>> {
     let (small, big): (Vec<_>, Vec<_>) =
         tables.into_iter().partition(|t| t.bytes < BULK_TABLE_BYTES);
-    let mut groups: Vec<Vec<TableInfo>> = big.into_iter().map(|t| vec![t]).collect();
+    let mut groups: Vec<Vec<Unit>> = big.into_iter().map(|t| vec![t]).collect();
     let mut small = small.into_iter().peekable();
     while small.peek().is_some() {
         groups.push(small.by_ref().take(BULK_TABLES).collect());
@@ -537,18 +620,21 @@ async fn check_group(
     s: &Client,
     t: &Client,
     dst_snap: &str,
-    group: &[TableInfo],
+    group: &[Unit],
     level: VerifyLevel,
 ) -> Result<Vec<TableCheck>> {
     if group.len() > 1 {
-        let sql = group_digest_sql(group, level);
-        let (sr, tr) = tokio::join!(s.query(&sql, &[]), t.query(&sql, &[]));
+        let (ssql, tsql) = (
+            group_digest_sql(group, level, Side::Source),
+            group_digest_sql(group, level, Side::Target),
+        );
+        let (sr, tr) = tokio::join!(s.query(&ssql, &[]), t.query(&tsql, &[]));
         let sr = sr.map_err(|e| {
             MigrationError::db(
                 format!(
                     "checksumming {} tables ({} ...) on the source",
                     group.len(),
-                    group[0].qualified()
+                    group[0].target
                 ),
                 e,
             )
@@ -564,11 +650,11 @@ async fn check_group(
                 return Ok(group
                     .iter()
                     .enumerate()
-                    .map(|(i, table)| {
+                    .map(|(i, unit)| {
                         let (source_rows, source_checksum) = sm[&i].clone();
                         let (target_rows, target_checksum) = tm[&i].clone();
                         TableCheck {
-                            table: table.qualified(),
+                            table: unit.target.clone(),
                             source_rows,
                             target_rows: Some(target_rows),
                             source_checksum,
@@ -584,8 +670,8 @@ async fn check_group(
         }
     }
     let mut checks = Vec::with_capacity(group.len());
-    for table in group {
-        checks.push(check_one(s, t, dst_snap, table, level).await?);
+    for unit in group {
+        checks.push(check_one(s, t, dst_snap, unit, level).await?);
     }
     Ok(checks)
 }
@@ -594,20 +680,20 @@ async fn check_one(
     s: &Client,
     t: &Client,
     dst_snap: &str,
-    table: &TableInfo,
+    unit: &Unit,
     level: VerifyLevel,
 ) -> Result<TableCheck> {
-    let sql = table_digest_sql(table, level);
-    let (sr, tr) = tokio::join!(s.query_one(&sql, &[]), t.query_one(&sql, &[]));
+    let (ssql, tsql) = (
+        table_digest_sql(unit, level, Side::Source),
+        table_digest_sql(unit, level, Side::Target),
+    );
+    let (sr, tr) = tokio::join!(s.query_one(&ssql, &[]), t.query_one(&tsql, &[]));
     let sr = sr.map_err(|e| {
-        MigrationError::db(
-            format!("checksumming {} on the source", table.qualified()),
-            e,
-        )
+        MigrationError::db(format!("checksumming {} on the source", unit.target), e)
     })?;
     Ok(match tr {
         Ok(tr) => TableCheck {
-            table: table.qualified(),
+            table: unit.target.clone(),
             source_rows: sr.get(0),
             target_rows: Some(tr.get(0)),
             source_checksum: sr.get(1),
@@ -621,7 +707,7 @@ async fn check_one(
             let _ = t.batch_execute("ROLLBACK").await;
             session::import_snapshot(t, dst_snap).await?;
             TableCheck {
-                table: table.qualified(),
+                table: unit.target.clone(),
                 source_rows: sr.get(0),
                 target_rows: None,
                 source_checksum: sr.get(1),
@@ -631,16 +717,23 @@ async fn check_one(
     })
 }
 
+/// Which server a digest query is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Source,
+    Target,
+}
+
 /// One query answering a row count and digest per table, each row led by
 /// the table's position in `group`.
-fn group_digest_sql(group: &[TableInfo], level: VerifyLevel) -> String {
+fn group_digest_sql(group: &[Unit], level: VerifyLevel, side: Side) -> String {
     group
         .iter()
         .enumerate()
-        .map(|(i, t)| {
+        .map(|(i, u)| {
             format!(
                 "SELECT {i}::int4, d.* FROM ({}) d",
-                table_digest_sql(t, level)
+                table_digest_sql(u, level, side)
             )
         })
         .collect::<Vec<_>>()
@@ -648,20 +741,32 @@ fn group_digest_sql(group: &[TableInfo], level: VerifyLevel) -> String {
 }
 
 /// Row count and, for `Checksum`, the order-independent content digest.
-/// Every column counts, generated ones included (they must agree too).
-fn table_digest_sql(t: &TableInfo, level: VerifyLevel) -> String {
-    let name = t.qualified();
-    let filter = t.row_filter.as_deref().unwrap_or_default();
+/// Every column counts, generated ones included (they must agree too),
+/// by name, so a partition whose columns lie in another order than the
+/// target relation's reads the same. Several source tables read as one.
+fn table_digest_sql(u: &Unit, level: VerifyLevel, side: Side) -> String {
+    let filter = u.table.row_filter.as_deref().unwrap_or_default();
+    let cols = quote::ident_list(&u.table.all_columns);
+    let from = match side {
+        Side::Source if u.sources.len() == 1 => format!("ONLY {} {filter}", u.sources[0]),
+        Side::Source => format!(
+            "({}) u",
+            u.sources
+                .iter()
+                .map(|s| format!("SELECT {cols} FROM ONLY {s} {filter}"))
+                .collect::<Vec<_>>()
+                .join(" UNION ALL ")
+        ),
+        Side::Target if u.target_tree => format!("{} {filter}", u.target),
+        Side::Target => format!("ONLY {} {filter}", u.target),
+    };
     match level {
-        VerifyLevel::Checksum => {
-            let cols = quote::ident_list(&t.all_columns);
-            format!(
-                "SELECT pg_catalog.count(*)::int8, \
-                 COALESCE(pg_catalog.sum(('x' || pg_catalog.substr(pg_catalog.md5(ROW({cols})::text), 1, 16))::bit(64)::int8::numeric), 0)::text \
-                 FROM ONLY {name} {filter}"
-            )
-        }
-        _ => format!("SELECT pg_catalog.count(*)::int8, NULL::text FROM ONLY {name} {filter}"),
+        VerifyLevel::Checksum => format!(
+            "SELECT pg_catalog.count(*)::int8, \
+             COALESCE(pg_catalog.sum(('x' || pg_catalog.substr(pg_catalog.md5(ROW({cols})::text), 1, 16))::bit(64)::int8::numeric), 0)::text \
+             FROM {from}"
+        ),
+        _ => format!("SELECT pg_catalog.count(*)::int8, NULL::text FROM {from}"),
     }
 }
 

@@ -840,15 +840,15 @@ async fn filters_that_break_a_dependency_are_refused() {
     for (args, needle) in [
         (
             vec!["-t", "app.order_view", "-t", "app.customers"],
-            "VIEW app.order_view needs TABLE app.orders",
+            "TABLE app.orders is outside the selection, and VIEW app.order_view needs it",
         ),
         (
             vec!["-T", "public.lookup"],
-            "VIEW public.lookup_view needs TABLE public.lookup",
+            "TABLE public.lookup is left out by --exclude-table, and VIEW public.lookup_view needs it",
         ),
         (
-            vec!["-t", "public.big"],
-            "TABLE public.big needs SEQUENCE public.free_seq",
+            vec!["-t", "public.big", "-T", "public.free_seq"],
+            "SEQUENCE public.free_seq is left out by --exclude-table, and TABLE public.big needs it",
         ),
     ] {
         let err = migrate_refused(&db.source, &target, &args).await;

@@ -48,8 +48,8 @@ pub use large_objects::{copy_large_objects, erase_large_objects, large_object_me
 pub use recopy::{recopy_large_objects, recopy_unlogged, refresh_matviews};
 pub(crate) use rows::RowCounter;
 pub use sequences::copy_sequences;
-pub(crate) use worker::empty_table;
 pub use worker::WireFormat;
+pub(crate) use worker::{empty_partitioned, empty_table};
 
 /// Schema on the target holding our bookkeeping; dropped when the migration completes.
 pub const STATE_SCHEMA: &str = "_pg_dbmigrator";
@@ -70,6 +70,10 @@ pub struct TableResult {
     /// `txid_current_snapshot()` as the worker saw it: identical for every
     /// worker, because all imported the coordinator's snapshot.
     pub snapshot: String,
+    /// Re-shaped: the target relation the rows went into (a partitioned
+    /// table, or the plain table holding a partitioned source's rows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loaded_into: Option<String>,
 }
 
 /// Shared by all workers of one copy.
@@ -377,10 +381,20 @@ impl Scheduler {
         s.copies_running -= 1;
         s.items_left[item.table] -= 1;
         let t = &self.tables[item.table];
-        *s.rows.entry(t.qualified()).or_default() += r.rows;
+        // Post-data steps and ANALYZE go by the target relation: for a
+        // re-shaped table, once every source table loading into it is in.
+        let target = t.target_name();
+        *s.rows.entry(target.clone()).or_default() += r.rows;
         s.done.push((item.table, r));
-        if s.items_left[item.table] == 0 {
-            Self::table_loaded(&mut s, t.qualified(), is_small(t));
+        let all_in = s.items_left[item.table] == 0
+            && (t.load_into.is_none()
+                || self
+                    .tables
+                    .iter()
+                    .enumerate()
+                    .all(|(i, o)| s.items_left[i] == 0 || o.target_name() != target));
+        if all_in {
+            Self::table_loaded(&mut s, target, is_small(t));
         }
         drop(s);
         self.wake.notify_waiters();
@@ -490,7 +504,7 @@ pub async fn copy_tables(
         .iter()
         .enumerate()
         .filter(|(i, _)| st.items_left[*i] > 0)
-        .map(|(_, t)| t.qualified())
+        .map(|(_, t)| t.target_name())
         .collect();
     let mut ready: BTreeSet<String> = st.builds.keys().chain(st.after.keys()).cloned().collect();
     ready.retain(|t| !copied.contains(t));
@@ -550,6 +564,10 @@ pub async fn copy_tables(
             freeze: r.freeze,
             format: r.format,
             snapshot: r.snapshot.clone(),
+            loaded_into: sched.tables[i]
+                .load_into
+                .as_ref()
+                .map(|l| l.relation.clone()),
         });
         t.rows += r.rows;
         t.bytes += r.bytes;

@@ -256,6 +256,7 @@ mod tests {
             row_estimate: 0.0,
             binary_safe: true,
             partition_root: None,
+            load_into: None,
             column_types: vec!["integer".into()],
             row_filter: None,
         }

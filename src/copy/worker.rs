@@ -127,6 +127,7 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
             };
             info!(
                 item = %name,
+                into = t.load_into.as_ref().map(|l| l.relation.as_str()).unwrap_or(""),
                 rows = r.rows,
                 bytes = r.bytes,
                 seconds = format!("{:.2}", r.finished.duration_since(r.started).as_secs_f64()),
@@ -274,7 +275,10 @@ async fn load_item(
     input: Rows,
     stop: &CancellationToken,
 ) -> Result<ItemResult> {
-    let name = t.qualified();
+    // A re-shaped table loads into another relation, which other source
+    // tables may fill too: never emptied here, and a partitioned one
+    // takes no FREEZE.
+    let name = t.target_name();
     let item_name = item.name(t);
     let tdb = |what: &str, e| MigrationError::db(format!("{what} {item_name} on the target"), e);
     // An extension's configuration table holds the extension's own rows
@@ -282,7 +286,10 @@ async fn load_item(
     // emptied either: nothing can be in it (an uncommitted load left
     // nothing), and TRUNCATE's new files cost three times its whole load,
     // far more than FREEZE saves on a few pages.
-    let freeze = if item.is_whole() && t.row_filter.is_none() && t.bytes >= SMALL_ITEM_BYTES as i64
+    let freeze = if item.is_whole()
+        && t.row_filter.is_none()
+        && t.load_into.is_none()
+        && t.bytes >= SMALL_ITEM_BYTES as i64
     {
         empty_table(dst, &name).await?
     } else {
@@ -482,4 +489,22 @@ pub(crate) async fn empty_table(dst: &Client, name: &str) -> Result<bool> {
         return Ok(false);
     }
     Ok(true)
+}
+
+/// Empty a partitioned table, all its partitions, inside the caller's
+/// transaction (`TRUNCATE ONLY` is refused on a partitioned table).
+pub(crate) async fn empty_partitioned(dst: &Client, name: &str) -> Result<()> {
+    let r = dst
+        .batch_execute(&format!(
+            "SAVEPOINT dbm_empty; TRUNCATE {name}; RELEASE SAVEPOINT dbm_empty"
+        ))
+        .await;
+    if r.is_err() {
+        dst.batch_execute(&format!(
+            "ROLLBACK TO SAVEPOINT dbm_empty; DELETE FROM {name}; RELEASE SAVEPOINT dbm_empty"
+        ))
+        .await
+        .map_err(|e| MigrationError::db(format!("emptying {name} on the target"), e))?;
+    }
+    Ok(())
 }

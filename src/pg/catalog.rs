@@ -45,6 +45,11 @@ pub struct TableInfo {
     /// (empty: all rows). Such a table already exists on the target with
     /// the extension's own rows, so it is appended to, never emptied.
     pub row_filter: Option<String>,
+    /// Set when the target holds this table's rows in another shape (a
+    /// data-only run into a schema the user prepared): the relation COPY
+    /// loads into. Found by [`target_shapes`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_into: Option<LoadInto>,
 }
 
 impl TableInfo {
@@ -52,6 +57,132 @@ impl TableInfo {
     pub fn qualified(&self) -> String {
         quote::qualified(&self.schema, &self.name)
     }
+
+    /// The target relation its rows go into, quoted: itself, or the one
+    /// [`TableInfo::load_into`] names.
+    pub fn target_name(&self) -> String {
+        match &self.load_into {
+            Some(l) => l.relation.clone(),
+            None => self.qualified(),
+        }
+    }
+}
+
+/// Where a source table's rows go when the target's shape differs: a
+/// plain table into one partitioned on the target, or a partition of the
+/// source (whose own name the target lacks) into its partition root, plain
+/// or partitioned there.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LoadInto {
+    /// The target relation, quoted `schema.name`.
+    pub relation: String,
+    /// Partitioned on the target: COPY into it routes each row to its
+    /// partition. It can be neither emptied with `TRUNCATE ONLY` nor
+    /// loaded with FREEZE, and it is read without `ONLY`.
+    pub partitioned: bool,
+}
+
+/// How a source table stands on the target (see [`target_shapes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetShape {
+    /// Neither it nor its partition root is there.
+    Missing,
+    /// A plain table of the same name: rows go straight in.
+    Plain {
+        columns: Vec<String>,
+        types: Vec<String>,
+    },
+    /// Rows go into another shape; `columns`/`types` are that relation's.
+    Into {
+        into: LoadInto,
+        columns: Vec<String>,
+        types: Vec<String>,
+    },
+    /// A relation of the same name that cannot take rows (its relkind).
+    Other(String),
+}
+
+/// For each source table, how the target can take its rows: its own name
+/// as a plain table, or as a partitioned one (COPY routes the rows), or,
+/// for a source partition the target lacks, its partition root (plain or
+/// partitioned): so a partitioned source loads into a plain target table
+/// leaf by leaf, each row once, and into a differently partitioned one.
+pub async fn target_shapes(dst: &Client, tables: &[TableInfo]) -> Result<Vec<TargetShape>> {
+    let schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
+    let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+    let roots: Vec<Option<&str>> = tables.iter().map(|t| t.partition_root.as_deref()).collect();
+    let rows = dst
+        .query(
+            "SELECT u.ord, k.own, k.kind, k.name,
+                    (SELECT pg_catalog.array_agg(a.attname::text ORDER BY a.attnum) FROM pg_catalog.pg_attribute a
+                      WHERE a.attrelid = k.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''),
+                    (SELECT pg_catalog.array_agg(pg_catalog.format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum) FROM pg_catalog.pg_attribute a
+                      WHERE a.attrelid = k.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '')
+               FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]))
+                    WITH ORDINALITY AS u(s, r, root, ord)
+               LEFT JOIN LATERAL (
+                    SELECT c.oid, p.own, c.relkind::text AS kind, pg_catalog.format('%I.%I', cn.nspname, c.relname) AS name
+                      FROM (SELECT c.oid, true AS own FROM pg_catalog.pg_class c
+                              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                             WHERE n.nspname = u.s AND c.relname = u.r
+                            UNION ALL
+                            SELECT pg_catalog.to_regclass(u.root)::oid, false
+                             WHERE u.root IS NOT NULL AND pg_catalog.to_regclass(u.root) IS NOT NULL) p
+                      JOIN pg_catalog.pg_class c ON c.oid = p.oid
+                      JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace
+                     WHERE p.own OR c.relkind IN ('r', 'p')
+                     ORDER BY p.own DESC LIMIT 1) k ON true
+              ORDER BY u.ord",
+            &[&schemas, &names, &roots],
+        )
+        .await
+        .map_err(|e| MigrationError::db("checking tables on the target", e))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let own: Option<bool> = r.get(1);
+            let kind: Option<String> = r.get(2);
+            let name: Option<String> = r.get(3);
+            let columns = r.get::<_, Option<Vec<String>>>(4).unwrap_or_default();
+            let types = r.get::<_, Option<Vec<String>>>(5).unwrap_or_default();
+            match (own, kind.as_deref(), name) {
+                (Some(true), Some("r"), _) => TargetShape::Plain { columns, types },
+                (Some(own), Some(k @ ("r" | "p")), Some(relation)) if !own || k == "p" => {
+                    TargetShape::Into {
+                        into: LoadInto {
+                            relation,
+                            partitioned: k == "p",
+                        },
+                        columns,
+                        types,
+                    }
+                }
+                (Some(_), Some(k), _) => TargetShape::Other(k.to_string()),
+                _ => TargetShape::Missing,
+            }
+        })
+        .collect())
+}
+
+/// The partitions of the database (at any level), each with its partition
+/// root, as quoted `schema.name`. Verify uses it to tell a partition of a
+/// re-shaped table (compared through its root) from a missing or extra one.
+pub async fn partition_roots(client: &Client) -> Result<HashMap<String, String>> {
+    Ok(client
+        .query(
+            "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname),
+                    (SELECT pg_catalog.format('%I.%I', rn.nspname, r.relname)
+                       FROM pg_catalog.pg_class r JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace
+                      WHERE r.oid = pg_catalog.pg_partition_root(c.oid))
+               FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relispartition",
+            &[],
+        )
+        .await
+        .map_err(|e| MigrationError::db("listing partitions", e))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
 }
 
 /// A sequence and its current state.
@@ -266,6 +397,29 @@ pub async fn generated_columns_under_plain_parents(client: &Client) -> Result<Ve
         )
         .await
         .map_err(|e| MigrationError::db("listing generated columns of child tables", e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// The relations an `--exclude-table` pattern names (partitions through
+/// their root, as for the data): the schema filter never brings them along.
+pub async fn excluded_relations(
+    client: &Client,
+    filters: &CompiledFilters,
+) -> Result<std::collections::HashSet<u32>> {
+    if filters.exclude_tables.is_empty() {
+        return Ok(Default::default());
+    }
+    let (x_schema, x_name) = split_pairs(&filters.exclude_tables);
+    let sql = format!(
+        "SELECT c.oid FROM pg_catalog.pg_class c WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND {}",
+        matches_patterns(1, 2)
+    );
+    Ok(client
+        .query(&sql, &[&x_schema, &x_name])
+        .await
+        .map_err(|e| MigrationError::db("listing the relations --exclude-table names", e))?
         .iter()
         .map(|r| r.get(0))
         .collect())
@@ -553,6 +707,7 @@ async fn read_tables(
             partition_root: r.get(9),
             column_types: r.get::<_, Option<Vec<String>>>(8).unwrap_or_default(),
             row_filter: r.get(10),
+            load_into: None,
         });
     }
     Ok(out)
@@ -668,7 +823,10 @@ pub async fn list_relation_names(
 }
 
 /// Sequences in scope: in the included schemas, not owned by an extension;
-/// with table filters, those owned by (or named like) an included table.
+/// with table filters, those owned by (or named like) an included table;
+/// and those a column default of a table in scope calls (`nextval`) without
+/// owning them, unless `--exclude-table` or `--exclude-schema` names them
+/// (the schema filter brings the same ones along, see `schema::filter`).
 pub async fn list_sequences(
     client: &Client,
     filters: &CompiledFilters,
@@ -678,13 +836,14 @@ pub async fn list_sequences(
     let sql = format!(
         r#"
         WITH seqs AS (
-          SELECT s.oid AS seqoid, n.nspname::text AS nsp, s.relname::text AS rel
-            FROM pg_catalog.pg_class s JOIN pg_catalog.pg_namespace n ON n.oid = s.relnamespace
-           WHERE s.relkind = 'S'
+          SELECT c.oid AS seqoid, n.nspname::text AS nsp, c.relname::text AS rel,
+                 NOT (n.nspname ~ ANY ($2::text[])) AND NOT {excluded} AS not_excluded
+            FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+           WHERE c.relkind = 'S'
              AND n.nspname NOT IN ('pg_catalog', 'information_schema', '_pg_dbmigrator')
              AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
                               WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
-                                AND d.objid = s.oid AND d.deptype = 'e')
+                                AND d.objid = c.oid AND d.deptype = 'e')
         ), in_scope AS (
           SELECT c.oid FROM pg_catalog.pg_class c
             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -696,12 +855,21 @@ pub async fn list_sequences(
            WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
              AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
              AND d.deptype IN ('a', 'i')
+        ), called AS (
+          -- Sequences a default of a table in scope calls.
+          SELECT d.refobjid AS objid FROM pg_catalog.pg_depend d
+            JOIN pg_catalog.pg_attrdef ad ON ad.oid = d.objid
+            JOIN in_scope i ON i.oid = ad.adrelid
+           WHERE d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass
+             AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
         )
         SELECT nsp, rel FROM seqs
          WHERE seqoid IN (SELECT oid FROM in_scope)
             OR seqoid IN (SELECT objid FROM owned)
+            OR (not_excluded AND seqoid IN (SELECT objid FROM called))
          ORDER BY nsp, rel"#,
-        &*SCOPE_SQL
+        &*SCOPE_SQL,
+        excluded = matches_patterns(5, 6)
     );
     let scope = ScopeParams::new(filters);
     let rows = client

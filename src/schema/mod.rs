@@ -86,6 +86,7 @@ pub async fn read_with(
         let compiled = opts.filters.compile()?;
         Some(filter::Selection {
             relations: catalog::selected_relations(&c, &compiled).await?,
+            excluded_relations: catalog::excluded_relations(&c, &compiled).await?,
             schemas: catalog::schemas_in_scope(&c, &compiled).await?,
             excluded_schemas: catalog::schemas_matching(&c, &compiled.exclude_schemas).await?,
             tables_only: !opts.filters.tables.is_empty(),

@@ -98,6 +98,14 @@ impl SchemaObject {
     pub fn section(&self) -> Section {
         self.key.kind.section()
     }
+
+    /// A sequence of its own (`CREATE SEQUENCE`; the loader describes it
+    /// as `SEQUENCE schema.name`), not a piece such as its OWNED BY.
+    pub fn is_sequence(&self) -> bool {
+        self.key.kind == ObjectKind::Table
+            && self.part_of.is_empty()
+            && self.describe.starts_with("SEQUENCE ")
+    }
 }
 
 /// All objects, and which object answers for which catalog row.
