@@ -351,11 +351,8 @@ pub async fn plan(cfg: &MigrationConfig) -> Result<Plan> {
                 p.target_changes
                     .push(format!("create the roles {}", missing.join(", ")));
             } else {
-                p.refusals.push(format!(
-                    "role(s) that own or are granted objects on the source do not exist on the target: {}. {}",
-                    missing.join(", "),
-                    needs.roles_hint
-                ));
+                p.refusals
+                    .push(crate::target::missing_roles_refusal(&missing, &needs));
             }
         }
     } else if let Some(d) = &dst {
