@@ -292,6 +292,13 @@ pub async fn plan(cfg: &MigrationConfig) -> Result<Plan> {
         let steps =
             script.pre_data.len() + script.post_data.len() + script.acl.len() + script.last.len();
         p.schema_steps = Some(steps);
+        if let Some(l) = script.database_limits {
+            let stmts = crate::schema::load::limit_statements(&l, &target_ep.dbname);
+            p.target_changes.push(format!(
+                "at the very end, after verify: {}",
+                stmts.join(" ")
+            ));
+        }
         if !script.unsupported.is_empty() {
             p.refusals.push(format!(
                 "objects schema reproduction does not cover yet: {}. Create the schema on the target yourself and run with --data-only",

@@ -99,6 +99,17 @@ async fn connection_limit_and_template_flag_are_carried() {
     )
     .await;
     assert_eq!(src, "3 true true");
+    // plan says so, and that it comes last.
+    let absent = other_target_db(&db, "plan");
+    let out = run_async(&["plan", "--source", &db.source, "--target", &absent]).await;
+    let said = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{said}{}", text(&out.stderr));
+    assert!(
+        said.contains("after verify")
+            && said.contains("CONNECTION LIMIT = 3")
+            && said.contains("IS_TEMPLATE = true"),
+        "{said}"
+    );
     for (suffix, extra) in [
         ("direct", vec!["--jobs", "4"]),
         ("archive", vec!["--copy-method", "dump"]),
