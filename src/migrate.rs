@@ -71,6 +71,9 @@ pub(crate) struct CopyPhase {
     pub filters: CompiledFilters,
     pub source: crate::config::EndpointConfig,
     pub target: crate::config::EndpointConfig,
+    /// Set on the target database at the very end (see
+    /// [`crate::target::seal_database`]).
+    pub database_limits: Option<crate::schema::model::DatabaseLimits>,
 }
 
 /// Validate, preflight, snapshot, schema, data, sequences, large objects.
@@ -203,6 +206,7 @@ pub(crate) async fn copy_phase(
     let mut stages = Vec::new();
     token.stage_done(Stage::Preflight);
     token.snapshot_name = Some(snapshot_id.clone());
+    token.database_limits = script.as_ref().and_then(|s| s.database_limits);
     token.save(&token_path)?;
     let store = Arc::new(TokenStore::new(token_path.clone(), token).observed(run.token_observer()));
 
@@ -360,6 +364,7 @@ pub(crate) async fn copy_phase(
         filters,
         source: source_ep,
         target: target_ep,
+        database_limits: script.as_ref().and_then(|s| s.database_limits),
     })
 }
 
@@ -390,7 +395,7 @@ pub(crate) async fn finish(
         filters,
         source: source_ep,
         target: target_ep,
-        ..
+        database_limits: phase_limits,
     } = phase;
     let dst = connect::connect(&target_ep, "target").await?;
     // Finalize: nothing of ours stays on the target.
@@ -409,6 +414,7 @@ pub(crate) async fn finish(
         cancel,
     )
     .await?;
+    crate::target::seal_database(&target_ep, phase_limits).await?;
     store.update(|t| t.completed = true)?;
 
     let rows = results.iter().map(|r| r.rows).sum();
@@ -484,7 +490,7 @@ async fn run_via_archive(cfg: &MigrationConfig, run: &RunContext) -> Result<Migr
     let dump_secs = t0.elapsed().as_secs_f64();
     let mut rcfg = cfg.clone();
     rcfg.resume = cfg.resume && ResumeToken::restore_path_for(&dir).exists();
-    let mut report = crate::restore::run_locked(&rcfg, run).await?;
+    let (mut report, limits) = crate::restore::run_locked(&rcfg, run, false).await?;
     report
         .stages
         .insert(0, (Stage::Dump.as_str().to_string(), dump_secs));
@@ -510,6 +516,7 @@ async fn run_via_archive(cfg: &MigrationConfig, run: &RunContext) -> Result<Migr
         ));
         report.verify = Some(v);
     }
+    crate::target::seal_database(&target_ep, limits).await?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }

@@ -176,9 +176,12 @@ async fn resume_phase(
     let source = cfg.source.clone().expect("checked");
     let target = cfg.target.clone().expect("checked");
     let src = connect::connect(&source, "source").await?;
+    // A run killed after closing the target database at its end.
+    crate::target::reopen(&target).await?;
     let dst = connect::connect(&target, "target").await?;
     let filters = cfg.filters.compile()?;
     let seqs = catalog::list_sequences(&src, &filters).await?;
+    let database_limits = token.database_limits;
     Ok(CopyPhase {
         started: Instant::now(),
         migration_id: migration_id.to_string(),
@@ -203,6 +206,7 @@ async fn resume_phase(
         filters,
         source,
         target,
+        database_limits,
     })
 }
 
@@ -494,6 +498,7 @@ async fn finish_report(
         )
         .await?
     };
+    crate::target::seal_database(&phase.target, phase.database_limits).await?;
     store.update(|t| t.completed = true)?;
     let rows = phase.results.iter().map(|r| r.rows).sum();
     let bytes = phase.results.iter().map(|r| r.bytes).sum();

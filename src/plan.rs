@@ -292,6 +292,13 @@ pub async fn plan(cfg: &MigrationConfig) -> Result<Plan> {
         let steps =
             script.pre_data.len() + script.post_data.len() + script.acl.len() + script.last.len();
         p.schema_steps = Some(steps);
+        if let Some(l) = script.database_limits {
+            let stmts = crate::schema::load::limit_statements(&l, &target_ep.dbname);
+            p.target_changes.push(format!(
+                "at the very end, after verify: {}",
+                stmts.join(" ")
+            ));
+        }
         if !script.unsupported.is_empty() {
             p.refusals.push(format!(
                 "objects schema reproduction does not cover yet: {}. Create the schema on the target yourself and run with --data-only",
@@ -360,11 +367,8 @@ pub async fn plan(cfg: &MigrationConfig) -> Result<Plan> {
                 p.target_changes
                     .push(format!("create the roles {}", missing.join(", ")));
             } else {
-                p.refusals.push(format!(
-                    "role(s) that own or are granted objects on the source do not exist on the target: {}. {}",
-                    missing.join(", "),
-                    needs.roles_hint
-                ));
+                p.refusals
+                    .push(crate::target::missing_roles_refusal(&missing, &needs));
             }
         }
     } else if let Some(d) = &dst {

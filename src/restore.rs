@@ -29,6 +29,7 @@ use crate::pg::catalog::{self, LargeObjectInfo, TableInfo};
 use crate::pg::{connect, quote, session};
 use crate::report::MigrationReport;
 use crate::resume::{Definition, EndpointIdentity, ResumeToken, Stage, TokenStore};
+use crate::schema::model::DatabaseLimits;
 use crate::schema::SchemaScript;
 use crate::target::TargetNeeds;
 
@@ -36,11 +37,19 @@ use crate::target::TargetNeeds;
 pub async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<MigrationReport> {
     let dir = archive_dir(cfg, "restore")?;
     let _lock = crate::resume::RunLock::acquire(&ResumeToken::restore_path_for(&dir))?;
-    run_locked(cfg, run).await
+    let (report, _) = run_locked(cfg, run, true).await?;
+    Ok(report)
 }
 
-/// [`run`] for a caller that holds the run's lock (`migrate --copy-method dump`).
-pub(crate) async fn run_locked(cfg: &MigrationConfig, run: &RunContext) -> Result<MigrationReport> {
+/// [`run`] for a caller that holds the run's lock (`migrate --copy-method
+/// dump`). With `seal`, the database's limits are set on the target at the
+/// end (see [`crate::target::seal_database`]); otherwise they are returned
+/// for the caller to set after its own last step.
+pub(crate) async fn run_locked(
+    cfg: &MigrationConfig,
+    run: &RunContext,
+    seal: bool,
+) -> Result<(MigrationReport, Option<DatabaseLimits>)> {
     let cancel = run.cancel.clone();
     let started = Instant::now();
     if cfg.jobs == 0 {
@@ -322,33 +331,40 @@ pub(crate) async fn run_locked(cfg: &MigrationConfig, run: &RunContext) -> Resul
         Stage::Finalize.as_str().to_string(),
         t0.elapsed().as_secs_f64(),
     ));
+    let limits = script.as_ref().and_then(|s| s.database_limits);
+    if seal {
+        crate::target::seal_database(&target_ep, limits).await?;
+    }
     store.update(|t| {
         t.stage_done(Stage::Restore);
         t.completed = true;
     })?;
     let results: Vec<TableResult> = outcome.tables;
-    Ok(MigrationReport {
-        migration_id,
-        dump_path: dir,
-        token_path,
-        resumed,
-        snapshot_id: m.snapshot_id.clone(),
-        source_version: m.source_server_version,
-        target_version,
-        rows: results.iter().map(|r| r.rows).sum(),
-        bytes: results.iter().map(|r| r.bytes).sum(),
-        tables: results,
-        skipped_tables: skipped,
-        sequences: nseq,
-        large_objects: los.len(),
-        large_object_bytes: lo_bytes,
-        schema_steps,
-        schema_notes,
-        stages,
-        seconds: started.elapsed().as_secs_f64(),
-        verify: None,
-        online: None,
-    })
+    Ok((
+        MigrationReport {
+            migration_id,
+            dump_path: dir,
+            token_path,
+            resumed,
+            snapshot_id: m.snapshot_id.clone(),
+            source_version: m.source_server_version,
+            target_version,
+            rows: results.iter().map(|r| r.rows).sum(),
+            bytes: results.iter().map(|r| r.bytes).sum(),
+            tables: results,
+            skipped_tables: skipped,
+            sequences: nseq,
+            large_objects: los.len(),
+            large_object_bytes: lo_bytes,
+            schema_steps,
+            schema_notes,
+            stages,
+            seconds: started.elapsed().as_secs_f64(),
+            verify: None,
+            online: None,
+        },
+        (!seal).then_some(limits).flatten(),
+    ))
 }
 
 /// Load the `(oid, data)` stream into a temporary table, then create each

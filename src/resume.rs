@@ -387,6 +387,29 @@ pub struct CopyMarker {
     pub done_at: DateTime<Utc>,
 }
 
+/// Properties of the database that `pg_dump --create` carries and that
+/// would get in the migration's own way if set early: a connection limit
+/// (the copy's sessions), `ALLOW_CONNECTIONS = false` (every session),
+/// `IS_TEMPLATE` (dropping it under `--force-clean`). The migration sets
+/// them on the target database at the very end, after verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DatabaseLimits {
+    /// `datconnlimit`; -1 for none.
+    pub connection_limit: i32,
+    pub is_template: bool,
+    pub allow_connections: bool,
+}
+
+impl Default for DatabaseLimits {
+    fn default() -> Self {
+        DatabaseLimits {
+            connection_limit: -1,
+            is_template: false,
+            allow_connections: true,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResumeToken {
     pub schema_version: u32,
@@ -416,6 +439,10 @@ pub struct ResumeToken {
     /// resume, cutover and cleanup know what to continue and to undo.
     #[serde(default)]
     pub online: Option<OnlineState>,
+    /// The database's limits to set at the end: an online run resumed
+    /// after its copy does not read the schema again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_limits: Option<DatabaseLimits>,
     /// Set when the whole migration finished.
     pub completed: bool,
     pub created_at: DateTime<Utc>,
@@ -439,6 +466,7 @@ impl ResumeToken {
             chunk_plan: BTreeMap::new(),
             dumped: BTreeMap::new(),
             snapshot_name: None,
+            database_limits: None,
             last_applied_lsn: None,
             online: None,
             completed: false,

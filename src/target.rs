@@ -38,6 +38,20 @@ pub(crate) async fn missing_roles(
     Ok((missing, present))
 }
 
+/// The refusal for roles the target lacks (see [`missing_roles`]).
+pub(crate) fn missing_roles_refusal(missing: &[String], needs: &TargetNeeds) -> String {
+    format!(
+        "role(s) the migrated objects name (as owner, grantee or grantor, or in a policy, user mapping or role setting) \
+         do not exist on the target: {}. {}",
+        missing
+            .iter()
+            .map(|r| quote::ident(r))
+            .collect::<Vec<_>>()
+            .join(", "),
+        needs.roles_hint
+    )
+}
+
 /// The source's extensions (`name version`) the target server cannot
 /// install at the same version.
 pub(crate) async fn unavailable_extensions(
@@ -492,7 +506,7 @@ pub(crate) struct TargetNeeds {
 
 impl TargetNeeds {
     pub async fn read(src: &Client, source_version: i32, cfg: &MigrationConfig) -> Result<Self> {
-        let roles = schema::load::owner_roles(src, !cfg.no_owner, !cfg.no_acl).await?;
+        let roles = schema::load::owner_roles(src, &schema::ReadOptions::of(cfg)).await?;
         let row = src
             .query_one(
                 "SELECT pg_catalog.pg_encoding_to_char(d.encoding), d.datcollate::text, d.datctype::text,
@@ -520,8 +534,8 @@ impl TargetNeeds {
             lc_collate: row.get(1),
             lc_ctype: row.get(2),
             extensions,
-            roles_hint:
-                "Create them on the target first, or pass --roles (or --no-owner / --no-acl)",
+            roles_hint: "Pass --roles to create them as the source defines them, or create them on the target first \
+                 (--no-owner and --no-acl leave out ownership and privileges)",
             tablespace: row
                 .get::<_, Option<String>>(3)
                 .and_then(|t| schema::tablespace::Placement::of(cfg).map(&t)),
@@ -550,10 +564,7 @@ pub(crate) async fn prepare_target_database(
     let source_version = needs.source_version;
     let force_clean = cfg.force_clean;
     let dbname = target.dbname.clone();
-    let admin = match connect::connect(&target.with_dbname("postgres"), "target").await {
-        Ok(c) => c,
-        Err(_) => connect::connect(&target.with_dbname("template1"), "target").await?,
-    };
+    let admin = connect_admin(target).await?;
     let target_version = catalog::server_version_num(&admin).await?;
     if target_version / 10000 < source_version / 10000 {
         return Err(MigrationError::Config(format!(
@@ -582,10 +593,8 @@ pub(crate) async fn prepare_target_database(
         }
         info!(roles = ?missing, "created the roles the schema needs on the target");
     } else if !missing.is_empty() {
-        return Err(MigrationError::TargetNotReady(format!(
-            "role(s) that own or are granted objects on the source do not exist on the target: {}. {}",
-            missing.join(", "),
-            needs.roles_hint
+        return Err(MigrationError::TargetNotReady(missing_roles_refusal(
+            &missing, needs,
         )));
     }
     // Every collation must be creatable there (ICU support, OS locales): try
@@ -640,6 +649,12 @@ pub(crate) async fn prepare_target_database(
         .await
         .map_err(|e| MigrationError::db("looking up the target database", e))?
         .get(0);
+    if exists && (resumed || force_clean) {
+        // An earlier run of this migration may have ended by closing the
+        // database (see [`seal_database`]): open it again, to resume into
+        // or to drop; this run closes it again at its end.
+        reopen_database(&admin, &dbname).await?;
+    }
     if exists && !resumed {
         let objects = {
             let t = connect::connect(target, "target").await?;
@@ -701,6 +716,77 @@ pub(crate) async fn prepare_target_database(
         )
     })?;
     info!(database = %dbname, encoding = %enc, "created the target database");
+    Ok(())
+}
+
+/// A session on the target server outside the target database.
+async fn connect_admin(target: &crate::config::EndpointConfig) -> Result<Client> {
+    match connect::connect(&target.with_dbname("postgres"), "target").await {
+        Ok(c) => Ok(c),
+        Err(_) => connect::connect(&target.with_dbname("template1"), "target").await,
+    }
+}
+
+/// [`reopen_database`] for a resumed run that skips
+/// [`prepare_target_database`].
+pub(crate) async fn reopen(target: &crate::config::EndpointConfig) -> Result<()> {
+    reopen_database(&connect_admin(target).await?, &target.dbname).await
+}
+
+/// Undo [`seal_database`] on `dbname` when any of its limits is set.
+async fn reopen_database(admin: &Client, dbname: &str) -> Result<()> {
+    let limited: bool = admin
+        .query_one(schema::load::LIMITED_DATABASE_SQL, &[&dbname])
+        .await
+        .map_err(|e| MigrationError::db("reading the target database's limits", e))?
+        .get(0);
+    if !limited {
+        return Ok(());
+    }
+    for stmt in schema::load::reopen_statements(dbname) {
+        admin.batch_execute(&stmt).await.map_err(|e| {
+            MigrationError::db(
+                format!("opening the target database {} again", quote::ident(dbname)),
+                e,
+            )
+        })?;
+    }
+    info!(database = %dbname, "lifted the connection limit, template and no-connection flags an earlier run set; they are set again at the end");
+    Ok(())
+}
+
+/// The very last write of a full migration, after verify: the source
+/// database's connection limit, `IS_TEMPLATE` and `ALLOW_CONNECTIONS =
+/// false` (see [`schema::model::DatabaseLimits`]), set on the target
+/// database from another database of its server. Nothing when the script
+/// has none (data-only runs have no script).
+pub(crate) async fn seal_database(
+    target: &crate::config::EndpointConfig,
+    limits: Option<schema::model::DatabaseLimits>,
+) -> Result<()> {
+    let Some(limits) = limits else {
+        return Ok(());
+    };
+    let admin = connect_admin(target).await?;
+    for stmt in schema::load::limit_statements(&limits, &target.dbname) {
+        admin.batch_execute(&stmt).await.map_err(|e| {
+            MigrationError::db(
+                format!(
+                    "setting the source's database properties on the target ({})",
+                    stmt.trim_end_matches(';')
+                ),
+                e,
+            )
+        })?;
+    }
+    info!(
+        database = %target.dbname,
+        connection_limit = limits.connection_limit,
+        is_template = limits.is_template,
+        allow_connections = limits.allow_connections,
+        "set the source database's connection limit and flags on the target"
+    );
+    crate::faults::test_stop_at("after_seal").await;
     Ok(())
 }
 

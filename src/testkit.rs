@@ -1002,6 +1002,93 @@ impl Pair {
     }
 }
 
+impl Server {
+    /// Which of `names` this server cannot `CREATE EXTENSION` (not in
+    /// `pg_available_extensions`).
+    async fn unavailable_extensions(&self, names: &[&str]) -> io::Result<Vec<String>> {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let c = client_result(&self.admin_conninfo())
+            .await
+            .map_err(|e| io::Error::other(crate::error::client_message(&e)))?;
+        let rows = c
+            .query(
+                "SELECT u.n FROM unnest($1::text[]) AS u(n)
+                  WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_available_extensions a WHERE a.name = u.n)
+                  ORDER BY 1",
+                &[&names],
+            )
+            .await
+            .map_err(|e| io::Error::other(crate::error::client_message(&e)))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+}
+
+impl Pair {
+    /// Make extensions available on both servers. Each entry is an
+    /// extension and the Debian package that ships it, without its
+    /// `postgresql-<major>-` prefix (`("postgis", "postgis-3")`). On a
+    /// cluster this run started from Debian's binaries a missing package is
+    /// installed with apt-get (tests run as root on a fresh machine);
+    /// otherwise, or when that fails, the error names the command that
+    /// installs it.
+    pub async fn ensure_extensions(&self, exts: &[(&str, &str)]) -> io::Result<()> {
+        static INSTALL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let names: Vec<&str> = exts.iter().map(|e| e.0).collect();
+        for (label, server) in [("source", &self.source), ("target", &self.target)] {
+            let missing = server.unavailable_extensions(&names).await?;
+            if missing.is_empty() {
+                continue;
+            }
+            let packages: Vec<String> = exts
+                .iter()
+                .filter(|e| missing.iter().any(|m| m == e.0))
+                .map(|e| format!("postgresql-{}-{}", server.major(), e.1))
+                .collect();
+            let command = format!(
+                "apt-get install -y --no-install-recommends {}",
+                packages.join(" ")
+            );
+            let debian = server
+                .cluster()
+                .is_some_and(|c| c.bin_dir.starts_with("/usr/lib/postgresql"));
+            let mut why = String::new();
+            if debian {
+                let _guard = INSTALL.lock().await;
+                // Another test may have installed them meanwhile.
+                if server.unavailable_extensions(&names).await?.is_empty() {
+                    continue;
+                }
+                let pkgs = packages.clone();
+                let r = tokio::task::spawn_blocking(move || {
+                    let p: Vec<&str> = pkgs.iter().map(String::as_str).collect();
+                    apt_install(&p)
+                })
+                .await
+                .map_err(io::Error::other)?;
+                match r {
+                    Ok(()) => {
+                        let left = server.unavailable_extensions(&names).await?;
+                        if left.is_empty() {
+                            continue;
+                        }
+                        why = format!(" (still missing after installing: {})", left.join(", "));
+                    }
+                    Err(e) => why = format!(" ({e})"),
+                }
+            }
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "extension(s) {} are not available on the {label} server (PostgreSQL {}){why}. Install them with: {command}",
+                    missing.join(", "),
+                    server.major()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The process-wide pair: started on first use, clusters in parallel. The
 /// source has `wal_level=logical`.
 pub fn shared_pair() -> &'static Pair {

@@ -1,4 +1,5 @@
-//! Real extensions from Debian's packages (installed by `.ci/run`): a
+//! Real extensions from Debian's packages (installed by `.ci/run`, else by
+//! the testkit on first use, else the test fails naming the command): a
 //! database that uses each is migrated whole, and `pg_dump -s`, every
 //! table's rows (the extensions' configuration tables included: the user's
 //! SRID in PostGIS's `spatial_ref_sys`, pg_partman's `part_config`) and
@@ -9,25 +10,13 @@ mod common;
 use common::*;
 use pg_dbmigrator::testkit;
 
-fn available(ext: &str) -> bool {
-    let ok = testkit::find_bin_dir()
-        .map(|bin| {
-            let share = std::process::Command::new(bin.join("pg_config"))
-                .arg("--sharedir")
-                .output()
-                .ok()
-                .map(|o| text(&o.stdout).trim().to_string())
-                .unwrap_or_else(|| "/usr/share/postgresql/15".into());
-            std::path::Path::new(&share)
-                .join("extension")
-                .join(format!("{ext}.control"))
-                .exists()
-        })
-        .unwrap_or(false);
-    if !ok && std::env::var_os("CI").is_some() {
-        panic!("extension {ext} is not installed; .ci/run installs it");
-    }
-    ok
+/// Install (via the testkit) or fail naming the command that installs
+/// them: these tests never pass without the extensions they test.
+async fn need(exts: &[(&str, &str)]) {
+    testkit::shared_pair()
+        .ensure_extensions(exts)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// Rows of a query, as text, for comparing both sides.
@@ -60,9 +49,7 @@ async fn migrate_and_compare(db: &testkit::TestDb, suffix: &str, extra: &[&str],
 
 #[tokio::test]
 async fn postgis_with_a_user_srid() {
-    if !available("postgis") {
-        return;
-    }
+    need(&[("postgis", "postgis-3")]).await;
     let db = testkit::shared_pair().fresh_db("ext_postgis").await;
     testkit::execute(
         &db.source,
@@ -94,9 +81,7 @@ async fn postgis_with_a_user_srid() {
 
 #[tokio::test]
 async fn pg_partman_with_create_parent() {
-    if !available("pg_partman") {
-        return;
-    }
+    need(&[("pg_partman", "partman")]).await;
     let db = testkit::shared_pair().fresh_db("ext_partman").await;
     testkit::execute(
         &db.source,
@@ -125,11 +110,13 @@ async fn pg_partman_with_create_parent() {
 /// Extensions with their own types, operators and index support.
 #[tokio::test]
 async fn ip4r_prefix_semver_and_hll() {
-    for e in ["ip4r", "prefix", "semver", "hll"] {
-        if !available(e) {
-            return;
-        }
-    }
+    need(&[
+        ("ip4r", "ip4r"),
+        ("prefix", "prefix"),
+        ("semver", "semver"),
+        ("hll", "hll"),
+    ])
+    .await;
     let db = testkit::shared_pair().fresh_db("ext_types").await;
     testkit::execute(
         &db.source,

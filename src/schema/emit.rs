@@ -47,6 +47,10 @@ pub struct SchemaScript {
     /// What the filters brought along or left out (see [`super::filter`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filter_notes: Vec<String>,
+    /// Set on the target database after everything else, verify included
+    /// (see [`super::model::DatabaseLimits`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_limits: Option<super::model::DatabaseLimits>,
 }
 
 /// Which part of a script.
@@ -105,6 +109,7 @@ impl SchemaScript {
                 .map_err(MigrationError::Internal)?;
         let mut script = SchemaScript {
             warnings,
+            database_limits: model.database_limits,
             ..Default::default()
         };
         let section_of = |o: &super::model::SchemaObject| match o.key.kind {

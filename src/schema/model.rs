@@ -121,7 +121,12 @@ pub struct SchemaModel {
     /// Catalog edges a loader has taken over (e.g. a sequence's ownership,
     /// which becomes a separate OWNED BY step).
     pub skip_deps: HashSet<(CatalogRef, CatalogRef)>,
+    /// The database's connection limit, template and connection flags
+    /// (see [`DatabaseLimits`]), when any differs from the default.
+    pub database_limits: Option<DatabaseLimits>,
 }
+
+pub use crate::resume::DatabaseLimits;
 
 impl SchemaModel {
     pub fn add(&mut self, obj: SchemaObject, refs: &[CatalogRef]) -> usize {

@@ -35,6 +35,7 @@ pub(super) async fn load_casts(c: &Client, m: &mut SchemaModel, comments: &Comme
             AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend i WHERE i.classid = {PG_CAST} AND i.objid = c.oid AND i.deptype = 'i')",
         not_member(PG_CAST, "c.oid")
     );
+    let needed = casts_needed_by_casts(c).await?;
     for r in query(c, "casts", &sql).await? {
         let (oid, src, dst, method, context): (u32, String, String, String, String) =
             (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
@@ -59,9 +60,48 @@ pub(super) async fn load_casts(c: &Client, m: &mut SchemaModel, comments: &Comme
         o.create.push(format!("CREATE {what} {how}{ctx};"));
         o.comments
             .extend(comment_on(comments, (PG_CAST, oid, 0), &what));
+        o.needs.extend(
+            needed
+                .get(&oid)
+                .into_iter()
+                .flatten()
+                .map(|&b| (PG_CAST, b)),
+        );
         m.add(o, &[(PG_CAST, oid)]);
     }
     Ok(())
+}
+
+/// The binary-coercible casts each function cast needs first, by cast.
+/// `CREATE CAST ... WITH FUNCTION f` checks that the source type (a domain
+/// taken as its base type) is f's argument type or binary-coercible to it,
+/// and that f's result type (likewise) is the target type or
+/// binary-coercible to it; binary-coercible means an implicit `WITHOUT
+/// FUNCTION` cast between the two (parse_coerce.c's IsBinaryCoercible).
+/// Before PostgreSQL 18 nothing records that dependency in pg_depend.
+async fn casts_needed_by_casts(c: &Client) -> Result<std::collections::HashMap<u32, Vec<u32>>> {
+    let base = |t: &str| {
+        format!(
+            "(WITH RECURSIVE d(t) AS (SELECT {t} UNION ALL
+                  SELECT ty.typbasetype FROM pg_catalog.pg_type ty JOIN d ON ty.oid = d.t WHERE ty.typtype = 'd')
+              SELECT d.t FROM d JOIN pg_catalog.pg_type ty ON ty.oid = d.t WHERE ty.typtype <> 'd')"
+        )
+    };
+    let sql = format!(
+        "SELECT c.oid, b.oid
+           FROM pg_catalog.pg_cast c JOIN pg_catalog.pg_proc p ON p.oid = c.castfunc
+           JOIN pg_catalog.pg_cast b ON b.castmethod = 'b' AND b.castcontext = 'i' AND b.oid <> c.oid
+          WHERE c.oid >= 16384
+            AND ((p.prorettype <> c.casttarget AND b.castsource = {} AND b.casttarget = c.casttarget)
+              OR (c.castsource <> p.proargtypes[0] AND b.castsource = {} AND b.casttarget = p.proargtypes[0]))",
+        base("p.prorettype"),
+        base("c.castsource")
+    );
+    let mut out: std::collections::HashMap<u32, Vec<u32>> = Default::default();
+    for r in query(c, "the casts casts rely on", &sql).await? {
+        out.entry(r.get(0)).or_default().push(r.get(1));
+    }
+    Ok(out)
 }
 
 pub(super) async fn load_conversions(

@@ -11,7 +11,7 @@ use super::{baseline_sql, query};
 use crate::error::Result;
 use crate::pg::quote::{ident, literal};
 use crate::schema::acl::{build_acl_commands, AclObjectKind};
-use crate::schema::model::{SchemaModel, SchemaObject};
+use crate::schema::model::{DatabaseLimits, SchemaModel, SchemaObject};
 use crate::schema::sort::ObjectKind;
 
 const PG_DATABASE: u32 = 1262;
@@ -55,7 +55,8 @@ pub(super) async fn load_database(c: &Client, m: &mut SchemaModel, major: u32) -
     let sql = format!(
         "SELECT d.oid, pg_catalog.pg_get_userbyid(d.datdba)::text, d.datacl::text, {},
                 (SELECT s.setconfig FROM pg_catalog.pg_db_role_setting s WHERE s.setdatabase = d.oid AND s.setrole = 0),
-                pg_catalog.shobj_description(d.oid, 'pg_database')
+                pg_catalog.shobj_description(d.oid, 'pg_database'),
+                d.datconnlimit, d.datistemplate, d.datallowconn
            FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database()",
         baseline_sql(PG_DATABASE, "d.oid", 'd', "d.datdba")
     );
@@ -64,6 +65,16 @@ pub(super) async fn load_database(c: &Client, m: &mut SchemaModel, major: u32) -
         return Ok(());
     };
     let (oid, owner): (u32, String) = (r.get(0), r.get(1));
+    let limits = DatabaseLimits {
+        connection_limit: r.get(6),
+        is_template: r.get(7),
+        // Nobody can connect to a database that does not allow connections,
+        // this run included; it reads false only when the flag was turned
+        // off after the run's sessions connected (to keep the applications
+        // out while it runs, say). The target gets it too, at the end.
+        allow_connections: r.get(8),
+    };
+    m.database_limits = (limits != DatabaseLimits::default()).then_some(limits);
     let what = format!("DATABASE {THIS_DB}");
     let mut o = SchemaObject::new(
         ObjectKind::DatabaseProperties,
@@ -124,9 +135,65 @@ pub(super) async fn load_database(c: &Client, m: &mut SchemaModel, major: u32) -
     Ok(())
 }
 
+/// The statements that set `limits` on database `dbname`, as `pg_dump
+/// --create` prints them; run from another database of its server (after
+/// `ALLOW_CONNECTIONS = false` nobody connects to it again).
+pub fn limit_statements(limits: &DatabaseLimits, dbname: &str) -> Vec<String> {
+    let db = ident(dbname);
+    let mut out = Vec::new();
+    if limits.connection_limit != -1 {
+        out.push(format!(
+            "ALTER DATABASE {db} CONNECTION LIMIT = {};",
+            limits.connection_limit
+        ));
+    }
+    if limits.is_template {
+        out.push(format!("ALTER DATABASE {db} IS_TEMPLATE = true;"));
+    }
+    if !limits.allow_connections {
+        out.push(format!("ALTER DATABASE {db} ALLOW_CONNECTIONS = false;"));
+    }
+    out
+}
+
+/// Undo [`limit_statements`] on `dbname`, so that a resumed run (or
+/// `--force-clean`) can connect to it and drop it; the run sets them again
+/// at its end.
+pub fn reopen_statements(dbname: &str) -> Vec<String> {
+    let db = ident(dbname);
+    vec![
+        format!("ALTER DATABASE {db} ALLOW_CONNECTIONS = true;"),
+        format!("ALTER DATABASE {db} IS_TEMPLATE = false;"),
+        format!("ALTER DATABASE {db} CONNECTION LIMIT = -1;"),
+    ]
+}
+
+/// Whether database `dbname` has any of the limits [`reopen_statements`]
+/// undoes; `$1` is the name.
+pub const LIMITED_DATABASE_SQL: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_database
+     WHERE datname = $1 AND (NOT datallowconn OR datistemplate OR datconnlimit <> -1))";
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_are_set_as_pg_dump_does() {
+        let l = DatabaseLimits {
+            connection_limit: 7,
+            is_template: true,
+            allow_connections: false,
+        };
+        assert_eq!(
+            limit_statements(&l, "My db"),
+            [
+                "ALTER DATABASE \"My db\" CONNECTION LIMIT = 7;",
+                "ALTER DATABASE \"My db\" IS_TEMPLATE = true;",
+                "ALTER DATABASE \"My db\" ALLOW_CONNECTIONS = false;"
+            ]
+        );
+        assert!(limit_statements(&DatabaseLimits::default(), "d").is_empty());
+    }
 
     #[test]
     fn settings_are_quoted_as_pg_dump_does() {

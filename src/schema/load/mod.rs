@@ -37,6 +37,8 @@ mod subscriptions;
 mod text_search;
 mod types;
 
+pub use database::{limit_statements, reopen_statements, LIMITED_DATABASE_SQL};
+
 /// pg_dump's session settings for introspection.
 pub async fn setup_session(client: &Client) -> Result<()> {
     client
@@ -200,6 +202,12 @@ async fn load_namespaces(c: &Client, m: &mut SchemaModel, comments: &Comments) -
         if !initdb_comment {
             o.comments
                 .extend(comment_on(comments, key, &format!("SCHEMA {q}")));
+        }
+        // The target's public schema has the initdb comment: a source
+        // whose comment was removed has it removed (pg_dump prints IS '').
+        if name == "public" && !comments.contains_key(&key) {
+            o.comments
+                .push("COMMENT ON SCHEMA public IS NULL;".to_string());
         }
         m.add(o, &[(class::PG_NAMESPACE, oid)]);
     }
@@ -1446,42 +1454,127 @@ pub async fn unsupported(c: &Client, opts: &super::ReadOptions) -> Result<Vec<St
     Ok(out)
 }
 
-/// Roles a full migration's DDL names: owners, grantees and grantors,
-/// default-privilege roles and policy roles. They must exist on the target.
-pub async fn owner_roles(c: &Client, owners: bool, acls: bool) -> Result<Vec<String>> {
+/// Roles a full migration's DDL names, so they must exist on the target:
+/// the owner of every object it creates (`ALTER ... OWNER TO`), every
+/// grantee and grantor of the privileges it carries (grants are made as the
+/// grantor), the roles of default privileges (`ALTER DEFAULT PRIVILEGES FOR
+/// ROLE`), policies (`TO role`), user mappings (`FOR role`) and per-role
+/// settings (`ALTER ROLE ... IN DATABASE`). Owners are left out under
+/// `--no-owner`, privileges under `--no-acl`, subscriptions when they are
+/// not migrated.
+pub async fn owner_roles(c: &Client, opts: &super::ReadOptions) -> Result<Vec<String>> {
     let user_ns = USER_NAMESPACE;
-    let (owner_cond, acl_cond) = (
-        if owners { "true" } else { "false" },
-        if acls { "true" } else { "false" },
-    );
+    // In user schemas: (catalog alias and join, owner column, acl column).
+    let in_schemas: &[(&str, &str, Option<&str>)] = &[
+        ("pg_catalog.pg_class x JOIN pg_catalog.pg_namespace n ON n.oid = x.relnamespace", "x.relowner", Some("x.relacl")),
+        ("pg_catalog.pg_proc x JOIN pg_catalog.pg_namespace n ON n.oid = x.pronamespace", "x.proowner", Some("x.proacl")),
+        ("pg_catalog.pg_type x JOIN pg_catalog.pg_namespace n ON n.oid = x.typnamespace", "x.typowner", Some("x.typacl")),
+        ("pg_catalog.pg_namespace x JOIN pg_catalog.pg_namespace n ON n.oid = x.oid", "x.nspowner", Some("x.nspacl")),
+        ("pg_catalog.pg_operator x JOIN pg_catalog.pg_namespace n ON n.oid = x.oprnamespace", "x.oprowner", None),
+        ("pg_catalog.pg_opfamily x JOIN pg_catalog.pg_namespace n ON n.oid = x.opfnamespace", "x.opfowner", None),
+        ("pg_catalog.pg_opclass x JOIN pg_catalog.pg_namespace n ON n.oid = x.opcnamespace", "x.opcowner", None),
+        ("pg_catalog.pg_conversion x JOIN pg_catalog.pg_namespace n ON n.oid = x.connamespace", "x.conowner", None),
+        ("pg_catalog.pg_collation x JOIN pg_catalog.pg_namespace n ON n.oid = x.collnamespace", "x.collowner", None),
+        ("pg_catalog.pg_ts_config x JOIN pg_catalog.pg_namespace n ON n.oid = x.cfgnamespace", "x.cfgowner", None),
+        ("pg_catalog.pg_ts_dict x JOIN pg_catalog.pg_namespace n ON n.oid = x.dictnamespace", "x.dictowner", None),
+        ("pg_catalog.pg_statistic_ext x JOIN pg_catalog.pg_namespace n ON n.oid = x.stxnamespace", "x.stxowner", None),
+    ];
+    // Database-wide objects: (catalog and condition, owner column, acl column).
+    let this_db = "(SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database())";
+    let mut global: Vec<(String, &str, Option<&str>)> = vec![
+        (
+            "pg_catalog.pg_language x WHERE x.oid >= 16384".into(),
+            "x.lanowner",
+            Some("x.lanacl"),
+        ),
+        (
+            "pg_catalog.pg_event_trigger x WHERE true".into(),
+            "x.evtowner",
+            None,
+        ),
+        (
+            "pg_catalog.pg_publication x WHERE true".into(),
+            "x.pubowner",
+            None,
+        ),
+        (
+            "pg_catalog.pg_foreign_data_wrapper x WHERE true".into(),
+            "x.fdwowner",
+            Some("x.fdwacl"),
+        ),
+        (
+            "pg_catalog.pg_foreign_server x WHERE true".into(),
+            "x.srvowner",
+            Some("x.srvacl"),
+        ),
+        (
+            format!("pg_catalog.pg_database x WHERE x.oid = {this_db}"),
+            "x.datdba",
+            Some("x.datacl"),
+        ),
+    ];
+    // Subscriptions are not migrated under --no-subscriptions or a schema
+    // or table filter (see `unsupported`).
+    if !opts.no_subscriptions && opts.filters.schemas.is_empty() && opts.filters.tables.is_empty() {
+        global.push((
+            format!("pg_catalog.pg_subscription x WHERE x.subdbid = {this_db}"),
+            "x.subowner",
+            None,
+        ));
+    }
+    let mut parts = Vec::new();
+    for (from, owner, acl) in in_schemas {
+        // public's owner is only set when it is not the default one.
+        let cond = if owner.ends_with("nspowner") {
+            format!("{user_ns} AND (n.nspname <> 'public' OR pg_catalog.pg_get_userbyid(x.nspowner) <> 'pg_database_owner')")
+        } else {
+            user_ns.to_string()
+        };
+        if !opts.no_owner {
+            parts.push(format!("SELECT {owner} FROM {from} WHERE {cond}"));
+        }
+        if let (Some(acl), false) = (acl, opts.no_acl) {
+            parts.push(format!("SELECT (pg_catalog.aclexplode({acl})).grantee FROM {from} WHERE {acl} IS NOT NULL AND {user_ns}"));
+            parts.push(format!("SELECT (pg_catalog.aclexplode({acl})).grantor FROM {from} WHERE {acl} IS NOT NULL AND {user_ns}"));
+        }
+    }
+    for (from, owner, acl) in &global {
+        if !opts.no_owner {
+            parts.push(format!("SELECT {owner} FROM {from}"));
+        }
+        if let (Some(acl), false) = (acl, opts.no_acl) {
+            parts.push(format!(
+                "SELECT (pg_catalog.aclexplode({acl})).grantee FROM {from} AND {acl} IS NOT NULL"
+            ));
+            parts.push(format!(
+                "SELECT (pg_catalog.aclexplode({acl})).grantor FROM {from} AND {acl} IS NOT NULL"
+            ));
+        }
+    }
+    if !opts.no_acl {
+        for who in ["grantee", "grantor"] {
+            parts.push(format!(
+                "SELECT (pg_catalog.aclexplode(a.attacl)).{who} FROM pg_catalog.pg_attribute a
+                   JOIN pg_catalog.pg_class x ON x.oid = a.attrelid JOIN pg_catalog.pg_namespace n ON n.oid = x.relnamespace
+                  WHERE a.attacl IS NOT NULL AND {user_ns}"
+            ));
+            parts.push(format!(
+                "SELECT (pg_catalog.aclexplode(x.defaclacl)).{who} FROM pg_catalog.pg_default_acl x"
+            ));
+        }
+        parts.push("SELECT x.defaclrole FROM pg_catalog.pg_default_acl x".into());
+    }
+    // Named whatever the options: policies, user mappings, role settings.
+    parts.push("SELECT pg_catalog.unnest(x.polroles) FROM pg_catalog.pg_policy x".into());
+    parts.push("SELECT x.umuser FROM pg_catalog.pg_user_mappings x".into());
+    parts.push(format!(
+        "SELECT x.setrole FROM pg_catalog.pg_db_role_setting x WHERE x.setdatabase = {this_db}"
+    ));
     let sql = format!(
-        "SELECT DISTINCT pg_catalog.pg_get_userbyid(o)::text FROM (
-            SELECT c.relowner AS o FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE {owner_cond} AND {user_ns}
-            UNION SELECT p.proowner FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE {owner_cond} AND {user_ns}
-            UNION SELECT t.typowner FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace WHERE {owner_cond} AND {user_ns}
-            UNION SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE {owner_cond} AND {user_ns} AND n.nspname <> 'public'
-            UNION SELECT o.oprowner FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace WHERE {owner_cond} AND {user_ns}
-            UNION SELECT f.opfowner FROM pg_catalog.pg_opfamily f JOIN pg_catalog.pg_namespace n ON n.oid = f.opfnamespace WHERE {owner_cond} AND {user_ns}
-            UNION SELECT oc.opcowner FROM pg_catalog.pg_opclass oc JOIN pg_catalog.pg_namespace n ON n.oid = oc.opcnamespace WHERE {owner_cond} AND {user_ns}
-            UNION SELECT cv.conowner FROM pg_catalog.pg_conversion cv JOIN pg_catalog.pg_namespace n ON n.oid = cv.connamespace WHERE {owner_cond} AND {user_ns}
-            UNION SELECT l.lanowner FROM pg_catalog.pg_language l WHERE {owner_cond} AND l.oid >= 16384
-            UNION SELECT pg_catalog.unnest(pol.polroles) FROM pg_catalog.pg_policy pol
-            UNION SELECT s.setrole FROM pg_catalog.pg_db_role_setting s JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase
-                   WHERE d.datname = pg_catalog.current_database()
-            UNION SELECT d.datdba FROM pg_catalog.pg_database d WHERE {owner_cond} AND d.datname = pg_catalog.current_database()
-            UNION SELECT a.r FROM (
-                SELECT (pg_catalog.aclexplode(c.relacl)).grantee AS r FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relacl IS NOT NULL AND {user_ns}
-                UNION SELECT (pg_catalog.aclexplode(c.relacl)).grantor FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relacl IS NOT NULL AND {user_ns}
-                UNION SELECT (pg_catalog.aclexplode(at.attacl)).grantee FROM pg_catalog.pg_attribute at JOIN pg_catalog.pg_class c ON c.oid = at.attrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE at.attacl IS NOT NULL AND {user_ns}
-                UNION SELECT (pg_catalog.aclexplode(p.proacl)).grantee FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE p.proacl IS NOT NULL AND {user_ns}
-                UNION SELECT (pg_catalog.aclexplode(t.typacl)).grantee FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace WHERE t.typacl IS NOT NULL AND {user_ns}
-                UNION SELECT (pg_catalog.aclexplode(n.nspacl)).grantee FROM pg_catalog.pg_namespace n WHERE n.nspacl IS NOT NULL AND {user_ns}
-                UNION SELECT (pg_catalog.aclexplode(l.lanacl)).grantee FROM pg_catalog.pg_language l WHERE l.lanacl IS NOT NULL AND l.oid >= 16384
-                UNION SELECT d.defaclrole FROM pg_catalog.pg_default_acl d
-                UNION SELECT (pg_catalog.aclexplode(d.defaclacl)).grantee FROM pg_catalog.pg_default_acl d
-            ) a WHERE {acl_cond} AND a.r <> 0) x WHERE o <> 0 ORDER BY 1"
+        "SELECT DISTINCT pg_catalog.pg_get_userbyid(r)::text FROM ({}) AS u(r) WHERE r <> 0 ORDER BY 1",
+        parts.join("\n UNION ")
     );
-    Ok(query(c, "object owners", &sql)
+    Ok(query(c, "the roles the schema names", &sql)
         .await?
         .iter()
         .map(|r| r.get(0))
