@@ -228,6 +228,13 @@ async fn privileges_on_built_in_and_extension_objects() {
     )
     .await
     .unwrap();
+    // The role those grants name is needed on the target: refused without
+    // --roles, before anything.
+    let err = migrate_refused(&db.source, &other_target_db(&db, "refused"), &[]).await;
+    assert!(
+        err.contains("dbm_monitor") && err.contains("--roles"),
+        "{err}"
+    );
     let target = migrate_and_compare(&db, &[]).await;
     let acls = same_rows(
         &db.source,

@@ -1563,6 +1563,9 @@ pub async fn owner_roles(c: &Client, opts: &super::ReadOptions) -> Result<Vec<St
             ));
         }
         parts.push("SELECT x.defaclrole FROM pg_catalog.pg_default_acl x".into());
+        if !opts.filters.selects_objects() {
+            parts.extend(builtin_acl_roles());
+        }
     }
     // Named whatever the options: policies, user mappings, role settings.
     parts.push("SELECT pg_catalog.unnest(x.polroles) FROM pg_catalog.pg_policy x".into());
@@ -1764,6 +1767,101 @@ async fn load_acls(c: &Client, m: &mut SchemaModel, major: u32, filtered: bool) 
 /// Extensions, at their source version; their member objects are not
 /// created one by one, and anything depending on a member depends on the
 /// extension.
+/// Queries for the roles named by the privileges [`load_builtin_acls`]
+/// replays: grantees and grantors of items the ACL of a built-in or
+/// extension object has beyond what `pg_init_privs` recorded, other than the
+/// object's owner (whose name may differ on the target: the bootstrap
+/// superuser's).
+fn builtin_acl_roles() -> Vec<String> {
+    let member = |cls: u32| {
+        format!(
+            "EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = {cls} AND e.objid = x.oid AND e.deptype = 'e')"
+        )
+    };
+    // (catalog, acl, acldefault kind, owner, created by the system)
+    let specs = [
+        (
+            class::PG_CLASS,
+            "pg_catalog.pg_class x",
+            "x.relacl",
+            'r',
+            "x.relowner",
+            "x.relnamespace = 'pg_catalog'::pg_catalog.regnamespace",
+        ),
+        (
+            class::PG_PROC,
+            "pg_catalog.pg_proc x",
+            "x.proacl",
+            'f',
+            "x.proowner",
+            "x.pronamespace = 'pg_catalog'::pg_catalog.regnamespace",
+        ),
+        (
+            class::PG_TYPE,
+            "pg_catalog.pg_type x",
+            "x.typacl",
+            'T',
+            "x.typowner",
+            "x.typnamespace = 'pg_catalog'::pg_catalog.regnamespace",
+        ),
+        (
+            class::PG_NAMESPACE,
+            "pg_catalog.pg_namespace x",
+            "x.nspacl",
+            'n',
+            "x.nspowner",
+            "x.nspname = 'pg_catalog'",
+        ),
+        (
+            2612,
+            "pg_catalog.pg_language x",
+            "x.lanacl",
+            'l',
+            "x.lanowner",
+            "x.oid < 16384",
+        ),
+        (
+            2328,
+            "pg_catalog.pg_foreign_data_wrapper x",
+            "x.fdwacl",
+            'F',
+            "x.fdwowner",
+            "false",
+        ),
+    ];
+    let mut out = Vec::new();
+    for (cls, from, acl, kind, owner, system) in specs {
+        let base = baseline_sql(cls, "x.oid", kind, owner);
+        for who in ["grantee", "grantor"] {
+            out.push(format!(
+                "SELECT e.{who} FROM {from},
+                        pg_catalog.unnest(COALESCE({acl}, pg_catalog.acldefault('{kind}', {owner}))) AS i,
+                        LATERAL pg_catalog.aclexplode(ARRAY[i]) AS e
+                  WHERE ({system} OR {}) AND NOT (i = ANY (({base})::pg_catalog.aclitem[]))
+                    AND e.{who} <> {owner}",
+                member(cls)
+            ));
+        }
+    }
+    for who in ["grantee", "grantor"] {
+        out.push(format!(
+            "SELECT e.{who} FROM pg_catalog.pg_attribute a
+               JOIN pg_catalog.pg_class x ON x.oid = a.attrelid,
+                    pg_catalog.unnest(a.attacl) AS i,
+                    LATERAL pg_catalog.aclexplode(ARRAY[i]) AS e
+              WHERE a.attacl IS NOT NULL
+                AND (x.relnamespace = 'pg_catalog'::pg_catalog.regnamespace OR {})
+                AND NOT (i = ANY (COALESCE((SELECT ip.initprivs FROM pg_catalog.pg_init_privs ip
+                                             WHERE ip.classoid = {} AND ip.objoid = x.oid
+                                               AND ip.objsubid = a.attnum), '{{}}')))
+                AND e.{who} <> x.relowner",
+            member(class::PG_CLASS),
+            class::PG_CLASS
+        ));
+    }
+    out
+}
+
 /// Privileges changed on objects the system or an extension created: pg_dump
 /// compares each one's ACL with what `pg_init_privs` recorded when it was
 /// created (initdb, CREATE EXTENSION) and replays the difference, for
