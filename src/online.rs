@@ -678,7 +678,27 @@ async fn cutover_steps(
             fence_lsn = Some(wal);
             target_end = wal;
         } else {
-            let wal = current_wal(ctl).await?;
+            // pgoutput before 14 forwards no messages, but the message's
+            // WAL record still marks a position after every commit made
+            // before the fence. pg_current_wal_lsn() would not: it is the
+            // write position, and asynchronous commits inserted before the
+            // fence may lie beyond it (the drain stopped short of them).
+            let id = format!(
+                "{} {}",
+                phase.migration_id,
+                chrono::Utc::now().timestamp_micros()
+            );
+            let at: String = ctl
+                .query_one(
+                    "SELECT pg_catalog.pg_logical_emit_message(false, $1, $2)::text",
+                    &[&FENCE_MESSAGE_PREFIX, &id],
+                )
+                .await
+                .map_err(|e| MigrationError::db("writing the fence position on the source", e))?
+                .get(0);
+            let wal: Lsn = at
+                .parse()
+                .map_err(|_| MigrationError::Internal(format!("bad LSN {at}")))?;
             fence_lsn = Some(wal);
             target_end = wal;
         }

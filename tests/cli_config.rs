@@ -167,7 +167,10 @@ async fn progress_line_only_when_asked_or_on_a_terminal() {
     );
     // Log records are whole lines between redraws, and the line is gone at
     // the end (what follows the last clear is nothing or a whole record).
+    // A display of several lines (a worker line under the status) is
+    // cleared line by line upwards: "\r ESC[2K" then "ESC[1A ESC[2K" each.
     let tail = err.rsplit("\r\x1b[2K").next().unwrap();
+    let tail = tail.trim_start_matches("\x1b[1A\x1b[2K");
     assert!(
         tail.is_empty() || tail.ends_with('\n'),
         "the line was left: {err:?}"

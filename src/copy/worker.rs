@@ -125,9 +125,13 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
                 snapshot: src.as_ref().map(|s| s.1.clone()).unwrap_or_default(),
                 ..r
             };
+            // A re-shaped table names where its rows went.
+            let item = match &t.load_into {
+                Some(l) => format!("{name} into {}", l.relation),
+                None => name.clone(),
+            };
             info!(
-                item = %name,
-                into = t.load_into.as_ref().map(|l| l.relation.as_str()).unwrap_or(""),
+                item = %item,
                 rows = r.rows,
                 bytes = r.bytes,
                 seconds = format!("{:.2}", r.finished.duration_since(r.started).as_secs_f64()),
