@@ -190,21 +190,27 @@ async fn sequences(ci: &str) -> Vec<(String, String)> {
     out
 }
 
-/// Each large object's owner, privileges, comment and content digest.
-async fn large_objects(ci: &str) -> Vec<String> {
+/// The first column of every row of `sql`, as text.
+async fn strings(ci: &str, sql: &str) -> Vec<String> {
     testkit::client(ci)
         .await
-        .query(
-            "SELECT concat_ws(' ', m.oid, pg_get_userbyid(m.lomowner), m.lomacl::text,
-                              obj_description(m.oid, 'pg_largeobject'), md5(lo_get(m.oid)))
-               FROM pg_largeobject_metadata m ORDER BY m.oid",
-            &[],
-        )
+        .query(sql, &[])
         .await
-        .unwrap()
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
         .iter()
         .map(|r| r.get(0))
         .collect()
+}
+
+/// Each large object's owner, privileges, comment and content digest.
+async fn large_objects(ci: &str) -> Vec<String> {
+    strings(
+        ci,
+        "SELECT concat_ws(' ', m.oid, pg_get_userbyid(m.lomowner), m.lomacl::text,
+                          obj_description(m.oid, 'pg_largeobject'), md5(lo_get(m.oid)))
+           FROM pg_largeobject_metadata m ORDER BY m.oid",
+    )
+    .await
 }
 
 /// Every table's rows, with its columns taken in name order: a child whose
@@ -400,22 +406,16 @@ fn comparable_across_majors(schema: &str) -> String {
 
 /// Every view's and materialized view's columns with their types.
 async fn view_columns(ci: &str) -> Vec<String> {
-    testkit::client(ci)
-        .await
-        .query(
-            "SELECT format('%I.%I(%s)', n.nspname, c.relname,
-                           string_agg(format('%I %s', a.attname, format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY a.attnum))
-               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-               JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-              WHERE c.relkind IN ('v', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-              GROUP BY n.nspname, c.relname ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
+    strings(
+        ci,
+        "SELECT format('%I.%I(%s)', n.nspname, c.relname,
+                       string_agg(format('%I %s', a.attname, format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY a.attnum))
+           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+          WHERE c.relkind IN ('v', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+          GROUP BY n.nspname, c.relname ORDER BY 1",
+    )
+    .await
 }
 
 /// The schema as `pg_dbmigrator schema` reads it back from a database.
