@@ -104,6 +104,9 @@ pub(crate) async fn run_locked(
             ))
         })?;
         crate::schema::tablespace::place(&mut script, &placement);
+        if cfg.no_toast_compression {
+            crate::schema::drop_compression(&mut script);
+        }
         Some(script)
     };
     if let Some(script) = &script {

@@ -368,6 +368,34 @@ async fn lz4_into_a_server_without_lz4_is_refused_first() {
     )
     .await;
     assert_eq!(methods, "-,-,-");
+    // Through an archive: restore refuses the same way, and takes the flag.
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    let archive = archive.to_str().unwrap();
+    let out = run_async(&["dump", "--source", &db.source, "--dump-path", archive]).await;
+    assert_eq!(out.status.code(), Some(0), "dump: {}", text(&out.stderr));
+    let restored = server.conninfo("no_lz4_restored");
+    let out = run_async(&["restore", "--target", &restored, "--dump-path", archive]).await;
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("built without lz4") && err.contains("public.t.a"),
+        "{err}"
+    );
+    let out = run_async(&[
+        "restore",
+        "--target",
+        &restored,
+        "--dump-path",
+        archive,
+        "--no-toast-compression",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "restore: {}", text(&out.stderr));
+    assert_eq!(
+        testkit::query_scalar(&restored, "SELECT a || b FROM t").await,
+        "ab"
+    );
     server.cluster().unwrap().stop();
 }
 

@@ -239,6 +239,10 @@ struct RestoreArgs {
     /// Leave large objects out.
     #[arg(long)]
     no_large_objects: bool,
+    /// Leave columns' compression methods out: every column takes the
+    /// target's default (a target built without lz4).
+    #[arg(long)]
+    no_toast_compression: bool,
     #[command(flatten)]
     tablespaces: TablespaceArgs,
     /// Continue an interrupted restore: files already loaded are kept.
@@ -876,6 +880,7 @@ async fn restore(
         index_jobs: args.index_jobs,
         analyze: !args.skip_analyze,
         large_objects: !args.no_large_objects,
+        no_toast_compression: args.no_toast_compression,
         dump_path: Some(args.dump_path.clone()),
         resume: args.resume,
         force_clean: args.force_clean,

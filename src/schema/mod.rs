@@ -115,6 +115,18 @@ pub async fn read_with(
     Ok(script)
 }
 
+/// `--no-toast-compression` for a script read before (from an archive):
+/// every column's compression method is left out.
+pub fn drop_compression(script: &mut SchemaScript) {
+    for step in [&mut script.pre_data, &mut script.post_data]
+        .into_iter()
+        .flatten()
+    {
+        step.sql
+            .retain(|s| !(s.starts_with("ALTER TABLE ONLY ") && s.contains(" SET COMPRESSION ")));
+    }
+}
+
 /// The columns the script gives lz4 compression (`schema.table.column`),
 /// which a server built without lz4 cannot create.
 pub fn lz4_columns(script: &SchemaScript) -> Vec<String> {
