@@ -144,6 +144,30 @@ impl MigrationError {
         }
     }
 
+    /// Whether trying the same work again may succeed: a lost or refused
+    /// connection (not a refused login), a server shutting down or starting
+    /// up (class 57, 08), a serialization failure or a deadlock. What
+    /// retries does so from the beginning of a unit that left nothing
+    /// behind (one transaction).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            // A refused login (wrong password, pg_hba) will not heal by itself.
+            MigrationError::Connect { db: Some(info), .. } if info.sqlstate.starts_with("28") => {
+                false
+            }
+            MigrationError::Client { .. }
+            | MigrationError::Io { .. }
+            | MigrationError::Connect { .. } => true,
+            MigrationError::Db { info, .. } => {
+                info.sqlstate.starts_with("08")
+                    || info.sqlstate.starts_with("57")
+                    || info.sqlstate == "40001"
+                    || info.sqlstate == "40P01"
+            }
+            _ => false,
+        }
+    }
+
     /// The server's SQLSTATE when the error came from a server.
     pub fn sqlstate(&self) -> Option<&str> {
         match self {

@@ -305,6 +305,16 @@ pub(crate) async fn copy_phase(
         .unwrap_or_default();
     schema_steps += outcome.index_steps;
     let results = outcome.tables;
+    // The main target session sat idle through the copy: a link that
+    // dropped meanwhile (the copy retried through it) took it along.
+    let dst = if dst.is_closed() {
+        warn!("the target session was lost during the copy; reconnecting");
+        let c = connect::reconnect(&target_ep, "target", &cancel).await?;
+        session::setup_ddl_target(&c).await?;
+        c
+    } else {
+        dst
+    };
 
     // Schema after the data: indexes, constraints, then privileges and refreshes.
     if let Some(script) = &script {

@@ -25,6 +25,8 @@ use tokio_postgres::NoTls;
 use crate::config::{EndpointConfig, Host, Secret, SslMode};
 
 /// Env var naming the directory with `initdb`, `pg_ctl` and `postgres`.
+pub mod proxy;
+
 pub const ENV_PG_BIN: &str = "PG_DBMIGRATOR_PG_BIN";
 /// Env var with an admin conninfo (key=value, existing `dbname`) for the source server.
 pub const ENV_TEST_SOURCE: &str = "PG_DBMIGRATOR_TEST_SOURCE";

@@ -603,15 +603,8 @@ fn is_small(t: &TableInfo) -> bool {
     t.bytes < SMALL_TABLE_BYTES
 }
 
-/// One index worker: a target session applying early post-data steps.
-async fn index_worker(
-    id: usize,
-    sched: &Scheduler,
-    copied: &BTreeSet<String>,
-    stop: &CancellationToken,
-) -> Result<()> {
-    let ctx = &sched.ctx;
-    let target = ctx.target().expect("index workers run against a target");
+/// A target session for index builds and keys.
+async fn index_session(target: &EndpointConfig) -> Result<Client> {
     let dst = connect::connect(target, "target").await?;
     session::setup_target(&dst).await?;
     dst.batch_execute(crate::schema::emit::APPLY_SETTINGS)
@@ -620,37 +613,109 @@ async fn index_worker(
     dst.batch_execute(INDEX_SESSION_SETTINGS)
         .await
         .map_err(|e| MigrationError::db("configuring the target session", e))?;
+    Ok(dst)
+}
+
+/// One index worker: a target session applying early post-data steps. A
+/// transient fault loses only the step being built (one transaction with
+/// its marker): it is built again on a new session, unless its marker
+/// shows that its commit went through.
+async fn index_worker(
+    id: usize,
+    sched: &Scheduler,
+    copied: &BTreeSet<String>,
+    stop: &CancellationToken,
+) -> Result<()> {
+    let ctx = &sched.ctx;
+    let target = ctx.target().expect("index workers run against a target");
+    let mut dst = index_session(target).await?;
     debug!(worker = id, "index worker ready");
     while let Some(task) = sched.next_index_task(stop).await {
-        match task {
-            IndexTask::Build(step) => {
-                let t0 = Instant::now();
-                apply_step(&dst, &ctx.migration_id, "post", &step).await?;
-                info!(step = %step.describe, seconds = format!("{:.2}", t0.elapsed().as_secs_f64()), "built");
-                sched.index_task_done(step.table.clone(), 1, false);
-            }
-            IndexTask::Finish { table, steps, rows } => {
-                let t0 = Instant::now();
-                let batch: Vec<&Step> = steps.iter().collect();
-                steps::apply_batch(&dst, &ctx.migration_id, "post", &batch).await?;
-                if !steps.is_empty() {
-                    debug!(%table, steps = steps.len(), seconds = format!("{:.2}", t0.elapsed().as_secs_f64()), "indexes and keys");
-                }
-                // Fresh statistics for the planner; only for tables loaded
-                // now, and not for a few rows: the planner does well on them
-                // without, and autovacuum analyzes any table of more than
-                // 50 rows soon after the load anyway.
-                let analyze = ctx.analyze && copied.contains(&table) && rows >= ANALYZE_MIN_ROWS;
-                if analyze {
+        let what = match &task {
+            IndexTask::Build(step) => step.describe.clone(),
+            IndexTask::Finish { table, .. } => format!("indexes and keys of {table}"),
+        };
+        let mut retry = worker::Retry::new();
+        // Steps of this task already committed (known after a fault).
+        let mut done: Option<BTreeSet<String>> = None;
+        let pending = |steps: &[Step], done: &Option<BTreeSet<String>>| -> Vec<Step> {
+            steps
+                .iter()
+                .filter(|s| {
+                    done.as_ref()
+                        .is_none_or(|d| !d.contains(&step_marker("post", s)))
+                })
+                .cloned()
+                .collect()
+        };
+        loop {
+            let r = match &task {
+                IndexTask::Build(step) => {
+                    let todo = pending(std::slice::from_ref(step), &done);
                     let t0 = Instant::now();
-                    dst.batch_execute(&format!("ANALYZE {table}"))
-                        .await
-                        .map_err(|e| {
-                            MigrationError::db(format!("analyzing {table} on the target"), e)
-                        })?;
-                    debug!(%table, seconds = format!("{:.2}", t0.elapsed().as_secs_f64()), "analyzed");
+                    match todo.first() {
+                        Some(step) => apply_step(&dst, &ctx.migration_id, "post", step)
+                            .await
+                            .map(|()| {
+                                info!(step = %step.describe, seconds = format!("{:.2}", t0.elapsed().as_secs_f64()), "built");
+                            }),
+                        None => Ok(()),
+                    }
                 }
-                sched.index_task_done(None, steps.len(), analyze);
+                IndexTask::Finish { table, steps, rows } => {
+                    let todo = pending(steps, &done);
+                    let t0 = Instant::now();
+                    let batch: Vec<&Step> = todo.iter().collect();
+                    match steps::apply_batch(&dst, &ctx.migration_id, "post", &batch).await {
+                        Err(e) => Err(e),
+                        Ok(()) => {
+                            if !steps.is_empty() {
+                                debug!(%table, steps = steps.len(), seconds = format!("{:.2}", t0.elapsed().as_secs_f64()), "indexes and keys");
+                            }
+                            // Fresh statistics for the planner; only for
+                            // tables loaded now, and not for a few rows: the
+                            // planner does well on them without, and
+                            // autovacuum analyzes any table of more than 50
+                            // rows soon after the load anyway.
+                            let analyze =
+                                ctx.analyze && copied.contains(table) && *rows >= ANALYZE_MIN_ROWS;
+                            if analyze {
+                                let t0 = Instant::now();
+                                dst.batch_execute(&format!("ANALYZE {table}"))
+                                    .await
+                                    .map_err(|e| {
+                                        MigrationError::db(format!("analyzing {table} on the target"), e)
+                                    })
+                                    .map(|()| {
+                                        debug!(%table, seconds = format!("{:.2}", t0.elapsed().as_secs_f64()), "analyzed");
+                                    })
+                            } else {
+                                Ok(())
+                            }
+                        }
+                    }
+                }
+            };
+            let Err(e) = r else {
+                break;
+            };
+            retry.wait(e, &what, id, stop).await?;
+            loop {
+                match index_session(target).await {
+                    Ok(c) => {
+                        dst = c;
+                        break;
+                    }
+                    Err(e) => retry.wait(e, &what, id, stop).await?,
+                }
+            }
+            done = Some(committed_steps(&dst, &ctx.migration_id).await?);
+        }
+        match task {
+            IndexTask::Build(step) => sched.index_task_done(step.table.clone(), 1, false),
+            IndexTask::Finish { table, steps, rows } => {
+                let analyze = ctx.analyze && copied.contains(&table) && rows >= ANALYZE_MIN_ROWS;
+                sched.index_task_done(None, steps.len(), analyze)
             }
         }
     }

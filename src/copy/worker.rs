@@ -8,13 +8,13 @@
 //! same), so memory stays flat whatever the table size.
 
 use std::pin::Pin;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{SinkExt, Stream, StreamExt};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::plan::WorkItem;
 use super::rows::RowCounter;
@@ -40,26 +40,8 @@ pub enum WireFormat {
 /// the target or an archive, as the context says.
 pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) -> Result<()> {
     let ctx = &sched.ctx;
-    let src = match &ctx.input {
-        Input::Server {
-            endpoint,
-            snapshot_id,
-        } => {
-            let src = connect::connect(endpoint, "source").await?;
-            session::setup_source(&src).await?;
-            let snapshot = session::import_snapshot(&src, snapshot_id).await?;
-            Some((src, snapshot))
-        }
-        Input::Archive(_) => None,
-    };
-    let dst = match &ctx.output {
-        Output::Target(endpoint) => {
-            let dst = connect::connect(endpoint, "target").await?;
-            session::setup_target(&dst).await?;
-            Some(dst)
-        }
-        Output::Archive { .. } => None,
-    };
+    let mut src = open_source(ctx).await?;
+    let mut dst = open_target(ctx).await?;
     debug!(worker = id, "copy worker ready");
     let mut first = true;
     let mut groups_committed = 0;
@@ -75,29 +57,67 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
             return Err(MigrationError::Cancelled);
         }
         let mut results = Vec::with_capacity(group.len());
-        if let (Output::Target(_), Some(dst)) = (&ctx.output, &dst) {
-            let loaded = async {
-                dst.batch_execute("BEGIN").await.map_err(|e| {
-                    MigrationError::db("starting a copy transaction on the target", e)
-                })?;
-                for (i, item) in group.iter().enumerate() {
-                    let t = &sched.tables[item.table];
-                    let (started, format, input) =
-                        start_item(ctx, src.as_ref(), id, t, item, &mut first).await?;
-                    let r = load_item(ctx, dst, t, item, format, input, stop).await?;
-                    results.push(ItemResult { started, ..r });
-                    // After a group of this worker committed, inside the next.
-                    if i == 0 && group.len() > 1 && groups_committed > 0 {
-                        crate::faults::test_stop_at("mid_batch").await;
+        if let (Output::Target(_), true) = (&ctx.output, dst.is_some()) {
+            // A transient fault (a dropped connection, a server restarting)
+            // loses only this transaction: the group starts again from its
+            // beginning on new sessions, the same snapshot.
+            let mut retry = Retry::new();
+            loop {
+                let d = dst.as_ref().expect("target session");
+                results.clear();
+                let loaded = async {
+                    d.batch_execute("BEGIN").await.map_err(|e| {
+                        MigrationError::db("starting a copy transaction on the target", e)
+                    })?;
+                    for (i, item) in group.iter().enumerate() {
+                        let t = &sched.tables[item.table];
+                        let (started, format, input) =
+                            start_item(ctx, src.as_ref(), id, t, item, &mut first).await?;
+                        let r = load_item(ctx, d, t, item, format, input, stop).await?;
+                        results.push(ItemResult { started, ..r });
+                        // After a group of this worker committed, inside the next.
+                        if i == 0 && group.len() > 1 && groups_committed > 0 {
+                            crate::faults::test_stop_at("mid_batch").await;
+                        }
+                    }
+                    d.batch_execute("COMMIT").await.map_err(|e| {
+                        MigrationError::db("committing a copy transaction on the target", e)
+                    })
+                };
+                let Err(e) = loaded.await else {
+                    break;
+                };
+                let _ = d.batch_execute("ROLLBACK").await;
+                let what = group
+                    .first()
+                    .map(|item| item.name(&sched.tables[item.table]))
+                    .unwrap_or_default();
+                retry.wait(e, &what, id, stop).await?;
+                // New sessions on both sides: the source's was in the middle
+                // of a COPY, the target's may be gone.
+                loop {
+                    match reopen(ctx).await {
+                        Ok((s, d)) => {
+                            (src, dst) = (s, d);
+                            break;
+                        }
+                        Err(e) => retry.wait(e, &what, id, stop).await?,
                     }
                 }
-                dst.batch_execute("COMMIT").await.map_err(|e| {
-                    MigrationError::db("committing a copy transaction on the target", e)
-                })
-            };
-            if let Err(e) = loaded.await {
-                let _ = dst.batch_execute("ROLLBACK").await;
-                return Err(e);
+                first = true;
+                // A connection lost during COMMIT leaves the outcome unknown:
+                // the group's markers, written in its transaction, tell.
+                if results.len() == group.len() {
+                    let d = dst.as_ref().expect("target session");
+                    let committed = super::committed_items(d, &ctx.migration_id).await?;
+                    if group
+                        .iter()
+                        .all(|item| committed.contains(&item.name(&sched.tables[item.table])))
+                    {
+                        info!(worker = id, item = %what, "the interrupted commit had gone through");
+                        break;
+                    }
+                }
             }
             groups_committed += 1;
         } else if let Output::Archive { dir, level } = &ctx.output {
@@ -155,6 +175,88 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
         let _ = src.batch_execute("COMMIT").await;
     }
     Ok(())
+}
+
+/// The source session of a worker: on the shared snapshot.
+async fn open_source(ctx: &CopyContext) -> Result<Option<(Client, String)>> {
+    match &ctx.input {
+        Input::Server {
+            endpoint,
+            snapshot_id,
+        } => {
+            let src = connect::connect(endpoint, "source").await?;
+            session::setup_source(&src).await?;
+            let snapshot = session::import_snapshot(&src, snapshot_id).await?;
+            Ok(Some((src, snapshot)))
+        }
+        Input::Archive(_) => Ok(None),
+    }
+}
+
+async fn open_target(ctx: &CopyContext) -> Result<Option<Client>> {
+    match &ctx.output {
+        Output::Target(endpoint) => {
+            let dst = connect::connect(endpoint, "target").await?;
+            session::setup_target(&dst).await?;
+            Ok(Some(dst))
+        }
+        Output::Archive { .. } => Ok(None),
+    }
+}
+
+async fn reopen(ctx: &CopyContext) -> Result<(Option<(Client, String)>, Option<Client>)> {
+    Ok((open_source(ctx).await?, open_target(ctx).await?))
+}
+
+/// How long transient faults of one unit of work are retried, counted from
+/// the first: a link down for this long is no longer a blip.
+const RETRY_FOR: Duration = Duration::from_secs(120);
+
+/// Capped, jittered backoff for one unit of work.
+pub(super) struct Retry {
+    since: Option<Instant>,
+    attempt: u32,
+}
+
+impl Retry {
+    pub(super) fn new() -> Self {
+        Retry {
+            since: None,
+            attempt: 0,
+        }
+    }
+
+    /// After `e`: wait before the next attempt, or give `e` back when it is
+    /// not transient, the run is stopping, or faults went on too long.
+    pub(super) async fn wait(
+        &mut self,
+        e: MigrationError,
+        what: &str,
+        worker: usize,
+        stop: &CancellationToken,
+    ) -> Result<()> {
+        let since = *self.since.get_or_insert_with(Instant::now);
+        if !e.is_transient() || stop.is_cancelled() || since.elapsed() > RETRY_FOR {
+            return Err(e);
+        }
+        self.attempt += 1;
+        let base = Duration::from_millis(250) * 2u32.saturating_pow(self.attempt.min(5));
+        let base = base.min(Duration::from_secs(5));
+        // Up to a quarter more, so workers cut at once do not return at once.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let delay = base + base / 4 * (nanos % 1000) / 1000;
+        warn!(
+            worker, item = %what, attempt = self.attempt, retry_in = ?delay, error = %e,
+            "interrupted by a transient fault; retrying from its beginning on a new session"
+        );
+        tokio::select! {
+            _ = stop.cancelled() => Err(MigrationError::Cancelled),
+            _ = tokio::time::sleep(delay) => Ok(()),
+        }
+    }
 }
 
 /// Tables under this size (estimated heap bytes) may share a transaction.

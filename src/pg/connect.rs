@@ -33,6 +33,33 @@ pub(crate) struct Failure {
 
 /// Open a session to `ep`. `label` ("source", "target") names the endpoint in
 /// errors so a two-server run says which side failed.
+/// [`connect`], again while the failure is transient (a link that is down
+/// for a moment, a server restarting), for up to two minutes with capped
+/// backoff: for a session lost in the middle of a run, not for the first
+/// connection (whose failure is the user's to hear at once).
+pub async fn reconnect(
+    ep: &EndpointConfig,
+    label: &str,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<Client> {
+    let since = std::time::Instant::now();
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match connect(ep, label).await {
+            Ok(c) => return Ok(c),
+            Err(e) if e.is_transient() && since.elapsed() < Duration::from_secs(120) => {
+                tracing::warn!(endpoint = label, error = %e, retry_in = ?delay, "reconnecting");
+                tokio::select! {
+                    _ = cancel.cancelled() => return Err(MigrationError::Cancelled),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 pub async fn connect(ep: &EndpointConfig, label: &str) -> Result<Client> {
     let fail = |reason: String, db: Option<DbErrorInfo>| MigrationError::Connect {
         endpoint: label.to_string(),

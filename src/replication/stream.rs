@@ -192,22 +192,9 @@ pub async fn run(
 /// Errors after which reconnecting can help: lost connections, servers
 /// shutting down or starting up.
 pub fn is_transient(e: &MigrationError) -> bool {
-    match e {
-        // A refused login (wrong password, pg_hba) will not heal by itself.
-        MigrationError::Connect { db: Some(info), .. } if info.sqlstate.starts_with("28") => false,
-        MigrationError::Client { .. }
-        | MigrationError::Io { .. }
-        | MigrationError::Connect { .. } => true,
-        // 55006: the slot is still held by the walsender of a session
-        // that died (it lets go once it notices, at worst after
-        // wal_sender_timeout).
-        MigrationError::Db { info, .. } => {
-            info.sqlstate.starts_with("08")
-                || info.sqlstate.starts_with("57")
-                || info.sqlstate == "55006"
-        }
-        _ => false,
-    }
+    // 55006: the slot is still held by the walsender of a session that
+    // died (it lets go once it notices, at worst after wal_sender_timeout).
+    e.is_transient() || e.sqlstate() == Some("55006")
 }
 
 /// A spooled streamed transaction.
