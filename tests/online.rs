@@ -1685,6 +1685,14 @@ async fn temporary_objects_of_refresh_concurrently_and_functions_are_ignored() {
             .unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    // Temporary statements sent by the client beside real DDL, in one
+    // query string: the real one is still replayed.
+    c.batch_execute(
+        "CREATE TEMP TABLE top_scratch (a int); DROP TABLE top_scratch; \
+         COMMENT ON TABLE audit_log IS 'after a temp table'",
+    )
+    .await
+    .unwrap();
     let cut = common::run_async(&["cutover", "--dump-path", &r.dump()]).await;
     assert_eq!(
         cut.status.code(),
@@ -1704,6 +1712,14 @@ async fn temporary_objects_of_refresh_concurrently_and_functions_are_ignored() {
         common::schema_dump(&r.db.source),
         common::schema_dump(&r.db.target),
         "pg_dump -s of source and target differ"
+    );
+    assert_eq!(
+        testkit::query_scalar(
+            &r.db.target,
+            "SELECT obj_description('audit_log'::regclass)"
+        )
+        .await,
+        "after a temp table"
     );
     let rows = "SELECT count(*)::text || ' ' || count(DISTINCT batch)::text FROM audit_log";
     assert_eq!(

@@ -205,9 +205,12 @@ BEGIN
   dropped := nullif(current_setting('pg_dbmigrator.dropped', true), '');
   PERFORM set_config('pg_dbmigrator.dropped', '', true);
   IF NOT user_command AND tag LIKE 'DROP %'
-     AND coalesce(current_setting('pg_dbmigrator.dropped_temporary', true), '') IN ('on', '') THEN
-    -- Everything it dropped was temporary, or it dropped nothing at all
-    -- (`IF EXISTS`: no sql_drop fired).
+     AND (current_setting('pg_dbmigrator.dropped_temporary', true) = 'on'
+          OR (coalesce(current_setting('pg_dbmigrator.dropped_temporary', true), '') = ''
+              AND tag IN ('DROP TABLE', 'DROP VIEW', 'DROP MATERIALIZED VIEW', 'DROP INDEX', 'DROP SEQUENCE',
+                          'DROP TYPE', 'DROP DOMAIN', 'DROP FUNCTION', 'DROP PROCEDURE'))) THEN
+    -- Everything it dropped was temporary, or (`IF EXISTS`) it dropped
+    -- nothing at all: no sql_drop fired, where one fires for any drop.
     temporary := true;
     temp_tags := ARRAY[tag];
   ELSIF NOT user_command AND tag LIKE 'DROP %'
