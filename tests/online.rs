@@ -1641,6 +1641,144 @@ async fn kill_9_between_schema_changes_then_resume() {
     );
 }
 
+/// Temporary objects on the source are not schema changes to migrate:
+/// `REFRESH MATERIALIZED VIEW CONCURRENTLY` (which creates and drops a
+/// temporary table of its own) and a function that works through a temp
+/// table run repeatedly while the source streams; the migration goes on,
+/// the function's row changes arrive, and the schemas stay the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn temporary_objects_of_refresh_concurrently_and_functions_are_ignored() {
+    let r = Run::new("online_ddl_temp").await;
+    testkit::execute(
+        &r.db.source,
+        "CREATE TABLE audit_log (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, batch int NOT NULL, note text NOT NULL);
+         CREATE MATERIALIZED VIEW audit_summary AS SELECT batch, count(*) AS n, max(note) AS last_note FROM audit_log GROUP BY batch;
+         CREATE UNIQUE INDEX audit_summary_batch ON audit_summary (batch);
+         CREATE FUNCTION log_batch(b int) RETURNS int LANGUAGE plpgsql AS $$
+         DECLARE n int;
+         BEGIN
+           DROP TABLE IF EXISTS scratch_batch;
+           CREATE TEMP TABLE scratch_batch (note text);
+           INSERT INTO scratch_batch SELECT 'batch ' || b || ' row ' || g FROM generate_series(1, 3) g;
+           INSERT INTO audit_log (batch, note) SELECT b, note FROM scratch_batch;
+           GET DIAGNOSTICS n = ROW_COUNT;
+           DROP TABLE scratch_batch;
+           RETURN n;
+         END $$;",
+    )
+    .await
+    .unwrap();
+    let load = Workload::start(&r.db.source);
+    let child = r.spawn(&[], "m", None);
+    r.wait_streaming("m").await;
+    let c = testkit::client(&r.db.source).await;
+    let batches = 12;
+    for b in 1..=batches {
+        let n: i32 = c
+            .query_one("SELECT log_batch($1)", &[&b])
+            .await
+            .unwrap_or_else(|e| panic!("log_batch({b}): {e:?}"))
+            .get(0);
+        assert_eq!(n, 3);
+        c.batch_execute("REFRESH MATERIALIZED VIEW CONCURRENTLY audit_summary")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Temporary statements sent by the client beside real DDL, in one
+    // query string: the real one is still replayed.
+    c.batch_execute(
+        "CREATE TEMP TABLE top_scratch (a int); DROP TABLE top_scratch; \
+         COMMENT ON TABLE audit_log IS 'after a temp table'",
+    )
+    .await
+    .unwrap();
+    let cut = common::run_async(&["cutover", "--dump-path", &r.dump()]).await;
+    assert_eq!(
+        cut.status.code(),
+        Some(0),
+        "cutover: {}\nmigrate: {}",
+        text(&cut.stderr),
+        r.stderr("m")
+    );
+    let (code, out) = wait_child(child, Duration::from_secs(180)).await;
+    let bad = load.finish().await;
+    r.assert_success(code, &out, "m").await;
+    assert!(
+        bad.is_empty(),
+        "the workload failed before the fence: {bad:?}"
+    );
+    assert_eq!(
+        common::schema_dump(&r.db.source),
+        common::schema_dump(&r.db.target),
+        "pg_dump -s of source and target differ"
+    );
+    assert_eq!(
+        testkit::query_scalar(
+            &r.db.target,
+            "SELECT obj_description('audit_log'::regclass)"
+        )
+        .await,
+        "after a temp table"
+    );
+    let rows = "SELECT count(*)::text || ' ' || count(DISTINCT batch)::text FROM audit_log";
+    assert_eq!(
+        testkit::query_scalar(&r.db.target, rows).await,
+        format!("{} {batches}", 3 * batches)
+    );
+    let summary = "SELECT string_agg(batch || ':' || n || ':' || last_note, ',' ORDER BY batch) FROM audit_summary";
+    let on_source = testkit::query_scalar(&r.db.source, summary).await;
+    assert!(on_source.starts_with("1:3:batch 1 row 3,"), "{on_source}");
+    assert_eq!(
+        testkit::query_scalar(&r.db.target, summary).await,
+        on_source
+    );
+}
+
+/// Real DDL run inside a function still stops the migration, before the
+/// target drifts, even when the same function also works through a temp
+/// table (only the temporary objects are passed over).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn real_ddl_inside_a_function_still_stops_beside_temporary_objects() {
+    let r = Run::new("online_ddl_fn").await;
+    testkit::execute(
+        &r.db.source,
+        "CREATE FUNCTION make_report() RETURNS void LANGUAGE plpgsql AS $$
+         BEGIN
+           CREATE TEMP TABLE report_scratch AS SELECT 1 AS one;
+           CREATE TABLE report_made (id int PRIMARY KEY);
+           DROP TABLE report_scratch;
+         END $$;",
+    )
+    .await
+    .unwrap();
+    let child = r.spawn(&[], "m", None);
+    r.wait_streaming("m").await;
+    testkit::execute(&r.db.source, "SELECT make_report()")
+        .await
+        .unwrap();
+    let (code, _) = wait_child(child, Duration::from_secs(120)).await;
+    let err = r.stderr("m");
+    // 2: not supported (the run can go no further by itself).
+    assert_eq!(code, Some(2), "{err}");
+    for needle in [
+        "SELECT make_report()",
+        "CREATE TABLE",
+        "not a DDL statement",
+    ] {
+        assert!(err.contains(needle), "the error must name {needle}: {err}");
+    }
+    assert_eq!(
+        testkit::query_scalar(
+            &r.db.target,
+            "SELECT (to_regclass('public.report_made') IS NULL)::text"
+        )
+        .await,
+        "true"
+    );
+    r.cleanup().await;
+}
+
 /// Both servers with `wal_level = logical`, for `--fallback` (the new
 /// server streams back).
 fn logical_pair() -> &'static testkit::Pair {

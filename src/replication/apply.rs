@@ -667,6 +667,15 @@ impl Applier {
             Some((t, text, next)) if *t == txn && *text == msg.sql => *next,
             _ => 0,
         };
+        // Temporary objects only: nothing to replay, nothing to stop for.
+        // The firing counts as a statement of the query string only when
+        // it is one (not when REFRESH ... CONCURRENTLY or a function ran it).
+        if msg.temporary {
+            if ddl::temporary_takes_statement(&msg, index) {
+                self.ddl_repeat = Some((txn, msg.sql.clone(), index + 1));
+            }
+            return Ok(());
+        }
         self.ddl_repeat = Some((txn, msg.sql.clone(), index + 1));
         let replay = ddl::replay_plan(&msg, index).map_err(|why| {
             MigrationError::Unsupported(format!(

@@ -69,6 +69,10 @@ pub struct DdlMessage {
     /// The capture itself failed on the source (the statement went on).
     #[serde(default)]
     pub capture_error: Option<String>,
+    /// The firing touched only temporary objects (or a DROP found nothing
+    /// to drop): it replays nothing (see [`temporary_takes_statement`]).
+    #[serde(default)]
+    pub temporary: bool,
 }
 
 /// One object a DROP removed, as `pg_event_trigger_dropped_objects()` names it.
@@ -126,6 +130,8 @@ DECLARE
   r record;
   rel record;
   user_command boolean := false;
+  temporary boolean := false;
+  temp_tags text[] := '{{}}';
   tags text[] := '{{}}';
   published text[] := '{{}}';
   unpublished text[] := '{{}}';
@@ -143,6 +149,16 @@ BEGIN
   FOR r IN SELECT * FROM pg_event_trigger_ddl_commands() LOOP
     -- An extension's script is replayed by its CREATE/ALTER EXTENSION.
     CONTINUE WHEN r.in_extension;
+    -- A temporary object (REFRESH ... CONCURRENTLY's own, a function's
+    -- scratch table) lives in one session: nothing to migrate.
+    IF r.schema_name = 'pg_temp' OR r.schema_name LIKE 'pg\_temp\_%'
+       OR r.schema_name LIKE 'pg\_toast\_temp\_%' THEN
+      temporary := true;
+      IF NOT r.command_tag = ANY (temp_tags) THEN
+        temp_tags := temp_tags || r.command_tag;
+      END IF;
+      CONTINUE;
+    END IF;
     user_command := true;
     IF NOT r.command_tag = ANY (tags) THEN
       tags := tags || r.command_tag;
@@ -189,10 +205,28 @@ BEGIN
   dropped := nullif(current_setting('pg_dbmigrator.dropped', true), '');
   PERFORM set_config('pg_dbmigrator.dropped', '', true);
   IF NOT user_command AND tag LIKE 'DROP %'
+     AND (current_setting('pg_dbmigrator.dropped_temporary', true) = 'on'
+          OR (coalesce(current_setting('pg_dbmigrator.dropped_temporary', true), '') = ''
+              AND tag IN ('DROP TABLE', 'DROP VIEW', 'DROP MATERIALIZED VIEW', 'DROP INDEX', 'DROP SEQUENCE',
+                          'DROP TYPE', 'DROP DOMAIN', 'DROP FUNCTION', 'DROP PROCEDURE'))) THEN
+    -- Everything it dropped was temporary, or (`IF EXISTS`) it dropped
+    -- nothing at all: no sql_drop fired, where one fires for any drop.
+    temporary := true;
+    temp_tags := ARRAY[tag];
+  ELSIF NOT user_command AND tag LIKE 'DROP %'
      AND upper(ltrim(current_query())) NOT LIKE 'ALTER EXTENSION%'
      AND upper(ltrim(current_query())) NOT LIKE 'CREATE EXTENSION%' THEN
     user_command := true;
     tags := ARRAY[tag];
+  END IF;
+  PERFORM set_config('pg_dbmigrator.dropped_temporary', '', true);
+  IF NOT user_command AND temporary THEN
+    -- Replays nothing; written only so that the applier can tell a
+    -- temporary statement of the query string from one run inside it.
+    PERFORM pg_logical_emit_message(true, {prefix}, json_build_object(
+      'sql', current_query(), 'role', session_user, 'search_path', path, 'tags', temp_tags,
+      'temporary', true)::text);
+    RETURN;
   END IF;
   IF NOT user_command THEN
     RETURN;
@@ -227,9 +261,14 @@ BEGIN
      WHERE NOT d.is_temporary AND (d.original OR d.normal)
        AND d.object_type IN ('table', 'view', 'materialized view', 'sequence', 'index', 'foreign table',
                              'function', 'procedure', 'type', 'schema')), true);
+  -- Only temporary objects (what it named and what CASCADE took).
+  PERFORM pg_catalog.set_config('pg_dbmigrator.dropped_temporary', (
+    SELECT CASE WHEN pg_catalog.count(*) > 0 AND pg_catalog.bool_and(d.is_temporary) THEN 'on' ELSE 'off' END
+      FROM pg_catalog.pg_event_trigger_dropped_objects() d
+     WHERE d.original OR d.normal), true);
 EXCEPTION WHEN OTHERS THEN
   -- Never fail the user's DROP: without the list, the replay is unchecked.
-  NULL;
+  PERFORM pg_catalog.set_config('pg_dbmigrator.dropped_temporary', 'off', true);
 END
 $on_drop$;
 DROP EVENT TRIGGER IF EXISTS {trigger};
@@ -355,32 +394,49 @@ pub fn replay_plan(msg: &DdlMessage, index: usize) -> std::result::Result<String
             msg.tags.join(", ")
         )
     };
+    if msg.temporary {
+        return Ok(String::new());
+    }
     let Some(stmt) = statements.get(index) else {
         return Err(unreplayable());
     };
-    // The statement must be the command that fired: same verb, and the
-    // object kind among its first words.
-    let words = leading_words(stmt, 12);
-    // Temporary objects live in one session: nothing to migrate.
+    if !fits(msg, stmt) {
+        return Err(unreplayable());
+    }
+    // Temporary objects live in one session: nothing to migrate (a
+    // capture installed by an earlier version sends these unmarked).
+    let words = leading_words(stmt, 4);
     if words.first().is_some_and(|w| w == "CREATE")
-        && words
-            .iter()
-            .take(4)
-            .any(|w| w == "TEMP" || w == "TEMPORARY")
+        && words.iter().any(|w| w == "TEMP" || w == "TEMPORARY")
     {
         return Ok(String::new());
     }
-    let fits = msg.tags.iter().any(|tag| {
+    Ok(drop_concurrently(stmt))
+}
+
+/// Whether a firing that touched only temporary objects is the `index`-th
+/// DDL statement of its query string (a `CREATE TEMP TABLE` or a `DROP` of
+/// a temp table sent by the client: the next firing is the next
+/// statement), rather than one run inside it (by `REFRESH MATERIALIZED
+/// VIEW CONCURRENTLY`, a function, a `DO` block), which takes no
+/// statement. Either way it replays nothing and never stops the migration.
+pub fn temporary_takes_statement(msg: &DdlMessage, index: usize) -> bool {
+    ddl_statements(&msg.sql)
+        .get(index)
+        .is_some_and(|stmt| fits(msg, stmt))
+}
+
+/// The statement is the command that fired: same verb, and the object
+/// kind among its first words.
+fn fits(msg: &DdlMessage, stmt: &str) -> bool {
+    let words = leading_words(stmt, 12);
+    msg.tags.iter().any(|tag| {
         let mut t = tag.split_whitespace();
         let verb = t.next().unwrap_or_default();
         let kind = t.next();
         words.first().is_some_and(|w| w == verb)
             && kind.is_none_or(|k| words.iter().skip(1).any(|w| w == k))
-    });
-    if !fits {
-        return Err(unreplayable());
-    }
-    Ok(drop_concurrently(stmt))
+    })
 }
 
 fn short(s: &str) -> String {
@@ -784,6 +840,7 @@ mod tests {
             published_with_rows: vec![],
             dropped: vec![],
             capture_error: None,
+            temporary: false,
         }
     }
 
@@ -891,6 +948,42 @@ mod tests {
         let mut failed = msg("ALTER TABLE t ADD e int", &["ALTER TABLE"]);
         failed.capture_error = Some("boom".into());
         assert!(replay_plan(&failed, 0).unwrap_err().contains("boom"));
+    }
+
+    #[test]
+    fn temporary_firings_replay_nothing_and_take_only_their_own_statement() {
+        let mut t = msg(
+            "REFRESH MATERIALIZED VIEW CONCURRENTLY mv",
+            &["CREATE TABLE"],
+        );
+        t.temporary = true;
+        assert_eq!(replay_plan(&t, 0).unwrap(), "");
+        assert!(!temporary_takes_statement(&t, 0));
+        // The REFRESH's own firing is still the first statement.
+        let own = msg(&t.sql, &["REFRESH MATERIALIZED VIEW"]);
+        assert_eq!(
+            replay_plan(&own, 0).unwrap(),
+            "REFRESH MATERIALIZED VIEW CONCURRENTLY mv"
+        );
+        let mut t = msg("SELECT f(); ALTER TABLE t ADD c int", &["DROP TABLE"]);
+        t.temporary = true;
+        assert!(!temporary_takes_statement(&t, 0));
+        let mut t = msg(
+            "DROP TABLE scratch; ALTER TABLE t ADD c int",
+            &["DROP TABLE"],
+        );
+        t.temporary = true;
+        assert!(temporary_takes_statement(&t, 0));
+        assert_eq!(
+            replay_plan(&msg(&t.sql, &["ALTER TABLE"]), 1).unwrap(),
+            "ALTER TABLE t ADD c int"
+        );
+        // A firing of real DDL on a temporary statement is out of step.
+        assert!(replay_plan(
+            &msg("SELECT f(); CREATE TEMP TABLE x (a int)", &["ALTER TABLE"]),
+            0
+        )
+        .is_err());
     }
 
     #[test]
