@@ -361,11 +361,13 @@ pub struct CutoverRecord {
     #[serde(default)]
     pub attempts: u32,
     /// This attempt drained the stream to its fence (`fence_lsn`) and the
-    /// source stays fenced: the target holds every change the slot could
-    /// still give, so the slot is no longer needed. Recorded before the
-    /// cutover drops the slot, cleared before a failed attempt lifts the
-    /// fence; a resume that finds the slot missing with this set finishes
-    /// the cutover instead of refusing.
+    /// source stays fenced (without `--fence`, the operator stopped the
+    /// writes): the target holds every change the slot could still give,
+    /// so the slot is no longer needed. Recorded before the cutover drops
+    /// the slot, cleared before a failed attempt lifts the fence (and at
+    /// the start of an attempt that drains again); a resume that finds the
+    /// slot missing with this set finishes the cutover instead of refusing.
+    /// Without it a missing slot is lost: it held changes the target lacks.
     #[serde(default)]
     pub drained: bool,
 }
