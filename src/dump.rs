@@ -49,10 +49,19 @@ pub struct DumpReport {
     pub sequences: usize,
     pub large_objects: usize,
     pub seconds: f64,
+    /// `--resume` of a dump its token records complete: nothing was done.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub already_complete: bool,
 }
 
 impl DumpReport {
     pub fn summary(&self) -> String {
+        if self.already_complete {
+            return format!(
+                "the dump into {} is already complete: nothing left to do\n",
+                self.dump_path.display()
+            );
+        }
         format!(
             "dump {} in {:.1}s: {} tables ({} rows), {} files written, {} kept from the interrupted run; \
              {} of COPY data in {} on disk ({:.1}x); sequences: {}; large objects: {}\n  archive: {}\n",
@@ -120,6 +129,24 @@ pub(crate) async fn run_with(
         )));
     }
     let token_path = ResumeToken::path_for(&dir);
+    if let Some(t) = crate::resume::completed_token(cfg, &def, &token_path)? {
+        info!(token = %token_path.display(), "the dump had completed; nothing left to do");
+        return Ok(DumpReport {
+            dump_path: dir,
+            token_path,
+            resumed: true,
+            tables: 0,
+            files_written: 0,
+            files_kept: t.dumped.len(),
+            rows: 0,
+            raw_bytes: 0,
+            archive_bytes: 0,
+            sequences: 0,
+            large_objects: 0,
+            seconds: started.elapsed().as_secs_f64(),
+            already_complete: true,
+        });
+    }
     let (existing, resumed) = crate::resume::resolve_token(cfg, &def, &token_path, "dump")?;
     let migration_id = cfg
         .migration_id
@@ -348,6 +375,7 @@ pub(crate) async fn run_with(
         sequences: seqs.len(),
         large_objects: los.len(),
         seconds: started.elapsed().as_secs_f64(),
+        already_complete: false,
     })
 }
 

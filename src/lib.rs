@@ -129,7 +129,10 @@ impl Migrator {
             MigrationMode::Online => online::run(&cfg, &run).await?,
             MigrationMode::Offline => migrate::run(&cfg, &run).await?,
         };
-        report.save_summary()?;
+        if !report.already_complete {
+            // (An already complete migration keeps its finishing run's report.)
+            report.save_summary()?;
+        }
         Ok(report)
     }
 

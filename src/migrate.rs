@@ -45,6 +45,13 @@ pub(crate) async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<Migra
     if cfg.copy_method == CopyMethod::Dump {
         return run_via_archive(cfg, run).await;
     }
+    let def = Definition::from_config(cfg)?;
+    let (_, dump_path) = work_location(cfg, &def);
+    let token_path = ResumeToken::path_for(&dump_path);
+    if let Some(t) = crate::resume::completed_token(cfg, &def, &token_path)? {
+        info!(token = %token_path.display(), "the migration had completed; nothing left to do");
+        return Ok(MigrationReport::already_complete(&t, token_path));
+    }
     let phase = copy_phase(cfg, run, None).await?;
     finish(cfg, phase, &run.cancel).await
 }
@@ -450,6 +457,7 @@ pub(crate) async fn finish(
         seconds: started.elapsed().as_secs_f64(),
         verify: verify_report,
         online: None,
+        already_complete: false,
     })
 }
 
@@ -475,14 +483,35 @@ async fn run_via_archive(cfg: &MigrationConfig, run: &RunContext) -> Result<Migr
             sv / 10000 == tv / 10000
         }
     };
+    // The restore's token is this migration's last record: its restore
+    // completed, then (Verify recorded there) the verify and the seal after
+    // it. A resume after the restore completed does only what is left.
+    let restore_token = ResumeToken::restore_path_for(&dir);
+    let restored = if cfg.resume && !cfg.force_clean {
+        ResumeToken::load(&restore_token)?.filter(|t| {
+            t.completed && t.definition.target == crate::resume::EndpointIdentity::of(&target_ep)
+        })
+    } else {
+        None
+    };
+    if let Some(t) = &restored {
+        if t.is_done(Stage::Verify) {
+            info!(token = %restore_token.display(), "the migration had completed; nothing left to do");
+            let mut report = MigrationReport::already_complete(t, restore_token);
+            report.migration_id = work_location(&cfg, &def).0;
+            report.dump_path = dir;
+            return Ok(report);
+        }
+    }
     let dump_token = ResumeToken::path_for(&dir);
-    let dump_done = cfg.resume
-        && !cfg.force_clean
-        && ResumeToken::load(&dump_token)?.is_some_and(|t| {
-            t.completed
-                && crate::dump::definition(&cfg, &dir)
-                    .is_ok_and(|d| t.check_matches(&d, &dump_token).is_ok())
-        });
+    let dump_done = restored.is_some()
+        || cfg.resume
+            && !cfg.force_clean
+            && ResumeToken::load(&dump_token)?.is_some_and(|t| {
+                t.completed
+                    && crate::dump::definition(&cfg, &dir)
+                        .is_ok_and(|d| t.check_matches(&d, &dump_token).is_ok())
+            });
     let t0 = Instant::now();
     if dump_done {
         info!(archive = %dir.display(), "the dump had finished; restoring it");
@@ -498,9 +527,21 @@ async fn run_via_archive(cfg: &MigrationConfig, run: &RunContext) -> Result<Migr
         );
     }
     let dump_secs = t0.elapsed().as_secs_f64();
-    let mut rcfg = cfg.clone();
-    rcfg.resume = cfg.resume && ResumeToken::restore_path_for(&dir).exists();
-    let (mut report, limits) = crate::restore::run_locked(&rcfg, run, false).await?;
+    let (mut report, limits) = if let Some(t) = &restored {
+        info!("the restore had completed; verifying and finishing");
+        // A run killed after the seal: verify needs to connect.
+        crate::target::reopen(&target_ep).await?;
+        let mut report = MigrationReport::already_complete(t, restore_token.clone());
+        report.already_complete = false;
+        report.migration_id = work_location(&cfg, &def).0;
+        report.dump_path = dir.clone();
+        (report, t.database_limits)
+    } else {
+        let mut rcfg = cfg.clone();
+        rcfg.resume = cfg.resume && restore_token.exists();
+        crate::restore::run_locked(&rcfg, run, false).await?
+    };
+    crate::faults::test_stop_at("after_restore").await;
     report
         .stages
         .insert(0, (Stage::Dump.as_str().to_string(), dump_secs));
@@ -527,6 +568,10 @@ async fn run_via_archive(cfg: &MigrationConfig, run: &RunContext) -> Result<Migr
         report.verify = Some(v);
     }
     crate::target::seal_database(&target_ep, limits).await?;
+    // The migration's own completion, in the restore's token.
+    if let Some(t) = ResumeToken::load(&restore_token)? {
+        TokenStore::new(restore_token.clone(), t).update(|t| t.stage_done(Stage::Verify))?;
+    }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }

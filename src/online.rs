@@ -58,6 +58,10 @@ pub(crate) async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<Migra
     let (migration_id, dump_path) = crate::resume::work_location(cfg, &def);
     let token_path = ResumeToken::path_for(&dump_path);
     let (slot_name, publication_name) = names(&migration_id);
+    if let Some(t) = crate::resume::completed_token(cfg, &def, &token_path)? {
+        info!(token = %token_path.display(), "the migration had completed; nothing left to do");
+        return Ok(MigrationReport::already_complete(&t, token_path));
+    }
     let (existing, resumed) = crate::resume::resolve_token(cfg, &def, &token_path, "migration")?;
     let source_ep = cfg.source.clone().expect("checked by Definition");
     // A killed run's sessions (its walsender holding the slot, a statement
@@ -250,12 +254,29 @@ async fn stream_and_cutover(
         };
         return finish_report(cfg, phase, online, &cancel).await;
     }
-    let cutover_interrupted = store
-        .snapshot()
-        .online
-        .as_ref()
-        .and_then(|o| o.cutover.as_ref())
-        .is_some_and(|c| c.started_at.is_some() && !c.completed);
+    // Resumed after the cutover completed (killed before the migration's
+    // record): the slot and publication are gone by design; only verify,
+    // the seal and the record are left. (With --fallback the reverse
+    // stream's end decides what verify means: not handled here.)
+    if cut_record.as_ref().is_some_and(|c| c.completed) && !cfg.fallback {
+        let c = cut_record.unwrap_or_default();
+        info!("the cutover had completed; finishing the migration");
+        let online = OnlineReport {
+            slot: state.slot_name.clone(),
+            publication: state.publication_name.clone(),
+            cutover: CutoverSummary {
+                fence_lsn: c.fence_lsn.map(|l| l.to_string()),
+                downtime_seconds: c.downtime_seconds.unwrap_or_default(),
+                fenced: cfg.fence,
+            },
+            apply: ApplySummary::default(),
+            replica_identity_fixes: state.replica_identity_fixes.clone(),
+            fallback: None,
+        };
+        return finish_report(cfg, phase, online, &cancel).await;
+    }
+    let cut_record = cut_record.filter(|c| c.started_at.is_some() && !c.completed);
+    let cutover_interrupted = cut_record.is_some();
 
     let mut ctl = control(&phase.source).await?;
     let source_version = catalog::server_version_num(&ctl).await?;
@@ -270,8 +291,13 @@ async fn stream_and_cutover(
         .map_err(|e| MigrationError::db("looking up the replication slot", e))?
         .map(|r| (r.get(0), r.get(1)));
     let slot_gone = !matches!(&slot_ok, Some((_, s)) if s.as_deref() != Some("lost"));
-    // An interrupted cutover may have dropped the slot already: that is fine.
-    let dropped_by_cutover = cutover_interrupted && !state.slot_created;
+    // An interrupted cutover may have dropped the slot already: that is
+    // fine when the token says so, or when it records the drain to the
+    // fence (the slot's drop comes after it, and nothing the slot held
+    // past the fence exists while the source is fenced). Otherwise the
+    // slot vanished while it still held changes: those are lost.
+    let dropped_by_cutover = !state.slot_created || cut_record.as_ref().is_some_and(|c| c.drained);
+    let dropped_by_cutover = cutover_interrupted && dropped_by_cutover;
     if slot_gone && !dropped_by_cutover {
         return Err(MigrationError::Resume(format!(
             "the replication slot {} is missing or lost on the source: the changes made since the copy cannot be recovered. Start over with --force-clean",
@@ -523,6 +549,7 @@ async fn finish_report(
         seconds: phase.started.elapsed().as_secs_f64(),
         verify: verify_report,
         online: Some(online),
+        already_complete: false,
     })
 }
 
@@ -554,6 +581,7 @@ async fn cutover(
         *ctl = control(&phase.source).await?;
     }
     let dst = &connect::connect(&phase.target, "target").await?;
+    let streaming = streamer.is_some();
     store.update(|t| {
         t.stage_started(Stage::Cutover);
         let o = t.online.get_or_insert_with(Default::default);
@@ -561,6 +589,11 @@ async fn cutover(
         c.started_at.get_or_insert_with(chrono::Utc::now);
         c.error = None;
         c.attempts += 1;
+        if streaming {
+            // This attempt drains again (a resumed one whose slot is gone
+            // keeps the earlier drain's record).
+            c.drained = false;
+        }
     })?;
     let fence = cfg.fence;
     if fence {
@@ -601,9 +634,17 @@ async fn cutover(
                 fence_lsn = %out.fence_lsn.map(|l| l.to_string()).unwrap_or_default(),
                 "cutover done"
             );
+            test_stop_at("after_cutover").await;
             Ok(out)
         }
         Err(e) => {
+            // Before the fence is lifted: from then on the drain no longer
+            // covers every change.
+            let _ = store.update(|t| {
+                if let Some(c) = t.online.as_mut().and_then(|o| o.cutover.as_mut()) {
+                    c.drained = false;
+                }
+            });
             if fence {
                 if let Err(u) = unfence_db(ctl).await {
                     error!(error = %u, "lifting the fence failed: run `pg_dbmigrator unfence --source ...`");
@@ -721,6 +762,22 @@ async fn cutover_steps(
         info!(fence_lsn = %target_end, applied = %Lsn(shared.durable.load(Ordering::Acquire)), "drained to the fence");
     }
     ddl::cutover_guard(ctl, dst, &state, scope.as_deref(), true).await?;
+    if fence_lsn.is_some() {
+        store.update(|t| {
+            if let Some(c) = t.online.as_mut().and_then(|o| o.cutover.as_mut()) {
+                c.drained = true;
+                c.fence_lsn = fence_lsn;
+            }
+        })?;
+    } else {
+        // A resumed attempt without a slot: the earlier attempt's drain.
+        fence_lsn = store
+            .snapshot()
+            .online
+            .and_then(|o| o.cutover)
+            .filter(|c| c.drained)
+            .and_then(|c| c.fence_lsn);
+    }
     test_stop_at("mid_cutover").await;
     // (3) Sequences.
     let seqs = catalog::list_sequences(ctl, &phase.filters).await?;
@@ -757,6 +814,7 @@ async fn cutover_steps(
     })?;
     if !cfg.keep_slot {
         drop_slot(ctl, &st.slot_name).await?;
+        test_stop_at("after_slot_drop").await;
         st.slot_created = false;
         store.update(|t| {
             if let Some(o) = t.online.as_mut() {

@@ -42,6 +42,9 @@ pub struct MigrationReport {
     pub verify: Option<VerifyReport>,
     /// Online migrations: the streaming and the cutover.
     pub online: Option<OnlineReport>,
+    /// `--resume` of a migration its token records complete: nothing was
+    /// done (the finishing run's report is in `summary_path`).
+    pub already_complete: bool,
 }
 
 impl Serialize for MigrationReport {
@@ -73,6 +76,8 @@ impl Serialize for MigrationReport {
             seconds: f64,
             verify: &'a Option<VerifyReport>,
             online: &'a Option<OnlineReport>,
+            #[serde(skip_serializing_if = "std::ops::Not::not")]
+            already_complete: bool,
         }
         let (tables, other_tables) = largest(
             &self.tables,
@@ -104,12 +109,41 @@ impl Serialize for MigrationReport {
             seconds: self.seconds,
             verify: &self.verify,
             online: &self.online,
+            already_complete: self.already_complete,
         }
         .serialize(s)
     }
 }
 
 impl MigrationReport {
+    /// The answer to `--resume` of a migration whose token (at
+    /// `token_path`) records it complete: nothing to do, and no error.
+    pub fn already_complete(token: &crate::resume::ResumeToken, token_path: PathBuf) -> Self {
+        MigrationReport {
+            migration_id: token.migration_id.clone(),
+            dump_path: token.dump_path.clone(),
+            token_path,
+            resumed: true,
+            snapshot_id: token.snapshot_name.clone(),
+            source_version: 0,
+            target_version: 0,
+            tables: Vec::new(),
+            skipped_tables: token.copied.keys().cloned().collect(),
+            sequences: 0,
+            large_objects: 0,
+            large_object_bytes: 0,
+            rows: 0,
+            bytes: 0,
+            schema_steps: 0,
+            schema_notes: Vec::new(),
+            stages: Vec::new(),
+            seconds: 0.0,
+            verify: None,
+            online: None,
+            already_complete: true,
+        }
+    }
+
     /// Where the report is kept as JSON: beside the resume token,
     /// `<dump-path>.summary.json`.
     pub fn summary_path(&self) -> PathBuf {
@@ -147,6 +181,13 @@ impl MigrationReport {
     /// A human summary for the terminal.
     pub fn summary(&self) -> String {
         let mut s = String::new();
+        if self.already_complete {
+            return format!(
+                "migration {} is already complete: nothing left to do (its report: {})\n",
+                self.migration_id,
+                self.summary_path().display()
+            );
+        }
         s.push_str(&format!(
             "migration {} {} in {:.1}s\n",
             self.migration_id,

@@ -77,6 +77,10 @@ pub(crate) async fn run_locked(
         publication_name: None,
     };
     let token_path = ResumeToken::restore_path_for(&dir);
+    if let Some(t) = crate::resume::completed_token(cfg, &def, &token_path)? {
+        info!(token = %token_path.display(), "the restore had completed; nothing left to do");
+        return Ok((MigrationReport::already_complete(&t, token_path), None));
+    }
     let (existing, resumed) = crate::resume::resolve_token(cfg, &def, &token_path, "restore")?;
     let migration_id = cfg
         .migration_id
@@ -340,6 +344,9 @@ pub(crate) async fn run_locked(
     }
     store.update(|t| {
         t.stage_done(Stage::Restore);
+        // For `migrate --copy-method dump` resumed after this point: it
+        // seals the database itself, after its verify.
+        t.database_limits = limits;
         t.completed = true;
     })?;
     let results: Vec<TableResult> = outcome.tables;
@@ -365,6 +372,7 @@ pub(crate) async fn run_locked(
             seconds: started.elapsed().as_secs_f64(),
             verify: None,
             online: None,
+            already_complete: false,
         },
         (!seal).then_some(limits).flatten(),
     ))

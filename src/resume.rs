@@ -360,6 +360,16 @@ pub struct CutoverRecord {
     /// own attempt from an earlier one).
     #[serde(default)]
     pub attempts: u32,
+    /// This attempt drained the stream to its fence (`fence_lsn`) and the
+    /// source stays fenced (without `--fence`, the operator stopped the
+    /// writes): the target holds every change the slot could still give,
+    /// so the slot is no longer needed. Recorded before the cutover drops
+    /// the slot, cleared before a failed attempt lifts the fence (and at
+    /// the start of an attempt that drains again); a resume that finds the
+    /// slot missing with this set finishes the cutover instead of refusing.
+    /// Without it a missing slot is lost: it held changes the target lacks.
+    #[serde(default)]
+    pub drained: bool,
 }
 
 /// Status of a stage in the token.
@@ -857,6 +867,27 @@ pub fn work_location(cfg: &MigrationConfig, def: &Definition) -> (String, PathBu
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join(format!("pg_dbmigrator-{id}")));
     (id, path)
+}
+
+/// `--resume` of a migration whose token at `token_path` matches this
+/// definition and records it complete: that token (the caller answers
+/// "already complete", successfully). A finished migration, resumed, is a
+/// success, not a refusal.
+pub(crate) fn completed_token(
+    cfg: &MigrationConfig,
+    def: &Definition,
+    token_path: &std::path::Path,
+) -> Result<Option<ResumeToken>> {
+    if !cfg.resume || cfg.force_clean {
+        return Ok(None);
+    }
+    match ResumeToken::load(token_path)? {
+        Some(t) if t.completed => {
+            t.check_matches(def, token_path)?;
+            Ok(Some(t))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// Decide from the resume token at `path` whether this run resumes:

@@ -265,6 +265,21 @@ async fn kill_9_during_dump_and_during_restore_then_resume() {
     for k in &kept {
         assert!(listed.contains(k), "{k:?} was rewritten or dropped");
     }
+    // A finished dump, resumed, is a success that writes nothing.
+    let out = run_async(&[dump.clone(), vec!["--resume"]].concat()).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("is already complete"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(
+        manifest,
+        serde_json::from_slice::<serde_json::Value>(
+            &std::fs::read(archive.join("manifest.json")).unwrap()
+        )
+        .unwrap()
+    );
 
     // Restore: hold back loads into public.big once it exists, kill -9
     // after other files committed, then resume.
@@ -327,6 +342,11 @@ async fn kill_9_during_dump_and_during_restore_then_resume() {
     }
     verify_clean(&db.source, &target).await;
     assert_eq!(schema_dump(&db.source), schema_dump(&target));
+    // A finished restore, resumed, is a success that loads nothing.
+    let out = run_async(&[restore.clone(), vec!["--resume", "--json"]].concat()).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(common::report_of(&out.stdout)["already_complete"], true);
+    verify_clean(&db.source, &target).await;
 }
 
 #[tokio::test]

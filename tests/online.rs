@@ -715,7 +715,7 @@ async fn manual_cutover_from_another_process() {
 }
 
 /// kill -9 at `point`, then `--resume` completes with every row exactly once.
-async fn kill_then_resume(point: &str) {
+async fn kill_then_resume(point: &str) -> Run {
     let r = Run::new(&format!("online_kill_{point}")).await;
     let load = Workload::start(&r.db.source);
     let mut child = r.spawn(&["--cutover", "auto"], "m1", Some(point));
@@ -744,6 +744,52 @@ async fn kill_then_resume(point: &str) {
         bad.is_empty(),
         "the workload failed before the fence: {bad:?}"
     );
+    r
+}
+
+/// `--resume` of the finished migration `r`: it says it is complete and
+/// exits 0, changing nothing.
+async fn resume_finished(r: &Run) {
+    let before = std::fs::read_to_string(format!("{}.summary.json", r.dump())).unwrap();
+    let args = r.args(&["--cutover", "auto", "--resume"]);
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = common::run_async(&a).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let report = common::report_of(&out.stdout);
+    assert_eq!(report["already_complete"], true, "{report:#}");
+    let human: Vec<String> = r.args(&["--cutover", "auto", "--resume"]);
+    let a: Vec<&str> = human
+        .iter()
+        .map(String::as_str)
+        .filter(|s| *s != "--json")
+        .collect();
+    let out = common::run_async(&a).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("is already complete"),
+        "{}",
+        text(&out.stdout)
+    );
+    let after = std::fs::read_to_string(format!("{}.summary.json", r.dump())).unwrap();
+    assert_eq!(before, after, "the finishing run's report is kept");
+    assert_nothing_left(&r.db).await;
+}
+
+/// Killed after the cutover dropped the slot, before the token says so:
+/// the drain to the fence was recorded, so the missing slot is not "lost";
+/// `--resume` finishes the cutover and the migration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_after_the_cutover_dropped_the_slot_then_resume() {
+    let r = kill_then_resume("after_slot_drop").await;
+    resume_finished(&r).await;
+}
+
+/// Killed after `cutover done`, before the migration recorded its end:
+/// `--resume` verifies, records it complete and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_after_the_cutover_finished_then_resume() {
+    let r = kill_then_resume("after_cutover").await;
+    resume_finished(&r).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -300,7 +300,17 @@ async fn resume_right_after_a_kill_during_an_index_build() {
 /// Start a full migration of `db` that stops at fault point `point`, and
 /// kill -9 it there.
 async fn kill_at(db: &testkit::TestDb, dump: &std::path::Path, point: &str) -> Vec<String> {
-    let base = full_args(db, dump);
+    kill_at_with(db, dump, point, &[]).await
+}
+
+/// [`kill_at`] with `extra` flags.
+async fn kill_at_with(
+    db: &testkit::TestDb,
+    dump: &std::path::Path,
+    point: &str,
+    extra: &[&str],
+) -> Vec<String> {
+    let base = with(&full_args(db, dump), extra);
     let log = dump.with_extension("log");
     let a: Vec<&str> = base.iter().map(String::as_str).collect();
     let mut child = command(&a)
@@ -447,4 +457,55 @@ fn full_args(db: &testkit::TestDb, dump: &std::path::Path) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect()
+}
+
+/// `--resume` of the finished migration `base`: exit 0, it says it is
+/// complete, and nothing is done again (its report file is kept).
+fn resume_finished(base: &[String], dump: &std::path::Path) {
+    let summary = format!("{}.summary.json", dump.display());
+    let before = std::fs::read_to_string(&summary).unwrap();
+    let out = run_s(&with(base, &["--resume"]));
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("is already complete"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = run_s(&with(base, &["--resume", "--json"]));
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert_eq!(common::report_of(&out.stdout)["already_complete"], true);
+    assert_eq!(before, std::fs::read_to_string(&summary).unwrap());
+}
+
+/// A finished offline migration, resumed, is a success.
+#[tokio::test]
+async fn resume_of_a_finished_migration_says_complete() {
+    let db = many_small_tables("finished", 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("work");
+    let base = full_args(&db, &dump);
+    let out = run_s(&base);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    resume_finished(&base, &dump);
+}
+
+/// `migrate --copy-method dump` killed after its restore completed: the
+/// resume verifies, seals, records the end and exits 0; resumed again, it
+/// says it is complete.
+#[tokio::test]
+async fn kill_9_after_the_restore_of_a_dump_migration_then_resume() {
+    let db = many_small_tables("afterrestore", 20).await;
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("work");
+    let base = kill_at_with(&db, &dump, "after_restore", &["--copy-method", "dump"]).await;
+    let out = run_s(&with(&base, &["--resume", "--json"]));
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let report = common::report_of(&out.stdout);
+    assert_eq!(report["verify"]["differences"].as_array().unwrap().len(), 0);
+    assert_eq!(schema_dump(&db.source), schema_dump(&db.target));
+    assert_eq!(
+        content_digest(&db.source).await,
+        content_digest(&db.target).await
+    );
+    resume_finished(&base, &dump);
 }
