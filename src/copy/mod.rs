@@ -628,7 +628,15 @@ async fn index_worker(
 ) -> Result<()> {
     let ctx = &sched.ctx;
     let target = ctx.target().expect("index workers run against a target");
-    let mut dst = index_session(target).await?;
+    let mut dst = {
+        let mut retry = worker::Retry::new();
+        loop {
+            match index_session(target).await {
+                Ok(c) => break c,
+                Err(e) => retry.wait(e, "opening a session", id, stop).await?,
+            }
+        }
+    };
     debug!(worker = id, "index worker ready");
     while let Some(task) = sched.next_index_task(stop).await {
         let what = match &task {

@@ -40,8 +40,17 @@ pub enum WireFormat {
 /// the target or an archive, as the context says.
 pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) -> Result<()> {
     let ctx = &sched.ctx;
-    let mut src = open_source(ctx).await?;
-    let mut dst = open_target(ctx).await?;
+    // The run reached both servers already: a failure now is a fault of the
+    // moment (a link down), retried like one.
+    let (mut src, mut dst) = {
+        let mut retry = Retry::new();
+        loop {
+            match reopen(ctx).await {
+                Ok(sessions) => break sessions,
+                Err(e) => retry.wait(e, "opening sessions", id, stop).await?,
+            }
+        }
+    };
     debug!(worker = id, "copy worker ready");
     let mut first = true;
     let mut groups_committed = 0;
