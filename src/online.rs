@@ -238,20 +238,22 @@ async fn stream_and_cutover(
     // Resumed after the cutover, during a --fallback: only the reverse
     // stream (or its interrupted rollback) remains.
     let cut_record = store.snapshot().online.and_then(|o| o.cutover);
+    // The report of a run whose cutover completed before it was resumed.
+    let after_cutover = |c: CutoverRecord, fallback| OnlineReport {
+        slot: state.slot_name.clone(),
+        publication: state.publication_name.clone(),
+        cutover: CutoverSummary {
+            fence_lsn: c.fence_lsn.map(|l| l.to_string()),
+            downtime_seconds: c.downtime_seconds.unwrap_or_default(),
+            fenced: cfg.fence,
+        },
+        apply: ApplySummary::default(),
+        replica_identity_fixes: state.replica_identity_fixes.clone(),
+        fallback,
+    };
     if cut_record.as_ref().is_some_and(|c| c.completed) && crate::fallback::active(&store) {
-        let c = cut_record.unwrap_or_default();
-        let online = OnlineReport {
-            slot: state.slot_name.clone(),
-            publication: state.publication_name.clone(),
-            cutover: CutoverSummary {
-                fence_lsn: c.fence_lsn.map(|l| l.to_string()),
-                downtime_seconds: c.downtime_seconds.unwrap_or_default(),
-                fenced: cfg.fence,
-            },
-            apply: ApplySummary::default(),
-            replica_identity_fixes: state.replica_identity_fixes.clone(),
-            fallback: Some(crate::fallback::run(cfg, &phase, run).await?),
-        };
+        let fallback = Some(crate::fallback::run(cfg, &phase, run).await?);
+        let online = after_cutover(cut_record.unwrap_or_default(), fallback);
         return finish_report(cfg, phase, online, &cancel).await;
     }
     // Resumed after the cutover completed (killed before the migration's
@@ -259,20 +261,8 @@ async fn stream_and_cutover(
     // the seal and the record are left. (With --fallback the reverse
     // stream's end decides what verify means: not handled here.)
     if cut_record.as_ref().is_some_and(|c| c.completed) && !cfg.fallback {
-        let c = cut_record.unwrap_or_default();
         info!("the cutover had completed; finishing the migration");
-        let online = OnlineReport {
-            slot: state.slot_name.clone(),
-            publication: state.publication_name.clone(),
-            cutover: CutoverSummary {
-                fence_lsn: c.fence_lsn.map(|l| l.to_string()),
-                downtime_seconds: c.downtime_seconds.unwrap_or_default(),
-                fenced: cfg.fence,
-            },
-            apply: ApplySummary::default(),
-            replica_identity_fixes: state.replica_identity_fixes.clone(),
-            fallback: None,
-        };
+        let online = after_cutover(cut_record.unwrap_or_default(), None);
         return finish_report(cfg, phase, online, &cancel).await;
     }
     let cut_record = cut_record.filter(|c| c.started_at.is_some() && !c.completed);
