@@ -106,7 +106,40 @@ pub async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<DumpReport> 
     let binary = cfg.copy_format == CopyFormat::Binary;
     let dir = archive_dir(cfg, "dump")?;
     let _lock = crate::resume::RunLock::acquire(&ResumeToken::path_for(&dir))?;
-    run_with(cfg, binary, run).await
+    run_with(cfg, binary, run)
+        .await
+        .map_err(|e| disk_full(e, &dir, None))
+}
+
+/// A full file system under the archive, said as such: where, how much is
+/// still to come when known, and that `--resume` continues once there is
+/// room (files already written are kept).
+fn disk_full(e: MigrationError, dir: &std::path::Path, remaining: Option<u64>) -> MigrationError {
+    match e {
+        MigrationError::Io { context, source }
+            if source.kind() == std::io::ErrorKind::StorageFull
+                && !context.starts_with("the file system") =>
+        {
+            let needed = remaining
+                .map(|b| {
+                    format!(
+                        "; the tables still to write hold {} on the source (less once compressed)",
+                        crate::progress::human_bytes(b)
+                    )
+                })
+                .unwrap_or_default();
+            MigrationError::Io {
+                context: format!(
+                    "the file system holding {} is full{needed}. Free space there, or move the \
+                     archive elsewhere, then run the same command with --resume: the files \
+                     already written are kept. While {context}",
+                    dir.display()
+                ),
+                source,
+            }
+        }
+        e => e,
+    }
 }
 
 pub(crate) async fn run_with(
@@ -289,7 +322,16 @@ pub(crate) async fn run_with(
         progress: run.progress.clone(),
     });
     let written = todo.len();
-    copy::copy_tables(ctx, tables.clone(), todo, Vec::new(), cancel.clone()).await?;
+    let remaining: u64 = todo
+        .iter()
+        .map(|item| item.table)
+        .collect::<std::collections::BTreeSet<_>>()
+        .iter()
+        .map(|&i| tables[i].bytes.max(0) as u64)
+        .sum();
+    copy::copy_tables(ctx, tables.clone(), todo, Vec::new(), cancel.clone())
+        .await
+        .map_err(|e| disk_full(e, &dir, Some(remaining)))?;
 
     // Sequences (current values, as pg_dump) and large objects, on the snapshot session.
     let mut seq_values = Vec::new();

@@ -155,9 +155,22 @@ impl MigrationError {
             MigrationError::Connect { db: Some(info), .. } if info.sqlstate.starts_with("28") => {
                 false
             }
-            MigrationError::Client { .. }
-            | MigrationError::Io { .. }
-            | MigrationError::Connect { .. } => true,
+            MigrationError::Client { .. } | MigrationError::Connect { .. } => true,
+            // The network's faults, not a full disk or a missing file.
+            MigrationError::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::NotConnected
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::Interrupted
+                    | std::io::ErrorKind::HostUnreachable
+                    | std::io::ErrorKind::NetworkUnreachable
+                    | std::io::ErrorKind::NetworkDown
+            ),
             MigrationError::Db { info, .. } => {
                 info.sqlstate.starts_with("08")
                     || info.sqlstate.starts_with("57")

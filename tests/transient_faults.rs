@@ -80,3 +80,85 @@ async fn target_cut_for_three_seconds_mid_copy_is_retried() {
         content_digest(&target_direct).await
     );
 }
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct SmallFs(std::path::PathBuf);
+
+impl SmallFs {
+    fn mount(dir: &std::path::Path, size: &str) -> SmallFs {
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("running mount");
+        assert!(
+            out.status.success(),
+            "this test mounts a small tmpfs, which needs root (run the suite as root, as CI \
+             does): {}",
+            text(&out.stderr)
+        );
+        SmallFs(dir.to_path_buf())
+    }
+
+    fn resize(&self, size: &str) {
+        let out = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .output()
+            .expect("running mount");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A dump path on a file system that fills up: the error names the path,
+/// what is still to come and `--resume`; once there is room, `--resume`
+/// finishes the dump, and the archive restores whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_dump_path_is_said_and_resume_finishes() {
+    let pair = testkit::shared_pair();
+    let db = pair.fresh_db("full_disk").await;
+    testkit::execute(
+        &db.source,
+        "CREATE TABLE wide (id int PRIMARY KEY, pad text);
+         INSERT INTO wide SELECT g, md5(g::text) || md5((g * 7)::text) FROM generate_series(1, 200000) g;",
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let fs = SmallFs::mount(dir.path(), "2m");
+    let archive = dir.path().join("archive");
+    let archive = archive.to_str().unwrap();
+    let out = run_async(&["dump", "--source", &db.source, "--dump-path", archive]).await;
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("the file system holding {archive} is full"))
+            && err.contains("still to write hold")
+            && err.contains("--resume"),
+        "{err}"
+    );
+    fs.resize("64m");
+    let out = run_async(&[
+        "dump",
+        "--source",
+        &db.source,
+        "--dump-path",
+        archive,
+        "--resume",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let target = other_target_db(&db, "restored");
+    let out = run_async(&["restore", "--target", &target, "--dump-path", archive]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        content_digest(&db.source).await,
+        content_digest(&target).await
+    );
+}
