@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{content_digest, text};
+use common::{content_digest, sequences, text};
 use pg_dbmigrator::testkit::{self, TestDb};
 
 /// Tables of every shape the stream must carry: keys, no keys (replica
@@ -274,30 +274,6 @@ async fn wait_child(mut child: Child, limit: Duration) -> (Option<i32>, String) 
     })
     .await
     .unwrap()
-}
-
-async fn sequences(conninfo: &str) -> Vec<(String, String)> {
-    let c = testkit::client(conninfo).await;
-    let mut out = Vec::new();
-    for r in c
-        .query(
-            "SELECT format('%I.%I', schemaname, sequencename) FROM pg_sequences ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-    {
-        let name: String = r.get(0);
-        let v = c
-            .query_one(
-                &format!("SELECT last_value::text || ' ' || is_called::text FROM {name}"),
-                &[],
-            )
-            .await
-            .unwrap();
-        out.push((name, v.get(0)));
-    }
-    out
 }
 
 /// Nothing of ours on the source (slot, publication, changed replica

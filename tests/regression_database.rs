@@ -165,31 +165,6 @@ fn run_script(psql: &Path, conninfo: &str, file: &Path, scratch: &Path) -> Vec<u
     out.stderr
 }
 
-/// Each sequence's state, by name.
-async fn sequences(ci: &str) -> Vec<(String, String)> {
-    let c = testkit::client(ci).await;
-    let mut out = Vec::new();
-    for r in c
-        .query(
-            "SELECT format('%I.%I', schemaname, sequencename) FROM pg_sequences ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-    {
-        let name: String = r.get(0);
-        let state = c
-            .query_one(
-                &format!("SELECT last_value::text || ' ' || is_called::text FROM {name}"),
-                &[],
-            )
-            .await
-            .unwrap();
-        out.push((name, state.get(0)));
-    }
-    out
-}
-
 /// The first column of every row of `sql`, as text.
 async fn strings(ci: &str, sql: &str) -> Vec<String> {
     testkit::client(ci)

@@ -629,11 +629,11 @@ async fn index_worker(
     let ctx = &sched.ctx;
     let target = ctx.target().expect("index workers run against a target");
     let mut dst = {
-        let mut retry = worker::Retry::new();
+        let mut retry = connect::Retry::new();
         loop {
             match index_session(target).await {
                 Ok(c) => break c,
-                Err(e) => retry.wait(e, "opening a session", id, stop).await?,
+                Err(e) => retry.wait(e, "opening a session", stop).await?,
             }
         }
     };
@@ -643,7 +643,7 @@ async fn index_worker(
             IndexTask::Build(step) => step.describe.clone(),
             IndexTask::Finish { table, .. } => format!("indexes and keys of {table}"),
         };
-        let mut retry = worker::Retry::new();
+        let mut retry = connect::Retry::new();
         // Steps of this task already committed (known after a fault).
         let mut done: Option<BTreeSet<String>> = None;
         let pending = |steps: &[Step], done: &Option<BTreeSet<String>>| -> Vec<Step> {
@@ -707,14 +707,14 @@ async fn index_worker(
             let Err(e) = r else {
                 break;
             };
-            retry.wait(e, &what, id, stop).await?;
+            retry.wait(e, &what, stop).await?;
             loop {
                 match index_session(target).await {
                     Ok(c) => {
                         dst = c;
                         break;
                     }
-                    Err(e) => retry.wait(e, &what, id, stop).await?,
+                    Err(e) => retry.wait(e, &what, stop).await?,
                 }
             }
             done = Some(committed_steps(&dst, &ctx.migration_id).await?);

@@ -8,13 +8,13 @@
 //! same), so memory stays flat whatever the table size.
 
 use std::pin::Pin;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures::{SinkExt, Stream, StreamExt};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::plan::WorkItem;
 use super::rows::RowCounter;
@@ -43,11 +43,11 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
     // The run reached both servers already: a failure now is a fault of the
     // moment (a link down), retried like one.
     let (mut src, mut dst) = {
-        let mut retry = Retry::new();
+        let mut retry = connect::Retry::new();
         loop {
             match reopen(ctx).await {
                 Ok(sessions) => break sessions,
-                Err(e) => retry.wait(e, "opening sessions", id, stop).await?,
+                Err(e) => retry.wait(e, "opening sessions", stop).await?,
             }
         }
     };
@@ -70,7 +70,7 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
             // A transient fault (a dropped connection, a server restarting)
             // loses only this transaction: the group starts again from its
             // beginning on new sessions, the same snapshot.
-            let mut retry = Retry::new();
+            let mut retry = connect::Retry::new();
             loop {
                 let d = dst.as_ref().expect("target session");
                 results.clear();
@@ -101,7 +101,7 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
                     .first()
                     .map(|item| item.name(&sched.tables[item.table]))
                     .unwrap_or_default();
-                retry.wait(e, &what, id, stop).await?;
+                retry.wait(e, &what, stop).await?;
                 // New sessions on both sides: the source's was in the middle
                 // of a COPY, the target's may be gone.
                 loop {
@@ -110,7 +110,7 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
                             (src, dst) = (s, d);
                             break;
                         }
-                        Err(e) => retry.wait(e, &what, id, stop).await?,
+                        Err(e) => retry.wait(e, &what, stop).await?,
                     }
                 }
                 first = true;
@@ -215,57 +215,6 @@ async fn open_target(ctx: &CopyContext) -> Result<Option<Client>> {
 
 async fn reopen(ctx: &CopyContext) -> Result<(Option<(Client, String)>, Option<Client>)> {
     Ok((open_source(ctx).await?, open_target(ctx).await?))
-}
-
-/// How long transient faults of one unit of work are retried, counted from
-/// the first: a link down for this long is no longer a blip.
-const RETRY_FOR: Duration = Duration::from_secs(120);
-
-/// Capped, jittered backoff for one unit of work.
-pub(super) struct Retry {
-    since: Option<Instant>,
-    attempt: u32,
-}
-
-impl Retry {
-    pub(super) fn new() -> Self {
-        Retry {
-            since: None,
-            attempt: 0,
-        }
-    }
-
-    /// After `e`: wait before the next attempt, or give `e` back when it is
-    /// not transient, the run is stopping, or faults went on too long.
-    pub(super) async fn wait(
-        &mut self,
-        e: MigrationError,
-        what: &str,
-        worker: usize,
-        stop: &CancellationToken,
-    ) -> Result<()> {
-        let since = *self.since.get_or_insert_with(Instant::now);
-        if !e.is_transient() || stop.is_cancelled() || since.elapsed() > RETRY_FOR {
-            return Err(e);
-        }
-        self.attempt += 1;
-        let base = Duration::from_millis(250) * 2u32.saturating_pow(self.attempt.min(5));
-        let base = base.min(Duration::from_secs(5));
-        // Up to a quarter more, so workers cut at once do not return at once.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let delay = base + base / 4 * (nanos % 1000) / 1000;
-        warn!(
-            worker, item = %what, attempt = self.attempt, retry_in = ?delay, error = %e,
-            "interrupted by a transient fault; retrying from its beginning on a new session"
-        );
-        tokio::select! {
-            _ = stop.cancelled() => Err(MigrationError::Cancelled),
-            _ = tokio::time::sleep(delay) => Ok(()),
-        }
-    }
 }
 
 /// Tables under this size (estimated heap bytes) may share a transaction.

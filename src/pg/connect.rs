@@ -34,28 +34,80 @@ pub(crate) struct Failure {
 /// Open a session to `ep`. `label` ("source", "target") names the endpoint in
 /// errors so a two-server run says which side failed.
 /// [`connect`], again while the failure is transient (a link that is down
-/// for a moment, a server restarting), for up to two minutes with capped
-/// backoff: for a session lost in the middle of a run, not for the first
-/// connection (whose failure is the user's to hear at once).
+/// for a moment, a server restarting), with [`Retry`]'s backoff: for a
+/// session lost in the middle of a run, not for the first connection (whose
+/// failure is the user's to hear at once).
 pub async fn reconnect(
     ep: &EndpointConfig,
     label: &str,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<Client> {
-    let since = std::time::Instant::now();
-    let mut delay = Duration::from_millis(250);
+    let mut retry = Retry::new();
     loop {
         match connect(ep, label).await {
             Ok(c) => return Ok(c),
-            Err(e) if e.is_transient() && since.elapsed() < Duration::from_secs(120) => {
-                tracing::warn!(endpoint = label, error = %e, retry_in = ?delay, "reconnecting");
-                tokio::select! {
-                    _ = cancel.cancelled() => return Err(MigrationError::Cancelled),
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
+            Err(e) => {
+                retry
+                    .wait(e, &format!("connecting to the {label}"), cancel)
+                    .await?
             }
-            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// How long transient faults of one unit of work are retried, counted from
+/// the first: a link down for this long is no longer a blip.
+const RETRY_FOR: Duration = Duration::from_secs(120);
+
+/// Capped, jittered backoff for one unit of work (a copy item, an index
+/// build, a lost session): the one retry policy of the crate.
+pub struct Retry {
+    since: Option<std::time::Instant>,
+    attempt: u32,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Retry {
+    pub fn new() -> Self {
+        Retry {
+            since: None,
+            attempt: 0,
+        }
+    }
+
+    /// After `e`: wait before the next attempt, or give `e` back when it is
+    /// not transient, the run is stopping, or faults went on too long.
+    pub async fn wait(
+        &mut self,
+        e: MigrationError,
+        what: &str,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> Result<()> {
+        let since = *self.since.get_or_insert_with(std::time::Instant::now);
+        if !e.is_transient() || stop.is_cancelled() || since.elapsed() > RETRY_FOR {
+            return Err(e);
+        }
+        self.attempt += 1;
+        let base = Duration::from_millis(250) * 2u32.saturating_pow(self.attempt.min(5));
+        let base = base.min(Duration::from_secs(5));
+        // Up to a quarter more, so workers cut at once do not return at once.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let delay = base + base / 4 * (nanos % 1000) / 1000;
+        tracing::warn!(
+            work = %what, attempt = self.attempt, retry_in = ?delay, error = %e,
+            "interrupted by a transient fault; retrying from its beginning on a new session"
+        );
+        tokio::select! {
+            _ = stop.cancelled() => Err(MigrationError::Cancelled),
+            _ = tokio::time::sleep(delay) => Ok(()),
         }
     }
 }

@@ -164,6 +164,31 @@ pub async fn content_digest(conninfo: &str) -> Vec<(String, i64, String)> {
     out
 }
 
+/// Each sequence's state (`last_value is_called`), by name.
+pub async fn sequences(ci: &str) -> Vec<(String, String)> {
+    let c = testkit::client(ci).await;
+    let mut out = Vec::new();
+    for r in c
+        .query(
+            "SELECT format('%I.%I', schemaname, sequencename) FROM pg_sequences ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+    {
+        let name: String = r.get(0);
+        let state = c
+            .query_one(
+                &format!("SELECT last_value::text || ' ' || is_called::text FROM {name}"),
+                &[],
+            )
+            .await
+            .unwrap();
+        out.push((name, state.get(0)));
+    }
+    out
+}
+
 /// `pg_dump --schema-only` with a fixed restrict key, by the installed
 /// server's pg_dump (the oracle for schema fidelity), minus the header line
 /// naming the server version (it differs between majors by design).
