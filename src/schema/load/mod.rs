@@ -39,11 +39,12 @@ mod types;
 
 pub use database::{limit_statements, reopen_statements, LIMITED_DATABASE_SQL};
 
-/// pg_dump's session settings for introspection.
+/// pg_dump's session settings for introspection, and no JIT (see
+/// `pg::session`'s common settings).
 pub async fn setup_session(client: &Client) -> Result<()> {
     client
         .batch_execute(
-            "SELECT pg_catalog.set_config('search_path', '', false); \
+            "SELECT pg_catalog.set_config('search_path', '', false); SET jit = off; \
              SET DateStyle = ISO; SET IntervalStyle = postgres; SET extra_float_digits = 3; \
              SET row_security = off; SET statement_timeout = 0; SET lock_timeout = 0; \
              SET idle_in_transaction_session_timeout = 0",
