@@ -26,6 +26,7 @@ use crate::config::{CopyFormat, MigrationConfig};
 use crate::context::RunContext;
 use crate::copy::{self, CopyContext};
 use crate::error::{MigrationError, Result};
+use crate::faults::{self, around, Point};
 use crate::pg::catalog;
 use crate::pg::{connect, session};
 use crate::resume::{Definition, EndpointIdentity, ResumeToken, Stage, TokenStore};
@@ -187,7 +188,11 @@ pub(crate) async fn run_with(
         .unwrap_or_else(|| format!("d{}", &def.hash()[..12]));
     let cfg = &crate::pg::sessions::tagged(cfg, &migration_id);
     let source_ep = cfg.source.clone().expect("checked by definition");
-    crate::pg::sessions::end_earlier(&source_ep, "source").await?;
+    around(
+        Point::EndEarlierRuns,
+        crate::pg::sessions::end_earlier(&source_ep, "source"),
+    )
+    .await?;
     if !resumed {
         prepare_empty_dir(&dir, cfg.force_clean)?;
     } else {
@@ -236,7 +241,9 @@ pub(crate) async fn run_with(
     };
     token.snapshot_name = Some(snapshot_id.clone());
     token.stage_started(Stage::Dump);
+    faults::before(Point::RecordStart).await;
     token.save(&token_path)?;
+    faults::after(Point::RecordStart).await;
     let store = Arc::new(TokenStore::new(token_path.clone(), token).observed(run.token_observer()));
 
     let mut manifest = Manifest::new(
@@ -255,6 +262,7 @@ pub(crate) async fn run_with(
     manifest.database_tablespace = needs.tablespace.clone();
     manifest.data_only = cfg.data_only;
     if let Some(script) = &script {
+        faults::before(Point::DumpSchema).await;
         let steps = serde_json::to_vec_pretty(script).expect("schema script serializes");
         manifest.schema = vec![
             archive::write_small_file_async(
@@ -273,6 +281,7 @@ pub(crate) async fn run_with(
             .await?,
             archive::write_small_file_async(dir.clone(), STEPS_FILE, steps).await?,
         ];
+        faults::after(Point::DumpSchema).await;
     }
 
     // Tables: the same plan as a direct copy, each item into its own file.
@@ -329,11 +338,15 @@ pub(crate) async fn run_with(
         .iter()
         .map(|&i| tables[i].bytes.max(0) as u64)
         .sum();
-    copy::copy_tables(ctx, tables.clone(), todo, Vec::new(), cancel.clone())
-        .await
-        .map_err(|e| disk_full(e, &dir, Some(remaining)))?;
+    around(
+        Point::CopyData,
+        copy::copy_tables(ctx, tables.clone(), todo, Vec::new(), cancel.clone()),
+    )
+    .await
+    .map_err(|e| disk_full(e, &dir, Some(remaining)))?;
 
     // Sequences (current values, as pg_dump) and large objects, on the snapshot session.
+    faults::before(Point::Sequences).await;
     let mut seq_values = Vec::new();
     let states = catalog::sequence_states(&src, &seqs).await?;
     for (s, (last_value, is_called)) in seqs.iter().zip(states) {
@@ -352,6 +365,7 @@ pub(crate) async fn run_with(
         )
         .await?,
     );
+    faults::after(Point::Sequences).await;
     if !los.is_empty() {
         let meta: Vec<LargeObjectMeta> = los.iter().map(LargeObjectMeta::from).collect();
         manifest.large_objects = Some(
@@ -362,7 +376,13 @@ pub(crate) async fn run_with(
             )
             .await?,
         );
-        manifest.large_object_data = Some(dump_large_objects(&src, &dir, level, &cancel).await?);
+        manifest.large_object_data = Some(
+            around(
+                Point::LargeObjects,
+                dump_large_objects(&src, &dir, level, &cancel),
+            )
+            .await?,
+        );
     }
     let _ = src.batch_execute("COMMIT").await;
 
@@ -398,11 +418,15 @@ pub(crate) async fn run_with(
             row_filter: t.row_filter.clone(),
         });
     }
+    faults::before(Point::DumpManifest).await;
     manifest.write(&dir)?;
+    faults::after(Point::DumpManifest).await;
+    faults::before(Point::Complete).await;
     store.update(|t| {
         t.stage_done(Stage::Dump);
         t.completed = true;
     })?;
+    faults::after(Point::Complete).await;
     info!(archive = %dir.display(), "dump complete");
     Ok(DumpReport {
         dump_path: dir,

@@ -23,12 +23,13 @@ use crate::config::MigrationConfig;
 use crate::context::RunContext;
 use crate::copy;
 use crate::error::{MigrationError, Result};
+use crate::faults::{self, around, Point};
 use crate::migrate::CopyPhase;
 use crate::pg::{catalog, connect, session};
 use crate::progress::human_bytes;
 use crate::replication::source::{current_wal, end_other_sessions, fence_db, unfence_db};
 use crate::replication::stream::{self, StreamShared, StreamTarget};
-use crate::replication::{ddl, preflight, reverse, test_stop_at, Lsn, FENCE_MESSAGE_PREFIX};
+use crate::replication::{ddl, preflight, reverse, Lsn, FENCE_MESSAGE_PREFIX};
 pub use crate::report::FallbackSummary;
 use crate::resume::{request_path, CutoverRecord, FallbackState, TokenStore};
 
@@ -219,8 +220,10 @@ pub(crate) async fn run(
                 let _ = h.await;
             }
             let src = control(&phase.source, "source").await?;
+            faults::before(Point::RemoveReverse).await;
             remove_capture(&tctl, &mut st).await?;
             reverse::remove(&tctl, Some(&src), &mut st).await?;
+            faults::after(Point::RemoveReverse).await;
             save(&store, &st)?;
             let fixes = store
                 .snapshot()
@@ -229,7 +232,9 @@ pub(crate) async fn run(
                 .unwrap_or_default();
             preflight::restore_replica_identities(&tctl, &fixes).await?;
             st.ended = true;
+            faults::before(Point::FallbackEnd).await;
             save(&store, &st)?;
+            faults::after(Point::FallbackEnd).await;
             let _ = std::fs::remove_file(&finish_file);
             info!("fallback finished: nothing of ours is left on either server");
             return Ok(FallbackSummary {
@@ -307,11 +312,12 @@ async fn rollback(
     save(store, st)?;
     // (1) Fence the new server.
     let fenced_at = Instant::now();
-    fence_db(tctl).await?;
+    around(Point::RollbackFence, fence_db(tctl)).await?;
     tokio::time::sleep(Duration::from_millis(50)).await;
     end_other_sessions(tctl).await?;
     info!("new server fenced: read-only for every other session");
     // (2) Drain the reverse stream to the fence.
+    faults::before(Point::RollbackDrain).await;
     if let Some(h) = streamer.take() {
         shared.eager.store(true, Ordering::Release);
         shared.wake();
@@ -343,7 +349,7 @@ async fn rollback(
         }
         info!("drained the new server's changes to its fence");
     }
-    test_stop_at("mid_rollback").await;
+    faults::after(Point::RollbackDrain).await;
     let src = control(&phase.source, "source").await?;
     // Tables created on the new server that could not stream back.
     if st.ddl_capture {
@@ -354,6 +360,7 @@ async fn rollback(
         ddl::cutover_guard(tctl, &src, &guard, None, true).await?;
     }
     // (3) Sequences, unlogged tables, large objects, materialized views.
+    faults::before(Point::RollbackCopyBack).await;
     let seqs = catalog::list_sequences(tctl, &phase.filters).await?;
     let nseq = copy::copy_sequences(tctl, &src, &seqs).await?;
     info!(sequences = nseq, "sequences copied back");
@@ -371,9 +378,12 @@ async fn rollback(
         }
     }
     copy::refresh_matviews(&src).await?;
+    faults::after(Point::RollbackCopyBack).await;
     // (4) Remove the reverse objects, restore identities, open the old source.
+    faults::before(Point::RemoveReverse).await;
     remove_capture(tctl, st).await?;
     reverse::remove(tctl, Some(&src), st).await?;
+    faults::after(Point::RemoveReverse).await;
     save(store, st)?;
     let fixes = store
         .snapshot()
@@ -381,14 +391,16 @@ async fn rollback(
         .map(|o| o.replica_identity_fixes)
         .unwrap_or_default();
     preflight::restore_replica_identities(tctl, &fixes).await?;
-    unfence_db(&src).await?;
+    around(Point::Unfence, unfence_db(&src)).await?;
     let downtime = fenced_at.elapsed().as_secs_f64();
     if let Some(r) = st.rollback.as_mut() {
         r.completed = true;
         r.downtime_seconds = Some(downtime);
     }
     st.ended = true;
+    faults::before(Point::FallbackEnd).await;
     save(store, st)?;
+    faults::after(Point::FallbackEnd).await;
     store.update(|t| {
         if let Some(o) = t.online.as_mut() {
             o.fenced = false;

@@ -53,7 +53,8 @@ pub mod copy;
 pub mod dump;
 pub mod error;
 mod fallback;
-mod faults;
+#[doc(hidden)]
+pub mod faults;
 mod migrate;
 pub mod online;
 pub mod pg;

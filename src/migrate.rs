@@ -21,6 +21,7 @@ use crate::context::RunContext;
 use crate::copy::{self, CopyContext, TableResult};
 use crate::copy::{apply_after_data, apply_steps, early_steps};
 use crate::error::{MigrationError, Result};
+use crate::faults::{self, around, Point};
 use crate::pg::catalog::{self};
 use crate::pg::{connect, session};
 use crate::progress::{human_bytes, summarize};
@@ -104,7 +105,11 @@ pub(crate) async fn copy_phase(
     let (existing, resumed) = resolve_token(cfg, &def, &token_path, "migration")?;
     if online.is_none() {
         // A killed run's sessions end before this run touches anything.
-        crate::pg::sessions::end_earlier_runs(cfg).await?;
+        around(
+            Point::EndEarlierRuns,
+            crate::pg::sessions::end_earlier_runs(cfg),
+        )
+        .await?;
     }
     let mut token = match existing {
         Some(t) if resumed => t,
@@ -144,7 +149,11 @@ pub(crate) async fn copy_phase(
             )));
         }
         let needs = TargetNeeds::read(&src, source_version, cfg).await?;
-        prepare_target_database(Some(&src), &target_ep, &needs, resumed, cfg, &script).await?;
+        around(
+            Point::TargetDatabase,
+            prepare_target_database(Some(&src), &target_ep, &needs, resumed, cfg, &script),
+        )
+        .await?;
         Some(script)
     } else {
         None
@@ -214,7 +223,9 @@ pub(crate) async fn copy_phase(
     token.stage_done(Stage::Preflight);
     token.snapshot_name = Some(snapshot_id.clone());
     token.database_limits = script.as_ref().and_then(|s| s.database_limits);
+    faults::before(Point::RecordStart).await;
     token.save(&token_path)?;
+    faults::after(Point::RecordStart).await;
     let store = Arc::new(TokenStore::new(token_path.clone(), token).observed(run.token_observer()));
 
     store
@@ -335,7 +346,7 @@ pub(crate) async fn copy_phase(
     // Sequences: cheap and idempotent, always redone.
     let t0 = Instant::now();
     store.update(|t| t.stage_started(Stage::Sequences))?;
-    let nseq = copy::copy_sequences(&src, &dst, &seqs).await?;
+    let nseq = around(Point::Sequences, copy::copy_sequences(&src, &dst, &seqs)).await?;
     store.update(|t| t.stage_done(Stage::Sequences))?;
     stages.push((
         Stage::Sequences.as_str().to_string(),
@@ -432,7 +443,9 @@ pub(crate) async fn finish(
     )
     .await?;
     crate::target::seal_database(&target_ep, phase_limits).await?;
+    faults::before(Point::Complete).await;
     store.update(|t| t.completed = true)?;
+    faults::after(Point::Complete).await;
 
     let rows = results.iter().map(|r| r.rows).sum();
     let bytes = results.iter().map(|r| r.bytes).sum();
@@ -539,15 +552,17 @@ async fn run_via_archive(cfg: &MigrationConfig, run: &RunContext) -> Result<Migr
     } else {
         let mut rcfg = cfg.clone();
         rcfg.resume = cfg.resume && restore_token.exists();
+        faults::before(Point::Restored).await;
         crate::restore::run_locked(&rcfg, run, false).await?
     };
-    crate::faults::test_stop_at("after_restore").await;
+    faults::after(Point::Restored).await;
     report
         .stages
         .insert(0, (Stage::Dump.as_str().to_string(), dump_secs));
     report.resumed |= cfg.resume;
     if cfg.verify != VerifyLevel::None {
         let t0 = Instant::now();
+        faults::before(Point::Verify).await;
         let v = verify::verify(
             &source_ep,
             &target_ep,
@@ -561,6 +576,7 @@ async fn run_via_archive(cfg: &MigrationConfig, run: &RunContext) -> Result<Migr
             &cancel,
         )
         .await?;
+        faults::after(Point::Verify).await;
         report.stages.push((
             Stage::Verify.as_str().to_string(),
             t0.elapsed().as_secs_f64(),
@@ -569,9 +585,11 @@ async fn run_via_archive(cfg: &MigrationConfig, run: &RunContext) -> Result<Migr
     }
     crate::target::seal_database(&target_ep, limits).await?;
     // The migration's own completion, in the restore's token.
+    faults::before(Point::Complete).await;
     if let Some(t) = ResumeToken::load(&restore_token)? {
         TokenStore::new(restore_token.clone(), t).update(|t| t.stage_done(Stage::Verify))?;
     }
+    faults::after(Point::Complete).await;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
@@ -592,6 +610,7 @@ pub(crate) async fn verify_stage(
     }
     let t0 = Instant::now();
     store.update(|t| t.stage_started(Stage::Verify))?;
+    faults::before(Point::Verify).await;
     let v = verify::verify(
         source,
         target,
@@ -605,6 +624,7 @@ pub(crate) async fn verify_stage(
         cancel,
     )
     .await?;
+    faults::after(Point::Verify).await;
     store.update(|t| t.stage_done(Stage::Verify))?;
     stages.push((
         Stage::Verify.as_str().to_string(),

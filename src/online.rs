@@ -24,6 +24,7 @@ use crate::config::{CutoverMode, MigrationConfig};
 use crate::context::RunContext;
 use crate::copy;
 use crate::error::{MigrationError, Result};
+use crate::faults::{self, around, Point};
 use crate::migrate::{self, CopyPhase};
 use crate::pg::catalog::{self, TableInfo};
 use crate::pg::{connect, quote};
@@ -36,7 +37,7 @@ use crate::replication::source::{
     remove_capture, undo_source, unfence_db, OnlinePrep,
 };
 use crate::replication::stream::{self, StreamShared, StreamTarget};
-use crate::replication::{test_stop_at, Lsn, FENCE_MESSAGE_PREFIX};
+use crate::replication::{Lsn, FENCE_MESSAGE_PREFIX};
 use crate::report::{ApplySummary, CutoverSummary, MigrationReport, OnlineReport};
 pub use crate::resume::cutover_request_path as request_path;
 use crate::resume::{CutoverRecord, Definition, OnlineState, ResumeToken, Stage};
@@ -66,7 +67,11 @@ pub(crate) async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<Migra
     let source_ep = cfg.source.clone().expect("checked by Definition");
     // A killed run's sessions (its walsender holding the slot, a statement
     // still committing) end before this run touches anything.
-    crate::pg::sessions::end_earlier_runs(cfg).await?;
+    around(
+        Point::EndEarlierRuns,
+        crate::pg::sessions::end_earlier_runs(cfg),
+    )
+    .await?;
 
     let mut prep = OnlinePrep {
         state: OnlineState {
@@ -93,7 +98,9 @@ pub(crate) async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<Migra
     } else if resumed {
         let t = existing.expect("resumed");
         let state = t.online.clone().unwrap_or_else(|| prep.state.clone());
-        if t.stages.iter().any(|s| s.stage == Stage::Stream) {
+        // The copy is complete once its last stage is recorded: the slot's
+        // consistent point is all streaming needs from then on.
+        if t.stages.iter().any(|s| s.stage == Stage::Stream) || t.is_done(Stage::LargeObjects) {
             streaming_resume = true;
             prep.state = state;
         } else {
@@ -227,14 +234,15 @@ async fn stream_and_cutover(
     let dst = connect::connect(&phase.target, "target").await?;
     // The copy is durable: streaming starts at the slot's consistent point.
     if !store.snapshot().is_done(Stage::Stream) {
+        faults::before(Point::StreamStart).await;
         copy::prepare_target_state(&dst).await?;
         let start =
             crate::replication::apply::init_progress(&dst, &phase.migration_id, consistent_point)
                 .await?;
+        faults::after(Point::StreamStart).await;
         store.update(|t| t.stage_started(Stage::Stream))?;
         info!(start = %start, "copy finished; streaming changes from the slot");
     }
-    test_stop_at("after_copy").await;
     // Resumed after the cutover, during a --fallback: only the reverse
     // stream (or its interrupted rollback) remains.
     let cut_record = store.snapshot().online.and_then(|o| o.cutover);
@@ -515,7 +523,9 @@ async fn finish_report(
         .await?
     };
     crate::target::seal_database(&phase.target, phase.database_limits).await?;
+    faults::before(Point::Complete).await;
     store.update(|t| t.completed = true)?;
+    faults::after(Point::Complete).await;
     let rows = phase.results.iter().map(|r| r.rows).sum();
     let bytes = phase.results.iter().map(|r| r.bytes).sum();
     Ok(MigrationReport {
@@ -572,6 +582,7 @@ async fn cutover(
     }
     let dst = &connect::connect(&phase.target, "target").await?;
     let streaming = streamer.is_some();
+    faults::before(Point::CutoverStart).await;
     store.update(|t| {
         t.stage_started(Stage::Cutover);
         let o = t.online.get_or_insert_with(Default::default);
@@ -585,6 +596,7 @@ async fn cutover(
             c.drained = false;
         }
     })?;
+    faults::after(Point::CutoverStart).await;
     let fence = cfg.fence;
     if fence {
         store.update(|t| {
@@ -609,6 +621,7 @@ async fn cutover(
     match r {
         Ok(mut out) => {
             out.total_seconds = t0.elapsed().as_secs_f64();
+            faults::before(Point::CutoverDone).await;
             store.update(|t| {
                 t.stage_done(Stage::Stream);
                 t.stage_done(Stage::Cutover);
@@ -624,7 +637,7 @@ async fn cutover(
                 fence_lsn = %out.fence_lsn.map(|l| l.to_string()).unwrap_or_default(),
                 "cutover done"
             );
-            test_stop_at("after_cutover").await;
+            faults::after(Point::CutoverDone).await;
             Ok(out)
         }
         Err(e) => {
@@ -679,13 +692,14 @@ async fn cutover_steps(
     // (1) The fence.
     let fenced_at = Instant::now();
     if cfg.fence {
-        fence_db(ctl).await?;
+        around(Point::Fence, fence_db(ctl)).await?;
         tokio::time::sleep(Duration::from_millis(50)).await;
         end_other_sessions(ctl).await?;
         info!("source fenced: read-only for every other session");
     }
     // (2) Drain up to the fence.
     let mut fence_lsn = None;
+    faults::before(Point::Drain).await;
     if let Some(h) = streamer.take() {
         shared.eager.store(true, Ordering::Release);
         shared.wake();
@@ -768,10 +782,14 @@ async fn cutover_steps(
             .filter(|c| c.drained)
             .and_then(|c| c.fence_lsn);
     }
-    test_stop_at("mid_cutover").await;
+    faults::after(Point::Drain).await;
     // (3) Sequences.
     let seqs = catalog::list_sequences(ctl, &phase.filters).await?;
-    let nseq = copy::copy_sequences(ctl, dst, &seqs).await?;
+    let nseq = around(
+        Point::CutoverSequences,
+        copy::copy_sequences(ctl, dst, &seqs),
+    )
+    .await?;
     info!(sequences = nseq, "sequences copied");
     // (4) Unlogged tables, large objects, materialized views.
     let unlogged_names = catalog::unlogged_tables(ctl).await?;
@@ -782,6 +800,7 @@ async fn cutover_steps(
             prep.unlogged.contains(&t.qualified()) || unlogged_names.contains(&t.qualified())
         })
         .collect();
+    faults::before(Point::CutoverRecopy).await;
     copy::recopy_unlogged(ctl, dst, &unlogged).await?;
     if cfg.large_objects {
         // With the schema migrated, the target's large objects are all ours.
@@ -794,17 +813,17 @@ async fn cutover_steps(
         }
     }
     copy::refresh_matviews(dst).await?;
+    faults::after(Point::CutoverRecopy).await;
     // (5) Remove what we created.
     let mut st = state.clone();
-    remove_capture(ctl, &mut st).await?;
+    around(Point::RemoveCapture, remove_capture(ctl, &mut st)).await?;
     store.update(|t| {
         if let Some(o) = t.online.as_mut() {
             o.ddl_capture = false;
         }
     })?;
     if !cfg.keep_slot {
-        drop_slot(ctl, &st.slot_name).await?;
-        test_stop_at("after_slot_drop").await;
+        around(Point::DropSlot, drop_slot(ctl, &st.slot_name)).await?;
         st.slot_created = false;
         store.update(|t| {
             if let Some(o) = t.online.as_mut() {
@@ -813,10 +832,13 @@ async fn cutover_steps(
         })?;
     }
     if !cfg.keep_publication {
-        ctl.batch_execute(&format!(
-            "DROP PUBLICATION IF EXISTS {}",
-            quote::ident(&st.publication_name)
-        ))
+        around(
+            Point::DropPublication,
+            ctl.batch_execute(&format!(
+                "DROP PUBLICATION IF EXISTS {}",
+                quote::ident(&st.publication_name)
+            )),
+        )
         .await
         .map_err(|e| MigrationError::db("dropping the publication", e))?;
         store.update(|t| {
@@ -825,17 +847,23 @@ async fn cutover_steps(
             }
         })?;
     }
+    faults::before(Point::RestoreIdentities).await;
     preflight::restore_replica_identities(ctl, &st.replica_identity_fixes).await?;
     if !cfg.fallback {
         // With --fallback the new server streams back: its tables keep the
         // identities until `rollback` or `finish`.
         preflight::restore_replica_identities(dst, &st.replica_identity_fixes).await?;
     }
-    copy::drop_target_state(dst).await?;
+    faults::after(Point::RestoreIdentities).await;
+    around(Point::Finalize, copy::drop_target_state(dst)).await?;
     if cfg.fallback {
         // The old source is still fenced and nobody writes on the new
         // server yet: the reverse slot starts where both are equal.
-        crate::fallback::start(cfg, phase, dst, ctl, &st.slot_name).await?;
+        around(
+            Point::FallbackStart,
+            crate::fallback::start(cfg, phase, dst, ctl, &st.slot_name),
+        )
+        .await?;
     }
     store.update(|t| t.stage_done(Stage::Finalize))?;
     let downtime = fenced_at.elapsed().as_secs_f64();

@@ -25,6 +25,7 @@ use crate::config::MigrationConfig;
 use crate::context::RunContext;
 use crate::copy::{self, CopyContext, TableResult};
 use crate::error::{MigrationError, Result};
+use crate::faults::{self, around, Point};
 use crate::pg::catalog::{self, LargeObjectInfo, TableInfo};
 use crate::pg::{connect, quote, session};
 use crate::report::MigrationReport;
@@ -128,8 +129,11 @@ pub(crate) async fn run_locked(
         };
         let mut cfg = cfg.clone();
         cfg.roles = false; // role definitions are not in the archive
-        crate::target::prepare_target_database(None, &target_ep, &needs, resumed, &cfg, script)
-            .await?;
+        around(
+            Point::TargetDatabase,
+            crate::target::prepare_target_database(None, &target_ep, &needs, resumed, &cfg, script),
+        )
+        .await?;
     }
     let dst = connect::connect(&target_ep, "target").await?;
     session::setup_ddl_target(&dst).await?;
@@ -204,19 +208,24 @@ pub(crate) async fn run_locked(
         _ => ResumeToken::new(migration_id.clone(), def.clone(), dir.clone()),
     };
     token.stage_started(Stage::Restore);
+    faults::before(Point::RecordStart).await;
     token.save(&token_path)?;
+    faults::after(Point::RecordStart).await;
     let store = Arc::new(TokenStore::new(token_path.clone(), token).observed(run.token_observer()));
     if !resumed {
         copy::drop_target_state(&dst).await?;
     }
-    copy::prepare_target_state(&dst).await?;
+    around(Point::PrepareTarget, copy::prepare_target_state(&dst)).await?;
     let mut stages = Vec::new();
     let mut schema_steps = 0;
     let schema_notes = crate::schema::filter_notes(script.as_ref());
     if let Some(script) = &script {
         let t0 = Instant::now();
-        schema_steps +=
-            crate::copy::apply_steps(&dst, &migration_id, "pre", &script.pre_data, &cancel).await?;
+        schema_steps += around(
+            Point::SchemaPreData,
+            crate::copy::apply_steps(&dst, &migration_id, "pre", &script.pre_data, &cancel),
+        )
+        .await?;
         stages.push((
             Stage::SchemaPreData.as_str().to_string(),
             t0.elapsed().as_secs_f64(),
@@ -265,7 +274,11 @@ pub(crate) async fn run_locked(
         token: store.clone(),
         progress: run.progress.clone(),
     });
-    let outcome = copy::copy_tables(ctx, tables.clone(), items, early, cancel.clone()).await?;
+    let outcome = around(
+        Point::CopyData,
+        copy::copy_tables(ctx, tables.clone(), items, early, cancel.clone()),
+    )
+    .await?;
     schema_steps += outcome.index_steps;
     stages.push((
         Stage::CopyData.as_str().to_string(),
@@ -274,13 +287,16 @@ pub(crate) async fn run_locked(
 
     if let Some(script) = &script {
         let t0 = Instant::now();
-        schema_steps += crate::copy::apply_after_data(
-            &dst,
-            &target_ep,
-            &migration_id,
-            script,
-            cfg.jobs,
-            &cancel,
+        schema_steps += around(
+            Point::SchemaPostData,
+            crate::copy::apply_after_data(
+                &dst,
+                &target_ep,
+                &migration_id,
+                script,
+                cfg.jobs,
+                &cancel,
+            ),
         )
         .await?;
         stages.push((
@@ -295,6 +311,7 @@ pub(crate) async fn run_locked(
     if let Some(e) = &m.sequences {
         let values: Vec<SequenceValue> = serde_json::from_slice(&archive.read_small_file(e)?)
             .map_err(|e| MigrationError::Archive(format!("sequences.json cannot be read: {e}")))?;
+        faults::before(Point::Sequences).await;
         for s in &values {
             let q = quote::qualified(&s.schema, &s.name);
             dst.query_one(
@@ -305,6 +322,7 @@ pub(crate) async fn run_locked(
             .map_err(|e| MigrationError::db(format!("setting sequence {q} on the target"), e))?;
         }
         nseq = values.len();
+        faults::after(Point::Sequences).await;
     }
     stages.push((
         Stage::Sequences.as_str().to_string(),
@@ -324,7 +342,11 @@ pub(crate) async fn run_locked(
                 dir.display()
             ))
         })?;
-        lo_bytes = restore_large_objects(&dst, &archive, data, &los, &cancel).await?;
+        lo_bytes = around(
+            Point::LargeObjects,
+            restore_large_objects(&dst, &archive, data, &los, &cancel),
+        )
+        .await?;
         store.update(|t| t.stage_done(Stage::LargeObjects))?;
     }
     stages.push((
@@ -333,7 +355,7 @@ pub(crate) async fn run_locked(
     ));
 
     let t0 = Instant::now();
-    copy::drop_target_state(&dst).await?;
+    around(Point::Finalize, copy::drop_target_state(&dst)).await?;
     stages.push((
         Stage::Finalize.as_str().to_string(),
         t0.elapsed().as_secs_f64(),
@@ -342,6 +364,7 @@ pub(crate) async fn run_locked(
     if seal {
         crate::target::seal_database(&target_ep, limits).await?;
     }
+    faults::before(Point::Complete).await;
     store.update(|t| {
         t.stage_done(Stage::Restore);
         // For `migrate --copy-method dump` resumed after this point: it
@@ -349,6 +372,7 @@ pub(crate) async fn run_locked(
         t.database_limits = limits;
         t.completed = true;
     })?;
+    faults::after(Point::Complete).await;
     let results: Vec<TableResult> = outcome.tables;
     Ok((
         MigrationReport {

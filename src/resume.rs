@@ -110,6 +110,21 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// The fault point around the stage's work (run through
+    /// [`TokenStore::run_stage`]).
+    fn fault_point(self) -> Option<crate::faults::Point> {
+        use crate::faults::Point;
+        Some(match self {
+            Stage::PrepareTarget => Point::PrepareTarget,
+            Stage::SchemaPreData => Point::SchemaPreData,
+            Stage::CopyData => Point::CopyData,
+            Stage::SchemaPostData => Point::SchemaPostData,
+            Stage::LargeObjects => Point::LargeObjects,
+            Stage::Finalize => Point::Finalize,
+            _ => return None,
+        })
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             Stage::Preflight => "preflight",
@@ -665,6 +680,14 @@ impl Drop for RunLock {
     }
 }
 
+/// Token paths whose last run died before writing its token (its lock
+/// file was left behind): `--resume` starts those from the beginning.
+fn died_unrecorded() -> &'static std::sync::Mutex<std::collections::HashSet<PathBuf>> {
+    static SET: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<PathBuf>>> =
+        std::sync::OnceLock::new();
+    SET.get_or_init(Default::default)
+}
+
 impl RunLock {
     pub fn path_for(token_path: &Path) -> PathBuf {
         let mut s = token_path.as_os_str().to_owned();
@@ -676,6 +699,14 @@ impl RunLock {
     /// refuse because another live process holds it.
     pub fn acquire(token_path: &Path) -> Result<RunLock> {
         let path = Self::path_for(token_path);
+        // A lock file left without a token: a run died here before its
+        // first record (see `resolve_token`).
+        if path.exists() && !token_path.exists() {
+            died_unrecorded()
+                .lock()
+                .unwrap()
+                .insert(token_path.to_path_buf());
+        }
         if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
                 MigrationError::io(format!("creating the directory of {}", path.display()), e)
@@ -846,7 +877,14 @@ impl TokenStore {
             None
         } else {
             self.update(|t| t.stage_started(stage))?;
+            let point = stage.fault_point();
+            if let Some(p) = point {
+                crate::faults::before(p).await;
+            }
             let v = work.await?;
+            if let Some(p) = point {
+                crate::faults::after(p).await;
+            }
             self.update(|t| t.stage_done(stage))?;
             Some(v)
         };
@@ -922,6 +960,13 @@ pub(crate) fn resolve_token(
                 t.current_stage().map_or("none", |s| s.stage.as_str()),
                 if t.completed { ", completed" } else { "" }
             )))
+        }
+        (None, true) if died_unrecorded().lock().unwrap().contains(token_path) => {
+            // Killed before its first record: nothing was recorded, so
+            // nothing can be half done that a new run would not redo (the
+            // target's own checks still refuse one that is not empty).
+            tracing::warn!(token = %token_path.display(), "the interrupted run of this {what} stopped before recording anything: starting from the beginning");
+            false
         }
         (None, true) => {
             return Err(MigrationError::Resume(format!(

@@ -5,6 +5,7 @@
 //! module that creates or drops the target database; it changes nothing on
 //! the source.
 
+use crate::faults::{self, Point};
 use tokio_postgres::Client;
 use tracing::{info, warn};
 
@@ -768,6 +769,7 @@ pub(crate) async fn seal_database(
         return Ok(());
     };
     let admin = connect_admin(target).await?;
+    faults::before(Point::Seal).await;
     for stmt in schema::load::limit_statements(&limits, &target.dbname) {
         admin.batch_execute(&stmt).await.map_err(|e| {
             MigrationError::db(
@@ -786,7 +788,7 @@ pub(crate) async fn seal_database(
         allow_connections = limits.allow_connections,
         "set the source database's connection limit and flags on the target"
     );
-    crate::faults::test_stop_at("after_seal").await;
+    faults::after(Point::Seal).await;
     Ok(())
 }
 

@@ -155,7 +155,7 @@ async fn a_closed_target_database_resumes_and_force_cleans() {
     let name = dbname_of(&target);
     let dir = tempfile::tempdir().unwrap();
     let dump = dir.path().join("w");
-    let args = kill_at(&db.source, &target, &dump, "after_seal").await;
+    let args = kill_at(&db.source, &target, &dump, "after:seal").await;
     assert_eq!(target_limits(&name).await, "5 true true");
     testkit::execute(
         &testkit::shared_pair().target.admin_conninfo(),

@@ -692,13 +692,13 @@ async fn manual_cutover_from_another_process() {
 
 /// kill -9 at `point`, then `--resume` completes with every row exactly once.
 async fn kill_then_resume(point: &str) -> Run {
-    let r = Run::new(&format!("online_kill_{point}")).await;
+    let r = Run::new(&format!("online_kill_{}", point.replace([':', '#'], "_"))).await;
     let load = Workload::start(&r.db.source);
     let mut child = r.spawn(&["--cutover", "auto"], "m1", Some(point));
     r.wait_stop_point("m1", point).await;
     child.kill().unwrap();
     child.wait().unwrap();
-    if point == "mid_cutover" {
+    if point == "after:drain" {
         // Asked of a dead migration, `cutover` says so at once.
         let t0 = std::time::Instant::now();
         let out = common::run_async(&["cutover", "--dump-path", &r.dump()]).await;
@@ -756,7 +756,7 @@ async fn resume_finished(r: &Run) {
 /// `--resume` finishes the cutover and the migration.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_after_the_cutover_dropped_the_slot_then_resume() {
-    let r = kill_then_resume("after_slot_drop").await;
+    let r = kill_then_resume("after:drop_slot").await;
     resume_finished(&r).await;
 }
 
@@ -764,40 +764,40 @@ async fn kill_9_after_the_cutover_dropped_the_slot_then_resume() {
 /// `--resume` verifies, records it complete and exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_after_the_cutover_finished_then_resume() {
-    let r = kill_then_resume("after_cutover").await;
+    let r = kill_then_resume("after:cutover_done").await;
     resume_finished(&r).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_after_slot_creation_then_resume() {
-    kill_then_resume("after_slot").await;
+    kill_then_resume("after:slot").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_mid_copy_then_resume() {
-    kill_then_resume("mid_copy").await;
+    kill_then_resume("after:copy_item").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_after_copy_then_resume() {
-    kill_then_resume("after_copy").await;
+    kill_then_resume("after:stream_start").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_between_apply_commit_and_status_update_then_resume() {
-    kill_then_resume("after_apply_commit").await;
+    kill_then_resume("after:apply_commit").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_mid_cutover_then_resume() {
-    kill_then_resume("mid_cutover").await;
+    kill_then_resume("after:drain").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ctrl_c_during_copy_then_cleanup_leaves_nothing() {
     let r = Run::new("online_ctrlc").await;
-    let mut child = r.spawn(&["--cutover", "auto"], "m", Some("mid_copy"));
-    r.wait_stop_point("m", "mid_copy").await;
+    let mut child = r.spawn(&["--cutover", "auto"], "m", Some("after:copy_item"));
+    r.wait_stop_point("m", "after:copy_item").await;
     let pid = child.id() as i32;
     assert_eq!(unsafe_kill(pid, 2), 0);
     let code = tokio::task::spawn_blocking(move || child.wait().unwrap().code())
@@ -1132,8 +1132,8 @@ async fn apply_conflict_stops_with_the_transaction_table_and_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn slot_lost_after_the_copy_refuses_resume_then_force_clean_starts_over() {
     let r = Run::new("online_slotlost").await;
-    let mut child = r.spawn(&[], "m1", Some("after_copy"));
-    r.wait_stop_point("m1", "after_copy").await;
+    let mut child = r.spawn(&[], "m1", Some("after:stream_start"));
+    r.wait_stop_point("m1", "after:stream_start").await;
     child.kill().unwrap();
     child.wait().unwrap();
     let slot: String = pg_dbmigrator::ResumeToken::load(&r.token_path())
@@ -2010,14 +2010,18 @@ async fn kill_9_during_the_fallback_and_mid_rollback_then_resume() {
     )
     .await
     .unwrap();
-    let mut child = r.spawn(&["--fallback", "--resume"], "m2", Some("mid_rollback"));
+    let mut child = r.spawn(
+        &["--fallback", "--resume"],
+        "m2",
+        Some("after:rollback_drain"),
+    );
     r.wait_log("m2", "fallback: streaming the new server's changes back")
         .await;
     let rb = {
         let dump = r.dump();
         tokio::spawn(async move { common::run_async(&["rollback", "--dump-path", &dump]).await })
     };
-    r.wait_stop_point("m2", "mid_rollback").await;
+    r.wait_stop_point("m2", "after:rollback_drain").await;
     child.kill().unwrap();
     child.wait().unwrap();
     let out = rb.await.unwrap();

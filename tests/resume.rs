@@ -363,7 +363,7 @@ async fn kill_9_between_schema_batches_then_resume() {
     let db = many_small_tables("schemakill", 150).await;
     let dir = tempfile::tempdir().unwrap();
     let dump = dir.path().join("work");
-    let base = kill_at(&db, &dump, "mid_schema").await;
+    let base = kill_at(&db, &dump, "after:schema_step").await;
     // A batch is all or nothing: every marker's object exists, and no
     // table exists without its marker.
     let marked = testkit::query_scalar(
@@ -402,7 +402,7 @@ async fn kill_9_inside_a_group_of_small_tables_then_resume() {
     let db = many_small_tables("groupkill", 120).await;
     let dir = tempfile::tempdir().unwrap();
     let dump = dir.path().join("work");
-    let base = kill_at(&db, &dump, "mid_batch").await;
+    let base = kill_at(&db, &dump, "before:copy_item#3").await;
     let rows_by_table = testkit::query_scalar(
         &db.target,
         "SELECT coalesce(string_agg(relname, ',' ORDER BY relname), '') FROM pg_class c
@@ -497,7 +497,7 @@ async fn kill_9_after_the_restore_of_a_dump_migration_then_resume() {
     let db = many_small_tables("afterrestore", 20).await;
     let dir = tempfile::tempdir().unwrap();
     let dump = dir.path().join("work");
-    let base = kill_at_with(&db, &dump, "after_restore", &["--copy-method", "dump"]).await;
+    let base = kill_at_with(&db, &dump, "after:restored", &["--copy-method", "dump"]).await;
     let out = run_s(&with(&base, &["--resume", "--json"]));
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
     let report = common::report_of(&out.stdout);

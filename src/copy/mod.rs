@@ -26,6 +26,7 @@ mod rows;
 mod sequences;
 mod worker;
 
+use crate::faults::{self, Point};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -656,6 +657,7 @@ async fn index_worker(
                 .cloned()
                 .collect()
         };
+        faults::before(Point::IndexBuild).await;
         loop {
             let r = match &task {
                 IndexTask::Build(step) => {
@@ -719,6 +721,7 @@ async fn index_worker(
             }
             done = Some(committed_steps(&dst, &ctx.migration_id).await?);
         }
+        faults::after(Point::IndexBuild).await;
         match task {
             IndexTask::Build(step) => sched.index_task_done(step.table.clone(), 1, false),
             IndexTask::Finish { table, steps, rows } => {

@@ -4,6 +4,7 @@
 //! The post-data steps that need only one table's rows run beside the copy
 //! (see [`crate::schema::Step::table`]); the rest follow the data.
 
+use crate::faults::{around, Point};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
@@ -88,9 +89,12 @@ pub(crate) async fn apply_steps(
         if cancel.is_cancelled() {
             return Err(MigrationError::Cancelled);
         }
-        apply_batch(dst, migration_id, part, batch).await?;
+        around(
+            Point::SchemaStep,
+            apply_batch(dst, migration_id, part, batch),
+        )
+        .await?;
         n += batch.len();
-        crate::faults::test_stop_at("mid_schema").await;
     }
     info!(
         part,

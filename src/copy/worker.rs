@@ -7,6 +7,7 @@
 //! socket while the target is slow; the archive's bounded channels do the
 //! same), so memory stays flat whatever the table size.
 
+use crate::faults::{self, Point};
 use std::pin::Pin;
 use std::time::Instant;
 
@@ -53,7 +54,6 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
     };
     debug!(worker = id, "copy worker ready");
     let mut first = true;
-    let mut groups_committed = 0;
     // Small tables travel several per target transaction: one commit (one
     // WAL flush) and one marker round trip for the group instead of each.
     let group_limit = if dst.is_some() { GROUP_ITEMS } else { 1 };
@@ -78,17 +78,15 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
                     d.batch_execute("BEGIN").await.map_err(|e| {
                         MigrationError::db("starting a copy transaction on the target", e)
                     })?;
-                    for (i, item) in group.iter().enumerate() {
+                    for item in group.iter() {
                         let t = &sched.tables[item.table];
                         let (started, format, input) =
                             start_item(ctx, src.as_ref(), id, t, item, &mut first).await?;
                         let r = load_item(ctx, d, t, item, format, input, stop).await?;
                         results.push(ItemResult { started, ..r });
-                        // After a group of this worker committed, inside the next.
-                        if i == 0 && group.len() > 1 && groups_committed > 0 {
-                            crate::faults::test_stop_at("mid_batch").await;
-                        }
                     }
+                    // The rows are in, not committed.
+                    faults::before(Point::CopyItem).await;
                     d.batch_execute("COMMIT").await.map_err(|e| {
                         MigrationError::db("committing a copy transaction on the target", e)
                     })
@@ -128,8 +126,8 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
                     }
                 }
             }
-            groups_committed += 1;
         } else if let Output::Archive { dir, level } = &ctx.output {
+            faults::before(Point::CopyItem).await;
             for item in &group {
                 let t = &sched.tables[item.table];
                 let (started, format, input) =
@@ -140,6 +138,8 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
         } else {
             unreachable!("target workers have a session");
         }
+        // Committed (or written), not recorded.
+        faults::after(Point::CopyItem).await;
         let finished = Instant::now();
         let mut done = Vec::with_capacity(group.len());
         for (item, r) in group.iter().zip(results) {
@@ -172,7 +172,6 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
         }
         // Items that committed together are recorded together (one fsync).
         record_done(ctx, &done)?;
-        crate::faults::test_stop_at("mid_copy").await;
         for (item, (_, r)) in group.iter().zip(done) {
             sched.item_done(item, r);
         }

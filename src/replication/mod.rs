@@ -24,7 +24,6 @@ pub mod stream;
 /// it, everything before the fence is on the target.
 pub const FENCE_MESSAGE_PREFIX: &str = "pg_dbmigrator.fence";
 
-pub(crate) use crate::faults::test_stop_at;
 pub use crate::pg::replication::{Lsn, PgTimestamp};
 
 /// The replication slot and the publication of a migration share one name,

@@ -31,6 +31,11 @@ pub fn progress_id(migration_id: &str) -> String {
     format!("{migration_id}.back")
 }
 
+/// Whether a stream's progress id is a reverse stream's.
+pub fn is_progress_id(id: &str) -> bool {
+    id.ends_with(".back")
+}
+
 /// Create the publication and the slot on the new server (recording each
 /// in `save` before it is made), then the progress row on the old source
 /// at the slot's consistent point. Called at the cutover while the old

@@ -13,11 +13,12 @@ use tracing::{info, warn};
 
 use super::ddl;
 use super::preflight::{self, SourceChecks};
-use super::{object_name, test_stop_at, Lsn};
+use super::{object_name, Lsn};
 use crate::config::filter::CompiledFilters;
 use crate::config::{EndpointConfig, MigrationConfig};
 use crate::copy;
 use crate::error::{MigrationError, Result};
+use crate::faults::{self, around, Point};
 use crate::pg::catalog::{self, TableInfo};
 use crate::pg::replication::ReplicationSession;
 use crate::pg::{connect, quote, session};
@@ -79,7 +80,11 @@ pub(crate) async fn prepare_source(
     save(token, &o.state)?;
     o.created_now = true;
     if !report.fixes.is_empty() {
-        preflight::apply_replica_identity_fixes(src, &report.fixes).await?;
+        around(
+            Point::ReplicaIdentity,
+            preflight::apply_replica_identity_fixes(src, &report.fixes),
+        )
+        .await?;
         for f in &report.fixes {
             info!(table = %quote::qualified(&f.schema, &f.name), identity = ?f.new, "replica identity set (--fix-replica-identity; restored at cleanup)");
         }
@@ -112,7 +117,7 @@ pub(crate) async fn prepare_source(
                 published.join(", ")
             )
         };
-        src.batch_execute(&sql)
+        around(Point::Publication, src.batch_execute(&sql))
             .await
             .map_err(|e| MigrationError::db("creating the publication on the source", e))?;
         info!(publication = %o.state.publication_name, tables = published.len(), "publication created");
@@ -125,7 +130,7 @@ pub(crate) async fn prepare_source(
         Ok(()) => {
             o.state.ddl_capture = true;
             save(token, &o.state)?;
-            install_capture(src, &o.state).await?;
+            around(Point::Capture, install_capture(src, &o.state)).await?;
             info!("schema changes on the source are captured and replayed on the target at their place in the stream");
         }
         Err(why) => {
@@ -138,14 +143,15 @@ pub(crate) async fn prepare_source(
     let source = cfg.source.as_ref().expect("checked");
     let mut repl = ReplicationSession::connect_labeled(source, "source").await?;
     info!(slot = %o.state.slot_name, "creating the replication slot (waits for transactions running on the source to finish)");
+    faults::before(Point::Slot).await;
     let slot = repl.create_logical_slot(&o.state.slot_name, true).await?;
+    faults::after(Point::Slot).await;
     let name = slot.snapshot_name.clone().ok_or_else(|| {
         MigrationError::Internal("CREATE_REPLICATION_SLOT exported no snapshot".into())
     })?;
     o.state.consistent_point = Some(slot.consistent_point);
     save(token, &o.state)?;
     info!(slot = %o.state.slot_name, consistent_point = %slot.consistent_point, snapshot = %name, "replication slot created");
-    test_stop_at("after_slot").await;
     // The slot session must stay idle until the snapshot is imported; the
     // coordinator then holds it (and exports it again) for the whole copy.
     session::import_snapshot(src, &name).await?;
@@ -448,7 +454,7 @@ pub async fn cleanup(cfg: &MigrationConfig) -> Result<CleanupReport> {
     let fixes = state.replica_identity_fixes.clone();
     let was_fenced = state.fenced;
     let src = connect::connect(cfg.source.as_ref().expect("checked"), "source").await?;
-    undo_source(&src, &mut state, true).await?;
+    around(Point::CleanupSource, undo_source(&src, &mut state, true)).await?;
     if token.is_none() {
         // Without a record we cannot tell whose a read-only setting is:
         // say so rather than change it.
@@ -471,6 +477,7 @@ pub async fn cleanup(cfg: &MigrationConfig) -> Result<CleanupReport> {
     let target = cfg.target.as_ref().expect("checked");
     match connect::connect(target, "target").await {
         Ok(dst) => {
+            faults::before(Point::CleanupTarget).await;
             // A --fallback's reverse slot and publication: whatever carries
             // their names is ours.
             let back = super::reverse::object_name(&state.slot_name);
@@ -490,15 +497,18 @@ pub async fn cleanup(cfg: &MigrationConfig) -> Result<CleanupReport> {
                 })?;
             preflight::restore_replica_identities(&dst, &fixes).await?;
             copy::drop_target_state(&dst).await?;
+            faults::after(Point::CleanupTarget).await;
             dropped = true;
         }
         Err(e) => {
             warn!(error = %e, "target not reachable (or its database was never created): nothing to remove there")
         }
     }
+    faults::before(Point::CleanupToken).await;
     ResumeToken::remove(&token_path);
     let _ = std::fs::remove_file(crate::resume::cutover_request_path(&dump_path));
     let _ = std::fs::remove_dir_all(dump_path.join("spool"));
+    faults::after(Point::CleanupToken).await;
     Ok(CleanupReport {
         slot: state.slot_name,
         publication: state.publication_name,

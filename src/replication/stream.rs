@@ -35,6 +35,7 @@ use super::pgoutput::{self, Message};
 use super::{Lsn, PgTimestamp};
 use crate::config::EndpointConfig;
 use crate::error::{MigrationError, Result};
+use crate::faults::{self, Point};
 use crate::pg::connect;
 use crate::pg::replication::{ReplicationMessage, ReplicationSession, StandbyStatus};
 
@@ -442,6 +443,12 @@ async fn apply_loop(
     let mut in_stream: Option<u32> = None;
     let mut batch_started: Option<Instant> = None;
     let mut last_refresh = Instant::now();
+    // The fallback's reverse stream has its own fault point.
+    let commit_point = if super::reverse::is_progress_id(&t.migration_id) {
+        Point::ReverseApplyCommit
+    } else {
+        Point::ApplyCommit
+    };
     std::fs::create_dir_all(&t.spool_dir)
         .map_err(|e| MigrationError::io(format!("creating {}", t.spool_dir.display()), e))?;
     let result: Result<()> = async {
@@ -562,9 +569,10 @@ async fn apply_loop(
                     || started.elapsed() >= batch_time
                     || applier.pending_txns() >= BATCH_TXNS
                 {
+                    faults::before(commit_point).await;
                     commit(applier, shared).await?;
+                    faults::after(commit_point).await;
                     batch_started = None;
-                    crate::replication::test_stop_at("after_apply_commit").await;
                     if last_refresh.elapsed() >= Duration::from_millis(200) {
                         refresh(applier, shared).await?;
                         last_refresh = Instant::now();
