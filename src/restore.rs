@@ -83,6 +83,18 @@ pub(crate) async fn run_locked(
         return Ok((MigrationReport::already_complete(&t, token_path), None));
     }
     let (existing, resumed) = crate::resume::resolve_token(cfg, &def, &token_path, "restore")?;
+    // Killed while removing our bookkeeping (whose markers said what was
+    // done): everything before it had completed, only the end is left.
+    let finalizing = resumed
+        && existing
+            .as_ref()
+            .is_some_and(|t| t.stages.iter().any(|s| s.stage == Stage::Finalize));
+    // Killed while removing our bookkeeping (whose markers said what was
+    // done): everything before it had completed, only the end is left.
+    let finalizing = resumed
+        && existing
+            .as_ref()
+            .is_some_and(|t| t.stages.iter().any(|s| s.stage == Stage::Finalize));
     let migration_id = cfg
         .migration_id
         .clone()
@@ -219,7 +231,7 @@ pub(crate) async fn run_locked(
     let mut stages = Vec::new();
     let mut schema_steps = 0;
     let schema_notes = crate::schema::filter_notes(script.as_ref());
-    if let Some(script) = &script {
+    if let (Some(script), false) = (&script, finalizing) {
         let t0 = Instant::now();
         schema_steps += around(
             Point::SchemaPreData,
@@ -231,7 +243,9 @@ pub(crate) async fn run_locked(
             t0.elapsed().as_secs_f64(),
         ));
     }
-    crate::target::preflight_target(&dst, &mut tables, &[], &los, resumed).await?;
+    if !finalizing {
+        crate::target::preflight_target(&dst, &mut tables, &[], &los, resumed).await?;
+    }
 
     // Data files, and beside them the index builds of loaded tables.
     let t0 = Instant::now();
@@ -274,18 +288,22 @@ pub(crate) async fn run_locked(
         token: store.clone(),
         progress: run.progress.clone(),
     });
-    let outcome = around(
-        Point::CopyData,
-        copy::copy_tables(ctx, tables.clone(), items, early, cancel.clone()),
-    )
-    .await?;
+    let outcome = if finalizing {
+        Default::default()
+    } else {
+        around(
+            Point::CopyData,
+            copy::copy_tables(ctx, tables.clone(), items, early, cancel.clone()),
+        )
+        .await?
+    };
     schema_steps += outcome.index_steps;
     stages.push((
         Stage::CopyData.as_str().to_string(),
         t0.elapsed().as_secs_f64(),
     ));
 
-    if let Some(script) = &script {
+    if let (Some(script), false) = (&script, finalizing) {
         let t0 = Instant::now();
         schema_steps += around(
             Point::SchemaPostData,
@@ -355,6 +373,8 @@ pub(crate) async fn run_locked(
     ));
 
     let t0 = Instant::now();
+    // Recorded first: from here on the markers are going.
+    store.update(|t| t.stage_started(Stage::Finalize))?;
     around(Point::Finalize, copy::drop_target_state(&dst)).await?;
     stages.push((
         Stage::Finalize.as_str().to_string(),
