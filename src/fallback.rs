@@ -25,7 +25,7 @@ use crate::copy;
 use crate::error::{MigrationError, Result};
 use crate::faults::{self, around, Point};
 use crate::migrate::CopyPhase;
-use crate::pg::{catalog, connect, session};
+use crate::pg::{catalog, connect, quote, session};
 use crate::progress::human_bytes;
 use crate::replication::source::{current_wal, end_other_sessions, fence_db, unfence_db};
 use crate::replication::stream::{self, StreamShared, StreamTarget};
@@ -104,6 +104,17 @@ pub(crate) async fn start(
     Ok(())
 }
 
+/// Whether the replication slot `slot` exists on the server of `c`.
+async fn slot_exists(c: &Client, slot: &str) -> Result<bool> {
+    Ok(c.query_opt(
+        "SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+        &[&slot],
+    )
+    .await
+    .map_err(|e| MigrationError::db("looking up the fallback's replication slot", e))?
+    .is_some())
+}
+
 /// Remove our DDL capture from the new server.
 async fn remove_capture(tctl: &Client, st: &mut FallbackState) -> Result<()> {
     if st.ddl_capture {
@@ -153,6 +164,23 @@ pub(crate) async fn run(
         .is_some_and(|r| r.started_at.is_some() && !r.completed);
     let mut want_finish = st.finishing;
     let mut tctl = control(&phase.target, "target").await?;
+    // A run killed after the reverse slot's removal and before its record:
+    // nothing was lost if the removal came after the drain to the fence
+    // (a rollback's, or a finish's); otherwise the slot vanished while it
+    // held the new server's changes.
+    if st.slot_created && !slot_exists(&tctl, &st.slot_name).await? {
+        let drained = st.finishing || st.rollback.as_ref().is_some_and(|r| r.drained);
+        if !drained {
+            return Err(MigrationError::Resume(format!(
+                "the fallback's replication slot {} is missing on the new server: its changes since the cutover cannot be streamed back. \
+                 Copy them to the old source yourself, or keep the new server",
+                quote::ident(&st.slot_name)
+            )));
+        }
+        info!(slot = %st.slot_name, "the reverse slot was already removed after the drain; finishing");
+        st.slot_created = false;
+        save(&store, &st)?;
+    }
     let mut stop = cancel.child_token();
     // A slot already removed (a crash late in a rollback or finish) has
     // nothing left to stream: everything before its removal was drained.
@@ -348,6 +376,10 @@ async fn rollback(
             ));
         }
         info!("drained the new server's changes to its fence");
+        if let Some(r) = st.rollback.as_mut() {
+            r.drained = true;
+        }
+        save(store, st)?;
     }
     faults::after(Point::RollbackDrain).await;
     let src = control(&phase.source, "source").await?;

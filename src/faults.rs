@@ -25,8 +25,10 @@ pub enum Flow {
     Archive,
     /// `migrate --mode online` up to its cutover.
     Online,
-    /// `migrate --mode online --fallback`, then `rollback` or `finish`.
+    /// `migrate --mode online --fallback`, then `rollback`.
     Fallback,
+    /// `migrate --mode online --fallback`, then `finish`.
+    Finish,
     /// `cleanup` of an online migration stopped while streaming.
     Cleanup,
 }
@@ -140,11 +142,11 @@ registry! {
         "dropping the publication";
     RestoreIdentities = "restore_identities", [Online],
         "restoring the replica identities --fix-replica-identity changed";
-    CutoverDone = "cutover_done", [Online, Fallback],
+    CutoverDone = "cutover_done", [Online, Fallback, Finish],
         "recording the cutover complete";
-    FallbackStart = "fallback_start", [Fallback],
+    FallbackStart = "fallback_start", [Fallback, Finish],
         "creating the reverse publication, slot and capture on the new server";
-    ReverseApplyCommit = "reverse_apply_commit", [Fallback],
+    ReverseApplyCommit = "reverse_apply_commit", [Fallback, Finish],
         "a transaction streamed back committed on the old source";
     RollbackFence = "rollback_fence", [Fallback],
         "fencing the new server for the rollback";
@@ -152,17 +154,17 @@ registry! {
         "draining the reverse stream to the new server's fence";
     RollbackCopyBack = "rollback_copy_back", [Fallback],
         "copying sequences, unlogged tables and large objects back";
-    RemoveReverse = "remove_reverse", [Fallback],
+    RemoveReverse = "remove_reverse", [Fallback, Finish],
         "removing the reverse slot, publication and capture";
     Unfence = "unfence", [Fallback],
         "lifting the old source's fence";
-    FallbackEnd = "fallback_end", [Fallback],
+    FallbackEnd = "fallback_end", [Fallback, Finish],
         "recording the fallback's end (rollback or finish)";
     Verify = "verify", [Offline, Online, ViaArchive, Fallback],
         "verifying, recorded";
-    Seal = "seal", [Offline, Online, ViaArchive, Archive, Fallback],
+    Seal = "seal", [Offline, Online, ViaArchive, Archive, Fallback, Finish],
         "setting the target database's connection limit and template flag";
-    Complete = "complete", [Offline, Online, ViaArchive, Archive, Fallback],
+    Complete = "complete", [Offline, Online, ViaArchive, Archive, Fallback, Finish],
         "recording the run complete";
     CleanupSource = "cleanup_source", [Cleanup],
         "removing the slot, publication, capture, identities and fence from the source";

@@ -232,6 +232,9 @@ async fn stream_and_cutover(
     let store = phase.store.clone();
     let state = prep.state.clone();
     let dst = connect::connect(&phase.target, "target").await?;
+    // A resumed --fallback may have its capture on the new server already:
+    // what we run there is never captured.
+    no_capture(&dst).await?;
     // The copy is durable: streaming starts at the slot's consistent point.
     if !store.snapshot().is_done(Stage::Stream) {
         faults::before(Point::StreamStart).await;
@@ -262,6 +265,27 @@ async fn stream_and_cutover(
     if cut_record.as_ref().is_some_and(|c| c.completed) && crate::fallback::active(&store) {
         let fallback = Some(crate::fallback::run(cfg, &phase, run).await?);
         let online = after_cutover(cut_record.unwrap_or_default(), fallback);
+        return finish_report(cfg, phase, online, &cancel).await;
+    }
+    // Resumed after the fallback ended (its rollback or finish recorded):
+    // verify, the seal and the record are left.
+    let ended = store
+        .snapshot()
+        .online
+        .and_then(|o| o.fallback)
+        .filter(|f| f.ended);
+    if let (Some(c), Some(fb)) = (cut_record.clone().filter(|c| c.completed), ended) {
+        let rolled_back = fb.rollback.as_ref().is_some_and(|r| r.completed);
+        info!(
+            ended_by = if rolled_back { "rollback" } else { "finish" },
+            "the fallback had ended; finishing the migration"
+        );
+        let summary = crate::report::FallbackSummary {
+            ended_by: if rolled_back { "rollback" } else { "finish" }.into(),
+            rollback_downtime_seconds: fb.rollback.and_then(|r| r.downtime_seconds),
+            transactions_streamed_back: 0,
+        };
+        let online = after_cutover(c, Some(summary));
         return finish_report(cfg, phase, online, &cancel).await;
     }
     // Resumed after the cutover completed (killed before the migration's
@@ -553,6 +577,14 @@ async fn finish_report(
     })
 }
 
+/// Our statements on this session are never captured as schema changes
+/// (the new server carries a capture during a `--fallback`).
+async fn no_capture(c: &Client) -> Result<()> {
+    c.batch_execute(ddl::NO_CAPTURE_SETTING)
+        .await
+        .map_err(|e| MigrationError::db("configuring a target session", e))
+}
+
 struct CutoverOutcome {
     fence_lsn: Option<Lsn>,
     downtime: f64,
@@ -581,6 +613,7 @@ async fn cutover(
         *ctl = control(&phase.source).await?;
     }
     let dst = &connect::connect(&phase.target, "target").await?;
+    no_capture(dst).await?;
     let streaming = streamer.is_some();
     faults::before(Point::CutoverStart).await;
     store.update(|t| {

@@ -89,12 +89,6 @@ pub(crate) async fn run_locked(
         && existing
             .as_ref()
             .is_some_and(|t| t.stages.iter().any(|s| s.stage == Stage::Finalize));
-    // Killed while removing our bookkeeping (whose markers said what was
-    // done): everything before it had completed, only the end is left.
-    let finalizing = resumed
-        && existing
-            .as_ref()
-            .is_some_and(|t| t.stages.iter().any(|s| s.stage == Stage::Finalize));
     let migration_id = cfg
         .migration_id
         .clone()

@@ -14,7 +14,7 @@
 //! is registered.
 //!
 //! CI runs a fixed, seeded sample of the cases of each run
-//! (`PG_DBMIGRATOR_SWEEP_SAMPLE` per run, default 4;
+//! (`PG_DBMIGRATOR_SWEEP_SAMPLE` per run, default 8;
 //! `PG_DBMIGRATOR_SWEEP_SEED` picks them). `PG_DBMIGRATOR_SWEEP=full`
 //! runs every case (about half an hour on two cores).
 
@@ -106,7 +106,7 @@ fn cases(flow: Flow) -> Vec<Case> {
     let n: usize = std::env::var("PG_DBMIGRATOR_SWEEP_SAMPLE")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(4);
+        .unwrap_or(8);
     let mut seed: u64 = std::env::var("PG_DBMIGRATOR_SWEEP_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -186,6 +186,11 @@ async fn every_kill_point_of_an_online_migration_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_kill_point_of_a_fallback_and_its_rollback_resumes() {
     sweep(Flow::Fallback).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_kill_point_of_a_fallback_and_its_finish_resumes() {
+    sweep(Flow::Finish).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -498,7 +503,7 @@ async fn run_case(case: Case) {
             load.stop().await;
             env.assert_success(s, "m2", "--resume");
             env.assert_same().await;
-            assert_nothing_left_on_source(&env.db.source).await;
+            assert_nothing_left_on_source(&env.db.source, true).await;
         }
         Flow::Fallback => {
             let load = Workload::start(&env.db.source);
@@ -510,21 +515,65 @@ async fn run_case(case: Case) {
                 "--fix-replica-identity",
                 "--fallback",
             ]);
-            let s = fallback_run(&env, &args, "m1", Some(&spec)).await;
+            let s = fallback_run(&env, &args, "m1", Some(&spec), "rollback").await;
             env.assert_killed(s, "m1", &case);
             let mut again = args.clone();
             again.push("--resume".into());
-            let s = fallback_run(&env, &again, "m2", None).await;
+            let s = fallback_run(&env, &again, "m2", None, "rollback").await;
             load.stop().await;
             env.assert_success(s, "m2", "--resume");
             assert!(
-                env.stderr("m2").contains("rollback done")
-                    || env.stderr("m2").contains("the migration had completed"),
+                [
+                    "rollback done",
+                    "the migration had completed",
+                    "the fallback had ended"
+                ]
+                .iter()
+                .any(|m| env.stderr("m2").contains(m)),
                 "the resumed fallback did not end by its rollback: {}",
                 tail(&env.stderr("m2"))
             );
             env.assert_same().await;
-            assert_nothing_left_on_source(&env.db.source).await;
+            assert_nothing_left_on_source(&env.db.source, false).await;
+        }
+        Flow::Finish => {
+            let load = Workload::start(&env.db.source);
+            let args = env.migrate_args(&[
+                "--mode",
+                "online",
+                "--cutover",
+                "auto",
+                "--fix-replica-identity",
+                "--fallback",
+            ]);
+            let s = fallback_run(&env, &args, "m1", Some(&spec), "finish").await;
+            env.assert_killed(s, "m1", &case);
+            let mut again = args.clone();
+            again.push("--resume".into());
+            let s = fallback_run(&env, &again, "m2", None, "finish").await;
+            load.stop().await;
+            env.assert_success(s, "m2", "--resume");
+            // After `finish` the new server is the database: it keeps its
+            // writes, and nothing of ours is left on either server.
+            assert_eq!(
+                testkit::query_scalar(
+                    &env.db.target,
+                    "SELECT count(*)::text FROM events WHERE v = 'on the new server'"
+                )
+                .await,
+                "1"
+            );
+            assert_nothing_left_on_source(&env.db.source, true).await;
+            let left = testkit::query_scalar(
+                &env.db.target,
+                "SELECT concat_ws(' ',
+                    (SELECT string_agg('slot ' || slot_name, ' ') FROM pg_replication_slots WHERE database = current_database()),
+                    (SELECT string_agg('publication ' || pubname, ' ') FROM pg_publication),
+                    (SELECT string_agg('event trigger ' || evtname, ' ') FROM pg_event_trigger WHERE evtname LIKE 'pg_dbmigrator%'),
+                    (SELECT string_agg('schema ' || nspname, ' ') FROM pg_namespace WHERE nspname = '_pg_dbmigrator'))",
+            )
+            .await;
+            assert_eq!(left, "", "left on the new server after finish");
         }
         Flow::Cleanup => {
             let load = Workload::start(&env.db.source);
@@ -572,7 +621,7 @@ async fn run_case(case: Case) {
                 )
                 .await;
             env.assert_success(s, "c2", "cleanup");
-            assert_nothing_left_on_source(&env.db.source).await;
+            assert_nothing_left_on_source(&env.db.source, false).await;
             let ours = testkit::query_scalar(
                 &env.db.target,
                 "SELECT count(*)::text FROM pg_namespace WHERE nspname = '_pg_dbmigrator'",
@@ -588,12 +637,14 @@ async fn run_case(case: Case) {
 }
 
 /// Run an online `--fallback` migration: once it streams back, write on
-/// the new server and ask for the rollback (again after each resume).
+/// the new server and ask for `end` (`rollback` or `finish`; again after
+/// each resume).
 async fn fallback_run(
     env: &Env,
     args: &[String],
     log: &str,
     kill_at: Option<&str>,
+    end: &'static str,
 ) -> std::process::ExitStatus {
     let mut child = env.spawn(args, log, kill_at);
     let deadline = Instant::now() + Duration::from_secs(240);
@@ -622,25 +673,29 @@ async fn fallback_run(
             .await;
             tokio::time::sleep(Duration::from_millis(500)).await;
             let dump = env.work();
-            tokio::spawn(
-                async move { common::run_async(&["rollback", "--dump-path", &dump]).await },
-            );
+            tokio::spawn(async move { common::run_async(&[end, "--dump-path", &dump]).await });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 /// Nothing of ours on the source: slot, publication, event trigger,
-/// fence, replica identity changes.
-async fn assert_nothing_left_on_source(source: &str) {
+/// replica identity changes, and the fence unless `fenced` (a completed
+/// cutover leaves the old source read-only on purpose).
+async fn assert_nothing_left_on_source(source: &str, fenced: bool) {
+    let fence = testkit::query_scalar(
+        source,
+        "SELECT count(*)::text FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase
+          WHERE d.datname = current_database() AND 'default_transaction_read_only=on' = ANY (s.setconfig)",
+    )
+    .await;
+    assert_eq!(fence == "1", fenced, "the source's fence");
     let left = testkit::query_scalar(
         source,
         "SELECT concat_ws(' ',
             (SELECT string_agg('slot ' || slot_name, ' ') FROM pg_replication_slots WHERE database = current_database()),
             (SELECT string_agg('publication ' || pubname, ' ') FROM pg_publication),
             (SELECT string_agg('event trigger ' || evtname, ' ') FROM pg_event_trigger WHERE evtname LIKE 'pg_dbmigrator%'),
-            (SELECT string_agg('fence', ' ') FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase
-              WHERE d.datname = current_database() AND 'default_transaction_read_only=on' = ANY (s.setconfig)),
             (SELECT string_agg('identity ' || relname, ' ') FROM pg_class WHERE relname = 'events' AND relreplident <> 'd'))",
     )
     .await;
