@@ -457,7 +457,9 @@ async fn apply_loop(
                 biased;
                 _ = stop.cancelled() => {
                     if !applier.in_source_txn() {
+                        faults::before(commit_point).await;
                         applier.commit_batch().await?;
+                        faults::after(commit_point).await;
                         return Ok(());
                     }
                     // Finish the transaction being received first.
@@ -466,7 +468,9 @@ async fn apply_loop(
                 m = rx.recv() => match m { Some(m) => m, None => return Ok(()) },
                 _ = tokio::time::sleep(Duration::from_millis(100)), if applier.has_unflushed() || applier.has_open_batch() => {
                     if applier.has_open_batch() && !applier.in_source_txn() {
+                        faults::before(commit_point).await;
                         commit(applier, shared).await?;
+                        faults::after(commit_point).await;
                         batch_started = None;
                     }
                     refresh(applier, shared).await?;
