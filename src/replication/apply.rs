@@ -50,6 +50,12 @@ const MAX_IN_FLIGHT_BYTES: usize = 8 << 20;
 pub const UNSTREAMED_DDL: &str =
     "CREATE TABLE IF NOT EXISTS _pg_dbmigrator.unstreamed (name text PRIMARY KEY, reason text NOT NULL)";
 
+/// Schema changes made inside a function, a procedure or a `DO` block
+/// that could not be reproduced on the target, by object: the cutover is
+/// refused while any is left (a later DROP of the object, or a replay
+/// that makes it match, clears its row).
+pub const UNREPLAYED_DDL: &str = "CREATE TABLE IF NOT EXISTS _pg_dbmigrator.unreplayed (object text PRIMARY KEY, reason text NOT NULL, commit_lsn text NOT NULL)";
+
 /// The progress table (in our bookkeeping schema, removed at cutover).
 pub const PROGRESS_DDL: &str = "CREATE TABLE IF NOT EXISTS _pg_dbmigrator.progress (
     migration_id text PRIMARY KEY,
@@ -671,10 +677,15 @@ impl Applier {
         // The firing counts as a statement of the query string only when
         // it is one (not when REFRESH ... CONCURRENTLY or a function ran it).
         if msg.temporary {
-            if ddl::temporary_takes_statement(&msg, index) {
+            if !msg.nested && ddl::temporary_takes_statement(&msg, index) {
                 self.ddl_repeat = Some((txn, msg.sql.clone(), index + 1));
             }
             return Ok(());
+        }
+        // Run inside a function: replayed by its effect, and it takes no
+        // statement of the query string.
+        if msg.nested {
+            return self.replay_effects(&msg, txn).await;
         }
         self.ddl_repeat = Some((txn, msg.sql.clone(), index + 1));
         let replay = ddl::replay_plan(&msg, index).map_err(|why| {
@@ -698,34 +709,7 @@ impl Applier {
             quote::literal(&msg.role),
             replay
         );
-        // Tables whose changes do not stream are remembered on the target,
-        // with the change: the cutover refuses while their rows differ.
-        if !(msg.unpublished.is_empty() && msg.published.is_empty()) {
-            sql.push_str(UNSTREAMED_DDL);
-            sql.push(';');
-        }
-        for t in &msg.published {
-            if !msg.published_with_rows.contains(t) {
-                sql.push_str(&format!(
-                    "DELETE FROM _pg_dbmigrator.unstreamed WHERE name = {};",
-                    quote::literal(t)
-                ));
-            }
-        }
-        for (t, why) in msg
-            .unpublished
-            .iter()
-            .map(|t| (t, "created without a primary key or replica identity: its changes are not streamed"))
-            .chain(msg.published_with_rows.iter().map(|t| {
-                (t, "given a replica identity only after rows were written into it: those rows were not streamed")
-            }))
-        {
-            sql.push_str(&format!(
-                "INSERT INTO _pg_dbmigrator.unstreamed (name, reason) VALUES ({}, {}) ON CONFLICT (name) DO UPDATE SET reason = EXCLUDED.reason;",
-                quote::literal(t),
-                quote::literal(why)
-            ));
-        }
+        sql.push_str(&stream_bookkeeping(&msg));
         // A DROP takes the same objects here as on the source (CASCADE).
         let still: Vec<String> = msg
             .dropped
@@ -774,6 +758,255 @@ impl Applier {
         self.stats.schema_changes += 1;
         tracing::info!(statement = %one_line.chars().take(200).collect::<String>(), role = %msg.role, commit_lsn = %txn, "schema change replayed on the target");
         Ok(())
+    }
+
+    /// A schema change made inside a function, a procedure or a `DO`
+    /// block: what it dropped is dropped, and each object it touched is
+    /// taken from its state here to its state on the source right after
+    /// the command (see [`ddl::effect`]). What cannot be reproduced is
+    /// recorded (`_pg_dbmigrator.unreplayed`, in this transaction) and
+    /// logged; streaming goes on and the cutover is refused while it is
+    /// left.
+    async fn replay_effects(&mut self, msg: &ddl::DdlMessage, txn: Lsn) -> Result<()> {
+        self.flush_pending().await?;
+        self.drain(0).await?;
+        // What the capture wrote is qualified against pg_catalog alone.
+        self.client
+            .batch_execute("SELECT pg_catalog.set_config('search_path', 'pg_catalog', true)")
+            .await
+            .map_err(|e| MigrationError::db("preparing the replay of a schema change", e))?;
+        let mut failed: Vec<(String, String)> = Vec::new();
+        let mut done: Vec<String> = Vec::new();
+        let mut applied: Vec<String> = Vec::new();
+        if let Some(e) = &msg.capture_error {
+            failed.push((
+                format!("({})", msg.tags.join(", ")),
+                format!("capturing it failed on the source: {e}"),
+            ));
+        }
+        for d in &msg.dropped {
+            let key = format!("{} {}", d.kind, d.identity);
+            match ddl::effect::drop_sql(d) {
+                None => failed.push((key, format!("a dropped {} is not dropped by name", d.kind))),
+                Some(sql) => match self.try_effect(std::slice::from_ref(&sql)).await? {
+                    Ok(()) => {
+                        applied.push(sql);
+                        done.push(key);
+                    }
+                    Err(why) => failed.push((key, why)),
+                },
+            }
+        }
+        for e in &msg.effects {
+            match self.replay_effect(e, &mut applied).await? {
+                Ok(()) => done.push(e.key()),
+                Err(why) => failed.push((e.key(), why)),
+            }
+        }
+        let mut sql = String::from("RESET search_path;");
+        sql.push_str(&stream_bookkeeping(msg));
+        if !(failed.is_empty() && done.is_empty()) {
+            sql.push_str(UNREPLAYED_DDL);
+            sql.push(';');
+        }
+        for k in &done {
+            if !failed.iter().any(|(f, _)| f == k) {
+                sql.push_str(&format!(
+                    "DELETE FROM _pg_dbmigrator.unreplayed WHERE object = {};",
+                    quote::literal(k)
+                ));
+            }
+        }
+        for (k, why) in &failed {
+            sql.push_str(&format!(
+                "INSERT INTO _pg_dbmigrator.unreplayed (object, reason, commit_lsn) VALUES ({}, {}, {}) \
+                 ON CONFLICT (object) DO UPDATE SET reason = EXCLUDED.reason, commit_lsn = EXCLUDED.commit_lsn;",
+                quote::literal(k),
+                quote::literal(why),
+                quote::literal(&txn.to_string())
+            ));
+        }
+        self.client.batch_execute(&sql).await.map_err(|e| {
+            MigrationError::db("recording the replay of a schema change on the target", e)
+        })?;
+        let query = ddl::short(&msg.sql);
+        for (k, why) in &failed {
+            tracing::warn!(object = %k, reason = %why, query = %query, commit_lsn = %txn,
+                "a schema change made inside a function, procedure or DO block cannot be reproduced on the target: \
+                 streaming goes on, and the cutover will be refused naming it");
+        }
+        if !applied.is_empty() {
+            self.stats.schema_changes += 1;
+            let one_line = applied.join("; ");
+            tracing::info!(statement = %one_line.chars().take(300).collect::<String>(), query = %query, commit_lsn = %txn,
+                "schema change replayed on the target (by its effect: it ran inside a function, procedure or DO block)");
+        }
+        Ok(())
+    }
+
+    /// One object's effect: the plan against the target's object, run in
+    /// a savepoint, then the target's object described again and compared
+    /// (what the plan does not cover shows there). `Ok(Err(why))`: not
+    /// reproduced.
+    async fn replay_effect(
+        &mut self,
+        e: &ddl::effect::Effect,
+        applied: &mut Vec<String>,
+    ) -> Result<std::result::Result<(), String>> {
+        use ddl::effect::{self, Effect};
+        let dst = Self::describe_target(&self.client, e).await?;
+        let plan = match (e, &dst) {
+            (Effect::Table(s), d) => effect::table_plan(
+                s,
+                match d {
+                    Some(Effect::Table(t)) => Some(t),
+                    _ => None,
+                },
+            ),
+            (Effect::Index(s), d) => effect::index_plan(
+                s,
+                match d {
+                    Some(Effect::Index(t)) => Some(t),
+                    _ => None,
+                },
+            ),
+            // An identity column's sequence is made with its column.
+            (Effect::Sequence(s), _) if s.identity => return Ok(Ok(())),
+            (Effect::Sequence(s), d) => {
+                let owner_exists = match s.owned_by.as_deref().and_then(|o| o.rsplit_once('.')) {
+                    Some((table, _)) => self
+                        .client
+                        .query_one("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[&table])
+                        .await
+                        .map_err(|e| MigrationError::db("looking up a sequence's table on the target", e))?
+                        .get(0),
+                    None => false,
+                };
+                effect::sequence_plan(
+                    s,
+                    match d {
+                        Some(Effect::Sequence(t)) => Some(t),
+                        _ => None,
+                    },
+                    owner_exists,
+                )
+            }
+            (Effect::Other { tag, object_type, .. }, _) => {
+                return Ok(Err(format!(
+                    "{tag} of a {} inside a function, procedure or DO block is not reproduced by its effect",
+                    object_type.to_lowercase()
+                )))
+            }
+        };
+        let plan = match plan {
+            Ok(p) => p,
+            Err(why) => return Ok(Err(why)),
+        };
+        if let Err(why) = self.try_effect(&plan.statements).await? {
+            return Ok(Err(why));
+        }
+        applied.extend(plan.statements.iter().cloned());
+        let want = serde_json::to_value(e.untagged()).unwrap_or_default();
+        let have = match Self::describe_target(&self.client, e).await? {
+            Some(d) => serde_json::to_value(d).unwrap_or_default(),
+            None => serde_json::Value::Null,
+        };
+        let differ: Vec<String> = match (&want, &have) {
+            (serde_json::Value::Object(w), serde_json::Value::Object(h)) => w
+                .iter()
+                .filter(|(k, v)| !plan.unchecked.contains(&k.as_str()) && h.get(*k) != Some(*v))
+                .map(|(k, _)| k.clone())
+                .collect(),
+            _ => vec!["the whole object".into()],
+        };
+        if differ.is_empty() {
+            Ok(Ok(()))
+        } else {
+            Ok(Err(format!(
+                "after the replay, {} still differs on the target in: {}",
+                e.relation().unwrap_or_default(),
+                differ.join(", ")
+            )))
+        }
+    }
+
+    /// The target's description of the object an effect names (`None`
+    /// when it is not there), with the query the capture used.
+    async fn describe_target(
+        client: &Client,
+        e: &ddl::effect::Effect,
+    ) -> Result<Option<ddl::effect::Effect>> {
+        use ddl::effect::{self, Effect};
+        let sql = match e {
+            Effect::Table(_) => effect::DESCRIBE_TABLE_SQL,
+            Effect::Index(_) => effect::DESCRIBE_INDEX_SQL,
+            Effect::Sequence(_) => effect::DESCRIBE_SEQUENCE_SQL,
+            Effect::Other { .. } => return Ok(None),
+        };
+        let Some(name) = e.relation() else {
+            return Ok(None);
+        };
+        let oid: Option<u32> = client
+            .query_one(
+                "SELECT pg_catalog.to_regclass($1)::pg_catalog.oid",
+                &[&name],
+            )
+            .await
+            .map_err(|e| MigrationError::db("looking up a changed object on the target", e))?
+            .get(0);
+        let Some(oid) = oid else {
+            return Ok(None);
+        };
+        let row = client
+            .query_opt(sql, &[&oid])
+            .await
+            .map_err(|e| MigrationError::db("describing a changed object on the target", e))?;
+        let Some(v) = row.and_then(|r| r.get::<_, Option<serde_json::Value>>(0)) else {
+            return Ok(None);
+        };
+        // Another kind of relation under that name reads as absent.
+        Ok(serde_json::from_value(v).ok())
+    }
+
+    /// Run an effect's statements in a savepoint: a statement the target
+    /// refuses is undone alone (`Ok(Err(why))`); a lost session is an error.
+    async fn try_effect(&mut self, stmts: &[String]) -> Result<std::result::Result<(), String>> {
+        if stmts.is_empty() {
+            return Ok(Ok(()));
+        }
+        let sql = format!(
+            "SAVEPOINT pg_dbmigrator_effect; {}; RELEASE SAVEPOINT pg_dbmigrator_effect",
+            stmts.join(";\n")
+        );
+        match self.client.batch_execute(&sql).await {
+            Ok(()) => Ok(Ok(())),
+            Err(e)
+                if e.as_db_error().is_none()
+                    || e.code().is_some_and(|c| {
+                        let c = c.code();
+                        c.starts_with("08") || c.starts_with("57")
+                    }) =>
+            {
+                Err(MigrationError::db(
+                    "replaying a schema change on the target",
+                    e,
+                ))
+            }
+            Err(e) => {
+                self.client
+                    .batch_execute("ROLLBACK TO SAVEPOINT pg_dbmigrator_effect; RELEASE SAVEPOINT pg_dbmigrator_effect")
+                    .await
+                    .map_err(|e| MigrationError::db("undoing a schema change the target refused", e))?;
+                let why = e
+                    .as_db_error()
+                    .map(|d| d.message().to_string())
+                    .unwrap_or_default();
+                Ok(Err(format!(
+                    "the target refused `{}`: {why}",
+                    ddl::short(&stmts.join("; "))
+                )))
+            }
+        }
     }
 
     fn rel(&self, oid: u32) -> Result<&RelInfo> {
@@ -1416,6 +1649,40 @@ fn where_clause(rel: &RelInfo, mask: &[bool], offset: usize) -> String {
     } else {
         conds.join(" AND ")
     }
+}
+
+/// The bookkeeping of a schema change's tables whose changes do not
+/// stream: remembered on the target with the change, and the cutover
+/// refuses while their rows differ.
+fn stream_bookkeeping(msg: &ddl::DdlMessage) -> String {
+    let mut sql = String::new();
+    if !(msg.unpublished.is_empty() && msg.published.is_empty()) {
+        sql.push_str(UNSTREAMED_DDL);
+        sql.push(';');
+    }
+    for t in &msg.published {
+        if !msg.published_with_rows.contains(t) {
+            sql.push_str(&format!(
+                "DELETE FROM _pg_dbmigrator.unstreamed WHERE name = {};",
+                quote::literal(t)
+            ));
+        }
+    }
+    for (t, why) in msg
+        .unpublished
+        .iter()
+        .map(|t| (t, "created without a primary key or replica identity: its changes are not streamed"))
+        .chain(msg.published_with_rows.iter().map(|t| {
+            (t, "given a replica identity only after rows were written into it: those rows were not streamed")
+        }))
+    {
+        sql.push_str(&format!(
+            "INSERT INTO _pg_dbmigrator.unstreamed (name, reason) VALUES ({}, {}) ON CONFLICT (name) DO UPDATE SET reason = EXCLUDED.reason;",
+            quote::literal(t),
+            quote::literal(why)
+        ));
+    }
+    sql
 }
 
 /// Create the progress table and row at `start` (the slot's consistent
