@@ -1791,9 +1791,10 @@ async fn same_partitions(r: &Run, table: &str) -> String {
 }
 
 /// DDL run inside a function is replayed by its effect (a temp table
-/// beside it is still passed over), and DDL the applier does not
-/// reproduce (a type and a function made in a DO block) leaves streaming
-/// going but refuses the cutover, naming the objects.
+/// beside it is still passed over), a type and a function made in a DO
+/// block too; DDL the applier does not reproduce (a type made by an SQL
+/// function, whose statement text the capture does not see) leaves
+/// streaming going but refuses the cutover, naming the object.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ddl_inside_a_function_is_reproduced_and_what_is_not_refuses_the_cutover() {
     let r = Run::new("online_ddl_fn").await;
@@ -1805,7 +1806,11 @@ async fn ddl_inside_a_function_is_reproduced_and_what_is_not_refuses_the_cutover
            CREATE TABLE report_made (id int PRIMARY KEY);
            INSERT INTO report_made SELECT one FROM report_scratch;
            DROP TABLE report_scratch;
-         END $$;",
+         END $$;
+         -- An SQL function's body: no statement text reaches the capture.
+         CREATE FUNCTION make_mood() RETURNS void LANGUAGE sql AS $$
+           CREATE TYPE mood AS ENUM ('ok', 'meh')
+         $$;",
     )
     .await
     .unwrap();
@@ -1831,8 +1836,9 @@ async fn ddl_inside_a_function_is_reproduced_and_what_is_not_refuses_the_cutover
     testkit::execute(
         &r.db.source,
         "DO $$ BEGIN
-           CREATE TYPE mood AS ENUM ('ok', 'meh');
-           CREATE FUNCTION cheer() RETURNS text LANGUAGE sql AS 'SELECT ''yay''';
+           CREATE TYPE feeling AS ENUM ('fine', 'great');
+           CREATE FUNCTION cheer() RETURNS feeling LANGUAGE sql AS 'SELECT ''great''::feeling';
+           PERFORM make_mood();
            INSERT INTO report_made VALUES (2);
          END $$",
     )
@@ -1859,13 +1865,20 @@ async fn ddl_inside_a_function_is_reproduced_and_what_is_not_refuses_the_cutover
     for needle in [
         "could not be reproduced on the target",
         "type public.mood",
-        "function public.cheer()",
+        "CREATE TYPE",
     ] {
         assert!(
             err.contains(needle),
             "the refusal must name {needle}: {err}"
         );
     }
+    // The type and the function beside it were reproduced (by the
+    // statement's text, by the function's definition).
+    assert!(!err.contains("cheer") && !err.contains("feeling"), "{err}");
+    assert_eq!(
+        testkit::query_scalar(&r.db.target, "SELECT cheer()::text").await,
+        "great"
+    );
     let log = r.stderr("m");
     assert!(
         log.contains("WARN") && log.contains("cannot be reproduced on the target"),
@@ -1921,6 +1934,9 @@ async fn ddl_of_functions_procedures_and_do_blocks_is_reproduced_with_its_rows()
            ALTER TABLE accounts ADD COLUMN tier int NOT NULL DEFAULT 0;
            CREATE INDEX accounts_tier ON accounts (tier);
            UPDATE shop_orders SET qty = qty + 1 WHERE id <= 5;
+           CREATE FUNCTION order_label(o shop_orders) RETURNS text LANGUAGE sql AS $f$ SELECT o.item || ':' || o.qty $f$;
+           REVOKE EXECUTE ON FUNCTION order_label(shop_orders) FROM PUBLIC;
+           COMMENT ON FUNCTION order_label(shop_orders) IS 'label';
          END $$;
          CREATE FUNCTION make_tagged() RETURNS void LANGUAGE sql AS $$
            CREATE TABLE tagged (id serial PRIMARY KEY, label text UNIQUE)
@@ -2006,6 +2022,10 @@ async fn ddl_of_functions_procedures_and_do_blocks_is_reproduced_with_its_rows()
             "true",
         ),
         ("SELECT obj_description('readings_3'::regclass)", "region 3"),
+        (
+            "SELECT order_label(o) FROM shop_orders o WHERE id = 1",
+            "item 1:2",
+        ),
     ] {
         assert_eq!(
             testkit::query_scalar(&r.db.target, sql).await,

@@ -797,7 +797,43 @@ impl Applier {
                 },
             }
         }
-        for e in &msg.effects {
+        // Kinds that are not described (a type, a view, a GRANT): a
+        // PL/pgSQL statement's own text is that command and nothing else,
+        // so it replays as text, as the role and with the search_path it
+        // ran under. Not so an SQL function's body, which has no text here.
+        let all_other = !msg.effects.is_empty()
+            && msg
+                .effects
+                .iter()
+                .all(|e| matches!(e, ddl::effect::Effect::Other { .. }));
+        let statement = msg
+            .context
+            .as_deref()
+            .and_then(ddl::nested_statement)
+            .filter(|_| all_other);
+        let by_text = statement.is_some();
+        if let Some(stmt) = statement {
+            let sql = format!(
+                "SELECT pg_catalog.set_config('search_path', {}, true);
+                 SELECT pg_catalog.set_config('role', r.rolname, true) FROM pg_catalog.pg_roles r
+                  WHERE r.rolname = {} AND pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER');
+                 {stmt};
+                 RESET ROLE; SELECT pg_catalog.set_config('search_path', 'pg_catalog', true)",
+                quote::literal(&msg.search_path),
+                quote::literal(&msg.role),
+            );
+            let outcome = self.try_effect(std::slice::from_ref(&sql)).await?;
+            if outcome.is_ok() {
+                applied.push(stmt);
+            }
+            for e in &msg.effects {
+                match &outcome {
+                    Ok(()) => done.push(e.key()),
+                    Err(why) => failed.push((e.key(), why.clone())),
+                }
+            }
+        }
+        for e in msg.effects.iter().filter(|_| !by_text) {
             match self.replay_effect(e, &mut applied).await? {
                 Ok(()) => done.push(e.key()),
                 Err(why) => failed.push((e.key(), why)),
@@ -891,6 +927,13 @@ impl Applier {
                     owner_exists,
                 )
             }
+            (Effect::Routine(s), d) => effect::routine_plan(
+                s,
+                match d {
+                    Some(Effect::Routine(t)) => Some(t),
+                    _ => None,
+                },
+            ),
             (Effect::Other { tag, object_type, .. }, _) => {
                 return Ok(Err(format!(
                     "{tag} of a {} inside a function, procedure or DO block is not reproduced by its effect",
@@ -924,7 +967,7 @@ impl Applier {
         } else {
             Ok(Err(format!(
                 "after the replay, {} still differs on the target in: {}",
-                e.relation().unwrap_or_default(),
+                e.name().unwrap_or_default(),
                 differ.join(", ")
             )))
         }
@@ -936,21 +979,11 @@ impl Applier {
         client: &Client,
         e: &ddl::effect::Effect,
     ) -> Result<Option<ddl::effect::Effect>> {
-        use ddl::effect::{self, Effect};
-        let sql = match e {
-            Effect::Table(_) => effect::DESCRIBE_TABLE_SQL,
-            Effect::Index(_) => effect::DESCRIBE_INDEX_SQL,
-            Effect::Sequence(_) => effect::DESCRIBE_SEQUENCE_SQL,
-            Effect::Other { .. } => return Ok(None),
-        };
-        let Some(name) = e.relation() else {
+        let (Some((describe, find)), Some(name)) = (e.describe_sql(), e.name()) else {
             return Ok(None);
         };
         let oid: Option<u32> = client
-            .query_one(
-                "SELECT pg_catalog.to_regclass($1)::pg_catalog.oid",
-                &[&name],
-            )
+            .query_one(find, &[&name])
             .await
             .map_err(|e| MigrationError::db("looking up a changed object on the target", e))?
             .get(0);
@@ -958,13 +991,13 @@ impl Applier {
             return Ok(None);
         };
         let row = client
-            .query_opt(sql, &[&oid])
+            .query_opt(describe, &[&oid])
             .await
             .map_err(|e| MigrationError::db("describing a changed object on the target", e))?;
         let Some(v) = row.and_then(|r| r.get::<_, Option<serde_json::Value>>(0)) else {
             return Ok(None);
         };
-        // Another kind of relation under that name reads as absent.
+        // Another kind of object under that name reads as absent.
         Ok(serde_json::from_value(v).ok())
     }
 
@@ -974,8 +1007,14 @@ impl Applier {
         if stmts.is_empty() {
             return Ok(Ok(()));
         }
+        // The savepoint on its own: a query string that does not parse
+        // runs none of its statements, yet aborts the transaction.
+        self.client
+            .batch_execute("SAVEPOINT pg_dbmigrator_effect")
+            .await
+            .map_err(|e| MigrationError::db("replaying a schema change on the target", e))?;
         let sql = format!(
-            "SAVEPOINT pg_dbmigrator_effect; {}; RELEASE SAVEPOINT pg_dbmigrator_effect",
+            "{}; RELEASE SAVEPOINT pg_dbmigrator_effect",
             stmts.join(";\n")
         );
         match self.client.batch_execute(&sql).await {
@@ -993,14 +1032,22 @@ impl Applier {
                 ))
             }
             Err(e) => {
-                self.client
-                    .batch_execute("ROLLBACK TO SAVEPOINT pg_dbmigrator_effect; RELEASE SAVEPOINT pg_dbmigrator_effect")
-                    .await
-                    .map_err(|e| MigrationError::db("undoing a schema change the target refused", e))?;
                 let why = e
                     .as_db_error()
                     .map(|d| d.message().to_string())
                     .unwrap_or_default();
+                self.client
+                    .batch_execute("ROLLBACK TO SAVEPOINT pg_dbmigrator_effect; RELEASE SAVEPOINT pg_dbmigrator_effect")
+                    .await
+                    .map_err(|u| {
+                        MigrationError::db(
+                            format!(
+                                "undoing the schema change `{}` the target refused ({why})",
+                                ddl::short(&stmts.join("; "))
+                            ),
+                            u,
+                        )
+                    })?;
                 Ok(Err(format!(
                     "the target refused `{}`: {why}",
                     ddl::short(&stmts.join("; "))

@@ -83,6 +83,34 @@ pub struct DdlMessage {
     /// The objects a nested command touched, as they stood right after it.
     #[serde(default)]
     pub effects: Vec<effect::Effect>,
+    /// A nested command's call stack (`PG_CONTEXT`): where it came from a
+    /// PL/pgSQL statement, that statement's own text (see
+    /// [`nested_statement`]).
+    #[serde(default)]
+    pub context: Option<String>,
+}
+
+/// The text of the statement a nested command ran as, from its call stack
+/// (`PG_CONTEXT` as the capture read it): the `SQL statement "..."` frame
+/// right below the event trigger's own, when the next frame is a
+/// function's (a PL/pgSQL statement or `EXECUTE`). `None` when the
+/// command came otherwise (an SQL-language function's body says only
+/// `SQL function "f" statement 1`).
+pub fn nested_statement(context: &str) -> Option<String> {
+    let at = context.find("on_ddl() line")?;
+    let rest = &context[at..];
+    let rest = &rest[rest.find('\n')? + 1..];
+    let body = rest.strip_prefix("SQL statement \"")?;
+    let end = body
+        .match_indices("\"\n")
+        .map(|(i, _)| i)
+        .find(|&i| {
+            let next = &body[i + 2..];
+            next.starts_with("PL/") || next.starts_with("SQL function ")
+        })
+        .or_else(|| body.strip_suffix('"').map(str::len))?;
+    let stmt = body[..end].trim();
+    (!stmt.is_empty()).then(|| stmt.to_string())
 }
 
 /// One object a DROP removed, as `pg_event_trigger_dropped_objects()` names it.
@@ -195,6 +223,8 @@ BEGIN
         ELSIF kind = 'S' THEN
           EXECUTE {describe_sequence} INTO d USING r.objid;
         END IF;
+      ELSIF r.classid = 'pg_catalog.pg_proc'::regclass THEN
+        EXECUTE {describe_routine} INTO d USING r.objid;
       END IF;
       IF d IS NULL THEN
         d := jsonb_build_object('kind', 'other', 'object_type', r.object_type, 'identity', r.object_identity);
@@ -280,7 +310,7 @@ BEGIN
     'sql', current_query(), 'role', who, 'search_path', path, 'tags', tags,
     'published', published, 'unpublished', unpublished, 'published_with_rows', with_rows,
     'dropped', coalesce(dropped, '[]')::json, 'capture_error', failure,
-    'nested', nested, 'effects', effects)::text);
+    'nested', nested, 'effects', effects, 'context', CASE WHEN nested THEN stack END)::text);
 END
 $capture$;
 REVOKE ALL ON FUNCTION {schema}.capture(text, text, text) FROM PUBLIC;
@@ -320,6 +350,7 @@ CREATE EVENT TRIGGER {drop_trigger} ON sql_drop EXECUTE FUNCTION {schema}.on_dro
         describe_table = quote::literal(effect::DESCRIBE_TABLE_SQL),
         describe_index = quote::literal(effect::DESCRIBE_INDEX_SQL),
         describe_sequence = quote::literal(effect::DESCRIBE_SEQUENCE_SQL),
+        describe_routine = quote::literal(effect::DESCRIBE_ROUTINE_SQL),
     )
 }
 
@@ -928,6 +959,7 @@ mod tests {
             temporary: false,
             nested: false,
             effects: vec![],
+            context: None,
         }
     }
 
@@ -1071,6 +1103,32 @@ mod tests {
             0
         )
         .is_err());
+    }
+
+    #[test]
+    fn a_nested_statement_is_read_from_its_call_stack() {
+        let ours = "PL/pgSQL function _pg_dbmigrator.capture(text,text,text) line 20 at GET DIAGNOSTICS\n\
+                    SQL statement \"SELECT _pg_dbmigrator.capture(current_user::text, pg_catalog.current_setting('search_path'), tg_tag)\"\n\
+                    PL/pgSQL function _pg_dbmigrator.on_ddl() line 3 at PERFORM\n";
+        let plpgsql = format!(
+            "{ours}SQL statement \"CREATE TYPE mood AS ENUM ('a', \"b\")\nNOT NULL\"\nPL/pgSQL function inline_code_block line 2 at SQL statement"
+        );
+        assert_eq!(
+            nested_statement(&plpgsql).unwrap(),
+            "CREATE TYPE mood AS ENUM ('a', \"b\")\nNOT NULL"
+        );
+        let nested_call = format!(
+            "{ours}SQL statement \"GRANT SELECT ON t TO r\"\nPL/pgSQL function g() line 1 at EXECUTE\nSQL statement \"SELECT g()\"\nPL/pgSQL function f() line 1 at PERFORM"
+        );
+        assert_eq!(
+            nested_statement(&nested_call).unwrap(),
+            "GRANT SELECT ON t TO r"
+        );
+        assert_eq!(
+            nested_statement(&format!("{ours}SQL function \"g\" statement 1")),
+            None
+        );
+        assert_eq!(nested_statement("PL/pgSQL function x() line 1"), None);
     }
 
     #[test]

@@ -149,6 +149,24 @@ pub struct SequenceState {
     pub persistence: String,
 }
 
+/// A function or procedure as it stands: the JSON of [`DESCRIBE_ROUTINE_SQL`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutineState {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tag: String,
+    /// `schema.name(argument types)`, as `regprocedure` prints it.
+    pub name: String,
+    /// `f` or `p`.
+    pub prokind: String,
+    /// `pg_get_functiondef`: a whole `CREATE OR REPLACE` statement.
+    pub def: String,
+    pub owner: String,
+    #[serde(default)]
+    pub acl: Option<Vec<String>>,
+    #[serde(default)]
+    pub comment: Option<String>,
+}
+
 /// One object a command inside a function touched, as it stood after it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -156,6 +174,7 @@ pub enum Effect {
     Table(TableState),
     Index(IndexState),
     Sequence(SequenceState),
+    Routine(RoutineState),
     /// Any other object: not reproduced.
     Other {
         #[serde(default)]
@@ -176,6 +195,8 @@ impl Effect {
             Effect::Table(t) => format!("table {}", t.name),
             Effect::Index(i) => format!("index {}", i.name),
             Effect::Sequence(s) => format!("sequence {}", s.name),
+            Effect::Routine(r) if r.prokind == "p" => format!("procedure {}", r.name),
+            Effect::Routine(r) => format!("function {}", r.name),
             Effect::Other {
                 object_type,
                 identity,
@@ -192,18 +213,32 @@ impl Effect {
             Effect::Table(t) => &t.tag,
             Effect::Index(i) => &i.tag,
             Effect::Sequence(s) => &s.tag,
+            Effect::Routine(r) => &r.tag,
             Effect::Other { tag, .. } => tag,
         }
     }
 
-    /// The relation's name, for describing it on the target.
-    pub fn relation(&self) -> Option<&str> {
+    /// The object's name, for describing it on the target.
+    pub fn name(&self) -> Option<&str> {
         match self {
             Effect::Table(t) => Some(&t.name),
             Effect::Index(i) => Some(&i.name),
             Effect::Sequence(s) => Some(&s.name),
+            Effect::Routine(r) => Some(&r.name),
             Effect::Other { .. } => None,
         }
+    }
+
+    /// The query that describes the object on the target, given its oid,
+    /// and the one that finds that oid from [`Self::name`].
+    pub fn describe_sql(&self) -> Option<(&'static str, &'static str)> {
+        Some(match self {
+            Effect::Table(_) => (DESCRIBE_TABLE_SQL, REGCLASS_SQL),
+            Effect::Index(_) => (DESCRIBE_INDEX_SQL, REGCLASS_SQL),
+            Effect::Sequence(_) => (DESCRIBE_SEQUENCE_SQL, REGCLASS_SQL),
+            Effect::Routine(_) => (DESCRIBE_ROUTINE_SQL, REGPROCEDURE_SQL),
+            Effect::Other { .. } => return None,
+        })
     }
 
     /// The same object without the command tag (for comparing with the
@@ -214,6 +249,7 @@ impl Effect {
             Effect::Table(t) => t.tag.clear(),
             Effect::Index(i) => i.tag.clear(),
             Effect::Sequence(s) => s.tag.clear(),
+            Effect::Routine(r) => r.tag.clear(),
             Effect::Other { .. } => {}
         }
         e
@@ -319,6 +355,25 @@ pub const DESCRIBE_SEQUENCE_SQL: &str = "SELECT pg_catalog.json_build_object(
   JOIN pg_catalog.pg_sequence s ON s.seqrelid = c.oid
  WHERE c.oid = $1";
 
+/// The description of function or procedure `$1`, as [`RoutineState`]
+/// JSON (see [`DESCRIBE_TABLE_SQL`]); NULL for an aggregate.
+pub const DESCRIBE_ROUTINE_SQL: &str = "SELECT pg_catalog.json_build_object(
+  'kind', 'routine',
+  'name', p.oid::pg_catalog.regprocedure::text,
+  'prokind', p.prokind::text,
+  'def', pg_catalog.pg_get_functiondef(p.oid),
+  'owner', pg_catalog.pg_get_userbyid(p.proowner),
+  'acl', p.proacl::text[],
+  'comment', pg_catalog.obj_description(p.oid, 'pg_proc'))
+  FROM pg_catalog.pg_proc p
+ WHERE p.oid = $1 AND p.prokind IN ('f', 'p')";
+
+/// The oid of relation `$1` (a qualified name), NULL when absent.
+pub const REGCLASS_SQL: &str = "SELECT pg_catalog.to_regclass($1)::pg_catalog.oid";
+
+/// The oid of routine `$1` (`schema.name(types)`), NULL when absent.
+pub const REGPROCEDURE_SQL: &str = "SELECT pg_catalog.to_regprocedure($1)::pg_catalog.oid";
+
 /// The statements that take the target's object to the source's state,
 /// and the fields to leave out of the check that follows (something
 /// deferred to a later command of the same firing).
@@ -419,8 +474,10 @@ fn split_acl(item: &str) -> Option<(&str, &str)> {
     None
 }
 
-/// REVOKE and GRANT that make `name`'s privileges `want` where they are `have`.
+/// REVOKE and GRANT that make `name`'s privileges `want` where they are
+/// `have` (`object`: `TABLE`, `FUNCTION` or `PROCEDURE`).
 fn acl_sql(
+    object: &str,
     name: &str,
     have: &Option<Vec<String>>,
     want: &Option<Vec<String>>,
@@ -439,7 +496,7 @@ fn acl_sql(
         let who =
             acl_grantee(item).ok_or_else(|| format!("unreadable privilege {item} of {name}"))?;
         if !revoked.contains(&who) {
-            out.push(format!("REVOKE ALL ON TABLE {name} FROM {who}"));
+            out.push(format!("REVOKE ALL ON {object} {name} FROM {who}"));
             revoked.push(who);
         }
     }
@@ -460,6 +517,7 @@ fn acl_sql(
                 'x' => "REFERENCES",
                 't' => "TRIGGER",
                 'm' => "MAINTAIN",
+                'X' => "EXECUTE",
                 _ => return Err(format!("unknown privilege {c} of {name}")),
             };
             if chars.peek() == Some(&'*') {
@@ -471,13 +529,13 @@ fn acl_sql(
         }
         if !plain.is_empty() {
             out.push(format!(
-                "GRANT {} ON TABLE {name} TO {who}",
+                "GRANT {} ON {object} {name} TO {who}",
                 plain.join(", ")
             ));
         }
         if !with_option.is_empty() {
             out.push(format!(
-                "GRANT {} ON TABLE {name} TO {who} WITH GRANT OPTION",
+                "GRANT {} ON {object} {name} TO {who} WITH GRANT OPTION",
                 with_option.join(", ")
             ));
         }
@@ -713,7 +771,7 @@ pub fn table_plan(src: &TableState, dst: Option<&TableState>) -> std::result::Re
             quote::ident(&src.owner)
         ));
     }
-    out.extend(acl_sql(name, &dst.acl, &src.acl)?);
+    out.extend(acl_sql("TABLE", name, &dst.acl, &src.acl)?);
     Ok(Plan::of(out))
 }
 
@@ -788,7 +846,7 @@ fn create_table(src: &TableState) -> std::result::Result<Vec<String>, String> {
         "ALTER TABLE {name} OWNER TO {}",
         quote::ident(&src.owner)
     ));
-    out.extend(acl_sql(name, &None, &src.acl)?);
+    out.extend(acl_sql("TABLE", name, &None, &src.acl)?);
     Ok(out)
 }
 
@@ -928,6 +986,50 @@ pub fn sequence_plan(
         statements: out,
         unchecked,
     })
+}
+
+/// Take function or procedure `dst` to `src` (see [`table_plan`]): its
+/// definition is a `CREATE OR REPLACE`, run again when it differs (a
+/// change the target cannot replace in place is refused there).
+pub fn routine_plan(
+    src: &RoutineState,
+    dst: Option<&RoutineState>,
+) -> std::result::Result<Plan, String> {
+    let name = &src.name;
+    if dst.is_none() && !creates(&src.tag) {
+        return Err(format!(
+            "{} changed {name}, which is not on the target (renamed or moved?)",
+            src.tag
+        ));
+    }
+    let object = if src.prokind == "p" {
+        "PROCEDURE"
+    } else {
+        "FUNCTION"
+    };
+    let mut out = Vec::new();
+    if dst.is_none_or(|d| d.def != src.def) {
+        // Its body names things as the function's callers will see them,
+        // not under the replay's search_path: not checked (as pg_dump does).
+        out.push("SET LOCAL check_function_bodies = false".into());
+        out.push(src.def.clone());
+        out.push("RESET check_function_bodies".into());
+    }
+    if dst.is_none_or(|d| d.owner != src.owner) {
+        out.push(format!(
+            "ALTER {object} {name} OWNER TO {}",
+            quote::ident(&src.owner)
+        ));
+    }
+    let (have_acl, have_comment) = match dst {
+        Some(d) => (d.acl.clone(), d.comment.clone()),
+        None => (None, None),
+    };
+    out.extend(acl_sql(object, name, &have_acl, &src.acl)?);
+    if have_comment != src.comment {
+        out.push(comment_sql(&format!("{object} {name}"), &src.comment));
+    }
+    Ok(Plan::of(out))
 }
 
 /// The DROP of what a DROP removed on the source (`IF EXISTS`: CASCADE on
@@ -1127,6 +1229,21 @@ mod tests {
         let p = sequence_plan(seq, None, false).unwrap();
         assert_eq!(p.unchecked, vec!["owned_by"]);
         assert_eq!(p.statements[0], "CREATE SEQUENCE public.s AS bigint INCREMENT BY 1 MINVALUE 1 MAXVALUE 9 START WITH 1 CACHE 1 NO CYCLE");
+        let f: Effect = serde_json::from_str(
+            r#"{"kind": "routine", "tag": "CREATE FUNCTION", "name": "public.f(integer)", "prokind": "f",
+                "def": "CREATE OR REPLACE FUNCTION public.f(a integer) RETURNS integer LANGUAGE sql AS $f$SELECT a$f$",
+                "owner": "app", "acl": ["=X/app", "app=X/app", "ro=X*/app"], "comment": null}"#,
+        )
+        .unwrap();
+        assert_eq!(f.key(), "function public.f(integer)");
+        let Effect::Routine(r) = &f else { panic!() };
+        let p = routine_plan(r, None).unwrap().statements;
+        assert_eq!(p[3], "ALTER FUNCTION public.f(integer) OWNER TO app");
+        assert_eq!(
+            p.last().unwrap(),
+            "GRANT EXECUTE ON FUNCTION public.f(integer) TO ro WITH GRANT OPTION"
+        );
+        assert!(routine_plan(r, Some(r)).unwrap().statements.is_empty());
         assert_eq!(
             drop_sql(&super::super::DroppedObject {
                 kind: "function".into(),
