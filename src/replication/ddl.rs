@@ -7,9 +7,12 @@
 //! exactly where it happened, and the applier replays it there. The same
 //! trigger adds a table created during the run to the publication inside
 //! the creating transaction, so no row written after `CREATE TABLE` is
-//! lost. Where capture is not possible, a fingerprint of the migrated
-//! objects is taken at the snapshot and again under the fence; any
-//! difference refuses the cutover (never a silent drift).
+//! lost. A command run inside a function, a procedure or a `DO` block is
+//! not the query string's: the capture marks it `nested` and describes
+//! what it left in the catalogs instead, which the applier reproduces
+//! ([`effect`]). Where capture is not possible, a fingerprint of the
+//! migrated objects is taken at the snapshot and again under the fence;
+//! any difference refuses the cutover (never a silent drift).
 //!
 //! This module holds the SQL of both, the text rules for what can be
 //! replayed, and nothing that drives a stage: [`super::source`] installs
@@ -449,8 +452,10 @@ fn ddl_statements(sql: &str) -> Vec<String> {
 /// order, so the k-th firing is the k-th DDL statement; the others (an
 /// UPDATE sent in the same string) reach the target through the stream.
 /// A firing that does not match its statement (DDL run inside a function
-/// or a DO block) would replay other effects twice: it stops the
-/// migration instead. `CONCURRENTLY` is dropped: the replay runs in a
+/// or a DO block) would replay other effects twice: such firings come
+/// marked `nested` and replay by their effect ([`effect`]); an unmarked
+/// one (written by the capture of an earlier version) stops the
+/// migration. `CONCURRENTLY` is dropped: the replay runs in a
 /// transaction, where a plain build gives the same index.
 pub fn replay_plan(msg: &DdlMessage, index: usize) -> std::result::Result<String, String> {
     if let Some(e) = &msg.capture_error {
