@@ -1918,6 +1918,7 @@ async fn ddl_of_functions_procedures_and_do_blocks_is_reproduced_with_its_rows()
            CREATE INDEX shop_orders_item ON shop_orders (item);
            ALTER TABLE shop_orders ADD CONSTRAINT qty_positive CHECK (qty > 0);
            ALTER TABLE shop_orders ADD COLUMN note text COLLATE "C";
+           ALTER TABLE shop_orders RENAME COLUMN note TO remark;
            INSERT INTO shop_orders SELECT g, 'item ' || g, g, 'n' || g FROM generate_series(1, 20) g;
            CREATE TABLE readings (id int NOT NULL, region int NOT NULL, v numeric(10,2) DEFAULT 0, PRIMARY KEY (id, region))
              PARTITION BY LIST (region);
@@ -2035,6 +2036,8 @@ async fn ddl_of_functions_procedures_and_do_blocks_is_reproduced_with_its_rows()
     }
     let log = r.stderr("m");
     assert!(log.contains("by its effect"), "{log}");
+    // The column rename and the REVOKE: by the statement's own text.
+    assert!(log.contains("by the statement's own text"), "{log}");
     assert!(!log.contains("cannot be reproduced"), "{log}");
 }
 

@@ -56,6 +56,15 @@ pub const UNSTREAMED_DDL: &str =
 /// that makes it match, clears its row).
 pub const UNREPLAYED_DDL: &str = "CREATE TABLE IF NOT EXISTS _pg_dbmigrator.unreplayed (object text PRIMARY KEY, reason text NOT NULL, commit_lsn text NOT NULL)";
 
+/// What the replay of one nested schema change did: the objects it could
+/// not reproduce (with why), those it did, and the statements it ran.
+#[derive(Debug, Default)]
+struct Outcome {
+    failed: Vec<(String, String)>,
+    done: Vec<String>,
+    applied: Vec<String>,
+}
+
 /// The progress table (in our bookkeeping schema, removed at cutover).
 pub const PROGRESS_DDL: &str = "CREATE TABLE IF NOT EXISTS _pg_dbmigrator.progress (
     migration_id text PRIMARY KEY,
@@ -763,83 +772,46 @@ impl Applier {
     /// A schema change made inside a function, a procedure or a `DO`
     /// block: what it dropped is dropped, and each object it touched is
     /// taken from its state here to its state on the source right after
-    /// the command (see [`ddl::effect`]). What cannot be reproduced is
-    /// recorded (`_pg_dbmigrator.unreplayed`, in this transaction) and
-    /// logged; streaming goes on and the cutover is refused while it is
-    /// left.
+    /// the command (see [`ddl::effect`]). Where that fails (a kind not
+    /// described, a rename) and the command was a PL/pgSQL statement,
+    /// that statement's own text (nothing else of the function) is
+    /// replayed instead, and kept only if every object it touched then
+    /// matches its description. What cannot be reproduced is recorded
+    /// (`_pg_dbmigrator.unreplayed`, in this transaction) and logged;
+    /// streaming goes on and the cutover is refused while it is left.
     async fn replay_effects(&mut self, msg: &ddl::DdlMessage, txn: Lsn) -> Result<()> {
         self.flush_pending().await?;
         self.drain(0).await?;
         // What the capture wrote is qualified against pg_catalog alone.
         self.client
-            .batch_execute("SELECT pg_catalog.set_config('search_path', 'pg_catalog', true)")
+            .batch_execute(
+                "SELECT pg_catalog.set_config('search_path', 'pg_catalog', true); SAVEPOINT pg_dbmigrator_nested",
+            )
             .await
             .map_err(|e| MigrationError::db("preparing the replay of a schema change", e))?;
-        let mut failed: Vec<(String, String)> = Vec::new();
-        let mut done: Vec<String> = Vec::new();
-        let mut applied: Vec<String> = Vec::new();
-        if let Some(e) = &msg.capture_error {
-            failed.push((
-                format!("({})", msg.tags.join(", ")),
-                format!("capturing it failed on the source: {e}"),
-            ));
-        }
-        for d in &msg.dropped {
-            let key = format!("{} {}", d.kind, d.identity);
-            match ddl::effect::drop_sql(d) {
-                None => failed.push((key, format!("a dropped {} is not dropped by name", d.kind))),
-                Some(sql) => match self.try_effect(std::slice::from_ref(&sql)).await? {
-                    Ok(()) => {
-                        applied.push(sql);
-                        done.push(key);
-                    }
-                    Err(why) => failed.push((key, why)),
-                },
-            }
-        }
-        // Kinds that are not described (a type, a view, a GRANT): a
-        // PL/pgSQL statement's own text is that command and nothing else,
-        // so it replays as text, as the role and with the search_path it
-        // ran under. Not so an SQL function's body, which has no text here.
-        let all_other = !msg.effects.is_empty()
-            && msg
-                .effects
-                .iter()
-                .all(|e| matches!(e, ddl::effect::Effect::Other { .. }));
-        let statement = msg
-            .context
-            .as_deref()
-            .and_then(ddl::nested_statement)
-            .filter(|_| all_other);
-        let by_text = statement.is_some();
-        if let Some(stmt) = statement {
-            let sql = format!(
-                "SELECT pg_catalog.set_config('search_path', {}, true);
-                 SELECT pg_catalog.set_config('role', r.rolname, true) FROM pg_catalog.pg_roles r
-                  WHERE r.rolname = {} AND pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER');
-                 {stmt};
-                 RESET ROLE; SELECT pg_catalog.set_config('search_path', 'pg_catalog', true)",
-                quote::literal(&msg.search_path),
-                quote::literal(&msg.role),
-            );
-            let outcome = self.try_effect(std::slice::from_ref(&sql)).await?;
-            if outcome.is_ok() {
-                applied.push(stmt);
-            }
-            for e in &msg.effects {
-                match &outcome {
-                    Ok(()) => done.push(e.key()),
-                    Err(why) => failed.push((e.key(), why.clone())),
+        let mut out = self.effects_pass(msg).await?;
+        let mut by_text = false;
+        let statement = msg.context.as_deref().and_then(ddl::nested_statement);
+        if let (false, None, Some(stmt)) = (out.failed.is_empty(), &msg.capture_error, statement) {
+            self.savepoint_back().await?;
+            match self.text_pass(msg, stmt).await? {
+                Ok(text) => {
+                    out = text;
+                    by_text = true;
+                }
+                Err(why) => {
+                    tracing::debug!(reason = %why, "the statement's text did not reproduce it either");
+                    self.savepoint_back().await?;
+                    out = self.effects_pass(msg).await?;
                 }
             }
         }
-        for e in msg.effects.iter().filter(|_| !by_text) {
-            match self.replay_effect(e, &mut applied).await? {
-                Ok(()) => done.push(e.key()),
-                Err(why) => failed.push((e.key(), why)),
-            }
-        }
-        let mut sql = String::from("RESET search_path;");
+        let Outcome {
+            failed,
+            done,
+            applied,
+        } = out;
+        let mut sql = String::from("RELEASE SAVEPOINT pg_dbmigrator_nested; RESET search_path;");
         sql.push_str(&stream_bookkeeping(msg));
         if !(failed.is_empty() && done.is_empty()) {
             sql.push_str(UNREPLAYED_DDL);
@@ -874,10 +846,134 @@ impl Applier {
         if !applied.is_empty() {
             self.stats.schema_changes += 1;
             let one_line = applied.join("; ");
+            let how = if by_text {
+                "by the statement's own text: it ran inside a function, procedure or DO block"
+            } else {
+                "by its effect: it ran inside a function, procedure or DO block"
+            };
             tracing::info!(statement = %one_line.chars().take(300).collect::<String>(), query = %query, commit_lsn = %txn,
-                "schema change replayed on the target (by its effect: it ran inside a function, procedure or DO block)");
+                "schema change replayed on the target ({how})");
         }
         Ok(())
+    }
+
+    /// Back to before the nested change's replay (its savepoint kept).
+    async fn savepoint_back(&mut self) -> Result<()> {
+        self.client
+            .batch_execute("ROLLBACK TO SAVEPOINT pg_dbmigrator_nested; SELECT pg_catalog.set_config('search_path', 'pg_catalog', true)")
+            .await
+            .map_err(|e| MigrationError::db("undoing the replay of a schema change on the target", e))
+    }
+
+    /// The drops and effects of a nested change, each in its own savepoint.
+    async fn effects_pass(&mut self, msg: &ddl::DdlMessage) -> Result<Outcome> {
+        let mut out = Outcome::default();
+        if let Some(e) = &msg.capture_error {
+            out.failed.push((
+                format!("({})", msg.tags.join(", ")),
+                format!("capturing it failed on the source: {e}"),
+            ));
+        }
+        for d in &msg.dropped {
+            let key = format!("{} {}", d.kind, d.identity);
+            match ddl::effect::drop_sql(d) {
+                None => out
+                    .failed
+                    .push((key, format!("a dropped {} is not dropped by name", d.kind))),
+                Some(sql) => match self.try_effect(std::slice::from_ref(&sql)).await? {
+                    Ok(()) => {
+                        out.applied.push(sql);
+                        out.done.push(key);
+                    }
+                    Err(why) => out.failed.push((key, why)),
+                },
+            }
+        }
+        for e in &msg.effects {
+            match self.replay_effect(e, &mut out.applied).await? {
+                Ok(()) => out.done.push(e.key()),
+                Err(why) => out.failed.push((e.key(), why)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The PL/pgSQL statement's own text, as the role and with the
+    /// search_path it ran under; then every object the capture described
+    /// must match it here, and every object the source dropped be gone.
+    /// `Ok(Err(why))`: it did not reproduce the change (left for the
+    /// caller to undo).
+    async fn text_pass(
+        &mut self,
+        msg: &ddl::DdlMessage,
+        stmt: String,
+    ) -> Result<std::result::Result<Outcome, String>> {
+        let sql = format!(
+            "SELECT pg_catalog.set_config('search_path', {}, true);
+             SELECT pg_catalog.set_config('role', r.rolname, true) FROM pg_catalog.pg_roles r
+              WHERE r.rolname = {} AND pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER');
+             {stmt};
+             RESET ROLE; SELECT pg_catalog.set_config('search_path', 'pg_catalog', true)",
+            quote::literal(&msg.search_path),
+            quote::literal(&msg.role),
+        );
+        if let Err(why) = self.try_effect(std::slice::from_ref(&sql)).await? {
+            return Ok(Err(why));
+        }
+        let mut out = Outcome {
+            applied: vec![stmt],
+            ..Outcome::default()
+        };
+        for d in &msg.dropped {
+            if let Some(exists) = d.exists_sql() {
+                let left: bool = self
+                    .client
+                    .query_one(&format!("SELECT {exists}"), &[])
+                    .await
+                    .map_err(|e| MigrationError::db("checking a replayed DROP on the target", e))?
+                    .get(0);
+                if left {
+                    return Ok(Err(format!("{} {} is still there", d.kind, d.identity)));
+                }
+            }
+            out.done.push(format!("{} {}", d.kind, d.identity));
+        }
+        for e in &msg.effects {
+            if !matches!(e, ddl::effect::Effect::Other { .. }) {
+                let differ = self.differences(e, &[]).await?;
+                if !differ.is_empty() {
+                    return Ok(Err(format!(
+                        "{} differs in: {}",
+                        e.name().unwrap_or_default(),
+                        differ.join(", ")
+                    )));
+                }
+            }
+            out.done.push(e.key());
+        }
+        Ok(Ok(out))
+    }
+
+    /// The fields in which the target's object differs from the source's
+    /// description (`unchecked` left out); the whole object when absent.
+    async fn differences(
+        &mut self,
+        e: &ddl::effect::Effect,
+        unchecked: &[&str],
+    ) -> Result<Vec<String>> {
+        let want = serde_json::to_value(e.untagged()).unwrap_or_default();
+        let have = match Self::describe_target(&self.client, e).await? {
+            Some(d) => serde_json::to_value(d).unwrap_or_default(),
+            None => serde_json::Value::Null,
+        };
+        Ok(match (&want, &have) {
+            (serde_json::Value::Object(w), serde_json::Value::Object(h)) => w
+                .iter()
+                .filter(|(k, v)| !unchecked.contains(&k.as_str()) && h.get(*k) != Some(*v))
+                .map(|(k, _)| k.clone())
+                .collect(),
+            _ => vec!["the whole object".into()],
+        })
     }
 
     /// One object's effect: the plan against the target's object, run in
@@ -949,19 +1045,7 @@ impl Applier {
             return Ok(Err(why));
         }
         applied.extend(plan.statements.iter().cloned());
-        let want = serde_json::to_value(e.untagged()).unwrap_or_default();
-        let have = match Self::describe_target(&self.client, e).await? {
-            Some(d) => serde_json::to_value(d).unwrap_or_default(),
-            None => serde_json::Value::Null,
-        };
-        let differ: Vec<String> = match (&want, &have) {
-            (serde_json::Value::Object(w), serde_json::Value::Object(h)) => w
-                .iter()
-                .filter(|(k, v)| !plan.unchecked.contains(&k.as_str()) && h.get(*k) != Some(*v))
-                .map(|(k, _)| k.clone())
-                .collect(),
-            _ => vec!["the whole object".into()],
-        };
+        let differ = self.differences(e, &plan.unchecked).await?;
         if differ.is_empty() {
             Ok(Ok(()))
         } else {
