@@ -1757,11 +1757,46 @@ async fn temporary_objects_of_refresh_concurrently_and_functions_are_ignored() {
     );
 }
 
-/// Real DDL run inside a function still stops the migration, before the
-/// target drifts, even when the same function also works through a temp
-/// table (only the temporary objects are passed over).
+/// Poll the target until `sql` answers `want` (the stream got there).
+async fn wait_target(r: &Run, log: &str, sql: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = testkit::query_scalar(&r.db.target, sql).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{sql}: {got:?}, not {want:?}: {}",
+            r.stderr(log)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The partitions of a table, with their bounds.
+const PARTITIONS: &str = "SELECT coalesce(string_agg(c.relname || ' ' || pg_get_expr(c.relpartbound, c.oid), E'\\n' ORDER BY c.relname), '')
+                            FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = '{}'::regclass";
+
+/// The partitions of `table`, which must be the same on both sides.
+async fn same_partitions(r: &Run, table: &str) -> String {
+    let sql = PARTITIONS.replace("{}", table);
+    let s = testkit::query_scalar(&r.db.source, &sql).await;
+    assert_eq!(
+        testkit::query_scalar(&r.db.target, &sql).await,
+        s,
+        "partitions of {table}"
+    );
+    s
+}
+
+/// DDL run inside a function is replayed by its effect (a temp table
+/// beside it is still passed over), a type and a function made in a DO
+/// block too; DDL the applier does not reproduce (a type made by an SQL
+/// function, whose statement text the capture does not see) leaves
+/// streaming going but refuses the cutover, naming the object.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn real_ddl_inside_a_function_still_stops_beside_temporary_objects() {
+async fn ddl_inside_a_function_is_reproduced_and_what_is_not_refuses_the_cutover() {
     let r = Run::new("online_ddl_fn").await;
     testkit::execute(
         &r.db.source,
@@ -1769,36 +1804,386 @@ async fn real_ddl_inside_a_function_still_stops_beside_temporary_objects() {
          BEGIN
            CREATE TEMP TABLE report_scratch AS SELECT 1 AS one;
            CREATE TABLE report_made (id int PRIMARY KEY);
+           INSERT INTO report_made SELECT one FROM report_scratch;
            DROP TABLE report_scratch;
-         END $$;",
+         END $$;
+         -- An SQL function's body: no statement text reaches the capture.
+         CREATE FUNCTION make_mood() RETURNS void LANGUAGE sql AS $$
+           CREATE TYPE mood AS ENUM ('ok', 'meh')
+         $$;",
     )
     .await
     .unwrap();
-    let child = r.spawn(&[], "m", None);
+    let mut child = r.spawn(&[], "m", None);
     r.wait_streaming("m").await;
     testkit::execute(&r.db.source, "SELECT make_report()")
         .await
         .unwrap();
-    let (code, _) = wait_child(child, Duration::from_secs(120)).await;
-    let err = r.stderr("m");
-    // 2: not supported (the run can go no further by itself).
-    assert_eq!(code, Some(2), "{err}");
-    for needle in [
-        "SELECT make_report()",
-        "CREATE TABLE",
-        "not a DDL statement",
-    ] {
-        assert!(err.contains(needle), "the error must name {needle}: {err}");
-    }
+    wait_target(
+        &r,
+        "m",
+        "SELECT (to_regclass('public.report_made') IS NOT NULL)::text",
+        "true",
+    )
+    .await;
+    wait_target(
+        &r,
+        "m",
+        "SELECT string_agg(id::text, ',') FROM report_made",
+        "1",
+    )
+    .await;
+    testkit::execute(
+        &r.db.source,
+        "DO $$ BEGIN
+           CREATE TYPE feeling AS ENUM ('fine', 'great');
+           CREATE FUNCTION cheer() RETURNS feeling LANGUAGE sql AS 'SELECT ''great''::feeling';
+           PERFORM make_mood();
+           INSERT INTO report_made VALUES (2);
+         END $$",
+    )
+    .await
+    .unwrap();
+    // Still streaming: the row of the same transaction arrives.
+    wait_target(
+        &r,
+        "m",
+        "SELECT string_agg(id::text, ',' ORDER BY id) FROM report_made",
+        "1,2",
+    )
+    .await;
+    let c = common::run_async(&["cutover", "--dump-path", &r.dump()]).await;
+    let err = text(&c.stderr);
+    // As the fingerprint's refusal: the cutover command fails (exit 1),
+    // the migration goes on.
     assert_eq!(
-        testkit::query_scalar(
-            &r.db.target,
-            "SELECT (to_regclass('public.report_made') IS NULL)::text"
-        )
-        .await,
-        "true"
+        c.status.code(),
+        Some(1),
+        "{err}\nmigrate: {}",
+        r.stderr("m")
     );
+    for needle in [
+        "could not be reproduced on the target",
+        "type public.mood",
+        "CREATE TYPE",
+    ] {
+        assert!(
+            err.contains(needle),
+            "the refusal must name {needle}: {err}"
+        );
+    }
+    // The type and the function beside it were reproduced (by the
+    // statement's text, by the function's definition).
+    assert!(!err.contains("cheer") && !err.contains("feeling"), "{err}");
+    assert_eq!(
+        testkit::query_scalar(&r.db.target, "SELECT cheer()::text").await,
+        "great"
+    );
+    let log = r.stderr("m");
+    assert!(
+        log.contains("WARN") && log.contains("cannot be reproduced on the target"),
+        "{log}"
+    );
+    // The source is writable and the stream goes on after the refusal.
+    testkit::execute(&r.db.source, "INSERT INTO report_made VALUES (3)")
+        .await
+        .expect("the source is writable after a refused cutover");
+    wait_target(
+        &r,
+        "m",
+        "SELECT string_agg(id::text, ',' ORDER BY id) FROM report_made",
+        "1,2,3",
+    )
+    .await;
+    assert!(child.try_wait().unwrap().is_none(), "{}", r.stderr("m"));
+    unsafe_kill(child.id() as i32, 2);
+    let _ = child.wait();
     r.cleanup().await;
+}
+
+/// One plpgsql function that creates a table with an index, adds a
+/// constraint and a column, builds a partitioned table with partitions
+/// made both ways (PARTITION OF; LIKE + ATTACH), detaches and drops one;
+/// an SQL function with a serial column; a DO block; a procedure that
+/// commits between its DDL: every object is on the target with its rows,
+/// and `pg_dump -s` of both sides is the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ddl_of_functions_procedures_and_do_blocks_is_reproduced_with_its_rows() {
+    let r = Run::new("online_ddl_effects").await;
+    testkit::execute(
+        &r.db.source,
+        r#"CREATE FUNCTION reshape() RETURNS void LANGUAGE plpgsql AS $$
+         BEGIN
+           CREATE TABLE shop_orders (id int PRIMARY KEY, item text NOT NULL, qty int DEFAULT 1);
+           CREATE INDEX shop_orders_item ON shop_orders (item);
+           ALTER TABLE shop_orders ADD CONSTRAINT qty_positive CHECK (qty > 0);
+           ALTER TABLE shop_orders ADD COLUMN note text COLLATE "C";
+           ALTER TABLE shop_orders RENAME COLUMN note TO remark;
+           INSERT INTO shop_orders SELECT g, 'item ' || g, g, 'n' || g FROM generate_series(1, 20) g;
+           CREATE TABLE readings (id int NOT NULL, region int NOT NULL, v numeric(10,2) DEFAULT 0, PRIMARY KEY (id, region))
+             PARTITION BY LIST (region);
+           CREATE INDEX readings_v ON readings (v);
+           CREATE TABLE readings_1 PARTITION OF readings FOR VALUES IN (1);
+           CREATE TABLE readings_2 (LIKE readings INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
+           ALTER TABLE readings_2 SET (fillfactor = 80);
+           ALTER TABLE readings ATTACH PARTITION readings_2 FOR VALUES IN (2);
+           CREATE TABLE readings_9 PARTITION OF readings FOR VALUES IN (9);
+           INSERT INTO readings SELECT g, 1 + g % 2, g / 3.0 FROM generate_series(1, 30) g;
+           INSERT INTO readings VALUES (100, 9, 1);
+           ALTER TABLE readings DETACH PARTITION readings_9;
+           DROP TABLE readings_9;
+           ALTER TABLE accounts ADD COLUMN tier int NOT NULL DEFAULT 0;
+           CREATE INDEX accounts_tier ON accounts (tier);
+           UPDATE shop_orders SET qty = qty + 1 WHERE id <= 5;
+           CREATE FUNCTION order_label(o shop_orders) RETURNS text LANGUAGE sql AS $f$ SELECT o.item || ':' || o.qty $f$;
+           REVOKE EXECUTE ON FUNCTION order_label(shop_orders) FROM PUBLIC;
+           COMMENT ON FUNCTION order_label(shop_orders) IS 'label';
+         END $$;
+         CREATE FUNCTION make_tagged() RETURNS void LANGUAGE sql AS $$
+           CREATE TABLE tagged (id serial PRIMARY KEY, label text UNIQUE)
+         $$;
+         CREATE PROCEDURE add_region(r int) LANGUAGE plpgsql AS $$
+         BEGIN
+           EXECUTE format('CREATE TABLE readings_%s PARTITION OF readings FOR VALUES IN (%s)', r, r);
+           EXECUTE format('INSERT INTO readings VALUES (1, %s, 0.5)', r);
+           COMMIT;
+           EXECUTE format('CREATE INDEX readings_%s_id ON readings_%s (id)', r, r);
+           EXECUTE format('COMMENT ON TABLE readings_%s IS %L', r, 'region ' || r);
+           INSERT INTO readings VALUES (2, r, 1.5);
+         END $$;"#,
+    )
+    .await
+    .unwrap();
+    let load = Workload::start(&r.db.source);
+    let child = r.spawn(&[], "m", None);
+    r.wait_streaming("m").await;
+    let c = testkit::client(&r.db.source).await;
+    c.batch_execute("SELECT reshape()").await.unwrap();
+    c.batch_execute("SELECT make_tagged(); INSERT INTO tagged (label) VALUES ('a'), ('b')")
+        .await
+        .unwrap();
+    c.batch_execute(
+        "DO $$ BEGIN
+           CREATE TABLE do_made (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text);
+           INSERT INTO do_made (v) VALUES ('a'), ('b');
+           ALTER TABLE do_made ALTER COLUMN v SET NOT NULL;
+         END $$",
+    )
+    .await
+    .unwrap();
+    c.batch_execute("CALL add_region(3)").await.unwrap();
+    // A plain statement after them still replays as text.
+    c.batch_execute("COMMENT ON TABLE shop_orders IS 'made by reshape()'")
+        .await
+        .unwrap();
+    let cut = common::run_async(&["cutover", "--dump-path", &r.dump()]).await;
+    assert_eq!(
+        cut.status.code(),
+        Some(0),
+        "cutover: {}\nmigrate: {}",
+        text(&cut.stderr),
+        r.stderr("m")
+    );
+    let (code, out) = wait_child(child, Duration::from_secs(180)).await;
+    let bad = load.finish().await;
+    r.assert_success(code, &out, "m").await;
+    assert!(
+        bad.is_empty(),
+        "the workload failed before the fence: {bad:?}"
+    );
+    let (a, b) = (
+        common::schema_dump(&r.db.source),
+        common::schema_dump(&r.db.target),
+    );
+    assert!(
+        a == b,
+        "pg_dump -s of source and target differ: {}",
+        common::diff_hint(&a, &b)
+    );
+    assert_eq!(
+        same_partitions(&r, "readings").await,
+        "readings_1 FOR VALUES IN (1)\nreadings_2 FOR VALUES IN (2)\nreadings_3 FOR VALUES IN (3)"
+    );
+    for (sql, want) in [
+        (
+            "SELECT count(*)::text || ' ' || sum(qty)::text FROM shop_orders",
+            "20 215",
+        ),
+        ("SELECT count(*)::text FROM readings", "32"),
+        (
+            "SELECT string_agg(id || v, ',' ORDER BY id) FROM do_made",
+            "1a,2b",
+        ),
+        (
+            "SELECT string_agg(id || label, ',' ORDER BY id) FROM tagged",
+            "1a,2b",
+        ),
+        (
+            "SELECT (to_regclass('public.readings_9') IS NULL)::text",
+            "true",
+        ),
+        ("SELECT obj_description('readings_3'::regclass)", "region 3"),
+        (
+            "SELECT order_label(o) FROM shop_orders o WHERE id = 1",
+            "item 1:2",
+        ),
+    ] {
+        assert_eq!(
+            testkit::query_scalar(&r.db.target, sql).await,
+            want,
+            "{sql}"
+        );
+    }
+    let log = r.stderr("m");
+    assert!(log.contains("by its effect"), "{log}");
+    // The column rename and the REVOKE: by the statement's own text.
+    assert!(log.contains("by the statement's own text"), "{log}");
+    assert!(!log.contains("cannot be reproduced"), "{log}");
+}
+
+/// pg_partman's maintenance while the source streams under a workload,
+/// beside `REFRESH MATERIALIZED VIEW CONCURRENTLY` and a function working
+/// through a temp table: new partitions (premake raised) and old ones
+/// dropped (retention, without keeping the table) reach the target with
+/// their rows, and the cutover
+/// leaves both sides with the same partitions and schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_partman_maintenance_and_temporary_objects_under_load_migrate() {
+    testkit::shared_pair()
+        .ensure_extensions(&[("pg_partman", "partman")])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let r = Run::new("online_partman").await;
+    testkit::execute(
+        &r.db.source,
+        "CREATE SCHEMA partman;
+         CREATE EXTENSION pg_partman SCHEMA partman;
+         CREATE TABLE public.metrics (id bigint NOT NULL, at timestamptz NOT NULL, v text, PRIMARY KEY (id, at))
+           PARTITION BY RANGE (at);
+         SELECT partman.create_parent(p_parent_table => 'public.metrics', p_control => 'at',
+                                      p_type => 'native', p_interval => 'daily', p_premake => 2,
+                                      p_start_partition => (now() - interval '6 days')::date::text);
+         INSERT INTO public.metrics SELECT g, now() - interval '6 days' + g * interval '1 hour', 'm' || g
+           FROM generate_series(1, 150) g;
+         -- More partitions ahead, and old ones dropped, at the next maintenance
+         -- (set before the run: rows of extensions' configuration tables are
+         -- copied, not streamed).
+         UPDATE partman.part_config SET infinite_time_partitions = true, premake = 5, retention = '3 days',
+                retention_keep_table = false
+          WHERE parent_table = 'public.metrics';
+         CREATE MATERIALIZED VIEW metric_days AS SELECT date_trunc('day', at) AS day, count(*) AS n FROM metrics GROUP BY 1;
+         CREATE UNIQUE INDEX metric_days_day ON metric_days (day);
+         CREATE FUNCTION tally(b int) RETURNS int LANGUAGE plpgsql AS $$
+         DECLARE n int;
+         BEGIN
+           DROP TABLE IF EXISTS tally_scratch;
+           CREATE TEMP TABLE tally_scratch (id bigint);
+           INSERT INTO tally_scratch SELECT id FROM metrics WHERE id % 10 = b % 10;
+           SELECT count(*) INTO n FROM tally_scratch;
+           DROP TABLE tally_scratch;
+           RETURN n;
+         END $$;",
+    )
+    .await
+    .unwrap();
+    let before = testkit::query_scalar(&r.db.source, &PARTITIONS.replace("{}", "metrics")).await;
+    let load = Workload::start(&r.db.source);
+    let child = r.spawn(&[], "m", None);
+    r.wait_streaming("m").await;
+    // REFRESH ... CONCURRENTLY about every second, beside the rest.
+    let stop = Arc::new(AtomicBool::new(false));
+    let refresher = {
+        let (source, stop) = (r.db.source.clone(), stop.clone());
+        tokio::spawn(async move {
+            let c = testkit::client(&source).await;
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                c.batch_execute("REFRESH MATERIALIZED VIEW CONCURRENTLY metric_days")
+                    .await
+                    .expect("REFRESH MATERIALIZED VIEW CONCURRENTLY");
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(1000)).await;
+            }
+            n
+        })
+    };
+    let c = testkit::client(&r.db.source).await;
+    for b in 1..=4 {
+        c.query_one("SELECT tally($1)", &[&b]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    c.batch_execute("SELECT partman.run_maintenance(p_jobmon => false)")
+        .await
+        .unwrap();
+    // Rows in the new partitions, in the same transaction as more maintenance.
+    c.batch_execute(
+        "BEGIN;
+         INSERT INTO metrics SELECT 1000 + g, now() + g * interval '1 day', 'new' || g FROM generate_series(1, 4) g;
+         SELECT partman.run_maintenance(p_jobmon => false);
+         COMMIT;",
+    )
+    .await
+    .unwrap();
+    for b in 5..=8 {
+        c.query_one("SELECT tally($1)", &[&b]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let refreshes = refresher.await.unwrap();
+    assert!(refreshes >= 3, "only {refreshes} refreshes");
+    let cut = common::run_async(&["cutover", "--dump-path", &r.dump()]).await;
+    assert_eq!(
+        cut.status.code(),
+        Some(0),
+        "cutover: {}\nmigrate: {}",
+        text(&cut.stderr),
+        r.stderr("m")
+    );
+    let (code, out) = wait_child(child, Duration::from_secs(180)).await;
+    let bad = load.finish().await;
+    r.assert_success(code, &out, "m").await;
+    assert!(
+        bad.is_empty(),
+        "the workload failed before the fence: {bad:?}"
+    );
+    let (a, b) = (
+        common::schema_dump(&r.db.source),
+        common::schema_dump(&r.db.target),
+    );
+    assert!(
+        a == b,
+        "pg_dump -s of source and target differ: {}",
+        common::diff_hint(&a, &b)
+    );
+    let after = same_partitions(&r, "metrics").await;
+    // Maintenance did both: made partitions and dropped old ones.
+    let names = |s: &str| -> Vec<String> {
+        s.lines()
+            .map(|l| l.split(' ').next().unwrap_or_default().to_string())
+            .collect()
+    };
+    let (old, new) = (names(&before), names(&after));
+    assert!(
+        new.iter().any(|n| !old.contains(n)),
+        "no partition was made: {before}\n--\n{after}"
+    );
+    assert!(
+        old.iter().any(|n| !new.contains(n)),
+        "no partition was dropped: {before}\n--\n{after}"
+    );
+    for sql in [
+        "SELECT count(*)::text FROM metrics WHERE v LIKE 'new%'",
+        "SELECT premake::text || ' ' || retention FROM partman.part_config",
+    ] {
+        assert_eq!(
+            testkit::query_scalar(&r.db.target, sql).await,
+            testkit::query_scalar(&r.db.source, sql).await,
+            "{sql}"
+        );
+    }
+    let log = r.stderr("m");
+    assert!(log.contains("by its effect"), "{log}");
+    assert!(!log.contains("cannot be reproduced"), "{log}");
 }
 
 /// Both servers with `wal_level = logical`, for `--fallback` (the new

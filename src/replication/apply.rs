@@ -50,6 +50,21 @@ const MAX_IN_FLIGHT_BYTES: usize = 8 << 20;
 pub const UNSTREAMED_DDL: &str =
     "CREATE TABLE IF NOT EXISTS _pg_dbmigrator.unstreamed (name text PRIMARY KEY, reason text NOT NULL)";
 
+/// Schema changes made inside a function, a procedure or a `DO` block
+/// that could not be reproduced on the target, by object: the cutover is
+/// refused while any is left (a later DROP of the object, or a replay
+/// that makes it match, clears its row).
+pub const UNREPLAYED_DDL: &str = "CREATE TABLE IF NOT EXISTS _pg_dbmigrator.unreplayed (object text PRIMARY KEY, reason text NOT NULL, commit_lsn text NOT NULL)";
+
+/// What the replay of one nested schema change did: the objects it could
+/// not reproduce (with why), those it did, and the statements it ran.
+#[derive(Debug, Default)]
+struct Outcome {
+    failed: Vec<(String, String)>,
+    done: Vec<String>,
+    applied: Vec<String>,
+}
+
 /// The progress table (in our bookkeeping schema, removed at cutover).
 pub const PROGRESS_DDL: &str = "CREATE TABLE IF NOT EXISTS _pg_dbmigrator.progress (
     migration_id text PRIMARY KEY,
@@ -671,10 +686,15 @@ impl Applier {
         // The firing counts as a statement of the query string only when
         // it is one (not when REFRESH ... CONCURRENTLY or a function ran it).
         if msg.temporary {
-            if ddl::temporary_takes_statement(&msg, index) {
+            if !msg.nested && ddl::temporary_takes_statement(&msg, index) {
                 self.ddl_repeat = Some((txn, msg.sql.clone(), index + 1));
             }
             return Ok(());
+        }
+        // Run inside a function: replayed by its effect, and it takes no
+        // statement of the query string.
+        if msg.nested {
+            return self.replay_effects(&msg, txn).await;
         }
         self.ddl_repeat = Some((txn, msg.sql.clone(), index + 1));
         let replay = ddl::replay_plan(&msg, index).map_err(|why| {
@@ -698,34 +718,7 @@ impl Applier {
             quote::literal(&msg.role),
             replay
         );
-        // Tables whose changes do not stream are remembered on the target,
-        // with the change: the cutover refuses while their rows differ.
-        if !(msg.unpublished.is_empty() && msg.published.is_empty()) {
-            sql.push_str(UNSTREAMED_DDL);
-            sql.push(';');
-        }
-        for t in &msg.published {
-            if !msg.published_with_rows.contains(t) {
-                sql.push_str(&format!(
-                    "DELETE FROM _pg_dbmigrator.unstreamed WHERE name = {};",
-                    quote::literal(t)
-                ));
-            }
-        }
-        for (t, why) in msg
-            .unpublished
-            .iter()
-            .map(|t| (t, "created without a primary key or replica identity: its changes are not streamed"))
-            .chain(msg.published_with_rows.iter().map(|t| {
-                (t, "given a replica identity only after rows were written into it: those rows were not streamed")
-            }))
-        {
-            sql.push_str(&format!(
-                "INSERT INTO _pg_dbmigrator.unstreamed (name, reason) VALUES ({}, {}) ON CONFLICT (name) DO UPDATE SET reason = EXCLUDED.reason;",
-                quote::literal(t),
-                quote::literal(why)
-            ));
-        }
+        sql.push_str(&stream_bookkeeping(&msg));
         // A DROP takes the same objects here as on the source (CASCADE).
         let still: Vec<String> = msg
             .dropped
@@ -774,6 +767,377 @@ impl Applier {
         self.stats.schema_changes += 1;
         tracing::info!(statement = %one_line.chars().take(200).collect::<String>(), role = %msg.role, commit_lsn = %txn, "schema change replayed on the target");
         Ok(())
+    }
+
+    /// A schema change made inside a function, a procedure or a `DO`
+    /// block: what it dropped is dropped, and each object it touched is
+    /// taken from its state here to its state on the source right after
+    /// the command (see [`ddl::effect`]). Where that fails (a kind not
+    /// described, a rename) and the command was a PL/pgSQL statement,
+    /// that statement's own text (nothing else of the function) is
+    /// replayed instead, and kept only if every object it touched then
+    /// matches its description. What cannot be reproduced is recorded
+    /// (`_pg_dbmigrator.unreplayed`, in this transaction) and logged;
+    /// streaming goes on and the cutover is refused while it is left.
+    async fn replay_effects(&mut self, msg: &ddl::DdlMessage, txn: Lsn) -> Result<()> {
+        self.flush_pending().await?;
+        self.drain(0).await?;
+        // What the capture wrote is qualified against pg_catalog alone.
+        self.client
+            .batch_execute(
+                "SELECT pg_catalog.set_config('search_path', 'pg_catalog', true); SAVEPOINT pg_dbmigrator_nested",
+            )
+            .await
+            .map_err(|e| MigrationError::db("preparing the replay of a schema change", e))?;
+        let mut out = self.effects_pass(msg).await?;
+        let mut by_text = false;
+        let statement = msg.context.as_deref().and_then(ddl::nested_statement);
+        if let (false, None, Some(stmt)) = (out.failed.is_empty(), &msg.capture_error, statement) {
+            self.savepoint_back().await?;
+            match self.text_pass(msg, stmt).await? {
+                Ok(text) => {
+                    out = text;
+                    by_text = true;
+                }
+                Err(why) => {
+                    tracing::debug!(reason = %why, "the statement's text did not reproduce it either");
+                    self.savepoint_back().await?;
+                    out = self.effects_pass(msg).await?;
+                }
+            }
+        }
+        let Outcome {
+            failed,
+            done,
+            applied,
+        } = out;
+        let mut sql = String::from("RELEASE SAVEPOINT pg_dbmigrator_nested; RESET search_path;");
+        sql.push_str(&stream_bookkeeping(msg));
+        if !(failed.is_empty() && done.is_empty()) {
+            sql.push_str(UNREPLAYED_DDL);
+            sql.push(';');
+        }
+        for k in &done {
+            if !failed.iter().any(|(f, _)| f == k) {
+                sql.push_str(&format!(
+                    "DELETE FROM _pg_dbmigrator.unreplayed WHERE object = {};",
+                    quote::literal(k)
+                ));
+            }
+        }
+        for (k, why) in &failed {
+            sql.push_str(&format!(
+                "INSERT INTO _pg_dbmigrator.unreplayed (object, reason, commit_lsn) VALUES ({}, {}, {}) \
+                 ON CONFLICT (object) DO UPDATE SET reason = EXCLUDED.reason, commit_lsn = EXCLUDED.commit_lsn;",
+                quote::literal(k),
+                quote::literal(why),
+                quote::literal(&txn.to_string())
+            ));
+        }
+        self.client.batch_execute(&sql).await.map_err(|e| {
+            MigrationError::db("recording the replay of a schema change on the target", e)
+        })?;
+        let query = ddl::short(&msg.sql);
+        for (k, why) in &failed {
+            tracing::warn!(object = %k, reason = %why, query = %query, commit_lsn = %txn,
+                "a schema change made inside a function, procedure or DO block cannot be reproduced on the target: \
+                 streaming goes on, and the cutover will be refused naming it");
+        }
+        if !applied.is_empty() {
+            self.stats.schema_changes += 1;
+            let one_line = applied.join("; ");
+            let how = if by_text {
+                "by the statement's own text: it ran inside a function, procedure or DO block"
+            } else {
+                "by its effect: it ran inside a function, procedure or DO block"
+            };
+            tracing::info!(statement = %one_line.chars().take(300).collect::<String>(), query = %query, commit_lsn = %txn,
+                "schema change replayed on the target ({how})");
+        }
+        Ok(())
+    }
+
+    /// Back to before the nested change's replay (its savepoint kept).
+    async fn savepoint_back(&mut self) -> Result<()> {
+        self.client
+            .batch_execute("ROLLBACK TO SAVEPOINT pg_dbmigrator_nested; SELECT pg_catalog.set_config('search_path', 'pg_catalog', true)")
+            .await
+            .map_err(|e| MigrationError::db("undoing the replay of a schema change on the target", e))
+    }
+
+    /// The drops and effects of a nested change, each in its own savepoint.
+    async fn effects_pass(&mut self, msg: &ddl::DdlMessage) -> Result<Outcome> {
+        let mut out = Outcome::default();
+        if let Some(e) = &msg.capture_error {
+            out.failed.push((
+                format!("({})", msg.tags.join(", ")),
+                format!("capturing it failed on the source: {e}"),
+            ));
+        }
+        for d in &msg.dropped {
+            let key = format!("{} {}", d.kind, d.identity);
+            match ddl::effect::drop_sql(d) {
+                None => out
+                    .failed
+                    .push((key, format!("a dropped {} is not dropped by name", d.kind))),
+                Some(sql) => match self.try_effect(std::slice::from_ref(&sql)).await? {
+                    Ok(()) => {
+                        out.applied.push(sql);
+                        out.done.push(key);
+                    }
+                    Err(why) => out.failed.push((key, why)),
+                },
+            }
+        }
+        for e in &msg.effects {
+            match self.replay_effect(e, &mut out.applied).await? {
+                Ok(()) => out.done.push(e.key()),
+                Err(why) => out.failed.push((e.key(), why)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The PL/pgSQL statement's own text, as the role and with the
+    /// search_path it ran under; then every object the capture described
+    /// must match it here, and every object the source dropped be gone.
+    /// `Ok(Err(why))`: it did not reproduce the change (left for the
+    /// caller to undo).
+    async fn text_pass(
+        &mut self,
+        msg: &ddl::DdlMessage,
+        stmt: String,
+    ) -> Result<std::result::Result<Outcome, String>> {
+        let sql = format!(
+            "SELECT pg_catalog.set_config('search_path', {}, true);
+             SELECT pg_catalog.set_config('role', r.rolname, true) FROM pg_catalog.pg_roles r
+              WHERE r.rolname = {} AND pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER');
+             {stmt};
+             RESET ROLE; SELECT pg_catalog.set_config('search_path', 'pg_catalog', true)",
+            quote::literal(&msg.search_path),
+            quote::literal(&msg.role),
+        );
+        if let Err(why) = self.try_effect(std::slice::from_ref(&sql)).await? {
+            return Ok(Err(why));
+        }
+        let mut out = Outcome {
+            applied: vec![stmt],
+            ..Outcome::default()
+        };
+        for d in &msg.dropped {
+            if let Some(exists) = d.exists_sql() {
+                let left: bool = self
+                    .client
+                    .query_one(&format!("SELECT {exists}"), &[])
+                    .await
+                    .map_err(|e| MigrationError::db("checking a replayed DROP on the target", e))?
+                    .get(0);
+                if left {
+                    return Ok(Err(format!("{} {} is still there", d.kind, d.identity)));
+                }
+            }
+            out.done.push(format!("{} {}", d.kind, d.identity));
+        }
+        for e in &msg.effects {
+            if !matches!(e, ddl::effect::Effect::Other { .. }) {
+                let differ = self.differences(e, &[]).await?;
+                if !differ.is_empty() {
+                    return Ok(Err(format!(
+                        "{} differs in: {}",
+                        e.name().unwrap_or_default(),
+                        differ.join(", ")
+                    )));
+                }
+            }
+            out.done.push(e.key());
+        }
+        Ok(Ok(out))
+    }
+
+    /// The fields in which the target's object differs from the source's
+    /// description (`unchecked` left out); the whole object when absent.
+    async fn differences(
+        &mut self,
+        e: &ddl::effect::Effect,
+        unchecked: &[&str],
+    ) -> Result<Vec<String>> {
+        let want = serde_json::to_value(e.untagged()).unwrap_or_default();
+        let have = match Self::describe_target(&self.client, e).await? {
+            Some(d) => serde_json::to_value(d).unwrap_or_default(),
+            None => serde_json::Value::Null,
+        };
+        Ok(match (&want, &have) {
+            (serde_json::Value::Object(w), serde_json::Value::Object(h)) => w
+                .iter()
+                .filter(|(k, v)| !unchecked.contains(&k.as_str()) && h.get(*k) != Some(*v))
+                .map(|(k, _)| k.clone())
+                .collect(),
+            _ => vec!["the whole object".into()],
+        })
+    }
+
+    /// One object's effect: the plan against the target's object, run in
+    /// a savepoint, then the target's object described again and compared
+    /// (what the plan does not cover shows there). `Ok(Err(why))`: not
+    /// reproduced.
+    async fn replay_effect(
+        &mut self,
+        e: &ddl::effect::Effect,
+        applied: &mut Vec<String>,
+    ) -> Result<std::result::Result<(), String>> {
+        use ddl::effect::{self, Effect};
+        let dst = Self::describe_target(&self.client, e).await?;
+        let plan = match (e, &dst) {
+            (Effect::Table(s), d) => effect::table_plan(
+                s,
+                match d {
+                    Some(Effect::Table(t)) => Some(t),
+                    _ => None,
+                },
+            ),
+            (Effect::Index(s), d) => effect::index_plan(
+                s,
+                match d {
+                    Some(Effect::Index(t)) => Some(t),
+                    _ => None,
+                },
+            ),
+            // An identity column's sequence is made with its column.
+            (Effect::Sequence(s), _) if s.identity => return Ok(Ok(())),
+            (Effect::Sequence(s), d) => {
+                let owner_exists = match s.owned_by.as_deref().and_then(|o| o.rsplit_once('.')) {
+                    Some((table, _)) => self
+                        .client
+                        .query_one("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[&table])
+                        .await
+                        .map_err(|e| MigrationError::db("looking up a sequence's table on the target", e))?
+                        .get(0),
+                    None => false,
+                };
+                effect::sequence_plan(
+                    s,
+                    match d {
+                        Some(Effect::Sequence(t)) => Some(t),
+                        _ => None,
+                    },
+                    owner_exists,
+                )
+            }
+            (Effect::Routine(s), d) => effect::routine_plan(
+                s,
+                match d {
+                    Some(Effect::Routine(t)) => Some(t),
+                    _ => None,
+                },
+            ),
+            (Effect::Other { tag, object_type, .. }, _) => {
+                return Ok(Err(format!(
+                    "{tag} of a {} inside a function, procedure or DO block is not reproduced by its effect",
+                    object_type.to_lowercase()
+                )))
+            }
+        };
+        let plan = match plan {
+            Ok(p) => p,
+            Err(why) => return Ok(Err(why)),
+        };
+        if let Err(why) = self.try_effect(&plan.statements).await? {
+            return Ok(Err(why));
+        }
+        applied.extend(plan.statements.iter().cloned());
+        let differ = self.differences(e, &plan.unchecked).await?;
+        if differ.is_empty() {
+            Ok(Ok(()))
+        } else {
+            Ok(Err(format!(
+                "after the replay, {} still differs on the target in: {}",
+                e.name().unwrap_or_default(),
+                differ.join(", ")
+            )))
+        }
+    }
+
+    /// The target's description of the object an effect names (`None`
+    /// when it is not there), with the query the capture used.
+    async fn describe_target(
+        client: &Client,
+        e: &ddl::effect::Effect,
+    ) -> Result<Option<ddl::effect::Effect>> {
+        let (Some((describe, find)), Some(name)) = (e.describe_sql(), e.name()) else {
+            return Ok(None);
+        };
+        let oid: Option<u32> = client
+            .query_one(find, &[&name])
+            .await
+            .map_err(|e| MigrationError::db("looking up a changed object on the target", e))?
+            .get(0);
+        let Some(oid) = oid else {
+            return Ok(None);
+        };
+        let row = client
+            .query_opt(describe, &[&oid])
+            .await
+            .map_err(|e| MigrationError::db("describing a changed object on the target", e))?;
+        let Some(v) = row.and_then(|r| r.get::<_, Option<serde_json::Value>>(0)) else {
+            return Ok(None);
+        };
+        // Another kind of object under that name reads as absent.
+        Ok(serde_json::from_value(v).ok())
+    }
+
+    /// Run an effect's statements in a savepoint: a statement the target
+    /// refuses is undone alone (`Ok(Err(why))`); a lost session is an error.
+    async fn try_effect(&mut self, stmts: &[String]) -> Result<std::result::Result<(), String>> {
+        if stmts.is_empty() {
+            return Ok(Ok(()));
+        }
+        // The savepoint on its own: a query string that does not parse
+        // runs none of its statements, yet aborts the transaction.
+        self.client
+            .batch_execute("SAVEPOINT pg_dbmigrator_effect")
+            .await
+            .map_err(|e| MigrationError::db("replaying a schema change on the target", e))?;
+        let sql = format!(
+            "{}; RELEASE SAVEPOINT pg_dbmigrator_effect",
+            stmts.join(";\n")
+        );
+        match self.client.batch_execute(&sql).await {
+            Ok(()) => Ok(Ok(())),
+            Err(e)
+                if e.as_db_error().is_none()
+                    || e.code().is_some_and(|c| {
+                        let c = c.code();
+                        c.starts_with("08") || c.starts_with("57")
+                    }) =>
+            {
+                Err(MigrationError::db(
+                    "replaying a schema change on the target",
+                    e,
+                ))
+            }
+            Err(e) => {
+                let why = e
+                    .as_db_error()
+                    .map(|d| d.message().to_string())
+                    .unwrap_or_default();
+                self.client
+                    .batch_execute("ROLLBACK TO SAVEPOINT pg_dbmigrator_effect; RELEASE SAVEPOINT pg_dbmigrator_effect")
+                    .await
+                    .map_err(|u| {
+                        MigrationError::db(
+                            format!(
+                                "undoing the schema change `{}` the target refused ({why})",
+                                ddl::short(&stmts.join("; "))
+                            ),
+                            u,
+                        )
+                    })?;
+                Ok(Err(format!(
+                    "the target refused `{}`: {why}",
+                    ddl::short(&stmts.join("; "))
+                )))
+            }
+        }
     }
 
     fn rel(&self, oid: u32) -> Result<&RelInfo> {
@@ -1416,6 +1780,40 @@ fn where_clause(rel: &RelInfo, mask: &[bool], offset: usize) -> String {
     } else {
         conds.join(" AND ")
     }
+}
+
+/// The bookkeeping of a schema change's tables whose changes do not
+/// stream: remembered on the target with the change, and the cutover
+/// refuses while their rows differ.
+fn stream_bookkeeping(msg: &ddl::DdlMessage) -> String {
+    let mut sql = String::new();
+    if !(msg.unpublished.is_empty() && msg.published.is_empty()) {
+        sql.push_str(UNSTREAMED_DDL);
+        sql.push(';');
+    }
+    for t in &msg.published {
+        if !msg.published_with_rows.contains(t) {
+            sql.push_str(&format!(
+                "DELETE FROM _pg_dbmigrator.unstreamed WHERE name = {};",
+                quote::literal(t)
+            ));
+        }
+    }
+    for (t, why) in msg
+        .unpublished
+        .iter()
+        .map(|t| (t, "created without a primary key or replica identity: its changes are not streamed"))
+        .chain(msg.published_with_rows.iter().map(|t| {
+            (t, "given a replica identity only after rows were written into it: those rows were not streamed")
+        }))
+    {
+        sql.push_str(&format!(
+            "INSERT INTO _pg_dbmigrator.unstreamed (name, reason) VALUES ({}, {}) ON CONFLICT (name) DO UPDATE SET reason = EXCLUDED.reason;",
+            quote::literal(t),
+            quote::literal(why)
+        ));
+    }
+    sql
 }
 
 /// Create the progress table and row at `start` (the slot's consistent

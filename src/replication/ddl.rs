@@ -7,9 +7,12 @@
 //! exactly where it happened, and the applier replays it there. The same
 //! trigger adds a table created during the run to the publication inside
 //! the creating transaction, so no row written after `CREATE TABLE` is
-//! lost. Where capture is not possible, a fingerprint of the migrated
-//! objects is taken at the snapshot and again under the fence; any
-//! difference refuses the cutover (never a silent drift).
+//! lost. A command run inside a function, a procedure or a `DO` block is
+//! not the query string's: the capture marks it `nested` and describes
+//! what it left in the catalogs instead, which the applier reproduces
+//! ([`effect`]). Where capture is not possible, a fingerprint of the
+//! migrated objects is taken at the snapshot and again under the fence;
+//! any difference refuses the cutover (never a silent drift).
 //!
 //! This module holds the SQL of both, the text rules for what can be
 //! replayed, and nothing that drives a stage: [`super::source`] installs
@@ -22,6 +25,8 @@ use tokio_postgres::Client;
 
 use crate::error::{MigrationError, Result};
 use crate::pg::quote;
+
+pub mod effect;
 
 /// Prefix of the logical messages that carry captured DDL.
 pub const DDL_MESSAGE_PREFIX: &str = "pg_dbmigrator.ddl";
@@ -73,6 +78,42 @@ pub struct DdlMessage {
     /// to drop): it replays nothing (see [`temporary_takes_statement`]).
     #[serde(default)]
     pub temporary: bool,
+    /// The command ran inside a function, a procedure or a `DO` block
+    /// (the query string is not it): it replays by its [`Self::effects`]
+    /// and by [`Self::dropped`], never by the text.
+    #[serde(default)]
+    pub nested: bool,
+    /// The objects a nested command touched, as they stood right after it.
+    #[serde(default)]
+    pub effects: Vec<effect::Effect>,
+    /// A nested command's call stack (`PG_CONTEXT`): where it came from a
+    /// PL/pgSQL statement, that statement's own text (see
+    /// [`nested_statement`]).
+    #[serde(default)]
+    pub context: Option<String>,
+}
+
+/// The text of the statement a nested command ran as, from its call stack
+/// (`PG_CONTEXT` as the capture read it): the `SQL statement "..."` frame
+/// right below the event trigger's own, when the next frame is a
+/// function's (a PL/pgSQL statement or `EXECUTE`). `None` when the
+/// command came otherwise (an SQL-language function's body says only
+/// `SQL function "f" statement 1`).
+pub fn nested_statement(context: &str) -> Option<String> {
+    let at = context.find("on_ddl() line")?;
+    let rest = &context[at..];
+    let rest = &rest[rest.find('\n')? + 1..];
+    let body = rest.strip_prefix("SQL statement \"")?;
+    let end = body
+        .match_indices("\"\n")
+        .map(|(i, _)| i)
+        .find(|&i| {
+            let next = &body[i + 2..];
+            next.starts_with("PL/") || next.starts_with("SQL function ")
+        })
+        .or_else(|| body.strip_suffix('"').map(str::len))?;
+    let stmt = body[..end].trim();
+    (!stmt.is_empty()).then(|| stmt.to_string())
 }
 
 /// One object a DROP removed, as `pg_event_trigger_dropped_objects()` names it.
@@ -141,10 +182,20 @@ DECLARE
   dropped text;
   previous text;
   failure text;
+  stack text;
+  nested boolean;
+  effects jsonb := '[]';
+  d jsonb;
+  kind "char";
 BEGIN
   IF current_setting('pg_dbmigrator.capture', true) = 'off' THEN
     RETURN;
   END IF;
+  -- Frames below the event trigger's own: the command ran inside a
+  -- function, a procedure or a DO block, not as the client's statement.
+  GET DIAGNOSTICS stack = PG_CONTEXT;
+  nested := strpos(stack, 'on_ddl() line') > 0
+            AND strpos(substr(stack, strpos(stack, 'on_ddl() line')), E'\n') > 0;
   BEGIN
   FOR r IN SELECT * FROM pg_event_trigger_ddl_commands() LOOP
     -- An extension's script is replayed by its CREATE/ALTER EXTENSION.
@@ -162,6 +213,26 @@ BEGIN
     user_command := true;
     IF NOT r.command_tag = ANY (tags) THEN
       tags := tags || r.command_tag;
+    END IF;
+    IF nested THEN
+      -- What the command left, from the catalogs as they stand now.
+      d := NULL;
+      IF r.classid = 'pg_catalog.pg_class'::regclass AND r.objsubid = 0 THEN
+        SELECT c.relkind INTO kind FROM pg_class c WHERE c.oid = r.objid;
+        IF kind IN ('r', 'p') THEN
+          EXECUTE {describe_table} INTO d USING r.objid;
+        ELSIF kind IN ('i', 'I') THEN
+          EXECUTE {describe_index} INTO d USING r.objid;
+        ELSIF kind = 'S' THEN
+          EXECUTE {describe_sequence} INTO d USING r.objid;
+        END IF;
+      ELSIF r.classid = 'pg_catalog.pg_proc'::regclass THEN
+        EXECUTE {describe_routine} INTO d USING r.objid;
+      END IF;
+      IF d IS NULL THEN
+        d := jsonb_build_object('kind', 'other', 'object_type', r.object_type, 'identity', r.object_identity);
+      END IF;
+      effects := effects || jsonb_build_array(d || jsonb_build_object('tag', r.command_tag));
     END IF;
     CONTINUE WHEN r.classid <> 'pg_catalog.pg_class'::regclass OR r.objsubid <> 0;
     SELECT c.oid, c.relkind, c.relpersistence, c.relreplident, n.nspname,
@@ -184,8 +255,9 @@ BEGIN
       PERFORM set_config('pg_dbmigrator.capture', coalesce(previous, ''), true);
       published := published || rel.name;
       -- Rows already there never streamed (unless the command itself made
-      -- them, as CREATE TABLE AS does: its replay makes them again).
-      IF r.command_tag NOT IN ('CREATE TABLE AS', 'SELECT INTO') THEN
+      -- them, as CREATE TABLE AS does: its replay makes them again; not
+      -- so the replay of a nested one, which makes the table empty).
+      IF nested OR r.command_tag NOT IN ('CREATE TABLE AS', 'SELECT INTO') THEN
         EXECUTE format('SELECT EXISTS (SELECT 1 FROM ONLY %s)', rel.name) INTO has_rows;
         IF has_rows THEN
           with_rows := with_rows || rel.name;
@@ -225,7 +297,7 @@ BEGIN
     -- temporary statement of the query string from one run inside it.
     PERFORM pg_logical_emit_message(true, {prefix}, json_build_object(
       'sql', current_query(), 'role', session_user, 'search_path', path, 'tags', temp_tags,
-      'temporary', true)::text);
+      'temporary', true, 'nested', nested)::text);
     RETURN;
   END IF;
   IF NOT user_command THEN
@@ -240,7 +312,8 @@ BEGIN
   PERFORM pg_logical_emit_message(true, {prefix}, json_build_object(
     'sql', current_query(), 'role', who, 'search_path', path, 'tags', tags,
     'published', published, 'unpublished', unpublished, 'published_with_rows', with_rows,
-    'dropped', coalesce(dropped, '[]')::json, 'capture_error', failure)::text);
+    'dropped', coalesce(dropped, '[]')::json, 'capture_error', failure,
+    'nested', nested, 'effects', effects, 'context', CASE WHEN nested THEN stack END)::text);
 END
 $capture$;
 REVOKE ALL ON FUNCTION {schema}.capture(text, text, text) FROM PUBLIC;
@@ -277,6 +350,10 @@ DROP EVENT TRIGGER IF EXISTS {drop_trigger};
 CREATE EVENT TRIGGER {drop_trigger} ON sql_drop EXECUTE FUNCTION {schema}.on_drop();"#,
         trigger = quote::ident(trigger),
         drop_trigger = quote::ident(&format!("{trigger}_drop")),
+        describe_table = quote::literal(effect::DESCRIBE_TABLE_SQL),
+        describe_index = quote::literal(effect::DESCRIBE_INDEX_SQL),
+        describe_sequence = quote::literal(effect::DESCRIBE_SEQUENCE_SQL),
+        describe_routine = quote::literal(effect::DESCRIBE_ROUTINE_SQL),
     )
 }
 
@@ -375,8 +452,10 @@ fn ddl_statements(sql: &str) -> Vec<String> {
 /// order, so the k-th firing is the k-th DDL statement; the others (an
 /// UPDATE sent in the same string) reach the target through the stream.
 /// A firing that does not match its statement (DDL run inside a function
-/// or a DO block) would replay other effects twice: it stops the
-/// migration instead. `CONCURRENTLY` is dropped: the replay runs in a
+/// or a DO block) would replay other effects twice: such firings come
+/// marked `nested` and replay by their effect ([`effect`]); an unmarked
+/// one (written by the capture of an earlier version) stops the
+/// migration. `CONCURRENTLY` is dropped: the replay runs in a
 /// transaction, where a plain build gives the same index.
 pub fn replay_plan(msg: &DdlMessage, index: usize) -> std::result::Result<String, String> {
     if let Some(e) = &msg.capture_error {
@@ -439,7 +518,7 @@ fn fits(msg: &DdlMessage, stmt: &str) -> bool {
     })
 }
 
-fn short(s: &str) -> String {
+pub(crate) fn short(s: &str) -> String {
     let one_line = s.split_whitespace().collect::<Vec<_>>().join(" ");
     if one_line.chars().count() > 200 {
         format!("{}...", one_line.chars().take(200).collect::<String>())
@@ -727,6 +806,36 @@ pub fn fingerprint_changes(
     out
 }
 
+/// What the applier recorded as not reproduced on the target, one line
+/// per object (its name, why, and the source transaction).
+async fn unreplayed(dst: &Client) -> Result<Vec<String>> {
+    let what = "reading the schema changes that could not be reproduced on the target";
+    let exists: bool = dst
+        .query_one(
+            "SELECT pg_catalog.to_regclass('_pg_dbmigrator.unreplayed') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(|e| MigrationError::db(what, e))?
+        .get(0);
+    if !exists {
+        return Ok(Vec::new());
+    }
+    Ok(dst
+        .query(
+            "SELECT object, reason, commit_lsn FROM _pg_dbmigrator.unreplayed ORDER BY object",
+            &[],
+        )
+        .await
+        .map_err(|e| MigrationError::db(what, e))?
+        .iter()
+        .map(|r| {
+            let (o, why, lsn): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+            format!("{o}: {why} (source transaction committed at {lsn})")
+        })
+        .collect())
+}
+
 /// The cutover's schema check, run before the fence and again under it
 /// (`drained`: after the drain to the fence).
 ///
@@ -743,6 +852,18 @@ pub(crate) async fn cutover_guard(
     drained: bool,
 ) -> Result<()> {
     if state.ddl_capture {
+        // Changes made inside functions that the applier could not
+        // reproduce: known as soon as applied, so refused before the fence.
+        let unreplayed = unreplayed(dst).await?;
+        if !unreplayed.is_empty() {
+            return Err(MigrationError::Preflight(format!(
+                "the cutover is refused: schema changes made on the source inside a function, procedure or DO block \
+                 could not be reproduced on the target: {}. The source stays writable and streaming goes on; \
+                 make the same changes on the target, delete their rows from _pg_dbmigrator.unreplayed there and ask for the cutover again, \
+                 or run `pg_dbmigrator cleanup` and migrate again",
+                unreplayed.join("; ")
+            )));
+        }
         // Rows compare only once the stream is drained (before, the
         // target is merely behind).
         if !drained {
@@ -841,6 +962,9 @@ mod tests {
             dropped: vec![],
             capture_error: None,
             temporary: false,
+            nested: false,
+            effects: vec![],
+            context: None,
         }
     }
 
@@ -984,6 +1108,32 @@ mod tests {
             0
         )
         .is_err());
+    }
+
+    #[test]
+    fn a_nested_statement_is_read_from_its_call_stack() {
+        let ours = "PL/pgSQL function _pg_dbmigrator.capture(text,text,text) line 20 at GET DIAGNOSTICS\n\
+                    SQL statement \"SELECT _pg_dbmigrator.capture(current_user::text, pg_catalog.current_setting('search_path'), tg_tag)\"\n\
+                    PL/pgSQL function _pg_dbmigrator.on_ddl() line 3 at PERFORM\n";
+        let plpgsql = format!(
+            "{ours}SQL statement \"CREATE TYPE mood AS ENUM ('a', \"b\")\nNOT NULL\"\nPL/pgSQL function inline_code_block line 2 at SQL statement"
+        );
+        assert_eq!(
+            nested_statement(&plpgsql).unwrap(),
+            "CREATE TYPE mood AS ENUM ('a', \"b\")\nNOT NULL"
+        );
+        let nested_call = format!(
+            "{ours}SQL statement \"GRANT SELECT ON t TO r\"\nPL/pgSQL function g() line 1 at EXECUTE\nSQL statement \"SELECT g()\"\nPL/pgSQL function f() line 1 at PERFORM"
+        );
+        assert_eq!(
+            nested_statement(&nested_call).unwrap(),
+            "GRANT SELECT ON t TO r"
+        );
+        assert_eq!(
+            nested_statement(&format!("{ours}SQL function \"g\" statement 1")),
+            None
+        );
+        assert_eq!(nested_statement("PL/pgSQL function x() line 1"), None);
     }
 
     #[test]
