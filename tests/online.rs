@@ -2065,12 +2065,6 @@ async fn pg_partman_maintenance_and_temporary_objects_under_load_migrate() {
                                       p_start_partition => (now() - interval '6 days')::date::text);
          INSERT INTO public.metrics SELECT g, now() - interval '6 days' + g * interval '1 hour', 'm' || g
            FROM generate_series(1, 150) g;
-         -- More partitions ahead, and old ones dropped, at the next maintenance
-         -- (set before the run: rows of extensions' configuration tables are
-         -- copied, not streamed).
-         UPDATE partman.part_config SET infinite_time_partitions = true, premake = 5, retention = '3 days',
-                retention_keep_table = false
-          WHERE parent_table = 'public.metrics';
          CREATE MATERIALIZED VIEW metric_days AS SELECT date_trunc('day', at) AS day, count(*) AS n FROM metrics GROUP BY 1;
          CREATE UNIQUE INDEX metric_days_day ON metric_days (day);
          CREATE FUNCTION tally(b int) RETURNS int LANGUAGE plpgsql AS $$
@@ -2090,6 +2084,16 @@ async fn pg_partman_maintenance_and_temporary_objects_under_load_migrate() {
     let load = Workload::start(&r.db.source);
     let child = r.spawn(&[], "m", None);
     r.wait_streaming("m").await;
+    // More partitions ahead, and old ones dropped, at the next maintenance:
+    // set while streaming (the extension's configuration table streams).
+    testkit::execute(
+        &r.db.source,
+        "UPDATE partman.part_config SET infinite_time_partitions = true, premake = 5, retention = '3 days',
+                retention_keep_table = false
+          WHERE parent_table = 'public.metrics'",
+    )
+    .await
+    .unwrap();
     // REFRESH ... CONCURRENTLY about every second, beside the rest.
     let stop = Arc::new(AtomicBool::new(false));
     let refresher = {

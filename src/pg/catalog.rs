@@ -570,6 +570,38 @@ pub async fn list_extension_config_tables(client: &Client) -> Result<Vec<TableIn
     .await
 }
 
+/// Extensions' configuration tables, split by whether they have a replica
+/// identity a publication can use (a primary key, an identity index, or
+/// FULL): `(with, without)`, qualified names.
+pub async fn extension_config_tables_by_identity(
+    client: &Client,
+) -> Result<(Vec<String>, Vec<String>)> {
+    let rows = client
+        .query(
+            "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname),
+                    c.relreplident IN ('f', 'i')
+                    OR (c.relreplident = 'd' AND EXISTS (SELECT 1 FROM pg_catalog.pg_index i
+                                                          WHERE i.indrelid = c.oid AND i.indisprimary))
+               FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relkind = 'r' AND c.relpersistence = 'p'
+                AND c.oid IN (SELECT pg_catalog.unnest(x.extconfig) FROM pg_catalog.pg_extension x)
+              ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(|e| MigrationError::db("listing the extensions' configuration tables", e))?;
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for r in rows {
+        let (name, ok): (String, bool) = (r.get(0), r.get(1));
+        if ok {
+            with.push(name);
+        } else {
+            without.push(name);
+        }
+    }
+    Ok((with, without))
+}
+
 /// Source tables that hold rows and are not among `compared` (qualified
 /// names): what a verify would otherwise pass over in silence. Every table
 /// that can hold user rows counts, whatever the filters say; extensions'

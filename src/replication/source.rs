@@ -89,11 +89,22 @@ pub(crate) async fn prepare_source(
             info!(table = %quote::qualified(&f.schema, &f.name), identity = ?f.new, "replica identity set (--fix-replica-identity; restored at cleanup)");
         }
     }
-    let published: Vec<String> = tables
+    let mut published: Vec<String> = tables
         .iter()
         .map(TableInfo::qualified)
         .filter(|t| !o.unlogged.contains(t))
         .collect();
+    if !cfg.data_only {
+        // Extensions' configuration tables (pg_partman's `part_config`)
+        // are copied with the schema: their changes stream too, when the
+        // table has a replica identity. Publishing one without would make
+        // its UPDATEs and DELETEs fail on the source.
+        let (with, without) = catalog::extension_config_tables_by_identity(src).await?;
+        for t in &without {
+            warn!(table = %t, "an extension's configuration table without a key: its changes during the run are not streamed (verify reports them); change it before the run or after the cutover");
+        }
+        published.extend(with);
+    }
     let pub_exists: bool = src
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1)",
