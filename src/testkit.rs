@@ -1098,6 +1098,28 @@ pub fn shared_pair() -> &'static Pair {
     PAIR.get_or_init(|| Pair::start().unwrap_or_else(|e| panic!("test servers: {e}")))
 }
 
+/// A process-wide pair whose target has `wal_level=logical` too (a
+/// `--fallback` streams back from it); always throwaway clusters.
+pub fn shared_logical_pair() -> &'static Pair {
+    static PAIR: OnceLock<Pair> = OnceLock::new();
+    PAIR.get_or_init(|| {
+        let start = || {
+            Cluster::start(&ClusterOptions {
+                logical: true,
+                ..Default::default()
+            })
+            .map(Server::from_cluster)
+            .unwrap_or_else(|e| panic!("a logical test server: {e}"))
+        };
+        let (source, target) = std::thread::scope(|s| {
+            let a = s.spawn(start);
+            let b = s.spawn(start);
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        Pair { source, target }
+    })
+}
+
 /// [`Pair::fresh_db`] for any two servers, e.g. the shared source and a
 /// cluster of another major version.
 pub async fn fresh_db_on(source: &Server, target: &Server, prefix: &str) -> TestDb {

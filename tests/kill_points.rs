@@ -16,7 +16,7 @@
 //! CI runs a fixed, seeded sample of the cases of each run
 //! (`PG_DBMIGRATOR_SWEEP_SAMPLE` per run, default 8;
 //! `PG_DBMIGRATOR_SWEEP_SEED` picks them). `PG_DBMIGRATOR_SWEEP=full`
-//! runs every case (about 20 minutes on two cores);
+//! runs every case (216, about 15 minutes on two cores);
 //! `PG_DBMIGRATOR_SWEEP_ONLY=after:copy_item` runs one point's cases.
 
 mod common;
@@ -31,27 +31,6 @@ use std::time::{Duration, Instant};
 use common::{command, content_digest, schema_dump, sequences, text};
 use pg_dbmigrator::faults::{Flow, Point, Side};
 use pg_dbmigrator::testkit::{self, TestDb};
-
-/// Both servers with `wal_level = logical`: the fallback streams back.
-fn pair() -> &'static testkit::Pair {
-    static PAIR: std::sync::OnceLock<testkit::Pair> = std::sync::OnceLock::new();
-    PAIR.get_or_init(|| {
-        let start = || {
-            testkit::Cluster::start(&testkit::ClusterOptions {
-                logical: true,
-                ..Default::default()
-            })
-            .map(testkit::Server::from_cluster)
-            .expect("a logical test server")
-        };
-        let (source, target) = std::thread::scope(|s| {
-            let a = s.spawn(start);
-            let b = s.spawn(start);
-            (a.join().unwrap(), b.join().unwrap())
-        });
-        testkit::Pair { source, target }
-    })
-}
 
 /// A small database with a bit of everything a step touches: keys,
 /// an index, a foreign key, a table without a key (its rows would double
@@ -225,7 +204,7 @@ impl Env {
             case.point.name().replace('_', "")
         );
         let t0 = Instant::now();
-        let db = pair().fresh_db(&prefix).await;
+        let db = testkit::shared_logical_pair().fresh_db(&prefix).await;
         eprintln!("    fresh in {:.1}s", t0.elapsed().as_secs_f64());
         testkit::execute(&db.source, FIXTURE).await.unwrap();
         Env {

@@ -2190,28 +2190,6 @@ async fn pg_partman_maintenance_and_temporary_objects_under_load_migrate() {
     assert!(!log.contains("cannot be reproduced"), "{log}");
 }
 
-/// Both servers with `wal_level = logical`, for `--fallback` (the new
-/// server streams back).
-fn logical_pair() -> &'static testkit::Pair {
-    static PAIR: std::sync::OnceLock<testkit::Pair> = std::sync::OnceLock::new();
-    PAIR.get_or_init(|| {
-        let start = || {
-            testkit::Cluster::start(&testkit::ClusterOptions {
-                logical: true,
-                ..Default::default()
-            })
-            .map(testkit::Server::from_cluster)
-            .expect("a logical test server")
-        };
-        let (source, target) = std::thread::scope(|s| {
-            let a = s.spawn(start);
-            let b = s.spawn(start);
-            (a.join().unwrap(), b.join().unwrap())
-        });
-        testkit::Pair { source, target }
-    })
-}
-
 /// Writes of every kind on the new server after a `--fallback` cutover.
 const WRITES_ON_THE_NEW_SERVER: &str = "
 INSERT INTO accounts (owner, balance) SELECT 'after ' || g, g FROM generate_series(1, 100) g;
@@ -2313,7 +2291,7 @@ async fn assert_rolled_back(r: &Run, code: Option<i32>, out: &str, log: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fallback_then_rollback_returns_every_write_to_the_old_source() {
-    let r = Run::on(logical_pair(), "fb_rollback").await;
+    let r = Run::on(testkit::shared_logical_pair(), "fb_rollback").await;
     let child = fallback_cutover(&r).await;
     testkit::execute(&r.db.target, WRITES_ON_THE_NEW_SERVER)
         .await
@@ -2345,7 +2323,7 @@ async fn fallback_then_rollback_returns_every_write_to_the_old_source() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fallback_then_finish_leaves_nothing_on_either_side() {
-    let r = Run::on(logical_pair(), "fb_finish").await;
+    let r = Run::on(testkit::shared_logical_pair(), "fb_finish").await;
     let child = fallback_cutover(&r).await;
     testkit::execute(
         &r.db.target,
@@ -2385,7 +2363,7 @@ async fn fallback_then_finish_leaves_nothing_on_either_side() {
 /// every write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_during_the_fallback_and_mid_rollback_then_resume() {
-    let r = Run::on(logical_pair(), "fb_kill").await;
+    let r = Run::on(testkit::shared_logical_pair(), "fb_kill").await;
     let mut child = fallback_cutover(&r).await;
     testkit::execute(&r.db.target, WRITES_ON_THE_NEW_SERVER)
         .await
