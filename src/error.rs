@@ -51,7 +51,47 @@ impl fmt::Display for DbErrorInfo {
     }
 }
 
+/// What kind of failure an error is, for a caller that decides what to do
+/// next (retry, fix the configuration, page someone) without matching
+/// messages. New kinds may be added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The configuration or the flags: a malformed connection string, a
+    /// setting out of range, a resume token of another migration, a
+    /// damaged archive. Nothing was changed; fix the input.
+    Configuration,
+    /// The server refused the login (SQLSTATE class 28: a wrong password,
+    /// no `pg_hba.conf` entry). Retrying the same credentials will not help.
+    Authentication,
+    /// A server could not be reached, or the link to it was lost, or it
+    /// was shutting down or starting up. Retryable: `--resume` (or calling
+    /// again with `resume`) continues where the run stopped.
+    Connection,
+    /// The target is not fit to be written: not empty, missing tables, a
+    /// setting too small.
+    TargetNotReady,
+    /// The source cannot be migrated as it is: a preflight check failed
+    /// (replication settings, replica identities, the lock table) or it
+    /// holds objects not supported yet.
+    SourceNotReady,
+    /// A server refused the data or a statement during the work (a CHECK
+    /// or foreign key violation on the target, a type error); a
+    /// serialization failure or a deadlock is retryable.
+    Data,
+    /// A local file could not be read or written: a full disk, a missing
+    /// directory, no permission.
+    Storage,
+    /// Verify found differences between the source and the target.
+    Verification,
+    /// The caller cancelled the run; its resume token was saved.
+    Cancelled,
+    /// A bug or an unexpected state: please report it.
+    Internal,
+}
+
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum MigrationError {
     /// Bad configuration or flags; nothing was changed.
     #[error("configuration error: {0}")]
@@ -142,6 +182,55 @@ impl MigrationError {
             MigrationError::Cancelled => exit_code::INTERRUPTED,
             _ => exit_code::FAILED,
         }
+    }
+
+    /// The kind of failure (see [`ErrorKind`]).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            MigrationError::Config(_)
+            | MigrationError::ConnInfo { .. }
+            | MigrationError::Resume(_)
+            | MigrationError::Archive(_) => ErrorKind::Configuration,
+            MigrationError::Connect { db: Some(info), .. } if info.sqlstate.starts_with("28") => {
+                ErrorKind::Authentication
+            }
+            MigrationError::Connect { .. } | MigrationError::Client { .. } => ErrorKind::Connection,
+            MigrationError::Db { info, .. }
+                if info.sqlstate.starts_with("08") || info.sqlstate.starts_with("57") =>
+            {
+                ErrorKind::Connection
+            }
+            MigrationError::Db { info, .. } if info.sqlstate.starts_with("28") => {
+                ErrorKind::Authentication
+            }
+            MigrationError::Db { .. } => ErrorKind::Data,
+            MigrationError::Io { .. } if self.is_transient() => ErrorKind::Connection,
+            MigrationError::Io { .. } => ErrorKind::Storage,
+            MigrationError::TargetNotReady(_) => ErrorKind::TargetNotReady,
+            MigrationError::Preflight(_) | MigrationError::Unsupported(_) => {
+                ErrorKind::SourceNotReady
+            }
+            MigrationError::VerifyDifferences(_) => ErrorKind::Verification,
+            MigrationError::Cancelled => ErrorKind::Cancelled,
+            MigrationError::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// Whether the same call may succeed if made again (with `resume`, so
+    /// that finished work is kept): the transient faults of
+    /// [`MigrationError::is_transient`] that the run's own retries did not
+    /// outlast.
+    pub fn is_retryable(&self) -> bool {
+        self.is_transient()
+    }
+
+    /// The server's SQLSTATE as tokio-postgres's typed [`SqlState`], to
+    /// compare with its constants (`SqlState::CHECK_VIOLATION`).
+    ///
+    /// [`SqlState`]: tokio_postgres::error::SqlState
+    pub fn sql_state(&self) -> Option<tokio_postgres::error::SqlState> {
+        self.sqlstate()
+            .map(tokio_postgres::error::SqlState::from_code)
     }
 
     /// Whether trying the same work again may succeed: a lost or refused

@@ -77,7 +77,7 @@ pub use config::{
     VerifyLevel,
 };
 pub use context::{CutoverHandle, RunContext};
-pub use error::{MigrationError, Result};
+pub use error::{ErrorKind, MigrationError, Result};
 pub use online::{cleanup, unfence, CleanupReport};
 pub use plan::{plan, Plan};
 pub use progress::human_bytes;
