@@ -18,3 +18,28 @@ pub(crate) async fn test_stop_at(point: &str) {
         }
     }
 }
+
+/// Test hook: when `PG_DBMIGRATOR_TEST_PAUSE_AT` names `point`, the first
+/// time it is reached create the file `PG_DBMIGRATOR_TEST_PAUSE_FILE` and
+/// wait until the test removes it, so a test can break the network at
+/// exactly this point and let the run go on into the fault (a stop point
+/// is for a kill; this one is for a fault the run must survive). Points:
+/// those of [`test_stop_at`], and `mid_schema` (between two batches of
+/// schema steps), `before_index_build`.
+pub(crate) async fn test_pause_at(point: &str) {
+    static PAUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !std::env::var("PG_DBMIGRATOR_TEST_PAUSE_AT").is_ok_and(|v| v == point) {
+        return;
+    }
+    let Ok(file) = std::env::var("PG_DBMIGRATOR_TEST_PAUSE_FILE") else {
+        return;
+    };
+    if PAUSED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    eprintln!("TEST_PAUSE_AT {point}");
+    let _ = std::fs::write(&file, point);
+    while std::path::Path::new(&file).exists() {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

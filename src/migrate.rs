@@ -149,7 +149,7 @@ pub(crate) async fn copy_phase(
     } else {
         None
     };
-    let dst = connect::connect(&target_ep, "target").await?;
+    let mut dst = connect::connect(&target_ep, "target").await?;
     let replica_role = session::setup_ddl_target(&dst).await?;
     let mut script = script;
     crate::target::fit_to_database_default(&dst, script.as_mut()).await?;
@@ -229,7 +229,14 @@ pub(crate) async fn copy_phase(
     let mut schema_steps = 0;
     let schema_notes = schema::filter_notes(script.as_ref());
     if let Some(script) = &script {
-        let pre = apply_steps(&dst, &migration_id, "pre", &script.pre_data, &cancel);
+        let pre = apply_steps(
+            &mut dst,
+            &target_ep,
+            &migration_id,
+            "pre",
+            &script.pre_data,
+            &cancel,
+        );
         schema_steps += store
             .run_stage(Stage::SchemaPreData, &mut stages, pre)
             .await?
@@ -314,7 +321,7 @@ pub(crate) async fn copy_phase(
     let results = outcome.tables;
     // The main target session sat idle through the copy: a link that
     // dropped meanwhile (the copy retried through it) took it along.
-    let dst = if dst.is_closed() {
+    let mut dst = if dst.is_closed() {
         warn!("the target session was lost during the copy; reconnecting");
         let c = connect::reconnect(&target_ep, "target", &cancel).await?;
         session::setup_ddl_target(&c).await?;
@@ -325,7 +332,7 @@ pub(crate) async fn copy_phase(
 
     // Schema after the data: indexes, constraints, then privileges and refreshes.
     if let Some(script) = &script {
-        let post = apply_after_data(&dst, &target_ep, &migration_id, script, cfg.jobs, &cancel);
+        let post = apply_after_data(&mut dst, &target_ep, &migration_id, script, cfg.jobs, &cancel);
         schema_steps += store
             .run_stage(Stage::SchemaPostData, &mut stages, post)
             .await?

@@ -131,7 +131,7 @@ pub(crate) async fn run_locked(
         crate::target::prepare_target_database(None, &target_ep, &needs, resumed, &cfg, script)
             .await?;
     }
-    let dst = connect::connect(&target_ep, "target").await?;
+    let mut dst = connect::connect(&target_ep, "target").await?;
     session::setup_ddl_target(&dst).await?;
     let mut script = script;
     crate::target::fit_to_database_default(&dst, script.as_mut()).await?;
@@ -216,7 +216,15 @@ pub(crate) async fn run_locked(
     if let Some(script) = &script {
         let t0 = Instant::now();
         schema_steps +=
-            crate::copy::apply_steps(&dst, &migration_id, "pre", &script.pre_data, &cancel).await?;
+            crate::copy::apply_steps(
+            &mut dst,
+            &target_ep,
+            &migration_id,
+            "pre",
+            &script.pre_data,
+            &cancel,
+        )
+        .await?;
         stages.push((
             Stage::SchemaPreData.as_str().to_string(),
             t0.elapsed().as_secs_f64(),
@@ -275,7 +283,7 @@ pub(crate) async fn run_locked(
     if let Some(script) = &script {
         let t0 = Instant::now();
         schema_steps += crate::copy::apply_after_data(
-            &dst,
+            &mut dst,
             &target_ep,
             &migration_id,
             script,

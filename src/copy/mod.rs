@@ -195,21 +195,34 @@ pub(crate) async fn apply_parallel(
     let n = todo.len();
     let queue = Arc::new(Mutex::new(todo));
     let mut workers = Workers::new(cancel, "schema step");
+    let stop = workers.stop_token();
     for _ in 0..jobs.max(1).min(n) {
-        let (queue, target) = (queue.clone(), target.clone());
+        let (queue, target, stop) = (queue.clone(), target.clone(), stop.clone());
         let (migration_id, part) = (migration_id.to_string(), part.to_string());
         workers.spawn(async move {
-            let dst = connect::connect(&target, "target").await?;
-            session::setup_target(&dst).await?;
-            dst.batch_execute(crate::schema::emit::APPLY_SETTINGS)
-                .await
-                .map_err(|e| MigrationError::db("configuring the target session", e))?;
+            let mut dst = connect::connect(&target, "target").await?;
+            session::setup_ddl_target(&dst).await?;
+            let mut pid = crate::pg::sessions::backend_pid(&dst).await?;
             loop {
                 let Some(step) = queue.lock().unwrap().pop_front() else {
                     return Ok(());
                 };
                 let t0 = Instant::now();
-                apply_step(&dst, &migration_id, &part, &step).await?;
+                // A transient fault: the step again on a new session,
+                // unless its marker shows that it committed.
+                let mut retry = connect::Retry::new();
+                while let Err(e) = apply_step(&dst, &migration_id, &part, &step).await {
+                    retry.wait(e, &step.describe, &stop).await?;
+                    steps::reopen(&mut dst, &target, Some(pid), &mut retry, &step.describe, &stop)
+                        .await?;
+                    pid = crate::pg::sessions::backend_pid(&dst).await?;
+                    if committed_steps(&dst, &migration_id)
+                        .await?
+                        .contains(&step_marker(&part, &step))
+                    {
+                        break;
+                    }
+                }
                 info!(step = %step.describe, seconds = format!("{:.2}", t0.elapsed().as_secs_f64()), "applied");
             }
         });
@@ -637,6 +650,7 @@ async fn index_worker(
             }
         }
     };
+    let mut pid = crate::pg::sessions::backend_pid(&dst).await.ok();
     debug!(worker = id, "index worker ready");
     while let Some(task) = sched.next_index_task(stop).await {
         let what = match &task {
@@ -717,6 +731,13 @@ async fn index_worker(
                     Err(e) => retry.wait(e, &what, stop).await?,
                 }
             }
+            // The lost session's build may still be running (a server
+            // notices its client is gone only when it next talks to it):
+            // the markers are final once it has ended.
+            if let Some(p) = pid {
+                crate::pg::sessions::settle_lost(&dst, p, "target").await?;
+            }
+            pid = crate::pg::sessions::backend_pid(&dst).await.ok();
             done = Some(committed_steps(&dst, &ctx.migration_id).await?);
         }
         match task {

@@ -120,6 +120,55 @@ pub async fn end_earlier(ep: &EndpointConfig, label: &str) -> Result<usize> {
     }
 }
 
+/// The server process of a session: what [`settle_lost`] needs to find
+/// it again once the session is lost.
+pub async fn backend_pid(c: &tokio_postgres::Client) -> Result<i32> {
+    c.query_one("SELECT pg_catalog.pg_backend_pid()", &[])
+        .await
+        .map(|r| r.get(0))
+        .map_err(|e| MigrationError::db("reading the session's server process id", e))
+}
+
+/// After this run lost the session of server process `pid` (on `c`'s
+/// server) in the middle of a statement: wait for that process to end,
+/// ending it when it does not within a few seconds. A lost client's
+/// backend runs its statement on (an index build, a batch of DDL) and
+/// commits it if it can, so until it is gone, whether its work committed
+/// is not known, and redoing it beside it would build the same index twice
+/// or fail on the name. Afterwards the markers tell.
+pub async fn settle_lost(c: &tokio_postgres::Client, pid: i32, label: &str) -> Result<()> {
+    let alive = || async {
+        c.query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity WHERE pid = $1)",
+            &[&pid],
+        )
+        .await
+        .map(|r| r.get::<_, bool>(0))
+        .map_err(|e| MigrationError::db(format!("looking for the lost session's process on the {label}"), e))
+    };
+    let started = Instant::now();
+    let mut terminated = false;
+    while alive().await? {
+        if started.elapsed() >= GRACE && !terminated {
+            warn!(endpoint = label, pid, "ending the server process of a lost session: its statement is rolled back and redone");
+            let _ = c
+                .query_one("SELECT pg_catalog.pg_terminate_backend($1)", &[&pid])
+                .await;
+            terminated = true;
+        }
+        if started.elapsed() >= GRACE * 4 {
+            return Err(MigrationError::Client {
+                context: format!("waiting for the lost session's process {pid} on the {label} to end"),
+                message: format!(
+                    "it is still running; end it (SELECT pg_terminate_backend({pid})) and run again with --resume"
+                ),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
 /// [`end_earlier`] on both servers of a migration.
 pub async fn end_earlier_runs(cfg: &MigrationConfig) -> Result<()> {
     if let Some(ep) = &cfg.source {
