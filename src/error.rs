@@ -116,6 +116,17 @@ pub enum MigrationError {
         source: std::io::Error,
     },
 
+    /// The source session holding the copy's exported snapshot was lost in
+    /// the middle of the copy, and the run may not go on with a new one
+    /// (`--strict-snapshot`, or an online copy that had begun: its slot
+    /// pairs with that snapshot only). The message says what to run.
+    #[error("{message}")]
+    SnapshotLost {
+        message: String,
+        /// Rows of this migration were committed on the target already.
+        copied_any: bool,
+    },
+
     /// Cancelled by the caller (Ctrl-C, SIGTERM, cancellation token).
     #[error("interrupted")]
     Cancelled,

@@ -136,7 +136,25 @@ pub(crate) async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<Migra
         let cp = prep.state.consistent_point;
         (phase, cp)
     } else {
-        let r = migrate::copy_phase(&copy_cfg, run, Some(&mut prep)).await;
+        let mut r = migrate::copy_phase(&copy_cfg, run, Some(&mut prep)).await;
+        if let Err(MigrationError::SnapshotLost {
+            copied_any: false,
+            message,
+        }) = &r
+        {
+            if !cfg.strict_snapshot {
+                // Nothing was copied on the lost snapshot: a new slot and
+                // its snapshot lose nothing (as a resume would do).
+                warn!(cause = %message, "the copy's snapshot was lost before anything was copied: dropping the slot and starting over from a new one");
+                let src = connect::reconnect(&source_ep, "source", &run.cancel).await?;
+                drop_slot(&src, &prep.state.slot_name).await?;
+                prep.state.slot_created = false;
+                prep.state.consistent_point = None;
+                copy_cfg.resume = false;
+                copy_cfg.force_clean = true;
+                r = migrate::copy_phase(&copy_cfg, run, Some(&mut prep)).await;
+            }
+        }
         match r {
             Ok(p) => {
                 let cp = prep.state.consistent_point;
@@ -211,6 +229,8 @@ async fn resume_phase(
         source,
         target,
         database_limits,
+        // Online copies are always one point in time (the slot's).
+        snapshot_note: None,
     })
 }
 
@@ -540,6 +560,7 @@ async fn finish_report(
         verify: verify_report,
         online: Some(online),
         already_complete: false,
+        snapshot_note: phase.snapshot_note,
     })
 }
 

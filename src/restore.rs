@@ -381,6 +381,7 @@ pub(crate) async fn run_locked(
             verify: None,
             online: None,
             already_complete: false,
+            snapshot_note: None,
         },
         (!seal).then_some(limits).flatten(),
     ))

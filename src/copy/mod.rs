@@ -294,6 +294,42 @@ pub async fn committed_steps(target: &Client, migration_id: &str) -> Result<BTre
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+/// Make `table` (a target relation only its own source table loads) as if
+/// none of its `items` had been copied: its rows and their markers go in
+/// one transaction. For a table some of whose chunks were copied on a
+/// snapshot that is lost: the rest cannot be read on that snapshot, and
+/// chunks read on two snapshots may hold a row twice or not at all (an
+/// update moves a row to another page).
+pub async fn restart_table(
+    target: &Client,
+    migration_id: &str,
+    table: &str,
+    items: &[String],
+) -> Result<()> {
+    let ctx = |e| MigrationError::db(format!("emptying {table} on the target to copy it again"), e);
+    target.batch_execute("BEGIN").await.map_err(ctx)?;
+    let done = async {
+        empty_table(target, table).await?;
+        target
+            .execute(
+                &format!(
+                    "DELETE FROM {STATE_SCHEMA}.copied WHERE migration_id = $1 AND item = ANY($2)"
+                ),
+                &[&migration_id, &items],
+            )
+            .await
+            .map_err(ctx)?;
+        target.batch_execute("COMMIT").await.map_err(ctx)
+    };
+    match done.await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = target.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
 /// Remove our bookkeeping from the target.
 pub async fn drop_target_state(target: &Client) -> Result<()> {
     target

@@ -66,6 +66,30 @@ pub async fn end_earlier(ep: &EndpointConfig, label: &str) -> Result<usize> {
         return Ok(0);
     };
     let c = connect::connect_server(ep, label).await?;
+    wait_for_tagged(&c, tag, label).await
+}
+
+/// This run's own other sessions on `c`'s server (work stopped in the
+/// middle: an index build whose worker was stopped runs on, server side,
+/// and commits if it can): wait for them to end, ending them after a few
+/// seconds, so what the markers say next is final and nothing is built
+/// twice. `c` is the one session of the run left open there; sessions
+/// under a user's own `application_name` cannot be told apart and are not
+/// waited for.
+pub async fn end_others(c: &tokio_postgres::Client, ep: &EndpointConfig, label: &str) -> Result<usize> {
+    match ep
+        .application_name
+        .as_deref()
+        .filter(|a| a.starts_with(PREFIX))
+    {
+        Some(tag) => wait_for_tagged(c, tag, label).await,
+        None => Ok(0),
+    }
+}
+
+/// Wait for the sessions tagged `tag` other than `c`'s own to end, ending
+/// them after [`GRACE`]. Returns how many there were.
+async fn wait_for_tagged(c: &tokio_postgres::Client, tag: &str, label: &str) -> Result<usize> {
     let list = "SELECT pid, backend_type, coalesce(state, ''), left(query, 120)
                   FROM pg_catalog.pg_stat_activity
                  WHERE application_name = $1 AND pid <> pg_catalog.pg_backend_pid()
@@ -90,7 +114,7 @@ pub async fn end_earlier(ep: &EndpointConfig, label: &str) -> Result<usize> {
         return Ok(0);
     }
     for (_, s) in &first {
-        info!(endpoint = label, session = %s, "waiting for a session of the interrupted run to end");
+        info!(endpoint = label, session = %s, "waiting for a session left running (by an interrupted run, or work this run stopped) to end");
     }
     let started = Instant::now();
     let mut terminated = false;
@@ -102,7 +126,7 @@ pub async fn end_earlier(ep: &EndpointConfig, label: &str) -> Result<usize> {
         }
         if started.elapsed() >= GRACE && !terminated {
             for (pid, s) in &left {
-                warn!(endpoint = label, session = %s, "ending a session of the interrupted run: its statement is rolled back and redone by this run");
+                warn!(endpoint = label, session = %s, "ending a session left running: its statement is rolled back and redone by this run");
                 let ok: bool = c
                     .query_one("SELECT pg_catalog.pg_terminate_backend($1)", &[pid])
                     .await

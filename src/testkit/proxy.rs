@@ -43,6 +43,10 @@ struct State {
     bandwidth: AtomicU64,
     /// Connections accepted and forwarded so far.
     forwarded: AtomicU64,
+    /// Open connections by the port of their upstream side (what the
+    /// server shows as `pg_stat_activity.client_port`), each with what
+    /// closes it alone.
+    open: Mutex<std::collections::HashMap<u16, tokio_util::sync::CancellationToken>>,
 }
 
 impl State {
@@ -75,6 +79,7 @@ impl FaultProxy {
             delay_nanos: AtomicU64::new(0),
             bandwidth: AtomicU64::new(0),
             forwarded: Default::default(),
+            open: Default::default(),
         });
         let (shutdown, mut shutdown_rx) = tokio::sync::oneshot::channel::<()>();
         let st = state.clone();
@@ -122,6 +127,21 @@ impl FaultProxy {
     pub fn cut_for(&self, down: Duration) {
         *self.state.down_until.lock().unwrap() = Some(Instant::now() + down);
         self.state.cuts.send_modify(|n| *n += 1);
+    }
+
+    /// Close the open connections whose server sessions came from
+    /// `client_ports` (`pg_stat_activity.client_port`), and refuse new
+    /// connections for `down`: a fault that hits some sessions (the
+    /// workers in the middle of a COPY) and spares others (an idle one
+    /// that sent nothing while the link was down would not notice).
+    pub fn cut_ports_for(&self, client_ports: &[u16], down: Duration) {
+        *self.state.down_until.lock().unwrap() = Some(Instant::now() + down);
+        let open = self.state.open.lock().unwrap();
+        for p in client_ports {
+            if let Some(t) = open.get(p) {
+                t.cancel();
+            }
+        }
     }
 
     /// Hold every byte, both ways, on every connection (open or new) for
@@ -191,6 +211,9 @@ async fn forward(client: TcpStream, upstream: SocketAddr, st: Arc<State>) {
     };
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
+    let port = server.local_addr().map(|a| a.port()).unwrap_or(0);
+    let alone = tokio_util::sync::CancellationToken::new();
+    st.open.lock().unwrap().insert(port, alone.clone());
     let (cr, cw) = client.into_split();
     let (sr, sw) = server.into_split();
     let both = async {
@@ -199,7 +222,9 @@ async fn forward(client: TcpStream, upstream: SocketAddr, st: Arc<State>) {
     tokio::select! {
         _ = both => {}
         _ = cuts.changed() => {}
+        _ = alone.cancelled() => {}
     }
+    st.open.lock().unwrap().remove(&port);
 }
 
 /// One direction: a delay line. The reader stamps each chunk with when it
