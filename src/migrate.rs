@@ -390,7 +390,10 @@ pub(crate) async fn copy_phase(
                 info!(table = %t.qualified(), "partly copied on the lost snapshot: copying it again whole");
                 again.extend(names);
             }
-            done_on_target = now_done.into_iter().filter(|n| !again.contains(n)).collect();
+            done_on_target = now_done
+                .into_iter()
+                .filter(|n| !again.contains(n))
+                .collect();
             let on_old: Vec<String> = tables
                 .iter()
                 .map(|t| t.qualified())
@@ -430,7 +433,14 @@ pub(crate) async fn copy_phase(
 
     // Schema after the data: indexes, constraints, then privileges and refreshes.
     if let Some(script) = &script {
-        let post = apply_after_data(&mut dst, &target_ep, &migration_id, script, cfg.jobs, &cancel);
+        let post = apply_after_data(
+            &mut dst,
+            &target_ep,
+            &migration_id,
+            script,
+            cfg.jobs,
+            &cancel,
+        );
         schema_steps += store
             .run_stage(Stage::SchemaPostData, &mut stages, post)
             .await?
@@ -505,7 +515,12 @@ async fn snapshot_lost(src: &tokio_postgres::Client, e: &MigrationError) -> bool
 
 /// The refusal when the copy may not go on with a new snapshot, with the
 /// way out; `why` says why not.
-fn snapshot_lost_refusal(cause: &MigrationError, online: bool, copied_any: bool, why: &str) -> MigrationError {
+fn snapshot_lost_refusal(
+    cause: &MigrationError,
+    online: bool,
+    copied_any: bool,
+    why: &str,
+) -> MigrationError {
     let message = if online {
         format!(
             "the source session holding the replication slot's snapshot was lost during the copy ({cause}); \
@@ -661,7 +676,11 @@ async fn run_via_archive(cfg: &MigrationConfig, run: &RunContext) -> Result<Migr
     } else {
         let mut dcfg = cfg.clone();
         dcfg.resume = cfg.resume && dump_token.exists();
-        let d = crate::dump::run_with(&dcfg, binary, run).await?;
+        // A full disk under the archive is said as such, whichever write
+        // hit it (the data files say what is still to write).
+        let d = crate::dump::run_with(&dcfg, binary, run)
+            .await
+            .map_err(|e| crate::dump::disk_full(e, &dir, None))?;
         info!(
             files = d.files_written,
             raw = %human_bytes(d.raw_bytes),

@@ -215,8 +215,7 @@ pub(crate) async fn run_locked(
     let schema_notes = crate::schema::filter_notes(script.as_ref());
     if let Some(script) = &script {
         let t0 = Instant::now();
-        schema_steps +=
-            crate::copy::apply_steps(
+        schema_steps += crate::copy::apply_steps(
             &mut dst,
             &target_ep,
             &migration_id,

@@ -1,7 +1,9 @@
 //! Transient faults are not the user's problem: connections cut in the
 //! middle of the work (through the testkit's fault proxy, so the fault hits
 //! mid-statement) are retried, and the run completes without a second
-//! command.
+//! command. Where the work cannot go on as it was (the session holding the
+//! copy's snapshot lost), the run says so: in its report, or by refusing
+//! with the way out under `--strict-snapshot`.
 
 mod common;
 
@@ -81,6 +83,412 @@ async fn target_cut_for_three_seconds_mid_copy_is_retried() {
     );
 }
 
+/// `migrate` with `extra` flags and `env` set (the test pause points),
+/// work files under a temp dir kept for a second run: returns the output
+/// and the dump path's arguments.
+async fn migrate_in(
+    dir: &std::path::Path,
+    source: &str,
+    target: &str,
+    extra: &[&str],
+    env: &[(&str, String)],
+) -> std::process::Output {
+    let dump = dir.join("w");
+    let mut args: Vec<String> = [
+        "migrate",
+        "--source",
+        source,
+        "--target",
+        target,
+        "--dump-path",
+        dump.to_str().unwrap(),
+        "--json",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut c = command(&a);
+        for (k, v) in &env {
+            c.env(k, v);
+        }
+        c.output().expect("running pg_dbmigrator")
+    })
+    .await
+    .unwrap()
+}
+
+/// A run paused at a test pause point: the file the run creates there
+/// and waits on.
+struct Pause(std::path::PathBuf);
+
+impl Pause {
+    fn new(dir: &std::path::Path) -> Pause {
+        Pause(dir.join("paused"))
+    }
+
+    fn env(&self, point: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("PG_DBMIGRATOR_TEST_PAUSE_AT", point.to_string()),
+            (
+                "PG_DBMIGRATOR_TEST_PAUSE_FILE",
+                self.0.to_str().unwrap().to_string(),
+            ),
+        ]
+    }
+
+    /// Wait until the run is paused (or fail after `limit`).
+    async fn reached(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.0.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the run never reached its pause point"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn resume(&self) {
+        std::fs::remove_file(&self.0).unwrap();
+    }
+}
+
+/// The proxy's delay is on every round trip, both ways, changeable on a
+/// connection already open: a query's round trip through it takes at
+/// least twice the delay (benchmarks use it as a slow link).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delayed_link_slows_every_round_trip() {
+    let pair = testkit::shared_pair();
+    let cluster = pair
+        .target
+        .cluster()
+        .expect("the testkit's own target server");
+    let proxy = FaultProxy::start(format!("127.0.0.1:{}", cluster.port).parse().unwrap()).unwrap();
+    let c = testkit::try_client(&proxy.route(&pair.target.admin_conninfo()))
+        .await
+        .unwrap();
+    let rtt = || async {
+        let t0 = Instant::now();
+        c.simple_query("SELECT 1").await.unwrap();
+        t0.elapsed()
+    };
+    assert!(rtt().await < Duration::from_millis(100));
+    proxy.set_delay(Duration::from_millis(100));
+    let slow = rtt().await;
+    assert!(slow >= Duration::from_millis(200), "{slow:?}");
+    proxy.set_delay(Duration::ZERO);
+    assert!(rtt().await < Duration::from_millis(100));
+}
+
+/// The target's connections cut for 3 s in the middle of an index build
+/// (made slow by a function that sleeps per row): the build is done again
+/// on a new session once the lost session's own build has ended (it may
+/// have committed: its marker says), and the run ends clean.
+#[tokio::test(flavor = "multi_thread")]
+async fn target_cut_during_an_index_build_is_retried() {
+    let pair = testkit::shared_pair();
+    let db = pair.fresh_db("cut_mid_index").await;
+    testkit::execute(
+        &db.source,
+        "CREATE FUNCTION slow_key(int) RETURNS int IMMUTABLE LANGUAGE plpgsql
+           AS $$ BEGIN PERFORM pg_catalog.pg_sleep(0.001); RETURN $1; END $$;
+         CREATE TABLE slow (id int PRIMARY KEY, pad text);
+         INSERT INTO slow SELECT g, repeat(md5(g::text), 20) FROM generate_series(1, 2500) g;
+         CREATE INDEX slow_built ON slow (slow_key(id));",
+    )
+    .await
+    .unwrap();
+    let cluster = pair
+        .target
+        .cluster()
+        .expect("the testkit's own target server");
+    let proxy = FaultProxy::start(format!("127.0.0.1:{}", cluster.port).parse().unwrap()).unwrap();
+    let target_direct = other_target_db(&db, "up");
+    let target = proxy.route(&target_direct);
+    let run = tokio::spawn({
+        let (source, target) = (db.source.clone(), target.clone());
+        async move { run_migrate(&source, &target, &["--json", "--jobs", "2"]).await }
+    });
+    wait_for(
+        &pair.target.admin_conninfo(),
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE query LIKE 'CREATE INDEX slow_built%')",
+        Duration::from_secs(60),
+        "the slow index build on the target",
+    )
+    .await;
+    proxy.cut_for(Duration::from_secs(3));
+    let out = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the run finished")
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("retrying"), "no retry was logged: {err}");
+    let report = report_of(&out.stdout);
+    assert_eq!(
+        report["verify"]["differences"].as_array().unwrap().len(),
+        0,
+        "{report:#}"
+    );
+    let c = testkit::client(&target_direct).await;
+    let n: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_indexes WHERE indexname = 'slow_built'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+}
+
+/// The target's connections cut for 3 s while the schema is applied (the
+/// run paused before its first batch of schema steps, the link cut, the
+/// run let go): the batch is applied on a new session, and the run ends
+/// clean, every object there once.
+#[tokio::test(flavor = "multi_thread")]
+async fn target_cut_during_the_schema_stage_is_retried() {
+    let pair = testkit::shared_pair();
+    let db = pair.fresh_db("cut_mid_schema").await;
+    testkit::execute(
+        &db.source,
+        "CREATE TABLE a (id int PRIMARY KEY, b text); INSERT INTO a SELECT g, g::text FROM generate_series(1, 500) g;
+         CREATE VIEW v AS SELECT id FROM a; CREATE SEQUENCE s; SELECT nextval('s');",
+    )
+    .await
+    .unwrap();
+    let cluster = pair
+        .target
+        .cluster()
+        .expect("the testkit's own target server");
+    let proxy = FaultProxy::start(format!("127.0.0.1:{}", cluster.port).parse().unwrap()).unwrap();
+    let target_direct = other_target_db(&db, "up");
+    let target = proxy.route(&target_direct);
+    let dir = tempfile::tempdir().unwrap();
+    let pause = Pause::new(dir.path());
+    let run = tokio::spawn({
+        let (source, target, env) = (db.source.clone(), target.clone(), pause.env("schema_batch"));
+        let dir = dir.path().to_path_buf();
+        async move { migrate_in(&dir, &source, &target, &[], &env).await }
+    });
+    pause.reached(Duration::from_secs(60)).await;
+    proxy.cut_for(Duration::from_secs(3));
+    pause.resume();
+    let out = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the run finished")
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("retrying") && err.contains("schema steps"),
+        "no retry was logged: {err}"
+    );
+    let report = report_of(&out.stdout);
+    assert_eq!(
+        report["verify"]["differences"].as_array().unwrap().len(),
+        0,
+        "{report:#}"
+    );
+    assert_eq!(
+        content_digest(&db.source).await,
+        content_digest(&target_direct).await
+    );
+}
+
+/// The source's connections of the copy workers (not the coordinator's,
+/// which holds the exported snapshot and sent nothing meanwhile) cut for
+/// 3 s in the middle of a big table's COPY: the workers import the same
+/// snapshot again on new sessions, and the copy is still one point in time.
+#[tokio::test(flavor = "multi_thread")]
+async fn source_workers_cut_mid_copy_import_the_snapshot_again() {
+    let (db, proxy, source) = big_source("cut_src_workers").await;
+    let pair = testkit::shared_pair();
+    let target = other_target_db(&db, "up");
+    let run = tokio::spawn({
+        let (source, target) = (source.clone(), target.clone());
+        async move { run_migrate(&source, &target, &["--json", "--jobs", "2"]).await }
+    });
+    let ports = copying_ports(&pair.source.admin_conninfo()).await;
+    proxy.cut_ports_for(&ports, Duration::from_secs(3));
+    let out = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the run finished")
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("retrying"), "no retry was logged: {err}");
+    let report = report_of(&out.stdout);
+    assert_eq!(report["point_in_time"], true, "{report:#}");
+    assert_eq!(
+        report["verify"]["differences"].as_array().unwrap().len(),
+        0,
+        "{report:#}"
+    );
+    assert_eq!(
+        content_digest(&db.source).await,
+        content_digest(&target).await
+    );
+}
+
+/// Every source connection cut for 3 s in the middle of a big table's
+/// COPY, the coordinator's too: the exported snapshot is gone with it. The
+/// run goes on with a new snapshot for what was not copied yet, finishes
+/// clean, and its report says the copy is no longer one point in time.
+#[tokio::test(flavor = "multi_thread")]
+async fn source_cut_losing_the_snapshot_goes_on_with_a_new_one_and_says_so() {
+    let (db, proxy, source) = big_source("cut_src_all").await;
+    let pair = testkit::shared_pair();
+    let target = other_target_db(&db, "up");
+    let run = tokio::spawn({
+        let (source, target) = (source.clone(), target.clone());
+        async move { run_migrate(&source, &target, &["--json", "--jobs", "2"]).await }
+    });
+    copying_ports(&pair.source.admin_conninfo()).await;
+    proxy.cut_for(Duration::from_secs(3));
+    let out = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the run finished")
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("the source session holding the exported snapshot was lost"),
+        "{err}"
+    );
+    let report = report_of(&out.stdout);
+    assert_eq!(report["point_in_time"], false, "{report:#}");
+    assert!(
+        report["snapshot_note"]
+            .as_str()
+            .unwrap()
+            .contains("not one point in time"),
+        "{report:#}"
+    );
+    assert_eq!(
+        report["verify"]["differences"].as_array().unwrap().len(),
+        0,
+        "{report:#}"
+    );
+    assert_eq!(
+        content_digest(&db.source).await,
+        content_digest(&target).await
+    );
+}
+
+/// The same loss under `--strict-snapshot`: the run stops (exit 1) saying
+/// what happened and the ways out; `--resume` is one, and finishes.
+#[tokio::test(flavor = "multi_thread")]
+async fn strict_snapshot_refuses_a_new_snapshot_and_resume_finishes() {
+    let (db, proxy, source) = big_source("cut_src_strict").await;
+    let pair = testkit::shared_pair();
+    let target = other_target_db(&db, "up");
+    let dir = tempfile::tempdir().unwrap();
+    let run = tokio::spawn({
+        let (source, target) = (source.clone(), target.clone());
+        let dir = dir.path().to_path_buf();
+        async move {
+            migrate_in(
+                &dir,
+                &source,
+                &target,
+                &["--jobs", "2", "--strict-snapshot"],
+                &[],
+            )
+            .await
+        }
+    });
+    copying_ports(&pair.source.admin_conninfo()).await;
+    proxy.cut_for(Duration::from_secs(3));
+    let out = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the run finished")
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the source session holding the exported snapshot was lost during the copy")
+            && err.contains("--strict-snapshot")
+            && err.contains("--force-clean")
+            && err.contains("--resume"),
+        "{err}"
+    );
+    let out = migrate_in(
+        dir.path(),
+        &source,
+        &target,
+        &["--jobs", "2", "--resume"],
+        &[],
+    )
+    .await;
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let report = report_of(&out.stdout);
+    assert_eq!(
+        report["verify"]["differences"].as_array().unwrap().len(),
+        0,
+        "{report:#}"
+    );
+    assert_eq!(
+        content_digest(&db.source).await,
+        content_digest(&target).await
+    );
+}
+
+/// A source database with a big table (a COPY of a few seconds) and a
+/// small one, and a fault proxy in front of the source server: the
+/// database, the proxy, and the database's conninfo through the proxy.
+async fn big_source(name: &str) -> (testkit::TestDb, FaultProxy, String) {
+    let pair = testkit::shared_pair();
+    let db = pair.fresh_db(name).await;
+    testkit::execute(
+        &db.source,
+        "CREATE TABLE big (id int PRIMARY KEY, pad text);
+         INSERT INTO big SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 300000) g;
+         CREATE TABLE small (id int PRIMARY KEY); INSERT INTO small SELECT generate_series(1, 100);",
+    )
+    .await
+    .unwrap();
+    let cluster = pair
+        .source
+        .cluster()
+        .expect("the testkit's own source server");
+    let proxy = FaultProxy::start(format!("127.0.0.1:{}", cluster.port).parse().unwrap()).unwrap();
+    let source = proxy.route(&db.source);
+    (db, proxy, source)
+}
+
+/// Wait until the big table's COPY runs on the source; the client ports
+/// of the sessions running a COPY TO (the copy workers').
+async fn copying_ports(admin: &str) -> Vec<u16> {
+    let sql =
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE query LIKE 'COPY%big%TO STDOUT%')";
+    wait_for(
+        admin,
+        sql,
+        Duration::from_secs(60),
+        "the big table's COPY on the source",
+    )
+    .await;
+    let c = testkit::client(admin).await;
+    c.query(
+        "SELECT client_port FROM pg_stat_activity WHERE query LIKE 'COPY%TO STDOUT%' AND client_port IS NOT NULL",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get::<_, i32>(0) as u16)
+    .collect()
+}
+
 /// A tmpfs mounted for one test, unmounted when dropped.
 struct SmallFs(std::path::PathBuf);
 
@@ -157,6 +565,62 @@ async fn a_full_dump_path_is_said_and_resume_finishes() {
     let target = other_target_db(&db, "restored");
     let out = run_async(&["restore", "--target", &target, "--dump-path", archive]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        content_digest(&db.source).await,
+        content_digest(&target).await
+    );
+}
+
+/// `migrate --copy-method dump` with its dump path on a file system that
+/// fills up: the error names the path, what is still to come and
+/// `--resume`; once there is room, `--resume` finishes the migration.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_dump_path_of_migrate_is_said_and_resume_finishes() {
+    let pair = testkit::shared_pair();
+    let db = pair.fresh_db("full_disk_migrate").await;
+    testkit::execute(
+        &db.source,
+        "CREATE TABLE wide (id int PRIMARY KEY, pad text);
+         INSERT INTO wide SELECT g, md5(g::text) || md5((g * 7)::text) FROM generate_series(1, 200000) g;",
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let fs = SmallFs::mount(dir.path(), "2m");
+    let work = dir.path().join("work");
+    let work = work.to_str().unwrap();
+    let target = other_target_db(&db, "via_dump");
+    let args = [
+        "migrate",
+        "--source",
+        &db.source,
+        "--target",
+        &target,
+        "--copy-method",
+        "dump",
+        "--dump-path",
+        work,
+    ];
+    let out = run_async(&args).await;
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("the file system holding {work} is full"))
+            && err.contains("still to write hold")
+            && err.contains("--resume"),
+        "{err}"
+    );
+    fs.resize("64m");
+    let mut resumed = args.to_vec();
+    resumed.extend(["--resume", "--json"]);
+    let out = run_async(&resumed).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let report = report_of(&out.stdout);
+    assert_eq!(
+        report["verify"]["differences"].as_array().unwrap().len(),
+        0,
+        "{report:#}"
+    );
     assert_eq!(
         content_digest(&db.source).await,
         content_digest(&target).await

@@ -306,7 +306,12 @@ pub async fn restart_table(
     table: &str,
     items: &[String],
 ) -> Result<()> {
-    let ctx = |e| MigrationError::db(format!("emptying {table} on the target to copy it again"), e);
+    let ctx = |e| {
+        MigrationError::db(
+            format!("emptying {table} on the target to copy it again"),
+            e,
+        )
+    };
     target.batch_execute("BEGIN").await.map_err(ctx)?;
     let done = async {
         empty_table(target, table).await?;

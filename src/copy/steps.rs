@@ -94,7 +94,15 @@ pub(crate) async fn apply_steps(
             Ok(d) => break d,
             Err(e) => {
                 retry.wait(e, "reading schema progress", cancel).await?;
-                reopen(dst, target, None, &mut retry, "reading schema progress", cancel).await?;
+                reopen(
+                    dst,
+                    target,
+                    None,
+                    &mut retry,
+                    "reading schema progress",
+                    cancel,
+                )
+                .await?;
             }
         }
     };
@@ -200,7 +208,10 @@ pub(crate) async fn apply_batch(
     }
     sql.push_str(&super::markers_insert(migration_id, part, batch));
     if let Err(e) = dst.batch_execute(&sql).await {
-        let e = MigrationError::db(format!("applying {} schema steps on the target", batch.len()), e);
+        let e = MigrationError::db(
+            format!("applying {} schema steps on the target", batch.len()),
+            e,
+        );
         if e.is_transient() {
             // Not the steps' fault: the caller retries the batch.
             return Err(e);

@@ -76,7 +76,11 @@ pub async fn end_earlier(ep: &EndpointConfig, label: &str) -> Result<usize> {
 /// twice. `c` is the one session of the run left open there; sessions
 /// under a user's own `application_name` cannot be told apart and are not
 /// waited for.
-pub async fn end_others(c: &tokio_postgres::Client, ep: &EndpointConfig, label: &str) -> Result<usize> {
+pub async fn end_others(
+    c: &tokio_postgres::Client,
+    ep: &EndpointConfig,
+    label: &str,
+) -> Result<usize> {
     match ep
         .application_name
         .as_deref()
@@ -168,7 +172,12 @@ pub async fn settle_lost(c: &tokio_postgres::Client, pid: i32, label: &str) -> R
         )
         .await
         .map(|r| r.get::<_, bool>(0))
-        .map_err(|e| MigrationError::db(format!("looking for the lost session's process on the {label}"), e))
+        .map_err(|e| {
+            MigrationError::db(
+                format!("looking for the lost session's process on the {label}"),
+                e,
+            )
+        })
     };
     let started = Instant::now();
     let mut terminated = false;

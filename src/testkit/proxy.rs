@@ -216,9 +216,7 @@ async fn forward(client: TcpStream, upstream: SocketAddr, st: Arc<State>) {
     st.open.lock().unwrap().insert(port, alone.clone());
     let (cr, cw) = client.into_split();
     let (sr, sw) = server.into_split();
-    let both = async {
-        tokio::try_join!(pipe(cr, sw, st.clone()), pipe(sr, cw, st.clone()))
-    };
+    let both = async { tokio::try_join!(pipe(cr, sw, st.clone()), pipe(sr, cw, st.clone())) };
     tokio::select! {
         _ = both => {}
         _ = cuts.changed() => {}
