@@ -341,6 +341,8 @@ async fn stream_and_cutover(
     let mut last_log = Instant::now();
     let mut want_cutover = cutover_interrupted;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut ctl_outage = crate::pg::connect::Outage::default();
+    let mut ctl_retry_at: Option<Instant> = None;
     // Test hook: stream at least this long before an automatic cutover.
     let min_stream = Duration::from_secs(
         std::env::var("PG_DBMIGRATOR_TEST_MIN_STREAM_SECS")
@@ -409,14 +411,31 @@ async fn stream_and_cutover(
             want_cutover = true;
             continue;
         }
-        // Lag: the source's WAL position minus what is applied.
-        let wal = match current_wal(&ctl).await {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(error = %e, "cannot read the source's WAL position; reconnecting the control session");
-                if let Ok(c) = control(&phase.source).await {
-                    ctl = c;
+        // Lag: the source's WAL position minus what is applied. While the
+        // source cannot be reached, the control session is opened again
+        // with backoff, not at every tick, and said once, not every time.
+        if let Some(at) = ctl_retry_at {
+            if Instant::now() < at {
+                continue;
+            }
+            ctl_retry_at = None;
+            match control(&phase.source).await {
+                Ok(c) => ctl = c,
+                Err(e) => {
+                    ctl_retry_at = Some(Instant::now() + ctl_outage.note(&e, CONTROL_DOWN));
+                    continue;
                 }
+            }
+        }
+        let wal = match current_wal(&ctl).await {
+            Ok(l) => {
+                if let Some((down, attempts)) = ctl_outage.recovered() {
+                    info!(down_for = ?down, attempts, "the source's WAL position can be read again");
+                }
+                l
+            }
+            Err(e) => {
+                ctl_retry_at = Some(Instant::now() + ctl_outage.note(&e, CONTROL_DOWN));
                 continue;
             }
         };
@@ -563,6 +582,9 @@ async fn finish_report(
         snapshot_note: phase.snapshot_note,
     })
 }
+
+const CONTROL_DOWN: &str =
+    "cannot read the source's WAL position; reconnecting the control session";
 
 struct CutoverOutcome {
     fence_lsn: Option<Lsn>,

@@ -69,7 +69,9 @@ async fn target_cut_for_three_seconds_mid_copy_is_retried() {
         .expect("the run finished")
         .unwrap();
     let err = text(&out.stderr);
-    if std::env::var("SHOW_ERR").is_ok() { eprintln!("=====\n{err}"); }
+    if std::env::var("SHOW_ERR").is_ok() {
+        eprintln!("=====\n{err}");
+    }
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("retrying"), "no retry was logged: {err}");
     let report = report_of(&out.stdout);
@@ -216,7 +218,14 @@ async fn target_cut_during_an_index_build_is_retried() {
     let run = tokio::spawn({
         let (source, target) = (db.source.clone(), target.clone());
         // ANALYZE would evaluate the slow expression again.
-        async move { run_migrate(&source, &target, &["--json", "--jobs", "2", "--skip-analyze"]).await }
+        async move {
+            run_migrate(
+                &source,
+                &target,
+                &["--json", "--jobs", "2", "--skip-analyze"],
+            )
+            .await
+        }
     });
     wait_for(
         &pair.target.admin_conninfo(),
@@ -231,7 +240,9 @@ async fn target_cut_during_an_index_build_is_retried() {
         .expect("the run finished")
         .unwrap();
     let err = text(&out.stderr);
-    if std::env::var("SHOW_ERR").is_ok() { eprintln!("=====\n{err}"); }
+    if std::env::var("SHOW_ERR").is_ok() {
+        eprintln!("=====\n{err}");
+    }
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("retrying"), "no retry was logged: {err}");
     let report = report_of(&out.stdout);
@@ -289,7 +300,9 @@ async fn target_cut_during_the_schema_stage_is_retried() {
         .expect("the run finished")
         .unwrap();
     let err = text(&out.stderr);
-    if std::env::var("SHOW_ERR").is_ok() { eprintln!("=====\n{err}"); }
+    if std::env::var("SHOW_ERR").is_ok() {
+        eprintln!("=====\n{err}");
+    }
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(
         err.contains("retrying") && err.contains("schema steps"),
@@ -327,7 +340,9 @@ async fn source_workers_cut_mid_copy_import_the_snapshot_again() {
         .expect("the run finished")
         .unwrap();
     let err = text(&out.stderr);
-    if std::env::var("SHOW_ERR").is_ok() { eprintln!("=====\n{err}"); }
+    if std::env::var("SHOW_ERR").is_ok() {
+        eprintln!("=====\n{err}");
+    }
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("retrying"), "no retry was logged: {err}");
     let report = report_of(&out.stdout);
@@ -363,7 +378,9 @@ async fn source_cut_losing_the_snapshot_goes_on_with_a_new_one_and_says_so() {
         .expect("the run finished")
         .unwrap();
     let err = text(&out.stderr);
-    if std::env::var("SHOW_ERR").is_ok() { eprintln!("=====\n{err}"); }
+    if std::env::var("SHOW_ERR").is_ok() {
+        eprintln!("=====\n{err}");
+    }
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(
         err.contains("the source session holding the exported snapshot was lost"),
@@ -418,7 +435,9 @@ async fn strict_snapshot_refuses_a_new_snapshot_and_resume_finishes() {
         .expect("the run finished")
         .unwrap();
     let err = text(&out.stderr);
-    if std::env::var("SHOW_ERR").is_ok() { eprintln!("=====\n{err}"); }
+    if std::env::var("SHOW_ERR").is_ok() {
+        eprintln!("=====\n{err}");
+    }
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.contains("the source session holding the exported snapshot was lost during the copy")
@@ -436,7 +455,9 @@ async fn strict_snapshot_refuses_a_new_snapshot_and_resume_finishes() {
     )
     .await;
     let err = text(&out.stderr);
-    if std::env::var("SHOW_ERR").is_ok() { eprintln!("=====\n{err}"); }
+    if std::env::var("SHOW_ERR").is_ok() {
+        eprintln!("=====\n{err}");
+    }
     assert_eq!(out.status.code(), Some(0), "{err}");
     let report = report_of(&out.stdout);
     assert_eq!(
@@ -552,7 +573,9 @@ async fn a_full_dump_path_is_said_and_resume_finishes() {
     let archive = archive.to_str().unwrap();
     let out = run_async(&["dump", "--source", &db.source, "--dump-path", archive]).await;
     let err = text(&out.stderr);
-    if std::env::var("SHOW_ERR").is_ok() { eprintln!("=====\n{err}"); }
+    if std::env::var("SHOW_ERR").is_ok() {
+        eprintln!("=====\n{err}");
+    }
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.contains(&format!("the file system holding {archive} is full"))
@@ -612,7 +635,9 @@ async fn a_full_dump_path_of_migrate_is_said_and_resume_finishes() {
     ];
     let out = run_async(&args).await;
     let err = text(&out.stderr);
-    if std::env::var("SHOW_ERR").is_ok() { eprintln!("=====\n{err}"); }
+    if std::env::var("SHOW_ERR").is_ok() {
+        eprintln!("=====\n{err}");
+    }
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.contains(&format!("the file system holding {work} is full"))
