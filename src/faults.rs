@@ -19,23 +19,30 @@ pub(crate) async fn test_stop_at(point: &str) {
     }
 }
 
-/// Test hook: when `PG_DBMIGRATOR_TEST_PAUSE_AT` names `point`, the first
-/// time it is reached create the file `PG_DBMIGRATOR_TEST_PAUSE_FILE` and
-/// wait until the test removes it, so a test can break the network at
-/// exactly this point and let the run go on into the fault (a stop point
-/// is for a kill; this one is for a fault the run must survive). Points:
-/// those of [`test_stop_at`], and `mid_schema` (between two batches of
-/// schema steps), `before_index_build`.
+/// Test hook: when `PG_DBMIGRATOR_TEST_PAUSE_AT` (a comma-separated list)
+/// names `point`, the first time it is reached write its name to the file
+/// `PG_DBMIGRATOR_TEST_PAUSE_FILE` and wait until the test removes it, so
+/// a test can break the network at exactly this point and let the run go
+/// on into the fault (a stop point is for a kill; this one is for a fault
+/// the run must survive). Points: `schema_batch` (before a batch of schema
+/// steps), `verify` (verify's sessions are open on both servers).
 pub(crate) async fn test_pause_at(point: &str) {
-    static PAUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if !std::env::var("PG_DBMIGRATOR_TEST_PAUSE_AT").is_ok_and(|v| v == point) {
+    static PAUSED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let Ok(points) = std::env::var("PG_DBMIGRATOR_TEST_PAUSE_AT") else {
+        return;
+    };
+    if !points.split(',').any(|p| p == point) {
         return;
     }
     let Ok(file) = std::env::var("PG_DBMIGRATOR_TEST_PAUSE_FILE") else {
         return;
     };
-    if PAUSED.swap(true, std::sync::atomic::Ordering::SeqCst) {
-        return;
+    {
+        let mut paused = PAUSED.lock().unwrap();
+        if paused.iter().any(|p| p == point) {
+            return;
+        }
+        paused.push(point.to_string());
     }
     eprintln!("TEST_PAUSE_AT {point}");
     let _ = std::fs::write(&file, point);

@@ -242,7 +242,6 @@ async fn verify_once(
     opts: &VerifyOptions,
     cancel: &CancellationToken,
 ) -> Result<VerifyReport> {
-    crate::faults::test_pause_at("verify").await;
     let started = std::time::Instant::now();
     let mut report = VerifyReport {
         level: Some(opts.level),
@@ -257,6 +256,7 @@ async fn verify_once(
     let dst = connect::connect(target, "target").await?;
     session::setup_source(&dst).await?;
     let (dst_snap, _) = session::begin_exported_snapshot(&dst).await?;
+    crate::faults::test_pause_at("verify").await;
 
     // The set of tables.
     let src_rels: BTreeSet<String> = catalog::list_relation_names(&src, filters)

@@ -39,7 +39,7 @@ async fn target_cut_for_three_seconds_mid_copy_is_retried() {
     testkit::execute(
         &db.source,
         "CREATE TABLE big (id int PRIMARY KEY, pad text);
-         INSERT INTO big SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 300000) g;
+         INSERT INTO big SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 150000) g;
          CREATE TABLE small (id int PRIMARY KEY); INSERT INTO small SELECT generate_series(1, 100);",
     )
     .await
@@ -69,9 +69,6 @@ async fn target_cut_for_three_seconds_mid_copy_is_retried() {
         .expect("the run finished")
         .unwrap();
     let err = text(&out.stderr);
-    if std::env::var("SHOW_ERR").is_ok() {
-        eprintln!("=====\n{err}");
-    }
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("retrying"), "no retry was logged: {err}");
     let report = report_of(&out.stdout);
@@ -146,10 +143,15 @@ impl Pause {
         ]
     }
 
-    /// Wait until the run is paused (or fail after `limit`).
-    async fn reached(&self, limit: Duration) {
+    /// Wait until the run is paused (or fail after `limit`); the point.
+    async fn reached(&self, limit: Duration) -> String {
         let deadline = Instant::now() + limit;
-        while !self.0.exists() {
+        loop {
+            if let Ok(point) = std::fs::read_to_string(&self.0) {
+                if !point.is_empty() {
+                    return point;
+                }
+            }
             assert!(
                 Instant::now() < deadline,
                 "the run never reached its pause point"
@@ -203,7 +205,7 @@ async fn target_cut_during_an_index_build_is_retried() {
         "CREATE FUNCTION slow_key(int) RETURNS int IMMUTABLE LANGUAGE plpgsql
            AS $$ BEGIN PERFORM pg_catalog.pg_sleep(0.001); RETURN $1; END $$;
          CREATE TABLE slow (id int PRIMARY KEY, pad text);
-         INSERT INTO slow SELECT g, repeat(md5(g::text), 30) FROM generate_series(1, 1500) g;
+         INSERT INTO slow SELECT g, repeat(md5(g::text), 30) FROM generate_series(1, 1100) g;
          CREATE INDEX slow_built ON slow (slow_key(id));",
     )
     .await
@@ -240,9 +242,6 @@ async fn target_cut_during_an_index_build_is_retried() {
         .expect("the run finished")
         .unwrap();
     let err = text(&out.stderr);
-    if std::env::var("SHOW_ERR").is_ok() {
-        eprintln!("=====\n{err}");
-    }
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("retrying"), "no retry was logged: {err}");
     let report = report_of(&out.stdout);
@@ -263,12 +262,13 @@ async fn target_cut_during_an_index_build_is_retried() {
     assert_eq!(n, 1);
 }
 
-/// The target's connections cut for 3 s while the schema is applied (the
+/// The target's connections cut for 1 s while the schema is applied (the
 /// run paused before its first batch of schema steps, the link cut, the
-/// run let go): the batch is applied on a new session, and the run ends
-/// clean, every object there once.
+/// run let go), and again once verify's sessions are open: the batch is
+/// applied on a new session, verify starts again on new ones, and the run
+/// ends clean, every object there once.
 #[tokio::test(flavor = "multi_thread")]
-async fn target_cut_during_the_schema_stage_is_retried() {
+async fn target_cut_during_the_schema_stage_and_verify_is_retried() {
     let pair = testkit::shared_pair();
     let db = pair.fresh_db("cut_mid_schema").await;
     testkit::execute(
@@ -288,25 +288,32 @@ async fn target_cut_during_the_schema_stage_is_retried() {
     let dir = tempfile::tempdir().unwrap();
     let pause = Pause::new(dir.path());
     let run = tokio::spawn({
-        let (source, target, env) = (db.source.clone(), target.clone(), pause.env("schema_batch"));
+        let (source, target, env) = (
+            db.source.clone(),
+            target.clone(),
+            pause.env("schema_batch,verify"),
+        );
         let dir = dir.path().to_path_buf();
         async move { migrate_in(&dir, &source, &target, &[], &env).await }
     });
-    pause.reached(Duration::from_secs(60)).await;
-    proxy.cut_for(Duration::from_secs(3));
-    pause.resume();
+    for point in ["schema_batch", "verify"] {
+        assert_eq!(pause.reached(Duration::from_secs(60)).await, point);
+        proxy.cut_for(Duration::from_secs(1));
+        pause.resume();
+    }
     let out = tokio::time::timeout(Duration::from_secs(120), run)
         .await
         .expect("the run finished")
         .unwrap();
     let err = text(&out.stderr);
-    if std::env::var("SHOW_ERR").is_ok() {
-        eprintln!("=====\n{err}");
-    }
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(
-        err.contains("retrying") && err.contains("schema steps"),
-        "no retry was logged: {err}"
+        err.contains("retrying") && err.contains("work=pre schema steps from"),
+        "no retry of the schema batch was logged: {err}"
+    );
+    assert!(
+        err.contains("retrying") && err.contains("work=verify"),
+        "no retry of verify was logged: {err}"
     );
     let report = report_of(&out.stdout);
     assert_eq!(
@@ -340,9 +347,6 @@ async fn source_workers_cut_mid_copy_import_the_snapshot_again() {
         .expect("the run finished")
         .unwrap();
     let err = text(&out.stderr);
-    if std::env::var("SHOW_ERR").is_ok() {
-        eprintln!("=====\n{err}");
-    }
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("retrying"), "no retry was logged: {err}");
     let report = report_of(&out.stdout);
@@ -378,9 +382,6 @@ async fn source_cut_losing_the_snapshot_goes_on_with_a_new_one_and_says_so() {
         .expect("the run finished")
         .unwrap();
     let err = text(&out.stderr);
-    if std::env::var("SHOW_ERR").is_ok() {
-        eprintln!("=====\n{err}");
-    }
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(
         err.contains("the source session holding the exported snapshot was lost"),
@@ -435,9 +436,6 @@ async fn strict_snapshot_refuses_a_new_snapshot_and_resume_finishes() {
         .expect("the run finished")
         .unwrap();
     let err = text(&out.stderr);
-    if std::env::var("SHOW_ERR").is_ok() {
-        eprintln!("=====\n{err}");
-    }
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.contains("the source session holding the exported snapshot was lost during the copy")
@@ -455,9 +453,6 @@ async fn strict_snapshot_refuses_a_new_snapshot_and_resume_finishes() {
     )
     .await;
     let err = text(&out.stderr);
-    if std::env::var("SHOW_ERR").is_ok() {
-        eprintln!("=====\n{err}");
-    }
     assert_eq!(out.status.code(), Some(0), "{err}");
     let report = report_of(&out.stdout);
     assert_eq!(
@@ -480,7 +475,7 @@ async fn big_source(name: &str) -> (testkit::TestDb, FaultProxy, String) {
     testkit::execute(
         &db.source,
         "CREATE TABLE big (id int PRIMARY KEY, pad text);
-         INSERT INTO big SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 150000) g;
+         INSERT INTO big SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 100000) g;
          CREATE TABLE small (id int PRIMARY KEY); INSERT INTO small SELECT generate_series(1, 100);",
     )
     .await
@@ -573,9 +568,6 @@ async fn a_full_dump_path_is_said_and_resume_finishes() {
     let archive = archive.to_str().unwrap();
     let out = run_async(&["dump", "--source", &db.source, "--dump-path", archive]).await;
     let err = text(&out.stderr);
-    if std::env::var("SHOW_ERR").is_ok() {
-        eprintln!("=====\n{err}");
-    }
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.contains(&format!("the file system holding {archive} is full"))
@@ -613,7 +605,7 @@ async fn a_full_dump_path_of_migrate_is_said_and_resume_finishes() {
     testkit::execute(
         &db.source,
         "CREATE TABLE wide (id int PRIMARY KEY, pad text);
-         INSERT INTO wide SELECT g, md5(g::text) || md5((g * 7)::text) FROM generate_series(1, 200000) g;",
+         INSERT INTO wide SELECT g, md5(g::text) || md5((g * 7)::text) FROM generate_series(1, 100000) g;",
     )
     .await
     .unwrap();
@@ -635,9 +627,6 @@ async fn a_full_dump_path_of_migrate_is_said_and_resume_finishes() {
     ];
     let out = run_async(&args).await;
     let err = text(&out.stderr);
-    if std::env::var("SHOW_ERR").is_ok() {
-        eprintln!("=====\n{err}");
-    }
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.contains(&format!("the file system holding {work} is full"))
