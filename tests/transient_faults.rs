@@ -56,9 +56,13 @@ async fn target_cut_for_three_seconds_mid_copy_is_retried() {
         async move { run_migrate(&source, &target, &["--json", "--jobs", "2"]).await }
     });
     // The big table's COPY is running on the target: cut.
+    // This test's own database: other tests copy tables named big too.
     wait_for(
         &pair.target.admin_conninfo(),
-        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE query LIKE 'COPY%big%FROM STDIN%')",
+        &format!(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = '{}_up' AND query LIKE 'COPY%big%FROM STDIN%')",
+            db.name
+        ),
         Duration::from_secs(60),
         "the big table's COPY on the target",
     )
@@ -340,7 +344,7 @@ async fn source_workers_cut_mid_copy_import_the_snapshot_again() {
         let (source, target) = (source.clone(), target.clone());
         async move { run_migrate(&source, &target, &["--json", "--jobs", "2"]).await }
     });
-    let ports = copying_ports(&pair.source.admin_conninfo()).await;
+    let ports = copying_ports(&pair.source.admin_conninfo(), &db.name).await;
     proxy.cut_ports_for(&ports, Duration::from_secs(3));
     let out = tokio::time::timeout(Duration::from_secs(120), run)
         .await
@@ -375,7 +379,7 @@ async fn source_cut_losing_the_snapshot_goes_on_with_a_new_one_and_says_so() {
         let (source, target) = (source.clone(), target.clone());
         async move { run_migrate(&source, &target, &["--json", "--jobs", "2"]).await }
     });
-    copying_ports(&pair.source.admin_conninfo()).await;
+    copying_ports(&pair.source.admin_conninfo(), &db.name).await;
     proxy.cut_for(Duration::from_secs(3));
     let out = tokio::time::timeout(Duration::from_secs(120), run)
         .await
@@ -408,9 +412,9 @@ async fn source_cut_losing_the_snapshot_goes_on_with_a_new_one_and_says_so() {
 }
 
 /// The same loss under `--strict-snapshot`: the run stops (exit 1) saying
-/// what happened and the ways out; `--resume` is one, and finishes.
+/// what happened and the ways out (`--force-clean`, `--resume`).
 #[tokio::test(flavor = "multi_thread")]
-async fn strict_snapshot_refuses_a_new_snapshot_and_resume_finishes() {
+async fn strict_snapshot_refuses_a_new_snapshot() {
     let (db, proxy, source) = big_source("cut_src_strict").await;
     let pair = testkit::shared_pair();
     let target = other_target_db(&db, "up");
@@ -429,8 +433,8 @@ async fn strict_snapshot_refuses_a_new_snapshot_and_resume_finishes() {
             .await
         }
     });
-    copying_ports(&pair.source.admin_conninfo()).await;
-    proxy.cut_for(Duration::from_secs(3));
+    copying_ports(&pair.source.admin_conninfo(), &db.name).await;
+    proxy.cut_for(Duration::from_secs(1));
     let out = tokio::time::timeout(Duration::from_secs(120), run)
         .await
         .expect("the run finished")
@@ -444,25 +448,11 @@ async fn strict_snapshot_refuses_a_new_snapshot_and_resume_finishes() {
             && err.contains("--resume"),
         "{err}"
     );
-    let out = migrate_in(
-        dir.path(),
-        &source,
-        &target,
-        &["--jobs", "2", "--resume"],
-        &[],
-    )
-    .await;
-    let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{err}");
-    let report = report_of(&out.stdout);
-    assert_eq!(
-        report["verify"]["differences"].as_array().unwrap().len(),
-        0,
-        "{report:#}"
-    );
-    assert_eq!(
-        content_digest(&db.source).await,
-        content_digest(&target).await
+    // The token stays for `--resume` (whose continuing tests/resume.rs
+    // covers).
+    assert!(
+        dir.path().join("w.resume.json").exists(),
+        "no resume token was kept"
     );
 }
 
@@ -489,22 +479,25 @@ async fn big_source(name: &str) -> (testkit::TestDb, FaultProxy, String) {
     (db, proxy, source)
 }
 
-/// Wait until the big table's COPY runs on the source; the client ports
-/// of the sessions running a COPY TO (the copy workers').
-async fn copying_ports(admin: &str) -> Vec<u16> {
-    let sql =
-        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE query LIKE 'COPY%big%TO STDOUT%')";
+/// Wait until the big table's COPY runs on the source in database `db`
+/// (other tests copy tables named big too); the client ports of the
+/// sessions running a COPY TO there (the copy workers').
+async fn copying_ports(admin: &str, db: &str) -> Vec<u16> {
+    let sql = format!(
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = '{db}' AND query LIKE 'COPY%big%TO STDOUT%')"
+    );
     wait_for(
         admin,
-        sql,
+        &sql,
         Duration::from_secs(60),
         "the big table's COPY on the source",
     )
     .await;
     let c = testkit::client(admin).await;
     c.query(
-        "SELECT client_port FROM pg_stat_activity WHERE query LIKE 'COPY%TO STDOUT%' AND client_port IS NOT NULL",
-        &[],
+        "SELECT client_port FROM pg_stat_activity
+          WHERE datname = $1 AND query LIKE 'COPY%TO STDOUT%' AND client_port IS NOT NULL",
+        &[&db],
     )
     .await
     .unwrap()
@@ -649,4 +642,70 @@ async fn a_full_dump_path_of_migrate_is_said_and_resume_finishes() {
         content_digest(&db.source).await,
         content_digest(&target).await
     );
+}
+
+/// Online, every source connection cut for 1 s in the middle of the only
+/// table's COPY: the slot's snapshot is lost before anything was copied,
+/// so the run drops the slot and starts over from a new slot and snapshot
+/// by itself, and the migration ends clean, its slot gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn online_snapshot_lost_before_anything_was_copied_starts_over_from_a_new_slot() {
+    let pair = testkit::shared_pair();
+    let db = pair.fresh_db("cut_src_online").await;
+    testkit::execute(
+        &db.source,
+        "CREATE TABLE big (id int PRIMARY KEY, pad text);
+         INSERT INTO big SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 100000) g;",
+    )
+    .await
+    .unwrap();
+    let cluster = pair
+        .source
+        .cluster()
+        .expect("the testkit's own source server");
+    let proxy = FaultProxy::start(format!("127.0.0.1:{}", cluster.port).parse().unwrap()).unwrap();
+    let source = proxy.route(&db.source);
+    let target = other_target_db(&db, "up");
+    let dir = tempfile::tempdir().unwrap();
+    let run = tokio::spawn({
+        let (source, target) = (source.clone(), target.clone());
+        let dir = dir.path().to_path_buf();
+        async move {
+            let extra = ["--mode", "online", "--cutover", "auto", "--jobs", "2"];
+            migrate_in(&dir, &source, &target, &extra, &[]).await
+        }
+    });
+    copying_ports(&pair.source.admin_conninfo(), &db.name).await;
+    proxy.cut_for(Duration::from_secs(1));
+    let out = tokio::time::timeout(Duration::from_secs(180), run)
+        .await
+        .expect("the run finished")
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("dropping the slot and starting over from a new one"),
+        "{err}"
+    );
+    let report = report_of(&out.stdout);
+    assert_eq!(report["point_in_time"], true, "{report:#}");
+    assert_eq!(
+        report["verify"]["differences"].as_array().unwrap().len(),
+        0,
+        "{report:#}"
+    );
+    assert_eq!(
+        content_digest(&db.source).await,
+        content_digest(&target).await
+    );
+    let c = testkit::client(&db.source).await;
+    let slots: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slots, 0, "a slot was left on the source");
 }
