@@ -12,7 +12,9 @@ use std::fmt;
 pub mod exit_code {
     /// Success.
     pub const OK: i32 = 0;
-    /// The migration failed (server error, I/O error, bug).
+    /// The migration failed (server error, I/O error, a transient fault that
+    /// outlasted its retries, the copy's snapshot lost where it may not be
+    /// replaced, bug).
     pub const FAILED: i32 = 1;
     /// Usage or configuration error: bad flags, malformed conninfo,
     /// unreachable host, authentication failure, mismatched resume state,

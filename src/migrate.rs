@@ -509,8 +509,7 @@ const MAX_SNAPSHOTS: u32 = 3;
 /// snapshot): the workers then fail to import it again (22023, invalid
 /// snapshot identifier) once the link is back.
 async fn snapshot_lost(src: &tokio_postgres::Client, e: &MigrationError) -> bool {
-    (e.is_transient() || e.sqlstate() == Some("22023"))
-        && (src.is_closed() || src.simple_query("SELECT 1").await.is_err())
+    (e.is_transient() || e.sqlstate() == Some("22023")) && !session::answers(src).await
 }
 
 /// The refusal when the copy may not go on with a new snapshot, with the
