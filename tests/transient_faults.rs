@@ -551,7 +551,7 @@ async fn a_full_dump_path_is_said_and_resume_finishes() {
     testkit::execute(
         &db.source,
         "CREATE TABLE wide (id int PRIMARY KEY, pad text);
-         INSERT INTO wide SELECT g, md5(g::text) || md5((g * 7)::text) FROM generate_series(1, 200000) g;",
+         INSERT INTO wide SELECT g, md5(g::text) || md5((g * 7)::text) FROM generate_series(1, 100000) g;",
     )
     .await
     .unwrap();
