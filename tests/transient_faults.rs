@@ -39,7 +39,7 @@ async fn target_cut_for_three_seconds_mid_copy_is_retried() {
     testkit::execute(
         &db.source,
         "CREATE TABLE big (id int PRIMARY KEY, pad text);
-         INSERT INTO big SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 150000) g;
+         INSERT INTO big SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 100000) g;
          CREATE TABLE small (id int PRIMARY KEY); INSERT INTO small SELECT generate_series(1, 100);",
     )
     .await
@@ -474,7 +474,7 @@ async fn big_source(name: &str) -> (testkit::TestDb, FaultProxy, String) {
     testkit::execute(
         &db.source,
         "CREATE TABLE big (id int PRIMARY KEY, pad text);
-         INSERT INTO big SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 100000) g;
+         INSERT INTO big SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 60000) g;
          CREATE TABLE small (id int PRIMARY KEY); INSERT INTO small SELECT generate_series(1, 100);",
     )
     .await
@@ -664,7 +664,7 @@ async fn online_snapshot_lost_before_anything_was_copied_starts_over_from_a_new_
     testkit::execute(
         &db.source,
         "CREATE TABLE big (id int PRIMARY KEY, pad text);
-         INSERT INTO big SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 100000) g;",
+         INSERT INTO big SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 60000) g;",
     )
     .await
     .unwrap();
