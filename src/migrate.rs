@@ -773,3 +773,45 @@ pub(crate) async fn verify_stage(
     ));
     Ok(Some(v))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cause() -> MigrationError {
+        MigrationError::Client {
+            context: "reading public.big from the source".into(),
+            message: "connection closed".into(),
+        }
+    }
+
+    #[test]
+    fn a_lost_snapshot_refusal_names_the_ways_out() {
+        let e = snapshot_lost_refusal(&cause(), false, true, "--strict-snapshot is set");
+        let text = e.to_string();
+        assert!(
+            text.contains("connection closed")
+                && text.contains("--strict-snapshot is set")
+                && text.contains("--force-clean")
+                && text.contains("--resume"),
+            "{text}"
+        );
+        assert_eq!(e.exit_code(), crate::error::exit_code::FAILED);
+        assert!(!e.is_transient());
+        let e = snapshot_lost_refusal(&cause(), true, true, "tables were copied on it already");
+        let text = e.to_string();
+        assert!(
+            text.contains("replication slot")
+                && text.contains("--resume")
+                && !text.contains("--force-clean"),
+            "{text}"
+        );
+        assert!(matches!(
+            e,
+            MigrationError::SnapshotLost {
+                copied_any: true,
+                ..
+            }
+        ));
+    }
+}
