@@ -12,6 +12,11 @@ use std::time::{Duration, Instant};
 use common::*;
 use pg_dbmigrator::testkit::{self, proxy::FaultProxy};
 
+/// Bytes per second each way of each connection through a proxy in front
+/// of a server while a test waits for a COPY to cut: a 16 MB table then
+/// takes 4 s, not a fraction of one (the cap is lifted with the cut).
+const COPY_PACE: u64 = 4 << 20;
+
 /// Wait until `sql` (on `ci`) answers true, or fail after `limit`.
 async fn wait_for(ci: &str, sql: &str, limit: Duration, what: &str) {
     let deadline = Instant::now() + limit;
@@ -49,6 +54,8 @@ async fn target_cut_for_three_seconds_mid_copy_is_retried() {
         .cluster()
         .expect("the testkit's own target server");
     let proxy = FaultProxy::start(format!("127.0.0.1:{}", cluster.port).parse().unwrap()).unwrap();
+    // Paced, so the COPY lasts long enough to be cut in its middle.
+    proxy.set_bandwidth(Some(COPY_PACE));
     let target_direct = other_target_db(&db, "up");
     let target = proxy.route(&target_direct);
     let run = tokio::spawn({
@@ -68,6 +75,7 @@ async fn target_cut_for_three_seconds_mid_copy_is_retried() {
     )
     .await;
     proxy.cut_for(Duration::from_secs(3));
+    proxy.set_bandwidth(None);
     let out = tokio::time::timeout(Duration::from_secs(180), run)
         .await
         .expect("the run finished")
@@ -346,6 +354,7 @@ async fn source_workers_cut_mid_copy_import_the_snapshot_again() {
     });
     let ports = copying_ports(&pair.source.admin_conninfo(), &db.name).await;
     proxy.cut_ports_for(&ports, Duration::from_secs(3));
+    proxy.set_bandwidth(None);
     let out = tokio::time::timeout(Duration::from_secs(120), run)
         .await
         .expect("the run finished")
@@ -389,6 +398,7 @@ async fn source_cut_losing_the_snapshot_goes_on_with_a_new_one_and_says_so() {
     )
     .await;
     proxy.cut_for(Duration::from_secs(3));
+    proxy.set_bandwidth(None);
     let out = tokio::time::timeout(Duration::from_secs(120), run)
         .await
         .expect("the run finished")
@@ -444,6 +454,7 @@ async fn strict_snapshot_refuses_a_new_snapshot() {
     });
     copying_ports(&pair.source.admin_conninfo(), &db.name).await;
     proxy.cut_for(Duration::from_secs(1));
+    proxy.set_bandwidth(None);
     let out = tokio::time::timeout(Duration::from_secs(120), run)
         .await
         .expect("the run finished")
@@ -484,6 +495,8 @@ async fn big_source(name: &str) -> (testkit::TestDb, FaultProxy, String) {
         .cluster()
         .expect("the testkit's own source server");
     let proxy = FaultProxy::start(format!("127.0.0.1:{}", cluster.port).parse().unwrap()).unwrap();
+    // Paced, so the COPY lasts long enough to be cut in its middle.
+    proxy.set_bandwidth(Some(COPY_PACE));
     let source = proxy.route(&db.source);
     (db, proxy, source)
 }
@@ -653,12 +666,19 @@ async fn a_full_dump_path_of_migrate_is_said_and_resume_finishes() {
     );
 }
 
-/// Online, every source connection cut for 1 s in the middle of the only
-/// table's COPY: the slot's snapshot is lost before anything was copied,
-/// so the run drops the slot and starts over from a new slot and snapshot
-/// by itself, and the migration ends clean, its slot gone.
+/// Online, every source connection cut for 1 s in the middle of a COPY,
+/// so the slot's snapshot is lost. Before anything was copied, the run
+/// drops the slot and starts over from a new slot and snapshot by itself;
+/// after a table was copied, it refuses (exit 1) with the way out. The two
+/// run side by side (they mostly wait).
 #[tokio::test(flavor = "multi_thread")]
-async fn online_snapshot_lost_before_anything_was_copied_starts_over_from_a_new_slot() {
+async fn online_snapshot_lost_starts_over_before_anything_was_copied_else_refuses() {
+    tokio::join!(online_starts_over(), online_refuses());
+}
+
+/// Nothing copied yet: a new slot, and the migration ends clean, its slot
+/// gone.
+async fn online_starts_over() {
     let pair = testkit::shared_pair();
     let db = pair.fresh_db("cut_src_online").await;
     testkit::execute(
@@ -673,6 +693,8 @@ async fn online_snapshot_lost_before_anything_was_copied_starts_over_from_a_new_
         .cluster()
         .expect("the testkit's own source server");
     let proxy = FaultProxy::start(format!("127.0.0.1:{}", cluster.port).parse().unwrap()).unwrap();
+    // Paced, so the COPY lasts long enough to be cut in its middle.
+    proxy.set_bandwidth(Some(COPY_PACE));
     let source = proxy.route(&db.source);
     let target = other_target_db(&db, "up");
     let dir = tempfile::tempdir().unwrap();
@@ -686,6 +708,7 @@ async fn online_snapshot_lost_before_anything_was_copied_starts_over_from_a_new_
     });
     copying_ports(&pair.source.admin_conninfo(), &db.name).await;
     proxy.cut_for(Duration::from_secs(1));
+    proxy.set_bandwidth(None);
     let out = tokio::time::timeout(Duration::from_secs(180), run)
         .await
         .expect("the run finished")
@@ -717,4 +740,70 @@ async fn online_snapshot_lost_before_anything_was_copied_starts_over_from_a_new_
         .unwrap()
         .get(0);
     assert_eq!(slots, 0, "a slot was left on the source");
+}
+
+/// A small table copied, the big one in flight: refused, naming the way
+/// out, and leaving the slot and the token for it.
+async fn online_refuses() {
+    let pair = testkit::shared_pair();
+    let db = pair.fresh_db("cut_src_online_refused").await;
+    testkit::execute(
+        &db.source,
+        "CREATE TABLE big (id int PRIMARY KEY, pad text);
+         INSERT INTO big SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 60000) g;
+         CREATE TABLE small (id int PRIMARY KEY); INSERT INTO small SELECT generate_series(1, 100);",
+    )
+    .await
+    .unwrap();
+    let cluster = pair
+        .source
+        .cluster()
+        .expect("the testkit's own source server");
+    let proxy = FaultProxy::start(format!("127.0.0.1:{}", cluster.port).parse().unwrap()).unwrap();
+    // Paced, so the COPY lasts long enough to be cut in its middle.
+    proxy.set_bandwidth(Some(COPY_PACE));
+    let source = proxy.route(&db.source);
+    let target = other_target_db(&db, "up");
+    let dir = tempfile::tempdir().unwrap();
+    let extra = ["--mode", "online", "--cutover", "auto", "--jobs", "2"];
+    let run = tokio::spawn({
+        let (source, target) = (source.clone(), target.clone());
+        let dir = dir.path().to_path_buf();
+        async move { migrate_in(&dir, &source, &target, &extra, &[]).await }
+    });
+    wait_for(
+        &target,
+        "SELECT count(*) > 0 FROM _pg_dbmigrator.copied WHERE item = 'public.small'",
+        Duration::from_secs(60),
+        "the small table committed on the target",
+    )
+    .await;
+    copying_ports(&pair.source.admin_conninfo(), &db.name).await;
+    proxy.cut_for(Duration::from_secs(1));
+    proxy.set_bandwidth(None);
+    let out = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the run finished")
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the source session holding the replication slot's snapshot was lost")
+            && err.contains("tables were copied on it already")
+            && err.contains("--resume"),
+        "{err}"
+    );
+    // What `--resume` starts over from is left for it: the token, and the
+    // old slot it drops. (The servers are this test binary's own.)
+    assert!(dir.path().join("w.resume.json").exists(), "no resume token");
+    let c = testkit::client(&db.source).await;
+    let slots: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slots, 1, "the slot was not left for --resume");
 }
