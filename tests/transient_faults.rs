@@ -17,15 +17,22 @@ use pg_dbmigrator::testkit::{self, proxy::FaultProxy};
 /// takes 4 s, not a fraction of one (the cap is lifted with the cut).
 const COPY_PACE: u64 = 4 << 20;
 
-/// Wait until `sql` (on `ci`) answers true, or fail after `limit`.
+/// Wait until `sql` (on `ci`) answers true, or fail after `limit`. One
+/// session, opened again only when lost (or while the database does not
+/// exist yet), so polling stays quick on a loaded machine.
 async fn wait_for(ci: &str, sql: &str, limit: Duration, what: &str) {
     let deadline = Instant::now() + limit;
+    let mut client = None;
     loop {
-        if let Ok(c) = testkit::try_client(ci).await {
-            if let Ok(r) = c.query_one(sql, &[]).await {
-                if r.get::<_, bool>(0) {
-                    return;
-                }
+        if client.is_none() {
+            client = testkit::try_client(ci).await.ok();
+        }
+        if let Some(c) = &client {
+            match c.query_one(sql, &[]).await {
+                Ok(r) if r.get::<_, bool>(0) => return,
+                Ok(_) => {}
+                Err(_) if c.is_closed() => client = None,
+                Err(_) => {}
             }
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -44,7 +51,7 @@ async fn target_cut_for_three_seconds_mid_copy_is_retried() {
     testkit::execute(
         &db.source,
         "CREATE TABLE big (id int PRIMARY KEY, pad text);
-         INSERT INTO big SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 100000) g;
+         INSERT INTO big SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 60000) g;
          CREATE TABLE small (id int PRIMARY KEY); INSERT INTO small SELECT generate_series(1, 100);",
     )
     .await
@@ -573,12 +580,12 @@ async fn a_full_dump_path_is_said_and_resume_finishes() {
     testkit::execute(
         &db.source,
         "CREATE TABLE wide (id int PRIMARY KEY, pad text);
-         INSERT INTO wide SELECT g, md5(g::text) || md5((g * 7)::text) FROM generate_series(1, 100000) g;",
+         INSERT INTO wide SELECT g, md5(g::text) || md5((g * 7)::text) FROM generate_series(1, 50000) g;",
     )
     .await
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let fs = SmallFs::mount(dir.path(), "2m");
+    let fs = SmallFs::mount(dir.path(), "1m");
     let archive = dir.path().join("archive");
     let archive = archive.to_str().unwrap();
     let out = run_async(&["dump", "--source", &db.source, "--dump-path", archive]).await;
@@ -620,12 +627,12 @@ async fn a_full_dump_path_of_migrate_is_said_and_resume_finishes() {
     testkit::execute(
         &db.source,
         "CREATE TABLE wide (id int PRIMARY KEY, pad text);
-         INSERT INTO wide SELECT g, md5(g::text) || md5((g * 7)::text) FROM generate_series(1, 100000) g;",
+         INSERT INTO wide SELECT g, md5(g::text) || md5((g * 7)::text) FROM generate_series(1, 50000) g;",
     )
     .await
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let fs = SmallFs::mount(dir.path(), "2m");
+    let fs = SmallFs::mount(dir.path(), "1m");
     let work = dir.path().join("work");
     let work = work.to_str().unwrap();
     let target = other_target_db(&db, "via_dump");
