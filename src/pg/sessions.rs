@@ -66,7 +66,7 @@ pub async fn end_earlier(ep: &EndpointConfig, label: &str) -> Result<usize> {
         return Ok(0);
     };
     let c = connect::connect_server(ep, label).await?;
-    wait_for_tagged(&c, tag, label).await
+    wait_for_tagged(&c, tag, label, "of the interrupted run").await
 }
 
 /// This run's own other sessions on `c`'s server (work stopped in the
@@ -86,14 +86,20 @@ pub async fn end_others(
         .as_deref()
         .filter(|a| a.starts_with(PREFIX))
     {
-        Some(tag) => wait_for_tagged(c, tag, label).await,
+        Some(tag) => wait_for_tagged(c, tag, label, "of work this run stopped").await,
         None => Ok(0),
     }
 }
 
 /// Wait for the sessions tagged `tag` other than `c`'s own to end, ending
-/// them after [`GRACE`]. Returns how many there were.
-async fn wait_for_tagged(c: &tokio_postgres::Client, tag: &str, label: &str) -> Result<usize> {
+/// them after [`GRACE`]; `whose` says whose they are in the log. Returns
+/// how many there were.
+async fn wait_for_tagged(
+    c: &tokio_postgres::Client,
+    tag: &str,
+    label: &str,
+    whose: &str,
+) -> Result<usize> {
     let list = "SELECT pid, backend_type, coalesce(state, ''), left(query, 120)
                   FROM pg_catalog.pg_stat_activity
                  WHERE application_name = $1 AND pid <> pg_catalog.pg_backend_pid()
@@ -118,7 +124,7 @@ async fn wait_for_tagged(c: &tokio_postgres::Client, tag: &str, label: &str) -> 
         return Ok(0);
     }
     for (_, s) in &first {
-        info!(endpoint = label, session = %s, "waiting for a session left running (by an interrupted run, or work this run stopped) to end");
+        info!(endpoint = label, session = %s, "waiting for a session {whose} to end");
     }
     let started = Instant::now();
     let mut terminated = false;
@@ -130,7 +136,7 @@ async fn wait_for_tagged(c: &tokio_postgres::Client, tag: &str, label: &str) -> 
         }
         if started.elapsed() >= GRACE && !terminated {
             for (pid, s) in &left {
-                warn!(endpoint = label, session = %s, "ending a session left running: its statement is rolled back and redone by this run");
+                warn!(endpoint = label, session = %s, "ending a session {whose}: its statement is rolled back and redone by this run");
                 let ok: bool = c
                     .query_one("SELECT pg_catalog.pg_terminate_backend($1)", &[pid])
                     .await
