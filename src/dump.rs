@@ -115,7 +115,11 @@ pub async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<DumpReport> 
 /// A full file system under the archive, said as such: where, how much is
 /// still to come when known, and that `--resume` continues once there is
 /// room (files already written are kept).
-fn disk_full(e: MigrationError, dir: &std::path::Path, remaining: Option<u64>) -> MigrationError {
+pub(crate) fn disk_full(
+    e: MigrationError,
+    dir: &std::path::Path,
+    remaining: Option<u64>,
+) -> MigrationError {
     match e {
         MigrationError::Io { context, source }
             if source.kind() == std::io::ErrorKind::StorageFull

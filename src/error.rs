@@ -12,7 +12,9 @@ use std::fmt;
 pub mod exit_code {
     /// Success.
     pub const OK: i32 = 0;
-    /// The migration failed (server error, I/O error, bug).
+    /// The migration failed (server error, I/O error, a transient fault that
+    /// outlasted its retries, the copy's snapshot lost where it may not be
+    /// replaced, bug).
     pub const FAILED: i32 = 1;
     /// Usage or configuration error: bad flags, malformed conninfo,
     /// unreachable host, authentication failure, mismatched resume state,
@@ -156,6 +158,17 @@ pub enum MigrationError {
         source: std::io::Error,
     },
 
+    /// The source session holding the copy's exported snapshot was lost in
+    /// the middle of the copy, and the run may not go on with a new one
+    /// (`--strict-snapshot`, or an online copy that had begun: its slot
+    /// pairs with that snapshot only). The message says what to run.
+    #[error("{message}")]
+    SnapshotLost {
+        message: String,
+        /// Rows of this migration were committed on the target already.
+        copied_any: bool,
+    },
+
     /// Cancelled by the caller (Ctrl-C, SIGTERM, cancellation token).
     #[error("interrupted")]
     Cancelled,
@@ -213,6 +226,9 @@ impl MigrationError {
             MigrationError::VerifyDifferences(_) => ErrorKind::Verification,
             MigrationError::Cancelled => ErrorKind::Cancelled,
             MigrationError::Internal(_) => ErrorKind::Internal,
+            // The link to the source was lost with its snapshot: the copy
+            // goes on from a new one with `resume`.
+            MigrationError::SnapshotLost { .. } => ErrorKind::Connection,
         }
     }
 
@@ -221,7 +237,9 @@ impl MigrationError {
     /// [`MigrationError::is_transient`] that the run's own retries did not
     /// outlast.
     pub fn is_retryable(&self) -> bool {
-        self.is_transient()
+        // A lost snapshot is not retried within the run (the copy would no
+        // longer be one point in time unasked); a resumed run goes on.
+        self.is_transient() || matches!(self, MigrationError::SnapshotLost { .. })
     }
 
     /// The server's SQLSTATE as tokio-postgres's typed [`SqlState`], to

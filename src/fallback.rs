@@ -45,6 +45,9 @@ fn save(store: &TokenStore, st: &FallbackState) -> Result<()> {
     })
 }
 
+const CONTROL_DOWN: &str =
+    "cannot read the new server's WAL position; reconnecting the control session";
+
 /// A session for control statements on either server, writable even when
 /// its database is fenced.
 async fn control(ep: &crate::config::EndpointConfig, label: &str) -> Result<Client> {
@@ -194,6 +197,8 @@ pub(crate) async fn run(
     let started = Instant::now();
     let mut last_log = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut ctl_outage = connect::Outage::default();
+    let mut ctl_retry_at: Option<Instant> = None;
     loop {
         if want_rollback {
             want_rollback = false;
@@ -298,13 +303,30 @@ pub(crate) async fn run(
         }
         // Reverse lag: the new server's WAL position minus what the old
         // source has applied.
-        let wal = match current_wal(&tctl).await {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(error = %e, "cannot read the new server's WAL position; reconnecting");
-                if let Ok(c) = control(&phase.target, "target").await {
-                    tctl = c;
+        // While the new server cannot be reached: backoff, and said once
+        // (and every so often), not at every tick.
+        if let Some(at) = ctl_retry_at {
+            if Instant::now() < at {
+                continue;
+            }
+            ctl_retry_at = None;
+            match control(&phase.target, "target").await {
+                Ok(c) => tctl = c,
+                Err(e) => {
+                    ctl_retry_at = Some(Instant::now() + ctl_outage.note(&e, CONTROL_DOWN));
+                    continue;
                 }
+            }
+        }
+        let wal = match current_wal(&tctl).await {
+            Ok(l) => {
+                if let Some((down, attempts)) = ctl_outage.recovered() {
+                    info!(down_for = ?down, attempts, "the new server's WAL position can be read again");
+                }
+                l
+            }
+            Err(e) => {
+                ctl_retry_at = Some(Instant::now() + ctl_outage.note(&e, CONTROL_DOWN));
                 continue;
             }
         };

@@ -82,6 +82,9 @@ pub(crate) struct CopyPhase {
     /// Set on the target database at the very end (see
     /// [`crate::target::seal_database`]).
     pub database_limits: Option<crate::schema::model::DatabaseLimits>,
+    /// Why the copy is not one point in time, when it is not (see
+    /// [`MigrationReport::snapshot_note`]).
+    pub snapshot_note: Option<String>,
 }
 
 /// Validate, preflight, snapshot, schema, data, sequences, large objects.
@@ -158,7 +161,7 @@ pub(crate) async fn copy_phase(
     } else {
         None
     };
-    let dst = connect::connect(&target_ep, "target").await?;
+    let mut dst = connect::connect(&target_ep, "target").await?;
     let replica_role = session::setup_ddl_target(&dst).await?;
     let mut script = script;
     crate::target::fit_to_database_default(&dst, script.as_mut()).await?;
@@ -240,7 +243,14 @@ pub(crate) async fn copy_phase(
     let mut schema_steps = 0;
     let schema_notes = schema::filter_notes(script.as_ref());
     if let Some(script) = &script {
-        let pre = apply_steps(&dst, &migration_id, "pre", &script.pre_data, &cancel);
+        let pre = apply_steps(
+            &mut dst,
+            &target_ep,
+            &migration_id,
+            "pre",
+            &script.pre_data,
+            &cancel,
+        );
         schema_steps += store
             .run_stage(Stage::SchemaPreData, &mut stages, pre)
             .await?
@@ -251,6 +261,9 @@ pub(crate) async fn copy_phase(
 
     // Tables, and beside them each loaded table's indexes and keys.
     let mut skipped = Vec::new();
+    let mut snapshot_note = None;
+    let mut coordinator_snapshot = coordinator_snapshot;
+    let mut src = src;
     let copy_data = async {
         let block_size = catalog::block_size(&src).await?;
         let total: u64 = tables.iter().map(|t| t.bytes.max(0) as u64).sum();
@@ -279,43 +292,138 @@ pub(crate) async fn copy_phase(
         }
         // The plan is durable before the first chunk can commit.
         store.update(|t| t.chunk_plan = chunk_plan)?;
-        let token_done: BTreeSet<String> = store.snapshot().copied.keys().cloned().collect();
-        let mut todo = Vec::new();
-        let mut pending_tables = BTreeSet::new();
-        for item in items {
-            let name = item.name(&tables[item.table]);
-            // The target's own record is the truth; the token may lag one item behind.
-            if done_on_target.contains(&name) {
-                if !token_done.contains(&name) {
-                    info!(item = %name, "copy had committed before the interruption; recording it");
+        let mut done_on_target = done_on_target;
+        let mut snapshot_id = snapshot_id.clone();
+        let mut renewed = 0;
+        loop {
+            let token_done: BTreeSet<String> = store.snapshot().copied.keys().cloned().collect();
+            let mut todo = Vec::new();
+            let mut pending_tables = BTreeSet::new();
+            for item in &items {
+                let name = item.name(&tables[item.table]);
+                // The target's own record is the truth; the token may lag one item behind.
+                if done_on_target.contains(&name) {
+                    if !token_done.contains(&name) {
+                        info!(item = %name, "copy had committed before the interruption; recording it");
+                    }
+                    continue;
                 }
-                continue;
+                pending_tables.insert(item.table);
+                todo.push(item.clone());
             }
-            pending_tables.insert(item.table);
-            todo.push(item);
-        }
-        for (i, t) in tables.iter().enumerate() {
-            if !pending_tables.contains(&i) {
-                info!(table = %t.qualified(), "already copied, skipping");
-                skipped.push(t.qualified());
+            for (i, t) in tables.iter().enumerate() {
+                if !pending_tables.contains(&i) && !skipped.contains(&t.qualified()) {
+                    info!(table = %t.qualified(), "already copied, skipping");
+                    skipped.push(t.qualified());
+                }
             }
+            let early = early_steps(&dst, &migration_id, script.as_ref()).await?;
+            let ctx = Arc::new(CopyContext {
+                input: copy::Input::Server {
+                    endpoint: Box::new(source_ep.clone()),
+                    snapshot_id: snapshot_id.clone(),
+                },
+                output: copy::Output::Target(Box::new(target_ep.clone())),
+                migration_id: migration_id.clone(),
+                jobs: cfg.jobs,
+                index_jobs: cfg.index_jobs.unwrap_or(cfg.jobs),
+                binary,
+                analyze: cfg.analyze,
+                token: store.clone(),
+                progress: run.progress.clone(),
+            });
+            let e = match copy::copy_tables(ctx, tables.clone(), todo, early, cancel.clone()).await
+            {
+                Ok(outcome) => return Ok(outcome),
+                Err(e) => e,
+            };
+            if !snapshot_lost(&src, &e).await {
+                return Err(e);
+            }
+            // The coordinator holding the exported snapshot is gone, and
+            // the snapshot with it: no worker can import it again.
+            let now_done = copy::committed_items(&dst, &migration_id).await?;
+            let online = online.is_some();
+            let copied_any = !now_done.is_empty();
+            let why = if online && copied_any {
+                Some("tables were copied on it already")
+            } else if cfg.strict_snapshot {
+                Some("--strict-snapshot wants the copy to be one point in time")
+            } else if online {
+                // Nothing copied: the online run starts over from a new slot.
+                Some("nothing was copied on it yet")
+            } else if renewed >= MAX_SNAPSHOTS {
+                Some("it was lost too many times in this run")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(snapshot_lost_refusal(&e, online, copied_any, why));
+            }
+            renewed += 1;
+            warn!(error = %e, "the source session holding the exported snapshot was lost during the copy: \
+                   the tables not yet copied are copied on a new snapshot, so the copy is no longer one point in time \
+                   (--strict-snapshot stops instead)");
+            src = connect::reconnect(&source_ep, "source", &cancel).await?;
+            session::setup_source(&src).await?;
+            let (id, txids) = session::begin_exported_snapshot(&src).await?;
+            (snapshot_id, coordinator_snapshot) = (id, txids);
+            store.update(|t| t.snapshot_name = Some(snapshot_id.clone()))?;
+            // Work the failed attempt stopped may still run on the target.
+            crate::pg::sessions::end_others(&dst, &target_ep, "target").await?;
+            // A table some of whose chunks were copied on the lost
+            // snapshot is copied again whole on the new one.
+            let mut again = Vec::new();
+            for (i, t) in tables.iter().enumerate() {
+                let names: Vec<String> = items
+                    .iter()
+                    .filter(|it| it.table == i)
+                    .map(|it| it.name(t))
+                    .collect();
+                let done = names.iter().filter(|n| now_done.contains(*n)).count();
+                if done == 0 || done == names.len() {
+                    continue;
+                }
+                if t.load_into.is_some() {
+                    let why = format!(
+                        "{} was partly copied into {}, which other tables load too, so it cannot be emptied alone",
+                        t.qualified(),
+                        t.target_name()
+                    );
+                    return Err(snapshot_lost_refusal(&e, false, true, &why));
+                }
+                copy::restart_table(&dst, &migration_id, &t.target_name(), &names).await?;
+                store.update(|tok| {
+                    for n in &names {
+                        tok.copied.remove(n);
+                    }
+                })?;
+                info!(table = %t.qualified(), "partly copied on the lost snapshot: copying it again whole");
+                again.extend(names);
+            }
+            done_on_target = now_done
+                .into_iter()
+                .filter(|n| !again.contains(n))
+                .collect();
+            let on_old: Vec<String> = tables
+                .iter()
+                .map(|t| t.qualified())
+                .filter(|q| {
+                    items.iter().any(|it| {
+                        let name = it.name(&tables[it.table]);
+                        &tables[it.table].qualified() == q && done_on_target.contains(&name)
+                    })
+                })
+                .collect();
+            snapshot_note = Some(format!(
+                "not one point in time: the source session holding the exported snapshot was lost during the copy \
+                 ({e}); {} table(s) had been copied on the first snapshot ({}), the others were copied on a new \
+                 snapshot taken then. Writes to the source in between may show as differences",
+                on_old.len(),
+                crate::progress::summarize(&on_old)
+            ));
+            info!(snapshot = %snapshot_id, "copying the rest on a new snapshot");
         }
-        let early = early_steps(&dst, &migration_id, script.as_ref()).await?;
-        let ctx = Arc::new(CopyContext {
-            input: copy::Input::Server {
-                endpoint: Box::new(source_ep.clone()),
-                snapshot_id: snapshot_id.clone(),
-            },
-            output: copy::Output::Target(Box::new(target_ep.clone())),
-            migration_id: migration_id.clone(),
-            jobs: cfg.jobs,
-            index_jobs: cfg.index_jobs.unwrap_or(cfg.jobs),
-            binary,
-            analyze: cfg.analyze,
-            token: store.clone(),
-            progress: run.progress.clone(),
-        });
-        copy::copy_tables(ctx, tables.clone(), todo, early, cancel.clone()).await
     };
     let outcome = store
         .run_stage(Stage::CopyData, &mut stages, copy_data)
@@ -325,7 +433,7 @@ pub(crate) async fn copy_phase(
     let results = outcome.tables;
     // The main target session sat idle through the copy: a link that
     // dropped meanwhile (the copy retried through it) took it along.
-    let dst = if dst.is_closed() {
+    let mut dst = if dst.is_closed() {
         warn!("the target session was lost during the copy; reconnecting");
         let c = connect::reconnect(&target_ep, "target", &cancel).await?;
         session::setup_ddl_target(&c).await?;
@@ -336,7 +444,14 @@ pub(crate) async fn copy_phase(
 
     // Schema after the data: indexes, constraints, then privileges and refreshes.
     if let Some(script) = &script {
-        let post = apply_after_data(&dst, &target_ep, &migration_id, script, cfg.jobs, &cancel);
+        let post = apply_after_data(
+            &mut dst,
+            &target_ep,
+            &migration_id,
+            script,
+            cfg.jobs,
+            &cancel,
+        );
         schema_steps += store
             .run_stage(Stage::SchemaPostData, &mut stages, post)
             .await?
@@ -393,7 +508,47 @@ pub(crate) async fn copy_phase(
         source: source_ep,
         target: target_ep,
         database_limits: script.as_ref().and_then(|s| s.database_limits),
+        snapshot_note,
     })
+}
+
+/// How many times one run takes a new snapshot after losing one.
+const MAX_SNAPSHOTS: u32 = 3;
+
+/// Whether `e`, which stopped the copy, came with the loss of the
+/// coordinator `src` (the session whose transaction exported the
+/// snapshot): the workers then fail to import it again (22023, invalid
+/// snapshot identifier) once the link is back.
+async fn snapshot_lost(src: &tokio_postgres::Client, e: &MigrationError) -> bool {
+    (e.is_transient() || e.sqlstate() == Some("22023")) && !session::answers(src).await
+}
+
+/// The refusal when the copy may not go on with a new snapshot, with the
+/// way out; `why` says why not.
+fn snapshot_lost_refusal(
+    cause: &MigrationError,
+    online: bool,
+    copied_any: bool,
+    why: &str,
+) -> MigrationError {
+    let message = if online {
+        format!(
+            "the source session holding the replication slot's snapshot was lost during the copy ({cause}); \
+             the slot pairs with that snapshot only, and {why}. Run the same command with --resume: \
+             the copy starts over from a new slot (the target is cleaned first)"
+        )
+    } else {
+        format!(
+            "the source session holding the exported snapshot was lost during the copy ({cause}); {why}, \
+             so the run stops here. Run the same command with --force-clean to copy everything again on one \
+             snapshot, or with --resume to keep what was copied and copy the rest on a new snapshot (the same \
+             data only if nothing wrote to the source meanwhile)"
+        )
+    };
+    MigrationError::SnapshotLost {
+        message,
+        copied_any,
+    }
 }
 
 /// Finalize (remove our bookkeeping from the target) and verify.
@@ -424,6 +579,7 @@ pub(crate) async fn finish(
         source: source_ep,
         target: target_ep,
         database_limits: phase_limits,
+        snapshot_note,
     } = phase;
     let dst = connect::connect(&target_ep, "target").await?;
     // Finalize: nothing of ours stays on the target.
@@ -471,6 +627,7 @@ pub(crate) async fn finish(
         verify: verify_report,
         online: None,
         already_complete: false,
+        snapshot_note,
     })
 }
 
@@ -531,7 +688,11 @@ async fn run_via_archive(cfg: &MigrationConfig, run: &RunContext) -> Result<Migr
     } else {
         let mut dcfg = cfg.clone();
         dcfg.resume = cfg.resume && dump_token.exists();
-        let d = crate::dump::run_with(&dcfg, binary, run).await?;
+        // A full disk under the archive is said as such, whichever write
+        // hit it (the data files say what is still to write).
+        let d = crate::dump::run_with(&dcfg, binary, run)
+            .await
+            .map_err(|e| crate::dump::disk_full(e, &dir, None))?;
         info!(
             files = d.files_written,
             raw = %human_bytes(d.raw_bytes),
@@ -631,4 +792,46 @@ pub(crate) async fn verify_stage(
         t0.elapsed().as_secs_f64(),
     ));
     Ok(Some(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cause() -> MigrationError {
+        MigrationError::Client {
+            context: "reading public.big from the source".into(),
+            message: "connection closed".into(),
+        }
+    }
+
+    #[test]
+    fn a_lost_snapshot_refusal_names_the_ways_out() {
+        let e = snapshot_lost_refusal(&cause(), false, true, "--strict-snapshot is set");
+        let text = e.to_string();
+        assert!(
+            text.contains("connection closed")
+                && text.contains("--strict-snapshot is set")
+                && text.contains("--force-clean")
+                && text.contains("--resume"),
+            "{text}"
+        );
+        assert_eq!(e.exit_code(), crate::error::exit_code::FAILED);
+        assert!(!e.is_transient());
+        let e = snapshot_lost_refusal(&cause(), true, true, "tables were copied on it already");
+        let text = e.to_string();
+        assert!(
+            text.contains("replication slot")
+                && text.contains("--resume")
+                && !text.contains("--force-clean"),
+            "{text}"
+        );
+        assert!(matches!(
+            e,
+            MigrationError::SnapshotLost {
+                copied_any: true,
+                ..
+            }
+        ));
+    }
 }

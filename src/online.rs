@@ -143,7 +143,25 @@ pub(crate) async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<Migra
         let cp = prep.state.consistent_point;
         (phase, cp)
     } else {
-        let r = migrate::copy_phase(&copy_cfg, run, Some(&mut prep)).await;
+        let mut r = migrate::copy_phase(&copy_cfg, run, Some(&mut prep)).await;
+        if let Err(MigrationError::SnapshotLost {
+            copied_any: false,
+            message,
+        }) = &r
+        {
+            if !cfg.strict_snapshot {
+                // Nothing was copied on the lost snapshot: a new slot and
+                // its snapshot lose nothing (as a resume would do).
+                warn!(cause = %message, "the copy's snapshot was lost before anything was copied: dropping the slot and starting over from a new one");
+                let src = connect::reconnect(&source_ep, "source", &run.cancel).await?;
+                drop_slot(&src, &prep.state.slot_name).await?;
+                prep.state.slot_created = false;
+                prep.state.consistent_point = None;
+                copy_cfg.resume = false;
+                copy_cfg.force_clean = true;
+                r = migrate::copy_phase(&copy_cfg, run, Some(&mut prep)).await;
+            }
+        }
         match r {
             Ok(p) => {
                 let cp = prep.state.consistent_point;
@@ -218,6 +236,8 @@ async fn resume_phase(
         source,
         target,
         database_limits,
+        // Online copies are always one point in time (the slot's).
+        snapshot_note: None,
     })
 }
 
@@ -353,6 +373,8 @@ async fn stream_and_cutover(
     let mut last_log = Instant::now();
     let mut want_cutover = cutover_interrupted;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut ctl_outage = crate::pg::connect::Outage::default();
+    let mut ctl_retry_at: Option<Instant> = None;
     // Test hook: stream at least this long before an automatic cutover.
     let min_stream = Duration::from_secs(
         std::env::var("PG_DBMIGRATOR_TEST_MIN_STREAM_SECS")
@@ -421,14 +443,31 @@ async fn stream_and_cutover(
             want_cutover = true;
             continue;
         }
-        // Lag: the source's WAL position minus what is applied.
-        let wal = match current_wal(&ctl).await {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(error = %e, "cannot read the source's WAL position; reconnecting the control session");
-                if let Ok(c) = control(&phase.source).await {
-                    ctl = c;
+        // Lag: the source's WAL position minus what is applied. While the
+        // source cannot be reached, the control session is opened again
+        // with backoff, not at every tick, and said once, not every time.
+        if let Some(at) = ctl_retry_at {
+            if Instant::now() < at {
+                continue;
+            }
+            ctl_retry_at = None;
+            match control(&phase.source).await {
+                Ok(c) => ctl = c,
+                Err(e) => {
+                    ctl_retry_at = Some(Instant::now() + ctl_outage.note(&e, CONTROL_DOWN));
+                    continue;
                 }
+            }
+        }
+        let wal = match current_wal(&ctl).await {
+            Ok(l) => {
+                if let Some((down, attempts)) = ctl_outage.recovered() {
+                    info!(down_for = ?down, attempts, "the source's WAL position can be read again");
+                }
+                l
+            }
+            Err(e) => {
+                ctl_retry_at = Some(Instant::now() + ctl_outage.note(&e, CONTROL_DOWN));
                 continue;
             }
         };
@@ -574,6 +613,7 @@ async fn finish_report(
         verify: verify_report,
         online: Some(online),
         already_complete: false,
+        snapshot_note: phase.snapshot_note,
     })
 }
 
@@ -584,6 +624,9 @@ async fn no_capture(c: &Client) -> Result<()> {
         .await
         .map_err(|e| MigrationError::db("configuring a target session", e))
 }
+
+const CONTROL_DOWN: &str =
+    "cannot read the source's WAL position; reconnecting the control session";
 
 struct CutoverOutcome {
     fence_lsn: Option<Lsn>,

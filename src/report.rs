@@ -45,6 +45,11 @@ pub struct MigrationReport {
     /// `--resume` of a migration its token records complete: nothing was
     /// done (the finishing run's report is in `summary_path`).
     pub already_complete: bool,
+    /// Set when the copy is not one point in time: the source session
+    /// holding the exported snapshot was lost in the middle of the copy and
+    /// the tables not yet copied were read on a new snapshot (without
+    /// `--strict-snapshot`). Says which tables were read on which.
+    pub snapshot_note: Option<String>,
 }
 
 impl Serialize for MigrationReport {
@@ -78,6 +83,10 @@ impl Serialize for MigrationReport {
             online: &'a Option<OnlineReport>,
             #[serde(skip_serializing_if = "std::ops::Not::not")]
             already_complete: bool,
+            /// Every table was read on the one snapshot.
+            point_in_time: bool,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            snapshot_note: &'a Option<String>,
         }
         let (tables, other_tables) = largest(
             &self.tables,
@@ -110,6 +119,8 @@ impl Serialize for MigrationReport {
             verify: &self.verify,
             online: &self.online,
             already_complete: self.already_complete,
+            point_in_time: self.snapshot_note.is_none(),
+            snapshot_note: &self.snapshot_note,
         }
         .serialize(s)
     }
@@ -141,6 +152,7 @@ impl MigrationReport {
             verify: None,
             online: None,
             already_complete: true,
+            snapshot_note: None,
         }
     }
 
@@ -212,6 +224,9 @@ impl MigrationReport {
             "  throughput: {}/s\n",
             human_bytes(self.throughput() as u64)
         ));
+        if let Some(note) = &self.snapshot_note {
+            s.push_str(&format!("  snapshot: {note}\n"));
+        }
         for note in &self.schema_notes {
             s.push_str(&format!("  filters: {note}\n"));
         }

@@ -141,7 +141,7 @@ pub(crate) async fn run_locked(
         )
         .await?;
     }
-    let dst = connect::connect(&target_ep, "target").await?;
+    let mut dst = connect::connect(&target_ep, "target").await?;
     session::setup_ddl_target(&dst).await?;
     let mut script = script;
     crate::target::fit_to_database_default(&dst, script.as_mut()).await?;
@@ -229,7 +229,14 @@ pub(crate) async fn run_locked(
         let t0 = Instant::now();
         schema_steps += around(
             Point::SchemaPreData,
-            crate::copy::apply_steps(&dst, &migration_id, "pre", &script.pre_data, &cancel),
+            crate::copy::apply_steps(
+                &mut dst,
+                &target_ep,
+                &migration_id,
+                "pre",
+                &script.pre_data,
+                &cancel,
+            ),
         )
         .await?;
         stages.push((
@@ -302,7 +309,7 @@ pub(crate) async fn run_locked(
         schema_steps += around(
             Point::SchemaPostData,
             crate::copy::apply_after_data(
-                &dst,
+                &mut dst,
                 &target_ep,
                 &migration_id,
                 script,
@@ -411,6 +418,7 @@ pub(crate) async fn run_locked(
             verify: None,
             online: None,
             already_complete: false,
+            snapshot_note: None,
         },
         (!seal).then_some(limits).flatten(),
     ))

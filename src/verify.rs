@@ -215,8 +215,27 @@ pub struct VerifyOptions {
 }
 
 /// Compare source and target. Differences are in the report; an `Err` means
-/// the comparison itself could not run.
+/// the comparison itself could not run. Verify reads and writes nothing,
+/// so a transient fault (a session lost, a server restarting, a
+/// serialization failure) starts the whole comparison again on new
+/// sessions, with [`connect::Retry`]'s backoff, until it gives up.
 pub async fn verify(
+    source: &EndpointConfig,
+    target: &EndpointConfig,
+    filters: &CompiledFilters,
+    opts: &VerifyOptions,
+    cancel: &CancellationToken,
+) -> Result<VerifyReport> {
+    let mut retry = connect::Retry::new();
+    loop {
+        match verify_once(source, target, filters, opts, cancel).await {
+            Ok(r) => return Ok(r),
+            Err(e) => retry.wait(e, "verify", cancel).await?,
+        }
+    }
+}
+
+async fn verify_once(
     source: &EndpointConfig,
     target: &EndpointConfig,
     filters: &CompiledFilters,
@@ -237,6 +256,7 @@ pub async fn verify(
     let dst = connect::connect(target, "target").await?;
     session::setup_source(&dst).await?;
     let (dst_snap, _) = session::begin_exported_snapshot(&dst).await?;
+    crate::faults::test_pause_at("verify").await;
 
     // The set of tables.
     let src_rels: BTreeSet<String> = catalog::list_relation_names(&src, filters)
@@ -700,10 +720,16 @@ async fn check_one(
             target_checksum: tr.get(1),
         },
         Err(e) => {
+            let err = MigrationError::db(format!("checksumming {} on the target", unit.target), e);
+            // A fault of the moment is not a difference: verify starts again.
+            if err.is_transient() {
+                return Err(err);
+            }
+            let msg = match err {
+                MigrationError::Db { info, .. } => info.message,
+                other => other.to_string(),
+            };
             // The transaction is aborted: report and restart it on the snapshot.
-            let msg = crate::error::db_info(&e)
-                .map(|i| i.message)
-                .unwrap_or_else(|| crate::error::client_message(&e));
             let _ = t.batch_execute("ROLLBACK").await;
             session::import_snapshot(t, dst_snap).await?;
             TableCheck {

@@ -441,6 +441,11 @@ struct MigrateArgs {
     /// Name of this migration (default: derived from source, target and filters).
     #[arg(long)]
     migration_id: Option<String>,
+    /// When the source session holding the snapshot is lost mid-copy,
+    /// stop instead of copying the tables not yet copied on a new snapshot
+    /// (which makes the copy no longer one point in time).
+    #[arg(long)]
+    strict_snapshot: bool,
     /// Full migrations: create the roles the schema names that the target lacks
     /// (attributes and memberships; existing roles are left as they are).
     #[arg(long)]
@@ -724,6 +729,7 @@ fn migrate_config(args: &MigrateArgs) -> Result<MigrationConfig, MigrationError>
         resume: args.resume,
         force_clean: args.force_clean,
         migration_id: args.migration_id.clone(),
+        strict_snapshot: args.strict_snapshot,
         roles: args.roles,
         role_passwords: args.role_passwords,
         no_owner: args.no_owner,

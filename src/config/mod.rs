@@ -112,6 +112,11 @@ pub struct MigrationConfig {
     pub force_clean: bool,
     /// Names the slot, publication and work files; generated when absent.
     pub migration_id: Option<String>,
+    /// When the source session holding the exported snapshot is lost in
+    /// the middle of the copy, stop (the way out is `--resume` or
+    /// `--force-clean`) rather than go on with the tables not yet copied
+    /// on a new snapshot, which makes the copy no longer one point in time.
+    pub strict_snapshot: bool,
     /// Full migrations: create the roles the schema names that the target lacks.
     pub roles: bool,
     /// With `roles`: copy their password hashes (needs a superuser source role).
@@ -176,6 +181,7 @@ impl Default for MigrationConfig {
             resume: false,
             force_clean: false,
             migration_id: None,
+            strict_snapshot: false,
             roles: false,
             role_passwords: false,
             no_owner: false,

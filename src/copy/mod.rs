@@ -196,21 +196,34 @@ pub(crate) async fn apply_parallel(
     let n = todo.len();
     let queue = Arc::new(Mutex::new(todo));
     let mut workers = Workers::new(cancel, "schema step");
+    let stop = workers.stop_token();
     for _ in 0..jobs.max(1).min(n) {
-        let (queue, target) = (queue.clone(), target.clone());
+        let (queue, target, stop) = (queue.clone(), target.clone(), stop.clone());
         let (migration_id, part) = (migration_id.to_string(), part.to_string());
         workers.spawn(async move {
-            let dst = connect::connect(&target, "target").await?;
-            session::setup_target(&dst).await?;
-            dst.batch_execute(crate::schema::emit::APPLY_SETTINGS)
-                .await
-                .map_err(|e| MigrationError::db("configuring the target session", e))?;
+            let mut dst = connect::connect(&target, "target").await?;
+            session::setup_ddl_target(&dst).await?;
+            let mut pid = crate::pg::sessions::backend_pid(&dst).await?;
             loop {
                 let Some(step) = queue.lock().unwrap().pop_front() else {
                     return Ok(());
                 };
                 let t0 = Instant::now();
-                apply_step(&dst, &migration_id, &part, &step).await?;
+                // A transient fault: the step again on a new session,
+                // unless its marker shows that it committed.
+                let mut retry = connect::Retry::new();
+                while let Err(e) = apply_step(&dst, &migration_id, &part, &step).await {
+                    retry.wait(e, &step.describe, &stop).await?;
+                    steps::reopen(&mut dst, &target, Some(pid), &mut retry, &step.describe, &stop)
+                        .await?;
+                    pid = crate::pg::sessions::backend_pid(&dst).await?;
+                    if committed_steps(&dst, &migration_id)
+                        .await?
+                        .contains(&step_marker(&part, &step))
+                    {
+                        break;
+                    }
+                }
                 info!(step = %step.describe, seconds = format!("{:.2}", t0.elapsed().as_secs_f64()), "applied");
             }
         });
@@ -280,6 +293,47 @@ pub async fn committed_steps(target: &Client, migration_id: &str) -> Result<BTre
         .await
         .map_err(|e| MigrationError::db("reading schema progress on the target", e))?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Make `table` (a target relation only its own source table loads) as if
+/// none of its `items` had been copied: its rows and their markers go in
+/// one transaction. For a table some of whose chunks were copied on a
+/// snapshot that is lost: the rest cannot be read on that snapshot, and
+/// chunks read on two snapshots may hold a row twice or not at all (an
+/// update moves a row to another page).
+pub async fn restart_table(
+    target: &Client,
+    migration_id: &str,
+    table: &str,
+    items: &[String],
+) -> Result<()> {
+    let ctx = |e| {
+        MigrationError::db(
+            format!("emptying {table} on the target to copy it again"),
+            e,
+        )
+    };
+    target.batch_execute("BEGIN").await.map_err(ctx)?;
+    let done = async {
+        empty_table(target, table).await?;
+        target
+            .execute(
+                &format!(
+                    "DELETE FROM {STATE_SCHEMA}.copied WHERE migration_id = $1 AND item = ANY($2)"
+                ),
+                &[&migration_id, &items],
+            )
+            .await
+            .map_err(ctx)?;
+        target.batch_execute("COMMIT").await.map_err(ctx)
+    };
+    match done.await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = target.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
 }
 
 /// Remove our bookkeeping from the target.
@@ -638,6 +692,7 @@ async fn index_worker(
             }
         }
     };
+    let mut pid = crate::pg::sessions::backend_pid(&dst).await.ok();
     debug!(worker = id, "index worker ready");
     while let Some(task) = sched.next_index_task(stop).await {
         let what = match &task {
@@ -719,6 +774,13 @@ async fn index_worker(
                     Err(e) => retry.wait(e, &what, stop).await?,
                 }
             }
+            // The lost session's build may still be running (a server
+            // notices its client is gone only when it next talks to it):
+            // the markers are final once it has ended.
+            if let Some(p) = pid {
+                crate::pg::sessions::settle_lost(&dst, p, "target").await?;
+            }
+            pid = crate::pg::sessions::backend_pid(&dst).await.ok();
             done = Some(committed_steps(&dst, &ctx.migration_id).await?);
         }
         faults::after(Point::IndexBuild).await;

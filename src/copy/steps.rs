@@ -1,15 +1,20 @@
 //! Schema steps applied on the target with their markers: steps commit
 //! together with their marker rows (many per transaction), so a resumed
-//! run never applies one twice.
+//! run never applies one twice, and a batch interrupted by a transient
+//! fault is applied again on a new session unless its markers show that
+//! its commit went through.
 //! The post-data steps that need only one table's rows run beside the copy
 //! (see [`crate::schema::Step::table`]); the rest follow the data.
 
-use crate::faults::{around, Point};
+use crate::faults::Point;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use crate::config::EndpointConfig;
 use crate::error::{MigrationError, Result};
+use crate::pg::connect::{self, Retry};
+use crate::pg::{session, sessions};
 use crate::schema::{self, Step};
 
 /// The post-data steps still to run beside the copy (index builds and keys,
@@ -35,14 +40,14 @@ pub(crate) async fn early_steps(
 /// foreign key validations in parallel, privileges, and the last steps.
 /// Returns how many steps were applied now.
 pub(crate) async fn apply_after_data(
-    dst: &Client,
-    target: &crate::config::EndpointConfig,
+    dst: &mut Client,
+    target: &EndpointConfig,
     migration_id: &str,
     script: &schema::SchemaScript,
     jobs: usize,
     cancel: &CancellationToken,
 ) -> Result<usize> {
-    let mut n = apply_steps(dst, migration_id, "post", &script.post_data, cancel).await?;
+    let mut n = apply_steps(dst, target, migration_id, "post", &script.post_data, cancel).await?;
     let validations = script.post_data.iter().filter(|s| s.parallel).cloned();
     n += super::apply_parallel(
         target,
@@ -53,8 +58,8 @@ pub(crate) async fn apply_after_data(
         cancel,
     )
     .await?;
-    n += apply_steps(dst, migration_id, "acl", &script.acl, cancel).await?;
-    n += apply_steps(dst, migration_id, "last", &script.last, cancel).await?;
+    n += apply_steps(dst, target, migration_id, "acl", &script.acl, cancel).await?;
+    n += apply_steps(dst, target, migration_id, "last", &script.last, cancel).await?;
     Ok(n)
 }
 
@@ -70,30 +75,78 @@ const BATCH_SQL_BYTES: usize = 512 * 1024;
 /// crash leaves a batch wholly applied and recorded or not at all, and a
 /// resumed run never applies a step twice. A failing batch is replayed one
 /// step at a time (it had rolled back wholly), which applies the steps
-/// before the bad one and names it exactly. Returns how many were applied.
+/// before the bad one and names it exactly. A transient fault (the session
+/// lost, the server restarting, a serialization failure or deadlock) is
+/// retried with [`Retry`]: on a new session when the old one is gone
+/// (`dst` is replaced, so the caller goes on with the new one), once the
+/// lost session's server process has ended, with the steps the markers do
+/// not show committed. Returns how many were applied.
 pub(crate) async fn apply_steps(
-    dst: &Client,
+    dst: &mut Client,
+    target: &EndpointConfig,
     migration_id: &str,
     part: &str,
     steps: &[Step],
     cancel: &CancellationToken,
 ) -> Result<usize> {
-    let done = super::committed_steps(dst, migration_id).await?;
+    let mut retry = Retry::new();
+    let done = loop {
+        match super::committed_steps(dst, migration_id).await {
+            Ok(d) => break d,
+            Err(e) => {
+                retry.wait(e, "reading schema progress", cancel).await?;
+                reopen(
+                    dst,
+                    target,
+                    None,
+                    &mut retry,
+                    "reading schema progress",
+                    cancel,
+                )
+                .await?;
+            }
+        }
+    };
     // Foreign key validations run afterwards, in parallel (apply_parallel).
     let todo: Vec<&Step> = steps
         .iter()
         .filter(|s| !s.parallel && !done.contains(&super::step_marker(part, s)))
         .collect();
+    let mut pid = if todo.is_empty() {
+        None
+    } else {
+        sessions::backend_pid(dst).await.ok()
+    };
     let mut n = 0;
     for batch in &batches(&todo) {
         if cancel.is_cancelled() {
             return Err(MigrationError::Cancelled);
         }
-        around(
-            Point::SchemaStep,
-            apply_batch(dst, migration_id, part, batch),
-        )
-        .await?;
+        crate::faults::test_pause_at("schema_batch").await;
+        crate::faults::before(Point::SchemaStep).await;
+        let mut retry = Retry::new();
+        let mut left = batch.clone();
+        loop {
+            let Err(e) = apply_batch(dst, migration_id, part, &left).await else {
+                break;
+            };
+            let what = format!("{part} schema steps from {}", left[0].describe);
+            // A serialization failure or deadlock leaves the session
+            // usable; anything else is redone on a new one.
+            let keep = !dst.is_closed() && matches!(e.sqlstate(), Some("40001" | "40P01"));
+            retry.wait(e, &what, cancel).await?;
+            if !keep {
+                reopen(dst, target, pid, &mut retry, &what, cancel).await?;
+                pid = sessions::backend_pid(dst).await.ok();
+            }
+            let done = super::committed_steps(dst, migration_id).await?;
+            left.retain(|s| !done.contains(&super::step_marker(part, s)));
+            if left.is_empty() {
+                info!(%what, "the interrupted commit had gone through");
+                break;
+            }
+        }
+        crate::faults::after(Point::SchemaStep).await;
         n += batch.len();
     }
     info!(
@@ -103,6 +156,37 @@ pub(crate) async fn apply_steps(
         "schema steps applied"
     );
     Ok(n)
+}
+
+/// A new schema session in place of `dst`, opened with `retry`'s backoff;
+/// with `lost` (the old session's server process) only once that process
+/// has ended, so the markers read next are final.
+pub(crate) async fn reopen(
+    dst: &mut Client,
+    target: &EndpointConfig,
+    lost: Option<i32>,
+    retry: &mut Retry,
+    what: &str,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    loop {
+        let opened = async {
+            let c = connect::connect(target, "target").await?;
+            session::setup_ddl_target(&c).await?;
+            Ok(c)
+        };
+        match opened.await {
+            Ok(c) => {
+                *dst = c;
+                break;
+            }
+            Err(e) => retry.wait(e, what, cancel).await?,
+        }
+    }
+    if let Some(pid) = lost {
+        sessions::settle_lost(dst, pid, "target").await?;
+    }
+    Ok(())
 }
 
 /// Apply `batch` in one implicit transaction with its markers; when it
@@ -126,6 +210,14 @@ pub(crate) async fn apply_batch(
     }
     sql.push_str(&super::markers_insert(migration_id, part, batch));
     if let Err(e) = dst.batch_execute(&sql).await {
+        let e = MigrationError::db(
+            format!("applying {} schema steps on the target", batch.len()),
+            e,
+        );
+        if e.is_transient() {
+            // Not the steps' fault: the caller retries the batch.
+            return Err(e);
+        }
         debug!(part, steps = batch.len(), error = %e, "a batch of schema steps failed: replaying it one step at a time");
         for step in batch {
             super::apply_step(dst, migration_id, part, step).await?;

@@ -52,6 +52,7 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
             }
         }
     };
+    let mut dst_pid = target_pid(&dst).await;
     debug!(worker = id, "copy worker ready");
     let mut first = true;
     // Small tables travel several per target transaction: one commit (one
@@ -111,11 +112,17 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
                         Err(e) => retry.wait(e, &what, stop).await?,
                     }
                 }
+                let lost_pid = std::mem::replace(&mut dst_pid, target_pid(&dst).await);
                 first = true;
                 // A connection lost during COMMIT leaves the outcome unknown:
-                // the group's markers, written in its transaction, tell.
+                // the group's markers, written in its transaction, tell,
+                // once the lost session's process has ended (it may be
+                // committing still).
                 if results.len() == group.len() {
                     let d = dst.as_ref().expect("target session");
+                    if let Some(p) = lost_pid {
+                        crate::pg::sessions::settle_lost(d, p, "target").await?;
+                    }
                     let committed = super::committed_items(d, &ctx.migration_id).await?;
                     if group
                         .iter()
@@ -183,6 +190,15 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
         let _ = src.batch_execute("COMMIT").await;
     }
     Ok(())
+}
+
+/// The server process of the target session, to find it again if the
+/// session is lost (see [`crate::pg::sessions::settle_lost`]).
+async fn target_pid(dst: &Option<Client>) -> Option<i32> {
+    match dst {
+        Some(d) => crate::pg::sessions::backend_pid(d).await.ok(),
+        None => None,
+    }
 }
 
 /// The source session of a worker: on the shared snapshot.

@@ -93,14 +93,7 @@ impl Retry {
             return Err(e);
         }
         self.attempt += 1;
-        let base = Duration::from_millis(250) * 2u32.saturating_pow(self.attempt.min(5));
-        let base = base.min(Duration::from_secs(5));
-        // Up to a quarter more, so workers cut at once do not return at once.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let delay = base + base / 4 * (nanos % 1000) / 1000;
+        let delay = backoff(self.attempt);
         tracing::warn!(
             work = %what, attempt = self.attempt, retry_in = ?delay, error = %e,
             "interrupted by a transient fault; retrying from its beginning on a new session"
@@ -109,6 +102,97 @@ impl Retry {
             _ = stop.cancelled() => Err(MigrationError::Cancelled),
             _ = tokio::time::sleep(delay) => Ok(()),
         }
+    }
+}
+
+/// The wait before attempt `attempt` (1, 2, ...) after a transient fault:
+/// 500 ms doubling to 5 s at most, plus up to a quarter more, so sessions
+/// cut at once do not all return at once.
+pub fn backoff(attempt: u32) -> Duration {
+    let base = Duration::from_millis(250) * 2u32.saturating_pow(attempt.clamp(1, 5));
+    let base = base.min(Duration::from_secs(5));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    base + base / 4 * (nanos % 1000) / 1000
+}
+
+/// A fault that may go on a while (a link down under a session that
+/// reconnects by itself): when to try again ([`backoff`]), and whether to
+/// say so. The first failure is a warning, the attempts after it debug
+/// lines, with a warning again every [`Outage::WARN_EVERY`] while it lasts,
+/// so a link down for minutes is a few lines, not one per attempt.
+#[derive(Debug, Default)]
+pub struct Outage {
+    since: Option<std::time::Instant>,
+    last_warned: Option<std::time::Instant>,
+    attempts: u32,
+}
+
+/// What [`Outage::failed`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NextAttempt {
+    /// Wait this long before trying again.
+    pub delay: Duration,
+    /// Log this failure as a warning (else as a debug line).
+    pub warn: bool,
+    /// Since the first failure of this outage.
+    pub down_for: Duration,
+    /// Failures so far in this outage.
+    pub attempts: u32,
+}
+
+impl Outage {
+    pub const WARN_EVERY: Duration = Duration::from_secs(30);
+
+    /// One more failure.
+    pub fn failed(&mut self) -> NextAttempt {
+        let now = std::time::Instant::now();
+        let since = *self.since.get_or_insert(now);
+        self.attempts += 1;
+        let warn = self
+            .last_warned
+            .is_none_or(|w| now.duration_since(w) >= Self::WARN_EVERY);
+        if warn {
+            self.last_warned = Some(now);
+        }
+        NextAttempt {
+            delay: backoff(self.attempts),
+            warn,
+            down_for: now.duration_since(since),
+            attempts: self.attempts,
+        }
+    }
+
+    /// [`failed`](Self::failed) with `e`, logged as it decides (`what`
+    /// says what failed and what is done about it); the wait before the
+    /// next attempt.
+    pub fn note(&mut self, e: &MigrationError, what: &str) -> Duration {
+        let next = self.failed();
+        if next.warn {
+            tracing::warn!(
+                error = %e, retry_in = ?next.delay, down_for = ?next.down_for, attempts = next.attempts,
+                "{what} (further attempts are logged at debug level, with a warning every 30 s while it lasts)"
+            );
+        } else {
+            tracing::debug!(error = %e, retry_in = ?next.delay, attempts = next.attempts, "{what}: still failing");
+        }
+        next.delay
+    }
+
+    /// The outage is over: how long it lasted and how many failures it
+    /// had, if there was one.
+    pub fn recovered(&mut self) -> Option<(Duration, u32)> {
+        let since = self.since.take()?;
+        let n = std::mem::take(&mut self.attempts);
+        self.last_warned = None;
+        Some((since.elapsed(), n))
+    }
+
+    /// Since the first failure of the outage under way, if any.
+    pub fn down_for(&self) -> Option<Duration> {
+        self.since.map(|s| s.elapsed())
     }
 }
 
@@ -394,6 +478,34 @@ fn tls_hint(err: &io::Error) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_grows_capped_and_jittered() {
+        for a in 1..20 {
+            let d = backoff(a);
+            let base = Duration::from_millis(250) * 2u32.pow(a.clamp(1, 5));
+            let base = base.min(Duration::from_secs(5));
+            assert!(d >= base && d <= base + base / 4, "{a}: {d:?}");
+        }
+        assert!(backoff(30) <= Duration::from_millis(6250));
+    }
+
+    #[test]
+    fn an_outage_warns_once_then_every_so_often() {
+        let mut o = Outage::default();
+        let first = o.failed();
+        assert!(first.warn && first.attempts == 1);
+        for _ in 0..50 {
+            assert!(
+                !o.failed().warn,
+                "warned again within {:?}",
+                Outage::WARN_EVERY
+            );
+        }
+        assert_eq!(o.recovered().map(|r| r.1), Some(51));
+        assert!(o.recovered().is_none());
+        assert!(o.failed().warn, "a new outage warns again");
+    }
 
     #[test]
     fn durations_read_naturally() {

@@ -77,6 +77,13 @@ pub async fn setup_ddl_target(client: &Client) -> Result<bool> {
     Ok(replica)
 }
 
+/// Whether the session still answers: the coordinator's, whose loss takes
+/// the exported snapshot with it (nothing else tells a quiet session that
+/// its link was cut).
+pub async fn answers(client: &Client) -> bool {
+    !client.is_closed() && client.simple_query("SELECT 1").await.is_ok()
+}
+
 /// Open a REPEATABLE READ, READ ONLY transaction and export its snapshot.
 /// Returns `(snapshot_id, txid_snapshot_text)`.
 pub async fn begin_exported_snapshot(client: &Client) -> Result<(String, String)> {

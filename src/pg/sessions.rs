@@ -66,6 +66,40 @@ pub async fn end_earlier(ep: &EndpointConfig, label: &str) -> Result<usize> {
         return Ok(0);
     };
     let c = connect::connect_server(ep, label).await?;
+    wait_for_tagged(&c, tag, label, "of the interrupted run").await
+}
+
+/// This run's own other sessions on `c`'s server (work stopped in the
+/// middle: an index build whose worker was stopped runs on, server side,
+/// and commits if it can): wait for them to end, ending them after a few
+/// seconds, so what the markers say next is final and nothing is built
+/// twice. `c` is the one session of the run left open there; sessions
+/// under a user's own `application_name` cannot be told apart and are not
+/// waited for.
+pub async fn end_others(
+    c: &tokio_postgres::Client,
+    ep: &EndpointConfig,
+    label: &str,
+) -> Result<usize> {
+    match ep
+        .application_name
+        .as_deref()
+        .filter(|a| a.starts_with(PREFIX))
+    {
+        Some(tag) => wait_for_tagged(c, tag, label, "of work this run stopped").await,
+        None => Ok(0),
+    }
+}
+
+/// Wait for the sessions tagged `tag` other than `c`'s own to end, ending
+/// them after [`GRACE`]; `whose` says whose they are in the log. Returns
+/// how many there were.
+async fn wait_for_tagged(
+    c: &tokio_postgres::Client,
+    tag: &str,
+    label: &str,
+    whose: &str,
+) -> Result<usize> {
     let list = "SELECT pid, backend_type, coalesce(state, ''), left(query, 120)
                   FROM pg_catalog.pg_stat_activity
                  WHERE application_name = $1 AND pid <> pg_catalog.pg_backend_pid()
@@ -90,7 +124,7 @@ pub async fn end_earlier(ep: &EndpointConfig, label: &str) -> Result<usize> {
         return Ok(0);
     }
     for (_, s) in &first {
-        info!(endpoint = label, session = %s, "waiting for a session of the interrupted run to end");
+        info!(endpoint = label, session = %s, "waiting for a session {whose} to end");
     }
     let started = Instant::now();
     let mut terminated = false;
@@ -102,7 +136,7 @@ pub async fn end_earlier(ep: &EndpointConfig, label: &str) -> Result<usize> {
         }
         if started.elapsed() >= GRACE && !terminated {
             for (pid, s) in &left {
-                warn!(endpoint = label, session = %s, "ending a session of the interrupted run: its statement is rolled back and redone by this run");
+                warn!(endpoint = label, session = %s, "ending a session {whose}: its statement is rolled back and redone by this run");
                 let ok: bool = c
                     .query_one("SELECT pg_catalog.pg_terminate_backend($1)", &[pid])
                     .await
@@ -118,6 +152,60 @@ pub async fn end_earlier(ep: &EndpointConfig, label: &str) -> Result<usize> {
             return Err(refusal(label, &left));
         }
     }
+}
+
+/// The server process of a session: what [`settle_lost`] needs to find
+/// it again once the session is lost.
+pub async fn backend_pid(c: &tokio_postgres::Client) -> Result<i32> {
+    c.query_one("SELECT pg_catalog.pg_backend_pid()", &[])
+        .await
+        .map(|r| r.get(0))
+        .map_err(|e| MigrationError::db("reading the session's server process id", e))
+}
+
+/// After this run lost the session of server process `pid` (on `c`'s
+/// server) in the middle of a statement: wait for that process to end,
+/// ending it when it does not within a few seconds. A lost client's
+/// backend runs its statement on (an index build, a batch of DDL) and
+/// commits it if it can, so until it is gone, whether its work committed
+/// is not known, and redoing it beside it would build the same index twice
+/// or fail on the name. Afterwards the markers tell.
+pub async fn settle_lost(c: &tokio_postgres::Client, pid: i32, label: &str) -> Result<()> {
+    let alive = || async {
+        c.query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity WHERE pid = $1)",
+            &[&pid],
+        )
+        .await
+        .map(|r| r.get::<_, bool>(0))
+        .map_err(|e| {
+            MigrationError::db(
+                format!("looking for the lost session's process on the {label}"),
+                e,
+            )
+        })
+    };
+    let started = Instant::now();
+    let mut terminated = false;
+    while alive().await? {
+        if started.elapsed() >= GRACE && !terminated {
+            warn!(endpoint = label, pid, "ending the server process of a lost session: its statement is rolled back and redone");
+            let _ = c
+                .query_one("SELECT pg_catalog.pg_terminate_backend($1)", &[&pid])
+                .await;
+            terminated = true;
+        }
+        if started.elapsed() >= GRACE * 4 {
+            return Err(MigrationError::Client {
+                context: format!("waiting for the lost session's process {pid} on the {label} to end"),
+                message: format!(
+                    "it is still running; end it (SELECT pg_terminate_backend({pid})) and run again with --resume"
+                ),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
 }
 
 /// [`end_earlier`] on both servers of a migration.

@@ -156,8 +156,9 @@ pub async fn run(
     shared: Arc<StreamShared>,
     stop: CancellationToken,
 ) -> Result<()> {
-    let mut failures_since = None::<Instant>;
-    let mut backoff = Duration::from_millis(500);
+    // A link down for minutes: capped, jittered backoff, and a warning
+    // when it starts and every half minute, not one per attempt.
+    let mut outage = crate::pg::connect::Outage::default();
     loop {
         if stop.is_cancelled() {
             return Ok(());
@@ -166,24 +167,26 @@ pub async fn run(
         let began = Instant::now();
         let r = session(&t, &shared, &stop).await;
         if began.elapsed() > Duration::from_secs(60) {
-            // A session that ran a while: count failures afresh.
-            failures_since = None;
-            backoff = Duration::from_millis(500);
+            // A session that ran a while: the outage before it is over.
+            if let Some((down, attempts)) = outage.recovered() {
+                info!(down_for = ?down, attempts, "replication had reconnected");
+            }
         }
         shared.streaming.store(false, Ordering::Release);
         match r {
             Ok(()) => return Ok(()),
             Err(e) if is_transient(&e) => {
-                let since = *failures_since.get_or_insert_with(Instant::now);
-                if since.elapsed() > Duration::from_secs(600) {
+                if outage
+                    .down_for()
+                    .is_some_and(|d| d > Duration::from_secs(600))
+                {
                     return Err(e);
                 }
-                warn!(error = %e, retry_in = ?backoff, "replication interrupted; reconnecting");
+                let delay = outage.note(&e, "replication interrupted; reconnecting");
                 tokio::select! {
                     _ = stop.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(delay) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
             Err(e) => return Err(e),
         }
