@@ -254,6 +254,38 @@ pub(crate) async fn around<T, E>(
     Ok(r)
 }
 
+/// Test hook: when `PG_DBMIGRATOR_TEST_PAUSE_AT` (a comma-separated list)
+/// names `point`, the first time it is reached write its name to the file
+/// `PG_DBMIGRATOR_TEST_PAUSE_FILE` and wait until the test removes it, so
+/// a test can break the network at exactly this point and let the run go
+/// on into the fault (a stop point is for a kill; this one is for a fault
+/// the run must survive). Points: `schema_batch` (before a batch of schema
+/// steps), `verify` (verify's sessions are open on both servers).
+pub(crate) async fn test_pause_at(point: &str) {
+    static PAUSED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let Ok(points) = std::env::var("PG_DBMIGRATOR_TEST_PAUSE_AT") else {
+        return;
+    };
+    if !points.split(',').any(|p| p == point) {
+        return;
+    }
+    let Ok(file) = std::env::var("PG_DBMIGRATOR_TEST_PAUSE_FILE") else {
+        return;
+    };
+    {
+        let mut paused = PAUSED.lock().unwrap();
+        if paused.iter().any(|p| p == point) {
+            return;
+        }
+        paused.push(point.to_string());
+    }
+    eprintln!("TEST_PAUSE_AT {point}");
+    let _ = std::fs::write(&file, point);
+    while std::path::Path::new(&file).exists() {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,37 +330,5 @@ mod tests {
                 p.name()
             );
         }
-    }
-}
-
-/// Test hook: when `PG_DBMIGRATOR_TEST_PAUSE_AT` (a comma-separated list)
-/// names `point`, the first time it is reached write its name to the file
-/// `PG_DBMIGRATOR_TEST_PAUSE_FILE` and wait until the test removes it, so
-/// a test can break the network at exactly this point and let the run go
-/// on into the fault (a stop point is for a kill; this one is for a fault
-/// the run must survive). Points: `schema_batch` (before a batch of schema
-/// steps), `verify` (verify's sessions are open on both servers).
-pub(crate) async fn test_pause_at(point: &str) {
-    static PAUSED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-    let Ok(points) = std::env::var("PG_DBMIGRATOR_TEST_PAUSE_AT") else {
-        return;
-    };
-    if !points.split(',').any(|p| p == point) {
-        return;
-    }
-    let Ok(file) = std::env::var("PG_DBMIGRATOR_TEST_PAUSE_FILE") else {
-        return;
-    };
-    {
-        let mut paused = PAUSED.lock().unwrap();
-        if paused.iter().any(|p| p == point) {
-            return;
-        }
-        paused.push(point.to_string());
-    }
-    eprintln!("TEST_PAUSE_AT {point}");
-    let _ = std::fs::write(&file, point);
-    while std::path::Path::new(&file).exists() {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
