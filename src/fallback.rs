@@ -217,7 +217,7 @@ pub(crate) async fn run(
                     })
                 }
                 Err(e) => {
-                    error!(error = %e, "rollback failed; the new server's fence is lifted and the fallback stream goes on. Fix the cause, then run `pg_dbmigrator rollback --dump-path {}` again", phase.dump_path.display());
+                    run.error(format!("rollback failed; the new server's fence is lifted and the fallback stream goes on. Fix the cause, then run `pg_dbmigrator rollback --dump-path {}` again: {e}", phase.dump_path.display()));
                     if let Err(u) = unfence_db(&tctl).await {
                         error!(error = %u, "lifting the new server's fence failed: run `pg_dbmigrator unfence --source <the new server>`");
                     }
@@ -301,7 +301,9 @@ pub(crate) async fn run(
         let wal = match current_wal(&tctl).await {
             Ok(l) => l,
             Err(e) => {
-                warn!(error = %e, "cannot read the new server's WAL position; reconnecting");
+                run.warn(format!(
+                    "cannot read the new server's WAL position; reconnecting: {e}"
+                ));
                 if let Ok(c) = control(&phase.target, "target").await {
                     tctl = c;
                 }
