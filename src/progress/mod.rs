@@ -287,8 +287,9 @@ pub enum Event {
         bytes: u64,
         seconds: f64,
     },
-    /// The copy moved: sent when its whole percentage changes (at most
-    /// four a second) and every 10 s while it runs.
+    /// The copy moved: sent when its whole percentage changes (checked
+    /// ten times a second: at most about a hundred of these a run, plus
+    /// one every 10 s while the copy runs).
     Progress {
         stage: Option<Phase>,
         items_done: u64,
@@ -510,14 +511,11 @@ impl Progress {
                 }
                 let s = me.snapshot();
                 if s.phase == Some(Phase::CopyData) && s.bytes_total > 0 {
-                    // Whole percent changed (at most 4 a second), or 10 s passed.
+                    // Whole percent changed (checked every tick), or 10 s passed.
                     let pct = s.percent().map(|p| p as u64);
                     let due = match last_event {
                         None => true,
-                        Some((at, p)) => {
-                            (p != pct && at.elapsed() >= Duration::from_millis(250))
-                                || at.elapsed() >= Duration::from_secs(10)
-                        }
+                        Some((at, p)) => p != pct || at.elapsed() >= Duration::from_secs(10),
                     };
                     if due {
                         last_event = Some((Instant::now(), pct));
