@@ -1210,6 +1210,19 @@ async fn cutover(args: CutoverArgs) -> Result<i32, MigrationError> {
     if !pg_dbmigrator::resume::RunLock::is_held(&token_path) {
         return Err(not_running(&token));
     }
+    // Like the library's `CutoverHandle::request`: refused, not queued,
+    // before streaming (a queued request would cut over whatever the lag).
+    if !token
+        .stages
+        .iter()
+        .any(|s| s.stage == pg_dbmigrator::Stage::Stream)
+    {
+        return Err(MigrationError::Config(format!(
+            "the migration at {} is still copying: a cutover is refused until it streams (it is not queued). Ask again once `pg_dbmigrator status --dump-path {}` shows [stream]",
+            args.dump_path.display(),
+            args.dump_path.display()
+        )));
+    }
     let request = pg_dbmigrator::online::request_path(&args.dump_path);
     std::fs::write(&request, chrono::Utc::now().to_rfc3339())
         .map_err(|e| MigrationError::io(format!("writing {}", request.display()), e))?;
