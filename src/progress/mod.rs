@@ -192,8 +192,8 @@ pub struct Snapshot {
     /// Seconds since the run started ([`crate::Migrator::run`],
     /// `dump::run`, `restore::run`), frozen when it ends; 0 before.
     pub elapsed_seconds: f64,
-    /// Seconds since the copy of the data began (0 before): the time
-    /// [`Snapshot::rate`] divides by.
+    /// Seconds the copy of the data has taken so far (0 before it began;
+    /// frozen once it is done): the time [`Snapshot::rate`] divides by.
     #[serde(default)]
     pub copy_seconds: f64,
 }
@@ -392,6 +392,7 @@ struct Clock {
     started: Option<Instant>,
     ended: Option<Instant>,
     copy_started: Option<Instant>,
+    copy_ended: Option<Instant>,
 }
 
 /// Shared by the migration (which updates it), the HTTP server and the
@@ -592,10 +593,12 @@ impl Progress {
                                 .map(|f| (f - r.started_at).num_milliseconds() as f64 / 1000.0),
                         }),
                     }
-                    if stage == Phase::CopyData && r.status == StageStatus::Running {
-                        lock(&self.clock)
-                            .copy_started
-                            .get_or_insert_with(Instant::now);
+                    if stage == Phase::CopyData {
+                        let mut clock = lock(&self.clock);
+                        clock.copy_started.get_or_insert_with(Instant::now);
+                        if r.status == StageStatus::Done {
+                            clock.copy_ended.get_or_insert_with(Instant::now);
+                        }
                     }
                 }
             }
@@ -674,7 +677,10 @@ impl Progress {
             .unwrap_or(0.0);
         s.copy_seconds = clock
             .copy_started
-            .map(|t| now.saturating_duration_since(t).as_secs_f64())
+            .map(|t| {
+                let end = clock.copy_ended.unwrap_or(now);
+                end.saturating_duration_since(t).as_secs_f64()
+            })
             .unwrap_or(0.0);
         s
     }
@@ -1208,6 +1214,83 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn typed_events_serialize_to_the_ndjson_schema() {
+        let v = Event::StageFinished {
+            stage: Phase::CopyData,
+            seconds: Some(1.5),
+        }
+        .to_json();
+        assert_eq!(v["schema"], EVENT_SCHEMA);
+        assert_eq!(v["event"], "stage_finished");
+        assert_eq!(v["stage"], "copy_data");
+        assert_eq!(v["seconds"], 1.5);
+        assert!(v["ts"].as_str().is_some_and(|t| t.ends_with('Z')), "{v}");
+        let e = Event::Error {
+            message: "x".into(),
+            exit_code: None,
+        }
+        .to_json();
+        assert!(e.get("exit_code").is_none(), "{e}");
+    }
+
+    #[test]
+    fn percent_rate_and_eta_come_from_the_snapshot() {
+        let mut s = Snapshot {
+            phase: Some(Phase::CopyData),
+            heap_bytes_done: 50,
+            bytes_total: 200,
+            copy_seconds: 5.0,
+            elapsed_seconds: 60.0,
+            ..Default::default()
+        };
+        assert_eq!(s.percent(), Some(25.0));
+        assert_eq!(s.rate(), Some(10.0));
+        assert_eq!(s.eta(), Some(Duration::from_secs(15)));
+        s.phase = Some(Phase::Stream);
+        assert_eq!(s.eta(), None, "an ETA only while copying");
+        assert_eq!(Snapshot::default().percent(), None);
+    }
+
+    #[test]
+    fn bytes_still_copying_count_up_to_the_item_heap() {
+        let p = Progress::default();
+        p.set_totals(
+            2,
+            vec![("public.a".into(), 1000), ("public.b".into(), 1000)],
+        );
+        let moved = p.worker(0, Some("public.a"));
+        moved.fetch_add(400, Ordering::Relaxed);
+        let s = p.snapshot();
+        assert_eq!(
+            (s.bytes_in_flight, s.bytes_copied, s.heap_bytes_done),
+            (400, 400, 400)
+        );
+        assert_eq!(s.percent(), Some(20.0));
+        moved.fetch_add(5000, Ordering::Relaxed);
+        assert_eq!(
+            p.snapshot().heap_bytes_done,
+            1000,
+            "capped at the item's heap"
+        );
+        // Committed: out of the worker, into the totals, counted once.
+        p.observe_copied(
+            "public.a",
+            &crate::resume::CopyMarker {
+                rows: 1,
+                bytes: 5400,
+                seconds: 1.0,
+                done_at: chrono::Utc::now(),
+            },
+        );
+        let s = p.snapshot();
+        assert_eq!(
+            (s.bytes_in_flight, s.bytes_copied, s.heap_bytes_done),
+            (0, 5400, 1000)
+        );
+        assert!(s.workers.is_empty());
+    }
 
     #[test]
     fn metrics_are_prometheus_text() {
