@@ -252,6 +252,10 @@ impl std::future::IntoFuture for CutoverRequest {
     }
 }
 
+/// The `tracing` target of the log records whose warning or error the
+/// library recorded in the progress itself ([`RunContext::warn`]).
+pub const RECORDED_TARGET: &str = "pg_dbmigrator::recorded";
+
 /// What a run carries besides its [`crate::MigrationConfig`].
 #[derive(Clone, Default)]
 pub struct RunContext {
@@ -273,11 +277,11 @@ impl RunContext {
 
     /// Log a warning about the run and record it in the progress (its
     /// snapshot and a `warning` event), so a library caller sees it without
-    /// a `tracing` subscriber. The log record carries `recorded = true`:
-    /// the CLI's log-to-events layer skips it.
+    /// a `tracing` subscriber. The log record's target is
+    /// [`RECORDED_TARGET`]: the CLI's log-to-events layer skips it.
     pub fn warn(&self, message: impl Into<String>) {
         let message = message.into();
-        tracing::warn!(recorded = true, "{message}");
+        tracing::warn!(target: "pg_dbmigrator::recorded", "{message}");
         if let Some(p) = &self.progress {
             p.warn(message);
         }
@@ -286,7 +290,7 @@ impl RunContext {
     /// [`RunContext::warn`] for an error that does not end the run.
     pub fn error(&self, message: impl Into<String>) {
         let message = message.into();
-        tracing::error!(recorded = true, "{message}");
+        tracing::error!(target: "pg_dbmigrator::recorded", "{message}");
         if let Some(p) = &self.progress {
             p.error(message);
         }

@@ -360,3 +360,63 @@ async fn slow_subscribers_do_not_stall_the_run() {
     assert!(never_read_snapshots.borrow().completed);
     assert!(never_read_events.len() >= 60, "{}", never_read_events.len());
 }
+
+/// A failed cutover reaches the library caller three ways without any
+/// `tracing` subscriber: `request().await` is `Err(Failed)`, the snapshot
+/// counts an error and keeps its message, and the events carry
+/// `CutoverFailed` and `Error`. Streaming goes on; a second request
+/// succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_cutover_is_an_error_the_library_reports() {
+    let db = online_db("lib_online_cutfail").await;
+    for side in [&db.source, &db.target] {
+        testkit::execute(side, "CREATE SEQUENCE counter_seq")
+            .await
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let migrator = std::sync::Arc::new(Migrator::new(online(&db, &dir.path().join("w"))));
+    let handle = migrator.cutover_handle();
+    let mut events = migrator.events();
+    let snapshots = migrator.subscribe();
+    let m = migrator.clone();
+    let run = tokio::spawn(async move { m.run(CancellationToken::new()).await });
+    tokio::time::timeout(Duration::from_secs(60), handle.wait_caught_up())
+        .await
+        .expect("caught up in time")
+        .expect("caught up");
+    // The sequence step will fail: the target lost a sequence.
+    testkit::execute(&db.target, "DROP SEQUENCE counter_seq")
+        .await
+        .unwrap();
+    let failed = tokio::time::timeout(Duration::from_secs(60), handle.request())
+        .await
+        .expect("the attempt ends");
+    let Err(CutoverError::Failed(e)) = failed else {
+        panic!("expected a failed cutover: {failed:?}");
+    };
+    assert!(e.to_string().contains("counter_seq"), "{e}");
+    // Recorded by the library (the snapshot is at most 100 ms old).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let s = snapshots.borrow().clone();
+    assert!(s.errors >= 1, "{s:?}");
+    let (mut cutover_failed, mut error) = (false, false);
+    while let Ok(e) = events.try_recv() {
+        match e {
+            Event::CutoverFailed { error: Some(m) } => cutover_failed |= m.contains("counter_seq"),
+            Event::Error { message, .. } => error |= message.contains("cutover failed"),
+            _ => {}
+        }
+    }
+    assert!(cutover_failed && error, "{cutover_failed} {error}");
+    assert!(!run.is_finished(), "streaming goes on");
+    testkit::execute(&db.target, "CREATE SEQUENCE counter_seq")
+        .await
+        .unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(60), handle.request())
+        .await
+        .expect("the second attempt ends")
+        .expect("the second attempt succeeds");
+    assert!(done.fence_lsn.is_some());
+    run.await.unwrap().expect("the migration succeeds");
+}

@@ -302,9 +302,8 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for EventLayer {
         event: &tracing::Event<'_>,
         _ctx: tracing_subscriber::layer::Context<'_, S>,
     ) {
-        // What the library recorded itself (`recorded = true`) is in the
-        // progress already.
-        if event.fields().any(|f| f.name() == "recorded") {
+        // What the library recorded itself is in the progress already.
+        if event.metadata().target() == pg_dbmigrator::context::RECORDED_TARGET {
             return;
         }
         let level = *event.metadata().level();
