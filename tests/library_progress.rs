@@ -420,3 +420,98 @@ async fn a_failed_cutover_is_an_error_the_library_reports() {
     assert!(done.fence_lsn.is_some());
     run.await.unwrap().expect("the migration succeeds");
 }
+
+/// The CLI refuses an early cutover the same way: `pg_dbmigrator cutover`
+/// during the copy exits 2 and says why, the status page's `POST /cutover`
+/// answers 409; neither cuts over once streaming starts; a request then
+/// cuts over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cli_refuses_a_cutover_before_streaming() {
+    let db = online_db("cli_online_early").await;
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("w");
+    let dump_s = dump.to_str().unwrap().to_string();
+    let token_path = pg_dbmigrator::ResumeToken::path_for(&dump);
+    let log = dir.path().join("m.log");
+    let blocker = block_copies_into(&db, "orders").await;
+    let mut child = command(&[
+        "migrate",
+        "--mode",
+        "online",
+        "--source",
+        &db.source,
+        "--target",
+        &db.target,
+        "--data-only",
+        "--cutover",
+        "manual",
+        "--http",
+        "127.0.0.1:0",
+        "--dump-path",
+        &dump_s,
+    ])
+    .stdout(std::process::Stdio::null())
+    .stderr(std::fs::File::create(&log).unwrap())
+    .spawn()
+    .unwrap();
+    let stage_seen = |stage: pg_dbmigrator::Stage| {
+        pg_dbmigrator::ResumeToken::load(&token_path)
+            .ok()
+            .flatten()
+            .is_some_and(|t| t.stages.iter().any(|s| s.stage == stage))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !stage_seen(pg_dbmigrator::Stage::CopyData) {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let c = run_async(&["cutover", "--dump-path", &dump_s]).await;
+    let err = text(&c.stderr);
+    assert_eq!(c.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("still copying") && err.contains("not queued"),
+        "{err}"
+    );
+    let text_log = std::fs::read_to_string(&log).unwrap();
+    let addr = text_log
+        .split("metrics=http://")
+        .nth(1)
+        .and_then(|s| s.split('/').next())
+        .unwrap_or_else(|| panic!("no address: {text_log}"))
+        .to_string();
+    let token = text_log
+        .split("cutover token for the status page: ")
+        .nth(1)
+        .and_then(|s| s.lines().next())
+        .unwrap()
+        .trim()
+        .to_string();
+    let (status, body) = http_post(&addr, "/cutover", Some(&token));
+    assert!(status.contains("409"), "{status} {body}");
+    blocker.batch_execute("COMMIT").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !stage_seen(pg_dbmigrator::Stage::Stream) {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        child.try_wait().unwrap().is_none() && !stage_seen(pg_dbmigrator::Stage::Cutover),
+        "an early request cut over: {}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    let c = run_async(&["cutover", "--dump-path", &dump_s]).await;
+    assert_eq!(c.status.code(), Some(0), "{}", text(&c.stderr));
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+}
