@@ -290,10 +290,11 @@ async fn a_request_before_streaming_is_refused() {
     assert!(!run.is_finished(), "the early request cut over");
     let s = snapshots.borrow().clone();
     assert_eq!(s.phase, Some(Phase::Stream), "{s:?}");
+    // (Caught up may flip back: other tests write WAL on the same server.)
     assert!(s
         .online
         .as_ref()
-        .is_some_and(|o| o.ready_to_cut_over && o.cutover_downtime_seconds.is_none()));
+        .is_some_and(|o| o.cutover_downtime_seconds.is_none()));
     let done = tokio::time::timeout(Duration::from_secs(60), handle.request())
         .await
         .expect("the cutover ends")
