@@ -329,7 +329,8 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         exit_code: Option<i32>,
     },
-    /// The final report (the CLI's last line).
+    /// The final report: the CLI's last line (the library returns the
+    /// report from `run` and does not send this itself).
     Summary {
         report: serde_json::Value,
     },

@@ -274,11 +274,15 @@ pub fn events_to_stdout(progress: &Arc<Progress>) -> Printer {
                         ..
                     }
             );
-            {
+            // Written on the blocking pool: a blocked pipe parks this
+            // task, not a runtime thread the migration needs.
+            let line = format!("{}\n", e.to_json());
+            let _ = tokio::task::spawn_blocking(move || {
                 let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "{}", e.to_json());
+                let _ = out.write_all(line.as_bytes());
                 let _ = out.flush();
-            }
+            })
+            .await;
             if last {
                 break;
             }
