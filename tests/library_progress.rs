@@ -516,3 +516,57 @@ async fn the_cli_refuses_a_cutover_before_streaming() {
         std::fs::read_to_string(&log).unwrap()
     );
 }
+
+/// A transient fault the copy retries is a warning the library records
+/// itself (the snapshot's `warnings`, a `Warning` event), with no
+/// `tracing` subscriber installed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retried_fault_is_a_recorded_warning() {
+    use pg_dbmigrator::testkit::proxy::FaultProxy;
+    let pair = testkit::shared_pair();
+    let db = big_table_db("lib_retry_warning").await;
+    let cluster = pair.target.cluster().expect("the testkit's own target");
+    let proxy = FaultProxy::start(format!("127.0.0.1:{}", cluster.port).parse().unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = data_only(&db, &dir.path().join("w"));
+    cfg.target = Some(EndpointConfig::parse(&proxy.route(&db.target)).unwrap());
+    let migrator = Migrator::new(cfg);
+    let snapshots = migrator.subscribe();
+    let mut events = migrator.events();
+    let admin = pair.target.admin_conninfo();
+    let cut = async {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let c = testkit::client(&admin).await;
+            let copying: bool = c
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE query LIKE 'COPY%big%FROM STDIN%')",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if copying {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the COPY never started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        proxy.cut_for(Duration::from_secs(2));
+    };
+    let (report, ()) = tokio::join!(migrator.run(CancellationToken::new()), cut);
+    let report = report.expect("the run retries and ends");
+    assert_eq!(report.rows, 600_000);
+    let warnings = snapshots.borrow().warnings.clone();
+    assert!(
+        warnings.iter().any(|w| w.contains("transient fault")),
+        "{warnings:?}"
+    );
+    let mut warned = false;
+    while let Ok(e) = events.try_recv() {
+        if let Event::Warning { message } = e {
+            warned |= message.contains("transient fault");
+        }
+    }
+    assert!(warned, "no Warning event");
+}

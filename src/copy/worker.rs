@@ -45,7 +45,7 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
     // The run reached both servers already: a failure now is a fault of the
     // moment (a link down), retried like one.
     let (mut src, mut dst) = {
-        let mut retry = connect::Retry::new();
+        let mut retry = ctx.retry();
         loop {
             match reopen(ctx).await {
                 Ok(sessions) => break sessions,
@@ -71,7 +71,7 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
             // A transient fault (a dropped connection, a server restarting)
             // loses only this transaction: the group starts again from its
             // beginning on new sessions, the same snapshot.
-            let mut retry = connect::Retry::new();
+            let mut retry = ctx.retry();
             loop {
                 let d = dst.as_ref().expect("target session");
                 results.clear();
