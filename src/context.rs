@@ -63,7 +63,7 @@ impl CutoverSignal {
     }
 
     /// A run begins: not streaming, not ended; stale requests forgotten.
-    pub fn run_started(&self) {
+    pub(crate) fn run_started(&self) {
         self.requested.store(false, Ordering::Release);
         self.state.send_modify(|s| {
             s.streaming = false;
@@ -73,7 +73,7 @@ impl CutoverSignal {
     }
 
     /// The run ended: waiting handles resolve.
-    pub fn run_ended(&self) {
+    pub(crate) fn run_ended(&self) {
         self.state.send_modify(|s| {
             s.streaming = false;
             s.caught_up = false;
@@ -82,7 +82,7 @@ impl CutoverSignal {
     }
 
     /// The online loop streams (requests are taken) or stopped streaming.
-    pub fn set_streaming(&self, streaming: bool) {
+    pub(crate) fn set_streaming(&self, streaming: bool) {
         self.state.send_if_modified(|s| {
             let was = (s.streaming, s.caught_up);
             s.streaming = streaming;
@@ -92,7 +92,7 @@ impl CutoverSignal {
     }
 
     /// The online loop's latest lag check.
-    pub fn set_caught_up(&self, caught_up: bool) {
+    pub(crate) fn set_caught_up(&self, caught_up: bool) {
         self.state.send_if_modified(|s| {
             let now = caught_up && s.streaming;
             std::mem::replace(&mut s.caught_up, now) != now
@@ -100,7 +100,7 @@ impl CutoverSignal {
     }
 
     /// A cutover attempt ended.
-    pub fn attempt_ended(&self, r: std::result::Result<CutoverDone, CutoverError>) {
+    pub(crate) fn attempt_ended(&self, r: std::result::Result<CutoverDone, CutoverError>) {
         self.state.send_modify(|s| {
             s.attempts += 1;
             s.last = Some(r);
@@ -253,7 +253,8 @@ impl std::future::IntoFuture for CutoverRequest {
 }
 
 /// The `tracing` target of the log records whose warning or error the
-/// library recorded in the progress itself ([`RunContext::warn`]).
+/// library recorded in the progress itself (`Progress::warn` and
+/// `Progress::error` have them already).
 pub const RECORDED_TARGET: &str = "pg_dbmigrator::recorded";
 
 /// What a run carries besides its [`crate::MigrationConfig`].
@@ -279,7 +280,7 @@ impl RunContext {
     /// snapshot and a `warning` event), so a library caller sees it without
     /// a `tracing` subscriber. The log record's target is
     /// [`RECORDED_TARGET`]: the CLI's log-to-events layer skips it.
-    pub fn warn(&self, message: impl Into<String>) {
+    pub(crate) fn warn(&self, message: impl Into<String>) {
         let message = message.into();
         tracing::warn!(target: "pg_dbmigrator::recorded", "{message}");
         if let Some(p) = &self.progress {
@@ -288,7 +289,7 @@ impl RunContext {
     }
 
     /// [`RunContext::warn`] for an error that does not end the run.
-    pub fn error(&self, message: impl Into<String>) {
+    pub(crate) fn error(&self, message: impl Into<String>) {
         let message = message.into();
         tracing::error!(target: "pg_dbmigrator::recorded", "{message}");
         if let Some(p) = &self.progress {
@@ -298,7 +299,7 @@ impl RunContext {
 
     /// Record the run's outcome: a failure is counted and sent as an
     /// `error` event with its exit code.
-    pub fn outcome<T>(&self, r: crate::error::Result<T>) -> crate::error::Result<T> {
+    pub(crate) fn outcome<T>(&self, r: crate::error::Result<T>) -> crate::error::Result<T> {
         if let (Err(e), Some(p)) = (&r, &self.progress) {
             p.run_failed(e);
         }

@@ -231,12 +231,12 @@ impl Snapshot {
 /// What `/status` serves: the snapshot and what the library computes from
 /// it, so a page or a script need not.
 #[derive(Serialize)]
-pub struct StatusView<'a> {
+struct StatusView<'a> {
     #[serde(flatten)]
-    pub snapshot: &'a Snapshot,
-    pub percent: Option<f64>,
-    pub bytes_per_second: Option<f64>,
-    pub eta_seconds: Option<f64>,
+    snapshot: &'a Snapshot,
+    percent: Option<f64>,
+    bytes_per_second: Option<f64>,
+    eta_seconds: Option<f64>,
 }
 
 impl<'a> From<&'a Snapshot> for StatusView<'a> {
@@ -442,7 +442,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 
 /// Publishes a run's snapshots until dropped (see [`Progress::start_run`]).
-pub struct RunPublisher {
+pub(crate) struct RunPublisher {
     progress: Option<Arc<Progress>>,
     stop: CancellationToken,
 }
@@ -488,7 +488,7 @@ impl Progress {
     /// during the copy) until the returned guard is dropped. The
     /// orchestrators call it ([`crate::Migrator::run`], `dump::run`,
     /// `restore::run`); a nested call (a run inside a run) changes nothing.
-    pub fn start_run(self: &Arc<Self>) -> RunPublisher {
+    pub(crate) fn start_run(self: &Arc<Self>) -> RunPublisher {
         let stop = CancellationToken::new();
         if self.running.swap(true, Ordering::AcqRel) {
             return RunPublisher {
