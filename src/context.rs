@@ -8,17 +8,47 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::Notify;
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
+use crate::error::MigrationError;
 use crate::progress::Progress;
 use crate::resume::TokenObserver;
 
-/// Asks a running online migration to cut over (see [`CutoverHandle`]).
-#[derive(Debug, Default)]
+/// Asks a running online migration to cut over (see [`CutoverHandle`]),
+/// and tells the handles how streaming stands and how each cutover
+/// attempt ended.
+#[derive(Debug)]
 pub struct CutoverSignal {
     requested: AtomicBool,
     notify: Notify,
+    state: watch::Sender<ControlState>,
+}
+
+impl Default for CutoverSignal {
+    fn default() -> Self {
+        CutoverSignal {
+            requested: AtomicBool::new(false),
+            notify: Notify::new(),
+            state: watch::Sender::new(ControlState::default()),
+        }
+    }
+}
+
+/// Where the online loop stands, for the handles.
+#[derive(Debug, Clone, Default)]
+struct ControlState {
+    /// In the streaming loop: a request is taken.
+    streaming: bool,
+    /// Streaming and caught up (the snapshot's `ready_to_cut_over`).
+    caught_up: bool,
+    /// The run ended (any way).
+    ended: bool,
+    /// Cutover attempts ended so far, and the last one's result.
+    attempts: u64,
+    last: Option<std::result::Result<CutoverDone, CutoverError>>,
 }
 
 impl CutoverSignal {
@@ -31,20 +61,201 @@ impl CutoverSignal {
     pub async fn notified(&self) {
         self.notify.notified().await
     }
+
+    /// A run begins: not streaming, not ended; stale requests forgotten.
+    pub(crate) fn run_started(&self) {
+        self.requested.store(false, Ordering::Release);
+        self.state.send_modify(|s| {
+            s.streaming = false;
+            s.caught_up = false;
+            s.ended = false;
+        });
+    }
+
+    /// The run ended: waiting handles resolve.
+    pub(crate) fn run_ended(&self) {
+        self.state.send_modify(|s| {
+            s.streaming = false;
+            s.caught_up = false;
+            s.ended = true;
+        });
+    }
+
+    /// The online loop streams (requests are taken) or stopped streaming.
+    pub(crate) fn set_streaming(&self, streaming: bool) {
+        self.state.send_if_modified(|s| {
+            let was = (s.streaming, s.caught_up);
+            s.streaming = streaming;
+            s.caught_up &= streaming;
+            was != (s.streaming, s.caught_up)
+        });
+    }
+
+    /// The online loop's latest lag check.
+    pub(crate) fn set_caught_up(&self, caught_up: bool) {
+        self.state.send_if_modified(|s| {
+            let now = caught_up && s.streaming;
+            std::mem::replace(&mut s.caught_up, now) != now
+        });
+    }
+
+    /// A cutover attempt ended.
+    pub(crate) fn attempt_ended(&self, r: std::result::Result<CutoverDone, CutoverError>) {
+        self.state.send_modify(|s| {
+            s.attempts += 1;
+            s.last = Some(r);
+        });
+    }
 }
 
-/// A library caller's way to trigger the cutover of a running
-/// `--cutover manual` migration (the CLI's `pg_dbmigrator cutover`).
+/// A completed cutover.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct CutoverDone {
+    /// How long writes were blocked on the source (the fence up to the
+    /// end of the drain).
+    pub downtime: Duration,
+    /// The source's WAL position the target was drained to.
+    pub fence_lsn: Option<String>,
+}
+
+/// Why a cutover request did not end in a cutover.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum CutoverError {
+    /// Refused: the migration is not streaming. Before the copy has
+    /// finished a request is refused, never queued: the lag at that point
+    /// is the whole copy's worth of changes, and a cutover then would
+    /// block writes for as long as draining them takes. Wait with
+    /// [`CutoverHandle::wait_caught_up`] and ask again. (Also after the
+    /// cutover, and in an offline migration.)
+    NotStreaming,
+    /// The attempt failed; the fence is lifted and streaming goes on, so
+    /// a later request may succeed.
+    Failed(Arc<MigrationError>),
+    /// The run ended (failed, cancelled, or cut over by another request)
+    /// before this request was answered.
+    RunEnded,
+}
+
+impl std::fmt::Display for CutoverError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CutoverError::NotStreaming => f.write_str(
+                "the migration is not streaming (the copy has not finished, the cutover is done, or it is offline): cutover refused",
+            ),
+            CutoverError::Failed(e) => write!(f, "the cutover failed (streaming goes on): {e}"),
+            CutoverError::RunEnded => f.write_str("the migration ended before cutting over"),
+        }
+    }
+}
+
+impl std::error::Error for CutoverError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CutoverError::Failed(e) => Some(&**e),
+            _ => None,
+        }
+    }
+}
+
+/// A library caller's way to trigger and follow the cutover of a running
+/// `CutoverMode::Manual` online migration (the CLI's `pg_dbmigrator
+/// cutover`). Cheap to clone; take it with [`crate::Migrator::cutover_handle`]
+/// before [`crate::Migrator::run`].
 #[derive(Debug, Clone)]
 pub struct CutoverHandle(pub(crate) Arc<CutoverSignal>);
 
 impl CutoverHandle {
-    /// Request the cutover; the migration starts it within a second.
-    pub fn request(&self) {
+    /// Resolves once the migration streams and has caught up (the lag is
+    /// under `cutover_lag_bytes`: the snapshot's `ready_to_cut_over`), at
+    /// once if it is now; `Err(RunEnded)` if the run ends first.
+    pub async fn wait_caught_up(&self) -> std::result::Result<(), CutoverError> {
+        let mut rx = self.0.state.subscribe();
+        let r = rx.wait_for(|s| s.caught_up || s.ended).await;
+        match r {
+            Ok(s) if s.caught_up => Ok(()),
+            _ => Err(CutoverError::RunEnded),
+        }
+    }
+
+    /// Request the cutover now; the migration starts it within a second,
+    /// whatever the lag. The request is made by this call: the returned
+    /// [`CutoverRequest`] may be dropped (fire and forget), or awaited for
+    /// the outcome of the next cutover attempt to end. Made while the
+    /// migration is not streaming (during the copy, say) it is refused,
+    /// not queued: awaiting it gives [`CutoverError::NotStreaming`].
+    pub fn request(&self) -> CutoverRequest {
+        let rx = self.0.state.subscribe();
+        let (streaming, attempts) = {
+            let s = rx.borrow();
+            (s.streaming, s.attempts)
+        };
+        if !streaming {
+            return CutoverRequest {
+                rx,
+                after: attempts,
+                refused: true,
+            };
+        }
         self.0.requested.store(true, Ordering::Release);
         self.0.notify.notify_one();
+        CutoverRequest {
+            rx,
+            after: attempts,
+            refused: false,
+        }
     }
 }
+
+/// A cutover request made by [`CutoverHandle::request`]; await it for the
+/// outcome (the downtime and the fence LSN, or why not).
+#[derive(Debug)]
+pub struct CutoverRequest {
+    rx: watch::Receiver<ControlState>,
+    after: u64,
+    refused: bool,
+}
+
+impl CutoverRequest {
+    /// Whether the request was refused because the migration was not
+    /// streaming (awaiting it gives [`CutoverError::NotStreaming`]).
+    pub fn is_refused(&self) -> bool {
+        self.refused
+    }
+}
+
+impl std::future::IntoFuture for CutoverRequest {
+    type Output = std::result::Result<CutoverDone, CutoverError>;
+    type IntoFuture =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Self::Output> + Send + 'static>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        let CutoverRequest {
+            mut rx,
+            after,
+            refused,
+        } = self;
+        Box::pin(async move {
+            if refused {
+                return Err(CutoverError::NotStreaming);
+            }
+            let s = rx
+                .wait_for(|s| s.attempts > after || s.ended)
+                .await
+                .map(|s| s.clone());
+            match s {
+                Ok(s) if s.attempts > after => s.last.unwrap_or(Err(CutoverError::RunEnded)),
+                _ => Err(CutoverError::RunEnded),
+            }
+        })
+    }
+}
+
+/// The `tracing` target of the log records whose warning or error the
+/// library recorded in the progress itself (`Progress::warn` and
+/// `Progress::error` have them already).
+pub const RECORDED_TARGET: &str = "pg_dbmigrator::recorded";
 
 /// What a run carries besides its [`crate::MigrationConfig`].
 #[derive(Clone, Default)]
@@ -63,6 +274,36 @@ impl RunContext {
             cancel,
             ..Default::default()
         }
+    }
+
+    /// Log a warning about the run and record it in the progress (its
+    /// snapshot and a `warning` event), so a library caller sees it without
+    /// a `tracing` subscriber. The log record's target is
+    /// [`RECORDED_TARGET`]: the CLI's log-to-events layer skips it.
+    pub(crate) fn warn(&self, message: impl Into<String>) {
+        let message = message.into();
+        tracing::warn!(target: "pg_dbmigrator::recorded", "{message}");
+        if let Some(p) = &self.progress {
+            p.warn(message);
+        }
+    }
+
+    /// [`RunContext::warn`] for an error that does not end the run.
+    pub(crate) fn error(&self, message: impl Into<String>) {
+        let message = message.into();
+        tracing::error!(target: "pg_dbmigrator::recorded", "{message}");
+        if let Some(p) = &self.progress {
+            p.error(message);
+        }
+    }
+
+    /// Record the run's outcome: a failure is counted and sent as an
+    /// `error` event with its exit code.
+    pub(crate) fn outcome<T>(&self, r: crate::error::Result<T>) -> crate::error::Result<T> {
+        if let (Err(e), Some(p)) = (&r, &self.progress) {
+            p.run_failed(e);
+        }
+        r
     }
 
     /// The progress handle as the resume token's observer.

@@ -104,12 +104,17 @@ pub(crate) fn definition(cfg: &MigrationConfig, dir: &Path) -> Result<Definition
 /// allows binary COPY for tables whose types allow it (only when the
 /// archive will be restored into the same major version).
 pub async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<DumpReport> {
-    let binary = cfg.copy_format == CopyFormat::Binary;
-    let dir = archive_dir(cfg, "dump")?;
-    let _lock = crate::resume::RunLock::acquire(&ResumeToken::path_for(&dir))?;
-    run_with(cfg, binary, run)
-        .await
-        .map_err(|e| disk_full(e, &dir, None))
+    let _publishing = run.progress.as_ref().map(|p| p.start_run());
+    let r = async {
+        let binary = cfg.copy_format == CopyFormat::Binary;
+        let dir = archive_dir(cfg, "dump")?;
+        let _lock = crate::resume::RunLock::acquire(&ResumeToken::path_for(&dir))?;
+        run_with(cfg, binary, run)
+            .await
+            .map_err(|e| disk_full(e, &dir, None))
+    }
+    .await;
+    run.outcome(r)
 }
 
 /// A full file system under the archive, said as such: where, how much is

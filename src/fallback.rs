@@ -222,7 +222,7 @@ pub(crate) async fn run(
                     })
                 }
                 Err(e) => {
-                    error!(error = %e, "rollback failed; the new server's fence is lifted and the fallback stream goes on. Fix the cause, then run `pg_dbmigrator rollback --dump-path {}` again", phase.dump_path.display());
+                    run.error(format!("rollback failed; the new server's fence is lifted and the fallback stream goes on. Fix the cause, then run `pg_dbmigrator rollback --dump-path {}` again: {e}", phase.dump_path.display()));
                     if let Err(u) = unfence_db(&tctl).await {
                         error!(error = %u, "lifting the new server's fence failed: run `pg_dbmigrator unfence --source <the new server>`");
                     }

@@ -76,20 +76,25 @@ pub use config::{
     CopyFormat, CopyMethod, CutoverMode, EndpointConfig, Filters, MigrationConfig, MigrationMode,
     VerifyLevel,
 };
-pub use context::{CutoverHandle, RunContext};
+pub use context::{CutoverDone, CutoverError, CutoverHandle, CutoverRequest, RunContext};
 pub use error::{ErrorKind, MigrationError, Result};
 pub use online::{cleanup, unfence, CleanupReport};
 pub use plan::{plan, Plan};
-pub use progress::human_bytes;
+pub use progress::{human_bytes, Event, Phase, Snapshot};
 pub use report::{MigrationReport, OnlineReport};
 pub use resume::{ResumeToken, Stage};
 pub use verify::{VerifyOptions, VerifyReport};
 
 /// Runs one migration described by a [`MigrationConfig`].
+///
+/// Watch it with [`Migrator::subscribe`] (the latest [`progress::Snapshot`])
+/// and [`Migrator::events`] (typed [`progress::Event`]s); drive an online
+/// one with [`Migrator::cutover_handle`]. Neither slows the run down,
+/// whether read or not.
 pub struct Migrator {
     config: MigrationConfig,
     cutover: std::sync::Arc<context::CutoverSignal>,
-    progress: Option<std::sync::Arc<progress::Progress>>,
+    progress: std::sync::Arc<progress::Progress>,
 }
 
 impl Migrator {
@@ -97,18 +102,39 @@ impl Migrator {
         Migrator {
             config,
             cutover: Default::default(),
-            progress: None,
+            progress: progress::Progress::new(),
         }
     }
 
-    /// Publish the run's progress there (the status page, metrics, events).
+    /// Publish the run's progress there instead of in a progress of its
+    /// own (the CLI shares one with its status page, metrics and events).
     pub fn with_progress(mut self, progress: std::sync::Arc<progress::Progress>) -> Self {
-        self.progress = Some(progress);
+        self.progress = progress;
         self
     }
 
-    /// A handle that asks this migration (online, `--cutover manual`) to
-    /// cut over while [`Migrator::run`] is streaming.
+    /// The run's progress handle.
+    pub fn progress(&self) -> &std::sync::Arc<progress::Progress> {
+        &self.progress
+    }
+
+    /// The latest snapshot of the run, refreshed every 100 ms while it goes:
+    /// phase, [`progress::Snapshot::percent`], [`progress::Snapshot::rate`],
+    /// [`progress::Snapshot::eta`], the online lag. A receiver that is not
+    /// read misses intermediate snapshots and nothing else.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<progress::Snapshot> {
+        self.progress.subscribe()
+    }
+
+    /// The run's events from now on (stages, items copied, copy progress,
+    /// lag, cutover, warnings, errors); see [`progress::Progress::events`].
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<progress::Event> {
+        self.progress.events()
+    }
+
+    /// A handle that asks this migration (online, `CutoverMode::Manual`)
+    /// to cut over while [`Migrator::run`] is streaming, and waits for it
+    /// to catch up or for the cutover's outcome.
     pub fn cutover_handle(&self) -> CutoverHandle {
         CutoverHandle(self.cutover.clone())
     }
@@ -118,17 +144,25 @@ impl Migrator {
     pub async fn run(&self, cancel: CancellationToken) -> Result<MigrationReport> {
         let run = context::RunContext {
             cancel,
-            progress: self.progress.clone(),
+            progress: Some(self.progress.clone()),
             cutover: self.cutover.clone(),
         };
+        let _publishing = self.progress.start_run();
+        self.cutover.run_started();
+        let r = run.outcome(self.run_inner(&run).await);
+        self.cutover.run_ended();
+        r
+    }
+
+    async fn run_inner(&self, run: &context::RunContext) -> Result<MigrationReport> {
         // One run of a migration at a time; its sessions carry its id.
         let def = resume::Definition::from_config(&self.config)?;
         let (id, path) = resume::work_location(&self.config, &def);
         let _lock = resume::RunLock::acquire(&ResumeToken::path_for(&path))?;
         let cfg = pg::sessions::tagged(&self.config, &id);
         let report = match cfg.mode {
-            MigrationMode::Online => online::run(&cfg, &run).await?,
-            MigrationMode::Offline => migrate::run(&cfg, &run).await?,
+            MigrationMode::Online => online::run(&cfg, run).await?,
+            MigrationMode::Offline => migrate::run(&cfg, run).await?,
         };
         if !report.already_complete {
             // (An already complete migration keeps its finishing run's report.)

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::config::filter::CompiledFilters;
 use crate::config::{CopyFormat, CopyMethod, MigrationConfig, VerifyLevel};
@@ -213,7 +213,7 @@ pub(crate) async fn copy_phase(
         }
     }
     if !replica_role && !full {
-        warn!("cannot set session_replication_role = replica on the target (needs superuser); triggers and foreign keys fire during the copy, so tables referenced by foreign keys may fail to load");
+        run.warn("cannot set session_replication_role = replica on the target (needs superuser); triggers and foreign keys fire during the copy, so tables referenced by foreign keys may fail to load");
     }
 
     std::fs::create_dir_all(&dump_path).map_err(|e| {
@@ -361,9 +361,9 @@ pub(crate) async fn copy_phase(
                 return Err(snapshot_lost_refusal(&e, online, copied_any, why));
             }
             renewed += 1;
-            warn!(error = %e, "the source session holding the exported snapshot was lost during the copy: \
+            run.warn(format!("the source session holding the exported snapshot was lost during the copy ({e}): \
                    the tables not yet copied are copied on a new snapshot, so the copy is no longer one point in time \
-                   (--strict-snapshot stops instead)");
+                   (--strict-snapshot stops instead)"));
             src = connect::reconnect(&source_ep, "source", &cancel).await?;
             session::setup_source(&src).await?;
             let (id, txids) = session::begin_exported_snapshot(&src).await?;
@@ -434,7 +434,7 @@ pub(crate) async fn copy_phase(
     // The main target session sat idle through the copy: a link that
     // dropped meanwhile (the copy retried through it) took it along.
     let mut dst = if dst.is_closed() {
-        warn!("the target session was lost during the copy; reconnecting");
+        run.warn("the target session was lost during the copy; reconnecting");
         let c = connect::reconnect(&target_ep, "target", &cancel).await?;
         session::setup_ddl_target(&c).await?;
         c

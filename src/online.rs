@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use crate::config::{CutoverMode, MigrationConfig};
 use crate::context::RunContext;
@@ -106,7 +106,7 @@ pub(crate) async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<Migra
         } else {
             // The copy did not finish: its snapshot died with the slot's
             // session. Never pair the old slot with a new snapshot.
-            warn!("the copy had not finished: dropping the old slot, cleaning the target and starting over from a new slot");
+            run.warn("the copy had not finished: dropping the old slot, cleaning the target and starting over from a new slot");
             let src = connect::connect(&source_ep, "source").await?;
             let mut state = state;
             drop_slot(&src, &state.slot_name).await?;
@@ -152,7 +152,7 @@ pub(crate) async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<Migra
             if !cfg.strict_snapshot {
                 // Nothing was copied on the lost snapshot: a new slot and
                 // its snapshot lose nothing (as a resume would do).
-                warn!(cause = %message, "the copy's snapshot was lost before anything was copied: dropping the slot and starting over from a new one");
+                run.warn(format!("the copy's snapshot was lost before anything was copied ({message}): dropping the slot and starting over from a new one"));
                 let src = connect::reconnect(&source_ep, "source", &run.cancel).await?;
                 drop_slot(&src, &prep.state.slot_name).await?;
                 prep.state.slot_created = false;
@@ -249,6 +249,9 @@ async fn stream_and_cutover(
     run: &RunContext,
 ) -> Result<MigrationReport> {
     let (cancel, signal) = (run.cancel.clone(), &*run.cutover);
+    // The copy is over: a cutover request is taken from now on (the loop
+    // below starts it), where before it was refused.
+    signal.set_streaming(true);
     let store = phase.store.clone();
     let state = prep.state.clone();
     let dst = connect::connect(&phase.target, "target").await?;
@@ -398,9 +401,16 @@ async fn stream_and_cutover(
             )
             .await
             {
-                Ok(c) => break c,
+                Ok(c) => {
+                    signal.set_streaming(false);
+                    signal.attempt_ended(Ok(crate::context::CutoverDone {
+                        downtime: Duration::from_secs_f64(c.downtime.max(0.0)),
+                        fence_lsn: c.fence_lsn.map(|l| l.to_string()),
+                    }));
+                    break c;
+                }
                 Err(e) => {
-                    error!(error = %e, "cutover failed; the fence is lifted and streaming goes on. Fix the cause, then run `pg_dbmigrator cutover --dump-path {}` again", phase.dump_path.display());
+                    run.error(format!("cutover failed; the fence is lifted and streaming goes on. Fix the cause, then run `pg_dbmigrator cutover --dump-path {}` again: {e}", phase.dump_path.display()));
                     let msg = e.to_string();
                     let _ = store.update(|t| {
                         if let Some(o) = t.online.as_mut() {
@@ -408,6 +418,7 @@ async fn stream_and_cutover(
                                 Some(msg.clone());
                         }
                     });
+                    signal.attempt_ended(Err(crate::context::CutoverError::Failed(Arc::new(e))));
                     mode = CutoverMode::Manual;
                     if streamer.is_none() {
                         stop = cancel.child_token();
@@ -474,6 +485,7 @@ async fn stream_and_cutover(
         let applied = shared.applied_position();
         let lag = wal.0.saturating_sub(applied.0);
         let caught_up = shared.streaming.load(Ordering::Acquire) && lag <= cfg.cutover_lag_bytes;
+        signal.set_caught_up(caught_up);
         if let Some(p) = &run.progress {
             let secs = stream_started.elapsed().as_secs_f64().max(0.001);
             let tx = shared.transactions.load(Ordering::Acquire);

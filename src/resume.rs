@@ -852,10 +852,12 @@ impl TokenStore {
     pub fn update<R>(&self, f: impl FnOnce(&mut ResumeToken) -> R) -> Result<R> {
         let mut t = self.token.lock().unwrap_or_else(|p| p.into_inner());
         let r = f(&mut t);
-        t.save(&self.path)?;
+        // The progress first: whoever sees the change in the file (a test,
+        // `status`) then finds it in the progress too, not a few fsyncs later.
         if let Some(o) = &self.observer {
             o.observe_token(&t);
         }
+        t.save(&self.path)?;
         Ok(r)
     }
 

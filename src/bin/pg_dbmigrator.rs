@@ -636,7 +636,7 @@ async fn migrate(
     }
     let config = migrate_config(&args)?;
     // NDJSON events on stdout with --json; the report is the last one.
-    let (progress, shown) = start_progress(args.json, show_mode);
+    let (progress, shown, printer) = start_progress(args.json, show_mode);
     let online = config.mode == MigrationMode::Online;
     let migrator = Migrator::new(config).with_progress(progress.clone());
     let _http = match args.http {
@@ -649,7 +649,13 @@ async fn migrate(
                 let handle = migrator.cutover_handle();
                 pg_dbmigrator::progress::CutoverControl {
                     token: uuid::Uuid::new_v4().simple().to_string(),
-                    request: Box::new(move || handle.request()),
+                    request: Box::new(move || {
+                        if handle.request().is_refused() {
+                            Err("the migration is not streaming yet (or no longer): cutover refused; ask again once it streams".into())
+                        } else {
+                            Ok(())
+                        }
+                    }),
                 }
             });
             if let Some(c) = &control {
@@ -678,7 +684,7 @@ async fn migrate(
     drop(published);
     // The progress line goes before the report is printed.
     drop(shown);
-    finish_run(&progress, args.json, &result, |r| r.summary());
+    finish_run(&progress, printer, &result, |r| r.summary()).await;
     let Some(report) = interrupted(result, &token_path)? else {
         return Ok(exit_code::INTERRUPTED);
     };
@@ -784,43 +790,42 @@ fn interrupted<R>(
 
 /// A report on stdout: JSON for scripts, or the human summary.
 /// Progress for a run: log warnings into it, NDJSON events on stdout with
-/// `--json`, the live line per `--progress`.
+/// `--json` (the printer), the live line per `--progress`.
 fn start_progress(
     json: bool,
     show_mode: console::Mode,
 ) -> (
     std::sync::Arc<pg_dbmigrator::progress::Progress>,
     Option<console::Shown>,
+    Option<console::Printer>,
 ) {
     let progress = pg_dbmigrator::progress::Progress::new();
     console::log_into(&progress);
-    if json {
-        console::events_to_stdout(&progress);
-    }
+    let printer = json.then(|| console::events_to_stdout(&progress));
     let shown = console::show(progress.clone(), show_mode);
-    (progress, shown)
+    (progress, shown, printer)
 }
 
-/// The end of a run with `--json`: an `error` event for a failure, the
-/// `summary` event (holding the report) for a success; without `--json`
-/// the report's text summary.
-fn finish_run<R: serde::Serialize>(
+/// The end of a run with `--json`: the library sent an `error` event for a
+/// failure; the `summary` event (holding the report) for a success, then
+/// every event is printed. Without `--json` the report's text summary.
+async fn finish_run<R: serde::Serialize>(
     progress: &pg_dbmigrator::progress::Progress,
-    json: bool,
+    printer: Option<console::Printer>,
     result: &Result<R, MigrationError>,
     summary: impl FnOnce(&R) -> String,
 ) {
-    match (json, result) {
-        (true, Err(e)) => progress.emit(
-            "error",
-            serde_json::json!({ "message": e.to_string(), "exit_code": e.exit_code() }),
-        ),
-        (true, Ok(r)) => progress.emit(
-            "summary",
-            serde_json::json!({ "report": serde_json::to_value(r).expect("report serializes") }),
-        ),
-        (false, Ok(r)) => print!("{}", summary(r)),
-        (false, Err(_)) => {}
+    match (printer, result) {
+        (Some(p), r) => {
+            if let Ok(r) = r {
+                progress.publish(pg_dbmigrator::Event::Summary {
+                    report: serde_json::to_value(r).expect("report serializes"),
+                });
+            }
+            p.finish().await;
+        }
+        (None, Ok(r)) => print!("{}", summary(r)),
+        (None, Err(_)) => {}
     }
 }
 
@@ -840,7 +845,7 @@ async fn dump(
     cancel: CancellationToken,
     show_mode: console::Mode,
 ) -> Result<i32, MigrationError> {
-    let (progress, shown) = start_progress(args.json, show_mode);
+    let (progress, shown, printer) = start_progress(args.json, show_mode);
     let mut config = MigrationConfig {
         source: Some(endpoint("source", &args.source)?),
         data_only: args.data_only,
@@ -867,7 +872,7 @@ async fn dump(
     let token = pg_dbmigrator::ResumeToken::path_for(&args.dump_path);
     let result = pg_dbmigrator::dump::run(&config, &run_context(cancel, &progress)).await;
     drop(shown);
-    finish_run(&progress, args.json, &result, |r| r.summary());
+    finish_run(&progress, printer, &result, |r| r.summary()).await;
     match interrupted(result, &token)? {
         Some(_) => Ok(exit_code::OK),
         None => Ok(exit_code::INTERRUPTED),
@@ -879,7 +884,7 @@ async fn restore(
     cancel: CancellationToken,
     show_mode: console::Mode,
 ) -> Result<i32, MigrationError> {
-    let (progress, shown) = start_progress(args.json, show_mode);
+    let (progress, shown, printer) = start_progress(args.json, show_mode);
     let mut config = MigrationConfig {
         target: Some(endpoint("target", &args.target)?),
         jobs: args.jobs,
@@ -896,7 +901,7 @@ async fn restore(
     let token = pg_dbmigrator::ResumeToken::restore_path_for(&args.dump_path);
     let result = pg_dbmigrator::restore::run(&config, &run_context(cancel, &progress)).await;
     drop(shown);
-    finish_run(&progress, args.json, &result, |r| r.summary());
+    finish_run(&progress, printer, &result, |r| r.summary()).await;
     match interrupted(result, &token)? {
         Some(_) => Ok(exit_code::OK),
         None => Ok(exit_code::INTERRUPTED),
@@ -1210,6 +1215,19 @@ async fn cutover(args: CutoverArgs) -> Result<i32, MigrationError> {
     };
     if !pg_dbmigrator::resume::RunLock::is_held(&token_path) {
         return Err(not_running(&token));
+    }
+    // Like the library's `CutoverHandle::request`: refused, not queued,
+    // before streaming (a queued request would cut over whatever the lag).
+    if !token
+        .stages
+        .iter()
+        .any(|s| s.stage == pg_dbmigrator::Stage::Stream)
+    {
+        return Err(MigrationError::Config(format!(
+            "the migration at {} is still copying: a cutover is refused until it streams (it is not queued). Ask again once `pg_dbmigrator status --dump-path {}` shows [stream]",
+            args.dump_path.display(),
+            args.dump_path.display()
+        )));
     }
     let request = pg_dbmigrator::online::request_path(&args.dump_path);
     std::fs::write(&request, chrono::Utc::now().to_rfc3339())

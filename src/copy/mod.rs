@@ -94,6 +94,18 @@ pub struct CopyContext {
     pub progress: Option<Arc<crate::progress::Progress>>,
 }
 
+impl CopyContext {
+    /// The retry policy of a worker: each retry is also a warning of the
+    /// run's progress.
+    pub(crate) fn retry(&self) -> connect::Retry {
+        connect::Retry::noting(
+            self.progress
+                .clone()
+                .map(|p| std::sync::Arc::new(move |m: String| p.warn(m)) as connect::Note),
+        )
+    }
+}
+
 /// Where the rows come from.
 pub enum Input {
     /// The source server, on the exported snapshot.
@@ -684,7 +696,7 @@ async fn index_worker(
     let ctx = &sched.ctx;
     let target = ctx.target().expect("index workers run against a target");
     let mut dst = {
-        let mut retry = connect::Retry::new();
+        let mut retry = ctx.retry();
         loop {
             match index_session(target).await {
                 Ok(c) => break c,
@@ -699,7 +711,7 @@ async fn index_worker(
             IndexTask::Build(step) => step.describe.clone(),
             IndexTask::Finish { table, .. } => format!("indexes and keys of {table}"),
         };
-        let mut retry = connect::Retry::new();
+        let mut retry = ctx.retry();
         // Steps of this task already committed (known after a fault).
         let mut done: Option<BTreeSet<String>> = None;
         let pending = |steps: &[Step], done: &Option<BTreeSet<String>>| -> Vec<Step> {

@@ -9,6 +9,7 @@
 
 use crate::faults::{self, Point};
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -44,7 +45,7 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
     // The run reached both servers already: a failure now is a fault of the
     // moment (a link down), retried like one.
     let (mut src, mut dst) = {
-        let mut retry = connect::Retry::new();
+        let mut retry = ctx.retry();
         loop {
             match reopen(ctx).await {
                 Ok(sessions) => break sessions,
@@ -71,7 +72,7 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
             // A transient fault (a dropped connection, a server restarting)
             // loses only this transaction: the group starts again from its
             // beginning on new sessions, the same snapshot.
-            let mut retry = connect::Retry::new();
+            let mut retry = ctx.retry();
             loop {
                 let d = dst.as_ref().expect("target session");
                 results.clear();
@@ -183,7 +184,7 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
             sched.item_done(item, r);
         }
         if let Some(p) = &ctx.progress {
-            p.worker(id, None);
+            let _ = p.worker(id, None);
         }
     }
     if let Some((src, _)) = src {
@@ -240,7 +241,10 @@ const GROUP_BYTES: u64 = 8 << 20;
 
 /// Start reading one item: before each item after the first, a new
 /// snapshot transaction on the same snapshot (so a worker holds one source
-/// table's locks at a time); then show it and open its input.
+/// table's locks at a time); then show it and open its input, which adds
+/// its COPY bytes to the progress's counter for the worker as they flow
+/// (one relaxed atomic add a chunk), so the percentage moves inside a big
+/// table.
 async fn start_item(
     ctx: &CopyContext,
     src: Option<&(Client, String)>,
@@ -256,10 +260,18 @@ async fn start_item(
     }
     *first = false;
     let started = Instant::now();
-    if let Some(p) = &ctx.progress {
-        p.worker(worker, Some(&item.name(t)));
-    }
     let (format, input) = open_input(ctx, src, t, item).await?;
+    let input: Rows = match &ctx.progress {
+        Some(p) => {
+            let moved = p.worker(worker, Some(&item.name(t)));
+            Box::pin(input.inspect(move |chunk| {
+                if let Ok(b) = chunk {
+                    moved.fetch_add(b.len() as u64, Ordering::Relaxed);
+                }
+            }))
+        }
+        None => input,
+    };
     Ok((started, format, input))
 }
 

@@ -64,7 +64,12 @@ const RETRY_FOR: Duration = Duration::from_secs(120);
 pub struct Retry {
     since: Option<std::time::Instant>,
     attempt: u32,
+    /// Also told of each retry (the run's progress, as a warning).
+    note: Option<Note>,
 }
+
+/// Where [`Retry`] reports a retry besides the log.
+pub type Note = std::sync::Arc<dyn Fn(String) + Send + Sync>;
 
 impl Default for Retry {
     fn default() -> Self {
@@ -77,6 +82,18 @@ impl Retry {
         Retry {
             since: None,
             attempt: 0,
+            note: None,
+        }
+    }
+
+    /// A retry policy that also hands each retry's message to `note` (the
+    /// run's progress records it as a warning); its log record then has
+    /// the target `pg_dbmigrator::recorded`, which the CLI's
+    /// log-to-events layer skips.
+    pub fn noting(note: Option<Note>) -> Self {
+        Retry {
+            note,
+            ..Self::new()
         }
     }
 
@@ -94,10 +111,23 @@ impl Retry {
         }
         self.attempt += 1;
         let delay = backoff(self.attempt);
-        tracing::warn!(
-            work = %what, attempt = self.attempt, retry_in = ?delay, error = %e,
-            "interrupted by a transient fault; retrying from its beginning on a new session"
-        );
+        match &self.note {
+            None => tracing::warn!(
+                work = %what, attempt = self.attempt, retry_in = ?delay, error = %e,
+                "interrupted by a transient fault; retrying from its beginning on a new session"
+            ),
+            Some(note) => {
+                tracing::warn!(
+                    target: "pg_dbmigrator::recorded",
+                    work = %what, attempt = self.attempt, retry_in = ?delay, error = %e,
+                    "interrupted by a transient fault; retrying from its beginning on a new session"
+                );
+                note(format!(
+                    "{what}: interrupted by a transient fault ({e}); retrying from its beginning on a new session (attempt {})",
+                    self.attempt
+                ));
+            }
+        }
         tokio::select! {
             _ = stop.cancelled() => Err(MigrationError::Cancelled),
             _ = tokio::time::sleep(delay) => Ok(()),

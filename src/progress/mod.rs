@@ -1,30 +1,39 @@
-//! Where a running migration stands, for people and for monitoring: a
-//! snapshot kept up to date from the resume token (every stage change and
-//! every copied table or chunk goes through it) and from the online loop
-//! (lag, apply rate, cutover), served over HTTP as Prometheus metrics at
-//! `/metrics` and as JSON at `/status` (`--http ADDR`).
+//! Where a running migration stands, for people, for monitoring and for the
+//! programs that embed the library: a snapshot kept up to date from the
+//! resume token (every stage change and every copied table or chunk goes
+//! through it), from the copy workers (bytes counted as COPY data flows, so
+//! the percentage moves inside a big table) and from the online loop (lag,
+//! apply rate, cutover).
 //!
-//! It also turns those changes into events (stage started and finished,
-//! item copied, lag sample, cutover started, finished or failed) for a sink
-//! the caller installs: the CLI prints them as NDJSON (`migrate --json`),
-//! one object a line, under the versioned schema [`EVENT_SCHEMA`].
+//! Readers never hold up the migration: the snapshot is published on a
+//! [`tokio::sync::watch`] channel ([`Progress::subscribe`], a reader that
+//! falls behind sees only the latest one) and the typed [`Event`]s on a
+//! [`tokio::sync::broadcast`] channel ([`Progress::events`], a reader more
+//! than [`EVENT_BUFFER`] events behind skips the oldest and is told how
+//! many with `RecvError::Lagged`). A migration task only stores and sends;
+//! no caller code runs on it, under a lock or otherwise.
 //!
-//! The HTTP side is a few lines of HTTP/1.1 on a tokio listener: two
-//! read-only GET endpoints need no framework. It binds to loopback unless
-//! told otherwise.
+//! The CLI prints the events as NDJSON (`migrate --json`), one object a
+//! line, under the versioned schema [`EVENT_SCHEMA`] ([`Event::to_json`]),
+//! and serves the snapshot over HTTP as Prometheus metrics at `/metrics`
+//! and as JSON at `/status` (`--http ADDR`). The HTTP side is a few lines
+//! of HTTP/1.1 on a tokio listener: two read-only GET endpoints need no
+//! framework. It binds to loopback unless told otherwise.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::error::{MigrationError, Result};
-use crate::resume::{ResumeToken, StageStatus};
+use crate::resume::{ResumeToken, Stage, StageStatus};
 
 /// The online part of the snapshot.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
@@ -39,7 +48,8 @@ pub struct OnlineSnapshot {
     pub rows: u64,
     pub transactions_per_second: f64,
     pub rows_per_second: f64,
-    /// Caught up: an automatic cutover would start.
+    /// Caught up: an automatic cutover would start, and
+    /// [`crate::CutoverHandle::wait_caught_up`] resolves.
     pub ready_to_cut_over: bool,
     pub cutover_downtime_seconds: Option<f64>,
     pub fence_lsn: Option<String>,
@@ -56,59 +66,310 @@ pub struct WorkerSnapshot {
     /// The table, or `table#i/n` for a chunk.
     pub item: String,
     pub seconds: f64,
+    /// COPY bytes of this item moved so far.
+    #[serde(default)]
+    pub bytes: u64,
+}
+
+/// The part of a migration running now: its stages, as the resume token
+/// records them. Serialized as the stage's name (`copy_data`, `stream`,
+/// ...), the names the events and the status page use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Phase {
+    Preflight,
+    PrepareTarget,
+    SchemaPreData,
+    CopyData,
+    SchemaPostData,
+    Sequences,
+    LargeObjects,
+    Finalize,
+    Verify,
+    Dump,
+    Restore,
+    Stream,
+    Cutover,
+}
+
+impl Phase {
+    /// The stage's name, as in the events and the resume token.
+    pub fn as_str(&self) -> &'static str {
+        Stage::from(*self).as_str()
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<Stage> for Phase {
+    fn from(s: Stage) -> Phase {
+        match s {
+            Stage::Preflight => Phase::Preflight,
+            Stage::PrepareTarget => Phase::PrepareTarget,
+            Stage::SchemaPreData => Phase::SchemaPreData,
+            Stage::CopyData => Phase::CopyData,
+            Stage::SchemaPostData => Phase::SchemaPostData,
+            Stage::Sequences => Phase::Sequences,
+            Stage::LargeObjects => Phase::LargeObjects,
+            Stage::Finalize => Phase::Finalize,
+            Stage::Verify => Phase::Verify,
+            Stage::Dump => Phase::Dump,
+            Stage::Restore => Phase::Restore,
+            Stage::Stream => Phase::Stream,
+            Stage::Cutover => Phase::Cutover,
+        }
+    }
+}
+
+impl From<Phase> for Stage {
+    fn from(p: Phase) -> Stage {
+        match p {
+            Phase::Preflight => Stage::Preflight,
+            Phase::PrepareTarget => Stage::PrepareTarget,
+            Phase::SchemaPreData => Stage::SchemaPreData,
+            Phase::CopyData => Stage::CopyData,
+            Phase::SchemaPostData => Stage::SchemaPostData,
+            Phase::Sequences => Stage::Sequences,
+            Phase::LargeObjects => Stage::LargeObjects,
+            Phase::Finalize => Stage::Finalize,
+            Phase::Verify => Stage::Verify,
+            Phase::Dump => Stage::Dump,
+            Phase::Restore => Stage::Restore,
+            Phase::Stream => Stage::Stream,
+            Phase::Cutover => Stage::Cutover,
+        }
+    }
 }
 
 /// Where the migration stands.
+///
+/// Byte counts include the items still being copied: `bytes_copied` and
+/// `heap_bytes_done` grow while a big table streams, not only when it
+/// commits (an item whose transaction is retried counts again from zero).
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct Snapshot {
     pub migration_id: String,
-    /// The stage running now (or the last one).
-    pub stage: Option<String>,
-    pub stages_done: Vec<String>,
+    /// The stage running now (or the last one); `None` before the first.
+    /// Serialized as `stage`.
+    #[serde(rename = "stage")]
+    pub phase: Option<Phase>,
+    pub stages_done: Vec<Phase>,
     /// Tables (or chunks of split tables) copied, and how many there are.
     pub items_done: u64,
     pub items_total: u64,
     pub rows_copied: u64,
+    /// COPY data moved: the items copied, and the part moved so far of
+    /// those still copying (`bytes_in_flight`).
     pub bytes_copied: u64,
+    /// COPY data moved so far by the items still copying.
+    #[serde(default)]
+    pub bytes_in_flight: u64,
     /// Heap size of everything to copy (from the catalogs).
     pub bytes_total: u64,
-    /// Heap size of the tables and chunks copied so far (what the
-    /// percentage and the ETA count; COPY data is bigger or smaller).
+    /// Heap size of the tables and chunks copied so far, plus an estimate
+    /// for those still copying (their COPY bytes so far, at most their
+    /// heap size): what [`Snapshot::percent`] and the ETA count.
     #[serde(default)]
     pub heap_bytes_done: u64,
     pub online: Option<OnlineSnapshot>,
-    /// Warnings logged so far (the last 50).
+    /// Warnings of this run (the last 50), recorded by the library itself
+    /// ([`Progress::warn`]) and, in the CLI, by its log.
     #[serde(default)]
     pub warnings: Vec<String>,
     /// Copy workers busy with an item right now.
     #[serde(default)]
     pub workers: Vec<WorkerSnapshot>,
-    /// Errors logged so far (a failed cutover attempt, a lost connection
-    /// retried, the run's own failure).
+    /// Errors of this run so far (a failed cutover attempt, the run's own
+    /// failure, ...; [`Progress::error`]).
     #[serde(default)]
     pub errors: u64,
     pub completed: bool,
+    /// Seconds since the run started ([`crate::Migrator::run`],
+    /// `dump::run`, `restore::run`), frozen when it ends; 0 before.
     pub elapsed_seconds: f64,
+    /// Seconds the copy of the data has taken so far (0 before it began;
+    /// frozen once it is done): the time [`Snapshot::rate`] divides by.
+    #[serde(default)]
+    pub copy_seconds: f64,
+}
+
+impl Snapshot {
+    /// How far the data copy is, 0 to 100, by heap size (items still
+    /// copying included); `None` until the copy is planned, or when there
+    /// is nothing to copy.
+    pub fn percent(&self) -> Option<f64> {
+        if self.bytes_total == 0 {
+            return None;
+        }
+        Some((self.heap_bytes_done as f64 / self.bytes_total as f64 * 100.0).min(100.0))
+    }
+
+    /// The copy's speed in heap bytes a second since it began; `None`
+    /// before anything was counted.
+    pub fn rate(&self) -> Option<f64> {
+        (self.copy_seconds > 0.0 && self.heap_bytes_done > 0)
+            .then(|| self.heap_bytes_done as f64 / self.copy_seconds)
+    }
+
+    /// The time left to the end of the data copy at [`Snapshot::rate`];
+    /// `None` outside the copy stage or before a rate is known.
+    pub fn eta(&self) -> Option<Duration> {
+        if !matches!(self.phase, Some(Phase::CopyData)) || self.completed {
+            return None;
+        }
+        let rate = self.rate()?;
+        let left = self.bytes_total.saturating_sub(self.heap_bytes_done) as f64 / rate;
+        Some(Duration::from_secs_f64(left.min(1e9)))
+    }
+}
+
+/// What `/status` serves: the snapshot and what the library computes from
+/// it, so a page or a script need not.
+#[derive(Serialize)]
+struct StatusView<'a> {
+    #[serde(flatten)]
+    snapshot: &'a Snapshot,
+    percent: Option<f64>,
+    bytes_per_second: Option<f64>,
+    eta_seconds: Option<f64>,
+}
+
+impl<'a> From<&'a Snapshot> for StatusView<'a> {
+    fn from(s: &'a Snapshot) -> Self {
+        StatusView {
+            snapshot: s,
+            percent: s.percent(),
+            bytes_per_second: s.rate(),
+            eta_seconds: s.eta().map(|d| d.as_secs_f64()),
+        }
+    }
 }
 
 /// The schema every event names in its `schema` field. Version 1:
 /// `{"schema", "ts" (RFC 3339), "event", ...}` with `event` one of
 /// `stage_started {stage}`, `stage_finished {stage, seconds}`,
-/// `item_copied {item, rows, bytes, seconds}`, `lag {lag_bytes,
+/// `item_copied {item, rows, bytes, seconds}`, `progress {stage,
+/// items_done, items_total, bytes_copied, heap_bytes_done, bytes_total,
+/// percent, bytes_per_second, eta_seconds}`, `lag {lag_bytes,
 /// lag_seconds, applied_lsn, transactions_per_second, rows_per_second,
 /// ready_to_cut_over}`, `cutover_started {attempt}`, `cutover_finished
 /// {downtime_seconds, fence_lsn}`, `cutover_failed {error}`, `warning
-/// {message}`, `error {message}`, `summary {report}` (the last line of a
-/// successful run).
+/// {message}`, `error {message, exit_code?}`, `summary {report}` (the
+/// last line of a successful run).
 pub const EVENT_SCHEMA: &str = "pg_dbmigrator.events/1";
 
-/// Where events go.
-pub type EventSink = Box<dyn Fn(serde_json::Value) + Send + Sync>;
+/// How many events a subscriber may fall behind before it skips some.
+pub const EVENT_BUFFER: usize = 4096;
+
+/// Something that happened in a run, as [`Progress::events`] delivers it.
+/// Serialized (`{"event": "<kind>", ...fields}`) it is the NDJSON event of
+/// the CLI, under [`EVENT_SCHEMA`].
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Event {
+    StageStarted {
+        stage: Phase,
+    },
+    StageFinished {
+        stage: Phase,
+        seconds: Option<f64>,
+    },
+    /// A table, or a chunk `table#i/n` of a split one, committed.
+    ItemCopied {
+        item: String,
+        rows: u64,
+        bytes: u64,
+        seconds: f64,
+    },
+    /// The copy moved: sent when its whole percentage changes (checked
+    /// ten times a second: at most about a hundred of these a run, plus
+    /// one every 10 s while the copy runs).
+    Progress {
+        stage: Option<Phase>,
+        items_done: u64,
+        items_total: u64,
+        bytes_copied: u64,
+        heap_bytes_done: u64,
+        bytes_total: u64,
+        percent: Option<f64>,
+        bytes_per_second: Option<f64>,
+        eta_seconds: Option<f64>,
+    },
+    /// Online, every 5 s while streaming.
+    Lag {
+        lag_bytes: u64,
+        lag_seconds: f64,
+        applied_lsn: String,
+        transactions_per_second: f64,
+        rows_per_second: f64,
+        ready_to_cut_over: bool,
+    },
+    CutoverStarted {
+        attempt: u32,
+    },
+    CutoverFinished {
+        downtime_seconds: Option<f64>,
+        fence_lsn: Option<String>,
+    },
+    CutoverFailed {
+        error: Option<String>,
+    },
+    Warning {
+        message: String,
+    },
+    /// An error of the run; the run's own failure carries its exit code.
+    Error {
+        message: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        exit_code: Option<i32>,
+    },
+    /// The final report: the CLI's last line (the library returns the
+    /// report from `run` and does not send this itself).
+    Summary {
+        report: serde_json::Value,
+    },
+}
+
+impl Event {
+    /// The NDJSON object: schema, time (now), kind, then the fields.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "schema": EVENT_SCHEMA,
+            "ts": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        });
+        if let (Some(o), Ok(serde_json::Value::Object(f))) =
+            (v.as_object_mut(), serde_json::to_value(self))
+        {
+            o.extend(f);
+        }
+        v
+    }
+
+    fn progress(s: &Snapshot) -> Event {
+        Event::Progress {
+            stage: s.phase,
+            items_done: s.items_done,
+            items_total: s.items_total,
+            bytes_copied: s.bytes_copied,
+            heap_bytes_done: s.heap_bytes_done,
+            bytes_total: s.bytes_total,
+            percent: s.percent(),
+            bytes_per_second: s.rate(),
+            eta_seconds: s.eta().map(|d| d.as_secs_f64()),
+        }
+    }
+}
 
 /// What the previous token looked like, to see what changed.
 #[derive(Debug, Default)]
 struct Seen {
-    stages: std::collections::BTreeMap<String, StageStatus>,
+    stages: std::collections::BTreeMap<Stage, StageStatus>,
     items: std::collections::BTreeSet<String>,
     cutover_attempts: u32,
     cutover_done: bool,
@@ -116,17 +377,40 @@ struct Seen {
     last_lag_event: Option<Instant>,
 }
 
-/// Shared by the migration (which updates it) and the HTTP server (which
-/// reads it).
+/// A busy copy worker.
+struct Busy {
+    item: String,
+    since: Instant,
+    /// COPY bytes moved, added to by the worker per chunk.
+    bytes: Arc<AtomicU64>,
+    /// The item's share of its table's heap.
+    heap: u64,
+}
+
+/// When the run started and ended (elapsed time), and when the copy began.
+#[derive(Default)]
+struct Clock {
+    started: Option<Instant>,
+    ended: Option<Instant>,
+    copy_started: Option<Instant>,
+    copy_ended: Option<Instant>,
+}
+
+/// Shared by the migration (which updates it), the HTTP server and the
+/// subscribers (which read it). Every method is quick and never waits for
+/// a reader.
 pub struct Progress {
     state: Mutex<Snapshot>,
     seen: Mutex<Seen>,
-    sink: Mutex<Option<EventSink>>,
+    events: broadcast::Sender<Event>,
+    snapshots: watch::Sender<Snapshot>,
     /// Heap bytes of each table to copy (quoted `schema.table`).
     table_bytes: Mutex<std::collections::HashMap<String, u64>>,
-    /// Busy copy workers: item and start.
-    workers: Mutex<std::collections::BTreeMap<usize, (String, Instant)>>,
-    started: Instant,
+    /// Busy copy workers. Lock order: `workers`, then `state`.
+    workers: Mutex<std::collections::BTreeMap<usize, Busy>>,
+    clock: Mutex<Clock>,
+    /// A run is publishing (see [`Progress::start_run`]).
+    running: AtomicBool,
 }
 
 impl std::fmt::Debug for Progress {
@@ -140,25 +424,38 @@ impl Default for Progress {
         Progress {
             state: Mutex::new(Snapshot::default()),
             seen: Mutex::new(Seen::default()),
-            sink: Mutex::new(None),
+            events: broadcast::channel(EVENT_BUFFER).0,
+            snapshots: watch::Sender::new(Snapshot::default()),
             table_bytes: Mutex::new(Default::default()),
             workers: Mutex::new(Default::default()),
-            started: Instant::now(),
+            clock: Mutex::new(Clock::default()),
+            running: AtomicBool::new(false),
         }
     }
 }
 
-/// An event object: schema, time, type, then `fields`.
-pub fn event(kind: &str, fields: serde_json::Value) -> serde_json::Value {
-    let mut v = serde_json::json!({
-        "schema": EVENT_SCHEMA,
-        "ts": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        "event": kind,
-    });
-    if let (Some(o), serde_json::Value::Object(f)) = (v.as_object_mut(), fields) {
-        o.extend(f);
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How often the snapshot is published while a run is going.
+const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+
+/// Publishes a run's snapshots until dropped (see [`Progress::start_run`]).
+pub(crate) struct RunPublisher {
+    progress: Option<Arc<Progress>>,
+    stop: CancellationToken,
+}
+
+impl Drop for RunPublisher {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        if let Some(p) = self.progress.take() {
+            lock(&p.clock).ended = Some(Instant::now());
+            p.running.store(false, Ordering::Release);
+            p.snapshots.send_replace(p.snapshot());
+        }
     }
-    v
 }
 
 impl Progress {
@@ -166,12 +463,110 @@ impl Progress {
         Arc::new(Progress::default())
     }
 
-    /// Count an error logged.
+    /// The latest snapshot, refreshed every 100 ms while a run goes (and
+    /// once more when it ends). A receiver that does not read only misses
+    /// intermediate snapshots; it never slows the run. Do not hold a
+    /// `borrow()` across an await.
+    pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
+        self.snapshots.subscribe()
+    }
+
+    /// The run's events from now on. A receiver more than [`EVENT_BUFFER`]
+    /// events behind gets `RecvError::Lagged` and continues with the
+    /// oldest it still holds; the run never waits for it.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Send one event to the subscribers (none: dropped).
+    pub fn publish(&self, event: Event) {
+        let _ = self.events.send(event);
+    }
+
+    /// Start publishing a run: elapsed time counts from now, and a task
+    /// publishes the snapshot every 100 ms (and sends `progress` events
+    /// during the copy) until the returned guard is dropped. The
+    /// orchestrators call it ([`crate::Migrator::run`], `dump::run`,
+    /// `restore::run`); a nested call (a run inside a run) changes nothing.
+    pub(crate) fn start_run(self: &Arc<Self>) -> RunPublisher {
+        let stop = CancellationToken::new();
+        if self.running.swap(true, Ordering::AcqRel) {
+            return RunPublisher {
+                progress: None,
+                stop,
+            };
+        }
+        *lock(&self.clock) = Clock {
+            started: Some(Instant::now()),
+            ..Default::default()
+        };
+        let me = self.clone();
+        let token = stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PUBLISH_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_event: Option<(Instant, Option<u64>)> = None;
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                let s = me.snapshot();
+                if s.phase == Some(Phase::CopyData) && s.bytes_total > 0 {
+                    // Whole percent changed (checked every tick), or 10 s passed.
+                    let pct = s.percent().map(|p| p as u64);
+                    let due = match last_event {
+                        None => true,
+                        Some((at, p)) => p != pct || at.elapsed() >= Duration::from_secs(10),
+                    };
+                    if due {
+                        last_event = Some((Instant::now(), pct));
+                        me.publish(Event::progress(&s));
+                    }
+                }
+                me.snapshots.send_replace(s);
+            }
+        });
+        RunPublisher {
+            progress: Some(self.clone()),
+            stop,
+        }
+    }
+
+    /// Record a warning of the run: kept in the snapshot (the last 50) and
+    /// sent as a [`Event::Warning`]. The library calls it where it warns
+    /// about the run itself (see README, Library); it does not log.
+    pub fn warn(&self, message: impl Into<String>) {
+        let message = message.into();
+        self.add_warning(&message);
+        self.publish(Event::Warning { message });
+    }
+
+    /// Record an error of the run (counted in the snapshot, sent as an
+    /// [`Event::Error`]); it does not log.
+    pub fn error(&self, message: impl Into<String>) {
+        self.add_error();
+        self.publish(Event::Error {
+            message: message.into(),
+            exit_code: None,
+        });
+    }
+
+    /// Record the run's own failure, with its exit code.
+    pub fn run_failed(&self, e: &MigrationError) {
+        self.add_error();
+        self.publish(Event::Error {
+            message: e.to_string(),
+            exit_code: Some(e.exit_code()),
+        });
+    }
+
+    /// Count an error without an event (the CLI's log does its own).
     pub fn add_error(&self) {
         self.with(|s| s.errors += 1);
     }
 
-    /// Keep a warning for the status (the last 50).
+    /// Keep a warning for the status (the last 50) without an event.
     pub fn add_warning(&self, message: &str) {
         self.with(|s| {
             s.warnings.push(message.to_string());
@@ -181,140 +576,172 @@ impl Progress {
         });
     }
 
-    /// Send every event to `sink` from now on.
-    pub fn set_sink(&self, sink: EventSink) {
-        *self.sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink);
-    }
-
-    /// Emit one event to the sink, if there is one.
-    pub fn emit(&self, kind: &str, fields: serde_json::Value) {
-        if let Some(s) = self.sink.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            s(event(kind, fields));
-        }
-    }
-
     /// Events for what changed in the token since the last call.
     fn events_from_token(&self, t: &ResumeToken) {
         let mut out = Vec::new();
         {
-            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            let mut seen = lock(&self.seen);
             for r in &t.stages {
-                let name = r.stage.as_str().to_string();
-                let before = seen.stages.insert(name.clone(), r.status);
+                let before = seen.stages.insert(r.stage, r.status);
                 if before != Some(r.status) {
+                    let stage = Phase::from(r.stage);
                     match r.status {
-                        StageStatus::Running => {
-                            out.push(("stage_started", serde_json::json!({ "stage": name })))
+                        StageStatus::Running => out.push(Event::StageStarted { stage }),
+                        StageStatus::Done => out.push(Event::StageFinished {
+                            stage,
+                            seconds: r
+                                .finished_at
+                                .map(|f| (f - r.started_at).num_milliseconds() as f64 / 1000.0),
+                        }),
+                    }
+                    if stage == Phase::CopyData {
+                        let mut clock = lock(&self.clock);
+                        clock.copy_started.get_or_insert_with(Instant::now);
+                        if r.status == StageStatus::Done {
+                            clock.copy_ended.get_or_insert_with(Instant::now);
                         }
-                        StageStatus::Done => out.push((
-                            "stage_finished",
-                            serde_json::json!({
-                                "stage": name,
-                                "seconds": r.finished_at.map(|f| (f - r.started_at).num_milliseconds() as f64 / 1000.0),
-                            }),
-                        )),
                     }
                 }
             }
             for (item, m) in &t.copied {
                 if seen.items.insert(item.clone()) {
-                    out.push((
-                        "item_copied",
-                        serde_json::json!({ "item": item, "rows": m.rows, "bytes": m.bytes, "seconds": m.seconds }),
-                    ));
+                    out.push(Event::ItemCopied {
+                        item: item.clone(),
+                        rows: m.rows,
+                        bytes: m.bytes,
+                        seconds: m.seconds,
+                    });
                 }
             }
             if let Some(c) = t.online.as_ref().and_then(|o| o.cutover.as_ref()) {
                 if c.attempts > seen.cutover_attempts {
                     seen.cutover_attempts = c.attempts;
-                    out.push((
-                        "cutover_started",
-                        serde_json::json!({ "attempt": c.attempts }),
-                    ));
+                    out.push(Event::CutoverStarted {
+                        attempt: c.attempts,
+                    });
                 }
                 if c.completed && !seen.cutover_done {
                     seen.cutover_done = true;
-                    out.push((
-                        "cutover_finished",
-                        serde_json::json!({
-                            "downtime_seconds": c.downtime_seconds,
-                            "fence_lsn": c.fence_lsn.map(|l| l.to_string()),
-                        }),
-                    ));
+                    out.push(Event::CutoverFinished {
+                        downtime_seconds: c.downtime_seconds,
+                        fence_lsn: c.fence_lsn.map(|l| l.to_string()),
+                    });
                 }
                 if c.error.is_some() && c.error != seen.cutover_error {
                     seen.cutover_error = c.error.clone();
-                    out.push(("cutover_failed", serde_json::json!({ "error": c.error })));
+                    out.push(Event::CutoverFailed {
+                        error: c.error.clone(),
+                    });
                 }
             }
         }
-        for (kind, fields) in out {
-            self.emit(kind, fields);
+        for e in out {
+            self.publish(e);
         }
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut Snapshot) -> R) -> R {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut s)
+        f(&mut lock(&self.state))
     }
 
-    /// The current snapshot.
+    /// The current snapshot, computed now (the subscription's is at most
+    /// 100 ms old).
     pub fn snapshot(&self) -> Snapshot {
+        let workers = lock(&self.workers);
         let mut s = self.with(|s| s.clone());
-        s.elapsed_seconds = self.started.elapsed().as_secs_f64();
-        s.workers = self
-            .workers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        let mut in_flight = 0;
+        let mut heap_in_flight = 0;
+        s.workers = workers
             .iter()
-            .map(|(w, (item, since))| WorkerSnapshot {
-                worker: *w,
-                item: item.clone(),
-                seconds: since.elapsed().as_secs_f64(),
+            .map(|(w, b)| {
+                let bytes = b.bytes.load(Ordering::Relaxed);
+                in_flight += bytes;
+                heap_in_flight += bytes.min(b.heap);
+                WorkerSnapshot {
+                    worker: *w,
+                    item: b.item.clone(),
+                    seconds: b.since.elapsed().as_secs_f64(),
+                    bytes,
+                }
             })
             .collect();
+        drop(workers);
+        s.bytes_in_flight = in_flight;
+        s.bytes_copied += in_flight;
+        s.heap_bytes_done =
+            (s.heap_bytes_done + heap_in_flight).min(s.bytes_total.max(s.heap_bytes_done));
+        let clock = lock(&self.clock);
+        let now = clock.ended.unwrap_or_else(Instant::now);
+        s.elapsed_seconds = clock
+            .started
+            .map(|t| now.saturating_duration_since(t).as_secs_f64())
+            .unwrap_or(0.0);
+        s.copy_seconds = clock
+            .copy_started
+            .map(|t| {
+                let end = clock.copy_ended.unwrap_or(now);
+                end.saturating_duration_since(t).as_secs_f64()
+            })
+            .unwrap_or(0.0);
         s
     }
 
-    /// Copy worker `worker` started on `item` (`None`: it is idle).
-    pub fn worker(&self, worker: usize, item: Option<&str>) {
-        let mut w = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+    /// Copy worker `worker` started on `item` (`None`: it is idle). Returns
+    /// the counter the worker adds the item's COPY bytes to as they flow.
+    pub fn worker(&self, worker: usize, item: Option<&str>) -> Arc<AtomicU64> {
+        let counter = Arc::new(AtomicU64::new(0));
         match item {
             Some(i) => {
-                w.insert(worker, (i.to_string(), Instant::now()));
+                let heap = self.heap_share(i);
+                lock(&self.clock)
+                    .copy_started
+                    .get_or_insert_with(Instant::now);
+                lock(&self.workers).insert(
+                    worker,
+                    Busy {
+                        item: i.to_string(),
+                        since: Instant::now(),
+                        bytes: counter.clone(),
+                        heap,
+                    },
+                );
             }
             None => {
-                w.remove(&worker);
+                lock(&self.workers).remove(&worker);
             }
         }
+        counter
     }
 
     /// One more item copied: counted in O(1), without reading the token.
     pub fn observe_copied(&self, item: &str, m: &crate::resume::CopyMarker) {
-        let new = {
-            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            seen.items.insert(item.to_string())
-        };
+        let new = lock(&self.seen).items.insert(item.to_string());
         if !new {
             return;
         }
-        self.emit(
-            "item_copied",
-            serde_json::json!({ "item": item, "rows": m.rows, "bytes": m.bytes, "seconds": m.seconds }),
-        );
+        self.publish(Event::ItemCopied {
+            item: item.to_string(),
+            rows: m.rows,
+            bytes: m.bytes,
+            seconds: m.seconds,
+        });
         let heap = self.heap_share(item);
+        // Out of the workers and into the totals at once, for readers.
+        let mut workers = lock(&self.workers);
+        workers.retain(|_, b| b.item != item);
         self.with(|s| {
             s.heap_bytes_done += heap;
             s.items_done += 1;
             s.rows_copied += m.rows;
             s.bytes_copied += m.bytes;
         });
+        drop(workers);
     }
 
     /// The part of its table's heap an item stands for: a chunk
     /// `schema.table#i/n` counts for 1/n.
     fn heap_share(&self, item: &str) -> u64 {
-        let sizes = self.table_bytes.lock().unwrap_or_else(|p| p.into_inner());
+        let sizes = lock(&self.table_bytes);
         match item.split_once('#') {
             None => sizes.get(item).copied().unwrap_or(0),
             Some((table, part)) => {
@@ -332,15 +759,17 @@ impl Progress {
         self.events_from_token(t);
         // A chunk `schema.table#i/n` counts for 1/n of its table's heap.
         let heap_done: u64 = t.copied.keys().map(|k| self.heap_share(k)).sum();
+        let mut workers = lock(&self.workers);
+        workers.retain(|_, b| !t.copied.contains_key(&b.item));
         self.with(|s| {
             s.heap_bytes_done = heap_done;
             s.migration_id = t.migration_id.clone();
-            s.stage = t.current_stage().map(|r| r.stage.as_str().to_string());
+            s.phase = t.current_stage().map(|r| Phase::from(r.stage));
             s.stages_done = t
                 .stages
                 .iter()
                 .filter(|r| r.status == StageStatus::Done)
-                .map(|r| r.stage.as_str().to_string())
+                .map(|r| Phase::from(r.stage))
                 .collect();
             s.items_done = t.copied.len() as u64;
             s.rows_copied = t.copied.values().map(|c| c.rows).sum();
@@ -352,13 +781,14 @@ impl Progress {
                 o.fence_lsn = c.fence_lsn.map(|l| l.to_string());
             }
         });
+        drop(workers);
     }
 
     /// What is to be copied: known once the copy is planned. `tables`:
     /// each table's heap size by quoted `schema.table`.
     pub fn set_totals(&self, items: u64, tables: Vec<(String, u64)>) {
         let bytes = tables.iter().map(|(_, b)| b).sum();
-        *self.table_bytes.lock().unwrap_or_else(|p| p.into_inner()) = tables.into_iter().collect();
+        *lock(&self.table_bytes) = tables.into_iter().collect();
         self.with(|s| {
             s.items_total = items;
             s.bytes_total = bytes;
@@ -373,27 +803,24 @@ impl Progress {
             o.clone()
         });
         let due = {
-            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            let mut seen = lock(&self.seen);
             let due = seen
                 .last_lag_event
-                .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(5));
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(5));
             if due {
                 seen.last_lag_event = Some(Instant::now());
             }
             due
         };
         if due {
-            self.emit(
-                "lag",
-                serde_json::json!({
-                    "lag_bytes": o.lag_bytes,
-                    "lag_seconds": o.lag_seconds,
-                    "applied_lsn": o.applied_lsn,
-                    "transactions_per_second": o.transactions_per_second,
-                    "rows_per_second": o.rows_per_second,
-                    "ready_to_cut_over": o.ready_to_cut_over,
-                }),
-            );
+            self.publish(Event::Lag {
+                lag_bytes: o.lag_bytes,
+                lag_seconds: o.lag_seconds,
+                applied_lsn: o.applied_lsn,
+                transactions_per_second: o.transactions_per_second,
+                rows_per_second: o.rows_per_second,
+                ready_to_cut_over: o.ready_to_cut_over,
+            });
         }
     }
 }
@@ -463,7 +890,7 @@ pub fn metrics_text(s: &Snapshot) -> String {
     );
     metric(
         "elapsed_seconds",
-        "Seconds since the migration started.",
+        "Seconds since the run started.",
         "gauge",
         s.elapsed_seconds,
     );
@@ -521,7 +948,37 @@ pub fn metrics_text(s: &Snapshot) -> String {
             );
         }
     }
-    if let Some(stage) = &s.stage {
+    metric(
+        "bytes_in_flight",
+        "Bytes of COPY data moved so far by the items still copying (included in bytes_copied).",
+        "gauge",
+        s.bytes_in_flight as f64,
+    );
+    if let Some(p) = s.percent() {
+        metric(
+            "copy_percent",
+            "How far the data copy is, by heap size (items still copying included).",
+            "gauge",
+            p,
+        );
+    }
+    if let Some(r) = s.rate() {
+        metric(
+            "copy_bytes_per_second",
+            "Heap bytes copied a second since the copy began.",
+            "gauge",
+            r,
+        );
+    }
+    if let Some(e) = s.eta() {
+        metric(
+            "copy_eta_seconds",
+            "Seconds left to the end of the data copy at the current rate.",
+            "gauge",
+            e.as_secs_f64(),
+        );
+    }
+    if let Some(stage) = &s.phase {
         out.push_str(&format!(
             "# HELP pg_dbmigrator_stage The stage running now.\n# TYPE pg_dbmigrator_stage gauge\npg_dbmigrator_stage{{stage=\"{stage}\"}} 1\n"
         ));
@@ -533,10 +990,10 @@ pub fn metrics_text(s: &Snapshot) -> String {
 pub const PAGE: &str = include_str!("page.html");
 
 /// Who may cut over from the page: the holder of `token` (printed once at
-/// start-up), through `request`.
+/// start-up), through `request` (`Err`: refused, why).
 pub struct CutoverControl {
     pub token: String,
-    pub request: Box<dyn Fn() + Send + Sync>,
+    pub request: Box<dyn Fn() -> std::result::Result<(), String> + Send + Sync>,
 }
 
 /// Serve the page at `/`, `/metrics`, `/status` and `POST /cutover` (with
@@ -597,7 +1054,7 @@ pub async fn serve(
                     ("GET", "/status") => (
                         "200 OK",
                         "application/json",
-                        serde_json::to_string_pretty(&progress.snapshot())
+                        serde_json::to_string_pretty(&StatusView::from(&progress.snapshot()))
                             .expect("snapshot serializes"),
                     ),
                     ("GET", "/") => ("200 OK", "text/html; charset=utf-8", PAGE.to_string()),
@@ -615,8 +1072,10 @@ pub async fn serve(
                                 "this migration has no cutover (offline)\n".into(),
                             ),
                             Some(c) if given.as_deref().is_some_and(|g| constant_eq(g, &c.token)) => {
-                                (c.request)();
-                                ("200 OK", "text/plain", "cutover requested\n".into())
+                                match (c.request)() {
+                                    Ok(()) => ("200 OK", "text/plain", "cutover requested\n".into()),
+                                    Err(why) => ("409 Conflict", "text/plain", format!("{why}\n")),
+                                }
                             }
                             Some(_) => (
                                 "403 Forbidden",
@@ -758,11 +1217,88 @@ mod tests {
     use super::*;
 
     #[test]
+    fn typed_events_serialize_to_the_ndjson_schema() {
+        let v = Event::StageFinished {
+            stage: Phase::CopyData,
+            seconds: Some(1.5),
+        }
+        .to_json();
+        assert_eq!(v["schema"], EVENT_SCHEMA);
+        assert_eq!(v["event"], "stage_finished");
+        assert_eq!(v["stage"], "copy_data");
+        assert_eq!(v["seconds"], 1.5);
+        assert!(v["ts"].as_str().is_some_and(|t| t.ends_with('Z')), "{v}");
+        let e = Event::Error {
+            message: "x".into(),
+            exit_code: None,
+        }
+        .to_json();
+        assert!(e.get("exit_code").is_none(), "{e}");
+    }
+
+    #[test]
+    fn percent_rate_and_eta_come_from_the_snapshot() {
+        let mut s = Snapshot {
+            phase: Some(Phase::CopyData),
+            heap_bytes_done: 50,
+            bytes_total: 200,
+            copy_seconds: 5.0,
+            elapsed_seconds: 60.0,
+            ..Default::default()
+        };
+        assert_eq!(s.percent(), Some(25.0));
+        assert_eq!(s.rate(), Some(10.0));
+        assert_eq!(s.eta(), Some(Duration::from_secs(15)));
+        s.phase = Some(Phase::Stream);
+        assert_eq!(s.eta(), None, "an ETA only while copying");
+        assert_eq!(Snapshot::default().percent(), None);
+    }
+
+    #[test]
+    fn bytes_still_copying_count_up_to_the_item_heap() {
+        let p = Progress::default();
+        p.set_totals(
+            2,
+            vec![("public.a".into(), 1000), ("public.b".into(), 1000)],
+        );
+        let moved = p.worker(0, Some("public.a"));
+        moved.fetch_add(400, Ordering::Relaxed);
+        let s = p.snapshot();
+        assert_eq!(
+            (s.bytes_in_flight, s.bytes_copied, s.heap_bytes_done),
+            (400, 400, 400)
+        );
+        assert_eq!(s.percent(), Some(20.0));
+        moved.fetch_add(5000, Ordering::Relaxed);
+        assert_eq!(
+            p.snapshot().heap_bytes_done,
+            1000,
+            "capped at the item's heap"
+        );
+        // Committed: out of the worker, into the totals, counted once.
+        p.observe_copied(
+            "public.a",
+            &crate::resume::CopyMarker {
+                rows: 1,
+                bytes: 5400,
+                seconds: 1.0,
+                done_at: chrono::Utc::now(),
+            },
+        );
+        let s = p.snapshot();
+        assert_eq!(
+            (s.bytes_in_flight, s.bytes_copied, s.heap_bytes_done),
+            (0, 5400, 1000)
+        );
+        assert!(s.workers.is_empty());
+    }
+
+    #[test]
     fn metrics_are_prometheus_text() {
         let s = Snapshot {
             items_done: 3,
             bytes_copied: 1024,
-            stage: Some("copy_data".into()),
+            phase: Some(Phase::CopyData),
             online: Some(OnlineSnapshot {
                 lag_bytes: 7,
                 ..Default::default()

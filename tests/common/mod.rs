@@ -298,6 +298,7 @@ pub fn check_events(stdout: &[u8]) -> Vec<serde_json::Value> {
         "stage_started",
         "stage_finished",
         "item_copied",
+        "progress",
         "lag",
         "cutover_started",
         "cutover_finished",

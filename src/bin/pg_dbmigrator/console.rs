@@ -115,23 +115,26 @@ fn clear() {
 
 /// One line: stage, items, bytes with percentage, rate and ETA of the
 /// copy; lag and apply rate while streaming.
+/// (Percentage, rate and ETA are the library's: [`Snapshot::percent`],
+/// [`Snapshot::rate`], [`Snapshot::eta`].)
 pub fn line(s: &Snapshot) -> String {
-    let stage = s.stage.as_deref().unwrap_or("starting");
+    let stage = s.phase.map_or("starting", |p| p.as_str());
     let mut out = format!("[{stage}]");
     if s.items_total > 0 || s.items_done > 0 {
         out.push_str(&format!(" {}/{} items", s.items_done, s.items_total));
     }
-    if s.bytes_total > 0 {
-        let pct = (s.heap_bytes_done as f64 / s.bytes_total as f64 * 100.0).min(100.0);
+    if let Some(pct) = s.percent() {
         out.push_str(&format!(
             " {} / {} ({pct:.0}%)",
             human_bytes(s.heap_bytes_done),
             human_bytes(s.bytes_total)
         ));
-        let rate = s.heap_bytes_done as f64 / s.elapsed_seconds.max(0.001);
-        if stage == "copy_data" && rate > 0.0 {
-            let left = s.bytes_total.saturating_sub(s.heap_bytes_done) as f64 / rate;
-            out.push_str(&format!(" {}/s ETA {:.0}s", human_bytes(rate as u64), left));
+        if let (Some(rate), Some(eta)) = (s.rate(), s.eta()) {
+            out.push_str(&format!(
+                " {}/s ETA {:.0}s",
+                human_bytes(rate as u64),
+                eta.as_secs_f64()
+            ));
         }
     }
     if let Some(o) = &s.online {
@@ -228,14 +231,63 @@ fn event_target() -> &'static Mutex<Option<Arc<Progress>>> {
     T.get_or_init(|| Mutex::new(None))
 }
 
+/// Prints the events on stdout (see [`events_to_stdout`]).
+pub struct Printer(tokio::task::JoinHandle<()>);
+
+impl Printer {
+    /// Wait until the run's last event (its summary, or its failure) is
+    /// printed; at most a few seconds.
+    pub async fn finish(self) {
+        let mut h = self.0;
+        if tokio::time::timeout(Duration::from_secs(5), &mut h)
+            .await
+            .is_err()
+        {
+            h.abort();
+        }
+    }
+}
+
 /// Print every event of `progress` as one JSON line on stdout, warnings and
-/// errors from the log included.
-pub fn events_to_stdout(progress: &Arc<Progress>) {
-    progress.set_sink(Box::new(|e| {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{e}");
-        let _ = out.flush();
-    }));
+/// errors from the log included, on a task of its own (a blocked stdout
+/// never holds up the migration: the events wait in the progress's buffer)
+/// until the run's last event.
+pub fn events_to_stdout(progress: &Arc<Progress>) -> Printer {
+    let mut rx = progress.events();
+    Printer(tokio::spawn(async move {
+        use pg_dbmigrator::progress::Event;
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            let e = match rx.recv().await {
+                Ok(e) => e,
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(skipped = n, "stdout is slow: events were skipped");
+                    continue;
+                }
+                Err(RecvError::Closed) => break,
+            };
+            let last = matches!(
+                e,
+                Event::Summary { .. }
+                    | Event::Error {
+                        exit_code: Some(_),
+                        ..
+                    }
+            );
+            // Written on the blocking pool: a blocked pipe parks this
+            // task, not a runtime thread the migration needs.
+            let line = format!("{}\n", e.to_json());
+            let _ = tokio::task::spawn_blocking(move || {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(line.as_bytes());
+                let _ = out.flush();
+            })
+            .await;
+            if last {
+                break;
+            }
+        }
+    }))
 }
 
 /// Warnings and errors of the log also go to `progress` (its status, and
@@ -254,6 +306,10 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for EventLayer {
         event: &tracing::Event<'_>,
         _ctx: tracing_subscriber::layer::Context<'_, S>,
     ) {
+        // What the library recorded itself is in the progress already.
+        if event.metadata().target() == pg_dbmigrator::context::RECORDED_TARGET {
+            return;
+        }
         let level = *event.metadata().level();
         let kind = if level == tracing::Level::ERROR {
             "error"
@@ -282,11 +338,10 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for EventLayer {
         let mut m = Msg(String::new());
         event.record(&mut m);
         if kind == "warning" {
-            p.add_warning(m.0.trim());
+            p.warn(m.0.trim());
         } else {
-            p.add_error();
+            p.error(m.0.trim());
         }
-        p.emit(kind, serde_json::json!({ "message": m.0.trim() }));
     }
 }
 
@@ -351,12 +406,13 @@ mod tests {
     #[test]
     fn the_line_says_where_the_copy_is() {
         let s = Snapshot {
-            stage: Some("copy_data".into()),
+            phase: Some(pg_dbmigrator::Phase::CopyData),
             items_done: 3,
             items_total: 8,
             heap_bytes_done: 50 << 20,
             bytes_total: 200 << 20,
-            elapsed_seconds: 5.0,
+            elapsed_seconds: 6.0,
+            copy_seconds: 5.0,
             ..Default::default()
         };
         let l = line(&s);
@@ -367,17 +423,19 @@ mod tests {
     #[test]
     fn one_line_per_busy_worker_and_all_of_them_erased() {
         let s = Snapshot {
-            stage: Some("copy_data".into()),
+            phase: Some(pg_dbmigrator::Phase::CopyData),
             workers: vec![
                 pg_dbmigrator::progress::WorkerSnapshot {
                     worker: 0,
                     item: "public.a#1/4".into(),
                     seconds: 1.25,
+                    bytes: 0,
                 },
                 pg_dbmigrator::progress::WorkerSnapshot {
                     worker: 1,
                     item: "public.b".into(),
                     seconds: 0.5,
+                    bytes: 0,
                 },
             ],
             ..Default::default()
