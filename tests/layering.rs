@@ -208,3 +208,48 @@ fn the_reader_sees_imports() {
         vec!["copy".to_string(), "pg".to_string()]
     );
 }
+
+/// The binary's crates are optional, behind the default `cli` feature, and
+/// the library never names them: `default-features = false` embeds the
+/// library alone (issue 23: an embedder's tree without clap or anyhow).
+#[test]
+fn the_library_compiles_without_the_clis_crates() {
+    let manifest =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")).unwrap();
+    let cli = [
+        "clap",
+        "clap_complete",
+        "clap_mangen",
+        "anyhow",
+        "toml",
+        "tracing-subscriber",
+    ];
+    for dep in cli {
+        let line = manifest
+            .lines()
+            .find(|l| l.starts_with(&format!("{dep} =")))
+            .unwrap_or_else(|| panic!("{dep} is not a dependency any more: update this test"));
+        assert!(
+            line.contains("optional = true"),
+            "{dep} must be optional (behind the `cli` feature): {line}"
+        );
+        assert!(
+            manifest.contains(&format!("\"dep:{dep}\"")),
+            "the `cli` feature must enable {dep}"
+        );
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    for f in files {
+        let code = code_of(&std::fs::read_to_string(&f).unwrap());
+        let file = f.strip_prefix(&src).unwrap().display().to_string();
+        for dep in cli {
+            let name = dep.replace('-', "_");
+            assert!(
+                !code.contains(&format!("{name}::")) && !code.contains(&format!("use {name}")),
+                "src/{file} names {dep}, which the library may not use"
+            );
+        }
+    }
+}
