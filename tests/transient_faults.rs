@@ -91,15 +91,7 @@ async fn target_cut_for_three_seconds_mid_copy_is_retried() {
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("retrying"), "no retry was logged: {err}");
     let report = report_of(&out.stdout);
-    assert_eq!(
-        report["verify"]["differences"].as_array().unwrap().len(),
-        0,
-        "{report:#}"
-    );
-    assert_eq!(
-        content_digest(&db.source).await,
-        content_digest(&target_direct).await
-    );
+    assert_clean(&report, &db.source, &target_direct).await;
 }
 
 /// `migrate` with `extra` flags and `env` set (the test pause points),
@@ -335,15 +327,7 @@ async fn target_cut_during_the_schema_stage_and_verify_is_retried() {
         "no retry of verify was logged: {err}"
     );
     let report = report_of(&out.stdout);
-    assert_eq!(
-        report["verify"]["differences"].as_array().unwrap().len(),
-        0,
-        "{report:#}"
-    );
-    assert_eq!(
-        content_digest(&db.source).await,
-        content_digest(&target_direct).await
-    );
+    assert_clean(&report, &db.source, &target_direct).await;
 }
 
 /// The source's connections of the copy workers (not the coordinator's,
@@ -371,15 +355,7 @@ async fn source_workers_cut_mid_copy_import_the_snapshot_again() {
     assert!(err.contains("retrying"), "no retry was logged: {err}");
     let report = report_of(&out.stdout);
     assert_eq!(report["point_in_time"], true, "{report:#}");
-    assert_eq!(
-        report["verify"]["differences"].as_array().unwrap().len(),
-        0,
-        "{report:#}"
-    );
-    assert_eq!(
-        content_digest(&db.source).await,
-        content_digest(&target).await
-    );
+    assert_clean(&report, &db.source, &target).await;
 }
 
 /// Every source connection cut for 3 s in the middle of a big table's
@@ -426,15 +402,7 @@ async fn source_cut_losing_the_snapshot_goes_on_with_a_new_one_and_says_so() {
             .contains("not one point in time"),
         "{report:#}"
     );
-    assert_eq!(
-        report["verify"]["differences"].as_array().unwrap().len(),
-        0,
-        "{report:#}"
-    );
-    assert_eq!(
-        content_digest(&db.source).await,
-        content_digest(&target).await
-    );
+    assert_clean(&report, &db.source, &target).await;
 }
 
 /// The same loss under `--strict-snapshot`: the run stops (exit 1) saying
@@ -662,15 +630,7 @@ async fn a_full_dump_path_of_migrate_is_said_and_resume_finishes() {
     let out = run_async(&resumed).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let report = report_of(&out.stdout);
-    assert_eq!(
-        report["verify"]["differences"].as_array().unwrap().len(),
-        0,
-        "{report:#}"
-    );
-    assert_eq!(
-        content_digest(&db.source).await,
-        content_digest(&target).await
-    );
+    assert_clean(&report, &db.source, &target).await;
 }
 
 /// Online, every source connection cut for 1 s in the middle of a COPY,
@@ -728,15 +688,7 @@ async fn online_starts_over() {
     );
     let report = report_of(&out.stdout);
     assert_eq!(report["point_in_time"], true, "{report:#}");
-    assert_eq!(
-        report["verify"]["differences"].as_array().unwrap().len(),
-        0,
-        "{report:#}"
-    );
-    assert_eq!(
-        content_digest(&db.source).await,
-        content_digest(&target).await
-    );
+    assert_clean(&report, &db.source, &target).await;
     let c = testkit::client(&db.source).await;
     let slots: i64 = c
         .query_one(
@@ -813,4 +765,14 @@ async fn online_refuses() {
         .unwrap()
         .get(0);
     assert_eq!(slots, 1, "the slot was not left for --resume");
+}
+
+/// Verify found nothing, and the target's rows are the source's.
+async fn assert_clean(report: &serde_json::Value, source: &str, target: &str) {
+    assert_eq!(
+        report["verify"]["differences"].as_array().unwrap().len(),
+        0,
+        "{report:#}"
+    );
+    assert_eq!(content_digest(source).await, content_digest(target).await);
 }
