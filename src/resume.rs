@@ -87,8 +87,9 @@ pub enum NewIdentity {
 pub const TOKEN_SCHEMA_VERSION: u32 = 1;
 
 /// The stages of a migration, in order. Each is recorded when it finishes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Stage {
     Preflight,
     PrepareTarget,
@@ -107,6 +108,12 @@ pub enum Stage {
     Stream,
     /// Online: fence, drain, sequences, cleanup.
     Cutover,
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Stage {

@@ -1991,15 +1991,7 @@ async fn ddl_of_functions_procedures_and_do_blocks_is_reproduced_with_its_rows()
         bad.is_empty(),
         "the workload failed before the fence: {bad:?}"
     );
-    let (a, b) = (
-        common::schema_dump(&r.db.source),
-        common::schema_dump(&r.db.target),
-    );
-    assert!(
-        a == b,
-        "pg_dump -s of source and target differ: {}",
-        common::diff_hint(&a, &b)
-    );
+    common::assert_same_schema(&r.db.source, &r.db.target);
     assert_eq!(
         same_partitions(&r, "readings").await,
         "readings_1 FOR VALUES IN (1)\nreadings_2 FOR VALUES IN (2)\nreadings_3 FOR VALUES IN (3)"
@@ -2150,15 +2142,7 @@ async fn pg_partman_maintenance_and_temporary_objects_under_load_migrate() {
         bad.is_empty(),
         "the workload failed before the fence: {bad:?}"
     );
-    let (a, b) = (
-        common::schema_dump(&r.db.source),
-        common::schema_dump(&r.db.target),
-    );
-    assert!(
-        a == b,
-        "pg_dump -s of source and target differ: {}",
-        common::diff_hint(&a, &b)
-    );
+    common::assert_same_schema(&r.db.source, &r.db.target);
     let after = same_partitions(&r, "metrics").await;
     // Maintenance did both: made partitions and dropped old ones.
     let names = |s: &str| -> Vec<String> {

@@ -704,24 +704,8 @@ async fn online_starts_over() {
 /// A small table copied, the big one in flight: refused, naming the way
 /// out, and leaving the slot and the token for it.
 async fn online_refuses() {
+    let (db, proxy, source) = big_source("cut_src_online_refused").await;
     let pair = testkit::shared_pair();
-    let db = pair.fresh_db("cut_src_online_refused").await;
-    testkit::execute(
-        &db.source,
-        "CREATE TABLE big (id int PRIMARY KEY, pad text);
-         INSERT INTO big SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 60000) g;
-         CREATE TABLE small (id int PRIMARY KEY); INSERT INTO small SELECT generate_series(1, 100);",
-    )
-    .await
-    .unwrap();
-    let cluster = pair
-        .source
-        .cluster()
-        .expect("the testkit's own source server");
-    let proxy = FaultProxy::start(format!("127.0.0.1:{}", cluster.port).parse().unwrap()).unwrap();
-    // Paced, so the COPY lasts long enough to be cut in its middle.
-    proxy.set_bandwidth(Some(COPY_PACE));
-    let source = proxy.route(&db.source);
     let target = other_target_db(&db, "up");
     let dir = tempfile::tempdir().unwrap();
     let extra = ["--mode", "online", "--cutover", "auto", "--jobs", "2"];

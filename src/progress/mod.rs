@@ -72,79 +72,10 @@ pub struct WorkerSnapshot {
 }
 
 /// The part of a migration running now: its stages, as the resume token
-/// records them. Serialized as the stage's name (`copy_data`, `stream`,
-/// ...), the names the events and the status page use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum Phase {
-    Preflight,
-    PrepareTarget,
-    SchemaPreData,
-    CopyData,
-    SchemaPostData,
-    Sequences,
-    LargeObjects,
-    Finalize,
-    Verify,
-    Dump,
-    Restore,
-    Stream,
-    Cutover,
-}
-
-impl Phase {
-    /// The stage's name, as in the events and the resume token.
-    pub fn as_str(&self) -> &'static str {
-        Stage::from(*self).as_str()
-    }
-}
-
-impl std::fmt::Display for Phase {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl From<Stage> for Phase {
-    fn from(s: Stage) -> Phase {
-        match s {
-            Stage::Preflight => Phase::Preflight,
-            Stage::PrepareTarget => Phase::PrepareTarget,
-            Stage::SchemaPreData => Phase::SchemaPreData,
-            Stage::CopyData => Phase::CopyData,
-            Stage::SchemaPostData => Phase::SchemaPostData,
-            Stage::Sequences => Phase::Sequences,
-            Stage::LargeObjects => Phase::LargeObjects,
-            Stage::Finalize => Phase::Finalize,
-            Stage::Verify => Phase::Verify,
-            Stage::Dump => Phase::Dump,
-            Stage::Restore => Phase::Restore,
-            Stage::Stream => Phase::Stream,
-            Stage::Cutover => Phase::Cutover,
-        }
-    }
-}
-
-impl From<Phase> for Stage {
-    fn from(p: Phase) -> Stage {
-        match p {
-            Phase::Preflight => Stage::Preflight,
-            Phase::PrepareTarget => Stage::PrepareTarget,
-            Phase::SchemaPreData => Stage::SchemaPreData,
-            Phase::CopyData => Stage::CopyData,
-            Phase::SchemaPostData => Stage::SchemaPostData,
-            Phase::Sequences => Stage::Sequences,
-            Phase::LargeObjects => Stage::LargeObjects,
-            Phase::Finalize => Stage::Finalize,
-            Phase::Verify => Stage::Verify,
-            Phase::Dump => Stage::Dump,
-            Phase::Restore => Stage::Restore,
-            Phase::Stream => Stage::Stream,
-            Phase::Cutover => Stage::Cutover,
-        }
-    }
-}
+/// records them ([`Stage`] under the name embedders read). Serialized as
+/// the stage's name (`copy_data`, `stream`, ...), the names the events and
+/// the status page use.
+pub use crate::resume::Stage as Phase;
 
 /// Where the migration stands.
 ///
@@ -584,7 +515,7 @@ impl Progress {
             for r in &t.stages {
                 let before = seen.stages.insert(r.stage, r.status);
                 if before != Some(r.status) {
-                    let stage = Phase::from(r.stage);
+                    let stage = r.stage;
                     match r.status {
                         StageStatus::Running => out.push(Event::StageStarted { stage }),
                         StageStatus::Done => out.push(Event::StageFinished {
@@ -764,12 +695,12 @@ impl Progress {
         self.with(|s| {
             s.heap_bytes_done = heap_done;
             s.migration_id = t.migration_id.clone();
-            s.phase = t.current_stage().map(|r| Phase::from(r.stage));
+            s.phase = t.current_stage().map(|r| r.stage);
             s.stages_done = t
                 .stages
                 .iter()
                 .filter(|r| r.status == StageStatus::Done)
-                .map(|r| Phase::from(r.stage))
+                .map(|r| r.stage)
                 .collect();
             s.items_done = t.copied.len() as u64;
             s.rows_copied = t.copied.values().map(|c| c.rows).sum();

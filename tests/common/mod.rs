@@ -219,6 +219,17 @@ pub fn schema_dump_with(conninfo: &str, extra: &[&str]) -> String {
 }
 
 /// The neighbourhood of the first differing line of two dumps.
+/// `pg_dump --schema-only` of both databases is the same, or a hint of
+/// where it differs.
+pub fn assert_same_schema(source: &str, target: &str) {
+    let (a, b) = (schema_dump(source), schema_dump(target));
+    assert!(
+        a == b,
+        "pg_dump -s of source and target differ: {}",
+        diff_hint(&a, &b)
+    );
+}
+
 pub fn diff_hint(a: &str, b: &str) -> String {
     let (al, bl): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
     match al.iter().zip(&bl).position(|(x, y)| x != y) {
