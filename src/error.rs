@@ -29,10 +29,15 @@ pub mod exit_code {
 /// A server-reported error, as libpq would print it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DbErrorInfo {
+    /// `ERROR`, `FATAL`, ... (the server's non-localized severity).
     pub severity: String,
+    /// The five-character SQLSTATE ([`MigrationError::sql_state`] types it).
     pub sqlstate: String,
+    /// The primary message.
     pub message: String,
+    /// `DETAIL`, when the server sent one.
     pub detail: Option<String>,
+    /// `HINT`, when the server sent one.
     pub hint: Option<String>,
 }
 
@@ -92,6 +97,10 @@ pub enum ErrorKind {
     Internal,
 }
 
+/// Why a migration (or `plan`, `verify`, `cleanup`) failed. The message
+/// says what is wrong and what to do, and never holds a password;
+/// [`MigrationError::kind`] classifies it and
+/// [`MigrationError::is_retryable`] says whether running again may succeed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum MigrationError {
@@ -102,28 +111,43 @@ pub enum MigrationError {
     /// A connection string could not be parsed. The message names the part
     /// that is wrong; the string itself is never repeated (it may hold a password).
     #[error("invalid connection string for {endpoint}: {reason}")]
-    ConnInfo { endpoint: String, reason: String },
+    ConnInfo {
+        /// `source` or `target`.
+        endpoint: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 
     /// Could not connect or authenticate (unreachable host, timeout, wrong password, TLS).
     #[error("cannot connect to {endpoint} ({target}): {reason}")]
     Connect {
+        /// `source` or `target`.
         endpoint: String,
         /// Redacted description: host, port, user, dbname; never the password.
         target: String,
+        /// Why, as the client library or the server put it.
         reason: String,
+        /// The server's error when it refused the login (SQLSTATE 28...).
         db: Option<Box<DbErrorInfo>>,
     },
 
     /// The server reported an error while we were doing `context`.
     #[error("{context}: {info}")]
     Db {
+        /// What the migration was doing.
         context: String,
+        /// The server's error.
         info: Box<DbErrorInfo>,
     },
 
     /// Any other error from the client library (broken connection, protocol).
     #[error("{context}: {message}")]
-    Client { context: String, message: String },
+    Client {
+        /// What the migration was doing.
+        context: String,
+        /// The client library's message, with its causes.
+        message: String,
+    },
 
     /// The resume token does not match this run, or is damaged.
     #[error("resume refused: {0}")]
@@ -151,9 +175,12 @@ pub enum MigrationError {
     #[error("verification found {0} difference(s)")]
     VerifyDifferences(usize),
 
+    /// A file or socket operation failed (work dir, archive, token).
     #[error("{context}: {source}")]
     Io {
+        /// What the migration was doing.
         context: String,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
@@ -164,6 +191,7 @@ pub enum MigrationError {
     /// pairs with that snapshot only). The message says what to run.
     #[error("{message}")]
     SnapshotLost {
+        /// What happened and what to run.
         message: String,
         /// Rows of this migration were committed on the target already.
         copied_any: bool,
@@ -173,10 +201,12 @@ pub enum MigrationError {
     #[error("interrupted")]
     Cancelled,
 
+    /// A bug in pg_dbmigrator (an invariant did not hold); please report it.
     #[error("internal error: {0}")]
     Internal(String),
 }
 
+/// The library's `Result`: [`MigrationError`] unless said otherwise.
 pub type Result<T, E = MigrationError> = std::result::Result<T, E>;
 
 impl MigrationError {
@@ -251,6 +281,7 @@ impl MigrationError {
             .map(tokio_postgres::error::SqlState::from_code)
     }
 
+    #[doc(hidden)]
     /// Whether trying the same work again may succeed: a lost or refused
     /// connection (not a refused login), a server shutting down or starting
     /// up (class 57, 08), a serialization failure or a deadlock. What
@@ -288,6 +319,7 @@ impl MigrationError {
         }
     }
 
+    #[doc(hidden)]
     /// The server's SQLSTATE when the error came from a server.
     pub fn sqlstate(&self) -> Option<&str> {
         match self {
@@ -297,6 +329,7 @@ impl MigrationError {
         }
     }
 
+    #[doc(hidden)]
     /// Wrap a tokio-postgres error with what we were doing, keeping the
     /// server's SQLSTATE, detail and hint when there are some.
     pub fn db(context: impl Into<String>, err: tokio_postgres::Error) -> Self {
@@ -313,6 +346,8 @@ impl MigrationError {
         }
     }
 
+    #[doc(hidden)]
+    /// Wrap an I/O error with what we were doing.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         MigrationError::Io {
             context: context.into(),
@@ -321,6 +356,7 @@ impl MigrationError {
     }
 }
 
+#[doc(hidden)]
 /// Extract the server's error fields from a tokio-postgres error.
 pub fn db_info(err: &tokio_postgres::Error) -> Option<DbErrorInfo> {
     err.as_db_error().map(|e| DbErrorInfo {
@@ -332,6 +368,7 @@ pub fn db_info(err: &tokio_postgres::Error) -> Option<DbErrorInfo> {
     })
 }
 
+#[doc(hidden)]
 /// A one-line message for a client-side error, including its cause chain
 /// (tokio-postgres puts the useful part, e.g. "Connection refused", in the source).
 pub fn client_message(err: &(dyn std::error::Error + 'static)) -> String {

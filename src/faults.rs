@@ -1,6 +1,6 @@
 //! Fault points: every step that changes a server or a file has a name in
-//! one registry, [`Point`], and is wrapped by [`around`] (or marked with
-//! [`before`] and [`after`]) at the place it happens. A test names a
+//! one registry, [`Point`], and is wrapped by `around` (or marked with
+//! `before` and `after`) at the place it happens. A test names a
 //! point and a side in an environment variable and the process stops
 //! there: `PG_DBMIGRATOR_TEST_KILL_AT` kills it with SIGKILL on the spot,
 //! `PG_DBMIGRATOR_TEST_STOP_AT` makes it wait to be killed. The windows

@@ -46,27 +46,48 @@
 //! migration between two throwaway local servers.
 #![forbid(unsafe_code)]
 
-pub mod archive;
+// What an embedder uses: the items re-exported below, and these modules'
+// public types. Everything else is reachable only so that the binary and
+// the test suite can drive the stages directly; it is hidden from the
+// documentation and is not part of the API (it may change in any release).
 pub mod config;
-pub mod context;
-pub mod copy;
-pub mod dump;
 pub mod error;
+pub mod progress;
+pub mod report;
+
+#[doc(hidden)]
+pub mod archive;
+#[doc(hidden)]
+pub mod context;
+#[doc(hidden)]
+pub mod copy;
+#[doc(hidden)]
+pub mod dump;
 mod fallback;
 #[doc(hidden)]
 pub mod faults;
 mod migrate;
+#[doc(hidden)]
 pub mod online;
+#[doc(hidden)]
 pub mod pg;
+#[doc(hidden)]
 pub mod plan;
-pub mod progress;
+#[doc(hidden)]
 pub mod replication;
-pub mod report;
+#[doc(hidden)]
 pub mod restore;
+#[doc(hidden)]
 pub mod resume;
+#[doc(hidden)]
 pub mod schema;
+#[doc(hidden)]
 pub mod target;
+/// Throwaway PostgreSQL clusters for tests (feature `testkit`, off by
+/// default: it starts servers and may install packages).
+#[cfg(feature = "testkit")]
 pub mod testkit;
+#[doc(hidden)]
 pub mod verify;
 mod workers;
 
@@ -76,12 +97,17 @@ pub use config::{
     CopyFormat, CopyMethod, CutoverMode, EndpointConfig, Filters, MigrationConfig, MigrationMode,
     VerifyLevel,
 };
-pub use context::{CutoverDone, CutoverError, CutoverHandle, CutoverRequest, RunContext};
+#[doc(hidden)]
+pub use context::RunContext;
+pub use context::{CutoverDone, CutoverError, CutoverHandle, CutoverRequest};
 pub use error::{ErrorKind, MigrationError, Result};
 pub use online::{cleanup, unfence, CleanupReport};
 pub use plan::{plan, Plan};
-pub use progress::{human_bytes, Event, Phase, Snapshot};
+#[doc(hidden)]
+pub use progress::human_bytes;
+pub use progress::{Event, OnlineSnapshot, Phase, Snapshot, WorkerSnapshot};
 pub use report::{MigrationReport, OnlineReport};
+#[doc(hidden)]
 pub use resume::{ResumeToken, Stage};
 pub use verify::{VerifyOptions, VerifyReport};
 
@@ -98,6 +124,7 @@ pub struct Migrator {
 }
 
 impl Migrator {
+    /// A migration of `config`; nothing happens until [`Migrator::run`].
     pub fn new(config: MigrationConfig) -> Self {
         Migrator {
             config,
@@ -106,6 +133,7 @@ impl Migrator {
         }
     }
 
+    #[doc(hidden)]
     /// Publish the run's progress there instead of in a progress of its
     /// own (the CLI shares one with its status page, metrics and events).
     pub fn with_progress(mut self, progress: std::sync::Arc<progress::Progress>) -> Self {
@@ -113,6 +141,7 @@ impl Migrator {
         self
     }
 
+    #[doc(hidden)]
     /// The run's progress handle.
     pub fn progress(&self) -> &std::sync::Arc<progress::Progress> {
         &self.progress

@@ -29,8 +29,11 @@ use crate::target::TargetNeeds;
 /// A table as the migration would copy it.
 #[derive(Debug, Clone, Serialize)]
 pub struct PlannedTable {
+    /// The table, quoted.
     pub table: String,
+    /// Its heap size on the source.
     pub bytes: u64,
+    /// `reltuples`: the planner's row estimate.
     pub row_estimate: i64,
     /// Page ranges copied in parallel (1: whole, with COPY FREEZE).
     pub chunks: u64,
@@ -39,9 +42,13 @@ pub struct PlannedTable {
 /// The copy-speed sample.
 #[derive(Debug, Clone, Serialize)]
 pub struct SpeedSample {
+    /// The table sampled.
     pub table: String,
+    /// COPY bytes the sample moved.
     pub bytes: u64,
+    /// How long it took.
     pub seconds: f64,
+    /// `bytes / seconds`.
     pub bytes_per_second: f64,
     /// The sample went into the target (else only the source's read speed
     /// was measured: the target database does not exist yet).
@@ -51,17 +58,27 @@ pub struct SpeedSample {
 /// What `plan` found.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Plan {
+    /// `offline` or `online`.
     pub mode: String,
+    /// `server_version_num` of the source.
     pub source_version: i32,
+    /// `server_version_num` of the target, when it could be reached.
     pub target_version: Option<i32>,
+    /// The id the migration would run under.
     pub migration_id: String,
+    /// The tables to copy, largest first.
     pub tables: Vec<PlannedTable>,
+    /// Their heap size.
     pub total_bytes: u64,
+    /// Tables larger than this are copied in page ranges in parallel.
     pub split_bytes: u64,
     /// Why tables are (or are not) cut into page ranges.
     pub split_reason: String,
+    /// Sequences whose values would be set.
     pub sequences: usize,
+    /// Large objects to copy.
     pub large_objects: usize,
+    /// Schema objects the run would create (`None` for data-only runs).
     pub schema_steps: Option<usize>,
     /// What the run would create or change on the source.
     pub source_changes: Vec<String>,
@@ -69,7 +86,9 @@ pub struct Plan {
     pub target_changes: Vec<String>,
     /// What would stop the run, each with its fix.
     pub refusals: Vec<String>,
+    /// What would not stop the run but deserves a look.
     pub warnings: Vec<String>,
+    /// A short copy of one table, to estimate the speed.
     pub sample: Option<SpeedSample>,
     /// The copy alone, from the sample's speed and the parallelism.
     pub estimated_copy_seconds: Option<f64>,

@@ -6,39 +6,61 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::copy::TableResult;
 use crate::error::{MigrationError, Result};
 use crate::progress::human_bytes;
-use crate::resume::{ReplicaIdentityFix, Stage};
-use crate::verify::VerifyReport;
+use crate::resume::Stage;
 
+pub use crate::copy::{TableResult, WireFormat};
+pub use crate::online::CleanupReport;
+pub use crate::plan::{Plan, PlannedTable, SpeedSample};
+#[doc(hidden)]
 pub use crate::progress::{largest, OtherTables, LISTED_TABLES};
+pub use crate::resume::{NewIdentity, ReplicaIdentityFix};
+pub use crate::verify::{DiffKind, Difference, TableCheck, VerifyReport};
 
 /// What a finished migration did.
 #[derive(Debug, Clone)]
 pub struct MigrationReport {
+    /// The migration's id: a hash of what it migrates (source, target,
+    /// filters), the name its work dir, token and sessions carry.
     pub migration_id: String,
+    /// The work dir (`MigrationConfig::dump_path`, or the one chosen for it).
     pub dump_path: PathBuf,
+    /// The resume token: what a `--resume` continues from.
     pub token_path: PathBuf,
+    /// This run continued an earlier, interrupted one.
     pub resumed: bool,
+    /// The exported snapshot the copy read (`pg_export_snapshot()`).
     pub snapshot_id: Option<String>,
+    /// `server_version_num` of the source, e.g. 150004.
     pub source_version: i32,
+    /// `server_version_num` of the target.
     pub target_version: i32,
     /// Tables copied in this run (tables finished by an earlier attempt are
     /// in `skipped_tables`).
     pub tables: Vec<TableResult>,
+    /// Tables an earlier attempt had already copied (quoted names).
     pub skipped_tables: Vec<String>,
+    /// Sequences whose values were set on the target.
     pub sequences: usize,
+    /// Large objects copied.
     pub large_objects: usize,
+    /// Their size.
     pub large_object_bytes: u64,
+    /// Rows copied in this run (all tables).
     pub rows: u64,
+    /// COPY bytes moved in this run.
     pub bytes: u64,
     /// Schema objects created on the target in this run (full migrations).
     pub schema_steps: usize,
     /// What the filters brought along or left out of the schema.
     pub schema_notes: Vec<String>,
+    /// Seconds each stage took in this run, in order, by the stage's name
+    /// ([`crate::Phase`]'s `Display`: `copy_data`, `stream`, ...).
     pub stages: Vec<(String, f64)>,
+    /// Seconds the whole run took.
     pub seconds: f64,
+    /// What the closing `verify` found (`None` with `VerifyLevel::None`).
     pub verify: Option<VerifyReport>,
     /// Online migrations: the streaming and the cutover.
     pub online: Option<OnlineReport>,
@@ -129,7 +151,10 @@ impl Serialize for MigrationReport {
 impl MigrationReport {
     /// The answer to `--resume` of a migration whose token (at
     /// `token_path`) records it complete: nothing to do, and no error.
-    pub fn already_complete(token: &crate::resume::ResumeToken, token_path: PathBuf) -> Self {
+    pub(crate) fn already_complete(
+        token: &crate::resume::ResumeToken,
+        token_path: PathBuf,
+    ) -> Self {
         MigrationReport {
             migration_id: token.migration_id.clone(),
             dump_path: token.dump_path.clone(),
@@ -166,7 +191,7 @@ impl MigrationReport {
 
     /// Write the report as JSON to [`summary_path`](Self::summary_path)
     /// (atomically: a reader never sees half of it).
-    pub fn save_summary(&self) -> Result<()> {
+    pub(crate) fn save_summary(&self) -> Result<()> {
         let path = self.summary_path();
         let json = serde_json::to_vec_pretty(self).expect("report serializes");
         let tmp = path.with_extension("json.partial");
@@ -300,10 +325,16 @@ impl MigrationReport {
 /// What the online part of a migration did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct OnlineReport {
+    /// The logical replication slot on the source (dropped by the cutover).
     pub slot: String,
+    /// The publication on the source (dropped by the cutover).
     pub publication: String,
+    /// The switch-over.
     pub cutover: CutoverSummary,
+    /// The changes applied while streaming.
     pub apply: ApplySummary,
+    /// Tables without a key whose replica identity was set for the run
+    /// (and restored at its end).
     pub replica_identity_fixes: Vec<ReplicaIdentityFix>,
     /// `--fallback`: how the reverse stream ended.
     pub fallback: Option<FallbackSummary>,
@@ -317,23 +348,32 @@ pub struct FallbackSummary {
     /// Rollback: writes blocked on the new server until the old source
     /// was writable again.
     pub rollback_downtime_seconds: Option<f64>,
+    /// Transactions of the new server applied back on the old source.
     pub transactions_streamed_back: u64,
 }
 
+/// The cutover: fence the source, drain, sync sequences, hand over.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CutoverSummary {
     /// The source's WAL position after the fence: everything before it is on the target.
     pub fence_lsn: Option<String>,
     /// Writes blocked on the source: from the fence to the end of the cutover.
     pub downtime_seconds: f64,
+    /// The source was left fenced (writes refused) after the cutover, as
+    /// asked; `unfence` lifts it.
     pub fenced: bool,
 }
 
+/// The streaming apply of the source's changes.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ApplySummary {
+    /// Source transactions applied.
     pub transactions: u64,
+    /// Rows they inserted, updated or deleted.
     pub rows: u64,
+    /// Seconds of streaming.
     pub seconds: f64,
+    /// `transactions / seconds`.
     pub transactions_per_second: f64,
     /// Streaming sessions after the first (dropped connections).
     pub reconnects: u64,
@@ -342,6 +382,7 @@ pub struct ApplySummary {
 }
 
 impl OnlineReport {
+    /// A human summary for the terminal.
     pub fn summary(&self) -> String {
         let mut s = format!(
             "  applied: {} transactions, {} rows in {:.1}s ({:.0} transactions/s), {} reconnect(s), {} schema change(s)\n",

@@ -67,7 +67,9 @@ pub struct DataFile {
 /// What --fix-replica-identity changed on one table, recorded in the resume token so cleanup can undo it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaIdentityFix {
+    /// The table's schema.
     pub schema: String,
+    /// The table.
     pub name: String,
     /// pg_class.relreplident before: 'd', 'n', 'f' or 'i' (as a String of one char).
     pub original: String,
@@ -77,9 +79,12 @@ pub struct ReplicaIdentityFix {
     pub new: NewIdentity,
 }
 
+/// The replica identity a run gave a table without a primary key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NewIdentity {
+    /// `REPLICA IDENTITY USING INDEX` this unique index.
     UsingIndex(String),
+    /// `REPLICA IDENTITY FULL`.
     Full,
 }
 
@@ -91,14 +96,24 @@ pub const TOKEN_SCHEMA_VERSION: u32 = 1;
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Stage {
+    /// Checks before any change: connections, versions, settings, the
+    /// target's emptiness, what online needs on the source.
     Preflight,
+    /// Creating the target database or cleaning it (`--clean`).
     PrepareTarget,
+    /// The schema before the data: types, tables, functions, ...
     SchemaPreData,
+    /// The rows (see [`crate::Snapshot::percent`]).
     CopyData,
+    /// The schema after the data: indexes, constraints, triggers, ...
     SchemaPostData,
+    /// Sequence values.
     Sequences,
+    /// Large objects.
     LargeObjects,
+    /// Removing the run's bookkeeping from the target.
     Finalize,
+    /// Comparing source and target (`VerifyLevel`).
     Verify,
     /// Writing a dump archive (per-file markers in `dumped`).
     Dump,
@@ -132,6 +147,8 @@ impl Stage {
         })
     }
 
+    /// The stage's name in events, reports and the resume token
+    /// (`copy_data`, `stream`, ...).
     pub fn as_str(&self) -> &'static str {
         match self {
             Stage::Preflight => "preflight",

@@ -28,17 +28,29 @@ use crate::workers::Workers;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DiffKind {
+    /// A source table is not on the target.
     MissingTable,
+    /// A table is on the target only.
     ExtraTable,
+    /// A source table with rows was not compared (outside the filters).
     NotCompared,
+    /// Row counts differ.
     RowCount,
+    /// Same count, different content.
     Checksum,
+    /// The comparison of this object failed.
     Error,
+    /// A source sequence is not on the target.
     MissingSequence,
+    /// A sequence's value differs.
     Sequence,
+    /// A source large object is not on the target.
     MissingLargeObject,
+    /// A large object is on the target only.
     ExtraLargeObject,
+    /// A large object's content differs.
     LargeObjectContent,
+    /// A large object's owner differs.
     LargeObjectOwner,
 }
 
@@ -61,35 +73,53 @@ impl DiffKind {
     }
 }
 
+/// One thing `verify` found different.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Difference {
+    /// What differs.
     pub kind: DiffKind,
+    /// The table, sequence or large object.
     pub object: String,
+    /// What the source has.
     pub source: String,
+    /// What the target has.
     pub target: String,
 }
 
 /// One table's comparison.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TableCheck {
+    /// The table, quoted.
     pub table: String,
+    /// Rows on the source.
     pub source_rows: i64,
+    /// Rows on the target (`None`: missing there).
     pub target_rows: Option<i64>,
+    /// The content checksum on the source (`VerifyLevel::Checksum`).
     pub source_checksum: Option<String>,
+    /// The content checksum on the target.
     pub target_checksum: Option<String>,
 }
 
+/// What `verify` compared and found: empty `differences` means source and
+/// target hold the same data ([`VerifyReport::is_clean`]).
 #[derive(Debug, Clone, Default)]
 pub struct VerifyReport {
+    /// How deep it compared (`None`: not run).
     pub level: Option<VerifyLevel>,
+    /// Each table's comparison.
     pub tables: Vec<TableCheck>,
+    /// Sequences compared.
     pub sequences: usize,
+    /// Large objects compared.
     pub large_objects: usize,
+    /// Everything found different.
     pub differences: Vec<Difference>,
     /// Source tables holding rows that the filters (`-n`/`-t`/...) left out
     /// of this comparison: named so nobody mistakes a clean verify of a
     /// part for one of the whole database.
     pub outside_filters: Vec<String>,
+    /// How long the comparison took.
     pub seconds: f64,
 }
 
@@ -130,6 +160,7 @@ impl serde::Serialize for VerifyReport {
 }
 
 impl VerifyReport {
+    /// Nothing differs.
     pub fn is_clean(&self) -> bool {
         self.differences.is_empty()
     }
@@ -206,8 +237,11 @@ impl VerifyReport {
 /// What to verify.
 #[derive(Debug, Clone)]
 pub struct VerifyOptions {
+    /// How deep to compare.
     pub level: VerifyLevel,
+    /// Tables compared at once.
     pub jobs: usize,
+    /// Compare large objects too.
     pub large_objects: bool,
     /// Compare extensions' configuration tables even under filters: a full
     /// migration creates every extension and copies their user rows.

@@ -58,8 +58,11 @@ pub const STATE_SCHEMA: &str = "_pg_dbmigrator";
 /// What one table's copy did (all its chunks together).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TableResult {
+    /// The table, quoted (`schema.name`).
     pub table: String,
+    /// Rows copied.
     pub rows: u64,
+    /// COPY bytes moved.
     pub bytes: u64,
     /// From the start of its first chunk to the end of its last.
     pub seconds: f64,
@@ -67,6 +70,7 @@ pub struct TableResult {
     pub chunks: u32,
     /// Loaded with COPY FREEZE (whole tables the target could truncate).
     pub freeze: bool,
+    /// Binary or text COPY.
     pub format: WireFormat,
     /// `txid_current_snapshot()` as the worker saw it: identical for every
     /// worker, because all imported the coordinator's snapshot.

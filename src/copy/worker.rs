@@ -33,7 +33,9 @@ const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WireFormat {
+    /// `COPY ... (FORMAT binary)`: same major, or types that allow it.
     Binary,
+    /// `COPY ... (FORMAT text)`.
     Text,
 }
 

@@ -6,9 +6,9 @@
 //! apply rate, cutover).
 //!
 //! Readers never hold up the migration: the snapshot is published on a
-//! [`tokio::sync::watch`] channel ([`Progress::subscribe`], a reader that
+//! [`tokio::sync::watch`] channel ([`crate::Migrator::subscribe`], a reader that
 //! falls behind sees only the latest one) and the typed [`Event`]s on a
-//! [`tokio::sync::broadcast`] channel ([`Progress::events`], a reader more
+//! [`tokio::sync::broadcast`] channel ([`crate::Migrator::events`], a reader more
 //! than [`EVENT_BUFFER`] events behind skips the oldest and is told how
 //! many with `RecvError::Lagged`). A migration task only stores and sends;
 //! no caller code runs on it, under a lock or otherwise.
@@ -43,15 +43,22 @@ pub struct OnlineSnapshot {
     /// Seconds since the commit of the last applied source transaction
     /// (0 when caught up).
     pub lag_seconds: f64,
+    /// The source WAL position applied on the target (`0/16B3748`).
     pub applied_lsn: String,
+    /// Source transactions applied since streaming began.
     pub transactions: u64,
+    /// Rows they changed.
     pub rows: u64,
+    /// Recent apply rate.
     pub transactions_per_second: f64,
+    /// Recent apply rate in rows.
     pub rows_per_second: f64,
     /// Caught up: an automatic cutover would start, and
     /// [`crate::CutoverHandle::wait_caught_up`] resolves.
     pub ready_to_cut_over: bool,
+    /// After the cutover: how long writes were blocked on the source.
     pub cutover_downtime_seconds: Option<f64>,
+    /// After the cutover: the source's WAL position at the fence.
     pub fence_lsn: Option<String>,
     /// `--fallback` after the cutover: the new server's WAL bytes not yet
     /// applied on the old source.
@@ -62,9 +69,11 @@ pub struct OnlineSnapshot {
 /// What one copy worker is doing.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct WorkerSnapshot {
+    /// The worker's number, from 0.
     pub worker: usize,
     /// The table, or `table#i/n` for a chunk.
     pub item: String,
+    /// Seconds on this item so far.
     pub seconds: f64,
     /// COPY bytes of this item moved so far.
     #[serde(default)]
@@ -84,15 +93,20 @@ pub use crate::resume::Stage as Phase;
 /// commits (an item whose transaction is retried counts again from zero).
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct Snapshot {
+    /// The migration's id ([`crate::MigrationReport::migration_id`]).
     pub migration_id: String,
     /// The stage running now (or the last one); `None` before the first.
     /// Serialized as `stage`.
     #[serde(rename = "stage")]
     pub phase: Option<Phase>,
+    /// Stages finished, in order (a resumed run includes the earlier
+    /// attempt's).
     pub stages_done: Vec<Phase>,
     /// Tables (or chunks of split tables) copied, and how many there are.
     pub items_done: u64,
+    /// How many items the copy has (0 until it is planned).
     pub items_total: u64,
+    /// Rows of the items copied.
     pub rows_copied: u64,
     /// COPY data moved: the items copied, and the part moved so far of
     /// those still copying (`bytes_in_flight`).
@@ -107,18 +121,20 @@ pub struct Snapshot {
     /// heap size): what [`Snapshot::percent`] and the ETA count.
     #[serde(default)]
     pub heap_bytes_done: u64,
+    /// Online runs: streaming and cutover (`None` before streaming).
     pub online: Option<OnlineSnapshot>,
     /// Warnings of this run (the last 50), recorded by the library itself
-    /// ([`Progress::warn`]) and, in the CLI, by its log.
+    /// (every warning it logs) and, in the CLI, by its log.
     #[serde(default)]
     pub warnings: Vec<String>,
     /// Copy workers busy with an item right now.
     #[serde(default)]
     pub workers: Vec<WorkerSnapshot>,
     /// Errors of this run so far (a failed cutover attempt, the run's own
-    /// failure, ...; [`Progress::error`]).
+    /// failure, ...).
     #[serde(default)]
     pub errors: u64,
+    /// The run finished (successfully or not).
     pub completed: bool,
     /// Seconds since the run started ([`crate::Migrator::run`],
     /// `dump::run`, `restore::run`), frozen when it ends; 0 before.
@@ -197,74 +213,109 @@ pub const EVENT_SCHEMA: &str = "pg_dbmigrator.events/1";
 /// How many events a subscriber may fall behind before it skips some.
 pub const EVENT_BUFFER: usize = 4096;
 
-/// Something that happened in a run, as [`Progress::events`] delivers it.
+/// Something that happened in a run, as [`crate::Migrator::events`] delivers it.
 /// Serialized (`{"event": "<kind>", ...fields}`) it is the NDJSON event of
 /// the CLI, under [`EVENT_SCHEMA`].
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Event {
+    /// A stage began (or, resumed, began again).
     StageStarted {
+        /// Which.
         stage: Phase,
     },
+    /// A stage finished and was recorded in the resume token.
     StageFinished {
+        /// Which.
         stage: Phase,
+        /// How long it took in this run, when it ran in this run.
         seconds: Option<f64>,
     },
     /// A table, or a chunk `table#i/n` of a split one, committed.
     ItemCopied {
+        /// The table (quoted), or `table#i/n`.
         item: String,
+        /// Rows copied.
         rows: u64,
+        /// COPY bytes moved.
         bytes: u64,
+        /// Seconds the item took.
         seconds: f64,
     },
     /// The copy moved: sent when its whole percentage changes (checked
     /// ten times a second: at most about a hundred of these a run, plus
     /// one every 10 s while the copy runs).
     Progress {
+        /// [`Snapshot::phase`].
         stage: Option<Phase>,
+        /// [`Snapshot::items_done`].
         items_done: u64,
+        /// [`Snapshot::items_total`].
         items_total: u64,
+        /// [`Snapshot::bytes_copied`].
         bytes_copied: u64,
+        /// [`Snapshot::heap_bytes_done`].
         heap_bytes_done: u64,
+        /// [`Snapshot::bytes_total`].
         bytes_total: u64,
+        /// [`Snapshot::percent`].
         percent: Option<f64>,
+        /// [`Snapshot::rate`].
         bytes_per_second: Option<f64>,
+        /// [`Snapshot::eta`] in seconds.
         eta_seconds: Option<f64>,
     },
-    /// Online, every 5 s while streaming.
+    /// Online, every 5 s while streaming (see [`OnlineSnapshot`]).
     Lag {
+        /// [`OnlineSnapshot::lag_bytes`].
         lag_bytes: u64,
+        /// [`OnlineSnapshot::lag_seconds`].
         lag_seconds: f64,
+        /// [`OnlineSnapshot::applied_lsn`].
         applied_lsn: String,
+        /// [`OnlineSnapshot::transactions_per_second`].
         transactions_per_second: f64,
+        /// [`OnlineSnapshot::rows_per_second`].
         rows_per_second: f64,
+        /// [`OnlineSnapshot::ready_to_cut_over`].
         ready_to_cut_over: bool,
     },
+    /// A cutover attempt began (the source is being fenced).
     CutoverStarted {
+        /// 1 for the first attempt of the run.
         attempt: u32,
     },
+    /// The cutover finished: the target has everything.
     CutoverFinished {
+        /// Writes blocked on the source.
         downtime_seconds: Option<f64>,
+        /// The source's WAL position at the fence.
         fence_lsn: Option<String>,
     },
+    /// A cutover attempt failed; the source was unfenced and streaming
+    /// goes on.
     CutoverFailed {
+        /// Why.
         error: Option<String>,
     },
+    /// Something the operator should know; the run goes on.
     Warning {
+        /// The warning, as logged.
         message: String,
     },
     /// An error of the run; the run's own failure carries its exit code.
     Error {
+        /// The error's message.
         message: String,
+        /// The CLI's exit code for the run's own failure.
         #[serde(skip_serializing_if = "Option::is_none")]
         exit_code: Option<i32>,
     },
     /// The final report: the CLI's last line (the library returns the
     /// report from `run` and does not send this itself).
-    Summary {
-        report: serde_json::Value,
-    },
+    #[doc(hidden)]
+    Summary { report: serde_json::Value },
 }
 
 impl Event {
@@ -329,7 +380,9 @@ struct Clock {
 
 /// Shared by the migration (which updates it), the HTTP server and the
 /// subscribers (which read it). Every method is quick and never waits for
-/// a reader.
+/// a reader. Embedders read it through [`crate::Migrator::subscribe`] and
+/// [`crate::Migrator::events`]; the type itself serves the CLI.
+#[doc(hidden)]
 pub struct Progress {
     state: Mutex<Snapshot>,
     seen: Mutex<Seen>,
@@ -758,6 +811,7 @@ impl Progress {
 
 /// The snapshot in the Prometheus text format, names prefixed
 /// `pg_dbmigrator_`.
+#[doc(hidden)]
 pub fn metrics_text(s: &Snapshot) -> String {
     let mut out = String::new();
     let mut metric = |name: &str, help: &str, kind: &str, value: f64| {
@@ -918,10 +972,12 @@ pub fn metrics_text(s: &Snapshot) -> String {
 }
 
 /// The status page: one self-contained HTML file (no external assets).
+#[doc(hidden)]
 pub const PAGE: &str = include_str!("page.html");
 
 /// Who may cut over from the page: the holder of `token` (printed once at
 /// start-up), through `request` (`Err`: refused, why).
+#[doc(hidden)]
 pub struct CutoverControl {
     pub token: String,
     pub request: Box<dyn Fn() -> std::result::Result<(), String> + Send + Sync>,
@@ -930,6 +986,7 @@ pub struct CutoverControl {
 /// Serve the page at `/`, `/metrics`, `/status` and `POST /cutover` (with
 /// the header `X-Cutover-Token`; 403 without the right one) on `addr` until
 /// `stop`; returns the bound address (port 0 picks a free one).
+#[doc(hidden)]
 pub async fn serve(
     addr: SocketAddr,
     progress: Arc<Progress>,
@@ -1053,6 +1110,7 @@ impl crate::resume::TokenObserver for Progress {
     }
 }
 
+#[doc(hidden)]
 pub fn human_bytes(b: u64) -> String {
     const U: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
     let mut v = b as f64;
@@ -1087,10 +1145,12 @@ pub(crate) fn summarize(items: &[String]) -> String {
 /// list one by one: the largest; the rest are added up in `other_tables`,
 /// so a 10,000-table migration writes a summary of kilobytes, not megabytes.
 /// The in-memory report keeps every table.
+#[doc(hidden)]
 pub const LISTED_TABLES: usize = 100;
 
 /// What the JSON form adds up instead of listing.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+#[doc(hidden)]
 pub struct OtherTables {
     pub count: usize,
     pub rows: u64,
@@ -1099,6 +1159,7 @@ pub struct OtherTables {
 
 /// The `LISTED_TABLES` largest by `size`, in their order, and the rest added
 /// up by `add`.
+#[doc(hidden)]
 pub fn largest<T>(
     items: &[T],
     size: impl Fn(&T) -> u64,

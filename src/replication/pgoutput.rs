@@ -361,6 +361,7 @@ impl fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
+#[doc(hidden)]
 impl From<DecodeError> for MigrationError {
     fn from(e: DecodeError) -> Self {
         MigrationError::Client {

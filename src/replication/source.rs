@@ -416,10 +416,15 @@ pub(crate) async fn undo_source(
 /// What `cleanup` removed.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CleanupReport {
+    /// The replication slot dropped (empty when there was none).
     pub slot: String,
+    /// The publication dropped (empty when there was none).
     pub publication: String,
+    /// Tables whose replica identity was set back to what it was.
     pub replica_identities_restored: usize,
+    /// The source's write fence was lifted.
     pub unfenced: bool,
+    /// The migration's bookkeeping schema on the target was dropped.
     pub target_bookkeeping_dropped: bool,
 }
 
