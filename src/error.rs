@@ -149,13 +149,24 @@ pub enum MigrationError {
         message: String,
     },
 
-    /// The resume token does not match this run, or is damaged.
-    #[error("resume refused: {0}")]
-    Resume(String),
+    /// The resume token does not match this run, or is damaged, or the
+    /// run cannot continue from it.
+    #[error("resume refused: {message}{}", Remedies(remedies))]
+    Resume {
+        /// What is wrong.
+        message: String,
+        /// What the caller can do ([`MigrationError::remedies`]).
+        remedies: Vec<Remedy>,
+    },
 
     /// The target is not in a state we may write to (non-empty, missing tables).
-    #[error("target not ready: {0}")]
-    TargetNotReady(String),
+    #[error("target not ready: {message}{}", Remedies(remedies))]
+    TargetNotReady {
+        /// What is wrong.
+        message: String,
+        /// What the caller can do ([`MigrationError::remedies`]).
+        remedies: Vec<Remedy>,
+    },
 
     /// A dump archive is incomplete, damaged or from a newer version. The
     /// message names the file and says what to do about it.
@@ -189,10 +200,12 @@ pub enum MigrationError {
     /// the middle of the copy, and the run may not go on with a new one
     /// (`--strict-snapshot`, or an online copy that had begun: its slot
     /// pairs with that snapshot only). The message says what to run.
-    #[error("{message}")]
+    #[error("{message}{}", Remedies(remedies))]
     SnapshotLost {
-        /// What happened and what to run.
+        /// What happened.
         message: String,
+        /// What the caller can do ([`MigrationError::remedies`]).
+        remedies: Vec<Remedy>,
         /// Rows of this migration were committed on the target already.
         copied_any: bool,
     },
@@ -206,18 +219,123 @@ pub enum MigrationError {
     Internal(String),
 }
 
+/// What a caller can do about an error, as [`MigrationError::remedies`]
+/// lists them. The error's message words them for a library caller (the
+/// configuration field or function to use); the CLI words them as its
+/// flags and commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Remedy {
+    /// Run the same migration again with [`crate::MigrationConfig::resume`]
+    /// set: it continues from what is recorded, keeping the work done.
+    Resume,
+    /// Run again with [`crate::MigrationConfig::force_clean`] set: what
+    /// the earlier run left (the target's contents, the resume token) is
+    /// discarded and the migration starts over.
+    ForceClean,
+    /// Call [`crate::cleanup`] with the same configuration: it removes
+    /// what an online migration left on the source and the target.
+    Cleanup,
+    /// Call [`crate::unfence`] on the source: it lifts the write fence.
+    Unfence,
+    /// Run again with [`crate::MigrationConfig::fix_replica_identity`] set.
+    FixReplicaIdentity,
+}
+
+static CLI_WORDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Word remedies as the command line's flags and commands from now on
+/// (the binary calls this once at start).
+#[doc(hidden)]
+pub fn use_cli_wording() {
+    CLI_WORDING.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+impl fmt::Display for Remedy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let cli = CLI_WORDING.load(std::sync::atomic::Ordering::Relaxed);
+        f.write_str(match (self, cli) {
+            (Remedy::Resume, false) => "run it again with `resume` set to continue",
+            (Remedy::Resume, true) => "run the same command with --resume to continue",
+            (Remedy::ForceClean, false) => "run it again with `force_clean` set to start over",
+            (Remedy::ForceClean, true) => "pass --force-clean to start over",
+            (Remedy::Cleanup, false) => "call `cleanup` with the same configuration",
+            (Remedy::Cleanup, true) => "run `pg_dbmigrator cleanup` with the same arguments",
+            (Remedy::Unfence, false) => "call `unfence` on the source",
+            (Remedy::Unfence, true) => "run `pg_dbmigrator unfence --source ...`",
+            (Remedy::FixReplicaIdentity, false) => "run it again with `fix_replica_identity` set",
+            (Remedy::FixReplicaIdentity, true) => "run again with --fix-replica-identity",
+        })
+    }
+}
+
+/// The remedies after a message: "; to fix: A, or B".
+struct Remedies<'a>(&'a [Remedy]);
+
+impl fmt::Display for Remedies<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, r) in self.0.iter().enumerate() {
+            f.write_str(if i == 0 { "; to fix: " } else { ", or " })?;
+            write!(f, "{r}")?;
+        }
+        Ok(())
+    }
+}
+
 /// The library's `Result`: [`MigrationError`] unless said otherwise.
 pub type Result<T, E = MigrationError> = std::result::Result<T, E>;
 
 impl MigrationError {
+    /// A refusal to resume (see [`MigrationError::Resume`]).
+    #[doc(hidden)]
+    pub fn resume_refused(message: impl Into<String>) -> Self {
+        MigrationError::Resume {
+            message: message.into(),
+            remedies: Vec::new(),
+        }
+    }
+
+    /// A target we may not write to (see [`MigrationError::TargetNotReady`]).
+    #[doc(hidden)]
+    pub fn target_not_ready(message: impl Into<String>) -> Self {
+        MigrationError::TargetNotReady {
+            message: message.into(),
+            remedies: Vec::new(),
+        }
+    }
+
+    /// Add what the caller can do (for the variants that carry remedies).
+    #[doc(hidden)]
+    pub fn with_remedy(mut self, remedy: Remedy) -> Self {
+        match &mut self {
+            MigrationError::Resume { remedies, .. }
+            | MigrationError::TargetNotReady { remedies, .. }
+            | MigrationError::SnapshotLost { remedies, .. } => remedies.push(remedy),
+            _ => {}
+        }
+        self
+    }
+
+    /// What the caller can do about this error, most fitting first;
+    /// empty when the message is all there is (or nothing can be done by
+    /// running differently). The message words the same remedies.
+    pub fn remedies(&self) -> &[Remedy] {
+        match self {
+            MigrationError::Resume { remedies, .. }
+            | MigrationError::TargetNotReady { remedies, .. }
+            | MigrationError::SnapshotLost { remedies, .. } => remedies,
+            _ => &[],
+        }
+    }
+
     /// The binary's exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
             MigrationError::Config(_)
             | MigrationError::ConnInfo { .. }
             | MigrationError::Connect { .. }
-            | MigrationError::Resume(_)
-            | MigrationError::TargetNotReady(_)
+            | MigrationError::Resume { .. }
+            | MigrationError::TargetNotReady { .. }
             | MigrationError::Archive(_)
             | MigrationError::Preflight(_)
             | MigrationError::Unsupported(_) => exit_code::CONFIG,
@@ -232,7 +350,7 @@ impl MigrationError {
         match self {
             MigrationError::Config(_)
             | MigrationError::ConnInfo { .. }
-            | MigrationError::Resume(_)
+            | MigrationError::Resume { .. }
             | MigrationError::Archive(_) => ErrorKind::Configuration,
             MigrationError::Connect { db: Some(info), .. } if info.sqlstate.starts_with("28") => {
                 ErrorKind::Authentication
@@ -249,7 +367,7 @@ impl MigrationError {
             MigrationError::Db { .. } => ErrorKind::Data,
             MigrationError::Io { .. } if self.is_transient() => ErrorKind::Connection,
             MigrationError::Io { .. } => ErrorKind::Storage,
-            MigrationError::TargetNotReady(_) => ErrorKind::TargetNotReady,
+            MigrationError::TargetNotReady { .. } => ErrorKind::TargetNotReady,
             MigrationError::Preflight(_) | MigrationError::Unsupported(_) => {
                 ErrorKind::SourceNotReady
             }

@@ -174,7 +174,7 @@ pub(crate) async fn run(
     if st.slot_created && !slot_exists(&tctl, &st.slot_name).await? {
         let drained = st.finishing || st.rollback.as_ref().is_some_and(|r| r.drained);
         if !drained {
-            return Err(MigrationError::Resume(format!(
+            return Err(MigrationError::resume_refused(format!(
                 "the fallback's replication slot {} is missing on the new server: its changes since the cutover cannot be streamed back. \
                  Copy them to the old source yourself, or keep the new server",
                 quote::ident(&st.slot_name)

@@ -100,7 +100,7 @@ pub use config::{
 #[doc(hidden)]
 pub use context::RunContext;
 pub use context::{CutoverDone, CutoverError, CutoverHandle, CutoverRequest};
-pub use error::{ErrorKind, MigrationError, Result};
+pub use error::{ErrorKind, MigrationError, Remedy, Result};
 pub use online::{cleanup, unfence, CleanupReport};
 pub use plan::{plan, Plan};
 #[doc(hidden)]

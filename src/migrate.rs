@@ -20,7 +20,7 @@ use crate::config::{CopyFormat, CopyMethod, MigrationConfig, VerifyLevel};
 use crate::context::RunContext;
 use crate::copy::{self, CopyContext, TableResult};
 use crate::copy::{apply_after_data, apply_steps, early_steps};
-use crate::error::{MigrationError, Result};
+use crate::error::{MigrationError, Remedy, Result};
 use crate::faults::{self, around, Point};
 use crate::pg::catalog::{self};
 use crate::pg::{connect, session};
@@ -534,20 +534,25 @@ fn snapshot_lost_refusal(
     let message = if online {
         format!(
             "the source session holding the replication slot's snapshot was lost during the copy ({cause}); \
-             the slot pairs with that snapshot only, and {why}. Run the same command with --resume: \
-             the copy starts over from a new slot (the target is cleaned first)"
+             the slot pairs with that snapshot only, and {why}. A resumed run starts the copy over \
+             from a new slot (the target is cleaned first)"
         )
     } else {
         format!(
             "the source session holding the exported snapshot was lost during the copy ({cause}); {why}, \
-             so the run stops here. Run the same command with --force-clean to copy everything again on one \
-             snapshot, or with --resume to keep what was copied and copy the rest on a new snapshot (the same \
-             data only if nothing wrote to the source meanwhile)"
+             so the run stops here. Starting over copies everything again on one snapshot; resuming keeps \
+             what was copied and copies the rest on a new snapshot (the same data only if nothing wrote to \
+             the source meanwhile)"
         )
     };
     MigrationError::SnapshotLost {
         message,
         copied_any,
+        remedies: if online {
+            vec![Remedy::Resume]
+        } else {
+            vec![Remedy::ForceClean, Remedy::Resume]
+        },
     }
 }
 
@@ -812,20 +817,22 @@ mod tests {
         assert!(
             text.contains("connection closed")
                 && text.contains("--strict-snapshot is set")
-                && text.contains("--force-clean")
-                && text.contains("--resume"),
+                && text.contains("`force_clean`")
+                && text.contains("`resume`"),
             "{text}"
         );
+        assert_eq!(e.remedies(), [Remedy::ForceClean, Remedy::Resume]);
         assert_eq!(e.exit_code(), crate::error::exit_code::FAILED);
         assert!(!e.is_transient());
         let e = snapshot_lost_refusal(&cause(), true, true, "tables were copied on it already");
         let text = e.to_string();
         assert!(
             text.contains("replication slot")
-                && text.contains("--resume")
-                && !text.contains("--force-clean"),
+                && text.contains("`resume`")
+                && !text.contains("force_clean"),
             "{text}"
         );
+        assert_eq!(e.remedies(), [Remedy::Resume]);
         assert!(matches!(
             e,
             MigrationError::SnapshotLost {

@@ -147,6 +147,7 @@ pub(crate) async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<Migra
         if let Err(MigrationError::SnapshotLost {
             copied_any: false,
             message,
+            ..
         }) = &r
         {
             if !cfg.strict_snapshot {
@@ -185,10 +186,11 @@ pub(crate) async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<Migra
         }
     };
     let consistent_point = consistent_point.ok_or_else(|| {
-        MigrationError::Resume(format!(
-            "the resume token {} records no slot position; run again with --force-clean",
+        MigrationError::resume_refused(format!(
+            "the resume token {} records no slot position",
             token_path.display()
         ))
+        .with_remedy(crate::error::Remedy::ForceClean)
     })?;
     stream_and_cutover(cfg, phase, prep, consistent_point, run).await
 }
@@ -344,10 +346,11 @@ async fn stream_and_cutover(
     let dropped_by_cutover = !state.slot_created || cut_record.as_ref().is_some_and(|c| c.drained);
     let dropped_by_cutover = cutover_interrupted && dropped_by_cutover;
     if slot_gone && !dropped_by_cutover {
-        return Err(MigrationError::Resume(format!(
-            "the replication slot {} is missing or lost on the source: the changes made since the copy cannot be recovered. Start over with --force-clean",
+        return Err(MigrationError::resume_refused(format!(
+            "the replication slot {} is missing or lost on the source: the changes made since the copy cannot be recovered",
             quote::ident(&state.slot_name)
-        )));
+        ))
+        .with_remedy(crate::error::Remedy::ForceClean));
     }
 
     let shared = Arc::new(StreamShared::default());

@@ -206,7 +206,7 @@ fn collect(refusals: &mut Vec<String>, r: Result<()>) -> Result<()> {
         Ok(()) => Ok(()),
         Err(
             e @ (MigrationError::Preflight(_)
-            | MigrationError::TargetNotReady(_)
+            | MigrationError::TargetNotReady { .. }
             | MigrationError::Unsupported(_)
             | MigrationError::Config(_)),
         ) => {

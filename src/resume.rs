@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::{EndpointConfig, Filters, MigrationConfig, MigrationMode};
-use crate::error::{MigrationError, Result};
+use crate::error::{MigrationError, Remedy, Result};
 
 mod journal;
 
@@ -600,26 +600,29 @@ impl ResumeToken {
         };
         // Read the version first so an incompatible token gets a precise message.
         let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-            MigrationError::Resume(format!(
-                "resume token {} is damaged ({e}); use --force-clean to start over",
+            MigrationError::resume_refused(format!(
+                "resume token {} is damaged ({e})",
                 path.display()
             ))
+            .with_remedy(Remedy::ForceClean)
         })?;
         let version = value.get("schema_version").and_then(|v| v.as_u64());
         if version != Some(TOKEN_SCHEMA_VERSION as u64) {
-            return Err(MigrationError::Resume(format!(
+            return Err(MigrationError::resume_refused(format!(
                 "resume token {} has schema version {}, this pg_dbmigrator writes version {}; \
-                 finish it with the version that started it, or use --force-clean to start over",
+                 finish it with the version that started it, or start over",
                 path.display(),
                 version.map_or("(none)".to_string(), |v| v.to_string()),
                 TOKEN_SCHEMA_VERSION
-            )));
+            ))
+            .with_remedy(Remedy::ForceClean));
         }
         let mut token: ResumeToken = serde_json::from_value(value).map_err(|e| {
-            MigrationError::Resume(format!(
-                "resume token {} is damaged ({e}); use --force-clean to start over",
+            MigrationError::resume_refused(format!(
+                "resume token {} is damaged ({e})",
                 path.display()
             ))
+            .with_remedy(Remedy::ForceClean)
         })?;
         let replay = journal::read(&journal::path_for(path), &token)?;
         for r in replay.records {
@@ -645,11 +648,12 @@ impl ResumeToken {
         } else {
             diffs.join("; ")
         };
-        Err(MigrationError::Resume(format!(
+        Err(MigrationError::resume_refused(format!(
             "the resume token {} was written for another migration: {what}. \
-             Run again with the original flags to resume, or pass --force-clean to discard it and start over",
+             Run again with the original settings to resume it, or discard it and start over",
             path.display()
-        )))
+        ))
+        .with_remedy(Remedy::ForceClean))
     }
 
     /// Write the token atomically: temp file in the same directory, fsync,
@@ -747,7 +751,7 @@ impl RunLock {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 let holder = std::fs::read_to_string(&path).unwrap_or_default();
-                return Err(MigrationError::Resume(format!(
+                return Err(MigrationError::resume_refused(format!(
                     "another run of this migration is in progress ({}; lock {}).                      Wait for it to finish, or stop it first",
                     holder.trim().trim_end_matches('.'),
                     path.display()
@@ -972,20 +976,23 @@ pub(crate) fn resolve_token(
         (Some(t), true) => {
             t.check_matches(def, token_path)?;
             if t.completed {
-                return Err(MigrationError::Resume(format!(
-                    "the {what} recorded in {} already completed; nothing to resume (use --force-clean to run it again)",
+                return Err(MigrationError::resume_refused(format!(
+                    "the {what} recorded in {} already completed; nothing to resume",
                     token_path.display()
-                )));
+                ))
+                .with_remedy(Remedy::ForceClean));
             }
             true
         }
         (Some(t), false) => {
-            return Err(MigrationError::Resume(format!(
-                "a resume token for this {what} exists at {} (stage {}{}): pass --resume to continue it, or --force-clean to discard it and start over",
+            return Err(MigrationError::resume_refused(format!(
+                "a resume token for this {what} exists at {} (stage {}{})",
                 token_path.display(),
                 t.current_stage().map_or("none", |s| s.stage.as_str()),
                 if t.completed { ", completed" } else { "" }
-            )))
+            ))
+            .with_remedy(Remedy::Resume)
+            .with_remedy(Remedy::ForceClean))
         }
         (None, true) if died_unrecorded().lock().unwrap().contains(token_path) => {
             // Killed before its first record: nothing was recorded, so
@@ -995,7 +1002,7 @@ pub(crate) fn resolve_token(
             false
         }
         (None, true) => {
-            return Err(MigrationError::Resume(format!(
+            return Err(MigrationError::resume_refused(format!(
                 "nothing to resume: no resume token at {} (pass the --dump-path of the interrupted run, or run without --resume)",
                 token_path.display()
             )))
@@ -1201,7 +1208,7 @@ mod tests {
             .to_string();
         assert!(err.contains("--target was host=b"), "{err}");
         assert!(err.contains("--exclude-table"), "{err}");
-        assert!(err.contains("--force-clean"), "{err}");
+        assert!(err.contains("`force_clean`"), "{err}");
     }
 
     #[test]

@@ -276,7 +276,7 @@ pub(crate) async fn preflight_target(
         problems.push(format!("sequence {} does not exist", r.get::<_, String>(0)));
     }
     if !problems.is_empty() {
-        return Err(MigrationError::TargetNotReady(format!(
+        return Err(MigrationError::target_not_ready(format!(
             "the target schema does not match the source: {}. A data-only migration needs the schema created on the target first",
             problems.join("; ")
         )));
@@ -315,10 +315,11 @@ pub(crate) async fn preflight_target(
     non_empty.sort();
     non_empty.dedup();
     if !non_empty.is_empty() {
-        return Err(MigrationError::TargetNotReady(format!(
-            "target table(s) already contain rows: {}. Empty them, or pass --force-clean to erase them",
+        return Err(MigrationError::target_not_ready(format!(
+            "target table(s) already contain rows: {}. Empty them, or erase them by starting over",
             non_empty.join(", ")
-        )));
+        ))
+        .with_remedy(crate::error::Remedy::ForceClean));
     }
     if !los.is_empty() {
         let oids: Vec<u32> = los.iter().map(|l| l.oid).collect();
@@ -331,9 +332,10 @@ pub(crate) async fn preflight_target(
             .map_err(|e| MigrationError::db("checking large objects on the target", e))?
             .get(0);
         if clash > 0 {
-            return Err(MigrationError::TargetNotReady(format!(
-                "{clash} large object(s) with the source's ids already exist on the target; remove them, or pass --force-clean to erase them"
-            )));
+            return Err(MigrationError::target_not_ready(format!(
+                "{clash} large object(s) with the source's ids already exist on the target; remove them, or erase them by starting over"
+            ))
+            .with_remedy(crate::error::Remedy::ForceClean));
         }
     }
     Ok(())
@@ -594,7 +596,7 @@ pub(crate) async fn prepare_target_database(
         }
         info!(roles = ?missing, "created the roles the schema needs on the target");
     } else if !missing.is_empty() {
-        return Err(MigrationError::TargetNotReady(missing_roles_refusal(
+        return Err(MigrationError::target_not_ready(missing_roles_refusal(
             &missing, needs,
         )));
     }
@@ -623,7 +625,7 @@ pub(crate) async fn prepare_target_database(
         }
     }
     if !bad_collations.is_empty() {
-        return Err(MigrationError::TargetNotReady(format!(
+        return Err(MigrationError::target_not_ready(format!(
             "collation(s) cannot be created on the target server: {}. Install the locales or an ICU-enabled build on the target first",
             bad_collations.join(", ")
         )));
@@ -631,16 +633,16 @@ pub(crate) async fn prepare_target_database(
     // Every extension must be installable on the target at the source's version.
     let unavailable = unavailable_extensions(&admin, needs).await?;
     if !unavailable.is_empty() {
-        return Err(MigrationError::TargetNotReady(format!(
+        return Err(MigrationError::target_not_ready(format!(
             "extension(s) not available on the target server at the source's version: {}. Install the extension packages on the target first",
             unavailable.join(", ")
         )));
     }
     if let Some(why) = tablespace_refusal(&admin, needs, script).await? {
-        return Err(MigrationError::TargetNotReady(why));
+        return Err(MigrationError::target_not_ready(why));
     }
     if let Some(why) = compression_refusal(&admin, script).await? {
-        return Err(MigrationError::TargetNotReady(why));
+        return Err(MigrationError::target_not_ready(why));
     }
     let exists: bool = admin
         .query_one(
@@ -662,10 +664,11 @@ pub(crate) async fn prepare_target_database(
             schema::load::user_object_count(&t).await?
         };
         if objects > 0 && !force_clean {
-            return Err(MigrationError::TargetNotReady(format!(
-                "target database {} is not empty ({objects} objects): migrate into a new or empty database, or pass --force-clean to drop and recreate it",
+            return Err(MigrationError::target_not_ready(format!(
+                "target database {} is not empty ({objects} objects): migrate into a new or empty database, or have it dropped and recreated",
                 quote::ident(&dbname)
-            )));
+            ))
+            .with_remedy(crate::error::Remedy::ForceClean));
         }
         if objects > 0 {
             warn!(database = %dbname, "--force-clean: dropping and recreating the target database");

@@ -4,7 +4,7 @@
 //! target. Each is classified, and only the connection fault is retryable.
 
 use pg_dbmigrator::testkit;
-use pg_dbmigrator::{EndpointConfig, ErrorKind, MigrationConfig, MigrationError, Migrator};
+use pg_dbmigrator::{EndpointConfig, ErrorKind, MigrationConfig, MigrationError, Migrator, Remedy};
 use tokio_postgres::error::SqlState;
 use tokio_util::sync::CancellationToken;
 
@@ -78,6 +78,14 @@ async fn a_target_that_is_not_empty_is_target_not_ready() {
     let e = run(ep(&db.source), ep(&db.target), false).await;
     assert_eq!(e.kind(), ErrorKind::TargetNotReady, "{e}");
     assert!(!e.is_retryable());
+    // The way out is typed, and the message words it for a library
+    // caller (the configuration field), not as the CLI's flag.
+    assert_eq!(e.remedies(), [Remedy::ForceClean], "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("`force_clean`") && !text.contains("--force-clean"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

@@ -1340,6 +1340,8 @@ fn parse_cli() -> Cli {
 }
 
 fn main() -> ExitCode {
+    // Remedies in errors name this tool's flags and commands.
+    pg_dbmigrator::error::use_cli_wording();
     let cli = parse_cli();
     let show_mode = match cli.progress {
         ProgressArg::Never => console::Mode::Off,

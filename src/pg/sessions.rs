@@ -221,7 +221,7 @@ pub async fn end_earlier_runs(cfg: &MigrationConfig) -> Result<()> {
 
 fn refusal(label: &str, left: &[(i32, String)]) -> MigrationError {
     let pids: Vec<String> = left.iter().map(|(p, _)| p.to_string()).collect();
-    MigrationError::Resume(format!(
+    MigrationError::resume_refused(format!(
         "sessions of the interrupted run of this migration are still running on the {label} and could not be ended: {}. \
          End them (SELECT pg_terminate_backend(pid) for pid {}) and run again",
         left.iter().map(|(_, s)| s.as_str()).collect::<Vec<_>>().join("; "),

@@ -628,7 +628,7 @@ impl Applier {
             }
         }
         if !missing.is_empty() {
-            return Err(MigrationError::TargetNotReady(format!(
+            return Err(MigrationError::target_not_ready(format!(
                 "table {target} on the target lacks column(s) {} that the source publishes (the schema changed during the migration?)",
                 missing.join(", ")
             )));

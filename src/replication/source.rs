@@ -440,7 +440,7 @@ pub async fn cleanup(cfg: &MigrationConfig) -> Result<CleanupReport> {
     if let Some(t) = &token {
         // Filters and flags need not be repeated; the servers must be the same.
         if t.definition.source != def.source || t.definition.target != def.target {
-            return Err(MigrationError::Resume(format!(
+            return Err(MigrationError::resume_refused(format!(
                 "the resume token {} belongs to a migration from {} to {}, not between the servers given: pass the same --source and --target",
                 token_path.display(),
                 t.definition.source,

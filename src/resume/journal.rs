@@ -174,12 +174,13 @@ fn parse(bytes: &[u8], journal: &Path, token: &ResumeToken) -> Result<Replay> {
 }
 
 fn damaged(journal: &Path, line: usize, why: &str) -> MigrationError {
-    MigrationError::Resume(format!(
+    MigrationError::resume_refused(format!(
         "the resume journal {} is damaged at line {line} ({why}), before its last record, \
          so it is not a crash's torn write. It records which tables are done and is never \
-         cut short silently: put back an intact copy, or pass --force-clean to start over",
+         cut short silently: put back an intact copy, or start over",
         journal.display()
     ))
+    .with_remedy(crate::error::Remedy::ForceClean)
 }
 
 /// Start the journal afresh for `token`, whose full save now holds every
@@ -336,7 +337,7 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let e = read(&path, &t).unwrap_err().to_string();
         assert!(e.contains("damaged at line 3"), "{e}");
-        assert!(e.contains("--force-clean"), "{e}");
+        assert!(e.contains("`force_clean`"), "{e}");
         // Neither is an append allowed to paper over it.
         assert!(Appender::open(&path, &t).is_err());
         // A lost newline joins two records: damage too, not a tear.
