@@ -105,14 +105,14 @@ pub(crate) fn definition(cfg: &MigrationConfig, dir: &Path) -> Result<Definition
 /// archive will be restored into the same major version).
 pub async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<DumpReport> {
     let _publishing = run.progress.as_ref().map(|p| p.start_run());
-    let r = async {
+    let r = crate::context::recording(run.progress.clone(), async {
         let binary = cfg.copy_format == CopyFormat::Binary;
         let dir = archive_dir(cfg, "dump")?;
         let _lock = crate::resume::RunLock::acquire(&ResumeToken::path_for(&dir))?;
         run_with(cfg, binary, run)
             .await
             .map_err(|e| disk_full(e, &dir, None))
-    }
+    })
     .await;
     run.outcome(r)
 }

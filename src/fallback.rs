@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use crate::config::MigrationConfig;
 use crate::context::RunContext;
@@ -101,7 +101,7 @@ pub(crate) async fn start(
             })?;
         }
         Err(why) => {
-            warn!(reason = %why, "schema changes on the new server cannot be captured during the fallback: keep its schema frozen until `rollback` or `finish`");
+            crate::context::warn_recorded!("schema changes on the new server cannot be captured during the fallback ({why}): keep its schema frozen until `rollback` or `finish`");
         }
     }
     Ok(())
@@ -187,9 +187,13 @@ pub(crate) async fn run(
     let mut stop = cancel.child_token();
     // A slot already removed (a crash late in a rollback or finish) has
     // nothing left to stream: everything before its removal was drained.
-    let mut streamer = st
-        .slot_created
-        .then(|| tokio::spawn(stream::run(target.clone(), shared.clone(), stop.clone())));
+    let mut streamer = st.slot_created.then(|| {
+        tokio::spawn(crate::context::carried(stream::run(
+            target.clone(),
+            shared.clone(),
+            stop.clone(),
+        )))
+    });
     info!(
         "fallback: streaming the new server's changes back to the old source; `pg_dbmigrator rollback --dump-path {d}` returns to it, `pg_dbmigrator finish --dump-path {d}` ends the fallback",
         d = phase.dump_path.display()
@@ -234,11 +238,11 @@ pub(crate) async fn run(
                     shared.eager.store(false, Ordering::Release);
                     if streamer.is_none() && st.slot_created {
                         stop = cancel.child_token();
-                        streamer = Some(tokio::spawn(stream::run(
+                        streamer = Some(tokio::spawn(crate::context::carried(stream::run(
                             target.clone(),
                             shared.clone(),
                             stop.clone(),
-                        )));
+                        ))));
                     }
                     continue;
                 }

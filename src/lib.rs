@@ -178,7 +178,8 @@ impl Migrator {
         };
         let _publishing = self.progress.start_run();
         self.cutover.run_started();
-        let r = run.outcome(self.run_inner(&run).await);
+        let inner = self.run_inner(&run);
+        let r = run.outcome(context::recording(Some(self.progress.clone()), inner).await);
         self.cutover.run_ended();
         r
     }

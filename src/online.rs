@@ -367,11 +367,11 @@ async fn stream_and_cutover(
     let mut streamer = if slot_gone {
         None
     } else {
-        Some(tokio::spawn(stream::run(
+        Some(tokio::spawn(crate::context::carried(stream::run(
             target.clone(),
             shared.clone(),
             stop.clone(),
-        )))
+        ))))
     };
     let request_file = request_path(&phase.dump_path);
     let mut mode = cfg.cutover;
@@ -425,11 +425,11 @@ async fn stream_and_cutover(
                     mode = CutoverMode::Manual;
                     if streamer.is_none() {
                         stop = cancel.child_token();
-                        streamer = Some(tokio::spawn(stream::run(
+                        streamer = Some(tokio::spawn(crate::context::carried(stream::run(
                             target.clone(),
                             shared.clone(),
                             stop.clone(),
-                        )));
+                        ))));
                     }
                     continue;
                 }

@@ -37,12 +37,12 @@ use crate::target::TargetNeeds;
 /// Restore the archive in `cfg.dump_path` into `cfg.target`.
 pub async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<MigrationReport> {
     let _publishing = run.progress.as_ref().map(|p| p.start_run());
-    let r = async {
+    let r = crate::context::recording(run.progress.clone(), async {
         let dir = archive_dir(cfg, "restore")?;
         let _lock = crate::resume::RunLock::acquire(&ResumeToken::restore_path_for(&dir))?;
         let (report, _) = run_locked(cfg, run, true).await?;
         Ok(report)
-    }
+    })
     .await;
     run.outcome(r)
 }

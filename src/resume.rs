@@ -998,7 +998,7 @@ pub(crate) fn resolve_token(
             // Killed before its first record: nothing was recorded, so
             // nothing can be half done that a new run would not redo (the
             // target's own checks still refuse one that is not empty).
-            tracing::warn!(token = %token_path.display(), "the interrupted run of this {what} stopped before recording anything: starting from the beginning");
+            crate::context::warn_recorded!("the interrupted run of this {what} ({}) stopped before recording anything: starting from the beginning", token_path.display());
             false
         }
         (None, true) => {

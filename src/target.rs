@@ -7,7 +7,7 @@
 
 use crate::faults::{self, Point};
 use tokio_postgres::Client;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::config::filter::CompiledFilters;
 use crate::config::MigrationConfig;
@@ -351,9 +351,9 @@ pub(crate) async fn force_clean(
     large_objects: bool,
 ) -> Result<()> {
     let tables = catalog::list_tables(src, filters).await?;
-    warn!(
-        tables = tables.len(),
-        "--force-clean: erasing target rows of every table in scope"
+    crate::context::warn_recorded!(
+        "force_clean: erasing target rows of every table in scope ({} tables)",
+        tables.len()
     );
     // Where each table's rows went: itself, or the relation a re-shaped
     // load fills (emptied once, with its partitions when partitioned).
@@ -671,7 +671,9 @@ pub(crate) async fn prepare_target_database(
             .with_remedy(crate::error::Remedy::ForceClean));
         }
         if objects > 0 {
-            warn!(database = %dbname, "--force-clean: dropping and recreating the target database");
+            crate::context::warn_recorded!(
+                "force_clean: dropping and recreating the target database {dbname}"
+            );
             // Our own inspection session may still be closing: retry briefly,
             // but never terminate anyone else's session.
             let mut tries = 0;

@@ -570,3 +570,46 @@ async fn a_retried_fault_is_a_recorded_warning() {
     }
     assert!(warned, "no Warning event");
 }
+
+/// A warning logged deep in a stage, far from any handle of the run (here:
+/// preparing a non-empty target with `force_clean`), is recorded in the
+/// run's snapshot and sent as a `Warning` event all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_warning_deep_in_a_stage_is_recorded() {
+    let db = testkit::shared_pair().fresh_db("lib_deep_warning").await;
+    testkit::execute(
+        &db.source,
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 10)",
+    )
+    .await
+    .unwrap();
+    testkit::execute(&db.target, "CREATE TABLE left_behind (id int)")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let migrator = Migrator::new(MigrationConfig {
+        source: Some(EndpointConfig::parse(&db.source).unwrap()),
+        target: Some(EndpointConfig::parse(&db.target).unwrap()),
+        force_clean: true,
+        dump_path: Some(dir.path().join("w")),
+        ..Default::default()
+    });
+    let snapshots = migrator.subscribe();
+    let mut events = migrator.events();
+    let report = migrator.run(CancellationToken::new()).await.unwrap();
+    assert_eq!(report.rows, 10);
+    let warnings = snapshots.borrow().warnings.clone();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("dropping and recreating")),
+        "{warnings:?}"
+    );
+    let mut warned = false;
+    while let Ok(e) = events.try_recv() {
+        if let Event::Warning { message } = e {
+            warned |= message.contains("dropping and recreating");
+        }
+    }
+    assert!(warned, "no Warning event");
+}

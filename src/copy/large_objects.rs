@@ -9,7 +9,6 @@ use std::collections::HashSet;
 
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
 
 use crate::error::{MigrationError, Result};
 use crate::pg::catalog::LargeObjectInfo;
@@ -127,9 +126,9 @@ async fn apply_metadata(
         .await
         .map_err(|e| tdb(lo.oid, e))?;
     } else if missing_roles.insert(lo.owner.clone()) {
-        warn!(
-            role = %lo.owner,
-            "role owning large objects does not exist on the target; they keep the migrating role as owner (create the role and rerun, or ALTER LARGE OBJECT ... OWNER TO afterwards)"
+        crate::context::warn_recorded!(
+            "role {} owning large objects does not exist on the target; they keep the migrating role as owner (create the role and rerun, or ALTER LARGE OBJECT ... OWNER TO afterwards)",
+            lo.owner
         );
     }
     if let Some(c) = &lo.comment {

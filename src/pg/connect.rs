@@ -112,9 +112,9 @@ impl Retry {
         self.attempt += 1;
         let delay = backoff(self.attempt);
         match &self.note {
-            None => tracing::warn!(
-                work = %what, attempt = self.attempt, retry_in = ?delay, error = %e,
-                "interrupted by a transient fault; retrying from its beginning on a new session"
+            None => crate::context::warn_recorded!(
+                "{what}: interrupted by a transient fault ({e}); retrying from its beginning on a new session in {delay:?} (attempt {})",
+                self.attempt
             ),
             Some(note) => {
                 tracing::warn!(
@@ -201,9 +201,9 @@ impl Outage {
     pub fn note(&mut self, e: &MigrationError, what: &str) -> Duration {
         let next = self.failed();
         if next.warn {
-            tracing::warn!(
-                error = %e, retry_in = ?next.delay, down_for = ?next.down_for, attempts = next.attempts,
-                "{what} (further attempts are logged at debug level, with a warning every 30 s while it lasts)"
+            crate::context::warn_recorded!(
+                "{what} ({e}; down for {:?}, {} attempts, next in {:?}; further attempts are logged at debug level, with a warning every 30 s while it lasts)",
+                next.down_for, next.attempts, next.delay
             );
         } else {
             tracing::debug!(error = %e, retry_in = ?next.delay, attempts = next.attempts, "{what}: still failing");

@@ -839,9 +839,9 @@ impl Applier {
         })?;
         let query = ddl::short(&msg.sql);
         for (k, why) in &failed {
-            tracing::warn!(object = %k, reason = %why, query = %query, commit_lsn = %txn,
-                "a schema change made inside a function, procedure or DO block cannot be reproduced on the target: \
-                 streaming goes on, and the cutover will be refused naming it");
+            crate::context::warn_recorded!(
+                "a schema change made inside a function, procedure or DO block cannot be reproduced on the target \
+                 ({k}: {why}; statement {query}, commit {txn}): streaming goes on, and the cutover will be refused naming it");
         }
         if !applied.is_empty() {
             self.stats.schema_changes += 1;

@@ -435,7 +435,7 @@ pub async fn check_source(src: &Client, c: &SourceChecks<'_>) -> Result<SourceRe
     wal_headroom(src, report.server_version, &mut report.warnings).await?;
 
     for w in &report.warnings {
-        warn!(source = true, "{w}");
+        crate::context::warn_recorded!("source: {w}");
     }
     Ok(report)
 }
@@ -604,7 +604,9 @@ pub async fn apply_replica_identity_fixes(src: &Client, f: &[ReplicaIdentityFix]
         let want = Identity::of(&fix.new);
         match current_identity(src, &table).await? {
             None => {
-                warn!(table = %table, "table dropped since the preflight: replica identity not set")
+                crate::context::warn_recorded!(
+                    "{table}: table dropped since the preflight: replica identity not set"
+                )
             }
             Some((_, cur)) if cur == want => debug!(table = %table, "replica identity already set"),
             Some(_) => alter_identity(src, &table, &want.clause()?).await?,
@@ -648,10 +650,9 @@ pub async fn restore_replica_identities(c: &Client, f: &[ReplicaIdentityFix]) ->
                 None => false,
             };
             if !exists {
-                warn!(
-                    table = %table,
-                    index = want.index.as_deref().unwrap_or("(none)"),
-                    "the original replica identity index is gone: restoring REPLICA IDENTITY DEFAULT"
+                crate::context::warn_recorded!(
+                    "{table}: the original replica identity index {} is gone: restoring REPLICA IDENTITY DEFAULT",
+                    want.index.as_deref().unwrap_or("(none)")
                 );
                 want = Identity {
                     kind: "d".into(),
@@ -664,7 +665,7 @@ pub async fn restore_replica_identities(c: &Client, f: &[ReplicaIdentityFix]) ->
             continue;
         }
         if cur != Identity::of(&fix.new) {
-            warn!(table = %table, current = ?cur, "replica identity changed since the migration set it: restoring the original anyway");
+            crate::context::warn_recorded!("{table}: replica identity changed since the migration set it ({cur:?}): restoring the original anyway");
         }
         let clause = want.clause()?;
         alter_identity(c, &table, &clause).await?;
