@@ -308,6 +308,16 @@ pub(crate) async fn run_with(
         &stored,
     );
     store.update(|t| t.chunk_plan = chunk_plan)?;
+    if let Some(p) = &run.progress {
+        // Totals make the percentage, rate and ETA of the dump.
+        p.set_totals(
+            items.len() as u64,
+            tables
+                .iter()
+                .map(|t| (t.qualified(), t.bytes.max(0) as u64))
+                .collect(),
+        );
+    }
     let done = store.snapshot().dumped.clone();
     let mut todo = Vec::new();
     let mut kept = 0;

@@ -282,6 +282,22 @@ pub(crate) async fn run_locked(
         }
     }
     items.sort_by_key(|i| std::cmp::Reverse(i.est_bytes));
+    if let Some(p) = &run.progress {
+        // The archive's raw COPY bytes stand for the heap sizes: they are
+        // what the in-flight counts of the restore's COPYs add up to.
+        p.set_totals(
+            m.tables.iter().map(|t| t.files.len() as u64).sum(),
+            m.tables
+                .iter()
+                .map(|t| {
+                    (
+                        t.qualified.clone(),
+                        t.files.iter().map(|f| f.raw_bytes).sum(),
+                    )
+                })
+                .collect(),
+        );
+    }
     let early = crate::copy::early_steps(&dst, &migration_id, script.as_ref()).await?;
     let ctx = Arc::new(CopyContext {
         input: copy::Input::Archive(archive.clone()),

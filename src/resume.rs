@@ -841,10 +841,21 @@ impl TokenStore {
 
     /// Record an archive file written: durable in the journal before this returns.
     pub fn record_dumped(&self, item: &str, file: DataFile) -> Result<()> {
+        // What the progress counts of it (a dump's items are its files).
+        let marker = CopyMarker {
+            rows: file.rows,
+            bytes: file.raw_bytes,
+            seconds: 0.0,
+            done_at: Utc::now(),
+        };
         self.append(vec![journal::Record::Dumped {
             item: item.to_string(),
             file,
-        }])
+        }])?;
+        if let Some(o) = &self.observer {
+            o.observe_copied(item, &marker);
+        }
+        Ok(())
     }
 
     /// Append under the token's lock, so a full save (which folds the

@@ -37,6 +37,18 @@ fn restore_args<'a>(target: &'a str, dir: &'a str) -> Vec<&'a str> {
     ]
 }
 
+/// The NDJSON `progress` events of a dump or a restore carry a percentage
+/// (the copy's totals are known), and the last one says 100.
+fn assert_progress_reaches_100(stdout: &[u8], what: &str) {
+    let percents: Vec<f64> = text(stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "progress")
+        .filter_map(|e| e["percent"].as_f64())
+        .collect();
+    assert_eq!(percents.last(), Some(&100.0), "{what}: {percents:?}");
+}
+
 async fn verify_clean(source: &str, target: &str) {
     let out = run_async(&["verify", "--source", source, "--target", target]).await;
     assert_eq!(
@@ -88,9 +100,11 @@ async fn rich_fixture_round_trip() {
         assert_eq!(f["file"]["sha256"].as_str().unwrap().len(), 64);
     }
     assert!(archive.join("schema/pre-data.sql").exists());
+    assert_progress_reaches_100(&out.stdout, "dump");
 
     let out = run_async(&[restore_args(&target, a), vec!["--json"]].concat()).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_progress_reaches_100(&out.stdout, "restore");
     verify_clean(&db.source, &target).await;
     let (src_dump, dst_dump) = (schema_dump(&db.source), schema_dump(&target));
     assert!(src_dump == dst_dump, "{}", diff_hint(&src_dump, &dst_dump));

@@ -166,13 +166,19 @@ impl Snapshot {
     /// The time left to the end of the data copy at [`Snapshot::rate`];
     /// `None` outside the copy stage or before a rate is known.
     pub fn eta(&self) -> Option<Duration> {
-        if !matches!(self.phase, Some(Phase::CopyData)) || self.completed {
+        if !self.phase.is_some_and(copies) || self.completed {
             return None;
         }
         let rate = self.rate()?;
         let left = self.bytes_total.saturating_sub(self.heap_bytes_done) as f64 / rate;
         Some(Duration::from_secs_f64(left.min(1e9)))
     }
+}
+
+/// The stages that move rows, whose progress is counted in bytes: the
+/// copy, and a dump's or a restore's.
+fn copies(phase: Phase) -> bool {
+    matches!(phase, Phase::CopyData | Phase::Dump | Phase::Restore)
 }
 
 /// What `/status` serves: the snapshot and what the library computes from
@@ -496,7 +502,7 @@ impl Progress {
                     _ = tick.tick() => {}
                 }
                 let s = me.snapshot();
-                if s.phase == Some(Phase::CopyData) && s.bytes_total > 0 {
+                if s.phase.is_some_and(copies) && s.bytes_total > 0 {
                     // Whole percent changed (checked every tick), or 10 s passed.
                     let pct = s.percent().map(|p| p as u64);
                     let due = match last_event {
@@ -560,8 +566,10 @@ impl Progress {
         });
     }
 
-    /// Events for what changed in the token since the last call.
-    fn events_from_token(&self, t: &ResumeToken) {
+    /// Events for what changed in the token since the last call; whether
+    /// a stage that copies rows just finished.
+    fn events_from_token(&self, t: &ResumeToken) -> bool {
+        let mut copy_finished = false;
         let mut out = Vec::new();
         {
             let mut seen = lock(&self.seen);
@@ -578,11 +586,12 @@ impl Progress {
                                 .map(|f| (f - r.started_at).num_milliseconds() as f64 / 1000.0),
                         }),
                     }
-                    if stage == Phase::CopyData {
+                    if copies(stage) {
                         let mut clock = lock(&self.clock);
                         clock.copy_started.get_or_insert_with(Instant::now);
                         if r.status == StageStatus::Done {
                             clock.copy_ended.get_or_insert_with(Instant::now);
+                            copy_finished = true;
                         }
                     }
                 }
@@ -622,6 +631,7 @@ impl Progress {
         for e in out {
             self.publish(e);
         }
+        copy_finished
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut Snapshot) -> R) -> R {
@@ -729,22 +739,33 @@ impl Progress {
         match item.split_once('#') {
             None => sizes.get(item).copied().unwrap_or(0),
             Some((table, part)) => {
-                let n: u64 = part
+                // Chunk i (from 1) of n: its exact share, so that the n
+                // shares add up to the table's heap (and the end to 100%).
+                let (i, n) = part
                     .split_once('/')
-                    .and_then(|(_, n)| n.parse().ok())
-                    .unwrap_or(1);
-                sizes.get(table).copied().unwrap_or(0) / n.max(1)
+                    .and_then(|(i, n)| Some((i.parse::<u64>().ok()?, n.parse::<u64>().ok()?)))
+                    .filter(|&(i, n)| i >= 1 && i <= n)
+                    .unwrap_or((1, 1));
+                let bytes = sizes.get(table).copied().unwrap_or(0) as u128;
+                let upto = |k: u64| bytes * k as u128 / n as u128;
+                (upto(i) - upto(i - 1)) as u64
             }
         }
     }
 
     /// Take stages and copied items from the token (called on every full save).
     pub fn observe_token(&self, t: &ResumeToken) {
-        self.events_from_token(t);
+        let copy_finished = self.events_from_token(t);
         // A chunk `schema.table#i/n` counts for 1/n of its table's heap.
-        let heap_done: u64 = t.copied.keys().map(|k| self.heap_share(k)).sum();
+        // A dump's items are its archive files.
+        let heap_done: u64 = t
+            .copied
+            .keys()
+            .chain(t.dumped.keys())
+            .map(|k| self.heap_share(k))
+            .sum();
         let mut workers = lock(&self.workers);
-        workers.retain(|_, b| !t.copied.contains_key(&b.item));
+        workers.retain(|_, b| !t.copied.contains_key(&b.item) && !t.dumped.contains_key(&b.item));
         self.with(|s| {
             s.heap_bytes_done = heap_done;
             s.migration_id = t.migration_id.clone();
@@ -755,9 +776,11 @@ impl Progress {
                 .filter(|r| r.status == StageStatus::Done)
                 .map(|r| r.stage)
                 .collect();
-            s.items_done = t.copied.len() as u64;
-            s.rows_copied = t.copied.values().map(|c| c.rows).sum();
-            s.bytes_copied = t.copied.values().map(|c| c.bytes).sum();
+            s.items_done = (t.copied.len() + t.dumped.len()) as u64;
+            s.rows_copied = t.copied.values().map(|c| c.rows).sum::<u64>()
+                + t.dumped.values().map(|d| d.rows).sum::<u64>();
+            s.bytes_copied = t.copied.values().map(|c| c.bytes).sum::<u64>()
+                + t.dumped.values().map(|d| d.raw_bytes).sum::<u64>();
             s.completed = t.completed;
             if let Some(c) = t.online.as_ref().and_then(|o| o.cutover.as_ref()) {
                 let o = s.online.get_or_insert_with(Default::default);
@@ -766,6 +789,10 @@ impl Progress {
             }
         });
         drop(workers);
+        if copy_finished {
+            // The copy's last word, even when it took less than a tick.
+            self.publish(Event::progress(&self.snapshot()));
+        }
     }
 
     /// What is to be copied: known once the copy is planned. `tables`:
