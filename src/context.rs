@@ -252,55 +252,17 @@ impl std::future::IntoFuture for CutoverRequest {
     }
 }
 
-/// The `tracing` target of the log records whose warning or error the
-/// library recorded in the progress itself (`Progress::warn` and
-/// `Progress::error` have them already).
-pub const RECORDED_TARGET: &str = "pg_dbmigrator::recorded";
+pub use crate::recorded::RECORDED_TARGET;
 
-tokio::task_local! {
-    /// The progress of the run this task works for, so that code deep in
-    /// the stages (connection retries, preflight, conninfo) records its
-    /// warnings without a [`RunContext`] threaded through every call.
-    static RECORDER: Arc<Progress>;
-}
-
-/// Run `fut` as part of a run whose warnings go to `progress`.
+/// Run `fut` as part of a run whose warnings go to `progress` (see
+/// [`crate::recorded`]).
 pub(crate) async fn recording<F: std::future::Future>(
     progress: Option<Arc<Progress>>,
     fut: F,
 ) -> F::Output {
-    match progress {
-        Some(p) => RECORDER.scope(p, fut).await,
-        None => fut.await,
-    }
+    let sink = progress.map(|p| Arc::new(move |m: String| p.warn(m)) as crate::recorded::Sink);
+    crate::recorded::recording(sink, fut).await
 }
-
-/// `fut`, carrying the current run's recorder into a task it is spawned as
-/// (a task-local does not follow a spawn by itself).
-pub(crate) fn carried<F: std::future::Future>(
-    fut: F,
-) -> impl std::future::Future<Output = F::Output> {
-    recording(RECORDER.try_with(Arc::clone).ok(), fut)
-}
-
-/// Log a warning and record it in the current run's progress (its
-/// snapshot's warnings and a `warning` event), if the task works for one:
-/// see `warn_recorded!`.
-pub(crate) fn record_warning(message: String) {
-    tracing::warn!(target: "pg_dbmigrator::recorded", "{message}");
-    let _ = RECORDER.try_with(|p| p.warn(message));
-}
-
-/// `tracing::warn!` for what an operator or an embedder should see: the
-/// warning is also recorded in the run's progress, so a library caller
-/// without a `tracing` subscriber gets it in [`crate::Snapshot::warnings`]
-/// and as an [`crate::Event::Warning`]. Takes `format!` arguments.
-macro_rules! warn_recorded {
-    ($($arg:tt)*) => {
-        $crate::context::record_warning(format!($($arg)*))
-    };
-}
-pub(crate) use warn_recorded;
 
 /// What a run carries besides its [`crate::MigrationConfig`].
 #[derive(Clone, Default)]

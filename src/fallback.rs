@@ -101,7 +101,7 @@ pub(crate) async fn start(
             })?;
         }
         Err(why) => {
-            crate::context::warn_recorded!("schema changes on the new server cannot be captured during the fallback ({why}): keep its schema frozen until `rollback` or `finish`");
+            crate::recorded::warn_recorded!("schema changes on the new server cannot be captured during the fallback ({why}): keep its schema frozen until `rollback` or `finish`");
         }
     }
     Ok(())
@@ -188,7 +188,7 @@ pub(crate) async fn run(
     // A slot already removed (a crash late in a rollback or finish) has
     // nothing left to stream: everything before its removal was drained.
     let mut streamer = st.slot_created.then(|| {
-        tokio::spawn(crate::context::carried(stream::run(
+        tokio::spawn(crate::recorded::carried(stream::run(
             target.clone(),
             shared.clone(),
             stop.clone(),
@@ -238,7 +238,7 @@ pub(crate) async fn run(
                     shared.eager.store(false, Ordering::Release);
                     if streamer.is_none() && st.slot_created {
                         stop = cancel.child_token();
-                        streamer = Some(tokio::spawn(crate::context::carried(stream::run(
+                        streamer = Some(tokio::spawn(crate::recorded::carried(stream::run(
                             target.clone(),
                             shared.clone(),
                             stop.clone(),

@@ -57,6 +57,7 @@ pub mod report;
 
 #[doc(hidden)]
 pub mod archive;
+mod cluster;
 #[doc(hidden)]
 pub mod context;
 #[doc(hidden)]
@@ -73,6 +74,7 @@ pub mod online;
 pub mod pg;
 #[doc(hidden)]
 pub mod plan;
+mod recorded;
 #[doc(hidden)]
 pub mod replication;
 #[doc(hidden)]
@@ -102,7 +104,7 @@ pub use context::RunContext;
 pub use context::{CutoverDone, CutoverError, CutoverHandle, CutoverRequest};
 pub use error::{ErrorKind, MigrationError, Remedy, Result};
 pub use online::{cleanup, unfence, CleanupReport};
-pub use plan::{plan, Plan};
+pub use plan::{plan, Plan, PlannedTable, SpeedSample};
 #[doc(hidden)]
 pub use progress::human_bytes;
 pub use progress::{Event, OnlineSnapshot, Phase, Snapshot, WorkerSnapshot};
@@ -185,20 +187,11 @@ impl Migrator {
     }
 
     async fn run_inner(&self, run: &context::RunContext) -> Result<MigrationReport> {
-        // One run of a migration at a time; its sessions carry its id.
-        let def = resume::Definition::from_config(&self.config)?;
-        let (id, path) = resume::work_location(&self.config, &def);
-        let _lock = resume::RunLock::acquire(&ResumeToken::path_for(&path))?;
-        let cfg = pg::sessions::tagged(&self.config, &id);
-        let report = match cfg.mode {
-            MigrationMode::Online => online::run(&cfg, run).await?,
-            MigrationMode::Offline => migrate::run(&cfg, run).await?,
-        };
-        if !report.already_complete {
-            // (An already complete migration keeps its finishing run's report.)
-            report.save_summary()?;
+        if self.config.all_databases {
+            cluster::run(&self.config, run).await
+        } else {
+            cluster::run_database(&self.config, run).await
         }
-        Ok(report)
     }
 
     /// Where this migration's resume token is (or will be).

@@ -633,6 +633,7 @@ pub(crate) async fn finish(
         online: None,
         already_complete: false,
         snapshot_note,
+        databases: Vec::new(),
     })
 }
 

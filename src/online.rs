@@ -367,7 +367,7 @@ async fn stream_and_cutover(
     let mut streamer = if slot_gone {
         None
     } else {
-        Some(tokio::spawn(crate::context::carried(stream::run(
+        Some(tokio::spawn(crate::recorded::carried(stream::run(
             target.clone(),
             shared.clone(),
             stop.clone(),
@@ -425,7 +425,7 @@ async fn stream_and_cutover(
                     mode = CutoverMode::Manual;
                     if streamer.is_none() {
                         stop = cancel.child_token();
-                        streamer = Some(tokio::spawn(crate::context::carried(stream::run(
+                        streamer = Some(tokio::spawn(crate::recorded::carried(stream::run(
                             target.clone(),
                             shared.clone(),
                             stop.clone(),
@@ -629,6 +629,7 @@ async fn finish_report(
         online: Some(online),
         already_complete: false,
         snapshot_note: phase.snapshot_note,
+        databases: Vec::new(),
     })
 }
 

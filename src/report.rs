@@ -11,10 +11,9 @@ use crate::progress::human_bytes;
 use crate::resume::Stage;
 
 pub use crate::copy::{TableResult, WireFormat};
-pub use crate::online::CleanupReport;
-pub use crate::plan::{Plan, PlannedTable, SpeedSample};
 #[doc(hidden)]
 pub use crate::progress::{largest, OtherTables, LISTED_TABLES};
+pub use crate::replication::source::CleanupReport;
 pub use crate::resume::{NewIdentity, ReplicaIdentityFix};
 pub use crate::verify::{DiffKind, Difference, TableCheck, VerifyReport};
 
@@ -72,6 +71,18 @@ pub struct MigrationReport {
     /// the tables not yet copied were read on a new snapshot (without
     /// `--strict-snapshot`). Says which tables were read on which.
     pub snapshot_note: Option<String>,
+    /// A whole-cluster migration: each database's own report, in the
+    /// order they were migrated (the fields above add them up).
+    pub databases: Vec<DatabaseReport>,
+}
+
+/// One database of a whole-cluster migration.
+#[derive(Debug, Clone, Serialize)]
+pub struct DatabaseReport {
+    /// The database's name.
+    pub name: String,
+    /// What its migration did.
+    pub report: MigrationReport,
 }
 
 impl Serialize for MigrationReport {
@@ -109,6 +120,8 @@ impl Serialize for MigrationReport {
             point_in_time: bool,
             #[serde(skip_serializing_if = "Option::is_none")]
             snapshot_note: &'a Option<String>,
+            #[serde(skip_serializing_if = "<[DatabaseReport]>::is_empty")]
+            databases: &'a [DatabaseReport],
         }
         let (tables, other_tables) = largest(
             &self.tables,
@@ -143,6 +156,7 @@ impl Serialize for MigrationReport {
             already_complete: self.already_complete,
             point_in_time: self.snapshot_note.is_none(),
             snapshot_note: &self.snapshot_note,
+            databases: &self.databases,
         }
         .serialize(s)
     }
@@ -156,15 +170,30 @@ impl MigrationReport {
         token_path: PathBuf,
     ) -> Self {
         MigrationReport {
-            migration_id: token.migration_id.clone(),
-            dump_path: token.dump_path.clone(),
-            token_path,
             resumed: true,
             snapshot_id: token.snapshot_name.clone(),
+            skipped_tables: token.copied.keys().cloned().collect(),
+            already_complete: true,
+            ..MigrationReport::empty(
+                token.migration_id.clone(),
+                token.dump_path.clone(),
+                token_path,
+            )
+        }
+    }
+
+    /// A report of nothing done yet, to be filled in.
+    pub(crate) fn empty(migration_id: String, dump_path: PathBuf, token_path: PathBuf) -> Self {
+        MigrationReport {
+            migration_id,
+            dump_path,
+            token_path,
+            resumed: false,
+            snapshot_id: None,
             source_version: 0,
             target_version: 0,
             tables: Vec::new(),
-            skipped_tables: token.copied.keys().cloned().collect(),
+            skipped_tables: Vec::new(),
             sequences: 0,
             large_objects: 0,
             large_object_bytes: 0,
@@ -176,8 +205,9 @@ impl MigrationReport {
             seconds: 0.0,
             verify: None,
             online: None,
-            already_complete: true,
+            already_complete: false,
             snapshot_note: None,
+            databases: Vec::new(),
         }
     }
 

@@ -440,6 +440,7 @@ pub(crate) async fn run_locked(
             online: None,
             already_complete: false,
             snapshot_note: None,
+            databases: Vec::new(),
         },
         (!seal).then_some(limits).flatten(),
     ))

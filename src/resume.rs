@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use crate::config::{EndpointConfig, Filters, MigrationConfig, MigrationMode};
 use crate::error::{MigrationError, Remedy, Result};
 
+pub mod cluster;
 mod journal;
 
 // What the token records of the stages' outputs: defined here, below the
@@ -663,30 +664,38 @@ impl ResumeToken {
     pub fn save(&mut self, path: &Path) -> Result<()> {
         self.updated_at = Utc::now();
         let json = serde_json::to_vec_pretty(self).expect("token serializes");
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or_else(|| Path::new("."));
-        let ctx = |what: &str| format!("{what} resume token {}", path.display());
-        std::fs::create_dir_all(dir)
-            .map_err(|e| MigrationError::io(ctx("creating the directory of"), e))?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".resume-")
-            .suffix(".tmp")
-            .tempfile_in(dir)
-            .map_err(|e| MigrationError::io(ctx("writing"), e))?;
-        tmp.write_all(&json)
-            .and_then(|_| tmp.write_all(b"\n"))
-            .and_then(|_| tmp.as_file().sync_all())
-            .map_err(|e| MigrationError::io(ctx("writing"), e))?;
-        tmp.persist(path)
-            .map_err(|e| MigrationError::io(ctx("renaming"), e.error))?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
+        write_atomically(path, &json, "resume token")?;
         // Everything the journal held is in the token now.
         journal::reset(&journal::path_for(path), self)
     }
+}
+
+/// Write `bytes` (and a newline) to `path` atomically: a temp file in the
+/// same directory, fsync, rename over the old file, fsync the directory. A
+/// reader, or a run after a crash, sees the old file or the new one.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8], what: &str) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| Path::new("."));
+    let ctx = |doing: &str| format!("{doing} {what} {}", path.display());
+    std::fs::create_dir_all(dir)
+        .map_err(|e| MigrationError::io(ctx("creating the directory of"), e))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".resume-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(|e| MigrationError::io(ctx("writing"), e))?;
+    tmp.write_all(bytes)
+        .and_then(|_| tmp.write_all(b"\n"))
+        .and_then(|_| tmp.as_file().sync_all())
+        .map_err(|e| MigrationError::io(ctx("writing"), e))?;
+    tmp.persist(path)
+        .map_err(|e| MigrationError::io(ctx("renaming"), e.error))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
 
 /// Held by a run for its whole life (an advisory lock on `<token>.lock`):
@@ -1009,7 +1018,7 @@ pub(crate) fn resolve_token(
             // Killed before its first record: nothing was recorded, so
             // nothing can be half done that a new run would not redo (the
             // target's own checks still refuse one that is not empty).
-            crate::context::warn_recorded!("the interrupted run of this {what} ({}) stopped before recording anything: starting from the beginning", token_path.display());
+            crate::recorded::warn_recorded!("the interrupted run of this {what} ({}) stopped before recording anything: starting from the beginning", token_path.display());
             false
         }
         (None, true) => {

@@ -351,7 +351,7 @@ pub(crate) async fn force_clean(
     large_objects: bool,
 ) -> Result<()> {
     let tables = catalog::list_tables(src, filters).await?;
-    crate::context::warn_recorded!(
+    crate::recorded::warn_recorded!(
         "force_clean: erasing target rows of every table in scope ({} tables)",
         tables.len()
     );
@@ -671,7 +671,7 @@ pub(crate) async fn prepare_target_database(
             .with_remedy(crate::error::Remedy::ForceClean));
         }
         if objects > 0 {
-            crate::context::warn_recorded!(
+            crate::recorded::warn_recorded!(
                 "force_clean: dropping and recreating the target database {dbname}"
             );
             // Our own inspection session may still be closing: retry briefly,

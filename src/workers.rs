@@ -38,7 +38,7 @@ impl Workers {
 
     pub fn spawn(&mut self, work: impl Future<Output = Result<()>> + Send + 'static) {
         let stop = self.stop.clone();
-        let work = crate::context::carried(work);
+        let work = crate::recorded::carried(work);
         self.set.spawn(async move {
             // Dropping the future closes its sessions, which rolls back any
             // open transaction.

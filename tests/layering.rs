@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Each top-level module and its layer: 0 foundations, 1 stages,
-/// 2 orchestrators. `lib` is the crate root (the `Migrator` dispatch).
+/// 2 orchestrators, 3 the cluster orchestrator above them. `lib` is the
+/// crate root (the `Migrator` dispatch).
 const LAYERS: &[(&str, u8)] = &[
     ("error", 0),
     ("config", 0),
@@ -18,6 +19,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("context", 0),
     ("workers", 0),
     ("faults", 0),
+    ("recorded", 0),
     ("testkit", 0),
     ("schema", 1),
     ("copy", 1),
@@ -32,11 +34,17 @@ const LAYERS: &[(&str, u8)] = &[
     ("dump", 2),
     ("restore", 2),
     ("plan", 2),
-    ("lib", 2),
+    ("cluster", 3),
+    ("lib", 3),
 ];
 
 fn layer_name(l: u8) -> &'static str {
-    ["foundation", "stage", "orchestrator"][l as usize]
+    [
+        "foundation",
+        "stage",
+        "orchestrator",
+        "cluster orchestrator",
+    ][l as usize]
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

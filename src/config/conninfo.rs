@@ -738,7 +738,7 @@ fn check_ignored(opts: &Options) -> Result<()> {
         ));
     }
     if let Some(attrs) = opts.get("target_session_attrs").filter(|a| *a != "any") {
-        crate::context::warn_recorded!(
+        crate::recorded::warn_recorded!(
             "target_session_attrs={attrs} is ignored: hosts are tried in order and the first that accepts is used"
         );
     }
@@ -851,14 +851,14 @@ fn password_from_file(path: &Path, config: &EndpointConfig) -> Option<Secret> {
     let mut file = std::fs::File::open(path).ok()?;
     let meta = file.metadata().ok()?;
     if !meta.is_file() {
-        crate::context::warn_recorded!("password file \"{}\" is not a plain file", path.display());
+        crate::recorded::warn_recorded!("password file \"{}\" is not a plain file", path.display());
         return None;
     }
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         if meta.permissions().mode() & 0o077 != 0 {
-            crate::context::warn_recorded!(
+            crate::recorded::warn_recorded!(
                 "password file \"{}\" has group or world access; permissions should be u=rw (0600) or less",
                 path.display()
             );
@@ -891,7 +891,7 @@ fn password_from_file(path: &Path, config: &EndpointConfig) -> Option<Secret> {
                 Ok(pw) if !pw.is_empty() => Some(Secret::new(pw)),
                 Ok(_) => None,
                 Err(_) => {
-                    crate::context::warn_recorded!(
+                    crate::recorded::warn_recorded!(
                         "password file \"{}\": the matching password is not valid UTF-8; ignoring it",
                         path.display()
                     );

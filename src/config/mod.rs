@@ -158,6 +158,15 @@ pub struct MigrationConfig {
     /// Online: at the cutover, start streaming the new server's changes
     /// back to the old source (`rollback` returns to it, `finish` ends it).
     pub fallback: bool,
+    /// Migrate the whole cluster: the roles, memberships, settings and
+    /// tablespaces (`pg_dumpall --globals-only`), then every database that
+    /// allows connections (`template0` aside; `postgres` and `template1`
+    /// when they hold objects). `source` and `target` then name each
+    /// server's maintenance database (usually `postgres`).
+    pub all_databases: bool,
+    /// With `all_databases`: databases to leave out, as pg_dumpall's
+    /// `--exclude-database` patterns (`*` and `?`, quotes for case).
+    pub exclude_databases: Vec<String>,
 }
 
 impl Default for MigrationConfig {
@@ -198,6 +207,8 @@ impl Default for MigrationConfig {
             keep_slot: false,
             keep_publication: false,
             fallback: false,
+            all_databases: false,
+            exclude_databases: Vec::new(),
         }
     }
 }

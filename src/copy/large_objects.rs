@@ -126,7 +126,7 @@ async fn apply_metadata(
         .await
         .map_err(|e| tdb(lo.oid, e))?;
     } else if missing_roles.insert(lo.owner.clone()) {
-        crate::context::warn_recorded!(
+        crate::recorded::warn_recorded!(
             "role {} owning large objects does not exist on the target; they keep the migrating role as owner (create the role and rerun, or ALTER LARGE OBJECT ... OWNER TO afterwards)",
             lo.owner
         );

@@ -1072,6 +1072,33 @@ fn binary_safe(oid: u32, types: &HashMap<u32, UserType>, depth: u32) -> bool {
     }
 }
 
+/// The databases a whole-cluster migration considers: every one that
+/// allows connections, `template0` left out, with its size (0 where this
+/// role may not connect: the migration of that one then says so) and
+/// whether one of the `excluded` regexes (`--exclude-database`) matches it.
+pub async fn cluster_databases(
+    client: &Client,
+    excluded: &[String],
+) -> Result<Vec<(String, i64, bool)>> {
+    let rows = client
+        .query(
+            "SELECT d.datname::text,
+                    CASE WHEN pg_catalog.has_database_privilege(d.oid, 'CONNECT')
+                         THEN pg_catalog.pg_database_size(d.oid) ELSE 0 END,
+                    d.datname ~ ANY ($1::text[])
+               FROM pg_catalog.pg_database d
+              WHERE d.datallowconn AND d.datname <> 'template0'
+              ORDER BY 1",
+            &[&excluded],
+        )
+        .await
+        .map_err(|e| MigrationError::db("listing the source's databases", e))?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}
+
 /// `server_version_num` of a session (e.g. 150004).
 pub async fn server_version_num(client: &Client) -> Result<i32> {
     let row = client

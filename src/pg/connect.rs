@@ -112,7 +112,7 @@ impl Retry {
         self.attempt += 1;
         let delay = backoff(self.attempt);
         match &self.note {
-            None => crate::context::warn_recorded!(
+            None => crate::recorded::warn_recorded!(
                 "{what}: interrupted by a transient fault ({e}); retrying from its beginning on a new session in {delay:?} (attempt {})",
                 self.attempt
             ),
@@ -201,7 +201,7 @@ impl Outage {
     pub fn note(&mut self, e: &MigrationError, what: &str) -> Duration {
         let next = self.failed();
         if next.warn {
-            crate::context::warn_recorded!(
+            crate::recorded::warn_recorded!(
                 "{what} ({e}; down for {:?}, {} attempts, next in {:?}; further attempts are logged at debug level, with a warning every 30 s while it lasts)",
                 next.down_for, next.attempts, next.delay
             );

@@ -839,7 +839,7 @@ impl Applier {
         })?;
         let query = ddl::short(&msg.sql);
         for (k, why) in &failed {
-            crate::context::warn_recorded!(
+            crate::recorded::warn_recorded!(
                 "a schema change made inside a function, procedure or DO block cannot be reproduced on the target \
                  ({k}: {why}; statement {query}, commit {txn}): streaming goes on, and the cutover will be refused naming it");
         }

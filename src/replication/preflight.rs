@@ -435,7 +435,7 @@ pub async fn check_source(src: &Client, c: &SourceChecks<'_>) -> Result<SourceRe
     wal_headroom(src, report.server_version, &mut report.warnings).await?;
 
     for w in &report.warnings {
-        crate::context::warn_recorded!("source: {w}");
+        crate::recorded::warn_recorded!("source: {w}");
     }
     Ok(report)
 }
@@ -604,7 +604,7 @@ pub async fn apply_replica_identity_fixes(src: &Client, f: &[ReplicaIdentityFix]
         let want = Identity::of(&fix.new);
         match current_identity(src, &table).await? {
             None => {
-                crate::context::warn_recorded!(
+                crate::recorded::warn_recorded!(
                     "{table}: table dropped since the preflight: replica identity not set"
                 )
             }
@@ -650,7 +650,7 @@ pub async fn restore_replica_identities(c: &Client, f: &[ReplicaIdentityFix]) ->
                 None => false,
             };
             if !exists {
-                crate::context::warn_recorded!(
+                crate::recorded::warn_recorded!(
                     "{table}: the original replica identity index {} is gone: restoring REPLICA IDENTITY DEFAULT",
                     want.index.as_deref().unwrap_or("(none)")
                 );
@@ -665,7 +665,7 @@ pub async fn restore_replica_identities(c: &Client, f: &[ReplicaIdentityFix]) ->
             continue;
         }
         if cur != Identity::of(&fix.new) {
-            crate::context::warn_recorded!("{table}: replica identity changed since the migration set it ({cur:?}): restoring the original anyway");
+            crate::recorded::warn_recorded!("{table}: replica identity changed since the migration set it ({cur:?}): restoring the original anyway");
         }
         let clause = want.clause()?;
         alter_identity(c, &table, &clause).await?;

@@ -101,7 +101,7 @@ pub(crate) async fn prepare_source(
         // its UPDATEs and DELETEs fail on the source.
         let (with, without) = catalog::extension_config_tables_by_identity(src).await?;
         for t in &without {
-            crate::context::warn_recorded!("{t}: an extension's configuration table without a key: its changes during the run are not streamed (verify reports them); change it before the run or after the cutover");
+            crate::recorded::warn_recorded!("{t}: an extension's configuration table without a key: its changes during the run are not streamed (verify reports them); change it before the run or after the cutover");
         }
         published.extend(with);
     }
@@ -486,7 +486,7 @@ pub async fn cleanup(cfg: &MigrationConfig) -> Result<CleanupReport> {
             .map_err(|e| MigrationError::db("reading the source database's settings", e))?
             .get(0);
         if read_only {
-            crate::context::warn_recorded!("the source database is read-only for new sessions (default_transaction_read_only = on) and no resume token says why: if it is a pg_dbmigrator fence, {}", crate::error::Remedy::Unfence);
+            crate::recorded::warn_recorded!("the source database is read-only for new sessions (default_transaction_read_only = on) and no resume token says why: if it is a pg_dbmigrator fence, {}", crate::error::Remedy::Unfence);
         }
     }
     let mut dropped = false;

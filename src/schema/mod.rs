@@ -106,7 +106,7 @@ pub async fn read_with(
     tablespace::place(&mut script, &opts.tablespaces);
     script.unsupported = unsupported;
     for w in &script.warnings {
-        crate::context::warn_recorded!("{w}");
+        crate::recorded::warn_recorded!("{w}");
     }
     for note in &notes {
         tracing::info!("filters: {note}");

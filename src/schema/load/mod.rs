@@ -2592,7 +2592,7 @@ async fn load_collations(
                 }
             }
             other => {
-                crate::context::warn_recorded!(
+                crate::recorded::warn_recorded!(
                     "collation {q}: provider {other} not reproduced; skipped"
                 );
                 continue;
@@ -2795,7 +2795,7 @@ pub async fn role_definitions(
     let mut out = Vec::new();
     let can_read_hash = passwords && is_superuser(c).await.unwrap_or(false);
     if passwords && !can_read_hash {
-        crate::context::warn_recorded!("role passwords: the source role cannot read password hashes (needs superuser); roles are created without passwords");
+        crate::recorded::warn_recorded!("role passwords: the source role cannot read password hashes (needs superuser); roles are created without passwords");
     }
     let pw = if can_read_hash {
         "(SELECT a.rolpassword FROM pg_catalog.pg_authid a WHERE a.oid = r.oid)"

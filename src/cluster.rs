@@ -1,0 +1,268 @@
+//! Whole-cluster migrations (`all_databases`): the orchestrator one floor
+//! above the database orchestrators. It lists the source's databases, has
+//! the globals stage carry roles, memberships, settings and tablespaces,
+//! then runs each database's own migration (offline: `migrate`) as a
+//! single-database run would, in its own work dir and with its own resume
+//! token, and records each one's end in the cluster's token
+//! ([`crate::resume::cluster`]). It threads no "all databases" flag through
+//! the orchestrators below: each of them sees one ordinary migration.
+//!
+//! Also here: [`run_database`], the one-database run that
+//! [`crate::Migrator::run`] and this orchestrator share (run lock, sessions
+//! tagged with the migration's id, the summary file).
+//!
+//! May not touch: the stages directly, except the globals and the
+//! catalog reads that list the databases.
+
+use std::path::{Path, PathBuf};
+
+use tracing::info;
+
+use crate::config::{filter, MigrationConfig, MigrationMode};
+use crate::context::RunContext;
+use crate::error::{MigrationError, Remedy, Result};
+use crate::pg::{catalog, connect, sessions};
+use crate::report::{DatabaseReport, MigrationReport};
+use crate::resume::cluster::{database_dir, ClusterDatabase, ClusterToken, CLUSTER_TOKEN_VERSION};
+use crate::resume::{self, Definition, EndpointIdentity, ResumeToken, RunLock};
+
+/// One database's migration, as [`crate::Migrator::run`] runs it: one run
+/// at a time (its lock), its sessions tagged with its id, offline or
+/// online, and its report saved beside the token.
+pub(crate) async fn run_database(
+    cfg: &MigrationConfig,
+    run: &RunContext,
+) -> Result<MigrationReport> {
+    let def = Definition::from_config(cfg)?;
+    let (id, path) = resume::work_location(cfg, &def);
+    let _lock = RunLock::acquire(&ResumeToken::path_for(&path))?;
+    let cfg = sessions::tagged(cfg, &id);
+    let report = match cfg.mode {
+        MigrationMode::Online => crate::online::run(&cfg, run).await?,
+        MigrationMode::Offline => crate::migrate::run(&cfg, run).await?,
+    };
+    if !report.already_complete {
+        // (An already complete migration keeps its finishing run's report.)
+        report.save_summary()?;
+    }
+    Ok(report)
+}
+
+/// Where a cluster migration works: `dump_path`, or a directory in the
+/// temp dir named after the two servers.
+fn cluster_dir(
+    cfg: &MigrationConfig,
+    source: &EndpointIdentity,
+    target: &EndpointIdentity,
+) -> PathBuf {
+    cfg.dump_path.clone().unwrap_or_else(|| {
+        use sha2::Digest;
+        let h = sha2::Sha256::digest(format!("{source}|{target}").as_bytes());
+        std::env::temp_dir().join(format!("pg_dbmigrator-cluster-{}", &hex::encode(h)[..12]))
+    })
+}
+
+/// The whole cluster: globals, then every database.
+pub(crate) async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<MigrationReport> {
+    let started = std::time::Instant::now();
+    if cfg.mode == MigrationMode::Online {
+        return Err(MigrationError::Unsupported(
+            "an online migration of every database (all_databases with online mode) is not built yet; \
+             migrate the databases one by one online, or the whole cluster offline"
+                .into(),
+        ));
+    }
+    if cfg.jobs == 0 {
+        return Err(MigrationError::Config("--jobs must be at least 1".into()));
+    }
+    let source = cfg
+        .source
+        .clone()
+        .ok_or_else(|| MigrationError::Config("no source given (--source)".into()))?;
+    let target = cfg
+        .target
+        .clone()
+        .ok_or_else(|| MigrationError::Config("no target given (--target)".into()))?;
+    let excluded = excluded_patterns(&cfg.exclude_databases)?;
+    let (src_id, dst_id) = (EndpointIdentity::of(&source), EndpointIdentity::of(&target));
+    if src_id == dst_id {
+        return Err(MigrationError::Config(
+            "the source and the target are the same server: a cluster cannot be migrated onto itself".into(),
+        ));
+    }
+    let dir = cluster_dir(cfg, &src_id, &dst_id);
+    let token_path = ClusterToken::path_for(&dir);
+    let _lock = RunLock::acquire(&token_path)?;
+    let existing = if cfg.force_clean {
+        None
+    } else {
+        ClusterToken::load(&token_path)?
+    };
+    let mut token = match existing {
+        Some(t) => {
+            t.check_matches(cfg.mode, &src_id, &dst_id, &token_path)?;
+            if !cfg.resume {
+                return Err(MigrationError::resume_refused(format!(
+                    "a resume token for this cluster migration exists at {}{}",
+                    token_path.display(),
+                    if t.completed { " (completed)" } else { "" }
+                ))
+                .with_remedy(Remedy::Resume)
+                .with_remedy(Remedy::ForceClean));
+            }
+            t
+        }
+        None => {
+            let src = connect::connect(&source, "source").await?;
+            let listed = catalog::cluster_databases(&src, &excluded).await?;
+            let mut databases = Vec::new();
+            for (name, bytes, excluded) in listed {
+                if excluded {
+                    info!(database = %name, "excluded (--exclude-database)");
+                    continue;
+                }
+                // The maintenance databases come along only when someone
+                // put objects there: an empty one exists on the target too.
+                if name == "postgres" || name == "template1" {
+                    let c = connect::connect(&source.with_dbname(&name), "source").await?;
+                    if crate::schema::load::user_object_count(&c).await? == 0 {
+                        info!(database = %name, "no user objects: not migrated");
+                        continue;
+                    }
+                }
+                databases.push((name, bytes.max(0) as u64));
+            }
+            // template1 first (a database created from it has its objects
+            // already, but a DBA reading the target sees the template
+            // arrive before its copies), then the largest first.
+            databases.sort_by(|a, b| {
+                (b.0 == "template1")
+                    .cmp(&(a.0 == "template1"))
+                    .then(b.1.cmp(&a.1))
+                    .then(a.0.cmp(&b.0))
+            });
+            let mut t = ClusterToken {
+                schema_version: CLUSTER_TOKEN_VERSION,
+                mode: cfg.mode,
+                source: src_id.clone(),
+                target: dst_id.clone(),
+                globals_done: false,
+                databases: databases
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (name, bytes))| ClusterDatabase {
+                        dir: database_dir(i, &name),
+                        name,
+                        bytes,
+                        done: false,
+                    })
+                    .collect(),
+                completed: false,
+                updated_at: chrono::Utc::now(),
+            };
+            t.save(&token_path)?;
+            info!(
+                databases = t.databases.len(),
+                token = %token_path.display(),
+                "cluster migration planned"
+            );
+            t
+        }
+    };
+    if token.completed {
+        info!(token = %token_path.display(), "the cluster migration had completed; nothing left to do");
+    }
+
+    let mut reports = Vec::new();
+    for i in 0..token.databases.len() {
+        let db = token.databases[i].clone();
+        if run.cancel.is_cancelled() {
+            return Err(MigrationError::Cancelled);
+        }
+        let db_dir = dir.join(&db.dir);
+        let mut db_cfg = cfg.clone();
+        db_cfg.all_databases = false;
+        db_cfg.exclude_databases.clear();
+        db_cfg.migration_id = None;
+        db_cfg.source = Some(source.with_dbname(&db.name));
+        db_cfg.target = Some(target.with_dbname(&db.name));
+        db_cfg.dump_path = Some(db_dir.clone());
+        // Each database resumes from its own token when it has one; a
+        // database not started yet starts (a cluster `--resume` is not a
+        // database's `--resume`).
+        db_cfg.resume = ResumeToken::path_for(&db_dir).exists();
+        info!(database = %db.name, done = db.done, "database {} of {}", i + 1, token.databases.len());
+        let report = run_database(&db_cfg, run)
+            .await
+            .map_err(|e| in_database(&db.name, e))?;
+        if !token.databases[i].done {
+            token.databases[i].done = true;
+            token.save(&token_path)?;
+        }
+        reports.push(DatabaseReport {
+            name: db.name.clone(),
+            report,
+        });
+    }
+    token.completed = true;
+    token.save(&token_path)?;
+    Ok(cluster_report(&dir, &token_path, reports, started))
+}
+
+/// An error of one database's migration, saying which.
+fn in_database(name: &str, e: MigrationError) -> MigrationError {
+    match e {
+        MigrationError::Cancelled => MigrationError::Cancelled,
+        e => {
+            tracing::error!(database = %name, "the migration of database {name} failed: {e}");
+            e
+        }
+    }
+}
+
+/// The cluster's report: the databases' added up, each kept in `databases`.
+fn cluster_report(
+    dir: &Path,
+    token_path: &Path,
+    reports: Vec<DatabaseReport>,
+    started: std::time::Instant,
+) -> MigrationReport {
+    let mut total = MigrationReport::empty(
+        "cluster".into(),
+        dir.to_path_buf(),
+        token_path.to_path_buf(),
+    );
+    for r in reports.iter().map(|d| &d.report) {
+        total.resumed |= r.resumed;
+        total.source_version = r.source_version;
+        total.target_version = r.target_version;
+        total.tables.extend(r.tables.iter().cloned());
+        total
+            .skipped_tables
+            .extend(r.skipped_tables.iter().cloned());
+        total.sequences += r.sequences;
+        total.large_objects += r.large_objects;
+        total.large_object_bytes += r.large_object_bytes;
+        total.rows += r.rows;
+        total.bytes += r.bytes;
+        total.schema_steps += r.schema_steps;
+    }
+    total.already_complete =
+        !reports.is_empty() && reports.iter().all(|d| d.report.already_complete);
+    total.seconds = started.elapsed().as_secs_f64();
+    total.databases = reports;
+    total
+}
+
+/// `--exclude-database` patterns as anchored regexes (psql's pattern rules,
+/// as pg_dumpall applies them), matched on the server.
+fn excluded_patterns(patterns: &[String]) -> Result<Vec<String>> {
+    patterns
+        .iter()
+        .map(|p| {
+            filter::schema_pattern_to_regex(p).map_err(|e| {
+                MigrationError::Config(format!("invalid --exclude-database pattern \"{p}\": {e}"))
+            })
+        })
+        .collect()
+}

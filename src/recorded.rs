@@ -1,0 +1,53 @@
+//! Warnings recorded for the run they belong to, from code far from any
+//! handle of it (connection retries, preflight, target preparation,
+//! conninfo read inside a run): a task-local sink that the run sets
+//! ([`recording`]) and that spawned tasks carry ([`carried`]). The sink is
+//! a closure (the run's progress, see `context`), so this module imports
+//! nothing of the crate and anyone may record: a leaf foundation.
+
+use std::future::Future;
+use std::sync::Arc;
+
+/// Where a run's warnings go.
+pub(crate) type Sink = Arc<dyn Fn(String) + Send + Sync>;
+
+tokio::task_local! {
+    static SINK: Sink;
+}
+
+/// The `tracing` target of the log records whose warning or error the
+/// library recorded in the run's progress itself (the CLI's log-to-events
+/// layer skips them, so they are not counted twice).
+pub const RECORDED_TARGET: &str = "pg_dbmigrator::recorded";
+
+/// Run `fut` as part of a run whose warnings go to `sink`.
+pub(crate) async fn recording<F: Future>(sink: Option<Sink>, fut: F) -> F::Output {
+    match sink {
+        Some(s) => SINK.scope(s, fut).await,
+        None => fut.await,
+    }
+}
+
+/// `fut`, carrying the current run's sink into a task it is spawned as (a
+/// task-local does not follow a spawn by itself).
+pub(crate) fn carried<F: Future>(fut: F) -> impl Future<Output = F::Output> {
+    recording(SINK.try_with(Arc::clone).ok(), fut)
+}
+
+/// Log a warning and record it in the current run's progress, if the task
+/// works for one: see [`warn_recorded`].
+pub(crate) fn record_warning(message: String) {
+    tracing::warn!(target: "pg_dbmigrator::recorded", "{message}");
+    let _ = SINK.try_with(|s| s(message));
+}
+
+/// `tracing::warn!` for what an operator or an embedder should see: the
+/// warning is also recorded in the run's progress, so a library caller
+/// without a `tracing` subscriber gets it in `Snapshot::warnings` and as
+/// an `Event::Warning`. Takes `format!` arguments.
+macro_rules! warn_recorded {
+    ($($arg:tt)*) => {
+        $crate::recorded::record_warning(format!($($arg)*))
+    };
+}
+pub(crate) use warn_recorded;
