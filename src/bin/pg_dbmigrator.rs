@@ -500,6 +500,16 @@ struct MigrateArgs {
     /// `wal_level = logical` on the target.
     #[arg(long)]
     fallback: bool,
+    /// Migrate the whole cluster: roles, memberships, settings and
+    /// tablespaces, then every database that allows connections (template0
+    /// aside; postgres and template1 when they hold objects). --source and
+    /// --target name each server's maintenance database (dbname=postgres).
+    #[arg(long)]
+    all_databases: bool,
+    /// With --all-databases: leave out the databases matching PATTERN
+    /// (pg_dumpall's rules: * and ?, double quotes keep case). Repeatable.
+    #[arg(long = "exclude-database", value_name = "PATTERN", requires = "all_databases")]
+    exclude_databases: Vec<String>,
     /// Print the final report as JSON on stdout instead of the text summary.
     #[arg(long)]
     json: bool,
@@ -753,6 +763,8 @@ fn migrate_config(args: &MigrateArgs) -> Result<MigrationConfig, MigrationError>
         keep_slot: args.keep_slot,
         keep_publication: args.keep_publication,
         fallback: args.fallback,
+        all_databases: args.all_databases,
+        exclude_databases: args.exclude_databases.clone(),
         ..MigrationConfig::default()
     };
     args.tablespaces.apply(&mut config)?;
