@@ -73,8 +73,8 @@ mod workers;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{
-    CopyFormat, CopyMethod, CutoverMode, EndpointConfig, Filters, MigrationConfig, MigrationMode,
-    VerifyLevel,
+    CopyFormat, CopyMethod, CutoverMode, EndpointConfig, Filters, IntoEndpoint, MigrationConfig,
+    MigrationConfigBuilder, MigrationMode, VerifyLevel,
 };
 pub use context::{CutoverDone, CutoverError, CutoverHandle, CutoverRequest, RunContext};
 pub use error::{ErrorKind, MigrationError, Result};
@@ -82,7 +82,7 @@ pub use online::{cleanup, unfence, CleanupReport};
 pub use plan::{plan, Plan};
 pub use progress::{human_bytes, Event, Phase, Snapshot};
 pub use report::{MigrationReport, OnlineReport};
-pub use resume::{ResumeToken, Stage};
+pub use resume::{discard_files, DiscardedFiles, ResumeToken, Stage};
 pub use verify::{VerifyOptions, VerifyReport};
 
 /// Runs one migration described by a [`MigrationConfig`].
@@ -164,7 +164,7 @@ impl Migrator {
             MigrationMode::Online => online::run(&cfg, run).await?,
             MigrationMode::Offline => migrate::run(&cfg, run).await?,
         };
-        if !report.already_complete {
+        if !report.already_complete && !self.config.no_summary {
             // (An already complete migration keeps its finishing run's report.)
             report.save_summary()?;
         }

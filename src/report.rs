@@ -289,10 +289,13 @@ impl MigrationReport {
             s.push_str(&o.summary());
         }
         s.push_str(&format!("  resume token: {}\n", self.token_path.display()));
-        s.push_str(&format!(
-            "  summary (JSON): {}\n",
-            self.summary_path().display()
-        ));
+        if self.summary_path().exists() {
+            // (Absent with `no_summary`.)
+            s.push_str(&format!(
+                "  summary (JSON): {}\n",
+                self.summary_path().display()
+            ));
+        }
         s
     }
 }

@@ -21,7 +21,10 @@ use sha2::{Digest, Sha256};
 use crate::config::{EndpointConfig, Filters, MigrationConfig, MigrationMode};
 use crate::error::{MigrationError, Result};
 
+mod files;
 mod journal;
+
+pub use files::{discard_files, DiscardedFiles};
 
 // What the token records of the stages' outputs: defined here, below the
 // stages that write them (the archive, the replica identity fixes).
@@ -961,6 +964,15 @@ pub(crate) fn resolve_token(
                 )));
             }
             true
+        }
+        (Some(t), false) if t.completed => {
+            return Err(MigrationError::Resume(format!(
+                "this {what} already completed (resume token {}): nothing was done. Pass --resume to \
+                 confirm it is complete (exit 0); --force-clean to copy it all again (it first erases \
+                 what was copied to the target); or remove its files once you no longer need them \
+                 (`pg_dbmigrator forget` with the same flags, or pg_dbmigrator::discard_files)",
+                token_path.display()
+            )))
         }
         (Some(t), false) => {
             return Err(MigrationError::Resume(format!(
