@@ -272,3 +272,132 @@ impl MigrationConfigBuilder {
         Ok(self.config)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    const SRC: &str = "host=old-db port=5432 user=app dbname=shop";
+    const DST: &str = "host=new-db port=5432 user=app dbname=shop";
+
+    /// The message of `build`'s error, which must be a configuration error.
+    fn refusal(b: MigrationConfigBuilder) -> String {
+        let e = b.build().expect_err("refused");
+        assert_eq!(e.kind(), ErrorKind::Configuration, "{e:?}");
+        e.to_string()
+    }
+
+    #[test]
+    fn a_valid_chain_sets_every_field_it_names() {
+        let c = MigrationConfig::online(SRC, DST)
+            .jobs(8)
+            .index_jobs(2usize)
+            .split_bytes(0u64)
+            .data_only(true)
+            .verify(VerifyLevel::Count)
+            .copy_format(CopyFormat::Text)
+            .cutover(CutoverMode::Auto)
+            .cutover_lag_bytes(4096)
+            .fence(false)
+            .schema("app")
+            .exclude_table("app.audit*")
+            .exclude_table_data("app.logs")
+            .tablespace_mapping("fast", "pg_default")
+            .dump_path("/var/tmp/m")
+            .migration_id("shop")
+            .no_summary(true)
+            .build()
+            .unwrap();
+        assert_eq!(c.mode, MigrationMode::Online);
+        assert_eq!((c.jobs, c.index_jobs, c.split_bytes), (8, Some(2), Some(0)));
+        assert!(c.data_only && c.no_summary && !c.fence);
+        assert_eq!(c.verify, VerifyLevel::Count);
+        assert_eq!(c.cutover, CutoverMode::Auto);
+        assert_eq!(c.filters.schemas, ["app"]);
+        assert_eq!(c.filters.exclude_tables, ["app.audit*"]);
+        assert_eq!(c.filters.exclude_table_data, ["app.logs"]);
+        assert_eq!(c.tablespace_mapping, [("fast".into(), "pg_default".into())]);
+        assert_eq!(
+            c.dump_path.as_deref(),
+            Some(std::path::Path::new("/var/tmp/m"))
+        );
+        assert_eq!(c.migration_id.as_deref(), Some("shop"));
+        assert_eq!(c.source.unwrap().hosts[0].to_string(), "old-db");
+        // The defaults are Default's.
+        let d = MigrationConfig::offline(SRC, DST).build().unwrap();
+        assert_eq!(d.mode, MigrationMode::Offline);
+        assert_eq!(d.jobs, MigrationConfig::default().jobs);
+        assert!(d.analyze && d.large_objects && d.fence && !d.no_summary);
+    }
+
+    #[test]
+    fn an_endpoint_that_does_not_parse_is_refused_at_build_naming_it() {
+        let m = refusal(MigrationConfig::builder(SRC, "port=abc password=Sekr1t").jobs(2));
+        assert!(m.contains("target"), "{m}");
+        assert!(!m.contains("Sekr1t"), "{m}");
+        // The first error wins; later setters do not hide it.
+        let m = refusal(MigrationConfig::builder("port=x", "port=y").target(DST));
+        assert!(m.contains("source"), "{m}");
+        // An EndpointConfig made beforehand is taken as it is.
+        let ep = EndpointConfig::parse(SRC).unwrap();
+        assert!(MigrationConfig::builder(&ep, ep.with_dbname("copy"))
+            .build()
+            .is_ok());
+    }
+
+    #[test]
+    fn invalid_combinations_are_refused_with_what_to_change() {
+        let b = || MigrationConfig::builder(SRC, DST);
+        for (builder, expect) in [
+            (b().jobs(0), "--jobs must be at least 1"),
+            (
+                MigrationConfig::online(SRC, DST).copy_method(CopyMethod::Dump),
+                "--copy-method dump is for offline migrations",
+            ),
+            (
+                b().copy_method(CopyMethod::Dump).compress_level(23),
+                "zstd levels are 1 (fastest) to 22",
+            ),
+            (b().resume(true).force_clean(true), "contradict each other"),
+            (b().role_passwords(true), "give --roles too"),
+            (
+                b().no_tablespaces(true).tablespace_mapping("a", "b"),
+                "cannot go with --tablespace-mapping",
+            ),
+            (
+                b().tablespace_mapping("a", "b")
+                    .tablespace_mapping("a", "c"),
+                "names tablespace \"a\" twice",
+            ),
+            (b().table("db.app.t"), "too many dotted names"),
+        ] {
+            let m = refusal(builder);
+            assert!(m.contains(expect), "expected {expect:?} in: {m}");
+        }
+        // The compression level matters only for an archive.
+        assert!(b().compress_level(0).build().is_ok());
+    }
+
+    #[test]
+    fn validate_gives_a_run_s_errors_for_a_struct_literal() {
+        let c = MigrationConfig::default();
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Configuration);
+        assert!(e.to_string().contains("no source given"), "{e}");
+        let c = MigrationConfig {
+            source: Some(EndpointConfig::parse(SRC).unwrap()),
+            target: Some(EndpointConfig::parse(DST).unwrap()),
+            jobs: 0,
+            ..Default::default()
+        };
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            MigrationConfig::builder(SRC, DST)
+                .jobs(0)
+                .build()
+                .unwrap_err()
+                .to_string()
+        );
+    }
+}

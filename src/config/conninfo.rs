@@ -827,7 +827,10 @@ fn resolve(opts: &Options, env: Env) -> Result<EndpointConfig> {
             text,
             env_var: Some(_),
         }) => Some(Secret::with_origin(text, SecretOrigin::Environment)),
-        Some(Val { text, env_var: None }) => Some(Secret::new(text)),
+        Some(Val {
+            text,
+            env_var: None,
+        }) => Some(Secret::new(text)),
         None => passfile_path(opts, env).and_then(|path| password_from_file(&path, &config)),
     };
     Ok(config)

@@ -413,7 +413,10 @@ impl<'de> serde::Deserialize<'de> for EndpointConfig {
                     "a connection string, or a table { conninfo = \"...\", password_file = \"/path\" }",
                 )
             }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Self::Value, E> {
+            fn visit_str<E: serde::de::Error>(
+                self,
+                v: &str,
+            ) -> std::result::Result<Self::Value, E> {
                 EndpointConfig::parse(v).map_err(E::custom)
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(
@@ -448,5 +451,132 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// An environment without passwords: no PGPASSWORD, no ~/.pgpass.
+    fn clean(k: &str) -> Option<String> {
+        (k == "USER").then(|| "alice".to_string())
+    }
+
+    #[test]
+    fn a_password_given_in_the_string_refuses_to_be_serialized() {
+        let c: crate::config::MigrationConfig = crate::config::MigrationConfig {
+            source: Some(EndpointConfig::parse("host=a dbname=d user=u password=Sekr1t").unwrap()),
+            ..Default::default()
+        };
+        let e = serde_json::to_string(&c).unwrap_err().to_string();
+        assert!(e.contains("the source endpoint (host=a"), "{e}");
+        assert!(
+            e.contains("password_file") && e.contains("PGPASSWORD"),
+            "{e}"
+        );
+        assert!(!e.contains("Sekr1t"), "{e}");
+        // So does one set in code.
+        let mut ep = EndpointConfig::parse_with_env("host=a", &clean).unwrap();
+        ep.password = Some(Secret::new("Sekr1t"));
+        let e = serde_json::to_string(&ep).unwrap_err().to_string();
+        assert!(e.contains("endpoint (host=a"), "{e}");
+    }
+
+    // (TOML comes with the `cli` feature.)
+    #[cfg(feature = "cli")]
+    #[test]
+    fn a_round_trip_keeps_every_setting() {
+        let s = "host=/run/pg,db2 port=5433,5434 user=o\\'k dbname='my db' sslmode=verify-full \
+                 sslrootcert=/etc/ca.pem sslcert=/c.pem sslkey=/k.pem application_name=app \
+                 connect_timeout=7 options='-c work_mem=64MB'";
+        let ep = EndpointConfig::parse_with_env(s, &clean).unwrap();
+        assert_eq!(ep.password, None);
+        let json = serde_json::to_string(&ep).unwrap();
+        let back: EndpointConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, ep, "{json}");
+        // Within a MigrationConfig, through TOML.
+        let c = crate::config::MigrationConfig {
+            source: Some(ep.clone()),
+            target: Some(ep.with_dbname("other")),
+            jobs: 3,
+            ..Default::default()
+        };
+        let text = toml::to_string(&c).unwrap();
+        let back: crate::config::MigrationConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back.source.as_ref(), Some(&ep));
+        assert_eq!(back.target.unwrap().dbname, "other");
+        assert_eq!(back.jobs, 3);
+    }
+
+    #[test]
+    fn a_password_from_the_environment_or_a_passfile_is_found_again() {
+        let env = |k: &str| match k {
+            "PGPASSWORD" => Some("fromenv".to_string()),
+            _ => clean(k),
+        };
+        let ep = EndpointConfig::parse_with_env("host=h dbname=d", &env).unwrap();
+        assert_eq!(ep.password.as_ref().map(Secret::expose), Some("fromenv"));
+        let json = serde_json::to_string(&ep).unwrap();
+        assert!(!json.contains("fromenv"), "{json}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let pass = dir.path().join("pgpass");
+        std::fs::write(&pass, "h:5432:d:alice:frompassfile\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let s = format!("host=h dbname=d passfile='{}'", pass.display());
+        let ep = EndpointConfig::parse_with_env(&s, &clean).unwrap();
+        assert_eq!(
+            ep.password.as_ref().map(Secret::expose),
+            Some("frompassfile")
+        );
+        let json = serde_json::to_string(&ep).unwrap();
+        assert!(
+            !json.contains("frompassfile") && json.contains("passfile="),
+            "{json}"
+        );
+        let back: EndpointConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            back.password.as_ref().map(Secret::expose),
+            Some("frompassfile")
+        );
+    }
+
+    #[cfg(feature = "cli")]
+    #[test]
+    fn a_password_file_is_read_and_named_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let toml_text = format!(
+            "jobs = 2\n[source]\nconninfo = \"host=h dbname=d user=u\"\npassword_file = \"{}\"\n",
+            file.display()
+        );
+        let c: crate::config::MigrationConfig = toml::from_str(&toml_text).unwrap();
+        let ep = c.source.clone().unwrap();
+        assert_eq!(ep.password.as_ref().map(Secret::expose), Some("s3cret"));
+        // Written back as the same table, never with the password.
+        let out = toml::to_string(&c).unwrap();
+        assert!(
+            out.contains("password_file") && !out.contains("s3cret"),
+            "{out}"
+        );
+        let back: crate::config::MigrationConfig = toml::from_str(&out).unwrap();
+        assert_eq!(back.source, c.source);
+
+        // Two passwords, an empty file, a missing file, an unknown key: refused.
+        let with_pw = EndpointConfig::parse("host=h password=x").unwrap();
+        let e = with_pw.with_password_file(&file).unwrap_err().to_string();
+        assert!(e.contains("keep one"), "{e}");
+        std::fs::write(&file, "\n").unwrap();
+        let e = ep
+            .clone()
+            .with_password_file(&file)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is empty"), "{e}");
+        let e = ep.with_password_file(dir.path().join("none")).unwrap_err();
+        assert_eq!(e.kind(), crate::error::ErrorKind::Configuration);
+        let e =
+            serde_json::from_str::<EndpointConfig>(r#"{"conninfo": "host=h", "password": "x"}"#)
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("unknown field `password`"), "{e}");
     }
 }

@@ -56,9 +56,9 @@ pub fn discard_files(config: &MigrationConfig, force: bool) -> Result<DiscardedF
     let lock_path = RunLock::path_for(&token_path);
     let lock_existed = lock_path.exists();
     let lock = RunLock::acquire(&token_path).map_err(|e| match e {
-        MigrationError::Resume(m) => MigrationError::Resume(format!(
-            "{m}; its files were not removed"
-        )),
+        MigrationError::Resume(m) => {
+            MigrationError::Resume(format!("{m}; its files were not removed"))
+        }
         other => other,
     })?;
     if RunLock::is_held(&restore_token_path) {
@@ -131,7 +131,10 @@ pub fn discard_files(config: &MigrationConfig, force: bool) -> Result<DiscardedF
             )));
         }
         std::fs::remove_dir_all(&dump_path).map_err(|e| {
-            MigrationError::io(format!("removing the work directory {}", dump_path.display()), e)
+            MigrationError::io(
+                format!("removing the work directory {}", dump_path.display()),
+                e,
+            )
         })?;
         removed.push(dump_path.clone());
     }
@@ -169,7 +172,10 @@ fn remove_file(path: &Path, removed: &mut Vec<PathBuf>) -> Result<()> {
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(MigrationError::io(format!("removing {}", path.display()), e)),
+        Err(e) => Err(MigrationError::io(
+            format!("removing {}", path.display()),
+            e,
+        )),
     }
 }
 
