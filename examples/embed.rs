@@ -79,8 +79,11 @@ async fn offline_with_progress(
             }
         }
     });
-    let report = migrator.run(CancellationToken::new()).await?;
-    printer.await?;
+    let report = migrator.run(CancellationToken::new()).await;
+    // The subscription outlives the run (it ends with the Migrator): stop
+    // the printer here rather than wait for it.
+    printer.abort();
+    let report = report?;
     let clean = report.verify.as_ref().is_some_and(|v| v.is_clean());
     println!(
         "task 1: offline: {} rows, {} tables in {:.1}s, verify clean: {clean}",

@@ -14,13 +14,18 @@ use pg_dbmigrator::testkit;
 const BIG_ROWS: i64 = 200_000;
 
 /// The example's binary, built beside this test: `target/<profile>/examples/embed`.
+/// A plain `cargo test` builds examples; `cargo test --test embed_example`
+/// does not, so a missing or stale one is refused rather than run.
 fn example_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
     let bin = profile_dir.join("examples").join("embed");
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/embed.rs");
     assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --examples` (cargo test builds it)",
+        modified(&bin).is_some_and(|b| Some(b) >= modified(&source)),
+        "{} is missing or older than examples/embed.rs: run `cargo build --examples` \
+         (a plain `cargo test` builds them; `cargo test --test embed_example` does not)",
         bin.display()
     );
     bin
@@ -68,7 +73,7 @@ async fn the_embedding_example_does_its_four_tasks() {
     .unwrap();
 
     let work = tempfile::tempdir().unwrap();
-    let mut cmd = std::process::Command::new(example_binary());
+    let mut cmd = tokio::process::Command::new(example_binary());
     cmd.env_clear()
         .env("HOME", work.path())
         .env("TMPDIR", work.path())
@@ -77,11 +82,14 @@ async fn the_embedding_example_does_its_four_tasks() {
         .env("EMBED_RESUME_TARGET", &resume_target)
         .env("EMBED_ONLINE_SOURCE", &online.source)
         .env("EMBED_ONLINE_TARGET", &online.target);
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+    cmd.kill_on_drop(true);
+    let out = tokio::time::timeout(std::time::Duration::from_secs(300), cmd.output())
         .await
+        .expect("the example did not finish in 5 minutes")
         .unwrap();
     let (stdout, stderr) = (common::text(&out.stdout), common::text(&out.stderr));
     assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    println!("{stdout}"); // (shown with --nocapture)
 
     for expected in [
         "task 1: copy ",
