@@ -74,7 +74,10 @@ async fn offline_with_progress(
             if pct - last_printed >= 10.0 || (pct >= 100.0 && last_printed < 100.0) {
                 last_printed = pct;
                 let rate = s.rate().map(|r| human_bytes(r as u64)).unwrap_or_default();
-                let eta = s.eta().map(|d| format!("{}s", d.as_secs())).unwrap_or_default();
+                let eta = s
+                    .eta()
+                    .map(|d| format!("{}s", d.as_secs()))
+                    .unwrap_or_default();
                 println!("task 1: copy {pct:5.1}%  {rate}/s  eta {eta}");
             }
         }
@@ -93,7 +96,10 @@ async fn offline_with_progress(
     );
     // The report is ours now: drop the run's files (refused if it had not completed).
     let removed = discard_files(&config, false)?;
-    println!("task 1: removed {} file(s) of the run", removed.removed.len());
+    println!(
+        "task 1: removed {} file(s) of the run",
+        removed.removed.len()
+    );
     Ok(())
 }
 
@@ -124,7 +130,10 @@ async fn online_with_cutover(
         done.fence_lsn.unwrap_or_default()
     );
     let report = run.await??;
-    println!("task 2: online: {} rows copied, then streamed until the cutover", report.rows);
+    println!(
+        "task 2: online: {} rows copied, then streamed until the cutover",
+        report.rows
+    );
     Ok(())
 }
 
@@ -132,8 +141,14 @@ async fn online_with_cutover(
 async fn classify_errors(source: &str, target: &str, work: &std::path::Path) -> Result<(), Error> {
     // Later key=value settings win, as in libpq: the same source, broken two ways.
     let cases = [
-        ("unreachable port", format!("{source} host=127.0.0.1 port=1 connect_timeout=2")),
-        ("wrong password", format!("{source} password=not-the-password")),
+        (
+            "unreachable port",
+            format!("{source} host=127.0.0.1 port=1 connect_timeout=2"),
+        ),
+        (
+            "wrong password",
+            format!("{source} password=not-the-password"),
+        ),
     ];
     for (i, (what, conninfo)) in cases.iter().enumerate() {
         let config = MigrationConfig::offline(conninfo.as_str(), target)
@@ -150,8 +165,15 @@ async fn classify_errors(source: &str, target: &str, work: &std::path::Path) -> 
         );
     }
     // A bad setting is refused by build(), before any connection.
-    let e = MigrationConfig::offline(source, target).jobs(0).build().unwrap_err();
-    println!("task 3: jobs(0): kind={:?} retryable={} ({e})", e.kind(), e.is_retryable());
+    let e = MigrationConfig::offline(source, target)
+        .jobs(0)
+        .build()
+        .unwrap_err();
+    println!(
+        "task 3: jobs(0): kind={:?} retryable={} ({e})",
+        e.kind(),
+        e.is_retryable()
+    );
     Ok(())
 }
 

@@ -56,14 +56,13 @@ async fn the_embedding_example_does_its_four_tasks() {
     // Task 4's target: a database the full migration creates.
     let resume_target = common::other_target_db(&db, "r");
     let admin = testkit::shared_pair().target.admin_conninfo();
-    testkit::execute(
-        &admin,
-        &format!("DROP DATABASE IF EXISTS {}_r", db.name),
-    )
-    .await
-    .unwrap();
+    testkit::execute(&admin, &format!("DROP DATABASE IF EXISTS {}_r", db.name))
+        .await
+        .unwrap();
 
-    let online = testkit::shared_logical_pair().fresh_db("embed_online").await;
+    let online = testkit::shared_logical_pair()
+        .fresh_db("embed_online")
+        .await;
     testkit::execute(
         &online.source,
         "CREATE TABLE orders (id int PRIMARY KEY, total numeric NOT NULL);
@@ -88,7 +87,11 @@ async fn the_embedding_example_does_its_four_tasks() {
         .expect("the example did not finish in 5 minutes")
         .unwrap();
     let (stdout, stderr) = (common::text(&out.stdout), common::text(&out.stderr));
-    assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
     println!("{stdout}"); // (shown with --nocapture)
 
     for expected in [
@@ -106,7 +109,10 @@ async fn the_embedding_example_does_its_four_tasks() {
         "task 4: resumed=true and finished",
         "all tasks done",
     ] {
-        assert!(stdout.contains(expected), "no {expected:?} in:\n{stdout}\nstderr:\n{stderr}");
+        assert!(
+            stdout.contains(expected),
+            "no {expected:?} in:\n{stdout}\nstderr:\n{stderr}"
+        );
     }
     // Live progress: the copy's percent was printed more than once.
     assert!(stdout.matches("task 1: copy ").count() >= 2, "{stdout}");
