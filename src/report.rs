@@ -194,10 +194,15 @@ impl MigrationReport {
     pub fn summary(&self) -> String {
         let mut s = String::new();
         if self.already_complete {
+            let path = self.summary_path();
             return format!(
-                "migration {} is already complete: nothing left to do (its report: {})\n",
+                "migration {} is already complete: nothing left to do{}\n",
                 self.migration_id,
-                self.summary_path().display()
+                if path.exists() {
+                    format!(" (its report: {})", path.display())
+                } else {
+                    String::new()
+                }
             );
         }
         s.push_str(&format!(
