@@ -41,7 +41,7 @@ pub(crate) async fn run_database(
         MigrationMode::Online => crate::online::run(&cfg, run).await?,
         MigrationMode::Offline => crate::migrate::run(&cfg, run).await?,
     };
-    if !report.already_complete {
+    if !report.already_complete && !cfg.no_summary {
         // (An already complete migration keeps its finishing run's report.)
         report.save_summary()?;
     }

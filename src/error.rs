@@ -240,6 +240,8 @@ pub enum Remedy {
     Unfence,
     /// Run again with [`crate::MigrationConfig::fix_replica_identity`] set.
     FixReplicaIdentity,
+    /// Remove a finished migration's files with [`crate::discard_files`].
+    DiscardFiles,
 }
 
 static CLI_WORDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -265,6 +267,12 @@ impl fmt::Display for Remedy {
             (Remedy::Unfence, true) => "run `pg_dbmigrator unfence --source ...`",
             (Remedy::FixReplicaIdentity, false) => "run it again with `fix_replica_identity` set",
             (Remedy::FixReplicaIdentity, true) => "run again with --fix-replica-identity",
+            (Remedy::DiscardFiles, false) => {
+                "remove its files with `discard_files` once they are no longer needed"
+            }
+            (Remedy::DiscardFiles, true) => {
+                "remove its files with `pg_dbmigrator forget` (same flags) once they are no longer needed"
+            }
         })
     }
 }

@@ -96,8 +96,8 @@ mod workers;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{
-    CopyFormat, CopyMethod, CutoverMode, EndpointConfig, Filters, MigrationConfig, MigrationMode,
-    VerifyLevel,
+    CopyFormat, CopyMethod, CutoverMode, EndpointConfig, Filters, IntoEndpoint, MigrationConfig,
+    MigrationConfigBuilder, MigrationMode, VerifyLevel,
 };
 #[doc(hidden)]
 pub use context::RunContext;
@@ -109,6 +109,7 @@ pub use plan::{plan, Plan, PlannedTable, SpeedSample};
 pub use progress::human_bytes;
 pub use progress::{Event, OnlineSnapshot, Phase, Snapshot, WorkerSnapshot};
 pub use report::{MigrationReport, OnlineReport};
+pub use resume::{discard_files, DiscardedFiles};
 #[doc(hidden)]
 pub use resume::{ResumeToken, Stage};
 pub use verify::{VerifyOptions, VerifyReport};

@@ -40,9 +40,7 @@ use crate::verify::{self, VerifyOptions, VerifyReport};
 /// ([`copy_phase`] then [`finish`]); or, with `--copy-method dump`, a dump
 /// and a restore.
 pub(crate) async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<MigrationReport> {
-    if cfg.jobs == 0 {
-        return Err(MigrationError::Config("--jobs must be at least 1".into()));
-    }
+    cfg.validate()?;
     if cfg.copy_method == CopyMethod::Dump {
         return run_via_archive(cfg, run).await;
     }

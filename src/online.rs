@@ -46,15 +46,7 @@ pub use crate::context::{CutoverHandle, CutoverSignal};
 
 /// An online migration from start (or resume) to the end of the cutover.
 pub(crate) async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<MigrationReport> {
-    if cfg.jobs == 0 {
-        return Err(MigrationError::Config("--jobs must be at least 1".into()));
-    }
-    if cfg.copy_method != crate::config::CopyMethod::Stream {
-        return Err(MigrationError::Config(
-            "--mode online copies server to server: --copy-method dump is for offline migrations"
-                .into(),
-        ));
-    }
+    cfg.validate()?;
     let def = Definition::from_config(cfg)?;
     let (migration_id, dump_path) = crate::resume::work_location(cfg, &def);
     let token_path = ResumeToken::path_for(&dump_path);

@@ -219,6 +219,8 @@ fn collect(refusals: &mut Vec<String>, r: Result<()>) -> Result<()> {
 
 /// Read both servers and say what `migrate` with `cfg` would do.
 pub async fn plan(cfg: &MigrationConfig) -> Result<Plan> {
+    // What migrate would refuse before connecting, plan refuses the same way.
+    cfg.validate()?;
     let def = Definition::from_config(cfg)?;
     let (migration_id, _) = work_location(cfg, &def);
     let filters = cfg.filters.compile()?;

@@ -249,10 +249,15 @@ impl MigrationReport {
     pub fn summary(&self) -> String {
         let mut s = String::new();
         if self.already_complete {
+            let path = self.summary_path();
             return format!(
-                "migration {} is already complete: nothing left to do (its report: {})\n",
+                "migration {} is already complete: nothing left to do{}\n",
                 self.migration_id,
-                self.summary_path().display()
+                if path.exists() {
+                    format!(" (its report: {})", path.display())
+                } else {
+                    String::new()
+                }
             );
         }
         s.push_str(&format!(
@@ -344,10 +349,13 @@ impl MigrationReport {
             s.push_str(&o.summary());
         }
         s.push_str(&format!("  resume token: {}\n", self.token_path.display()));
-        s.push_str(&format!(
-            "  summary (JSON): {}\n",
-            self.summary_path().display()
-        ));
+        if self.summary_path().exists() {
+            // (Absent with `no_summary`.)
+            s.push_str(&format!(
+                "  summary (JSON): {}\n",
+                self.summary_path().display()
+            ));
+        }
         s
     }
 }

@@ -22,7 +22,10 @@ use crate::config::{EndpointConfig, Filters, MigrationConfig, MigrationMode};
 use crate::error::{MigrationError, Remedy, Result};
 
 pub mod cluster;
+mod files;
 mod journal;
+
+pub use files::{discard_files, DiscardedFiles};
 
 // What the token records of the stages' outputs: defined here, below the
 // stages that write them (the archive, the replica identity fixes).
@@ -1003,6 +1006,17 @@ pub(crate) fn resolve_token(
                 .with_remedy(Remedy::ForceClean));
             }
             true
+        }
+        (Some(t), false) if t.completed => {
+            return Err(MigrationError::resume_refused(format!(
+                "this {what} already completed (resume token {}): nothing was done. Resuming confirms \
+                 it is complete (and succeeds); starting over copies it all again (it first erases what \
+                 was copied to the target); or remove its files once you no longer need them",
+                token_path.display()
+            ))
+            .with_remedy(Remedy::Resume)
+            .with_remedy(Remedy::ForceClean)
+            .with_remedy(Remedy::DiscardFiles))
         }
         (Some(t), false) => {
             return Err(MigrationError::resume_refused(format!(

@@ -150,7 +150,14 @@ async fn a_whole_cluster_in_one_run_killed_between_two_databases_then_resumed() 
     sorted.sort();
     assert_eq!(
         sorted,
-        ["appdb", "emptydb", "fromtmpl", "latin1db", "postgres", "template1"],
+        [
+            "appdb",
+            "emptydb",
+            "fromtmpl",
+            "latin1db",
+            "postgres",
+            "template1"
+        ],
         "every database but template0 and the excluded one"
     );
     assert!(!database_names(&dst).await.contains(&"skipme_1".to_string()));
@@ -168,7 +175,10 @@ async fn a_whole_cluster_in_one_run_killed_between_two_databases_then_resumed() 
             .unwrap();
         (r.get::<_, String>(0), r.get::<_, String>(1))
     };
-    assert_eq!(props(dst.clone()).await, ("LATIN1".to_string(), "C".to_string()));
+    assert_eq!(
+        props(dst.clone()).await,
+        ("LATIN1".to_string(), "C".to_string())
+    );
     assert_eq!(props(src.clone()).await, props(dst.clone()).await);
 
     // A finished cluster migration, resumed, is a success that does nothing.
@@ -180,5 +190,8 @@ async fn a_whole_cluster_in_one_run_killed_between_two_databases_then_resumed() 
     let out = run_async(&migrate_args(&src, &dst, w)).await;
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
-    assert!(err.contains("--resume") && err.contains("--force-clean"), "{err}");
+    assert!(
+        err.contains("--resume") && err.contains("--force-clean"),
+        "{err}"
+    );
 }

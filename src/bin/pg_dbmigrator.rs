@@ -100,6 +100,11 @@ enum Command {
     Cleanup(CleanupArgs),
     /// Make a fenced source database writable again (rollback after a cutover).
     Unfence(UnfenceArgs),
+    /// Remove a finished migration's files: resume token, journal, lock,
+    /// summary and work directory. Give the flags that identify it as given
+    /// to migrate. Refused while it runs, and unless it completed (--force).
+    /// Nothing on the servers is touched (see cleanup).
+    Forget(ForgetArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_enum)]
@@ -141,6 +146,40 @@ struct CleanupArgs {
     /// As given to migrate (only needed to find the default work directory).
     #[arg(long)]
     no_large_objects: bool,
+    /// Print what was removed as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct ForgetArgs {
+    #[command(flatten)]
+    endpoints: Endpoints,
+    /// As given to migrate.
+    #[arg(long, value_enum, default_value_t = ModeArg::Offline)]
+    mode: ModeArg,
+    /// As given to migrate (a migration through an archive is complete
+    /// once its restore is).
+    #[arg(long, value_enum, default_value_t = CopyMethodArg::Stream)]
+    copy_method: CopyMethodArg,
+    /// The migration's work directory (default: derived as by migrate).
+    #[arg(long)]
+    dump_path: Option<PathBuf>,
+    /// The migration's name, when migrate was given --migration-id.
+    #[arg(long)]
+    migration_id: Option<String>,
+    #[command(flatten)]
+    filters: FilterArgs,
+    /// As given to migrate (only needed to find the default work directory).
+    #[arg(long)]
+    data_only: bool,
+    /// As given to migrate (only needed to find the default work directory).
+    #[arg(long)]
+    no_large_objects: bool,
+    /// Remove the files of a migration that did not complete too (it can
+    /// then no longer be resumed).
+    #[arg(long)]
+    force: bool,
     /// Print what was removed as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -508,8 +547,15 @@ struct MigrateArgs {
     all_databases: bool,
     /// With --all-databases: leave out the databases matching PATTERN
     /// (pg_dumpall's rules: * and ?, double quotes keep case). Repeatable.
-    #[arg(long = "exclude-database", value_name = "PATTERN", requires = "all_databases")]
+    #[arg(
+        long = "exclude-database",
+        value_name = "PATTERN",
+        requires = "all_databases"
+    )]
     exclude_databases: Vec<String>,
+    /// Write no <dump-path>.summary.json (the report is still printed).
+    #[arg(long)]
+    no_summary: bool,
     /// Print the final report as JSON on stdout instead of the text summary.
     #[arg(long)]
     json: bool,
@@ -765,6 +811,7 @@ fn migrate_config(args: &MigrateArgs) -> Result<MigrationConfig, MigrationError>
         fallback: args.fallback,
         all_databases: args.all_databases,
         exclude_databases: args.exclude_databases.clone(),
+        no_summary: args.no_summary,
         ..MigrationConfig::default()
     };
     args.tablespaces.apply(&mut config)?;
@@ -1329,6 +1376,40 @@ async fn cleanup(args: CleanupArgs) -> Result<i32, MigrationError> {
     Ok(exit_code::OK)
 }
 
+fn forget(args: ForgetArgs) -> Result<i32, MigrationError> {
+    let config = MigrationConfig {
+        source: Some(endpoint("source", &args.endpoints.source)?),
+        target: Some(endpoint("target", &args.endpoints.target)?),
+        mode: match args.mode {
+            ModeArg::Offline => MigrationMode::Offline,
+            ModeArg::Online => MigrationMode::Online,
+        },
+        copy_method: match args.copy_method {
+            CopyMethodArg::Stream => CopyMethod::Stream,
+            CopyMethodArg::Dump => CopyMethod::Dump,
+        },
+        data_only: args.data_only,
+        filters: args.filters.filters(),
+        large_objects: !args.no_large_objects,
+        dump_path: args.dump_path.clone(),
+        migration_id: args.migration_id.clone(),
+        ..MigrationConfig::default()
+    };
+    let report = pg_dbmigrator::discard_files(&config, args.force)?;
+    print_report(&report, args.json, || {
+        let mut s = format!(
+            "forget: migration {}: {} file(s) removed\n",
+            report.migration_id,
+            report.removed.len()
+        );
+        for p in &report.removed {
+            s.push_str(&format!("  {}\n", p.display()));
+        }
+        s
+    });
+    Ok(exit_code::OK)
+}
+
 async fn unfence(args: UnfenceArgs) -> Result<i32, MigrationError> {
     let source = endpoint("source", &args.source)?;
     pg_dbmigrator::unfence(&source).await?;
@@ -1405,6 +1486,7 @@ fn main() -> ExitCode {
             Command::Finish(a) => end_fallback(a, "finish").await,
             Command::Cleanup(a) => cleanup(a).await,
             Command::Unfence(a) => unfence(a).await,
+            Command::Forget(a) => forget(a),
             Command::Completions { .. } | Command::Man => {
                 unreachable!("handled before the runtime")
             }

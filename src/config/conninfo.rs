@@ -28,7 +28,9 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::endpoint::{EndpointConfig, Host, Secret, SslMode, DEFAULT_CONNECT_TIMEOUT};
+use super::endpoint::{
+    EndpointConfig, Host, Secret, SecretOrigin, SslMode, DEFAULT_CONNECT_TIMEOUT,
+};
 use crate::error::{MigrationError, Result};
 
 type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -818,8 +820,16 @@ fn resolve(opts: &Options, env: Env) -> Result<EndpointConfig> {
         options,
     };
 
-    config.password = match non_empty(pick(opts, env, "password", "PGPASSWORD")) {
-        Some(pw) => Some(Secret::new(pw)),
+    let password = pick(opts, env, "password", "PGPASSWORD").filter(|v| !v.text.is_empty());
+    config.password = match password {
+        Some(Val {
+            text,
+            env_var: Some(_),
+        }) => Some(Secret::with_origin(text, SecretOrigin::Environment)),
+        Some(Val {
+            text,
+            env_var: None,
+        }) => Some(Secret::new(text)),
         None => passfile_path(opts, env).and_then(|path| password_from_file(&path, &config)),
     };
     Ok(config)
@@ -888,7 +898,10 @@ fn password_from_file(path: &Path, config: &EndpointConfig) -> Option<Secret> {
         }
         if let Some(rest) = rest {
             return match String::from_utf8(unescape_passfile_password(rest)) {
-                Ok(pw) if !pw.is_empty() => Some(Secret::new(pw)),
+                Ok(pw) if !pw.is_empty() => Some(Secret::with_origin(
+                    pw,
+                    SecretOrigin::PassFile(path.to_path_buf()),
+                )),
                 Ok(_) => None,
                 Err(_) => {
                     crate::recorded::warn_recorded!(
@@ -1485,11 +1498,16 @@ mod tests {
     fn debug_and_display_hide_the_password() {
         let c = p("postgresql://bob:Sekr1t@h:5433/db");
         assert_eq!(pw(&c), Some("Sekr1t"));
+        // Serializing refuses (the password exists nowhere else); the
+        // refusal does not show it either.
+        let refusal = serde_json::to_string(&c).unwrap_err().to_string();
+        assert!(refusal.contains("never written out"), "{refusal}");
         for shown in [
             format!("{c:?}"),
             format!("{c}"),
             c.redacted(),
-            serde_json::to_string(&c).unwrap(),
+            c.to_conninfo(),
+            refusal,
         ] {
             assert!(!shown.contains("Sekr1t"), "{shown}");
         }

@@ -35,10 +35,15 @@ pub struct Filters {
 /// pattern had no dot, which pg_dump reads as "any schema on the search path".
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CompiledFilters {
+    /// Of [`Filters::schemas`].
     pub schemas: Vec<String>,
+    /// Of [`Filters::exclude_schemas`].
     pub exclude_schemas: Vec<String>,
+    /// Of [`Filters::tables`].
     pub tables: Vec<(Option<String>, String)>,
+    /// Of [`Filters::exclude_tables`].
     pub exclude_tables: Vec<(Option<String>, String)>,
+    /// Of [`Filters::exclude_table_data`].
     pub exclude_table_data: Vec<(Option<String>, String)>,
 }
 

@@ -2,24 +2,35 @@
 //!
 //! [`MigrationConfig`] is plain data (serde, `Default`) so a library caller can
 //! build it in code or load it from a file; the CLI fills it from flags.
+//! [`MigrationConfig::builder`] (or [`MigrationConfig::offline`] /
+//! [`MigrationConfig::online`]) builds one with typed setters and checks it
+//! at `build()`, with the checks a run makes before it touches a server
+//! ([`MigrationConfig::validate`]).
 //! A foundation and a pure description: no runtime handles (progress,
 //! cancellation and the cutover signal travel in [`crate::context`]), no I/O.
 
+mod builder;
 pub(crate) mod conninfo;
 pub mod endpoint;
 pub mod filter;
 
 use std::path::PathBuf;
 
+pub use builder::{IntoEndpoint, MigrationConfigBuilder};
 pub use endpoint::{EndpointConfig, Host, Secret, SslMode};
 pub use filter::Filters;
+
+use crate::error::{MigrationError, Result};
 
 /// Offline (copy a quiet database) or online (copy, then replicate changes until cutover).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MigrationMode {
+    /// Copy once; writes to the source during the copy are not carried over.
     #[default]
     Offline,
+    /// Copy, then stream the source's changes (logical replication) until
+    /// the cutover.
     Online,
 }
 
@@ -41,8 +52,11 @@ pub enum CopyFormat {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VerifyLevel {
+    /// No check after the copy.
     None,
+    /// Row counts, sequences and large objects.
     Count,
+    /// As `Count`, plus a checksum of every table's content.
     #[default]
     Checksum,
 }
@@ -75,11 +89,21 @@ pub enum CutoverMode {
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 
 /// Everything that defines and tunes one migration.
+///
+/// Build one with [`MigrationConfig::builder`], which checks it, or as a
+/// struct literal over `..Default::default()`, checked when it runs (or by
+/// [`MigrationConfig::validate`]). Serialized, the endpoints never carry a
+/// password: see [`EndpointConfig`].
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct MigrationConfig {
+    /// The database to copy from. Required.
+    #[serde(serialize_with = "serialize_source")]
     pub source: Option<EndpointConfig>,
+    /// The database to copy into (created by a full migration when absent). Required.
+    #[serde(serialize_with = "serialize_target")]
     pub target: Option<EndpointConfig>,
+    /// Offline or online.
     pub mode: MigrationMode,
     /// Copy rows only, into a target whose schema already exists.
     pub data_only: bool,
@@ -98,10 +122,13 @@ pub struct MigrationConfig {
     pub copy_method: CopyMethod,
     /// zstd level of archive files (1 fastest … 22 smallest).
     pub compress_level: i32,
+    /// Which schemas and tables are migrated (pg_dump's patterns).
     pub filters: Filters,
+    /// Binary or text COPY.
     pub copy_format: CopyFormat,
     /// Copy large objects (ids, contents, owners).
     pub large_objects: bool,
+    /// What is compared once the copy is done.
     pub verify: VerifyLevel,
     /// Work directory; the resume token is `<dump_path>.resume.json`.
     /// `None`: a new directory under the temp dir.
@@ -167,6 +194,97 @@ pub struct MigrationConfig {
     /// With `all_databases`: databases to leave out, as pg_dumpall's
     /// `--exclude-database` patterns (`*` and `?`, quotes for case).
     pub exclude_databases: Vec<String>,
+    /// Write no `<dump_path>.summary.json` at the end: for a caller that
+    /// keeps the returned report itself and wants no file it must clean up.
+    pub no_summary: bool,
+}
+
+fn serialize_source<S: serde::Serializer>(
+    ep: &Option<EndpointConfig>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match ep {
+        Some(ep) => ep.serialize_named(Some("source"), s),
+        None => s.serialize_none(),
+    }
+}
+
+fn serialize_target<S: serde::Serializer>(
+    ep: &Option<EndpointConfig>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match ep {
+        Some(ep) => ep.serialize_named(Some("target"), s),
+        None => s.serialize_none(),
+    }
+}
+
+impl MigrationConfig {
+    /// Every check of a migration's settings that needs no server, as
+    /// [`crate::Migrator::run`] makes them before it connects (it calls
+    /// this), so a caller can refuse a bad configuration up front with the
+    /// same error the run would give. Errors are
+    /// [`MigrationError::Config`] ([`crate::ErrorKind::Configuration`]).
+    ///
+    /// For a migration only: a dump needs no target and a restore no
+    /// source, and their commands check what they need.
+    pub fn validate(&self) -> Result<()> {
+        let config = |m: String| Err(MigrationError::Config(m));
+        if self.source.is_none() {
+            return config("no source given (--source)".into());
+        }
+        if self.target.is_none() {
+            return config("no target given (--target)".into());
+        }
+        if self.jobs == 0 {
+            return config("--jobs must be at least 1".into());
+        }
+        if self.mode == MigrationMode::Online && self.copy_method != CopyMethod::Stream {
+            return config(
+                "--mode online copies server to server: --copy-method dump is for offline migrations"
+                    .into(),
+            );
+        }
+        if self.copy_method == CopyMethod::Dump && !(1..=22).contains(&self.compress_level) {
+            return config(format!(
+                "--compress-level {} is out of range: zstd levels are 1 (fastest) to 22 (smallest)",
+                self.compress_level
+            ));
+        }
+        if self.resume && self.force_clean {
+            return config(
+                "--resume and --force-clean contradict each other: --resume continues the recorded run, \
+                 --force-clean discards it and starts over; give one"
+                    .into(),
+            );
+        }
+        if self.role_passwords && !self.roles {
+            return config(
+                "--role-passwords copies the password hashes of the roles --roles creates: give --roles too"
+                    .into(),
+            );
+        }
+        if self.no_tablespaces && !self.tablespace_mapping.is_empty() {
+            return config(
+                "--no-tablespaces puts everything in the default tablespace: it cannot go with --tablespace-mapping"
+                    .into(),
+            );
+        }
+        for (i, (old, new)) in self.tablespace_mapping.iter().enumerate() {
+            if old.is_empty() || new.is_empty() {
+                return config(format!(
+                    "--tablespace-mapping {old:?}={new:?}: give a source and a target tablespace name"
+                ));
+            }
+            if self.tablespace_mapping[..i].iter().any(|(o, _)| o == old) {
+                return config(format!(
+                    "--tablespace-mapping names tablespace {old:?} twice: map each source tablespace once"
+                ));
+            }
+        }
+        self.filters.compile()?;
+        Ok(())
+    }
 }
 
 impl Default for MigrationConfig {
@@ -209,6 +327,7 @@ impl Default for MigrationConfig {
             fallback: false,
             all_databases: false,
             exclude_databases: Vec::new(),
+            no_summary: false,
         }
     }
 }
