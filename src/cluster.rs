@@ -72,9 +72,7 @@ pub(crate) async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<Migra
                 .into(),
         ));
     }
-    if cfg.jobs == 0 {
-        return Err(MigrationError::Config("--jobs must be at least 1".into()));
-    }
+    cfg.validate()?;
     let source = cfg
         .source
         .clone()
@@ -192,7 +190,7 @@ pub(crate) async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<Migra
         // database's `--resume`).
         db_cfg.resume = ResumeToken::path_for(&db_dir).exists();
         info!(database = %db.name, done = db.done, "database {} of {}", i + 1, token.databases.len());
-        let report = run_database(&db_cfg, run)
+        let report = Box::pin(run_database(&db_cfg, run))
             .await
             .map_err(|e| in_database(&db.name, e))?;
         if !token.databases[i].done {

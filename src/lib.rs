@@ -188,10 +188,12 @@ impl Migrator {
     }
 
     async fn run_inner(&self, run: &context::RunContext) -> Result<MigrationReport> {
+        // Boxed: a migration's state machine is large, and the caller's
+        // stack (a test's current-thread runtime, say) need not hold it.
         if self.config.all_databases {
-            cluster::run(&self.config, run).await
+            Box::pin(cluster::run(&self.config, run)).await
         } else {
-            cluster::run_database(&self.config, run).await
+            Box::pin(cluster::run_database(&self.config, run)).await
         }
     }
 

@@ -1011,7 +1011,7 @@ pub(crate) fn resolve_token(
             return Err(MigrationError::resume_refused(format!(
                 "this {what} already completed (resume token {}): nothing was done. Resuming confirms \
                  it is complete (and succeeds); starting over copies it all again (it first erases what \
-                 was copied to the target); or remove its files once you no longer need them",
+                 was copied to the target)",
                 token_path.display()
             ))
             .with_remedy(Remedy::Resume)

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use common::*;
 use pg_dbmigrator::testkit::{self, TestDb};
 use pg_dbmigrator::{
-    discard_files, ErrorKind, MigrationConfig, MigrationError, MigrationReport, Migrator,
+    discard_files, ErrorKind, MigrationConfig, MigrationError, MigrationReport, Migrator, Remedy,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -129,8 +129,12 @@ async fn discard_files_removes_a_finished_migration_only() {
     let m = e.to_string();
     assert_eq!(e.kind(), ErrorKind::Configuration, "{m}");
     assert!(
-        m.contains("already completed") && m.contains("--resume") && m.contains("discard_files"),
+        m.contains("already completed") && m.contains("`resume`") && m.contains("discard_files"),
         "{m}"
+    );
+    assert_eq!(
+        e.remedies(),
+        [Remedy::Resume, Remedy::ForceClean, Remedy::DiscardFiles]
     );
     let again = run(&resumed).await.unwrap();
     assert!(again.already_complete);

@@ -197,6 +197,9 @@ impl MigrationConfigBuilder {
         fallback: bool;
         /// Write no `<dump_path>.summary.json`.
         no_summary: bool;
+        /// The whole cluster: globals, then every database (source and
+        /// target name each server's maintenance database).
+        all_databases: bool;
     }
 
     optional_setters! {
@@ -245,6 +248,13 @@ impl MigrationConfigBuilder {
     /// Leave out tables matching this pattern (repeatable).
     pub fn exclude_table(mut self, pattern: impl Into<String>) -> Self {
         self.config.filters.exclude_tables.push(pattern.into());
+        self
+    }
+
+    /// With `all_databases`: leave out databases matching this pattern
+    /// (pg_dumpall's `--exclude-database`; repeatable).
+    pub fn exclude_database(mut self, pattern: impl Into<String>) -> Self {
+        self.config.exclude_databases.push(pattern.into());
         self
     }
 

@@ -251,6 +251,18 @@ impl MigrationConfig {
                 self.compress_level
             ));
         }
+        if !self.exclude_databases.is_empty() && !self.all_databases {
+            return config(
+                "--exclude-database leaves databases out of --all-databases: give --all-databases too"
+                    .into(),
+            );
+        }
+        if self.all_databases && self.data_only {
+            return config(
+                "--all-databases migrates whole databases: --data-only is for one database whose schema exists on the target"
+                    .into(),
+            );
+        }
         if self.resume && self.force_clean {
             return config(
                 "--resume and --force-clean contradict each other: --resume continues the recorded run, \
