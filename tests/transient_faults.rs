@@ -319,11 +319,13 @@ async fn target_cut_during_the_schema_stage_and_verify_is_retried() {
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(
-        err.contains("retrying") && err.contains("work=pre schema steps from"),
+        err.contains("retrying")
+            && err
+                .contains("pre schema steps from TABLE public.a: interrupted by a transient fault"),
         "no retry of the schema batch was logged: {err}"
     );
     assert!(
-        err.contains("retrying") && err.contains("work=verify"),
+        err.contains("retrying") && err.contains("verify: interrupted by a transient fault"),
         "no retry of verify was logged: {err}"
     );
     let report = report_of(&out.stdout);
