@@ -66,6 +66,8 @@ pub mod dump;
 mod fallback;
 #[doc(hidden)]
 pub mod faults;
+#[doc(hidden)]
+pub mod globals;
 mod migrate;
 #[doc(hidden)]
 pub mod online;
