@@ -69,7 +69,9 @@ fn pg_dumpall_globals(conninfo: &str) -> String {
 /// tablespace location (mapped on purpose) blanked.
 fn normalized(dump: &str) -> String {
     dump.lines()
-        .filter(|l| !l.starts_with("CREATE ROLE postgres;") && !l.starts_with("ALTER ROLE postgres "))
+        .filter(|l| {
+            !l.starts_with("CREATE ROLE postgres;") && !l.starts_with("ALTER ROLE postgres ")
+        })
         .map(|l| match l.find(" LOCATION '") {
             Some(i) => format!("{} LOCATION <mapped>;", &l[..i]),
             None => l.to_string(),
@@ -208,13 +210,23 @@ async fn globals_stage_carries_what_pg_dumpall_carries() {
     )
     .await;
     assert!(md5.starts_with("md5"));
-    assert!(!dbg.contains("SCRAM-SHA-256$") && !dbg.contains(&md5), "{dbg}");
+    assert!(
+        !dbg.contains("SCRAM-SHA-256$") && !dbg.contains(&md5),
+        "{dbg}"
+    );
 
     let report = globals::migrate(&source, &target, &opts).await.unwrap();
     let mut created = report.roles_created.clone();
     created.sort();
     let mut expected = vec![
-        "g_admin", "g_group", "g_md5", "g_member", "g_nonsuper", "g_repl", "g_scram", WEIRD,
+        "g_admin",
+        "g_group",
+        "g_md5",
+        "g_member",
+        "g_nonsuper",
+        "g_repl",
+        "g_scram",
+        WEIRD,
     ];
     expected.sort();
     assert_eq!(created, expected, "{report:#?}");
@@ -230,7 +242,11 @@ async fn globals_stage_carries_what_pg_dumpall_carries() {
         normalized(&pg_dumpall_globals(&src_ci)),
         normalized(&pg_dumpall_globals(&tgt_ci)),
     );
-    assert!(a == b, "pg_dumpall --globals-only differs:\n{}", line_diff(&a, &b));
+    assert!(
+        a == b,
+        "pg_dumpall --globals-only differs:\n{}",
+        line_diff(&a, &b)
+    );
     assert!(a.contains("GRANTED BY g_admin"), "{a}");
 
     // Every LOGIN role logs in with its own password; a wrong one fails.
@@ -271,11 +287,15 @@ async fn globals_stage_carries_what_pg_dumpall_carries() {
 
     // An existing role that differs is reported and left, changed only
     // with roles_overwrite.
-    testkit::execute(&tgt_ci, "ALTER ROLE g_group CREATEDB").await.unwrap();
+    testkit::execute(&tgt_ci, "ALTER ROLE g_group CREATEDB")
+        .await
+        .unwrap();
     let r = globals::migrate(&source, &target, &opts).await.unwrap();
     assert!(r.roles_updated.is_empty());
     assert!(
-        r.differences.iter().any(|d| d.object == "role g_group" && d.detail.contains("CREATEDB")),
+        r.differences
+            .iter()
+            .any(|d| d.object == "role g_group" && d.detail.contains("CREATEDB")),
         "{r:#?}"
     );
     let createdb = "SELECT rolcreatedb::text FROM pg_roles WHERE rolname = 'g_group'";
@@ -284,7 +304,9 @@ async fn globals_stage_carries_what_pg_dumpall_carries() {
         roles_overwrite: true,
         ..opts.clone()
     };
-    let r = globals::migrate(&source, &target, &overwrite).await.unwrap();
+    let r = globals::migrate(&source, &target, &overwrite)
+        .await
+        .unwrap();
     assert_eq!(r.roles_updated, ["g_group"], "{r:#?}");
     assert_eq!(testkit::query_scalar(&tgt_ci, createdb).await, "false");
 
@@ -298,7 +320,14 @@ async fn globals_stage_carries_what_pg_dumpall_carries() {
     let r = globals::migrate(&nonsuper, &target, &opts).await.unwrap();
     let mut nopw = r.without_password.clone();
     nopw.sort();
-    let mut logins = vec!["g_md5", "g_member", "g_nonsuper", "g_repl", "g_scram", WEIRD];
+    let mut logins = vec![
+        "g_md5",
+        "g_member",
+        "g_nonsuper",
+        "g_repl",
+        "g_scram",
+        WEIRD,
+    ];
     logins.sort();
     assert_eq!(nopw, logins, "{r:#?}");
     let warning = r
@@ -324,9 +353,10 @@ async fn globals_stage_carries_what_pg_dumpall_carries() {
     .await
     .unwrap();
     let mut missing = opts.clone();
-    missing
-        .tablespace_locations
-        .push((extra_dir.path().display().to_string(), "/nonexistent/pgdbm".into()));
+    missing.tablespace_locations.push((
+        extra_dir.path().display().to_string(),
+        "/nonexistent/pgdbm".into(),
+    ));
     let e = globals::migrate(&source, &target, &missing)
         .await
         .unwrap_err();

@@ -193,13 +193,22 @@ pub async fn apply_database_settings(
     Ok(report)
 }
 
-async fn run(target: &Client, statements: &[Statement], report: &GlobalsReport) -> Result<()> {
+/// The report's warnings, logged and recorded in the run's progress (an
+/// operator must see roles left without a password).
+fn record_warnings(report: &GlobalsReport) {
     for w in &report.warnings {
         crate::context::warn_recorded!("{w}");
     }
+}
+
+async fn run(target: &Client, statements: &[Statement], report: &GlobalsReport) -> Result<()> {
+    record_warnings(report);
     for s in statements {
         if s.secret {
-            tracing::debug!("globals: {} (statement holds a password hash; not shown)", s.what);
+            tracing::debug!(
+                "globals: {} (statement holds a password hash; not shown)",
+                s.what
+            );
         } else {
             tracing::debug!("globals: {}: {}", s.what, s.sql);
         }
@@ -217,4 +226,20 @@ async fn run(target: &Client, statements: &[Statement], report: &GlobalsReport) 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn warnings_reach_the_runs_progress() {
+        let progress = crate::progress::Progress::new();
+        let report = GlobalsReport {
+            warnings: vec!["role passwords: ... app, admin".into()],
+            ..Default::default()
+        };
+        crate::context::recording(Some(progress.clone()), async { record_warnings(&report) }).await;
+        assert_eq!(progress.snapshot().warnings, report.warnings);
+    }
 }

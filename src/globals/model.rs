@@ -97,10 +97,7 @@ impl Role {
         .join(" ");
         s.push_str(&format!(" CONNECTION LIMIT {}", self.connection_limit));
         if let Some(v) = &self.valid_until {
-            s.push_str(&format!(
-                " VALID UNTIL {}",
-                crate::pg::quote::literal(v)
-            ));
+            s.push_str(&format!(" VALID UNTIL {}", crate::pg::quote::literal(v)));
         }
         s
     }

@@ -192,7 +192,11 @@ fn plan_roles(p: &mut Planner<'_>) -> Vec<String> {
         let target = p.have.role(&r.name);
         match target {
             None => {
-                let mut sql = format!("CREATE ROLE {} WITH {}", ident(&r.name), r.attribute_clause());
+                let mut sql = format!(
+                    "CREATE ROLE {} WITH {}",
+                    ident(&r.name),
+                    r.attribute_clause()
+                );
                 let secret = matches!(carried_pw, Password::Hash(_));
                 if secret {
                     sql.push_str(&password_sql(&carried_pw).unwrap_or_default());
@@ -241,8 +245,11 @@ fn plan_roles(p: &mut Planner<'_>) -> Vec<String> {
                         ),
                     );
                 } else {
-                    let mut sql =
-                        format!("ALTER ROLE {} WITH {}", ident(&r.name), want.attribute_clause());
+                    let mut sql = format!(
+                        "ALTER ROLE {} WITH {}",
+                        ident(&r.name),
+                        want.attribute_clause()
+                    );
                     if pw_differs {
                         sql.push_str(&password_sql(&carried_pw).unwrap_or_default());
                     }
@@ -258,8 +265,17 @@ fn plan_roles(p: &mut Planner<'_>) -> Vec<String> {
         }
         // Comment and labels: set when missing; replaced only with overwrite.
         let on = format!("ROLE {}", ident(&r.name));
-        let (t_comment, t_labels) = target.map_or((None, &[][..]), |t| (t.comment.as_deref(), &t.labels[..]));
-        plan_comment_labels(p, &on, &r.name, r.comment.as_deref(), t_comment, &r.labels, t_labels);
+        let (t_comment, t_labels) =
+            target.map_or((None, &[][..]), |t| (t.comment.as_deref(), &t.labels[..]));
+        plan_comment_labels(
+            p,
+            &on,
+            &r.name,
+            r.comment.as_deref(),
+            t_comment,
+            &r.labels,
+            t_labels,
+        );
     }
     if !p.report.without_password.is_empty() {
         let why = if passwords {
@@ -374,10 +390,7 @@ fn plan_memberships(p: &mut Planner<'_>) {
         };
         let (mut inherit, mut set) = (m.inherit, m.set);
         if tm <= 15 {
-            let member_inherits = p
-                .src
-                .role(&m.member)
-                .map_or(true, |r| r.inherit);
+            let member_inherits = p.src.role(&m.member).map_or(true, |r| r.inherit);
             let lost_inherit = m.inherit.is_some_and(|i| i != member_inherits);
             let lost_set = m.set == Some(false);
             if lost_inherit || lost_set {
@@ -393,7 +406,9 @@ fn plan_memberships(p: &mut Planner<'_>) {
         }
         let key_grantor = grantor.clone().unwrap_or_else(|| default_grantor.clone());
         let existing = p.have.memberships.iter().find(|h| {
-            h.role == role && h.member == member && (tm <= 15 || h.grantor.as_deref() == Some(&key_grantor))
+            h.role == role
+                && h.member == member
+                && (tm <= 15 || h.grantor.as_deref() == Some(&key_grantor))
         });
         let g = Grant {
             role,
@@ -571,7 +586,12 @@ fn plan_tablespaces(p: &mut Planner<'_>) -> Result<()> {
         let on = format!("TABLESPACE {}", ident(&t.name));
         let owner = p.map(&t.owner);
         let location = mapped_location(p.opts, &t.location);
-        let existing = p.have.tablespaces.iter().find(|h| h.name == t.name).cloned();
+        let existing = p
+            .have
+            .tablespaces
+            .iter()
+            .find(|h| h.name == t.name)
+            .cloned();
         let mut changed = false;
         match &existing {
             None => {
@@ -656,10 +676,18 @@ fn plan_tablespaces(p: &mut Planner<'_>) -> Result<()> {
             is_new,
         )?;
         let before = p.report.comments_and_labels_applied;
-        let (hc, hl) = existing
-            .as_ref()
-            .map_or((None, Vec::new()), |h| (h.comment.clone(), h.labels.clone()));
-        plan_comment_labels(p, &on, &what, t.comment.as_deref(), hc.as_deref(), &t.labels, &hl);
+        let (hc, hl) = existing.as_ref().map_or((None, Vec::new()), |h| {
+            (h.comment.clone(), h.labels.clone())
+        });
+        plan_comment_labels(
+            p,
+            &on,
+            &what,
+            t.comment.as_deref(),
+            hc.as_deref(),
+            &t.labels,
+            &hl,
+        );
         changed |= p.report.comments_and_labels_applied != before;
         if !is_new {
             if changed {
@@ -684,13 +712,7 @@ fn set_options(on: &str, options: &[String]) -> String {
 }
 
 /// `ALTER ROLE role [IN DATABASE db] SET/RESET` turning `have` into `want`.
-fn plan_settings(
-    p: &mut Planner<'_>,
-    prefix: &str,
-    what: &str,
-    want: &[String],
-    have: &[String],
-) {
+fn plan_settings(p: &mut Planner<'_>, prefix: &str, what: &str, want: &[String], have: &[String]) {
     for e in want {
         if have.contains(e) {
             p.report.settings_unchanged += 1;
@@ -705,7 +727,10 @@ fn plan_settings(
         let Some(clause) = set_clause(e) else {
             continue;
         };
-        p.push(format!("setting {name} of {what}"), format!("{prefix} SET {clause}"));
+        p.push(
+            format!("setting {name} of {what}"),
+            format!("{prefix} SET {clause}"),
+        );
         p.report.settings_applied += 1;
     }
     for h in have {
@@ -736,6 +761,17 @@ fn plan_role_settings(p: &mut Planner<'_>, roles: &[String]) {
             .role(&r.name)
             .map(|t| t.settings.clone())
             .unwrap_or_default();
+        // A setting such as default_transaction_read_only on the role the
+        // migration connects as would change the rest of the run's sessions.
+        if r.name == p.session.current_user {
+            if r.settings != have {
+                p.differ(
+                    format!("role {}", r.name),
+                    "settings differ (the role this migration connects as is never altered)".into(),
+                );
+            }
+            continue;
+        }
         plan_settings(
             p,
             &format!("ALTER ROLE {}", ident(&r.name)),
@@ -751,7 +787,12 @@ fn plan_parameter_acls(p: &mut Planner<'_>) -> Result<()> {
         return Ok(());
     }
     if p.have.server_major < 15 {
-        let names: Vec<String> = p.src.parameter_acls.iter().map(|a| a.name.clone()).collect();
+        let names: Vec<String> = p
+            .src
+            .parameter_acls
+            .iter()
+            .map(|a| a.name.clone())
+            .collect();
         let detail = format!(
             "privileges on parameters ({}) need PostgreSQL 15 or later on the target",
             names.join(", ")
@@ -804,7 +845,11 @@ pub fn plan_database_settings(
         out: Vec::new(),
         report: GlobalsReport::default(),
     };
-    for s in src.database_role_settings.iter().filter(|s| s.database == dbname) {
+    for s in src
+        .database_role_settings
+        .iter()
+        .filter(|s| s.database == dbname)
+    {
         let role = p.map(&s.role);
         let have_entries = have
             .database_role_settings
@@ -915,8 +960,13 @@ mod tests {
     fn a_password_never_shows_in_debug_and_equal_roles_are_left() {
         let mut src = globals(15, "postgres");
         src.roles.push(role("app"));
-        let (stmts, report) =
-            plan(&src, &globals(15, "postgres"), &session(), &GlobalsOptions::default()).unwrap();
+        let (stmts, report) = plan(
+            &src,
+            &globals(15, "postgres"),
+            &session(),
+            &GlobalsOptions::default(),
+        )
+        .unwrap();
         assert!(stmts[0].secret);
         assert!(!format!("{stmts:?}").contains("abc"));
         assert!(!format!("{src:?}").contains("abc"));
@@ -962,9 +1012,16 @@ mod tests {
         let mut m = grant("g", "m", "postgres", false);
         m.set = Some(false);
         src.memberships.push(m);
-        let (stmts, report) =
-            plan(&src, &globals(15, "postgres"), &session(), &GlobalsOptions::default()).unwrap();
-        assert!(stmts.iter().any(|s| s.sql == "GRANT g TO m GRANTED BY postgres"));
+        let (stmts, report) = plan(
+            &src,
+            &globals(15, "postgres"),
+            &session(),
+            &GlobalsOptions::default(),
+        )
+        .unwrap();
+        assert!(stmts
+            .iter()
+            .any(|s| s.sql == "GRANT g TO m GRANTED BY postgres"));
         assert_eq!(report.warnings.len(), 1);
     }
 
