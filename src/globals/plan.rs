@@ -379,18 +379,14 @@ fn plan_memberships(p: &mut Planner<'_>) {
             continue;
         }
         let grantor = m.grantor.as_deref().map(|g| p.map(g));
-        let grantor = if tm <= 15 || sm >= 16 {
-            grantor
-        } else if grantor.as_deref() == Some(tb.as_str()) {
-            grantor
-        } else {
-            // A 15- grantor may hold no ADMIN (old servers did not check):
-            // as pg_dumpall does, the grant is replayed without it.
-            None
-        };
+        // From a 15- source to a 16+ target, a grantor may hold no ADMIN
+        // (old servers did not check): as pg_dumpall does, the grant is
+        // replayed without it, unless it is the bootstrap superuser.
+        let keep = tm <= 15 || sm >= 16 || grantor.as_deref() == Some(tb.as_str());
+        let grantor = grantor.filter(|_| keep);
         let (mut inherit, mut set) = (m.inherit, m.set);
         if tm <= 15 {
-            let member_inherits = p.src.role(&m.member).map_or(true, |r| r.inherit);
+            let member_inherits = p.src.role(&m.member).is_none_or(|r| r.inherit);
             let lost_inherit = m.inherit.is_some_and(|i| i != member_inherits);
             let lost_set = m.set == Some(false);
             if lost_inherit || lost_set {
