@@ -215,7 +215,28 @@ async fn globals_stage_carries_what_pg_dumpall_carries() {
         "{dbg}"
     );
 
+    // The server logs every statement meanwhile: no hash may be in one.
+    testkit::execute(&tgt_ci, "ALTER SYSTEM SET log_statement = 'all'")
+        .await
+        .unwrap();
+    testkit::execute(&tgt_ci, "SELECT pg_reload_conf()")
+        .await
+        .unwrap();
     let report = globals::migrate(&source, &target, &opts).await.unwrap();
+    let log = tgt_cluster.log_tail(1 << 20);
+    let scram = testkit::query_scalar(
+        &src_ci,
+        "SELECT rolpassword FROM pg_authid WHERE rolname = 'g_scram'",
+    )
+    .await;
+    assert!(
+        log.contains("CREATE ROLE g_scram"),
+        "statements are not logged"
+    );
+    assert!(
+        !log.contains(&scram) && !log.contains(&md5),
+        "a hash is in the server log"
+    );
     let mut created = report.roles_created.clone();
     created.sort();
     let mut expected = vec![

@@ -201,31 +201,93 @@ fn record_warnings(report: &GlobalsReport) {
     }
 }
 
+/// A session-private table that hands a password hash to the server by
+/// COPY (data, never logged as a query), for the statement that sets it.
+const SECRET_TABLE: &str = "pg_temp.pg_dbmigrator_globals_secret";
+
 async fn run(target: &Client, statements: &[Statement], report: &GlobalsReport) -> Result<()> {
     record_warnings(report);
+    let mut secret_table = false;
+    let mut result = Ok(());
     for s in statements {
-        if s.secret {
-            tracing::debug!(
-                "globals: {} (statement holds a password hash; not shown)",
-                s.what
-            );
-        } else {
-            tracing::debug!("globals: {}: {}", s.what, s.sql);
-        }
-        if let Err(e) = target.batch_execute(&s.sql).await {
+        tracing::debug!("globals: {}: {}", s.what, s.sql);
+        let r = match &s.password {
+            None => target.batch_execute(&s.sql).await,
+            Some(hash) => {
+                if !secret_table {
+                    target
+                        .batch_execute(&format!(
+                            "CREATE TEMP TABLE IF NOT EXISTS {SECRET_TABLE} (hash text)"
+                        ))
+                        .await
+                        .map_err(|e| {
+                            MigrationError::db("globals: a session table for password hashes", e)
+                        })?;
+                    secret_table = true;
+                }
+                run_with_password(target, &s.sql, hash).await
+            }
+        };
+        if let Err(e) = r {
             // Leave no borrowed identity behind on an ACL's failure.
             let _ = target.batch_execute("RESET SESSION AUTHORIZATION").await;
-            if let Some((name, location)) = &s.creates_tablespace {
-                if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_FILE) {
-                    return Err(MigrationError::target_not_ready(format!(
-                        "tablespace {name}: its directory {location:?} does not exist on the target host; create it there (empty, owned by the server's OS user) or map the source location to another directory with GlobalsOptions::tablespace_locations"
-                    )));
-                }
-            }
-            return Err(MigrationError::db(format!("globals: {}", s.what), e));
+            result = Err(statement_error(s, e));
+            break;
         }
     }
-    Ok(())
+    if secret_table {
+        let _ = target
+            .batch_execute(&format!("DROP TABLE IF EXISTS {SECRET_TABLE}"))
+            .await;
+    }
+    result
+}
+
+/// `sql` completed on the server with the quoted `hash`, which travels as
+/// COPY data and is deleted right after.
+async fn run_with_password(
+    target: &Client,
+    sql: &str,
+    hash: &Secret,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    use futures::SinkExt;
+    target
+        .batch_execute(&format!("TRUNCATE {SECRET_TABLE}"))
+        .await?;
+    let sink = target
+        .copy_in::<_, bytes::Bytes>(&format!("COPY {SECRET_TABLE} (hash) FROM STDIN"))
+        .await?;
+    futures::pin_mut!(sink);
+    // A hash holds no tab, newline or backslash; escape anyway.
+    let row = hash
+        .expose()
+        .replace('\\', "\\\\")
+        .replace('\t', "\\t")
+        .replace('\n', "\\n")
+        .replace('\r', "\\r");
+    sink.send(bytes::Bytes::from(format!("{row}\n"))).await?;
+    sink.as_mut().finish().await?;
+    let r = target
+        .batch_execute(&format!(
+            "DO $pg_dbmigrator$BEGIN EXECUTE {} || (SELECT pg_catalog.quote_literal(hash) FROM {SECRET_TABLE}); END$pg_dbmigrator$",
+            crate::pg::quote::literal(sql)
+        ))
+        .await;
+    let cleared = target
+        .batch_execute(&format!("TRUNCATE {SECRET_TABLE}"))
+        .await;
+    r.and(cleared)
+}
+
+fn statement_error(s: &Statement, e: tokio_postgres::Error) -> MigrationError {
+    if let Some((name, location)) = &s.creates_tablespace {
+        if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_FILE) {
+            return MigrationError::target_not_ready(format!(
+                "tablespace {name}: its directory {location:?} does not exist on the target host; create it there (empty, owned by the server's OS user) or map the source location to another directory with GlobalsOptions::tablespace_locations"
+            ));
+        }
+    }
+    MigrationError::db(format!("globals: {}", s.what), e)
 }
 
 #[cfg(test)]

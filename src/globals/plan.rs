@@ -17,31 +17,22 @@ use crate::pg::quote::{ident, literal};
 use crate::schema::acl::{build_acl_commands, parse_acl, AclItem, AclObjectKind};
 use crate::schema::load::set_clause;
 
-/// One statement of the plan.
-#[derive(Clone)]
+/// One statement of the plan. Its text never holds a password hash: a
+/// statement that sets one carries it apart, and the stage hands it to the
+/// server outside any query text (see `globals::run`), so neither a client
+/// log (tokio-postgres logs queries at debug level) nor the server's
+/// `log_statement` sees it.
+#[derive(Clone, Debug)]
 pub struct Statement {
+    /// With [`Statement::password`], the text up to `PASSWORD `, which the
+    /// server completes with the quoted hash.
     pub sql: String,
-    /// Holds a password hash: never logged, never in an error.
-    pub secret: bool,
+    /// The hash the statement ends with (its `Debug` is redacted).
+    pub password: Option<Secret>,
     /// What it does, for logs and errors.
     pub what: String,
     /// A `CREATE TABLESPACE`: (name, location), to explain a missing directory.
     pub creates_tablespace: Option<(String, String)>,
-}
-
-/// A secret statement shows only what it does.
-impl std::fmt::Debug for Statement {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let sql = if self.secret {
-            "<holds a password hash>"
-        } else {
-            &self.sql
-        };
-        f.debug_struct("Statement")
-            .field("what", &self.what)
-            .field("sql", &sql)
-            .finish()
-    }
 }
 
 /// About the target session, besides its globals.
@@ -77,7 +68,7 @@ impl Planner<'_> {
     fn push(&mut self, what: String, sql: String) {
         self.out.push(Statement {
             sql,
-            secret: false,
+            password: None,
             what,
             creates_tablespace: None,
         });
@@ -176,10 +167,19 @@ fn plan_roles(p: &mut Planner<'_>) -> Vec<String> {
             continue;
         }
         carried.push(r.name.clone());
-        let password_sql = |pw: &Password| match pw {
-            Password::Hash(h) => Some(format!(" PASSWORD {}", literal(h.expose()))),
-            Password::None => Some(" PASSWORD NULL".to_string()),
-            Password::Unknown => None,
+        // The hash itself goes apart (see `Statement`).
+        let password_sql = |sql: &mut String, pw: &Password| -> Option<Secret> {
+            match pw {
+                Password::Hash(h) => {
+                    sql.push_str(" PASSWORD ");
+                    Some(h.clone())
+                }
+                Password::None => {
+                    sql.push_str(" PASSWORD NULL");
+                    None
+                }
+                Password::Unknown => None,
+            }
         };
         let carried_pw = if passwords {
             r.password.clone()
@@ -197,13 +197,14 @@ fn plan_roles(p: &mut Planner<'_>) -> Vec<String> {
                     ident(&r.name),
                     r.attribute_clause()
                 );
-                let secret = matches!(carried_pw, Password::Hash(_));
-                if secret {
-                    sql.push_str(&password_sql(&carried_pw).unwrap_or_default());
-                }
+                // (No password is no PASSWORD clause: NULL is the default.)
+                let password = match &carried_pw {
+                    Password::Hash(_) => password_sql(&mut sql, &carried_pw),
+                    _ => None,
+                };
                 p.out.push(Statement {
                     sql,
-                    secret,
+                    password,
                     what: format!("creating role {}", r.name),
                     creates_tablespace: None,
                 });
@@ -250,12 +251,14 @@ fn plan_roles(p: &mut Planner<'_>) -> Vec<String> {
                         ident(&r.name),
                         want.attribute_clause()
                     );
-                    if pw_differs {
-                        sql.push_str(&password_sql(&carried_pw).unwrap_or_default());
-                    }
+                    let password = if pw_differs {
+                        password_sql(&mut sql, &carried_pw)
+                    } else {
+                        None
+                    };
                     p.out.push(Statement {
                         sql,
-                        secret: pw_differs,
+                        password,
                         what: format!("altering role {}", r.name),
                         creates_tablespace: None,
                     });
@@ -598,7 +601,7 @@ fn plan_tablespaces(p: &mut Planner<'_>) -> Result<()> {
                         ident(&owner),
                         literal(&location)
                     ),
-                    secret: false,
+                    password: None,
                     what: format!("creating {what}"),
                     creates_tablespace: Some((t.name.clone(), location.clone())),
                 });
@@ -963,7 +966,8 @@ mod tests {
             &GlobalsOptions::default(),
         )
         .unwrap();
-        assert!(stmts[0].secret);
+        assert!(stmts[0].password.is_some());
+        assert!(stmts[0].sql.ends_with(" PASSWORD "), "{}", stmts[0].sql);
         assert!(!format!("{stmts:?}").contains("abc"));
         assert!(!format!("{src:?}").contains("abc"));
         assert_eq!(report.roles_created, ["app"]);
