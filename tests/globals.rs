@@ -173,14 +173,19 @@ async fn globals_stage_carries_what_pg_dumpall_carries() {
         eprintln!("skipped: needs throwaway clusters (roles are cluster-wide)");
         return;
     };
-    // The PostgreSQL 17 target starts meanwhile.
-    let pg17 = tokio::task::spawn_blocking(|| {
-        let bin = testkit::ensure_embedded_major(17)?;
-        Cluster::start(&ClusterOptions {
-            bin_dir: Some(bin),
-            ..Default::default()
+    // The PostgreSQL 17 clusters start meanwhile (a target, then a source
+    // of 16+ grant options and a target for them).
+    let start17 = || {
+        tokio::task::spawn_blocking(|| {
+            let bin = testkit::ensure_embedded_major(17)?;
+            Cluster::start(&ClusterOptions {
+                bin_dir: Some(bin),
+                ..Default::default()
+            })
         })
-    });
+    };
+    let pg17 = start17();
+    let pg17b = start17();
     let (src_ci, tgt_ci) = (pair.source.admin_conninfo(), pair.target.admin_conninfo());
     let db = pair.fresh_db("globals").await;
     let (src_dir, tgt_dir) = (tablespace_dir(), tablespace_dir());
@@ -436,5 +441,80 @@ async fn globals_stage_carries_what_pg_dumpall_carries() {
         );
         assert_eq!(a, b, "{q}");
     }
+
+    // 17 -> 17: 16+ grant options, and a grantor that sorts before the
+    // admin it needs (replayed after it).
+    testkit::execute(
+        &ci17,
+        "CREATE ROLE h_group; CREATE ROLE h_zadmin; CREATE ROLE h_amember LOGIN;
+         GRANT h_group TO h_zadmin WITH ADMIN TRUE;
+         GRANT h_group TO h_amember WITH INHERIT FALSE, SET FALSE GRANTED BY h_zadmin;",
+    )
+    .await
+    .unwrap();
+    let pg17b = pg17b.await.unwrap().expect("PostgreSQL 17 cluster");
+    let ci17b = pg17b.conninfo("postgres");
+    let (dir17c, dir17d) = (tablespace_dir(), tablespace_dir());
+    let opts17b = GlobalsOptions {
+        tablespace_locations: vec![
+            (
+                dir17.path().display().to_string(),
+                dir17c.path().display().to_string(),
+            ),
+            (
+                dir17b.path().display().to_string(),
+                dir17d.path().display().to_string(),
+            ),
+        ],
+        ..Default::default()
+    };
+    let s17 = testkit::client(&ci17).await;
+    let t17b = testkit::client(&ci17b).await;
+    let r = globals::migrate(&s17, &t17b, &opts17b).await.unwrap();
+    assert!(r.differences.is_empty(), "{r:#?}");
+    let grants = "SELECT string_agg(format('%s %s %s %s %s %s', r.rolname, m.rolname, g.rolname, a.admin_option,
+                a.inherit_option, a.set_option), E'\\n' ORDER BY r.rolname, m.rolname, g.rolname)
+           FROM pg_auth_members a JOIN pg_roles r ON r.oid = a.roleid JOIN pg_roles m ON m.oid = a.member
+           JOIN pg_roles g ON g.oid = a.grantor";
+    let (a, b) = (
+        testkit::query_scalar(&ci17, grants).await,
+        testkit::query_scalar(&ci17b, grants).await,
+    );
+    assert_eq!(a, b);
+    assert!(a.contains("h_group h_amember h_zadmin f f f"), "{a}");
+    let again = globals::migrate(&s17, &t17b, &opts17b).await.unwrap();
+    assert!(!again.changed(), "{again:#?}");
+
+    // 17 -> 15: what 15 cannot express is granted as it can be, and said.
+    let opts15 = GlobalsOptions {
+        tablespace_locations: vec![
+            (
+                dir17.path().display().to_string(),
+                tgt_dir.path().display().to_string(),
+            ),
+            (
+                dir17b.path().display().to_string(),
+                tablespace_dir().keep().display().to_string(),
+            ),
+        ],
+        ..Default::default()
+    };
+    let r = globals::migrate(&s17, &target, &opts15).await.unwrap();
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("h_amember") && w.contains("cannot be expressed")),
+        "{r:#?}"
+    );
+    assert_eq!(
+        testkit::query_scalar(
+            &tgt_ci,
+            "SELECT format('%s %s', g.rolname, a.admin_option) FROM pg_auth_members a
+               JOIN pg_roles g ON g.oid = a.grantor WHERE a.member = 'h_amember'::regrole"
+        )
+        .await,
+        "h_zadmin f"
+    );
     pg17.stop();
+    pg17b.stop();
 }
