@@ -13,8 +13,9 @@
 //! It may not touch: anything inside a database (schemas, objects, the
 //! database's own properties: `schema::load` carries those, including
 //! `ALTER DATABASE ... SET`), the target's bootstrap superuser, and the
-//! attributes or password of the role the migration connects as on the
-//! target. A password hash never reaches a log, an error or a `Debug`.
+//! attributes, password or settings of the role the migration connects as
+//! on the target. A password hash never reaches a log, an error, a `Debug`
+//! or a query's text (it travels as COPY data: see [`Statement`]).
 //! Per-database role settings wait for their database:
 //! [`apply_database_settings`], after the orchestrator created it.
 

@@ -1026,6 +1026,52 @@ mod tests {
     }
 
     #[test]
+    fn an_old_sources_grantor_is_dropped_for_a_new_target_unless_bootstrap() {
+        let mut src = globals(15, "postgres");
+        for n in ["g", "a", "b"] {
+            src.roles.push(role(n));
+        }
+        let mut by_a = grant("g", "b", "a", false);
+        (by_a.inherit, by_a.set) = (None, None);
+        let mut by_boot = grant("g", "a", "postgres", true);
+        (by_boot.inherit, by_boot.set) = (None, None);
+        src.memberships = vec![by_a, by_boot];
+        let (stmts, _) = plan(
+            &src,
+            &globals(16, "root"),
+            &session(),
+            &GlobalsOptions::default(),
+        )
+        .unwrap();
+        let grants: Vec<&str> = stmts
+            .iter()
+            .filter(|s| s.sql.starts_with("GRANT"))
+            .map(|s| s.sql.as_str())
+            .collect();
+        assert_eq!(
+            grants,
+            [
+                "GRANT g TO b WITH ADMIN FALSE",
+                "GRANT g TO a WITH ADMIN TRUE GRANTED BY root",
+            ]
+        );
+    }
+
+    #[test]
+    fn tablespace_locations_map_whole_directories() {
+        let opts = GlobalsOptions {
+            tablespace_locations: vec![("/old/ts/".into(), "/new/ts".into())],
+            ..Default::default()
+        };
+        assert_eq!(mapped_location(&opts, "/old/ts"), "/new/ts");
+        assert_eq!(mapped_location(&opts, "/old/ts2"), "/old/ts2");
+        assert_eq!(
+            set_options("TABLESPACE t", &["seq_page_cost=2".into()]),
+            "ALTER TABLESPACE t SET (seq_page_cost='2')"
+        );
+    }
+
+    #[test]
     fn acl_text_round_trips_odd_names() {
         let mut items = default_acl("x", "sA");
         items.push(AclItem {
