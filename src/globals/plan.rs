@@ -373,7 +373,22 @@ fn plan_memberships(p: &mut Planner<'_>) {
         .chain([tb.clone()])
         .collect();
     let mut pending: Vec<Grant> = Vec::new();
-    let memberships = p.src.memberships.clone();
+    let mut memberships = p.src.memberships.clone();
+    if tm <= 15 {
+        // One grant per role and member there (16+ keeps one per grantor):
+        // the first grantor's, with ADMIN if any grant had it.
+        let mut merged: Vec<Membership> = Vec::new();
+        for m in memberships {
+            match merged
+                .iter_mut()
+                .find(|x| x.role == m.role && x.member == m.member)
+            {
+                Some(x) => x.admin |= m.admin,
+                None => merged.push(m),
+            }
+        }
+        memberships = merged;
+    }
     for m in &memberships {
         let (role, member) = (p.map(&m.role), p.map(&m.member));
         let what = format!("membership of {member} in {role}");
