@@ -67,6 +67,8 @@ pub mod dump;
 mod fallback;
 #[doc(hidden)]
 pub mod faults;
+#[doc(hidden)]
+pub mod globals;
 mod migrate;
 #[doc(hidden)]
 pub mod online;

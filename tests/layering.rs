@@ -22,6 +22,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("recorded", 0),
     ("testkit", 0),
     ("schema", 1),
+    ("globals", 1),
     ("copy", 1),
     ("archive", 1),
     ("verify", 1),

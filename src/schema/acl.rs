@@ -212,6 +212,8 @@ pub enum AclObjectKind {
     LargeObject,
     Column,
     Parameter,
+    /// Tablespaces (the globals stage).
+    Tablespace,
 }
 
 /// Privileges in the order pg_dump lists them in a GRANT, which is not the
@@ -248,6 +250,7 @@ const USAGE_PRIVS: &[(char, &str)] = &[('U', "USAGE")];
 const DATABASE_PRIVS: &[(char, &str)] = &[('C', "CREATE"), ('c', "CONNECT"), ('T', "TEMPORARY")];
 const LARGE_OBJECT_PRIVS: &[(char, &str)] = &[('r', "SELECT"), ('w', "UPDATE")];
 const PARAMETER_PRIVS: &[(char, &str)] = &[('s', "SET"), ('A', "ALTER SYSTEM")];
+const TABLESPACE_PRIVS: &[(char, &str)] = &[('C', "CREATE")];
 
 impl AclObjectKind {
     /// Every privilege the kind has on a server of `server_major`, in
@@ -269,6 +272,7 @@ impl AclObjectKind {
             AclObjectKind::Database => DATABASE_PRIVS,
             AclObjectKind::LargeObject => LARGE_OBJECT_PRIVS,
             AclObjectKind::Parameter => PARAMETER_PRIVS,
+            AclObjectKind::Tablespace => TABLESPACE_PRIVS,
         }
     }
 

@@ -29,7 +29,8 @@ fn on_this_db(stmt: &str) -> String {
 
 /// `name TO value` from a `pg_db_role_setting` entry, quoted as pg_dump's
 /// makeAlterConfigCommand does: list-valued settings keep their own quoting.
-fn set_clause(entry: &str) -> Option<String> {
+/// Shared with the globals stage (`ALTER ROLE ... SET`).
+pub fn set_clause(entry: &str) -> Option<String> {
     let (name, value) = entry.split_once('=')?;
     const LIST_QUOTE: &[&str] = &[
         "local_preload_libraries",

@@ -37,7 +37,7 @@ mod subscriptions;
 mod text_search;
 mod types;
 
-pub use database::{limit_statements, reopen_statements, LIMITED_DATABASE_SQL};
+pub use database::{limit_statements, reopen_statements, set_clause, LIMITED_DATABASE_SQL};
 
 /// pg_dump's session settings for introspection, and no JIT (see
 /// `pg::session`'s common settings).
