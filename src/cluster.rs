@@ -21,6 +21,8 @@ use tracing::info;
 use crate::config::{filter, MigrationConfig, MigrationMode};
 use crate::context::RunContext;
 use crate::error::{MigrationError, Remedy, Result};
+use crate::faults::{around, Point};
+use crate::globals::{self, GlobalsOptions};
 use crate::pg::{catalog, connect, sessions};
 use crate::report::{DatabaseReport, MigrationReport};
 use crate::resume::cluster::{database_dir, ClusterDatabase, ClusterToken, CLUSTER_TOKEN_VERSION};
@@ -158,7 +160,7 @@ pub(crate) async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<Migra
                 completed: false,
                 updated_at: chrono::Utc::now(),
             };
-            t.save(&token_path)?;
+            around(Point::ClusterPlan, async { t.save(&token_path) }).await?;
             info!(
                 databases = t.databases.len(),
                 token = %token_path.display(),
@@ -169,6 +171,24 @@ pub(crate) async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<Migra
     };
     if token.completed {
         info!(token = %token_path.display(), "the cluster migration had completed; nothing left to do");
+    }
+
+    // The globals first: every database's objects name their roles, and
+    // their tablespaces must exist before a database is created in one.
+    let mut globals_report = None;
+    if !token.globals_done {
+        let src = connect::connect(&source, "source").await?;
+        let dst = connect::connect(&target, "target").await?;
+        let opts = GlobalsOptions {
+            no_role_passwords: cfg.no_role_passwords,
+            roles_overwrite: cfg.roles_overwrite,
+            tablespace_locations: cfg.tablespace_locations.clone(),
+        };
+        let report = around(Point::Globals, globals::migrate(&src, &dst, &opts)).await?;
+        info!("globals: {}", report.summary());
+        token.globals_done = true;
+        token.save(&token_path)?;
+        globals_report = Some(report);
     }
 
     let mut reports = Vec::new();
@@ -195,7 +215,7 @@ pub(crate) async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<Migra
             .map_err(|e| in_database(&db.name, e))?;
         if !token.databases[i].done {
             token.databases[i].done = true;
-            token.save(&token_path)?;
+            around(Point::ClusterDatabase, async { token.save(&token_path) }).await?;
         }
         reports.push(DatabaseReport {
             name: db.name.clone(),
@@ -204,7 +224,9 @@ pub(crate) async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<Migra
     }
     token.completed = true;
     token.save(&token_path)?;
-    Ok(cluster_report(&dir, &token_path, reports, started))
+    let mut report = cluster_report(&dir, &token_path, reports, started);
+    report.globals = globals_report;
+    Ok(report)
 }
 
 /// An error of one database's migration, saying which.

@@ -31,6 +31,9 @@ pub enum Flow {
     Finish,
     /// `cleanup` of an online migration stopped while streaming.
     Cleanup,
+    /// `migrate --all-databases` (offline): the points of its own; each
+    /// database's migration is an `Offline` one.
+    Cluster,
 }
 
 /// Which side of a point's side effect.
@@ -80,6 +83,10 @@ macro_rules! registry {
 }
 
 registry! {
+    ClusterPlan = "cluster_plan", [Cluster],
+        "recording a whole-cluster migration's databases (its first record)";
+    Globals = "globals", [Cluster],
+        "creating the roles, memberships, settings and tablespaces on the target";
     EndEarlierRuns = "end_earlier_runs", [Offline, Online, ViaArchive, Archive],
         "ending the sessions a killed run left on both servers";
     TargetDatabase = "target_database", [Offline, Online, ViaArchive, Archive],
@@ -166,6 +173,8 @@ registry! {
         "setting the target database's connection limit and template flag";
     Complete = "complete", [Offline, Online, ViaArchive, Archive, Fallback, Finish],
         "recording the run complete";
+    ClusterDatabase = "cluster_database", [Cluster],
+        "recording one database of a whole-cluster migration done";
     CleanupSource = "cleanup_source", [Cleanup],
         "removing the slot, publication, capture, identities and fence from the source";
     CleanupTarget = "cleanup_target", [Cleanup],

@@ -632,6 +632,7 @@ pub(crate) async fn finish(
         already_complete: false,
         snapshot_note,
         databases: Vec::new(),
+        globals: None,
     })
 }
 

@@ -622,6 +622,7 @@ async fn finish_report(
         already_complete: false,
         snapshot_note: phase.snapshot_note,
         databases: Vec::new(),
+        globals: None,
     })
 }
 

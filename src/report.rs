@@ -11,6 +11,7 @@ use crate::progress::human_bytes;
 use crate::resume::Stage;
 
 pub use crate::copy::{TableResult, WireFormat};
+pub use crate::globals::{Difference as GlobalsDifference, GlobalsReport};
 #[doc(hidden)]
 pub use crate::progress::{largest, OtherTables, LISTED_TABLES};
 pub use crate::replication::source::CleanupReport;
@@ -74,6 +75,10 @@ pub struct MigrationReport {
     /// A whole-cluster migration: each database's own report, in the
     /// order they were migrated (the fields above add them up).
     pub databases: Vec<DatabaseReport>,
+    /// A whole-cluster migration: what the globals stage did (roles,
+    /// memberships, settings, tablespaces); `None` when an earlier run of
+    /// it had done them already.
+    pub globals: Option<GlobalsReport>,
 }
 
 /// One database of a whole-cluster migration.
@@ -122,6 +127,8 @@ impl Serialize for MigrationReport {
             snapshot_note: &'a Option<String>,
             #[serde(skip_serializing_if = "<[DatabaseReport]>::is_empty")]
             databases: &'a [DatabaseReport],
+            #[serde(skip_serializing_if = "Option::is_none")]
+            globals: &'a Option<GlobalsReport>,
         }
         let (tables, other_tables) = largest(
             &self.tables,
@@ -157,6 +164,7 @@ impl Serialize for MigrationReport {
             point_in_time: self.snapshot_note.is_none(),
             snapshot_note: &self.snapshot_note,
             databases: &self.databases,
+            globals: &self.globals,
         }
         .serialize(s)
     }
@@ -208,6 +216,7 @@ impl MigrationReport {
             already_complete: false,
             snapshot_note: None,
             databases: Vec::new(),
+            globals: None,
         }
     }
 

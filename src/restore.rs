@@ -441,6 +441,7 @@ pub(crate) async fn run_locked(
             already_complete: false,
             snapshot_note: None,
             databases: Vec::new(),
+            globals: None,
         },
         (!seal).then_some(limits).flatten(),
     ))

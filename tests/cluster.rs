@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use pg_dbmigrator::pg::quote::ident;
 use pg_dbmigrator::testkit;
 
 /// The pair's databases are the test's: one test at a time.
@@ -15,6 +16,21 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 /// database created from it, an application database, and one to exclude.
 async fn source_cluster(pair: &testkit::Pair) {
     let admin = pair.source.admin_conninfo();
+    testkit::execute(
+        &admin,
+        "CREATE ROLE app_owner LOGIN PASSWORD 'owner pw' CONNECTION LIMIT 20; \
+         SET password_encryption = 'md5'; \
+         CREATE ROLE \"Legacy \"\"User\"\"\" LOGIN PASSWORD 'legacy pw'; \
+         RESET password_encryption; \
+         CREATE ROLE readers NOLOGIN; \
+         GRANT readers TO app_owner WITH ADMIN OPTION; \
+         GRANT readers TO \"Legacy \"\"User\"\"\" GRANTED BY app_owner; \
+         ALTER ROLE app_owner SET work_mem = '8MB'; \
+         GRANT SET ON PARAMETER work_mem TO readers; \
+         COMMENT ON ROLE readers IS 'the read-only group'",
+    )
+    .await
+    .unwrap();
     for sql in [
         "CREATE DATABASE latin1db ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0",
         "CREATE DATABASE emptydb",
@@ -56,7 +72,15 @@ async fn source_cluster(pair: &testkit::Pair) {
          CREATE TABLE shop.items (id bigserial PRIMARY KEY, name text NOT NULL, price numeric); \
          INSERT INTO shop.items (name, price) SELECT 'item ' || g, g / 10.0 FROM generate_series(1, 20000) g; \
          CREATE INDEX ON shop.items (name); \
-         SELECT lo_from_bytea(0, 'a large object')",
+         SELECT lo_from_bytea(0, 'a large object'); \
+         ALTER SCHEMA shop OWNER TO app_owner; ALTER TABLE shop.items OWNER TO app_owner; \
+         GRANT USAGE ON SCHEMA shop TO readers; GRANT SELECT ON shop.items TO readers",
+    )
+    .await
+    .unwrap();
+    testkit::execute(
+        &admin,
+        "ALTER ROLE app_owner IN DATABASE appdb SET search_path = shop, public",
     )
     .await
     .unwrap();
@@ -112,11 +136,146 @@ async fn assert_same_databases(pair: &testkit::Pair, names: &[&str]) {
     }
 }
 
+/// The target server as new: no database, role or object of an earlier case.
+async fn reset_target(pair: &testkit::Pair) {
+    let admin = pair.target.admin_conninfo();
+    for name in database_names(&admin).await {
+        if !["postgres", "template1"].contains(&name.as_str()) {
+            testkit::execute(
+                &admin,
+                &format!("DROP DATABASE {} WITH (FORCE)", ident(&name)),
+            )
+            .await
+            .unwrap();
+        }
+    }
+    testkit::execute(&admin, "DROP TABLE IF EXISTS in_postgres")
+        .await
+        .unwrap();
+    testkit::execute(
+        &pair.target.conninfo("template1"),
+        "DROP TABLE IF EXISTS tmpl_audit; DROP FUNCTION IF EXISTS tmpl_hello()",
+    )
+    .await
+    .unwrap();
+    let roles: Vec<String> = testkit::client(&admin)
+        .await
+        .query(
+            "SELECT rolname::text FROM pg_roles WHERE oid <> 10 AND rolname !~ '^pg_'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for r in roles {
+        for db in ["postgres", "template1"] {
+            testkit::execute(
+                &pair.target.conninfo(db),
+                &format!("DROP OWNED BY {}", ident(&r)),
+            )
+            .await
+            .unwrap();
+        }
+        testkit::execute(&admin, &format!("DROP ROLE {}", ident(&r)))
+            .await
+            .unwrap();
+    }
+}
+
+/// The source cluster, built once for every case.
+static SOURCE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+
+const MIGRATED: [&str; 6] = [
+    "appdb",
+    "emptydb",
+    "fromtmpl",
+    "latin1db",
+    "postgres",
+    "template1",
+];
+
+/// Everything the run carries is on the target: every database's schema
+/// and rows, the globals as `pg_dumpall --globals-only` prints them.
+async fn assert_cluster_carried(pair: &testkit::Pair) {
+    assert_same_databases(pair, &MIGRATED).await;
+    let (src, dst) = (pair.source.admin_conninfo(), pair.target.admin_conninfo());
+    let (a, b) = (
+        normalized_globals(&pg_dumpall_globals(&src)),
+        normalized_globals(&pg_dumpall_globals(&dst)),
+    );
+    assert!(
+        a == b,
+        "pg_dumpall --globals-only differs:\n{}",
+        line_diff(&a, &b)
+    );
+    assert!(!database_names(&dst).await.contains(&"skipme_1".to_string()));
+}
+
+/// Kill the run at `spec`, resume it once, and require the whole cluster
+/// on the target.
+async fn kill_and_resume(spec: &str) {
+    let pair = testkit::shared_pair();
+    SOURCE.get_or_init(|| source_cluster(pair)).await;
+    reset_target(pair).await;
+    let (src, dst) = (pair.source.admin_conninfo(), pair.target.admin_conninfo());
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("cluster");
+    let w = work.to_str().unwrap();
+    let out = command(&migrate_args(&src, &dst, w))
+        .env("PG_DBMIGRATOR_TEST_KILL_AT", spec)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        None,
+        "{spec}: not killed: {}",
+        text(&out.stderr)
+    );
+    let mut args = migrate_args(&src, &dst, w);
+    args.extend(["--resume", "--json"]);
+    let out = run_async(&args).await;
+    assert_eq!(out.status.code(), Some(0), "{spec}: {}", text(&out.stderr));
+    assert_cluster_carried(pair).await;
+}
+
+/// Every fault point of the cluster orchestrator, each side, and points
+/// inside one database's migration (which `tests/kill_points.rs` sweeps
+/// for a single database): killed there, the run resumes on the first try.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kill_point_of_a_cluster_migration_resumes() {
+    use pg_dbmigrator::faults::{Flow, Point};
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut specs = Vec::new();
+    for p in Point::ALL
+        .iter()
+        .filter(|p| p.flows().contains(&Flow::Cluster))
+    {
+        for side in ["before", "after"] {
+            specs.push(format!("{side}:{}", p.name()));
+        }
+    }
+    assert_eq!(specs.len(), 6, "{specs:?}");
+    // In the middle of the second database (after the first completed),
+    // and between two databases' records.
+    specs.extend([
+        "before:copy_item#2".to_string(),
+        "after:complete#2".to_string(),
+    ]);
+    for spec in &specs {
+        let t0 = std::time::Instant::now();
+        kill_and_resume(spec).await;
+        eprintln!("{spec}: resumed in {:.1}s", t0.elapsed().as_secs_f64());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whole_cluster_in_one_run_killed_between_two_databases_then_resumed() {
     let _one = ONE_AT_A_TIME.lock().await;
     let pair = testkit::shared_pair();
-    source_cluster(pair).await;
+    SOURCE.get_or_init(|| source_cluster(pair)).await;
+    reset_target(pair).await;
     let (src, dst) = (pair.source.admin_conninfo(), pair.target.admin_conninfo());
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path().join("cluster");
@@ -160,8 +319,18 @@ async fn a_whole_cluster_in_one_run_killed_between_two_databases_then_resumed() 
         ],
         "every database but template0 and the excluded one"
     );
-    assert!(!database_names(&dst).await.contains(&"skipme_1".to_string()));
-    assert_same_databases(pair, &sorted).await;
+    assert_cluster_carried(pair).await;
+    // The killed run had applied the globals; the resumed one did not redo them.
+    assert!(report["globals"].is_null(), "{}", report["globals"]);
+
+    // Every login role logs in to the target with its own password.
+    let cluster = pair.target.cluster().expect("the testkit's own target");
+    require_passwords(cluster).await;
+    login(cluster, "app_owner", "owner pw").await.unwrap();
+    login(cluster, "Legacy \"User\"", "legacy pw")
+        .await
+        .unwrap();
+    assert!(login(cluster, "app_owner", "wrong").await.is_err());
 
     // Created as the source has it: encoding and collation.
     let props = |c: String| async move {

@@ -7,7 +7,11 @@
 //! Roles are cluster-wide, so one test builds the whole fixture and walks
 //! through every case in order; a PostgreSQL 17 target comes last.
 
+mod common;
+
 use std::path::Path;
+
+use common::{line_diff, login, normalized_globals, pg_dumpall_globals, require_passwords};
 
 use pg_dbmigrator::globals::{self, GlobalsOptions};
 use pg_dbmigrator::pg::quote::ident;
@@ -47,85 +51,6 @@ fn tablespace_dir() -> tempfile::TempDir {
         std::os::unix::fs::chown(dir.path(), Some(uid), None).unwrap();
     }
     dir
-}
-
-fn pg_dumpall_globals(conninfo: &str) -> String {
-    let bin = testkit::find_bin_dir()
-        .expect("server binaries")
-        .join("pg_dumpall");
-    let out = std::process::Command::new(bin)
-        .args(["--globals-only", "--restrict-key=pgdbmtest", "-d", conninfo])
-        .output()
-        .expect("running pg_dumpall");
-    assert!(
-        out.status.success(),
-        "pg_dumpall failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// The dump without the bootstrap superuser's own lines, with the
-/// tablespace location (mapped on purpose) blanked.
-fn normalized(dump: &str) -> String {
-    dump.lines()
-        .filter(|l| {
-            !l.starts_with("CREATE ROLE postgres;") && !l.starts_with("ALTER ROLE postgres ")
-        })
-        .map(|l| match l.find(" LOCATION '") {
-            Some(i) => format!("{} LOCATION <mapped>;", &l[..i]),
-            None => l.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-fn line_diff(a: &str, b: &str) -> String {
-    let al: Vec<&str> = a.lines().collect();
-    let bl: Vec<&str> = b.lines().collect();
-    let mut out = String::new();
-    for l in &al {
-        if !bl.contains(l) {
-            out.push_str(&format!("- {l}\n"));
-        }
-    }
-    for l in &bl {
-        if !al.contains(l) {
-            out.push_str(&format!("+ {l}\n"));
-        }
-    }
-    if out.is_empty() {
-        out = "(same lines, other order)".into();
-    }
-    out
-}
-
-/// Make the target ask every TCP login for a password, MD5 or SCRAM
-/// (`md5` in pg_hba.conf accepts both, as the stored hash says), so a
-/// role whose hash was not carried cannot log in.
-async fn require_passwords(cluster: &Cluster) {
-    std::fs::write(
-        cluster.data_dir.join("pg_hba.conf"),
-        "local all all trust\nlocal replication all trust\nhost all all 127.0.0.1/32 md5\n",
-    )
-    .unwrap();
-    testkit::execute(&cluster.conninfo("postgres"), "SELECT pg_reload_conf()")
-        .await
-        .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-}
-
-async fn login(cluster: &Cluster, user: &str, password: &str) -> Result<(), String> {
-    let ci = format!(
-        "host=127.0.0.1 port={} user={} password={} dbname=postgres sslmode=disable",
-        cluster.port,
-        testkit::conninfo_quote(user),
-        testkit::conninfo_quote(password)
-    );
-    testkit::try_client(&ci)
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
 }
 
 fn fixture(db: &str, location: &Path) -> String {
@@ -265,8 +190,8 @@ async fn globals_stage_carries_what_pg_dumpall_carries() {
     // pg_dumpall --globals-only of both: the same, but for the bootstrap
     // superuser and the mapped location.
     let (a, b) = (
-        normalized(&pg_dumpall_globals(&src_ci)),
-        normalized(&pg_dumpall_globals(&tgt_ci)),
+        normalized_globals(&pg_dumpall_globals(&src_ci)),
+        normalized_globals(&pg_dumpall_globals(&tgt_ci)),
     );
     assert!(
         a == b,

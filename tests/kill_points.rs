@@ -550,6 +550,7 @@ async fn run_case(case: Case) {
             .await;
             assert_eq!(left, "", "left on the new server after finish");
         }
+        Flow::Cluster => unreachable!("a whole-cluster migration is swept in tests/cluster.rs"),
         Flow::Cleanup => {
             let load = Workload::start(&env.db.source);
             let args = env.migrate_args(&[

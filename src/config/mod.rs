@@ -194,6 +194,19 @@ pub struct MigrationConfig {
     /// With `all_databases`: databases to leave out, as pg_dumpall's
     /// `--exclude-database` patterns (`*` and `?`, quotes for case).
     pub exclude_databases: Vec<String>,
+    /// With `all_databases`: change roles and tablespaces that exist on the
+    /// target and differ from the source's (otherwise they are reported and
+    /// left as they are). The bootstrap superuser and the role the
+    /// migration connects as are never altered.
+    pub roles_overwrite: bool,
+    /// With `all_databases`: create roles without their passwords even
+    /// when the source session can read them (every login role is named in
+    /// a warning).
+    pub no_role_passwords: bool,
+    /// With `all_databases`: `(source directory, target directory)` pairs
+    /// for tablespaces' locations (the directories must exist on the
+    /// target host); a location not listed is used as is.
+    pub tablespace_locations: Vec<(String, String)>,
     /// Write no `<dump_path>.summary.json` at the end: for a caller that
     /// keeps the returned report itself and wants no file it must clean up.
     pub no_summary: bool,
@@ -339,6 +352,9 @@ impl Default for MigrationConfig {
             fallback: false,
             all_databases: false,
             exclude_databases: Vec::new(),
+            roles_overwrite: false,
+            no_role_passwords: false,
+            tablespace_locations: Vec::new(),
             no_summary: false,
         }
     }

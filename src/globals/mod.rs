@@ -55,7 +55,7 @@ pub struct GlobalsOptions {
 /// Something the target has otherwise than the source and that was left
 /// as it is (see [`GlobalsOptions::roles_overwrite`]), or could not be
 /// carried. Never holds a password.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Difference {
     /// `role x`, `tablespace t`, `membership of m in r`, ...
     pub object: String,
@@ -63,9 +63,11 @@ pub struct Difference {
 }
 
 /// What the globals stage did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct GlobalsReport {
+    /// Roles created on the target.
     pub roles_created: Vec<String>,
+    /// Existing roles changed to match the source (`roles_overwrite`).
     pub roles_updated: Vec<String>,
     /// Existing roles left as they are (identical, or with differences
     /// listed in [`GlobalsReport::differences`]).
@@ -74,17 +76,26 @@ pub struct GlobalsReport {
     /// source, or `no_role_passwords`): they cannot log in with a password
     /// on the target unless it had one already.
     pub without_password: Vec<String>,
+    /// Memberships granted.
     pub memberships_granted: usize,
+    /// Memberships the target had already.
     pub memberships_unchanged: usize,
     /// `ALTER ROLE ... SET/RESET` statements run (with `IN DATABASE` for
     /// [`apply_database_settings`]).
     pub settings_applied: usize,
+    /// Settings the target had already.
     pub settings_unchanged: usize,
+    /// Comments and security labels set on roles and tablespaces.
     pub comments_and_labels_applied: usize,
+    /// `GRANT ... ON PARAMETER` statements run.
     pub parameter_privileges_applied: usize,
+    /// Parameter privileges the target had already.
     pub parameter_privileges_unchanged: usize,
+    /// Tablespaces created on the target.
     pub tablespaces_created: Vec<String>,
+    /// Existing tablespaces changed (`roles_overwrite`).
     pub tablespaces_updated: Vec<String>,
+    /// Tablespaces the target had already.
     pub tablespaces_unchanged: Vec<String>,
     /// What was not applied, and why.
     pub differences: Vec<Difference>,

@@ -486,3 +486,83 @@ pub async fn dump_and_restore(
     let out = run_async(&args).await;
     assert_eq!(out.status.code(), Some(0), "restore: {}", text(&out.stderr));
 }
+
+/// `pg_dumpall --globals-only` of the server at `conninfo`.
+pub fn pg_dumpall_globals(conninfo: &str) -> String {
+    let bin = testkit::find_bin_dir()
+        .expect("server binaries")
+        .join("pg_dumpall");
+    let out = std::process::Command::new(bin)
+        .args(["--globals-only", "--restrict-key=pgdbmtest", "-d", conninfo])
+        .output()
+        .expect("running pg_dumpall");
+    assert!(
+        out.status.success(),
+        "pg_dumpall failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The dump without the bootstrap superuser's own lines, with the
+/// tablespace location (mapped on purpose) blanked.
+pub fn normalized_globals(dump: &str) -> String {
+    dump.lines()
+        .filter(|l| {
+            !l.starts_with("CREATE ROLE postgres;") && !l.starts_with("ALTER ROLE postgres ")
+        })
+        .map(|l| match l.find(" LOCATION '") {
+            Some(i) => format!("{} LOCATION <mapped>;", &l[..i]),
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub fn line_diff(a: &str, b: &str) -> String {
+    let al: Vec<&str> = a.lines().collect();
+    let bl: Vec<&str> = b.lines().collect();
+    let mut out = String::new();
+    for l in &al {
+        if !bl.contains(l) {
+            out.push_str(&format!("- {l}\n"));
+        }
+    }
+    for l in &bl {
+        if !al.contains(l) {
+            out.push_str(&format!("+ {l}\n"));
+        }
+    }
+    if out.is_empty() {
+        out = "(same lines, other order)".into();
+    }
+    out
+}
+
+/// Make the target ask every TCP login for a password, MD5 or SCRAM
+/// (`md5` in pg_hba.conf accepts both, as the stored hash says), so a
+/// role whose hash was not carried cannot log in.
+pub async fn require_passwords(cluster: &testkit::Cluster) {
+    std::fs::write(
+        cluster.data_dir.join("pg_hba.conf"),
+        "local all all trust\nlocal replication all trust\nhost all all 127.0.0.1/32 md5\n",
+    )
+    .unwrap();
+    testkit::execute(&cluster.conninfo("postgres"), "SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+}
+
+pub async fn login(cluster: &testkit::Cluster, user: &str, password: &str) -> Result<(), String> {
+    let ci = format!(
+        "host=127.0.0.1 port={} user={} password={} dbname=postgres sslmode=disable",
+        cluster.port,
+        testkit::conninfo_quote(user),
+        testkit::conninfo_quote(password)
+    );
+    testkit::try_client(&ci)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
