@@ -59,6 +59,7 @@ pub struct GlobalsOptions {
 pub struct Difference {
     /// `role x`, `tablespace t`, `membership of m in r`, ...
     pub object: String,
+    /// What differs, or why it could not be carried.
     pub detail: String,
 }
 
