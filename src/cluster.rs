@@ -14,16 +14,20 @@
 //! May not touch: the stages directly, except the globals and the
 //! catalog reads that list the databases.
 
+mod checks;
+
+pub(crate) use checks::{plan, verify};
+
 use std::path::{Path, PathBuf};
 
 use tracing::info;
 
-use crate::config::{filter, MigrationConfig, MigrationMode};
+use crate::config::{MigrationConfig, MigrationMode};
 use crate::context::RunContext;
 use crate::error::{MigrationError, Remedy, Result};
 use crate::faults::{around, Point};
 use crate::globals::{self, GlobalsOptions};
-use crate::pg::{catalog, connect, sessions};
+use crate::pg::{connect, sessions};
 use crate::report::{DatabaseReport, MigrationReport};
 use crate::resume::cluster::{database_dir, ClusterDatabase, ClusterToken, CLUSTER_TOKEN_VERSION};
 use crate::resume::{self, Definition, EndpointIdentity, ResumeToken, RunLock};
@@ -83,7 +87,7 @@ pub(crate) async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<Migra
         .target
         .clone()
         .ok_or_else(|| MigrationError::Config("no target given (--target)".into()))?;
-    let excluded = excluded_patterns(&cfg.exclude_databases)?;
+    let excluded = checks::excluded_patterns(&cfg.exclude_databases)?;
     let (src_id, dst_id) = (EndpointIdentity::of(&source), EndpointIdentity::of(&target));
     if src_id == dst_id {
         return Err(MigrationError::Config(
@@ -113,34 +117,7 @@ pub(crate) async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<Migra
             t
         }
         None => {
-            let src = connect::connect(&source, "source").await?;
-            let listed = catalog::cluster_databases(&src, &excluded).await?;
-            let mut databases = Vec::new();
-            for (name, bytes, excluded) in listed {
-                if excluded {
-                    info!(database = %name, "excluded (--exclude-database)");
-                    continue;
-                }
-                // The maintenance databases come along only when someone
-                // put objects there: an empty one exists on the target too.
-                if name == "postgres" || name == "template1" {
-                    let c = connect::connect(&source.with_dbname(&name), "source").await?;
-                    if crate::schema::load::user_object_count(&c).await? == 0 {
-                        info!(database = %name, "no user objects: not migrated");
-                        continue;
-                    }
-                }
-                databases.push((name, bytes.max(0) as u64));
-            }
-            // template1 first (a database created from it has its objects
-            // already, but a DBA reading the target sees the template
-            // arrive before its copies), then the largest first.
-            databases.sort_by(|a, b| {
-                (b.0 == "template1")
-                    .cmp(&(a.0 == "template1"))
-                    .then(b.1.cmp(&a.1))
-                    .then(a.0.cmp(&b.0))
-            });
+            let databases = checks::select_databases(&source, &excluded).await?;
             let mut t = ClusterToken {
                 schema_version: CLUSTER_TOKEN_VERSION,
                 mode: cfg.mode,
@@ -272,17 +249,4 @@ fn cluster_report(
     total.seconds = started.elapsed().as_secs_f64();
     total.databases = reports;
     total
-}
-
-/// `--exclude-database` patterns as anchored regexes (psql's pattern rules,
-/// as pg_dumpall applies them), matched on the server.
-fn excluded_patterns(patterns: &[String]) -> Result<Vec<String>> {
-    patterns
-        .iter()
-        .map(|p| {
-            filter::schema_pattern_to_regex(p).map_err(|e| {
-                MigrationError::Config(format!("invalid --exclude-database pattern \"{p}\": {e}"))
-            })
-        })
-        .collect()
 }

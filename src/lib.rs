@@ -106,7 +106,7 @@ pub use context::RunContext;
 pub use context::{CutoverDone, CutoverError, CutoverHandle, CutoverRequest};
 pub use error::{ErrorKind, MigrationError, Remedy, Result};
 pub use online::{cleanup, unfence, CleanupReport};
-pub use plan::{plan, Plan, PlannedTable, SpeedSample};
+pub use plan::{DatabasePlan, Plan, PlannedTable, SpeedSample};
 #[doc(hidden)]
 pub use progress::human_bytes;
 pub use progress::{Event, OnlineSnapshot, Phase, Snapshot, WorkerSnapshot};
@@ -114,7 +114,7 @@ pub use report::{MigrationReport, OnlineReport};
 pub use resume::{discard_files, DiscardedFiles};
 #[doc(hidden)]
 pub use resume::{ResumeToken, Stage};
-pub use verify::{VerifyOptions, VerifyReport};
+pub use verify::{ClusterVerifyReport, DatabaseVerifyReport, VerifyOptions, VerifyReport};
 
 /// Runs one migration described by a [`MigrationConfig`].
 ///
@@ -216,4 +216,41 @@ pub async fn verify(
     cancel: &CancellationToken,
 ) -> Result<VerifyReport> {
     verify::verify(source, target, &filters.compile()?, options, cancel).await
+}
+
+/// Compare every database a whole-cluster migration takes (see
+/// [`MigrationConfig::all_databases`]; `exclude_databases` are pg_dumpall
+/// patterns), each as [`verify`] does, and the globals: roles,
+/// memberships, settings, parameter privileges, tablespaces. `source` and
+/// `target` name each server's maintenance database.
+pub async fn verify_all_databases(
+    source: &EndpointConfig,
+    target: &EndpointConfig,
+    exclude_databases: &[String],
+    filters: &Filters,
+    options: &VerifyOptions,
+    cancel: &CancellationToken,
+) -> Result<ClusterVerifyReport> {
+    cluster::verify(
+        source,
+        target,
+        exclude_databases,
+        &filters.compile()?,
+        options,
+        cancel,
+    )
+    .await
+}
+
+/// What a migration would do, without changing anything: its tables,
+/// sizes, an estimate, what it would create on either server, and what
+/// would refuse it. With [`MigrationConfig::all_databases`], each
+/// database's plan, added up, and the login roles whose passwords cannot
+/// be carried.
+pub async fn plan(config: &MigrationConfig) -> Result<Plan> {
+    if config.all_databases {
+        Box::pin(cluster::plan(config)).await
+    } else {
+        Box::pin(plan::plan(config)).await
+    }
 }

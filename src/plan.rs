@@ -55,6 +55,15 @@ pub struct SpeedSample {
     pub through_target: bool,
 }
 
+/// One database of a cluster plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct DatabasePlan {
+    /// The database's name.
+    pub name: String,
+    /// Its own plan.
+    pub plan: Plan,
+}
+
 /// What `plan` found.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Plan {
@@ -92,6 +101,13 @@ pub struct Plan {
     pub sample: Option<SpeedSample>,
     /// The copy alone, from the sample's speed and the parallelism.
     pub estimated_copy_seconds: Option<f64>,
+    /// A whole-cluster plan: each database's own (the fields above add
+    /// them up; refusals and warnings name their database).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<DatabasePlan>,
+    /// A whole-cluster plan: login roles whose password cannot be carried.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub roles_without_password: Vec<String>,
 }
 
 impl Plan {
@@ -120,6 +136,19 @@ impl Plan {
                 .map(|n| format!(", {n} schema steps"))
                 .unwrap_or_default()
         ));
+        for d in &self.databases {
+            s.push_str(&format!(
+                "  database {}: {} tables, {}{}{}\n",
+                d.name,
+                d.plan.tables.len(),
+                human_bytes(d.plan.total_bytes),
+                d.plan
+                    .estimated_copy_seconds
+                    .map(|e| format!(", copy about {e:.0}s"))
+                    .unwrap_or_default(),
+                if d.plan.ready() { "" } else { " (refused)" }
+            ));
+        }
         let split: Vec<&PlannedTable> = self.tables.iter().filter(|t| t.chunks > 1).collect();
         s.push_str(&format!(
             "  split: {} table(s) cut into page ranges ({})\n",

@@ -234,6 +234,89 @@ impl VerifyReport {
     }
 }
 
+/// One database of a cluster comparison.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DatabaseVerifyReport {
+    /// The database's name.
+    pub name: String,
+    /// What its comparison found.
+    pub report: VerifyReport,
+}
+
+/// What `verify` of a whole cluster found: each database's comparison,
+/// the databases the target lacks, and the globals that differ.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ClusterVerifyReport {
+    /// Each database compared.
+    pub databases: Vec<DatabaseVerifyReport>,
+    /// Databases of the source the target does not have.
+    pub missing_databases: Vec<String>,
+    /// Roles, memberships, settings, privileges and tablespaces the target
+    /// has otherwise than the source (or lacks).
+    pub globals: Vec<crate::globals::Difference>,
+    /// How long the comparison took.
+    pub seconds: f64,
+}
+
+impl ClusterVerifyReport {
+    /// Nothing differs anywhere.
+    pub fn is_clean(&self) -> bool {
+        self.missing_databases.is_empty()
+            && self.globals.is_empty()
+            && self.databases.iter().all(|d| d.report.is_clean())
+    }
+
+    /// How many differences, all databases and the globals together.
+    pub fn differences(&self) -> usize {
+        self.missing_databases.len()
+            + self.globals.len()
+            + self
+                .databases
+                .iter()
+                .map(|d| d.report.differences.len())
+                .sum::<usize>()
+    }
+
+    /// A human summary for the terminal: a line per database, then the globals.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        for d in &self.databases {
+            let r = &d.report;
+            if r.is_clean() {
+                s.push_str(&format!(
+                    "  {}: 0 differences ({} tables, {} sequences, {} large objects)\n",
+                    d.name,
+                    r.tables.len(),
+                    r.sequences,
+                    r.large_objects
+                ));
+            } else {
+                s.push_str(&format!(
+                    "  {}: {} difference(s)\n{}",
+                    d.name,
+                    r.differences.len(),
+                    r.differences_table()
+                ));
+            }
+        }
+        for m in &self.missing_databases {
+            s.push_str(&format!("  {m}: missing on the target\n"));
+        }
+        if self.globals.is_empty() {
+            s.push_str("  globals: 0 differences\n");
+        } else {
+            s.push_str(&format!(
+                "  globals: {} difference(s)\n",
+                self.globals.len()
+            ));
+            for g in &self.globals {
+                s.push_str(&format!("    {}: {}\n", g.object, g.detail));
+            }
+        }
+        s
+    }
+}
+
 /// What to verify.
 #[derive(Debug, Clone)]
 pub struct VerifyOptions {

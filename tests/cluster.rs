@@ -281,6 +281,23 @@ async fn a_whole_cluster_in_one_run_killed_between_two_databases_then_resumed() 
     let work = dir.path().join("cluster");
     let w = work.to_str().unwrap();
 
+    // The plan lists every database it would take, and is ready.
+    let mut plan_args = migrate_args(&src, &dst, w);
+    plan_args[0] = "plan";
+    plan_args.push("--json");
+    let out = run_async(&plan_args).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut planned: Vec<&str> = plan["databases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    planned.sort();
+    assert_eq!(planned, MIGRATED, "{plan}");
+    assert!(plan["refusals"].as_array().unwrap().is_empty(), "{plan}");
+
     // Killed right after the first database's migration recorded itself
     // complete, before the cluster's token says so.
     let out = command(&migrate_args(&src, &dst, w))
@@ -349,6 +366,77 @@ async fn a_whole_cluster_in_one_run_killed_between_two_databases_then_resumed() 
         ("LATIN1".to_string(), "C".to_string())
     );
     assert_eq!(props(src.clone()).await, props(dst.clone()).await);
+
+    // verify --all-databases: each database and the globals, clean...
+    let verify = |extra: &'static [&'static str]| {
+        let (src, dst) = (src.clone(), dst.clone());
+        async move {
+            let mut a = vec![
+                "verify",
+                "--source",
+                &src,
+                "--target",
+                &dst,
+                "--all-databases",
+                "--exclude-database",
+                "skipme_*",
+                "--json",
+            ];
+            a.extend(extra);
+            run_async(&a).await
+        }
+    };
+    let out = verify(&[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["databases"].as_array().unwrap().len(),
+        MIGRATED.len(),
+        "{v}"
+    );
+    // ... and it names what differs: a row and a role attribute.
+    testkit::execute(
+        &pair.target.conninfo("appdb"),
+        "INSERT INTO shop.items (name) VALUES ('only on the target')",
+    )
+    .await
+    .unwrap();
+    testkit::execute(&dst, "ALTER ROLE readers CONNECTION LIMIT 5")
+        .await
+        .unwrap();
+    let out = verify(&[]).await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stdout));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let appdb = v["databases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "appdb")
+        .unwrap();
+    assert!(
+        !appdb["report"]["differences"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{v}"
+    );
+    assert!(
+        v["globals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["object"].as_str().unwrap().contains("readers")),
+        "{v}"
+    );
+    testkit::execute(
+        &pair.target.conninfo("appdb"),
+        "DELETE FROM shop.items WHERE name = 'only on the target'",
+    )
+    .await
+    .unwrap();
+    testkit::execute(&dst, "ALTER ROLE readers CONNECTION LIMIT -1")
+        .await
+        .unwrap();
 
     // A finished cluster migration, resumed, is a success that does nothing.
     let out = run_async(&args).await;

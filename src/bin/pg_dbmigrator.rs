@@ -590,6 +590,18 @@ struct VerifyArgs {
     /// Do not compare large objects.
     #[arg(long)]
     no_large_objects: bool,
+    /// Compare every database a `migrate --all-databases` takes, and the
+    /// globals (roles, memberships, settings, privileges, tablespaces);
+    /// --source and --target name each server's maintenance database.
+    #[arg(long)]
+    all_databases: bool,
+    /// With --all-databases: leave out the databases matching PATTERN.
+    #[arg(
+        long = "exclude-database",
+        value_name = "PATTERN",
+        requires = "all_databases"
+    )]
+    exclude_databases: Vec<String>,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -976,6 +988,36 @@ async fn verify(args: VerifyArgs, cancel: CancellationToken) -> Result<i32, Migr
         large_objects: !args.no_large_objects,
         extension_data: false,
     };
+    if args.all_databases {
+        let report = pg_dbmigrator::verify_all_databases(
+            &source,
+            &target,
+            &args.exclude_databases,
+            &args.filters.filters(),
+            &opts,
+            &cancel,
+        )
+        .await?;
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).expect("report serializes")
+            );
+        } else {
+            println!(
+                "verify: {} difference(s) in {} database(s) and the globals ({:.1}s)",
+                report.differences(),
+                report.databases.len() + report.missing_databases.len(),
+                report.seconds
+            );
+            print!("{}", report.summary());
+        }
+        return Ok(if report.is_clean() {
+            exit_code::OK
+        } else {
+            exit_code::VERIFY_DIFFERENCES
+        });
+    }
     let report =
         pg_dbmigrator::verify(&source, &target, &args.filters.filters(), &opts, &cancel).await?;
     if args.json {

@@ -175,6 +175,34 @@ pub async fn apply(
     Ok(report)
 }
 
+/// What [`apply`] would change on the target to match the source, as if
+/// with `roles_overwrite`, without changing anything: `verify`'s view of
+/// the globals. Each statement the plan would run is one difference, with
+/// what the plan itself reports it cannot carry.
+pub async fn compare(
+    source: &Client,
+    target: &Client,
+    opts: &GlobalsOptions,
+) -> Result<Vec<Difference>> {
+    let src = read(source, opts).await?;
+    let have = read::read_globals(target, src.passwords_read).await?;
+    let session = target_session(target).await?;
+    let everything = GlobalsOptions {
+        roles_overwrite: true,
+        ..opts.clone()
+    };
+    let (statements, report) = plan::plan(&src, &have, &session, &everything)?;
+    let mut out: Vec<Difference> = statements
+        .into_iter()
+        .map(|s| Difference {
+            object: s.what,
+            detail: "the target differs (or lacks it)".into(),
+        })
+        .collect();
+    out.extend(report.differences);
+    Ok(out)
+}
+
 /// [`read`] from the source, then [`apply`] on the target.
 pub async fn migrate(
     source: &Client,

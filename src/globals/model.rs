@@ -170,4 +170,14 @@ impl Globals {
     pub fn role(&self, name: &str) -> Option<&Role> {
         self.roles.iter().find(|r| r.name == name)
     }
+
+    /// LOGIN roles whose password hash was not read: a migration creates
+    /// them without one.
+    pub fn login_roles_without_password(&self) -> Vec<String> {
+        self.roles
+            .iter()
+            .filter(|r| r.login && r.password == Password::Unknown)
+            .map(|r| r.name.clone())
+            .collect()
+    }
 }
