@@ -379,6 +379,18 @@ fn parse_tablespace_mapping(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// `OLD=NEW`, both absolute directories.
+fn parse_location_mapping(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((old, new)) if old.starts_with('/') && new.starts_with('/') => {
+            Ok((old.to_string(), new.to_string()))
+        }
+        _ => Err(format!(
+            "{s:?}: give the source's and the target's tablespace directories as /OLD=/NEW"
+        )),
+    }
+}
+
 impl TablespaceArgs {
     /// Into `config`; a tablespace mapped twice is an error.
     fn apply(&self, config: &mut MigrationConfig) -> Result<(), MigrationError> {
@@ -553,6 +565,19 @@ struct MigrateArgs {
         requires = "all_databases"
     )]
     exclude_databases: Vec<String>,
+    /// With --all-databases: change roles and tablespaces that exist on the
+    /// target and differ from the source's (else they are reported and
+    /// left). The bootstrap superuser and the migrating role never change.
+    #[arg(long, requires = "all_databases")]
+    roles_overwrite: bool,
+    /// With --all-databases: create roles without their passwords (every
+    /// login role is named in a warning).
+    #[arg(long, requires = "all_databases")]
+    no_role_passwords: bool,
+    /// With --all-databases: OLD=NEW tablespace directories, for a target
+    /// host whose tablespaces live elsewhere (repeatable).
+    #[arg(long, value_name = "OLD=NEW", value_parser = parse_location_mapping, requires = "all_databases")]
+    tablespace_location: Vec<(String, String)>,
     /// Write no <dump-path>.summary.json (the report is still printed).
     #[arg(long)]
     no_summary: bool,
@@ -823,6 +848,9 @@ fn migrate_config(args: &MigrateArgs) -> Result<MigrationConfig, MigrationError>
         fallback: args.fallback,
         all_databases: args.all_databases,
         exclude_databases: args.exclude_databases.clone(),
+        roles_overwrite: args.roles_overwrite,
+        no_role_passwords: args.no_role_passwords,
+        tablespace_locations: args.tablespace_location.clone(),
         no_summary: args.no_summary,
         ..MigrationConfig::default()
     };

@@ -200,6 +200,10 @@ impl MigrationConfigBuilder {
         /// The whole cluster: globals, then every database (source and
         /// target name each server's maintenance database).
         all_databases: bool;
+        /// With `all_databases`: change differing roles and tablespaces.
+        roles_overwrite: bool;
+        /// With `all_databases`: create roles without their passwords.
+        no_role_passwords: bool;
     }
 
     optional_setters! {
@@ -248,6 +252,15 @@ impl MigrationConfigBuilder {
     /// Leave out tables matching this pattern (repeatable).
     pub fn exclude_table(mut self, pattern: impl Into<String>) -> Self {
         self.config.filters.exclude_tables.push(pattern.into());
+        self
+    }
+
+    /// With `all_databases`: a tablespace directory `old` on the source is
+    /// `new` on the target host (repeatable).
+    pub fn tablespace_location(mut self, old: impl Into<String>, new: impl Into<String>) -> Self {
+        self.config
+            .tablespace_locations
+            .push((old.into(), new.into()));
         self
     }
 

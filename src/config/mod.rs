@@ -270,6 +270,16 @@ impl MigrationConfig {
                     .into(),
             );
         }
+        if !self.all_databases
+            && (self.roles_overwrite
+                || self.no_role_passwords
+                || !self.tablespace_locations.is_empty())
+        {
+            return config(
+                "--roles-overwrite, --no-role-passwords and --tablespace-location are about the globals of --all-databases: give --all-databases too"
+                    .into(),
+            );
+        }
         if self.all_databases && self.data_only {
             return config(
                 "--all-databases migrates whole databases: --data-only is for one database whose schema exists on the target"
