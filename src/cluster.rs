@@ -187,12 +187,18 @@ pub(crate) async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<Migra
         // database's `--resume`).
         db_cfg.resume = ResumeToken::path_for(&db_dir).exists();
         info!(database = %db.name, done = db.done, "database {} of {}", i + 1, token.databases.len());
+        if let Some(p) = &run.progress {
+            p.begin_database(&db.name, i as u64 + 1, token.databases.len() as u64);
+        }
         let report = Box::pin(run_database(&db_cfg, run))
             .await
             .map_err(|e| in_database(&db.name, e))?;
         if !token.databases[i].done {
             token.databases[i].done = true;
             around(Point::ClusterDatabase, async { token.save(&token_path) }).await?;
+        }
+        if let Some(p) = &run.progress {
+            p.end_database(&db.name);
         }
         reports.push(DatabaseReport {
             name: db.name.clone(),

@@ -311,6 +311,22 @@ async fn a_whole_cluster_in_one_run_killed_between_two_databases_then_resumed() 
     let out = run_async(&args).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let report = report_of(&out.stdout);
+    // The events name each database as it starts and ends.
+    let started: Vec<String> = text(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "database_started")
+        .map(|e| {
+            format!(
+                "{} {}/{}",
+                e["name"].as_str().unwrap(),
+                e["number"],
+                e["of"]
+            )
+        })
+        .collect();
+    assert_eq!(started.len(), MIGRATED.len(), "{started:?}");
+    assert!(started[0].starts_with("template1 1/6"), "{started:?}");
     let migrated: Vec<&str> = report["databases"]
         .as_array()
         .unwrap()

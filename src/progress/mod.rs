@@ -143,6 +143,16 @@ pub struct Snapshot {
     /// frozen once it is done): the time [`Snapshot::rate`] divides by.
     #[serde(default)]
     pub copy_seconds: f64,
+    /// A whole-cluster migration: the database being migrated (the fields
+    /// above are its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// A whole-cluster migration: databases finished so far.
+    #[serde(default)]
+    pub databases_done: u64,
+    /// A whole-cluster migration: how many databases it takes (0 otherwise).
+    #[serde(default)]
+    pub databases_total: u64,
 }
 
 impl Snapshot {
@@ -304,6 +314,20 @@ pub enum Event {
     CutoverFailed {
         /// Why.
         error: Option<String>,
+    },
+    /// A whole-cluster migration began a database's migration.
+    DatabaseStarted {
+        /// The database.
+        name: String,
+        /// Its number, from 1.
+        number: u64,
+        /// How many databases the run takes.
+        of: u64,
+    },
+    /// A whole-cluster migration finished a database's migration.
+    DatabaseFinished {
+        /// The database.
+        name: String,
     },
     /// Something the operator should know; the run goes on.
     Warning {
@@ -521,6 +545,45 @@ impl Progress {
             progress: Some(self.clone()),
             stop,
         }
+    }
+
+    /// A whole-cluster migration moves on to database `name` (number
+    /// `number` of `of`): what the snapshot says of a database's copy
+    /// starts over, the cluster's counts go on.
+    pub(crate) fn begin_database(&self, name: &str, number: u64, of: u64) {
+        *lock(&self.seen) = Seen::default();
+        lock(&self.workers).clear();
+        lock(&self.table_bytes).clear();
+        {
+            let mut clock = lock(&self.clock);
+            clock.copy_started = None;
+            clock.copy_ended = None;
+        }
+        self.with(|s| {
+            let keep = Snapshot {
+                migration_id: s.migration_id.clone(),
+                warnings: std::mem::take(&mut s.warnings),
+                errors: s.errors,
+                databases_done: s.databases_done,
+                databases_total: of,
+                database: Some(name.to_string()),
+                ..Default::default()
+            };
+            *s = keep;
+        });
+        self.publish(Event::DatabaseStarted {
+            name: name.to_string(),
+            number,
+            of,
+        });
+    }
+
+    /// A whole-cluster migration finished database `name`.
+    pub(crate) fn end_database(&self, name: &str) {
+        self.with(|s| s.databases_done += 1);
+        self.publish(Event::DatabaseFinished {
+            name: name.to_string(),
+        });
     }
 
     /// Record a warning of the run: kept in the snapshot (the last 50) and
@@ -846,6 +909,20 @@ pub fn metrics_text(s: &Snapshot) -> String {
             "# HELP pg_dbmigrator_{name} {help}\n# TYPE pg_dbmigrator_{name} {kind}\npg_dbmigrator_{name} {value}\n"
         ));
     };
+    if s.databases_total > 0 {
+        metric(
+            "databases_done",
+            "Databases a whole-cluster migration has finished.",
+            "gauge",
+            s.databases_done as f64,
+        );
+        metric(
+            "databases_total",
+            "Databases a whole-cluster migration takes.",
+            "gauge",
+            s.databases_total as f64,
+        );
+    }
     metric(
         "items_done",
         "Tables or chunks copied.",

@@ -119,7 +119,15 @@ fn clear() {
 /// [`Snapshot::rate`], [`Snapshot::eta`].)
 pub fn line(s: &Snapshot) -> String {
     let stage = s.phase.map_or("starting", |p| p.as_str());
-    let mut out = format!("[{stage}]");
+    let mut out = match &s.database {
+        // A whole-cluster migration: which database, of how many.
+        Some(db) => format!(
+            "[{db} {}/{}] [{stage}]",
+            s.databases_done + 1,
+            s.databases_total
+        ),
+        None => format!("[{stage}]"),
+    };
     if s.items_total > 0 || s.items_done > 0 {
         out.push_str(&format!(" {}/{} items", s.items_done, s.items_total));
     }
