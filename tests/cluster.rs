@@ -529,3 +529,74 @@ async fn a_whole_cluster_into_postgresql_17() {
         .unwrap();
     assert!(login(&target, "app_owner", "wrong").await.is_err());
 }
+
+/// A source role that is not a superuser (it may read every table, not
+/// `pg_authid`): the run warns naming every login role whose password
+/// it cannot carry, and carries everything else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_superuser_source_carries_all_but_the_passwords() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let pair = testkit::shared_pair();
+    SOURCE.get_or_init(|| source_cluster(pair)).await;
+    reset_target(pair).await;
+    let admin = pair.source.admin_conninfo();
+    testkit::execute(
+        &admin,
+        "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'mover') THEN \
+           CREATE ROLE mover LOGIN PASSWORD 'mover pw' CREATEROLE; \
+           GRANT pg_read_all_settings TO mover; \
+         END IF; END $$",
+    )
+    .await
+    .unwrap();
+    // What it may read, granted table by table (pg_read_all_data would
+    // let it read pg_authid too).
+    for name in MIGRATED {
+        testkit::execute(
+            &pair.source.conninfo(name),
+            "DO $$ DECLARE s text; l oid; BEGIN \
+               FOR s IN SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg_%' AND nspname <> 'information_schema' LOOP \
+                 EXECUTE format('GRANT USAGE ON SCHEMA %I TO mover', s); \
+                 EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA %I TO mover', s); \
+                 EXECUTE format('GRANT SELECT ON ALL SEQUENCES IN SCHEMA %I TO mover', s); \
+               END LOOP; \
+               FOR l IN SELECT oid FROM pg_largeobject_metadata LOOP \
+                 EXECUTE format('GRANT SELECT ON LARGE OBJECT %s TO mover', l); \
+               END LOOP; END $$",
+        )
+        .await
+        .unwrap();
+    }
+    let cluster = pair.source.cluster().expect("the testkit's own source");
+    let src = format!(
+        "host=127.0.0.1 port={} user=mover password='mover pw' dbname=postgres sslmode=disable",
+        cluster.port
+    );
+    let dst = pair.target.admin_conninfo();
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("nonsuper");
+    let mut args = migrate_args(&src, &dst, work.to_str().unwrap());
+    args.push("--json");
+    let out = run_async(&args).await;
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let report = report_of(&out.stdout);
+    let without: Vec<&str> = report["globals"]["without_password"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    for role in ["app_owner", "Legacy \"User\""] {
+        assert!(without.contains(&role), "{without:?}");
+        assert!(err.contains(role), "no warning names {role}: {err}");
+    }
+    let _ = testkit::execute(&dst, "DROP OWNED BY mover; DROP ROLE IF EXISTS mover").await;
+    for name in MIGRATED {
+        assert_eq!(
+            content_digest(&pair.source.conninfo(name)).await,
+            content_digest(&pair.target.conninfo(name)).await,
+            "rows of database {name}"
+        );
+    }
+}
