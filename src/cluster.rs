@@ -14,6 +14,7 @@
 //! May not touch: the stages directly, except the globals and the
 //! catalog reads that list the databases.
 
+pub(crate) mod archive;
 mod checks;
 
 pub(crate) use checks::{plan, verify};

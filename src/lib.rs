@@ -97,6 +97,8 @@ mod workers;
 
 use tokio_util::sync::CancellationToken;
 
+#[doc(hidden)]
+pub use cluster::archive::{ArchivedDatabase, ClusterArchiveReport};
 pub use config::{
     CopyFormat, CopyMethod, CutoverMode, EndpointConfig, Filters, IntoEndpoint, MigrationConfig,
     MigrationConfigBuilder, MigrationMode, VerifyLevel,
@@ -253,4 +255,37 @@ pub async fn plan(config: &MigrationConfig) -> Result<Plan> {
     } else {
         Box::pin(plan::plan(config)).await
     }
+}
+
+/// `dump --all-databases`: the globals and every database a cluster
+/// migration would take, each into its own archive under
+/// `config.dump_path` (for the binary; see the README).
+#[doc(hidden)]
+pub async fn dump_all_databases(
+    config: &MigrationConfig,
+    run: &RunContext,
+) -> Result<ClusterArchiveReport> {
+    let _publishing = run.progress.as_ref().map(|p| p.start_run());
+    let r = context::recording(
+        run.progress.clone(),
+        Box::pin(cluster::archive::dump_all(config, run)),
+    )
+    .await;
+    run.outcome(r)
+}
+
+/// `restore --all-databases`: the globals and every database of a cluster
+/// archive written by [`dump_all_databases`].
+#[doc(hidden)]
+pub async fn restore_all_databases(
+    config: &MigrationConfig,
+    run: &RunContext,
+) -> Result<ClusterArchiveReport> {
+    let _publishing = run.progress.as_ref().map(|p| p.start_run());
+    let r = context::recording(
+        run.progress.clone(),
+        Box::pin(cluster::archive::restore_all(config, run)),
+    )
+    .await;
+    run.outcome(r)
 }

@@ -600,3 +600,65 @@ async fn a_non_superuser_source_carries_all_but_the_passwords() {
         );
     }
 }
+
+/// `dump --all-databases` (killed after its second database, then
+/// resumed), carried as a directory, then `restore --all-databases`: the
+/// same cluster as a direct migration, the globals file private.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_cluster_through_an_archive() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let pair = testkit::shared_pair();
+    SOURCE.get_or_init(|| source_cluster(pair)).await;
+    reset_target(pair).await;
+    let (src, dst) = (pair.source.admin_conninfo(), pair.target.admin_conninfo());
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("cluster-archive");
+    let a = archive.to_str().unwrap();
+    let dump = [
+        "dump",
+        "--all-databases",
+        "--source",
+        &src,
+        "--dump-path",
+        a,
+        "--exclude-database",
+        "skipme_*",
+        "--jobs",
+        "2",
+    ];
+    let out = command(&dump)
+        .env("PG_DBMIGRATOR_TEST_KILL_AT", "after:cluster_database#2")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), None, "not killed: {}", text(&out.stderr));
+    let mut again = dump.to_vec();
+    again.push("--resume");
+    let out = run_async(&again).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(archive.join("globals.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "globals.json holds password hashes: {mode:o}"
+        );
+    }
+    let out = run_async(&[
+        "restore",
+        "--all-databases",
+        "--target",
+        &dst,
+        "--dump-path",
+        a,
+        "--jobs",
+        "2",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_cluster_carried(pair).await;
+}

@@ -253,6 +253,22 @@ struct DumpArgs {
     /// Replace the contents of a non-empty --dump-path.
     #[arg(long)]
     force_clean: bool,
+    /// The whole cluster: the globals (roles with their password hashes,
+    /// memberships, settings, tablespaces) and every database, each into
+    /// its own archive under --dump-path; --source names the maintenance
+    /// database.
+    #[arg(long)]
+    all_databases: bool,
+    /// With --all-databases: leave out the databases matching PATTERN.
+    #[arg(
+        long = "exclude-database",
+        value_name = "PATTERN",
+        requires = "all_databases"
+    )]
+    exclude_databases: Vec<String>,
+    /// With --all-databases: archive roles without their passwords.
+    #[arg(long, requires = "all_databases")]
+    no_role_passwords: bool,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -291,6 +307,20 @@ struct RestoreArgs {
     /// erase the rows of the tables in the archive (--data-only archives).
     #[arg(long)]
     force_clean: bool,
+    /// A cluster archive (`dump --all-databases`): the globals, then every
+    /// database; --target names the maintenance database.
+    #[arg(long)]
+    all_databases: bool,
+    /// With --all-databases: change roles and tablespaces that exist on the
+    /// target and differ from the archive's.
+    #[arg(long, requires = "all_databases")]
+    roles_overwrite: bool,
+    /// With --all-databases: create roles without their passwords.
+    #[arg(long, requires = "all_databases")]
+    no_role_passwords: bool,
+    /// With --all-databases: /OLD=/NEW tablespace directories.
+    #[arg(long, value_name = "OLD=NEW", value_parser = parse_location_mapping, requires = "all_databases")]
+    tablespace_location: Vec<(String, String)>,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -870,6 +900,13 @@ fn run_context(
 }
 
 /// `Ok(None)` after telling the user how to resume an interrupted run.
+/// `<dump-path><suffix>`: where a cluster run's token is.
+fn cluster_token_path(dump_path: &std::path::Path, suffix: &str) -> PathBuf {
+    let mut s = dump_path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
 fn interrupted<R>(
     r: Result<R, MigrationError>,
     token: &std::path::Path,
@@ -968,6 +1005,20 @@ async fn dump(
         ..MigrationConfig::default()
     };
     args.tablespaces.apply(&mut config)?;
+    if args.all_databases {
+        config.all_databases = true;
+        config.exclude_databases = args.exclude_databases.clone();
+        config.no_role_passwords = args.no_role_passwords;
+        let token = cluster_token_path(&args.dump_path, ".cluster.json");
+        let result =
+            pg_dbmigrator::dump_all_databases(&config, &run_context(cancel, &progress)).await;
+        drop(shown);
+        finish_run(&progress, printer, &result, |r| r.summary()).await;
+        return match interrupted(result, &token)? {
+            Some(_) => Ok(exit_code::OK),
+            None => Ok(exit_code::INTERRUPTED),
+        };
+    }
     let token = pg_dbmigrator::ResumeToken::path_for(&args.dump_path);
     let result = pg_dbmigrator::dump::run(&config, &run_context(cancel, &progress)).await;
     drop(shown);
@@ -997,6 +1048,21 @@ async fn restore(
         ..MigrationConfig::default()
     };
     args.tablespaces.apply(&mut config)?;
+    if args.all_databases {
+        config.all_databases = true;
+        config.roles_overwrite = args.roles_overwrite;
+        config.no_role_passwords = args.no_role_passwords;
+        config.tablespace_locations = args.tablespace_location.clone();
+        let token = cluster_token_path(&args.dump_path, ".restore.cluster.json");
+        let result =
+            pg_dbmigrator::restore_all_databases(&config, &run_context(cancel, &progress)).await;
+        drop(shown);
+        finish_run(&progress, printer, &result, |r| r.summary()).await;
+        return match interrupted(result, &token)? {
+            Some(_) => Ok(exit_code::OK),
+            None => Ok(exit_code::INTERRUPTED),
+        };
+    }
     let token = pg_dbmigrator::ResumeToken::restore_path_for(&args.dump_path);
     let result = pg_dbmigrator::restore::run(&config, &run_context(cancel, &progress)).await;
     drop(shown);

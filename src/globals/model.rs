@@ -5,7 +5,11 @@ use std::fmt;
 
 /// A password hash (`SCRAM-SHA-256$...` or `md5...`). Its `Debug` never
 /// shows it, so a model or a report can be logged whole.
-#[derive(Clone, PartialEq, Eq)]
+/// Serialized as the hash itself: only the cluster archive's
+/// `globals.json` holds one (as `pg_dumpall`'s output does), written with
+/// owner-only permissions.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct Secret(pub(crate) String);
 
 impl Secret {
@@ -34,7 +38,7 @@ impl fmt::Debug for Secret {
 }
 
 /// What a role's password is known to be on a server.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Password {
     /// The session could not read `pg_authid` (or was told not to): unknown.
     Unknown,
@@ -45,14 +49,14 @@ pub enum Password {
 }
 
 /// A security label on a shared object (`pg_shseclabel`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SecLabel {
     pub provider: String,
     pub label: String,
 }
 
 /// One role (never the bootstrap superuser nor a `pg_*` predefined role).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Role {
     pub name: String,
     pub superuser: bool,
@@ -104,7 +108,7 @@ impl Role {
 }
 
 /// One row of `pg_auth_members`: `member` is a member of `role`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Membership {
     pub role: String,
     pub member: String,
@@ -119,7 +123,7 @@ pub struct Membership {
 }
 
 /// `ALTER ROLE role IN DATABASE database SET ...` entries.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DatabaseRoleSetting {
     pub role: String,
     pub database: String,
@@ -127,7 +131,7 @@ pub struct DatabaseRoleSetting {
 }
 
 /// Privileges on a configuration parameter (`pg_parameter_acl`, 15+).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ParameterAcl {
     pub name: String,
     /// `paracl` as text; `None` is the default.
@@ -135,7 +139,7 @@ pub struct ParameterAcl {
 }
 
 /// A tablespace other than `pg_default` and `pg_global`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Tablespace {
     pub name: String,
     pub owner: String,
@@ -149,7 +153,7 @@ pub struct Tablespace {
 }
 
 /// Everything `pg_dumpall --globals-only` carries, from one server.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Globals {
     /// The server's major version (13 to 18).
     pub server_major: u32,
