@@ -152,14 +152,26 @@ fn main() {
     let bin = testkit::find_bin_dir().expect("PostgreSQL binaries");
     let tool = PathBuf::from(env!("CARGO_BIN_EXE_pg_dbmigrator"));
     let work = tempfile::tempdir().unwrap();
+    // The tools' logs stay, for a look at where the time went.
+    let logs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-logs");
+    std::fs::create_dir_all(&logs).unwrap();
     eprintln!("starting source and target servers ...");
     let src = Cluster::start(&ClusterOptions::default()).expect("source server");
     let tgt = Cluster::start(&ClusterOptions::default()).expect("target server");
     eprintln!("building the source cluster: {small} small databases, {big} pgbench databases at scale {scale} ...");
     build_source(&bin, &src, small, big, scale);
-    let size = names(
+    // pg_dumpall carries the bootstrap superuser's password too: give both
+    // servers the same one, so psql can still connect to the target after
+    // replaying it.
+    psql(
         &bin,
         &src.conninfo("postgres"),
+        &format!("ALTER ROLE {} PASSWORD '{}'", src.superuser, tgt.password),
+    );
+    let src_ci = |db: &str| src.conninfo(db).replace(&src.password, &tgt.password);
+    let size = names(
+        &bin,
+        &src_ci("postgres"),
         "SELECT pg_size_pretty(sum(pg_database_size(oid))) FROM pg_database WHERE datname LIKE 'small_%' OR datname LIKE 'big_%'",
     );
     let (mut ours, mut dumpall) = (Vec::new(), Vec::new());
@@ -168,11 +180,11 @@ fn main() {
         let dir = work.path().join(format!("run{round}"));
         let mut cmd = Command::new(&tool);
         cmd.args(["migrate", "--all-databases", "--jobs", &jobs.to_string()])
-            .args(["--source", &src.conninfo("postgres")])
+            .args(["--source", &src_ci("postgres")])
             .args(["--target", &tgt.conninfo("postgres")])
             .arg("--dump-path")
             .arg(&dir);
-        let d = timed(cmd, &work.path().join(format!("ours{round}.log")));
+        let d = timed(cmd, &logs.join(format!("cluster-ours{round}.log")));
         eprintln!(
             "round {round}: pg_dbmigrator --all-databases {:.2}s",
             d.as_secs_f64()
@@ -181,14 +193,19 @@ fn main() {
 
         reset_target(&bin, &tgt);
         let mut cmd = Command::new("/bin/bash");
-        cmd.arg("-c").arg(format!(
-            "set -o pipefail; '{}' -d '{}' | '{}' -X -q -d '{}' >/dev/null",
+        // (Both servers have the same superuser password by now.)
+        cmd.env("PGPASSWORD", &tgt.password).arg("-c").arg(format!(
+            "set -o pipefail; '{}' -h {} -p {} -U {} | '{}' -X -q -h {} -p {} -U {} -d postgres >/dev/null",
             bin.join("pg_dumpall").display(),
-            src.conninfo("postgres"),
+            src.host,
+            src.port,
+            src.superuser,
             bin.join("psql").display(),
-            tgt.conninfo("postgres")
+            tgt.host,
+            tgt.port,
+            tgt.superuser
         ));
-        let d = timed(cmd, &work.path().join(format!("dumpall{round}.log")));
+        let d = timed(cmd, &logs.join(format!("cluster-dumpall{round}.log")));
         eprintln!("round {round}: pg_dumpall | psql {:.2}s", d.as_secs_f64());
         dumpall.push(d.as_secs_f64());
     }

@@ -26,7 +26,7 @@ use tracing::info;
 use crate::config::{MigrationConfig, MigrationMode};
 use crate::context::RunContext;
 use crate::error::{MigrationError, Remedy, Result};
-use crate::faults::{around, Point};
+use crate::faults::{self, around, Point};
 use crate::globals::{self, GlobalsOptions};
 use crate::pg::{connect, sessions};
 use crate::report::{DatabaseReport, MigrationReport};
@@ -169,43 +169,7 @@ pub(crate) async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<Migra
         globals_report = Some(report);
     }
 
-    let mut reports = Vec::new();
-    for i in 0..token.databases.len() {
-        let db = token.databases[i].clone();
-        if run.cancel.is_cancelled() {
-            return Err(MigrationError::Cancelled);
-        }
-        let db_dir = dir.join(&db.dir);
-        let mut db_cfg = cfg.clone();
-        db_cfg.all_databases = false;
-        db_cfg.exclude_databases.clear();
-        db_cfg.migration_id = None;
-        db_cfg.source = Some(source.with_dbname(&db.name));
-        db_cfg.target = Some(target.with_dbname(&db.name));
-        db_cfg.dump_path = Some(db_dir.clone());
-        // Each database resumes from its own token when it has one; a
-        // database not started yet starts (a cluster `--resume` is not a
-        // database's `--resume`).
-        db_cfg.resume = ResumeToken::path_for(&db_dir).exists();
-        info!(database = %db.name, done = db.done, "database {} of {}", i + 1, token.databases.len());
-        if let Some(p) = &run.progress {
-            p.begin_database(&db.name, i as u64 + 1, token.databases.len() as u64);
-        }
-        let report = Box::pin(run_database(&db_cfg, run))
-            .await
-            .map_err(|e| in_database(&db.name, e))?;
-        if !token.databases[i].done {
-            token.databases[i].done = true;
-            around(Point::ClusterDatabase, async { token.save(&token_path) }).await?;
-        }
-        if let Some(p) = &run.progress {
-            p.end_database(&db.name);
-        }
-        reports.push(DatabaseReport {
-            name: db.name.clone(),
-            report,
-        });
-    }
+    let reports = Box::pin(offline_databases(cfg, run, &dir, &token_path, &mut token)).await?;
     token.completed = true;
     token.save(&token_path)?;
     let mut report = cluster_report(&dir, &token_path, reports, started);
@@ -256,4 +220,122 @@ fn cluster_report(
     total.seconds = started.elapsed().as_secs_f64();
     total.databases = reports;
     total
+}
+
+/// Every database of the token, offline, several at once: up to `jobs`
+/// databases run side by side, started largest first, and their copy
+/// workers share one budget of `jobs` permits, so the cluster never copies
+/// more than `jobs` items at a time and a small database does not wait for
+/// a big one to end. A database that fails does not stop the others: each
+/// finishes what it can (and is recorded done), then the first failure is
+/// the run's.
+async fn offline_databases(
+    cfg: &MigrationConfig,
+    run: &RunContext,
+    dir: &Path,
+    token_path: &Path,
+    token: &mut ClusterToken,
+) -> Result<Vec<DatabaseReport>> {
+    use futures::stream::{self, StreamExt};
+    let (source, target) = (
+        cfg.source.clone().expect("checked"),
+        cfg.target.clone().expect("checked"),
+    );
+    let total = token.databases.len();
+    let side_by_side = cfg.jobs.clamp(1, total.max(1));
+    let budget = std::sync::Arc::new(tokio::sync::Semaphore::new(cfg.jobs.max(1)));
+    let shared = std::sync::Mutex::new(token.clone());
+    let one = |i: usize| {
+        let db = token.databases[i].clone();
+        let (source, target, budget, shared) = (&source, &target, budget.clone(), &shared);
+        async move {
+            if run.cancel.is_cancelled() {
+                return (i, Err(MigrationError::Cancelled));
+            }
+            let db_dir = dir.join(&db.dir);
+            let mut db_cfg = cfg.clone();
+            db_cfg.all_databases = false;
+            db_cfg.exclude_databases.clear();
+            db_cfg.migration_id = None;
+            db_cfg.source = Some(source.with_dbname(&db.name));
+            db_cfg.target = Some(target.with_dbname(&db.name));
+            db_cfg.dump_path = Some(db_dir.clone());
+            // Each database resumes from its own token when it has one; a
+            // database not started yet starts (a cluster `--resume` is not
+            // a database's `--resume`).
+            db_cfg.resume = ResumeToken::path_for(&db_dir).exists();
+            info!(database = %db.name, done = db.done, "database {} of {total}", i + 1);
+            // Side by side, one database's copy counts would overwrite
+            // another's: the cluster's progress counts databases (the
+            // warnings of all still reach it).
+            let db_run = RunContext {
+                cancel: run.cancel.clone(),
+                progress: if side_by_side == 1 {
+                    run.progress.clone()
+                } else {
+                    None
+                },
+                cutover: Default::default(),
+            };
+            if let Some(p) = &run.progress {
+                p.begin_database(&db.name, i as u64 + 1, total as u64, side_by_side == 1);
+            }
+            let r = crate::recorded::with_budget(
+                Some(budget),
+                Box::pin(run_database(&db_cfg, &db_run)),
+            )
+            .await
+            .map_err(|e| in_database(&db.name, e));
+            let r = match r {
+                Ok(report) => {
+                    faults::before(Point::ClusterDatabase).await;
+                    let saved = {
+                        let mut t = shared.lock().unwrap_or_else(|p| p.into_inner());
+                        t.databases[i].done = true;
+                        t.save(token_path)
+                    };
+                    faults::after(Point::ClusterDatabase).await;
+                    saved.map(|()| report)
+                }
+                Err(e) => Err(e),
+            };
+            if let (Some(p), Ok(_)) = (&run.progress, &r) {
+                p.end_database(&db.name);
+            }
+            (
+                i,
+                r.map(|report| DatabaseReport {
+                    name: db.name.clone(),
+                    report,
+                }),
+            )
+        }
+    };
+    let mut results: Vec<(usize, Result<DatabaseReport>)> = stream::iter(0..total)
+        .map(one)
+        .buffer_unordered(side_by_side)
+        .collect()
+        .await;
+    *token = shared.into_inner().unwrap_or_else(|p| p.into_inner());
+    results.sort_by_key(|(i, _)| *i);
+    let mut reports = Vec::new();
+    let mut first_error = None;
+    for (_, r) in results {
+        match r {
+            Ok(d) => reports.push(d),
+            Err(MigrationError::Cancelled) if first_error.is_some() => {}
+            Err(e) => {
+                if first_error
+                    .as_ref()
+                    .is_none_or(|f| matches!(f, MigrationError::Cancelled))
+                {
+                    first_error = Some(e);
+                }
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(reports),
+    }
 }

@@ -1,9 +1,11 @@
-//! Warnings recorded for the run they belong to, from code far from any
-//! handle of it (connection retries, preflight, target preparation,
-//! conninfo read inside a run): a task-local sink that the run sets
-//! ([`recording`]) and that spawned tasks carry ([`carried`]). The sink is
-//! a closure (the run's progress, see `context`), so this module imports
-//! nothing of the crate and anyone may record: a leaf foundation.
+//! What a run's tasks carry without a handle threaded through every call:
+//! the sink of the warnings recorded for the run (connection retries,
+//! preflight, target preparation, conninfo read inside a run), which the
+//! run sets ([`recording`]), and the job budget a whole-cluster migration
+//! shares among its databases' copy workers ([`with_budget`]). Spawned
+//! tasks carry both ([`carried`]). The sink is a closure (the run's
+//! progress, see `context`), so this module imports nothing of the crate
+//! and anyone may use it: a leaf foundation.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,6 +15,26 @@ pub(crate) type Sink = Arc<dyn Fn(String) + Send + Sync>;
 
 tokio::task_local! {
     static SINK: Sink;
+    static BUDGET: Arc<tokio::sync::Semaphore>;
+}
+
+/// Run `fut` with copy workers that take a permit of `budget` for each
+/// group of items they copy (`None`: no budget beyond their own number).
+pub(crate) async fn with_budget<F: Future>(
+    budget: Option<Arc<tokio::sync::Semaphore>>,
+    fut: F,
+) -> F::Output {
+    match budget {
+        Some(b) => BUDGET.scope(b, fut).await,
+        None => fut.await,
+    }
+}
+
+/// A permit of the run's job budget, held while a worker copies; `None`
+/// when the run has none (a single-database run).
+pub(crate) async fn job_permit() -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let budget = BUDGET.try_with(Arc::clone).ok()?;
+    budget.acquire_owned().await.ok()
 }
 
 /// The `tracing` target of the log records whose warning or error the
@@ -31,7 +53,8 @@ pub(crate) async fn recording<F: Future>(sink: Option<Sink>, fut: F) -> F::Outpu
 /// `fut`, carrying the current run's sink into a task it is spawned as (a
 /// task-local does not follow a spawn by itself).
 pub(crate) fn carried<F: Future>(fut: F) -> impl Future<Output = F::Output> {
-    recording(SINK.try_with(Arc::clone).ok(), fut)
+    let budget = BUDGET.try_with(Arc::clone).ok();
+    recording(SINK.try_with(Arc::clone).ok(), with_budget(budget, fut))
 }
 
 /// Log a warning and record it in the current run's progress, if the task

@@ -224,7 +224,7 @@ pub(crate) async fn dump_all(
         db_cfg.resume = crate::resume::ResumeToken::path_for(&db_dir).exists();
         db_cfg.force_clean = cfg.force_clean && !db_cfg.resume;
         if let Some(p) = &run.progress {
-            p.begin_database(&db.name, i as u64 + 1, token.databases.len() as u64);
+            p.begin_database(&db.name, i as u64 + 1, token.databases.len() as u64, true);
         }
         info!(database = %db.name, "dumping database {} of {}", i + 1, token.databases.len());
         let r = Box::pin(crate::dump::run(&db_cfg, run)).await?;
@@ -323,7 +323,7 @@ pub(crate) async fn restore_all(
         db_cfg.resume = crate::resume::ResumeToken::restore_path_for(&db_dir).exists();
         db_cfg.force_clean = cfg.force_clean && !db_cfg.resume;
         if let Some(p) = &run.progress {
-            p.begin_database(&db.name, i as u64 + 1, token.databases.len() as u64);
+            p.begin_database(&db.name, i as u64 + 1, token.databases.len() as u64, true);
         }
         info!(database = %db.name, "restoring database {} of {}", i + 1, token.databases.len());
         let r = Box::pin(crate::restore::run(&db_cfg, run)).await?;

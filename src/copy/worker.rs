@@ -62,6 +62,9 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
     // WAL flush) and one marker round trip for the group instead of each.
     let group_limit = if dst.is_some() { GROUP_ITEMS } else { 1 };
     loop {
+        // A whole-cluster migration's budget: taken before the items, so a
+        // waiting worker holds none back from another database.
+        let _permit = crate::recorded::job_permit().await;
         let group = sched.next_items(group_limit, SMALL_ITEM_BYTES, GROUP_BYTES);
         if group.is_empty() {
             break;

@@ -548,9 +548,23 @@ impl Progress {
     }
 
     /// A whole-cluster migration moves on to database `name` (number
-    /// `number` of `of`): what the snapshot says of a database's copy
-    /// starts over, the cluster's counts go on.
-    pub(crate) fn begin_database(&self, name: &str, number: u64, of: u64) {
+    /// `number` of `of`): with `reset` (one database at a time), what the
+    /// snapshot says of a database's copy starts over, the cluster's
+    /// counts go on; without, only the cluster's counts move.
+    pub(crate) fn begin_database(&self, name: &str, number: u64, of: u64, reset: bool) {
+        if !reset {
+            // Databases side by side: the cluster's counts only.
+            self.with(|s| {
+                s.databases_total = of;
+                s.database = Some(name.to_string());
+            });
+            self.publish(Event::DatabaseStarted {
+                name: name.to_string(),
+                number,
+                of,
+            });
+            return;
+        }
         *lock(&self.seen) = Seen::default();
         lock(&self.workers).clear();
         lock(&self.table_bytes).clear();
