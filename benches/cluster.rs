@@ -6,7 +6,9 @@
 //! passwords and memberships. Each tool starts from an empty target
 //! (every database and role of an earlier run dropped); `BENCH_RUNS`
 //! rounds (default 2), the median reported. `BENCH_JOBS` (default 2) is
-//! pg_dbmigrator's `--jobs`; pg_dumpall has no parallelism.
+//! pg_dbmigrator's `--jobs`; pg_dumpall has no parallelism. pg_dbmigrator
+//! runs with `--verify none`, as in the single-database bench, and keeps
+//! its ANALYZE (pg_dumpall | psql leaves the statistics empty).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -179,7 +181,10 @@ fn main() {
         reset_target(&bin, &tgt);
         let dir = work.path().join(format!("run{round}"));
         let mut cmd = Command::new(&tool);
-        cmd.args(["migrate", "--all-databases", "--jobs", &jobs.to_string()])
+        // As the single-database bench: no verify (pg_dumpall has none),
+        // ANALYZE kept (pg_dumpall | psql leaves the statistics empty).
+        cmd.args(["migrate", "--all-databases", "--verify", "none"])
+            .args(["--jobs", &jobs.to_string()])
             .args(["--source", &src_ci("postgres")])
             .args(["--target", &tgt.conninfo("postgres")])
             .arg("--dump-path")
