@@ -209,38 +209,21 @@ pub(crate) async fn dump_all(
         &serde_json::to_vec_pretty(&index).expect("index serializes"),
         "cluster archive index",
     )?;
-    let mut out = Vec::new();
-    for i in 0..token.databases.len() {
-        let db = token.databases[i].clone();
-        if run.cancel.is_cancelled() {
-            return Err(MigrationError::Cancelled);
-        }
-        let db_dir = dir.join(&db.dir);
-        let mut db_cfg = cfg.clone();
-        db_cfg.all_databases = false;
-        db_cfg.exclude_databases.clear();
-        db_cfg.source = Some(source.with_dbname(&db.name));
-        db_cfg.dump_path = Some(db_dir.clone());
-        db_cfg.resume = crate::resume::ResumeToken::path_for(&db_dir).exists();
-        db_cfg.force_clean = cfg.force_clean && !db_cfg.resume;
-        if let Some(p) = &run.progress {
-            p.begin_database(&db.name, i as u64 + 1, token.databases.len() as u64, true);
-        }
-        info!(database = %db.name, "dumping database {} of {}", i + 1, token.databases.len());
-        let r = Box::pin(crate::dump::run(&db_cfg, run)).await?;
-        if let Some(p) = &run.progress {
-            p.end_database(&db.name);
-        }
-        if !token.databases[i].done {
-            token.databases[i].done = true;
-            around(Point::ClusterDatabase, async { token.save(&token_path) }).await?;
-        }
-        out.push(ArchivedDatabase {
-            name: db.name,
-            dir: db_dir,
-            rows: r.rows,
-        });
-    }
+    let out = each_database(
+        cfg,
+        run,
+        &dir,
+        &token_path,
+        &mut token,
+        "dumping",
+        |mut db_cfg, db, db_dir| {
+            db_cfg.source = Some(source.with_dbname(&db.name));
+            db_cfg.resume = crate::resume::ResumeToken::path_for(db_dir).exists();
+            db_cfg.force_clean = cfg.force_clean && !db_cfg.resume;
+            async move { Ok(Box::pin(crate::dump::run(&db_cfg, run)).await?.rows) }
+        },
+    )
+    .await?;
     token.globals_done = true;
     token.completed = true;
     token.save(&token_path)?;
@@ -308,38 +291,21 @@ pub(crate) async fn restore_all(
         token.save(&token_path)?;
         globals_report = Some(report);
     }
-    let mut out = Vec::new();
-    for i in 0..token.databases.len() {
-        let db = token.databases[i].clone();
-        if run.cancel.is_cancelled() {
-            return Err(MigrationError::Cancelled);
-        }
-        let db_dir = dir.join(&db.dir);
-        let mut db_cfg = cfg.clone();
-        db_cfg.all_databases = false;
-        db_cfg.exclude_databases.clear();
-        db_cfg.target = Some(target.with_dbname(&db.name));
-        db_cfg.dump_path = Some(db_dir.clone());
-        db_cfg.resume = crate::resume::ResumeToken::restore_path_for(&db_dir).exists();
-        db_cfg.force_clean = cfg.force_clean && !db_cfg.resume;
-        if let Some(p) = &run.progress {
-            p.begin_database(&db.name, i as u64 + 1, token.databases.len() as u64, true);
-        }
-        info!(database = %db.name, "restoring database {} of {}", i + 1, token.databases.len());
-        let r = Box::pin(crate::restore::run(&db_cfg, run)).await?;
-        if let Some(p) = &run.progress {
-            p.end_database(&db.name);
-        }
-        if !token.databases[i].done {
-            token.databases[i].done = true;
-            around(Point::ClusterDatabase, async { token.save(&token_path) }).await?;
-        }
-        out.push(ArchivedDatabase {
-            name: db.name,
-            dir: db_dir,
-            rows: r.rows,
-        });
-    }
+    let out = each_database(
+        cfg,
+        run,
+        &dir,
+        &token_path,
+        &mut token,
+        "restoring",
+        |mut db_cfg, db, db_dir| {
+            db_cfg.target = Some(target.with_dbname(&db.name));
+            db_cfg.resume = crate::resume::ResumeToken::restore_path_for(db_dir).exists();
+            db_cfg.force_clean = cfg.force_clean && !db_cfg.resume;
+            async move { Ok(Box::pin(crate::restore::run(&db_cfg, run)).await?.rows) }
+        },
+    )
+    .await?;
     token.completed = true;
     token.save(&token_path)?;
     Ok(ClusterArchiveReport {
@@ -349,4 +315,53 @@ pub(crate) async fn restore_all(
         globals: globals_report,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Run `op` (a dump or a restore, given the database's configuration
+/// and archive directory; it answers the rows moved) for every database
+/// of the token not done yet, one after another, each recorded done.
+async fn each_database<F, Fut>(
+    cfg: &MigrationConfig,
+    run: &RunContext,
+    dir: &Path,
+    token_path: &Path,
+    token: &mut ClusterToken,
+    doing: &str,
+    op: F,
+) -> Result<Vec<ArchivedDatabase>>
+where
+    F: Fn(MigrationConfig, &ClusterDatabase, &Path) -> Fut,
+    Fut: std::future::Future<Output = Result<u64>>,
+{
+    let total = token.databases.len();
+    let mut out = Vec::new();
+    for i in 0..total {
+        let db = token.databases[i].clone();
+        if run.cancel.is_cancelled() {
+            return Err(MigrationError::Cancelled);
+        }
+        let db_dir = dir.join(&db.dir);
+        let mut db_cfg = cfg.clone();
+        db_cfg.all_databases = false;
+        db_cfg.exclude_databases.clear();
+        db_cfg.dump_path = Some(db_dir.clone());
+        if let Some(p) = &run.progress {
+            p.begin_database(&db.name, i as u64 + 1, total as u64, true);
+        }
+        info!(database = %db.name, "{doing} database {} of {total}", i + 1);
+        let rows = op(db_cfg, &db, &db_dir).await?;
+        if let Some(p) = &run.progress {
+            p.end_database(&db.name);
+        }
+        if !token.databases[i].done {
+            token.databases[i].done = true;
+            around(Point::ClusterDatabase, async { token.save(token_path) }).await?;
+        }
+        out.push(ArchivedDatabase {
+            name: db.name,
+            dir: db_dir,
+            rows,
+        });
+    }
+    Ok(out)
 }
