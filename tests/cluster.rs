@@ -213,12 +213,24 @@ async fn assert_cluster_carried(pair: &testkit::Pair) {
     assert!(!database_names(&dst).await.contains(&"skipme_1".to_string()));
 }
 
-/// Kill the run at `spec`, resume it once, and require the whole cluster
-/// on the target.
-async fn kill_and_resume(spec: &str) {
+/// The pair, one test at a time: its source built once, its target as new.
+async fn fresh_target() -> (tokio::sync::MutexGuard<'static, ()>, &'static testkit::Pair) {
+    let one = ONE_AT_A_TIME.lock().await;
+    (one, prepared_pair().await)
+}
+
+/// The pair with its source built (once) and its target as new.
+async fn prepared_pair() -> &'static testkit::Pair {
     let pair = testkit::shared_pair();
     SOURCE.get_or_init(|| source_cluster(pair)).await;
     reset_target(pair).await;
+    pair
+}
+
+/// Kill the run at `spec`, resume it once, and require the whole cluster
+/// on the target.
+async fn kill_and_resume(spec: &str) {
+    let pair = prepared_pair().await;
     let (src, dst) = (pair.source.admin_conninfo(), pair.target.admin_conninfo());
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path().join("cluster");
@@ -272,10 +284,7 @@ async fn every_kill_point_of_a_cluster_migration_resumes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whole_cluster_in_one_run_killed_between_two_databases_then_resumed() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let pair = testkit::shared_pair();
-    SOURCE.get_or_init(|| source_cluster(pair)).await;
-    reset_target(pair).await;
+    let (_one, pair) = fresh_target().await;
     let (src, dst) = (pair.source.admin_conninfo(), pair.target.admin_conninfo());
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path().join("cluster");
@@ -535,10 +544,7 @@ async fn a_whole_cluster_into_postgresql_17() {
 /// it cannot carry, and carries everything else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_non_superuser_source_carries_all_but_the_passwords() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let pair = testkit::shared_pair();
-    SOURCE.get_or_init(|| source_cluster(pair)).await;
-    reset_target(pair).await;
+    let (_one, pair) = fresh_target().await;
     let admin = pair.source.admin_conninfo();
     testkit::execute(
         &admin,
@@ -606,10 +612,7 @@ async fn a_non_superuser_source_carries_all_but_the_passwords() {
 /// same cluster as a direct migration, the globals file private.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whole_cluster_through_an_archive() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let pair = testkit::shared_pair();
-    SOURCE.get_or_init(|| source_cluster(pair)).await;
-    reset_target(pair).await;
+    let (_one, pair) = fresh_target().await;
     let (src, dst) = (pair.source.admin_conninfo(), pair.target.admin_conninfo());
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("cluster-archive");
