@@ -42,6 +42,7 @@ use crate::report::{ApplySummary, CutoverSummary, MigrationReport, OnlineReport}
 pub use crate::resume::cutover_request_path as request_path;
 use crate::resume::{CutoverRecord, Definition, OnlineState, ResumeToken, Stage};
 
+use crate::context::{ClusterSeat, ClusterTicket};
 pub use crate::context::{CutoverHandle, CutoverSignal};
 
 /// An online migration from start (or resume) to the end of the cutover.
@@ -393,6 +394,7 @@ async fn stream_and_cutover(
                 &mut stop,
                 &mut streamer,
                 source_version,
+                run.cluster.as_deref(),
             )
             .await
             {
@@ -657,9 +659,13 @@ async fn cutover(
     stop: &mut CancellationToken,
     streamer: &mut Option<tokio::task::JoinHandle<Result<()>>>,
     source_version: i32,
+    seat: Option<&ClusterSeat>,
 ) -> Result<CutoverOutcome> {
     let store = phase.store.clone();
     let t0 = Instant::now();
+    // A database of a whole-cluster migration passes the cluster's barrier
+    // once per attempt (dropped unused, the ticket says it failed).
+    let mut ticket = seat.map(|s| s.ticket());
     // Fresh sessions: either server may have restarted while we streamed.
     if ctl.is_closed() {
         *ctl = control(&phase.source).await?;
@@ -701,6 +707,7 @@ async fn cutover(
         streamer,
         source_version,
         t0,
+        &mut ticket,
     )
     .await;
     match r {
@@ -726,6 +733,10 @@ async fn cutover(
             Ok(out)
         }
         Err(e) => {
+            if let Some(t) = ticket.take() {
+                // The other databases of the cluster stop waiting.
+                t.fail(&e);
+            }
             // Before the fence is lifted: from then on the drain no longer
             // covers every change.
             let _ = store.update(|t| {
@@ -762,6 +773,7 @@ async fn cutover_steps(
     streamer: &mut Option<tokio::task::JoinHandle<Result<()>>>,
     source_version: i32,
     _t0: Instant,
+    ticket: &mut Option<ClusterTicket>,
 ) -> Result<CutoverOutcome> {
     let store = phase.store.clone();
     let state = store
@@ -781,6 +793,9 @@ async fn cutover_steps(
         tokio::time::sleep(Duration::from_millis(50)).await;
         end_other_sessions(ctl).await?;
         info!("source fenced: read-only for every other session");
+    }
+    if let Some(t) = ticket.as_ref() {
+        t.fenced();
     }
     // (2) Drain up to the fence.
     let mut fence_lsn = None;
@@ -899,6 +914,13 @@ async fn cutover_steps(
     }
     copy::refresh_matviews(dst).await?;
     faults::after(Point::CutoverRecopy).await;
+    // A whole cluster hands over at once: every database has done the
+    // above (fenced, drained, sequences, recopies) before any goes on.
+    if let Some(t) = ticket.take() {
+        info!("waiting for the cluster's other databases to reach the cutover barrier");
+        t.arrive_ok().await?;
+        info!("every database of the cluster is drained: handing over");
+    }
     // (5) Remove what we created.
     let mut st = state.clone();
     around(Point::RemoveCapture, remove_capture(ctl, &mut st)).await?;

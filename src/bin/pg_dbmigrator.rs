@@ -823,10 +823,9 @@ fn run_context(
     cancel: CancellationToken,
     progress: &std::sync::Arc<pg_dbmigrator::progress::Progress>,
 ) -> pg_dbmigrator::RunContext {
-    pg_dbmigrator::RunContext {
-        progress: Some(progress.clone()),
-        ..pg_dbmigrator::RunContext::new(cancel)
-    }
+    let mut run = pg_dbmigrator::RunContext::new(cancel);
+    run.progress = Some(progress.clone());
+    run
 }
 
 /// `Ok(None)` after telling the user how to resume an interrupted run.

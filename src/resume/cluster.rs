@@ -46,6 +46,11 @@ pub struct ClusterToken {
     pub globals_done: bool,
     /// The databases, in the order they are started.
     pub databases: Vec<ClusterDatabase>,
+    /// Online: the cluster's one cutover passed its barrier (every
+    /// database fenced and drained); a resumed run finishes each
+    /// database's cutover without waiting for the others.
+    #[serde(default)]
+    pub cutover_passed: bool,
     /// Every database is done.
     pub completed: bool,
     /// When the token was last written.
