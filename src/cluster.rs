@@ -292,12 +292,10 @@ async fn online_databases(
 ) -> Result<(Vec<DatabaseReport>, OnlineReport)> {
     let mut reports: Vec<Option<DatabaseReport>> = vec![None; token.databases.len()];
     if let Some(i) = token.databases.iter().position(|d| d.name == "template1") {
-        {
-            let mut offline = cfg.clone();
-            offline.mode = MigrationMode::Offline;
-            info!("template1 is migrated offline, before the online databases");
-            reports[i] = Some(one_database(&offline, run, dir, token_path, token, i).await?);
-        }
+        let mut offline = cfg.clone();
+        offline.mode = MigrationMode::Offline;
+        info!("template1 is migrated offline, before the online databases");
+        reports[i] = Some(one_database(&offline, run, dir, token_path, token, i).await?);
     }
     let online: Vec<usize> = (0..token.databases.len())
         .filter(|&i| reports[i].is_none())
