@@ -164,6 +164,9 @@ pub(crate) async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<Migra
                     })
                     .collect(),
                 cutover_passed: false,
+                cutover_attempts: 0,
+                cutover_error: None,
+                cutover_downtime_seconds: None,
                 completed: false,
                 updated_at: chrono::Utc::now(),
             };
@@ -476,6 +479,11 @@ async fn online_databases(
                 "cluster cutover done"
             );
             cluster_downtime = Some(downtime);
+            token.cutover_passed |= barrier.passed();
+            token.cutover_attempts += 1;
+            token.cutover_error = None;
+            token.cutover_downtime_seconds = Some(downtime);
+            token.save(token_path)?;
             signal.set_streaming(false);
             signal.attempt_ended(Ok(CutoverDone {
                 downtime: Duration::from_secs_f64(downtime),
@@ -505,6 +513,10 @@ async fn online_databases(
         run.error(format!(
             "the cluster's cutover failed; every database's fence is lifted and streaming goes on. Fix the cause, then request the cutover again: {e}"
         ));
+        token.cutover_passed |= barrier.passed();
+        token.cutover_attempts += 1;
+        token.cutover_error = Some(e.to_string());
+        token.save(token_path)?;
         signal.attempt_ended(Err(CutoverError::Failed(Arc::new(e))));
         mode = CutoverMode::Manual;
     }
@@ -526,7 +538,9 @@ async fn online_databases(
     }
     summary.apply.transactions_per_second =
         summary.apply.transactions as f64 / summary.apply.seconds.max(0.001);
-    summary.cutover.downtime_seconds = cluster_downtime.unwrap_or(own_downtime);
+    summary.cutover.downtime_seconds = cluster_downtime
+        .or(token.cutover_downtime_seconds)
+        .unwrap_or(own_downtime);
     summary.cutover.fenced = cfg.fence;
     Ok((reports, summary))
 }

@@ -495,6 +495,12 @@ pub(crate) struct ClusterSeat {
 }
 
 impl ClusterSeat {
+    /// Whether the cluster's cutover passed its barrier (now or in an
+    /// earlier run).
+    pub(crate) fn passed(&self) -> bool {
+        self.barrier.passed()
+    }
+
     /// A cutover attempt of this database begins: it must arrive once.
     pub(crate) fn ticket(&self) -> ClusterTicket {
         let s = self.barrier.lock();

@@ -371,6 +371,26 @@ async fn stream_and_cutover(
     let mut below_since: Option<Instant> = None;
     let mut last_log = Instant::now();
     let mut want_cutover = cutover_interrupted;
+    if cutover_interrupted && run.cluster.as_ref().is_some_and(|s| !s.passed()) {
+        // A whole cluster's cutover that was killed before every database
+        // reached its barrier: nothing irreversible happened anywhere. The
+        // fence is lifted; the cluster cuts over again as a whole.
+        want_cutover = false;
+        let _ = store.update(|t| {
+            if let Some(c) = t.online.as_mut().and_then(|o| o.cutover.as_mut()) {
+                c.drained = false;
+            }
+        });
+        if cfg.fence {
+            unfence_db(&ctl).await?;
+            store.update(|t| {
+                if let Some(o) = t.online.as_mut() {
+                    o.fenced = false;
+                }
+            })?;
+        }
+        info!("the cluster's interrupted cutover had not handed over: the fence is lifted and streaming goes on until the cluster cuts over again");
+    }
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut ctl_outage = crate::pg::connect::Outage::default();
     let mut ctl_retry_at: Option<Instant> = None;
@@ -407,7 +427,11 @@ async fn stream_and_cutover(
                     break c;
                 }
                 Err(e) => {
-                    run.error(format!("cutover failed; the fence is lifted and streaming goes on. Fix the cause, then run `pg_dbmigrator cutover --dump-path {}` again: {e}", phase.dump_path.display()));
+                    if run.cluster.is_some() {
+                        run.error(format!("cutover failed; the fence is lifted and streaming goes on (the cluster cuts over again as a whole): {e}"));
+                    } else {
+                        run.error(format!("cutover failed; the fence is lifted and streaming goes on. Fix the cause, then run `pg_dbmigrator cutover --dump-path {}` again: {e}", phase.dump_path.display()));
+                    }
                     let msg = e.to_string();
                     let _ = store.update(|t| {
                         if let Some(o) = t.online.as_mut() {

@@ -431,9 +431,11 @@ async fn wait_target(db: &str, sql: &str, want: &str) {
     }
 }
 
-/// Killed in the middle of the cluster's cutover (before the barrier: both
+/// Killed in the middle of the cluster's cutover (before the barrier: two
 /// databases drained; after it: one slot dropped), the run resumed with
-/// `--resume` completes on the first try with every database equal.
+/// `--resume` completes on the first try with every database equal (the
+/// first resumed with a manual cutover asked for by `pg_dbmigrator
+/// cutover --dump-path <cluster dir>`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killed_during_the_cluster_cutover_then_resumed() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -475,12 +477,49 @@ async fn killed_during_the_cluster_cutover_then_resumed() {
         );
         let mut resumed = args.to_vec();
         resumed.extend(["--resume", "--json"]);
-        let out = run_async(&resumed).await;
+        let manual = spec == "after:drain#2";
+        let out = if manual {
+            // Resumed with a manual cutover, asked for from another
+            // process through the cluster's work dir.
+            resumed[9] = "manual";
+            let child = command(&resumed)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let lock = pg_dbmigrator::resume::cluster::ClusterToken::path_for(&work);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !pg_dbmigrator::resume::RunLock::is_held(&lock) {
+                assert!(Instant::now() < deadline, "the resumed run never started");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let c = run_async(&["cutover", "--dump-path", w]).await;
+            assert_eq!(c.status.code(), Some(0), "{}", text(&c.stderr));
+            assert!(
+                text(&c.stdout).contains("the cluster's writes were blocked for"),
+                "{}",
+                text(&c.stdout)
+            );
+            let again = run_async(&["cutover", "--dump-path", w]).await;
+            assert!(
+                text(&again.stdout).contains("already done"),
+                "{}",
+                text(&again.stdout)
+            );
+            tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+                .await
+                .unwrap()
+        } else {
+            run_async(&resumed).await
+        };
         assert_eq!(out.status.code(), Some(0), "{spec}: {}", text(&out.stderr));
         eprintln!(
             "{spec}: killed and resumed in {:.1}s",
             t0.elapsed().as_secs_f64()
         );
+        if std::env::var("SHOW_RESUME").is_ok() {
+            eprintln!("{}\n{}", text(&out.stderr), text(&out.stdout));
+        }
         let report = report_of(&out.stdout);
         assert_eq!(
             report["databases"].as_array().unwrap().len(),
