@@ -342,9 +342,16 @@ async fn online_databases(
         signal.run_started();
         info!(database = %db.name, jobs, "online migration of database {} started", db.name);
         let task = tokio::spawn(crate::recorded::carried(async move {
-            let r = Box::pin(run_database(&db_cfg, &ctx)).await;
-            ctx.cutover.run_ended();
-            r
+            // Whatever way the run ends (a panic too), the requests
+            // waiting on it resolve.
+            struct Ended(Arc<CutoverSignal>);
+            impl Drop for Ended {
+                fn drop(&mut self) {
+                    self.0.run_ended();
+                }
+            }
+            let _ended = Ended(ctx.cutover.clone());
+            Box::pin(run_database(&db_cfg, &ctx)).await
         }));
         members.push(Member {
             index: i,

@@ -526,12 +526,24 @@ pub(crate) struct ClusterTicket {
 }
 
 impl ClusterTicket {
-    /// This database is fenced (the cluster's downtime starts at the first).
-    pub(crate) fn fenced(&self) {
+    /// This database was fenced at `at` (the cluster's downtime starts at
+    /// the first).
+    pub(crate) fn fenced(&self, now: std::time::Instant) {
         let mut s = self.barrier.lock();
         if s.open && Some(s.round) == self.round {
-            let now = std::time::Instant::now();
             s.first_fence = Some(s.first_fence.map_or(now, |f| f.min(now)));
+        }
+    }
+
+    /// Whether this attempt may go on: part of the cluster's open round,
+    /// or after the round passed. (Checked before the fence.)
+    pub(crate) fn joinable(&self) -> crate::error::Result<()> {
+        if self.passed || self.round.is_some() {
+            Ok(())
+        } else {
+            Err(MigrationError::Config(
+                "in a whole-cluster online migration the cutover is the cluster's: request it through the cluster's work dir (`pg_dbmigrator cutover --dump-path <cluster dir>`), its library handle, or --cutover auto".into(),
+            ))
         }
     }
 
@@ -541,11 +553,8 @@ impl ClusterTicket {
         if self.passed {
             return Ok(());
         }
-        let Some(round) = self.round else {
-            return Err(MigrationError::Config(
-                "in a whole-cluster online migration the cutover is the cluster's: request it through the cluster's work dir (`pg_dbmigrator cutover --dump-path <cluster dir>`), its library handle, or --cutover auto".into(),
-            ));
-        };
+        self.joinable()?;
+        let round = self.round.expect("joinable");
         let mut rx = self.barrier.resolved.subscribe();
         self.barrier.arrive(Some(round), &self.database, Ok(()));
         let wait = rx.wait_for(|(r, res)| *r == round && res.is_some());

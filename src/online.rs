@@ -470,6 +470,11 @@ async fn stream_and_cutover(
             _ = signal.notified() => {}
             _ = tick.tick() => {}
         }
+        if run.cluster.is_some() && request_file.exists() {
+            // A database of a whole cluster is cut over with the others.
+            let _ = std::fs::remove_file(&request_file);
+            run.warn(format!("a cutover request for {} alone is ignored: the databases of a whole-cluster migration cut over together (`pg_dbmigrator cutover --dump-path <the cluster's dump path>`)", phase.dump_path.display()));
+        }
         if signal.take() || request_file.exists() {
             info!("cutover requested");
             want_cutover = true;
@@ -690,6 +695,9 @@ async fn cutover(
     // A database of a whole-cluster migration passes the cluster's barrier
     // once per attempt (dropped unused, the ticket says it failed).
     let mut ticket = seat.map(|s| s.ticket());
+    if let Some(t) = &ticket {
+        t.joinable()?;
+    }
     // Fresh sessions: either server may have restarted while we streamed.
     if ctl.is_closed() {
         *ctl = control(&phase.source).await?;
@@ -819,7 +827,7 @@ async fn cutover_steps(
         info!("source fenced: read-only for every other session");
     }
     if let Some(t) = ticket.as_ref() {
-        t.fenced();
+        t.fenced(fenced_at);
     }
     // (2) Drain up to the fence.
     let mut fence_lsn = None;

@@ -493,6 +493,19 @@ async fn killed_during_the_cluster_cutover_then_resumed() {
                 assert!(Instant::now() < deadline, "the resumed run never started");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            // One database's work dir: refused, the cutover is the cluster's.
+            let one = std::fs::read_dir(&work)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .find(|p| p.is_dir())
+                .unwrap();
+            let c = run_async(&["cutover", "--dump-path", one.to_str().unwrap()]).await;
+            assert_eq!(c.status.code(), Some(2), "{}", text(&c.stderr));
+            assert!(
+                text(&c.stderr).contains("cut over together"),
+                "{}",
+                text(&c.stderr)
+            );
             let c = run_async(&["cutover", "--dump-path", w]).await;
             assert_eq!(c.status.code(), Some(0), "{}", text(&c.stderr));
             assert!(

@@ -1246,6 +1246,17 @@ async fn cutover(args: CutoverArgs) -> Result<i32, MigrationError> {
     if pg_dbmigrator::resume::cluster::ClusterToken::path_for(&args.dump_path).exists() {
         return cluster_cutover(args).await;
     }
+    if let Some(cluster) = args
+        .dump_path
+        .parent()
+        .filter(|p| pg_dbmigrator::resume::cluster::ClusterToken::path_for(p).exists())
+    {
+        return Err(MigrationError::Config(format!(
+            "{} is one database of a whole-cluster migration: its databases cut over together; run `pg_dbmigrator cutover --dump-path {}`",
+            args.dump_path.display(),
+            cluster.display()
+        )));
+    }
     let token_path = ResumeToken::path_for(&args.dump_path);
     let load = || load_token(&args.dump_path);
     let token = load()?;
