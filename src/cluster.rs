@@ -307,8 +307,10 @@ async fn online_databases(
     // the databases (each copies with at least one worker).
     let jobs = (cfg.jobs / online.len().max(1)).max(1);
     let passed_path = token_path.to_path_buf();
+    let children = run.cancel.child_token();
     let barrier = Arc::new(ClusterCutover::new(
         token.cutover_passed,
+        children.clone(),
         Box::new(move || {
             // Before any database goes on: a resumed run finishes them all.
             let mut t = ClusterToken::load(&passed_path)?.ok_or_else(|| {
@@ -324,7 +326,6 @@ async fn online_databases(
         signal: Arc<CutoverSignal>,
         task: Option<tokio::task::JoinHandle<Result<MigrationReport>>>,
     }
-    let children = run.cancel.child_token();
     let mut members = Vec::new();
     for &i in &online {
         let db = token.databases[i].clone();

@@ -356,6 +356,8 @@ pub(crate) struct ClusterCutover {
     on_pass: Box<dyn Fn() -> crate::error::Result<()> + Send + Sync>,
     /// How long an arrived member waits for the others.
     timeout: Duration,
+    /// The databases' runs are cancelled: nobody waits any more.
+    cancel: CancellationToken,
 }
 
 #[derive(Default)]
@@ -384,6 +386,7 @@ impl ClusterCutover {
     /// A barrier; `passed` when an earlier run's round passed already.
     pub(crate) fn new(
         passed: bool,
+        cancel: CancellationToken,
         on_pass: Box<dyn Fn() -> crate::error::Result<()> + Send + Sync>,
     ) -> Self {
         ClusterCutover {
@@ -394,6 +397,7 @@ impl ClusterCutover {
             resolved: watch::Sender::new((0, None)),
             on_pass,
             timeout: Duration::from_secs(360),
+            cancel,
         }
     }
 
@@ -558,7 +562,22 @@ impl ClusterTicket {
         let mut rx = self.barrier.resolved.subscribe();
         self.barrier.arrive(Some(round), &self.database, Ok(()));
         let wait = rx.wait_for(|(r, res)| *r == round && res.is_some());
+        let wait = async {
+            tokio::select! {
+                r = wait => Some(r.map(|v| v.clone())),
+                _ = self.barrier.cancel.cancelled() => None,
+            }
+        };
         let r = match tokio::time::timeout(self.barrier.timeout, wait).await {
+            Ok(None) => {
+                let mut s = self.barrier.lock();
+                self.barrier.resolve(&mut s, round, Err("cancelled".into()));
+                return Err(MigrationError::Cancelled);
+            }
+            Ok(Some(v)) => Ok(v),
+            Err(e) => Err(e),
+        };
+        let r = match r {
             Ok(Ok(v)) => v.1.clone().expect("resolved"),
             Ok(Err(_)) => Err("the cluster's cutover barrier is gone".into()),
             Err(_) => {

@@ -442,15 +442,17 @@ async fn wait_target(db: &str, sql: &str, want: &str) {
     }
 }
 
-/// Killed in the middle of the cluster's cutover (before the barrier: two
-/// databases drained; after it: one slot dropped), the run resumed with
+/// Killed while streaming (the second database had just begun to stream,
+/// others may still copy) and in the middle of the cluster's cutover
+/// (before the barrier: two databases drained; after it: one slot
+/// dropped), the run resumed with
 /// `--resume` completes on the first try with every database equal (the
 /// first resumed with a manual cutover asked for by `pg_dbmigrator
 /// cutover --dump-path <cluster dir>`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killed_during_the_cluster_cutover_then_resumed() {
     let _one = ONE_AT_A_TIME.lock().await;
-    for spec in ["after:drain#2", "after:drop_slot#1"] {
+    for spec in ["after:stream_start#2", "after:drain#2", "after:drop_slot#1"] {
         reset().await;
         let dir = tempfile::tempdir().unwrap();
         let work = dir.path().join("w");
