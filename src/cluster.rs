@@ -323,6 +323,7 @@ async fn online_databases(
     struct Member {
         index: usize,
         name: String,
+        seat: Arc<crate::context::ClusterSeat>,
         signal: Arc<CutoverSignal>,
         task: Option<tokio::task::JoinHandle<Result<MigrationReport>>>,
     }
@@ -334,11 +335,12 @@ async fn online_databases(
         // The cluster decides when: no database cuts over on its own.
         db_cfg.cutover = CutoverMode::Manual;
         let signal = Arc::new(CutoverSignal::default());
+        let seat = barrier.seat(&db.name);
         let ctx = RunContext {
             cancel: children.clone(),
             progress: run.progress.clone(),
             cutover: signal.clone(),
-            cluster: Some(barrier.seat(&db.name)),
+            cluster: Some(seat.clone()),
         };
         signal.run_started();
         info!(database = %db.name, jobs, "online migration of database {} started", db.name);
@@ -357,6 +359,7 @@ async fn online_databases(
         members.push(Member {
             index: i,
             name: db.name.clone(),
+            seat,
             signal,
             task: Some(task),
         });
@@ -429,6 +432,32 @@ async fn online_databases(
         let caught_up = streaming && states.iter().all(|s| s.1);
         signal.set_streaming(streaming);
         signal.set_caught_up(caught_up);
+        if let (Some(p), true) = (&run.progress, cluster_downtime.is_none()) {
+            // The cluster's lag is its most lagging database's; rates add up.
+            let samples: Vec<_> = active.iter().map(|m| m.seat.online()).collect();
+            if samples.iter().any(|o| !o.applied_lsn.is_empty()) {
+                p.set_online(|o| {
+                    o.lag_bytes = samples.iter().map(|s| s.lag_bytes).max().unwrap_or(0);
+                    o.lag_seconds = samples.iter().map(|s| s.lag_seconds).fold(0.0, f64::max);
+                    // (Applied everywhere up to the least applied one's.)
+                    o.applied_lsn = samples
+                        .iter()
+                        .map(|s| s.applied_lsn.clone())
+                        .min_by_key(|l| {
+                            l.parse::<crate::replication::Lsn>()
+                                .map(|l| l.0)
+                                .unwrap_or(0)
+                        })
+                        .unwrap_or_default();
+                    o.transactions = samples.iter().map(|s| s.transactions).sum();
+                    o.rows = samples.iter().map(|s| s.rows).sum();
+                    o.transactions_per_second =
+                        samples.iter().map(|s| s.transactions_per_second).sum();
+                    o.rows_per_second = samples.iter().map(|s| s.rows_per_second).sum();
+                    o.ready_to_cut_over = caught_up;
+                });
+            }
+        }
         if !streaming {
             below_since = None;
             continue;
@@ -487,6 +516,12 @@ async fn online_databases(
                 "cluster cutover done"
             );
             cluster_downtime = Some(downtime);
+            if let Some(p) = &run.progress {
+                p.set_online(|o| {
+                    o.cutover_downtime_seconds = Some(downtime);
+                    o.ready_to_cut_over = false;
+                });
+            }
             token.cutover_passed |= barrier.passed();
             token.cutover_attempts += 1;
             token.cutover_error = None;

@@ -452,6 +452,7 @@ impl ClusterCutover {
         Arc::new(ClusterSeat {
             barrier: self.clone(),
             database: name.to_string(),
+            online: Default::default(),
         })
     }
 
@@ -491,14 +492,29 @@ impl ClusterCutover {
     }
 }
 
-/// A database's place at the [`ClusterCutover`] barrier.
+/// A database's place at the [`ClusterCutover`] barrier, and its latest
+/// streaming sample (the cluster publishes their sum).
 #[derive(Debug)]
 pub(crate) struct ClusterSeat {
     barrier: Arc<ClusterCutover>,
     database: String,
+    online: std::sync::Mutex<crate::progress::OnlineSnapshot>,
 }
 
 impl ClusterSeat {
+    /// This database's streaming sample.
+    pub(crate) fn set_online(&self, f: impl FnOnce(&mut crate::progress::OnlineSnapshot)) {
+        f(&mut self.online.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Its latest streaming sample.
+    pub(crate) fn online(&self) -> crate::progress::OnlineSnapshot {
+        self.online
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Whether the cluster's cutover passed its barrier (now or in an
     /// earlier run).
     pub(crate) fn passed(&self) -> bool {

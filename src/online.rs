@@ -516,7 +516,7 @@ async fn stream_and_cutover(
             let secs = stream_started.elapsed().as_secs_f64().max(0.001);
             let tx = shared.transactions.load(Ordering::Acquire);
             let rows = shared.rows.load(Ordering::Acquire);
-            p.set_online(|o| {
+            let sample = |o: &mut crate::progress::OnlineSnapshot| {
                 o.lag_bytes = lag;
                 o.lag_seconds = if lag == 0 {
                     0.0
@@ -529,7 +529,12 @@ async fn stream_and_cutover(
                 o.transactions_per_second = tx as f64 / secs;
                 o.rows_per_second = rows as f64 / secs;
                 o.ready_to_cut_over = caught_up;
-            });
+            };
+            match &run.cluster {
+                // The cluster publishes the sum of its databases.
+                Some(seat) => seat.set_online(sample),
+                None => p.set_online(sample),
+            }
         }
         if last_log.elapsed() >= Duration::from_secs(10) {
             last_log = Instant::now();

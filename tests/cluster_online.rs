@@ -354,11 +354,16 @@ async fn one_refusing_database_fails_the_whole_cutover_then_it_succeeds() {
     let writers = Writers::start(true);
     let migrator = Migrator::new(config(&dir.path().join("w"), CutoverMode::Manual));
     let handle = migrator.cutover_handle();
+    let progress = migrator.progress().clone();
     let run = tokio::spawn(async move { migrator.run(CancellationToken::new()).await });
     tokio::time::timeout(Duration::from_secs(240), handle.wait_caught_up())
         .await
         .expect("every database catches up")
         .expect("streaming");
+    // The snapshot's online part is the cluster's: its writers' rates add up.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let o = progress.snapshot().online.expect("an online snapshot");
+    assert!(o.transactions > 0 && !o.applied_lsn.is_empty(), "{o:?}");
     let b = pair().source.conninfo("shop_b");
     testkit::execute(
         &b,
