@@ -633,3 +633,99 @@ impl Drop for ClusterTicket {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn barrier(passes: Arc<AtomicUsize>) -> Arc<ClusterCutover> {
+        Arc::new(ClusterCutover::new(
+            false,
+            CancellationToken::new(),
+            Box::new(move || {
+                passes.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }),
+        ))
+    }
+
+    #[tokio::test]
+    async fn every_member_ok_passes_and_stays_passed() {
+        let passes = Arc::new(AtomicUsize::new(0));
+        let b = barrier(passes.clone());
+        let (a, c) = (b.seat("a"), b.seat("c"));
+        b.begin(vec!["a".into(), "c".into()]);
+        let (ta, tc) = (a.ticket(), c.ticket());
+        ta.fenced(std::time::Instant::now());
+        let (ra, rc) = tokio::join!(ta.arrive_ok(), tc.arrive_ok());
+        assert!(ra.is_ok() && rc.is_ok(), "{ra:?} {rc:?}");
+        assert_eq!(passes.load(Ordering::SeqCst), 1);
+        assert!(b.passed() && b.first_fence().is_some());
+        // A later attempt (a retry after an irreversible step failed) goes through.
+        assert!(a.ticket().arrive_ok().await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn one_failure_fails_every_member_at_once() {
+        let passes = Arc::new(AtomicUsize::new(0));
+        let b = barrier(passes.clone());
+        let (a, c, d) = (b.seat("a"), b.seat("c"), b.seat("d"));
+        b.begin(vec!["a".into(), "c".into(), "d".into()]);
+        let (ta, tc, td) = (a.ticket(), c.ticket(), d.ticket());
+        let waiting = tokio::spawn(ta.arrive_ok());
+        tokio::task::yield_now().await;
+        tc.fail(&MigrationError::Preflight("refused".into()));
+        let ra = waiting.await.unwrap();
+        let e = ra.expect_err("a fails with c").to_string();
+        assert!(e.contains("database c") && e.contains("refused"), "{e}");
+        assert_eq!(b.failed_database().as_deref(), Some("c"));
+        // d arrives late, after the round failed: it fails too, at once.
+        assert!(td.arrive_ok().await.is_err());
+        assert_eq!(passes.load(Ordering::SeqCst), 0);
+        assert!(!b.passed());
+        // The next round passes.
+        b.begin(vec!["a".into(), "c".into(), "d".into()]);
+        let (ra, rc, rd) = tokio::join!(
+            a.ticket().arrive_ok(),
+            c.ticket().arrive_ok(),
+            d.ticket().arrive_ok()
+        );
+        assert!(ra.is_ok() && rc.is_ok() && rd.is_ok());
+        assert!(b.passed());
+    }
+
+    #[tokio::test]
+    async fn a_dropped_ticket_fails_the_round_and_no_round_refuses() {
+        let b = barrier(Arc::new(AtomicUsize::new(0)));
+        let (a, c) = (b.seat("a"), b.seat("c"));
+        // No round open: a database's own attempt is refused before its fence.
+        assert!(a.ticket().joinable().is_err());
+        b.begin(vec!["a".into(), "c".into()]);
+        let ta = a.ticket();
+        let waiting = tokio::spawn(ta.arrive_ok());
+        tokio::task::yield_now().await;
+        drop(c.ticket());
+        assert!(waiting.await.unwrap().is_err());
+        assert_eq!(b.failed_database().as_deref(), Some("c"));
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_run_stops_waiting() {
+        let cancel = CancellationToken::new();
+        let b = Arc::new(ClusterCutover::new(
+            false,
+            cancel.clone(),
+            Box::new(|| Ok(())),
+        ));
+        let a = b.seat("a");
+        b.begin(vec!["a".into(), "c".into()]);
+        let waiting = tokio::spawn(a.ticket().arrive_ok());
+        tokio::task::yield_now().await;
+        cancel.cancel();
+        assert!(matches!(
+            waiting.await.unwrap(),
+            Err(MigrationError::Cancelled)
+        ));
+    }
+}
