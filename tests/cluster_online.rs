@@ -561,3 +561,68 @@ async fn killed_during_the_cluster_cutover_then_resumed() {
         assert_nothing_left_and_fenced().await;
     }
 }
+
+/// Cancelled while every database streams (each keeps its slot), then
+/// resumed through the library: every database goes on from its own
+/// token, and the automatic cutover moves them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancelled_while_streaming_then_resumed_by_the_library() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    reset().await;
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("w");
+    let migrator = Migrator::new(config(&work, CutoverMode::Manual));
+    let handle = migrator.cutover_handle();
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    let run = tokio::spawn(async move { migrator.run(c).await });
+    tokio::time::timeout(Duration::from_secs(240), handle.wait_caught_up())
+        .await
+        .expect("every database catches up")
+        .expect("streaming");
+    testkit::execute(
+        &pair().source.conninfo("shop_a"),
+        "INSERT INTO notes VALUES (-9, 'while nobody streams')",
+    )
+    .await
+    .unwrap();
+    cancel.cancel();
+    let r = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the run stops")
+        .unwrap();
+    assert!(
+        matches!(r, Err(pg_dbmigrator::MigrationError::Cancelled)),
+        "{r:?}"
+    );
+    let slots = testkit::query_scalar(
+        &pair().source.admin_conninfo(),
+        "SELECT count(*)::text FROM pg_replication_slots",
+    )
+    .await;
+    assert_eq!(slots, ALL.len().to_string(), "one slot kept per database");
+    let mut cfg = config(&work, CutoverMode::Auto);
+    cfg.resume = true;
+    let report = tokio::time::timeout(
+        Duration::from_secs(240),
+        Migrator::new(cfg).run(CancellationToken::new()),
+    )
+    .await
+    .expect("the resumed run ends")
+    .expect("the resumed run succeeds");
+    assert!(report.resumed, "{}", report.summary());
+    assert!(report.online.as_ref().unwrap().cutover.downtime_seconds > 0.0);
+    assert_same_databases().await;
+    assert_nothing_left_and_fenced().await;
+    // A finished cluster migration, resumed, is a success that does nothing.
+    let mut cfg = config(&work, CutoverMode::Auto);
+    cfg.resume = true;
+    let again = tokio::time::timeout(
+        Duration::from_secs(60),
+        Migrator::new(cfg).run(CancellationToken::new()),
+    )
+    .await
+    .expect("ends at once")
+    .expect("succeeds");
+    assert!(again.already_complete, "{}", again.summary());
+}
