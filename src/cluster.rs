@@ -303,6 +303,24 @@ async fn online_databases(
     let online: Vec<usize> = (0..token.databases.len())
         .filter(|&i| reports[i].is_none())
         .collect();
+    // One slot and one WAL sender per database, all at once: checked
+    // before any database starts (a database refused by its own preflight
+    // later would stop the others in the middle of their copies).
+    let fresh = online
+        .iter()
+        .all(|&i| !ResumeToken::path_for(&dir.join(&token.databases[i].dir)).exists());
+    if fresh && !online.is_empty() {
+        let src = connect::connect(cfg.source.as_ref().expect("checked"), "source").await?;
+        let (slots, senders) = crate::replication::preflight::free_slots_and_senders(&src).await?;
+        let n = online.len() as i32;
+        if slots < n || senders < n {
+            return Err(MigrationError::Preflight(format!(
+                "an online migration of {n} databases streams through {n} replication slots and {n} WAL senders at once; \
+                 the source has {slots} free slot(s) and {senders} free WAL sender(s). Fix: raise max_replication_slots \
+                 and max_wal_senders (ALTER SYSTEM SET ...; then restart PostgreSQL), or leave databases out with --exclude-database"
+            )));
+        }
+    }
     // The sessions' budget: `jobs` for the whole cluster, split between
     // the databases (each copies with at least one worker).
     let jobs = (cfg.jobs / online.len().max(1)).max(1);

@@ -626,3 +626,45 @@ async fn cancelled_while_streaming_then_resumed_by_the_library() {
     .expect("succeeds");
     assert!(again.already_complete, "{}", again.summary());
 }
+
+/// Fewer free replication slots than databases: refused before any
+/// database starts, nothing of ours created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn too_few_free_slots_for_every_database_is_refused_first() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    reset().await;
+    let admin = pair().source.admin_conninfo();
+    let taken = 10 - ALL.len() + 1;
+    testkit::execute(
+        &admin,
+        &format!("SELECT pg_create_physical_replication_slot('busy_' || g) FROM generate_series(1, {taken}) g"),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let r = Migrator::new(config(&dir.path().join("w"), CutoverMode::Auto))
+        .run(CancellationToken::new())
+        .await;
+    testkit::execute(
+        &admin,
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name LIKE 'busy\\_%'",
+    )
+    .await
+    .unwrap();
+    let e = r.expect_err("refused").to_string();
+    assert!(
+        e.contains("4 replication slots") && e.contains("3 free slot(s)"),
+        "{e}"
+    );
+    let ours =
+        testkit::query_scalar(&admin, "SELECT count(*)::text FROM pg_replication_slots").await;
+    assert_eq!(ours, "0");
+    for db in ALL {
+        let pubs = testkit::query_scalar(
+            &pair().source.conninfo(db),
+            "SELECT count(*)::text FROM pg_publication",
+        )
+        .await;
+        assert_eq!(pubs, "0", "{db}");
+    }
+}
