@@ -1,11 +1,19 @@
 //! Whole-cluster migrations (`all_databases`): the orchestrator one floor
 //! above the database orchestrators. It lists the source's databases, has
 //! the globals stage carry roles, memberships, settings and tablespaces,
-//! then runs each database's own migration (offline: `migrate`) as a
-//! single-database run would, in its own work dir and with its own resume
-//! token, and records each one's end in the cluster's token
-//! ([`crate::resume::cluster`]). It threads no "all databases" flag through
-//! the orchestrators below: each of them sees one ordinary migration.
+//! then runs each database's own migration as a single-database run would,
+//! in its own work dir and with its own resume token, and records each
+//! one's end in the cluster's token ([`crate::resume::cluster`]). Offline,
+//! the databases go one after another (`migrate`). Online, every database
+//! runs its own `online` migration at once (own slot, stream, token) and
+//! the cluster cuts over once: it asks each database to cut over, and
+//! each database's cutover waits at the cluster's barrier
+//! ([`crate::context::ClusterCutover`], reached through its `RunContext`)
+//! between its reversible steps (fence, drain, sequences, recopies) and its
+//! irreversible ones (capture, slot, publication removed), so that either
+//! every database hands over or none does. It threads no "all databases"
+//! flag through the orchestrators below: each of them sees one ordinary
+//! migration (and, online, an optional seat at the barrier).
 //!
 //! Also here: [`run_database`], the one-database run that
 //! [`crate::Migrator::run`] and this orchestrator share (run lock, sessions
