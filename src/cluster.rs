@@ -1,11 +1,19 @@
 //! Whole-cluster migrations (`all_databases`): the orchestrator one floor
 //! above the database orchestrators. It lists the source's databases, has
 //! the globals stage carry roles, memberships, settings and tablespaces,
-//! then runs each database's own migration (offline: `migrate`) as a
-//! single-database run would, in its own work dir and with its own resume
-//! token, and records each one's end in the cluster's token
-//! ([`crate::resume::cluster`]). It threads no "all databases" flag through
-//! the orchestrators below: each of them sees one ordinary migration.
+//! then runs each database's own migration as a single-database run would,
+//! in its own work dir and with its own resume token, and records each
+//! one's end in the cluster's token ([`crate::resume::cluster`]). Offline,
+//! the databases go one after another (`migrate`). Online, every database
+//! runs its own `online` migration at once (own slot, stream, token) and
+//! the cluster cuts over once: it asks each database to cut over, and
+//! each database's cutover waits at the cluster's barrier
+//! ([`crate::context::ClusterCutover`], reached through its `RunContext`)
+//! between its reversible steps (fence, drain, sequences, recopies) and its
+//! irreversible ones (capture, slot, publication removed), so that either
+//! every database hands over or none does. It threads no "all databases"
+//! flag through the orchestrators below: each of them sees one ordinary
+//! migration (and, online, an optional seat at the barrier).
 //!
 //! Also here: [`run_database`], the one-database run that
 //! [`crate::Migrator::run`] and this orchestrator share (run lock, sessions
@@ -19,17 +27,23 @@ mod checks;
 
 pub(crate) use checks::{plan, verify};
 
+use std::future::IntoFuture;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::config::{MigrationConfig, MigrationMode};
-use crate::context::RunContext;
+use crate::config::{CutoverMode, MigrationConfig, MigrationMode};
+use crate::context::{
+    ClusterCutover, CutoverDone, CutoverError, CutoverHandle, CutoverSignal, RunContext,
+};
 use crate::error::{MigrationError, Remedy, Result};
 use crate::faults::{self, around, Point};
 use crate::globals::{self, GlobalsOptions};
 use crate::pg::{connect, sessions};
-use crate::report::{DatabaseReport, MigrationReport};
+use crate::report::{DatabaseReport, MigrationReport, OnlineReport};
 use crate::resume::cluster::{database_dir, ClusterDatabase, ClusterToken, CLUSTER_TOKEN_VERSION};
 use crate::resume::{self, Definition, EndpointIdentity, ResumeToken, RunLock};
 
@@ -72,10 +86,10 @@ fn cluster_dir(
 /// The whole cluster: globals, then every database.
 pub(crate) async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<MigrationReport> {
     let started = std::time::Instant::now();
-    if cfg.mode == MigrationMode::Online {
+    if cfg.mode == MigrationMode::Online && cfg.fallback {
         return Err(MigrationError::Unsupported(
-            "an online migration of every database (all_databases with online mode) is not built yet; \
-             migrate the databases one by one online, or the whole cluster offline"
+            "--fallback with an online migration of every database (all_databases) is not built yet; \
+             migrate the whole cluster online without --fallback, or the databases one by one online with --fallback"
                 .into(),
         ));
     }
@@ -135,6 +149,10 @@ pub(crate) async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<Migra
                         done: false,
                     })
                     .collect(),
+                cutover_passed: false,
+                cutover_attempts: 0,
+                cutover_error: None,
+                cutover_downtime_seconds: None,
                 completed: false,
                 updated_at: chrono::Utc::now(),
             };
@@ -169,12 +187,421 @@ pub(crate) async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<Migra
         globals_report = Some(report);
     }
 
-    let reports = Box::pin(offline_databases(cfg, run, &dir, &token_path, &mut token)).await?;
+    let mut online = None;
+    let reports = if cfg.mode == MigrationMode::Online {
+        let (reports, summary) =
+            Box::pin(online_databases(cfg, run, &dir, &token_path, &mut token)).await?;
+        online = Some(summary);
+        reports
+    } else {
+        Box::pin(offline_databases(cfg, run, &dir, &token_path, &mut token)).await?
+    };
     token.completed = true;
     token.save(&token_path)?;
     let mut report = cluster_report(&dir, &token_path, reports, started);
     report.globals = globals_report;
+    report.online = online;
     Ok(report)
+}
+
+/// Database `db`'s migration as a single-database run would make it.
+fn database_config(cfg: &MigrationConfig, dir: &Path, db: &ClusterDatabase) -> MigrationConfig {
+    let (source, target) = (
+        cfg.source.as_ref().expect("checked"),
+        cfg.target.as_ref().expect("checked"),
+    );
+    let db_dir = dir.join(&db.dir);
+    let mut db_cfg = cfg.clone();
+    db_cfg.all_databases = false;
+    db_cfg.exclude_databases.clear();
+    db_cfg.migration_id = None;
+    db_cfg.source = Some(source.with_dbname(&db.name));
+    db_cfg.target = Some(target.with_dbname(&db.name));
+    // Each database resumes from its own token when it has one; a
+    // database not started yet starts (a cluster `--resume` is not a
+    // database's `--resume`).
+    db_cfg.resume = ResumeToken::path_for(&db_dir).exists();
+    db_cfg.dump_path = Some(db_dir);
+    db_cfg
+}
+
+/// Database `i` of the token, migrated to its end, recorded done.
+async fn one_database(
+    cfg: &MigrationConfig,
+    run: &RunContext,
+    dir: &Path,
+    token_path: &Path,
+    token: &mut ClusterToken,
+    i: usize,
+) -> Result<DatabaseReport> {
+    let db = token.databases[i].clone();
+    let db_cfg = database_config(cfg, dir, &db);
+    info!(database = %db.name, done = db.done, "database {} of {}", i + 1, token.databases.len());
+    let report = Box::pin(run_database(&db_cfg, run))
+        .await
+        .map_err(|e| in_database(&db.name, e))?;
+    database_done(token, token_path, i).await?;
+    Ok(DatabaseReport {
+        name: db.name.clone(),
+        report,
+    })
+}
+
+/// Record database `i` done in the cluster's token.
+async fn database_done(token: &mut ClusterToken, token_path: &Path, i: usize) -> Result<()> {
+    if !token.databases[i].done {
+        token.databases[i].done = true;
+        around(Point::ClusterDatabase, async { token.save(token_path) }).await?;
+    }
+    Ok(())
+}
+
+/// The online databases of the cluster: `template1` first, offline (a
+/// template a walsender holds open cannot be copied from by `CREATE
+/// DATABASE`), then every other database's own online run, all at once,
+/// each with its own slot and stream, and one cutover for them all: the
+/// cluster's [`ClusterCutover`] barrier lets no database remove its slot
+/// before every one is fenced and drained. The cutover is requested
+/// through the run's own signal (the Migrator's handle), the cluster's
+/// request file (`pg_dbmigrator cutover --dump-path <cluster dir>`), or
+/// automatically once every database has caught up.
+async fn online_databases(
+    cfg: &MigrationConfig,
+    run: &RunContext,
+    dir: &Path,
+    token_path: &Path,
+    token: &mut ClusterToken,
+) -> Result<(Vec<DatabaseReport>, OnlineReport)> {
+    let mut reports: Vec<Option<DatabaseReport>> = vec![None; token.databases.len()];
+    if let Some(i) = token.databases.iter().position(|d| d.name == "template1") {
+        let mut offline = cfg.clone();
+        offline.mode = MigrationMode::Offline;
+        info!("template1 is migrated offline, before the online databases");
+        reports[i] = Some(one_database(&offline, run, dir, token_path, token, i).await?);
+    }
+    let online: Vec<usize> = (0..token.databases.len())
+        .filter(|&i| reports[i].is_none())
+        .collect();
+    // One slot and one WAL sender per database, all at once: checked
+    // before any database starts (a database refused by its own preflight
+    // later would stop the others in the middle of their copies).
+    let fresh = online
+        .iter()
+        .all(|&i| !ResumeToken::path_for(&dir.join(&token.databases[i].dir)).exists());
+    if fresh && !online.is_empty() {
+        let src = connect::connect(cfg.source.as_ref().expect("checked"), "source").await?;
+        let (slots, senders) = crate::replication::preflight::free_slots_and_senders(&src).await?;
+        let n = online.len() as i32;
+        if slots < n || senders < n {
+            return Err(MigrationError::Preflight(format!(
+                "an online migration of {n} databases streams through {n} replication slots and {n} WAL senders at once; \
+                 the source has {slots} free slot(s) and {senders} free WAL sender(s). Fix: raise max_replication_slots \
+                 and max_wal_senders (ALTER SYSTEM SET ...; then restart PostgreSQL), or leave databases out with --exclude-database"
+            )));
+        }
+    }
+    // The sessions' budget: `jobs` for the whole cluster, split between
+    // the databases (each copies with at least one worker).
+    let jobs = (cfg.jobs / online.len().max(1)).max(1);
+    let passed_path = token_path.to_path_buf();
+    let children = run.cancel.child_token();
+    let barrier = Arc::new(ClusterCutover::new(
+        token.cutover_passed,
+        children.clone(),
+        Box::new(move || {
+            // Before any database goes on: a resumed run finishes them all.
+            let mut t = ClusterToken::load(&passed_path)?.ok_or_else(|| {
+                MigrationError::Internal("the cluster's resume token vanished".into())
+            })?;
+            t.cutover_passed = true;
+            t.save(&passed_path)
+        }),
+    ));
+    struct Member {
+        index: usize,
+        name: String,
+        seat: Arc<crate::context::ClusterSeat>,
+        signal: Arc<CutoverSignal>,
+        task: Option<tokio::task::JoinHandle<Result<MigrationReport>>>,
+    }
+    let mut members = Vec::new();
+    for &i in &online {
+        let db = token.databases[i].clone();
+        let mut db_cfg = database_config(cfg, dir, &db);
+        db_cfg.jobs = jobs;
+        // The cluster decides when: no database cuts over on its own.
+        db_cfg.cutover = CutoverMode::Manual;
+        let signal = Arc::new(CutoverSignal::default());
+        let seat = barrier.seat(&db.name);
+        let ctx = RunContext {
+            cancel: children.clone(),
+            progress: run.progress.clone(),
+            cutover: signal.clone(),
+            cluster: Some(seat.clone()),
+        };
+        signal.run_started();
+        info!(database = %db.name, jobs, "online migration of database {} started", db.name);
+        let task = tokio::spawn(crate::recorded::carried(async move {
+            // Whatever way the run ends (a panic too), the requests
+            // waiting on it resolve.
+            struct Ended(Arc<CutoverSignal>);
+            impl Drop for Ended {
+                fn drop(&mut self) {
+                    self.0.run_ended();
+                }
+            }
+            let _ended = Ended(ctx.cutover.clone());
+            Box::pin(run_database(&db_cfg, &ctx)).await
+        }));
+        members.push(Member {
+            index: i,
+            name: db.name.clone(),
+            seat,
+            signal,
+            task: Some(task),
+        });
+    }
+    // Stop every database's run (each keeps its slot and token) and wait.
+    async fn stop_all(children: &CancellationToken, members: &mut [Member]) {
+        children.cancel();
+        for m in members.iter_mut() {
+            if let Some(t) = m.task.take() {
+                let _ = t.await;
+            }
+        }
+    }
+
+    let signal = &*run.cutover;
+    let request_file = crate::resume::cutover_request_path(dir);
+    let mut mode = cfg.cutover;
+    let mut below_since: Option<Instant> = None;
+    let stream_started = Instant::now();
+    let min_stream = Duration::from_secs(
+        std::env::var("PG_DBMIGRATOR_TEST_MIN_STREAM_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    );
+    let mut cluster_downtime: Option<f64> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = run.cancel.cancelled() => {
+                stop_all(&children, &mut members).await;
+                return Err(MigrationError::Cancelled);
+            }
+            _ = signal.notified() => {}
+            _ = tick.tick() => {}
+        }
+        // The databases whose runs ended.
+        for k in 0..members.len() {
+            if !members[k].task.as_ref().is_some_and(|t| t.is_finished()) {
+                continue;
+            }
+            let t = members[k].task.take().expect("finished");
+            let name = members[k].name.clone();
+            let r = match t.await {
+                Ok(r) => r,
+                Err(e) => Err(MigrationError::Internal(format!(
+                    "the task of database {name} failed: {e}"
+                ))),
+            };
+            match r {
+                Ok(report) => {
+                    token.cutover_passed |= barrier.passed();
+                    database_done(token, token_path, members[k].index).await?;
+                    reports[members[k].index] = Some(DatabaseReport { name, report });
+                }
+                Err(e) => {
+                    // One database failed: the others stop where they are
+                    // (slots kept); `--resume` goes on with all of them.
+                    stop_all(&children, &mut members).await;
+                    return Err(in_database(&name, e));
+                }
+            }
+        }
+        let active: Vec<&Member> = members.iter().filter(|m| m.task.is_some()).collect();
+        if active.is_empty() {
+            break;
+        }
+        let states: Vec<(bool, bool)> = active.iter().map(|m| m.signal.streaming_state()).collect();
+        let streaming = cluster_downtime.is_none() && states.iter().all(|s| s.0);
+        let caught_up = streaming && states.iter().all(|s| s.1);
+        signal.set_streaming(streaming);
+        signal.set_caught_up(caught_up);
+        if let (Some(p), true) = (&run.progress, cluster_downtime.is_none()) {
+            // The cluster's lag is its most lagging database's; rates add up.
+            let samples: Vec<_> = active.iter().map(|m| m.seat.online()).collect();
+            if samples.iter().any(|o| !o.applied_lsn.is_empty()) {
+                p.set_online(|o| {
+                    o.lag_bytes = samples.iter().map(|s| s.lag_bytes).max().unwrap_or(0);
+                    o.lag_seconds = samples.iter().map(|s| s.lag_seconds).fold(0.0, f64::max);
+                    // (Applied everywhere up to the least applied one's.)
+                    o.applied_lsn = samples
+                        .iter()
+                        .map(|s| s.applied_lsn.clone())
+                        .min_by_key(|l| {
+                            l.parse::<crate::replication::Lsn>()
+                                .map(|l| l.0)
+                                .unwrap_or(0)
+                        })
+                        .unwrap_or_default();
+                    o.transactions = samples.iter().map(|s| s.transactions).sum();
+                    o.rows = samples.iter().map(|s| s.rows).sum();
+                    o.transactions_per_second =
+                        samples.iter().map(|s| s.transactions_per_second).sum();
+                    o.rows_per_second = samples.iter().map(|s| s.rows_per_second).sum();
+                    o.ready_to_cut_over = caught_up;
+                });
+            }
+        }
+        if !streaming {
+            below_since = None;
+            continue;
+        }
+        let mut want = signal.take() || request_file.exists();
+        if want {
+            info!("cutover of the cluster requested");
+        } else if mode == CutoverMode::Auto && stream_started.elapsed() >= min_stream {
+            if caught_up {
+                if below_since.get_or_insert_with(Instant::now).elapsed() >= Duration::from_secs(1)
+                {
+                    info!("every database caught up: cutting the cluster over");
+                    want = true;
+                }
+            } else {
+                below_since = None;
+            }
+        }
+        if !want {
+            continue;
+        }
+        let _ = std::fs::remove_file(&request_file);
+        below_since = None;
+        let names: Vec<String> = active.iter().map(|m| m.name.clone()).collect();
+        barrier.begin(names.clone());
+        let requests: Vec<_> = active
+            .iter()
+            .map(|m| CutoverHandle(m.signal.clone()).request())
+            .collect();
+        let refused = requests.iter().position(|r| r.is_refused());
+        let outcomes = if let Some(k) = refused {
+            // Not streaming after all: nobody may wait for it.
+            barrier.abort(format!("database {} is not streaming", names[k]));
+            let mut v = Vec::new();
+            for r in requests {
+                v.push(r.await);
+            }
+            v
+        } else {
+            let all = futures::future::join_all(requests.into_iter().map(|r| r.into_future()));
+            tokio::select! {
+                v = all => v,
+                _ = run.cancel.cancelled() => {
+                    stop_all(&children, &mut members).await;
+                    return Err(MigrationError::Cancelled);
+                }
+            }
+        };
+        if outcomes.iter().all(|o| o.is_ok()) {
+            let downtime = barrier
+                .first_fence()
+                .map_or(0.0, |f| f.elapsed().as_secs_f64());
+            info!(
+                downtime = format!("{downtime:.3}s"),
+                databases = names.len(),
+                "cluster cutover done"
+            );
+            cluster_downtime = Some(downtime);
+            if let Some(p) = &run.progress {
+                p.set_online(|o| {
+                    o.cutover_downtime_seconds = Some(downtime);
+                    o.ready_to_cut_over = false;
+                });
+            }
+            token.cutover_passed |= barrier.passed();
+            token.cutover_attempts += 1;
+            token.cutover_error = None;
+            token.cutover_downtime_seconds = Some(downtime);
+            token.save(token_path)?;
+            signal.set_streaming(false);
+            signal.attempt_ended(Ok(CutoverDone {
+                downtime: Duration::from_secs_f64(downtime),
+                fence_lsn: None,
+            }));
+            continue;
+        }
+        // The database whose own attempt failed (the others failed at the
+        // barrier because of it), named.
+        let failed = barrier.failed_database();
+        let (name, e) = names
+            .iter()
+            .zip(&outcomes)
+            .filter_map(|(n, o)| o.as_ref().err().map(|e| (n, e)))
+            .find(|(n, _)| failed.as_deref() == Some(n.as_str()))
+            .or_else(|| {
+                names
+                    .iter()
+                    .zip(&outcomes)
+                    .find_map(|(n, o)| o.as_ref().err().map(|e| (n, e)))
+            })
+            .expect("an attempt failed");
+        let e = match e {
+            CutoverError::Failed(e) => named_error(name, e),
+            other => MigrationError::Internal(format!("database {name}: {other}")),
+        };
+        run.error(format!(
+            "the cluster's cutover failed; every database's fence is lifted and streaming goes on. Fix the cause, then request the cutover again: {e}"
+        ));
+        token.cutover_passed |= barrier.passed();
+        token.cutover_attempts += 1;
+        token.cutover_error = Some(e.to_string());
+        token.save(token_path)?;
+        signal.attempt_ended(Err(CutoverError::Failed(Arc::new(e))));
+        mode = CutoverMode::Manual;
+    }
+    // A cutover finished by an earlier (killed) run: its databases' own
+    // downtimes are what is known.
+    let mut summary = OnlineReport::default();
+    let reports: Vec<DatabaseReport> = reports.into_iter().flatten().collect();
+    let mut own_downtime = 0f64;
+    for o in reports.iter().filter_map(|d| d.report.online.as_ref()) {
+        own_downtime = own_downtime.max(o.cutover.downtime_seconds);
+        summary.apply.transactions += o.apply.transactions;
+        summary.apply.rows += o.apply.rows;
+        summary.apply.seconds = summary.apply.seconds.max(o.apply.seconds);
+        summary.apply.reconnects += o.apply.reconnects;
+        summary.apply.schema_changes += o.apply.schema_changes;
+        summary
+            .replica_identity_fixes
+            .extend(o.replica_identity_fixes.iter().cloned());
+    }
+    summary.apply.transactions_per_second =
+        summary.apply.transactions as f64 / summary.apply.seconds.max(0.001);
+    summary.cutover.downtime_seconds = cluster_downtime
+        .or(token.cutover_downtime_seconds)
+        .unwrap_or(own_downtime);
+    summary.cutover.fenced = cfg.fence;
+    Ok((reports, summary))
+}
+
+/// A database's error, naming the database.
+fn named_error(name: &str, e: &MigrationError) -> MigrationError {
+    let at = |m: &str| format!("database {name}: {m}");
+    match e {
+        MigrationError::Config(m) => MigrationError::Config(at(m)),
+        MigrationError::Preflight(m) => MigrationError::Preflight(at(m)),
+        MigrationError::Unsupported(m) => MigrationError::Unsupported(at(m)),
+        MigrationError::Db { context, info } => MigrationError::Db {
+            context: at(context),
+            info: info.clone(),
+        },
+        MigrationError::Client { context, message } => MigrationError::Client {
+            context: at(context),
+            message: message.clone(),
+        },
+        e => MigrationError::Internal(at(&e.to_string())),
+    }
 }
 
 /// An error of one database's migration, saying which.
@@ -276,6 +703,7 @@ async fn offline_databases(
                     None
                 },
                 cutover: Default::default(),
+                cluster: None,
             };
             if let Some(p) = &run.progress {
                 p.begin_database(&db.name, i as u64 + 1, total as u64, side_by_side == 1);

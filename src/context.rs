@@ -99,6 +99,12 @@ impl CutoverSignal {
         });
     }
 
+    /// Streaming (requests are taken), and whether caught up.
+    pub(crate) fn streaming_state(&self) -> (bool, bool) {
+        let s = self.state.borrow();
+        (s.streaming, s.caught_up)
+    }
+
     /// A cutover attempt ended.
     pub(crate) fn attempt_ended(&self, r: std::result::Result<CutoverDone, CutoverError>) {
         self.state.send_modify(|s| {
@@ -273,6 +279,9 @@ pub struct RunContext {
     pub progress: Option<Arc<Progress>>,
     /// Raised by a [`CutoverHandle`].
     pub cutover: Arc<CutoverSignal>,
+    /// A database of an online whole-cluster migration: its place at the
+    /// cluster's cutover barrier (set by the cluster orchestrator only).
+    pub(crate) cluster: Option<Arc<ClusterSeat>>,
 }
 
 impl RunContext {
@@ -326,5 +335,397 @@ impl std::fmt::Debug for RunContext {
             .field("progress", &self.progress.is_some())
             .field("cutover", &self.cutover)
             .finish()
+    }
+}
+
+/// The one cutover of an online whole-cluster migration: a barrier between
+/// the reversible part of every database's cutover (guard, fence, drain,
+/// sequences, recopies) and the irreversible part (capture, slot and
+/// publication removed). The cluster orchestrator opens a round with
+/// [`ClusterCutover::begin`] and asks each database to cut over; each
+/// database's attempt takes a [`ClusterTicket`] when it starts and arrives
+/// with it exactly once: `ok` after its reversible part, or failed (an
+/// error, or the ticket dropped unused). When every member has arrived ok,
+/// all proceed; otherwise every attempt fails (each lifts its fence and
+/// streams on). Once a round passed, the barrier stays passed (a database
+/// whose irreversible part failed retries alone).
+pub(crate) struct ClusterCutover {
+    state: std::sync::Mutex<BarrierState>,
+    resolved: watch::Sender<(u64, Option<std::result::Result<(), String>>)>,
+    /// Persists a passed round before any database proceeds.
+    on_pass: Box<dyn Fn() -> crate::error::Result<()> + Send + Sync>,
+    /// How long an arrived member waits for the others.
+    timeout: Duration,
+    /// The databases' runs are cancelled: nobody waits any more.
+    cancel: CancellationToken,
+}
+
+#[derive(Default)]
+struct BarrierState {
+    round: u64,
+    open: bool,
+    passed: bool,
+    members: Vec<String>,
+    arrived: Vec<(String, std::result::Result<(), String>)>,
+    first_fence: Option<std::time::Instant>,
+    failed: Option<String>,
+}
+
+impl std::fmt::Debug for ClusterCutover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        f.debug_struct("ClusterCutover")
+            .field("round", &s.round)
+            .field("open", &s.open)
+            .field("passed", &s.passed)
+            .finish()
+    }
+}
+
+impl ClusterCutover {
+    /// A barrier; `passed` when an earlier run's round passed already.
+    pub(crate) fn new(
+        passed: bool,
+        cancel: CancellationToken,
+        on_pass: Box<dyn Fn() -> crate::error::Result<()> + Send + Sync>,
+    ) -> Self {
+        ClusterCutover {
+            state: std::sync::Mutex::new(BarrierState {
+                passed,
+                ..Default::default()
+            }),
+            resolved: watch::Sender::new((0, None)),
+            on_pass,
+            timeout: Duration::from_secs(360),
+            cancel,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BarrierState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A new round for these databases (an unresolved earlier one fails).
+    pub(crate) fn begin(&self, members: Vec<String>) -> u64 {
+        let mut s = self.lock();
+        if s.open {
+            let round = s.round;
+            self.resolve(
+                &mut s,
+                round,
+                Err("a new cutover round began before this one ended".into()),
+            );
+        }
+        s.round += 1;
+        s.open = true;
+        s.members = members;
+        s.arrived.clear();
+        s.first_fence = None;
+        s.failed = None;
+        s.round
+    }
+
+    /// The earliest fence of the latest round.
+    pub(crate) fn first_fence(&self) -> Option<std::time::Instant> {
+        self.lock().first_fence
+    }
+
+    /// Fail the open round at once (a member will not arrive).
+    pub(crate) fn abort(&self, why: String) {
+        let mut s = self.lock();
+        let round = s.round;
+        self.resolve(&mut s, round, Err(why));
+    }
+
+    /// The database whose failure failed the latest round.
+    pub(crate) fn failed_database(&self) -> Option<String> {
+        self.lock().failed.clone()
+    }
+
+    /// Whether a round passed (now or in an earlier run).
+    pub(crate) fn passed(&self) -> bool {
+        self.lock().passed
+    }
+
+    /// Database `name`'s seat at the barrier, for its [`RunContext`].
+    pub(crate) fn seat(self: &Arc<Self>, name: &str) -> Arc<ClusterSeat> {
+        Arc::new(ClusterSeat {
+            barrier: self.clone(),
+            database: name.to_string(),
+            online: Default::default(),
+        })
+    }
+
+    fn resolve(&self, s: &mut BarrierState, round: u64, mut r: std::result::Result<(), String>) {
+        if !s.open || s.round != round {
+            return;
+        }
+        if r.is_ok() {
+            match (self.on_pass)() {
+                Ok(()) => s.passed = true,
+                Err(e) => r = Err(format!("recording the cluster's cutover failed: {e}")),
+            }
+        }
+        s.open = false;
+        self.resolved.send_replace((round, Some(r)));
+    }
+
+    fn arrive(&self, round: Option<u64>, name: &str, r: std::result::Result<(), String>) {
+        let mut s = self.lock();
+        let Some(round) = round else { return };
+        if !s.open || s.round != round || s.arrived.iter().any(|(n, _)| n == name) {
+            return;
+        }
+        s.arrived.push((name.to_string(), r));
+        if let Some((n, Err(e))) = s.arrived.iter().find(|(_, r)| r.is_err()) {
+            // One failed: nobody proceeds; the others fail at once.
+            let msg = format!("the cutover of database {n} failed: {e}");
+            s.failed = Some(n.clone());
+            self.resolve(&mut s, round, Err(msg));
+        } else if s
+            .members
+            .iter()
+            .all(|m| s.arrived.iter().any(|(n, _)| n == m))
+        {
+            self.resolve(&mut s, round, Ok(()));
+        }
+    }
+}
+
+/// A database's place at the [`ClusterCutover`] barrier, and its latest
+/// streaming sample (the cluster publishes their sum).
+#[derive(Debug)]
+pub(crate) struct ClusterSeat {
+    barrier: Arc<ClusterCutover>,
+    database: String,
+    online: std::sync::Mutex<crate::progress::OnlineSnapshot>,
+}
+
+impl ClusterSeat {
+    /// This database's streaming sample.
+    pub(crate) fn set_online(&self, f: impl FnOnce(&mut crate::progress::OnlineSnapshot)) {
+        f(&mut self.online.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Its latest streaming sample.
+    pub(crate) fn online(&self) -> crate::progress::OnlineSnapshot {
+        self.online
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Whether the cluster's cutover passed its barrier (now or in an
+    /// earlier run).
+    pub(crate) fn passed(&self) -> bool {
+        self.barrier.passed()
+    }
+
+    /// A cutover attempt of this database begins: it must arrive once.
+    pub(crate) fn ticket(&self) -> ClusterTicket {
+        let s = self.barrier.lock();
+        let round = (s.open && s.members.contains(&self.database)).then_some(s.round);
+        ClusterTicket {
+            barrier: self.barrier.clone(),
+            database: self.database.clone(),
+            round,
+            passed: s.passed,
+            arrived: false,
+        }
+    }
+}
+
+/// One cutover attempt's pass through the barrier (see [`ClusterCutover`]).
+/// Dropped without arriving, it arrives failed.
+pub(crate) struct ClusterTicket {
+    barrier: Arc<ClusterCutover>,
+    database: String,
+    round: Option<u64>,
+    passed: bool,
+    arrived: bool,
+}
+
+impl ClusterTicket {
+    /// This database was fenced at `at` (the cluster's downtime starts at
+    /// the first).
+    pub(crate) fn fenced(&self, now: std::time::Instant) {
+        let mut s = self.barrier.lock();
+        if s.open && Some(s.round) == self.round {
+            s.first_fence = Some(s.first_fence.map_or(now, |f| f.min(now)));
+        }
+    }
+
+    /// Whether this attempt may go on: part of the cluster's open round,
+    /// or after the round passed. (Checked before the fence.)
+    pub(crate) fn joinable(&self) -> crate::error::Result<()> {
+        if self.passed || self.round.is_some() {
+            Ok(())
+        } else {
+            Err(MigrationError::Config(
+                "in a whole-cluster online migration the cutover is the cluster's: request it through the cluster's work dir (`pg_dbmigrator cutover --dump-path <cluster dir>`), its library handle, or --cutover auto".into(),
+            ))
+        }
+    }
+
+    /// The reversible part is done: wait for every other database's.
+    pub(crate) async fn arrive_ok(mut self) -> crate::error::Result<()> {
+        self.arrived = true;
+        if self.passed {
+            return Ok(());
+        }
+        self.joinable()?;
+        let round = self.round.expect("joinable");
+        let mut rx = self.barrier.resolved.subscribe();
+        self.barrier.arrive(Some(round), &self.database, Ok(()));
+        let wait = rx.wait_for(|(r, res)| *r == round && res.is_some());
+        let wait = async {
+            tokio::select! {
+                r = wait => Some(r.map(|v| v.clone())),
+                _ = self.barrier.cancel.cancelled() => None,
+            }
+        };
+        let r = match tokio::time::timeout(self.barrier.timeout, wait).await {
+            Ok(None) => {
+                let mut s = self.barrier.lock();
+                self.barrier.resolve(&mut s, round, Err("cancelled".into()));
+                return Err(MigrationError::Cancelled);
+            }
+            Ok(Some(v)) => Ok(v),
+            Err(e) => Err(e),
+        };
+        let r = match r {
+            Ok(Ok(v)) => v.1.clone().expect("resolved"),
+            Ok(Err(_)) => Err("the cluster's cutover barrier is gone".into()),
+            Err(_) => {
+                let msg = format!(
+                    "not every database reached the cutover barrier within {}s",
+                    self.barrier.timeout.as_secs()
+                );
+                let mut s = self.barrier.lock();
+                self.barrier.resolve(&mut s, round, Err(msg.clone()));
+                Err(msg)
+            }
+        };
+        r.map_err(|m| {
+            MigrationError::Internal(format!(
+                "the cluster's cutover did not pass: {m} (database {} lifts its fence and streams on)",
+                self.database
+            ))
+        })
+    }
+
+    /// The attempt failed before the barrier.
+    pub(crate) fn fail(mut self, e: &MigrationError) {
+        self.arrived = true;
+        self.barrier
+            .arrive(self.round, &self.database, Err(e.to_string()));
+    }
+}
+
+impl Drop for ClusterTicket {
+    fn drop(&mut self) {
+        if !self.arrived {
+            self.barrier.arrive(
+                self.round,
+                &self.database,
+                Err("its cutover attempt ended before the barrier".into()),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn barrier(passes: Arc<AtomicUsize>) -> Arc<ClusterCutover> {
+        Arc::new(ClusterCutover::new(
+            false,
+            CancellationToken::new(),
+            Box::new(move || {
+                passes.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }),
+        ))
+    }
+
+    #[tokio::test]
+    async fn every_member_ok_passes_and_stays_passed() {
+        let passes = Arc::new(AtomicUsize::new(0));
+        let b = barrier(passes.clone());
+        let (a, c) = (b.seat("a"), b.seat("c"));
+        b.begin(vec!["a".into(), "c".into()]);
+        let (ta, tc) = (a.ticket(), c.ticket());
+        ta.fenced(std::time::Instant::now());
+        let (ra, rc) = tokio::join!(ta.arrive_ok(), tc.arrive_ok());
+        assert!(ra.is_ok() && rc.is_ok(), "{ra:?} {rc:?}");
+        assert_eq!(passes.load(Ordering::SeqCst), 1);
+        assert!(b.passed() && b.first_fence().is_some());
+        // A later attempt (a retry after an irreversible step failed) goes through.
+        assert!(a.ticket().arrive_ok().await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn one_failure_fails_every_member_at_once() {
+        let passes = Arc::new(AtomicUsize::new(0));
+        let b = barrier(passes.clone());
+        let (a, c, d) = (b.seat("a"), b.seat("c"), b.seat("d"));
+        b.begin(vec!["a".into(), "c".into(), "d".into()]);
+        let (ta, tc, td) = (a.ticket(), c.ticket(), d.ticket());
+        let waiting = tokio::spawn(ta.arrive_ok());
+        tokio::task::yield_now().await;
+        tc.fail(&MigrationError::Preflight("refused".into()));
+        let ra = waiting.await.unwrap();
+        let e = ra.expect_err("a fails with c").to_string();
+        assert!(e.contains("database c") && e.contains("refused"), "{e}");
+        assert_eq!(b.failed_database().as_deref(), Some("c"));
+        // d arrives late, after the round failed: it fails too, at once.
+        assert!(td.arrive_ok().await.is_err());
+        assert_eq!(passes.load(Ordering::SeqCst), 0);
+        assert!(!b.passed());
+        // The next round passes.
+        b.begin(vec!["a".into(), "c".into(), "d".into()]);
+        let (ra, rc, rd) = tokio::join!(
+            a.ticket().arrive_ok(),
+            c.ticket().arrive_ok(),
+            d.ticket().arrive_ok()
+        );
+        assert!(ra.is_ok() && rc.is_ok() && rd.is_ok());
+        assert!(b.passed());
+    }
+
+    #[tokio::test]
+    async fn a_dropped_ticket_fails_the_round_and_no_round_refuses() {
+        let b = barrier(Arc::new(AtomicUsize::new(0)));
+        let (a, c) = (b.seat("a"), b.seat("c"));
+        // No round open: a database's own attempt is refused before its fence.
+        assert!(a.ticket().joinable().is_err());
+        b.begin(vec!["a".into(), "c".into()]);
+        let ta = a.ticket();
+        let waiting = tokio::spawn(ta.arrive_ok());
+        tokio::task::yield_now().await;
+        drop(c.ticket());
+        assert!(waiting.await.unwrap().is_err());
+        assert_eq!(b.failed_database().as_deref(), Some("c"));
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_run_stops_waiting() {
+        let cancel = CancellationToken::new();
+        let b = Arc::new(ClusterCutover::new(
+            false,
+            cancel.clone(),
+            Box::new(|| Ok(())),
+        ));
+        let a = b.seat("a");
+        b.begin(vec!["a".into(), "c".into()]);
+        let waiting = tokio::spawn(a.ticket().arrive_ok());
+        tokio::task::yield_now().await;
+        cancel.cancel();
+        assert!(matches!(
+            waiting.await.unwrap(),
+            Err(MigrationError::Cancelled)
+        ));
     }
 }

@@ -182,6 +182,7 @@ impl Migrator {
             cancel,
             progress: Some(self.progress.clone()),
             cutover: self.cutover.clone(),
+            cluster: None,
         };
         let _publishing = self.progress.start_run();
         self.cutover.run_started();

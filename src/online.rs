@@ -42,6 +42,7 @@ use crate::report::{ApplySummary, CutoverSummary, MigrationReport, OnlineReport}
 pub use crate::resume::cutover_request_path as request_path;
 use crate::resume::{CutoverRecord, Definition, OnlineState, ResumeToken, Stage};
 
+use crate::context::{ClusterSeat, ClusterTicket};
 pub use crate::context::{CutoverHandle, CutoverSignal};
 
 /// An online migration from start (or resume) to the end of the cutover.
@@ -370,6 +371,26 @@ async fn stream_and_cutover(
     let mut below_since: Option<Instant> = None;
     let mut last_log = Instant::now();
     let mut want_cutover = cutover_interrupted;
+    if cutover_interrupted && run.cluster.as_ref().is_some_and(|s| !s.passed()) {
+        // A whole cluster's cutover that was killed before every database
+        // reached its barrier: nothing irreversible happened anywhere. The
+        // fence is lifted; the cluster cuts over again as a whole.
+        want_cutover = false;
+        let _ = store.update(|t| {
+            if let Some(c) = t.online.as_mut().and_then(|o| o.cutover.as_mut()) {
+                c.drained = false;
+            }
+        });
+        if cfg.fence {
+            unfence_db(&ctl).await?;
+            store.update(|t| {
+                if let Some(o) = t.online.as_mut() {
+                    o.fenced = false;
+                }
+            })?;
+        }
+        info!("the cluster's interrupted cutover had not handed over: the fence is lifted and streaming goes on until the cluster cuts over again");
+    }
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut ctl_outage = crate::pg::connect::Outage::default();
     let mut ctl_retry_at: Option<Instant> = None;
@@ -393,6 +414,7 @@ async fn stream_and_cutover(
                 &mut stop,
                 &mut streamer,
                 source_version,
+                run.cluster.as_deref(),
             )
             .await
             {
@@ -405,7 +427,11 @@ async fn stream_and_cutover(
                     break c;
                 }
                 Err(e) => {
-                    run.error(format!("cutover failed; the fence is lifted and streaming goes on. Fix the cause, then run `pg_dbmigrator cutover --dump-path {}` again: {e}", phase.dump_path.display()));
+                    if run.cluster.is_some() {
+                        run.error(format!("cutover failed; the fence is lifted and streaming goes on (the cluster cuts over again as a whole): {e}"));
+                    } else {
+                        run.error(format!("cutover failed; the fence is lifted and streaming goes on. Fix the cause, then run `pg_dbmigrator cutover --dump-path {}` again: {e}", phase.dump_path.display()));
+                    }
                     let msg = e.to_string();
                     let _ = store.update(|t| {
                         if let Some(o) = t.online.as_mut() {
@@ -443,6 +469,11 @@ async fn stream_and_cutover(
             }
             _ = signal.notified() => {}
             _ = tick.tick() => {}
+        }
+        if run.cluster.is_some() && request_file.exists() {
+            // A database of a whole cluster is cut over with the others.
+            let _ = std::fs::remove_file(&request_file);
+            run.warn(format!("a cutover request for {} alone is ignored: the databases of a whole-cluster migration cut over together (`pg_dbmigrator cutover --dump-path <the cluster's dump path>`)", phase.dump_path.display()));
         }
         if signal.take() || request_file.exists() {
             info!("cutover requested");
@@ -485,7 +516,7 @@ async fn stream_and_cutover(
             let secs = stream_started.elapsed().as_secs_f64().max(0.001);
             let tx = shared.transactions.load(Ordering::Acquire);
             let rows = shared.rows.load(Ordering::Acquire);
-            p.set_online(|o| {
+            let sample = |o: &mut crate::progress::OnlineSnapshot| {
                 o.lag_bytes = lag;
                 o.lag_seconds = if lag == 0 {
                     0.0
@@ -498,7 +529,12 @@ async fn stream_and_cutover(
                 o.transactions_per_second = tx as f64 / secs;
                 o.rows_per_second = rows as f64 / secs;
                 o.ready_to_cut_over = caught_up;
-            });
+            };
+            match &run.cluster {
+                // The cluster publishes the sum of its databases.
+                Some(seat) => seat.set_online(sample),
+                None => p.set_online(sample),
+            }
         }
         if last_log.elapsed() >= Duration::from_secs(10) {
             last_log = Instant::now();
@@ -657,9 +693,16 @@ async fn cutover(
     stop: &mut CancellationToken,
     streamer: &mut Option<tokio::task::JoinHandle<Result<()>>>,
     source_version: i32,
+    seat: Option<&ClusterSeat>,
 ) -> Result<CutoverOutcome> {
     let store = phase.store.clone();
     let t0 = Instant::now();
+    // A database of a whole-cluster migration passes the cluster's barrier
+    // once per attempt (dropped unused, the ticket says it failed).
+    let mut ticket = seat.map(|s| s.ticket());
+    if let Some(t) = &ticket {
+        t.joinable()?;
+    }
     // Fresh sessions: either server may have restarted while we streamed.
     if ctl.is_closed() {
         *ctl = control(&phase.source).await?;
@@ -701,6 +744,7 @@ async fn cutover(
         streamer,
         source_version,
         t0,
+        &mut ticket,
     )
     .await;
     match r {
@@ -726,6 +770,10 @@ async fn cutover(
             Ok(out)
         }
         Err(e) => {
+            if let Some(t) = ticket.take() {
+                // The other databases of the cluster stop waiting.
+                t.fail(&e);
+            }
             // Before the fence is lifted: from then on the drain no longer
             // covers every change.
             let _ = store.update(|t| {
@@ -762,6 +810,7 @@ async fn cutover_steps(
     streamer: &mut Option<tokio::task::JoinHandle<Result<()>>>,
     source_version: i32,
     _t0: Instant,
+    ticket: &mut Option<ClusterTicket>,
 ) -> Result<CutoverOutcome> {
     let store = phase.store.clone();
     let state = store
@@ -781,6 +830,9 @@ async fn cutover_steps(
         tokio::time::sleep(Duration::from_millis(50)).await;
         end_other_sessions(ctl).await?;
         info!("source fenced: read-only for every other session");
+    }
+    if let Some(t) = ticket.as_ref() {
+        t.fenced(fenced_at);
     }
     // (2) Drain up to the fence.
     let mut fence_lsn = None;
@@ -899,6 +951,13 @@ async fn cutover_steps(
     }
     copy::refresh_matviews(dst).await?;
     faults::after(Point::CutoverRecopy).await;
+    // A whole cluster hands over at once: every database has done the
+    // above (fenced, drained, sequences, recopies) before any goes on.
+    if let Some(t) = ticket.take() {
+        info!("waiting for the cluster's other databases to reach the cutover barrier");
+        t.arrive_ok().await?;
+        info!("every database of the cluster is drained: handing over");
+    }
     // (5) Remove what we created.
     let mut st = state.clone();
     around(Point::RemoveCapture, remove_capture(ctl, &mut st)).await?;

@@ -893,10 +893,9 @@ fn run_context(
     cancel: CancellationToken,
     progress: &std::sync::Arc<pg_dbmigrator::progress::Progress>,
 ) -> pg_dbmigrator::RunContext {
-    pg_dbmigrator::RunContext {
-        progress: Some(progress.clone()),
-        ..pg_dbmigrator::RunContext::new(cancel)
-    }
+    let mut run = pg_dbmigrator::RunContext::new(cancel);
+    run.progress = Some(progress.clone());
+    run
 }
 
 /// `Ok(None)` after telling the user how to resume an interrupted run.
@@ -1380,6 +1379,20 @@ async fn end_fallback(args: CutoverArgs, what: &str) -> Result<i32, MigrationErr
 /// for the running migration to take it, then for its cutover to end.
 async fn cutover(args: CutoverArgs) -> Result<i32, MigrationError> {
     use std::time::{Duration, Instant};
+    if pg_dbmigrator::resume::cluster::ClusterToken::path_for(&args.dump_path).exists() {
+        return cluster_cutover(args).await;
+    }
+    if let Some(cluster) = args
+        .dump_path
+        .parent()
+        .filter(|p| pg_dbmigrator::resume::cluster::ClusterToken::path_for(p).exists())
+    {
+        return Err(MigrationError::Config(format!(
+            "{} is one database of a whole-cluster migration: its databases cut over together; run `pg_dbmigrator cutover --dump-path {}`",
+            args.dump_path.display(),
+            cluster.display()
+        )));
+    }
     let token_path = ResumeToken::path_for(&args.dump_path);
     let load = || load_token(&args.dump_path);
     let token = load()?;
@@ -1479,6 +1492,94 @@ async fn cutover(args: CutoverArgs) -> Result<i32, MigrationError> {
                 "the cutover has not finished after {}s; it goes on: see the migration's log or `pg_dbmigrator status --dump-path {}`",
                 args.wait_seconds,
                 args.dump_path.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `pg_dbmigrator cutover` of an online whole-cluster migration: the
+/// request file beside the cluster's token, then its record of the attempt.
+async fn cluster_cutover(args: CutoverArgs) -> Result<i32, MigrationError> {
+    use pg_dbmigrator::resume::cluster::ClusterToken;
+    use std::time::{Duration, Instant};
+    let token_path = ClusterToken::path_for(&args.dump_path);
+    let load = || {
+        ClusterToken::load(&token_path)?.ok_or_else(|| {
+            MigrationError::Config(format!(
+                "no cluster resume token at {}",
+                token_path.display()
+            ))
+        })
+    };
+    let token = load()?;
+    if token.mode != MigrationMode::Online {
+        return Err(MigrationError::Config(format!(
+            "the cluster migration at {} is offline: there is nothing to cut over",
+            args.dump_path.display()
+        )));
+    }
+    if token.completed || token.cutover_downtime_seconds.is_some() {
+        println!("cutover: already done");
+        return Ok(exit_code::OK);
+    }
+    let not_running = || {
+        MigrationError::Config(format!(
+            "the cluster migration at {} is not running: run the same `pg_dbmigrator migrate --all-databases --mode online ... --dump-path {}` command again with --resume, then ask for the cutover again",
+            args.dump_path.display(),
+            args.dump_path.display()
+        ))
+    };
+    if !pg_dbmigrator::resume::RunLock::is_held(&token_path) {
+        return Err(not_running());
+    }
+    let before = token.cutover_attempts;
+    let request = pg_dbmigrator::online::request_path(&args.dump_path);
+    std::fs::write(&request, chrono::Utc::now().to_rfc3339())
+        .map_err(|e| MigrationError::io(format!("writing {}", request.display()), e))?;
+    // Taken once every database streams (kept until then, unlike a single
+    // database's request, which is refused during the copy).
+    let deadline = Instant::now() + Duration::from_secs(args.wait_seconds);
+    let mut picked = false;
+    loop {
+        let t = load()?;
+        if t.cutover_attempts > before {
+            if let Some(d) = t.cutover_downtime_seconds {
+                if args.json {
+                    println!("{}", serde_json::json!({ "downtime_seconds": d }));
+                } else {
+                    println!("cutover: done; the cluster's writes were blocked for {d:.3}s");
+                }
+                return Ok(exit_code::OK);
+            }
+            return Err(MigrationError::Internal(format!(
+                "the cluster's cutover failed and was rolled back (every fence is lifted, streaming goes on): {}",
+                t.cutover_error.unwrap_or_default()
+            )));
+        }
+        if !picked && !request.exists() {
+            picked = true;
+            eprintln!("pg_dbmigrator: cutover started");
+        }
+        if !pg_dbmigrator::resume::RunLock::is_held(&token_path) {
+            let _ = std::fs::remove_file(&request);
+            if load()?.cutover_attempts > before {
+                continue;
+            }
+            return Err(not_running());
+        }
+        if Instant::now() > deadline {
+            if !picked {
+                let _ = std::fs::remove_file(&request);
+            }
+            return Err(MigrationError::Internal(format!(
+                "the cluster's cutover has not finished after {}s{}: see the migration's log",
+                args.wait_seconds,
+                if picked {
+                    " (it goes on)"
+                } else {
+                    " (the request was withdrawn: not every database streams yet)"
+                }
             )));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -135,6 +135,10 @@ fn token_for(
         target,
         globals_done: false,
         databases: databases()?,
+        cutover_passed: false,
+        cutover_attempts: 0,
+        cutover_error: None,
+        cutover_downtime_seconds: None,
         completed: false,
         updated_at: chrono::Utc::now(),
     };

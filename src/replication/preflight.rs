@@ -61,6 +61,23 @@ const LONG_TRANSACTION: &str = "5 minutes";
 const LOCK_TIMEOUT: &str = "2s";
 const LOCK_ATTEMPTS: u32 = 30;
 
+/// Free replication slots and free WAL senders on the source (for a whole
+/// cluster's online migration, which needs one of each per database).
+pub(crate) async fn free_slots_and_senders(src: &Client) -> Result<(i32, i32)> {
+    let row = src
+        .query_one(
+            "SELECT pg_catalog.current_setting('max_replication_slots')::int4
+                    - (SELECT pg_catalog.count(*) FROM pg_catalog.pg_replication_slots)::int4,
+                    pg_catalog.current_setting('max_wal_senders')::int4
+                    - (SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity
+                        WHERE backend_type = 'walsender')::int4",
+            &[],
+        )
+        .await
+        .map_err(|e| MigrationError::db("counting the source's free replication slots", e))?;
+    Ok((row.get(0), row.get(1)))
+}
+
 /// Check the source for an online migration. Reads only: changes nothing.
 /// Every problem found goes into one [`MigrationError::Preflight`] with its fix.
 pub async fn check_source(src: &Client, c: &SourceChecks<'_>) -> Result<SourceReport> {

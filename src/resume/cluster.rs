@@ -46,6 +46,21 @@ pub struct ClusterToken {
     pub globals_done: bool,
     /// The databases, in the order they are started.
     pub databases: Vec<ClusterDatabase>,
+    /// Online: the cluster's one cutover passed its barrier (every
+    /// database fenced and drained); a resumed run finishes each
+    /// database's cutover without waiting for the others.
+    #[serde(default)]
+    pub cutover_passed: bool,
+    /// Online: the cluster's cutover attempts that ended so far.
+    #[serde(default)]
+    pub cutover_attempts: u32,
+    /// Online: why the last attempt failed (none once one succeeded).
+    #[serde(default)]
+    pub cutover_error: Option<String>,
+    /// Online: the cluster's write downtime (from the first database's
+    /// fence to the last database's end of its cutover).
+    #[serde(default)]
+    pub cutover_downtime_seconds: Option<f64>,
     /// Every database is done.
     pub completed: bool,
     /// When the token was last written.
