@@ -267,6 +267,7 @@ pub(crate) async fn run_with(
     manifest.roles = needs.roles.clone();
     manifest.lc_collate = Some(needs.lc_collate.clone());
     manifest.lc_ctype = Some(needs.lc_ctype.clone());
+    manifest.locale_provider = needs.locale_provider.clone();
     manifest.extensions = needs.extensions.clone();
     manifest.database_tablespace = needs.tablespace.clone();
     manifest.data_only = cfg.data_only;

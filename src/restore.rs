@@ -132,6 +132,7 @@ pub(crate) async fn run_locked(
             encoding: m.encoding.clone(),
             lc_collate: m.lc_collate.clone().unwrap_or_default(),
             lc_ctype: m.lc_ctype.clone().unwrap_or_default(),
+            locale_provider: m.locale_provider.clone(),
             extensions: m.extensions.clone(),
             roles_hint: "Create them on the target first (the archive holds no role definitions), or dump again with --no-owner / --no-acl",
             tablespace: m.database_tablespace.as_deref().and_then(|t| placement.map(t)),

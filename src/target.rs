@@ -495,6 +495,8 @@ pub(crate) struct TargetNeeds {
     pub encoding: String,
     pub lc_collate: String,
     pub lc_ctype: String,
+    /// The locale provider when not libc (ICU, 17's builtin).
+    pub locale_provider: Option<crate::pg::catalog::DatabaseLocale>,
     /// Extensions (name, version), plpgsql left out.
     pub extensions: Vec<(String, String)>,
     /// What to do about missing roles, for the refusal.
@@ -536,6 +538,7 @@ impl TargetNeeds {
             encoding: row.get(0),
             lc_collate: row.get(1),
             lc_ctype: row.get(2),
+            locale_provider: catalog::database_locale_provider(src, source_version).await?,
             extensions,
             roles_hint: "Pass --roles to create them as the source defines them, or create them on the target first \
                  (--no-owner and --no-acl leave out ownership and privileges)",
@@ -712,6 +715,9 @@ pub(crate) async fn prepare_target_database(
         quote::literal(collate),
         quote::literal(ctype)
     );
+    if let Some(l) = &needs.locale_provider {
+        sql.push_str(&locale_provider_clause(l, target_version)?);
+    }
     if let Some(ts) = &needs.tablespace {
         sql.push_str(&format!(" TABLESPACE = {}", quote::ident(ts)));
     }
@@ -723,6 +729,40 @@ pub(crate) async fn prepare_target_database(
     })?;
     info!(database = %dbname, encoding = %enc, "created the target database");
     Ok(())
+}
+
+/// The `CREATE DATABASE` options of a locale provider other than libc, as
+/// the target's major spells them; refused when it has no such provider.
+fn locale_provider_clause(
+    l: &crate::pg::catalog::DatabaseLocale,
+    target_version: i32,
+) -> Result<String> {
+    let needs = match l.provider.as_str() {
+        "icu" => 150000,
+        "builtin" => 170000,
+        _ => i32::MAX,
+    };
+    if target_version < needs {
+        return Err(MigrationError::target_not_ready(format!(
+            "the source database uses the {} locale provider, which PostgreSQL {} cannot create a database with: migrate to PostgreSQL {} or later",
+            l.provider,
+            target_version / 10000,
+            needs / 10000
+        )));
+    }
+    let mut s = format!(" LOCALE_PROVIDER = {}", l.provider);
+    if let Some(loc) = &l.locale {
+        let key = if l.provider == "builtin" {
+            "BUILTIN_LOCALE"
+        } else {
+            "ICU_LOCALE"
+        };
+        s.push_str(&format!(" {key} = {}", quote::literal(loc)));
+    }
+    if let Some(rules) = l.rules.as_ref().filter(|r| !r.is_empty()) {
+        s.push_str(&format!(" ICU_RULES = {}", quote::literal(rules)));
+    }
+    Ok(s)
 }
 
 /// A session on the target server outside the target database.

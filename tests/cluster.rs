@@ -34,6 +34,8 @@ async fn source_cluster(pair: &testkit::Pair) {
     for sql in [
         "CREATE DATABASE latin1db ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0",
         "CREATE DATABASE emptydb",
+        // A database on the ICU locale provider, created alike.
+        "CREATE DATABASE icudb LOCALE_PROVIDER icu ICU_LOCALE 'en-US' TEMPLATE template0",
         "CREATE TABLE in_postgres (id int PRIMARY KEY, note text); INSERT INTO in_postgres VALUES (1, 'kept')",
     ] {
         testkit::execute(&admin, sql).await.unwrap();
@@ -187,10 +189,11 @@ async fn reset_target(pair: &testkit::Pair) {
 /// The source cluster, built once for every case.
 static SOURCE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
 
-const MIGRATED: [&str; 6] = [
+const MIGRATED: [&str; 7] = [
     "appdb",
     "emptydb",
     "fromtmpl",
+    "icudb",
     "latin1db",
     "postgres",
     "template1",
@@ -225,6 +228,22 @@ async fn prepared_pair() -> &'static testkit::Pair {
     SOURCE.get_or_init(|| source_cluster(pair)).await;
     reset_target(pair).await;
     pair
+}
+
+/// The ICU database keeps its locale provider and locale on the target.
+async fn assert_icu_kept(target_admin: &str) {
+    let r = testkit::client(target_admin)
+        .await
+        .query_one(
+            "SELECT datlocprovider::text, daticulocale::text FROM pg_database WHERE datname = 'icudb'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.get::<_, String>(0), r.get::<_, Option<String>>(1)),
+        ("i".to_string(), Some("en-US".to_string()))
+    );
 }
 
 /// Kill the run at `spec`, resume it once, and require the whole cluster
@@ -335,7 +354,7 @@ async fn a_whole_cluster_in_one_run_killed_between_two_databases_then_resumed() 
         })
         .collect();
     assert_eq!(started.len(), MIGRATED.len(), "{started:?}");
-    assert!(started[0].starts_with("template1 1/6"), "{started:?}");
+    assert!(started[0].starts_with("template1 1/7"), "{started:?}");
     let migrated: Vec<&str> = report["databases"]
         .as_array()
         .unwrap()
@@ -350,15 +369,7 @@ async fn a_whole_cluster_in_one_run_killed_between_two_databases_then_resumed() 
     let mut sorted = migrated.clone();
     sorted.sort();
     assert_eq!(
-        sorted,
-        [
-            "appdb",
-            "emptydb",
-            "fromtmpl",
-            "latin1db",
-            "postgres",
-            "template1"
-        ],
+        sorted, MIGRATED,
         "every database but template0 and the excluded one"
     );
     assert_cluster_carried(pair).await;
@@ -391,6 +402,7 @@ async fn a_whole_cluster_in_one_run_killed_between_two_databases_then_resumed() 
         ("LATIN1".to_string(), "C".to_string())
     );
     assert_eq!(props(src.clone()).await, props(dst.clone()).await);
+    assert_icu_kept(&dst).await;
 
     // verify --all-databases: each database and the globals, clean...
     let verify = |extra: &'static [&'static str]| {
@@ -664,4 +676,5 @@ async fn a_whole_cluster_through_an_archive() {
     .await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_cluster_carried(pair).await;
+    assert_icu_kept(&dst).await;
 }

@@ -90,6 +90,10 @@ pub struct Manifest {
     pub lc_collate: Option<String>,
     #[serde(default)]
     pub lc_ctype: Option<String>,
+    /// The source database's locale provider (`icu`, `builtin`; `None`:
+    /// libc) and its locale and rules.
+    #[serde(default)]
+    pub locale_provider: Option<DatabaseLocale>,
     /// Extensions (name, version) the schema creates: they must be installable on the target.
     #[serde(default)]
     pub extensions: Vec<(String, String)>,
@@ -144,6 +148,7 @@ impl Manifest {
             roles: Vec::new(),
             lc_collate: None,
             lc_ctype: None,
+            locale_provider: None,
             extensions: Vec::new(),
             database_tablespace: None,
             data_only: false,
@@ -346,3 +351,5 @@ impl From<LargeObjectMeta> for LargeObjectInfo {
         }
     }
 }
+
+pub use crate::pg::catalog::DatabaseLocale;

@@ -1072,6 +1072,62 @@ fn binary_safe(oid: u32, types: &HashMap<u32, UserType>, depth: u32) -> bool {
     }
 }
 
+/// A database's locale provider other than libc, as `CREATE DATABASE`
+/// takes it (`LOCALE_PROVIDER`, `ICU_LOCALE` or `BUILTIN_LOCALE`,
+/// `ICU_RULES`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DatabaseLocale {
+    /// `icu` or `builtin`.
+    pub provider: String,
+    /// `daticulocale` (15, 16) or `datlocale` (17+).
+    pub locale: Option<String>,
+    /// `daticurules` (16+).
+    #[serde(default)]
+    pub rules: Option<String>,
+}
+
+/// The current database's locale provider when it is not libc (ICU from
+/// 15, builtin from 17), with its locale and (16+) ICU rules.
+pub async fn database_locale_provider(
+    client: &Client,
+    server_version: i32,
+) -> Result<Option<DatabaseLocale>> {
+    if server_version < 150000 {
+        return Ok(None);
+    }
+    let locale = if server_version >= 170000 {
+        "d.datlocale"
+    } else {
+        "d.daticulocale"
+    };
+    let rules = if server_version >= 160000 {
+        "d.daticurules"
+    } else {
+        "NULL::text"
+    };
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT d.datlocprovider::text, {locale}::text, {rules}::text
+                   FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database()"
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| MigrationError::db("reading the source database's locale provider", e))?;
+    let provider: String = row.get(0);
+    Ok(match provider.as_str() {
+        "i" => Some("icu"),
+        "b" => Some("builtin"),
+        _ => None,
+    }
+    .map(|p| DatabaseLocale {
+        provider: p.to_string(),
+        locale: row.get(1),
+        rules: row.get(2),
+    }))
+}
+
 /// The databases a whole-cluster migration considers: every one that
 /// allows connections, `template0` left out, with its size (0 where this
 /// role may not connect: the migration of that one then says so) and
