@@ -405,25 +405,18 @@ async fn a_whole_cluster_in_one_run_killed_between_two_databases_then_resumed() 
     assert_icu_kept(&dst).await;
 
     // verify --all-databases: each database and the globals, clean...
-    let verify = |extra: &'static [&'static str]| {
-        let (src, dst) = (src.clone(), dst.clone());
-        async move {
-            let mut a = vec![
-                "verify",
-                "--source",
-                &src,
-                "--target",
-                &dst,
-                "--all-databases",
-                "--exclude-database",
-                "skipme_*",
-                "--json",
-            ];
-            a.extend(extra);
-            run_async(&a).await
-        }
-    };
-    let out = verify(&[]).await;
+    let verify_args = [
+        "verify",
+        "--source",
+        &src,
+        "--target",
+        &dst,
+        "--all-databases",
+        "--exclude-database",
+        "skipme_*",
+        "--json",
+    ];
+    let out = run_async(&verify_args).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
@@ -441,7 +434,7 @@ async fn a_whole_cluster_in_one_run_killed_between_two_databases_then_resumed() 
     testkit::execute(&dst, "ALTER ROLE readers CONNECTION LIMIT 5")
         .await
         .unwrap();
-    let out = verify(&[]).await;
+    let out = run_async(&verify_args).await;
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stdout));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let appdb = v["databases"]
