@@ -333,6 +333,14 @@ async fn a_whole_cluster_in_one_run_killed_between_two_databases_then_resumed() 
         .output()
         .unwrap();
     assert_eq!(out.status.code(), None, "killed: {}", text(&out.stderr));
+    // status of the interrupted cluster: what is done, what to run.
+    let out = run_async(&["status", "--dump-path", w]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("continue with the same command and --resume"),
+        "{shown}"
+    );
 
     let mut args = migrate_args(&src, &dst, w);
     args.extend(["--resume", "--json"]);
@@ -467,6 +475,19 @@ async fn a_whole_cluster_in_one_run_killed_between_two_databases_then_resumed() 
     testkit::execute(&dst, "ALTER ROLE readers CONNECTION LIMIT -1")
         .await
         .unwrap();
+
+    // status reads the cluster's token: every database done.
+    let out = run_async(&["status", "--dump-path", w]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains(&format!(
+            "{} database(s), {} done, completed",
+            MIGRATED.len(),
+            MIGRATED.len()
+        )),
+        "{shown}"
+    );
 
     // A finished cluster migration, resumed, is a success that does nothing.
     let out = run_async(&args).await;

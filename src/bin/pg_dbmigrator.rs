@@ -1156,12 +1156,78 @@ async fn schema(args: SchemaArgs) -> Result<i32, MigrationError> {
     Ok(exit_code::OK)
 }
 
+/// `status --dump-path` of a whole-cluster migration: the cluster's
+/// token, and where each database's own run stands. `None` when `dir` is
+/// not a cluster's.
+fn cluster_status(dir: &std::path::Path, json: bool) -> Result<Option<i32>, MigrationError> {
+    use pg_dbmigrator::resume::cluster::ClusterToken;
+    let Some(cluster) = ClusterToken::load(&ClusterToken::path_for(dir))? else {
+        return Ok(None);
+    };
+    let mut rows = Vec::new();
+    for db in &cluster.databases {
+        let token = ResumeToken::load(&ResumeToken::path_for(&dir.join(&db.dir)))?;
+        let state = match (&token, db.done) {
+            (_, true) => "done".to_string(),
+            (Some(t), false) if t.completed => "completed (not yet recorded)".to_string(),
+            (Some(t), false) => format!(
+                "at stage {}",
+                t.current_stage().map_or("none", |s| s.stage.as_str())
+            ),
+            (None, false) => "not started".to_string(),
+        };
+        rows.push((db.name.clone(), db.dir.clone(), state));
+    }
+    if json {
+        let mut v = serde_json::to_value(&cluster).expect("token serializes");
+        v["states"] = serde_json::json!(rows
+            .iter()
+            .map(|(name, dir, state)| serde_json::json!({"name": name, "dir": dir, "state": state}))
+            .collect::<Vec<_>>());
+        println!("{}", serde_json::to_string_pretty(&v).expect("serializes"));
+        return Ok(Some(exit_code::OK));
+    }
+    let done = cluster.databases.iter().filter(|d| d.done).count();
+    println!(
+        "cluster     {} database(s), {done} done{}",
+        cluster.databases.len(),
+        if cluster.completed {
+            ", completed".to_string()
+        } else {
+            "; continue with the same command and --resume".to_string()
+        }
+    );
+    println!("mode        {:?}", cluster.mode);
+    println!("source      {}", cluster.source);
+    println!("target      {}", cluster.target);
+    println!(
+        "globals     {}",
+        if cluster.globals_done {
+            "done"
+        } else {
+            "not yet"
+        }
+    );
+    println!("updated     {}", cluster.updated_at.to_rfc3339());
+    for (name, dir, state) in rows {
+        println!("  {name:<30} {state} ({dir})");
+    }
+    Ok(Some(exit_code::OK))
+}
+
 fn status(args: StatusArgs) -> Result<i32, MigrationError> {
     let path = match (&args.token, &args.dump_path) {
         (Some(t), _) => t.clone(),
         (None, Some(d)) => ResumeToken::path_for(d),
         (None, None) => unreachable!("clap requires one"),
     };
+    if let (None, Some(d)) = (&args.token, &args.dump_path) {
+        if !path.exists() {
+            if let Some(code) = cluster_status(d, args.json)? {
+                return Ok(code);
+            }
+        }
+    }
     let Some(token) = ResumeToken::load(&path)? else {
         return Err(MigrationError::Config(format!(
             "no resume token at {}: no migration has run with that --dump-path",
