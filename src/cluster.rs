@@ -94,14 +94,8 @@ pub(crate) async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<Migra
         ));
     }
     cfg.validate()?;
-    let source = cfg
-        .source
-        .clone()
-        .ok_or_else(|| MigrationError::Config("no source given (--source)".into()))?;
-    let target = cfg
-        .target
-        .clone()
-        .ok_or_else(|| MigrationError::Config("no target given (--target)".into()))?;
+    let source = cfg.source.clone().expect("validated");
+    let target = cfg.target.clone().expect("validated");
     let excluded = checks::excluded_patterns(&cfg.exclude_databases)?;
     let (src_id, dst_id) = (EndpointIdentity::of(&source), EndpointIdentity::of(&target));
     if src_id == dst_id {
@@ -112,59 +106,15 @@ pub(crate) async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<Migra
     let dir = cluster_dir(cfg, &src_id, &dst_id);
     let token_path = ClusterToken::path_for(&dir);
     let _lock = RunLock::acquire(&token_path)?;
-    let existing = if cfg.force_clean {
-        None
-    } else {
-        ClusterToken::load(&token_path)?
-    };
-    let mut token = match existing {
-        Some(t) => {
-            t.check_matches(cfg.mode, &src_id, &dst_id, &token_path)?;
-            if !cfg.resume {
-                return Err(MigrationError::resume_refused(format!(
-                    "a resume token for this cluster migration exists at {}{}",
-                    token_path.display(),
-                    if t.completed { " (completed)" } else { "" }
-                ))
-                .with_remedy(Remedy::Resume)
-                .with_remedy(Remedy::ForceClean));
-            }
-            t
-        }
-        None => {
-            let databases = checks::select_databases(&source, &excluded).await?;
-            let mut t = ClusterToken {
-                schema_version: CLUSTER_TOKEN_VERSION,
-                mode: cfg.mode,
-                source: src_id.clone(),
-                target: dst_id.clone(),
-                globals_done: false,
-                databases: databases
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, (name, bytes))| ClusterDatabase {
-                        dir: database_dir(i, &name),
-                        name,
-                        bytes,
-                        done: false,
-                    })
-                    .collect(),
-                cutover_passed: false,
-                cutover_attempts: 0,
-                cutover_error: None,
-                cutover_downtime_seconds: None,
-                completed: false,
-                updated_at: chrono::Utc::now(),
-            };
-            around(Point::ClusterPlan, async { t.save(&token_path) }).await?;
-            info!(
-                databases = t.databases.len(),
-                token = %token_path.display(),
-                "cluster migration planned"
-            );
-            t
-        }
-    };
+    let mut token = open_token(
+        cfg,
+        &token_path,
+        src_id,
+        dst_id,
+        "cluster migration",
+        async { Ok(planned(checks::select_databases(&source, &excluded).await?)) },
+    )
+    .await?;
     if token.completed {
         info!(token = %token_path.display(), "the cluster migration had completed; nothing left to do");
     }
@@ -602,6 +552,66 @@ fn named_error(name: &str, e: &MigrationError) -> MigrationError {
         },
         e => MigrationError::Internal(at(&e.to_string())),
     }
+}
+
+/// The databases of a new cluster run, each with its work dir.
+pub(crate) fn planned(databases: Vec<(String, u64)>) -> Vec<ClusterDatabase> {
+    databases
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, bytes))| ClusterDatabase {
+            dir: database_dir(i, &name),
+            name,
+            bytes,
+            done: false,
+        })
+        .collect()
+}
+
+/// The cluster token at `path`: the recorded one (between the same
+/// servers; refused without `resume`, since its run may be unfinished), or,
+/// first or under `force_clean`, a new one listing the databases `plan`
+/// gives (awaited only then), recorded before any work.
+pub(crate) async fn open_token(
+    cfg: &MigrationConfig,
+    path: &Path,
+    source: EndpointIdentity,
+    target: EndpointIdentity,
+    what: &str,
+    plan: impl std::future::Future<Output = Result<Vec<ClusterDatabase>>>,
+) -> Result<ClusterToken> {
+    if !cfg.force_clean {
+        if let Some(t) = ClusterToken::load(path)? {
+            t.check_matches(cfg.mode, &source, &target, path)?;
+            if !cfg.resume {
+                return Err(MigrationError::resume_refused(format!(
+                    "a resume token for this {what} exists at {}{}",
+                    path.display(),
+                    if t.completed { " (completed)" } else { "" }
+                ))
+                .with_remedy(Remedy::Resume)
+                .with_remedy(Remedy::ForceClean));
+            }
+            return Ok(t);
+        }
+    }
+    let mut t = ClusterToken {
+        schema_version: CLUSTER_TOKEN_VERSION,
+        mode: cfg.mode,
+        source,
+        target,
+        globals_done: false,
+        databases: plan.await?,
+        cutover_passed: false,
+        cutover_attempts: 0,
+        cutover_error: None,
+        cutover_downtime_seconds: None,
+        completed: false,
+        updated_at: chrono::Utc::now(),
+    };
+    around(Point::ClusterPlan, async { t.save(path) }).await?;
+    info!(databases = t.databases.len(), token = %path.display(), "{what} planned");
+    Ok(t)
 }
 
 /// An error of one database's migration, saying which.

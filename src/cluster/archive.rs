@@ -14,14 +14,15 @@ use tracing::info;
 
 use crate::config::MigrationConfig;
 use crate::context::RunContext;
-use crate::error::{MigrationError, Remedy, Result};
+use crate::error::{MigrationError, Result};
 use crate::faults::{around, Point};
 use crate::globals::{self, GlobalsOptions, GlobalsReport};
 use crate::pg::connect;
-use crate::resume::cluster::{database_dir, ClusterDatabase, ClusterToken, CLUSTER_TOKEN_VERSION};
+use crate::resume::cluster::{ClusterDatabase, ClusterToken};
 use crate::resume::EndpointIdentity;
 
 use super::checks::{excluded_patterns, select_databases};
+use super::{open_token, planned};
 
 const DATABASES_FILE: &str = "databases.json";
 const GLOBALS_FILE: &str = "globals.json";
@@ -104,48 +105,6 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> Result<T>
     })
 }
 
-/// The cluster token of a run (`dump`: beside the directory; `restore`:
-/// its own), refusing a leftover one without `resume`.
-fn token_for(
-    cfg: &MigrationConfig,
-    path: &Path,
-    source: EndpointIdentity,
-    target: EndpointIdentity,
-    databases: impl FnOnce() -> Result<Vec<ClusterDatabase>>,
-) -> Result<ClusterToken> {
-    if !cfg.force_clean {
-        if let Some(t) = ClusterToken::load(path)? {
-            t.check_matches(cfg.mode, &source, &target, path)?;
-            if !cfg.resume {
-                return Err(MigrationError::resume_refused(format!(
-                    "a resume token for this cluster archive run exists at {}{}",
-                    path.display(),
-                    if t.completed { " (completed)" } else { "" }
-                ))
-                .with_remedy(Remedy::Resume)
-                .with_remedy(Remedy::ForceClean));
-            }
-            return Ok(t);
-        }
-    }
-    let mut t = ClusterToken {
-        schema_version: CLUSTER_TOKEN_VERSION,
-        mode: cfg.mode,
-        source,
-        target,
-        globals_done: false,
-        databases: databases()?,
-        cutover_passed: false,
-        cutover_attempts: 0,
-        cutover_error: None,
-        cutover_downtime_seconds: None,
-        completed: false,
-        updated_at: chrono::Utc::now(),
-    };
-    t.save(path)?;
-    Ok(t)
-}
-
 /// `dump --all-databases`: the globals, then every database a cluster
 /// migration would take, each into its own archive under `dump_path`.
 pub(crate) async fn dump_all(
@@ -164,25 +123,15 @@ pub(crate) async fn dump_all(
     let excluded = excluded_patterns(&cfg.exclude_databases)?;
     let token_path = ClusterToken::path_for(&dir);
     let _lock = crate::resume::RunLock::acquire(&token_path)?;
-    let listed = select_databases(&source, &excluded).await?;
-    let mut token = token_for(
+    let mut token = open_token(
         cfg,
         &token_path,
         EndpointIdentity::of(&source),
         EndpointIdentity::archive(&dir),
-        || {
-            Ok(listed
-                .iter()
-                .enumerate()
-                .map(|(i, (name, bytes))| ClusterDatabase {
-                    dir: database_dir(i, name),
-                    name: name.clone(),
-                    bytes: *bytes,
-                    done: false,
-                })
-                .collect())
-        },
-    )?;
+        "cluster dump",
+        async { Ok(planned(select_databases(&source, &excluded).await?)) },
+    )
+    .await?;
     std::fs::create_dir_all(&dir)
         .map_err(|e| MigrationError::io(format!("creating {}", dir.display()), e))?;
     // The globals first: small, and what every database's owners need.
@@ -266,12 +215,13 @@ pub(crate) async fn restore_all(
     let model: globals::Globals = read_json(&dir.join(GLOBALS_FILE), "globals.json")?;
     let token_path = restore_token_path(&dir);
     let _lock = crate::resume::RunLock::acquire(&token_path)?;
-    let mut token = token_for(
+    let mut token = open_token(
         cfg,
         &token_path,
         EndpointIdentity::archive(&dir),
         EndpointIdentity::of(&target),
-        || {
+        "cluster restore",
+        async {
             Ok(index
                 .databases
                 .iter()
@@ -281,7 +231,8 @@ pub(crate) async fn restore_all(
                 })
                 .collect())
         },
-    )?;
+    )
+    .await?;
     let mut globals_report = None;
     if !token.globals_done {
         let dst = connect::connect(&target, "target").await?;
