@@ -44,7 +44,9 @@ use crate::faults::{self, around, Point};
 use crate::globals::{self, GlobalsOptions};
 use crate::pg::{connect, sessions};
 use crate::report::{DatabaseReport, MigrationReport, OnlineReport};
-use crate::resume::cluster::{database_dir, ClusterDatabase, ClusterToken, CLUSTER_TOKEN_VERSION};
+use crate::resume::cluster::{
+    database_dir, ClusterDatabase, ClusterFallback, ClusterToken, CLUSTER_TOKEN_VERSION,
+};
 use crate::resume::{self, Definition, EndpointIdentity, ResumeToken, RunLock};
 
 /// One database's migration, as [`crate::Migrator::run`] runs it: one run
@@ -86,13 +88,6 @@ fn cluster_dir(
 /// The whole cluster: globals, then every database.
 pub(crate) async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<MigrationReport> {
     let started = std::time::Instant::now();
-    if cfg.mode == MigrationMode::Online && cfg.fallback {
-        return Err(MigrationError::Unsupported(
-            "--fallback with an online migration of every database (all_databases) is not built yet; \
-             migrate the whole cluster online without --fallback, or the databases one by one online with --fallback"
-                .into(),
-        ));
-    }
     cfg.validate()?;
     let source = cfg.source.clone().expect("validated");
     let target = cfg.target.clone().expect("validated");
@@ -117,6 +112,22 @@ pub(crate) async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<Migra
     .await?;
     if token.completed {
         info!(token = %token_path.display(), "the cluster migration had completed; nothing left to do");
+    }
+    if token.fallback.enabled != (cfg.fallback && cfg.mode == MigrationMode::Online) {
+        return Err(MigrationError::resume_refused(format!(
+            "the cluster migration at {} was started {} --fallback: resume it {} --fallback",
+            dir.display(),
+            if token.fallback.enabled {
+                "with"
+            } else {
+                "without"
+            },
+            if token.fallback.enabled {
+                "with"
+            } else {
+                "without"
+            },
+        )));
     }
 
     // The globals first: every database's objects name their roles, and
@@ -249,6 +260,20 @@ async fn online_databases(
                  and max_wal_senders (ALTER SYSTEM SET ...; then restart PostgreSQL), or leave databases out with --exclude-database"
             )));
         }
+        if cfg.fallback {
+            // After the cutover every database streams back through its
+            // own slot on the new server.
+            let dst = connect::connect(cfg.target.as_ref().expect("checked"), "target").await?;
+            let (slots, senders) =
+                crate::replication::preflight::free_slots_and_senders(&dst).await?;
+            if slots < n || senders < n {
+                return Err(MigrationError::Preflight(format!(
+                    "--fallback for {n} databases streams back through {n} replication slots and {n} WAL senders on the target at once; \
+                     the target has {slots} free slot(s) and {senders} free WAL sender(s). Fix: raise max_replication_slots \
+                     and max_wal_senders on the target (then restart it), or leave databases out with --exclude-database"
+                )));
+            }
+        }
     }
     // The sessions' budget: `jobs` for the whole cluster, split between
     // the databases (each copies with at least one worker).
@@ -267,9 +292,27 @@ async fn online_databases(
             t.save(&passed_path)
         }),
     ));
+    // With --fallback, the cluster's one rollback passes a barrier of the
+    // same kind.
+    let rollback_path = token_path.to_path_buf();
+    let rollback = Arc::new(
+        ClusterCutover::new(
+            token.fallback.rollback_passed,
+            children.clone(),
+            Box::new(move || {
+                let mut t = ClusterToken::load(&rollback_path)?.ok_or_else(|| {
+                    MigrationError::Internal("the cluster's resume token vanished".into())
+                })?;
+                t.fallback.rollback_passed = true;
+                t.save(&rollback_path)
+            }),
+        )
+        .for_rollback(),
+    );
     struct Member {
         index: usize,
         name: String,
+        dir: PathBuf,
         seat: Arc<crate::context::ClusterSeat>,
         signal: Arc<CutoverSignal>,
         task: Option<tokio::task::JoinHandle<Result<MigrationReport>>>,
@@ -282,7 +325,12 @@ async fn online_databases(
         // The cluster decides when: no database cuts over on its own.
         db_cfg.cutover = CutoverMode::Manual;
         let signal = Arc::new(CutoverSignal::default());
-        let seat = barrier.seat(&db.name);
+        let seat = barrier.seat_with(&db.name, cfg.fallback.then(|| rollback.clone()));
+        // A request a killed run left for this database is the cluster's
+        // to make again.
+        for what in ["rollback", "finish"] {
+            let _ = std::fs::remove_file(crate::resume::request_path(&dir.join(&db.dir), what));
+        }
         let ctx = RunContext {
             cancel: children.clone(),
             progress: run.progress.clone(),
@@ -306,6 +354,7 @@ async fn online_databases(
         members.push(Member {
             index: i,
             name: db.name.clone(),
+            dir: dir.join(&db.dir),
             seat,
             signal,
             task: Some(task),
@@ -333,6 +382,7 @@ async fn online_databases(
             .unwrap_or(0),
     );
     let mut cluster_downtime: Option<f64> = None;
+    let mut fallback = FallbackDriver::new(dir);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tokio::select! {
@@ -359,6 +409,7 @@ async fn online_databases(
             match r {
                 Ok(report) => {
                     token.cutover_passed |= barrier.passed();
+                    token.fallback.rollback_passed |= rollback.passed();
                     database_done(token, token_path, members[k].index).await?;
                     reports[members[k].index] = Some(DatabaseReport { name, report });
                 }
@@ -373,6 +424,24 @@ async fn online_databases(
         let active: Vec<&Member> = members.iter().filter(|m| m.task.is_some()).collect();
         if active.is_empty() {
             break;
+        }
+        if cfg.fallback && (cluster_downtime.is_some() || token.cutover_passed) {
+            // Cut over: every database streams back until the cluster's
+            // rollback or finish.
+            token.cutover_passed |= barrier.passed();
+            let dirs: Vec<(String, PathBuf)> = active
+                .iter()
+                .map(|m| (m.name.clone(), m.dir.clone()))
+                .collect();
+            fallback.step(run, &rollback, token, token_path, &dirs)?;
+            if let Some(p) = &run.progress {
+                let lag = active
+                    .iter()
+                    .filter_map(|m| m.seat.online().fallback_lag_bytes)
+                    .max();
+                p.set_online(|o| o.fallback_lag_bytes = lag);
+            }
+            continue;
         }
         let states: Vec<(bool, bool)> = active.iter().map(|m| m.signal.streaming_state()).collect();
         let streaming = cluster_downtime.is_none() && states.iter().all(|s| s.0);
@@ -532,7 +601,165 @@ async fn online_databases(
         .or(token.cutover_downtime_seconds)
         .unwrap_or(own_downtime);
     summary.cutover.fenced = cfg.fence;
+    if cfg.fallback {
+        summary.fallback = Some(fallback.ended(&rollback, token, token_path, &reports)?);
+    }
     Ok((reports, summary))
+}
+
+/// The cluster's side of a `--fallback` after its cutover: it takes the
+/// cluster's `rollback` and `finish` requests (`<cluster dir>.rollback`,
+/// `.finish`) and hands them to every database. A rollback is one round
+/// of the rollback barrier: every database fences its new server, drains
+/// back, copies its sequences back, and waits; when all arrive, each
+/// removes its reverse objects and unfences its old source; when one
+/// fails, every one lifts its new server's fence and streams on. Each
+/// step is recorded in the cluster's token first, so a resumed run asks
+/// again for a rollback that had not passed, and lets the databases
+/// finish one that had.
+struct FallbackDriver {
+    rollback_file: PathBuf,
+    finish_file: PathBuf,
+    /// The open rollback round.
+    round: Option<u64>,
+    /// When the databases were last asked (after the barrier passed, a
+    /// database whose last steps failed is asked again now and then).
+    asked_at: Option<Instant>,
+    finish_sent: bool,
+}
+
+impl FallbackDriver {
+    fn new(dir: &Path) -> Self {
+        FallbackDriver {
+            rollback_file: crate::resume::request_path(dir, "rollback"),
+            finish_file: crate::resume::request_path(dir, "finish"),
+            round: None,
+            asked_at: None,
+            finish_sent: false,
+        }
+    }
+
+    /// Ask each of `dirs`' databases for `what`.
+    fn ask(dirs: &[(String, PathBuf)], what: &str) -> Result<()> {
+        for (_, d) in dirs {
+            let f = crate::resume::request_path(d, what);
+            std::fs::write(&f, chrono::Utc::now().to_rfc3339())
+                .map_err(|e| MigrationError::io(format!("writing {}", f.display()), e))?;
+        }
+        Ok(())
+    }
+
+    /// One tick: take a request, follow the open round.
+    fn step(
+        &mut self,
+        run: &RunContext,
+        barrier: &ClusterCutover,
+        token: &mut ClusterToken,
+        token_path: &Path,
+        dirs: &[(String, PathBuf)],
+    ) -> Result<()> {
+        token.fallback.rollback_passed |= barrier.passed();
+        let fb = &mut token.fallback;
+        let busy = self.round.is_some() || fb.rollback_passed;
+        if !busy && !fb.finish_requested && self.finish_file.exists() {
+            info!("finish of the cluster's fallback requested");
+            fb.finish_requested = true;
+            token.save(token_path)?;
+        }
+        let fb = &mut token.fallback;
+        if fb.finish_requested {
+            let _ = std::fs::remove_file(&self.finish_file);
+            if !self.finish_sent {
+                Self::ask(dirs, "finish")?;
+                self.finish_sent = true;
+            }
+            return Ok(());
+        }
+        if !busy && (fb.rollback_requested || self.rollback_file.exists()) {
+            let _ = std::fs::remove_file(&self.rollback_file);
+            fb.rollback_requested = true;
+            fb.rollback_error = None;
+            token.save(token_path)?;
+            let names: Vec<String> = dirs.iter().map(|(n, _)| n.clone()).collect();
+            info!(databases = names.len(), "rollback of the cluster requested");
+            self.round = Some(barrier.begin(names));
+            Self::ask(dirs, "rollback")?;
+            self.asked_at = Some(Instant::now());
+            return Ok(());
+        }
+        if let Some(round) = self.round {
+            match barrier.outcome(round) {
+                None => {}
+                Some(Ok(())) => {
+                    self.round = None;
+                    token.fallback.rollback_passed = true;
+                    info!("every database of the cluster is drained back: each returns to its old server");
+                }
+                Some(Err(why)) => {
+                    self.round = None;
+                    let fb = &mut token.fallback;
+                    fb.rollback_requested = false;
+                    fb.rollback_attempts += 1;
+                    fb.rollback_error = Some(why.clone());
+                    token.save(token_path)?;
+                    run.error(format!(
+                        "the cluster's rollback failed; every new server's fence is lifted and the fallback streams go on. Fix the cause, then request the rollback again: {why}"
+                    ));
+                }
+            }
+        } else if token.fallback.rollback_passed
+            && self
+                .asked_at
+                .is_none_or(|a| a.elapsed() >= Duration::from_secs(10))
+        {
+            // Passed: the databases still running finish alone (asked
+            // again when their last steps failed, or after a resume).
+            let waiting: Vec<(String, PathBuf)> = dirs
+                .iter()
+                .filter(|(_, d)| !crate::resume::request_path(d, "rollback").exists())
+                .cloned()
+                .collect();
+            Self::ask(&waiting, "rollback")?;
+            self.asked_at = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Every database's fallback ended: the cluster's summary, recorded.
+    fn ended(
+        &self,
+        barrier: &ClusterCutover,
+        token: &mut ClusterToken,
+        token_path: &Path,
+        reports: &[DatabaseReport],
+    ) -> Result<crate::report::FallbackSummary> {
+        let ends: Vec<&crate::report::FallbackSummary> = reports
+            .iter()
+            .filter_map(|d| d.report.online.as_ref()?.fallback.as_ref())
+            .collect();
+        let rolled_back = !ends.is_empty() && ends.iter().all(|f| f.ended_by == "rollback");
+        let fb = &mut token.fallback;
+        if rolled_back && fb.rollback_downtime_seconds.is_none() {
+            // The cluster's write downtime: first fence to last unfence
+            // (from the databases' own, after a resume).
+            fb.rollback_downtime_seconds = barrier.span().map(|d| d.as_secs_f64()).or_else(|| {
+                ends.iter()
+                    .filter_map(|f| f.rollback_downtime_seconds)
+                    .reduce(f64::max)
+            });
+            fb.rollback_attempts += 1;
+            fb.rollback_error = None;
+        }
+        let ended_by = if rolled_back { "rollback" } else { "finish" };
+        fb.ended_by = Some(ended_by.into());
+        fb.rollback_passed |= barrier.passed();
+        token.save(token_path)?;
+        Ok(crate::report::FallbackSummary {
+            ended_by: ended_by.into(),
+            rollback_downtime_seconds: token.fallback.rollback_downtime_seconds,
+            transactions_streamed_back: ends.iter().map(|f| f.transactions_streamed_back).sum(),
+        })
+    }
 }
 
 /// A database's error, naming the database.
@@ -606,6 +833,10 @@ pub(crate) async fn open_token(
         cutover_attempts: 0,
         cutover_error: None,
         cutover_downtime_seconds: None,
+        fallback: ClusterFallback {
+            enabled: cfg.fallback && cfg.mode == MigrationMode::Online,
+            ..Default::default()
+        },
         completed: false,
         updated_at: chrono::Utc::now(),
     };

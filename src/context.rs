@@ -358,6 +358,8 @@ pub(crate) struct ClusterCutover {
     timeout: Duration,
     /// The databases' runs are cancelled: nobody waits any more.
     cancel: CancellationToken,
+    /// What passes this barrier, for messages: "cutover" or "rollback".
+    what: &'static str,
 }
 
 #[derive(Default)]
@@ -368,6 +370,9 @@ struct BarrierState {
     members: Vec<String>,
     arrived: Vec<(String, std::result::Result<(), String>)>,
     first_fence: Option<std::time::Instant>,
+    /// The latest end of a member's irreversible part (its write downtime
+    /// ended there).
+    last_end: Option<std::time::Instant>,
     failed: Option<String>,
 }
 
@@ -398,6 +403,26 @@ impl ClusterCutover {
             on_pass,
             timeout: Duration::from_secs(360),
             cancel,
+            what: "cutover",
+        }
+    }
+
+    /// The same barrier for the cluster's rollback of a `--fallback`:
+    /// between every database's reversible rollback steps (new server
+    /// fenced, drained, sequences and recopies back) and its irreversible
+    /// ones (reverse slot removed, old source unfenced).
+    pub(crate) fn for_rollback(mut self) -> Self {
+        self.what = "rollback";
+        self
+    }
+
+    /// How round `round` ended, once it has.
+    pub(crate) fn outcome(&self, round: u64) -> Option<std::result::Result<(), String>> {
+        let v = self.resolved.borrow();
+        if v.0 == round {
+            v.1.clone()
+        } else {
+            None
         }
     }
 
@@ -421,8 +446,15 @@ impl ClusterCutover {
         s.members = members;
         s.arrived.clear();
         s.first_fence = None;
+        s.last_end = None;
         s.failed = None;
         s.round
+    }
+
+    /// From the latest round's first fence to its last member's end.
+    pub(crate) fn span(&self) -> Option<Duration> {
+        let s = self.lock();
+        Some(s.last_end?.saturating_duration_since(s.first_fence?))
     }
 
     /// The earliest fence of the latest round.
@@ -448,9 +480,21 @@ impl ClusterCutover {
     }
 
     /// Database `name`'s seat at the barrier, for its [`RunContext`].
+    #[cfg(test)]
     pub(crate) fn seat(self: &Arc<Self>, name: &str) -> Arc<ClusterSeat> {
+        self.seat_with(name, None)
+    }
+
+    /// Database `name`'s seat at this barrier and, with `--fallback`, at
+    /// the cluster's `rollback` barrier.
+    pub(crate) fn seat_with(
+        self: &Arc<Self>,
+        name: &str,
+        rollback: Option<Arc<ClusterCutover>>,
+    ) -> Arc<ClusterSeat> {
         Arc::new(ClusterSeat {
             barrier: self.clone(),
+            rollback,
             database: name.to_string(),
             online: Default::default(),
         })
@@ -479,7 +523,7 @@ impl ClusterCutover {
         s.arrived.push((name.to_string(), r));
         if let Some((n, Err(e))) = s.arrived.iter().find(|(_, r)| r.is_err()) {
             // One failed: nobody proceeds; the others fail at once.
-            let msg = format!("the cutover of database {n} failed: {e}");
+            let msg = format!("the {} of database {n} failed: {e}", self.what);
             s.failed = Some(n.clone());
             self.resolve(&mut s, round, Err(msg));
         } else if s
@@ -497,6 +541,7 @@ impl ClusterCutover {
 #[derive(Debug)]
 pub(crate) struct ClusterSeat {
     barrier: Arc<ClusterCutover>,
+    rollback: Option<Arc<ClusterCutover>>,
     database: String,
     online: std::sync::Mutex<crate::progress::OnlineSnapshot>,
 }
@@ -523,10 +568,33 @@ impl ClusterSeat {
 
     /// A cutover attempt of this database begins: it must arrive once.
     pub(crate) fn ticket(&self) -> ClusterTicket {
-        let s = self.barrier.lock();
+        self.ticket_at(&self.barrier)
+    }
+
+    /// A rollback attempt of this database begins (with `--fallback`).
+    pub(crate) fn rollback_ticket(&self) -> Option<ClusterTicket> {
+        self.rollback.as_ref().map(|b| self.ticket_at(b))
+    }
+
+    /// Whether the cluster's rollback passed its barrier (now or in an
+    /// earlier run).
+    pub(crate) fn rollback_passed(&self) -> bool {
+        self.rollback.as_ref().is_some_and(|b| b.passed())
+    }
+
+    /// This database's rollback ended (its old source writable again).
+    pub(crate) fn rollback_ended(&self, at: std::time::Instant) {
+        if let Some(b) = &self.rollback {
+            let mut s = b.lock();
+            s.last_end = Some(s.last_end.map_or(at, |e| e.max(at)));
+        }
+    }
+
+    fn ticket_at(&self, barrier: &Arc<ClusterCutover>) -> ClusterTicket {
+        let s = barrier.lock();
         let round = (s.open && s.members.contains(&self.database)).then_some(s.round);
         ClusterTicket {
-            barrier: self.barrier.clone(),
+            barrier: barrier.clone(),
             database: self.database.clone(),
             round,
             passed: s.passed,
@@ -561,9 +629,11 @@ impl ClusterTicket {
         if self.passed || self.round.is_some() {
             Ok(())
         } else {
-            Err(MigrationError::Config(
-                "in a whole-cluster online migration the cutover is the cluster's: request it through the cluster's work dir (`pg_dbmigrator cutover --dump-path <cluster dir>`), its library handle, or --cutover auto".into(),
-            ))
+            let what = self.barrier.what;
+            Err(MigrationError::Config(format!(
+                "in a whole-cluster online migration the {what} is the cluster's: request it through the cluster's work dir (`pg_dbmigrator {what} --dump-path <cluster dir>`){}",
+                if what == "cutover" { ", its library handle, or --cutover auto" } else { "" }
+            )))
         }
     }
 
@@ -598,7 +668,8 @@ impl ClusterTicket {
             Ok(Err(_)) => Err("the cluster's cutover barrier is gone".into()),
             Err(_) => {
                 let msg = format!(
-                    "not every database reached the cutover barrier within {}s",
+                    "not every database reached the {} barrier within {}s",
+                    self.barrier.what,
                     self.barrier.timeout.as_secs()
                 );
                 let mut s = self.barrier.lock();
@@ -608,8 +679,8 @@ impl ClusterTicket {
         };
         r.map_err(|m| {
             MigrationError::Internal(format!(
-                "the cluster's cutover did not pass: {m} (database {} lifts its fence and streams on)",
-                self.database
+                "the cluster's {} did not pass: {m} (database {} lifts its fence and streams on)",
+                self.barrier.what, self.database
             ))
         })
     }
@@ -628,7 +699,10 @@ impl Drop for ClusterTicket {
             self.barrier.arrive(
                 self.round,
                 &self.database,
-                Err("its cutover attempt ended before the barrier".into()),
+                Err(format!(
+                    "its {} attempt ended before the barrier",
+                    self.barrier.what
+                )),
             );
         }
     }

@@ -167,6 +167,16 @@ pub(crate) async fn run(
         .is_some_and(|r| r.started_at.is_some() && !r.completed);
     let mut want_finish = st.finishing;
     let mut tctl = control(&phase.target, "target").await?;
+    let seat = run.cluster.as_deref();
+    if want_rollback && seat.is_some_and(|s| !s.rollback_passed()) {
+        // A whole cluster's rollback killed before every database was
+        // drained back: nothing irreversible happened here. The new
+        // server's fence is lifted and the stream goes on until the
+        // cluster asks every database for its rollback again.
+        want_rollback = false;
+        unfence_db(&tctl).await?;
+        info!("the cluster's interrupted rollback had not passed its barrier: the new server's fence is lifted and the fallback stream goes on until the cluster rolls back again");
+    }
     // A run killed after the reverse slot's removal and before its record:
     // nothing was lost if the removal came after the drain to the fence
     // (a rollback's, or a finish's); otherwise the slot vanished while it
@@ -215,6 +225,7 @@ pub(crate) async fn run(
                 &shared,
                 &mut stop,
                 &mut streamer,
+                seat,
             )
             .await
             {
@@ -336,8 +347,11 @@ pub(crate) async fn run(
         };
         let applied = shared.applied_position();
         let lag = wal.0.saturating_sub(applied.0);
-        if let Some(p) = &run.progress {
-            p.set_online(|o| o.fallback_lag_bytes = Some(lag));
+        match (seat, &run.progress) {
+            // The cluster publishes its most lagging database's.
+            (Some(s), _) => s.set_online(|o| o.fallback_lag_bytes = Some(lag)),
+            (None, Some(p)) => p.set_online(|o| o.fallback_lag_bytes = Some(lag)),
+            (None, None) => {}
         }
         if last_log.elapsed() >= Duration::from_secs(10) {
             last_log = Instant::now();
@@ -348,7 +362,12 @@ pub(crate) async fn run(
     }
 }
 
-/// The cutover in the opposite direction. Returns the write downtime.
+/// The cutover in the opposite direction. Returns the write downtime. In
+/// a whole cluster (`seat`), every database's rollback passes the
+/// cluster's barrier between its reversible steps and its irreversible
+/// ones (reverse slot removed, old source unfenced), so that either every
+/// database returns to the old server or none does.
+#[allow(clippy::too_many_arguments)]
 async fn rollback(
     cfg: &MigrationConfig,
     phase: &CopyPhase,
@@ -357,6 +376,45 @@ async fn rollback(
     shared: &Arc<StreamShared>,
     stop: &mut tokio_util::sync::CancellationToken,
     streamer: &mut Option<tokio::task::JoinHandle<Result<()>>>,
+    seat: Option<&crate::context::ClusterSeat>,
+) -> Result<f64> {
+    let mut ticket = seat.and_then(|s| s.rollback_ticket());
+    if let Some(t) = &ticket {
+        // A database's own rollback request, outside the cluster's round,
+        // is refused before its fence.
+        t.joinable()?;
+    }
+    let r = rollback_steps(
+        cfg,
+        phase,
+        st,
+        tctl,
+        shared,
+        stop,
+        streamer,
+        seat,
+        &mut ticket,
+    )
+    .await;
+    if let (Err(e), Some(t)) = (&r, ticket.take()) {
+        // The others stop waiting, told why.
+        t.fail(e);
+    }
+    r
+}
+
+/// [`rollback`]'s steps; `ticket` is taken at the cluster's barrier.
+#[allow(clippy::too_many_arguments)]
+async fn rollback_steps(
+    cfg: &MigrationConfig,
+    phase: &CopyPhase,
+    st: &mut FallbackState,
+    tctl: &Client,
+    shared: &Arc<StreamShared>,
+    stop: &mut tokio_util::sync::CancellationToken,
+    streamer: &mut Option<tokio::task::JoinHandle<Result<()>>>,
+    seat: Option<&crate::context::ClusterSeat>,
+    ticket: &mut Option<crate::context::ClusterTicket>,
 ) -> Result<f64> {
     let store = &phase.store;
     let r = st.rollback.get_or_insert_with(CutoverRecord::default);
@@ -366,6 +424,9 @@ async fn rollback(
     save(store, st)?;
     // (1) Fence the new server.
     let fenced_at = Instant::now();
+    if let Some(t) = ticket.as_ref() {
+        t.fenced(fenced_at);
+    }
     around(Point::RollbackFence, fence_db(tctl)).await?;
     tokio::time::sleep(Duration::from_millis(50)).await;
     end_other_sessions(tctl).await?;
@@ -437,6 +498,11 @@ async fn rollback(
     }
     copy::refresh_matviews(&src).await?;
     faults::after(Point::RollbackCopyBack).await;
+    if let Some(t) = ticket.take() {
+        info!("waiting for the cluster's other databases to reach the rollback barrier");
+        t.arrive_ok().await?;
+        info!("every database of the cluster is drained back: returning to the old servers");
+    }
     // (4) Remove the reverse objects, restore identities, open the old source.
     faults::before(Point::RemoveReverse).await;
     remove_capture(tctl, st).await?;
@@ -451,6 +517,9 @@ async fn rollback(
     preflight::restore_replica_identities(tctl, &fixes).await?;
     around(Point::Unfence, unfence_db(&src)).await?;
     let downtime = fenced_at.elapsed().as_secs_f64();
+    if let Some(s) = seat {
+        s.rollback_ended(Instant::now());
+    }
     if let Some(r) = st.rollback.as_mut() {
         r.completed = true;
         r.downtime_seconds = Some(downtime);

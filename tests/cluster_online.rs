@@ -79,6 +79,15 @@ async fn reset() {
         testkit::execute(&pair().source.conninfo(db), "DROP TABLE IF EXISTS loose")
             .await
             .unwrap();
+        if db != "empty_d" {
+            // (What a rollback brought back from the new server.)
+            testkit::execute(
+                &pair().source.conninfo(db),
+                "DELETE FROM notes WHERE id <= -20",
+            )
+            .await
+            .unwrap();
+        }
         testkit::execute(
             &dst,
             &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(db)),
@@ -666,5 +675,329 @@ async fn too_few_free_slots_for_every_database_is_refused_first() {
         )
         .await;
         assert_eq!(pubs, "0", "{db}");
+    }
+}
+
+/// A migration running in its own process, its output in files; killed
+/// if the test ends first (a failed assertion must not leave it running).
+struct Running {
+    child: std::process::Child,
+    out: std::path::PathBuf,
+    err: std::path::PathBuf,
+}
+
+impl Running {
+    fn spawn(argv: &[&str], dir: &std::path::Path, kill_at: Option<&str>) -> Running {
+        let (out, err) = (dir.join("migrate.out"), dir.join("migrate.err"));
+        let mut cmd = command(argv);
+        if let Some(k) = kill_at {
+            cmd.env("PG_DBMIGRATOR_TEST_KILL_AT", k);
+        }
+        let child = cmd
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap();
+        Running { child, out, err }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.err).unwrap_or_default()
+    }
+
+    /// Its exit code (`None`: killed by a signal) and stdout.
+    async fn wait(mut self, limit: Duration) -> (Option<i32>, Vec<u8>) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return (st.code(), std::fs::read(&self.out).unwrap_or_default());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the migration did not end in {limit:?}: {}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The cluster's work dir's token, once `ready` holds for it.
+async fn wait_cluster_token(
+    work: &std::path::Path,
+    what: &str,
+    ready: impl Fn(&pg_dbmigrator::resume::cluster::ClusterToken) -> bool,
+) {
+    use pg_dbmigrator::resume::cluster::ClusterToken;
+    let path = ClusterToken::path_for(work);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        if let Ok(Some(t)) = ClusterToken::load(&path) {
+            if ready(&t) {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `migrate --all-databases --mode online --fallback` arguments.
+fn fallback_args(work: &str) -> Vec<String> {
+    [
+        "migrate",
+        "--source",
+        &pair().source.admin_conninfo(),
+        "--target",
+        &pair().target.admin_conninfo(),
+        "--all-databases",
+        "--mode",
+        "online",
+        "--fallback",
+        "--cutover",
+        "auto",
+        "--dump-path",
+        work,
+        "--jobs",
+        "2",
+        "--json",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Nothing of ours on either server: no slot, publication, event trigger
+/// or bookkeeping schema in any database.
+async fn assert_nothing_of_ours_on_either_side() {
+    for server in [&pair().source, &pair().target] {
+        let slots = testkit::query_scalar(
+            &server.admin_conninfo(),
+            "SELECT count(*)::text FROM pg_replication_slots",
+        )
+        .await;
+        assert_eq!(slots, "0", "replication slots left");
+        for db in ALL {
+            let ours = testkit::query_scalar(
+                &server.conninfo(db),
+                "SELECT ((SELECT count(*) FROM pg_publication) + (SELECT count(*) FROM pg_event_trigger)
+                         + (SELECT count(*) FROM pg_namespace WHERE nspname = '_pg_dbmigrator'))::text",
+            )
+            .await;
+            assert_eq!(
+                ours, "0",
+                "publication, event trigger or schema of ours left in {db}"
+            );
+        }
+    }
+}
+
+/// Whether `ci` refuses a write as read-only.
+async fn read_only(ci: &str) -> bool {
+    match testkit::execute(
+        ci,
+        "CREATE TABLE fence_probe (i int); DROP TABLE fence_probe",
+    )
+    .await
+    {
+        Ok(()) => false,
+        Err(e) => {
+            assert_eq!(e.code().map(|c| c.code()), Some("25006"), "{e:?}");
+            true
+        }
+    }
+}
+
+/// `--fallback` for a whole cluster: after the one cutover every database
+/// streams back. One database's rollback is refused (a table without a
+/// key made on its new server, whose rows could not stream back): the
+/// cluster's rollback fails naming it and no database moves back. Fixed,
+/// the second rollback is killed (-9) in the middle, before its barrier;
+/// `--resume` asks every database for it again, and the whole cluster is
+/// back on the old server, with every write made on the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fallback_of_the_whole_cluster_rolls_back_as_one() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    reset().await;
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("w");
+    let w = work.to_str().unwrap().to_string();
+    let args = fallback_args(&w);
+    let argv: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    // Every database drains back once in the refused attempt (4), then
+    // the second attempt is killed after its second drain.
+    let child = Running::spawn(&argv, dir.path(), Some("after:rollback_drain#6"));
+    wait_cluster_token(&work, "the cluster cut over", |t| {
+        t.cutover_downtime_seconds.is_some()
+    })
+    .await;
+    // Written on the new servers after the cutover.
+    for db in BUSY {
+        testkit::execute(
+            &pair().target.conninfo(db),
+            "INSERT INTO notes VALUES (-21, 'written on the new server');
+             UPDATE accounts SET balance = balance + 1 WHERE id <= 10;
+             SELECT nextval('counter_seq')",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{db}: the new server takes writes: {e:?}"));
+    }
+    let b = pair().target.conninfo("shop_b");
+    testkit::execute(
+        &b,
+        "CREATE TABLE loose (a int NOT NULL, b text); INSERT INTO loose VALUES (1, 'x'), (2, 'y')",
+    )
+    .await
+    .unwrap();
+    let rb = run_async(&["rollback", "--dump-path", &w]).await;
+    let err = text(&rb.stderr);
+    assert_eq!(
+        rb.status.code(),
+        Some(1),
+        "{err}\n{}\nmigrate: {}",
+        text(&rb.stdout),
+        child.stderr()
+    );
+    assert!(
+        err.contains("shop_b") && err.contains("loose") && err.contains("fence is lifted"),
+        "{err}"
+    );
+    // No database moved back: every new server takes writes, every old
+    // source is still fenced.
+    for db in ALL {
+        assert!(
+            !read_only(&pair().target.conninfo(db)).await,
+            "{db}: the new server is writable after a failed rollback"
+        );
+        assert!(
+            read_only(&pair().source.conninfo(db)).await,
+            "{db}: the old source stays fenced after a failed rollback"
+        );
+    }
+    // Fixed: a key, and the rows that could not stream back copied by hand.
+    testkit::execute(&b, "ALTER TABLE loose ADD PRIMARY KEY (a)")
+        .await
+        .unwrap();
+    let old_b = pair().source.conninfo("shop_b");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while testkit::query_scalar(
+        &old_b,
+        "SELECT count(*)::text FROM pg_index WHERE indrelid = to_regclass('loose') AND indisprimary",
+    )
+    .await
+        != "1"
+    {
+        assert!(Instant::now() < deadline, "the key never streamed back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let c = testkit::client(&old_b).await;
+    c.batch_execute("SET default_transaction_read_only = off")
+        .await
+        .unwrap();
+    c.batch_execute("INSERT INTO loose VALUES (1, 'x'), (2, 'y')")
+        .await
+        .unwrap();
+    drop(c);
+    // The second rollback: killed after two databases drained back.
+    let rb = run_async(&["rollback", "--dump-path", &w]).await;
+    assert_ne!(rb.status.code(), Some(0), "{}", text(&rb.stdout));
+    let log = child.stderr();
+    let (code, _) = child.wait(Duration::from_secs(60)).await;
+    assert_eq!(code, None, "not killed: {log}");
+    let st = run_async(&["status", "--dump-path", &w]).await;
+    assert!(
+        text(&st.stdout).contains("rollback requested, not passed"),
+        "{}",
+        text(&st.stdout)
+    );
+    // Nothing moved back yet: the old sources stay fenced.
+    for db in ALL {
+        assert!(read_only(&pair().source.conninfo(db)).await, "{db}");
+    }
+    let mut resumed = argv.clone();
+    resumed.push("--resume");
+    let out = run_async(&resumed).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let report = report_of(&out.stdout);
+    assert_eq!(
+        report["online"]["fallback"]["ended_by"], "rollback",
+        "{report:#}"
+    );
+    let downtime = report["online"]["fallback"]["rollback_downtime_seconds"]
+        .as_f64()
+        .unwrap_or_default();
+    eprintln!("cluster rollback downtime: {downtime:.3}s");
+    assert!(downtime > 0.0, "{report:#}");
+    // Every database is back on the old server with the new one's writes.
+    assert_same_databases().await;
+    for db in BUSY {
+        assert_eq!(
+            testkit::query_scalar(
+                &pair().source.conninfo(db),
+                "SELECT count(*)::text FROM notes WHERE id = -21"
+            )
+            .await,
+            "1",
+            "{db}"
+        );
+    }
+    for db in ALL {
+        assert!(
+            !read_only(&pair().source.conninfo(db)).await,
+            "{db}: the old source is writable after the rollback"
+        );
+        assert!(
+            read_only(&pair().target.conninfo(db)).await,
+            "{db}: the new server is read-only after the rollback"
+        );
+    }
+    assert_nothing_of_ours_on_either_side().await;
+    let again = run_async(&["rollback", "--dump-path", &w]).await;
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
+    assert!(
+        text(&again.stdout).contains("already rolled back"),
+        "{}",
+        text(&again.stdout)
+    );
+}
+
+/// `finish --dump-path <cluster dir>` ends every database's fallback:
+/// nothing of ours on either server, the new servers writable, the old
+/// sources fenced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fallback_of_the_whole_cluster_finishes_as_one() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    reset().await;
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("w");
+    let w = work.to_str().unwrap().to_string();
+    let args = fallback_args(&w);
+    let argv: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let child = Running::spawn(&argv, dir.path(), None);
+    wait_cluster_token(&work, "the cluster cut over", |t| {
+        t.cutover_downtime_seconds.is_some()
+    })
+    .await;
+    let f = run_async(&["finish", "--dump-path", &w]).await;
+    assert_eq!(f.status.code(), Some(0), "{}", text(&f.stderr));
+    let log = child.stderr();
+    let (code, out) = child.wait(Duration::from_secs(120)).await;
+    assert_eq!(code, Some(0), "{log}");
+    let report = report_of(&out);
+    assert_eq!(
+        report["online"]["fallback"]["ended_by"], "finish",
+        "{report:#}"
+    );
+    assert_nothing_of_ours_on_either_side().await;
+    for db in ALL {
+        assert!(!read_only(&pair().target.conninfo(db)).await, "{db}");
+        assert!(read_only(&pair().source.conninfo(db)).await, "{db}");
     }
 }

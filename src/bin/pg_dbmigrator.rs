@@ -1208,6 +1208,41 @@ fn cluster_status(dir: &std::path::Path, json: bool) -> Result<Option<i32>, Migr
             "not yet"
         }
     );
+    if cluster.mode == MigrationMode::Online {
+        let cutover = match (
+            cluster.cutover_downtime_seconds,
+            cluster.cutover_passed,
+            &cluster.cutover_error,
+        ) {
+            (Some(d), _, _) => format!("done: the cluster's writes were blocked {d:.3}s"),
+            (None, true, _) => "passed its barrier, not finished: rerun with --resume".into(),
+            (None, false, Some(e)) => format!(
+                "failed after {} attempt(s) (every fence lifted): {e}",
+                cluster.cutover_attempts
+            ),
+            (None, false, None) => "not yet".into(),
+        };
+        println!("cutover     {cutover}");
+        let fb = &cluster.fallback;
+        if fb.enabled {
+            let state = match (&fb.ended_by, fb.rollback_passed, fb.rollback_requested) {
+                (Some(by), _, _) if by == "rollback" => format!(
+                    "rolled back: the cluster's writes were blocked {:.3}s",
+                    fb.rollback_downtime_seconds.unwrap_or_default()
+                ),
+                (Some(_), _, _) => "finished".into(),
+                (None, true, _) => "rollback passed its barrier, not finished: rerun with --resume".into(),
+                (None, false, true) => "rollback requested, not passed".into(),
+                (None, false, false) if fb.finish_requested => "finish requested".into(),
+                (None, false, false) => match &fb.rollback_error {
+                    Some(e) => format!("streaming back; the last rollback failed: {e}"),
+                    None if cluster.cutover_downtime_seconds.is_some() => "streaming back (`pg_dbmigrator rollback` or `finish` --dump-path <cluster dir>)".into(),
+                    None => "after the cutover".into(),
+                },
+            };
+            println!("fallback    {state}");
+        }
+    }
     println!("updated     {}", cluster.updated_at.to_rfc3339());
     for (name, dir, state) in rows {
         println!("  {name:<30} {state} ({dir})");
@@ -1353,6 +1388,9 @@ fn load_token(dump_path: &std::path::Path) -> Result<ResumeToken, MigrationError
 /// running migration takes, then a wait for the token to say it is done.
 async fn end_fallback(args: CutoverArgs, what: &str) -> Result<i32, MigrationError> {
     use std::time::{Duration, Instant};
+    if pg_dbmigrator::resume::cluster::ClusterToken::path_for(&args.dump_path).exists() {
+        return cluster_end_fallback(args, what).await;
+    }
     let token_path = ResumeToken::path_for(&args.dump_path);
     let load = || load_token(&args.dump_path);
     let fallback = |t: &ResumeToken| t.online.as_ref().and_then(|o| o.fallback.clone());
@@ -1646,6 +1684,105 @@ async fn cluster_cutover(args: CutoverArgs) -> Result<i32, MigrationError> {
                 } else {
                     " (the request was withdrawn: not every database streams yet)"
                 }
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `rollback` / `finish` of a whole cluster's `--fallback`: one request
+/// file for the cluster, whose run hands it to every database (a rollback
+/// passes its barrier: every database returns, or none does).
+async fn cluster_end_fallback(args: CutoverArgs, what: &str) -> Result<i32, MigrationError> {
+    use pg_dbmigrator::resume::cluster::ClusterToken;
+    use std::time::{Duration, Instant};
+    let token_path = ClusterToken::path_for(&args.dump_path);
+    let load = || {
+        ClusterToken::load(&token_path)?.ok_or_else(|| {
+            MigrationError::Config(format!(
+                "no cluster resume token at {}",
+                token_path.display()
+            ))
+        })
+    };
+    let token = load()?;
+    let cut_over = token.cutover_passed || token.cutover_downtime_seconds.is_some();
+    if !token.fallback.enabled || !cut_over {
+        return Err(MigrationError::Config(format!(
+            "the cluster migration at {} has no fallback under way: `{what}` follows the cutover of `migrate --all-databases --mode online --fallback`",
+            args.dump_path.display()
+        )));
+    }
+    if let Some(how) = &token.fallback.ended_by {
+        let how = if how == "rollback" {
+            "rolled back"
+        } else {
+            "finished"
+        };
+        println!("{what}: nothing to do, the cluster's fallback was already {how}");
+        return Ok(exit_code::OK);
+    }
+    let not_running = |t: &ClusterToken| {
+        let interrupted = t.fallback.rollback_requested || t.fallback.rollback_passed;
+        MigrationError::Config(format!(
+            "the cluster migration at {d} is not running{}: run the same `pg_dbmigrator migrate --all-databases --mode online --fallback ... --dump-path {d}` command again with --resume{}",
+            if interrupted { " (it died in the middle of its rollback)" } else { "" },
+            if interrupted { ", which finishes the interrupted rollback".to_string() } else { format!(", then run `pg_dbmigrator {what}` again") },
+            d = args.dump_path.display(),
+        ))
+    };
+    if !pg_dbmigrator::resume::RunLock::is_held(&token_path) {
+        return Err(not_running(&token));
+    }
+    let before = token.fallback.rollback_attempts;
+    let request = pg_dbmigrator::resume::request_path(&args.dump_path, what);
+    std::fs::write(&request, chrono::Utc::now().to_rfc3339())
+        .map_err(|e| MigrationError::io(format!("writing {}", request.display()), e))?;
+    eprintln!("pg_dbmigrator: {what} of the cluster requested");
+    let deadline = Instant::now() + Duration::from_secs(args.wait_seconds);
+    loop {
+        let t = load()?;
+        match t.fallback.ended_by.as_deref() {
+            Some("rollback") => {
+                let d = t.fallback.rollback_downtime_seconds.unwrap_or_default();
+                if args.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({ "ended_by": "rollback", "downtime_seconds": d })
+                    );
+                } else {
+                    println!(
+                        "rollback: done; the cluster's writes were blocked for {d:.3}s; every old source is writable again, every new server stays read-only"
+                    );
+                }
+                return Ok(exit_code::OK);
+            }
+            Some(_) => {
+                println!("{what}: done; every database's reverse slot, publication and bookkeeping are removed");
+                return Ok(exit_code::OK);
+            }
+            None => {}
+        }
+        if what == "rollback" && t.fallback.rollback_attempts > before {
+            if let Some(e) = &t.fallback.rollback_error {
+                let _ = std::fs::remove_file(&request);
+                return Err(MigrationError::Internal(format!(
+                    "the cluster's rollback failed and was undone (every new server's fence is lifted, the fallback streams go on): {e}"
+                )));
+            }
+        }
+        if !pg_dbmigrator::resume::RunLock::is_held(&token_path) {
+            if load()?.fallback.ended_by.is_some() {
+                continue;
+            }
+            let _ = std::fs::remove_file(&request);
+            return Err(not_running(&load()?));
+        }
+        if Instant::now() > deadline {
+            return Err(MigrationError::Internal(format!(
+                "the cluster's {what} has not finished after {}s; it goes on: see the migration's log or `pg_dbmigrator status --dump-path {}`",
+                args.wait_seconds,
+                args.dump_path.display()
             )));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

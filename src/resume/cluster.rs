@@ -61,10 +61,49 @@ pub struct ClusterToken {
     /// fence to the last database's end of its cutover).
     #[serde(default)]
     pub cutover_downtime_seconds: Option<f64>,
+    /// Online with `--fallback`, after the cutover: the cluster's one
+    /// `rollback` (or its `finish`).
+    #[serde(default)]
+    pub fallback: ClusterFallback,
     /// Every database is done.
     pub completed: bool,
     /// When the token was last written.
     pub updated_at: DateTime<Utc>,
+}
+
+/// The end of a whole cluster's `--fallback`: one rollback for every
+/// database (through the same kind of barrier as the cutover), or a
+/// finish.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterFallback {
+    /// The run streams back after its cutover (`--fallback`).
+    #[serde(default)]
+    pub enabled: bool,
+    /// A rollback was asked and has not failed since: a resumed run asks
+    /// every database for it again.
+    #[serde(default)]
+    pub rollback_requested: bool,
+    /// The rollback passed its barrier (every database's new server
+    /// fenced and drained back): a resumed run finishes each database's
+    /// rollback without waiting for the others.
+    #[serde(default)]
+    pub rollback_passed: bool,
+    /// Rollback attempts that ended so far.
+    #[serde(default)]
+    pub rollback_attempts: u32,
+    /// Why the last attempt failed.
+    #[serde(default)]
+    pub rollback_error: Option<String>,
+    /// The cluster's write downtime of its rollback (from the first new
+    /// server's fence to the last old source's unfence).
+    #[serde(default)]
+    pub rollback_downtime_seconds: Option<f64>,
+    /// `finish` was asked: every database ends its fallback.
+    #[serde(default)]
+    pub finish_requested: bool,
+    /// How the fallback ended: "rollback" or "finish".
+    #[serde(default)]
+    pub ended_by: Option<String>,
 }
 
 impl ClusterToken {
