@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures::{SinkExt, Stream, StreamExt};
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Statement};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
@@ -82,19 +82,81 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
                 let d = dst.as_ref().expect("target session");
                 results.clear();
                 let loaded = async {
-                    d.batch_execute("BEGIN").await.map_err(|e| {
-                        MigrationError::db("starting a copy transaction on the target", e)
-                    })?;
-                    for item in group.iter() {
+                    // The transaction and every COPY of the group, prepared
+                    // on both ends in one round trip each.
+                    let formats: Vec<WireFormat> = group
+                        .iter()
+                        .map(|item| item_format(ctx, &sched.tables[item.table], item))
+                        .collect();
+                    let begin = async {
+                        d.batch_execute("BEGIN").await.map_err(|e| {
+                            MigrationError::db("starting a copy transaction on the target", e)
+                        })
+                    };
+                    let (_, sinks, sources) = futures::try_join!(
+                        begin,
+                        prepare_all(
+                            Some(d),
+                            group.iter().zip(&formats).map(|(item, f)| {
+                                let t = &sched.tables[item.table];
+                                (!may_freeze(t, item)).then(|| copy_in_sql(t, *f, false))
+                            }),
+                            "target"
+                        ),
+                        prepare_all(
+                            match &ctx.input {
+                                Input::Server { .. } => src.as_ref().map(|s| &s.0),
+                                Input::Archive(_) => None,
+                            },
+                            group.iter().zip(&formats).map(|(item, f)| {
+                                Some(copy_out_sql(&sched.tables[item.table], item, *f))
+                            }),
+                            "source"
+                        )
+                    )?;
+                    for (k, item) in group.iter().enumerate() {
                         let t = &sched.tables[item.table];
-                        let (started, format, input) =
-                            start_item(ctx, src.as_ref(), id, t, item, &mut first).await?;
-                        let r = load_item(ctx, d, t, item, format, input, stop).await?;
+                        // Both ends start at once: across a distance the
+                        // source's and the target's round trips overlap.
+                        let format = formats[k];
+                        let ((started, format, input), (sink, freeze)) = futures::try_join!(
+                            start_item(
+                                ctx,
+                                src.as_ref(),
+                                id,
+                                t,
+                                item,
+                                format,
+                                sources[k].as_ref(),
+                                &mut first
+                            ),
+                            open_sink(d, t, item, format, sinks[k].as_ref())
+                        )?;
+                        let r = load_item(t, item, format, input, sink, freeze, stop).await?;
                         results.push(ItemResult { started, ..r });
                     }
-                    // The rows are in, not committed.
+                    // The rows are in, not committed: their markers and the
+                    // commit travel together.
                     faults::before(Point::CopyItem).await;
-                    d.batch_execute("COMMIT").await.map_err(|e| {
+                    let markers: Vec<String> = group
+                        .iter()
+                        .zip(&results)
+                        .map(|(item, r)| {
+                            format!(
+                                "({}, {}, {}, {})",
+                                quote::literal(&ctx.migration_id),
+                                quote::literal(&item.name(&sched.tables[item.table])),
+                                r.rows,
+                                r.bytes
+                            )
+                        })
+                        .collect();
+                    d.batch_execute(&format!(
+                        "INSERT INTO {STATE_SCHEMA}.copied (migration_id, item, rows, bytes) VALUES {}; COMMIT",
+                        markers.join(", ")
+                    ))
+                    .await
+                    .map_err(|e| {
                         MigrationError::db("committing a copy transaction on the target", e)
                     })
                 };
@@ -143,8 +205,9 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
             faults::before(Point::CopyItem).await;
             for item in &group {
                 let t = &sched.tables[item.table];
+                let format = item_format(ctx, t, item);
                 let (started, format, input) =
-                    start_item(ctx, src.as_ref(), id, t, item, &mut first).await?;
+                    start_item(ctx, src.as_ref(), id, t, item, format, None, &mut first).await?;
                 let r = dump_item(dir, *level, t.oid, item, format, input, stop).await?;
                 results.push(ItemResult { started, ..r });
             }
@@ -250,22 +313,32 @@ const GROUP_BYTES: u64 = 8 << 20;
 /// its COPY bytes to the progress's counter for the worker as they flow
 /// (one relaxed atomic add a chunk), so the percentage moves inside a big
 /// table.
+#[allow(clippy::too_many_arguments)]
 async fn start_item(
     ctx: &CopyContext,
     src: Option<&(Client, String)>,
     worker: usize,
     t: &TableInfo,
     item: &WorkItem,
+    format: WireFormat,
+    prepared: Option<&Statement>,
     first: &mut bool,
 ) -> Result<(Instant, WireFormat, Rows)> {
-    if let (Some((src, _)), Input::Server { snapshot_id, .. }) = (src, &ctx.input) {
-        if !*first {
-            session::reimport_snapshot(src, snapshot_id).await?;
-        }
-    }
-    *first = false;
     let started = Instant::now();
-    let (format, input) = open_input(ctx, src, t, item).await?;
+    // The new snapshot transaction and the COPY go out together (sent in
+    // this order, answered in it): one round trip, not two.
+    let renew = async {
+        match (src, &ctx.input) {
+            (Some((src, _)), Input::Server { snapshot_id, .. }) if !*first => {
+                session::reimport_snapshot(src, snapshot_id).await
+            }
+            _ => Ok(()),
+        }
+    };
+    let (renewed, opened) = futures::join!(renew, open_input(ctx, src, t, item, format, prepared));
+    *first = false;
+    renewed?;
+    let input = opened?;
     let input: Rows = match &ctx.progress {
         Some(p) => {
             let moved = p.worker(worker, Some(&item.name(t)));
@@ -297,29 +370,43 @@ pub(super) struct ItemResult {
     pub file: Option<DataFile>,
 }
 
-/// Start reading an item: `COPY ... TO STDOUT` on the source, or its
-/// archive file.
-async fn open_input(
-    ctx: &CopyContext,
-    src: Option<&(Client, String)>,
-    t: &TableInfo,
-    item: &WorkItem,
-) -> Result<(WireFormat, Rows)> {
-    if let Input::Archive(archive) = &ctx.input {
-        let file = item.file.as_ref().expect("archive items name their file");
-        let format = match file.format {
+/// Prepare these statements on `client` at once (pipelined: one round
+/// trip for all); `None` where there is no statement or no client.
+async fn prepare_all(
+    client: Option<&Client>,
+    sqls: impl Iterator<Item = Option<String>>,
+    side: &str,
+) -> Result<Vec<Option<Statement>>> {
+    let sqls: Vec<Option<String>> = sqls.collect();
+    let Some(c) = client else {
+        return Ok(sqls.iter().map(|_| None).collect());
+    };
+    futures::future::try_join_all(sqls.iter().map(|sql| async move {
+        match sql {
+            Some(sql) => c.prepare(sql).await.map(Some),
+            None => Ok(None),
+        }
+    }))
+    .await
+    .map_err(|e| MigrationError::db(format!("preparing the COPY statements on the {side}"), e))
+}
+
+/// The COPY format of an item: its archive file's, or binary where the
+/// context and the table's types allow it.
+fn item_format(ctx: &CopyContext, t: &TableInfo, item: &WorkItem) -> WireFormat {
+    match (&ctx.input, &item.file) {
+        (Input::Archive(_), Some(file)) => match file.format {
             DataFormat::Binary => WireFormat::Binary,
             DataFormat::Text => WireFormat::Text,
-        };
-        return Ok((format, Box::pin(archive.open_data(file)?)));
+        },
+        _ if ctx.binary && t.binary_safe => WireFormat::Binary,
+        _ => WireFormat::Text,
     }
-    let (src, _) = src.expect("server input has a session");
+}
+
+/// An item's `COPY ... TO STDOUT` on the source.
+fn copy_out_sql(t: &TableInfo, item: &WorkItem, format: WireFormat) -> String {
     let name = t.qualified();
-    let format = if ctx.binary && t.binary_safe {
-        WireFormat::Binary
-    } else {
-        WireFormat::Text
-    };
     let cols = quote::ident_list(&t.columns);
     let opts = match format {
         WireFormat::Binary => " (FORMAT binary)",
@@ -327,7 +414,7 @@ async fn open_input(
     };
     // A table whose columns are all generated (or that has none) is copied
     // with an empty select list and no column list.
-    let sql = match (&item.pages, t.columns.is_empty()) {
+    match (&item.pages, t.columns.is_empty()) {
         _ if t.row_filter.is_some() => format!(
             "COPY (SELECT {} FROM ONLY {name} {}) TO STDOUT{opts}",
             if t.columns.is_empty() {
@@ -343,54 +430,56 @@ async fn open_input(
             "COPY (SELECT {cols} FROM ONLY {name} WHERE {}) TO STDOUT{opts}",
             p.predicate()
         ),
-    };
-    let item_name = item.name(t);
-    let out = src
-        .copy_out(sql.as_str())
-        .await
-        .map_err(|e| MigrationError::db(format!("reading {item_name} from the source"), e))?;
-    let rows = super::batch::batched(out).map(move |r| {
-        r.map_err(|e| MigrationError::db(format!("reading {item_name} from the source"), e))
-    });
-    Ok((format, Box::pin(rows)))
+    }
 }
 
-/// Load one item inside the caller's target transaction, which also
-/// records it in `_pg_dbmigrator.copied`: it lands wholly or not at all. A
-/// whole table of 1 MB or more is emptied first in the same transaction,
-/// which lets COPY FREEZE write the rows already frozen (no hint-bit
-/// rewrite, no anti-wraparound vacuum later). Chunks cannot be
-/// emptied (their rows are mixed with other chunks'), and need not be:
-/// an uncommitted chunk left nothing behind.
-async fn load_item(
+/// Start reading an item: `COPY ... TO STDOUT` on the source (`prepared`
+/// ahead with its group, or prepared now), or its archive file.
+async fn open_input(
     ctx: &CopyContext,
-    dst: &Client,
+    src: Option<&(Client, String)>,
     t: &TableInfo,
     item: &WorkItem,
     format: WireFormat,
-    input: Rows,
-    stop: &CancellationToken,
-) -> Result<ItemResult> {
-    // A re-shaped table loads into another relation, which other source
-    // tables may fill too: never emptied here, and a partitioned one
-    // takes no FREEZE.
-    let name = t.target_name();
+    prepared: Option<&Statement>,
+) -> Result<Rows> {
+    if let Input::Archive(archive) = &ctx.input {
+        let file = item.file.as_ref().expect("archive items name their file");
+        return Ok(Box::pin(archive.open_data(file)?));
+    }
+    let (src, _) = src.expect("server input has a session");
     let item_name = item.name(t);
-    let tdb = |what: &str, e| MigrationError::db(format!("{what} {item_name} on the target"), e);
-    // An extension's configuration table holds the extension's own rows
-    // already: append the user's, never empty it. A small table is not
-    // emptied either: nothing can be in it (an uncommitted load left
-    // nothing), and TRUNCATE's new files cost three times its whole load,
-    // far more than FREEZE saves on a few pages.
-    let freeze = if item.is_whole()
+    let out = match prepared {
+        Some(st) => src.copy_out(st).await,
+        None => src.copy_out(copy_out_sql(t, item, format).as_str()).await,
+    }
+    .map_err(|e| MigrationError::db(format!("reading {item_name} from the source"), e))?;
+    let rows = super::batch::batched(out).map(move |r| {
+        r.map_err(|e| MigrationError::db(format!("reading {item_name} from the source"), e))
+    });
+    Ok(Box::pin(rows))
+}
+
+/// The target's COPY sink of an item.
+type CopySink = Pin<Box<tokio_postgres::CopyInSink<Bytes>>>;
+
+/// Whether an item is loaded into its emptied table with FREEZE: a whole
+/// table of 1 MB or more. An extension's configuration table holds the
+/// extension's own rows already: append the user's, never empty it. A
+/// re-shaped table loads into another relation, which other source tables
+/// may fill too: never emptied, and a partitioned one takes no FREEZE. A
+/// small table is not emptied either: nothing can be in it (an uncommitted
+/// load left nothing), and TRUNCATE's new files cost three times its whole
+/// load, far more than FREEZE saves on a few pages.
+fn may_freeze(t: &TableInfo, item: &WorkItem) -> bool {
+    item.is_whole()
         && t.row_filter.is_none()
         && t.load_into.is_none()
         && t.bytes >= SMALL_ITEM_BYTES as i64
-    {
-        empty_table(dst, &name).await?
-    } else {
-        false
-    };
+}
+
+/// An item's `COPY ... FROM STDIN` on the target.
+fn copy_in_sql(t: &TableInfo, format: WireFormat, freeze: bool) -> String {
     let mut opts = Vec::new();
     if format == WireFormat::Binary {
         opts.push("FORMAT binary");
@@ -408,12 +497,56 @@ async fn load_item(
     } else {
         format!(" ({})", quote::ident_list(&t.columns))
     };
-    let copy_in = format!("COPY {name}{col_list} FROM STDIN{opts}");
-    let sink = dst
-        .copy_in::<_, Bytes>(copy_in.as_str())
-        .await
-        .map_err(|e| tdb("starting COPY into", e))?;
-    futures::pin_mut!(sink);
+    format!("COPY {}{col_list} FROM STDIN{opts}", t.target_name())
+}
+
+/// Start loading one item inside the caller's target transaction: empty
+/// a large whole table first (see [`may_freeze`]), then `COPY ... FROM
+/// STDIN` (`prepared` ahead with its group when it cannot freeze).
+async fn open_sink(
+    dst: &Client,
+    t: &TableInfo,
+    item: &WorkItem,
+    format: WireFormat,
+    prepared: Option<&Statement>,
+) -> Result<(CopySink, bool)> {
+    let item_name = item.name(t);
+    let tdb = |what: &str, e| MigrationError::db(format!("{what} {item_name} on the target"), e);
+    let freeze = if may_freeze(t, item) {
+        empty_table(dst, &t.target_name()).await?
+    } else {
+        false
+    };
+    let sink = match prepared {
+        Some(st) if !freeze => dst.copy_in::<_, Bytes>(st).await,
+        _ => {
+            dst.copy_in::<_, Bytes>(copy_in_sql(t, format, freeze).as_str())
+                .await
+        }
+    }
+    .map_err(|e| tdb("starting COPY into", e))?;
+    Ok((Box::pin(sink), freeze))
+}
+
+/// Load one item through its open sink, inside the caller's target
+/// transaction; the caller records it in `_pg_dbmigrator.copied` in the
+/// same transaction, so it lands wholly or not at all. A whole table of
+/// 1 MB or more was emptied first in that transaction, which lets COPY
+/// FREEZE write the rows already frozen (no hint-bit rewrite, no
+/// anti-wraparound vacuum later). Chunks cannot be emptied (their rows are
+/// mixed with other chunks'), and need not be: an uncommitted chunk left
+/// nothing behind.
+async fn load_item(
+    t: &TableInfo,
+    item: &WorkItem,
+    format: WireFormat,
+    input: Rows,
+    mut sink: CopySink,
+    freeze: bool,
+    stop: &CancellationToken,
+) -> Result<ItemResult> {
+    let item_name = item.name(t);
+    let tdb = |what: &str, e| MigrationError::db(format!("{what} {item_name} on the target"), e);
     let bytes = pump(
         input,
         &item_name,
@@ -436,13 +569,6 @@ async fn load_item(
             )));
         }
     }
-    dst.batch_execute(&format!(
-        "INSERT INTO {STATE_SCHEMA}.copied (migration_id, item, rows, bytes) VALUES ({}, {}, {rows}, {bytes})",
-        quote::literal(&ctx.migration_id),
-        quote::literal(&item_name)
-    ))
-    .await
-    .map_err(|e| tdb("recording the copy of", e))?;
     Ok(ItemResult {
         rows,
         bytes,

@@ -43,6 +43,9 @@ struct State {
     bandwidth: AtomicU64,
     /// Connections accepted and forwarded so far.
     forwarded: AtomicU64,
+    /// Round trips so far, over every connection: see
+    /// [`FaultProxy::round_trips`].
+    round_trips: AtomicU64,
     /// Open connections by the port of their upstream side (what the
     /// server shows as `pg_stat_activity.client_port`), each with what
     /// closes it alone.
@@ -79,6 +82,7 @@ impl FaultProxy {
             delay_nanos: AtomicU64::new(0),
             bandwidth: AtomicU64::new(0),
             forwarded: Default::default(),
+            round_trips: Default::default(),
             open: Default::default(),
         });
         let (shutdown, mut shutdown_rx) = tokio::sync::oneshot::channel::<()>();
@@ -173,6 +177,17 @@ impl FaultProxy {
         self.state.forwarded.load(Ordering::Relaxed)
     }
 
+    /// Round trips so far, over every connection: the times a server
+    /// answered after its client had sent something since the server last
+    /// spoke. A client that waits for each answer before it sends again
+    /// counts one per statement (two for an unnamed prepare and execute);
+    /// pipelined statements, a COPY's stream and its end count one. Each
+    /// costs the link's round-trip time, which is what a migration across
+    /// a distance pays for.
+    pub fn round_trips(&self) -> u64 {
+        self.state.round_trips.load(Ordering::Relaxed)
+    }
+
     /// `conninfo` (key=value, as [`super::Server::conninfo`] writes it) with
     /// its port replaced by the proxy's.
     pub fn route(&self, conninfo: &str) -> String {
@@ -216,7 +231,15 @@ async fn forward(client: TcpStream, upstream: SocketAddr, st: Arc<State>) {
     st.open.lock().unwrap().insert(port, alone.clone());
     let (cr, cw) = client.into_split();
     let (sr, sw) = server.into_split();
-    let both = async { tokio::try_join!(pipe(cr, sw, st.clone()), pipe(sr, cw, st.clone())) };
+    // Who spoke last on this connection: a turn from the client to the
+    // server is a round trip.
+    let last = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let both = async {
+        tokio::try_join!(
+            pipe(cr, sw, st.clone(), Way::Up(last.clone())),
+            pipe(sr, cw, st.clone(), Way::Down(last.clone()))
+        )
+    };
     tokio::select! {
         _ = both => {}
         _ = cuts.changed() => {}
@@ -225,12 +248,24 @@ async fn forward(client: TcpStream, upstream: SocketAddr, st: Arc<State>) {
     st.open.lock().unwrap().remove(&port);
 }
 
+/// Which way a [`pipe`] carries bytes, with the connection's "the client
+/// spoke last" flag.
+enum Way {
+    Up(Arc<std::sync::atomic::AtomicBool>),
+    Down(Arc<std::sync::atomic::AtomicBool>),
+}
+
 /// One direction: a delay line. The reader stamps each chunk with when it
 /// may leave (now + the delay), the writer holds it until then, through any
 /// stall, and paces it to the bandwidth cap. The channel between them is
 /// bounded, so a stalled or slow link pushes back on the sender as TCP
 /// would, instead of buffering without end.
-async fn pipe(mut r: OwnedReadHalf, mut w: OwnedWriteHalf, st: Arc<State>) -> io::Result<()> {
+async fn pipe(
+    mut r: OwnedReadHalf,
+    mut w: OwnedWriteHalf,
+    st: Arc<State>,
+    way: Way,
+) -> io::Result<()> {
     let (tx, mut rx) = mpsc::channel::<(Instant, Bytes)>(64);
     let reader = {
         let st = st.clone();
@@ -240,6 +275,15 @@ async fn pipe(mut r: OwnedReadHalf, mut w: OwnedWriteHalf, st: Arc<State>) -> io
                 let n = r.read(&mut buf).await?;
                 if n == 0 {
                     return Ok::<_, io::Error>(());
+                }
+                match &way {
+                    // (`true`: the client spoke last.)
+                    Way::Up(last) => last.store(true, Ordering::Relaxed),
+                    Way::Down(last) => {
+                        if last.swap(false, Ordering::Relaxed) {
+                            st.round_trips.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                 }
                 let due = Instant::now() + st.delay();
                 if tx
@@ -348,6 +392,23 @@ mod tests {
         assert!(rtt < Duration::from_secs(2), "{rtt:?}");
         proxy.set_delay(Duration::ZERO);
         assert!(round_trip(&mut c, b"c") < Duration::from_millis(150));
+    }
+
+    #[test]
+    fn counts_round_trips_not_bytes() {
+        let proxy = FaultProxy::start(echo()).unwrap();
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        for _ in 0..5 {
+            round_trip(&mut c, b"ask");
+        }
+        assert_eq!(proxy.round_trips(), 5);
+        // A large message and its echo: counted by turns, not by bytes
+        // (the echo answers while the rest still arrives, so a turn per
+        // 64 kB read at most, not one per byte or write).
+        round_trip(&mut c, &vec![1u8; 1_000_000]);
+        let n = proxy.round_trips();
+        assert!((6..=5 + 17).contains(&n), "{n}");
     }
 
     #[test]
