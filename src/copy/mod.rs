@@ -221,31 +221,81 @@ pub(crate) async fn apply_parallel(
             session::setup_ddl_target(&dst).await?;
             let mut pid = crate::pg::sessions::backend_pid(&dst).await?;
             loop {
-                let Some(step) = queue.lock().unwrap().pop_front() else {
+                let Some(mut batch) = take_parallel_batch(&queue, jobs) else {
                     return Ok(());
                 };
                 let t0 = Instant::now();
-                // A transient fault: the step again on a new session,
-                // unless its marker shows that it committed.
+                let (what, n) = (batch[0].describe.clone(), batch.len());
+                // A transient fault: the batch again on a new session,
+                // without the steps whose markers show they committed.
                 let mut retry = connect::Retry::new();
-                while let Err(e) = apply_step(&dst, &migration_id, &part, &step).await {
-                    retry.wait(e, &step.describe, &stop).await?;
-                    steps::reopen(&mut dst, &target, Some(pid), &mut retry, &step.describe, &stop)
-                        .await?;
+                loop {
+                    let refs: Vec<&Step> = batch.iter().collect();
+                    let Err(e) = steps::apply_batch(&dst, &migration_id, &part, &refs).await
+                    else {
+                        break;
+                    };
+                    retry.wait(e, &what, &stop).await?;
+                    steps::reopen(&mut dst, &target, Some(pid), &mut retry, &what, &stop).await?;
                     pid = crate::pg::sessions::backend_pid(&dst).await?;
-                    if committed_steps(&dst, &migration_id)
-                        .await?
-                        .contains(&step_marker(&part, &step))
-                    {
+                    let done = committed_steps(&dst, &migration_id).await?;
+                    batch.retain(|s| !done.contains(&step_marker(&part, s)));
+                    if batch.is_empty() {
                         break;
                     }
                 }
-                info!(step = %step.describe, seconds = format!("{:.2}", t0.elapsed().as_secs_f64()), "applied");
+                info!(step = %what, steps = n, seconds = format!("{:.2}", t0.elapsed().as_secs_f64()), "applied");
             }
         });
     }
     workers.join(cancel).await?;
     Ok(n)
+}
+
+/// At most this many parallel steps (foreign-key validations) travel
+/// together.
+const PARALLEL_BATCH: usize = 16;
+
+/// The next steps a parallel worker applies in one round trip: at most
+/// its share of those left (so large validations still spread over the
+/// workers), and every queued validation of a table the batch holds (two
+/// batches never wait on each other's table locks). `None`: nothing left.
+fn take_parallel_batch(queue: &Mutex<VecDeque<Step>>, jobs: usize) -> Option<Vec<Step>> {
+    let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+    let first = q.pop_front()?;
+    let share = (q.len() + 1).div_ceil(jobs.max(1)).clamp(1, PARALLEL_BATCH);
+    let mut batch = vec![first];
+    while batch.len() < share {
+        match q.pop_front() {
+            Some(s) => batch.push(s),
+            None => break,
+        }
+    }
+    let tables: std::collections::HashSet<String> = batch
+        .iter()
+        .map(|s| validated_table(s).to_string())
+        .collect();
+    let mut i = 0;
+    while i < q.len() {
+        if tables.contains(validated_table(&q[i])) {
+            batch.extend(q.remove(i));
+        } else {
+            i += 1;
+        }
+    }
+    Some(batch)
+}
+
+/// The table a validation step locks (`ALTER TABLE [ONLY] t VALIDATE
+/// CONSTRAINT c`, as the schema stage writes it); its description when it
+/// is another kind of step.
+fn validated_table(s: &Step) -> &str {
+    s.sql
+        .first()
+        .and_then(|q| q.strip_prefix("ALTER TABLE "))
+        .and_then(|q| q.split(" VALIDATE CONSTRAINT ").next())
+        .map(|t| t.trim_start_matches("ONLY "))
+        .unwrap_or(&s.describe)
 }
 
 /// Create the bookkeeping table on the target (idempotent).
@@ -381,7 +431,14 @@ enum IndexTask {
         steps: Vec<Step>,
         rows: u64,
     },
+    /// Several small tables' `Finish` (too few rows to ANALYZE), in one
+    /// transaction: one round trip for them all.
+    FinishSmall(Vec<(String, Vec<Step>)>),
 }
+
+/// At most this many small tables' keys, or steps, travel together.
+const FINISH_TABLES: usize = 16;
+const FINISH_STEPS: usize = 100;
 
 #[derive(Default)]
 struct State {
@@ -505,7 +562,38 @@ impl Scheduler {
                 let mut s = self.state.lock().unwrap();
                 if let Some(t) = s.index_tasks.pop_front() {
                     s.index_running += 1;
-                    return Some(t);
+                    return Some(match t {
+                        IndexTask::Finish { table, steps, rows } if rows < ANALYZE_MIN_ROWS => {
+                            // Small tables queued together go together.
+                            let mut n = steps.len();
+                            let mut group = vec![(table, steps)];
+                            while let Some(IndexTask::Finish { steps, rows, .. }) =
+                                s.index_tasks.front()
+                            {
+                                if *rows >= ANALYZE_MIN_ROWS
+                                    || group.len() >= FINISH_TABLES
+                                    || n + steps.len() > FINISH_STEPS
+                                {
+                                    break;
+                                }
+                                let Some(IndexTask::Finish { table, steps, .. }) =
+                                    s.index_tasks.pop_front()
+                                else {
+                                    unreachable!("the front is a Finish")
+                                };
+                                n += steps.len();
+                                group.push((table, steps));
+                            }
+                            match group.len() {
+                                1 => {
+                                    let (table, steps) = group.pop().expect("one");
+                                    IndexTask::Finish { table, steps, rows }
+                                }
+                                _ => IndexTask::FinishSmall(group),
+                            }
+                        }
+                        t => t,
+                    });
                 }
                 let copies_over = s.items.is_empty() && s.copies_running == 0;
                 if copies_over && s.index_running == 0 {
@@ -714,6 +802,11 @@ async fn index_worker(
         let what = match &task {
             IndexTask::Build(step) => step.describe.clone(),
             IndexTask::Finish { table, .. } => format!("indexes and keys of {table}"),
+            IndexTask::FinishSmall(g) => format!(
+                "indexes and keys of {} and {} other small table(s)",
+                g[0].0,
+                g.len() - 1
+            ),
         };
         let mut retry = ctx.retry();
         // Steps of this task already committed (known after a fault).
@@ -742,6 +835,12 @@ async fn index_worker(
                             }),
                         None => Ok(()),
                     }
+                }
+                IndexTask::FinishSmall(group) => {
+                    let all: Vec<Step> = group.iter().flat_map(|(_, s)| s.clone()).collect();
+                    let todo = pending(&all, &done);
+                    let batch: Vec<&Step> = todo.iter().collect();
+                    steps::apply_batch(&dst, &ctx.migration_id, "post", &batch).await
                 }
                 IndexTask::Finish { table, steps, rows } => {
                     let todo = pending(steps, &done);
@@ -802,6 +901,10 @@ async fn index_worker(
         faults::after(Point::IndexBuild).await;
         match task {
             IndexTask::Build(step) => sched.index_task_done(step.table.clone(), 1, false),
+            IndexTask::FinishSmall(group) => {
+                let n = group.iter().map(|(_, s)| s.len()).sum();
+                sched.index_task_done(None, n, false)
+            }
             IndexTask::Finish { table, steps, rows } => {
                 let analyze = ctx.analyze && copied.contains(&table) && rows >= ANALYZE_MIN_ROWS;
                 sched.index_task_done(None, steps.len(), analyze)
@@ -831,4 +934,60 @@ fn record_done(ctx: &CopyContext, done: &[(String, ItemResult)]) -> Result<()> {
         return Ok(());
     }
     ctx.token.record_copied_many(copied)
+}
+
+#[cfg(test)]
+mod parallel_batch_tests {
+    use super::*;
+
+    fn validation(table: &str, c: &str) -> Step {
+        Step {
+            describe: format!("VALIDATE FK {c} ON {table}"),
+            sql: vec![format!("ALTER TABLE ONLY {table} VALIDATE CONSTRAINT {c};")],
+            table: None,
+            after_indexes: false,
+            parallel: true,
+        }
+    }
+
+    #[test]
+    fn batches_take_a_share_and_every_validation_of_their_tables() {
+        let mut q: VecDeque<Step> = VecDeque::new();
+        for i in 0..40 {
+            q.push_back(validation(&format!("s.t{}", i % 20), &format!("c{i}")));
+        }
+        let queue = Mutex::new(q);
+        let mut seen = std::collections::HashMap::<String, usize>::new();
+        let mut sizes = Vec::new();
+        let mut n = 0;
+        while let Some(b) = take_parallel_batch(&queue, 2) {
+            sizes.push(b.len());
+            n += b.len();
+            for s in &b {
+                let owner = seen
+                    .entry(validated_table(s).to_string())
+                    .or_insert(sizes.len());
+                assert_eq!(
+                    *owner,
+                    sizes.len(),
+                    "a table's validations split over batches"
+                );
+            }
+        }
+        assert_eq!(n, 40);
+        assert!(sizes.iter().all(|&s| s <= 2 * PARALLEL_BATCH), "{sizes:?}");
+        assert!(sizes.len() >= 2, "{sizes:?}");
+        // Two big validations and two workers: one each.
+        let queue = Mutex::new(VecDeque::from(vec![
+            validation("s.a", "x"),
+            validation("s.b", "y"),
+        ]));
+        assert_eq!(take_parallel_batch(&queue, 2).unwrap().len(), 1);
+        assert_eq!(take_parallel_batch(&queue, 2).unwrap().len(), 1);
+        assert!(take_parallel_batch(&queue, 2).is_none());
+        assert_eq!(
+            validated_table(&validation("\"odd name\".t", "c")),
+            "\"odd name\".t"
+        );
+    }
 }

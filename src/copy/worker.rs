@@ -57,7 +57,8 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
     };
     let mut dst_pid = target_pid(&dst).await;
     debug!(worker = id, "copy worker ready");
-    let mut first = true;
+    // The source session's snapshot transaction is still its first one.
+    let first = std::sync::atomic::AtomicBool::new(true);
     // Small tables travel several per target transaction: one commit (one
     // WAL flush) and one marker round trip for the group instead of each.
     let group_limit = if dst.is_some() { GROUP_ITEMS } else { 1 };
@@ -114,26 +115,49 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
                             "source"
                         )
                     )?;
+                    // Both ends of an item start at once (across a
+                    // distance the source's and the target's round trips
+                    // overlap), and while one item's COPY ends, the next
+                    // one's starts (sent behind its end, in order).
+                    let src_session = src.as_ref();
+                    let first = &first;
+                    let open = |k: usize| {
+                        let item = &group[k];
+                        let t = &sched.tables[item.table];
+                        let format = formats[k];
+                        let (source, sink) = (sources[k].as_ref(), sinks[k].as_ref());
+                        async move {
+                            let ((started, format, input), (sink, freeze)) = futures::try_join!(
+                                start_item(ctx, src_session, id, t, item, format, source, first),
+                                open_sink(d, t, item, format, sink)
+                            )?;
+                            Ok::<_, MigrationError>(Opened {
+                                started,
+                                format,
+                                input,
+                                sink,
+                                freeze,
+                            })
+                        }
+                    };
+                    let mut opened = Some(open(0).await?);
                     for (k, item) in group.iter().enumerate() {
                         let t = &sched.tables[item.table];
-                        // Both ends start at once: across a distance the
-                        // source's and the target's round trips overlap.
-                        let format = formats[k];
-                        let ((started, format, input), (sink, freeze)) = futures::try_join!(
-                            start_item(
-                                ctx,
-                                src.as_ref(),
-                                id,
-                                t,
-                                item,
-                                format,
-                                sources[k].as_ref(),
-                                &mut first
-                            ),
-                            open_sink(d, t, item, format, sinks[k].as_ref())
-                        )?;
-                        let r = load_item(t, item, format, input, sink, freeze, stop).await?;
-                        results.push(ItemResult { started, ..r });
+                        let o = opened.take().expect("opened");
+                        let next = async {
+                            match k + 1 < group.len() {
+                                true => open(k + 1).await.map(Some),
+                                false => Ok(None),
+                            }
+                        };
+                        let (r, next) =
+                            load_item(t, item, o.format, o.input, o.sink, o.freeze, stop, next)
+                                .await?;
+                        results.push(ItemResult {
+                            started: o.started,
+                            ..r
+                        });
+                        opened = next;
                     }
                     // The rows are in, not committed: their markers and the
                     // commit travel together.
@@ -181,7 +205,7 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
                     }
                 }
                 let lost_pid = std::mem::replace(&mut dst_pid, target_pid(&dst).await);
-                first = true;
+                first.store(true, Ordering::Relaxed);
                 // A connection lost during COMMIT leaves the outcome unknown:
                 // the group's markers, written in its transaction, tell,
                 // once the lost session's process has ended (it may be
@@ -207,7 +231,7 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
                 let t = &sched.tables[item.table];
                 let format = item_format(ctx, t, item);
                 let (started, format, input) =
-                    start_item(ctx, src.as_ref(), id, t, item, format, None, &mut first).await?;
+                    start_item(ctx, src.as_ref(), id, t, item, format, None, &first).await?;
                 let r = dump_item(dir, *level, t.oid, item, format, input, stop).await?;
                 results.push(ItemResult { started, ..r });
             }
@@ -322,21 +346,23 @@ async fn start_item(
     item: &WorkItem,
     format: WireFormat,
     prepared: Option<&Statement>,
-    first: &mut bool,
+    first: &std::sync::atomic::AtomicBool,
 ) -> Result<(Instant, WireFormat, Rows)> {
     let started = Instant::now();
     // The new snapshot transaction and the COPY go out together (sent in
     // this order, answered in it): one round trip, not two.
     let renew = async {
         match (src, &ctx.input) {
-            (Some((src, _)), Input::Server { snapshot_id, .. }) if !*first => {
+            (Some((src, _)), Input::Server { snapshot_id, .. })
+                if !first.load(Ordering::Relaxed) =>
+            {
                 session::reimport_snapshot(src, snapshot_id).await
             }
             _ => Ok(()),
         }
     };
     let (renewed, opened) = futures::join!(renew, open_input(ctx, src, t, item, format, prepared));
-    *first = false;
+    first.store(false, Ordering::Relaxed);
     renewed?;
     let input = opened?;
     let input: Rows = match &ctx.progress {
@@ -528,6 +554,15 @@ async fn open_sink(
     Ok((Box::pin(sink), freeze))
 }
 
+/// An item whose two ends are open.
+struct Opened {
+    started: Instant,
+    format: WireFormat,
+    input: Rows,
+    sink: CopySink,
+    freeze: bool,
+}
+
 /// Load one item through its open sink, inside the caller's target
 /// transaction; the caller records it in `_pg_dbmigrator.copied` in the
 /// same transaction, so it lands wholly or not at all. A whole table of
@@ -535,8 +570,10 @@ async fn open_sink(
 /// FREEZE write the rows already frozen (no hint-bit rewrite, no
 /// anti-wraparound vacuum later). Chunks cannot be emptied (their rows are
 /// mixed with other chunks'), and need not be: an uncommitted chunk left
-/// nothing behind.
-async fn load_item(
+/// nothing behind. `next` runs while the COPY ends: the next item's start, queued behind
+/// this one's end on both sessions.
+#[allow(clippy::too_many_arguments)]
+async fn load_item<T>(
     t: &TableInfo,
     item: &WorkItem,
     format: WireFormat,
@@ -544,7 +581,8 @@ async fn load_item(
     mut sink: CopySink,
     freeze: bool,
     stop: &CancellationToken,
-) -> Result<ItemResult> {
+    next: impl std::future::Future<Output = Result<T>>,
+) -> Result<(ItemResult, T)> {
     let item_name = item.name(t);
     let tdb = |what: &str, e| MigrationError::db(format!("{what} {item_name} on the target"), e);
     let bytes = pump(
@@ -555,11 +593,13 @@ async fn load_item(
         Sink::Copy(sink.as_mut(), &|e| tdb("writing", e)),
     )
     .await?;
-    let rows = sink
-        .as_mut()
-        .finish()
-        .await
-        .map_err(|e| tdb("finishing COPY into", e))?;
+    let finish = async {
+        sink.as_mut()
+            .finish()
+            .await
+            .map_err(|e| tdb("finishing COPY into", e))
+    };
+    let (rows, next) = futures::try_join!(finish, next)?;
     if let Some(file) = &item.file {
         // The end-to-end check of a restore: the rows the dump counted.
         if rows != file.rows {
@@ -569,7 +609,7 @@ async fn load_item(
             )));
         }
     }
-    Ok(ItemResult {
+    let r = ItemResult {
         rows,
         bytes,
         started: Instant::now(),
@@ -578,7 +618,8 @@ async fn load_item(
         freeze,
         snapshot: String::new(),
         file: None,
-    })
+    };
+    Ok((r, next))
 }
 
 /// Write one item to its archive file; the file gets its final name only
