@@ -667,12 +667,23 @@ async fn check_tables(
                 // A new transaction on the same snapshots for every group:
                 // locks of the tables already compared are let go, so ten
                 // thousand tables fit a default lock table.
-                if !first {
-                    session::reimport_snapshot(&s, &src_snap).await?;
-                    session::reimport_snapshot(&t, &dst_snap).await?;
-                }
+                // Sent ahead of the group's checksums, in one round trip
+                // with them.
+                let renew = async {
+                    if first {
+                        return Ok(());
+                    }
+                    futures::try_join!(
+                        session::reimport_snapshot(&s, &src_snap),
+                        session::reimport_snapshot(&t, &dst_snap)
+                    )
+                    .map(|_| ())
+                };
+                let (renewed, checks) =
+                    futures::join!(renew, check_group(&s, &t, &dst_snap, &group, level));
                 first = false;
-                let checks = check_group(&s, &t, &dst_snap, &group, level).await?;
+                renewed?;
+                let checks = checks?;
                 out.lock().unwrap().extend(checks);
             }
         });
@@ -765,7 +776,8 @@ async fn check_group(
             group_digest_sql(group, level, Side::Source),
             group_digest_sql(group, level, Side::Target),
         );
-        let (sr, tr) = tokio::join!(s.query(&ssql, &[]), t.query(&tsql, &[]));
+        // (Unnamed statements: one round trip each, not a prepare first.)
+        let (sr, tr) = tokio::join!(s.query_typed(&ssql, &[]), t.query_typed(&tsql, &[]));
         let sr = sr.map_err(|e| {
             MigrationError::db(
                 format!(

@@ -68,8 +68,9 @@ async fn five_hundred_tables_take_few_round_trips() {
     let t0 = std::time::Instant::now();
     let report = migrate_clean(&source, &target, &["--jobs", "2"]).await;
     eprintln!(
-        "migrated in {:.1}s at {rtt_ms} ms round-trip time",
-        t0.elapsed().as_secs_f64()
+        "migrated in {:.1}s at {rtt_ms} ms round-trip time; stages {}",
+        t0.elapsed().as_secs_f64(),
+        report["stages"]
     );
     let (src, dst) = (src_proxy.round_trips(), dst_proxy.round_trips());
     let per_table = (src + dst) as f64 / tables as f64;

@@ -67,8 +67,11 @@ fn user_object(cls: u32, oid: &str) -> String {
     )
 }
 
+/// One catalog read: an unnamed statement parsed, bound and run in one
+/// round trip (`query` would prepare it first, then close it: three
+/// messages' waits across a distance, for a statement used once).
 async fn query(c: &Client, what: &str, sql: &str) -> Result<Vec<tokio_postgres::Row>> {
-    c.query(sql, &[])
+    c.query_typed(sql, &[])
         .await
         .map_err(|e| MigrationError::db(format!("reading {what} from the source catalogs"), e))
 }
