@@ -120,11 +120,21 @@ fn clear() {
 pub fn line(s: &Snapshot) -> String {
     let stage = s.phase.map_or("starting", |p| p.as_str());
     let mut out = match &s.database {
-        // A whole-cluster migration: which database, of how many.
+        // A whole-cluster migration: databases done of how many, and the
+        // one shown (the counts after it are the whole cluster's).
+        Some(db) if !s.databases.is_empty() => format!(
+            "[{}/{} databases done, {db}] [{stage}]",
+            s.databases_done, s.databases_total
+        ),
+        // (A cluster's dump or restore: one database at a time.)
         Some(db) => format!(
             "[{db} {}/{}] [{stage}]",
             s.databases_done + 1,
             s.databases_total
+        ),
+        None if !s.databases.is_empty() => format!(
+            "[{}/{} databases done] [{stage}]",
+            s.databases_done, s.databases_total
         ),
         None => format!("[{stage}]"),
     };
