@@ -2,14 +2,15 @@
 //! into its own [`Progress`] (run side by side, their counters would
 //! overwrite each other in one), and a merger task writes their rows and
 //! sums into the cluster's progress every [`MERGE_EVERY`], and forwards
-//! their events to it. The cluster's own publisher (started by
+//! their events to it (also when a database ends, before the cluster says
+//! so, so that its events come before its `database_finished`). The cluster's own publisher (started by
 //! [`crate::Migrator::run`]) then sends `progress` events and snapshots of
 //! the whole cluster.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::{self, error::TryRecvError};
 use tokio_util::sync::CancellationToken;
 
 use crate::context::ClusterSeat;
@@ -25,6 +26,8 @@ struct Slot {
     planned_bytes: u64,
     state: DatabaseState,
     progress: Option<Arc<Progress>>,
+    /// Its events not forwarded yet.
+    events: Option<broadcast::Receiver<Event>>,
     seat: Option<Arc<ClusterSeat>>,
     /// When its copy began, as first seen.
     copy_started: Option<Instant>,
@@ -42,7 +45,7 @@ struct Shared {
 pub(crate) struct ClusterView {
     shared: Option<Arc<Shared>>,
     stop: CancellationToken,
-    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    merger: Option<tokio::task::JoinHandle<()>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -59,7 +62,7 @@ impl ClusterView {
             return ClusterView {
                 shared: None,
                 stop,
-                tasks: Mutex::new(Vec::new()),
+                merger: None,
             };
         };
         let slots = token
@@ -74,6 +77,7 @@ impl ClusterView {
                     DatabaseState::Waiting
                 },
                 progress: None,
+                events: None,
                 seat: None,
                 copy_started: None,
             })
@@ -99,7 +103,7 @@ impl ClusterView {
         ClusterView {
             shared: Some(shared),
             stop,
-            tasks: Mutex::new(vec![merger]),
+            merger: Some(merger),
         }
     }
 
@@ -109,41 +113,21 @@ impl ClusterView {
     pub(crate) fn begin(&self, i: usize, seat: Option<Arc<ClusterSeat>>) -> Option<Arc<Progress>> {
         let shared = self.shared.as_ref()?;
         let child = Progress::new();
-        let mut events = child.events();
         {
             let mut slots = lock(&shared.slots);
             let slot = &mut slots[i];
             slot.state = DatabaseState::Running;
             slot.progress = Some(child.clone());
+            slot.events = Some(child.events());
             slot.seat = seat;
             slot.copy_started = None;
         }
         *lock(&shared.copy_ended) = None;
-        let parent = shared.parent.clone();
-        let stop = self.stop.clone();
-        let forwarder = tokio::spawn(async move {
-            loop {
-                let e = tokio::select! {
-                    // Stopped: what the database sent before is still
-                    // forwarded, then no more.
-                    _ = stop.cancelled() => match events.try_recv() {
-                        Ok(e) => e,
-                        Err(_) => break,
-                    },
-                    r = events.recv() => match r {
-                        Ok(e) => e,
-                        Err(RecvError::Lagged(_)) => continue,
-                        Err(RecvError::Closed) => break,
-                    },
-                };
-                forward(&parent, e);
-            }
-        });
-        lock(&self.tasks).push(forwarder);
         Some(child)
     }
 
-    /// Database `i` ended (`ok`: completed).
+    /// Database `i` ended (`ok`: completed): its last events are
+    /// forwarded now.
     pub(crate) fn end(&self, i: usize, ok: bool) {
         if let Some(shared) = &self.shared {
             lock(&shared.slots)[i].state = if ok {
@@ -157,10 +141,9 @@ impl ClusterView {
 
     /// Stop merging and forwarding, after a last merge of what the
     /// databases published.
-    pub(crate) async fn stop(self) {
+    pub(crate) async fn stop(mut self) {
         self.stop.cancel();
-        let tasks = std::mem::take(&mut *lock(&self.tasks));
-        for t in tasks {
+        if let Some(t) = self.merger.take() {
             let _ = t.await;
         }
         if let Some(shared) = &self.shared {
@@ -192,9 +175,21 @@ fn forward(parent: &Progress, e: Event) {
 }
 
 impl Shared {
-    /// The databases' snapshots, merged into the cluster's.
+    /// The databases' events forwarded, and their snapshots merged into
+    /// the cluster's.
     fn merge(&self) {
         let mut slots = lock(&self.slots);
+        for slot in slots.iter_mut() {
+            if let Some(events) = &mut slot.events {
+                loop {
+                    match events.try_recv() {
+                        Ok(e) => forward(&self.parent, e),
+                        Err(TryRecvError::Lagged(_)) => continue,
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
         let now = Instant::now();
         let snaps: Vec<Option<Snapshot>> = slots
             .iter()

@@ -439,6 +439,26 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_shows_its_databases_and_its_total() {
+        let s = Snapshot {
+            phase: Some(pg_dbmigrator::Phase::CopyData),
+            database: Some("appdb".into()),
+            databases_done: 1,
+            databases_total: 3,
+            databases: vec![Default::default(); 3],
+            heap_bytes_done: 50 << 20,
+            bytes_total: 200 << 20,
+            ..Default::default()
+        };
+        let l = line(&s);
+        assert!(
+            l.starts_with("[1/3 databases done, appdb] [copy_data]"),
+            "{l}"
+        );
+        assert!(l.contains("(25%)") && !l.contains('\n'), "{l}");
+    }
+
+    #[test]
     fn one_line_per_busy_worker_and_all_of_them_erased() {
         let s = Snapshot {
             phase: Some(pg_dbmigrator::Phase::CopyData),
