@@ -144,8 +144,11 @@ pub struct Snapshot {
     /// frozen once it is done): the time [`Snapshot::rate`] divides by.
     #[serde(default)]
     pub copy_seconds: f64,
-    /// A whole-cluster migration: the database being migrated (the fields
-    /// above are its own).
+    /// A whole-cluster migration: the database being migrated (with
+    /// several at once, the first copying, else the first running; its
+    /// stage is `phase`). The counters above are the cluster's sums (see
+    /// `databases`), except in a cluster's dump or restore, which go one
+    /// database at a time and show the current one's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
     /// A whole-cluster migration: databases finished so far.
@@ -623,12 +626,14 @@ impl Progress {
     }
 
     /// A whole-cluster migration moves on to database `name` (number
-    /// `number` of `of`): with `reset` (one database at a time), what the
-    /// snapshot says of a database's copy starts over, the cluster's
-    /// counts go on; without, only the cluster's counts move.
+    /// `number` of `of`): with `reset` (a cluster's dump or restore, whose
+    /// databases publish here one at a time), what the snapshot says of a
+    /// database's copy starts over, the cluster's counts go on; without
+    /// (a migration, whose databases publish into their own progress,
+    /// merged here), only the cluster's counts move.
     pub(crate) fn begin_database(&self, name: &str, number: u64, of: u64, reset: bool) {
         if !reset {
-            // Databases side by side: the cluster's counts only.
+            // The merger writes the rest.
             self.with(|s| {
                 s.databases_total = of;
                 s.database = Some(name.to_string());
