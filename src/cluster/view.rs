@@ -154,7 +154,7 @@ impl ClusterView {
 
 impl Drop for ClusterView {
     fn drop(&mut self) {
-        // Not stopped (an early return): the tasks end on their own.
+        // Not stopped (an early return): the merger ends on its own.
         self.stop.cancel();
     }
 }
