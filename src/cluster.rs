@@ -24,6 +24,7 @@
 
 pub(crate) mod archive;
 mod checks;
+mod view;
 
 pub(crate) use checks::{plan, verify};
 
@@ -130,6 +131,43 @@ pub(crate) async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<Migra
         )));
     }
 
+    // Each database publishes its own progress; the cluster's shows them
+    // all and their sums.
+    let view = view::ClusterView::start(run.progress.clone(), &token);
+    let r = Box::pin(globals_and_databases(
+        cfg,
+        run,
+        &dir,
+        &token_path,
+        &mut token,
+        &view,
+    ))
+    .await;
+    view.stop().await;
+    let (globals_report, reports, online) = r?;
+    token.completed = true;
+    token.save(&token_path)?;
+    let mut report = cluster_report(&dir, &token_path, reports, started);
+    report.globals = globals_report;
+    report.online = online;
+    Ok(report)
+}
+
+/// The globals (unless done), then every database, offline or online.
+async fn globals_and_databases(
+    cfg: &MigrationConfig,
+    run: &RunContext,
+    dir: &Path,
+    token_path: &Path,
+    token: &mut ClusterToken,
+    view: &view::ClusterView,
+) -> Result<(
+    Option<crate::globals::GlobalsReport>,
+    Vec<DatabaseReport>,
+    Option<OnlineReport>,
+)> {
+    let source = cfg.source.clone().expect("validated");
+    let target = cfg.target.clone().expect("validated");
     // The globals first: every database's objects name their roles, and
     // their tablespaces must exist before a database is created in one.
     let mut globals_report = None;
@@ -144,25 +182,20 @@ pub(crate) async fn run(cfg: &MigrationConfig, run: &RunContext) -> Result<Migra
         let report = around(Point::Globals, globals::migrate(&src, &dst, &opts)).await?;
         info!("globals: {}", report.summary());
         token.globals_done = true;
-        token.save(&token_path)?;
+        token.save(token_path)?;
         globals_report = Some(report);
     }
 
     let mut online = None;
     let reports = if cfg.mode == MigrationMode::Online {
         let (reports, summary) =
-            Box::pin(online_databases(cfg, run, &dir, &token_path, &mut token)).await?;
+            Box::pin(online_databases(cfg, run, dir, token_path, token, view)).await?;
         online = Some(summary);
         reports
     } else {
-        Box::pin(offline_databases(cfg, run, &dir, &token_path, &mut token)).await?
+        Box::pin(offline_databases(cfg, run, dir, token_path, token, view)).await?
     };
-    token.completed = true;
-    token.save(&token_path)?;
-    let mut report = cluster_report(&dir, &token_path, reports, started);
-    report.globals = globals_report;
-    report.online = online;
-    Ok(report)
+    Ok((globals_report, reports, online))
 }
 
 /// Database `db`'s migration as a single-database run would make it.
@@ -194,13 +227,18 @@ async fn one_database(
     token_path: &Path,
     token: &mut ClusterToken,
     i: usize,
+    view: &view::ClusterView,
 ) -> Result<DatabaseReport> {
     let db = token.databases[i].clone();
     let db_cfg = database_config(cfg, dir, &db);
     info!(database = %db.name, done = db.done, "database {} of {}", i + 1, token.databases.len());
-    let report = Box::pin(run_database(&db_cfg, run))
-        .await
-        .map_err(|e| in_database(&db.name, e))?;
+    let db_run = RunContext {
+        progress: view.begin(i, None),
+        ..run.clone()
+    };
+    let report = Box::pin(run_database(&db_cfg, &db_run)).await;
+    view.end(i, report.is_ok());
+    let report = report.map_err(|e| in_database(&db.name, e))?;
     database_done(token, token_path, i).await?;
     Ok(DatabaseReport {
         name: db.name.clone(),
@@ -232,13 +270,14 @@ async fn online_databases(
     dir: &Path,
     token_path: &Path,
     token: &mut ClusterToken,
+    view: &view::ClusterView,
 ) -> Result<(Vec<DatabaseReport>, OnlineReport)> {
     let mut reports: Vec<Option<DatabaseReport>> = vec![None; token.databases.len()];
     if let Some(i) = token.databases.iter().position(|d| d.name == "template1") {
         let mut offline = cfg.clone();
         offline.mode = MigrationMode::Offline;
         info!("template1 is migrated offline, before the online databases");
-        reports[i] = Some(one_database(&offline, run, dir, token_path, token, i).await?);
+        reports[i] = Some(one_database(&offline, run, dir, token_path, token, i, view).await?);
     }
     let online: Vec<usize> = (0..token.databases.len())
         .filter(|&i| reports[i].is_none())
@@ -333,7 +372,7 @@ async fn online_databases(
         }
         let ctx = RunContext {
             cancel: children.clone(),
-            progress: run.progress.clone(),
+            progress: view.begin(i, Some(seat.clone())),
             cutover: signal.clone(),
             cluster: Some(seat.clone()),
         };
@@ -406,6 +445,7 @@ async fn online_databases(
                     "the task of database {name} failed: {e}"
                 ))),
             };
+            view.end(members[k].index, r.is_ok());
             match r {
                 Ok(report) => {
                     token.cutover_passed |= barrier.passed();
@@ -903,6 +943,7 @@ async fn offline_databases(
     dir: &Path,
     token_path: &Path,
     token: &mut ClusterToken,
+    view: &view::ClusterView,
 ) -> Result<Vec<DatabaseReport>> {
     use futures::stream::{self, StreamExt};
     let (source, target) = (
@@ -933,21 +974,16 @@ async fn offline_databases(
             // a database's `--resume`).
             db_cfg.resume = ResumeToken::path_for(&db_dir).exists();
             info!(database = %db.name, done = db.done, "database {} of {total}", i + 1);
-            // Side by side, one database's copy counts would overwrite
-            // another's: the cluster's progress counts databases (the
-            // warnings of all still reach it).
+            // Its own progress (side by side, one database's counts would
+            // overwrite another's), which the cluster's adds up.
             let db_run = RunContext {
                 cancel: run.cancel.clone(),
-                progress: if side_by_side == 1 {
-                    run.progress.clone()
-                } else {
-                    None
-                },
+                progress: view.begin(i, None),
                 cutover: Default::default(),
                 cluster: None,
             };
             if let Some(p) = &run.progress {
-                p.begin_database(&db.name, i as u64 + 1, total as u64, side_by_side == 1);
+                p.begin_database(&db.name, i as u64 + 1, total as u64, false);
             }
             let r = crate::recorded::with_budget(
                 Some(budget),
@@ -968,6 +1004,7 @@ async fn offline_databases(
                 }
                 Err(e) => Err(e),
             };
+            view.end(i, r.is_ok());
             if let (Some(p), Ok(_)) = (&run.progress, &r) {
                 p.end_database(&db.name);
             }

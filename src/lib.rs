@@ -111,7 +111,9 @@ pub use online::{cleanup, unfence, CleanupReport};
 pub use plan::{DatabasePlan, Plan, PlannedTable, SpeedSample};
 #[doc(hidden)]
 pub use progress::human_bytes;
-pub use progress::{Event, OnlineSnapshot, Phase, Snapshot, WorkerSnapshot};
+pub use progress::{
+    DatabaseProgress, DatabaseState, Event, OnlineSnapshot, Phase, Snapshot, WorkerSnapshot,
+};
 pub use report::{MigrationReport, OnlineReport};
 pub use resume::{discard_files, DiscardedFiles};
 #[doc(hidden)]

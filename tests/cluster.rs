@@ -347,6 +347,30 @@ async fn a_whole_cluster_in_one_run_killed_between_two_databases_then_resumed() 
     let out = run_async(&args).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let report = report_of(&out.stdout);
+    // Each database's own events reach the cluster's stream (its copied
+    // tables), and the cluster's copy progress ends at 100%.
+    let events: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .collect();
+    let copied: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "item_copied")
+        .filter_map(|e| e["item"].as_str())
+        .collect();
+    assert!(
+        copied.iter().any(|i| i.contains("items")),
+        "appdb's shop.items copied: {copied:?}"
+    );
+    let last_progress = events
+        .iter()
+        .rfind(|e| e["event"] == "progress")
+        .expect("progress events");
+    assert_eq!(last_progress["percent"], 100.0, "{last_progress}");
+    assert_eq!(
+        last_progress["heap_bytes_done"], last_progress["bytes_total"],
+        "{last_progress}"
+    );
     // The events name each database as it starts and ends.
     let started: Vec<String> = text(&out.stdout)
         .lines()

@@ -347,6 +347,35 @@ async fn online_cluster_under_load_cuts_over_once() {
         "cluster downtime {downtime}s"
     );
     assert!(online.apply.transactions > 0, "{online:?}");
+    // The cluster's progress: one row per database, all done, and the
+    // cluster's counters their sums.
+    let s = migrator.progress().snapshot();
+    let mut rows: Vec<&str> = s.databases.iter().map(|d| d.name.as_str()).collect();
+    rows.sort();
+    assert_eq!(rows, names, "{s:?}");
+    assert!(
+        s.databases
+            .iter()
+            .all(|d| d.state == pg_dbmigrator::DatabaseState::Done && d.percent == Some(100.0)),
+        "{s:?}"
+    );
+    assert_eq!(
+        s.bytes_copied,
+        s.databases.iter().map(|d| d.bytes_copied).sum::<u64>()
+    );
+    assert!(s.bytes_copied > 0, "{s:?}");
+    assert_eq!(s.percent(), Some(100.0), "{s:?}");
+    assert_eq!((s.databases_done, s.databases_total), (4, 4));
+    assert!(s.online.is_some() && s.completed, "{s:?}");
+    let m = pg_dbmigrator::progress::metrics_text(&s);
+    assert!(
+        m.contains("pg_dbmigrator_database_percent{database=\"shop_a\"} 100\n"),
+        "{m}"
+    );
+    assert!(
+        m.contains("pg_dbmigrator_database_state{database=\"shop_b\",state=\"done\"} 1\n"),
+        "{m}"
+    );
     assert_same_databases().await;
     assert_nothing_left_and_fenced().await;
 }

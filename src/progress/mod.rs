@@ -71,7 +71,8 @@ pub struct OnlineSnapshot {
 pub struct WorkerSnapshot {
     /// The worker's number, from 0.
     pub worker: usize,
-    /// The table, or `table#i/n` for a chunk.
+    /// The table, or `table#i/n` for a chunk; in a whole-cluster
+    /// migration, after its database and a slash (`appdb/public.t`).
     pub item: String,
     /// Seconds on this item so far.
     pub seconds: f64,
@@ -143,8 +144,11 @@ pub struct Snapshot {
     /// frozen once it is done): the time [`Snapshot::rate`] divides by.
     #[serde(default)]
     pub copy_seconds: f64,
-    /// A whole-cluster migration: the database being migrated (the fields
-    /// above are its own).
+    /// A whole-cluster migration: the database being migrated (with
+    /// several at once, the first copying, else the first running; its
+    /// stage is `phase`). The counters above are the cluster's sums (see
+    /// `databases`), except in a cluster's dump or restore, which go one
+    /// database at a time and show the current one's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
     /// A whole-cluster migration: databases finished so far.
@@ -153,6 +157,74 @@ pub struct Snapshot {
     /// A whole-cluster migration: how many databases it takes (0 otherwise).
     #[serde(default)]
     pub databases_total: u64,
+    /// A whole-cluster migration: one row per database, in the cluster's
+    /// order; the counters above are then their sums (databases not
+    /// started yet count with their planned heap size in `bytes_total`),
+    /// so the percentage, rate and ETA are the whole cluster's. Empty for a
+    /// single-database run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<DatabaseProgress>,
+}
+
+/// Where a database of a whole-cluster migration stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum DatabaseState {
+    /// Not started yet.
+    #[default]
+    Waiting,
+    /// Its migration runs (schema, copy, indexes, ...: see its stage).
+    Running,
+    /// Online: copied, streaming changes until the cluster's cutover.
+    Streaming,
+    /// Its migration completed.
+    Done,
+    /// Its migration failed.
+    Failed,
+}
+
+impl DatabaseState {
+    /// The name the JSON, the metrics and the page use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatabaseState::Waiting => "waiting",
+            DatabaseState::Running => "running",
+            DatabaseState::Streaming => "streaming",
+            DatabaseState::Done => "done",
+            DatabaseState::Failed => "failed",
+        }
+    }
+}
+
+/// One database's row of a whole-cluster migration's [`Snapshot`]: its
+/// own counters, which the cluster's add up.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct DatabaseProgress {
+    /// The database.
+    pub name: String,
+    /// Where it stands.
+    pub state: DatabaseState,
+    /// Its stage running now (or its last one). Serialized as `stage`.
+    #[serde(rename = "stage")]
+    pub phase: Option<Phase>,
+    /// Its items copied ([`Snapshot::items_done`]).
+    pub items_done: u64,
+    /// Its items to copy ([`Snapshot::items_total`]).
+    pub items_total: u64,
+    /// Its COPY bytes moved ([`Snapshot::bytes_copied`]).
+    pub bytes_copied: u64,
+    /// Its heap bytes copied ([`Snapshot::heap_bytes_done`]); all of
+    /// `bytes_total` once done.
+    pub heap_bytes_done: u64,
+    /// Its heap size to copy: the size planned for the cluster until its
+    /// own copy is planned.
+    pub bytes_total: u64,
+    /// How far its copy is, 0 to 100 (100 once done).
+    pub percent: Option<f64>,
+    /// Online, while it streams: its source WAL bytes not yet applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_bytes: Option<u64>,
 }
 
 impl Snapshot {
@@ -425,6 +497,10 @@ pub struct Progress {
     clock: Mutex<Clock>,
     /// A run is publishing (see [`Progress::start_run`]).
     running: AtomicBool,
+    /// The counters are a whole-cluster migration's sums, written by its
+    /// merger ([`Progress::set_merged`]): [`Progress::snapshot`] must not
+    /// recompute them from this handle's own (idle) workers and clock.
+    merged: AtomicBool,
 }
 
 impl std::fmt::Debug for Progress {
@@ -444,6 +520,7 @@ impl Default for Progress {
             workers: Mutex::new(Default::default()),
             clock: Mutex::new(Clock::default()),
             running: AtomicBool::new(false),
+            merged: AtomicBool::new(false),
         }
     }
 }
@@ -514,6 +591,7 @@ impl Progress {
             started: Some(Instant::now()),
             ..Default::default()
         };
+        self.merged.store(false, Ordering::Release);
         let me = self.clone();
         let token = stop.clone();
         tokio::spawn(async move {
@@ -548,12 +626,14 @@ impl Progress {
     }
 
     /// A whole-cluster migration moves on to database `name` (number
-    /// `number` of `of`): with `reset` (one database at a time), what the
-    /// snapshot says of a database's copy starts over, the cluster's
-    /// counts go on; without, only the cluster's counts move.
+    /// `number` of `of`): with `reset` (a cluster's dump or restore, whose
+    /// databases publish here one at a time), what the snapshot says of a
+    /// database's copy starts over, the cluster's counts go on; without
+    /// (a migration, whose databases publish into their own progress,
+    /// merged here), only the cluster's counts move.
     pub(crate) fn begin_database(&self, name: &str, number: u64, of: u64, reset: bool) {
         if !reset {
-            // Databases side by side: the cluster's counts only.
+            // The merger writes the rest.
             self.with(|s| {
                 s.databases_total = of;
                 s.database = Some(name.to_string());
@@ -718,6 +798,11 @@ impl Progress {
     /// The current snapshot, computed now (the subscription's is at most
     /// 100 ms old).
     pub fn snapshot(&self) -> Snapshot {
+        if self.merged.load(Ordering::Acquire) {
+            let mut s = self.with(|s| s.clone());
+            s.elapsed_seconds = self.elapsed();
+            return s;
+        }
         let workers = lock(&self.workers);
         let mut s = self.with(|s| s.clone());
         let mut in_flight = 0;
@@ -755,6 +840,37 @@ impl Progress {
             })
             .unwrap_or(0.0);
         s
+    }
+
+    /// Seconds since the run started (frozen when it ended).
+    fn elapsed(&self) -> f64 {
+        let clock = lock(&self.clock);
+        let now = clock.ended.unwrap_or_else(Instant::now);
+        clock
+            .started
+            .map(|t| now.saturating_duration_since(t).as_secs_f64())
+            .unwrap_or(0.0)
+    }
+
+    /// A whole-cluster migration's view: its databases' rows and their
+    /// sums (see [`merge`]), replacing this handle's own counters until
+    /// the next run starts. `copy_seconds`: since the first database's copy
+    /// began. Sends the copy's last `progress` event when it reaches 100%
+    /// (the run's publisher sends only while a copy stage is current).
+    pub(crate) fn set_merged(&self, members: &[Member<'_>], copy_seconds: f64) {
+        self.merged.store(true, Ordering::Release);
+        let (finished, s) = self.with(|s| {
+            let before = s.percent();
+            merge(s, members);
+            s.copy_seconds = copy_seconds;
+            let after = s.percent();
+            (after == Some(100.0) && before != after, s.clone())
+        });
+        if finished {
+            let mut s = s;
+            s.elapsed_seconds = self.elapsed();
+            self.publish(Event::progress(&s));
+        }
     }
 
     /// Copy worker `worker` started on `item` (`None`: it is idle). Returns
@@ -911,6 +1027,120 @@ impl Progress {
             });
         }
     }
+}
+
+/// One database of a whole-cluster migration, as its merger sees it.
+pub(crate) struct Member<'a> {
+    pub name: &'a str,
+    /// Its heap size when the cluster run was planned.
+    pub planned_bytes: u64,
+    /// What the orchestrator knows: waiting, running, done or failed.
+    pub state: DatabaseState,
+    /// Its own progress, once it started in this run.
+    pub snapshot: Option<&'a Snapshot>,
+    /// Online: its latest lag sample.
+    pub lag_bytes: Option<u64>,
+}
+
+/// A whole-cluster migration's rows and sums into `s`: each database's
+/// counters, and the cluster's as their sums. A database that has not
+/// planned its copy yet counts with its planned size, and one done counts
+/// as wholly copied, so the cluster's percentage only grows and ends at
+/// 100. Its `phase` and `database` are those of the first database running
+/// (one copying, if any, so the ETA is shown while any database copies).
+pub(crate) fn merge(s: &mut Snapshot, members: &[Member<'_>]) {
+    let mut rows = Vec::with_capacity(members.len());
+    let mut workers = Vec::new();
+    let (mut rows_copied, mut in_flight) = (0, 0);
+    for m in members {
+        let own = m.snapshot.cloned().unwrap_or_default();
+        let mut row = DatabaseProgress {
+            name: m.name.to_string(),
+            state: m.state,
+            phase: own.phase,
+            items_done: own.items_done,
+            items_total: own.items_total,
+            bytes_copied: own.bytes_copied,
+            heap_bytes_done: own.heap_bytes_done,
+            bytes_total: if own.bytes_total > 0 {
+                own.bytes_total
+            } else {
+                m.planned_bytes
+            },
+            percent: None,
+            lag_bytes: None,
+        };
+        if row.state == DatabaseState::Running
+            && matches!(row.phase, Some(Phase::Stream | Phase::Cutover))
+        {
+            row.state = DatabaseState::Streaming;
+        }
+        if row.state == DatabaseState::Streaming {
+            row.lag_bytes = m.lag_bytes;
+        }
+        if row.state == DatabaseState::Done {
+            row.heap_bytes_done = row.bytes_total;
+            row.items_done = row.items_done.max(row.items_total);
+        }
+        row.heap_bytes_done = row.heap_bytes_done.min(row.bytes_total);
+        row.percent = if row.state == DatabaseState::Done {
+            Some(100.0)
+        } else if row.bytes_total > 0 {
+            Some(row.heap_bytes_done as f64 / row.bytes_total as f64 * 100.0)
+        } else {
+            None
+        };
+        rows_copied += own.rows_copied;
+        in_flight += own.bytes_in_flight;
+        for w in own.workers {
+            workers.push(WorkerSnapshot {
+                worker: workers.len(),
+                item: format!("{}/{}", m.name, w.item),
+                ..w
+            });
+        }
+        rows.push(row);
+    }
+    let live = |st: DatabaseState| matches!(st, DatabaseState::Running | DatabaseState::Streaming);
+    let current = rows
+        .iter()
+        .find(|r| live(r.state) && r.phase.is_some_and(copies))
+        .or_else(|| rows.iter().find(|r| live(r.state)));
+    if let Some(r) = current {
+        s.phase = r.phase;
+        s.database = Some(r.name.clone());
+        s.stages_done = members
+            .iter()
+            .find(|m| m.name == r.name)
+            .and_then(|m| m.snapshot)
+            .map(|o| o.stages_done.clone())
+            .unwrap_or_default();
+    }
+    s.items_done = rows.iter().map(|r| r.items_done).sum();
+    s.items_total = rows.iter().map(|r| r.items_total).sum();
+    s.bytes_copied = rows.iter().map(|r| r.bytes_copied).sum();
+    s.heap_bytes_done = rows.iter().map(|r| r.heap_bytes_done).sum();
+    s.bytes_total = rows.iter().map(|r| r.bytes_total).sum();
+    s.rows_copied = rows_copied;
+    s.bytes_in_flight = in_flight;
+    s.workers = workers;
+    s.databases_total = rows.len() as u64;
+    s.databases_done = rows
+        .iter()
+        .filter(|r| r.state == DatabaseState::Done)
+        .count() as u64;
+    s.completed = !rows.is_empty() && s.databases_done == s.databases_total;
+    if s.migration_id.is_empty() {
+        s.migration_id = "cluster".into();
+    }
+    s.databases = rows;
+}
+
+/// A Prometheus label value, escaped (backslash, double quote, newline).
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// The snapshot in the Prometheus text format, names prefixed
@@ -1086,7 +1316,99 @@ pub fn metrics_text(s: &Snapshot) -> String {
             "# HELP pg_dbmigrator_stage The stage running now.\n# TYPE pg_dbmigrator_stage gauge\npg_dbmigrator_stage{{stage=\"{stage}\"}} 1\n"
         ));
     }
+    if !s.databases.is_empty() {
+        database_metrics(&mut out, &s.databases);
+    }
     out
+}
+
+/// A whole-cluster migration's series per database, labelled
+/// `database="name"` (one family each, so HELP and TYPE come once).
+fn database_metrics(out: &mut String, rows: &[DatabaseProgress]) {
+    type Value = fn(&DatabaseProgress) -> Option<f64>;
+    let families: [(&str, &str, &str, Value); 8] = [
+        (
+            "percent",
+            "How far the database's copy is, by heap size (100 once done).",
+            "gauge",
+            |r| r.percent,
+        ),
+        (
+            "bytes_copied",
+            "Bytes of COPY data the database's copy moved.",
+            "counter",
+            |r| Some(r.bytes_copied as f64),
+        ),
+        (
+            "heap_bytes_done",
+            "Heap size of the database's tables and chunks copied so far.",
+            "gauge",
+            |r| Some(r.heap_bytes_done as f64),
+        ),
+        (
+            "bytes_total",
+            "Heap size of the database's data to copy (planned size until its copy is planned).",
+            "gauge",
+            |r| Some(r.bytes_total as f64),
+        ),
+        (
+            "items_done",
+            "The database's tables or chunks copied.",
+            "gauge",
+            |r| Some(r.items_done as f64),
+        ),
+        (
+            "items_total",
+            "The database's tables or chunks to copy.",
+            "gauge",
+            |r| Some(r.items_total as f64),
+        ),
+        (
+            "lag_bytes",
+            "Online, while the database streams: its source WAL bytes not yet applied.",
+            "gauge",
+            |r| r.lag_bytes.map(|l| l as f64),
+        ),
+        (
+            "done",
+            "1 once the database's migration completed.",
+            "gauge",
+            |r| {
+                Some(if r.state == DatabaseState::Done {
+                    1.0
+                } else {
+                    0.0
+                })
+            },
+        ),
+    ];
+    for (name, help, kind, value) in families {
+        let series: Vec<(String, f64)> = rows
+            .iter()
+            .filter_map(|r| Some((label(&r.name), value(r)?)))
+            .collect();
+        if series.is_empty() {
+            continue;
+        }
+        out.push_str(&format!(
+            "# HELP pg_dbmigrator_database_{name} {help}\n# TYPE pg_dbmigrator_database_{name} {kind}\n"
+        ));
+        for (db, v) in series {
+            out.push_str(&format!(
+                "pg_dbmigrator_database_{name}{{database=\"{db}\"}} {v}\n"
+            ));
+        }
+    }
+    out.push_str(
+        "# HELP pg_dbmigrator_database_state Where each database stands (1 for its state).\n# TYPE pg_dbmigrator_database_state gauge\n",
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "pg_dbmigrator_database_state{{database=\"{}\",state=\"{}\"}} 1\n",
+            label(&r.name),
+            r.state.as_str()
+        ));
+    }
 }
 
 /// The status page: one self-contained HTML file (no external assets).
@@ -1401,6 +1723,191 @@ mod tests {
             (0, 5400, 1000)
         );
         assert!(s.workers.is_empty());
+    }
+
+    /// Three databases: one done, one copying, one not started.
+    fn cluster_members() -> (Snapshot, Snapshot) {
+        let done = Snapshot {
+            phase: Some(Phase::Verify),
+            items_done: 2,
+            items_total: 2,
+            rows_copied: 10,
+            bytes_copied: 700,
+            heap_bytes_done: 1000,
+            bytes_total: 1000,
+            completed: true,
+            ..Default::default()
+        };
+        let copying = Snapshot {
+            phase: Some(Phase::CopyData),
+            items_done: 1,
+            items_total: 4,
+            rows_copied: 5,
+            bytes_copied: 300,
+            bytes_in_flight: 100,
+            heap_bytes_done: 500,
+            bytes_total: 2000,
+            workers: vec![WorkerSnapshot {
+                worker: 0,
+                item: "public.t".into(),
+                seconds: 1.0,
+                bytes: 100,
+            }],
+            ..Default::default()
+        };
+        (done, copying)
+    }
+
+    #[test]
+    fn a_cluster_adds_up_its_databases() {
+        let (done, copying) = cluster_members();
+        let members = [
+            Member {
+                name: "a",
+                planned_bytes: 900,
+                state: DatabaseState::Done,
+                snapshot: Some(&done),
+                lag_bytes: None,
+            },
+            Member {
+                name: "b",
+                planned_bytes: 1800,
+                state: DatabaseState::Running,
+                snapshot: Some(&copying),
+                lag_bytes: Some(5),
+            },
+            Member {
+                name: "c",
+                planned_bytes: 1000,
+                state: DatabaseState::Waiting,
+                snapshot: None,
+                lag_bytes: None,
+            },
+        ];
+        let mut s = Snapshot::default();
+        merge(&mut s, &members);
+        let rows = &s.databases;
+        assert_eq!(rows.len(), 3);
+        assert_eq!(
+            rows.iter().map(|r| r.state).collect::<Vec<_>>(),
+            [
+                DatabaseState::Done,
+                DatabaseState::Running,
+                DatabaseState::Waiting
+            ]
+        );
+        // Planned size until the database plans its own copy.
+        assert_eq!(rows[2].bytes_total, 1000);
+        assert_eq!(rows[1].percent, Some(25.0));
+        assert_eq!(rows[0].percent, Some(100.0));
+        assert_eq!(rows[1].lag_bytes, None, "lag only while streaming");
+        assert_eq!((s.items_done, s.items_total), (3, 6));
+        assert_eq!((s.rows_copied, s.bytes_copied), (15, 1000));
+        assert_eq!(
+            s.bytes_copied,
+            rows.iter().map(|r| r.bytes_copied).sum::<u64>()
+        );
+        assert_eq!((s.heap_bytes_done, s.bytes_total), (1500, 4000));
+        assert_eq!(s.percent(), Some(37.5));
+        assert_eq!((s.databases_done, s.databases_total), (1, 3));
+        assert_eq!(s.database.as_deref(), Some("b"));
+        assert_eq!(s.phase, Some(Phase::CopyData));
+        assert_eq!(s.workers[0].item, "b/public.t");
+        assert_eq!(s.bytes_in_flight, 100);
+        assert!(!s.completed);
+
+        // The merged counters survive `snapshot()`; the end is 100%.
+        let p = Progress::default();
+        p.set_merged(&members, 10.0);
+        let got = p.snapshot();
+        assert_eq!((got.heap_bytes_done, got.copy_seconds), (1500, 10.0));
+        assert_eq!(got.rate(), Some(150.0));
+        assert_eq!(got.workers.len(), 1);
+        let mut events = p.events();
+        let all_done: Vec<Member<'_>> = members
+            .iter()
+            .map(|m| Member {
+                state: DatabaseState::Done,
+                ..*m
+            })
+            .collect();
+        p.set_merged(&all_done, 12.0);
+        let end = p.snapshot();
+        assert_eq!(end.percent(), Some(100.0));
+        assert!(end.completed && end.databases_done == 3);
+        match events.try_recv() {
+            Ok(Event::Progress { percent, .. }) => assert_eq!(percent, Some(100.0)),
+            other => panic!("the copy's last progress event: {other:?}"),
+        }
+        // A database streaming shows its lag.
+        let streaming = Snapshot {
+            phase: Some(Phase::Stream),
+            ..copying.clone()
+        };
+        let mut s = Snapshot::default();
+        merge(
+            &mut s,
+            &[Member {
+                snapshot: Some(&streaming),
+                ..members[1]
+            }],
+        );
+        assert_eq!(s.databases[0].state, DatabaseState::Streaming);
+        assert_eq!(s.databases[0].lag_bytes, Some(5));
+    }
+
+    #[test]
+    fn database_series_are_labelled_and_escaped() {
+        assert_eq!(label("a\\b\"c\nd"), "a\\\\b\\\"c\\nd");
+        let s = Snapshot {
+            databases_total: 2,
+            databases: vec![
+                DatabaseProgress {
+                    name: "app\"db".into(),
+                    state: DatabaseState::Done,
+                    bytes_copied: 42,
+                    percent: Some(100.0),
+                    ..Default::default()
+                },
+                DatabaseProgress {
+                    name: "b".into(),
+                    state: DatabaseState::Streaming,
+                    lag_bytes: Some(9),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let m = metrics_text(&s);
+        assert!(
+            m.contains("pg_dbmigrator_database_bytes_copied{database=\"app\\\"db\"} 42\n"),
+            "{m}"
+        );
+        assert!(
+            m.contains("pg_dbmigrator_database_percent{database=\"app\\\"db\"} 100\n"),
+            "{m}"
+        );
+        assert!(
+            m.contains("pg_dbmigrator_database_lag_bytes{database=\"b\"} 9\n"),
+            "{m}"
+        );
+        assert!(
+            m.contains("pg_dbmigrator_database_state{database=\"b\",state=\"streaming\"} 1\n"),
+            "{m}"
+        );
+        assert_eq!(
+            m.matches("# TYPE pg_dbmigrator_database_bytes_copied ")
+                .count(),
+            1
+        );
+        // The cluster's own series keep their names.
+        assert!(m.contains("pg_dbmigrator_databases_total 2\n"), "{m}");
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["databases"][1]["state"], "streaming");
+        assert!(serde_json::to_value(Snapshot::default())
+            .unwrap()
+            .get("databases")
+            .is_none());
     }
 
     #[test]

@@ -120,11 +120,21 @@ fn clear() {
 pub fn line(s: &Snapshot) -> String {
     let stage = s.phase.map_or("starting", |p| p.as_str());
     let mut out = match &s.database {
-        // A whole-cluster migration: which database, of how many.
+        // A whole-cluster migration: databases done of how many, and the
+        // one shown (the counts after it are the whole cluster's).
+        Some(db) if !s.databases.is_empty() => format!(
+            "[{}/{} databases done, {db}] [{stage}]",
+            s.databases_done, s.databases_total
+        ),
+        // (A cluster's dump or restore: one database at a time.)
         Some(db) => format!(
             "[{db} {}/{}] [{stage}]",
             s.databases_done + 1,
             s.databases_total
+        ),
+        None if !s.databases.is_empty() => format!(
+            "[{}/{} databases done] [{stage}]",
+            s.databases_done, s.databases_total
         ),
         None => format!("[{stage}]"),
     };
@@ -426,6 +436,26 @@ mod tests {
         let l = line(&s);
         assert!(l.starts_with("[copy_data] 3/8 items"), "{l}");
         assert!(l.contains("(25%)") && l.contains("ETA 15s"), "{l}");
+    }
+
+    #[test]
+    fn a_cluster_shows_its_databases_and_its_total() {
+        let s = Snapshot {
+            phase: Some(pg_dbmigrator::Phase::CopyData),
+            database: Some("appdb".into()),
+            databases_done: 1,
+            databases_total: 3,
+            databases: vec![Default::default(); 3],
+            heap_bytes_done: 50 << 20,
+            bytes_total: 200 << 20,
+            ..Default::default()
+        };
+        let l = line(&s);
+        assert!(
+            l.starts_with("[1/3 databases done, appdb] [copy_data]"),
+            "{l}"
+        );
+        assert!(l.contains("(25%)") && !l.contains('\n'), "{l}");
     }
 
     #[test]
