@@ -662,6 +662,9 @@ struct FallbackDriver {
     finish_file: PathBuf,
     /// The open rollback round.
     round: Option<u64>,
+    /// When the open round was found failed (its databases are lifting
+    /// their fences).
+    failed_at: Option<Instant>,
     /// When the databases were last asked (after the barrier passed, a
     /// database whose last steps failed is asked again now and then).
     asked_at: Option<Instant>,
@@ -674,6 +677,7 @@ impl FallbackDriver {
             rollback_file: crate::resume::request_path(dir, "rollback"),
             finish_file: crate::resume::request_path(dir, "finish"),
             round: None,
+            failed_at: None,
             asked_at: None,
             finish_sent: false,
         }
@@ -723,6 +727,7 @@ impl FallbackDriver {
             let names: Vec<String> = dirs.iter().map(|(n, _)| n.clone()).collect();
             info!(databases = names.len(), "rollback of the cluster requested");
             self.round = Some(barrier.begin(names));
+            self.failed_at = None;
             Self::ask(dirs, "rollback")?;
             self.asked_at = Some(Instant::now());
             return Ok(());
@@ -735,8 +740,16 @@ impl FallbackDriver {
                     token.fallback.rollback_passed = true;
                     info!("every database of the cluster is drained back: each returns to its old server");
                 }
+                // Said only once every database has lifted its new
+                // server's fence (or after half a minute): whoever is
+                // told it failed finds every new server writable.
+                Some(Err(_))
+                    if !barrier.all_settled()
+                        && self.failed_at.get_or_insert_with(Instant::now).elapsed()
+                            < Duration::from_secs(30) => {}
                 Some(Err(why)) => {
                     self.round = None;
+                    self.failed_at = None;
                     let fb = &mut token.fallback;
                     fb.rollback_requested = false;
                     fb.rollback_attempts += 1;

@@ -373,6 +373,9 @@ struct BarrierState {
     /// The latest end of a member's irreversible part (its write downtime
     /// ended there).
     last_end: Option<std::time::Instant>,
+    /// Members whose failed attempt of the latest round is undone (their
+    /// fence lifted).
+    settled: Vec<String>,
     failed: Option<String>,
 }
 
@@ -447,8 +450,16 @@ impl ClusterCutover {
         s.arrived.clear();
         s.first_fence = None;
         s.last_end = None;
+        s.settled.clear();
         s.failed = None;
         s.round
+    }
+
+    /// Whether every member of the latest round has undone its failed
+    /// attempt (see [`ClusterSeat::rollback_settled`]).
+    pub(crate) fn all_settled(&self) -> bool {
+        let s = self.lock();
+        s.members.iter().all(|m| s.settled.contains(m))
     }
 
     /// From the latest round's first fence to its last member's end.
@@ -580,6 +591,18 @@ impl ClusterSeat {
     /// earlier run).
     pub(crate) fn rollback_passed(&self) -> bool {
         self.rollback.as_ref().is_some_and(|b| b.passed())
+    }
+
+    /// This database's failed rollback attempt is undone: its new
+    /// server's fence is lifted. (The cluster says the rollback failed only
+    /// once every database got this far.)
+    pub(crate) fn rollback_settled(&self) {
+        if let Some(b) = &self.rollback {
+            let mut s = b.lock();
+            if !s.settled.contains(&self.database) {
+                s.settled.push(self.database.clone());
+            }
+        }
     }
 
     /// This database's rollback ended (its old source writable again).

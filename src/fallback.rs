@@ -241,6 +241,9 @@ pub(crate) async fn run(
                     if let Err(u) = unfence_db(&tctl).await {
                         error!(error = %u, "lifting the new server's fence failed: run `pg_dbmigrator unfence --source <the new server>`");
                     }
+                    if let Some(s) = seat {
+                        s.rollback_settled();
+                    }
                     let msg = e.to_string();
                     if let Some(r) = st.rollback.as_mut() {
                         r.error = Some(msg);
