@@ -101,7 +101,7 @@ use tokio_util::sync::CancellationToken;
 pub use cluster::archive::{ArchivedDatabase, ClusterArchiveReport};
 pub use config::{
     CopyFormat, CopyMethod, CutoverMode, EndpointConfig, Filters, IntoEndpoint, MigrationConfig,
-    MigrationConfigBuilder, MigrationMode, VerifyLevel,
+    MigrationConfigBuilder, MigrationMode, Statistics, VerifyLevel,
 };
 #[doc(hidden)]
 pub use context::RunContext;
@@ -114,7 +114,7 @@ pub use progress::human_bytes;
 pub use progress::{
     DatabaseProgress, DatabaseState, Event, OnlineSnapshot, Phase, Snapshot, WorkerSnapshot,
 };
-pub use report::{MigrationReport, OnlineReport};
+pub use report::{MigrationReport, OnlineReport, StatisticsReport};
 pub use resume::{discard_files, DiscardedFiles};
 #[doc(hidden)]
 pub use resume::{ResumeToken, Stage};

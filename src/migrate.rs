@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::config::filter::CompiledFilters;
-use crate::config::{CopyFormat, CopyMethod, MigrationConfig, VerifyLevel};
+use crate::config::{CopyFormat, CopyMethod, MigrationConfig, Statistics, VerifyLevel};
 use crate::context::RunContext;
 use crate::copy::{self, CopyContext, TableResult};
 use crate::copy::{apply_after_data, apply_steps, early_steps};
@@ -83,6 +83,9 @@ pub(crate) struct CopyPhase {
     /// Why the copy is not one point in time, when it is not (see
     /// [`MigrationReport::snapshot_note`]).
     pub snapshot_note: Option<String>,
+    /// Where the target's statistics came from (see
+    /// [`MigrationReport::statistics`]).
+    pub statistics: Option<crate::report::StatisticsReport>,
 }
 
 /// Validate, preflight, snapshot, schema, data, sequences, large objects.
@@ -326,7 +329,12 @@ pub(crate) async fn copy_phase(
                 jobs: cfg.jobs,
                 index_jobs: cfg.index_jobs.unwrap_or(cfg.jobs),
                 binary,
-                analyze: cfg.analyze,
+                // Carried statistics replace the ANALYZE after each load.
+                analyze: match cfg.statistics {
+                    Statistics::Analyze => true,
+                    Statistics::None => false,
+                    Statistics::Carry => !copy::statistics::target_can_import(target_version),
+                },
                 token: store.clone(),
                 progress: run.progress.clone(),
             });
@@ -456,6 +464,38 @@ pub(crate) async fn copy_phase(
             .unwrap_or(0);
     }
 
+    // Statistics, once the last index build has rewritten the tables'
+    // sizes (again after a resume that had not reached the sequences: the
+    // import is idempotent).
+    let statistics = match cfg.statistics {
+        Statistics::Carry if copy::statistics::target_can_import(target_version) => {
+            if store.snapshot().is_done(Stage::Sequences) {
+                None
+            } else {
+                let copied: std::collections::BTreeMap<String, u64> =
+                    results.iter().map(|r| (r.table.clone(), r.rows)).collect();
+                let o = copy::statistics::carry(&src, &dst, &tables, &copied).await?;
+                Some(crate::report::StatisticsReport {
+                    carried_tables: o.carried.len(),
+                    analyzed_tables: o
+                        .analyzed
+                        .into_iter()
+                        .map(|(t, why)| (t, why.to_string()))
+                        .collect(),
+                    seconds: o.seconds,
+                })
+            }
+        }
+        Statistics::Carry => {
+            info!(
+                target_version,
+                "the target cannot import statistics (PostgreSQL 18+ can): the loaded tables were analyzed"
+            );
+            None
+        }
+        _ => None,
+    };
+
     // Sequences: cheap and idempotent, always redone.
     let t0 = Instant::now();
     store.update(|t| t.stage_started(Stage::Sequences))?;
@@ -507,6 +547,7 @@ pub(crate) async fn copy_phase(
         target: target_ep,
         database_limits: script.as_ref().and_then(|s| s.database_limits),
         snapshot_note,
+        statistics,
     })
 }
 
@@ -583,6 +624,7 @@ pub(crate) async fn finish(
         target: target_ep,
         database_limits: phase_limits,
         snapshot_note,
+        statistics,
     } = phase;
     let dst = connect::connect(&target_ep, "target").await?;
     // Finalize: nothing of ours stays on the target.
@@ -633,6 +675,7 @@ pub(crate) async fn finish(
         snapshot_note,
         databases: Vec::new(),
         globals: None,
+        statistics,
     })
 }
 

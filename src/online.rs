@@ -233,6 +233,7 @@ async fn resume_phase(
         database_limits,
         // Online copies are always one point in time (the slot's).
         snapshot_note: None,
+        statistics: None,
     })
 }
 
@@ -659,6 +660,7 @@ async fn finish_report(
         snapshot_note: phase.snapshot_note,
         databases: Vec::new(),
         globals: None,
+        statistics: phase.statistics,
     })
 }
 

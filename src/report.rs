@@ -79,6 +79,23 @@ pub struct MigrationReport {
     /// memberships, settings, tablespaces); `None` when an earlier run of
     /// it had done them already.
     pub globals: Option<GlobalsReport>,
+    /// Where the target's optimizer statistics came from (`None` when the
+    /// run made none: `Statistics::None`, or not reached).
+    pub statistics: Option<StatisticsReport>,
+}
+
+/// The target's optimizer statistics after the load.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StatisticsReport {
+    /// Tables whose statistics were carried from the source
+    /// (`Statistics::Carry` on a PostgreSQL 18+ target), their indexes'
+    /// with them: no ANALYZE ran on them.
+    pub carried_tables: usize,
+    /// Tables analyzed, each with why (no source statistics to carry,
+    /// extended statistics, or ANALYZE asked for).
+    pub analyzed_tables: Vec<(String, String)>,
+    /// Seconds the carry (and the ANALYZEs it left) took.
+    pub seconds: f64,
 }
 
 /// One database of a whole-cluster migration.
@@ -129,6 +146,8 @@ impl Serialize for MigrationReport {
             databases: &'a [DatabaseReport],
             #[serde(skip_serializing_if = "Option::is_none")]
             globals: &'a Option<GlobalsReport>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            statistics: &'a Option<StatisticsReport>,
         }
         let (tables, other_tables) = largest(
             &self.tables,
@@ -165,6 +184,7 @@ impl Serialize for MigrationReport {
             snapshot_note: &self.snapshot_note,
             databases: &self.databases,
             globals: &self.globals,
+            statistics: &self.statistics,
         }
         .serialize(s)
     }
@@ -217,6 +237,7 @@ impl MigrationReport {
             snapshot_note: None,
             databases: Vec::new(),
             globals: None,
+            statistics: None,
         }
     }
 
@@ -295,6 +316,17 @@ impl MigrationReport {
         ));
         if let Some(note) = &self.snapshot_note {
             s.push_str(&format!("  snapshot: {note}\n"));
+        }
+        if let Some(st) = &self.statistics {
+            s.push_str(&format!(
+                "  statistics: carried from the source for {} table(s), {} analyzed ({:.2}s)\n",
+                st.carried_tables,
+                st.analyzed_tables.len(),
+                st.seconds
+            ));
+            for (t, why) in &st.analyzed_tables {
+                s.push_str(&format!("    analyzed {t}: {why}\n"));
+            }
         }
         for note in &self.schema_notes {
             s.push_str(&format!("  filters: {note}\n"));

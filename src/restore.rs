@@ -307,7 +307,8 @@ pub(crate) async fn run_locked(
         jobs: cfg.jobs,
         index_jobs: cfg.index_jobs.unwrap_or(cfg.jobs),
         binary: true,
-        analyze: cfg.analyze,
+        // (An archive holds no statistics to carry: analyzed.)
+        analyze: cfg.statistics != crate::config::Statistics::None,
         token: store.clone(),
         progress: run.progress.clone(),
     });
@@ -443,6 +444,7 @@ pub(crate) async fn run_locked(
             snapshot_note: None,
             databases: Vec::new(),
             globals: None,
+            statistics: None,
         },
         (!seal).then_some(limits).flatten(),
     ))

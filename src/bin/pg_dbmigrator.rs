@@ -16,7 +16,7 @@ mod console;
 use pg_dbmigrator::error::exit_code;
 use pg_dbmigrator::{
     CopyFormat, CopyMethod, CutoverMode, EndpointConfig, Filters, MigrationConfig, MigrationError,
-    MigrationMode, Migrator, ResumeToken, VerifyLevel, VerifyOptions,
+    MigrationMode, Migrator, ResumeToken, Statistics, VerifyLevel, VerifyOptions,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -190,6 +190,16 @@ struct UnfenceArgs {
     /// Source connection string (the database that was fenced).
     #[arg(long, env = "PG_DBMIGRATOR_SOURCE", hide_env_values = true)]
     source: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
+enum StatisticsArg {
+    /// From the source where the target can import them (18+).
+    Carry,
+    /// ANALYZE the loaded tables.
+    Analyze,
+    /// Left to autovacuum.
+    None,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -488,8 +498,13 @@ struct MigrateArgs {
     /// Default: the database size divided by --jobs, between 64MB and 1GB.
     #[arg(long, value_parser = parse_size)]
     split_size: Option<u64>,
-    /// Do not ANALYZE the tables after loading them.
-    #[arg(long)]
+    /// The target's optimizer statistics: carry (from the source, where
+    /// the target can import them: PostgreSQL 18+; ANALYZE elsewhere),
+    /// analyze, or none (left to autovacuum).
+    #[arg(long, value_enum, default_value_t = StatisticsArg::Carry)]
+    statistics: StatisticsArg,
+    /// The same as --statistics none.
+    #[arg(long, conflicts_with = "statistics")]
     skip_analyze: bool,
     /// stream: server to server; dump: through an archive in --dump-path
     /// (dumped, then restored).
@@ -840,7 +855,11 @@ fn migrate_config(args: &MigrateArgs) -> Result<MigrationConfig, MigrationError>
         jobs: args.jobs,
         index_jobs: args.index_jobs,
         split_bytes: args.split_size,
-        analyze: !args.skip_analyze,
+        statistics: match (args.skip_analyze, args.statistics) {
+            (true, _) | (false, StatisticsArg::None) => Statistics::None,
+            (false, StatisticsArg::Analyze) => Statistics::Analyze,
+            (false, StatisticsArg::Carry) => Statistics::Carry,
+        },
         copy_method: match args.copy_method {
             CopyMethodArg::Stream => CopyMethod::Stream,
             CopyMethodArg::Dump => CopyMethod::Dump,
@@ -1038,7 +1057,12 @@ async fn restore(
         target: Some(endpoint("target", &args.target)?),
         jobs: args.jobs,
         index_jobs: args.index_jobs,
-        analyze: !args.skip_analyze,
+        // (An archive holds no statistics to carry.)
+        statistics: if args.skip_analyze {
+            Statistics::None
+        } else {
+            Statistics::Analyze
+        },
         large_objects: !args.no_large_objects,
         no_toast_compression: args.no_toast_compression,
         dump_path: Some(args.dump_path.clone()),

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use super::{
     CopyFormat, CopyMethod, CutoverMode, EndpointConfig, Filters, MigrationConfig, MigrationMode,
-    VerifyLevel,
+    Statistics, VerifyLevel,
 };
 use crate::error::{MigrationError, Result};
 
@@ -145,8 +145,9 @@ impl MigrationConfigBuilder {
         data_only: bool;
         /// Parallel COPY workers (at least 1).
         jobs: usize;
-        /// ANALYZE each table once loaded (default on).
-        analyze: bool;
+        /// Where the statistics come from (default: carried where the
+        /// target can import them).
+        statistics: Statistics;
         /// Server to server, or through an archive in `dump_path`.
         copy_method: CopyMethod;
         /// zstd level of the archive with `CopyMethod::Dump` (1 to 22).
@@ -351,7 +352,7 @@ mod tests {
         let d = MigrationConfig::offline(SRC, DST).build().unwrap();
         assert_eq!(d.mode, MigrationMode::Offline);
         assert_eq!(d.jobs, MigrationConfig::default().jobs);
-        assert!(d.analyze && d.large_objects && d.fence && !d.no_summary);
+        assert!(d.statistics == Statistics::Carry && d.large_objects && d.fence && !d.no_summary);
     }
 
     #[test]

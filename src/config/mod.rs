@@ -72,6 +72,23 @@ pub enum CopyMethod {
     Dump,
 }
 
+/// Where the target's optimizer statistics come from once the rows are in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Statistics {
+    /// Carried from the source's catalogs where the target can import
+    /// them (PostgreSQL 18+: no ANALYZE, the source's own numbers, as
+    /// pg_upgrade keeps them); ANALYZE where it cannot, and for tables the
+    /// source never analyzed or that have extended statistics.
+    #[default]
+    Carry,
+    /// ANALYZE every loaded table of 1000 rows or more (autovacuum
+    /// analyzes the smaller ones soon enough).
+    Analyze,
+    /// Neither: autovacuum analyzes the tables in its own time.
+    None,
+}
+
 /// When an online migration cuts over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -115,8 +132,10 @@ pub struct MigrationConfig {
     /// (PostgreSQL 14+ sources). `None`: from the database size and `jobs`;
     /// `Some(0)`: never split.
     pub split_bytes: Option<u64>,
-    /// ANALYZE each table once loaded and indexed.
-    pub analyze: bool,
+    /// The target's optimizer statistics once the rows are in: carried
+    /// from the source (default), sampled again by ANALYZE, or left to
+    /// autovacuum.
+    pub statistics: Statistics,
     /// How the data travels: straight from server to server, or through
     /// an archive in `dump_path` (dumped, then restored).
     pub copy_method: CopyMethod,
@@ -332,7 +351,7 @@ impl Default for MigrationConfig {
             jobs: 4,
             index_jobs: None,
             split_bytes: None,
-            analyze: true,
+            statistics: Statistics::Carry,
             copy_method: CopyMethod::Stream,
             compress_level: DEFAULT_ZSTD_LEVEL,
             filters: Filters::default(),

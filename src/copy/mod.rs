@@ -24,6 +24,7 @@ pub(crate) use steps::{apply_after_data, apply_steps, early_steps};
 pub mod plan;
 mod rows;
 mod sequences;
+pub(crate) mod statistics;
 mod worker;
 
 use crate::faults::{self, Point};
@@ -756,7 +757,7 @@ pub async fn copy_tables(
 /// builds and keys applied in one transaction.
 const SMALL_TABLE_BYTES: i64 = 1 << 20;
 /// Tables loaded with fewer rows are not analyzed by the migration.
-const ANALYZE_MIN_ROWS: u64 = 1000;
+pub(crate) const ANALYZE_MIN_ROWS: u64 = 1000;
 
 fn is_small(t: &TableInfo) -> bool {
     t.bytes < SMALL_TABLE_BYTES
