@@ -823,10 +823,30 @@ async fn cutover_steps(
     // (0) Schema changes that did not reach the target refuse the cutover
     // before the fence (and again under it, below).
     let whole = phase.filters == crate::config::filter::CompiledFilters::default();
+    let step = Instant::now();
     let scope = fingerprint_scope(ctl, &phase.filters, whole).await?;
     ddl::cutover_guard(ctl, dst, &state, scope.as_deref(), false).await?;
+    // Before the fence, what needs no fence, so that the downtime does
+    // not grow with the schema: every sequence set once (under the fence
+    // only those that moved since are), the tables listed.
+    let seqs = catalog::list_sequences(ctl, &phase.filters).await?;
+    let presynced = copy::presync_sequences(ctl, dst, &seqs).await?;
+    let tables_before = catalog::list_tables(ctl, &phase.filters).await?;
+    let unlogged_before = catalog::unlogged_tables(ctl).await?;
+    info!(
+        sequences = seqs.len(),
+        ms = step.elapsed().as_millis() as u64,
+        "cutover: schema checked and sequences set before the fence"
+    );
     // (1) The fence.
     let fenced_at = Instant::now();
+    let step_ms = |what: &str, since: Instant| {
+        info!(
+            ms = since.elapsed().as_millis() as u64,
+            since_fence_ms = fenced_at.elapsed().as_millis() as u64,
+            "cutover: {what}"
+        );
+    };
     if cfg.fence {
         around(Point::Fence, fence_db(ctl)).await?;
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -836,6 +856,8 @@ async fn cutover_steps(
     if let Some(t) = ticket.as_ref() {
         t.fenced(fenced_at);
     }
+    step_ms("fenced", fenced_at);
+    let step = Instant::now();
     // (2) Drain up to the fence.
     let mut fence_lsn = None;
     faults::before(Point::Drain).await;
@@ -922,18 +944,28 @@ async fn cutover_steps(
             .and_then(|c| c.fence_lsn);
     }
     faults::after(Point::Drain).await;
-    // (3) Sequences.
+    step_ms("drained to the fence", step);
+    let step = Instant::now();
+    // (3) Sequences: those created since the list before the fence are
+    // set too, and of the rest those that moved.
     let seqs = catalog::list_sequences(ctl, &phase.filters).await?;
-    let nseq = around(
+    let moved = around(
         Point::CutoverSequences,
-        copy::copy_sequences(ctl, dst, &seqs),
+        copy::copy_moved_sequences(ctl, dst, &seqs, &presynced),
     )
     .await?;
-    info!(sequences = nseq, "sequences copied");
+    info!(sequences = seqs.len(), moved, "sequences copied");
+    step_ms("sequences", step);
+    let step = Instant::now();
     // (4) Unlogged tables, large objects, materialized views.
     let unlogged_names = catalog::unlogged_tables(ctl).await?;
-    let unlogged: Vec<TableInfo> = catalog::list_tables(ctl, &phase.filters)
-        .await?
+    let tables = if unlogged_names.iter().all(|n| unlogged_before.contains(n)) {
+        tables_before
+    } else {
+        // An unlogged table made since: the list again.
+        catalog::list_tables(ctl, &phase.filters).await?
+    };
+    let unlogged: Vec<TableInfo> = tables
         .into_iter()
         .filter(|t| {
             prep.unlogged.contains(&t.qualified()) || unlogged_names.contains(&t.qualified())
@@ -953,6 +985,10 @@ async fn cutover_steps(
     }
     copy::refresh_matviews(dst).await?;
     faults::after(Point::CutoverRecopy).await;
+    step_ms(
+        "unlogged tables, large objects and materialized views",
+        step,
+    );
     // A whole cluster hands over at once: every database has done the
     // above (fenced, drained, sequences, recopies) before any goes on.
     if let Some(t) = ticket.take() {

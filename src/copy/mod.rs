@@ -49,7 +49,7 @@ use worker::ItemResult;
 pub use large_objects::{copy_large_objects, erase_large_objects, large_object_metadata};
 pub use recopy::{recopy_large_objects, recopy_unlogged, refresh_matviews};
 pub(crate) use rows::RowCounter;
-pub use sequences::copy_sequences;
+pub use sequences::{copy_moved_sequences, copy_sequences, presync_sequences, SequenceValues};
 pub use worker::WireFormat;
 pub(crate) use worker::{empty_partitioned, empty_table};
 

@@ -928,9 +928,44 @@ pub async fn sequence_state(client: &Client, seq: &SequenceInfo) -> Result<(i64,
     Ok((row.get(0), row.get(1)))
 }
 
-/// [`sequence_state`] of many sequences, a few hundred per round trip (one
-/// query each at 10,000 sequences took seconds). Every one must exist.
+/// [`sequence_state`] of many sequences. Every one must exist.
+///
+/// One query reads every called sequence's value
+/// (`pg_sequence_last_value`: 8,000 sequences in about 0.2 s, where the
+/// same through `UNION ALL` reads of the relations took 1 s, most of it
+/// planning); those it leaves NULL (never called, or reset by `setval(...,
+/// false)` or `RESTART`: their value is not in it) are read from the
+/// relations, a few hundred per query.
 pub async fn sequence_states(client: &Client, seqs: &[SequenceInfo]) -> Result<Vec<(i64, bool)>> {
+    let names: Vec<String> = seqs.iter().map(|s| s.qualified()).collect();
+    let rows = client
+        .query_typed(
+            "SELECT pg_catalog.pg_sequence_last_value(x::regclass)
+               FROM pg_catalog.unnest($1::text[]) WITH ORDINALITY AS u(x, i) ORDER BY i",
+            &[(&names, tokio_postgres::types::Type::TEXT_ARRAY)],
+        )
+        .await
+        .map_err(|e| MigrationError::db("reading the sequences' values", e))?;
+    let called: Vec<Option<i64>> = rows.iter().map(|r| r.get(0)).collect();
+    let rest: Vec<SequenceInfo> = seqs
+        .iter()
+        .zip(&called)
+        .filter(|(_, v)| v.is_none())
+        .map(|(s, _)| s.clone())
+        .collect();
+    let mut rest = relation_states(client, &rest).await?.into_iter();
+    Ok(called
+        .into_iter()
+        .map(|v| match v {
+            Some(v) => (v, true),
+            None => rest.next().expect("one state per sequence read"),
+        })
+        .collect())
+}
+
+/// `(last_value, is_called)` read from the sequences' relations, a few
+/// hundred per round trip.
+async fn relation_states(client: &Client, seqs: &[SequenceInfo]) -> Result<Vec<(i64, bool)>> {
     let mut out = Vec::with_capacity(seqs.len());
     for chunk in seqs.chunks(500) {
         let sql: Vec<String> = chunk
@@ -944,7 +979,7 @@ pub async fn sequence_states(client: &Client, seqs: &[SequenceInfo]) -> Result<V
             })
             .collect();
         let sql = format!("{} ORDER BY i", sql.join(" UNION ALL "));
-        match client.query(&sql, &[]).await {
+        match client.query_typed(&sql, &[]).await {
             Ok(rows) => out.extend(
                 rows.iter()
                     .map(|r| (r.get::<_, i64>(1), r.get::<_, bool>(2))),
