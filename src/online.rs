@@ -997,8 +997,11 @@ async fn cutover_steps(
         info!("every database of the cluster is drained: handing over");
     }
     // (5) Remove what we created.
+    let step = Instant::now();
     let mut st = state.clone();
     around(Point::RemoveCapture, remove_capture(ctl, &mut st)).await?;
+    step_ms("schema change capture removed", step);
+    let step = Instant::now();
     store.update(|t| {
         if let Some(o) = t.online.as_mut() {
             o.ddl_capture = false;
@@ -1013,6 +1016,8 @@ async fn cutover_steps(
             }
         })?;
     }
+    step_ms("slot dropped", step);
+    let step = Instant::now();
     if !cfg.keep_publication {
         around(
             Point::DropPublication,
@@ -1029,6 +1034,8 @@ async fn cutover_steps(
             }
         })?;
     }
+    step_ms("publication dropped", step);
+    let step = Instant::now();
     faults::before(Point::RestoreIdentities).await;
     preflight::restore_replica_identities(ctl, &st.replica_identity_fixes).await?;
     if !cfg.fallback {
@@ -1037,7 +1044,10 @@ async fn cutover_steps(
         preflight::restore_replica_identities(dst, &st.replica_identity_fixes).await?;
     }
     faults::after(Point::RestoreIdentities).await;
+    step_ms("replica identities restored", step);
+    let step = Instant::now();
     around(Point::Finalize, copy::drop_target_state(dst)).await?;
+    step_ms("the target's bookkeeping removed", step);
     if cfg.fallback {
         // The old source is still fenced and nobody writes on the new
         // server yet: the reverse slot starts where both are equal.
