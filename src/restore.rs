@@ -311,6 +311,8 @@ pub(crate) async fn run_locked(
         analyze: cfg.statistics != crate::config::Statistics::None,
         token: store.clone(),
         progress: run.progress.clone(),
+        // (From an archive: nothing is read from the source.)
+        rate: None,
     });
     let outcome = if finalizing {
         Default::default()

@@ -506,6 +506,10 @@ struct MigrateArgs {
     /// The same as --statistics none.
     #[arg(long, conflicts_with = "statistics")]
     skip_analyze: bool,
+    /// Cap the copy's read rate from the source, over all workers
+    /// (bytes a second: 20MB, 500kB, ...), to leave a live source its I/O.
+    #[arg(long, value_parser = parse_size)]
+    max_rate: Option<u64>,
     /// stream: server to server; dump: through an archive in --dump-path
     /// (dumped, then restored).
     #[arg(long, value_enum, default_value_t = CopyMethodArg::Stream)]
@@ -855,6 +859,7 @@ fn migrate_config(args: &MigrateArgs) -> Result<MigrationConfig, MigrationError>
         jobs: args.jobs,
         index_jobs: args.index_jobs,
         split_bytes: args.split_size,
+        max_rate: args.max_rate,
         statistics: match (args.skip_analyze, args.statistics) {
             (true, _) | (false, StatisticsArg::None) => Statistics::None,
             (false, StatisticsArg::Analyze) => Statistics::Analyze,

@@ -148,6 +148,8 @@ impl MigrationConfigBuilder {
         /// Where the statistics come from (default: carried where the
         /// target can import them).
         statistics: Statistics;
+        /// The cap on the source's read rate, bytes a second (`None`: none).
+        max_rate: Option<u64>;
         /// Server to server, or through an archive in `dump_path`.
         copy_method: CopyMethod;
         /// zstd level of the archive with `CopyMethod::Dump` (1 to 22).

@@ -128,6 +128,10 @@ pub struct MigrationConfig {
     pub jobs: usize,
     /// Sessions building indexes and keys beside the copy; `None`: as `jobs`.
     pub index_jobs: Option<usize>,
+    /// A cap on how fast the copy reads the source, in bytes a second over
+    /// every worker (`None`: as fast as it goes): a live source keeps the
+    /// I/O and the network its applications need.
+    pub max_rate: Option<u64>,
     /// Tables bigger than this are cut into page ranges of about this size
     /// (PostgreSQL 14+ sources). `None`: from the database size and `jobs`;
     /// `Some(0)`: never split.
@@ -271,6 +275,11 @@ impl MigrationConfig {
         if self.jobs == 0 {
             return config("--jobs must be at least 1".into());
         }
+        if self.max_rate == Some(0) {
+            return config(
+                "--max-rate must be more than 0 bytes a second (leave it out for no cap)".into(),
+            );
+        }
         if self.mode == MigrationMode::Online && self.copy_method != CopyMethod::Stream {
             return config(
                 "--mode online copies server to server: --copy-method dump is for offline migrations"
@@ -352,6 +361,7 @@ impl Default for MigrationConfig {
             index_jobs: None,
             split_bytes: None,
             statistics: Statistics::Carry,
+            max_rate: None,
             copy_method: CopyMethod::Stream,
             compress_level: DEFAULT_ZSTD_LEVEL,
             filters: Filters::default(),

@@ -23,6 +23,7 @@ pub mod steps;
 pub(crate) use steps::{apply_after_data, apply_steps, early_steps};
 pub mod plan;
 mod rows;
+pub mod rate;
 mod sequences;
 pub(crate) mod statistics;
 mod worker;
@@ -97,6 +98,9 @@ pub struct CopyContext {
     pub token: Arc<TokenStore>,
     /// Where each worker's current item is shown, if anywhere.
     pub progress: Option<Arc<crate::progress::Progress>>,
+    /// `--max-rate`: the cap on the source's read rate, shared by every
+    /// worker.
+    pub rate: Option<Arc<rate::RateLimit>>,
 }
 
 impl CopyContext {
@@ -642,6 +646,9 @@ pub async fn copy_tables(
     early: Vec<Step>,
     cancel: CancellationToken,
 ) -> Result<CopyOutcome> {
+    if let Some(p) = &ctx.progress {
+        p.set_max_rate(ctx.rate.as_ref().map(|r| r.bytes_per_second()));
+    }
     let mut st = State {
         items_left: vec![0; tables.len()],
         ..Default::default()

@@ -365,6 +365,22 @@ async fn start_item(
     first.store(false, Ordering::Relaxed);
     renewed?;
     let input = opened?;
+    // Held to the cap before anything counts it as moved.
+    let input: Rows = match &ctx.rate {
+        Some(limit) => {
+            let limit = limit.clone();
+            Box::pin(input.then(move |chunk| {
+                let limit = limit.clone();
+                async move {
+                    if let Ok(b) = &chunk {
+                        limit.take(b.len()).await;
+                    }
+                    chunk
+                }
+            }))
+        }
+        None => input,
+    };
     let input: Rows = match &ctx.progress {
         Some(p) => {
             let moved = p.worker(worker, Some(&item.name(t)));

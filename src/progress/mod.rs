@@ -144,6 +144,10 @@ pub struct Snapshot {
     /// frozen once it is done): the time [`Snapshot::rate`] divides by.
     #[serde(default)]
     pub copy_seconds: f64,
+    /// `--max-rate`: the copy reads the source no faster than this many
+    /// bytes a second (a rate at the cap is this governor, not the link).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rate: Option<u64>,
     /// A whole-cluster migration: the database being migrated (with
     /// several at once, the first copying, else the first running; its
     /// stage is `phase`). The counters above are the cluster's sums (see
@@ -353,6 +357,9 @@ pub enum Event {
         bytes_per_second: Option<f64>,
         /// [`Snapshot::eta`] in seconds.
         eta_seconds: Option<f64>,
+        /// [`Snapshot::max_rate`]: the copy is held to it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        max_rate: Option<u64>,
     },
     /// Online, every 5 s while streaming (see [`OnlineSnapshot`]).
     Lag {
@@ -446,6 +453,7 @@ impl Event {
             percent: s.percent(),
             bytes_per_second: s.rate(),
             eta_seconds: s.eta().map(|d| d.as_secs_f64()),
+            max_rate: s.max_rate,
         }
     }
 }
@@ -999,6 +1007,11 @@ impl Progress {
         });
     }
 
+    /// The copy reads under `--max-rate` (`None`: no cap).
+    pub(crate) fn set_max_rate(&self, bytes_per_second: Option<u64>) {
+        self.with(|s| s.max_rate = bytes_per_second);
+    }
+
     /// A lag sample of the online loop (an event every 5 seconds).
     pub fn set_online(&self, f: impl FnOnce(&mut OnlineSnapshot)) {
         let o = self.with(|s| {
@@ -1165,6 +1178,14 @@ pub fn metrics_text(s: &Snapshot) -> String {
             "Databases a whole-cluster migration takes.",
             "gauge",
             s.databases_total as f64,
+        );
+    }
+    if let Some(r) = s.max_rate {
+        metric(
+            "max_rate_bytes_per_second",
+            "The cap --max-rate puts on the copy's read rate from the source.",
+            "gauge",
+            r as f64,
         );
     }
     metric(
