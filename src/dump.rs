@@ -349,7 +349,9 @@ pub(crate) async fn run_with(
         analyze: false,
         token: store.clone(),
         progress: run.progress.clone(),
-        rate: cfg.max_rate.map(|r| Arc::new(copy::rate::RateLimit::new(r))),
+        rate: cfg
+            .max_rate
+            .map(|r| Arc::new(copy::rate::RateLimit::new(r))),
     });
     let written = todo.len();
     let remaining: u64 = todo

@@ -337,7 +337,9 @@ pub(crate) async fn copy_phase(
                 },
                 token: store.clone(),
                 progress: run.progress.clone(),
-                rate: cfg.max_rate.map(|r| Arc::new(copy::rate::RateLimit::new(r))),
+                rate: cfg
+                    .max_rate
+                    .map(|r| Arc::new(copy::rate::RateLimit::new(r))),
             });
             let e = match copy::copy_tables(ctx, tables.clone(), todo, early, cancel.clone()).await
             {

@@ -25,7 +25,15 @@ async fn max_rate_holds_the_copy_to_its_cap() {
     let out = run_migrate(
         &db.source,
         &db.target,
-        &["--json", "--jobs", "2", "--max-rate", "20MB", "--split-size", "64MB"],
+        &[
+            "--json",
+            "--jobs",
+            "2",
+            "--max-rate",
+            "20MB",
+            "--split-size",
+            "64MB",
+        ],
     )
     .await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -53,7 +61,10 @@ async fn max_rate_holds_the_copy_to_its_cap() {
         "{bytes} bytes in {copy_secs:.2}s: {:.2} MB/s against a cap of 20 MB/s",
         rate / (1 << 20) as f64
     );
-    assert!(bytes > 180 << 20, "{bytes} bytes: the table is smaller than meant");
+    assert!(
+        bytes > 180 << 20,
+        "{bytes} bytes: the table is smaller than meant"
+    );
     let ratio = rate / cap as f64;
     assert!(
         (0.9..=1.1).contains(&ratio),
@@ -65,6 +76,11 @@ async fn max_rate_holds_the_copy_to_its_cap() {
         content_digest(&db.target).await
     );
     // A cap of nothing is refused before anything starts.
-    let err = migrate_refused(&db.source, &other_target_db(&db, "zero"), &["--max-rate", "0"]).await;
+    let err = migrate_refused(
+        &db.source,
+        &other_target_db(&db, "zero"),
+        &["--max-rate", "0"],
+    )
+    .await;
     assert!(err.contains("--max-rate"), "{err}");
 }
