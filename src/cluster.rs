@@ -959,33 +959,18 @@ async fn offline_databases(
     view: &view::ClusterView,
 ) -> Result<Vec<DatabaseReport>> {
     use futures::stream::{self, StreamExt};
-    let (source, target) = (
-        cfg.source.clone().expect("checked"),
-        cfg.target.clone().expect("checked"),
-    );
     let total = token.databases.len();
     let side_by_side = cfg.jobs.clamp(1, total.max(1));
     let budget = std::sync::Arc::new(tokio::sync::Semaphore::new(cfg.jobs.max(1)));
     let shared = std::sync::Mutex::new(token.clone());
     let one = |i: usize| {
         let db = token.databases[i].clone();
-        let (source, target, budget, shared) = (&source, &target, budget.clone(), &shared);
+        let (budget, shared) = (budget.clone(), &shared);
         async move {
             if run.cancel.is_cancelled() {
                 return (i, Err(MigrationError::Cancelled));
             }
-            let db_dir = dir.join(&db.dir);
-            let mut db_cfg = cfg.clone();
-            db_cfg.all_databases = false;
-            db_cfg.exclude_databases.clear();
-            db_cfg.migration_id = None;
-            db_cfg.source = Some(source.with_dbname(&db.name));
-            db_cfg.target = Some(target.with_dbname(&db.name));
-            db_cfg.dump_path = Some(db_dir.clone());
-            // Each database resumes from its own token when it has one; a
-            // database not started yet starts (a cluster `--resume` is not
-            // a database's `--resume`).
-            db_cfg.resume = ResumeToken::path_for(&db_dir).exists();
+            let db_cfg = database_config(cfg, dir, &db);
             info!(database = %db.name, done = db.done, "database {} of {total}", i + 1);
             // Its own progress (side by side, one database's counts would
             // overwrite another's), which the cluster's adds up.
