@@ -57,7 +57,11 @@ fn rises(values: &[f64]) -> usize {
 async fn percent_rises_inside_one_big_table_through_the_library() {
     let db = big_table_db("lib_progress_big").await;
     let dir = tempfile::tempdir().unwrap();
-    let migrator = Migrator::new(data_only(&db, &dir.path().join("w")));
+    // Paced (see the CLI test below), so the percentage is seen moving.
+    let migrator = Migrator::new(MigrationConfig {
+        max_rate: Some(40 << 20),
+        ..data_only(&db, &dir.path().join("w"))
+    });
     // Created well before the run: elapsed time must not count this wait.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut snapshots = migrator.subscribe();
@@ -150,7 +154,10 @@ async fn percent_rises_inside_one_big_table_in_the_cli_events() {
     let db = big_table_db("cli_progress_big").await;
     let dir = tempfile::tempdir().unwrap();
     let mut args = migrate_args(&db, dir.path().join("w").to_str().unwrap());
-    args.extend(["--split-size", "0", "--json"].map(String::from));
+    // Paced (about 3 s for the table's 135 MB), so the percentage is seen
+    // moving whatever the machine's speed: unpaced, a fast one copied it in
+    // half a second, four events.
+    args.extend(["--split-size", "0", "--max-rate", "40MB", "--json"].map(String::from));
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = run_async(&a).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
