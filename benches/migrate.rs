@@ -20,6 +20,9 @@
 //!   every client tool (pg_dump, pg_restore, psql, pgcopydb's) stays the
 //!   source's, as when upgrading with the old server's tools. pgcopydb is
 //!   tried once on a probe database and shown n/a when it refuses.
+//! * `BENCH_RTT_MS` — every tool reaches both servers through the
+//!   testkit's proxy, which adds half of this each way (a distance between
+//!   hosts, zones or regions); the harness's own checks go straight.
 //! * `BENCH_RUNS` — rounds per dataset and configuration (default 3).
 //! * `BENCH_JOBS` — `--jobs` for every tool (default 2).
 //! * `BENCH_TOOLS` — comma list to restrict the tools (names as in the

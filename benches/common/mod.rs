@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
+use pg_dbmigrator::testkit::proxy::FaultProxy;
 use pg_dbmigrator::testkit::{ensure_embedded_major, Cluster, ClusterOptions};
 
 use datasets::Dataset;
@@ -34,6 +35,9 @@ pub struct Config {
     /// `max_locks_per_transaction` of both servers, when the datasets need
     /// more than PostgreSQL's default.
     pub max_locks: Option<u32>,
+    /// Milliseconds of round trip every tool pays to each server: the
+    /// testkit's proxy adds half of it each way (`None`: straight).
+    pub rtt_ms: Option<u64>,
 }
 
 fn env_or(name: &str, default: &str) -> String {
@@ -68,6 +72,12 @@ impl Config {
             "test" => vec![ServerConfig::Test],
             other => bail!("BENCH_CONFIG={other:?}: expected production, test or both"),
         };
+        let rtt_ms = std::env::var("BENCH_RTT_MS")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| v.trim().parse::<u64>())
+            .transpose()
+            .context("BENCH_RTT_MS")?;
         let target_major = std::env::var("BENCH_TARGET_MAJOR")
             .ok()
             .filter(|v| !v.trim().is_empty())
@@ -93,6 +103,7 @@ impl Config {
             configs,
             target_major,
             max_locks,
+            rtt_ms,
         })
     }
 }
@@ -237,20 +248,44 @@ pub struct Ctx {
     pub work: PathBuf,
     /// Per-run logs of the tools.
     pub logs: PathBuf,
+    /// `BENCH_RTT_MS`: the proxies in front of the source and the target
+    /// that every tool goes through (the harness's own reads do not).
+    pub proxies: Option<(FaultProxy, FaultProxy)>,
 }
 
 impl Ctx {
-    fn uri(c: &Cluster, db: &str) -> String {
+    fn uri(c: &Cluster, port: u16, db: &str) -> String {
         format!(
             "postgres://{}:{}@{}:{}/{}?sslmode=disable",
-            c.superuser, c.password, c.host, c.port, db
+            c.superuser, c.password, c.host, port, db
         )
     }
+    /// The ports the tools reach the servers at.
+    fn tool_ports(&self) -> (u16, u16) {
+        match &self.proxies {
+            Some((s, t)) => (s.port, t.port),
+            None => (self.src.port, self.tgt.port),
+        }
+    }
     pub fn src_uri(&self, db: &str) -> String {
-        Ctx::uri(&self.src, db)
+        Ctx::uri(&self.src, self.tool_ports().0, db)
     }
     pub fn tgt_uri(&self, db: &str) -> String {
-        Ctx::uri(&self.tgt, db)
+        Ctx::uri(&self.tgt, self.tool_ports().1, db)
+    }
+    /// The source's key=value conninfo as the tools get it.
+    pub fn src_tool(&self, db: &str) -> String {
+        match &self.proxies {
+            Some((p, _)) => p.route(&self.src.conninfo(db)),
+            None => self.src.conninfo(db),
+        }
+    }
+    /// The target's key=value conninfo as the tools get it.
+    pub fn tgt_tool(&self, db: &str) -> String {
+        match &self.proxies {
+            Some((_, p)) => p.route(&self.tgt.conninfo(db)),
+            None => self.tgt.conninfo(db),
+        }
     }
 }
 
@@ -443,6 +478,20 @@ pub fn run() -> Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
 
+    let proxies = match cfg.rtt_ms {
+        Some(ms) => {
+            let proxy = |c: &Cluster| -> Result<FaultProxy> {
+                let p = FaultProxy::start(format!("127.0.0.1:{}", c.port).parse()?)?;
+                p.set_delay(std::time::Duration::from_micros(ms * 500));
+                Ok(p)
+            };
+            eprintln!(
+                "every tool reaches the servers through proxies adding {ms} ms of round trip"
+            );
+            Some((proxy(&src)?, proxy(&tgt)?))
+        }
+        None => None,
+    };
     let ctx = Ctx {
         cfg: cfg.clone(),
         src,
@@ -451,6 +500,7 @@ pub fn run() -> Result<()> {
         rss_probe,
         work: work_root.path().to_path_buf(),
         logs,
+        proxies,
     };
 
     let mut tools = Vec::new();
@@ -490,6 +540,7 @@ pub fn run() -> Result<()> {
         rss_probe: rss_probe.describe().to_string(),
         configs: cfg.configs.clone(),
         max_locks: cfg.max_locks,
+        rtt_ms: cfg.rtt_ms,
     });
     report.unavailable = unavailable;
 

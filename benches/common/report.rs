@@ -23,6 +23,8 @@ pub struct Header {
     pub rss_probe: String,
     pub configs: Vec<ServerConfig>,
     pub max_locks: Option<u32>,
+    /// `BENCH_RTT_MS`.
+    pub rtt_ms: Option<u64>,
 }
 
 pub struct DatasetInfo {
@@ -310,6 +312,13 @@ impl Report {
                 s,
                 "- max_locks_per_transaction={n} on both servers (PostgreSQL's default is 64): \
                  pg_dump -j holds a lock on every table twice at once (leader and workers)"
+            );
+        }
+        if let Some(ms) = h.rtt_ms {
+            let _ = writeln!(
+                s,
+                "- every tool reaches both servers through a proxy adding {ms} ms of round trip \
+                 (half each way; the testkit's `FaultProxy`), the tool near neither end"
             );
         }
         let _ = writeln!(s, "- peak RSS: {}", h.rss_probe);

@@ -160,8 +160,8 @@ pub fn run_one(ctx: &Ctx, ds: &mut DatasetState, tool: Tool, round: usize) -> Re
 
 fn run_tool(ctx: &Ctx, ds: &DatasetState, tool: Tool, scratch: &Path, log: &Path) -> Result<RunOk> {
     let jobs = ctx.cfg.jobs.to_string();
-    let src = ctx.src.conninfo(&ds.db);
-    let tgt = ctx.tgt.conninfo(TARGET_DB);
+    let src = ctx.src_tool(&ds.db);
+    let tgt = ctx.tgt_tool(TARGET_DB);
     let pgbin = &ctx.src.bin_dir;
     let measure = |cmd: &Cmd| run_measured(cmd, log, ctx.rss_probe);
     match tool {
