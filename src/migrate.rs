@@ -477,7 +477,8 @@ pub(crate) async fn copy_phase(
             } else {
                 let copied: std::collections::BTreeMap<String, u64> =
                     results.iter().map(|r| (r.table.clone(), r.rows)).collect();
-                let o = copy::statistics::carry(&src, &dst, &tables, &copied).await?;
+                let o =
+                    copy::statistics::carry(&src, &dst, &tables, &copied, source_version).await?;
                 Some(crate::report::StatisticsReport {
                     carried_tables: o.carried.len(),
                     analyzed_tables: o

@@ -53,8 +53,9 @@ struct RelStats {
     has_extended: bool,
 }
 
-/// Carry the statistics of `tables` from `src` (statistics are not
-/// transactional data: any session will do) to `dst`, then ANALYZE, when
+/// Carry the statistics of `tables` from `src` (whose
+/// `server_version_num` is `version`; statistics are not transactional
+/// data: any session will do) to `dst`, then ANALYZE, when
 /// they hold [`super::ANALYZE_MIN_ROWS`] rows or more (`copied` by table,
 /// as copied in this run; the estimate otherwise), those with nothing to
 /// carry: a table the source never analyzed, a filtered or re-shaped one
@@ -65,6 +66,7 @@ pub(crate) async fn carry(
     dst: &Client,
     tables: &[TableInfo],
     copied: &BTreeMap<String, u64>,
+    version: i32,
 ) -> Result<Outcome> {
     let t0 = Instant::now();
     let mut out = Outcome::default();
@@ -85,14 +87,6 @@ pub(crate) async fn carry(
     if tables.is_empty() {
         return analyze(dst, out, t0).await;
     }
-    let version: i32 = src
-        .query_one(
-            "SELECT pg_catalog.current_setting('server_version_num')::int4",
-            &[],
-        )
-        .await
-        .map_err(|e| MigrationError::db("reading the source's version", e))?
-        .get(0);
     let oids: Vec<u32> = tables.iter().map(|t| t.oid).collect();
     let rels = relation_stats(src, &oids, version).await?;
     let attrs = attribute_stats(src, &oids, version).await?;
