@@ -680,6 +680,7 @@ pub(crate) async fn finish(
         databases: Vec::new(),
         globals: None,
         statistics,
+        round_trips: None,
     })
 }
 

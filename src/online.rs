@@ -661,6 +661,7 @@ async fn finish_report(
         databases: Vec::new(),
         globals: None,
         statistics: phase.statistics,
+        round_trips: None,
     })
 }
 

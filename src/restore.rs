@@ -447,6 +447,7 @@ pub(crate) async fn run_locked(
             databases: Vec::new(),
             globals: None,
             statistics: None,
+            round_trips: None,
         },
         (!seal).then_some(limits).flatten(),
     ))
