@@ -949,7 +949,10 @@ fn cluster_report(
         total.bytes += r.bytes;
         total.schema_steps += r.schema_steps;
         if let Some(rt) = &r.round_trips {
-            total.round_trips.get_or_insert_with(Default::default).add(rt);
+            total
+                .round_trips
+                .get_or_insert_with(Default::default)
+                .add(rt);
         }
     }
     total.already_complete =

@@ -114,7 +114,9 @@ pub use progress::human_bytes;
 pub use progress::{
     DatabaseProgress, DatabaseState, Event, OnlineSnapshot, Phase, Snapshot, WorkerSnapshot,
 };
-pub use report::{MigrationReport, OnlineReport, RoundTrips, StatisticsReport};
+pub use report::{
+    MigrationReport, OnlineReport, RoundTrips, StatisticsAfterCutover, StatisticsReport,
+};
 pub use resume::{discard_files, DiscardedFiles};
 #[doc(hidden)]
 pub use resume::{ResumeToken, Stage};

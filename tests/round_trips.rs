@@ -88,7 +88,10 @@ async fn five_hundred_tables_take_few_round_trips() {
         .as_array()
         .map(|a| a.iter().map(|s| s[1].as_u64().unwrap_or(0)).sum())
         .unwrap_or(0);
-    eprintln!("the report counted {counted}: {}", report["round_trips"]["by_stage"]);
+    eprintln!(
+        "the report counted {counted}: {}",
+        report["round_trips"]["by_stage"]
+    );
     assert_eq!(by_stage, counted, "{:#}", report["round_trips"]);
     let seen = (src + dst) as f64;
     assert!(

@@ -372,7 +372,9 @@ async fn connect_host(
         _ => return attempt(cfg.ssl_mode(PgSslMode::Disable), host, port, NoTls, label).await,
     };
     match ep.sslmode {
-        SslMode::Disable => attempt(cfg.ssl_mode(PgSslMode::Disable), host, port, NoTls, label).await,
+        SslMode::Disable => {
+            attempt(cfg.ssl_mode(PgSslMode::Disable), host, port, NoTls, label).await
+        }
         SslMode::Allow => {
             // Plain first; only if the server itself turns us away (e.g. a
             // hostssl-only pg_hba) is TLS worth a second try.

@@ -792,15 +792,11 @@ async fn attempt(
 ) -> std::result::Result<ReplicationSession, Failure> {
     let (io, tls_hash, tls_tried): (BoxIo, Option<Option<Vec<u8>>>, bool) = match host {
         Host::Unix(_) => {
-            let s = open_socket(host, port)
-                .await
-                .map_err(|e| Failure::io(&e))?;
+            let s = open_socket(host, port).await.map_err(|e| Failure::io(&e))?;
             (Box::new(s) as BoxIo, None, false)
         }
         Host::Tcp(name) => {
-            let mut s = open_socket(host, port)
-                .await
-                .map_err(|e| Failure::io(&e))?;
+            let mut s = open_socket(host, port).await.map_err(|e| Failure::io(&e))?;
             match (want, tls) {
                 (TlsWant::Off, _) | (_, None) => (Box::new(s) as BoxIo, None, false),
                 (TlsWant::Try | TlsWant::Must, Some(config)) => {
