@@ -82,7 +82,6 @@ impl SchemaScript {
                 o.acl.clear();
             }
         }
-        let mut deps = model.resolve();
         // A refresh reads other materialized views: they must be refreshed first.
         let refresh_of: std::collections::HashMap<usize, usize> = model
             .objects
@@ -91,6 +90,7 @@ impl SchemaScript {
             .filter(|(_, o)| o.key.kind == ObjectKind::RefreshMatview)
             .filter_map(|(r, o)| o.deps.first().map(|&mv| (mv, r)))
             .collect();
+        let mut deps = model.resolve_once();
         for (&mv, &r) in &refresh_of {
             let extra: Vec<usize> = deps[mv]
                 .iter()
@@ -100,18 +100,6 @@ impl SchemaScript {
         }
         split_pre_data_loops(&mut model, &mut deps);
         split_view_loops(&mut model, &mut deps);
-        let keys: Vec<SortKey> = model.objects.iter().map(|o| o.key.clone()).collect();
-        // Nothing in pre-data may wait for post-data: such an edge is a loop
-        // pg_dump repairs (dummy view, postponed function); until those
-        // repairs exist, the sorter breaks it and we report it.
-        let (order, warnings) =
-            sort::sort_with_repairs(&keys, &mut deps, &mut |_loop, _deps| false)
-                .map_err(MigrationError::Internal)?;
-        let mut script = SchemaScript {
-            warnings,
-            database_limits: model.database_limits,
-            ..Default::default()
-        };
         let section_of = |o: &super::model::SchemaObject| match o.key.kind {
             ObjectKind::RefreshMatview
             | ObjectKind::EventTrigger
@@ -120,9 +108,35 @@ impl SchemaScript {
             k if k.section() == Section::PostData => Part::PostData,
             _ => Part::PreData,
         };
+        let sections: Vec<Part> = model.objects.iter().map(|o| section_of(o)).collect();
+        // The keys are moved out for the sort (nothing after it reads them):
+        // a copy would hold every name twice.
+        let keys: Vec<SortKey> = model
+            .objects
+            .iter_mut()
+            .map(|o| {
+                let kind = o.key.kind;
+                std::mem::replace(&mut o.key, SortKey::new(kind, "", ""))
+            })
+            .collect();
+        // Nothing in pre-data may wait for post-data: such an edge is a loop
+        // pg_dump repairs (dummy view, postponed function); until those
+        // repairs exist, the sorter breaks it and we report it.
+        let (order, warnings) =
+            sort::sort_with_repairs(&keys, &mut deps, &mut |_loop, _deps| false)
+                .map_err(MigrationError::Internal)?;
+        drop(keys);
+        let count = |p: Part| sections.iter().filter(|s| **s == p).count();
+        let mut script = SchemaScript {
+            warnings,
+            database_limits: model.database_limits,
+            pre_data: Vec::with_capacity(count(Part::PreData)),
+            post_data: Vec::with_capacity(count(Part::PostData)),
+            last: Vec::with_capacity(count(Part::Last)),
+            ..Default::default()
+        };
         // An object runs early, beside the copy, only when it is post-data and
         // everything it needs is pre-data or runs early on the same table.
-        let sections: Vec<Part> = model.objects.iter().map(|o| section_of(o)).collect();
         for &i in &order {
             let o = &model.objects[i];
             let early = o.data_of.is_some()
@@ -165,13 +179,6 @@ impl SchemaScript {
                 after_indexes: false,
                 parallel: true,
             });
-            let step = Step {
-                describe: o.describe.clone(),
-                sql,
-                table,
-                after_indexes,
-                parallel: false,
-            };
             let acl = std::mem::take(&mut o.acl);
             if !acl.is_empty() {
                 script.acl.push(Step {
@@ -182,6 +189,13 @@ impl SchemaScript {
                     parallel: false,
                 });
             }
+            let step = Step {
+                describe: std::mem::take(&mut o.describe),
+                sql,
+                table,
+                after_indexes,
+                parallel: false,
+            };
             if step.sql.is_empty() {
                 continue;
             }
@@ -193,19 +207,44 @@ impl SchemaScript {
                 _ => script.pre_data.push(step),
             }
         }
-        // Step names are resume markers: they must be unique.
-        let mut seen = std::collections::HashMap::new();
-        for part in [
-            &mut script.pre_data,
-            &mut script.post_data,
-            &mut script.acl,
-            &mut script.last,
-        ] {
-            for step in part.iter_mut() {
-                let n = seen.entry(step.describe.clone()).or_insert(0u32);
-                *n += 1;
-                if *n > 1 {
-                    step.describe = format!("{} #{n}", step.describe);
+        // What is left of the objects is no longer needed.
+        drop(model);
+        // Step names are resume markers: they must be unique. Counted by
+        // reference, so only the few repeated names are ever copied.
+        let repeated: std::collections::HashSet<String> = {
+            let mut seen: std::collections::HashMap<&str, u32> =
+                std::collections::HashMap::with_capacity(
+                    script.pre_data.len() + script.post_data.len() + script.acl.len(),
+                );
+            for part in [
+                &script.pre_data,
+                &script.post_data,
+                &script.acl,
+                &script.last,
+            ] {
+                for step in part {
+                    *seen.entry(step.describe.as_str()).or_insert(0) += 1;
+                }
+            }
+            seen.into_iter()
+                .filter(|(_, n)| *n > 1)
+                .map(|(d, _)| d.to_string())
+                .collect()
+        };
+        if !repeated.is_empty() {
+            let mut seen: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
+            for part in [
+                &mut script.pre_data,
+                &mut script.post_data,
+                &mut script.acl,
+                &mut script.last,
+            ] {
+                for step in part.iter_mut().filter(|s| repeated.contains(&s.describe)) {
+                    let n = seen.entry(step.describe.clone()).or_insert(0u32);
+                    *n += 1;
+                    if *n > 1 {
+                        step.describe = format!("{} #{n}", step.describe);
+                    }
                 }
             }
         }

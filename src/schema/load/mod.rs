@@ -1245,7 +1245,8 @@ async fn load_constraints_and_indexes(
 ) -> Result<()> {
     let _ = major;
     // PRIMARY KEY / UNIQUE / EXCLUDE / FOREIGN KEY.
-    let cons = query(
+    let mut index_owner: HashMap<u32, usize> = HashMap::new();
+    query_each(
         c,
         "constraints",
         "SELECT co.oid, co.conrelid, co.conname::text, co.contype::text, pg_catalog.pg_get_constraintdef(co.oid),
@@ -1258,135 +1259,134 @@ async fn load_constraints_and_indexes(
            FROM pg_catalog.pg_constraint co
           WHERE co.contype IN ('p', 'u', 'x', 'f') AND co.conrelid <> 0
           ORDER BY co.conrelid, co.conname",
-    )
-    .await?;
-    let mut index_owner: HashMap<u32, usize> = HashMap::new();
-    for r in &cons {
-        let (oid, relid, name, contype, def, indid, parentid): (
-            u32,
-            u32,
-            String,
-            String,
-            String,
-            u32,
-            u32,
-        ) = (
-            r.get(0),
-            r.get(1),
-            r.get(2),
-            r.get(3),
-            r.get(4),
-            r.get(5),
-            r.get(6),
-        );
-        let Some(rel) = rels.get(&relid) else {
-            continue;
-        };
-        if contype == "f" && parentid != 0 {
-            continue; // cloned onto partitions automatically
-        }
-        let only = if rel.kind == 'p' && contype == "f" {
-            ""
-        } else {
-            "ONLY "
-        };
-        let mut def = def;
-        if contype != "f" && contype != "x" {
-            if let Some(w) = reloptions_clause(&r.get(7)) {
-                match def.find(" DEFERRABLE") {
-                    Some(p) => def.insert_str(p, &format!(" {w}")),
-                    None => def.push_str(&format!(" {w}")),
+        |r| {
+            let (oid, relid, name, contype, def, indid, parentid): (
+                u32,
+                u32,
+                String,
+                String,
+                String,
+                u32,
+                u32,
+            ) = (
+                r.get(0),
+                r.get(1),
+                r.get(2),
+                r.get(3),
+                r.get(4),
+                r.get(5),
+                r.get(6),
+            );
+            let Some(rel) = rels.get(&relid) else {
+                return;
+            };
+            if contype == "f" && parentid != 0 {
+                return; // cloned onto partitions automatically
+            }
+            let only = if rel.kind == 'p' && contype == "f" {
+                ""
+            } else {
+                "ONLY "
+            };
+            let mut def = def;
+            if contype != "f" && contype != "x" {
+                if let Some(w) = reloptions_clause(&r.get(7)) {
+                    match def.find(" DEFERRABLE") {
+                        Some(p) => def.insert_str(p, &format!(" {w}")),
+                        None => def.push_str(&format!(" {w}")),
+                    }
                 }
             }
-        }
-        let kind = if contype == "f" {
-            ObjectKind::FkConstraint
-        } else {
-            ObjectKind::Constraint
-        };
-        let mut o = on_table(
-            kind,
-            &name,
-            oid,
-            format!("CONSTRAINT {} ON {}", ident(&name), rel.qname),
-            rel,
-        );
-        // A key of a plain table is built as a unique index, then attached:
-        // see `SchemaObject::index_first`. Deferrable keys and temporal
-        // (WITHOUT OVERLAPS) keys cannot be attached that way.
-        let indexdef: Option<String> = r.get(8);
-        let attachable = matches!(contype.as_str(), "p" | "u")
-            && rel.kind == 'r'
-            && !r.get::<_, bool>(9)
-            && !def.contains("WITHOUT OVERLAPS");
-        match indexdef.filter(|d| attachable && d.starts_with("CREATE UNIQUE INDEX ")) {
-            Some(indexdef) => {
-                let word = if contype == "p" {
-                    "PRIMARY KEY"
-                } else {
-                    "UNIQUE"
-                };
-                o.index_first = Some(tablespace::wrap(
+            let kind = if contype == "f" {
+                ObjectKind::FkConstraint
+            } else {
+                ObjectKind::Constraint
+            };
+            let mut o = on_table(
+                kind,
+                &name,
+                oid,
+                format!("CONSTRAINT {} ON {}", ident(&name), rel.qname),
+                rel,
+            );
+            // A key of a plain table is built as a unique index, then attached:
+            // see `SchemaObject::index_first`. Deferrable keys and temporal
+            // (WITHOUT OVERLAPS) keys cannot be attached that way.
+            let indexdef: Option<String> = r.get(8);
+            let attachable = matches!(contype.as_str(), "p" | "u")
+                && rel.kind == 'r'
+                && !r.get::<_, bool>(9)
+                && !def.contains("WITHOUT OVERLAPS");
+            match indexdef.filter(|d| attachable && d.starts_with("CREATE UNIQUE INDEX ")) {
+                Some(indexdef) => {
+                    let word = if contype == "p" {
+                        "PRIMARY KEY"
+                    } else {
+                        "UNIQUE"
+                    };
+                    o.index_first = Some(tablespace::wrap(
+                        r.get::<_, Option<String>>(10).as_deref(),
+                        format!("{indexdef};"),
+                    ));
+                    o.create.push(format!(
+                        "ALTER TABLE ONLY {}\n    ADD CONSTRAINT {} {word} USING INDEX {};",
+                        rel.qname,
+                        ident(&name),
+                        ident(&name)
+                    ));
+                }
+                // A foreign key of a plain table: added NOT VALID (no scan, brief
+                // locks), validated later in parallel. Partitioned tables cannot
+                // take NOT VALID foreign keys before PostgreSQL 18.
+                None if contype == "f" && rel.kind == 'r' && !def.ends_with(" NOT VALID") => {
+                    o.create.push(format!(
+                        "ALTER TABLE {only}{}\n    ADD CONSTRAINT {} {def} NOT VALID;",
+                        rel.qname,
+                        ident(&name)
+                    ));
+                    o.validate_later = Some(format!(
+                        "ALTER TABLE {only}{} VALIDATE CONSTRAINT {};",
+                        rel.qname,
+                        ident(&name)
+                    ));
+                }
+                None => o.create.push(tablespace::wrap(
                     r.get::<_, Option<String>>(10).as_deref(),
-                    format!("{indexdef};"),
-                ));
-                o.create.push(format!(
-                    "ALTER TABLE ONLY {}\n    ADD CONSTRAINT {} {word} USING INDEX {};",
-                    rel.qname,
-                    ident(&name),
-                    ident(&name)
-                ));
+                    format!(
+                        "ALTER TABLE {only}{}\n    ADD CONSTRAINT {} {def};",
+                        rel.qname,
+                        ident(&name)
+                    ),
+                )),
             }
-            // A foreign key of a plain table: added NOT VALID (no scan, brief
-            // locks), validated later in parallel. Partitioned tables cannot
-            // take NOT VALID foreign keys before PostgreSQL 18.
-            None if contype == "f" && rel.kind == 'r' && !def.ends_with(" NOT VALID") => {
-                o.create.push(format!(
-                    "ALTER TABLE {only}{}\n    ADD CONSTRAINT {} {def} NOT VALID;",
-                    rel.qname,
-                    ident(&name)
-                ));
-                o.validate_later = Some(format!(
-                    "ALTER TABLE {only}{} VALIDATE CONSTRAINT {};",
-                    rel.qname,
-                    ident(&name)
-                ));
+            if contype != "f" && rel.kind == 'r' {
+                o.data_of = Some(rel.qname.clone());
             }
-            None => o.create.push(tablespace::wrap(
-                r.get::<_, Option<String>>(10).as_deref(),
-                format!(
-                    "ALTER TABLE {only}{}\n    ADD CONSTRAINT {} {def};",
-                    rel.qname,
-                    ident(&name)
-                ),
-            )),
-        }
-        if contype != "f" && rel.kind == 'r' {
-            o.data_of = Some(rel.qname.clone());
-        }
-        o.comments.extend(comment_on(
-            comments,
-            (class::PG_CONSTRAINT, oid, 0),
-            &format!("CONSTRAINT {} ON {}", ident(&name), rel.qname),
-        ));
-        if contype != "f" && indid != 0 {
-            // The index backing the key may have a comment of its own
-            // (pg_dump prints it with the constraint). PostgreSQL keeps the
-            // index's name equal to the constraint's.
             o.comments.extend(comment_on(
                 comments,
-                (class::PG_CLASS, indid, 0),
-                &format!("INDEX {}", qualified(&rel.namespace, &name)),
+                (class::PG_CONSTRAINT, oid, 0),
+                &format!("CONSTRAINT {} ON {}", ident(&name), rel.qname),
             ));
-        }
-        let i = m.add(o, &[(class::PG_CONSTRAINT, oid)]);
-        if contype != "f" && indid != 0 {
-            m.alias((class::PG_CLASS, indid), i);
-            index_owner.insert(indid, i);
-        }
-    }
+            if contype != "f" && indid != 0 {
+                // The index backing the key may have a comment of its own
+                // (pg_dump prints it with the constraint). PostgreSQL keeps the
+                // index's name equal to the constraint's.
+                o.comments.extend(comment_on(
+                    comments,
+                    (class::PG_CLASS, indid, 0),
+                    &format!("INDEX {}", qualified(&rel.namespace, &name)),
+                ));
+            }
+            let i = m.add(o, &[(class::PG_CONSTRAINT, oid)]);
+            if contype != "f" && indid != 0 {
+                m.alias((class::PG_CLASS, indid), i);
+                index_owner.insert(indid, i);
+            }
+        },
+    )
+    .await?;
     // Indexes not backing a constraint, and partition index attachments.
-    let idx = query(
+    query_each(
         c,
         "indexes",
         "SELECT i.indexrelid, i.indrelid, ic.relname::text, pg_catalog.pg_get_indexdef(i.indexrelid),
@@ -1402,73 +1402,73 @@ async fn load_constraints_and_indexes(
            FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
            JOIN pg_catalog.pg_namespace n ON n.oid = ic.relnamespace
           WHERE i.indisready",
+        |r| {
+            let (oid, relid, name, def): (u32, u32, String, String) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
+            let Some(rel) = rels.get(&relid) else {
+                return;
+            };
+            let iq: String = r.get(8);
+            let owner_obj = match index_owner.get(&oid) {
+                Some(&i) => i,
+                None => {
+                    let mut o = on_table(ObjectKind::Index, &name, oid, format!("INDEX {iq}"), rel);
+                    o.create.push(tablespace::wrap(
+                        r.get::<_, Option<String>>(10).as_deref(),
+                        format!("{def};"),
+                    ));
+                    if rel.kind == 'r' {
+                        o.data_of = Some(rel.qname.clone());
+                    }
+                    if let Some(cm) =
+                        comment_on(comments, (class::PG_CLASS, oid, 0), &format!("INDEX {iq}"))
+                    {
+                        o.comments.push(cm);
+                    }
+                    m.add(o, &[(class::PG_CLASS, oid)])
+                }
+            };
+            for st in r.get::<_, Option<Vec<String>>>(9).unwrap_or_default() {
+                if let Some((num, target)) = st.split_once(' ') {
+                    m.objects[owner_obj].create.push(format!(
+                        "ALTER INDEX {iq} ALTER COLUMN {num} SET STATISTICS {target};"
+                    ));
+                }
+            }
+            if r.get::<_, bool>(4) {
+                m.objects[owner_obj].create.push(format!(
+                    "ALTER TABLE {} CLUSTER ON {};",
+                    rel.qname,
+                    ident(&name)
+                ));
+            }
+            if r.get::<_, bool>(5) {
+                m.objects[owner_obj].create.push(format!(
+                    "ALTER TABLE ONLY {} REPLICA IDENTITY USING INDEX {};",
+                    rel.qname,
+                    ident(&name)
+                ));
+            }
+            if let (Some(parent), Some(poid)) =
+                (r.get::<_, Option<String>>(6), r.get::<_, Option<u32>>(7))
+            {
+                let mut a = SchemaObject::new(
+                    ObjectKind::IndexAttach,
+                    &rel.namespace,
+                    &name,
+                    oid,
+                    format!("INDEX ATTACH {iq}"),
+                );
+                a.create
+                    .push(format!("ALTER INDEX {parent} ATTACH PARTITION {iq};"));
+                a.deps.push(owner_obj);
+                a.part_of.push(owner_obj);
+                a.needs.push((class::PG_CLASS, poid));
+                m.add(a, &[]);
+            }
+        },
     )
     .await?;
-    for r in &idx {
-        let (oid, relid, name, def): (u32, u32, String, String) =
-            (r.get(0), r.get(1), r.get(2), r.get(3));
-        let Some(rel) = rels.get(&relid) else {
-            continue;
-        };
-        let iq: String = r.get(8);
-        let owner_obj = match index_owner.get(&oid) {
-            Some(&i) => i,
-            None => {
-                let mut o = on_table(ObjectKind::Index, &name, oid, format!("INDEX {iq}"), rel);
-                o.create.push(tablespace::wrap(
-                    r.get::<_, Option<String>>(10).as_deref(),
-                    format!("{def};"),
-                ));
-                if rel.kind == 'r' {
-                    o.data_of = Some(rel.qname.clone());
-                }
-                if let Some(cm) =
-                    comment_on(comments, (class::PG_CLASS, oid, 0), &format!("INDEX {iq}"))
-                {
-                    o.comments.push(cm);
-                }
-                m.add(o, &[(class::PG_CLASS, oid)])
-            }
-        };
-        for st in r.get::<_, Option<Vec<String>>>(9).unwrap_or_default() {
-            if let Some((num, target)) = st.split_once(' ') {
-                m.objects[owner_obj].create.push(format!(
-                    "ALTER INDEX {iq} ALTER COLUMN {num} SET STATISTICS {target};"
-                ));
-            }
-        }
-        if r.get::<_, bool>(4) {
-            m.objects[owner_obj].create.push(format!(
-                "ALTER TABLE {} CLUSTER ON {};",
-                rel.qname,
-                ident(&name)
-            ));
-        }
-        if r.get::<_, bool>(5) {
-            m.objects[owner_obj].create.push(format!(
-                "ALTER TABLE ONLY {} REPLICA IDENTITY USING INDEX {};",
-                rel.qname,
-                ident(&name)
-            ));
-        }
-        if let (Some(parent), Some(poid)) =
-            (r.get::<_, Option<String>>(6), r.get::<_, Option<u32>>(7))
-        {
-            let mut a = SchemaObject::new(
-                ObjectKind::IndexAttach,
-                &rel.namespace,
-                &name,
-                oid,
-                format!("INDEX ATTACH {iq}"),
-            );
-            a.create
-                .push(format!("ALTER INDEX {parent} ATTACH PARTITION {iq};"));
-            a.deps.push(owner_obj);
-            a.part_of.push(owner_obj);
-            a.needs.push((class::PG_CLASS, poid));
-            m.add(a, &[]);
-        }
-    }
     Ok(())
 }
 
