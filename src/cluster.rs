@@ -935,6 +935,12 @@ fn cluster_report(
         total.rows += r.rows;
         total.bytes += r.bytes;
         total.schema_steps += r.schema_steps;
+        if let Some(p) = &r.source_pressure {
+            total
+                .source_pressure
+                .get_or_insert_with(Default::default)
+                .add(p);
+        }
     }
     total.already_complete =
         !reports.is_empty() && reports.iter().all(|d| d.report.already_complete);

@@ -234,6 +234,7 @@ async fn resume_phase(
         // Online copies are always one point in time (the slot's).
         snapshot_note: None,
         statistics: None,
+        pressure: None,
     })
 }
 
@@ -661,6 +662,7 @@ async fn finish_report(
         databases: Vec::new(),
         globals: None,
         statistics: phase.statistics,
+        source_pressure: phase.pressure,
     })
 }
 

@@ -4,6 +4,7 @@
 
 pub mod catalog;
 pub mod connect;
+pub mod pressure;
 pub mod quote;
 pub mod replication;
 pub mod session;
