@@ -73,7 +73,9 @@ fn config(db: &TestDb, dump: &std::path::Path, pressure: SourcePressure) -> Migr
 fn only(signal: PressureSignal) -> SourcePressure {
     let d = SourcePressure::default();
     SourcePressure {
-        standby_lag: d.standby_lag.filter(|_| signal == PressureSignal::StandbyLag),
+        standby_lag: d
+            .standby_lag
+            .filter(|_| signal == PressureSignal::StandbyLag),
         slot_wal: d.slot_wal.filter(|_| signal == PressureSignal::SlotWal),
         lock_wait_seconds: d
             .lock_wait_seconds
@@ -98,9 +100,9 @@ async fn wait_for(
 }
 
 fn paused_for(s: &Snapshot, signal: PressureSignal) -> bool {
-    s.pressure.as_ref().is_some_and(|p| {
-        p.paused && p.reasons.iter().any(|r| r.signal == signal && r.pauses)
-    })
+    s.pressure
+        .as_ref()
+        .is_some_and(|p| p.paused && p.reasons.iter().any(|r| r.signal == signal && r.pauses))
 }
 
 /// While paused, the copy reads nothing: COPY bytes do not move over
@@ -220,9 +222,8 @@ async fn a_lock_wait_behind_the_copy_pauses_it_until_the_waiter_is_gone() {
         run_async(&a).await
     });
     let read_live = || read_live(&live);
-    let poll = |what: &'static str, secs: u64, f: fn(&Snapshot) -> bool| {
-        poll_live(&live, what, secs, f)
-    };
+    let poll =
+        |what: &'static str, secs: u64, f: fn(&Snapshot) -> bool| poll_live(&live, what, secs, f);
     poll("the copy of big", 60, |s| {
         s.phase == Some(Phase::CopyData) && s.bytes_in_flight > (1 << 20)
     })
@@ -235,7 +236,10 @@ async fn a_lock_wait_behind_the_copy_pauses_it_until_the_waiter_is_gone() {
         .iter()
         .find(|r| r.signal == PressureSignal::LockWait)
         .unwrap();
-    assert!(r.value >= 1.0 && r.threshold == 1.0 && r.unit == "seconds", "{r:?}");
+    assert!(
+        r.value >= 1.0 && r.threshold == 1.0 && r.unit == "seconds",
+        "{r:?}"
+    );
     assert!(
         r.detail.contains(&format!("pid {pid} ")) && r.detail.contains("big"),
         "{}",
@@ -248,8 +252,15 @@ async fn a_lock_wait_behind_the_copy_pauses_it_until_the_waiter_is_gone() {
     let before = read_live().unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = read_live().unwrap();
-    assert!(paused_for(&after, PressureSignal::LockWait), "{:?}", after.pressure);
-    assert_eq!(after.bytes_copied, before.bytes_copied, "bytes read while paused");
+    assert!(
+        paused_for(&after, PressureSignal::LockWait),
+        "{:?}",
+        after.pressure
+    );
+    assert_eq!(
+        after.bytes_copied, before.bytes_copied,
+        "bytes read while paused"
+    );
     // The waiter goes away: the copy goes on.
     testkit::execute(&db.source, &format!("SELECT pg_cancel_backend({pid})"))
         .await
@@ -348,10 +359,16 @@ async fn a_waiter_that_stays_holds_the_copy_for_lock_pause_only() {
     })
     .await;
     let held = since.elapsed().as_secs_f64();
-    assert!((1.0..8.0).contains(&held), "held {held:.1}s for a lock-pause of 3s");
+    assert!(
+        (1.0..8.0).contains(&held),
+        "held {held:.1}s for a lock-pause of 3s"
+    );
     let r = on.pressure.as_ref().unwrap().reasons[0].clone();
     assert!(r.detail.contains(&format!("pid {pid} ")), "{}", r.detail);
-    assert!(!lock.is_finished(), "the waiter got its lock during the copy");
+    assert!(
+        !lock.is_finished(),
+        "the waiter got its lock during the copy"
+    );
     let report = tokio::time::timeout(Duration::from_secs(120), run)
         .await
         .expect("the migration ends: no deadlock with the waiter")
@@ -369,13 +386,16 @@ async fn a_waiter_that_stays_holds_the_copy_for_lock_pause_only() {
     assert!((2.0..8.0).contains(&sp.paused_seconds), "{sp:?}");
     let s = snapshots.borrow().clone();
     assert!(
-        s.warnings.iter().any(|w| w.contains(&format!("pid {pid} has waited"))
-            && w.contains("goes on now")),
+        s.warnings
+            .iter()
+            .any(|w| w.contains(&format!("pid {pid} has waited")) && w.contains("goes on now")),
         "{:?}",
         s.warnings
     );
     let ev = drain(&mut events);
-    assert!(ev.iter().any(|e| matches!(e, Event::Unthrottled { seconds, .. } if *seconds >= 2.0)));
+    assert!(ev
+        .iter()
+        .any(|e| matches!(e, Event::Unthrottled { seconds, .. } if *seconds >= 2.0)));
     assert_eq!(
         content_digest(&db.source).await,
         content_digest(&db.target).await
@@ -449,7 +469,11 @@ async fn a_standby_replaying_behind_pauses_the_copy_until_it_catches_up() {
     })
     .await;
     let r = s.pressure.as_ref().unwrap().reasons[0].clone();
-    assert_eq!((r.unit.as_str(), r.threshold), ("bytes", limit as f64), "{r:?}");
+    assert_eq!(
+        (r.unit.as_str(), r.threshold),
+        ("bytes", limit as f64),
+        "{r:?}"
+    );
     assert!(r.value > limit as f64, "{r:?}");
     let at = no_bytes_while_paused(&snapshots, PressureSignal::StandbyLag, 3).await;
     testkit::execute(&sb, "SELECT pg_wal_replay_resume()")
@@ -468,7 +492,9 @@ async fn a_standby_replaying_behind_pauses_the_copy_until_it_catches_up() {
     let sp = report.source_pressure.expect("a pressure summary");
     assert!(sp.pauses >= 1 && sp.paused_seconds >= 3.0, "{sp:?}");
     assert_eq!(sp.signals, vec![PressureSignal::StandbyLag]);
-    testkit::execute(&admin, "DROP TABLE ballast").await.unwrap();
+    testkit::execute(&admin, "DROP TABLE ballast")
+        .await
+        .unwrap();
     drop(standby);
     assert_eq!(
         content_digest(&db.source).await,
@@ -510,12 +536,18 @@ async fn wal_our_slot_retains_is_reported_and_the_copy_goes_on() {
         .await
         .unwrap();
     let db = paced_db("pressure_slot").await;
-    testkit::execute(&db.source, "CREATE TABLE writes (id int PRIMARY KEY, pad text)")
-        .await
-        .unwrap();
-    testkit::execute(&db.target, "CREATE TABLE writes (id int PRIMARY KEY, pad text)")
-        .await
-        .unwrap();
+    testkit::execute(
+        &db.source,
+        "CREATE TABLE writes (id int PRIMARY KEY, pad text)",
+    )
+    .await
+    .unwrap();
+    testkit::execute(
+        &db.target,
+        "CREATE TABLE writes (id int PRIMARY KEY, pad text)",
+    )
+    .await
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let migrator = Arc::new(Migrator::new(MigrationConfig {
         mode: MigrationMode::Online,
@@ -556,14 +588,21 @@ async fn wal_our_slot_retains_is_reported_and_the_copy_goes_on() {
     assert!(!p.paused && !r.pauses, "{p:?}");
     assert_eq!((r.unit.as_str(), r.threshold), ("percent", 5.0), "{r:?}");
     assert!(r.value > 5.0 && r.value < 100.0, "{r:?}");
-    assert!(r.detail.contains("max_slot_wal_keep_size 256.0 MB"), "{}", r.detail);
+    assert!(
+        r.detail.contains("max_slot_wal_keep_size 256.0 MB"),
+        "{}",
+        r.detail
+    );
     // Reported, not paused: the copy keeps reading.
     let before = s.bytes_copied;
     let s = wait_for(&mut snapshots, 10, "more bytes read", |s| {
         s.bytes_copied > before + RATE || s.phase != Some(Phase::CopyData)
     })
     .await;
-    assert!(s.pressure.as_ref().is_none_or(|p| !p.paused && p.pauses == 0));
+    assert!(s
+        .pressure
+        .as_ref()
+        .is_none_or(|p| !p.paused && p.pauses == 0));
     assert!(
         s.warnings
             .iter()
@@ -579,6 +618,7 @@ async fn wal_our_slot_retains_is_reported_and_the_copy_goes_on() {
     assert!(report.verify.as_ref().unwrap().is_clean());
     let sp = report.source_pressure.expect("a pressure summary");
     assert_eq!((sp.pauses, sp.paused_seconds), (0, 0.0), "{sp:?}");
+
     assert_eq!(sp.signals, vec![PressureSignal::SlotWal]);
     assert_eq!(
         testkit::query_scalar(&db.target, "SELECT count(*)::text FROM writes").await,
