@@ -1911,6 +1911,68 @@ mod tests {
     }
 
     #[test]
+    fn source_pressure_shows_in_the_metrics_and_the_events() {
+        let reason = |signal, value, pauses| PressureReason {
+            signal,
+            value,
+            threshold: 1.0,
+            unit: "seconds".into(),
+            pauses,
+            detail: "pid 7 has waited".into(),
+        };
+        let s = Snapshot {
+            pressure: Some(PressureSnapshot {
+                paused: true,
+                reasons: vec![
+                    reason(PressureSignal::LockWait, 3.5, true),
+                    reason(PressureSignal::StandbyLag, 2.0, false),
+                ],
+                paused_seconds: 2.5,
+                pauses: 1,
+            }),
+            ..Default::default()
+        };
+        let m = metrics_text(&s);
+        for line in [
+            "pg_dbmigrator_throttled 1\n",
+            "pg_dbmigrator_throttled_seconds_total 2.5\n",
+            "pg_dbmigrator_throttle_pauses_total 1\n",
+            "pg_dbmigrator_source_pressure{signal=\"lock_wait\",unit=\"seconds\",action=\"pause\"} 3.5\n",
+            "pg_dbmigrator_source_pressure{signal=\"standby_lag\",unit=\"seconds\",action=\"report\"} 2\n",
+            "pg_dbmigrator_source_pressure_threshold{signal=\"lock_wait\",unit=\"seconds\",action=\"pause\"} 1\n",
+        ] {
+            assert!(m.contains(line), "{line} not in:\n{m}");
+        }
+        assert_eq!(
+            m.matches("# TYPE pg_dbmigrator_source_pressure gauge")
+                .count(),
+            1
+        );
+        // Off: no series at all.
+        assert!(!metrics_text(&Snapshot::default()).contains("throttled"));
+        let e = Event::Throttled {
+            reasons: s.pressure.as_ref().unwrap().reasons.clone(),
+        }
+        .to_json();
+        assert_eq!(e["event"], "throttled");
+        assert_eq!(e["reasons"][0]["signal"], "lock_wait");
+        assert_eq!(e["reasons"][0]["pauses"], true);
+        let e = Event::Unthrottled {
+            seconds: 2.5,
+            paused_seconds: 2.5,
+        }
+        .to_json();
+        assert_eq!(
+            (e["event"].as_str(), e["seconds"].as_f64()),
+            (Some("unthrottled"), Some(2.5))
+        );
+        // `/status` carries the snapshot's pressure as it is.
+        let status = serde_json::to_value(StatusView::from(&s)).unwrap();
+        assert_eq!(status["pressure"]["paused"], true);
+        assert_eq!(status["pressure"]["reasons"][1]["signal"], "standby_lag");
+    }
+
+    #[test]
     fn percent_rate_and_eta_come_from_the_snapshot() {
         let mut s = Snapshot {
             phase: Some(Phase::CopyData),
