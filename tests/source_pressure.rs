@@ -8,7 +8,9 @@
 //! - a session waiting for a lock our copy holds (`LOCK TABLE ... ACCESS
 //!   EXCLUSIVE`): paused until the waiter is cancelled; and with a short
 //!   `lock-pause`, paused only that long, then the copy goes on and the
-//!   waiter gets its lock once the copy is over (no deadlock);
+//!   waiter gets its lock once the copy is over (no deadlock); and on a
+//!   table not copied yet, where the worker that starts it after the
+//!   pause queues up behind the waiter: named, with the way out;
 //! - a physical standby (started with `pg_basebackup`) whose replay is
 //!   paused while the source writes: paused until it replays again;
 //! - online, WAL our slot retains over a share of a small
@@ -623,5 +625,87 @@ async fn wal_our_slot_retains_is_reported_and_the_copy_goes_on() {
     assert_eq!(
         testkit::query_scalar(&db.target, "SELECT count(*)::text FROM writes").await,
         "150000"
+    );
+}
+
+/// A waiter on a table the copy has not reached yet: while the copy is
+/// paused no worker starts it; once `lock-pause` is over the worker that
+/// starts it queues up behind the waiter, which waits for our snapshot:
+/// stuck both ways, which the server does not see as a deadlock. The
+/// governor says so, naming both pids and how to end it; once the waiter
+/// is cancelled the migration completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_queued_behind_a_waiter_is_named_with_the_way_out() {
+    let _serial = SERIAL.lock().await;
+    let db = paced_db("pressure_stuck").await;
+    let dir = tempfile::tempdir().unwrap();
+    let migrator = Arc::new(Migrator::new(MigrationConfig {
+        // One worker: `big` first (largest first), `small` after it.
+        jobs: 1,
+        ..config(
+            &db,
+            &dir.path().join("w"),
+            SourcePressure {
+                lock_pause_seconds: 2.0,
+                ..only(PressureSignal::LockWait)
+            },
+        )
+    }));
+    let mut snapshots = migrator.subscribe();
+    let m = migrator.clone();
+    let run = tokio::spawn(async move { m.run(CancellationToken::new()).await });
+    wait_for(&mut snapshots, 60, "the copy of big", |s| {
+        s.phase == Some(Phase::CopyData) && s.bytes_in_flight > (1 << 20)
+    })
+    .await;
+    let (pid, lock) = lock_waiter(&db, "small").await;
+    wait_for(&mut snapshots, 20, "a pause", |s| {
+        paused_for(s, PressureSignal::LockWait)
+    })
+    .await;
+    // While paused, `small` is not started: its copy would queue up.
+    let ours_waiting = || async {
+        testkit::query_scalar(
+            &db.source,
+            "SELECT count(*)::text FROM pg_stat_activity
+              WHERE application_name LIKE 'pg_dbmigrator %' AND wait_event_type = 'Lock'",
+        )
+        .await
+    };
+    assert_eq!(ours_waiting().await, "0");
+    let s = wait_for(&mut snapshots, 60, "the stuck worker named", |s| {
+        s.warnings
+            .iter()
+            .any(|w| w.contains(&format!("is queued behind pid {pid}")))
+    })
+    .await;
+    let w = s
+        .warnings
+        .iter()
+        .find(|w| w.contains(&format!("is queued behind pid {pid}")))
+        .unwrap();
+    assert!(
+        w.contains(&format!("SELECT pg_cancel_backend({pid})")) && w.contains("small"),
+        "{w}"
+    );
+    assert_eq!(
+        ours_waiting().await,
+        "1",
+        "our worker waits behind the waiter"
+    );
+    assert!(!run.is_finished());
+    testkit::execute(&db.source, &format!("SELECT pg_cancel_backend({pid})"))
+        .await
+        .unwrap();
+    assert!(lock.await.unwrap().is_err());
+    let report = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the migration ends once the waiter is gone")
+        .unwrap()
+        .expect("the migration succeeds");
+    assert!(report.verify.as_ref().unwrap().is_clean());
+    assert_eq!(
+        content_digest(&db.source).await,
+        content_digest(&db.target).await
     );
 }

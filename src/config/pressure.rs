@@ -34,7 +34,11 @@ use crate::error::{MigrationError, Result};
 ///   snapshot transaction holds `ACCESS SHARE` on every table it copies
 ///   until the copy ends (as pg_dump does), so the waiter gets its lock
 ///   only once the copy is over, and a longer pause would only make it
-///   wait longer. Then the copy goes on (the wait is still reported).
+///   wait longer. Then the copy goes on (the wait is still reported). A
+///   worker that then starts the very table the waiter wants queues up
+///   behind it, and neither moves until the waiter gives up or is
+///   cancelled (with or without the governor; it names both sessions
+///   and the way out).
 ///
 /// Pausing never ends a session: nothing of ours is cancelled, and a
 /// paused copy keeps its snapshot (and its locks) open, which also holds

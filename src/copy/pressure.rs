@@ -4,11 +4,12 @@
 //! before it passes on each chunk of COPY data (beside `--max-rate`'s
 //! clock) holds the copy while a signal that pauses is over its
 //! threshold. A worker held at the gate stops reading its COPY stream, so
-//! the source's COPY stops too (tokio-postgres stops reading the socket):
-//! the source does no more work for us until the gate opens.
+//! the source's COPY stops too (tokio-postgres stops reading the socket),
+//! and starts no new item (no new snapshot transaction, no new table
+//! lock): the source does no more work for us until the gate opens.
 //!
 //! What each signal does, and why ([`crate::SourcePressure`] says it for
-//! the user):
+//! the user, the README's "Protecting a live source" too):
 //!
 //! - **standby replay lag: pause.** The copy's reads and its network
 //!   traffic compete with the WAL the source ships to its standbys; a
@@ -31,7 +32,12 @@
 //!   decides (the warning names the waiter). The waiter gets its lock
 //!   only once the copy ends, so pausing longer would only make it wait
 //!   longer: after `lock_pause` the copy goes on and the wait is reported
-//!   only (a new wait pauses again).
+//!   only (a new wait pauses again). A worker that then starts the very
+//!   table the waiter wants queues up behind it: stuck both ways until the
+//!   waiter gives up, which the server does not see as a deadlock (our
+//!   snapshot's session waits for nothing) and which happens without the
+//!   governor too. The governor cannot break it without cancelling
+//!   someone's session; it names both and the way out.
 //!
 //! Once the copy is over (an online run's streaming), the same sampler
 //! only reports: the stream holds no table locks on the source, and
@@ -179,6 +185,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct Memory {
     /// Lock waiters seen at the last sample, by pid and wait start.
     waiters: HashMap<(i32, String), Waiter>,
+    /// Sessions of ours queued behind a waiter, already warned about
+    /// (ours, the waiter).
+    stuck: BTreeSet<(i32, i32)>,
 }
 
 #[derive(Debug)]
@@ -251,6 +260,46 @@ fn assess(
         .map(|w| (w.pid, w.wait_started.clone()))
         .collect();
     mem.waiters.retain(|k, _| seen.contains(k));
+    // A session of ours queued behind a waiter that waits for our
+    // snapshot: neither can move until the waiter gets its lock (when the
+    // copy ends, which that session holds up) or gives up. The server
+    // sees no deadlock (our snapshot's session waits for nothing), so
+    // only the waiter's end breaks it: say so, once.
+    let mut stuck = Vec::new();
+    if t.lock_wait_seconds.is_some() {
+        for ours in &s.ours_waiting {
+            for w in s
+                .lock_waiters
+                .iter()
+                .filter(|w| ours.behind.contains(&w.pid))
+            {
+                stuck.push(format!(
+                    "our session pid {} is queued behind pid {} for {} on {}",
+                    ours.pid, w.pid, w.mode, w.object
+                ));
+                if mem.stuck.insert((ours.pid, w.pid)) {
+                    notes.push(format!(
+                        "source pressure: our session pid {} ({}) is queued behind pid {}, which waits for {} on {} \
+                         behind our copy's snapshot: neither can go on until pid {} gives up or is cancelled \
+                         (SELECT pg_cancel_backend({})); the server sees no deadlock, since our snapshot's session waits \
+                         for nothing",
+                        ours.pid,
+                        ours.query.split_whitespace().collect::<Vec<_>>().join(" "),
+                        w.pid,
+                        w.mode,
+                        w.object,
+                        w.pid,
+                        w.pid
+                    ));
+                }
+            }
+        }
+    }
+    mem.stuck.retain(|(o, w)| {
+        s.ours_waiting
+            .iter()
+            .any(|x| x.pid == *o && x.behind.contains(w))
+    });
     if let Some(limit) = t.lock_wait_seconds {
         let pause = Duration::from_secs_f64(t.lock_pause_seconds);
         let mut over = Vec::new();
@@ -312,6 +361,14 @@ fn assess(
             } else {
                 "reported only".into()
             };
+            let stuck = if stuck.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ". Stuck: {}; it cannot go on until that waiter gives up or is cancelled",
+                    stuck.join(", ")
+                )
+            };
             reasons.push(PressureReason {
                 signal: PressureSignal::LockWait,
                 value: waited,
@@ -319,7 +376,7 @@ fn assess(
                 unit: "seconds".into(),
                 pauses: holds,
                 detail: format!(
-                    "pid {} has waited {waited:.1}s for {} on {}{query}{more}; {action}",
+                    "pid {} has waited {waited:.1}s for {} on {}{query}{more}; {action}{stuck}",
                     w.pid, w.mode, w.object
                 ),
             });
@@ -732,7 +789,33 @@ mod tests {
         };
         let (r, _) = assess(&t, &s, None, &mut mem, t0 + Duration::from_secs(15), true);
         assert!(r[0].pauses);
+        // A session of ours queued behind that waiter: said once, and in
+        // the reason.
+        let s = Sample {
+            lock_waiters: vec![waiter(7, Some(3.0))],
+            ours_waiting: vec![crate::pg::pressure::OursWaiting {
+                pid: 9,
+                behind: vec![7],
+                query: "COPY public.t TO STDOUT".into(),
+            }],
+            ..Default::default()
+        };
+        let (r, notes) = assess(&t, &s, None, &mut mem, t0 + Duration::from_secs(16), true);
+        assert!(
+            r[0].detail
+                .contains("Stuck: our session pid 9 is queued behind pid 7"),
+            "{}",
+            r[0].detail
+        );
+        assert_eq!(notes.len(), 1);
+        assert!(notes[0].contains("pg_cancel_backend(7)"), "{}", notes[0]);
+        let (_, notes) = assess(&t, &s, None, &mut mem, t0 + Duration::from_secs(17), true);
+        assert!(notes.is_empty(), "said once");
         // lock-pause=0: reported only.
+        let s = Sample {
+            lock_waiters: vec![waiter(7, Some(3.0))],
+            ..Default::default()
+        };
         let only = SourcePressure {
             lock_pause_seconds: 0.0,
             ..t

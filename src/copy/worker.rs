@@ -356,10 +356,10 @@ const GROUP_BYTES: u64 = 8 << 20;
 /// table's locks at a time); then show it and open its input, which adds
 /// its COPY bytes to the progress's counter for the worker as they flow
 /// (one relaxed atomic add a chunk), so the percentage moves inside a big
-/// table. Each chunk waits at `gate` (`--source-pressure`) and for its
-/// share of `--max-rate`'s clock before it is passed on: while a worker
-/// waits it reads no more of its COPY stream, so the source's COPY waits
-/// too.
+/// table. The item starts, and each chunk is passed on, only once `gate`
+/// (`--source-pressure`) is open, each chunk also after its share of
+/// `--max-rate`'s clock: while a worker waits it reads no more of its COPY
+/// stream, so the source's COPY waits too.
 #[allow(clippy::too_many_arguments)]
 async fn start_item(
     ctx: &CopyContext,
@@ -372,6 +372,12 @@ async fn start_item(
     prepared: Option<&Statement>,
     first: &std::sync::atomic::AtomicBool,
 ) -> Result<(Instant, WireFormat, Rows)> {
+    // A paused copy starts nothing new either: no new snapshot
+    // transaction, no new table's lock taken while a session waits
+    // behind ours.
+    if let Some(g) = gate {
+        g.wait().await;
+    }
     let started = Instant::now();
     // The new snapshot transaction and the COPY go out together (sent in
     // this order, answered in it): one round trip, not two.

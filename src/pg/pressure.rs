@@ -1,8 +1,8 @@
 //! What `--source-pressure` reads from the source, once a second on a
 //! session of its own: how far its physical standbys replay behind, how
-//! much WAL our replication slot retains, and which sessions wait for a
-//! lock one of our sessions holds. Only reads; the three queries travel
-//! together (one round trip). What the numbers mean for the copy is
+//! much WAL our replication slot retains, which sessions wait for a lock
+//! one of our sessions holds, and which of ours wait for a lock. Only
+//! reads; the queries travel together (one round trip). What the numbers mean for the copy is
 //! `copy::pressure`'s business.
 //!
 //! Our sessions are those with our `application_name` (every session of a
@@ -64,6 +64,16 @@ pub struct LockWaiter {
     pub query: String,
 }
 
+/// A session of ours waiting for a lock.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OursWaiting {
+    pub pid: i32,
+    /// The sessions it waits behind (`pg_blocking_pids`).
+    pub behind: Vec<i32>,
+    /// The start of its statement.
+    pub query: String,
+}
+
 /// One sample of the source.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Sample {
@@ -73,6 +83,10 @@ pub struct Sample {
     /// `None`: no slot asked for, or it is not there.
     pub slot: Option<SlotRetention>,
     pub lock_waiters: Vec<LockWaiter>,
+    /// Our own sessions waiting for a lock: one queued behind a lock
+    /// waiter that waits for our snapshot cannot go on until that waiter
+    /// does.
+    pub ours_waiting: Vec<OursWaiting>,
 }
 
 /// The source's WAL position, on a primary or a standby.
@@ -134,6 +148,12 @@ fn lock_waits_sql(server_version: i32) -> String {
     )
 }
 
+/// Our sessions waiting for a lock, and behind whom.
+const OURS_WAITING: &str = "SELECT a.pid, pg_catalog.pg_blocking_pids(a.pid), coalesce(pg_catalog.left(a.query, 120), '')
+       FROM pg_catalog.pg_stat_activity a
+      WHERE a.application_name = $1 AND a.wait_event_type = 'Lock' AND a.pid <> pg_catalog.pg_backend_pid()
+      ORDER BY a.pid";
+
 /// One sample: the standbys, `slot` (when given) and the sessions waiting
 /// behind those named `application_name`, read in one round trip.
 pub async fn sample(
@@ -171,7 +191,12 @@ pub async fn sample(
             .await
             .map_err(err("lock waits behind our sessions"))
     };
-    let (standbys, slot_row, waits) = futures::try_join!(standbys, slot_row, waits)?;
+    let ours = async {
+        c.query(OURS_WAITING, &[&application_name])
+            .await
+            .map_err(err("our sessions' lock waits"))
+    };
+    let (standbys, slot_row, waits, ours) = futures::try_join!(standbys, slot_row, waits, ours)?;
     let mut out = Sample::default();
     for r in standbys {
         if r.get::<_, bool>(3) {
@@ -201,6 +226,14 @@ pub async fn sample(
             mode: r.get(3),
             object: r.get(4),
             query: r.get(5),
+        })
+        .collect();
+    out.ours_waiting = ours
+        .iter()
+        .map(|r| OursWaiting {
+            pid: r.get(0),
+            behind: r.get(1),
+            query: r.get(2),
         })
         .collect();
     Ok(out)
