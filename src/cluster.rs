@@ -53,6 +53,8 @@ use crate::resume::{self, Definition, EndpointIdentity, ResumeToken, RunLock};
 /// One database's migration, as [`crate::Migrator::run`] runs it: one run
 /// at a time (its lock), its sessions tagged with its id, offline or
 /// online, and its report saved beside the token.
+use crate::report::RoundTrips;
+
 pub(crate) async fn run_database(
     cfg: &MigrationConfig,
     run: &RunContext,
@@ -61,10 +63,21 @@ pub(crate) async fn run_database(
     let (id, path) = resume::work_location(cfg, &def);
     let _lock = RunLock::acquire(&ResumeToken::path_for(&path))?;
     let cfg = sessions::tagged(cfg, &id);
-    let report = match cfg.mode {
-        MigrationMode::Online => crate::online::run(&cfg, run).await?,
-        MigrationMode::Offline => crate::migrate::run(&cfg, run).await?,
-    };
+    // Each database's run counts its own round trips, a cluster's too.
+    let meter = crate::pg::meter::Meter::new();
+    let mut report = crate::pg::meter::scope(meter.clone(), async {
+        match cfg.mode {
+            MigrationMode::Online => crate::online::run(&cfg, run).await,
+            MigrationMode::Offline => crate::migrate::run(&cfg, run).await,
+        }
+    })
+    .await?;
+    if !report.already_complete {
+        report.round_trips = Some(RoundTrips {
+            total: meter.total(),
+            by_stage: meter.by_stage(),
+        });
+    }
     if !report.already_complete && !cfg.no_summary {
         // (An already complete migration keeps its finishing run's report.)
         report.save_summary()?;
@@ -940,6 +953,12 @@ fn cluster_report(
                 .source_pressure
                 .get_or_insert_with(Default::default)
                 .add(p);
+        }
+        if let Some(rt) = &r.round_trips {
+            total
+                .round_trips
+                .get_or_insert_with(Default::default)
+                .add(rt);
         }
     }
     total.already_complete =

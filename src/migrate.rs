@@ -696,6 +696,7 @@ pub(crate) async fn finish(
         globals: None,
         statistics,
         source_pressure: pressure,
+        round_trips: None,
     })
 }
 

@@ -699,6 +699,7 @@ async fn finish_report(
         globals: None,
         statistics: phase.statistics,
         source_pressure: phase.pressure,
+        round_trips: None,
     })
 }
 

@@ -3,9 +3,10 @@
 //! preflight, target preparation, conninfo read inside a run), which the
 //! run sets ([`recording`]), and the job budget a whole-cluster migration
 //! shares among its databases' copy workers ([`with_budget`]). Spawned
-//! tasks carry both ([`carried`]). The sink is a closure (the run's
-//! progress, see `context`), so this module imports nothing of the crate
-//! and anyone may use it: a leaf foundation.
+//! tasks carry both ([`carried`]), and the run's round-trip meter
+//! (`pg::meter`, another leaf). The sink is a closure (the run's progress,
+//! see `context`), so this module imports nothing else of the crate and
+//! anyone may use it: a leaf foundation.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -54,7 +55,10 @@ pub(crate) async fn recording<F: Future>(sink: Option<Sink>, fut: F) -> F::Outpu
 /// task-local does not follow a spawn by itself).
 pub(crate) fn carried<F: Future>(fut: F) -> impl Future<Output = F::Output> {
     let budget = BUDGET.try_with(Arc::clone).ok();
-    recording(SINK.try_with(Arc::clone).ok(), with_budget(budget, fut))
+    crate::pg::meter::inherit(recording(
+        SINK.try_with(Arc::clone).ok(),
+        with_budget(budget, fut),
+    ))
 }
 
 /// Log a warning and record it in the current run's progress, if the task

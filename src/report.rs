@@ -86,6 +86,36 @@ pub struct MigrationReport {
     /// source, how often, and which signals crossed their threshold
     /// (`None`: off).
     pub source_pressure: Option<PressureSummary>,
+    /// The round trips this run's SQL sessions made to the two servers
+    /// (`None` for a run that did nothing, dump and restore): what a
+    /// distance between the tool and the servers costs, RTT times this.
+    pub round_trips: Option<RoundTrips>,
+}
+
+/// Round trips a run made: a turn of a session, from the moment it wrote
+/// to the server's first answer (statements pipelined together and
+/// answered together count once, as they cost one RTT). Connecting counts
+/// too; replication streams do not (the server pushes there).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RoundTrips {
+    /// All of them.
+    pub total: u64,
+    /// By the stage the run was in (`preflight` before the first), in the
+    /// order first entered; a stage with none is left out.
+    pub by_stage: Vec<(String, u64)>,
+}
+
+impl RoundTrips {
+    /// `other` added: a cluster's are its databases' summed.
+    pub(crate) fn add(&mut self, other: &RoundTrips) {
+        self.total += other.total;
+        for (stage, n) in &other.by_stage {
+            match self.by_stage.iter_mut().find(|(s, _)| s == stage) {
+                Some((_, m)) => *m += n,
+                None => self.by_stage.push((stage.clone(), *n)),
+            }
+        }
+    }
 }
 
 /// The target's optimizer statistics after the load.
@@ -154,6 +184,7 @@ impl Serialize for MigrationReport {
             statistics: &'a Option<StatisticsReport>,
             #[serde(skip_serializing_if = "Option::is_none")]
             source_pressure: &'a Option<PressureSummary>,
+            round_trips: &'a Option<RoundTrips>,
         }
         let (tables, other_tables) = largest(
             &self.tables,
@@ -192,6 +223,7 @@ impl Serialize for MigrationReport {
             globals: &self.globals,
             statistics: &self.statistics,
             source_pressure: &self.source_pressure,
+            round_trips: &self.round_trips,
         }
         .serialize(s)
     }
@@ -246,6 +278,7 @@ impl MigrationReport {
             globals: None,
             statistics: None,
             source_pressure: None,
+            round_trips: None,
         }
     }
 
@@ -368,6 +401,18 @@ impl MigrationReport {
         }
         for (name, secs) in &self.stages {
             s.push_str(&format!("  stage {name:<17} {secs:>8.2}s\n"));
+        }
+        if let Some(rt) = &self.round_trips {
+            let stages: Vec<String> = rt
+                .by_stage
+                .iter()
+                .map(|(n, c)| format!("{n} {c}"))
+                .collect();
+            s.push_str(&format!(
+                "  round trips: {} ({})\n",
+                rt.total,
+                stages.join(", ")
+            ));
         }
         let mut largest: Vec<&TableResult> = self.tables.iter().collect();
         largest.sort_by_key(|t| std::cmp::Reverse(t.bytes));

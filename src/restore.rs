@@ -449,6 +449,7 @@ pub(crate) async fn run_locked(
             globals: None,
             statistics: None,
             source_pressure: None,
+            round_trips: None,
         },
         (!seal).then_some(limits).flatten(),
     ))

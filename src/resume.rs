@@ -903,6 +903,15 @@ impl TokenStore {
     pub fn update<R>(&self, f: impl FnOnce(&mut ResumeToken) -> R) -> Result<R> {
         let mut t = self.token.lock().unwrap_or_else(|p| p.into_inner());
         let r = f(&mut t);
+        // Round trips from here on count as the stage under way.
+        if let Some(s) = t
+            .stages
+            .iter()
+            .rev()
+            .find(|s| s.status == StageStatus::Running)
+        {
+            crate::pg::meter::enter(s.stage.as_str());
+        }
         // The progress first: whoever sees the change in the file (a test,
         // `status`) then finds it in the progress too, not a few fsyncs later.
         if let Some(o) = &self.observer {

@@ -80,6 +80,34 @@ async fn five_hundred_tables_take_few_round_trips() {
         src_proxy.connections(),
         dst_proxy.connections()
     );
+    // The report's own count (what a user sees, by stage) agrees with the
+    // proxies' within a few percent: the two count turns the same way, at
+    // the two ends of the same sockets.
+    let counted = report["round_trips"]["total"].as_u64().unwrap_or(0);
+    let by_stage: u64 = report["round_trips"]["by_stage"]
+        .as_array()
+        .map(|a| a.iter().map(|s| s[1].as_u64().unwrap_or(0)).sum())
+        .unwrap_or(0);
+    eprintln!(
+        "the report counted {counted}: {}",
+        report["round_trips"]["by_stage"]
+    );
+    assert_eq!(by_stage, counted, "{:#}", report["round_trips"]);
+    let seen = (src + dst) as f64;
+    assert!(
+        (counted as f64 - seen).abs() <= seen * 0.05 + 10.0,
+        "the report counted {counted} round trips, the proxies {seen}: {:#}",
+        report["round_trips"]
+    );
+    for stage in ["copy_data", "verify"] {
+        assert!(
+            report["round_trips"]["by_stage"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|s| s[0] == stage)),
+            "no {stage} in {:#}",
+            report["round_trips"]
+        );
+    }
     let listed = report["tables"].as_array().unwrap().len() as u64;
     let others = report["other_tables"]["count"].as_u64().unwrap_or(0);
     assert_eq!(listed + others, tables, "{report:#}");

@@ -654,9 +654,11 @@ impl Sampler {
     }
 }
 
-/// The sampler's session on the source, and the server's version.
+/// The sampler's session on the source, and the server's version. Its
+/// round trips stay out of the run's count (the report's `round_trips`
+/// is the migration's own work).
 async fn open(ep: &EndpointConfig) -> Result<(Client, i32)> {
-    let c = connect::connect(ep, "source").await?;
+    let c = crate::pg::meter::apart(connect::connect(ep, "source")).await?;
     session::setup_source(&c).await?;
     let version = catalog::server_version_num(&c).await?;
     Ok((c, version))

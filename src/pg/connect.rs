@@ -15,10 +15,11 @@ use std::time::Duration;
 
 use tokio_postgres::config::SslMode as PgSslMode;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
-use tokio_postgres::{Client, NoTls, Socket};
+use tokio_postgres::{Client, NoTls};
 
 use crate::config::{EndpointConfig, Host, SslMode};
 use crate::error::{client_message, db_info, DbErrorInfo, MigrationError, Result};
+use crate::pg::meter::Metered;
 use crate::pg::tls::MakeRustlsConnect;
 
 /// The `application_name` shown in `pg_stat_activity` when none is configured,
@@ -368,16 +369,18 @@ async fn connect_host(
     // libpq ignores sslmode on Unix sockets: the server never offers TLS there.
     let tls = match (host, tls) {
         (Host::Tcp(_), Some(t)) => t.clone(),
-        _ => return attempt(cfg.ssl_mode(PgSslMode::Disable), NoTls, label).await,
+        _ => return attempt(cfg.ssl_mode(PgSslMode::Disable), host, port, NoTls, label).await,
     };
     match ep.sslmode {
-        SslMode::Disable => attempt(cfg.ssl_mode(PgSslMode::Disable), NoTls, label).await,
+        SslMode::Disable => {
+            attempt(cfg.ssl_mode(PgSslMode::Disable), host, port, NoTls, label).await
+        }
         SslMode::Allow => {
             // Plain first; only if the server itself turns us away (e.g. a
             // hostssl-only pg_hba) is TLS worth a second try.
-            match attempt(cfg.ssl_mode(PgSslMode::Disable), NoTls, label).await {
+            match attempt(cfg.ssl_mode(PgSslMode::Disable), host, port, NoTls, label).await {
                 Err(first) if first.db.is_some() => {
-                    attempt(cfg.ssl_mode(PgSslMode::Require), tls, label)
+                    attempt(cfg.ssl_mode(PgSslMode::Require), host, port, tls, label)
                         .await
                         .map_err(|second| more_telling(first, second))
                 }
@@ -389,9 +392,9 @@ async fn connect_host(
             // rejected the TLS session), try once more without TLS.
             let tried = Arc::new(AtomicBool::new(false));
             let observed = tls.observed(tried.clone());
-            match attempt(cfg.ssl_mode(PgSslMode::Prefer), observed, label).await {
+            match attempt(cfg.ssl_mode(PgSslMode::Prefer), host, port, observed, label).await {
                 Err(first) if tried.load(Ordering::Relaxed) => {
-                    attempt(cfg.ssl_mode(PgSslMode::Disable), NoTls, label)
+                    attempt(cfg.ssl_mode(PgSslMode::Disable), host, port, NoTls, label)
                         .await
                         .map_err(|second| more_telling(first, second))
                 }
@@ -399,7 +402,7 @@ async fn connect_host(
             }
         }
         SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
-            attempt(cfg.ssl_mode(PgSslMode::Require), tls, label).await
+            attempt(cfg.ssl_mode(PgSslMode::Require), host, port, tls, label).await
         }
     }
 }
@@ -417,18 +420,151 @@ fn more_telling(first: Failure, second: Failure) -> Failure {
     }
 }
 
+/// A session's byte stream, before TLS: TCP or a Unix socket.
+pub(crate) enum Sock {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+impl tokio::io::AsyncRead for Sock {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Sock::Tcp(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Sock::Unix(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Sock {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Sock::Tcp(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Sock::Unix(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Sock::Tcp(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+            Sock::Unix(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Sock::Tcp(s) => s.is_write_vectored(),
+            Sock::Unix(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Sock::Tcp(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Sock::Unix(s) => std::pin::Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Sock::Tcp(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Sock::Unix(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The socket to `host:port`, as libpq opens it: every address of a name
+/// tried in turn, Nagle off (our messages are small and latency-bound),
+/// TCP keepalives on (tokio-postgres's default: idle 2 hours), so a
+/// session whose peer vanished is eventually noticed.
+pub(crate) async fn open_socket(host: &Host, port: u16) -> io::Result<Sock> {
+    match host {
+        Host::Unix(dir) => {
+            let s = tokio::net::UnixStream::connect(dir.join(format!(".s.PGSQL.{port}"))).await?;
+            Ok(Sock::Unix(s))
+        }
+        Host::Tcp(name) => {
+            let s = tokio::net::TcpStream::connect((name.as_str(), port)).await?;
+            s.set_nodelay(true)?;
+            let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(2 * 3600));
+            socket2::SockRef::from(&s).set_tcp_keepalive(&keepalive)?;
+            Ok(Sock::Tcp(s))
+        }
+    }
+}
+
+/// The line a DBA can act on for a socket error (`tls`: it happened in a
+/// TLS handshake).
+pub(crate) fn io_reason(e: &io::Error, tls: bool) -> String {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => {
+            "connection refused (is the server running on that host and accepting TCP/IP connections?)"
+                .to_string()
+        }
+        io::ErrorKind::NotFound => {
+            "no such file or directory (is the server running locally and accepting connections on that socket?)"
+                .to_string()
+        }
+        io::ErrorKind::TimedOut => "timed out".to_string(),
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset => {
+            "server closed the connection unexpectedly".to_string()
+        }
+        _ if tls => format!("TLS handshake failed: {e}{}", tls_hint(e)),
+        _ => e.to_string(),
+    }
+}
+
+/// One session over a socket we open ourselves, so its round trips are
+/// counted into the run's meter ([`crate::pg::meter`]).
 async fn attempt<T>(
     cfg: &tokio_postgres::Config,
-    tls: T,
+    host: &Host,
+    port: u16,
+    mut tls: T,
     label: &str,
 ) -> std::result::Result<Client, Failure>
 where
-    T: MakeTlsConnect<Socket>,
+    T: MakeTlsConnect<Metered<Sock>>,
     T::Stream: Send + 'static,
     T::TlsConnect: Send,
-    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+    <T::TlsConnect as TlsConnect<Metered<Sock>>>::Future: Send,
 {
-    let (client, connection) = cfg.connect(tls).await.map_err(|e| describe(&e))?;
+    let io = open_socket(host, port).await.map_err(|e| Failure {
+        reason: io_reason(&e, false),
+        db: None,
+    })?;
+    let domain = match host {
+        Host::Tcp(h) => h.as_str(),
+        Host::Unix(_) => "",
+    };
+    let tls = tls.make_tls_connect(domain).map_err(|e| {
+        let e: Box<dyn std::error::Error + Send + Sync> = e.into();
+        Failure {
+            reason: e.to_string(),
+            db: None,
+        }
+    })?;
+    let (client, connection) = cfg
+        .connect_raw(Metered::new(io), tls)
+        .await
+        .map_err(|e| describe(&e))?;
     let label = label.to_string();
     tokio::spawn(async move {
         if let Err(e) = connection.await {
@@ -456,22 +592,7 @@ fn describe(err: &tokio_postgres::Error) -> Failure {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
         if let Some(ioe) = e.downcast_ref::<io::Error>() {
-            let reason = match ioe.kind() {
-                io::ErrorKind::ConnectionRefused => {
-                    "connection refused (is the server running on that host and accepting TCP/IP connections?)"
-                        .to_string()
-                }
-                io::ErrorKind::NotFound => {
-                    "no such file or directory (is the server running locally and accepting connections on that socket?)"
-                        .to_string()
-                }
-                io::ErrorKind::TimedOut => "timed out".to_string(),
-                io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset => {
-                    "server closed the connection unexpectedly".to_string()
-                }
-                _ if is_tls => format!("TLS handshake failed: {ioe}{}", tls_hint(ioe)),
-                _ => ioe.to_string(),
-            };
+            let reason = io_reason(ioe, is_tls);
             return Failure { reason, db: None };
         }
         cur = e.source();

@@ -4,6 +4,7 @@
 
 pub mod catalog;
 pub mod connect;
+pub(crate) mod meter;
 pub mod pressure;
 pub mod quote;
 pub mod replication;

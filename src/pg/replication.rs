@@ -19,7 +19,6 @@
 
 use std::fmt;
 use std::io;
-use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -35,7 +34,7 @@ use tokio_postgres::fallible_iterator::FallibleIterator;
 
 use crate::config::{EndpointConfig, Host, SslMode};
 use crate::error::{DbErrorInfo, MigrationError, Result};
-use crate::pg::connect::DEFAULT_APPLICATION_NAME;
+use crate::pg::connect::{open_socket, DEFAULT_APPLICATION_NAME};
 
 /// A WAL position. PostgreSQL prints it as two hexadecimal halves, `16/B374D848`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -287,21 +286,7 @@ struct Failure {
 
 impl Failure {
     fn io(e: &io::Error) -> Self {
-        let reason = match e.kind() {
-            io::ErrorKind::ConnectionRefused => {
-                "connection refused (is the server running on that host and accepting TCP/IP connections?)"
-                    .to_string()
-            }
-            io::ErrorKind::NotFound => {
-                "no such file or directory (is the server running locally and accepting connections on that socket?)"
-                    .to_string()
-            }
-            io::ErrorKind::TimedOut => "timed out".to_string(),
-            io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset => {
-                "server closed the connection unexpectedly".to_string()
-            }
-            _ => e.to_string(),
-        };
+        let reason = crate::pg::connect::io_reason(e, false);
         Failure {
             reason,
             db: None,
@@ -806,19 +791,12 @@ async fn attempt(
     want: TlsWant,
 ) -> std::result::Result<ReplicationSession, Failure> {
     let (io, tls_hash, tls_tried): (BoxIo, Option<Option<Vec<u8>>>, bool) = match host {
-        Host::Unix(dir) => {
-            let path: PathBuf = dir.join(format!(".s.PGSQL.{port}"));
-            let s = tokio::net::UnixStream::connect(&path)
-                .await
-                .map_err(|e| Failure::io(&e))?;
+        Host::Unix(_) => {
+            let s = open_socket(host, port).await.map_err(|e| Failure::io(&e))?;
             (Box::new(s) as BoxIo, None, false)
         }
         Host::Tcp(name) => {
-            let mut s = tokio::net::TcpStream::connect((name.as_str(), port))
-                .await
-                .map_err(|e| Failure::io(&e))?;
-            // Status updates are tiny and latency matters for keepalive replies.
-            let _ = s.set_nodelay(true);
+            let mut s = open_socket(host, port).await.map_err(|e| Failure::io(&e))?;
             match (want, tls) {
                 (TlsWant::Off, _) | (_, None) => (Box::new(s) as BoxIo, None, false),
                 (TlsWant::Try | TlsWant::Must, Some(config)) => {
