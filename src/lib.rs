@@ -116,7 +116,9 @@ pub use progress::{
     DatabaseProgress, DatabaseState, Event, OnlineSnapshot, Phase, PressureReason, PressureSignal,
     PressureSnapshot, PressureSummary, Snapshot, WorkerSnapshot,
 };
-pub use report::{MigrationReport, OnlineReport, RoundTrips, StatisticsReport};
+pub use report::{
+    MigrationReport, OnlineReport, RoundTrips, StatisticsAfterCutover, StatisticsReport,
+};
 pub use resume::{discard_files, DiscardedFiles};
 #[doc(hidden)]
 pub use resume::{ResumeToken, Stage};

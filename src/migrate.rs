@@ -500,6 +500,7 @@ pub(crate) async fn copy_phase(
                         .map(|(t, why)| (t, why.to_string()))
                         .collect(),
                     seconds: o.seconds,
+                    after_cutover: None,
                 })
             }
         }

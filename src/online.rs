@@ -604,6 +604,14 @@ async fn stream_and_cutover(
             .add(&stream_pressure);
     }
     let apply_secs = stream_started.elapsed().as_secs_f64();
+    // The writes are on the target now; statistics the stream made stale
+    // are seen to without keeping anyone waiting.
+    if let Some(after) = statistics_after_cutover(cfg, &phase, &dst).await {
+        phase
+            .statistics
+            .get_or_insert_with(Default::default)
+            .after_cutover = Some(after);
+    }
     phase.stages.push((
         Stage::Stream.as_str().to_string(),
         apply_secs - cut.total_seconds,
@@ -635,6 +643,58 @@ async fn stream_and_cutover(
         online.fallback = Some(crate::fallback::run(cfg, &phase, run).await?);
     }
     finish_report(cfg, phase, online, &cancel).await
+}
+
+/// Online, after the handover: tables the stream changed past
+/// autovacuum's threshold analyzed, newer source statistics carried (see
+/// `copy::statistics::after_stream`). Best effort: the migration is done
+/// by now, and autovacuum would get there too, so a failure is a warning.
+async fn statistics_after_cutover(
+    cfg: &MigrationConfig,
+    phase: &CopyPhase,
+    dst: &Client,
+) -> Option<crate::report::StatisticsAfterCutover> {
+    if cfg.statistics == crate::config::Statistics::None {
+        return None;
+    }
+    let copied_at = phase
+        .store
+        .snapshot()
+        .stages
+        .iter()
+        .find(|s| s.stage == Stage::CopyData)
+        .map(|s| s.started_at)?;
+    let work = async {
+        let src = connect::connect(&phase.source, "source").await?;
+        let mut tables = crate::pg::catalog::list_tables(&src, &phase.filters).await?;
+        if !cfg.data_only {
+            tables.extend(crate::pg::catalog::list_extension_config_tables(&src).await?);
+        }
+        copy::statistics::after_stream(
+            &src,
+            dst,
+            &tables,
+            copied_at,
+            phase.source_version,
+            cfg.statistics == crate::config::Statistics::Carry
+                && copy::statistics::target_can_import(phase.target_version),
+        )
+        .await
+    };
+    match work.await {
+        Ok(o) => Some(crate::report::StatisticsAfterCutover {
+            carried_tables: o.carried.len(),
+            analyzed_tables: o.analyzed,
+            unchanged_tables: o.unchanged,
+            seconds: o.seconds,
+        }),
+        Err(e) => {
+            crate::recorded::warn_recorded!(
+                "statistics after the cutover: {e}; autovacuum will analyze the tables the stream changed"
+            );
+            None
+        }
+    }
 }
 
 /// Verify (after a fallback only when it rolled back: after `finish` the

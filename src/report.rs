@@ -130,6 +130,27 @@ pub struct StatisticsReport {
     pub analyzed_tables: Vec<(String, String)>,
     /// Seconds the carry (and the ANALYZEs it left) took.
     pub seconds: f64,
+    /// Online: what the cutover found of the statistics the copy gave the
+    /// target, once the writes had moved (`None` offline, or when it could
+    /// not look: then autovacuum sees to them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after_cutover: Option<StatisticsAfterCutover>,
+}
+
+/// Online, after the cutover: the stream changed tables since the copy
+/// gave them statistics. Those changed less than autovacuum's threshold on
+/// the source keep them; those the source analyzed again since have the
+/// newer ones carried (PostgreSQL 18+ targets); the rest are analyzed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StatisticsAfterCutover {
+    /// Tables whose newer source statistics were carried.
+    pub carried_tables: usize,
+    /// Tables analyzed on the target, each with why.
+    pub analyzed_tables: Vec<(String, String)>,
+    /// Tables whose statistics were left as the copy gave them.
+    pub unchanged_tables: usize,
+    /// Seconds it took (after the handover: no write waited for it).
+    pub seconds: f64,
 }
 
 /// One database of a whole-cluster migration.
@@ -367,6 +388,18 @@ impl MigrationReport {
             ));
             for (t, why) in &st.analyzed_tables {
                 s.push_str(&format!("    analyzed {t}: {why}\n"));
+            }
+            if let Some(a) = &st.after_cutover {
+                s.push_str(&format!(
+                    "  statistics after the cutover: {} table(s) kept, {} carried again, {} analyzed ({:.2}s)\n",
+                    a.unchanged_tables,
+                    a.carried_tables,
+                    a.analyzed_tables.len(),
+                    a.seconds
+                ));
+                for (t, why) in &a.analyzed_tables {
+                    s.push_str(&format!("    analyzed {t}: {why}\n"));
+                }
             }
         }
         if let Some(p) = &self.source_pressure {

@@ -10,7 +10,11 @@
 mod common;
 
 use pg_dbmigrator::testkit::{self, Cluster, ClusterOptions, Server};
-use pg_dbmigrator::{EndpointConfig, MigrationConfig, Migrator, Statistics};
+use std::time::Duration;
+
+use pg_dbmigrator::{
+    CutoverMode, EndpointConfig, MigrationConfig, MigrationMode, Migrator, Statistics,
+};
 use tokio_util::sync::CancellationToken;
 
 const TARGET_MAJOR: u32 = 18;
@@ -182,4 +186,105 @@ async fn statistics_are_carried_into_postgresql_18() {
     .expect("15 -> 18 migration with ANALYZE");
     assert!(report.statistics.is_none());
     assert_eq!(analyze_count(&db2.target, "orders").await, "1");
+
+    // Online: carried at the end of the copy; at the cutover, the table the
+    // stream changed past autovacuum's threshold is analyzed (after the
+    // handover), the one it barely touched keeps the carried statistics.
+    let db3 = testkit::fresh_db_on(&pair.source, &target, "online_stats").await;
+    testkit::execute(&db3.source, SCHEMA).await.unwrap();
+    // Keyless tables stream with their whole row as the identity.
+    testkit::execute(
+        &db3.source,
+        "ALTER TABLE st.raw REPLICA IDENTITY FULL; ALTER TABLE st.pairs REPLICA IDENTITY FULL",
+    )
+    .await
+    .unwrap();
+    // SCHEMA analyzed in the transaction that loaded the rows, whose counts
+    // reached the statistics system after: analyzed again once they have,
+    // so the source says what changed since, as it would on a live server.
+    let settled = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            testkit::execute(&db3.source, "ANALYZE st.orders, st.notes, st.pairs")
+                .await
+                .unwrap();
+            if testkit::query_scalar(
+                &db3.source,
+                "SELECT sum(n_mod_since_analyze)::text FROM pg_stat_user_tables
+                  WHERE relid IN ('st.orders'::regclass, 'st.notes'::regclass)",
+            )
+            .await
+                == "0"
+            {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), settled)
+        .await
+        .expect("the source's change counts settle");
+    let migrator = std::sync::Arc::new(Migrator::new(MigrationConfig {
+        source: Some(EndpointConfig::parse(&db3.source).unwrap()),
+        target: Some(EndpointConfig::parse(&db3.target).unwrap()),
+        jobs: 2,
+        mode: MigrationMode::Online,
+        cutover: CutoverMode::Manual,
+        dump_path: Some(dir.path().join("w3")),
+        ..Default::default()
+    }));
+    let handle = migrator.cutover_handle();
+    let m = migrator.clone();
+    let run = tokio::spawn(async move { m.run(CancellationToken::new()).await });
+    tokio::time::timeout(Duration::from_secs(120), handle.wait_caught_up())
+        .await
+        .expect("caught up in time")
+        .expect("caught up, not ended");
+    // Carried at the end of the copy, before any ANALYZE.
+    assert_eq!(analyze_count(&db3.target, "orders").await, "0");
+    testkit::execute(
+        &db3.source,
+        "INSERT INTO st.orders SELECT g, g % 5, 'late', NULL, 1, date '2025-06-01'
+           FROM generate_series(20001, 30000) g;
+         UPDATE st.notes SET body = 'x' WHERE id <= 10;",
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(120), handle.request())
+        .await
+        .expect("the cutover ends in time")
+        .expect("the cutover succeeds");
+    let report = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the run ends")
+        .unwrap()
+        .expect("the online migration succeeds");
+    let after = report
+        .statistics
+        .as_ref()
+        .and_then(|s| s.after_cutover.as_ref())
+        .expect("statistics after the cutover in the report");
+    eprintln!("{after:?}");
+    let analyzed: Vec<&str> = after
+        .analyzed_tables
+        .iter()
+        .map(|(t, _)| t.as_str())
+        .collect();
+    assert!(analyzed.contains(&"st.orders"), "{after:?}");
+    assert!(!analyzed.contains(&"st.notes"), "{after:?}");
+    assert_eq!(analyze_count(&db3.target, "orders").await, "1");
+    assert_eq!(analyze_count(&db3.target, "notes").await, "0");
+    assert_eq!(
+        testkit::query_scalar(
+            &db3.target,
+            "SELECT reltuples::int8 FROM pg_class WHERE oid = 'st.orders'::regclass"
+        )
+        .await,
+        "30000",
+        "the analyzed table's row count is the one after the stream"
+    );
+    assert_eq!(
+        column_stats(&db3.source, "notes").await,
+        column_stats(&db3.target, "notes").await,
+        "the barely changed table keeps the carried statistics"
+    );
 }

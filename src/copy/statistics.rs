@@ -176,6 +176,104 @@ async fn analyze(dst: &Client, mut out: Outcome, t0: Instant) -> Result<Outcome>
     Ok(out)
 }
 
+/// What became of the statistics once an online migration cut over.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct AfterStream {
+    /// Tables the source analyzed again since the copy: its newer
+    /// statistics carried (18+ targets).
+    pub carried: Vec<String>,
+    /// Tables changed past autovacuum's threshold since the statistics the
+    /// target holds were taken, analyzed on the target; with why.
+    pub analyzed: Vec<(String, String)>,
+    /// Tables changed too little for it to matter: their statistics stand.
+    pub unchanged: usize,
+    pub seconds: f64,
+}
+
+/// Online, after the cutover: the statistics the copy gave the target
+/// describe the snapshot, and the stream changed some tables since. A
+/// table changed less than autovacuum's own threshold on the source
+/// (`autovacuum_analyze_threshold` + `autovacuum_analyze_scale_factor` x
+/// rows, counted by `n_mod_since_analyze` since the statistics were taken:
+/// the source's last ANALYZE, before the copy) keeps them, as autovacuum
+/// would; one the source analyzed again since `copied_at` has its newer
+/// statistics carried (with `import`, an 18+ target); the others are
+/// analyzed on the target. Runs after the handover, never under the fence:
+/// ANALYZE takes time the writes must not wait for.
+pub(crate) async fn after_stream(
+    src: &Client,
+    dst: &Client,
+    tables: &[TableInfo],
+    copied_at: chrono::DateTime<chrono::Utc>,
+    version: i32,
+    import: bool,
+) -> Result<AfterStream> {
+    let t0 = Instant::now();
+    let mut out = AfterStream::default();
+    let oids: Vec<u32> = tables.iter().map(|t| t.oid).collect();
+    if oids.is_empty() {
+        return Ok(out);
+    }
+    let rows = src
+        .query_typed(
+            "SELECT s.relid, s.n_mod_since_analyze::int8, GREATEST(c.reltuples, 0)::float8,
+                    COALESCE(GREATEST(s.last_analyze, s.last_autoanalyze) > $1, false),
+                    pg_catalog.current_setting('autovacuum_analyze_threshold')::float8,
+                    pg_catalog.current_setting('autovacuum_analyze_scale_factor')::float8
+               FROM pg_catalog.pg_stat_user_tables s JOIN pg_catalog.pg_class c ON c.oid = s.relid
+              WHERE s.relid = ANY($2)",
+            &[
+                (&copied_at, tokio_postgres::types::Type::TIMESTAMPTZ),
+                (&oids, tokio_postgres::types::Type::OID_ARRAY),
+            ],
+        )
+        .await
+        .map_err(|e| MigrationError::db("reading the source's table activity", e))?;
+    let by_oid: BTreeMap<u32, &TableInfo> = tables.iter().map(|t| (t.oid, t)).collect();
+    let mut again: Vec<TableInfo> = Vec::new();
+    for r in &rows {
+        let Some(t) = by_oid.get(&r.get::<_, u32>(0)) else {
+            continue;
+        };
+        let (changed, tuples, reanalyzed): (i64, f64, bool) = (r.get(1), r.get(2), r.get(3));
+        let threshold = r.get::<_, f64>(4) + r.get::<_, f64>(5) * tuples;
+        if reanalyzed && import && eligible(t) {
+            again.push((*t).clone());
+        } else if changed as f64 > threshold {
+            out.analyzed.push((
+                t.target_name(),
+                format!(
+                    "{changed} row(s) changed since its statistics were taken, past autovacuum's threshold of {threshold:.0}"
+                ),
+            ));
+        } else {
+            out.unchanged += 1;
+        }
+    }
+    for (table, why) in &out.analyzed {
+        dst.batch_execute(&format!("ANALYZE {table}"))
+            .await
+            .map_err(|e| MigrationError::db(format!("analyzing {table} on the target"), e))?;
+        debug!(%table, why, "analyzed after the cutover");
+    }
+    if !again.is_empty() {
+        // (carry() analyzes what it cannot carry itself.)
+        let o = carry(src, dst, &again, &BTreeMap::new(), version).await?;
+        out.carried = o.carried;
+        out.analyzed
+            .extend(o.analyzed.into_iter().map(|(t, w)| (t, w.to_string())));
+    }
+    out.seconds = t0.elapsed().as_secs_f64();
+    info!(
+        carried = out.carried.len(),
+        analyzed = out.analyzed.len(),
+        unchanged = out.unchanged,
+        seconds = format!("{:.2}", out.seconds),
+        "statistics after the cutover: tables changed past autovacuum's threshold since the copy analyzed, the others kept"
+    );
+    Ok(out)
+}
+
 fn kv(key: &str, value: &str) -> String {
     format!("'{key}', {value}")
 }

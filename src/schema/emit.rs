@@ -122,7 +122,7 @@ impl SchemaScript {
         };
         // An object runs early, beside the copy, only when it is post-data and
         // everything it needs is pre-data or runs early on the same table.
-        let sections: Vec<Part> = model.objects.iter().map(section_of).collect();
+        let sections: Vec<Part> = model.objects.iter().map(|o| section_of(o)).collect();
         for &i in &order {
             let o = &model.objects[i];
             let early = o.data_of.is_some()
@@ -321,7 +321,7 @@ fn split_view(
     let mut rdeps = std::mem::take(&mut deps[v]);
     deps[v] = rdeps.iter().copied().filter(|&d| !drop_dep(d)).collect();
     rdeps.push(v);
-    model.objects.push(rule);
+    model.objects.push(Box::new(rule));
     deps.push(rdeps);
 }
 

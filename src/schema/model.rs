@@ -111,7 +111,7 @@ impl SchemaObject {
 /// All objects, and which object answers for which catalog row.
 #[derive(Debug, Default)]
 pub struct SchemaModel {
-    pub objects: Vec<SchemaObject>,
+    pub objects: Vec<Box<SchemaObject>>,
     /// Catalog rows that stand for an object: the object itself, and rows
     /// folded into it (a table's row type, a view's `_RETURN` rule, a
     /// column default printed inline, an index backing a constraint).
@@ -131,7 +131,7 @@ pub use crate::resume::DatabaseLimits;
 impl SchemaModel {
     pub fn add(&mut self, obj: SchemaObject, refs: &[CatalogRef]) -> usize {
         let i = self.objects.len();
-        self.objects.push(obj);
+        self.objects.push(Box::new(obj));
         for r in refs {
             self.by_ref.insert(*r, i);
         }

@@ -76,6 +76,35 @@ async fn query(c: &Client, what: &str, sql: &str) -> Result<Vec<tokio_postgres::
         .map_err(|e| MigrationError::db(format!("reading {what} from the source catalogs"), e))
 }
 
+/// As [`query`], handing each row to `each` as it arrives instead of
+/// collecting them: for the catalog reads that grow with the schema
+/// (`pg_depend` has a dozen rows per table), whose rows held all at once
+/// would be the run's peak memory.
+async fn query_each(
+    c: &Client,
+    what: &str,
+    sql: &str,
+    mut each: impl FnMut(&tokio_postgres::Row),
+) -> Result<()> {
+    use futures::TryStreamExt;
+    let fail = |e| MigrationError::db(format!("reading {what} from the source catalogs"), e);
+    let rows = c
+        .query_typed_raw(
+            sql,
+            std::iter::empty::<(
+                &(dyn tokio_postgres::types::ToSql + Sync),
+                tokio_postgres::types::Type,
+            )>(),
+        )
+        .await
+        .map_err(fail)?;
+    futures::pin_mut!(rows);
+    while let Some(r) = rows.try_next().await.map_err(fail)? {
+        each(&r);
+    }
+    Ok(())
+}
+
 /// Comments, keyed by `(classoid, objoid, objsubid)`.
 type Comments = HashMap<(u32, u32, i32), String>;
 
@@ -167,17 +196,17 @@ pub async fn load(
     database::load_database(c, &mut m, server_major).await?;
 
     // Catalog dependencies, minus pins and extension membership.
-    for r in query(
+    query_each(
         c,
         "dependencies",
         "SELECT classid, objid, refclassid, refobjid FROM pg_catalog.pg_depend \
           WHERE deptype NOT IN ('p', 'e') AND classid <> 0",
+        |r| {
+            m.catalog_deps
+                .push(((r.get(0), r.get(1)), (r.get(2), r.get(3))))
+        },
     )
-    .await?
-    {
-        m.catalog_deps
-            .push(((r.get(0), r.get(1)), (r.get(2), r.get(3))));
-    }
+    .await?;
     Ok(m)
 }
 
