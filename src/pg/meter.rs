@@ -93,6 +93,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::recorded::meter::inherit;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
@@ -148,5 +149,22 @@ mod tests {
         assert_eq!(meter.by_stage(), vec![("verify".to_string(), 1)]);
         // Outside any run: nothing to count into, nothing breaks.
         assert!(current().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_session_opened_apart_does_not_count_into_the_run() {
+        let meter = Meter::new();
+        scope(meter.clone(), async {
+            let (a, mut b) = tokio::io::duplex(64);
+            // Opened apart (the source-pressure sampler's session), used
+            // later in the run's own task.
+            let mut a = apart(async { Metered::new(a) }).await;
+            a.write_all(b"q").await.unwrap();
+            b.write_all(b"r").await.unwrap();
+            let mut buf = [0u8; 1];
+            a.read_exact(&mut buf).await.unwrap();
+        })
+        .await;
+        assert_eq!(meter.total(), 0);
     }
 }
