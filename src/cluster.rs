@@ -948,6 +948,12 @@ fn cluster_report(
         total.rows += r.rows;
         total.bytes += r.bytes;
         total.schema_steps += r.schema_steps;
+        if let Some(p) = &r.source_pressure {
+            total
+                .source_pressure
+                .get_or_insert_with(Default::default)
+                .add(p);
+        }
         if let Some(rt) = &r.round_trips {
             total
                 .round_trips

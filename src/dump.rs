@@ -352,6 +352,14 @@ pub(crate) async fn run_with(
         rate: cfg
             .max_rate
             .map(|r| Arc::new(copy::rate::RateLimit::new(r))),
+        pressure: cfg
+            .source_pressure
+            .clone()
+            .map(|thresholds| copy::pressure::Watch {
+                thresholds,
+                source: source_ep.clone(),
+                slot: None,
+            }),
     });
     let written = todo.len();
     let remaining: u64 = todo

@@ -100,8 +100,9 @@ use tokio_util::sync::CancellationToken;
 #[doc(hidden)]
 pub use cluster::archive::{ArchivedDatabase, ClusterArchiveReport};
 pub use config::{
-    CopyFormat, CopyMethod, CutoverMode, EndpointConfig, Filters, IntoEndpoint, MigrationConfig,
-    MigrationConfigBuilder, MigrationMode, Statistics, VerifyLevel,
+    CopyFormat, CopyMethod, CutoverMode, EndpointConfig, Filters, IntoEndpoint, LagLimit,
+    MigrationConfig, MigrationConfigBuilder, MigrationMode, SourcePressure, Statistics,
+    VerifyLevel, WalLimit,
 };
 #[doc(hidden)]
 pub use context::RunContext;
@@ -112,7 +113,8 @@ pub use plan::{DatabasePlan, Plan, PlannedTable, SpeedSample};
 #[doc(hidden)]
 pub use progress::human_bytes;
 pub use progress::{
-    DatabaseProgress, DatabaseState, Event, OnlineSnapshot, Phase, Snapshot, WorkerSnapshot,
+    DatabaseProgress, DatabaseState, Event, OnlineSnapshot, Phase, PressureReason, PressureSignal,
+    PressureSnapshot, PressureSummary, Snapshot, WorkerSnapshot,
 };
 pub use report::{
     MigrationReport, OnlineReport, RoundTrips, StatisticsAfterCutover, StatisticsReport,

@@ -86,6 +86,9 @@ pub(crate) struct CopyPhase {
     /// Where the target's statistics came from (see
     /// [`MigrationReport::statistics`]).
     pub statistics: Option<crate::report::StatisticsReport>,
+    /// What `--source-pressure` did during the copy (see
+    /// [`MigrationReport::source_pressure`]).
+    pub pressure: Option<crate::progress::PressureSummary>,
 }
 
 /// Validate, preflight, snapshot, schema, data, sequences, large objects.
@@ -265,6 +268,14 @@ pub(crate) async fn copy_phase(
     let mut snapshot_note = None;
     let mut coordinator_snapshot = coordinator_snapshot;
     let mut src = src;
+    let pressure = cfg
+        .source_pressure
+        .clone()
+        .map(|thresholds| copy::pressure::Watch {
+            thresholds,
+            source: source_ep.clone(),
+            slot: online.as_ref().map(|o| o.state.slot_name.clone()),
+        });
     let copy_data = async {
         let block_size = catalog::block_size(&src).await?;
         let total: u64 = tables.iter().map(|t| t.bytes.max(0) as u64).sum();
@@ -340,6 +351,7 @@ pub(crate) async fn copy_phase(
                 rate: cfg
                     .max_rate
                     .map(|r| Arc::new(copy::rate::RateLimit::new(r))),
+                pressure: pressure.clone(),
             });
             let e = match copy::copy_tables(ctx, tables.clone(), todo, early, cancel.clone()).await
             {
@@ -439,6 +451,7 @@ pub(crate) async fn copy_phase(
         .await?
         .unwrap_or_default();
     schema_steps += outcome.index_steps;
+    let pressure = outcome.pressure;
     let results = outcome.tables;
     // The main target session sat idle through the copy: a link that
     // dropped meanwhile (the copy retried through it) took it along.
@@ -553,6 +566,7 @@ pub(crate) async fn copy_phase(
         database_limits: script.as_ref().and_then(|s| s.database_limits),
         snapshot_note,
         statistics,
+        pressure,
     })
 }
 
@@ -630,6 +644,7 @@ pub(crate) async fn finish(
         database_limits: phase_limits,
         snapshot_note,
         statistics,
+        pressure,
     } = phase;
     let dst = connect::connect(&target_ep, "target").await?;
     // Finalize: nothing of ours stays on the target.
@@ -681,6 +696,7 @@ pub(crate) async fn finish(
         databases: Vec::new(),
         globals: None,
         statistics,
+        source_pressure: pressure,
         round_trips: None,
     })
 }

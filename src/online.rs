@@ -234,6 +234,7 @@ async fn resume_phase(
         // Online copies are always one point in time (the slot's).
         snapshot_note: None,
         statistics: None,
+        pressure: None,
     })
 }
 
@@ -402,10 +403,35 @@ async fn stream_and_cutover(
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
     );
+    // `--source-pressure` while streaming: reported only. The stream
+    // holds no table locks on the source, and holding back the apply
+    // would only make the slot retain more WAL (and the cutover come
+    // later). Stopped before each cutover attempt, whose fence ends every
+    // other session of the database (the sampler's too), and started
+    // again when an attempt fails and streaming goes on.
+    let stream_watch = cfg
+        .source_pressure
+        .clone()
+        .filter(|_| !slot_gone)
+        .map(|thresholds| copy::pressure::Watch {
+            thresholds,
+            source: phase.source.clone(),
+            slot: Some(state.slot_name.clone()),
+        });
+    let start_governor = || {
+        stream_watch
+            .as_ref()
+            .map(|w| copy::pressure::Governor::start(w, false, run.progress.clone(), &cancel))
+    };
+    let mut governor = start_governor();
+    let mut stream_pressure = crate::progress::PressureSummary::default();
     let outcome = loop {
         if want_cutover {
             want_cutover = false;
             let _ = std::fs::remove_file(&request_file);
+            if let Some(g) = governor.take() {
+                stream_pressure.add(&g.finish(&cancel).await);
+            }
             match cutover(
                 cfg,
                 &phase,
@@ -442,6 +468,7 @@ async fn stream_and_cutover(
                     });
                     signal.attempt_ended(Err(crate::context::CutoverError::Failed(Arc::new(e))));
                     mode = CutoverMode::Manual;
+                    governor = start_governor();
                     if streamer.is_none() {
                         stop = cancel.child_token();
                         streamer = Some(tokio::spawn(crate::recorded::carried(stream::run(
@@ -566,6 +593,16 @@ async fn stream_and_cutover(
         }
     };
     let cut = outcome;
+    if let Some(g) = governor.take() {
+        stream_pressure.add(&g.finish(&cancel).await);
+    }
+    // What streaming saw over a threshold joins what the copy did.
+    if !stream_pressure.signals.is_empty() {
+        phase
+            .pressure
+            .get_or_insert_with(Default::default)
+            .add(&stream_pressure);
+    }
     let apply_secs = stream_started.elapsed().as_secs_f64();
     // The writes are on the target now; statistics the stream made stale
     // are seen to without keeping anyone waiting.
@@ -721,6 +758,7 @@ async fn finish_report(
         databases: Vec::new(),
         globals: None,
         statistics: phase.statistics,
+        source_pressure: phase.pressure,
         round_trips: None,
     })
 }

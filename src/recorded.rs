@@ -1,15 +1,17 @@
 //! What a run's tasks carry without a handle threaded through every call:
 //! the sink of the warnings recorded for the run (connection retries,
 //! preflight, target preparation, conninfo read inside a run), which the
-//! run sets ([`recording`]), and the job budget a whole-cluster migration
-//! shares among its databases' copy workers ([`with_budget`]). Spawned
-//! tasks carry both ([`carried`]), and the run's round-trip meter
-//! (`pg::meter`, another leaf). The sink is a closure (the run's progress,
-//! see `context`), so this module imports nothing else of the crate and
-//! anyone may use it: a leaf foundation.
+//! run sets ([`recording`]), the job budget a whole-cluster migration
+//! shares among its databases' copy workers ([`with_budget`]), and the
+//! run's round-trip meter ([`meter`]; the socket that counts into it is
+//! `pg::meter`'s). Spawned tasks carry all three ([`carried`]). The sink
+//! is a closure (the run's progress, see `context`), so this module
+//! imports nothing of the crate and anyone may use it: a leaf foundation.
 
 use std::future::Future;
 use std::sync::Arc;
+
+pub(crate) mod meter;
 
 /// Where a run's warnings go.
 pub(crate) type Sink = Arc<dyn Fn(String) + Send + Sync>;
@@ -55,7 +57,7 @@ pub(crate) async fn recording<F: Future>(sink: Option<Sink>, fut: F) -> F::Outpu
 /// task-local does not follow a spawn by itself).
 pub(crate) fn carried<F: Future>(fut: F) -> impl Future<Output = F::Output> {
     let budget = BUDGET.try_with(Arc::clone).ok();
-    crate::pg::meter::inherit(recording(
+    meter::inherit(recording(
         SINK.try_with(Arc::clone).ok(),
         with_budget(budget, fut),
     ))

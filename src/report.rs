@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::error::{MigrationError, Result};
-use crate::progress::human_bytes;
+use crate::progress::{human_bytes, PressureSummary};
 use crate::resume::Stage;
 
 pub use crate::copy::{TableResult, WireFormat};
@@ -82,6 +82,10 @@ pub struct MigrationReport {
     /// Where the target's optimizer statistics came from (`None` when the
     /// run made none: `Statistics::None`, or not reached).
     pub statistics: Option<StatisticsReport>,
+    /// `--source-pressure`: how long the copy was paused to spare the
+    /// source, how often, and which signals crossed their threshold
+    /// (`None`: off).
+    pub source_pressure: Option<PressureSummary>,
     /// The round trips this run's SQL sessions made to the two servers
     /// (`None` for a run that did nothing, dump and restore): what a
     /// distance between the tool and the servers costs, RTT times this.
@@ -200,6 +204,7 @@ impl Serialize for MigrationReport {
             #[serde(skip_serializing_if = "Option::is_none")]
             statistics: &'a Option<StatisticsReport>,
             #[serde(skip_serializing_if = "Option::is_none")]
+            source_pressure: &'a Option<PressureSummary>,
             round_trips: &'a Option<RoundTrips>,
         }
         let (tables, other_tables) = largest(
@@ -238,6 +243,7 @@ impl Serialize for MigrationReport {
             databases: &self.databases,
             globals: &self.globals,
             statistics: &self.statistics,
+            source_pressure: &self.source_pressure,
             round_trips: &self.round_trips,
         }
         .serialize(s)
@@ -292,6 +298,7 @@ impl MigrationReport {
             databases: Vec::new(),
             globals: None,
             statistics: None,
+            source_pressure: None,
             round_trips: None,
         }
     }
@@ -394,6 +401,25 @@ impl MigrationReport {
                     s.push_str(&format!("    analyzed {t}: {why}\n"));
                 }
             }
+        }
+        if let Some(p) = &self.source_pressure {
+            s.push_str(&format!(
+                "  source pressure: the copy was paused {:.1}s in {} pause(s){}\n",
+                p.paused_seconds,
+                p.pauses,
+                if p.signals.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; over a threshold: {}",
+                        p.signals
+                            .iter()
+                            .map(|s| s.describe())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
+            ));
         }
         for note in &self.schema_notes {
             s.push_str(&format!("  filters: {note}\n"));

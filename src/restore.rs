@@ -313,6 +313,7 @@ pub(crate) async fn run_locked(
         progress: run.progress.clone(),
         // (From an archive: nothing is read from the source.)
         rate: None,
+        pressure: None,
     });
     let outcome = if finalizing {
         Default::default()
@@ -447,6 +448,7 @@ pub(crate) async fn run_locked(
             databases: Vec::new(),
             globals: None,
             statistics: None,
+            source_pressure: None,
             round_trips: None,
         },
         (!seal).then_some(limits).flatten(),

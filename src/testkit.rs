@@ -684,6 +684,86 @@ impl Cluster {
         )))
     }
 
+    /// A physical standby of this cluster: `pg_basebackup -R` of it (over
+    /// its Unix socket, where replication is trusted) into a directory of
+    /// its own, started as a hot standby on a free port, streaming from
+    /// this cluster. `extra_conf` goes into its `postgresql.conf`
+    /// (`wal_receiver_status_interval`, say). Stopped and deleted as any
+    /// cluster is. Blocking; takes a few seconds.
+    pub fn start_standby(&self, extra_conf: &[(&str, &str)]) -> io::Result<Cluster> {
+        let owner = if self.as_postgres {
+            passwd_ids("postgres")?
+        } else {
+            None
+        };
+        let root = tempfile::Builder::new()
+            .prefix("pg_dbmigrator-test-standby-")
+            .tempdir_in("/tmp")?
+            .keep();
+        let chown = |p: &Path| -> io::Result<()> {
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::chown(p, Some(uid), Some(gid))?;
+            }
+            Ok(())
+        };
+        let mut standby = Cluster {
+            major: self.major,
+            port: 0,
+            host: self.host.clone(),
+            socket_dir: root.join("sock"),
+            data_dir: root.join("data"),
+            bin_dir: self.bin_dir.clone(),
+            superuser: self.superuser.clone(),
+            password: self.password.clone(),
+            root: root.clone(),
+            as_postgres: self.as_postgres,
+            state: Mutex::new(ClusterState {
+                stopped: false,
+                watchdog: None,
+            }),
+        };
+        chown(&root)?;
+        standby.state.lock().unwrap().watchdog = Some(standby.spawn_watchdog()?);
+        std::fs::create_dir(&standby.socket_dir)?;
+        chown(&standby.socket_dir)?;
+        let mut backup = standby.pg_command("pg_basebackup");
+        backup
+            .arg("-D")
+            .arg(&standby.data_dir)
+            .args(["-X", "stream", "-R", "-c", "fast", "-h"])
+            .arg(&self.socket_dir)
+            .args(["-p", &self.port.to_string(), "-U", &self.superuser]);
+        run_checked(&mut backup, "pg_basebackup")?;
+        // The copy carries the primary's settings: a socket directory of
+        // its own (the port is given at start).
+        let mut conf = format!(
+            "\n# pg_dbmigrator testkit standby\nunix_socket_directories = {}\nhot_standby = on\n",
+            conf_quote(&standby.socket_dir.display().to_string())
+        );
+        for (k, v) in extra_conf {
+            let _ = writeln!(conf, "{k} = {v}");
+        }
+        append(&standby.data_dir.join("postgresql.conf"), &conf)?;
+        let mut last_err = None;
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port()?;
+            match standby.pg_ctl_start(port) {
+                Ok(()) => {
+                    standby.port = port;
+                    return Ok(standby);
+                }
+                Err(e) => {
+                    let port_taken = e.to_string().contains("already in use");
+                    last_err = Some(e);
+                    if !port_taken {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last_err.expect("start attempted"))
+    }
+
     /// The server log, useful when a test wants to show why something failed.
     pub fn log_path(&self) -> PathBuf {
         self.root.join("server.log")

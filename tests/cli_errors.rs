@@ -369,3 +369,75 @@ async fn a_lock_table_too_small_for_the_tables_is_refused_with_the_setting() {
     assert_eq!(rows, "200 tables, 600 rows");
     source.cluster().unwrap().stop();
 }
+
+/// `--source-pressure` values that do not read are refused before
+/// anything starts (exit 2, stdout empty), naming the flag, the key and
+/// what to write; from a config file too, where `true` gives the flag
+/// bare (the defaults) and `false` leaves it out.
+#[test]
+fn bad_source_pressure_values_are_refused_before_anything() {
+    // A source that cannot be reached: a value that reads gets that far.
+    let source = "host=/nonexistent/socket dbname=x connect_timeout=1";
+    let target = "host=/nonexistent/socket dbname=y connect_timeout=1";
+    let refused = |out: &std::process::Output, needle: &str| {
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        let first = err.lines().next().unwrap_or_default();
+        assert!(first.contains("--source-pressure"), "{err}");
+        assert!(first.contains(needle), "expected {needle:?} in: {err}");
+        assert!(text(&out.stdout).is_empty(), "stdout must stay empty");
+    };
+    for (value, needle) in [
+        (
+            "lock-wait=soon",
+            "lock-wait: \"soon\" is not a duration (e.g. 30s)",
+        ),
+        (
+            "bogus=1s",
+            "unknown key \"bogus\" (keys: standby-lag, slot-wal, lock-wait, lock-pause)",
+        ),
+        ("slot-wal=120%", "at most 100%"),
+        ("standby-lag=5m", "write min for minutes (or MB for a size)"),
+        ("lock-wait", "is not key=value"),
+    ] {
+        let out = run(&[
+            "migrate",
+            "--source",
+            source,
+            "--target",
+            target,
+            "--source-pressure",
+            value,
+        ]);
+        refused(&out, needle);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("m.toml");
+    let with_file = |body: &str| {
+        std::fs::write(&file, body).unwrap();
+        run(&[
+            "migrate",
+            "--config",
+            file.to_str().unwrap(),
+            "--source",
+            source,
+            "--target",
+            target,
+        ])
+    };
+    refused(
+        &with_file("[migrate]\nsource-pressure = \"lock-pause=-1\"\n"),
+        "lock-pause",
+    );
+    // Read, then stopped by the unreachable source (not by the flag).
+    for body in [
+        "source-pressure = true\n",
+        "source-pressure = false\n",
+        "source-pressure = \"standby-lag=64MB\"\n",
+    ] {
+        let out = with_file(body);
+        let err = text(&out.stderr);
+        assert!(!err.contains("source-pressure"), "{body}: {err}");
+        assert!(err.contains("cannot connect"), "{body}: {err}");
+    }
+}

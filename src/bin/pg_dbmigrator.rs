@@ -16,7 +16,7 @@ mod console;
 use pg_dbmigrator::error::exit_code;
 use pg_dbmigrator::{
     CopyFormat, CopyMethod, CutoverMode, EndpointConfig, Filters, MigrationConfig, MigrationError,
-    MigrationMode, Migrator, ResumeToken, Statistics, VerifyLevel, VerifyOptions,
+    MigrationMode, Migrator, ResumeToken, SourcePressure, Statistics, VerifyLevel, VerifyOptions,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -510,6 +510,21 @@ struct MigrateArgs {
     /// (bytes a second: 20MB, 500kB, ...), to leave a live source its I/O.
     #[arg(long, value_parser = parse_size)]
     max_rate: Option<u64>,
+    /// Pause the copy while the live source is under pressure: a physical
+    /// standby replaying too far behind it, or a session waiting for a
+    /// lock ours hold (at most lock-pause a waiter); the WAL our slot
+    /// retains is reported, never paused for. Bare: the defaults
+    /// standby-lag=30s,slot-wal=80%,lock-wait=1s,lock-pause=60s; or
+    /// key=value pairs replacing some (off turns one off; standby-lag and
+    /// slot-wal also take sizes: 64MB).
+    #[arg(
+        long,
+        value_name = "THRESHOLDS",
+        num_args = 0..=1,
+        default_missing_value = "on",
+        value_parser = parse_source_pressure
+    )]
+    source_pressure: Option<SourcePressure>,
     /// stream: server to server; dump: through an archive in --dump-path
     /// (dumped, then restored).
     #[arg(long, value_enum, default_value_t = CopyMethodArg::Stream)]
@@ -738,6 +753,21 @@ fn cancel_on_signals() -> CancellationToken {
     token
 }
 
+/// `--source-pressure`'s thresholds ([`SourcePressure::parse`]); clap's
+/// message names the flag and the value already.
+fn parse_source_pressure(s: &str) -> Result<SourcePressure, String> {
+    SourcePressure::parse(s).map_err(|e| match e {
+        MigrationError::Config(m) => {
+            let quoted = format!("--source-pressure {s:?}: ");
+            m.strip_prefix(quoted.as_str())
+                .or_else(|| m.strip_prefix("--source-pressure: "))
+                .unwrap_or(&m)
+                .to_string()
+        }
+        e => e.to_string(),
+    })
+}
+
 /// A size as PostgreSQL writes them: `512kB`, `64MB`, `1GB`, `1TB`, or bytes.
 fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
@@ -860,6 +890,7 @@ fn migrate_config(args: &MigrateArgs) -> Result<MigrationConfig, MigrationError>
         index_jobs: args.index_jobs,
         split_bytes: args.split_size,
         max_rate: args.max_rate,
+        source_pressure: args.source_pressure.clone(),
         statistics: match (args.skip_analyze, args.statistics) {
             (true, _) | (false, StatisticsArg::None) => Statistics::None,
             (false, StatisticsArg::Analyze) => Statistics::Analyze,

@@ -214,6 +214,10 @@ impl MigrationConfigBuilder {
         index_jobs: usize;
         /// Cut tables bigger than this many bytes into page ranges (0: never).
         split_bytes: u64;
+        /// Pause the copy while the source is under pressure (see
+        /// [`super::SourcePressure`]; `SourcePressure::default()` for the
+        /// default thresholds).
+        source_pressure: super::SourcePressure;
         /// The work directory; the resume token is `<dump_path>.resume.json`
         /// (default: a directory under the temp dir named after the migration).
         dump_path: impl Into<PathBuf>;

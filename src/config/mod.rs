@@ -13,12 +13,14 @@ mod builder;
 pub(crate) mod conninfo;
 pub mod endpoint;
 pub mod filter;
+mod pressure;
 
 use std::path::PathBuf;
 
 pub use builder::{IntoEndpoint, MigrationConfigBuilder};
 pub use endpoint::{EndpointConfig, Host, Secret, SslMode};
 pub use filter::Filters;
+pub use pressure::{LagLimit, SourcePressure, WalLimit};
 
 use crate::error::{MigrationError, Result};
 
@@ -132,6 +134,11 @@ pub struct MigrationConfig {
     /// every worker (`None`: as fast as it goes): a live source keeps the
     /// I/O and the network its applications need.
     pub max_rate: Option<u64>,
+    /// `--source-pressure`: pause the copy while the live source shows
+    /// strain (a standby's replay lag, a session waiting for a lock ours
+    /// hold) and report what our slot retains (`None`: off). What each
+    /// signal does and why: [`SourcePressure`].
+    pub source_pressure: Option<SourcePressure>,
     /// Tables bigger than this are cut into page ranges of about this size
     /// (PostgreSQL 14+ sources). `None`: from the database size and `jobs`;
     /// `Some(0)`: never split.
@@ -280,6 +287,9 @@ impl MigrationConfig {
                 "--max-rate must be more than 0 bytes a second (leave it out for no cap)".into(),
             );
         }
+        if let Some(p) = &self.source_pressure {
+            p.validate()?;
+        }
         if self.mode == MigrationMode::Online && self.copy_method != CopyMethod::Stream {
             return config(
                 "--mode online copies server to server: --copy-method dump is for offline migrations"
@@ -362,6 +372,7 @@ impl Default for MigrationConfig {
             split_bytes: None,
             statistics: Statistics::Carry,
             max_rate: None,
+            source_pressure: None,
             copy_method: CopyMethod::Stream,
             compress_level: DEFAULT_ZSTD_LEVEL,
             filters: Filters::default(),

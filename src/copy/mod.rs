@@ -22,6 +22,7 @@ mod recopy;
 pub mod steps;
 pub(crate) use steps::{apply_after_data, apply_steps, early_steps};
 pub mod plan;
+pub mod pressure;
 pub mod rate;
 mod rows;
 mod sequences;
@@ -101,6 +102,9 @@ pub struct CopyContext {
     /// `--max-rate`: the cap on the source's read rate, shared by every
     /// worker.
     pub rate: Option<Arc<rate::RateLimit>>,
+    /// `--source-pressure`: the copy starts a governor that samples the
+    /// source and holds every worker while it is under pressure.
+    pub pressure: Option<pressure::Watch>,
 }
 
 impl CopyContext {
@@ -423,6 +427,8 @@ pub struct CopyOutcome {
     /// Post-data steps (indexes, keys) applied beside the copy.
     pub index_steps: usize,
     pub analyzed: usize,
+    /// `--source-pressure`: what its governor did.
+    pub pressure: Option<crate::progress::PressureSummary>,
 }
 
 /// Work for an index worker.
@@ -472,6 +478,8 @@ pub(crate) struct Scheduler {
     tables: Vec<TableInfo>,
     state: Mutex<State>,
     wake: tokio::sync::Notify,
+    /// `--source-pressure`: what each worker awaits before each chunk.
+    gate: Option<pressure::Gate>,
 }
 
 impl Scheduler {
@@ -686,11 +694,19 @@ pub async fn copy_tables(
     }
     let n_items = items.len();
     st.items = VecDeque::from(items);
+    // Started before the workers, stopped and joined after them; its
+    // task dies with the run's cancellation like theirs.
+    let governor = ctx
+        .pressure
+        .as_ref()
+        .filter(|_| n_items > 0)
+        .map(|w| pressure::Governor::start(w, true, ctx.progress.clone(), &cancel));
     let sched = Arc::new(Scheduler {
         ctx: ctx.clone(),
         tables,
         state: Mutex::new(st),
         wake: tokio::sync::Notify::new(),
+        gate: governor.as_ref().map(|g| g.gate()),
     });
     // A worker blocked on a lock or a slow server must not hold up Ctrl-C:
     // dropping it closes its sessions, which rolls back its open
@@ -712,7 +728,12 @@ pub async fn copy_tables(
             workers.spawn(async move { index_worker(id, &sched, &copied, &stop).await });
         }
     }
-    workers.join(&cancel).await?;
+    let joined = workers.join(&cancel).await;
+    let pressure = match governor {
+        Some(g) => Some(g.finish(&cancel).await),
+        None => None,
+    };
+    joined?;
     let mut s = sched.state.lock().unwrap();
     if !s.index_tasks.is_empty() || !s.builds.is_empty() || !s.builds_left.is_empty() {
         return Err(MigrationError::Internal(
@@ -757,6 +778,7 @@ pub async fn copy_tables(
         tables,
         index_steps: s.index_steps,
         analyzed: s.analyzed,
+        pressure,
     })
 }
 

@@ -128,7 +128,17 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
                         let (source, sink) = (sources[k].as_ref(), sinks[k].as_ref());
                         async move {
                             let ((started, format, input), (sink, freeze)) = futures::try_join!(
-                                start_item(ctx, src_session, id, t, item, format, source, first),
+                                start_item(
+                                    ctx,
+                                    sched.gate.as_ref(),
+                                    src_session,
+                                    id,
+                                    t,
+                                    item,
+                                    format,
+                                    source,
+                                    first
+                                ),
                                 open_sink(d, t, item, format, sink)
                             )?;
                             Ok::<_, MigrationError>(Opened {
@@ -230,8 +240,18 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
             for item in &group {
                 let t = &sched.tables[item.table];
                 let format = item_format(ctx, t, item);
-                let (started, format, input) =
-                    start_item(ctx, src.as_ref(), id, t, item, format, None, &first).await?;
+                let (started, format, input) = start_item(
+                    ctx,
+                    sched.gate.as_ref(),
+                    src.as_ref(),
+                    id,
+                    t,
+                    item,
+                    format,
+                    None,
+                    &first,
+                )
+                .await?;
                 let r = dump_item(dir, *level, t.oid, item, format, input, stop).await?;
                 results.push(ItemResult { started, ..r });
             }
@@ -336,10 +356,14 @@ const GROUP_BYTES: u64 = 8 << 20;
 /// table's locks at a time); then show it and open its input, which adds
 /// its COPY bytes to the progress's counter for the worker as they flow
 /// (one relaxed atomic add a chunk), so the percentage moves inside a big
-/// table.
+/// table. The item starts, and each chunk is passed on, only once `gate`
+/// (`--source-pressure`) is open, each chunk also after its share of
+/// `--max-rate`'s clock: while a worker waits it reads no more of its COPY
+/// stream, so the source's COPY waits too.
 #[allow(clippy::too_many_arguments)]
 async fn start_item(
     ctx: &CopyContext,
+    gate: Option<&super::pressure::Gate>,
     src: Option<&(Client, String)>,
     worker: usize,
     t: &TableInfo,
@@ -348,6 +372,12 @@ async fn start_item(
     prepared: Option<&Statement>,
     first: &std::sync::atomic::AtomicBool,
 ) -> Result<(Instant, WireFormat, Rows)> {
+    // A paused copy starts nothing new either: no new snapshot
+    // transaction, no new table's lock taken while a session waits
+    // behind ours.
+    if let Some(g) = gate {
+        g.wait().await;
+    }
     let started = Instant::now();
     // The new snapshot transaction and the COPY go out together (sent in
     // this order, answered in it): one round trip, not two.
@@ -365,21 +395,26 @@ async fn start_item(
     first.store(false, Ordering::Relaxed);
     renewed?;
     let input = opened?;
-    // Held to the cap before anything counts it as moved.
-    let input: Rows = match &ctx.rate {
-        Some(limit) => {
-            let limit = limit.clone();
+    // Held at the gate and to the cap before anything counts it as moved.
+    let input: Rows = match (&ctx.rate, gate) {
+        (None, None) => input,
+        (limit, gate) => {
+            let (limit, gate) = (limit.clone(), gate.cloned());
             Box::pin(input.then(move |chunk| {
-                let limit = limit.clone();
+                let (limit, gate) = (limit.clone(), gate.clone());
                 async move {
                     if let Ok(b) = &chunk {
-                        limit.take(b.len()).await;
+                        if let Some(g) = &gate {
+                            g.wait().await;
+                        }
+                        if let Some(l) = &limit {
+                            l.take(b.len()).await;
+                        }
                     }
                     chunk
                 }
             }))
         }
-        None => input,
     };
     let input: Rows = match &ctx.progress {
         Some(p) => {

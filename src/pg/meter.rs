@@ -1,129 +1,16 @@
-//! Round trips a run makes to its servers, counted on its own sockets.
-//!
-//! Across a distance every round trip costs the link's RTT, so a run that
-//! waits for an answer per table pays seconds per thousand tables. The
-//! count is what tells a regression from a slow link: the report says how
-//! many turns each stage took, and a test bounds them.
-//!
-//! A turn is counted when a session reads the server's first bytes after
-//! it wrote (pipelined statements sent together and answered together are
-//! one turn, as they cost one RTT). The run installs a [`Meter`] as a task
-//! local around its future ([`scope`]); the tasks it spawns take it along
-//! ([`inherit`]); every SQL session opened inside counts into it from the
-//! stage the run is in when it reads (set by [`enter`], which the resume
-//! token's store calls as stages start). Replication streams are not
-//! counted: the server pushes there, it does not answer.
-//!
-//! A foundation: no SQL, no stage logic.
+//! The socket side of the round-trip meter: a session's socket that
+//! counts its turns into the run's meter (`recorded::meter`, where the
+//! meter and its task-local live, so that `recorded::carried` takes it
+//! into spawned tasks without importing `pg`).
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Stages a run can tell apart; more than any run has.
-const MAX_STAGES: usize = 32;
-
-/// The round trips of one run, by stage.
-#[derive(Debug)]
-pub(crate) struct Meter {
-    /// Stage names in the order first entered; index 0 is "preflight".
-    names: Mutex<Vec<&'static str>>,
-    counts: [AtomicU64; MAX_STAGES],
-    current: AtomicUsize,
-}
-
-impl Meter {
-    pub fn new() -> Arc<Meter> {
-        Arc::new(Meter {
-            names: Mutex::new(vec!["preflight"]),
-            counts: std::array::from_fn(|_| AtomicU64::new(0)),
-            current: AtomicUsize::new(0),
-        })
-    }
-
-    /// Count from now on into `stage`.
-    pub fn enter(&self, stage: &'static str) {
-        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
-        let i = match names.iter().position(|n| *n == stage) {
-            Some(i) => i,
-            None if names.len() < MAX_STAGES => {
-                names.push(stage);
-                names.len() - 1
-            }
-            // Never reached with today's stages; the last slot takes the rest.
-            None => MAX_STAGES - 1,
-        };
-        self.current.store(i, Ordering::Relaxed);
-    }
-
-    fn turn(&self) {
-        self.counts[self.current.load(Ordering::Relaxed)].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Every stage that made a round trip, in the order first entered.
-    pub fn by_stage(&self) -> Vec<(String, u64)> {
-        let names = self.names.lock().unwrap_or_else(|p| p.into_inner());
-        names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.to_string(), self.counts[i].load(Ordering::Relaxed)))
-            .filter(|(_, n)| *n > 0)
-            .collect()
-    }
-
-    pub fn total(&self) -> u64 {
-        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
-    }
-}
-
-tokio::task_local! {
-    static METER: Arc<Meter>;
-}
-
-/// The meter of the run this task belongs to, if any.
-pub(crate) fn current() -> Option<Arc<Meter>> {
-    METER.try_with(|m| m.clone()).ok()
-}
-
-/// Run `f` counting into `meter`.
-pub(crate) fn scope<F: Future>(meter: Arc<Meter>, f: F) -> impl Future<Output = F::Output> {
-    METER.scope(meter, f)
-}
-
-/// `f`, counting into this task's meter: for a task about to be spawned.
-pub(crate) fn inherit<F: Future>(f: F) -> Inherited<F> {
-    match current() {
-        Some(m) => Inherited::Scoped(Box::pin(METER.scope(m, f))),
-        None => Inherited::Plain(Box::pin(f)),
-    }
-}
-
-/// A future that carries the meter of the task that made it.
-pub(crate) enum Inherited<F: Future> {
-    Scoped(Pin<Box<tokio::task::futures::TaskLocalFuture<Arc<Meter>, F>>>),
-    Plain(Pin<Box<F>>),
-}
-
-impl<F: Future> Future for Inherited<F> {
-    type Output = F::Output;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        // Both variants are boxed, so the enum itself is Unpin.
-        match self.get_mut() {
-            Inherited::Scoped(f) => f.as_mut().poll(cx),
-            Inherited::Plain(f) => f.as_mut().poll(cx),
-        }
-    }
-}
-
-/// Count into this task's meter from now on as `stage`.
-pub(crate) fn enter(stage: &'static str) {
-    let _ = METER.try_with(|m| m.enter(stage));
-}
+pub(crate) use crate::recorded::meter::{apart, current, enter, scope, Meter};
 
 /// A socket that counts its session's round trips into a meter.
 pub(crate) struct Metered<S> {
@@ -206,6 +93,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::recorded::meter::inherit;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
@@ -261,5 +149,22 @@ mod tests {
         assert_eq!(meter.by_stage(), vec![("verify".to_string(), 1)]);
         // Outside any run: nothing to count into, nothing breaks.
         assert!(current().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_session_opened_apart_does_not_count_into_the_run() {
+        let meter = Meter::new();
+        scope(meter.clone(), async {
+            let (a, mut b) = tokio::io::duplex(64);
+            // Opened apart (the source-pressure sampler's session), used
+            // later in the run's own task.
+            let mut a = apart(async { Metered::new(a) }).await;
+            a.write_all(b"q").await.unwrap();
+            b.write_all(b"r").await.unwrap();
+            let mut buf = [0u8; 1];
+            a.read_exact(&mut buf).await.unwrap();
+        })
+        .await;
+        assert_eq!(meter.total(), 0);
     }
 }

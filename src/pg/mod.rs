@@ -5,6 +5,7 @@
 pub mod catalog;
 pub mod connect;
 pub(crate) mod meter;
+pub mod pressure;
 pub mod quote;
 pub mod replication;
 pub mod session;

@@ -81,6 +81,122 @@ pub struct WorkerSnapshot {
     pub bytes: u64,
 }
 
+/// One of the signals `--source-pressure` watches on the source (see
+/// [`crate::SourcePressure`] for what each one does and why).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum PressureSignal {
+    /// A physical standby replays further behind than its threshold.
+    StandbyLag,
+    /// Our replication slot retains more WAL than its threshold.
+    SlotWal,
+    /// A session waits for a lock one of our sessions holds.
+    LockWait,
+}
+
+impl PressureSignal {
+    /// The name the JSON and the metrics' `signal` label use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PressureSignal::StandbyLag => "standby_lag",
+            PressureSignal::SlotWal => "slot_wal",
+            PressureSignal::LockWait => "lock_wait",
+        }
+    }
+
+    /// For people: what is over its threshold.
+    pub fn describe(self) -> &'static str {
+        match self {
+            PressureSignal::StandbyLag => "standby replay lag",
+            PressureSignal::SlotWal => "WAL retained by our slot",
+            PressureSignal::LockWait => "lock waits behind our sessions",
+        }
+    }
+}
+
+/// A signal over its threshold at the latest sample.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct PressureReason {
+    /// Which signal.
+    pub signal: PressureSignal,
+    /// What was measured (the standby furthest behind, the longest
+    /// waiter), in `unit`.
+    pub value: f64,
+    /// Its threshold, in `unit`.
+    pub threshold: f64,
+    /// `seconds`, `bytes` or `percent`.
+    pub unit: String,
+    /// Whether it holds the copy paused; `false`: reported only (WAL our
+    /// slot retains, a lock waiter past `lock_pause_seconds`, any signal
+    /// once the copy is over).
+    pub pauses: bool,
+    /// For people: which standby, slot or waiter, and what is done.
+    pub detail: String,
+}
+
+impl PressureReason {
+    /// The value against its threshold, for people: `3.2s > 1s`,
+    /// `45.0 MB > 16.0 MB`, `85% > 80%`.
+    pub fn measured(&self) -> String {
+        match self.unit.as_str() {
+            "bytes" => format!(
+                "{} > {}",
+                human_bytes(self.value as u64),
+                human_bytes(self.threshold as u64)
+            ),
+            "percent" => format!("{:.0}% > {}%", self.value, self.threshold),
+            _ => format!("{:.1}s > {}s", self.value, self.threshold),
+        }
+    }
+}
+
+/// `--source-pressure`: what the governor sees of the source and what it
+/// does about it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct PressureSnapshot {
+    /// The copy is paused now: no worker reads its next chunk.
+    pub paused: bool,
+    /// The signals over their threshold at the latest sample (empty: the
+    /// source is fine).
+    pub reasons: Vec<PressureReason>,
+    /// Seconds the copy has been paused so far, the current pause
+    /// included.
+    pub paused_seconds: f64,
+    /// How many pauses began.
+    pub pauses: u64,
+}
+
+/// What `--source-pressure` did over a run: the report's
+/// `source_pressure`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct PressureSummary {
+    /// Seconds the copy was paused.
+    pub paused_seconds: f64,
+    /// How many pauses there were.
+    pub pauses: u64,
+    /// The signals that crossed their threshold at least once (paused for
+    /// or reported).
+    pub signals: Vec<PressureSignal>,
+}
+
+impl PressureSummary {
+    /// Two copies' (a copy started again on a new snapshot, the databases
+    /// of a cluster) added up.
+    pub(crate) fn add(&mut self, other: &PressureSummary) {
+        self.paused_seconds += other.paused_seconds;
+        self.pauses += other.pauses;
+        for s in &other.signals {
+            if !self.signals.contains(s) {
+                self.signals.push(*s);
+            }
+        }
+        self.signals.sort();
+    }
+}
+
 /// The part of a migration running now: its stages, as the resume token
 /// records them ([`Stage`] under the name embedders read). Serialized as
 /// the stage's name (`copy_data`, `stream`, ...), the names the events and
@@ -148,6 +264,10 @@ pub struct Snapshot {
     /// bytes a second (a rate at the cap is this governor, not the link).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_rate: Option<u64>,
+    /// `--source-pressure`: whether the copy is paused and why (`None`:
+    /// the governor is off, or has not sampled yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pressure: Option<PressureSnapshot>,
     /// A whole-cluster migration: the database being migrated (with
     /// several at once, the first copying, else the first running; its
     /// stage is `phase`). The counters above are the cluster's sums (see
@@ -297,7 +417,8 @@ impl<'a> From<&'a Snapshot> for StatusView<'a> {
 /// percent, bytes_per_second, eta_seconds}`, `lag {lag_bytes,
 /// lag_seconds, applied_lsn, transactions_per_second, rows_per_second,
 /// ready_to_cut_over}`, `cutover_started {attempt}`, `cutover_finished
-/// {downtime_seconds, fence_lsn}`, `cutover_failed {error}`, `warning
+/// {downtime_seconds, fence_lsn}`, `cutover_failed {error}`, `throttled
+/// {reasons}`, `unthrottled {seconds, paused_seconds}`, `warning
 /// {message}`, `error {message, exit_code?}`, `summary {report}` (the
 /// last line of a successful run).
 pub const EVENT_SCHEMA: &str = "pg_dbmigrator.events/1";
@@ -360,6 +481,20 @@ pub enum Event {
         /// [`Snapshot::max_rate`]: the copy is held to it.
         #[serde(skip_serializing_if = "Option::is_none")]
         max_rate: Option<u64>,
+    },
+    /// `--source-pressure` paused the copy, or changed why it holds it
+    /// paused (a warning says so too, at most once a minute a signal).
+    Throttled {
+        /// [`PressureSnapshot::reasons`]: those that hold the copy
+        /// (`pauses`) and those reported beside them.
+        reasons: Vec<PressureReason>,
+    },
+    /// The copy goes on after a pause.
+    Unthrottled {
+        /// How long this pause lasted.
+        seconds: f64,
+        /// [`PressureSnapshot::paused_seconds`]: every pause so far.
+        paused_seconds: f64,
     },
     /// Online, every 5 s while streaming (see [`OnlineSnapshot`]).
     Lag {
@@ -1012,6 +1147,11 @@ impl Progress {
         self.with(|s| s.max_rate = bytes_per_second);
     }
 
+    /// The latest state of `--source-pressure`'s governor.
+    pub(crate) fn set_pressure(&self, p: PressureSnapshot) {
+        self.with(|s| s.pressure = Some(p));
+    }
+
     /// A lag sample of the online loop (an event every 5 seconds).
     pub fn set_online(&self, f: impl FnOnce(&mut OnlineSnapshot)) {
         let o = self.with(|s| {
@@ -1137,6 +1277,30 @@ pub(crate) fn merge(s: &mut Snapshot, members: &[Member<'_>]) {
     s.rows_copied = rows_copied;
     s.bytes_in_flight = in_flight;
     s.workers = workers;
+    // Each database's copy has its own governor: the cluster is paused
+    // while any of them is (a standby's lag pauses them all), for the
+    // longest total any of them was.
+    let pressures: Vec<&PressureSnapshot> = members
+        .iter()
+        .filter_map(|m| m.snapshot.and_then(|o| o.pressure.as_ref()))
+        .collect();
+    s.pressure = (!pressures.is_empty()).then(|| {
+        let mut reasons: Vec<PressureReason> = Vec::new();
+        for r in pressures.iter().flat_map(|p| &p.reasons) {
+            if !reasons.contains(r) {
+                reasons.push(r.clone());
+            }
+        }
+        PressureSnapshot {
+            paused: pressures.iter().any(|p| p.paused),
+            reasons,
+            paused_seconds: pressures
+                .iter()
+                .map(|p| p.paused_seconds)
+                .fold(0.0, f64::max),
+            pauses: pressures.iter().map(|p| p.pauses).sum(),
+        }
+    });
     s.databases_total = rows.len() as u64;
     s.databases_done = rows
         .iter()
@@ -1186,6 +1350,26 @@ pub fn metrics_text(s: &Snapshot) -> String {
             "The cap --max-rate puts on the copy's read rate from the source.",
             "gauge",
             r as f64,
+        );
+    }
+    if let Some(p) = &s.pressure {
+        metric(
+            "throttled",
+            "1 while --source-pressure holds the copy paused.",
+            "gauge",
+            if p.paused { 1.0 } else { 0.0 },
+        );
+        metric(
+            "throttled_seconds_total",
+            "Seconds --source-pressure has held the copy paused.",
+            "counter",
+            p.paused_seconds,
+        );
+        metric(
+            "throttle_pauses_total",
+            "Pauses --source-pressure has made.",
+            "counter",
+            p.pauses as f64,
         );
     }
     metric(
@@ -1337,10 +1521,47 @@ pub fn metrics_text(s: &Snapshot) -> String {
             "# HELP pg_dbmigrator_stage The stage running now.\n# TYPE pg_dbmigrator_stage gauge\npg_dbmigrator_stage{{stage=\"{stage}\"}} 1\n"
         ));
     }
+    if let Some(p) = &s.pressure {
+        pressure_metrics(&mut out, &p.reasons);
+    }
     if !s.databases.is_empty() {
         database_metrics(&mut out, &s.databases);
     }
     out
+}
+
+/// `--source-pressure`'s signals over their threshold: the measured value
+/// and the threshold, labelled with the signal, its unit and whether it
+/// pauses the copy (`action="pause"`) or is only reported.
+fn pressure_metrics(out: &mut String, reasons: &[PressureReason]) {
+    if reasons.is_empty() {
+        return;
+    }
+    for (name, help, value) in [
+        (
+            "source_pressure",
+            "A source signal over its --source-pressure threshold: the value measured.",
+            (|r: &PressureReason| r.value) as fn(&PressureReason) -> f64,
+        ),
+        (
+            "source_pressure_threshold",
+            "The --source-pressure threshold of a signal over it.",
+            |r: &PressureReason| r.threshold,
+        ),
+    ] {
+        out.push_str(&format!(
+            "# HELP pg_dbmigrator_{name} {help}\n# TYPE pg_dbmigrator_{name} gauge\n"
+        ));
+        for r in reasons {
+            out.push_str(&format!(
+                "pg_dbmigrator_{name}{{signal=\"{}\",unit=\"{}\",action=\"{}\"}} {}\n",
+                label(r.signal.as_str()),
+                label(&r.unit),
+                if r.pauses { "pause" } else { "report" },
+                value(r)
+            ));
+        }
+    }
 }
 
 /// A whole-cluster migration's series per database, labelled
@@ -1687,6 +1908,68 @@ mod tests {
         }
         .to_json();
         assert!(e.get("exit_code").is_none(), "{e}");
+    }
+
+    #[test]
+    fn source_pressure_shows_in_the_metrics_and_the_events() {
+        let reason = |signal, value, pauses| PressureReason {
+            signal,
+            value,
+            threshold: 1.0,
+            unit: "seconds".into(),
+            pauses,
+            detail: "pid 7 has waited".into(),
+        };
+        let s = Snapshot {
+            pressure: Some(PressureSnapshot {
+                paused: true,
+                reasons: vec![
+                    reason(PressureSignal::LockWait, 3.5, true),
+                    reason(PressureSignal::StandbyLag, 2.0, false),
+                ],
+                paused_seconds: 2.5,
+                pauses: 1,
+            }),
+            ..Default::default()
+        };
+        let m = metrics_text(&s);
+        for line in [
+            "pg_dbmigrator_throttled 1\n",
+            "pg_dbmigrator_throttled_seconds_total 2.5\n",
+            "pg_dbmigrator_throttle_pauses_total 1\n",
+            "pg_dbmigrator_source_pressure{signal=\"lock_wait\",unit=\"seconds\",action=\"pause\"} 3.5\n",
+            "pg_dbmigrator_source_pressure{signal=\"standby_lag\",unit=\"seconds\",action=\"report\"} 2\n",
+            "pg_dbmigrator_source_pressure_threshold{signal=\"lock_wait\",unit=\"seconds\",action=\"pause\"} 1\n",
+        ] {
+            assert!(m.contains(line), "{line} not in:\n{m}");
+        }
+        assert_eq!(
+            m.matches("# TYPE pg_dbmigrator_source_pressure gauge")
+                .count(),
+            1
+        );
+        // Off: no series at all.
+        assert!(!metrics_text(&Snapshot::default()).contains("throttled"));
+        let e = Event::Throttled {
+            reasons: s.pressure.as_ref().unwrap().reasons.clone(),
+        }
+        .to_json();
+        assert_eq!(e["event"], "throttled");
+        assert_eq!(e["reasons"][0]["signal"], "lock_wait");
+        assert_eq!(e["reasons"][0]["pauses"], true);
+        let e = Event::Unthrottled {
+            seconds: 2.5,
+            paused_seconds: 2.5,
+        }
+        .to_json();
+        assert_eq!(
+            (e["event"].as_str(), e["seconds"].as_f64()),
+            (Some("unthrottled"), Some(2.5))
+        );
+        // `/status` carries the snapshot's pressure as it is.
+        let status = serde_json::to_value(StatusView::from(&s)).unwrap();
+        assert_eq!(status["pressure"]["paused"], true);
+        assert_eq!(status["pressure"]["reasons"][1]["signal"], "standby_lag");
     }
 
     #[test]

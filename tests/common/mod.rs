@@ -314,6 +314,8 @@ pub fn check_events(stdout: &[u8]) -> Vec<serde_json::Value> {
         "cutover_started",
         "cutover_finished",
         "cutover_failed",
+        "throttled",
+        "unthrottled",
         "warning",
         "error",
         "summary",

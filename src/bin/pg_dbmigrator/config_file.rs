@@ -206,8 +206,11 @@ fn to_args(
             )),
         }
     };
+    // A flag whose value may be left out (`--source-pressure`): `true`
+    // gives it bare, `false` leaves it out.
+    let value_optional = arg.get_num_args().is_some_and(|n| n.min_values() == 0);
     match value {
-        toml::Value::Boolean(b) if !takes_value => {
+        toml::Value::Boolean(b) if !takes_value || value_optional => {
             Ok(if *b { vec![long.into()] } else { Vec::new() })
         }
         _ if !takes_value => Err(format!(

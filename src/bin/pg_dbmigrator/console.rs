@@ -175,6 +175,24 @@ pub fn line(s: &Snapshot) -> String {
             ));
         }
     }
+    // `--source-pressure`: why the copy is paused, or what is reported.
+    if let Some(p) = &s.pressure {
+        let list = |pauses: bool| {
+            p.reasons
+                .iter()
+                .filter(|r| r.pauses == pauses)
+                .map(|r| format!("{} ({})", r.signal.describe(), r.measured()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if p.paused {
+            out.push_str(&format!(" | paused: {}", list(true)));
+        }
+        let reported = list(false);
+        if !reported.is_empty() {
+            out.push_str(&format!(" | source: {reported}"));
+        }
+    }
     // One line per busy copy worker.
     for w in &s.workers {
         out.push_str(&format!(
@@ -436,6 +454,41 @@ mod tests {
         let l = line(&s);
         assert!(l.starts_with("[copy_data] 3/8 items"), "{l}");
         assert!(l.contains("(25%)") && l.contains("ETA 15s"), "{l}");
+    }
+
+    #[test]
+    fn the_line_says_why_the_copy_is_paused() {
+        use pg_dbmigrator::progress::{PressureReason, PressureSignal, PressureSnapshot};
+        let reason = |signal, value, threshold: f64, unit: &str, pauses| PressureReason {
+            signal,
+            value,
+            threshold,
+            unit: unit.into(),
+            pauses,
+            detail: String::new(),
+        };
+        let s = Snapshot {
+            phase: Some(pg_dbmigrator::Phase::CopyData),
+            pressure: Some(PressureSnapshot {
+                paused: true,
+                reasons: vec![
+                    reason(PressureSignal::LockWait, 3.24, 1.0, "seconds", true),
+                    reason(PressureSignal::SlotWal, 85.2, 80.0, "percent", false),
+                ],
+                paused_seconds: 2.0,
+                pauses: 1,
+            }),
+            ..Default::default()
+        };
+        let l = line(&s);
+        assert!(
+            l.contains("| paused: lock waits behind our sessions (3.2s > 1s)"),
+            "{l}"
+        );
+        assert!(
+            l.contains("| source: WAL retained by our slot (85% > 80%)"),
+            "{l}"
+        );
     }
 
     #[test]
