@@ -39,18 +39,20 @@ pub async fn setup_source(client: &Client) -> Result<()> {
 /// needs superuser or, on PG15+, a granted SET privilege): with them off,
 /// tables can be loaded in any order and user triggers do not fire twice.
 pub async fn setup_target(client: &Client) -> Result<bool> {
-    client
-        .batch_execute(COMMON_SETTINGS)
-        .await
-        .map_err(|e| MigrationError::db("configuring the target session", e))?;
-    client
-        .batch_execute("SET synchronous_commit = off")
-        .await
-        .map_err(|e| MigrationError::db("configuring the target session", e))?;
-    Ok(client
-        .batch_execute("SET session_replication_role = replica")
-        .await
-        .is_ok())
+    setup_target_with(client, "").await
+}
+
+/// [`setup_target`], with `more` settings sent in the same round trip.
+/// The role change travels beside them, pipelined, as a query of its own:
+/// refused (no privilege), it must not take the settings down with it.
+async fn setup_target_with(client: &Client, more: &str) -> Result<bool> {
+    let settings = format!("{COMMON_SETTINGS}; SET synchronous_commit = off{more}");
+    let (settings, replica) = futures::join!(
+        client.batch_execute(&settings),
+        client.batch_execute("SET session_replication_role = replica"),
+    );
+    settings.map_err(|e| MigrationError::db("configuring the target session", e))?;
+    Ok(replica.is_ok())
 }
 
 /// What pg_dump's scripts set before any DDL, for every session that
@@ -69,12 +71,7 @@ pub const DDL_SETTINGS: &str = "SET statement_timeout = 0; SET lock_timeout = 0;
 /// [`setup_target`] plus [`DDL_SETTINGS`]: for a session that applies
 /// schema steps as well as loading rows.
 pub async fn setup_ddl_target(client: &Client) -> Result<bool> {
-    let replica = setup_target(client).await?;
-    client
-        .batch_execute(DDL_SETTINGS)
-        .await
-        .map_err(|e| MigrationError::db("configuring the target session", e))?;
-    Ok(replica)
+    setup_target_with(client, &format!("; {DDL_SETTINGS}")).await
 }
 
 /// Whether the session still answers: the coordinator's, whose loss takes
