@@ -74,6 +74,24 @@ fn stat(pid: u32) -> Option<(u32, u64, u64)> {
     Some((n(1)? as u32, n(11)? + n(12)?, n(13)? + n(14)?))
 }
 
+/// Live children of `pid` with their utime + stime (ticks).
+fn children_of(pid: u32) -> Vec<(u32, u64)> {
+    let mut children = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Some((ppid, t, _)) = stat(p) {
+                if ppid == pid {
+                    children.push((p, t));
+                }
+            }
+        }
+    }
+    children
+}
+
 /// The postmaster's pid, from the first line of `<datadir>/postmaster.pid`.
 pub fn postmaster_pid(data_dir: &Path) -> Option<u32> {
     std::fs::read_to_string(data_dir.join("postmaster.pid"))
@@ -100,26 +118,29 @@ impl ServerReading {
         let Some(pm) = postmaster_pid(data_dir) else {
             return ServerReading::default();
         };
-        let Some((_, own, reaped)) = stat(pm) else {
-            return ServerReading::default();
-        };
-        let mut children = Vec::new();
-        if let Ok(dir) = std::fs::read_dir("/proc") {
-            for e in dir.flatten() {
-                let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                    continue;
-                };
-                if let Some((ppid, t, _)) = stat(pid) {
-                    if ppid == pm {
-                        children.push((pid, t));
-                    }
-                }
+        // A backend reaped between the postmaster's reading and the scan
+        // of its children would be in neither (a backend ends just as its
+        // tool exits): read the postmaster again after the scan, and scan
+        // again if it reaped anything in between.
+        let mut last = ServerReading::default();
+        for _ in 0..20 {
+            let Some((_, own, reaped)) = stat(pm) else {
+                return ServerReading::default();
+            };
+            let children = children_of(pm);
+            let Some((_, own2, reaped2)) = stat(pm) else {
+                return ServerReading::default();
+            };
+            last = ServerReading {
+                postmaster: Some((pm, own2 + reaped2)),
+                children,
+            };
+            if reaped2 == reaped {
+                let _ = own;
+                break;
             }
         }
-        ServerReading {
-            postmaster: Some((pm, own + reaped)),
-            children,
-        }
+        last
     }
 
     /// Seconds used from `before` to `self` (`None` if the postmaster was
