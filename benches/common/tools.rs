@@ -268,8 +268,9 @@ pub fn fresh_target(ctx: &Ctx) -> Result<()> {
 /// One timed run of `tool` on `ds` into a fresh target, verified after.
 pub fn run_one(ctx: &Ctx, ds: &mut DatasetState, tool: Tool, round: usize) -> Result<RunOk> {
     let tag = format!(
-        "{}-{}-r{}",
+        "{}-{}-{}-r{}",
         ds.name,
+        ctx.link.get().tag(),
         tool.name().replace(['|', '+'], "_"),
         round
     );
