@@ -23,6 +23,15 @@
 //!   automatic cutover, then pgbench `-R` on the *new* server while
 //!   `pg_dbmigrator rollback` returns to the old one; the target then runs
 //!   with `wal_level = logical`.
+//! * `governor` (also in `BENCH_ONLINE_PARTS`): `pgbench -R` on the
+//!   source while our *offline* copy of a bigger pgbench database runs,
+//!   once without `--max-rate` and once with it; pgbench's p50/p99
+//!   latency over the copy window, from its per-transaction log:
+//!   * `BENCH_GOVERNOR_SCALE` — `pgbench -i -s` of the copied database
+//!     (default 30: `pgbench_accounts` about 400 MB);
+//!   * `BENCH_GOVERNOR_RATE` — pgbench `-R` (default 500);
+//!   * `BENCH_GOVERNOR_MAX_RATE` — our `--max-rate` in the governed runs
+//!     (default 20MB).
 //! * `BENCH_JOBS` — `--jobs` of our migrate (default 2).
 //! * `BENCH_BIN` — benchmark this pg_dbmigrator binary instead of the one
 //!   cargo builds from this checkout.
@@ -79,6 +88,10 @@ struct Config {
     catchup: bool,
     downtime: bool,
     rollback: bool,
+    governor: bool,
+    gov_scale: u32,
+    gov_rate: u32,
+    gov_max_rate: String,
 }
 
 impl Config {
@@ -100,8 +113,8 @@ impl Config {
         let parts = env_or("BENCH_ONLINE_PARTS", "catchup,downtime");
         let parts: Vec<&str> = parts.split(',').map(str::trim).collect();
         for p in &parts {
-            if !matches!(*p, "catchup" | "downtime" | "rollback" | "") {
-                bail!("BENCH_ONLINE_PARTS: unknown part {p:?} (catchup, downtime, rollback)");
+            if !matches!(*p, "catchup" | "downtime" | "rollback" | "governor" | "") {
+                bail!("BENCH_ONLINE_PARTS: unknown part {p:?} (catchup, downtime, rollback, governor)");
             }
         }
         if txns < PGBENCH_CLIENTS as u64 || scale == 0 || runs == 0 || rate == 0 || jobs == 0 {
@@ -117,6 +130,14 @@ impl Config {
             catchup: parts.contains(&"catchup"),
             downtime: parts.contains(&"downtime"),
             rollback: parts.contains(&"rollback"),
+            governor: parts.contains(&"governor"),
+            gov_scale: env_or("BENCH_GOVERNOR_SCALE", "30")
+                .parse()
+                .context("BENCH_GOVERNOR_SCALE")?,
+            gov_rate: env_or("BENCH_GOVERNOR_RATE", "500")
+                .parse()
+                .context("BENCH_GOVERNOR_RATE")?,
+            gov_max_rate: env_or("BENCH_GOVERNOR_MAX_RATE", "20MB"),
         })
     }
 
@@ -1188,6 +1209,312 @@ fn last_ok_transaction(dir: &Path) -> Result<Option<f64>> {
     Ok(last)
 }
 
+// ---------------------------------------------------------------- governor
+
+/// Seconds of pgbench before the copy starts; the latencies of its last
+/// [`GOV_BASELINE`] seconds are the "before" column.
+const GOV_WARMUP: Duration = Duration::from_secs(12);
+const GOV_BASELINE: f64 = 10.0;
+/// pgbench goes on this long after the copy before it is stopped, so its
+/// per-transaction log has been written out past the copy window.
+const GOV_AFTER: Duration = Duration::from_secs(4);
+
+/// Latencies (ms) of the pgbench transactions completed in a window.
+#[derive(Debug, Clone, Copy, Default)]
+struct Latencies {
+    n: usize,
+    p50: f64,
+    p99: f64,
+    max: f64,
+    /// p99 of the schedule lag (`-R`: how late the transaction started).
+    lag_p99: f64,
+    /// Transactions logged as failed or skipped in the window.
+    failed: usize,
+}
+
+/// The nearest-rank percentile `p` (0..1) of sorted `v`.
+fn percentile(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let k = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[k - 1]
+}
+
+/// One transaction of a pgbench per-transaction log: completion time
+/// (Unix seconds), latency and schedule lag in ms (`None`: failed or
+/// skipped). Lines are `client tx time script epoch us [lag]`; under -R
+/// `time` runs from the transaction's scheduled start, so it includes the
+/// lag.
+type Txn = (f64, Option<(f64, f64)>);
+
+fn pgbench_log(dir: &Path) -> Result<Vec<Txn>> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let text = std::fs::read_to_string(e?.path())?;
+        for line in text.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 6 {
+                continue;
+            }
+            let (Ok(s), Ok(us)) = (f[4].parse::<u64>(), f[5].parse::<u64>()) else {
+                continue;
+            };
+            let t = s as f64 + us as f64 / 1e6;
+            let lat = f[2].parse::<u64>().ok().map(|lat| {
+                let lag = f.get(6).and_then(|l| l.parse::<u64>().ok()).unwrap_or(0);
+                (lat as f64 / 1e3, lag as f64 / 1e3)
+            });
+            v.push((t, lat));
+        }
+    }
+    Ok(v)
+}
+
+fn latencies(txns: &[Txn], from: f64, to: f64) -> Latencies {
+    let inside: Vec<&Txn> = txns
+        .iter()
+        .filter(|(t, _)| *t >= from && *t <= to)
+        .collect();
+    let mut lat: Vec<f64> = inside.iter().filter_map(|(_, l)| l.map(|l| l.0)).collect();
+    let mut lag: Vec<f64> = inside.iter().filter_map(|(_, l)| l.map(|l| l.1)).collect();
+    lat.sort_by(f64::total_cmp);
+    lag.sort_by(f64::total_cmp);
+    Latencies {
+        n: lat.len(),
+        p50: percentile(&lat, 0.50),
+        p99: percentile(&lat, 0.99),
+        max: lat.last().copied().unwrap_or(f64::NAN),
+        lag_p99: percentile(&lag, 0.99),
+        failed: inside.len() - lat.len(),
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Governed {
+    round: usize,
+    max_rate: Option<String>,
+    copy_secs: f64,
+    during: Latencies,
+    before: Latencies,
+    /// pgbench's log reaches past the end of the copy.
+    covered: bool,
+}
+
+/// The copied database on the source: `pgbench -i -s <gov_scale>`,
+/// checkpointed. Returns its size in bytes.
+fn governor_source(ctx: &Ctx, db: &str) -> Result<u64> {
+    for c in [&ctx.src, &ctx.tgt] {
+        exec(
+            &c.conninfo("postgres"),
+            &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+        )?;
+    }
+    exec(
+        &ctx.src.conninfo("postgres"),
+        &format!("CREATE DATABASE {db}"),
+    )?;
+    let mut init = ctx.pgbench(&ctx.src);
+    init.args(["-i", "-q", "-s", &ctx.cfg.gov_scale.to_string(), db]);
+    run_ok(&mut init, "pgbench -i")?;
+    exec(&ctx.src.conninfo("postgres"), "CHECKPOINT")?;
+    query_one(
+        &ctx.src.conninfo(db),
+        "SELECT pg_database_size(current_database())::text",
+    )?
+    .parse()
+    .context("database size")
+}
+
+/// `pgbench -R` on the source, then (after [`GOV_WARMUP`]) our offline
+/// `migrate` of the same database into an empty one on the target, with
+/// `--max-rate max_rate` if given; pgbench stopped [`GOV_AFTER`] after the
+/// copy, and its latencies read from its per-transaction log.
+fn governor_run(ctx: &Ctx, round: usize, db: &str, max_rate: Option<&str>) -> Result<Governed> {
+    let tag = format!(
+        "governor-{round}-{}",
+        max_rate.map_or("free".to_string(), |r| r.replace(['/', ' '], "_"))
+    );
+    let admin = ctx.tgt.conninfo("postgres");
+    exec(
+        &admin,
+        &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+    )?;
+    exec(&admin, &format!("CREATE DATABASE {db}"))?;
+    exec(&admin, "CHECKPOINT")?;
+    exec(&ctx.src.conninfo("postgres"), "CHECKPOINT")?;
+    let pgb_dir = ctx.work.join(format!("{tag}-pgbench"));
+    let _ = std::fs::remove_dir_all(&pgb_dir);
+    std::fs::create_dir_all(&pgb_dir)?;
+    let mut load = ctx.pgbench(&ctx.src);
+    // -T far beyond any copy: pgbench is stopped once the copy is over.
+    load.args([
+        "-n",
+        "-c",
+        &PGBENCH_CLIENTS.to_string(),
+        "-j",
+        &PGBENCH_THREADS.to_string(),
+        "-T",
+        "3600",
+        "-R",
+        &ctx.cfg.gov_rate.to_string(),
+        "-l",
+    ])
+    .arg(format!("--log-prefix={}", pgb_dir.join("tx").display()))
+    .arg(db);
+    let mut pgb = Proc::spawn(
+        load,
+        "pgbench -R",
+        &ctx.logs.join(format!("{tag}.pgbench")),
+        &ctx.logs.join(format!("{tag}.pgbench.err")),
+    )?;
+    std::thread::sleep(GOV_WARMUP);
+    pgb.still_running()?;
+    let dump = ctx.work.join(&tag);
+    let log = ctx.logs.join(format!("{tag}.log"));
+    let mut cmd = Command::new(&ctx.bin);
+    cmd.arg("migrate")
+        .arg("--source")
+        .arg(uri(&ctx.src, db))
+        .arg("--target")
+        .arg(uri(&ctx.tgt, db))
+        .args(["--jobs", &ctx.cfg.jobs.to_string(), "--verify", "none"])
+        .arg("--dump-path")
+        .arg(&dump)
+        .stdin(Stdio::null());
+    if let Some(r) = max_rate {
+        cmd.args(["--max-rate", r]);
+    }
+    let t0 = SystemTime::now();
+    let started = Instant::now();
+    let mut m = Proc::spawn(cmd, "pg_dbmigrator migrate (offline)", &log, &log)?;
+    let status = m.wait(Duration::from_secs(1800))?;
+    let copy_secs = started.elapsed().as_secs_f64();
+    let t1 = SystemTime::now();
+    std::thread::sleep(GOV_AFTER);
+    pgb.still_running()?;
+    // pgbench has no graceful stop: SIGINT ends it. What it logged up to a
+    // few hundred ms before is on disk (each thread's log is flushed every
+    // few KB, about 0.3 s at this rate).
+    signal(pgb.pid(), "INT")?;
+    let _ = pgb.wait(Duration::from_secs(20));
+    let _ = std::fs::remove_dir_all(&dump);
+    let _ = std::fs::remove_file(token_path(&dump));
+    if !status.success() {
+        bail!(
+            "migrate exited with {status}; log {}:\n{}",
+            log.display(),
+            tail_of(&log, 3000)
+        );
+    }
+    let txns = pgbench_log(&pgb_dir)?;
+    let _ = std::fs::remove_dir_all(&pgb_dir);
+    let (t0, t1) = (unix_secs(t0), unix_secs(t1));
+    let last = txns.iter().map(|t| t.0).fold(0.0, f64::max);
+    Ok(Governed {
+        round,
+        max_rate: max_rate.map(str::to_string),
+        copy_secs,
+        during: latencies(&txns, t0, t1),
+        before: latencies(&txns, t0 - GOV_BASELINE, t0),
+        covered: last >= t1,
+    })
+}
+
+type GovResult = Result<Governed, (usize, Option<String>, String)>;
+
+fn governor_report(cfg: &Config, size: u64, runs: &[GovResult]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\n#### pgbench -R {} on the source during an offline copy, with and without `--max-rate {}`\n",
+        cfg.gov_rate, cfg.gov_max_rate
+    );
+    let _ = writeln!(
+        s,
+        "`pgbench -n -c {PGBENCH_CLIENTS} -j {PGBENCH_THREADS} -R {} -l` (TPC-B) on the source database, a `pgbench -i -s {}` \
+         database of {:.0} MB; {} s later `pg_dbmigrator migrate --jobs {} --verify none` (offline) copies that same \
+         database into an empty one on the target, once without and once with `--max-rate {}` (alternating which \
+         goes first); pgbench is stopped {} s after the copy. Latency = pgbench's per-transaction time (under -R, \
+         from the transaction's scheduled start, so schedule lag included) of the transactions that completed inside \
+         the copy window (from the migrate's start to its exit); \"before\" = the {} s before the copy. \
+         Percentiles are nearest-rank over those transactions.\n",
+        cfg.gov_rate,
+        cfg.gov_scale,
+        size as f64 / 1e6,
+        GOV_WARMUP.as_secs(),
+        cfg.jobs,
+        cfg.gov_max_rate,
+        GOV_AFTER.as_secs(),
+        GOV_BASELINE
+    );
+    let _ = writeln!(
+        s,
+        "| round | our copy | copy s | MB/s (db size / copy s) | txns in the copy | p50 ms | p99 ms | max ms | lag p99 ms | failed | before: p50 ms | before: p99 ms |"
+    );
+    let _ = writeln!(s, "|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    let name = |r: &Option<String>| {
+        r.as_ref().map_or("no `--max-rate`".to_string(), |r| {
+            format!("`--max-rate {r}`")
+        })
+    };
+    for r in runs {
+        match r {
+            Ok(g) => {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {:.2} | {:.1} | {}{} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {:.2} | {:.2} |",
+                    g.round,
+                    name(&g.max_rate),
+                    g.copy_secs,
+                    size as f64 / 1e6 / g.copy_secs,
+                    g.during.n,
+                    if g.covered { "" } else { " (log ends before the copy did)" },
+                    g.during.p50,
+                    g.during.p99,
+                    g.during.max,
+                    g.during.lag_p99,
+                    g.during.failed,
+                    g.before.p50,
+                    g.before.p99
+                );
+            }
+            Err((round, rate, e)) => {
+                let _ = writeln!(
+                    s,
+                    "| {round} | {} | failed: {} | | | | | | | | | |",
+                    name(rate),
+                    one_line(e)
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\n| our copy | runs | median copy s | median p50 ms | median p99 ms | median p99 before the copy |\n|---|--:|--:|--:|--:|--:|"
+    );
+    for rate in [None, Some(cfg.gov_max_rate.clone())] {
+        let ok: Vec<&Governed> = runs
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .filter(|g| g.max_rate == rate)
+            .collect();
+        let med =
+            |f: &dyn Fn(&Governed) -> f64| median(&ok.iter().map(|g| f(g)).collect::<Vec<_>>());
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} |",
+            name(&rate),
+            ok.len(),
+            fmt_opt(med(&|g| g.copy_secs), 2),
+            fmt_opt(med(&|g| g.during.p50), 2),
+            fmt_opt(med(&|g| g.during.p99), 2),
+            fmt_opt(med(&|g| g.before.p99), 2)
+        );
+    }
+    s
+}
+
 // ---------------------------------------------------------------- report
 
 fn fmt_opt(v: Option<f64>, prec: usize) -> String {
@@ -1246,7 +1573,7 @@ fn report(
     );
     let _ = writeln!(
         s,
-        "- dataset: `pgbench -i -s {}` ({} accounts), fresh per run; our migrate with `--jobs {} --fix-replica-identity`, default `--verify checksum`",
+        "- dataset of the catch-up, downtime and rollback parts: `pgbench -i -s {}` ({} accounts), fresh per run; our migrate with `--jobs {} --fix-replica-identity`, default `--verify checksum`",
         cfg.scale,
         cfg.scale as u64 * 100_000,
         cfg.jobs
@@ -1653,6 +1980,46 @@ fn run() -> Result<()> {
             back.push(r.map_err(|e| (round, format!("{e:#}"))));
         }
     }
+    let mut gov = Vec::new();
+    let mut gov_size = 0;
+    if cfg.governor {
+        let db = "bench_governor";
+        ctx.say(format!(
+            "governor: building pgbench -i -s {} on the source ...",
+            cfg.gov_scale
+        ));
+        gov_size = governor_source(&ctx, db)?;
+        for round in 1..=cfg.runs {
+            // Alternate which goes first.
+            let order = if round % 2 == 1 {
+                [None, Some(cfg.gov_max_rate.as_str())]
+            } else {
+                [Some(cfg.gov_max_rate.as_str()), None]
+            };
+            for max_rate in order {
+                let what =
+                    max_rate.map_or("no --max-rate".to_string(), |r| format!("--max-rate {r}"));
+                ctx.say(format!("governor round {round}: {what} ..."));
+                let r = governor_run(&ctx, round, db, max_rate);
+                match &r {
+                    Ok(g) => ctx.say(format!(
+                        "governor round {round}: {what}: copy {:.2}s; pgbench during the copy: {} txns, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; before: p50 {:.2} ms, p99 {:.2} ms",
+                        g.copy_secs, g.during.n, g.during.p50, g.during.p99, g.during.max, g.before.p50, g.before.p99
+                    )),
+                    Err(e) => ctx.say(format!("governor round {round}: {what} FAILED: {e:#}")),
+                }
+                gov.push(r.map_err(|e| (round, max_rate.map(str::to_string), format!("{e:#}"))));
+            }
+        }
+        let _ = exec(
+            &ctx.src.conninfo("postgres"),
+            &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+        );
+        let _ = exec(
+            &ctx.tgt.conninfo("postgres"),
+            &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+        );
+    }
     let mut md = report(
         &cfg,
         &header,
@@ -1662,6 +2029,9 @@ fn run() -> Result<()> {
     );
     if cfg.rollback {
         md.push_str(&rollback_report(&cfg, &back));
+    }
+    if cfg.governor {
+        md.push_str(&governor_report(&cfg, gov_size, &gov));
     }
     std::fs::write(&results_md, &md)?;
     println!("{md}");
@@ -1673,7 +2043,8 @@ fn run() -> Result<()> {
     );
     let failed = catch.iter().filter(|r| r.is_err()).count()
         + down.iter().filter(|r| r.is_err()).count()
-        + back.iter().filter(|r| r.is_err()).count();
+        + back.iter().filter(|r| r.is_err()).count()
+        + gov.iter().filter(|r| r.is_err()).count();
     // Servers stop (testkit) and the work dir goes away on drop.
     drop(ctx);
     drop(work_root);

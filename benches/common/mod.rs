@@ -1,5 +1,6 @@
 //! The benchmark harness behind `cargo bench --bench migrate`.
 
+pub mod cpu;
 pub mod datasets;
 pub mod report;
 pub mod tools;
@@ -35,9 +36,144 @@ pub struct Config {
     /// `max_locks_per_transaction` of both servers, when the datasets need
     /// more than PostgreSQL's default.
     pub max_locks: Option<u32>,
-    /// Milliseconds of round trip every tool pays to each server: the
-    /// testkit's proxy adds half of it each way (`None`: straight).
-    pub rtt_ms: Option<u64>,
+    /// `BENCH_RTT_MS` × `BENCH_NEAR`: where the tools sit, each a full
+    /// round of the datasets and tools. Without `BENCH_RTT_MS`, one
+    /// straight link (no proxies). When no link of the list is straight,
+    /// a straight one running only ours comes first ([`Link::baseline`]),
+    /// so that our time at a distance is set against ours without one in
+    /// the same run.
+    pub links: Vec<Link>,
+    /// `BENCH_TIMEOUT_S`: a tool still running after this is killed (its
+    /// whole process group) and reported as "> N s".
+    pub timeout: Option<std::time::Duration>,
+    /// `BENCH_READY` (default on): after each migration, the
+    /// `vacuumdb --analyze-only` a DBA runs before letting traffic in.
+    pub ready: bool,
+}
+
+/// Where the tool sits between the servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Near {
+    /// Both links are distant (the round trip on each).
+    BothFar,
+    /// Next to the source: the round trip is on the target link only.
+    Source,
+    /// Next to the target: the round trip is on the source link only.
+    Target,
+}
+
+impl Near {
+    fn parse(s: &str) -> Result<Near> {
+        match s.trim() {
+            "both-far" | "" => Ok(Near::BothFar),
+            "source" => Ok(Near::Source),
+            "target" => Ok(Near::Target),
+            other => bail!("BENCH_NEAR={other:?}: expected source, target or both-far"),
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Near::BothFar => "both-far",
+            Near::Source => "source",
+            Near::Target => "target",
+        }
+    }
+}
+
+/// The network between the tools and the servers for a round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Link {
+    pub rtt_ms: u64,
+    pub near: Near,
+    /// A straight link added only for ours' no-delay time (the list had no 0).
+    pub baseline: bool,
+}
+
+impl Link {
+    pub const STRAIGHT: Link = Link {
+        rtt_ms: 0,
+        near: Near::BothFar,
+        baseline: false,
+    };
+    /// Round trip between the tool and the source.
+    pub fn source_rtt_ms(self) -> u64 {
+        if self.near == Near::Source {
+            0
+        } else {
+            self.rtt_ms
+        }
+    }
+    /// Round trip between the tool and the target.
+    pub fn target_rtt_ms(self) -> u64 {
+        if self.near == Near::Target {
+            0
+        } else {
+            self.rtt_ms
+        }
+    }
+    pub fn is_straight(self) -> bool {
+        self.rtt_ms == 0
+    }
+    /// For the report: "no delay", "10 ms RTT, both links", ...
+    pub fn label(self) -> String {
+        match (self.rtt_ms, self.near) {
+            (0, _) => "no delay".into(),
+            (ms, Near::BothFar) => format!("{ms} ms RTT on both links"),
+            (ms, Near::Source) => format!("{ms} ms RTT, tool next to the source"),
+            (ms, Near::Target) => format!("{ms} ms RTT, tool next to the target"),
+        }
+    }
+    /// Short, for log lines and the CSV.
+    pub fn tag(self) -> String {
+        match (self.rtt_ms, self.near) {
+            (0, _) => "rtt0".into(),
+            (ms, n) => format!("rtt{ms}-{}", n.name()),
+        }
+    }
+}
+
+/// The links of `BENCH_RTT_MS` (comma list) × `BENCH_NEAR` (comma list).
+fn links_from(rtts: &str, nears: &str) -> Result<Vec<Link>> {
+    if rtts.trim().is_empty() {
+        return Ok(vec![Link::STRAIGHT]);
+    }
+    let rtts = rtts
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|v| v.trim().parse::<u64>())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .context("BENCH_RTT_MS: a comma list of milliseconds")?;
+    let nears = nears
+        .split(',')
+        .map(Near::parse)
+        .collect::<Result<Vec<_>>>()?;
+    let mut links = Vec::new();
+    for ms in rtts {
+        for &near in &nears {
+            let l = if ms == 0 {
+                Link::STRAIGHT
+            } else {
+                Link {
+                    rtt_ms: ms,
+                    near,
+                    baseline: false,
+                }
+            };
+            if !links.contains(&l) {
+                links.push(l);
+            }
+        }
+    }
+    if !links.iter().any(|l| l.is_straight()) {
+        links.insert(
+            0,
+            Link {
+                baseline: true,
+                ..Link::STRAIGHT
+            },
+        );
+    }
+    Ok(links)
 }
 
 fn env_or(name: &str, default: &str) -> String {
@@ -72,12 +208,18 @@ impl Config {
             "test" => vec![ServerConfig::Test],
             other => bail!("BENCH_CONFIG={other:?}: expected production, test or both"),
         };
-        let rtt_ms = std::env::var("BENCH_RTT_MS")
+        let links = links_from(
+            &std::env::var("BENCH_RTT_MS").unwrap_or_default(),
+            &env_or("BENCH_NEAR", "both-far"),
+        )?;
+        let timeout = std::env::var("BENCH_TIMEOUT_S")
             .ok()
             .filter(|v| !v.trim().is_empty())
             .map(|v| v.trim().parse::<u64>())
             .transpose()
-            .context("BENCH_RTT_MS")?;
+            .context("BENCH_TIMEOUT_S")?
+            .map(std::time::Duration::from_secs);
+        let ready = !matches!(env_or("BENCH_READY", "1").trim(), "0" | "no" | "off");
         let target_major = std::env::var("BENCH_TARGET_MAJOR")
             .ok()
             .filter(|v| !v.trim().is_empty())
@@ -103,7 +245,9 @@ impl Config {
             configs,
             target_major,
             max_locks,
-            rtt_ms,
+            links,
+            timeout,
+            ready,
         })
     }
 }
@@ -249,8 +393,11 @@ pub struct Ctx {
     /// Per-run logs of the tools.
     pub logs: PathBuf,
     /// `BENCH_RTT_MS`: the proxies in front of the source and the target
-    /// that every tool goes through (the harness's own reads do not).
+    /// that every tool goes through (the harness's own reads do not) when
+    /// its side of the current link has a delay.
     pub proxies: Option<(FaultProxy, FaultProxy)>,
+    /// The link the runs go over now ([`Ctx::set_link`]).
+    pub link: std::cell::Cell<Link>,
 }
 
 impl Ctx {
@@ -260,12 +407,36 @@ impl Ctx {
             c.superuser, c.password, c.host, port, db
         )
     }
+    /// Put the tools behind `link` from now on: each side with a delay goes
+    /// through its proxy, which adds half the round trip each way; a side
+    /// without one goes straight to its server.
+    pub fn set_link(&self, link: Link) {
+        if let Some((s, t)) = &self.proxies {
+            s.set_delay(std::time::Duration::from_micros(link.source_rtt_ms() * 500));
+            t.set_delay(std::time::Duration::from_micros(link.target_rtt_ms() * 500));
+        }
+        self.link.set(link);
+    }
+    fn source_proxy(&self) -> Option<&FaultProxy> {
+        let l = self.link.get();
+        self.proxies
+            .as_ref()
+            .filter(|_| l.source_rtt_ms() > 0)
+            .map(|p| &p.0)
+    }
+    fn target_proxy(&self) -> Option<&FaultProxy> {
+        let l = self.link.get();
+        self.proxies
+            .as_ref()
+            .filter(|_| l.target_rtt_ms() > 0)
+            .map(|p| &p.1)
+    }
     /// The ports the tools reach the servers at.
     fn tool_ports(&self) -> (u16, u16) {
-        match &self.proxies {
-            Some((s, t)) => (s.port, t.port),
-            None => (self.src.port, self.tgt.port),
-        }
+        (
+            self.source_proxy().map_or(self.src.port, |p| p.port),
+            self.target_proxy().map_or(self.tgt.port, |p| p.port),
+        )
     }
     pub fn src_uri(&self, db: &str) -> String {
         Ctx::uri(&self.src, self.tool_ports().0, db)
@@ -275,15 +446,15 @@ impl Ctx {
     }
     /// The source's key=value conninfo as the tools get it.
     pub fn src_tool(&self, db: &str) -> String {
-        match &self.proxies {
-            Some((p, _)) => p.route(&self.src.conninfo(db)),
+        match self.source_proxy() {
+            Some(p) => p.route(&self.src.conninfo(db)),
             None => self.src.conninfo(db),
         }
     }
     /// The target's key=value conninfo as the tools get it.
     pub fn tgt_tool(&self, db: &str) -> String {
-        match &self.proxies {
-            Some((_, p)) => p.route(&self.tgt.conninfo(db)),
+        match self.target_proxy() {
+            Some(p) => p.route(&self.tgt.conninfo(db)),
             None => self.tgt.conninfo(db),
         }
     }
@@ -478,19 +649,21 @@ pub fn run() -> Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
 
-    let proxies = match cfg.rtt_ms {
-        Some(ms) => {
-            let proxy = |c: &Cluster| -> Result<FaultProxy> {
-                let p = FaultProxy::start(format!("127.0.0.1:{}", c.port).parse()?)?;
-                p.set_delay(std::time::Duration::from_micros(ms * 500));
-                Ok(p)
-            };
-            eprintln!(
-                "every tool reaches the servers through proxies adding {ms} ms of round trip"
-            );
-            Some((proxy(&src)?, proxy(&tgt)?))
-        }
-        None => None,
+    let proxies = if cfg.links.iter().any(|l| !l.is_straight()) {
+        let proxy = |c: &Cluster| -> Result<FaultProxy> {
+            Ok(FaultProxy::start(format!("127.0.0.1:{}", c.port).parse()?)?)
+        };
+        eprintln!(
+            "links: {}",
+            cfg.links
+                .iter()
+                .map(|l| l.label())
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        Some((proxy(&src)?, proxy(&tgt)?))
+    } else {
+        None
     };
     let ctx = Ctx {
         cfg: cfg.clone(),
@@ -501,6 +674,7 @@ pub fn run() -> Result<()> {
         work: work_root.path().to_path_buf(),
         logs,
         proxies,
+        link: std::cell::Cell::new(Link::STRAIGHT),
     };
 
     let mut tools = Vec::new();
@@ -540,7 +714,9 @@ pub fn run() -> Result<()> {
         rss_probe: rss_probe.describe().to_string(),
         configs: cfg.configs.clone(),
         max_locks: cfg.max_locks,
-        rtt_ms: cfg.rtt_ms,
+        links: cfg.links.clone(),
+        timeout: cfg.timeout,
+        ready: cfg.ready,
     });
     report.unavailable = unavailable;
 
@@ -604,43 +780,63 @@ pub fn run() -> Result<()> {
         for &sc in &cfg.configs {
             apply_server_config(&ctx, sc)?;
             for round in 1..=cfg.runs {
-                // Alternate the tools within a round and rotate the starting
-                // tool between rounds, so slow drift hits everyone alike.
-                let k = tools.len();
-                for j in 0..k {
-                    let tool = tools[(j + round - 1) % k];
-                    let t0 = Instant::now();
-                    let result = tools::run_one(&ctx, &mut state, tool, round);
-                    match &result {
-                        Ok(ok) => eprintln!(
-                            "[{:>6.0}s] {} {} round {round}: {:<20} {:>8.2}s{}",
-                            started.elapsed().as_secs_f64(),
-                            state.name,
-                            sc.name(),
-                            tool.name(),
-                            ok.secs,
-                            ok.parts
-                                .iter()
-                                .map(|(n, s)| format!(" {n}={s:.2}"))
-                                .collect::<String>()
-                        ),
-                        Err(e) => eprintln!(
-                            "[{:>6.0}s] {} {} round {round}: {:<20} FAILED after {:.1}s: {e:#}",
-                            started.elapsed().as_secs_f64(),
-                            state.name,
-                            sc.name(),
-                            tool.name(),
-                            t0.elapsed().as_secs_f64()
-                        ),
+                // Every link in each round, so drift over the rounds hits
+                // every link alike; within a link, the tools alternate and
+                // the starting tool rotates between rounds.
+                for &link in &cfg.links {
+                    ctx.set_link(link);
+                    let here: Vec<Tool> = tools
+                        .iter()
+                        .copied()
+                        .filter(|t| !link.baseline || *t == Tool::Stream)
+                        .collect();
+                    let k = here.len();
+                    for j in 0..k {
+                        let tool = here[(j + round - 1) % k];
+                        let t0 = Instant::now();
+                        let result = tools::run_one(&ctx, &mut state, tool, round);
+                        match &result {
+                            Ok(ok) => eprintln!(
+                                "[{:>6.0}s] {} {} {} round {round}: {:<20} {}{}{}",
+                                started.elapsed().as_secs_f64(),
+                                state.name,
+                                sc.name(),
+                                link.tag(),
+                                tool.name(),
+                                if ok.timed_out {
+                                    format!("> {:.0}s (killed at the time limit)", ok.secs)
+                                } else {
+                                    format!("{:>8.2}s", ok.secs)
+                                },
+                                ok.parts
+                                    .iter()
+                                    .map(|(n, s)| format!(" {n}={s:.2}"))
+                                    .collect::<String>(),
+                                ok.describe_cpu()
+                            ),
+                            Err(e) => eprintln!(
+                                "[{:>6.0}s] {} {} {} round {round}: {:<20} FAILED after {:.1}s: {e:#}",
+                                started.elapsed().as_secs_f64(),
+                                state.name,
+                                sc.name(),
+                                link.tag(),
+                                tool.name(),
+                                t0.elapsed().as_secs_f64()
+                            ),
+                        }
+                        report.runs.push(RunRecord {
+                            dataset: state.name.clone(),
+                            size_bytes: state.size_bytes,
+                            config: sc,
+                            link,
+                            tool,
+                            round,
+                            result: result.map_err(|e| format!("{e:#}")),
+                        });
                     }
-                    report.runs.push(RunRecord {
-                        dataset: state.name.clone(),
-                        size_bytes: state.size_bytes,
-                        config: sc,
-                        tool,
-                        round,
-                        result: result.map_err(|e| format!("{e:#}")),
-                    });
+                    report.elapsed_secs = started.elapsed().as_secs_f64();
+                    std::fs::write(&results_md, report.markdown())?;
+                    std::fs::write(&results_csv, report.csv())?;
                 }
             }
             report.elapsed_secs = started.elapsed().as_secs_f64();

@@ -5,6 +5,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result};
 
+use super::cpu::ServerReading;
 use super::util::{
     du_bytes, exec, literal, make_server_dir, query, run_measured, run_parallel, run_quiet, Cmd,
     Measured,
@@ -72,6 +73,58 @@ impl Tool {
     pub fn is_archive(self) -> bool {
         matches!(self, Tool::Archive | Tool::PgDumpZstd)
     }
+
+    /// A migration whose result could serve traffic (not the floor, not
+    /// an archive).
+    pub fn is_migration(self) -> bool {
+        matches!(
+            self,
+            Tool::Stream
+                | Tool::DumpMethod
+                | Tool::PgDumpRestore
+                | Tool::PgDumpPsql
+                | Tool::Pgcopydb
+        )
+    }
+
+    /// Whether the tool leaves the target with optimizer statistics:
+    /// pg_dbmigrator carries them (PostgreSQL 18+) or ANALYZEs the loaded
+    /// tables of 1000 rows or more; pgcopydb runs VACUUM ANALYZE on every
+    /// table it copied. pg_dump and pg_restore leave none: a DBA runs
+    /// `vacuumdb --analyze-only` before letting traffic in.
+    pub fn leaves_statistics(self) -> bool {
+        matches!(self, Tool::Stream | Tool::DumpMethod | Tool::Pgcopydb)
+    }
+}
+
+/// CPU seconds of one run (or one of its phases).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cpu {
+    /// The tool's process tree (`None`: not measurable, e.g. killed).
+    pub tool: Option<f64>,
+    pub source: Option<f64>,
+    pub target: Option<f64>,
+}
+
+impl Cpu {
+    fn add(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+        Some(a? + b?)
+    }
+    fn plus(self, o: Cpu) -> Cpu {
+        Cpu {
+            tool: Cpu::add(self.tool, o.tool),
+            source: Cpu::add(self.source, o.source),
+            target: Cpu::add(self.target, o.target),
+        }
+    }
+}
+
+/// The `vacuumdb --analyze-only` after a migration: what a DBA runs before
+/// production traffic when the tool left no statistics.
+#[derive(Debug, Clone, Copy)]
+pub struct Ready {
+    pub secs: f64,
+    pub cpu: Cpu,
 }
 
 /// Everything a run of one dataset needs, gathered once.
@@ -102,20 +155,100 @@ pub struct RunOk {
     pub parts: Vec<(&'static str, f64)>,
     pub rss_kib: Option<u64>,
     pub archive_bytes: Option<u64>,
+    /// CPU of the tool and of each server over the timed run.
+    pub cpu: Cpu,
+    /// Killed at `BENCH_TIMEOUT_S`: `secs` is a lower bound, the target was
+    /// not checked.
+    pub timed_out: bool,
+    /// `vacuumdb --analyze-only` after the run (`BENCH_READY`).
+    pub ready: Option<Ready>,
+    /// 1-minute load average (`/proc/loadavg`) just before the run.
+    pub load_before: Option<f64>,
 }
 
 impl RunOk {
-    fn from_phases(phases: Vec<(&'static str, Measured)>, archive_bytes: Option<u64>) -> RunOk {
+    fn from_phases(phases: Vec<(&'static str, Timed)>, archive_bytes: Option<u64>) -> RunOk {
         RunOk {
-            secs: phases.iter().map(|(_, m)| m.elapsed.as_secs_f64()).sum(),
+            secs: phases.iter().map(|(_, m)| m.m.elapsed.as_secs_f64()).sum(),
             parts: phases
                 .iter()
-                .map(|(n, m)| (*n, m.elapsed.as_secs_f64()))
+                .map(|(n, m)| (*n, m.m.elapsed.as_secs_f64()))
                 .collect(),
-            rss_kib: phases.iter().filter_map(|(_, m)| m.max_rss_kib).max(),
+            rss_kib: phases.iter().filter_map(|(_, m)| m.m.max_rss_kib).max(),
             archive_bytes,
+            cpu: phases
+                .iter()
+                .map(|(_, m)| m.cpu)
+                .reduce(Cpu::plus)
+                .unwrap_or_default(),
+            timed_out: phases.iter().any(|(_, m)| m.m.timed_out),
+            ready: None,
+            load_before: None,
         }
     }
+
+    /// " cpu tool=… src=… tgt=…" for the progress lines.
+    pub fn describe_cpu(&self) -> String {
+        let f = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.2}"));
+        let mut s = format!(
+            "  cpu tool={} src={} tgt={}",
+            f(self.cpu.tool),
+            f(self.cpu.source),
+            f(self.cpu.target)
+        );
+        if let Some(r) = &self.ready {
+            s += &format!("  vacuumdb --analyze-only {:.2}s", r.secs);
+        }
+        s
+    }
+}
+
+/// A measured child with both servers' CPU over it.
+pub struct Timed {
+    m: Measured,
+    cpu: Cpu,
+}
+
+/// Run `cmd` timed (see [`run_measured`]), reading both servers' CPU before
+/// and after.
+fn timed(ctx: &Ctx, cmd: &Cmd, log: &Path, limit: Option<std::time::Duration>) -> Result<Timed> {
+    let s0 = ServerReading::take(&ctx.src.data_dir);
+    let t0 = ServerReading::take(&ctx.tgt.data_dir);
+    let m = run_measured(cmd, log, ctx.rss_probe, limit)?;
+    let s1 = ServerReading::take(&ctx.src.data_dir);
+    let t1 = ServerReading::take(&ctx.tgt.data_dir);
+    Ok(Timed {
+        m,
+        cpu: Cpu {
+            tool: m.cpu_secs,
+            source: s1.since(&s0),
+            target: t1.since(&t0),
+        },
+    })
+}
+
+/// 1-minute load average.
+pub fn load_avg() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// `vacuumdb --analyze-only -j N` of the target database, with the
+/// source's client tools (as every peer's) over the tools' link to the
+/// target, timed with the servers' CPU.
+fn analyze_after(ctx: &Ctx, log: &Path) -> Result<Ready> {
+    let cmd = Cmd::new(ctx.src.bin_dir.join("vacuumdb"))
+        .args(["--analyze-only", "-j", &ctx.cfg.jobs.to_string()])
+        .args(["-d", &ctx.tgt_tool(TARGET_DB)]);
+    let t = timed(ctx, &cmd, log, None)?;
+    Ok(Ready {
+        secs: t.m.elapsed.as_secs_f64(),
+        cpu: t.cpu,
+    })
 }
 
 /// Drop and recreate the target database, then CHECKPOINT both servers so a
@@ -135,8 +268,9 @@ pub fn fresh_target(ctx: &Ctx) -> Result<()> {
 /// One timed run of `tool` on `ds` into a fresh target, verified after.
 pub fn run_one(ctx: &Ctx, ds: &mut DatasetState, tool: Tool, round: usize) -> Result<RunOk> {
     let tag = format!(
-        "{}-{}-r{}",
+        "{}-{}-{}-r{}",
         ds.name,
+        ctx.link.get().tag(),
         tool.name().replace(['|', '+'], "_"),
         round
     );
@@ -148,10 +282,19 @@ pub fn run_one(ctx: &Ctx, ds: &mut DatasetState, tool: Tool, round: usize) -> Re
         ds.floor = Some(prepare_floor(ctx, ds)?);
     }
     fresh_target(ctx)?;
+    let load_before = load_avg();
     let result = run_tool(ctx, ds, tool, &scratch, &log);
     let _ = std::fs::remove_dir_all(&scratch);
     let _ = std::fs::remove_file(scratch.with_extension("resume.json"));
-    let ok = result?;
+    let mut ok = result?;
+    ok.load_before = load_before;
+    if ok.timed_out {
+        return Ok(ok);
+    }
+    if ctx.cfg.ready && tool.is_migration() {
+        let alog = ctx.logs.join(format!("{tag}-vacuumdb.log"));
+        ok.ready = Some(analyze_after(ctx, &alog).context("vacuumdb --analyze-only")?);
+    }
     let got =
         snapshot(&ctx.tgt.conninfo(TARGET_DB), &ds.tables).context("reading the target back")?;
     compare(&ds.want, &got)?;
@@ -163,7 +306,7 @@ fn run_tool(ctx: &Ctx, ds: &DatasetState, tool: Tool, scratch: &Path, log: &Path
     let src = ctx.src_tool(&ds.db);
     let tgt = ctx.tgt_tool(TARGET_DB);
     let pgbin = &ctx.src.bin_dir;
-    let measure = |cmd: &Cmd| run_measured(cmd, log, ctx.rss_probe);
+    let measure = |cmd: &Cmd| timed(ctx, cmd, log, ctx.cfg.timeout);
     match tool {
         Tool::Stream | Tool::DumpMethod => {
             let mut cmd = Cmd::new(&ctx.bin)
@@ -186,6 +329,9 @@ fn run_tool(ctx: &Ctx, ds: &DatasetState, tool: Tool, scratch: &Path, log: &Path
             }
             let dump = dump.arg("-f").arg(scratch).args(["-d", &src]);
             let d = measure(&dump)?;
+            if d.m.timed_out {
+                return Ok(RunOk::from_phases(vec![("dump", d)], None));
+            }
             let bytes = du_bytes(scratch);
             let restore = Cmd::new(pgbin.join("pg_restore"))
                 .args(["-j", &jobs, "-d", &tgt])
@@ -213,6 +359,9 @@ fn run_tool(ctx: &Ctx, ds: &DatasetState, tool: Tool, scratch: &Path, log: &Path
                 .args(["dump", "--source", &src, "--jobs", &jobs, "--dump-path"])
                 .arg(scratch);
             let d = measure(&dump)?;
+            if d.m.timed_out {
+                return Ok(RunOk::from_phases(vec![("dump", d)], None));
+            }
             let bytes = du_bytes(scratch);
             let restore = Cmd::new(&ctx.bin)
                 .args(["restore", "--target", &tgt, "--jobs", &jobs, "--dump-path"])
@@ -276,7 +425,12 @@ pub fn pgcopydb_cross_major_probe(ctx: &Ctx) -> std::result::Result<(), String> 
     let result = setup()
         .map_err(|e| format!("n/a: setting up the pgcopydb probe failed: {e:#}"))
         .and_then(|()| {
-            run_measured(&pgcopydb_clone(ctx, PROBE_DB, &scratch), &log, ctx.rss_probe)
+            run_measured(
+                &pgcopydb_clone(ctx, PROBE_DB, &scratch),
+                &log,
+                ctx.rss_probe,
+                None,
+            )
                 .map_err(|_| {
                     let text = std::fs::read_to_string(&log).unwrap_or_default();
                     let reason = text
@@ -436,6 +590,10 @@ fn run_floor(ctx: &Ctx, ds: &DatasetState, src: &str, tgt: &str) -> Result<RunOk
         parts,
         rss_kib: None,
         archive_bytes: None,
+        cpu: Cpu::default(),
+        timed_out: false,
+        ready: None,
+        load_before: None,
     })
 }
 

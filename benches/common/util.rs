@@ -155,12 +155,17 @@ impl Cmd {
     }
 }
 
-/// Wall time and peak RSS of one finished child.
+/// Wall time, peak RSS and CPU of one finished child.
 #[derive(Debug, Clone, Copy)]
 pub struct Measured {
     pub elapsed: Duration,
     /// Peak resident set size in KiB (see [`RssProbe`]).
     pub max_rss_kib: Option<u64>,
+    /// User + system seconds of the child's whole process tree (see
+    /// [`super::cpu`]); `None` when it was killed at the time limit.
+    pub cpu_secs: Option<f64>,
+    /// Killed at the time limit (`BENCH_TIMEOUT_S`): `elapsed` is the limit.
+    pub timed_out: bool,
 }
 
 /// How the peak RSS of a child is taken.
@@ -204,9 +209,28 @@ impl RssProbe {
     }
 }
 
+extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+}
+
+/// SIGKILL to the process group `pgid` (one the harness made for a tool).
+fn kill_group(pgid: u32) {
+    // SAFETY: plain system call; a negative pid names a process group.
+    unsafe {
+        kill(-(pgid as i32), 9);
+    }
+}
+
 /// Run `cmd` with stdout and stderr appended to `log`, timing it from spawn
-/// to exit. A non-zero exit is an error that quotes the log's tail.
-pub fn run_measured(cmd: &Cmd, log: &Path, probe: RssProbe) -> Result<Measured> {
+/// to exit. A non-zero exit is an error that quotes the log's tail. The
+/// tool runs in a process group of its own; past `limit` the whole group
+/// is killed and the run is returned as timed out.
+pub fn run_measured(
+    cmd: &Cmd,
+    log: &Path,
+    probe: RssProbe,
+    limit: Option<Duration>,
+) -> Result<Measured> {
     let out = File::options().create(true).append(true).open(log)?;
     let err = out.try_clone()?;
     let rss_file = log.with_extension("rss");
@@ -226,29 +250,45 @@ pub fn run_measured(cmd: &Cmd, log: &Path, probe: RssProbe) -> Result<Measured> 
         .stdin(Stdio::null())
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err));
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    let cpu0 = super::cpu::children_cpu_secs();
     let start = Instant::now();
     let mut child = command
         .spawn()
         .with_context(|| format!("starting {}", cmd.program.display()))?;
     let mut hwm = None;
-    let status = match probe {
-        RssProbe::GnuTime => child.wait()?,
-        RssProbe::ProcPoll => loop {
-            if let Some(s) = child.try_wait()? {
-                break s;
-            }
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if probe == RssProbe::ProcPoll {
             if let Some(v) = vm_hwm_kib(child.id()) {
                 hwm = Some(v);
             }
-            std::thread::sleep(Duration::from_millis(20));
-        },
+        }
+        if limit.is_some_and(|l| start.elapsed() >= l) {
+            timed_out = true;
+            kill_group(child.id());
+            break child.wait()?;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     };
     let elapsed = start.elapsed();
+    let cpu = super::cpu::children_cpu_secs() - cpu0;
     if probe == RssProbe::GnuTime {
         hwm = std::fs::read_to_string(&rss_file)
             .ok()
             .and_then(|s| s.lines().last().and_then(|l| l.trim().parse().ok()));
         let _ = std::fs::remove_file(&rss_file);
+    }
+    if timed_out {
+        return Ok(Measured {
+            elapsed: limit.unwrap_or(elapsed),
+            max_rss_kib: hwm,
+            cpu_secs: None,
+            timed_out,
+        });
     }
     if !status.success() {
         bail!(
@@ -261,6 +301,8 @@ pub fn run_measured(cmd: &Cmd, log: &Path, probe: RssProbe) -> Result<Measured> 
     Ok(Measured {
         elapsed,
         max_rss_kib: hwm,
+        cpu_secs: cpu.is_finite().then_some(cpu),
+        timed_out,
     })
 }
 
