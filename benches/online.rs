@@ -1296,6 +1296,14 @@ struct Governed {
     max_rate: Option<String>,
     copy_secs: f64,
     during: Latencies,
+    /// The same, split at the end of the last table's rows (from our
+    /// log's last `copied item=` line): while rows are read (what
+    /// `--max-rate` paces), then the rest (index builds, ANALYZE, keys,
+    /// sequences), which it does not.
+    rows: Latencies,
+    rest: Latencies,
+    /// Seconds from the migrate's start to the last table's rows in.
+    rows_secs: Option<f64>,
     before: Latencies,
     /// pgbench's log reaches past the end of the copy.
     covered: bool,
@@ -1411,11 +1419,24 @@ fn governor_run(ctx: &Ctx, round: usize, db: &str, max_rate: Option<&str>) -> Re
     let _ = std::fs::remove_dir_all(&pgb_dir);
     let (t0, t1) = (unix_secs(t0), unix_secs(t1));
     let last = txns.iter().map(|t| t.0).fold(0.0, f64::max);
+    // Our log's lines start with an RFC 3339 UTC timestamp.
+    let rows_end = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("copied item="))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|ts| chrono::DateTime::parse_from_rfc3339(ts).ok())
+        .map(|t| t.timestamp_micros() as f64 / 1e6)
+        .fold(None, |m: Option<f64>, t| Some(m.map_or(t, |m| m.max(t))));
+    let split = rows_end.unwrap_or(t1).clamp(t0, t1);
     Ok(Governed {
         round,
         max_rate: max_rate.map(str::to_string),
         copy_secs,
         during: latencies(&txns, t0, t1),
+        rows: latencies(&txns, t0, split),
+        rest: latencies(&txns, split, t1),
+        rows_secs: rows_end.map(|_| split - t0),
         before: latencies(&txns, t0 - GOV_BASELINE, t0),
         covered: last >= t1,
     })
@@ -1437,8 +1458,10 @@ fn governor_report(cfg: &Config, size: u64, runs: &[GovResult]) -> String {
          database into an empty one on the target, once without and once with `--max-rate {}` (alternating which \
          goes first); pgbench is stopped {} s after the copy. Latency = pgbench's per-transaction time (under -R, \
          from the transaction's scheduled start, so schedule lag included) of the transactions that completed inside \
-         the copy window (from the migrate's start to its exit); \"before\" = the {} s before the copy. \
-         Percentiles are nearest-rank over those transactions.\n",
+         the copy window (from the migrate's start to its exit); \"before\" = the {} s before the copy; \
+         \"while rows\" / \"after the rows\" split the copy window at our log's last `copied item=` line: \
+         the rows' read (what `--max-rate` paces), then the index builds, ANALYZE and the rest, which it does \
+         not pace. Percentiles are nearest-rank over those transactions.\n",
         cfg.gov_rate,
         cfg.gov_scale,
         size as f64 / 1e6,
@@ -1450,9 +1473,12 @@ fn governor_report(cfg: &Config, size: u64, runs: &[GovResult]) -> String {
     );
     let _ = writeln!(
         s,
-        "| round | our copy | copy s | MB/s (db size / copy s) | txns in the copy | p50 ms | p99 ms | max ms | lag p99 ms | failed | before: p50 ms | before: p99 ms |"
+        "| round | our copy | copy s | MB/s (db size / copy s) | txns in the copy | p50 ms | p99 ms | max ms | lag p99 ms | failed | before: p50 ms | before: p99 ms | rows in after s | while rows: p50 / p99 ms | after the rows: p50 / p99 ms |"
     );
-    let _ = writeln!(s, "|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    let _ = writeln!(
+        s,
+        "|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+    );
     let name = |r: &Option<String>| {
         r.as_ref().map_or("no `--max-rate`".to_string(), |r| {
             format!("`--max-rate {r}`")
@@ -1463,7 +1489,7 @@ fn governor_report(cfg: &Config, size: u64, runs: &[GovResult]) -> String {
             Ok(g) => {
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {:.2} | {:.1} | {}{} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {:.2} | {:.2} |",
+                    "| {} | {} | {:.2} | {:.1} | {}{} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {:.2} | {:.2} | {} | {:.2} / {:.2} | {:.2} / {:.2} |",
                     g.round,
                     name(&g.max_rate),
                     g.copy_secs,
@@ -1476,13 +1502,18 @@ fn governor_report(cfg: &Config, size: u64, runs: &[GovResult]) -> String {
                     g.during.lag_p99,
                     g.during.failed,
                     g.before.p50,
-                    g.before.p99
+                    g.before.p99,
+                    fmt_opt(g.rows_secs, 2),
+                    g.rows.p50,
+                    g.rows.p99,
+                    g.rest.p50,
+                    g.rest.p99
                 );
             }
             Err((round, rate, e)) => {
                 let _ = writeln!(
                     s,
-                    "| {round} | {} | failed: {} | | | | | | | | | |",
+                    "| {round} | {} | failed: {} | | | | | | | | | | | | |",
                     name(rate),
                     one_line(e)
                 );
@@ -1491,7 +1522,7 @@ fn governor_report(cfg: &Config, size: u64, runs: &[GovResult]) -> String {
     }
     let _ = writeln!(
         s,
-        "\n| our copy | runs | median copy s | median p50 ms | median p99 ms | median p99 before the copy |\n|---|--:|--:|--:|--:|--:|"
+        "\n| our copy | runs | median copy s | median p50 ms | median p99 ms | median p99 before the copy | median p99 while rows | median p99 after the rows |\n|---|--:|--:|--:|--:|--:|--:|--:|"
     );
     for rate in [None, Some(cfg.gov_max_rate.clone())] {
         let ok: Vec<&Governed> = runs
@@ -1503,13 +1534,15 @@ fn governor_report(cfg: &Config, size: u64, runs: &[GovResult]) -> String {
             |f: &dyn Fn(&Governed) -> f64| median(&ok.iter().map(|g| f(g)).collect::<Vec<_>>());
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             name(&rate),
             ok.len(),
             fmt_opt(med(&|g| g.copy_secs), 2),
             fmt_opt(med(&|g| g.during.p50), 2),
             fmt_opt(med(&|g| g.during.p99), 2),
-            fmt_opt(med(&|g| g.before.p99), 2)
+            fmt_opt(med(&|g| g.before.p99), 2),
+            fmt_opt(med(&|g| g.rows.p99), 2),
+            fmt_opt(med(&|g| g.rest.p99), 2)
         );
     }
     s
