@@ -20,9 +20,24 @@
 //!   every client tool (pg_dump, pg_restore, psql, pgcopydb's) stays the
 //!   source's, as when upgrading with the old server's tools. pgcopydb is
 //!   tried once on a probe database and shown n/a when it refuses.
-//! * `BENCH_RTT_MS` — every tool reaches both servers through the
-//!   testkit's proxy, which adds half of this each way (a distance between
-//!   hosts, zones or regions); the harness's own checks go straight.
+//! * `BENCH_RTT_MS` — a comma list of round trips in ms (`0,1,10,50`),
+//!   each a full round of the datasets and tools: a distant side goes
+//!   through the testkit's proxy, which adds half of it each way (a
+//!   distance between hosts, zones or regions); `0` goes straight. Without
+//!   a `0` in the list, ours alone also runs straight in every round, for
+//!   its own no-delay time in the same run. The harness's own checks go
+//!   straight.
+//! * `BENCH_NEAR` — where the tools sit, a comma list of `both-far`
+//!   (default: the round trip on both links), `source` (next to the
+//!   source: the round trip on the target link only) and `target` (the
+//!   reverse), crossed with every non-zero `BENCH_RTT_MS`.
+//! * `BENCH_TIMEOUT_S` — a tool run still going after this many seconds is
+//!   killed (its process group) and reported as "> N s".
+//! * `BENCH_READY` — `0` leaves out the `vacuumdb --analyze-only -j N` run
+//!   after each migration (the "ready to serve" columns; default on).
+//!
+//! Every run also records the CPU seconds of the tool's process tree and
+//! of each server (see `common::cpu`).
 //! * `BENCH_RUNS` — rounds per dataset and configuration (default 3).
 //! * `BENCH_JOBS` — `--jobs` for every tool (default 2).
 //! * `BENCH_TOOLS` — comma list to restrict the tools (names as in the
