@@ -2,7 +2,7 @@
 //! x(direct args ORDER BY aggregated args)`), composed from `pg_aggregate`
 //! like the plain ones in `load_aggregates`.
 
-use tokio_postgres::Client;
+use super::pipeline::Catalog;
 
 use super::{comment_on, query, user_object, Comments};
 use crate::error::Result;
@@ -19,7 +19,7 @@ fn modify(v: &str) -> &'static str {
 }
 
 pub(super) async fn load_ordered_set_aggregates(
-    c: &Client,
+    c: &Catalog<'_>,
     m: &mut SchemaModel,
     comments: &Comments,
 ) -> Result<()> {

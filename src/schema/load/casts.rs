@@ -2,7 +2,7 @@
 //! extensions, access methods, and the table access method of tables and
 //! materialized views that do not use heap.
 
-use tokio_postgres::Client;
+use super::pipeline::Catalog;
 
 use super::{baseline_sql, comment_on, query, user_object, Comments};
 use crate::error::Result;
@@ -24,7 +24,11 @@ fn not_member(cls: u32, oid: &str) -> String {
     )
 }
 
-pub(super) async fn load_casts(c: &Client, m: &mut SchemaModel, comments: &Comments) -> Result<()> {
+pub(super) async fn load_casts(
+    c: &Catalog<'_>,
+    m: &mut SchemaModel,
+    comments: &Comments,
+) -> Result<()> {
     // Casts PostgreSQL makes itself (a range's multirange casts) are internal.
     let sql = format!(
         "SELECT c.oid, pg_catalog.format_type(c.castsource, NULL), pg_catalog.format_type(c.casttarget, NULL),
@@ -79,7 +83,9 @@ pub(super) async fn load_casts(c: &Client, m: &mut SchemaModel, comments: &Comme
 /// binary-coercible to it; binary-coercible means an implicit `WITHOUT
 /// FUNCTION` cast between the two (parse_coerce.c's IsBinaryCoercible).
 /// Before PostgreSQL 18 nothing records that dependency in pg_depend.
-async fn casts_needed_by_casts(c: &Client) -> Result<std::collections::HashMap<u32, Vec<u32>>> {
+async fn casts_needed_by_casts(
+    c: &Catalog<'_>,
+) -> Result<std::collections::HashMap<u32, Vec<u32>>> {
     let base = |t: &str| {
         format!(
             "(WITH RECURSIVE d(t) AS (SELECT {t} UNION ALL
@@ -105,7 +111,7 @@ async fn casts_needed_by_casts(c: &Client) -> Result<std::collections::HashMap<u
 }
 
 pub(super) async fn load_conversions(
-    c: &Client,
+    c: &Catalog<'_>,
     m: &mut SchemaModel,
     comments: &Comments,
 ) -> Result<()> {
@@ -163,7 +169,7 @@ pub(super) async fn load_conversions(
 }
 
 pub(super) async fn load_transforms(
-    c: &Client,
+    c: &Catalog<'_>,
     m: &mut SchemaModel,
     comments: &Comments,
 ) -> Result<()> {
@@ -202,7 +208,7 @@ pub(super) async fn load_transforms(
 }
 
 pub(super) async fn load_languages(
-    c: &Client,
+    c: &Catalog<'_>,
     m: &mut SchemaModel,
     comments: &Comments,
     major: u32,
@@ -264,7 +270,7 @@ pub(super) async fn load_languages(
 }
 
 pub(super) async fn load_access_methods(
-    c: &Client,
+    c: &Catalog<'_>,
     m: &mut SchemaModel,
     comments: &Comments,
 ) -> Result<()> {
@@ -302,7 +308,7 @@ pub(super) async fn load_access_methods(
 /// are created with that method as the default, as pg_dump's scripts do;
 /// a partitioned table (PostgreSQL 17) does not take the default and gets
 /// `ALTER TABLE ... SET ACCESS METHOD`, as pg_dump 17 prints it.
-pub(super) async fn table_access_methods(c: &Client, m: &mut SchemaModel) -> Result<()> {
+pub(super) async fn table_access_methods(c: &Catalog<'_>, m: &mut SchemaModel) -> Result<()> {
     let rows = query(
         c,
         "table access methods",

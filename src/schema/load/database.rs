@@ -5,7 +5,7 @@
 //! last, so a setting such as `default_transaction_read_only` cannot get in
 //! the way of the load.
 
-use tokio_postgres::Client;
+use super::pipeline::Catalog;
 
 use super::{baseline_sql, query};
 use crate::error::Result;
@@ -52,7 +52,7 @@ pub fn set_clause(entry: &str) -> Option<String> {
     Some(format!("{} TO {value}", ident(name)))
 }
 
-pub(super) async fn load_database(c: &Client, m: &mut SchemaModel, major: u32) -> Result<()> {
+pub(super) async fn load_database(c: &Catalog<'_>, m: &mut SchemaModel, major: u32) -> Result<()> {
     let sql = format!(
         "SELECT d.oid, pg_catalog.pg_get_userbyid(d.datdba)::text, d.datacl::text, {},
                 (SELECT s.setconfig FROM pg_catalog.pg_db_role_setting s WHERE s.setdatabase = d.oid AND s.setrole = 0),

@@ -3,7 +3,7 @@
 //! options kept in their catalog order; a server's user mappings are created
 //! with it (pg_dump dumps them from the server's entry).
 
-use tokio_postgres::Client;
+use super::pipeline::Catalog;
 
 use super::{comment_on, query, Comments};
 use crate::error::Result;
@@ -41,7 +41,7 @@ fn with_options(mut s: String, opts: Option<String>) -> String {
 }
 
 pub(super) async fn load_foreign(
-    c: &Client,
+    c: &Catalog<'_>,
     m: &mut SchemaModel,
     comments: &Comments,
     major: u32,

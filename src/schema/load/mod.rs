@@ -20,6 +20,8 @@ use std::collections::HashMap;
 
 use tokio_postgres::Client;
 
+use pipeline::Catalog;
+
 use super::model::{class, SchemaModel, SchemaObject};
 use super::sort::ObjectKind;
 use super::tablespace;
@@ -31,6 +33,7 @@ mod casts;
 mod database;
 mod foreign;
 mod operators;
+mod pipeline;
 mod publications;
 mod security_labels;
 mod subscriptions;
@@ -67,13 +70,10 @@ fn user_object(cls: u32, oid: &str) -> String {
     )
 }
 
-/// One catalog read: an unnamed statement parsed, bound and run in one
-/// round trip (`query` would prepare it first, then close it: three
-/// messages' waits across a distance, for a statement used once).
-async fn query(c: &Client, what: &str, sql: &str) -> Result<Vec<tokio_postgres::Row>> {
-    c.query_typed(sql, &[])
-        .await
-        .map_err(|e| MigrationError::db(format!("reading {what} from the source catalogs"), e))
+/// One catalog read (see [`pipeline`]: in the load, sent ahead with the
+/// others of its segment).
+async fn query(c: &Catalog<'_>, what: &str, sql: &str) -> Result<Vec<tokio_postgres::Row>> {
+    c.rows(what, sql).await
 }
 
 /// As [`query`], handing each row to `each` as it arrives instead of
@@ -81,28 +81,12 @@ async fn query(c: &Client, what: &str, sql: &str) -> Result<Vec<tokio_postgres::
 /// (`pg_depend` has a dozen rows per table), whose rows held all at once
 /// would be the run's peak memory.
 async fn query_each(
-    c: &Client,
+    c: &Catalog<'_>,
     what: &str,
     sql: &str,
-    mut each: impl FnMut(&tokio_postgres::Row),
+    each: impl FnMut(&tokio_postgres::Row),
 ) -> Result<()> {
-    use futures::TryStreamExt;
-    let fail = |e| MigrationError::db(format!("reading {what} from the source catalogs"), e);
-    let rows = c
-        .query_typed_raw(
-            sql,
-            std::iter::empty::<(
-                &(dyn tokio_postgres::types::ToSql + Sync),
-                tokio_postgres::types::Type,
-            )>(),
-        )
-        .await
-        .map_err(fail)?;
-    futures::pin_mut!(rows);
-    while let Some(r) = rows.try_next().await.map_err(fail)? {
-        each(&r);
-    }
-    Ok(())
+    c.each(what, sql, each).await
 }
 
 /// Comments, keyed by `(classoid, objoid, objsubid)`.
@@ -116,7 +100,7 @@ fn comment_on(comments: &Comments, key: (u32, u32, i32), what: &str) -> Option<S
 
 /// Whether the session's role is a superuser: only one may read password
 /// hashes and subscriptions' connection strings.
-async fn is_superuser(c: &Client) -> Result<bool> {
+async fn is_superuser(c: &Catalog<'_>) -> Result<bool> {
     Ok(query(
         c,
         "the source role",
@@ -129,11 +113,37 @@ async fn is_superuser(c: &Client) -> Result<bool> {
 
 /// Load the schema. `server_major` gates catalog columns that changed.
 /// `lock_only`: the relations to lock while reading (all user tables when `None`).
+///
+/// The loaders run twice (see [`pipeline`]): a dry run that writes their
+/// reads down, then the load, its reads sent a segment at a time.
 pub async fn load(
-    c: &Client,
+    client: &Client,
     server_major: u32,
     opts: &super::ReadOptions,
     lock_only: Option<&std::collections::HashSet<u32>>,
+) -> Result<SchemaModel> {
+    // Reads no relation through a deparse function: before the lock, as
+    // ever, and on its own (its statements are prepared).
+    let refresh = crate::pg::catalog::matview_refresh(client, &opts.filters.compile()?).await?;
+    let record = Catalog::record(client);
+    load_with(&record, server_major, opts, lock_only, &refresh).await?;
+    let c = Catalog::pipelined(client, record);
+    let m = load_with(&c, server_major, opts, lock_only, &refresh).await?;
+    let counts = c.counts().await;
+    tracing::debug!(
+        "schema: {} catalog reads pipelined, {} on their own",
+        counts.pipelined,
+        counts.alone
+    );
+    Ok(m)
+}
+
+async fn load_with(
+    c: &Catalog<'_>,
+    server_major: u32,
+    opts: &super::ReadOptions,
+    lock_only: Option<&std::collections::HashSet<u32>>,
+    refresh: &crate::pg::catalog::MatviewRefresh,
 ) -> Result<SchemaModel> {
     let mut m = SchemaModel::default();
     let comments: Comments = query(
@@ -151,14 +161,13 @@ pub async fn load(
     load_functions(c, &mut m, &comments).await?;
     types::load_base_types(c, &mut m, &comments, server_major).await?;
     types::range_shells(c, &mut m).await?;
-    let refresh = crate::pg::catalog::matview_refresh(c, &opts.filters.compile()?).await?;
     let rels = load_relations(
         c,
         &mut m,
         &comments,
         server_major,
         lock_only,
-        &refresh,
+        refresh,
         !opts.no_toast_compression,
     )
     .await?;
@@ -210,7 +219,7 @@ pub async fn load(
     Ok(m)
 }
 
-async fn load_namespaces(c: &Client, m: &mut SchemaModel, comments: &Comments) -> Result<()> {
+async fn load_namespaces(c: &Catalog<'_>, m: &mut SchemaModel, comments: &Comments) -> Result<()> {
     let sql = format!(
         "SELECT n.oid, n.nspname::text, pg_catalog.pg_get_userbyid(n.nspowner)::text \
            FROM pg_catalog.pg_namespace n WHERE {} ORDER BY 2",
@@ -248,7 +257,7 @@ async fn load_namespaces(c: &Client, m: &mut SchemaModel, comments: &Comments) -
 }
 
 async fn load_types(
-    c: &Client,
+    c: &Catalog<'_>,
     m: &mut SchemaModel,
     comments: &Comments,
     major: u32,
@@ -510,7 +519,7 @@ async fn load_types(
     Ok(())
 }
 
-async fn load_functions(c: &Client, m: &mut SchemaModel, comments: &Comments) -> Result<()> {
+async fn load_functions(c: &Catalog<'_>, m: &mut SchemaModel, comments: &Comments) -> Result<()> {
     let sql = format!(
         "SELECT p.oid, n.nspname::text, p.proname::text, pg_catalog.pg_get_function_identity_arguments(p.oid),
                 p.prokind::text, pg_catalog.pg_get_userbyid(p.proowner)::text,
@@ -567,7 +576,7 @@ fn reloptions_clause(opts: &Option<Vec<String>>) -> Option<String> {
 }
 
 async fn load_relations(
-    c: &Client,
+    c: &Catalog<'_>,
     m: &mut SchemaModel,
     comments: &Comments,
     major: u32,
@@ -592,14 +601,18 @@ async fn load_relations(
     for chunk in names.chunks(500) {
         let list: Vec<String> = chunk.iter().map(|r| r.get::<_, String>(1)).collect();
         if !list.is_empty() {
-            c.batch_execute(&format!(
-                "LOCK TABLE {} IN ACCESS SHARE MODE",
-                list.join(", ")
-            ))
-            .await
-            .map_err(|e| MigrationError::db("locking relations for schema reading", e))?;
+            c.session()
+                .await
+                .batch_execute(&format!(
+                    "LOCK TABLE {} IN ACCESS SHARE MODE",
+                    list.join(", ")
+                ))
+                .await
+                .map_err(|e| MigrationError::db("locking relations for schema reading", e))?;
         }
     }
+    // The deparse reads below go out after the lock, never with it.
+    c.barrier().await;
     let sql = format!(
         "SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::text, c.relpersistence::text,
                 pg_catalog.pg_get_userbyid(c.relowner)::text,
@@ -1103,7 +1116,7 @@ async fn load_relations(
 }
 
 async fn load_sequences(
-    c: &Client,
+    c: &Catalog<'_>,
     m: &mut SchemaModel,
     comments: &Comments,
     rels: &HashMap<u32, Rel>,
@@ -1237,7 +1250,7 @@ async fn load_sequences(
 }
 
 async fn load_constraints_and_indexes(
-    c: &Client,
+    c: &Catalog<'_>,
     m: &mut SchemaModel,
     comments: &Comments,
     rels: &HashMap<u32, Rel>,
@@ -1475,7 +1488,8 @@ async fn load_constraints_and_indexes(
 /// Objects in the source that this version cannot reproduce yet. A full
 /// migration refuses to start while any exist, rather than silently
 /// leaving out a trigger, a policy or a grant; each entry names the object.
-pub async fn unsupported(c: &Client, opts: &super::ReadOptions) -> Result<Vec<String>> {
+pub async fn unsupported(client: &Client, opts: &super::ReadOptions) -> Result<Vec<String>> {
+    let c = &Catalog::direct(client);
     let mut out = Vec::new();
     // Filters by schema or table leave subscriptions out (as pg_dump's do).
     let subscriptions = opts.filters.schemas.is_empty() && opts.filters.tables.is_empty();
@@ -1495,7 +1509,8 @@ pub async fn unsupported(c: &Client, opts: &super::ReadOptions) -> Result<Vec<St
 /// settings (`ALTER ROLE ... IN DATABASE`). Owners are left out under
 /// `--no-owner`, privileges under `--no-acl`, subscriptions when they are
 /// not migrated.
-pub async fn owner_roles(c: &Client, opts: &super::ReadOptions) -> Result<Vec<String>> {
+pub async fn owner_roles(client: &Client, opts: &super::ReadOptions) -> Result<Vec<String>> {
+    let c = &Catalog::direct(client);
     let user_ns = USER_NAMESPACE;
     // In user schemas: (catalog alias and join, owner column, acl column).
     let in_schemas: &[(&str, &str, Option<&str>)] = &[
@@ -1619,7 +1634,8 @@ pub async fn owner_roles(c: &Client, opts: &super::ReadOptions) -> Result<Vec<St
 
 /// How many user objects (relations, types, functions, non-public schemas)
 /// a database holds: a full migration wants an empty target.
-pub async fn user_object_count(c: &Client) -> Result<i64> {
+pub async fn user_object_count(client: &Client) -> Result<i64> {
+    let c = &Catalog::direct(client);
     let user_ns = USER_NAMESPACE;
     let sql = format!(
         "SELECT (SELECT pg_catalog.count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE {user_ns})
@@ -1643,7 +1659,7 @@ pub(super) fn baseline_sql(classid: u32, oid_expr: &str, kind: char, owner_expr:
 /// Privileges (GRANT / REVOKE against the default) of tables, views,
 /// sequences, columns, functions, types, schemas, and default privileges.
 /// They land in the script's ACL part, after every object and the data.
-async fn load_acls(c: &Client, m: &mut SchemaModel, major: u32, filtered: bool) -> Result<()> {
+async fn load_acls(c: &Catalog<'_>, m: &mut SchemaModel, major: u32, filtered: bool) -> Result<()> {
     use super::acl::{build_acl_commands, build_default_acl_commands, AclObjectKind};
     let add = |m: &mut SchemaModel, cls: u32, oid: u32, cmds: Vec<String>| {
         if let Some(&i) = m.by_ref.get(&(cls, oid)) {
@@ -1906,7 +1922,7 @@ fn builtin_acl_roles() -> Vec<String> {
 /// `pg_catalog` and its objects, built-in languages and every extension
 /// member. Such objects are not in the model (the target has them already),
 /// so each gets an object of its own that holds only its privileges.
-async fn load_builtin_acls(c: &Client, m: &mut SchemaModel, major: u32) -> Result<()> {
+async fn load_builtin_acls(c: &Catalog<'_>, m: &mut SchemaModel, major: u32) -> Result<()> {
     use super::acl::{build_acl_commands, AclObjectKind};
     // Created by the system or an extension: not ours to create, but
     // privileges granted or revoked on it since are the user's.
@@ -2164,7 +2180,7 @@ async fn load_builtin_acls(c: &Client, m: &mut SchemaModel, major: u32) -> Resul
     Ok(())
 }
 
-async fn load_extensions(c: &Client, m: &mut SchemaModel, comments: &Comments) -> Result<()> {
+async fn load_extensions(c: &Catalog<'_>, m: &mut SchemaModel, comments: &Comments) -> Result<()> {
     for r in query(
         c,
         "extensions",
@@ -2214,7 +2230,7 @@ async fn load_extensions(c: &Client, m: &mut SchemaModel, comments: &Comments) -
 /// Triggers (with their enabled state), rules, row-level security and
 /// policies: all post-data, like pg_dump.
 async fn load_rules_triggers_policies(
-    c: &Client,
+    c: &Catalog<'_>,
     m: &mut SchemaModel,
     comments: &Comments,
     rels: &HashMap<u32, Rel>,
@@ -2401,7 +2417,7 @@ async fn load_rules_triggers_policies(
 
 /// Extended statistics objects.
 async fn load_statistics(
-    c: &Client,
+    c: &Catalog<'_>,
     m: &mut SchemaModel,
     comments: &Comments,
     major: u32,
@@ -2450,7 +2466,7 @@ async fn load_statistics(
 
 /// Plain aggregates (ordered-set and hypothetical ones: `aggregates.rs`), composed from `pg_aggregate` as pg_dump does:
 /// `pg_get_functiondef` does not work on aggregates.
-async fn load_aggregates(c: &Client, m: &mut SchemaModel, comments: &Comments) -> Result<()> {
+async fn load_aggregates(c: &Catalog<'_>, m: &mut SchemaModel, comments: &Comments) -> Result<()> {
     let sql = format!(
         "SELECT p.oid, n.nspname::text, p.proname::text, pg_catalog.pg_get_function_identity_arguments(p.oid),
                 pg_catalog.pg_get_userbyid(p.proowner)::text,
@@ -2569,7 +2585,7 @@ async fn load_aggregates(c: &Client, m: &mut SchemaModel, comments: &Comments) -
 
 /// User-defined collations (the version is left for the target to compute).
 async fn load_collations(
-    c: &Client,
+    c: &Catalog<'_>,
     m: &mut SchemaModel,
     comments: &Comments,
     major: u32,
@@ -2654,7 +2670,11 @@ async fn load_collations(
 }
 
 /// Event triggers: created last, so they never fire during the migration's own DDL.
-async fn load_event_triggers(c: &Client, m: &mut SchemaModel, comments: &Comments) -> Result<()> {
+async fn load_event_triggers(
+    c: &Catalog<'_>,
+    m: &mut SchemaModel,
+    comments: &Comments,
+) -> Result<()> {
     for r in query(
         c,
         "event triggers",
@@ -2819,11 +2839,12 @@ fn on_table(kind: ObjectKind, name: &str, oid: u32, describe: String, rel: &Rel)
 /// read `pg_authid` (a superuser); the statements then hold a secret and
 /// are never logged.
 pub async fn role_definitions(
-    c: &Client,
+    client: &Client,
     names: &[String],
     existing: &[String],
     passwords: bool,
 ) -> Result<Vec<String>> {
+    let c = &Catalog::direct(client);
     let mut out = Vec::new();
     let can_read_hash = passwords && is_superuser(c).await.unwrap_or(false);
     if passwords && !can_read_hash {
@@ -2839,7 +2860,7 @@ pub async fn role_definitions(
                 r.rolreplication, r.rolbypassrls, r.rolconnlimit, r.rolvaliduntil::text, {pw}
            FROM pg_catalog.pg_roles r WHERE r.rolname = ANY ($1) ORDER BY 1"
     );
-    let rows = c
+    let rows = client
         .query(&sql, &[&names])
         .await
         .map_err(|e| MigrationError::db("reading role definitions from the source", e))?;
@@ -2878,7 +2899,7 @@ pub async fn role_definitions(
     }
     // Memberships involving a created role, among roles the target will have.
     let will_exist: Vec<String> = names.iter().chain(existing.iter()).cloned().collect();
-    let rows = c
+    let rows = client
         .query(
             "SELECT pg_catalog.pg_get_userbyid(m.roleid)::text, pg_catalog.pg_get_userbyid(m.member)::text, m.admin_option
                FROM pg_catalog.pg_auth_members m

@@ -7,7 +7,8 @@
 
 use std::collections::HashMap;
 
-use tokio_postgres::{Client, Row};
+use super::pipeline::Catalog;
+use tokio_postgres::Row;
 
 use super::{comment_on, query, user_object, Comments};
 use crate::error::Result;
@@ -22,7 +23,7 @@ pub(super) const PG_AMOP: u32 = 2602;
 pub(super) const PG_AMPROC: u32 = 2603;
 
 pub(super) async fn load_operators(
-    c: &Client,
+    c: &Catalog<'_>,
     m: &mut SchemaModel,
     comments: &Comments,
 ) -> Result<()> {
@@ -117,7 +118,7 @@ fn amproc_item(r: &Row) -> String {
 }
 
 pub(super) async fn load_opfamilies_and_classes(
-    c: &Client,
+    c: &Catalog<'_>,
     m: &mut SchemaModel,
     comments: &Comments,
 ) -> Result<()> {

@@ -4,7 +4,7 @@
 //! added to it after the data. An online migration's own publication
 //! (`pg_dbmigrator_...`) is never reproduced.
 
-use tokio_postgres::Client;
+use super::pipeline::Catalog;
 
 use super::{comment_on, query, Comments};
 use crate::error::Result;
@@ -19,7 +19,7 @@ const PG_PUBLICATION_NAMESPACE: u32 = 6237;
 const OURS: &str = "p.pubname NOT LIKE 'pg\\_dbmigrator\\_%'";
 
 pub(super) async fn load_publications(
-    c: &Client,
+    c: &Catalog<'_>,
     m: &mut SchemaModel,
     comments: &Comments,
     major: u32,

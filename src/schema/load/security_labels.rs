@@ -7,7 +7,7 @@
 //! carried (their statements would name objects outside the schema). Reads
 //! only; `--no-security-labels` skips this loader.
 
-use tokio_postgres::Client;
+use super::pipeline::Catalog;
 
 use super::query;
 use crate::error::Result;
@@ -24,7 +24,7 @@ fn statement(provider: &str, objtype: &str, objname: &str, label: &str) -> Strin
     )
 }
 
-pub(super) async fn load_security_labels(c: &Client, m: &mut SchemaModel) -> Result<()> {
+pub(super) async fn load_security_labels(c: &Catalog<'_>, m: &mut SchemaModel) -> Result<()> {
     let rows = query(
         c,
         "security labels",

@@ -4,7 +4,7 @@
 //! Reading a connection string needs a superuser; without one they are
 //! refused by name (see [`unreadable`]), never skipped in silence.
 
-use tokio_postgres::Client;
+use super::pipeline::Catalog;
 
 use super::{comment_on, is_superuser, query, Comments};
 use crate::error::Result;
@@ -15,7 +15,7 @@ use crate::schema::sort::ObjectKind;
 const PG_SUBSCRIPTION: u32 = 6100;
 
 /// Subscriptions of this database the role cannot read (not a superuser).
-pub(super) async fn unreadable(c: &Client) -> Result<Vec<String>> {
+pub(super) async fn unreadable(c: &Catalog<'_>) -> Result<Vec<String>> {
     if is_superuser(c).await? {
         return Ok(Vec::new());
     }
@@ -37,7 +37,7 @@ pub(super) async fn unreadable(c: &Client) -> Result<Vec<String>> {
 }
 
 pub(super) async fn load_subscriptions(
-    c: &Client,
+    c: &Catalog<'_>,
     m: &mut SchemaModel,
     comments: &Comments,
     major: u32,

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use tokio_postgres::Client;
+use super::pipeline::Catalog;
 
 use super::{comment_on, query, user_object, Comments};
 use crate::error::Result;
@@ -20,7 +20,7 @@ const PG_TS_CONFIG: u32 = 3602;
 const PG_TS_TEMPLATE: u32 = 3764;
 
 pub(super) async fn load_text_search(
-    c: &Client,
+    c: &Catalog<'_>,
     m: &mut SchemaModel,
     comments: &Comments,
 ) -> Result<()> {

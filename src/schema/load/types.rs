@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use tokio_postgres::Client;
+use super::pipeline::Catalog;
 
 use super::{comment_on, query, user_object, Comments};
 use crate::error::Result;
@@ -15,7 +15,7 @@ use crate::schema::sort::ObjectKind;
 
 /// A table's (view's, materialized view's) row type and its array type
 /// stand for the relation: whoever uses the row type needs the relation.
-pub(super) async fn alias_row_types(c: &Client, m: &mut SchemaModel) -> Result<()> {
+pub(super) async fn alias_row_types(c: &Catalog<'_>, m: &mut SchemaModel) -> Result<()> {
     for r in query(
         c,
         "row types",
@@ -52,7 +52,7 @@ fn reached_functions(cls: u32) -> String {
 /// one whose SQL-standard body reads the table) is a loop (table → default
 /// → function → row type → table). pg_dump's repair:
 /// the default becomes a separate `ALTER TABLE ... SET DEFAULT` after both.
-pub(super) async fn split_row_type_defaults(c: &Client, m: &mut SchemaModel) -> Result<()> {
+pub(super) async fn split_row_type_defaults(c: &Catalog<'_>, m: &mut SchemaModel) -> Result<()> {
     let rows = query(
         c,
         "defaults over row types",
@@ -154,7 +154,7 @@ fn add_shell(
 /// User-defined base types: shell type first, then the I/O functions, then
 /// `CREATE TYPE ... (INPUT = ..., OUTPUT = ..., ...)` composed from pg_type.
 pub(super) async fn load_base_types(
-    c: &Client,
+    c: &Catalog<'_>,
     m: &mut SchemaModel,
     comments: &Comments,
     major: u32,
@@ -295,7 +295,7 @@ pub(super) async fn load_base_types(
 
 /// A range type whose canonical function takes the range itself is built
 /// like a base type: shell type, function, then the range.
-pub(super) async fn range_shells(c: &Client, m: &mut SchemaModel) -> Result<()> {
+pub(super) async fn range_shells(c: &Catalog<'_>, m: &mut SchemaModel) -> Result<()> {
     let rows = query(
         c,
         "range canonical functions",
@@ -321,7 +321,7 @@ pub(super) async fn range_shells(c: &Client, m: &mut SchemaModel) -> Result<()> 
 /// the same loop; pg_dump's repair makes the CHECK a separate constraint,
 /// added after the data.
 pub(super) async fn split_row_type_checks(
-    c: &Client,
+    c: &Catalog<'_>,
     m: &mut SchemaModel,
     comments: &Comments,
 ) -> Result<()> {
