@@ -259,15 +259,16 @@ pub(crate) async fn preflight_target(
             ));
         }
     }
-    // One query for all sequences: those the target lacks.
+    // One query for all sequences: those the target lacks (each found by
+    // its qualified name, see `catalog::target_shapes`).
     let seq_schemas: Vec<&str> = seqs.iter().map(|s| s.schema.as_str()).collect();
     let seq_names: Vec<&str> = seqs.iter().map(|s| s.name.as_str()).collect();
     for r in dst
         .query(
             "SELECT pg_catalog.format('%I.%I', u.s, u.r)
                FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) AS u(s, r)
-              WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                                 WHERE n.nspname = u.s AND c.relname = u.r AND c.relkind = 'S')",
+              WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c
+                                 WHERE c.oid = pg_catalog.to_regclass(pg_catalog.format('%I.%I', u.s, u.r)) AND c.relkind = 'S')",
             &[&seq_schemas, &seq_names],
         )
         .await

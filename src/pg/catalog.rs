@@ -107,6 +107,11 @@ pub enum TargetShape {
 /// for a source partition the target lacks, its partition root (plain or
 /// partitioned): so a partitioned source loads into a plain target table
 /// leaf by leaf, each row once, and into a differently partitioned one.
+///
+/// Each table is found by its qualified name (`to_regclass`, one catalog
+/// cache lookup), not by joining `pg_class` on `relname`: in a database of
+/// tenant schemas every name is in every schema, and that join read all
+/// 2,000 `audit` tables for each of 10,000 tables (3.9 s).
 pub async fn target_shapes(dst: &Client, tables: &[TableInfo]) -> Result<Vec<TargetShape>> {
     let schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
     let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
@@ -122,9 +127,7 @@ pub async fn target_shapes(dst: &Client, tables: &[TableInfo]) -> Result<Vec<Tar
                     WITH ORDINALITY AS u(s, r, root, ord)
                LEFT JOIN LATERAL (
                     SELECT c.oid, p.own, c.relkind::text AS kind, pg_catalog.format('%I.%I', cn.nspname, c.relname) AS name
-                      FROM (SELECT c.oid, true AS own FROM pg_catalog.pg_class c
-                              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                             WHERE n.nspname = u.s AND c.relname = u.r
+                      FROM (SELECT pg_catalog.to_regclass(pg_catalog.format('%I.%I', u.s, u.r))::oid AS oid, true AS own
                             UNION ALL
                             SELECT pg_catalog.to_regclass(u.root)::oid, false
                              WHERE u.root IS NOT NULL AND pg_catalog.to_regclass(u.root) IS NOT NULL) p
