@@ -1049,6 +1049,48 @@ async fn failed_cutover_lifts_the_fence_and_streaming_goes_on() {
     r.assert_success(code, &out, "m").await;
 }
 
+/// A failure after the handover (here the publication's drop, refused by
+/// an event trigger of the user's): the writes belong on the target by
+/// then, so the source stays fenced and nothing streams again. The run
+/// fails saying the cutover completed and what is left; the same run again
+/// removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failure_after_the_handover_keeps_the_fence_and_the_rerun_finishes() {
+    let r = Run::new("online_afterhand").await;
+    let guard = "CREATE FUNCTION public.keep_publications() RETURNS event_trigger LANGUAGE plpgsql
+                   AS $$ BEGIN RAISE EXCEPTION 'publications stay here'; END $$;
+                 CREATE EVENT TRIGGER keep_publications ON ddl_command_start
+                   WHEN TAG IN ('DROP PUBLICATION') EXECUTE FUNCTION public.keep_publications()";
+    testkit::execute(&r.db.source, guard).await.unwrap();
+    let child = r.spawn(&["--cutover", "auto"], "m1", None);
+    let (code, _) = wait_child(child, Duration::from_secs(180)).await;
+    let err = r.stderr("m1");
+    assert_ne!(code, Some(0), "{err}");
+    assert!(
+        err.contains("the cutover completed") && err.contains("publications stay here"),
+        "{err}"
+    );
+    assert!(!err.contains("fence is lifted"), "{err}");
+    // Handed over: fenced, the rows all on the target, the slot gone and
+    // the publication left.
+    assert_fenced(&r.db).await;
+    assert_same(&r.db).await;
+    assert_eq!(slots_and_publications(&r.db).await, 1);
+    let drop_guard = "BEGIN READ WRITE;
+                      DROP EVENT TRIGGER keep_publications; DROP FUNCTION public.keep_publications();
+                      COMMIT";
+    testkit::execute(&r.db.source, drop_guard).await.unwrap();
+    testkit::execute(&r.db.target, drop_guard).await.unwrap();
+    let child = r.spawn(&["--cutover", "auto", "--resume"], "m2", None);
+    let (code, out) = wait_child(child, Duration::from_secs(180)).await;
+    assert!(
+        r.stderr("m2").contains("the cutover had completed"),
+        "{}",
+        r.stderr("m2")
+    );
+    r.assert_success(code, &out, "m2").await;
+}
+
 /// Rows swapping a unique value within one batch: one set-wise UPDATE
 /// would trip over the unique index, so the applier replays that stretch
 /// one statement at a time, and the target still ends up equal.
