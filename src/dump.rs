@@ -237,11 +237,11 @@ pub(crate) async fn run_with(
     let needs = TargetNeeds::read(&src, source_version, cfg).await?;
     let (tables, seqs, los) =
         catalog::data_in_scope(&src, &filters, !cfg.data_only, cfg.large_objects).await?;
-    let dbname: String = src
-        .query_one("SELECT pg_catalog.current_database()::text", &[])
-        .await
-        .map_err(|e| MigrationError::db("reading the source database's name", e))?
-        .get(0);
+    let dbname: String =
+        crate::pg::query_one_once(&src, "SELECT pg_catalog.current_database()::text")
+            .await
+            .map_err(|e| MigrationError::db("reading the source database's name", e))?
+            .get(0);
     info!(source = %source_ep, archive = %dir.display(), tables = tables.len(), binary, "starting dump");
 
     let mut token = match existing {

@@ -361,13 +361,9 @@ pub async fn plan(cfg: &MigrationConfig) -> Result<Plan> {
                 quote::ident(&target_ep.dbname)
             )),
             Some(d) => {
-                let objects: i64 = d
-                    .query_one(
-                        "SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                let objects: i64 = crate::pg::query_one_once(d, "SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                           WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', '_pg_dbmigrator')
-                            AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'",
-                        &[],
-                    )
+                            AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'")
                     .await
                     .map_err(|e| MigrationError::db("looking into the target database", e))?
                     .get(0);

@@ -485,11 +485,7 @@ async fn restore_large_objects(
         sink.as_mut().send(chunk?).await.map_err(tdb)?;
     }
     sink.as_mut().finish().await.map_err(tdb)?;
-    let bytes: i64 = dst
-        .query_one(
-            "SELECT pg_catalog.count(pg_catalog.lo_from_bytea(oid, data)), COALESCE(pg_catalog.sum(pg_catalog.length(data)), 0)::int8 FROM dbm_lo",
-            &[],
-        )
+    let bytes: i64 = crate::pg::query_one_once(dst, "SELECT pg_catalog.count(pg_catalog.lo_from_bytea(oid, data)), COALESCE(pg_catalog.sum(pg_catalog.length(data)), 0)::int8 FROM dbm_lo")
         .await
         .map_err(tdb)?
         .get(1);

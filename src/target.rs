@@ -24,7 +24,7 @@ pub(crate) async fn missing_roles(
     needs: &TargetNeeds,
 ) -> Result<(Vec<String>, Vec<String>)> {
     let present: Vec<String> = admin
-        .query("SELECT rolname::text FROM pg_catalog.pg_roles", &[])
+        .query_typed("SELECT rolname::text FROM pg_catalog.pg_roles", &[])
         .await
         .map_err(|e| MigrationError::db("listing roles on the target", e))?
         .iter()
@@ -164,11 +164,7 @@ pub(crate) async fn compression_refusal(
     if lz4.is_empty() {
         return Ok(None);
     }
-    let supported: bool = admin
-        .query_one(
-            "SELECT 'lz4' = ANY (enumvals) FROM pg_catalog.pg_settings WHERE name = 'default_toast_compression'",
-            &[],
-        )
+    let supported: bool = crate::pg::query_one_once(admin, "SELECT 'lz4' = ANY (enumvals) FROM pg_catalog.pg_settings WHERE name = 'default_toast_compression'")
         .await
         .map_err(|e| MigrationError::db("checking the target's compression methods", e))?
         .get(0);
@@ -306,7 +302,7 @@ pub(crate) async fn preflight_target(
             .collect::<Vec<_>>()
             .join(" UNION ALL ");
         for r in dst
-            .query(&sql, &[])
+            .query_typed(&sql, &[])
             .await
             .map_err(|e| MigrationError::db("checking that target tables are empty", e))?
         {
@@ -448,15 +444,14 @@ pub(crate) async fn refuse_small_lock_table(
     let (slots, per, procs) = catalog::lock_table_size(src).await?;
     // Reading the schema also locks the system catalogs it reads (and their
     // indexes) beside every table: count them all, an upper bound.
-    let catalogs: i64 = src
-        .query_one(
-            "SELECT count(*) FROM pg_catalog.pg_class
+    let catalogs: i64 = crate::pg::query_one_once(
+        src,
+        "SELECT count(*) FROM pg_catalog.pg_class
               WHERE relnamespace = 'pg_catalog'::pg_catalog.regnamespace AND relkind IN ('r', 'i')",
-            &[],
-        )
-        .await
-        .map_err(|e| MigrationError::db("counting the system catalogs", e))?
-        .get(0);
+    )
+    .await
+    .map_err(|e| MigrationError::db("counting the system catalogs", e))?
+    .get(0);
     let need = tables + catalogs + 4 * jobs as i64;
     // A tenth of the table stays for everyone else's sessions.
     let usable = slots - slots / 10;
@@ -513,18 +508,14 @@ pub(crate) struct TargetNeeds {
 impl TargetNeeds {
     pub async fn read(src: &Client, source_version: i32, cfg: &MigrationConfig) -> Result<Self> {
         let roles = schema::load::owner_roles(src, &schema::ReadOptions::of(cfg)).await?;
-        let row = src
-            .query_one(
-                "SELECT pg_catalog.pg_encoding_to_char(d.encoding), d.datcollate::text, d.datctype::text,
+        let row = crate::pg::query_one_once(src, "SELECT pg_catalog.pg_encoding_to_char(d.encoding), d.datcollate::text, d.datctype::text,
                         NULLIF(t.spcname::text, 'pg_default')
                    FROM pg_catalog.pg_database d JOIN pg_catalog.pg_tablespace t ON t.oid = d.dattablespace
-                  WHERE d.datname = pg_catalog.current_database()",
-                &[],
-            )
+                  WHERE d.datname = pg_catalog.current_database()")
             .await
             .map_err(|e| MigrationError::db("reading the source database's encoding", e))?;
         let extensions = src
-            .query(
+            .query_typed(
                 "SELECT extname::text, extversion FROM pg_catalog.pg_extension WHERE extname <> 'plpgsql' ORDER BY 1",
                 &[],
             )

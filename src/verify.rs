@@ -614,7 +614,7 @@ fn fmt_seq((last, called): (i64, bool)) -> String {
 
 async fn large_object_digests(c: &Client) -> Result<BTreeMap<u32, (String, String)>> {
     let rows = c
-        .query(
+        .query_typed(
             "SELECT l.oid, pg_catalog.pg_get_userbyid(l.lomowner)::text, pg_catalog.md5(pg_catalog.lo_get(l.oid))
                FROM pg_catalog.pg_largeobject_metadata l",
             &[],
@@ -836,7 +836,10 @@ async fn check_one(
         table_digest_sql(unit, level, Side::Source),
         table_digest_sql(unit, level, Side::Target),
     );
-    let (sr, tr) = tokio::join!(s.query_one(&ssql, &[]), t.query_one(&tsql, &[]));
+    let (sr, tr) = tokio::join!(
+        crate::pg::query_one_once(s, &ssql),
+        crate::pg::query_one_once(t, &tsql)
+    );
     let sr = sr.map_err(|e| {
         MigrationError::db(format!("checksumming {} on the source", unit.target), e)
     })?;

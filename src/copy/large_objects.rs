@@ -101,7 +101,7 @@ pub async fn large_object_metadata(dst: &Client, los: &[LargeObjectInfo]) -> Res
 
 async fn target_roles(dst: &Client) -> Result<HashSet<String>> {
     Ok(dst
-        .query("SELECT rolname::text FROM pg_catalog.pg_roles", &[])
+        .query_typed("SELECT rolname::text FROM pg_catalog.pg_roles", &[])
         .await
         .map_err(|e| MigrationError::db("listing roles on the target", e))?
         .iter()

@@ -60,7 +60,7 @@ pub async fn recopy_unlogged(src: &Client, dst: &Client, tables: &[TableInfo]) -
 /// rollback's copies: logical replication carries no matview contents).
 pub async fn refresh_matviews(dst: &Client) -> Result<()> {
     let rows = dst
-        .query(
+        .query_typed(
             "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname)
                FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
               WHERE c.relkind = 'm' AND c.relispopulated ORDER BY c.oid",
@@ -85,7 +85,7 @@ pub async fn recopy_large_objects(src: &Client, dst: &Client, drop_extra: bool) 
     let mut oids: Vec<u32> = los.iter().map(|l| l.oid).collect();
     if drop_extra {
         for r in dst
-            .query("SELECT oid FROM pg_catalog.pg_largeobject_metadata", &[])
+            .query_typed("SELECT oid FROM pg_catalog.pg_largeobject_metadata", &[])
             .await
             .map_err(|e| MigrationError::db("listing large objects", e))?
         {

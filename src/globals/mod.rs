@@ -142,15 +142,14 @@ pub async fn read(source: &Client, opts: &GlobalsOptions) -> Result<Globals> {
 }
 
 async fn target_session(target: &Client) -> Result<TargetSession> {
-    let r = target
-        .query_one(
-            "SELECT current_user::text, r.rolsuper,
+    let r = crate::pg::query_one_once(
+        target,
+        "SELECT current_user::text, r.rolsuper,
                     ARRAY(SELECT rolname::text FROM pg_catalog.pg_roles WHERE rolname ~ '^pg_')
                FROM pg_catalog.pg_roles r WHERE r.rolname = current_user",
-            &[],
-        )
-        .await
-        .map_err(|e| MigrationError::db("reading the target session's role", e))?;
+    )
+    .await
+    .map_err(|e| MigrationError::db("reading the target session's role", e))?;
     Ok(TargetSession {
         current_user: r.get(0),
         is_superuser: r.get(1),

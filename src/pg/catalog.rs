@@ -172,7 +172,7 @@ pub async fn target_shapes(dst: &Client, tables: &[TableInfo]) -> Result<Vec<Tar
 /// re-shaped table (compared through its root) from a missing or extra one.
 pub async fn partition_roots(client: &Client) -> Result<HashMap<String, String>> {
     Ok(client
-        .query(
+        .query_typed(
             "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname),
                     (SELECT pg_catalog.format('%I.%I', rn.nspname, r.relname)
                        FROM pg_catalog.pg_class r JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace
@@ -362,7 +362,7 @@ pub async fn selected_relations(
         .map(|r| r.get(0))
         .collect();
     let owned = client
-        .query(
+        .query_typed(
             "SELECT d.objid, d.refobjid FROM pg_catalog.pg_depend d
                JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S'
               WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
@@ -385,7 +385,7 @@ pub async fn selected_relations(
 /// PostgreSQL 16 and later refuse to create.
 pub async fn generated_columns_under_plain_parents(client: &Client) -> Result<Vec<String>> {
     Ok(client
-        .query(
+        .query_typed(
             "SELECT DISTINCT pg_catalog.format('%I.%I.%I', n.nspname, c.relname, a.attname)
                FROM pg_catalog.pg_attribute a
                JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
@@ -486,7 +486,7 @@ pub async fn matview_refresh(client: &Client, filters: &CompiledFilters) -> Resu
         .map(|r| r.get(0))
         .collect();
     let reads = client
-        .query(&reads_sql, &[])
+        .query_typed(&reads_sql, &[])
         .await
         .map_err(|e| MigrationError::db(what, e))?
         .iter()
@@ -580,7 +580,7 @@ pub async fn extension_config_tables_by_identity(
     client: &Client,
 ) -> Result<(Vec<String>, Vec<String>)> {
     let rows = client
-        .query(
+        .query_typed(
             "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname),
                     c.relreplident IN ('f', 'i')
                     OR (c.relreplident = 'd' AND EXISTS (SELECT 1 FROM pg_catalog.pg_index i
@@ -636,8 +636,7 @@ pub async fn tables_with_rows_outside(client: &Client, compared: &[String]) -> R
             "SELECT EXISTS (SELECT 1 FROM ONLY {name} {})",
             condition.unwrap_or_default()
         );
-        let has_rows: bool = client
-            .query_one(&sql, &[])
+        let has_rows: bool = crate::pg::query_one_once(client, &sql)
             .await
             .map_err(|e| MigrationError::db(format!("looking for rows in {name}"), e))?
             .get(0);
@@ -651,7 +650,7 @@ pub async fn tables_with_rows_outside(client: &Client, compared: &[String]) -> R
 /// Unlogged tables of the database, `schema.name` quoted (logical
 /// replication cannot carry them: they are copied again under a fence).
 pub async fn unlogged_tables(c: &Client) -> Result<Vec<String>> {
-    Ok(c.query(
+    Ok(c.query_typed(
         "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c
                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
               WHERE c.relkind = 'r' AND c.relpersistence = 'u'",
@@ -667,7 +666,7 @@ pub async fn unlogged_tables(c: &Client) -> Result<Vec<String>> {
 /// Extensions' configuration sequences: pg_dump sets their values too.
 pub async fn list_extension_config_sequences(client: &Client) -> Result<Vec<SequenceInfo>> {
     let rows = client
-        .query(
+        .query_typed(
             "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_class c
                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
               WHERE c.relkind = 'S' AND c.oid IN (SELECT pg_catalog.unnest(x.extconfig) FROM pg_catalog.pg_extension x)
@@ -796,21 +795,16 @@ pub async fn unmatched_patterns(
 /// the role may not read it, the postmaster's start time and port) and the
 /// database's oid. Two equal identities are one database.
 pub async fn database_identity(client: &Client) -> Result<String> {
-    let row = client
-        .query_one(
-            "SELECT (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database())::text,
-                    pg_catalog.pg_postmaster_start_time()::text, pg_catalog.current_setting('port')",
-            &[],
-        )
+    let row = crate::pg::query_one_once(client, "SELECT (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database())::text,
+                    pg_catalog.pg_postmaster_start_time()::text, pg_catalog.current_setting('port')")
         .await
         .map_err(|e| MigrationError::db("reading which database this is", e))?;
     let (db, started, port): (String, String, String) = (row.get(0), row.get(1), row.get(2));
-    let system = match client
-        .query_one(
-            "SELECT system_identifier::text FROM pg_catalog.pg_control_system()",
-            &[],
-        )
-        .await
+    let system = match crate::pg::query_one_once(
+        client,
+        "SELECT system_identifier::text FROM pg_catalog.pg_control_system()",
+    )
+    .await
     {
         Ok(r) => r.get::<_, String>(0),
         Err(_) => format!("started {started} on port {port}"),
@@ -924,8 +918,7 @@ pub async fn list_sequences(
 /// (`pg_sequences` hides the value of a sequence never called).
 pub async fn sequence_state(client: &Client, seq: &SequenceInfo) -> Result<(i64, bool)> {
     let sql = format!("SELECT last_value, is_called FROM {}", seq.qualified());
-    let row = client
-        .query_one(&sql, &[])
+    let row = crate::pg::query_one_once(client, &sql)
         .await
         .map_err(|e| MigrationError::db(format!("reading sequence {}", seq.qualified()), e))?;
     Ok((row.get(0), row.get(1)))
@@ -1013,7 +1006,7 @@ pub async fn relations_exist(client: &Client, names: &[String]) -> Result<Vec<bo
 /// All large objects with their owners, by id.
 pub async fn list_large_objects(client: &Client) -> Result<Vec<LargeObjectInfo>> {
     let rows = client
-        .query(
+        .query_typed(
             "SELECT l.oid, pg_catalog.pg_get_userbyid(l.lomowner)::text, l.lomacl::text,
                     pg_catalog.acldefault('L', l.lomowner)::text,
                     pg_catalog.obj_description(l.oid, 'pg_largeobject')
@@ -1143,16 +1136,15 @@ pub async fn database_locale_provider(
     } else {
         "NULL::text"
     };
-    let row = client
-        .query_one(
-            &format!(
-                "SELECT d.datlocprovider::text, {locale}::text, {rules}::text
+    let row = crate::pg::query_one_once(
+        client,
+        &format!(
+            "SELECT d.datlocprovider::text, {locale}::text, {rules}::text
                    FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database()"
-            ),
-            &[],
-        )
-        .await
-        .map_err(|e| MigrationError::db("reading the source database's locale provider", e))?;
+        ),
+    )
+    .await
+    .map_err(|e| MigrationError::db("reading the source database's locale provider", e))?;
     let provider: String = row.get(0);
     Ok(match provider.as_str() {
         "i" => Some("icu"),
@@ -1195,27 +1187,25 @@ pub async fn cluster_databases(
 
 /// `server_version_num` of a session (e.g. 150004).
 pub async fn server_version_num(client: &Client) -> Result<i32> {
-    let row = client
-        .query_one(
-            "SELECT pg_catalog.current_setting('server_version_num')::int4",
-            &[],
-        )
-        .await
-        .map_err(|e| MigrationError::db("reading server_version_num", e))?;
+    let row = crate::pg::query_one_once(
+        client,
+        "SELECT pg_catalog.current_setting('server_version_num')::int4",
+    )
+    .await
+    .map_err(|e| MigrationError::db("reading server_version_num", e))?;
     Ok(row.get(0))
 }
 
 /// The connected database's default tablespace.
 pub async fn database_tablespace(client: &Client) -> Result<String> {
-    let row = client
-        .query_one(
-            "SELECT t.spcname::text FROM pg_catalog.pg_database d
+    let row = crate::pg::query_one_once(
+        client,
+        "SELECT t.spcname::text FROM pg_catalog.pg_database d
                JOIN pg_catalog.pg_tablespace t ON t.oid = d.dattablespace
               WHERE d.datname = pg_catalog.current_database()",
-            &[],
-        )
-        .await
-        .map_err(|e| MigrationError::db("reading the database's default tablespace", e))?;
+    )
+    .await
+    .map_err(|e| MigrationError::db("reading the database's default tablespace", e))?;
     Ok(row.get(0))
 }
 
@@ -1223,14 +1213,10 @@ pub async fn database_tablespace(client: &Client) -> Result<String> {
 /// server processes)`. PostgreSQL sizes it as max_locks_per_transaction
 /// objects per server process or prepared transaction, shared by all.
 pub async fn lock_table_size(client: &Client) -> Result<(i64, i64, i64)> {
-    let row = client
-        .query_one(
-            "SELECT current_setting('max_locks_per_transaction')::int8,
+    let row = crate::pg::query_one_once(client, "SELECT current_setting('max_locks_per_transaction')::int8,
                     current_setting('max_connections')::int8 + current_setting('max_prepared_transactions')::int8
                     + current_setting('autovacuum_max_workers')::int8 + current_setting('max_worker_processes')::int8
-                    + current_setting('max_wal_senders')::int8 + 1",
-            &[],
-        )
+                    + current_setting('max_wal_senders')::int8 + 1")
         .await
         .map_err(|e| MigrationError::db("reading the lock table's size", e))?;
     let (per, procs): (i64, i64) = (row.get(0), row.get(1));
@@ -1239,9 +1225,11 @@ pub async fn lock_table_size(client: &Client) -> Result<(i64, i64, i64)> {
 
 /// The server's heap page size, for turning table sizes into page ranges.
 pub async fn block_size(client: &Client) -> Result<u64> {
-    let row = client
-        .query_one("SELECT pg_catalog.current_setting('block_size')::int8", &[])
-        .await
-        .map_err(|e| MigrationError::db("reading block_size", e))?;
+    let row = crate::pg::query_one_once(
+        client,
+        "SELECT pg_catalog.current_setting('block_size')::int8",
+    )
+    .await
+    .map_err(|e| MigrationError::db("reading block_size", e))?;
     Ok(row.get::<_, i64>(0) as u64)
 }

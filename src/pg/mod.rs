@@ -11,3 +11,19 @@ pub mod replication;
 pub mod session;
 pub mod sessions;
 pub mod tls;
+
+/// A statement run once that returns one row, in one round trip:
+/// tokio-postgres's `query_one` with a `&str` prepares it first (a round
+/// trip of its own, wasted across a distance on a statement used once).
+/// Not exactly one row (a bug): tokio-postgres's own `query_one` runs it
+/// again, for its own error.
+pub(crate) async fn query_one_once(
+    client: &tokio_postgres::Client,
+    sql: &str,
+) -> std::result::Result<tokio_postgres::Row, tokio_postgres::Error> {
+    let mut rows = client.query_typed(sql, &[]).await?;
+    match rows.len() {
+        1 => Ok(rows.pop().expect("one row")),
+        _ => client.query_one(sql, &[]).await,
+    }
+}

@@ -173,7 +173,7 @@ pub async fn sample(
     let (standbys_q, slot_q, waits_q) =
         (standbys_sql(), slot_sql(), lock_waits_sql(server_version));
     let standbys = async {
-        c.query(&standbys_q, &[])
+        c.query_typed(&standbys_q, &[])
             .await
             .map_err(err("the standbys' lag"))
     };

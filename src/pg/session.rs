@@ -88,13 +88,12 @@ pub async fn begin_exported_snapshot(client: &Client) -> Result<(String, String)
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .await
         .map_err(|e| MigrationError::db("opening the snapshot transaction", e))?;
-    let row = client
-        .query_one(
-            "SELECT pg_catalog.pg_export_snapshot(), pg_catalog.txid_current_snapshot()::text",
-            &[],
-        )
-        .await
-        .map_err(|e| MigrationError::db("exporting the snapshot", e))?;
+    let row = crate::pg::query_one_once(
+        client,
+        "SELECT pg_catalog.pg_export_snapshot(), pg_catalog.txid_current_snapshot()::text",
+    )
+    .await
+    .map_err(|e| MigrationError::db("exporting the snapshot", e))?;
     Ok((row.get(0), row.get(1)))
 }
 
@@ -133,8 +132,7 @@ pub async fn import_snapshot(client: &Client, snapshot_id: &str) -> Result<Strin
                 e,
             )
         })?;
-    let row = client
-        .query_one("SELECT pg_catalog.txid_current_snapshot()::text", &[])
+    let row = crate::pg::query_one_once(client, "SELECT pg_catalog.txid_current_snapshot()::text")
         .await
         .map_err(|e| MigrationError::db("reading the imported snapshot", e))?;
     Ok(row.get(0))

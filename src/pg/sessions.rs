@@ -157,7 +157,7 @@ async fn wait_for_tagged(
 /// The server process of a session: what [`settle_lost`] needs to find
 /// it again once the session is lost.
 pub async fn backend_pid(c: &tokio_postgres::Client) -> Result<i32> {
-    c.query_one("SELECT pg_catalog.pg_backend_pid()", &[])
+    crate::pg::query_one_once(c, "SELECT pg_catalog.pg_backend_pid()")
         .await
         .map(|r| r.get(0))
         .map_err(|e| MigrationError::db("reading the session's server process id", e))

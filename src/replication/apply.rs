@@ -560,11 +560,12 @@ impl Applier {
         if self.unflushed.is_empty() {
             return Ok(self.durable);
         }
-        let row = self
-            .client
-            .query_one("SELECT pg_catalog.pg_current_wal_flush_lsn()::text", &[])
-            .await
-            .map_err(|e| MigrationError::db("reading the target's WAL flush position", e))?;
+        let row = crate::pg::query_one_once(
+            &self.client,
+            "SELECT pg_catalog.pg_current_wal_flush_lsn()::text",
+        )
+        .await
+        .map_err(|e| MigrationError::db("reading the target's WAL flush position", e))?;
         let flushed: Lsn = row
             .get::<_, String>(0)
             .parse()
@@ -747,7 +748,7 @@ impl Applier {
         if let Some(check) = check {
             let left: Vec<String> = self
                 .client
-                .query(&check, &[])
+                .query_typed(&check, &[])
                 .await
                 .map_err(|e| {
                     MigrationError::db("checking what the replayed DROP removed on the target", e)
@@ -926,12 +927,13 @@ impl Applier {
         };
         for d in &msg.dropped {
             if let Some(exists) = d.exists_sql() {
-                let left: bool = self
-                    .client
-                    .query_one(&format!("SELECT {exists}"), &[])
-                    .await
-                    .map_err(|e| MigrationError::db("checking a replayed DROP on the target", e))?
-                    .get(0);
+                let left: bool =
+                    crate::pg::query_one_once(&self.client, &format!("SELECT {exists}"))
+                        .await
+                        .map_err(|e| {
+                            MigrationError::db("checking a replayed DROP on the target", e)
+                        })?
+                        .get(0);
                 if left {
                     return Ok(Err(format!("{} {} is still there", d.kind, d.identity)));
                 }
@@ -1837,14 +1839,13 @@ pub async fn init_progress(client: &Client, migration_id: &str, start: Lsn) -> R
 
 /// The end LSN of the last source transaction applied, if streaming began.
 pub async fn read_progress(client: &Client, migration_id: &str) -> Result<Option<Lsn>> {
-    let exists: bool = client
-        .query_one(
-            "SELECT pg_catalog.to_regclass('_pg_dbmigrator.progress') IS NOT NULL",
-            &[],
-        )
-        .await
-        .map_err(|e| MigrationError::db("looking for the apply progress on the target", e))?
-        .get(0);
+    let exists: bool = crate::pg::query_one_once(
+        client,
+        "SELECT pg_catalog.to_regclass('_pg_dbmigrator.progress') IS NOT NULL",
+    )
+    .await
+    .map_err(|e| MigrationError::db("looking for the apply progress on the target", e))?
+    .get(0);
     if !exists {
         return Ok(None);
     }

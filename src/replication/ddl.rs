@@ -380,14 +380,13 @@ pub async fn capture_possible(
     if data_only {
         return Ok(Err("--data-only: the target's schema is the user's".into()));
     }
-    let row = src
-        .query_one(
-            "SELECT pg_catalog.current_setting('server_version_num')::int,
+    let row = crate::pg::query_one_once(
+        src,
+        "SELECT pg_catalog.current_setting('server_version_num')::int,
                     (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)",
-            &[],
-        )
-        .await
-        .map_err(|e| MigrationError::db("checking whether schema changes can be captured", e))?;
+    )
+    .await
+    .map_err(|e| MigrationError::db("checking whether schema changes can be captured", e))?;
     let (version, superuser): (i32, bool) = (row.get(0), row.get(1));
     if version < 140000 {
         return Ok(Err(
@@ -810,19 +809,18 @@ pub fn fingerprint_changes(
 /// per object (its name, why, and the source transaction).
 async fn unreplayed(dst: &Client) -> Result<Vec<String>> {
     let what = "reading the schema changes that could not be reproduced on the target";
-    let exists: bool = dst
-        .query_one(
-            "SELECT pg_catalog.to_regclass('_pg_dbmigrator.unreplayed') IS NOT NULL",
-            &[],
-        )
-        .await
-        .map_err(|e| MigrationError::db(what, e))?
-        .get(0);
+    let exists: bool = crate::pg::query_one_once(
+        dst,
+        "SELECT pg_catalog.to_regclass('_pg_dbmigrator.unreplayed') IS NOT NULL",
+    )
+    .await
+    .map_err(|e| MigrationError::db(what, e))?
+    .get(0);
     if !exists {
         return Ok(Vec::new());
     }
     Ok(dst
-        .query(
+        .query_typed(
             "SELECT object, reason, commit_lsn FROM _pg_dbmigrator.unreplayed ORDER BY object",
             &[],
         )
@@ -869,19 +867,18 @@ pub(crate) async fn cutover_guard(
         if !drained {
             return Ok(());
         }
-        let exists: bool = dst
-            .query_one(
-                "SELECT pg_catalog.to_regclass('_pg_dbmigrator.unstreamed') IS NOT NULL",
-                &[],
-            )
-            .await
-            .map_err(|e| MigrationError::db("reading the tables whose changes did not stream", e))?
-            .get(0);
+        let exists: bool = crate::pg::query_one_once(
+            dst,
+            "SELECT pg_catalog.to_regclass('_pg_dbmigrator.unstreamed') IS NOT NULL",
+        )
+        .await
+        .map_err(|e| MigrationError::db("reading the tables whose changes did not stream", e))?
+        .get(0);
         if !exists {
             return Ok(());
         }
         let rows = dst
-            .query(
+            .query_typed(
                 "SELECT name, reason FROM _pg_dbmigrator.unstreamed ORDER BY name",
                 &[],
             )
@@ -895,7 +892,10 @@ pub(crate) async fn cutover_guard(
             // A table dropped meanwhile is gone on both sides: its query
             // fails and it is passed over.
             let sql = format!("SELECT pg_catalog.count(*) FROM ONLY {name}");
-            let (a, b) = tokio::join!(src.query_one(&sql, &[]), dst.query_one(&sql, &[]));
+            let (a, b) = tokio::join!(
+                crate::pg::query_one_once(src, &sql),
+                crate::pg::query_one_once(dst, &sql)
+            );
             let (a, b): (i64, i64) = match (a, b) {
                 (Ok(a), Ok(b)) => (a.get(0), b.get(0)),
                 _ => continue,

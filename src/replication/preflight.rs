@@ -64,17 +64,16 @@ const LOCK_ATTEMPTS: u32 = 30;
 /// Free replication slots and free WAL senders on the source (for a whole
 /// cluster's online migration, which needs one of each per database).
 pub(crate) async fn free_slots_and_senders(src: &Client) -> Result<(i32, i32)> {
-    let row = src
-        .query_one(
-            "SELECT pg_catalog.current_setting('max_replication_slots')::int4
+    let row = crate::pg::query_one_once(
+        src,
+        "SELECT pg_catalog.current_setting('max_replication_slots')::int4
                     - (SELECT pg_catalog.count(*) FROM pg_catalog.pg_replication_slots)::int4,
                     pg_catalog.current_setting('max_wal_senders')::int4
                     - (SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity
                         WHERE backend_type = 'walsender')::int4",
-            &[],
-        )
-        .await
-        .map_err(|e| MigrationError::db("counting the source's free replication slots", e))?;
+    )
+    .await
+    .map_err(|e| MigrationError::db("counting the source's free replication slots", e))?;
     Ok((row.get(0), row.get(1)))
 }
 
@@ -387,14 +386,13 @@ pub async fn check_source(src: &Client, c: &SourceChecks<'_>) -> Result<SourceRe
         }
     }
     if c.large_objects {
-        report.large_objects = src
-            .query_one(
-                "SELECT pg_catalog.count(*) FROM pg_catalog.pg_largeobject_metadata",
-                &[],
-            )
-            .await
-            .map_err(db)?
-            .get(0);
+        report.large_objects = crate::pg::query_one_once(
+            src,
+            "SELECT pg_catalog.count(*) FROM pg_catalog.pg_largeobject_metadata",
+        )
+        .await
+        .map_err(db)?
+        .get(0);
         if report.large_objects > 0 {
             report.warnings.push(format!(
                 "{} large object(s): large objects are not replicated; they are copied again under the fence at cutover",
@@ -431,7 +429,7 @@ pub async fn check_source(src: &Client, c: &SourceChecks<'_>) -> Result<SourceRe
         ));
     }
     let prepared = src
-        .query(
+        .query_typed(
             "SELECT pg_catalog.format('%L (database %s, prepared %s ago by %s)', gid, database,
                     pg_catalog.date_trunc('second', pg_catalog.now() - prepared), owner)
                FROM pg_catalog.pg_prepared_xacts ORDER BY prepared",
@@ -462,23 +460,19 @@ pub async fn check_source(src: &Client, c: &SourceChecks<'_>) -> Result<SourceRe
 /// is a warning: a migration that falls that far behind loses its slot.
 async fn wal_headroom(src: &Client, version: i32, warnings: &mut Vec<String>) -> Result<()> {
     let db = |e| MigrationError::db("reading the WAL settings of the source", e);
-    let row = src
-        .query_one(
-            "SELECT pg_catalog.pg_size_bytes(pg_catalog.current_setting('max_slot_wal_keep_size', true)),
+    let row = crate::pg::query_one_once(src, "SELECT pg_catalog.pg_size_bytes(pg_catalog.current_setting('max_slot_wal_keep_size', true)),
                     pg_catalog.has_function_privilege('pg_catalog.pg_ls_waldir()', 'EXECUTE'),
                     (SELECT pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), pg_catalog.min(restart_lsn))
-                       FROM pg_catalog.pg_replication_slots)::int8",
-            &[],
-        )
+                       FROM pg_catalog.pg_replication_slots)::int8")
         .await
         .map_err(db)?;
     let keep: Option<i64> = row.get(0);
     let can_list: bool = row.get(1);
     let retained: Option<i64> = row.get(2);
     let wal_now: Option<i64> = if can_list {
-        src.query_one(
+        crate::pg::query_one_once(
+            src,
             "SELECT coalesce(pg_catalog.sum(size), 0)::int8 FROM pg_catalog.pg_ls_waldir()",
-            &[],
         )
         .await
         .map_err(db)?
@@ -700,15 +694,11 @@ pub async fn restore_replica_identities(c: &Client, f: &[ReplicaIdentityFix]) ->
 /// `--fallback`: the target must be able to stream back (checked before
 /// the forward migration starts, so a cutover never finds out too late).
 pub async fn check_fallback_target(dst: &Client) -> Result<()> {
-    let row = dst
-        .query_one(
-            "SELECT pg_catalog.current_setting('wal_level'),
+    let row = crate::pg::query_one_once(dst, "SELECT pg_catalog.current_setting('wal_level'),
                     (SELECT rolsuper OR rolreplication FROM pg_catalog.pg_roles WHERE rolname = current_user),
                     pg_catalog.current_setting('max_replication_slots')::int
                       - (SELECT pg_catalog.count(*) FROM pg_catalog.pg_replication_slots)::int,
-                    pg_catalog.current_setting('max_wal_senders')::int",
-            &[],
-        )
+                    pg_catalog.current_setting('max_wal_senders')::int")
         .await
         .map_err(|e| MigrationError::db("checking the target for --fallback", e))?;
     let (wal_level, replication, free_slots, senders): (String, bool, i32, i32) =
@@ -769,14 +759,13 @@ pub async fn check_target(dst: &Client) -> Result<()> {
 
     let mut may_set = superuser;
     if !may_set && version >= 150000 {
-        may_set = dst
-            .query_one(
-                "SELECT pg_catalog.has_parameter_privilege('session_replication_role', 'SET')",
-                &[],
-            )
-            .await
-            .map_err(db)?
-            .get(0);
+        may_set = crate::pg::query_one_once(
+            dst,
+            "SELECT pg_catalog.has_parameter_privilege('session_replication_role', 'SET')",
+        )
+        .await
+        .map_err(db)?
+        .get(0);
     }
     if !may_set {
         // The ground truth (managed services grant it their own way).

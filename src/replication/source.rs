@@ -171,13 +171,12 @@ pub(crate) async fn prepare_source(
         o.state.fingerprint = Some(ddl::fingerprint(src, names.as_deref()).await?);
         save(token, &o.state)?;
     }
-    let row = src
-        .query_one(
-            "SELECT pg_catalog.pg_export_snapshot(), pg_catalog.txid_current_snapshot()::text",
-            &[],
-        )
-        .await
-        .map_err(|e| MigrationError::db("exporting the slot's snapshot again", e))?;
+    let row = crate::pg::query_one_once(
+        src,
+        "SELECT pg_catalog.pg_export_snapshot(), pg_catalog.txid_current_snapshot()::text",
+    )
+    .await
+    .map_err(|e| MigrationError::db("exporting the slot's snapshot again", e))?;
     let _ = repl.close().await;
     Ok((row.get(0), row.get(1)))
 }
@@ -246,8 +245,7 @@ pub(crate) async fn control(ep: &EndpointConfig) -> Result<Client> {
 }
 
 pub(crate) async fn current_wal(c: &Client) -> Result<Lsn> {
-    let s: String = c
-        .query_one("SELECT pg_catalog.pg_current_wal_lsn()::text", &[])
+    let s: String = crate::pg::query_one_once(c, "SELECT pg_catalog.pg_current_wal_lsn()::text")
         .await
         .map_err(|e| MigrationError::db("reading the source's WAL position", e))?
         .get(0);
@@ -276,8 +274,7 @@ pub(crate) async fn fence_db(ctl: &Client) -> Result<()> {
 
 /// `default_transaction_read_only` of the current database: the fence.
 pub(crate) async fn set_read_only(ctl: &Client, on: bool, what: &str) -> Result<()> {
-    let db: String = ctl
-        .query_one("SELECT pg_catalog.current_database()::text", &[])
+    let db: String = crate::pg::query_one_once(ctl, "SELECT pg_catalog.current_database()::text")
         .await
         .map_err(|e| MigrationError::db(what, e))?
         .get(0);
@@ -307,7 +304,7 @@ pub(crate) async fn end_other_sessions(ctl: &Client) -> Result<()> {
     // Pick the sessions first, then signal them: a volatile call inside
     // the view's WHERE could run before the filters.
     let pids: Vec<i32> = ctl
-        .query(
+        .query_typed(
             "SELECT pid FROM pg_catalog.pg_stat_activity
               WHERE datname = pg_catalog.current_database() AND pid <> pg_catalog.pg_backend_pid()
                 AND backend_type = 'client backend'",
@@ -474,17 +471,16 @@ pub async fn cleanup(cfg: &MigrationConfig) -> Result<CleanupReport> {
     if token.is_none() {
         // Without a record we cannot tell whose a read-only setting is:
         // say so rather than change it.
-        let read_only: bool = src
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_db_role_setting s
+        let read_only: bool = crate::pg::query_one_once(
+            &src,
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_db_role_setting s
                           JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase
                          WHERE d.datname = pg_catalog.current_database() AND s.setrole = 0
                            AND 'default_transaction_read_only=on' = ANY (s.setconfig))",
-                &[],
-            )
-            .await
-            .map_err(|e| MigrationError::db("reading the source database's settings", e))?
-            .get(0);
+        )
+        .await
+        .map_err(|e| MigrationError::db("reading the source database's settings", e))?
+        .get(0);
         if read_only {
             crate::recorded::warn_recorded!("the source database is read-only for new sessions (default_transaction_read_only = on) and no resume token says why: if it is a pg_dbmigrator fence, {}", crate::error::Remedy::Unfence);
         }
