@@ -317,8 +317,7 @@ async fn stream_and_cutover(
         info!("the cutover had completed; finishing the migration");
         // What the handover left to remove from the source, if it was
         // interrupted there.
-        let mut ctl = control(&phase.source).await?;
-        after_handover(cfg, &phase, &mut ctl, &cancel).await?;
+        after_handover(cfg, &phase, None, &cancel).await?;
         let online = after_cutover(cut_record.unwrap_or_default(), None);
         return finish_report(cfg, phase, online, &cancel).await;
     }
@@ -599,7 +598,7 @@ async fn stream_and_cutover(
     };
     let cut = outcome;
     if !cfg.fallback {
-        after_handover(cfg, &phase, &mut ctl, &cancel).await?;
+        after_handover(cfg, &phase, Some(ctl), &cancel).await?;
     }
     if let Some(g) = governor.take() {
         stream_pressure.add(&g.finish(&cancel).await);
@@ -1205,39 +1204,51 @@ async fn remove_from_source(
     Ok(())
 }
 
-/// After the handover (not --fallback): [`remove_from_source`], on a new
-/// session if the control one is gone, a transient fault retried. What
-/// still fails ends the run with what is left and how to finish it.
+/// After the handover (not --fallback): [`remove_from_source`], when the
+/// token says something is left, on `ctl` or a new session if it is gone,
+/// a transient fault retried. What still fails ends the run with what is
+/// left and how to finish it.
 async fn after_handover(
     cfg: &MigrationConfig,
     phase: &CopyPhase,
-    ctl: &mut Client,
+    mut ctl: Option<Client>,
     cancel: &CancellationToken,
 ) -> Result<()> {
     let store = phase.store.clone();
     let Some(mut st) = store.snapshot().online.clone() else {
         return Ok(());
     };
+    let left = (!cfg.keep_slot && st.slot_created)
+        || (!cfg.keep_publication && st.publication_created)
+        || !st.replica_identity_fixes.is_empty();
+    if !left {
+        return Ok(());
+    }
     let mut retry = connect::Retry::new();
+    let what = "removing the slot and publication";
     loop {
-        if ctl.is_closed() {
-            match control(&phase.source).await {
-                Ok(c) => *ctl = c,
+        let c = match ctl.take().filter(|c| !c.is_closed()) {
+            Some(c) => c,
+            None => match control(&phase.source).await {
+                Ok(c) => c,
                 Err(e) => {
                     retry
-                        .wait(e, "removing the slot and publication", cancel)
+                        .wait(e, what, cancel)
                         .await
                         .map_err(|e| left_behind(phase, &st, e))?;
                     continue;
                 }
-            }
-        }
-        match remove_from_source(cfg, ctl, &store, &mut st).await {
+            },
+        };
+        match remove_from_source(cfg, &c, &store, &mut st).await {
             Ok(()) => return Ok(()),
-            Err(e) => retry
-                .wait(e, "removing the slot and publication", cancel)
-                .await
-                .map_err(|e| left_behind(phase, &st, e))?,
+            Err(e) => {
+                retry
+                    .wait(e, what, cancel)
+                    .await
+                    .map_err(|e| left_behind(phase, &st, e))?;
+                ctl = Some(c);
+            }
         }
     }
 }
