@@ -218,19 +218,25 @@ impl Ctx {
     fn fresh_pair(&self, db: &str) -> Result<()> {
         self.drop_pair(db);
         exec(
-            &self.src.conninfo("postgres"),
-            &format!("CREATE DATABASE {db}"),
-        )?;
-        exec(
             &self.tgt.conninfo("postgres"),
             &format!("CREATE DATABASE {db}"),
         )?;
-        let mut init = self.pgbench(&self.src);
-        init.args(["-i", "-q", "-s", &self.cfg.scale.to_string(), db]);
-        run_ok(&mut init, "pgbench -i")?;
-        exec(&self.src.conninfo("postgres"), "CHECKPOINT")?;
+        self.pgbench_source(db, self.cfg.scale)?;
         exec(&self.tgt.conninfo("postgres"), "CHECKPOINT")?;
         Ok(())
+    }
+
+    /// A new source database `db` with `pgbench -i -s <scale>`,
+    /// checkpointed.
+    fn pgbench_source(&self, db: &str, scale: u32) -> Result<()> {
+        exec(
+            &self.src.conninfo("postgres"),
+            &format!("CREATE DATABASE {db}"),
+        )?;
+        let mut init = self.pgbench(&self.src);
+        init.args(["-i", "-q", "-s", &scale.to_string(), db]);
+        run_ok(&mut init, "pgbench -i")?;
+        exec(&self.src.conninfo("postgres"), "CHECKPOINT")
     }
 
     /// Remove both databases and anything replicating out of or into them.
@@ -1318,14 +1324,7 @@ fn governor_source(ctx: &Ctx, db: &str) -> Result<u64> {
             &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
         )?;
     }
-    exec(
-        &ctx.src.conninfo("postgres"),
-        &format!("CREATE DATABASE {db}"),
-    )?;
-    let mut init = ctx.pgbench(&ctx.src);
-    init.args(["-i", "-q", "-s", &ctx.cfg.gov_scale.to_string(), db]);
-    run_ok(&mut init, "pgbench -i")?;
-    exec(&ctx.src.conninfo("postgres"), "CHECKPOINT")?;
+    ctx.pgbench_source(db, ctx.cfg.gov_scale)?;
     query_one(
         &ctx.src.conninfo(db),
         "SELECT pg_database_size(current_database())::text",
