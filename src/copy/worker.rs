@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures::{SinkExt, Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use tokio_postgres::{Client, Statement};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
@@ -24,6 +24,7 @@ use super::{record_done, CopyContext, Input, Output, Scheduler, STATE_SCHEMA};
 use crate::archive::{self, AsyncDataWriter, DataFile, DataFormat};
 use crate::error::{MigrationError, Result};
 use crate::pg::catalog::TableInfo;
+use crate::pg::wire::CopySession;
 use crate::pg::{connect, quote, session};
 
 /// How often a long table copy logs its progress.
@@ -55,7 +56,7 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
             }
         }
     };
-    let mut dst_pid = target_pid(&dst).await;
+    let mut dst_pid = target_pid(&dst);
     debug!(worker = id, "copy worker ready");
     // The source session's snapshot transaction is still its first one.
     let first = std::sync::atomic::AtomicBool::new(true);
@@ -74,137 +75,35 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
             return Err(MigrationError::Cancelled);
         }
         let mut results = Vec::with_capacity(group.len());
-        if let (Output::Target(_), true) = (&ctx.output, dst.is_some()) {
+        // A paused copy starts nothing new: no new snapshot transaction, no
+        // new table's lock taken while a session waits behind ours.
+        if let Some(g) = sched.gate.as_ref() {
+            g.wait().await;
+        }
+        if let (Output::Target(endpoint), true) = (&ctx.output, dst.is_some()) {
             // A transient fault (a dropped connection, a server restarting)
             // loses only this transaction: the group starts again from its
             // beginning on new sessions, the same snapshot.
             let mut retry = ctx.retry();
             loop {
-                let d = dst.as_ref().expect("target session");
+                let d = dst.as_mut().expect("target session");
                 results.clear();
-                let loaded = async {
-                    // The transaction and every COPY of the group, prepared
-                    // on both ends in one round trip each.
-                    let formats: Vec<WireFormat> = group
-                        .iter()
-                        .map(|item| item_format(ctx, &sched.tables[item.table], item))
-                        .collect();
-                    let begin = async {
-                        d.batch_execute("BEGIN").await.map_err(|e| {
-                            MigrationError::db("starting a copy transaction on the target", e)
-                        })
-                    };
-                    let (_, sinks, sources) = futures::try_join!(
-                        begin,
-                        prepare_all(
-                            Some(d),
-                            group.iter().zip(&formats).map(|(item, f)| {
-                                let t = &sched.tables[item.table];
-                                (!may_freeze(t, item)).then(|| copy_in_sql(t, *f, false))
-                            }),
-                            "target"
-                        ),
-                        prepare_all(
-                            match &ctx.input {
-                                Input::Server { .. } => src.as_ref().map(|s| &s.0),
-                                Input::Archive(_) => None,
-                            },
-                            group.iter().zip(&formats).map(|(item, f)| {
-                                Some(copy_out_sql(&sched.tables[item.table], item, *f))
-                            }),
-                            "source"
-                        )
-                    )?;
-                    // Both ends of an item start at once (across a
-                    // distance the source's and the target's round trips
-                    // overlap), and while one item's COPY ends, the next
-                    // one's starts (sent behind its end, in order).
-                    let src_session = src.as_ref();
-                    let first = &first;
-                    let open = |k: usize| {
-                        let item = &group[k];
-                        let t = &sched.tables[item.table];
-                        let format = formats[k];
-                        let (source, sink) = (sources[k].as_ref(), sinks[k].as_ref());
-                        async move {
-                            let ((started, format, input), (sink, freeze)) = futures::try_join!(
-                                start_item(
-                                    ctx,
-                                    sched.gate.as_ref(),
-                                    src_session,
-                                    id,
-                                    t,
-                                    item,
-                                    format,
-                                    source,
-                                    first
-                                ),
-                                open_sink(d, t, item, format, sink)
-                            )?;
-                            Ok::<_, MigrationError>(Opened {
-                                started,
-                                format,
-                                input,
-                                sink,
-                                freeze,
-                            })
-                        }
-                    };
-                    let mut opened = Some(open(0).await?);
-                    for (k, item) in group.iter().enumerate() {
-                        let t = &sched.tables[item.table];
-                        let o = opened.take().expect("opened");
-                        let next = async {
-                            match k + 1 < group.len() {
-                                true => open(k + 1).await.map(Some),
-                                false => Ok(None),
-                            }
-                        };
-                        let (r, next) =
-                            load_item(t, item, o.format, o.input, o.sink, o.freeze, stop, next)
-                                .await?;
-                        results.push(ItemResult {
-                            started: o.started,
-                            ..r
-                        });
-                        opened = next;
-                    }
-                    // The rows are in, not committed: their markers and the
-                    // commit travel together.
-                    faults::before(Point::CopyItem).await;
-                    let markers: Vec<String> = group
-                        .iter()
-                        .zip(&results)
-                        .map(|(item, r)| {
-                            format!(
-                                "({}, {}, {}, {})",
-                                quote::literal(&ctx.migration_id),
-                                quote::literal(&item.name(&sched.tables[item.table])),
-                                r.rows,
-                                r.bytes
-                            )
-                        })
-                        .collect();
-                    d.batch_execute(&format!(
-                        "INSERT INTO {STATE_SCHEMA}.copied (migration_id, item, rows, bytes) VALUES {}; COMMIT",
-                        markers.join(", ")
-                    ))
-                    .await
-                    .map_err(|e| {
-                        MigrationError::db("committing a copy transaction on the target", e)
-                    })
-                };
-                let Err(e) = loaded.await else {
+                let renew = !first.load(Ordering::Relaxed);
+                let loaded =
+                    load_group(sched, id, src.as_ref(), d, &group, renew, stop, &mut results)
+                        .await;
+                first.store(false, Ordering::Relaxed);
+                let Err(e) = loaded else {
                     break;
                 };
-                let _ = d.batch_execute("ROLLBACK").await;
                 let what = group
                     .first()
                     .map(|item| item.name(&sched.tables[item.table]))
                     .unwrap_or_default();
                 retry.wait(e, &what, stop).await?;
                 // New sessions on both sides: the source's was in the middle
-                // of a COPY, the target's may be gone.
+                // of a COPY, the target's may be gone (and a failed
+                // pipeline's session is out of step: never used again).
                 loop {
                     match reopen(ctx).await {
                         Ok((s, d)) => {
@@ -214,18 +113,18 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
                         Err(e) => retry.wait(e, &what, stop).await?,
                     }
                 }
-                let lost_pid = std::mem::replace(&mut dst_pid, target_pid(&dst).await);
+                let lost_pid = std::mem::replace(&mut dst_pid, dst.as_ref().map(|d| d.pid()));
                 first.store(true, Ordering::Relaxed);
                 // A connection lost during COMMIT leaves the outcome unknown:
                 // the group's markers, written in its transaction, tell,
                 // once the lost session's process has ended (it may be
                 // committing still).
                 if results.len() == group.len() {
-                    let d = dst.as_ref().expect("target session");
+                    let c = connect::connect(endpoint, "target").await?;
                     if let Some(p) = lost_pid {
-                        crate::pg::sessions::settle_lost(d, p, "target").await?;
+                        crate::pg::sessions::settle_lost(&c, p, "target").await?;
                     }
-                    let committed = super::committed_items(d, &ctx.migration_id).await?;
+                    let committed = super::committed_items(&c, &ctx.migration_id).await?;
                     if group
                         .iter()
                         .all(|item| committed.contains(&item.name(&sched.tables[item.table])))
@@ -237,9 +136,15 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
             }
         } else if let Output::Archive { dir, level } = &ctx.output {
             faults::before(Point::CopyItem).await;
-            for item in &group {
+            for (k, item) in group.iter().enumerate() {
                 let t = &sched.tables[item.table];
                 let format = item_format(ctx, t, item);
+                if k > 0 {
+                    if let Some(g) = sched.gate.as_ref() {
+                        g.wait().await;
+                    }
+                }
+                let renew = !first.swap(false, Ordering::Relaxed);
                 let (started, format, input) = start_item(
                     ctx,
                     sched.gate.as_ref(),
@@ -249,7 +154,7 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
                     item,
                     format,
                     None,
-                    &first,
+                    renew,
                 )
                 .await?;
                 let r = dump_item(dir, *level, t.oid, item, format, input, stop).await?;
@@ -302,16 +207,16 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
     if let Some((src, _)) = src {
         let _ = src.batch_execute("COMMIT").await;
     }
+    if let Some(d) = dst {
+        d.close().await;
+    }
     Ok(())
 }
 
 /// The server process of the target session, to find it again if the
 /// session is lost (see [`crate::pg::sessions::settle_lost`]).
-async fn target_pid(dst: &Option<Client>) -> Option<i32> {
-    match dst {
-        Some(d) => crate::pg::sessions::backend_pid(d).await.ok(),
-        None => None,
-    }
+fn target_pid(dst: &Option<CopySession>) -> Option<i32> {
+    dst.as_ref().map(|d| d.pid())
 }
 
 /// The source session of a worker: on the shared snapshot.
@@ -330,18 +235,19 @@ async fn open_source(ctx: &CopyContext) -> Result<Option<(Client, String)>> {
     }
 }
 
-async fn open_target(ctx: &CopyContext) -> Result<Option<Client>> {
+/// The target session of a worker: the pipelined one ([`CopySession`]).
+async fn open_target(ctx: &CopyContext) -> Result<Option<CopySession>> {
     match &ctx.output {
         Output::Target(endpoint) => {
-            let dst = connect::connect(endpoint, "target").await?;
-            session::setup_target(&dst).await?;
+            let mut dst = CopySession::connect(endpoint, "target").await?;
+            session::setup_copy_target(&mut dst).await?;
             Ok(Some(dst))
         }
         Output::Archive { .. } => Ok(None),
     }
 }
 
-async fn reopen(ctx: &CopyContext) -> Result<(Option<(Client, String)>, Option<Client>)> {
+async fn reopen(ctx: &CopyContext) -> Result<(Option<(Client, String)>, Option<CopySession>)> {
     Ok((open_source(ctx).await?, open_target(ctx).await?))
 }
 
@@ -351,15 +257,21 @@ const SMALL_ITEM_BYTES: u64 = 1 << 20;
 const GROUP_ITEMS: usize = 32;
 const GROUP_BYTES: u64 = 8 << 20;
 
-/// Start reading one item: before each item after the first, a new
-/// snapshot transaction on the same snapshot (so a worker holds one source
-/// table's locks at a time); then show it and open its input, which adds
-/// its COPY bytes to the progress's counter for the worker as they flow
-/// (one relaxed atomic add a chunk), so the percentage moves inside a big
-/// table. The item starts, and each chunk is passed on, only once `gate`
-/// (`--source-pressure`) is open, each chunk also after its share of
-/// `--max-rate`'s clock: while a worker waits it reads no more of its COPY
-/// stream, so the source's COPY waits too.
+/// Start reading one item: with `renew` (every item after a session's
+/// first), a new snapshot transaction on the same snapshot first, so a
+/// worker holds one source table's locks at a time; then show it and open
+/// its input, which adds its COPY bytes to the progress's counter for the
+/// worker as they flow (one relaxed atomic add a chunk), so the percentage
+/// moves inside a big table. The caller waits at `gate`
+/// (`--source-pressure`) before it starts items; each chunk is passed on
+/// only once the gate is open, and after its share of `--max-rate`'s
+/// clock: while a worker waits it reads no more of its COPY stream, so the
+/// source's COPY waits too.
+///
+/// The first poll sends the item's statements (the renewal, then the
+/// COPY, both already prepared) and nothing after it waits before sending:
+/// a group's items are started in order and read in that order
+/// ([`load_group`]).
 #[allow(clippy::too_many_arguments)]
 async fn start_item(
     ctx: &CopyContext,
@@ -370,29 +282,20 @@ async fn start_item(
     item: &WorkItem,
     format: WireFormat,
     prepared: Option<&Statement>,
-    first: &std::sync::atomic::AtomicBool,
+    renew: bool,
 ) -> Result<(Instant, WireFormat, Rows)> {
-    // A paused copy starts nothing new either: no new snapshot
-    // transaction, no new table's lock taken while a session waits
-    // behind ours.
-    if let Some(g) = gate {
-        g.wait().await;
-    }
     let started = Instant::now();
     // The new snapshot transaction and the COPY go out together (sent in
     // this order, answered in it): one round trip, not two.
     let renew = async {
         match (src, &ctx.input) {
-            (Some((src, _)), Input::Server { snapshot_id, .. })
-                if !first.load(Ordering::Relaxed) =>
-            {
+            (Some((src, _)), Input::Server { snapshot_id, .. }) if renew => {
                 session::reimport_snapshot(src, snapshot_id).await
             }
             _ => Ok(()),
         }
     };
     let (renewed, opened) = futures::join!(renew, open_input(ctx, src, t, item, format, prepared));
-    first.store(false, Ordering::Relaxed);
     renewed?;
     let input = opened?;
     // Held at the gate and to the cap before anything counts it as moved.
@@ -537,9 +440,6 @@ async fn open_input(
     Ok(Box::pin(rows))
 }
 
-/// The target's COPY sink of an item.
-type CopySink = Pin<Box<tokio_postgres::CopyInSink<Bytes>>>;
-
 /// Whether an item is loaded into its emptied table with FREEZE: a whole
 /// table of 1 MB or more. An extension's configuration table holds the
 /// extension's own rows already: append the user's, never empty it. A
@@ -577,100 +477,207 @@ fn copy_in_sql(t: &TableInfo, format: WireFormat, freeze: bool) -> String {
     format!("COPY {}{col_list} FROM STDIN{opts}", t.target_name())
 }
 
-/// Start loading one item inside the caller's target transaction: empty
-/// a large whole table first (see [`may_freeze`]), then `COPY ... FROM
-/// STDIN` (`prepared` ahead with its group when it cannot freeze).
-async fn open_sink(
-    dst: &Client,
-    t: &TableInfo,
-    item: &WorkItem,
-    format: WireFormat,
-    prepared: Option<&Statement>,
-) -> Result<(CopySink, bool)> {
-    let item_name = item.name(t);
-    let tdb = |what: &str, e| MigrationError::db(format!("{what} {item_name} on the target"), e);
-    let freeze = if may_freeze(t, item) {
-        empty_table(dst, &t.target_name()).await?
-    } else {
-        false
-    };
-    let sink = match prepared {
-        Some(st) if !freeze => dst.copy_in::<_, Bytes>(st).await,
-        _ => {
-            dst.copy_in::<_, Bytes>(copy_in_sql(t, format, freeze).as_str())
-                .await
-        }
-    }
-    .map_err(|e| tdb("starting COPY into", e))?;
-    Ok((Box::pin(sink), freeze))
-}
-
-/// An item whose two ends are open.
-struct Opened {
-    started: Instant,
-    format: WireFormat,
-    input: Rows,
-    sink: CopySink,
-    freeze: bool,
-}
-
-/// Load one item through its open sink, inside the caller's target
-/// transaction; the caller records it in `_pg_dbmigrator.copied` in the
-/// same transaction, so it lands wholly or not at all. A whole table of
-/// 1 MB or more was emptied first in that transaction, which lets COPY
-/// FREEZE write the rows already frozen (no hint-bit rewrite, no
-/// anti-wraparound vacuum later). Chunks cannot be emptied (their rows are
-/// mixed with other chunks'), and need not be: an uncommitted chunk left
-/// nothing behind. `next` runs while the COPY ends: the next item's start, queued behind
-/// this one's end on both sessions.
+/// Load a group of items into the target in one transaction, and commit
+/// it with their markers in `_pg_dbmigrator.copied`, so each item lands
+/// wholly or not at all; `results` holds every item's result once all are
+/// loaded, before the commit (a lost commit is looked up by the caller).
+///
+/// Across a distance this is where the round trips were, so nothing waits
+/// that need not:
+/// - the source's COPYs are prepared together (one round trip), then all
+///   of them are sent at once, in order, each after its snapshot renewal,
+///   and read in that order (the server runs them one after the other, so
+///   a worker still holds one source table's lock at a time);
+/// - on the target, `BEGIN`, every COPY statement and its data go out
+///   without waiting ([`CopySession`]), and the outcomes are read beside
+///   the writing; the markers and the commit follow once every COPY has
+///   said how many rows it loaded. Two round trips for the group.
+///
+/// A whole table of 1 MB or more is emptied first in the transaction
+/// (answered before its COPY, which takes FREEZE when TRUNCATE was
+/// allowed: no hint-bit rewrite, no anti-wraparound vacuum later). Chunks
+/// cannot be emptied (their rows are mixed with other chunks'), and need
+/// not be: an uncommitted chunk left nothing behind.
 #[allow(clippy::too_many_arguments)]
-async fn load_item<T>(
-    t: &TableInfo,
-    item: &WorkItem,
-    format: WireFormat,
-    input: Rows,
-    mut sink: CopySink,
-    freeze: bool,
+async fn load_group(
+    sched: &Scheduler,
+    id: usize,
+    src: Option<&(Client, String)>,
+    d: &mut CopySession,
+    group: &[WorkItem],
+    renew: bool,
     stop: &CancellationToken,
-    next: impl std::future::Future<Output = Result<T>>,
-) -> Result<(ItemResult, T)> {
-    let item_name = item.name(t);
-    let tdb = |what: &str, e| MigrationError::db(format!("{what} {item_name} on the target"), e);
-    let bytes = pump(
-        input,
-        &item_name,
-        item.est_bytes,
-        stop,
-        Sink::Copy(sink.as_mut(), &|e| tdb("writing", e)),
+    results: &mut Vec<ItemResult>,
+) -> Result<()> {
+    let ctx = &sched.ctx;
+    let table = |k: usize| &sched.tables[group[k].table];
+    let name = |k: usize| group[k].name(table(k));
+    let formats: Vec<WireFormat> = (0..group.len())
+        .map(|k| item_format(ctx, table(k), &group[k]))
+        .collect();
+    let src_client = match &ctx.input {
+        Input::Server { .. } => src.map(|s| &s.0),
+        Input::Archive(_) => None,
+    };
+    let sources = prepare_all(
+        src_client,
+        (0..group.len()).map(|k| Some(copy_out_sql(table(k), &group[k], formats[k]))),
+        "source",
     )
     .await?;
-    let finish = async {
-        sink.as_mut()
-            .finish()
-            .await
-            .map_err(|e| tdb("finishing COPY into", e))
-    };
-    let (rows, next) = futures::try_join!(finish, next)?;
-    if let Some(file) = &item.file {
-        // The end-to-end check of a restore: the rows the dump counted.
-        if rows != file.rows {
-            return Err(MigrationError::Archive(format!(
-                "archive file {} of {item_name} loaded {rows} rows but the manifest says {}: the archive does not match its manifest — dump again",
-                file.file.path, file.rows
-            )));
+    // The big tables emptied first, answered: FREEZE depends on it.
+    let mut freeze = vec![false; group.len()];
+    let mut began = false;
+    for k in 0..group.len() {
+        if may_freeze(table(k), &group[k]) {
+            freeze[k] = empty_on(d, &table(k).target_name(), !began).await?;
+            began = true;
         }
     }
-    let r = ItemResult {
-        rows,
-        bytes,
-        started: Instant::now(),
-        finished: Instant::now(),
-        format,
-        freeze,
-        snapshot: String::new(),
-        file: None,
+    // Every item's source COPY sent now, in order: each future's first
+    // poll sends its statements (see `start_item`).
+    let mut inputs = Vec::with_capacity(group.len());
+    for k in 0..group.len() {
+        let mut opening = Box::pin(futures::future::maybe_done(start_item(
+            ctx,
+            sched.gate.as_ref(),
+            src,
+            id,
+            table(k),
+            &group[k],
+            formats[k],
+            sources[k].as_ref(),
+            renew || k > 0,
+        )));
+        let _ = futures::poll!(opening.as_mut());
+        inputs.push(opening);
+    }
+    let (mut w, mut r) = d.halves();
+    if !began {
+        w.query("BEGIN");
+    }
+    let target_io = |e| MigrationError::io("loading a copy transaction into the target", e);
+    let writer = async {
+        let mut loaded = Vec::with_capacity(group.len());
+        for (k, opening) in inputs.iter_mut().enumerate() {
+            w.query(&copy_in_sql(table(k), formats[k], freeze[k]));
+            opening.as_mut().await;
+            let (started, format, input) = opening
+                .as_mut()
+                .take_output()
+                .expect("an item is opened once")?;
+            let bytes = pump(
+                input,
+                &name(k),
+                group[k].est_bytes,
+                stop,
+                Sink::Wire(&mut w),
+            )
+            .await?;
+            w.copy_done();
+            loaded.push((started, format, bytes));
+        }
+        w.flush().await.map_err(target_io)?;
+        Ok::<_, MigrationError>(loaded)
     };
-    Ok((r, next))
+    let reader = async {
+        if !began {
+            r.outcome()
+                .await
+                .map_err(target_io)?
+                .ok(|| "starting a copy transaction on the target".to_string())?;
+        }
+        let mut rows = Vec::with_capacity(group.len());
+        for k in 0..group.len() {
+            let o = r
+                .outcome()
+                .await
+                .map_err(target_io)?
+                .ok(|| format!("loading {} into the target", name(k)))?;
+            rows.push(o.copied().unwrap_or(0));
+        }
+        Ok::<_, MigrationError>(rows)
+    };
+    let (loaded, rows) = futures::try_join!(writer, reader)?;
+    let now = Instant::now();
+    for (k, ((started, format, bytes), rows)) in loaded.into_iter().zip(rows).enumerate() {
+        if let Some(file) = &group[k].file {
+            // The end-to-end check of a restore: the rows the dump counted.
+            if rows != file.rows {
+                return Err(MigrationError::Archive(format!(
+                    "archive file {} of {} loaded {rows} rows but the manifest says {}: the archive does not match its manifest — dump again",
+                    file.file.path,
+                    name(k),
+                    file.rows
+                )));
+            }
+        }
+        results.push(ItemResult {
+            rows,
+            bytes,
+            started,
+            finished: now,
+            format,
+            freeze: freeze[k],
+            snapshot: String::new(),
+            file: None,
+        });
+    }
+    // The rows are in, not committed: their markers and the commit
+    // travel together.
+    faults::before(Point::CopyItem).await;
+    let markers: Vec<String> = results
+        .iter()
+        .enumerate()
+        .map(|(k, r)| {
+            format!(
+                "({}, {}, {}, {})",
+                quote::literal(&ctx.migration_id),
+                quote::literal(&name(k)),
+                r.rows,
+                r.bytes
+            )
+        })
+        .collect();
+    d.run(
+        &format!(
+            "INSERT INTO {STATE_SCHEMA}.copied (migration_id, item, rows, bytes) VALUES {}; COMMIT",
+            markers.join(", ")
+        ),
+        || "committing a copy transaction on the target".to_string(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Empty a table inside the session's transaction (`begin`: start it in
+/// the same round trip): TRUNCATE, or DELETE where TRUNCATE is refused (a
+/// table other tables reference by foreign key, or no privilege). Returns
+/// whether it was truncated, which is what allows COPY FREEZE.
+async fn empty_on(d: &mut CopySession, name: &str, begin: bool) -> Result<bool> {
+    let context = || format!("emptying {name} on the target");
+    let truncate = format!("SAVEPOINT dbm_empty; TRUNCATE ONLY {name}; RELEASE SAVEPOINT dbm_empty");
+    let sqls: Vec<&str> = if begin {
+        vec!["BEGIN", &truncate]
+    } else {
+        vec![&truncate]
+    };
+    let mut outcomes = d.run_all(&sqls, context).await?;
+    let truncated = outcomes.pop().expect("one outcome a statement");
+    for o in outcomes {
+        o.ok(|| "starting a copy transaction on the target".to_string())?;
+    }
+    if truncated.error.is_none() {
+        return Ok(true);
+    }
+    d.run(
+        &format!(
+            "ROLLBACK TO SAVEPOINT dbm_empty; DELETE FROM ONLY {name}; RELEASE SAVEPOINT dbm_empty"
+        ),
+        context,
+    )
+    .await?;
+    Ok(false)
 }
 
 /// Write one item to its archive file; the file gets its final name only
@@ -723,22 +730,34 @@ async fn dump_item(
 }
 
 /// Where [`pump`] puts the bytes.
-enum Sink<'a> {
-    Copy(
-        Pin<&'a mut tokio_postgres::CopyInSink<Bytes>>,
-        &'a (dyn Fn(tokio_postgres::Error) -> MigrationError + Sync),
-    ),
+enum Sink<'a, 'w> {
+    Wire(&'a mut crate::pg::wire::Writer<'w>),
     File(&'a mut AsyncDataWriter, &'a mut RowCounter),
 }
 
-impl Sink<'_> {
+impl Sink<'_, '_> {
     async fn send(&mut self, chunk: Bytes) -> Result<()> {
         match self {
-            Sink::Copy(sink, err) => sink.as_mut().send(chunk).await.map_err(err),
+            Sink::Wire(w) => w
+                .copy_data(&chunk)
+                .await
+                .map_err(|e| MigrationError::io("writing COPY data to the target", e)),
             Sink::File(w, rows) => {
                 rows.feed(&chunk);
                 w.write(chunk).await
             }
+        }
+    }
+
+    /// Write out what is buffered while the input has nothing ready: the
+    /// server works on it while we wait.
+    async fn flush(&mut self) -> Result<()> {
+        match self {
+            Sink::Wire(w) if w.pending() => w
+                .flush()
+                .await
+                .map_err(|e| MigrationError::io("writing COPY data to the target", e)),
+            _ => Ok(()),
         }
     }
 }
@@ -750,16 +769,22 @@ async fn pump(
     what: &str,
     estimated: u64,
     stop: &CancellationToken,
-    mut sink: Sink<'_>,
+    mut sink: Sink<'_, '_>,
 ) -> Result<u64> {
     let started = Instant::now();
     let mut bytes: u64 = 0;
     let mut last_log = Instant::now();
     loop {
-        let next = tokio::select! {
-            biased;
-            _ = stop.cancelled() => return Err(MigrationError::Cancelled),
-            n = input.next() => n,
+        let next = match input.next().now_or_never() {
+            Some(n) => n,
+            None => {
+                sink.flush().await?;
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => return Err(MigrationError::Cancelled),
+                    n = input.next() => n,
+                }
+            }
         };
         let Some(chunk) = next.transpose()? else {
             return Ok(bytes);

@@ -29,6 +29,15 @@ impl<S> Metered<S> {
             wrote: false,
         }
     }
+
+    /// `inner`, counting into this task's meter only when `count`.
+    pub fn new_if(inner: S, count: bool) -> Self {
+        let mut m = Self::new(inner);
+        if !count {
+            m.meter = None;
+        }
+        m
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {

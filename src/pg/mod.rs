@@ -11,6 +11,7 @@ pub mod replication;
 pub mod session;
 pub mod sessions;
 pub mod tls;
+pub(crate) mod wire;
 
 /// A statement run once that returns one row, in one round trip:
 /// tokio-postgres's `query_one` with a `&str` prepares it first (a round

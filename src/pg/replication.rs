@@ -174,9 +174,9 @@ pub enum AuthMethod {
 }
 
 /// Anything a session can run over: TCP, Unix socket, or TLS over TCP.
-trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
-type BoxIo = Box<dyn Io>;
+pub(crate) type BoxIo = Box<dyn Io>;
 
 /// Largest backend message we accept. PostgreSQL caps a datum at 1 GB; a
 /// length beyond that means the byte stream is out of step.
@@ -187,7 +187,7 @@ const COPY_BOTH_RESPONSE_TAG: u8 = b'W';
 /// Read one whole backend message (tag, length, body) into its own buffer.
 /// We frame messages ourselves because postgres-protocol's parser does not
 /// know CopyBothResponse and consumes the frame before it fails.
-async fn read_frame<R: AsyncRead + Unpin + ?Sized>(
+pub(crate) async fn read_frame<R: AsyncRead + Unpin + ?Sized>(
     r: &mut R,
     buf: &mut BytesMut,
 ) -> io::Result<BytesMut> {
@@ -220,7 +220,7 @@ async fn read_frame<R: AsyncRead + Unpin + ?Sized>(
 }
 
 /// The server's error or notice fields, as [`MigrationError::db`] keeps them.
-fn error_info(mut fields: ErrorFields<'_>) -> DbErrorInfo {
+pub(crate) fn error_info(mut fields: ErrorFields<'_>) -> DbErrorInfo {
     let mut info = DbErrorInfo {
         severity: String::new(),
         sqlstate: String::new(),
@@ -254,7 +254,7 @@ fn protocol_error(context: &str, message: impl Into<String>) -> MigrationError {
     }
 }
 
-fn parse_message(frame: &mut BytesMut) -> io::Result<Message> {
+pub(crate) fn parse_message(frame: &mut BytesMut) -> io::Result<Message> {
     Message::parse(frame)?
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "incomplete message"))
 }
@@ -360,6 +360,23 @@ impl ReplicationSession {
 
     /// As [`connect`](Self::connect), naming the endpoint `label` in errors.
     pub async fn connect_labeled(ep: &EndpointConfig, label: &str) -> Result<Self> {
+        Self::open(ep, label, true).await
+    }
+
+    /// A plain session (no `replication=database`) opened the same way,
+    /// its socket counted by the run's round-trip meter: the copy's
+    /// pipelined target session ([`crate::pg::wire`]) takes its parts.
+    pub(crate) async fn connect_plain(ep: &EndpointConfig, label: &str) -> Result<Self> {
+        Self::open(ep, label, false).await
+    }
+
+    /// The socket, what was read past ReadyForQuery (nothing, unless the
+    /// server spoke first), and the server process id.
+    pub(crate) fn into_parts(self) -> (BoxIo, BytesMut, i32) {
+        (self.io, self.rbuf, self.backend_pid)
+    }
+
+    async fn open(ep: &EndpointConfig, label: &str, replication: bool) -> Result<Self> {
         let fail = |reason: String, db: Option<Box<DbErrorInfo>>| MigrationError::Connect {
             endpoint: label.to_string(),
             target: ep.redacted(),
@@ -379,7 +396,7 @@ impl ReplicationSession {
             None
         };
         crate::pg::connect::each_host(ep, label, "replication connection", |host, port| {
-            let attempt = connect_host(ep, host, port, tls.as_ref());
+            let attempt = connect_host(ep, host, port, tls.as_ref(), replication);
             async move {
                 attempt.await.map_err(|f| crate::pg::connect::Failure {
                     reason: f.reason,
@@ -742,32 +759,34 @@ async fn connect_host(
     host: &Host,
     port: u16,
     tls: Option<&Arc<rustls::ClientConfig>>,
+    replication: bool,
 ) -> std::result::Result<ReplicationSession, Failure> {
+    let attempt = |host, port, tls, want| attempt(ep, host, port, tls, want, replication);
     // libpq ignores sslmode on Unix sockets: the server never offers TLS there.
     let tls = match (host, tls) {
         (Host::Tcp(_), Some(t)) => t,
-        _ => return attempt(ep, host, port, None, TlsWant::Off).await,
+        _ => return attempt(host, port, None, TlsWant::Off).await,
     };
     match ep.sslmode {
-        SslMode::Disable => attempt(ep, host, port, None, TlsWant::Off).await,
-        SslMode::Allow => match attempt(ep, host, port, None, TlsWant::Off).await {
+        SslMode::Disable => attempt(host, port, None, TlsWant::Off).await,
+        SslMode::Allow => match attempt(host, port, None, TlsWant::Off).await {
             // Plain first; only if the server itself turned us away (e.g. a
             // hostssl-only pg_hba) is TLS worth a second try.
-            Err(first) if first.db.is_some() => attempt(ep, host, port, Some(tls), TlsWant::Must)
+            Err(first) if first.db.is_some() => attempt(host, port, Some(tls), TlsWant::Must)
                 .await
                 .map_err(|second| more_telling(first, second)),
             other => other,
         },
-        SslMode::Prefer => match attempt(ep, host, port, Some(tls), TlsWant::Try).await {
+        SslMode::Prefer => match attempt(host, port, Some(tls), TlsWant::Try).await {
             // libpq: when TLS was tried and failed (handshake, or the server
             // rejected the TLS session), try once more without TLS.
-            Err(first) if first.tls_tried => attempt(ep, host, port, None, TlsWant::Off)
+            Err(first) if first.tls_tried => attempt(host, port, None, TlsWant::Off)
                 .await
                 .map_err(|second| more_telling(first, second)),
             other => other,
         },
         SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
-            attempt(ep, host, port, Some(tls), TlsWant::Must).await
+            attempt(host, port, Some(tls), TlsWant::Must).await
         }
     }
 }
@@ -789,14 +808,21 @@ async fn attempt(
     port: u16,
     tls: Option<&Arc<rustls::ClientConfig>>,
     want: TlsWant,
+    replication: bool,
 ) -> std::result::Result<ReplicationSession, Failure> {
+    // A plain session's turns count into the run's meter like any other
+    // session's; a walsender's stream is not a round trip.
+    let socket = || async {
+        let s = open_socket(host, port).await.map_err(|e| Failure::io(&e))?;
+        Ok::<_, Failure>(crate::pg::meter::Metered::new_if(s, !replication))
+    };
     let (io, tls_hash, tls_tried): (BoxIo, Option<Option<Vec<u8>>>, bool) = match host {
         Host::Unix(_) => {
-            let s = open_socket(host, port).await.map_err(|e| Failure::io(&e))?;
+            let s = socket().await?;
             (Box::new(s) as BoxIo, None, false)
         }
         Host::Tcp(name) => {
-            let mut s = open_socket(host, port).await.map_err(|e| Failure::io(&e))?;
+            let mut s = socket().await?;
             match (want, tls) {
                 (TlsWant::Off, _) | (_, None) => (Box::new(s) as BoxIo, None, false),
                 (TlsWant::Try | TlsWant::Must, Some(config)) => {
@@ -851,7 +877,7 @@ async fn attempt(
             }
         }
     };
-    startup(ep, io, tls_hash).await.map_err(|mut f| {
+    startup(ep, io, tls_hash, replication).await.map_err(|mut f| {
         f.tls_tried |= tls_tried;
         f
     })
@@ -863,6 +889,7 @@ async fn startup(
     ep: &EndpointConfig,
     mut io: BoxIo,
     tls: Option<Option<Vec<u8>>>,
+    replication: bool,
 ) -> std::result::Result<ReplicationSession, Failure> {
     let app = ep
         .application_name
@@ -870,18 +897,25 @@ async fn startup(
         .unwrap_or(DEFAULT_APPLICATION_NAME);
     // The user's options first, ours last: the output settings must win or
     // values would come out in a form the target may read differently.
-    let options = match ep.options.as_deref().map(str::trim) {
-        Some(o) if !o.is_empty() => format!("{o} {STREAM_OPTIONS}"),
-        _ => STREAM_OPTIONS.to_string(),
+    // A plain session sets what it needs with SET, as the other sessions do.
+    let user_options = ep.options.as_deref().map(str::trim).unwrap_or_default();
+    let options = match (replication, user_options.is_empty()) {
+        (true, false) => format!("{user_options} {STREAM_OPTIONS}"),
+        (true, true) => STREAM_OPTIONS.to_string(),
+        (false, _) => user_options.to_string(),
     };
-    let params = [
+    let mut params = vec![
         ("user", ep.user.as_str()),
         ("database", ep.dbname.as_str()),
-        ("replication", "database"),
         ("application_name", app),
         ("client_encoding", "UTF8"),
-        ("options", options.as_str()),
     ];
+    if replication {
+        params.push(("replication", "database"));
+    }
+    if !options.is_empty() {
+        params.push(("options", options.as_str()));
+    }
     let mut out = BytesMut::new();
     frontend::startup_message(params, &mut out).map_err(|e| Failure::io(&e))?;
     write_flush(&mut io, &out).await?;

@@ -55,6 +55,23 @@ async fn setup_target_with(client: &Client, more: &str) -> Result<bool> {
     Ok(replica.is_ok())
 }
 
+/// [`setup_target`] for the copy's pipelined session: the settings and
+/// the role change as two query messages in one round trip (the role
+/// change refused must not take the settings down with it).
+pub(crate) async fn setup_copy_target(s: &mut crate::pg::wire::CopySession) -> Result<bool> {
+    let settings = format!("{COMMON_SETTINGS}; SET synchronous_commit = off");
+    let outcomes = s
+        .run_all(
+            &[&settings, "SET session_replication_role = replica"],
+            || "configuring the target session".to_string(),
+        )
+        .await?;
+    let mut outcomes = outcomes.into_iter();
+    let settings = outcomes.next().expect("two outcomes");
+    settings.ok(|| "configuring the target session".to_string())?;
+    Ok(outcomes.next().is_some_and(|o| o.error.is_none()))
+}
+
 /// What pg_dump's scripts set before any DDL, for every session that
 /// creates schema objects on the target: function bodies are not validated
 /// (an SQL function may name a table created later, as pagila's do), names
