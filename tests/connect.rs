@@ -1,6 +1,8 @@
 //! `pg::connect` against real servers: TCP, Unix sockets, authentication
 //! failures, timeouts, multiple hosts and every TLS mode.
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -534,4 +536,64 @@ async fn wrong_password_is_reported_through_transport_retries() {
         let err = fails(&ep).await;
         assert_eq!(err.sqlstate(), Some("28P01"), "{mode:?}: {err}");
     }
+}
+
+/// The copy's target sessions speak the protocol themselves (`pg::wire`,
+/// pipelined COPYs): over a server that takes TCP only with TLS, a
+/// migration verifying the server's name must still move every row, small
+/// tables loaded several per transaction and a big one alone, with FREEZE.
+#[tokio::test]
+async fn a_migration_where_only_tls_is_allowed_moves_every_row() {
+    let env = tls_env();
+    let c = &env.good;
+    let admin = c.socket_conninfo("postgres");
+    for sql in [
+        "DROP DATABASE IF EXISTS tls_src",
+        "DROP DATABASE IF EXISTS tls_dst",
+        "CREATE DATABASE tls_src",
+    ] {
+        testkit::execute(&admin, sql).await.unwrap();
+    }
+    testkit::execute(&admin, "CREATE DATABASE tls_dst")
+        .await
+        .unwrap();
+    let mut sql = String::from(
+        "CREATE TABLE big (id bigint PRIMARY KEY, pad text NOT NULL);
+         INSERT INTO big SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g;
+         ANALYZE big;",
+    );
+    for i in 0..40 {
+        sql.push_str(&format!(
+            "CREATE TABLE small_{i} (id int PRIMARY KEY, big_id bigint REFERENCES big, v text);
+             INSERT INTO small_{i} SELECT g, g, 'row ' || g FROM generate_series(1, {}) g;",
+            i * 3
+        ));
+    }
+    testkit::execute(&c.socket_conninfo("tls_src"), &sql)
+        .await
+        .unwrap();
+    let tls = |db: &str| {
+        format!(
+            "host=127.0.0.1 port={} user={} password={} dbname={db} sslmode=verify-full sslrootcert={}",
+            c.port,
+            c.superuser,
+            testkit::conninfo_quote(&c.password),
+            env.ca.cert.display()
+        )
+    };
+    let report = common::migrate_clean(&tls("tls_src"), &tls("tls_dst"), &["--jobs", "2"]).await;
+    assert_eq!(
+        common::content_digest(&c.socket_conninfo("tls_src")).await,
+        common::content_digest(&c.socket_conninfo("tls_dst")).await,
+        "{report:#}"
+    );
+    let big = report["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "public.big")
+        .unwrap_or_else(|| panic!("no public.big in {report:#}"))
+        .clone();
+    assert_eq!(big["rows"], 20000, "{big:#}");
+    assert_eq!(big["freeze"], true, "{big:#}");
 }

@@ -89,9 +89,17 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
                 let d = dst.as_mut().expect("target session");
                 results.clear();
                 let renew = !first.load(Ordering::Relaxed);
-                let loaded =
-                    load_group(sched, id, src.as_ref(), d, &group, renew, stop, &mut results)
-                        .await;
+                let loaded = load_group(
+                    sched,
+                    id,
+                    src.as_ref(),
+                    d,
+                    &group,
+                    renew,
+                    stop,
+                    &mut results,
+                )
+                .await;
                 first.store(false, Ordering::Relaxed);
                 let Err(e) = loaded else {
                     break;
@@ -656,7 +664,8 @@ async fn load_group(
 /// whether it was truncated, which is what allows COPY FREEZE.
 async fn empty_on(d: &mut CopySession, name: &str, begin: bool) -> Result<bool> {
     let context = || format!("emptying {name} on the target");
-    let truncate = format!("SAVEPOINT dbm_empty; TRUNCATE ONLY {name}; RELEASE SAVEPOINT dbm_empty");
+    let truncate =
+        format!("SAVEPOINT dbm_empty; TRUNCATE ONLY {name}; RELEASE SAVEPOINT dbm_empty");
     let sqls: Vec<&str> = if begin {
         vec!["BEGIN", &truncate]
     } else {

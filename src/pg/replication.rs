@@ -877,10 +877,12 @@ async fn attempt(
             }
         }
     };
-    startup(ep, io, tls_hash, replication).await.map_err(|mut f| {
-        f.tls_tried |= tls_tried;
-        f
-    })
+    startup(ep, io, tls_hash, replication)
+        .await
+        .map_err(|mut f| {
+            f.tls_tried |= tls_tried;
+            f
+        })
 }
 
 /// StartupMessage, authentication, and the messages up to ReadyForQuery.

@@ -45,7 +45,9 @@ pub(crate) struct CopySession {
 
 impl std::fmt::Debug for CopySession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CopySession").field("pid", &self.pid).finish()
+        f.debug_struct("CopySession")
+            .field("pid", &self.pid)
+            .finish()
     }
 }
 
@@ -135,7 +137,9 @@ impl CopySession {
         for sql in sqls {
             w.query(sql);
         }
-        w.flush().await.map_err(|e| MigrationError::io(context(), e))?;
+        w.flush()
+            .await
+            .map_err(|e| MigrationError::io(context(), e))?;
         let mut outcomes = Vec::with_capacity(sqls.len());
         for _ in sqls {
             outcomes.push(
