@@ -640,13 +640,14 @@ pub(crate) async fn prepare_target_database(
         return Err(MigrationError::target_not_ready(why));
     }
     let exists: bool = admin
-        .query_one(
+        .query_typed(
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1)",
-            &[&dbname],
+            &[(&dbname, tokio_postgres::types::Type::TEXT)],
         )
         .await
         .map_err(|e| MigrationError::db("looking up the target database", e))?
-        .get(0);
+        .first()
+        .is_some_and(|r| r.get(0));
     if exists && (resumed || force_clean) {
         // An earlier run of this migration may have ended by closing the
         // database (see [`seal_database`]): open it again, to resume into

@@ -929,11 +929,12 @@ fn table_digest_sql(u: &Unit, level: VerifyLevel, side: Side) -> String {
 }
 
 async fn relation_exists(c: &Client, qualified: &str) -> Result<bool> {
-    Ok(c.query_one(
+    Ok(c.query_typed(
         "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
-        &[&qualified],
+        &[(&qualified, tokio_postgres::types::Type::TEXT)],
     )
     .await
     .map_err(|e| MigrationError::db("looking up a table on the target", e))?
-    .get(0))
+    .first()
+    .is_some_and(|r| r.get(0)))
 }

@@ -34,6 +34,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
@@ -337,21 +338,23 @@ pub async fn prepare_target_state(target: &Client) -> Result<()> {
 
 /// Items the target says are committed for this migration.
 pub async fn committed_items(target: &Client, migration_id: &str) -> Result<BTreeSet<String>> {
+    let table = format!("{STATE_SCHEMA}.copied");
     let exists: bool = target
-        .query_one(
+        .query_typed(
             "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
-            &[&format!("{STATE_SCHEMA}.copied")],
+            &[(&table, Type::TEXT)],
         )
         .await
         .map_err(|e| MigrationError::db("reading copy progress on the target", e))?
-        .get(0);
+        .first()
+        .is_some_and(|r| r.get(0));
     if !exists {
         return Ok(BTreeSet::new());
     }
     let rows = target
-        .query(
+        .query_typed(
             &format!("SELECT item FROM {STATE_SCHEMA}.copied WHERE migration_id = $1"),
-            &[&migration_id],
+            &[(&migration_id, Type::TEXT)],
         )
         .await
         .map_err(|e| MigrationError::db("reading copy progress on the target", e))?;
@@ -361,9 +364,9 @@ pub async fn committed_items(target: &Client, migration_id: &str) -> Result<BTre
 /// Schema steps the target says are committed for this migration.
 pub async fn committed_steps(target: &Client, migration_id: &str) -> Result<BTreeSet<String>> {
     let rows = target
-        .query(
+        .query_typed(
             &format!("SELECT item FROM {STATE_SCHEMA}.steps WHERE migration_id = $1"),
-            &[&migration_id],
+            &[(&migration_id, Type::TEXT)],
         )
         .await
         .map_err(|e| MigrationError::db("reading schema progress on the target", e))?;

@@ -560,11 +560,33 @@ async fn load_group(
         let _ = futures::poll!(opening.as_mut());
         inputs.push(opening);
     }
+    // Small tables only, none emptied first: nothing the server answers
+    // decides anything before the commit, so the markers and the commit
+    // follow the data at once and the group costs one round trip. Their
+    // rows are counted as they pass (the server's counts, read after,
+    // must agree). Big items wait for the server's counts instead: two
+    // round trips are nothing beside their data, and counting them here
+    // would cost CPU.
+    let one_trip = !began && group.iter().all(|i| i.est_bytes < SMALL_ITEM_BYTES);
+    let marker = |k: usize, rows: u64, bytes: u64| {
+        format!(
+            "({}, {}, {rows}, {bytes})",
+            quote::literal(&ctx.migration_id),
+            quote::literal(&name(k)),
+        )
+    };
+    let commit = |markers: Vec<String>| {
+        format!(
+            "INSERT INTO {STATE_SCHEMA}.copied (migration_id, item, rows, bytes) VALUES {}; COMMIT",
+            markers.join(", ")
+        )
+    };
     let (mut w, mut r) = d.halves();
     if !began {
         w.query("BEGIN");
     }
     let target_io = |e| MigrationError::io("loading a copy transaction into the target", e);
+    let mut counted = Vec::with_capacity(group.len());
     let writer = async {
         let mut loaded = Vec::with_capacity(group.len());
         for (k, opening) in inputs.iter_mut().enumerate() {
@@ -574,16 +596,44 @@ async fn load_group(
                 .as_mut()
                 .take_output()
                 .expect("an item is opened once")?;
+            let mut counter = one_trip.then(|| RowCounter::new(format == WireFormat::Binary));
             let bytes = pump(
                 input,
                 &name(k),
                 group[k].est_bytes,
                 stop,
-                Sink::Wire(&mut w),
+                Sink::Wire(&mut w, counter.as_mut()),
             )
             .await?;
             w.copy_done();
             loaded.push((started, format, bytes));
+            counted.push(counter.map(|c| c.rows()));
+        }
+        if one_trip {
+            let rows: Vec<u64> = counted.iter().map(|c| c.unwrap_or(0)).collect();
+            check_manifest(group, &rows, &name)?;
+            let now = Instant::now();
+            for (k, (started, format, bytes)) in loaded.iter().enumerate() {
+                results.push(ItemResult {
+                    rows: rows[k],
+                    bytes: *bytes,
+                    started: *started,
+                    finished: now,
+                    format: *format,
+                    freeze: false,
+                    snapshot: String::new(),
+                    file: None,
+                });
+            }
+            // The rows are sent, not committed: their markers and the
+            // commit travel behind them (a COPY that fails turns the
+            // COMMIT into a rollback).
+            faults::before(Point::CopyItem).await;
+            w.query(&commit(
+                (0..group.len())
+                    .map(|k| marker(k, rows[k], loaded[k].2))
+                    .collect(),
+            ));
         }
         w.flush().await.map_err(target_io)?;
         Ok::<_, MigrationError>(loaded)
@@ -604,22 +654,31 @@ async fn load_group(
                 .ok(|| format!("loading {} into the target", name(k)))?;
             rows.push(o.copied().unwrap_or(0));
         }
+        if one_trip {
+            r.outcome()
+                .await
+                .map_err(target_io)?
+                .ok(|| "committing a copy transaction on the target".to_string())?;
+        }
         Ok::<_, MigrationError>(rows)
     };
     let (loaded, rows) = futures::try_join!(writer, reader)?;
-    let now = Instant::now();
-    for (k, ((started, format, bytes), rows)) in loaded.into_iter().zip(rows).enumerate() {
-        if let Some(file) = &group[k].file {
-            // The end-to-end check of a restore: the rows the dump counted.
-            if rows != file.rows {
-                return Err(MigrationError::Archive(format!(
-                    "archive file {} of {} loaded {rows} rows but the manifest says {}: the archive does not match its manifest — dump again",
-                    file.file.path,
+    if one_trip {
+        for (k, r) in results.iter().enumerate() {
+            if r.rows != rows[k] {
+                return Err(MigrationError::Internal(format!(
+                    "{}: the target loaded {} rows, the COPY stream held {} (committed with the stream's count)",
                     name(k),
-                    file.rows
+                    rows[k],
+                    r.rows
                 )));
             }
         }
+        return Ok(());
+    }
+    check_manifest(group, &rows, &name)?;
+    let now = Instant::now();
+    for (k, ((started, format, bytes), rows)) in loaded.into_iter().zip(rows).enumerate() {
         results.push(ItemResult {
             rows,
             bytes,
@@ -634,27 +693,32 @@ async fn load_group(
     // The rows are in, not committed: their markers and the commit
     // travel together.
     faults::before(Point::CopyItem).await;
-    let markers: Vec<String> = results
-        .iter()
-        .enumerate()
-        .map(|(k, r)| {
-            format!(
-                "({}, {}, {}, {})",
-                quote::literal(&ctx.migration_id),
-                quote::literal(&name(k)),
-                r.rows,
-                r.bytes
-            )
-        })
+    let markers = (0..group.len())
+        .map(|k| marker(k, results[k].rows, results[k].bytes))
         .collect();
-    d.run(
-        &format!(
-            "INSERT INTO {STATE_SCHEMA}.copied (migration_id, item, rows, bytes) VALUES {}; COMMIT",
-            markers.join(", ")
-        ),
-        || "committing a copy transaction on the target".to_string(),
-    )
+    d.run(&commit(markers), || {
+        "committing a copy transaction on the target".to_string()
+    })
     .await?;
+    Ok(())
+}
+
+/// The end-to-end check of a restore: each item loaded the rows its
+/// archive file's manifest counted at the dump.
+fn check_manifest(group: &[WorkItem], rows: &[u64], name: &dyn Fn(usize) -> String) -> Result<()> {
+    for (k, item) in group.iter().enumerate() {
+        if let Some(file) = &item.file {
+            if rows[k] != file.rows {
+                return Err(MigrationError::Archive(format!(
+                    "archive file {} of {} loaded {} rows but the manifest says {}: the archive does not match its manifest — dump again",
+                    file.file.path,
+                    name(k),
+                    rows[k],
+                    file.rows
+                )));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -740,17 +804,25 @@ async fn dump_item(
 
 /// Where [`pump`] puts the bytes.
 enum Sink<'a, 'w> {
-    Wire(&'a mut crate::pg::wire::Writer<'w>),
+    /// The target's pipelined session, counting the rows where asked.
+    Wire(
+        &'a mut crate::pg::wire::Writer<'w>,
+        Option<&'a mut RowCounter>,
+    ),
     File(&'a mut AsyncDataWriter, &'a mut RowCounter),
 }
 
 impl Sink<'_, '_> {
     async fn send(&mut self, chunk: Bytes) -> Result<()> {
         match self {
-            Sink::Wire(w) => w
-                .copy_data(&chunk)
-                .await
-                .map_err(|e| MigrationError::io("writing COPY data to the target", e)),
+            Sink::Wire(w, rows) => {
+                if let Some(rows) = rows {
+                    rows.feed(&chunk);
+                }
+                w.copy_data(&chunk)
+                    .await
+                    .map_err(|e| MigrationError::io("writing COPY data to the target", e))
+            }
             Sink::File(w, rows) => {
                 rows.feed(&chunk);
                 w.write(chunk).await
@@ -762,7 +834,7 @@ impl Sink<'_, '_> {
     /// server works on it while we wait.
     async fn flush(&mut self) -> Result<()> {
         match self {
-            Sink::Wire(w) if w.pending() => w
+            Sink::Wire(w, _) if w.pending() => w
                 .flush()
                 .await
                 .map_err(|e| MigrationError::io("writing COPY data to the target", e)),

@@ -117,7 +117,7 @@ pub async fn target_shapes(dst: &Client, tables: &[TableInfo]) -> Result<Vec<Tar
     let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
     let roots: Vec<Option<&str>> = tables.iter().map(|t| t.partition_root.as_deref()).collect();
     let rows = dst
-        .query(
+        .query_arrays(
             "SELECT u.ord, k.own, k.kind, k.name,
                     (SELECT pg_catalog.array_agg(a.attname::text ORDER BY a.attnum) FROM pg_catalog.pg_attribute a
                       WHERE a.attrelid = k.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''),
@@ -278,6 +278,31 @@ static SCOPE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 });
 
 /// The regexes of pattern pairs as two parallel bind parameters.
+/// Catalog reads whose parameters are all `text[]` (the filters'
+/// patterns), run once: unnamed statements with their types given, one
+/// round trip each where a prepared statement costs two.
+trait QueryArrays {
+    async fn query_arrays(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> std::result::Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>;
+}
+
+impl QueryArrays for Client {
+    async fn query_arrays(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> std::result::Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+        let typed: Vec<_> = params
+            .iter()
+            .map(|p| (*p, tokio_postgres::types::Type::TEXT_ARRAY))
+            .collect();
+        self.query_typed(sql, &typed).await
+    }
+}
+
 fn split_pairs(pairs: &[(Option<String>, String)]) -> (Vec<Option<String>>, Vec<String>) {
     pairs.iter().cloned().unzip()
 }
@@ -355,7 +380,7 @@ pub async fn selected_relations(
     );
     let scope = ScopeParams::new(filters);
     let mut out: std::collections::HashSet<u32> = client
-        .query(&sql, &scope.params())
+        .query_arrays(&sql, &scope.params())
         .await
         .map_err(|e| MigrationError::db("listing the relations the filters select", e))?
         .iter()
@@ -420,7 +445,7 @@ pub async fn excluded_relations(
         matches_patterns(1, 2)
     );
     Ok(client
-        .query(&sql, &[&x_schema, &x_name])
+        .query_arrays(&sql, &[&x_schema, &x_name])
         .await
         .map_err(|e| MigrationError::db("listing the relations --exclude-table names", e))?
         .iter()
@@ -479,7 +504,7 @@ pub async fn matview_refresh(client: &Client, filters: &CompiledFilters) -> Resu
     );
     let what = "reading which materialized views read others";
     let unpopulated = client
-        .query(&unpopulated_sql, &[&d_schema, &d_name])
+        .query_arrays(&unpopulated_sql, &[&d_schema, &d_name])
         .await
         .map_err(|e| MigrationError::db(what, e))?
         .iter()
@@ -501,7 +526,7 @@ pub async fn schemas_matching(
     patterns: &[String],
 ) -> Result<std::collections::HashSet<String>> {
     Ok(client
-        .query(
+        .query_arrays(
             "SELECT n.nspname::text FROM pg_catalog.pg_namespace n WHERE n.nspname ~ ANY ($1::text[])",
             &[&patterns],
         )
@@ -519,7 +544,7 @@ pub async fn schemas_in_scope(
     filters: &CompiledFilters,
 ) -> Result<std::collections::HashSet<String>> {
     Ok(client
-        .query(
+        .query_arrays(
             "SELECT n.nspname::text FROM pg_catalog.pg_namespace n
               WHERE (cardinality($1::text[]) = 0 OR n.nspname ~ ANY ($1::text[]))
                 AND NOT (n.nspname ~ ANY ($2::text[]))",
@@ -612,7 +637,7 @@ pub async fn extension_config_tables_by_identity(
 /// Runs in the caller's transaction (its snapshot).
 pub async fn tables_with_rows_outside(client: &Client, compared: &[String]) -> Result<Vec<String>> {
     let rows = client
-        .query(
+        .query_arrays(
             &format!(
                 "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname), {EXTCONDITION_SQL}
                    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -721,7 +746,7 @@ async fn read_tables(
          ORDER BY bytes DESC, n.nspname, c.relname"#
     );
     let rows = client
-        .query(&sql, params)
+        .query_arrays(&sql, params)
         .await
         .map_err(|e| MigrationError::db("listing tables on the source", e))?;
     let types = load_user_types(client).await?;
@@ -845,7 +870,7 @@ pub async fn list_relation_names(
     );
     let scope = ScopeParams::new(filters);
     let rows = client
-        .query(&sql, &scope.params())
+        .query_arrays(&sql, &scope.params())
         .await
         .map_err(|e| MigrationError::db("listing relations", e))?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
@@ -902,7 +927,7 @@ pub async fn list_sequences(
     );
     let scope = ScopeParams::new(filters);
     let rows = client
-        .query(&sql, &scope.params())
+        .query_arrays(&sql, &scope.params())
         .await
         .map_err(|e| MigrationError::db("listing sequences on the source", e))?;
     Ok(rows
@@ -994,7 +1019,7 @@ async fn relation_states(client: &Client, seqs: &[SequenceInfo]) -> Result<Vec<(
 /// Which of `names` (quoted `schema.name`) exist, in one query.
 pub async fn relations_exist(client: &Client, names: &[String]) -> Result<Vec<bool>> {
     let rows = client
-        .query(
+        .query_arrays(
             "SELECT pg_catalog.to_regclass(x) IS NOT NULL FROM pg_catalog.unnest($1::text[]) WITH ORDINALITY AS u(x, i) ORDER BY i",
             &[&names],
         )
@@ -1042,7 +1067,7 @@ struct UserType {
 
 async fn load_user_types(client: &Client) -> Result<HashMap<u32, UserType>> {
     let rows = client
-        .query(
+        .query_typed(
             // Built-in types too: a few have no binary I/O (aclitem, and
             // arrays of it), and COPY BINARY refuses those.
             "SELECT t.oid, t.typtype, t.typbasetype, t.typcategory,
@@ -1167,7 +1192,7 @@ pub async fn cluster_databases(
     excluded: &[String],
 ) -> Result<Vec<(String, i64, bool)>> {
     let rows = client
-        .query(
+        .query_arrays(
             "SELECT d.datname::text,
                     CASE WHEN pg_catalog.has_database_privilege(d.oid, 'CONNECT')
                          THEN pg_catalog.pg_database_size(d.oid) ELSE 0 END,

@@ -119,7 +119,11 @@ async fn wait_for_tagged(
             e,
         )
     };
-    let first = read(c.query(list, &[&tag]).await.map_err(err)?);
+    let first = read(
+        c.query_typed(list, &[(&tag, tokio_postgres::types::Type::TEXT)])
+            .await
+            .map_err(err)?,
+    );
     if first.is_empty() {
         return Ok(0);
     }

@@ -108,6 +108,11 @@ pub fn command(args: &[&str]) -> Command {
         .env("HOME", std::env::temp_dir())
         .env("TMPDIR", std::env::temp_dir())
         .args(args);
+    // The one variable let through: a developer's log filter, to look
+    // inside a test's run (never set in CI).
+    if let Ok(filter) = std::env::var("PG_DBMIGRATOR_LOG") {
+        c.env("PG_DBMIGRATOR_LOG", filter);
+    }
     c
 }
 
