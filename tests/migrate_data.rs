@@ -375,3 +375,80 @@ async fn differing_column_types_fall_back_to_text() {
     .await;
     assert_eq!(sum, "125250/n99");
 }
+
+/// A row the target refuses in the middle of the pipelined copy (several
+/// small tables in one transaction, sent without waiting): the run fails
+/// naming that table and the server's reason, its transaction leaves
+/// nothing (every table with rows on the target has its marker, every
+/// marker its rows), and once the target accepts the row a resumed run
+/// finishes with every row.
+#[tokio::test]
+async fn a_row_the_target_refuses_fails_its_group_whole_and_the_rerun_finishes() {
+    let db = testkit::shared_pair().fresh_db("refused_row").await;
+    let mut src = String::new();
+    let mut dst = String::new();
+    for i in 0..40 {
+        src.push_str(&format!(
+            "CREATE TABLE public.t{i:02} (id int PRIMARY KEY, v int NOT NULL);
+             INSERT INTO public.t{i:02} SELECT g, g FROM generate_series(1, 5) g;"
+        ));
+        let check = if i == 17 { " CHECK (v > 0)" } else { "" };
+        dst.push_str(&format!(
+            "CREATE TABLE public.t{i:02} (id int PRIMARY KEY, v int NOT NULL{check});"
+        ));
+    }
+    src.push_str("UPDATE public.t17 SET v = -1 WHERE id = 3;");
+    testkit::execute(&db.source, &src).await.unwrap();
+    testkit::execute(&db.target, &dst).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&db, &dir.path().join("work"));
+    cfg.jobs = 2;
+    let err = Migrator::new(cfg.clone())
+        .run(CancellationToken::new())
+        .await
+        .expect_err("a row the target refuses");
+    let msg = err.to_string();
+    assert!(msg.contains("public.t17"), "{msg}");
+    assert_eq!(err.sqlstate(), Some("23514"), "{msg}");
+    assert_eq!(
+        testkit::query_scalar(&db.target, "SELECT count(*)::text FROM public.t17").await,
+        "0"
+    );
+    // Rows and markers agree table by table: no group half committed.
+    let mut committed = 0;
+    for i in 0..40 {
+        let state = testkit::query_scalar(
+            &db.target,
+            &format!(
+                "SELECT (SELECT count(*) FROM public.t{i:02})::text || '/' ||
+                        (SELECT count(*) FROM _pg_dbmigrator.copied WHERE item = 'public.t{i:02}')::text"
+            ),
+        )
+        .await;
+        assert!(
+            state == "0/0" || state == "5/1",
+            "public.t{i:02}: rows/markers {state}"
+        );
+        committed += usize::from(state == "5/1");
+    }
+    assert!(
+        committed < 39,
+        "{committed} tables committed beside the refused one"
+    );
+    testkit::execute(
+        &db.target,
+        "ALTER TABLE public.t17 DROP CONSTRAINT t17_v_check",
+    )
+    .await
+    .unwrap();
+    cfg.resume = true;
+    let report = Migrator::new(cfg)
+        .run(CancellationToken::new())
+        .await
+        .expect("the resumed migration");
+    assert!(report.verify.as_ref().unwrap().is_clean());
+    assert_eq!(
+        content_digest(&db.source).await,
+        content_digest(&db.target).await
+    );
+}

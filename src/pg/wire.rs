@@ -219,7 +219,15 @@ impl Reader<'_> {
     pub async fn outcome(&mut self) -> io::Result<Outcome> {
         let mut o = Outcome::default();
         loop {
-            let mut frame = read_frame(self.r, self.rbuf).await?;
+            let mut frame = match read_frame(self.r, self.rbuf).await {
+                Ok(f) => f,
+                // A FATAL error (the server shutting down, the session
+                // terminated) is followed by the end of the connection,
+                // not by ReadyForQuery: the server's reason is the one to
+                // report.
+                Err(_) if o.error.is_some() => return Ok(o),
+                Err(e) => return Err(e),
+            };
             match parse_message(&mut frame)? {
                 Message::CommandComplete(body) => o.tags.push(body.tag()?.to_string()),
                 Message::RowDescription(_) => o.rows.clear(),
@@ -253,5 +261,94 @@ impl Reader<'_> {
                 _ => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    fn error(severity: &str, code: &str, text: &str) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (t, v) in [
+            (b'S', severity),
+            (b'V', severity),
+            (b'C', code),
+            (b'M', text),
+        ] {
+            body.push(t);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        message(b'E', &body)
+    }
+
+    async fn outcomes(server_says: Vec<u8>, n: usize) -> Vec<io::Result<Outcome>> {
+        let (ours, mut theirs) = tokio::io::duplex(1 << 16);
+        theirs.write_all(&server_says).await.unwrap();
+        drop(theirs);
+        let (mut r, _w) = tokio::io::split(Box::new(ours) as BoxIo);
+        let mut rbuf = BytesMut::new();
+        let mut reader = Reader {
+            r: &mut r,
+            rbuf: &mut rbuf,
+        };
+        let mut out = Vec::new();
+        for _ in 0..n {
+            out.push(reader.outcome().await);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn outcomes_come_in_order_with_their_tags_and_errors() {
+        let mut said = Vec::new();
+        said.extend(message(b'C', b"BEGIN\0"));
+        said.extend(message(b'Z', b"T"));
+        said.extend(message(b'G', &[0, 0, 0]));
+        said.extend(message(b'C', b"COPY 42\0"));
+        said.extend(message(b'Z', b"T"));
+        said.extend(error("ERROR", "23514", "violates check constraint"));
+        said.extend(message(b'Z', b"E"));
+        let got = outcomes(said, 3).await;
+        let got: Vec<Outcome> = got.into_iter().map(|o| o.unwrap()).collect();
+        assert_eq!(got[0].tags, vec!["BEGIN"]);
+        assert_eq!(got[1].copied(), Some(42));
+        assert_eq!(got[2].error.as_ref().unwrap().sqlstate, "23514");
+        assert!(got[2].copied().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_fatal_error_then_the_end_of_the_connection_keeps_the_servers_reason() {
+        let said = error(
+            "FATAL",
+            "57P01",
+            "terminating connection due to administrator command",
+        );
+        let got = outcomes(said, 1).await.pop().unwrap().unwrap();
+        let e = got
+            .ok(|| "loading t".to_string())
+            .expect_err("the server's error");
+        assert_eq!(e.sqlstate(), Some("57P01"));
+        assert!(e.is_transient(), "{e}");
+        assert!(e.to_string().contains("administrator command"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn the_end_of_the_connection_alone_is_an_io_error() {
+        let got = outcomes(message(b'C', b"COPY 1\0"), 1).await.pop().unwrap();
+        assert_eq!(
+            got.expect_err("no ReadyForQuery").kind(),
+            io::ErrorKind::UnexpectedEof
+        );
     }
 }
