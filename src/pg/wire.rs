@@ -240,10 +240,10 @@ impl Reader<'_> {
                     }
                     o.rows.push(row);
                 }
-                Message::ErrorResponse(body) => {
-                    if o.error.is_none() {
-                        o.error = Some(error_info(body.fields()));
-                    }
+                // The first error of a query message is its reason; the
+                // server sends one, then skips to ReadyForQuery.
+                Message::ErrorResponse(body) if o.error.is_none() => {
+                    o.error = Some(error_info(body.fields()));
                 }
                 Message::NoticeResponse(body) => {
                     let info = error_info(body.fields());
