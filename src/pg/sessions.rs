@@ -214,22 +214,13 @@ pub async fn settle_lost(c: &tokio_postgres::Client, pid: i32, label: &str) -> R
 
 /// [`end_earlier`] on both servers of a migration.
 pub async fn end_earlier_runs(cfg: &MigrationConfig) -> Result<()> {
-    // The two servers at once: across a distance each costs a session's
-    // setup and a read, and neither waits on the other.
-    // Both failing, the source's error is the one reported, as when they
-    // ran one after the other.
-    let (source, target) = futures::join!(
-        end_earlier_on(cfg.source.as_ref(), "source"),
-        end_earlier_on(cfg.target.as_ref(), "target")
-    );
-    source.and(target)
-}
-
-async fn end_earlier_on(ep: Option<&EndpointConfig>, label: &str) -> Result<()> {
-    match ep {
-        Some(ep) => end_earlier(ep, label).await.map(|_| ()),
-        None => Ok(()),
+    if let Some(ep) = &cfg.source {
+        end_earlier(ep, "source").await?;
     }
+    if let Some(ep) = &cfg.target {
+        end_earlier(ep, "target").await?;
+    }
+    Ok(())
 }
 
 fn refusal(label: &str, left: &[(i32, String)]) -> MigrationError {
