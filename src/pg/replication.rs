@@ -8,6 +8,11 @@
 //! binding under TLS), runs replication commands with the simple-query
 //! protocol, and enters CopyBoth mode for `START_REPLICATION`.
 //!
+//! The same connect, without `replication=database`, opens the copy's
+//! pipelined target sessions ([`crate::pg::wire`], through
+//! `ReplicationSession::connect_plain`): one implementation of hosts,
+//! sslmode and authentication below tokio-postgres.
+//!
 //! The stream splits into a [`ReplicationReader`] and a cloneable
 //! [`ReplicationWriter`], because the server must keep receiving standby
 //! status updates even while the reader is back-pressured by a slow apply;

@@ -214,6 +214,9 @@ pub async fn settle_lost(c: &tokio_postgres::Client, pid: i32, label: &str) -> R
 
 /// [`end_earlier`] on both servers of a migration.
 pub async fn end_earlier_runs(cfg: &MigrationConfig) -> Result<()> {
+    // One after the other, never at once: when the source and the target
+    // are the same server, each check would see the other's session,
+    // tagged with the same migration, as one of the interrupted run's.
     if let Some(ep) = &cfg.source {
         end_earlier(ep, "source").await?;
     }
