@@ -59,7 +59,7 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
     let mut dst_pid = target_pid(&dst);
     debug!(worker = id, "copy worker ready");
     // The source session's snapshot transaction is still its first one.
-    let first = std::sync::atomic::AtomicBool::new(true);
+    let mut first = true;
     // Small tables travel several per target transaction: one commit (one
     // WAL flush) and one marker round trip for the group instead of each.
     let group_limit = if dst.is_some() { GROUP_ITEMS } else { 1 };
@@ -88,7 +88,7 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
             loop {
                 let d = dst.as_mut().expect("target session");
                 results.clear();
-                let renew = !first.load(Ordering::Relaxed);
+                let renew = !first;
                 let loaded = load_group(
                     sched,
                     id,
@@ -100,7 +100,7 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
                     &mut results,
                 )
                 .await;
-                first.store(false, Ordering::Relaxed);
+                first = false;
                 let Err(e) = loaded else {
                     break;
                 };
@@ -122,7 +122,7 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
                     }
                 }
                 let lost_pid = std::mem::replace(&mut dst_pid, dst.as_ref().map(|d| d.pid()));
-                first.store(true, Ordering::Relaxed);
+                first = true;
                 // A connection lost during COMMIT leaves the outcome unknown:
                 // the group's markers, written in its transaction, tell,
                 // once the lost session's process has ended (it may be
@@ -152,7 +152,7 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
                         g.wait().await;
                     }
                 }
-                let renew = !first.swap(false, Ordering::Relaxed);
+                let renew = !std::mem::replace(&mut first, false);
                 let (started, format, input) = start_item(
                     ctx,
                     sched.gate.as_ref(),

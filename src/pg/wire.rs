@@ -25,7 +25,6 @@ use bytes::{BufMut, Bytes, BytesMut};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio_postgres::fallible_iterator::FallibleIterator;
 
 use crate::config::EndpointConfig;
 use crate::error::{DbErrorInfo, MigrationError, Result};
@@ -51,12 +50,12 @@ impl std::fmt::Debug for CopySession {
     }
 }
 
-/// What one query message came to: each statement's command tag, the rows
-/// of the last result (as text), and the first error.
+/// What one query message came to: each statement's command tag, and the
+/// first error. Rows are not kept: nothing run here returns any worth
+/// reading.
 #[derive(Debug, Default)]
 pub(crate) struct Outcome {
     pub tags: Vec<String>,
-    pub rows: Vec<Vec<Option<String>>>,
     pub error: Option<DbErrorInfo>,
 }
 
@@ -230,16 +229,6 @@ impl Reader<'_> {
             };
             match parse_message(&mut frame)? {
                 Message::CommandComplete(body) => o.tags.push(body.tag()?.to_string()),
-                Message::RowDescription(_) => o.rows.clear(),
-                Message::DataRow(body) => {
-                    let buf = body.buffer();
-                    let mut row = Vec::new();
-                    let mut ranges = body.ranges();
-                    while let Some(r) = ranges.next()? {
-                        row.push(r.map(|r| String::from_utf8_lossy(&buf[r]).into_owned()));
-                    }
-                    o.rows.push(row);
-                }
                 // The first error of a query message is its reason; the
                 // server sends one, then skips to ReadyForQuery.
                 Message::ErrorResponse(body) if o.error.is_none() => {
@@ -256,7 +245,7 @@ impl Reader<'_> {
                         "the target sent COPY data to a session that only loads",
                     ))
                 }
-                // CopyInResponse (the data is already on its way),
+                // CopyInResponse (the data is already on its way), rows,
                 // EmptyQueryResponse, ParameterStatus, NotificationResponse.
                 _ => {}
             }
