@@ -929,12 +929,7 @@ fn table_digest_sql(u: &Unit, level: VerifyLevel, side: Side) -> String {
 }
 
 async fn relation_exists(c: &Client, qualified: &str) -> Result<bool> {
-    Ok(c.query_typed(
-        "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
-        &[(&qualified, tokio_postgres::types::Type::TEXT)],
-    )
-    .await
-    .map_err(|e| MigrationError::db("looking up a table on the target", e))?
-    .first()
-    .is_some_and(|r| r.get(0)))
+    crate::pg::relation_exists(c, qualified)
+        .await
+        .map_err(|e| MigrationError::db("looking up a table on the target", e))
 }

@@ -338,16 +338,9 @@ pub async fn prepare_target_state(target: &Client) -> Result<()> {
 
 /// Items the target says are committed for this migration.
 pub async fn committed_items(target: &Client, migration_id: &str) -> Result<BTreeSet<String>> {
-    let table = format!("{STATE_SCHEMA}.copied");
-    let exists: bool = target
-        .query_typed(
-            "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
-            &[(&table, Type::TEXT)],
-        )
+    let exists = crate::pg::relation_exists(target, &format!("{STATE_SCHEMA}.copied"))
         .await
-        .map_err(|e| MigrationError::db("reading copy progress on the target", e))?
-        .first()
-        .is_some_and(|r| r.get(0));
+        .map_err(|e| MigrationError::db("reading copy progress on the target", e))?;
     if !exists {
         return Ok(BTreeSet::new());
     }

@@ -358,25 +358,23 @@ pub(super) struct ItemResult {
     pub file: Option<DataFile>,
 }
 
-/// Prepare these statements on `client` at once (pipelined: one round
-/// trip for all); `None` where there is no statement or no client.
+/// Prepare the source's COPY statements at once (pipelined: one round
+/// trip for all); `None` for each when there is no source session (an
+/// archive's items).
 async fn prepare_all(
     client: Option<&Client>,
-    sqls: impl Iterator<Item = Option<String>>,
-    side: &str,
+    sqls: impl Iterator<Item = String>,
 ) -> Result<Vec<Option<Statement>>> {
-    let sqls: Vec<Option<String>> = sqls.collect();
+    let sqls: Vec<String> = sqls.collect();
     let Some(c) = client else {
         return Ok(sqls.iter().map(|_| None).collect());
     };
-    futures::future::try_join_all(sqls.iter().map(|sql| async move {
-        match sql {
-            Some(sql) => c.prepare(sql).await.map(Some),
-            None => Ok(None),
-        }
-    }))
+    futures::future::try_join_all(
+        sqls.iter()
+            .map(|sql| async move { c.prepare(sql).await.map(Some) }),
+    )
     .await
-    .map_err(|e| MigrationError::db(format!("preparing the COPY statements on the {side}"), e))
+    .map_err(|e| MigrationError::db("preparing the COPY statements on the source", e))
 }
 
 /// The COPY format of an item: its archive file's, or binary where the
@@ -529,8 +527,7 @@ async fn load_group(
     };
     let sources = prepare_all(
         src_client,
-        (0..group.len()).map(|k| Some(copy_out_sql(table(k), &group[k], formats[k]))),
-        "source",
+        (0..group.len()).map(|k| copy_out_sql(table(k), &group[k], formats[k])),
     )
     .await?;
     // The big tables emptied first, answered: FREEZE depends on it.

@@ -13,6 +13,22 @@ pub mod sessions;
 pub mod tls;
 pub(crate) mod wire;
 
+/// Whether `qualified` (a qualified, quoted name) names a relation, in one
+/// round trip (an unnamed statement): the bookkeeping tables' and a
+/// table's existence checks share it.
+pub(crate) async fn relation_exists(
+    client: &tokio_postgres::Client,
+    qualified: &str,
+) -> std::result::Result<bool, tokio_postgres::Error> {
+    let rows = client
+        .query_typed(
+            "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
+            &[(&qualified, tokio_postgres::types::Type::TEXT)],
+        )
+        .await?;
+    Ok(rows.first().is_some_and(|r| r.get(0)))
+}
+
 /// A statement run once that returns one row, in one round trip:
 /// tokio-postgres's `query_one` with a `&str` prepares it first (a round
 /// trip of its own, wasted across a distance on a statement used once).

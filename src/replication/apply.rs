@@ -1008,12 +1008,9 @@ impl Applier {
             (Effect::Sequence(s), _) if s.identity => return Ok(Ok(())),
             (Effect::Sequence(s), d) => {
                 let owner_exists = match s.owned_by.as_deref().and_then(|o| o.rsplit_once('.')) {
-                    Some((table, _)) => self
-                        .client
-                        .query_one("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[&table])
+                    Some((table, _)) => crate::pg::relation_exists(&self.client, table)
                         .await
-                        .map_err(|e| MigrationError::db("looking up a sequence's table on the target", e))?
-                        .get(0),
+                        .map_err(|e| MigrationError::db("looking up a sequence's table on the target", e))?,
                     None => false,
                 };
                 effect::sequence_plan(
@@ -1839,13 +1836,9 @@ pub async fn init_progress(client: &Client, migration_id: &str, start: Lsn) -> R
 
 /// The end LSN of the last source transaction applied, if streaming began.
 pub async fn read_progress(client: &Client, migration_id: &str) -> Result<Option<Lsn>> {
-    let exists: bool = crate::pg::query_one_once(
-        client,
-        "SELECT pg_catalog.to_regclass('_pg_dbmigrator.progress') IS NOT NULL",
-    )
-    .await
-    .map_err(|e| MigrationError::db("looking for the apply progress on the target", e))?
-    .get(0);
+    let exists = crate::pg::relation_exists(client, "_pg_dbmigrator.progress")
+        .await
+        .map_err(|e| MigrationError::db("looking for the apply progress on the target", e))?;
     if !exists {
         return Ok(None);
     }

@@ -809,13 +809,9 @@ pub fn fingerprint_changes(
 /// per object (its name, why, and the source transaction).
 async fn unreplayed(dst: &Client) -> Result<Vec<String>> {
     let what = "reading the schema changes that could not be reproduced on the target";
-    let exists: bool = crate::pg::query_one_once(
-        dst,
-        "SELECT pg_catalog.to_regclass('_pg_dbmigrator.unreplayed') IS NOT NULL",
-    )
-    .await
-    .map_err(|e| MigrationError::db(what, e))?
-    .get(0);
+    let exists = crate::pg::relation_exists(dst, "_pg_dbmigrator.unreplayed")
+        .await
+        .map_err(|e| MigrationError::db(what, e))?;
     if !exists {
         return Ok(Vec::new());
     }
@@ -867,13 +863,11 @@ pub(crate) async fn cutover_guard(
         if !drained {
             return Ok(());
         }
-        let exists: bool = crate::pg::query_one_once(
-            dst,
-            "SELECT pg_catalog.to_regclass('_pg_dbmigrator.unstreamed') IS NOT NULL",
-        )
-        .await
-        .map_err(|e| MigrationError::db("reading the tables whose changes did not stream", e))?
-        .get(0);
+        let exists = crate::pg::relation_exists(dst, "_pg_dbmigrator.unstreamed")
+            .await
+            .map_err(|e| {
+                MigrationError::db("reading the tables whose changes did not stream", e)
+            })?;
         if !exists {
             return Ok(());
         }
