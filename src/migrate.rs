@@ -19,7 +19,7 @@ use crate::config::filter::CompiledFilters;
 use crate::config::{CopyFormat, CopyMethod, MigrationConfig, Statistics, VerifyLevel};
 use crate::context::RunContext;
 use crate::copy::{self, CopyContext, TableResult};
-use crate::copy::{apply_after_data, apply_steps, early_steps};
+use crate::copy::{apply_after_data, apply_steps, pending_early_steps, take_early_steps};
 use crate::error::{MigrationError, Remedy, Result};
 use crate::faults::{self, around, Point};
 use crate::pg::catalog::{self};
@@ -268,6 +268,9 @@ pub(crate) async fn copy_phase(
     if let Some(s) = script.as_mut() {
         s.pre_data = Vec::new();
     }
+    let early = take_early_steps(script.as_mut());
+    // Shared with the copy's workers rather than copied for them.
+    let tables: Arc<[catalog::TableInfo]> = tables.into();
 
     // Tables, and beside them each loaded table's indexes and keys.
     let mut skipped = Vec::new();
@@ -335,7 +338,7 @@ pub(crate) async fn copy_phase(
                     skipped.push(t.qualified());
                 }
             }
-            let early = early_steps(&dst, &migration_id, script.as_ref()).await?;
+            let early = pending_early_steps(&dst, &migration_id, &early).await?;
             let ctx = Arc::new(CopyContext {
                 input: copy::Input::Server {
                     endpoint: Box::new(source_ep.clone()),
@@ -456,6 +459,8 @@ pub(crate) async fn copy_phase(
         .run_stage(Stage::CopyData, &mut stages, copy_data)
         .await?
         .unwrap_or_default();
+    // Every one of them is applied now (the copy stage ends that way).
+    drop(early);
     schema_steps += outcome.index_steps;
     let pressure = outcome.pressure;
     let results = outcome.tables;

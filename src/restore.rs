@@ -299,7 +299,8 @@ pub(crate) async fn run_locked(
                 .collect(),
         );
     }
-    let early = crate::copy::early_steps(&dst, &migration_id, script.as_ref()).await?;
+    let early = crate::copy::take_early_steps(script.as_mut());
+    let early = crate::copy::pending_early_steps(&dst, &migration_id, &early).await?;
     let ctx = Arc::new(CopyContext {
         input: copy::Input::Archive(archive.clone()),
         output: copy::Output::Target(Box::new(target_ep.clone())),
@@ -320,7 +321,7 @@ pub(crate) async fn run_locked(
     } else {
         around(
             Point::CopyData,
-            copy::copy_tables(ctx, tables.clone(), items, early, cancel.clone()),
+            copy::copy_tables(ctx, tables.clone().into(), items, early, cancel.clone()),
         )
         .await?
     };

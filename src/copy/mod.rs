@@ -20,7 +20,7 @@ mod batch;
 mod large_objects;
 mod recopy;
 pub mod steps;
-pub(crate) use steps::{apply_after_data, apply_steps, early_steps};
+pub(crate) use steps::{apply_after_data, apply_steps, pending_early_steps, take_early_steps};
 pub mod plan;
 pub mod pressure;
 pub mod rate;
@@ -34,7 +34,6 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
@@ -344,26 +343,24 @@ pub async fn committed_items(target: &Client, migration_id: &str) -> Result<BTre
     if !exists {
         return Ok(BTreeSet::new());
     }
-    let rows = target
-        .query_typed(
-            &format!("SELECT item FROM {STATE_SCHEMA}.copied WHERE migration_id = $1"),
-            &[(&migration_id, Type::TEXT)],
-        )
-        .await
-        .map_err(|e| MigrationError::db("reading copy progress on the target", e))?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    crate::pg::text_set(
+        target,
+        &format!("SELECT item FROM {STATE_SCHEMA}.copied WHERE migration_id = $1"),
+        migration_id,
+    )
+    .await
+    .map_err(|e| MigrationError::db("reading copy progress on the target", e))
 }
 
 /// Schema steps the target says are committed for this migration.
 pub async fn committed_steps(target: &Client, migration_id: &str) -> Result<BTreeSet<String>> {
-    let rows = target
-        .query_typed(
-            &format!("SELECT item FROM {STATE_SCHEMA}.steps WHERE migration_id = $1"),
-            &[(&migration_id, Type::TEXT)],
-        )
-        .await
-        .map_err(|e| MigrationError::db("reading schema progress on the target", e))?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    crate::pg::text_set(
+        target,
+        &format!("SELECT item FROM {STATE_SCHEMA}.steps WHERE migration_id = $1"),
+        migration_id,
+    )
+    .await
+    .map_err(|e| MigrationError::db("reading schema progress on the target", e))
 }
 
 /// Make `table` (a target relation only its own source table loads) as if
@@ -430,17 +427,17 @@ pub struct CopyOutcome {
 /// Work for an index worker.
 enum IndexTask {
     /// Build one index of a loaded table.
-    Build(Step),
+    Build(Arc<Step>),
     /// Attach keys to the built indexes (a small table's builds too, all
     /// in one transaction), then ANALYZE a table of more than a few rows.
     Finish {
         table: String,
-        steps: Vec<Step>,
+        steps: Vec<Arc<Step>>,
         rows: u64,
     },
     /// Several small tables' `Finish` (too few rows to ANALYZE), in one
     /// transaction: one round trip for them all.
-    FinishSmall(Vec<(String, Vec<Step>)>),
+    FinishSmall(Vec<(String, Vec<Arc<Step>>)>),
 }
 
 /// At most this many small tables' keys, or steps, travel together.
@@ -457,8 +454,8 @@ struct State {
     items_left: Vec<u32>,
     /// Per table name: index builds not yet done, and the steps to run after them.
     builds_left: HashMap<String, u32>,
-    builds: HashMap<String, Vec<Step>>,
-    after: HashMap<String, Vec<Step>>,
+    builds: HashMap<String, Vec<Arc<Step>>>,
+    after: HashMap<String, Vec<Arc<Step>>>,
     copies_running: usize,
     index_running: usize,
     done: Vec<(usize, ItemResult)>,
@@ -471,7 +468,7 @@ struct State {
 /// The shared queues of one copy stage.
 pub(crate) struct Scheduler {
     ctx: Arc<CopyContext>,
-    tables: Vec<TableInfo>,
+    tables: Arc<[TableInfo]>,
     state: Mutex<State>,
     wake: tokio::sync::Notify,
     /// `--source-pressure`: what each worker awaits before each chunk.
@@ -645,9 +642,9 @@ impl Scheduler {
 /// error is returned once all have been joined.
 pub async fn copy_tables(
     ctx: Arc<CopyContext>,
-    tables: Vec<TableInfo>,
+    tables: Arc<[TableInfo]>,
     items: Vec<WorkItem>,
-    early: Vec<Step>,
+    early: Vec<Arc<Step>>,
     cancel: CancellationToken,
 ) -> Result<CopyOutcome> {
     if let Some(p) = &ctx.progress {
@@ -837,7 +834,7 @@ async fn index_worker(
         let mut retry = ctx.retry();
         // Steps of this task already committed (known after a fault).
         let mut done: Option<BTreeSet<String>> = None;
-        let pending = |steps: &[Step], done: &Option<BTreeSet<String>>| -> Vec<Step> {
+        let pending = |steps: &'_ [Arc<Step>], done: &Option<BTreeSet<String>>| -> Vec<Arc<Step>> {
             steps
                 .iter()
                 .filter(|s| {
@@ -863,15 +860,16 @@ async fn index_worker(
                     }
                 }
                 IndexTask::FinishSmall(group) => {
-                    let all: Vec<Step> = group.iter().flat_map(|(_, s)| s.clone()).collect();
+                    let all: Vec<Arc<Step>> =
+                        group.iter().flat_map(|(_, s)| s.iter().cloned()).collect();
                     let todo = pending(&all, &done);
-                    let batch: Vec<&Step> = todo.iter().collect();
+                    let batch: Vec<&Step> = todo.iter().map(|s| &**s).collect();
                     steps::apply_batch(&dst, &ctx.migration_id, "post", &batch).await
                 }
                 IndexTask::Finish { table, steps, rows } => {
                     let todo = pending(steps, &done);
                     let t0 = Instant::now();
-                    let batch: Vec<&Step> = todo.iter().collect();
+                    let batch: Vec<&Step> = todo.iter().map(|s| &**s).collect();
                     match steps::apply_batch(&dst, &ctx.migration_id, "post", &batch).await {
                         Err(e) => Err(e),
                         Ok(()) => {

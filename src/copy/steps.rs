@@ -6,6 +6,8 @@
 //! The post-data steps that need only one table's rows run beside the copy
 //! (see [`crate::schema::Step::table`]); the rest follow the data.
 
+use std::sync::Arc;
+
 use crate::faults::Point;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
@@ -17,21 +19,50 @@ use crate::pg::connect::{self, Retry};
 use crate::pg::{session, sessions};
 use crate::schema::{self, Step};
 
-/// The post-data steps still to run beside the copy (index builds and keys,
-/// see [`Step::table`]).
-pub(crate) async fn early_steps(
-    dst: &Client,
-    migration_id: &str,
-    script: Option<&schema::SchemaScript>,
-) -> Result<Vec<Step>> {
+/// Take the post-data steps that need only one table's rows (index builds
+/// and keys, see [`Step::table`]) out of the script, to run beside the
+/// copy. Moved, not copied: at 25,000 tables they are tens of megabytes,
+/// and nothing after the copy runs them again (the copy stage ends with
+/// every one applied, or fails).
+pub(crate) fn take_early_steps(script: Option<&mut schema::SchemaScript>) -> Vec<Arc<Step>> {
     let Some(script) = script else {
-        return Ok(Vec::new());
+        return Vec::new();
     };
-    let done = super::committed_steps(dst, migration_id).await?;
-    Ok(script
+    // Counted first, so neither list grows by doubling; and collected by
+    // push, since `map(Arc::new).collect()` would keep the steps' own
+    // allocation, ten times the pointers' size, for the whole run.
+    let n = script
         .post_data
         .iter()
-        .filter(|s| s.table.is_some() && !done.contains(&super::step_marker("post", s)))
+        .filter(|s| s.table.is_some())
+        .count();
+    let mut early = Vec::with_capacity(n);
+    let mut rest = Vec::with_capacity(script.post_data.len() - n);
+    for step in std::mem::take(&mut script.post_data) {
+        if step.table.is_some() {
+            early.push(Arc::new(step));
+        } else {
+            rest.push(step);
+        }
+    }
+    script.post_data = rest;
+    early
+}
+
+/// Of the steps [`take_early_steps`] took, those not committed yet (a
+/// resumed run, or a copy started again on a new snapshot).
+pub(crate) async fn pending_early_steps(
+    dst: &Client,
+    migration_id: &str,
+    early: &[Arc<Step>],
+) -> Result<Vec<Arc<Step>>> {
+    if early.is_empty() {
+        return Ok(Vec::new());
+    }
+    let done = super::committed_steps(dst, migration_id).await?;
+    Ok(early
+        .iter()
+        .filter(|s| !done.contains(&super::step_marker("post", s)))
         .cloned()
         .collect())
 }

@@ -3,6 +3,7 @@
 //! or next to the stage that owns it, built with [`quote`].
 
 pub mod catalog;
+pub(crate) mod compact;
 pub mod connect;
 pub(crate) mod meter;
 pub mod pressure;
@@ -27,6 +28,27 @@ pub(crate) async fn relation_exists(
         )
         .await?;
     Ok(rows.first().is_some_and(|r| r.get(0)))
+}
+
+/// The first column (text) of every row `sql` returns for its one text
+/// parameter, taken as the rows arrive: the copy's and the schema's
+/// markers are a row per table or step, and at 25,000 tables holding them
+/// all as rows first cost more memory than the set they go into.
+pub(crate) async fn text_set(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    param: &str,
+) -> std::result::Result<std::collections::BTreeSet<String>, tokio_postgres::Error> {
+    use futures::TryStreamExt;
+    let rows = client
+        .query_typed_raw(sql, [(param, tokio_postgres::types::Type::TEXT)])
+        .await?;
+    futures::pin_mut!(rows);
+    let mut out = std::collections::BTreeSet::new();
+    while let Some(r) = rows.try_next().await? {
+        out.insert(r.get(0));
+    }
+    Ok(out)
 }
 
 /// A statement run once that returns one row, in one round trip:

@@ -189,6 +189,9 @@ impl SchemaScript {
                     parallel: false,
                 });
             }
+            // The statements moved in from `create`, `owner` and `comments`
+            // in turn: a vector grown by doubling.
+            sql.shrink_to_fit();
             let step = Step {
                 describe: std::mem::take(&mut o.describe),
                 sql,

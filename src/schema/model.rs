@@ -95,6 +95,38 @@ impl SchemaObject {
         }
     }
 
+    /// Give back what the loaders' building left unused: a `Vec`'s first
+    /// push reserves four slots where most objects hold one statement, one
+    /// tiebreak, one edge, and `format!` guesses twice a string's literal
+    /// length. At 25,000 tables (115,000 objects) that was a fifth of the
+    /// schema load's peak memory.
+    pub fn shrink(&mut self) {
+        fn strings(v: &mut Vec<String>) {
+            v.iter_mut().for_each(String::shrink_to_fit);
+            v.shrink_to_fit();
+        }
+        let some = |o: &mut Option<String>| {
+            if let Some(s) = o {
+                s.shrink_to_fit();
+            }
+        };
+        self.key.namespace.shrink_to_fit();
+        self.key.name.shrink_to_fit();
+        strings(&mut self.key.tiebreak);
+        self.describe.shrink_to_fit();
+        strings(&mut self.create);
+        strings(&mut self.comments);
+        strings(&mut self.acl);
+        some(&mut self.owner);
+        some(&mut self.placeholder);
+        some(&mut self.data_of);
+        some(&mut self.index_first);
+        some(&mut self.validate_later);
+        self.needs.shrink_to_fit();
+        self.deps.shrink_to_fit();
+        self.part_of.shrink_to_fit();
+    }
+
     pub fn section(&self) -> Section {
         self.key.kind.section()
     }
@@ -129,7 +161,8 @@ pub struct SchemaModel {
 pub use crate::resume::DatabaseLimits;
 
 impl SchemaModel {
-    pub fn add(&mut self, obj: SchemaObject, refs: &[CatalogRef]) -> usize {
+    pub fn add(&mut self, mut obj: SchemaObject, refs: &[CatalogRef]) -> usize {
+        obj.shrink();
         let i = self.objects.len();
         self.objects.push(Box::new(obj));
         for r in refs {

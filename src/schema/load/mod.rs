@@ -26,6 +26,7 @@ use super::model::{class, SchemaModel, SchemaObject};
 use super::sort::ObjectKind;
 use super::tablespace;
 use crate::error::{MigrationError, Result};
+use crate::pg::compact::{self, CompactRow};
 use crate::pg::quote::{ident, literal, qualified};
 
 mod aggregates;
@@ -68,6 +69,21 @@ fn user_object(cls: u32, oid: &str) -> String {
         "{USER_NAMESPACE} AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = {cls} \
          AND e.objid = {oid} AND e.deptype = 'e')"
     )
+}
+
+/// As [`query`], each row kept as a [`CompactRow`]: for the reads the load
+/// holds whole (a row per relation, a row per column), which as
+/// tokio-postgres rows were the schema load's largest memory.
+async fn compact_rows(c: &Catalog<'_>, what: &str, sql: &str) -> Result<Vec<CompactRow>> {
+    let mut out = Vec::new();
+    let mut types = None;
+    c.each(what, sql, |r| {
+        let types = types.get_or_insert_with(|| compact::types_of(r));
+        out.push(CompactRow::new(r, types));
+    })
+    .await?;
+    out.shrink_to_fit();
+    Ok(out)
 }
 
 /// One catalog read (see [`pipeline`]: in the load, sent ahead with the
@@ -125,10 +141,14 @@ pub async fn load(
     // Reads no relation through a deparse function: before the lock, as
     // ever, and on its own (its statements are prepared).
     let refresh = crate::pg::catalog::matview_refresh(client, &opts.filters.compile()?).await?;
+    // Known before the dry run, so it foresees the reads a superuser makes
+    // (subscriptions): a read it misses is run alone, after everything in
+    // flight is collected into memory (`pg_depend` included).
+    let superuser = is_superuser(&Catalog::direct(client)).await?;
     let record = Catalog::record(client);
-    load_with(&record, server_major, opts, lock_only, &refresh).await?;
+    load_with(&record, server_major, opts, lock_only, &refresh, superuser).await?;
     let c = Catalog::pipelined(client, record);
-    let m = load_with(&c, server_major, opts, lock_only, &refresh).await?;
+    let m = load_with(&c, server_major, opts, lock_only, &refresh, superuser).await?;
     let counts = c.counts().await;
     tracing::debug!(
         "schema: {} catalog reads pipelined, {} on their own",
@@ -144,6 +164,7 @@ async fn load_with(
     opts: &super::ReadOptions,
     lock_only: Option<&std::collections::HashSet<u32>>,
     refresh: &crate::pg::catalog::MatviewRefresh,
+    superuser: bool,
 ) -> Result<SchemaModel> {
     let mut m = SchemaModel::default();
     let comments: Comments = query(
@@ -196,7 +217,7 @@ async fn load_with(
     load_statistics(c, &mut m, &comments, server_major).await?;
     publications::load_publications(c, &mut m, &comments, server_major).await?;
     if !opts.no_subscriptions {
-        subscriptions::load_subscriptions(c, &mut m, &comments, server_major).await?;
+        subscriptions::load_subscriptions(c, &mut m, &comments, server_major, superuser).await?;
     }
     if !opts.no_security_labels {
         security_labels::load_security_labels(c, &mut m).await?;
@@ -634,7 +655,7 @@ async fn load_relations(
         foreign::options_sql("ft.ftoptions"),
         user_object(class::PG_CLASS, "c.oid")
     );
-    let rows = query(c, "relation definitions", &sql).await?;
+    let rows = compact_rows(c, "relation definitions", &sql).await?;
     let compression = if major >= 14 {
         "a.attcompression::text"
     } else {
@@ -657,7 +678,9 @@ async fn load_relations(
     } else {
         "NULLIF(a.attstattarget, -1)::int4"
     };
-    let cols = query(
+    let mut cols_by_rel: HashMap<u32, Vec<CompactRow>> = HashMap::new();
+    let mut types = None;
+    query_each(
         c,
         "columns",
         &format!(
@@ -678,12 +701,15 @@ async fn load_relations(
               ORDER BY a.attrelid, a.attnum",
             fdw_options = foreign::options_sql("a.attfdwoptions")
         ),
+        |r| {
+            let types = types.get_or_insert_with(|| compact::types_of(r));
+            cols_by_rel
+                .entry(r.get(0))
+                .or_default()
+                .push(CompactRow::new(r, types));
+        },
     )
     .await?;
-    let mut cols_by_rel: HashMap<u32, Vec<&tokio_postgres::Row>> = HashMap::new();
-    for r in &cols {
-        cols_by_rel.entry(r.get(0)).or_default().push(r);
-    }
     // NOT VALID NOT NULL constraints (PostgreSQL 18) are added after the
     // data like NOT VALID checks; valid ones are part of the column.
     let checks = query(
@@ -794,13 +820,19 @@ async fn load_relations(
                         r.get::<_, Option<String>>(17).as_deref(),
                         format!("CREATE MATERIALIZED VIEW {q}{with} AS\n{def}\n  WITH NO DATA;"),
                     ));
-                    let own_cols = cols_by_rel.get(&oid).cloned().unwrap_or_default();
+                    let own_cols = cols_by_rel
+                        .get(&oid)
+                        .map(|v| v.iter().collect::<Vec<_>>())
+                        .unwrap_or_default();
                     o.create
                         .extend(column_settings(&q, &own_cols, with_compression));
                 }
             }
             _ => {
-                let own_cols = cols_by_rel.get(&oid).cloned().unwrap_or_default();
+                let own_cols = cols_by_rel
+                    .get(&oid)
+                    .map(|v| v.iter().collect::<Vec<_>>())
+                    .unwrap_or_default();
                 let mut lines = Vec::new();
                 let of_type: Option<String> = r.get(14);
                 let inherit_later =
@@ -964,7 +996,11 @@ async fn load_relations(
             (class::PG_CLASS, oid, 0),
             &format!("{kw} {q}"),
         ));
-        for col in cols_by_rel.get(&oid).cloned().unwrap_or_default() {
+        for col in cols_by_rel
+            .get(&oid)
+            .map(|v| v.iter().collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
             let attnum: i16 = col.get(10);
             let cname: String = col.get(1);
             o.comments.extend(comment_on(
@@ -975,7 +1011,11 @@ async fn load_relations(
         }
         let i = m.add(o, &[(class::PG_CLASS, oid)]);
         // Inline defaults and CHECKs stand for the table.
-        for col in cols_by_rel.get(&oid).cloned().unwrap_or_default() {
+        for col in cols_by_rel
+            .get(&oid)
+            .map(|v| v.iter().collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
             if let Some(adoid) = col.get::<_, Option<u32>>(8) {
                 m.alias((class::PG_ATTRDEF, adoid), i);
             }
@@ -2717,7 +2757,7 @@ async fn load_event_triggers(
 /// setting may differ from the parent's they were created with): statistics
 /// target, storage, options, compression, foreign-data options. `cols` are
 /// rows of the column query in `load_relations`.
-fn column_settings(q: &str, cols: &[&tokio_postgres::Row], compression: bool) -> Vec<String> {
+fn column_settings(q: &str, cols: &[&CompactRow], compression: bool) -> Vec<String> {
     let mut out = Vec::new();
     for col in cols {
         let cname = ident(&col.get::<_, String>(1));
@@ -2775,7 +2815,7 @@ fn column_settings(q: &str, cols: &[&tokio_postgres::Row], compression: bool) ->
 /// `INHERIT` keeps it.
 fn inherits_out_of_order(
     parents_of: &HashMap<u32, Vec<(String, u32)>>,
-    cols_by_rel: &HashMap<u32, Vec<&tokio_postgres::Row>>,
+    cols_by_rel: &HashMap<u32, Vec<CompactRow>>,
     checks: &[tokio_postgres::Row],
     oid: u32,
 ) -> bool {
@@ -2812,7 +2852,7 @@ fn inherits_out_of_order(
 /// Whether a parent of table `oid` (any level up) generates column `cname`.
 fn parent_generates(
     parents_of: &HashMap<u32, Vec<(String, u32)>>,
-    cols_by_rel: &HashMap<u32, Vec<&tokio_postgres::Row>>,
+    cols_by_rel: &HashMap<u32, Vec<CompactRow>>,
     oid: u32,
     cname: &str,
 ) -> bool {
