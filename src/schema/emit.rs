@@ -372,7 +372,7 @@ fn split_view(
 /// view with the same columns, the real definition coming after the loop.
 fn split_view_loops(model: &mut SchemaModel, deps: &mut Vec<Vec<usize>>) {
     for _ in 0..64 {
-        let keys: Vec<SortKey> = model.objects.iter().map(|o| o.key.clone()).collect();
+        let keys: Vec<&SortKey> = model.objects.iter().map(|o| &o.key).collect();
         let loops = match sort::topo_sort(&keys, deps) {
             Ok(_) => return,
             Err(loops) => loops,

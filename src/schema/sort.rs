@@ -475,9 +475,9 @@ pub fn tiebreak_int(n: i64) -> String {
 ///
 /// Ties between identical keys are broken by index so the result never
 /// depends on the sort algorithm's stability.
-pub fn initial_order(keys: &[SortKey]) -> Vec<usize> {
+pub fn initial_order<K: std::borrow::Borrow<SortKey>>(keys: &[K]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..keys.len()).collect();
-    order.sort_unstable_by(|&a, &b| keys[a].cmp(&keys[b]).then(a.cmp(&b)));
+    order.sort_unstable_by(|&a, &b| keys[a].borrow().cmp(keys[b].borrow()).then(a.cmp(&b)));
     order
 }
 
@@ -525,7 +525,12 @@ fn check_graph(n: usize, deps: &[Vec<usize>]) -> Result<(), String> {
 /// # Panics
 /// If `deps.len() != keys.len()` or an edge points outside `0..keys.len()`;
 /// both are loader bugs, not data conditions.
-pub fn topo_sort(keys: &[SortKey], deps: &[Vec<usize>]) -> Result<Vec<usize>, Vec<Vec<usize>>> {
+/// `keys` by value or by reference: a caller that only checks for loops
+/// need not copy every object's key (names and all) first.
+pub fn topo_sort<K: std::borrow::Borrow<SortKey>>(
+    keys: &[K],
+    deps: &[Vec<usize>],
+) -> Result<Vec<usize>, Vec<Vec<usize>>> {
     let n = keys.len();
     if let Err(e) = check_graph(n, deps) {
         panic!("topo_sort: {e}");
