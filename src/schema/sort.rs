@@ -1152,7 +1152,7 @@ mod tests {
 
     #[test]
     fn empty_and_trivial_inputs() {
-        assert_eq!(topo_sort(&[], &[]).unwrap(), Vec::<usize>::new());
+        assert_eq!(topo_sort::<SortKey>(&[], &[]).unwrap(), Vec::<usize>::new());
         let keys = tables(&["only"]);
         assert_eq!(topo_sort(&keys, &[vec![]]).unwrap(), [0]);
     }
