@@ -88,8 +88,12 @@ async fn five_hundred_tables_take_few_round_trips() {
         "2",
     ]
     .map(String::from);
-    let filter = std::env::var("PG_DBMIGRATOR_LOG")
-        .unwrap_or_else(|_| "info,pg_dbmigrator::schema::load=debug".to_string());
+    // A developer's own filter is kept, with the load's line always let
+    // through (a more specific directive wins).
+    let filter = format!(
+        "{},pg_dbmigrator::schema::load=debug",
+        std::env::var("PG_DBMIGRATOR_LOG").unwrap_or_else(|_| "info".to_string())
+    );
     let out = tokio::task::spawn_blocking(move || {
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
         command(&a)
