@@ -834,7 +834,7 @@ async fn index_worker(
         let mut retry = ctx.retry();
         // Steps of this task already committed (known after a fault).
         let mut done: Option<BTreeSet<String>> = None;
-        let pending = |steps: &'_ [Arc<Step>], done: &Option<BTreeSet<String>>| -> Vec<Arc<Step>> {
+        let pending = |steps: &[Arc<Step>], done: &Option<BTreeSet<String>>| -> Vec<Arc<Step>> {
             steps
                 .iter()
                 .filter(|s| {

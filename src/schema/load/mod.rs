@@ -76,14 +76,25 @@ fn user_object(cls: u32, oid: &str) -> String {
 /// tokio-postgres rows were the schema load's largest memory.
 async fn compact_rows(c: &Catalog<'_>, what: &str, sql: &str) -> Result<Vec<CompactRow>> {
     let mut out = Vec::new();
+    compact_each(c, what, sql, |r| out.push(r)).await?;
+    out.shrink_to_fit();
+    Ok(out)
+}
+
+/// Each row of one read made a [`CompactRow`] as it arrives, for a loader
+/// that files them itself (by relation, say).
+async fn compact_each(
+    c: &Catalog<'_>,
+    what: &str,
+    sql: &str,
+    mut each: impl FnMut(CompactRow),
+) -> Result<()> {
     let mut types = None;
     c.each(what, sql, |r| {
         let types = types.get_or_insert_with(|| compact::types_of(r));
-        out.push(CompactRow::new(r, types));
+        each(CompactRow::new(r, types));
     })
-    .await?;
-    out.shrink_to_fit();
-    Ok(out)
+    .await
 }
 
 /// Rows keyed by their first column (an owner's oid), in the order read:
@@ -694,8 +705,7 @@ async fn load_relations(
         "NULLIF(a.attstattarget, -1)::int4"
     };
     let mut cols_by_rel: HashMap<u32, Vec<CompactRow>> = HashMap::new();
-    let mut types = None;
-    query_each(
+    compact_each(
         c,
         "columns",
         &format!(
@@ -716,13 +726,7 @@ async fn load_relations(
               ORDER BY a.attrelid, a.attnum",
             fdw_options = foreign::options_sql("a.attfdwoptions")
         ),
-        |r| {
-            let types = types.get_or_insert_with(|| compact::types_of(r));
-            cols_by_rel
-                .entry(r.get(0))
-                .or_default()
-                .push(CompactRow::new(r, types));
-        },
+        |r| cols_by_rel.entry(r.get(0)).or_default().push(r),
     )
     .await?;
     // NOT VALID NOT NULL constraints (PostgreSQL 18) are added after the
