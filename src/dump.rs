@@ -443,7 +443,7 @@ pub(crate) async fn run_with(
             schema: t.schema.clone(),
             name: t.name.clone(),
             qualified: q,
-            columns: t.columns.clone(),
+            columns: t.columns.to_vec(),
             rows: t_rows,
             files,
             row_filter: t.row_filter.clone(),

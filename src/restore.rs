@@ -174,15 +174,15 @@ pub(crate) async fn run_locked(
             oid: 0,
             schema: t.schema.clone(),
             name: t.name.clone(),
-            columns: t.columns.clone(),
-            all_columns: t.columns.clone(),
+            columns: t.columns.iter().collect(),
+            all_columns: t.columns.iter().collect(),
             bytes: t.files.iter().map(|f| f.raw_bytes).sum::<u64>() as i64,
             row_estimate: t.rows as f64,
             // Column types are not in the archive: no binary-type check.
             binary_safe: false,
             partition_root: None,
             load_into: None,
-            column_types: Vec::new(),
+            column_types: Default::default(),
             row_filter: t.row_filter.clone(),
         })
         .collect();

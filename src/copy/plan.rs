@@ -250,14 +250,14 @@ mod tests {
             oid: 1,
             schema: "public".into(),
             name: name.into(),
-            columns: vec!["a".into()],
-            all_columns: vec!["a".into()],
+            columns: ["a"].into_iter().collect(),
+            all_columns: ["a"].into_iter().collect(),
             bytes,
             row_estimate: 0.0,
             binary_safe: true,
             partition_root: None,
             load_into: None,
-            column_types: vec!["integer".into()],
+            column_types: ["integer"].into_iter().collect(),
             row_filter: None,
         }
     }

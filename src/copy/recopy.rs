@@ -17,7 +17,7 @@ pub async fn recopy_unlogged(src: &Client, dst: &Client, tables: &[TableInfo]) -
         let cols = t
             .columns
             .iter()
-            .map(|c| quote::ident(c))
+            .map(quote::ident)
             .collect::<Vec<_>>()
             .join(", ");
         dst.batch_execute("BEGIN")

@@ -11,6 +11,7 @@ use tokio_postgres::Client;
 
 use crate::config::filter::CompiledFilters;
 use crate::error::{MigrationError, Result};
+use crate::pg::names::NameList;
 use crate::pg::quote;
 
 /// First OID handed to user objects; below it everything is built in and has
@@ -25,9 +26,9 @@ pub struct TableInfo {
     pub name: String,
     /// Columns that carry data, in source order (generated columns left out:
     /// the target computes them).
-    pub columns: Vec<String>,
+    pub columns: NameList,
     /// Every column, generated ones included, in source order.
-    pub all_columns: Vec<String>,
+    pub all_columns: NameList,
     /// On-disk size of the heap (bytes), for ordering and progress.
     pub bytes: i64,
     /// The planner's row estimate (-1 when never analyzed).
@@ -39,7 +40,7 @@ pub struct TableInfo {
     pub partition_root: Option<String>,
     /// `format_type()` of each column in `columns`: the target must agree
     /// for binary COPY to work.
-    pub column_types: Vec<String>,
+    pub column_types: NameList,
     /// For an extension's configuration table (`pg_extension_config_dump`):
     /// its `extcondition`, the `WHERE ...` that selects the user's rows
     /// (empty: all rows). Such a table already exists on the target with
@@ -760,11 +761,11 @@ async fn read_tables(
             name: r.get(2),
             bytes: r.get(3),
             row_estimate: r.get(4),
-            columns: r.get::<_, Option<Vec<String>>>(5).unwrap_or_default(),
-            all_columns: r.get::<_, Option<Vec<String>>>(6).unwrap_or_default(),
+            columns: r.get::<_, Option<Vec<String>>>(5).unwrap_or_default().into(),
+            all_columns: r.get::<_, Option<Vec<String>>>(6).unwrap_or_default().into(),
             binary_safe,
             partition_root: r.get(9),
-            column_types: r.get::<_, Option<Vec<String>>>(8).unwrap_or_default(),
+            column_types: r.get::<_, Option<Vec<String>>>(8).unwrap_or_default().into(),
             row_filter: r.get(10),
             load_into: None,
         });

@@ -6,6 +6,7 @@ pub mod catalog;
 pub(crate) mod compact;
 pub mod connect;
 pub(crate) mod meter;
+pub mod names;
 pub mod pressure;
 pub mod quote;
 pub mod replication;

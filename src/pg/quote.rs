@@ -225,9 +225,13 @@ pub fn literal(value: &str) -> String {
 }
 
 /// A comma-separated list of quoted identifiers.
-pub fn ident_list<S: AsRef<str>>(names: &[S]) -> String {
+pub fn ident_list<I>(names: I) -> String
+where
+    I: IntoIterator,
+    I::Item: AsRef<str>,
+{
     names
-        .iter()
+        .into_iter()
         .map(|n| ident(n.as_ref()))
         .collect::<Vec<_>>()
         .join(", ")

@@ -83,7 +83,7 @@ pub fn apply(model: &mut SchemaModel, sel: &Selection) -> Result<Vec<String>> {
         .iter()
         .enumerate()
         .map(|(i, o)| {
-            let ns = o.key.namespace.as_str();
+            let ns: &str = &o.key.namespace;
             match o.key.kind {
                 _ if !o.part_of.is_empty() => false, // follows its owners below
                 ObjectKind::DatabaseProperties | ObjectKind::Extension | ObjectKind::ProcLang => {
@@ -191,7 +191,7 @@ fn owning_relation(model: &SchemaModel, mut i: usize) -> usize {
 /// or `-T` the relation.
 fn excluded_by(model: &SchemaModel, sel: &Selection, i: usize) -> Option<String> {
     let o = &model.objects[i];
-    let schema = if o.key.kind == ObjectKind::Namespace {
+    let schema: &str = if o.key.kind == ObjectKind::Namespace {
         &o.key.name
     } else {
         &o.key.namespace

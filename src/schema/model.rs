@@ -4,6 +4,7 @@
 //! prints it as pre-data / post-data SQL.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use super::sort::{ObjectKind, Section, SortKey};
 
@@ -74,7 +75,7 @@ impl SchemaObject {
         SchemaObject {
             key: SortKey {
                 kind,
-                namespace: namespace.to_string(),
+                namespace: namespace.into(),
                 name: name.to_string(),
                 tiebreak: Vec::new(),
                 oid,
@@ -110,9 +111,8 @@ impl SchemaObject {
                 s.shrink_to_fit();
             }
         };
-        self.key.namespace.shrink_to_fit();
         self.key.name.shrink_to_fit();
-        strings(&mut self.key.tiebreak);
+        self.key.tiebreak.shrink_to_fit();
         self.describe.shrink_to_fit();
         strings(&mut self.create);
         strings(&mut self.comments);
@@ -148,14 +148,17 @@ pub struct SchemaModel {
     /// folded into it (a table's row type, a view's `_RETURN` rule, a
     /// column default printed inline, an index backing a constraint).
     pub by_ref: HashMap<CatalogRef, usize>,
-    /// `pg_depend` edges `(dependent, referenced)` between catalog rows.
-    pub catalog_deps: Vec<(CatalogRef, CatalogRef)>,
+    /// `pg_depend` edges `(dependent, referenced)` as the objects that
+    /// answer for the two rows (see [`add_catalog_dep`](Self::add_catalog_dep)).
+    catalog_edges: Vec<(u32, u32)>,
     /// Catalog edges a loader has taken over (e.g. a sequence's ownership,
     /// which becomes a separate OWNED BY step).
     pub skip_deps: HashSet<(CatalogRef, CatalogRef)>,
     /// The database's connection limit, template and connection flags
     /// (see [`DatabaseLimits`]), when any differs from the default.
     pub database_limits: Option<DatabaseLimits>,
+    /// Every schema name the objects hold, once (see [`add`](Self::add)).
+    namespaces: HashSet<Arc<str>>,
 }
 
 pub use crate::resume::DatabaseLimits;
@@ -163,6 +166,14 @@ pub use crate::resume::DatabaseLimits;
 impl SchemaModel {
     pub fn add(&mut self, mut obj: SchemaObject, refs: &[CatalogRef]) -> usize {
         obj.shrink();
+        // A tenant schema's objects share one copy of its name: at 25,000
+        // tables that is 100,000 small allocations fewer.
+        match self.namespaces.get(&obj.key.namespace) {
+            Some(n) => obj.key.namespace = n.clone(),
+            None => {
+                self.namespaces.insert(obj.key.namespace.clone());
+            }
+        }
         let i = self.objects.len();
         self.objects.push(Box::new(obj));
         for r in refs {
@@ -196,9 +207,34 @@ impl SchemaModel {
                 self.objects.push(o);
             }
         }
+        self.catalog_edges.retain_mut(|(a, b)| {
+            let (na, nb) = (new_index[*a as usize], new_index[*b as usize]);
+            (*a, *b) = (na as u32, nb as u32);
+            na != usize::MAX && nb != usize::MAX
+        });
         self.by_ref.retain(|_, i| new_index[*i] != usize::MAX);
         for i in self.by_ref.values_mut() {
             *i = new_index[*i];
+        }
+    }
+
+    /// A `pg_depend` edge between two catalog rows, kept as an edge between
+    /// the objects that answer for them, when both rows have one and they
+    /// differ. Resolved as it arrives, so it must come after every object,
+    /// alias and taken-over edge (`skip_deps`): the schema load reads
+    /// `pg_depend` last. At 25,000 tables the catalog's 386,827 edges as
+    /// row pairs were 8 MB held to the end of the load; most connect a
+    /// row to itself or to nothing in the model.
+    pub fn add_catalog_dep(&mut self, from: CatalogRef, to: CatalogRef) {
+        if self.skip_deps.contains(&(from, to)) {
+            return;
+        }
+        if let (Some(&a), Some(&b)) = (self.by_ref.get(&from), self.by_ref.get(&to)) {
+            let edge = (a as u32, b as u32);
+            // A table's columns each repeat their table's edge, in a row.
+            if a != b && self.catalog_edges.last() != Some(&edge) {
+                self.catalog_edges.push(edge);
+            }
         }
     }
 
@@ -221,9 +257,10 @@ impl SchemaModel {
             .map(|o| std::mem::take(&mut o.deps))
             .collect();
         self.add_catalog_edges(&mut deps);
-        self.catalog_deps = Vec::new();
+        self.catalog_edges = Vec::new();
         self.skip_deps = HashSet::new();
         self.by_ref = HashMap::new();
+        self.namespaces = HashSet::new();
         deps
     }
 
@@ -245,15 +282,8 @@ impl SchemaModel {
                 }
             }
         }
-        for (from, to) in &self.catalog_deps {
-            if self.skip_deps.contains(&(*from, *to)) {
-                continue;
-            }
-            if let (Some(&a), Some(&b)) = (self.by_ref.get(from), self.by_ref.get(to)) {
-                if a != b {
-                    deps[a].push(b);
-                }
-            }
+        for &(a, b) in &self.catalog_edges {
+            deps[a as usize].push(b as usize);
         }
         for d in deps.iter_mut() {
             d.sort_unstable();

@@ -18,6 +18,7 @@
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashSet, VecDeque};
 use std::fmt;
+use std::sync::Arc;
 
 /// Restore section an object belongs to (pg_dump's `SECTION_*`).
 ///
@@ -395,15 +396,19 @@ impl ObjectKind {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SortKey {
     pub kind: ObjectKind,
-    pub namespace: String,
+    /// Shared: a schema's objects hold one copy of its name between them
+    /// (see `SchemaModel::add`).
+    pub namespace: Arc<str>,
     pub name: String,
-    pub tiebreak: Vec<String>,
+    /// Shared where a loader has one to share (the table's name on each of
+    /// its indexes, constraints and triggers).
+    pub tiebreak: Vec<Arc<str>>,
     pub oid: u32,
 }
 
 impl SortKey {
     /// Key with no tie-breakers and oid 0; fill the public fields for more.
-    pub fn new(kind: ObjectKind, namespace: impl Into<String>, name: impl Into<String>) -> Self {
+    pub fn new(kind: ObjectKind, namespace: impl Into<Arc<str>>, name: impl Into<String>) -> Self {
         SortKey {
             kind,
             namespace: namespace.into(),
@@ -721,16 +726,16 @@ fn loop_intact(lp: &[usize], deps: &[Vec<usize>]) -> bool {
     (0..lp.len()).all(|k| deps[lp[k]].contains(&lp[(k + 1) % lp.len()]))
 }
 
-fn describe_loop(keys: &[SortKey], lp: &[usize]) -> String {
+fn describe_loop<K: std::borrow::Borrow<SortKey>>(keys: &[K], lp: &[usize]) -> String {
     lp.iter()
-        .map(|&i| format!("{} [#{}]", keys[i], i))
+        .map(|&i| format!("{} [#{}]", keys[i].borrow(), i))
         .collect::<Vec<_>>()
         .join(", ")
 }
 
 /// pg_dump's last resort: drop the first member's dependency on the second.
-fn break_arbitrarily(
-    keys: &[SortKey],
+fn break_arbitrarily<K: std::borrow::Borrow<SortKey>>(
+    keys: &[K],
     lp: &[usize],
     deps: &mut [Vec<usize>],
     why: &str,
@@ -738,7 +743,10 @@ fn break_arbitrarily(
 ) {
     let from = lp[0];
     let to = lp[1 % lp.len()];
-    let all_data = lp.iter().all(|&i| keys[i].kind == ObjectKind::TableData);
+    let all_data = lp
+        .iter()
+        .all(|&i| keys[i].borrow().kind == ObjectKind::TableData);
+    let (from_key, to_key) = (keys[from].borrow(), keys[to].borrow());
     let msg = if all_data {
         // Data-only dumps see foreign keys as data dependencies; pg_dump gives
         // this case its own message because the fix is on the user's side.
@@ -746,16 +754,16 @@ fn break_arbitrarily(
             "there are circular foreign-key constraints among these tables: {}; \
              restoring may need triggers disabled; dropped the dependency of {} on {}",
             describe_loop(keys, lp),
-            keys[from],
-            keys[to]
+            from_key,
+            to_key
         )
     } else {
         format!(
             "could not resolve dependency loop among these items: {} ({why}); \
              dropped the dependency of {} on {}",
             describe_loop(keys, lp),
-            keys[from],
-            keys[to]
+            from_key,
+            to_key
         )
     };
     warnings.push(msg);
@@ -789,8 +797,8 @@ pub type LoopRepair<'a> = dyn FnMut(&[usize], &mut Vec<Vec<usize>>) -> bool + 'a
 ///
 /// Returns the order and the warnings, or an error if `deps` is malformed
 /// (wrong length or an edge out of range), before or after a repair.
-pub fn sort_with_repairs(
-    keys: &[SortKey],
+pub fn sort_with_repairs<K: std::borrow::Borrow<SortKey>>(
+    keys: &[K],
     deps: &mut Vec<Vec<usize>>,
     repair: &mut LoopRepair<'_>,
 ) -> Result<(Vec<usize>, Vec<String>), String> {
@@ -1102,7 +1110,7 @@ mod tests {
     fn tiebreak_then_oid() {
         let mut f_int_text = key(Func, "public", "f");
         f_int_text.tiebreak = vec![
-            tiebreak_int(2),
+            tiebreak_int(2).into(),
             "pg_catalog".into(),
             "int4".into(),
             "pg_catalog".into(),
@@ -1110,10 +1118,10 @@ mod tests {
         ];
         f_int_text.oid = 1;
         let mut f_text = key(Func, "public", "f");
-        f_text.tiebreak = vec![tiebreak_int(1), "pg_catalog".into(), "text".into()];
+        f_text.tiebreak = vec![tiebreak_int(1).into(), "pg_catalog".into(), "text".into()];
         f_text.oid = 2;
         let mut f_int = key(Func, "public", "f");
-        f_int.tiebreak = vec![tiebreak_int(1), "pg_catalog".into(), "int4".into()];
+        f_int.tiebreak = vec![tiebreak_int(1).into(), "pg_catalog".into(), "int4".into()];
         f_int.oid = 3;
         let mut dup_hi = key(Func, "public", "g");
         dup_hi.oid = 20;

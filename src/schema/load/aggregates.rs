@@ -84,7 +84,7 @@ pub(super) async fn load_ordered_set_aggregates(
             oid,
             format!("AGGREGATE {sig}"),
         );
-        o.key.tiebreak.push(args.clone());
+        o.key.tiebreak.push(args.clone().into());
         o.create.push(format!(
             "CREATE AGGREGATE {sig} (\n    {}\n);",
             opts.join(",\n    ")

@@ -248,16 +248,14 @@ async fn load_with(
     load_acls(c, &mut m, server_major, opts.filters.selects_objects()).await?;
     database::load_database(c, &mut m, server_major).await?;
 
-    // Catalog dependencies, minus pins and extension membership.
+    // Catalog dependencies, minus pins and extension membership. Last:
+    // each is resolved to the objects of its two rows as it arrives.
     query_each(
         c,
         "dependencies",
         "SELECT classid, objid, refclassid, refobjid FROM pg_catalog.pg_depend \
           WHERE deptype NOT IN ('p', 'e') AND classid <> 0",
-        |r| {
-            m.catalog_deps
-                .push(((r.get(0), r.get(1)), (r.get(2), r.get(3))))
-        },
+        |r| m.add_catalog_dep((r.get(0), r.get(1)), (r.get(2), r.get(3))),
     )
     .await?;
     Ok(m)
@@ -585,7 +583,7 @@ async fn load_functions(c: &Catalog<'_>, m: &mut SchemaModel, comments: &Comment
         let word = if kind == "p" { "PROCEDURE" } else { "FUNCTION" };
         let sig = format!("{}({args})", qualified(&nsp, &name));
         let mut o = SchemaObject::new(ObjectKind::Func, &nsp, &name, oid, format!("{word} {sig}"));
-        o.key.tiebreak.push(args.clone());
+        o.key.tiebreak.push(args.clone().into());
         let def = def.trim_end().to_string();
         o.create.push(format!("{def};"));
         o.owner = Some(format!("ALTER {word} {sig} OWNER TO {};", ident(&owner)));
@@ -604,7 +602,9 @@ async fn load_functions(c: &Catalog<'_>, m: &mut SchemaModel, comments: &Comment
 pub(crate) struct Rel {
     pub index: usize,
     pub oid: u32,
-    pub qname: String,
+    /// Shared with the sort keys of the table's indexes, constraints and
+    /// triggers (their tie-breaker).
+    pub qname: std::sync::Arc<str>,
     pub namespace: String,
     pub kind: char,
     pub unlogged: bool,
@@ -1059,7 +1059,7 @@ async fn load_relations(
                     coid,
                     format!("CONSTRAINT {} ON {q}", ident(&cname)),
                 );
-                co.key.tiebreak.push(name.clone());
+                co.key.tiebreak.push(name.clone().into());
                 co.create.push(format!(
                     "ALTER TABLE {q}\n    ADD CONSTRAINT {} {def};",
                     ident(&cname)
@@ -1080,7 +1080,7 @@ async fn load_relations(
             Rel {
                 index: i,
                 oid,
-                qname: q.clone(),
+                qname: q.as_str().into(),
                 namespace: nsp.clone(),
                 kind,
                 unlogged: persistence == "u",
@@ -1433,7 +1433,7 @@ async fn load_constraints_and_indexes(
                 )),
             }
             if contype != "f" && rel.kind == 'r' {
-                o.data_of = Some(rel.qname.clone());
+                o.data_of = Some(rel.qname.to_string());
             }
             o.comments.extend(comment_on(
                 comments,
@@ -1491,7 +1491,7 @@ async fn load_constraints_and_indexes(
                         format!("{def};"),
                     ));
                     if rel.kind == 'r' {
-                        o.data_of = Some(rel.qname.clone());
+                        o.data_of = Some(rel.qname.to_string());
                     }
                     if let Some(cm) =
                         comment_on(comments, (class::PG_CLASS, oid, 0), &format!("INDEX {iq}"))
@@ -1866,7 +1866,7 @@ async fn load_acls(c: &Catalog<'_>, m: &mut SchemaModel, major: u32, filtered: b
                 }
             ),
         );
-        o.key.tiebreak.push(objtype.clone());
+        o.key.tiebreak.push(objtype.clone().into());
         o.acl = cmds;
         m.add(o, &[]);
     }
@@ -2233,7 +2233,7 @@ async fn load_builtin_acls(c: &Catalog<'_>, m: &mut SchemaModel, major: u32) -> 
             oid,
             format!("COLUMN {q}.{col}"),
         );
-        o.key.tiebreak.push(format!("{attnum:05}"));
+        o.key.tiebreak.push(format!("{attnum:05}").into());
         o.acl = cmds;
         m.add(o, &[]);
     }
@@ -2627,7 +2627,7 @@ async fn load_aggregates(c: &Catalog<'_>, m: &mut SchemaModel, comments: &Commen
             oid,
             format!("AGGREGATE {sig}"),
         );
-        o.key.tiebreak.push(args.clone());
+        o.key.tiebreak.push(args.clone().into());
         o.create.push(format!(
             "CREATE AGGREGATE {sig} (\n    {}\n);",
             opts.join(",\n    ")

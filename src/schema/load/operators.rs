@@ -81,7 +81,7 @@ pub(super) async fn load_operators(
             oid,
             format!("OPERATOR {sig}"),
         );
-        o.key.tiebreak.push(sig.clone());
+        o.key.tiebreak.push(sig.clone().into());
         o.create.push(format!(
             "CREATE OPERATOR {qname} (\n    {}\n);",
             opts.join(",\n    ")
@@ -169,7 +169,7 @@ pub(super) async fn load_opfamilies_and_classes(
             ident(&am)
         );
         let mut o = SchemaObject::new(ObjectKind::OpFamily, &nsp, &name, oid, what.clone());
-        o.key.tiebreak.push(am.clone());
+        o.key.tiebreak.push(am.clone().into());
         o.create.push(format!("CREATE {what};"));
         let ops = ops_of.get(&(PG_OPFAMILY, oid)).cloned().unwrap_or_default();
         let procs = procs_of
@@ -243,7 +243,7 @@ pub(super) async fn load_opfamilies_and_classes(
         }
         s.push_str(&format!(" AS\n    {};", items.join(",\n    ")));
         let mut o = SchemaObject::new(ObjectKind::OpClass, &nsp, &name, oid, what.clone());
-        o.key.tiebreak.push(am.clone());
+        o.key.tiebreak.push(am.clone().into());
         o.create.push(s);
         o.owner = Some(format!("ALTER {what} OWNER TO {};", ident(&owner)));
         o.comments

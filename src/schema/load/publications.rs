@@ -100,7 +100,7 @@ pub(super) async fn load_publications(
             oid,
             format!("PUBLICATION TABLE {} {t}", ident(pubname)),
         );
-        o.key.tiebreak.push(pubname.clone());
+        o.key.tiebreak.push(pubname.clone().into());
         o.create.push(s);
         o.deps.push(*pi);
         o.part_of.push(*pi);

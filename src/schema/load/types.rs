@@ -379,7 +379,7 @@ pub(super) async fn split_row_type_checks(
             m.objects[ti].comments.retain(|x| x != cm);
         }
         let mut o = SchemaObject::new(ObjectKind::Constraint, &nsp, &name, coid, what);
-        o.key.tiebreak.push(tname);
+        o.key.tiebreak.push(tname.into());
         o.create.push(format!(
             "ALTER TABLE {q}\n    ADD CONSTRAINT {} {def};",
             ident(&name)
