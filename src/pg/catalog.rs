@@ -746,30 +746,38 @@ async fn read_tables(
          WHERE {where_sql}
          ORDER BY bytes DESC, n.nspname, c.relname"#
     );
-    let rows = client
-        .query_arrays(&sql, params)
-        .await
-        .map_err(|e| MigrationError::db("listing tables on the source", e))?;
     let types = load_user_types(client).await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
+    let mut out = Vec::new();
+    let typed = params
+        .iter()
+        .map(|p| (*p, tokio_postgres::types::Type::TEXT_ARRAY));
+    super::each_row(client, &sql, typed, |r| {
         let coltypes: Vec<u32> = r.get::<_, Option<Vec<u32>>>(7).unwrap_or_default();
         let binary_safe = coltypes.iter().all(|t| binary_safe(*t, &types, 0));
+        let names = |i: usize| -> NameList {
+            r.get::<_, Option<Vec<&str>>>(i)
+                .unwrap_or_default()
+                .into_iter()
+                .collect()
+        };
         out.push(TableInfo {
             oid: r.get(0),
             schema: r.get(1),
             name: r.get(2),
             bytes: r.get(3),
             row_estimate: r.get(4),
-            columns: r.get::<_, Option<Vec<String>>>(5).unwrap_or_default().into(),
-            all_columns: r.get::<_, Option<Vec<String>>>(6).unwrap_or_default().into(),
+            columns: names(5),
+            all_columns: names(6),
             binary_safe,
             partition_root: r.get(9),
-            column_types: r.get::<_, Option<Vec<String>>>(8).unwrap_or_default().into(),
+            column_types: names(8),
             row_filter: r.get(10),
             load_into: None,
         });
-    }
+    })
+    .await
+    .map_err(|e| MigrationError::db("listing tables on the source", e))?;
+    out.shrink_to_fit();
     Ok(out)
 }
 
@@ -1067,24 +1075,20 @@ struct UserType {
 }
 
 async fn load_user_types(client: &Client) -> Result<HashMap<u32, UserType>> {
-    let rows = client
-        .query_typed(
-            // Built-in types too: a few have no binary I/O (aclitem, and
-            // arrays of it), and COPY BINARY refuses those.
-            "SELECT t.oid, t.typtype, t.typbasetype, t.typcategory,
-                    (t.typsend <> 0 AND t.typreceive <> 0), r.rngsubtype,
-                    CASE WHEN t.typcategory = 'A' AND t.typelem <> 0 THEN t.typelem END
-               FROM pg_catalog.pg_type t
-               LEFT JOIN pg_catalog.pg_range r ON r.rngtypid = t.oid
-              WHERE t.oid >= 16384 OR t.typcategory = 'A' OR t.typsend = 0 OR t.typreceive = 0",
-            &[],
-        )
-        .await
-        .map_err(|e| MigrationError::db("reading user-defined types", e))?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            (
+    let mut out = HashMap::new();
+    super::each_row(
+        client,
+        // Built-in types too: a few have no binary I/O (aclitem, and
+        // arrays of it), and COPY BINARY refuses those.
+        "SELECT t.oid, t.typtype, t.typbasetype, t.typcategory,
+                (t.typsend <> 0 AND t.typreceive <> 0), r.rngsubtype,
+                CASE WHEN t.typcategory = 'A' AND t.typelem <> 0 THEN t.typelem END
+           FROM pg_catalog.pg_type t
+           LEFT JOIN pg_catalog.pg_range r ON r.rngtypid = t.oid
+          WHERE t.oid >= 16384 OR t.typcategory = 'A' OR t.typsend = 0 OR t.typreceive = 0",
+        std::iter::empty::<(&str, tokio_postgres::types::Type)>(),
+        |r| {
+            out.insert(
                 r.get::<_, u32>(0),
                 UserType {
                     typtype: r.get(1),
@@ -1094,9 +1098,12 @@ async fn load_user_types(client: &Client) -> Result<HashMap<u32, UserType>> {
                     range_subtype: r.get(5),
                     element: r.get(6),
                 },
-            )
-        })
-        .collect())
+            );
+        },
+    )
+    .await
+    .map_err(|e| MigrationError::db("reading user-defined types", e))?;
+    Ok(out)
 }
 
 /// Whether values of type `oid` survive a binary COPY between two servers.

@@ -31,24 +31,48 @@ pub(crate) async fn relation_exists(
     Ok(rows.first().is_some_and(|r| r.get(0)))
 }
 
+/// Every row `sql` returns, handed to `f` as it arrives and dropped after:
+/// a catalog answer of a row per table, held whole as rows before being
+/// turned into something smaller, was the largest thing in memory at
+/// 25,000 tables (its rows, and the read buffer they kept alive).
+pub(crate) async fn each_row<P, I>(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    params: I,
+    mut f: impl FnMut(tokio_postgres::Row),
+) -> std::result::Result<(), tokio_postgres::Error>
+where
+    P: tokio_postgres::types::BorrowToSql,
+    I: IntoIterator<Item = (P, tokio_postgres::types::Type)>,
+    I::IntoIter: ExactSizeIterator,
+{
+    use futures::TryStreamExt;
+    let rows = client.query_typed_raw(sql, params).await?;
+    futures::pin_mut!(rows);
+    while let Some(r) = rows.try_next().await? {
+        f(r);
+    }
+    Ok(())
+}
+
 /// The first column (text) of every row `sql` returns for its one text
 /// parameter, taken as the rows arrive: the copy's and the schema's
-/// markers are a row per table or step, and at 25,000 tables holding them
-/// all as rows first cost more memory than the set they go into.
+/// markers are a row per table or step.
 pub(crate) async fn text_set(
     client: &tokio_postgres::Client,
     sql: &str,
     param: &str,
 ) -> std::result::Result<std::collections::BTreeSet<String>, tokio_postgres::Error> {
-    use futures::TryStreamExt;
-    let rows = client
-        .query_typed_raw(sql, [(param, tokio_postgres::types::Type::TEXT)])
-        .await?;
-    futures::pin_mut!(rows);
     let mut out = std::collections::BTreeSet::new();
-    while let Some(r) = rows.try_next().await? {
-        out.insert(r.get(0));
-    }
+    each_row(
+        client,
+        sql,
+        [(param, tokio_postgres::types::Type::TEXT)],
+        |r| {
+            out.insert(r.get(0));
+        },
+    )
+    .await?;
     Ok(out)
 }
 
