@@ -220,11 +220,13 @@ pub(crate) async fn preflight_target(
             }
         };
         // Binary COPY needs identical column types; text converts.
-        let same_types =
-            t.columns.iter().zip(&t.column_types).all(|(c, ty)| {
-                cols.iter().position(|x| x == c).and_then(|i| types.get(i)).map(String::as_str)
-                    == Some(ty)
-            });
+        let same_types = t.columns.iter().zip(&t.column_types).all(|(c, ty)| {
+            cols.iter()
+                .position(|x| x == c)
+                .and_then(|i| types.get(i))
+                .map(String::as_str)
+                == Some(ty)
+        });
         if !same_types && t.binary_safe {
             info!(table = %t.qualified(), "column types differ on the target; copying as text");
             t.binary_safe = false;
@@ -243,7 +245,11 @@ pub(crate) async fn preflight_target(
                 if into.partitioned { "; never with FREEZE" } else { "" }
             );
         }
-        let missing: Vec<&str> = t.columns.iter().filter(|c| !cols.iter().any(|x| x == c)).collect();
+        let missing: Vec<&str> = t
+            .columns
+            .iter()
+            .filter(|c| !cols.iter().any(|x| x == c))
+            .collect();
         if !missing.is_empty() {
             problems.push(format!(
                 "table {} lacks column(s) {}",

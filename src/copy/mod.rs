@@ -213,7 +213,7 @@ pub(crate) async fn apply_parallel(
         return Ok(0);
     }
     let first = connect::connect(target, "target").await?;
-    let done = committed_steps(&first, migration_id).await?;
+    let done = committed_among(&first, migration_id, part, &steps).await?;
     let todo: VecDeque<Step> = steps
         .into_iter()
         .filter(|s| !done.contains(&step_marker(part, s)))
@@ -247,7 +247,7 @@ pub(crate) async fn apply_parallel(
                     retry.wait(e, &what, &stop).await?;
                     steps::reopen(&mut dst, &target, Some(pid), &mut retry, &what, &stop).await?;
                     pid = crate::pg::sessions::backend_pid(&dst).await?;
-                    let done = committed_steps(&dst, &migration_id).await?;
+                    let done = committed_among(&dst, &migration_id, &part, &batch).await?;
                     batch.retain(|s| !done.contains(&step_marker(&part, s)));
                     if batch.is_empty() {
                         break;
@@ -361,6 +361,45 @@ pub async fn committed_steps(target: &Client, migration_id: &str) -> Result<BTre
     )
     .await
     .map_err(|e| MigrationError::db("reading schema progress on the target", e))
+}
+
+/// Of the markers of `steps` (in `part`), those committed: asked for by
+/// name, so a run holds only what it may skip. Reading every marker of
+/// the migration instead cost a string per step already applied: at
+/// 25,000 tables, the 110,000 markers of pre-data and of the early
+/// post-data steps, 12 MB, when post-data began (and none of them names
+/// a step post-data still has).
+pub(crate) async fn committed_among<'a>(
+    target: &Client,
+    migration_id: &str,
+    part: &str,
+    steps: impl IntoIterator<Item = &'a Step>,
+) -> Result<BTreeSet<String>> {
+    use tokio_postgres::types::{ToSql, Type};
+    let markers: Vec<String> = steps.into_iter().map(|s| step_marker(part, s)).collect();
+    let mut out = BTreeSet::new();
+    if markers.is_empty() {
+        return Ok(out);
+    }
+    let params: [(&(dyn ToSql + Sync), Type); 2] =
+        [(&migration_id, Type::TEXT), (&markers, Type::TEXT_ARRAY)];
+    crate::pg::each_row(
+        target,
+        // A join, not `= ANY`: before PostgreSQL 14 that compares every
+        // marker row with every name.
+        &format!(
+            "SELECT s.item FROM {STATE_SCHEMA}.steps s \
+               JOIN pg_catalog.unnest($2::text[]) AS u(item) ON u.item = s.item \
+              WHERE s.migration_id = $1"
+        ),
+        params,
+        |r| {
+            out.insert(r.get(0));
+        },
+    )
+    .await
+    .map_err(|e| MigrationError::db("reading schema progress on the target", e))?;
+    Ok(out)
 }
 
 /// Make `table` (a target relation only its own source table loads) as if

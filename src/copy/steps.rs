@@ -59,7 +59,8 @@ pub(crate) async fn pending_early_steps(
     if early.is_empty() {
         return Ok(Vec::new());
     }
-    let done = super::committed_steps(dst, migration_id).await?;
+    let done =
+        super::committed_among(dst, migration_id, "post", early.iter().map(|s| &**s)).await?;
     Ok(early
         .iter()
         .filter(|s| !done.contains(&super::step_marker("post", s)))
@@ -122,7 +123,14 @@ pub(crate) async fn apply_steps(
 ) -> Result<usize> {
     let mut retry = Retry::new();
     let done = loop {
-        match super::committed_steps(dst, migration_id).await {
+        match super::committed_among(
+            dst,
+            migration_id,
+            part,
+            steps.iter().filter(|s| !s.parallel),
+        )
+        .await
+        {
             Ok(d) => break d,
             Err(e) => {
                 retry.wait(e, "reading schema progress", cancel).await?;
@@ -170,7 +178,8 @@ pub(crate) async fn apply_steps(
                 reopen(dst, target, pid, &mut retry, &what, cancel).await?;
                 pid = sessions::backend_pid(dst).await.ok();
             }
-            let done = super::committed_steps(dst, migration_id).await?;
+            let done =
+                super::committed_among(dst, migration_id, part, left.iter().copied()).await?;
             left.retain(|s| !done.contains(&super::step_marker(part, s)));
             if left.is_empty() {
                 info!(%what, "the interrupted commit had gone through");

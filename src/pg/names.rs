@@ -91,7 +91,9 @@ impl<'de> serde::Deserialize<'de> for NameList {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let names = Vec::<String>::deserialize(d)?;
         if let Some(n) = names.iter().find(|n| n.contains('\0')) {
-            return Err(serde::de::Error::custom(format!("a name holds a NUL: {n:?}")));
+            return Err(serde::de::Error::custom(format!(
+                "a name holds a NUL: {n:?}"
+            )));
         }
         Ok(names.into())
     }

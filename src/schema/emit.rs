@@ -143,7 +143,10 @@ impl SchemaScript {
         drop(deps);
         // Each object is freed once its steps are made.
         let mut objects: Vec<Option<Box<super::model::SchemaObject>>> =
-            std::mem::take(&mut model.objects).into_iter().map(Some).collect();
+            std::mem::take(&mut model.objects)
+                .into_iter()
+                .map(Some)
+                .collect();
         for i in order {
             let section = sections[i];
             let mut o = objects[i].take().expect("each object is in the order once");
