@@ -198,6 +198,14 @@ impl Manifest {
             }
         }
         for t in &self.tables {
+            // No catalog name holds one; the restore keeps a table's
+            // columns NUL-separated (`pg::names::NameList`).
+            if let Some(c) = t.columns.iter().find(|c| c.contains('\0')) {
+                return Some(format!(
+                    "table {} has a column name holding a NUL: {c:?}",
+                    t.qualified
+                ));
+            }
             for d in &t.files {
                 if d.chunks == 0 || d.chunk >= d.chunks {
                     return Some(format!(

@@ -390,6 +390,16 @@ fn foreign_or_damaged_manifest_is_refused() {
     .unwrap();
     let e = Archive::open(tmp.path()).unwrap_err();
     assert!(archive_message(&e).contains("is damaged"), "{e}");
+
+    // A column name no catalog can hold, written by hand into the manifest.
+    let mut t = table(1, vec![]);
+    t.columns = vec!["id".into(), "na\0me".into()];
+    let json = serde_json::to_vec(&manifest(vec![t])).unwrap();
+    std::fs::write(&path, json).unwrap();
+    let e = Archive::open(tmp.path()).unwrap_err();
+    let msg = archive_message(&e);
+    assert!(msg.contains("is damaged"), "{msg}");
+    assert!(msg.contains("column name holding a NUL"), "{msg}");
 }
 
 #[test]
