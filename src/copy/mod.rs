@@ -378,6 +378,7 @@ pub(crate) async fn committed_among<'a>(
     steps: impl IntoIterator<Item = &'a Step>,
 ) -> Result<BTreeSet<String>> {
     use tokio_postgres::types::Type;
+    // Spelled as `step_marker` spells a marker, without building it.
     let wanted: std::collections::HashSet<u64> = steps
         .into_iter()
         .map(|s| marker_hash(&[part, ":", &s.describe]))

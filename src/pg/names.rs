@@ -28,15 +28,6 @@ impl NameList {
         self.text.is_empty()
     }
 
-    /// The `i`-th name.
-    pub fn get(&self, i: usize) -> Option<&str> {
-        self.iter().nth(i)
-    }
-
-    pub fn contains(&self, name: &str) -> bool {
-        self.iter().any(|n| n == name)
-    }
-
     pub fn to_vec(&self) -> Vec<String> {
         self.iter().map(str::to_string).collect()
     }
@@ -108,10 +99,6 @@ mod tests {
         let l: NameList = ["id", "", "note é", "a,b"].into_iter().collect();
         assert_eq!(l.len(), 4);
         assert_eq!(l.iter().collect::<Vec<_>>(), ["id", "", "note é", "a,b"]);
-        assert_eq!(l.get(2), Some("note é"));
-        assert_eq!(l.get(4), None);
-        assert!(l.contains(""));
-        assert!(!l.contains("b"));
         assert!(NameList::default().is_empty());
         assert_eq!(NameList::default().iter().count(), 0);
     }
