@@ -270,7 +270,7 @@ pub(crate) async fn run_locked(
                     .pages
                     .map(|(start, end)| copy::plan::PageRange { start, end }),
                 est_bytes: f.raw_bytes,
-                file: Some(f.clone()),
+                file: Some(Box::new(f.clone())),
             };
             if done_on_target.contains(&item.name(&tables[i])) {
                 continue;

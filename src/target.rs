@@ -223,8 +223,7 @@ pub(crate) async fn preflight_target(
         let same_types = t.columns.iter().zip(&t.column_types).all(|(c, ty)| {
             cols.iter()
                 .position(|x| x == c)
-                .and_then(|i| types.get(i))
-                .map(String::as_str)
+                .and_then(|i| types.iter().nth(i))
                 == Some(ty)
         });
         if !same_types && t.binary_safe {
@@ -248,7 +247,7 @@ pub(crate) async fn preflight_target(
         let missing: Vec<&str> = t
             .columns
             .iter()
-            .filter(|c| !cols.iter().any(|x| x == c))
+            .filter(|c| !cols.iter().any(|x| x == *c))
             .collect();
         if !missing.is_empty() {
             problems.push(format!(

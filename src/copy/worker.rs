@@ -10,6 +10,7 @@
 use crate::faults::{self, Point};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -184,7 +185,7 @@ pub(super) async fn run(id: usize, sched: &Scheduler, stop: &CancellationToken) 
                 } else {
                     r.finished
                 },
-                snapshot: src.as_ref().map(|s| s.1.clone()).unwrap_or_default(),
+                snapshot: src.as_ref().map_or_else(|| Arc::from(""), |s| s.1.clone()),
                 ..r
             };
             // A re-shaped table names where its rows went.
@@ -228,7 +229,7 @@ fn target_pid(dst: &Option<CopySession>) -> Option<i32> {
 }
 
 /// The source session of a worker: on the shared snapshot.
-async fn open_source(ctx: &CopyContext) -> Result<Option<(Client, String)>> {
+async fn open_source(ctx: &CopyContext) -> Result<Option<(Client, Arc<str>)>> {
     match &ctx.input {
         Input::Server {
             endpoint,
@@ -237,7 +238,7 @@ async fn open_source(ctx: &CopyContext) -> Result<Option<(Client, String)>> {
             let src = connect::connect(endpoint, "source").await?;
             session::setup_source(&src).await?;
             let snapshot = session::import_snapshot(&src, snapshot_id).await?;
-            Ok(Some((src, snapshot)))
+            Ok(Some((src, snapshot.into())))
         }
         Input::Archive(_) => Ok(None),
     }
@@ -255,7 +256,7 @@ async fn open_target(ctx: &CopyContext) -> Result<Option<CopySession>> {
     }
 }
 
-async fn reopen(ctx: &CopyContext) -> Result<(Option<(Client, String)>, Option<CopySession>)> {
+async fn reopen(ctx: &CopyContext) -> Result<(Option<(Client, Arc<str>)>, Option<CopySession>)> {
     Ok((open_source(ctx).await?, open_target(ctx).await?))
 }
 
@@ -284,7 +285,7 @@ const GROUP_BYTES: u64 = 8 << 20;
 async fn start_item(
     ctx: &CopyContext,
     gate: Option<&super::pressure::Gate>,
-    src: Option<&(Client, String)>,
+    src: Option<&(Client, Arc<str>)>,
     worker: usize,
     t: &TableInfo,
     item: &WorkItem,
@@ -353,9 +354,10 @@ pub(super) struct ItemResult {
     pub finished: Instant,
     pub format: WireFormat,
     pub freeze: bool,
-    pub snapshot: String,
+    /// Shared by the items of one session.
+    pub snapshot: Arc<str>,
     /// For a dump: the file written.
-    pub file: Option<DataFile>,
+    pub file: Option<Box<DataFile>>,
 }
 
 /// Prepare the source's COPY statements at once (pipelined: one round
@@ -423,7 +425,7 @@ fn copy_out_sql(t: &TableInfo, item: &WorkItem, format: WireFormat) -> String {
 /// ahead with its group, or prepared now), or its archive file.
 async fn open_input(
     ctx: &CopyContext,
-    src: Option<&(Client, String)>,
+    src: Option<&(Client, Arc<str>)>,
     t: &TableInfo,
     item: &WorkItem,
     format: WireFormat,
@@ -508,7 +510,7 @@ fn copy_in_sql(t: &TableInfo, format: WireFormat, freeze: bool) -> String {
 async fn load_group(
     sched: &Scheduler,
     id: usize,
-    src: Option<&(Client, String)>,
+    src: Option<&(Client, Arc<str>)>,
     d: &mut CopySession,
     group: &[WorkItem],
     renew: bool,
@@ -618,7 +620,7 @@ async fn load_group(
                     finished: now,
                     format: *format,
                     freeze: false,
-                    snapshot: String::new(),
+                    snapshot: Arc::from(""),
                     file: None,
                 });
             }
@@ -683,7 +685,7 @@ async fn load_group(
             finished: now,
             format,
             freeze: freeze[k],
-            snapshot: String::new(),
+            snapshot: Arc::from(""),
             file: None,
         });
     }
@@ -783,8 +785,8 @@ async fn dump_item(
         finished: Instant::now(),
         format,
         freeze: false,
-        snapshot: String::new(),
-        file: Some(DataFile {
+        snapshot: Arc::from(""),
+        file: Some(Box::new(DataFile {
             file: written.entry,
             chunk: item.chunk,
             chunks: item.chunks,
@@ -795,7 +797,7 @@ async fn dump_item(
                 WireFormat::Text => DataFormat::Text,
             },
             raw_bytes: written.raw_bytes,
-        }),
+        })),
     })
 }
 

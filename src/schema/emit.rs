@@ -7,6 +7,9 @@
 //! (materialized view refreshes, which need data and final privileges).
 
 use tokio_postgres::Client;
+use std::sync::Arc;
+
+use thin_vec::{thin_vec, ThinVec};
 
 use super::model::SchemaModel;
 use super::sort::{self, ObjectKind, Section, SortKey};
@@ -16,13 +19,15 @@ use crate::error::{MigrationError, Result};
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct Step {
     /// What it creates, e.g. `TABLE public.t`; also its resume marker.
-    pub describe: String,
+    pub describe: Box<str>,
     pub sql: Vec<String>,
     /// Set on post-data steps that only need this table's rows (index
     /// builds, key constraints): the copier runs them as soon as the table
     /// is loaded, several at once, while other tables are still copying.
+    ///
+    /// Shared with the table's other steps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub table: Option<String>,
+    pub table: Option<Arc<str>>,
     /// Among a table's steps: wait until its index builds are done (the
     /// `ADD CONSTRAINT ... USING INDEX` that attaches a built index).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -151,29 +156,29 @@ impl SchemaScript {
             let section = sections[i];
             let mut o = objects[i].take().expect("each object is in the order once");
             let mut sql = std::mem::take(&mut o.create);
-            sql.extend(o.owner.take());
+            sql.extend(o.owner.take().map(String::from));
             sql.extend(std::mem::take(&mut o.comments));
             let table = o.data_of.take();
             let mut index_first = o.index_first.take();
             if table.is_none() {
                 // Applied in order: build and attach in one step.
                 if let Some(index) = index_first.take() {
-                    sql.insert(0, index);
+                    sql.insert(0, index.into());
                 }
             }
             let after_indexes = index_first.is_some();
             if let Some(index) = index_first {
                 script.post_data.push(Step {
-                    describe: format!("INDEX FOR {}", o.describe),
-                    sql: vec![index],
+                    describe: format!("INDEX FOR {}", o.describe).into(),
+                    sql: vec![index.into()],
                     table: table.clone(),
                     after_indexes: false,
                     parallel: false,
                 });
             }
             let validate = o.validate_later.take().map(|v| Step {
-                describe: format!("VALIDATE {}", o.describe),
-                sql: vec![v],
+                describe: format!("VALIDATE {}", o.describe).into(),
+                sql: vec![v.into()],
                 table: None,
                 after_indexes: false,
                 parallel: true,
@@ -181,19 +186,18 @@ impl SchemaScript {
             let acl = std::mem::take(&mut o.acl);
             if !acl.is_empty() {
                 script.acl.push(Step {
-                    describe: format!("ACL {}", o.describe),
-                    sql: acl,
+                    describe: format!("ACL {}", o.describe).into(),
+                    sql: acl.into_iter().collect(),
                     table: None,
                     after_indexes: false,
                     parallel: false,
                 });
             }
-            // The statements moved in from `create`, `owner` and `comments`
-            // in turn: a vector grown by doubling.
-            sql.shrink_to_fit();
             let step = Step {
                 describe: std::mem::take(&mut o.describe),
-                sql,
+                // Exactly as long as the statements moved in from `create`,
+                // `owner` and `comments`.
+                sql: sql.into_iter().collect(),
                 table,
                 after_indexes,
                 parallel: false,
@@ -225,7 +229,7 @@ impl SchemaScript {
                 &script.last,
             ] {
                 for step in part {
-                    *seen.entry(step.describe.as_str()).or_insert(0) += 1;
+                    *seen.entry(&*step.describe).or_insert(0) += 1;
                 }
             }
             seen.into_iter()
@@ -241,11 +245,11 @@ impl SchemaScript {
                 &mut script.acl,
                 &mut script.last,
             ] {
-                for step in part.iter_mut().filter(|s| repeated.contains(&s.describe)) {
-                    let n = seen.entry(step.describe.clone()).or_insert(0u32);
+                for step in part.iter_mut().filter(|s| repeated.contains(&*s.describe)) {
+                    let n = seen.entry(step.describe.to_string()).or_insert(0u32);
                     *n += 1;
                     if *n > 1 {
-                        step.describe = format!("{} #{n}", step.describe);
+                        step.describe = format!("{} #{n}", step.describe).into();
                     }
                 }
             }
@@ -344,12 +348,12 @@ fn split_view(
         return;
     };
     let o = &mut model.objects[v];
-    let real: Vec<String> = o
+    let real: ThinVec<String> = o
         .create
         .iter()
         .map(|s| s.replacen("CREATE VIEW", "CREATE OR REPLACE VIEW", 1))
         .collect();
-    o.create = vec![placeholder];
+    o.create = thin_vec![placeholder.into()];
     let mut rule = super::model::SchemaObject::new(
         ObjectKind::Rule,
         &o.key.namespace,

@@ -89,7 +89,7 @@ pub fn apply(model: &mut SchemaModel, sel: &Selection) -> Result<Vec<String>> {
                 ObjectKind::DatabaseProperties | ObjectKind::Extension | ObjectKind::ProcLang => {
                     true
                 }
-                ObjectKind::Namespace => !sel.tables_only && sel.schemas.contains(&o.key.name),
+                ObjectKind::Namespace => !sel.tables_only && sel.schemas.contains(&*o.key.name),
                 ObjectKind::Table if relation(i) => sel.relations.contains(&o.key.oid),
                 _ if ns.is_empty() => sel.everything,
                 _ => !sel.tables_only && sel.schemas.contains(ns),
@@ -215,7 +215,7 @@ fn excluded_by(model: &SchemaModel, sel: &Selection, i: usize) -> Option<String>
 /// selection leaves out, what needs it, and the flags that fix it; the
 /// other refusals follow.
 fn refusal_message(model: &SchemaModel, sel: &Selection, mut refusals: Vec<Refusal>) -> String {
-    let d = |i: usize| model.objects[i].describe.as_str();
+    let d = |i: usize| &*model.objects[i].describe;
     refusals.sort_by(|a, b| (d(a.cause), d(a.by)).cmp(&(d(b.cause), d(b.by))));
     refusals.dedup_by(|a, b| a.cause == b.cause && a.by == b.by);
     let first = &refusals[0];

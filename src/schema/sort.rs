@@ -20,6 +20,8 @@ use std::collections::{BinaryHeap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 
+use thin_vec::ThinVec;
+
 /// Restore section an object belongs to (pg_dump's `SECTION_*`).
 ///
 /// The order matters: output is split at the boundaries, and pg_restore-like
@@ -399,21 +401,21 @@ pub struct SortKey {
     /// Shared: a schema's objects hold one copy of its name between them
     /// (see `SchemaModel::add`).
     pub namespace: Arc<str>,
-    pub name: String,
+    pub name: Box<str>,
     /// Shared where a loader has one to share (the table's name on each of
     /// its indexes, constraints and triggers).
-    pub tiebreak: Vec<Arc<str>>,
+    pub tiebreak: ThinVec<Arc<str>>,
     pub oid: u32,
 }
 
 impl SortKey {
     /// Key with no tie-breakers and oid 0; fill the public fields for more.
-    pub fn new(kind: ObjectKind, namespace: impl Into<Arc<str>>, name: impl Into<String>) -> Self {
+    pub fn new(kind: ObjectKind, namespace: impl Into<Arc<str>>, name: impl Into<Box<str>>) -> Self {
         SortKey {
             kind,
             namespace: namespace.into(),
             name: name.into(),
-            tiebreak: Vec::new(),
+            tiebreak: ThinVec::new(),
             oid: 0,
         }
     }
@@ -941,11 +943,11 @@ mod tests {
     }
 
     fn names(keys: &[SortKey], order: &[usize]) -> Vec<String> {
-        order.iter().map(|&i| keys[i].name.clone()).collect()
+        order.iter().map(|&i| keys[i].name.to_string()).collect()
     }
 
     fn idx(keys: &[SortKey], name: &str) -> usize {
-        keys.iter().position(|k| k.name == name).unwrap()
+        keys.iter().position(|k| &*k.name == name).unwrap()
     }
 
     /// deps from (dependent, dependency) name pairs.
@@ -1109,7 +1111,7 @@ mod tests {
     #[test]
     fn tiebreak_then_oid() {
         let mut f_int_text = key(Func, "public", "f");
-        f_int_text.tiebreak = vec![
+        f_int_text.tiebreak = thin_vec::thin_vec![
             tiebreak_int(2).into(),
             "pg_catalog".into(),
             "int4".into(),
@@ -1118,10 +1120,10 @@ mod tests {
         ];
         f_int_text.oid = 1;
         let mut f_text = key(Func, "public", "f");
-        f_text.tiebreak = vec![tiebreak_int(1).into(), "pg_catalog".into(), "text".into()];
+        f_text.tiebreak = thin_vec::thin_vec![tiebreak_int(1).into(), "pg_catalog".into(), "text".into()];
         f_text.oid = 2;
         let mut f_int = key(Func, "public", "f");
-        f_int.tiebreak = vec![tiebreak_int(1).into(), "pg_catalog".into(), "int4".into()];
+        f_int.tiebreak = thin_vec::thin_vec![tiebreak_int(1).into(), "pg_catalog".into(), "int4".into()];
         f_int.oid = 3;
         let mut dup_hi = key(Func, "public", "g");
         dup_hi.oid = 20;
@@ -1369,7 +1371,7 @@ mod tests {
         // pg_dump: the table depends on its CHECK (printed inline), the CHECK
         // depends on the table (pg_depend). Repair: drop CHECK -> table.
         let mut ck = key(Constraint, "public", "t_check");
-        ck.tiebreak = vec!["1".into(), "t".into()];
+        ck.tiebreak = thin_vec::thin_vec!["1".into(), "t".into()];
         let keys = vec![key(Table, "public", "t"), ck, key(Table, "public", "u")];
         let mut deps = vec![vec![1], vec![0], vec![]];
         let mut calls = Vec::new();
@@ -1435,7 +1437,7 @@ mod tests {
         // separate.
         assert_eq!(rounds, 2);
         assert_valid(&order, &deps);
-        let at = |name: &str| order.iter().position(|&i| keys[i].name == name).unwrap();
+        let at = |name: &str| order.iter().position(|&i| &*keys[i].name == name).unwrap();
         assert!(at("t") < at("f"), "function follows the table it uses");
         assert!(at("f") < at("PRE-DATA BOUNDARY"));
         assert!(

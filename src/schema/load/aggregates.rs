@@ -89,7 +89,7 @@ pub(super) async fn load_ordered_set_aggregates(
             "CREATE AGGREGATE {sig} (\n    {}\n);",
             opts.join(",\n    ")
         ));
-        o.owner = Some(format!("ALTER AGGREGATE {sig} OWNER TO {};", ident(&owner)));
+        o.owner = Some(format!("ALTER AGGREGATE {sig} OWNER TO {};", ident(&owner)).into());
         o.comments.extend(comment_on(
             comments,
             (class::PG_PROC, oid, 0),

@@ -157,7 +157,7 @@ pub(super) async fn load_conversions(
             literal(&from),
             literal(&to)
         ));
-        o.owner = Some(format!("ALTER CONVERSION {q} OWNER TO {};", ident(&owner)));
+        o.owner = Some(format!("ALTER CONVERSION {q} OWNER TO {};", ident(&owner)).into());
         o.comments.extend(comment_on(
             comments,
             (PG_CONVERSION, oid, 0),
@@ -247,7 +247,7 @@ pub(super) async fn load_languages(
             format!("LANGUAGE {q}"),
         );
         o.create.push(s);
-        o.owner = Some(format!("ALTER LANGUAGE {q} OWNER TO {};", ident(&owner)));
+        o.owner = Some(format!("ALTER LANGUAGE {q} OWNER TO {};", ident(&owner)).into());
         o.comments.extend(comment_on(
             comments,
             (PG_LANGUAGE, oid, 0),
@@ -263,7 +263,7 @@ pub(super) async fn load_languages(
             &base,
             &owner,
             major,
-        )?;
+        )?.into();
         m.add(o, &[(PG_LANGUAGE, oid)]);
     }
     Ok(())

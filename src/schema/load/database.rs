@@ -112,10 +112,7 @@ pub(super) async fn load_database(c: &Catalog<'_>, m: &mut SchemaModel, major: u
             }
         }
     }
-    o.owner = Some(on_this_db(&format!(
-        "ALTER {what} OWNER TO {}",
-        ident(&owner)
-    )));
+    o.owner = Some(on_this_db(&format!("ALTER {what} OWNER TO {}", ident(&owner))).into());
     // Shared objects keep their comments in pg_shdescription.
     if let Some(cm) = r.get::<_, Option<String>>(5) {
         o.comments.push(on_this_db(&format!(

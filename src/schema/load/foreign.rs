@@ -70,7 +70,7 @@ pub(super) async fn load_foreign(
         let what = format!("FOREIGN DATA WRAPPER {q}");
         let mut o = SchemaObject::new(ObjectKind::Fdw, "", &name, oid, what.clone());
         o.create.push(with_options(s, r.get(5)));
-        o.owner = Some(format!("ALTER {what} OWNER TO {};", ident(&owner)));
+        o.owner = Some(format!("ALTER {what} OWNER TO {};", ident(&owner)).into());
         o.comments.extend(comment_on(
             comments,
             (PG_FOREIGN_DATA_WRAPPER, oid, 0),
@@ -84,7 +84,7 @@ pub(super) async fn load_foreign(
             &r.get::<_, String>(7),
             &owner,
             major,
-        )?;
+        )?.into();
         m.add(o, &[(PG_FOREIGN_DATA_WRAPPER, oid)]);
     }
 
@@ -139,7 +139,7 @@ pub(super) async fn load_foreign(
                 um.get(2),
             ));
         }
-        o.owner = Some(format!("ALTER {what} OWNER TO {};", ident(&owner)));
+        o.owner = Some(format!("ALTER {what} OWNER TO {};", ident(&owner)).into());
         o.comments
             .extend(comment_on(comments, (PG_FOREIGN_SERVER, oid, 0), &what));
         o.acl = build_acl_commands(
@@ -150,7 +150,7 @@ pub(super) async fn load_foreign(
             &r.get::<_, String>(8),
             &owner,
             major,
-        )?;
+        )?.into();
         m.add(o, &[(PG_FOREIGN_SERVER, oid)]);
     }
     Ok(())

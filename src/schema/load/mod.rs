@@ -273,11 +273,11 @@ async fn load_namespaces(c: &Catalog<'_>, m: &mut SchemaModel, comments: &Commen
         let mut o = SchemaObject::new(ObjectKind::Namespace, "", &name, oid, format!("SCHEMA {q}"));
         if name != "public" {
             o.create.push(format!("CREATE SCHEMA {q};"));
-            o.owner = Some(format!("ALTER SCHEMA {q} OWNER TO {};", ident(&owner)));
+            o.owner = Some(format!("ALTER SCHEMA {q} OWNER TO {};", ident(&owner)).into());
         } else if owner != "pg_database_owner" {
             // Before PostgreSQL 15 public belongs to the bootstrap superuser;
             // pg_dump keeps that owner, and so do we.
-            o.owner = Some(format!("ALTER SCHEMA public OWNER TO {};", ident(&owner)));
+            o.owner = Some(format!("ALTER SCHEMA public OWNER TO {};", ident(&owner)).into());
         }
         // public's initdb comment is not a change to carry over.
         let key = (class::PG_NAMESPACE, oid, 0);
@@ -489,7 +489,7 @@ async fn load_types(
         };
         let mut o = SchemaObject::new(ObjectKind::Type, &nsp, &name, oid, format!("{word} {q}"));
         o.create.push(body);
-        o.owner = Some(format!("ALTER {word} {q} OWNER TO {};", ident(&owner)));
+        o.owner = Some(format!("ALTER {word} {q} OWNER TO {};", ident(&owner)).into());
         o.comments.extend(comment_on(
             comments,
             (class::PG_TYPE, oid, 0),
@@ -586,7 +586,7 @@ async fn load_functions(c: &Catalog<'_>, m: &mut SchemaModel, comments: &Comment
         o.key.tiebreak.push(args.clone().into());
         let def = def.trim_end().to_string();
         o.create.push(format!("{def};"));
-        o.owner = Some(format!("ALTER {word} {sig} OWNER TO {};", ident(&owner)));
+        o.owner = Some(format!("ALTER {word} {sig} OWNER TO {};", ident(&owner)).into());
         o.comments.extend(comment_on(
             comments,
             (class::PG_PROC, oid, 0),
@@ -834,7 +834,7 @@ async fn load_relations(
                                 .collect()
                         })
                         .unwrap_or_default();
-                    o.placeholder = Some(format!("CREATE VIEW {q} AS\n SELECT{};", cols.join(",")));
+                    o.placeholder = Some(format!("CREATE VIEW {q} AS\n SELECT{};", cols.join(",")).into());
                 } else {
                     o.create.push(tablespace::wrap(
                         r.get::<_, Option<String>>(17).as_deref(),
@@ -1009,7 +1009,7 @@ async fn load_relations(
                 }
             }
         }
-        o.owner = Some(format!("ALTER {word} {q} OWNER TO {};", ident(&owner)));
+        o.owner = Some(format!("ALTER {word} {q} OWNER TO {};", ident(&owner)).into());
         let kw = word;
         o.comments.extend(comment_on(
             comments,
@@ -1275,7 +1275,7 @@ async fn load_sequences(
         let mut o = SchemaObject::new(ObjectKind::Table, &nsp, &name, oid, format!("SEQUENCE {q}"));
         o.create
             .push(format!("CREATE {unlogged}SEQUENCE {q}{opts};"));
-        o.owner = Some(format!("ALTER SEQUENCE {q} OWNER TO {};", ident(&owner)));
+        o.owner = Some(format!("ALTER SEQUENCE {q} OWNER TO {};", ident(&owner)).into());
         o.comments.extend(comment_on(
             comments,
             (class::PG_CLASS, oid, 0),
@@ -1397,10 +1397,13 @@ async fn load_constraints_and_indexes(
                     } else {
                         "UNIQUE"
                     };
-                    o.index_first = Some(tablespace::wrap(
-                        r.get::<_, Option<String>>(10).as_deref(),
-                        format!("{indexdef};"),
-                    ));
+                    o.index_first = Some(
+                        tablespace::wrap(
+                            r.get::<_, Option<String>>(10).as_deref(),
+                            format!("{indexdef};"),
+                        )
+                        .into(),
+                    );
                     o.create.push(format!(
                         "ALTER TABLE ONLY {}\n    ADD CONSTRAINT {} {word} USING INDEX {};",
                         rel.qname,
@@ -1417,11 +1420,14 @@ async fn load_constraints_and_indexes(
                         rel.qname,
                         ident(&name)
                     ));
-                    o.validate_later = Some(format!(
-                        "ALTER TABLE {only}{} VALIDATE CONSTRAINT {};",
-                        rel.qname,
-                        ident(&name)
-                    ));
+                    o.validate_later = Some(
+                        format!(
+                            "ALTER TABLE {only}{} VALIDATE CONSTRAINT {};",
+                            rel.qname,
+                            ident(&name)
+                        )
+                        .into(),
+                    );
                 }
                 None => o.create.push(tablespace::wrap(
                     r.get::<_, Option<String>>(10).as_deref(),
@@ -1433,7 +1439,7 @@ async fn load_constraints_and_indexes(
                 )),
             }
             if contype != "f" && rel.kind == 'r' {
-                o.data_of = Some(rel.qname.to_string());
+                o.data_of = Some(rel.qname.clone());
             }
             o.comments.extend(comment_on(
                 comments,
@@ -1491,7 +1497,7 @@ async fn load_constraints_and_indexes(
                         format!("{def};"),
                     ));
                     if rel.kind == 'r' {
-                        o.data_of = Some(rel.qname.to_string());
+                        o.data_of = Some(rel.qname.clone());
                     }
                     if let Some(cm) =
                         comment_on(comments, (class::PG_CLASS, oid, 0), &format!("INDEX {iq}"))
@@ -1867,7 +1873,7 @@ async fn load_acls(c: &Catalog<'_>, m: &mut SchemaModel, major: u32, filtered: b
             ),
         );
         o.key.tiebreak.push(objtype.clone().into());
-        o.acl = cmds;
+        o.acl = cmds.into();
         m.add(o, &[]);
     }
     Ok(())
@@ -2164,7 +2170,7 @@ async fn load_builtin_acls(c: &Catalog<'_>, m: &mut SchemaModel, major: u32) -> 
                 continue;
             }
             let mut o = SchemaObject::new(spec.kind, &nsp, &name, oid, target);
-            o.acl = cmds;
+            o.acl = cmds.into();
             m.add(o, &[]);
         }
     }
@@ -2234,7 +2240,7 @@ async fn load_builtin_acls(c: &Catalog<'_>, m: &mut SchemaModel, major: u32) -> 
             format!("COLUMN {q}.{col}"),
         );
         o.key.tiebreak.push(format!("{attnum:05}").into());
-        o.acl = cmds;
+        o.acl = cmds.into();
         m.add(o, &[]);
     }
     Ok(())
@@ -2510,7 +2516,7 @@ async fn load_statistics(
             o.create
                 .push(format!("ALTER STATISTICS {q} SET STATISTICS {t};"));
         }
-        o.owner = Some(format!("ALTER STATISTICS {q} OWNER TO {};", ident(&owner)));
+        o.owner = Some(format!("ALTER STATISTICS {q} OWNER TO {};", ident(&owner)).into());
         o.comments.extend(comment_on(
             comments,
             (3381, oid, 0),
@@ -2632,7 +2638,7 @@ async fn load_aggregates(c: &Catalog<'_>, m: &mut SchemaModel, comments: &Commen
             "CREATE AGGREGATE {sig} (\n    {}\n);",
             opts.join(",\n    ")
         ));
-        o.owner = Some(format!("ALTER AGGREGATE {sig} OWNER TO {};", ident(&owner)));
+        o.owner = Some(format!("ALTER AGGREGATE {sig} OWNER TO {};", ident(&owner)).into());
         o.comments.extend(comment_on(
             comments,
             (class::PG_PROC, oid, 0),
@@ -2718,7 +2724,7 @@ async fn load_collations(
         );
         o.create
             .push(format!("CREATE COLLATION {q} ({});", opts.join(", ")));
-        o.owner = Some(format!("ALTER COLLATION {q} OWNER TO {};", ident(&owner)));
+        o.owner = Some(format!("ALTER COLLATION {q} OWNER TO {};", ident(&owner)).into());
         o.comments.extend(comment_on(
             comments,
             (class::PG_COLLATION, oid, 0),
@@ -2762,7 +2768,7 @@ async fn load_event_triggers(
             "A" => o.create.push(format!("ALTER EVENT TRIGGER {q} ENABLE ALWAYS;")),
             _ => {}
         }
-        o.owner = Some(format!("ALTER EVENT TRIGGER {q} OWNER TO {};", ident(&owner)));
+        o.owner = Some(format!("ALTER EVENT TRIGGER {q} OWNER TO {};", ident(&owner)).into());
         o.comments.extend(comment_on(comments, (3466, oid, 0), &format!("EVENT TRIGGER {q}")));
         m.add(o, &[(3466, oid)]);
     }

@@ -86,7 +86,7 @@ pub(super) async fn load_operators(
             "CREATE OPERATOR {qname} (\n    {}\n);",
             opts.join(",\n    ")
         ));
-        o.owner = Some(format!("ALTER OPERATOR {sig} OWNER TO {};", ident(&owner)));
+        o.owner = Some(format!("ALTER OPERATOR {sig} OWNER TO {};", ident(&owner)).into());
         o.comments.extend(comment_on(
             comments,
             (PG_OPERATOR, oid, 0),
@@ -185,7 +185,7 @@ pub(super) async fn load_opfamilies_and_classes(
             o.create
                 .push(format!("ALTER {what} ADD\n    {};", items.join(",\n    ")));
         }
-        o.owner = Some(format!("ALTER {what} OWNER TO {};", ident(&owner)));
+        o.owner = Some(format!("ALTER {what} OWNER TO {};", ident(&owner)).into());
         o.comments
             .extend(comment_on(comments, (PG_OPFAMILY, oid, 0), &what));
         let i = m.add(o, &[(PG_OPFAMILY, oid)]);
@@ -245,7 +245,7 @@ pub(super) async fn load_opfamilies_and_classes(
         let mut o = SchemaObject::new(ObjectKind::OpClass, &nsp, &name, oid, what.clone());
         o.key.tiebreak.push(am.clone().into());
         o.create.push(s);
-        o.owner = Some(format!("ALTER {what} OWNER TO {};", ident(&owner)));
+        o.owner = Some(format!("ALTER {what} OWNER TO {};", ident(&owner)).into());
         o.comments
             .extend(comment_on(comments, (PG_OPCLASS, oid, 0), &what));
         let i = m.add(o, &[(PG_OPCLASS, oid)]);

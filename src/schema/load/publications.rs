@@ -51,7 +51,7 @@ pub(super) async fn load_publications(
         let what = format!("PUBLICATION {q}");
         let mut o = SchemaObject::new(ObjectKind::Publication, "", &name, oid, what.clone());
         o.create.push(s);
-        o.owner = Some(format!("ALTER {what} OWNER TO {};", ident(&owner)));
+        o.owner = Some(format!("ALTER {what} OWNER TO {};", ident(&owner)).into());
         o.comments
             .extend(comment_on(comments, (PG_PUBLICATION, oid, 0), &what));
         let i = m.add(o, &[(PG_PUBLICATION, oid)]);

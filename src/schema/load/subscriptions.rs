@@ -126,7 +126,7 @@ pub(super) async fn load_subscriptions(
         let what = format!("SUBSCRIPTION {q}");
         let mut o = SchemaObject::new(ObjectKind::Subscription, "", &name, oid, what.clone());
         o.create.push(s);
-        o.owner = Some(format!("ALTER {what} OWNER TO {};", ident(&owner)));
+        o.owner = Some(format!("ALTER {what} OWNER TO {};", ident(&owner)).into());
         o.comments
             .extend(comment_on(comments, (PG_SUBSCRIPTION, oid, 0), &what));
         m.add(o, &[(PG_SUBSCRIPTION, oid)]);

@@ -105,7 +105,7 @@ pub(super) async fn load_text_search(
         let mut o = SchemaObject::new(ObjectKind::TsDict, &nsp, &name, oid, what.clone());
         o.create
             .push(format!("CREATE TEXT SEARCH DICTIONARY {q} (\n{body} );"));
-        o.owner = Some(format!("ALTER {what} OWNER TO {};", ident(&owner)));
+        o.owner = Some(format!("ALTER {what} OWNER TO {};", ident(&owner)).into());
         o.comments
             .extend(comment_on(comments, (PG_TS_DICT, oid, 0), &what));
         m.add(o, &[(PG_TS_DICT, oid)]);
@@ -165,7 +165,7 @@ pub(super) async fn load_text_search(
                 dicts.join(", ")
             ));
         }
-        o.owner = Some(format!("ALTER {what} OWNER TO {};", ident(&owner)));
+        o.owner = Some(format!("ALTER {what} OWNER TO {};", ident(&owner)).into());
         o.comments
             .extend(comment_on(comments, (PG_TS_CONFIG, oid, 0), &what));
         m.add(o, &[(PG_TS_CONFIG, oid)]);

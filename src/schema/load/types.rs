@@ -249,7 +249,7 @@ pub(super) async fn load_base_types(
             "CREATE TYPE {q} (\n    {}\n);",
             opts.join(",\n    ")
         ));
-        o.owner = Some(format!("ALTER TYPE {q} OWNER TO {};", ident(&owner)));
+        o.owner = Some(format!("ALTER TYPE {q} OWNER TO {};", ident(&owner)).into());
         o.comments.extend(comment_on(
             comments,
             (class::PG_TYPE, oid, 0),
@@ -282,7 +282,7 @@ pub(super) async fn load_base_types(
         let q = qualified(&nsp, &name);
         let mut o = SchemaObject::new(ObjectKind::Type, &nsp, &name, oid, format!("TYPE {q}"));
         o.create.push(format!("CREATE TYPE {q};"));
-        o.owner = Some(format!("ALTER TYPE {q} OWNER TO {};", ident(&owner)));
+        o.owner = Some(format!("ALTER TYPE {q} OWNER TO {};", ident(&owner)).into());
         o.comments.extend(comment_on(
             comments,
             (class::PG_TYPE, oid, 0),
