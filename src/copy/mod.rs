@@ -751,7 +751,11 @@ pub async fn copy_tables(
         st.items_left[i.table] += 1;
     }
     for step in early {
-        let table = step.table.as_deref().expect("early steps name their table").to_string();
+        let table = step
+            .table
+            .as_deref()
+            .expect("early steps name their table")
+            .to_string();
         if step.after_indexes {
             st.after.entry(table).or_default().push(step);
         } else {
@@ -1004,7 +1008,9 @@ async fn index_worker(
         }
         faults::after(Point::IndexBuild).await;
         match task {
-            IndexTask::Build(step) => sched.index_task_done(step.table.as_deref().map(str::to_string), 1, false),
+            IndexTask::Build(step) => {
+                sched.index_task_done(step.table.as_deref().map(str::to_string), 1, false)
+            }
             IndexTask::FinishSmall(group) => {
                 let n = group.iter().map(|(_, s)| s.len()).sum();
                 sched.index_task_done(None, n, false)

@@ -6,8 +6,8 @@
 //! revoked their own INSERT must still load), then the last steps
 //! (materialized view refreshes, which need data and final privileges).
 
-use tokio_postgres::Client;
 use std::sync::Arc;
+use tokio_postgres::Client;
 
 use thin_vec::{thin_vec, ThinVec};
 

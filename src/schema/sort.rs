@@ -410,7 +410,11 @@ pub struct SortKey {
 
 impl SortKey {
     /// Key with no tie-breakers and oid 0; fill the public fields for more.
-    pub fn new(kind: ObjectKind, namespace: impl Into<Arc<str>>, name: impl Into<Box<str>>) -> Self {
+    pub fn new(
+        kind: ObjectKind,
+        namespace: impl Into<Arc<str>>,
+        name: impl Into<Box<str>>,
+    ) -> Self {
         SortKey {
             kind,
             namespace: namespace.into(),
@@ -1120,10 +1124,12 @@ mod tests {
         ];
         f_int_text.oid = 1;
         let mut f_text = key(Func, "public", "f");
-        f_text.tiebreak = thin_vec::thin_vec![tiebreak_int(1).into(), "pg_catalog".into(), "text".into()];
+        f_text.tiebreak =
+            thin_vec::thin_vec![tiebreak_int(1).into(), "pg_catalog".into(), "text".into()];
         f_text.oid = 2;
         let mut f_int = key(Func, "public", "f");
-        f_int.tiebreak = thin_vec::thin_vec![tiebreak_int(1).into(), "pg_catalog".into(), "int4".into()];
+        f_int.tiebreak =
+            thin_vec::thin_vec![tiebreak_int(1).into(), "pg_catalog".into(), "int4".into()];
         f_int.oid = 3;
         let mut dup_hi = key(Func, "public", "g");
         dup_hi.oid = 20;

@@ -263,7 +263,8 @@ pub(super) async fn load_languages(
             &base,
             &owner,
             major,
-        )?.into();
+        )?
+        .into();
         m.add(o, &[(PG_LANGUAGE, oid)]);
     }
     Ok(())

@@ -84,7 +84,8 @@ pub(super) async fn load_foreign(
             &r.get::<_, String>(7),
             &owner,
             major,
-        )?.into();
+        )?
+        .into();
         m.add(o, &[(PG_FOREIGN_DATA_WRAPPER, oid)]);
     }
 
@@ -150,7 +151,8 @@ pub(super) async fn load_foreign(
             &r.get::<_, String>(8),
             &owner,
             major,
-        )?.into();
+        )?
+        .into();
         m.add(o, &[(PG_FOREIGN_SERVER, oid)]);
     }
     Ok(())

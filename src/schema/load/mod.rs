@@ -834,7 +834,8 @@ async fn load_relations(
                                 .collect()
                         })
                         .unwrap_or_default();
-                    o.placeholder = Some(format!("CREATE VIEW {q} AS\n SELECT{};", cols.join(",")).into());
+                    o.placeholder =
+                        Some(format!("CREATE VIEW {q} AS\n SELECT{};", cols.join(",")).into());
                 } else {
                     o.create.push(tablespace::wrap(
                         r.get::<_, Option<String>>(17).as_deref(),
