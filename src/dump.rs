@@ -371,7 +371,13 @@ pub(crate) async fn run_with(
         .sum();
     around(
         Point::CopyData,
-        copy::copy_tables(ctx, tables.clone().into(), todo, Vec::new(), cancel.clone()),
+        copy::copy_tables(
+            ctx,
+            tables.clone().into(),
+            todo,
+            &mut Vec::new(),
+            cancel.clone(),
+        ),
     )
     .await
     .map_err(|e| disk_full(e, &dir, Some(remaining)))?;

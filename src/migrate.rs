@@ -268,7 +268,7 @@ pub(crate) async fn copy_phase(
     if let Some(s) = script.as_mut() {
         s.pre_data = Vec::new();
     }
-    let early = take_early_steps(script.as_mut());
+    let mut early = take_early_steps(script.as_mut());
     // Shared with the copy's workers rather than copied for them.
     let tables: Arc<[catalog::TableInfo]> = tables.into();
 
@@ -338,7 +338,8 @@ pub(crate) async fn copy_phase(
                     skipped.push(t.qualified());
                 }
             }
-            let early = pending_early_steps(&dst, &migration_id, &early).await?;
+            // Those committed are never needed again.
+            early = pending_early_steps(&dst, &migration_id, &early).await?;
             let ctx = Arc::new(CopyContext {
                 input: copy::Input::Server {
                     endpoint: Box::new(source_ep.clone()),
@@ -362,7 +363,8 @@ pub(crate) async fn copy_phase(
                     .map(|r| Arc::new(copy::rate::RateLimit::new(r))),
                 pressure: pressure.clone(),
             });
-            let e = match copy::copy_tables(ctx, tables.clone(), todo, early, cancel.clone()).await
+            let e = match copy::copy_tables(ctx, tables.clone(), todo, &mut early, cancel.clone())
+                .await
             {
                 Ok(outcome) => return Ok(outcome),
                 Err(e) => e,
@@ -459,7 +461,8 @@ pub(crate) async fn copy_phase(
         .run_stage(Stage::CopyData, &mut stages, copy_data)
         .await?
         .unwrap_or_default();
-    // Every one of them is applied now (the copy stage ends that way).
+    // Every one of them is applied now (the copy stage ends that way; a
+    // copy that succeeded took them).
     drop(early);
     schema_steps += outcome.index_steps;
     let pressure = outcome.pressure;

@@ -300,7 +300,7 @@ pub(crate) async fn run_locked(
         );
     }
     let early = crate::copy::take_early_steps(script.as_mut());
-    let early = crate::copy::pending_early_steps(&dst, &migration_id, &early).await?;
+    let mut early = crate::copy::pending_early_steps(&dst, &migration_id, &early).await?;
     let ctx = Arc::new(CopyContext {
         input: copy::Input::Archive(archive.clone()),
         output: copy::Output::Target(Box::new(target_ep.clone())),
@@ -321,7 +321,13 @@ pub(crate) async fn run_locked(
     } else {
         around(
             Point::CopyData,
-            copy::copy_tables(ctx, tables.clone().into(), items, early, cancel.clone()),
+            copy::copy_tables(
+                ctx,
+                tables.clone().into(),
+                items,
+                &mut early,
+                cancel.clone(),
+            ),
         )
         .await?
     };

@@ -1939,7 +1939,7 @@ fn parse_cli() -> Cli {
 /// its own starting values) are held fixed instead of rising with the
 /// largest block freed, and threads share as many arenas as there are
 /// cores rather than eight per core. Peak RSS at 25,000 tables: 129.6 →
-/// 121.6 MB; the pgbench set's time and CPU unchanged (BENCHMARKS.md).
+/// 120.9 MB; the pgbench set's time and CPU unchanged (BENCHMARKS.md).
 /// A process-wide choice, so the binary's, not the library's. Settings
 /// the user gave glibc (`GLIBC_TUNABLES`, `MALLOC_*`) are left alone.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

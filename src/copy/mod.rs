@@ -732,11 +732,17 @@ impl Scheduler {
 /// item is recorded in the resume token before its worker takes the next.
 /// On the first error, or on cancellation, every worker stops and the
 /// error is returned once all have been joined.
+///
+/// `early` is left as it was when the copy fails (a copy started again
+/// applies those not committed), and emptied when it succeeds: every one
+/// is applied then, and freeing them before the copy sums up matters. At
+/// 25,000 tables they are 26 MB, which the caller's list kept alive
+/// through the copy's end, where the run's heap peaked.
 pub async fn copy_tables(
     ctx: Arc<CopyContext>,
     tables: Arc<[TableInfo]>,
     items: Vec<WorkItem>,
-    early: Vec<Arc<Step>>,
+    early: &mut Vec<Arc<Step>>,
     cancel: CancellationToken,
 ) -> Result<CopyOutcome> {
     if let Some(p) = &ctx.progress {
@@ -750,7 +756,7 @@ pub async fn copy_tables(
     for i in &items {
         st.items_left[i.table] += 1;
     }
-    for step in early {
+    for step in early.iter().cloned() {
         let table = step
             .table
             .as_deref()
@@ -765,6 +771,7 @@ pub async fn copy_tables(
     st.indexing = ctx.target().is_some()
         && (!st.builds.is_empty() || !st.after.is_empty() || (ctx.analyze && !items.is_empty()));
     // Tables loaded by an earlier attempt (or not copied at all) are ready now.
+    // Shared by the index workers (a copy each was 2 MB at 25,000 tables).
     let copied: BTreeSet<String> = tables
         .iter()
         .enumerate()
@@ -773,6 +780,7 @@ pub async fn copy_tables(
         .collect();
     let mut ready: BTreeSet<String> = st.builds.keys().chain(st.after.keys()).cloned().collect();
     ready.retain(|t| !copied.contains(t));
+    let copied = Arc::new(copied);
     let small: BTreeSet<String> = tables
         .iter()
         .filter(|t| is_small(t))
@@ -830,6 +838,8 @@ pub async fn copy_tables(
             "index builds left over after the copy".into(),
         ));
     }
+    // All applied, and no task holds one any more.
+    *early = Vec::new();
     let snapshot = s.snapshot.take().unwrap_or_default();
     let mut tables: Vec<TableResult> = std::mem::take(&mut s.tallies)
         .into_iter()
@@ -850,7 +860,8 @@ pub async fn copy_tables(
                 .map(|l| l.relation.clone()),
         })
         .collect();
-    tables.sort_by_key(|r| std::cmp::Reverse(r.bytes));
+    // In place (a stable sort's buffer was 2.6 MB at 25,000 tables).
+    tables.sort_unstable_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.table.cmp(&b.table)));
     Ok(CopyOutcome {
         tables,
         index_steps: s.index_steps,

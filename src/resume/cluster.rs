@@ -148,8 +148,7 @@ impl ClusterToken {
     /// Write it atomically.
     pub fn save(&mut self, path: &Path) -> Result<()> {
         self.updated_at = Utc::now();
-        let json = serde_json::to_vec_pretty(self).expect("cluster token serializes");
-        crate::resume::write_atomically(path, &json, "cluster resume token")
+        crate::resume::write_json_atomically(path, self, "cluster resume token")
     }
 
     /// A resumed run must migrate between the same servers.
