@@ -405,6 +405,33 @@ async fn source_cut_losing_the_snapshot_goes_on_with_a_new_one_and_says_so() {
         "{report:#}"
     );
     assert_clean(&report, &db.source, &target).await;
+    // The big table's key is built beside the copy once its rows are in,
+    // which they were not when the snapshot went: the copy started again
+    // must still build it.
+    let want = keys_and_indexes(&db.source).await;
+    assert!(
+        want.len() >= 4,
+        "both tables' keys and their indexes: {want:?}"
+    );
+    assert_eq!(keys_and_indexes(&target).await, want);
+}
+
+/// Every index and constraint of the database's public tables, defined.
+async fn keys_and_indexes(conninfo: &str) -> Vec<String> {
+    let c = testkit::client(conninfo).await;
+    let rows = c
+        .query(
+            "SELECT format('%s: %s', indexrelid::regclass, pg_get_indexdef(indexrelid)) FROM pg_index
+              WHERE indrelid::regclass::text IN ('big', 'small')
+             UNION ALL
+             SELECT format('%s: %s', conname, pg_get_constraintdef(oid)) FROM pg_constraint
+              WHERE conrelid::regclass::text IN ('big', 'small')
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    rows.iter().map(|r| r.get(0)).collect()
 }
 
 /// The same loss under `--strict-snapshot`: the run stops (exit 1) saying

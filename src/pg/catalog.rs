@@ -100,6 +100,14 @@ pub enum TargetShape {
     Other(String),
 }
 
+/// Column `i` of `r`, a text array (NULL for none), as one allocation.
+fn name_list(r: &tokio_postgres::Row, i: usize) -> NameList {
+    r.get::<_, Option<Vec<&str>>>(i)
+        .unwrap_or_default()
+        .into_iter()
+        .collect()
+}
+
 /// For each source table, how the target can take its rows: its own name
 /// as a plain table, or as a partitioned one (COPY routes the rows), or,
 /// for a source partition the target lacks, its partition root (plain or
@@ -149,12 +157,7 @@ pub async fn target_shapes(dst: &Client, tables: &[TableInfo]) -> Result<Vec<Tar
             let own: Option<bool> = r.get(1);
             let kind: Option<&str> = r.get(2);
             let name: Option<String> = r.get(3);
-            let names = |i: usize| -> NameList {
-                r.get::<_, Option<Vec<&str>>>(i)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .collect()
-            };
+            let names = |i: usize| name_list(&r, i);
             shapes.push(match (own, kind, name) {
                 (Some(true), Some("r"), _) => TargetShape::Plain {
                     columns: names(4),
@@ -766,12 +769,7 @@ async fn read_tables(
     super::each_row(client, &sql, typed, |r| {
         let coltypes: Vec<u32> = r.get::<_, Option<Vec<u32>>>(7).unwrap_or_default();
         let binary_safe = coltypes.iter().all(|t| binary_safe(*t, &types, 0));
-        let names = |i: usize| -> NameList {
-            r.get::<_, Option<Vec<&str>>>(i)
-                .unwrap_or_default()
-                .into_iter()
-                .collect()
-        };
+        let names = |i: usize| name_list(&r, i);
         out.push(TableInfo {
             oid: r.get(0),
             schema: r.get(1),
