@@ -222,8 +222,8 @@ pub(crate) async fn preflight_target(
         // Binary COPY needs identical column types; text converts.
         let same_types = t.columns.iter().zip(&t.column_types).all(|(c, ty)| {
             cols.iter()
-                .position(|x| x == c)
-                .and_then(|i| types.iter().nth(i))
+                .zip(types.iter())
+                .find_map(|(x, t)| (x == c).then_some(t))
                 == Some(ty)
         });
         if !same_types && t.binary_safe {
