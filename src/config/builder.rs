@@ -400,6 +400,10 @@ mod tests {
                     .tablespace_mapping("a", "c"),
                 "names tablespace \"a\" twice",
             ),
+            (
+                b().tablespace_mapping("a", "b\0c"),
+                "a tablespace name cannot hold a NUL byte",
+            ),
             (b().table("db.app.t"), "too many dotted names"),
         ] {
             let m = refusal(builder);

@@ -349,6 +349,11 @@ impl MigrationConfig {
                     "--tablespace-mapping {old:?}={new:?}: give a source and a target tablespace name"
                 ));
             }
+            if old.contains('\0') || new.contains('\0') {
+                return config(format!(
+                    "--tablespace-mapping {old:?}={new:?}: a tablespace name cannot hold a NUL byte"
+                ));
+            }
             if self.tablespace_mapping[..i].iter().any(|(o, _)| o == old) {
                 return config(format!(
                     "--tablespace-mapping names tablespace {old:?} twice: map each source tablespace once"

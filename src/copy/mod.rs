@@ -190,7 +190,7 @@ pub(crate) async fn apply_step(
     part: &str,
     step: &Step,
 ) -> Result<()> {
-    let mut sql = step.sql.join("\n");
+    let mut sql = step.sql.joined();
     sql.push('\n');
     sql.push_str(&markers_insert(migration_id, part, &[step]));
     dst.batch_execute(&sql)
@@ -1064,7 +1064,9 @@ mod parallel_batch_tests {
     fn validation(table: &str, c: &str) -> Step {
         Step {
             describe: format!("VALIDATE FK {c} ON {table}").into(),
-            sql: vec![format!("ALTER TABLE ONLY {table} VALIDATE CONSTRAINT {c};")],
+            sql: [format!("ALTER TABLE ONLY {table} VALIDATE CONSTRAINT {c};")]
+                .into_iter()
+                .collect(),
             table: None,
             after_indexes: false,
             parallel: true,
@@ -1121,7 +1123,7 @@ mod marker_hash_tests {
     fn a_marker_hashes_alike_built_from_its_pieces_or_read_whole() {
         let step = Step {
             describe: "INDEX FOR CONSTRAINT t_pkey ON \"s p\".\"t é\"".into(),
-            sql: Vec::new(),
+            sql: Default::default(),
             table: None,
             after_indexes: false,
             parallel: false,

@@ -245,7 +245,7 @@ pub(crate) async fn apply_batch(
     }
     let mut sql = String::new();
     for step in batch {
-        sql.push_str(&step.sql.join("\n"));
+        step.sql.push_joined(&mut sql);
         sql.push('\n');
     }
     sql.push_str(&super::markers_insert(migration_id, part, batch));
@@ -271,7 +271,7 @@ fn batches<'a>(steps: &[&'a Step]) -> Vec<Vec<&'a Step>> {
     let mut out: Vec<Vec<&Step>> = Vec::new();
     let mut bytes = 0;
     for &s in steps {
-        let size: usize = s.sql.iter().map(|q| q.len() + 1).sum();
+        let size = s.sql.text_len();
         match out.last_mut() {
             Some(b) if b.len() < BATCH_STEPS && bytes + size <= BATCH_SQL_BYTES => {
                 b.push(s);

@@ -9,9 +9,8 @@
 use std::sync::Arc;
 use tokio_postgres::Client;
 
-use thin_vec::{thin_vec, ThinVec};
-
 use super::model::SchemaModel;
+pub use super::statements::Statements;
 use super::sort::{self, ObjectKind, Section, SortKey};
 use crate::error::{MigrationError, Result};
 
@@ -20,7 +19,7 @@ use crate::error::{MigrationError, Result};
 pub struct Step {
     /// What it creates, e.g. `TABLE public.t`; also its resume marker.
     pub describe: Box<str>,
-    pub sql: Vec<String>,
+    pub sql: Statements,
     /// Set on post-data steps that only need this table's rows (index
     /// builds, key constraints): the copier runs them as soon as the table
     /// is loaded, several at once, while other tables are still copying.
@@ -146,31 +145,31 @@ impl SchemaScript {
             }
         }
         drop(deps);
-        // Each object is freed once its steps are made.
-        let mut objects: Vec<Option<Box<super::model::SchemaObject>>> =
-            std::mem::take(&mut model.objects)
-                .into_iter()
-                .map(Some)
-                .collect();
+        // The steps take each object's texts; the objects, one block of
+        // memory, are freed together at the end.
         for i in order {
             let section = sections[i];
-            let mut o = objects[i].take().expect("each object is in the order once");
-            let mut sql = std::mem::take(&mut o.create);
-            sql.extend(o.owner.take().map(String::from));
-            sql.extend(std::mem::take(&mut o.comments));
+            let o = &mut model.objects[i];
             let table = o.data_of.take();
             let mut index_first = o.index_first.take();
-            if table.is_none() {
-                // Applied in order: build and attach in one step.
-                if let Some(index) = index_first.take() {
-                    sql.insert(0, index.into());
-                }
+            // Applied in order: build and attach in one step.
+            let inline_index = if table.is_none() {
+                index_first.take()
+            } else {
+                None
+            };
+            // The loaders' text, moved: its owner and comments join it.
+            let mut sql = std::mem::take(&mut o.create);
+            if let Some(index) = inline_index {
+                sql.insert(0, index);
             }
+            sql.extend(o.owner.take());
+            sql.extend(std::mem::take(&mut o.comments));
             let after_indexes = index_first.is_some();
             if let Some(index) = index_first {
                 script.post_data.push(Step {
                     describe: format!("INDEX FOR {}", o.describe).into(),
-                    sql: vec![index.into()],
+                    sql: [index].into_iter().collect(),
                     table: table.clone(),
                     after_indexes: false,
                     parallel: false,
@@ -178,7 +177,7 @@ impl SchemaScript {
             }
             let validate = o.validate_later.take().map(|v| Step {
                 describe: format!("VALIDATE {}", o.describe).into(),
-                sql: vec![v.into()],
+                sql: [v].into_iter().collect(),
                 table: None,
                 after_indexes: false,
                 parallel: true,
@@ -187,7 +186,7 @@ impl SchemaScript {
             if !acl.is_empty() {
                 script.acl.push(Step {
                     describe: format!("ACL {}", o.describe).into(),
-                    sql: acl.into_iter().collect(),
+                    sql: acl.iter().collect(),
                     table: None,
                     after_indexes: false,
                     parallel: false,
@@ -195,9 +194,7 @@ impl SchemaScript {
             }
             let step = Step {
                 describe: std::mem::take(&mut o.describe),
-                // Exactly as long as the statements moved in from `create`,
-                // `owner` and `comments`.
-                sql: sql.into_iter().collect(),
+                sql,
                 table,
                 after_indexes,
                 parallel: false,
@@ -213,7 +210,6 @@ impl SchemaScript {
                 _ => script.pre_data.push(step),
             }
         }
-        drop(objects);
         drop(model);
         // Step names are resume markers: they must be unique. Counted by
         // reference, so only the few repeated names are ever copied.
@@ -348,12 +344,12 @@ fn split_view(
         return;
     };
     let o = &mut model.objects[v];
-    let real: ThinVec<String> = o
+    let real: Statements = o
         .create
         .iter()
         .map(|s| s.replacen("CREATE VIEW", "CREATE OR REPLACE VIEW", 1))
         .collect();
-    o.create = thin_vec![placeholder.into()];
+    o.create = [placeholder].into_iter().collect();
     let mut rule = super::model::SchemaObject::new(
         ObjectKind::Rule,
         &o.key.namespace,
@@ -366,7 +362,7 @@ fn split_view(
     let mut rdeps = std::mem::take(&mut deps[v]);
     deps[v] = rdeps.iter().copied().filter(|&d| !drop_dep(d)).collect();
     rdeps.push(v);
-    model.objects.push(Box::new(rule));
+    model.objects.push(rule);
     deps.push(rdeps);
 }
 
@@ -402,7 +398,7 @@ pub async fn apply(
     done: &mut dyn FnMut(&Step) -> Result<()>,
 ) -> Result<()> {
     for step in steps {
-        let sql = step.sql.join("\n");
+        let sql = step.sql.joined();
         target.batch_execute(&sql).await.map_err(|e| {
             MigrationError::db(format!("creating {} on the target", step.describe), e)
         })?;

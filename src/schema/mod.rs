@@ -14,9 +14,10 @@ pub mod filter;
 pub mod load;
 pub mod model;
 pub mod sort;
+pub mod statements;
 pub mod tablespace;
 
-pub use emit::{Part, SchemaScript, Step};
+pub use emit::{Part, SchemaScript, Statements, Step};
 
 use crate::config::EndpointConfig;
 use crate::error::{MigrationError, Result};

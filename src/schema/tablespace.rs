@@ -79,11 +79,9 @@ pub fn place(script: &mut SchemaScript, placement: &Placement) {
         return;
     }
     for step in steps_mut(script) {
-        for s in step.sql.iter_mut() {
-            if let Some((ts, body)) = unwrap(s) {
-                *s = wrap(placement.map(&ts).as_deref(), body.to_string());
-            }
-        }
+        step.sql.rewrite(|s| {
+            unwrap(s).map(|(ts, body)| wrap(placement.map(&ts).as_deref(), body.to_string()))
+        });
     }
 }
 
@@ -93,13 +91,11 @@ pub fn place(script: &mut SchemaScript, placement: &Placement) {
 /// database default by name.
 pub fn database_default(script: &mut SchemaScript, default: &str) {
     for step in steps_mut(script) {
-        for s in step.sql.iter_mut() {
-            if let Some((ts, body)) = unwrap(s) {
-                if ts == default {
-                    *s = body.to_string();
-                }
-            }
-        }
+        step.sql.rewrite(|s| {
+            unwrap(s)
+                .filter(|(ts, _)| ts == default)
+                .map(|(_, body)| body.to_string())
+        });
     }
 }
 
@@ -126,7 +122,7 @@ mod tests {
         SchemaScript {
             pre_data: vec![Step {
                 describe: "TABLE public.t".into(),
-                sql,
+                sql: sql.iter().collect(),
                 table: None,
                 after_indexes: false,
                 parallel: false,
@@ -169,7 +165,7 @@ mod tests {
         );
         assert!(used(&s).is_empty());
         assert_eq!(s.pre_data[0].sql[0], stmt);
-        assert_eq!(s.pre_data[0].sql[1], "CREATE TABLE public.t (a int);");
+        assert_eq!(&s.pre_data[0].sql[1], "CREATE TABLE public.t (a int);");
     }
 
     #[test]
@@ -179,7 +175,7 @@ mod tests {
             wrap(Some("other"), "CREATE TABLE b ();".into()),
         ]);
         database_default(&mut s, "pg_default");
-        assert_eq!(s.pre_data[0].sql[0], "CREATE TABLE a ();");
+        assert_eq!(&s.pre_data[0].sql[0], "CREATE TABLE a ();");
         assert_eq!(
             used(&s).into_iter().collect::<Vec<_>>(),
             vec!["other".to_string()]

@@ -341,7 +341,7 @@ pub(super) async fn table_access_methods(c: &Catalog<'_>, m: &mut SchemaModel) -
                 format!("SET default_table_access_method = {};", ident(&name)),
             );
             o.create
-                .insert(2, "SET default_table_access_method = heap;".to_string());
+                .insert(2, "SET default_table_access_method = heap;");
         }
         o.needs.push((PG_AM, am));
     }

@@ -79,7 +79,7 @@ pub(super) async fn split_row_type_defaults(c: &Catalog<'_>, m: &mut SchemaModel
         };
         let prefix = format!("    {} ", ident(&col));
         let clause = format!(" DEFAULT {expr}");
-        let Some(create) = m.objects[ti].create.first_mut() else {
+        let Some(create) = m.objects[ti].create.first() else {
             continue;
         };
         let mut found = false;
@@ -97,7 +97,7 @@ pub(super) async fn split_row_type_defaults(c: &Catalog<'_>, m: &mut SchemaModel
         if !found {
             continue;
         }
-        *create = lines.join("\n");
+        m.objects[ti].create.set(0, lines.join("\n"));
         let t = &m.objects[ti];
         let q = t.describe.trim_start_matches("TABLE ").to_string();
         let (nsp, name) = (t.key.namespace.clone(), t.key.name.clone());
@@ -351,7 +351,7 @@ pub(super) async fn split_row_type_checks(
             continue;
         };
         let line = format!("    CONSTRAINT {} {def}", ident(&name));
-        let Some(create) = m.objects[ti].create.first_mut() else {
+        let Some(create) = m.objects[ti].create.first() else {
             continue;
         };
         let mut lines: Vec<String> = create.split('\n').map(str::to_string).collect();
@@ -368,7 +368,7 @@ pub(super) async fn split_row_type_checks(
                 lines[at - 1] = prev.to_string();
             }
         }
-        *create = lines.join("\n");
+        m.objects[ti].create.set(0, lines.join("\n"));
         let t = &m.objects[ti];
         let q = t.describe.trim_start_matches("TABLE ").to_string();
         let (nsp, tname) = (t.key.namespace.clone(), t.key.name.clone());
