@@ -7,11 +7,12 @@
 //! (materialized view refreshes, which need data and final privileges).
 
 use std::sync::Arc;
+use thin_vec::ThinVec;
 use tokio_postgres::Client;
 
 use super::model::SchemaModel;
-pub use super::statements::Statements;
 use super::sort::{self, ObjectKind, Section, SortKey};
+pub use super::statements::Statements;
 use crate::error::{MigrationError, Result};
 
 /// One object's statements.
@@ -199,6 +200,14 @@ impl SchemaScript {
                 after_indexes,
                 parallel: false,
             };
+            // What else the object holds in the heap goes now, not with the
+            // object list at the end: the next steps' new texts (their
+            // descriptions, a text grown by its owner) take its place
+            // instead of growing the heap.
+            o.key.name = Box::default();
+            o.key.tiebreak = ThinVec::new();
+            o.part_of = ThinVec::new();
+            o.placeholder = None;
             if step.sql.is_empty() {
                 continue;
             }

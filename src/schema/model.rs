@@ -259,9 +259,10 @@ impl SchemaModel {
             .iter()
             .enumerate()
             .map(|(i, o)| {
-                let needs = o.needs.iter().filter(|r| {
-                    self.by_ref.get(r).is_some_and(|&j| j != i)
-                });
+                let needs = o
+                    .needs
+                    .iter()
+                    .filter(|r| self.by_ref.get(r).is_some_and(|&j| j != i));
                 (o.deps.len() + needs.count()) as u32
             })
             .collect();

@@ -189,9 +189,7 @@ impl<'de> serde::Deserialize<'de> for Statements {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let list = Vec::<String>::deserialize(d)?;
         if list.iter().any(|s| s.contains(END)) {
-            return Err(serde::de::Error::custom(
-                "a SQL statement holds a NUL byte",
-            ));
+            return Err(serde::de::Error::custom("a SQL statement holds a NUL byte"));
         }
         Ok(list.iter().collect())
     }
