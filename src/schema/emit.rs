@@ -113,7 +113,7 @@ impl SchemaScript {
             k if k.section() == Section::PostData => Part::PostData,
             _ => Part::PreData,
         };
-        let sections: Vec<Part> = model.objects.iter().map(|o| section_of(o)).collect();
+        let sections: Vec<Part> = model.objects.iter().map(section_of).collect();
         // Borrowed for the sort: moved out, or copied, they cost a new list
         // of 80-byte keys beside every object (8 MB at 25,000 tables).
         let keys: Vec<&SortKey> = model.objects.iter().map(|o| &o.key).collect();
