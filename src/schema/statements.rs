@@ -44,7 +44,8 @@ impl Statements {
         self.iter().next()
     }
 
-    /// The statements' bytes with one separator each, as [`joined`](Self::joined) makes them.
+    /// The statements' bytes and one byte after each: the length of
+    /// [`joined`](Self::joined) plus one, without building it.
     pub fn text_len(&self) -> usize {
         self.0.len()
     }
