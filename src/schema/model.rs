@@ -92,7 +92,7 @@ impl SchemaObject {
                 oid,
             },
             describe: describe.into_boxed_str(),
-            create: Statements::new(),
+            create: Statements::default(),
             owner: None,
             comments: ThinVec::new(),
             acl: ThinVec::new(),
