@@ -860,9 +860,12 @@ async fn fallback_of_the_whole_cluster_rolls_back_as_one() {
     let w = work.to_str().unwrap().to_string();
     let args = fallback_args(&w);
     let argv: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-    // Every database drains back once in the refused attempt (4), then
-    // the second attempt is killed after its second drain.
-    let child = Running::spawn(&argv, dir.path(), Some("after:rollback_drain#6"));
+    // The refused attempt drains shop_b back, and each other database
+    // that takes the request before shop_b's refusal ends the round: 1 to
+    // 4 drains, as the databases' polls fall. The fifth drain is then in
+    // the second attempt whatever the first did (its first to fourth), and
+    // before its barrier. (`#6` failed when only shop_b had drained.)
+    let child = Running::spawn(&argv, dir.path(), Some("after:rollback_drain#5"));
     wait_cluster_token(&work, "the cluster cut over", |t| {
         t.cutover_downtime_seconds.is_some()
     })
@@ -934,7 +937,7 @@ async fn fallback_of_the_whole_cluster_rolls_back_as_one() {
         .await
         .unwrap();
     drop(c);
-    // The second rollback: killed after two databases drained back.
+    // The second rollback: killed after one of its databases drained back.
     let rb = run_async(&["rollback", "--dump-path", &w]).await;
     assert_ne!(rb.status.code(), Some(0), "{}", text(&rb.stdout));
     let log = child.stderr();
